@@ -1,0 +1,33 @@
+"""Writes the audit trail. Called by every service that changes something, inside that service's transaction."""
+from django.db import transaction
+
+from audit.models import AuditEvent
+from controlplane import context
+
+
+def audit_record(*, actor, organization, action: str, target, summary: dict | None = None) -> AuditEvent:
+    """Record one mutation. `actor` is an organizations.access.Principal or None for the system itself."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("audit_record must run inside the transaction of the change it records")
+    ctx = context.current()
+    user = getattr(actor, "user", None)
+    key = getattr(actor, "api_key", None)
+    if key is not None and user is None:
+        user = key.created_by
+    return AuditEvent.objects.create(
+        organization=organization,
+        organization_public_id=getattr(organization, "public_id", "") or "",
+        actor=user,
+        actor_email=getattr(user, "email", "") or "",
+        api_key=key,
+        api_key_prefix=key.prefix if key is not None else "",
+        action=action,
+        target_type=target._meta.model_name if hasattr(target, "_meta") else str(type(target).__name__).lower(),
+        target_id=getattr(target, "public_id", "") or str(getattr(target, "pk", "")),
+        summary=summary or {},
+        via=ctx.via,
+        ip=ctx.ip,
+        user_agent=ctx.user_agent,
+        request_id=ctx.request_id,
+        operation_id=ctx.operation_id,
+    )

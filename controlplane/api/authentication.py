@@ -1,0 +1,8 @@
+"""Console sessions for the API: DRF's session authentication (CSRF enforced), answering 401 rather than 403."""
+from rest_framework import authentication
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    def authenticate_header(self, request):
+        # Without a WWW-Authenticate header DRF would turn "not signed in" into 403; the key scheme is the hint.
+        return 'Bearer realm="api"'

@@ -1,0 +1,55 @@
+"""Tenant-less API endpoints about the caller: their rate-limit buckets."""
+from types import SimpleNamespace
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, serializers
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from controlplane.api import ratelimit
+from controlplane.api.views import RateLimitHeadersMixin
+from organizations import access
+from organizations.models import Organization
+
+class RateLimitBucketSerializer(serializers.Serializer):
+    level = serializers.ChoiceField(choices=["platform", "organization", "principal"])
+    key = serializers.CharField()
+    capacity = serializers.IntegerField()
+    refill_per_second = serializers.FloatField()
+    remaining = serializers.IntegerField()
+    reset_seconds = serializers.IntegerField(help_text="Seconds until the bucket is full again.")
+
+
+class RateLimitsSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    buckets = RateLimitBucketSerializer(many=True)
+
+
+class RateLimitsView(RateLimitHeadersMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=["meta"], summary="Show your rate-limit buckets",
+        parameters=[OpenApiParameter("organization", str, description="Also show this organization's bucket.")],
+        responses={200: RateLimitsSerializer},
+        description="The token buckets that apply to your requests: the platform's, your credential's and, with "
+                    "`?organization=org_…`, that organization's. Reading them does not take a token.",
+    )
+    def get(self, request):
+        org_id = request.query_params.get("organization")
+        if org_id:
+            organization = Organization.objects.filter(public_id=org_id).first()
+            if organization is None or not access.can_see_organization(access.Principal.from_request(request), organization):
+                raise exceptions.ValidationError({"organization": ["No such organization."]})
+        decision = ratelimit.take(ratelimit.buckets_for(request, SimpleNamespace(kwargs={"org": org_id} if org_id else {})), cost=0)
+        return Response({
+            "enabled": settings.RATE_LIMITS_ENABLED,
+            "buckets": [
+                {"level": s.bucket.level, "key": s.bucket.key, "capacity": int(s.bucket.capacity),
+                 "refill_per_second": s.bucket.refill_per_second, "remaining": int(s.remaining),
+                 "reset_seconds": s.reset_seconds}
+                for s in decision.states
+            ],
+        })

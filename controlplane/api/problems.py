@@ -1,0 +1,147 @@
+"""Every API error as `application/problem+json` (RFC 9457), with field-level messages in `errors`.
+
+`errors` is a list of {field, message, code}; `field` is a dotted path into the request body (`users.0.topic`), or
+null for errors about the request as a whole. Nothing here decides *whether* a request fails, only how it reads.
+"""
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from controlplane import context
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://docs.mqtt-cloud.example/problems/"
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state of the resource."
+    default_code = "conflict"
+
+
+class Unprocessable(exceptions.APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "The request is well-formed but cannot be processed."
+    default_code = "unprocessable"
+
+
+def _flatten(detail, path: str = "") -> list[dict]:
+    """Turn DRF's nested error structure into a flat list of field errors."""
+    if isinstance(detail, dict):
+        out = []
+        for key, value in detail.items():
+            key = str(key)
+            if key in ("non_field_errors", "__all__"):
+                out.extend(_flatten(value, path))
+            else:
+                out.extend(_flatten(value, f"{path}.{key}" if path else key))
+        return out
+    if isinstance(detail, list):
+        if all(isinstance(item, (str, exceptions.ErrorDetail)) for item in detail):
+            return [
+                {"field": path or None, "message": str(item), "code": getattr(item, "code", "invalid")}
+                for item in detail
+            ]
+        out = []
+        for index, item in enumerate(detail):
+            out.extend(_flatten(item, f"{path}.{index}" if path else str(index)))
+        return out
+    return [{"field": path or None, "message": str(detail), "code": getattr(detail, "code", "invalid")}]
+
+
+_TITLES = {
+    400: "Invalid request",
+    401: "Authentication required",
+    403: "Permission denied",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Unprocessable request",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+def problem_body(status_code: int, title: str | None = None, detail: str = "", errors=None, code: str = "") -> dict:
+    body = {
+        "type": PROBLEM_BASE + (code or str(status_code)),
+        "title": title or _TITLES.get(status_code, "Error"),
+        "status": status_code,
+        "detail": detail,
+    }
+    request_id = context.current().request_id
+    if request_id:
+        body["request_id"] = request_id
+    body["errors"] = errors or []
+    return body
+
+
+def problem_response(status_code: int, title: str | None = None, detail: str = "", errors=None, code: str = ""):
+    """A plain Django response, for middleware and Django-level handlers that run outside DRF."""
+    return JsonResponse(
+        problem_body(status_code, title, detail, errors, code), status=status_code, content_type=PROBLEM_CONTENT_TYPE
+    )
+
+
+def exception_handler(exc, ctx):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, DjangoValidationError):
+        # Services validate with Django's ValidationError (model full_clean); the API shows it field by field.
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a real bug: let Django log it and answer 500 through handler500
+
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait) + (0 if float(exc.wait).is_integer() else 1))
+
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(exc.detail)
+        detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5])
+        code = "validation-error"
+    else:
+        detail_value = exc.detail
+        if isinstance(detail_value, (dict, list)):
+            errors = _flatten(detail_value)
+            detail = errors[0]["message"] if errors else ""
+        else:
+            errors = []
+            detail = str(detail_value)
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+    return Response(
+        problem_body(exc.status_code, None, detail, errors, str(code).replace("_", "-")),
+        status=exc.status_code,
+        headers=headers,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+def handler404(request, exception=None):
+    if request.path.startswith("/api/"):
+        return problem_response(404, detail="No resource at this URL.")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def handler500(request):
+    if request.path.startswith("/api/"):
+        return problem_response(500, detail="The server failed; the error was logged with this request id.")
+    from django.views.defaults import server_error
+
+    return server_error(request)

@@ -1,0 +1,120 @@
+"""OpenAPI generation: typed path parameters, the problem+json error responses, Idempotency-Key and rate-limit headers.
+
+Applied to every operation so that no view has to remember them.
+"""
+from drf_spectacular import openapi
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
+
+PATH_PARAMETERS = {
+    "org": ("Organization id", "org_"),
+    "project": ("Project id", "prj_"),
+    "member": ("Membership id", "mem_"),
+    "invitation": ("Invitation id", "ivt_"),
+    "key": ("API key id", "key_"),
+    "event": ("Audit event id", "evt_"),
+    "dep": ("Deployment id", "dep_"),
+    "op": ("Operation id", "op_"),
+}
+
+
+class ProblemFieldError(serializers.Serializer):
+    field = serializers.CharField(allow_null=True, help_text="Dotted path into the request body, or null.")
+    message = serializers.CharField()
+    code = serializers.CharField()
+
+
+class Problem(serializers.Serializer):
+    """RFC 9457 problem details."""
+
+    type = serializers.URLField()
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    request_id = serializers.CharField(required=False)
+    errors = ProblemFieldError(many=True)
+
+
+ERROR_DESCRIPTIONS = {
+    "400": "The request is malformed or a field is invalid; `errors` names each field.",
+    "401": "No valid credentials: send `Authorization: Bearer <api key>` or sign in.",
+    "403": "Your role does not grant the scope this operation needs.",
+    "404": "No such resource, or it belongs to an organization you are not in.",
+    "409": "The resource's current state does not allow this (in progress, protected, duplicate name…).",
+    "413": "The request body is over 1 MiB.",
+    "422": "The Idempotency-Key was already used for a different request.",
+    "429": "Rate limit exceeded; see `Retry-After` and `GET /api/v1/rate-limits`.",
+}
+
+PROBLEM_EXAMPLE = {
+    "type": "https://docs.mqtt-cloud.example/problems/validation-error",
+    "title": "Invalid request",
+    "status": 400,
+    "detail": "name: This field is required.",
+    "request_id": "5f0c8a2e9b6d4c1f8e7a6b5c4d3e2f10",
+    "errors": [{"field": "name", "message": "This field is required.", "code": "required"}],
+}
+
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": "Capacity of the tightest bucket that applies to this request.",
+    "RateLimit-Remaining": "Requests left in that bucket.",
+    "RateLimit-Reset": "Seconds until that bucket is full again.",
+}
+
+
+class AutoSchema(openapi.AutoSchema):
+    def _resolve_path_parameters(self, variables):
+        known = [v for v in variables if v in PATH_PARAMETERS]
+        others = [v for v in variables if v not in PATH_PARAMETERS]
+        params = super()._resolve_path_parameters(others)
+        for name in known:
+            description, prefix = PATH_PARAMETERS[name]
+            params.append({
+                "in": "path", "name": name, "required": True, "description": f"{description} (`{prefix}…`).",
+                "schema": {"type": "string", "pattern": f"^{prefix}[a-z0-9]+$", "example": f"{prefix}7f3k2m9q4x8c1v5b6n0z"},
+            })
+        return params
+
+    def get_override_parameters(self):
+        params = list(super().get_override_parameters())
+        if self.method in ("POST", "PUT", "PATCH", "DELETE"):
+            params.append(OpenApiParameter(
+                "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                description="Any unique string (a UUID). A retry with the same key and body within 24 h returns the "
+                            "first response with `Idempotent-Replayed: true`; with another body it answers 422.",
+            ))
+        return params
+
+    def _error_codes(self) -> list[str]:
+        codes = ["401", "403", "429"] if self.get_auth() else ["429"]
+        if self.method in ("POST", "PUT", "PATCH"):
+            codes += ["400", "413", "422"]
+        if self.method in ("POST", "PUT", "PATCH", "DELETE"):
+            codes += ["409"]
+        if "{" in self.path:
+            codes.append("404")
+        return sorted(set(codes))
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        if direction != "response":
+            return responses
+        component = self.resolve_serializer(Problem, "response")
+        for code in self._error_codes():
+            responses.setdefault(code, {
+                "description": ERROR_DESCRIPTIONS[code],
+                "content": {"application/problem+json": {
+                    "schema": component.ref,
+                    "example": {**PROBLEM_EXAMPLE, "status": int(code)},
+                }},
+            })
+        return responses
+
+    def _get_response_headers_for_code(self, status_code, direction="response"):
+        headers = super()._get_response_headers_for_code(status_code, direction)
+        for name, description in RATE_LIMIT_HEADERS.items():
+            headers.setdefault(name, {"schema": {"type": "integer"}, "description": description})
+        if str(status_code) == "429":
+            headers["Retry-After"] = {"schema": {"type": "integer"}, "description": "Seconds to wait."}
+        return headers

@@ -1,0 +1,122 @@
+"""The base of every tenant API view: resolves the organization (and project) from the URL, once, and checks scopes.
+
+Subclasses declare `queryset`, `tenant_field` and `required_scopes` (action -> scope); they may not override
+`get_queryset` or `get_object` (a TypeError at import time says so): narrowing goes through `narrow_queryset`, which
+can only ever filter further. Another organization's object is a 404, exactly like a missing one.
+"""
+from django.core.exceptions import ImproperlyConfigured
+from rest_framework import exceptions, viewsets
+from rest_framework.views import APIView
+
+from organizations import access
+from organizations.models import Organization
+from projects.models import Project
+
+
+class RateLimitHeadersMixin:
+    """Copies the rate-limit decision the throttle made into every response, errors included."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        decision = getattr(request, "_rate_limit", None)
+        if decision is not None:
+            for name, value in decision.headers().items():
+                response[name] = value
+        return response
+
+
+class PublicAPIView(RateLimitHeadersMixin, APIView):
+    """Unauthenticated, tenant-less views (the catalog)."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+
+class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
+    lookup_field = "public_id"
+    lookup_value_regex = r"[a-z]{2,5}_[a-z0-9]{1,40}"
+    tenant_field = "organization"  # or "project", or a lookup path such as "deployment__project"
+    required_scopes: dict[str, str] = {}
+    # "organization": scopes are checked at organization level; "project": on the project in the URL.
+    scope_level = "organization"
+
+    _TENANCY_METHODS = ("get_queryset", "get_object", "initial")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._TENANCY_METHODS:
+            if name in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__name__} overrides {name}(): tenancy is resolved only in ScopedViewSet. "
+                    "Use narrow_queryset() to filter further."
+                )
+
+    # -- tenancy ---------------------------------------------------------------------------------------------
+
+    def initial(self, request, *args, **kwargs):
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        neg = self.perform_content_negotiation(request)
+        request.accepted_renderer, request.accepted_media_type = neg
+        version, scheme = self.determine_version(request, *args, **kwargs)
+        request.version, request.versioning_scheme = version, scheme
+        self.perform_authentication(request)
+        self.check_throttles(request)  # before the tenant lookup: probing for tenants is throttled too
+        if request.user is None or not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated()
+        self.principal = access.Principal.from_request(request)
+        self.resolve_tenant()
+        self.check_permissions(request)
+        self.check_scope()
+
+    def resolve_tenant(self):
+        org_id = self.kwargs.get("org")
+        organization = Organization.objects.filter(public_id=org_id).first() if org_id else None
+        if organization is None or not access.can_see_organization(self.principal, organization):
+            raise exceptions.NotFound("No such organization.")
+        self.organization = organization
+        self.project = None
+        project_id = self.kwargs.get("project")
+        if project_id is not None:
+            project = Project.objects.filter(organization=organization, public_id=project_id).first()
+            if project is None or not access.has_scope(self.principal, "project:read", organization=organization,
+                                                       project=project):
+                raise exceptions.NotFound("No such project.")
+            project.organization = organization
+            self.project = project
+
+    def required_scope(self) -> str:
+        action = getattr(self, "action", None) or self.request.method.lower()
+        try:
+            return self.required_scopes[action]
+        except KeyError:  # fail closed: an operation nobody declared a scope for is a bug, not an open door
+            raise ImproperlyConfigured(f"{type(self).__name__} declares no scope for action {action!r}")
+
+    def check_scope(self):
+        if self.request.method == "OPTIONS":
+            return
+        scope = self.required_scope()
+        project = self.project if self.scope_level == "project" else None
+        if not access.has_scope(self.principal, scope, organization=self.organization, project=project):
+            raise exceptions.PermissionDenied(f"This needs the {scope} scope, which your role does not grant.")
+
+    def tenant(self):
+        return self.project if self.tenant_field.split("__")[-1] == "project" else self.organization
+
+    def narrow_queryset(self, queryset):
+        return queryset
+
+    def get_queryset(self):
+        queryset = self.queryset.all().filter(**{self.tenant_field: self.tenant()})
+        return self.narrow_queryset(queryset)
+
+    def get_object(self):
+        lookup = self.kwargs[self.lookup_url_kwarg or self.lookup_field]
+        obj = self.get_queryset().filter(**{self.lookup_field: lookup}).first()
+        if obj is None:
+            raise exceptions.NotFound()
+        self.check_object_permissions(self.request, obj)
+        return obj
+
+    def audit_actor(self):
+        return self.principal
+

@@ -1,0 +1,38 @@
+"""Public identifiers: a type prefix and 20 random base32 characters (`org_…`, `prj_…`, `dep_…`).
+
+Integer primary keys stay internal; anything a client sees or sends is a public id. Never derive one from data.
+"""
+import base64
+import secrets
+
+from django.db import models
+
+
+def make_public_id(prefix: str) -> str:
+    token = base64.b32encode(secrets.token_bytes(13)).decode().rstrip("=").lower()[:20]
+    return f"{prefix}_{token}"
+
+
+class PublicIdField(models.CharField):
+    """A unique, indexed, immutable public id, generated on first save."""
+
+    def __init__(self, *args, prefix: str, **kwargs):
+        self.prefix = prefix
+        kwargs.setdefault("max_length", 32)
+        kwargs.setdefault("unique", True)
+        kwargs.setdefault("editable", False)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self):
+        name, path, args, kwargs = super().deconstruct()
+        kwargs["prefix"] = self.prefix
+        for key in ("max_length", "unique", "editable"):
+            kwargs.pop(key, None)
+        return name, path, args, kwargs
+
+    def pre_save(self, model_instance, add):
+        value = getattr(model_instance, self.attname)
+        if not value:
+            value = make_public_id(self.prefix)
+            setattr(model_instance, self.attname, value)
+        return value

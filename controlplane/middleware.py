@@ -1,0 +1,78 @@
+"""Request-wide middleware: request ids and client context, the body size limit, the Content-Security-Policy header.
+
+Nothing here authorises anything: tenancy and scopes live in organizations.access and the API base classes.
+"""
+import re
+import uuid
+
+from django.conf import settings
+
+from controlplane import context
+from controlplane.api.problems import problem_response
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+def client_ip(request) -> str | None:
+    """The client address, trusting exactly TRUSTED_PROXY_COUNT hops of X-Forwarded-For and no more."""
+    hops = settings.TRUSTED_PROXY_COUNT
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if hops and forwarded:
+        chain = [part.strip() for part in forwarded.split(",") if part.strip()]
+        if len(chain) >= hops:
+            return chain[-hops]
+    return request.META.get("REMOTE_ADDR")
+
+
+class RequestIdMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.request_id = request_id
+        path = request.path_info
+        via = "api" if path.startswith("/api/") else "admin" if path.startswith("/admin/") else "console"
+        token = context.bind(
+            request_id=request_id,
+            ip=client_ip(request),
+            user_agent=request.META.get("HTTP_USER_AGENT", "")[:512],
+            via=via,
+        )
+        try:
+            response = self.get_response(request)
+        finally:
+            context.reset(token)
+        response["X-Request-Id"] = request_id
+        return response
+
+
+class BodySizeLimitMiddleware:
+    """Refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE with 413 before anything reads them."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return problem_response(400, "Invalid Content-Length", "The Content-Length header is not a number.")
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if length > limit:
+            return problem_response(
+                413, "Request body too large", f"The body is {length} bytes; the limit is {limit} bytes."
+            )
+        return self.get_response(request)
+
+
+class ContentSecurityPolicyMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if settings.CONTENT_SECURITY_POLICY and "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = settings.CONTENT_SECURITY_POLICY
+        return response

@@ -1,0 +1,45 @@
+"""The URL map: the REST API under /api/v1, its schema and docs, the console, the admin, probes."""
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from audit.api import AuditEventViewSet
+from controlplane import health
+from controlplane.api.meta import RateLimitsView
+from organizations.api import (ApiKeyViewSet, InvitationAcceptView, InvitationViewSet, MemberViewSet,
+                               OrganizationListView, OrganizationViewSet)
+from projects.api import ProjectViewSet
+
+handler404 = "controlplane.api.problems.handler404"
+handler500 = "controlplane.api.problems.handler500"
+
+org_router = SimpleRouter(trailing_slash=False)
+org_router.register("projects", ProjectViewSet, basename="project")
+org_router.register("members", MemberViewSet, basename="member")
+org_router.register("invitations", InvitationViewSet, basename="invitation")
+org_router.register("api-keys", ApiKeyViewSet, basename="api-key")
+org_router.register("audit-events", AuditEventViewSet, basename="audit-event")
+
+organization_detail = OrganizationViewSet.as_view({"get": "retrieve", "patch": "partial_update"})
+organization_transfer = OrganizationViewSet.as_view({"post": "transfer_ownership"})
+
+api_v1 = [
+    path("organizations", OrganizationListView.as_view(), name="organization-list"),
+    path("organizations/<str:org>", organization_detail, name="organization-detail"),
+    path("organizations/<str:org>/transfer-ownership", organization_transfer, name="organization-transfer"),
+    path("organizations/<str:org>/", include(org_router.urls)),
+    path("invitations/accept", InvitationAcceptView.as_view(), name="invitation-accept"),
+    path("rate-limits", RateLimitsView.as_view(), name="rate-limits"),
+]
+
+urlpatterns = [
+    path("api/v1/", include((api_v1, "api"), namespace="v1")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("", include("console.urls")),
+]

@@ -1,0 +1,116 @@
+"""The one interface every broker driver implements, and the plain data it is given.
+
+A driver is told the whole desired state of one deployment's broker (a BrokerSpec) and closes the gap; it never reads
+or writes the database, so the reconciler can call it any number of times, from any worker, after any crash.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Protocol
+
+Phase = Literal["absent", "starting", "running", "stopped", "failed"]
+
+
+class DriverError(Exception):
+    """Base of the errors a driver raises; the reconciler decides what each means for the deployment."""
+
+
+class TemporaryDriverError(DriverError):
+    """Worth retrying: the cluster is unreachable, a process is still starting, a port was taken under us."""
+
+
+class PermanentDriverError(DriverError):
+    """Retrying will not help: the spec is invalid or a quota is exhausted. The message is shown to the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MqttCredential:
+    """An MQTT user, hashed the way both mosquitto (`$7$`) and EMQX (pbkdf2/sha512) accept: we never hold plaintext."""
+
+    username: str
+    salt_b64: str
+    hash_b64: str
+    iterations: int = 101
+    is_superuser: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AclEntry:
+    """One ordered rule; the first that matches a client and topic decides. `who` None means everyone."""
+
+    permission: Literal["allow", "deny"]
+    action: Literal["publish", "subscribe", "all"]
+    topic: str
+    username: str | None = None
+    client_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimit:
+    """A policy for one level. None means no limit at that level. Rates are per second."""
+
+    level: Literal["global", "zone", "listener", "connection"]
+    max_conn_rate: int | None = None
+    messages_rate: int | None = None
+    bytes_rate: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionTarget:
+    """Where a deployment's brokers run: what the region row says, with secrets already decrypted."""
+
+    code: str
+    driver: Literal["local", "kubernetes"]
+    bind_address: str = "127.0.0.1"
+    # Kubernetes only: a kubeconfig document (YAML text) or "" for in-cluster configuration.
+    kubeconfig: str = ""
+    storage_class: str = ""
+    service_type: str = "LoadBalancer"
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerSpec:
+    """The desired state of one deployment's broker, complete: drivers need nothing else."""
+
+    name: str  # the deployment's public id (`dep_…`): names directories, namespaces, labels
+    region: RegionTarget
+    running: bool
+    max_connections: int
+    messages_per_second: int
+    message_size_limit: int = 1024 * 1024
+    version: str = "5.8.6"
+    replicas: int = 1
+    users: tuple[MqttCredential, ...] = ()
+    acl: tuple[AclEntry, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
+    # Bumped by a maintenance request: a driver that sees a higher value than it last applied restarts the brokers
+    # one at a time, keeping persistent sessions and their queued messages.
+    restart_nonce: int = 0
+    # Kubernetes only: the bootstrap API key the control plane uses for EMQX's management API.
+    api_key: str = ""
+    api_secret: str = ""
+
+
+@dataclasses.dataclass
+class Observed:
+    """What a driver found after acting: written by the reconciler into the deployment's observed state."""
+
+    phase: Phase
+    host: str = ""
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)  # protocol -> port: mqtt, ws, mqtts, wss
+    message: str = ""
+    restart_nonce: int = 0  # the highest restart_nonce fully carried out
+    ready_replicas: int = 0
+    # Free-form facts a collector needs later (log path, management URL...). Never secrets.
+    details: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Driver(Protocol):
+    def apply(self, spec: BrokerSpec) -> Observed:
+        """Close the gap toward `spec` (running or stopped, config, users, ACL, limits, restarts). Idempotent."""
+
+    def observe(self, spec: BrokerSpec) -> Observed:
+        """Report what is there now without changing anything."""
+
+    def delete(self, spec: BrokerSpec) -> Observed:
+        """Remove everything the deployment owns; answers phase `absent` once nothing is left. Idempotent."""

@@ -1,0 +1,104 @@
+"""`Idempotency-Key` for every mutating API request.
+
+The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept
+for IDEMPOTENCY_TTL_SECONDS and replayed, with `Idempotent-Replayed: true`, to any later request with the same key
+and the same body. The same key with another body answers 422. A duplicate arriving while the first still runs waits
+for it (the unique row is the lock), then replays.
+"""
+import datetime
+import hashlib
+import time
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.http import HttpResponse
+from django.utils import timezone
+
+from controlplane.api.problems import problem_response
+from idempotency.models import IdempotencyRecord
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+KEPT_HEADERS = ("Content-Type", "Location")
+WAIT_SECONDS = 15
+
+
+def _scope(request) -> str | None:
+    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    if authorization:
+        return hashlib.sha256(authorization.encode()).hexdigest()
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return hashlib.sha256(f"user:{user.pk}".encode()).hexdigest()
+    return None  # anonymous calls (sign-up, invitation acceptance) have nothing to scope a key to
+
+
+def _replay(record: IdempotencyRecord) -> HttpResponse:
+    response = HttpResponse(bytes(record.body), status=record.status_code)
+    for name, value in record.headers.items():
+        response[name] = value
+    response["Idempotent-Replayed"] = "true"
+    return response
+
+
+class IdempotencyMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY")
+        if key is None or request.method not in MUTATING or not request.path.startswith("/api/"):
+            return self.get_response(request)
+        if not (1 <= len(key) <= 255) or not key.isprintable():
+            return problem_response(400, detail="Idempotency-Key must be 1 to 255 printable characters.",
+                                    errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}])
+        scope = _scope(request)
+        if scope is None:
+            return self.get_response(request)
+        fingerprint = hashlib.sha256(
+            b"\n".join([request.method.encode(), request.get_full_path().encode(), request.body])
+        ).hexdigest()
+        expired_before = timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
+        IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=expired_before).delete()
+        try:
+            with transaction.atomic():
+                record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
+        except IntegrityError:
+            return self._duplicate(scope, key, fingerprint)
+
+        try:
+            response = self.get_response(request)
+        except BaseException:
+            record.delete()
+            raise
+        if response.status_code >= 500 or response.status_code in (401, 429) or response.streaming:
+            record.delete()  # the operation did not (reliably) run: let the client retry with the same key
+            return response
+        record.completed = True
+        record.status_code = response.status_code
+        record.headers = {name: response[name] for name in KEPT_HEADERS if name in response}
+        record.body = response.content
+        record.save(update_fields=["completed", "status_code", "headers", "body"])
+        return response
+
+    def _duplicate(self, scope: str, key: str, fingerprint: str):
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            record = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
+            if record is None:
+                return problem_response(409, detail="The first request with this Idempotency-Key failed; retry it.",
+                                        code="idempotency-retry")
+            if record.fingerprint != fingerprint:
+                return problem_response(
+                    422, "Idempotency-Key reused",
+                    "This Idempotency-Key was used with a different request body or path.",
+                    errors=[{"field": "Idempotency-Key", "message": "Already used for another request.", "code": "reused"}],
+                    code="idempotency-key-reused",
+                )
+            if record.completed:
+                return _replay(record)
+            if time.monotonic() > deadline:
+                response = problem_response(409, detail="A request with this Idempotency-Key is still in progress.",
+                                            code="idempotency-in-progress")
+                response["Retry-After"] = "1"
+                return response
+            time.sleep(0.05)

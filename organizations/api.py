@@ -1,0 +1,397 @@
+"""REST API for organizations, members, invitations and API keys. Thin: parse, call one service, serialize."""
+from django.db.models import Prefetch
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer, extend_schema_view
+from rest_framework import generics, mixins, serializers, status
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+
+from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.views import RateLimitHeadersMixin, ScopedViewSet
+from organizations import access, services
+from organizations.models import ApiKey, Invitation, Membership, Organization
+from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
+from projects.models import ProjectGrant
+
+ORG_ROLE_CHOICES = sorted(ORGANIZATION_ROLES)
+PROJECT_ROLE_CHOICES = sorted(PROJECT_ROLES)
+
+# --- Serializers -----------------------------------------------------------------------------------------------
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Organization", value={
+    "id": "org_7f3k2m9q4x8c1v5b6n0z", "name": "Acme Industrial IoT", "created_at": "2026-11-01T09:30:00Z",
+    "my_roles": ["owner"]}, response_only=True)])
+class OrganizationSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    my_roles = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "created_at", "my_roles"]
+
+    def get_my_roles(self, obj) -> list[str]:
+        principal = self.context.get("principal")
+        membership = principal.membership(obj) if principal else None
+        return list(membership.roles) if membership else []
+
+
+class OrganizationCreateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100)
+
+
+class OrganizationUpdateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100)
+
+
+class ProjectGrantSerializer(InputSerializer):
+    project = StrictCharField(max_length=32, help_text="Project id (`prj_…`).")
+    role = serializers.ChoiceField(choices=PROJECT_ROLE_CHOICES)
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Member", value={
+    "id": "mem_q2w3e4r5t6y7u8i9o0pa", "email": "dev@acme.example", "full_name": "Dana Developer",
+    "roles": [], "project_grants": [{"project": "prj_7f3k2m9q4x8c1v5b6n0z", "role": "project_user"}],
+    "created_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+class MemberSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    email = serializers.EmailField(source="user.email", read_only=True)
+    full_name = serializers.CharField(source="user.full_name", read_only=True)
+    project_grants = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Membership
+        fields = ["id", "email", "full_name", "roles", "project_grants", "created_at"]
+
+    def get_project_grants(self, obj) -> list[dict]:
+        return [{"project": g.project.public_id, "role": g.role} for g in obj.grants.all()]
+
+
+class MemberUpdateSerializer(InputSerializer):
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=ORG_ROLE_CHOICES), required=False, max_length=4)
+    project_grants = ProjectGrantSerializer(many=True, required=False, max_length=1000)
+
+
+class TransferOwnershipSerializer(InputSerializer):
+    member = StrictCharField(max_length=32, help_text="The membership id (`mem_…`) of the new Owner.")
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Invitation", value={
+    "id": "ivt_a1s2d3f4g5h6j7k8l9z0", "email": "finance@acme.example", "roles": ["accountant"], "project_grants": [],
+    "status": "pending", "invited_by": "owner@acme.example", "created_at": "2026-11-02T10:00:00Z",
+    "expires_at": "2026-11-09T10:00:00Z"}, response_only=True)])
+class InvitationSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    invited_by = serializers.EmailField(source="invited_by.email", read_only=True, allow_null=True)
+    status = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "roles", "project_grants", "status", "invited_by", "created_at", "expires_at"]
+
+
+class InvitationCreateSerializer(InputSerializer):
+    email = serializers.EmailField(max_length=254)
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=ORG_ROLE_CHOICES), required=False, default=list, max_length=4)
+    project_grants = ProjectGrantSerializer(many=True, required=False, default=list, max_length=1000)
+
+
+class InvitationAcceptSerializer(InputSerializer):
+    token = StrictCharField(max_length=100)
+    password = StrictCharField(max_length=128, required=False, write_only=True,
+                               help_text="Needed only when no account exists for the invited email.")
+    full_name = StrictCharField(max_length=150, required=False, default="")
+
+
+@extend_schema_serializer(examples=[OpenApiExample("API key", value={
+    "id": "key_z9x8c7v6b5n4m3l2k1j0", "name": "CI pipeline", "role": "project_administrator",
+    "projects": ["prj_7f3k2m9q4x8c1v5b6n0z"], "prefix": "3fa85f64", "status": "active",
+    "created_by": "owner@acme.example", "expires_at": None, "last_used_at": "2026-11-24T08:12:00Z",
+    "revoked_at": None, "previous_secret_expires_at": None, "deletion_protection": False,
+    "created_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+class ApiKeySerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    projects = serializers.SerializerMethodField()
+    created_by = serializers.EmailField(source="created_by.email", read_only=True)
+    status = serializers.SerializerMethodField()
+    previous_secret_expires_at = serializers.DateTimeField(source="previous_expires_at", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "role", "projects", "prefix", "status", "created_by", "expires_at", "last_used_at",
+                  "revoked_at", "previous_secret_expires_at", "deletion_protection", "created_at"]
+
+    def get_projects(self, obj) -> list[str]:
+        return [p.public_id for p in obj.projects.all()]
+
+    def get_status(self, obj) -> str:
+        if obj.revoked_at:
+            return "revoked"
+        return "active" if obj.is_active else "expired"
+
+
+class ApiKeyWithSecretSerializer(ApiKeySerializer):
+    secret = serializers.SerializerMethodField(help_text="Shown once. Send it as `Authorization: Bearer <secret>`.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "secret"]
+
+    def get_secret(self, obj) -> str:
+        return self.context["secret"]
+
+
+class ApiKeyCreateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100)
+    role = serializers.ChoiceField(choices=Role.values)
+    projects = serializers.ListField(child=StrictCharField(max_length=32), required=False, default=list, max_length=1000,
+                                     help_text="Project ids; empty means the whole organization.")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class ApiKeyUpdateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100, required=False)
+    deletion_protection = serializers.BooleanField(required=False)
+
+
+class ApiKeyRotateSerializer(InputSerializer):
+    overlap_seconds = serializers.IntegerField(min_value=0, max_value=86400, default=3600,
+                                               help_text="How long the old secret keeps working (at most 24 h).")
+
+
+# --- Filters ---------------------------------------------------------------------------------------------------
+
+
+class MemberFilter(filters.FilterSet):
+    email = filters.CharFilter(field_name="user__email", lookup_expr="icontains")
+    role = filters.ChoiceFilter(choices=[(r, r) for r in ORG_ROLE_CHOICES], method="filter_role")
+
+    class Meta:
+        model = Membership
+        fields = ["email", "role"]
+
+    def filter_role(self, queryset, name, value):
+        # Matches the quoted role inside the JSON list; works on SQLite and PostgreSQL alike.
+        return queryset.filter(roles__icontains=f'"{value}"')
+
+
+class InvitationFilter(filters.FilterSet):
+    email = filters.CharFilter(field_name="email", lookup_expr="icontains")
+
+    class Meta:
+        model = Invitation
+        fields = ["email"]
+
+
+class ApiKeyFilter(filters.FilterSet):
+    name = filters.CharFilter(field_name="name", lookup_expr="icontains")
+    role = filters.ChoiceFilter(choices=Role.choices)
+    active = filters.BooleanFilter(field_name="revoked_at", lookup_expr="isnull", label="Only keys not revoked")
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "role", "active"]
+
+
+# --- Views -----------------------------------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    get=extend_schema(summary="List your organizations", tags=["organizations"]),
+    post=extend_schema(summary="Create an organization", tags=["organizations"], request=OrganizationCreateSerializer,
+                       responses={201: OrganizationSerializer}),
+)
+class OrganizationListView(RateLimitHeadersMixin, generics.ListCreateAPIView):
+    """Organizations the caller belongs to. Creating one makes the caller its Owner (console sessions only)."""
+
+    serializer_class = OrganizationSerializer
+    permission_classes = [IsAuthenticated]
+
+    def get_queryset(self):
+        return access.visible_organizations(access.Principal.from_request(self.request)).order_by("-created_at", "-id")
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "principal": access.Principal.from_request(self.request)}
+
+    def create(self, request, *args, **kwargs):
+        principal = access.Principal.from_request(request)
+        if principal.api_key is not None:
+            from rest_framework.exceptions import PermissionDenied
+
+            raise PermissionDenied("API keys belong to one organization and cannot create others.")
+        data = OrganizationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization = services.organization_create(name=data.validated_data["name"], owner=request.user)
+        return Response(OrganizationSerializer(organization, context=self.get_serializer_context()).data,
+                        status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["organizations"])
+class OrganizationViewSet(ScopedViewSet):
+    queryset = Organization.objects.all()
+    tenant_field = "pk"
+    lookup_url_kwarg = "org"
+    serializer_class = OrganizationSerializer
+    required_scopes = {"retrieve": "org:read", "partial_update": "org:write", "transfer_ownership": "org:transfer"}
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "principal": getattr(self, "principal", None)}
+
+    @extend_schema(summary="Describe the organization")
+    def retrieve(self, request, *args, **kwargs):
+        return Response(self.get_serializer(self.get_object()).data)
+
+    @extend_schema(summary="Rename the organization", request=OrganizationUpdateSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        data = OrganizationUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization = services.organization_update(organization=self.get_object(), actor=self.principal,
+                                                    name=data.validated_data["name"])
+        return Response(self.get_serializer(organization).data)
+
+    @extend_schema(summary="Transfer ownership to another member", request=TransferOwnershipSerializer,
+                   responses={200: MemberSerializer})
+    @action(detail=True, methods=["post"], url_path="transfer-ownership")
+    def transfer_ownership(self, request, *args, **kwargs):
+        data = TransferOwnershipSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        target = Membership.objects.filter(organization=self.organization,
+                                           public_id=data.validated_data["member"]).first()
+        if target is None:
+            raise serializers.ValidationError({"member": ["No such member in this organization."]})
+        membership = services.ownership_transfer(organization=self.organization, actor=self.principal,
+                                                 to_membership=target)
+        return Response(MemberSerializer(membership).data)
+
+
+@extend_schema(tags=["members"])
+class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    queryset = Membership.objects.select_related("user").prefetch_related(
+        Prefetch("grants", queryset=ProjectGrant.objects.select_related("project"))
+    )
+    serializer_class = MemberSerializer
+    lookup_url_kwarg = "member"
+    filterset_class = MemberFilter
+    required_scopes = {"list": "member:read", "retrieve": "member:read", "partial_update": "member:write",
+                       "destroy": "member:write"}
+
+    @extend_schema(summary="List members (sub-accounts)")
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe a member")
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(summary="Change a member's roles and project grants", request=MemberUpdateSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        data = MemberUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.membership_update(membership=self.get_object(), actor=self.principal,
+                                                roles=data.validated_data.get("roles"),
+                                                project_grants=data.validated_data.get("project_grants"))
+        return Response(MemberSerializer(self.get_queryset().get(pk=membership.pk)).data)
+
+    @extend_schema(summary="Remove a member (revokes the API keys they created)")
+    def destroy(self, request, *args, **kwargs):
+        services.membership_remove(membership=self.get_object(), actor=self.principal)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(tags=["members"])
+class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    queryset = Invitation.objects.select_related("invited_by")
+    serializer_class = InvitationSerializer
+    lookup_url_kwarg = "invitation"
+    filterset_class = InvitationFilter
+    required_scopes = {"list": "member:read", "retrieve": "member:read", "create": "member:write",
+                       "destroy": "member:write"}
+
+    @extend_schema(summary="List invitations")
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe an invitation")
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(summary="Invite someone by email", request=InvitationCreateSerializer,
+                   responses={201: InvitationSerializer})
+    def create(self, request, *args, **kwargs):
+        data = InvitationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        invitation, _token = services.invitation_create(organization=self.organization, actor=self.principal,
+                                                        **data.validated_data)
+        return Response(InvitationSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Revoke a pending invitation")
+    def destroy(self, request, *args, **kwargs):
+        services.invitation_revoke(invitation=self.get_object(), actor=self.principal)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(tags=["members"], summary="Accept an invitation", request=InvitationAcceptSerializer,
+               responses={201: MemberSerializer})
+class InvitationAcceptView(RateLimitHeadersMixin, generics.GenericAPIView):
+    """Accept with the token from the email. Signed in: joins as yourself. Otherwise creates your account."""
+
+    permission_classes = [AllowAny]
+    serializer_class = InvitationAcceptSerializer
+
+    def post(self, request, *args, **kwargs):
+        data = InvitationAcceptSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.invitation_accept(user=request.user, **data.validated_data)
+        return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["api-keys"])
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    queryset = ApiKey.objects.select_related("created_by").prefetch_related("projects")
+    serializer_class = ApiKeySerializer
+    lookup_url_kwarg = "key"
+    filterset_class = ApiKeyFilter
+    required_scopes = {"list": "apikey:read", "retrieve": "apikey:read", "create": "apikey:write",
+                       "partial_update": "apikey:write", "destroy": "apikey:write", "rotate": "apikey:write"}
+
+    @extend_schema(summary="List API keys")
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe an API key")
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(summary="Create an API key (the secret is shown once)", request=ApiKeyCreateSerializer,
+                   responses={201: ApiKeyWithSecretSerializer})
+    def create(self, request, *args, **kwargs):
+        data = ApiKeyCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        key, secret = services.api_key_create(organization=self.organization, actor=self.principal,
+                                              name=values["name"], role=values["role"],
+                                              project_ids=values["projects"], expires_at=values["expires_at"],
+                                              created_by=request.user)
+        return Response(ApiKeyWithSecretSerializer(key, context={"secret": secret}).data,
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Rename an API key or change its deletion protection", request=ApiKeyUpdateSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        data = ApiKeyUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = services.api_key_update(key=self.get_object(), actor=self.principal, **data.validated_data)
+        return Response(ApiKeySerializer(key).data)
+
+    @extend_schema(summary="Revoke an API key", responses={200: ApiKeySerializer})
+    def destroy(self, request, *args, **kwargs):
+        key = services.api_key_revoke(key=self.get_object(), actor=self.principal)
+        return Response(ApiKeySerializer(key).data)
+
+    @extend_schema(summary="Rotate an API key's secret", request=ApiKeyRotateSerializer,
+                   responses={200: ApiKeyWithSecretSerializer})
+    @action(detail=True, methods=["post"])
+    def rotate(self, request, *args, **kwargs):
+        data = ApiKeyRotateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key, secret = services.api_key_rotate(key=self.get_object(), actor=self.principal, **data.validated_data)
+        return Response(ApiKeyWithSecretSerializer(key, context={"secret": secret}).data)

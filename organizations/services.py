@@ -1,0 +1,407 @@
+"""Every change to organizations, members, invitations and API keys.
+
+Each function validates, writes, records an AuditEvent in the same transaction and sends email on commit. Callers
+(API views, console views, the admin, management commands) have already resolved the tenant; the role rules that
+concern *who may grant what* are enforced here, so every entry point obeys them.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework.exceptions import PermissionDenied
+
+from audit.services import audit_record
+from controlplane.api.problems import Conflict
+from organizations import access
+from organizations.models import ApiKey, Invitation, Membership, Organization
+from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
+from projects.models import DEFAULT_PROJECT_NAME, Project, ProjectGrant
+
+INVITATION_TTL = datetime.timedelta(days=7)
+MAX_ROTATION_OVERLAP = datetime.timedelta(hours=24)
+API_KEY_SECRET_PREFIX = "cpk_"
+
+
+class RoleTooHigh(PermissionDenied):
+    default_detail = "You cannot grant a role with more rights than your own."
+    default_code = "role-too-high"
+
+
+def _hash(secret: str) -> str:
+    # Secrets are 256-bit random: a plain SHA-256 is as strong as a slow hash here and keeps auth cheap.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _clean_roles(roles, *, field: str = "roles") -> list[str]:
+    unknown = [role for role in roles if role not in ORGANIZATION_ROLES]
+    if unknown:
+        raise ValidationError({field: f"Not an organization role: {', '.join(map(str, unknown))}."})
+    return sorted(set(roles))
+
+
+def _resolve_grants(organization: Organization, grants) -> list[tuple[Project, str]]:
+    resolved = []
+    seen = set()
+    for grant in grants:
+        role = grant.get("role")
+        if role not in PROJECT_ROLES:
+            raise ValidationError({"project_grants": f"Not a project role: {role}."})
+        project = Project.objects.filter(organization=organization, public_id=grant.get("project")).first()
+        if project is None:
+            raise ValidationError({"project_grants": f"No project {grant.get('project')} in this organization."})
+        if project.pk in seen:
+            raise ValidationError({"project_grants": f"Project {project.public_id} is listed twice."})
+        seen.add(project.pk)
+        resolved.append((project, role))
+    return resolved
+
+
+def _check_grantable(actor, organization, roles, grants) -> None:
+    if actor is None:  # the system itself (management commands, migrations)
+        return
+    if not access.grantable(actor, organization=organization, roles=roles):
+        raise RoleTooHigh({"roles": ["You cannot grant a role with more rights than your own."]})
+    for project, role in grants:
+        if not access.grantable(actor, organization=organization, roles=[role], project=project):
+            raise RoleTooHigh({"project_grants": [f"You cannot grant {role} on {project.public_id}."]})
+
+
+# --- Organizations ---------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def organization_create(*, name: str, owner, actor=None) -> Organization:
+    """An organization with `owner` as its Owner and its undeletable Default project."""
+    organization = Organization(name=name)
+    organization.full_clean()
+    organization.save()
+    membership = Membership.objects.create(organization=organization, user=owner, roles=[Role.OWNER.value])
+    project = Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, is_default=True)
+    actor = actor or access.Principal(user=owner)
+    audit_record(actor=actor, organization=organization, action="organization.create", target=organization,
+                 summary={"name": name})
+    audit_record(actor=actor, organization=organization, action="member.add", target=membership,
+                 summary={"email": owner.email, "roles": membership.roles})
+    audit_record(actor=actor, organization=organization, action="project.create", target=project,
+                 summary={"name": project.name})
+    return organization
+
+
+@transaction.atomic
+def organization_update(*, organization: Organization, actor, name: str) -> Organization:
+    old = organization.name
+    organization.name = name
+    organization.full_clean()
+    organization.save(update_fields=["name"])
+    audit_record(actor=actor, organization=organization, action="organization.update", target=organization,
+                 summary={"name": [old, name]})
+    return organization
+
+
+# --- Invitations -----------------------------------------------------------------------------------------------
+
+
+def _invitation_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@transaction.atomic
+def invitation_create(*, organization: Organization, actor, email: str, roles, project_grants=()) -> tuple[Invitation, str]:
+    """An invitation by email. Returns the invitation and the single-use token (only ever sent by email)."""
+    email = email.strip().lower()
+    roles = _clean_roles(roles)
+    grants = _resolve_grants(organization, project_grants)
+    if not roles and not grants:
+        raise ValidationError({"roles": "Give at least one organization role or one project grant."})
+    _check_grantable(actor, organization, roles, grants)
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise Conflict({"email": [f"{email} is already a member of this organization."]})
+    # An open invitation to the same address is replaced: the newest link is the one that works.
+    Invitation.objects.filter(organization=organization, email=email, accepted_at=None, revoked_at=None).update(
+        revoked_at=timezone.now()
+    )
+    token = _invitation_token()
+    invitation = Invitation(
+        organization=organization,
+        email=email,
+        roles=roles,
+        project_grants=[{"project": p.public_id, "role": r} for p, r in grants],
+        token_hash=_hash(token),
+        invited_by=actor.user if actor and actor.user else (actor.api_key.created_by if actor and actor.api_key else None),
+        expires_at=timezone.now() + INVITATION_TTL,
+    )
+    invitation.full_clean()
+    invitation.save()
+    audit_record(actor=actor, organization=organization, action="invitation.create", target=invitation,
+                 summary={"email": email, "roles": roles, "project_grants": invitation.project_grants})
+    link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
+    transaction.on_commit(
+        lambda: send_mail(
+            subject=f"You are invited to {organization.name}",
+            message=(
+                f"You have been invited to the organization {organization.name} on MQTT Cloud.\n\n"
+                f"Accept the invitation within 7 days: {link}\n"
+            ),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[email],
+        )
+    )
+    return invitation, token
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor) -> Invitation:
+    if invitation.status != "pending":
+        raise Conflict(f"The invitation is {invitation.status}; only pending invitations can be revoked.")
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit_record(actor=actor, organization=invitation.organization, action="invitation.revoke", target=invitation,
+                 summary={"email": invitation.email})
+    return invitation
+
+
+def invitation_by_token(token: str) -> Invitation | None:
+    if not isinstance(token, str) or not token:
+        return None
+    return Invitation.objects.select_related("organization").filter(token_hash=_hash(token)).first()
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user=None, password: str | None = None, full_name: str = "") -> Membership:
+    """Accept an invitation: link the signed-in user, or create the account. Single use, even under races."""
+    from accounts.models import User
+    from django.contrib.auth.password_validation import validate_password
+
+    found = invitation_by_token(token)
+    if found is None:
+        raise ValidationError({"token": "This invitation link is not valid."})
+    invitation = Invitation.objects.select_for_update().get(pk=found.pk)
+    if invitation.status != "pending":
+        raise ValidationError({"token": f"This invitation is {invitation.status}."})
+    existing = User.objects.filter(email__iexact=invitation.email).first()
+    if user is not None and getattr(user, "is_authenticated", False):
+        if user.email.lower() != invitation.email.lower():
+            raise ValidationError({"token": f"This invitation is for {invitation.email}; you are signed in as {user.email}."})
+    elif existing is not None:
+        raise ValidationError({"token": f"An account for {invitation.email} exists: sign in to accept the invitation."})
+    else:
+        if not password:
+            raise ValidationError({"password": "Choose a password for your new account."})
+        candidate = User(email=invitation.email, full_name=full_name)
+        validate_password(password, user=candidate)
+        user = User.objects.create_user(invitation.email, password, full_name=full_name)
+    organization = invitation.organization
+    membership, created = Membership.objects.get_or_create(
+        organization=organization, user=user, defaults={"roles": invitation.roles}
+    )
+    if not created:
+        raise ValidationError({"token": "You are already a member of this organization."})
+    for grant in invitation.project_grants:
+        project = Project.objects.filter(organization=organization, public_id=grant["project"]).first()
+        if project is not None:  # a project deleted since the invitation was sent is skipped
+            ProjectGrant.objects.create(membership=membership, project=project, role=grant["role"])
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["accepted_at"])
+    audit_record(actor=access.Principal(user=user), organization=organization, action="invitation.accept",
+                 target=invitation, summary={"email": invitation.email, "roles": invitation.roles})
+    return membership
+
+
+# --- Members ---------------------------------------------------------------------------------------------------
+
+
+def _owner_count(organization: Organization) -> int:
+    return sum(1 for roles in Membership.objects.filter(organization=organization).values_list("roles", flat=True)
+               if Role.OWNER in roles)
+
+
+@transaction.atomic
+def membership_update(*, membership: Membership, actor, roles=None, project_grants=None) -> Membership:
+    organization = membership.organization
+    # Lock the organization's memberships so two concurrent demotions cannot both pass the last-owner check.
+    list(Membership.objects.select_for_update().filter(organization=organization).values_list("pk", flat=True))
+    membership.refresh_from_db()
+    before = {"roles": list(membership.roles),
+              "project_grants": [{"project": g.project.public_id, "role": g.role} for g in membership.grants.select_related("project")]}
+    new_roles = _clean_roles(roles) if roles is not None else list(membership.roles)
+    grants = _resolve_grants(organization, project_grants) if project_grants is not None else None
+    added = set(new_roles) - set(membership.roles)
+    removed = set(membership.roles) - set(new_roles)
+    _check_grantable(actor, organization, list(added | removed), grants or [])
+    if Role.OWNER in removed and actor is not None and not access.has_scope(actor, "org:transfer", organization=organization):
+        raise RoleTooHigh({"roles": ["Only an Owner can remove the Owner role."]})
+    if Role.OWNER in removed and _owner_count(organization) <= 1:
+        raise Conflict({"roles": ["An organization must keep at least one Owner."]})
+    if not new_roles and not (grants if grants is not None else membership.grants.exists()):
+        raise ValidationError({"roles": "A member needs at least one organization role or project grant."})
+    membership.roles = new_roles
+    membership.save(update_fields=["roles"])
+    if grants is not None:
+        membership.grants.all().delete()
+        ProjectGrant.objects.bulk_create(ProjectGrant(membership=membership, project=p, role=r) for p, r in grants)
+    after = {"roles": new_roles,
+             "project_grants": [{"project": p.public_id, "role": r} for p, r in grants] if grants is not None else before["project_grants"]}
+    audit_record(actor=actor, organization=organization, action="member.update", target=membership,
+                 summary={"email": membership.user.email, "before": before, "after": after})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor) -> None:
+    organization = membership.organization
+    list(Membership.objects.select_for_update().filter(organization=organization).values_list("pk", flat=True))
+    if membership.is_owner:
+        if actor is not None and not access.has_scope(actor, "org:transfer", organization=organization):
+            raise RoleTooHigh("Only an Owner can remove an Owner.")
+        if _owner_count(organization) <= 1:
+            raise Conflict("An organization must keep at least one Owner: transfer ownership first.")
+    now = timezone.now()
+    revoked = list(
+        ApiKey.objects.filter(organization=organization, created_by=membership.user, revoked_at=None)
+        .values_list("prefix", flat=True)
+    )
+    ApiKey.objects.filter(organization=organization, created_by=membership.user, revoked_at=None).update(revoked_at=now)
+    audit_record(actor=actor, organization=organization, action="member.remove", target=membership,
+                 summary={"email": membership.user.email, "roles": membership.roles, "revoked_api_keys": revoked})
+    membership.delete()
+
+
+@transaction.atomic
+def ownership_transfer(*, organization: Organization, actor, to_membership: Membership) -> Membership:
+    """Make another member an Owner; the current Owner steps down to Administrator."""
+    if to_membership.organization_id != organization.pk:
+        raise ValidationError({"member": "Not a member of this organization."})
+    current = actor.membership(organization) if actor is not None else None
+    if current is None or not current.is_owner:
+        raise RoleTooHigh("Only an Owner can transfer ownership.")
+    if current.pk == to_membership.pk:
+        raise ValidationError({"member": "You already own this organization."})
+    to_membership.roles = sorted(set(to_membership.roles) | {Role.OWNER.value})
+    to_membership.save(update_fields=["roles"])
+    current.roles = sorted((set(current.roles) - {Role.OWNER.value}) | {Role.ADMINISTRATOR.value})
+    current.save(update_fields=["roles"])
+    audit_record(actor=actor, organization=organization, action="organization.transfer", target=organization,
+                 summary={"from": current.user.email, "to": to_membership.user.email})
+    return to_membership
+
+
+# --- API keys --------------------------------------------------------------------------------------------------
+
+
+def _new_secret() -> tuple[str, str]:
+    prefix = secrets.token_hex(4)
+    return prefix, f"{API_KEY_SECRET_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+
+
+@transaction.atomic
+def api_key_create(
+    *, organization: Organization, actor, name: str, role: str, project_ids=(), expires_at=None, created_by=None
+) -> tuple[ApiKey, str]:
+    """A key acting for its creator with `role`, at most the creator's own rights. Returns (key, secret)."""
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role}."})
+    projects = list(Project.objects.filter(organization=organization, public_id__in=list(project_ids)))
+    if len(projects) != len(set(project_ids)):
+        missing = sorted(set(project_ids) - {p.public_id for p in projects})
+        raise ValidationError({"projects": f"No such project in this organization: {', '.join(missing)}."})
+    if role in PROJECT_ROLES and not projects:
+        raise ValidationError({"projects": "A project role needs at least one project."})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    creator = created_by or (actor.user if actor is not None else None)
+    if actor is not None:
+        if projects:
+            for project in projects:
+                if not access.grantable(actor, organization=organization, roles=[role], project=project):
+                    raise RoleTooHigh({"role": [f"Your rights on {project.public_id} are below {role}."]})
+        elif not access.grantable(actor, organization=organization, roles=[role]):
+            raise RoleTooHigh({"role": ["You cannot create a key with more rights than your own."]})
+    prefix, secret = _new_secret()
+    key = ApiKey(organization=organization, name=name, role=role, created_by=creator, prefix=prefix,
+                 secret_hash=_hash(secret), expires_at=expires_at)
+    key.full_clean()
+    key.save()
+    key.projects.set(projects)
+    audit_record(actor=actor, organization=organization, action="api_key.create", target=key,
+                 summary={"name": name, "role": role, "projects": sorted(p.public_id for p in projects),
+                          "expires_at": expires_at.isoformat() if expires_at else None})
+    return key, secret
+
+
+@transaction.atomic
+def api_key_update(*, key: ApiKey, actor, name: str | None = None, deletion_protection: bool | None = None) -> ApiKey:
+    changes = {}
+    if name is not None and name != key.name:
+        changes["name"] = [key.name, name]
+        key.name = name
+    if deletion_protection is not None and deletion_protection != key.deletion_protection:
+        changes["deletion_protection"] = [key.deletion_protection, deletion_protection]
+        key.deletion_protection = deletion_protection
+    key.full_clean()
+    key.save(update_fields=["name", "deletion_protection"])
+    audit_record(actor=actor, organization=key.organization, action="api_key.update", target=key, summary=changes)
+    return key
+
+
+@transaction.atomic
+def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
+    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if key.revoked_at is not None:
+        raise Conflict("The key is already revoked.")
+    if key.deletion_protection:
+        raise Conflict("The key has deletion protection: lift it first.")
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+    audit_record(actor=actor, organization=key.organization, action="api_key.revoke", target=key,
+                 summary={"name": key.name})
+    return key
+
+
+@transaction.atomic
+def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[ApiKey, str]:
+    """A new secret; the old one keeps working for `overlap_seconds` (at most 24 h) so clients can roll over."""
+    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if not key.is_active:
+        raise Conflict("Only an active key can be rotated.")
+    if not 0 <= overlap_seconds <= MAX_ROTATION_OVERLAP.total_seconds():
+        raise ValidationError({"overlap_seconds": "The overlap must be between 0 and 86400 seconds."})
+    _, secret = _new_secret()
+    # The prefix stays: it is how people recognise the key.
+    secret = f"{API_KEY_SECRET_PREFIX}{key.prefix}_{secret.rsplit('_', 1)[1]}"
+    key.previous_secret_hash = key.secret_hash if overlap_seconds else ""
+    key.previous_expires_at = timezone.now() + datetime.timedelta(seconds=overlap_seconds) if overlap_seconds else None
+    key.secret_hash = _hash(secret)
+    key.save(update_fields=["previous_secret_hash", "previous_expires_at", "secret_hash"])
+    audit_record(actor=actor, organization=key.organization, action="api_key.rotate", target=key,
+                 summary={"overlap_seconds": overlap_seconds})
+    return key, secret
+
+
+def api_key_authenticate(secret: str) -> ApiKey | None:
+    """The active key for a presented secret, or None. Marks last_used_at at most once a minute."""
+    if not isinstance(secret, str) or not secret.startswith(API_KEY_SECRET_PREFIX):
+        return None
+    parts = secret[len(API_KEY_SECRET_PREFIX):].split("_", 1)
+    if len(parts) != 2:
+        return None
+    key = (ApiKey.objects.select_related("organization", "created_by").filter(prefix=parts[0]).first())
+    if key is None or not key.is_active:
+        return None
+    presented = _hash(secret)
+    now = timezone.now()
+    current_ok = secrets.compare_digest(presented, key.secret_hash)
+    previous_ok = bool(key.previous_secret_hash) and key.previous_expires_at is not None and \
+        key.previous_expires_at > now and secrets.compare_digest(presented, key.previous_secret_hash)
+    if not (current_ok or previous_ok):
+        return None
+    if key.last_used_at is None or now - key.last_used_at > datetime.timedelta(seconds=60):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key

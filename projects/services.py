@@ -1,0 +1,64 @@
+"""Every change to projects: create, update, delete. Validates, writes, audits in one transaction."""
+from django.db import IntegrityError, transaction
+
+from audit.services import audit_record
+from controlplane.api.problems import Conflict
+from projects.models import Project
+
+
+def _name_taken(organization, name: str, exclude_pk=None) -> bool:
+    qs = Project.objects.filter(organization=organization, name__iexact=name)
+    if exclude_pk is not None:
+        qs = qs.exclude(pk=exclude_pk)
+    return qs.exists()
+
+
+@transaction.atomic
+def project_create(*, organization, actor, name: str, description: str = "") -> Project:
+    if _name_taken(organization, name):
+        raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
+    project = Project(organization=organization, name=name, description=description)
+    project.full_clean(exclude=["organization"])
+    try:
+        with transaction.atomic():
+            project.save()
+    except IntegrityError:  # a concurrent create with the same name won the race
+        raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
+    audit_record(actor=actor, organization=organization, action="project.create", target=project,
+                 summary={"name": name, "description": description})
+    return project
+
+
+@transaction.atomic
+def project_update(*, project: Project, actor, name: str | None = None, description: str | None = None) -> Project:
+    changes = {}
+    if name is not None and name != project.name:
+        if _name_taken(project.organization, name, exclude_pk=project.pk):
+            raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
+        changes["name"] = [project.name, name]
+        project.name = name
+    if description is not None and description != project.description:
+        changes["description"] = [project.description, description]
+        project.description = description
+    project.full_clean(exclude=["organization"])
+    try:
+        with transaction.atomic():
+            project.save(update_fields=["name", "description"])
+    except IntegrityError:
+        raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
+    audit_record(actor=actor, organization=project.organization, action="project.update", target=project,
+                 summary=changes)
+    return project
+
+
+@transaction.atomic
+def project_delete(*, project: Project, actor) -> None:
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    if project.is_default:
+        raise Conflict("The Default project cannot be deleted.")
+    deployments = getattr(project, "deployments", None)
+    if deployments is not None and deployments.exclude(status="deleted").exists():
+        raise Conflict("The project still holds deployments: delete or move them first.")
+    audit_record(actor=actor, organization=project.organization, action="project.delete", target=project,
+                 summary={"name": project.name})
+    project.delete()

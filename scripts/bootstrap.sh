@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Prepares a machine to run or test the control plane: system packages (as root, with apt-get) and .venv.
+# Idempotent and quiet when nothing is missing. Usage: scripts/bootstrap.sh [run|test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+purpose="${1:-run}"
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_passwd >/dev/null || [ -x /usr/bin/mosquitto_passwd ] || need+=(mosquitto)
+if [ "$purpose" = test ]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing system packages: ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # Debian starts the packaged services; we run our own instances on our own ports.
+    for svc in redis-server mosquitto postgresql; do
+      (systemctl stop "$svc" || service "$svc" stop) >/dev/null 2>&1 || true
+    done
+  else
+    echo "Missing system packages: ${need[*]}" >&2
+    echo "Install them first, e.g.: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "Creating .venv" >&2
+  "$python" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "Installing Python requirements into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null || true
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .venv/bin/python -c "import django, rest_framework, celery, psycopg, paho.mqtt" # fail loudly if the install did
+  echo "$want" > "$stamp"
+fi
