@@ -1,0 +1,58 @@
+"""MQTT topic name and topic filter rules (MQTT 3.1.1 §4.7, 5.0 §4.7), used to validate ACL rules before they reach a
+broker. Pure functions: they never touch a broker or the database.
+"""
+from __future__ import annotations
+
+MAX_TOPIC_BYTES = 65535
+
+
+def _validate_common(value: str, kind: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{kind} must be a string")
+    if value == "":
+        raise ValueError(f"{kind} must not be empty")
+    if "\x00" in value:
+        raise ValueError(f"{kind} must not contain the NUL character")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{kind} must be valid UTF-8 (it contains a lone surrogate)") from None
+    if len(encoded) > MAX_TOPIC_BYTES:
+        raise ValueError(f"{kind} is {len(encoded)} bytes of UTF-8; the limit is {MAX_TOPIC_BYTES}")
+
+
+def validate_topic_filter(value: str) -> None:
+    """Raise ValueError unless `value` is a valid topic filter ('+' a whole level, '#' alone and last)."""
+    _validate_common(value, "topic filter")
+    levels = value.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level:
+            if level != "#":
+                raise ValueError(f"'#' must occupy a whole level of the topic filter, not {level!r}")
+            if index != len(levels) - 1:
+                raise ValueError("'#' must be the last level of the topic filter")
+        if "+" in level and level != "+":
+            raise ValueError(f"'+' must occupy a whole level of the topic filter, not {level!r}")
+
+
+def validate_topic_name(value: str) -> None:
+    """Raise ValueError unless `value` is a valid topic name: a filter without wildcards."""
+    _validate_common(value, "topic name")
+    if "+" in value or "#" in value:
+        raise ValueError("a topic name must not contain the wildcards '+' or '#'")
+
+
+def topic_filters_overlap(a: str, b: str) -> bool:
+    """True if some topic name matches both filters (ignoring the rule that wildcards skip `$` topics)."""
+    left, right = a.split("/"), b.split("/")
+    for x, y in zip(left, right):
+        if x == "#" or y == "#":
+            return True
+        if x != y and x != "+" and y != "+":
+            return False
+    if len(left) == len(right):
+        return True
+    longer = left if len(left) > len(right) else right
+    # 'a/#' also matches 'a': the parent level.
+    return longer[min(len(left), len(right)):] == ["#"]
+
