@@ -1,0 +1,271 @@
+"""The only module that talks to Stripe: customers and their tax ids, card setup, off-session invoice
+collection, and webhook signature checks, through stripe-python's StripeClient.
+
+It returns plain values (ids, PaymentResult, dicts) and never leaks stripe objects; it must never touch the
+database or decide billing policy (what to charge, when to retry): callers do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import stripe
+
+from billing.money import minor_units, normalize_currency
+
+DEFAULT_API_BASE = "https://api.stripe.com"
+ADDRESS_FIELDS = ("line1", "line2", "city", "state", "postal_code", "country")
+
+# How Stripe counts the smallest unit where it differs from ISO 4217 (docs.stripe.com/currencies): the
+# zero-decimal currencies below, and ISK which Stripe takes in hundredths although ISO has no minor unit.
+_STRIPE_ZERO_DECIMAL = frozenset({"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF",
+                                  "UGX", "VND", "VUV", "XAF", "XOF", "XPF"})
+_STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+_client: stripe.StripeClient | None = None
+
+
+class GatewayNotConfigured(RuntimeError):
+    pass
+
+
+class WebhookSignatureError(Exception):
+    """The webhook did not come from Stripe with our signing secret (bad, missing, or too old signature)."""
+
+
+class WebhookPayloadError(ValueError):
+    """A correctly signed body that is not a Stripe event."""
+
+
+class PaymentStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    PROCESSING = "processing"
+    REQUIRES_ACTION = "requires_action"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    status: PaymentStatus
+    payment_intent_id: str | None
+    failure_message: str | None = None
+    failure_code: str | None = None
+    decline_code: str | None = None
+
+
+def make_client(*, api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> stripe.StripeClient:
+    """A StripeClient; `api_base` points it elsewhere (the test fake). Retries reuse the idempotency key."""
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base or DEFAULT_API_BASE},
+        max_network_retries=max_network_retries,
+    )
+
+
+def configure(*, api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> None:
+    """Set the client used when a function is not given one (call once at startup, from settings)."""
+    global _client
+    _client = make_client(api_key=api_key, api_base=api_base, max_network_retries=max_network_retries)
+
+
+def _get(client: stripe.StripeClient | None) -> stripe.StripeClient:
+    if client is not None:
+        return client
+    if _client is None:
+        raise GatewayNotConfigured("billing.stripe_gateway.configure() has not been called")
+    return _client
+
+
+def to_stripe_amount(amount_minor: int, currency: str) -> int:
+    """Convert ISO 4217 minor units to the integer Stripe expects for `currency`."""
+    code = normalize_currency(currency)
+    stripe_decimals = 0 if code in _STRIPE_ZERO_DECIMAL else 3 if code in _STRIPE_THREE_DECIMAL else 2
+    shift = stripe_decimals - minor_units(code)
+    if shift >= 0:
+        return amount_minor * 10**shift
+    factor = 10**-shift
+    if amount_minor % factor:
+        raise ValueError(f"{amount_minor} minor units of {code} cannot be charged exactly on Stripe")
+    return amount_minor // factor
+
+
+def _field(obj: Any, key: str) -> Any:
+    # StripeObject is not a dict: missing keys raise AttributeError.
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _address_params(address: dict | None) -> dict[str, str]:
+    address = address or {}
+    # An empty string unsets a field on Stripe, so a removed address line is cleared there too.
+    return {field: str(address.get(field) or "") for field in ADDRESS_FIELDS}
+
+
+def _compact_tax_value(value: str) -> str:
+    return "".join(value.split()).upper()
+
+
+def ensure_customer(
+    *,
+    customer_id: str | None,
+    email: str,
+    name: str,
+    address: dict | None,
+    tax_id: tuple[str, str] | None,
+    metadata: dict[str, str] | None = None,
+    client: stripe.StripeClient | None = None,
+) -> str:
+    """Create or update the Stripe customer of a billing account and make its tax ids equal to `tax_id`.
+
+    Returns the customer id, a new one if `customer_id` is None or no longer exists on Stripe.
+    """
+    api = _get(client).v1
+    wanted_metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    params: dict[str, Any] = {"email": email, "name": name, "address": _address_params(address)}
+    customer = None
+    if customer_id:
+        try:
+            customer = api.customers.retrieve(customer_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_missing":
+                raise
+    if customer is None or getattr(customer, "deleted", False):
+        # On create, blank fields are left out rather than sent as "unset".
+        filled = {k: v for k, v in params["address"].items() if v}
+        create = {**params, "metadata": wanted_metadata, "address": filled or None}
+        customer = api.customers.create(params=create)
+    else:
+        # Stripe merges metadata: keys we no longer have are removed by sending them empty.
+        current = _field(customer, "metadata")
+        current_keys = list(current.to_dict()) if hasattr(current, "to_dict") else list(current or {})
+        stale = {k: "" for k in current_keys if k not in wanted_metadata}
+        customer = api.customers.update(customer.id, params={**params, "metadata": {**stale, **wanted_metadata}})
+    _sync_tax_ids(api, customer.id, tax_id)
+    return customer.id
+
+
+def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None) -> None:
+    wanted = (tax_id[0], _compact_tax_value(tax_id[1])) if tax_id else None
+    kept = False
+    for existing in api.customers.tax_ids.list(customer_id, params={"limit": 100}).data:
+        if not kept and wanted == (existing.type, _compact_tax_value(existing.value)):
+            kept = True
+            continue
+        api.customers.tax_ids.delete(customer_id, existing.id)
+    if wanted and not kept:
+        api.customers.tax_ids.create(customer_id, params={"type": wanted[0], "value": wanted[1]})
+
+
+def create_setup_intent(customer_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str]:
+    """A SetupIntent to save a card for later off-session charges; returns (id, client_secret)."""
+    intent = _get(client).v1.setup_intents.create(params={
+        "customer": customer_id, "usage": "off_session", "payment_method_types": ["card"],
+    })
+    return intent.id, intent.client_secret
+
+
+def create_checkout_setup_session(
+    customer_id: str, success_url: str, cancel_url: str, *, client: stripe.StripeClient | None = None
+) -> str:
+    """A hosted Checkout page in setup mode that saves a card on the customer; returns its URL."""
+    session = _get(client).v1.checkout.sessions.create(params={
+        "mode": "setup",
+        "customer": customer_id,
+        "payment_method_types": ["card"],
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    })
+    return session.url
+
+
+def set_default_payment_method(
+    *, customer_id: str, payment_method_id: str, client: stripe.StripeClient | None = None
+) -> None:
+    """Make a saved card the one invoices are collected from (after setup_intent.succeeded)."""
+    _get(client).v1.customers.update(
+        customer_id, params={"invoice_settings": {"default_payment_method": payment_method_id}}
+    )
+
+
+def _result_from_intent(intent: Any) -> PaymentResult:
+    status = _field(intent, "status")
+    mapped = {
+        "succeeded": PaymentStatus.SUCCEEDED,
+        "processing": PaymentStatus.PROCESSING,
+        "requires_action": PaymentStatus.REQUIRES_ACTION,
+    }.get(status, PaymentStatus.FAILED)
+    error = _field(intent, "last_payment_error")
+    message = None if mapped is not PaymentStatus.FAILED else (_field(error, "message") or f"payment {status}")
+    return PaymentResult(mapped, _field(intent, "id"), message, _field(error, "code"), _field(error, "decline_code"))
+
+
+def collect_invoice(
+    *,
+    customer_id: str,
+    amount_minor: int,
+    currency: str,
+    invoice_id: int | str,
+    attempt: int,
+    client: stripe.StripeClient | None = None,
+) -> PaymentResult:
+    """Charge an invoice off-session to the customer's default card. A declined card is a failed result,
+    not an exception; the same (invoice, attempt) never charges twice (idempotency key)."""
+    api = _get(client).v1
+    if amount_minor <= 0:
+        raise ValueError("amount_minor must be positive")
+    customer = api.customers.retrieve(customer_id)
+    payment_method = _field(_field(customer, "invoice_settings"), "default_payment_method")
+    if not payment_method:
+        return PaymentResult(PaymentStatus.FAILED, None, "No default payment method on file.",
+                             "no_default_payment_method")
+    params = {
+        "amount": to_stripe_amount(amount_minor, currency),
+        "currency": normalize_currency(currency).lower(),
+        "customer": customer_id,
+        "payment_method": payment_method,
+        "off_session": True,
+        "confirm": True,
+        "metadata": {"invoice_id": str(invoice_id), "attempt": str(attempt)},
+    }
+    try:
+        intent = api.payment_intents.create(
+            params=params, options={"idempotency_key": f"inv-{invoice_id}-attempt-{attempt}"}
+        )
+    except stripe.CardError as exc:
+        code = exc.code
+        status = PaymentStatus.REQUIRES_ACTION if code == "authentication_required" else PaymentStatus.FAILED
+        return PaymentResult(
+            status,
+            _field(_field(exc.error, "payment_intent"), "id"),
+            exc.user_message or str(exc),
+            code,
+            _field(exc.error, "decline_code"),
+        )
+    return _result_from_intent(intent)
+
+
+def verify_webhook(payload: bytes, sig_header: str, secret: str, *, tolerance: int = 300) -> dict:
+    """Check the Stripe-Signature header with Stripe's own verifier and return the event as a dict.
+
+    Raises WebhookSignatureError for a missing, wrong or expired (older than `tolerance` seconds) signature.
+    """
+    text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    if not sig_header:
+        raise WebhookSignatureError("missing Stripe-Signature header")
+    try:
+        stripe.WebhookSignature.verify_header(text, sig_header, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookSignatureError(f"invalid Stripe webhook signature: {exc.user_message or exc}") from exc
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise WebhookPayloadError("signed payload is not JSON") from exc
+    if not isinstance(event, dict) or "id" not in event or "type" not in event:
+        raise WebhookPayloadError("signed payload is not a Stripe event")
+    return event
