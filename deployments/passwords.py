@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import os
+import secrets
 
 from deployments.drivers.base import MqttCredential
 
@@ -40,7 +41,9 @@ def hash_mqtt_password(password: str, *, iterations: int = DEFAULT_ITERATIONS) -
     """Return (salt_b64, hash_b64) for `password`, with a fresh random salt."""
     if iterations < 1:
         raise ValueError("iterations must be positive")
-    salt = os.urandom(SALT_BYTES)
+    # Printable salt (hex text, SALT_BYTES long): mosquitto takes any bytes, but EMQX receives the salt as a string
+    # in its user import and runs PBKDF2 over that string's bytes, so a binary salt could never be loaded there.
+    salt = secrets.token_hex(SALT_BYTES // 2).encode()
     return _b64(salt), _b64(_derive(password, salt, iterations))
 
 

@@ -1,0 +1,216 @@
+"""Kubernetes manifests for one deployment's EMQX cluster, rendered from its BrokerSpec.
+
+Pure functions: no I/O, no clock, no randomness, so the same spec always renders the same objects and server-side
+apply of an unchanged spec changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+from deployments.drivers.base import BrokerSpec
+from deployments.emqx_config import DASHBOARD_PORT, LISTENERS, render_hocon
+
+FIELD_MANAGER = "controlplane"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+DEPLOYMENT_LABEL = "controlplane.io/deployment"
+RESTART_NONCE_ANNOTATION = "controlplane.io/restart-nonce"
+# Namespaces whose pods may reach the management API: the control plane's own (it carries this label) and the
+# operator's, which calls EMQX's API on every core pod while reconciling.
+CONTROL_PLANE_NAMESPACE_LABEL = ("controlplane.io/role", "control-plane")
+OPERATOR_NAMESPACE = "emqx-operator-system"
+
+EMQX_GROUP = "apps.emqx.io"
+EMQX_VERSION = "v2beta1"
+EMQX_PLURAL = "emqxes"
+EMQX_NAME = "emqx"
+API_KEY_SECRET = "emqx-api-key"
+# Inter-node ports the operator's headless Service exposes (emqx-operator controllers/apps/v2beta1/add_svc.go).
+ERLANG_DIST_PORT = 4370
+GEN_RPC_PORT = 5369
+
+_DNS1123 = re.compile(r"[^a-z0-9-]+")
+
+
+def namespace_name(deployment_id: str) -> str:
+    """`mqtt-<id>` as a DNS-1123 label: lower case, [a-z0-9-], at most 63 characters, no leading/trailing dash."""
+    slug = _DNS1123.sub("-", deployment_id.lower()).strip("-")
+    name = f"mqtt-{slug}" if slug else "mqtt"
+    if len(name) > 63:
+        # Keep names unique when truncating: a short digest of the full id stands in for the tail.
+        digest = hashlib.sha256(deployment_id.encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-')}-{digest}"
+    return name
+
+
+def listeners_service_name() -> str:
+    """The operator names the listeners Service `<EMQX name>-listeners` (apis/apps/v2beta1/names.go)."""
+    return f"{EMQX_NAME}-listeners"
+
+
+def dashboard_service_name() -> str:
+    return f"{EMQX_NAME}-dashboard"
+
+
+def _labels(spec: BrokerSpec) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: FIELD_MANAGER, DEPLOYMENT_LABEL: _label_value(spec.name)}
+
+
+def _label_value(value: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-_.")
+    return cleaned[:63].rstrip("-_.")
+
+
+def pod_resources(spec: BrokerSpec) -> dict[str, dict[str, str]]:
+    """Requests and limits of one EMQX pod, sized from the connections each node carries."""
+    per_node = math.ceil(spec.max_connections / max(spec.replicas, 1))
+    # About 100 MiB per 10k idle connections on EMQX 5, on top of a 512 MiB floor for the VM and its tables.
+    memory_mi = 512 + 128 * math.ceil(per_node / 10_000)
+    cpu_milli = 500 + 250 * math.ceil(per_node / 10_000)
+    return {
+        "requests": {"cpu": f"{cpu_milli // 2}m", "memory": f"{memory_mi // 2}Mi"},
+        "limits": {"cpu": f"{cpu_milli}m", "memory": f"{memory_mi}Mi"},
+    }
+
+
+def render_namespace(spec: BrokerSpec) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace_name(spec.name), "labels": _labels(spec)},
+    }
+
+
+def render_resource_quota(spec: BrokerSpec) -> dict:
+    resources = pod_resources(spec)
+    # The operator updates by blue-green: a new StatefulSet comes up before the old one is drained, so the
+    # namespace must hold two generations of pods at once.
+    pods = 2 * max(spec.replicas, 1)
+
+    def times(quantity: str, suffix: str) -> str:
+        return f"{int(quantity.removesuffix(suffix)) * pods}{suffix}"
+
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "broker-quota", "namespace": namespace_name(spec.name), "labels": _labels(spec)},
+        "spec": {
+            "hard": {
+                "pods": str(pods),
+                "requests.cpu": times(resources["requests"]["cpu"], "m"),
+                "requests.memory": times(resources["requests"]["memory"], "Mi"),
+                "limits.cpu": times(resources["limits"]["cpu"], "m"),
+                "limits.memory": times(resources["limits"]["memory"], "Mi"),
+                "persistentvolumeclaims": str(pods),
+                "services.loadbalancers": "1",
+            }
+        },
+    }
+
+
+def render_network_policy(spec: BrokerSpec) -> dict:
+    key, value = CONTROL_PLANE_NAMESPACE_LABEL
+    pods = {"matchLabels": {"apps.emqx.io/instance": EMQX_NAME}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "broker-ingress", "namespace": namespace_name(spec.name), "labels": _labels(spec)},
+        "spec": {
+            "podSelector": pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                # MQTT clients arrive from anywhere, through the load balancer.
+                {"ports": [{"protocol": "TCP", "port": port} for _type, port in LISTENERS.values()]},
+                {
+                    "from": [
+                        {"namespaceSelector": {"matchLabels": {key: value}}},
+                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}],
+                },
+                # Clustering between the deployment's own nodes.
+                {
+                    "from": [{"podSelector": pods}],
+                    "ports": [
+                        {"protocol": "TCP", "port": ERLANG_DIST_PORT},
+                        {"protocol": "TCP", "port": GEN_RPC_PORT},
+                    ],
+                },
+            ],
+        },
+    }
+
+
+def render_api_key_secret(spec: BrokerSpec) -> dict:
+    # bootstrapAPIKeys[].secretRef points at two keys of a Secret, one for the key and one for the secret; the
+    # operator joins them as `<key>:<secret>` into EMQX's api_key bootstrap file
+    # (controllers/apps/v2beta1/add_bootstrap_resource.go generateBootstrapAPIKeySecret).
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": API_KEY_SECRET, "namespace": namespace_name(spec.name), "labels": _labels(spec)},
+        "type": "Opaque",
+        "stringData": {"key": spec.api_key, "secret": spec.api_secret},
+    }
+
+
+def render_emqx(spec: BrokerSpec) -> dict:
+    annotations = {RESTART_NONCE_ANNOTATION: str(spec.restart_nonce)}
+    core_spec: dict = {"replicas": spec.replicas, "resources": pod_resources(spec)}
+    if spec.region.storage_class:
+        core_spec["volumeClaimTemplates"] = {
+            "storageClassName": spec.region.storage_class,
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        }
+    return {
+        "apiVersion": f"{EMQX_GROUP}/{EMQX_VERSION}",
+        "kind": "EMQX",
+        "metadata": {"name": EMQX_NAME, "namespace": namespace_name(spec.name), "labels": _labels(spec)},
+        "spec": {
+            "image": f"emqx/emqx:{spec.version}",
+            "config": {"mode": "Merge", "data": render_hocon(spec)},
+            # The pod template's annotations are part of the operator's pod-template hash: a new nonce makes it
+            # bring up a new set of nodes and evacuate the old ones (sessions migrate), one update at a time.
+            "coreTemplate": {"metadata": {"annotations": annotations}, "spec": core_spec},
+            "listenersServiceTemplate": {"enabled": True, "spec": {"type": spec.region.service_type}},
+            "bootstrapAPIKeys": [
+                {
+                    "secretRef": {
+                        "key": {"secretName": API_KEY_SECRET, "secretKey": "key"},
+                        "secret": {"secretName": API_KEY_SECRET, "secretKey": "secret"},
+                    }
+                }
+            ],
+        },
+    }
+
+
+def render_manifests(spec: BrokerSpec) -> list[dict]:
+    """Every object of a running deployment, in apply order (the namespace first, the EMQX resource last).
+
+    A stopped deployment (`running=False`) renders the same list without the EMQX resource. Scaling the core to
+    0 replicas is not rejected by the CRD (no minimum on coreTemplate.spec.replicas; the webhooks that demanded
+    more than one core were removed in operator 2.2.1) but the operator's status machine only leaves
+    CoreNodesProgressing once ReadyReplicas != 0 (controllers/apps/v2beta1/status_machine.go), so a 0-replica
+    resource never converges while the operator keeps calling an API no pod serves. Deleting the resource stops
+    every pod; the namespace, its Secret, quota, policy and retained PVCs stay, and users/ACL are pushed again
+    on start.
+    """
+    if not spec.api_key or not spec.api_secret:
+        raise ValueError("the kubernetes driver needs the bootstrap api_key and api_secret")
+    if not re.fullmatch(r"[a-zA-Z\d_-]+", spec.api_key):
+        # The CRD's pattern for bootstrap keys (apps.emqx.io_emqxes.yaml, bootstrapAPIKeys.items.key).
+        raise ValueError("api_key may only hold letters, digits, '-' and '_'")
+    if not 3 <= len(spec.api_secret) <= 128:
+        raise ValueError("api_secret must be 3 to 128 characters")
+    manifests = [
+        render_namespace(spec),
+        render_resource_quota(spec),
+        render_network_policy(spec),
+        render_api_key_secret(spec),
+    ]
+    if spec.running:
+        manifests.append(render_emqx(spec))
+    return manifests

@@ -1,0 +1,128 @@
+"""EmqxApi against the HTTP fake of EMQX's /api/v5: users, ACL, auth failures and outages."""
+import base64
+import hashlib
+
+import pytest
+import requests
+
+from deployments.drivers.base import AclEntry, MqttCredential, PermanentDriverError, TemporaryDriverError
+from deployments.emqx_api import EmqxApi
+from tests.fakes.emqx_api import FakeEmqxServer
+
+
+def credential(username: str, password: str, *, salt: bytes = b"0123456789abcdef", superuser: bool = False):
+    derived = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, dklen=64)
+    return MqttCredential(username=username, salt_b64=base64.b64encode(salt).decode(),
+                          hash_b64=base64.b64encode(derived).decode(), iterations=101, is_superuser=superuser)
+
+
+@pytest.fixture
+def fake():
+    server = FakeEmqxServer(api_key="cp", api_secret="s3cret").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(fake):
+    return EmqxApi(fake.url, "cp", "s3cret")
+
+
+def test_sync_users_imports_hex_hash_and_text_salt_emqx_can_verify_when_users_are_new(api, fake):
+    api.sync_users([credential("alice", "pw-a", superuser=True)])
+    stored = fake.users()["alice"]
+    # What EMQX computes on CONNECT: hex(pbkdf2(sha512, password, salt bytes, iterations)).
+    expected = hashlib.pbkdf2_hmac("sha512", b"pw-a", stored["salt"].encode(), 101).hex()
+    assert stored["password_hash"] == expected
+    assert stored["is_superuser"] is True
+
+
+def test_sync_users_deletes_extra_users_and_overwrites_changed_hashes_when_set_differs(api, fake):
+    api.sync_users([credential("alice", "old"), credential("bob", "b"), credential("carol", "c")])
+    api.sync_users([credential("alice", "new"), credential("dave", "d")])
+    users = fake.users()
+    assert sorted(users) == ["alice", "dave"]
+    assert users["alice"]["password_hash"] == hashlib.pbkdf2_hmac(
+        "sha512", b"new", b"0123456789abcdef", 101).hex()
+
+
+def test_sync_users_removes_everyone_when_no_users_are_desired(api, fake):
+    api.sync_users([credential("alice", "a")])
+    api.sync_users([])
+    assert fake.users() == {}
+
+
+def test_sync_users_raises_permanent_when_salt_is_binary(api, fake):
+    with pytest.raises(PermanentDriverError, match="binary salt"):
+        api.sync_users([credential("alice", "a", salt=b"\xff\xfe\x00\x80binary")])
+    assert fake.users() == {}
+
+
+def test_sync_acl_groups_rules_by_user_client_and_all_keeping_order_when_entries_mixed(api, fake):
+    entries = [
+        AclEntry(permission="allow", action="publish", topic="dev/alice/#", username="alice"),
+        AclEntry(permission="deny", action="all", topic="dev/#", username="alice"),
+        AclEntry(permission="allow", action="subscribe", topic="cmd/c1", client_id="c1"),
+        AclEntry(permission="deny", action="all", topic="$SYS/#"),
+    ]
+    api.sync_acl(entries)
+    rules = fake.rules()
+    assert [(r["permission"], r["action"], r["topic"]) for r in rules["users"]["alice"]] == [
+        ("allow", "publish", "dev/alice/#"), ("deny", "all", "dev/#")]
+    assert [r["topic"] for r in rules["clients"]["c1"]] == ["cmd/c1"]
+    assert [r["topic"] for r in rules["all"]] == ["$SYS/#"]
+
+
+def test_sync_acl_removes_subjects_and_all_rules_when_no_longer_desired(api, fake):
+    api.sync_acl([AclEntry(permission="allow", action="all", topic="a", username="u1"),
+                  AclEntry(permission="allow", action="all", topic="b", client_id="c1"),
+                  AclEntry(permission="deny", action="all", topic="#")])
+    api.sync_acl([AclEntry(permission="allow", action="all", topic="a", username="u2")])
+    rules = fake.rules()
+    assert list(rules["users"]) == ["u2"] and rules["clients"] == {} and rules["all"] == []
+
+
+def test_sync_acl_writes_nothing_when_rules_already_match(api, fake):
+    entries = [AclEntry(permission="allow", action="all", topic="a", username="u1")]
+    api.sync_acl(entries)
+    writes_before = [s for s in fake.state.seen if s[0] in ("PUT", "POST", "DELETE")]
+    api.sync_acl(entries)
+    writes_after = [s for s in fake.state.seen if s[0] in ("PUT", "POST", "DELETE")]
+    assert writes_after == writes_before
+
+
+def test_sync_acl_raises_permanent_when_rule_names_user_and_client(api):
+    with pytest.raises(PermanentDriverError, match="split it"):
+        api.sync_acl([AclEntry(permission="allow", action="all", topic="a", username="u", client_id="c")])
+
+
+def test_requests_raise_temporary_when_api_key_is_wrong(fake):
+    with pytest.raises(TemporaryDriverError, match="bootstrap API key"):
+        EmqxApi(fake.url, "cp", "wrong").monitor_current()
+
+
+def test_requests_raise_temporary_when_emqx_answers_5xx(api, fake):
+    fake.state.fail_status = 503
+    with pytest.raises(TemporaryDriverError, match="503"):
+        api.sync_users([credential("alice", "a")])
+
+
+def test_requests_raise_temporary_when_connection_is_refused(fake):
+    url = fake.url
+    fake.stop()
+    with pytest.raises(TemporaryDriverError, match="unreachable"):
+        EmqxApi(url, "cp", "s3cret").stats()
+
+
+def test_read_helpers_return_emqx_bodies_when_authorised(api):
+    assert api.monitor_current()["connections"] == 3
+    assert api.stats()["connections.count"] == 3
+    assert api.metrics()["messages.received"] == 10
+
+
+def test_session_is_used_when_given(fake):
+    session = requests.Session()
+    calls = []
+    session.hooks["response"].append(lambda r, *a, **k: calls.append(r.url))
+    EmqxApi(fake.url, "cp", "s3cret", session=session).stats()
+    assert calls and calls[0].startswith(fake.url + "/api/v5/stats")

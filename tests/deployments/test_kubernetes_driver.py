@@ -1,0 +1,236 @@
+"""KubernetesDriver end to end: the real `kubernetes` client against the HTTP fake API server, EMQX's API faked too."""
+import base64
+import dataclasses
+import hashlib
+
+import pytest
+
+from deployments.drivers.base import (
+    AclEntry, BrokerSpec, MqttCredential, PermanentDriverError, RegionTarget, TemporaryDriverError,
+)
+from deployments.drivers.kubernetes import KubernetesDriver
+from deployments.emqx_api import EmqxApi
+from tests.fakes.emqx_api import FakeEmqxServer
+from tests.fakes.kubernetes_api import FakeKubernetesServer
+
+NS = "mqtt-dep-k8s1"
+EMQX_KEY = ("apps.emqx.io/v2beta1", "emqxes", NS, "emqx")
+
+
+def _credential(username: str, password: str) -> MqttCredential:
+    salt = b"a1b2c3d4e5f60718"
+    derived = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return MqttCredential(username=username, salt_b64=base64.b64encode(salt).decode(),
+                          hash_b64=base64.b64encode(derived).decode())
+
+
+@pytest.fixture
+def cluster():
+    server = FakeKubernetesServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker_api():
+    server = FakeEmqxServer(api_key="controlplane", api_secret="bootstrap-secret").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def management_urls():
+    return []
+
+
+@pytest.fixture
+def driver(broker_api, management_urls):
+    def emqx_api_factory(*, base_url, api_key, api_secret):
+        # The cluster-internal management URL is not reachable from a test: keep it, talk to the fake instead.
+        management_urls.append(base_url)
+        return EmqxApi(broker_api.url, api_key, api_secret)
+
+    return KubernetesDriver(emqx_api_factory=emqx_api_factory)
+
+
+@pytest.fixture
+def spec(cluster):
+    return BrokerSpec(
+        name="dep_K8S1", region=RegionTarget(code="eu-1", driver="kubernetes", kubeconfig=cluster.kubeconfig()),
+        running=True, max_connections=1000, messages_per_second=100, replicas=2,
+        users=(_credential("alice", "pw"),),
+        acl=(AclEntry(permission="allow", action="all", topic="dev/alice/#", username="alice"),),
+        api_key="controlplane", api_secret="bootstrap-secret",
+    )
+
+
+def _make_ready(cluster, ip="203.0.113.7"):
+    cluster.state.mark_emqx_ready(NS, replicas=2)
+    cluster.state.set_listeners_service(NS, ip=ip)
+
+
+def test_apply_creates_every_object_by_server_side_apply_when_namespace_is_new(driver, spec, cluster):
+    observed = driver.apply(spec)
+    patches = cluster.state.requests_for("PATCH")
+    assert len(patches) == 5
+    for request in patches:
+        assert request.content_type == "application/apply-patch+yaml"
+        assert request.query["fieldManager"] == ["controlplane"]
+        assert request.query["force"] == ["true"]
+    state = cluster.state
+    assert state.get("v1", "namespaces", "", NS)["metadata"]["labels"]["controlplane.io/deployment"] == "dep_K8S1"
+    assert state.get("v1", "resourcequotas", NS, "broker-quota") is not None
+    assert state.get("networking.k8s.io/v1", "networkpolicies", NS, "broker-ingress") is not None
+    secret = state.get("v1", "secrets", NS, "emqx-api-key")
+    assert base64.b64decode(secret["data"]["secret"]) == b"bootstrap-secret"
+    emqx = state.get(*EMQX_KEY)
+    assert emqx["spec"]["coreTemplate"]["spec"]["replicas"] == 2
+    assert observed.phase == "starting"
+
+
+def test_apply_changes_nothing_when_spec_is_unchanged(driver, spec, cluster):
+    driver.apply(spec)
+    before = cluster.state.get(*EMQX_KEY)["metadata"]
+    driver.apply(spec)
+    after = cluster.state.get(*EMQX_KEY)["metadata"]
+    assert (after["generation"], after["resourceVersion"], after["uid"]) == (
+        before["generation"], before["resourceVersion"], before["uid"])
+
+
+def test_apply_bumps_generation_when_spec_changes(driver, spec, cluster):
+    driver.apply(spec)
+    driver.apply(dataclasses.replace(spec, replicas=3))
+    emqx = cluster.state.get(*EMQX_KEY)
+    assert emqx["metadata"]["generation"] == 2
+    assert emqx["spec"]["coreTemplate"]["spec"]["replicas"] == 3
+
+
+def test_apply_reports_running_with_endpoints_and_pushes_users_and_acl_when_operator_says_ready(
+    driver, spec, cluster, broker_api, management_urls
+):
+    driver.apply(spec)
+    assert broker_api.users() == {}
+    _make_ready(cluster)
+    observed = driver.apply(spec)
+    assert observed.phase == "running"
+    assert observed.host == "203.0.113.7"
+    assert observed.ports == {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084}
+    assert observed.ready_replicas == 2
+    assert list(broker_api.users()) == ["alice"]
+    assert [r["topic"] for r in broker_api.rules()["users"]["alice"]] == ["dev/alice/#"]
+    assert management_urls == [f"http://emqx-dashboard.{NS}.svc:18083"]
+
+
+def test_apply_stays_starting_when_ready_but_load_balancer_has_no_address(driver, spec, cluster):
+    driver.apply(spec)
+    cluster.state.mark_emqx_ready(NS, replicas=2)
+    cluster.state.set_listeners_service(NS)
+    observed = driver.apply(spec)
+    assert observed.phase == "starting"
+    assert "load balancer" in observed.message
+
+
+def test_apply_uses_hostname_when_load_balancer_gives_one(driver, spec, cluster):
+    driver.apply(spec)
+    cluster.state.mark_emqx_ready(NS, replicas=2)
+    cluster.state.set_listeners_service(NS, hostname="abc.elb.example.com")
+    assert driver.apply(spec).host == "abc.elb.example.com"
+
+
+def test_apply_recreates_secret_when_it_was_deleted_behind_our_back(driver, spec, cluster):
+    driver.apply(spec)
+    cluster.state.delete_object("v1", "secrets", NS, "emqx-api-key")
+    driver.apply(spec)
+    assert cluster.state.get("v1", "secrets", NS, "emqx-api-key") is not None
+
+
+def test_apply_rolls_pods_and_reports_nonce_only_after_ready_again_when_restart_nonce_bumped(driver, spec, cluster):
+    driver.apply(spec)
+    _make_ready(cluster)
+    assert driver.apply(spec).restart_nonce == 0
+    generation = cluster.state.get(*EMQX_KEY)["metadata"]["generation"]
+
+    restarting = dataclasses.replace(spec, restart_nonce=1)
+    observed = driver.apply(restarting)
+    emqx = cluster.state.get(*EMQX_KEY)
+    assert emqx["spec"]["coreTemplate"]["metadata"]["annotations"]["controlplane.io/restart-nonce"] == "1"
+    assert emqx["metadata"]["generation"] == generation + 1
+    assert observed.phase == "starting" and observed.restart_nonce == 0
+
+    cluster.state.mark_emqx_ready(NS, ready=False)
+    assert driver.apply(restarting).restart_nonce == 0
+    cluster.state.mark_emqx_ready(NS, replicas=2)
+    observed = driver.apply(restarting)
+    assert (observed.phase, observed.restart_nonce) == ("running", 1)
+
+
+def test_apply_waits_when_ready_condition_is_from_an_older_generation(driver, spec, cluster):
+    driver.apply(spec)
+    cluster.state.mark_emqx_ready(NS, replicas=2, observed_generation=1)
+    cluster.state.set_listeners_service(NS, ip="203.0.113.7")
+    driver.apply(dataclasses.replace(spec, replicas=3))
+    assert driver.observe(dataclasses.replace(spec, replicas=3)).phase == "starting"
+
+
+def test_apply_deletes_emqx_but_keeps_namespace_when_stopped(driver, spec, cluster):
+    driver.apply(spec)
+    _make_ready(cluster)
+    observed = driver.apply(dataclasses.replace(spec, running=False))
+    assert observed.phase == "stopped"
+    assert cluster.state.get(*EMQX_KEY) is None
+    assert cluster.state.get("v1", "namespaces", "", NS) is not None
+    assert cluster.state.get("v1", "secrets", NS, "emqx-api-key") is not None
+    assert driver.observe(spec).phase == "stopped"
+
+
+def test_observe_changes_nothing_when_called(driver, spec, cluster):
+    driver.apply(spec)
+    _make_ready(cluster)
+    patches = len(cluster.state.requests_for("PATCH"))
+    observed = driver.observe(spec)
+    assert observed.phase == "running" and observed.host == "203.0.113.7"
+    assert len(cluster.state.requests_for("PATCH")) == patches
+
+
+def test_delete_removes_namespace_with_foreground_propagation_and_reports_absent(driver, spec, cluster):
+    driver.apply(spec)
+    observed = driver.delete(spec)
+    assert observed.phase == "absent"
+    deletes = cluster.state.requests_for("DELETE", f"/api/v1/namespaces/{NS}")
+    assert deletes[0].query.get("propagationPolicy") == ["Foreground"] or \
+        (deletes[0].body or {}).get("propagationPolicy") == "Foreground"
+    assert cluster.state.get(*EMQX_KEY) is None
+    assert driver.observe(spec).phase == "absent"
+    assert driver.delete(spec).phase == "absent"
+
+
+@pytest.mark.parametrize("status", [409, 500, 503])
+def test_apply_raises_temporary_when_api_server_answers(driver, spec, cluster, status):
+    cluster.state.fail_next("PATCH", "/emqxes/", status, "Conflict" if status == 409 else "InternalError")
+    with pytest.raises(TemporaryDriverError, match=str(status)):
+        driver.apply(spec)
+
+
+def test_apply_raises_permanent_with_server_message_when_api_server_answers_422(driver, spec, cluster):
+    cluster.state.fail_next("PATCH", "/emqxes/", 422, "Invalid",
+                            'EMQX.apps.emqx.io "emqx" is invalid: spec.image: Required value')
+    with pytest.raises(PermanentDriverError, match="spec.image: Required value"):
+        driver.apply(spec)
+
+
+def test_apply_raises_permanent_naming_quota_when_api_server_answers_403_quota(driver, spec, cluster):
+    cluster.state.fail_next("PATCH", "/namespaces/", 403, "Forbidden",
+                            'exceeded quota: region-quota, requested: services.loadbalancers=1')
+    with pytest.raises(PermanentDriverError, match="quota is exhausted"):
+        driver.apply(spec)
+
+
+def test_apply_raises_temporary_when_api_server_refuses_connections(driver, spec, cluster):
+    cluster.stop()
+    with pytest.raises(TemporaryDriverError, match="unreachable"):
+        driver.apply(spec)
+
+
+def test_apply_raises_permanent_when_spec_is_invalid(driver, spec):
+    with pytest.raises(PermanentDriverError, match="invalid broker configuration"):
+        driver.apply(dataclasses.replace(spec, api_key=""))

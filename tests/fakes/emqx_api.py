@@ -1,0 +1,242 @@
+"""HTTP-level fake of EMQX 5's management API (`/api/v5`) for the calls deployments.emqx_api makes.
+
+Checks HTTP Basic auth (401 BAD_API_KEY_OR_SECRET otherwise), keeps built-in database users and authorization rules,
+and answers with EMQX's response shapes (`{data, meta}` pages, `{code, message}` errors). Never a real broker.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import email.parser
+import email.policy
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+AUTHN = "/api/v5/authentication/password_based:built_in_database"
+RULES = "/api/v5/authorization/sources/built_in_database/rules"
+
+
+@dataclass
+class FakeEmqx:
+    api_key: str
+    api_secret: str
+    users: dict[str, dict] = field(default_factory=dict)  # user_id -> {password_hash, salt, is_superuser}
+    user_rules: dict[str, list[dict]] = field(default_factory=dict)
+    client_rules: dict[str, list[dict]] = field(default_factory=dict)
+    all_rules: list[dict] = field(default_factory=list)
+    seen: list[tuple[str, str]] = field(default_factory=list)
+    fail_status: int | None = None  # answer every request with this status (e.g. 503) while set
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def _page(items: list[dict], query: dict[str, list[str]]) -> dict:
+    page = int(query.get("page", ["1"])[0])
+    limit = int(query.get("limit", ["100"])[0])
+    chunk = items[(page - 1) * limit: page * limit]
+    return {"data": chunk, "meta": {"page": page, "limit": limit, "count": len(items),
+                                    "hasnext": page * limit < len(items)}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: FakeEmqx
+
+    def log_message(self, format, *args):  # noqa: A002
+        return
+
+    def _send(self, code: int, body: object | None = None) -> None:
+        payload = b"" if body is None else json.dumps(body).encode()
+        self.send_response(code)
+        if body is not None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _error(self, code: int, err: str, message: str) -> None:
+        self._send(code, {"code": err, "message": message})
+
+    def _authorised(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                key, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+            except ValueError:
+                return False
+            return key == self.state.api_key and secret == self.state.api_secret
+        return False
+
+    def _raw_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path, query = unquote(parts.path), parse_qs(parts.query)
+        raw = self._raw_body()
+        state = self.state
+        with state.lock:
+            state.seen.append((method, path))
+            if not self._authorised():
+                self._error(401, "BAD_API_KEY_OR_SECRET", "Check api_key/api_secret")
+                return
+            if state.fail_status:
+                self._error(state.fail_status, "SERVICE_UNAVAILABLE", "injected failure")
+                return
+            self._dispatch(method, path, query, raw)
+
+    def _dispatch(self, method: str, path: str, query, raw: bytes) -> None:
+        state = self.state
+        if path == f"{AUTHN}/import_users" and method == "POST":
+            self._import_users(raw)
+        elif path == f"{AUTHN}/users" and method == "GET":
+            users = [{"user_id": uid, "is_superuser": u["is_superuser"]} for uid, u in sorted(state.users.items())]
+            self._send(200, _page(users, query))
+        elif (m := re.fullmatch(f"{re.escape(AUTHN)}/users/(.+)", path)) and method == "DELETE":
+            if state.users.pop(m[1], None) is None:
+                self._error(404, "NOT_FOUND", "User not found")
+            else:
+                self._send(204)
+        elif path in (f"{RULES}/users", f"{RULES}/clients") and method == "GET":
+            key, table = ("username", state.user_rules) if path.endswith("users") else ("clientid", state.client_rules)
+            rows = [{key: who, "rules": rules} for who, rules in sorted(table.items())]
+            self._send(200, _page(rows, query))
+        elif (m := re.fullmatch(f"{re.escape(RULES)}/(users|clients)/(.+)", path)):
+            key, table = ("username", state.user_rules) if m[1] == "users" else ("clientid", state.client_rules)
+            who = m[2]
+            if method == "PUT":
+                body = json.loads(raw)
+                rules = [self._rule(r) for r in body.get("rules", [])]
+                if None in rules:
+                    self._error(400, "BAD_REQUEST", "bad rule schema")
+                    return
+                table[who] = rules
+                self._send(204)
+            elif method == "DELETE":
+                if table.pop(who, None) is None:
+                    self._error(404, "NOT_FOUND", "Not Found")
+                else:
+                    self._send(204)
+            elif method == "GET":
+                if who not in table:
+                    self._error(404, "NOT_FOUND", "Not Found")
+                else:
+                    self._send(200, {key: who, "rules": table[who]})
+            else:
+                self._error(405, "METHOD_NOT_ALLOWED", method)
+        elif path == f"{RULES}/all":
+            if method == "GET":
+                self._send(200, {"rules": state.all_rules})
+            elif method == "POST":
+                rules = [self._rule(r) for r in json.loads(raw).get("rules", [])]
+                if None in rules:
+                    self._error(400, "BAD_REQUEST", "bad rule schema")
+                    return
+                state.all_rules = rules
+                self._send(204)
+            elif method == "DELETE":
+                state.all_rules = []
+                self._send(204)
+        elif path == "/api/v5/monitor_current" and method == "GET":
+            self._send(200, {"connections": 3, "live_connections": 2, "sent_msg_rate": 0, "received_msg_rate": 0,
+                             "subscriptions": 1, "topics": 1, "retained_msg_count": 0, "shared_subscriptions": 0})
+        elif path == "/api/v5/stats" and method == "GET":
+            self._send(200, {"connections.count": 3, "live_connections.count": 2, "sessions.count": 3,
+                             "subscriptions.count": 1, "topics.count": 1, "retained.count": 0})
+        elif path == "/api/v5/metrics" and method == "GET":
+            self._send(200, {"messages.received": 10, "messages.sent": 10, "messages.dropped": 0,
+                             "client.connected": 3, "authentication.failure": 0})
+        else:
+            self._error(404, "NOT_FOUND", f"no route for {method} {path}")
+
+    @staticmethod
+    def _rule(rule: dict) -> dict | None:
+        if rule.get("permission") not in ("allow", "deny") or rule.get("action") not in ("publish", "subscribe", "all"):
+            return None
+        if not isinstance(rule.get("topic"), str):
+            return None
+        # EMQX fills the defaults into what it stores and returns.
+        return {"topic": rule["topic"], "permission": rule["permission"], "action": rule["action"],
+                "qos": rule.get("qos", [0, 1, 2]), "retain": rule.get("retain", "all")}
+
+    def _import_users(self, raw: bytes) -> None:
+        content_type = self.headers.get("Content-Type", "")
+        if not content_type.startswith("multipart/form-data"):
+            self._error(400, "BAD_REQUEST", "multipart/form-data expected")
+            return
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+        )
+        upload = next((part for part in message.iter_parts() if part.get_param("name", header="content-disposition")
+                       == "filename"), None)
+        if upload is None:
+            self._error(400, "BAD_REQUEST", "missing file 'filename'")
+            return
+        filename = upload.get_filename() or ""
+        if not filename.endswith(".json"):
+            self._error(400, "BAD_REQUEST", "Unsupported file type")
+            return
+        try:
+            rows = json.loads(upload.get_payload(decode=True))
+        except ValueError:
+            self._error(400, "BAD_REQUEST", "invalid JSON")
+            return
+        for row in rows:
+            if "user_id" not in row or "password_hash" not in row:
+                self._error(400, "BAD_REQUEST", "user_id and password_hash are required")
+                return
+        override = 0
+        for row in rows:
+            override += row["user_id"] in self.state.users
+            self.state.users[row["user_id"]] = {"password_hash": row["password_hash"], "salt": row.get("salt", ""),
+                                                "is_superuser": bool(row.get("is_superuser", False))}
+        self._send(200, {"total": len(rows), "success": len(rows) - override, "override": override,
+                         "skipped": 0, "failed": 0})
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+
+class FakeEmqxServer:
+    def __init__(self, *, api_key: str, api_secret: str) -> None:
+        self.state = FakeEmqx(api_key=api_key, api_secret=api_secret)
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "FakeEmqxServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def users(self) -> dict[str, dict]:
+        with self.state.lock:
+            return copy.deepcopy(self.state.users)
+
+    def rules(self) -> dict[str, object]:
+        with self.state.lock:
+            return copy.deepcopy({"users": self.state.user_rules, "clients": self.state.client_rules,
+                                  "all": self.state.all_rules})
