@@ -55,8 +55,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "controlplane.metrics.PrometheusMiddleware",  # first, so the whole stack is timed
     "controlplane.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -88,6 +90,8 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+# PgBouncer in transaction mode cannot hold server-side cursors across statements.
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DISABLE_SERVER_SIDE_CURSORS", default=False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite is the single-process embedded default: WAL lets the worker and the web process share it.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -118,6 +122,15 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.str("STATIC_ROOT", default=str(VAR_DIR / "static"))
+WHITENOISE_USE_FINDERS = WHITENOISE_AUTOREFRESH = not PRODUCTION  # development serves straight from the apps
+# WhiteNoise serves static files from the web process (gunicorn serves none): hashed names, compressed, cached.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
 
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
@@ -149,6 +162,20 @@ CONTENT_SECURITY_POLICY = env.str(
     "script-src 'self'; worker-src 'self' blob:; font-src 'self' data:; "
     "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
 )
+
+# /metrics (Prometheus) answers only `Authorization: Bearer <METRICS_TOKEN>`; unset in production means 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# Stripe: without a secret key, invoices are still issued but cards are not collected.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # tests point the real client at an HTTP fake
+
+# The seller printed on invoices; its country decides the domestic VAT treatment.
+SELLER_NAME = env.str("SELLER_NAME", default="MQTT Cloud GmbH")
+SELLER_COUNTRY = env.str("SELLER_COUNTRY", default="DE")
+SELLER_ADDRESS = env.str("SELLER_ADDRESS", default="Example Street 1, 10115 Berlin, Germany")
+SELLER_VAT_NUMBER = env.str("SELLER_VAT_NUMBER", default="DE136695976")
 
 # Encryption for secrets we must read back (kubeconfigs, monitoring credentials): Fernet keys, newest first.
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])

@@ -7,6 +7,7 @@ from rest_framework.routers import SimpleRouter
 from audit.api import AuditEventViewSet
 from controlplane import health
 from controlplane.api.meta import RateLimitsView
+from controlplane.metrics import metrics_view
 from organizations.api import (ApiKeyViewSet, InvitationAcceptView, InvitationViewSet, MemberViewSet,
                                OrganizationListView, OrganizationViewSet)
 from projects.api import ProjectViewSet
@@ -31,6 +32,7 @@ api_v1 = [
     path("organizations/<str:org>/", include(org_router.urls)),
     path("invitations/accept", InvitationAcceptView.as_view(), name="invitation-accept"),
     path("rate-limits", RateLimitsView.as_view(), name="rate-limits"),
+    path("", include("deployments.urls")),
 ]
 
 urlpatterns = [
@@ -40,6 +42,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("", include("console.urls")),
 ]

@@ -1,0 +1,2 @@
+"""Deployment API routes, mounted under /api/v1/ by controlplane.urls."""
+urlpatterns: list = []

@@ -1,0 +1,22 @@
+"""gunicorn hooks for the web pods, mounted from the chart's ConfigMap; bind, workers and threads come from the CLI.
+
+It owns the Prometheus multiprocess directory's lifecycle and must never import the Django app (the master stays lean).
+"""
+import os
+import shutil
+
+_multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+def on_starting(server):
+    # The emptyDir outlives a container restart: stale files from dead pids would be summed into every scrape.
+    if _multiproc_dir:
+        shutil.rmtree(_multiproc_dir, ignore_errors=True)
+        os.makedirs(_multiproc_dir, exist_ok=True)
+
+
+def child_exit(server, worker):
+    if _multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
