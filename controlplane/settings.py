@@ -110,6 +110,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+if ENVIRONMENT == "test":
+    # Hashing cost is not under test; PBKDF2's 10^6 rounds would dominate the suite's run time.
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:home"
 LOGOUT_REDIRECT_URL = "console:login"
@@ -177,8 +180,34 @@ SELLER_COUNTRY = env.str("SELLER_COUNTRY", default="DE")
 SELLER_ADDRESS = env.str("SELLER_ADDRESS", default="Example Street 1, 10115 Berlin, Germany")
 SELLER_VAT_NUMBER = env.str("SELLER_VAT_NUMBER", default="DE136695976")
 
+# Billing policy (billing app). Accounts are billed in a currency the catalog has prices in; this one by default.
+BILLING_DEFAULT_CURRENCY = env.str("BILLING_DEFAULT_CURRENCY", default="USD")
+BILLING_PAYMENT_TERMS_DAYS = env.int("BILLING_PAYMENT_TERMS_DAYS", default=14)
+BILLING_OVERDUE_REMINDER_DAYS = [1, 3, 7]  # reminders this many days after the due date
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=14)  # then the account's deployments are stopped
+BILLING_DELETE_AFTER_STOPPED_DAYS = env.int("BILLING_DELETE_AFTER_STOPPED_DAYS", default=7)
+BILLING_METERING_MAX_CATCHUP_HOURS = env.int("BILLING_METERING_MAX_CATCHUP_HOURS", default=24 * 7)
+ANNUAL_QUOTE_VALID_DAYS = 7
+ANNUAL_REMINDER_DAYS = 15
+INVOICE_NUMBER_PREFIX = env.str("INVOICE_NUMBER_PREFIX", default="MQC")
+VIES_URL = env.str("VIES_URL", default="")  # empty: the European Commission's VIES; tests point it at a fake
+
 # Encryption for secrets we must read back (kubeconfigs, monitoring credentials): Fernet keys, newest first.
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+
+# Deployments: where the local driver keeps its brokers (must be traversable by the `mosquitto` user: mode 0755),
+# the seed system's once-per-12-hours rule for tier changes, and how often the reconciler's sweep runs.
+LOCAL_BROKERS_DIR = Path(env.str("LOCAL_BROKERS_DIR", default=str(VAR_DIR / "brokers")))
+TIER_CHANGE_MIN_INTERVAL_HOURS = env.float("TIER_CHANGE_MIN_INTERVAL_HOURS", default=12.0)
+RECONCILE_SWEEP_SECONDS = env.float("RECONCILE_SWEEP_SECONDS", default=30.0)
+RECONCILE_RESYNC_SECONDS = env.float("RECONCILE_RESYNC_SECONDS", default=300.0)
+
+# Alerts: webhook/Slack/PagerDuty destinations on private or loopback addresses are refused unless an operator
+# allows them (self-hosted receivers on an internal network; the tests' loopback receivers).
+ALLOW_PRIVATE_WEBHOOKS = env.bool("ALLOW_PRIVATE_WEBHOOKS", default=False)
+COLLECT_INTERVAL_SECONDS = 60
+# One broker's collection never takes longer than this (MQTT connect and $SYS read, or each EMQX API call).
+COLLECT_TIMEOUT_SECONDS = env.float("COLLECT_TIMEOUT_SECONDS", default=5.0)
 
 # --- REST API ---
 REST_FRAMEWORK = {
@@ -189,6 +218,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # No OPTIONS introspection: the OpenAPI document describes every operation, and OPTIONS answers 405.
+    "DEFAULT_METADATA_CLASS": None,
     "DEFAULT_PAGINATION_CLASS": "controlplane.api.pagination.CursorPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": ["controlplane.api.ratelimit.HierarchicalRateThrottle"],
@@ -208,7 +239,14 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "DeploymentRateLimitLevelEnum": "deployments.models.RateLimitPolicy.Level",
+        "RoleEnum": "organizations.roles.Role",
+        "OrganizationRoleEnum": "organizations.roles.ORGANIZATION_ROLE_CHOICES",
+        "ProjectRoleEnum": "organizations.roles.PROJECT_ROLE_CHOICES",
+        "AlertStatusEnum": "alerts.models.AlertStatus",
+        "AlertRuleKindEnum": "alerts.models.AlertRule.Kind",
+    },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -259,6 +297,18 @@ CELERY_ALL_QUEUES = ["default", "provisioning", "billing", "monitoring", "notifi
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "idempotency.prune_records": {"task": "idempotency.prune_records", "schedule": crontab(minute=7)},
+    "billing.meter_usage": {"task": "billing.meter_usage", "schedule": crontab(minute=2)},
+    "billing.close_invoices": {"task": "billing.close_invoices", "schedule": crontab(minute=20, hour=0, day_of_month=1)},
+    "billing.process_overdue": {"task": "billing.process_overdue", "schedule": crontab(minute=40, hour=6)},
+    "billing.process_annual_renewals": {"task": "billing.process_annual_renewals", "schedule": crontab(minute=10)},
+    "deployments.sweep_reconcile": {"task": "deployments.sweep_reconcile", "schedule": RECONCILE_SWEEP_SECONDS},
+    # Collection fans out one task per running deployment; each evaluates its deployment's rules once stored.
+    "alerts.collect_metrics": {"task": "alerts.collect_metrics", "schedule": crontab()},
+    "alerts.rollup_metrics": {"task": "alerts.rollup_metrics", "schedule": crontab(minute="*/5")},
+    "alerts.prune_metrics": {"task": "alerts.prune_metrics", "schedule": crontab(minute=17)},
+    "alerts.check_failing_channels": {"task": "alerts.check_failing_channels", "schedule": crontab(minute=27)},
+    "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments",
+                                         "schedule": crontab(minute="*/5")},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 

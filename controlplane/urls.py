@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import SimpleRouter
 
 from audit.api import AuditEventViewSet
+from billing.api import stripe_webhook
 from controlplane import health
 from controlplane.api.meta import RateLimitsView
 from controlplane.metrics import metrics_view
@@ -33,6 +34,8 @@ api_v1 = [
     path("invitations/accept", InvitationAcceptView.as_view(), name="invitation-accept"),
     path("rate-limits", RateLimitsView.as_view(), name="rate-limits"),
     path("", include("deployments.urls")),
+    path("", include("alerts.urls")),
+    path("", include("billing.urls")),
 ]
 
 urlpatterns = [
@@ -40,6 +43,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),

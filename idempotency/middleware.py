@@ -40,20 +40,33 @@ def _replay(record: IdempotencyRecord) -> HttpResponse:
     return response
 
 
+def _serves(view_func, method: str) -> bool:
+    """Whether the resolved view implements `method` (an undeclared method must still answer 405)."""
+    actions = getattr(view_func, "actions", None)
+    if actions is not None:
+        return method.lower() in actions
+    cls = getattr(view_func, "cls", None) or getattr(view_func, "view_class", None)
+    return cls is not None and hasattr(cls, method.lower())
+
+
 class IdempotencyMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
         key = request.META.get("HTTP_IDEMPOTENCY_KEY")
-        if key is None or request.method not in MUTATING or not request.path.startswith("/api/"):
-            return self.get_response(request)
+        if (key is None or request.method not in MUTATING or not request.path.startswith("/api/")
+                or not _serves(view_func, request.method)):
+            return None
         if not (1 <= len(key) <= 255) or not key.isprintable():
             return problem_response(400, detail="Idempotency-Key must be 1 to 255 printable characters.",
                                     errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}])
         scope = _scope(request)
         if scope is None:
-            return self.get_response(request)
+            return None
         fingerprint = hashlib.sha256(
             b"\n".join([request.method.encode(), request.get_full_path().encode(), request.body])
         ).hexdigest()
@@ -66,7 +79,9 @@ class IdempotencyMiddleware:
             return self._duplicate(scope, key, fingerprint)
 
         try:
-            response = self.get_response(request)
+            response = view_func(request, *view_args, **view_kwargs)
+            if hasattr(response, "render") and callable(response.render):
+                response = response.render()
         except BaseException:
             record.delete()
             raise

@@ -11,11 +11,10 @@ from controlplane.api.serializers import InputSerializer, StrictCharField
 from controlplane.api.views import RateLimitHeadersMixin, ScopedViewSet
 from organizations import access, services
 from organizations.models import ApiKey, Invitation, Membership, Organization
-from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
+from organizations.roles import ORGANIZATION_ROLE_CHOICES, PROJECT_ROLE_CHOICES, Role
 from projects.models import ProjectGrant
 
-ORG_ROLE_CHOICES = sorted(ORGANIZATION_ROLES)
-PROJECT_ROLE_CHOICES = sorted(PROJECT_ROLES)
+ORG_ROLE_CHOICES = ORGANIZATION_ROLE_CHOICES
 
 # --- Serializers -----------------------------------------------------------------------------------------------
 
@@ -115,7 +114,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
     projects = serializers.SerializerMethodField()
     created_by = serializers.EmailField(source="created_by.email", read_only=True)
     status = serializers.SerializerMethodField()
-    previous_secret_expires_at = serializers.DateTimeField(source="previous_expires_at", read_only=True)
+    previous_secret_expires_at = serializers.DateTimeField(source="previous_expires_at", read_only=True, allow_null=True)
 
     class Meta:
         model = ApiKey
@@ -164,7 +163,7 @@ class ApiKeyRotateSerializer(InputSerializer):
 
 class MemberFilter(filters.FilterSet):
     email = filters.CharFilter(field_name="user__email", lookup_expr="icontains")
-    role = filters.ChoiceFilter(choices=[(r, r) for r in ORG_ROLE_CHOICES], method="filter_role")
+    role = filters.CharFilter(method="filter_role", help_text="An organization role, e.g. `administrator`.")
 
     class Meta:
         model = Membership

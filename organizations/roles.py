@@ -17,6 +17,9 @@ class Role(models.TextChoices):
 
 ORGANIZATION_ROLES = frozenset({Role.OWNER, Role.ADMINISTRATOR, Role.ACCOUNTANT, Role.AUDITOR})
 PROJECT_ROLES = frozenset({Role.PROJECT_ADMINISTRATOR, Role.PROJECT_USER})
+# Choice lists for serializers and the OpenAPI enums (named in SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).
+ORGANIZATION_ROLE_CHOICES = [(r.value, r.label) for r in Role if r in ORGANIZATION_ROLES]
+PROJECT_ROLE_CHOICES = [(r.value, r.label) for r in Role if r in PROJECT_ROLES]
 
 # Scopes that only make sense inside a project; a project role grants these (and only these) on its projects.
 PROJECT_SCOPES = frozenset(

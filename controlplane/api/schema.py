@@ -87,11 +87,12 @@ class AutoSchema(openapi.AutoSchema):
         return params
 
     def _error_codes(self) -> list[str]:
-        codes = ["401", "403", "429"] if self.get_auth() else ["429"]
+        # 400 everywhere: a body, a filter, a cursor or a page size can each be malformed.
+        codes = ["400", "401", "403", "429"] if self.get_auth() else ["400", "429"]
         if self.method in ("POST", "PUT", "PATCH"):
-            codes += ["400", "413", "422"]
+            codes += ["413"]
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
-            codes += ["409"]
+            codes += ["409", "422"]
         if "{" in self.path:
             codes.append("404")
         return sorted(set(codes))

@@ -85,15 +85,16 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
             self.project = project
 
     def required_scope(self) -> str:
-        action = getattr(self, "action", None) or self.request.method.lower()
+        action = getattr(self, "action", None)
+        # A method this view does not route (DRF names OPTIONS "metadata", which we do not serve): 405.
+        if action is None or self.request.method == "OPTIONS":
+            raise exceptions.MethodNotAllowed(self.request.method)
         try:
             return self.required_scopes[action]
         except KeyError:  # fail closed: an operation nobody declared a scope for is a bug, not an open door
             raise ImproperlyConfigured(f"{type(self).__name__} declares no scope for action {action!r}")
 
     def check_scope(self):
-        if self.request.method == "OPTIONS":
-            return
         scope = self.required_scope()
         project = self.project if self.scope_level == "project" else None
         if not access.has_scope(self.principal, scope, organization=self.organization, project=project):
@@ -106,7 +107,9 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
         return queryset
 
     def get_queryset(self):
-        queryset = self.queryset.all().filter(**{self.tenant_field: self.tenant()})
+        tenant = self.tenant()
+        value = tenant.pk if self.tenant_field == "pk" else tenant
+        queryset = self.queryset.all().filter(**{self.tenant_field: value})
         return self.narrow_queryset(queryset)
 
     def get_object(self):

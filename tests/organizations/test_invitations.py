@@ -1,0 +1,103 @@
+import datetime
+import re
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import User
+from organizations.models import Invitation, Membership
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _run_on_commit(django_capture_on_commit_callbacks):
+    """Emails go out on commit; inside a test transaction the callbacks must be run by hand."""
+    global _capture
+    _capture = django_capture_on_commit_callbacks
+    yield
+
+
+def _invite(client, org_id, **body):
+    with _capture(execute=True):
+        return client.post(f"/api/v1/organizations/{org_id}/invitations",
+                           {"email": "new.person@example.com", "roles": ["accountant"], **body}, format="json")
+
+
+def _token_from(mail) -> str:
+    return re.search(r"token=([\w-]+)", mail.body).group(1)
+
+
+def test_invitee_gets_an_account_and_roles_when_accepting(owner_org, key_client, api, mailoutbox):
+    response = _invite(key_client(owner_org.owner_secret), owner_org.id,
+                       project_grants=[{"project": owner_org.default_project.public_id, "role": "project_user"}])
+    assert response.status_code == 201, response.content
+    assert mailoutbox[0].to == ["new.person@example.com"]
+    accepted = api.post("/api/v1/invitations/accept",
+                        {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase", "full_name": "New"},
+                        format="json")
+    assert accepted.status_code == 201, accepted.content
+    membership = Membership.objects.get(user__email="new.person@example.com", organization=owner_org.organization)
+    assert membership.roles == ["accountant"]
+    assert membership.grants.get().role == "project_user"
+    assert User.objects.get(email="new.person@example.com").check_password("a fine long passphrase")
+
+
+def test_existing_user_is_linked_when_accepting_signed_in(owner_org, org_factory, key_client, api, mailoutbox):
+    other = org_factory()
+    _invite(key_client(owner_org.owner_secret), owner_org.id, email=other.owner.email)
+    api.force_login(other.owner)
+    response = api.post("/api/v1/invitations/accept", {"token": _token_from(mailoutbox[0])}, format="json")
+    assert response.status_code == 201, response.content
+    assert Membership.objects.filter(user=other.owner, organization=owner_org.organization).exists()
+
+
+def test_token_cannot_be_used_twice(owner_org, key_client, api, mailoutbox):
+    _invite(key_client(owner_org.owner_secret), owner_org.id)
+    token = _token_from(mailoutbox[0])
+    body = {"token": token, "password": "a fine long passphrase"}
+    assert api.post("/api/v1/invitations/accept", body, format="json").status_code == 201
+    second = api.post("/api/v1/invitations/accept", body, format="json")
+    assert second.status_code == 400
+    assert second.json()["errors"][0]["field"] == "token"
+    assert Membership.objects.filter(user__email="new.person@example.com").count() == 1
+
+
+def test_expired_invitation_is_refused(owner_org, key_client, api, mailoutbox):
+    _invite(key_client(owner_org.owner_secret), owner_org.id)
+    Invitation.objects.update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    response = api.post("/api/v1/invitations/accept",
+                        {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"}, format="json")
+    assert response.status_code == 400
+    assert "expired" in response.json()["errors"][0]["message"]
+    assert not User.objects.filter(email="new.person@example.com").exists()
+
+
+def test_invalid_email_is_refused_when_inviting(owner_org, key_client):
+    response = _invite(key_client(owner_org.owner_secret), owner_org.id, email="not-an-email")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "email"
+
+
+def test_existing_member_is_refused_when_invited_again(owner_org, key_client):
+    response = _invite(key_client(owner_org.owner_secret), owner_org.id, email=owner_org.owner.email)
+    assert response.status_code == 409
+
+
+def test_accountant_cannot_invite_an_administrator(owner_org, key_client):
+    user, _ = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(user, role="administrator")
+    response = _invite(key_client(secret), owner_org.id, roles=["owner"])
+    assert response.status_code == 403
+    assert not Invitation.objects.exists()
+
+
+def test_new_invitation_replaces_the_open_one_for_the_same_address(owner_org, key_client, api, mailoutbox):
+    client = key_client(owner_org.owner_secret)
+    _invite(client, owner_org.id)
+    _invite(client, owner_org.id, roles=["auditor"])
+    old = api.post("/api/v1/invitations/accept", {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"}, format="json")
+    assert old.status_code == 400
+    new = api.post("/api/v1/invitations/accept", {"token": _token_from(mailoutbox[1]), "password": "a fine long passphrase"}, format="json")
+    assert new.status_code == 201
+    assert Membership.objects.get(user__email="new.person@example.com").roles == ["auditor"]

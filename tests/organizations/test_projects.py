@@ -1,0 +1,69 @@
+import pytest
+
+from audit.models import AuditEvent
+from projects.models import Project
+
+pytestmark = pytest.mark.django_db
+
+
+def test_project_lifecycle_is_audited(owner_org, key_client):
+    client = key_client(owner_org.owner_secret)
+    base = f"/api/v1/organizations/{owner_org.id}/projects"
+    created = client.post(base, {"name": "Telemetry", "description": "Line 3"}, format="json")
+    assert created.status_code == 201, created.content
+    pid = created.json()["id"]
+    assert pid.startswith("prj_")
+    assert client.patch(f"{base}/{pid}", {"name": "Telemetry EU"}, format="json").json()["name"] == "Telemetry EU"
+    assert client.get(f"{base}/{pid}").json()["description"] == "Line 3"
+    assert client.delete(f"{base}/{pid}").status_code == 204
+    assert not Project.objects.filter(public_id=pid).exists()
+    assert list(AuditEvent.objects.filter(target_id=pid).order_by("id").values_list("action", flat=True)) == [
+        "project.create", "project.update", "project.delete"]
+    event = AuditEvent.objects.get(target_id=pid, action="project.update")
+    assert event.summary == {"name": ["Telemetry", "Telemetry EU"]}
+    assert event.via == "api" and event.api_key_prefix == owner_org.owner_key.prefix and event.request_id
+
+
+def test_duplicate_name_is_refused_case_insensitively(owner_org, key_client):
+    client = key_client(owner_org.owner_secret)
+    response = client.post(f"/api/v1/organizations/{owner_org.id}/projects", {"name": "default PROJECT"}, format="json")
+    assert response.status_code == 409
+    assert response.json()["errors"][0]["field"] == "name"
+
+
+def test_default_project_cannot_be_deleted(owner_org, key_client):
+    response = key_client(owner_org.owner_secret).delete(
+        f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}")
+    assert response.status_code == 409
+    assert Project.objects.filter(pk=owner_org.default_project.pk).exists()
+
+
+def test_projects_can_be_filtered_by_name(owner_org, key_client):
+    client = key_client(owner_org.owner_secret)
+    for name in ("Alpha", "Beta", "Alphabet"):
+        client.post(f"/api/v1/organizations/{owner_org.id}/projects", {"name": name}, format="json")
+    names = [p["name"] for p in client.get(f"/api/v1/organizations/{owner_org.id}/projects?name=alpha").json()["results"]]
+    assert sorted(names) == ["Alpha", "Alphabet"]
+
+
+def test_project_member_sees_only_granted_projects(owner_org, key_client, api):
+    from projects import services
+
+    hidden = services.project_create(organization=owner_org.organization, actor=None, name="Hidden")
+    user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    api.force_login(user)
+    names = [p["name"] for p in api.get(f"/api/v1/organizations/{owner_org.id}/projects").json()["results"]]
+    assert names == ["Default project"]
+    assert api.get(f"/api/v1/organizations/{owner_org.id}/projects/{hidden.public_id}").status_code == 404
+
+
+def test_cursor_pagination_walks_every_project_once(owner_org, key_client):
+    client = key_client(owner_org.owner_secret)
+    for n in range(7):
+        client.post(f"/api/v1/organizations/{owner_org.id}/projects", {"name": f"P{n}"}, format="json")
+    seen, url = [], f"/api/v1/organizations/{owner_org.id}/projects?page_size=3"
+    while url:
+        page = client.get(url).json()
+        seen += [p["id"] for p in page["results"]]
+        url = page["next"]
+    assert len(seen) == len(set(seen)) == 8

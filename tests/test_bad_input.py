@@ -1,0 +1,88 @@
+"""Bad input gets a clear 4xx problem naming the field, never a 500, and changes nothing."""
+import pytest
+
+from audit.models import AuditEvent
+from projects.models import Project
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def projects_url(owner_org):
+    return f"/api/v1/organizations/{owner_org.id}/projects"
+
+
+def _assert_problem(response, status, field=None):
+    assert response.status_code == status, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["title"] and "type" in body
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+
+
+@pytest.mark.parametrize("body,field", [
+    ({}, "name"),
+    ({"name": 12}, "name"),
+    ({"name": True}, "name"),
+    ({"name": None}, "name"),
+    ({"name": "x" * 101}, "name"),
+    ({"name": "ok", "description": "d" * 501}, "description"),
+    ({"name": "ok", "colour": "blue"}, "colour"),
+    ({"name": ""}, "name"),
+])
+def test_invalid_project_body_is_refused_with_field_error(body, field, owner_org, key_client, projects_url):
+    before = (Project.objects.count(), AuditEvent.objects.count())
+    _assert_problem(key_client(owner_org.owner_secret).post(projects_url, body, format="json"), 400, field)
+    assert (Project.objects.count(), AuditEvent.objects.count()) == before
+
+
+def test_malformed_json_is_refused(owner_org, key_client, projects_url):
+    response = key_client(owner_org.owner_secret).post(projects_url, data='{"name": "x"', content_type="application/json")
+    _assert_problem(response, 400)
+    assert "JSON" in response.json()["detail"]
+
+
+def test_json_array_body_is_refused(owner_org, key_client, projects_url):
+    _assert_problem(key_client(owner_org.owner_secret).post(projects_url, [1, 2], format="json"), 400)
+
+
+def test_form_encoded_body_is_refused(owner_org, key_client, projects_url):
+    response = key_client(owner_org.owner_secret).post(projects_url, data="name=x",
+                                                       content_type="application/x-www-form-urlencoded")
+    _assert_problem(response, 415)
+
+
+def test_body_over_one_mebibyte_is_refused(owner_org, key_client, projects_url):
+    body = '{"name": "' + "x" * (1024 * 1024) + '"}'
+    _assert_problem(key_client(owner_org.owner_secret).post(projects_url, data=body, content_type="application/json"), 413)
+    assert Project.objects.count() == 1
+
+
+def test_unknown_url_under_api_is_problem_json(api):
+    _assert_problem(api.get("/api/v1/no-such-thing"), 404)
+
+
+def test_missing_credentials_answer_401(api, owner_org):
+    response = api.get(f"/api/v1/organizations/{owner_org.id}/projects")
+    _assert_problem(response, 401)
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_garbage_bearer_token_answers_401(key_client, owner_org):
+    _assert_problem(key_client("cpk_nothing_here").get(f"/api/v1/organizations/{owner_org.id}"), 401)
+    _assert_problem(key_client("x" * 5000).get(f"/api/v1/organizations/{owner_org.id}"), 401)
+
+
+def test_invalid_cursor_is_refused(owner_org, key_client, projects_url):
+    _assert_problem(key_client(owner_org.owner_secret).get(projects_url + "?cursor=%%%garbage"), 400, "cursor")
+
+
+@pytest.mark.parametrize("size", ["0", "201", "ten", "-1"])
+def test_invalid_page_size_is_refused(size, owner_org, key_client, projects_url):
+    _assert_problem(key_client(owner_org.owner_secret).get(f"{projects_url}?page_size={size}"), 400, "page_size")
+
+
+def test_invalid_filter_value_is_refused(owner_org, key_client):
+    response = key_client(owner_org.owner_secret).get(f"/api/v1/organizations/{owner_org.id}/audit-events?since=yesterday")
+    _assert_problem(response, 400, "since")

@@ -1,0 +1,72 @@
+"""No request may read or change another organization's data: every tenant URL, every method, answers 404 to an
+outsider (exactly as for a missing object) and changes nothing."""
+import pytest
+
+from tests.api_walk import sample_values, tenant_operations
+
+pytestmark = pytest.mark.django_db
+
+OPERATIONS = tenant_operations()
+
+
+def _fingerprint():
+    """Everything an outsider could have changed, as comparable data."""
+    from audit.models import AuditEvent
+    from organizations.models import ApiKey, Invitation, Membership, Organization
+    from projects.models import Project
+
+    return (
+        list(Organization.objects.order_by("pk").values_list("pk", "name")),
+        list(Project.objects.order_by("pk").values_list("pk", "name", "description")),
+        list(Membership.objects.order_by("pk").values_list("pk", "roles")),
+        list(ApiKey.objects.order_by("pk").values_list("pk", "name", "revoked_at", "secret_hash")),
+        list(Invitation.objects.order_by("pk").values_list("pk", "revoked_at")),
+        AuditEvent.objects.count(),
+    )
+
+
+def test_walk_covers_the_tenant_api():
+    routes = {op.route for op in OPERATIONS}
+    assert "api/v1/organizations/<str:org>/projects" in routes
+    assert len(OPERATIONS) >= 20
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=str)
+@pytest.mark.parametrize("credential", ["api_key", "session"])
+def test_other_organization_gets_404_when_touching_any_tenant_url(operation, credential, org_factory, api, key_client):
+    victim = org_factory()
+    outsider = org_factory()
+    url = operation.url(sample_values(victim, operation.kwargs))
+    if credential == "api_key":
+        client = key_client(outsider.owner_secret)
+    else:
+        client = api
+        client.force_login(outsider.owner)
+    before = _fingerprint()
+
+    response = getattr(client, operation.method)(url, {}, format="json")
+
+    assert response.status_code == 404, (str(operation), response.status_code, response.content[:300])
+    assert response["Content-Type"] == "application/problem+json"
+    assert _fingerprint() == before
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=str)
+def test_missing_object_and_foreign_object_answer_alike(operation, org_factory, key_client):
+    """A foreign object must be indistinguishable from one that does not exist."""
+    victim = org_factory()
+    outsider = org_factory()
+    values = sample_values(victim, operation.kwargs)
+    client = key_client(outsider.owner_secret)
+    foreign = getattr(client, operation.method)(operation.url(values), {}, format="json")
+    missing_values = {k: v[: v.index("_") + 1] + "doesnotexist0000000000" for k, v in values.items()}
+    missing = getattr(client, operation.method)(operation.url(missing_values), {}, format="json")
+    assert foreign.status_code == missing.status_code == 404
+    assert foreign.json()["detail"] == missing.json()["detail"]
+
+
+def test_organization_list_shows_only_own_organizations(org_factory, key_client):
+    mine, other = org_factory(), org_factory()
+    ids = [o["id"] for o in key_client(mine.owner_secret).get("/api/v1/organizations").json()["results"]]
+    assert ids == [mine.id]
+    assert other.id not in ids
