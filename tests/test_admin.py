@@ -1,0 +1,55 @@
+import pytest
+
+from audit.models import AuditEvent
+from organizations.models import ApiKey
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(db):
+    from accounts.models import User
+
+    return User.objects.create_superuser("ops@example.com", "operator passphrase")
+
+
+def test_admin_is_staff_only(client, owner_org):
+    client.force_login(owner_org.owner)
+    assert client.get("/admin/organizations/organization/").status_code == 302
+
+
+def test_staff_sees_organizations_with_members(client, staff, owner_org):
+    client.force_login(staff)
+    page = client.get(f"/admin/organizations/organization/{owner_org.organization.pk}/change/")
+    assert page.status_code == 200
+    assert owner_org.owner.email.encode() in page.content or str(owner_org.owner.pk).encode() in page.content
+
+
+def test_revoke_action_revokes_and_audits(client, staff, owner_org):
+    client.force_login(staff)
+    response = client.post("/admin/organizations/apikey/", {"action": "revoke", "_selected_action": [owner_org.owner_key.pk]})
+    assert response.status_code == 302
+    owner_org.owner_key.refresh_from_db()
+    assert owner_org.owner_key.revoked_at is not None
+    event = AuditEvent.objects.get(action="api_key.revoke", target_id=owner_org.owner_key.public_id)
+    assert event.actor == staff and event.via == "admin"
+
+
+def test_admin_edits_are_audited(client, staff, owner_org):
+    client.force_login(staff)
+    project = owner_org.default_project
+    response = client.post(f"/admin/projects/project/{project.pk}/change/", {
+        "name": "Renamed by staff", "description": "", "organization": owner_org.organization.pk,
+        "grants-TOTAL_FORMS": "0", "grants-INITIAL_FORMS": "0", "grants-MIN_NUM_FORMS": "0", "grants-MAX_NUM_FORMS": "1000",
+    })
+    assert response.status_code == 302, response.content[:500]
+    event = AuditEvent.objects.get(action="admin.project.update", target_id=project.public_id)
+    assert event.summary["changed"]["name"] == "Renamed by staff" and event.via == "admin"
+
+
+def test_audit_log_is_read_only_in_admin(client, staff, owner_org):
+    client.force_login(staff)
+    event = AuditEvent.objects.filter(organization=owner_org.organization).first()
+    assert client.get("/admin/audit/auditevent/").status_code == 200
+    assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert ApiKey.objects.count() == 1

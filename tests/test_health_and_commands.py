@@ -1,0 +1,69 @@
+import io
+import json
+import logging
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from accounts.models import User
+from organizations.models import Organization
+
+
+@pytest.mark.django_db
+def test_probes_answer_when_database_and_redis_are_up(client, redis_clean):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+@pytest.mark.django_db
+def test_readiness_fails_when_redis_is_unreachable(client, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"].startswith("error")
+
+
+@pytest.mark.django_db
+def test_create_organization_prints_id_and_owner_key():
+    out = io.StringIO()
+    call_command("create_organization", "--name", "Acme", "--owner-email", "boss@acme.example",
+                 "--password", "a fine long passphrase", "--api-key", stdout=out, stderr=io.StringIO())
+    lines = out.getvalue().strip().splitlines()
+    org = Organization.objects.get(public_id=lines[0])
+    assert org.name == "Acme" and lines[-1].startswith("cpk_")
+    assert User.objects.get(email="boss@acme.example").check_password("a fine long passphrase")
+    from organizations.services import api_key_authenticate
+
+    assert api_key_authenticate(lines[-1]).role == "owner"
+
+
+@pytest.mark.django_db
+def test_create_organization_refuses_bad_input():
+    with pytest.raises(CommandError):
+        call_command("create_organization", "--name", "x" * 101, "--owner-email", "a@b.example", stdout=io.StringIO())
+    with pytest.raises(CommandError):
+        call_command("create_organization", "--name", "Acme", "--owner-email", "a@b.example", "--password", "123",
+                     stdout=io.StringIO())
+    assert not Organization.objects.exists()
+
+
+def test_json_log_lines_carry_the_request_id():
+    from controlplane import context
+    from controlplane.logging import RequestContextFilter
+    from pythonjsonlogger.json import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(JsonFormatter("%(levelname)s %(message)s %(request_id)s %(operation_id)s"))
+    logger = logging.getLogger("test.json")
+    logger.addHandler(handler)
+    token = context.bind(request_id="req-123456", operation_id="op_abc")
+    try:
+        logger.warning("hello")
+    finally:
+        context.reset(token)
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["request_id"] == "req-123456" and line["operation_id"] == "op_abc" and line["message"] == "hello"
