@@ -44,3 +44,4 @@ def key_client(redis_clean):
         return client
 
     return make
+from tests.celery_worker import brokers_dir, celery_worker, deployments_catalog  # noqa: F401,E402

@@ -1,0 +1,313 @@
+"""The reconciler: closes the gap between a deployment's desired state and what its region's driver observes.
+
+Level-triggered and idempotent: it may run any number of times, concurrently, or die at any line. One reconcile per
+deployment at a time (a PostgreSQL advisory lock on its own connection, released by the server if we die); no DB
+transaction is ever held open across a driver call. It is the only writer of observed state and StatusInterval rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.utils import timezone
+
+from deployments import crypto
+from deployments.drivers.base import (AclEntry, BrokerSpec, DriverError, MqttCredential, Observed,
+                                      PermanentDriverError, RateLimit, RegionTarget, TemporaryDriverError)
+from deployments.models import (Deployment, DeploymentEvent, DesiredState, Operation, Region, Status,
+                                StatusInterval)
+
+logger = logging.getLogger(__name__)
+
+# High half of the 64-bit advisory lock key: keeps our keys apart from any other user of advisory locks.
+LOCK_NAMESPACE = 0x4D515454  # "MQTT"
+API_KEY_NAME = "controlplane"
+
+# Which billable bucket each observed status belongs to. A broker being reconfigured or on its way down still runs;
+# one on its way up still only holds data. Statuses outside the map are not billable (pending, failed, deleting…).
+BILLABLE = {
+    Status.RUNNING: StatusInterval.Kind.RUNNING,
+    Status.UPDATING: StatusInterval.Kind.RUNNING,
+    Status.STOPPING: StatusInterval.Kind.RUNNING,
+    Status.STOPPED: StatusInterval.Kind.STOPPED,
+    Status.STARTING: StatusInterval.Kind.STOPPED,
+}
+SETTLED = {DesiredState.RUNNING: Status.RUNNING, DesiredState.STOPPED: Status.STOPPED,
+           DesiredState.DELETED: Status.DELETED}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    state: str  # converged | progressing | retry | failed | busy | gone
+    retry: bool = False
+    message: str = ""
+
+
+# -- drivers ----------------------------------------------------------------------------------------------------------
+
+_local_drivers: dict[str, object] = {}
+
+
+def driver_for(region: Region):
+    """The driver for a region. Local drivers are kept per root so they can reap the brokers they started."""
+    if region.driver == Region.Driver.LOCAL:
+        from deployments.drivers.local import LocalDriver
+
+        root = str(settings.LOCAL_BROKERS_DIR)
+        if root not in _local_drivers:
+            _local_drivers[root] = LocalDriver(root=settings.LOCAL_BROKERS_DIR)
+        return _local_drivers[root]
+    from deployments.drivers.kubernetes import KubernetesDriver
+
+    return KubernetesDriver()
+
+
+def build_spec(deployment: Deployment) -> BrokerSpec:
+    """The broker's whole desired state from the rows. Raises PermanentDriverError if a stored secret is unreadable."""
+    region = deployment.region
+    try:
+        kubeconfig = crypto.decrypt_str(region.kubeconfig_encrypted)
+        api_secret = crypto.decrypt_str(deployment.api_secret_encrypted)
+    except ValueError as exc:
+        raise PermanentDriverError(f"a stored secret cannot be read ({exc}); the operator must restore the key")
+    users = [
+        MqttCredential(username=u.username, salt_b64=u.salt_b64, hash_b64=u.hash_b64, iterations=u.iterations,
+                       is_superuser=u.is_superuser)
+        for u in deployment.mqtt_users.order_by("username")
+    ]
+    if deployment.monitor_hash_b64:
+        users.append(MqttCredential(username=deployment.monitor_username, salt_b64=deployment.monitor_salt_b64,
+                                    hash_b64=deployment.monitor_hash_b64, is_superuser=True))
+    acl = tuple(
+        AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
+        for r in deployment.acl_rules.order_by("position", "id")
+    )
+    limits = tuple(
+        RateLimit(level=p.level, max_conn_rate=p.max_conn_rate, messages_rate=p.messages_rate, bytes_rate=p.bytes_rate)
+        for p in deployment.rate_limits.all()
+    )
+    local = region.driver == Region.Driver.LOCAL
+    return BrokerSpec(
+        name=deployment.public_id,
+        region=RegionTarget(code=region.code, driver=region.driver, bind_address=region.bind_address,
+                            kubeconfig=kubeconfig, storage_class=region.storage_class,
+                            service_type=region.service_type),
+        running=deployment.desired_state == DesiredState.RUNNING,
+        max_connections=deployment.tier.max_connections,
+        messages_per_second=deployment.tier.messages_per_second,
+        # Two EMQX nodes, so maintenance restarts one while the other keeps the sessions.
+        replicas=1 if local else 2,
+        users=tuple(users),
+        acl=acl,
+        rate_limits=limits,
+        restart_nonce=deployment.restart_nonce,
+        api_key=API_KEY_NAME,
+        api_secret=api_secret,
+    )
+
+
+# -- mutual exclusion -------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def deployment_lock(deployment_id: int) -> Iterator[bool]:
+    """Yields whether this process holds the deployment's reconcile lock.
+
+    A session-level advisory lock on a connection of its own: it is held across the driver call without any open
+    transaction, and PostgreSQL drops it the moment our connection dies (a SIGKILLed worker strands nothing). SQLite,
+    the single-worker embedded default, needs none.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    lock_connection = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with lock_connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [(LOCK_NAMESPACE << 32) | (deployment_id & 0xFFFFFFFF)])
+            acquired = bool(cursor.fetchone()[0])
+        yield acquired
+    finally:
+        lock_connection.close()  # ends the session, which releases the lock
+
+
+# -- the reconcile -----------------------------------------------------------------------------------------------------
+
+
+def reconcile_deployment(deployment_id: int) -> Outcome:
+    with deployment_lock(deployment_id) as acquired:
+        if not acquired:
+            return Outcome("busy")
+        return _reconcile(deployment_id)
+
+
+def _reconcile(deployment_id: int) -> Outcome:
+    deployment = (Deployment.objects.select_related("region", "tier", "plan", "project")
+                  .filter(pk=deployment_id).first())
+    if deployment is None or deployment.status == Status.DELETED:
+        return Outcome("gone")
+    if deployment.status == Status.FAILED and deployment.observed_generation >= deployment.generation:
+        return Outcome("failed", message=deployment.last_error)
+    generation, desired = deployment.generation, deployment.desired_state
+    try:
+        spec = build_spec(deployment)
+    except PermanentDriverError as exc:
+        return _record(deployment_id, generation=generation, desired=desired, spec=None, tier_id=deployment.tier_id,
+                       error=exc)
+    if not deployment.is_converged:
+        _mark_in_progress(deployment_id)
+    driver = driver_for(deployment.region)
+    try:
+        observed = driver.delete(spec) if desired == DesiredState.DELETED else driver.apply(spec)
+    except DriverError as exc:
+        return _record(deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id,
+                       error=exc)
+    except Exception as exc:  # noqa: BLE001 - a driver bug must not strand the deployment: retry, loudly
+        logger.exception("driver raised an unexpected error", extra={"deployment": deployment.public_id})
+        return _record(deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id,
+                       error=TemporaryDriverError(f"internal error: {type(exc).__name__}"))
+    return _record(deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id,
+                   observed=observed)
+
+
+def _in_progress_status(deployment: Deployment) -> str:
+    if deployment.desired_state == DesiredState.DELETED:
+        return Status.DELETING
+    if deployment.desired_state == DesiredState.STOPPED:
+        # A stopped broker whose configuration changes stays stopped: its files are rewritten, nothing runs.
+        return Status.STOPPED if deployment.status == Status.STOPPED else Status.STOPPING
+    if deployment.status in (Status.PENDING, Status.PROVISIONING, Status.FAILED):
+        return Status.PROVISIONING if deployment.observed_generation == 0 else Status.STARTING
+    if deployment.status in (Status.STOPPED, Status.STOPPING, Status.STARTING):
+        return Status.STARTING
+    return Status.UPDATING
+
+
+@transaction.atomic
+def _mark_in_progress(deployment_id: int) -> None:
+    deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
+    if deployment is None:
+        return
+    now = timezone.now()
+    status = _in_progress_status(deployment)
+    if status != deployment.status:
+        _event(deployment, "status.changed", f"{deployment.status} → {status}")
+        deployment.status = status
+        deployment.save(update_fields=["status", "updated_at"])
+        _sync_interval(deployment, status, tier_id=None, now=now)
+    Operation.objects.filter(deployment=deployment, status=Operation.State.PENDING,
+                             target_generation__lte=deployment.generation).update(status=Operation.State.RUNNING)
+
+
+def _status_from(observed: Observed, desired: str, spec: BrokerSpec) -> tuple[str, bool]:
+    """(status, settled) for what the driver reported while closing the gap toward `desired`."""
+    if desired == DesiredState.DELETED:
+        return (Status.DELETED, True) if observed.phase == "absent" else (Status.DELETING, False)
+    if desired == DesiredState.STOPPED:
+        return (Status.STOPPED, True) if observed.phase in ("stopped", "absent") else (Status.STOPPING, False)
+    if observed.phase == "running" and observed.restart_nonce >= spec.restart_nonce:
+        return Status.RUNNING, True
+    return "", False  # still on its way: keep the in-progress status
+
+
+@transaction.atomic
+def _record(deployment_id: int, *, generation: int, desired: str, spec: BrokerSpec | None, tier_id: int,
+            observed: Observed | None = None, error: DriverError | None = None) -> Outcome:
+    """Write what this attempt found, in one short transaction, and say whether to come back."""
+    deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
+    if deployment is None:
+        return Outcome("gone")
+    now = timezone.now()
+    old_status = deployment.status
+    deployment.last_reconciled_at = now
+    settled = False
+    status = old_status
+    message = ""
+
+    if isinstance(error, PermanentDriverError):
+        status, message = Status.FAILED, str(error)
+        deployment.observed_generation = max(deployment.observed_generation, generation)
+        deployment.last_error = message
+        deployment.conditions = [_condition("Ready", False, "DriverRejected", message, generation, now)]
+        for operation in _active_operations(deployment, generation):
+            operation.status, operation.error, operation.finished_at = Operation.State.FAILED, message, now
+            operation.save(update_fields=["status", "error", "finished_at"])
+        _event(deployment, "reconcile.failed", message)
+    elif error is not None:
+        message = str(error)
+        if message != deployment.last_error:
+            _event(deployment, "reconcile.retry", message)
+        deployment.last_error = message
+        deployment.conditions = [_condition("Ready", old_status == Status.RUNNING, "TemporaryError", message,
+                                            generation, now)]
+    else:
+        new_status, settled = _status_from(observed, desired, spec)
+        status = new_status or old_status
+        message = observed.message
+        if status == Status.DELETED:
+            deployment.endpoints, deployment.deleted_at = {}, now
+        elif observed.host or observed.ports:
+            deployment.endpoints = {"host": observed.host, "ports": dict(observed.ports)}
+        deployment.observed_details = {str(k): str(v) for k, v in observed.details.items()}
+        if settled:
+            deployment.observed_generation = max(deployment.observed_generation, generation)
+            deployment.observed_restart_nonce = max(deployment.observed_restart_nonce, spec.restart_nonce)
+            deployment.last_error = ""
+            for operation in _active_operations(deployment, generation):
+                operation.status, operation.finished_at = Operation.State.SUCCEEDED, now
+                operation.save(update_fields=["status", "finished_at"])
+                _event(deployment, "operation.succeeded", f"{operation.kind.replace('_', ' ')} done", operation)
+        ready = status == Status.RUNNING
+        deployment.conditions = [_condition("Ready", ready, "BrokerRunning" if ready else observed.phase.capitalize(),
+                                            message, generation, now)]
+
+    if status != old_status:
+        _event(deployment, "status.changed", f"{old_status} → {status}" + (f": {message}" if message else ""))
+        deployment.status = status
+    deployment.save()
+    # The tier the broker now runs with is the spec's; an in-progress status keeps the interval's own tier.
+    _sync_interval(deployment, status, tier_id=tier_id if settled else None, now=now)
+
+    if status == Status.FAILED:
+        # A newer change than the one that failed deserves its own attempt.
+        return Outcome("failed", retry=deployment.generation > generation, message=message)
+    if status == Status.DELETED:
+        return Outcome("converged")
+    if deployment.is_converged:
+        return Outcome("converged")
+    return Outcome("retry" if error is not None else "progressing", retry=True, message=message)
+
+
+def _active_operations(deployment: Deployment, generation: int):
+    return list(Operation.objects.select_for_update().filter(
+        deployment=deployment, status__in=[Operation.State.PENDING, Operation.State.RUNNING],
+        target_generation__lte=generation,
+    ))
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: datetime.datetime) -> dict:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message[:1000],
+            "observed_generation": generation, "last_transition_time": now.isoformat()}
+
+
+def _event(deployment: Deployment, kind: str, message: str, operation: Operation | None = None) -> None:
+    DeploymentEvent.objects.create(deployment=deployment, operation=operation, kind=kind, message=message[:2000])
+
+
+def _sync_interval(deployment: Deployment, status: str, *, tier_id: int | None, now: datetime.datetime) -> None:
+    """Keep exactly one open StatusInterval while billable, switching at this instant on a bucket or tier change."""
+    bucket = BILLABLE.get(status)
+    current = StatusInterval.objects.select_for_update().filter(deployment=deployment, ended_at__isnull=True).first()
+    if current is not None:
+        tier_changed = tier_id is not None and current.tier_id != tier_id
+        if current.status == bucket and not tier_changed:
+            return
+        current.ended_at = now
+        current.save(update_fields=["ended_at"])
+    if bucket is not None:
+        next_tier = tier_id or (current.tier_id if current is not None else deployment.tier_id)
+        StatusInterval.objects.create(deployment=deployment, status=bucket, tier_id=next_tier, started_at=now)

@@ -1,0 +1,90 @@
+"""Reads: deployments of a project, their operations and events, the catalog, and what a region's driver honours.
+
+Every read takes its tenant explicitly and owns its select_related/prefetch_related, so list endpoints make a fixed
+number of queries whatever the page size. Nothing here writes.
+"""
+from __future__ import annotations
+
+from django.db.models import Prefetch, QuerySet
+
+from deployments import crypto
+from deployments.drivers.local import RATE_LIMIT_LEVELS, honoured_rate_limits
+from deployments.models import (AclRule, Deployment, DeploymentEvent, DesiredState, MqttUser, Operation, Plan, Price,
+                                RateLimitPolicy, Region, Tier)
+
+
+def deployment_queryset() -> QuerySet[Deployment]:
+    return Deployment.objects.select_related("project", "plan", "tier", "region")
+
+
+def deployment_list(*, project, include_deleted: bool = False) -> QuerySet[Deployment]:
+    qs = deployment_queryset().filter(project=project)
+    return qs if include_deleted else qs.exclude(desired_state=DesiredState.DELETED, deleted_at__isnull=False)
+
+
+def operation_list(*, deployment: Deployment) -> QuerySet[Operation]:
+    return Operation.objects.filter(deployment=deployment).select_related("requested_by")
+
+
+def event_list(*, deployment: Deployment) -> QuerySet[DeploymentEvent]:
+    return DeploymentEvent.objects.filter(deployment=deployment).select_related("operation")
+
+
+def mqtt_user_list(*, deployment: Deployment) -> QuerySet[MqttUser]:
+    return MqttUser.objects.filter(deployment=deployment).order_by("username")
+
+
+def acl_rule_list(*, deployment: Deployment) -> QuerySet[AclRule]:
+    return AclRule.objects.filter(deployment=deployment).order_by("position", "id")
+
+
+def rate_limit_list(*, deployment: Deployment) -> list[RateLimitPolicy]:
+    order = {level: index for index, level in enumerate(RATE_LIMIT_LEVELS)}
+    return sorted(RateLimitPolicy.objects.filter(deployment=deployment), key=lambda p: order[p.level])
+
+
+def region_list() -> QuerySet[Region]:
+    return Region.objects.prefetch_related(Prefetch("tiers", queryset=Tier.objects.select_related("plan")))
+
+
+def plan_list() -> QuerySet[Plan]:
+    return Plan.objects.prefetch_related(
+        Prefetch("tiers", queryset=Tier.objects.order_by("sort_order", "code")),
+        Prefetch("prices", queryset=Price.objects.select_related("tier").order_by("kind", "currency", "-valid_from")),
+    )
+
+
+def monitor_credentials(deployment: Deployment) -> tuple[str, str]:
+    """(username, plaintext password) of the control plane's own MQTT superuser on this deployment's broker."""
+    return deployment.monitor_username, crypto.decrypt_str(deployment.monitor_password_encrypted)
+
+
+# Which rate-limit fields each driver enforces, per level: the API shows it beside every policy.
+_KUBERNETES_HONOURED = {
+    "global": ("max_conn_rate", "messages_rate", "bytes_rate"),
+    "zone": ("max_conn_rate", "messages_rate", "bytes_rate"),
+    "listener": ("max_conn_rate", "messages_rate", "bytes_rate"),
+    "connection": ("messages_rate", "bytes_rate"),
+}
+
+
+def driver_capabilities(region: Region) -> dict:
+    """What a deployment in `region` actually enforces of its configuration, said plainly."""
+    if region.driver == Region.Driver.LOCAL:
+        return {
+            "driver": "local",
+            "rate_limits": {level: list(fields) for level, fields in honoured_rate_limits().items()},
+            "rate_limits_note": "Not enforced: this region runs mosquitto, which has no rate limiting at any level. "
+                                "Policies are stored and applied if the deployment moves to an EMQX region.",
+            "acl_client_id_rules": False,
+            "acl_note": "Rules select clients by username or apply to everyone; client-id rules are refused.",
+        }
+    return {
+        "driver": "kubernetes",
+        "rate_limits": {level: list(fields) for level, fields in _KUBERNETES_HONOURED.items()},
+        "rate_limits_note": "Enforced by EMQX. From 5.1 on, global and zone limits become per-listener and "
+                            "per-client ceilings (EMQX keeps only listener keys); a connection-level max_conn_rate "
+                            "means nothing and is ignored.",
+        "acl_client_id_rules": True,
+        "acl_note": "Rules may select a username, a client id, or everyone.",
+    }

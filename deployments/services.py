@@ -1,0 +1,575 @@
+"""Every change to a deployment's desired state: create, stop/start/restart, tier, move, delete, MQTT users, ACL, limits.
+
+Each is one transaction that validates, updates desired state (bumping `generation`), records an Operation, an event
+and the audit entry, and enqueues `deployments.reconcile` on commit. Nothing here calls a driver or writes observed
+state: that is deployments.reconcile's alone. `dry_run=True` validates exactly the same way and changes nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework import exceptions
+
+from audit.services import audit_record
+from controlplane.api.problems import Conflict
+from deployments import crypto, pricing
+from deployments.drivers.base import RateLimit
+from deployments.emqx_config import validate_rate_limit_hierarchy
+from deployments.models import (AclRule, DeploymentEvent, DesiredState, Deployment, MqttUser, Operation, Plan,
+                                RateLimitPolicy, Region, Status, Tier)
+from deployments.passwords import hash_mqtt_password, validate_mqtt_username
+from deployments.topics import validate_topic_filter
+
+logger = logging.getLogger(__name__)
+
+MAX_PREMIUM_TRIALS = 2
+MONITOR_USERNAME = "$controlplane-monitor"
+# Operations that change what runs; only one may be in flight per deployment. Configuration changes may overlap.
+STATE_CHANGING = [k for k in Operation.Kind.values if k != Operation.Kind.CONFIGURE]
+ACTIVE = [Operation.State.PENDING, Operation.State.RUNNING]
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRun:
+    """What a change would do, without doing it."""
+
+    action: str
+    currency: str
+    price_per_hour_before: Decimal
+    price_per_hour_after: Decimal
+    disruption: str  # none | rolling | restart
+    summary: str
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------------
+
+
+def enqueue_reconcile(deployment_id: int) -> None:
+    """Reconcile after the current transaction commits. A lost enqueue (Redis down) is caught by the sweep."""
+    def send():
+        from deployments.tasks import reconcile
+
+        reconcile.apply_async((deployment_id,))
+
+    transaction.on_commit(send, robust=True)
+
+
+def _user_of(actor):
+    if actor is None:
+        return None
+    key = getattr(actor, "api_key", None)
+    return getattr(actor, "user", None) or (key.created_by if key is not None else None)
+
+
+def _locked(deployment: Deployment) -> Deployment:
+    """The row, locked for this transaction, with the catalog rows the checks need."""
+    return (Deployment.objects.select_for_update(of=("self",))
+            .select_related("project__organization", "plan", "tier", "region").get(pk=deployment.pk))
+
+
+def _event(deployment: Deployment, kind: str, message: str, operation: Operation | None = None) -> None:
+    DeploymentEvent.objects.create(deployment=deployment, operation=operation, kind=kind, message=message)
+
+
+def _operation(deployment: Deployment, kind: str, actor, params: dict | None = None,
+               status: str = Operation.State.PENDING) -> Operation:
+    operation = Operation.objects.create(
+        deployment=deployment, kind=kind, status=status, target_generation=deployment.generation,
+        params=params or {}, requested_by=_user_of(actor),
+        finished_at=timezone.now() if status == Operation.State.SUCCEEDED else None,
+    )
+    _event(deployment, f"operation.{kind}", f"{kind.replace('_', ' ')} requested", operation)
+    return operation
+
+
+def _refuse_if_deleted(deployment: Deployment) -> None:
+    if deployment.desired_state == DesiredState.DELETED:
+        raise Conflict("The deployment is being deleted or was deleted.")
+
+
+def _refuse_if_busy(deployment: Deployment) -> None:
+    active = (Operation.objects.filter(deployment=deployment, kind__in=STATE_CHANGING, status__in=ACTIVE)
+              .order_by("created_at").first())
+    if active is not None:
+        raise Conflict(f"Operation {active.public_id} ({active.kind}) is still in progress; retry once it finishes.")
+
+
+def _name_taken(project, name: str, exclude_pk=None) -> bool:
+    qs = Deployment.objects.filter(project=project, name__iexact=name).exclude(desired_state=DesiredState.DELETED)
+    if exclude_pk is not None:
+        qs = qs.exclude(pk=exclude_pk)
+    return qs.exists()
+
+
+def _name_conflict(name: str) -> Conflict:
+    return Conflict({"name": [f"A deployment named {name!r} already exists in this project."]})
+
+
+def _bump(deployment: Deployment, *fields: str) -> None:
+    deployment.generation += 1
+    deployment.save(update_fields=["generation", "updated_at", *fields])
+
+
+def _disruption(deployment: Deployment, kind: str) -> str:
+    if kind == "create":
+        return "none"
+    # A Kubernetes cluster of several nodes is restarted one node at a time; a single local broker all at once.
+    rolling = deployment.region.driver == Region.Driver.KUBERNETES
+    if kind in ("restart", "change_tier"):
+        return "rolling" if rolling else "restart"
+    if kind == "stop":
+        return "restart"  # every client is disconnected until the deployment is started again
+    return "none"
+
+
+def _dry_run(deployment: Deployment, action: str, *, state_after: str, tier_after: Tier, summary: str) -> DryRun:
+    before = (pricing.hourly_price(plan=deployment.plan, tier=deployment.tier, state=deployment.desired_state)
+              if deployment.pk else Decimal("0"))
+    after = pricing.hourly_price(plan=deployment.plan, tier=tier_after, state=state_after)
+    return DryRun(action=action, currency=pricing.DEFAULT_CURRENCY, price_per_hour_before=before,
+                  price_per_hour_after=after, disruption=_disruption(deployment, action), summary=summary)
+
+
+def _region_target_error(region: Region, tier: Tier) -> str | None:
+    if not region.is_open:
+        return f"Region {region.code!r} is closed for new deployments."
+    if not region.tiers.filter(pk=tier.pk).exists():
+        return f"Tier {tier.plan.code}/{tier.code} is not offered in region {region.code!r}."
+    return None
+
+
+# -- deployments -------------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def deployment_create(*, project, actor, name: str, plan: str, tier: str, region: str,
+                      dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+    plan_row = Plan.objects.filter(code=plan).first()
+    if plan_row is None:
+        raise exceptions.ValidationError({"plan": [f"Unknown plan {plan!r}."]})
+    tier_row = Tier.objects.select_related("plan").filter(plan=plan_row, code=tier).first()
+    if tier_row is None:
+        raise exceptions.ValidationError({"tier": [f"Unknown tier {tier!r} for plan {plan!r}."]})
+    region_row = Region.objects.filter(code=region).first()
+    if region_row is None:
+        raise exceptions.ValidationError({"region": [f"Unknown region {region!r}."]})
+    if not region_row.is_open:
+        raise exceptions.ValidationError({"region": [f"Region {region!r} is closed for new deployments."]})
+    if not region_row.tiers.filter(pk=tier_row.pk).exists():
+        raise exceptions.ValidationError({"tier": [f"Tier {plan}/{tier} is not offered in region {region!r}."]})
+    organization = project.organization
+    if plan_row.code == Plan.Code.PREMIUM:
+        # Lock the organization so two concurrent creates cannot both take the last trial.
+        organization = type(organization).objects.select_for_update().get(pk=organization.pk)
+        granted = min(organization.premium_trial_deployments, MAX_PREMIUM_TRIALS)
+        if granted == 0:
+            raise exceptions.PermissionDenied("Premium is invite-only: ask us for a trial to create a Premium "
+                                              "deployment.")
+        used = Deployment.objects.filter(project__organization=organization, plan=plan_row).count()
+        if used >= granted:
+            raise Conflict(f"Your organization has used its {granted} Premium trial deployment(s).")
+    if _name_taken(project, name):
+        raise _name_conflict(name)
+
+    deployment = Deployment(project=project, name=name, plan=plan_row, tier=tier_row, region=region_row)
+    if dry_run:
+        return _dry_run(deployment, "create", state_after="running", tier_after=tier_row,
+                        summary=f"Create a {plan}/{tier} deployment in {region}.")
+    monitor_password = secrets.token_urlsafe(24)
+    salt_b64, hash_b64 = hash_mqtt_password(monitor_password)
+    deployment.monitor_username = MONITOR_USERNAME
+    deployment.monitor_password_encrypted = crypto.encrypt_str(monitor_password)
+    deployment.monitor_salt_b64, deployment.monitor_hash_b64 = salt_b64, hash_b64
+    deployment.api_secret_encrypted = crypto.encrypt_str(secrets.token_urlsafe(32))
+    deployment.full_clean(exclude=["project", "plan", "tier", "region"], validate_constraints=False)
+    try:
+        with transaction.atomic():
+            deployment.save()
+    except IntegrityError:  # a concurrent create took the name
+        raise _name_conflict(name)
+    operation = _operation(deployment, Operation.Kind.CREATE, actor, {"plan": plan, "tier": tier, "region": region})
+    audit_record(actor=actor, organization=organization, action="deployment.create", target=deployment,
+                 summary={"name": name, "plan": plan, "tier": tier, "region": region, "operation": operation.public_id})
+    enqueue_reconcile(deployment.pk)
+    return deployment, operation
+
+
+@transaction.atomic
+def deployment_update(*, deployment: Deployment, actor, name: str | None = None,
+                      deletion_protection: bool | None = None) -> Deployment:
+    """Rename, and turn deletion protection on or off (each its own audit entry: lifting protection is audited)."""
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    organization = deployment.project.organization
+    if name is not None and name != deployment.name:
+        if _name_taken(deployment.project, name, exclude_pk=deployment.pk):
+            raise _name_conflict(name)
+        old, deployment.name = deployment.name, name
+        try:
+            with transaction.atomic():
+                deployment.save(update_fields=["name", "updated_at"])
+        except IntegrityError:
+            raise _name_conflict(name)
+        _event(deployment, "deployment.renamed", f"renamed from {old!r} to {name!r}")
+        audit_record(actor=actor, organization=organization, action="deployment.rename", target=deployment,
+                     summary={"name": [old, name]})
+    if deletion_protection is not None and deletion_protection != deployment.deletion_protection:
+        deployment.deletion_protection = deletion_protection
+        deployment.save(update_fields=["deletion_protection", "updated_at"])
+        verb = "enabled" if deletion_protection else "lifted"
+        _event(deployment, "deployment.protection", f"deletion protection {verb}")
+        audit_record(actor=actor, organization=organization,
+                     action="deployment.protection.enable" if deletion_protection else "deployment.protection.lift",
+                     target=deployment, summary={"deletion_protection": deletion_protection})
+    return deployment
+
+
+@transaction.atomic
+def deployment_stop(*, deployment: Deployment, actor, reason: str = "",
+                    dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+    """Stop the broker, keeping its data. reason "billing" marks a stop for an unpaid invoice (only billing lifts it).
+
+    A billing stop supersedes an operation in flight; a user's stop waits for it (409).
+    """
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    if deployment.desired_state == DesiredState.STOPPED:
+        raise Conflict("The deployment is already stopped.")
+    if reason != "billing":
+        _refuse_if_busy(deployment)
+    if dry_run:
+        return _dry_run(deployment, "stop", state_after="stopped", tier_after=deployment.tier,
+                        summary="Stop the broker; clients are disconnected, data and sessions are kept.")
+    deployment.desired_state = DesiredState.STOPPED
+    deployment.status_reason = reason[:32]
+    _bump(deployment, "desired_state", "status_reason")
+    operation = _operation(deployment, Operation.Kind.STOP, actor, {"reason": reason} if reason else {})
+    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.stop",
+                 target=deployment, summary={"reason": reason, "operation": operation.public_id})
+    enqueue_reconcile(deployment.pk)
+    return deployment, operation
+
+
+@transaction.atomic
+def deployment_start(*, deployment: Deployment, actor, dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    if deployment.desired_state == DesiredState.RUNNING:
+        raise Conflict("The deployment is already running.")
+    if deployment.status_reason == "billing" and actor is not None:
+        raise Conflict("The deployment was stopped for an unpaid invoice; it starts again once the invoice is paid.")
+    _refuse_if_busy(deployment)
+    if dry_run:
+        return _dry_run(deployment, "start", state_after="running", tier_after=deployment.tier,
+                        summary="Start the broker again with its data and sessions.")
+    deployment.desired_state = DesiredState.RUNNING
+    deployment.status_reason = ""
+    _bump(deployment, "desired_state", "status_reason")
+    operation = _operation(deployment, Operation.Kind.START, actor)
+    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.start",
+                 target=deployment, summary={"operation": operation.public_id})
+    enqueue_reconcile(deployment.pk)
+    return deployment, operation
+
+
+@transaction.atomic
+def deployment_restart(*, deployment: Deployment, actor,
+                       dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+    """Maintenance: brokers restart one at a time; persistent sessions and their queued messages survive."""
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    if deployment.desired_state != DesiredState.RUNNING:
+        raise Conflict("Only a running deployment can be restarted; start it instead.")
+    _refuse_if_busy(deployment)
+    if dry_run:
+        return _dry_run(deployment, "restart", state_after="running", tier_after=deployment.tier,
+                        summary="Restart the brokers one at a time; persistent sessions are kept.")
+    deployment.restart_nonce += 1
+    _bump(deployment, "restart_nonce")
+    operation = _operation(deployment, Operation.Kind.RESTART, actor, {"restart_nonce": deployment.restart_nonce})
+    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.restart",
+                 target=deployment, summary={"operation": operation.public_id})
+    enqueue_reconcile(deployment.pk)
+    return deployment, operation
+
+
+@transaction.atomic
+def deployment_change_tier(*, deployment: Deployment, actor, tier: str,
+                           dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    new_tier = Tier.objects.select_related("plan").filter(plan=deployment.plan, code=tier).first()
+    if new_tier is None:
+        raise exceptions.ValidationError({"tier": [f"Unknown tier {tier!r} for plan {deployment.plan.code!r}."]})
+    if new_tier.pk == deployment.tier_id:
+        raise exceptions.ValidationError({"tier": [f"The deployment is already on tier {tier!r}."]})
+    if not deployment.region.tiers.filter(pk=new_tier.pk).exists():
+        raise exceptions.ValidationError({"tier": [f"Tier {tier!r} is not offered in region "
+                                                   f"{deployment.region.code!r}."]})
+    hours = settings.TIER_CHANGE_MIN_INTERVAL_HOURS
+    if deployment.last_tier_change_at is not None:
+        allowed_at = deployment.last_tier_change_at + datetime.timedelta(hours=hours)
+        if timezone.now() < allowed_at:
+            raise Conflict(f"The tier can change once every {hours} hours; the next change is possible at "
+                           f"{allowed_at.isoformat(timespec='seconds')}.")
+    _refuse_if_busy(deployment)
+    if dry_run:
+        return _dry_run(deployment, "change_tier", state_after=deployment.desired_state, tier_after=new_tier,
+                        summary=f"Change the tier from {deployment.tier.code} to {new_tier.code}.")
+    old = deployment.tier.code
+    deployment.tier = new_tier
+    deployment.last_tier_change_at = timezone.now()
+    _bump(deployment, "tier", "last_tier_change_at")
+    operation = _operation(deployment, Operation.Kind.CHANGE_TIER, actor, {"from": old, "to": tier})
+    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.change_tier",
+                 target=deployment, summary={"tier": [old, tier], "operation": operation.public_id})
+    enqueue_reconcile(deployment.pk)
+    return deployment, operation
+
+
+@transaction.atomic
+def deployment_move(*, deployment: Deployment, actor, project) -> tuple[Deployment, Operation]:
+    """Move to another project of the same organization. The broker is not touched."""
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    if project.organization_id != deployment.project.organization_id:
+        raise exceptions.ValidationError({"project": ["No such project in this organization."]})
+    if project.pk == deployment.project_id:
+        raise exceptions.ValidationError({"project": ["The deployment is already in that project."]})
+    _refuse_if_busy(deployment)
+    if _name_taken(project, deployment.name):
+        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]})
+    source = deployment.project
+    deployment.project = project
+    try:
+        with transaction.atomic():
+            deployment.save(update_fields=["project", "updated_at"])
+    except IntegrityError:
+        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]})
+    operation = _operation(deployment, Operation.Kind.MOVE, actor,
+                           {"from": source.public_id, "to": project.public_id}, status=Operation.State.SUCCEEDED)
+    audit_record(actor=actor, organization=project.organization, action="deployment.move", target=deployment,
+                 summary={"project": [source.public_id, project.public_id], "operation": operation.public_id})
+    return deployment, operation
+
+
+@transaction.atomic
+def deployment_delete(*, deployment: Deployment, actor, force: bool = False) -> tuple[Deployment, Operation]:
+    """Delete the broker and its data. The row stays (status deleted) for billing and history.
+
+    Deletion protection answers 409; `force` (billing's policy for long-overdue accounts) overrides it and any
+    operation in flight.
+    """
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    if deployment.deletion_protection and not force:
+        raise Conflict("Deletion protection is on for this deployment; lift it first (PATCH deletion_protection).")
+    if not force:
+        _refuse_if_busy(deployment)
+    deployment.desired_state = DesiredState.DELETED
+    _bump(deployment, "desired_state")
+    operation = _operation(deployment, Operation.Kind.DELETE, actor, {"force": True} if force else {})
+    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.delete",
+                 target=deployment, summary={"force": force, "operation": operation.public_id})
+    enqueue_reconcile(deployment.pk)
+    return deployment, operation
+
+
+# -- configuration: MQTT users, ACL, rate limits ------------------------------------------------------------------------
+
+
+def _configure(deployment: Deployment, actor, action: str, summary: dict) -> Operation:
+    _bump(deployment)
+    operation = _operation(deployment, Operation.Kind.CONFIGURE, actor, {"change": action, **summary})
+    audit_record(actor=actor, organization=deployment.project.organization, action=f"deployment.{action}",
+                 target=deployment, summary={**summary, "operation": operation.public_id})
+    enqueue_reconcile(deployment.pk)
+    return operation
+
+
+def _check_username(username: str, field: str = "username") -> None:
+    try:
+        validate_mqtt_username(username)
+    except ValueError as exc:
+        raise exceptions.ValidationError({field: [str(exc)]})
+    if username.startswith("$"):
+        raise exceptions.ValidationError({field: ["Usernames starting with '$' are reserved for the control plane."]})
+
+
+@transaction.atomic
+def mqtt_user_create(*, deployment: Deployment, actor, username: str, password: str,
+                     is_superuser: bool = False) -> tuple[MqttUser, Operation]:
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    _check_username(username)
+    if MqttUser.objects.filter(deployment=deployment, username=username).exists():
+        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]})
+    salt_b64, hash_b64 = hash_mqtt_password(password)
+    try:
+        with transaction.atomic():
+            user = MqttUser.objects.create(deployment=deployment, username=username, salt_b64=salt_b64,
+                                           hash_b64=hash_b64, is_superuser=is_superuser)
+    except IntegrityError:
+        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]})
+    operation = _configure(deployment, actor, "mqtt_user.create", {"username": username, "superuser": is_superuser})
+    return user, operation
+
+
+@transaction.atomic
+def mqtt_user_update(*, user: MqttUser, actor, password: str | None = None,
+                     is_superuser: bool | None = None) -> tuple[MqttUser, Operation]:
+    deployment = _locked(user.deployment)
+    _refuse_if_deleted(deployment)
+    user = MqttUser.objects.select_for_update().get(pk=user.pk)
+    changed = []
+    if password is not None:
+        user.salt_b64, user.hash_b64 = hash_mqtt_password(password)
+        changed.append("password")
+    if is_superuser is not None and is_superuser != user.is_superuser:
+        user.is_superuser = is_superuser
+        changed.append("superuser")
+    user.save()
+    operation = _configure(deployment, actor, "mqtt_user.update", {"username": user.username, "changed": changed})
+    return user, operation
+
+
+@transaction.atomic
+def mqtt_user_delete(*, user: MqttUser, actor) -> Operation:
+    deployment = _locked(user.deployment)
+    _refuse_if_deleted(deployment)
+    username = user.username
+    MqttUser.objects.filter(pk=user.pk).delete()
+    return _configure(deployment, actor, "mqtt_user.delete", {"username": username})
+
+
+def _check_acl(deployment: Deployment, *, topic: str, username: str | None, client_id: str | None) -> None:
+    try:
+        validate_topic_filter(topic)
+    except ValueError as exc:
+        raise exceptions.ValidationError({"topic": [str(exc)]})
+    if username is not None and client_id is not None:
+        raise exceptions.ValidationError({"client_id": ["A rule is for a username, a client id or everyone: "
+                                                        "give at most one of username and client_id."]})
+    if username is not None:
+        try:
+            validate_mqtt_username(username)
+        except ValueError as exc:
+            raise exceptions.ValidationError({"username": [str(exc)]})
+    if client_id is not None:
+        if not client_id or any(c in client_id for c in "\r\n\x00"):
+            raise exceptions.ValidationError({"client_id": ["A client id must be non-empty, without line breaks."]})
+        if deployment.region.driver == Region.Driver.LOCAL:
+            raise exceptions.ValidationError({"client_id": [
+                "Rules for a client id are not supported in this region: its brokers (mosquitto) select ACL "
+                "rules by username only."]})
+
+
+@transaction.atomic
+def acl_rule_create(*, deployment: Deployment, actor, permission: str, action: str, topic: str,
+                    username: str | None = None, client_id: str | None = None,
+                    position: int | None = None) -> tuple[AclRule, Operation]:
+    """Insert a rule at `position` (0 is first; default last); later rules shift down."""
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    _check_acl(deployment, topic=topic, username=username, client_id=client_id)
+    rules = list(AclRule.objects.filter(deployment=deployment).order_by("position", "id"))
+    position = len(rules) if position is None else min(position, len(rules))
+    rule = AclRule(deployment=deployment, position=position, permission=permission, action=action, topic=topic,
+                   username=username, client_id=client_id)
+    rules.insert(position, rule)
+    _renumber(rules)
+    operation = _configure(deployment, actor, "acl_rule.create",
+                           {"rule": rule.public_id, "permission": permission, "action": action, "topic": topic,
+                            "username": username, "client_id": client_id, "position": position})
+    return rule, operation
+
+
+@transaction.atomic
+def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operation]:
+    deployment = _locked(rule.deployment)
+    _refuse_if_deleted(deployment)
+    rules = list(AclRule.objects.select_for_update().filter(deployment=deployment).order_by("position", "id"))
+    rule = next(r for r in rules if r.pk == rule.pk)
+    position = changes.pop("position", None)
+    for field in ("permission", "action", "topic", "username", "client_id"):
+        if field in changes:
+            setattr(rule, field, changes[field])
+    _check_acl(deployment, topic=rule.topic, username=rule.username, client_id=rule.client_id)
+    if position is not None:
+        rules.remove(rule)
+        rules.insert(min(position, len(rules)), rule)
+    _renumber(rules, always=rule)
+    operation = _configure(deployment, actor, "acl_rule.update", {"rule": rule.public_id, **changes,
+                                                                  **({"position": position} if position is not None else {})})
+    return rule, operation
+
+
+@transaction.atomic
+def acl_rule_delete(*, rule: AclRule, actor) -> Operation:
+    deployment = _locked(rule.deployment)
+    _refuse_if_deleted(deployment)
+    public_id = rule.public_id
+    AclRule.objects.filter(pk=rule.pk).delete()
+    _renumber(list(AclRule.objects.filter(deployment=deployment).order_by("position", "id")))
+    return _configure(deployment, actor, "acl_rule.delete", {"rule": public_id})
+
+
+def _renumber(rules: list[AclRule], always: AclRule | None = None) -> None:
+    for index, rule in enumerate(rules):
+        if rule.pk is None or rule.position != index or rule is always:
+            rule.position = index
+            rule.save()
+
+
+@transaction.atomic
+def rate_limits_replace(*, deployment: Deployment, actor, policies: list[dict]) -> tuple[list[RateLimitPolicy], Operation]:
+    """Replace the deployment's policy set (one per level); a level may not exceed any level above it."""
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    limits = [RateLimit(level=p["level"], max_conn_rate=p.get("max_conn_rate"), messages_rate=p.get("messages_rate"),
+                        bytes_rate=p.get("bytes_rate")) for p in policies]
+    try:
+        validate_rate_limit_hierarchy(limits)
+    except ValueError as exc:
+        raise exceptions.ValidationError({"policies": [str(exc)]})
+    RateLimitPolicy.objects.filter(deployment=deployment).delete()
+    rows = RateLimitPolicy.objects.bulk_create([
+        RateLimitPolicy(deployment=deployment, level=limit.level, max_conn_rate=limit.max_conn_rate,
+                        messages_rate=limit.messages_rate, bytes_rate=limit.bytes_rate) for limit in limits
+    ])
+    operation = _configure(deployment, actor, "rate_limits.replace",
+                           {"policies": [dataclasses.asdict(limit) for limit in limits]})
+    return rows, operation
+
+
+# -- the sweep -------------------------------------------------------------------------------------------------------
+
+
+def reconcile_sweep() -> int:
+    """Enqueue a reconcile for every deployment not converged, and for every live one not looked at for a while
+    (a broker that died is drift the level-triggered reconciler repairs). Returns how many were enqueued."""
+    from django.db.models import F, Q
+
+    from deployments.tasks import reconcile
+
+    stale = timezone.now() - datetime.timedelta(seconds=settings.RECONCILE_RESYNC_SECONDS)
+    not_converged = (
+        Q(observed_generation__lt=F("generation")) | Q(observed_restart_nonce__lt=F("restart_nonce"))
+        | (~Q(status__in=[Status.RUNNING, Status.STOPPED, Status.DELETED, Status.FAILED]))
+        | (Q(desired_state=DesiredState.RUNNING) & ~Q(status__in=[Status.RUNNING, Status.FAILED]))
+        | (Q(desired_state=DesiredState.STOPPED) & ~Q(status__in=[Status.STOPPED, Status.FAILED]))
+        | (Q(desired_state=DesiredState.DELETED) & ~Q(status=Status.DELETED))
+        | Q(last_reconciled_at__isnull=True) | (Q(last_reconciled_at__lt=stale) & ~Q(status=Status.FAILED))
+    )
+    ids = list(Deployment.objects.exclude(status=Status.DELETED).filter(not_converged).values_list("pk", flat=True))
+    for pk in ids:
+        reconcile.apply_async((pk,))
+    return len(ids)

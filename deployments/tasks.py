@@ -1,0 +1,39 @@
+"""Celery tasks of the deployments app: the reconcile loop and its sweep. Ids in, one call, re-enqueue on the way out."""
+import time
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from controlplane import metrics
+from deployments import services
+from deployments.reconcile import reconcile_deployment
+
+MAX_BACKOFF_SECONDS = 30.0
+BUSY_RETRIES = 5
+
+
+def backoff(attempt: int) -> float:
+    return min(0.25 * (2 ** attempt), MAX_BACKOFF_SECONDS)
+
+
+@shared_task(name="deployments.reconcile", acks_late=True, ignore_result=True,
+             autoretry_for=(OperationalError, InterfaceError), retry_backoff=True, retry_backoff_max=60,
+             max_retries=None)
+def reconcile(deployment_id: int, attempt: int = 0) -> str:
+    started = time.monotonic()
+    outcome = reconcile_deployment(deployment_id)
+    metrics.RECONCILE_DURATION.labels(outcome.state).observe(time.monotonic() - started)
+    if outcome.state == "busy":
+        # Another worker holds the deployment. It re-checks convergence before letting go, but a change that commits
+        # in the instant between that check and its unlock would wait for the sweep: look again shortly.
+        if attempt < BUSY_RETRIES:
+            reconcile.apply_async((deployment_id, attempt + 1), countdown=1.0)
+    elif outcome.retry:
+        reconcile.apply_async((deployment_id, attempt + 1), countdown=backoff(attempt))
+    return outcome.state
+
+
+@shared_task(name="deployments.sweep_reconcile", ignore_result=True)
+def sweep_reconcile() -> int:
+    """Re-drive whatever is not converged: a lost task, a killed worker or a flushed Redis never strands anything."""
+    return services.reconcile_sweep()
