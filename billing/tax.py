@@ -198,3 +198,20 @@ def tax_treatment(
     if is_business and status in _USABLE_VAT:
         return TaxDecision(TaxTreatment.REVERSE_CHARGE, Decimal(0), REVERSE_CHARGE_MENTION)
     return TaxDecision(TaxTreatment.EU_CONSUMER, standard_rate(customer, on))
+
+
+def tax_id_country_mismatch(country: str, number: str | None) -> str | None:
+    """For an EU billing country: a message when the number carries another country's VAT prefix, else None.
+
+    That is a mistake in the request (the wrong field or the wrong country), unlike a bad checksum, which is a
+    fact about the number: the first is refused, the second kept with status invalid.
+    """
+    code = normalize_country(country)
+    if not number or not is_eu(code):
+        return None
+    prefix = _clean(number)[:2]
+    expected = _vat_prefix(code)
+    if prefix in _COUNTRY_PREFIXES and ("EL" if prefix == "GR" else prefix) != expected:
+        return (f"The VAT number starts with {prefix}, but the billing country is {code}: "
+                f"a {code} VAT number must start with {expected}.")
+    return None

@@ -1,0 +1,30 @@
+"""`python manage.py close_invoices [--month YYYY-MM]`: issue the monthly invoices of a month (default: last month)."""
+import datetime
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from billing import invoicing, metering
+
+
+def parse_month(value: str) -> datetime.date:
+    try:
+        return datetime.datetime.strptime(value, "%Y-%m").date()
+    except ValueError as exc:
+        raise CommandError(f"--month must be YYYY-MM, not {value!r}") from exc
+
+
+class Command(BaseCommand):
+    help = "Close a month: one invoice per billing account for its unbilled usage. Safe to run again."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--month", type=parse_month, default=None)
+
+    def handle(self, *args, month=None, **options):
+        if month is None:
+            month = (metering.month_start(timezone.now()) - datetime.timedelta(days=1)).date()
+        try:
+            result = invoicing.close_invoices(month=month)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"{month:%Y-%m}: {len(result.invoices)} invoices to collect")

@@ -1,0 +1,187 @@
+"""Stripe through the HTTP fake with the real client (customer sync, card setup, collection, webhooks) and overdue
+handling (reminders, billing stop, deletion, restart on payment)."""
+import datetime
+import json
+
+import pytest
+from django.core import mail
+from django.test import override_settings
+
+from billing import invoicing, metering, services
+from billing.models import Invoice, Payment, StripeEvent
+from billing.selectors import billing_account_for
+from deployments.models import Deployment, Operation
+from tests.billing.conftest import at
+from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
+
+pytestmark = pytest.mark.django_db
+WEBHOOK_SECRET = "whsec_test_billing"
+
+
+@pytest.fixture
+def fake_stripe():
+    with FakeStripe() as fake, override_settings(STRIPE_SECRET_KEY=fake.api_key, STRIPE_API_BASE=fake.url,
+                                                 STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET):
+        yield fake
+
+
+def post_event(client, event_type, obj, *, event_id=None, secret=WEBHOOK_SECRET, tamper=False):
+    payload = build_event(event_type, obj, event_id=event_id)
+    header = sign_payload(payload, secret)
+    if tamper:
+        payload = payload.replace(b'"livemode": false', b'"livemode": true')
+    return client.post("/webhooks/stripe", payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)
+
+
+def issue_march_invoice(org, make_deployment, history):
+    history(make_deployment(org.default_project), [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])
+    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
+    return Invoice.objects.get(billing_account__organization=org.organization)
+
+
+def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe(
+        fake_stripe, owner_org, key_client, client, make_deployment, history):
+    api = key_client(owner_org.owner_secret)
+    response = api.put(f"/api/v1/organizations/{owner_org.id}/billing/account", {
+        "country": "FR", "company": "Exemple SAS", "email": "compta@exemple.fr", "postal_code": "75001",
+        "tax_id": "FR40303265045", "address": "1 rue de Rivoli", "city": "Paris"}, format="json")
+    assert response.status_code == 200
+    account = billing_account_for(organization=owner_org.organization)
+    customer_id = services.billing_account_sync_stripe(account_id=account.pk)
+    customer = fake_stripe.customers[customer_id]
+    assert customer["email"] == "compta@exemple.fr" and customer["address"]["postal_code"] == "75001"
+    assert [(t["type"], t["value"]) for t in fake_stripe.tax_ids[customer_id]] == [("eu_vat", "FR40303265045")]
+
+    setup = api.post(f"/api/v1/organizations/{owner_org.id}/billing/setup-intent", {}, format="json")
+    assert setup.status_code == 201
+    assert fake_stripe.setup_intents[setup.json()["setup_intent"]]["customer"] == customer_id
+    checkout = api.post(f"/api/v1/organizations/{owner_org.id}/billing/checkout-session",
+                        {"success_url": "https://console.example/ok", "cancel_url": "https://console.example/no"},
+                        format="json")
+    assert checkout.status_code == 201 and checkout.json()["url"].startswith("https://checkout.stripe.com/")
+
+    card = fake_stripe.attach_card(customer_id)
+    saved = post_event(client, "setup_intent.succeeded", {"id": setup.json()["setup_intent"], "object": "setup_intent",
+                                                         "customer": customer_id, "payment_method": card})
+    assert saved.status_code == 200 and saved.json()["outcome"] == "card saved"
+    services.billing_account_set_default_card(account_id=account.pk)
+    assert fake_stripe.customers[customer_id]["invoice_settings"]["default_payment_method"] == card
+
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    assert services.invoice_collect(invoice_id=invoice.pk) == "succeeded"
+    assert services.invoice_collect(invoice_id=invoice.pk) is None  # paid: nothing more to charge
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+    (intent,) = fake_stripe.payment_intents.values()
+    assert intent["amount"] == invoice.total == 8784
+    keys = [headers.get("Idempotency-Key") for method, path, _, headers in fake_stripe.requests
+            if path == "/v1/payment_intents"]
+    assert keys == [f"inv-{invoice.public_id}-attempt-1"]
+    # Stripe's own notice of the same payment arrives afterwards, then again: nothing changes
+    notice = {"id": intent["id"], "object": "payment_intent", "amount": 8784, "amount_received": 8784,
+              "metadata": {"invoice_id": invoice.public_id, "attempt": "1"}}
+    first = post_event(client, "payment_intent.succeeded", notice, event_id="evt_paid_1")
+    replay = post_event(client, "payment_intent.succeeded", notice, event_id="evt_paid_1")
+    assert first.json()["duplicate"] is False and replay.json()["duplicate"] is True
+    assert Payment.objects.filter(invoice=invoice, status="succeeded").count() == 1
+    assert StripeEvent.objects.filter(event_id="evt_paid_1").count() == 1
+
+
+def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(fake_stripe, owner_org, make_deployment,
+                                                                       history):
+    account = billing_account_for(organization=owner_org.organization)
+    services.billing_account_update(account=account, actor=None, country="US", email="a@acme.example",
+                                    postal_code="94105")
+    customer_id = services.billing_account_sync_stripe(account_id=account.pk)
+    card = fake_stripe.attach_card(customer_id)
+    account.refresh_from_db()
+    account.stripe_payment_method_id = card
+    account.save()
+    services.billing_account_set_default_card(account_id=account.pk)
+    fake_stripe.decline_cards_of(customer_id, decline_code="insufficient_funds")
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    assert services.invoice_collect(invoice_id=invoice.pk) == "failed"
+    fake_stripe._declines.clear()
+    assert services.invoice_collect(invoice_id=invoice.pk) == "succeeded"
+    assert list(Payment.objects.filter(invoice=invoice).order_by("attempt").values_list("attempt", "status")) == [
+        (1, "failed"), (2, "succeeded")]
+
+
+def test_webhook_refused_and_nothing_recorded_when_unsigned_tampered_or_wrong_secret(fake_stripe, client, owner_org,
+                                                                                     make_deployment, history):
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    obj = {"id": "pi_x", "object": "payment_intent", "amount": invoice.total, "amount_received": invoice.total,
+           "metadata": {"invoice_id": invoice.public_id}}
+    unsigned = client.post("/webhooks/stripe", build_event("payment_intent.succeeded", obj),
+                           content_type="application/json")
+    tampered = post_event(client, "payment_intent.succeeded", obj, tamper=True)
+    foreign = post_event(client, "payment_intent.succeeded", obj, secret="whsec_someone_else")
+    for response in (unsigned, tampered, foreign):
+        assert response.status_code == 400
+        assert response["Content-Type"] == "application/problem+json"
+    assert StripeEvent.objects.count() == 0
+    invoice.refresh_from_db()
+    assert invoice.status == "open"
+
+
+def test_collection_skipped_and_staff_marks_paid_when_stripe_not_configured(owner_org, make_deployment, history,
+                                                                           admin_client):
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    assert services.invoice_collect(invoice_id=invoice.pk) is None
+    response = admin_client.post("/admin/billing/invoice/", {"action": "mark_paid", "_selected_action": [invoice.pk]})
+    assert response.status_code == 302
+    invoice.refresh_from_db()
+    assert invoice.status == "paid" and invoice.payments.get().method == "manual"
+
+
+def test_reminded_then_stopped_then_deleted_and_paying_restarts_when_invoice_overdue(
+        owner_org, make_deployment, history, django_capture_on_commit_callbacks):
+    account = billing_account_for(organization=owner_org.organization)
+    services.billing_account_update(account=account, actor=None, country="US", email="ap@acme.example",
+                                    postal_code="94105")
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    running = make_deployment(owner_org.default_project, name="live")
+    history(running, [("running", at(2026, 4, 1), None)])
+    due = invoice.due_at
+    mail.outbox.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        from django.utils import timezone
+
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.overdue_process(now=due + datetime.timedelta(days=1, hours=1))["reminders"] == 1
+            assert services.overdue_process(now=due + datetime.timedelta(days=1, hours=2))["reminders"] == 0
+            assert services.overdue_process(now=due + datetime.timedelta(days=8))["reminders"] == 1  # 3 and 7 at once
+        stopped = services.overdue_process(now=due + datetime.timedelta(days=14, hours=1))
+        assert stopped["stopped"] == 2  # both of the account's deployments
+        running.refresh_from_db()
+        assert (running.desired_state, running.status_reason) == ("stopped", "billing")
+        assert Operation.objects.filter(deployment=running, kind="stop").exists()
+        # the reconciler carries the stops out
+        Operation.objects.filter(kind="stop").update(status="succeeded")
+        Deployment.objects.filter(status_reason="billing").update(status="stopped")
+
+        # paying restarts what billing stopped
+        patch.setattr(timezone, "now", lambda: due + datetime.timedelta(days=15))
+        services.invoice_mark_paid(invoice=invoice, actor=None)
+    running.refresh_from_db()
+    assert (running.desired_state, running.status_reason) == ("running", "")
+    assert len([m for m in mail.outbox if "overdue" in m.subject]) == 2
+
+
+def test_deleted_seven_days_after_billing_stop_when_still_unpaid(owner_org, make_deployment, history):
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    dep = make_deployment(owner_org.default_project, name="unpaid")
+    history(dep, [("running", at(2026, 4, 1), None)])
+    services.overdue_process(now=invoice.due_at + datetime.timedelta(days=15))
+    dep.refresh_from_db()
+    assert dep.desired_state == "stopped"
+    # the reconciler stops it: its stopped interval starts
+    stopped_at = invoice.due_at + datetime.timedelta(days=15, minutes=1)
+    dep.status_intervals.update(ended_at=stopped_at)
+    history(dep, [("stopped", stopped_at, None)])
+    Deployment.objects.filter(pk=dep.pk).update(status="stopped")
+    assert services.overdue_process(now=stopped_at + datetime.timedelta(days=6))["deleted"] == 0
+    assert services.overdue_process(now=stopped_at + datetime.timedelta(days=7, minutes=1))["deleted"] == 1
+    dep.refresh_from_db()
+    assert dep.desired_state == "deleted"
