@@ -9,6 +9,11 @@ from organizations.roles import Role
 DEFAULT_PROJECT_NAME = "Default project"
 
 
+class ActiveProjectManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
 class Project(models.Model):
     public_id = PublicIdField(prefix="prj")
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="projects")
@@ -16,10 +21,17 @@ class Project(models.Model):
     description = models.CharField(max_length=500, blank=True)
     is_default = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
+    # A project whose deployments are all deleted is kept, hidden, because those deployments are billing history.
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ActiveProjectManager()
+    all_objects = models.Manager()
 
     class Meta:
+        base_manager_name = "all_objects"
         constraints = [
-            models.UniqueConstraint("organization", Lower("name"), name="project_name_unique_ci"),
+            models.UniqueConstraint("organization", Lower("name"), condition=models.Q(deleted_at__isnull=True),
+                                    name="project_name_unique_ci"),
         ]
 
     def __str__(self):

@@ -1,5 +1,6 @@
 """Every change to projects: create, update, delete. Validates, writes, audits in one transaction."""
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane.api.problems import Conflict
@@ -56,9 +57,28 @@ def project_delete(*, project: Project, actor) -> None:
     project = Project.objects.select_for_update().get(pk=project.pk)
     if project.is_default:
         raise Conflict("The Default project cannot be deleted.")
-    deployments = getattr(project, "deployments", None)
-    if deployments is not None and deployments.exclude(status="deleted").exists():
+    if project.deployments.exclude(status="deleted").exists():
         raise Conflict("The project still holds deployments: delete or move them first.")
+    revoked = _detach_api_keys(project)
     audit_record(actor=actor, organization=project.organization, action="project.delete", target=project,
-                 summary={"name": project.name})
-    project.delete()
+                 summary={"name": project.name, "revoked_api_keys": revoked})
+    project.grants.all().delete()
+    if project.deployments.exists():
+        # Its deleted deployments are invoice history: hide the project, free its name, keep the rows.
+        project.deleted_at = timezone.now()
+        project.save(update_fields=["deleted_at"])
+    else:
+        project.delete()
+
+
+def _detach_api_keys(project: Project) -> list[str]:
+    """Unlink the project from the keys limited to it. A key limited to this project alone is revoked: with an
+    empty project list it would otherwise read as organization-wide."""
+    revoked = []
+    for key in project.api_keys.filter(revoked_at=None).prefetch_related("projects"):
+        if {p.pk for p in key.projects.all()} == {project.pk}:
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+            revoked.append(key.prefix)
+    project.api_keys.clear()
+    return revoked

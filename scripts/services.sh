@@ -20,6 +20,7 @@ services_start() {
   "${as[@]}" "$pgbin/pg_ctl" -D "$SERVICES_DIR/pg" -l "$SERVICES_DIR/pg.log" -w -t 60 \
     -o "-p $pgport -k $SERVICES_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
     start >/dev/null || { cat "$SERVICES_DIR/pg.log" >&2; return 1; }
+  "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres controlplane
   redis-server --port "$redisport" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
     --dir "$SERVICES_DIR" --logfile "$SERVICES_DIR/redis.log" --pidfile "$SERVICES_DIR/redis.pid" >/dev/null
   for _ in $(seq 50); do redis-cli -p "$redisport" ping >/dev/null 2>&1 && break; sleep 0.1; done

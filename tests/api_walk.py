@@ -85,68 +85,161 @@ def tenant_operations() -> list[Operation]:
 
 
 # --- Sample objects -------------------------------------------------------------------------------------------
+# A maker takes (org, values so far, route) and returns the public id of an object of `org`; values holds the ids
+# made for the parameters to its left, so a child (an operation) belongs to its parent (that deployment).
 
 
-def _member(org):
+def _stamp() -> str:
+    return str(timezone.now().timestamp()).replace(".", "")
+
+
+def _member(org, values, route):
     _user, membership = org.add_member(roles=["auditor"])
     return membership.public_id
 
 
-def _invitation(org):
+def _invitation(org, values, route):
     from organizations import services
 
     invitation, _ = services.invitation_create(organization=org.organization, actor=None,
-                                               email=f"invitee-{timezone.now().timestamp()}@example.com",
-                                               roles=["auditor"])
+                                               email=f"invitee-{_stamp()}@example.com", roles=["auditor"])
     return invitation.public_id
 
 
-def _key(org):
+def _key(org, values, route):
     key, _ = org.key_for(org.owner, role="auditor")
     return key.public_id
 
 
-def _event(org):
+def _event(org, values, route):
     from audit.models import AuditEvent
 
     return AuditEvent.objects.filter(organization=org.organization).latest("created_at").public_id
 
 
-def _project(org):
-    from projects import services
+def _deployment_row(values):
+    from deployments.models import Deployment
 
-    project = services.project_create(organization=org.organization, actor=None,
-                                      name=f"Sample {timezone.now().timestamp()}")
-    return project.public_id
+    return Deployment.objects.get(public_id=values["dep"])
+
+
+def _deployment(org, values, route):
+    from deployments import services
+    from projects.models import Project
+
+    project = Project.objects.get(public_id=values.get("project", org.default_project.public_id))
+    deployment, _operation = services.deployment_create(project=project, actor=None, name=f"dep-{_stamp()}",
+                                                        plan="dedicated", tier="1k", region="local")
+    # Settled and running, as most actions expect; nothing here starts a broker (no worker runs in these tests).
+    deployment.operations.update(status="succeeded")
+    type(deployment).objects.filter(pk=deployment.pk).update(status="running", observed_generation=deployment.generation)
+    return deployment.public_id
+
+
+def _operation(org, values, route):
+    return _deployment_row(values).operations.latest("created_at").public_id
+
+
+def _mqtt_user(org, values, route):
+    from deployments import services
+
+    user, _ = services.mqtt_user_create(deployment=_deployment_row(values), actor=None, username=f"u{_stamp()}",
+                                        password="a long mqtt password")
+    return user.public_id
+
+
+def _rule(org, values, route):
+    if "/acl-rules/" in route:
+        from deployments import services
+
+        rule, _ = services.acl_rule_create(deployment=_deployment_row(values), actor=None, permission="allow",
+                                           action="publish", topic="sensors/#")
+        return rule.public_id
+    return _alert_rule(org, values, route)
+
+
+def _quote(org, values, route):
+    from billing.annual import annual_quote_create
+
+    return annual_quote_create(deployment=_deployment_row(values), actor=None).public_id
+
+
+def _invoice(org, values, route):
+    from billing.annual import annual_quote_accept, annual_quote_create
+
+    values = {**values, "dep": _deployment(org, values, route)}
+    quote = annual_quote_create(deployment=_deployment_row(values), actor=None)
+    subscription = annual_quote_accept(quote=quote, actor=None)
+    return subscription.invoices.get().public_id
+
+
+def _alert_rule(org, values, route):
+    from alerts.models import AlertRule
+
+    dep = _deployment_row({"dep": _deployment(org, values, route)})
+    from alerts import services
+
+    services.create_default_rules(deployment=dep)
+    return AlertRule.objects.filter(deployment=dep).first().public_id
+
+
+def _silence(org, values, route):
+    from alerts import services
+
+    silence = services.silence_create(project=org.default_project, actor=None, matchers={}, starts_at=None,
+                                      ends_at=timezone.now() + datetime.timedelta(hours=1))
+    return silence.public_id
+
+
+def _alert(org, values, route):
+    from alerts import services
+    from alerts.models import Alert
+
+    dep = _deployment_row({"dep": _deployment(org, values, route)})
+    rule = services.alert_rule_create(project=dep.project, actor=None, deployment=dep, name="walk",
+                                      metric="connections", window_seconds=3600, threshold=0)
+    services.samples_store(rows=[(dep.pk, "connections", timezone.now(), 5.0)])
+    services.rules_evaluate(deployment_ids=[dep.pk])
+    return Alert.objects.get(rule=rule).public_id
+
+
+def _channel(org, values, route):
+    from alerts import services
+
+    channel, _ = services.channel_create(organization=org.organization, actor=None, name=f"c{_stamp()}",
+                                         type="email", config={"addresses": ["ops@example.com"]})
+    return channel.public_id
 
 
 SAMPLE_MAKERS = {
-    "org": lambda org: org.id,
-    "project": lambda org: org.default_project.public_id,
+    "org": lambda org, values, route: org.id,
+    "project": lambda org, values, route: org.default_project.public_id,
     "member": _member,
     "invitation": _invitation,
     "key": _key,
     "event": _event,
+    "dep": _deployment,
+    "op": _operation,
+    "user": _mqtt_user,
+    "rule": _rule,
+    "quote": _quote,
+    "inv": _invoice,
+    "silence": _silence,
+    "alert": _alert,
+    "channel": _channel,
 }
 
-# Fresh, disposable targets for destructive calls (so that DELETE really has something to remove).
-DISPOSABLE_MAKERS = {
-    "project": _project,
-}
 
 
-def sample_values(org, kwargs, *, disposable: bool = False) -> dict[str, str]:
-    values = {}
+def sample_values(org, kwargs, *, route: str = "") -> dict[str, str]:
+    """Every maker but `org` and `project` makes a fresh object, so a DELETE always has its own target."""
+    values: dict[str, str] = {}
     for name in kwargs:
-        maker = (DISPOSABLE_MAKERS.get(name) if disposable else None) or SAMPLE_MAKERS.get(name)
+        maker = SAMPLE_MAKERS.get(name)
         if maker is None:
             raise AssertionError(
                 f"No sample maker for path parameter <{name}>: add one to SAMPLE_MAKERS in tests/api_walk.py so the "
                 "tenancy and role tests cover the new endpoint."
             )
-        values[name] = maker(org)
+        values[name] = maker(org, values, route)
     return values
-
-
-def later(days: int = 30) -> str:
-    return (timezone.now() + datetime.timedelta(days=days)).isoformat()

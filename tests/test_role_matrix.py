@@ -58,7 +58,7 @@ def test_role_is_allowed_exactly_when_scopes_table_grants_it(operation, persona,
         key_role = project_role or org_roles[0]
         _key, secret = org.key_for(user, role=key_role, projects=[org.default_project] if project_role else [])
         client = key_client(secret)
-    url = operation.url(sample_values(org, operation.kwargs, disposable=operation.method == "delete"))
+    url = operation.url(sample_values(org, operation.kwargs, route=operation.route))
 
     response = getattr(client, operation.method)(url, {}, format="json")
 

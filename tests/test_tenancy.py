@@ -36,7 +36,7 @@ def test_walk_covers_the_tenant_api():
 def test_other_organization_gets_404_when_touching_any_tenant_url(operation, credential, org_factory, api, key_client):
     victim = org_factory()
     outsider = org_factory()
-    url = operation.url(sample_values(victim, operation.kwargs))
+    url = operation.url(sample_values(victim, operation.kwargs, route=operation.route))
     if credential == "api_key":
         client = key_client(outsider.owner_secret)
     else:
@@ -56,7 +56,7 @@ def test_missing_object_and_foreign_object_answer_alike(operation, org_factory, 
     """A foreign object must be indistinguishable from one that does not exist."""
     victim = org_factory()
     outsider = org_factory()
-    values = sample_values(victim, operation.kwargs)
+    values = sample_values(victim, operation.kwargs, route=operation.route)
     client = key_client(outsider.owner_secret)
     foreign = getattr(client, operation.method)(operation.url(values), {}, format="json")
     missing_values = {k: v[: v.index("_") + 1] + "doesnotexist0000000000" for k, v in values.items()}

@@ -67,3 +67,49 @@ def test_cursor_pagination_walks_every_project_once(owner_org, key_client):
         seen += [p["id"] for p in page["results"]]
         url = page["next"]
     assert len(seen) == len(set(seen)) == 8
+
+
+def test_project_with_only_deleted_deployments_is_hidden_and_its_name_freed_when_deleted(owner_org, key_client):
+    from deployments.models import Deployment
+    from deployments import services as deployment_services
+    from projects import services
+
+    project = services.project_create(organization=owner_org.organization, actor=None, name="Short-lived")
+    deployment, _ = deployment_services.deployment_create(project=project, actor=None, name="gone", plan="dedicated",
+                                                          tier="1k", region="local")
+    Deployment.objects.filter(pk=deployment.pk).update(status="deleted")
+    client = key_client(owner_org.owner_secret)
+    base = f"/api/v1/organizations/{owner_org.id}/projects"
+    assert client.delete(f"{base}/{project.public_id}").status_code == 204
+    assert client.get(f"{base}/{project.public_id}").status_code == 404
+    assert project.public_id not in [p["id"] for p in client.get(base).json()["results"]]
+    assert Project.all_objects.get(pk=project.pk).deleted_at is not None  # kept: its deployment is billing history
+    Deployment.objects.get(pk=deployment.pk).project  # the history still resolves its project
+    assert client.post(base, {"name": "Short-lived"}, format="json").status_code == 201
+
+
+def test_project_with_live_deployments_cannot_be_deleted(owner_org, key_client):
+    from deployments import services as deployment_services
+    from projects import services
+
+    project = services.project_create(organization=owner_org.organization, actor=None, name="Busy")
+    deployment_services.deployment_create(project=project, actor=None, name="live", plan="dedicated", tier="1k",
+                                          region="local")
+    response = key_client(owner_org.owner_secret).delete(f"/api/v1/organizations/{owner_org.id}/projects/{project.public_id}")
+    assert response.status_code == 409
+
+
+def test_key_limited_to_a_deleted_project_is_revoked_not_widened(owner_org, key_client):
+    from projects import services
+
+    only = services.project_create(organization=owner_org.organization, actor=None, name="Only")
+    other = services.project_create(organization=owner_org.organization, actor=None, name="Other")
+    narrow, narrow_secret = owner_org.key_for(owner_org.owner, role="project_administrator", projects=[only])
+    wide, wide_secret = owner_org.key_for(owner_org.owner, role="project_administrator", projects=[only, other])
+    owner = key_client(owner_org.owner_secret)
+    assert owner.delete(f"/api/v1/organizations/{owner_org.id}/projects/{only.public_id}").status_code == 204
+    narrow.refresh_from_db()
+    assert narrow.revoked_at is not None
+    assert key_client(narrow_secret).get(f"/api/v1/organizations/{owner_org.id}/projects").status_code == 401
+    listed = key_client(wide_secret).get(f"/api/v1/organizations/{owner_org.id}/projects").json()["results"]
+    assert [p["id"] for p in listed] == [other.public_id]
