@@ -62,6 +62,20 @@ class Principal:
         return self._grants[membership.pk]
 
 
+def member_organization(principal: Principal, org_public_id: str) -> Organization | None:
+    """The organization with this public id if the principal's user is a member of it, else None: one query that
+    also remembers the membership for the scope checks that follow."""
+    user = principal.api_key.created_by if principal.api_key is not None else principal.user
+    if user is None:
+        return None
+    membership = (Membership.objects.select_related("organization")
+                  .filter(organization__public_id=org_public_id, user=user).first())
+    if membership is None:
+        return None
+    principal._memberships[membership.organization_id] = membership
+    return membership.organization
+
+
 def _member_org_scopes(membership: Membership | None) -> frozenset[str]:
     if membership is None:
         return frozenset()

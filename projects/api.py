@@ -4,7 +4,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_s
 from rest_framework import mixins, serializers, status
 from rest_framework.response import Response
 
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, StrictCharField, iso_datetime
 from controlplane.api.views import ScopedViewSet
 from organizations import access
 from projects import services
@@ -20,6 +20,17 @@ class ProjectSerializer(serializers.ModelSerializer):
     class Meta:
         model = Project
         fields = ["id", "name", "description", "is_default", "created_at"]
+
+    def to_representation(self, instance):
+        # The hottest list in the API: built directly, a third of DRF's generic cost. A test pins it to the
+        # generic representation, so the schema and this stay one.
+        return {
+            "id": instance.public_id,
+            "name": instance.name,
+            "description": instance.description,
+            "is_default": instance.is_default,
+            "created_at": iso_datetime(instance.created_at),
+        }
 
 
 class ProjectCreateSerializer(InputSerializer):

@@ -9,7 +9,6 @@ from rest_framework import exceptions, viewsets
 from rest_framework.views import APIView
 
 from organizations import access
-from organizations.models import Organization
 from projects.models import Project
 
 
@@ -70,7 +69,7 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
 
     def resolve_tenant(self):
         org_id = self.kwargs.get("org")
-        organization = Organization.objects.filter(public_id=org_id).first() if org_id else None
+        organization = access.member_organization(self.principal, org_id) if isinstance(org_id, str) else None
         if organization is None or not access.can_see_organization(self.principal, organization):
             raise exceptions.NotFound("No such organization.")
         self.organization = organization
