@@ -257,7 +257,7 @@ class LocalDriver:
                 pid = None
             elif pid is not None and auth_changed:
                 # A broker still starting may not handle SIGHUP yet (its default action kills): wait until it serves.
-                self._wait_listening(pid, ports["mqtt"], paths)
+                self._wait_listening(pid, ports, paths)
                 # mosquitto re-reads its password and ACL files on SIGHUP without dropping connected clients.
                 os.kill(pid, signal.SIGHUP)
             # Recorded before starting: a crash between here and a successful start leaves running=True with no
@@ -266,7 +266,7 @@ class LocalDriver:
             if pid is None:
                 pid = self._start(paths, ports, run_as)
             else:
-                self._wait_listening(pid, ports["mqtt"], paths)
+                self._wait_listening(pid, ports, paths)
             return self._observe_locked(spec, paths)
 
     def observe(self, spec: BrokerSpec) -> Observed:
@@ -401,15 +401,18 @@ class LocalDriver:
             )
         self._children[proc.pid] = proc
         _atomic_write(paths.pid, f"{proc.pid}\n", run_as)
-        self._wait_listening(proc.pid, ports["mqtt"], paths)
+        self._wait_listening(proc.pid, ports, paths)
         return proc.pid
 
-    def _wait_listening(self, pid: int, port: int, paths: _Paths) -> None:
+    def _wait_listening(self, pid: int, ports: dict[str, int], paths: _Paths) -> None:
+        """Until every listener is served (the WebSocket one opens a little after the TCP one)."""
         deadline = time.monotonic() + self.start_timeout
         delay = 0.002
         while True:
-            if _owns_listener(pid, port):
+            waiting = [port for port in ports.values() if not _owns_listener(pid, port)]
+            if not waiting:
                 return
+            port = waiting[0]
             if not self._is_our_broker(pid, paths):
                 raise TemporaryDriverError(self._failure_message(paths))
             if time.monotonic() > deadline:
@@ -573,7 +576,7 @@ class LocalDriver:
             return current
 
     def _websockets_supported(self) -> bool:
-        """Debian's 2.0.11 accepts `protocol websockets` but cannot open the listener; probe once per binary."""
+        """Whether this mosquitto build serves WebSockets (some are built without libwebsockets); probed once."""
         if self._websockets is not None:
             return self._websockets
         if self.mosquitto_bin not in _WEBSOCKETS_SUPPORT:
@@ -610,6 +613,9 @@ class LocalDriver:
         if "ws" in ports and self._websockets_supported():
             lines += ["", f"listener {ports['ws']} {spec.region.bind_address}", "protocol websockets",
                       f"max_connections {spec.max_connections}"]
+            if ":" not in spec.region.bind_address:
+                # libwebsockets opens an IPv6 socket unless told otherwise, and fails where IPv6 is off.
+                lines.append("socket_domain ipv4")
         return "\n".join(lines) + "\n"
 
     def _render_passwd(self, spec: BrokerSpec) -> str:
@@ -635,14 +641,19 @@ def _atomic_write(path: pathlib.Path, content: str, run_as: _RunAs | None) -> No
 
 
 def _probe_websockets(mosquitto_bin: str) -> bool:
+    """Start the broker once with the shape of config we render (a TCP listener and a WebSocket one: 2.0.11 refuses
+    a config whose only listener is WebSocket) and see whether the WebSocket port is served."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        ports = []
+        for _ in range(2):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                ports.append(sock.getsockname()[1])
         conf = pathlib.Path(tmp) / "probe.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nprotocol websockets\nallow_anonymous true\nlog_dest stderr\n")
+        conf.write_text(f"allow_anonymous true\nlog_dest stderr\nlistener {ports[0]} 127.0.0.1\n"
+                        f"listener {ports[1]} 127.0.0.1\nprotocol websockets\nsocket_domain ipv4\n")
         os.chmod(tmp, 0o755)
         conf.chmod(0o644)
         proc = subprocess.Popen([mosquitto_bin, "-c", str(conf)], stdout=subprocess.DEVNULL,
@@ -652,7 +663,7 @@ def _probe_websockets(mosquitto_bin: str) -> bool:
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     return False
-                if _owns_listener(proc.pid, port):
+                if _owns_listener(proc.pid, ports[1]):
                     return True
                 time.sleep(0.01)
             return False

@@ -90,14 +90,15 @@ def _spec(**changes) -> BrokerSpec:
 class Client:
     """A paho 2.x client whose callbacks are set before it connects: queued messages arrive right after CONNACK."""
 
-    def __init__(self, port, username, password, *, client_id=None, protocol=mqtt.MQTTv311):
+    def __init__(self, port, username, password, *, client_id=None, protocol=mqtt.MQTTv311, transport="tcp"):
         self.port = port
         self.protocol = protocol
         self.messages: queue.Queue = queue.Queue()
         self.connack: queue.Queue = queue.Queue()
         self.disconnected = threading.Event()
         self.mqtt = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or uuid.uuid4().hex, protocol=protocol
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or uuid.uuid4().hex, protocol=protocol,
+            transport=transport,
         )
         self.mqtt.username_pw_set(username, password)
         self.mqtt.on_connect = lambda c, u, flags, rc, props: self.connack.put(rc)
@@ -155,6 +156,20 @@ def test_client_round_trips_a_message_when_deployment_is_applied(driver):
     client.publish("room/1", b"hello")
     assert client.received(1) == [("room/1", b"hello")]
     client.close()
+
+
+def test_websocket_client_talks_to_tcp_client_when_deployment_is_applied(driver):
+    observed = driver.apply(_spec())
+    assert set(observed.ports) == {"mqtt", "ws"}
+    subscriber = Client(observed.ports["ws"], "alice", "alice-pw", transport="websockets")
+    assert not subscriber.connect().is_failure
+    subscriber.subscribe("room/ws")
+    publisher = Client(observed.ports["mqtt"], "alice", "alice-pw")
+    assert not publisher.connect().is_failure
+    publisher.publish("room/ws", b"over websockets")
+    assert subscriber.received(1) == [("room/ws", b"over websockets")]
+    subscriber.close()
+    publisher.close()
 
 
 def test_connect_is_refused_and_logged_when_password_is_wrong(driver):
@@ -222,16 +237,29 @@ def test_broker_refuses_then_serves_on_same_port_when_stopped_then_started(drive
     client.close()
 
 
+def _two_free_ports() -> int:
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            low = probe.getsockname()[1]
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", low))
+                b.bind(("127.0.0.1", low + 1))
+            return low
+        except OSError:
+            continue
+    raise AssertionError("no two consecutive free ports")
+
+
 def test_everything_is_gone_when_deployment_is_deleted(root):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        low = probe.getsockname()[1]
-    # A one-port range: a second deployment can only get a port once the first has freed it.
-    driver = LocalDriver(root=root, port_range=(low, low + 1))
+    low = _two_free_ports()
+    # A range of exactly two ports (mqtt and ws): a second deployment can only get them once the first freed them.
+    driver = LocalDriver(root=root, port_range=(low, low + 2))
     first, second = _spec(), _spec()
     observed = driver.apply(first)
     pid = int(observed.details["pid"])
-    assert observed.ports == {"mqtt": low}
+    assert set(observed.ports.values()) == {low, low + 1}
     with pytest.raises(TemporaryDriverError):
         driver.apply(second)
 
@@ -242,7 +270,7 @@ def test_everything_is_gone_when_deployment_is_deleted(root):
     assert not (root / first.name).exists()
     assert first.name not in driver.allocated_ports()
     assert driver.delete(first).phase == "absent"
-    assert driver.apply(second).ports == {"mqtt": low}
+    assert set(driver.apply(second).ports.values()) == {low, low + 1}
 
 
 def test_persistent_session_keeps_100_queued_messages_when_restart_nonce_bumps(driver, root):
