@@ -4,8 +4,9 @@ import time
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from controlplane import metrics
+from controlplane import context, metrics
 from deployments import services
+from deployments.models import Operation
 from deployments.reconcile import reconcile_deployment
 
 MAX_BACKOFF_SECONDS = 30.0
@@ -21,7 +22,14 @@ def backoff(attempt: int) -> float:
              max_retries=None)
 def reconcile(deployment_id: int, attempt: int = 0) -> str:
     started = time.monotonic()
-    outcome = reconcile_deployment(deployment_id)
+    # Log lines of this run carry the deployment's latest operation id, as request logs carry the request id.
+    operation = Operation.objects.filter(deployment_id=deployment_id).order_by("-created_at").values_list(
+        "public_id", flat=True).first()
+    token = context.bind(operation_id=operation or "", via="task")
+    try:
+        outcome = reconcile_deployment(deployment_id)
+    finally:
+        context.reset(token)
     metrics.RECONCILE_DURATION.labels(outcome.state).observe(time.monotonic() - started)
     if outcome.state == "busy":
         # Another worker holds the deployment. It re-checks convergence before letting go, but a change that commits

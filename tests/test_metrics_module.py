@@ -295,3 +295,4 @@ def test_reset_removes_stale_sample_files_when_a_worker_restarts(tmp_path, monke
     monkeypatch.setenv(metrics.MULTIPROC_DIR_ENV, str(tmp_path))
     metrics.reset_multiprocess_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
