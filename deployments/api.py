@@ -6,6 +6,7 @@ service, serialize. Asynchronous changes answer 202 with the deployment and its 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (OpenApiExample, OpenApiParameter, extend_schema, extend_schema_field,
                                    extend_schema_serializer)
+from django.db import transaction
 from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
@@ -173,6 +174,12 @@ class DeploymentCreateSerializer(InputSerializer):
     plan = StrictCharField(max_length=16, help_text="serverless | dedicated | premium | byoc")
     tier = StrictCharField(max_length=16, help_text="1k | 2k | 5k | 10k")
     region = StrictCharField(max_length=64, help_text="A region code from GET /api/v1/regions, e.g. local.")
+    billing_cycle = serializers.ChoiceField(
+        choices=["hourly", "annual"], default="hourly", required=False,
+        help_text="`annual` buys the annual plan at once (prepaid invoice, 12 months, about 15% below hourly); "
+                  "it needs the deployment:annual scope.")
+    auto_renew = serializers.BooleanField(default=False, required=False,
+                                          help_text="With `annual`: renew at the end of the term.")
 
 
 class DeploymentUpdateSerializer(InputSerializer):
@@ -246,8 +253,20 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     def create(self, request, *args, **kwargs):
         data = DeploymentCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _accepted(services.deployment_create(project=self.project, actor=self.principal,
-                                                    dry_run=_dry_run_requested(request), **data.validated_data))
+        values = dict(data.validated_data)
+        annual = values.pop("billing_cycle") == "annual"
+        auto_renew = values.pop("auto_renew")
+        if annual and not access.has_scope(self.principal, "deployment:annual", organization=self.organization,
+                                           project=self.project):
+            raise exceptions.PermissionDenied("Buying an annual plan needs the deployment:annual scope.")
+        dry_run = _dry_run_requested(request)
+        with transaction.atomic():  # the deployment and its annual plan exist together or not at all
+            result = services.deployment_create(project=self.project, actor=self.principal, dry_run=dry_run, **values)
+            if annual and not dry_run:
+                from billing.annual import annual_subscription_start
+
+                annual_subscription_start(deployment=result[0], actor=self.principal, auto_renew=auto_renew)
+        return _accepted(result)
 
     @extend_schema(summary="Rename a deployment or change its deletion protection", tags=DEPLOYMENTS_TAG,
                    request=DeploymentUpdateSerializer, responses={200: DeploymentSerializer})

@@ -218,3 +218,33 @@ def test_overview_reports_month_to_date_and_forecast_when_deployment_runs(owner_
     # 240 metered hours + the half hour since = 240.5 h x 0.36
     assert body["month_to_date"] == 8658
     assert body["forecast"] == 26784  # 31 days x 24 h x 0.36, by straight line
+
+
+def test_annual_plan_bought_at_creation_issues_its_prepaid_invoice_at_once(owner_org, key_client):
+    from billing.models import AnnualSubscription
+    from deployments.models import Deployment
+
+    client = owner(owner_org, key_client)
+    response = client.post(
+        f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/deployments",
+        {"name": "yearly", "plan": "dedicated", "tier": "1k", "region": "local", "billing_cycle": "annual"},
+        format="json")
+    assert response.status_code == 202, response.content
+    deployment = Deployment.objects.get(public_id=response.json()["deployment"]["id"])
+    subscription = AnnualSubscription.objects.get(deployment=deployment)
+    invoice = subscription.invoices.get()
+    assert invoice.kind == "annual" and invoice.subtotal == 268056  # 8,760 h x 0.36 USD x 0.85, to the cent
+
+
+def test_annual_plan_at_creation_needs_the_annual_scope(owner_org, key_client):
+    from deployments.models import Deployment
+
+    user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_administrator")])
+    _key, secret = owner_org.key_for(user, role="project_administrator", projects=[owner_org.default_project])
+    url = f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/deployments"
+    body = {"name": "yearly", "plan": "dedicated", "tier": "1k", "region": "local", "billing_cycle": "annual"}
+    assert key_client(secret).post(url, body, format="json").status_code == 202  # project admins hold it
+    user2, _ = owner_org.add_member(roles=["auditor"])
+    _key2, secret2 = owner_org.key_for(user2, role="auditor")
+    assert key_client(secret2).post(url, {**body, "name": "other"}, format="json").status_code == 403
+    assert Deployment.objects.filter(name="other").count() == 0
