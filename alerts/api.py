@@ -1,0 +1,629 @@
+"""REST API for monitoring and alerting: metric series, alert rules, alerts, silences, notification channels.
+
+Thin: strict input serializers, ScopedViewSet resolves the tenant and checks the scope, one service call, serialize.
+Another organization's rule, alert, silence or channel is a 404 like a missing one.
+"""
+import datetime as dt
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (OpenApiExample, OpenApiParameter, extend_schema, extend_schema_field,
+                                   extend_schema_serializer)
+from rest_framework import exceptions, mixins, serializers, status
+from rest_framework.response import Response
+
+from alerts import selectors, services
+from alerts.metrics import METRIC_NAMES, validate_metric_name
+from alerts.models import Alert, AlertRule, Delivery, NotificationChannel, Severity, Silence
+from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.views import ScopedViewSet
+from deployments.models import Deployment
+from deployments.selectors import deployment_queryset
+
+METRICS_TAG = ["monitoring"]
+ALERTS_TAG = ["alerts"]
+CHANNELS_TAG = ["notification channels"]
+MAX_SERIES_POINTS = selectors.MAX_POINTS
+
+
+class StrictFloatField(serializers.FloatField):
+    """A number, never a numeric string or a boolean."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+def _metric(value: str) -> str:
+    try:
+        return validate_metric_name(value)
+    except ValueError as exc:
+        raise serializers.ValidationError(str(exc))
+
+
+# --- Metrics ------------------------------------------------------------------------------------------------------
+
+
+class MetricSeriesValuesSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    unit = serializers.CharField()
+    kind = serializers.CharField()
+    values = serializers.ListField(child=serializers.FloatField(allow_null=True))
+
+
+class MetricsConditionSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    status = serializers.BooleanField()
+    reason = serializers.CharField()
+    message = serializers.CharField()
+    since = serializers.DateTimeField(allow_null=True)
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Series", value={
+    "deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "from": "2026-11-01T09:00:00Z", "to": "2026-11-01T09:03:00Z",
+    "step": 60, "source": "raw", "timestamps": ["2026-11-01T09:00:00Z", "2026-11-01T09:01:00Z",
+                                                  "2026-11-01T09:02:00Z"],
+    "series": [{"name": "connections", "unit": "connections", "kind": "gauge", "values": [3.0, None, 5.0]}],
+    "conditions": []}, response_only=True)])
+class MetricSeriesResponseSerializer(serializers.Serializer):
+    deployment = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    step = serializers.IntegerField()
+    source = serializers.ChoiceField(choices=["raw", "rollup"])
+    timestamps = serializers.ListField(child=serializers.DateTimeField())
+    series = MetricSeriesValuesSerializer(many=True)
+    conditions = MetricsConditionSerializer(many=True)
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["from"], data["to"] = data.pop("start"), data.pop("end")
+        return data
+
+
+class CurrentMetricSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    unit = serializers.CharField()
+    value = serializers.FloatField(allow_null=True)
+    at = serializers.DateTimeField(allow_null=True)
+    limit = serializers.IntegerField(allow_null=True, help_text="The tier's limit for this metric, if it has one.")
+    percent_of_limit = serializers.FloatField(allow_null=True)
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Current", value={
+    "metrics": [{"name": "connections", "unit": "connections", "value": 812.0, "at": "2026-11-01T09:02:00Z",
+                 "limit": 1000, "percent_of_limit": 81.2}], "conditions": []}, response_only=True)])
+class CurrentMetricsSerializer(serializers.Serializer):
+    metrics = CurrentMetricSerializer(many=True)
+    conditions = MetricsConditionSerializer(many=True)
+
+
+def _parse_time(name: str, raw: str | None, default: dt.datetime) -> dt.datetime:
+    if raw in (None, ""):
+        return default
+    value = None
+    try:
+        value = parse_datetime(raw)
+    except ValueError:
+        pass
+    if value is None:
+        try:
+            value = dt.datetime.fromtimestamp(float(raw), tz=dt.UTC)
+        except (ValueError, OverflowError):
+            raise exceptions.ValidationError({name: ["Expected an ISO 8601 time or unix seconds."]})
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, dt.UTC)
+    return value
+
+
+class DeploymentMetricsViewSet(ScopedViewSet):
+    queryset = Deployment.objects.none()  # read through the deployment in the URL
+    tenant_field = "project"
+    scope_level = "project"
+    required_scopes = {"series": "deployment:read", "current": "deployment:read"}
+
+    def _deployment(self) -> Deployment:
+        found = deployment_queryset().filter(project=self.project, public_id=self.kwargs["dep"]).first()
+        if found is None:
+            raise exceptions.NotFound("No such deployment.")
+        return found
+
+    @extend_schema(summary="Metric series of a deployment, aligned to a step", tags=METRICS_TAG, parameters=[
+        OpenApiParameter("names", OpenApiTypes.STR, OpenApiParameter.QUERY,
+                         description=f"Comma-separated metric names (default all): {', '.join(METRIC_NAMES)}."),
+        OpenApiParameter("from", OpenApiTypes.DATETIME, OpenApiParameter.QUERY,
+                         description="Start (ISO 8601 or unix seconds); default one hour ago."),
+        OpenApiParameter("to", OpenApiTypes.DATETIME, OpenApiParameter.QUERY, description="End; default now."),
+        OpenApiParameter("step", OpenApiTypes.INT, OpenApiParameter.QUERY,
+                         description=f"Seconds per point, at least the collection interval; at most "
+                                     f"{MAX_SERIES_POINTS} points. Default 60."),
+    ], responses={200: MetricSeriesResponseSerializer})
+    def series(self, request, *args, **kwargs):
+        deployment = self._deployment()
+        params = request.query_params
+        raw_names = [n.strip() for n in params.get("names", "").split(",") if n.strip()] or list(METRIC_NAMES)
+        names, errors = [], []
+        for name in raw_names:
+            try:
+                canonical = validate_metric_name(name)
+            except ValueError as exc:
+                errors.append(str(exc))
+                continue
+            if canonical not in names:
+                names.append(canonical)
+        if errors:
+            raise exceptions.ValidationError({"names": errors})
+        now = timezone.now()
+        end = _parse_time("to", params.get("to"), now)
+        start = _parse_time("from", params.get("from"), end - dt.timedelta(hours=1))
+        raw_step = params.get("step", str(services.collect_interval_seconds()))
+        if not raw_step.isdigit():
+            raise exceptions.ValidationError({"step": ["Expected a whole number of seconds."]})
+        step = int(raw_step)
+        if step < services.collect_interval_seconds():
+            raise exceptions.ValidationError(
+                {"step": [f"The step must be at least the collection interval ({services.collect_interval_seconds()}"
+                          f" s)."]})
+        if end <= start:
+            raise exceptions.ValidationError({"to": ["`to` must be after `from`."]})
+        if (end - start).total_seconds() / step > MAX_SERIES_POINTS:
+            raise exceptions.ValidationError(
+                {"step": [f"At most {MAX_SERIES_POINTS} points per series: use a larger step or a shorter range."]})
+        if start < now - services.ROLLUP_RETENTION:
+            raise exceptions.ValidationError({"from": ["Metrics are kept for 30 days."]})
+        result = selectors.metric_series(deployment=deployment, names=names, start=start, end=end, step=step, now=now)
+        data = {"deployment": deployment.public_id, "start": result.start, "end": result.end, "step": result.step,
+                "source": result.source, "timestamps": result.timestamps,
+                "series": [vars(s) for s in result.series], "conditions": result.conditions}
+        return Response(MetricSeriesResponseSerializer(data).data)
+
+    @extend_schema(summary="Current metric values against the tier's limits", tags=METRICS_TAG,
+                   responses={200: CurrentMetricsSerializer})
+    def current(self, request, *args, **kwargs):
+        return Response(CurrentMetricsSerializer(selectors.current_metrics(deployment=self._deployment())).data)
+
+
+# --- Alert rules --------------------------------------------------------------------------------------------------
+
+_RULE_EXAMPLE = {
+    "id": "rule_7f3k2m9q4x8c1v5b6n0z", "name": "Connections above 80% of the tier's limit", "kind": "metric",
+    "deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "metric": "connections", "aggregation": "max", "window_seconds": 300,
+    "operator": ">", "threshold": 80.0, "threshold_unit": "percent_of_tier_limit", "for_seconds": 300,
+    "severity": "warning", "enabled": True, "repeat_interval_seconds": 3600, "channels": [],
+    "default_key": "connections_high", "created_at": "2026-11-01T09:30:00Z", "updated_at": "2026-11-01T09:30:00Z"}
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Alert rule", value=_RULE_EXAMPLE, response_only=True)])
+class AlertRuleSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    deployment = serializers.SlugRelatedField(slug_field="public_id", read_only=True, allow_null=True)
+    channels = serializers.SlugRelatedField(slug_field="public_id", many=True, read_only=True)
+
+    class Meta:
+        model = AlertRule
+        fields = ["id", "name", "kind", "deployment", "metric", "aggregation", "window_seconds", "operator",
+                  "threshold", "threshold_unit", "for_seconds", "severity", "enabled", "repeat_interval_seconds",
+                  "channels", "default_key", "created_at", "updated_at"]
+
+
+class AlertRuleCreateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100)
+    deployment = StrictCharField(required=False, allow_null=True, default=None,
+                                 help_text="A deployment of this project (`dep_…`); omitted: every deployment.")
+    kind = serializers.ChoiceField(choices=AlertRule.Kind.choices, default=AlertRule.Kind.METRIC)
+    metric = StrictCharField(required=False, default="", allow_blank=True,
+                             help_text=f"One of {', '.join(METRIC_NAMES)}.")
+    aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, default="avg")
+    window_seconds = StrictIntegerField(min_value=1, default=300)
+    operator = serializers.ChoiceField(choices=AlertRule.Operator.choices, default=">")
+    threshold = StrictFloatField()
+    threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, default="absolute")
+    for_seconds = StrictIntegerField(min_value=0, default=0)
+    severity = serializers.ChoiceField(choices=Severity.choices, default="warning")
+    enabled = StrictBooleanField(default=True)
+    repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, default=3600)
+    channels = serializers.ListField(child=StrictCharField(), required=False, default=list, max_length=20)
+
+    def validate_metric(self, value):
+        return _metric(value) if value else value
+
+
+class AlertRuleUpdateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100, required=False)
+    metric = StrictCharField(required=False)
+    aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, required=False)
+    window_seconds = StrictIntegerField(min_value=1, required=False)
+    operator = serializers.ChoiceField(choices=AlertRule.Operator.choices, required=False)
+    threshold = StrictFloatField(required=False)
+    threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, required=False)
+    for_seconds = StrictIntegerField(min_value=0, required=False)
+    severity = serializers.ChoiceField(choices=Severity.choices, required=False)
+    enabled = StrictBooleanField(required=False)
+    repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, required=False)
+    channels = serializers.ListField(child=StrictCharField(), required=False, max_length=20)
+
+    def validate_metric(self, value):
+        return _metric(value)
+
+
+def _channels_of(organization, ids: list[str]) -> list[NotificationChannel]:
+    found = {c.public_id: c for c in NotificationChannel.objects.filter(organization=organization, public_id__in=ids)}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise exceptions.ValidationError({"channels": [f"No such notification channel: {', '.join(missing)}."]})
+    return [found[i] for i in dict.fromkeys(ids)]
+
+
+class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    queryset = AlertRule.objects.select_related("deployment").prefetch_related("channels")
+    tenant_field = "project"
+    scope_level = "project"
+    lookup_url_kwarg = "rule"
+    serializer_class = AlertRuleSerializer
+    required_scopes = {"list": "alert:read", "retrieve": "alert:read", "create": "deployment:configure",
+                       "partial_update": "deployment:configure", "destroy": "deployment:configure"}
+
+    def _deployment(self, public_id: str, field: str) -> Deployment:
+        found = Deployment.objects.filter(project=self.project, public_id=public_id).first()
+        if found is None:
+            raise exceptions.ValidationError({field: ["No such deployment in this project."]})
+        return found
+
+    def narrow_queryset(self, queryset):
+        if self.action == "list" and self.request.query_params.get("deployment"):
+            return queryset.filter(deployment__public_id=self.request.query_params["deployment"])
+        return queryset
+
+    @extend_schema(summary="List the project's alert rules, including those of its deployments", tags=ALERTS_TAG,
+                   parameters=[OpenApiParameter("deployment", OpenApiTypes.STR, OpenApiParameter.QUERY,
+                                                description="Only the rules scoped to this deployment (`dep_…`).")])
+    def list(self, request, *args, **kwargs):
+        if request.query_params.get("deployment"):
+            self._deployment(request.query_params["deployment"], "deployment")
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe an alert rule", tags=ALERTS_TAG)
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(summary="Create an alert rule for the project or one of its deployments", tags=ALERTS_TAG,
+                   request=AlertRuleCreateSerializer, responses={201: AlertRuleSerializer})
+    def create(self, request, *args, **kwargs):
+        data = AlertRuleCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        deployment_id = fields.pop("deployment")
+        deployment = self._deployment(deployment_id, "deployment") if deployment_id else None
+        channels = _channels_of(self.organization, fields.pop("channels"))
+        rule = services.alert_rule_create(project=self.project, actor=self.principal, deployment=deployment,
+                                          channels=channels, **fields)
+        return Response(AlertRuleSerializer(rule).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Change or disable an alert rule", tags=ALERTS_TAG, request=AlertRuleUpdateSerializer,
+                   responses={200: AlertRuleSerializer})
+    def partial_update(self, request, *args, **kwargs):
+        data = AlertRuleUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        channels = fields.pop("channels", None)
+        if channels is not None:
+            channels = _channels_of(self.organization, channels)
+        rule = services.alert_rule_update(rule=self.get_object(), actor=self.principal, channels=channels, **fields)
+        return Response(AlertRuleSerializer(rule).data)
+
+    @extend_schema(summary="Delete an alert rule and its alerts", tags=ALERTS_TAG)
+    def destroy(self, request, *args, **kwargs):
+        services.alert_rule_delete(rule=self.get_object(), actor=self.principal)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Alerts -------------------------------------------------------------------------------------------------------
+
+_ALERT_EXAMPLE = {
+    "id": "alt_7f3k2m9q4x8c1v5b6n0z", "status": "firing", "severity": "warning",
+    "rule": {"id": "rule_7f3k2m9q4x8c1v5b6n0z", "name": "Too many connections", "metric": "connections"},
+    "project": "prj_7f3k2m9q4x8c1v5b6n0z", "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+    "since": "2026-11-01T09:31:00Z", "fired_at": "2026-11-01T09:31:00Z", "resolved_at": None, "value": 3.0,
+    "threshold": 2.0, "summary": "Too many connections: connections = 3 (threshold > 2) on dep_7f3k2m9q4x8c1v5b6n0z",
+    "last_notified_at": "2026-11-01T09:31:00Z", "acknowledged_until": None, "acknowledged_by": None,
+    "acknowledgement_comment": "", "created_at": "2026-11-01T09:31:00Z"}
+
+
+class AlertRuleRefSerializer(serializers.Serializer):
+    id = serializers.CharField(source="public_id")
+    name = serializers.CharField()
+    metric = serializers.CharField()
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Alert", value=_ALERT_EXAMPLE, response_only=True)])
+class AlertSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    rule = AlertRuleRefSerializer(read_only=True)
+    project = serializers.CharField(source="project.public_id", read_only=True)
+    deployment = serializers.CharField(source="deployment.public_id", read_only=True)
+    acknowledged_by = serializers.EmailField(source="acknowledged_by.email", read_only=True, allow_null=True,
+                                             default=None)
+
+    class Meta:
+        model = Alert
+        fields = ["id", "status", "severity", "rule", "project", "deployment", "since", "fired_at", "resolved_at",
+                  "value", "threshold", "summary", "last_notified_at", "acknowledged_until", "acknowledged_by",
+                  "acknowledgement_comment", "created_at"]
+
+
+class AlertEventSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    value = serializers.FloatField(allow_null=True)
+    message = serializers.CharField()
+    at = serializers.DateTimeField(source="created_at")
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Alert with history", value={**_ALERT_EXAMPLE, "events": [
+    {"kind": "firing", "value": 3.0, "message": "condition met", "at": "2026-11-01T09:31:00Z"},
+    {"kind": "notified", "value": 3.0, "message": "fire notification", "at": "2026-11-01T09:31:00Z"}]},
+    response_only=True)])
+class AlertDetailSerializer(AlertSerializer):
+    events = serializers.SerializerMethodField()
+
+    class Meta(AlertSerializer.Meta):
+        fields = [*AlertSerializer.Meta.fields, "events"]
+
+    @extend_schema_field(AlertEventSerializer(many=True))
+    def get_events(self, obj):
+        return AlertEventSerializer(selectors.alert_events(alert=obj), many=True).data
+
+
+class AlertAcknowledgeSerializer(InputSerializer):
+    until = serializers.DateTimeField(help_text="Repeat notifications are withheld until then.")
+    comment = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+
+
+class AlertFilter(filters.FilterSet):
+    status = filters.ChoiceFilter(choices=Alert._meta.get_field("status").choices)
+    severity = filters.ChoiceFilter(choices=Severity.choices)
+    project = filters.CharFilter(field_name="project__public_id")
+    deployment = filters.CharFilter(field_name="deployment__public_id")
+    rule = filters.CharFilter(field_name="rule__public_id")
+
+    class Meta:
+        model = Alert
+        fields = ["status", "severity", "project", "deployment", "rule"]
+
+
+class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    queryset = Alert.objects.select_related("rule", "project", "deployment", "acknowledged_by")
+    lookup_url_kwarg = "alert"
+    serializer_class = AlertSerializer
+    filterset_class = AlertFilter
+    # Organization-wide view: the scopes are checked at organization level (members with only project roles read
+    # their alerts through the project's rules and deployments instead).
+    required_scopes = {"list": "alert:read", "retrieve": "alert:read", "acknowledge": "deployment:configure"}
+
+    @extend_schema(summary="List the organization's alerts", tags=ALERTS_TAG)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe an alert and its history", tags=ALERTS_TAG,
+                   responses={200: AlertDetailSerializer})
+    def retrieve(self, request, *args, **kwargs):
+        return Response(AlertDetailSerializer(self.get_object()).data)
+
+    @extend_schema(summary="Acknowledge a firing alert until a time, with a comment", tags=ALERTS_TAG,
+                   request=AlertAcknowledgeSerializer, responses={200: AlertDetailSerializer})
+    def acknowledge(self, request, *args, **kwargs):
+        alert = self.get_object()
+        data = AlertAcknowledgeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        alert = services.alert_acknowledge(alert=alert, actor=self.principal, **data.validated_data)
+        return Response(AlertDetailSerializer(selectors.alert_list(organization=self.organization).get(pk=alert.pk))
+                        .data)
+
+
+# --- Silences -----------------------------------------------------------------------------------------------------
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Silence", value={
+    "id": "sil_7f3k2m9q4x8c1v5b6n0z", "matchers": {"deployment": "dep_7f3k2m9q4x8c1v5b6n0z"},
+    "starts_at": "2026-11-01T09:00:00Z", "ends_at": "2026-11-01T11:00:00Z", "comment": "load test",
+    "active": True, "created_by": "ada@example.com", "created_at": "2026-11-01T08:59:00Z"}, response_only=True)])
+class SilenceSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    matchers = serializers.DictField(child=serializers.CharField())
+    active = serializers.SerializerMethodField()
+    created_by = serializers.EmailField(source="created_by.email", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = Silence
+        fields = ["id", "matchers", "starts_at", "ends_at", "comment", "active", "created_by", "created_at"]
+
+    def get_active(self, obj) -> bool:
+        return obj.starts_at <= timezone.now() < obj.ends_at
+
+
+class SilenceCreateSerializer(InputSerializer):
+    matchers = serializers.DictField(child=StrictCharField(), required=False, default=dict,
+                                     help_text="Any of deployment, rule, metric, severity; all must match.")
+    starts_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    ends_at = serializers.DateTimeField(help_text="Required: a silence always ends.")
+    comment = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+
+
+class SilenceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    queryset = Silence.objects.select_related("created_by")
+    tenant_field = "project"
+    scope_level = "project"
+    lookup_url_kwarg = "silence"
+    serializer_class = SilenceSerializer
+    required_scopes = {"list": "alert:read", "retrieve": "alert:read", "create": "deployment:configure",
+                       "destroy": "deployment:configure"}
+
+    @extend_schema(summary="List the project's silences", tags=ALERTS_TAG)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe a silence", tags=ALERTS_TAG)
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(summary="Silence matching alerts for a time window", tags=ALERTS_TAG,
+                   request=SilenceCreateSerializer, responses={201: SilenceSerializer})
+    def create(self, request, *args, **kwargs):
+        data = SilenceCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        silence = services.silence_create(project=self.project, actor=self.principal, **data.validated_data)
+        return Response(SilenceSerializer(silence).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="End a silence now (it stays listed as history)", tags=ALERTS_TAG,
+                   responses={200: SilenceSerializer})
+    def destroy(self, request, *args, **kwargs):
+        silence = services.silence_expire(silence=self.get_object(), actor=self.principal)
+        return Response(SilenceSerializer(silence).data)
+
+
+# --- Notification channels ----------------------------------------------------------------------------------------
+
+_CHANNEL_EXAMPLE = {
+    "id": "chn_7f3k2m9q4x8c1v5b6n0z", "name": "On-call webhook", "type": "webhook",
+    "config": {"url": "https://hooks.example.com/mqtt", "headers": {"X-Team": "…"}}, "is_default": True,
+    "platform_events": True, "enabled": True, "failing_since": None, "created_at": "2026-11-01T09:30:00Z"}
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Channel", value=_CHANNEL_EXAMPLE, response_only=True)])
+class NotificationChannelSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    config = serializers.SerializerMethodField()
+
+    class Meta:
+        model = NotificationChannel
+        fields = ["id", "name", "type", "config", "is_default", "platform_events", "enabled", "failing_since",
+                  "created_at"]
+
+    def get_config(self, obj) -> dict:
+        return services._public_config(obj)
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Created webhook channel", value={
+    **_CHANNEL_EXAMPLE, "secret": "whsec_Jx3…"}, response_only=True)])
+class NotificationChannelCreatedSerializer(NotificationChannelSerializer):
+    secret = serializers.CharField(allow_null=True, read_only=True, help_text=(
+        "Webhook only, shown once: verify `X-Signature: t=<unix>,v1=<hex>` as HMAC-SHA256(secret, \"<t>.<body>\")."))
+
+    class Meta(NotificationChannelSerializer.Meta):
+        fields = [*NotificationChannelSerializer.Meta.fields, "secret"]
+
+
+class NotificationChannelCreateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100)
+    type = serializers.ChoiceField(choices=NotificationChannel.Type.choices)
+    config = serializers.DictField(help_text=(
+        "email: {addresses: [...]}; webhook: {url, headers}; slack: {url} (an incoming-webhook URL); "
+        "pagerduty: {routing_key} (Events API v2 integration key)."))
+    is_default = StrictBooleanField(default=True)
+    platform_events = StrictBooleanField(default=True)
+    enabled = StrictBooleanField(default=True)
+
+
+class NotificationChannelUpdateSerializer(InputSerializer):
+    name = StrictCharField(max_length=100, required=False)
+    config = serializers.DictField(required=False)
+    is_default = StrictBooleanField(required=False)
+    platform_events = StrictBooleanField(required=False)
+    enabled = StrictBooleanField(required=False)
+
+
+class DeliveryAttemptSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    ok = serializers.BooleanField()
+    status_code = serializers.IntegerField(allow_null=True)
+    response_body = serializers.CharField()
+    error = serializers.CharField()
+    duration_ms = serializers.IntegerField()
+    at = serializers.DateTimeField(source="created_at")
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Delivery", value={
+    "id": "dlv_7f3k2m9q4x8c1v5b6n0z", "kind": "fire", "status": "retrying", "attempts": 1,
+    "alert": "alt_7f3k2m9q4x8c1v5b6n0z", "payload": {"event": "alert.firing"}, "created_at": "2026-11-01T09:31:00Z",
+    "next_attempt_at": "2026-11-01T09:31:30Z", "completed_at": None,
+    "history": [{"number": 1, "ok": False, "status_code": 500, "response_body": "oops", "error": "HTTP 500",
+                 "duration_ms": 12, "at": "2026-11-01T09:31:00Z"}]}, response_only=True)])
+class DeliverySerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    alert = serializers.CharField(source="alert.public_id", read_only=True, allow_null=True, default=None)
+    history = DeliveryAttemptSerializer(source="attempt_rows", many=True, read_only=True)
+
+    class Meta:
+        model = Delivery
+        fields = ["id", "kind", "status", "attempts", "alert", "payload", "created_at", "next_attempt_at",
+                  "completed_at", "history"]
+
+
+class NotificationChannelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    queryset = NotificationChannel.objects.all()
+    lookup_url_kwarg = "channel"
+    serializer_class = NotificationChannelSerializer
+    required_scopes = {"list": "channel:read", "retrieve": "channel:read", "create": "channel:write",
+                       "partial_update": "channel:write", "destroy": "channel:write", "test": "channel:write",
+                       "deliveries": "channel:read"}
+
+    @extend_schema(summary="List notification channels", tags=CHANNELS_TAG)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe a notification channel", tags=CHANNELS_TAG)
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(summary="Create a notification channel (a webhook's signing secret is shown once)",
+                   tags=CHANNELS_TAG, request=NotificationChannelCreateSerializer,
+                   responses={201: NotificationChannelCreatedSerializer})
+    def create(self, request, *args, **kwargs):
+        data = NotificationChannelCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        channel, secret = services.channel_create(organization=self.organization, actor=self.principal,
+                                                  **data.validated_data)
+        channel.secret = secret
+        return Response(NotificationChannelCreatedSerializer(channel).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Change a notification channel", tags=CHANNELS_TAG,
+                   request=NotificationChannelUpdateSerializer, responses={200: NotificationChannelSerializer})
+    def partial_update(self, request, *args, **kwargs):
+        data = NotificationChannelUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        channel = services.channel_update(channel=self.get_object(), actor=self.principal, **data.validated_data)
+        return Response(NotificationChannelSerializer(channel).data)
+
+    @extend_schema(summary="Delete a notification channel", tags=CHANNELS_TAG)
+    def destroy(self, request, *args, **kwargs):
+        services.channel_delete(channel=self.get_object(), actor=self.principal)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(summary="Send a test notification through the channel", tags=CHANNELS_TAG, request=None,
+                   responses={202: DeliverySerializer})
+    def test(self, request, *args, **kwargs):
+        delivery = services.channel_test(channel=self.get_object(), actor=self.principal)
+        return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(summary="Deliveries through the channel, each with every attempt and its response",
+                   tags=CHANNELS_TAG, responses={200: DeliverySerializer(many=True)})
+    def deliveries(self, request, *args, **kwargs):
+        queryset = selectors.delivery_list(channel=self.get_object())
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(DeliverySerializer(page, many=True).data)

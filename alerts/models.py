@@ -1,0 +1,319 @@
+"""Metric samples and rollups, collector state, alert rules, alerts and their history, silences, channels, deliveries.
+
+Fields and constraints only: every write goes through alerts.services, every read the API makes through
+alerts.selectors. "One alert per rule and subject" is the unique constraint's guarantee, not the evaluator's.
+"""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from controlplane.ids import PublicIdField
+
+
+class MetricSample(models.Model):
+    """One raw value of one metric of one deployment; kept 48 hours. A missing sample is a gap, never a zero."""
+
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+",
+                                   db_index=False)
+    name = models.CharField(max_length=32)
+    ts = models.DateTimeField()
+    value = models.FloatField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["deployment", "name", "ts"], name="metric_sample_series"),
+            # Evaluation aggregates one window across every deployment; pruning deletes by age.
+            models.Index(fields=["ts"], name="metric_sample_ts"),
+        ]
+
+
+class MetricRollup(models.Model):
+    """Five minutes of one metric of one deployment; kept 30 days."""
+
+    BUCKET_SECONDS = 300
+
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+",
+                                   db_index=False)
+    name = models.CharField(max_length=32)
+    bucket = models.DateTimeField(help_text="Start of the five-minute bucket.")
+    avg = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    last = models.FloatField()
+    sum = models.FloatField()
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "name", "bucket"], name="metric_rollup_unique")]
+        indexes = [models.Index(fields=["bucket"], name="metric_rollup_bucket")]
+
+
+class CollectorState(models.Model):
+    """Where collection of one deployment stands: the broker-log offset, previous counters, and availability."""
+
+    deployment = models.OneToOneField("deployments.Deployment", on_delete=models.CASCADE,
+                                      related_name="collector_state")
+    log_offset = models.BigIntegerField(default=0)
+    state = models.JSONField(default=dict, blank=True)
+    available = models.BooleanField(default=True)
+    # Set while the broker does not answer: the `metrics_unavailable` condition. Its series show a gap meanwhile.
+    unavailable_since = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+
+
+class Severity(models.TextChoices):
+    INFO = "info", "Info"
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
+
+
+class AlertRule(models.Model):
+    class Kind(models.TextChoices):
+        METRIC = "metric", "Metric threshold"
+        CERTIFICATE_EXPIRY = "certificate_expiry", "TLS certificate expiring"
+        VPC_PEERING = "vpc_peering", "VPC peering abnormal"
+
+    class Aggregation(models.TextChoices):
+        AVG = "avg", "Average"
+        MAX = "max", "Maximum"
+        MIN = "min", "Minimum"
+        SUM = "sum", "Sum"
+        LAST = "last", "Last value"
+        COUNT = "count", "Number of samples"
+
+    class Operator(models.TextChoices):
+        GT = ">", "greater than"
+        GE = ">=", "greater than or equal"
+        LT = "<", "less than"
+        LE = "<=", "less than or equal"
+        EQ = "==", "equal"
+        NE = "!=", "not equal"
+
+    class ThresholdUnit(models.TextChoices):
+        ABSOLUTE = "absolute", "In the metric's unit"
+        PERCENT_OF_TIER_LIMIT = "percent_of_tier_limit", "Percent of the tier's limit"
+
+    public_id = PublicIdField(prefix="rule")
+    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="alert_rules")
+    # Null: the rule applies to every deployment of the project.
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True,
+                                   related_name="alert_rules")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.METRIC)
+    metric = models.CharField(max_length=32, blank=True)
+    aggregation = models.CharField(max_length=8, choices=Aggregation.choices, default=Aggregation.AVG)
+    window_seconds = models.PositiveIntegerField(default=300)
+    operator = models.CharField(max_length=2, choices=Operator.choices, default=Operator.GT)
+    threshold = models.FloatField()
+    threshold_unit = models.CharField(max_length=24, choices=ThresholdUnit.choices, default=ThresholdUnit.ABSOLUTE)
+    for_seconds = models.PositiveIntegerField(default=0)
+    severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.WARNING)
+    enabled = models.BooleanField(default=True)
+    # Null: notify once when it fires, and once when it resolves.
+    repeat_interval_seconds = models.PositiveIntegerField(null=True, blank=True, default=3600)
+    # Empty: the organization's channels marked `default` receive it.
+    channels = models.ManyToManyField("NotificationChannel", blank=True, related_name="rules")
+    # The seed default this rule was created from ("" for a user's own rule): creating defaults twice is a no-op.
+    default_key = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "default_key"], condition=~Q(default_key=""),
+                                    name="alert_rule_default_once"),
+            models.CheckConstraint(condition=~Q(kind="metric") | ~Q(metric=""), name="alert_rule_metric_named"),
+        ]
+        indexes = [models.Index(fields=["enabled", "kind"], name="alert_rule_enabled")]
+
+    def __str__(self):
+        return f"{self.name} ({self.public_id})"
+
+
+class AlertStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    FIRING = "firing", "Firing"
+    RESOLVED = "resolved", "Resolved"
+
+
+class Alert(models.Model):
+    """The one alert of a rule about one subject (a deployment); it cycles pending -> firing -> resolved."""
+
+    public_id = PublicIdField(prefix="alt")
+    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="+")
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="alerts")
+    status = models.CharField(max_length=8, choices=AlertStatus.choices)
+    since = models.DateTimeField(help_text="When the current status began.")
+    fired_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    severity = models.CharField(max_length=8, choices=Severity.choices)
+    value = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField(null=True, blank=True)
+    summary = models.CharField(max_length=300, blank=True)
+    last_evaluated_at = models.DateTimeField(null=True, blank=True)
+    # Null until someone was told it fired in this episode; reset when it resolves.
+    last_notified_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_until = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                        related_name="+")
+    acknowledgement_comment = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["rule", "deployment"], name="alert_one_per_rule_subject")]
+        indexes = [models.Index(fields=["organization", "status", "-since"], name="alert_org_status")]
+
+    def __str__(self):
+        return f"{self.rule.name} on {self.deployment_id}: {self.status}"
+
+
+class AlertEvent(models.Model):
+    """The history of an alert: transitions, notifications sent or withheld, acknowledgements. Never updated."""
+
+    class Kind(models.TextChoices):
+        PENDING = "pending", "Pending"
+        FIRING = "firing", "Firing"
+        RESOLVED = "resolved", "Resolved"
+        NOTIFIED = "notified", "Notification sent"
+        SUPPRESSED = "suppressed", "Notification withheld"
+        ACKNOWLEDGED = "acknowledged", "Acknowledged"
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    value = models.FloatField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+
+class Silence(models.Model):
+    """Withholds notifications of the project's alerts that match every matcher, between starts_at and ends_at."""
+
+    MATCHER_KEYS = ("deployment", "rule", "metric", "severity")
+
+    public_id = PublicIdField(prefix="sil")
+    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="silences")
+    # {"deployment": "dep_…", "rule": "rule_…", "metric": "connections", "severity": "critical"}; empty matches all.
+    matchers = models.JSONField(default=dict, blank=True)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    comment = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-starts_at", "-id"]
+        constraints = [models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")),
+                                              name="silence_ends_after_start")]
+
+
+class NotificationChannel(models.Model):
+    class Type(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook"
+        SLACK = "slack", "Slack"
+        PAGERDUTY = "pagerduty", "PagerDuty"
+
+    public_id = PublicIdField(prefix="chn")
+    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE,
+                                     related_name="notification_channels")
+    name = models.CharField(max_length=100)
+    type = models.CharField(max_length=16, choices=Type.choices)
+    # email: {"addresses": [...]}; webhook: {"url", "headers"}; slack: {"url"}; pagerduty: {} (the key is secret).
+    config = models.JSONField(default=dict, blank=True)
+    # Fernet token (deployments.crypto): the webhook signing secret or the PagerDuty routing key.
+    secret_encrypted = models.TextField(blank=True, editable=False)
+    is_default = models.BooleanField(default=True, help_text="Receives alerts of rules that name no channel.")
+    platform_events = models.BooleanField(default=True, help_text="Receives platform events (failed deployments…).")
+    enabled = models.BooleanField(default=True)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    failure_notice_sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.name} ({self.type}, {self.public_id})"
+
+
+class Delivery(models.Model):
+    """One notification to one channel, with every attempt made to deliver it."""
+
+    class Kind(models.TextChoices):
+        FIRE = "fire", "Alert fired"
+        RESOLVE = "resolve", "Alert resolved"
+        REPEAT = "repeat", "Alert still firing"
+        TEST = "test", "Test"
+        PLATFORM = "platform", "Platform event"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RETRYING = "retrying", "Retrying"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    public_id = PublicIdField(prefix="dlv")
+    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
+    channel = models.ForeignKey(NotificationChannel, on_delete=models.CASCADE, related_name="deliveries")
+    alert = models.ForeignKey(Alert, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["channel", "-created_at"], name="delivery_channel_time")]
+
+
+class DeliveryAttempt(models.Model):
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_rows")
+    number = models.PositiveSmallIntegerField()
+    ok = models.BooleanField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="delivery_attempt_unique")]
+
+
+class PlatformEvent(models.Model):
+    """Something the platform tells an organization (a deployment failed, a payment failed…); notified once."""
+
+    class Kind(models.TextChoices):
+        DEPLOYMENT_FAILED = "deployment_failed", "Deployment failed to provision"
+        INVOICE_PAYMENT_FAILED = "invoice_payment_failed", "Invoice payment failed"
+        DEPLOYMENT_STOPPED_FOR_BILLING = "deployment_stopped_for_billing", "Deployment stopped for billing"
+        MAINTENANCE_SCHEDULED = "maintenance_scheduled", "Maintenance scheduled"
+        CHANNEL_FAILING = "channel_failing", "Notification channel failing"
+
+    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    subject = models.CharField(max_length=64, help_text="Public id of what it is about.")
+    severity = models.CharField(max_length=8, choices=Severity.choices)
+    message = models.TextField()
+    dedup_key = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "dedup_key"], name="platform_event_once")]

@@ -1,0 +1,134 @@
+"""Reads of monitoring and alerting: aligned metric series, current values against tier limits, rules, alerts,
+silences, channels and their deliveries.
+
+Every read takes its tenant explicitly and owns its select_related/prefetch_related. Nothing here writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+
+from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
+
+from alerts.metrics import METRICS, MetricKind
+from alerts.models import (Alert, AlertEvent, AlertRule, CollectorState, Delivery, DeliveryAttempt, MetricRollup,
+                           MetricSample, NotificationChannel, Silence)
+from alerts.services import RAW_RETENTION, TIER_LIMIT_FIELDS
+
+MAX_POINTS = 1440
+
+
+@dataclasses.dataclass
+class Series:
+    name: str
+    unit: str
+    kind: str
+    values: list[float | None]
+
+
+@dataclasses.dataclass
+class MetricSeries:
+    start: dt.datetime
+    end: dt.datetime
+    step: int
+    source: str
+    timestamps: list[dt.datetime]
+    series: list[Series]
+    conditions: list[dict]
+
+
+def metrics_conditions(*, deployment) -> list[dict]:
+    """`metrics_unavailable` while the broker does not answer the collector; empty otherwise."""
+    state = CollectorState.objects.filter(deployment=deployment).first()
+    if state is None or state.available:
+        return []
+    return [{"type": "metrics_unavailable", "status": True, "reason": "BrokerUnreachable",
+             "message": state.last_error, "since": state.unavailable_since}]
+
+
+def metric_series(*, deployment, names: list[str], start: dt.datetime, end: dt.datetime, step: int,
+                  now: dt.datetime | None = None) -> MetricSeries:
+    """Buckets of `step` seconds aligned to the epoch; gauges and rates averaged, counters summed; no data is None.
+
+    Raw samples answer while the range lies inside their 48 hours; older ranges come from the five-minute rollups.
+    """
+    now = now or timezone.now()
+    first = int(start.timestamp()) // step * step
+    count = max(1, math.ceil((end.timestamp() - first) / step))
+    timestamps = [dt.datetime.fromtimestamp(first + i * step, tz=dt.UTC) for i in range(count)]
+    sums = {name: [0.0] * count for name in names}
+    seen = {name: [0] * count for name in names}
+    lower, upper = timestamps[0], timestamps[-1] + dt.timedelta(seconds=step)
+    use_raw = start >= now - RAW_RETENTION
+    if use_raw:
+        rows = MetricSample.objects.filter(deployment=deployment, name__in=names, ts__gte=lower, ts__lt=upper) \
+            .values_list("name", "ts", "value", "value").order_by()
+        source = "raw"
+    else:
+        rows = MetricRollup.objects.filter(deployment=deployment, name__in=names, bucket__gte=lower,
+                                           bucket__lt=upper).values_list("name", "bucket", "avg", "sum").order_by()
+        source = "rollup"
+    for name, ts, avg, total in rows:
+        index = int((ts.timestamp() - first) // step)
+        if 0 <= index < count:
+            counter = METRICS[name].kind == MetricKind.COUNTER
+            sums[name][index] += total if counter else avg
+            seen[name][index] += 1
+    series = []
+    for name in names:
+        metric = METRICS[name]
+        counter = metric.kind == MetricKind.COUNTER
+        values = [None if not n else (s if counter else s / n) for s, n in zip(sums[name], seen[name], strict=True)]
+        series.append(Series(name=name, unit=metric.unit, kind=metric.kind.value, values=values))
+    return MetricSeries(start=timestamps[0], end=upper, step=step, source=source, timestamps=timestamps,
+                        series=series, conditions=metrics_conditions(deployment=deployment))
+
+
+def current_metrics(*, deployment) -> dict:
+    """The latest sample of each metric (within 48 h) and, where the tier has one, its limit and usage percent."""
+    latest = (MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION)
+              .order_by("name", "-ts"))
+    values: dict[str, tuple[dt.datetime, float]] = {}
+    for name, ts, value in latest.values_list("name", "ts", "value").iterator():
+        values.setdefault(name, (ts, value))
+    tier = deployment.tier
+    out = []
+    for name, metric in METRICS.items():
+        ts, value = values.get(name, (None, None))
+        limit_field = TIER_LIMIT_FIELDS.get(name)
+        limit = getattr(tier, limit_field) if limit_field else None
+        out.append({"name": name, "unit": metric.unit, "value": value, "at": ts, "limit": limit,
+                    "percent_of_limit": round(value * 100 / limit, 1) if value is not None and limit else None})
+    return {"metrics": out, "conditions": metrics_conditions(deployment=deployment)}
+
+
+def alert_rule_list(*, project, deployment=None) -> QuerySet[AlertRule]:
+    qs = AlertRule.objects.filter(project=project).select_related("deployment").prefetch_related(
+        Prefetch("channels", queryset=NotificationChannel.objects.only("id", "public_id")))
+    if deployment is not None:
+        qs = qs.filter(deployment=deployment)
+    return qs
+
+
+def alert_list(*, organization) -> QuerySet[Alert]:
+    return Alert.objects.filter(organization=organization).select_related("rule", "deployment", "project",
+                                                                          "acknowledged_by")
+
+
+def alert_events(*, alert: Alert) -> QuerySet[AlertEvent]:
+    return AlertEvent.objects.filter(alert=alert).order_by("created_at", "id")
+
+
+def silence_list(*, project) -> QuerySet[Silence]:
+    return Silence.objects.filter(project=project).select_related("created_by")
+
+
+def channel_list(*, organization) -> QuerySet[NotificationChannel]:
+    return NotificationChannel.objects.filter(organization=organization)
+
+
+def delivery_list(*, channel: NotificationChannel) -> QuerySet[Delivery]:
+    return Delivery.objects.filter(channel=channel).select_related("alert", "channel").prefetch_related(
+        Prefetch("attempt_rows", queryset=DeliveryAttempt.objects.order_by("number")))
