@@ -15,26 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-os.environ.setdefault("CONTROLPLANE_ENV", "test")
+from bench.common import setup_django  # noqa: E402
 
-import django  # noqa: E402
-
-
-def _ensure_database() -> None:
-    """The throwaway cluster of scripts/services.sh starts empty: create the database the URL names."""
-    import environ
-    import psycopg
-
-    db = environ.Env.db_url_config(os.environ["DATABASE_URL"])
-    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"] or "postgres", dbname="postgres",
-                         autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone():
-            conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
-
-
-_ensure_database()
-django.setup()
+setup_django()
 
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402

@@ -20,7 +20,8 @@ class Command(BaseCommand):
     help = "Meter deployments' billable seconds per hour slot up to --now (default: now); catches up missed hours."
 
     def add_arguments(self, parser):
-        parser.add_argument("--now", type=parse_instant, default=None)
+        parser.add_argument("--now", type=parse_instant, default=None,
+                            help="Meter the complete hours before this ISO-8601 instant (default: now).")
         parser.add_argument("--since", type=parse_instant, default=None,
                             help="Re-meter from this hour (already recorded hours are left as they are).")
 
