@@ -105,39 +105,48 @@ WITH slots AS (
     JOIN slots s ON si.started_at < s.slot_end AND (si.ended_at IS NULL OR si.ended_at > s.slot_start)
     WHERE si.status IN ('running', 'stopped')
       AND si.started_at < %(end)s AND (si.ended_at IS NULL OR si.ended_at > %(start)s)
+), terms AS (
+    -- Only the annual terms touching this run: few, so the coverage below is a hash join, not a probe per piece.
+    SELECT a.deployment_id, a.term_start, a.term_end FROM {subscription} a
+    WHERE a.term_start < %(end)s AND a.term_end > %(start)s
+), covered AS (
+    SELECT p.deployment_id, p.slot_start, p.p_start,
+           SUM(GREATEST(0, EXTRACT(EPOCH FROM (LEAST(p.p_end, t.term_end) - GREATEST(p.p_start, t.term_start)))))
+               AS seconds
+    FROM pieces p JOIN terms t ON t.deployment_id = p.deployment_id AND t.term_start < p.p_end AND t.term_end > p.p_start
+    GROUP BY p.deployment_id, p.slot_start, p.p_start
 ), billable AS (
     SELECT p.deployment_id, p.slot_start, p.product,
            (array_agg(p.tier_id ORDER BY p.p_start DESC))[1] AS tier_id,
-           ROUND(SUM(EXTRACT(EPOCH FROM (p.p_end - p.p_start)) - COALESCE((
-               SELECT SUM(GREATEST(0, EXTRACT(EPOCH FROM (LEAST(p.p_end, a.term_end) - GREATEST(p.p_start, a.term_start)))))
-               FROM {subscription} a
-               WHERE a.deployment_id = p.deployment_id AND a.term_start < p.p_end AND a.term_end > p.p_start
-           ), 0)))::integer AS seconds
+           ROUND(SUM(EXTRACT(EPOCH FROM (p.p_end - p.p_start)) - COALESCE(c.seconds, 0)))::integer AS seconds
     FROM pieces p
+    LEFT JOIN covered c ON c.deployment_id = p.deployment_id AND c.slot_start = p.slot_start AND c.p_start = p.p_start
     GROUP BY p.deployment_id, p.slot_start, p.product
+), prices AS (
+    -- The price in force at each slot's start for every tier, product and currency: tier-specific before
+    -- plan-wide, newest first. Tiers x slots x currencies is small; looking it up per usage row was not.
+    SELECT DISTINCT ON (t.id, k.product, c.currency, s.slot_start)
+           t.id AS tier_id, k.product, c.currency, s.slot_start, c.amount
+    FROM {tier} t
+    CROSS JOIN (VALUES ('running', 'hourly'), ('retention', 'retention_hourly')) AS k(product, kind)
+    CROSS JOIN slots s
+    JOIN {price} c ON c.plan_id = t.plan_id AND (c.tier_id = t.id OR c.tier_id IS NULL) AND c.kind = k.kind
+                  AND c.valid_from <= (s.slot_start AT TIME ZONE 'UTC')::date
+    ORDER BY t.id, k.product, c.currency, s.slot_start, (c.tier_id IS NULL), c.valid_from DESC
 )
 INSERT INTO {usage} (deployment_id, organization_id, tier_id, hour, product, seconds, unit_price, currency,
                      created_at)
 SELECT b.deployment_id, pr.organization_id, b.tier_id, b.slot_start, b.product, b.seconds, price.amount,
-       COALESCE(ba.currency, %(currency)s), now()
+       price.currency, now()
 FROM billable b
 JOIN {deployment} d ON d.id = b.deployment_id
 JOIN {project} pr ON pr.id = d.project_id
-JOIN {tier} t ON t.id = b.tier_id
 LEFT JOIN {account} ba ON ba.organization_id = pr.organization_id
-CROSS JOIN LATERAL (
-    SELECT c.amount FROM {price} c
-    WHERE c.plan_id = t.plan_id AND (c.tier_id = b.tier_id OR c.tier_id IS NULL)
-      AND c.kind = CASE b.product WHEN 'running' THEN 'hourly' ELSE 'retention_hourly' END
-      AND c.currency = COALESCE(ba.currency, %(currency)s)
-      AND c.valid_from <= (b.slot_start AT TIME ZONE 'UTC')::date
-    ORDER BY (c.tier_id IS NULL), c.valid_from DESC
-    LIMIT 1
-) price
+JOIN prices price ON price.tier_id = b.tier_id AND price.product = b.product AND price.slot_start = b.slot_start
+                 AND price.currency = COALESCE(ba.currency, %(currency)s)
 WHERE b.seconds > 0
 ON CONFLICT DO NOTHING
 """
-
 
 def _meter_sql(start: datetime.datetime, end: datetime.datetime) -> int:
     sql = METER_SQL.format(interval=_table(StatusInterval), subscription=_table(AnnualSubscription),
