@@ -64,13 +64,13 @@ def samples_store(*, rows: Iterable[tuple[int, str, dt.datetime, float]]) -> int
     if not rows:
         return 0
     if connection.vendor == "postgresql":
-        # Four arrays and one INSERT ... SELECT unnest: no model instances, no per-row SQL text.
-        deployments, names, times, values = (list(column) for column in zip(*rows, strict=True))
+        # COPY: no model instances, no SQL text per row, and PostgreSQL's fastest path for many rows.
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {MetricSample._meta.db_table} (deployment_id, name, ts, value) "
-                "SELECT * FROM unnest(%s::bigint[], %s::varchar[], %s::timestamptz[], %s::float8[])",
-                [deployments, names, times, values])
+            with cursor.cursor.copy(
+                f"COPY {MetricSample._meta.db_table} (deployment_id, name, ts, value) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)
         return len(rows)
     MetricSample.objects.bulk_create([MetricSample(deployment_id=d, name=n, ts=t, value=v) for d, n, t, v in rows],
                                      batch_size=2000)
