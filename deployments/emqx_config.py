@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Iterable
 
-from deployments.drivers.base import BrokerSpec, RateLimit
+from deployments.drivers.base import ACL_NO_MATCH, BrokerSpec, RateLimit
 
 LEVELS: tuple[str, ...] = ("global", "zone", "listener", "connection")
 RATE_FIELDS: tuple[str, ...] = ("max_conn_rate", "messages_rate", "bytes_rate")
@@ -202,7 +202,7 @@ def render_hocon(spec: BrokerSpec) -> str:
     )
     parts.append(
         "authorization {\n"
-        "  no_match = deny\n"
+        f"  no_match = {ACL_NO_MATCH}\n"
         "  deny_action = ignore\n"
         "  sources = [\n"
         "    {type = built_in_database, enable = true}\n"

@@ -10,6 +10,10 @@ from typing import Literal, Protocol
 
 Phase = Literal["absent", "starting", "running", "stopped", "failed"]
 
+# When a deployment's ACL rules match nothing, the client is allowed (EMQX's own default for
+# `authorization.no_match`). Every driver renders this, so a rule set means the same on mosquitto and on EMQX.
+ACL_NO_MATCH: Literal["allow", "deny"] = "allow"
+
 
 class DriverError(Exception):
     """Base of the errors a driver raises; the reconciler decides what each means for the deployment."""

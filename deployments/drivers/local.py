@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 
 from deployments.drivers.base import (
+    ACL_NO_MATCH,
     BrokerSpec,
     Observed,
     PermanentDriverError,
@@ -37,9 +38,6 @@ from deployments.topics import topic_filters_overlap, validate_topic_filter
 HONOURED_LEVELS: frozenset[str] = frozenset()
 RATE_LIMIT_LEVELS = ("global", "zone", "listener", "connection")
 
-# When a deployment has ACL rules and none matches, the client is allowed: EMQX's default (`authorization.no_match`),
-# so a rule behaves the same on both drivers. A deployment without rules allows everything.
-ACL_NO_MATCH = "allow"
 
 MAX_QUEUED_MESSAGES = 1000
 PERSISTENT_CLIENT_EXPIRATION = "14d"
