@@ -300,7 +300,9 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
         return super().perform_content_negotiation(request, force=force or self.action in ("pdf", "html"))
 
     @extend_schema(summary="Download an invoice as PDF", tags=INVOICES_TAG,
-                   responses={(200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The PDF")})
+                   responses={(200, "application/pdf"): OpenApiResponse(
+                       OpenApiTypes.BINARY, description="The PDF",
+                       examples=[OpenApiExample("PDF", value="%PDF-1.4 …", media_type="application/pdf")])})
     def pdf(self, request, *args, **kwargs):
         invoice = self.get_object()
         response = HttpResponse(documents.invoice_pdf(invoice), content_type="application/pdf")
@@ -308,7 +310,10 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
         return response
 
     @extend_schema(summary="View an invoice as an HTML page", tags=INVOICES_TAG,
-                   responses={(200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="The page")})
+                   responses={(200, "text/html"): OpenApiResponse(
+                       OpenApiTypes.STR, description="The page",
+                       examples=[OpenApiExample("Page", value="<!doctype html><html>… Invoice MQ-2026-000042 …</html>",
+                                                media_type="text/html")])})
     def html(self, request, *args, **kwargs):
         return HttpResponse(documents.invoice_html(self.get_object()), content_type="text/html; charset=utf-8")
 

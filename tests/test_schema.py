@@ -70,3 +70,23 @@ def test_api_never_errors_and_conforms_to_schema(case, world):
     # cannot parse, as django-filter does; bodies are strict and tested in test_bad_input), and ignored_auth (this
     # test replaces the generated credentials with a valid key on purpose; authentication has its own tests).
     case.call_and_validate(excluded_checks=[positive_data_acceptance, negative_data_rejection, ignored_auth])
+
+
+def test_every_operation_documents_an_example_and_its_errors(tmp_path):
+    import yaml
+
+    out = tmp_path / "schema.yaml"
+    call_command("spectacular", "--file", str(out))
+    document = yaml.safe_load(out.read_text())
+    missing_example, missing_errors = [], []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            success = [responses[code] for code in responses if code.startswith("2")]
+            bodies = [body for response in success for body in (response.get("content") or {}).values()]
+            if bodies and not any("example" in body or "examples" in body for body in bodies):
+                missing_example.append(f"{method.upper()} {path}")
+            if not {"400", "429"} <= set(responses):
+                missing_errors.append(f"{method.upper()} {path}")
+    assert missing_example == []
+    assert missing_errors == []

@@ -2,7 +2,7 @@
 from types import SimpleNamespace
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -22,6 +22,16 @@ class RateLimitBucketSerializer(serializers.Serializer):
     reset_seconds = serializers.IntegerField(help_text="Seconds until the bucket is full again.")
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Buckets", response_only=True, value={
+    "enabled": True,
+    "buckets": [
+        {"level": "platform", "key": "platform", "capacity": 2000, "refill_per_second": 1000.0, "remaining": 1998,
+         "reset_seconds": 1},
+        {"level": "organization", "key": "org:org_7f3k2m9q4x8c1v5b6n0z", "capacity": 600,
+         "refill_per_second": 20.0, "remaining": 590, "reset_seconds": 1},
+        {"level": "principal", "key": "key:3fa85f64", "capacity": 300, "refill_per_second": 10.0,
+         "remaining": 295, "reset_seconds": 1},
+    ]})])
 class RateLimitsSerializer(serializers.Serializer):
     enabled = serializers.BooleanField()
     buckets = RateLimitBucketSerializer(many=True)

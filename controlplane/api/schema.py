@@ -112,6 +112,13 @@ class AutoSchema(openapi.AutoSchema):
             })
         return responses
 
+    def _get_examples(self, serializer, direction, media_type, status_code=None, extras=None):
+        # A serializer's examples default to 200/201; an accepted (202) answer shows the same resource.
+        examples = super()._get_examples(serializer, direction, media_type, status_code, extras)
+        if not examples and status_code and status_code.startswith("2") and status_code not in ("200", "201"):
+            examples = super()._get_examples(serializer, direction, media_type, "200", extras)
+        return examples
+
     def _get_response_headers_for_code(self, status_code, direction="response"):
         headers = super()._get_response_headers_for_code(status_code, direction)
         for name, description in RATE_LIMIT_HEADERS.items():
