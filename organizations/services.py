@@ -217,6 +217,12 @@ def invitation_accept(*, token: str, user=None, password: str | None = None, ful
 # --- Members ---------------------------------------------------------------------------------------------------
 
 
+def _lock_memberships(organization: Organization) -> None:
+    """Serialize changes to an organization's members, so two concurrent demotions cannot both pass the
+    last-Owner check."""
+    list(Membership.objects.select_for_update().filter(organization=organization).values_list("pk", flat=True))
+
+
 def _owner_count(organization: Organization) -> int:
     return sum(1 for roles in Membership.objects.filter(organization=organization).values_list("roles", flat=True)
                if Role.OWNER in roles)
@@ -225,8 +231,7 @@ def _owner_count(organization: Organization) -> int:
 @transaction.atomic
 def membership_update(*, membership: Membership, actor, roles=None, project_grants=None) -> Membership:
     organization = membership.organization
-    # Lock the organization's memberships so two concurrent demotions cannot both pass the last-owner check.
-    list(Membership.objects.select_for_update().filter(organization=organization).values_list("pk", flat=True))
+    _lock_memberships(organization)
     membership.refresh_from_db()
     before = {"roles": list(membership.roles),
               "project_grants": [{"project": g.project.public_id, "role": g.role} for g in membership.grants.select_related("project")]}
@@ -256,7 +261,7 @@ def membership_update(*, membership: Membership, actor, roles=None, project_gran
 @transaction.atomic
 def membership_remove(*, membership: Membership, actor) -> None:
     organization = membership.organization
-    list(Membership.objects.select_for_update().filter(organization=organization).values_list("pk", flat=True))
+    _lock_memberships(organization)
     if membership.is_owner:
         if actor is not None and not access.has_scope(actor, "org:transfer", organization=organization):
             raise RoleTooHigh("Only an Owner can remove an Owner.")

@@ -7,24 +7,25 @@ from controlplane.api.problems import Conflict
 from projects.models import Project
 
 
-def _name_taken(organization, name: str, exclude_pk=None) -> bool:
-    qs = Project.objects.filter(organization=organization, name__iexact=name)
-    if exclude_pk is not None:
-        qs = qs.exclude(pk=exclude_pk)
-    return qs.exists()
+def _save(project: Project, *, check_name: bool, **save_kwargs) -> None:
+    """Validate and save, answering 409 for a name the organization already uses (case-insensitively). The query
+    gives the clear message; the unique constraint catches a concurrent request that took the name meanwhile."""
+    conflict = Conflict({"name": [f"A project named {project.name!r} already exists in this organization."]})
+    if check_name and Project.objects.filter(organization_id=project.organization_id, name__iexact=project.name
+                                             ).exclude(pk=project.pk).exists():
+        raise conflict
+    project.full_clean(exclude=["organization"])
+    try:
+        with transaction.atomic():
+            project.save(**save_kwargs)
+    except IntegrityError:
+        raise conflict
 
 
 @transaction.atomic
 def project_create(*, organization, actor, name: str, description: str = "") -> Project:
-    if _name_taken(organization, name):
-        raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
     project = Project(organization=organization, name=name, description=description)
-    project.full_clean(exclude=["organization"])
-    try:
-        with transaction.atomic():
-            project.save()
-    except IntegrityError:  # a concurrent create with the same name won the race
-        raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
+    _save(project, check_name=True)
     audit_record(actor=actor, organization=organization, action="project.create", target=project,
                  summary={"name": name, "description": description})
     return project
@@ -34,19 +35,12 @@ def project_create(*, organization, actor, name: str, description: str = "") -> 
 def project_update(*, project: Project, actor, name: str | None = None, description: str | None = None) -> Project:
     changes = {}
     if name is not None and name != project.name:
-        if _name_taken(project.organization, name, exclude_pk=project.pk):
-            raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
         changes["name"] = [project.name, name]
         project.name = name
     if description is not None and description != project.description:
         changes["description"] = [project.description, description]
         project.description = description
-    project.full_clean(exclude=["organization"])
-    try:
-        with transaction.atomic():
-            project.save(update_fields=["name", "description"])
-    except IntegrityError:
-        raise Conflict({"name": [f"A project named {name!r} already exists in this organization."]})
+    _save(project, check_name="name" in changes, update_fields=["name", "description"])
     audit_record(actor=actor, organization=project.organization, action="project.update", target=project,
                  summary=changes)
     return project

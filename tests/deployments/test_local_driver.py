@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from deployments.drivers.base import AclEntry, BrokerSpec, RegionTarget, TemporaryDriverError
 from deployments.drivers.local import HONOURED_LEVELS, LocalDriver, honoured_rate_limits, render_acl
 from deployments.passwords import make_mqtt_credential
+from tests.celery_worker import broker_pids
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ALICE = make_mqtt_credential(username="alice", password="alice-pw")
@@ -38,27 +39,13 @@ def _wait_for(predicate, timeout=15.0, what="condition"):
         time.sleep(0.02)
 
 
-def _broker_pids(root: pathlib.Path) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"mosquitto") and any(str(root).encode() in a for a in argv):
-            pids.append(int(entry))
-    return pids
-
-
 @pytest.fixture
 def root():
     # Not tmp_path: pytest's base dir is 0700, and a root-started mosquitto reads its files as the `mosquitto` user.
     path = pathlib.Path(tempfile.mkdtemp(prefix="localdriver-"))
     path.chmod(0o755)
     yield path
-    for pid in _broker_pids(path):
+    for pid in broker_pids(path):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -319,8 +306,8 @@ def test_one_broker_runs_when_two_threads_apply_at_once(driver, root):
     for thread in threads:
         thread.join()
     assert errors == []
-    assert {r.details["pid"] for r in results} == {str(p) for p in _broker_pids(root)}
-    assert len(_broker_pids(root)) == 1
+    assert {r.details["pid"] for r in results} == {str(p) for p in broker_pids(root)}
+    assert len(broker_pids(root)) == 1
 
 
 def test_one_broker_runs_when_two_processes_apply_at_once(root):
@@ -344,7 +331,7 @@ def test_one_broker_runs_when_two_processes_apply_at_once(root):
     assert [w.returncode for w in workers] == [0, 0], outputs
     pids = {out.decode().strip() for out, _ in outputs}
     # Both workers have exited: the broker outlived the process that started it.
-    assert pids == {str(p) for p in _broker_pids(root)}
+    assert pids == {str(p) for p in broker_pids(root)}
     assert len(pids) == 1
 
 
@@ -359,7 +346,7 @@ def test_fresh_driver_adopts_running_broker_when_control_plane_restarts(root):
     assert seen.phase == "running"
     assert seen.ports == first.ports
     assert fresh.apply(spec).details["pid"] == first.details["pid"]
-    assert len(_broker_pids(root)) == 1
+    assert len(broker_pids(root)) == 1
 
 
 def test_stale_pid_file_is_not_trusted_when_pid_belongs_to_another_process(driver, root):
