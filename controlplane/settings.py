@@ -224,7 +224,7 @@ REST_FRAMEWORK = {
     # No OPTIONS introspection: the OpenAPI document describes every operation, and OPTIONS answers 405.
     "DEFAULT_METADATA_CLASS": None,
     "DEFAULT_PAGINATION_CLASS": "controlplane.api.pagination.CursorPagination",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["controlplane.api.filters.FilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": ["controlplane.api.ratelimit.HierarchicalRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "controlplane.api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "controlplane.api.problems.exception_handler",

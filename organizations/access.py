@@ -33,8 +33,21 @@ class Principal:
             user=user if user is not None and user.is_authenticated else None,
             api_key=auth if isinstance(auth, ApiKey) else None,
         )
+        if principal.api_key is not None:
+            principal._remember_key_facts()
         request._principal = principal
         return principal
+
+    def _remember_key_facts(self) -> None:
+        """Seed the memo with what authentication already read with the key (organizations.services.
+        api_key_authenticate): the creator's membership now, and whether the key is limited to projects."""
+        key = self.api_key
+        if not hasattr(key, "creator_membership"):
+            return
+        membership = key.creator_membership
+        self._memberships[key.organization_id] = membership
+        if not key.limited_to_projects:
+            key._project_ids = set()
 
     @property
     def is_authenticated(self) -> bool:
@@ -65,7 +78,12 @@ class Principal:
 def member_organization(principal: Principal, org_public_id: str) -> Organization | None:
     """The organization with this public id if the principal's user is a member of it, else None: one query that
     also remembers the membership for the scope checks that follow."""
-    user = principal.api_key.created_by if principal.api_key is not None else principal.user
+    key = principal.api_key
+    if (key is not None and key.organization.public_id == org_public_id
+            and key.organization_id in principal._memberships):
+        membership = principal._memberships[key.organization_id]
+        return None if membership is None else membership.organization
+    user = key.created_by if key is not None else principal.user
     if user is None:
         return None
     membership = (Membership.objects.select_related("organization")

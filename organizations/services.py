@@ -389,6 +389,86 @@ def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[
     return key, secret
 
 
+class _KeyLookup:
+    """The one query behind every API-key request, in SQL written once.
+
+    It answers everything the request's access checks will ask: the key, its organization, the member it acts for,
+    that member's membership now (or none) and whether the key is limited to projects. Built through the ORM it is
+    the costliest part of a small request (three joins and a subquery compiled anew each time), so the statement is
+    assembled once from the models' metadata, and values still pass through each field's own database converters.
+    """
+
+    def __init__(self):
+        self._plans = {}  # connection alias -> (sql, [(model, [(field, column expression, converters)])])
+
+    def _plan(self, connection):
+        from django.contrib.auth import get_user_model
+
+        q = connection.ops.quote_name
+        parts = [(ApiKey, "k"), (Organization, "o"), (get_user_model(), "u"), (Membership, "m")]
+
+        def column(alias, model, name):
+            return f"{alias}.{q(model._meta.get_field(name).column)}"
+
+        through = ApiKey.projects.through._meta
+        selected = ", ".join(f"{alias}.{q(f.column)}" for model, alias in parts for f in model._meta.concrete_fields)
+        sql = (f"SELECT {selected}, EXISTS (SELECT 1 FROM {q(through.db_table)} kp "
+               f"WHERE {column('kp', through.model, 'apikey')} = {column('k', ApiKey, 'id')}) "
+               f"FROM {q(ApiKey._meta.db_table)} k "
+               f"JOIN {q(Organization._meta.db_table)} o "
+               f"ON {column('o', Organization, 'id')} = {column('k', ApiKey, 'organization')} "
+               f"JOIN {q(parts[2][0]._meta.db_table)} u "
+               f"ON {column('u', parts[2][0], 'id')} = {column('k', ApiKey, 'created_by')} "
+               f"LEFT JOIN {q(Membership._meta.db_table)} m "
+               f"ON {column('m', Membership, 'organization')} = {column('k', ApiKey, 'organization')} "
+               f"AND {column('m', Membership, 'user')} = {column('k', ApiKey, 'created_by')} "
+               f"WHERE {column('k', ApiKey, 'prefix')} = %s")
+        layout = []
+        for model, alias in parts:
+            fields = []
+            for f in model._meta.concrete_fields:
+                col = f.get_col(alias)
+                fields.append((f, col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
+            layout.append((model, fields))
+        return sql, layout
+
+    def __call__(self, prefix: str) -> ApiKey | None:
+        from django.db import connection
+
+        plan = self._plans.get(connection.alias)
+        if plan is None:
+            plan = self._plans[connection.alias] = self._plan(connection)
+        sql, layout = plan
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [prefix])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        instances, position = [], 0
+        for model, fields in layout:
+            values = []
+            for field, col, converters in fields:
+                value = row[position]
+                position += 1
+                for convert in converters:
+                    value = convert(value, col, connection)
+                values.append(value)
+            # A LEFT JOIN that found no membership yields nulls, primary key included.
+            instances.append(None if values[0] is None else model.from_db(
+                connection.alias, [f.attname for f, _, _ in fields], values))
+        key, organization, user, membership = instances
+        key.organization, key.created_by = organization, user
+        if membership is not None:
+            membership.organization, membership.user = organization, user
+        # Read by organizations.access.Principal, which seeds its per-request memo with them.
+        key.creator_membership = membership
+        key.limited_to_projects = bool(row[position])
+        return key
+
+
+_key_for_prefix = _KeyLookup()
+
+
 def api_key_authenticate(secret: str) -> ApiKey | None:
     """The active key for a presented secret, or None. Marks last_used_at at most once a minute."""
     if not isinstance(secret, str) or not secret.startswith(API_KEY_SECRET_PREFIX):
@@ -396,7 +476,7 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
     parts = secret[len(API_KEY_SECRET_PREFIX):].split("_", 1)
     if len(parts) != 2:
         return None
-    key = (ApiKey.objects.select_related("organization", "created_by").filter(prefix=parts[0]).first())
+    key = _key_for_prefix(parts[0])
     if key is None or not key.is_active:
         return None
     presented = _hash(secret)

@@ -33,6 +33,10 @@ class ProjectSerializer(serializers.ModelSerializer):
         }
 
 
+# What ProjectSerializer reads, plus what the cursor pagination orders by.
+LIST_COLUMNS = ("id", "public_id", "name", "description", "is_default", "created_at")
+
+
 class ProjectCreateSerializer(InputSerializer):
     name = StrictCharField(max_length=100)
     description = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
@@ -61,7 +65,12 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
                        "partial_update": "project:write", "destroy": "project:write"}
 
     def narrow_queryset(self, queryset):
-        return access.visible_projects(self.principal, self.organization, queryset)
+        queryset = access.visible_projects(self.principal, self.organization, queryset)
+        if self.action == "list":
+            # The hottest list in the API reads rows, not model instances: building a hundred models per page costs
+            # more than the query. ProjectSerializer reads the same attributes from either.
+            queryset = queryset.values_list(*LIST_COLUMNS, named=True)
+        return queryset
 
     @extend_schema(summary="List projects")
     def list(self, request, *args, **kwargs):

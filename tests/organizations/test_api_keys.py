@@ -130,3 +130,35 @@ def test_deletion_protected_key_cannot_be_revoked_until_lifted(owner_org, key_cl
     assert owner.delete(url).status_code == 200
     actions = list(AuditEvent.objects.filter(target_id=created["id"]).values_list("action", flat=True))
     assert actions.count("api_key.update") == 2 and "api_key.revoke" in actions
+
+
+def test_authentication_reads_key_organization_creator_and_membership_in_one_query(owner_org,
+                                                                                   django_assert_num_queries):
+    from organizations.services import api_key_authenticate
+
+    user, membership = owner_org.add_member(roles=["administrator"])
+    owner_org.organization.rate_limits = {"principal": [10, 1]}
+    owner_org.organization.save()
+    key, secret = owner_org.key_for(user, role="administrator", projects=[owner_org.default_project])
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())  # no last-used write in this request
+    with django_assert_num_queries(1):
+        found = api_key_authenticate(secret)
+        # Values come back as their fields' Python types, on every database.
+        assert found.pk == key.pk and found.prefix == key.prefix and found.created_at == key.created_at
+        assert found.organization.rate_limits == {"principal": [10, 1]}
+        assert found.created_by == user and found.created_by.email == user.email
+        assert found.creator_membership.pk == membership.pk and found.creator_membership.roles == ["administrator"]
+        assert found.limited_to_projects is True
+    membership.delete()
+    found = api_key_authenticate(secret)
+    assert found.creator_membership is None
+    assert api_key_authenticate(secret.replace(key.prefix, "00000000")) is None
+
+
+def test_key_of_a_removed_member_sees_nothing(owner_org, key_client):
+    user, membership = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(user, role="administrator")
+    client = key_client(secret)
+    assert client.get(f"/api/v1/organizations/{owner_org.id}/projects").status_code == 200
+    membership.delete()
+    assert client.get(f"/api/v1/organizations/{owner_org.id}/projects").status_code == 404
