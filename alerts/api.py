@@ -15,12 +15,14 @@ from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
 from alerts import selectors, services
-from alerts.metrics import METRIC_NAMES, validate_metric_name
+from alerts.metrics import BUDGET_METRICS, METRIC_NAMES, validate_metric_name
 from alerts.models import Alert, AlertRule, Delivery, NotificationChannel, Severity, Silence
 from controlplane.api.serializers import InputSerializer, StrictCharField
+from billing.money import to_decimal
 from controlplane.api.views import ScopedViewSet
 from deployments.models import Deployment
 from deployments.selectors import deployment_queryset
+from organizations import access
 
 METRICS_TAG = ["monitoring"]
 ALERTS_TAG = ["alerts"]
@@ -207,42 +209,112 @@ _RULE_EXAMPLE = {
     "deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "metric": "connections", "aggregation": "max", "window_seconds": 300,
     "operator": ">", "threshold": 80.0, "threshold_unit": "percent_of_tier_limit", "for_seconds": 300,
     "severity": "warning", "enabled": True, "repeat_interval_seconds": 3600, "channels": [],
-    "default_key": "connections_high", "created_at": "2026-11-01T09:30:00Z", "updated_at": "2026-11-01T09:30:00Z"}
+    "default_key": "connections_high", "budget_scope": None, "budget_amount": None, "budget_currency": None,
+    "created_at": "2026-11-01T09:30:00Z", "updated_at": "2026-11-01T09:30:00Z"}
+_BUDGET_RULE_EXAMPLE = {
+    **_RULE_EXAMPLE, "id": "rule_2b8d4f6h1j3k5m7n9p0q", "name": "Budget", "kind": "budget", "deployment": None,
+    "metric": "spend_month_to_date", "aggregation": "avg", "operator": ">=", "threshold": 250.0,
+    "threshold_unit": "absolute", "for_seconds": 0, "repeat_interval_seconds": 86400, "default_key": "",
+    "budget_scope": "project", "budget_amount": "250.00", "budget_currency": "USD"}
+
+_BUDGET_SCOPE_HELP = (
+    "Budget rules only: whose spend is watched. `project` (the default): the spend of this project's deployments; "
+    "`organization`: the whole organization's spend, every project included. Null for other kinds.")
+_BUDGET_AMOUNT_HELP = (
+    "Budget rules only: the budget as a decimal string in the billing account's currency, such as \"250.00\", with "
+    "at most the currency's minor-unit digits (2 for USD and EUR, 0 for JPY); never a JSON number. Stored exactly.")
+_BUDGET_METRIC_NAMES = ", ".join(BUDGET_METRICS)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Alert rule", value=_RULE_EXAMPLE, response_only=True)])
+@extend_schema_serializer(examples=[OpenApiExample("Alert rule", value=_RULE_EXAMPLE, response_only=True),
+                                    OpenApiExample("Budget rule", value=_BUDGET_RULE_EXAMPLE, response_only=True)])
 class AlertRuleSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     deployment = serializers.SlugRelatedField(slug_field="public_id", read_only=True, allow_null=True)
     channels = serializers.SlugRelatedField(slug_field="public_id", many=True, read_only=True)
+    threshold = serializers.FloatField(read_only=True, help_text=(
+        "The threshold in the metric's unit; for a budget rule the budget in major units, for display only "
+        "(`budget_amount` is the exact amount)."))
+    budget_scope = serializers.SerializerMethodField(help_text=_BUDGET_SCOPE_HELP)
+    budget_amount = serializers.SerializerMethodField(help_text="Budget rules only: the budget, a decimal string.")
+    budget_currency = serializers.SerializerMethodField(help_text="Budget rules only: ISO 4217 code of the budget.")
 
     class Meta:
         model = AlertRule
         fields = ["id", "name", "kind", "deployment", "metric", "aggregation", "window_seconds", "operator",
                   "threshold", "threshold_unit", "for_seconds", "severity", "enabled", "repeat_interval_seconds",
-                  "channels", "default_key", "created_at", "updated_at"]
+                  "channels", "default_key", "budget_scope", "budget_amount", "budget_currency", "created_at",
+                  "updated_at"]
+
+    @extend_schema_field(serializers.ChoiceField(choices=AlertRule.BudgetScope.choices, allow_null=True))
+    def get_budget_scope(self, obj):
+        return obj.budget_scope or None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_budget_amount(self, obj):
+        return None if obj.budget_minor is None else str(to_decimal(obj.budget_minor, obj.budget_currency))
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_budget_currency(self, obj):
+        return obj.budget_currency or None
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Budget rule", request_only=True, value={
+    "name": "Budget", "kind": "budget", "metric": "spend_month_to_date", "operator": ">=",
+    "budget_amount": "250.00", "budget_scope": "project", "repeat_interval_seconds": 86400})])
 class AlertRuleCreateSerializer(InputSerializer):
     name = StrictCharField(max_length=100)
     deployment = StrictCharField(required=False, allow_null=True, default=None,
-                                 help_text="A deployment of this project (`dep_…`); omitted: every deployment.")
+                                 help_text="A deployment of this project (`dep_…`); omitted: every deployment. "
+                                           "A budget rule names none.")
     kind = serializers.ChoiceField(choices=AlertRule.Kind.choices, default=AlertRule.Kind.METRIC)
     metric = StrictCharField(required=False, default="", allow_blank=True,
-                             help_text=f"One of {', '.join(METRIC_NAMES)}.")
+                             help_text=f"One of {', '.join(METRIC_NAMES)}; for a budget rule one of "
+                                       f"{_BUDGET_METRIC_NAMES}.")
     aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, default="avg")
     window_seconds = StrictIntegerField(min_value=1, default=300)
-    operator = serializers.ChoiceField(choices=AlertRule.Operator.choices, default=">")
-    threshold = StrictFloatField()
+    operator = serializers.ChoiceField(choices=AlertRule.Operator.choices, default=">",
+                                       help_text="A budget rule takes `>` or `>=`.")
+    threshold = StrictFloatField(required=False, allow_null=True, default=None,
+                                 help_text="Required, except for a budget rule (which takes `budget_amount`).")
     threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, default="absolute")
     for_seconds = StrictIntegerField(min_value=0, default=0)
     severity = serializers.ChoiceField(choices=Severity.choices, default="warning")
     enabled = StrictBooleanField(default=True)
     repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, default=3600)
     channels = serializers.ListField(child=StrictCharField(), required=False, default=list, max_length=20)
+    budget_scope = serializers.ChoiceField(choices=AlertRule.BudgetScope.choices, required=False, allow_null=True,
+                                           default=None, help_text=_BUDGET_SCOPE_HELP)
+    budget_amount = StrictCharField(required=False, allow_null=True, default=None, max_length=40,
+                                    help_text=_BUDGET_AMOUNT_HELP)
 
-    def validate_metric(self, value):
-        return _metric(value) if value else value
+    def validate(self, attrs):
+        errors: dict[str, list[str]] = {}
+        metric = attrs.get("metric") or ""
+        if attrs.get("kind") == AlertRule.Kind.BUDGET:
+            if metric not in BUDGET_METRICS:
+                errors["metric"] = [f"A budget rule watches one of: {_BUDGET_METRIC_NAMES}."]
+            if attrs.get("deployment"):
+                errors["deployment"] = ["A budget rule watches the spend of the project or the organization "
+                                        "(budget_scope), never one deployment."]
+            if attrs.get("budget_amount") is None:
+                errors["budget_amount"] = ["A budget rule needs its amount, a decimal string such as \"250.00\"."]
+            if attrs.get("threshold") is not None:
+                errors["threshold"] = ["A budget rule is set with budget_amount, not a threshold."]
+        else:
+            if metric:
+                try:
+                    attrs["metric"] = validate_metric_name(metric)
+                except ValueError as exc:
+                    errors["metric"] = [str(exc)]
+            if attrs.get("threshold") is None:
+                errors["threshold"] = ["This field is required."]
+            for field in ("budget_amount", "budget_scope"):
+                if attrs.get(field) is not None:
+                    errors[field] = ["Only a budget rule (kind budget) has this field."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
 
 
 class AlertRuleUpdateSerializer(InputSerializer):
@@ -258,9 +330,13 @@ class AlertRuleUpdateSerializer(InputSerializer):
     enabled = StrictBooleanField(required=False)
     repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, required=False)
     channels = serializers.ListField(child=StrictCharField(), required=False, max_length=20)
+    budget_scope = serializers.ChoiceField(choices=AlertRule.BudgetScope.choices, required=False,
+                                           help_text=_BUDGET_SCOPE_HELP)
+    budget_amount = StrictCharField(required=False, max_length=40, help_text=_BUDGET_AMOUNT_HELP)
 
     def validate_metric(self, value):
-        return _metric(value)
+        # Whether a budget name suits this rule's kind is the service's to say (it knows the kind).
+        return value if value in BUDGET_METRICS else _metric(value)
 
 
 def _channels_of(organization, ids: list[str]) -> list[NotificationChannel]:
@@ -291,6 +367,12 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
             return queryset.filter(deployment__public_id=self.request.query_params["deployment"])
         return queryset
 
+    def _check_budget_scope(self):
+        # A budget alert tells spend: setting one is for those who may read the organization's billing.
+        if not access.has_scope(self.principal, "billing:read", organization=self.organization):
+            raise exceptions.PermissionDenied("A budget rule reveals spend: it also needs the billing:read scope, "
+                                              "which your role does not grant.")
+
     @extend_schema(summary="List the project's alert rules, including those of its deployments", tags=ALERTS_TAG,
                    parameters=[OpenApiParameter("deployment", OpenApiTypes.STR, OpenApiParameter.QUERY,
                                                 description="Only the rules scoped to this deployment (`dep_…`).")])
@@ -309,6 +391,11 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
         data = AlertRuleCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
+        if fields["kind"] == AlertRule.Kind.BUDGET:
+            self._check_budget_scope()
+        else:
+            # Only budget rules have these; the input serializer has refused them for any other kind.
+            fields.pop("budget_scope"), fields.pop("budget_amount")
         deployment_id = fields.pop("deployment")
         deployment = self._deployment(deployment_id, "deployment") if deployment_id else None
         channels = _channels_of(self.organization, fields.pop("channels"))
@@ -322,10 +409,13 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
         data = AlertRuleUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
+        rule = self.get_object()
+        if rule.kind == AlertRule.Kind.BUDGET:
+            self._check_budget_scope()
         channels = fields.pop("channels", None)
         if channels is not None:
             channels = _channels_of(self.organization, channels)
-        rule = services.alert_rule_update(rule=self.get_object(), actor=self.principal, channels=channels, **fields)
+        rule = services.alert_rule_update(rule=rule, actor=self.principal, channels=channels, **fields)
         return Response(AlertRuleSerializer(rule).data)
 
     @extend_schema(summary="Delete an alert rule and its alerts", tags=ALERTS_TAG)
@@ -338,34 +428,76 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
 
 _ALERT_EXAMPLE = {
     "id": "alt_7f3k2m9q4x8c1v5b6n0z", "status": "firing", "severity": "warning",
-    "rule": {"id": "rule_7f3k2m9q4x8c1v5b6n0z", "name": "Too many connections", "metric": "connections"},
+    "rule": {"id": "rule_7f3k2m9q4x8c1v5b6n0z", "name": "Too many connections", "metric": "connections",
+             "kind": "metric"},
     "project": "prj_7f3k2m9q4x8c1v5b6n0z", "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+    "subject": {"type": "deployment", "id": "dep_7f3k2m9q4x8c1v5b6n0z"}, "budget": None,
     "since": "2026-11-01T09:31:00Z", "fired_at": "2026-11-01T09:31:00Z", "resolved_at": None, "value": 3.0,
     "threshold": 2.0, "summary": "Too many connections: connections = 3 (threshold > 2) on dep_7f3k2m9q4x8c1v5b6n0z",
     "last_notified_at": "2026-11-01T09:31:00Z", "acknowledged_until": None, "acknowledged_by": None,
     "acknowledgement_comment": "", "created_at": "2026-11-01T09:31:00Z"}
+_BUDGET_ALERT_EXAMPLE = {
+    **_ALERT_EXAMPLE, "id": "alt_2b8d4f6h1j3k5m7n9p0q",
+    "rule": {"id": "rule_2b8d4f6h1j3k5m7n9p0q", "name": "Budget", "metric": "spend_month_to_date", "kind": "budget"},
+    "deployment": None, "subject": {"type": "project", "id": "prj_7f3k2m9q4x8c1v5b6n0z"},
+    "budget": {"metric": "spend_month_to_date", "scope": "project", "currency": "USD", "spend": "312.40",
+               "budget": "250.00"},
+    "value": None, "threshold": None,
+    "summary": "Budget: month-to-date spend 312.40 USD >= 250.00 USD on project Default"}
 
 
 class AlertRuleRefSerializer(serializers.Serializer):
     id = serializers.CharField(source="public_id")
     name = serializers.CharField()
     metric = serializers.CharField()
+    kind = serializers.CharField()
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Alert", value=_ALERT_EXAMPLE, response_only=True)])
+class AlertSubjectSerializer(serializers.Serializer):
+    # A plain string, not an enum: a second enum of fields named `type` would rename the channels' TypeEnum.
+    type = serializers.CharField(help_text="`deployment`, `project` or `organization`.")
+    id = serializers.CharField(help_text="Public id of the deployment, project or organization.")
+
+
+class AlertBudgetSerializer(serializers.Serializer):
+    metric = serializers.CharField()
+    scope = serializers.CharField()
+    currency = serializers.CharField()
+    spend = serializers.CharField(help_text="The spend last compared, a decimal string in major units.")
+    budget = serializers.CharField(help_text="The budget it was compared with, a decimal string in major units.")
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Alert", value=_ALERT_EXAMPLE, response_only=True),
+                                    OpenApiExample("Budget alert", value=_BUDGET_ALERT_EXAMPLE, response_only=True)])
 class AlertSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     rule = AlertRuleRefSerializer(read_only=True)
     project = serializers.CharField(source="project.public_id", read_only=True)
-    deployment = serializers.CharField(source="deployment.public_id", read_only=True)
+    deployment = serializers.CharField(source="deployment.public_id", read_only=True, allow_null=True, default=None,
+                                       help_text="Null for a budget alert: see `subject`.")
+    subject = serializers.SerializerMethodField(help_text=(
+        "What the alert is about: a deployment, or for a budget alert the project or the organization."))
+    budget = serializers.SerializerMethodField(help_text="Budget alerts only: the spend and the budget compared.")
     acknowledged_by = serializers.EmailField(source="acknowledged_by.email", read_only=True, allow_null=True,
                                              default=None)
 
     class Meta:
         model = Alert
-        fields = ["id", "status", "severity", "rule", "project", "deployment", "since", "fired_at", "resolved_at",
-                  "value", "threshold", "summary", "last_notified_at", "acknowledged_until", "acknowledged_by",
-                  "acknowledgement_comment", "created_at"]
+        fields = ["id", "status", "severity", "rule", "project", "deployment", "subject", "budget", "since",
+                  "fired_at", "resolved_at", "value", "threshold", "summary", "last_notified_at",
+                  "acknowledged_until", "acknowledged_by", "acknowledgement_comment", "created_at"]
+
+    @extend_schema_field(AlertSubjectSerializer)
+    def get_subject(self, obj):
+        if obj.deployment_id is not None:
+            return {"type": "deployment", "id": obj.deployment.public_id}
+        if obj.rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION:
+            return {"type": "organization", "id": obj.organization.public_id}
+        return {"type": "project", "id": obj.project.public_id}
+
+    @extend_schema_field(AlertBudgetSerializer(allow_null=True))
+    def get_budget(self, obj):
+        return services._budget_of(obj, obj.rule)
 
 
 class AlertEventSerializer(serializers.Serializer):
@@ -408,7 +540,7 @@ class AlertFilter(filters.FilterSet):
 
 
 class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
-    queryset = Alert.objects.select_related("rule", "project", "deployment", "acknowledged_by")
+    queryset = Alert.objects.select_related("rule", "organization", "project", "deployment", "acknowledged_by")
     lookup_url_kwarg = "alert"
     serializer_class = AlertSerializer
     filterset_class = AlertFilter

@@ -79,3 +79,18 @@ def validate_metric_name(name: str) -> str:
 
 def metric_kind(name: str) -> MetricKind:
     return METRICS[validate_metric_name(name)].kind
+
+
+# Budget rules watch spend, not a broker: these names are valid only for `kind: budget`, never as sample names.
+SPEND_MONTH_TO_DATE = "spend_month_to_date"
+SPEND_FORECAST = "spend_forecast"
+BUDGET_METRICS: dict[str, str] = {
+    SPEND_MONTH_TO_DATE: "spend of the calendar month so far (UTC), before tax and credits",
+    SPEND_FORECAST: "month-to-date spend extended in a straight line to the month's end",
+}
+
+
+def validate_budget_metric_name(name: str) -> str:
+    if name not in BUDGET_METRICS:
+        raise ValueError(f"unknown budget metric {name!r}; expected one of: {', '.join(BUDGET_METRICS)}")
+    return name

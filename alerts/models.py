@@ -75,6 +75,11 @@ class AlertRule(models.Model):
         METRIC = "metric", "Metric threshold"
         CERTIFICATE_EXPIRY = "certificate_expiry", "TLS certificate expiring"
         VPC_PEERING = "vpc_peering", "VPC peering abnormal"
+        BUDGET = "budget", "Budget on spend"
+
+    class BudgetScope(models.TextChoices):
+        PROJECT = "project", "The project's spend"
+        ORGANIZATION = "organization", "The whole organization's spend"
 
     class Aggregation(models.TextChoices):
         AVG = "avg", "Average"
@@ -119,6 +124,11 @@ class AlertRule(models.Model):
     channels = models.ManyToManyField("NotificationChannel", blank=True, related_name="rules")
     # The seed default this rule was created from ("" for a user's own rule): creating defaults twice is a no-op.
     default_key = models.CharField(max_length=32, blank=True)
+    # Budget rules only ("" and nulls otherwise). Money is integer minor units of `budget_currency`, never a float:
+    # `threshold` of a budget rule is the same amount in major units, for display only.
+    budget_scope = models.CharField(max_length=16, choices=BudgetScope.choices, blank=True)
+    budget_minor = models.BigIntegerField(null=True, blank=True)
+    budget_currency = models.CharField(max_length=3, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -128,6 +138,12 @@ class AlertRule(models.Model):
             models.UniqueConstraint(fields=["deployment", "default_key"], condition=~Q(default_key=""),
                                     name="alert_rule_default_once"),
             models.CheckConstraint(condition=~Q(kind="metric") | ~Q(metric=""), name="alert_rule_metric_named"),
+            # A budget rule is about spend, never one deployment, and always has its amount, currency and scope.
+            models.CheckConstraint(
+                condition=(~Q(kind="budget") & Q(budget_minor__isnull=True, budget_currency="", budget_scope=""))
+                | (Q(kind="budget", deployment__isnull=True, budget_minor__gt=0,
+                     budget_scope__in=["project", "organization"]) & ~Q(budget_currency="")),
+                name="alert_rule_budget_fields"),
         ]
         indexes = [models.Index(fields=["enabled", "kind"], name="alert_rule_enabled")]
 
@@ -142,13 +158,18 @@ class AlertStatus(models.TextChoices):
 
 
 class Alert(models.Model):
-    """The one alert of a rule about one subject (a deployment); it cycles pending -> firing -> resolved."""
+    """The one alert of a rule about one subject; it cycles pending -> firing -> resolved.
+
+    The subject is the deployment, or, for a budget rule (no deployment), the rule's project or its organization.
+    """
 
     public_id = PublicIdField(prefix="alt")
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="+")
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
-    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="alerts")
+    # Null for a budget alert: its subject is the project or the organization (the rule's budget_scope).
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True,
+                                   related_name="alerts")
     status = models.CharField(max_length=8, choices=AlertStatus.choices)
     since = models.DateTimeField(help_text="When the current status began.")
     fired_at = models.DateTimeField(null=True, blank=True)
@@ -164,14 +185,29 @@ class Alert(models.Model):
     acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                         related_name="+")
     acknowledgement_comment = models.CharField(max_length=500, blank=True)
+    # Budget alerts only: the spend last compared and the budget it was compared with, in minor units of `currency`.
+    spend_minor = models.BigIntegerField(null=True, blank=True)
+    budget_minor = models.BigIntegerField(null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["rule", "deployment"], name="alert_one_per_rule_subject")]
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "deployment"], name="alert_one_per_rule_subject"),
+            # NULLs are distinct in a unique index: a rule without a deployment needs its own "one alert" guarantee.
+            models.UniqueConstraint(fields=["rule"], condition=Q(deployment__isnull=True),
+                                    name="alert_one_per_rule_without_deployment"),
+        ]
         indexes = [models.Index(fields=["organization", "status", "-since"], name="alert_org_status")]
 
     def __str__(self):
-        return f"{self.rule.name} on {self.deployment_id}: {self.status}"
+        return f"{self.rule.name} on {self.subject_label}: {self.status}"
+
+    @property
+    def subject_label(self) -> str:
+        if self.deployment_id is not None:
+            return str(self.deployment_id)
+        return "organization" if self.rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION else "project"
 
 
 class AlertEvent(models.Model):
@@ -305,6 +341,7 @@ class PlatformEvent(models.Model):
         INVOICE_PAYMENT_FAILED = "invoice_payment_failed", "Invoice payment failed"
         DEPLOYMENT_STOPPED_FOR_BILLING = "deployment_stopped_for_billing", "Deployment stopped for billing"
         MAINTENANCE_SCHEDULED = "maintenance_scheduled", "Maintenance scheduled"
+        MAINTENANCE_CANCELLED = "maintenance_cancelled", "Maintenance cancelled"
         CHANNEL_FAILING = "channel_failing", "Notification channel failing"
 
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")

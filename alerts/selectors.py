@@ -113,8 +113,8 @@ def alert_rule_list(*, project, deployment=None) -> QuerySet[AlertRule]:
 
 
 def alert_list(*, organization) -> QuerySet[Alert]:
-    return Alert.objects.filter(organization=organization).select_related("rule", "deployment", "project",
-                                                                          "acknowledged_by")
+    return Alert.objects.filter(organization=organization).select_related("rule", "organization", "deployment",
+                                                                          "project", "acknowledged_by")
 
 
 def alert_events(*, alert: Alert) -> QuerySet[AlertEvent]:

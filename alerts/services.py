@@ -10,23 +10,28 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
+import re
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import connection, transaction
-from django.db.models import Avg, Count, Max, Min, Q, Sum
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Avg, Count, F, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from alerts import channels as senders
 from alerts import evaluation, urlsafety
-from alerts.metrics import METRICS, validate_metric_name
+from alerts.metrics import (BUDGET_METRICS, METRICS, SPEND_FORECAST, SPEND_MONTH_TO_DATE,
+                            validate_budget_metric_name, validate_metric_name)
 from alerts.models import (Alert, AlertEvent, AlertRule, AlertStatus, CollectorState, Delivery, DeliveryAttempt,
                            MetricRollup, MetricSample, NotificationChannel, PlatformEvent, Silence)
 from audit.services import audit_record
+from billing.money import minor_units, round_half_up, to_decimal
 from controlplane.metrics import NOTIFICATION_FAILURES
 
 logger = logging.getLogger(__name__)
@@ -59,18 +64,31 @@ def _user_of(actor):
 
 
 def samples_store(*, rows: Iterable[tuple[int, str, dt.datetime, float]]) -> int:
-    """Insert raw samples (deployment id, metric name, time, value) set-based: one statement for any number."""
-    rows = list(rows)
+    """Insert raw samples (deployment id, metric name, time, value) set-based: one statement for any number.
+
+    A value that is not a finite number is not stored: its series shows a gap, never a made-up value."""
+    rows = [row for row in rows if math.isfinite(row[3])]
     if not rows:
         return 0
     if connection.vendor == "postgresql":
-        # COPY: no model instances, no SQL text per row, and PostgreSQL's fastest path for many rows.
+        # COPY: no model instances, no SQL text per row, and PostgreSQL's fastest path for many rows. The text is
+        # built here rather than row by row through psycopg: a minute's samples share one timestamp, formatted once.
+        stamps: dict[dt.datetime, str] = {}
+        lines = []
+        for deployment_id, name, ts, value in rows:
+            stamp = stamps.get(ts)
+            if stamp is None:
+                if ts.tzinfo is None:
+                    raise ValueError("sample times must be timezone-aware")
+                stamp = stamps[ts] = ts.isoformat()
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}")
+            lines.append(f"{int(deployment_id)}\t{name}\t{stamp}\t{float(value)!r}\n")
         with connection.cursor() as cursor:
             with cursor.cursor.copy(
                 f"COPY {MetricSample._meta.db_table} (deployment_id, name, ts, value) FROM STDIN"
             ) as copy:
-                for row in rows:
-                    copy.write_row(row)
+                copy.write("".join(lines))
         return len(rows)
     MetricSample.objects.bulk_create([MetricSample(deployment_id=d, name=n, ts=t, value=v) for d, n, t, v in rows],
                                      batch_size=2000)
@@ -318,7 +336,39 @@ def default_rules_ensure(*, deployment_ids: Sequence[int] | None = None) -> int:
 # -- rules ---------------------------------------------------------------------------------------------------------
 
 RULE_FIELDS = ("name", "kind", "metric", "aggregation", "window_seconds", "operator", "threshold", "threshold_unit",
-               "for_seconds", "severity", "enabled", "repeat_interval_seconds")
+               "for_seconds", "severity", "enabled", "repeat_interval_seconds", "budget_scope")
+# Spend only ever rises during a month: a budget is exceeded, never undershot.
+BUDGET_OPERATORS = (">", ">=")
+_BUDGET_AMOUNT = re.compile(r"^(\d{1,13})(?:\.(\d+))?$")
+
+
+def _budget_minor(raw, currency: str) -> int:
+    """A budget given as a decimal string in major units ("250.00") -> integer minor units of `currency`, exactly."""
+    if isinstance(raw, str) and raw.strip().startswith("-"):
+        raise ValidationError({"budget_amount": ["A budget is an amount above zero."]})
+    match = _BUDGET_AMOUNT.match(raw) if isinstance(raw, str) else None
+    if match is None:
+        raise ValidationError({"budget_amount": [
+            f'Give the budget as a decimal string in {currency}, such as "250.00" (no exponent, no float).']})
+    digits = minor_units(currency)
+    if len(match.group(2) or "") > digits:
+        allowed = f"at most {digits} decimal places" if digits else "no decimal places"
+        raise ValidationError({"budget_amount": [f"{currency} amounts have {allowed}."]})
+    minor = round_half_up(Decimal(raw), currency)  # exact: the digits fit the currency's minor unit
+    if minor <= 0:
+        raise ValidationError({"budget_amount": ["A budget is an amount above zero."]})
+    return minor
+
+
+def _set_budget(rule: AlertRule, *, budget_amount, organization) -> None:
+    """Store the budget in minor units of the billing account's currency, and its display-only float threshold."""
+    from billing.selectors import billing_account_for
+
+    if rule.kind != AlertRule.Kind.BUDGET:
+        raise ValidationError({"budget_amount": [f"Only a budget rule has a budget; this is a {rule.kind} rule."]})
+    currency = billing_account_for(organization=organization).currency
+    rule.budget_minor, rule.budget_currency = _budget_minor(budget_amount, currency), currency
+    rule.threshold = float(to_decimal(rule.budget_minor, currency))
 
 
 def _validate_rule(rule: AlertRule) -> None:
@@ -328,6 +378,22 @@ def _validate_rule(rule: AlertRule) -> None:
             rule.metric = validate_metric_name(rule.metric)
         except ValueError as exc:
             errors["metric"] = [str(exc)]
+    elif rule.kind == AlertRule.Kind.BUDGET:
+        try:
+            validate_budget_metric_name(rule.metric)
+        except ValueError as exc:
+            errors["metric"] = [str(exc)]
+        if rule.operator not in BUDGET_OPERATORS:
+            errors["operator"] = [f"A budget rule fires when spend is {' or '.join(BUDGET_OPERATORS)} the budget."]
+        if rule.deployment_id is not None:
+            errors["deployment"] = ["A budget rule watches the spend of the project or the organization "
+                                    "(budget_scope), never one deployment."]
+        if rule.threshold_unit != AlertRule.ThresholdUnit.ABSOLUTE:
+            errors["threshold_unit"] = ["A budget is an amount of money, not a percent of a tier limit."]
+        if rule.budget_scope not in AlertRule.BudgetScope.values:
+            errors["budget_scope"] = [f"Expected one of {', '.join(AlertRule.BudgetScope.values)}."]
+        if rule.budget_minor is None and "budget_amount" not in errors:
+            errors["budget_amount"] = ["A budget rule needs its amount."]
     elif rule.metric:
         errors["metric"] = [f"A {rule.kind} rule has no metric."]
     if rule.window_seconds < collect_interval_seconds():
@@ -335,6 +401,10 @@ def _validate_rule(rule: AlertRule) -> None:
             f"The window must be at least the collection interval ({collect_interval_seconds()} s)."]
     if rule.window_seconds > RAW_RETENTION.total_seconds():
         errors["window_seconds"] = [f"The window must be at most {int(RAW_RETENTION.total_seconds())} s (48 h)."]
+    if rule.kind != AlertRule.Kind.BUDGET and rule.budget_scope:
+        errors["budget_scope"] = [f"Only a budget rule has a budget scope; this is a {rule.kind} rule."]
+    if rule.threshold is None:
+        errors["threshold"] = ["This field is required."]
     if (rule.threshold_unit == AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT and rule.kind == AlertRule.Kind.METRIC
             and rule.metric not in TIER_LIMIT_FIELDS and "metric" not in errors):
         errors["threshold_unit"] = [
@@ -358,17 +428,31 @@ def _check_channels(organization, channels) -> list[NotificationChannel]:
 def _rule_summary(rule: AlertRule) -> dict:
     summary = {f: getattr(rule, f) for f in RULE_FIELDS}
     summary["deployment"] = rule.deployment.public_id if rule.deployment_id else None
+    if rule.budget_minor is not None:
+        summary["budget_amount"] = str(to_decimal(rule.budget_minor, rule.budget_currency))
+        summary["budget_currency"] = rule.budget_currency
     return summary
 
 
 @transaction.atomic
-def alert_rule_create(*, project, actor, deployment=None, channels=(), **fields) -> AlertRule:
+def alert_rule_create(*, project, actor, deployment=None, channels=(), budget_amount: str | None = None,
+                      **fields) -> AlertRule:
+    """Create a rule. A budget rule (`kind="budget"`) takes `budget_amount`, a decimal string in the billing
+    account's currency, instead of a threshold; its scope defaults to the project."""
     if deployment is not None and deployment.project_id != project.pk:
         raise ValidationError({"deployment": ["No such deployment in this project."]})
     unknown = set(fields) - set(RULE_FIELDS)
     if unknown:
         raise TypeError(f"unknown rule fields {sorted(unknown)}")
     rule = AlertRule(organization=project.organization, project=project, deployment=deployment, **fields)
+    if rule.kind == AlertRule.Kind.BUDGET:
+        if fields.get("threshold") is not None:
+            raise ValidationError({"threshold": ["A budget rule is set with budget_amount, not a threshold."]})
+        rule.budget_scope = rule.budget_scope or AlertRule.BudgetScope.PROJECT
+    if budget_amount is not None or rule.kind == AlertRule.Kind.BUDGET:
+        if budget_amount is None:
+            raise ValidationError({"budget_amount": ["A budget rule needs its amount."]})
+        _set_budget(rule, budget_amount=budget_amount, organization=project.organization)
     _validate_rule(rule)
     rule.save()
     rule.channels.set(_check_channels(project.organization, channels))
@@ -378,9 +462,12 @@ def alert_rule_create(*, project, actor, deployment=None, channels=(), **fields)
 
 
 @transaction.atomic
-def alert_rule_update(*, rule: AlertRule, actor, channels=None, **fields) -> AlertRule:
+def alert_rule_update(*, rule: AlertRule, actor, channels=None, budget_amount: str | None = None,
+                      **fields) -> AlertRule:
     rule = AlertRule.objects.select_for_update(of=("self",)).select_related("deployment", "organization").get(
         pk=rule.pk)
+    if rule.kind == AlertRule.Kind.BUDGET and "threshold" in fields:
+        raise ValidationError({"threshold": ["A budget rule is set with budget_amount, not a threshold."]})
     changes = {}
     for name, value in fields.items():
         if name not in RULE_FIELDS:
@@ -388,6 +475,12 @@ def alert_rule_update(*, rule: AlertRule, actor, channels=None, **fields) -> Ale
         if getattr(rule, name) != value:
             changes[name] = [getattr(rule, name), value]
             setattr(rule, name, value)
+    if budget_amount is not None:
+        before = (rule.budget_minor, rule.budget_currency)
+        _set_budget(rule, budget_amount=budget_amount, organization=rule.organization)
+        if (rule.budget_minor, rule.budget_currency) != before:
+            changes["budget_amount"] = [None if before[0] is None else str(to_decimal(*before)),
+                                        str(to_decimal(rule.budget_minor, rule.budget_currency))]
     _validate_rule(rule)
     rule.save()
     if channels is not None:
@@ -419,7 +512,7 @@ def _validate_matchers(project, matchers: dict) -> dict:
     for key, value in matchers.items():
         if not isinstance(value, str) or not value:
             raise ValidationError({f"matchers.{key}": ["A matcher is a non-empty string."]})
-    if "metric" in matchers:
+    if "metric" in matchers and matchers["metric"] not in BUDGET_METRICS:
         try:
             matchers["metric"] = validate_metric_name(matchers["metric"])
         except ValueError as exc:
@@ -464,7 +557,7 @@ def silence_expire(*, silence: Silence, actor) -> Silence:
     return silence
 
 
-def silence_matches(silence: Silence, *, deployment_public_id: str, rule: AlertRule) -> bool:
+def silence_matches(silence: Silence, *, deployment_public_id: str | None, rule: AlertRule) -> bool:
     wanted = {"deployment": deployment_public_id, "rule": rule.public_id, "metric": rule.metric,
               "severity": rule.severity}
     return all(wanted[key] == value for key, value in silence.matchers.items())
@@ -574,22 +667,181 @@ def _spec_for(rule_row: dict, cache: dict) -> evaluation.RuleSpec:
     return spec
 
 
-def _maintenance_ids(deployment_ids) -> set[int]:
-    from deployments.models import Operation
+def _maintenance_ids(deployment_ids, now: dt.datetime | None = None) -> set[int]:
+    """Deployments in maintenance at `now`: a restart in flight, or an announced window covering it. One query."""
+    from deployments.models import MaintenanceWindow, Operation
 
-    qs = Operation.objects.filter(kind=Operation.Kind.RESTART,
-                                  status__in=[Operation.State.PENDING, Operation.State.RUNNING])
+    now = now or timezone.now()
+    restarting = Operation.objects.filter(kind=Operation.Kind.RESTART,
+                                          status__in=[Operation.State.PENDING, Operation.State.RUNNING])
+    windows = MaintenanceWindow.objects.filter(
+        status__in=[MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS],
+        starts_at__lte=now, ends_at__gt=now)
     if deployment_ids is not None:
-        qs = qs.filter(deployment_id__in=deployment_ids)
-    return set(qs.values_list("deployment_id", flat=True))
+        restarting = restarting.filter(deployment_id__in=deployment_ids)
+        windows = windows.filter(deployment_id__in=deployment_ids)
+    # order_by(): the models' default ordering has no place in a UNION (SQLite refuses it outright).
+    return set(restarting.order_by().values_list("deployment_id", flat=True).union(
+        windows.order_by().values_list("deployment_id", flat=True)))
+
+
+_RULE_ROW_FIELDS = ("id", "public_id", "organization_id", "project_id", "deployment_id", "name", "kind", "metric",
+                    "aggregation", "window_seconds", "operator", "threshold", "threshold_unit", "for_seconds",
+                    "severity", "repeat_interval_seconds")
+# Kinds rules_evaluate decides per deployment; budget rules have their own evaluation (budget_rules_evaluate).
+DEPLOYMENT_RULE_KINDS = (AlertRule.Kind.METRIC, AlertRule.Kind.CERTIFICATE_EXPIRY, AlertRule.Kind.VPC_PEERING)
+
+
+def _rules_of(live: dict, ids, kinds) -> QuerySet:
+    rule_qs = AlertRule.objects.filter(enabled=True, kind__in=kinds)
+    if ids is not None:
+        projects = {v[1] for v in live.values()}
+        rule_qs = rule_qs.filter(Q(deployment_id__in=ids) | Q(deployment__isnull=True, project_id__in=projects))
+    return rule_qs
+
+
+def _targets(rule: dict, live: dict, project_deployments: dict) -> list[int]:
+    if rule["deployment_id"]:
+        return [rule["deployment_id"]] if rule["deployment_id"] in live else []
+    return project_deployments.get(rule["project_id"], [])
+
+
+def _metric_candidates_python(*, now, ids, live, project_deployments) -> list[tuple[int, int, float | None]]:
+    """(rule id, deployment id, value) of the metric rules that are breached now or hold an unresolved alert.
+
+    Every rule and every aggregate is read into Python; the embedded SQLite default has few of each.
+    """
+    rule_rows = list(_rules_of(live, ids, [AlertRule.Kind.METRIC]).values(*_RULE_ROW_FIELDS))
+    windows: dict[int, set[str]] = defaultdict(set)
+    last_needed: dict[int, set[str]] = defaultdict(set)
+    for rule in rule_rows:
+        windows[rule["window_seconds"]].add(rule["metric"])
+        if rule["aggregation"] == "last":
+            last_needed[rule["window_seconds"]].add(rule["metric"])
+    aggregates = _aggregates(deployment_ids=ids, pairs=windows, now=now)
+    lasts = _last_values(deployment_ids=ids, needed=last_needed, now=now) if last_needed else {}
+    unresolved = set(Alert.objects.filter(rule_id__in=[r["id"] for r in rule_rows]).exclude(
+        status=AlertStatus.RESOLVED).values_list("rule_id", "deployment_id"))
+    spec_cache: dict = {}
+    out = []
+    for rule in rule_rows:
+        spec = _spec_for(rule, spec_cache)
+        limit_field = TIER_LIMIT_FIELDS.get(rule["metric"])
+        for dep_id in _targets(rule, live, project_deployments):
+            key = (dep_id, rule["metric"], rule["window_seconds"])
+            if rule["aggregation"] == "last":
+                value = lasts.get(key)
+            else:
+                agg = aggregates.get(key)
+                value = None if agg is None else float(agg[rule["aggregation"]])
+            _, _, max_conn, mps = live[dep_id]
+            tier_limit = {"max_connections": max_conn, "messages_per_second": mps}.get(limit_field)
+            if (rule["id"], dep_id) in unresolved or _breached(spec, value, tier_limit):
+                out.append((rule["id"], dep_id, value))
+    return out
+
+
+def _metric_candidates_sql(*, now, ids) -> list[tuple[int, int, float | None]]:
+    """The same answer as _metric_candidates_python, computed by PostgreSQL in one statement.
+
+    With 10,000 deployments there are 100,000 metric rules and 80,000 aggregates, of which a few hundred matter:
+    the breach test runs where the data is, with the same float arithmetic as `_breached`, and only the pairs that
+    are breached or hold an unresolved alert come back. tests/alerts pins both paths to the same candidates.
+    """
+    from deployments.models import Deployment, DesiredState, Tier
+
+    q = connection.ops.quote_name
+    params: dict = {"now": now, "deleted": DesiredState.DELETED, "metric": AlertRule.Kind.METRIC,
+                    "percent": AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT,
+                    "unresolved": [AlertStatus.PENDING, AlertStatus.FIRING], "ids": ids}
+    limit_cases = []
+    for i, (metric, field) in enumerate(sorted(TIER_LIMIT_FIELDS.items())):
+        params[f"limit_metric_{i}"] = metric
+        limit_cases.append(f"WHEN %(limit_metric_{i})s THEN l.{q(Tier._meta.get_field(field).column)}")
+    # A limit of zero or none makes a percent threshold unbreachable, as in _breached.
+    threshold = (f"CASE WHEN r.threshold_unit = %(percent)s THEN NULLIF(CASE r.metric {' '.join(limit_cases)} END, 0) "
+                 f"* r.threshold / 100.0::float8 ELSE r.threshold END")
+    only_ids = "AND d.id = ANY(%(ids)s)" if ids is not None else ""
+    only_sample_ids = "AND s.deployment_id = ANY(%(ids)s)" if ids is not None else ""
+    tier_columns = ", ".join(f"t.{q(Tier._meta.get_field(f).column)}" for f in sorted(set(TIER_LIMIT_FIELDS.values())))
+    operators = " ".join(f"WHEN '{op}' THEN v.value {op if op != '==' else '='} v.threshold"
+                         for op in AlertRule.Operator.values)
+    rule_table, sample_table = q(AlertRule._meta.db_table), q(MetricSample._meta.db_table)
+    pair_columns = f"r.id AS rule_id, l.id AS deployment_id, r.metric, r.aggregation, r.window_seconds, r.operator, " \
+                   f"{threshold} AS threshold"
+    window = "s.ts > %(now)s - make_interval(secs => w.window_seconds) AND s.ts <= %(now)s"
+    sql = f"""
+    WITH live AS (
+        SELECT d.id, d.project_id, {tier_columns}
+          FROM {q(Deployment._meta.db_table)} d JOIN {q(Tier._meta.db_table)} t ON t.id = d.tier_id
+         WHERE d.desired_state <> %(deleted)s {only_ids}
+    ), pairs AS (
+        SELECT {pair_columns} FROM {rule_table} r JOIN live l ON l.id = r.deployment_id
+         WHERE r.enabled AND r.kind = %(metric)s
+        UNION ALL
+        SELECT {pair_columns} FROM {rule_table} r JOIN live l ON l.project_id = r.project_id
+         WHERE r.enabled AND r.kind = %(metric)s AND r.deployment_id IS NULL
+    ), windows AS (
+        SELECT metric, window_seconds, bool_or(aggregation = 'last') AS needs_last FROM pairs GROUP BY 1, 2
+    ), agg AS (
+        SELECT s.deployment_id, s.name, w.window_seconds, avg(s.value) AS avg, max(s.value) AS max,
+               min(s.value) AS min, sum(s.value) AS sum, count(*)::float8 AS count
+          FROM {sample_table} s JOIN windows w ON w.metric = s.name AND {window} {only_sample_ids}
+         GROUP BY 1, 2, 3
+    ), lasts AS (
+        SELECT DISTINCT ON (s.deployment_id, s.name, w.window_seconds) s.deployment_id, s.name, w.window_seconds,
+               s.value
+          FROM {sample_table} s JOIN windows w ON w.needs_last AND w.metric = s.name AND {window} {only_sample_ids}
+         ORDER BY s.deployment_id, s.name, w.window_seconds, s.ts DESC
+    ), valued AS (
+        SELECT p.rule_id, p.deployment_id, p.operator, p.threshold,
+               CASE p.aggregation WHEN 'avg' THEN a.avg WHEN 'max' THEN a.max WHEN 'min' THEN a.min
+                                  WHEN 'sum' THEN a.sum WHEN 'count' THEN a.count WHEN 'last' THEN la.value END AS value
+          FROM pairs p
+          LEFT JOIN agg a ON a.deployment_id = p.deployment_id AND a.name = p.metric
+                         AND a.window_seconds = p.window_seconds
+          LEFT JOIN lasts la ON la.deployment_id = p.deployment_id AND la.name = p.metric
+                            AND la.window_seconds = p.window_seconds
+    )
+    SELECT v.rule_id, v.deployment_id, v.value
+      FROM valued v
+      LEFT JOIN {q(Alert._meta.db_table)} al ON al.rule_id = v.rule_id AND al.deployment_id = v.deployment_id
+     WHERE al.status = ANY(%(unresolved)s) OR CASE v.operator {operators} END
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(rule_id, dep_id, value) for rule_id, dep_id, value in cursor.fetchall()]
+
+
+def _fact_candidates(*, ids, live, project_deployments) -> list[tuple[int, int, float | None]]:
+    """(rule id, deployment id, value) of the certificate and VPC-peering rules that have a value or an alert."""
+    kinds = [AlertRule.Kind.CERTIFICATE_EXPIRY, AlertRule.Kind.VPC_PEERING]
+    facts = {kind: _facts(kind, ids if ids is not None else list(live)) for kind in kinds}
+    with_alerts = Alert.objects.filter(rule__kind__in=kinds)
+    if ids is not None:
+        with_alerts = with_alerts.filter(deployment_id__in=ids)
+    alerted = set(with_alerts.values_list("rule_id", "deployment_id"))
+    # Only rules that can matter are read: those of deployments with a fact, project-wide ones, and alerted ones.
+    with_facts = {dep for values in facts.values() for dep in values}
+    rule_qs = _rules_of(live, ids, kinds).filter(
+        Q(deployment_id__in=with_facts) | Q(deployment__isnull=True) | Q(pk__in={r for r, _ in alerted}))
+    out = []
+    for rule_id, kind, deployment_id, project_id in rule_qs.values_list("id", "kind", "deployment_id", "project_id"):
+        targets = _targets({"deployment_id": deployment_id, "project_id": project_id}, live, project_deployments)
+        for dep_id in targets:
+            value = facts[kind].get(dep_id)
+            if value is not None or (rule_id, dep_id) in alerted:
+                out.append((rule_id, dep_id, value))
+    return out
 
 
 def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[int] | None = None
                    ) -> EvaluationSummary:
     """Evaluate every enabled rule against every deployment it covers (all live ones, or those listed).
 
-    Reads are one query per kind of input (rules, aggregates per window, alerts, silences, maintenance); writes one
-    statement per kind of row. The lifecycle itself is alerts.evaluation's pure `evaluate`.
+    Only the (rule, deployment) pairs that can change anything are read in full: those breached now and those
+    holding an unresolved alert (on PostgreSQL the breach test itself runs in the database). Their lifecycle is
+    alerts.evaluation's pure `evaluate`; writes are one statement per kind of row.
     """
     from deployments.models import Deployment, DesiredState
 
@@ -604,74 +856,43 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
         "pk", "public_id", "project_id", "tier__max_connections", "tier__messages_per_second")}
     if ids is not None:
         ids = list(live)
-    rule_qs = AlertRule.objects.filter(enabled=True)
-    if ids is not None:
-        projects = {v[1] for v in live.values()}
-        rule_qs = rule_qs.filter(Q(deployment_id__in=ids) | Q(deployment__isnull=True, project_id__in=projects))
-    rule_rows = list(rule_qs.values("id", "public_id", "organization_id", "project_id", "deployment_id", "name",
-                                    "kind", "metric", "aggregation", "window_seconds", "operator", "threshold",
-                                    "threshold_unit", "for_seconds", "severity", "repeat_interval_seconds"))
     project_deployments: dict[int, list[int]] = defaultdict(list)
     for dep_id, (_, project_id, _, _) in live.items():
         project_deployments[project_id].append(dep_id)
 
-    # (rule row, deployment id) pairs and the aggregates they need.
-    pairs: list[tuple[dict, int]] = []
-    windows: dict[int, set[str]] = defaultdict(set)
-    last_needed: dict[int, set[str]] = defaultdict(set)
-    fact_kinds: set[str] = set()
-    for rule in rule_rows:
-        targets = [rule["deployment_id"]] if rule["deployment_id"] else project_deployments.get(rule["project_id"], [])
-        for dep_id in targets:
-            if dep_id in live:
-                pairs.append((rule, dep_id))
-        if rule["kind"] == AlertRule.Kind.METRIC:
-            windows[rule["window_seconds"]].add(rule["metric"])
-            if rule["aggregation"] == "last":
-                last_needed[rule["window_seconds"]].add(rule["metric"])
-        else:
-            fact_kinds.add(rule["kind"])
-    aggregates = _aggregates(deployment_ids=ids, pairs=windows, now=now)
-    lasts = _last_values(deployment_ids=ids, needed=last_needed, now=now) if last_needed else {}
-    facts = {kind: _facts(kind, ids if ids is not None else list(live)) for kind in fact_kinds}
+    if connection.vendor == "postgresql":
+        candidates = _metric_candidates_sql(now=now, ids=ids)
+    else:
+        candidates = _metric_candidates_python(now=now, ids=ids, live=live, project_deployments=project_deployments)
+    candidates += _fact_candidates(ids=ids, live=live, project_deployments=project_deployments)
 
-    rule_ids = {rule["id"] for rule in rule_rows}
-    alerts_qs = Alert.objects.filter(rule_id__in=rule_ids) if ids is not None else Alert.objects.all()
-    if ids is not None:
-        alerts_qs = alerts_qs.filter(deployment_id__in=ids)
-    alerts = {(a.rule_id, a.deployment_id): a for a in alerts_qs}
+    rules = {r["id"]: r for r in AlertRule.objects.filter(pk__in={c[0] for c in candidates}).values(
+        *_RULE_ROW_FIELDS)}
+    alerts = {(a.rule_id, a.deployment_id): a for a in Alert.objects.filter(
+        rule_id__in=rules, deployment_id__in={c[1] for c in candidates})}
     silences_by_project: dict[int, list[Silence]] = defaultdict(list)
     for silence in Silence.objects.filter(starts_at__lte=now, ends_at__gt=now):
         silences_by_project[silence.project_id].append(silence)
-    maintenance = _maintenance_ids(ids)
+    maintenance = _maintenance_ids(ids, now=now)
 
     spec_cache: dict = {}
-    summary = EvaluationSummary(rules=len(rule_rows))
+    summary = EvaluationSummary(rules=_rules_of(live, ids, DEPLOYMENT_RULE_KINDS).count())
     new_alerts: list[Alert] = []
     changed_alerts: list[Alert] = []
     events: list[tuple[Alert, str, float | None, str]] = []
     notifications: list[tuple[Alert, str]] = []
     rule_objects: dict[int, AlertRule] = {}
 
-    for rule, dep_id in pairs:
+    for rule_id, dep_id, value in candidates:
+        rule = rules[rule_id]
         public_id, _, max_conn, mps = live[dep_id]
-        if rule["kind"] == AlertRule.Kind.METRIC:
-            if rule["aggregation"] == "last":
-                value = lasts.get((dep_id, rule["metric"], rule["window_seconds"]))
-            else:
-                agg = aggregates.get((dep_id, rule["metric"], rule["window_seconds"]))
-                value = None if agg is None else float(agg[rule["aggregation"]])
-        else:
-            value = facts.get(rule["kind"], {}).get(dep_id)
-        alert = alerts.get((rule["id"], dep_id))
-        if value is None and alert is None:
-            continue  # a gap with no alert: nothing can change
+        alert = alerts.get((rule_id, dep_id))
         limit_field = TIER_LIMIT_FIELDS.get(rule["metric"])
         tier_limit = {"max_connections": max_conn, "messages_per_second": mps}.get(limit_field)
         spec = _spec_for(rule, spec_cache)
         breached = _breached(spec, value, tier_limit)
         if not breached and (alert is None or alert.status == AlertStatus.RESOLVED):
-            continue  # the common case, decided without building a state
+            continue  # a fact with a value that breaches nothing, and no alert to resolve
         silenced = any(_silence_matches_row(silence, public_id, rule)
                        for silence in silences_by_project.get(rule["project_id"], ()))
         state = None if alert is None else evaluation.AlertState(
@@ -701,11 +922,7 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
         alert.summary = _alert_summary(rule, public_id, value, transition.threshold)[:300]
         if transition.changed:
             summary.changed += 1
-            alert.status, alert.since = transition.status, transition.since
-            if transition.status == AlertStatus.FIRING:
-                alert.fired_at, alert.resolved_at = now, None
-            elif transition.status == AlertStatus.RESOLVED:
-                alert.resolved_at, alert.acknowledged_until = now, None
+            _apply_transition(alert, transition, now)
             events.append((alert, transition.status, value, transition.reason))
             if transition.suppressed_by:
                 events.append((alert, AlertEvent.Kind.SUPPRESSED, value,
@@ -728,9 +945,8 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
                 rule_id__in={a.rule_id for a in new_alerts}, deployment_id__in={a.deployment_id for a in new_alerts})}
             for a in new_alerts:
                 a.pk = a.pk or saved.get((a.rule_id, a.deployment_id))
-        Alert.objects.bulk_update(changed_alerts, ["status", "since", "fired_at", "resolved_at", "severity", "value",
-                                                   "threshold", "summary", "last_evaluated_at", "last_notified_at",
-                                                   "acknowledged_until"], batch_size=5000)
+        _alerts_update(changed_alerts, ["status", "since", "fired_at", "resolved_at", "severity", "value", "threshold",
+                                        "summary", "last_evaluated_at", "last_notified_at", "acknowledged_until"])
         AlertEvent.objects.bulk_create([AlertEvent(alert_id=a.pk, kind=k, value=v, message=m[:500], created_at=now)
                                         for a, k, v, m in events if a.pk], batch_size=5000)
         if notifications:
@@ -740,6 +956,38 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
                 rule_objects[r.pk] = r
             summary.notifications = _notify_alerts(notifications, rule_objects, live, now)
     return summary
+
+
+def _alerts_update(alerts: list[Alert], fields: list[str]) -> None:
+    """Save these fields of many alerts in one statement.
+
+    On PostgreSQL an UPDATE … FROM unnest(arrays): Django's bulk_update builds a CASE WHEN per field and row, which
+    takes seconds for the few hundred firing alerts a full evaluation refreshes.
+    """
+    if not alerts:
+        return
+    if connection.vendor != "postgresql":
+        Alert.objects.bulk_update(alerts, fields, batch_size=500)
+        return
+    q = connection.ops.quote_name
+    columns = [Alert._meta.get_field(name) for name in fields]
+    arrays = [[a.pk for a in alerts]] + [[f.get_db_prep_save(getattr(a, f.attname), connection) for a in alerts]
+                                         for f in columns]
+    unnest = ", ".join(["%s::bigint[]"] + [f"%s::{f.db_type(connection)}[]" for f in columns])
+    names = ", ".join(q(f.column) for f in columns)
+    assignments = ", ".join(f"{q(f.column)} = v.{q(f.column)}" for f in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {q(Alert._meta.db_table)} AS a SET {assignments} "
+                       f"FROM unnest({unnest}) AS v(id, {names}) WHERE a.id = v.id", arrays)
+
+
+def _apply_transition(alert: Alert, transition: evaluation.Transition, now: dt.datetime) -> None:
+    """Carry the evaluator's change of status onto the alert row."""
+    alert.status, alert.since = transition.status, transition.since
+    if transition.status == AlertStatus.FIRING:
+        alert.fired_at, alert.resolved_at = now, None
+    elif transition.status == AlertStatus.RESOLVED:
+        alert.resolved_at, alert.acknowledged_until = now, None
 
 
 def _breached(spec: evaluation.RuleSpec, value: float | None, tier_limit) -> bool:
@@ -787,7 +1035,26 @@ def _routes(rules: Iterable[AlertRule]) -> dict[int, list[NotificationChannel]]:
     return routes
 
 
-def _alert_payload(alert: Alert, rule: AlertRule, kind: str, deployment_public_id: str, now: dt.datetime) -> dict:
+def _subject_of(rule: AlertRule, deployment_public_id: str | None) -> dict:
+    """What an alert is about: its deployment, or for a budget rule the project or organization whose spend it is."""
+    if deployment_public_id is not None:
+        return {"type": "deployment", "id": deployment_public_id}
+    if rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION:
+        return {"type": "organization", "id": rule.organization.public_id}
+    return {"type": "project", "id": rule.project.public_id}
+
+
+def _budget_of(alert: Alert, rule: AlertRule) -> dict | None:
+    """A budget alert's money, as exact decimal strings in major units: never a float."""
+    if alert.spend_minor is None or not alert.currency:
+        return None
+    return {"metric": rule.metric, "scope": rule.budget_scope, "currency": alert.currency,
+            "spend": str(to_decimal(alert.spend_minor, alert.currency)),
+            "budget": str(to_decimal(alert.budget_minor, alert.currency))}
+
+
+def _alert_payload(alert: Alert, rule: AlertRule, kind: str, deployment_public_id: str | None,
+                   now: dt.datetime) -> dict:
     event = {"fire": "alert.firing", "repeat": "alert.firing", "resolve": "alert.resolved"}[kind]
     return {
         "event": event,
@@ -802,6 +1069,8 @@ def _alert_payload(alert: Alert, rule: AlertRule, kind: str, deployment_public_i
         "organization": rule.organization.public_id,
         "project": rule.project.public_id,
         "deployment": deployment_public_id,
+        "subject": _subject_of(rule, deployment_public_id),
+        "budget": _budget_of(alert, rule),
         "fired_at": alert.fired_at.isoformat() if alert.fired_at else None,
         "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
         "sent_at": now.isoformat(),
@@ -813,7 +1082,8 @@ def _notify_alerts(notifications, rule_objects: dict[int, AlertRule], live: dict
     deliveries = []
     for alert, kind in notifications:
         rule = rule_objects[alert.rule_id]
-        payload = _alert_payload(alert, rule, kind, live[alert.deployment_id][0], now)
+        deployment_public_id = live[alert.deployment_id][0] if alert.deployment_id is not None else None
+        payload = _alert_payload(alert, rule, kind, deployment_public_id, now)
         for channel in routes[rule.pk]:
             deliveries.append(Delivery(organization_id=rule.organization_id, channel=channel, alert_id=alert.pk,
                                        kind=kind, payload=payload, created_at=now))
@@ -829,9 +1099,136 @@ def _enqueue_deliveries(deliveries: list[Delivery]) -> None:
         from alerts.tasks import deliver_notification
 
         for pk in ids:
-            deliver_notification.delay(pk)
+            deliver_notification.delay(pk, 0)
 
     transaction.on_commit(enqueue)
+
+
+# -- budget rules --------------------------------------------------------------------------------------------------
+
+_BUDGET_LABELS = {SPEND_MONTH_TO_DATE: "month-to-date spend", SPEND_FORECAST: "forecast spend"}
+_NOT = {">": "<=", ">=": "<"}
+
+
+def _budget_spec(rule: AlertRule) -> evaluation.RuleSpec:
+    """The pure evaluator's spec for a budget rule. The evaluator compares floats, so money is compared here, in
+    integer minor units, and the evaluator is only told whether the budget is exceeded (1) or not (0)."""
+    # Budget rules carry no broker metric; the evaluator only validates the name, so a vocabulary name stands in.
+    return evaluation.RuleSpec(metric="rule_resource_down", aggregation="last", window_seconds=60, operator=">",
+                               threshold=0, for_seconds=rule.for_seconds, severity=rule.severity,
+                               repeat_interval_seconds=rule.repeat_interval_seconds)
+
+
+def _budget_summary(rule: AlertRule, spend_minor: int, currency: str, exceeded: bool) -> str:
+    subject = (f"organization {rule.organization.name}" if rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION
+               else f"project {rule.project.name}")
+    operator = rule.operator if exceeded else _NOT[rule.operator]
+    return (f"{rule.name}: {_BUDGET_LABELS[rule.metric]} {to_decimal(spend_minor, currency)} {currency} {operator} "
+            f"{to_decimal(rule.budget_minor, currency)} {currency} on {subject}")
+
+
+def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummary:
+    """Evaluate every enabled budget rule against this month's spend of its project or its organization.
+
+    Spend comes from billing's selectors, computed once per organization or (organization, project) that some rule
+    needs, never once per rule; it is compared with the budget in integer minor units. The lifecycle (pending,
+    firing, resolved, acknowledgements, silences, repeats) is alerts.evaluation's pure `evaluate`, as for metrics.
+    """
+    from billing.selectors import billing_account_for, spend_month_to_date
+
+    now = now or timezone.now()
+    rules = list(AlertRule.objects.filter(enabled=True, kind=AlertRule.Kind.BUDGET)
+                 .select_related("organization", "project"))
+    summary = EvaluationSummary(rules=len(rules))
+    if not rules:
+        return summary
+
+    accounts: dict[int, object] = {}
+    spends: dict[tuple[int, int | None], object] = {}
+    for rule in rules:
+        key = (rule.organization_id, rule.project_id if rule.budget_scope == AlertRule.BudgetScope.PROJECT else None)
+        if key not in spends:
+            if rule.organization_id not in accounts:
+                accounts[rule.organization_id] = billing_account_for(organization=rule.organization)
+            spends[key] = spend_month_to_date(account=accounts[rule.organization_id], now=now, project_id=key[1])
+    alerts = {a.rule_id: a for a in Alert.objects.filter(rule_id__in=[r.pk for r in rules], deployment__isnull=True)}
+    silences_by_project: dict[int, list[Silence]] = defaultdict(list)
+    for silence in Silence.objects.filter(project_id__in={r.project_id for r in rules}, starts_at__lte=now,
+                                          ends_at__gt=now):
+        silences_by_project[silence.project_id].append(silence)
+
+    new_alerts: list[Alert] = []
+    changed_alerts: list[Alert] = []
+    events: list[tuple[Alert, str, str]] = []
+    notifications: list[tuple[Alert, str]] = []
+    for rule in rules:
+        spend = spends[(rule.organization_id,
+                        rule.project_id if rule.budget_scope == AlertRule.BudgetScope.PROJECT else None)]
+        if spend.currency != rule.budget_currency:
+            # Comparing across currencies would invent an exchange rate: the rule waits for a budget in the new one.
+            logger.warning("budget rule %s is in %s but its billing account bills in %s: not evaluated",
+                           rule.public_id, rule.budget_currency, spend.currency)
+            continue
+        amount = spend.month_to_date if rule.metric == SPEND_MONTH_TO_DATE else spend.forecast
+        exceeded = amount >= rule.budget_minor if rule.operator == ">=" else amount > rule.budget_minor
+        alert = alerts.get(rule.pk)
+        if not exceeded and (alert is None or alert.status == AlertStatus.RESOLVED):
+            continue
+        silenced = any(silence_matches(silence, deployment_public_id=None, rule=rule)
+                       for silence in silences_by_project.get(rule.project_id, ()))
+        state = None if alert is None else evaluation.AlertState(
+            status=alert.status, since=alert.since, last_notified_at=alert.last_notified_at,
+            acknowledged_until=alert.acknowledged_until, silenced=silenced)
+        # A new alert has no state to carry the silence: the evaluator's other withholding switch stands in for it.
+        transition = evaluation.evaluate(_budget_spec(rule), [(now, 1 if exceeded else 0)], now, state, None,
+                                         maintenance=silenced and alert is None)
+        summary.evaluated += 1
+        if transition.status is None:
+            continue
+        if alert is None:
+            alert = Alert(organization_id=rule.organization_id, project_id=rule.project_id, rule=rule,
+                          deployment=None, status=transition.status, since=now, severity=rule.severity,
+                          created_at=now)
+            new_alerts.append(alert)
+        else:
+            changed_alerts.append(alert)
+        alert.severity, alert.last_evaluated_at = rule.severity, now
+        alert.value = alert.threshold = None  # money is never a float: it lives in the *_minor fields
+        alert.spend_minor, alert.budget_minor, alert.currency = amount, rule.budget_minor, spend.currency
+        alert.summary = _budget_summary(rule, amount, spend.currency, exceeded)[:300]
+        if transition.changed:
+            summary.changed += 1
+            _apply_transition(alert, transition, now)
+            events.append((alert, transition.status, f"{transition.reason}: {alert.summary}"))
+            if transition.suppressed_by:
+                events.append((alert, AlertEvent.Kind.SUPPRESSED, "notification withheld: silence"))
+        if transition.notify is not None:
+            kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE,
+                    "repeat": Delivery.Kind.REPEAT}[transition.notify]
+            alert.last_notified_at = None if kind == Delivery.Kind.RESOLVE else now
+            notifications.append((alert, kind))
+            events.append((alert, AlertEvent.Kind.NOTIFIED, f"{kind} notification"))
+
+    if not (new_alerts or changed_alerts):
+        return summary
+    with transaction.atomic():
+        # Few rows, so one insert each: a concurrent run may have created the alert first, and then the partial
+        # unique index keeps theirs and this copy is dropped with its events and notifications (theirs were sent).
+        for alert in new_alerts:
+            try:
+                with transaction.atomic():
+                    alert.save(force_insert=True)
+            except IntegrityError:
+                alert.pk = None
+        Alert.objects.bulk_update(changed_alerts, ["status", "since", "fired_at", "resolved_at", "severity", "value",
+                                                   "threshold", "summary", "last_evaluated_at", "last_notified_at",
+                                                   "acknowledged_until", "spend_minor", "budget_minor", "currency"])
+        AlertEvent.objects.bulk_create([AlertEvent(alert_id=a.pk, kind=k, message=m[:500], created_at=now)
+                                        for a, k, m in events if a.pk])
+        notifications = [(a, k) for a, k in notifications if a.pk]
+        if notifications:
+            summary.notifications = _notify_alerts(notifications, {r.pk: r for r in rules}, {}, now)
+    return summary
 
 
 # -- channels ------------------------------------------------------------------------------------------------------
@@ -990,6 +1387,10 @@ def _text_of(payload: dict) -> tuple[str, str]:
                 "resolved_at", "message"):
         if payload.get(key) not in (None, ""):
             lines.append(f"{key}: {payload[key]}")
+    budget = payload.get("budget")
+    if isinstance(budget, dict):
+        lines.append(f"spend ({budget['metric']}, {budget['scope']}): {budget['spend']} {budget['currency']}")
+        lines.append(f"budget: {budget['budget']} {budget['currency']}")
     return subject, "\n".join(lines)
 
 
@@ -1020,11 +1421,25 @@ def _send(channel: NotificationChannel, delivery: Delivery) -> senders.DeliveryR
     return senders.DeliveryResult(False, None, "", f"unknown channel type {channel.type}", 0)
 
 
-def delivery_attempt(*, delivery_id: int) -> tuple[Delivery | None, int | None]:
-    """Make one attempt; record it. Returns (delivery, seconds before the next attempt or None when done)."""
-    delivery = Delivery.objects.select_related("channel", "channel__organization").filter(pk=delivery_id).first()
-    if delivery is None or delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED):
-        return delivery, None
+# How long an attempt holds its delivery: longer than any sender's timeout. A worker that dies mid-attempt leaves the
+# delivery to deliveries_resume once this and its grace have passed.
+DELIVERY_ATTEMPT_LEASE = dt.timedelta(minutes=2)
+
+
+def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None
+                     ) -> tuple[Delivery | None, int | None]:
+    """Make one attempt; record it. Returns (delivery, seconds before the next attempt or None when done).
+
+    The attempt is claimed first by counting it, conditionally: a message carries the number of attempts made when
+    it was sent, so a duplicate of it (a sweep re-sending a message that was only late) finds the count moved on and
+    does nothing. Messages without the number (sent before it existed) are attempted as they come.
+    """
+    claim = Delivery.objects.filter(pk=delivery_id, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING])
+    if expected_attempts is not None:
+        claim = claim.filter(attempts=expected_attempts)
+    if not claim.update(attempts=F("attempts") + 1, next_attempt_at=timezone.now() + DELIVERY_ATTEMPT_LEASE):
+        return Delivery.objects.filter(pk=delivery_id).first(), None
+    delivery = Delivery.objects.select_related("channel", "channel__organization").get(pk=delivery_id)
     channel = delivery.channel
     if not channel.enabled:
         result = senders.DeliveryResult(False, None, "", "channel disabled", 0)
@@ -1033,7 +1448,6 @@ def delivery_attempt(*, delivery_id: int) -> tuple[Delivery | None, int | None]:
     now = timezone.now()
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
-        delivery.attempts += 1
         DeliveryAttempt.objects.create(delivery=delivery, number=delivery.attempts, ok=result.ok,
                                        status_code=result.status_code, response_body=result.response_body,
                                        error=result.error[:500], duration_ms=result.duration_ms, created_at=now)
@@ -1048,9 +1462,47 @@ def delivery_attempt(*, delivery_id: int) -> tuple[Delivery | None, int | None]:
             else:
                 delivery.status = Delivery.Status.RETRYING
                 delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
-        delivery.save(update_fields=["attempts", "status", "completed_at", "next_attempt_at"])
+        delivery.save(update_fields=["status", "completed_at", "next_attempt_at"])
         _channel_health(channel.pk, ok=result.ok, now=now)
     return delivery, delay
+
+
+# A retry is a Celery message with a countdown; one lost with its worker or its Redis is re-sent after this grace.
+DELIVERY_RESUME_GRACE = dt.timedelta(minutes=5)
+DELIVERY_RESUME_BATCH = 1000
+
+
+def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = DELIVERY_RESUME_GRACE) -> int:
+    """Re-enqueue deliveries left behind: due more than `grace` ago (a lost retry), or never attempted though created
+    more than `grace` ago (a lost first message). Returns how many were re-enqueued.
+
+    Rows are claimed under FOR UPDATE SKIP LOCKED and their next_attempt_at moved to now in the same transaction, so
+    a concurrent sweep neither waits nor re-enqueues them again; the message goes out once that claim commits.
+    A message that was only late, not lost, and the re-sent one carry the same attempt count: delivery_attempt
+    lets one of them through.
+    """
+    now = now or timezone.now()
+    cutoff = now - grace
+    open_statuses = [Delivery.Status.PENDING, Delivery.Status.RETRYING]
+    stale = (Q(status__in=open_statuses, next_attempt_at__lt=cutoff)
+             | Q(status=Delivery.Status.PENDING, attempts=0, next_attempt_at__isnull=True, created_at__lt=cutoff))
+    with transaction.atomic():
+        rows = list(Delivery.objects.select_for_update(skip_locked=True).filter(stale).order_by("pk")
+                    .values_list("pk", "attempts")[:DELIVERY_RESUME_BATCH])
+        if not rows:
+            return 0
+        Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now)
+
+        def enqueue():
+            from alerts.tasks import deliver_notification
+
+            # With the attempt count it was re-sent at: if the first message was only late, one of the two attempts.
+            for pk, attempts in rows:
+                deliver_notification.delay(pk, attempts)
+
+        transaction.on_commit(enqueue)
+    logger.warning("re-enqueued %d stale deliveries", len(rows))
+    return len(rows)
 
 
 def _channel_health(channel_id: int, *, ok: bool, now: dt.datetime) -> None:

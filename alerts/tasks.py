@@ -39,12 +39,18 @@ def evaluate_rules() -> None:
     services.rules_evaluate()
 
 
+@shared_task(name="alerts.evaluate_budget_rules", ignore_result=True)
+def evaluate_budget_rules() -> None:
+    """Beat, every 15 minutes: spend moves with metered hours, so a minute's cadence would only recompute it."""
+    services.budget_rules_evaluate()
+
+
 @shared_task(name="alerts.deliver_notification", bind=True, ignore_result=True,
              max_retries=len(channels.retry_delays()))
-def deliver_notification(self, delivery_id: int) -> None:
-    _, delay = services.delivery_attempt(delivery_id=delivery_id)
+def deliver_notification(self, delivery_id: int, expected_attempts: int | None = None) -> None:
+    delivery, delay = services.delivery_attempt(delivery_id=delivery_id, expected_attempts=expected_attempts)
     if delay is not None:
-        raise self.retry(countdown=delay)
+        raise self.retry(countdown=delay, args=(delivery_id, delivery.attempts))
 
 
 @shared_task(name="alerts.rollup_metrics", ignore_result=True)
@@ -65,3 +71,9 @@ def check_failing_channels() -> None:
 @shared_task(name="alerts.notify_failed_deployments", ignore_result=True)
 def notify_failed_deployments() -> None:
     services.failed_deployments_notify()
+
+
+@shared_task(name="alerts.resume_deliveries", ignore_result=True)
+def resume_deliveries() -> int:
+    """Every 5 minutes: re-send deliveries whose retry message was lost with a worker or with Redis."""
+    return services.deliveries_resume()

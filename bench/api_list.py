@@ -33,6 +33,9 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 DURATION = float(os.environ.get("BENCH_SECONDS", "8"))
 CLIENTS = 4
+# What we ship: the Helm chart's default web pod (helm/controlplane/values.yaml web.gunicorn) and the Dockerfile's
+# command run three sync workers of one thread each.
+GUNICORN = ["--workers", "3", "--threads", "1"]
 
 
 def setup_data():
@@ -121,11 +124,14 @@ def raw_floor(org_pk, seconds):
 def main():
     org, secret = setup_data()
     counts = query_counts(org, secret)
+    # The floor is measured before and after the stack and the better figure kept: a background vacuum or a slow
+    # moment must not flatter the ratio.
+    floor_before = raw_floor(org.pk, DURATION / 2)
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "controlplane.settings"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "controlplane.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--threads", "2", "--log-level", "warning"], cwd=ROOT, env=env)
+        [sys.executable, "-m", "gunicorn", "controlplane.wsgi:application", "--bind", f"127.0.0.1:{port}", *GUNICORN,
+         "--log-level", "warning"], cwd=ROOT, env=env)
     try:
         for _ in range(100):
             try:
@@ -140,9 +146,9 @@ def main():
     finally:
         server.terminate()
         server.wait(10)
-    floor = raw_floor(org.pk, DURATION / 2)
-    print(f"full stack (gunicorn 2x2, {CLIENTS} clients): {stack:8.1f} req/s   page of 100 projects")
-    print(f"floor (raw psycopg + json.dumps, 1 client): {floor:8.1f} req/s")
+    floor = max(floor_before, raw_floor(org.pk, DURATION / 2))
+    print(f"full stack (gunicorn {' '.join(GUNICORN)}, {CLIENTS} clients): {stack:8.1f} req/s   page of 100 projects")
+    print(f"floor (raw psycopg + json.dumps, 1 client, best of two): {floor:8.1f} req/s")
     print(f"ratio stack/floor: {stack / floor:.2f}   (target >= 0.25)")
     print(f"SQL queries per request: page_size=10 -> {counts[10]}, page_size=100 -> {counts[100]}   (target: equal)")
 

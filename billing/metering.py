@@ -261,11 +261,14 @@ def _meter_python(start: datetime.datetime, end: datetime.datetime) -> int:
 
 def usage_preview(*, start: datetime.datetime, end: datetime.datetime, currency: str,
                   organization_id: int | None = None, deployment_id: int | None = None,
-                  ) -> list[tuple[int, Decimal]]:
-    """(seconds, hourly price) of usage not recorded yet, e.g. the current partial hour, computed on the fly."""
+                  project_id: int | None = None) -> list[tuple[int, Decimal]]:
+    """(seconds, hourly price) of usage not recorded yet, e.g. the current partial hour, computed on the fly: of one
+    deployment, or of an organization's deployments (only those of one project when `project_id` is given)."""
     if start >= end:
         return []
     scope = Q(deployment_id=deployment_id) if deployment_id else Q(deployment__project__organization_id=organization_id)
+    if project_id and not deployment_id:
+        scope &= Q(deployment__project_id=project_id)
     intervals, terms = _intervals_and_terms(start, end, scope)
     book = PriceBook()
     out = []

@@ -249,6 +249,7 @@ SPECTACULAR_SETTINGS = {
         "ProjectRoleEnum": "organizations.roles.PROJECT_ROLE_CHOICES",
         "AlertStatusEnum": "alerts.models.AlertStatus",
         "AlertRuleKindEnum": "alerts.models.AlertRule.Kind",
+        "MaintenanceWindowStatusEnum": "deployments.models.MaintenanceWindow.Status",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -305,11 +306,15 @@ CELERY_BEAT_SCHEDULE = {
     "billing.process_overdue": {"task": "billing.process_overdue", "schedule": crontab(minute=40, hour=6)},
     "billing.process_annual_renewals": {"task": "billing.process_annual_renewals", "schedule": crontab(minute=10)},
     "deployments.sweep_reconcile": {"task": "deployments.sweep_reconcile", "schedule": RECONCILE_SWEEP_SECONDS},
+    "deployments.start_due_maintenance": {"task": "deployments.start_due_maintenance", "schedule": crontab()},
     # Collection fans out one task per running deployment; each evaluates its deployment's rules once stored.
     "alerts.collect_metrics": {"task": "alerts.collect_metrics", "schedule": crontab()},
     "alerts.rollup_metrics": {"task": "alerts.rollup_metrics", "schedule": crontab(minute="*/5")},
     "alerts.prune_metrics": {"task": "alerts.prune_metrics", "schedule": crontab(minute=17)},
+    "alerts.evaluate_budget_rules": {"task": "alerts.evaluate_budget_rules", "schedule": crontab(minute="*/15")},
     "alerts.check_failing_channels": {"task": "alerts.check_failing_channels", "schedule": crontab(minute=27)},
+    # A delivery whose retry message was lost (worker killed, Redis flushed) is picked up again.
+    "alerts.resume_deliveries": {"task": "alerts.resume_deliveries", "schedule": crontab(minute="*/5")},
     "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments",
                                          "schedule": crontab(minute="*/5")},
 }

@@ -3,12 +3,14 @@
 Every change made here is audited (AuditedModelAdmin). Observed state is the reconciler's: shown, never editable.
 """
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.utils import timezone
+from rest_framework import exceptions
 
 from audit.admin_mixins import AuditedModelAdmin
-from deployments import crypto
-from deployments.models import (AclRule, Deployment, DeploymentEvent, MqttUser, Operation, Plan, Price,
-                                RateLimitPolicy, Region, StatusInterval, Tier)
+from deployments import crypto, services
+from deployments.models import (AclRule, Deployment, DeploymentEvent, MaintenanceWindow, MqttUser, Operation, Plan,
+                                Price, RateLimitPolicy, Region, StatusInterval, Tier)
 
 
 class RegionForm(forms.ModelForm):
@@ -76,6 +78,74 @@ class DeploymentAdmin(AuditedModelAdmin, admin.ModelAdmin):
                        "restart_nonce", "created_at", "updated_at", "deleted_at")
     exclude = ("monitor_password_encrypted", "monitor_salt_b64", "monitor_hash_b64", "api_secret_encrypted")
     inlines = [OperationInline]
+
+
+class MaintenanceWindowForm(forms.ModelForm):
+    class Meta:
+        model = MaintenanceWindow
+        fields = ["deployment", "starts_at", "ends_at", "emergency", "reason"]
+        widgets = {"reason": forms.Textarea(attrs={"rows": 3})}
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            data["reason"] = services.maintenance_validate(
+                deployment=data["deployment"], starts_at=data["starts_at"], ends_at=data["ends_at"],
+                reason=data["reason"], emergency=data.get("emergency", False), now=timezone.now())
+        except exceptions.APIException as exc:
+            detail = exc.detail if isinstance(exc.detail, dict) else {None: exc.detail}
+            for field, errors in detail.items():
+                self.add_error(field if field in self.fields else None,
+                               [str(e) for e in errors] if isinstance(errors, list) else str(errors))
+        return data
+
+
+@admin.register(MaintenanceWindow)
+class MaintenanceWindowAdmin(AuditedModelAdmin, admin.ModelAdmin):
+    """Scheduling goes through deployments.services (lead time, overlaps, the organization's notification, the
+    audit entry); a window is never edited afterwards, only cancelled."""
+
+    form = MaintenanceWindowForm
+    list_display = ("public_id", "deployment", "starts_at", "ends_at", "emergency", "status", "created_by")
+    list_filter = ("status", "emergency", "deployment__region")
+    search_fields = ("public_id", "deployment__public_id", "deployment__name", "reason")
+    raw_id_fields = ("deployment",)
+    actions = ["cancel_windows"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("public_id", "deployment", "starts_at", "ends_at", "emergency", "reason", "status", "operation",
+                "created_by", "created_at", "cancelled_at")
+
+    def get_fields(self, request, obj=None):
+        return self.get_readonly_fields(request, obj) or self.form.Meta.fields
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # customers were told: a window is cancelled (and they are told again), never erased
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        window = services.maintenance_schedule(
+            deployment=obj.deployment, starts_at=obj.starts_at, ends_at=obj.ends_at, reason=obj.reason,
+            emergency=obj.emergency, actor=self._actor(request))
+        for field in MaintenanceWindow._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(window, field.attname))
+        obj._state.adding = False
+
+    @admin.action(description="Cancel the selected windows (notifies the organizations)")
+    def cancel_windows(self, request, queryset):
+        cancelled = 0
+        for window in queryset:
+            try:
+                services.maintenance_cancel(window=window, actor=self._actor(request))
+                cancelled += 1
+            except exceptions.APIException as exc:
+                self.message_user(request, f"{window.public_id}: {exc.detail}", messages.WARNING)
+        self.message_user(request, f"{cancelled} maintenance window(s) cancelled.")
 
 
 @admin.register(StatusInterval)

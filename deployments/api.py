@@ -14,8 +14,8 @@ from controlplane.api.pagination import CursorPagination
 from controlplane.api.serializers import InputSerializer, StrictCharField
 from controlplane.api.views import PublicAPIView, ScopedViewSet
 from deployments import selectors, services
-from deployments.models import (AclRule, Deployment, DeploymentEvent, MqttUser, Operation, Plan, Price,
-                                RateLimitPolicy, Region)
+from deployments.models import (AclRule, Deployment, DeploymentEvent, MaintenanceWindow, MqttUser, Operation, Plan,
+                                Price, RateLimitPolicy, Region)
 from organizations import access
 from projects.models import Project
 
@@ -92,6 +92,13 @@ _DEPLOYMENT_EXAMPLE = {
     "generation": 1, "observed_generation": 1, "connection": {"host": "127.0.0.1", "ports": {"mqtt": 21883}},
     "deletion_protection": False, "last_error": "", "last_tier_change_at": None,
     "created_at": "2026-11-02T10:00:00Z", "updated_at": "2026-11-02T10:00:01Z", "deleted_at": None,
+    "next_maintenance": None,
+}
+_MAINTENANCE_EXAMPLE = {
+    "id": "mnt_h4j5k6l7m8n9p0q1r2s3", "deployment": "dep_m3k2x9q4b8c1v5n6z7a0",
+    "starts_at": "2026-11-20T02:00:00Z", "ends_at": "2026-11-20T04:00:00Z", "emergency": False,
+    "reason": "Broker security update (EMQX 5.8.4).", "status": "scheduled", "created_at": "2026-11-02T10:00:00Z",
+    "cancelled_at": None,
 }
 _OPERATION_EXAMPLE = {
     "id": "op_q2w3e4r5t6y7u8i9o0pa", "deployment": "dep_m3k2x9q4b8c1v5n6z7a0", "kind": "create",
@@ -105,6 +112,14 @@ class ConnectionSerializer(serializers.Serializer):
     ports = serializers.DictField(child=serializers.IntegerField(), help_text="Protocol (mqtt, ws, mqtts, wss) -> port.")
 
 
+class NextMaintenanceSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+
+    class Meta:
+        model = MaintenanceWindow
+        fields = ["id", "starts_at", "ends_at", "emergency", "reason", "status"]
+
+
 @extend_schema_serializer(examples=[OpenApiExample("Deployment", value=_DEPLOYMENT_EXAMPLE, response_only=True)])
 class DeploymentSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
@@ -113,16 +128,24 @@ class DeploymentSerializer(serializers.ModelSerializer):
     tier = serializers.CharField(source="tier.code", read_only=True)
     region = serializers.CharField(source="region.code", read_only=True)
     connection = serializers.SerializerMethodField()
+    next_maintenance = serializers.SerializerMethodField()
 
     class Meta:
         model = Deployment
         fields = ["id", "name", "project", "plan", "tier", "region", "desired_state", "status", "status_reason",
                   "conditions", "generation", "observed_generation", "connection", "deletion_protection",
-                  "last_error", "last_tier_change_at", "created_at", "updated_at", "deleted_at"]
+                  "last_error", "last_tier_change_at", "created_at", "updated_at", "deleted_at", "next_maintenance"]
 
     @extend_schema_field(ConnectionSerializer)
     def get_connection(self, obj) -> dict:
         return {"host": obj.endpoints.get("host", ""), "ports": obj.endpoints.get("ports", {})}
+
+    @extend_schema_field(NextMaintenanceSerializer(allow_null=True, help_text=(
+        "The maintenance window in progress or the next one scheduled (its brokers restart once inside it; "
+        "alerts are withheld during it), or null.")))
+    def get_next_maintenance(self, obj) -> dict | None:
+        window = selectors.next_maintenance(obj)
+        return NextMaintenanceSerializer(window).data if window is not None else None
 
 
 @extend_schema_serializer(examples=[OpenApiExample("Operation", value=_OPERATION_EXAMPLE, response_only=True)])
@@ -221,7 +244,7 @@ def _accepted(result, http_status=status.HTTP_202_ACCEPTED) -> Response:
 
 
 class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
-    queryset = selectors.deployment_queryset()
+    queryset = selectors.deployment_detail_queryset()
     tenant_field = "project"
     scope_level = "project"
     lookup_url_kwarg = "dep"
@@ -279,7 +302,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
             raise exceptions.PermissionDenied("Changing deletion protection needs the deployment:write scope.")
         deployment = services.deployment_update(deployment=deployment, actor=self.principal,
                                                 **data.validated_data)
-        return Response(DeploymentSerializer(selectors.deployment_queryset().get(pk=deployment.pk)).data)
+        return Response(DeploymentSerializer(selectors.deployment_detail_queryset().get(pk=deployment.pk)).data)
 
     @extend_schema(summary="Delete a deployment (409 while deletion protection is on)", tags=DEPLOYMENTS_TAG,
                    request=None, responses={202: DeploymentAcceptedSerializer})
@@ -379,6 +402,49 @@ class EventViewSet(mixins.ListModelMixin, _DeploymentChildViewSet):
     required_scopes = {"list": "deployment:read"}
 
     @extend_schema(summary="A deployment's timeline of events", tags=DEPLOYMENTS_TAG)
+    def list(self, request, *args, **kwargs):
+        self.deployment()
+        return super().list(request, *args, **kwargs)
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Maintenance window", value=_MAINTENANCE_EXAMPLE,
+                                                   response_only=True)])
+class MaintenanceWindowSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    deployment = serializers.CharField(source="deployment.public_id", read_only=True)
+
+    class Meta:
+        model = MaintenanceWindow
+        fields = ["id", "deployment", "starts_at", "ends_at", "emergency", "reason", "status", "created_at",
+                  "cancelled_at"]
+
+
+class MaintenancePagination(CursorPagination):
+    ordering = ("-starts_at", "-id")
+
+
+class MaintenanceWindowViewSet(mixins.ListModelMixin, _DeploymentChildViewSet):
+    """Read-only: the platform's operators schedule maintenance, and the organization is notified as they do."""
+
+    queryset = MaintenanceWindow.objects.select_related("deployment")
+    serializer_class = MaintenanceWindowSerializer
+    pagination_class = MaintenancePagination
+    required_scopes = {"list": "deployment:read"}
+
+    def narrow_queryset(self, queryset):
+        queryset = super().narrow_queryset(queryset)
+        wanted = self.request.query_params.get("status")
+        if wanted is None:
+            return queryset
+        if wanted not in MaintenanceWindow.Status.values:
+            raise exceptions.ValidationError({"status": [
+                f"One of {', '.join(MaintenanceWindow.Status.values)}."]})
+        return queryset.filter(status=wanted)
+
+    @extend_schema(summary="A deployment's maintenance windows, latest first (announced 14 days ahead; 24 hours "
+                           "for an emergency)", tags=DEPLOYMENTS_TAG, parameters=[
+        OpenApiParameter("status", OpenApiTypes.STR, OpenApiParameter.QUERY,
+                         enum=list(MaintenanceWindow.Status.values), description="Only windows in this status.")])
     def list(self, request, *args, **kwargs):
         self.deployment()
         return super().list(request, *args, **kwargs)

@@ -311,3 +311,44 @@ class RateLimitPolicy(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["deployment", "level"], name="rate_limit_level_unique")]
+
+
+class MaintenanceWindow(models.Model):
+    """Announced maintenance of one deployment: its brokers restart once, inside [starts_at, ends_at).
+
+    Written only by deployments.services (maintenance_schedule, maintenance_cancel, maintenance_start_due). While a
+    scheduled or in-progress window covers now, the deployment's alerts are withheld (alerts.services).
+    """
+
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    public_id = PublicIdField(prefix="mnt")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="maintenance_windows")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    emergency = models.BooleanField(default=False, help_text="Announced at least 24 hours ahead instead of 14 days.")
+    reason = models.CharField(max_length=500)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    # The restart this window started: set once, under the window's row lock, so a window restarts at most once.
+    operation = models.ForeignKey(Operation, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["starts_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="maintenance_window_ordered"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "starts_at"], name="maintenance_window_due_idx"),
+            models.Index(fields=["deployment", "starts_at"], name="maintenance_window_dep_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.public_id} {self.starts_at:%Y-%m-%d %H:%M}–{self.ends_at:%H:%M} UTC ({self.status})"

@@ -6,15 +6,39 @@ number of queries whatever the page size. Nothing here writes.
 from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
+from django.db.models.functions import Now
 
 from deployments import crypto
 from deployments.drivers.local import RATE_LIMIT_LEVELS, honoured_rate_limits
-from deployments.models import (AclRule, Deployment, DeploymentEvent, DesiredState, MqttUser, Operation, Plan, Price,
-                                RateLimitPolicy, Region, Tier)
+from deployments.models import (AclRule, Deployment, DeploymentEvent, DesiredState, MaintenanceWindow, MqttUser,
+                                Operation, Plan, Price, RateLimitPolicy, Region, Tier)
 
 
 def deployment_queryset() -> QuerySet[Deployment]:
     return Deployment.objects.select_related("project", "plan", "tier", "region")
+
+
+def _upcoming_maintenance() -> QuerySet[MaintenanceWindow]:
+    # Now() rather than a Python timestamp: view classes build their queryset once, at import.
+    return MaintenanceWindow.objects.filter(
+        status__in=[MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS], ends_at__gt=Now(),
+    ).order_by("starts_at", "id")
+
+
+def deployment_detail_queryset() -> QuerySet[Deployment]:
+    """Deployments as the API shows them: with their current or next maintenance window (one query for a page)."""
+    return deployment_queryset().prefetch_related(
+        Prefetch("maintenance_windows", queryset=_upcoming_maintenance(), to_attr="upcoming_maintenance"))
+
+
+def next_maintenance(deployment: Deployment) -> MaintenanceWindow | None:
+    """The window in progress or the next one scheduled; prefetched by deployment_detail_queryset, else one query."""
+    upcoming = getattr(deployment, "upcoming_maintenance", None)
+    if upcoming is not None:
+        return upcoming[0] if upcoming else None
+    if deployment.pk is None:
+        return None
+    return _upcoming_maintenance().filter(deployment=deployment).first()
 
 
 def deployment_list(*, project, include_deleted: bool = False) -> QuerySet[Deployment]:

@@ -23,8 +23,8 @@ from controlplane.api.problems import Conflict
 from deployments import crypto, pricing
 from deployments.drivers.base import RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
-from deployments.models import (AclRule, DeploymentEvent, DesiredState, Deployment, MqttUser, Operation, Plan,
-                                RateLimitPolicy, Region, Status, Tier)
+from deployments.models import (AclRule, DeploymentEvent, DesiredState, Deployment, MaintenanceWindow, MqttUser,
+                                Operation, Plan, RateLimitPolicy, Region, Status, Tier)
 from deployments.passwords import hash_mqtt_password, validate_mqtt_username
 from deployments.topics import validate_topic_filter
 
@@ -377,8 +377,13 @@ def deployment_delete(*, deployment: Deployment, actor, force: bool = False) -> 
     deployment.desired_state = DesiredState.DELETED
     _bump(deployment, "desired_state")
     operation = _operation(deployment, Operation.Kind.DELETE, actor, {"force": True} if force else {})
+    # Maintenance of a deployment that is going away is moot; whoever deleted it needs no notice of that.
+    cancelled = MaintenanceWindow.objects.filter(deployment=deployment, status=MaintenanceWindow.Status.SCHEDULED
+                                                 ).update(status=MaintenanceWindow.Status.CANCELLED,
+                                                          cancelled_at=timezone.now())
     audit_record(actor=actor, organization=deployment.project.organization, action="deployment.delete",
-                 target=deployment, summary={"force": force, "operation": operation.public_id})
+                 target=deployment, summary={"force": force, "operation": operation.public_id,
+                                             "maintenance_cancelled": cancelled})
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
@@ -548,6 +553,175 @@ def rate_limits_replace(*, deployment: Deployment, actor, policies: list[dict]) 
     operation = _configure(deployment, actor, "rate_limits.replace",
                            {"policies": [dataclasses.asdict(limit) for limit in limits]})
     return rows, operation
+
+
+# -- maintenance windows ------------------------------------------------------------------------------------------
+
+# Customers are told in advance: 14 days for planned maintenance, 24 hours for an emergency (DESIGN §7, issue #5).
+MAINTENANCE_LEAD_TIME = datetime.timedelta(days=14)
+EMERGENCY_MAINTENANCE_LEAD_TIME = datetime.timedelta(hours=24)
+MAINTENANCE_MAX_DURATION = datetime.timedelta(hours=4)
+MAINTENANCE_OPEN = [MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS]
+
+
+def _utc(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def maintenance_window_text(window: MaintenanceWindow) -> str:
+    starts, ends = (w.astimezone(datetime.timezone.utc) for w in (window.starts_at, window.ends_at))
+    end = ends.strftime("%H:%M" if starts.date() == ends.date() else "%Y-%m-%d %H:%M")
+    return f"{starts:%Y-%m-%d %H:%M}–{end} UTC"
+
+
+def maintenance_validate(*, deployment: Deployment, starts_at: datetime.datetime, ends_at: datetime.datetime,
+                         reason: str, emergency: bool = False, now: datetime.datetime | None = None) -> str:
+    """The checks of maintenance_schedule, without writing: the lead time, the duration, overlaps. Returns the
+    cleaned reason; raises ValidationError (400) or Conflict (409) naming the field at fault."""
+    now = now or timezone.now()
+    _refuse_if_deleted(deployment)
+    for field, value in (("starts_at", starts_at), ("ends_at", ends_at)):
+        if not isinstance(value, datetime.datetime) or timezone.is_naive(value):
+            raise exceptions.ValidationError({field: ["A date and time with a timezone (ISO 8601), e.g. "
+                                                      "2026-12-01T02:00:00Z."]})
+    reason = (reason or "").strip()
+    if not reason or len(reason) > 500 or any(c in reason for c in "\x00\r"):
+        raise exceptions.ValidationError({"reason": ["Say why, in 1 to 500 characters: customers read it."]})
+    lead = EMERGENCY_MAINTENANCE_LEAD_TIME if emergency else MAINTENANCE_LEAD_TIME
+    earliest = now + lead
+    if starts_at < earliest:
+        kind = "Emergency maintenance must be announced at least 24 hours ahead" if emergency else \
+            "Maintenance must be announced at least 14 days ahead (24 hours for an emergency)"
+        raise exceptions.ValidationError({"starts_at": [f"{kind}: the earliest allowed start is {_utc(earliest)}."]})
+    if ends_at <= starts_at:
+        raise exceptions.ValidationError({"ends_at": ["The window must end after it starts."]})
+    if ends_at - starts_at > MAINTENANCE_MAX_DURATION:
+        hours = MAINTENANCE_MAX_DURATION.total_seconds() / 3600
+        raise exceptions.ValidationError({"ends_at": [f"A maintenance window lasts at most {hours:g} hours."]})
+    clash = (MaintenanceWindow.objects.filter(deployment=deployment, status__in=MAINTENANCE_OPEN,
+                                              starts_at__lt=ends_at, ends_at__gt=starts_at)
+             .order_by("starts_at").first())
+    if clash is not None:
+        raise Conflict({"starts_at": [f"The deployment already has maintenance {clash.public_id} "
+                                      f"({maintenance_window_text(clash)}) overlapping this window."]})
+    return reason
+
+
+@transaction.atomic
+def maintenance_schedule(*, deployment: Deployment, starts_at: datetime.datetime, ends_at: datetime.datetime,
+                         reason: str, emergency: bool = False, actor,
+                         now: datetime.datetime | None = None) -> MaintenanceWindow:
+    """Announce maintenance: the brokers restart once inside the window, alerts are withheld during it, and the
+    organization hears of it now through its platform-event channels (or its administrators by email)."""
+    from alerts.models import PlatformEvent
+    from alerts.services import notify_platform_event
+
+    deployment = _locked(deployment)  # serializes schedules of one deployment: the overlap check holds
+    reason = maintenance_validate(deployment=deployment, starts_at=starts_at, ends_at=ends_at, reason=reason,
+                                  emergency=emergency, now=now)
+    window = MaintenanceWindow(deployment=deployment, starts_at=starts_at, ends_at=ends_at, emergency=emergency,
+                               reason=reason, created_by=_user_of(actor), created_at=now or timezone.now())
+    window.save()
+    what = "Emergency maintenance" if emergency else "Maintenance"
+    _event(deployment, "maintenance.scheduled",
+           f"{what} {window.public_id} scheduled for {maintenance_window_text(window)}: {reason}")
+    organization = deployment.project.organization
+    audit_record(actor=actor, organization=organization, action="deployment.maintenance.schedule", target=window,
+                 summary={"deployment": deployment.public_id, "starts_at": _utc(starts_at), "ends_at": _utc(ends_at),
+                          "emergency": emergency, "reason": reason})
+    notify_platform_event(
+        organization=organization, kind=PlatformEvent.Kind.MAINTENANCE_SCHEDULED, subject=deployment.public_id,
+        severity="warning" if emergency else "info", dedup_key=f"maintenance:{window.public_id}",
+        message=(f"{what} scheduled for deployment {deployment.name} ({deployment.public_id}): "
+                 f"{maintenance_window_text(window)}.\n"
+                 f"Reason: {reason}\n"
+                 f"Its brokers restart once during the window (one at a time where there are several); persistent "
+                 f"sessions and their queued messages are kept. Alerts of this deployment are withheld during the "
+                 f"window. Reference: {window.public_id}."))
+    return window
+
+
+@transaction.atomic
+def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.datetime | None = None
+                       ) -> MaintenanceWindow:
+    """Call off a window that has not started; the organization is told, as it was told of the schedule."""
+    from alerts.models import PlatformEvent
+    from alerts.services import notify_platform_event
+
+    now = now or timezone.now()
+    window = (MaintenanceWindow.objects.select_for_update(of=("self",))
+              .select_related("deployment__project__organization").get(pk=window.pk))
+    if window.status != MaintenanceWindow.Status.SCHEDULED:
+        raise Conflict(f"Only a scheduled maintenance window can be cancelled; {window.public_id} is "
+                       f"{window.get_status_display().lower()}.")
+    window.status, window.cancelled_at = MaintenanceWindow.Status.CANCELLED, now
+    window.save(update_fields=["status", "cancelled_at"])
+    deployment = window.deployment
+    _event(deployment, "maintenance.cancelled",
+           f"Maintenance {window.public_id} ({maintenance_window_text(window)}) cancelled")
+    organization = deployment.project.organization
+    audit_record(actor=actor, organization=organization, action="deployment.maintenance.cancel", target=window,
+                 summary={"deployment": deployment.public_id, "starts_at": _utc(window.starts_at)})
+    notify_platform_event(
+        organization=organization, kind=PlatformEvent.Kind.MAINTENANCE_CANCELLED, subject=deployment.public_id,
+        severity="info", dedup_key=f"maintenance_cancelled:{window.public_id}",
+        message=(f"Maintenance cancelled for deployment {deployment.name} ({deployment.public_id}): "
+                 f"{maintenance_window_text(window)} will not take place.\nReference: {window.public_id}."))
+    return window
+
+
+@transaction.atomic
+def _maintenance_start(window_id: int, now: datetime.datetime) -> bool:
+    # The window's row lock and its status are the guarantee of one restart per window: a second run (or a
+    # concurrent one) finds it locked or no longer scheduled.
+    window = (MaintenanceWindow.objects.select_for_update(skip_locked=True, of=("self",))
+              .select_related("deployment").filter(pk=window_id, status=MaintenanceWindow.Status.SCHEDULED).first())
+    if window is None:
+        return False
+    deployment = window.deployment
+    if deployment.desired_state == DesiredState.DELETED:
+        window.status, window.cancelled_at = MaintenanceWindow.Status.CANCELLED, now
+        window.save(update_fields=["status", "cancelled_at"])
+        return False
+    if window.ends_at <= now:
+        # Nothing ran it while it was open (beat was down): a restart now would be one nobody announced.
+        window.status = MaintenanceWindow.Status.COMPLETED
+        window.save(update_fields=["status"])
+        _event(deployment, "maintenance.missed",
+               f"Maintenance {window.public_id} ({maintenance_window_text(window)}) passed without a restart")
+        return False
+    window.status = MaintenanceWindow.Status.IN_PROGRESS
+    try:
+        with transaction.atomic():
+            _, operation = deployment_restart(deployment=deployment, actor=None)
+    except exceptions.APIException as exc:  # stopped, or another operation in flight: alerts stay withheld anyway
+        window.save(update_fields=["status"])
+        _event(deployment, "maintenance.started", f"Maintenance {window.public_id} started without a restart: "
+                                                  f"{exc.detail}")
+        return True
+    window.operation = operation
+    window.save(update_fields=["status", "operation"])
+    _event(deployment, "maintenance.started", f"Maintenance {window.public_id} started: {window.reason}", operation)
+    return True
+
+
+def maintenance_start_due(*, now: datetime.datetime | None = None) -> tuple[int, int]:
+    """Start every window whose time has come (one restart each) and complete those that have ended.
+    Returns (started, completed); safe to run any number of times, concurrently included."""
+    now = now or timezone.now()
+    due = list(MaintenanceWindow.objects.filter(status=MaintenanceWindow.Status.SCHEDULED, starts_at__lte=now)
+               .order_by("starts_at").values_list("pk", flat=True))
+    started = sum(_maintenance_start(pk, now) for pk in due)
+    with transaction.atomic():
+        ended = list(MaintenanceWindow.objects.select_for_update(skip_locked=True)
+                     .filter(status=MaintenanceWindow.Status.IN_PROGRESS, ends_at__lte=now))
+        for window in ended:
+            window.status = MaintenanceWindow.Status.COMPLETED
+        MaintenanceWindow.objects.bulk_update(ended, ["status"])
+        DeploymentEvent.objects.bulk_create([
+            DeploymentEvent(deployment_id=w.deployment_id, operation_id=w.operation_id, kind="maintenance.completed",
+                            message=f"Maintenance {w.public_id} completed", created_at=now) for w in ended])
+    return started, len(ended)
 
 
 # -- the sweep -------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Celery tasks of the deployments app: the reconcile loop and its sweep. Ids in, one call, re-enqueue on the way out."""
+"""Celery tasks of the deployments app: the reconcile loop and its sweep, and the maintenance windows' clock. Ids in,
+one call, re-enqueue on the way out."""
 import time
 
 from celery import shared_task
@@ -45,3 +46,10 @@ def reconcile(deployment_id: int, attempt: int = 0) -> str:
 def sweep_reconcile() -> int:
     """Re-drive whatever is not converged: a lost task, a killed worker or a flushed Redis never strands anything."""
     return services.reconcile_sweep()
+
+
+@shared_task(name="deployments.start_due_maintenance", ignore_result=True)
+def start_due_maintenance() -> int:
+    """Every minute: start the maintenance windows whose time has come (one restart each), complete ended ones."""
+    started, _completed = services.maintenance_start_due()
+    return started

@@ -26,6 +26,8 @@ urlpatterns = [
     path(ONE + "/operations/<str:op>", api.OperationViewSet.as_view({"get": "retrieve"}),
          name="deployment-operation-detail"),
     path(ONE + "/events", api.EventViewSet.as_view({"get": "list"}), name="deployment-event-list"),
+    path(ONE + "/maintenance-windows", api.MaintenanceWindowViewSet.as_view({"get": "list"}),
+         name="deployment-maintenance-window-list"),
     path(ONE + "/mqtt-users", api.MqttUserViewSet.as_view({"get": "list", "post": "create"}),
          name="deployment-mqtt-user-list"),
     path(ONE + "/mqtt-users/<str:user>",

@@ -392,3 +392,17 @@ def test_collector_state_keeps_offset_when_collected_twice(owner_org):
     services.deployment_collect(deployment_id=deployment.pk)
     state.refresh_from_db()
     assert state.log_offset == 42 and state.available is False
+
+
+def test_samples_round_trip_exactly_and_non_finite_values_leave_a_gap(owner_org):
+    deployment = make_deployment(owner_org.default_project)
+    at = timezone.now()
+    values = [0.1, 1e-300, 123456789.123456789, -2.5, float("nan"), float("inf")]
+    stored = services.samples_store(rows=[(deployment.pk, "connections", at + dt.timedelta(seconds=i), v)
+                                          for i, v in enumerate(values)])
+    assert stored == 4
+    assert list(MetricSample.objects.filter(deployment=deployment).order_by("ts").values_list("value", flat=True)) \
+        == values[:4]
+    assert MetricSample.objects.filter(deployment=deployment).first().ts == at
+    with pytest.raises(ValueError):
+        services.samples_store(rows=[(deployment.pk, "bogus\tname", at, 1.0)])
