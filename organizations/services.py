@@ -405,7 +405,8 @@ class _KeyLookup:
         from django.contrib.auth import get_user_model
 
         q = connection.ops.quote_name
-        parts = [(ApiKey, "k"), (Organization, "o"), (get_user_model(), "u"), (Membership, "m")]
+        user_model = get_user_model()
+        parts = [(ApiKey, "k"), (Organization, "o"), (user_model, "u"), (Membership, "m")]
 
         def column(alias, model, name):
             return f"{alias}.{q(model._meta.get_field(name).column)}"
@@ -417,8 +418,8 @@ class _KeyLookup:
                f"FROM {q(ApiKey._meta.db_table)} k "
                f"JOIN {q(Organization._meta.db_table)} o "
                f"ON {column('o', Organization, 'id')} = {column('k', ApiKey, 'organization')} "
-               f"JOIN {q(parts[2][0]._meta.db_table)} u "
-               f"ON {column('u', parts[2][0], 'id')} = {column('k', ApiKey, 'created_by')} "
+               f"JOIN {q(user_model._meta.db_table)} u "
+               f"ON {column('u', user_model, 'id')} = {column('k', ApiKey, 'created_by')} "
                f"LEFT JOIN {q(Membership._meta.db_table)} m "
                f"ON {column('m', Membership, 'organization')} = {column('k', ApiKey, 'organization')} "
                f"AND {column('m', Membership, 'user')} = {column('k', ApiKey, 'created_by')} "
