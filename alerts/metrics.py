@@ -77,10 +77,6 @@ def validate_metric_name(name: str) -> str:
     return canonical
 
 
-def metric_kind(name: str) -> MetricKind:
-    return METRICS[validate_metric_name(name)].kind
-
-
 # Budget rules watch spend, not a broker: these names are valid only for `kind: budget`, never as sample names.
 SPEND_MONTH_TO_DATE = "spend_month_to_date"
 SPEND_FORECAST = "spend_forecast"

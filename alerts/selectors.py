@@ -9,12 +9,13 @@ import dataclasses
 import datetime as dt
 import math
 
+from django.db import connection
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from alerts.metrics import METRICS, MetricKind
-from alerts.models import (Alert, AlertEvent, AlertRule, CollectorState, Delivery, DeliveryAttempt, MetricRollup,
-                           MetricSample, NotificationChannel, Silence)
+from alerts.models import (Alert, AlertEvent, CollectorState, Delivery, DeliveryAttempt, MetricRollup, MetricSample,
+                           NotificationChannel)
 from alerts.services import RAW_RETENTION, TIER_LIMIT_FIELDS
 
 MAX_POINTS = 1440
@@ -90,6 +91,8 @@ def current_metrics(*, deployment) -> dict:
     """The latest sample of each metric (within 48 h) and, where the tier has one, its limit and usage percent."""
     latest = (MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION)
               .order_by("name", "-ts"))
+    if connection.vendor == "postgresql":
+        latest = latest.distinct("name")  # one row per metric, not 48 hours of them
     values: dict[str, tuple[dt.datetime, float]] = {}
     for name, ts, value in latest.values_list("name", "ts", "value").iterator():
         values.setdefault(name, (ts, value))
@@ -104,14 +107,6 @@ def current_metrics(*, deployment) -> dict:
     return {"metrics": out, "conditions": metrics_conditions(deployment=deployment)}
 
 
-def alert_rule_list(*, project, deployment=None) -> QuerySet[AlertRule]:
-    qs = AlertRule.objects.filter(project=project).select_related("deployment").prefetch_related(
-        Prefetch("channels", queryset=NotificationChannel.objects.only("id", "public_id")))
-    if deployment is not None:
-        qs = qs.filter(deployment=deployment)
-    return qs
-
-
 def alert_list(*, organization) -> QuerySet[Alert]:
     return Alert.objects.filter(organization=organization).select_related("rule", "organization", "deployment",
                                                                           "project", "acknowledged_by")
@@ -119,14 +114,6 @@ def alert_list(*, organization) -> QuerySet[Alert]:
 
 def alert_events(*, alert: Alert) -> QuerySet[AlertEvent]:
     return AlertEvent.objects.filter(alert=alert).order_by("created_at", "id")
-
-
-def silence_list(*, project) -> QuerySet[Silence]:
-    return Silence.objects.filter(project=project).select_related("created_by")
-
-
-def channel_list(*, organization) -> QuerySet[NotificationChannel]:
-    return NotificationChannel.objects.filter(organization=organization)
 
 
 def delivery_list(*, channel: NotificationChannel) -> QuerySet[Delivery]:

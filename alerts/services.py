@@ -20,7 +20,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Avg, Count, F, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
@@ -33,6 +33,7 @@ from alerts.models import (Alert, AlertEvent, AlertRule, AlertStatus, CollectorS
 from audit.services import audit_record
 from billing.money import minor_units, round_half_up, to_decimal
 from controlplane.metrics import NOTIFICATION_FAILURES
+from organizations.access import acting_user
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ TIER_LIMIT_FIELDS = {
 
 def collect_interval_seconds() -> int:
     return int(getattr(settings, "COLLECT_INTERVAL_SECONDS", 60))
-
-
-def _user_of(actor):
-    if actor is None:
-        return None
-    key = getattr(actor, "api_key", None)
-    return getattr(actor, "user", None) or (key.created_by if key is not None else None)
 
 
 # -- samples and rollups -------------------------------------------------------------------------------------------
@@ -536,7 +530,7 @@ def silence_create(*, project, actor, matchers: dict, starts_at: dt.datetime | N
         raise ValidationError({"ends_at": ["The end must be after the start."]})
     silence = Silence(organization=project.organization, project=project,
                       matchers=_validate_matchers(project, dict(matchers or {})), starts_at=starts_at,
-                      ends_at=ends_at, comment=comment, created_by=_user_of(actor))
+                      ends_at=ends_at, comment=comment, created_by=acting_user(actor))
     silence.full_clean(exclude=["organization", "project", "created_by"])
     silence.save()
     audit_record(actor=actor, organization=project.organization, action="silence.create", target=silence,
@@ -557,10 +551,11 @@ def silence_expire(*, silence: Silence, actor) -> Silence:
     return silence
 
 
-def silence_matches(silence: Silence, *, deployment_public_id: str | None, rule: AlertRule) -> bool:
-    wanted = {"deployment": deployment_public_id, "rule": rule.public_id, "metric": rule.metric,
-              "severity": rule.severity}
-    return all(wanted[key] == value for key, value in silence.matchers.items())
+def silence_matches(silence: Silence, *, deployment: str | None, rule: str, metric: str, severity: str) -> bool:
+    """Whether a silence's matchers all hold for an alert of this rule (public ids) about this deployment (None for a
+    budget alert, which no deployment matcher matches)."""
+    wanted = {"deployment": deployment, "rule": rule, "metric": metric, "severity": severity}
+    return all(wanted.get(key) == value for key, value in silence.matchers.items())
 
 
 @transaction.atomic
@@ -574,7 +569,7 @@ def alert_acknowledge(*, alert: Alert, actor, until: dt.datetime, comment: str =
 
         raise Conflict(f"Only a firing alert can be acknowledged; this one is {alert.status}.")
     alert.acknowledged_until, alert.acknowledgement_comment = until, comment
-    alert.acknowledged_by = _user_of(actor)
+    alert.acknowledged_by = acting_user(actor)
     alert.save(update_fields=["acknowledged_until", "acknowledgement_comment", "acknowledged_by"])
     AlertEvent.objects.create(alert=alert, kind=AlertEvent.Kind.ACKNOWLEDGED,
                               message=f"until {until.isoformat()}: {comment}"[:500])
@@ -669,14 +664,11 @@ def _spec_for(rule_row: dict, cache: dict) -> evaluation.RuleSpec:
 
 def _maintenance_ids(deployment_ids, now: dt.datetime | None = None) -> set[int]:
     """Deployments in maintenance at `now`: a restart in flight, or an announced window covering it. One query."""
-    from deployments.models import MaintenanceWindow, Operation
+    from deployments.models import ACTIVE_OPERATION_STATES, OPEN_MAINTENANCE_STATES, MaintenanceWindow, Operation
 
     now = now or timezone.now()
-    restarting = Operation.objects.filter(kind=Operation.Kind.RESTART,
-                                          status__in=[Operation.State.PENDING, Operation.State.RUNNING])
-    windows = MaintenanceWindow.objects.filter(
-        status__in=[MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS],
-        starts_at__lte=now, ends_at__gt=now)
+    restarting = Operation.objects.filter(kind=Operation.Kind.RESTART, status__in=ACTIVE_OPERATION_STATES)
+    windows = MaintenanceWindow.objects.filter(status__in=OPEN_MAINTENANCE_STATES, starts_at__lte=now, ends_at__gt=now)
     if deployment_ids is not None:
         restarting = restarting.filter(deployment_id__in=deployment_ids)
         windows = windows.filter(deployment_id__in=deployment_ids)
@@ -823,6 +815,8 @@ def _fact_candidates(*, ids, live, project_deployments) -> list[tuple[int, int, 
     alerted = set(with_alerts.values_list("rule_id", "deployment_id"))
     # Only rules that can matter are read: those of deployments with a fact, project-wide ones, and alerted ones.
     with_facts = {dep for values in facts.values() for dep in values}
+    if not with_facts and not alerted:
+        return []
     rule_qs = _rules_of(live, ids, kinds).filter(
         Q(deployment_id__in=with_facts) | Q(deployment__isnull=True) | Q(pk__in={r for r, _ in alerted}))
     out = []
@@ -865,23 +859,25 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     else:
         candidates = _metric_candidates_python(now=now, ids=ids, live=live, project_deployments=project_deployments)
     candidates += _fact_candidates(ids=ids, live=live, project_deployments=project_deployments)
+    summary = EvaluationSummary(rules=_rules_of(live, ids, DEPLOYMENT_RULE_KINDS).count())
+    if not candidates:
+        return summary  # the usual minute of a healthy deployment: nothing breached, nothing to resolve
 
     rules = {r["id"]: r for r in AlertRule.objects.filter(pk__in={c[0] for c in candidates}).values(
         *_RULE_ROW_FIELDS)}
     alerts = {(a.rule_id, a.deployment_id): a for a in Alert.objects.filter(
         rule_id__in=rules, deployment_id__in={c[1] for c in candidates})}
     silences_by_project: dict[int, list[Silence]] = defaultdict(list)
-    for silence in Silence.objects.filter(starts_at__lte=now, ends_at__gt=now):
+    for silence in Silence.objects.filter(project_id__in={r["project_id"] for r in rules.values()},
+                                          starts_at__lte=now, ends_at__gt=now):
         silences_by_project[silence.project_id].append(silence)
     maintenance = _maintenance_ids(ids, now=now)
 
     spec_cache: dict = {}
-    summary = EvaluationSummary(rules=_rules_of(live, ids, DEPLOYMENT_RULE_KINDS).count())
     new_alerts: list[Alert] = []
     changed_alerts: list[Alert] = []
     events: list[tuple[Alert, str, float | None, str]] = []
     notifications: list[tuple[Alert, str]] = []
-    rule_objects: dict[int, AlertRule] = {}
 
     for rule_id, dep_id, value in candidates:
         rule = rules[rule_id]
@@ -893,7 +889,8 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
         breached = _breached(spec, value, tier_limit)
         if not breached and (alert is None or alert.status == AlertStatus.RESOLVED):
             continue  # a fact with a value that breaches nothing, and no alert to resolve
-        silenced = any(_silence_matches_row(silence, public_id, rule)
+        silenced = any(silence_matches(silence, deployment=public_id, rule=rule["public_id"], metric=rule["metric"],
+                                       severity=rule["severity"])
                        for silence in silences_by_project.get(rule["project_id"], ()))
         state = None if alert is None else evaluation.AlertState(
             status=alert.status, since=alert.since, last_notified_at=alert.last_notified_at,
@@ -928,34 +925,55 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
                 events.append((alert, AlertEvent.Kind.SUPPRESSED, value,
                                f"notification withheld: {'silence' if silenced else 'maintenance'}"))
         if transition.notify is not None:
-            kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE,
-                    "repeat": Delivery.Kind.REPEAT}[transition.notify]
-            alert.last_notified_at = None if kind == Delivery.Kind.RESOLVE else now
-            notifications.append((alert, kind))
-            events.append((alert, AlertEvent.Kind.NOTIFIED, value, f"{kind} notification"))
+            _note_notification(alert, transition, value, now, events, notifications)
 
+    summary.notifications = _evaluation_save(
+        new_alerts=new_alerts, changed_alerts=changed_alerts, fields=_ALERT_STATE_FIELDS, events=events,
+        notifications=notifications, rule_objects=None, live=live, now=now)
+    return summary
+
+
+_ALERT_STATE_FIELDS = ["status", "since", "fired_at", "resolved_at", "severity", "value", "threshold", "summary",
+                       "last_evaluated_at", "last_notified_at", "acknowledged_until"]
+
+
+def _note_notification(alert: Alert, transition: evaluation.Transition, value: float | None, now: dt.datetime,
+                       events: list, notifications: list) -> None:
+    kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE,
+            "repeat": Delivery.Kind.REPEAT}[transition.notify]
+    alert.last_notified_at = None if kind == Delivery.Kind.RESOLVE else now
+    notifications.append((alert, kind))
+    events.append((alert, AlertEvent.Kind.NOTIFIED, value, f"{kind} notification"))
+
+
+def _evaluation_save(*, new_alerts: list[Alert], changed_alerts: list[Alert], fields: list[str], events: list,
+                     notifications: list[tuple[Alert, str]], rule_objects: dict[int, AlertRule] | None, live: dict,
+                     now: dt.datetime) -> int:
+    """Write what an evaluation decided, one statement per kind of row; returns the notifications queued.
+
+    A concurrent evaluation may have created one of the new alerts first: the unique constraints keep theirs, and
+    this run's copy is dropped with its events and notifications (theirs went out). The public id, generated here
+    for each new alert, tells which insert won.
+    """
     if not (new_alerts or changed_alerts):
-        return summary
+        return 0
     with transaction.atomic():
-        # A concurrent evaluation of the same deployment may have created the alert first: the constraint keeps
-        # one, and this run's copy is dropped rather than duplicated.
-        Alert.objects.bulk_create(new_alerts, ignore_conflicts=True, batch_size=5000)
-        if any(a.pk is None for a in new_alerts):
-            saved = {(a.rule_id, a.deployment_id): a.pk for a in Alert.objects.filter(
-                rule_id__in={a.rule_id for a in new_alerts}, deployment_id__in={a.deployment_id for a in new_alerts})}
-            for a in new_alerts:
-                a.pk = a.pk or saved.get((a.rule_id, a.deployment_id))
-        _alerts_update(changed_alerts, ["status", "since", "fired_at", "resolved_at", "severity", "value", "threshold",
-                                        "summary", "last_evaluated_at", "last_notified_at", "acknowledged_until"])
+        if new_alerts:
+            Alert.objects.bulk_create(new_alerts, ignore_conflicts=True, batch_size=5000)
+            saved = dict(Alert.objects.filter(public_id__in=[a.public_id for a in new_alerts])
+                         .values_list("public_id", "pk"))
+            for alert in new_alerts:
+                alert.pk = saved.get(alert.public_id)
+        _alerts_update(changed_alerts, fields)
         AlertEvent.objects.bulk_create([AlertEvent(alert_id=a.pk, kind=k, value=v, message=m[:500], created_at=now)
                                         for a, k, v, m in events if a.pk], batch_size=5000)
-        if notifications:
-            ids_needed = {a.rule_id for a, _ in notifications}
-            for r in AlertRule.objects.filter(pk__in=ids_needed).select_related("project", "organization",
-                                                                                  "deployment"):
-                rule_objects[r.pk] = r
-            summary.notifications = _notify_alerts(notifications, rule_objects, live, now)
-    return summary
+        notifications = [(a, k) for a, k in notifications if a.pk]
+        if not notifications:
+            return 0
+        if rule_objects is None:
+            rule_objects = AlertRule.objects.select_related("project", "organization", "deployment").in_bulk(
+                {a.rule_id for a, _ in notifications})
+        return _notify_alerts(notifications, rule_objects, live, now)
 
 
 def _alerts_update(alerts: list[Alert], fields: list[str]) -> None:
@@ -998,12 +1016,6 @@ def _breached(spec: evaluation.RuleSpec, value: float | None, tier_limit) -> boo
             return False
         return evaluation.OPERATORS[spec.operator](value, tier_limit * spec.threshold / 100.0)
     return evaluation.OPERATORS[spec.operator](value, spec.threshold)
-
-
-def _silence_matches_row(silence: Silence, deployment_public_id: str, rule: dict) -> bool:
-    wanted = {"deployment": deployment_public_id, "rule": rule["public_id"], "metric": rule["metric"],
-              "severity": rule["severity"]}
-    return all(wanted.get(key) == value for key, value in silence.matchers.items())
 
 
 def _alert_summary(rule: dict, deployment_public_id: str, value, threshold) -> str:
@@ -1159,7 +1171,7 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
 
     new_alerts: list[Alert] = []
     changed_alerts: list[Alert] = []
-    events: list[tuple[Alert, str, str]] = []
+    events: list[tuple[Alert, str, float | None, str]] = []
     notifications: list[tuple[Alert, str]] = []
     for rule in rules:
         spend = spends[(rule.organization_id,
@@ -1174,7 +1186,8 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
         alert = alerts.get(rule.pk)
         if not exceeded and (alert is None or alert.status == AlertStatus.RESOLVED):
             continue
-        silenced = any(silence_matches(silence, deployment_public_id=None, rule=rule)
+        silenced = any(silence_matches(silence, deployment=None, rule=rule.public_id, metric=rule.metric,
+                                       severity=rule.severity)
                        for silence in silences_by_project.get(rule.project_id, ()))
         state = None if alert is None else evaluation.AlertState(
             status=alert.status, since=alert.since, last_notified_at=alert.last_notified_at,
@@ -1199,35 +1212,16 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
         if transition.changed:
             summary.changed += 1
             _apply_transition(alert, transition, now)
-            events.append((alert, transition.status, f"{transition.reason}: {alert.summary}"))
+            events.append((alert, transition.status, None, f"{transition.reason}: {alert.summary}"))
             if transition.suppressed_by:
-                events.append((alert, AlertEvent.Kind.SUPPRESSED, "notification withheld: silence"))
+                events.append((alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence"))
         if transition.notify is not None:
-            kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE,
-                    "repeat": Delivery.Kind.REPEAT}[transition.notify]
-            alert.last_notified_at = None if kind == Delivery.Kind.RESOLVE else now
-            notifications.append((alert, kind))
-            events.append((alert, AlertEvent.Kind.NOTIFIED, f"{kind} notification"))
+            _note_notification(alert, transition, None, now, events, notifications)
 
-    if not (new_alerts or changed_alerts):
-        return summary
-    with transaction.atomic():
-        # Few rows, so one insert each: a concurrent run may have created the alert first, and then the partial
-        # unique index keeps theirs and this copy is dropped with its events and notifications (theirs were sent).
-        for alert in new_alerts:
-            try:
-                with transaction.atomic():
-                    alert.save(force_insert=True)
-            except IntegrityError:
-                alert.pk = None
-        Alert.objects.bulk_update(changed_alerts, ["status", "since", "fired_at", "resolved_at", "severity", "value",
-                                                   "threshold", "summary", "last_evaluated_at", "last_notified_at",
-                                                   "acknowledged_until", "spend_minor", "budget_minor", "currency"])
-        AlertEvent.objects.bulk_create([AlertEvent(alert_id=a.pk, kind=k, message=m[:500], created_at=now)
-                                        for a, k, m in events if a.pk])
-        notifications = [(a, k) for a, k in notifications if a.pk]
-        if notifications:
-            summary.notifications = _notify_alerts(notifications, {r.pk: r for r in rules}, {}, now)
+    summary.notifications = _evaluation_save(
+        new_alerts=new_alerts, changed_alerts=changed_alerts,
+        fields=[*_ALERT_STATE_FIELDS, "spend_minor", "budget_minor", "currency"], events=events,
+        notifications=notifications, rule_objects={r.pk: r for r in rules}, live={}, now=now)
     return summary
 
 
@@ -1284,7 +1278,6 @@ def _validate_channel(*, type: str, config: dict, secret: str | None) -> dict:
     raise ValidationError({"type": [f"Unknown channel type {type!r}."]})
 
 
-@transaction.atomic
 def channel_create(*, organization, actor, name: str, type: str, config: dict, is_default: bool = True,
                    platform_events: bool = True, enabled: bool = True) -> tuple[NotificationChannel, str | None]:
     """Create a channel; a webhook's signing secret is returned here, once, and never shown again."""
@@ -1302,9 +1295,11 @@ def channel_create(*, organization, actor, name: str, type: str, config: dict, i
                                   secret_encrypted=crypto.encrypt_str(secret) if secret else "",
                                   is_default=is_default, platform_events=platform_events, enabled=enabled)
     channel.full_clean(exclude=["organization"])
-    channel.save()
-    audit_record(actor=actor, organization=organization, action="notification_channel.create", target=channel,
-                 summary={"name": name, "type": type, "config": _public_config(channel)})
+    # Validation resolved the webhook's host (DNS) above: network I/O stays outside the transaction.
+    with transaction.atomic():
+        channel.save()
+        audit_record(actor=actor, organization=organization, action="notification_channel.create", target=channel,
+                     summary={"name": name, "type": type, "config": _public_config(channel)})
     return channel, shown
 
 
@@ -1318,24 +1313,38 @@ def _public_config(channel: NotificationChannel) -> dict:
     return config
 
 
-@transaction.atomic
 def channel_update(*, channel: NotificationChannel, actor, name: str | None = None, config: dict | None = None,
                    is_default: bool | None = None, platform_events: bool | None = None,
                    enabled: bool | None = None) -> NotificationChannel:
     from deployments import crypto
 
+    validated = None
+    if config is not None:
+        # Validated before the row lock: a webhook's host is resolved (DNS), and no lock waits on the network.
+        config = dict(config)
+        new_key = None
+        if channel.type == NotificationChannel.Type.PAGERDUTY and "routing_key" in config:
+            new_key = config.pop("routing_key")
+        secret = new_key if new_key is not None else crypto.decrypt_str(channel.secret_encrypted) or None
+        validated = (_validate_channel(type=channel.type, config={**channel.config, **config}, secret=secret), new_key)
+    with transaction.atomic():
+        return _channel_update_locked(channel, actor, validated, name=name, is_default=is_default,
+                                      platform_events=platform_events, enabled=enabled)
+
+
+def _channel_update_locked(channel: NotificationChannel, actor, validated: tuple[dict, str | None] | None,
+                           **values) -> NotificationChannel:
+    """channel_update's writes, under the channel's row lock; `validated` is (config, new PagerDuty key or None)."""
+    from deployments import crypto
+
     channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
     changes: dict = {}
-    if config is not None:
-        config = dict(config)
-        secret = crypto.decrypt_str(channel.secret_encrypted) or None
-        if channel.type == NotificationChannel.Type.PAGERDUTY and "routing_key" in config:
-            secret = config.pop("routing_key")
-            channel.secret_encrypted = crypto.encrypt_str(secret)
-        channel.config = _validate_channel(type=channel.type, config={**channel.config, **config}, secret=secret)
+    if validated is not None:
+        channel.config, new_key = validated
+        if new_key is not None:
+            channel.secret_encrypted = crypto.encrypt_str(new_key)
         changes["config"] = _public_config(channel)
-    for field, value in (("name", name), ("is_default", is_default), ("platform_events", platform_events),
-                         ("enabled", enabled)):
+    for field, value in values.items():
         if value is not None and getattr(channel, field) != value:
             changes[field] = [getattr(channel, field), value]
             setattr(channel, field, value)

@@ -3,6 +3,7 @@ from django.db import transaction
 
 from audit.models import AuditEvent
 from controlplane import context
+from organizations.access import acting_user
 
 
 def audit_record(*, actor, organization, action: str, target, summary: dict | None = None) -> AuditEvent:
@@ -10,10 +11,8 @@ def audit_record(*, actor, organization, action: str, target, summary: dict | No
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
     ctx = context.current()
-    user = getattr(actor, "user", None)
+    user = acting_user(actor)
     key = getattr(actor, "api_key", None)
-    if key is not None and user is None:
-        user = key.created_by
     return AuditEvent.objects.create(
         organization=organization,
         organization_public_id=getattr(organization, "public_id", "") or "",

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from billing.models import AnnualSubscription, BillingAccount, MeteringCursor, UsageProduct, UsageRecord
 from deployments.models import Deployment, Price, StatusInterval, Tier
+from deployments.pricing import price_amount
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def next_month_start(at: datetime.datetime) -> datetime.datetime:
     return (start + datetime.timedelta(days=32)).replace(day=1)
 
 
-def metered_until(now: datetime.datetime | None = None) -> datetime.datetime | None:
+def metered_until() -> datetime.datetime | None:
     return MeteringCursor.objects.filter(pk=1).values_list("metered_until", flat=True).first()
 
 
@@ -218,13 +219,11 @@ class PriceBook:
     def price(self, *, tier_id: int, product: str, currency: str, on: datetime.date) -> Decimal | None:
         key = (tier_id, product, currency, on)
         if key not in self._cache:
-            tier = self._tiers.get(tier_id) or Tier.objects.get(pk=tier_id)
+            tier = self._tiers.get(tier_id) or Tier.objects.select_related("plan").get(pk=tier_id)
             self._tiers[tier_id] = tier
             kind = Price.Kind.HOURLY if product == UsageProduct.RUNNING else Price.Kind.RETENTION_HOURLY
-            rows = Price.objects.filter(plan_id=tier.plan_id, kind=kind, currency=currency, valid_from__lte=on).filter(
-                Q(tier_id=tier_id) | Q(tier__isnull=True)).order_by("-valid_from")
-            rows = sorted(rows, key=lambda p: (p.tier_id is None, -p.valid_from.toordinal()))
-            self._cache[key] = rows[0].amount if rows else None
+            # The catalog's one lookup rule (tier-specific first, then plan-wide), as the dry runs quote it.
+            self._cache[key] = price_amount(plan=tier.plan, tier=tier, kind=kind, currency=currency, on=on)
         return self._cache[key]
 
 

@@ -1,5 +1,5 @@
-"""Reads of billing data for one tenant: the billing account (made on first use), invoices, credits, subscriptions,
-and the month-to-date overview.
+"""Reads of billing data for one tenant: the billing account (made on first use), credits, and the month-to-date
+spend and overview.
 
 The only write here is the lazy creation of an organization's empty billing account; nothing else changes state.
 """
@@ -13,7 +13,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing import metering
-from billing.models import (AnnualSubscription, BillingAccount, CreditGrant, Invoice, InvoiceStatus, UsageRecord)
+from billing.models import BillingAccount, CreditGrant, Invoice, InvoiceStatus, UsageRecord
 from billing.money import usage_line_amount
 
 
@@ -21,15 +21,6 @@ def billing_account_for(*, organization) -> BillingAccount:
     """The organization's billing account; organizations get one the first time billing needs it."""
     account, _ = BillingAccount.objects.get_or_create(organization=organization)
     return account
-
-
-def invoice_list(*, account: BillingAccount) -> QuerySet[Invoice]:
-    return Invoice.objects.filter(billing_account=account).exclude(status=InvoiceStatus.DRAFT)
-
-
-def subscription_list(*, organization) -> QuerySet[AnnualSubscription]:
-    return AnnualSubscription.objects.filter(billing_account__organization=organization).select_related(
-        "deployment", "tier", "tier__plan")
 
 
 def credit_list(*, account: BillingAccount) -> QuerySet[CreditGrant]:
@@ -78,7 +69,7 @@ def spend_month_to_date(*, account: BillingAccount, now: datetime.datetime | Non
     metered = metered.values("unit_price").annotate(seconds=Sum("seconds"))
     total = sum(usage_line_amount(seconds=row["seconds"], hourly_price=row["unit_price"], currency=account.currency)
                 for row in metered)
-    metered_until = metering.metered_until(now)
+    metered_until = metering.metered_until()
     if metered_until is not None and metered_until < now:
         pending = metering.usage_preview(organization_id=account.organization_id, project_id=project_id,
                                          start=max(metered_until, month_start), end=now, currency=account.currency)

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -285,9 +285,9 @@ def invoice_void(*, invoice: Invoice, actor) -> Invoice:
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     if invoice.status not in (InvoiceStatus.DRAFT, InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
         raise Conflict(f"A {invoice.status} invoice cannot be voided.")
-    for application in CreditApplication.objects.filter(invoice=invoice).select_related("grant"):
-        CreditGrant.objects.filter(pk=application.grant_id).update(
-            remaining=application.grant.remaining + application.amount)
+    # An atomic increment: a month being closed may consume the same grant meanwhile.
+    for application in CreditApplication.objects.filter(invoice=invoice):
+        CreditGrant.objects.filter(pk=application.grant_id).update(remaining=F("remaining") + application.amount)
     CreditApplication.objects.filter(invoice=invoice).delete()
     invoice.status, invoice.voided_at = InvoiceStatus.VOID, timezone.now()
     invoice.save(update_fields=["status", "voided_at"])
@@ -389,7 +389,6 @@ def _apply_event(event: dict) -> str:
             if obj.get("amount_received", obj.get("amount")) != gateway.to_stripe_amount(invoice.total,
                                                                                         invoice.currency):
                 return "ignored: amount differs from the invoice"
-            Payment.objects.filter(invoice=invoice, payment_intent_id=obj.get("id")).update(status="succeeded")
             _mark_paid(invoice, actor=None, method="stripe", payment_intent_id=str(obj.get("id") or ""),
                        payment=Payment.objects.filter(invoice=invoice, payment_intent_id=obj.get("id")).first())
             return f"invoice {invoice.public_id} paid"
@@ -507,8 +506,3 @@ def overdue_release(*, account: BillingAccount, actor=None) -> int:
             continue
         started += 1
     return started
-
-
-def account_open_balance(account: BillingAccount) -> int:
-    return Invoice.objects.filter(billing_account=account, status=InvoiceStatus.OPEN).aggregate(
-        t=Sum("total"))["t"] or 0

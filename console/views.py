@@ -34,7 +34,7 @@ def _add_errors(form, exc):
 
 
 def _principal(request):
-    return access.Principal(user=request.user)
+    return access.Principal.from_request(request)  # made once per request, with its membership memo
 
 
 def _organization(request, org_id) -> Organization:

@@ -120,6 +120,11 @@ class Status(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+# The status a deployment settles in once it reached what was asked of it.
+SETTLED_STATUS = {DesiredState.RUNNING: Status.RUNNING, DesiredState.STOPPED: Status.STOPPED,
+                  DesiredState.DELETED: Status.DELETED}
+
+
 class Deployment(models.Model):
     public_id = PublicIdField(prefix="dep")
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="deployments")
@@ -173,9 +178,7 @@ class Deployment(models.Model):
     def is_converged(self) -> bool:
         if self.status == Status.FAILED:
             return self.observed_generation >= self.generation
-        settled = {DesiredState.RUNNING: Status.RUNNING, DesiredState.STOPPED: Status.STOPPED,
-                   DesiredState.DELETED: Status.DELETED}[self.desired_state]
-        return (self.status == settled and self.observed_generation >= self.generation
+        return (self.status == SETTLED_STATUS[self.desired_state] and self.observed_generation >= self.generation
                 and self.observed_restart_nonce >= self.restart_nonce)
 
 
@@ -313,6 +316,10 @@ class RateLimitPolicy(models.Model):
         constraints = [models.UniqueConstraint(fields=["deployment", "level"], name="rate_limit_level_unique")]
 
 
+# An operation still to finish; a maintenance window announced and not over.
+ACTIVE_OPERATION_STATES = (Operation.State.PENDING, Operation.State.RUNNING)
+
+
 class MaintenanceWindow(models.Model):
     """Announced maintenance of one deployment: its brokers restart once, inside [starts_at, ends_at).
 
@@ -352,3 +359,6 @@ class MaintenanceWindow(models.Model):
 
     def __str__(self):
         return f"{self.public_id} {self.starts_at:%Y-%m-%d %H:%M}–{self.ends_at:%H:%M} UTC ({self.status})"
+
+
+OPEN_MAINTENANCE_STATES = (MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS)

@@ -32,7 +32,7 @@ def hourly_price(*, plan: Plan, tier: Tier, state: str, currency: str = DEFAULT_
     if state == "running":
         amount = price_amount(plan=plan, tier=tier, kind=Price.Kind.HOURLY, currency=currency, on=on)
     elif state == "stopped":
-        amount = price_amount(plan=plan, tier=None, kind=Price.Kind.RETENTION_HOURLY, currency=currency, on=on)
+        amount = price_amount(plan=plan, tier=tier, kind=Price.Kind.RETENTION_HOURLY, currency=currency, on=on)
     else:
         amount = None
     return amount if amount is not None else Decimal("0")

@@ -19,8 +19,8 @@ from django.utils import timezone
 from deployments import crypto
 from deployments.drivers.base import (AclEntry, BrokerSpec, DriverError, MqttCredential, Observed,
                                       PermanentDriverError, RateLimit, RegionTarget, TemporaryDriverError)
-from deployments.models import (Deployment, DeploymentEvent, DesiredState, Operation, Region, Status,
-                                StatusInterval)
+from deployments.models import (ACTIVE_OPERATION_STATES, Deployment, DeploymentEvent, DesiredState, Operation,
+                                Region, Status, StatusInterval)
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ BILLABLE = {
     Status.STOPPED: StatusInterval.Kind.STOPPED,
     Status.STARTING: StatusInterval.Kind.STOPPED,
 }
-SETTLED = {DesiredState.RUNNING: Status.RUNNING, DesiredState.STOPPED: Status.STOPPED,
-           DesiredState.DELETED: Status.DELETED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +282,7 @@ def _record(deployment_id: int, *, generation: int, desired: str, spec: BrokerSp
 
 def _active_operations(deployment: Deployment, generation: int):
     return list(Operation.objects.select_for_update().filter(
-        deployment=deployment, status__in=[Operation.State.PENDING, Operation.State.RUNNING],
+        deployment=deployment, status__in=ACTIVE_OPERATION_STATES,
         target_generation__lte=generation,
     ))
 

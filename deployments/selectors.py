@@ -10,8 +10,8 @@ from django.db.models.functions import Now
 
 from deployments import crypto
 from deployments.drivers.local import RATE_LIMIT_LEVELS, honoured_rate_limits
-from deployments.models import (AclRule, Deployment, DeploymentEvent, DesiredState, MaintenanceWindow, MqttUser,
-                                Operation, Plan, Price, RateLimitPolicy, Region, Tier)
+from deployments.models import (OPEN_MAINTENANCE_STATES, Deployment, MaintenanceWindow, Plan, Price, RateLimitPolicy,
+                                Region, Tier)
 
 
 def deployment_queryset() -> QuerySet[Deployment]:
@@ -21,7 +21,7 @@ def deployment_queryset() -> QuerySet[Deployment]:
 def _upcoming_maintenance() -> QuerySet[MaintenanceWindow]:
     # Now() rather than a Python timestamp: view classes build their queryset once, at import.
     return MaintenanceWindow.objects.filter(
-        status__in=[MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS], ends_at__gt=Now(),
+        status__in=OPEN_MAINTENANCE_STATES, ends_at__gt=Now(),
     ).order_by("starts_at", "id")
 
 
@@ -39,27 +39,6 @@ def next_maintenance(deployment: Deployment) -> MaintenanceWindow | None:
     if deployment.pk is None:
         return None
     return _upcoming_maintenance().filter(deployment=deployment).first()
-
-
-def deployment_list(*, project, include_deleted: bool = False) -> QuerySet[Deployment]:
-    qs = deployment_queryset().filter(project=project)
-    return qs if include_deleted else qs.exclude(desired_state=DesiredState.DELETED, deleted_at__isnull=False)
-
-
-def operation_list(*, deployment: Deployment) -> QuerySet[Operation]:
-    return Operation.objects.filter(deployment=deployment).select_related("requested_by")
-
-
-def event_list(*, deployment: Deployment) -> QuerySet[DeploymentEvent]:
-    return DeploymentEvent.objects.filter(deployment=deployment).select_related("operation")
-
-
-def mqtt_user_list(*, deployment: Deployment) -> QuerySet[MqttUser]:
-    return MqttUser.objects.filter(deployment=deployment).order_by("username")
-
-
-def acl_rule_list(*, deployment: Deployment) -> QuerySet[AclRule]:
-    return AclRule.objects.filter(deployment=deployment).order_by("position", "id")
 
 
 def rate_limit_list(*, deployment: Deployment) -> list[RateLimitPolicy]:

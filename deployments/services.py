@@ -13,7 +13,6 @@ import secrets
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import exceptions
@@ -23,10 +22,12 @@ from controlplane.api.problems import Conflict
 from deployments import crypto, pricing
 from deployments.drivers.base import RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
-from deployments.models import (AclRule, DeploymentEvent, DesiredState, Deployment, MaintenanceWindow, MqttUser,
-                                Operation, Plan, RateLimitPolicy, Region, Status, Tier)
+from deployments.models import (ACTIVE_OPERATION_STATES, OPEN_MAINTENANCE_STATES, AclRule, DeploymentEvent,
+                                DesiredState, Deployment, MaintenanceWindow, MqttUser, Operation, Plan,
+                                RateLimitPolicy, Region, Status, Tier)
 from deployments.passwords import hash_mqtt_password, validate_mqtt_username
 from deployments.topics import validate_topic_filter
+from organizations.access import acting_user
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ MAX_PREMIUM_TRIALS = 2
 MONITOR_USERNAME = "$controlplane-monitor"
 # Operations that change what runs; only one may be in flight per deployment. Configuration changes may overlap.
 STATE_CHANGING = [k for k in Operation.Kind.values if k != Operation.Kind.CONFIGURE]
-ACTIVE = [Operation.State.PENDING, Operation.State.RUNNING]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +62,6 @@ def enqueue_reconcile(deployment_id: int) -> None:
     transaction.on_commit(send, robust=True)
 
 
-def _user_of(actor):
-    if actor is None:
-        return None
-    key = getattr(actor, "api_key", None)
-    return getattr(actor, "user", None) or (key.created_by if key is not None else None)
-
-
 def _locked(deployment: Deployment) -> Deployment:
     """The row, locked for this transaction, with the catalog rows the checks need."""
     return (Deployment.objects.select_for_update(of=("self",))
@@ -83,7 +76,7 @@ def _operation(deployment: Deployment, kind: str, actor, params: dict | None = N
                status: str = Operation.State.PENDING) -> Operation:
     operation = Operation.objects.create(
         deployment=deployment, kind=kind, status=status, target_generation=deployment.generation,
-        params=params or {}, requested_by=_user_of(actor),
+        params=params or {}, requested_by=acting_user(actor),
         finished_at=timezone.now() if status == Operation.State.SUCCEEDED else None,
     )
     _event(deployment, f"operation.{kind}", f"{kind.replace('_', ' ')} requested", operation)
@@ -96,7 +89,7 @@ def _refuse_if_deleted(deployment: Deployment) -> None:
 
 
 def _refuse_if_busy(deployment: Deployment) -> None:
-    active = (Operation.objects.filter(deployment=deployment, kind__in=STATE_CHANGING, status__in=ACTIVE)
+    active = (Operation.objects.filter(deployment=deployment, kind__in=STATE_CHANGING, status__in=ACTIVE_OPERATION_STATES)
               .order_by("created_at").first())
     if active is not None:
         raise Conflict(f"Operation {active.public_id} ({active.kind}) is still in progress; retry once it finishes.")
@@ -136,14 +129,6 @@ def _dry_run(deployment: Deployment, action: str, *, state_after: str, tier_afte
     after = pricing.hourly_price(plan=deployment.plan, tier=tier_after, state=state_after)
     return DryRun(action=action, currency=pricing.DEFAULT_CURRENCY, price_per_hour_before=before,
                   price_per_hour_after=after, disruption=_disruption(deployment, action), summary=summary)
-
-
-def _region_target_error(region: Region, tier: Tier) -> str | None:
-    if not region.is_open:
-        return f"Region {region.code!r} is closed for new deployments."
-    if not region.tiers.filter(pk=tier.pk).exists():
-        return f"Tier {tier.plan.code}/{tier.code} is not offered in region {region.code!r}."
-    return None
 
 
 # -- deployments -------------------------------------------------------------------------------------------------------
@@ -561,7 +546,6 @@ def rate_limits_replace(*, deployment: Deployment, actor, policies: list[dict]) 
 MAINTENANCE_LEAD_TIME = datetime.timedelta(days=14)
 EMERGENCY_MAINTENANCE_LEAD_TIME = datetime.timedelta(hours=24)
 MAINTENANCE_MAX_DURATION = datetime.timedelta(hours=4)
-MAINTENANCE_OPEN = [MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS]
 
 
 def _utc(value: datetime.datetime) -> str:
@@ -598,7 +582,7 @@ def maintenance_validate(*, deployment: Deployment, starts_at: datetime.datetime
     if ends_at - starts_at > MAINTENANCE_MAX_DURATION:
         hours = MAINTENANCE_MAX_DURATION.total_seconds() / 3600
         raise exceptions.ValidationError({"ends_at": [f"A maintenance window lasts at most {hours:g} hours."]})
-    clash = (MaintenanceWindow.objects.filter(deployment=deployment, status__in=MAINTENANCE_OPEN,
+    clash = (MaintenanceWindow.objects.filter(deployment=deployment, status__in=OPEN_MAINTENANCE_STATES,
                                               starts_at__lt=ends_at, ends_at__gt=starts_at)
              .order_by("starts_at").first())
     if clash is not None:
@@ -620,7 +604,7 @@ def maintenance_schedule(*, deployment: Deployment, starts_at: datetime.datetime
     reason = maintenance_validate(deployment=deployment, starts_at=starts_at, ends_at=ends_at, reason=reason,
                                   emergency=emergency, now=now)
     window = MaintenanceWindow(deployment=deployment, starts_at=starts_at, ends_at=ends_at, emergency=emergency,
-                               reason=reason, created_by=_user_of(actor), created_at=now or timezone.now())
+                               reason=reason, created_by=acting_user(actor), created_at=now or timezone.now())
     window.save()
     what = "Emergency maintenance" if emergency else "Maintenance"
     _event(deployment, "maintenance.scheduled",

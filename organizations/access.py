@@ -14,6 +14,13 @@ from organizations.models import ApiKey, Membership, Organization
 from organizations.roles import MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES, scopes_for_roles
 
 
+def acting_user(actor):
+    """The user a principal acts for: its session's user, or the member who created its API key; None for the
+    system (actor None)."""
+    key = getattr(actor, "api_key", None)
+    return getattr(actor, "user", None) or (key.created_by if key is not None else None)
+
+
 @dataclasses.dataclass(eq=False)
 class Principal:
     user: object | None = None
@@ -60,7 +67,7 @@ class Principal:
         return str(self.user) if self.user is not None else "system"
 
     def membership(self, organization: Organization) -> Membership | None:
-        user = self.api_key.created_by if self.api_key is not None else self.user
+        user = acting_user(self)
         if user is None:
             return None
         if organization.pk not in self._memberships:
@@ -83,7 +90,7 @@ def member_organization(principal: Principal, org_public_id: str) -> Organizatio
             and key.organization_id in principal._memberships):
         membership = principal._memberships[key.organization_id]
         return None if membership is None else membership.organization
-    user = key.created_by if key is not None else principal.user
+    user = acting_user(principal)
     if user is None:
         return None
     membership = (Membership.objects.select_related("organization")

@@ -13,7 +13,7 @@ import secrets
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 from rest_framework.exceptions import PermissionDenied
 
@@ -49,11 +49,14 @@ def _clean_roles(roles, *, field: str = "roles") -> list[str]:
 def _resolve_grants(organization: Organization, grants) -> list[tuple[Project, str]]:
     resolved = []
     seen = set()
+    # One read for every grant; through the organization's manager, so each project knows its organization.
+    by_id = organization.projects.in_bulk([g.get("project") for g in grants if isinstance(g.get("project"), str)],
+                                          field_name="public_id")
     for grant in grants:
         role = grant.get("role")
         if role not in PROJECT_ROLES:
             raise ValidationError({"project_grants": f"Not a project role: {role}."})
-        project = Project.objects.filter(organization=organization, public_id=grant.get("project")).first()
+        project = by_id.get(grant.get("project"))
         if project is None:
             raise ValidationError({"project_grants": f"No project {grant.get('project')} in this organization."})
         if project.pk in seen:
@@ -134,7 +137,7 @@ def invitation_create(*, organization: Organization, actor, email: str, roles, p
         roles=roles,
         project_grants=[{"project": p.public_id, "role": r} for p, r in grants],
         token_hash=_hash(token),
-        invited_by=actor.user if actor and actor.user else (actor.api_key.created_by if actor and actor.api_key else None),
+        invited_by=access.acting_user(actor),
         expires_at=timezone.now() + INVITATION_TTL,
     )
     invitation.full_clean()

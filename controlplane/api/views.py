@@ -106,9 +106,7 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
         return queryset
 
     def get_queryset(self):
-        tenant = self.tenant()
-        value = tenant.pk if self.tenant_field == "pk" else tenant
-        queryset = self.queryset.all().filter(**{self.tenant_field: value})
+        queryset = self.queryset.all().filter(**{self.tenant_field: self.tenant().pk})
         return self.narrow_queryset(queryset)
 
     def get_object(self):

@@ -132,7 +132,7 @@ class KubernetesDriver:
             raise translated from exc
 
     def _get(self, what: str, fn, *args, **kwargs):
-        """A read that answers None for 404 instead of raising."""
+        """A read (or a delete) that answers None for 404 instead of raising."""
         try:
             return fn(*args, **kwargs)
         except ApiException as exc:
@@ -238,16 +238,8 @@ class KubernetesDriver:
         api = self._api_client_factory(spec)
         core = k8s.CoreV1Api(api)
         try:
-            try:
-                core.delete_namespace(namespace, propagation_policy="Foreground")
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise _translate(exc, f"deleting Namespace {namespace}") from exc
-            except Exception as exc:  # noqa: BLE001
-                translated = _translate(exc, f"deleting Namespace {namespace}")
-                if translated is exc:
-                    raise
-                raise translated from exc
+            self._get(f"deleting Namespace {namespace}", core.delete_namespace, namespace,
+                      propagation_policy="Foreground")
             if self._read_namespace(api, namespace) is None:
                 return Observed(phase="absent")
             # The namespace is terminating: its objects (and the brokers) are still going away.
@@ -259,17 +251,8 @@ class KubernetesDriver:
     # -- helpers -----------------------------------------------------------------------------------------------
     def _stop(self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str) -> Observed:
         custom = k8s.CustomObjectsApi(api)
-        try:
-            custom.delete_namespaced_custom_object(m.EMQX_GROUP, m.EMQX_VERSION, namespace, m.EMQX_PLURAL,
-                                                   m.EMQX_NAME, propagation_policy="Foreground")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise _translate(exc, f"deleting EMQX {namespace}/{m.EMQX_NAME}") from exc
-        except Exception as exc:  # noqa: BLE001
-            translated = _translate(exc, f"deleting EMQX {namespace}/{m.EMQX_NAME}")
-            if translated is exc:
-                raise
-            raise translated from exc
+        self._get(f"deleting EMQX {namespace}/{m.EMQX_NAME}", custom.delete_namespaced_custom_object, m.EMQX_GROUP,
+                  m.EMQX_VERSION, namespace, m.EMQX_PLURAL, m.EMQX_NAME, propagation_policy="Foreground")
         if self._read_emqx(api, namespace) is None:
             return Observed(phase="stopped", restart_nonce=spec.restart_nonce, details={"namespace": namespace})
         # Foreground deletion: the resource stays until the operator's StatefulSets and pods are gone.
