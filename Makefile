@@ -1,11 +1,16 @@
-# The two commands of the README. `make run` starts the embedded control plane; `make test` runs the whole suite.
-.PHONY: run test bench schema
+# The two commands of the README. `make run` starts the embedded control plane; `make test` runs the whole suite
+# (lint first, then pytest). `make lint` and `make bench` are also used on their own.
+.PHONY: run test lint bench schema
 
 run:
 	@scripts/run.sh
 
 test:
 	@scripts/test.sh
+
+lint:
+	@scripts/bootstrap.sh test
+	@scripts/lint.sh
 
 bench:
 	@scripts/bench.sh

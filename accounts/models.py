@@ -1,4 +1,5 @@
 """People who sign in: email is the login. What they may do lives in organizations (memberships), not here."""
+
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower

@@ -2,11 +2,20 @@
 
 Read-mostly: alerts and deliveries are the system's record and are never edited here. Changes made here are audited.
 """
+
 from django.contrib import admin
 from django.db.models import Count, Q
 
-from alerts.models import (Alert, AlertEvent, AlertRule, Delivery, DeliveryAttempt, NotificationChannel,
-                           PlatformEvent, Silence)
+from alerts.models import (
+    Alert,
+    AlertEvent,
+    AlertRule,
+    Delivery,
+    DeliveryAttempt,
+    NotificationChannel,
+    PlatformEvent,
+    Silence,
+)
 from audit.admin_mixins import AuditedModelAdmin
 
 
@@ -33,11 +42,25 @@ class AlertEventInline(admin.TabularInline):
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyAdmin):
-    list_display = ["public_id", "organization", "deployment", "rule", "status", "severity", "since", "value",
-                    "acknowledged_until"]
+    list_display = [
+        "public_id",
+        "organization",
+        "deployment",
+        "rule",
+        "status",
+        "severity",
+        "since",
+        "value",
+        "acknowledged_until",
+    ]
     list_filter = ["status", "severity"]
-    search_fields = ["public_id", "organization__name", "organization__public_id", "deployment__public_id",
-                     "rule__name"]
+    search_fields = [
+        "public_id",
+        "organization__name",
+        "organization__public_id",
+        "deployment__public_id",
+        "rule__name",
+    ]
     list_select_related = ["organization", "deployment", "rule"]
     date_hierarchy = "since"
     inlines = [AlertEventInline]
@@ -45,8 +68,19 @@ class AlertAdmin(ReadOnlyAdmin):
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(AuditedModelAdmin, admin.ModelAdmin):
-    list_display = ["public_id", "name", "organization", "project", "deployment", "metric", "operator", "threshold",
-                    "threshold_unit", "severity", "enabled"]
+    list_display = [
+        "public_id",
+        "name",
+        "organization",
+        "project",
+        "deployment",
+        "metric",
+        "operator",
+        "threshold",
+        "threshold_unit",
+        "severity",
+        "enabled",
+    ]
     list_filter = ["enabled", "kind", "severity", "default_key"]
     search_fields = ["public_id", "name", "organization__name", "deployment__public_id"]
     list_select_related = ["organization", "project", "deployment"]
@@ -66,8 +100,16 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = ["public_id", "organization", "channel", "kind", "status", "attempts", "created_at",
-                    "next_attempt_at"]
+    list_display = [
+        "public_id",
+        "organization",
+        "channel",
+        "kind",
+        "status",
+        "attempts",
+        "created_at",
+        "next_attempt_at",
+    ]
     list_filter = ["status", "kind", "channel__type"]
     search_fields = ["public_id", "channel__public_id", "organization__name"]
     list_select_related = ["organization", "channel"]
@@ -95,15 +137,29 @@ class NotificationChannelAdmin(AuditedModelAdmin, admin.ModelAdmin):
     list_filter = [FailingFilter, "type", "enabled"]
     search_fields = ["public_id", "name", "organization__name", "organization__public_id"]
     readonly_fields = ["public_id", "organization", "type", "config", "failing_since", "failure_notice_sent_at"]
-    fields = ["public_id", "organization", "name", "type", "config", "is_default", "platform_events", "enabled",
-              "failing_since", "failure_notice_sent_at"]
+    fields = [
+        "public_id",
+        "organization",
+        "name",
+        "type",
+        "config",
+        "is_default",
+        "platform_events",
+        "enabled",
+        "failing_since",
+        "failure_notice_sent_at",
+    ]
 
     def has_add_permission(self, request):
         return False
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("organization").annotate(
-            _failed=Count("deliveries", filter=Q(deliveries__status=Delivery.Status.FAILED)))
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("organization")
+            .annotate(_failed=Count("deliveries", filter=Q(deliveries__status=Delivery.Status.FAILED)))
+        )
 
     @admin.display(description="failed deliveries", ordering="_failed")
     def failed_deliveries(self, obj):

@@ -3,22 +3,28 @@
 Thin: strict input serializers, ScopedViewSet resolves the tenant and checks the scope, one service call, serialize.
 Another organization's rule, alert, silence or channel is a 404 like a missing one.
 """
+
 import datetime as dt
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import (OpenApiExample, OpenApiParameter, extend_schema, extend_schema_field,
-                                   extend_schema_serializer)
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
 from alerts import selectors, services
 from alerts.metrics import BUDGET_METRICS, METRIC_NAMES, validate_metric_name
 from alerts.models import Alert, AlertRule, Delivery, NotificationChannel, Severity, Silence
-from controlplane.api.serializers import InputSerializer, StrictCharField
 from billing.money import to_decimal
+from controlplane.api.serializers import InputSerializer, StrictCharField
 from controlplane.api.views import ScopedViewSet
 from deployments.models import Deployment
 from deployments.selectors import deployment_queryset
@@ -57,7 +63,7 @@ def _metric(value: str) -> str:
     try:
         return validate_metric_name(value)
     except ValueError as exc:
-        raise serializers.ValidationError(str(exc))
+        raise serializers.ValidationError(str(exc)) from exc
 
 
 # --- Metrics ------------------------------------------------------------------------------------------------------
@@ -78,12 +84,24 @@ class MetricsConditionSerializer(serializers.Serializer):
     since = serializers.DateTimeField(allow_null=True)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Series", value={
-    "deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "from": "2026-11-01T09:00:00Z", "to": "2026-11-01T09:03:00Z",
-    "step": 60, "source": "raw", "timestamps": ["2026-11-01T09:00:00Z", "2026-11-01T09:01:00Z",
-                                                  "2026-11-01T09:02:00Z"],
-    "series": [{"name": "connections", "unit": "connections", "kind": "gauge", "values": [3.0, None, 5.0]}],
-    "conditions": []}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Series",
+            value={
+                "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+                "from": "2026-11-01T09:00:00Z",
+                "to": "2026-11-01T09:03:00Z",
+                "step": 60,
+                "source": "raw",
+                "timestamps": ["2026-11-01T09:00:00Z", "2026-11-01T09:01:00Z", "2026-11-01T09:02:00Z"],
+                "series": [{"name": "connections", "unit": "connections", "kind": "gauge", "values": [3.0, None, 5.0]}],
+                "conditions": [],
+            },
+            response_only=True,
+        )
+    ]
+)
 class MetricSeriesResponseSerializer(serializers.Serializer):
     deployment = serializers.CharField()
     start = serializers.DateTimeField()
@@ -109,9 +127,27 @@ class CurrentMetricSerializer(serializers.Serializer):
     percent_of_limit = serializers.FloatField(allow_null=True)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Current", value={
-    "metrics": [{"name": "connections", "unit": "connections", "value": 812.0, "at": "2026-11-01T09:02:00Z",
-                 "limit": 1000, "percent_of_limit": 81.2}], "conditions": []}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Current",
+            value={
+                "metrics": [
+                    {
+                        "name": "connections",
+                        "unit": "connections",
+                        "value": 812.0,
+                        "at": "2026-11-01T09:02:00Z",
+                        "limit": 1000,
+                        "percent_of_limit": 81.2,
+                    }
+                ],
+                "conditions": [],
+            },
+            response_only=True,
+        )
+    ]
+)
 class CurrentMetricsSerializer(serializers.Serializer):
     metrics = CurrentMetricSerializer(many=True)
     conditions = MetricsConditionSerializer(many=True)
@@ -129,7 +165,7 @@ def _parse_time(name: str, raw: str | None, default: dt.datetime) -> dt.datetime
         try:
             value = dt.datetime.fromtimestamp(float(raw), tz=dt.UTC)
         except (ValueError, OverflowError):
-            raise exceptions.ValidationError({name: ["Expected an ISO 8601 time or unix seconds."]})
+            raise exceptions.ValidationError({name: ["Expected an ISO 8601 time or unix seconds."]}) from None
     if timezone.is_naive(value):
         value = timezone.make_aware(value, dt.UTC)
     return value
@@ -147,16 +183,33 @@ class DeploymentMetricsViewSet(ScopedViewSet):
             raise exceptions.NotFound("No such deployment.")
         return found
 
-    @extend_schema(summary="Metric series of a deployment, aligned to a step", tags=METRICS_TAG, parameters=[
-        OpenApiParameter("names", OpenApiTypes.STR, OpenApiParameter.QUERY,
-                         description=f"Comma-separated metric names (default all): {', '.join(METRIC_NAMES)}."),
-        OpenApiParameter("from", OpenApiTypes.DATETIME, OpenApiParameter.QUERY,
-                         description="Start (ISO 8601 or unix seconds); default one hour ago."),
-        OpenApiParameter("to", OpenApiTypes.DATETIME, OpenApiParameter.QUERY, description="End; default now."),
-        OpenApiParameter("step", OpenApiTypes.INT, OpenApiParameter.QUERY,
-                         description=f"Seconds per point, at least the collection interval; at most "
-                                     f"{MAX_SERIES_POINTS} points. Default 60."),
-    ], responses={200: MetricSeriesResponseSerializer})
+    @extend_schema(
+        summary="Metric series of a deployment, aligned to a step",
+        tags=METRICS_TAG,
+        parameters=[
+            OpenApiParameter(
+                "names",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                description=f"Comma-separated metric names (default all): {', '.join(METRIC_NAMES)}.",
+            ),
+            OpenApiParameter(
+                "from",
+                OpenApiTypes.DATETIME,
+                OpenApiParameter.QUERY,
+                description="Start (ISO 8601 or unix seconds); default one hour ago.",
+            ),
+            OpenApiParameter("to", OpenApiTypes.DATETIME, OpenApiParameter.QUERY, description="End; default now."),
+            OpenApiParameter(
+                "step",
+                OpenApiTypes.INT,
+                OpenApiParameter.QUERY,
+                description=f"Seconds per point, at least the collection interval; at most "
+                f"{MAX_SERIES_POINTS} points. Default 60.",
+            ),
+        ],
+        responses={200: MetricSeriesResponseSerializer},
+    )
     def series(self, request, *args, **kwargs):
         deployment = self._deployment()
         params = request.query_params
@@ -181,23 +234,38 @@ class DeploymentMetricsViewSet(ScopedViewSet):
         step = int(raw_step)
         if step < services.collect_interval_seconds():
             raise exceptions.ValidationError(
-                {"step": [f"The step must be at least the collection interval ({services.collect_interval_seconds()}"
-                          f" s)."]})
+                {
+                    "step": [
+                        f"The step must be at least the collection interval ({services.collect_interval_seconds()} s)."
+                    ]
+                }
+            )
         if end <= start:
             raise exceptions.ValidationError({"to": ["`to` must be after `from`."]})
         if (end - start).total_seconds() / step > MAX_SERIES_POINTS:
             raise exceptions.ValidationError(
-                {"step": [f"At most {MAX_SERIES_POINTS} points per series: use a larger step or a shorter range."]})
+                {"step": [f"At most {MAX_SERIES_POINTS} points per series: use a larger step or a shorter range."]}
+            )
         if start < now - services.ROLLUP_RETENTION:
             raise exceptions.ValidationError({"from": ["Metrics are kept for 30 days."]})
         result = selectors.metric_series(deployment=deployment, names=names, start=start, end=end, step=step, now=now)
-        data = {"deployment": deployment.public_id, "start": result.start, "end": result.end, "step": result.step,
-                "source": result.source, "timestamps": result.timestamps,
-                "series": [vars(s) for s in result.series], "conditions": result.conditions}
+        data = {
+            "deployment": deployment.public_id,
+            "start": result.start,
+            "end": result.end,
+            "step": result.step,
+            "source": result.source,
+            "timestamps": result.timestamps,
+            "series": [vars(s) for s in result.series],
+            "conditions": result.conditions,
+        }
         return Response(MetricSeriesResponseSerializer(data).data)
 
-    @extend_schema(summary="Current metric values against the tier's limits", tags=METRICS_TAG,
-                   responses={200: CurrentMetricsSerializer})
+    @extend_schema(
+        summary="Current metric values against the tier's limits",
+        tags=METRICS_TAG,
+        responses={200: CurrentMetricsSerializer},
+    )
     def current(self, request, *args, **kwargs):
         return Response(CurrentMetricsSerializer(selectors.current_metrics(deployment=self._deployment())).data)
 
@@ -205,46 +273,104 @@ class DeploymentMetricsViewSet(ScopedViewSet):
 # --- Alert rules --------------------------------------------------------------------------------------------------
 
 _RULE_EXAMPLE = {
-    "id": "rule_7f3k2m9q4x8c1v5b6n0z", "name": "Connections above 80% of the tier's limit", "kind": "metric",
-    "deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "metric": "connections", "aggregation": "max", "window_seconds": 300,
-    "operator": ">", "threshold": 80.0, "threshold_unit": "percent_of_tier_limit", "for_seconds": 300,
-    "severity": "warning", "enabled": True, "repeat_interval_seconds": 3600, "channels": [],
-    "default_key": "connections_high", "budget_scope": None, "budget_amount": None, "budget_currency": None,
-    "created_at": "2026-11-01T09:30:00Z", "updated_at": "2026-11-01T09:30:00Z"}
+    "id": "rule_7f3k2m9q4x8c1v5b6n0z",
+    "name": "Connections above 80% of the tier's limit",
+    "kind": "metric",
+    "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+    "metric": "connections",
+    "aggregation": "max",
+    "window_seconds": 300,
+    "operator": ">",
+    "threshold": 80.0,
+    "threshold_unit": "percent_of_tier_limit",
+    "for_seconds": 300,
+    "severity": "warning",
+    "enabled": True,
+    "repeat_interval_seconds": 3600,
+    "channels": [],
+    "default_key": "connections_high",
+    "budget_scope": None,
+    "budget_amount": None,
+    "budget_currency": None,
+    "created_at": "2026-11-01T09:30:00Z",
+    "updated_at": "2026-11-01T09:30:00Z",
+}
 _BUDGET_RULE_EXAMPLE = {
-    **_RULE_EXAMPLE, "id": "rule_2b8d4f6h1j3k5m7n9p0q", "name": "Budget", "kind": "budget", "deployment": None,
-    "metric": "spend_month_to_date", "aggregation": "avg", "operator": ">=", "threshold": 250.0,
-    "threshold_unit": "absolute", "for_seconds": 0, "repeat_interval_seconds": 86400, "default_key": "",
-    "budget_scope": "project", "budget_amount": "250.00", "budget_currency": "USD"}
+    **_RULE_EXAMPLE,
+    "id": "rule_2b8d4f6h1j3k5m7n9p0q",
+    "name": "Budget",
+    "kind": "budget",
+    "deployment": None,
+    "metric": "spend_month_to_date",
+    "aggregation": "avg",
+    "operator": ">=",
+    "threshold": 250.0,
+    "threshold_unit": "absolute",
+    "for_seconds": 0,
+    "repeat_interval_seconds": 86400,
+    "default_key": "",
+    "budget_scope": "project",
+    "budget_amount": "250.00",
+    "budget_currency": "USD",
+}
 
 _BUDGET_SCOPE_HELP = (
     "Budget rules only: whose spend is watched. `project` (the default): the spend of this project's deployments; "
-    "`organization`: the whole organization's spend, every project included. Null for other kinds.")
+    "`organization`: the whole organization's spend, every project included. Null for other kinds."
+)
 _BUDGET_AMOUNT_HELP = (
-    "Budget rules only: the budget as a decimal string in the billing account's currency, such as \"250.00\", with "
-    "at most the currency's minor-unit digits (2 for USD and EUR, 0 for JPY); never a JSON number. Stored exactly.")
+    'Budget rules only: the budget as a decimal string in the billing account\'s currency, such as "250.00", with '
+    "at most the currency's minor-unit digits (2 for USD and EUR, 0 for JPY); never a JSON number. Stored exactly."
+)
 _BUDGET_METRIC_NAMES = ", ".join(BUDGET_METRICS)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Alert rule", value=_RULE_EXAMPLE, response_only=True),
-                                    OpenApiExample("Budget rule", value=_BUDGET_RULE_EXAMPLE, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample("Alert rule", value=_RULE_EXAMPLE, response_only=True),
+        OpenApiExample("Budget rule", value=_BUDGET_RULE_EXAMPLE, response_only=True),
+    ]
+)
 class AlertRuleSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     deployment = serializers.SlugRelatedField(slug_field="public_id", read_only=True, allow_null=True)
     channels = serializers.SlugRelatedField(slug_field="public_id", many=True, read_only=True)
-    threshold = serializers.FloatField(read_only=True, help_text=(
-        "The threshold in the metric's unit; for a budget rule the budget in major units, for display only "
-        "(`budget_amount` is the exact amount)."))
+    threshold = serializers.FloatField(
+        read_only=True,
+        help_text=(
+            "The threshold in the metric's unit; for a budget rule the budget in major units, for display only "
+            "(`budget_amount` is the exact amount)."
+        ),
+    )
     budget_scope = serializers.SerializerMethodField(help_text=_BUDGET_SCOPE_HELP)
     budget_amount = serializers.SerializerMethodField(help_text="Budget rules only: the budget, a decimal string.")
     budget_currency = serializers.SerializerMethodField(help_text="Budget rules only: ISO 4217 code of the budget.")
 
     class Meta:
         model = AlertRule
-        fields = ["id", "name", "kind", "deployment", "metric", "aggregation", "window_seconds", "operator",
-                  "threshold", "threshold_unit", "for_seconds", "severity", "enabled", "repeat_interval_seconds",
-                  "channels", "default_key", "budget_scope", "budget_amount", "budget_currency", "created_at",
-                  "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "deployment",
+            "metric",
+            "aggregation",
+            "window_seconds",
+            "operator",
+            "threshold",
+            "threshold_unit",
+            "for_seconds",
+            "severity",
+            "enabled",
+            "repeat_interval_seconds",
+            "channels",
+            "default_key",
+            "budget_scope",
+            "budget_amount",
+            "budget_currency",
+            "created_at",
+            "updated_at",
+        ]
 
     @extend_schema_field(serializers.ChoiceField(choices=AlertRule.BudgetScope.choices, allow_null=True))
     def get_budget_scope(self, obj):
@@ -259,34 +385,65 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         return obj.budget_currency or None
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Budget rule", request_only=True, value={
-    "name": "Budget", "kind": "budget", "metric": "spend_month_to_date", "operator": ">=",
-    "budget_amount": "250.00", "budget_scope": "project", "repeat_interval_seconds": 86400})])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Budget rule",
+            request_only=True,
+            value={
+                "name": "Budget",
+                "kind": "budget",
+                "metric": "spend_month_to_date",
+                "operator": ">=",
+                "budget_amount": "250.00",
+                "budget_scope": "project",
+                "repeat_interval_seconds": 86400,
+            },
+        )
+    ]
+)
 class AlertRuleCreateSerializer(InputSerializer):
     name = StrictCharField(max_length=100)
-    deployment = StrictCharField(required=False, allow_null=True, default=None,
-                                 help_text="A deployment of this project (`dep_…`); omitted: every deployment. "
-                                           "A budget rule names none.")
+    deployment = StrictCharField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="A deployment of this project (`dep_…`); omitted: every deployment. A budget rule names none.",
+    )
     kind = serializers.ChoiceField(choices=AlertRule.Kind.choices, default=AlertRule.Kind.METRIC)
-    metric = StrictCharField(required=False, default="", allow_blank=True,
-                             help_text=f"One of {', '.join(METRIC_NAMES)}; for a budget rule one of "
-                                       f"{_BUDGET_METRIC_NAMES}.")
+    metric = StrictCharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text=f"One of {', '.join(METRIC_NAMES)}; for a budget rule one of {_BUDGET_METRIC_NAMES}.",
+    )
     aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, default="avg")
     window_seconds = StrictIntegerField(min_value=1, default=300)
-    operator = serializers.ChoiceField(choices=AlertRule.Operator.choices, default=">",
-                                       help_text="A budget rule takes `>` or `>=`.")
-    threshold = StrictFloatField(required=False, allow_null=True, default=None,
-                                 help_text="Required, except for a budget rule (which takes `budget_amount`).")
+    operator = serializers.ChoiceField(
+        choices=AlertRule.Operator.choices, default=">", help_text="A budget rule takes `>` or `>=`."
+    )
+    threshold = StrictFloatField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Required, except for a budget rule (which takes `budget_amount`).",
+    )
     threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, default="absolute")
     for_seconds = StrictIntegerField(min_value=0, default=0)
     severity = serializers.ChoiceField(choices=Severity.choices, default="warning")
     enabled = StrictBooleanField(default=True)
     repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, default=3600)
     channels = serializers.ListField(child=StrictCharField(), required=False, default=list, max_length=20)
-    budget_scope = serializers.ChoiceField(choices=AlertRule.BudgetScope.choices, required=False, allow_null=True,
-                                           default=None, help_text=_BUDGET_SCOPE_HELP)
-    budget_amount = StrictCharField(required=False, allow_null=True, default=None, max_length=40,
-                                    help_text=_BUDGET_AMOUNT_HELP)
+    budget_scope = serializers.ChoiceField(
+        choices=AlertRule.BudgetScope.choices,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text=_BUDGET_SCOPE_HELP,
+    )
+    budget_amount = StrictCharField(
+        required=False, allow_null=True, default=None, max_length=40, help_text=_BUDGET_AMOUNT_HELP
+    )
 
     def validate(self, attrs):
         errors: dict[str, list[str]] = {}
@@ -295,10 +452,12 @@ class AlertRuleCreateSerializer(InputSerializer):
             if metric not in BUDGET_METRICS:
                 errors["metric"] = [f"A budget rule watches one of: {_BUDGET_METRIC_NAMES}."]
             if attrs.get("deployment"):
-                errors["deployment"] = ["A budget rule watches the spend of the project or the organization "
-                                        "(budget_scope), never one deployment."]
+                errors["deployment"] = [
+                    "A budget rule watches the spend of the project or the organization "
+                    "(budget_scope), never one deployment."
+                ]
             if attrs.get("budget_amount") is None:
-                errors["budget_amount"] = ["A budget rule needs its amount, a decimal string such as \"250.00\"."]
+                errors["budget_amount"] = ['A budget rule needs its amount, a decimal string such as "250.00".']
             if attrs.get("threshold") is not None:
                 errors["threshold"] = ["A budget rule is set with budget_amount, not a threshold."]
         else:
@@ -330,8 +489,9 @@ class AlertRuleUpdateSerializer(InputSerializer):
     enabled = StrictBooleanField(required=False)
     repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, required=False)
     channels = serializers.ListField(child=StrictCharField(), required=False, max_length=20)
-    budget_scope = serializers.ChoiceField(choices=AlertRule.BudgetScope.choices, required=False,
-                                           help_text=_BUDGET_SCOPE_HELP)
+    budget_scope = serializers.ChoiceField(
+        choices=AlertRule.BudgetScope.choices, required=False, help_text=_BUDGET_SCOPE_HELP
+    )
     budget_amount = StrictCharField(required=False, max_length=40, help_text=_BUDGET_AMOUNT_HELP)
 
     def validate_metric(self, value):
@@ -353,8 +513,13 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
     scope_level = "project"
     lookup_url_kwarg = "rule"
     serializer_class = AlertRuleSerializer
-    required_scopes = {"list": "alert:read", "retrieve": "alert:read", "create": "deployment:configure",
-                       "partial_update": "deployment:configure", "destroy": "deployment:configure"}
+    required_scopes = {
+        "list": "alert:read",
+        "retrieve": "alert:read",
+        "create": "deployment:configure",
+        "partial_update": "deployment:configure",
+        "destroy": "deployment:configure",
+    }
 
     def _deployment(self, public_id: str, field: str) -> Deployment:
         found = Deployment.objects.filter(project=self.project, public_id=public_id).first()
@@ -370,12 +535,22 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
     def _check_budget_scope(self):
         # A budget alert tells spend: setting one is for those who may read the organization's billing.
         if not access.has_scope(self.principal, "billing:read", organization=self.organization):
-            raise exceptions.PermissionDenied("A budget rule reveals spend: it also needs the billing:read scope, "
-                                              "which your role does not grant.")
+            raise exceptions.PermissionDenied(
+                "A budget rule reveals spend: it also needs the billing:read scope, which your role does not grant."
+            )
 
-    @extend_schema(summary="List the project's alert rules, including those of its deployments", tags=ALERTS_TAG,
-                   parameters=[OpenApiParameter("deployment", OpenApiTypes.STR, OpenApiParameter.QUERY,
-                                                description="Only the rules scoped to this deployment (`dep_…`).")])
+    @extend_schema(
+        summary="List the project's alert rules, including those of its deployments",
+        tags=ALERTS_TAG,
+        parameters=[
+            OpenApiParameter(
+                "deployment",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                description="Only the rules scoped to this deployment (`dep_…`).",
+            )
+        ],
+    )
     def list(self, request, *args, **kwargs):
         if request.query_params.get("deployment"):
             self._deployment(request.query_params["deployment"], "deployment")
@@ -385,8 +560,12 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Create an alert rule for the project or one of its deployments", tags=ALERTS_TAG,
-                   request=AlertRuleCreateSerializer, responses={201: AlertRuleSerializer})
+    @extend_schema(
+        summary="Create an alert rule for the project or one of its deployments",
+        tags=ALERTS_TAG,
+        request=AlertRuleCreateSerializer,
+        responses={201: AlertRuleSerializer},
+    )
     def create(self, request, *args, **kwargs):
         data = AlertRuleCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -399,12 +578,17 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
         deployment_id = fields.pop("deployment")
         deployment = self._deployment(deployment_id, "deployment") if deployment_id else None
         channels = _channels_of(self.organization, fields.pop("channels"))
-        rule = services.alert_rule_create(project=self.project, actor=self.principal, deployment=deployment,
-                                          channels=channels, **fields)
+        rule = services.alert_rule_create(
+            project=self.project, actor=self.principal, deployment=deployment, channels=channels, **fields
+        )
         return Response(AlertRuleSerializer(rule).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="Change or disable an alert rule", tags=ALERTS_TAG, request=AlertRuleUpdateSerializer,
-                   responses={200: AlertRuleSerializer})
+    @extend_schema(
+        summary="Change or disable an alert rule",
+        tags=ALERTS_TAG,
+        request=AlertRuleUpdateSerializer,
+        responses={200: AlertRuleSerializer},
+    )
     def partial_update(self, request, *args, **kwargs):
         data = AlertRuleUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -427,23 +611,48 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
 # --- Alerts -------------------------------------------------------------------------------------------------------
 
 _ALERT_EXAMPLE = {
-    "id": "alt_7f3k2m9q4x8c1v5b6n0z", "status": "firing", "severity": "warning",
-    "rule": {"id": "rule_7f3k2m9q4x8c1v5b6n0z", "name": "Too many connections", "metric": "connections",
-             "kind": "metric"},
-    "project": "prj_7f3k2m9q4x8c1v5b6n0z", "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
-    "subject": {"type": "deployment", "id": "dep_7f3k2m9q4x8c1v5b6n0z"}, "budget": None,
-    "since": "2026-11-01T09:31:00Z", "fired_at": "2026-11-01T09:31:00Z", "resolved_at": None, "value": 3.0,
-    "threshold": 2.0, "summary": "Too many connections: connections = 3 (threshold > 2) on dep_7f3k2m9q4x8c1v5b6n0z",
-    "last_notified_at": "2026-11-01T09:31:00Z", "acknowledged_until": None, "acknowledged_by": None,
-    "acknowledgement_comment": "", "created_at": "2026-11-01T09:31:00Z"}
+    "id": "alt_7f3k2m9q4x8c1v5b6n0z",
+    "status": "firing",
+    "severity": "warning",
+    "rule": {
+        "id": "rule_7f3k2m9q4x8c1v5b6n0z",
+        "name": "Too many connections",
+        "metric": "connections",
+        "kind": "metric",
+    },
+    "project": "prj_7f3k2m9q4x8c1v5b6n0z",
+    "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+    "subject": {"type": "deployment", "id": "dep_7f3k2m9q4x8c1v5b6n0z"},
+    "budget": None,
+    "since": "2026-11-01T09:31:00Z",
+    "fired_at": "2026-11-01T09:31:00Z",
+    "resolved_at": None,
+    "value": 3.0,
+    "threshold": 2.0,
+    "summary": "Too many connections: connections = 3 (threshold > 2) on dep_7f3k2m9q4x8c1v5b6n0z",
+    "last_notified_at": "2026-11-01T09:31:00Z",
+    "acknowledged_until": None,
+    "acknowledged_by": None,
+    "acknowledgement_comment": "",
+    "created_at": "2026-11-01T09:31:00Z",
+}
 _BUDGET_ALERT_EXAMPLE = {
-    **_ALERT_EXAMPLE, "id": "alt_2b8d4f6h1j3k5m7n9p0q",
+    **_ALERT_EXAMPLE,
+    "id": "alt_2b8d4f6h1j3k5m7n9p0q",
     "rule": {"id": "rule_2b8d4f6h1j3k5m7n9p0q", "name": "Budget", "metric": "spend_month_to_date", "kind": "budget"},
-    "deployment": None, "subject": {"type": "project", "id": "prj_7f3k2m9q4x8c1v5b6n0z"},
-    "budget": {"metric": "spend_month_to_date", "scope": "project", "currency": "USD", "spend": "312.40",
-               "budget": "250.00"},
-    "value": None, "threshold": None,
-    "summary": "Budget: month-to-date spend 312.40 USD >= 250.00 USD on project Default"}
+    "deployment": None,
+    "subject": {"type": "project", "id": "prj_7f3k2m9q4x8c1v5b6n0z"},
+    "budget": {
+        "metric": "spend_month_to_date",
+        "scope": "project",
+        "currency": "USD",
+        "spend": "312.40",
+        "budget": "250.00",
+    },
+    "value": None,
+    "threshold": None,
+    "summary": "Budget: month-to-date spend 312.40 USD >= 250.00 USD on project Default",
+}
 
 
 class AlertRuleRefSerializer(serializers.Serializer):
@@ -467,25 +676,54 @@ class AlertBudgetSerializer(serializers.Serializer):
     budget = serializers.CharField(help_text="The budget it was compared with, a decimal string in major units.")
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Alert", value=_ALERT_EXAMPLE, response_only=True),
-                                    OpenApiExample("Budget alert", value=_BUDGET_ALERT_EXAMPLE, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample("Alert", value=_ALERT_EXAMPLE, response_only=True),
+        OpenApiExample("Budget alert", value=_BUDGET_ALERT_EXAMPLE, response_only=True),
+    ]
+)
 class AlertSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     rule = AlertRuleRefSerializer(read_only=True)
     project = serializers.CharField(source="project.public_id", read_only=True)
-    deployment = serializers.CharField(source="deployment.public_id", read_only=True, allow_null=True, default=None,
-                                       help_text="Null for a budget alert: see `subject`.")
-    subject = serializers.SerializerMethodField(help_text=(
-        "What the alert is about: a deployment, or for a budget alert the project or the organization."))
+    deployment = serializers.CharField(
+        source="deployment.public_id",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="Null for a budget alert: see `subject`.",
+    )
+    subject = serializers.SerializerMethodField(
+        help_text=("What the alert is about: a deployment, or for a budget alert the project or the organization.")
+    )
     budget = serializers.SerializerMethodField(help_text="Budget alerts only: the spend and the budget compared.")
-    acknowledged_by = serializers.EmailField(source="acknowledged_by.email", read_only=True, allow_null=True,
-                                             default=None)
+    acknowledged_by = serializers.EmailField(
+        source="acknowledged_by.email", read_only=True, allow_null=True, default=None
+    )
 
     class Meta:
         model = Alert
-        fields = ["id", "status", "severity", "rule", "project", "deployment", "subject", "budget", "since",
-                  "fired_at", "resolved_at", "value", "threshold", "summary", "last_notified_at",
-                  "acknowledged_until", "acknowledged_by", "acknowledgement_comment", "created_at"]
+        fields = [
+            "id",
+            "status",
+            "severity",
+            "rule",
+            "project",
+            "deployment",
+            "subject",
+            "budget",
+            "since",
+            "fired_at",
+            "resolved_at",
+            "value",
+            "threshold",
+            "summary",
+            "last_notified_at",
+            "acknowledged_until",
+            "acknowledged_by",
+            "acknowledgement_comment",
+            "created_at",
+        ]
 
     @extend_schema_field(AlertSubjectSerializer)
     def get_subject(self, obj):
@@ -507,10 +745,21 @@ class AlertEventSerializer(serializers.Serializer):
     at = serializers.DateTimeField(source="created_at")
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Alert with history", value={**_ALERT_EXAMPLE, "events": [
-    {"kind": "firing", "value": 3.0, "message": "condition met", "at": "2026-11-01T09:31:00Z"},
-    {"kind": "notified", "value": 3.0, "message": "fire notification", "at": "2026-11-01T09:31:00Z"}]},
-    response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Alert with history",
+            value={
+                **_ALERT_EXAMPLE,
+                "events": [
+                    {"kind": "firing", "value": 3.0, "message": "condition met", "at": "2026-11-01T09:31:00Z"},
+                    {"kind": "notified", "value": 3.0, "message": "fire notification", "at": "2026-11-01T09:31:00Z"},
+                ],
+            },
+            response_only=True,
+        )
+    ]
+)
 class AlertDetailSerializer(AlertSerializer):
     events = serializers.SerializerMethodField()
 
@@ -552,29 +801,47 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewS
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(summary="Describe an alert and its history", tags=ALERTS_TAG,
-                   responses={200: AlertDetailSerializer})
+    @extend_schema(summary="Describe an alert and its history", tags=ALERTS_TAG, responses={200: AlertDetailSerializer})
     def retrieve(self, request, *args, **kwargs):
         return Response(AlertDetailSerializer(self.get_object()).data)
 
-    @extend_schema(summary="Acknowledge a firing alert until a time, with a comment", tags=ALERTS_TAG,
-                   request=AlertAcknowledgeSerializer, responses={200: AlertDetailSerializer})
+    @extend_schema(
+        summary="Acknowledge a firing alert until a time, with a comment",
+        tags=ALERTS_TAG,
+        request=AlertAcknowledgeSerializer,
+        responses={200: AlertDetailSerializer},
+    )
     def acknowledge(self, request, *args, **kwargs):
         alert = self.get_object()
         data = AlertAcknowledgeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         alert = services.alert_acknowledge(alert=alert, actor=self.principal, **data.validated_data)
-        return Response(AlertDetailSerializer(selectors.alert_list(organization=self.organization).get(pk=alert.pk))
-                        .data)
+        return Response(
+            AlertDetailSerializer(selectors.alert_list(organization=self.organization).get(pk=alert.pk)).data
+        )
 
 
 # --- Silences -----------------------------------------------------------------------------------------------------
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Silence", value={
-    "id": "sil_7f3k2m9q4x8c1v5b6n0z", "matchers": {"deployment": "dep_7f3k2m9q4x8c1v5b6n0z"},
-    "starts_at": "2026-11-01T09:00:00Z", "ends_at": "2026-11-01T11:00:00Z", "comment": "load test",
-    "active": True, "created_by": "ada@example.com", "created_at": "2026-11-01T08:59:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Silence",
+            value={
+                "id": "sil_7f3k2m9q4x8c1v5b6n0z",
+                "matchers": {"deployment": "dep_7f3k2m9q4x8c1v5b6n0z"},
+                "starts_at": "2026-11-01T09:00:00Z",
+                "ends_at": "2026-11-01T11:00:00Z",
+                "comment": "load test",
+                "active": True,
+                "created_by": "ada@example.com",
+                "created_at": "2026-11-01T08:59:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class SilenceSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     matchers = serializers.DictField(child=serializers.CharField())
@@ -590,8 +857,12 @@ class SilenceSerializer(serializers.ModelSerializer):
 
 
 class SilenceCreateSerializer(InputSerializer):
-    matchers = serializers.DictField(child=StrictCharField(), required=False, default=dict,
-                                     help_text="Any of deployment, rule, metric, severity; all must match.")
+    matchers = serializers.DictField(
+        child=StrictCharField(),
+        required=False,
+        default=dict,
+        help_text="Any of deployment, rule, metric, severity; all must match.",
+    )
     starts_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
     ends_at = serializers.DateTimeField(help_text="Required: a silence always ends.")
     comment = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
@@ -603,8 +874,12 @@ class SilenceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
     scope_level = "project"
     lookup_url_kwarg = "silence"
     serializer_class = SilenceSerializer
-    required_scopes = {"list": "alert:read", "retrieve": "alert:read", "create": "deployment:configure",
-                       "destroy": "deployment:configure"}
+    required_scopes = {
+        "list": "alert:read",
+        "retrieve": "alert:read",
+        "create": "deployment:configure",
+        "destroy": "deployment:configure",
+    }
 
     @extend_schema(summary="List the project's silences", tags=ALERTS_TAG)
     def list(self, request, *args, **kwargs):
@@ -614,16 +889,21 @@ class SilenceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Silence matching alerts for a time window", tags=ALERTS_TAG,
-                   request=SilenceCreateSerializer, responses={201: SilenceSerializer})
+    @extend_schema(
+        summary="Silence matching alerts for a time window",
+        tags=ALERTS_TAG,
+        request=SilenceCreateSerializer,
+        responses={201: SilenceSerializer},
+    )
     def create(self, request, *args, **kwargs):
         data = SilenceCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         silence = services.silence_create(project=self.project, actor=self.principal, **data.validated_data)
         return Response(SilenceSerializer(silence).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="End a silence now (it stays listed as history)", tags=ALERTS_TAG,
-                   responses={200: SilenceSerializer})
+    @extend_schema(
+        summary="End a silence now (it stays listed as history)", tags=ALERTS_TAG, responses={200: SilenceSerializer}
+    )
     def destroy(self, request, *args, **kwargs):
         silence = services.silence_expire(silence=self.get_object(), actor=self.principal)
         return Response(SilenceSerializer(silence).data)
@@ -632,9 +912,16 @@ class SilenceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
 # --- Notification channels ----------------------------------------------------------------------------------------
 
 _CHANNEL_EXAMPLE = {
-    "id": "chn_7f3k2m9q4x8c1v5b6n0z", "name": "On-call webhook", "type": "webhook",
-    "config": {"url": "https://hooks.example.com/mqtt", "headers": {"X-Team": "…"}}, "is_default": True,
-    "platform_events": True, "enabled": True, "failing_since": None, "created_at": "2026-11-01T09:30:00Z"}
+    "id": "chn_7f3k2m9q4x8c1v5b6n0z",
+    "name": "On-call webhook",
+    "type": "webhook",
+    "config": {"url": "https://hooks.example.com/mqtt", "headers": {"X-Team": "…"}},
+    "is_default": True,
+    "platform_events": True,
+    "enabled": True,
+    "failing_since": None,
+    "created_at": "2026-11-01T09:30:00Z",
+}
 
 
 @extend_schema_serializer(examples=[OpenApiExample("Channel", value=_CHANNEL_EXAMPLE, response_only=True)])
@@ -644,18 +931,37 @@ class NotificationChannelSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = NotificationChannel
-        fields = ["id", "name", "type", "config", "is_default", "platform_events", "enabled", "failing_since",
-                  "created_at"]
+        fields = [
+            "id",
+            "name",
+            "type",
+            "config",
+            "is_default",
+            "platform_events",
+            "enabled",
+            "failing_since",
+            "created_at",
+        ]
 
     def get_config(self, obj) -> dict:
         return services._public_config(obj)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Created webhook channel", value={
-    **_CHANNEL_EXAMPLE, "secret": "whsec_Jx3…"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Created webhook channel", value={**_CHANNEL_EXAMPLE, "secret": "whsec_Jx3…"}, response_only=True
+        )
+    ]
+)
 class NotificationChannelCreatedSerializer(NotificationChannelSerializer):
-    secret = serializers.CharField(allow_null=True, read_only=True, help_text=(
-        "Webhook only, shown once: verify `X-Signature: t=<unix>,v1=<hex>` as HMAC-SHA256(secret, \"<t>.<body>\")."))
+    secret = serializers.CharField(
+        allow_null=True,
+        read_only=True,
+        help_text=(
+            'Webhook only, shown once: verify `X-Signature: t=<unix>,v1=<hex>` as HMAC-SHA256(secret, "<t>.<body>").'
+        ),
+    )
 
     class Meta(NotificationChannelSerializer.Meta):
         fields = [*NotificationChannelSerializer.Meta.fields, "secret"]
@@ -664,9 +970,12 @@ class NotificationChannelCreatedSerializer(NotificationChannelSerializer):
 class NotificationChannelCreateSerializer(InputSerializer):
     name = StrictCharField(max_length=100)
     type = serializers.ChoiceField(choices=NotificationChannel.Type.choices)
-    config = serializers.DictField(help_text=(
-        "email: {addresses: [...]}; webhook: {url, headers}; slack: {url} (an incoming-webhook URL); "
-        "pagerduty: {routing_key} (Events API v2 integration key)."))
+    config = serializers.DictField(
+        help_text=(
+            "email: {addresses: [...]}; webhook: {url, headers}; slack: {url} (an incoming-webhook URL); "
+            "pagerduty: {routing_key} (Events API v2 integration key)."
+        )
+    )
     is_default = StrictBooleanField(default=True)
     platform_events = StrictBooleanField(default=True)
     enabled = StrictBooleanField(default=True)
@@ -690,12 +999,36 @@ class DeliveryAttemptSerializer(serializers.Serializer):
     at = serializers.DateTimeField(source="created_at")
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Delivery", value={
-    "id": "dlv_7f3k2m9q4x8c1v5b6n0z", "kind": "fire", "status": "retrying", "attempts": 1,
-    "alert": "alt_7f3k2m9q4x8c1v5b6n0z", "payload": {"event": "alert.firing"}, "created_at": "2026-11-01T09:31:00Z",
-    "next_attempt_at": "2026-11-01T09:31:30Z", "completed_at": None,
-    "history": [{"number": 1, "ok": False, "status_code": 500, "response_body": "oops", "error": "HTTP 500",
-                 "duration_ms": 12, "at": "2026-11-01T09:31:00Z"}]}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Delivery",
+            value={
+                "id": "dlv_7f3k2m9q4x8c1v5b6n0z",
+                "kind": "fire",
+                "status": "retrying",
+                "attempts": 1,
+                "alert": "alt_7f3k2m9q4x8c1v5b6n0z",
+                "payload": {"event": "alert.firing"},
+                "created_at": "2026-11-01T09:31:00Z",
+                "next_attempt_at": "2026-11-01T09:31:30Z",
+                "completed_at": None,
+                "history": [
+                    {
+                        "number": 1,
+                        "ok": False,
+                        "status_code": 500,
+                        "response_body": "oops",
+                        "error": "HTTP 500",
+                        "duration_ms": 12,
+                        "at": "2026-11-01T09:31:00Z",
+                    }
+                ],
+            },
+            response_only=True,
+        )
+    ]
+)
 class DeliverySerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     alert = serializers.CharField(source="alert.public_id", read_only=True, allow_null=True, default=None)
@@ -703,17 +1036,33 @@ class DeliverySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Delivery
-        fields = ["id", "kind", "status", "attempts", "alert", "payload", "created_at", "next_attempt_at",
-                  "completed_at", "history"]
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "attempts",
+            "alert",
+            "payload",
+            "created_at",
+            "next_attempt_at",
+            "completed_at",
+            "history",
+        ]
 
 
 class NotificationChannelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
     queryset = NotificationChannel.objects.all()
     lookup_url_kwarg = "channel"
     serializer_class = NotificationChannelSerializer
-    required_scopes = {"list": "channel:read", "retrieve": "channel:read", "create": "channel:write",
-                       "partial_update": "channel:write", "destroy": "channel:write", "test": "channel:write",
-                       "deliveries": "channel:read"}
+    required_scopes = {
+        "list": "channel:read",
+        "retrieve": "channel:read",
+        "create": "channel:write",
+        "partial_update": "channel:write",
+        "destroy": "channel:write",
+        "test": "channel:write",
+        "deliveries": "channel:read",
+    }
 
     @extend_schema(summary="List notification channels", tags=CHANNELS_TAG)
     def list(self, request, *args, **kwargs):
@@ -723,19 +1072,27 @@ class NotificationChannelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixi
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Create a notification channel (a webhook's signing secret is shown once)",
-                   tags=CHANNELS_TAG, request=NotificationChannelCreateSerializer,
-                   responses={201: NotificationChannelCreatedSerializer})
+    @extend_schema(
+        summary="Create a notification channel (a webhook's signing secret is shown once)",
+        tags=CHANNELS_TAG,
+        request=NotificationChannelCreateSerializer,
+        responses={201: NotificationChannelCreatedSerializer},
+    )
     def create(self, request, *args, **kwargs):
         data = NotificationChannelCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        channel, secret = services.channel_create(organization=self.organization, actor=self.principal,
-                                                  **data.validated_data)
+        channel, secret = services.channel_create(
+            organization=self.organization, actor=self.principal, **data.validated_data
+        )
         channel.secret = secret
         return Response(NotificationChannelCreatedSerializer(channel).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="Change a notification channel", tags=CHANNELS_TAG,
-                   request=NotificationChannelUpdateSerializer, responses={200: NotificationChannelSerializer})
+    @extend_schema(
+        summary="Change a notification channel",
+        tags=CHANNELS_TAG,
+        request=NotificationChannelUpdateSerializer,
+        responses={200: NotificationChannelSerializer},
+    )
     def partial_update(self, request, *args, **kwargs):
         data = NotificationChannelUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -747,14 +1104,21 @@ class NotificationChannelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixi
         services.channel_delete(channel=self.get_object(), actor=self.principal)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(summary="Send a test notification through the channel", tags=CHANNELS_TAG, request=None,
-                   responses={202: DeliverySerializer})
+    @extend_schema(
+        summary="Send a test notification through the channel",
+        tags=CHANNELS_TAG,
+        request=None,
+        responses={202: DeliverySerializer},
+    )
     def test(self, request, *args, **kwargs):
         delivery = services.channel_test(channel=self.get_object(), actor=self.principal)
         return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(summary="Deliveries through the channel, each with every attempt and its response",
-                   tags=CHANNELS_TAG, responses={200: DeliverySerializer(many=True)})
+    @extend_schema(
+        summary="Deliveries through the channel, each with every attempt and its response",
+        tags=CHANNELS_TAG,
+        responses={200: DeliverySerializer(many=True)},
+    )
     def deliveries(self, request, *args, **kwargs):
         queryset = selectors.delivery_list(channel=self.get_object())
         page = self.paginate_queryset(queryset)

@@ -3,6 +3,7 @@
 Fields and constraints only: every write goes through alerts.services, every read the API makes through
 alerts.selectors. "One alert per rule and subject" is the unique constraint's guarantee, not the evaluator's.
 """
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -17,8 +18,9 @@ class MetricSample(models.Model):
     # No database foreign key: a minute brings 140,000 rows for 10,000 deployments, and a per-row key check was a
     # third of storing them. Samples are written only for deployments the collector just read, deployments are
     # never removed from their table (deletion is a status), and Django still cascades if one ever is.
-    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+",
-                                   db_index=False, db_constraint=False)
+    deployment = models.ForeignKey(
+        "deployments.Deployment", on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
     name = models.CharField(max_length=32)
     ts = models.DateTimeField()
     value = models.FloatField()
@@ -36,8 +38,7 @@ class MetricRollup(models.Model):
 
     BUCKET_SECONDS = 300
 
-    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+",
-                                   db_index=False)
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+", db_index=False)
     name = models.CharField(max_length=32)
     bucket = models.DateTimeField(help_text="Start of the five-minute bucket.")
     avg = models.FloatField()
@@ -55,8 +56,9 @@ class MetricRollup(models.Model):
 class CollectorState(models.Model):
     """Where collection of one deployment stands: the broker-log offset, previous counters, and availability."""
 
-    deployment = models.OneToOneField("deployments.Deployment", on_delete=models.CASCADE,
-                                      related_name="collector_state")
+    deployment = models.OneToOneField(
+        "deployments.Deployment", on_delete=models.CASCADE, related_name="collector_state"
+    )
     log_offset = models.BigIntegerField(default=0)
     state = models.JSONField(default=dict, blank=True)
     available = models.BooleanField(default=True)
@@ -108,8 +110,9 @@ class AlertRule(models.Model):
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="alert_rules")
     # Null: the rule applies to every deployment of the project.
-    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True,
-                                   related_name="alert_rules")
+    deployment = models.ForeignKey(
+        "deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True, related_name="alert_rules"
+    )
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.METRIC)
     metric = models.CharField(max_length=32, blank=True)
@@ -138,15 +141,24 @@ class AlertRule(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["deployment", "default_key"], condition=~Q(default_key=""),
-                                    name="alert_rule_default_once"),
+            models.UniqueConstraint(
+                fields=["deployment", "default_key"], condition=~Q(default_key=""), name="alert_rule_default_once"
+            ),
             models.CheckConstraint(condition=~Q(kind="metric") | ~Q(metric=""), name="alert_rule_metric_named"),
             # A budget rule is about spend, never one deployment, and always has its amount, currency and scope.
             models.CheckConstraint(
                 condition=(~Q(kind="budget") & Q(budget_minor__isnull=True, budget_currency="", budget_scope=""))
-                | (Q(kind="budget", deployment__isnull=True, budget_minor__gt=0,
-                     budget_scope__in=["project", "organization"]) & ~Q(budget_currency="")),
-                name="alert_rule_budget_fields"),
+                | (
+                    Q(
+                        kind="budget",
+                        deployment__isnull=True,
+                        budget_minor__gt=0,
+                        budget_scope__in=["project", "organization"],
+                    )
+                    & ~Q(budget_currency="")
+                ),
+                name="alert_rule_budget_fields",
+            ),
         ]
         indexes = [models.Index(fields=["enabled", "kind"], name="alert_rule_enabled")]
 
@@ -171,8 +183,9 @@ class Alert(models.Model):
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="+")
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
     # Null for a budget alert: its subject is the project or the organization (the rule's budget_scope).
-    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True,
-                                   related_name="alerts")
+    deployment = models.ForeignKey(
+        "deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True, related_name="alerts"
+    )
     status = models.CharField(max_length=8, choices=AlertStatus.choices)
     since = models.DateTimeField(help_text="When the current status began.")
     fired_at = models.DateTimeField(null=True, blank=True)
@@ -185,8 +198,9 @@ class Alert(models.Model):
     # Null until someone was told it fired in this episode; reset when it resolves.
     last_notified_at = models.DateTimeField(null=True, blank=True)
     acknowledged_until = models.DateTimeField(null=True, blank=True)
-    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                        related_name="+")
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     acknowledgement_comment = models.CharField(max_length=500, blank=True)
     # Budget alerts only: the spend last compared and the budget it was compared with, in minor units of `currency`.
     spend_minor = models.BigIntegerField(null=True, blank=True)
@@ -198,8 +212,9 @@ class Alert(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["rule", "deployment"], name="alert_one_per_rule_subject"),
             # NULLs are distinct in a unique index: a rule without a deployment needs its own "one alert" guarantee.
-            models.UniqueConstraint(fields=["rule"], condition=Q(deployment__isnull=True),
-                                    name="alert_one_per_rule_without_deployment"),
+            models.UniqueConstraint(
+                fields=["rule"], condition=Q(deployment__isnull=True), name="alert_one_per_rule_without_deployment"
+            ),
         ]
         indexes = [models.Index(fields=["organization", "status", "-since"], name="alert_org_status")]
 
@@ -247,14 +262,16 @@ class Silence(models.Model):
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
     comment = models.CharField(max_length=500, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-starts_at", "-id"]
-        constraints = [models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")),
-                                              name="silence_ends_after_start")]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="silence_ends_after_start")
+        ]
 
 
 class NotificationChannel(models.Model):
@@ -265,8 +282,9 @@ class NotificationChannel(models.Model):
         PAGERDUTY = "pagerduty", "PagerDuty"
 
     public_id = PublicIdField(prefix="chn")
-    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE,
-                                     related_name="notification_channels")
+    organization = models.ForeignKey(
+        "organizations.Organization", on_delete=models.CASCADE, related_name="notification_channels"
+    )
     name = models.CharField(max_length=100)
     type = models.CharField(max_length=16, choices=Type.choices)
     # email: {"addresses": [...]}; webhook: {"url", "headers"}; slack: {"url"}; pagerduty: {} (the key is secret).

@@ -3,6 +3,7 @@ silences, channels and their deliveries.
 
 Every read takes its tenant explicitly and owns its select_related/prefetch_related. Nothing here writes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,16 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from alerts.metrics import METRICS, MetricKind
-from alerts.models import (Alert, AlertEvent, CollectorState, Delivery, DeliveryAttempt, MetricRollup, MetricSample,
-                           NotificationChannel)
+from alerts.models import (
+    Alert,
+    AlertEvent,
+    CollectorState,
+    Delivery,
+    DeliveryAttempt,
+    MetricRollup,
+    MetricSample,
+    NotificationChannel,
+)
 from alerts.services import RAW_RETENTION, TIER_LIMIT_FIELDS
 
 MAX_POINTS = 1440
@@ -45,12 +54,20 @@ def metrics_conditions(*, deployment) -> list[dict]:
     state = CollectorState.objects.filter(deployment=deployment).first()
     if state is None or state.available:
         return []
-    return [{"type": "metrics_unavailable", "status": True, "reason": "BrokerUnreachable",
-             "message": state.last_error, "since": state.unavailable_since}]
+    return [
+        {
+            "type": "metrics_unavailable",
+            "status": True,
+            "reason": "BrokerUnreachable",
+            "message": state.last_error,
+            "since": state.unavailable_since,
+        }
+    ]
 
 
-def metric_series(*, deployment, names: list[str], start: dt.datetime, end: dt.datetime, step: int,
-                  now: dt.datetime | None = None) -> MetricSeries:
+def metric_series(
+    *, deployment, names: list[str], start: dt.datetime, end: dt.datetime, step: int, now: dt.datetime | None = None
+) -> MetricSeries:
     """Buckets of `step` seconds aligned to the epoch; gauges and rates averaged, counters summed; no data is None.
 
     Raw samples answer while the range lies inside their 48 hours; older ranges come from the five-minute rollups.
@@ -64,12 +81,18 @@ def metric_series(*, deployment, names: list[str], start: dt.datetime, end: dt.d
     lower, upper = timestamps[0], timestamps[-1] + dt.timedelta(seconds=step)
     use_raw = start >= now - RAW_RETENTION
     if use_raw:
-        rows = MetricSample.objects.filter(deployment=deployment, name__in=names, ts__gte=lower, ts__lt=upper) \
-            .values_list("name", "ts", "value", "value").order_by()
+        rows = (
+            MetricSample.objects.filter(deployment=deployment, name__in=names, ts__gte=lower, ts__lt=upper)
+            .values_list("name", "ts", "value", "value")
+            .order_by()
+        )
         source = "raw"
     else:
-        rows = MetricRollup.objects.filter(deployment=deployment, name__in=names, bucket__gte=lower,
-                                           bucket__lt=upper).values_list("name", "bucket", "avg", "sum").order_by()
+        rows = (
+            MetricRollup.objects.filter(deployment=deployment, name__in=names, bucket__gte=lower, bucket__lt=upper)
+            .values_list("name", "bucket", "avg", "sum")
+            .order_by()
+        )
         source = "rollup"
     for name, ts, avg, total in rows:
         index = int((ts.timestamp() - first) // step)
@@ -83,14 +106,22 @@ def metric_series(*, deployment, names: list[str], start: dt.datetime, end: dt.d
         counter = metric.kind == MetricKind.COUNTER
         values = [None if not n else (s if counter else s / n) for s, n in zip(sums[name], seen[name], strict=True)]
         series.append(Series(name=name, unit=metric.unit, kind=metric.kind.value, values=values))
-    return MetricSeries(start=timestamps[0], end=upper, step=step, source=source, timestamps=timestamps,
-                        series=series, conditions=metrics_conditions(deployment=deployment))
+    return MetricSeries(
+        start=timestamps[0],
+        end=upper,
+        step=step,
+        source=source,
+        timestamps=timestamps,
+        series=series,
+        conditions=metrics_conditions(deployment=deployment),
+    )
 
 
 def current_metrics(*, deployment) -> dict:
     """The latest sample of each metric (within 48 h) and, where the tier has one, its limit and usage percent."""
-    latest = (MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION)
-              .order_by("name", "-ts"))
+    latest = MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION).order_by(
+        "name", "-ts"
+    )
     if connection.vendor == "postgresql":
         latest = latest.distinct("name")  # one row per metric, not 48 hours of them
     values: dict[str, tuple[dt.datetime, float]] = {}
@@ -102,14 +133,23 @@ def current_metrics(*, deployment) -> dict:
         ts, value = values.get(name, (None, None))
         limit_field = TIER_LIMIT_FIELDS.get(name)
         limit = getattr(tier, limit_field) if limit_field else None
-        out.append({"name": name, "unit": metric.unit, "value": value, "at": ts, "limit": limit,
-                    "percent_of_limit": round(value * 100 / limit, 1) if value is not None and limit else None})
+        out.append(
+            {
+                "name": name,
+                "unit": metric.unit,
+                "value": value,
+                "at": ts,
+                "limit": limit,
+                "percent_of_limit": round(value * 100 / limit, 1) if value is not None and limit else None,
+            }
+        )
     return {"metrics": out, "conditions": metrics_conditions(deployment=deployment)}
 
 
 def alert_list(*, organization) -> QuerySet[Alert]:
-    return Alert.objects.filter(organization=organization).select_related("rule", "organization", "deployment",
-                                                                          "project", "acknowledged_by")
+    return Alert.objects.filter(organization=organization).select_related(
+        "rule", "organization", "deployment", "project", "acknowledged_by"
+    )
 
 
 def alert_events(*, alert: Alert) -> QuerySet[AlertEvent]:
@@ -117,5 +157,8 @@ def alert_events(*, alert: Alert) -> QuerySet[AlertEvent]:
 
 
 def delivery_list(*, channel: NotificationChannel) -> QuerySet[Delivery]:
-    return Delivery.objects.filter(channel=channel).select_related("alert", "channel").prefetch_related(
-        Prefetch("attempt_rows", queryset=DeliveryAttempt.objects.order_by("number")))
+    return (
+        Delivery.objects.filter(channel=channel)
+        .select_related("alert", "channel")
+        .prefetch_related(Prefetch("attempt_rows", queryset=DeliveryAttempt.objects.order_by("number")))
+    )

@@ -5,6 +5,7 @@ User-facing changes are keyword-only, atomic, audited, and enqueue their tasks o
 are system work: set-based (one statement per kind of row, whatever the number of deployments), never audited.
 Network I/O (brokers, receivers) never runs inside a database transaction.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,10 +27,28 @@ from django.utils import timezone
 
 from alerts import channels as senders
 from alerts import evaluation, urlsafety
-from alerts.metrics import (BUDGET_METRICS, METRICS, SPEND_FORECAST, SPEND_MONTH_TO_DATE,
-                            validate_budget_metric_name, validate_metric_name)
-from alerts.models import (Alert, AlertEvent, AlertRule, AlertStatus, CollectorState, Delivery, DeliveryAttempt,
-                           MetricRollup, MetricSample, NotificationChannel, PlatformEvent, Silence)
+from alerts.metrics import (
+    BUDGET_METRICS,
+    METRICS,
+    SPEND_FORECAST,
+    SPEND_MONTH_TO_DATE,
+    validate_budget_metric_name,
+    validate_metric_name,
+)
+from alerts.models import (
+    Alert,
+    AlertEvent,
+    AlertRule,
+    AlertStatus,
+    CollectorState,
+    Delivery,
+    DeliveryAttempt,
+    MetricRollup,
+    MetricSample,
+    NotificationChannel,
+    PlatformEvent,
+    Silence,
+)
 from audit.services import audit_record
 from billing.money import minor_units, round_half_up, to_decimal
 from controlplane.metrics import NOTIFICATION_FAILURES
@@ -84,8 +103,9 @@ def samples_store(*, rows: Iterable[tuple[int, str, dt.datetime, float]]) -> int
             ) as copy:
                 copy.write("".join(lines))
         return len(rows)
-    MetricSample.objects.bulk_create([MetricSample(deployment_id=d, name=n, ts=t, value=v) for d, n, t, v in rows],
-                                     batch_size=2000)
+    MetricSample.objects.bulk_create(
+        [MetricSample(deployment_id=d, name=n, ts=t, value=v) for d, n, t, v in rows], batch_size=2000
+    )
     return len(rows)
 
 
@@ -122,16 +142,31 @@ def rollups_compute(*, now: dt.datetime | None = None, lookback: dt.timedelta = 
     # The embedded SQLite default: few deployments, so the buckets are computed here.
     groups: dict[tuple, list[tuple[dt.datetime, float]]] = defaultdict(list)
     for dep, name, ts, value in MetricSample.objects.filter(ts__gte=start, ts__lt=end).values_list(
-            "deployment_id", "name", "ts", "value"):
+        "deployment_id", "name", "ts", "value"
+    ):
         groups[(dep, name, _bucket_start(ts))].append((ts, value))
     rollups = []
     for (dep, name, bucket), points in groups.items():
         values = [v for _, v in sorted(points)]
-        rollups.append(MetricRollup(deployment_id=dep, name=name, bucket=bucket, avg=sum(values) / len(values),
-                                    min=min(values), max=max(values), last=values[-1], sum=sum(values),
-                                    count=len(values)))
-    MetricRollup.objects.bulk_create(rollups, update_conflicts=True, unique_fields=["deployment", "name", "bucket"],
-                                     update_fields=["avg", "min", "max", "last", "sum", "count"])
+        rollups.append(
+            MetricRollup(
+                deployment_id=dep,
+                name=name,
+                bucket=bucket,
+                avg=sum(values) / len(values),
+                min=min(values),
+                max=max(values),
+                last=values[-1],
+                sum=sum(values),
+                count=len(values),
+            )
+        )
+    MetricRollup.objects.bulk_create(
+        rollups,
+        update_conflicts=True,
+        unique_fields=["deployment", "name", "bucket"],
+        update_fields=["avg", "min", "max", "last", "sum", "count"],
+    )
     return len(rollups)
 
 
@@ -205,8 +240,9 @@ def deployment_collect(*, deployment_id: int) -> CollectorState | None:
         logger.exception("collector failed for %s", deployment.public_id)
         from alerts.collectors import CollectResult
 
-        result = CollectResult(state=state.state, log_offset=state.log_offset, available=False,
-                               error=f"{type(exc).__name__}: {exc}")
+        result = CollectResult(
+            state=state.state, log_offset=state.log_offset, available=False, error=f"{type(exc).__name__}: {exc}"
+        )
     now = timezone.now()
     with transaction.atomic():
         state = CollectorState.objects.select_for_update().get(pk=state.pk)
@@ -234,7 +270,7 @@ def running_deployment_ids() -> list[int]:
 
 # -- default rules -------------------------------------------------------------------------------------------------
 
-GB = 1024 ** 3
+GB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,23 +291,60 @@ class DefaultRule:
 
 # The seed system's fixed alert events (DESIGN §7), as editable rules on every deployment.
 DEFAULT_RULES: tuple[DefaultRule, ...] = (
-    DefaultRule("connections_high", "Connections above 80% of the tier's limit", metric="connections",
-                threshold=80, threshold_unit=AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT, for_seconds=300),
-    DefaultRule("traffic_daily", "Traffic above 100 GB in 24 hours", metric="traffic_bytes", aggregation="sum",
-                window_seconds=86400, threshold=100 * GB, repeat_interval_seconds=86400),
-    DefaultRule("certificate_expiring", "TLS certificate expiring within 30 days",
-                kind=AlertRule.Kind.CERTIFICATE_EXPIRY, aggregation="min", window_seconds=86400, operator="<",
-                threshold=30, repeat_interval_seconds=86400),
+    DefaultRule(
+        "connections_high",
+        "Connections above 80% of the tier's limit",
+        metric="connections",
+        threshold=80,
+        threshold_unit=AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT,
+        for_seconds=300,
+    ),
+    DefaultRule(
+        "traffic_daily",
+        "Traffic above 100 GB in 24 hours",
+        metric="traffic_bytes",
+        aggregation="sum",
+        window_seconds=86400,
+        threshold=100 * GB,
+        repeat_interval_seconds=86400,
+    ),
+    DefaultRule(
+        "certificate_expiring",
+        "TLS certificate expiring within 30 days",
+        kind=AlertRule.Kind.CERTIFICATE_EXPIRY,
+        aggregation="min",
+        window_seconds=86400,
+        operator="<",
+        threshold=30,
+        repeat_interval_seconds=86400,
+    ),
     DefaultRule("auth_failures", "Authentication failures", metric="auth_failure_rate", threshold=0.1),
     DefaultRule("acl_denied", "ACL denials", metric="acl_denied_rate", threshold=0.1),
-    DefaultRule("messages_dropped", "Messages dropped", metric="messages_dropped_rate", aggregation="avg",
-                threshold=1),
-    DefaultRule("rate_limit", "Message rate at the tier's limit", metric="messages_received_rate", operator=">=",
-                threshold=100, threshold_unit=AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT, for_seconds=120),
-    DefaultRule("vpc_peering_abnormal", "VPC peering abnormal", kind=AlertRule.Kind.VPC_PEERING, threshold=0,
-                severity="critical"),
-    DefaultRule("rule_resource_down", "Rule-engine resource down", metric="rule_resource_down", threshold=0,
-                for_seconds=120, severity="critical"),
+    DefaultRule("messages_dropped", "Messages dropped", metric="messages_dropped_rate", aggregation="avg", threshold=1),
+    DefaultRule(
+        "rate_limit",
+        "Message rate at the tier's limit",
+        metric="messages_received_rate",
+        operator=">=",
+        threshold=100,
+        threshold_unit=AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT,
+        for_seconds=120,
+    ),
+    DefaultRule(
+        "vpc_peering_abnormal",
+        "VPC peering abnormal",
+        kind=AlertRule.Kind.VPC_PEERING,
+        threshold=0,
+        severity="critical",
+    ),
+    DefaultRule(
+        "rule_resource_down",
+        "Rule-engine resource down",
+        metric="rule_resource_down",
+        threshold=0,
+        for_seconds=120,
+        severity="critical",
+    ),
     DefaultRule("rule_failures", "Rule-engine failures", metric="rule_failed_rate", aggregation="avg", threshold=0),
 )
 
@@ -280,13 +353,25 @@ def _default_rule_rows(deployments: Sequence) -> list[AlertRule]:
     rows = []
     for deployment in deployments:
         for d in DEFAULT_RULES:
-            rows.append(AlertRule(
-                organization_id=deployment.project.organization_id, project_id=deployment.project_id,
-                deployment=deployment, name=d.name, kind=d.kind, metric=d.metric, aggregation=d.aggregation,
-                window_seconds=d.window_seconds, operator=d.operator, threshold=d.threshold,
-                threshold_unit=d.threshold_unit, for_seconds=d.for_seconds, severity=d.severity,
-                repeat_interval_seconds=d.repeat_interval_seconds, default_key=d.key,
-            ))
+            rows.append(
+                AlertRule(
+                    organization_id=deployment.project.organization_id,
+                    project_id=deployment.project_id,
+                    deployment=deployment,
+                    name=d.name,
+                    kind=d.kind,
+                    metric=d.metric,
+                    aggregation=d.aggregation,
+                    window_seconds=d.window_seconds,
+                    operator=d.operator,
+                    threshold=d.threshold,
+                    threshold_unit=d.threshold_unit,
+                    for_seconds=d.for_seconds,
+                    severity=d.severity,
+                    repeat_interval_seconds=d.repeat_interval_seconds,
+                    default_key=d.key,
+                )
+            )
     return rows
 
 
@@ -311,8 +396,9 @@ def default_rules_ensure(*, deployment_ids: Sequence[int] | None = None) -> int:
     qs = Deployment.objects.exclude(desired_state=DesiredState.DELETED).select_related("project")
     if deployment_ids is not None:
         qs = qs.filter(pk__in=deployment_ids)
-    missing = list(qs.exclude(pk__in=CollectorState.objects.filter(state__defaults_created=True)
-                              .values("deployment_id")))
+    missing = list(
+        qs.exclude(pk__in=CollectorState.objects.filter(state__defaults_created=True).values("deployment_id"))
+    )
     if not missing:
         return 0
     with transaction.atomic():
@@ -320,7 +406,8 @@ def default_rules_ensure(*, deployment_ids: Sequence[int] | None = None) -> int:
         have = set(CollectorState.objects.filter(deployment__in=missing).values_list("deployment_id", flat=True))
         CollectorState.objects.bulk_create(
             [CollectorState(deployment=d, state={"defaults_created": True}) for d in missing if d.pk not in have],
-            batch_size=5000)
+            batch_size=5000,
+        )
         for state in CollectorState.objects.filter(deployment_id__in=have).select_for_update():
             state.state = {**state.state, "defaults_created": True}
             state.save(update_fields=["state"])
@@ -329,8 +416,21 @@ def default_rules_ensure(*, deployment_ids: Sequence[int] | None = None) -> int:
 
 # -- rules ---------------------------------------------------------------------------------------------------------
 
-RULE_FIELDS = ("name", "kind", "metric", "aggregation", "window_seconds", "operator", "threshold", "threshold_unit",
-               "for_seconds", "severity", "enabled", "repeat_interval_seconds", "budget_scope")
+RULE_FIELDS = (
+    "name",
+    "kind",
+    "metric",
+    "aggregation",
+    "window_seconds",
+    "operator",
+    "threshold",
+    "threshold_unit",
+    "for_seconds",
+    "severity",
+    "enabled",
+    "repeat_interval_seconds",
+    "budget_scope",
+)
 # Spend only ever rises during a month: a budget is exceeded, never undershot.
 BUDGET_OPERATORS = (">", ">=")
 _BUDGET_AMOUNT = re.compile(r"^(\d{1,13})(?:\.(\d+))?$")
@@ -342,8 +442,13 @@ def _budget_minor(raw, currency: str) -> int:
         raise ValidationError({"budget_amount": ["A budget is an amount above zero."]})
     match = _BUDGET_AMOUNT.match(raw) if isinstance(raw, str) else None
     if match is None:
-        raise ValidationError({"budget_amount": [
-            f'Give the budget as a decimal string in {currency}, such as "250.00" (no exponent, no float).']})
+        raise ValidationError(
+            {
+                "budget_amount": [
+                    f'Give the budget as a decimal string in {currency}, such as "250.00" (no exponent, no float).'
+                ]
+            }
+        )
     digits = minor_units(currency)
     if len(match.group(2) or "") > digits:
         allowed = f"at most {digits} decimal places" if digits else "no decimal places"
@@ -380,8 +485,10 @@ def _validate_rule(rule: AlertRule) -> None:
         if rule.operator not in BUDGET_OPERATORS:
             errors["operator"] = [f"A budget rule fires when spend is {' or '.join(BUDGET_OPERATORS)} the budget."]
         if rule.deployment_id is not None:
-            errors["deployment"] = ["A budget rule watches the spend of the project or the organization "
-                                    "(budget_scope), never one deployment."]
+            errors["deployment"] = [
+                "A budget rule watches the spend of the project or the organization "
+                "(budget_scope), never one deployment."
+            ]
         if rule.threshold_unit != AlertRule.ThresholdUnit.ABSOLUTE:
             errors["threshold_unit"] = ["A budget is an amount of money, not a percent of a tier limit."]
         if rule.budget_scope not in AlertRule.BudgetScope.values:
@@ -392,20 +499,25 @@ def _validate_rule(rule: AlertRule) -> None:
         errors["metric"] = [f"A {rule.kind} rule has no metric."]
     if rule.window_seconds < collect_interval_seconds():
         errors["window_seconds"] = [
-            f"The window must be at least the collection interval ({collect_interval_seconds()} s)."]
+            f"The window must be at least the collection interval ({collect_interval_seconds()} s)."
+        ]
     if rule.window_seconds > RAW_RETENTION.total_seconds():
         errors["window_seconds"] = [f"The window must be at most {int(RAW_RETENTION.total_seconds())} s (48 h)."]
     if rule.kind != AlertRule.Kind.BUDGET and rule.budget_scope:
         errors["budget_scope"] = [f"Only a budget rule has a budget scope; this is a {rule.kind} rule."]
     if rule.threshold is None:
         errors["threshold"] = ["This field is required."]
-    if (rule.threshold_unit == AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT and rule.kind == AlertRule.Kind.METRIC
-            and rule.metric not in TIER_LIMIT_FIELDS and "metric" not in errors):
-        errors["threshold_unit"] = [
-            f"Only {', '.join(TIER_LIMIT_FIELDS)} have a tier limit to take a percentage of."]
+    if (
+        rule.threshold_unit == AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT
+        and rule.kind == AlertRule.Kind.METRIC
+        and rule.metric not in TIER_LIMIT_FIELDS
+        and "metric" not in errors
+    ):
+        errors["threshold_unit"] = [f"Only {', '.join(TIER_LIMIT_FIELDS)} have a tier limit to take a percentage of."]
     if rule.repeat_interval_seconds is not None and rule.repeat_interval_seconds < collect_interval_seconds():
         errors["repeat_interval_seconds"] = [
-            f"The repeat interval must be at least the collection interval ({collect_interval_seconds()} s)."]
+            f"The repeat interval must be at least the collection interval ({collect_interval_seconds()} s)."
+        ]
     if errors:
         raise ValidationError(errors)
     rule.full_clean(exclude=["organization", "project", "deployment", "channels"])
@@ -429,8 +541,9 @@ def _rule_summary(rule: AlertRule) -> dict:
 
 
 @transaction.atomic
-def alert_rule_create(*, project, actor, deployment=None, channels=(), budget_amount: str | None = None,
-                      **fields) -> AlertRule:
+def alert_rule_create(
+    *, project, actor, deployment=None, channels=(), budget_amount: str | None = None, **fields
+) -> AlertRule:
     """Create a rule. A budget rule (`kind="budget"`) takes `budget_amount`, a decimal string in the billing
     account's currency, instead of a threshold; its scope defaults to the project."""
     if deployment is not None and deployment.project_id != project.pk:
@@ -450,16 +563,23 @@ def alert_rule_create(*, project, actor, deployment=None, channels=(), budget_am
     _validate_rule(rule)
     rule.save()
     rule.channels.set(_check_channels(project.organization, channels))
-    audit_record(actor=actor, organization=project.organization, action="alert_rule.create", target=rule,
-                 summary=_rule_summary(rule))
+    audit_record(
+        actor=actor,
+        organization=project.organization,
+        action="alert_rule.create",
+        target=rule,
+        summary=_rule_summary(rule),
+    )
     return rule
 
 
 @transaction.atomic
-def alert_rule_update(*, rule: AlertRule, actor, channels=None, budget_amount: str | None = None,
-                      **fields) -> AlertRule:
-    rule = AlertRule.objects.select_for_update(of=("self",)).select_related("deployment", "organization").get(
-        pk=rule.pk)
+def alert_rule_update(
+    *, rule: AlertRule, actor, channels=None, budget_amount: str | None = None, **fields
+) -> AlertRule:
+    rule = (
+        AlertRule.objects.select_for_update(of=("self",)).select_related("deployment", "organization").get(pk=rule.pk)
+    )
     if rule.kind == AlertRule.Kind.BUDGET and "threshold" in fields:
         raise ValidationError({"threshold": ["A budget rule is set with budget_amount, not a threshold."]})
     changes = {}
@@ -473,23 +593,29 @@ def alert_rule_update(*, rule: AlertRule, actor, channels=None, budget_amount: s
         before = (rule.budget_minor, rule.budget_currency)
         _set_budget(rule, budget_amount=budget_amount, organization=rule.organization)
         if (rule.budget_minor, rule.budget_currency) != before:
-            changes["budget_amount"] = [None if before[0] is None else str(to_decimal(*before)),
-                                        str(to_decimal(rule.budget_minor, rule.budget_currency))]
+            changes["budget_amount"] = [
+                None if before[0] is None else str(to_decimal(*before)),
+                str(to_decimal(rule.budget_minor, rule.budget_currency)),
+            ]
     _validate_rule(rule)
     rule.save()
     if channels is not None:
         channels = _check_channels(rule.organization, channels)
         rule.channels.set(channels)
         changes["channels"] = [c.public_id for c in channels]
-    audit_record(actor=actor, organization=rule.organization, action="alert_rule.update", target=rule,
-                 summary=changes)
+    audit_record(actor=actor, organization=rule.organization, action="alert_rule.update", target=rule, summary=changes)
     return rule
 
 
 @transaction.atomic
 def alert_rule_delete(*, rule: AlertRule, actor) -> None:
-    audit_record(actor=actor, organization=rule.organization, action="alert_rule.delete", target=rule,
-                 summary={"name": rule.name})
+    audit_record(
+        actor=actor,
+        organization=rule.organization,
+        action="alert_rule.delete",
+        target=rule,
+        summary={"name": rule.name},
+    )
     rule.delete()
 
 
@@ -501,8 +627,9 @@ def _validate_matchers(project, matchers: dict) -> dict:
         raise ValidationError({"matchers": ["Matchers must be an object."]})
     unknown = sorted(set(matchers) - set(Silence.MATCHER_KEYS))
     if unknown:
-        raise ValidationError({"matchers": [f"Unknown matcher {', '.join(unknown)}; "
-                                            f"expected {', '.join(Silence.MATCHER_KEYS)}."]})
+        raise ValidationError(
+            {"matchers": [f"Unknown matcher {', '.join(unknown)}; expected {', '.join(Silence.MATCHER_KEYS)}."]}
+        )
     for key, value in matchers.items():
         if not isinstance(value, str) or not value:
             raise ValidationError({f"matchers.{key}": ["A matcher is a non-empty string."]})
@@ -510,7 +637,7 @@ def _validate_matchers(project, matchers: dict) -> dict:
         try:
             matchers["metric"] = validate_metric_name(matchers["metric"])
         except ValueError as exc:
-            raise ValidationError({"matchers.metric": [str(exc)]})
+            raise ValidationError({"matchers.metric": [str(exc)]}) from exc
     if "severity" in matchers and matchers["severity"] not in evaluation.SEVERITIES:
         raise ValidationError({"matchers.severity": [f"Expected one of {', '.join(evaluation.SEVERITIES)}."]})
     if "deployment" in matchers and not project.deployments.filter(public_id=matchers["deployment"]).exists():
@@ -521,21 +648,37 @@ def _validate_matchers(project, matchers: dict) -> dict:
 
 
 @transaction.atomic
-def silence_create(*, project, actor, matchers: dict, starts_at: dt.datetime | None, ends_at: dt.datetime,
-                   comment: str = "") -> Silence:
+def silence_create(
+    *, project, actor, matchers: dict, starts_at: dt.datetime | None, ends_at: dt.datetime, comment: str = ""
+) -> Silence:
     starts_at = starts_at or timezone.now()
     if ends_at is None:
         raise ValidationError({"ends_at": ["A silence needs an end."]})
     if ends_at <= starts_at:
         raise ValidationError({"ends_at": ["The end must be after the start."]})
-    silence = Silence(organization=project.organization, project=project,
-                      matchers=_validate_matchers(project, dict(matchers or {})), starts_at=starts_at,
-                      ends_at=ends_at, comment=comment, created_by=acting_user(actor))
+    silence = Silence(
+        organization=project.organization,
+        project=project,
+        matchers=_validate_matchers(project, dict(matchers or {})),
+        starts_at=starts_at,
+        ends_at=ends_at,
+        comment=comment,
+        created_by=acting_user(actor),
+    )
     silence.full_clean(exclude=["organization", "project", "created_by"])
     silence.save()
-    audit_record(actor=actor, organization=project.organization, action="silence.create", target=silence,
-                 summary={"matchers": silence.matchers, "starts_at": starts_at.isoformat(),
-                          "ends_at": ends_at.isoformat(), "comment": comment})
+    audit_record(
+        actor=actor,
+        organization=project.organization,
+        action="silence.create",
+        target=silence,
+        summary={
+            "matchers": silence.matchers,
+            "starts_at": starts_at.isoformat(),
+            "ends_at": ends_at.isoformat(),
+            "comment": comment,
+        },
+    )
     return silence
 
 
@@ -546,8 +689,13 @@ def silence_expire(*, silence: Silence, actor) -> Silence:
     if silence.ends_at > now:
         silence.ends_at = max(now, silence.starts_at + dt.timedelta(microseconds=1))
         silence.save(update_fields=["ends_at"])
-    audit_record(actor=actor, organization=silence.organization, action="silence.expire", target=silence,
-                 summary={"ends_at": silence.ends_at.isoformat()})
+    audit_record(
+        actor=actor,
+        organization=silence.organization,
+        action="silence.expire",
+        target=silence,
+        summary={"ends_at": silence.ends_at.isoformat()},
+    )
     return silence
 
 
@@ -571,10 +719,16 @@ def alert_acknowledge(*, alert: Alert, actor, until: dt.datetime, comment: str =
     alert.acknowledged_until, alert.acknowledgement_comment = until, comment
     alert.acknowledged_by = acting_user(actor)
     alert.save(update_fields=["acknowledged_until", "acknowledgement_comment", "acknowledged_by"])
-    AlertEvent.objects.create(alert=alert, kind=AlertEvent.Kind.ACKNOWLEDGED,
-                              message=f"until {until.isoformat()}: {comment}"[:500])
-    audit_record(actor=actor, organization=alert.organization, action="alert.acknowledge", target=alert,
-                 summary={"until": until.isoformat(), "comment": comment})
+    AlertEvent.objects.create(
+        alert=alert, kind=AlertEvent.Kind.ACKNOWLEDGED, message=f"until {until.isoformat()}: {comment}"[:500]
+    )
+    audit_record(
+        actor=actor,
+        organization=alert.organization,
+        action="alert.acknowledge",
+        target=alert,
+        summary={"until": until.isoformat(), "comment": comment},
+    )
     return alert
 
 
@@ -596,8 +750,11 @@ def _aggregates(*, deployment_ids, pairs: dict[int, set[str]], now: dt.datetime)
         qs = MetricSample.objects.filter(ts__gt=now - dt.timedelta(seconds=window), ts__lte=now, name__in=names)
         if deployment_ids is not None:
             qs = qs.filter(deployment_id__in=deployment_ids)
-        rows = qs.values("deployment_id", "name").annotate(avg=Avg("value"), min=Min("value"), max=Max("value"),
-                                                           sum=Sum("value"), count=Count("id")).order_by()
+        rows = (
+            qs.values("deployment_id", "name")
+            .annotate(avg=Avg("value"), min=Min("value"), max=Max("value"), sum=Sum("value"), count=Count("id"))
+            .order_by()
+        )
         for row in rows:
             out[(row["deployment_id"], row["name"], window)] = row
     return out
@@ -610,8 +767,11 @@ def _last_values(*, deployment_ids, needed: dict[int, set[str]], now: dt.datetim
         if deployment_ids is not None:
             qs = qs.filter(deployment_id__in=deployment_ids)
         if connection.vendor == "postgresql":
-            rows = qs.order_by("deployment_id", "name", "-ts").distinct("deployment_id", "name").values_list(
-                "deployment_id", "name", "value")
+            rows = (
+                qs.order_by("deployment_id", "name", "-ts")
+                .distinct("deployment_id", "name")
+                .values_list("deployment_id", "name", "value")
+            )
         else:
             rows = qs.order_by("deployment_id", "name", "ts").values_list("deployment_id", "name", "value")
         for dep, name, value in rows:
@@ -636,8 +796,11 @@ def _facts(kind: str, deployment_ids) -> dict[int, float]:
         model = models_.get("vpcpeering")
         if model is None or not _has_field(model, "status"):
             return {}
-        qs = model.objects.filter(deployment_id__in=deployment_ids).values("deployment_id").annotate(
-            v=Count("id", filter=Q(status="failed")))
+        qs = (
+            model.objects.filter(deployment_id__in=deployment_ids)
+            .values("deployment_id")
+            .annotate(v=Count("id", filter=Q(status="failed")))
+        )
         return {r["deployment_id"]: float(r["v"]) for r in qs}
     return {}
 
@@ -648,16 +811,30 @@ def _has_field(model, name: str) -> bool:
 
 def _spec_for(rule_row: dict, cache: dict) -> evaluation.RuleSpec:
     """The pure evaluator's spec; aggregation happened in SQL, so it aggregates the one value it is given."""
-    key = (rule_row["metric"] or "rule_resource_down", rule_row["window_seconds"], rule_row["operator"],
-           rule_row["threshold"], rule_row["threshold_unit"], rule_row["for_seconds"], rule_row["severity"],
-           rule_row["repeat_interval_seconds"])
+    key = (
+        rule_row["metric"] or "rule_resource_down",
+        rule_row["window_seconds"],
+        rule_row["operator"],
+        rule_row["threshold"],
+        rule_row["threshold_unit"],
+        rule_row["for_seconds"],
+        rule_row["severity"],
+        rule_row["repeat_interval_seconds"],
+    )
     spec = cache.get(key)
     if spec is None:
         # Non-metric rules carry no metric; the evaluator only validates the name, so any vocabulary name stands in.
         spec = evaluation.RuleSpec(
-            metric=key[0], aggregation="last", window_seconds=key[1], operator=key[2], threshold=key[3],
-            threshold_is_percent=key[4] == AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT, for_seconds=key[5],
-            severity=key[6], repeat_interval_seconds=key[7])
+            metric=key[0],
+            aggregation="last",
+            window_seconds=key[1],
+            operator=key[2],
+            threshold=key[3],
+            threshold_is_percent=key[4] == AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT,
+            for_seconds=key[5],
+            severity=key[6],
+            repeat_interval_seconds=key[7],
+        )
         cache[key] = spec
     return spec
 
@@ -673,13 +850,31 @@ def _maintenance_ids(deployment_ids, now: dt.datetime | None = None) -> set[int]
         restarting = restarting.filter(deployment_id__in=deployment_ids)
         windows = windows.filter(deployment_id__in=deployment_ids)
     # order_by(): the models' default ordering has no place in a UNION (SQLite refuses it outright).
-    return set(restarting.order_by().values_list("deployment_id", flat=True).union(
-        windows.order_by().values_list("deployment_id", flat=True)))
+    return set(
+        restarting.order_by()
+        .values_list("deployment_id", flat=True)
+        .union(windows.order_by().values_list("deployment_id", flat=True))
+    )
 
 
-_RULE_ROW_FIELDS = ("id", "public_id", "organization_id", "project_id", "deployment_id", "name", "kind", "metric",
-                    "aggregation", "window_seconds", "operator", "threshold", "threshold_unit", "for_seconds",
-                    "severity", "repeat_interval_seconds")
+_RULE_ROW_FIELDS = (
+    "id",
+    "public_id",
+    "organization_id",
+    "project_id",
+    "deployment_id",
+    "name",
+    "kind",
+    "metric",
+    "aggregation",
+    "window_seconds",
+    "operator",
+    "threshold",
+    "threshold_unit",
+    "for_seconds",
+    "severity",
+    "repeat_interval_seconds",
+)
 # Kinds rules_evaluate decides per deployment; budget rules have their own evaluation (budget_rules_evaluate).
 DEPLOYMENT_RULE_KINDS = (AlertRule.Kind.METRIC, AlertRule.Kind.CERTIFICATE_EXPIRY, AlertRule.Kind.VPC_PEERING)
 
@@ -712,8 +907,11 @@ def _metric_candidates_python(*, now, ids, live, project_deployments) -> list[tu
             last_needed[rule["window_seconds"]].add(rule["metric"])
     aggregates = _aggregates(deployment_ids=ids, pairs=windows, now=now)
     lasts = _last_values(deployment_ids=ids, needed=last_needed, now=now) if last_needed else {}
-    unresolved = set(Alert.objects.filter(rule_id__in=[r["id"] for r in rule_rows]).exclude(
-        status=AlertStatus.RESOLVED).values_list("rule_id", "deployment_id"))
+    unresolved = set(
+        Alert.objects.filter(rule_id__in=[r["id"] for r in rule_rows])
+        .exclude(status=AlertStatus.RESOLVED)
+        .values_list("rule_id", "deployment_id")
+    )
     spec_cache: dict = {}
     out = []
     for rule in rule_rows:
@@ -743,24 +941,34 @@ def _metric_candidates_sql(*, now, ids) -> list[tuple[int, int, float | None]]:
     from deployments.models import Deployment, DesiredState, Tier
 
     q = connection.ops.quote_name
-    params: dict = {"now": now, "deleted": DesiredState.DELETED, "metric": AlertRule.Kind.METRIC,
-                    "percent": AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT,
-                    "unresolved": [AlertStatus.PENDING, AlertStatus.FIRING], "ids": ids}
+    params: dict = {
+        "now": now,
+        "deleted": DesiredState.DELETED,
+        "metric": AlertRule.Kind.METRIC,
+        "percent": AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT,
+        "unresolved": [AlertStatus.PENDING, AlertStatus.FIRING],
+        "ids": ids,
+    }
     limit_cases = []
     for i, (metric, field) in enumerate(sorted(TIER_LIMIT_FIELDS.items())):
         params[f"limit_metric_{i}"] = metric
         limit_cases.append(f"WHEN %(limit_metric_{i})s THEN l.{q(Tier._meta.get_field(field).column)}")
     # A limit of zero or none makes a percent threshold unbreachable, as in _breached.
-    threshold = (f"CASE WHEN r.threshold_unit = %(percent)s THEN NULLIF(CASE r.metric {' '.join(limit_cases)} END, 0) "
-                 f"* r.threshold / 100.0::float8 ELSE r.threshold END")
+    threshold = (
+        f"CASE WHEN r.threshold_unit = %(percent)s THEN NULLIF(CASE r.metric {' '.join(limit_cases)} END, 0) "
+        f"* r.threshold / 100.0::float8 ELSE r.threshold END"
+    )
     only_ids = "AND d.id = ANY(%(ids)s)" if ids is not None else ""
     only_sample_ids = "AND s.deployment_id = ANY(%(ids)s)" if ids is not None else ""
     tier_columns = ", ".join(f"t.{q(Tier._meta.get_field(f).column)}" for f in sorted(set(TIER_LIMIT_FIELDS.values())))
-    operators = " ".join(f"WHEN '{op}' THEN v.value {op if op != '==' else '='} v.threshold"
-                         for op in AlertRule.Operator.values)
+    operators = " ".join(
+        f"WHEN '{op}' THEN v.value {op if op != '==' else '='} v.threshold" for op in AlertRule.Operator.values
+    )
     rule_table, sample_table = q(AlertRule._meta.db_table), q(MetricSample._meta.db_table)
-    pair_columns = f"r.id AS rule_id, l.id AS deployment_id, r.metric, r.aggregation, r.window_seconds, r.operator, " \
-                   f"{threshold} AS threshold"
+    pair_columns = (
+        f"r.id AS rule_id, l.id AS deployment_id, r.metric, r.aggregation, r.window_seconds, r.operator, "
+        f"{threshold} AS threshold"
+    )
     window = "s.ts > %(now)s - make_interval(secs => w.window_seconds) AND s.ts <= %(now)s"
     sql = f"""
     WITH live AS (
@@ -818,7 +1026,8 @@ def _fact_candidates(*, ids, live, project_deployments) -> list[tuple[int, int, 
     if not with_facts and not alerted:
         return []
     rule_qs = _rules_of(live, ids, kinds).filter(
-        Q(deployment_id__in=with_facts) | Q(deployment__isnull=True) | Q(pk__in={r for r, _ in alerted}))
+        Q(deployment_id__in=with_facts) | Q(deployment__isnull=True) | Q(pk__in={r for r, _ in alerted})
+    )
     out = []
     for rule_id, kind, deployment_id, project_id in rule_qs.values_list("id", "kind", "deployment_id", "project_id"):
         targets = _targets({"deployment_id": deployment_id, "project_id": project_id}, live, project_deployments)
@@ -829,8 +1038,7 @@ def _fact_candidates(*, ids, live, project_deployments) -> list[tuple[int, int, 
     return out
 
 
-def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[int] | None = None
-                   ) -> EvaluationSummary:
+def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[int] | None = None) -> EvaluationSummary:
     """Evaluate every enabled rule against every deployment it covers (all live ones, or those listed).
 
     Only the (rule, deployment) pairs that can change anything are read in full: those breached now and those
@@ -846,8 +1054,12 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     deployments_qs = Deployment.objects.exclude(desired_state=DesiredState.DELETED)
     if ids is not None:
         deployments_qs = deployments_qs.filter(pk__in=ids)
-    live = {row[0]: row[1:] for row in deployments_qs.values_list(
-        "pk", "public_id", "project_id", "tier__max_connections", "tier__messages_per_second")}
+    live = {
+        row[0]: row[1:]
+        for row in deployments_qs.values_list(
+            "pk", "public_id", "project_id", "tier__max_connections", "tier__messages_per_second"
+        )
+    }
     if ids is not None:
         ids = list(live)
     project_deployments: dict[int, list[int]] = defaultdict(list)
@@ -863,13 +1075,15 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     if not candidates:
         return summary  # the usual minute of a healthy deployment: nothing breached, nothing to resolve
 
-    rules = {r["id"]: r for r in AlertRule.objects.filter(pk__in={c[0] for c in candidates}).values(
-        *_RULE_ROW_FIELDS)}
-    alerts = {(a.rule_id, a.deployment_id): a for a in Alert.objects.filter(
-        rule_id__in=rules, deployment_id__in={c[1] for c in candidates})}
+    rules = {r["id"]: r for r in AlertRule.objects.filter(pk__in={c[0] for c in candidates}).values(*_RULE_ROW_FIELDS)}
+    alerts = {
+        (a.rule_id, a.deployment_id): a
+        for a in Alert.objects.filter(rule_id__in=rules, deployment_id__in={c[1] for c in candidates})
+    }
     silences_by_project: dict[int, list[Silence]] = defaultdict(list)
-    for silence in Silence.objects.filter(project_id__in={r["project_id"] for r in rules.values()},
-                                          starts_at__lte=now, ends_at__gt=now):
+    for silence in Silence.objects.filter(
+        project_id__in={r["project_id"] for r in rules.values()}, starts_at__lte=now, ends_at__gt=now
+    ):
         silences_by_project[silence.project_id].append(silence)
     maintenance = _maintenance_ids(ids, now=now)
 
@@ -889,26 +1103,53 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
         breached = _breached(spec, value, tier_limit)
         if not breached and (alert is None or alert.status == AlertStatus.RESOLVED):
             continue  # a fact with a value that breaches nothing, and no alert to resolve
-        silenced = any(silence_matches(silence, deployment=public_id, rule=rule["public_id"], metric=rule["metric"],
-                                       severity=rule["severity"])
-                       for silence in silences_by_project.get(rule["project_id"], ()))
-        state = None if alert is None else evaluation.AlertState(
-            status=alert.status, since=alert.since, last_notified_at=alert.last_notified_at,
-            acknowledged_until=alert.acknowledged_until, silenced=silenced)
+        silenced = any(
+            silence_matches(
+                silence, deployment=public_id, rule=rule["public_id"], metric=rule["metric"], severity=rule["severity"]
+            )
+            for silence in silences_by_project.get(rule["project_id"], ())
+        )
+        state = (
+            None
+            if alert is None
+            else evaluation.AlertState(
+                status=alert.status,
+                since=alert.since,
+                last_notified_at=alert.last_notified_at,
+                acknowledged_until=alert.acknowledged_until,
+                silenced=silenced,
+            )
+        )
         in_maintenance = dep_id in maintenance
         # A new alert has no state to carry the silence: the evaluator's other withholding switch stands in for it.
-        transition = evaluation.evaluate(spec, [] if value is None else [(now, value)], now, state, tier_limit,
-                                         maintenance=in_maintenance or (silenced and alert is None))
+        transition = evaluation.evaluate(
+            spec,
+            [] if value is None else [(now, value)],
+            now,
+            state,
+            tier_limit,
+            maintenance=in_maintenance or (silenced and alert is None),
+        )
         summary.evaluated += 1
         if transition.status is None:
             continue
         if alert is None:
-            alert = Alert(organization_id=rule["organization_id"], project_id=rule["project_id"],
-                          rule_id=rule["id"], deployment_id=dep_id, status=transition.status, since=now,
-                          severity=rule["severity"], created_at=now)
+            alert = Alert(
+                organization_id=rule["organization_id"],
+                project_id=rule["project_id"],
+                rule_id=rule["id"],
+                deployment_id=dep_id,
+                status=transition.status,
+                since=now,
+                severity=rule["severity"],
+                created_at=now,
+            )
             new_alerts.append(alert)
-        elif not transition.changed and transition.notify is None and (
-                value is None or alert.status == AlertStatus.RESOLVED):
+        elif (
+            not transition.changed
+            and transition.notify is None
+            and (value is None or alert.status == AlertStatus.RESOLVED)
+        ):
             continue
         else:
             changed_alerts.append(alert)
@@ -922,33 +1163,72 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
             _apply_transition(alert, transition, now)
             events.append((alert, transition.status, value, transition.reason))
             if transition.suppressed_by:
-                events.append((alert, AlertEvent.Kind.SUPPRESSED, value,
-                               f"notification withheld: {'silence' if silenced else 'maintenance'}"))
+                events.append(
+                    (
+                        alert,
+                        AlertEvent.Kind.SUPPRESSED,
+                        value,
+                        f"notification withheld: {'silence' if silenced else 'maintenance'}",
+                    )
+                )
         if transition.notify is not None:
             _note_notification(alert, transition, value, now, events, notifications)
 
     summary.notifications = _evaluation_save(
-        new_alerts=new_alerts, changed_alerts=changed_alerts, fields=_ALERT_STATE_FIELDS, events=events,
-        notifications=notifications, rule_objects=None, live=live, now=now)
+        new_alerts=new_alerts,
+        changed_alerts=changed_alerts,
+        fields=_ALERT_STATE_FIELDS,
+        events=events,
+        notifications=notifications,
+        rule_objects=None,
+        live=live,
+        now=now,
+    )
     return summary
 
 
-_ALERT_STATE_FIELDS = ["status", "since", "fired_at", "resolved_at", "severity", "value", "threshold", "summary",
-                       "last_evaluated_at", "last_notified_at", "acknowledged_until"]
+_ALERT_STATE_FIELDS = [
+    "status",
+    "since",
+    "fired_at",
+    "resolved_at",
+    "severity",
+    "value",
+    "threshold",
+    "summary",
+    "last_evaluated_at",
+    "last_notified_at",
+    "acknowledged_until",
+]
 
 
-def _note_notification(alert: Alert, transition: evaluation.Transition, value: float | None, now: dt.datetime,
-                       events: list, notifications: list) -> None:
-    kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE,
-            "repeat": Delivery.Kind.REPEAT}[transition.notify]
+def _note_notification(
+    alert: Alert,
+    transition: evaluation.Transition,
+    value: float | None,
+    now: dt.datetime,
+    events: list,
+    notifications: list,
+) -> None:
+    kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE, "repeat": Delivery.Kind.REPEAT}[
+        transition.notify
+    ]
     alert.last_notified_at = None if kind == Delivery.Kind.RESOLVE else now
     notifications.append((alert, kind))
     events.append((alert, AlertEvent.Kind.NOTIFIED, value, f"{kind} notification"))
 
 
-def _evaluation_save(*, new_alerts: list[Alert], changed_alerts: list[Alert], fields: list[str], events: list,
-                     notifications: list[tuple[Alert, str]], rule_objects: dict[int, AlertRule] | None, live: dict,
-                     now: dt.datetime) -> int:
+def _evaluation_save(
+    *,
+    new_alerts: list[Alert],
+    changed_alerts: list[Alert],
+    fields: list[str],
+    events: list,
+    notifications: list[tuple[Alert, str]],
+    rule_objects: dict[int, AlertRule] | None,
+    live: dict,
+    now: dt.datetime,
+) -> int:
     """Write what an evaluation decided, one statement per kind of row; returns the notifications queued.
 
     A concurrent evaluation may have created one of the new alerts first: the unique constraints keep theirs, and
@@ -960,19 +1240,27 @@ def _evaluation_save(*, new_alerts: list[Alert], changed_alerts: list[Alert], fi
     with transaction.atomic():
         if new_alerts:
             Alert.objects.bulk_create(new_alerts, ignore_conflicts=True, batch_size=5000)
-            saved = dict(Alert.objects.filter(public_id__in=[a.public_id for a in new_alerts])
-                         .values_list("public_id", "pk"))
+            saved = dict(
+                Alert.objects.filter(public_id__in=[a.public_id for a in new_alerts]).values_list("public_id", "pk")
+            )
             for alert in new_alerts:
                 alert.pk = saved.get(alert.public_id)
         _alerts_update(changed_alerts, fields)
-        AlertEvent.objects.bulk_create([AlertEvent(alert_id=a.pk, kind=k, value=v, message=m[:500], created_at=now)
-                                        for a, k, v, m in events if a.pk], batch_size=5000)
+        AlertEvent.objects.bulk_create(
+            [
+                AlertEvent(alert_id=a.pk, kind=k, value=v, message=m[:500], created_at=now)
+                for a, k, v, m in events
+                if a.pk
+            ],
+            batch_size=5000,
+        )
         notifications = [(a, k) for a, k in notifications if a.pk]
         if not notifications:
             return 0
         if rule_objects is None:
             rule_objects = AlertRule.objects.select_related("project", "organization", "deployment").in_bulk(
-                {a.rule_id for a, _ in notifications})
+                {a.rule_id for a, _ in notifications}
+            )
         return _notify_alerts(notifications, rule_objects, live, now)
 
 
@@ -989,14 +1277,18 @@ def _alerts_update(alerts: list[Alert], fields: list[str]) -> None:
         return
     q = connection.ops.quote_name
     columns = [Alert._meta.get_field(name) for name in fields]
-    arrays = [[a.pk for a in alerts]] + [[f.get_db_prep_save(getattr(a, f.attname), connection) for a in alerts]
-                                         for f in columns]
+    arrays = [[a.pk for a in alerts]] + [
+        [f.get_db_prep_save(getattr(a, f.attname), connection) for a in alerts] for f in columns
+    ]
     unnest = ", ".join(["%s::bigint[]"] + [f"%s::{f.db_type(connection)}[]" for f in columns])
     names = ", ".join(q(f.column) for f in columns)
     assignments = ", ".join(f"{q(f.column)} = v.{q(f.column)}" for f in columns)
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {q(Alert._meta.db_table)} AS a SET {assignments} "
-                       f"FROM unnest({unnest}) AS v(id, {names}) WHERE a.id = v.id", arrays)
+        cursor.execute(
+            f"UPDATE {q(Alert._meta.db_table)} AS a SET {assignments} "
+            f"FROM unnest({unnest}) AS v(id, {names}) WHERE a.id = v.id",
+            arrays,
+        )
 
 
 def _apply_transition(alert: Alert, transition: evaluation.Transition, now: dt.datetime) -> None:
@@ -1031,11 +1323,16 @@ def _routes(rules: Iterable[AlertRule]) -> dict[int, list[NotificationChannel]]:
     through = AlertRule.channels.through
     named: dict[int, list[int]] = defaultdict(list)
     for rule_id, channel_id in through.objects.filter(alertrule_id__in=[r.pk for r in rules]).values_list(
-            "alertrule_id", "notificationchannel_id"):
+        "alertrule_id", "notificationchannel_id"
+    ):
         named[rule_id].append(channel_id)
     organizations = {r.organization_id for r in rules}
-    channels = {c.pk: c for c in NotificationChannel.objects.filter(
-        Q(pk__in=[c for ids in named.values() for c in ids]) | Q(organization_id__in=organizations, is_default=True))}
+    channels = {
+        c.pk: c
+        for c in NotificationChannel.objects.filter(
+            Q(pk__in=[c for ids in named.values() for c in ids]) | Q(organization_id__in=organizations, is_default=True)
+        )
+    }
     defaults: dict[int, list[NotificationChannel]] = defaultdict(list)
     for channel in channels.values():
         if channel.is_default:
@@ -1060,13 +1357,18 @@ def _budget_of(alert: Alert, rule: AlertRule) -> dict | None:
     """A budget alert's money, as exact decimal strings in major units: never a float."""
     if alert.spend_minor is None or not alert.currency:
         return None
-    return {"metric": rule.metric, "scope": rule.budget_scope, "currency": alert.currency,
-            "spend": str(to_decimal(alert.spend_minor, alert.currency)),
-            "budget": str(to_decimal(alert.budget_minor, alert.currency))}
+    return {
+        "metric": rule.metric,
+        "scope": rule.budget_scope,
+        "currency": alert.currency,
+        "spend": str(to_decimal(alert.spend_minor, alert.currency)),
+        "budget": str(to_decimal(alert.budget_minor, alert.currency)),
+    }
 
 
-def _alert_payload(alert: Alert, rule: AlertRule, kind: str, deployment_public_id: str | None,
-                   now: dt.datetime) -> dict:
+def _alert_payload(
+    alert: Alert, rule: AlertRule, kind: str, deployment_public_id: str | None, now: dt.datetime
+) -> dict:
     event = {"fire": "alert.firing", "repeat": "alert.firing", "resolve": "alert.resolved"}[kind]
     return {
         "event": event,
@@ -1097,8 +1399,16 @@ def _notify_alerts(notifications, rule_objects: dict[int, AlertRule], live: dict
         deployment_public_id = live[alert.deployment_id][0] if alert.deployment_id is not None else None
         payload = _alert_payload(alert, rule, kind, deployment_public_id, now)
         for channel in routes[rule.pk]:
-            deliveries.append(Delivery(organization_id=rule.organization_id, channel=channel, alert_id=alert.pk,
-                                       kind=kind, payload=payload, created_at=now))
+            deliveries.append(
+                Delivery(
+                    organization_id=rule.organization_id,
+                    channel=channel,
+                    alert_id=alert.pk,
+                    kind=kind,
+                    payload=payload,
+                    created_at=now,
+                )
+            )
     _enqueue_deliveries(deliveries)
     return len(deliveries)
 
@@ -1126,17 +1436,29 @@ def _budget_spec(rule: AlertRule) -> evaluation.RuleSpec:
     """The pure evaluator's spec for a budget rule. The evaluator compares floats, so money is compared here, in
     integer minor units, and the evaluator is only told whether the budget is exceeded (1) or not (0)."""
     # Budget rules carry no broker metric; the evaluator only validates the name, so a vocabulary name stands in.
-    return evaluation.RuleSpec(metric="rule_resource_down", aggregation="last", window_seconds=60, operator=">",
-                               threshold=0, for_seconds=rule.for_seconds, severity=rule.severity,
-                               repeat_interval_seconds=rule.repeat_interval_seconds)
+    return evaluation.RuleSpec(
+        metric="rule_resource_down",
+        aggregation="last",
+        window_seconds=60,
+        operator=">",
+        threshold=0,
+        for_seconds=rule.for_seconds,
+        severity=rule.severity,
+        repeat_interval_seconds=rule.repeat_interval_seconds,
+    )
 
 
 def _budget_summary(rule: AlertRule, spend_minor: int, currency: str, exceeded: bool) -> str:
-    subject = (f"organization {rule.organization.name}" if rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION
-               else f"project {rule.project.name}")
+    subject = (
+        f"organization {rule.organization.name}"
+        if rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION
+        else f"project {rule.project.name}"
+    )
     operator = rule.operator if exceeded else _NOT[rule.operator]
-    return (f"{rule.name}: {_BUDGET_LABELS[rule.metric]} {to_decimal(spend_minor, currency)} {currency} {operator} "
-            f"{to_decimal(rule.budget_minor, currency)} {currency} on {subject}")
+    return (
+        f"{rule.name}: {_BUDGET_LABELS[rule.metric]} {to_decimal(spend_minor, currency)} {currency} {operator} "
+        f"{to_decimal(rule.budget_minor, currency)} {currency} on {subject}"
+    )
 
 
 def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummary:
@@ -1149,8 +1471,9 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
     from billing.selectors import billing_account_for, spend_month_to_date
 
     now = now or timezone.now()
-    rules = list(AlertRule.objects.filter(enabled=True, kind=AlertRule.Kind.BUDGET)
-                 .select_related("organization", "project"))
+    rules = list(
+        AlertRule.objects.filter(enabled=True, kind=AlertRule.Kind.BUDGET).select_related("organization", "project")
+    )
     summary = EvaluationSummary(rules=len(rules))
     if not rules:
         return summary
@@ -1165,8 +1488,9 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
             spends[key] = spend_month_to_date(account=accounts[rule.organization_id], now=now, project_id=key[1])
     alerts = {a.rule_id: a for a in Alert.objects.filter(rule_id__in=[r.pk for r in rules], deployment__isnull=True)}
     silences_by_project: dict[int, list[Silence]] = defaultdict(list)
-    for silence in Silence.objects.filter(project_id__in={r.project_id for r in rules}, starts_at__lte=now,
-                                          ends_at__gt=now):
+    for silence in Silence.objects.filter(
+        project_id__in={r.project_id for r in rules}, starts_at__lte=now, ends_at__gt=now
+    ):
         silences_by_project[silence.project_id].append(silence)
 
     new_alerts: list[Alert] = []
@@ -1174,34 +1498,56 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
     events: list[tuple[Alert, str, float | None, str]] = []
     notifications: list[tuple[Alert, str]] = []
     for rule in rules:
-        spend = spends[(rule.organization_id,
-                        rule.project_id if rule.budget_scope == AlertRule.BudgetScope.PROJECT else None)]
+        spend = spends[
+            (rule.organization_id, rule.project_id if rule.budget_scope == AlertRule.BudgetScope.PROJECT else None)
+        ]
         if spend.currency != rule.budget_currency:
             # Comparing across currencies would invent an exchange rate: the rule waits for a budget in the new one.
-            logger.warning("budget rule %s is in %s but its billing account bills in %s: not evaluated",
-                           rule.public_id, rule.budget_currency, spend.currency)
+            logger.warning(
+                "budget rule %s is in %s but its billing account bills in %s: not evaluated",
+                rule.public_id,
+                rule.budget_currency,
+                spend.currency,
+            )
             continue
         amount = spend.month_to_date if rule.metric == SPEND_MONTH_TO_DATE else spend.forecast
         exceeded = amount >= rule.budget_minor if rule.operator == ">=" else amount > rule.budget_minor
         alert = alerts.get(rule.pk)
         if not exceeded and (alert is None or alert.status == AlertStatus.RESOLVED):
             continue
-        silenced = any(silence_matches(silence, deployment=None, rule=rule.public_id, metric=rule.metric,
-                                       severity=rule.severity)
-                       for silence in silences_by_project.get(rule.project_id, ()))
-        state = None if alert is None else evaluation.AlertState(
-            status=alert.status, since=alert.since, last_notified_at=alert.last_notified_at,
-            acknowledged_until=alert.acknowledged_until, silenced=silenced)
+        silenced = any(
+            silence_matches(silence, deployment=None, rule=rule.public_id, metric=rule.metric, severity=rule.severity)
+            for silence in silences_by_project.get(rule.project_id, ())
+        )
+        state = (
+            None
+            if alert is None
+            else evaluation.AlertState(
+                status=alert.status,
+                since=alert.since,
+                last_notified_at=alert.last_notified_at,
+                acknowledged_until=alert.acknowledged_until,
+                silenced=silenced,
+            )
+        )
         # A new alert has no state to carry the silence: the evaluator's other withholding switch stands in for it.
-        transition = evaluation.evaluate(_budget_spec(rule), [(now, 1 if exceeded else 0)], now, state, None,
-                                         maintenance=silenced and alert is None)
+        transition = evaluation.evaluate(
+            _budget_spec(rule), [(now, 1 if exceeded else 0)], now, state, None, maintenance=silenced and alert is None
+        )
         summary.evaluated += 1
         if transition.status is None:
             continue
         if alert is None:
-            alert = Alert(organization_id=rule.organization_id, project_id=rule.project_id, rule=rule,
-                          deployment=None, status=transition.status, since=now, severity=rule.severity,
-                          created_at=now)
+            alert = Alert(
+                organization_id=rule.organization_id,
+                project_id=rule.project_id,
+                rule=rule,
+                deployment=None,
+                status=transition.status,
+                since=now,
+                severity=rule.severity,
+                created_at=now,
+            )
             new_alerts.append(alert)
         else:
             changed_alerts.append(alert)
@@ -1219,9 +1565,15 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
             _note_notification(alert, transition, None, now, events, notifications)
 
     summary.notifications = _evaluation_save(
-        new_alerts=new_alerts, changed_alerts=changed_alerts,
-        fields=[*_ALERT_STATE_FIELDS, "spend_minor", "budget_minor", "currency"], events=events,
-        notifications=notifications, rule_objects={r.pk: r for r in rules}, live={}, now=now)
+        new_alerts=new_alerts,
+        changed_alerts=changed_alerts,
+        fields=[*_ALERT_STATE_FIELDS, "spend_minor", "budget_minor", "currency"],
+        events=events,
+        notifications=notifications,
+        rule_objects={r.pk: r for r in rules},
+        live={},
+        now=now,
+    )
     return summary
 
 
@@ -1246,17 +1598,22 @@ def _validate_channel(*, type: str, config: dict, secret: str | None) -> dict:
                     raise ValidationError("not a string")
                 validate_email(address)
             except ValidationError:
-                raise ValidationError({"config.addresses": [f"{address!r} is not an email address."]})
+                raise ValidationError({"config.addresses": [f"{address!r} is not an email address."]}) from None
         return {"addresses": addresses}
     if type == NotificationChannel.Type.WEBHOOK:
         url, headers = config.get("url"), config.get("headers") or {}
         try:
             urlsafety.validate_webhook_url(url, allow_private=_allow_private())
         except ValueError as exc:
-            raise ValidationError({"config.url": [str(exc)]})
-        if not isinstance(headers, dict) or len(headers) > 20 or not all(
+            raise ValidationError({"config.url": [str(exc)]}) from exc
+        if (
+            not isinstance(headers, dict)
+            or len(headers) > 20
+            or not all(
                 isinstance(k, str) and isinstance(v, str) and k.strip() and "\n" not in k + v and "\r" not in k + v
-                for k, v in headers.items()):
+                for k, v in headers.items()
+            )
+        ):
             raise ValidationError({"config.headers": ["Headers are up to 20 single-line string names and values."]})
         return {"url": url, "headers": headers}
     if type == NotificationChannel.Type.SLACK:
@@ -1267,19 +1624,28 @@ def _validate_channel(*, type: str, config: dict, secret: str | None) -> dict:
             else:
                 urlsafety.validate_slack_webhook_url(url)
         except ValueError as exc:
-            raise ValidationError({"config.url": [str(exc)]})
+            raise ValidationError({"config.url": [str(exc)]}) from exc
         return {"url": url}
     if type == NotificationChannel.Type.PAGERDUTY:
         try:
             urlsafety.validate_pagerduty_routing_key(secret)
         except ValueError as exc:
-            raise ValidationError({"config.routing_key": [str(exc)]})
+            raise ValidationError({"config.routing_key": [str(exc)]}) from exc
         return {}
     raise ValidationError({"type": [f"Unknown channel type {type!r}."]})
 
 
-def channel_create(*, organization, actor, name: str, type: str, config: dict, is_default: bool = True,
-                   platform_events: bool = True, enabled: bool = True) -> tuple[NotificationChannel, str | None]:
+def channel_create(
+    *,
+    organization,
+    actor,
+    name: str,
+    type: str,
+    config: dict,
+    is_default: bool = True,
+    platform_events: bool = True,
+    enabled: bool = True,
+) -> tuple[NotificationChannel, str | None]:
     """Create a channel; a webhook's signing secret is returned here, once, and never shown again."""
     from deployments import crypto
 
@@ -1291,15 +1657,27 @@ def channel_create(*, organization, actor, name: str, type: str, config: dict, i
     shown = None
     if type == NotificationChannel.Type.WEBHOOK:
         secret = shown = "whsec_" + secrets.token_urlsafe(32)
-    channel = NotificationChannel(organization=organization, name=name, type=type, config=stored,
-                                  secret_encrypted=crypto.encrypt_str(secret) if secret else "",
-                                  is_default=is_default, platform_events=platform_events, enabled=enabled)
+    channel = NotificationChannel(
+        organization=organization,
+        name=name,
+        type=type,
+        config=stored,
+        secret_encrypted=crypto.encrypt_str(secret) if secret else "",
+        is_default=is_default,
+        platform_events=platform_events,
+        enabled=enabled,
+    )
     channel.full_clean(exclude=["organization"])
     # Validation resolved the webhook's host (DNS) above: network I/O stays outside the transaction.
     with transaction.atomic():
         channel.save()
-        audit_record(actor=actor, organization=organization, action="notification_channel.create", target=channel,
-                     summary={"name": name, "type": type, "config": _public_config(channel)})
+        audit_record(
+            actor=actor,
+            organization=organization,
+            action="notification_channel.create",
+            target=channel,
+            summary={"name": name, "type": type, "config": _public_config(channel)},
+        )
     return channel, shown
 
 
@@ -1313,9 +1691,16 @@ def _public_config(channel: NotificationChannel) -> dict:
     return config
 
 
-def channel_update(*, channel: NotificationChannel, actor, name: str | None = None, config: dict | None = None,
-                   is_default: bool | None = None, platform_events: bool | None = None,
-                   enabled: bool | None = None) -> NotificationChannel:
+def channel_update(
+    *,
+    channel: NotificationChannel,
+    actor,
+    name: str | None = None,
+    config: dict | None = None,
+    is_default: bool | None = None,
+    platform_events: bool | None = None,
+    enabled: bool | None = None,
+) -> NotificationChannel:
     from deployments import crypto
 
     validated = None
@@ -1328,12 +1713,20 @@ def channel_update(*, channel: NotificationChannel, actor, name: str | None = No
         secret = new_key if new_key is not None else crypto.decrypt_str(channel.secret_encrypted) or None
         validated = (_validate_channel(type=channel.type, config={**channel.config, **config}, secret=secret), new_key)
     with transaction.atomic():
-        return _channel_update_locked(channel, actor, validated, name=name, is_default=is_default,
-                                      platform_events=platform_events, enabled=enabled)
+        return _channel_update_locked(
+            channel,
+            actor,
+            validated,
+            name=name,
+            is_default=is_default,
+            platform_events=platform_events,
+            enabled=enabled,
+        )
 
 
-def _channel_update_locked(channel: NotificationChannel, actor, validated: tuple[dict, str | None] | None,
-                           **values) -> NotificationChannel:
+def _channel_update_locked(
+    channel: NotificationChannel, actor, validated: tuple[dict, str | None] | None, **values
+) -> NotificationChannel:
     """channel_update's writes, under the channel's row lock; `validated` is (config, new PagerDuty key or None)."""
     from deployments import crypto
 
@@ -1350,15 +1743,25 @@ def _channel_update_locked(channel: NotificationChannel, actor, validated: tuple
             setattr(channel, field, value)
     channel.full_clean(exclude=["organization"])
     channel.save()
-    audit_record(actor=actor, organization=channel.organization, action="notification_channel.update",
-                 target=channel, summary=changes)
+    audit_record(
+        actor=actor,
+        organization=channel.organization,
+        action="notification_channel.update",
+        target=channel,
+        summary=changes,
+    )
     return channel
 
 
 @transaction.atomic
 def channel_delete(*, channel: NotificationChannel, actor) -> None:
-    audit_record(actor=actor, organization=channel.organization, action="notification_channel.delete",
-                 target=channel, summary={"name": channel.name, "type": channel.type})
+    audit_record(
+        actor=actor,
+        organization=channel.organization,
+        action="notification_channel.delete",
+        target=channel,
+        summary={"name": channel.name, "type": channel.type},
+    )
     channel.delete()
 
 
@@ -1373,11 +1776,17 @@ def channel_test(*, channel: NotificationChannel, actor) -> Delivery:
         "channel": channel.public_id,
         "sent_at": now.isoformat(),
     }
-    delivery = Delivery(organization=channel.organization, channel=channel, kind=Delivery.Kind.TEST,
-                        payload=payload, created_at=now)
+    delivery = Delivery(
+        organization=channel.organization, channel=channel, kind=Delivery.Kind.TEST, payload=payload, created_at=now
+    )
     _enqueue_deliveries([delivery])
-    audit_record(actor=actor, organization=channel.organization, action="notification_channel.test",
-                 target=channel, summary={"delivery": delivery.public_id})
+    audit_record(
+        actor=actor,
+        organization=channel.organization,
+        action="notification_channel.test",
+        target=channel,
+        summary={"delivery": delivery.public_id},
+    )
     return delivery
 
 
@@ -1392,8 +1801,17 @@ def _text_of(payload: dict) -> tuple[str, str]:
         status = "STILL FIRING"
     subject = f"[{status}] {payload.get('summary', '')}".replace("\n", " ")[:200]
     lines = [payload.get("summary", ""), ""]
-    for key in ("severity", "deployment", "project", "organization", "value", "threshold", "fired_at",
-                "resolved_at", "message"):
+    for key in (
+        "severity",
+        "deployment",
+        "project",
+        "organization",
+        "value",
+        "threshold",
+        "fired_at",
+        "resolved_at",
+        "message",
+    ):
         if payload.get(key) not in (None, ""):
             lines.append(f"{key}: {payload[key]}")
     budget = payload.get("budget")
@@ -1411,8 +1829,13 @@ def _send(channel: NotificationChannel, delivery: Delivery) -> senders.DeliveryR
         subject, body = _text_of(payload)
         return senders.send_email(channel.config["addresses"], subject, body)
     if channel.type == NotificationChannel.Type.WEBHOOK:
-        return senders.send_webhook(channel.config["url"], payload, secret=crypto.decrypt_str(channel.secret_encrypted),
-                                    headers=channel.config.get("headers"), allow_private=_allow_private())
+        return senders.send_webhook(
+            channel.config["url"],
+            payload,
+            secret=crypto.decrypt_str(channel.secret_encrypted),
+            headers=channel.config.get("headers"),
+            allow_private=_allow_private(),
+        )
     if channel.type == NotificationChannel.Type.SLACK:
         subject, body = _text_of(payload)
         return senders.send_slack(channel.config["url"], f"*{subject}*\n{body}", allow_private=_allow_private())
@@ -1420,13 +1843,16 @@ def _send(channel: NotificationChannel, delivery: Delivery) -> senders.DeliveryR
         resolve = payload.get("event") == "alert.resolved"
         severity = {"critical": "critical", "warning": "warning"}.get(payload.get("severity"), "info")
         return senders.send_pagerduty(
-            crypto.decrypt_str(channel.secret_encrypted), action="resolve" if resolve else "trigger",
+            crypto.decrypt_str(channel.secret_encrypted),
+            action="resolve" if resolve else "trigger",
             dedup_key=payload.get("alert") or f"{payload.get('event')}:{delivery.public_id}",
-            summary=payload.get("summary") or payload.get("event", "notification"), severity=severity,
+            summary=payload.get("summary") or payload.get("event", "notification"),
+            severity=severity,
             source=payload.get("deployment") or payload.get("organization") or "controlplane",
             custom_details=payload,
             events_url=getattr(settings, "PAGERDUTY_EVENTS_URL", senders.PAGERDUTY_EVENTS_URL),
-            allow_private=_allow_private())
+            allow_private=_allow_private(),
+        )
     return senders.DeliveryResult(False, None, "", f"unknown channel type {channel.type}", 0)
 
 
@@ -1435,8 +1861,7 @@ def _send(channel: NotificationChannel, delivery: Delivery) -> senders.DeliveryR
 DELIVERY_ATTEMPT_LEASE = dt.timedelta(minutes=2)
 
 
-def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None
-                     ) -> tuple[Delivery | None, int | None]:
+def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None) -> tuple[Delivery | None, int | None]:
     """Make one attempt; record it. Returns (delivery, seconds before the next attempt or None when done).
 
     The attempt is claimed first by counting it, conditionally: a message carries the number of attempts made when
@@ -1457,9 +1882,16 @@ def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None
     now = timezone.now()
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
-        DeliveryAttempt.objects.create(delivery=delivery, number=delivery.attempts, ok=result.ok,
-                                       status_code=result.status_code, response_body=result.response_body,
-                                       error=result.error[:500], duration_ms=result.duration_ms, created_at=now)
+        DeliveryAttempt.objects.create(
+            delivery=delivery,
+            number=delivery.attempts,
+            ok=result.ok,
+            status_code=result.status_code,
+            response_body=result.response_body,
+            error=result.error[:500],
+            duration_ms=result.duration_ms,
+            created_at=now,
+        )
         delay = None
         if result.ok:
             delivery.status, delivery.completed_at, delivery.next_attempt_at = Delivery.Status.SUCCEEDED, now, None
@@ -1493,11 +1925,16 @@ def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = D
     now = now or timezone.now()
     cutoff = now - grace
     open_statuses = [Delivery.Status.PENDING, Delivery.Status.RETRYING]
-    stale = (Q(status__in=open_statuses, next_attempt_at__lt=cutoff)
-             | Q(status=Delivery.Status.PENDING, attempts=0, next_attempt_at__isnull=True, created_at__lt=cutoff))
+    stale = Q(status__in=open_statuses, next_attempt_at__lt=cutoff) | Q(
+        status=Delivery.Status.PENDING, attempts=0, next_attempt_at__isnull=True, created_at__lt=cutoff
+    )
     with transaction.atomic():
-        rows = list(Delivery.objects.select_for_update(skip_locked=True).filter(stale).order_by("pk")
-                    .values_list("pk", "attempts")[:DELIVERY_RESUME_BATCH])
+        rows = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(stale)
+            .order_by("pk")
+            .values_list("pk", "attempts")[:DELIVERY_RESUME_BATCH]
+        )
         if not rows:
             return 0
         Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now)
@@ -1531,8 +1968,13 @@ def _channel_health(channel_id: int, *, ok: bool, now: dt.datetime) -> None:
 def _administrator_emails(organization) -> list[str]:
     from organizations.roles import Role
 
-    return sorted({m.user.email for m in organization.memberships.select_related("user")
-                   if {Role.OWNER, Role.ADMINISTRATOR} & set(m.roles) and m.user.email})
+    return sorted(
+        {
+            m.user.email
+            for m in organization.memberships.select_related("user")
+            if {Role.OWNER, Role.ADMINISTRATOR} & set(m.roles) and m.user.email
+        }
+    )
 
 
 def _send_failure_notice(channel: NotificationChannel, now: dt.datetime) -> None:
@@ -1540,18 +1982,26 @@ def _send_failure_notice(channel: NotificationChannel, now: dt.datetime) -> None
     channel.failure_notice_sent_at = now
     channel.save(update_fields=["failure_notice_sent_at"])
     PlatformEvent.objects.get_or_create(
-        organization=channel.organization, dedup_key=f"channel_failing:{channel.public_id}:{channel.failing_since}",
-        defaults={"kind": PlatformEvent.Kind.CHANNEL_FAILING, "subject": channel.public_id, "severity": "warning",
-                  "message": f"Notification channel {channel.name} has failed every delivery since "
-                             f"{channel.failing_since:%Y-%m-%d %H:%M} UTC."})
+        organization=channel.organization,
+        dedup_key=f"channel_failing:{channel.public_id}:{channel.failing_since}",
+        defaults={
+            "kind": PlatformEvent.Kind.CHANNEL_FAILING,
+            "subject": channel.public_id,
+            "severity": "warning",
+            "message": f"Notification channel {channel.name} has failed every delivery since "
+            f"{channel.failing_since:%Y-%m-%d %H:%M} UTC.",
+        },
+    )
     if not recipients:
         return
     subject = f"Notification channel {channel.name!r} has been failing for a day"
-    body = (f"Every delivery to the {channel.type} channel {channel.name} ({channel.public_id}) of "
-            f"{channel.organization.name} has failed since {channel.failing_since:%Y-%m-%d %H:%M} UTC.\n"
-            f"Alerts routed to it are not reaching anyone. See its delivery history in the console or at "
-            f"{settings.PUBLIC_URL}/api/v1/organizations/{channel.organization.public_id}/notification-channels/"
-            f"{channel.public_id}/deliveries")
+    body = (
+        f"Every delivery to the {channel.type} channel {channel.name} ({channel.public_id}) of "
+        f"{channel.organization.name} has failed since {channel.failing_since:%Y-%m-%d %H:%M} UTC.\n"
+        f"Alerts routed to it are not reaching anyone. See its delivery history in the console or at "
+        f"{settings.PUBLIC_URL}/api/v1/organizations/{channel.organization.public_id}/notification-channels/"
+        f"{channel.public_id}/deliveries"
+    )
     # Sent after commit and straight through the mail backend: the failing channel cannot carry its own notice.
     transaction.on_commit(lambda: send_mail(subject, body, None, recipients, fail_silently=True))
 
@@ -1560,8 +2010,9 @@ def failing_channels_check(*, now: dt.datetime | None = None) -> int:
     """Notify administrators of channels failing for a day even when no new attempt happened to notice it."""
     now = now or timezone.now()
     count = 0
-    for pk in NotificationChannel.objects.filter(failing_since__lte=now - CHANNEL_FAILURE_NOTICE_AFTER,
-                                                 failure_notice_sent_at__isnull=True).values_list("pk", flat=True):
+    for pk in NotificationChannel.objects.filter(
+        failing_since__lte=now - CHANNEL_FAILURE_NOTICE_AFTER, failure_notice_sent_at__isnull=True
+    ).values_list("pk", flat=True):
         with transaction.atomic():
             channel = NotificationChannel.objects.select_for_update().select_related("organization").get(pk=pk)
             if channel.failure_notice_sent_at is None and channel.failing_since is not None:
@@ -1574,8 +2025,9 @@ def failing_channels_check(*, now: dt.datetime | None = None) -> int:
 
 
 @transaction.atomic
-def notify_platform_event(*, organization, kind: str, subject: str, message: str, severity: str = "warning",
-                          dedup_key: str | None = None) -> PlatformEvent | None:
+def notify_platform_event(
+    *, organization, kind: str, subject: str, message: str, severity: str = "warning", dedup_key: str | None = None
+) -> PlatformEvent | None:
     """Tell an organization about something the platform did or saw, through its platform-event channels (or, when
     it has none, by email to its owners and administrators). Once per dedup key; returns None for a repeat."""
     if kind not in PlatformEvent.Kind.values:
@@ -1584,19 +2036,32 @@ def notify_platform_event(*, organization, kind: str, subject: str, message: str
         raise ValueError(f"severity must be one of {', '.join(evaluation.SEVERITIES)}")
     dedup_key = dedup_key or f"{kind}:{subject}:{timezone.now().isoformat()}"
     event, created = PlatformEvent.objects.get_or_create(
-        organization=organization, dedup_key=dedup_key[:200],
-        defaults={"kind": kind, "subject": subject, "message": message, "severity": severity})
+        organization=organization,
+        dedup_key=dedup_key[:200],
+        defaults={"kind": kind, "subject": subject, "message": message, "severity": severity},
+    )
     if not created:
         return None
     now = timezone.now()
-    payload = {"event": f"platform.{kind}", "summary": message.splitlines()[0][:200] if message else kind,
-               "message": message, "severity": severity, "subject": subject,
-               "organization": organization.public_id, "sent_at": now.isoformat()}
-    channels = list(NotificationChannel.objects.filter(organization=organization, platform_events=True,
-                                                       enabled=True))
+    payload = {
+        "event": f"platform.{kind}",
+        "summary": message.splitlines()[0][:200] if message else kind,
+        "message": message,
+        "severity": severity,
+        "subject": subject,
+        "organization": organization.public_id,
+        "sent_at": now.isoformat(),
+    }
+    channels = list(NotificationChannel.objects.filter(organization=organization, platform_events=True, enabled=True))
     if channels:
-        _enqueue_deliveries([Delivery(organization=organization, channel=c, kind=Delivery.Kind.PLATFORM,
-                                      payload=payload, created_at=now) for c in channels])
+        _enqueue_deliveries(
+            [
+                Delivery(
+                    organization=organization, channel=c, kind=Delivery.Kind.PLATFORM, payload=payload, created_at=now
+                )
+                for c in channels
+            ]
+        )
     else:
         recipients = _administrator_emails(organization)
         if recipients:
@@ -1615,10 +2080,13 @@ def failed_deployments_notify() -> int:
         operation = deployment.operations.filter(kind=Operation.Kind.CREATE).order_by("-created_at").first()
         reason = deployment.last_error or "the broker did not start"
         event = notify_platform_event(
-            organization=deployment.project.organization, kind=PlatformEvent.Kind.DEPLOYMENT_FAILED,
-            subject=deployment.public_id, severity="critical",
+            organization=deployment.project.organization,
+            kind=PlatformEvent.Kind.DEPLOYMENT_FAILED,
+            subject=deployment.public_id,
+            severity="critical",
             message=f"Deployment {deployment.name} ({deployment.public_id}) failed: {reason}",
             dedup_key=f"deployment_failed:{deployment.public_id}:{deployment.observed_generation}"
-                      f":{operation.public_id if operation else ''}")
+            f":{operation.public_id if operation else ''}",
+        )
         count += event is not None
     return count

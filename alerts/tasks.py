@@ -3,6 +3,7 @@
 `alerts.collect_*` and `alerts.evaluate_*` run on the monitoring queue, the rest on notifications (CELERY_TASK_ROUTES).
 A task never holds a broker connection or an HTTP request open past the timeouts its service sets.
 """
+
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -45,8 +46,9 @@ def evaluate_budget_rules() -> None:
     services.budget_rules_evaluate()
 
 
-@shared_task(name="alerts.deliver_notification", bind=True, ignore_result=True,
-             max_retries=len(channels.retry_delays()))
+@shared_task(
+    name="alerts.deliver_notification", bind=True, ignore_result=True, max_retries=len(channels.retry_delays())
+)
 def deliver_notification(self, delivery_id: int, expected_attempts: int | None = None) -> None:
     delivery, delay = services.delivery_attempt(delivery_id=delivery_id, expected_attempts=expected_attempts)
     if delay is not None:

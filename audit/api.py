@@ -1,4 +1,5 @@
 """Read-only REST API over the audit log, filterable by actor, action, target and time range."""
+
 from django.db.models import Q
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer
@@ -8,12 +9,29 @@ from audit.models import AuditEvent
 from controlplane.api.views import ScopedViewSet
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Audit event", value={
-    "id": "evt_k3j4h5g6f7d8s9a0q1w2", "action": "api_key.create", "target_type": "apikey",
-    "target_id": "key_z9x8c7v6b5n4m3l2k1j0", "actor": "owner@acme.example", "api_key": None,
-    "summary": {"name": "CI pipeline", "role": "project_administrator"}, "via": "api", "ip": "203.0.113.7",
-    "user_agent": "curl/8.5.0", "request_id": "5f0c8a2e9b6d4c1f8e7a6b5c4d3e2f10", "operation_id": "",
-    "created_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Audit event",
+            value={
+                "id": "evt_k3j4h5g6f7d8s9a0q1w2",
+                "action": "api_key.create",
+                "target_type": "apikey",
+                "target_id": "key_z9x8c7v6b5n4m3l2k1j0",
+                "actor": "owner@acme.example",
+                "api_key": None,
+                "summary": {"name": "CI pipeline", "role": "project_administrator"},
+                "via": "api",
+                "ip": "203.0.113.7",
+                "user_agent": "curl/8.5.0",
+                "request_id": "5f0c8a2e9b6d4c1f8e7a6b5c4d3e2f10",
+                "operation_id": "",
+                "created_at": "2026-11-02T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class AuditEventSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     actor = serializers.CharField(source="actor_email", read_only=True)
@@ -21,14 +39,28 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = ["id", "action", "target_type", "target_id", "actor", "api_key", "summary", "via", "ip",
-                  "user_agent", "request_id", "operation_id", "created_at"]
+        fields = [
+            "id",
+            "action",
+            "target_type",
+            "target_id",
+            "actor",
+            "api_key",
+            "summary",
+            "via",
+            "ip",
+            "user_agent",
+            "request_id",
+            "operation_id",
+            "created_at",
+        ]
 
 
 class AuditEventFilter(filters.FilterSet):
     actor = filters.CharFilter(method="filter_actor", help_text="An email address or a user id (`usr_…`).")
-    action = filters.CharFilter(field_name="action", help_text="Exact action, or a prefix ending in '.' (`project.`).",
-                                method="filter_action")
+    action = filters.CharFilter(
+        field_name="action", help_text="Exact action, or a prefix ending in '.' (`project.`).", method="filter_action"
+    )
     target = filters.CharFilter(field_name="target_id")
     api_key = filters.CharFilter(field_name="api_key_prefix", help_text="The key's visible prefix.")
     since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")

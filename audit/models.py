@@ -1,4 +1,5 @@
 """The audit log: one row per mutation, written in the same transaction as the change. Rows are never updated."""
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -13,9 +14,13 @@ class AuditEvent(models.Model):
     )
     # Kept so the trail survives the organization's deletion.
     organization_public_id = models.CharField(max_length=32, blank=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     actor_email = models.CharField(max_length=254, blank=True)
-    api_key = models.ForeignKey("organizations.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    api_key = models.ForeignKey(
+        "organizations.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     api_key_prefix = models.CharField(max_length=16, blank=True)
     action = models.CharField(max_length=64, db_index=True)  # e.g. project.create, api_key.rotate
     target_type = models.CharField(max_length=32)

@@ -1,4 +1,5 @@
 """Writes the audit trail. Called by every service that changes something, inside that service's transaction."""
+
 from django.db import transaction
 
 from audit.models import AuditEvent

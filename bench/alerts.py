@@ -5,6 +5,7 @@ Run against a throwaway PostgreSQL (it creates and fills tables):
     bash -c 'source scripts/services.sh && services_start && CONTROLPLANE_ENV=test .venv/bin/python bench/alerts.py'
 It never gates the test suite. Targets (issue 5): store < 2 s, evaluate < 2 s, each within 3x of its floor.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -40,7 +41,7 @@ def peak_heap(fn) -> float:
     fn()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return peak / 2 ** 20
+    return peak / 2**20
 
 
 def setup():
@@ -54,8 +55,12 @@ def setup():
     tier = Tier.objects.get(plan=plan, code="1k")
     region = Region.objects.get(code="local")
     Deployment.objects.bulk_create(
-        [Deployment(project=org.default_project, name=f"d{i}", plan=plan, tier=tier, region=region, status="running")
-         for i in range(DEPLOYMENTS)], batch_size=5000)
+        [
+            Deployment(project=org.default_project, name=f"d{i}", plan=plan, tier=tier, region=region, status="running")
+            for i in range(DEPLOYMENTS)
+        ],
+        batch_size=5000,
+    )
     ids = list(Deployment.objects.values_list("pk", flat=True))
     started = time.perf_counter()
     services.default_rules_ensure()
@@ -90,7 +95,8 @@ def minute_of_samples(ids, at, rng):
 def copy_floor(rows):
     with connection.cursor() as cursor:
         with cursor.connection.cursor().copy(
-                "COPY alerts_metricsample (deployment_id, name, ts, value) FROM STDIN") as copy:
+            "COPY alerts_metricsample (deployment_id, name, ts, value) FROM STDIN"
+        ) as copy:
             for row in rows:
                 copy.write_row(row)
     connection.commit() if not connection.get_autocommit() else None
@@ -144,8 +150,10 @@ def main():
     store_s, stored = timed(lambda: services.samples_store(rows=store_rows))
     heap_rows = rows()
     store_mem = peak_heap(lambda: services.samples_store(rows=heap_rows))
-    print(f"store {stored} samples: {store_s:.3f} s (floor COPY {floor_s:.3f} s, ratio {store_s / floor_s:.2f}x); "
-          f"peak heap {store_mem:.0f} MiB beyond the rows themselves")
+    print(
+        f"store {stored} samples: {store_s:.3f} s (floor COPY {floor_s:.3f} s, ratio {store_s / floor_s:.2f}x); "
+        f"peak heap {store_mem:.0f} MiB beyond the rows themselves"
+    )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE alerts_metricsample")
 
@@ -156,13 +164,19 @@ def main():
     again_s, again = timed(lambda: services.rules_evaluate(now=now + dt.timedelta(seconds=1)))
     eval_mem = peak_heap(lambda: services.rules_evaluate(now=now + dt.timedelta(seconds=2)))
     floor_best = min(floor_s1, floor_s2)
-    print(f"evaluate {rules} rules ({summary.evaluated} needing a state, {summary.changed} alert changes; "
-          f"floor rows {floor_count}): {eval_s:.3f} s (floor SQL {floor_best:.3f} s, ratio "
-          f"{eval_s / floor_best:.2f}x); peak heap {eval_mem:.0f} MiB")
-    print(f"evaluate again with the alerts in place: {again_s:.3f} s ({again_s / floor_best:.2f}x the floor), "
-          f"{again.changed} changes")
-    print(f"alerts: {Alert.objects.count()}; samples: {MetricSample.objects.count()}; "
-          f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(
+        f"evaluate {rules} rules ({summary.evaluated} needing a state, {summary.changed} alert changes; "
+        f"floor rows {floor_count}): {eval_s:.3f} s (floor SQL {floor_best:.3f} s, ratio "
+        f"{eval_s / floor_best:.2f}x); peak heap {eval_mem:.0f} MiB"
+    )
+    print(
+        f"evaluate again with the alerts in place: {again_s:.3f} s ({again_s / floor_best:.2f}x the floor), "
+        f"{again.changed} changes"
+    )
+    print(
+        f"alerts: {Alert.objects.count()}; samples: {MetricSample.objects.count()}; "
+        f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
     print("targets: store < 2 s, evaluate < 2 s, each within 3x of its floor")
 
 

@@ -5,6 +5,7 @@ Needs DATABASE_URL (PostgreSQL) and REDIS_URL: run it with `scripts/bench.sh ben
 Prints requests per second for both, their ratio (target: at least 0.25), and the SQL query count for a page of
 10 and of 100 (target: equal).
 """
+
 import http.client
 import json
 import os
@@ -48,11 +49,18 @@ def setup_data():
     call_command("migrate", verbosity=0)
     owner = User.objects.create_user(f"bench-{time.time()}@example.com", "bench passphrase 123")
     org = services.organization_create(name="Bench", owner=owner)
-    Project.objects.bulk_create(Project(organization=org, name=f"Project {i:04d}", description="bench") for i in range(999))
-    _key, secret = services.api_key_create(organization=org, actor=None, name="bench", role=Role.OWNER, created_by=owner)
+    Project.objects.bulk_create(
+        Project(organization=org, name=f"Project {i:04d}", description="bench") for i in range(999)
+    )
+    _key, secret = services.api_key_create(
+        organization=org, actor=None, name="bench", role=Role.OWNER, created_by=owner
+    )
     for i in range(199):
         services.api_key_create(organization=org, actor=None, name=f"k{i}", role=Role.AUDITOR, created_by=owner)
-    assert Project.objects.filter(organization=org).count() == 1000 and ApiKey.objects.filter(organization=org).count() == 200
+    assert (
+        Project.objects.filter(organization=org).count() == 1000
+        and ApiKey.objects.filter(organization=org).count() == 200
+    )
     return org, secret
 
 
@@ -105,17 +113,26 @@ def raw_floor(org_pk, seconds):
     import psycopg
 
     db = settings.DATABASES["default"]
-    conn = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"] or None,
-                           dbname=db["NAME"])
-    sql = ('SELECT public_id, name, description, is_default, created_at FROM projects_project '
-           'WHERE organization_id = %s ORDER BY created_at DESC, id DESC LIMIT 100')
+    conn = psycopg.connect(
+        host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"] or None, dbname=db["NAME"]
+    )
+    sql = (
+        "SELECT public_id, name, description, is_default, created_at FROM projects_project "
+        "WHERE organization_id = %s ORDER BY created_at DESC, id DESC LIMIT 100"
+    )
     n, stop, start = 0, time.monotonic() + seconds, time.monotonic()
     while time.monotonic() < stop:
         with conn.cursor() as cur:
             cur.execute(sql, (org_pk,))
             rows = cur.fetchall()
-        json.dumps({"results": [{"id": r[0], "name": r[1], "description": r[2], "is_default": r[3],
-                                 "created_at": r[4].isoformat()} for r in rows]})
+        json.dumps(
+            {
+                "results": [
+                    {"id": r[0], "name": r[1], "description": r[2], "is_default": r[3], "created_at": r[4].isoformat()}
+                    for r in rows
+                ]
+            }
+        )
         n += 1
     conn.close()
     return n / (time.monotonic() - start)
@@ -130,8 +147,20 @@ def main():
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "controlplane.settings"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "controlplane.wsgi:application", "--bind", f"127.0.0.1:{port}", *GUNICORN,
-         "--log-level", "warning"], cwd=ROOT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "controlplane.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            *GUNICORN,
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     try:
         for _ in range(100):
             try:

@@ -6,6 +6,7 @@ Run against a throwaway PostgreSQL (it creates and fills tables):
 It never gates the test suite. Targets (issue 4): metering an hour < 10 s, closing the month < 120 s, each within 3x
 of its floor. BENCH_ACCOUNTS and BENCH_PER_ACCOUNT change the size.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,7 +25,7 @@ from django.db import connection, transaction  # noqa: E402
 
 ACCOUNTS = int(os.environ.get("BENCH_ACCOUNTS", "10000"))
 PER_ACCOUNT = int(os.environ.get("BENCH_PER_ACCOUNT", "10"))
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MONTH = dt.date(2026, 3, 1)
 HOUR = dt.datetime(2026, 3, 31, 23, tzinfo=UTC)  # the month's last hour: the close has nothing left to catch up
 MONTH_END = dt.datetime(2026, 4, 1, tzinfo=UTC)
@@ -48,22 +49,57 @@ def setup() -> None:
     plan = Plan.objects.get(code="dedicated")
     tiers = list(Tier.objects.filter(plan=plan))
     region = Region.objects.get(code="local")
-    orgs = Organization.objects.bulk_create([Organization(name=f"Bench {i}") for i in range(ACCOUNTS)],
-                                            batch_size=5000)
-    projects = Project.objects.bulk_create([Project(organization=o, name="Default project", is_default=True)
-                                            for o in orgs], batch_size=5000)
+    orgs = Organization.objects.bulk_create([Organization(name=f"Bench {i}") for i in range(ACCOUNTS)], batch_size=5000)
+    projects = Project.objects.bulk_create(
+        [Project(organization=o, name="Default project", is_default=True) for o in orgs], batch_size=5000
+    )
     accounts = BillingAccount.objects.bulk_create(
-        [BillingAccount(organization=o, country=COUNTRIES[i % len(COUNTRIES)], email=f"ap{i}@bench.example",
-                        company="" if i % 2 else f"Company {i}") for i, o in enumerate(orgs)], batch_size=5000)
-    CreditGrant.objects.bulk_create([CreditGrant(billing_account=a, kind="promotion", currency="USD", amount=50,
-                                                 remaining=50, granted_at=HOUR - dt.timedelta(days=40))
-                                     for a in accounts[::10]], batch_size=5000)
+        [
+            BillingAccount(
+                organization=o,
+                country=COUNTRIES[i % len(COUNTRIES)],
+                email=f"ap{i}@bench.example",
+                company="" if i % 2 else f"Company {i}",
+            )
+            for i, o in enumerate(orgs)
+        ],
+        batch_size=5000,
+    )
+    CreditGrant.objects.bulk_create(
+        [
+            CreditGrant(
+                billing_account=a,
+                kind="promotion",
+                currency="USD",
+                amount=50,
+                remaining=50,
+                granted_at=HOUR - dt.timedelta(days=40),
+            )
+            for a in accounts[::10]
+        ],
+        batch_size=5000,
+    )
     deployments = Deployment.objects.bulk_create(
-        [Deployment(project=p, name=f"d{j}", plan=plan, tier=tiers[j % len(tiers)], region=region,
-                    status="running") for p in projects for j in range(PER_ACCOUNT)], batch_size=10000)
+        [
+            Deployment(project=p, name=f"d{j}", plan=plan, tier=tiers[j % len(tiers)], region=region, status="running")
+            for p in projects
+            for j in range(PER_ACCOUNT)
+        ],
+        batch_size=10000,
+    )
     StatusInterval.objects.bulk_create(
-        [StatusInterval(deployment=d, status="running", tier_id=d.tier_id, started_at=HOUR - dt.timedelta(minutes=20),
-                        ended_at=MONTH_END + dt.timedelta(minutes=5)) for d in deployments], batch_size=10000)
+        [
+            StatusInterval(
+                deployment=d,
+                status="running",
+                tier_id=d.tier_id,
+                started_at=HOUR - dt.timedelta(minutes=20),
+                ended_at=MONTH_END + dt.timedelta(minutes=5),
+            )
+            for d in deployments
+        ],
+        batch_size=10000,
+    )
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
     print(f"setup: {len(orgs)} accounts, {len(deployments)} deployments in {time.perf_counter() - started:.1f} s")
@@ -73,7 +109,8 @@ def meter_floor() -> int:
     """One INSERT … SELECT of the same rows into the real usage table (its constraints and foreign keys checked),
     rolled back afterwards: overlap, price, conflict handling, nothing else."""
     with connection.cursor() as cursor, transaction.atomic():
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO billing_usagerecord (deployment_id, organization_id, tier_id, hour, product, seconds, unit_price,
                                      currency, created_at)
             SELECT si.deployment_id, p.organization_id, si.tier_id, %(h)s,
@@ -88,7 +125,9 @@ def meter_floor() -> int:
                  AND pr.currency = 'USD'
             WHERE si.status = 'running' AND si.started_at < %(e)s AND (si.ended_at IS NULL OR si.ended_at > %(h)s)
             ON CONFLICT DO NOTHING
-        """, {"h": HOUR, "e": HOUR + dt.timedelta(hours=1)})
+        """,
+            {"h": HOUR, "e": HOUR + dt.timedelta(hours=1)},
+        )
         rows = cursor.rowcount
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the foreign keys are checked, as at a commit
         transaction.set_rollback(True)
@@ -100,7 +139,8 @@ def close_floor() -> int:
     subtotals, credits and tax; their lines; the usage marked invoiced; the credits consumed."""
     rates = "CASE ba.country WHEN 'DE' THEN 19 WHEN 'FR' THEN 20 WHEN 'FI' THEN 25.5 WHEN 'NL' THEN 21 ELSE 0 END"
     with connection.cursor() as cursor, transaction.atomic():
-        cursor.execute(f"""
+        cursor.execute(
+            f"""
             WITH lines AS (
                 SELECT organization_id, ROUND(SUM(seconds) * unit_price * 100 / 3600)::bigint AS amount
                 FROM billing_usagerecord WHERE hour >= %(s)s AND hour < %(e)s AND invoice_id IS NULL
@@ -125,9 +165,12 @@ def close_floor() -> int:
                    subtotal - credits + ROUND((subtotal - credits) * rate / 100), '{{}}', '{{}}', now(), now(), 0, 0,
                    now()
             FROM settled
-        """, {"s": MONTH, "e": MONTH_END, "last": MONTH_END.date() - dt.timedelta(days=1)})
+        """,
+            {"s": MONTH, "e": MONTH_END, "last": MONTH_END.date() - dt.timedelta(days=1)},
+        )
         invoices = cursor.rowcount
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO billing_invoiceline (invoice_id, deployment_id, product, description, seconds, quantity,
                                              unit, unit_price, amount)
             SELECT i.id, u.deployment_id, u.product, d.name || ' (' || d.public_id || ')', SUM(u.seconds),
@@ -139,14 +182,19 @@ def close_floor() -> int:
             JOIN deployments_deployment d ON d.id = u.deployment_id
             WHERE u.hour >= %(s)s AND u.hour < %(e)s AND u.invoice_id IS NULL
             GROUP BY i.id, u.deployment_id, u.product, u.unit_price, d.name, d.public_id
-        """, {"s": MONTH, "e": MONTH_END})
-        cursor.execute("""
+        """,
+            {"s": MONTH, "e": MONTH_END},
+        )
+        cursor.execute(
+            """
             UPDATE billing_usagerecord u SET invoice_id = i.id
             FROM billing_billingaccount ba
             JOIN billing_invoice i ON i.billing_account_id = ba.id AND i.kind = 'monthly' AND i.period_start = %(s)s
             WHERE ba.organization_id = u.organization_id AND u.hour >= %(s)s AND u.hour < %(e)s
               AND u.invoice_id IS NULL
-        """, {"s": MONTH, "e": MONTH_END})
+        """,
+            {"s": MONTH, "e": MONTH_END},
+        )
         cursor.execute("UPDATE billing_creditgrant SET remaining = 0 WHERE remaining > 0")
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         transaction.set_rollback(True)
@@ -170,13 +218,18 @@ def main() -> None:
     assert not UsageRecord.objects.filter(invoice__isnull=True).exists()
     mismatched = Invoice.objects.raw(
         "SELECT i.id FROM billing_invoice i JOIN billing_invoiceline l ON l.invoice_id = i.id "
-        "GROUP BY i.id HAVING SUM(l.amount) <> i.subtotal")
+        "GROUP BY i.id HAVING SUM(l.amount) <> i.subtotal"
+    )
     assert not list(mismatched), "an invoice does not reconcile"
 
-    print(f"meter one hour, {rows} deployments: {meter_s:.2f} s  (floor {floor_meter_s:.2f} s, "
-          f"ratio {meter_s / floor_meter_s:.2f}x; target < 10 s and < 3x)")
-    print(f"close the month, {ACCOUNTS} accounts / {rows} lines: {close_s:.2f} s  (floor {floor_close_s:.2f} s, "
-          f"ratio {close_s / floor_close_s:.2f}x; target < 120 s and < 3x)")
+    print(
+        f"meter one hour, {rows} deployments: {meter_s:.2f} s  (floor {floor_meter_s:.2f} s, "
+        f"ratio {meter_s / floor_meter_s:.2f}x; target < 10 s and < 3x)"
+    )
+    print(
+        f"close the month, {ACCOUNTS} accounts / {rows} lines: {close_s:.2f} s  (floor {floor_close_s:.2f} s, "
+        f"ratio {close_s / floor_close_s:.2f}x; target < 120 s and < 3x)"
+    )
 
 
 if __name__ == "__main__":

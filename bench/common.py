@@ -2,6 +2,7 @@
 
 scripts/bench.sh provides a throwaway PostgreSQL (with its database created) and Redis; run benchmarks through it.
 """
+
 import os
 import sys
 from pathlib import Path

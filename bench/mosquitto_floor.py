@@ -3,6 +3,7 @@
 Owns the raw-socket CONNECT helper other benchmarks reuse. It never uses an MQTT client library (paho's connect loop
 adds about a second) and never gates the test suite.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,9 @@ def raw_connack(
     return elapsed
 
 
-def wait_connack(host: str, port: int, *, deadline: float, username: str | None = None,
-                 password: str | None = None) -> None:
+def wait_connack(
+    host: str, port: int, *, deadline: float, username: str | None = None, password: str | None = None
+) -> None:
     """Retry raw_connack until it succeeds or time.perf_counter() passes `deadline`."""
     while True:
         try:
@@ -98,8 +100,9 @@ def bare_start_to_connack(tmpdir: str | os.PathLike, *, mosquitto_bin: str = "mo
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n")
     conf.chmod(0o644)
     started = time.perf_counter()
-    proc = subprocess.Popen([mosquitto_bin, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [mosquitto_bin, "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_connack("127.0.0.1", port, deadline=started + 10.0)
         return time.perf_counter() - started
@@ -114,8 +117,10 @@ def main(runs: int = 20) -> None:
         samples = sorted(bare_start_to_connack(tmp) for _ in range(runs))
     p50 = statistics.median(samples)
     p95 = samples[min(len(samples) - 1, round(0.95 * len(samples)) - 1)]
-    print(f"bare mosquitto start -> first CONNACK over {runs} runs: "
-          f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms (DESIGN.md floor: 5-9 ms)")
+    print(
+        f"bare mosquitto start -> first CONNACK over {runs} runs: "
+        f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms (DESIGN.md floor: 5-9 ms)"
+    )
 
 
 if __name__ == "__main__":

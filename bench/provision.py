@@ -4,6 +4,7 @@ Runs the real path: the REST API (in process), a real Celery worker subprocess, 
 DATABASE_URL it starts a throwaway PostgreSQL and Redis (scripts/services.sh) and re-runs itself inside them. It
 prints figures and never gates the test suite. Usage: .venv/bin/python bench/provision.py [runs] [burst]
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,11 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere: the project's pa
 
 
 def _reexec_with_services() -> None:
-    script = ('source scripts/services.sh && services_start && export CONTROLPLANE_ENV=test '
-              'CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var" && mkdir -p "$CONTROLPLANE_VAR_DIR" && '
-              'chmod 755 "$CONTROLPLANE_VAR_DIR" && BENCH_CREATE_DATABASE=1 .venv/bin/python bench/provision.py "$@"')
+    script = (
+        "source scripts/services.sh && services_start && export CONTROLPLANE_ENV=test "
+        'CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var" && mkdir -p "$CONTROLPLANE_VAR_DIR" && '
+        'chmod 755 "$CONTROLPLANE_VAR_DIR" && BENCH_CREATE_DATABASE=1 .venv/bin/python bench/provision.py "$@"'
+    )
     sys.exit(subprocess.call(["bash", "-c", script, "provision", *sys.argv[1:]], cwd=REPO))
 
 
@@ -82,8 +85,9 @@ def main(runs: int, burst: int) -> None:
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     owner = UserFactory()
     organization = org_services.organization_create(name="Bench", owner=owner)
-    _key, secret = org_services.api_key_create(organization=organization, actor=None, name="bench", role=Role.OWNER,
-                                               created_by=owner)
+    _key, secret = org_services.api_key_create(
+        organization=organization, actor=None, name="bench", role=Role.OWNER, created_by=owner
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     project = organization.projects.get(is_default=True)
@@ -93,11 +97,14 @@ def main(runs: int, burst: int) -> None:
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-worker-"))
     worker = CeleryWorker(env, log_dir)
     worker.start()
-    counter = iter(range(10 ** 6))
+    counter = iter(range(10**6))
 
     def post() -> str:
-        response = client.post(base, {"name": f"bench-{next(counter)}", "plan": "dedicated", "tier": "1k",
-                                      "region": "local"}, format="json")
+        response = client.post(
+            base,
+            {"name": f"bench-{next(counter)}", "plan": "dedicated", "tier": "1k", "region": "local"},
+            format="json",
+        )
         assert response.status_code == 202, response.content
         return response.json()["deployment"]["id"]
 
@@ -141,7 +148,8 @@ def main(runs: int, burst: int) -> None:
         while pending and time.perf_counter() < deadline:
             for public_id in list(pending):
                 d = Deployment.objects.only("endpoints", "monitor_username", "monitor_password_encrypted").get(
-                    public_id=public_id)
+                    public_id=public_id
+                )
                 port = d.endpoints.get("ports", {}).get("mqtt")
                 if port is None:
                     continue
@@ -165,15 +173,21 @@ def main(runs: int, burst: int) -> None:
 
     p50, p95 = statistics.median(post_to_connack), _percentile(post_to_connack, 0.95)
     f50, f95 = statistics.median(floor), _percentile(floor, 0.95)
-    print(f"(a) POST -> first CONNACK, local driver, {runs} runs: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms "
-          f"(target: p50 < 1000 ms, stretch 250 ms)")
-    print(f"    bare mosquitto start -> CONNACK, same run:  p50 {f50 * 1000:.1f} ms, p95 {f95 * 1000:.1f} ms "
-          f"(DESIGN floor 5-9 ms)")
+    print(
+        f"(a) POST -> first CONNACK, local driver, {runs} runs: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms "
+        f"(target: p50 < 1000 ms, stretch 250 ms)"
+    )
+    print(
+        f"    bare mosquitto start -> CONNACK, same run:  p50 {f50 * 1000:.1f} ms, p95 {f95 * 1000:.1f} ms "
+        f"(DESIGN floor 5-9 ms)"
+    )
     print(f"    control-plane overhead (p50 - floor p50):   {(p50 - f50) * 1000:.0f} ms")
     state = "all" if not pending else f"{burst - len(pending)} of"
-    print(f"(b) {burst} deployments requested at once ({posted:.2f} s to POST them): {state} {burst} accepting "
-          f"connections after {burst_seconds:.2f} s (target < 30 s on 2 cores, {os.cpu_count()} here); "
-          f"worker CPU {cpu:.2f} s")
+    print(
+        f"(b) {burst} deployments requested at once ({posted:.2f} s to POST them): {state} {burst} accepting "
+        f"connections after {burst_seconds:.2f} s (target < 30 s on 2 cores, {os.cpu_count()} here); "
+        f"worker CPU {cpu:.2f} s"
+    )
 
 
 if __name__ == "__main__":

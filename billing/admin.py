@@ -3,13 +3,22 @@
 Invoices are read-only here: every change goes through billing.services, so it is audited and reconciles.
 Prices live in the deployments catalog admin.
 """
+
 from django.contrib import admin, messages
 from django.db import transaction
 
 from audit.admin_mixins import AuditedModelAdmin
 from billing import services
-from billing.models import (AnnualSubscription, BillingAccount, Coupon, CreditGrant, Invoice, InvoiceLine, Payment,
-                            StripeEvent)
+from billing.models import (
+    AnnualSubscription,
+    BillingAccount,
+    Coupon,
+    CreditGrant,
+    Invoice,
+    InvoiceLine,
+    Payment,
+    StripeEvent,
+)
 from controlplane.api.problems import Conflict
 from organizations.access import Principal
 
@@ -19,9 +28,18 @@ class BillingAccountAdmin(AuditedModelAdmin, admin.ModelAdmin):
     list_display = ("public_id", "organization", "company", "country", "currency", "vat_status", "stripe_customer_id")
     search_fields = ("public_id", "company", "email", "tax_id", "organization__name", "organization__public_id")
     list_filter = ("vat_status", "currency", "country")
-    readonly_fields = ("public_id", "organization", "vat_status", "vat_status_message", "vat_checked_at",
-                       "stripe_customer_id", "stripe_payment_method_id", "stripe_synced_at", "created_at",
-                       "updated_at")
+    readonly_fields = (
+        "public_id",
+        "organization",
+        "vat_status",
+        "vat_status_message",
+        "vat_checked_at",
+        "stripe_customer_id",
+        "stripe_payment_method_id",
+        "stripe_synced_at",
+        "created_at",
+        "updated_at",
+    )
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -62,8 +80,17 @@ def _run(modeladmin, request, queryset, service, done: str, **kwargs):
 
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
-    list_display = ("number", "public_id", "billing_account", "kind", "status", "total", "currency", "issued_at",
-                    "due_at")
+    list_display = (
+        "number",
+        "public_id",
+        "billing_account",
+        "kind",
+        "status",
+        "total",
+        "currency",
+        "issued_at",
+        "due_at",
+    )
     list_filter = ("status", "kind", "tax_treatment", "currency")
     search_fields = ("number", "public_id", "billing_account__company", "billing_account__organization__name")
     inlines = [InvoiceLineInline, PaymentInline]
@@ -91,23 +118,41 @@ class InvoiceAdmin(admin.ModelAdmin):
         def refund(*, invoice, actor):
             if invoice.total <= 0 or invoice.status not in ("paid", "open"):
                 raise Conflict(f"a {invoice.status} invoice of {invoice.total} cannot be credited")
-            services.credit_grant(account=invoice.billing_account, actor=actor, kind="refund", amount=invoice.total,
-                                  description=f"Refund of invoice {invoice.number}", source_invoice=invoice)
+            services.credit_grant(
+                account=invoice.billing_account,
+                actor=actor,
+                kind="refund",
+                amount=invoice.total,
+                description=f"Refund of invoice {invoice.number}",
+                source_invoice=invoice,
+            )
+
         _run(self, request, queryset, refund, "credited")
 
 
 @admin.register(CreditGrant)
 class CreditGrantAdmin(AuditedModelAdmin, admin.ModelAdmin):
-    list_display = ("public_id", "billing_account", "kind", "amount", "remaining", "currency", "granted_at",
-                    "expires_at")
+    list_display = (
+        "public_id",
+        "billing_account",
+        "kind",
+        "amount",
+        "remaining",
+        "currency",
+        "granted_at",
+        "expires_at",
+    )
     list_filter = ("kind", "currency")
     search_fields = ("public_id", "billing_account__company", "billing_account__organization__name")
     raw_id_fields = ("billing_account", "coupon", "source_invoice")
 
     def get_readonly_fields(self, request, obj=None):
         # Once granted, only the expiry may change; the remaining balance moves with invoices alone.
-        return ("public_id", "remaining") if obj is None else ("public_id", "billing_account", "kind", "amount",
-                                                               "remaining", "currency", "coupon", "source_invoice")
+        return (
+            ("public_id", "remaining")
+            if obj is None
+            else ("public_id", "billing_account", "kind", "amount", "remaining", "currency", "coupon", "source_invoice")
+        )
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -128,11 +173,21 @@ class CouponAdmin(AuditedModelAdmin, admin.ModelAdmin):
 
 @admin.register(AnnualSubscription)
 class AnnualSubscriptionAdmin(admin.ModelAdmin):
-    list_display = ("public_id", "deployment", "tier", "status", "term_start", "term_end", "annual_price",
-                    "auto_renew")
+    list_display = ("public_id", "deployment", "tier", "status", "term_start", "term_end", "annual_price", "auto_renew")
     list_filter = ("status", "auto_renew")
-    readonly_fields = ("public_id", "billing_account", "deployment", "tier", "term_start", "term_end", "currency",
-                       "hourly_price", "annual_price", "renewed_from", "created_at")
+    readonly_fields = (
+        "public_id",
+        "billing_account",
+        "deployment",
+        "tier",
+        "term_start",
+        "term_end",
+        "currency",
+        "hourly_price",
+        "annual_price",
+        "renewed_from",
+        "created_at",
+    )
 
 
 @admin.register(StripeEvent)

@@ -4,6 +4,7 @@ the rest of the term, reminders before the end, renewal or the return to hourly 
 A subscription's term is what metering subtracts, so hourly billing stops exactly at acceptance. It never applies
 coupons to annual invoices (the seed system's rule) and never charges a card itself (collection is enqueued).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -17,8 +18,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from billing import invoicing, metering
 from billing.models import AnnualQuote, AnnualSubscription, BillingAccount, InvoiceKind, SubscriptionStatus
-from billing.money import (HOURS_PER_YEAR, annual_price, format_money, percentage_of, prorate, round_half_up,
-                           to_decimal)
+from billing.money import HOURS_PER_YEAR, annual_price, format_money, percentage_of, prorate, round_half_up, to_decimal
 from billing.selectors import billing_account_for
 from controlplane.api.problems import Conflict, Unprocessable
 from deployments.models import Deployment, Price, StatusInterval, Tier
@@ -44,8 +44,11 @@ def _prices(tier: Tier, currency: str, on: datetime.date) -> tuple[Decimal, int]
     if hourly is None:
         raise Conflict(f"The {tier} tier has no hourly price in {currency}; it cannot switch to an annual plan.")
     catalog = price_amount(plan=tier.plan, tier=tier, kind=Price.Kind.ANNUAL, currency=currency, on=on)
-    yearly = round_half_up(catalog, currency) if catalog is not None else annual_price(hourly_price=hourly,
-                                                                                         currency=currency)
+    yearly = (
+        round_half_up(catalog, currency)
+        if catalog is not None
+        else annual_price(hourly_price=hourly, currency=currency)
+    )
     return hourly, yearly
 
 
@@ -69,40 +72,91 @@ def annual_quote_create(*, deployment: Deployment, actor, now: datetime.datetime
     hourly_equivalent = round_half_up(HOURS_PER_YEAR * hourly, account.currency)
     decision = invoicing.tax_decision(account, now.date())
     tax = percentage_of(amount_minor=yearly, rate_percent=decision.rate)
-    accrued = sum(invoicing.usage_line(description="", seconds=s, unit_price=p, currency=account.currency,
-                                       product="", deployment_id=None).amount
-                  for s, p in metering.usage_preview(start=metering.month_start(now), end=now,
-                                                     currency=account.currency, deployment_id=deployment.pk))
+    accrued = sum(
+        invoicing.usage_line(
+            description="", seconds=s, unit_price=p, currency=account.currency, product="", deployment_id=None
+        ).amount
+        for s, p in metering.usage_preview(
+            start=metering.month_start(now), end=now, currency=account.currency, deployment_id=deployment.pk
+        )
+    )
     quote = AnnualQuote.objects.create(
-        billing_account=account, deployment=deployment, tier=tier, currency=account.currency, hourly_price=hourly,
-        annual_price=yearly, hourly_equivalent=hourly_equivalent, saving=hourly_equivalent - yearly,
-        tax_treatment=decision.treatment.value, tax_rate=decision.rate, tax=tax, total=yearly + tax,
-        accrued_this_month=accrued, term_start=now, term_end=one_year_later(now),
-        expires_at=now + datetime.timedelta(days=settings.ANNUAL_QUOTE_VALID_DAYS), created_at=now)
-    audit_record(actor=actor, organization=account.organization, action="billing.annual_quote.create", target=quote,
-                 summary={"deployment": deployment.public_id, "annual_price": yearly, "currency": account.currency})
+        billing_account=account,
+        deployment=deployment,
+        tier=tier,
+        currency=account.currency,
+        hourly_price=hourly,
+        annual_price=yearly,
+        hourly_equivalent=hourly_equivalent,
+        saving=hourly_equivalent - yearly,
+        tax_treatment=decision.treatment.value,
+        tax_rate=decision.rate,
+        tax=tax,
+        total=yearly + tax,
+        accrued_this_month=accrued,
+        term_start=now,
+        term_end=one_year_later(now),
+        expires_at=now + datetime.timedelta(days=settings.ANNUAL_QUOTE_VALID_DAYS),
+        created_at=now,
+    )
+    audit_record(
+        actor=actor,
+        organization=account.organization,
+        action="billing.annual_quote.create",
+        target=quote,
+        summary={"deployment": deployment.public_id, "annual_price": yearly, "currency": account.currency},
+    )
     return quote
 
 
-def _annual_line(deployment: Deployment, tier: Tier, start: datetime.datetime, end: datetime.datetime,
-                 yearly: int, currency: str) -> invoicing.LineDraft:
+def _annual_line(
+    deployment: Deployment, tier: Tier, start: datetime.datetime, end: datetime.datetime, yearly: int, currency: str
+) -> invoicing.LineDraft:
     return invoicing.LineDraft(
         description=f"Annual plan {tier.plan.name} {tier.code}, {deployment.name} ({deployment.public_id}), "
-                    f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
-        quantity=Decimal(1), unit="year", unit_price=to_decimal(yearly, currency), amount=yearly, product="annual",
-        deployment_id=deployment.pk)
+        f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
+        quantity=Decimal(1),
+        unit="year",
+        unit_price=to_decimal(yearly, currency),
+        amount=yearly,
+        product="annual",
+        deployment_id=deployment.pk,
+    )
 
 
-def _start_subscription(*, account: BillingAccount, deployment: Deployment, tier: Tier, start: datetime.datetime,
-                        hourly: Decimal, yearly: int, auto_renew: bool, renewed_from=None):
+def _start_subscription(
+    *,
+    account: BillingAccount,
+    deployment: Deployment,
+    tier: Tier,
+    start: datetime.datetime,
+    hourly: Decimal,
+    yearly: int,
+    auto_renew: bool,
+    renewed_from=None,
+):
     end = one_year_later(start)
     subscription = AnnualSubscription.objects.create(
-        billing_account=account, deployment=deployment, tier=tier, term_start=start, term_end=end,
-        currency=account.currency, hourly_price=hourly, annual_price=yearly, auto_renew=auto_renew,
-        renewed_from=renewed_from)
-    invoice = invoicing.issue_invoice(account=account, kind=InvoiceKind.ANNUAL, now=start, allow_coupons=False,
-                                      subscription=subscription, period=(start.date(), end.date()),
-                                      lines=[_annual_line(deployment, tier, start, end, yearly, account.currency)])
+        billing_account=account,
+        deployment=deployment,
+        tier=tier,
+        term_start=start,
+        term_end=end,
+        currency=account.currency,
+        hourly_price=hourly,
+        annual_price=yearly,
+        auto_renew=auto_renew,
+        renewed_from=renewed_from,
+    )
+    invoice = invoicing.issue_invoice(
+        account=account,
+        kind=InvoiceKind.ANNUAL,
+        now=start,
+        allow_coupons=False,
+        subscription=subscription,
+        period=(start.date(), end.date()),
+        lines=[_annual_line(deployment, tier, start, end, yearly, account.currency)],
+    )
     return subscription, invoice
 
 
@@ -113,8 +167,9 @@ def _enqueue_collection(invoice) -> None:
 
 
 @transaction.atomic
-def annual_quote_accept(*, quote: AnnualQuote, actor, auto_renew: bool = False,
-                        now: datetime.datetime | None = None) -> AnnualSubscription:
+def annual_quote_accept(
+    *, quote: AnnualQuote, actor, auto_renew: bool = False, now: datetime.datetime | None = None
+) -> AnnualSubscription:
     """Switch the deployment to its annual plan now: the subscription starts this instant, which ends hourly
     metering, and its prepaid invoice is issued at once."""
     now = now or timezone.now()
@@ -123,41 +178,74 @@ def annual_quote_accept(*, quote: AnnualQuote, actor, auto_renew: bool = False,
         raise Conflict("This quote was already accepted.")
     if quote.expires_at <= now:
         raise QuoteExpired()
-    deployment = Deployment.objects.select_for_update().select_related("project__organization").get(
-        pk=quote.deployment_id)
+    deployment = (
+        Deployment.objects.select_for_update().select_related("project__organization").get(pk=quote.deployment_id)
+    )
     _check_switchable(deployment)
     if deployment.tier_id != quote.tier_id:
         raise Conflict("The deployment changed tier since this quote; ask for a new one.")
     account = BillingAccount.objects.select_for_update().get(pk=quote.billing_account_id)
     if account.currency != quote.currency:
         raise Conflict("The billing currency changed since this quote; ask for a new one.")
-    subscription, invoice = _start_subscription(account=account, deployment=deployment, tier=quote.tier, start=now,
-                                                hourly=quote.hourly_price, yearly=quote.annual_price,
-                                                auto_renew=auto_renew)
+    subscription, invoice = _start_subscription(
+        account=account,
+        deployment=deployment,
+        tier=quote.tier,
+        start=now,
+        hourly=quote.hourly_price,
+        yearly=quote.annual_price,
+        auto_renew=auto_renew,
+    )
     quote.accepted_at, quote.subscription = now, subscription
     quote.save(update_fields=["accepted_at", "subscription"])
-    audit_record(actor=actor, organization=account.organization, action="billing.annual.switch", target=subscription,
-                 summary={"deployment": deployment.public_id, "quote": quote.public_id, "invoice": invoice.number,
-                          "term_start": now.isoformat(), "annual_price": quote.annual_price})
+    audit_record(
+        actor=actor,
+        organization=account.organization,
+        action="billing.annual.switch",
+        target=subscription,
+        summary={
+            "deployment": deployment.public_id,
+            "quote": quote.public_id,
+            "invoice": invoice.number,
+            "term_start": now.isoformat(),
+            "annual_price": quote.annual_price,
+        },
+    )
     _enqueue_collection(invoice)
     return subscription
 
 
 @transaction.atomic
-def annual_subscription_start(*, deployment: Deployment, actor, auto_renew: bool = False,
-                              now: datetime.datetime | None = None) -> AnnualSubscription:
+def annual_subscription_start(
+    *, deployment: Deployment, actor, auto_renew: bool = False, now: datetime.datetime | None = None
+) -> AnnualSubscription:
     """Buy an annual plan for a deployment directly (at creation), at the catalog's annual price."""
     now = now or timezone.now()
-    deployment = Deployment.objects.select_for_update().select_related("project__organization", "tier__plan").get(
-        pk=deployment.pk)
+    deployment = (
+        Deployment.objects.select_for_update()
+        .select_related("project__organization", "tier__plan")
+        .get(pk=deployment.pk)
+    )
     if AnnualSubscription.objects.filter(deployment=deployment, status=SubscriptionStatus.ACTIVE).exists():
         raise Conflict("The deployment is already on an annual plan.")
     account = billing_account_for(organization=deployment.project.organization)
     hourly, yearly = _prices(deployment.tier, account.currency, now.date())
-    subscription, invoice = _start_subscription(account=account, deployment=deployment, tier=deployment.tier,
-                                                start=now, hourly=hourly, yearly=yearly, auto_renew=auto_renew)
-    audit_record(actor=actor, organization=account.organization, action="billing.annual.start", target=subscription,
-                 summary={"deployment": deployment.public_id, "invoice": invoice.number, "annual_price": yearly})
+    subscription, invoice = _start_subscription(
+        account=account,
+        deployment=deployment,
+        tier=deployment.tier,
+        start=now,
+        hourly=hourly,
+        yearly=yearly,
+        auto_renew=auto_renew,
+    )
+    audit_record(
+        actor=actor,
+        organization=account.organization,
+        action="billing.annual.start",
+        target=subscription,
+        summary={"deployment": deployment.public_id, "invoice": invoice.number, "annual_price": yearly},
+    )
     _enqueue_collection(invoice)
     return subscription
 
@@ -171,11 +259,15 @@ def annual_upgrades_bill(*, now: datetime.datetime | None = None) -> int:
     now = now or timezone.now()
     billed = 0
     candidates = AnnualSubscription.objects.filter(status=SubscriptionStatus.ACTIVE, term_end__gt=now).values_list(
-        "pk", flat=True)
+        "pk", flat=True
+    )
     for subscription_id in candidates:
         with transaction.atomic():
-            subscription = AnnualSubscription.objects.select_for_update().select_related(
-                "billing_account__organization", "deployment", "tier__plan").get(pk=subscription_id)
+            subscription = (
+                AnnualSubscription.objects.select_for_update()
+                .select_related("billing_account__organization", "deployment", "tier__plan")
+                .get(pk=subscription_id)
+            )
             current = subscription.deployment.status_intervals.filter(ended_at__isnull=True).first()
             if current is None or current.tier_id == subscription.tier_id:
                 continue
@@ -196,26 +288,49 @@ def _bill_upgrade(subscription: AnnualSubscription, current: StatusInterval, now
     subscription.tier, subscription.hourly_price = new_tier, hourly
     invoice = None
     if difference > 0:
-        amount = prorate(amount_minor=difference, part=_seconds(subscription.term_end - at),
-                         whole=_seconds(subscription.term_end - subscription.term_start))
+        amount = prorate(
+            amount_minor=difference,
+            part=_seconds(subscription.term_end - at),
+            whole=_seconds(subscription.term_end - subscription.term_start),
+        )
         subscription.annual_price = yearly
         days_left = Decimal(_seconds(subscription.term_end - at)) / 86400
         line = invoicing.LineDraft(
             description=f"Annual plan upgrade {old_tier.plan.name} {old_tier.code} to {new_tier.code}, "
-                        f"{subscription.deployment.name} ({subscription.deployment.public_id}), "
-                        f"{at:%Y-%m-%d %H:%M} to {subscription.term_end:%Y-%m-%d %H:%M} UTC "
-                        f"({days_left.quantize(Decimal('0.01'))} days of {format_money(difference, subscription.currency)} a year)",
-            quantity=Decimal(1), unit="upgrade", unit_price=to_decimal(amount, subscription.currency),
-            amount=amount, product="annual_upgrade", deployment_id=subscription.deployment_id)
+            f"{subscription.deployment.name} ({subscription.deployment.public_id}), "
+            f"{at:%Y-%m-%d %H:%M} to {subscription.term_end:%Y-%m-%d %H:%M} UTC "
+            f"({days_left.quantize(Decimal('0.01'))} days of {format_money(difference, subscription.currency)} a year)",
+            quantity=Decimal(1),
+            unit="upgrade",
+            unit_price=to_decimal(amount, subscription.currency),
+            amount=amount,
+            product="annual_upgrade",
+            deployment_id=subscription.deployment_id,
+        )
         if amount > 0:
-            invoice = invoicing.issue_invoice(account=account, kind=InvoiceKind.ANNUAL_UPGRADE, lines=[line], now=now,
-                                              allow_coupons=False, subscription=subscription,
-                                              period=(at.date(), subscription.term_end.date()))
+            invoice = invoicing.issue_invoice(
+                account=account,
+                kind=InvoiceKind.ANNUAL_UPGRADE,
+                lines=[line],
+                now=now,
+                allow_coupons=False,
+                subscription=subscription,
+                period=(at.date(), subscription.term_end.date()),
+            )
             _enqueue_collection(invoice)
     subscription.save(update_fields=["tier", "hourly_price", "annual_price"])
-    audit_record(actor=None, organization=account.organization, action="billing.annual.tier_change",
-                 target=subscription, summary={"from": old_tier.code, "to": new_tier.code, "at": at.isoformat(),
-                                               "invoice": invoice.number if invoice else None})
+    audit_record(
+        actor=None,
+        organization=account.organization,
+        action="billing.annual.tier_change",
+        target=subscription,
+        summary={
+            "from": old_tier.code,
+            "to": new_tier.code,
+            "at": at.isoformat(),
+            "invoice": invoice.number if invoice else None,
+        },
+    )
     return 1 if invoice else 0
 
 
@@ -225,30 +340,48 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
     counts = {"reminders": 0, "renewed": 0, "ended": 0}
     remind_before = now + datetime.timedelta(days=settings.ANNUAL_REMINDER_DAYS)
     for subscription_id in AnnualSubscription.objects.filter(
-            status=SubscriptionStatus.ACTIVE, reminder_sent_at__isnull=True, term_end__lte=remind_before,
-            term_end__gt=now).values_list("pk", flat=True):
+        status=SubscriptionStatus.ACTIVE, reminder_sent_at__isnull=True, term_end__lte=remind_before, term_end__gt=now
+    ).values_list("pk", flat=True):
         with transaction.atomic():
-            subscription = AnnualSubscription.objects.select_for_update().select_related(
-                "billing_account__organization", "deployment").get(pk=subscription_id)
+            subscription = (
+                AnnualSubscription.objects.select_for_update()
+                .select_related("billing_account__organization", "deployment")
+                .get(pk=subscription_id)
+            )
             if subscription.reminder_sent_at is not None:
                 continue
             subscription.reminder_sent_at = now
             subscription.save(update_fields=["reminder_sent_at"])
-            what = ("renews automatically" if subscription.auto_renew
-                    else "ends, and the deployment returns to hourly billing,")
+            what = (
+                "renews automatically"
+                if subscription.auto_renew
+                else "ends, and the deployment returns to hourly billing,"
+            )
             from billing.services import _email
 
-            _email(subscription.billing_account, f"Your annual plan for {subscription.deployment.name} ends soon",
-                   f"The annual plan of {subscription.deployment.name} ({subscription.deployment.public_id}) "
-                   f"{what} on {subscription.term_end:%Y-%m-%d}.")
-            audit_record(actor=None, organization=subscription.billing_account.organization,
-                         action="billing.annual.reminder", target=subscription, summary={})
+            _email(
+                subscription.billing_account,
+                f"Your annual plan for {subscription.deployment.name} ends soon",
+                f"The annual plan of {subscription.deployment.name} ({subscription.deployment.public_id}) "
+                f"{what} on {subscription.term_end:%Y-%m-%d}.",
+            )
+            audit_record(
+                actor=None,
+                organization=subscription.billing_account.organization,
+                action="billing.annual.reminder",
+                target=subscription,
+                summary={},
+            )
             counts["reminders"] += 1
-    for subscription_id in AnnualSubscription.objects.filter(status=SubscriptionStatus.ACTIVE,
-                                                             term_end__lte=now).values_list("pk", flat=True):
+    for subscription_id in AnnualSubscription.objects.filter(
+        status=SubscriptionStatus.ACTIVE, term_end__lte=now
+    ).values_list("pk", flat=True):
         with transaction.atomic():
-            subscription = AnnualSubscription.objects.select_for_update().select_related(
-                "billing_account__organization", "deployment__tier__plan").get(pk=subscription_id)
+            subscription = (
+                AnnualSubscription.objects.select_for_update()
+                .select_related("billing_account__organization", "deployment__tier__plan")
+                .get(pk=subscription_id)
+            )
             if subscription.status != SubscriptionStatus.ACTIVE:
                 continue
             deployment = subscription.deployment
@@ -259,16 +392,33 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
                 account = subscription.billing_account
                 hourly, yearly = _prices(deployment.tier, account.currency, subscription.term_end.date())
                 renewal, invoice = _start_subscription(
-                    account=account, deployment=deployment, tier=deployment.tier, start=subscription.term_end,
-                    hourly=hourly, yearly=yearly, auto_renew=True, renewed_from=subscription)
+                    account=account,
+                    deployment=deployment,
+                    tier=deployment.tier,
+                    start=subscription.term_end,
+                    hourly=hourly,
+                    yearly=yearly,
+                    auto_renew=True,
+                    renewed_from=subscription,
+                )
                 _enqueue_collection(invoice)
-                audit_record(actor=None, organization=account.organization, action="billing.annual.renew",
-                             target=renewal, summary={"invoice": invoice.number, "annual_price": yearly})
+                audit_record(
+                    actor=None,
+                    organization=account.organization,
+                    action="billing.annual.renew",
+                    target=renewal,
+                    summary={"invoice": invoice.number, "annual_price": yearly},
+                )
                 counts["renewed"] += 1
             else:
                 subscription.status = SubscriptionStatus.ENDED
                 subscription.save(update_fields=["status"])
-                audit_record(actor=None, organization=subscription.billing_account.organization,
-                             action="billing.annual.end", target=subscription, summary={})
+                audit_record(
+                    actor=None,
+                    organization=subscription.billing_account.organization,
+                    action="billing.annual.end",
+                    target=subscription,
+                    summary={},
+                )
                 counts["ended"] += 1
     return counts

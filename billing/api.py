@@ -4,6 +4,7 @@ subscriptions, annual quotes; and the Stripe webhook endpoint. Thin: parse, call
 Amounts are integers in minor units of `currency` (cents for USD and EUR); prices finer than that are decimal
 strings in major units.
 """
+
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
@@ -17,8 +18,8 @@ from rest_framework.response import Response
 from billing import annual, documents, invoicing, selectors, services
 from billing import stripe_gateway as gateway
 from billing.models import AnnualQuote, AnnualSubscription, BillingAccount, CreditGrant, Invoice
-from controlplane.api.problems import problem_response
 from controlplane.api.pagination import CursorPagination
+from controlplane.api.problems import problem_response
 from controlplane.api.serializers import InputSerializer, StrictCharField
 from controlplane.api.views import ScopedViewSet
 from deployments.models import Deployment
@@ -31,12 +32,33 @@ ANNUAL_TAG = ["annual plans"]
 # --- Serializers ------------------------------------------------------------------------------------------------
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Billing account", value={
-    "id": "bac_k2m9q4x8c1v5b6n0z7f3", "country": "FR", "company": "Exemple SAS", "email": "compta@exemple.fr",
-    "address": "1 rue de Rivoli", "city": "Paris", "state": "", "postal_code": "75001", "tax_id": "FR40303265045",
-    "currency": "EUR", "vat_status": "valid", "vat_status_message": "Confirmed by VIES.",
-    "vat_checked_at": "2026-11-02T10:00:05Z", "tax_treatment": "reverse_charge", "tax_rate": "0",
-    "card_on_file": True, "updated_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Billing account",
+            value={
+                "id": "bac_k2m9q4x8c1v5b6n0z7f3",
+                "country": "FR",
+                "company": "Exemple SAS",
+                "email": "compta@exemple.fr",
+                "address": "1 rue de Rivoli",
+                "city": "Paris",
+                "state": "",
+                "postal_code": "75001",
+                "tax_id": "FR40303265045",
+                "currency": "EUR",
+                "vat_status": "valid",
+                "vat_status_message": "Confirmed by VIES.",
+                "vat_checked_at": "2026-11-02T10:00:05Z",
+                "tax_treatment": "reverse_charge",
+                "tax_rate": "0",
+                "card_on_file": True,
+                "updated_at": "2026-11-02T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class BillingAccountOutputSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     tax_treatment = serializers.SerializerMethodField()
@@ -45,9 +67,25 @@ class BillingAccountOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = BillingAccount
-        fields = ["id", "country", "company", "email", "address", "city", "state", "postal_code", "tax_id",
-                  "currency", "vat_status", "vat_status_message", "vat_checked_at", "tax_treatment", "tax_rate",
-                  "card_on_file", "updated_at"]
+        fields = [
+            "id",
+            "country",
+            "company",
+            "email",
+            "address",
+            "city",
+            "state",
+            "postal_code",
+            "tax_id",
+            "currency",
+            "vat_status",
+            "vat_status_message",
+            "vat_checked_at",
+            "tax_treatment",
+            "tax_rate",
+            "card_on_file",
+            "updated_at",
+        ]
 
     def _decision(self, obj):
         if not hasattr(obj, "_decision"):
@@ -66,21 +104,41 @@ class BillingAccountOutputSerializer(serializers.ModelSerializer):
 
 class BillingAccountInputSerializer(InputSerializer):
     country = StrictCharField(max_length=2, min_length=2, help_text="ISO 3166-1 alpha-2, e.g. DE.")
-    company = StrictCharField(max_length=200, required=False, default="", allow_blank=True,
-                              help_text="Company name; leave empty for a private person.")
+    company = StrictCharField(
+        max_length=200,
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text="Company name; leave empty for a private person.",
+    )
     email = serializers.EmailField(max_length=254)
     address = StrictCharField(max_length=200, required=False, default="", allow_blank=True)
     city = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
     state = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
     postal_code = StrictCharField(max_length=20, required=False, default="", allow_blank=True)
-    tax_id = StrictCharField(max_length=40, required=False, default="", allow_blank=True,
-                             help_text="VAT or GST number (EIN in the US).")
+    tax_id = StrictCharField(
+        max_length=40, required=False, default="", allow_blank=True, help_text="VAT or GST number (EIN in the US)."
+    )
     currency = StrictCharField(max_length=3, required=False, help_text="ISO 4217; USD or EUR.")
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Overview", value={
-    "currency": "USD", "month_start": "2026-11-01", "month_to_date": 14304, "forecast": 25920,
-    "credit_balance": 1000, "open_invoices": 1, "open_amount": 268056}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Overview",
+            value={
+                "currency": "USD",
+                "month_start": "2026-11-01",
+                "month_to_date": 14304,
+                "forecast": 25920,
+                "credit_balance": 1000,
+                "open_invoices": 1,
+                "open_amount": 268056,
+            },
+            response_only=True,
+        )
+    ]
+)
 class BillingOverviewOutputSerializer(serializers.Serializer):
     currency = serializers.CharField()
     month_start = serializers.DateField()
@@ -91,8 +149,15 @@ class BillingOverviewOutputSerializer(serializers.Serializer):
     open_amount = serializers.IntegerField()
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Setup intent", value={
-    "setup_intent": "seti_1Nq...", "client_secret": "seti_1Nq..._secret_..."}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Setup intent",
+            value={"setup_intent": "seti_1Nq...", "client_secret": "seti_1Nq..._secret_..."},
+            response_only=True,
+        )
+    ]
+)
 class SetupIntentOutputSerializer(serializers.Serializer):
     setup_intent = serializers.CharField()
     client_secret = serializers.CharField(help_text="Give it to Stripe.js to collect the card.")
@@ -103,8 +168,13 @@ class CheckoutSessionInputSerializer(InputSerializer):
     cancel_url = serializers.URLField(max_length=500)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Checkout session", value={
-    "url": "https://checkout.stripe.com/c/pay/cs_test_..."}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Checkout session", value={"url": "https://checkout.stripe.com/c/pay/cs_test_..."}, response_only=True
+        )
+    ]
+)
 class CheckoutSessionOutputSerializer(serializers.Serializer):
     url = serializers.URLField(help_text="Send the user there to save a card (Checkout in setup mode).")
 
@@ -113,10 +183,24 @@ class CouponRedeemInputSerializer(InputSerializer):
     code = StrictCharField(max_length=40)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Credit", value={
-    "id": "crd_k2m9q4x8c1v5b6n0z7f3", "kind": "coupon", "description": "Coupon WELCOME10", "currency": "USD",
-    "amount": 1000, "remaining": 1000, "granted_at": "2026-11-02T10:00:00Z", "expires_at": "2027-02-02T10:00:00Z"},
-    response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Credit",
+            value={
+                "id": "crd_k2m9q4x8c1v5b6n0z7f3",
+                "kind": "coupon",
+                "description": "Coupon WELCOME10",
+                "currency": "USD",
+                "amount": 1000,
+                "remaining": 1000,
+                "granted_at": "2026-11-02T10:00:00Z",
+                "expires_at": "2027-02-02T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class CreditGrantOutputSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
 
@@ -136,15 +220,40 @@ class InvoiceLineOutputSerializer(serializers.Serializer):
 
 
 INVOICE_EXAMPLE = {
-    "id": "inv_k2m9q4x8c1v5b6n0z7f3", "number": "MQC-2026-000042", "kind": "monthly", "status": "open",
-    "currency": "USD", "period_start": "2026-10-01", "period_end": "2026-10-31", "subtotal": 9072,
-    "credits_applied": 0, "tax_treatment": "outside_scope", "tax_rate": "0.00", "tax_mention": "", "tax": 0,
-    "total": 9072, "issued_at": "2026-11-01T00:05:00Z", "due_at": "2026-11-15T00:05:00Z", "paid_at": None,
-    "customer": {"name": "Acme Inc.", "address_lines": ["1 Main St", "94105 San Francisco", "CA", "US"],
-                 "vat_number": None},
-    "lines": [{"deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "product": "running",
-               "description": "prod (dep_7f3k2m9q4x8c1v5b6n0z), Dedicated 1k, running", "quantity": "244.000000",
-               "unit": "hour", "unit_price": "0.360000", "amount": 8784}]}
+    "id": "inv_k2m9q4x8c1v5b6n0z7f3",
+    "number": "MQC-2026-000042",
+    "kind": "monthly",
+    "status": "open",
+    "currency": "USD",
+    "period_start": "2026-10-01",
+    "period_end": "2026-10-31",
+    "subtotal": 9072,
+    "credits_applied": 0,
+    "tax_treatment": "outside_scope",
+    "tax_rate": "0.00",
+    "tax_mention": "",
+    "tax": 0,
+    "total": 9072,
+    "issued_at": "2026-11-01T00:05:00Z",
+    "due_at": "2026-11-15T00:05:00Z",
+    "paid_at": None,
+    "customer": {
+        "name": "Acme Inc.",
+        "address_lines": ["1 Main St", "94105 San Francisco", "CA", "US"],
+        "vat_number": None,
+    },
+    "lines": [
+        {
+            "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+            "product": "running",
+            "description": "prod (dep_7f3k2m9q4x8c1v5b6n0z), Dedicated 1k, running",
+            "quantity": "244.000000",
+            "unit": "hour",
+            "unit_price": "0.360000",
+            "amount": 8784,
+        }
+    ],
+}
 
 
 @extend_schema_serializer(examples=[OpenApiExample("Invoice", value=INVOICE_EXAMPLE, response_only=True)])
@@ -154,15 +263,49 @@ class InvoiceOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Invoice
-        fields = ["id", "number", "kind", "status", "currency", "period_start", "period_end", "subtotal",
-                  "credits_applied", "tax_treatment", "tax_rate", "tax_mention", "tax", "total", "issued_at",
-                  "due_at", "paid_at", "customer", "lines"]
+        fields = [
+            "id",
+            "number",
+            "kind",
+            "status",
+            "currency",
+            "period_start",
+            "period_end",
+            "subtotal",
+            "credits_applied",
+            "tax_treatment",
+            "tax_rate",
+            "tax_mention",
+            "tax",
+            "total",
+            "issued_at",
+            "due_at",
+            "paid_at",
+            "customer",
+            "lines",
+        ]
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Subscription", value={
-    "id": "sub_k2m9q4x8c1v5b6n0z7f3", "deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "plan": "dedicated", "tier": "1k",
-    "status": "active", "term_start": "2026-11-17T13:20:00Z", "term_end": "2027-11-17T13:20:00Z",
-    "currency": "USD", "annual_price": 268056, "auto_renew": False}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Subscription",
+            value={
+                "id": "sub_k2m9q4x8c1v5b6n0z7f3",
+                "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+                "plan": "dedicated",
+                "tier": "1k",
+                "status": "active",
+                "term_start": "2026-11-17T13:20:00Z",
+                "term_end": "2027-11-17T13:20:00Z",
+                "currency": "USD",
+                "annual_price": 268056,
+                "auto_renew": False,
+            },
+            response_only=True,
+        )
+    ]
+)
 class SubscriptionOutputSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     deployment = serializers.CharField(source="deployment.public_id", read_only=True)
@@ -171,30 +314,79 @@ class SubscriptionOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AnnualSubscription
-        fields = ["id", "deployment", "plan", "tier", "status", "term_start", "term_end", "currency",
-                  "annual_price", "auto_renew"]
+        fields = [
+            "id",
+            "deployment",
+            "plan",
+            "tier",
+            "status",
+            "term_start",
+            "term_end",
+            "currency",
+            "annual_price",
+            "auto_renew",
+        ]
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Annual quote", value={
-    "id": "quo_k2m9q4x8c1v5b6n0z7f3", "deployment": "dep_7f3k2m9q4x8c1v5b6n0z", "tier": "1k", "currency": "USD",
-    "hourly_price": "0.360000", "annual_price": 268056, "hourly_equivalent": 315360, "saving": 47304,
-    "tax_treatment": "outside_scope", "tax_rate": "0.00", "tax": 0, "total": 268056, "accrued_this_month": 14304,
-    "term_start": "2026-11-17T13:20:00Z", "term_end": "2027-11-17T13:20:00Z", "expires_at": "2026-11-24T13:20:00Z",
-    "accepted_at": None, "subscription": None}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Annual quote",
+            value={
+                "id": "quo_k2m9q4x8c1v5b6n0z7f3",
+                "deployment": "dep_7f3k2m9q4x8c1v5b6n0z",
+                "tier": "1k",
+                "currency": "USD",
+                "hourly_price": "0.360000",
+                "annual_price": 268056,
+                "hourly_equivalent": 315360,
+                "saving": 47304,
+                "tax_treatment": "outside_scope",
+                "tax_rate": "0.00",
+                "tax": 0,
+                "total": 268056,
+                "accrued_this_month": 14304,
+                "term_start": "2026-11-17T13:20:00Z",
+                "term_end": "2027-11-17T13:20:00Z",
+                "expires_at": "2026-11-24T13:20:00Z",
+                "accepted_at": None,
+                "subscription": None,
+            },
+            response_only=True,
+        )
+    ]
+)
 class AnnualQuoteOutputSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     deployment = serializers.CharField(source="deployment.public_id", read_only=True)
     tier = serializers.CharField(source="tier.code", read_only=True)
-    subscription = serializers.CharField(source="subscription.public_id", read_only=True, allow_null=True,
-                                         default=None)
-    term_start = serializers.DateTimeField(help_text="The term starts when the quote is accepted; these are the "
-                                                     "dates if accepted when quoted.")
+    subscription = serializers.CharField(source="subscription.public_id", read_only=True, allow_null=True, default=None)
+    term_start = serializers.DateTimeField(
+        help_text="The term starts when the quote is accepted; these are the dates if accepted when quoted."
+    )
 
     class Meta:
         model = AnnualQuote
-        fields = ["id", "deployment", "tier", "currency", "hourly_price", "annual_price", "hourly_equivalent",
-                  "saving", "tax_treatment", "tax_rate", "tax", "total", "accrued_this_month", "term_start",
-                  "term_end", "expires_at", "accepted_at", "subscription"]
+        fields = [
+            "id",
+            "deployment",
+            "tier",
+            "currency",
+            "hourly_price",
+            "annual_price",
+            "hourly_equivalent",
+            "saving",
+            "tax_treatment",
+            "tax_rate",
+            "tax",
+            "total",
+            "accrued_this_month",
+            "term_start",
+            "term_end",
+            "expires_at",
+            "accepted_at",
+            "subscription",
+        ]
 
 
 class AnnualQuoteCreateInputSerializer(InputSerializer):
@@ -202,8 +394,9 @@ class AnnualQuoteCreateInputSerializer(InputSerializer):
 
 
 class AnnualQuoteAcceptInputSerializer(InputSerializer):
-    auto_renew = serializers.BooleanField(required=False, default=False,
-                                          help_text="Renew for another year at the end of the term.")
+    auto_renew = serializers.BooleanField(
+        required=False, default=False, help_text="Renew for another year at the end of the term."
+    )
 
 
 # --- Views ---------------------------------------------------------------------------------------------------------
@@ -214,59 +407,89 @@ class BillingAccountViewSet(ScopedViewSet):
 
     queryset = BillingAccount.objects.all()
     serializer_class = BillingAccountOutputSerializer
-    required_scopes = {"retrieve": "billing:read", "update": "billing:write", "overview": "billing:read",
-                       "setup_intent": "billing:write", "checkout_session": "billing:write",
-                       "credits": "billing:read", "redeem_coupon": "billing:write"}
+    required_scopes = {
+        "retrieve": "billing:read",
+        "update": "billing:write",
+        "overview": "billing:read",
+        "setup_intent": "billing:write",
+        "checkout_session": "billing:write",
+        "credits": "billing:read",
+        "redeem_coupon": "billing:write",
+    }
 
     def account(self) -> BillingAccount:
         account = selectors.billing_account_for(organization=self.organization)
         account.organization = self.organization
         return account
 
-    @extend_schema(summary="Describe the billing account", tags=BILLING_TAG,
-                   responses={200: BillingAccountOutputSerializer})
+    @extend_schema(
+        summary="Describe the billing account", tags=BILLING_TAG, responses={200: BillingAccountOutputSerializer}
+    )
     def retrieve(self, request, *args, **kwargs):
         return Response(BillingAccountOutputSerializer(self.account()).data)
 
-    @extend_schema(summary="Replace the billing details (address, VAT number, currency)", tags=BILLING_TAG,
-                   request=BillingAccountInputSerializer, responses={200: BillingAccountOutputSerializer})
+    @extend_schema(
+        summary="Replace the billing details (address, VAT number, currency)",
+        tags=BILLING_TAG,
+        request=BillingAccountInputSerializer,
+        responses={200: BillingAccountOutputSerializer},
+    )
     def update(self, request, *args, **kwargs):
         data = BillingAccountInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        account = services.billing_account_update(account=self.account(), actor=self.principal,
-                                                  **data.validated_data)
+        account = services.billing_account_update(account=self.account(), actor=self.principal, **data.validated_data)
         return Response(BillingAccountOutputSerializer(account).data)
 
-    @extend_schema(summary="Month-to-date spend, forecast, credit balance and open invoices", tags=BILLING_TAG,
-                   responses={200: BillingOverviewOutputSerializer})
+    @extend_schema(
+        summary="Month-to-date spend, forecast, credit balance and open invoices",
+        tags=BILLING_TAG,
+        responses={200: BillingOverviewOutputSerializer},
+    )
     def overview(self, request, *args, **kwargs):
         overview = selectors.billing_overview(account=self.account())
         return Response(BillingOverviewOutputSerializer(overview).data)
 
-    @extend_schema(summary="Start saving a card with Stripe.js (SetupIntent)", tags=BILLING_TAG, request=None,
-                   responses={201: SetupIntentOutputSerializer})
+    @extend_schema(
+        summary="Start saving a card with Stripe.js (SetupIntent)",
+        tags=BILLING_TAG,
+        request=None,
+        responses={201: SetupIntentOutputSerializer},
+    )
     def setup_intent(self, request, *args, **kwargs):
         intent_id, secret = services.card_setup_intent(account=self.account(), actor=self.principal)
-        return Response(SetupIntentOutputSerializer({"setup_intent": intent_id, "client_secret": secret}).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            SetupIntentOutputSerializer({"setup_intent": intent_id, "client_secret": secret}).data,
+            status=status.HTTP_201_CREATED,
+        )
 
-    @extend_schema(summary="Save a card on a Stripe-hosted page (Checkout in setup mode)", tags=BILLING_TAG,
-                   request=CheckoutSessionInputSerializer, responses={201: CheckoutSessionOutputSerializer})
+    @extend_schema(
+        summary="Save a card on a Stripe-hosted page (Checkout in setup mode)",
+        tags=BILLING_TAG,
+        request=CheckoutSessionInputSerializer,
+        responses={201: CheckoutSessionOutputSerializer},
+    )
     def checkout_session(self, request, *args, **kwargs):
         data = CheckoutSessionInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         url = services.card_checkout_session(account=self.account(), actor=self.principal, **data.validated_data)
         return Response(CheckoutSessionOutputSerializer({"url": url}).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="List credits (promotion, coupon, refund, prepaid)", tags=BILLING_TAG,
-                   responses={200: CreditGrantOutputSerializer(many=True)})
+    @extend_schema(
+        summary="List credits (promotion, coupon, refund, prepaid)",
+        tags=BILLING_TAG,
+        responses={200: CreditGrantOutputSerializer(many=True)},
+    )
     def credits(self, request, *args, **kwargs):
         paginator = CreditPagination()
         page = paginator.paginate_queryset(selectors.credit_list(account=self.account()), request, view=self)
         return paginator.get_paginated_response(CreditGrantOutputSerializer(page, many=True).data)
 
-    @extend_schema(summary="Redeem a coupon code as a credit", tags=BILLING_TAG, request=CouponRedeemInputSerializer,
-                   responses={201: CreditGrantOutputSerializer})
+    @extend_schema(
+        summary="Redeem a coupon code as a credit",
+        tags=BILLING_TAG,
+        request=CouponRedeemInputSerializer,
+        responses={201: CreditGrantOutputSerializer},
+    )
     def redeem_coupon(self, request, *args, **kwargs):
         data = CouponRedeemInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -283,8 +506,12 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
     tenant_field = "billing_account__organization"
     lookup_url_kwarg = "inv"
     serializer_class = InvoiceOutputSerializer
-    required_scopes = {"list": "billing:read", "retrieve": "billing:read", "pdf": "billing:read",
-                       "html": "billing:read"}
+    required_scopes = {
+        "list": "billing:read",
+        "retrieve": "billing:read",
+        "pdf": "billing:read",
+        "html": "billing:read",
+    }
 
     @extend_schema(summary="List invoices", tags=INVOICES_TAG)
     def list(self, request, *args, **kwargs):
@@ -299,21 +526,38 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
         # problem+json, which is why no PDF or HTML renderer is registered.
         return super().perform_content_negotiation(request, force=force or self.action in ("pdf", "html"))
 
-    @extend_schema(summary="Download an invoice as PDF", tags=INVOICES_TAG,
-                   responses={(200, "application/pdf"): OpenApiResponse(
-                       OpenApiTypes.BINARY, description="The PDF",
-                       examples=[OpenApiExample("PDF", value="%PDF-1.4 …", media_type="application/pdf")])})
+    @extend_schema(
+        summary="Download an invoice as PDF",
+        tags=INVOICES_TAG,
+        responses={
+            (200, "application/pdf"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="The PDF",
+                examples=[OpenApiExample("PDF", value="%PDF-1.4 …", media_type="application/pdf")],
+            )
+        },
+    )
     def pdf(self, request, *args, **kwargs):
         invoice = self.get_object()
         response = HttpResponse(documents.invoice_pdf(invoice), content_type="application/pdf")
         response["Content-Disposition"] = f'inline; filename="{invoice.number}.pdf"'
         return response
 
-    @extend_schema(summary="View an invoice as an HTML page", tags=INVOICES_TAG,
-                   responses={(200, "text/html"): OpenApiResponse(
-                       OpenApiTypes.STR, description="The page",
-                       examples=[OpenApiExample("Page", value="<!doctype html><html>… Invoice MQ-2026-000042 …</html>",
-                                                media_type="text/html")])})
+    @extend_schema(
+        summary="View an invoice as an HTML page",
+        tags=INVOICES_TAG,
+        responses={
+            (200, "text/html"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="The page",
+                examples=[
+                    OpenApiExample(
+                        "Page", value="<!doctype html><html>… Invoice MQ-2026-000042 …</html>", media_type="text/html"
+                    )
+                ],
+            )
+        },
+    )
     def html(self, request, *args, **kwargs):
         return HttpResponse(documents.invoice_html(self.get_object()), content_type="text/html; charset=utf-8")
 
@@ -343,15 +587,20 @@ class AnnualQuoteViewSet(mixins.RetrieveModelMixin, ScopedViewSet):
         return queryset.filter(deployment__public_id=self.kwargs["dep"])
 
     def deployment(self) -> Deployment:
-        found = Deployment.objects.filter(project=self.project, public_id=self.kwargs["dep"],
-                                          deleted_at__isnull=True).first()
+        found = Deployment.objects.filter(
+            project=self.project, public_id=self.kwargs["dep"], deleted_at__isnull=True
+        ).first()
         if found is None:
             raise exceptions.NotFound("No such deployment.")
         found.project = self.project
         return found
 
-    @extend_schema(summary="Quote a switch to an annual plan", tags=ANNUAL_TAG,
-                   request=AnnualQuoteCreateInputSerializer, responses={201: AnnualQuoteOutputSerializer})
+    @extend_schema(
+        summary="Quote a switch to an annual plan",
+        tags=ANNUAL_TAG,
+        request=AnnualQuoteCreateInputSerializer,
+        responses={201: AnnualQuoteOutputSerializer},
+    )
     def create(self, request, *args, **kwargs):
         AnnualQuoteCreateInputSerializer(data=request.data or {}).is_valid(raise_exception=True)
         quote = annual.annual_quote_create(deployment=self.deployment(), actor=self.principal)
@@ -361,13 +610,18 @@ class AnnualQuoteViewSet(mixins.RetrieveModelMixin, ScopedViewSet):
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Accept a quote: the annual plan starts now and its invoice is issued", tags=ANNUAL_TAG,
-                   request=AnnualQuoteAcceptInputSerializer, responses={201: SubscriptionOutputSerializer})
+    @extend_schema(
+        summary="Accept a quote: the annual plan starts now and its invoice is issued",
+        tags=ANNUAL_TAG,
+        request=AnnualQuoteAcceptInputSerializer,
+        responses={201: SubscriptionOutputSerializer},
+    )
     def accept(self, request, *args, **kwargs):
         data = AnnualQuoteAcceptInputSerializer(data=request.data or {})
         data.is_valid(raise_exception=True)
-        subscription = annual.annual_quote_accept(quote=self.get_object(), actor=self.principal,
-                                                  auto_renew=data.validated_data["auto_renew"])
+        subscription = annual.annual_quote_accept(
+            quote=self.get_object(), actor=self.principal, auto_renew=data.validated_data["auto_renew"]
+        )
         return Response(SubscriptionOutputSerializer(subscription).data, status=status.HTTP_201_CREATED)
 
 
@@ -382,8 +636,9 @@ def stripe_webhook(request):
     if not settings.STRIPE_WEBHOOK_SECRET:
         return problem_response(503, detail="Stripe webhooks are not configured on this installation.")
     try:
-        first, outcome = services.stripe_event_process(payload=request.body,
-                                                       signature=request.headers.get("Stripe-Signature", ""))
+        first, outcome = services.stripe_event_process(
+            payload=request.body, signature=request.headers.get("Stripe-Signature", "")
+        )
     except gateway.WebhookSignatureError as exc:
         return problem_response(400, detail=str(exc), code="invalid-signature")
     except gateway.WebhookPayloadError as exc:

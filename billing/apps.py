@@ -17,5 +17,6 @@ class BillingConfig(AppConfig):
     def ready(self):
         from controlplane.metrics import register_gauge_source
 
-        register_gauge_source("controlplane_metering_lag_seconds", "Seconds since the last metered hour ended.", [],
-                              _metering_lag)
+        register_gauge_source(
+            "controlplane_metering_lag_seconds", "Seconds since the last metered hour ended.", [], _metering_lag
+        )

@@ -5,6 +5,7 @@ An hour is recorded once: the unique constraint on UsageRecord is the guarantee,
 concurrent runs and re-runs are harmless. It never meters an hour that has not ended, nor seconds an annual plan
 covers. On PostgreSQL one INSERT … SELECT does the work; other databases use the Python reference below.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -26,7 +27,7 @@ from projects.models import Project
 logger = logging.getLogger(__name__)
 
 HOUR = datetime.timedelta(hours=1)
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 # StatusInterval status -> (usage product, catalog price kind)
 PRODUCTS = {
     StatusInterval.Kind.RUNNING: (UsageProduct.RUNNING, Price.Kind.HOURLY),
@@ -80,7 +81,8 @@ def meter_usage(*, now: datetime.datetime | None = None, since: datetime.datetim
 def _advance_cursor(end: datetime.datetime) -> None:
     with transaction.atomic():
         cursor, created = MeteringCursor.objects.select_for_update().get_or_create(
-            pk=1, defaults={"metered_until": end})
+            pk=1, defaults={"metered_until": end}
+        )
         if not created and cursor.metered_until < end:
             cursor.metered_until = end
             cursor.save(update_fields=["metered_until"])
@@ -149,10 +151,18 @@ WHERE b.seconds > 0
 ON CONFLICT DO NOTHING
 """
 
+
 def _meter_sql(start: datetime.datetime, end: datetime.datetime) -> int:
-    sql = METER_SQL.format(interval=_table(StatusInterval), subscription=_table(AnnualSubscription),
-                           usage=_table(UsageRecord), deployment=_table(Deployment), project=_table(Project),
-                           tier=_table(Tier), account=_table(BillingAccount), price=_table(Price))
+    sql = METER_SQL.format(
+        interval=_table(StatusInterval),
+        subscription=_table(AnnualSubscription),
+        usage=_table(UsageRecord),
+        deployment=_table(Deployment),
+        project=_table(Project),
+        tier=_table(Tier),
+        account=_table(BillingAccount),
+        price=_table(Price),
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, {"start": start, "last": end - HOUR, "end": end, "currency": _default_currency()})
         return cursor.rowcount
@@ -197,7 +207,8 @@ def slot_usage(*, start: datetime.datetime, end: datetime.datetime, intervals, t
             if p_end > p_start:
                 seconds = _seconds(p_end - p_start) - sum(
                     (_seconds(_overlap(p_start, p_end, t0, t1)) for t0, t1 in covered[interval.deployment_id]),
-                    Decimal(0))
+                    Decimal(0),
+                )
                 pieces[(interval.deployment_id, slot, product)].append((p_start, interval.tier_id, seconds))
             slot += HOUR
     result = []
@@ -228,20 +239,32 @@ class PriceBook:
 
 
 def _intervals_and_terms(start, end, deployment_filter: Q):
-    intervals = list(StatusInterval.objects.filter(deployment_filter).filter(
-        Q(ended_at__isnull=True) | Q(ended_at__gt=start), started_at__lt=end))
+    intervals = list(
+        StatusInterval.objects.filter(deployment_filter).filter(
+            Q(ended_at__isnull=True) | Q(ended_at__gt=start), started_at__lt=end
+        )
+    )
     ids = {i.deployment_id for i in intervals}
-    terms = list(AnnualSubscription.objects.filter(deployment_id__in=ids, term_start__lt=end, term_end__gt=start)
-                 .values_list("deployment_id", "term_start", "term_end"))
+    terms = list(
+        AnnualSubscription.objects.filter(deployment_id__in=ids, term_start__lt=end, term_end__gt=start).values_list(
+            "deployment_id", "term_start", "term_end"
+        )
+    )
     return intervals, terms
 
 
 def _meter_python(start: datetime.datetime, end: datetime.datetime) -> int:
     intervals, terms = _intervals_and_terms(start, end, Q())
-    org_of = dict(Deployment.objects.filter(id__in={i.deployment_id for i in intervals})
-                  .values_list("id", "project__organization_id"))
-    currency_of = dict(BillingAccount.objects.filter(organization_id__in=set(org_of.values()))
-                       .values_list("organization_id", "currency"))
+    org_of = dict(
+        Deployment.objects.filter(id__in={i.deployment_id for i in intervals}).values_list(
+            "id", "project__organization_id"
+        )
+    )
+    currency_of = dict(
+        BillingAccount.objects.filter(organization_id__in=set(org_of.values())).values_list(
+            "organization_id", "currency"
+        )
+    )
     book = PriceBook()
     records = []
     for usage in slot_usage(start=start, end=end, intervals=intervals, terms=terms):
@@ -250,17 +273,32 @@ def _meter_python(start: datetime.datetime, end: datetime.datetime) -> int:
         price = book.price(tier_id=usage.tier_id, product=usage.product, currency=currency, on=usage.hour.date())
         if price is None:
             continue
-        records.append(UsageRecord(deployment_id=usage.deployment_id, organization_id=org_id, tier_id=usage.tier_id,
-                                   hour=usage.hour, product=usage.product, seconds=usage.seconds, unit_price=price,
-                                   currency=currency))
+        records.append(
+            UsageRecord(
+                deployment_id=usage.deployment_id,
+                organization_id=org_id,
+                tier_id=usage.tier_id,
+                hour=usage.hour,
+                product=usage.product,
+                seconds=usage.seconds,
+                unit_price=price,
+                currency=currency,
+            )
+        )
     before = UsageRecord.objects.filter(hour__gte=start, hour__lt=end).count()
     UsageRecord.objects.bulk_create(records, batch_size=2000, ignore_conflicts=True)
     return UsageRecord.objects.filter(hour__gte=start, hour__lt=end).count() - before
 
 
-def usage_preview(*, start: datetime.datetime, end: datetime.datetime, currency: str,
-                  organization_id: int | None = None, deployment_id: int | None = None,
-                  project_id: int | None = None) -> list[tuple[int, Decimal]]:
+def usage_preview(
+    *,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    currency: str,
+    organization_id: int | None = None,
+    deployment_id: int | None = None,
+    project_id: int | None = None,
+) -> list[tuple[int, Decimal]]:
     """(seconds, hourly price) of usage not recorded yet, e.g. the current partial hour, computed on the fly: of one
     deployment, or of an organization's deployments (only those of one project when `project_id` is given)."""
     if start >= end:

@@ -4,6 +4,7 @@ Stripe webhook events.
 Fields and constraints only: every change goes through billing.services. The database constraints are the
 guarantees (one usage record per deployment, hour and product; one event per Stripe id; invoices reconcile).
 """
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -17,8 +18,9 @@ class BillingAccount(models.Model):
     """One per organization, created lazily the first time billing needs it."""
 
     public_id = PublicIdField(prefix="bac")
-    organization = models.OneToOneField("organizations.Organization", on_delete=models.CASCADE,
-                                        related_name="billing_account")
+    organization = models.OneToOneField(
+        "organizations.Organization", on_delete=models.CASCADE, related_name="billing_account"
+    )
     country = models.CharField(max_length=2, blank=True, help_text="ISO 3166-1 alpha-2.")
     company = models.CharField(max_length=200, blank=True, help_text="Empty for a consumer.")
     email = models.EmailField(blank=True)
@@ -28,8 +30,9 @@ class BillingAccount(models.Model):
     postal_code = models.CharField(max_length=20, blank=True)
     tax_id = models.CharField(max_length=40, blank=True, help_text="VAT/GST number (EIN in the US), normalized.")
     currency = models.CharField(max_length=3, default="USD")
-    vat_status = models.CharField(max_length=16, choices=[(s.value, s.value) for s in VatStatus],
-                                  default=VatStatus.NONE.value)
+    vat_status = models.CharField(
+        max_length=16, choices=[(s.value, s.value) for s in VatStatus], default=VatStatus.NONE.value
+    )
     vat_status_message = models.CharField(max_length=300, blank=True)
     vat_checked_at = models.DateTimeField(null=True, blank=True)
     stripe_customer_id = models.CharField(max_length=64, blank=True)
@@ -55,8 +58,9 @@ class UsageRecord(models.Model):
     """Billable seconds of one deployment in one hour slot for one product, at the unit price then in force."""
 
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.PROTECT, related_name="usage_records")
-    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE,
-                                     related_name="usage_records")
+    organization = models.ForeignKey(
+        "organizations.Organization", on_delete=models.CASCADE, related_name="usage_records"
+    )
     tier = models.ForeignKey("deployments.Tier", on_delete=models.PROTECT, related_name="+")
     hour = models.DateTimeField(help_text="Start of the hour slot (UTC).")
     product = models.CharField(max_length=16, choices=UsageProduct.choices)
@@ -92,8 +96,9 @@ class AnnualSubscription(models.Model):
 
     public_id = PublicIdField(prefix="sub")
     billing_account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="subscriptions")
-    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.PROTECT,
-                                   related_name="annual_subscriptions")
+    deployment = models.ForeignKey(
+        "deployments.Deployment", on_delete=models.PROTECT, related_name="annual_subscriptions"
+    )
     tier = models.ForeignKey("deployments.Tier", on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE)
     term_start = models.DateTimeField()
@@ -103,14 +108,16 @@ class AnnualSubscription(models.Model):
     annual_price = models.BigIntegerField(help_text="Minor units, before tax.")
     auto_renew = models.BooleanField(default=False)
     reminder_sent_at = models.DateTimeField(null=True, blank=True)
-    renewed_from = models.OneToOneField("self", on_delete=models.SET_NULL, null=True, blank=True,
-                                        related_name="renewal")
+    renewed_from = models.OneToOneField(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="renewal"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["deployment"], condition=Q(status="active"),
-                                    name="one_active_subscription_per_deployment"),
+            models.UniqueConstraint(
+                fields=["deployment"], condition=Q(status="active"), name="one_active_subscription_per_deployment"
+            ),
             models.CheckConstraint(condition=Q(term_end__gt=F("term_start")), name="subscription_term_positive"),
         ]
 
@@ -136,8 +143,9 @@ class AnnualQuote(models.Model):
     term_end = models.DateTimeField()
     expires_at = models.DateTimeField()
     accepted_at = models.DateTimeField(null=True, blank=True)
-    subscription = models.OneToOneField(AnnualSubscription, on_delete=models.SET_NULL, null=True, blank=True,
-                                        related_name="quote")
+    subscription = models.OneToOneField(
+        AnnualSubscription, on_delete=models.SET_NULL, null=True, blank=True, related_name="quote"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
 
@@ -160,8 +168,13 @@ class Invoice(models.Model):
     billing_account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="invoices")
     kind = models.CharField(max_length=16, choices=InvoiceKind.choices)
     status = models.CharField(max_length=16, choices=InvoiceStatus.choices, default=InvoiceStatus.DRAFT)
-    number = models.CharField(max_length=32, null=True, blank=True, unique=True,
-                              help_text="Assigned at finalization, sequential per seller and year.")
+    number = models.CharField(
+        max_length=32,
+        null=True,
+        blank=True,
+        unique=True,
+        help_text="Assigned at finalization, sequential per seller and year.",
+    )
     currency = models.CharField(max_length=3)
     period_start = models.DateField(null=True, blank=True)
     period_end = models.DateField(null=True, blank=True, help_text="Last day of the period, inclusive.")
@@ -175,8 +188,9 @@ class Invoice(models.Model):
     # What the invoice was issued to and from, frozen: later account edits never rewrite an issued invoice.
     customer = models.JSONField(default=dict)
     seller = models.JSONField(default=dict)
-    subscription = models.ForeignKey(AnnualSubscription, on_delete=models.PROTECT, null=True, blank=True,
-                                     related_name="invoices")
+    subscription = models.ForeignKey(
+        AnnualSubscription, on_delete=models.PROTECT, null=True, blank=True, related_name="invoices"
+    )
     issued_at = models.DateTimeField(null=True, blank=True)
     due_at = models.DateTimeField(null=True, blank=True)
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -188,14 +202,21 @@ class Invoice(models.Model):
     class Meta:
         constraints = [
             # Every invoice reconciles to the cent.
-            models.CheckConstraint(condition=Q(total=F("subtotal") - F("credits_applied") + F("tax")),
-                                   name="invoice_total_reconciles"),
-            models.CheckConstraint(condition=Q(credits_applied__gte=0, credits_applied__lte=F("subtotal"),
-                                               tax__gte=0, subtotal__gte=0), name="invoice_amounts_sane"),
-            models.CheckConstraint(condition=Q(status="draft") | Q(number__isnull=False),
-                                   name="invoice_number_when_final"),
-            models.UniqueConstraint(fields=["billing_account", "period_start"], condition=Q(kind="monthly"),
-                                    name="one_monthly_invoice_per_period"),
+            models.CheckConstraint(
+                condition=Q(total=F("subtotal") - F("credits_applied") + F("tax")), name="invoice_total_reconciles"
+            ),
+            models.CheckConstraint(
+                condition=Q(credits_applied__gte=0, credits_applied__lte=F("subtotal"), tax__gte=0, subtotal__gte=0),
+                name="invoice_amounts_sane",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="draft") | Q(number__isnull=False), name="invoice_number_when_final"
+            ),
+            models.UniqueConstraint(
+                fields=["billing_account", "period_start"],
+                condition=Q(kind="monthly"),
+                name="one_monthly_invoice_per_period",
+            ),
         ]
         indexes = [models.Index(fields=["status", "due_at"], name="invoice_status_due")]
 
@@ -205,8 +226,9 @@ class Invoice(models.Model):
 
 class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
-    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.PROTECT, null=True, blank=True,
-                                   related_name="+")
+    deployment = models.ForeignKey(
+        "deployments.Deployment", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     product = models.CharField(max_length=32)
     description = models.CharField(max_length=300)
     seconds = models.PositiveIntegerField(null=True, blank=True)
@@ -243,8 +265,9 @@ class Coupon(models.Model):
     amount = models.BigIntegerField(help_text="Credit granted, minor units of `currency`.")
     currency = models.CharField(max_length=3)
     valid_until = models.DateTimeField(null=True, blank=True, help_text="Redeemable until then.")
-    credit_valid_days = models.PositiveIntegerField(null=True, blank=True,
-                                                    help_text="The granted credit expires this many days later.")
+    credit_valid_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The granted credit expires this many days later."
+    )
     max_redemptions = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -272,11 +295,14 @@ class CreditGrant(models.Model):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=Q(amount__gt=0, remaining__gte=0, remaining__lte=F("amount")),
-                                   name="credit_remaining_within_amount"),
+            models.CheckConstraint(
+                condition=Q(amount__gt=0, remaining__gte=0, remaining__lte=F("amount")),
+                name="credit_remaining_within_amount",
+            ),
             # A coupon is redeemed once per billing account.
-            models.UniqueConstraint(fields=["billing_account", "coupon"], condition=Q(coupon__isnull=False),
-                                    name="coupon_once_per_account"),
+            models.UniqueConstraint(
+                fields=["billing_account", "coupon"], condition=Q(coupon__isnull=False), name="coupon_once_per_account"
+            ),
         ]
 
 
@@ -299,8 +325,9 @@ class Payment(models.Model):
     status = models.CharField(max_length=24)
     payment_intent_id = models.CharField(max_length=64, blank=True)
     failure_message = models.CharField(max_length=300, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Sequence
+from xml.sax.saxutils import escape
 
+import reportlab
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
@@ -21,9 +23,6 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
-from xml.sax.saxutils import escape
-
-import reportlab
 
 from billing.money import format_money, minor_units, normalize_currency
 
@@ -149,29 +148,43 @@ def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
     meta = [
         ["Issue date", _date(invoice.issue_date)],
         ["Due date", _date(invoice.due_date)],
-        ["Period", f"{_date(invoice.period_start)} to {_date(invoice.period_end)}"
-         if invoice.period_start or invoice.period_end else "-"],
+        [
+            "Period",
+            f"{_date(invoice.period_start)} to {_date(invoice.period_end)}"
+            if invoice.period_start or invoice.period_end
+            else "-",
+        ],
         ["Currency", cur],
     ]
-    parties = Table([[party_block("From", invoice.seller), party_block("Bill to", invoice.customer)]],
-                    colWidths=[90 * mm, 90 * mm])
+    parties = Table(
+        [[party_block("From", invoice.seller), party_block("Bill to", invoice.customer)]], colWidths=[90 * mm, 90 * mm]
+    )
     parties.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
     meta_table = Table([[para(k, strong), para(v)] for k, v in meta], colWidths=[30 * mm, 150 * mm])
     story += [parties, Spacer(1, 4 * mm), meta_table, Spacer(1, 6 * mm)]
 
     header = [para(h, strong) for h in ("Description", "Quantity", "Unit", "Unit price", "Amount")]
     rows = [header] + [
-        [para(line.description), para(_quantity(line.quantity), right), para(line.unit),
-         para(_unit_price(line.unit_price, cur), right), para(format_money(line.amount_minor, cur), right)]
+        [
+            para(line.description),
+            para(_quantity(line.quantity), right),
+            para(line.unit),
+            para(_unit_price(line.unit_price, cur), right),
+            para(format_money(line.amount_minor, cur), right),
+        ]
         for line in invoice.lines
     ]
     # repeatRows repeats the header on every page of a long invoice.
     lines_table = Table(rows, colWidths=[78 * mm, 22 * mm, 20 * mm, 30 * mm, 30 * mm], repeatRows=1)
-    lines_table.setStyle(TableStyle([
-        ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
-        ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-    ]))
+    lines_table.setStyle(
+        TableStyle(
+            [
+                ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ]
+        )
+    )
     story += [lines_table, Spacer(1, 6 * mm)]
 
     treatment = _TREATMENT_LABELS.get(invoice.tax_treatment, invoice.tax_treatment)
@@ -198,7 +211,15 @@ def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
         canvas.restoreState()
 
     buffer = io.BytesIO()
-    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
-                            bottomMargin=18 * mm, title=f"Invoice {invoice.number}", author=invoice.seller.name)
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=15 * mm,
+        bottomMargin=18 * mm,
+        title=f"Invoice {invoice.number}",
+        author=invoice.seller.name,
+    )
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return buffer.getvalue()

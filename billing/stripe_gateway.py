@@ -21,8 +21,9 @@ ADDRESS_FIELDS = ("line1", "line2", "city", "state", "postal_code", "country")
 
 # How Stripe counts the smallest unit where it differs from ISO 4217 (docs.stripe.com/currencies): the
 # zero-decimal currencies below, and ISK which Stripe takes in hundredths although ISO has no minor unit.
-_STRIPE_ZERO_DECIMAL = frozenset({"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF",
-                                  "UGX", "VND", "VUV", "XAF", "XOF", "XPF"})
+_STRIPE_ZERO_DECIMAL = frozenset(
+    {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+)
 _STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 
 _client: stripe.StripeClient | None = None
@@ -164,9 +165,13 @@ def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None) ->
 
 def create_setup_intent(customer_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str]:
     """A SetupIntent to save a card for later off-session charges; returns (id, client_secret)."""
-    intent = _get(client).v1.setup_intents.create(params={
-        "customer": customer_id, "usage": "off_session", "payment_method_types": ["card"],
-    })
+    intent = _get(client).v1.setup_intents.create(
+        params={
+            "customer": customer_id,
+            "usage": "off_session",
+            "payment_method_types": ["card"],
+        }
+    )
     return intent.id, intent.client_secret
 
 
@@ -174,13 +179,15 @@ def create_checkout_setup_session(
     customer_id: str, success_url: str, cancel_url: str, *, client: stripe.StripeClient | None = None
 ) -> str:
     """A hosted Checkout page in setup mode that saves a card on the customer; returns its URL."""
-    session = _get(client).v1.checkout.sessions.create(params={
-        "mode": "setup",
-        "customer": customer_id,
-        "payment_method_types": ["card"],
-        "success_url": success_url,
-        "cancel_url": cancel_url,
-    })
+    session = _get(client).v1.checkout.sessions.create(
+        params={
+            "mode": "setup",
+            "customer": customer_id,
+            "payment_method_types": ["card"],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+    )
     return session.url
 
 
@@ -222,8 +229,9 @@ def collect_invoice(
     customer = api.customers.retrieve(customer_id)
     payment_method = _field(_field(customer, "invoice_settings"), "default_payment_method")
     if not payment_method:
-        return PaymentResult(PaymentStatus.FAILED, None, "No default payment method on file.",
-                             "no_default_payment_method")
+        return PaymentResult(
+            PaymentStatus.FAILED, None, "No default payment method on file.", "no_default_payment_method"
+        )
     params = {
         "amount": to_stripe_amount(amount_minor, currency),
         "currency": normalize_currency(currency).lower(),

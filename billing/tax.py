@@ -14,8 +14,8 @@ from decimal import Decimal
 from enum import StrEnum
 from types import ModuleType
 
-from stdnum.exceptions import ValidationError
 from stdnum.eu import vat as eu_vat
+from stdnum.exceptions import ValidationError
 
 from billing.vat_rates import EU_MEMBER_STATES, is_eu, normalize_country, standard_rate
 
@@ -135,8 +135,9 @@ def validate_tax_id(country: str, number: str | None) -> TaxIdCheck:
         return _check_with(
             importlib.import_module(module_name), number, label=label, stripe_type=stripe_type, formatted=formatted
         )
-    return TaxIdCheck(VatStatus.NONE, f"Tax ids for {code} are not checked; the number is kept as given.",
-                      number.strip())
+    return TaxIdCheck(
+        VatStatus.NONE, f"Tax ids for {code} are not checked; the number is kept as given.", number.strip()
+    )
 
 
 _POSTAL_CODES: dict[str, re.Pattern[str]] = {
@@ -166,8 +167,14 @@ def validate_postal_code(country: str, code: str) -> PostalCodeCheck:
         return PostalCodeCheck(True, f"Postal codes for {country} are not checked.", value)
     if pattern.match(value):
         return PostalCodeCheck(True, "Postal code is valid.", value)
-    examples = {"US": "12345 or 12345-6789", "CA": "K1A 0B1", "GB": "SW1A 1AA", "DE": "10115",
-                "FR": "75001", "NL": "1012 AB"}
+    examples = {
+        "US": "12345 or 12345-6789",
+        "CA": "K1A 0B1",
+        "GB": "SW1A 1AA",
+        "DE": "10115",
+        "FR": "75001",
+        "NL": "1012 AB",
+    }
     return PostalCodeCheck(False, f"{code!r} is not a valid {country} postal code (e.g. {examples[country]}).", value)
 
 
@@ -212,6 +219,8 @@ def tax_id_country_mismatch(country: str, number: str | None) -> str | None:
     prefix = _clean(number)[:2]
     expected = _vat_prefix(code)
     if prefix in _COUNTRY_PREFIXES and ("EL" if prefix == "GR" else prefix) != expected:
-        return (f"The VAT number starts with {prefix}, but the billing country is {code}: "
-                f"a {code} VAT number must start with {expected}.")
+        return (
+            f"The VAT number starts with {prefix}, but the billing country is {code}: "
+            f"a {code} VAT number must start with {expected}."
+        )
     return None

@@ -1,4 +1,5 @@
 """Billing API routes, mounted under /api/v1/ by controlplane.urls (the Stripe webhook is mounted at the root)."""
+
 from django.urls import path
 
 from billing import api
@@ -12,8 +13,11 @@ def _account(method: str, name: str):
 
 
 urlpatterns = [
-    path(ORG + "/billing/account", api.BillingAccountViewSet.as_view({"get": "retrieve", "put": "update"}),
-         name="billing-account"),
+    path(
+        ORG + "/billing/account",
+        api.BillingAccountViewSet.as_view({"get": "retrieve", "put": "update"}),
+        name="billing-account",
+    ),
     path(ORG + "/billing/overview", _account("get", "overview"), name="billing-overview"),
     path(ORG + "/billing/setup-intent", _account("post", "setup_intent"), name="billing-setup-intent"),
     path(ORG + "/billing/checkout-session", _account("post", "checkout_session"), name="billing-checkout-session"),
@@ -25,8 +29,14 @@ urlpatterns = [
     path(ORG + "/invoices/<str:inv>/html", api.InvoiceViewSet.as_view({"get": "html"}), name="invoice-html"),
     path(ORG + "/subscriptions", api.SubscriptionViewSet.as_view({"get": "list"}), name="subscription-list"),
     path(DEP + "/annual-quotes", api.AnnualQuoteViewSet.as_view({"post": "create"}), name="annual-quote-list"),
-    path(DEP + "/annual-quotes/<str:quote>", api.AnnualQuoteViewSet.as_view({"get": "retrieve"}),
-         name="annual-quote-detail"),
-    path(DEP + "/annual-quotes/<str:quote>/accept", api.AnnualQuoteViewSet.as_view({"post": "accept"}),
-         name="annual-quote-accept"),
+    path(
+        DEP + "/annual-quotes/<str:quote>",
+        api.AnnualQuoteViewSet.as_view({"get": "retrieve"}),
+        name="annual-quote-detail",
+    ),
+    path(
+        DEP + "/annual-quotes/<str:quote>/accept",
+        api.AnnualQuoteViewSet.as_view({"post": "accept"}),
+        name="annual-quote-accept",
+    ),
 ]

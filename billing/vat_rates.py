@@ -10,10 +10,37 @@ from datetime import date
 from decimal import Decimal
 
 # ISO 3166-1 alpha-2 codes of the 27 member states. Greece is GR in addresses; its VAT prefix is EL.
-EU_MEMBER_STATES: frozenset[str] = frozenset({
-    "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU",
-    "IE", "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK",
-})
+EU_MEMBER_STATES: frozenset[str] = frozenset(
+    {
+        "AT",
+        "BE",
+        "BG",
+        "CY",
+        "CZ",
+        "DE",
+        "DK",
+        "EE",
+        "ES",
+        "FI",
+        "FR",
+        "GR",
+        "HR",
+        "HU",
+        "IE",
+        "IT",
+        "LT",
+        "LU",
+        "LV",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SE",
+        "SI",
+        "SK",
+    }
+)
 
 # The table starts on TABLE_START: a day before it has no answer (LookupError), so an old invoice is never
 # silently taxed at a rate that was not in force (e.g. DE 16 % in H2 2020, IE 21 % to Feb 2021).

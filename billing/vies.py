@@ -64,8 +64,7 @@ def check_vat_vies(
     body = {"countryCode": country_code, "vatNumber": _national_part(country_code, number)}
     http = session or requests
     try:
-        response = http.post(url or DEFAULT_URL, json=body, timeout=timeout,
-                             headers={"Accept": "application/json"})
+        response = http.post(url or DEFAULT_URL, json=body, timeout=timeout, headers={"Accept": "application/json"})
     except requests.RequestException as exc:
         logger.warning("VIES unreachable: %s", exc)
         return ViesResult(valid=None, error=f"unreachable: {type(exc).__name__}")

@@ -1,4 +1,5 @@
 """Console forms. Validation of business rules stays in the services; forms only shape input."""
+
 from django import forms
 
 from organizations.roles import Role

@@ -2,6 +2,7 @@
 
 Pages call the same services and access checks as the REST API; they never write models directly.
 """
+
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -71,12 +72,16 @@ def organization(request, org_id):
     organization = _organization(request, org_id)
     principal = _principal(request)
     projects = access.visible_projects(principal, organization, Project.objects.filter(organization=organization))
-    return render(request, "console/organization.html", {
-        "organization": organization,
-        "organizations": access.visible_organizations(principal).order_by("name"),
-        "projects": projects.order_by("-is_default", "name"),
-        "membership": principal.membership(organization),
-    })
+    return render(
+        request,
+        "console/organization.html",
+        {
+            "organization": organization,
+            "organizations": access.visible_organizations(principal).order_by("name"),
+            "projects": projects.order_by("-is_default", "name"),
+            "membership": principal.membership(organization),
+        },
+    )
 
 
 @login_required
@@ -87,10 +92,16 @@ def project(request, org_id, project_id):
     if project is None or not access.has_scope(principal, "project:read", organization=organization, project=project):
         raise Http404("No such project")
     projects = access.visible_projects(principal, organization, Project.objects.filter(organization=organization))
-    return render(request, "console/project.html", {
-        "organization": organization, "project": project, "projects": projects.order_by("-is_default", "name"),
-        "organizations": access.visible_organizations(principal).order_by("name"),
-    })
+    return render(
+        request,
+        "console/project.html",
+        {
+            "organization": organization,
+            "project": project,
+            "projects": projects.order_by("-is_default", "name"),
+            "organizations": access.visible_organizations(principal).order_by("name"),
+        },
+    )
 
 
 @login_required
@@ -101,7 +112,9 @@ def api_keys(request, org_id):
     if not access.has_scope(principal, "apikey:read", organization=organization):
         raise Http404("No such page")
     can_write = access.has_scope(principal, "apikey:write", organization=organization)
-    project_choices = [(p.public_id, p.name) for p in Project.objects.filter(organization=organization).order_by("name")]
+    project_choices = [
+        (p.public_id, p.name) for p in Project.objects.filter(organization=organization).order_by("name")
+    ]
     form = ApiKeyCreateForm(request.POST or None, project_choices=project_choices)
     secret = None
     created = None
@@ -121,18 +134,31 @@ def api_keys(request, org_id):
         if form.is_valid():
             try:
                 created, secret = services.api_key_create(
-                    organization=organization, actor=principal, name=form.cleaned_data["name"],
-                    role=form.cleaned_data["role"], project_ids=form.cleaned_data["projects"],
-                    expires_at=form.cleaned_data["expires_at"], created_by=request.user)
+                    organization=organization,
+                    actor=principal,
+                    name=form.cleaned_data["name"],
+                    role=form.cleaned_data["role"],
+                    project_ids=form.cleaned_data["projects"],
+                    expires_at=form.cleaned_data["expires_at"],
+                    created_by=request.user,
+                )
                 form = ApiKeyCreateForm(project_choices=project_choices)
             except (ValidationError, APIException) as exc:
                 _add_errors(form, exc)
     keys = ApiKey.objects.filter(organization=organization).select_related("created_by").prefetch_related("projects")
-    return render(request, "console/api_keys.html", {
-        "organization": organization, "keys": keys.order_by("-created_at"), "form": form, "secret": secret,
-        "created": created, "can_write": can_write,
-        "organizations": access.visible_organizations(principal).order_by("name"),
-    })
+    return render(
+        request,
+        "console/api_keys.html",
+        {
+            "organization": organization,
+            "keys": keys.order_by("-created_at"),
+            "form": form,
+            "secret": secret,
+            "created": created,
+            "can_write": can_write,
+            "organizations": access.visible_organizations(principal).order_by("name"),
+        },
+    )
 
 
 @require_http_methods(["GET", "POST"])

@@ -1,4 +1,5 @@
 """The Celery app. JSON only, explicit time limits, one queue per kind of work so each scales on its own."""
+
 import os
 
 from celery import Celery

@@ -2,6 +2,7 @@
 
 Read by the audit log and the log formatter; set only by the request middleware and by task entry points.
 """
+
 import contextvars
 import dataclasses
 
@@ -15,7 +16,7 @@ class RequestContext:
     via: str = "system"  # api | console | admin | system | task
 
 
-_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("request_context", default=RequestContext())
+_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("request_context", default=RequestContext())  # noqa: B039 - frozen, never mutated
 
 
 def current() -> RequestContext:

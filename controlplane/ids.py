@@ -2,6 +2,7 @@
 
 Integer primary keys stay internal; anything a client sees or sends is a public id. Never derive one from data.
 """
+
 import base64
 import secrets
 

@@ -1,4 +1,5 @@
 """Adds the request id and operation id of the current context to every log record."""
+
 import logging
 
 from controlplane import context

@@ -3,6 +3,7 @@
 It owns the metric names and the `/metrics` view (bearer token, constant-time compare). It must never label a metric
 with unbounded values (raw paths, ids, emails) and never import another app's models: apps push gauge sources in.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -12,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -47,7 +48,7 @@ NOTIFICATION_FAILURES = Counter(
 )
 
 # A gauge source returns its current samples at scrape time: a mapping or an iterable of (label values, value).
-GaugeSamples = Union[Mapping[tuple[str, ...], float], Iterable[tuple[Sequence[str], float]]]
+GaugeSamples = Mapping[tuple[str, ...], float] | Iterable[tuple[Sequence[str], float]]
 GaugeSourceFn = Callable[[], GaugeSamples]
 
 
@@ -82,7 +83,8 @@ class GaugeSourceCollector(Collector):
         with self._lock:
             sources = list(self._sources.values())
         up = GaugeMetricFamily(
-            "controlplane_gauge_source_up", "1 when the named scrape-time gauge source answered, 0 when it raised.",
+            "controlplane_gauge_source_up",
+            "1 when the named scrape-time gauge source answered, 0 when it raised.",
             labels=["source"],
         )
         for source in sources:
@@ -93,7 +95,9 @@ class GaugeSourceCollector(Collector):
                 for label_values, value in items:
                     label_values = tuple(str(v) for v in label_values)
                     if len(label_values) != len(source.labels):
-                        raise ValueError(f"{source.name}: expected {len(source.labels)} label values, got {label_values!r}")
+                        raise ValueError(
+                            f"{source.name}: expected {len(source.labels)} label values, got {label_values!r}"
+                        )
                     family.add_metric(list(label_values), float(value))
             except Exception:
                 logger.exception("metrics gauge source failed", extra={"source": source.name})
@@ -140,7 +144,7 @@ def celery_queue_depths(*, broker_url: str, queues: Sequence[str], client: Any =
             pipe.llen(queue if step == 0 else f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{step}")
     lengths = pipe.execute()
     per_queue = len(_KOMBU_PRIORITY_STEPS)
-    return {(queue,): float(sum(lengths[i * per_queue:(i + 1) * per_queue])) for i, queue in enumerate(queues)}
+    return {(queue,): float(sum(lengths[i * per_queue : (i + 1) * per_queue])) for i, queue in enumerate(queues)}
 
 
 def register_celery_queue_depth_source(*, broker_url: str, queues: Sequence[str]) -> bool:
@@ -160,6 +164,7 @@ def register_celery_queue_depth_source(*, broker_url: str, queues: Sequence[str]
 
 
 # --- Request latency ---------------------------------------------------------------------------------------------
+
 
 def route_label(request: Any) -> str:
     """The URL pattern that answered (`api/v1/deployments/<str:pk>`), never the raw path, so cardinality is bounded."""
@@ -186,6 +191,7 @@ class PrometheusMiddleware:
 
 
 # --- Exposition --------------------------------------------------------------------------------------------------
+
 
 def scrape_registry() -> CollectorRegistry:
     """The registry a scrape reads: the process's own, or every process's samples in multiprocess mode."""
@@ -259,6 +265,7 @@ def metrics_view(request: Any) -> Any:
 
 # --- Celery worker exposition ------------------------------------------------------------------------------------
 
+
 def make_worker_metrics_app(*, token: str) -> Callable[..., Iterable[bytes]]:
     """A WSGI app serving the scrape registry behind the same bearer token, for Celery worker pods."""
 
@@ -291,8 +298,9 @@ def start_worker_metrics_server(*, port: int, token: str, addr: str = "0.0.0.0")
     class _ThreadingServer(ThreadingMixIn, WSGIServer):
         daemon_threads = True
 
-    server = make_server(addr, port, make_worker_metrics_app(token=token), server_class=_ThreadingServer,
-                         handler_class=_QuietHandler)
+    server = make_server(
+        addr, port, make_worker_metrics_app(token=token), server_class=_ThreadingServer, handler_class=_QuietHandler
+    )
     threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
     return server
 

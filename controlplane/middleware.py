@@ -2,6 +2,7 @@
 
 Nothing here authorises anything: tenancy and scopes live in organizations.access and the API base classes.
 """
+
 import re
 import uuid
 

@@ -4,6 +4,7 @@ CONTROLPLANE_ENV picks the safety level: `production` (the default, so a forgott
 `development` (what `make run` sets) or `test` (what `make test` sets). Production refuses to start without a
 SECRET_KEY or with DEBUG on.
 """
+
 from pathlib import Path
 
 import environ
@@ -131,7 +132,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if PRODUCTION else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
 
@@ -143,7 +145,9 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="MQTT Cloud <no-reply
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 # --- Security: on in production, relaxed only where plain-HTTP local development needs it. ---
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("TRUST_X_FORWARDED_PROTO", default=PRODUCTION) else None
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("TRUST_X_FORWARDED_PROTO", default=PRODUCTION) else None
+)
 USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
 # How many reverse proxies sit in front of us; the client IP is taken that many hops from the right of X-Forwarded-For.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
@@ -302,7 +306,10 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "idempotency.prune_records": {"task": "idempotency.prune_records", "schedule": crontab(minute=7)},
     "billing.meter_usage": {"task": "billing.meter_usage", "schedule": crontab(minute=2)},
-    "billing.close_invoices": {"task": "billing.close_invoices", "schedule": crontab(minute=20, hour=0, day_of_month=1)},
+    "billing.close_invoices": {
+        "task": "billing.close_invoices",
+        "schedule": crontab(minute=20, hour=0, day_of_month=1),
+    },
     "billing.process_overdue": {"task": "billing.process_overdue", "schedule": crontab(minute=40, hour=6)},
     "billing.process_annual_renewals": {"task": "billing.process_annual_renewals", "schedule": crontab(minute=10)},
     "deployments.sweep_reconcile": {"task": "deployments.sweep_reconcile", "schedule": RECONCILE_SWEEP_SECONDS},
@@ -315,8 +322,7 @@ CELERY_BEAT_SCHEDULE = {
     "alerts.check_failing_channels": {"task": "alerts.check_failing_channels", "schedule": crontab(minute=27)},
     # A delivery whose retry message was lost (worker killed, Redis flushed) is picked up again.
     "alerts.resume_deliveries": {"task": "alerts.resume_deliveries", "schedule": crontab(minute="*/5")},
-    "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments",
-                                         "schedule": crontab(minute="*/5")},
+    "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments", "schedule": crontab(minute="*/5")},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 

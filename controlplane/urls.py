@@ -1,4 +1,5 @@
 """The URL map: the REST API under /api/v1, its schema and docs, the console, the admin, probes."""
+
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
@@ -9,8 +10,14 @@ from billing.api import stripe_webhook
 from controlplane import health
 from controlplane.api.meta import RateLimitsView
 from controlplane.metrics import metrics_view
-from organizations.api import (ApiKeyViewSet, InvitationAcceptView, InvitationViewSet, MemberViewSet,
-                               OrganizationListView, OrganizationViewSet)
+from organizations.api import (
+    ApiKeyViewSet,
+    InvitationAcceptView,
+    InvitationViewSet,
+    MemberViewSet,
+    OrganizationListView,
+    OrganizationViewSet,
+)
 from projects.api import ProjectViewSet
 
 handler404 = "controlplane.api.problems.handler404"

@@ -2,6 +2,7 @@
 
 Every change made here is audited (AuditedModelAdmin). Observed state is the reconciler's: shown, never editable.
 """
+
 from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
@@ -9,18 +10,32 @@ from rest_framework import exceptions
 
 from audit.admin_mixins import AuditedModelAdmin
 from deployments import crypto, services
-from deployments.models import (AclRule, Deployment, DeploymentEvent, MaintenanceWindow, MqttUser, Operation, Plan,
-                                Price, RateLimitPolicy, Region, StatusInterval, Tier)
+from deployments.models import (
+    AclRule,
+    Deployment,
+    DeploymentEvent,
+    MaintenanceWindow,
+    MqttUser,
+    Operation,
+    Plan,
+    Price,
+    RateLimitPolicy,
+    Region,
+    StatusInterval,
+    Tier,
+)
 
 
 class RegionForm(forms.ModelForm):
-    kubeconfig = forms.CharField(widget=forms.Textarea, required=False,
-                                 help_text="Paste a kubeconfig to replace the stored one (kept encrypted); "
-                                           "leave empty to keep it.")
+    kubeconfig = forms.CharField(
+        widget=forms.Textarea,
+        required=False,
+        help_text="Paste a kubeconfig to replace the stored one (kept encrypted); leave empty to keep it.",
+    )
 
     class Meta:
         model = Region
-        exclude = ["kubeconfig_encrypted"]
+        exclude = ["kubeconfig_encrypted"]  # noqa: DJ006 - every field but the secret, which has its own form field
 
     def save(self, commit=True):
         region = super().save(commit=False)
@@ -68,14 +83,26 @@ class OperationInline(admin.TabularInline):
 
 @admin.register(Deployment)
 class DeploymentAdmin(AuditedModelAdmin, admin.ModelAdmin):
-    list_display = ("name", "public_id", "project", "plan", "tier", "region", "desired_state", "status",
-                    "created_at")
+    list_display = ("name", "public_id", "project", "plan", "tier", "region", "desired_state", "status", "created_at")
     list_filter = ("status", "desired_state", "plan", "region")
     search_fields = ("name", "public_id", "project__public_id", "project__organization__public_id")
     raw_id_fields = ("project",)
-    readonly_fields = ("public_id", "status", "conditions", "observed_generation", "observed_restart_nonce",
-                       "endpoints", "observed_details", "last_error", "last_reconciled_at", "generation",
-                       "restart_nonce", "created_at", "updated_at", "deleted_at")
+    readonly_fields = (
+        "public_id",
+        "status",
+        "conditions",
+        "observed_generation",
+        "observed_restart_nonce",
+        "endpoints",
+        "observed_details",
+        "last_error",
+        "last_reconciled_at",
+        "generation",
+        "restart_nonce",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+    )
     exclude = ("monitor_password_encrypted", "monitor_salt_b64", "monitor_hash_b64", "api_secret_encrypted")
     inlines = [OperationInline]
 
@@ -92,13 +119,20 @@ class MaintenanceWindowForm(forms.ModelForm):
             return data
         try:
             data["reason"] = services.maintenance_validate(
-                deployment=data["deployment"], starts_at=data["starts_at"], ends_at=data["ends_at"],
-                reason=data["reason"], emergency=data.get("emergency", False), now=timezone.now())
+                deployment=data["deployment"],
+                starts_at=data["starts_at"],
+                ends_at=data["ends_at"],
+                reason=data["reason"],
+                emergency=data.get("emergency", False),
+                now=timezone.now(),
+            )
         except exceptions.APIException as exc:
             detail = exc.detail if isinstance(exc.detail, dict) else {None: exc.detail}
             for field, errors in detail.items():
-                self.add_error(field if field in self.fields else None,
-                               [str(e) for e in errors] if isinstance(errors, list) else str(errors))
+                self.add_error(
+                    field if field in self.fields else None,
+                    [str(e) for e in errors] if isinstance(errors, list) else str(errors),
+                )
         return data
 
 
@@ -117,8 +151,19 @@ class MaintenanceWindowAdmin(AuditedModelAdmin, admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        return ("public_id", "deployment", "starts_at", "ends_at", "emergency", "reason", "status", "operation",
-                "created_by", "created_at", "cancelled_at")
+        return (
+            "public_id",
+            "deployment",
+            "starts_at",
+            "ends_at",
+            "emergency",
+            "reason",
+            "status",
+            "operation",
+            "created_by",
+            "created_at",
+            "cancelled_at",
+        )
 
     def get_fields(self, request, obj=None):
         return self.get_readonly_fields(request, obj) or self.form.Meta.fields
@@ -130,8 +175,13 @@ class MaintenanceWindowAdmin(AuditedModelAdmin, admin.ModelAdmin):
         if change:
             return
         window = services.maintenance_schedule(
-            deployment=obj.deployment, starts_at=obj.starts_at, ends_at=obj.ends_at, reason=obj.reason,
-            emergency=obj.emergency, actor=self._actor(request))
+            deployment=obj.deployment,
+            starts_at=obj.starts_at,
+            ends_at=obj.ends_at,
+            reason=obj.reason,
+            emergency=obj.emergency,
+            actor=self._actor(request),
+        )
         for field in MaintenanceWindow._meta.concrete_fields:
             setattr(obj, field.attname, getattr(window, field.attname))
         obj._state.adding = False

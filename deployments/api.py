@@ -3,10 +3,16 @@
 Thin: parse with a strict input serializer, let ScopedViewSet resolve the tenant and check the scope, call one
 service, serialize. Asynchronous changes answer 202 with the deployment and its Operation.
 """
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import (OpenApiExample, OpenApiParameter, extend_schema, extend_schema_field,
-                                   extend_schema_serializer)
+
 from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
@@ -14,22 +20,50 @@ from controlplane.api.pagination import CursorPagination
 from controlplane.api.serializers import InputSerializer, StrictCharField
 from controlplane.api.views import PublicAPIView, ScopedViewSet
 from deployments import selectors, services
-from deployments.models import (AclRule, Deployment, DeploymentEvent, MaintenanceWindow, MqttUser, Operation, Plan,
-                                Price, RateLimitPolicy, Region)
+from deployments.models import (
+    AclRule,
+    Deployment,
+    DeploymentEvent,
+    MaintenanceWindow,
+    MqttUser,
+    Operation,
+    Plan,
+    Price,
+    RateLimitPolicy,
+    Region,
+)
 from organizations import access
 from projects.models import Project
 
 DEPLOYMENTS_TAG = ["deployments"]
 CONFIG_TAG = ["deployment configuration"]
-DRY_RUN = OpenApiParameter("dry_run", OpenApiTypes.BOOL, OpenApiParameter.QUERY,
-                           description="Answer what would happen (price per hour, disruption) without doing it.")
+DRY_RUN = OpenApiParameter(
+    "dry_run",
+    OpenApiTypes.BOOL,
+    OpenApiParameter.QUERY,
+    description="Answer what would happen (price per hour, disruption) without doing it.",
+)
 
 # --- Catalog -----------------------------------------------------------------------------------------------------
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Region", value={
-    "code": "local", "display_name": "This machine", "provider": "local", "cloud_region": "local",
-    "driver": "local", "is_open": True, "tiers": ["dedicated/1k", "dedicated/2k"]}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Region",
+            value={
+                "code": "local",
+                "display_name": "This machine",
+                "provider": "local",
+                "cloud_region": "local",
+                "driver": "local",
+                "is_open": True,
+                "tiers": ["dedicated/1k", "dedicated/2k"],
+            },
+            response_only=True,
+        )
+    ]
+)
 class RegionSerializer(serializers.ModelSerializer):
     tiers = serializers.SerializerMethodField()
 
@@ -56,11 +90,29 @@ class CatalogPriceSerializer(serializers.ModelSerializer):
         fields = ["tier", "kind", "currency", "amount", "valid_from"]
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Plan", value={
-    "code": "dedicated", "name": "Dedicated", "description": "One broker cluster per deployment, billed per hour.",
-    "tiers": [{"code": "1k", "max_connections": 1000, "messages_per_second": 1000}],
-    "prices": [{"tier": "1k", "kind": "hourly", "currency": "USD", "amount": "0.360000", "valid_from": "2024-01-01"}]},
-    response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Plan",
+            value={
+                "code": "dedicated",
+                "name": "Dedicated",
+                "description": "One broker cluster per deployment, billed per hour.",
+                "tiers": [{"code": "1k", "max_connections": 1000, "messages_per_second": 1000}],
+                "prices": [
+                    {
+                        "tier": "1k",
+                        "kind": "hourly",
+                        "currency": "USD",
+                        "amount": "0.360000",
+                        "valid_from": "2024-01-01",
+                    }
+                ],
+            },
+            response_only=True,
+        )
+    ]
+)
 class PlanSerializer(serializers.ModelSerializer):
     tiers = CatalogTierSerializer(many=True)
     prices = CatalogPriceSerializer(many=True)
@@ -85,31 +137,66 @@ class PlanListView(PublicAPIView):
 # --- Deployments -------------------------------------------------------------------------------------------------
 
 _DEPLOYMENT_EXAMPLE = {
-    "id": "dep_m3k2x9q4b8c1v5n6z7a0", "name": "factory-floor", "project": "prj_7f3k2m9q4x8c1v5b6n0z",
-    "plan": "dedicated", "tier": "1k", "region": "local", "desired_state": "running", "status": "running",
-    "status_reason": "", "conditions": [{"type": "Ready", "status": "True", "reason": "BrokerRunning", "message": "",
-                                         "observed_generation": 1, "last_transition_time": "2026-11-02T10:00:01Z"}],
-    "generation": 1, "observed_generation": 1, "connection": {"host": "127.0.0.1", "ports": {"mqtt": 21883}},
-    "deletion_protection": False, "last_error": "", "last_tier_change_at": None,
-    "created_at": "2026-11-02T10:00:00Z", "updated_at": "2026-11-02T10:00:01Z", "deleted_at": None,
+    "id": "dep_m3k2x9q4b8c1v5n6z7a0",
+    "name": "factory-floor",
+    "project": "prj_7f3k2m9q4x8c1v5b6n0z",
+    "plan": "dedicated",
+    "tier": "1k",
+    "region": "local",
+    "desired_state": "running",
+    "status": "running",
+    "status_reason": "",
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "BrokerRunning",
+            "message": "",
+            "observed_generation": 1,
+            "last_transition_time": "2026-11-02T10:00:01Z",
+        }
+    ],
+    "generation": 1,
+    "observed_generation": 1,
+    "connection": {"host": "127.0.0.1", "ports": {"mqtt": 21883}},
+    "deletion_protection": False,
+    "last_error": "",
+    "last_tier_change_at": None,
+    "created_at": "2026-11-02T10:00:00Z",
+    "updated_at": "2026-11-02T10:00:01Z",
+    "deleted_at": None,
     "next_maintenance": None,
 }
 _MAINTENANCE_EXAMPLE = {
-    "id": "mnt_h4j5k6l7m8n9p0q1r2s3", "deployment": "dep_m3k2x9q4b8c1v5n6z7a0",
-    "starts_at": "2026-11-20T02:00:00Z", "ends_at": "2026-11-20T04:00:00Z", "emergency": False,
-    "reason": "Broker security update (EMQX 5.8.4).", "status": "scheduled", "created_at": "2026-11-02T10:00:00Z",
+    "id": "mnt_h4j5k6l7m8n9p0q1r2s3",
+    "deployment": "dep_m3k2x9q4b8c1v5n6z7a0",
+    "starts_at": "2026-11-20T02:00:00Z",
+    "ends_at": "2026-11-20T04:00:00Z",
+    "emergency": False,
+    "reason": "Broker security update (EMQX 5.8.4).",
+    "status": "scheduled",
+    "created_at": "2026-11-02T10:00:00Z",
     "cancelled_at": None,
 }
 _OPERATION_EXAMPLE = {
-    "id": "op_q2w3e4r5t6y7u8i9o0pa", "deployment": "dep_m3k2x9q4b8c1v5n6z7a0", "kind": "create",
-    "status": "pending", "target_generation": 1, "params": {"plan": "dedicated", "tier": "1k", "region": "local"},
-    "error": "", "requested_by": "dev@acme.example", "created_at": "2026-11-02T10:00:00Z", "finished_at": None,
+    "id": "op_q2w3e4r5t6y7u8i9o0pa",
+    "deployment": "dep_m3k2x9q4b8c1v5n6z7a0",
+    "kind": "create",
+    "status": "pending",
+    "target_generation": 1,
+    "params": {"plan": "dedicated", "tier": "1k", "region": "local"},
+    "error": "",
+    "requested_by": "dev@acme.example",
+    "created_at": "2026-11-02T10:00:00Z",
+    "finished_at": None,
 }
 
 
 class ConnectionSerializer(serializers.Serializer):
     host = serializers.CharField()
-    ports = serializers.DictField(child=serializers.IntegerField(), help_text="Protocol (mqtt, ws, mqtts, wss) -> port.")
+    ports = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Protocol (mqtt, ws, mqtts, wss) -> port."
+    )
 
 
 class NextMaintenanceSerializer(serializers.ModelSerializer):
@@ -132,17 +219,42 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Deployment
-        fields = ["id", "name", "project", "plan", "tier", "region", "desired_state", "status", "status_reason",
-                  "conditions", "generation", "observed_generation", "connection", "deletion_protection",
-                  "last_error", "last_tier_change_at", "created_at", "updated_at", "deleted_at", "next_maintenance"]
+        fields = [
+            "id",
+            "name",
+            "project",
+            "plan",
+            "tier",
+            "region",
+            "desired_state",
+            "status",
+            "status_reason",
+            "conditions",
+            "generation",
+            "observed_generation",
+            "connection",
+            "deletion_protection",
+            "last_error",
+            "last_tier_change_at",
+            "created_at",
+            "updated_at",
+            "deleted_at",
+            "next_maintenance",
+        ]
 
     @extend_schema_field(ConnectionSerializer)
     def get_connection(self, obj) -> dict:
         return {"host": obj.endpoints.get("host", ""), "ports": obj.endpoints.get("ports", {})}
 
-    @extend_schema_field(NextMaintenanceSerializer(allow_null=True, help_text=(
-        "The maintenance window in progress or the next one scheduled (its brokers restart once inside it; "
-        "alerts are withheld during it), or null.")))
+    @extend_schema_field(
+        NextMaintenanceSerializer(
+            allow_null=True,
+            help_text=(
+                "The maintenance window in progress or the next one scheduled (its brokers restart once inside it; "
+                "alerts are withheld during it), or null."
+            ),
+        )
+    )
     def get_next_maintenance(self, obj) -> dict | None:
         window = selectors.next_maintenance(obj)
         return NextMaintenanceSerializer(window).data if window is not None else None
@@ -156,21 +268,49 @@ class OperationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Operation
-        fields = ["id", "deployment", "kind", "status", "target_generation", "params", "error", "requested_by",
-                  "created_at", "finished_at"]
+        fields = [
+            "id",
+            "deployment",
+            "kind",
+            "status",
+            "target_generation",
+            "params",
+            "error",
+            "requested_by",
+            "created_at",
+            "finished_at",
+        ]
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Accepted", value={
-    "deployment": _DEPLOYMENT_EXAMPLE, "operation": _OPERATION_EXAMPLE}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Accepted", value={"deployment": _DEPLOYMENT_EXAMPLE, "operation": _OPERATION_EXAMPLE}, response_only=True
+        )
+    ]
+)
 class DeploymentAcceptedSerializer(serializers.Serializer):
     deployment = DeploymentSerializer()
     operation = OperationSerializer()
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Dry run", value={
-    "dry_run": True, "action": "change_tier", "currency": "USD", "price_per_hour_before": "0.360000",
-    "price_per_hour_after": "0.500000", "disruption": "restart",
-    "summary": "Change the tier from 1k to 2k."}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Dry run",
+            value={
+                "dry_run": True,
+                "action": "change_tier",
+                "currency": "USD",
+                "price_per_hour_before": "0.360000",
+                "price_per_hour_after": "0.500000",
+                "disruption": "restart",
+                "summary": "Change the tier from 1k to 2k.",
+            },
+            response_only=True,
+        )
+    ]
+)
 class DryRunSerializer(serializers.Serializer):
     dry_run = serializers.BooleanField(default=True)
     action = serializers.CharField()
@@ -181,9 +321,20 @@ class DryRunSerializer(serializers.Serializer):
     summary = serializers.CharField()
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Event", value={
-    "kind": "status.changed", "message": "provisioning → running", "operation": "op_q2w3e4r5t6y7u8i9o0pa",
-    "created_at": "2026-11-02T10:00:01Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Event",
+            value={
+                "kind": "status.changed",
+                "message": "provisioning → running",
+                "operation": "op_q2w3e4r5t6y7u8i9o0pa",
+                "created_at": "2026-11-02T10:00:01Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class DeploymentEventSerializer(serializers.ModelSerializer):
     operation = serializers.CharField(source="operation.public_id", read_only=True, allow_null=True, default=None)
 
@@ -198,17 +349,22 @@ class DeploymentCreateSerializer(InputSerializer):
     tier = StrictCharField(max_length=16, help_text="1k | 2k | 5k | 10k")
     region = StrictCharField(max_length=64, help_text="A region code from GET /api/v1/regions, e.g. local.")
     billing_cycle = serializers.ChoiceField(
-        choices=["hourly", "annual"], default="hourly", required=False,
+        choices=["hourly", "annual"],
+        default="hourly",
+        required=False,
         help_text="`annual` buys the annual plan at once (prepaid invoice, 12 months, about 15% below hourly); "
-                  "it needs the deployment:annual scope.")
-    auto_renew = serializers.BooleanField(default=False, required=False,
-                                          help_text="With `annual`: renew at the end of the term.")
+        "it needs the deployment:annual scope.",
+    )
+    auto_renew = serializers.BooleanField(
+        default=False, required=False, help_text="With `annual`: renew at the end of the term."
+    )
 
 
 class DeploymentUpdateSerializer(InputSerializer):
     name = StrictCharField(max_length=64, required=False)
-    deletion_protection = serializers.BooleanField(required=False,
-                                                   help_text="Lifting it needs the deployment:write scope.")
+    deletion_protection = serializers.BooleanField(
+        required=False, help_text="Lifting it needs the deployment:write scope."
+    )
 
 
 class DeploymentActionSerializer(InputSerializer):
@@ -239,8 +395,10 @@ def _accepted(result, http_status=status.HTTP_202_ACCEPTED) -> Response:
         data = DryRunSerializer({"dry_run": True, **result.__dict__}).data
         return Response(data, status=status.HTTP_200_OK)
     deployment, operation = result
-    return Response({"deployment": DeploymentSerializer(deployment).data,
-                     "operation": OperationSerializer(operation).data}, status=http_status)
+    return Response(
+        {"deployment": DeploymentSerializer(deployment).data, "operation": OperationSerializer(operation).data},
+        status=http_status,
+    )
 
 
 class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
@@ -250,9 +408,15 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     lookup_url_kwarg = "dep"
     serializer_class = DeploymentSerializer
     required_scopes = {
-        "list": "deployment:read", "retrieve": "deployment:read", "create": "deployment:write",
-        "partial_update": "deployment:configure", "destroy": "deployment:write", "stop": "deployment:write",
-        "start": "deployment:write", "restart": "deployment:write", "change_tier": "deployment:write",
+        "list": "deployment:read",
+        "retrieve": "deployment:read",
+        "create": "deployment:write",
+        "partial_update": "deployment:configure",
+        "destroy": "deployment:write",
+        "stop": "deployment:write",
+        "start": "deployment:write",
+        "restart": "deployment:write",
+        "change_tier": "deployment:write",
         "move": "deployment:write",
     }
 
@@ -261,9 +425,18 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
             return queryset.exclude(desired_state="deleted", deleted_at__isnull=False)
         return queryset
 
-    @extend_schema(summary="List deployments", tags=DEPLOYMENTS_TAG, parameters=[
-        OpenApiParameter("include_deleted", OpenApiTypes.BOOL, OpenApiParameter.QUERY,
-                         description="Also list deleted deployments (kept for billing and history).")])
+    @extend_schema(
+        summary="List deployments",
+        tags=DEPLOYMENTS_TAG,
+        parameters=[
+            OpenApiParameter(
+                "include_deleted",
+                OpenApiTypes.BOOL,
+                OpenApiParameter.QUERY,
+                description="Also list deleted deployments (kept for billing and history).",
+            )
+        ],
+    )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
@@ -271,16 +444,22 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Create a deployment", tags=DEPLOYMENTS_TAG, request=DeploymentCreateSerializer,
-                   parameters=[DRY_RUN], responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer})
+    @extend_schema(
+        summary="Create a deployment",
+        tags=DEPLOYMENTS_TAG,
+        request=DeploymentCreateSerializer,
+        parameters=[DRY_RUN],
+        responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer},
+    )
     def create(self, request, *args, **kwargs):
         data = DeploymentCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         annual = values.pop("billing_cycle") == "annual"
         auto_renew = values.pop("auto_renew")
-        if annual and not access.has_scope(self.principal, "deployment:annual", organization=self.organization,
-                                           project=self.project):
+        if annual and not access.has_scope(
+            self.principal, "deployment:annual", organization=self.organization, project=self.project
+        ):
             raise exceptions.PermissionDenied("Buying an annual plan needs the deployment:annual scope.")
         dry_run = _dry_run_requested(request)
         with transaction.atomic():  # the deployment and its annual plan exist together or not at all
@@ -291,74 +470,115 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
                 annual_subscription_start(deployment=result[0], actor=self.principal, auto_renew=auto_renew)
         return _accepted(result)
 
-    @extend_schema(summary="Rename a deployment or change its deletion protection", tags=DEPLOYMENTS_TAG,
-                   request=DeploymentUpdateSerializer, responses={200: DeploymentSerializer})
+    @extend_schema(
+        summary="Rename a deployment or change its deletion protection",
+        tags=DEPLOYMENTS_TAG,
+        request=DeploymentUpdateSerializer,
+        responses={200: DeploymentSerializer},
+    )
     def partial_update(self, request, *args, **kwargs):
         deployment = self.get_object()
         data = DeploymentUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         if "deletion_protection" in data.validated_data and not access.has_scope(
-                self.principal, "deployment:write", organization=self.organization, project=self.project):
+            self.principal, "deployment:write", organization=self.organization, project=self.project
+        ):
             raise exceptions.PermissionDenied("Changing deletion protection needs the deployment:write scope.")
-        deployment = services.deployment_update(deployment=deployment, actor=self.principal,
-                                                **data.validated_data)
+        deployment = services.deployment_update(deployment=deployment, actor=self.principal, **data.validated_data)
         return Response(DeploymentSerializer(selectors.deployment_detail_queryset().get(pk=deployment.pk)).data)
 
-    @extend_schema(summary="Delete a deployment (409 while deletion protection is on)", tags=DEPLOYMENTS_TAG,
-                   request=None, responses={202: DeploymentAcceptedSerializer})
+    @extend_schema(
+        summary="Delete a deployment (409 while deletion protection is on)",
+        tags=DEPLOYMENTS_TAG,
+        request=None,
+        responses={202: DeploymentAcceptedSerializer},
+    )
     def destroy(self, request, *args, **kwargs):
         return _accepted(services.deployment_delete(deployment=self.get_object(), actor=self.principal))
 
-    @extend_schema(summary="Stop a deployment (data and sessions are kept)", tags=DEPLOYMENTS_TAG,
-                   request=DeploymentActionSerializer, parameters=[DRY_RUN],
-                   responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer})
+    @extend_schema(
+        summary="Stop a deployment (data and sessions are kept)",
+        tags=DEPLOYMENTS_TAG,
+        request=DeploymentActionSerializer,
+        parameters=[DRY_RUN],
+        responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer},
+    )
     def stop(self, request, *args, **kwargs):
         deployment = self.get_object()
         DeploymentActionSerializer(data=request.data).is_valid(raise_exception=True)
-        return _accepted(services.deployment_stop(deployment=deployment, actor=self.principal,
-                                                  dry_run=_dry_run_requested(request)))
+        return _accepted(
+            services.deployment_stop(deployment=deployment, actor=self.principal, dry_run=_dry_run_requested(request))
+        )
 
-    @extend_schema(summary="Start a stopped deployment", tags=DEPLOYMENTS_TAG, request=DeploymentActionSerializer,
-                   responses={202: DeploymentAcceptedSerializer})
+    @extend_schema(
+        summary="Start a stopped deployment",
+        tags=DEPLOYMENTS_TAG,
+        request=DeploymentActionSerializer,
+        responses={202: DeploymentAcceptedSerializer},
+    )
     def start(self, request, *args, **kwargs):
         deployment = self.get_object()
         DeploymentActionSerializer(data=request.data).is_valid(raise_exception=True)
         return _accepted(services.deployment_start(deployment=deployment, actor=self.principal))
 
-    @extend_schema(summary="Restart for maintenance, keeping persistent sessions", tags=DEPLOYMENTS_TAG,
-                   request=DeploymentActionSerializer, parameters=[DRY_RUN],
-                   responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer})
+    @extend_schema(
+        summary="Restart for maintenance, keeping persistent sessions",
+        tags=DEPLOYMENTS_TAG,
+        request=DeploymentActionSerializer,
+        parameters=[DRY_RUN],
+        responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer},
+    )
     def restart(self, request, *args, **kwargs):
         deployment = self.get_object()
         DeploymentActionSerializer(data=request.data).is_valid(raise_exception=True)
-        return _accepted(services.deployment_restart(deployment=deployment, actor=self.principal,
-                                                     dry_run=_dry_run_requested(request)))
+        return _accepted(
+            services.deployment_restart(
+                deployment=deployment, actor=self.principal, dry_run=_dry_run_requested(request)
+            )
+        )
 
-    @extend_schema(summary="Change the tier (at most once per 12 hours)", tags=DEPLOYMENTS_TAG,
-                   request=ChangeTierSerializer, parameters=[DRY_RUN],
-                   responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer})
+    @extend_schema(
+        summary="Change the tier (at most once per 12 hours)",
+        tags=DEPLOYMENTS_TAG,
+        request=ChangeTierSerializer,
+        parameters=[DRY_RUN],
+        responses={202: DeploymentAcceptedSerializer, 200: DryRunSerializer},
+    )
     def change_tier(self, request, *args, **kwargs):
         deployment = self.get_object()
         data = ChangeTierSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _accepted(services.deployment_change_tier(deployment=deployment, actor=self.principal,
-                                                         tier=data.validated_data["tier"],
-                                                         dry_run=_dry_run_requested(request)))
+        return _accepted(
+            services.deployment_change_tier(
+                deployment=deployment,
+                actor=self.principal,
+                tier=data.validated_data["tier"],
+                dry_run=_dry_run_requested(request),
+            )
+        )
 
-    @extend_schema(summary="Move to another project of the organization", tags=DEPLOYMENTS_TAG,
-                   request=MoveSerializer, responses={200: DeploymentAcceptedSerializer})
+    @extend_schema(
+        summary="Move to another project of the organization",
+        tags=DEPLOYMENTS_TAG,
+        request=MoveSerializer,
+        responses={200: DeploymentAcceptedSerializer},
+    )
     def move(self, request, *args, **kwargs):
         deployment = self.get_object()  # before the body: someone else's deployment is a 404, whatever was sent
         data = MoveSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        target = Project.objects.filter(organization=self.organization,
-                                        public_id=data.validated_data["project"]).first()
+        target = Project.objects.filter(
+            organization=self.organization, public_id=data.validated_data["project"]
+        ).first()
         # Another organization's project, or one the caller cannot write to, reads exactly like a missing one.
-        if target is None or not access.has_scope(self.principal, "deployment:write", organization=self.organization,
-                                                  project=target):
+        if target is None or not access.has_scope(
+            self.principal, "deployment:write", organization=self.organization, project=target
+        ):
             raise exceptions.ValidationError({"project": ["No such project in this organization."]})
-        return _accepted(services.deployment_move(deployment=deployment, actor=self.principal, project=target),
-                         http_status=status.HTTP_200_OK)
+        return _accepted(
+            services.deployment_move(deployment=deployment, actor=self.principal, project=target),
+            http_status=status.HTTP_200_OK,
+        )
 
 
 class _DeploymentChildViewSet(ScopedViewSet):
@@ -407,16 +627,26 @@ class EventViewSet(mixins.ListModelMixin, _DeploymentChildViewSet):
         return super().list(request, *args, **kwargs)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Maintenance window", value=_MAINTENANCE_EXAMPLE,
-                                                   response_only=True)])
+@extend_schema_serializer(
+    examples=[OpenApiExample("Maintenance window", value=_MAINTENANCE_EXAMPLE, response_only=True)]
+)
 class MaintenanceWindowSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     deployment = serializers.CharField(source="deployment.public_id", read_only=True)
 
     class Meta:
         model = MaintenanceWindow
-        fields = ["id", "deployment", "starts_at", "ends_at", "emergency", "reason", "status", "created_at",
-                  "cancelled_at"]
+        fields = [
+            "id",
+            "deployment",
+            "starts_at",
+            "ends_at",
+            "emergency",
+            "reason",
+            "status",
+            "created_at",
+            "cancelled_at",
+        ]
 
 
 class MaintenancePagination(CursorPagination):
@@ -437,14 +667,22 @@ class MaintenanceWindowViewSet(mixins.ListModelMixin, _DeploymentChildViewSet):
         if wanted is None:
             return queryset
         if wanted not in MaintenanceWindow.Status.values:
-            raise exceptions.ValidationError({"status": [
-                f"One of {', '.join(MaintenanceWindow.Status.values)}."]})
+            raise exceptions.ValidationError({"status": [f"One of {', '.join(MaintenanceWindow.Status.values)}."]})
         return queryset.filter(status=wanted)
 
-    @extend_schema(summary="A deployment's maintenance windows, latest first (announced 14 days ahead; 24 hours "
-                           "for an emergency)", tags=DEPLOYMENTS_TAG, parameters=[
-        OpenApiParameter("status", OpenApiTypes.STR, OpenApiParameter.QUERY,
-                         enum=list(MaintenanceWindow.Status.values), description="Only windows in this status.")])
+    @extend_schema(
+        summary="A deployment's maintenance windows, latest first (announced 14 days ahead; 24 hours for an emergency)",
+        tags=DEPLOYMENTS_TAG,
+        parameters=[
+            OpenApiParameter(
+                "status",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                enum=list(MaintenanceWindow.Status.values),
+                description="Only windows in this status.",
+            )
+        ],
+    )
     def list(self, request, *args, **kwargs):
         self.deployment()
         return super().list(request, *args, **kwargs)
@@ -453,9 +691,22 @@ class MaintenanceWindowViewSet(mixins.ListModelMixin, _DeploymentChildViewSet):
 # --- Configuration: MQTT users, ACL rules, rate limits -----------------------------------------------------------
 
 
-@extend_schema_serializer(examples=[OpenApiExample("MQTT user", value={
-    "id": "mqu_a1s2d3f4g5h6j7k8l9z0", "username": "sensor-17", "superuser": False, "operation": "op_q2w3e4r5t6y7u8i9o0pa",
-    "created_at": "2026-11-02T10:00:00Z", "updated_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "MQTT user",
+            value={
+                "id": "mqu_a1s2d3f4g5h6j7k8l9z0",
+                "username": "sensor-17",
+                "superuser": False,
+                "operation": "op_q2w3e4r5t6y7u8i9o0pa",
+                "created_at": "2026-11-02T10:00:00Z",
+                "updated_at": "2026-11-02T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class MqttUserSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     superuser = serializers.BooleanField(source="is_superuser", read_only=True)
@@ -471,8 +722,13 @@ class MqttUserSerializer(serializers.ModelSerializer):
 
 class MqttUserCreateSerializer(InputSerializer):
     username = StrictCharField(max_length=128, trim_whitespace=False)
-    password = StrictCharField(min_length=8, max_length=256, write_only=True, trim_whitespace=False,
-                               help_text="Write-only; stored as a PBKDF2-SHA512 hash.")
+    password = StrictCharField(
+        min_length=8,
+        max_length=256,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="Write-only; stored as a PBKDF2-SHA512 hash.",
+    )
     superuser = serializers.BooleanField(required=False, default=False)
 
 
@@ -485,8 +741,13 @@ class MqttUserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deploym
     queryset = MqttUser.objects.all()
     lookup_url_kwarg = "user"
     serializer_class = MqttUserSerializer
-    required_scopes = {"list": "deployment:read", "retrieve": "deployment:read", "create": "deployment:configure",
-                       "partial_update": "deployment:configure", "destroy": "deployment:configure"}
+    required_scopes = {
+        "list": "deployment:read",
+        "retrieve": "deployment:read",
+        "create": "deployment:configure",
+        "partial_update": "deployment:configure",
+        "destroy": "deployment:configure",
+    }
 
     @extend_schema(summary="List MQTT users", tags=CONFIG_TAG)
     def list(self, request, *args, **kwargs):
@@ -497,29 +758,42 @@ class MqttUserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deploym
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Add an MQTT user (applied without dropping connected clients)", tags=CONFIG_TAG,
-                   request=MqttUserCreateSerializer, responses={201: MqttUserSerializer})
+    @extend_schema(
+        summary="Add an MQTT user (applied without dropping connected clients)",
+        tags=CONFIG_TAG,
+        request=MqttUserCreateSerializer,
+        responses={201: MqttUserSerializer},
+    )
     def create(self, request, *args, **kwargs):
         deployment = self.deployment()
         data = MqttUserCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        user, operation = services.mqtt_user_create(deployment=deployment, actor=self.principal,
-                                                    username=values["username"], password=values["password"],
-                                                    is_superuser=values["superuser"])
-        return Response(MqttUserSerializer(user, context={"operation": operation.public_id}).data,
-                        status=status.HTTP_201_CREATED)
+        user, operation = services.mqtt_user_create(
+            deployment=deployment,
+            actor=self.principal,
+            username=values["username"],
+            password=values["password"],
+            is_superuser=values["superuser"],
+        )
+        return Response(
+            MqttUserSerializer(user, context={"operation": operation.public_id}).data, status=status.HTTP_201_CREATED
+        )
 
-    @extend_schema(summary="Change an MQTT user's password or superuser flag", tags=CONFIG_TAG,
-                   request=MqttUserUpdateSerializer, responses={200: MqttUserSerializer})
+    @extend_schema(
+        summary="Change an MQTT user's password or superuser flag",
+        tags=CONFIG_TAG,
+        request=MqttUserUpdateSerializer,
+        responses={200: MqttUserSerializer},
+    )
     def partial_update(self, request, *args, **kwargs):
         user = self.get_object()
         data = MqttUserUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        user, operation = services.mqtt_user_update(user=user, actor=self.principal,
-                                                    password=values.get("password"),
-                                                    is_superuser=values.get("superuser"))
+        user, operation = services.mqtt_user_update(
+            user=user, actor=self.principal, password=values.get("password"), is_superuser=values.get("superuser")
+        )
         return Response(MqttUserSerializer(user, context={"operation": operation.public_id}).data)
 
     @extend_schema(summary="Remove an MQTT user", tags=CONFIG_TAG, responses={204: None})
@@ -532,18 +806,32 @@ class AclPagination(CursorPagination):
     ordering = ("position", "id")
 
 
-@extend_schema_serializer(examples=[OpenApiExample("ACL rule", value={
-    "id": "acl_z9x8c7v6b5n4m3l2k1j0", "position": 0, "permission": "deny", "action": "publish",
-    "topic": "factory/+/commands", "username": "sensor-17", "client_id": None,
-    "operation": "op_q2w3e4r5t6y7u8i9o0pa", "created_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "ACL rule",
+            value={
+                "id": "acl_z9x8c7v6b5n4m3l2k1j0",
+                "position": 0,
+                "permission": "deny",
+                "action": "publish",
+                "topic": "factory/+/commands",
+                "username": "sensor-17",
+                "client_id": None,
+                "operation": "op_q2w3e4r5t6y7u8i9o0pa",
+                "created_at": "2026-11-02T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class AclRuleSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     operation = serializers.SerializerMethodField()
 
     class Meta:
         model = AclRule
-        fields = ["id", "position", "permission", "action", "topic", "username", "client_id", "operation",
-                  "created_at"]
+        fields = ["id", "position", "permission", "action", "topic", "username", "client_id", "operation", "created_at"]
 
     def get_operation(self, obj) -> str | None:
         return self.context.get("operation")
@@ -552,12 +840,17 @@ class AclRuleSerializer(serializers.ModelSerializer):
 class AclRuleCreateSerializer(InputSerializer):
     permission = serializers.ChoiceField(choices=AclRule.Permission.choices)
     action = serializers.ChoiceField(choices=AclRule.Action.choices)
-    topic = StrictCharField(max_length=1024, trim_whitespace=False, allow_blank=True,
-                            help_text="A topic filter; '+' and '#' only as whole levels, '#' last.")
+    topic = StrictCharField(
+        max_length=1024,
+        trim_whitespace=False,
+        allow_blank=True,
+        help_text="A topic filter; '+' and '#' only as whole levels, '#' last.",
+    )
     username = StrictCharField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
     client_id = StrictCharField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
-    position = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None,
-                                        help_text="0 is evaluated first; default: last.")
+    position = serializers.IntegerField(
+        min_value=0, required=False, allow_null=True, default=None, help_text="0 is evaluated first; default: last."
+    )
 
 
 class AclRuleUpdateSerializer(InputSerializer):
@@ -574,8 +867,13 @@ class AclRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deployme
     lookup_url_kwarg = "rule"
     serializer_class = AclRuleSerializer
     pagination_class = AclPagination
-    required_scopes = {"list": "deployment:read", "retrieve": "deployment:read", "create": "deployment:configure",
-                       "partial_update": "deployment:configure", "destroy": "deployment:configure"}
+    required_scopes = {
+        "list": "deployment:read",
+        "retrieve": "deployment:read",
+        "create": "deployment:configure",
+        "partial_update": "deployment:configure",
+        "destroy": "deployment:configure",
+    }
 
     @extend_schema(summary="List ACL rules in evaluation order (first match decides)", tags=CONFIG_TAG)
     def list(self, request, *args, **kwargs):
@@ -586,25 +884,29 @@ class AclRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deployme
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Add an ACL rule", tags=CONFIG_TAG, request=AclRuleCreateSerializer,
-                   responses={201: AclRuleSerializer})
+    @extend_schema(
+        summary="Add an ACL rule", tags=CONFIG_TAG, request=AclRuleCreateSerializer, responses={201: AclRuleSerializer}
+    )
     def create(self, request, *args, **kwargs):
         deployment = self.deployment()
         data = AclRuleCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        rule, operation = services.acl_rule_create(deployment=deployment, actor=self.principal,
-                                                   **data.validated_data)
-        return Response(AclRuleSerializer(rule, context={"operation": operation.public_id}).data,
-                        status=status.HTTP_201_CREATED)
+        rule, operation = services.acl_rule_create(deployment=deployment, actor=self.principal, **data.validated_data)
+        return Response(
+            AclRuleSerializer(rule, context={"operation": operation.public_id}).data, status=status.HTTP_201_CREATED
+        )
 
-    @extend_schema(summary="Change or reorder an ACL rule", tags=CONFIG_TAG, request=AclRuleUpdateSerializer,
-                   responses={200: AclRuleSerializer})
+    @extend_schema(
+        summary="Change or reorder an ACL rule",
+        tags=CONFIG_TAG,
+        request=AclRuleUpdateSerializer,
+        responses={200: AclRuleSerializer},
+    )
     def partial_update(self, request, *args, **kwargs):
         rule = self.get_object()
         data = AclRuleUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        rule, operation = services.acl_rule_update(rule=rule, actor=self.principal,
-                                                   **data.validated_data)
+        rule, operation = services.acl_rule_update(rule=rule, actor=self.principal, **data.validated_data)
         return Response(AclRuleSerializer(rule, context={"operation": operation.public_id}).data)
 
     @extend_schema(summary="Remove an ACL rule", tags=CONFIG_TAG, responses={204: None})
@@ -615,12 +917,15 @@ class AclRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deployme
 
 class RateLimitPolicySerializer(serializers.Serializer):
     level = serializers.ChoiceField(choices=RateLimitPolicy.Level.choices)
-    max_conn_rate = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None,
-                                             help_text="New connections per second.")
-    messages_rate = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None,
-                                             help_text="Messages per second.")
-    bytes_rate = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None,
-                                          help_text="Bytes per second.")
+    max_conn_rate = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True, default=None, help_text="New connections per second."
+    )
+    messages_rate = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True, default=None, help_text="Messages per second."
+    )
+    bytes_rate = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True, default=None, help_text="Bytes per second."
+    )
 
 
 class RateLimitPolicyInputSerializer(InputSerializer, RateLimitPolicySerializer):
@@ -632,21 +937,35 @@ class DeploymentRateLimitsUpdateSerializer(InputSerializer):
 
 
 class HonouredPolicySerializer(RateLimitPolicySerializer):
-    honoured = serializers.ListField(child=serializers.CharField(),
-                                     help_text="The fields of this level the deployment's brokers enforce.")
+    honoured = serializers.ListField(
+        child=serializers.CharField(), help_text="The fields of this level the deployment's brokers enforce."
+    )
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Rate limits", value={
-    "policies": [{"level": "global", "max_conn_rate": 100, "messages_rate": 1000, "bytes_rate": None,
-                  "honoured": []}],
-    "driver": "local", "honoured": {"global": [], "zone": [], "listener": [], "connection": []},
-    "note": "Not enforced: this region runs mosquitto, which has no rate limiting at any level.",
-    "operation": "op_q2w3e4r5t6y7u8i9o0pa"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Rate limits",
+            value={
+                "policies": [
+                    {"level": "global", "max_conn_rate": 100, "messages_rate": 1000, "bytes_rate": None, "honoured": []}
+                ],
+                "driver": "local",
+                "honoured": {"global": [], "zone": [], "listener": [], "connection": []},
+                "note": "Not enforced: this region runs mosquitto, which has no rate limiting at any level.",
+                "operation": "op_q2w3e4r5t6y7u8i9o0pa",
+            },
+            response_only=True,
+        )
+    ]
+)
 class DeploymentRateLimitsSerializer(serializers.Serializer):
     policies = HonouredPolicySerializer(many=True)
     driver = serializers.CharField()
-    honoured = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
-                                     help_text="Per level, the fields enforced in this deployment's region.")
+    honoured = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Per level, the fields enforced in this deployment's region.",
+    )
     note = serializers.CharField()
     operation = serializers.CharField(allow_null=True)
 
@@ -659,25 +978,47 @@ class RateLimitViewSet(_DeploymentChildViewSet):
     def _answer(self, deployment, operation=None) -> Response:
         capabilities = selectors.driver_capabilities(deployment.region)
         honoured = capabilities["rate_limits"]
-        policies = [{"level": p.level, "max_conn_rate": p.max_conn_rate, "messages_rate": p.messages_rate,
-                     "bytes_rate": p.bytes_rate, "honoured": honoured[p.level]}
-                    for p in selectors.rate_limit_list(deployment=deployment)]
-        return Response(DeploymentRateLimitsSerializer({
-            "policies": policies, "driver": capabilities["driver"], "honoured": honoured,
-            "note": capabilities["rate_limits_note"], "operation": operation.public_id if operation else None,
-        }).data)
+        policies = [
+            {
+                "level": p.level,
+                "max_conn_rate": p.max_conn_rate,
+                "messages_rate": p.messages_rate,
+                "bytes_rate": p.bytes_rate,
+                "honoured": honoured[p.level],
+            }
+            for p in selectors.rate_limit_list(deployment=deployment)
+        ]
+        return Response(
+            DeploymentRateLimitsSerializer(
+                {
+                    "policies": policies,
+                    "driver": capabilities["driver"],
+                    "honoured": honoured,
+                    "note": capabilities["rate_limits_note"],
+                    "operation": operation.public_id if operation else None,
+                }
+            ).data
+        )
 
-    @extend_schema(summary="Rate-limit policies per level, and which the region enforces", tags=CONFIG_TAG,
-                   responses={200: DeploymentRateLimitsSerializer})
+    @extend_schema(
+        summary="Rate-limit policies per level, and which the region enforces",
+        tags=CONFIG_TAG,
+        responses={200: DeploymentRateLimitsSerializer},
+    )
     def list(self, request, *args, **kwargs):
         return self._answer(self.deployment())
 
-    @extend_schema(summary="Replace the rate-limit policies (a level may not exceed its parent)", tags=CONFIG_TAG,
-                   request=DeploymentRateLimitsUpdateSerializer, responses={200: DeploymentRateLimitsSerializer})
+    @extend_schema(
+        summary="Replace the rate-limit policies (a level may not exceed its parent)",
+        tags=CONFIG_TAG,
+        request=DeploymentRateLimitsUpdateSerializer,
+        responses={200: DeploymentRateLimitsSerializer},
+    )
     def update(self, request, *args, **kwargs):
         deployment = self.deployment()
         data = DeploymentRateLimitsUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        _rows, operation = services.rate_limits_replace(deployment=deployment, actor=self.principal,
-                                                        policies=data.validated_data["policies"])
+        _rows, operation = services.rate_limits_replace(
+            deployment=deployment, actor=self.principal, policies=data.validated_data["policies"]
+        )
         return self._answer(deployment, operation)

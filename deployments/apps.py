@@ -15,5 +15,6 @@ class DeploymentsConfig(AppConfig):
     def ready(self):
         from controlplane.metrics import register_gauge_source
 
-        register_gauge_source("controlplane_deployments", "Deployments by observed status.", ["status"],
-                              _deployments_by_status)
+        register_gauge_source(
+            "controlplane_deployments", "Deployments by observed status.", ["status"], _deployments_by_status
+        )

@@ -3,6 +3,7 @@
 Keys come from settings.FIELD_ENCRYPTION_KEYS (newest first, so old tokens still decrypt after a rotation); outside
 production a key derived from SECRET_KEY stands in. It never logs or returns a plaintext it was not asked for.
 """
+
 import base64
 import hashlib
 

@@ -3,6 +3,7 @@
 Owns the wire formats of users, ACL rules and the read-only monitoring calls; it never decides what the desired
 users or rules are (the caller passes them) and never sees a plaintext password.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,15 +26,24 @@ class EmqxApiError(PermanentDriverError):
 
 
 class EmqxApi:
-    def __init__(self, base_url: str, api_key: str, api_secret: str, *, session: requests.Session | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        session: requests.Session | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session or requests.Session()
         self._auth = (api_key, api_secret)
         self._timeout = timeout
 
     # -- transport ---------------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, expected: tuple[int, ...] = (200, 204), **kwargs) -> requests.Response:
+    def _request(
+        self, method: str, path: str, *, expected: tuple[int, ...] = (200, 204), **kwargs
+    ) -> requests.Response:
         url = f"{self.base_url}/api/v5{path}"
         try:
             response = self._session.request(method, url, auth=self._auth, timeout=self._timeout, **kwargs)

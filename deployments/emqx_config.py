@@ -2,6 +2,7 @@
 
 Pure functions over BrokerSpec; they never talk to a cluster or a broker, and never see a plaintext password.
 """
+
 from __future__ import annotations
 
 import json
@@ -179,7 +180,10 @@ def render_hocon(spec: BrokerSpec) -> str:
     replicas = max(spec.replicas, 1)
     # EMQX's listener max_connections is per node: split the tier's total over the nodes so the cluster honours it.
     per_node = math.ceil(spec.max_connections / replicas)
-    parts = [f"dashboard.listeners.http.bind = {DASHBOARD_PORT}\n", f"mqtt.max_packet_size = {spec.message_size_limit}\n"]
+    parts = [
+        f"dashboard.listeners.http.bind = {DASHBOARD_PORT}\n",
+        f"mqtt.max_packet_size = {spec.message_size_limit}\n",
+    ]
     for listener_type, port in LISTENERS.values():
         parts.append(
             f"listeners.{listener_type}.default {{\n"

@@ -3,6 +3,7 @@
 Pure functions: no I/O, no clock, no randomness, so the same spec always renders the same objects and server-side
 apply of an unchanged spec changes nothing.
 """
+
 from __future__ import annotations
 
 import hashlib

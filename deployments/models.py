@@ -3,6 +3,7 @@
 Fields and constraints only. Desired state changes in deployments.services; observed state (status, conditions,
 endpoints, StatusInterval rows) is written only by deployments.reconcile.
 """
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -92,8 +93,11 @@ class Price(models.Model):
         ordering = ["plan", "tier", "kind", "currency", "-valid_from"]
         constraints = [
             models.UniqueConstraint(fields=["plan", "tier", "currency", "kind", "valid_from"], name="price_unique"),
-            models.UniqueConstraint(fields=["plan", "currency", "kind", "valid_from"], condition=Q(tier__isnull=True),
-                                    name="price_unique_plan_level"),
+            models.UniqueConstraint(
+                fields=["plan", "currency", "kind", "valid_from"],
+                condition=Q(tier__isnull=True),
+                name="price_unique_plan_level",
+            ),
             models.CheckConstraint(condition=Q(amount__gte=0), name="price_not_negative"),
         ]
 
@@ -121,8 +125,11 @@ class Status(models.TextChoices):
 
 
 # The status a deployment settles in once it reached what was asked of it.
-SETTLED_STATUS = {DesiredState.RUNNING: Status.RUNNING, DesiredState.STOPPED: Status.STOPPED,
-                  DesiredState.DELETED: Status.DELETED}
+SETTLED_STATUS = {
+    DesiredState.RUNNING: Status.RUNNING,
+    DesiredState.STOPPED: Status.STOPPED,
+    DesiredState.DELETED: Status.DELETED,
+}
 
 
 class Deployment(models.Model):
@@ -166,8 +173,9 @@ class Deployment(models.Model):
     class Meta:
         constraints = [
             # Deleted deployments stay for billing and history; their names are free again.
-            models.UniqueConstraint("project", Lower("name"), condition=~Q(desired_state="deleted"),
-                                    name="deployment_name_unique_ci"),
+            models.UniqueConstraint(
+                "project", Lower("name"), condition=~Q(desired_state="deleted"), name="deployment_name_unique_ci"
+            ),
         ]
         indexes = [models.Index(fields=["status", "desired_state"], name="deployment_status_idx")]
 
@@ -178,8 +186,11 @@ class Deployment(models.Model):
     def is_converged(self) -> bool:
         if self.status == Status.FAILED:
             return self.observed_generation >= self.generation
-        return (self.status == SETTLED_STATUS[self.desired_state] and self.observed_generation >= self.generation
-                and self.observed_restart_nonce >= self.restart_nonce)
+        return (
+            self.status == SETTLED_STATUS[self.desired_state]
+            and self.observed_generation >= self.generation
+            and self.observed_restart_nonce >= self.restart_nonce
+        )
 
 
 class StatusInterval(models.Model):
@@ -201,10 +212,13 @@ class StatusInterval(models.Model):
     class Meta:
         ordering = ["started_at", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["deployment"], condition=Q(ended_at__isnull=True),
-                                    name="status_interval_one_open"),
-            models.CheckConstraint(condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),
-                                   name="status_interval_ordered"),
+            models.UniqueConstraint(
+                fields=["deployment"], condition=Q(ended_at__isnull=True), name="status_interval_one_open"
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),
+                name="status_interval_ordered",
+            ),
         ]
 
 
@@ -232,8 +246,9 @@ class Operation(models.Model):
     target_generation = models.PositiveIntegerField()
     params = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                     related_name="+")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -294,8 +309,9 @@ class AclRule(models.Model):
     class Meta:
         ordering = ["position", "id"]
         constraints = [
-            models.CheckConstraint(condition=Q(username__isnull=True) | Q(client_id__isnull=True),
-                                   name="acl_rule_one_subject"),
+            models.CheckConstraint(
+                condition=Q(username__isnull=True) | Q(client_id__isnull=True), name="acl_rule_one_subject"
+            ),
         ]
 
 
@@ -342,8 +358,9 @@ class MaintenanceWindow(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
     # The restart this window started: set once, under the window's row lock, so a window restarts at most once.
     operation = models.ForeignKey(Operation, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     cancelled_at = models.DateTimeField(null=True, blank=True)
 

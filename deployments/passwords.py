@@ -3,6 +3,7 @@
 Owns turning a plaintext into a MqttCredential and rendering password-file lines; it must never store or log the
 plaintext, and never emit a line mosquitto would misparse (colons or line breaks in a username).
 """
+
 from __future__ import annotations
 
 import base64

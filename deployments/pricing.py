@@ -2,6 +2,7 @@
 
 Reads only (Decimal, never float). It never decides whether a deployment is billable; StatusInterval rows do.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -14,8 +15,9 @@ from deployments.models import Plan, Price, Tier
 DEFAULT_CURRENCY = "USD"
 
 
-def price_amount(*, plan: Plan, tier: Tier | None, kind: str, currency: str = DEFAULT_CURRENCY,
-                 on: datetime.date | None = None) -> Decimal | None:
+def price_amount(
+    *, plan: Plan, tier: Tier | None, kind: str, currency: str = DEFAULT_CURRENCY, on: datetime.date | None = None
+) -> Decimal | None:
     """The newest price of `kind` valid on `on` (today by default): tier-specific first, then plan-wide; or None."""
     on = on or timezone.now().date()
     base = Price.objects.filter(plan=plan, kind=kind, currency=currency, valid_from__lte=on).order_by("-valid_from")
@@ -26,8 +28,9 @@ def price_amount(*, plan: Plan, tier: Tier | None, kind: str, currency: str = DE
     return base.filter(tier__isnull=True).values_list("amount", flat=True).first()
 
 
-def hourly_price(*, plan: Plan, tier: Tier, state: str, currency: str = DEFAULT_CURRENCY,
-                 on: datetime.date | None = None) -> Decimal:
+def hourly_price(
+    *, plan: Plan, tier: Tier, state: str, currency: str = DEFAULT_CURRENCY, on: datetime.date | None = None
+) -> Decimal:
     """Per hour in `state` (running, stopped, deleted). Plans metered by use (Serverless) have no hourly price: 0."""
     if state == "running":
         amount = price_amount(plan=plan, tier=tier, kind=Price.Kind.HOURLY, currency=currency, on=on)

@@ -4,6 +4,7 @@ Level-triggered and idempotent: it may run any number of times, concurrently, or
 deployment at a time (a PostgreSQL advisory lock on its own connection, released by the server if we die); no DB
 transaction is ever held open across a driver call. It is the only writer of observed state and StatusInterval rows.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +18,27 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from deployments import crypto
-from deployments.drivers.base import (AclEntry, BrokerSpec, DriverError, MqttCredential, Observed,
-                                      PermanentDriverError, RateLimit, RegionTarget, TemporaryDriverError)
-from deployments.models import (ACTIVE_OPERATION_STATES, Deployment, DeploymentEvent, DesiredState, Operation,
-                                Region, Status, StatusInterval)
+from deployments.drivers.base import (
+    AclEntry,
+    BrokerSpec,
+    DriverError,
+    MqttCredential,
+    Observed,
+    PermanentDriverError,
+    RateLimit,
+    RegionTarget,
+    TemporaryDriverError,
+)
+from deployments.models import (
+    ACTIVE_OPERATION_STATES,
+    Deployment,
+    DeploymentEvent,
+    DesiredState,
+    Operation,
+    Region,
+    Status,
+    StatusInterval,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +90,28 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
         kubeconfig = crypto.decrypt_str(region.kubeconfig_encrypted)
         api_secret = crypto.decrypt_str(deployment.api_secret_encrypted)
     except ValueError as exc:
-        raise PermanentDriverError(f"a stored secret cannot be read ({exc}); the operator must restore the key")
+        raise PermanentDriverError(
+            f"a stored secret cannot be read ({exc}); the operator must restore the key"
+        ) from exc
     users = [
-        MqttCredential(username=u.username, salt_b64=u.salt_b64, hash_b64=u.hash_b64, iterations=u.iterations,
-                       is_superuser=u.is_superuser)
+        MqttCredential(
+            username=u.username,
+            salt_b64=u.salt_b64,
+            hash_b64=u.hash_b64,
+            iterations=u.iterations,
+            is_superuser=u.is_superuser,
+        )
         for u in deployment.mqtt_users.order_by("username")
     ]
     if deployment.monitor_hash_b64:
-        users.append(MqttCredential(username=deployment.monitor_username, salt_b64=deployment.monitor_salt_b64,
-                                    hash_b64=deployment.monitor_hash_b64, is_superuser=True))
+        users.append(
+            MqttCredential(
+                username=deployment.monitor_username,
+                salt_b64=deployment.monitor_salt_b64,
+                hash_b64=deployment.monitor_hash_b64,
+                is_superuser=True,
+            )
+        )
     acl = tuple(
         AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
         for r in deployment.acl_rules.order_by("position", "id")
@@ -92,9 +123,14 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
     local = region.driver == Region.Driver.LOCAL
     return BrokerSpec(
         name=deployment.public_id,
-        region=RegionTarget(code=region.code, driver=region.driver, bind_address=region.bind_address,
-                            kubeconfig=kubeconfig, storage_class=region.storage_class,
-                            service_type=region.service_type),
+        region=RegionTarget(
+            code=region.code,
+            driver=region.driver,
+            bind_address=region.bind_address,
+            kubeconfig=kubeconfig,
+            storage_class=region.storage_class,
+            service_type=region.service_type,
+        ),
         running=deployment.desired_state == DesiredState.RUNNING,
         max_connections=deployment.tier.max_connections,
         messages_per_second=deployment.tier.messages_per_second,
@@ -144,8 +180,7 @@ def reconcile_deployment(deployment_id: int) -> Outcome:
 
 
 def _reconcile(deployment_id: int) -> Outcome:
-    deployment = (Deployment.objects.select_related("region", "tier", "plan", "project")
-                  .filter(pk=deployment_id).first())
+    deployment = Deployment.objects.select_related("region", "tier", "plan", "project").filter(pk=deployment_id).first()
     if deployment is None or deployment.status == Status.DELETED:
         return Outcome("gone")
     if deployment.status == Status.FAILED and deployment.observed_generation >= deployment.generation:
@@ -154,22 +189,31 @@ def _reconcile(deployment_id: int) -> Outcome:
     try:
         spec = build_spec(deployment)
     except PermanentDriverError as exc:
-        return _record(deployment_id, generation=generation, desired=desired, spec=None, tier_id=deployment.tier_id,
-                       error=exc)
+        return _record(
+            deployment_id, generation=generation, desired=desired, spec=None, tier_id=deployment.tier_id, error=exc
+        )
     if not deployment.is_converged:
         _mark_in_progress(deployment_id)
     driver = driver_for(deployment.region)
     try:
         observed = driver.delete(spec) if desired == DesiredState.DELETED else driver.apply(spec)
     except DriverError as exc:
-        return _record(deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id,
-                       error=exc)
+        return _record(
+            deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, error=exc
+        )
     except Exception as exc:  # noqa: BLE001 - a driver bug must not strand the deployment: retry, loudly
         logger.exception("driver raised an unexpected error", extra={"deployment": deployment.public_id})
-        return _record(deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id,
-                       error=TemporaryDriverError(f"internal error: {type(exc).__name__}"))
-    return _record(deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id,
-                   observed=observed)
+        return _record(
+            deployment_id,
+            generation=generation,
+            desired=desired,
+            spec=spec,
+            tier_id=deployment.tier_id,
+            error=TemporaryDriverError(f"internal error: {type(exc).__name__}"),
+        )
+    return _record(
+        deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, observed=observed
+    )
 
 
 def _in_progress_status(deployment: Deployment) -> str:
@@ -197,8 +241,9 @@ def _mark_in_progress(deployment_id: int) -> None:
         deployment.status = status
         deployment.save(update_fields=["status", "updated_at"])
         _sync_interval(deployment, status, tier_id=None, now=now)
-    Operation.objects.filter(deployment=deployment, status=Operation.State.PENDING,
-                             target_generation__lte=deployment.generation).update(status=Operation.State.RUNNING)
+    Operation.objects.filter(
+        deployment=deployment, status=Operation.State.PENDING, target_generation__lte=deployment.generation
+    ).update(status=Operation.State.RUNNING)
 
 
 def _status_from(observed: Observed, desired: str, spec: BrokerSpec) -> tuple[str, bool]:
@@ -213,8 +258,16 @@ def _status_from(observed: Observed, desired: str, spec: BrokerSpec) -> tuple[st
 
 
 @transaction.atomic
-def _record(deployment_id: int, *, generation: int, desired: str, spec: BrokerSpec | None, tier_id: int,
-            observed: Observed | None = None, error: DriverError | None = None) -> Outcome:
+def _record(
+    deployment_id: int,
+    *,
+    generation: int,
+    desired: str,
+    spec: BrokerSpec | None,
+    tier_id: int,
+    observed: Observed | None = None,
+    error: DriverError | None = None,
+) -> Outcome:
     """Write what this attempt found, in one short transaction, and say whether to come back."""
     deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
     if deployment is None:
@@ -240,8 +293,9 @@ def _record(deployment_id: int, *, generation: int, desired: str, spec: BrokerSp
         if message != deployment.last_error:
             _event(deployment, "reconcile.retry", message)
         deployment.last_error = message
-        deployment.conditions = [_condition("Ready", old_status == Status.RUNNING, "TemporaryError", message,
-                                            generation, now)]
+        deployment.conditions = [
+            _condition("Ready", old_status == Status.RUNNING, "TemporaryError", message, generation, now)
+        ]
     else:
         new_status, settled = _status_from(observed, desired, spec)
         status = new_status or old_status
@@ -260,8 +314,11 @@ def _record(deployment_id: int, *, generation: int, desired: str, spec: BrokerSp
                 operation.save(update_fields=["status", "finished_at"])
                 _event(deployment, "operation.succeeded", f"{operation.kind.replace('_', ' ')} done", operation)
         ready = status == Status.RUNNING
-        deployment.conditions = [_condition("Ready", ready, "BrokerRunning" if ready else observed.phase.capitalize(),
-                                            message, generation, now)]
+        deployment.conditions = [
+            _condition(
+                "Ready", ready, "BrokerRunning" if ready else observed.phase.capitalize(), message, generation, now
+            )
+        ]
 
     if status != old_status:
         _event(deployment, "status.changed", f"{old_status} → {status}" + (f": {message}" if message else ""))
@@ -281,15 +338,24 @@ def _record(deployment_id: int, *, generation: int, desired: str, spec: BrokerSp
 
 
 def _active_operations(deployment: Deployment, generation: int):
-    return list(Operation.objects.select_for_update().filter(
-        deployment=deployment, status__in=ACTIVE_OPERATION_STATES,
-        target_generation__lte=generation,
-    ))
+    return list(
+        Operation.objects.select_for_update().filter(
+            deployment=deployment,
+            status__in=ACTIVE_OPERATION_STATES,
+            target_generation__lte=generation,
+        )
+    )
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: datetime.datetime) -> dict:
-    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message[:1000],
-            "observed_generation": generation, "last_transition_time": now.isoformat()}
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message[:1000],
+        "observed_generation": generation,
+        "last_transition_time": now.isoformat(),
+    }
 
 
 def _event(deployment: Deployment, kind: str, message: str, operation: Operation | None = None) -> None:

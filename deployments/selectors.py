@@ -3,6 +3,7 @@
 Every read takes its tenant explicitly and owns its select_related/prefetch_related, so list endpoints make a fixed
 number of queries whatever the page size. Nothing here writes.
 """
+
 from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
@@ -10,8 +11,16 @@ from django.db.models.functions import Now
 
 from deployments import crypto
 from deployments.drivers.local import RATE_LIMIT_LEVELS, honoured_rate_limits
-from deployments.models import (OPEN_MAINTENANCE_STATES, Deployment, MaintenanceWindow, Plan, Price, RateLimitPolicy,
-                                Region, Tier)
+from deployments.models import (
+    OPEN_MAINTENANCE_STATES,
+    Deployment,
+    MaintenanceWindow,
+    Plan,
+    Price,
+    RateLimitPolicy,
+    Region,
+    Tier,
+)
 
 
 def deployment_queryset() -> QuerySet[Deployment]:
@@ -21,14 +30,16 @@ def deployment_queryset() -> QuerySet[Deployment]:
 def _upcoming_maintenance() -> QuerySet[MaintenanceWindow]:
     # Now() rather than a Python timestamp: view classes build their queryset once, at import.
     return MaintenanceWindow.objects.filter(
-        status__in=OPEN_MAINTENANCE_STATES, ends_at__gt=Now(),
+        status__in=OPEN_MAINTENANCE_STATES,
+        ends_at__gt=Now(),
     ).order_by("starts_at", "id")
 
 
 def deployment_detail_queryset() -> QuerySet[Deployment]:
     """Deployments as the API shows them: with their current or next maintenance window (one query for a page)."""
     return deployment_queryset().prefetch_related(
-        Prefetch("maintenance_windows", queryset=_upcoming_maintenance(), to_attr="upcoming_maintenance"))
+        Prefetch("maintenance_windows", queryset=_upcoming_maintenance(), to_attr="upcoming_maintenance")
+    )
 
 
 def next_maintenance(deployment: Deployment) -> MaintenanceWindow | None:
@@ -78,7 +89,7 @@ def driver_capabilities(region: Region) -> dict:
             "driver": "local",
             "rate_limits": {level: list(fields) for level, fields in honoured_rate_limits().items()},
             "rate_limits_note": "Not enforced: this region runs mosquitto, which has no rate limiting at any level. "
-                                "Policies are stored and applied if the deployment moves to an EMQX region.",
+            "Policies are stored and applied if the deployment moves to an EMQX region.",
             "acl_client_id_rules": False,
             "acl_note": "Rules select clients by username or apply to everyone; client-id rules are refused.",
         }
@@ -86,8 +97,8 @@ def driver_capabilities(region: Region) -> dict:
         "driver": "kubernetes",
         "rate_limits": {level: list(fields) for level, fields in _KUBERNETES_HONOURED.items()},
         "rate_limits_note": "Enforced by EMQX. From 5.1 on, global and zone limits become per-listener and "
-                            "per-client ceilings (EMQX keeps only listener keys); a connection-level max_conn_rate "
-                            "means nothing and is ignored.",
+        "per-client ceilings (EMQX keeps only listener keys); a connection-level max_conn_rate "
+        "means nothing and is ignored.",
         "acl_client_id_rules": True,
         "acl_note": "Rules may select a username, a client id, or everyone.",
     }

@@ -4,6 +4,7 @@ Each is one transaction that validates, updates desired state (bumping `generati
 and the audit entry, and enqueues `deployments.reconcile` on commit. Nothing here calls a driver or writes observed
 state: that is deployments.reconcile's alone. `dry_run=True` validates exactly the same way and changes nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,22 @@ from controlplane.api.problems import Conflict
 from deployments import crypto, pricing
 from deployments.drivers.base import RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
-from deployments.models import (ACTIVE_OPERATION_STATES, OPEN_MAINTENANCE_STATES, AclRule, DeploymentEvent,
-                                DesiredState, Deployment, MaintenanceWindow, MqttUser, Operation, Plan,
-                                RateLimitPolicy, Region, Status, Tier)
+from deployments.models import (
+    ACTIVE_OPERATION_STATES,
+    OPEN_MAINTENANCE_STATES,
+    AclRule,
+    Deployment,
+    DeploymentEvent,
+    DesiredState,
+    MaintenanceWindow,
+    MqttUser,
+    Operation,
+    Plan,
+    RateLimitPolicy,
+    Region,
+    Status,
+    Tier,
+)
 from deployments.passwords import hash_mqtt_password, validate_mqtt_username
 from deployments.topics import validate_topic_filter
 from organizations.access import acting_user
@@ -54,6 +68,7 @@ class DryRun:
 
 def enqueue_reconcile(deployment_id: int) -> None:
     """Reconcile after the current transaction commits. A lost enqueue (Redis down) is caught by the sweep."""
+
     def send():
         from deployments.tasks import reconcile
 
@@ -64,19 +79,27 @@ def enqueue_reconcile(deployment_id: int) -> None:
 
 def _locked(deployment: Deployment) -> Deployment:
     """The row, locked for this transaction, with the catalog rows the checks need."""
-    return (Deployment.objects.select_for_update(of=("self",))
-            .select_related("project__organization", "plan", "tier", "region").get(pk=deployment.pk))
+    return (
+        Deployment.objects.select_for_update(of=("self",))
+        .select_related("project__organization", "plan", "tier", "region")
+        .get(pk=deployment.pk)
+    )
 
 
 def _event(deployment: Deployment, kind: str, message: str, operation: Operation | None = None) -> None:
     DeploymentEvent.objects.create(deployment=deployment, operation=operation, kind=kind, message=message)
 
 
-def _operation(deployment: Deployment, kind: str, actor, params: dict | None = None,
-               status: str = Operation.State.PENDING) -> Operation:
+def _operation(
+    deployment: Deployment, kind: str, actor, params: dict | None = None, status: str = Operation.State.PENDING
+) -> Operation:
     operation = Operation.objects.create(
-        deployment=deployment, kind=kind, status=status, target_generation=deployment.generation,
-        params=params or {}, requested_by=acting_user(actor),
+        deployment=deployment,
+        kind=kind,
+        status=status,
+        target_generation=deployment.generation,
+        params=params or {},
+        requested_by=acting_user(actor),
         finished_at=timezone.now() if status == Operation.State.SUCCEEDED else None,
     )
     _event(deployment, f"operation.{kind}", f"{kind.replace('_', ' ')} requested", operation)
@@ -89,8 +112,11 @@ def _refuse_if_deleted(deployment: Deployment) -> None:
 
 
 def _refuse_if_busy(deployment: Deployment) -> None:
-    active = (Operation.objects.filter(deployment=deployment, kind__in=STATE_CHANGING, status__in=ACTIVE_OPERATION_STATES)
-              .order_by("created_at").first())
+    active = (
+        Operation.objects.filter(deployment=deployment, kind__in=STATE_CHANGING, status__in=ACTIVE_OPERATION_STATES)
+        .order_by("created_at")
+        .first()
+    )
     if active is not None:
         raise Conflict(f"Operation {active.public_id} ({active.kind}) is still in progress; retry once it finishes.")
 
@@ -124,19 +150,29 @@ def _disruption(deployment: Deployment, kind: str) -> str:
 
 
 def _dry_run(deployment: Deployment, action: str, *, state_after: str, tier_after: Tier, summary: str) -> DryRun:
-    before = (pricing.hourly_price(plan=deployment.plan, tier=deployment.tier, state=deployment.desired_state)
-              if deployment.pk else Decimal("0"))
+    before = (
+        pricing.hourly_price(plan=deployment.plan, tier=deployment.tier, state=deployment.desired_state)
+        if deployment.pk
+        else Decimal("0")
+    )
     after = pricing.hourly_price(plan=deployment.plan, tier=tier_after, state=state_after)
-    return DryRun(action=action, currency=pricing.DEFAULT_CURRENCY, price_per_hour_before=before,
-                  price_per_hour_after=after, disruption=_disruption(deployment, action), summary=summary)
+    return DryRun(
+        action=action,
+        currency=pricing.DEFAULT_CURRENCY,
+        price_per_hour_before=before,
+        price_per_hour_after=after,
+        disruption=_disruption(deployment, action),
+        summary=summary,
+    )
 
 
 # -- deployments -------------------------------------------------------------------------------------------------------
 
 
 @transaction.atomic
-def deployment_create(*, project, actor, name: str, plan: str, tier: str, region: str,
-                      dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+def deployment_create(
+    *, project, actor, name: str, plan: str, tier: str, region: str, dry_run: bool = False
+) -> tuple[Deployment, Operation] | DryRun:
     plan_row = Plan.objects.filter(code=plan).first()
     if plan_row is None:
         raise exceptions.ValidationError({"plan": [f"Unknown plan {plan!r}."]})
@@ -156,8 +192,9 @@ def deployment_create(*, project, actor, name: str, plan: str, tier: str, region
         organization = type(organization).objects.select_for_update().get(pk=organization.pk)
         granted = min(organization.premium_trial_deployments, MAX_PREMIUM_TRIALS)
         if granted == 0:
-            raise exceptions.PermissionDenied("Premium is invite-only: ask us for a trial to create a Premium "
-                                              "deployment.")
+            raise exceptions.PermissionDenied(
+                "Premium is invite-only: ask us for a trial to create a Premium deployment."
+            )
         used = Deployment.objects.filter(project__organization=organization, plan=plan_row).count()
         if used >= granted:
             raise Conflict(f"Your organization has used its {granted} Premium trial deployment(s).")
@@ -166,8 +203,13 @@ def deployment_create(*, project, actor, name: str, plan: str, tier: str, region
 
     deployment = Deployment(project=project, name=name, plan=plan_row, tier=tier_row, region=region_row)
     if dry_run:
-        return _dry_run(deployment, "create", state_after="running", tier_after=tier_row,
-                        summary=f"Create a {plan}/{tier} deployment in {region}.")
+        return _dry_run(
+            deployment,
+            "create",
+            state_after="running",
+            tier_after=tier_row,
+            summary=f"Create a {plan}/{tier} deployment in {region}.",
+        )
     monitor_password = secrets.token_urlsafe(24)
     salt_b64, hash_b64 = hash_mqtt_password(monitor_password)
     deployment.monitor_username = MONITOR_USERNAME
@@ -179,17 +221,23 @@ def deployment_create(*, project, actor, name: str, plan: str, tier: str, region
         with transaction.atomic():
             deployment.save()
     except IntegrityError:  # a concurrent create took the name
-        raise _name_conflict(name)
+        raise _name_conflict(name) from None
     operation = _operation(deployment, Operation.Kind.CREATE, actor, {"plan": plan, "tier": tier, "region": region})
-    audit_record(actor=actor, organization=organization, action="deployment.create", target=deployment,
-                 summary={"name": name, "plan": plan, "tier": tier, "region": region, "operation": operation.public_id})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="deployment.create",
+        target=deployment,
+        summary={"name": name, "plan": plan, "tier": tier, "region": region, "operation": operation.public_id},
+    )
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
 
 @transaction.atomic
-def deployment_update(*, deployment: Deployment, actor, name: str | None = None,
-                      deletion_protection: bool | None = None) -> Deployment:
+def deployment_update(
+    *, deployment: Deployment, actor, name: str | None = None, deletion_protection: bool | None = None
+) -> Deployment:
     """Rename, and turn deletion protection on or off (each its own audit entry: lifting protection is audited)."""
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
@@ -202,24 +250,34 @@ def deployment_update(*, deployment: Deployment, actor, name: str | None = None,
             with transaction.atomic():
                 deployment.save(update_fields=["name", "updated_at"])
         except IntegrityError:
-            raise _name_conflict(name)
+            raise _name_conflict(name) from None
         _event(deployment, "deployment.renamed", f"renamed from {old!r} to {name!r}")
-        audit_record(actor=actor, organization=organization, action="deployment.rename", target=deployment,
-                     summary={"name": [old, name]})
+        audit_record(
+            actor=actor,
+            organization=organization,
+            action="deployment.rename",
+            target=deployment,
+            summary={"name": [old, name]},
+        )
     if deletion_protection is not None and deletion_protection != deployment.deletion_protection:
         deployment.deletion_protection = deletion_protection
         deployment.save(update_fields=["deletion_protection", "updated_at"])
         verb = "enabled" if deletion_protection else "lifted"
         _event(deployment, "deployment.protection", f"deletion protection {verb}")
-        audit_record(actor=actor, organization=organization,
-                     action="deployment.protection.enable" if deletion_protection else "deployment.protection.lift",
-                     target=deployment, summary={"deletion_protection": deletion_protection})
+        audit_record(
+            actor=actor,
+            organization=organization,
+            action="deployment.protection.enable" if deletion_protection else "deployment.protection.lift",
+            target=deployment,
+            summary={"deletion_protection": deletion_protection},
+        )
     return deployment
 
 
 @transaction.atomic
-def deployment_stop(*, deployment: Deployment, actor, reason: str = "",
-                    dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+def deployment_stop(
+    *, deployment: Deployment, actor, reason: str = "", dry_run: bool = False
+) -> tuple[Deployment, Operation] | DryRun:
     """Stop the broker, keeping its data. reason "billing" marks a stop for an unpaid invoice (only billing lifts it).
 
     A billing stop supersedes an operation in flight; a user's stop waits for it (409).
@@ -231,14 +289,24 @@ def deployment_stop(*, deployment: Deployment, actor, reason: str = "",
     if reason != "billing":
         _refuse_if_busy(deployment)
     if dry_run:
-        return _dry_run(deployment, "stop", state_after="stopped", tier_after=deployment.tier,
-                        summary="Stop the broker; clients are disconnected, data and sessions are kept.")
+        return _dry_run(
+            deployment,
+            "stop",
+            state_after="stopped",
+            tier_after=deployment.tier,
+            summary="Stop the broker; clients are disconnected, data and sessions are kept.",
+        )
     deployment.desired_state = DesiredState.STOPPED
     deployment.status_reason = reason[:32]
     _bump(deployment, "desired_state", "status_reason")
     operation = _operation(deployment, Operation.Kind.STOP, actor, {"reason": reason} if reason else {})
-    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.stop",
-                 target=deployment, summary={"reason": reason, "operation": operation.public_id})
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action="deployment.stop",
+        target=deployment,
+        summary={"reason": reason, "operation": operation.public_id},
+    )
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
@@ -253,21 +321,32 @@ def deployment_start(*, deployment: Deployment, actor, dry_run: bool = False) ->
         raise Conflict("The deployment was stopped for an unpaid invoice; it starts again once the invoice is paid.")
     _refuse_if_busy(deployment)
     if dry_run:
-        return _dry_run(deployment, "start", state_after="running", tier_after=deployment.tier,
-                        summary="Start the broker again with its data and sessions.")
+        return _dry_run(
+            deployment,
+            "start",
+            state_after="running",
+            tier_after=deployment.tier,
+            summary="Start the broker again with its data and sessions.",
+        )
     deployment.desired_state = DesiredState.RUNNING
     deployment.status_reason = ""
     _bump(deployment, "desired_state", "status_reason")
     operation = _operation(deployment, Operation.Kind.START, actor)
-    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.start",
-                 target=deployment, summary={"operation": operation.public_id})
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action="deployment.start",
+        target=deployment,
+        summary={"operation": operation.public_id},
+    )
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
 
 @transaction.atomic
-def deployment_restart(*, deployment: Deployment, actor,
-                       dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+def deployment_restart(
+    *, deployment: Deployment, actor, dry_run: bool = False
+) -> tuple[Deployment, Operation] | DryRun:
     """Maintenance: brokers restart one at a time; persistent sessions and their queued messages survive."""
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
@@ -275,20 +354,31 @@ def deployment_restart(*, deployment: Deployment, actor,
         raise Conflict("Only a running deployment can be restarted; start it instead.")
     _refuse_if_busy(deployment)
     if dry_run:
-        return _dry_run(deployment, "restart", state_after="running", tier_after=deployment.tier,
-                        summary="Restart the brokers one at a time; persistent sessions are kept.")
+        return _dry_run(
+            deployment,
+            "restart",
+            state_after="running",
+            tier_after=deployment.tier,
+            summary="Restart the brokers one at a time; persistent sessions are kept.",
+        )
     deployment.restart_nonce += 1
     _bump(deployment, "restart_nonce")
     operation = _operation(deployment, Operation.Kind.RESTART, actor, {"restart_nonce": deployment.restart_nonce})
-    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.restart",
-                 target=deployment, summary={"operation": operation.public_id})
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action="deployment.restart",
+        target=deployment,
+        summary={"operation": operation.public_id},
+    )
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
 
 @transaction.atomic
-def deployment_change_tier(*, deployment: Deployment, actor, tier: str,
-                           dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+def deployment_change_tier(
+    *, deployment: Deployment, actor, tier: str, dry_run: bool = False
+) -> tuple[Deployment, Operation] | DryRun:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
     new_tier = Tier.objects.select_related("plan").filter(plan=deployment.plan, code=tier).first()
@@ -297,25 +387,38 @@ def deployment_change_tier(*, deployment: Deployment, actor, tier: str,
     if new_tier.pk == deployment.tier_id:
         raise exceptions.ValidationError({"tier": [f"The deployment is already on tier {tier!r}."]})
     if not deployment.region.tiers.filter(pk=new_tier.pk).exists():
-        raise exceptions.ValidationError({"tier": [f"Tier {tier!r} is not offered in region "
-                                                   f"{deployment.region.code!r}."]})
+        raise exceptions.ValidationError(
+            {"tier": [f"Tier {tier!r} is not offered in region {deployment.region.code!r}."]}
+        )
     hours = settings.TIER_CHANGE_MIN_INTERVAL_HOURS
     if deployment.last_tier_change_at is not None:
         allowed_at = deployment.last_tier_change_at + datetime.timedelta(hours=hours)
         if timezone.now() < allowed_at:
-            raise Conflict(f"The tier can change once every {hours} hours; the next change is possible at "
-                           f"{allowed_at.isoformat(timespec='seconds')}.")
+            raise Conflict(
+                f"The tier can change once every {hours} hours; the next change is possible at "
+                f"{allowed_at.isoformat(timespec='seconds')}."
+            )
     _refuse_if_busy(deployment)
     if dry_run:
-        return _dry_run(deployment, "change_tier", state_after=deployment.desired_state, tier_after=new_tier,
-                        summary=f"Change the tier from {deployment.tier.code} to {new_tier.code}.")
+        return _dry_run(
+            deployment,
+            "change_tier",
+            state_after=deployment.desired_state,
+            tier_after=new_tier,
+            summary=f"Change the tier from {deployment.tier.code} to {new_tier.code}.",
+        )
     old = deployment.tier.code
     deployment.tier = new_tier
     deployment.last_tier_change_at = timezone.now()
     _bump(deployment, "tier", "last_tier_change_at")
     operation = _operation(deployment, Operation.Kind.CHANGE_TIER, actor, {"from": old, "to": tier})
-    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.change_tier",
-                 target=deployment, summary={"tier": [old, tier], "operation": operation.public_id})
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action="deployment.change_tier",
+        target=deployment,
+        summary={"tier": [old, tier], "operation": operation.public_id},
+    )
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
@@ -338,11 +441,21 @@ def deployment_move(*, deployment: Deployment, actor, project) -> tuple[Deployme
         with transaction.atomic():
             deployment.save(update_fields=["project", "updated_at"])
     except IntegrityError:
-        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]})
-    operation = _operation(deployment, Operation.Kind.MOVE, actor,
-                           {"from": source.public_id, "to": project.public_id}, status=Operation.State.SUCCEEDED)
-    audit_record(actor=actor, organization=project.organization, action="deployment.move", target=deployment,
-                 summary={"project": [source.public_id, project.public_id], "operation": operation.public_id})
+        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]}) from None
+    operation = _operation(
+        deployment,
+        Operation.Kind.MOVE,
+        actor,
+        {"from": source.public_id, "to": project.public_id},
+        status=Operation.State.SUCCEEDED,
+    )
+    audit_record(
+        actor=actor,
+        organization=project.organization,
+        action="deployment.move",
+        target=deployment,
+        summary={"project": [source.public_id, project.public_id], "operation": operation.public_id},
+    )
     return deployment, operation
 
 
@@ -363,12 +476,16 @@ def deployment_delete(*, deployment: Deployment, actor, force: bool = False) -> 
     _bump(deployment, "desired_state")
     operation = _operation(deployment, Operation.Kind.DELETE, actor, {"force": True} if force else {})
     # Maintenance of a deployment that is going away is moot; whoever deleted it needs no notice of that.
-    cancelled = MaintenanceWindow.objects.filter(deployment=deployment, status=MaintenanceWindow.Status.SCHEDULED
-                                                 ).update(status=MaintenanceWindow.Status.CANCELLED,
-                                                          cancelled_at=timezone.now())
-    audit_record(actor=actor, organization=deployment.project.organization, action="deployment.delete",
-                 target=deployment, summary={"force": force, "operation": operation.public_id,
-                                             "maintenance_cancelled": cancelled})
+    cancelled = MaintenanceWindow.objects.filter(
+        deployment=deployment, status=MaintenanceWindow.Status.SCHEDULED
+    ).update(status=MaintenanceWindow.Status.CANCELLED, cancelled_at=timezone.now())
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action="deployment.delete",
+        target=deployment,
+        summary={"force": force, "operation": operation.public_id, "maintenance_cancelled": cancelled},
+    )
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
@@ -379,8 +496,13 @@ def deployment_delete(*, deployment: Deployment, actor, force: bool = False) -> 
 def _configure(deployment: Deployment, actor, action: str, summary: dict) -> Operation:
     _bump(deployment)
     operation = _operation(deployment, Operation.Kind.CONFIGURE, actor, {"change": action, **summary})
-    audit_record(actor=actor, organization=deployment.project.organization, action=f"deployment.{action}",
-                 target=deployment, summary={**summary, "operation": operation.public_id})
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action=f"deployment.{action}",
+        target=deployment,
+        summary={**summary, "operation": operation.public_id},
+    )
     enqueue_reconcile(deployment.pk)
     return operation
 
@@ -389,14 +511,15 @@ def _check_username(username: str, field: str = "username") -> None:
     try:
         validate_mqtt_username(username)
     except ValueError as exc:
-        raise exceptions.ValidationError({field: [str(exc)]})
+        raise exceptions.ValidationError({field: [str(exc)]}) from exc
     if username.startswith("$"):
         raise exceptions.ValidationError({field: ["Usernames starting with '$' are reserved for the control plane."]})
 
 
 @transaction.atomic
-def mqtt_user_create(*, deployment: Deployment, actor, username: str, password: str,
-                     is_superuser: bool = False) -> tuple[MqttUser, Operation]:
+def mqtt_user_create(
+    *, deployment: Deployment, actor, username: str, password: str, is_superuser: bool = False
+) -> tuple[MqttUser, Operation]:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
     _check_username(username)
@@ -405,17 +528,23 @@ def mqtt_user_create(*, deployment: Deployment, actor, username: str, password: 
     salt_b64, hash_b64 = hash_mqtt_password(password)
     try:
         with transaction.atomic():
-            user = MqttUser.objects.create(deployment=deployment, username=username, salt_b64=salt_b64,
-                                           hash_b64=hash_b64, is_superuser=is_superuser)
+            user = MqttUser.objects.create(
+                deployment=deployment,
+                username=username,
+                salt_b64=salt_b64,
+                hash_b64=hash_b64,
+                is_superuser=is_superuser,
+            )
     except IntegrityError:
-        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]})
+        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]}) from None
     operation = _configure(deployment, actor, "mqtt_user.create", {"username": username, "superuser": is_superuser})
     return user, operation
 
 
 @transaction.atomic
-def mqtt_user_update(*, user: MqttUser, actor, password: str | None = None,
-                     is_superuser: bool | None = None) -> tuple[MqttUser, Operation]:
+def mqtt_user_update(
+    *, user: MqttUser, actor, password: str | None = None, is_superuser: bool | None = None
+) -> tuple[MqttUser, Operation]:
     deployment = _locked(user.deployment)
     _refuse_if_deleted(deployment)
     user = MqttUser.objects.select_for_update().get(pk=user.pk)
@@ -444,41 +573,77 @@ def _check_acl(deployment: Deployment, *, topic: str, username: str | None, clie
     try:
         validate_topic_filter(topic)
     except ValueError as exc:
-        raise exceptions.ValidationError({"topic": [str(exc)]})
+        raise exceptions.ValidationError({"topic": [str(exc)]}) from exc
     if username is not None and client_id is not None:
-        raise exceptions.ValidationError({"client_id": ["A rule is for a username, a client id or everyone: "
-                                                        "give at most one of username and client_id."]})
+        raise exceptions.ValidationError(
+            {
+                "client_id": [
+                    "A rule is for a username, a client id or everyone: give at most one of username and client_id."
+                ]
+            }
+        )
     if username is not None:
         try:
             validate_mqtt_username(username)
         except ValueError as exc:
-            raise exceptions.ValidationError({"username": [str(exc)]})
+            raise exceptions.ValidationError({"username": [str(exc)]}) from exc
     if client_id is not None:
         if not client_id or any(c in client_id for c in "\r\n\x00"):
             raise exceptions.ValidationError({"client_id": ["A client id must be non-empty, without line breaks."]})
         if deployment.region.driver == Region.Driver.LOCAL:
-            raise exceptions.ValidationError({"client_id": [
-                "Rules for a client id are not supported in this region: its brokers (mosquitto) select ACL "
-                "rules by username only."]})
+            raise exceptions.ValidationError(
+                {
+                    "client_id": [
+                        "Rules for a client id are not supported in this region: its brokers (mosquitto) select ACL "
+                        "rules by username only."
+                    ]
+                }
+            )
 
 
 @transaction.atomic
-def acl_rule_create(*, deployment: Deployment, actor, permission: str, action: str, topic: str,
-                    username: str | None = None, client_id: str | None = None,
-                    position: int | None = None) -> tuple[AclRule, Operation]:
+def acl_rule_create(
+    *,
+    deployment: Deployment,
+    actor,
+    permission: str,
+    action: str,
+    topic: str,
+    username: str | None = None,
+    client_id: str | None = None,
+    position: int | None = None,
+) -> tuple[AclRule, Operation]:
     """Insert a rule at `position` (0 is first; default last); later rules shift down."""
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
     _check_acl(deployment, topic=topic, username=username, client_id=client_id)
     rules = list(AclRule.objects.filter(deployment=deployment).order_by("position", "id"))
     position = len(rules) if position is None else min(position, len(rules))
-    rule = AclRule(deployment=deployment, position=position, permission=permission, action=action, topic=topic,
-                   username=username, client_id=client_id)
+    rule = AclRule(
+        deployment=deployment,
+        position=position,
+        permission=permission,
+        action=action,
+        topic=topic,
+        username=username,
+        client_id=client_id,
+    )
     rules.insert(position, rule)
     _renumber(rules)
-    operation = _configure(deployment, actor, "acl_rule.create",
-                           {"rule": rule.public_id, "permission": permission, "action": action, "topic": topic,
-                            "username": username, "client_id": client_id, "position": position})
+    operation = _configure(
+        deployment,
+        actor,
+        "acl_rule.create",
+        {
+            "rule": rule.public_id,
+            "permission": permission,
+            "action": action,
+            "topic": topic,
+            "username": username,
+            "client_id": client_id,
+            "position": position,
+        },
+    )
     return rule, operation
 
 
@@ -497,8 +662,12 @@ def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operat
         rules.remove(rule)
         rules.insert(min(position, len(rules)), rule)
     _renumber(rules, always=rule)
-    operation = _configure(deployment, actor, "acl_rule.update", {"rule": rule.public_id, **changes,
-                                                                  **({"position": position} if position is not None else {})})
+    operation = _configure(
+        deployment,
+        actor,
+        "acl_rule.update",
+        {"rule": rule.public_id, **changes, **({"position": position} if position is not None else {})},
+    )
     return rule, operation
 
 
@@ -520,23 +689,41 @@ def _renumber(rules: list[AclRule], always: AclRule | None = None) -> None:
 
 
 @transaction.atomic
-def rate_limits_replace(*, deployment: Deployment, actor, policies: list[dict]) -> tuple[list[RateLimitPolicy], Operation]:
+def rate_limits_replace(
+    *, deployment: Deployment, actor, policies: list[dict]
+) -> tuple[list[RateLimitPolicy], Operation]:
     """Replace the deployment's policy set (one per level); a level may not exceed any level above it."""
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
-    limits = [RateLimit(level=p["level"], max_conn_rate=p.get("max_conn_rate"), messages_rate=p.get("messages_rate"),
-                        bytes_rate=p.get("bytes_rate")) for p in policies]
+    limits = [
+        RateLimit(
+            level=p["level"],
+            max_conn_rate=p.get("max_conn_rate"),
+            messages_rate=p.get("messages_rate"),
+            bytes_rate=p.get("bytes_rate"),
+        )
+        for p in policies
+    ]
     try:
         validate_rate_limit_hierarchy(limits)
     except ValueError as exc:
-        raise exceptions.ValidationError({"policies": [str(exc)]})
+        raise exceptions.ValidationError({"policies": [str(exc)]}) from exc
     RateLimitPolicy.objects.filter(deployment=deployment).delete()
-    rows = RateLimitPolicy.objects.bulk_create([
-        RateLimitPolicy(deployment=deployment, level=limit.level, max_conn_rate=limit.max_conn_rate,
-                        messages_rate=limit.messages_rate, bytes_rate=limit.bytes_rate) for limit in limits
-    ])
-    operation = _configure(deployment, actor, "rate_limits.replace",
-                           {"policies": [dataclasses.asdict(limit) for limit in limits]})
+    rows = RateLimitPolicy.objects.bulk_create(
+        [
+            RateLimitPolicy(
+                deployment=deployment,
+                level=limit.level,
+                max_conn_rate=limit.max_conn_rate,
+                messages_rate=limit.messages_rate,
+                bytes_rate=limit.bytes_rate,
+            )
+            for limit in limits
+        ]
+    )
+    operation = _configure(
+        deployment, actor, "rate_limits.replace", {"policies": [dataclasses.asdict(limit) for limit in limits]}
+    )
     return rows, operation
 
 
@@ -549,108 +736,181 @@ MAINTENANCE_MAX_DURATION = datetime.timedelta(hours=4)
 
 
 def _utc(value: datetime.datetime) -> str:
-    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def maintenance_window_text(window: MaintenanceWindow) -> str:
-    starts, ends = (w.astimezone(datetime.timezone.utc) for w in (window.starts_at, window.ends_at))
+    starts, ends = (w.astimezone(datetime.UTC) for w in (window.starts_at, window.ends_at))
     end = ends.strftime("%H:%M" if starts.date() == ends.date() else "%Y-%m-%d %H:%M")
     return f"{starts:%Y-%m-%d %H:%M}–{end} UTC"
 
 
-def maintenance_validate(*, deployment: Deployment, starts_at: datetime.datetime, ends_at: datetime.datetime,
-                         reason: str, emergency: bool = False, now: datetime.datetime | None = None) -> str:
+def maintenance_validate(
+    *,
+    deployment: Deployment,
+    starts_at: datetime.datetime,
+    ends_at: datetime.datetime,
+    reason: str,
+    emergency: bool = False,
+    now: datetime.datetime | None = None,
+) -> str:
     """The checks of maintenance_schedule, without writing: the lead time, the duration, overlaps. Returns the
     cleaned reason; raises ValidationError (400) or Conflict (409) naming the field at fault."""
     now = now or timezone.now()
     _refuse_if_deleted(deployment)
     for field, value in (("starts_at", starts_at), ("ends_at", ends_at)):
         if not isinstance(value, datetime.datetime) or timezone.is_naive(value):
-            raise exceptions.ValidationError({field: ["A date and time with a timezone (ISO 8601), e.g. "
-                                                      "2026-12-01T02:00:00Z."]})
+            raise exceptions.ValidationError(
+                {field: ["A date and time with a timezone (ISO 8601), e.g. 2026-12-01T02:00:00Z."]}
+            )
     reason = (reason or "").strip()
     if not reason or len(reason) > 500 or any(c in reason for c in "\x00\r"):
         raise exceptions.ValidationError({"reason": ["Say why, in 1 to 500 characters: customers read it."]})
     lead = EMERGENCY_MAINTENANCE_LEAD_TIME if emergency else MAINTENANCE_LEAD_TIME
     earliest = now + lead
     if starts_at < earliest:
-        kind = "Emergency maintenance must be announced at least 24 hours ahead" if emergency else \
-            "Maintenance must be announced at least 14 days ahead (24 hours for an emergency)"
+        kind = (
+            "Emergency maintenance must be announced at least 24 hours ahead"
+            if emergency
+            else "Maintenance must be announced at least 14 days ahead (24 hours for an emergency)"
+        )
         raise exceptions.ValidationError({"starts_at": [f"{kind}: the earliest allowed start is {_utc(earliest)}."]})
     if ends_at <= starts_at:
         raise exceptions.ValidationError({"ends_at": ["The window must end after it starts."]})
     if ends_at - starts_at > MAINTENANCE_MAX_DURATION:
         hours = MAINTENANCE_MAX_DURATION.total_seconds() / 3600
         raise exceptions.ValidationError({"ends_at": [f"A maintenance window lasts at most {hours:g} hours."]})
-    clash = (MaintenanceWindow.objects.filter(deployment=deployment, status__in=OPEN_MAINTENANCE_STATES,
-                                              starts_at__lt=ends_at, ends_at__gt=starts_at)
-             .order_by("starts_at").first())
+    clash = (
+        MaintenanceWindow.objects.filter(
+            deployment=deployment, status__in=OPEN_MAINTENANCE_STATES, starts_at__lt=ends_at, ends_at__gt=starts_at
+        )
+        .order_by("starts_at")
+        .first()
+    )
     if clash is not None:
-        raise Conflict({"starts_at": [f"The deployment already has maintenance {clash.public_id} "
-                                      f"({maintenance_window_text(clash)}) overlapping this window."]})
+        raise Conflict(
+            {
+                "starts_at": [
+                    f"The deployment already has maintenance {clash.public_id} "
+                    f"({maintenance_window_text(clash)}) overlapping this window."
+                ]
+            }
+        )
     return reason
 
 
 @transaction.atomic
-def maintenance_schedule(*, deployment: Deployment, starts_at: datetime.datetime, ends_at: datetime.datetime,
-                         reason: str, emergency: bool = False, actor,
-                         now: datetime.datetime | None = None) -> MaintenanceWindow:
+def maintenance_schedule(
+    *,
+    deployment: Deployment,
+    starts_at: datetime.datetime,
+    ends_at: datetime.datetime,
+    reason: str,
+    emergency: bool = False,
+    actor,
+    now: datetime.datetime | None = None,
+) -> MaintenanceWindow:
     """Announce maintenance: the brokers restart once inside the window, alerts are withheld during it, and the
     organization hears of it now through its platform-event channels (or its administrators by email)."""
     from alerts.models import PlatformEvent
     from alerts.services import notify_platform_event
 
     deployment = _locked(deployment)  # serializes schedules of one deployment: the overlap check holds
-    reason = maintenance_validate(deployment=deployment, starts_at=starts_at, ends_at=ends_at, reason=reason,
-                                  emergency=emergency, now=now)
-    window = MaintenanceWindow(deployment=deployment, starts_at=starts_at, ends_at=ends_at, emergency=emergency,
-                               reason=reason, created_by=acting_user(actor), created_at=now or timezone.now())
+    reason = maintenance_validate(
+        deployment=deployment, starts_at=starts_at, ends_at=ends_at, reason=reason, emergency=emergency, now=now
+    )
+    window = MaintenanceWindow(
+        deployment=deployment,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        emergency=emergency,
+        reason=reason,
+        created_by=acting_user(actor),
+        created_at=now or timezone.now(),
+    )
     window.save()
     what = "Emergency maintenance" if emergency else "Maintenance"
-    _event(deployment, "maintenance.scheduled",
-           f"{what} {window.public_id} scheduled for {maintenance_window_text(window)}: {reason}")
+    _event(
+        deployment,
+        "maintenance.scheduled",
+        f"{what} {window.public_id} scheduled for {maintenance_window_text(window)}: {reason}",
+    )
     organization = deployment.project.organization
-    audit_record(actor=actor, organization=organization, action="deployment.maintenance.schedule", target=window,
-                 summary={"deployment": deployment.public_id, "starts_at": _utc(starts_at), "ends_at": _utc(ends_at),
-                          "emergency": emergency, "reason": reason})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="deployment.maintenance.schedule",
+        target=window,
+        summary={
+            "deployment": deployment.public_id,
+            "starts_at": _utc(starts_at),
+            "ends_at": _utc(ends_at),
+            "emergency": emergency,
+            "reason": reason,
+        },
+    )
     notify_platform_event(
-        organization=organization, kind=PlatformEvent.Kind.MAINTENANCE_SCHEDULED, subject=deployment.public_id,
-        severity="warning" if emergency else "info", dedup_key=f"maintenance:{window.public_id}",
-        message=(f"{what} scheduled for deployment {deployment.name} ({deployment.public_id}): "
-                 f"{maintenance_window_text(window)}.\n"
-                 f"Reason: {reason}\n"
-                 f"Its brokers restart once during the window (one at a time where there are several); persistent "
-                 f"sessions and their queued messages are kept. Alerts of this deployment are withheld during the "
-                 f"window. Reference: {window.public_id}."))
+        organization=organization,
+        kind=PlatformEvent.Kind.MAINTENANCE_SCHEDULED,
+        subject=deployment.public_id,
+        severity="warning" if emergency else "info",
+        dedup_key=f"maintenance:{window.public_id}",
+        message=(
+            f"{what} scheduled for deployment {deployment.name} ({deployment.public_id}): "
+            f"{maintenance_window_text(window)}.\n"
+            f"Reason: {reason}\n"
+            f"Its brokers restart once during the window (one at a time where there are several); persistent "
+            f"sessions and their queued messages are kept. Alerts of this deployment are withheld during the "
+            f"window. Reference: {window.public_id}."
+        ),
+    )
     return window
 
 
 @transaction.atomic
-def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.datetime | None = None
-                       ) -> MaintenanceWindow:
+def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.datetime | None = None) -> MaintenanceWindow:
     """Call off a window that has not started; the organization is told, as it was told of the schedule."""
     from alerts.models import PlatformEvent
     from alerts.services import notify_platform_event
 
     now = now or timezone.now()
-    window = (MaintenanceWindow.objects.select_for_update(of=("self",))
-              .select_related("deployment__project__organization").get(pk=window.pk))
+    window = (
+        MaintenanceWindow.objects.select_for_update(of=("self",))
+        .select_related("deployment__project__organization")
+        .get(pk=window.pk)
+    )
     if window.status != MaintenanceWindow.Status.SCHEDULED:
-        raise Conflict(f"Only a scheduled maintenance window can be cancelled; {window.public_id} is "
-                       f"{window.get_status_display().lower()}.")
+        raise Conflict(
+            f"Only a scheduled maintenance window can be cancelled; {window.public_id} is "
+            f"{window.get_status_display().lower()}."
+        )
     window.status, window.cancelled_at = MaintenanceWindow.Status.CANCELLED, now
     window.save(update_fields=["status", "cancelled_at"])
     deployment = window.deployment
-    _event(deployment, "maintenance.cancelled",
-           f"Maintenance {window.public_id} ({maintenance_window_text(window)}) cancelled")
+    _event(
+        deployment,
+        "maintenance.cancelled",
+        f"Maintenance {window.public_id} ({maintenance_window_text(window)}) cancelled",
+    )
     organization = deployment.project.organization
-    audit_record(actor=actor, organization=organization, action="deployment.maintenance.cancel", target=window,
-                 summary={"deployment": deployment.public_id, "starts_at": _utc(window.starts_at)})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="deployment.maintenance.cancel",
+        target=window,
+        summary={"deployment": deployment.public_id, "starts_at": _utc(window.starts_at)},
+    )
     notify_platform_event(
-        organization=organization, kind=PlatformEvent.Kind.MAINTENANCE_CANCELLED, subject=deployment.public_id,
-        severity="info", dedup_key=f"maintenance_cancelled:{window.public_id}",
-        message=(f"Maintenance cancelled for deployment {deployment.name} ({deployment.public_id}): "
-                 f"{maintenance_window_text(window)} will not take place.\nReference: {window.public_id}."))
+        organization=organization,
+        kind=PlatformEvent.Kind.MAINTENANCE_CANCELLED,
+        subject=deployment.public_id,
+        severity="info",
+        dedup_key=f"maintenance_cancelled:{window.public_id}",
+        message=(
+            f"Maintenance cancelled for deployment {deployment.name} ({deployment.public_id}): "
+            f"{maintenance_window_text(window)} will not take place.\nReference: {window.public_id}."
+        ),
+    )
     return window
 
 
@@ -658,8 +918,12 @@ def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.dateti
 def _maintenance_start(window_id: int, now: datetime.datetime) -> bool:
     # The window's row lock and its status are the guarantee of one restart per window: a second run (or a
     # concurrent one) finds it locked or no longer scheduled.
-    window = (MaintenanceWindow.objects.select_for_update(skip_locked=True, of=("self",))
-              .select_related("deployment").filter(pk=window_id, status=MaintenanceWindow.Status.SCHEDULED).first())
+    window = (
+        MaintenanceWindow.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("deployment")
+        .filter(pk=window_id, status=MaintenanceWindow.Status.SCHEDULED)
+        .first()
+    )
     if window is None:
         return False
     deployment = window.deployment
@@ -671,8 +935,11 @@ def _maintenance_start(window_id: int, now: datetime.datetime) -> bool:
         # Nothing ran it while it was open (beat was down): a restart now would be one nobody announced.
         window.status = MaintenanceWindow.Status.COMPLETED
         window.save(update_fields=["status"])
-        _event(deployment, "maintenance.missed",
-               f"Maintenance {window.public_id} ({maintenance_window_text(window)}) passed without a restart")
+        _event(
+            deployment,
+            "maintenance.missed",
+            f"Maintenance {window.public_id} ({maintenance_window_text(window)}) passed without a restart",
+        )
         return False
     window.status = MaintenanceWindow.Status.IN_PROGRESS
     try:
@@ -680,8 +947,9 @@ def _maintenance_start(window_id: int, now: datetime.datetime) -> bool:
             _, operation = deployment_restart(deployment=deployment, actor=None)
     except exceptions.APIException as exc:  # stopped, or another operation in flight: alerts stay withheld anyway
         window.save(update_fields=["status"])
-        _event(deployment, "maintenance.started", f"Maintenance {window.public_id} started without a restart: "
-                                                  f"{exc.detail}")
+        _event(
+            deployment, "maintenance.started", f"Maintenance {window.public_id} started without a restart: {exc.detail}"
+        )
         return True
     window.operation = operation
     window.save(update_fields=["status", "operation"])
@@ -693,18 +961,33 @@ def maintenance_start_due(*, now: datetime.datetime | None = None) -> tuple[int,
     """Start every window whose time has come (one restart each) and complete those that have ended.
     Returns (started, completed); safe to run any number of times, concurrently included."""
     now = now or timezone.now()
-    due = list(MaintenanceWindow.objects.filter(status=MaintenanceWindow.Status.SCHEDULED, starts_at__lte=now)
-               .order_by("starts_at").values_list("pk", flat=True))
+    due = list(
+        MaintenanceWindow.objects.filter(status=MaintenanceWindow.Status.SCHEDULED, starts_at__lte=now)
+        .order_by("starts_at")
+        .values_list("pk", flat=True)
+    )
     started = sum(_maintenance_start(pk, now) for pk in due)
     with transaction.atomic():
-        ended = list(MaintenanceWindow.objects.select_for_update(skip_locked=True)
-                     .filter(status=MaintenanceWindow.Status.IN_PROGRESS, ends_at__lte=now))
+        ended = list(
+            MaintenanceWindow.objects.select_for_update(skip_locked=True).filter(
+                status=MaintenanceWindow.Status.IN_PROGRESS, ends_at__lte=now
+            )
+        )
         for window in ended:
             window.status = MaintenanceWindow.Status.COMPLETED
         MaintenanceWindow.objects.bulk_update(ended, ["status"])
-        DeploymentEvent.objects.bulk_create([
-            DeploymentEvent(deployment_id=w.deployment_id, operation_id=w.operation_id, kind="maintenance.completed",
-                            message=f"Maintenance {w.public_id} completed", created_at=now) for w in ended])
+        DeploymentEvent.objects.bulk_create(
+            [
+                DeploymentEvent(
+                    deployment_id=w.deployment_id,
+                    operation_id=w.operation_id,
+                    kind="maintenance.completed",
+                    message=f"Maintenance {w.public_id} completed",
+                    created_at=now,
+                )
+                for w in ended
+            ]
+        )
     return started, len(ended)
 
 
@@ -720,12 +1003,14 @@ def reconcile_sweep() -> int:
 
     stale = timezone.now() - datetime.timedelta(seconds=settings.RECONCILE_RESYNC_SECONDS)
     not_converged = (
-        Q(observed_generation__lt=F("generation")) | Q(observed_restart_nonce__lt=F("restart_nonce"))
+        Q(observed_generation__lt=F("generation"))
+        | Q(observed_restart_nonce__lt=F("restart_nonce"))
         | (~Q(status__in=[Status.RUNNING, Status.STOPPED, Status.DELETED, Status.FAILED]))
         | (Q(desired_state=DesiredState.RUNNING) & ~Q(status__in=[Status.RUNNING, Status.FAILED]))
         | (Q(desired_state=DesiredState.STOPPED) & ~Q(status__in=[Status.STOPPED, Status.FAILED]))
         | (Q(desired_state=DesiredState.DELETED) & ~Q(status=Status.DELETED))
-        | Q(last_reconciled_at__isnull=True) | (Q(last_reconciled_at__lt=stale) & ~Q(status=Status.FAILED))
+        | Q(last_reconciled_at__isnull=True)
+        | (Q(last_reconciled_at__lt=stale) & ~Q(status=Status.FAILED))
     )
     ids = list(Deployment.objects.exclude(status=Status.DELETED).filter(not_converged).values_list("pk", flat=True))
     for pk in ids:

@@ -1,5 +1,6 @@
 """Celery tasks of the deployments app: the reconcile loop and its sweep, and the maintenance windows' clock. Ids in,
 one call, re-enqueue on the way out."""
+
 import time
 
 from celery import shared_task
@@ -15,17 +16,27 @@ BUSY_RETRIES = 5
 
 
 def backoff(attempt: int) -> float:
-    return min(0.25 * (2 ** attempt), MAX_BACKOFF_SECONDS)
+    return min(0.25 * (2**attempt), MAX_BACKOFF_SECONDS)
 
 
-@shared_task(name="deployments.reconcile", acks_late=True, ignore_result=True,
-             autoretry_for=(OperationalError, InterfaceError), retry_backoff=True, retry_backoff_max=60,
-             max_retries=None)
+@shared_task(
+    name="deployments.reconcile",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=None,
+)
 def reconcile(deployment_id: int, attempt: int = 0) -> str:
     started = time.monotonic()
     # Log lines of this run carry the deployment's latest operation id, as request logs carry the request id.
-    operation = Operation.objects.filter(deployment_id=deployment_id).order_by("-created_at").values_list(
-        "public_id", flat=True).first()
+    operation = (
+        Operation.objects.filter(deployment_id=deployment_id)
+        .order_by("-created_at")
+        .values_list("public_id", flat=True)
+        .first()
+    )
     token = context.bind(operation_id=operation or "", via="task")
     try:
         outcome = reconcile_deployment(deployment_id)

@@ -1,6 +1,7 @@
 """MQTT topic name and topic filter rules (MQTT 3.1.1 §4.7, 5.0 §4.7), used to validate ACL rules before they reach a
 broker. Pure functions: they never touch a broker or the database.
 """
+
 from __future__ import annotations
 
 MAX_TOPIC_BYTES = 65535
@@ -54,5 +55,4 @@ def topic_filters_overlap(a: str, b: str) -> bool:
         return True
     longer = left if len(left) > len(right) else right
     # 'a/#' also matches 'a': the parent level.
-    return longer[min(len(left), len(right)):] == ["#"]
-
+    return longer[min(len(left), len(right)) :] == ["#"]

@@ -5,6 +5,7 @@ for IDEMPOTENCY_TTL_SECONDS and replayed, with `Idempotent-Replayed: true`, to a
 and the same body. The same key with another body answers 422. A duplicate arriving while the first still runs waits
 for it (the unique row is the lock), then replays.
 """
+
 import datetime
 import hashlib
 import time
@@ -58,12 +59,19 @@ class IdempotencyMiddleware:
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         key = request.META.get("HTTP_IDEMPOTENCY_KEY")
-        if (key is None or request.method not in MUTATING or not request.path.startswith("/api/")
-                or not _serves(view_func, request.method)):
+        if (
+            key is None
+            or request.method not in MUTATING
+            or not request.path.startswith("/api/")
+            or not _serves(view_func, request.method)
+        ):
             return None
         if not (1 <= len(key) <= 255) or not key.isprintable():
-            return problem_response(400, detail="Idempotency-Key must be 1 to 255 printable characters.",
-                                    errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}])
+            return problem_response(
+                400,
+                detail="Idempotency-Key must be 1 to 255 printable characters.",
+                errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}],
+            )
         scope = _scope(request)
         if scope is None:
             return None
@@ -100,20 +108,29 @@ class IdempotencyMiddleware:
         while True:
             record = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
             if record is None:
-                return problem_response(409, detail="The first request with this Idempotency-Key failed; retry it.",
-                                        code="idempotency-retry")
+                return problem_response(
+                    409,
+                    detail="The first request with this Idempotency-Key failed; retry it.",
+                    code="idempotency-retry",
+                )
             if record.fingerprint != fingerprint:
                 return problem_response(
-                    422, "Idempotency-Key reused",
+                    422,
+                    "Idempotency-Key reused",
                     "This Idempotency-Key was used with a different request body or path.",
-                    errors=[{"field": "Idempotency-Key", "message": "Already used for another request.", "code": "reused"}],
+                    errors=[
+                        {"field": "Idempotency-Key", "message": "Already used for another request.", "code": "reused"}
+                    ],
                     code="idempotency-key-reused",
                 )
             if record.completed:
                 return _replay(record)
             if time.monotonic() > deadline:
-                response = problem_response(409, detail="A request with this Idempotency-Key is still in progress.",
-                                            code="idempotency-in-progress")
+                response = problem_response(
+                    409,
+                    detail="A request with this Idempotency-Key is still in progress.",
+                    code="idempotency-in-progress",
+                )
                 response["Retry-After"] = "1"
                 return response
             time.sleep(0.05)

@@ -1,4 +1,5 @@
 """Remembered responses to mutating API requests that carried an Idempotency-Key."""
+
 from django.db import models
 from django.utils import timezone
 

@@ -1,4 +1,5 @@
 """Forgets idempotency records once they can no longer be replayed."""
+
 import datetime
 
 from celery import shared_task

@@ -4,6 +4,7 @@ A Principal is the caller: a user (console session) or an API key (acting for th
 more than that member holds now). Every check reduces to "does the principal hold scope S in this organization or
 project". Objects of organizations the principal is not in are invisible, so callers answer 404, never 403.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,9 +72,7 @@ class Principal:
         if user is None:
             return None
         if organization.pk not in self._memberships:
-            self._memberships[organization.pk] = (
-                Membership.objects.filter(organization=organization, user=user).first()
-            )
+            self._memberships[organization.pk] = Membership.objects.filter(organization=organization, user=user).first()
         return self._memberships[organization.pk]
 
     def _member_grants(self, membership: Membership) -> dict[int, str]:
@@ -86,15 +85,21 @@ def member_organization(principal: Principal, org_public_id: str) -> Organizatio
     """The organization with this public id if the principal's user is a member of it, else None: one query that
     also remembers the membership for the scope checks that follow."""
     key = principal.api_key
-    if (key is not None and key.organization.public_id == org_public_id
-            and key.organization_id in principal._memberships):
+    if (
+        key is not None
+        and key.organization.public_id == org_public_id
+        and key.organization_id in principal._memberships
+    ):
         membership = principal._memberships[key.organization_id]
         return None if membership is None else membership.organization
     user = acting_user(principal)
     if user is None:
         return None
-    membership = (Membership.objects.select_related("organization")
-                  .filter(organization__public_id=org_public_id, user=user).first())
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(organization__public_id=org_public_id, user=user)
+        .first()
+    )
     if membership is None:
         return None
     principal._memberships[membership.organization_id] = membership

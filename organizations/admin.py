@@ -35,15 +35,24 @@ class OrganizationAdmin(AuditedModelAdmin, admin.ModelAdmin):
         with transaction.atomic():
             instances = formset.save(commit=False)
             for obj in formset.deleted_objects:
-                audit_record(actor=self._actor(request), organization=form.instance,
-                             action=f"admin.{obj._meta.model_name}.delete", target=obj, summary={})
+                audit_record(
+                    actor=self._actor(request),
+                    organization=form.instance,
+                    action=f"admin.{obj._meta.model_name}.delete",
+                    target=obj,
+                    summary={},
+                )
                 obj.delete()
             for obj in instances:
                 is_new = obj.pk is None
                 obj.save()
-                audit_record(actor=self._actor(request), organization=form.instance,
-                             action=f"admin.{obj._meta.model_name}.{'create' if is_new else 'update'}", target=obj,
-                             summary={"changed": [f.name for f in obj._meta.fields]})
+                audit_record(
+                    actor=self._actor(request),
+                    organization=form.instance,
+                    action=f"admin.{obj._meta.model_name}.{'create' if is_new else 'update'}",
+                    target=obj,
+                    summary={"changed": [f.name for f in obj._meta.fields]},
+                )
             formset.save_m2m()
 
 
@@ -52,8 +61,17 @@ class ApiKeyAdmin(AuditedModelAdmin, admin.ModelAdmin):
     list_display = ("name", "prefix", "organization", "role", "created_by", "last_used_at", "revoked_at", "expires_at")
     list_filter = ("role",)
     search_fields = ("name", "prefix", "public_id", "organization__name", "organization__public_id")
-    readonly_fields = ("public_id", "prefix", "secret_hash", "previous_secret_hash", "previous_expires_at",
-                       "last_used_at", "created_at", "created_by", "organization")
+    readonly_fields = (
+        "public_id",
+        "prefix",
+        "secret_hash",
+        "previous_secret_hash",
+        "previous_expires_at",
+        "last_used_at",
+        "created_at",
+        "created_by",
+        "organization",
+    )
     exclude = ("projects",)
     actions = ["revoke"]
 
@@ -67,8 +85,13 @@ class ApiKeyAdmin(AuditedModelAdmin, admin.ModelAdmin):
             for key in queryset.select_for_update().filter(revoked_at=None):
                 key.revoked_at = timezone.now()
                 key.save(update_fields=["revoked_at"])
-                audit_record(actor=self._actor(request), organization=key.organization, action="api_key.revoke",
-                             target=key, summary={"name": key.name, "by": "staff"})
+                audit_record(
+                    actor=self._actor(request),
+                    organization=key.organization,
+                    action="api_key.revoke",
+                    target=key,
+                    summary={"name": key.name, "by": "staff"},
+                )
                 count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 

@@ -1,4 +1,5 @@
 """REST API for organizations, members, invitations and API keys. Thin: parse, call one service, serialize."""
+
 from django.db.models import Prefetch
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer, extend_schema_view
@@ -19,9 +20,20 @@ ORG_ROLE_CHOICES = ORGANIZATION_ROLE_CHOICES
 # --- Serializers -----------------------------------------------------------------------------------------------
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Organization", value={
-    "id": "org_7f3k2m9q4x8c1v5b6n0z", "name": "Acme Industrial IoT", "created_at": "2026-11-01T09:30:00Z",
-    "my_roles": ["owner"]}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Organization",
+            value={
+                "id": "org_7f3k2m9q4x8c1v5b6n0z",
+                "name": "Acme Industrial IoT",
+                "created_at": "2026-11-01T09:30:00Z",
+                "my_roles": ["owner"],
+            },
+            response_only=True,
+        )
+    ]
+)
 class OrganizationSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     my_roles = serializers.SerializerMethodField()
@@ -49,10 +61,22 @@ class ProjectGrantSerializer(InputSerializer):
     role = serializers.ChoiceField(choices=PROJECT_ROLE_CHOICES)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Member", value={
-    "id": "mem_q2w3e4r5t6y7u8i9o0pa", "email": "dev@acme.example", "full_name": "Dana Developer",
-    "roles": [], "project_grants": [{"project": "prj_7f3k2m9q4x8c1v5b6n0z", "role": "project_user"}],
-    "created_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Member",
+            value={
+                "id": "mem_q2w3e4r5t6y7u8i9o0pa",
+                "email": "dev@acme.example",
+                "full_name": "Dana Developer",
+                "roles": [],
+                "project_grants": [{"project": "prj_7f3k2m9q4x8c1v5b6n0z", "role": "project_user"}],
+                "created_at": "2026-11-02T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class MemberSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     email = serializers.EmailField(source="user.email", read_only=True)
@@ -76,10 +100,24 @@ class TransferOwnershipSerializer(InputSerializer):
     member = StrictCharField(max_length=32, help_text="The membership id (`mem_…`) of the new Owner.")
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Invitation", value={
-    "id": "ivt_a1s2d3f4g5h6j7k8l9z0", "email": "finance@acme.example", "roles": ["accountant"], "project_grants": [],
-    "status": "pending", "invited_by": "owner@acme.example", "created_at": "2026-11-02T10:00:00Z",
-    "expires_at": "2026-11-09T10:00:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Invitation",
+            value={
+                "id": "ivt_a1s2d3f4g5h6j7k8l9z0",
+                "email": "finance@acme.example",
+                "roles": ["accountant"],
+                "project_grants": [],
+                "status": "pending",
+                "invited_by": "owner@acme.example",
+                "created_at": "2026-11-02T10:00:00Z",
+                "expires_at": "2026-11-09T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class InvitationSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     invited_by = serializers.EmailField(source="invited_by.email", read_only=True, allow_null=True)
@@ -92,34 +130,72 @@ class InvitationSerializer(serializers.ModelSerializer):
 
 class InvitationCreateSerializer(InputSerializer):
     email = serializers.EmailField(max_length=254)
-    roles = serializers.ListField(child=serializers.ChoiceField(choices=ORG_ROLE_CHOICES), required=False, default=list, max_length=4)
+    roles = serializers.ListField(
+        child=serializers.ChoiceField(choices=ORG_ROLE_CHOICES), required=False, default=list, max_length=4
+    )
     project_grants = ProjectGrantSerializer(many=True, required=False, default=list, max_length=1000)
 
 
 class InvitationAcceptSerializer(InputSerializer):
     token = StrictCharField(max_length=100)
-    password = StrictCharField(max_length=128, required=False, write_only=True,
-                               help_text="Needed only when no account exists for the invited email.")
+    password = StrictCharField(
+        max_length=128,
+        required=False,
+        write_only=True,
+        help_text="Needed only when no account exists for the invited email.",
+    )
     full_name = StrictCharField(max_length=150, required=False, default="")
 
 
-@extend_schema_serializer(examples=[OpenApiExample("API key", value={
-    "id": "key_z9x8c7v6b5n4m3l2k1j0", "name": "CI pipeline", "role": "project_administrator",
-    "projects": ["prj_7f3k2m9q4x8c1v5b6n0z"], "prefix": "3fa85f64", "status": "active",
-    "created_by": "owner@acme.example", "expires_at": None, "last_used_at": "2026-11-24T08:12:00Z",
-    "revoked_at": None, "previous_secret_expires_at": None, "deletion_protection": False,
-    "created_at": "2026-11-02T10:00:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "API key",
+            value={
+                "id": "key_z9x8c7v6b5n4m3l2k1j0",
+                "name": "CI pipeline",
+                "role": "project_administrator",
+                "projects": ["prj_7f3k2m9q4x8c1v5b6n0z"],
+                "prefix": "3fa85f64",
+                "status": "active",
+                "created_by": "owner@acme.example",
+                "expires_at": None,
+                "last_used_at": "2026-11-24T08:12:00Z",
+                "revoked_at": None,
+                "previous_secret_expires_at": None,
+                "deletion_protection": False,
+                "created_at": "2026-11-02T10:00:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class ApiKeySerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     projects = serializers.SerializerMethodField()
     created_by = serializers.EmailField(source="created_by.email", read_only=True)
     status = serializers.SerializerMethodField()
-    previous_secret_expires_at = serializers.DateTimeField(source="previous_expires_at", read_only=True, allow_null=True)
+    previous_secret_expires_at = serializers.DateTimeField(
+        source="previous_expires_at", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "role", "projects", "prefix", "status", "created_by", "expires_at", "last_used_at",
-                  "revoked_at", "previous_secret_expires_at", "deletion_protection", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "role",
+            "projects",
+            "prefix",
+            "status",
+            "created_by",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "previous_secret_expires_at",
+            "deletion_protection",
+            "created_at",
+        ]
 
     def get_projects(self, obj) -> list[str]:
         return [p.public_id for p in obj.projects.all()]
@@ -143,8 +219,13 @@ class ApiKeyWithSecretSerializer(ApiKeySerializer):
 class ApiKeyCreateSerializer(InputSerializer):
     name = StrictCharField(max_length=100)
     role = serializers.ChoiceField(choices=Role.values)
-    projects = serializers.ListField(child=StrictCharField(max_length=32), required=False, default=list, max_length=1000,
-                                     help_text="Project ids; empty means the whole organization.")
+    projects = serializers.ListField(
+        child=StrictCharField(max_length=32),
+        required=False,
+        default=list,
+        max_length=1000,
+        help_text="Project ids; empty means the whole organization.",
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
@@ -154,8 +235,9 @@ class ApiKeyUpdateSerializer(InputSerializer):
 
 
 class ApiKeyRotateSerializer(InputSerializer):
-    overlap_seconds = serializers.IntegerField(min_value=0, max_value=86400, default=3600,
-                                               help_text="How long the old secret keeps working (at most 24 h).")
+    overlap_seconds = serializers.IntegerField(
+        min_value=0, max_value=86400, default=3600, help_text="How long the old secret keeps working (at most 24 h)."
+    )
 
 
 # --- Filters ---------------------------------------------------------------------------------------------------
@@ -197,8 +279,12 @@ class ApiKeyFilter(filters.FilterSet):
 
 @extend_schema_view(
     get=extend_schema(summary="List your organizations", tags=["organizations"]),
-    post=extend_schema(summary="Create an organization", tags=["organizations"], request=OrganizationCreateSerializer,
-                       responses={201: OrganizationSerializer}),
+    post=extend_schema(
+        summary="Create an organization",
+        tags=["organizations"],
+        request=OrganizationCreateSerializer,
+        responses={201: OrganizationSerializer},
+    ),
 )
 class OrganizationListView(RateLimitHeadersMixin, generics.ListCreateAPIView):
     """Organizations the caller belongs to. Creating one makes the caller its Owner (console sessions only)."""
@@ -221,8 +307,10 @@ class OrganizationListView(RateLimitHeadersMixin, generics.ListCreateAPIView):
         data = OrganizationCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         organization = services.organization_create(name=data.validated_data["name"], owner=request.user)
-        return Response(OrganizationSerializer(organization, context=self.get_serializer_context()).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            OrganizationSerializer(organization, context=self.get_serializer_context()).data,
+            status=status.HTTP_201_CREATED,
+        )
 
 
 @extend_schema(tags=["organizations"])
@@ -244,22 +332,28 @@ class OrganizationViewSet(ScopedViewSet):
     def partial_update(self, request, *args, **kwargs):
         data = OrganizationUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        organization = services.organization_update(organization=self.get_object(), actor=self.principal,
-                                                    name=data.validated_data["name"])
+        organization = services.organization_update(
+            organization=self.get_object(), actor=self.principal, name=data.validated_data["name"]
+        )
         return Response(self.get_serializer(organization).data)
 
-    @extend_schema(summary="Transfer ownership to another member", request=TransferOwnershipSerializer,
-                   responses={200: MemberSerializer})
+    @extend_schema(
+        summary="Transfer ownership to another member",
+        request=TransferOwnershipSerializer,
+        responses={200: MemberSerializer},
+    )
     @action(detail=True, methods=["post"], url_path="transfer-ownership")
     def transfer_ownership(self, request, *args, **kwargs):
         data = TransferOwnershipSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        target = Membership.objects.filter(organization=self.organization,
-                                           public_id=data.validated_data["member"]).first()
+        target = Membership.objects.filter(
+            organization=self.organization, public_id=data.validated_data["member"]
+        ).first()
         if target is None:
             raise serializers.ValidationError({"member": ["No such member in this organization."]})
-        membership = services.ownership_transfer(organization=self.organization, actor=self.principal,
-                                                 to_membership=target)
+        membership = services.ownership_transfer(
+            organization=self.organization, actor=self.principal, to_membership=target
+        )
         return Response(MemberSerializer(membership).data)
 
 
@@ -271,8 +365,12 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
     serializer_class = MemberSerializer
     lookup_url_kwarg = "member"
     filterset_class = MemberFilter
-    required_scopes = {"list": "member:read", "retrieve": "member:read", "partial_update": "member:write",
-                       "destroy": "member:write"}
+    required_scopes = {
+        "list": "member:read",
+        "retrieve": "member:read",
+        "partial_update": "member:write",
+        "destroy": "member:write",
+    }
 
     @extend_schema(summary="List members (sub-accounts)")
     def list(self, request, *args, **kwargs):
@@ -286,9 +384,12 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
     def partial_update(self, request, *args, **kwargs):
         data = MemberUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = services.membership_update(membership=self.get_object(), actor=self.principal,
-                                                roles=data.validated_data.get("roles"),
-                                                project_grants=data.validated_data.get("project_grants"))
+        membership = services.membership_update(
+            membership=self.get_object(),
+            actor=self.principal,
+            roles=data.validated_data.get("roles"),
+            project_grants=data.validated_data.get("project_grants"),
+        )
         return Response(MemberSerializer(self.get_queryset().get(pk=membership.pk)).data)
 
     @extend_schema(summary="Remove a member (revokes the API keys they created)")
@@ -303,8 +404,12 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     serializer_class = InvitationSerializer
     lookup_url_kwarg = "invitation"
     filterset_class = InvitationFilter
-    required_scopes = {"list": "member:read", "retrieve": "member:read", "create": "member:write",
-                       "destroy": "member:write"}
+    required_scopes = {
+        "list": "member:read",
+        "retrieve": "member:read",
+        "create": "member:write",
+        "destroy": "member:write",
+    }
 
     @extend_schema(summary="List invitations")
     def list(self, request, *args, **kwargs):
@@ -314,13 +419,15 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Invite someone by email", request=InvitationCreateSerializer,
-                   responses={201: InvitationSerializer})
+    @extend_schema(
+        summary="Invite someone by email", request=InvitationCreateSerializer, responses={201: InvitationSerializer}
+    )
     def create(self, request, *args, **kwargs):
         data = InvitationCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        invitation, _token = services.invitation_create(organization=self.organization, actor=self.principal,
-                                                        **data.validated_data)
+        invitation, _token = services.invitation_create(
+            organization=self.organization, actor=self.principal, **data.validated_data
+        )
         return Response(InvitationSerializer(invitation).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(summary="Revoke a pending invitation")
@@ -329,8 +436,12 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-@extend_schema(tags=["members"], summary="Accept an invitation", request=InvitationAcceptSerializer,
-               responses={201: MemberSerializer})
+@extend_schema(
+    tags=["members"],
+    summary="Accept an invitation",
+    request=InvitationAcceptSerializer,
+    responses={201: MemberSerializer},
+)
 class InvitationAcceptView(RateLimitHeadersMixin, generics.GenericAPIView):
     """Accept with the token from the email. Signed in: joins as yourself. Otherwise creates your account."""
 
@@ -350,8 +461,14 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
     serializer_class = ApiKeySerializer
     lookup_url_kwarg = "key"
     filterset_class = ApiKeyFilter
-    required_scopes = {"list": "apikey:read", "retrieve": "apikey:read", "create": "apikey:write",
-                       "partial_update": "apikey:write", "destroy": "apikey:write", "rotate": "apikey:write"}
+    required_scopes = {
+        "list": "apikey:read",
+        "retrieve": "apikey:read",
+        "create": "apikey:write",
+        "partial_update": "apikey:write",
+        "destroy": "apikey:write",
+        "rotate": "apikey:write",
+    }
 
     @extend_schema(summary="List API keys")
     def list(self, request, *args, **kwargs):
@@ -361,18 +478,27 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(summary="Create an API key (the secret is shown once)", request=ApiKeyCreateSerializer,
-                   responses={201: ApiKeyWithSecretSerializer})
+    @extend_schema(
+        summary="Create an API key (the secret is shown once)",
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyWithSecretSerializer},
+    )
     def create(self, request, *args, **kwargs):
         data = ApiKeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        key, secret = services.api_key_create(organization=self.organization, actor=self.principal,
-                                              name=values["name"], role=values["role"],
-                                              project_ids=values["projects"], expires_at=values["expires_at"],
-                                              created_by=request.user)
-        return Response(ApiKeyWithSecretSerializer(key, context={"secret": secret}).data,
-                        status=status.HTTP_201_CREATED)
+        key, secret = services.api_key_create(
+            organization=self.organization,
+            actor=self.principal,
+            name=values["name"],
+            role=values["role"],
+            project_ids=values["projects"],
+            expires_at=values["expires_at"],
+            created_by=request.user,
+        )
+        return Response(
+            ApiKeyWithSecretSerializer(key, context={"secret": secret}).data, status=status.HTTP_201_CREATED
+        )
 
     @extend_schema(summary="Rename an API key or change its deletion protection", request=ApiKeyUpdateSerializer)
     def partial_update(self, request, *args, **kwargs):
@@ -386,8 +512,11 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
         key = services.api_key_revoke(key=self.get_object(), actor=self.principal)
         return Response(ApiKeySerializer(key).data)
 
-    @extend_schema(summary="Rotate an API key's secret", request=ApiKeyRotateSerializer,
-                   responses={200: ApiKeyWithSecretSerializer})
+    @extend_schema(
+        summary="Rotate an API key's secret",
+        request=ApiKeyRotateSerializer,
+        responses={200: ApiKeyWithSecretSerializer},
+    )
     @action(detail=True, methods=["post"])
     def rotate(self, request, *args, **kwargs):
         data = ApiKeyRotateSerializer(data=request.data)

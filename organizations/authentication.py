@@ -1,7 +1,7 @@
 """`Authorization: Bearer <api key secret>` for the REST API."""
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
-
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -33,4 +33,8 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "description": "An API key secret (`cpk_…`), shown once at creation."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key secret (`cpk_…`), shown once at creation.",
+        }

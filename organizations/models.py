@@ -3,6 +3,7 @@
 Models hold fields and constraints only; every change goes through organizations.services, every access decision
 through organizations.access.
 """
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -54,8 +55,9 @@ class Invitation(models.Model):
     # [{"project": "prj_…", "role": "project_user"}]: granted when the invitation is accepted.
     project_grants = models.JSONField(default=list, blank=True)
     token_hash = models.CharField(max_length=64, unique=True)
-    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="+")
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     accepted_at = models.DateTimeField(null=True, blank=True)

@@ -3,6 +3,7 @@
 Every API operation names the scope it needs; nothing else in the code base compares role names.
 Organization roles apply to every project; project roles apply to the projects they are granted on.
 """
+
 from django.db import models
 
 
@@ -59,7 +60,14 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.OWNER: ALL_SCOPES,
     Role.ADMINISTRATOR: ALL_SCOPES - {"org:delete", "org:transfer"},
     Role.PROJECT_ADMINISTRATOR: frozenset(
-        {"project:read", "deployment:read", "deployment:write", "deployment:configure", "deployment:annual", "alert:read"}
+        {
+            "project:read",
+            "deployment:read",
+            "deployment:write",
+            "deployment:configure",
+            "deployment:annual",
+            "alert:read",
+        }
     ),
     Role.PROJECT_USER: frozenset({"project:read", "deployment:read", "deployment:configure", "alert:read"}),
     Role.ACCOUNTANT: frozenset(

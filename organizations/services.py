@@ -4,6 +4,7 @@ Each function validates, writes, records an AuditEvent in the same transaction a
 (API views, console views, the admin, management commands) have already resolved the tenant; the role rules that
 concern *who may grant what* are enforced here, so every entry point obeys them.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -50,8 +51,9 @@ def _resolve_grants(organization: Organization, grants) -> list[tuple[Project, s
     resolved = []
     seen = set()
     # One read for every grant; through the organization's manager, so each project knows its organization.
-    by_id = organization.projects.in_bulk([g.get("project") for g in grants if isinstance(g.get("project"), str)],
-                                          field_name="public_id")
+    by_id = organization.projects.in_bulk(
+        [g.get("project") for g in grants if isinstance(g.get("project"), str)], field_name="public_id"
+    )
     for grant in grants:
         role = grant.get("role")
         if role not in PROJECT_ROLES:
@@ -88,12 +90,23 @@ def organization_create(*, name: str, owner, actor=None) -> Organization:
     membership = Membership.objects.create(organization=organization, user=owner, roles=[Role.OWNER.value])
     project = Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, is_default=True)
     actor = actor or access.Principal(user=owner)
-    audit_record(actor=actor, organization=organization, action="organization.create", target=organization,
-                 summary={"name": name})
-    audit_record(actor=actor, organization=organization, action="member.add", target=membership,
-                 summary={"email": owner.email, "roles": membership.roles})
-    audit_record(actor=actor, organization=organization, action="project.create", target=project,
-                 summary={"name": project.name})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="organization.create",
+        target=organization,
+        summary={"name": name},
+    )
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="member.add",
+        target=membership,
+        summary={"email": owner.email, "roles": membership.roles},
+    )
+    audit_record(
+        actor=actor, organization=organization, action="project.create", target=project, summary={"name": project.name}
+    )
     return organization
 
 
@@ -103,8 +116,13 @@ def organization_update(*, organization: Organization, actor, name: str) -> Orga
     organization.name = name
     organization.full_clean()
     organization.save(update_fields=["name"])
-    audit_record(actor=actor, organization=organization, action="organization.update", target=organization,
-                 summary={"name": [old, name]})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="organization.update",
+        target=organization,
+        summary={"name": [old, name]},
+    )
     return organization
 
 
@@ -116,7 +134,9 @@ def _invitation_token() -> str:
 
 
 @transaction.atomic
-def invitation_create(*, organization: Organization, actor, email: str, roles, project_grants=()) -> tuple[Invitation, str]:
+def invitation_create(
+    *, organization: Organization, actor, email: str, roles, project_grants=()
+) -> tuple[Invitation, str]:
     """An invitation by email. Returns the invitation and the single-use token (only ever sent by email)."""
     email = email.strip().lower()
     roles = _clean_roles(roles)
@@ -142,8 +162,13 @@ def invitation_create(*, organization: Organization, actor, email: str, roles, p
     )
     invitation.full_clean()
     invitation.save()
-    audit_record(actor=actor, organization=organization, action="invitation.create", target=invitation,
-                 summary={"email": email, "roles": roles, "project_grants": invitation.project_grants})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="invitation.create",
+        target=invitation,
+        summary={"email": email, "roles": roles, "project_grants": invitation.project_grants},
+    )
     link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
     transaction.on_commit(
         lambda: send_mail(
@@ -165,8 +190,13 @@ def invitation_revoke(*, invitation: Invitation, actor) -> Invitation:
         raise Conflict(f"The invitation is {invitation.status}; only pending invitations can be revoked.")
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
-    audit_record(actor=actor, organization=invitation.organization, action="invitation.revoke", target=invitation,
-                 summary={"email": invitation.email})
+    audit_record(
+        actor=actor,
+        organization=invitation.organization,
+        action="invitation.revoke",
+        target=invitation,
+        summary={"email": invitation.email},
+    )
     return invitation
 
 
@@ -179,8 +209,9 @@ def invitation_by_token(token: str) -> Invitation | None:
 @transaction.atomic
 def invitation_accept(*, token: str, user=None, password: str | None = None, full_name: str = "") -> Membership:
     """Accept an invitation: link the signed-in user, or create the account. Single use, even under races."""
-    from accounts.models import User
     from django.contrib.auth.password_validation import validate_password
+
+    from accounts.models import User
 
     found = invitation_by_token(token)
     if found is None:
@@ -191,7 +222,9 @@ def invitation_accept(*, token: str, user=None, password: str | None = None, ful
     existing = User.objects.filter(email__iexact=invitation.email).first()
     if user is not None and getattr(user, "is_authenticated", False):
         if user.email.lower() != invitation.email.lower():
-            raise ValidationError({"token": f"This invitation is for {invitation.email}; you are signed in as {user.email}."})
+            raise ValidationError(
+                {"token": f"This invitation is for {invitation.email}; you are signed in as {user.email}."}
+            )
     elif existing is not None:
         raise ValidationError({"token": f"An account for {invitation.email} exists: sign in to accept the invitation."})
     else:
@@ -212,8 +245,13 @@ def invitation_accept(*, token: str, user=None, password: str | None = None, ful
             ProjectGrant.objects.create(membership=membership, project=project, role=grant["role"])
     invitation.accepted_at = timezone.now()
     invitation.save(update_fields=["accepted_at"])
-    audit_record(actor=access.Principal(user=user), organization=organization, action="invitation.accept",
-                 target=invitation, summary={"email": invitation.email, "roles": invitation.roles})
+    audit_record(
+        actor=access.Principal(user=user),
+        organization=organization,
+        action="invitation.accept",
+        target=invitation,
+        summary={"email": invitation.email, "roles": invitation.roles},
+    )
     return membership
 
 
@@ -227,8 +265,11 @@ def _lock_memberships(organization: Organization) -> None:
 
 
 def _owner_count(organization: Organization) -> int:
-    return sum(1 for roles in Membership.objects.filter(organization=organization).values_list("roles", flat=True)
-               if Role.OWNER in roles)
+    return sum(
+        1
+        for roles in Membership.objects.filter(organization=organization).values_list("roles", flat=True)
+        if Role.OWNER in roles
+    )
 
 
 @transaction.atomic
@@ -236,14 +277,22 @@ def membership_update(*, membership: Membership, actor, roles=None, project_gran
     organization = membership.organization
     _lock_memberships(organization)
     membership.refresh_from_db()
-    before = {"roles": list(membership.roles),
-              "project_grants": [{"project": g.project.public_id, "role": g.role} for g in membership.grants.select_related("project")]}
+    before = {
+        "roles": list(membership.roles),
+        "project_grants": [
+            {"project": g.project.public_id, "role": g.role} for g in membership.grants.select_related("project")
+        ],
+    }
     new_roles = _clean_roles(roles) if roles is not None else list(membership.roles)
     grants = _resolve_grants(organization, project_grants) if project_grants is not None else None
     added = set(new_roles) - set(membership.roles)
     removed = set(membership.roles) - set(new_roles)
     _check_grantable(actor, organization, list(added | removed), grants or [])
-    if Role.OWNER in removed and actor is not None and not access.has_scope(actor, "org:transfer", organization=organization):
+    if (
+        Role.OWNER in removed
+        and actor is not None
+        and not access.has_scope(actor, "org:transfer", organization=organization)
+    ):
         raise RoleTooHigh({"roles": ["Only an Owner can remove the Owner role."]})
     if Role.OWNER in removed and _owner_count(organization) <= 1:
         raise Conflict({"roles": ["An organization must keep at least one Owner."]})
@@ -254,10 +303,19 @@ def membership_update(*, membership: Membership, actor, roles=None, project_gran
     if grants is not None:
         membership.grants.all().delete()
         ProjectGrant.objects.bulk_create(ProjectGrant(membership=membership, project=p, role=r) for p, r in grants)
-    after = {"roles": new_roles,
-             "project_grants": [{"project": p.public_id, "role": r} for p, r in grants] if grants is not None else before["project_grants"]}
-    audit_record(actor=actor, organization=organization, action="member.update", target=membership,
-                 summary={"email": membership.user.email, "before": before, "after": after})
+    after = {
+        "roles": new_roles,
+        "project_grants": [{"project": p.public_id, "role": r} for p, r in grants]
+        if grants is not None
+        else before["project_grants"],
+    }
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="member.update",
+        target=membership,
+        summary={"email": membership.user.email, "before": before, "after": after},
+    )
     return membership
 
 
@@ -272,12 +330,18 @@ def membership_remove(*, membership: Membership, actor) -> None:
             raise Conflict("An organization must keep at least one Owner: transfer ownership first.")
     now = timezone.now()
     revoked = list(
-        ApiKey.objects.filter(organization=organization, created_by=membership.user, revoked_at=None)
-        .values_list("prefix", flat=True)
+        ApiKey.objects.filter(organization=organization, created_by=membership.user, revoked_at=None).values_list(
+            "prefix", flat=True
+        )
     )
     ApiKey.objects.filter(organization=organization, created_by=membership.user, revoked_at=None).update(revoked_at=now)
-    audit_record(actor=actor, organization=organization, action="member.remove", target=membership,
-                 summary={"email": membership.user.email, "roles": membership.roles, "revoked_api_keys": revoked})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="member.remove",
+        target=membership,
+        summary={"email": membership.user.email, "roles": membership.roles, "revoked_api_keys": revoked},
+    )
     membership.delete()
 
 
@@ -295,8 +359,13 @@ def ownership_transfer(*, organization: Organization, actor, to_membership: Memb
     to_membership.save(update_fields=["roles"])
     current.roles = sorted((set(current.roles) - {Role.OWNER.value}) | {Role.ADMINISTRATOR.value})
     current.save(update_fields=["roles"])
-    audit_record(actor=actor, organization=organization, action="organization.transfer", target=organization,
-                 summary={"from": current.user.email, "to": to_membership.user.email})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="organization.transfer",
+        target=organization,
+        summary={"from": current.user.email, "to": to_membership.user.email},
+    )
     return to_membership
 
 
@@ -332,14 +401,30 @@ def api_key_create(
         elif not access.grantable(actor, organization=organization, roles=[role]):
             raise RoleTooHigh({"role": ["You cannot create a key with more rights than your own."]})
     prefix, secret = _new_secret()
-    key = ApiKey(organization=organization, name=name, role=role, created_by=creator, prefix=prefix,
-                 secret_hash=_hash(secret), expires_at=expires_at)
+    key = ApiKey(
+        organization=organization,
+        name=name,
+        role=role,
+        created_by=creator,
+        prefix=prefix,
+        secret_hash=_hash(secret),
+        expires_at=expires_at,
+    )
     key.full_clean()
     key.save()
     key.projects.set(projects)
-    audit_record(actor=actor, organization=organization, action="api_key.create", target=key,
-                 summary={"name": name, "role": role, "projects": sorted(p.public_id for p in projects),
-                          "expires_at": expires_at.isoformat() if expires_at else None})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="api_key.create",
+        target=key,
+        summary={
+            "name": name,
+            "role": role,
+            "projects": sorted(p.public_id for p in projects),
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
     return key, secret
 
 
@@ -367,8 +452,9 @@ def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
         raise Conflict("The key has deletion protection: lift it first.")
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
-    audit_record(actor=actor, organization=key.organization, action="api_key.revoke", target=key,
-                 summary={"name": key.name})
+    audit_record(
+        actor=actor, organization=key.organization, action="api_key.revoke", target=key, summary={"name": key.name}
+    )
     return key
 
 
@@ -387,8 +473,13 @@ def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[
     key.previous_expires_at = timezone.now() + datetime.timedelta(seconds=overlap_seconds) if overlap_seconds else None
     key.secret_hash = _hash(secret)
     key.save(update_fields=["previous_secret_hash", "previous_expires_at", "secret_hash"])
-    audit_record(actor=actor, organization=key.organization, action="api_key.rotate", target=key,
-                 summary={"overlap_seconds": overlap_seconds})
+    audit_record(
+        actor=actor,
+        organization=key.organization,
+        action="api_key.rotate",
+        target=key,
+        summary={"overlap_seconds": overlap_seconds},
+    )
     return key, secret
 
 
@@ -416,17 +507,19 @@ class _KeyLookup:
 
         through = ApiKey.projects.through._meta
         selected = ", ".join(f"{alias}.{q(f.column)}" for model, alias in parts for f in model._meta.concrete_fields)
-        sql = (f"SELECT {selected}, EXISTS (SELECT 1 FROM {q(through.db_table)} kp "
-               f"WHERE {column('kp', through.model, 'apikey')} = {column('k', ApiKey, 'id')}) "
-               f"FROM {q(ApiKey._meta.db_table)} k "
-               f"JOIN {q(Organization._meta.db_table)} o "
-               f"ON {column('o', Organization, 'id')} = {column('k', ApiKey, 'organization')} "
-               f"JOIN {q(user_model._meta.db_table)} u "
-               f"ON {column('u', user_model, 'id')} = {column('k', ApiKey, 'created_by')} "
-               f"LEFT JOIN {q(Membership._meta.db_table)} m "
-               f"ON {column('m', Membership, 'organization')} = {column('k', ApiKey, 'organization')} "
-               f"AND {column('m', Membership, 'user')} = {column('k', ApiKey, 'created_by')} "
-               f"WHERE {column('k', ApiKey, 'prefix')} = %s")
+        sql = (
+            f"SELECT {selected}, EXISTS (SELECT 1 FROM {q(through.db_table)} kp "
+            f"WHERE {column('kp', through.model, 'apikey')} = {column('k', ApiKey, 'id')}) "
+            f"FROM {q(ApiKey._meta.db_table)} k "
+            f"JOIN {q(Organization._meta.db_table)} o "
+            f"ON {column('o', Organization, 'id')} = {column('k', ApiKey, 'organization')} "
+            f"JOIN {q(user_model._meta.db_table)} u "
+            f"ON {column('u', user_model, 'id')} = {column('k', ApiKey, 'created_by')} "
+            f"LEFT JOIN {q(Membership._meta.db_table)} m "
+            f"ON {column('m', Membership, 'organization')} = {column('k', ApiKey, 'organization')} "
+            f"AND {column('m', Membership, 'user')} = {column('k', ApiKey, 'created_by')} "
+            f"WHERE {column('k', ApiKey, 'prefix')} = %s"
+        )
         layout = []
         for model, alias in parts:
             fields = []
@@ -451,15 +544,18 @@ class _KeyLookup:
         instances, position = [], 0
         for model, fields in layout:
             values = []
-            for field, col, converters in fields:
+            for _field, col, converters in fields:
                 value = row[position]
                 position += 1
                 for convert in converters:
                     value = convert(value, col, connection)
                 values.append(value)
             # A LEFT JOIN that found no membership yields nulls, primary key included.
-            instances.append(None if values[0] is None else model.from_db(
-                connection.alias, [f.attname for f, _, _ in fields], values))
+            instances.append(
+                None
+                if values[0] is None
+                else model.from_db(connection.alias, [f.attname for f, _, _ in fields], values)
+            )
         key, organization, user, membership = instances
         key.organization, key.created_by = organization, user
         if membership is not None:
@@ -477,7 +573,7 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
     """The active key for a presented secret, or None. Marks last_used_at at most once a minute."""
     if not isinstance(secret, str) or not secret.startswith(API_KEY_SECRET_PREFIX):
         return None
-    parts = secret[len(API_KEY_SECRET_PREFIX):].split("_", 1)
+    parts = secret[len(API_KEY_SECRET_PREFIX) :].split("_", 1)
     if len(parts) != 2:
         return None
     key = _key_for_prefix(parts[0])
@@ -486,8 +582,12 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
     presented = _hash(secret)
     now = timezone.now()
     current_ok = secrets.compare_digest(presented, key.secret_hash)
-    previous_ok = bool(key.previous_secret_hash) and key.previous_expires_at is not None and \
-        key.previous_expires_at > now and secrets.compare_digest(presented, key.previous_secret_hash)
+    previous_ok = (
+        bool(key.previous_secret_hash)
+        and key.previous_expires_at is not None
+        and key.previous_expires_at > now
+        and secrets.compare_digest(presented, key.previous_secret_hash)
+    )
     if not (current_ok or previous_ok):
         return None
     if key.last_used_at is None or now - key.last_used_at > datetime.timedelta(seconds=60):

@@ -1,4 +1,5 @@
 """REST API for projects. Members with only project grants see just the projects they hold grants on."""
+
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer
 from rest_framework import mixins, serializers, status
@@ -11,9 +12,21 @@ from projects import services
 from projects.models import Project
 
 
-@extend_schema_serializer(examples=[OpenApiExample("Project", value={
-    "id": "prj_7f3k2m9q4x8c1v5b6n0z", "name": "Factory telemetry", "description": "Line 3 sensors",
-    "is_default": False, "created_at": "2026-11-01T09:30:00Z"}, response_only=True)])
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Project",
+            value={
+                "id": "prj_7f3k2m9q4x8c1v5b6n0z",
+                "name": "Factory telemetry",
+                "description": "Line 3 sensors",
+                "is_default": False,
+                "created_at": "2026-11-01T09:30:00Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class ProjectSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
 
@@ -61,8 +74,13 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
     serializer_class = ProjectSerializer
     lookup_url_kwarg = "project"
     filterset_class = ProjectFilter
-    required_scopes = {"list": "org:read", "retrieve": "org:read", "create": "project:write",
-                       "partial_update": "project:write", "destroy": "project:write"}
+    required_scopes = {
+        "list": "org:read",
+        "retrieve": "org:read",
+        "create": "project:write",
+        "partial_update": "project:write",
+        "destroy": "project:write",
+    }
 
     def narrow_queryset(self, queryset):
         queryset = access.visible_projects(self.principal, self.organization, queryset)

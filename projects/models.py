@@ -1,4 +1,5 @@
 """Projects group an organization's deployments; project grants give members roles on single projects."""
+
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -30,8 +31,12 @@ class Project(models.Model):
     class Meta:
         base_manager_name = "all_objects"
         constraints = [
-            models.UniqueConstraint("organization", Lower("name"), condition=models.Q(deleted_at__isnull=True),
-                                    name="project_name_unique_ci"),
+            models.UniqueConstraint(
+                "organization",
+                Lower("name"),
+                condition=models.Q(deleted_at__isnull=True),
+                name="project_name_unique_ci",
+            ),
         ]
 
     def __str__(self):
@@ -42,7 +47,11 @@ class ProjectGrant(models.Model):
     membership = models.ForeignKey("organizations.Membership", on_delete=models.CASCADE, related_name="grants")
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="grants")
     role = models.CharField(
-        max_length=32, choices=[(Role.PROJECT_ADMINISTRATOR.value, "Project Administrator"), (Role.PROJECT_USER.value, "Project User")]
+        max_length=32,
+        choices=[
+            (Role.PROJECT_ADMINISTRATOR.value, "Project Administrator"),
+            (Role.PROJECT_USER.value, "Project User"),
+        ],
     )
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -1,4 +1,5 @@
 """Every change to projects: create, update, delete. Validates, writes, audits in one transaction."""
+
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -11,23 +12,32 @@ def _save(project: Project, *, check_name: bool, **save_kwargs) -> None:
     """Validate and save, answering 409 for a name the organization already uses (case-insensitively). The query
     gives the clear message; the unique constraint catches a concurrent request that took the name meanwhile."""
     conflict = Conflict({"name": [f"A project named {project.name!r} already exists in this organization."]})
-    if check_name and Project.objects.filter(organization_id=project.organization_id, name__iexact=project.name
-                                             ).exclude(pk=project.pk).exists():
+    if (
+        check_name
+        and Project.objects.filter(organization_id=project.organization_id, name__iexact=project.name)
+        .exclude(pk=project.pk)
+        .exists()
+    ):
         raise conflict
     project.full_clean(exclude=["organization"])
     try:
         with transaction.atomic():
             project.save(**save_kwargs)
     except IntegrityError:
-        raise conflict
+        raise conflict from None
 
 
 @transaction.atomic
 def project_create(*, organization, actor, name: str, description: str = "") -> Project:
     project = Project(organization=organization, name=name, description=description)
     _save(project, check_name=True)
-    audit_record(actor=actor, organization=organization, action="project.create", target=project,
-                 summary={"name": name, "description": description})
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="project.create",
+        target=project,
+        summary={"name": name, "description": description},
+    )
     return project
 
 
@@ -41,8 +51,9 @@ def project_update(*, project: Project, actor, name: str | None = None, descript
         changes["description"] = [project.description, description]
         project.description = description
     _save(project, check_name="name" in changes, update_fields=["name", "description"])
-    audit_record(actor=actor, organization=project.organization, action="project.update", target=project,
-                 summary=changes)
+    audit_record(
+        actor=actor, organization=project.organization, action="project.update", target=project, summary=changes
+    )
     return project
 
 
@@ -54,8 +65,13 @@ def project_delete(*, project: Project, actor) -> None:
     if project.deployments.exclude(status="deleted").exists():
         raise Conflict("The project still holds deployments: delete or move them first.")
     revoked = _detach_api_keys(project)
-    audit_record(actor=actor, organization=project.organization, action="project.delete", target=project,
-                 summary={"name": project.name, "revoked_api_keys": revoked})
+    audit_record(
+        actor=actor,
+        organization=project.organization,
+        action="project.delete",
+        target=project,
+        summary={"name": project.name, "revoked_api_keys": revoked},
+    )
     project.grants.all().delete()
     if project.deployments.exists():
         # Its deleted deployments are invoice history: hide the project, free its name, keep the rows.

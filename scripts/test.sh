@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `make test`: everything the suite needs (system packages, .venv, a throwaway PostgreSQL and Redis), then pytest.
+# `make test`: everything the suite needs (system packages, .venv), lint, then a throwaway PostgreSQL and Redis and pytest.
 # Extra arguments go to pytest: scripts/test.sh tests/organizations -k invitation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+# The whole suite starts with lint; a run of chosen tests (arguments given) skips it.
+[ $# -gt 0 ] || scripts/lint.sh
 source scripts/services.sh
 services_start
 export CONTROLPLANE_ENV=test

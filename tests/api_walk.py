@@ -3,6 +3,7 @@
 Used by the tenancy and role-matrix tests so that a new endpoint is covered the moment it is routed. A new path
 parameter needs a sample maker in SAMPLE_MAKERS; until it has one those tests fail and say so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,8 +102,9 @@ def _member(org, values, route):
 def _invitation(org, values, route):
     from organizations import services
 
-    invitation, _ = services.invitation_create(organization=org.organization, actor=None,
-                                               email=f"invitee-{_stamp()}@example.com", roles=["auditor"])
+    invitation, _ = services.invitation_create(
+        organization=org.organization, actor=None, email=f"invitee-{_stamp()}@example.com", roles=["auditor"]
+    )
     return invitation.public_id
 
 
@@ -128,11 +130,14 @@ def _deployment(org, values, route):
     from projects.models import Project
 
     project = Project.objects.get(public_id=values.get("project", org.default_project.public_id))
-    deployment, _operation = services.deployment_create(project=project, actor=None, name=f"dep-{_stamp()}",
-                                                        plan="dedicated", tier="1k", region="local")
+    deployment, _operation = services.deployment_create(
+        project=project, actor=None, name=f"dep-{_stamp()}", plan="dedicated", tier="1k", region="local"
+    )
     # Settled and running, as most actions expect; nothing here starts a broker (no worker runs in these tests).
     deployment.operations.update(status="succeeded")
-    type(deployment).objects.filter(pk=deployment.pk).update(status="running", observed_generation=deployment.generation)
+    type(deployment).objects.filter(pk=deployment.pk).update(
+        status="running", observed_generation=deployment.generation
+    )
     return deployment.public_id
 
 
@@ -143,8 +148,9 @@ def _operation(org, values, route):
 def _mqtt_user(org, values, route):
     from deployments import services
 
-    user, _ = services.mqtt_user_create(deployment=_deployment_row(values), actor=None, username=f"u{_stamp()}",
-                                        password="a long mqtt password")
+    user, _ = services.mqtt_user_create(
+        deployment=_deployment_row(values), actor=None, username=f"u{_stamp()}", password="a long mqtt password"
+    )
     return user.public_id
 
 
@@ -152,8 +158,9 @@ def _rule(org, values, route):
     if "/acl-rules/" in route:
         from deployments import services
 
-        rule, _ = services.acl_rule_create(deployment=_deployment_row(values), actor=None, permission="allow",
-                                           action="publish", topic="sensors/#")
+        rule, _ = services.acl_rule_create(
+            deployment=_deployment_row(values), actor=None, permission="allow", action="publish", topic="sensors/#"
+        )
         return rule.public_id
     return _alert_rule(org, values, route)
 
@@ -186,8 +193,13 @@ def _alert_rule(org, values, route):
 def _silence(org, values, route):
     from alerts import services
 
-    silence = services.silence_create(project=org.default_project, actor=None, matchers={}, starts_at=None,
-                                      ends_at=timezone.now() + datetime.timedelta(hours=1))
+    silence = services.silence_create(
+        project=org.default_project,
+        actor=None,
+        matchers={},
+        starts_at=None,
+        ends_at=timezone.now() + datetime.timedelta(hours=1),
+    )
     return silence.public_id
 
 
@@ -196,8 +208,15 @@ def _alert(org, values, route):
     from alerts.models import Alert
 
     dep = _deployment_row({"dep": _deployment(org, values, route)})
-    rule = services.alert_rule_create(project=dep.project, actor=None, deployment=dep, name="walk",
-                                      metric="connections", window_seconds=3600, threshold=0)
+    rule = services.alert_rule_create(
+        project=dep.project,
+        actor=None,
+        deployment=dep,
+        name="walk",
+        metric="connections",
+        window_seconds=3600,
+        threshold=0,
+    )
     services.samples_store(rows=[(dep.pk, "connections", timezone.now(), 5.0)])
     services.rules_evaluate(deployment_ids=[dep.pk])
     return Alert.objects.get(rule=rule).public_id
@@ -206,8 +225,13 @@ def _alert(org, values, route):
 def _channel(org, values, route):
     from alerts import services
 
-    channel, _ = services.channel_create(organization=org.organization, actor=None, name=f"c{_stamp()}",
-                                         type="email", config={"addresses": ["ops@example.com"]})
+    channel, _ = services.channel_create(
+        organization=org.organization,
+        actor=None,
+        name=f"c{_stamp()}",
+        type="email",
+        config={"addresses": ["ops@example.com"]},
+    )
     return channel.public_id
 
 
@@ -228,7 +252,6 @@ SAMPLE_MAKERS = {
     "alert": _alert,
     "channel": _channel,
 }
-
 
 
 def sample_values(org, kwargs, *, route: str = "") -> dict[str, str]:

@@ -6,6 +6,7 @@ SIGKILLs it (the whole process group, pool children included) and starts it agai
 own LOCAL_BROKERS_DIR (0755, outside pytest's 0700 tmp_path) and kills any broker left under it;
 `deployments_catalog` re-seeds the catalog a transactional test's flush removed.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,12 @@ def broker_pids(root: pathlib.Path) -> list[int]:
             state = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state not in ("Z", "X") and argv and argv[0].endswith(b"mosquitto") and any(
-                str(root).encode() in a for a in argv):
+        if (
+            state not in ("Z", "X")
+            and argv
+            and argv[0].endswith(b"mosquitto")
+            and any(str(root).encode() in a for a in argv)
+        ):
             pids.append(int(entry))
     return pids
 
@@ -67,10 +72,28 @@ class CeleryWorker:
         self.starts += 1
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(pathlib.Path(sys.executable).parent / "celery"), "-A", "controlplane", "worker", "-Q", QUEUES,
-             "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-n", f"test-worker-{os.getpid()}-{self.starts}@%h"],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                str(pathlib.Path(sys.executable).parent / "celery"),
+                "-A",
+                "controlplane",
+                "worker",
+                "-Q",
+                QUEUES,
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test-worker-{os.getpid()}-{self.starts}@%h",
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: a SIGKILL reaches the pool children too
         )
         log.close()
@@ -139,16 +162,18 @@ def celery_worker(transactional_db, deployments_catalog, brokers_dir, redis_clea
     from django.conf import settings
 
     env = dict(os.environ)
-    env.update({
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CONTROLPLANE_VAR_DIR": str(settings.VAR_DIR),
-        "CONTROLPLANE_ENV": "test",
-        "LOCAL_BROKERS_DIR": str(brokers_dir),
-        "CONN_MAX_AGE": "0",
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "DATABASE_URL": _database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            "CONTROLPLANE_VAR_DIR": str(settings.VAR_DIR),
+            "CONTROLPLANE_ENV": "test",
+            "LOCAL_BROKERS_DIR": str(brokers_dir),
+            "CONN_MAX_AGE": "0",
+            "PYTHONPATH": str(REPO),
+        }
+    )
     worker = CeleryWorker(env, tmp_path)
     worker.start()
     yield worker

@@ -1,4 +1,5 @@
 """Shared fixtures. Django-dependent imports stay inside fixtures so driver tests also run with `-p no:django`."""
+
 import pytest
 
 
@@ -44,4 +45,6 @@ def key_client(redis_clean):
         return client
 
     return make
+
+
 from tests.celery_worker import brokers_dir, celery_worker, deployments_catalog  # noqa: F401,E402

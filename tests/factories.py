@@ -1,4 +1,5 @@
 """Test data made through the real services, so tests start from states the product can really reach."""
+
 import dataclasses
 import itertools
 
@@ -48,8 +49,14 @@ class OrgFixture:
     def key_for(self, user, *, role, projects=()):
         from organizations import services
 
-        key, secret = services.api_key_create(organization=self.organization, actor=None, name=f"key {next(_counter)}",
-                                              role=role, project_ids=[p.public_id for p in projects], created_by=user)
+        key, secret = services.api_key_create(
+            organization=self.organization,
+            actor=None,
+            name=f"key {next(_counter)}",
+            role=role,
+            project_ids=[p.public_id for p in projects],
+            created_by=user,
+        )
         return key, secret
 
 
@@ -59,6 +66,7 @@ def make_organization(*, name=None, owner=None) -> OrgFixture:
 
     owner = owner or UserFactory()
     organization = services.organization_create(name=name or f"Org {next(_counter)}", owner=owner)
-    key, secret = services.api_key_create(organization=organization, actor=None, name="owner key", role=Role.OWNER,
-                                          created_by=owner)
+    key, secret = services.api_key_create(
+        organization=organization, actor=None, name="owner key", role=Role.OWNER, created_by=owner
+    )
     return OrgFixture(organization, owner, organization.projects.get(is_default=True), key, secret)

@@ -27,7 +27,9 @@ def test_staff_sees_organizations_with_members(client, staff, owner_org):
 
 def test_revoke_action_revokes_and_audits(client, staff, owner_org):
     client.force_login(staff)
-    response = client.post("/admin/organizations/apikey/", {"action": "revoke", "_selected_action": [owner_org.owner_key.pk]})
+    response = client.post(
+        "/admin/organizations/apikey/", {"action": "revoke", "_selected_action": [owner_org.owner_key.pk]}
+    )
     assert response.status_code == 302
     owner_org.owner_key.refresh_from_db()
     assert owner_org.owner_key.revoked_at is not None
@@ -38,10 +40,18 @@ def test_revoke_action_revokes_and_audits(client, staff, owner_org):
 def test_admin_edits_are_audited(client, staff, owner_org):
     client.force_login(staff)
     project = owner_org.default_project
-    response = client.post(f"/admin/projects/project/{project.pk}/change/", {
-        "name": "Renamed by staff", "description": "", "organization": owner_org.organization.pk,
-        "grants-TOTAL_FORMS": "0", "grants-INITIAL_FORMS": "0", "grants-MIN_NUM_FORMS": "0", "grants-MAX_NUM_FORMS": "1000",
-    })
+    response = client.post(
+        f"/admin/projects/project/{project.pk}/change/",
+        {
+            "name": "Renamed by staff",
+            "description": "",
+            "organization": owner_org.organization.pk,
+            "grants-TOTAL_FORMS": "0",
+            "grants-INITIAL_FORMS": "0",
+            "grants-MIN_NUM_FORMS": "0",
+            "grants-MAX_NUM_FORMS": "1000",
+        },
+    )
     assert response.status_code == 302, response.content[:500]
     event = AuditEvent.objects.get(action="admin.project.update", target_id=project.public_id)
     assert event.summary["changed"]["name"] == "Renamed by staff" and event.via == "admin"

@@ -1,4 +1,5 @@
 """Bad input gets a clear 4xx problem naming the field, never a 500, and changes nothing."""
+
 import pytest
 
 from audit.models import AuditEvent
@@ -21,16 +22,19 @@ def _assert_problem(response, status, field=None):
         assert field in [e["field"] for e in body["errors"]], body
 
 
-@pytest.mark.parametrize("body,field", [
-    ({}, "name"),
-    ({"name": 12}, "name"),
-    ({"name": True}, "name"),
-    ({"name": None}, "name"),
-    ({"name": "x" * 101}, "name"),
-    ({"name": "ok", "description": "d" * 501}, "description"),
-    ({"name": "ok", "colour": "blue"}, "colour"),
-    ({"name": ""}, "name"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({}, "name"),
+        ({"name": 12}, "name"),
+        ({"name": True}, "name"),
+        ({"name": None}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({"name": "ok", "description": "d" * 501}, "description"),
+        ({"name": "ok", "colour": "blue"}, "colour"),
+        ({"name": ""}, "name"),
+    ],
+)
 def test_invalid_project_body_is_refused_with_field_error(body, field, owner_org, key_client, projects_url):
     before = (Project.objects.count(), AuditEvent.objects.count())
     _assert_problem(key_client(owner_org.owner_secret).post(projects_url, body, format="json"), 400, field)
@@ -38,7 +42,9 @@ def test_invalid_project_body_is_refused_with_field_error(body, field, owner_org
 
 
 def test_malformed_json_is_refused(owner_org, key_client, projects_url):
-    response = key_client(owner_org.owner_secret).post(projects_url, data='{"name": "x"', content_type="application/json")
+    response = key_client(owner_org.owner_secret).post(
+        projects_url, data='{"name": "x"', content_type="application/json"
+    )
     _assert_problem(response, 400)
     assert "JSON" in response.json()["detail"]
 
@@ -48,14 +54,17 @@ def test_json_array_body_is_refused(owner_org, key_client, projects_url):
 
 
 def test_form_encoded_body_is_refused(owner_org, key_client, projects_url):
-    response = key_client(owner_org.owner_secret).post(projects_url, data="name=x",
-                                                       content_type="application/x-www-form-urlencoded")
+    response = key_client(owner_org.owner_secret).post(
+        projects_url, data="name=x", content_type="application/x-www-form-urlencoded"
+    )
     _assert_problem(response, 415)
 
 
 def test_body_over_one_mebibyte_is_refused(owner_org, key_client, projects_url):
     body = '{"name": "' + "x" * (1024 * 1024) + '"}'
-    _assert_problem(key_client(owner_org.owner_secret).post(projects_url, data=body, content_type="application/json"), 413)
+    _assert_problem(
+        key_client(owner_org.owner_secret).post(projects_url, data=body, content_type="application/json"), 413
+    )
     assert Project.objects.count() == 1
 
 
@@ -84,5 +93,7 @@ def test_invalid_page_size_is_refused(size, owner_org, key_client, projects_url)
 
 
 def test_invalid_filter_value_is_refused(owner_org, key_client):
-    response = key_client(owner_org.owner_secret).get(f"/api/v1/organizations/{owner_org.id}/audit-events?since=yesterday")
+    response = key_client(owner_org.owner_secret).get(
+        f"/api/v1/organizations/{owner_org.id}/audit-events?since=yesterday"
+    )
     _assert_problem(response, 400, "since")

@@ -3,6 +3,7 @@
 It owns the rules the production image must keep (non-root, pinned bases, no baked secrets, no compilers in the final
 stage); each rule is also run against a bad Dockerfile to show it can fail.
 """
+
 import re
 import shlex
 import subprocess
@@ -15,7 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-SECRET_NAME = re.compile(r"(SECRET_KEY|PASSWORD|TOKEN|API_KEY|_SECRET$|^SECRET$|PRIVATE_KEY|DATABASE_URL|EMAIL_URL)", re.I)
+SECRET_NAME = re.compile(
+    r"(SECRET_KEY|PASSWORD|TOKEN|API_KEY|_SECRET$|^SECRET$|PRIVATE_KEY|DATABASE_URL|EMAIL_URL)", re.I
+)
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|cmake|[\w.+-]+-dev)\b")
 ROOT_USERS = {"root", "0", "0:0", "root:root"}
 
@@ -101,7 +104,9 @@ def problems(stages: list[Stage], dockerignore: str) -> list[str]:
             tools = BUILD_TOOLS.findall(args.split("install", 1)[1])
             if tools:
                 found.append(f"final stage installs build tools: {', '.join(sorted(set(tools)))}")
-    ignored = {line.strip().rstrip("/") for line in dockerignore.splitlines() if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip().rstrip("/") for line in dockerignore.splitlines() if line.strip() and not line.startswith("#")
+    }
     for required in (".venv", ".git"):
         if required not in ignored:
             found.append(f".dockerignore does not exclude {required}")

@@ -27,8 +27,18 @@ def test_readiness_fails_when_redis_is_unreachable(client, settings):
 @pytest.mark.django_db
 def test_create_organization_prints_id_and_owner_key():
     out = io.StringIO()
-    call_command("create_organization", "--name", "Acme", "--owner-email", "boss@acme.example",
-                 "--password", "a fine long passphrase", "--api-key", stdout=out, stderr=io.StringIO())
+    call_command(
+        "create_organization",
+        "--name",
+        "Acme",
+        "--owner-email",
+        "boss@acme.example",
+        "--password",
+        "a fine long passphrase",
+        "--api-key",
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     lines = out.getvalue().strip().splitlines()
     org = Organization.objects.get(public_id=lines[0])
     assert org.name == "Acme" and lines[-1].startswith("cpk_")
@@ -43,15 +53,24 @@ def test_create_organization_refuses_bad_input():
     with pytest.raises(CommandError):
         call_command("create_organization", "--name", "x" * 101, "--owner-email", "a@b.example", stdout=io.StringIO())
     with pytest.raises(CommandError):
-        call_command("create_organization", "--name", "Acme", "--owner-email", "a@b.example", "--password", "123",
-                     stdout=io.StringIO())
+        call_command(
+            "create_organization",
+            "--name",
+            "Acme",
+            "--owner-email",
+            "a@b.example",
+            "--password",
+            "123",
+            stdout=io.StringIO(),
+        )
     assert not Organization.objects.exists()
 
 
 def test_json_log_lines_carry_the_request_id():
+    from pythonjsonlogger.json import JsonFormatter
+
     from controlplane import context
     from controlplane.logging import RequestContextFilter
-    from pythonjsonlogger.json import JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -1,5 +1,6 @@
 """Idempotency-Key replay and rate limits, including concurrent requests against the live server (gunicorn-like
 threads hitting the real stack, real PostgreSQL and real Redis)."""
+
 import concurrent.futures
 import uuid
 
@@ -36,8 +37,12 @@ def test_same_key_with_another_body_answers_422(owner_org, key_client):
 @pytest.mark.django_db
 def test_keys_are_scoped_to_the_caller(org_factory, key_client):
     a, b = org_factory(), org_factory()
-    ra = key_client(a.owner_secret).post(f"/api/v1/organizations/{a.id}/projects", {"name": "X"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
-    rb = key_client(b.owner_secret).post(f"/api/v1/organizations/{b.id}/projects", {"name": "X"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
+    ra = key_client(a.owner_secret).post(
+        f"/api/v1/organizations/{a.id}/projects", {"name": "X"}, format="json", HTTP_IDEMPOTENCY_KEY="shared"
+    )
+    rb = key_client(b.owner_secret).post(
+        f"/api/v1/organizations/{b.id}/projects", {"name": "X"}, format="json", HTTP_IDEMPOTENCY_KEY="shared"
+    )
     assert ra.status_code == rb.status_code == 201 and ra.json()["id"] != rb.json()["id"]
 
 
@@ -89,7 +94,10 @@ def test_organization_override_limits_all_its_callers(owner_org, key_client, set
     user, _ = owner_org.add_member(roles=["auditor"])
     _key, other_secret = owner_org.key_for(user, role="auditor")
     url = f"/api/v1/organizations/{owner_org.id}"
-    codes = [key_client(s).get(url).status_code for s in (owner_org.owner_secret, other_secret, owner_org.owner_secret, other_secret)]
+    codes = [
+        key_client(s).get(url).status_code
+        for s in (owner_org.owner_secret, other_secret, owner_org.owner_secret, other_secret)
+    ]
     assert codes == [200, 200, 200, 429]
 
 

@@ -1,4 +1,5 @@
 """/metrics on the real project: the control plane's own figures, behind the bearer token."""
+
 import pytest
 
 
@@ -14,8 +15,9 @@ def test_metrics_endpoint_reports_deployments_by_status_and_metering_lag(client,
 
     settings.METRICS_TOKEN = "scrape-secret"
     org = make_organization()
-    deployment_services.deployment_create(project=org.default_project, actor=None, name="m1", plan="dedicated",
-                                          tier="1k", region="local")
+    deployment_services.deployment_create(
+        project=org.default_project, actor=None, name="m1", plan="dedicated", tier="1k", region="local"
+    )
     MeteringCursor.objects.create(metered_until=timezone.now() - datetime.timedelta(hours=2))
     assert client.get("/metrics").status_code == 401
     body = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").content.decode()

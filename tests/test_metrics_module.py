@@ -3,6 +3,7 @@
 Runs with or without pytest-django: when settings are not configured this module configures a minimal Django itself.
 Queue depth is read from a real redis-server on a loopback port; multiprocess mode from real child processes.
 """
+
 import json
 import os
 import shutil
@@ -22,8 +23,13 @@ from django.urls import include, path
 
 if not settings.configured:
     settings.configure(
-        SECRET_KEY="metrics-module-tests", ALLOWED_HOSTS=["testserver"], ROOT_URLCONF=__name__, MIDDLEWARE=[],
-        INSTALLED_APPS=[], ENVIRONMENT="production", USE_TZ=True,
+        SECRET_KEY="metrics-module-tests",
+        ALLOWED_HOSTS=["testserver"],
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=[],
+        INSTALLED_APPS=[],
+        ENVIRONMENT="production",
+        USE_TZ=True,
     )
     django.setup()
 
@@ -127,7 +133,9 @@ def test_metrics_serves_prometheus_text_when_the_token_matches(client):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     body = response.content.decode()
-    assert 'controlplane_http_request_duration_seconds_count{method="GET",route="things/<int:pk>/",status="200"}' in body
+    assert (
+        'controlplane_http_request_duration_seconds_count{method="GET",route="things/<int:pk>/",status="200"}' in body
+    )
     assert 'controlplane_reconcile_duration_seconds_count{outcome="converged"}' in body
     assert 'controlplane_notification_failures_total{channel_type="webhook"}' in body
 
@@ -170,7 +178,9 @@ def test_gauge_source_is_computed_on_each_scrape_when_registered(gauge_source_na
     counts = {"running": 3}
     gauge_source_names.append("controlplane_test_deployments")
     metrics.register_gauge_source(
-        "controlplane_test_deployments", "Deployments by status.", ["status"],
+        "controlplane_test_deployments",
+        "Deployments by status.",
+        ["status"],
         lambda: {(status,): n for status, n in counts.items()},
     )
     assert REGISTRY.get_sample_value("controlplane_test_deployments", {"status": "running"}) == 3
@@ -205,8 +215,21 @@ def redis_url(tmp_path):
         pytest.skip("redis-server is not installed")
     port = _free_port()
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     import redis
 
@@ -295,4 +318,3 @@ def test_reset_removes_stale_sample_files_when_a_worker_restarts(tmp_path, monke
     monkeypatch.setenv(metrics.MULTIPROC_DIR_ENV, str(tmp_path))
     metrics.reset_multiprocess_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
-

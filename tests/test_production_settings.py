@@ -1,4 +1,5 @@
 """Production settings: `check --deploy` is clean, and unsafe starts are refused."""
+
 import os
 import subprocess
 import sys
@@ -19,8 +20,14 @@ PRODUCTION_ENV = {
 
 def _manage(*args, env):
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY")}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_check_deploy_passes_with_production_settings():
@@ -29,10 +36,13 @@ def test_check_deploy_passes_with_production_settings():
     assert "no issues" in result.stdout
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"SECRET_KEY": ""}, "SECRET_KEY is required"),
-    ({"DEBUG": "true"}, "DEBUG must be off"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"SECRET_KEY": ""}, "SECRET_KEY is required"),
+        ({"DEBUG": "true"}, "DEBUG must be off"),
+    ],
+)
 def test_production_refuses_to_start_when_unsafe(change, message):
     result = _manage("check", env={**PRODUCTION_ENV, **change})
     assert result.returncode != 0

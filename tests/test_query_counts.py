@@ -1,4 +1,5 @@
 """Every list endpoint runs a fixed number of SQL queries, whatever the page size (no N+1)."""
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -9,7 +10,9 @@ pytestmark = pytest.mark.django_db
 
 # The foundation's lists; deployments, billing and alerts pin theirs in their own tests with their own data.
 FOUNDATION_APPS = ("organizations.", "projects.", "audit.")
-LISTS = [op for op in tenant_operations() if op.action == "list" and op.view_class.__module__.startswith(FOUNDATION_APPS)]
+LISTS = [
+    op for op in tenant_operations() if op.action == "list" and op.view_class.__module__.startswith(FOUNDATION_APPS)
+]
 
 
 def _populate(org, n):
@@ -20,12 +23,19 @@ def _populate(org, n):
         project = project_services.project_create(organization=org.organization, actor=None, name=f"P{i}")
         user, _ = org.add_member(roles=["auditor"], project_grants=[(project, "project_user")])
         org.key_for(user, role="auditor", projects=[project])
-        org_services.invitation_create(organization=org.organization, actor=None, email=f"i{i}@example.com",
-                                       roles=["auditor"])
+        org_services.invitation_create(
+            organization=org.organization, actor=None, email=f"i{i}@example.com", roles=["auditor"]
+        )
 
 
 def test_all_list_endpoints_are_covered():
-    assert {op.route.rsplit("/", 1)[-1] for op in LISTS} >= {"projects", "members", "invitations", "api-keys", "audit-events"}
+    assert {op.route.rsplit("/", 1)[-1] for op in LISTS} >= {
+        "projects",
+        "members",
+        "invitations",
+        "api-keys",
+        "audit-events",
+    }
 
 
 @pytest.mark.parametrize("operation", LISTS, ids=str)

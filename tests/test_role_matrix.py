@@ -3,6 +3,7 @@
 The expectation is computed from organizations.roles.ROLE_SCOPES and the scope each view declares, so the table is
 the single source of truth; the test proves that the running API obeys it, for members and for their API keys.
 """
+
 import pytest
 
 from organizations.roles import MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES, Role
@@ -37,8 +38,11 @@ def expected_allowed(operation, org_roles, project_role) -> bool:
 
 
 def test_every_tenant_operation_declares_a_scope():
-    undeclared = [str(op) for op in tenant_operations() if op.required_scope is None
-                  and getattr(op.view_class, "required_scopes", None) is not None]
+    undeclared = [
+        str(op)
+        for op in tenant_operations()
+        if op.required_scope is None and getattr(op.view_class, "required_scopes", None) is not None
+    ]
     assert undeclared == []
     assert len(SCOPED) >= 20
 
@@ -46,7 +50,9 @@ def test_every_tenant_operation_declares_a_scope():
 @pytest.mark.parametrize("persona", PERSONAS)
 @pytest.mark.parametrize("operation", SCOPED, ids=str)
 @pytest.mark.parametrize("credential", ["session", "api_key"])
-def test_role_is_allowed_exactly_when_scopes_table_grants_it(operation, persona, credential, org_factory, api, key_client):
+def test_role_is_allowed_exactly_when_scopes_table_grants_it(
+    operation, persona, credential, org_factory, api, key_client
+):
     org = org_factory()
     org_roles, project_role = PERSONAS[persona]
     grants = [(org.default_project, project_role)] if project_role else []

@@ -1,11 +1,11 @@
 """The OpenAPI document: valid with no warnings, and the running API conforms to it (schemathesis, bounded)."""
-import io
 
 import pytest
 import schemathesis
-from schemathesis.checks import ignored_auth, negative_data_rejection, positive_data_acceptance
 from django.core.management import call_command
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from schemathesis.checks import ignored_auth, negative_data_rejection, positive_data_acceptance
 
 
 def test_schema_validates_without_warnings(tmp_path):
@@ -44,13 +44,17 @@ def world(owner_org):
 
     user, membership = owner_org.add_member(roles=["auditor"])
     key, _ = owner_org.key_for(user, role="auditor")
-    invitation, _ = services.invitation_create(organization=owner_org.organization, actor=None,
-                                               email="fuzz@example.com", roles=["auditor"])
+    invitation, _ = services.invitation_create(
+        organization=owner_org.organization, actor=None, email="fuzz@example.com", roles=["auditor"]
+    )
     from audit.models import AuditEvent
 
     return {
-        "org": owner_org.id, "project": owner_org.default_project.public_id, "member": membership.public_id,
-        "key": key.public_id, "invitation": invitation.public_id,
+        "org": owner_org.id,
+        "project": owner_org.default_project.public_id,
+        "member": membership.public_id,
+        "key": key.public_id,
+        "invitation": invitation.public_id,
         "event": AuditEvent.objects.filter(organization=owner_org.organization).first().public_id,
         "secret": owner_org.owner_secret,
     }
@@ -58,8 +62,7 @@ def world(owner_org):
 
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
-@hypothesis_settings(max_examples=4, deadline=None, derandomize=True,
-                     suppress_health_check=list(HealthCheck))
+@hypothesis_settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_never_errors_and_conforms_to_schema(case, world):
     for name in list(case.path_parameters or {}):
         if name in world:

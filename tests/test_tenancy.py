@@ -1,5 +1,6 @@
 """No request may read or change another organization's data: every tenant URL, every method, answers 404 to an
 outsider (exactly as for a missing object) and changes nothing."""
+
 import pytest
 
 from tests.api_walk import sample_values, tenant_operations

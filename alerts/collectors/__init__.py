@@ -20,9 +20,7 @@ class CollectResult:
     error: str = ""
 
 
-def counter_rate(
-    *, current: float | None, previous: float | None, elapsed: float | None
-) -> float | None:
+def counter_rate(*, current: float | None, previous: float | None, elapsed: float | None) -> float | None:
     """Per-second rate of a monotonic counter, or None when it cannot be known.
 
     A counter that went backwards means the broker restarted: the delta is unknown, so no rate rather than a

@@ -169,9 +169,7 @@ def collect_emqx(api, previous: dict | None) -> CollectResult:
             )
         )
     if connectors is not None:
-        values[m.RULE_RESOURCE_DOWN] = float(
-            sum(1 for c in _enabled(connectors) if c.get("status") != "connected")
-        )
+        values[m.RULE_RESOURCE_DOWN] = float(sum(1 for c in _enabled(connectors) if c.get("status") != "connected"))
 
     # Each counter keeps its own timestamp: one endpoint failing this round must not skew the next round's rate.
     prev_counters: dict[str, dict] = previous.get("counters", {})

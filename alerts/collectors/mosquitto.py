@@ -65,7 +65,7 @@ _KEEPALIVE_SECONDS = 5
 def _publish_packet_size(topic: str, payload: bytes) -> int:
     remaining = 2 + len(topic.encode()) + len(payload)
     length_bytes = 1
-    while remaining >= 128 ** length_bytes:
+    while remaining >= 128**length_bytes:
         length_bytes += 1
     return 1 + length_bytes + remaining
 
@@ -156,9 +156,7 @@ def collect_mosquitto(
     previous = previous or {}
     client_id = f"cp-monitor-{uuid.uuid4().hex[:12]}"
     listener = _SysListener()
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
     client.username_pw_set(username, password)
     client.on_connect = listener.on_connect
     client.on_message = listener.on_message
@@ -263,9 +261,7 @@ def collect_mosquitto(
     log_counts: dict[str, int | bool] = {}
     if log_path:
         try:
-            new_offset, auth, acl, debug_seen = _read_log(
-                path=log_path, offset=log_offset, monitor_client_id=client_id
-            )
+            new_offset, auth, acl, debug_seen = _read_log(path=log_path, offset=log_offset, monitor_client_id=client_id)
         except OSError as exc:
             errors.append(f"cannot read broker log {log_path}: {exc}")
         else:

@@ -8,276 +8,550 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('deployments', '0002_seed_catalog'),
-        ('organizations', '0002_initial'),
-        ('projects', '0001_initial'),
+        ("deployments", "0002_seed_catalog"),
+        ("organizations", "0002_initial"),
+        ("projects", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Alert',
+            name="Alert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='alt')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('firing', 'Firing'), ('resolved', 'Resolved')], max_length=8)),
-                ('since', models.DateTimeField(help_text='When the current status began.')),
-                ('fired_at', models.DateTimeField(blank=True, null=True)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], max_length=8)),
-                ('value', models.FloatField(blank=True, null=True)),
-                ('threshold', models.FloatField(blank=True, null=True)),
-                ('summary', models.CharField(blank=True, max_length=300)),
-                ('last_evaluated_at', models.DateTimeField(blank=True, null=True)),
-                ('last_notified_at', models.DateTimeField(blank=True, null=True)),
-                ('acknowledged_until', models.DateTimeField(blank=True, null=True)),
-                ('acknowledgement_comment', models.CharField(blank=True, max_length=500)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('acknowledged_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='deployments.deployment')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='organizations.organization')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='projects.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="alt")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("firing", "Firing"), ("resolved", "Resolved")], max_length=8
+                    ),
+                ),
+                ("since", models.DateTimeField(help_text="When the current status began.")),
+                ("fired_at", models.DateTimeField(blank=True, null=True)),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")], max_length=8
+                    ),
+                ),
+                ("value", models.FloatField(blank=True, null=True)),
+                ("threshold", models.FloatField(blank=True, null=True)),
+                ("summary", models.CharField(blank=True, max_length=300)),
+                ("last_evaluated_at", models.DateTimeField(blank=True, null=True)),
+                ("last_notified_at", models.DateTimeField(blank=True, null=True)),
+                ("acknowledged_until", models.DateTimeField(blank=True, null=True)),
+                ("acknowledgement_comment", models.CharField(blank=True, max_length=500)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "acknowledged_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alerts", to="deployments.deployment"
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="organizations.organization"
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="projects.project"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='AlertEvent',
+            name="AlertEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('pending', 'Pending'), ('firing', 'Firing'), ('resolved', 'Resolved'), ('notified', 'Notification sent'), ('suppressed', 'Notification withheld'), ('acknowledged', 'Acknowledged')], max_length=16)),
-                ('value', models.FloatField(blank=True, null=True)),
-                ('message', models.CharField(blank=True, max_length=500)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('alert', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='alerts.alert')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("firing", "Firing"),
+                            ("resolved", "Resolved"),
+                            ("notified", "Notification sent"),
+                            ("suppressed", "Notification withheld"),
+                            ("acknowledged", "Acknowledged"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("value", models.FloatField(blank=True, null=True)),
+                ("message", models.CharField(blank=True, max_length=500)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "alert",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="alerts.alert"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='AlertRule',
+            name="AlertRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='rule')),
-                ('name', models.CharField(max_length=100)),
-                ('kind', models.CharField(choices=[('metric', 'Metric threshold'), ('certificate_expiry', 'TLS certificate expiring'), ('vpc_peering', 'VPC peering abnormal')], default='metric', max_length=32)),
-                ('metric', models.CharField(blank=True, max_length=32)),
-                ('aggregation', models.CharField(choices=[('avg', 'Average'), ('max', 'Maximum'), ('min', 'Minimum'), ('sum', 'Sum'), ('last', 'Last value'), ('count', 'Number of samples')], default='avg', max_length=8)),
-                ('window_seconds', models.PositiveIntegerField(default=300)),
-                ('operator', models.CharField(choices=[('>', 'greater than'), ('>=', 'greater than or equal'), ('<', 'less than'), ('<=', 'less than or equal'), ('==', 'equal'), ('!=', 'not equal')], default='>', max_length=2)),
-                ('threshold', models.FloatField()),
-                ('threshold_unit', models.CharField(choices=[('absolute', "In the metric's unit"), ('percent_of_tier_limit', "Percent of the tier's limit")], default='absolute', max_length=24)),
-                ('for_seconds', models.PositiveIntegerField(default=0)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], default='warning', max_length=8)),
-                ('enabled', models.BooleanField(default=True)),
-                ('repeat_interval_seconds', models.PositiveIntegerField(blank=True, default=3600, null=True)),
-                ('default_key', models.CharField(blank=True, max_length=32)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('deployment', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='alert_rules', to='deployments.deployment')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='organizations.organization')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alert_rules', to='projects.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="rule")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("metric", "Metric threshold"),
+                            ("certificate_expiry", "TLS certificate expiring"),
+                            ("vpc_peering", "VPC peering abnormal"),
+                        ],
+                        default="metric",
+                        max_length=32,
+                    ),
+                ),
+                ("metric", models.CharField(blank=True, max_length=32)),
+                (
+                    "aggregation",
+                    models.CharField(
+                        choices=[
+                            ("avg", "Average"),
+                            ("max", "Maximum"),
+                            ("min", "Minimum"),
+                            ("sum", "Sum"),
+                            ("last", "Last value"),
+                            ("count", "Number of samples"),
+                        ],
+                        default="avg",
+                        max_length=8,
+                    ),
+                ),
+                ("window_seconds", models.PositiveIntegerField(default=300)),
+                (
+                    "operator",
+                    models.CharField(
+                        choices=[
+                            (">", "greater than"),
+                            (">=", "greater than or equal"),
+                            ("<", "less than"),
+                            ("<=", "less than or equal"),
+                            ("==", "equal"),
+                            ("!=", "not equal"),
+                        ],
+                        default=">",
+                        max_length=2,
+                    ),
+                ),
+                ("threshold", models.FloatField()),
+                (
+                    "threshold_unit",
+                    models.CharField(
+                        choices=[
+                            ("absolute", "In the metric's unit"),
+                            ("percent_of_tier_limit", "Percent of the tier's limit"),
+                        ],
+                        default="absolute",
+                        max_length=24,
+                    ),
+                ),
+                ("for_seconds", models.PositiveIntegerField(default=0)),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")],
+                        default="warning",
+                        max_length=8,
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("repeat_interval_seconds", models.PositiveIntegerField(blank=True, default=3600, null=True)),
+                ("default_key", models.CharField(blank=True, max_length=32)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="alert_rules",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="organizations.organization"
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alert_rules", to="projects.project"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.AddField(
-            model_name='alert',
-            name='rule',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='alerts.alertrule'),
+            model_name="alert",
+            name="rule",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="alerts", to="alerts.alertrule"
+            ),
         ),
         migrations.CreateModel(
-            name='CollectorState',
+            name="CollectorState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('log_offset', models.BigIntegerField(default=0)),
-                ('state', models.JSONField(blank=True, default=dict)),
-                ('available', models.BooleanField(default=True)),
-                ('unavailable_since', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True)),
-                ('last_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_success_at', models.DateTimeField(blank=True, null=True)),
-                ('deployment', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='collector_state', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("log_offset", models.BigIntegerField(default=0)),
+                ("state", models.JSONField(blank=True, default=dict)),
+                ("available", models.BooleanField(default=True)),
+                ("unavailable_since", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True)),
+                ("last_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_success_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "deployment",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="collector_state",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Delivery',
+            name="Delivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='dlv')),
-                ('kind', models.CharField(choices=[('fire', 'Alert fired'), ('resolve', 'Alert resolved'), ('repeat', 'Alert still firing'), ('test', 'Test'), ('platform', 'Platform event')], max_length=16)),
-                ('payload', models.JSONField(default=dict)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('retrying', 'Retrying'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('alert', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='deliveries', to='alerts.alert')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='organizations.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="dlv")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("fire", "Alert fired"),
+                            ("resolve", "Alert resolved"),
+                            ("repeat", "Alert still firing"),
+                            ("test", "Test"),
+                            ("platform", "Platform event"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("payload", models.JSONField(default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("retrying", "Retrying"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "alert",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="deliveries",
+                        to="alerts.alert",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="organizations.organization"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='DeliveryAttempt',
+            name="DeliveryAttempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveSmallIntegerField()),
-                ('ok', models.BooleanField()),
-                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('response_body', models.TextField(blank=True)),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('duration_ms', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('delivery', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_rows', to='alerts.delivery')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("number", models.PositiveSmallIntegerField()),
+                ("ok", models.BooleanField()),
+                ("status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("response_body", models.TextField(blank=True)),
+                ("error", models.CharField(blank=True, max_length=500)),
+                ("duration_ms", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "delivery",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="attempt_rows", to="alerts.delivery"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['number'],
+                "ordering": ["number"],
             },
         ),
         migrations.CreateModel(
-            name='MetricRollup',
+            name="MetricRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=32)),
-                ('bucket', models.DateTimeField(help_text='Start of the five-minute bucket.')),
-                ('avg', models.FloatField()),
-                ('min', models.FloatField()),
-                ('max', models.FloatField()),
-                ('last', models.FloatField()),
-                ('sum', models.FloatField()),
-                ('count', models.PositiveIntegerField()),
-                ('deployment', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=32)),
+                ("bucket", models.DateTimeField(help_text="Start of the five-minute bucket.")),
+                ("avg", models.FloatField()),
+                ("min", models.FloatField()),
+                ("max", models.FloatField()),
+                ("last", models.FloatField()),
+                ("sum", models.FloatField()),
+                ("count", models.PositiveIntegerField()),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='MetricSample',
+            name="MetricSample",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=32)),
-                ('ts', models.DateTimeField()),
-                ('value', models.FloatField()),
-                ('deployment', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=32)),
+                ("ts", models.DateTimeField()),
+                ("value", models.FloatField()),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='NotificationChannel',
+            name="NotificationChannel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='chn')),
-                ('name', models.CharField(max_length=100)),
-                ('type', models.CharField(choices=[('email', 'Email'), ('webhook', 'Webhook'), ('slack', 'Slack'), ('pagerduty', 'PagerDuty')], max_length=16)),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('secret_encrypted', models.TextField(blank=True, editable=False)),
-                ('is_default', models.BooleanField(default=True, help_text='Receives alerts of rules that name no channel.')),
-                ('platform_events', models.BooleanField(default=True, help_text='Receives platform events (failed deployments…).')),
-                ('enabled', models.BooleanField(default=True)),
-                ('failing_since', models.DateTimeField(blank=True, null=True)),
-                ('failure_notice_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='notification_channels', to='organizations.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="chn")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("email", "Email"),
+                            ("webhook", "Webhook"),
+                            ("slack", "Slack"),
+                            ("pagerduty", "PagerDuty"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("config", models.JSONField(blank=True, default=dict)),
+                ("secret_encrypted", models.TextField(blank=True, editable=False)),
+                (
+                    "is_default",
+                    models.BooleanField(default=True, help_text="Receives alerts of rules that name no channel."),
+                ),
+                (
+                    "platform_events",
+                    models.BooleanField(default=True, help_text="Receives platform events (failed deployments…)."),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("failing_since", models.DateTimeField(blank=True, null=True)),
+                ("failure_notice_sent_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="notification_channels",
+                        to="organizations.organization",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.AddField(
-            model_name='delivery',
-            name='channel',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='alerts.notificationchannel'),
+            model_name="delivery",
+            name="channel",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="deliveries", to="alerts.notificationchannel"
+            ),
         ),
         migrations.AddField(
-            model_name='alertrule',
-            name='channels',
-            field=models.ManyToManyField(blank=True, related_name='rules', to='alerts.notificationchannel'),
+            model_name="alertrule",
+            name="channels",
+            field=models.ManyToManyField(blank=True, related_name="rules", to="alerts.notificationchannel"),
         ),
         migrations.CreateModel(
-            name='PlatformEvent',
+            name="PlatformEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('deployment_failed', 'Deployment failed to provision'), ('invoice_payment_failed', 'Invoice payment failed'), ('deployment_stopped_for_billing', 'Deployment stopped for billing'), ('maintenance_scheduled', 'Maintenance scheduled'), ('channel_failing', 'Notification channel failing')], max_length=32)),
-                ('subject', models.CharField(help_text='Public id of what it is about.', max_length=64)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], max_length=8)),
-                ('message', models.TextField()),
-                ('dedup_key', models.CharField(max_length=200)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='organizations.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("deployment_failed", "Deployment failed to provision"),
+                            ("invoice_payment_failed", "Invoice payment failed"),
+                            ("deployment_stopped_for_billing", "Deployment stopped for billing"),
+                            ("maintenance_scheduled", "Maintenance scheduled"),
+                            ("channel_failing", "Notification channel failing"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("subject", models.CharField(help_text="Public id of what it is about.", max_length=64)),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")], max_length=8
+                    ),
+                ),
+                ("message", models.TextField()),
+                ("dedup_key", models.CharField(max_length=200)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="organizations.organization"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Silence',
+            name="Silence",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='sil')),
-                ('matchers', models.JSONField(blank=True, default=dict)),
-                ('starts_at', models.DateTimeField()),
-                ('ends_at', models.DateTimeField()),
-                ('comment', models.CharField(blank=True, max_length=500)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='organizations.organization')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='silences', to='projects.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="sil")),
+                ("matchers", models.JSONField(blank=True, default=dict)),
+                ("starts_at", models.DateTimeField()),
+                ("ends_at", models.DateTimeField()),
+                ("comment", models.CharField(blank=True, max_length=500)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="organizations.organization"
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="silences", to="projects.project"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-starts_at', '-id'],
+                "ordering": ["-starts_at", "-id"],
             },
         ),
         migrations.AddIndex(
-            model_name='alert',
-            index=models.Index(fields=['organization', 'status', '-since'], name='alert_org_status'),
+            model_name="alert",
+            index=models.Index(fields=["organization", "status", "-since"], name="alert_org_status"),
         ),
         migrations.AddConstraint(
-            model_name='alert',
-            constraint=models.UniqueConstraint(fields=('rule', 'deployment'), name='alert_one_per_rule_subject'),
+            model_name="alert",
+            constraint=models.UniqueConstraint(fields=("rule", "deployment"), name="alert_one_per_rule_subject"),
         ),
         migrations.AddConstraint(
-            model_name='deliveryattempt',
-            constraint=models.UniqueConstraint(fields=('delivery', 'number'), name='delivery_attempt_unique'),
+            model_name="deliveryattempt",
+            constraint=models.UniqueConstraint(fields=("delivery", "number"), name="delivery_attempt_unique"),
         ),
         migrations.AddIndex(
-            model_name='metricrollup',
-            index=models.Index(fields=['bucket'], name='metric_rollup_bucket'),
+            model_name="metricrollup",
+            index=models.Index(fields=["bucket"], name="metric_rollup_bucket"),
         ),
         migrations.AddConstraint(
-            model_name='metricrollup',
-            constraint=models.UniqueConstraint(fields=('deployment', 'name', 'bucket'), name='metric_rollup_unique'),
+            model_name="metricrollup",
+            constraint=models.UniqueConstraint(fields=("deployment", "name", "bucket"), name="metric_rollup_unique"),
         ),
         migrations.AddIndex(
-            model_name='metricsample',
-            index=models.Index(fields=['deployment', 'name', 'ts'], name='metric_sample_series'),
+            model_name="metricsample",
+            index=models.Index(fields=["deployment", "name", "ts"], name="metric_sample_series"),
         ),
         migrations.AddIndex(
-            model_name='metricsample',
-            index=models.Index(fields=['ts'], name='metric_sample_ts'),
+            model_name="metricsample",
+            index=models.Index(fields=["ts"], name="metric_sample_ts"),
         ),
         migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(fields=['channel', '-created_at'], name='delivery_channel_time'),
+            model_name="delivery",
+            index=models.Index(fields=["channel", "-created_at"], name="delivery_channel_time"),
         ),
         migrations.AddIndex(
-            model_name='alertrule',
-            index=models.Index(fields=['enabled', 'kind'], name='alert_rule_enabled'),
+            model_name="alertrule",
+            index=models.Index(fields=["enabled", "kind"], name="alert_rule_enabled"),
         ),
         migrations.AddConstraint(
-            model_name='alertrule',
-            constraint=models.UniqueConstraint(condition=models.Q(('default_key', ''), _negated=True), fields=('deployment', 'default_key'), name='alert_rule_default_once'),
+            model_name="alertrule",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("default_key", ""), _negated=True),
+                fields=("deployment", "default_key"),
+                name="alert_rule_default_once",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='alertrule',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('kind', 'metric'), _negated=True), models.Q(('metric', ''), _negated=True), _connector='OR'), name='alert_rule_metric_named'),
+            model_name="alertrule",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("kind", "metric"), _negated=True),
+                    models.Q(("metric", ""), _negated=True),
+                    _connector="OR",
+                ),
+                name="alert_rule_metric_named",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='platformevent',
-            constraint=models.UniqueConstraint(fields=('organization', 'dedup_key'), name='platform_event_once'),
+            model_name="platformevent",
+            constraint=models.UniqueConstraint(fields=("organization", "dedup_key"), name="platform_event_once"),
         ),
         migrations.AddConstraint(
-            model_name='silence',
-            constraint=models.CheckConstraint(condition=models.Q(('ends_at__gt', models.F('starts_at'))), name='silence_ends_after_start'),
+            model_name="silence",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("ends_at__gt", models.F("starts_at"))), name="silence_ends_after_start"
+            ),
         ),
     ]

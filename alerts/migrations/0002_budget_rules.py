@@ -5,59 +5,99 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     # Only alerts' own history: the other apps' tables this touches already exist since 0001.
     dependencies = [
-        ('alerts', '0001_initial'),
+        ("alerts", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='alert',
-            name='budget_minor',
+            model_name="alert",
+            name="budget_minor",
             field=models.BigIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='alert',
-            name='currency',
+            model_name="alert",
+            name="currency",
             field=models.CharField(blank=True, max_length=3),
         ),
         migrations.AddField(
-            model_name='alert',
-            name='spend_minor',
+            model_name="alert",
+            name="spend_minor",
             field=models.BigIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='alertrule',
-            name='budget_currency',
+            model_name="alertrule",
+            name="budget_currency",
             field=models.CharField(blank=True, max_length=3),
         ),
         migrations.AddField(
-            model_name='alertrule',
-            name='budget_minor',
+            model_name="alertrule",
+            name="budget_minor",
             field=models.BigIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='alertrule',
-            name='budget_scope',
-            field=models.CharField(blank=True, choices=[('project', "The project's spend"), ('organization', "The whole organization's spend")], max_length=16),
+            model_name="alertrule",
+            name="budget_scope",
+            field=models.CharField(
+                blank=True,
+                choices=[("project", "The project's spend"), ("organization", "The whole organization's spend")],
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='alert',
-            name='deployment',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='deployments.deployment'),
+            model_name="alert",
+            name="deployment",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="alerts",
+                to="deployments.deployment",
+            ),
         ),
         migrations.AlterField(
-            model_name='alertrule',
-            name='kind',
-            field=models.CharField(choices=[('metric', 'Metric threshold'), ('certificate_expiry', 'TLS certificate expiring'), ('vpc_peering', 'VPC peering abnormal'), ('budget', 'Budget on spend')], default='metric', max_length=32),
+            model_name="alertrule",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("metric", "Metric threshold"),
+                    ("certificate_expiry", "TLS certificate expiring"),
+                    ("vpc_peering", "VPC peering abnormal"),
+                    ("budget", "Budget on spend"),
+                ],
+                default="metric",
+                max_length=32,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='alert',
-            constraint=models.UniqueConstraint(condition=models.Q(('deployment__isnull', True)), fields=('rule',), name='alert_one_per_rule_without_deployment'),
+            model_name="alert",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("deployment__isnull", True)),
+                fields=("rule",),
+                name="alert_one_per_rule_without_deployment",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='alertrule',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(models.Q(('kind', 'budget'), _negated=True), ('budget_currency', ''), ('budget_minor__isnull', True), ('budget_scope', '')), models.Q(('budget_minor__gt', 0), ('budget_scope__in', ['project', 'organization']), ('deployment__isnull', True), ('kind', 'budget'), models.Q(('budget_currency', ''), _negated=True)), _connector='OR'), name='alert_rule_budget_fields'),
+            model_name="alertrule",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        models.Q(("kind", "budget"), _negated=True),
+                        ("budget_currency", ""),
+                        ("budget_minor__isnull", True),
+                        ("budget_scope", ""),
+                    ),
+                    models.Q(
+                        ("budget_minor__gt", 0),
+                        ("budget_scope__in", ["project", "organization"]),
+                        ("deployment__isnull", True),
+                        ("kind", "budget"),
+                        models.Q(("budget_currency", ""), _negated=True),
+                    ),
+                    _connector="OR",
+                ),
+                name="alert_rule_budget_fields",
+            ),
         ),
     ]

@@ -4,15 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('alerts', '0002_budget_rules'),
+        ("alerts", "0002_budget_rules"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='platformevent',
-            name='kind',
-            field=models.CharField(choices=[('deployment_failed', 'Deployment failed to provision'), ('invoice_payment_failed', 'Invoice payment failed'), ('deployment_stopped_for_billing', 'Deployment stopped for billing'), ('maintenance_scheduled', 'Maintenance scheduled'), ('maintenance_cancelled', 'Maintenance cancelled'), ('channel_failing', 'Notification channel failing')], max_length=32),
+            model_name="platformevent",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("deployment_failed", "Deployment failed to provision"),
+                    ("invoice_payment_failed", "Invoice payment failed"),
+                    ("deployment_stopped_for_billing", "Deployment stopped for billing"),
+                    ("maintenance_scheduled", "Maintenance scheduled"),
+                    ("maintenance_cancelled", "Maintenance cancelled"),
+                    ("channel_failing", "Notification channel failing"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

@@ -5,16 +5,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('alerts', '0003_platform_event_maintenance_cancelled'),
-        ('deployments', '0003_maintenance_window'),
+        ("alerts", "0003_platform_event_maintenance_cancelled"),
+        ("deployments", "0003_maintenance_window"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='metricsample',
-            name='deployment',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='deployments.deployment'),
+            model_name="metricsample",
+            name="deployment",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="deployments.deployment",
+            ),
         ),
     ]

@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,24 +16,33 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='evt')),
-                ('organization_public_id', models.CharField(blank=True, db_index=True, max_length=32)),
-                ('actor_email', models.CharField(blank=True, max_length=254)),
-                ('api_key_prefix', models.CharField(blank=True, max_length=16)),
-                ('action', models.CharField(db_index=True, max_length=64)),
-                ('target_type', models.CharField(max_length=32)),
-                ('target_id', models.CharField(db_index=True, max_length=64)),
-                ('summary', models.JSONField(default=dict)),
-                ('via', models.CharField(default='system', max_length=16)),
-                ('ip', models.GenericIPAddressField(blank=True, null=True)),
-                ('user_agent', models.CharField(blank=True, max_length=512)),
-                ('request_id', models.CharField(blank=True, max_length=64)),
-                ('operation_id', models.CharField(blank=True, max_length=32)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="evt")),
+                ("organization_public_id", models.CharField(blank=True, db_index=True, max_length=32)),
+                ("actor_email", models.CharField(blank=True, max_length=254)),
+                ("api_key_prefix", models.CharField(blank=True, max_length=16)),
+                ("action", models.CharField(db_index=True, max_length=64)),
+                ("target_type", models.CharField(max_length=32)),
+                ("target_id", models.CharField(db_index=True, max_length=64)),
+                ("summary", models.JSONField(default=dict)),
+                ("via", models.CharField(default="system", max_length=16)),
+                ("ip", models.GenericIPAddressField(blank=True, null=True)),
+                ("user_agent", models.CharField(blank=True, max_length=512)),
+                ("request_id", models.CharField(blank=True, max_length=64)),
+                ("operation_id", models.CharField(blank=True, max_length=32)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
     ]

@@ -9,291 +9,622 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('deployments', '0002_seed_catalog'),
-        ('organizations', '0002_initial'),
+        ("deployments", "0002_seed_catalog"),
+        ("organizations", "0002_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='MeteringCursor',
+            name="MeteringCursor",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('metered_until', models.DateTimeField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("metered_until", models.DateTimeField()),
             ],
         ),
         migrations.CreateModel(
-            name='StripeEvent',
+            name="StripeEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.CharField(max_length=255, unique=True)),
-                ('type', models.CharField(max_length=100)),
-                ('payload', models.JSONField()),
-                ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('outcome', models.CharField(blank=True, max_length=200)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("event_id", models.CharField(max_length=255, unique=True)),
+                ("type", models.CharField(max_length=100)),
+                ("payload", models.JSONField()),
+                ("received_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("outcome", models.CharField(blank=True, max_length=200)),
             ],
         ),
         migrations.CreateModel(
-            name='BillingAccount',
+            name="BillingAccount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='bac')),
-                ('country', models.CharField(blank=True, help_text='ISO 3166-1 alpha-2.', max_length=2)),
-                ('company', models.CharField(blank=True, help_text='Empty for a consumer.', max_length=200)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('address', models.CharField(blank=True, max_length=200)),
-                ('city', models.CharField(blank=True, max_length=100)),
-                ('state', models.CharField(blank=True, max_length=100)),
-                ('postal_code', models.CharField(blank=True, max_length=20)),
-                ('tax_id', models.CharField(blank=True, help_text='VAT/GST number (EIN in the US), normalized.', max_length=40)),
-                ('currency', models.CharField(default='USD', max_length=3)),
-                ('vat_status', models.CharField(choices=[('none', 'none'), ('format_valid', 'format_valid'), ('valid', 'valid'), ('invalid', 'invalid')], default='none', max_length=16)),
-                ('vat_status_message', models.CharField(blank=True, max_length=300)),
-                ('vat_checked_at', models.DateTimeField(blank=True, null=True)),
-                ('stripe_customer_id', models.CharField(blank=True, max_length=64)),
-                ('stripe_payment_method_id', models.CharField(blank=True, max_length=64)),
-                ('stripe_synced_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='billing_account', to='organizations.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="bac")),
+                ("country", models.CharField(blank=True, help_text="ISO 3166-1 alpha-2.", max_length=2)),
+                ("company", models.CharField(blank=True, help_text="Empty for a consumer.", max_length=200)),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                ("address", models.CharField(blank=True, max_length=200)),
+                ("city", models.CharField(blank=True, max_length=100)),
+                ("state", models.CharField(blank=True, max_length=100)),
+                ("postal_code", models.CharField(blank=True, max_length=20)),
+                (
+                    "tax_id",
+                    models.CharField(
+                        blank=True, help_text="VAT/GST number (EIN in the US), normalized.", max_length=40
+                    ),
+                ),
+                ("currency", models.CharField(default="USD", max_length=3)),
+                (
+                    "vat_status",
+                    models.CharField(
+                        choices=[
+                            ("none", "none"),
+                            ("format_valid", "format_valid"),
+                            ("valid", "valid"),
+                            ("invalid", "invalid"),
+                        ],
+                        default="none",
+                        max_length=16,
+                    ),
+                ),
+                ("vat_status_message", models.CharField(blank=True, max_length=300)),
+                ("vat_checked_at", models.DateTimeField(blank=True, null=True)),
+                ("stripe_customer_id", models.CharField(blank=True, max_length=64)),
+                ("stripe_payment_method_id", models.CharField(blank=True, max_length=64)),
+                ("stripe_synced_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="billing_account",
+                        to="organizations.organization",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='AnnualSubscription',
+            name="AnnualSubscription",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='sub')),
-                ('status', models.CharField(choices=[('active', 'Active'), ('ended', 'Ended'), ('renewed', 'Renewed')], default='active', max_length=16)),
-                ('term_start', models.DateTimeField()),
-                ('term_end', models.DateTimeField()),
-                ('currency', models.CharField(max_length=3)),
-                ('hourly_price', models.DecimalField(decimal_places=6, max_digits=14)),
-                ('annual_price', models.BigIntegerField(help_text='Minor units, before tax.')),
-                ('auto_renew', models.BooleanField(default=False)),
-                ('reminder_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='annual_subscriptions', to='deployments.deployment')),
-                ('renewed_from', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='renewal', to='billing.annualsubscription')),
-                ('tier', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.tier')),
-                ('billing_account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to='billing.billingaccount')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="sub")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("active", "Active"), ("ended", "Ended"), ("renewed", "Renewed")],
+                        default="active",
+                        max_length=16,
+                    ),
+                ),
+                ("term_start", models.DateTimeField()),
+                ("term_end", models.DateTimeField()),
+                ("currency", models.CharField(max_length=3)),
+                ("hourly_price", models.DecimalField(decimal_places=6, max_digits=14)),
+                ("annual_price", models.BigIntegerField(help_text="Minor units, before tax.")),
+                ("auto_renew", models.BooleanField(default=False)),
+                ("reminder_sent_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="annual_subscriptions",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "renewed_from",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="renewal",
+                        to="billing.annualsubscription",
+                    ),
+                ),
+                (
+                    "tier",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="deployments.tier"
+                    ),
+                ),
+                (
+                    "billing_account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="subscriptions",
+                        to="billing.billingaccount",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='AnnualQuote',
+            name="AnnualQuote",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='quo')),
-                ('currency', models.CharField(max_length=3)),
-                ('hourly_price', models.DecimalField(decimal_places=6, max_digits=14)),
-                ('annual_price', models.BigIntegerField()),
-                ('hourly_equivalent', models.BigIntegerField(help_text='8,760 hours at the hourly price, minor units.')),
-                ('saving', models.BigIntegerField()),
-                ('tax_treatment', models.CharField(choices=[('domestic', 'domestic'), ('reverse_charge', 'reverse_charge'), ('eu_consumer', 'eu_consumer'), ('outside_scope', 'outside_scope')], max_length=16)),
-                ('tax_rate', models.DecimalField(decimal_places=2, max_digits=5)),
-                ('tax', models.BigIntegerField()),
-                ('total', models.BigIntegerField()),
-                ('accrued_this_month', models.BigIntegerField(help_text='Hourly usage of this deployment so far this month.')),
-                ('term_start', models.DateTimeField()),
-                ('term_end', models.DateTimeField()),
-                ('expires_at', models.DateTimeField()),
-                ('accepted_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='annual_quotes', to='deployments.deployment')),
-                ('tier', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.tier')),
-                ('subscription', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='quote', to='billing.annualsubscription')),
-                ('billing_account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='quotes', to='billing.billingaccount')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="quo")),
+                ("currency", models.CharField(max_length=3)),
+                ("hourly_price", models.DecimalField(decimal_places=6, max_digits=14)),
+                ("annual_price", models.BigIntegerField()),
+                (
+                    "hourly_equivalent",
+                    models.BigIntegerField(help_text="8,760 hours at the hourly price, minor units."),
+                ),
+                ("saving", models.BigIntegerField()),
+                (
+                    "tax_treatment",
+                    models.CharField(
+                        choices=[
+                            ("domestic", "domestic"),
+                            ("reverse_charge", "reverse_charge"),
+                            ("eu_consumer", "eu_consumer"),
+                            ("outside_scope", "outside_scope"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("tax_rate", models.DecimalField(decimal_places=2, max_digits=5)),
+                ("tax", models.BigIntegerField()),
+                ("total", models.BigIntegerField()),
+                (
+                    "accrued_this_month",
+                    models.BigIntegerField(help_text="Hourly usage of this deployment so far this month."),
+                ),
+                ("term_start", models.DateTimeField()),
+                ("term_end", models.DateTimeField()),
+                ("expires_at", models.DateTimeField()),
+                ("accepted_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="annual_quotes",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "tier",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="deployments.tier"
+                    ),
+                ),
+                (
+                    "subscription",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="quote",
+                        to="billing.annualsubscription",
+                    ),
+                ),
+                (
+                    "billing_account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="quotes", to="billing.billingaccount"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Coupon',
+            name="Coupon",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.CharField(help_text='Stored upper case.', max_length=40, unique=True)),
-                ('amount', models.BigIntegerField(help_text='Credit granted, minor units of `currency`.')),
-                ('currency', models.CharField(max_length=3)),
-                ('valid_until', models.DateTimeField(blank=True, help_text='Redeemable until then.', null=True)),
-                ('credit_valid_days', models.PositiveIntegerField(blank=True, help_text='The granted credit expires this many days later.', null=True)),
-                ('max_redemptions', models.PositiveIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("code", models.CharField(help_text="Stored upper case.", max_length=40, unique=True)),
+                ("amount", models.BigIntegerField(help_text="Credit granted, minor units of `currency`.")),
+                ("currency", models.CharField(max_length=3)),
+                ("valid_until", models.DateTimeField(blank=True, help_text="Redeemable until then.", null=True)),
+                (
+                    "credit_valid_days",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="The granted credit expires this many days later.", null=True
+                    ),
+                ),
+                ("max_redemptions", models.PositiveIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('amount__gt', 0)), name='coupon_amount_positive')],
+                "constraints": [
+                    models.CheckConstraint(condition=models.Q(("amount__gt", 0)), name="coupon_amount_positive")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Invoice',
+            name="Invoice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='inv')),
-                ('kind', models.CharField(choices=[('monthly', 'Monthly usage'), ('annual', 'Annual plan (prepaid)'), ('annual_upgrade', 'Annual plan tier upgrade')], max_length=16)),
-                ('status', models.CharField(choices=[('draft', 'Draft'), ('open', 'Open'), ('paid', 'Paid'), ('void', 'Void'), ('uncollectible', 'Uncollectible')], default='draft', max_length=16)),
-                ('number', models.CharField(blank=True, help_text='Assigned at finalization, sequential per seller and year.', max_length=32, null=True, unique=True)),
-                ('currency', models.CharField(max_length=3)),
-                ('period_start', models.DateField(blank=True, null=True)),
-                ('period_end', models.DateField(blank=True, help_text='Last day of the period, inclusive.', null=True)),
-                ('subtotal', models.BigIntegerField(default=0)),
-                ('credits_applied', models.BigIntegerField(default=0)),
-                ('tax_treatment', models.CharField(choices=[('domestic', 'domestic'), ('reverse_charge', 'reverse_charge'), ('eu_consumer', 'eu_consumer'), ('outside_scope', 'outside_scope')], max_length=16)),
-                ('tax_rate', models.DecimalField(decimal_places=2, max_digits=5)),
-                ('tax_mention', models.CharField(blank=True, max_length=300)),
-                ('tax', models.BigIntegerField(default=0)),
-                ('total', models.BigIntegerField(default=0)),
-                ('customer', models.JSONField(default=dict)),
-                ('seller', models.JSONField(default=dict)),
-                ('issued_at', models.DateTimeField(blank=True, null=True)),
-                ('due_at', models.DateTimeField(blank=True, null=True)),
-                ('paid_at', models.DateTimeField(blank=True, null=True)),
-                ('voided_at', models.DateTimeField(blank=True, null=True)),
-                ('payment_attempts', models.PositiveIntegerField(default=0)),
-                ('overdue_reminders_sent', models.PositiveSmallIntegerField(default=0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('billing_account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='invoices', to='billing.billingaccount')),
-                ('subscription', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='invoices', to='billing.annualsubscription')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="inv")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("monthly", "Monthly usage"),
+                            ("annual", "Annual plan (prepaid)"),
+                            ("annual_upgrade", "Annual plan tier upgrade"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("draft", "Draft"),
+                            ("open", "Open"),
+                            ("paid", "Paid"),
+                            ("void", "Void"),
+                            ("uncollectible", "Uncollectible"),
+                        ],
+                        default="draft",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "number",
+                    models.CharField(
+                        blank=True,
+                        help_text="Assigned at finalization, sequential per seller and year.",
+                        max_length=32,
+                        null=True,
+                        unique=True,
+                    ),
+                ),
+                ("currency", models.CharField(max_length=3)),
+                ("period_start", models.DateField(blank=True, null=True)),
+                ("period_end", models.DateField(blank=True, help_text="Last day of the period, inclusive.", null=True)),
+                ("subtotal", models.BigIntegerField(default=0)),
+                ("credits_applied", models.BigIntegerField(default=0)),
+                (
+                    "tax_treatment",
+                    models.CharField(
+                        choices=[
+                            ("domestic", "domestic"),
+                            ("reverse_charge", "reverse_charge"),
+                            ("eu_consumer", "eu_consumer"),
+                            ("outside_scope", "outside_scope"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("tax_rate", models.DecimalField(decimal_places=2, max_digits=5)),
+                ("tax_mention", models.CharField(blank=True, max_length=300)),
+                ("tax", models.BigIntegerField(default=0)),
+                ("total", models.BigIntegerField(default=0)),
+                ("customer", models.JSONField(default=dict)),
+                ("seller", models.JSONField(default=dict)),
+                ("issued_at", models.DateTimeField(blank=True, null=True)),
+                ("due_at", models.DateTimeField(blank=True, null=True)),
+                ("paid_at", models.DateTimeField(blank=True, null=True)),
+                ("voided_at", models.DateTimeField(blank=True, null=True)),
+                ("payment_attempts", models.PositiveIntegerField(default=0)),
+                ("overdue_reminders_sent", models.PositiveSmallIntegerField(default=0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "billing_account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="invoices",
+                        to="billing.billingaccount",
+                    ),
+                ),
+                (
+                    "subscription",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="invoices",
+                        to="billing.annualsubscription",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='CreditGrant',
+            name="CreditGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='crd')),
-                ('kind', models.CharField(choices=[('promotion', 'Promotion'), ('coupon', 'Coupon'), ('refund', 'Refund'), ('prepaid', 'Prepaid')], max_length=16)),
-                ('description', models.CharField(blank=True, max_length=200)),
-                ('currency', models.CharField(max_length=3)),
-                ('amount', models.BigIntegerField()),
-                ('remaining', models.BigIntegerField()),
-                ('granted_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('billing_account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='credits', to='billing.billingaccount')),
-                ('coupon', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='grants', to='billing.coupon')),
-                ('source_invoice', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='billing.invoice')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="crd")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("promotion", "Promotion"),
+                            ("coupon", "Coupon"),
+                            ("refund", "Refund"),
+                            ("prepaid", "Prepaid"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("description", models.CharField(blank=True, max_length=200)),
+                ("currency", models.CharField(max_length=3)),
+                ("amount", models.BigIntegerField()),
+                ("remaining", models.BigIntegerField()),
+                ("granted_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "billing_account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="credits", to="billing.billingaccount"
+                    ),
+                ),
+                (
+                    "coupon",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="grants",
+                        to="billing.coupon",
+                    ),
+                ),
+                (
+                    "source_invoice",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="billing.invoice",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='CreditApplication',
+            name="CreditApplication",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('amount', models.BigIntegerField()),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('grant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='applications', to='billing.creditgrant')),
-                ('invoice', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='credit_applications', to='billing.invoice')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("amount", models.BigIntegerField()),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "grant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="applications",
+                        to="billing.creditgrant",
+                    ),
+                ),
+                (
+                    "invoice",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="credit_applications",
+                        to="billing.invoice",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='InvoiceLine',
+            name="InvoiceLine",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('product', models.CharField(max_length=32)),
-                ('description', models.CharField(max_length=300)),
-                ('seconds', models.PositiveIntegerField(blank=True, null=True)),
-                ('quantity', models.DecimalField(decimal_places=6, max_digits=18)),
-                ('unit', models.CharField(max_length=16)),
-                ('unit_price', models.DecimalField(decimal_places=6, help_text='Major units per unit.', max_digits=14)),
-                ('amount', models.BigIntegerField(help_text='Minor units, rounded half-up once.')),
-                ('deployment', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.deployment')),
-                ('invoice', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='lines', to='billing.invoice')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("product", models.CharField(max_length=32)),
+                ("description", models.CharField(max_length=300)),
+                ("seconds", models.PositiveIntegerField(blank=True, null=True)),
+                ("quantity", models.DecimalField(decimal_places=6, max_digits=18)),
+                ("unit", models.CharField(max_length=16)),
+                ("unit_price", models.DecimalField(decimal_places=6, help_text="Major units per unit.", max_digits=14)),
+                ("amount", models.BigIntegerField(help_text="Minor units, rounded half-up once.")),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "invoice",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="lines", to="billing.invoice"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='InvoiceNumberCounter',
+            name="InvoiceNumberCounter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seller', models.CharField(max_length=64)),
-                ('year', models.PositiveSmallIntegerField()),
-                ('last_number', models.PositiveIntegerField(default=0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("seller", models.CharField(max_length=64)),
+                ("year", models.PositiveSmallIntegerField()),
+                ("last_number", models.PositiveIntegerField(default=0)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('seller', 'year'), name='invoice_counter_unique')],
+                "constraints": [models.UniqueConstraint(fields=("seller", "year"), name="invoice_counter_unique")],
             },
         ),
         migrations.CreateModel(
-            name='Payment',
+            name="Payment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('method', models.CharField(choices=[('stripe', 'Stripe'), ('manual', 'Bank transfer (manual)')], max_length=16)),
-                ('attempt', models.PositiveIntegerField(default=1)),
-                ('amount', models.BigIntegerField()),
-                ('currency', models.CharField(max_length=3)),
-                ('status', models.CharField(max_length=24)),
-                ('payment_intent_id', models.CharField(blank=True, max_length=64)),
-                ('failure_message', models.CharField(blank=True, max_length=300)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('invoice', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payments', to='billing.invoice')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "method",
+                    models.CharField(
+                        choices=[("stripe", "Stripe"), ("manual", "Bank transfer (manual)")], max_length=16
+                    ),
+                ),
+                ("attempt", models.PositiveIntegerField(default=1)),
+                ("amount", models.BigIntegerField()),
+                ("currency", models.CharField(max_length=3)),
+                ("status", models.CharField(max_length=24)),
+                ("payment_intent_id", models.CharField(blank=True, max_length=64)),
+                ("failure_message", models.CharField(blank=True, max_length=300)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "invoice",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="payments", to="billing.invoice"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('hour', models.DateTimeField(help_text='Start of the hour slot (UTC).')),
-                ('product', models.CharField(choices=[('running', 'Running (hourly)'), ('retention', 'Stopped (data retention)')], max_length=16)),
-                ('seconds', models.PositiveIntegerField()),
-                ('unit_price', models.DecimalField(decimal_places=6, help_text='Price per hour, major units.', max_digits=14)),
-                ('currency', models.CharField(max_length=3)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to='deployments.deployment')),
-                ('invoice', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='billing.invoice')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage_records', to='organizations.organization')),
-                ('tier', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.tier')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("hour", models.DateTimeField(help_text="Start of the hour slot (UTC).")),
+                (
+                    "product",
+                    models.CharField(
+                        choices=[("running", "Running (hourly)"), ("retention", "Stopped (data retention)")],
+                        max_length=16,
+                    ),
+                ),
+                ("seconds", models.PositiveIntegerField()),
+                (
+                    "unit_price",
+                    models.DecimalField(decimal_places=6, help_text="Price per hour, major units.", max_digits=14),
+                ),
+                ("currency", models.CharField(max_length=3)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="usage_records",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "invoice",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="billing.invoice",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="usage_records",
+                        to="organizations.organization",
+                    ),
+                ),
+                (
+                    "tier",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="deployments.tier"
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='annualsubscription',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'active')), fields=('deployment',), name='one_active_subscription_per_deployment'),
+            model_name="annualsubscription",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "active")),
+                fields=("deployment",),
+                name="one_active_subscription_per_deployment",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='annualsubscription',
-            constraint=models.CheckConstraint(condition=models.Q(('term_end__gt', models.F('term_start'))), name='subscription_term_positive'),
+            model_name="annualsubscription",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("term_end__gt", models.F("term_start"))), name="subscription_term_positive"
+            ),
         ),
         migrations.AddIndex(
-            model_name='invoice',
-            index=models.Index(fields=['status', 'due_at'], name='invoice_status_due'),
+            model_name="invoice",
+            index=models.Index(fields=["status", "due_at"], name="invoice_status_due"),
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.CheckConstraint(condition=models.Q(('total', django.db.models.expressions.CombinedExpression(django.db.models.expressions.CombinedExpression(models.F('subtotal'), '-', models.F('credits_applied')), '+', models.F('tax')))), name='invoice_total_reconciles'),
+            model_name="invoice",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "total",
+                        django.db.models.expressions.CombinedExpression(
+                            django.db.models.expressions.CombinedExpression(
+                                models.F("subtotal"), "-", models.F("credits_applied")
+                            ),
+                            "+",
+                            models.F("tax"),
+                        ),
+                    )
+                ),
+                name="invoice_total_reconciles",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.CheckConstraint(condition=models.Q(('credits_applied__gte', 0), ('credits_applied__lte', models.F('subtotal')), ('subtotal__gte', 0), ('tax__gte', 0)), name='invoice_amounts_sane'),
+            model_name="invoice",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("credits_applied__gte", 0),
+                    ("credits_applied__lte", models.F("subtotal")),
+                    ("subtotal__gte", 0),
+                    ("tax__gte", 0),
+                ),
+                name="invoice_amounts_sane",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.CheckConstraint(condition=models.Q(('status', 'draft'), ('number__isnull', False), _connector='OR'), name='invoice_number_when_final'),
+            model_name="invoice",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status", "draft"), ("number__isnull", False), _connector="OR"),
+                name="invoice_number_when_final",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.UniqueConstraint(condition=models.Q(('kind', 'monthly')), fields=('billing_account', 'period_start'), name='one_monthly_invoice_per_period'),
+            model_name="invoice",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("kind", "monthly")),
+                fields=("billing_account", "period_start"),
+                name="one_monthly_invoice_per_period",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='creditgrant',
-            constraint=models.CheckConstraint(condition=models.Q(('amount__gt', 0), ('remaining__gte', 0), ('remaining__lte', models.F('amount'))), name='credit_remaining_within_amount'),
+            model_name="creditgrant",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("amount__gt", 0), ("remaining__gte", 0), ("remaining__lte", models.F("amount"))),
+                name="credit_remaining_within_amount",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='creditgrant',
-            constraint=models.UniqueConstraint(condition=models.Q(('coupon__isnull', False)), fields=('billing_account', 'coupon'), name='coupon_once_per_account'),
+            model_name="creditgrant",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("coupon__isnull", False)),
+                fields=("billing_account", "coupon"),
+                name="coupon_once_per_account",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='creditapplication',
-            constraint=models.CheckConstraint(condition=models.Q(('amount__gt', 0)), name='credit_application_positive'),
+            model_name="creditapplication",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("amount__gt", 0)), name="credit_application_positive"
+            ),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['organization', 'hour'], name='usage_org_hour'),
+            model_name="usagerecord",
+            index=models.Index(fields=["organization", "hour"], name="usage_org_hour"),
         ),
         migrations.AddConstraint(
-            model_name='usagerecord',
-            constraint=models.UniqueConstraint(fields=('deployment', 'hour', 'product'), name='usage_once_per_hour'),
+            model_name="usagerecord",
+            constraint=models.UniqueConstraint(fields=("deployment", "hour", "product"), name="usage_once_per_hour"),
         ),
         migrations.AddConstraint(
-            model_name='usagerecord',
-            constraint=models.CheckConstraint(condition=models.Q(('seconds__gte', 1), ('seconds__lte', 3600)), name='usage_seconds_in_hour'),
+            model_name="usagerecord",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("seconds__gte", 1), ("seconds__lte", 3600)), name="usage_seconds_in_hour"
+            ),
         ),
     ]

@@ -1,4 +1,5 @@
 """Console sessions for the API: DRF's session authentication (CSRF enforced), answering 401 rather than 403."""
+
 from drf_spectacular.authentication import SessionScheme
 from rest_framework import authentication
 

@@ -4,6 +4,7 @@ Building a FilterSet (deep copies of every filter, a bound form, its validation)
 request without filter parameters would pay it to filter nothing. With any filter parameter present, django-filter
 runs exactly as usual, validation errors included.
 """
+
 from django_filters.rest_framework import DjangoFilterBackend
 
 

@@ -1,4 +1,5 @@
 """Cursor pagination: stable under inserts, opaque cursors, `page_size` up to 200."""
+
 from rest_framework import exceptions, pagination
 
 
@@ -15,7 +16,8 @@ class CursorPagination(pagination.CursorPagination):
         # DRF would silently fall back to the default; a client asking for something invalid should hear so.
         if len(raw) != 1 or not raw[0].isdigit() or not 1 <= int(raw[0]) <= self.max_page_size:
             raise exceptions.ValidationError(
-                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]})
+                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]}
+            )
         return int(raw[0])
 
     def decode_cursor(self, request):
@@ -23,7 +25,7 @@ class CursorPagination(pagination.CursorPagination):
             return super().decode_cursor(request)
         except exceptions.NotFound:
             # DRF answers 404 for a bad cursor, which reads as "no such list"; it is a bad parameter.
-            raise exceptions.ValidationError({self.cursor_query_param: ["This cursor is not valid."]})
+            raise exceptions.ValidationError({self.cursor_query_param: ["This cursor is not valid."]}) from None
 
     def get_schema_operation_parameters(self, view):
         params = super().get_schema_operation_parameters(view)

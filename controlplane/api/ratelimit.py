@@ -3,6 +3,7 @@
 One Lua script checks every bucket of a request and takes a token from all of them or from none, so concurrent
 requests on any number of web processes can never overdraw a bucket. Buckets refill continuously (Redis' own clock).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -100,7 +101,7 @@ class Decision:
             "RateLimit-Remaining": str(max(0, math.floor(tight.remaining))),
             "RateLimit-Reset": str(tight.reset_seconds),
             "RateLimit-Policy": ", ".join(
-                f'{int(s.bucket.capacity)};w={math.ceil(s.bucket.capacity / s.bucket.refill_per_second)};'
+                f"{int(s.bucket.capacity)};w={math.ceil(s.bucket.capacity / s.bucket.refill_per_second)};"
                 f'name="{s.bucket.level}"'
                 for s in self.states
             ),

@@ -2,6 +2,7 @@
 
 Applied to every operation so that no view has to remember them.
 """
+
 from drf_spectacular import openapi
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
@@ -70,20 +71,34 @@ class AutoSchema(openapi.AutoSchema):
         params = super()._resolve_path_parameters(others)
         for name in known:
             description, prefix = PATH_PARAMETERS[name]
-            params.append({
-                "in": "path", "name": name, "required": True, "description": f"{description} (`{prefix}…`).",
-                "schema": {"type": "string", "pattern": f"^{prefix}[a-z0-9]+$", "example": f"{prefix}7f3k2m9q4x8c1v5b6n0z"},
-            })
+            params.append(
+                {
+                    "in": "path",
+                    "name": name,
+                    "required": True,
+                    "description": f"{description} (`{prefix}…`).",
+                    "schema": {
+                        "type": "string",
+                        "pattern": f"^{prefix}[a-z0-9]+$",
+                        "example": f"{prefix}7f3k2m9q4x8c1v5b6n0z",
+                    },
+                }
+            )
         return params
 
     def get_override_parameters(self):
         params = list(super().get_override_parameters())
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
-            params.append(OpenApiParameter(
-                "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
-                description="Any unique string (a UUID). A retry with the same key and body within 24 h returns the "
-                            "first response with `Idempotent-Replayed: true`; with another body it answers 422.",
-            ))
+            params.append(
+                OpenApiParameter(
+                    "Idempotency-Key",
+                    OpenApiTypes.STR,
+                    OpenApiParameter.HEADER,
+                    required=False,
+                    description="Any unique string (a UUID). A retry with the same key and body within 24 h returns the "
+                    "first response with `Idempotent-Replayed: true`; with another body it answers 422.",
+                )
+            )
         return params
 
     def _error_codes(self) -> list[str]:
@@ -103,13 +118,18 @@ class AutoSchema(openapi.AutoSchema):
             return responses
         component = self.resolve_serializer(Problem, "response")
         for code in self._error_codes():
-            responses.setdefault(code, {
-                "description": ERROR_DESCRIPTIONS[code],
-                "content": {"application/problem+json": {
-                    "schema": component.ref,
-                    "example": {**PROBLEM_EXAMPLE, "status": int(code)},
-                }},
-            })
+            responses.setdefault(
+                code,
+                {
+                    "description": ERROR_DESCRIPTIONS[code],
+                    "content": {
+                        "application/problem+json": {
+                            "schema": component.ref,
+                            "example": {**PROBLEM_EXAMPLE, "status": int(code)},
+                        }
+                    },
+                },
+            )
         return responses
 
     def _get_examples(self, serializer, direction, media_type, status_code=None, extras=None):

@@ -1,4 +1,5 @@
 """Serializer bases that refuse what the default DRF ones quietly accept: unknown fields and numbers for strings."""
+
 import datetime
 
 from rest_framework import serializers
@@ -31,4 +32,4 @@ def iso_datetime(value: datetime.datetime | None) -> str | None:
     """What DRF's DateTimeField renders under USE_TZ and UTC (`2026-11-01T09:30:00.123456Z`), without its overhead."""
     if value is None:
         return None
-    return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")

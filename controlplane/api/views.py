@@ -4,6 +4,7 @@ Subclasses declare `queryset`, `tenant_field` and `required_scopes` (action -> s
 `get_queryset` or `get_object` (a TypeError at import time says so): narrowing goes through `narrow_queryset`, which
 can only ever filter further. Another organization's object is a 404, exactly like a missing one.
 """
+
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework import exceptions, viewsets
 from rest_framework.views import APIView
@@ -77,8 +78,9 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
         project_id = self.kwargs.get("project")
         if project_id is not None:
             project = Project.objects.filter(organization=organization, public_id=project_id).first()
-            if project is None or not access.has_scope(self.principal, "project:read", organization=organization,
-                                                       project=project):
+            if project is None or not access.has_scope(
+                self.principal, "project:read", organization=organization, project=project
+            ):
                 raise exceptions.NotFound("No such project.")
             project.organization = organization
             self.project = project
@@ -91,7 +93,7 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
         try:
             return self.required_scopes[action]
         except KeyError:  # fail closed: an operation nobody declared a scope for is a bug, not an open door
-            raise ImproperlyConfigured(f"{type(self).__name__} declares no scope for action {action!r}")
+            raise ImproperlyConfigured(f"{type(self).__name__} declares no scope for action {action!r}") from None
 
     def check_scope(self):
         scope = self.required_scope()
@@ -119,4 +121,3 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet):
 
     def audit_actor(self):
         return self.principal
-

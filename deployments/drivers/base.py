@@ -3,6 +3,7 @@
 A driver is told the whole desired state of one deployment's broker (a BrokerSpec) and closes the gap; it never reads
 or writes the database, so the reconciler can call it any number of times, from any worker, after any crash.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@ It server-side applies the pure manifests of deployments.manifests with one fiel
 operator reports. It never reads or writes the database and never holds state between calls: every call recomputes
 the gap from the spec and the cluster, so it can run any number of times from any worker.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,16 +69,21 @@ def _translate(exc: Exception, what: str) -> Exception:
         if status == 0 or status == 409 or status == 429 or status >= 500:
             return TemporaryDriverError(f"{what}: Kubernetes answered {status}: {message}")
         if status == 403 and "quota" in message.lower():
-            return PermanentDriverError(f"{what}: the region's quota is exhausted ({message}); choose a smaller "
-                                        "tier or another region, or ask us to raise the quota")
+            return PermanentDriverError(
+                f"{what}: the region's quota is exhausted ({message}); choose a smaller "
+                "tier or another region, or ask us to raise the quota"
+            )
         if status == 403:
-            return PermanentDriverError(f"{what}: the control plane is not allowed to do this in the region's "
-                                        f"cluster ({message}); its service account needs the permission")
+            return PermanentDriverError(
+                f"{what}: the control plane is not allowed to do this in the region's "
+                f"cluster ({message}); its service account needs the permission"
+            )
         if status == 422:
             return PermanentDriverError(f"{what}: the cluster rejected the deployment's configuration: {message}")
         if status == 404:
-            return PermanentDriverError(f"{what}: not served by the cluster ({message}); is the EMQX Operator "
-                                        "installed in this region?")
+            return PermanentDriverError(
+                f"{what}: not served by the cluster ({message}); is the EMQX Operator installed in this region?"
+            )
         return PermanentDriverError(f"{what}: Kubernetes refused with {status}: {message}")
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
         return TemporaryDriverError(f"{what}: the region's Kubernetes API is unreachable: {exc}")
@@ -116,8 +122,9 @@ def _nonce(emqx: dict | None) -> int:
 
 
 class KubernetesDriver:
-    def __init__(self, *, api_client_factory: ApiClientFactory | None = None,
-                 emqx_api_factory: EmqxApiFactory | None = None) -> None:
+    def __init__(
+        self, *, api_client_factory: ApiClientFactory | None = None, emqx_api_factory: EmqxApiFactory | None = None
+    ) -> None:
         self._api_client_factory = api_client_factory or _default_api_client
         self._emqx_api_factory = emqx_api_factory or _default_emqx_api
 
@@ -159,26 +166,43 @@ class KubernetesDriver:
         elif kind == "Secret":
             self._call(what, core.patch_namespaced_secret, name, namespace, manifest, **options)
         elif kind == "NetworkPolicy":
-            self._call(what, k8s.NetworkingV1Api(api).patch_namespaced_network_policy, name, namespace,
-                                manifest, **options)
+            self._call(
+                what, k8s.NetworkingV1Api(api).patch_namespaced_network_policy, name, namespace, manifest, **options
+            )
         elif kind == "EMQX":
-            self._call(what, k8s.CustomObjectsApi(api).patch_namespaced_custom_object, m.EMQX_GROUP,
-                                m.EMQX_VERSION, namespace, m.EMQX_PLURAL, name, manifest, **options)
+            self._call(
+                what,
+                k8s.CustomObjectsApi(api).patch_namespaced_custom_object,
+                m.EMQX_GROUP,
+                m.EMQX_VERSION,
+                namespace,
+                m.EMQX_PLURAL,
+                name,
+                manifest,
+                **options,
+            )
         else:
             raise PermanentDriverError(f"no way to apply a {kind}")
 
     def _read_emqx(self, api: k8s.ApiClient, namespace: str) -> dict | None:
-        return self._get(f"reading EMQX {namespace}/{m.EMQX_NAME}",
-                         k8s.CustomObjectsApi(api).get_namespaced_custom_object,
-                         m.EMQX_GROUP, m.EMQX_VERSION, namespace, m.EMQX_PLURAL, m.EMQX_NAME)
+        return self._get(
+            f"reading EMQX {namespace}/{m.EMQX_NAME}",
+            k8s.CustomObjectsApi(api).get_namespaced_custom_object,
+            m.EMQX_GROUP,
+            m.EMQX_VERSION,
+            namespace,
+            m.EMQX_PLURAL,
+            m.EMQX_NAME,
+        )
 
     def _read_namespace(self, api: k8s.ApiClient, namespace: str):
         return self._get(f"reading Namespace {namespace}", k8s.CoreV1Api(api).read_namespace, namespace)
 
     def _endpoints(self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str) -> tuple[str, dict[str, int]]:
         name = m.listeners_service_name()
-        service = self._get(f"reading Service {namespace}/{name}", k8s.CoreV1Api(api).read_namespaced_service,
-                            name, namespace)
+        service = self._get(
+            f"reading Service {namespace}/{name}", k8s.CoreV1Api(api).read_namespaced_service, name, namespace
+        )
         if service is None:
             return "", {}
         data = api.sanitize_for_serialization(service)
@@ -189,8 +213,10 @@ class KubernetesDriver:
                 ports[protocol] = int(port["port"])
         if (data.get("spec") or {}).get("type", spec.region.service_type) == "LoadBalancer":
             ingress = (((data.get("status") or {}).get("loadBalancer") or {}).get("ingress")) or []
-            host = next((item.get("ip") or item.get("hostname") for item in ingress
-                         if item.get("ip") or item.get("hostname")), "")
+            host = next(
+                (item.get("ip") or item.get("hostname") for item in ingress if item.get("ip") or item.get("hostname")),
+                "",
+            )
             return host, ports
         return f"{name}.{namespace}.svc", ports
 
@@ -238,29 +264,43 @@ class KubernetesDriver:
         api = self._api_client_factory(spec)
         core = k8s.CoreV1Api(api)
         try:
-            self._get(f"deleting Namespace {namespace}", core.delete_namespace, namespace,
-                      propagation_policy="Foreground")
+            self._get(
+                f"deleting Namespace {namespace}", core.delete_namespace, namespace, propagation_policy="Foreground"
+            )
             if self._read_namespace(api, namespace) is None:
                 return Observed(phase="absent")
             # The namespace is terminating: its objects (and the brokers) are still going away.
-            return Observed(phase="stopped", message=f"namespace {namespace} is terminating",
-                            details={"namespace": namespace})
+            return Observed(
+                phase="stopped", message=f"namespace {namespace} is terminating", details={"namespace": namespace}
+            )
         finally:
             api.close()
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _stop(self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str) -> Observed:
         custom = k8s.CustomObjectsApi(api)
-        self._get(f"deleting EMQX {namespace}/{m.EMQX_NAME}", custom.delete_namespaced_custom_object, m.EMQX_GROUP,
-                  m.EMQX_VERSION, namespace, m.EMQX_PLURAL, m.EMQX_NAME, propagation_policy="Foreground")
+        self._get(
+            f"deleting EMQX {namespace}/{m.EMQX_NAME}",
+            custom.delete_namespaced_custom_object,
+            m.EMQX_GROUP,
+            m.EMQX_VERSION,
+            namespace,
+            m.EMQX_PLURAL,
+            m.EMQX_NAME,
+            propagation_policy="Foreground",
+        )
         if self._read_emqx(api, namespace) is None:
             return Observed(phase="stopped", restart_nonce=spec.restart_nonce, details={"namespace": namespace})
         # Foreground deletion: the resource stays until the operator's StatefulSets and pods are gone.
-        return Observed(phase="running", message="stopping: waiting for the EMQX nodes to terminate",
-                        details={"namespace": namespace})
+        return Observed(
+            phase="running",
+            message="stopping: waiting for the EMQX nodes to terminate",
+            details={"namespace": namespace},
+        )
 
-    def _observe_running(self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str, emqx: dict, *,
-                         previous: dict | None, push: bool) -> Observed:
+    def _observe_running(
+        self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str, emqx: dict, *, previous: dict | None, push: bool
+    ) -> Observed:
         status = emqx.get("status") or {}
         core_status = status.get("coreNodesStatus") or {}
         ready_replicas = int(core_status.get("readyReplicas") or 0)
@@ -269,20 +309,38 @@ class KubernetesDriver:
         nonce_pending = push and _nonce(previous) != spec.restart_nonce
         previously_done = _nonce(previous) if previous is not None and _is_ready(previous) else 0
         if not _is_ready(emqx) or nonce_pending:
-            condition = next(
-                (c for c in status.get("conditions") or [] if c.get("status") == "True"), None
+            condition = next((c for c in status.get("conditions") or [] if c.get("status") == "True"), None)
+            reason = (
+                f"{condition.get('type')}: {condition.get('message', '')}" if condition else "waiting for the operator"
             )
-            reason = f"{condition.get('type')}: {condition.get('message', '')}" if condition else "waiting for the operator"
-            return Observed(phase="starting", message=reason, ready_replicas=ready_replicas,
-                            restart_nonce=previously_done, details=details)
+            return Observed(
+                phase="starting",
+                message=reason,
+                ready_replicas=ready_replicas,
+                restart_nonce=previously_done,
+                details=details,
+            )
         host, ports = self._endpoints(api, spec, namespace)
         if push:
-            emqx_api = self._emqx_api_factory(base_url=details["management_url"], api_key=spec.api_key,
-                                              api_secret=spec.api_secret)
+            emqx_api = self._emqx_api_factory(
+                base_url=details["management_url"], api_key=spec.api_key, api_secret=spec.api_secret
+            )
             emqx_api.sync_users(spec.users)
             emqx_api.sync_acl(spec.acl)
         if not host:
-            return Observed(phase="starting", message="waiting for the load balancer's address", ports=ports,
-                            ready_replicas=ready_replicas, restart_nonce=_nonce(emqx), details=details)
-        return Observed(phase="running", host=host, ports=ports, ready_replicas=ready_replicas,
-                        restart_nonce=_nonce(emqx), details=details)
+            return Observed(
+                phase="starting",
+                message="waiting for the load balancer's address",
+                ports=ports,
+                ready_replicas=ready_replicas,
+                restart_nonce=_nonce(emqx),
+                details=details,
+            )
+        return Observed(
+            phase="running",
+            host=host,
+            ports=ports,
+            ready_replicas=ready_replicas,
+            restart_nonce=_nonce(emqx),
+            details=details,
+        )

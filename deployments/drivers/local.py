@@ -4,6 +4,7 @@ Owns the deployment's directory (config, password and ACL files, persistence, lo
 never trusts a pid it cannot prove is its own broker, never starts a second broker for a deployment, and never reads
 or writes the database.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -606,11 +607,19 @@ class LocalDriver:
         if run_as.config_user:
             lines.append(f"user {run_as.config_user}")
         # max_connections is a per-listener setting in mosquitto 2.0.
-        lines += ["", f"listener {ports['mqtt']} {spec.region.bind_address}", "protocol mqtt",
-                  f"max_connections {spec.max_connections}"]
+        lines += [
+            "",
+            f"listener {ports['mqtt']} {spec.region.bind_address}",
+            "protocol mqtt",
+            f"max_connections {spec.max_connections}",
+        ]
         if "ws" in ports and self._websockets_supported():
-            lines += ["", f"listener {ports['ws']} {spec.region.bind_address}", "protocol websockets",
-                      f"max_connections {spec.max_connections}"]
+            lines += [
+                "",
+                f"listener {ports['ws']} {spec.region.bind_address}",
+                "protocol websockets",
+                f"max_connections {spec.max_connections}",
+            ]
             if ":" not in spec.region.bind_address:
                 # libwebsockets opens an IPv6 socket unless told otherwise, and fails where IPv6 is off.
                 lines.append("socket_domain ipv4")
@@ -650,12 +659,18 @@ def _probe_websockets(mosquitto_bin: str) -> bool:
                 sock.bind(("127.0.0.1", 0))
                 ports.append(sock.getsockname()[1])
         conf = pathlib.Path(tmp) / "probe.conf"
-        conf.write_text(f"allow_anonymous true\nlog_dest stderr\nlistener {ports[0]} 127.0.0.1\n"
-                        f"listener {ports[1]} 127.0.0.1\nprotocol websockets\nsocket_domain ipv4\n")
+        conf.write_text(
+            f"allow_anonymous true\nlog_dest stderr\nlistener {ports[0]} 127.0.0.1\n"
+            f"listener {ports[1]} 127.0.0.1\nprotocol websockets\nsocket_domain ipv4\n"
+        )
         os.chmod(tmp, 0o755)
         conf.chmod(0o644)
-        proc = subprocess.Popen([mosquitto_bin, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [mosquitto_bin, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
@@ -704,7 +719,7 @@ def render_acl(spec: BrokerSpec) -> tuple[str, str]:
                     break
             for index, rule in enumerate(ordered):
                 earlier_allows = [r.topic for r in ordered[:index] if r.permission == "allow"]
-                later_allows = [r.topic for r in ordered[index + 1:] if r.permission == "allow"]
+                later_allows = [r.topic for r in ordered[index + 1 :] if r.permission == "allow"]
                 if rule.permission == "deny":
                     needed = default == "allow" or any(topic_filters_overlap(rule.topic, t) for t in later_allows)
                     if not needed:
@@ -725,4 +740,3 @@ def render_acl(spec: BrokerSpec) -> tuple[str, str]:
             lines.append(f"topic {mode} {topic}")
     note = "exact" if not inexact else "approximated on the strict side: " + "; ".join(sorted(inexact))
     return "\n".join(lines) + "\n", note
-

@@ -9,252 +9,485 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('projects', '0001_initial'),
+        ("projects", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Plan',
+            name="Plan",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.CharField(choices=[('serverless', 'Serverless'), ('dedicated', 'Dedicated'), ('premium', 'Premium'), ('byoc', 'BYOC')], max_length=16, unique=True)),
-                ('name', models.CharField(max_length=64)),
-                ('description', models.CharField(blank=True, max_length=300)),
-                ('sort_order', models.PositiveSmallIntegerField(default=0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "code",
+                    models.CharField(
+                        choices=[
+                            ("serverless", "Serverless"),
+                            ("dedicated", "Dedicated"),
+                            ("premium", "Premium"),
+                            ("byoc", "BYOC"),
+                        ],
+                        max_length=16,
+                        unique=True,
+                    ),
+                ),
+                ("name", models.CharField(max_length=64)),
+                ("description", models.CharField(blank=True, max_length=300)),
+                ("sort_order", models.PositiveSmallIntegerField(default=0)),
             ],
             options={
-                'ordering': ['sort_order', 'code'],
+                "ordering": ["sort_order", "code"],
             },
         ),
         migrations.CreateModel(
-            name='Region',
+            name="Region",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.SlugField(max_length=64, unique=True)),
-                ('display_name', models.CharField(max_length=100)),
-                ('provider', models.CharField(help_text='Cloud provider: aws, gcp, azure, local…', max_length=32)),
-                ('cloud_region', models.CharField(blank=True, help_text="The provider's region code, e.g. eu-west-1.", max_length=64)),
-                ('driver', models.CharField(choices=[('local', 'Local mosquitto'), ('kubernetes', 'Kubernetes (EMQX Operator)')], max_length=16)),
-                ('bind_address', models.GenericIPAddressField(default='127.0.0.1', help_text='Local driver: listen address.')),
-                ('kubeconfig_encrypted', models.TextField(blank=True, editable=False)),
-                ('in_cluster', models.BooleanField(default=False)),
-                ('storage_class', models.CharField(blank=True, max_length=64)),
-                ('service_type', models.CharField(default='LoadBalancer', max_length=32)),
-                ('is_open', models.BooleanField(default=True, help_text='Open for new deployments.')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("code", models.SlugField(max_length=64, unique=True)),
+                ("display_name", models.CharField(max_length=100)),
+                ("provider", models.CharField(help_text="Cloud provider: aws, gcp, azure, local…", max_length=32)),
+                (
+                    "cloud_region",
+                    models.CharField(
+                        blank=True, help_text="The provider's region code, e.g. eu-west-1.", max_length=64
+                    ),
+                ),
+                (
+                    "driver",
+                    models.CharField(
+                        choices=[("local", "Local mosquitto"), ("kubernetes", "Kubernetes (EMQX Operator)")],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "bind_address",
+                    models.GenericIPAddressField(default="127.0.0.1", help_text="Local driver: listen address."),
+                ),
+                ("kubeconfig_encrypted", models.TextField(blank=True, editable=False)),
+                ("in_cluster", models.BooleanField(default=False)),
+                ("storage_class", models.CharField(blank=True, max_length=64)),
+                ("service_type", models.CharField(default="LoadBalancer", max_length=32)),
+                ("is_open", models.BooleanField(default=True, help_text="Open for new deployments.")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'ordering': ['code'],
+                "ordering": ["code"],
             },
         ),
         migrations.CreateModel(
-            name='Deployment',
+            name="Deployment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='dep')),
-                ('name', models.CharField(max_length=64)),
-                ('desired_state', models.CharField(choices=[('running', 'Running'), ('stopped', 'Stopped'), ('deleted', 'Deleted')], default='running', max_length=16)),
-                ('generation', models.PositiveIntegerField(default=1)),
-                ('restart_nonce', models.PositiveIntegerField(default=0)),
-                ('deletion_protection', models.BooleanField(default=False)),
-                ('last_tier_change_at', models.DateTimeField(blank=True, null=True)),
-                ('status_reason', models.CharField(blank=True, help_text='Why it was stopped, e.g. billing.', max_length=32)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('provisioning', 'Provisioning'), ('running', 'Running'), ('updating', 'Updating'), ('stopping', 'Stopping'), ('stopped', 'Stopped'), ('starting', 'Starting'), ('deleting', 'Deleting'), ('deleted', 'Deleted'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('conditions', models.JSONField(blank=True, default=list)),
-                ('observed_generation', models.PositiveIntegerField(default=0)),
-                ('observed_restart_nonce', models.PositiveIntegerField(default=0)),
-                ('endpoints', models.JSONField(blank=True, default=dict)),
-                ('observed_details', models.JSONField(blank=True, default=dict)),
-                ('last_error', models.TextField(blank=True)),
-                ('last_reconciled_at', models.DateTimeField(blank=True, null=True)),
-                ('monitor_username', models.CharField(default='$controlplane-monitor', editable=False, max_length=64)),
-                ('monitor_password_encrypted', models.TextField(blank=True, editable=False)),
-                ('monitor_salt_b64', models.CharField(blank=True, editable=False, max_length=64)),
-                ('monitor_hash_b64', models.CharField(blank=True, editable=False, max_length=128)),
-                ('api_secret_encrypted', models.TextField(blank=True, editable=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('deleted_at', models.DateTimeField(blank=True, null=True)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='projects.project')),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='deployments.plan')),
-                ('region', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='deployments.region')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="dep")),
+                ("name", models.CharField(max_length=64)),
+                (
+                    "desired_state",
+                    models.CharField(
+                        choices=[("running", "Running"), ("stopped", "Stopped"), ("deleted", "Deleted")],
+                        default="running",
+                        max_length=16,
+                    ),
+                ),
+                ("generation", models.PositiveIntegerField(default=1)),
+                ("restart_nonce", models.PositiveIntegerField(default=0)),
+                ("deletion_protection", models.BooleanField(default=False)),
+                ("last_tier_change_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "status_reason",
+                    models.CharField(blank=True, help_text="Why it was stopped, e.g. billing.", max_length=32),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("provisioning", "Provisioning"),
+                            ("running", "Running"),
+                            ("updating", "Updating"),
+                            ("stopping", "Stopping"),
+                            ("stopped", "Stopped"),
+                            ("starting", "Starting"),
+                            ("deleting", "Deleting"),
+                            ("deleted", "Deleted"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("conditions", models.JSONField(blank=True, default=list)),
+                ("observed_generation", models.PositiveIntegerField(default=0)),
+                ("observed_restart_nonce", models.PositiveIntegerField(default=0)),
+                ("endpoints", models.JSONField(blank=True, default=dict)),
+                ("observed_details", models.JSONField(blank=True, default=dict)),
+                ("last_error", models.TextField(blank=True)),
+                ("last_reconciled_at", models.DateTimeField(blank=True, null=True)),
+                ("monitor_username", models.CharField(default="$controlplane-monitor", editable=False, max_length=64)),
+                ("monitor_password_encrypted", models.TextField(blank=True, editable=False)),
+                ("monitor_salt_b64", models.CharField(blank=True, editable=False, max_length=64)),
+                ("monitor_hash_b64", models.CharField(blank=True, editable=False, max_length=128)),
+                ("api_secret_encrypted", models.TextField(blank=True, editable=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("deleted_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="deployments", to="projects.project"
+                    ),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="deployments", to="deployments.plan"
+                    ),
+                ),
+                (
+                    "region",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="deployments", to="deployments.region"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Operation',
+            name="Operation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='op')),
-                ('kind', models.CharField(choices=[('create', 'Create'), ('stop', 'Stop'), ('start', 'Start'), ('restart', 'Restart (maintenance)'), ('change_tier', 'Change tier'), ('move', 'Move to another project'), ('delete', 'Delete'), ('configure', 'Configure')], max_length=16)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('target_generation', models.PositiveIntegerField()),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='operations', to='deployments.deployment')),
-                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="op")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("create", "Create"),
+                            ("stop", "Stop"),
+                            ("start", "Start"),
+                            ("restart", "Restart (maintenance)"),
+                            ("change_tier", "Change tier"),
+                            ("move", "Move to another project"),
+                            ("delete", "Delete"),
+                            ("configure", "Configure"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("target_generation", models.PositiveIntegerField()),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="operations",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='DeploymentEvent',
+            name="DeploymentEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=64)),
-                ('message', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='deployments.deployment')),
-                ('operation', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='events', to='deployments.operation')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("kind", models.CharField(max_length=64)),
+                ("message", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="deployments.deployment"
+                    ),
+                ),
+                (
+                    "operation",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="events",
+                        to="deployments.operation",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RateLimitPolicy',
+            name="RateLimitPolicy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('level', models.CharField(choices=[('global', 'Global'), ('zone', 'Zone'), ('listener', 'Listener'), ('connection', 'Connection')], max_length=16)),
-                ('max_conn_rate', models.PositiveIntegerField(blank=True, null=True)),
-                ('messages_rate', models.PositiveIntegerField(blank=True, null=True)),
-                ('bytes_rate', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rate_limits', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "level",
+                    models.CharField(
+                        choices=[
+                            ("global", "Global"),
+                            ("zone", "Zone"),
+                            ("listener", "Listener"),
+                            ("connection", "Connection"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("max_conn_rate", models.PositiveIntegerField(blank=True, null=True)),
+                ("messages_rate", models.PositiveIntegerField(blank=True, null=True)),
+                ("bytes_rate", models.PositiveBigIntegerField(blank=True, null=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="rate_limits",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Tier',
+            name="Tier",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.CharField(help_text='1k, 2k, 5k, 10k…', max_length=16)),
-                ('max_connections', models.PositiveIntegerField()),
-                ('messages_per_second', models.PositiveIntegerField()),
-                ('sort_order', models.PositiveSmallIntegerField(default=0)),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='tiers', to='deployments.plan')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("code", models.CharField(help_text="1k, 2k, 5k, 10k…", max_length=16)),
+                ("max_connections", models.PositiveIntegerField()),
+                ("messages_per_second", models.PositiveIntegerField()),
+                ("sort_order", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="tiers", to="deployments.plan"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['plan__sort_order', 'sort_order', 'code'],
+                "ordering": ["plan__sort_order", "sort_order", "code"],
             },
         ),
         migrations.CreateModel(
-            name='StatusInterval',
+            name="StatusInterval",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('running', 'Running'), ('stopped', 'Stopped')], max_length=16)),
-                ('started_at', models.DateTimeField()),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='status_intervals', to='deployments.deployment')),
-                ('tier', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.tier')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("status", models.CharField(choices=[("running", "Running"), ("stopped", "Stopped")], max_length=16)),
+                ("started_at", models.DateTimeField()),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="status_intervals",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "tier",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="deployments.tier"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['started_at', 'id'],
+                "ordering": ["started_at", "id"],
             },
         ),
         migrations.AddField(
-            model_name='region',
-            name='tiers',
-            field=models.ManyToManyField(blank=True, help_text='Tiers offered here.', related_name='regions', to='deployments.tier'),
+            model_name="region",
+            name="tiers",
+            field=models.ManyToManyField(
+                blank=True, help_text="Tiers offered here.", related_name="regions", to="deployments.tier"
+            ),
         ),
         migrations.CreateModel(
-            name='Price',
+            name="Price",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('currency', models.CharField(default='USD', max_length=3)),
-                ('kind', models.CharField(choices=[('hourly', 'per hour running'), ('retention_hourly', 'per hour stopped (data retention)'), ('annual', 'per year, prepaid'), ('session_minutes_million', 'per million session-minutes'), ('traffic_gb', 'per GB of traffic')], max_length=32)),
-                ('amount', models.DecimalField(decimal_places=6, max_digits=12)),
-                ('valid_from', models.DateField()),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='prices', to='deployments.plan')),
-                ('tier', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='prices', to='deployments.tier')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("currency", models.CharField(default="USD", max_length=3)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("hourly", "per hour running"),
+                            ("retention_hourly", "per hour stopped (data retention)"),
+                            ("annual", "per year, prepaid"),
+                            ("session_minutes_million", "per million session-minutes"),
+                            ("traffic_gb", "per GB of traffic"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("amount", models.DecimalField(decimal_places=6, max_digits=12)),
+                ("valid_from", models.DateField()),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="prices", to="deployments.plan"
+                    ),
+                ),
+                (
+                    "tier",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="prices",
+                        to="deployments.tier",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['plan', 'tier', 'kind', 'currency', '-valid_from'],
+                "ordering": ["plan", "tier", "kind", "currency", "-valid_from"],
             },
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='tier',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='deployments.tier'),
+            model_name="deployment",
+            name="tier",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="deployments", to="deployments.tier"
+            ),
         ),
         migrations.CreateModel(
-            name='AclRule',
+            name="AclRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='acl')),
-                ('position', models.PositiveIntegerField()),
-                ('permission', models.CharField(choices=[('allow', 'Allow'), ('deny', 'Deny')], max_length=8)),
-                ('action', models.CharField(choices=[('publish', 'Publish'), ('subscribe', 'Subscribe'), ('all', 'Publish and subscribe')], max_length=16)),
-                ('topic', models.CharField(max_length=1024)),
-                ('username', models.CharField(blank=True, max_length=128, null=True)),
-                ('client_id', models.CharField(blank=True, max_length=128, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='acl_rules', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="acl")),
+                ("position", models.PositiveIntegerField()),
+                ("permission", models.CharField(choices=[("allow", "Allow"), ("deny", "Deny")], max_length=8)),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[("publish", "Publish"), ("subscribe", "Subscribe"), ("all", "Publish and subscribe")],
+                        max_length=16,
+                    ),
+                ),
+                ("topic", models.CharField(max_length=1024)),
+                ("username", models.CharField(blank=True, max_length=128, null=True)),
+                ("client_id", models.CharField(blank=True, max_length=128, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="acl_rules",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['position', 'id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('username__isnull', True), ('client_id__isnull', True), _connector='OR'), name='acl_rule_one_subject')],
+                "ordering": ["position", "id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("username__isnull", True), ("client_id__isnull", True), _connector="OR"),
+                        name="acl_rule_one_subject",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='MqttUser',
+            name="MqttUser",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='mqu')),
-                ('username', models.CharField(max_length=128)),
-                ('salt_b64', models.CharField(max_length=64)),
-                ('hash_b64', models.CharField(max_length=128)),
-                ('iterations', models.PositiveIntegerField(default=101)),
-                ('is_superuser', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='mqtt_users', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="mqu")),
+                ("username", models.CharField(max_length=128)),
+                ("salt_b64", models.CharField(max_length=64)),
+                ("hash_b64", models.CharField(max_length=128)),
+                ("iterations", models.PositiveIntegerField(default=101)),
+                ("is_superuser", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="mqtt_users",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('deployment', 'username'), name='mqtt_user_unique')],
+                "constraints": [models.UniqueConstraint(fields=("deployment", "username"), name="mqtt_user_unique")],
             },
         ),
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(fields=['deployment', 'status'], name='operation_active_idx'),
+            model_name="operation",
+            index=models.Index(fields=["deployment", "status"], name="operation_active_idx"),
         ),
         migrations.AddIndex(
-            model_name='deploymentevent',
-            index=models.Index(fields=['deployment', 'created_at'], name='deployment_event_time_idx'),
+            model_name="deploymentevent",
+            index=models.Index(fields=["deployment", "created_at"], name="deployment_event_time_idx"),
         ),
         migrations.AddConstraint(
-            model_name='ratelimitpolicy',
-            constraint=models.UniqueConstraint(fields=('deployment', 'level'), name='rate_limit_level_unique'),
+            model_name="ratelimitpolicy",
+            constraint=models.UniqueConstraint(fields=("deployment", "level"), name="rate_limit_level_unique"),
         ),
         migrations.AddConstraint(
-            model_name='tier',
-            constraint=models.UniqueConstraint(fields=('plan', 'code'), name='tier_code_unique_per_plan'),
+            model_name="tier",
+            constraint=models.UniqueConstraint(fields=("plan", "code"), name="tier_code_unique_per_plan"),
         ),
         migrations.AddConstraint(
-            model_name='statusinterval',
-            constraint=models.UniqueConstraint(condition=models.Q(('ended_at__isnull', True)), fields=('deployment',), name='status_interval_one_open'),
+            model_name="statusinterval",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("ended_at__isnull", True)), fields=("deployment",), name="status_interval_one_open"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='statusinterval',
-            constraint=models.CheckConstraint(condition=models.Q(('ended_at__isnull', True), ('ended_at__gte', models.F('started_at')), _connector='OR'), name='status_interval_ordered'),
+            model_name="statusinterval",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("ended_at__isnull", True), ("ended_at__gte", models.F("started_at")), _connector="OR"
+                ),
+                name="status_interval_ordered",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='price',
-            constraint=models.UniqueConstraint(fields=('plan', 'tier', 'currency', 'kind', 'valid_from'), name='price_unique'),
+            model_name="price",
+            constraint=models.UniqueConstraint(
+                fields=("plan", "tier", "currency", "kind", "valid_from"), name="price_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='price',
-            constraint=models.UniqueConstraint(condition=models.Q(('tier__isnull', True)), fields=('plan', 'currency', 'kind', 'valid_from'), name='price_unique_plan_level'),
+            model_name="price",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("tier__isnull", True)),
+                fields=("plan", "currency", "kind", "valid_from"),
+                name="price_unique_plan_level",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='price',
-            constraint=models.CheckConstraint(condition=models.Q(('amount__gte', 0)), name='price_not_negative'),
+            model_name="price",
+            constraint=models.CheckConstraint(condition=models.Q(("amount__gte", 0)), name="price_not_negative"),
         ),
         migrations.AddIndex(
-            model_name='deployment',
-            index=models.Index(fields=['status', 'desired_state'], name='deployment_status_idx'),
+            model_name="deployment",
+            index=models.Index(fields=["status", "desired_state"], name="deployment_status_idx"),
         ),
         migrations.AddConstraint(
-            model_name='deployment',
-            constraint=models.UniqueConstraint(models.F('project'), django.db.models.functions.text.Lower('name'), condition=models.Q(('desired_state', 'deleted'), _negated=True), name='deployment_name_unique_ci'),
+            model_name="deployment",
+            constraint=models.UniqueConstraint(
+                models.F("project"),
+                django.db.models.functions.text.Lower("name"),
+                condition=models.Q(("desired_state", "deleted"), _negated=True),
+                name="deployment_name_unique_ci",
+            ),
         ),
     ]

@@ -1,4 +1,5 @@
 """Seeds DESIGN §3's catalog in USD (plans, tiers, prices) and the `local` region that hosts brokers on this machine."""
+
 import datetime
 from decimal import Decimal
 
@@ -6,8 +7,12 @@ from django.db import migrations
 
 VALID_FROM = datetime.date(2024, 1, 1)
 # (code, max_connections, messages_per_second, hourly USD)
-DEDICATED_TIERS = [("1k", 1000, 1000, "0.36"), ("2k", 2000, 2000, "0.50"), ("5k", 5000, 10000, "0.99"),
-                   ("10k", 10000, 20000, "1.49")]
+DEDICATED_TIERS = [
+    ("1k", 1000, 1000, "0.36"),
+    ("2k", 2000, 2000, "0.50"),
+    ("5k", 5000, 10000, "0.99"),
+    ("10k", 10000, 20000, "1.49"),
+]
 ANNUAL_DISCOUNT = Decimal("0.85")  # annual prepaid: 15% below 8,760 hourly hours
 PLANS = [
     ("serverless", "Serverless", "Shared, TLS only, 1,000 sessions and 1,000 msg/s; billed per use.", 0),
@@ -25,19 +30,24 @@ def seed(apps, schema_editor):
 
     plans = {}
     for code, name, description, order in PLANS:
-        plans[code], _ = Plan.objects.get_or_create(code=code, defaults={"name": name, "description": description,
-                                                                        "sort_order": order})
+        plans[code], _ = Plan.objects.get_or_create(
+            code=code, defaults={"name": name, "description": description, "sort_order": order}
+        )
 
     def price(plan, kind, amount, tier=None):
-        Price.objects.get_or_create(plan=plan, tier=tier, currency="USD", kind=kind, valid_from=VALID_FROM,
-                                    defaults={"amount": Decimal(amount)})
+        Price.objects.get_or_create(
+            plan=plan, tier=tier, currency="USD", kind=kind, valid_from=VALID_FROM, defaults={"amount": Decimal(amount)}
+        )
 
     offered = []
     for plan_code in ("dedicated", "premium"):
         plan = plans[plan_code]
         for order, (code, connections, rate, hourly) in enumerate(DEDICATED_TIERS):
-            tier, _ = Tier.objects.get_or_create(plan=plan, code=code, defaults={
-                "max_connections": connections, "messages_per_second": rate, "sort_order": order})
+            tier, _ = Tier.objects.get_or_create(
+                plan=plan,
+                code=code,
+                defaults={"max_connections": connections, "messages_per_second": rate, "sort_order": order},
+            )
             offered.append(tier)
             price(plan, "hourly", hourly, tier)
             price(plan, "annual", (Decimal(hourly) * 8760 * ANNUAL_DISCOUNT).quantize(Decimal("0.01")), tier)
@@ -46,9 +56,17 @@ def seed(apps, schema_editor):
     price(plans["serverless"], "session_minutes_million", "2")
     price(plans["serverless"], "traffic_gb", "0.15")
 
-    region, _ = Region.objects.get_or_create(code="local", defaults={
-        "display_name": "This machine", "provider": "local", "cloud_region": "local", "driver": "local",
-        "bind_address": "127.0.0.1", "is_open": True})
+    region, _ = Region.objects.get_or_create(
+        code="local",
+        defaults={
+            "display_name": "This machine",
+            "provider": "local",
+            "cloud_region": "local",
+            "driver": "local",
+            "bind_address": "127.0.0.1",
+            "is_open": True,
+        },
+    )
     region.tiers.add(*offered)
 
 

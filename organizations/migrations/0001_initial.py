@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,57 +16,87 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Invitation',
+            name="Invitation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='ivt')),
-                ('email', models.EmailField(max_length=254)),
-                ('roles', models.JSONField(default=list)),
-                ('project_grants', models.JSONField(blank=True, default=list)),
-                ('token_hash', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('expires_at', models.DateTimeField()),
-                ('accepted_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="ivt")),
+                ("email", models.EmailField(max_length=254)),
+                ("roles", models.JSONField(default=list)),
+                ("project_grants", models.JSONField(blank=True, default=list)),
+                ("token_hash", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("expires_at", models.DateTimeField()),
+                ("accepted_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Membership',
+            name="Membership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='mem')),
-                ('roles', models.JSONField(default=list, help_text='Organization roles (owner, administrator, accountant, auditor).')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="mem")),
+                (
+                    "roles",
+                    models.JSONField(
+                        default=list, help_text="Organization roles (owner, administrator, accountant, auditor)."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
         ),
         migrations.CreateModel(
-            name='Organization',
+            name="Organization",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='org')),
-                ('name', models.CharField(max_length=100)),
-                ('rate_limits', models.JSONField(blank=True, default=dict)),
-                ('premium_trial_deployments', models.PositiveSmallIntegerField(default=0, help_text='Premium trial deployments staff granted this organization (at most 2).')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="org")),
+                ("name", models.CharField(max_length=100)),
+                ("rate_limits", models.JSONField(blank=True, default=dict)),
+                (
+                    "premium_trial_deployments",
+                    models.PositiveSmallIntegerField(
+                        default=0, help_text="Premium trial deployments staff granted this organization (at most 2)."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', controlplane.ids.PublicIdField(prefix='key')),
-                ('name', models.CharField(max_length=100)),
-                ('role', models.CharField(choices=[('owner', 'Owner'), ('administrator', 'Administrator'), ('project_administrator', 'Project Administrator'), ('project_user', 'Project User'), ('accountant', 'Accountant'), ('auditor', 'Auditor')], max_length=32)),
-                ('prefix', models.CharField(help_text='The visible start of the secret.', max_length=16, unique=True)),
-                ('secret_hash', models.CharField(max_length=64)),
-                ('previous_secret_hash', models.CharField(blank=True, max_length=64)),
-                ('previous_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('deletion_protection', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='api_keys', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", controlplane.ids.PublicIdField(prefix="key")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("owner", "Owner"),
+                            ("administrator", "Administrator"),
+                            ("project_administrator", "Project Administrator"),
+                            ("project_user", "Project User"),
+                            ("accountant", "Accountant"),
+                            ("auditor", "Auditor"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("prefix", models.CharField(help_text="The visible start of the secret.", max_length=16, unique=True)),
+                ("secret_hash", models.CharField(max_length=64)),
+                ("previous_secret_hash", models.CharField(blank=True, max_length=64)),
+                ("previous_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                ("deletion_protection", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
     ]

@@ -6,35 +6,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('organizations', '0002_initial'),
-        ('projects', '0001_initial'),
+        ("organizations", "0002_initial"),
+        ("projects", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='project',
-            options={'base_manager_name': 'all_objects'},
+            name="project",
+            options={"base_manager_name": "all_objects"},
         ),
         migrations.AlterModelManagers(
-            name='project',
+            name="project",
             managers=[
-                ('objects', django.db.models.manager.Manager()),
-                ('all_objects', django.db.models.manager.Manager()),
+                ("objects", django.db.models.manager.Manager()),
+                ("all_objects", django.db.models.manager.Manager()),
             ],
         ),
         migrations.RemoveConstraint(
-            model_name='project',
-            name='project_name_unique_ci',
+            model_name="project",
+            name="project_name_unique_ci",
         ),
         migrations.AddField(
-            model_name='project',
-            name='deleted_at',
+            model_name="project",
+            name="deleted_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddConstraint(
-            model_name='project',
-            constraint=models.UniqueConstraint(models.F('organization'), django.db.models.functions.text.Lower('name'), condition=models.Q(('deleted_at__isnull', True)), name='project_name_unique_ci'),
+            model_name="project",
+            constraint=models.UniqueConstraint(
+                models.F("organization"),
+                django.db.models.functions.text.Lower("name"),
+                condition=models.Q(("deleted_at__isnull", True)),
+                name="project_name_unique_ci",
+            ),
         ),
     ]

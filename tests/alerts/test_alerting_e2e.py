@@ -4,6 +4,7 @@ mosquitto), real paho-mqtt clients, collection from $SYS and the broker log, a r
 The first tests run collection, evaluation and delivery as Celery tasks in eager mode in this process, so the
 email lands in mailoutbox; the last one lets the real worker do all of it after the beat task fans out.
 """
+
 import contextlib
 import time
 
@@ -46,8 +47,7 @@ def running(worker_env, celery_worker, owner_org, key_client):
     client = key_client(owner_org.owner_secret)
     org_url = f"/api/v1/organizations/{owner_org.id}"
     base = f"{org_url}/projects/{owner_org.default_project.public_id}/deployments"
-    response = client.post(base, {"name": "plant", "plan": "dedicated", "tier": "1k", "region": "local"},
-                           format="json")
+    response = client.post(base, {"name": "plant", "plan": "dedicated", "tier": "1k", "region": "local"}, format="json")
     assert response.status_code == 202, response.content
     url = f"{base}/{response.json()['deployment']['id']}"
     wait_for_status(client, url, "running")
@@ -55,9 +55,15 @@ def running(worker_env, celery_worker, owner_org, key_client):
     assert user.status_code == 201, user.content
     wait_operation(client, f"{url}/operations/{user.json()['operation']}")
     body = client.get(url).json()
-    return {"client": client, "url": url, "org_url": org_url, "port": body["connection"]["ports"]["mqtt"],
-            "deployment_id": body["id"],
-            "project_url": f"{org_url}/projects/{owner_org.default_project.public_id}", "worker": celery_worker}
+    return {
+        "client": client,
+        "url": url,
+        "org_url": org_url,
+        "port": body["connection"]["ports"]["mqtt"],
+        "deployment_id": body["id"],
+        "project_url": f"{org_url}/projects/{owner_org.default_project.public_id}",
+        "worker": celery_worker,
+    }
 
 
 @contextlib.contextmanager
@@ -80,21 +86,34 @@ def collect(deployment_public_id: str) -> None:
         tasks.collect_deployment.delay(pk)
 
 
-def test_connections_alert_fires_once_notifies_and_resolves_when_clients_come_and_go(running, receiver,
-                                                                                     mailoutbox):
+def test_connections_alert_fires_once_notifies_and_resolves_when_clients_come_and_go(running, receiver, mailoutbox):
     client = running["client"]
     channels_url = f"{running['org_url']}/notification-channels"
-    hook = client.post(channels_url, {"name": "hook", "type": "webhook", "config": {"url": receiver.url}},
-                       format="json")
+    hook = client.post(
+        channels_url, {"name": "hook", "type": "webhook", "config": {"url": receiver.url}}, format="json"
+    )
     assert hook.status_code == 201, hook.content
     secret = hook.json()["secret"]
-    mail = client.post(channels_url, {"name": "ops", "type": "email", "config": {"addresses": ["ops@example.com"]}},
-                       format="json")
+    mail = client.post(
+        channels_url, {"name": "ops", "type": "email", "config": {"addresses": ["ops@example.com"]}}, format="json"
+    )
     assert mail.status_code == 201, mail.content
-    rule = client.post(f"{running['project_url']}/alert-rules", {
-        "name": "More than two clients", "deployment": running["deployment_id"], "metric": "connections",
-        "aggregation": "last", "window_seconds": 60, "operator": ">", "threshold": 2, "for_seconds": 0,
-        "severity": "critical", "channels": [hook.json()["id"], mail.json()["id"]]}, format="json")
+    rule = client.post(
+        f"{running['project_url']}/alert-rules",
+        {
+            "name": "More than two clients",
+            "deployment": running["deployment_id"],
+            "metric": "connections",
+            "aggregation": "last",
+            "window_seconds": 60,
+            "operator": ">",
+            "threshold": 2,
+            "for_seconds": 0,
+            "severity": "critical",
+            "channels": [hook.json()["id"], mail.json()["id"]],
+        },
+        format="json",
+    )
     assert rule.status_code == 201, rule.content
 
     devices = [Client(running["port"], "device", "device-secret") for _ in range(3)]
@@ -110,8 +129,9 @@ def test_connections_alert_fires_once_notifies_and_resolves_when_clients_come_an
     alert = Alert.objects.get(rule__public_id=rule.json()["id"])
     assert alert.status == "firing" and alert.value == 3
     assert [b["event"] for b in receiver.bodies()] == ["alert.firing"]
-    assert verify_webhook_signature(secret, receiver.requests[0]["headers"]["X-Signature"],
-                                    receiver.requests[0]["body"])
+    assert verify_webhook_signature(
+        secret, receiver.requests[0]["headers"]["X-Signature"], receiver.requests[0]["body"]
+    )
     assert len(mailoutbox) == 1 and mailoutbox[0].to == ["ops@example.com"]
     listed = client.get(f"{running['org_url']}/alerts", {"status": "firing"}).json()["results"]
     assert [a["id"] for a in listed] == [alert.public_id]
@@ -124,8 +144,11 @@ def test_connections_alert_fires_once_notifies_and_resolves_when_clients_come_an
 
     from alerts.models import MetricSample
 
-    raw = list(MetricSample.objects.filter(deployment__public_id=running["deployment_id"], name="connections")
-               .order_by("ts").values_list("value", flat=True))
+    raw = list(
+        MetricSample.objects.filter(deployment__public_id=running["deployment_id"], name="connections")
+        .order_by("ts")
+        .values_list("value", flat=True)
+    )
     assert raw == [3.0, 3.0, 0.0]
     # The three collections ran seconds apart, so the aligned series averages them in one bucket (2.0) or, when a
     # bucket boundary falls between them, in two (3.0 and 0.0, or 3.0 and 1.5): never below 1.5 at its peak.
@@ -136,8 +159,11 @@ def test_connections_alert_fires_once_notifies_and_resolves_when_clients_come_an
 
 def test_wrong_passwords_raise_authentication_failure_alert_when_ten_refused(running, receiver):
     client = running["client"]
-    client.post(f"{running['org_url']}/notification-channels",
-                {"name": "hook", "type": "webhook", "config": {"url": receiver.url}}, format="json")
+    client.post(
+        f"{running['org_url']}/notification-channels",
+        {"name": "hook", "type": "webhook", "config": {"url": receiver.url}},
+        format="json",
+    )
     collect(running["deployment_id"])  # the baseline: rates need a previous run
     for _ in range(10):
         with pytest.raises(ConnackRefused):
@@ -152,11 +178,23 @@ def test_wrong_passwords_raise_authentication_failure_alert_when_ten_refused(run
 
 def test_worker_collects_evaluates_and_delivers_when_beat_task_fans_out(running, receiver):
     client = running["client"]
-    client.post(f"{running['org_url']}/notification-channels",
-                {"name": "hook", "type": "webhook", "config": {"url": receiver.url}}, format="json")
-    rule = client.post(f"{running['project_url']}/alert-rules", {
-        "name": "Anyone there", "metric": "connections", "aggregation": "last", "window_seconds": 60,
-        "operator": ">=", "threshold": 1}, format="json")
+    client.post(
+        f"{running['org_url']}/notification-channels",
+        {"name": "hook", "type": "webhook", "config": {"url": receiver.url}},
+        format="json",
+    )
+    rule = client.post(
+        f"{running['project_url']}/alert-rules",
+        {
+            "name": "Anyone there",
+            "metric": "connections",
+            "aggregation": "last",
+            "window_seconds": 60,
+            "operator": ">=",
+            "threshold": 1,
+        },
+        format="json",
+    )
     assert rule.status_code == 201, rule.content
     device = Client(running["port"], "device", "device-secret")
     assert not device.connect().is_failure

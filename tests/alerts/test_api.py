@@ -1,4 +1,5 @@
 """The alerts REST API: metric series, rules, alerts and acknowledgement, silences, channels, bad input, tenancy."""
+
 import datetime as dt
 
 import pytest
@@ -20,9 +21,14 @@ def ctx(owner_org, key_client):
     project = owner_org.default_project
     deployment = make_deployment(project)
     org_url = f"/api/v1/organizations/{owner_org.id}"
-    return {"client": client, "org": owner_org, "deployment": deployment, "org_url": org_url,
-            "project_url": f"{org_url}/projects/{project.public_id}",
-            "dep_url": f"{org_url}/projects/{project.public_id}/deployments/{deployment.public_id}"}
+    return {
+        "client": client,
+        "org": owner_org,
+        "deployment": deployment,
+        "org_url": org_url,
+        "project_url": f"{org_url}/projects/{project.public_id}",
+        "dep_url": f"{org_url}/projects/{project.public_id}/deployments/{deployment.public_id}",
+    }
 
 
 def problem_fields(response) -> set[str]:
@@ -40,9 +46,15 @@ def test_metrics_answer_aligned_series_with_gaps_when_samples_missing(ctx):
     store(deployment, "connections", 5, base + dt.timedelta(seconds=125))
     store(deployment, "traffic_bytes", 100, base + dt.timedelta(seconds=5))
     store(deployment, "traffic_bytes", 50, base + dt.timedelta(seconds=35))
-    response = ctx["client"].get(f"{ctx['dep_url']}/metrics", {
-        "names": "connections,traffic_bytes", "from": base.isoformat(),
-        "to": (base + dt.timedelta(seconds=180)).isoformat(), "step": 60})
+    response = ctx["client"].get(
+        f"{ctx['dep_url']}/metrics",
+        {
+            "names": "connections,traffic_bytes",
+            "from": base.isoformat(),
+            "to": (base + dt.timedelta(seconds=180)).isoformat(),
+            "step": 60,
+        },
+    )
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["step"] == 60 and body["source"] == "raw" and len(body["timestamps"]) == 3
@@ -59,13 +71,16 @@ def test_metrics_current_shows_tier_limits_when_samples_exist(ctx):
     assert (connections["value"], connections["limit"], connections["percent_of_limit"]) == (250.0, 1000, 25.0)
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"names": "connections,bogus"}, "names"),
-    ({"step": "10"}, "step"),
-    ({"step": "abc"}, "step"),
-    ({"step": "60", "from": "2020-01-01T00:00:00Z"}, "step"),
-    ({"from": "yesterday"}, "from"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"names": "connections,bogus"}, "names"),
+        ({"step": "10"}, "step"),
+        ({"step": "abc"}, "step"),
+        ({"step": "60", "from": "2020-01-01T00:00:00Z"}, "step"),
+        ({"from": "yesterday"}, "from"),
+    ],
+)
 def test_metrics_refuse_bad_query_when_names_step_or_range_invalid(ctx, params, field):
     response = ctx["client"].get(f"{ctx['dep_url']}/metrics", params)
     assert response.status_code == 400, response.content
@@ -77,14 +92,25 @@ def test_metrics_refuse_bad_query_when_names_step_or_range_invalid(ctx, params, 
 
 def test_rule_crud_and_deployment_filter_when_project_and_deployment_scoped(ctx):
     client, url = ctx["client"], f"{ctx['project_url']}/alert-rules"
-    created = client.post(url, {"name": "Busy", "metric": "connections", "aggregation": "max", "window_seconds": 60,
-                                "operator": ">", "threshold": 2, "deployment": ctx["deployment"].public_id},
-                          format="json")
+    created = client.post(
+        url,
+        {
+            "name": "Busy",
+            "metric": "connections",
+            "aggregation": "max",
+            "window_seconds": 60,
+            "operator": ">",
+            "threshold": 2,
+            "deployment": ctx["deployment"].public_id,
+        },
+        format="json",
+    )
     assert created.status_code == 201, created.content
     body = created.json()
     assert body["deployment"] == ctx["deployment"].public_id and body["threshold"] == 2.0
-    project_wide = client.post(url, {"name": "Drops", "metric": "messages_dropped_rate", "threshold": 1.5},
-                               format="json")
+    project_wide = client.post(
+        url, {"name": "Drops", "metric": "messages_dropped_rate", "threshold": 1.5}, format="json"
+    )
     assert project_wide.status_code == 201, project_wide.content
     assert project_wide.json()["deployment"] is None
 
@@ -110,19 +136,22 @@ def test_default_rules_listed_and_editable_when_deployment_evaluated(ctx):
     assert response.status_code == 200 and response.json()["threshold"] == 90.0
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"metric": "cpu_temperature"}, "metric"),
-    ({"threshold": "2"}, "threshold"),
-    ({"threshold": True}, "threshold"),
-    ({"window_seconds": 30}, "window_seconds"),
-    ({"window_seconds": "300"}, "window_seconds"),
-    ({"metric": "retained", "threshold_unit": "percent_of_tier_limit"}, "threshold_unit"),
-    ({"operator": "~"}, "operator"),
-    ({"severity": "fatal"}, "severity"),
-    ({"deployment": "dep_doesnotexist00000000"}, "deployment"),
-    ({"channels": ["chn_doesnotexist0000000"]}, "channels"),
-    ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"metric": "cpu_temperature"}, "metric"),
+        ({"threshold": "2"}, "threshold"),
+        ({"threshold": True}, "threshold"),
+        ({"window_seconds": 30}, "window_seconds"),
+        ({"window_seconds": "300"}, "window_seconds"),
+        ({"metric": "retained", "threshold_unit": "percent_of_tier_limit"}, "threshold_unit"),
+        ({"operator": "~"}, "operator"),
+        ({"severity": "fatal"}, "severity"),
+        ({"deployment": "dep_doesnotexist00000000"}, "deployment"),
+        ({"channels": ["chn_doesnotexist0000000"]}, "channels"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_rule_refused_with_field_error_when_input_bad(ctx, body, field):
     payload = {"name": "Bad", "metric": "connections", "threshold": 2, **body}
     response = ctx["client"].post(f"{ctx['project_url']}/alert-rules", payload, format="json")
@@ -161,8 +190,7 @@ def test_alerts_listed_filtered_and_acknowledged_when_firing(ctx):
     assert client.get(url, {"severity": "info"}).json()["results"] == []
 
     until = (timezone.now() + dt.timedelta(hours=2)).isoformat()
-    acked = client.post(f"{url}/{alert.public_id}/acknowledge", {"until": until, "comment": "looking"},
-                        format="json")
+    acked = client.post(f"{url}/{alert.public_id}/acknowledge", {"until": until, "comment": "looking"}, format="json")
     assert acked.status_code == 200, acked.content
     body = acked.json()
     assert body["acknowledgement_comment"] == "looking" and body["acknowledged_by"] == ctx["org"].owner.email
@@ -175,8 +203,15 @@ def test_alerts_listed_filtered_and_acknowledged_when_firing(ctx):
 def test_silence_created_listed_and_ended_when_valid(ctx):
     client, url = ctx["client"], f"{ctx['project_url']}/silences"
     ends = (timezone.now() + dt.timedelta(hours=1)).isoformat()
-    created = client.post(url, {"matchers": {"deployment": ctx["deployment"].public_id, "severity": "critical"},
-                                "ends_at": ends, "comment": "load test"}, format="json")
+    created = client.post(
+        url,
+        {
+            "matchers": {"deployment": ctx["deployment"].public_id, "severity": "critical"},
+            "ends_at": ends,
+            "comment": "load test",
+        },
+        format="json",
+    )
     assert created.status_code == 201, created.content
     assert created.json()["active"] is True
     assert [s["id"] for s in client.get(url).json()["results"]] == [created.json()["id"]]
@@ -184,13 +219,16 @@ def test_silence_created_listed_and_ended_when_valid(ctx):
     assert ended.status_code == 200 and ended.json()["active"] is False
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"matchers": {"deployment": "dep_x"}}, "ends_at"),
-    ({"ends_at": None}, "ends_at"),
-    ({"ends_at": "2001-01-01T00:00:00Z"}, "ends_at"),
-    ({"matchers": {"colour": "red"}, "ends_at": "2099-01-01T00:00:00Z"}, "matchers"),
-    ({"matchers": {"metric": "bogus"}, "ends_at": "2099-01-01T00:00:00Z"}, "matchers.metric"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"matchers": {"deployment": "dep_x"}}, "ends_at"),
+        ({"ends_at": None}, "ends_at"),
+        ({"ends_at": "2001-01-01T00:00:00Z"}, "ends_at"),
+        ({"matchers": {"colour": "red"}, "ends_at": "2099-01-01T00:00:00Z"}, "matchers"),
+        ({"matchers": {"metric": "bogus"}, "ends_at": "2099-01-01T00:00:00Z"}, "matchers.metric"),
+    ],
+)
 def test_silence_refused_when_end_missing_or_matchers_bad(ctx, body, field):
     response = ctx["client"].post(f"{ctx['project_url']}/silences", body, format="json")
     assert response.status_code == 400, response.content
@@ -203,25 +241,30 @@ def test_silence_refused_when_end_missing_or_matchers_bad(ctx, body, field):
 def test_webhook_secret_shown_once_when_channel_created(ctx, settings):
     settings.ALLOW_PRIVATE_WEBHOOKS = True
     url = f"{ctx['org_url']}/notification-channels"
-    created = ctx["client"].post(url, {"name": "hook", "type": "webhook",
-                                       "config": {"url": "http://127.0.0.1:9/x", "headers": {"X-Team": "a"}}},
-                                 format="json")
+    created = ctx["client"].post(
+        url,
+        {"name": "hook", "type": "webhook", "config": {"url": "http://127.0.0.1:9/x", "headers": {"X-Team": "a"}}},
+        format="json",
+    )
     assert created.status_code == 201, created.content
     assert created.json()["secret"].startswith("whsec_")
     shown = ctx["client"].get(f"{url}/{created.json()['id']}").json()
     assert "secret" not in shown and shown["config"]["headers"] == {"X-Team": "…"}
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"type": "webhook", "config": {"url": "ftp://example.com/x"}}, "config.url"),
-    ({"type": "webhook", "config": {"url": "http://127.0.0.1:8000/x"}}, "config.url"),
-    ({"type": "webhook", "config": {"url": "http://169.254.169.254/latest"}}, "config.url"),
-    ({"type": "webhook", "config": {"url": "http://10.0.0.5/x"}}, "config.url"),
-    ({"type": "slack", "config": {"url": "https://example.com/services/T/B/x"}}, "config.url"),
-    ({"type": "pagerduty", "config": {"routing_key": "short"}}, "config.routing_key"),
-    ({"type": "email", "config": {"addresses": ["not-an-address"]}}, "config.addresses"),
-    ({"type": "sms", "config": {}}, "type"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"type": "webhook", "config": {"url": "ftp://example.com/x"}}, "config.url"),
+        ({"type": "webhook", "config": {"url": "http://127.0.0.1:8000/x"}}, "config.url"),
+        ({"type": "webhook", "config": {"url": "http://169.254.169.254/latest"}}, "config.url"),
+        ({"type": "webhook", "config": {"url": "http://10.0.0.5/x"}}, "config.url"),
+        ({"type": "slack", "config": {"url": "https://example.com/services/T/B/x"}}, "config.url"),
+        ({"type": "pagerduty", "config": {"routing_key": "short"}}, "config.routing_key"),
+        ({"type": "email", "config": {"addresses": ["not-an-address"]}}, "config.addresses"),
+        ({"type": "sms", "config": {}}, "type"),
+    ],
+)
 def test_channel_refused_when_destination_bad(ctx, body, field):
     response = ctx["client"].post(f"{ctx['org_url']}/notification-channels", {"name": "x", **body}, format="json")
     assert response.status_code == 400, response.content
@@ -233,8 +276,9 @@ def test_slack_and_pagerduty_accepted_when_shapes_right(ctx):
     slack = ctx["client"].post(url, {"name": "s", "type": "slack", "config": {"url": SLACK_URL}}, format="json")
     assert slack.status_code == 201, slack.content
     assert slack.json()["config"]["url"].endswith("/…") and slack.json()["secret"] is None
-    pd = ctx["client"].post(url, {"name": "p", "type": "pagerduty", "config": {"routing_key": PAGERDUTY_KEY}},
-                            format="json")
+    pd = ctx["client"].post(
+        url, {"name": "p", "type": "pagerduty", "config": {"routing_key": PAGERDUTY_KEY}}, format="json"
+    )
     assert pd.status_code == 201, pd.content
     assert PAGERDUTY_KEY not in str(pd.json())
 
@@ -244,8 +288,11 @@ def test_channel_test_delivers_and_history_lists_attempt_when_sent(ctx, settings
     receiver = Receiver()
     try:
         url = f"{ctx['org_url']}/notification-channels"
-        channel = ctx["client"].post(url, {"name": "hook", "type": "webhook", "config": {"url": receiver.url}},
-                                     format="json").json()
+        channel = (
+            ctx["client"]
+            .post(url, {"name": "hook", "type": "webhook", "config": {"url": receiver.url}}, format="json")
+            .json()
+        )
         from django.test import TestCase
 
         with TestCase.captureOnCommitCallbacks(execute=True):
@@ -269,17 +316,33 @@ def test_other_organizations_objects_are_404_when_addressed_through_own_org(ctx,
     store(other_deployment, "connections", 9, timezone.now())
     services.rules_evaluate(deployment_ids=[other_deployment.pk])
     other_alert = Alert.objects.get(rule=other_rule)
-    other_channel, _ = services.channel_create(organization=other.organization, actor=None, name="x", type="email",
-                                               config={"addresses": ["x@example.com"]})
-    other_silence = services.silence_create(project=other.default_project, actor=None, matchers={}, starts_at=None,
-                                            ends_at=timezone.now() + dt.timedelta(hours=1))
+    other_channel, _ = services.channel_create(
+        organization=other.organization, actor=None, name="x", type="email", config={"addresses": ["x@example.com"]}
+    )
+    other_silence = services.silence_create(
+        project=other.default_project,
+        actor=None,
+        matchers={},
+        starts_at=None,
+        ends_at=timezone.now() + dt.timedelta(hours=1),
+    )
     client = ctx["client"]
     assert client.get(f"{ctx['project_url']}/alert-rules/{other_rule.public_id}").status_code == 404
-    assert client.patch(f"{ctx['project_url']}/alert-rules/{other_rule.public_id}", {"enabled": False},
-                        format="json").status_code == 404
+    assert (
+        client.patch(
+            f"{ctx['project_url']}/alert-rules/{other_rule.public_id}", {"enabled": False}, format="json"
+        ).status_code
+        == 404
+    )
     assert client.get(f"{ctx['org_url']}/alerts/{other_alert.public_id}").status_code == 404
-    assert client.post(f"{ctx['org_url']}/alerts/{other_alert.public_id}/acknowledge",
-                       {"until": "2099-01-01T00:00:00Z"}, format="json").status_code == 404
+    assert (
+        client.post(
+            f"{ctx['org_url']}/alerts/{other_alert.public_id}/acknowledge",
+            {"until": "2099-01-01T00:00:00Z"},
+            format="json",
+        ).status_code
+        == 404
+    )
     assert client.get(f"{ctx['org_url']}/notification-channels/{other_channel.public_id}").status_code == 404
     assert client.post(f"{ctx['org_url']}/notification-channels/{other_channel.public_id}/test").status_code == 404
     assert client.get(f"{ctx['project_url']}/silences/{other_silence.public_id}").status_code == 404
@@ -290,7 +353,10 @@ def test_other_organizations_objects_are_404_when_addressed_through_own_org(ctx,
     assert client.get(f"{theirs}/alerts").status_code == 404
     assert client.get(f"{theirs}/notification-channels").status_code == 404
     # And their rules cannot route to our channel, nor ours to theirs.
-    response = client.post(f"{ctx['project_url']}/alert-rules", {"name": "x", "metric": "connections", "threshold": 1,
-                                                                 "channels": [other_channel.public_id]}, format="json")
+    response = client.post(
+        f"{ctx['project_url']}/alert-rules",
+        {"name": "x", "metric": "connections", "threshold": 1, "channels": [other_channel.public_id]},
+        format="json",
+    )
     assert response.status_code == 400
     assert AlertRule.objects.filter(organization=ctx["org"].organization, name="x").count() == 0

@@ -4,6 +4,7 @@ Spend comes from real status history metered by billing.metering on real Postgre
 hour). The clock is passed in: ten days and a half hour into March 2030, so 240.5 running hours are 86.58 USD and the
 straight-line forecast for the month is 267.84 USD.
 """
+
 import datetime as dt
 
 import pytest
@@ -31,9 +32,15 @@ def running_deployment(project, name="plant", *, since=at(2030, 3, 1)):
     from deployments.models import Deployment, Region, StatusInterval, Tier
 
     tier = Tier.objects.select_related("plan").get(plan__code="dedicated", code="1k")
-    deployment = Deployment.objects.create(project=project, name=name, plan=tier.plan, tier=tier,
-                                           region=Region.objects.get(code="local"), desired_state="running",
-                                           status="running")
+    deployment = Deployment.objects.create(
+        project=project,
+        name=name,
+        plan=tier.plan,
+        tier=tier,
+        region=Region.objects.get(code="local"),
+        desired_state="running",
+        status="running",
+    )
     StatusInterval.objects.create(deployment=deployment, status="running", tier=tier, started_at=since)
     return deployment
 
@@ -47,8 +54,16 @@ def meter(now=NOW):
 def budget_rule(project, amount, *, metric="spend_month_to_date", operator=">=", scope="project", **fields):
     defaults = {"name": "Budget", "severity": "warning", "repeat_interval_seconds": 3600}
     defaults.update(fields)
-    return services.alert_rule_create(project=project, actor=None, kind="budget", metric=metric, operator=operator,
-                                      budget_scope=scope, budget_amount=amount, **defaults)
+    return services.alert_rule_create(
+        project=project,
+        actor=None,
+        kind="budget",
+        metric=metric,
+        operator=operator,
+        budget_scope=scope,
+        budget_amount=amount,
+        **defaults,
+    )
 
 
 def second_project(org):
@@ -61,8 +76,13 @@ def second_project(org):
 def ctx(owner_org, key_client):
     client = key_client(owner_org.owner_secret)
     org_url = f"/api/v1/organizations/{owner_org.id}"
-    return {"client": client, "org": owner_org, "project": owner_org.default_project, "org_url": org_url,
-            "rules_url": f"{org_url}/projects/{owner_org.default_project.public_id}/alert-rules"}
+    return {
+        "client": client,
+        "org": owner_org,
+        "project": owner_org.default_project,
+        "org_url": org_url,
+        "rules_url": f"{org_url}/projects/{owner_org.default_project.public_id}/alert-rules",
+    }
 
 
 def problem_fields(response) -> set[str]:
@@ -74,13 +94,19 @@ def problem_fields(response) -> set[str]:
 
 
 def test_budget_alert_fires_once_with_exact_amounts_and_resolves_when_budget_raised(
-        owner_org, eager, settings, mailoutbox, django_capture_on_commit_callbacks):
+    owner_org, eager, settings, mailoutbox, django_capture_on_commit_callbacks
+):
     settings.ALLOW_PRIVATE_WEBHOOKS = True
     receiver = Receiver()
     try:
         webhook_channel(owner_org.organization, receiver.url)
-        services.channel_create(organization=owner_org.organization, actor=None, name="finance", type="email",
-                                config={"addresses": ["finance@example.com"]})
+        services.channel_create(
+            organization=owner_org.organization,
+            actor=None,
+            name="finance",
+            type="email",
+            config={"addresses": ["finance@example.com"]},
+        )
         project = owner_org.default_project
         running_deployment(project)
         meter()
@@ -93,8 +119,9 @@ def test_budget_alert_fires_once_with_exact_amounts_and_resolves_when_budget_rai
         assert alert.deployment_id is None and alert.status == "firing"
         assert (alert.spend_minor, alert.budget_minor, alert.currency) == (8658, 8000, "USD")
         assert alert.value is None and alert.threshold is None
-        assert alert.summary == (f"Budget: month-to-date spend {MONTH_TO_DATE} USD >= 80.00 USD "
-                                 f"on project Default project")
+        assert alert.summary == (
+            f"Budget: month-to-date spend {MONTH_TO_DATE} USD >= 80.00 USD on project Default project"
+        )
 
         # Fifteen minutes later it is still over budget: no second notification within the repeat interval.
         with django_capture_on_commit_callbacks(execute=True):
@@ -103,11 +130,17 @@ def test_budget_alert_fires_once_with_exact_amounts_and_resolves_when_budget_rai
         assert [b["event"] for b in bodies] == ["alert.firing"]
         assert bodies[0]["deployment"] is None
         assert bodies[0]["subject"] == {"type": "project", "id": project.public_id}
-        assert bodies[0]["budget"] == {"metric": "spend_month_to_date", "scope": "project", "currency": "USD",
-                                       "spend": MONTH_TO_DATE, "budget": "80.00"}
+        assert bodies[0]["budget"] == {
+            "metric": "spend_month_to_date",
+            "scope": "project",
+            "currency": "USD",
+            "spend": MONTH_TO_DATE,
+            "budget": "80.00",
+        }
         assert len(mailoutbox) == 1 and mailoutbox[0].to == ["finance@example.com"]
-        assert mailoutbox[0].subject == (f"[FIRING] Budget: month-to-date spend {MONTH_TO_DATE} USD >= 80.00 USD "
-                                         f"on project Default project")
+        assert mailoutbox[0].subject == (
+            f"[FIRING] Budget: month-to-date spend {MONTH_TO_DATE} USD >= 80.00 USD on project Default project"
+        )
         assert "budget: 80.00 USD" in mailoutbox[0].body
         assert Delivery.objects.filter(alert=alert, kind="fire").count() == 2
 
@@ -187,14 +220,24 @@ def test_spend_computed_once_per_scope_when_many_rules_share_it(owner_org, monke
 
 
 def test_budget_notification_withheld_when_silence_matches_metric(owner_org, django_capture_on_commit_callbacks):
-    services.channel_create(organization=owner_org.organization, actor=None, name="finance", type="email",
-                            config={"addresses": ["finance@example.com"]})
+    services.channel_create(
+        organization=owner_org.organization,
+        actor=None,
+        name="finance",
+        type="email",
+        config={"addresses": ["finance@example.com"]},
+    )
     project = owner_org.default_project
     running_deployment(project)
     meter()
     rule = budget_rule(project, "80.00")
-    services.silence_create(project=project, actor=None, matchers={"metric": "spend_month_to_date"},
-                            starts_at=at(2030, 3, 10), ends_at=at(2030, 3, 12))
+    services.silence_create(
+        project=project,
+        actor=None,
+        matchers={"metric": "spend_month_to_date"},
+        starts_at=at(2030, 3, 10),
+        ends_at=at(2030, 3, 12),
+    )
     with django_capture_on_commit_callbacks(execute=True):
         services.budget_rules_evaluate(now=NOW)
     alert = Alert.objects.get(rule=rule)
@@ -228,8 +271,15 @@ def test_one_alert_per_budget_rule_when_inserted_twice(owner_org):
     rule = budget_rule(project, "80.00")
     services.budget_rules_evaluate(now=NOW)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Alert.objects.create(organization=owner_org.organization, project=project, rule=rule, deployment=None,
-                             status="firing", since=NOW, severity="warning")
+        Alert.objects.create(
+            organization=owner_org.organization,
+            project=project,
+            rule=rule,
+            deployment=None,
+            status="firing",
+            since=NOW,
+            severity="warning",
+        )
 
 
 def test_metric_evaluation_ignores_budget_rules_when_deployments_evaluated(owner_org):
@@ -273,9 +323,17 @@ def test_budget_rule_created_and_alert_exposes_subject_and_money_when_over_budge
     project = ctx["project"]
     running_deployment(project)
     meter()
-    created = ctx["client"].post(ctx["rules_url"], {"name": "Budget", "kind": "budget",
-                                                    "metric": "spend_month_to_date", "operator": ">=",
-                                                    "budget_amount": "80.00"}, format="json")
+    created = ctx["client"].post(
+        ctx["rules_url"],
+        {
+            "name": "Budget",
+            "kind": "budget",
+            "metric": "spend_month_to_date",
+            "operator": ">=",
+            "budget_amount": "80.00",
+        },
+        format="json",
+    )
     assert created.status_code == 201, created.content
     body = created.json()
     assert (body["kind"], body["deployment"], body["budget_scope"]) == ("budget", None, "project")
@@ -287,15 +345,20 @@ def test_budget_rule_created_and_alert_exposes_subject_and_money_when_over_budge
     assert len(listed) == 1
     alert = listed[0]
     assert alert["deployment"] is None and alert["subject"] == {"type": "project", "id": project.public_id}
-    assert alert["budget"] == {"metric": "spend_month_to_date", "scope": "project", "currency": "USD",
-                               "spend": MONTH_TO_DATE, "budget": "80.00"}
+    assert alert["budget"] == {
+        "metric": "spend_month_to_date",
+        "scope": "project",
+        "currency": "USD",
+        "spend": MONTH_TO_DATE,
+        "budget": "80.00",
+    }
     assert alert["rule"]["kind"] == "budget" and alert["value"] is None
     detail = ctx["client"].get(f"{ctx['org_url']}/alerts/{alert['id']}").json()
     assert [e["kind"] for e in detail["events"]] == ["firing", "notified"]
 
-    patched = ctx["client"].patch(f"{ctx['rules_url']}/{body['id']}", {"budget_amount": "500",
-                                                                       "budget_scope": "organization"},
-                                  format="json")
+    patched = ctx["client"].patch(
+        f"{ctx['rules_url']}/{body['id']}", {"budget_amount": "500", "budget_scope": "organization"}, format="json"
+    )
     assert patched.status_code == 200, patched.content
     assert (patched.json()["budget_amount"], patched.json()["budget_scope"]) == ("500.00", "organization")
     services.budget_rules_evaluate(now=NOW)
@@ -305,50 +368,56 @@ def test_budget_rule_created_and_alert_exposes_subject_and_money_when_over_budge
 
 
 def test_metric_rules_keep_their_contract_when_budget_fields_exist(ctx):
-    response = ctx["client"].post(ctx["rules_url"], {"name": "Busy", "metric": "connections", "threshold": 2},
-                                  format="json")
+    response = ctx["client"].post(
+        ctx["rules_url"], {"name": "Busy", "metric": "connections", "threshold": 2}, format="json"
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["kind"] == "metric" and body["threshold"] == 2.0
     assert (body["budget_scope"], body["budget_amount"], body["budget_currency"]) == (None, None, None)
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"budget_amount": 1e3}, "budget_amount"),
-    ({"budget_amount": 250}, "budget_amount"),
-    ({"budget_amount": "1e3"}, "budget_amount"),
-    ({"budget_amount": "12.345"}, "budget_amount"),
-    ({"budget_amount": "-5.00"}, "budget_amount"),
-    ({"budget_amount": "0.00"}, "budget_amount"),
-    ({"budget_amount": "1,000"}, "budget_amount"),
-    ({"budget_amount": "99999999999999999999"}, "budget_amount"),
-    ({"budget_amount": None}, "budget_amount"),
-    ({"metric": "connections"}, "metric"),
-    ({"metric": "spend_yesterday"}, "metric"),
-    ({"metric": ""}, "metric"),
-    ({"operator": "<"}, "operator"),
-    ({"operator": "=="}, "operator"),
-    ({"threshold": 250}, "threshold"),
-    ({"budget_scope": "galaxy"}, "budget_scope"),
-    ({"threshold_unit": "percent_of_tier_limit"}, "threshold_unit"),
-    ({"deployment": "DEPLOYMENT"}, "deployment"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"budget_amount": 1e3}, "budget_amount"),
+        ({"budget_amount": 250}, "budget_amount"),
+        ({"budget_amount": "1e3"}, "budget_amount"),
+        ({"budget_amount": "12.345"}, "budget_amount"),
+        ({"budget_amount": "-5.00"}, "budget_amount"),
+        ({"budget_amount": "0.00"}, "budget_amount"),
+        ({"budget_amount": "1,000"}, "budget_amount"),
+        ({"budget_amount": "99999999999999999999"}, "budget_amount"),
+        ({"budget_amount": None}, "budget_amount"),
+        ({"metric": "connections"}, "metric"),
+        ({"metric": "spend_yesterday"}, "metric"),
+        ({"metric": ""}, "metric"),
+        ({"operator": "<"}, "operator"),
+        ({"operator": "=="}, "operator"),
+        ({"threshold": 250}, "threshold"),
+        ({"budget_scope": "galaxy"}, "budget_scope"),
+        ({"threshold_unit": "percent_of_tier_limit"}, "threshold_unit"),
+        ({"deployment": "DEPLOYMENT"}, "deployment"),
+    ],
+)
 def test_budget_rule_refused_with_field_error_when_input_bad(ctx, body, field):
     if body.get("deployment") == "DEPLOYMENT":
         body = {"deployment": running_deployment(ctx["project"]).public_id}
-    payload = {"name": "Budget", "kind": "budget", "metric": "spend_month_to_date", "budget_amount": "250.00",
-               **body}
+    payload = {"name": "Budget", "kind": "budget", "metric": "spend_month_to_date", "budget_amount": "250.00", **body}
     response = ctx["client"].post(ctx["rules_url"], payload, format="json")
     assert response.status_code == 400, response.content
     assert field in problem_fields(response)
     assert not AlertRule.objects.filter(kind="budget").exists()
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"metric": "spend_forecast"}, "metric"),
-    ({"budget_amount": "250.00"}, "budget_amount"),
-    ({"budget_scope": "project"}, "budget_scope"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"metric": "spend_forecast"}, "metric"),
+        ({"budget_amount": "250.00"}, "budget_amount"),
+        ({"budget_scope": "project"}, "budget_scope"),
+    ],
+)
 def test_metric_rule_refuses_budget_fields_when_created(ctx, body, field):
     payload = {"name": "Busy", "metric": "connections", "threshold": 2, **body}
     response = ctx["client"].post(ctx["rules_url"], payload, format="json")
@@ -356,13 +425,16 @@ def test_metric_rule_refuses_budget_fields_when_created(ctx, body, field):
     assert field in problem_fields(response)
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"threshold": 3}, "threshold"),
-    ({"budget_amount": "1.001"}, "budget_amount"),
-    ({"budget_amount": 12}, "budget_amount"),
-    ({"metric": "connections"}, "metric"),
-    ({"operator": "<="}, "operator"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"threshold": 3}, "threshold"),
+        ({"budget_amount": "1.001"}, "budget_amount"),
+        ({"budget_amount": 12}, "budget_amount"),
+        ({"metric": "connections"}, "metric"),
+        ({"operator": "<="}, "operator"),
+    ],
+)
 def test_budget_rule_update_refused_with_field_error_when_input_bad(ctx, body, field):
     rule = budget_rule(ctx["project"], "250.00")
     response = ctx["client"].patch(f"{ctx['rules_url']}/{rule.public_id}", body, format="json")
@@ -372,14 +444,18 @@ def test_budget_rule_update_refused_with_field_error_when_input_bad(ctx, body, f
     assert (rule.budget_minor, rule.metric, rule.operator) == (25000, "spend_month_to_date", ">=")
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"budget_amount": "10.00"}, "budget_amount"),
-    ({"budget_scope": "organization"}, "budget_scope"),
-    ({"metric": "spend_forecast"}, "metric"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"budget_amount": "10.00"}, "budget_amount"),
+        ({"budget_scope": "organization"}, "budget_scope"),
+        ({"metric": "spend_forecast"}, "metric"),
+    ],
+)
 def test_metric_rule_update_refuses_budget_fields(ctx, body, field):
-    rule = services.alert_rule_create(project=ctx["project"], actor=None, name="Busy", metric="connections",
-                                      threshold=2)
+    rule = services.alert_rule_create(
+        project=ctx["project"], actor=None, name="Busy", metric="connections", threshold=2
+    )
     response = ctx["client"].patch(f"{ctx['rules_url']}/{rule.public_id}", body, format="json")
     assert response.status_code == 400, response.content
     assert field in problem_fields(response)
@@ -390,14 +466,18 @@ def test_budget_rule_needs_billing_read_when_project_administrator_creates_it(ct
     user, _ = org.add_member(project_grants=[(ctx["project"], "project_administrator")])
     _, secret = org.key_for(user, role="project_administrator", projects=[ctx["project"]])
     client = key_client(secret)
-    refused = client.post(ctx["rules_url"], {"name": "Budget", "kind": "budget", "metric": "spend_month_to_date",
-                                             "budget_amount": "250.00"}, format="json")
+    refused = client.post(
+        ctx["rules_url"],
+        {"name": "Budget", "kind": "budget", "metric": "spend_month_to_date", "budget_amount": "250.00"},
+        format="json",
+    )
     assert refused.status_code == 403, refused.content
     rule = budget_rule(ctx["project"], "250.00")
-    assert client.patch(f"{ctx['rules_url']}/{rule.public_id}", {"budget_amount": "1.00"},
-                        format="json").status_code == 403
-    allowed = client.post(ctx["rules_url"], {"name": "Busy", "metric": "connections", "threshold": 2},
-                          format="json")
+    assert (
+        client.patch(f"{ctx['rules_url']}/{rule.public_id}", {"budget_amount": "1.00"}, format="json").status_code
+        == 403
+    )
+    allowed = client.post(ctx["rules_url"], {"name": "Busy", "metric": "connections", "threshold": 2}, format="json")
     assert allowed.status_code == 201, allowed.content
 
 
@@ -410,8 +490,12 @@ def test_other_organization_cannot_see_or_edit_budget_rules_and_alerts(ctx, org_
     their_alert = Alert.objects.get(rule=their_rule)
     client = ctx["client"]
     assert client.get(f"{ctx['rules_url']}/{their_rule.public_id}").status_code == 404
-    assert client.patch(f"{ctx['rules_url']}/{their_rule.public_id}", {"budget_amount": "999.00"},
-                        format="json").status_code == 404
+    assert (
+        client.patch(
+            f"{ctx['rules_url']}/{their_rule.public_id}", {"budget_amount": "999.00"}, format="json"
+        ).status_code
+        == 404
+    )
     assert client.delete(f"{ctx['rules_url']}/{their_rule.public_id}").status_code == 404
     assert client.get(f"{ctx['org_url']}/alerts/{their_alert.public_id}").status_code == 404
     assert client.get(f"{ctx['org_url']}/alerts").json()["results"] == []

@@ -1,5 +1,6 @@
 """rules_evaluate reads in full only the (rule, deployment) pairs that can change something. PostgreSQL decides them
 in one SQL statement; SQLite (the embedded default) in Python. Both must pick exactly the same pairs and values."""
+
 import datetime as dt
 
 import pytest
@@ -14,9 +15,12 @@ pytestmark = pytest.mark.django_db
 
 
 def _both(now, ids=None):
-    live = {row[0]: row[1:] for row in Deployment.objects.exclude(desired_state=DesiredState.DELETED).filter(
-        **({"pk__in": ids} if ids is not None else {})).values_list(
-        "pk", "public_id", "project_id", "tier__max_connections", "tier__messages_per_second")}
+    live = {
+        row[0]: row[1:]
+        for row in Deployment.objects.exclude(desired_state=DesiredState.DELETED)
+        .filter(**({"pk__in": ids} if ids is not None else {}))
+        .values_list("pk", "public_id", "project_id", "tier__max_connections", "tier__messages_per_second")
+    }
     by_project = {}
     for dep_id, (_, project_id, _, _) in live.items():
         by_project.setdefault(project_id, []).append(dep_id)
@@ -41,25 +45,87 @@ def test_sql_and_python_candidates_agree_on_every_operator_aggregation_and_scope
     rules = []
     for op, threshold in ((">", 8), (">=", 9), ("<", 6), ("<=", 5), ("==", 7), ("!=", 7)):
         for aggregation in ("avg", "max", "min", "sum", "last", "count"):
-            rules.append(services.alert_rule_create(
-                project=project, actor=None, deployment=a, name=f"{aggregation} {op} {threshold}",
-                metric="connections", aggregation=aggregation, window_seconds=60, operator=op, threshold=threshold))
+            rules.append(
+                services.alert_rule_create(
+                    project=project,
+                    actor=None,
+                    deployment=a,
+                    name=f"{aggregation} {op} {threshold}",
+                    metric="connections",
+                    aggregation=aggregation,
+                    window_seconds=60,
+                    operator=op,
+                    threshold=threshold,
+                )
+            )
     # Percent of the tier's limit (1k tier: 1,000 connections, messages per second per the catalog), project-wide.
-    rules.append(services.alert_rule_create(project=project, actor=None, name="busy", metric="connections",
-                                            aggregation="max", window_seconds=60, operator=">", threshold=80,
-                                            threshold_unit="percent_of_tier_limit"))
-    rules.append(services.alert_rule_create(project=project, actor=None, name="rate", metric="messages_received_rate",
-                                            aggregation="last", window_seconds=60, operator=">=", threshold=1,
-                                            threshold_unit="percent_of_tier_limit"))
+    rules.append(
+        services.alert_rule_create(
+            project=project,
+            actor=None,
+            name="busy",
+            metric="connections",
+            aggregation="max",
+            window_seconds=60,
+            operator=">",
+            threshold=80,
+            threshold_unit="percent_of_tier_limit",
+        )
+    )
+    rules.append(
+        services.alert_rule_create(
+            project=project,
+            actor=None,
+            name="rate",
+            metric="messages_received_rate",
+            aggregation="last",
+            window_seconds=60,
+            operator=">=",
+            threshold=1,
+            threshold_unit="percent_of_tier_limit",
+        )
+    )
     # No samples in its window: a gap, which matters only with an unresolved alert.
-    quiet = services.alert_rule_create(project=project, actor=None, deployment=b, name="quiet", metric="topics",
-                                       aggregation="avg", window_seconds=60, operator=">", threshold=0)
-    Alert.objects.create(organization=owner_org.organization, project=project, rule=quiet, deployment=b,
-                         status=AlertStatus.FIRING, since=now, severity="warning")
-    resolved = services.alert_rule_create(project=project, actor=None, deployment=b, name="was", metric="retained",
-                                          aggregation="avg", window_seconds=60, operator=">", threshold=0)
-    Alert.objects.create(organization=owner_org.organization, project=project, rule=resolved, deployment=b,
-                         status=AlertStatus.RESOLVED, since=now, severity="warning")
+    quiet = services.alert_rule_create(
+        project=project,
+        actor=None,
+        deployment=b,
+        name="quiet",
+        metric="topics",
+        aggregation="avg",
+        window_seconds=60,
+        operator=">",
+        threshold=0,
+    )
+    Alert.objects.create(
+        organization=owner_org.organization,
+        project=project,
+        rule=quiet,
+        deployment=b,
+        status=AlertStatus.FIRING,
+        since=now,
+        severity="warning",
+    )
+    resolved = services.alert_rule_create(
+        project=project,
+        actor=None,
+        deployment=b,
+        name="was",
+        metric="retained",
+        aggregation="avg",
+        window_seconds=60,
+        operator=">",
+        threshold=0,
+    )
+    Alert.objects.create(
+        organization=owner_org.organization,
+        project=project,
+        rule=resolved,
+        deployment=b,
+        status=AlertStatus.RESOLVED,
+        since=now,
+        severity="warning",
+    )
     AlertRule.objects.filter(pk=rules[0].pk).update(enabled=False)
 
     sql, python = _both(now)

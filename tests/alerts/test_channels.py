@@ -74,8 +74,11 @@ def receiver():
 
 def test_webhook_is_delivered_with_valid_signature_when_receiver_answers_200(receiver):
     result = send_webhook(
-        f"{receiver.url}/hooks/alerts", {"alert": "connections", "value": 950}, secret=SECRET,
-        headers={"X-Team": "ops"}, allow_private=True,
+        f"{receiver.url}/hooks/alerts",
+        {"alert": "connections", "value": 950},
+        secret=SECRET,
+        headers={"X-Team": "ops"},
+        allow_private=True,
     )
     assert result.ok and result.status_code == 200 and result.error == ""
     assert result.response_body == '{"received":true}'
@@ -153,9 +156,15 @@ def test_signature_verification_fails_when_body_tampered_or_stale():
 
 def test_pagerduty_trigger_has_events_v2_shape_when_sent(receiver):
     result = send_pagerduty(
-        ROUTING_KEY, action="trigger", dedup_key="alert-42", summary="Connections at 95% of tier limit",
-        severity="critical", source="deployment dep_123", custom_details={"value": 950, "limit": 1000},
-        events_url=f"{receiver.url}/v2/enqueue", allow_private=True,
+        ROUTING_KEY,
+        action="trigger",
+        dedup_key="alert-42",
+        summary="Connections at 95% of tier limit",
+        severity="critical",
+        source="deployment dep_123",
+        custom_details={"value": 950, "limit": 1000},
+        events_url=f"{receiver.url}/v2/enqueue",
+        allow_private=True,
     )
     assert result.ok
     got = receiver.requests[0]
@@ -179,7 +188,9 @@ def test_pagerduty_resolve_carries_only_keys_when_sent(receiver):
     )
     assert result.ok
     assert json.loads(receiver.requests[0]["body"]) == {
-        "routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": "alert-42",
+        "routing_key": ROUTING_KEY,
+        "event_action": "resolve",
+        "dedup_key": "alert-42",
     }
 
 

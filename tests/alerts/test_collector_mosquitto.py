@@ -66,8 +66,14 @@ class Broker:
 
     def collect(self, *, previous=None, log_offset=0, password=MONITOR_PASSWORD, timeout=5.0):
         return collect_mosquitto(
-            host="127.0.0.1", port=self.port, username=MONITOR_USER, password=password,
-            log_path=self.log_path, log_offset=log_offset, previous=previous, timeout=timeout,
+            host="127.0.0.1",
+            port=self.port,
+            username=MONITOR_USER,
+            password=password,
+            log_path=self.log_path,
+            log_offset=log_offset,
+            previous=previous,
+            timeout=timeout,
         )
 
     def stop(self):
@@ -169,7 +175,7 @@ def test_message_rates_count_device_traffic_when_previous_state_given(broker):
     time.sleep(0.2)
     try:
         first = broker.collect()
-        for i in range(20):
+        for _ in range(20):
             publisher.publish("dev/telemetry", b"x" * 10, qos=1).wait_for_publish(5)
         for _ in range(100):
             if len(received) >= 20:
@@ -253,8 +259,14 @@ def test_unavailable_within_timeout_when_listener_never_answers():
     server.listen()
     try:
         result = collect_mosquitto(
-            host="127.0.0.1", port=server.getsockname()[1], username="u", password="p",
-            log_path=None, log_offset=0, previous=None, timeout=1.0,
+            host="127.0.0.1",
+            port=server.getsockname()[1],
+            username="u",
+            password="p",
+            log_path=None,
+            log_offset=0,
+            previous=None,
+            timeout=1.0,
         )
     finally:
         server.close()

@@ -3,6 +3,7 @@
 The last test lets a real Celery worker on the real Redis pick the re-enqueued delivery up and post it to a real
 receiver on loopback.
 """
+
 import datetime as dt
 import threading
 import time
@@ -20,15 +21,23 @@ pytestmark = pytest.mark.django_db
 
 
 def email_channel(organization):
-    channel, _ = services.channel_create(organization=organization, actor=None, name="ops", type="email",
-                                         config={"addresses": ["ops@example.com"]})
+    channel, _ = services.channel_create(
+        organization=organization, actor=None, name="ops", type="email", config={"addresses": ["ops@example.com"]}
+    )
     return channel
 
 
 def delivery(channel, *, status, attempts=0, next_attempt_at=None, created_at=None):
-    return Delivery.objects.create(organization=channel.organization, channel=channel, kind="test",
-                                   payload={"event": "test", "summary": "hello"}, status=status, attempts=attempts,
-                                   next_attempt_at=next_attempt_at, created_at=created_at or timezone.now())
+    return Delivery.objects.create(
+        organization=channel.organization,
+        channel=channel,
+        kind="test",
+        payload={"event": "test", "summary": "hello"},
+        status=status,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        created_at=created_at or timezone.now(),
+    )
 
 
 @pytest.fixture
@@ -37,11 +46,16 @@ def enqueued():
         yield delay
 
 
-def test_stale_retrying_delivery_is_reenqueued_once_when_swept_twice(owner_org, enqueued,
-                                                                       django_capture_on_commit_callbacks):
+def test_stale_retrying_delivery_is_reenqueued_once_when_swept_twice(
+    owner_org, enqueued, django_capture_on_commit_callbacks
+):
     now = timezone.now()
-    stale = delivery(email_channel(owner_org.organization), status="retrying", attempts=2,
-                     next_attempt_at=now - dt.timedelta(minutes=10))
+    stale = delivery(
+        email_channel(owner_org.organization),
+        status="retrying",
+        attempts=2,
+        next_attempt_at=now - dt.timedelta(minutes=10),
+    )
     with django_capture_on_commit_callbacks(execute=True):
         assert services.deliveries_resume(now=now) == 1
     with django_capture_on_commit_callbacks(execute=True):
@@ -55,8 +69,7 @@ def test_stale_retrying_delivery_is_reenqueued_once_when_swept_twice(owner_org, 
     assert enqueued.call_count == 2
 
 
-def test_only_deliveries_stuck_past_the_grace_are_reenqueued(owner_org, enqueued,
-                                                            django_capture_on_commit_callbacks):
+def test_only_deliveries_stuck_past_the_grace_are_reenqueued(owner_org, enqueued, django_capture_on_commit_callbacks):
     now = timezone.now()
     channel = email_channel(owner_org.organization)
     old = now - dt.timedelta(minutes=10)
@@ -77,10 +90,12 @@ def test_a_late_message_and_its_resent_copy_make_one_attempt(owner_org, settings
     settings.ALLOW_PRIVATE_WEBHOOKS = True
     receiver = Receiver(status=500)
     try:
-        channel, _ = services.channel_create(organization=owner_org.organization, actor=None, name="hook",
-                                             type="webhook", config={"url": receiver.url})
-        stale = delivery(channel, status="retrying", attempts=1,
-                         next_attempt_at=timezone.now() - dt.timedelta(minutes=10))
+        channel, _ = services.channel_create(
+            organization=owner_org.organization, actor=None, name="hook", type="webhook", config={"url": receiver.url}
+        )
+        stale = delivery(
+            channel, status="retrying", attempts=1, next_attempt_at=timezone.now() - dt.timedelta(minutes=10)
+        )
         first, delay = services.delivery_attempt(delivery_id=stale.pk, expected_attempts=1)
         assert (first.status, first.attempts, len(receiver.requests)) == ("retrying", 2, 1) and delay
         second, delay = services.delivery_attempt(delivery_id=stale.pk, expected_attempts=1)
@@ -123,8 +138,10 @@ def test_beat_runs_the_sweep_every_five_minutes_on_the_notifications_queue(setti
 def test_concurrent_sweeps_reenqueue_a_delivery_once(owner_org, enqueued):
     now = timezone.now()
     channel = email_channel(owner_org.organization)
-    stale = [delivery(channel, status="retrying", attempts=1, next_attempt_at=now - dt.timedelta(minutes=10))
-             for _ in range(20)]
+    stale = [
+        delivery(channel, status="retrying", attempts=1, next_attempt_at=now - dt.timedelta(minutes=10))
+        for _ in range(20)
+    ]
     barrier = threading.Barrier(4)
     counts, errors = [], []
 
@@ -159,11 +176,13 @@ def worker(monkeypatch, settings, request):
 def test_real_worker_delivers_a_lost_retry_once_swept(worker, owner_org):
     receiver = Receiver()
     try:
-        channel, _ = services.channel_create(organization=owner_org.organization, actor=None, name="hook",
-                                             type="webhook", config={"url": receiver.url})
+        channel, _ = services.channel_create(
+            organization=owner_org.organization, actor=None, name="hook", type="webhook", config={"url": receiver.url}
+        )
         # As a worker killed between two attempts leaves it: one failed attempt, the retry's message gone.
-        lost = delivery(channel, status="retrying", attempts=1,
-                        next_attempt_at=timezone.now() - dt.timedelta(minutes=20))
+        lost = delivery(
+            channel, status="retrying", attempts=1, next_attempt_at=timezone.now() - dt.timedelta(minutes=20)
+        )
         assert services.deliveries_resume() == 1
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -11,8 +11,14 @@ NOW = 1_800_000_000.0
 
 def rule(**overrides) -> RuleSpec:
     fields = dict(
-        metric="connections", aggregation="avg", window_seconds=300, operator=">", threshold=100,
-        for_seconds=0, severity="warning", repeat_interval_seconds=3600,
+        metric="connections",
+        aggregation="avg",
+        window_seconds=300,
+        operator=">",
+        threshold=100,
+        for_seconds=0,
+        severity="warning",
+        repeat_interval_seconds=3600,
     )
     fields.update(overrides)
     return RuleSpec(**fields)
@@ -42,9 +48,20 @@ def test_last_aggregation_uses_newest_sample_when_samples_are_unordered():
 
 @pytest.mark.parametrize(
     "op, value, fires",
-    [(">", 101, True), (">", 100, False), (">=", 100, True), (">=", 99, False), ("<", 99, True), ("<", 100, False),
-     ("<=", 100, True), ("<=", 101, False), ("==", 100, True), ("==", 100.5, False), ("!=", 5, True),
-     ("!=", 100, False)],
+    [
+        (">", 101, True),
+        (">", 100, False),
+        (">=", 100, True),
+        (">=", 99, False),
+        ("<", 99, True),
+        ("<", 100, False),
+        ("<=", 100, True),
+        ("<=", 101, False),
+        ("==", 100, True),
+        ("==", 100.5, False),
+        ("!=", 5, True),
+        ("!=", 100, False),
+    ],
 )
 def test_operator_decides_firing_when_value_is_compared_to_threshold(op, value, fires):
     t = evaluate(rule(operator=op, aggregation="last"), [(NOW, value)], NOW, None, None)
@@ -219,8 +236,15 @@ def test_datetimes_are_accepted_and_since_returned_as_datetime_when_now_is_datet
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(metric="cpu"), dict(aggregation="median"), dict(operator="=>"), dict(severity="fatal"),
-     dict(window_seconds=0), dict(for_seconds=-1), dict(repeat_interval_seconds=0)],
+    [
+        dict(metric="cpu"),
+        dict(aggregation="median"),
+        dict(operator="=>"),
+        dict(severity="fatal"),
+        dict(window_seconds=0),
+        dict(for_seconds=-1),
+        dict(repeat_interval_seconds=0),
+    ],
 )
 def test_rule_spec_rejects_invalid_field_when_constructed(overrides):
     with pytest.raises(ValueError):

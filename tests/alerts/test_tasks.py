@@ -3,6 +3,7 @@
 Samples are stored through the real store path; receivers are real HTTP servers on loopback; the EMQX collector
 runs against tests/fakes/emqx_monitor.py; the fan-out test runs a real Celery worker.
 """
+
 import datetime as dt
 import json
 import threading
@@ -14,8 +15,17 @@ from django.utils import timezone
 
 from alerts import services, tasks
 from alerts.channels import verify_webhook_signature
-from alerts.models import (Alert, AlertEvent, AlertRule, CollectorState, Delivery, MetricRollup, MetricSample,
-                           NotificationChannel, PlatformEvent)
+from alerts.models import (
+    Alert,
+    AlertEvent,
+    AlertRule,
+    CollectorState,
+    Delivery,
+    MetricRollup,
+    MetricSample,
+    NotificationChannel,
+    PlatformEvent,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -80,23 +90,33 @@ def make_deployment(project, name="plant", *, status="running", tier="1k"):
     from deployments import services as deployment_services
     from deployments.models import Deployment
 
-    deployment, _ = deployment_services.deployment_create(project=project, actor=None, name=name, plan="dedicated",
-                                                          tier=tier, region="local")
+    deployment, _ = deployment_services.deployment_create(
+        project=project, actor=None, name=name, plan="dedicated", tier=tier, region="local"
+    )
     Deployment.objects.filter(pk=deployment.pk).update(status=status)
     deployment.refresh_from_db()
     return deployment
 
 
 def rule_for(deployment, **fields):
-    defaults = {"name": "Too many connections", "metric": "connections", "aggregation": "max",
-                "window_seconds": 60, "operator": ">", "threshold": 2, "for_seconds": 0, "severity": "critical"}
+    defaults = {
+        "name": "Too many connections",
+        "metric": "connections",
+        "aggregation": "max",
+        "window_seconds": 60,
+        "operator": ">",
+        "threshold": 2,
+        "for_seconds": 0,
+        "severity": "critical",
+    }
     defaults.update(fields)
     return services.alert_rule_create(project=deployment.project, actor=None, deployment=deployment, **defaults)
 
 
 def webhook_channel(organization, url, **kwargs):
-    return services.channel_create(organization=organization, actor=None, name="hook", type="webhook",
-                                   config={"url": url}, **kwargs)
+    return services.channel_create(
+        organization=organization, actor=None, name="hook", type="webhook", config={"url": url}, **kwargs
+    )
 
 
 def store(deployment, name, value, at):
@@ -104,11 +124,17 @@ def store(deployment, name, value, at):
 
 
 def test_alert_fires_once_and_resolves_once_when_threshold_crossed_then_cleared(
-        owner_org, eager, private_webhooks, receiver, mailoutbox, django_capture_on_commit_callbacks):
+    owner_org, eager, private_webhooks, receiver, mailoutbox, django_capture_on_commit_callbacks
+):
     deployment = make_deployment(owner_org.default_project)
     channel, secret = webhook_channel(owner_org.organization, receiver.url)
-    services.channel_create(organization=owner_org.organization, actor=None, name="ops mail", type="email",
-                            config={"addresses": ["ops@example.com"]})
+    services.channel_create(
+        organization=owner_org.organization,
+        actor=None,
+        name="ops mail",
+        type="email",
+        config={"addresses": ["ops@example.com"]},
+    )
     rule = rule_for(deployment)
     t0 = timezone.now()
     store(deployment, "connections", 3, t0)
@@ -138,8 +164,9 @@ def test_alert_fires_once_and_resolves_once_when_threshold_crossed_then_cleared(
     assert kinds == ["firing", "notified", "resolved", "notified"]
 
 
-def test_repeat_interval_renotifies_when_still_firing(owner_org, eager, private_webhooks, receiver,
-                                                     django_capture_on_commit_callbacks):
+def test_repeat_interval_renotifies_when_still_firing(
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
     deployment = make_deployment(owner_org.default_project)
     webhook_channel(owner_org.organization, receiver.url)
     rule_for(deployment, repeat_interval_seconds=600, window_seconds=3600)
@@ -153,7 +180,8 @@ def test_repeat_interval_renotifies_when_still_firing(owner_org, eager, private_
 
 
 def test_acknowledge_suppresses_repeats_when_acknowledged_until_later(
-        owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks):
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
     deployment = make_deployment(owner_org.default_project)
     webhook_channel(owner_org.organization, receiver.url)
     rule = rule_for(deployment, repeat_interval_seconds=600, window_seconds=7200)
@@ -173,13 +201,19 @@ def test_acknowledge_suppresses_repeats_when_acknowledged_until_later(
 
 
 def test_silence_withholds_notification_when_matching_then_sends_after_it_ends(
-        owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks):
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
     deployment = make_deployment(owner_org.default_project)
     webhook_channel(owner_org.organization, receiver.url)
     rule = rule_for(deployment, window_seconds=7200)
     t0 = timezone.now()
-    services.silence_create(project=deployment.project, actor=None, matchers={"deployment": deployment.public_id},
-                            starts_at=t0 - dt.timedelta(minutes=1), ends_at=t0 + dt.timedelta(minutes=10))
+    services.silence_create(
+        project=deployment.project,
+        actor=None,
+        matchers={"deployment": deployment.public_id},
+        starts_at=t0 - dt.timedelta(minutes=1),
+        ends_at=t0 + dt.timedelta(minutes=10),
+    )
     store(deployment, "connections", 5, t0)
     with django_capture_on_commit_callbacks(execute=True):
         services.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
@@ -195,7 +229,8 @@ def test_silence_withholds_notification_when_matching_then_sends_after_it_ends(
 
 
 def test_maintenance_silences_notifications_when_restart_in_progress(
-        owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks):
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
     from deployments.models import Operation
 
     deployment = make_deployment(owner_org.default_project)
@@ -211,7 +246,8 @@ def test_maintenance_silences_notifications_when_restart_in_progress(
 
 
 def test_receiver_answering_500_is_retried_and_recorded_when_delivery_fails(
-        owner_org, eager, private_webhooks, django_capture_on_commit_callbacks):
+    owner_org, eager, private_webhooks, django_capture_on_commit_callbacks
+):
     failing = Receiver(status=500)
     try:
         deployment = make_deployment(owner_org.default_project)
@@ -237,8 +273,9 @@ def test_delivery_task_retries_with_backoff_countdown_when_receiver_fails(owner_
     failing = Receiver(status=503)
     try:
         channel, _ = webhook_channel(owner_org.organization, failing.url)
-        delivery = Delivery.objects.create(organization=owner_org.organization, channel=channel, kind="test",
-                                           payload={"event": "test"})
+        delivery = Delivery.objects.create(
+            organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
+        )
         countdowns = []
 
         def fake_retry(self_, *args, countdown=None, **kwargs):
@@ -258,11 +295,16 @@ def test_delivery_task_retries_with_backoff_countdown_when_receiver_fails(owner_
     assert list(delivery.attempt_rows.values_list("ok", "status_code")) == [(False, 503), (True, 200)]
 
 
-def test_administrators_get_notice_when_channel_failed_for_a_day(owner_org, mailoutbox,
-                                                                 django_capture_on_commit_callbacks):
-    channel = NotificationChannel.objects.create(organization=owner_org.organization, name="dead", type="email",
-                                                 config={"addresses": ["x@example.com"]},
-                                                 failing_since=timezone.now() - dt.timedelta(hours=25))
+def test_administrators_get_notice_when_channel_failed_for_a_day(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks
+):
+    channel = NotificationChannel.objects.create(
+        organization=owner_org.organization,
+        name="dead",
+        type="email",
+        config={"addresses": ["x@example.com"]},
+        failing_since=timezone.now() - dt.timedelta(hours=25),
+    )
     with django_capture_on_commit_callbacks(execute=True):
         assert services.failing_channels_check() == 1
     assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
@@ -326,8 +368,10 @@ def test_emqx_collector_stores_samples_when_kubernetes_deployment_collected(owne
         from deployments import crypto
 
         Deployment.objects.filter(pk=deployment.pk).update(
-            region=region, observed_details={"management_url": fake.base_url},
-            api_secret_encrypted=crypto.encrypt_str("s3cret-value"))
+            region=region,
+            observed_details={"management_url": fake.base_url},
+            api_secret_encrypted=crypto.encrypt_str("s3cret-value"),
+        )
         first = services.deployment_collect(deployment_id=deployment.pk)
         assert first.available, first.last_error
         fake.metrics_nodes[0]["authentication.failure"] += 30
@@ -336,8 +380,15 @@ def test_emqx_collector_stores_samples_when_kubernetes_deployment_collected(owne
     finally:
         fake.stop()
     names = set(MetricSample.objects.filter(deployment=deployment).values_list("name", flat=True))
-    assert {"connections", "sessions", "subscriptions", "topics", "retained", "messages_received_rate",
-            "rule_resource_down"} <= names
+    assert {
+        "connections",
+        "sessions",
+        "subscriptions",
+        "topics",
+        "retained",
+        "messages_received_rate",
+        "rule_resource_down",
+    } <= names
     assert "auth_failure_rate" in names
     connections = MetricSample.objects.filter(deployment=deployment, name="connections").first().value
     assert connections == 10  # EMQX's live_connections, not its session count
@@ -350,8 +401,17 @@ def test_rollups_and_pruning_keep_retention_when_run(owner_org):
     for i, value in enumerate((1.0, 5.0, 3.0)):
         store(deployment, "connections", value, bucket + dt.timedelta(seconds=60 * i))
     store(deployment, "connections", 9.0, now - dt.timedelta(hours=49))
-    MetricRollup.objects.create(deployment=deployment, name="connections", bucket=now - dt.timedelta(days=31),
-                                avg=1, min=1, max=1, last=1, sum=1, count=1)
+    MetricRollup.objects.create(
+        deployment=deployment,
+        name="connections",
+        bucket=now - dt.timedelta(days=31),
+        avg=1,
+        min=1,
+        max=1,
+        last=1,
+        sum=1,
+        count=1,
+    )
     services.rollups_compute(now=now)
     services.rollups_compute(now=now)  # idempotent
     rollup = MetricRollup.objects.get(deployment=deployment, bucket=bucket)
@@ -360,8 +420,9 @@ def test_rollups_and_pruning_keep_retention_when_run(owner_org):
     assert (raw, rolled) == (1, 1)
 
 
-def test_platform_event_reaches_channels_once_when_deployment_failed(owner_org, eager, private_webhooks, receiver,
-                                                                   django_capture_on_commit_callbacks):
+def test_platform_event_reaches_channels_once_when_deployment_failed(
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
     from deployments.models import Deployment
 
     deployment = make_deployment(owner_org.default_project, status="failed")
@@ -375,11 +436,17 @@ def test_platform_event_reaches_channels_once_when_deployment_failed(owner_org, 
     assert body["event"] == "platform.deployment_failed" and "port exhausted" in body["message"]
 
 
-def test_platform_event_emails_administrators_when_no_channel(owner_org, mailoutbox,
-                                                              django_capture_on_commit_callbacks):
+def test_platform_event_emails_administrators_when_no_channel(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
-        services.notify_platform_event(organization=owner_org.organization, kind="invoice_payment_failed",
-                                       subject="inv_x", message="Your card was declined.", severity="critical")
+        services.notify_platform_event(
+            organization=owner_org.organization,
+            kind="invoice_payment_failed",
+            subject="inv_x",
+            message="Your card was declined.",
+            severity="critical",
+        )
     assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
 
 
@@ -398,11 +465,14 @@ def test_samples_round_trip_exactly_and_non_finite_values_leave_a_gap(owner_org)
     deployment = make_deployment(owner_org.default_project)
     at = timezone.now()
     values = [0.1, 1e-300, 123456789.123456789, -2.5, float("nan"), float("inf")]
-    stored = services.samples_store(rows=[(deployment.pk, "connections", at + dt.timedelta(seconds=i), v)
-                                          for i, v in enumerate(values)])
+    stored = services.samples_store(
+        rows=[(deployment.pk, "connections", at + dt.timedelta(seconds=i), v) for i, v in enumerate(values)]
+    )
     assert stored == 4
-    assert list(MetricSample.objects.filter(deployment=deployment).order_by("ts").values_list("value", flat=True)) \
+    assert (
+        list(MetricSample.objects.filter(deployment=deployment).order_by("ts").values_list("value", flat=True))
         == values[:4]
+    )
     assert MetricSample.objects.filter(deployment=deployment).first().ts == at
     with pytest.raises(ValueError):
         services.samples_store(rows=[(deployment.pk, "bogus\tname", at, 1.0)])

@@ -1,9 +1,10 @@
 """Billing test data: deployments on the seeded catalog and their status history, written as the reconciler would."""
+
 import datetime
 
 import pytest
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def at(*args) -> datetime.datetime:
@@ -33,9 +34,15 @@ def make_deployment(db, tiers):
     def make(project, *, tier="1k", status="running", name=None):
         tier_obj = tiers[tier]
         desired = "stopped" if status == "stopped" else "running"
-        return Deployment.objects.create(project=project, name=name or f"dep-{next(counter)}", plan=tier_obj.plan,
-                                         tier=tier_obj, region=Region.objects.get(code="local"),
-                                         desired_state=desired, status=status)
+        return Deployment.objects.create(
+            project=project,
+            name=name or f"dep-{next(counter)}",
+            plan=tier_obj.plan,
+            tier=tier_obj,
+            region=Region.objects.get(code="local"),
+            desired_state=desired,
+            status=status,
+        )
 
     return make
 
@@ -50,8 +57,11 @@ def history(tiers):
         for span in spans:
             status, start, end = span[:3]
             tier = tiers[span[3]] if len(span) > 3 else deployment.tier
-            rows.append(StatusInterval.objects.create(deployment=deployment, status=status, tier=tier,
-                                                      started_at=start, ended_at=end))
+            rows.append(
+                StatusInterval.objects.create(
+                    deployment=deployment, status=status, tier=tier, started_at=start, ended_at=end
+                )
+            )
         return rows
 
     return write

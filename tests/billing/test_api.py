@@ -1,5 +1,6 @@
 """The billing API: the tax matrix on accounts and issued invoices, bad input, roles and tenancy, invoice documents,
 annual quotes."""
+
 import datetime
 import io
 from decimal import Decimal
@@ -41,12 +42,14 @@ TAX_MATRIX = [
 ]
 
 
-@pytest.mark.parametrize("country,company,tax_id,postal,vat_status,treatment,rate,tax", TAX_MATRIX,
-                         ids=["fr-company-valid", "de-company", "fr-consumer", "fi-consumer", "us-company",
-                              "fr-bad-checksum"])
+@pytest.mark.parametrize(
+    "country,company,tax_id,postal,vat_status,treatment,rate,tax",
+    TAX_MATRIX,
+    ids=["fr-company-valid", "de-company", "fr-consumer", "fi-consumer", "us-company", "fr-bad-checksum"],
+)
 def test_treatment_in_api_and_on_issued_invoice_when_customer_varies(
-        owner_org, key_client, make_deployment, history, country, company, tax_id, postal, vat_status, treatment,
-        rate, tax):
+    owner_org, key_client, make_deployment, history, country, company, tax_id, postal, vat_status, treatment, rate, tax
+):
     client = owner(owner_org, key_client)
     response = put_account(client, owner_org, country=country, company=company, tax_id=tax_id, postal_code=postal)
     assert response.status_code == 200, response.json()
@@ -67,16 +70,16 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
     client = owner(owner_org, key_client)
     with FakeVies() as vies, override_settings(VIES_URL=vies.url):
         vies.register("FR", "40303265045", name="EXEMPLE SAS")
-        response = put_account(client, owner_org, country="FR", company="Exemple SAS", tax_id="FR 403 032 650 45",
-                               postal_code="75001")
+        response = put_account(
+            client, owner_org, country="FR", company="Exemple SAS", tax_id="FR 403 032 650 45", postal_code="75001"
+        )
         assert response.json()["vat_status"] == "format_valid"
         account_id = owner_org.organization.billing_account.pk
         assert services.billing_account_check_vat(account_id=account_id) == "valid"
     assert client.get(account_url(owner_org)).json()["vat_status"] == "valid"
 
     with FakeVies() as vies, override_settings(VIES_URL=vies.url):
-        put_account(client, owner_org, country="DE", company="Beispiel GmbH", tax_id="DE136695976",
-                    postal_code="10115")
+        put_account(client, owner_org, country="DE", company="Beispiel GmbH", tax_id="DE136695976", postal_code="10115")
         vies.outage = "MS_UNAVAILABLE"
         with pytest.raises(services.ViesUnavailable):
             services.billing_account_check_vat(account_id=account_id)
@@ -86,15 +89,25 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
     assert client.get(account_url(owner_org)).json()["vat_status"] == "format_valid"
 
 
-@pytest.mark.parametrize("fields,field", [
-    ({"country": "DE", "company": "Beispiel GmbH", "tax_id": "FR40303265045", "postal_code": "10115"}, "tax_id"),
-    ({"country": "US", "postal_code": "ABCDE"}, "postal_code"),
-    ({"country": "US", "postal_code": "94105", "currency": "XYZ"}, "currency"),
-    ({"country": "US", "postal_code": "94105", "currency": "dollars"}, "currency"),
-    ({"country": "US", "postal_code": "94105", "currency": 840}, "currency"),
-    ({"country": "US", "postal_code": "94105", "iban": "DE02"}, "iban"),
-], ids=["vat-wrong-country", "us-postal", "unknown-currency", "malformed-currency", "number-currency",
-        "unknown-field"])
+@pytest.mark.parametrize(
+    "fields,field",
+    [
+        ({"country": "DE", "company": "Beispiel GmbH", "tax_id": "FR40303265045", "postal_code": "10115"}, "tax_id"),
+        ({"country": "US", "postal_code": "ABCDE"}, "postal_code"),
+        ({"country": "US", "postal_code": "94105", "currency": "XYZ"}, "currency"),
+        ({"country": "US", "postal_code": "94105", "currency": "dollars"}, "currency"),
+        ({"country": "US", "postal_code": "94105", "currency": 840}, "currency"),
+        ({"country": "US", "postal_code": "94105", "iban": "DE02"}, "iban"),
+    ],
+    ids=[
+        "vat-wrong-country",
+        "us-postal",
+        "unknown-currency",
+        "malformed-currency",
+        "number-currency",
+        "unknown-field",
+    ],
+)
 def test_400_names_the_field_when_billing_details_are_bad(owner_org, key_client, fields, field):
     response = put_account(owner(owner_org, key_client), owner_org, **fields)
     assert response.status_code == 400
@@ -115,8 +128,9 @@ def test_roles_decide_who_reads_and_writes_billing_when_members_differ(owner_org
     assert key_client(user_secret).get(account_url(owner_org)).status_code == 403
 
 
-def test_other_organizations_invoice_is_404_when_fetched_by_id(owner_org, org_factory, key_client, make_deployment,
-                                                               history):
+def test_other_organizations_invoice_is_404_when_fetched_by_id(
+    owner_org, org_factory, key_client, make_deployment, history
+):
     other = org_factory()
     history(make_deployment(other.default_project), [("running", at(2026, 3, 31, 20), None)])
     metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 31))
@@ -124,12 +138,18 @@ def test_other_organizations_invoice_is_404_when_fetched_by_id(owner_org, org_fa
     invoice = Invoice.objects.get()
     client = owner(owner_org, key_client)
     for suffix in ("", "/pdf", "/html"):
-        assert client.get(f"/api/v1/organizations/{owner_org.id}/invoices/{invoice.public_id}{suffix}").status_code == 404
-    assert owner(other, key_client).get(f"/api/v1/organizations/{other.id}/invoices/{invoice.public_id}").status_code == 200
+        assert (
+            client.get(f"/api/v1/organizations/{owner_org.id}/invoices/{invoice.public_id}{suffix}").status_code == 404
+        )
+    assert (
+        owner(other, key_client).get(f"/api/v1/organizations/{other.id}/invoices/{invoice.public_id}").status_code
+        == 200
+    )
 
 
 def test_pdf_and_html_hold_number_totals_treatment_and_mention_when_reverse_charge(
-        owner_org, key_client, make_deployment, history):
+    owner_org, key_client, make_deployment, history
+):
     client = owner(owner_org, key_client)
     put_account(client, owner_org, country="FR", company="Exemple SAS", tax_id="FR40303265045", postal_code="75001")
     history(make_deployment(owner_org.default_project), [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])
@@ -153,8 +173,9 @@ def quote_url(org, dep):
     return f"/api/v1/organizations/{org.id}/projects/{org.default_project.public_id}/deployments/{dep.public_id}/annual-quotes"
 
 
-def test_project_administrator_switches_to_annual_and_project_user_cannot(owner_org, key_client, make_deployment,
-                                                                          history):
+def test_project_administrator_switches_to_annual_and_project_user_cannot(
+    owner_org, key_client, make_deployment, history
+):
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 1, 1), None)])
     admin_user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_administrator")])
@@ -206,8 +227,9 @@ def test_coupon_refused_when_reused_or_expired(owner_org, key_client):
     assert [c["amount"] for c in credits] == [1000]
 
 
-def test_overview_reports_month_to_date_and_forecast_when_deployment_runs(owner_org, key_client, make_deployment,
-                                                                          history, monkeypatch):
+def test_overview_reports_month_to_date_and_forecast_when_deployment_runs(
+    owner_org, key_client, make_deployment, history, monkeypatch
+):
     from django.utils import timezone
 
     dep = make_deployment(owner_org.default_project)
@@ -228,7 +250,8 @@ def test_annual_plan_bought_at_creation_issues_its_prepaid_invoice_at_once(owner
     response = client.post(
         f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/deployments",
         {"name": "yearly", "plan": "dedicated", "tier": "1k", "region": "local", "billing_cycle": "annual"},
-        format="json")
+        format="json",
+    )
     assert response.status_code == 202, response.content
     deployment = Deployment.objects.get(public_id=response.json()["deployment"]["id"])
     subscription = AnnualSubscription.objects.get(deployment=deployment)

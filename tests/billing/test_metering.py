@@ -13,15 +13,20 @@ pytestmark = pytest.mark.django_db
 
 
 def records(deployment):
-    return list(UsageRecord.objects.filter(deployment=deployment).order_by("hour", "product")
-                .values_list("hour", "product", "seconds", "unit_price"))
+    return list(
+        UsageRecord.objects.filter(deployment=deployment)
+        .order_by("hour", "product")
+        .values_list("hour", "product", "seconds", "unit_price")
+    )
 
 
-def test_running_and_stopped_seconds_recorded_per_hour_when_status_changes_mid_hour(owner_org, make_deployment,
-                                                                                   history):
+def test_running_and_stopped_seconds_recorded_per_hour_when_status_changes_mid_hour(
+    owner_org, make_deployment, history
+):
     dep = make_deployment(owner_org.default_project)
-    history(dep, [("running", at(2026, 3, 1, 10, 15), at(2026, 3, 1, 11, 40)),
-                  ("stopped", at(2026, 3, 1, 11, 40), None)])
+    history(
+        dep, [("running", at(2026, 3, 1, 10, 15), at(2026, 3, 1, 11, 40)), ("stopped", at(2026, 3, 1, 11, 40), None)]
+    )
     inserted = metering.meter_usage(now=at(2026, 3, 1, 13, 5), since=at(2026, 3, 1, 10))
     assert inserted == 4
     assert records(dep) == [
@@ -54,12 +59,15 @@ def test_missed_hours_caught_up_from_cursor_when_runs_were_skipped(owner_org, ma
 def test_each_hour_recorded_once_when_two_runs_race_and_one_reruns(owner_org, make_deployment, history):
     deployments = [make_deployment(owner_org.default_project) for _ in range(30)]
     for dep in deployments:
-        history(dep, [("running", at(2026, 3, 1, 0, 30), at(2026, 3, 2, 3, 10)), ("stopped", at(2026, 3, 2, 3, 10), None)])
+        history(
+            dep, [("running", at(2026, 3, 1, 0, 30), at(2026, 3, 2, 3, 10)), ("stopped", at(2026, 3, 2, 3, 10), None)]
+        )
     barrier = threading.Barrier(2)
     results, errors = [], []
 
     def run():
         from django.db import connection as thread_connection
+
         try:
             barrier.wait()
             results.append(metering.meter_usage(now=at(2026, 3, 2, 6), since=at(2026, 3, 1)))
@@ -90,18 +98,24 @@ def test_set_based_sql_matches_python_reference_when_history_is_mixed(owner_org,
     assert connection.vendor == "postgresql"
     a = make_deployment(owner_org.default_project, tier="1k")
     b = make_deployment(owner_org.default_project, tier="2k")
-    history(a, [("running", at(2026, 3, 1, 0, 0, 10), at(2026, 3, 1, 2, 30), "1k"),
-                ("running", at(2026, 3, 1, 2, 30), at(2026, 3, 1, 4, 45, 30), "2k"),
-                ("stopped", at(2026, 3, 1, 4, 45, 30), None, "2k")])
-    history(b, [("stopped", at(2026, 3, 1, 1, 20), at(2026, 3, 1, 1, 25)),
-                ("running", at(2026, 3, 1, 1, 25), None)])
+    history(
+        a,
+        [
+            ("running", at(2026, 3, 1, 0, 0, 10), at(2026, 3, 1, 2, 30), "1k"),
+            ("running", at(2026, 3, 1, 2, 30), at(2026, 3, 1, 4, 45, 30), "2k"),
+            ("stopped", at(2026, 3, 1, 4, 45, 30), None, "2k"),
+        ],
+    )
+    history(b, [("stopped", at(2026, 3, 1, 1, 20), at(2026, 3, 1, 1, 25)), ("running", at(2026, 3, 1, 1, 25), None)])
     metering._meter_sql(at(2026, 3, 1), at(2026, 3, 1, 8))
-    by_sql = {(r.deployment_id, r.hour, r.product): (r.seconds, r.tier_id, r.unit_price)
-              for r in UsageRecord.objects.all()}
+    by_sql = {
+        (r.deployment_id, r.hour, r.product): (r.seconds, r.tier_id, r.unit_price) for r in UsageRecord.objects.all()
+    }
     UsageRecord.objects.all().delete()
     metering._meter_python(at(2026, 3, 1), at(2026, 3, 1, 8))
-    by_python = {(r.deployment_id, r.hour, r.product): (r.seconds, r.tier_id, r.unit_price)
-                 for r in UsageRecord.objects.all()}
+    by_python = {
+        (r.deployment_id, r.hour, r.product): (r.seconds, r.tier_id, r.unit_price) for r in UsageRecord.objects.all()
+    }
     assert by_sql == by_python
     # the hour of the tier change bills the new tier
     assert by_sql[(a.pk, at(2026, 3, 1, 2), "running")][0] == 3600

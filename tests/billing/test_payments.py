@@ -1,7 +1,7 @@
 """Stripe through the HTTP fake with the real client (customer sync, card setup, collection, webhooks) and overdue
 handling (reminders, billing stop, deletion, restart on payment)."""
+
 import datetime
-import json
 
 import pytest
 from django.core import mail
@@ -20,8 +20,12 @@ WEBHOOK_SECRET = "whsec_test_billing"
 
 @pytest.fixture
 def fake_stripe():
-    with FakeStripe() as fake, override_settings(STRIPE_SECRET_KEY=fake.api_key, STRIPE_API_BASE=fake.url,
-                                                 STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET):
+    with (
+        FakeStripe() as fake,
+        override_settings(
+            STRIPE_SECRET_KEY=fake.api_key, STRIPE_API_BASE=fake.url, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET
+        ),
+    ):
         yield fake
 
 
@@ -41,11 +45,22 @@ def issue_march_invoice(org, make_deployment, history):
 
 
 def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe(
-        fake_stripe, owner_org, key_client, client, make_deployment, history):
+    fake_stripe, owner_org, key_client, client, make_deployment, history
+):
     api = key_client(owner_org.owner_secret)
-    response = api.put(f"/api/v1/organizations/{owner_org.id}/billing/account", {
-        "country": "FR", "company": "Exemple SAS", "email": "compta@exemple.fr", "postal_code": "75001",
-        "tax_id": "FR40303265045", "address": "1 rue de Rivoli", "city": "Paris"}, format="json")
+    response = api.put(
+        f"/api/v1/organizations/{owner_org.id}/billing/account",
+        {
+            "country": "FR",
+            "company": "Exemple SAS",
+            "email": "compta@exemple.fr",
+            "postal_code": "75001",
+            "tax_id": "FR40303265045",
+            "address": "1 rue de Rivoli",
+            "city": "Paris",
+        },
+        format="json",
+    )
     assert response.status_code == 200
     account = billing_account_for(organization=owner_org.organization)
     customer_id = services.billing_account_sync_stripe(account_id=account.pk)
@@ -56,14 +71,19 @@ def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe
     setup = api.post(f"/api/v1/organizations/{owner_org.id}/billing/setup-intent", {}, format="json")
     assert setup.status_code == 201
     assert fake_stripe.setup_intents[setup.json()["setup_intent"]]["customer"] == customer_id
-    checkout = api.post(f"/api/v1/organizations/{owner_org.id}/billing/checkout-session",
-                        {"success_url": "https://console.example/ok", "cancel_url": "https://console.example/no"},
-                        format="json")
+    checkout = api.post(
+        f"/api/v1/organizations/{owner_org.id}/billing/checkout-session",
+        {"success_url": "https://console.example/ok", "cancel_url": "https://console.example/no"},
+        format="json",
+    )
     assert checkout.status_code == 201 and checkout.json()["url"].startswith("https://checkout.stripe.com/")
 
     card = fake_stripe.attach_card(customer_id)
-    saved = post_event(client, "setup_intent.succeeded", {"id": setup.json()["setup_intent"], "object": "setup_intent",
-                                                         "customer": customer_id, "payment_method": card})
+    saved = post_event(
+        client,
+        "setup_intent.succeeded",
+        {"id": setup.json()["setup_intent"], "object": "setup_intent", "customer": customer_id, "payment_method": card},
+    )
     assert saved.status_code == 200 and saved.json()["outcome"] == "card saved"
     services.billing_account_set_default_card(account_id=account.pk)
     assert fake_stripe.customers[customer_id]["invoice_settings"]["default_payment_method"] == card
@@ -75,12 +95,20 @@ def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe
     assert invoice.status == "paid"
     (intent,) = fake_stripe.payment_intents.values()
     assert intent["amount"] == invoice.total == 8784
-    keys = [headers.get("Idempotency-Key") for method, path, _, headers in fake_stripe.requests
-            if path == "/v1/payment_intents"]
+    keys = [
+        headers.get("Idempotency-Key")
+        for method, path, _, headers in fake_stripe.requests
+        if path == "/v1/payment_intents"
+    ]
     assert keys == [f"inv-{invoice.public_id}-attempt-1"]
     # Stripe's own notice of the same payment arrives afterwards, then again: nothing changes
-    notice = {"id": intent["id"], "object": "payment_intent", "amount": 8784, "amount_received": 8784,
-              "metadata": {"invoice_id": invoice.public_id, "attempt": "1"}}
+    notice = {
+        "id": intent["id"],
+        "object": "payment_intent",
+        "amount": 8784,
+        "amount_received": 8784,
+        "metadata": {"invoice_id": invoice.public_id, "attempt": "1"},
+    }
     first = post_event(client, "payment_intent.succeeded", notice, event_id="evt_paid_1")
     replay = post_event(client, "payment_intent.succeeded", notice, event_id="evt_paid_1")
     assert first.json()["duplicate"] is False and replay.json()["duplicate"] is True
@@ -88,11 +116,13 @@ def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe
     assert StripeEvent.objects.filter(event_id="evt_paid_1").count() == 1
 
 
-def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(fake_stripe, owner_org, make_deployment,
-                                                                       history):
+def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(
+    fake_stripe, owner_org, make_deployment, history
+):
     account = billing_account_for(organization=owner_org.organization)
-    services.billing_account_update(account=account, actor=None, country="US", email="a@acme.example",
-                                    postal_code="94105")
+    services.billing_account_update(
+        account=account, actor=None, country="US", email="a@acme.example", postal_code="94105"
+    )
     customer_id = services.billing_account_sync_stripe(account_id=account.pk)
     card = fake_stripe.attach_card(customer_id)
     account.refresh_from_db()
@@ -105,16 +135,25 @@ def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(fake_st
     fake_stripe._declines.clear()
     assert services.invoice_collect(invoice_id=invoice.pk) == "succeeded"
     assert list(Payment.objects.filter(invoice=invoice).order_by("attempt").values_list("attempt", "status")) == [
-        (1, "failed"), (2, "succeeded")]
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
 
 
-def test_webhook_refused_and_nothing_recorded_when_unsigned_tampered_or_wrong_secret(fake_stripe, client, owner_org,
-                                                                                     make_deployment, history):
+def test_webhook_refused_and_nothing_recorded_when_unsigned_tampered_or_wrong_secret(
+    fake_stripe, client, owner_org, make_deployment, history
+):
     invoice = issue_march_invoice(owner_org, make_deployment, history)
-    obj = {"id": "pi_x", "object": "payment_intent", "amount": invoice.total, "amount_received": invoice.total,
-           "metadata": {"invoice_id": invoice.public_id}}
-    unsigned = client.post("/webhooks/stripe", build_event("payment_intent.succeeded", obj),
-                           content_type="application/json")
+    obj = {
+        "id": "pi_x",
+        "object": "payment_intent",
+        "amount": invoice.total,
+        "amount_received": invoice.total,
+        "metadata": {"invoice_id": invoice.public_id},
+    }
+    unsigned = client.post(
+        "/webhooks/stripe", build_event("payment_intent.succeeded", obj), content_type="application/json"
+    )
     tampered = post_event(client, "payment_intent.succeeded", obj, tamper=True)
     foreign = post_event(client, "payment_intent.succeeded", obj, secret="whsec_someone_else")
     for response in (unsigned, tampered, foreign):
@@ -125,8 +164,9 @@ def test_webhook_refused_and_nothing_recorded_when_unsigned_tampered_or_wrong_se
     assert invoice.status == "open"
 
 
-def test_collection_skipped_and_staff_marks_paid_when_stripe_not_configured(owner_org, make_deployment, history,
-                                                                           admin_client):
+def test_collection_skipped_and_staff_marks_paid_when_stripe_not_configured(
+    owner_org, make_deployment, history, admin_client
+):
     invoice = issue_march_invoice(owner_org, make_deployment, history)
     assert services.invoice_collect(invoice_id=invoice.pk) is None
     response = admin_client.post("/admin/billing/invoice/", {"action": "mark_paid", "_selected_action": [invoice.pk]})
@@ -136,10 +176,12 @@ def test_collection_skipped_and_staff_marks_paid_when_stripe_not_configured(owne
 
 
 def test_reminded_then_stopped_then_deleted_and_paying_restarts_when_invoice_overdue(
-        owner_org, make_deployment, history, django_capture_on_commit_callbacks):
+    owner_org, make_deployment, history, django_capture_on_commit_callbacks
+):
     account = billing_account_for(organization=owner_org.organization)
-    services.billing_account_update(account=account, actor=None, country="US", email="ap@acme.example",
-                                    postal_code="94105")
+    services.billing_account_update(
+        account=account, actor=None, country="US", email="ap@acme.example", postal_code="94105"
+    )
     invoice = issue_march_invoice(owner_org, make_deployment, history)
     running = make_deployment(owner_org.default_project, name="live")
     history(running, [("running", at(2026, 4, 1), None)])

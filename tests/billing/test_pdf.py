@@ -18,20 +18,34 @@ def make_invoice(lines, *, credits=0, rate=Decimal(0), treatment="reverse_charge
     subtotal = sum(line[4] for line in lines)
     tax = int((Decimal(subtotal - credits) * rate / 100).quantize(Decimal(1)))
     return InvoiceDocument(
-        number="EMQ-2025-000042", status="open", issue_date=date(2025, 11, 1), due_date=date(2025, 11, 15),
-        period_start=date(2025, 10, 1), period_end=date(2025, 10, 31), currency="EUR",
+        number="EMQ-2025-000042",
+        status="open",
+        issue_date=date(2025, 11, 1),
+        due_date=date(2025, 11, 15),
+        period_start=date(2025, 10, 1),
+        period_end=date(2025, 10, 31),
+        currency="EUR",
         seller=Party("Broker Cloud GmbH", ("Torstraße 1", "10119 Berlin", "Germany"), "DE136695976"),
         customer=Party("Société Exemple SAS", ("1 rue de Rivoli", "75001 Paris", "France"), "FR40303265045"),
-        lines=lines, subtotal_minor=subtotal, credits_minor=credits, tax_treatment=treatment, tax_rate=rate,
-        tax_minor=tax, total_minor=subtotal - credits + tax, mention=mention,
+        lines=lines,
+        subtotal_minor=subtotal,
+        credits_minor=credits,
+        tax_treatment=treatment,
+        tax_rate=rate,
+        tax_minor=tax,
+        total_minor=subtotal - credits + tax,
+        mention=mention,
     )
 
 
 def test_pdf_shows_number_totals_treatment_and_mention_when_reverse_charge():
-    invoice = make_invoice([
-        ("Dedicated 1k - deployment prod-eu (running)", Decimal("720"), "hour", Decimal("0.36"), 25920),
-        ("Traffic above free 100 GB", Decimal("12.5"), "GB", 15, 188),
-    ], credits=1000)
+    invoice = make_invoice(
+        [
+            ("Dedicated 1k - deployment prod-eu (running)", Decimal("720"), "hour", Decimal("0.36"), 25920),
+            ("Traffic above free 100 GB", Decimal("12.5"), "GB", 15, 188),
+        ],
+        credits=1000,
+    )
     pages, text = _text(render_invoice_pdf(invoice))
     assert pages == 1
     assert "EMQ-2025-000042" in text
@@ -45,8 +59,12 @@ def test_pdf_shows_number_totals_treatment_and_mention_when_reverse_charge():
 
 
 def test_pdf_shows_rate_and_tax_without_mention_when_domestic():
-    invoice = make_invoice([("Annual plan Dedicated 1k", Decimal(1), "year", 268056, 268056)],
-                           rate=Decimal("19"), treatment="domestic", mention=None)
+    invoice = make_invoice(
+        [("Annual plan Dedicated 1k", Decimal(1), "year", 268056, 268056)],
+        rate=Decimal("19"),
+        treatment="domestic",
+        mention=None,
+    )
     _, text = _text(render_invoice_pdf(invoice))
     assert "19 %" in text
     assert "509.31 EUR" in text  # 19 % of 2,680.56
@@ -66,8 +84,20 @@ def test_pdf_spans_pages_with_every_line_when_many_lines():
 def test_invoice_document_rejects_totals_when_they_do_not_add_up():
     with pytest.raises(ValueError):
         InvoiceDocument(
-            number="X", status="draft", issue_date=date(2025, 1, 1), due_date=None, period_start=None,
-            period_end=None, currency="EUR", seller=Party("S"), customer=Party("C"),
-            lines=[InvoiceLine("a", Decimal(1), "unit", 100, 100)], subtotal_minor=100, credits_minor=0,
-            tax_treatment="domestic", tax_rate=Decimal(19), tax_minor=19, total_minor=100,
+            number="X",
+            status="draft",
+            issue_date=date(2025, 1, 1),
+            due_date=None,
+            period_start=None,
+            period_end=None,
+            currency="EUR",
+            seller=Party("S"),
+            customer=Party("C"),
+            lines=[InvoiceLine("a", Decimal(1), "unit", 100, 100)],
+            subtotal_minor=100,
+            credits_minor=0,
+            tax_treatment="domestic",
+            tax_rate=Decimal(19),
+            tax_minor=19,
+            total_minor=100,
         )

@@ -1,5 +1,6 @@
 """End-to-end billing scenarios with exact amounts: metering from status history, the monthly close, the annual
 switch, a tier upgrade mid-term, credits and coupons."""
+
 import datetime
 from decimal import Decimal
 
@@ -7,8 +8,7 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from billing import annual, invoicing, metering, services
-from billing.models import (AnnualSubscription, Coupon, CreditGrant, Invoice, InvoiceKind, InvoiceStatus,
-                            UsageRecord)
+from billing.models import AnnualSubscription, Coupon, CreditGrant, Invoice, InvoiceKind, InvoiceStatus, UsageRecord
 from billing.selectors import billing_account_for
 from tests.billing.conftest import at
 
@@ -19,8 +19,14 @@ CLOSE_TIME = at(2026, 4, 1, 0, 20)
 
 def set_account(org, **fields):
     account = billing_account_for(organization=org.organization)
-    values = {"country": "US", "company": "Acme Inc.", "email": "billing@acme.example", "postal_code": "94105",
-              "tax_id": "", **fields}
+    values = {
+        "country": "US",
+        "company": "Acme Inc.",
+        "email": "billing@acme.example",
+        "postal_code": "94105",
+        "tax_id": "",
+        **fields,
+    }
     return services.billing_account_update(account=account, actor=None, **values)
 
 
@@ -34,16 +40,18 @@ def monthly_invoice(org):
 
 
 def test_invoice_bills_244_running_and_48_stopped_hours_when_1k_ran_10_days_4_hours_then_stopped_2_days(
-        owner_org, make_deployment, history):
+    owner_org, make_deployment, history
+):
     set_account(owner_org)
     dep = make_deployment(owner_org.default_project, name="prod-eu")
-    history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4)),
-                  ("stopped", at(2026, 3, 11, 4), at(2026, 3, 13, 4))])
+    history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4)), ("stopped", at(2026, 3, 11, 4), at(2026, 3, 13, 4))])
     close_march()
     invoice = monthly_invoice(owner_org)
     lines = sorted(invoice.lines.values_list("product", "quantity", "unit_price", "amount"))
-    assert lines == [("retention", Decimal("48"), Decimal("0.06"), 288),
-                     ("running", Decimal("244"), Decimal("0.36"), 8784)]
+    assert lines == [
+        ("retention", Decimal("48"), Decimal("0.06"), 288),
+        ("running", Decimal("244"), Decimal("0.36"), 8784),
+    ]
     assert (invoice.subtotal, invoice.credits_applied, invoice.tax, invoice.total) == (9072, 0, 0, 9072)
     assert (invoice.tax_treatment, invoice.status) == ("outside_scope", InvoiceStatus.OPEN)
     assert invoice.number.startswith("MQC-2026-") and invoice.period_end == datetime.date(2026, 3, 31)
@@ -69,13 +77,15 @@ def test_numbers_sequential_without_gaps_when_several_accounts_close(org_factory
     assert numbers == [f"MQC-2026-{n:06d}" for n in range(1, 4)]
     org = org_factory()
     history(make_deployment(org.default_project), [("running", at(2026, 4, 1), None)])
-    sub = annual.annual_subscription_start(deployment=org.default_project.deployments.get(), actor=None,
-                                           now=at(2026, 4, 2))
+    sub = annual.annual_subscription_start(
+        deployment=org.default_project.deployments.get(), actor=None, now=at(2026, 4, 2)
+    )
     assert sub.invoices.get().number == "MQC-2026-000004"
 
 
 def test_hourly_lines_end_at_the_second_then_prepaid_invoice_when_switched_to_annual_on_17th_13_20(
-        owner_org, make_deployment, history):
+    owner_org, make_deployment, history
+):
     set_account(owner_org)
     dep = make_deployment(owner_org.default_project, name="factory")
     history(dep, [("running", at(2026, 3, 1), None)])
@@ -123,16 +133,16 @@ def test_prorated_difference_billed_once_when_tier_upgraded_mid_term(owner_org, 
 
 
 def test_oldest_credit_then_coupon_applied_before_tax_and_expired_credit_skipped_when_invoice_closes(
-        owner_org, make_deployment, history):
+    owner_org, make_deployment, history
+):
     account = set_account(owner_org, country="DE", company="", postal_code="10115")
     dep = make_deployment(owner_org.default_project)
-    history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4)),
-                  ("stopped", at(2026, 3, 11, 4), at(2026, 3, 13, 4))])
-    promo = services.credit_grant(account=account, actor=None, kind="promotion", amount=500,
-                                  expires_at=at(2026, 6, 1))
+    history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4)), ("stopped", at(2026, 3, 11, 4), at(2026, 3, 13, 4))])
+    promo = services.credit_grant(account=account, actor=None, kind="promotion", amount=500, expires_at=at(2026, 6, 1))
     CreditGrant.objects.filter(pk=promo.pk).update(granted_at=at(2026, 3, 1))
-    expiring = services.credit_grant(account=account, actor=None, kind="promotion", amount=5000,
-                                     expires_at=at(2026, 3, 20))
+    expiring = services.credit_grant(
+        account=account, actor=None, kind="promotion", amount=5000, expires_at=at(2026, 3, 20)
+    )
     Coupon.objects.create(code="WELCOME10", amount=1000, currency="USD", credit_valid_days=90)
     coupon_credit = services.coupon_redeem(account=account, actor=None, code="welcome10", now=at(2026, 3, 2))
     close_march()

@@ -25,8 +25,15 @@ def client(fake):
 
 
 def new_customer(client, **overrides):
-    params = dict(customer_id=None, email="billing@example.fr", name="Exemple SAS", address=ADDRESS,
-                  tax_id=("eu_vat", "FR40303265045"), metadata={"billing_account": "17"}, client=client)
+    params = dict(
+        customer_id=None,
+        email="billing@example.fr",
+        name="Exemple SAS",
+        address=ADDRESS,
+        tax_id=("eu_vat", "FR40303265045"),
+        metadata={"billing_account": "17"},
+        client=client,
+    )
     params.update(overrides)
     return gateway.ensure_customer(**params)
 
@@ -47,9 +54,14 @@ def test_customer_created_with_address_metadata_and_tax_id_when_no_customer_id(f
 def test_customer_updated_and_tax_id_replaced_when_number_changes(fake, client):
     customer_id = new_customer(client)
     old_tax_id = fake.tax_ids[customer_id][0]["id"]
-    same_id = new_customer(client, customer_id=customer_id, email="new@example.fr",
-                           address={**ADDRESS, "line1": "2 rue de Rivoli"}, tax_id=("eu_vat", "FR 403 032 650 46"),
-                           metadata={"plan": "dedicated"})
+    same_id = new_customer(
+        client,
+        customer_id=customer_id,
+        email="new@example.fr",
+        address={**ADDRESS, "line1": "2 rue de Rivoli"},
+        tax_id=("eu_vat", "FR 403 032 650 46"),
+        metadata={"plan": "dedicated"},
+    )
     assert same_id == customer_id
     customer = fake.customers[customer_id]
     assert customer["email"] == "new@example.fr" and customer["address"]["line1"] == "2 rue de Rivoli"
@@ -88,8 +100,9 @@ def test_setup_intent_returned_with_client_secret_when_created(fake, client):
 
 def test_checkout_session_in_setup_mode_returns_hosted_url_when_created(fake, client):
     customer_id = new_customer(client)
-    url = gateway.create_checkout_setup_session(customer_id, "https://app.example/billing?ok=1",
-                                                "https://app.example/billing", client=client)
+    url = gateway.create_checkout_setup_session(
+        customer_id, "https://app.example/billing?ok=1", "https://app.example/billing", client=client
+    )
     (session,) = fake.checkout_sessions.values()
     assert url == session["url"] and url.startswith("https://checkout.stripe.com/")
     assert session["mode"] == "setup" and session["customer"] == customer_id
@@ -104,8 +117,9 @@ def customer_with_card(fake, client):
 
 def test_payment_succeeds_off_session_with_default_card_when_card_works(fake, client):
     customer_id, pm = customer_with_card(fake, client)
-    result = gateway.collect_invoice(customer_id=customer_id, amount_minor=268056, currency="USD",
-                                     invoice_id=42, attempt=1, client=client)
+    result = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=268056, currency="USD", invoice_id=42, attempt=1, client=client
+    )
     assert result.status is PaymentStatus.SUCCEEDED and result.failure_message is None
     intent = fake.payment_intents[result.payment_intent_id]
     assert (intent["amount"], intent["currency"], intent["payment_method"]) == (268056, "usd", pm)
@@ -118,8 +132,9 @@ def test_payment_succeeds_off_session_with_default_card_when_card_works(fake, cl
 def test_failed_result_not_exception_when_card_declined(fake, client):
     customer_id, _ = customer_with_card(fake, client)
     fake.decline_cards_of(customer_id, decline_code="insufficient_funds")
-    result = gateway.collect_invoice(customer_id=customer_id, amount_minor=1000, currency="EUR",
-                                     invoice_id=7, attempt=1, client=client)
+    result = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=1000, currency="EUR", invoice_id=7, attempt=1, client=client
+    )
     assert result.status is PaymentStatus.FAILED
     assert (result.failure_code, result.decline_code) == ("card_declined", "insufficient_funds")
     assert result.failure_message == "Your card has insufficient funds."
@@ -129,25 +144,29 @@ def test_failed_result_not_exception_when_card_declined(fake, client):
 def test_requires_action_when_bank_asks_for_authentication(fake, client):
     customer_id, _ = customer_with_card(fake, client)
     fake.decline_cards_of(customer_id, decline_code="authentication_required")
-    result = gateway.collect_invoice(customer_id=customer_id, amount_minor=1000, currency="EUR",
-                                     invoice_id=8, attempt=1, client=client)
+    result = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=1000, currency="EUR", invoice_id=8, attempt=1, client=client
+    )
     assert result.status is PaymentStatus.REQUIRES_ACTION
 
 
 def test_failed_without_payment_intent_when_no_default_card(fake, client):
     customer_id = new_customer(client)
-    result = gateway.collect_invoice(customer_id=customer_id, amount_minor=1000, currency="EUR",
-                                     invoice_id=9, attempt=1, client=client)
+    result = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=1000, currency="EUR", invoice_id=9, attempt=1, client=client
+    )
     assert (result.status, result.payment_intent_id) == (PaymentStatus.FAILED, None)
     assert fake.payment_intents == {}
 
 
 def test_one_payment_intent_when_same_invoice_attempt_collected_twice(fake, client):
     customer_id, _ = customer_with_card(fake, client)
-    first = gateway.collect_invoice(customer_id=customer_id, amount_minor=5000, currency="EUR",
-                                    invoice_id=11, attempt=1, client=client)
-    second = gateway.collect_invoice(customer_id=customer_id, amount_minor=5000, currency="EUR",
-                                     invoice_id=11, attempt=1, client=client)
+    first = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=5000, currency="EUR", invoice_id=11, attempt=1, client=client
+    )
+    second = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=5000, currency="EUR", invoice_id=11, attempt=1, client=client
+    )
     assert first.payment_intent_id == second.payment_intent_id
     assert len(fake.payment_intents) == 1
 
@@ -155,24 +174,29 @@ def test_one_payment_intent_when_same_invoice_attempt_collected_twice(fake, clie
 def test_new_payment_intent_when_next_attempt_after_decline(fake, client):
     customer_id, _ = customer_with_card(fake, client)
     fake.decline_cards_of(customer_id)
-    first = gateway.collect_invoice(customer_id=customer_id, amount_minor=5000, currency="EUR",
-                                    invoice_id=12, attempt=1, client=client)
+    first = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=5000, currency="EUR", invoice_id=12, attempt=1, client=client
+    )
     fake._declines.clear()
-    replay = gateway.collect_invoice(customer_id=customer_id, amount_minor=5000, currency="EUR",
-                                     invoice_id=12, attempt=1, client=client)
-    retry = gateway.collect_invoice(customer_id=customer_id, amount_minor=5000, currency="EUR",
-                                    invoice_id=12, attempt=2, client=client)
+    replay = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=5000, currency="EUR", invoice_id=12, attempt=1, client=client
+    )
+    retry = gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=5000, currency="EUR", invoice_id=12, attempt=2, client=client
+    )
     assert replay.status is PaymentStatus.FAILED and replay.payment_intent_id == first.payment_intent_id
     assert retry.status is PaymentStatus.SUCCEEDED and retry.payment_intent_id != first.payment_intent_id
 
 
 def test_idempotency_error_raised_when_key_reused_with_other_amount(fake, client):
     customer_id, _ = customer_with_card(fake, client)
-    gateway.collect_invoice(customer_id=customer_id, amount_minor=5000, currency="EUR", invoice_id=13,
-                            attempt=1, client=client)
+    gateway.collect_invoice(
+        customer_id=customer_id, amount_minor=5000, currency="EUR", invoice_id=13, attempt=1, client=client
+    )
     with pytest.raises(stripe.IdempotencyError):
-        gateway.collect_invoice(customer_id=customer_id, amount_minor=6000, currency="EUR", invoice_id=13,
-                                attempt=1, client=client)
+        gateway.collect_invoice(
+            customer_id=customer_id, amount_minor=6000, currency="EUR", invoice_id=13, attempt=1, client=client
+        )
 
 
 def test_authentication_error_raised_when_api_key_wrong(fake):

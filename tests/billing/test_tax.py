@@ -20,8 +20,9 @@ FR_BAD_CHECKSUM = "FR40303265046"
 
 def decide(customer_country, *, is_business, tax_id=None, on=ON):
     status = validate_tax_id(customer_country, tax_id).status
-    return tax_treatment(seller_country="DE", customer_country=customer_country, is_business=is_business,
-                         vat_status=status, on=on)
+    return tax_treatment(
+        seller_country="DE", customer_country=customer_country, is_business=is_business, vat_status=status, on=on
+    )
 
 
 def test_reverse_charge_at_zero_with_mention_when_french_company_has_valid_number():
@@ -62,14 +63,14 @@ def test_eu_consumer_rate_when_french_number_has_bad_checksum():
 
 
 def test_reverse_charge_when_vies_confirmed_status_valid():
-    decision = tax_treatment(seller_country="DE", customer_country="AT", is_business=True,
-                             vat_status="valid", on=ON)
+    decision = tax_treatment(seller_country="DE", customer_country="AT", is_business=True, vat_status="valid", on=ON)
     assert decision.treatment is TaxTreatment.REVERSE_CHARGE
 
 
 def test_eu_consumer_when_business_number_invalid_even_if_business():
-    decision = tax_treatment(seller_country="DE", customer_country="NL", is_business=True,
-                             vat_status=VatStatus.INVALID, on=ON)
+    decision = tax_treatment(
+        seller_country="DE", customer_country="NL", is_business=True, vat_status=VatStatus.INVALID, on=ON
+    )
     assert (decision.treatment, decision.rate) == (TaxTreatment.EU_CONSUMER, Decimal("21"))
 
 
@@ -107,22 +108,31 @@ def test_us_ein_invalid_when_unassigned_prefix_or_wrong_length(number):
     assert "US EIN" in check.message
 
 
-@pytest.mark.parametrize(("country", "number", "stripe_type"), [
-    ("GB", "GB 980 7806 84", "gb_vat"),
-    ("AU", "51 824 753 556", "au_abn"),
-    ("CA", "123456782", "ca_bn"),
-    ("CH", "CHE-100.155.212", "ch_uid"),
-    ("NO", "995525828MVA", "no_vat"),
-    ("IN", "27AAPFU0939F1ZV", "in_gst"),
-])
+@pytest.mark.parametrize(
+    ("country", "number", "stripe_type"),
+    [
+        ("GB", "GB 980 7806 84", "gb_vat"),
+        ("AU", "51 824 753 556", "au_abn"),
+        ("CA", "123456782", "ca_bn"),
+        ("CH", "CHE-100.155.212", "ch_uid"),
+        ("NO", "995525828MVA", "no_vat"),
+        ("IN", "27AAPFU0939F1ZV", "in_gst"),
+    ],
+)
 def test_non_eu_tax_ids_format_valid_when_checksum_matches(country, number, stripe_type):
     check = validate_tax_id(country, number)
     assert (check.status, check.stripe_type) == (VatStatus.FORMAT_VALID, stripe_type)
 
 
-@pytest.mark.parametrize(("country", "number"), [
-    ("GB", "GB980780685"), ("AU", "51 824 753 557"), ("CH", "CHE-100.155.213"), ("NO", "995525829MVA"),
-])
+@pytest.mark.parametrize(
+    ("country", "number"),
+    [
+        ("GB", "GB980780685"),
+        ("AU", "51 824 753 557"),
+        ("CH", "CHE-100.155.213"),
+        ("NO", "995525829MVA"),
+    ],
+)
 def test_non_eu_tax_ids_invalid_when_checksum_wrong(country, number):
     assert validate_tax_id(country, number).status is VatStatus.INVALID
 
@@ -137,18 +147,39 @@ def test_unchecked_country_keeps_number_with_status_none_when_no_validator():
     assert check.status is VatStatus.NONE and check.normalized == "T1234567890123"
 
 
-@pytest.mark.parametrize(("country", "code"), [
-    ("US", "94105"), ("US", "94105-1234"), ("US", "941051234"), ("CA", "k1a 0b1"), ("GB", "SW1A 1AA"),
-    ("GB", "m1 1ae"), ("DE", "10115"), ("FR", "75001"), ("NL", "1012 AB"), ("NL", "1012ab"), ("JP", "100-0001"),
-])
+@pytest.mark.parametrize(
+    ("country", "code"),
+    [
+        ("US", "94105"),
+        ("US", "94105-1234"),
+        ("US", "941051234"),
+        ("CA", "k1a 0b1"),
+        ("GB", "SW1A 1AA"),
+        ("GB", "m1 1ae"),
+        ("DE", "10115"),
+        ("FR", "75001"),
+        ("NL", "1012 AB"),
+        ("NL", "1012ab"),
+        ("JP", "100-0001"),
+    ],
+)
 def test_postal_code_accepted_when_well_formed(country, code):
     assert validate_postal_code(country, code).valid
 
 
-@pytest.mark.parametrize(("country", "code"), [
-    ("US", "9410"), ("US", "94105-12"), ("US", "ABCDE"), ("CA", "D1A 0B1"), ("GB", "12345"), ("DE", "1011"),
-    ("FR", "7500A"), ("NL", "0123 AB"),
-])
+@pytest.mark.parametrize(
+    ("country", "code"),
+    [
+        ("US", "9410"),
+        ("US", "94105-12"),
+        ("US", "ABCDE"),
+        ("CA", "D1A 0B1"),
+        ("GB", "12345"),
+        ("DE", "1011"),
+        ("FR", "7500A"),
+        ("NL", "0123 AB"),
+    ],
+)
 def test_postal_code_rejected_with_message_when_malformed(country, code):
     check = validate_postal_code(country, code)
     assert not check.valid
@@ -161,12 +192,21 @@ def test_estonia_rate_is_22_before_and_24_from_2025_07_01():
     assert standard_rate("EE", date(2023, 12, 31)) == Decimal("20")
 
 
-@pytest.mark.parametrize(("country", "day", "rate"), [
-    ("RO", date(2025, 7, 31), "19"), ("RO", date(2025, 8, 1), "21"),
-    ("FI", date(2024, 9, 1), "25.5"), ("SK", date(2025, 1, 1), "23"), ("LU", date(2023, 6, 1), "16"),
-    ("LU", date(2024, 1, 1), "17"), ("DE", date(2026, 1, 1), "19"), ("FR", date(2026, 1, 1), "20"),
-    ("GR", date(2026, 1, 1), "24"), ("EL", date(2026, 1, 1), "24"),
-])
+@pytest.mark.parametrize(
+    ("country", "day", "rate"),
+    [
+        ("RO", date(2025, 7, 31), "19"),
+        ("RO", date(2025, 8, 1), "21"),
+        ("FI", date(2024, 9, 1), "25.5"),
+        ("SK", date(2025, 1, 1), "23"),
+        ("LU", date(2023, 6, 1), "16"),
+        ("LU", date(2024, 1, 1), "17"),
+        ("DE", date(2026, 1, 1), "19"),
+        ("FR", date(2026, 1, 1), "20"),
+        ("GR", date(2026, 1, 1), "24"),
+        ("EL", date(2026, 1, 1), "24"),
+    ],
+)
 def test_standard_rate_follows_effective_dates_when_rates_changed(country, day, rate):
     assert standard_rate(country, day) == Decimal(rate)
 

@@ -10,8 +10,15 @@ pytestmark = pytest.mark.django_db
 
 
 def test_signup_creates_user_organization_and_default_project(client):
-    response = client.post("/console/signup", {"email": "Ada@Example.com", "password": "a fine long passphrase",
-                                               "full_name": "Ada", "organization_name": "Engines Ltd"})
+    response = client.post(
+        "/console/signup",
+        {
+            "email": "Ada@Example.com",
+            "password": "a fine long passphrase",
+            "full_name": "Ada",
+            "organization_name": "Engines Ltd",
+        },
+    )
     assert response.status_code == 302
     user = User.objects.get(email="ada@example.com")
     membership = Membership.objects.get(user=user)
@@ -32,7 +39,9 @@ def test_signup_refuses_weak_password_and_taken_email(client, owner_org):
 
 def test_login_and_logout(client, owner_org):
     assert client.get("/").status_code == 302
-    response = client.post("/console/login", {"username": owner_org.owner.email, "password": "correct horse battery staple"})
+    response = client.post(
+        "/console/login", {"username": owner_org.owner.email, "password": "correct horse battery staple"}
+    )
     assert response.status_code == 302
     assert client.get("/", follow=True).status_code == 200
     client.post("/console/logout")
@@ -46,7 +55,10 @@ def test_password_reset_by_email(client, owner_org, mailoutbox):
     path = link.split("testserver", 1)[-1] if "testserver" in link else "/" + link.split("/", 3)[3]
     form = client.get(path, follow=True)
     assert form.status_code == 200 and b"new_password1" in form.content
-    done = client.post(form.redirect_chain[-1][0], {"new_password1": "another long passphrase", "new_password2": "another long passphrase"})
+    done = client.post(
+        form.redirect_chain[-1][0],
+        {"new_password1": "another long passphrase", "new_password2": "another long passphrase"},
+    )
     assert done.status_code == 302
     owner_org.owner.refresh_from_db()
     assert owner_org.owner.check_password("another long passphrase")
@@ -84,8 +96,9 @@ def test_invitation_can_be_accepted_in_console(client, owner_org, django_capture
     from organizations import services
 
     with django_capture_on_commit_callbacks(execute=True):
-        services.invitation_create(organization=owner_org.organization, actor=None, email="joiner@example.com",
-                                   roles=["auditor"])
+        services.invitation_create(
+            organization=owner_org.organization, actor=None, email="joiner@example.com", roles=["auditor"]
+        )
     path = "/" + re.search(r"https?://[^/]+/(\S+)", mailoutbox[0].body).group(1)
     token = path.split("token=")[1]
     assert b"Join" in client.get(path).content

@@ -2,6 +2,7 @@
 
 No worker here: the reconciler's part is played by `settle()`, which writes what a converged reconcile would.
 """
+
 import base64
 
 import pytest
@@ -10,9 +11,9 @@ from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent
 from deployments import selectors
+from deployments.drivers.base import MqttCredential
 from deployments.models import AclRule, Deployment, MqttUser, Operation, Region, Tier
 from deployments.passwords import verify_mqtt_password
-from deployments.drivers.base import MqttCredential
 from projects.services import project_create
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
@@ -37,8 +38,9 @@ def settle(public_id):
     """What a converged reconcile writes: observed state caught up, operations done."""
     deployment = Deployment.objects.get(public_id=public_id)
     status = {"running": "running", "stopped": "stopped", "deleted": "deleted"}[deployment.desired_state]
-    Deployment.objects.filter(pk=deployment.pk).update(status=status, observed_generation=deployment.generation,
-                                                       observed_restart_nonce=deployment.restart_nonce)
+    Deployment.objects.filter(pk=deployment.pk).update(
+        status=status, observed_generation=deployment.generation, observed_restart_nonce=deployment.restart_nonce
+    )
     Operation.objects.filter(deployment=deployment).update(status="succeeded")
 
 
@@ -62,7 +64,9 @@ def test_catalog_lists_local_region_and_seeded_prices_when_anonymous(api):
     hourly = {p["tier"]: p["amount"] for p in plans["dedicated"]["prices"] if p["kind"] == "hourly"}
     assert hourly == {"1k": "0.360000", "2k": "0.500000", "5k": "0.990000", "10k": "1.490000"}
     assert {p["kind"]: p["amount"] for p in plans["serverless"]["prices"]} == {
-        "session_minutes_million": "2.000000", "traffic_gb": "0.150000"}
+        "session_minutes_million": "2.000000",
+        "traffic_gb": "0.150000",
+    }
 
 
 def test_create_answers_202_with_pending_operation_when_request_is_valid(client, base, owner_org):
@@ -80,14 +84,17 @@ def test_create_answers_202_with_pending_operation_when_request_is_valid(client,
     assert verify_mqtt_password(password, cred)
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"region": "mars-1"}, "region"),
-    ({"tier": "3k"}, "tier"),
-    ({"plan": "platinum"}, "plan"),
-    ({"name": "x" * 65}, "name"),
-    ({"name": 42}, "name"),
-    ({"colour": "blue"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"region": "mars-1"}, "region"),
+        ({"tier": "3k"}, "tier"),
+        ({"plan": "platinum"}, "plan"),
+        ({"name": "x" * 65}, "name"),
+        ({"name": 42}, "name"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
 def test_create_answers_400_naming_the_field_when_input_is_bad(client, base, changes, field):
     response = create(client, base, **changes)
     assert response.status_code == 400, response.content
@@ -97,8 +104,9 @@ def test_create_answers_400_naming_the_field_when_input_is_bad(client, base, cha
 
 
 def test_create_answers_400_when_tier_is_not_offered_or_region_closed(client, base):
-    region = Region.objects.create(code="eu-test", display_name="EU test", provider="aws", driver="kubernetes",
-                                   in_cluster=True)
+    region = Region.objects.create(
+        code="eu-test", display_name="EU test", provider="aws", driver="kubernetes", in_cluster=True
+    )
     region.tiers.add(Tier.objects.get(plan__code="dedicated", code="1k"))
     not_offered = create(client, base, region="eu-test", tier="2k")
     assert not_offered.status_code == 400 and "not offered" in not_offered.json()["detail"]
@@ -131,13 +139,17 @@ def test_premium_needs_a_trial_and_stops_at_the_granted_count(client, base, owne
 def test_dry_run_prices_without_changing_anything_when_asked(client, base, deployment):
     url = f"{base}/{deployment}"
     before = Deployment.objects.get(public_id=deployment)
-    created = client.post(f"{base}?dry_run=true", {"name": "other", "plan": "dedicated", "tier": "2k",
-                                                   "region": "local"}, format="json")
+    created = client.post(
+        f"{base}?dry_run=true", {"name": "other", "plan": "dedicated", "tier": "2k", "region": "local"}, format="json"
+    )
     assert created.status_code == 200, created.content
     assert created.json()["price_per_hour_after"] == "0.500000" and created.json()["disruption"] == "none"
     tier = client.post(f"{url}/change-tier?dry_run=true", {"tier": "5k"}, format="json").json()
     assert (tier["price_per_hour_before"], tier["price_per_hour_after"], tier["disruption"]) == (
-        "0.360000", "0.990000", "restart")
+        "0.360000",
+        "0.990000",
+        "restart",
+    )
     stop = client.post(f"{url}/stop?dry_run=true", {}, format="json").json()
     assert (stop["price_per_hour_after"], stop["disruption"]) == ("0.060000", "restart")
     assert client.post(f"{url}/restart?dry_run=true", {}, format="json").json()["disruption"] == "restart"
@@ -192,8 +204,9 @@ def test_delete_answers_409_while_protected_and_lifting_is_audited(client, base,
     assert deleted.status_code == 202 and deleted.json()["operation"]["kind"] == "delete"
 
 
-def test_move_answers_400_and_changes_nothing_when_project_is_another_organizations(client, base, deployment,
-                                                                                     org_factory):
+def test_move_answers_400_and_changes_nothing_when_project_is_another_organizations(
+    client, base, deployment, org_factory
+):
     other = org_factory()
     response = client.post(f"{base}/{deployment}/move", {"project": other.default_project.public_id}, format="json")
     assert response.status_code == 400
@@ -213,8 +226,9 @@ def test_move_lands_in_target_project_when_same_organization(client, base, deplo
 @pytest.mark.parametrize("topic", ["a/#/b", "a+/b", ""])
 def test_acl_rule_answers_400_when_topic_filter_is_invalid(client, base, deployment, topic):
     before = Deployment.objects.get(public_id=deployment).generation
-    response = client.post(f"{base}/{deployment}/acl-rules", {"permission": "deny", "action": "all", "topic": topic},
-                           format="json")
+    response = client.post(
+        f"{base}/{deployment}/acl-rules", {"permission": "deny", "action": "all", "topic": topic}, format="json"
+    )
     assert response.status_code == 400, response.content
     assert response.json()["errors"][0]["field"] == "topic"
     assert not AclRule.objects.exists()
@@ -222,15 +236,20 @@ def test_acl_rule_answers_400_when_topic_filter_is_invalid(client, base, deploym
 
 
 def test_acl_rule_for_client_id_answers_400_when_region_runs_mosquitto(client, base, deployment):
-    response = client.post(f"{base}/{deployment}/acl-rules",
-                           {"permission": "deny", "action": "all", "topic": "a/b", "client_id": "c1"}, format="json")
+    response = client.post(
+        f"{base}/{deployment}/acl-rules",
+        {"permission": "deny", "action": "all", "topic": "a/b", "client_id": "c1"},
+        format="json",
+    )
     assert response.status_code == 400 and "client id" in response.json()["detail"]
 
 
 def test_acl_rules_keep_their_order_when_inserted_at_a_position(client, base, deployment):
     url = f"{base}/{deployment}/acl-rules"
     for topic in ("a", "b"):
-        assert client.post(url, {"permission": "allow", "action": "all", "topic": topic}, format="json").status_code == 201
+        assert (
+            client.post(url, {"permission": "allow", "action": "all", "topic": topic}, format="json").status_code == 201
+        )
     first = client.post(url, {"permission": "deny", "action": "publish", "topic": "z/#", "position": 0}, format="json")
     assert first.status_code == 201 and first.json()["operation"].startswith("op_")
     assert [r["topic"] for r in client.get(url).json()["results"]] == ["z/#", "a", "b"]
@@ -251,19 +270,26 @@ def test_mqtt_user_password_is_write_only_and_duplicates_answer_409(client, base
 
 def test_rate_limits_answer_400_above_parent_and_say_local_honours_none(client, base, deployment):
     url = f"{base}/{deployment}/rate-limits"
-    too_high = client.put(url, {"policies": [{"level": "global", "messages_rate": 100},
-                                             {"level": "connection", "messages_rate": 500}]}, format="json")
+    too_high = client.put(
+        url,
+        {"policies": [{"level": "global", "messages_rate": 100}, {"level": "connection", "messages_rate": 500}]},
+        format="json",
+    )
     assert too_high.status_code == 400 and "exceeds" in too_high.json()["detail"]
-    ok = client.put(url, {"policies": [{"level": "global", "messages_rate": 1000},
-                                       {"level": "listener", "messages_rate": 100}]}, format="json")
+    ok = client.put(
+        url,
+        {"policies": [{"level": "global", "messages_rate": 1000}, {"level": "listener", "messages_rate": 100}]},
+        format="json",
+    )
     assert ok.status_code == 200, ok.content
     body = ok.json()
     assert body["driver"] == "local" and body["honoured"]["global"] == [] and "Not enforced" in body["note"]
     assert [p["level"] for p in client.get(url).json()["policies"]] == ["global", "listener"]
 
 
-def test_every_method_answers_404_when_deployment_belongs_to_another_organization(client, base, deployment,
-                                                                                  org_factory):
+def test_every_method_answers_404_when_deployment_belongs_to_another_organization(
+    client, base, deployment, org_factory
+):
     other = org_factory()
     stranger = f"/api/v1/organizations/{other.id}/projects/{other.default_project.public_id}/deployments"
     from rest_framework.test import APIClient
@@ -281,8 +307,10 @@ def test_every_method_answers_404_when_deployment_belongs_to_another_organizatio
         assert outsider.post(f"{url}/change-tier", {"tier": "2k"}, format="json").status_code == 404
         for child in ("operations", "events", "mqtt-users", "acl-rules", "rate-limits"):
             assert outsider.get(f"{url}/{child}").status_code == 404, child
-        assert outsider.post(f"{url}/mqtt-users", {"username": "u", "password": "password1"},
-                             format="json").status_code == 404
+        assert (
+            outsider.post(f"{url}/mqtt-users", {"username": "u", "password": "password1"}, format="json").status_code
+            == 404
+        )
         assert outsider.put(f"{url}/rate-limits", {"policies": []}, format="json").status_code == 404
     assert Deployment.objects.get(public_id=deployment).generation == 1
 
@@ -294,15 +322,24 @@ def _count(client, url):
     return len(ctx.captured_queries)
 
 
-def test_list_endpoints_make_the_same_number_of_queries_whatever_the_page_size(client, base, deployment,
-                                                                               django_assert_num_queries):
+def test_list_endpoints_make_the_same_number_of_queries_whatever_the_page_size(
+    client, base, deployment, django_assert_num_queries
+):
     for n in range(12):
         assert create(client, base, name=f"d{n}").status_code == 202
     for n in range(12):
-        assert client.post(f"{base}/{deployment}/mqtt-users", {"username": f"u{n}", "password": "password1"},
-                           format="json").status_code == 201
-    for url in (base, f"{base}/{deployment}/operations", f"{base}/{deployment}/events",
-                f"{base}/{deployment}/mqtt-users"):
+        assert (
+            client.post(
+                f"{base}/{deployment}/mqtt-users", {"username": f"u{n}", "password": "password1"}, format="json"
+            ).status_code
+            == 201
+        )
+    for url in (
+        base,
+        f"{base}/{deployment}/operations",
+        f"{base}/{deployment}/events",
+        f"{base}/{deployment}/mqtt-users",
+    ):
         small = _count(client, f"{url}?page_size=10")
         with django_assert_num_queries(small):
             response = client.get(f"{url}?page_size=100")

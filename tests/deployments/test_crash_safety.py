@@ -1,4 +1,5 @@
 """Crash safety: deployments created while the Celery worker is SIGKILLed at random moments all converge, once each."""
+
 import random
 import time
 
@@ -15,15 +16,17 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 COUNT = 20
 
 
-def test_every_deployment_runs_one_broker_when_worker_is_killed_repeatedly(celery_worker, brokers_dir, owner_org,
-                                                                           key_client):
+def test_every_deployment_runs_one_broker_when_worker_is_killed_repeatedly(
+    celery_worker, brokers_dir, owner_org, key_client
+):
     rng = random.Random()
     client = key_client(owner_org.owner_secret)
     base = f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/deployments"
 
     for n in range(COUNT):
-        response = client.post(base, {"name": f"crash-{n}", "plan": "dedicated", "tier": "1k", "region": "local"},
-                               format="json")
+        response = client.post(
+            base, {"name": f"crash-{n}", "plan": "dedicated", "tier": "1k", "region": "local"}, format="json"
+        )
         assert response.status_code == 202, response.content
         if n % 4 == 3:
             time.sleep(rng.uniform(0.0, 0.4))  # somewhere inside a reconcile, or between two
@@ -39,7 +42,8 @@ def test_every_deployment_runs_one_broker_when_worker_is_killed_repeatedly(celer
     while True:
         statuses = list(Deployment.objects.values_list("status", flat=True))
         if statuses.count("running") == COUNT and not any(
-                d.observed_generation < d.generation for d in Deployment.objects.all()):
+            d.observed_generation < d.generation for d in Deployment.objects.all()
+        ):
             break
         if time.monotonic() > deadline:
             raise AssertionError(f"not converged: {sorted(statuses)}\n{celery_worker.logs()}")

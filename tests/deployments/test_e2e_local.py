@@ -1,4 +1,5 @@
 """End to end on real parts: the REST API, a real Celery worker, real mosquitto brokers and real paho-mqtt clients."""
+
 import socket
 import time
 
@@ -72,8 +73,11 @@ def test_broker_serves_users_and_acl_through_its_whole_life_when_driven_by_the_a
     user = client.post(f"{url}/mqtt-users", {"username": "sensor", "password": "sensor-secret"}, format="json")
     assert user.status_code == 201, user.content
     assert "password" not in user.json()
-    rule = client.post(f"{url}/acl-rules", {"permission": "deny", "action": "publish", "topic": "secret/#",
-                                            "username": "sensor"}, format="json")
+    rule = client.post(
+        f"{url}/acl-rules",
+        {"permission": "deny", "action": "publish", "topic": "secret/#", "username": "sensor"},
+        format="json",
+    )
     assert rule.status_code == 201, rule.content
     wait_operation(client, f"{url}/operations/{rule.json()['operation']}")
 
@@ -106,7 +110,7 @@ def test_broker_serves_users_and_acl_through_its_whole_life_when_driven_by_the_a
     wait_for_status(client, url, "deleted")
     assert broker_pids(brokers_dir) == []
     assert port_free(port)
-    assert not (brokers_dir / url.rsplit('/', 1)[1]).exists()  # config, data and ports file all gone
+    assert not (brokers_dir / url.rsplit("/", 1)[1]).exists()  # config, data and ports file all gone
     kinds = [e["kind"] for e in client.get(f"{url}/events?page_size=200").json()["results"]]
     assert "status.changed" in kinds
 
@@ -116,8 +120,12 @@ def test_queued_qos1_messages_survive_restart_when_session_is_persistent(setup, 
     url, body = _create_running(client, base, name="durable")
     port = body["connection"]["ports"]["mqtt"]
     for username in ("subscriber", "publisher"):
-        assert client.post(f"{url}/mqtt-users", {"username": username, "password": f"{username}-pw"},
-                           format="json").status_code == 201
+        assert (
+            client.post(
+                f"{url}/mqtt-users", {"username": username, "password": f"{username}-pw"}, format="json"
+            ).status_code
+            == 201
+        )
     wait_for_status(client, url, "running")
     expiry = Properties(PacketTypes.CONNECT)
     expiry.SessionExpiryInterval = 3600

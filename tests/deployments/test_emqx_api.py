@@ -1,4 +1,5 @@
 """EmqxApi against the HTTP fake of EMQX's /api/v5: users, ACL, auth failures and outages."""
+
 import base64
 import hashlib
 
@@ -12,8 +13,13 @@ from tests.fakes.emqx_api import FakeEmqxServer
 
 def credential(username: str, password: str, *, salt: bytes = b"0123456789abcdef", superuser: bool = False):
     derived = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, dklen=64)
-    return MqttCredential(username=username, salt_b64=base64.b64encode(salt).decode(),
-                          hash_b64=base64.b64encode(derived).decode(), iterations=101, is_superuser=superuser)
+    return MqttCredential(
+        username=username,
+        salt_b64=base64.b64encode(salt).decode(),
+        hash_b64=base64.b64encode(derived).decode(),
+        iterations=101,
+        is_superuser=superuser,
+    )
 
 
 @pytest.fixture
@@ -42,8 +48,7 @@ def test_sync_users_deletes_extra_users_and_overwrites_changed_hashes_when_set_d
     api.sync_users([credential("alice", "new"), credential("dave", "d")])
     users = fake.users()
     assert sorted(users) == ["alice", "dave"]
-    assert users["alice"]["password_hash"] == hashlib.pbkdf2_hmac(
-        "sha512", b"new", b"0123456789abcdef", 101).hex()
+    assert users["alice"]["password_hash"] == hashlib.pbkdf2_hmac("sha512", b"new", b"0123456789abcdef", 101).hex()
 
 
 def test_sync_users_removes_everyone_when_no_users_are_desired(api, fake):
@@ -68,15 +73,21 @@ def test_sync_acl_groups_rules_by_user_client_and_all_keeping_order_when_entries
     api.sync_acl(entries)
     rules = fake.rules()
     assert [(r["permission"], r["action"], r["topic"]) for r in rules["users"]["alice"]] == [
-        ("allow", "publish", "dev/alice/#"), ("deny", "all", "dev/#")]
+        ("allow", "publish", "dev/alice/#"),
+        ("deny", "all", "dev/#"),
+    ]
     assert [r["topic"] for r in rules["clients"]["c1"]] == ["cmd/c1"]
     assert [r["topic"] for r in rules["all"]] == ["$SYS/#"]
 
 
 def test_sync_acl_removes_subjects_and_all_rules_when_no_longer_desired(api, fake):
-    api.sync_acl([AclEntry(permission="allow", action="all", topic="a", username="u1"),
-                  AclEntry(permission="allow", action="all", topic="b", client_id="c1"),
-                  AclEntry(permission="deny", action="all", topic="#")])
+    api.sync_acl(
+        [
+            AclEntry(permission="allow", action="all", topic="a", username="u1"),
+            AclEntry(permission="allow", action="all", topic="b", client_id="c1"),
+            AclEntry(permission="deny", action="all", topic="#"),
+        ]
+    )
     api.sync_acl([AclEntry(permission="allow", action="all", topic="a", username="u2")])
     rules = fake.rules()
     assert list(rules["users"]) == ["u2"] and rules["clients"] == {} and rules["all"] == []

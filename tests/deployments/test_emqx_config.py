@@ -1,4 +1,5 @@
 """HOCON rendering of EMQX configuration: rate limits for 5.0 and 5.8, the hierarchy check, string escaping."""
+
 import pytest
 from pyhocon import ConfigFactory
 
@@ -8,8 +9,14 @@ from deployments.emqx_config import hocon_string, render_hocon, render_rate_limi
 
 def _spec(**overrides) -> BrokerSpec:
     values = dict(
-        name="dep_ABC123", region=RegionTarget(code="eu-1", driver="kubernetes"), running=True,
-        max_connections=1000, messages_per_second=500, replicas=2, api_key="cp-key", api_secret="s3cret-value",
+        name="dep_ABC123",
+        region=RegionTarget(code="eu-1", driver="kubernetes"),
+        running=True,
+        max_connections=1000,
+        messages_per_second=500,
+        replicas=2,
+        api_key="cp-key",
+        api_secret="s3cret-value",
     )
     values.update(overrides)
     return BrokerSpec(**values)

@@ -1,4 +1,5 @@
 """KubernetesDriver end to end: the real `kubernetes` client against the HTTP fake API server, EMQX's API faked too."""
+
 import base64
 import dataclasses
 import hashlib
@@ -6,7 +7,12 @@ import hashlib
 import pytest
 
 from deployments.drivers.base import (
-    AclEntry, BrokerSpec, MqttCredential, PermanentDriverError, RegionTarget, TemporaryDriverError,
+    AclEntry,
+    BrokerSpec,
+    MqttCredential,
+    PermanentDriverError,
+    RegionTarget,
+    TemporaryDriverError,
 )
 from deployments.drivers.kubernetes import KubernetesDriver
 from deployments.emqx_api import EmqxApi
@@ -20,8 +26,9 @@ EMQX_KEY = ("apps.emqx.io/v2beta1", "emqxes", NS, "emqx")
 def _credential(username: str, password: str) -> MqttCredential:
     salt = b"a1b2c3d4e5f60718"
     derived = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
-    return MqttCredential(username=username, salt_b64=base64.b64encode(salt).decode(),
-                          hash_b64=base64.b64encode(derived).decode())
+    return MqttCredential(
+        username=username, salt_b64=base64.b64encode(salt).decode(), hash_b64=base64.b64encode(derived).decode()
+    )
 
 
 @pytest.fixture
@@ -56,11 +63,16 @@ def driver(broker_api, management_urls):
 @pytest.fixture
 def spec(cluster):
     return BrokerSpec(
-        name="dep_K8S1", region=RegionTarget(code="eu-1", driver="kubernetes", kubeconfig=cluster.kubeconfig()),
-        running=True, max_connections=1000, messages_per_second=100, replicas=2,
+        name="dep_K8S1",
+        region=RegionTarget(code="eu-1", driver="kubernetes", kubeconfig=cluster.kubeconfig()),
+        running=True,
+        max_connections=1000,
+        messages_per_second=100,
+        replicas=2,
         users=(_credential("alice", "pw"),),
         acl=(AclEntry(permission="allow", action="all", topic="dev/alice/#", username="alice"),),
-        api_key="controlplane", api_secret="bootstrap-secret",
+        api_key="controlplane",
+        api_secret="bootstrap-secret",
     )
 
 
@@ -94,7 +106,10 @@ def test_apply_changes_nothing_when_spec_is_unchanged(driver, spec, cluster):
     driver.apply(spec)
     after = cluster.state.get(*EMQX_KEY)["metadata"]
     assert (after["generation"], after["resourceVersion"], after["uid"]) == (
-        before["generation"], before["resourceVersion"], before["uid"])
+        before["generation"],
+        before["resourceVersion"],
+        before["uid"],
+    )
 
 
 def test_apply_bumps_generation_when_spec_changes(driver, spec, cluster):
@@ -197,8 +212,10 @@ def test_delete_removes_namespace_with_foreground_propagation_and_reports_absent
     observed = driver.delete(spec)
     assert observed.phase == "absent"
     deletes = cluster.state.requests_for("DELETE", f"/api/v1/namespaces/{NS}")
-    assert deletes[0].query.get("propagationPolicy") == ["Foreground"] or \
-        (deletes[0].body or {}).get("propagationPolicy") == "Foreground"
+    assert (
+        deletes[0].query.get("propagationPolicy") == ["Foreground"]
+        or (deletes[0].body or {}).get("propagationPolicy") == "Foreground"
+    )
     assert cluster.state.get(*EMQX_KEY) is None
     assert driver.observe(spec).phase == "absent"
     assert driver.delete(spec).phase == "absent"
@@ -212,15 +229,17 @@ def test_apply_raises_temporary_when_api_server_answers(driver, spec, cluster, s
 
 
 def test_apply_raises_permanent_with_server_message_when_api_server_answers_422(driver, spec, cluster):
-    cluster.state.fail_next("PATCH", "/emqxes/", 422, "Invalid",
-                            'EMQX.apps.emqx.io "emqx" is invalid: spec.image: Required value')
+    cluster.state.fail_next(
+        "PATCH", "/emqxes/", 422, "Invalid", 'EMQX.apps.emqx.io "emqx" is invalid: spec.image: Required value'
+    )
     with pytest.raises(PermanentDriverError, match="spec.image: Required value"):
         driver.apply(spec)
 
 
 def test_apply_raises_permanent_naming_quota_when_api_server_answers_403_quota(driver, spec, cluster):
-    cluster.state.fail_next("PATCH", "/namespaces/", 403, "Forbidden",
-                            'exceeded quota: region-quota, requested: services.loadbalancers=1')
+    cluster.state.fail_next(
+        "PATCH", "/namespaces/", 403, "Forbidden", "exceeded quota: region-quota, requested: services.loadbalancers=1"
+    )
     with pytest.raises(PermanentDriverError, match="quota is exhausted"):
         driver.apply(spec)
 

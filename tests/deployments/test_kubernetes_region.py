@@ -1,10 +1,10 @@
 """A Kubernetes region end to end through the HTTP fakes: load_regions, the API, the reconciler, the real client."""
+
 import pytest
 from django.core.management import call_command
 
-from deployments import crypto
+from deployments import crypto, manifests
 from deployments import reconcile as reconcile_module
-from deployments import manifests
 from deployments.drivers.kubernetes import KubernetesDriver
 from deployments.emqx_api import EmqxApi
 from deployments.models import Deployment, Region, StatusInterval
@@ -43,26 +43,34 @@ def test_load_regions_stores_the_kubeconfig_encrypted(region, cluster):
     assert sorted(t.code for t in region.tiers.all()) == ["1k", "2k"]
 
 
-def test_deployment_runs_on_emqx_with_users_pushed_when_operator_reports_ready(region, cluster, owner_org,
-                                                                               key_client, monkeypatch):
+def test_deployment_runs_on_emqx_with_users_pushed_when_operator_reports_ready(
+    region, cluster, owner_org, key_client, monkeypatch
+):
     client = key_client(owner_org.owner_secret)
     base = f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/deployments"
-    created = client.post(base, {"name": "eu", "plan": "dedicated", "tier": "1k", "region": "aws-eu-west-1"},
-                          format="json")
+    created = client.post(
+        base, {"name": "eu", "plan": "dedicated", "tier": "1k", "region": "aws-eu-west-1"}, format="json"
+    )
     assert created.status_code == 202, created.content
     public_id = created.json()["deployment"]["id"]
     url = f"{base}/{public_id}"
-    assert client.post(f"{url}/mqtt-users", {"username": "sensor", "password": "sensor-secret"},
-                       format="json").status_code == 201
-    rule = client.post(f"{url}/acl-rules", {"permission": "deny", "action": "publish", "topic": "cmd/#",
-                                            "client_id": "gateway-1"}, format="json")
+    assert (
+        client.post(f"{url}/mqtt-users", {"username": "sensor", "password": "sensor-secret"}, format="json").status_code
+        == 201
+    )
+    rule = client.post(
+        f"{url}/acl-rules",
+        {"permission": "deny", "action": "publish", "topic": "cmd/#", "client_id": "gateway-1"},
+        format="json",
+    )
     assert rule.status_code == 201, rule.content  # EMQX selects rules by client id; mosquitto could not
     deployment = Deployment.objects.get(public_id=public_id)
     emqx = FakeEmqxServer(api_key="controlplane", api_secret=crypto.decrypt_str(deployment.api_secret_encrypted))
     emqx.start()
     try:
-        driver = KubernetesDriver(emqx_api_factory=lambda *, base_url, api_key, api_secret: EmqxApi(
-            emqx.url, api_key, api_secret))
+        driver = KubernetesDriver(
+            emqx_api_factory=lambda *, base_url, api_key, api_secret: EmqxApi(emqx.url, api_key, api_secret)
+        )
         monkeypatch.setattr(reconcile_module, "driver_for", lambda region: driver)
 
         first = reconcile_deployment(deployment.pk)
@@ -78,8 +86,10 @@ def test_deployment_runs_on_emqx_with_users_pushed_when_operator_reports_ready(r
 
         body = client.get(url).json()
         assert body["status"] == "running"
-        assert body["connection"] == {"host": "203.0.113.7",
-                                      "ports": {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084}}
+        assert body["connection"] == {
+            "host": "203.0.113.7",
+            "ports": {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084},
+        }
         assert set(emqx.users()) == {"sensor", "$controlplane-monitor"}
         assert emqx.rules()["clients"]["gateway-1"]
         assert StatusInterval.objects.filter(deployment=deployment, ended_at__isnull=True, status="running").exists()
@@ -97,8 +107,9 @@ def test_deployment_runs_on_emqx_with_users_pushed_when_operator_reports_ready(r
 def test_status_is_failed_with_an_actionable_reason_when_cluster_forbids(region, cluster, owner_org, monkeypatch):
     from deployments import services
 
-    deployment, _ = services.deployment_create(project=owner_org.default_project, actor=None, name="eu",
-                                               plan="dedicated", tier="1k", region="aws-eu-west-1")
+    deployment, _ = services.deployment_create(
+        project=owner_org.default_project, actor=None, name="eu", plan="dedicated", tier="1k", region="aws-eu-west-1"
+    )
     cluster.state.fail_next("PATCH", "/namespaces/", 403, "Forbidden", "namespaces is forbidden")
     monkeypatch.setattr(reconcile_module, "driver_for", lambda region: KubernetesDriver())
 

@@ -1,4 +1,5 @@
 """The local driver against real mosquitto processes and real paho-mqtt 2.x clients."""
+
 import dataclasses
 import json
 import os
@@ -84,7 +85,9 @@ class Client:
         self.connack: queue.Queue = queue.Queue()
         self.disconnected = threading.Event()
         self.mqtt = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or uuid.uuid4().hex, protocol=protocol,
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or uuid.uuid4().hex,
+            protocol=protocol,
             transport=transport,
         )
         self.mqtt.username_pw_set(username, password)
@@ -297,7 +300,7 @@ def test_one_broker_runs_when_two_threads_apply_at_once(driver, root):
     def apply():
         try:
             results.append(LocalDriver(root=root).apply(spec))
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=apply) for _ in range(2)]

@@ -3,6 +3,7 @@ beat task that starts windows (one restart each), and alerts withheld while a wi
 
 Deployments are made through the real services and settled by hand (no worker: the reconciler is not under test).
 """
+
 import datetime as dt
 import threading
 
@@ -21,12 +22,13 @@ from deployments.models import Deployment, DeploymentEvent, MaintenanceWindow, O
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
 
-NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
 
 
 def make_deployment(project, name="plant"):
-    deployment, _ = services.deployment_create(project=project, actor=None, name=name, plan="dedicated", tier="1k",
-                                               region="local")
+    deployment, _ = services.deployment_create(
+        project=project, actor=None, name=name, plan="dedicated", tier="1k", region="local"
+    )
     # Settled and running, as a converged reconcile leaves it.
     Deployment.objects.filter(pk=deployment.pk).update(status="running", observed_generation=deployment.generation)
     Operation.objects.filter(deployment=deployment).update(status="succeeded")
@@ -42,8 +44,14 @@ def deployment(owner_org):
 def schedule(deployment, *, after=dt.timedelta(days=15), hours=2, now=NOW, **kwargs):
     starts_at = now + after
     kwargs.setdefault("reason", "Broker security update")
-    return services.maintenance_schedule(deployment=deployment, starts_at=starts_at,
-                                         ends_at=starts_at + dt.timedelta(hours=hours), actor=None, now=now, **kwargs)
+    return services.maintenance_schedule(
+        deployment=deployment,
+        starts_at=starts_at,
+        ends_at=starts_at + dt.timedelta(hours=hours),
+        actor=None,
+        now=now,
+        **kwargs,
+    )
 
 
 # -- lead times, durations, overlaps -------------------------------------------------------------------------------
@@ -117,7 +125,8 @@ def test_schedule_is_refused_when_reason_is_empty(deployment):
 
 
 def test_scheduling_emails_administrators_and_records_platform_event_when_no_channel(
-        owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks):
+    owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         window = schedule(deployment, reason="Kernel upgrade of the nodes")
     event = PlatformEvent.objects.get(dedup_key=f"maintenance:{window.public_id}")
@@ -133,10 +142,16 @@ def test_scheduling_emails_administrators_and_records_platform_event_when_no_cha
     assert DeploymentEvent.objects.filter(deployment=deployment, kind="maintenance.scheduled").exists()
 
 
-def test_scheduling_records_delivery_to_platform_channel_and_says_emergency(owner_org, deployment,
-                                                                            django_capture_on_commit_callbacks):
-    channel, _ = alert_services.channel_create(organization=owner_org.organization, actor=None, name="ops",
-                                               type="email", config={"addresses": ["ops@example.com"]})
+def test_scheduling_records_delivery_to_platform_channel_and_says_emergency(
+    owner_org, deployment, django_capture_on_commit_callbacks
+):
+    channel, _ = alert_services.channel_create(
+        organization=owner_org.organization,
+        actor=None,
+        name="ops",
+        type="email",
+        config={"addresses": ["ops@example.com"]},
+    )
     window = schedule(deployment, after=dt.timedelta(hours=30), emergency=True, reason="CVE-2026-1234")
     [delivery] = Delivery.objects.filter(channel=channel)
     assert delivery.kind == "platform" and delivery.payload["event"] == "platform.maintenance_scheduled"
@@ -145,16 +160,21 @@ def test_scheduling_records_delivery_to_platform_channel_and_says_emergency(owne
     assert "CVE-2026-1234" in delivery.payload["message"] and window.public_id in delivery.payload["message"]
 
 
-def test_cancelling_notifies_again_and_cannot_be_repeated(owner_org, deployment, mailoutbox,
-                                                          django_capture_on_commit_callbacks):
+def test_cancelling_notifies_again_and_cannot_be_repeated(
+    owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         window = schedule(deployment)
     with django_capture_on_commit_callbacks(execute=True):
         services.maintenance_cancel(window=window, actor=None, now=NOW + dt.timedelta(days=1))
     window.refresh_from_db()
     assert window.status == "cancelled" and window.cancelled_at == NOW + dt.timedelta(days=1)
-    assert PlatformEvent.objects.filter(dedup_key=f"maintenance_cancelled:{window.public_id}",
-                                        kind="maintenance_cancelled").count() == 1
+    assert (
+        PlatformEvent.objects.filter(
+            dedup_key=f"maintenance_cancelled:{window.public_id}", kind="maintenance_cancelled"
+        ).count()
+        == 1
+    )
     assert len(mailoutbox) == 2 and "Maintenance cancelled" in mailoutbox[1].subject
     assert AuditEvent.objects.filter(action="deployment.maintenance.cancel", target_id=window.public_id).exists()
     with pytest.raises(Conflict):
@@ -177,11 +197,17 @@ def test_api_lists_windows_and_shows_next_maintenance_on_the_deployment(owner_or
     assert response.status_code == 200, response.content
     rows = response.json()["results"]
     assert [r["id"] for r in rows] == [later.public_id, sooner.public_id]
-    assert rows[1] == {"id": sooner.public_id, "deployment": deployment.public_id,
-                       "starts_at": sooner.starts_at.isoformat().replace("+00:00", "Z"),
-                       "ends_at": sooner.ends_at.isoformat().replace("+00:00", "Z"), "emergency": False,
-                       "reason": "Sooner", "status": "scheduled", "created_at": rows[1]["created_at"],
-                       "cancelled_at": None}
+    assert rows[1] == {
+        "id": sooner.public_id,
+        "deployment": deployment.public_id,
+        "starts_at": sooner.starts_at.isoformat().replace("+00:00", "Z"),
+        "ends_at": sooner.ends_at.isoformat().replace("+00:00", "Z"),
+        "emergency": False,
+        "reason": "Sooner",
+        "status": "scheduled",
+        "created_at": rows[1]["created_at"],
+        "cancelled_at": None,
+    }
     detail = client.get(f"{base}/{deployment.public_id}").json()
     assert detail["next_maintenance"]["id"] == sooner.public_id and detail["next_maintenance"]["reason"] == "Sooner"
     listed = client.get(base).json()["results"]
@@ -205,12 +231,15 @@ def test_another_organization_gets_404_for_the_windows(owner_org, org_factory, d
     response = key_client(outsider.owner_secret).get(f"{base}/{deployment.public_id}/maintenance-windows")
     assert response.status_code == 404
     own_base = f"/api/v1/organizations/{outsider.id}/projects/{outsider.default_project.public_id}/deployments"
-    assert key_client(outsider.owner_secret).get(
-        f"{own_base}/{deployment.public_id}/maintenance-windows").status_code == 404
+    assert (
+        key_client(outsider.owner_secret).get(f"{own_base}/{deployment.public_id}/maintenance-windows").status_code
+        == 404
+    )
 
 
-def test_windows_list_makes_the_same_number_of_queries_whatever_the_page_size(owner_org, deployment, base,
-                                                                               key_client, django_assert_num_queries):
+def test_windows_list_makes_the_same_number_of_queries_whatever_the_page_size(
+    owner_org, deployment, base, key_client, django_assert_num_queries
+):
     from django.test.utils import CaptureQueriesContext
 
     for n in range(12):
@@ -238,8 +267,11 @@ def run_command(*args):
     out, err = io.StringIO(), io.StringIO()
     code = 0
     # The entry point closes every connection on the way out, which would end this test's transaction.
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            mock.patch.object(connections, "close_all", lambda: None):
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        mock.patch.object(connections, "close_all", lambda: None),
+    ):
         try:
             ManagementUtility(["manage.py", "schedule_maintenance", *args]).execute()
         except SystemExit as exit_:
@@ -248,13 +280,14 @@ def run_command(*args):
 
 
 def iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_command_schedules_a_deployment_and_exits_zero(deployment):
     start = timezone.now() + dt.timedelta(days=15)
-    code, out, err = run_command("--deployment", deployment.public_id, "--start", iso(start), "--duration", "1h30m",
-                                 "--reason", "Broker upgrade")
+    code, out, err = run_command(
+        "--deployment", deployment.public_id, "--start", iso(start), "--duration", "1h30m", "--reason", "Broker upgrade"
+    )
     assert code == 0, err
     window = MaintenanceWindow.objects.get(deployment=deployment)
     assert window.ends_at - window.starts_at == dt.timedelta(minutes=90) and window.reason == "Broker upgrade"
@@ -264,8 +297,9 @@ def test_command_schedules_a_deployment_and_exits_zero(deployment):
 
 def test_command_refuses_with_exit_1_when_lead_time_is_too_short(deployment):
     start = timezone.now() + dt.timedelta(days=13)
-    code, out, err = run_command("--deployment", deployment.public_id, "--start", iso(start), "--duration", "2h",
-                                 "--reason", "Broker upgrade")
+    code, out, err = run_command(
+        "--deployment", deployment.public_id, "--start", iso(start), "--duration", "2h", "--reason", "Broker upgrade"
+    )
     assert code == 1
     assert "starts_at" in err and "14 days" in err and "earliest allowed start" in err
     assert not MaintenanceWindow.objects.exists()
@@ -273,11 +307,21 @@ def test_command_refuses_with_exit_1_when_lead_time_is_too_short(deployment):
 
 def test_command_emergency_needs_24_hours(deployment):
     soon = timezone.now() + dt.timedelta(hours=23)
-    code, _, err = run_command("--deployment", deployment.public_id, "--start", iso(soon), "--duration", "1h",
-                               "--emergency", "--reason", "CVE")
+    code, _, err = run_command(
+        "--deployment", deployment.public_id, "--start", iso(soon), "--duration", "1h", "--emergency", "--reason", "CVE"
+    )
     assert code == 1 and "24 hours" in err
-    code, _, err = run_command("--deployment", deployment.public_id, "--start", iso(soon + dt.timedelta(hours=2)),
-                               "--duration", "1h", "--emergency", "--reason", "CVE")
+    code, _, err = run_command(
+        "--deployment",
+        deployment.public_id,
+        "--start",
+        iso(soon + dt.timedelta(hours=2)),
+        "--duration",
+        "1h",
+        "--emergency",
+        "--reason",
+        "CVE",
+    )
     assert code == 0, err
     assert MaintenanceWindow.objects.get().emergency
 
@@ -291,23 +335,36 @@ def test_command_schedules_every_live_deployment_of_a_region_or_none(owner_org, 
     code, out, err = run_command("--region", "local", "--start", iso(start), "--duration", "2h", "--reason", "Patch")
     assert code == 0, err
     assert set(MaintenanceWindow.objects.values_list("deployment__public_id", flat=True)) == {
-        deployment.public_id, other.public_id}
+        deployment.public_id,
+        other.public_id,
+    }
     assert PlatformEvent.objects.filter(kind="maintenance_scheduled").count() == 2
     # A second run overlaps every window: refused as a whole, naming the first deployment that clashes.
-    code, _, err = run_command("--region", "local", "--start", iso(start + dt.timedelta(hours=1)), "--duration", "2h",
-                               "--reason", "Patch again")
+    code, _, err = run_command(
+        "--region",
+        "local",
+        "--start",
+        iso(start + dt.timedelta(hours=1)),
+        "--duration",
+        "2h",
+        "--reason",
+        "Patch again",
+    )
     assert code == 1 and "Nothing was scheduled" in err
     assert MaintenanceWindow.objects.count() == 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--deployment", "dep_nope", "--start", "2030-01-01T00:00:00Z", "--duration", "2h"], "no live deployment"),
-    (["--region", "mars", "--start", "2030-01-01T00:00:00Z", "--duration", "2h"], "no region"),
-    (["--region", "local", "--start", "next tuesday", "--duration", "2h"], "ISO 8601"),
-    (["--region", "local", "--start", "2030-01-01T00:00:00Z", "--duration", "two hours"], "--duration"),
-    (["--region", "local", "--start", "2030-01-01T00:00:00Z", "--duration", "0h"], "longer than zero"),
-    (["--region", "local", "--start", "2030-01-01T00:00:00Z", "--duration", "5h"], "at most 4 hours"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--deployment", "dep_nope", "--start", "2030-01-01T00:00:00Z", "--duration", "2h"], "no live deployment"),
+        (["--region", "mars", "--start", "2030-01-01T00:00:00Z", "--duration", "2h"], "no region"),
+        (["--region", "local", "--start", "next tuesday", "--duration", "2h"], "ISO 8601"),
+        (["--region", "local", "--start", "2030-01-01T00:00:00Z", "--duration", "two hours"], "--duration"),
+        (["--region", "local", "--start", "2030-01-01T00:00:00Z", "--duration", "0h"], "longer than zero"),
+        (["--region", "local", "--start", "2030-01-01T00:00:00Z", "--duration", "5h"], "at most 4 hours"),
+    ],
+)
 def test_command_refuses_bad_arguments_with_exit_1(deployment, args, message):
     code, _, err = run_command(*args, "--reason", "Patch")
     assert code == 1 and message in err, err
@@ -329,15 +386,20 @@ def staff(db):
 
 
 def admin_form(deployment, start: dt.datetime, **changes):
-    return {"deployment": deployment.pk, "starts_at_0": start.strftime("%Y-%m-%d"),
-            "starts_at_1": start.strftime("%H:%M:%S"),
-            "ends_at_0": (start + dt.timedelta(hours=2)).strftime("%Y-%m-%d"),
-            "ends_at_1": (start + dt.timedelta(hours=2)).strftime("%H:%M:%S"), "reason": "Node pool upgrade",
-            **changes}
+    return {
+        "deployment": deployment.pk,
+        "starts_at_0": start.strftime("%Y-%m-%d"),
+        "starts_at_1": start.strftime("%H:%M:%S"),
+        "ends_at_0": (start + dt.timedelta(hours=2)).strftime("%Y-%m-%d"),
+        "ends_at_1": (start + dt.timedelta(hours=2)).strftime("%H:%M:%S"),
+        "reason": "Node pool upgrade",
+        **changes,
+    }
 
 
-def test_admin_schedules_through_the_service(client, staff, owner_org, deployment, mailoutbox,
-                                             django_capture_on_commit_callbacks):
+def test_admin_schedules_through_the_service(
+    client, staff, owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
+):
     client.force_login(staff)
     start = (timezone.now() + dt.timedelta(days=16)).replace(microsecond=0)
     with django_capture_on_commit_callbacks(execute=True):
@@ -365,8 +427,9 @@ def test_admin_shows_the_lead_time_error_on_the_form(client, staff, deployment):
 def test_admin_action_cancels_and_notifies(client, staff, deployment):
     window = schedule(deployment, now=timezone.now())
     client.force_login(staff)
-    response = client.post("/admin/deployments/maintenancewindow/",
-                           {"action": "cancel_windows", "_selected_action": [window.pk]})
+    response = client.post(
+        "/admin/deployments/maintenancewindow/", {"action": "cancel_windows", "_selected_action": [window.pk]}
+    )
     assert response.status_code == 302
     window.refresh_from_db()
     assert window.status == "cancelled"
@@ -390,9 +453,11 @@ def test_start_due_maintenance_restarts_once_when_run_twice(deployment):
     assert services.maintenance_start_due(now=window.ends_at) == (0, 1)
     window.refresh_from_db()
     assert window.status == "completed"
-    assert list(DeploymentEvent.objects.filter(deployment=deployment, kind__startswith="maintenance.")
-                .order_by("id").values_list("kind", flat=True)) == [
-        "maintenance.scheduled", "maintenance.started", "maintenance.completed"]
+    assert list(
+        DeploymentEvent.objects.filter(deployment=deployment, kind__startswith="maintenance.")
+        .order_by("id")
+        .values_list("kind", flat=True)
+    ) == ["maintenance.scheduled", "maintenance.started", "maintenance.completed"]
 
 
 def test_start_due_maintenance_starts_without_restart_when_deployment_is_stopped(deployment):
@@ -458,16 +523,31 @@ def test_concurrent_runs_start_one_restart_per_window(owner_org):
 # -- alerts withheld during a window ------------------------------------------------------------------------------
 
 
-def test_alert_firing_during_window_is_suppressed_and_not_sent(owner_org, deployment, mailoutbox,
-                                                               django_capture_on_commit_callbacks):
-    channel, _ = alert_services.channel_create(organization=owner_org.organization, actor=None, name="ops",
-                                               type="email", config={"addresses": ["ops@example.com"]},
-                                               platform_events=False)
+def test_alert_firing_during_window_is_suppressed_and_not_sent(
+    owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
+):
+    channel, _ = alert_services.channel_create(
+        organization=owner_org.organization,
+        actor=None,
+        name="ops",
+        type="email",
+        config={"addresses": ["ops@example.com"]},
+        platform_events=False,
+    )
     window = schedule(deployment)
     rule = alert_services.alert_rule_create(
-        project=deployment.project, actor=None, deployment=deployment, name="Too many connections",
-        metric="connections", aggregation="max", window_seconds=60, operator=">", threshold=2, for_seconds=0,
-        severity="critical")
+        project=deployment.project,
+        actor=None,
+        deployment=deployment,
+        name="Too many connections",
+        metric="connections",
+        aggregation="max",
+        window_seconds=60,
+        operator=">",
+        threshold=2,
+        for_seconds=0,
+        severity="critical",
+    )
     during = window.starts_at + dt.timedelta(minutes=10)  # scheduled, not yet started by the beat task
     alert_services.samples_store(rows=[(deployment.pk, "connections", during, 5.0)])
     with django_capture_on_commit_callbacks(execute=True):

@@ -1,4 +1,5 @@
 """Rendered manifests validated against the Kubernetes 1.30 schemas and the EMQX Operator's v2beta1 CRD."""
+
 import pathlib
 
 import jsonschema
@@ -10,15 +11,24 @@ from pyhocon import ConfigFactory
 from deployments import manifests as m
 from deployments.drivers.base import BrokerSpec, RegionTarget
 
-CRD_PATH = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "emqx-operator" / "apps.emqx.io_emqxes.yaml"
+CRD_PATH = (
+    pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "emqx-operator" / "apps.emqx.io_emqxes.yaml"
+)
 K8S_VERSION = "1.30.0"
 
 
 def _spec(**overrides) -> BrokerSpec:
     values = dict(
-        name="dep_X7Kq2ZP9", region=RegionTarget(code="eu-1", driver="kubernetes", storage_class="fast-ssd"),
-        running=True, max_connections=25_000, messages_per_second=1000, replicas=3, version="5.8.6",
-        restart_nonce=4, api_key="controlplane", api_secret="a-long-secret-value",
+        name="dep_X7Kq2ZP9",
+        region=RegionTarget(code="eu-1", driver="kubernetes", storage_class="fast-ssd"),
+        running=True,
+        max_connections=25_000,
+        messages_per_second=1000,
+        replicas=3,
+        version="5.8.6",
+        restart_nonce=4,
+        api_key="controlplane",
+        api_secret="a-long-secret-value",
     )
     values.update(overrides)
     return BrokerSpec(**values)
@@ -114,7 +124,9 @@ def test_network_policy_admits_only_listener_ports_from_anywhere_and_management_
     assert "from" not in open_rule
     assert sorted(p["port"] for p in open_rule["ports"]) == [1883, 8083, 8084, 8883]
     assert [p["port"] for p in management_rule["ports"]] == [18083]
-    assert {"controlplane.io/role": "control-plane"} in [f["namespaceSelector"]["matchLabels"] for f in management_rule["from"]]
+    assert {"controlplane.io/role": "control-plane"} in [
+        f["namespaceSelector"]["matchLabels"] for f in management_rule["from"]
+    ]
     assert cluster_rule["from"] == [{"podSelector": {"matchLabels": {"apps.emqx.io/instance": "emqx"}}}]
 
 

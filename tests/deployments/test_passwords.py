@@ -79,7 +79,7 @@ def test_real_broker_accepts_our_line_when_client_connects():
         for password in ("pa$$:word", "nope"):
             codes: queue.Queue = queue.Queue()
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-            client.on_connect = lambda c, u, flags, rc, props: codes.put(rc)
+            client.on_connect = lambda c, u, flags, rc, props, codes=codes: codes.put(rc)
             client.username_pw_set("carol", password)
             for _ in range(200):
                 try:

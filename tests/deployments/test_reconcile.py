@@ -1,4 +1,5 @@
 """The reconciler in process, against real mosquitto brokers (and stand-in drivers for the error paths)."""
+
 import os
 import signal
 
@@ -17,8 +18,9 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalo
 
 @pytest.fixture
 def deployment(owner_org, brokers_dir):
-    created, _operation = services.deployment_create(project=owner_org.default_project, actor=None, name="plant",
-                                                     plan="dedicated", tier="1k", region="local")
+    created, _operation = services.deployment_create(
+        project=owner_org.default_project, actor=None, name="plant", plan="dedicated", tier="1k", region="local"
+    )
     return created
 
 
@@ -66,7 +68,11 @@ def test_intervals_switch_at_one_instant_when_stopped_started_and_tier_changed(d
 
     rows = list(StatusInterval.objects.filter(deployment=deployment).order_by("started_at", "id"))
     assert [(r.status, r.tier.code) for r in rows] == [
-        ("running", "1k"), ("stopped", "1k"), ("running", "1k"), ("running", "2k")]
+        ("running", "1k"),
+        ("stopped", "1k"),
+        ("running", "1k"),
+        ("running", "2k"),
+    ]
     assert all(earlier.ended_at == later.started_at for earlier, later in zip(rows, rows[1:]))
     assert rows[-1].ended_at is None
     assert fresh(deployment).status == "running"
@@ -158,8 +164,9 @@ def test_sweep_enqueues_only_what_is_not_converged(deployment, owner_org, monkey
     from deployments import tasks
 
     reconcile_deployment(deployment.pk)
-    other, _ = services.deployment_create(project=owner_org.default_project, actor=None, name="other",
-                                          plan="dedicated", tier="1k", region="local")
+    other, _ = services.deployment_create(
+        project=owner_org.default_project, actor=None, name="other", plan="dedicated", tier="1k", region="local"
+    )
     sent = []
     monkeypatch.setattr(tasks.reconcile, "apply_async", lambda args, **kw: sent.append(args[0]))
 

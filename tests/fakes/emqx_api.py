@@ -3,6 +3,7 @@
 Checks HTTP Basic auth (401 BAD_API_KEY_OR_SECRET otherwise), keeps built-in database users and authorization rules,
 and answers with EMQX's response shapes (`{data, meta}` pages, `{code, message}` errors). Never a real broker.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,9 +37,11 @@ class FakeEmqx:
 def _page(items: list[dict], query: dict[str, list[str]]) -> dict:
     page = int(query.get("page", ["1"])[0])
     limit = int(query.get("limit", ["100"])[0])
-    chunk = items[(page - 1) * limit: page * limit]
-    return {"data": chunk, "meta": {"page": page, "limit": limit, "count": len(items),
-                                    "hasnext": page * limit < len(items)}}
+    chunk = items[(page - 1) * limit : page * limit]
+    return {
+        "data": chunk,
+        "meta": {"page": page, "limit": limit, "count": len(items), "hasnext": page * limit < len(items)},
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -105,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
             key, table = ("username", state.user_rules) if path.endswith("users") else ("clientid", state.client_rules)
             rows = [{key: who, "rules": rules} for who, rules in sorted(table.items())]
             self._send(200, _page(rows, query))
-        elif (m := re.fullmatch(f"{re.escape(RULES)}/(users|clients)/(.+)", path)):
+        elif m := re.fullmatch(f"{re.escape(RULES)}/(users|clients)/(.+)", path):
             key, table = ("username", state.user_rules) if m[1] == "users" else ("clientid", state.client_rules)
             who = m[2]
             if method == "PUT":
@@ -142,14 +145,42 @@ class _Handler(BaseHTTPRequestHandler):
                 state.all_rules = []
                 self._send(204)
         elif path == "/api/v5/monitor_current" and method == "GET":
-            self._send(200, {"connections": 3, "live_connections": 2, "sent_msg_rate": 0, "received_msg_rate": 0,
-                             "subscriptions": 1, "topics": 1, "retained_msg_count": 0, "shared_subscriptions": 0})
+            self._send(
+                200,
+                {
+                    "connections": 3,
+                    "live_connections": 2,
+                    "sent_msg_rate": 0,
+                    "received_msg_rate": 0,
+                    "subscriptions": 1,
+                    "topics": 1,
+                    "retained_msg_count": 0,
+                    "shared_subscriptions": 0,
+                },
+            )
         elif path == "/api/v5/stats" and method == "GET":
-            self._send(200, {"connections.count": 3, "live_connections.count": 2, "sessions.count": 3,
-                             "subscriptions.count": 1, "topics.count": 1, "retained.count": 0})
+            self._send(
+                200,
+                {
+                    "connections.count": 3,
+                    "live_connections.count": 2,
+                    "sessions.count": 3,
+                    "subscriptions.count": 1,
+                    "topics.count": 1,
+                    "retained.count": 0,
+                },
+            )
         elif path == "/api/v5/metrics" and method == "GET":
-            self._send(200, {"messages.received": 10, "messages.sent": 10, "messages.dropped": 0,
-                             "client.connected": 3, "authentication.failure": 0})
+            self._send(
+                200,
+                {
+                    "messages.received": 10,
+                    "messages.sent": 10,
+                    "messages.dropped": 0,
+                    "client.connected": 3,
+                    "authentication.failure": 0,
+                },
+            )
         else:
             self._error(404, "NOT_FOUND", f"no route for {method} {path}")
 
@@ -160,8 +191,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(rule.get("topic"), str):
             return None
         # EMQX fills the defaults into what it stores and returns.
-        return {"topic": rule["topic"], "permission": rule["permission"], "action": rule["action"],
-                "qos": rule.get("qos", [0, 1, 2]), "retain": rule.get("retain", "all")}
+        return {
+            "topic": rule["topic"],
+            "permission": rule["permission"],
+            "action": rule["action"],
+            "qos": rule.get("qos", [0, 1, 2]),
+            "retain": rule.get("retain", "all"),
+        }
 
     def _import_users(self, raw: bytes) -> None:
         content_type = self.headers.get("Content-Type", "")
@@ -171,8 +207,14 @@ class _Handler(BaseHTTPRequestHandler):
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + raw
         )
-        upload = next((part for part in message.iter_parts() if part.get_param("name", header="content-disposition")
-                       == "filename"), None)
+        upload = next(
+            (
+                part
+                for part in message.iter_parts()
+                if part.get_param("name", header="content-disposition") == "filename"
+            ),
+            None,
+        )
         if upload is None:
             self._error(400, "BAD_REQUEST", "missing file 'filename'")
             return
@@ -192,10 +234,14 @@ class _Handler(BaseHTTPRequestHandler):
         override = 0
         for row in rows:
             override += row["user_id"] in self.state.users
-            self.state.users[row["user_id"]] = {"password_hash": row["password_hash"], "salt": row.get("salt", ""),
-                                                "is_superuser": bool(row.get("is_superuser", False))}
-        self._send(200, {"total": len(rows), "success": len(rows) - override, "override": override,
-                         "skipped": 0, "failed": 0})
+            self.state.users[row["user_id"]] = {
+                "password_hash": row["password_hash"],
+                "salt": row.get("salt", ""),
+                "is_superuser": bool(row.get("is_superuser", False)),
+            }
+        self._send(
+            200, {"total": len(rows), "success": len(rows) - override, "override": override, "skipped": 0, "failed": 0}
+        )
 
     def do_GET(self) -> None:  # noqa: N802
         self._handle("GET")
@@ -223,7 +269,7 @@ class FakeEmqxServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FakeEmqxServer":
+    def start(self) -> FakeEmqxServer:
         self._thread.start()
         return self
 
@@ -238,5 +284,6 @@ class FakeEmqxServer:
 
     def rules(self) -> dict[str, object]:
         with self.state.lock:
-            return copy.deepcopy({"users": self.state.user_rules, "clients": self.state.client_rules,
-                                  "all": self.state.all_rules})
+            return copy.deepcopy(
+                {"users": self.state.user_rules, "clients": self.state.client_rules, "all": self.state.all_rules}
+            )

@@ -164,7 +164,7 @@ class EmqxMonitorFake:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "EmqxMonitorFake":
+    def start(self) -> EmqxMonitorFake:
         self._thread.start()
         return self
 
@@ -175,10 +175,20 @@ class EmqxMonitorFake:
 
     def _rule_metrics_body(self, rule_id: str) -> dict:
         base = {
-            "matched": 0, "matched.rate": 0.0, "matched.rate.max": 0.0, "matched.rate.last5m": 0.0,
-            "passed": 0, "failed": 0, "failed.exception": 0, "failed.unknown": 0,
-            "actions.total": 0, "actions.success": 0, "actions.failed": 0,
-            "actions.failed.out_of_service": 0, "actions.failed.unknown": 0, "actions.discarded": 0,
+            "matched": 0,
+            "matched.rate": 0.0,
+            "matched.rate.max": 0.0,
+            "matched.rate.last5m": 0.0,
+            "passed": 0,
+            "failed": 0,
+            "failed.exception": 0,
+            "failed.unknown": 0,
+            "actions.total": 0,
+            "actions.success": 0,
+            "actions.failed": 0,
+            "actions.failed.out_of_service": 0,
+            "actions.failed.unknown": 0,
+            "actions.discarded": 0,
         }
         base.update(self.rule_metrics.get(rule_id, {}))
         return {"id": rule_id, "metrics": base, "node_metrics": [{"node": "emqx@10.0.0.1", "metrics": base}]}

@@ -4,6 +4,7 @@ It serves namespaces, secrets, resource quotas, network policies, services and `
 127.0.0.1 to the real `kubernetes` client: 404/409/415 Status bodies, server-side apply, generation/resourceVersion.
 It never reaches a real cluster; the helpers at the bottom play the EMQX Operator's part.
 """
+
 from __future__ import annotations
 
 import base64
@@ -87,8 +88,15 @@ class FakeKubernetes:
         with self.lock:
             del self.objects[(api_version, plural, namespace, name)]
 
-    def mark_emqx_ready(self, namespace: str, name: str = "emqx", *, ready: bool = True, replicas: int = 1,
-                        observed_generation: int | None = None) -> None:
+    def mark_emqx_ready(
+        self,
+        namespace: str,
+        name: str = "emqx",
+        *,
+        ready: bool = True,
+        replicas: int = 1,
+        observed_generation: int | None = None,
+    ) -> None:
         """Set the EMQX resource's status as the operator's status machine does once every core node is ready."""
         with self.lock:
             obj = self.objects[("apps.emqx.io/v2beta1", "emqxes", namespace, name)]
@@ -107,16 +115,27 @@ class FakeKubernetes:
             }
             obj["metadata"]["resourceVersion"] = self.next_version()
 
-    def set_listeners_service(self, namespace: str, *, ip: str = "", hostname: str = "", name: str = "emqx-listeners",
-                              service_type: str = "LoadBalancer") -> None:
+    def set_listeners_service(
+        self,
+        namespace: str,
+        *,
+        ip: str = "",
+        hostname: str = "",
+        name: str = "emqx-listeners",
+        service_type: str = "LoadBalancer",
+    ) -> None:
         """Create the operator's listeners Service with its default ports and the load balancer's ingress."""
         with self.lock:
             ingress = [{k: v for k, v in (("ip", ip), ("hostname", hostname)) if v}] if (ip or hostname) else []
             self.objects[("v1", "services", namespace, name)] = {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
-                             "resourceVersion": self.next_version()},
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": self.next_version(),
+                },
                 "spec": {
                     "type": service_type,
                     "ports": [
@@ -135,8 +154,16 @@ class FakeKubernetes:
 
 
 def _status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "details": details or {}, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details or {},
+        "code": code,
+    }
 
 
 def _spec_part(obj: dict) -> dict:
@@ -199,26 +226,51 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api":
             self._send(200, {"kind": "APIVersions", "versions": ["v1"]})
         elif path == "/apis":
-            self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": "apps.emqx.io", "versions": [{"groupVersion": "apps.emqx.io/v2beta1", "version": "v2beta1"}],
-                 "preferredVersion": {"groupVersion": "apps.emqx.io/v2beta1", "version": "v2beta1"}},
-            ]})
+            self._send(
+                200,
+                {
+                    "kind": "APIGroupList",
+                    "apiVersion": "v1",
+                    "groups": [
+                        {
+                            "name": "apps.emqx.io",
+                            "versions": [{"groupVersion": "apps.emqx.io/v2beta1", "version": "v2beta1"}],
+                            "preferredVersion": {"groupVersion": "apps.emqx.io/v2beta1", "version": "v2beta1"},
+                        },
+                    ],
+                },
+            )
         else:
-            self._send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps.emqx.io/v2beta1",
-                             "resources": [{"name": "emqxes", "singularName": "emqx", "namespaced": True,
-                                            "kind": "EMQX", "verbs": ["get", "patch", "delete", "create"]}]})
+            self._send(
+                200,
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": "apps.emqx.io/v2beta1",
+                    "resources": [
+                        {
+                            "name": "emqxes",
+                            "singularName": "emqx",
+                            "namespaced": True,
+                            "kind": "EMQX",
+                            "verbs": ["get", "patch", "delete", "create"],
+                        }
+                    ],
+                },
+            )
 
     def _kind(self, key) -> str:
         return "Namespace" if key[1] == "namespaces" else _KINDS[(key[0], key[1])]
 
     def _not_found(self, key) -> None:
-        self._send(404, _status(404, "NotFound", f'{key[1]} "{key[3]}" not found',
-                                {"name": key[3], "kind": key[1]}))
+        self._send(404, _status(404, "NotFound", f'{key[1]} "{key[3]}" not found', {"name": key[3], "kind": key[1]}))
 
     def _namespace_missing(self, key) -> bool:
         if key[1] != "namespaces" and ("v1", "namespaces", "", key[2]) not in self.state.objects:
-            self._send(404, _status(404, "NotFound", f'namespaces "{key[2]}" not found',
-                                    {"name": key[2], "kind": "namespaces"}))
+            self._send(
+                404,
+                _status(404, "NotFound", f'namespaces "{key[2]}" not found', {"name": key[2], "kind": "namespaces"}),
+            )
             return True
         return False
 
@@ -246,15 +298,18 @@ class _Handler(BaseHTTPRequestHandler):
         elif self._namespace_missing(full):
             return
         if full in self.state.objects:
-            self._send(409, _status(409, "AlreadyExists", f'{key[1]} "{name}" already exists',
-                                    {"name": name, "kind": key[1]}))
+            self._send(
+                409, _status(409, "AlreadyExists", f'{key[1]} "{name}" already exists', {"name": name, "kind": key[1]})
+            )
             return
         self._send(201, self._store(full, body, existing=None))
 
     def _patch(self, key, query, body) -> None:
         content_type = self.headers.get("Content-Type", "")
         if content_type != "application/apply-patch+yaml":
-            self._send(415, _status(415, "UnsupportedMediaType", f"the fake serves only apply patches, got {content_type}"))
+            self._send(
+                415, _status(415, "UnsupportedMediaType", f"the fake serves only apply patches, got {content_type}")
+            )
             return
         if not query.get("fieldManager"):
             self._send(422, _status(422, "Invalid", "fieldManager is required for apply patch"))
@@ -277,9 +332,17 @@ class _Handler(BaseHTTPRequestHandler):
                 data[k] = base64.b64encode(v.encode()).decode()
         meta = {k: v for k, v in (applied.get("metadata") or {}).items() if k not in _SERVER_METADATA}
         if existing is None:
-            new = {**applied, "metadata": {**meta, "name": key[3], "uid": str(uuid.uuid4()), "generation": 1,
-                                           "creationTimestamp": "2025-01-01T00:00:00Z",
-                                           "resourceVersion": state.next_version()}}
+            new = {
+                **applied,
+                "metadata": {
+                    **meta,
+                    "name": key[3],
+                    "uid": str(uuid.uuid4()),
+                    "generation": 1,
+                    "creationTimestamp": "2025-01-01T00:00:00Z",
+                    "resourceVersion": state.next_version(),
+                },
+            }
             if key[1] != "namespaces":
                 new["metadata"]["namespace"] = key[2]
             else:
@@ -288,8 +351,10 @@ class _Handler(BaseHTTPRequestHandler):
             return copy.deepcopy(new)
         # One field manager owns everything it applies: its new intent replaces its previous one; status and
         # server-set metadata stay.
-        new = {**applied, "metadata": {**meta, **{k: v for k, v in existing["metadata"].items()
-                                                   if k in _SERVER_METADATA}}}
+        new = {
+            **applied,
+            "metadata": {**meta, **{k: v for k, v in existing["metadata"].items() if k in _SERVER_METADATA}},
+        }
         if "status" in existing:
             new["status"] = existing["status"]
         if _spec_part(new) != _spec_part(existing):
@@ -352,7 +417,7 @@ class FakeKubernetesServer:
     def kubeconfig(self) -> str:
         return yaml.safe_dump(self.kubeconfig_dict())
 
-    def start(self) -> "FakeKubernetesServer":
+    def start(self) -> FakeKubernetesServer:
         self._thread.start()
         return self
 

@@ -20,19 +20,69 @@ from urllib.parse import parse_qsl, urlsplit
 
 API_VERSION = "2025-09-30.clover"
 
-TAX_ID_TYPES = frozenset({
-    "au_abn", "ca_bn", "ch_uid", "ch_vat", "eu_vat", "gb_vat", "in_gst", "no_vat", "us_ein",
-})
+TAX_ID_TYPES = frozenset(
+    {
+        "au_abn",
+        "ca_bn",
+        "ch_uid",
+        "ch_vat",
+        "eu_vat",
+        "gb_vat",
+        "in_gst",
+        "no_vat",
+        "us_ein",
+    }
+)
 
-_CUSTOMER_PARAMS = {"address", "description", "email", "metadata", "name", "phone", "preferred_locales",
-                    "invoice_settings", "tax_exempt", "shipping", "expand"}
-_SETUP_INTENT_PARAMS = {"customer", "payment_method_types", "usage", "automatic_payment_methods", "metadata",
-                        "description", "expand"}
-_CHECKOUT_PARAMS = {"mode", "customer", "success_url", "cancel_url", "payment_method_types", "currency",
-                    "setup_intent_data", "metadata", "client_reference_id", "expand"}
-_PAYMENT_INTENT_PARAMS = {"amount", "currency", "customer", "payment_method", "confirm", "off_session",
-                          "metadata", "description", "payment_method_types", "error_on_requires_action",
-                          "statement_descriptor_suffix", "receipt_email", "expand"}
+_CUSTOMER_PARAMS = {
+    "address",
+    "description",
+    "email",
+    "metadata",
+    "name",
+    "phone",
+    "preferred_locales",
+    "invoice_settings",
+    "tax_exempt",
+    "shipping",
+    "expand",
+}
+_SETUP_INTENT_PARAMS = {
+    "customer",
+    "payment_method_types",
+    "usage",
+    "automatic_payment_methods",
+    "metadata",
+    "description",
+    "expand",
+}
+_CHECKOUT_PARAMS = {
+    "mode",
+    "customer",
+    "success_url",
+    "cancel_url",
+    "payment_method_types",
+    "currency",
+    "setup_intent_data",
+    "metadata",
+    "client_reference_id",
+    "expand",
+}
+_PAYMENT_INTENT_PARAMS = {
+    "amount",
+    "currency",
+    "customer",
+    "payment_method",
+    "confirm",
+    "off_session",
+    "metadata",
+    "description",
+    "payment_method_types",
+    "error_on_requires_action",
+    "statement_descriptor_suffix",
+    "receipt_email",
+    "expand",
+}
 
 _DECLINE_MESSAGES = {
     "generic_decline": "Your card was declined.",
@@ -76,17 +126,19 @@ def sign_payload(payload: bytes, secret: str, *, timestamp: int | None = None) -
 
 def build_event(event_type: str, data_object: dict, *, event_id: str | None = None) -> bytes:
     """A webhook event body as Stripe posts it."""
-    return json.dumps({
-        "id": event_id or _new_id("evt"),
-        "object": "event",
-        "api_version": API_VERSION,
-        "created": int(time.time()),
-        "data": {"object": data_object},
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": event_type,
-    }).encode()
+    return json.dumps(
+        {
+            "id": event_id or _new_id("evt"),
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": int(time.time()),
+            "data": {"object": data_object},
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": event_type,
+        }
+    ).encode()
 
 
 class StripeError(Exception):
@@ -150,9 +202,7 @@ class FakeStripe:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         # A short poll interval keeps shutdown() quick at the end of every test.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     # lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -180,9 +230,15 @@ class FakeStripe:
         with self._lock:
             if customer_id not in self.customers:
                 raise KeyError(customer_id)
-            pm = {"id": _new_id("pm"), "object": "payment_method", "type": "card", "customer": customer_id,
-                  "card": {"brand": "visa", "last4": last4, "exp_month": 12, "exp_year": 2030},
-                  "created": int(time.time()), "livemode": False}
+            pm = {
+                "id": _new_id("pm"),
+                "object": "payment_method",
+                "type": "card",
+                "customer": customer_id,
+                "card": {"brand": "visa", "last4": last4, "exp_month": 12, "exp_year": 2030},
+                "created": int(time.time()),
+                "livemode": False,
+            }
             self.payment_methods[pm["id"]] = pm
             return pm["id"]
 
@@ -221,19 +277,33 @@ class FakeStripe:
                 params = decode_form(raw)
                 fake.requests.append((method, split.path, params, dict(self.headers)))
                 if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
-                    self._send(401, {"error": {"type": "invalid_request_error",
-                                               "message": "Invalid API Key provided: sk_test_****"}})
+                    self._send(
+                        401,
+                        {
+                            "error": {
+                                "type": "invalid_request_error",
+                                "message": "Invalid API Key provided: sk_test_****",
+                            }
+                        },
+                    )
                     return
                 key = self.headers.get("Idempotency-Key") if method == "POST" else None
                 with fake._lock:
                     if key and key in fake._idempotency:
                         first_method, first_path, first_params, status, body = fake._idempotency[key]
                         if (first_method, first_path, first_params) != (method, split.path, params):
-                            status, body, replayed = 400, {"error": {
-                                "type": "idempotency_error",
-                                "message": "Keys for idempotent requests can only be used with the same "
-                                           "parameters they were first used with. Try using a key other than "
-                                           f"'{key}' if you meant to execute a different request."}}, False
+                            status, body, replayed = (
+                                400,
+                                {
+                                    "error": {
+                                        "type": "idempotency_error",
+                                        "message": "Keys for idempotent requests can only be used with the same "
+                                        "parameters they were first used with. Try using a key other than "
+                                        f"'{key}' if you meant to execute a different request.",
+                                    }
+                                },
+                                False,
+                            )
                         else:
                             replayed = True
                     else:
@@ -277,11 +347,14 @@ class FakeStripe:
             match = re.fullmatch(pattern, path)
             if match and route_method == method:
                 return handler(params, *match.groups())
-        raise StripeError(404, {
-            "type": "invalid_request_error",
-            "message": f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs or we "
-                       "can help at https://support.stripe.com/.",
-        })
+        raise StripeError(
+            404,
+            {
+                "type": "invalid_request_error",
+                "message": f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs or we "
+                "can help at https://support.stripe.com/.",
+            },
+        )
 
     # customers -------------------------------------------------------------------------------------------
     def _customer(self, customer_id: str, param: str = "id") -> dict:
@@ -294,11 +367,26 @@ class FakeStripe:
         _check_params(params, _CUSTOMER_PARAMS)
         params.pop("expand", None)
         customer = {
-            "id": _new_id("cus"), "object": "customer", "created": int(time.time()), "livemode": False,
-            "email": None, "name": None, "phone": None, "description": None, "address": None,
-            "metadata": {}, "invoice_settings": {"default_payment_method": None, "custom_fields": None,
-                                                 "footer": None, "rendering_options": None},
-            "tax_exempt": "none", "currency": None, "balance": 0, "delinquent": False,
+            "id": _new_id("cus"),
+            "object": "customer",
+            "created": int(time.time()),
+            "livemode": False,
+            "email": None,
+            "name": None,
+            "phone": None,
+            "description": None,
+            "address": None,
+            "metadata": {},
+            "invoice_settings": {
+                "default_payment_method": None,
+                "custom_fields": None,
+                "footer": None,
+                "rendering_options": None,
+            },
+            "tax_exempt": "none",
+            "currency": None,
+            "balance": 0,
+            "delinquent": False,
         }
         if isinstance(params.get("address"), dict):
             customer["address"] = {k: None for k in ("line1", "line2", "city", "state", "postal_code", "country")}
@@ -320,9 +408,12 @@ class FakeStripe:
             if pm is None:
                 raise _missing("PaymentMethod", pm_id, "invoice_settings[default_payment_method]")
             if pm["customer"] != customer_id:
-                raise _invalid(f"The customer does not have a payment method with the ID {pm_id}. The payment "
-                               "method must be attached to the customer.",
-                               param="invoice_settings[default_payment_method]", code="resource_missing")
+                raise _invalid(
+                    f"The customer does not have a payment method with the ID {pm_id}. The payment "
+                    "method must be attached to the customer.",
+                    param="invoice_settings[default_payment_method]",
+                    code="resource_missing",
+                )
         if isinstance(params.get("address"), dict) and not isinstance(customer.get("address"), dict):
             customer["address"] = {k: None for k in ("line1", "line2", "city", "state", "postal_code", "country")}
         if params.get("metadata") == "":
@@ -347,10 +438,17 @@ class FakeStripe:
             raise _invalid("Missing required param: value.", param="value", code="parameter_missing")
         if params["type"] == "eu_vat" and not re.fullmatch(r"[A-Z]{2}[0-9A-Z]{2,13}", value.replace(" ", "")):
             raise _invalid("Invalid value for eu_vat.", param="value", code="tax_id_invalid")
-        tax_id = {"id": _new_id("txi"), "object": "tax_id", "type": params["type"], "value": value,
-                  "country": value[:2] if params["type"] == "eu_vat" else None, "customer": customer_id,
-                  "created": int(time.time()), "livemode": False,
-                  "verification": {"status": "pending", "verified_address": None, "verified_name": None}}
+        tax_id = {
+            "id": _new_id("txi"),
+            "object": "tax_id",
+            "type": params["type"],
+            "value": value,
+            "country": value[:2] if params["type"] == "eu_vat" else None,
+            "customer": customer_id,
+            "created": int(time.time()),
+            "livemode": False,
+            "verification": {"status": "pending", "verified_address": None, "verified_name": None},
+        }
         self.tax_ids[customer_id].append(tax_id)
         return tax_id
 
@@ -369,11 +467,18 @@ class FakeStripe:
         if customer_id:
             self._customer(customer_id, "customer")
         intent_id = _new_id("seti")
-        intent = {"id": intent_id, "object": "setup_intent", "client_secret": f"{intent_id}_secret_"
-                  f"{secrets.token_hex(12)}", "customer": customer_id, "status": "requires_payment_method",
-                  "usage": params.get("usage", "off_session"),
-                  "payment_method_types": params.get("payment_method_types", ["card"]),
-                  "metadata": params.get("metadata", {}), "created": int(time.time()), "livemode": False}
+        intent = {
+            "id": intent_id,
+            "object": "setup_intent",
+            "client_secret": f"{intent_id}_secret_{secrets.token_hex(12)}",
+            "customer": customer_id,
+            "status": "requires_payment_method",
+            "usage": params.get("usage", "off_session"),
+            "payment_method_types": params.get("payment_method_types", ["card"]),
+            "metadata": params.get("metadata", {}),
+            "created": int(time.time()),
+            "livemode": False,
+        }
         self.setup_intents[intent_id] = intent
         return intent
 
@@ -385,18 +490,30 @@ class FakeStripe:
         if not params.get("success_url"):
             raise _invalid("Missing required param: success_url.", param="success_url", code="parameter_missing")
         if not params.get("currency") and not params.get("payment_method_types"):
-            raise _invalid("currency is required in setup mode when payment_method_types is not set.",
-                           param="currency", code="parameter_missing")
+            raise _invalid(
+                "currency is required in setup mode when payment_method_types is not set.",
+                param="currency",
+                code="parameter_missing",
+            )
         customer_id = params.get("customer")
         if customer_id:
             self._customer(customer_id, "customer")
         setup_intent = self._setup_intent_create({"customer": customer_id} if customer_id else {})
         session_id = f"cs_test_{secrets.token_hex(24)}"
-        session = {"id": session_id, "object": "checkout.session", "mode": "setup", "status": "open",
-                   "customer": customer_id, "setup_intent": setup_intent["id"],
-                   "success_url": params["success_url"], "cancel_url": params.get("cancel_url"),
-                   "url": f"https://checkout.stripe.com/c/pay/{session_id}", "metadata": params.get("metadata", {}),
-                   "created": int(time.time()), "livemode": False}
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "setup",
+            "status": "open",
+            "customer": customer_id,
+            "setup_intent": setup_intent["id"],
+            "success_url": params["success_url"],
+            "cancel_url": params.get("cancel_url"),
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            "metadata": params.get("metadata", {}),
+            "created": int(time.time()),
+            "livemode": False,
+        }
         self.checkout_sessions[session_id] = session
         return session
 
@@ -432,20 +549,35 @@ class FakeStripe:
             if pm is None:
                 raise _missing("PaymentMethod", pm_id, "payment_method")
             if pm["customer"] != customer_id:
-                raise _invalid(f"The provided PaymentMethod {pm_id} belongs to another customer.",
-                               param="payment_method")
+                raise _invalid(
+                    f"The provided PaymentMethod {pm_id} belongs to another customer.", param="payment_method"
+                )
         elif confirm:
-            raise _invalid("You cannot confirm this PaymentIntent because it's missing a payment method. To "
-                           "confirm the PaymentIntent with this customer, specify a payment_method.",
-                           code="payment_intent_unexpected_state")
+            raise _invalid(
+                "You cannot confirm this PaymentIntent because it's missing a payment method. To "
+                "confirm the PaymentIntent with this customer, specify a payment_method.",
+                code="payment_intent_unexpected_state",
+            )
         intent_id = _new_id("pi")
-        intent = {"id": intent_id, "object": "payment_intent", "amount": amount, "currency": currency,
-                  "customer": customer_id, "payment_method": pm_id, "metadata": params.get("metadata", {}),
-                  "description": params.get("description"), "client_secret": f"{intent_id}_secret_x",
-                  "confirmation_method": "automatic", "capture_method": "automatic", "created": int(time.time()),
-                  "livemode": False, "last_payment_error": None, "latest_charge": None,
-                  "amount_received": 0,
-                  "status": "requires_confirmation" if pm_id else "requires_payment_method"}
+        intent = {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": amount,
+            "currency": currency,
+            "customer": customer_id,
+            "payment_method": pm_id,
+            "metadata": params.get("metadata", {}),
+            "description": params.get("description"),
+            "client_secret": f"{intent_id}_secret_x",
+            "confirmation_method": "automatic",
+            "capture_method": "automatic",
+            "created": int(time.time()),
+            "livemode": False,
+            "last_payment_error": None,
+            "latest_charge": None,
+            "amount_received": 0,
+            "status": "requires_confirmation" if pm_id else "requires_payment_method",
+        }
         self.payment_intents[intent_id] = intent
         if not confirm:
             return intent
@@ -454,10 +586,15 @@ class FakeStripe:
         intent["latest_charge"] = charge_id
         if decline_code:
             code = "authentication_required" if decline_code == "authentication_required" else "card_declined"
-            error = {"type": "card_error", "code": code, "decline_code": decline_code,
-                     "message": _DECLINE_MESSAGES.get(decline_code, "Your card was declined."),
-                     "charge": charge_id, "doc_url": f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}",
-                     "payment_method": pm}
+            error = {
+                "type": "card_error",
+                "code": code,
+                "decline_code": decline_code,
+                "message": _DECLINE_MESSAGES.get(decline_code, "Your card was declined."),
+                "charge": charge_id,
+                "doc_url": f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}",
+                "payment_method": pm,
+            }
             intent["status"] = "requires_payment_method"
             intent["last_payment_error"] = {k: v for k, v in error.items()}
             error["payment_intent"] = intent

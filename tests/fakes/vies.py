@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PATH = "/taxation_customs/vies/rest-api/check-vat-number"
@@ -27,9 +27,7 @@ class FakeVies:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         # A short poll interval keeps shutdown() quick at the end of every test.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -81,38 +79,53 @@ class FakeVies:
                 if fake.delay_seconds:
                     time.sleep(fake.delay_seconds)
                 if fake.outage == "HTTP_500":
-                    self._send(500, {"actionSucceed": False,
-                                     "errorWrappers": [{"error": "SERVICE_UNAVAILABLE"}]})
+                    self._send(500, {"actionSucceed": False, "errorWrappers": [{"error": "SERVICE_UNAVAILABLE"}]})
                     return
                 if fake.outage:
                     self._send(200, {"actionSucceed": False, "errorWrappers": [{"error": fake.outage}]})
                     return
-                if (not isinstance(body, dict) or not isinstance(body.get("countryCode"), str)
-                        or not isinstance(body.get("vatNumber"), str) or not body["vatNumber"]):
-                    self._send(400, {"actionSucceed": False, "errorWrappers": [
-                        {"error": "INVALID_INPUT", "message": "The provided CountryCode is invalid or the VAT "
-                                                              "number is empty"}]})
+                if (
+                    not isinstance(body, dict)
+                    or not isinstance(body.get("countryCode"), str)
+                    or not isinstance(body.get("vatNumber"), str)
+                    or not body["vatNumber"]
+                ):
+                    self._send(
+                        400,
+                        {
+                            "actionSucceed": False,
+                            "errorWrappers": [
+                                {
+                                    "error": "INVALID_INPUT",
+                                    "message": "The provided CountryCode is invalid or the VAT number is empty",
+                                }
+                            ],
+                        },
+                    )
                     return
                 key = (body["countryCode"], body["vatNumber"])
                 name, address = fake.registered.get(key, ("---", "---"))
-                self._send(200, {
-                    "countryCode": key[0],
-                    "vatNumber": key[1],
-                    "requestDate": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-                    "valid": key in fake.registered,
-                    "requestIdentifier": "",
-                    "name": name,
-                    "address": address,
-                    "traderName": "---",
-                    "traderStreet": "---",
-                    "traderPostalCode": "---",
-                    "traderCity": "---",
-                    "traderCompanyType": "---",
-                    "traderNameMatch": "NOT_PROCESSED",
-                    "traderStreetMatch": "NOT_PROCESSED",
-                    "traderPostalCodeMatch": "NOT_PROCESSED",
-                    "traderCityMatch": "NOT_PROCESSED",
-                    "traderCompanyTypeMatch": "NOT_PROCESSED",
-                })
+                self._send(
+                    200,
+                    {
+                        "countryCode": key[0],
+                        "vatNumber": key[1],
+                        "requestDate": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                        "valid": key in fake.registered,
+                        "requestIdentifier": "",
+                        "name": name,
+                        "address": address,
+                        "traderName": "---",
+                        "traderStreet": "---",
+                        "traderPostalCode": "---",
+                        "traderCity": "---",
+                        "traderCompanyType": "---",
+                        "traderNameMatch": "NOT_PROCESSED",
+                        "traderStreetMatch": "NOT_PROCESSED",
+                        "traderPostalCodeMatch": "NOT_PROCESSED",
+                        "traderCityMatch": "NOT_PROCESSED",
+                        "traderCompanyTypeMatch": "NOT_PROCESSED",
+                    },
+                )
 
         return Handler

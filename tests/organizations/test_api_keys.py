@@ -10,7 +10,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _create(client, org_id, **body):
-    return client.post(f"/api/v1/organizations/{org_id}/api-keys", {"name": "ci", "role": "auditor", **body}, format="json")
+    return client.post(
+        f"/api/v1/organizations/{org_id}/api-keys", {"name": "ci", "role": "auditor", **body}, format="json"
+    )
 
 
 def test_secret_is_shown_once_and_stored_hashed_when_key_is_created(owner_org, key_client):
@@ -43,15 +45,21 @@ def test_revoked_key_is_refused_when_used(owner_org, key_client):
 
 
 def test_expired_key_is_refused_when_used(owner_org, key_client):
-    body = _create(key_client(owner_org.owner_secret), owner_org.id,
-                   expires_at=(timezone.now() + datetime.timedelta(hours=1)).isoformat()).json()
+    body = _create(
+        key_client(owner_org.owner_secret),
+        owner_org.id,
+        expires_at=(timezone.now() + datetime.timedelta(hours=1)).isoformat(),
+    ).json()
     ApiKey.objects.filter(public_id=body["id"]).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
     assert key_client(body["secret"]).get(f"/api/v1/organizations/{owner_org.id}").status_code == 401
 
 
 def test_expiry_in_the_past_is_refused_when_key_is_created(owner_org, key_client):
-    response = _create(key_client(owner_org.owner_secret), owner_org.id,
-                       expires_at=(timezone.now() - datetime.timedelta(hours=1)).isoformat())
+    response = _create(
+        key_client(owner_org.owner_secret),
+        owner_org.id,
+        expires_at=(timezone.now() - datetime.timedelta(hours=1)).isoformat(),
+    )
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "expires_at"
 
@@ -59,15 +67,18 @@ def test_expiry_in_the_past_is_refused_when_key_is_created(owner_org, key_client
 def test_old_secret_works_during_overlap_then_stops_when_key_is_rotated(owner_org, key_client):
     owner = key_client(owner_org.owner_secret)
     created = _create(owner, owner_org.id).json()
-    rotated = owner.post(f"/api/v1/organizations/{owner_org.id}/api-keys/{created['id']}/rotate",
-                         {"overlap_seconds": 600}, format="json")
+    rotated = owner.post(
+        f"/api/v1/organizations/{owner_org.id}/api-keys/{created['id']}/rotate", {"overlap_seconds": 600}, format="json"
+    )
     assert rotated.status_code == 200, rotated.content
     new_secret = rotated.json()["secret"]
     assert new_secret != created["secret"] and new_secret.startswith(f"cpk_{created['prefix']}_")
     url = f"/api/v1/organizations/{owner_org.id}"
     assert key_client(created["secret"]).get(url).status_code == 200
     assert key_client(new_secret).get(url).status_code == 200
-    ApiKey.objects.filter(public_id=created["id"]).update(previous_expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    ApiKey.objects.filter(public_id=created["id"]).update(
+        previous_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
     assert key_client(created["secret"]).get(url).status_code == 401
     assert key_client(new_secret).get(url).status_code == 200
 
@@ -75,8 +86,11 @@ def test_old_secret_works_during_overlap_then_stops_when_key_is_rotated(owner_or
 def test_overlap_over_24_hours_is_refused_when_rotating(owner_org, key_client):
     owner = key_client(owner_org.owner_secret)
     created = _create(owner, owner_org.id).json()
-    response = owner.post(f"/api/v1/organizations/{owner_org.id}/api-keys/{created['id']}/rotate",
-                          {"overlap_seconds": 86401}, format="json")
+    response = owner.post(
+        f"/api/v1/organizations/{owner_org.id}/api-keys/{created['id']}/rotate",
+        {"overlap_seconds": 86401},
+        format="json",
+    )
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "overlap_seconds"
     assert key_client(created["secret"]).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
@@ -117,7 +131,9 @@ def test_key_loses_rights_when_its_creator_is_demoted(owner_org, key_client):
     assert client.get(f"/api/v1/organizations/{owner_org.id}/members").status_code == 200
     membership.roles = ["auditor"]
     membership.save()
-    assert client.post(f"/api/v1/organizations/{owner_org.id}/projects", {"name": "x"}, format="json").status_code == 403
+    assert (
+        client.post(f"/api/v1/organizations/{owner_org.id}/projects", {"name": "x"}, format="json").status_code == 403
+    )
 
 
 def test_deletion_protected_key_cannot_be_revoked_until_lifted(owner_org, key_client):
@@ -132,8 +148,9 @@ def test_deletion_protected_key_cannot_be_revoked_until_lifted(owner_org, key_cl
     assert actions.count("api_key.update") == 2 and "api_key.revoke" in actions
 
 
-def test_authentication_reads_key_organization_creator_and_membership_in_one_query(owner_org,
-                                                                                   django_assert_num_queries):
+def test_authentication_reads_key_organization_creator_and_membership_in_one_query(
+    owner_org, django_assert_num_queries
+):
     from organizations.services import api_key_authenticate
 
     user, membership = owner_org.add_member(roles=["administrator"])

@@ -20,8 +20,11 @@ def _run_on_commit(django_capture_on_commit_callbacks):
 
 def _invite(client, org_id, **body):
     with _capture(execute=True):
-        return client.post(f"/api/v1/organizations/{org_id}/invitations",
-                           {"email": "new.person@example.com", "roles": ["accountant"], **body}, format="json")
+        return client.post(
+            f"/api/v1/organizations/{org_id}/invitations",
+            {"email": "new.person@example.com", "roles": ["accountant"], **body},
+            format="json",
+        )
 
 
 def _token_from(mail) -> str:
@@ -29,13 +32,18 @@ def _token_from(mail) -> str:
 
 
 def test_invitee_gets_an_account_and_roles_when_accepting(owner_org, key_client, api, mailoutbox):
-    response = _invite(key_client(owner_org.owner_secret), owner_org.id,
-                       project_grants=[{"project": owner_org.default_project.public_id, "role": "project_user"}])
+    response = _invite(
+        key_client(owner_org.owner_secret),
+        owner_org.id,
+        project_grants=[{"project": owner_org.default_project.public_id, "role": "project_user"}],
+    )
     assert response.status_code == 201, response.content
     assert mailoutbox[0].to == ["new.person@example.com"]
-    accepted = api.post("/api/v1/invitations/accept",
-                        {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase", "full_name": "New"},
-                        format="json")
+    accepted = api.post(
+        "/api/v1/invitations/accept",
+        {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase", "full_name": "New"},
+        format="json",
+    )
     assert accepted.status_code == 201, accepted.content
     membership = Membership.objects.get(user__email="new.person@example.com", organization=owner_org.organization)
     assert membership.roles == ["accountant"]
@@ -66,8 +74,11 @@ def test_token_cannot_be_used_twice(owner_org, key_client, api, mailoutbox):
 def test_expired_invitation_is_refused(owner_org, key_client, api, mailoutbox):
     _invite(key_client(owner_org.owner_secret), owner_org.id)
     Invitation.objects.update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
-    response = api.post("/api/v1/invitations/accept",
-                        {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"}, format="json")
+    response = api.post(
+        "/api/v1/invitations/accept",
+        {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"},
+        format="json",
+    )
     assert response.status_code == 400
     assert "expired" in response.json()["errors"][0]["message"]
     assert not User.objects.filter(email="new.person@example.com").exists()
@@ -96,8 +107,16 @@ def test_new_invitation_replaces_the_open_one_for_the_same_address(owner_org, ke
     client = key_client(owner_org.owner_secret)
     _invite(client, owner_org.id)
     _invite(client, owner_org.id, roles=["auditor"])
-    old = api.post("/api/v1/invitations/accept", {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"}, format="json")
+    old = api.post(
+        "/api/v1/invitations/accept",
+        {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"},
+        format="json",
+    )
     assert old.status_code == 400
-    new = api.post("/api/v1/invitations/accept", {"token": _token_from(mailoutbox[1]), "password": "a fine long passphrase"}, format="json")
+    new = api.post(
+        "/api/v1/invitations/accept",
+        {"token": _token_from(mailoutbox[1]), "password": "a fine long passphrase"},
+        format="json",
+    )
     assert new.status_code == 201
     assert Membership.objects.get(user__email="new.person@example.com").roles == ["auditor"]

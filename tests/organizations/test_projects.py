@@ -18,7 +18,10 @@ def test_project_lifecycle_is_audited(owner_org, key_client):
     assert client.delete(f"{base}/{pid}").status_code == 204
     assert not Project.objects.filter(public_id=pid).exists()
     assert list(AuditEvent.objects.filter(target_id=pid).order_by("id").values_list("action", flat=True)) == [
-        "project.create", "project.update", "project.delete"]
+        "project.create",
+        "project.update",
+        "project.delete",
+    ]
     event = AuditEvent.objects.get(target_id=pid, action="project.update")
     assert event.summary == {"name": ["Telemetry", "Telemetry EU"]}
     assert event.via == "api" and event.api_key_prefix == owner_org.owner_key.prefix and event.request_id
@@ -33,7 +36,8 @@ def test_duplicate_name_is_refused_case_insensitively(owner_org, key_client):
 
 def test_default_project_cannot_be_deleted(owner_org, key_client):
     response = key_client(owner_org.owner_secret).delete(
-        f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}")
+        f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}"
+    )
     assert response.status_code == 409
     assert Project.objects.filter(pk=owner_org.default_project.pk).exists()
 
@@ -42,7 +46,9 @@ def test_projects_can_be_filtered_by_name(owner_org, key_client):
     client = key_client(owner_org.owner_secret)
     for name in ("Alpha", "Beta", "Alphabet"):
         client.post(f"/api/v1/organizations/{owner_org.id}/projects", {"name": name}, format="json")
-    names = [p["name"] for p in client.get(f"/api/v1/organizations/{owner_org.id}/projects?name=alpha").json()["results"]]
+    names = [
+        p["name"] for p in client.get(f"/api/v1/organizations/{owner_org.id}/projects?name=alpha").json()["results"]
+    ]
     assert sorted(names) == ["Alpha", "Alphabet"]
 
 
@@ -70,13 +76,14 @@ def test_cursor_pagination_walks_every_project_once(owner_org, key_client):
 
 
 def test_project_with_only_deleted_deployments_is_hidden_and_its_name_freed_when_deleted(owner_org, key_client):
-    from deployments.models import Deployment
     from deployments import services as deployment_services
+    from deployments.models import Deployment
     from projects import services
 
     project = services.project_create(organization=owner_org.organization, actor=None, name="Short-lived")
-    deployment, _ = deployment_services.deployment_create(project=project, actor=None, name="gone", plan="dedicated",
-                                                          tier="1k", region="local")
+    deployment, _ = deployment_services.deployment_create(
+        project=project, actor=None, name="gone", plan="dedicated", tier="1k", region="local"
+    )
     Deployment.objects.filter(pk=deployment.pk).update(status="deleted")
     client = key_client(owner_org.owner_secret)
     base = f"/api/v1/organizations/{owner_org.id}/projects"
@@ -93,9 +100,12 @@ def test_project_with_live_deployments_cannot_be_deleted(owner_org, key_client):
     from projects import services
 
     project = services.project_create(organization=owner_org.organization, actor=None, name="Busy")
-    deployment_services.deployment_create(project=project, actor=None, name="live", plan="dedicated", tier="1k",
-                                          region="local")
-    response = key_client(owner_org.owner_secret).delete(f"/api/v1/organizations/{owner_org.id}/projects/{project.public_id}")
+    deployment_services.deployment_create(
+        project=project, actor=None, name="live", plan="dedicated", tier="1k", region="local"
+    )
+    response = key_client(owner_org.owner_secret).delete(
+        f"/api/v1/organizations/{owner_org.id}/projects/{project.public_id}"
+    )
     assert response.status_code == 409
 
 

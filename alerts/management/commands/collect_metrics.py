@@ -3,6 +3,7 @@
 Inline by default (one deployment after another, each bounded by COLLECT_TIMEOUT_SECONDS); `--enqueue` fans out to
 the Celery workers exactly as the beat schedule does.
 """
+
 from django.core.management.base import BaseCommand, CommandError
 
 from alerts import services, tasks
@@ -35,5 +36,7 @@ class Command(BaseCommand):
             state = services.deployment_collect(deployment_id=pk)
             unavailable += state is not None and not state.available
         summary = services.rules_evaluate(deployment_ids=ids)
-        self.stdout.write(f"{len(ids)} deployments collected ({unavailable} unavailable); {summary.evaluated} "
-                          f"rule evaluations, {summary.changed} alert changes, {summary.notifications} notifications")
+        self.stdout.write(
+            f"{len(ids)} deployments collected ({unavailable} unavailable); {summary.evaluated} "
+            f"rule evaluations, {summary.changed} alert changes, {summary.notifications} notifications"
+        )

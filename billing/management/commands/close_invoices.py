@@ -1,4 +1,5 @@
 """`python manage.py close_invoices [--month YYYY-MM]`: issue the monthly invoices of a month (default: last month)."""
+
 import datetime
 
 from django.core.management.base import BaseCommand, CommandError
@@ -18,8 +19,12 @@ class Command(BaseCommand):
     help = "Close a month: one invoice per billing account for its unbilled usage. Safe to run again."
 
     def add_arguments(self, parser):
-        parser.add_argument("--month", type=parse_month, default=None,
-                            help="The month to close, YYYY-MM (default: the month before the current one).")
+        parser.add_argument(
+            "--month",
+            type=parse_month,
+            default=None,
+            help="The month to close, YYYY-MM (default: the month before the current one).",
+        )
 
     def handle(self, *args, month=None, **options):
         if month is None:

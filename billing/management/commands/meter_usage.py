@@ -1,4 +1,5 @@
 """`python manage.py meter_usage [--now ISO-8601] [--since ISO-8601]`: record the complete hours up to --now."""
+
 import datetime
 
 from django.core.management.base import BaseCommand, CommandError
@@ -20,10 +21,18 @@ class Command(BaseCommand):
     help = "Meter deployments' billable seconds per hour slot up to --now (default: now); catches up missed hours."
 
     def add_arguments(self, parser):
-        parser.add_argument("--now", type=parse_instant, default=None,
-                            help="Meter the complete hours before this ISO-8601 instant (default: now).")
-        parser.add_argument("--since", type=parse_instant, default=None,
-                            help="Re-meter from this hour (already recorded hours are left as they are).")
+        parser.add_argument(
+            "--now",
+            type=parse_instant,
+            default=None,
+            help="Meter the complete hours before this ISO-8601 instant (default: now).",
+        )
+        parser.add_argument(
+            "--since",
+            type=parse_instant,
+            default=None,
+            help="Re-meter from this hour (already recorded hours are left as they are).",
+        )
 
     def handle(self, *args, now=None, since=None, **options):
         recorded = metering.meter_usage(now=now, since=since)

@@ -4,6 +4,7 @@ Each item: {code, display_name, provider, region, driver: local|kubernetes, kube
 $KUBECONFIG_SECRETS_DIR/NAME/kubeconfig and stored encrypted), in_cluster?: bool, open: bool, bind_address?,
 storage_class?, service_type?, tiers?: ["dedicated/1k", ...] (default: every Dedicated and Premium tier)}.
 """
+
 import os
 import pathlib
 
@@ -15,8 +16,20 @@ from audit.services import audit_record
 from deployments import crypto
 from deployments.models import Region, Tier
 
-KNOWN_KEYS = {"code", "display_name", "provider", "region", "driver", "kubeconfig_secret", "in_cluster", "open",
-              "bind_address", "storage_class", "service_type", "tiers"}
+KNOWN_KEYS = {
+    "code",
+    "display_name",
+    "provider",
+    "region",
+    "driver",
+    "kubeconfig_secret",
+    "in_cluster",
+    "open",
+    "bind_address",
+    "storage_class",
+    "service_type",
+    "tiers",
+}
 
 
 class Command(BaseCommand):
@@ -29,7 +42,7 @@ class Command(BaseCommand):
         try:
             items = yaml.safe_load(pathlib.Path(file).read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise CommandError(f"cannot read {file}: {exc}")
+            raise CommandError(f"cannot read {file}: {exc}") from exc
         if not isinstance(items, list):
             raise CommandError("the file must hold a YAML list of regions")
         with transaction.atomic():
@@ -65,9 +78,11 @@ class Command(BaseCommand):
             if "/" in secret or secret in (".", ".."):
                 raise CommandError(f"item {index}: kubeconfig_secret must be a plain name")
             try:
-                region.kubeconfig_encrypted = crypto.encrypt_str((pathlib.Path(base) / secret / "kubeconfig").read_text())
+                region.kubeconfig_encrypted = crypto.encrypt_str(
+                    (pathlib.Path(base) / secret / "kubeconfig").read_text()
+                )
             except OSError as exc:
-                raise CommandError(f"item {index}: cannot read the kubeconfig of secret {secret!r}: {exc}")
+                raise CommandError(f"item {index}: cannot read the kubeconfig of secret {secret!r}: {exc}") from exc
         if region.driver == Region.Driver.KUBERNETES and not region.kubeconfig_encrypted and not region.in_cluster:
             raise CommandError(f"item {index}: a kubernetes region needs kubeconfig_secret or in_cluster: true")
         created = region.pk is None
@@ -85,6 +100,11 @@ class Command(BaseCommand):
                     raise CommandError(f"item {index}: unknown tier {name!r} (use plan/tier, e.g. dedicated/1k)")
                 tiers.append(tier)
         region.tiers.set(tiers)
-        audit_record(actor=None, organization=None, action="region.create" if created else "region.update",
-                     target=region, summary={"code": region.code, "driver": region.driver, "open": region.is_open})
+        audit_record(
+            actor=None,
+            organization=None,
+            action="region.create" if created else "region.update",
+            target=region,
+            summary={"code": region.code, "driver": region.driver, "open": region.is_open},
+        )
         self.stdout.write(f"{'created' if created else 'updated'} region {region.code}")

@@ -3,6 +3,7 @@
 Announces maintenance through deployments.services.maintenance_schedule, which checks the lead time (14 days; 24 hours
 with --emergency) and tells each organization. A region-wide run schedules every live deployment there or none at all.
 """
+
 import datetime
 import re
 
@@ -20,9 +21,9 @@ def parse_start(value: str) -> datetime.datetime:
     try:
         parsed = datetime.datetime.fromisoformat(value.strip())
     except ValueError:
-        raise CommandError(f"--start: {value!r} is not an ISO 8601 date and time, e.g. 2026-12-01T02:00:00Z")
+        raise CommandError(f"--start: {value!r} is not an ISO 8601 date and time, e.g. 2026-12-01T02:00:00Z") from None
     # A time without an offset is read as UTC: operators announce maintenance in UTC.
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.UTC)
 
 
 def parse_duration(value: str) -> datetime.timedelta:
@@ -38,8 +39,10 @@ def parse_duration(value: str) -> datetime.timedelta:
 def describe(exc: exceptions.APIException) -> str:
     detail = exc.detail
     if isinstance(detail, dict):
-        return "; ".join(f"{field}: {' '.join(str(m) for m in messages) if isinstance(messages, list) else messages}"
-                         for field, messages in detail.items())
+        return "; ".join(
+            f"{field}: {' '.join(str(m) for m in messages) if isinstance(messages, list) else messages}"
+            for field, messages in detail.items()
+        )
     if isinstance(detail, list):
         return " ".join(str(m) for m in detail)
     return str(detail)
@@ -52,8 +55,9 @@ class Command(BaseCommand):
         target = parser.add_mutually_exclusive_group(required=True)
         target.add_argument("--deployment", help="A deployment's public id (dep_…).")
         target.add_argument("--region", help="A region code: every live deployment in it.")
-        parser.add_argument("--start", required=True,
-                            help="ISO 8601 start, e.g. 2026-12-01T02:00:00Z (no offset means UTC).")
+        parser.add_argument(
+            "--start", required=True, help="ISO 8601 start, e.g. 2026-12-01T02:00:00Z (no offset means UTC)."
+        )
         parser.add_argument("--duration", required=True, help="2h, 90m, 1h30m; at most 4 hours.")
         parser.add_argument("--emergency", action="store_true", help="Announce 24 hours ahead instead of 14 days.")
         parser.add_argument("--reason", required=True, help="Why: customers read it in the notification.")
@@ -69,21 +73,34 @@ class Command(BaseCommand):
         with transaction.atomic():  # a region is scheduled whole or not at all; notifications leave on commit
             for target in deployments:
                 try:
-                    window = services.maintenance_schedule(deployment=target, starts_at=starts_at, ends_at=ends_at,
-                                                           reason=reason, emergency=emergency, actor=None)
+                    window = services.maintenance_schedule(
+                        deployment=target,
+                        starts_at=starts_at,
+                        ends_at=ends_at,
+                        reason=reason,
+                        emergency=emergency,
+                        actor=None,
+                    )
                 except exceptions.APIException as exc:
-                    raise CommandError(f"{target.public_id} ({target.name}): {describe(exc)} Nothing was scheduled.")
+                    raise CommandError(
+                        f"{target.public_id} ({target.name}): {describe(exc)} Nothing was scheduled."
+                    ) from exc
                 scheduled.append(window)
         kind = "emergency maintenance" if emergency else "maintenance"
         for window in scheduled:
             target = window.deployment
-            self.stdout.write(f"Scheduled {kind} {window.public_id} for {target.public_id} ({target.name}, "
-                              f"{target.project.organization.public_id}): {services.maintenance_window_text(window)}")
+            self.stdout.write(
+                f"Scheduled {kind} {window.public_id} for {target.public_id} ({target.name}, "
+                f"{target.project.organization.public_id}): {services.maintenance_window_text(window)}"
+            )
         self.stdout.write(f"{len(scheduled)} window(s) scheduled; the organizations have been notified.")
 
     def _targets(self, deployment: str | None, region: str | None) -> list[Deployment]:
-        live = (Deployment.objects.exclude(desired_state=DesiredState.DELETED)
-                .select_related("project__organization").order_by("pk"))
+        live = (
+            Deployment.objects.exclude(desired_state=DesiredState.DELETED)
+            .select_related("project__organization")
+            .order_by("pk")
+        )
         if deployment is not None:
             found = live.filter(public_id=deployment.strip()).first()
             if found is None:

@@ -1,4 +1,5 @@
 """python manage.py create_organization --name NAME --owner-email EMAIL [--password PW] [--api-key]"""
+
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
@@ -35,15 +36,24 @@ class Command(BaseCommand):
                 organization = services.organization_create(name=name, owner=owner)
                 secret = None
                 if api_key:
-                    _key, secret = services.api_key_create(organization=organization, actor=None,
-                                                           name="Created by create_organization",
-                                                           role=Role.OWNER, created_by=owner)
+                    _key, secret = services.api_key_create(
+                        organization=organization,
+                        actor=None,
+                        name="Created by create_organization",
+                        role=Role.OWNER,
+                        created_by=owner,
+                    )
         except ValidationError as exc:
-            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-                               if hasattr(exc, "error_dict") else " ".join(exc.messages))
+            raise CommandError(
+                "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+                if hasattr(exc, "error_dict")
+                else " ".join(exc.messages)
+            ) from exc
         self.stdout.write(organization.public_id)
         project = organization.projects.get(is_default=True)
-        self.stderr.write(f"Organization {organization.name!r} ({organization.public_id}), owner {owner.email}, "
-                          f"default project {project.public_id}")
+        self.stderr.write(
+            f"Organization {organization.name!r} ({organization.public_id}), owner {owner.email}, "
+            f"default project {project.public_id}"
+        )
         if secret:
             self.stdout.write(secret)

@@ -3,6 +3,7 @@
 Idempotent: credentials made on the first run are kept in CONTROLPLANE_VAR_DIR/demo-credentials.json and printed
 again on every run. Refuses to run in production.
 """
+
 import json
 import secrets
 
@@ -37,7 +38,8 @@ class Command(BaseCommand):
                 demo = User.objects.create_user(DEMO_EMAIL, credentials["demo_password"], full_name="Demo Developer")
                 organization = services.organization_create(name="Demo organization", owner=demo)
                 _key, credentials["api_key"] = services.api_key_create(
-                    organization=organization, actor=None, name="Demo key", role=Role.OWNER, created_by=demo)
+                    organization=organization, actor=None, name="Demo key", role=Role.OWNER, created_by=demo
+                )
             organization = Organization.objects.filter(memberships__user=demo).order_by("created_at").first()
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(credentials, indent=2))
@@ -46,10 +48,10 @@ class Command(BaseCommand):
         project = organization.projects.get(is_default=True)
         self.stdout.write(
             f"""
-  Console      {base}/            {DEMO_EMAIL} / {credentials.get('demo_password', '(unchanged: see ' + str(path) + ')')}
-  Admin        {base}/admin/      {STAFF_EMAIL} / {credentials.get('staff_password', '(see ' + str(path) + ')')}
+  Console      {base}/            {DEMO_EMAIL} / {credentials.get("demo_password", "(unchanged: see " + str(path) + ")")}
+  Admin        {base}/admin/      {STAFF_EMAIL} / {credentials.get("staff_password", "(see " + str(path) + ")")}
   API docs     {base}/api/docs/   Authorize with the API key below
-  API key      {credentials.get('api_key', '(see ' + str(path) + ')')}
+  API key      {credentials.get("api_key", "(see " + str(path) + ")")}
   Organization {organization.public_id}   Default project {project.public_id}
 
   Try it:  curl -H "Authorization: Bearer $API_KEY" {base}/api/v1/organizations/{organization.public_id}/projects
