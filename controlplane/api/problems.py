@@ -3,7 +3,9 @@
 `errors` is a list of {field, message, code}; `field` is a dotted path into the request body (`users.0.topic`), or
 null for errors about the request as a whole. Nothing here decides *whether* a request fails, only how it reads.
 """
+
 import logging
+import math
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -12,6 +14,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from controlplane import context
+from controlplane import errors as domain
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,36 @@ def problem_response(status_code: int, title: str | None = None, detail: str = "
     )
 
 
+_DOMAIN_STATUS = (
+    (domain.NotFound, status.HTTP_404_NOT_FOUND),
+    (domain.Conflict, status.HTTP_409_CONFLICT),
+    (domain.PermissionDenied, status.HTTP_403_FORBIDDEN),
+    (domain.RateLimited, status.HTTP_429_TOO_MANY_REQUESTS),
+    (domain.ValidationFailed, status.HTTP_400_BAD_REQUEST),
+)
+
+
+def domain_error_response(exc: domain.DomainError) -> Response:
+    """A service's domain error as problem+json: the status from its kind, the field messages as `errors`."""
+    status_code = next((code for kind, code in _DOMAIN_STATUS if isinstance(exc, kind)), status.HTTP_400_BAD_REQUEST)
+    headers = {}
+    if isinstance(exc, domain.RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, domain.ValidationFailed):
+        field_errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
+    else:
+        field_errors = []
+    return Response(
+        problem_body(status_code, None, exc.message, field_errors, exc.code),
+        status=status_code,
+        headers=headers,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
 def exception_handler(exc, ctx):
+    if isinstance(exc, domain.DomainError):
+        return domain_error_response(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -1,0 +1,104 @@
+"""The domain errors every service raises, defined once.
+
+Services speak in these and never in HTTP: the API's exception handler (`controlplane.api.problems`) turns them into
+problem+json, the console into form and page messages. Nothing here imports Django REST framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldError:
+    """One message about one input. `field` is a dotted path into the input (`users.0.topic`), or None when the
+    message is about the request as a whole."""
+
+    field: str | None
+    message: str
+    code: str = "invalid"
+
+
+class DomainError(Exception):
+    """Base of every error a service raises on purpose. `code` is a stable, kebab-case machine word."""
+
+    code = "error"
+    default_message = "The request could not be completed."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        self.message = message or self.default_message
+        if code:
+            self.code = code
+        super().__init__(self.message)
+
+
+class NotFound(DomainError):
+    """The object does not exist, or the caller may not know that it does (another tenant's object)."""
+
+    code = "not-found"
+    default_message = "Not found."
+
+
+class Conflict(DomainError):
+    """The request is valid but the current state of the object forbids it (deletion protection, a running
+    operation, a name already taken that is not a field error)."""
+
+    code = "conflict"
+    default_message = "The request conflicts with the current state of the resource."
+
+
+class PermissionDenied(DomainError):
+    """The caller is known and sees the object but may not do this to it."""
+
+    code = "permission-denied"
+    default_message = "You do not have permission to perform this action."
+
+
+class RateLimited(DomainError):
+    code = "rate-limited"
+    default_message = "Too many requests."
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class ValidationFailed(DomainError):
+    """Input that cannot be accepted, with one message per field where a field is to blame.
+
+    Build it from a mapping (`ValidationFailed({"tier": "Unknown tier."})`), a list of FieldError, or a message about
+    the whole input (`ValidationFailed("…")`)."""
+
+    code = "validation-error"
+    default_message = "The input is not valid."
+
+    def __init__(
+        self,
+        errors: str | Mapping[str, str | Iterable[str]] | Iterable[FieldError] | None = None,
+        *,
+        code: str | None = None,
+    ) -> None:
+        field_code = code or "invalid"
+        items: list[FieldError] = []
+        if errors is None:
+            items = []
+        elif isinstance(errors, str):
+            items = [FieldError(None, errors, field_code)]
+        elif isinstance(errors, Mapping):
+            for field, messages in errors.items():
+                for message in [messages] if isinstance(messages, str) else messages:
+                    name = None if field in ("__all__", "non_field_errors", None) else str(field)
+                    items.append(FieldError(name, str(message), field_code))
+        else:
+            items = list(errors)
+        self.errors: list[FieldError] = items
+        summary = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in items[:5])
+        super().__init__(summary or self.default_message)
+
+    def message_dict(self) -> dict[str, list[str]]:
+        """Messages by field ("__all__" for the whole input), the shape Django forms take in `add_error`."""
+        out: dict[str, list[str]] = {}
+        for error in self.errors:
+            out.setdefault(error.field or "__all__", []).append(error.message)
+        return out

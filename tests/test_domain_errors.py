@@ -1,0 +1,49 @@
+"""Domain errors raised by services read as problem+json: status from the kind, field messages as `errors`."""
+
+import json
+
+import pytest
+
+from controlplane import errors
+from controlplane.api.problems import exception_handler
+
+
+def _render(exc):
+    response = exception_handler(exc, {})
+    response.accepted_renderer = None
+    return response.status_code, response.data, response
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (errors.NotFound("No such deployment."), 404, "not-found"),
+        (errors.Conflict("Deletion protection is on.", code="deletion-protected"), 409, "deletion-protected"),
+        (errors.PermissionDenied(), 403, "permission-denied"),
+        (errors.RateLimited(retry_after=2.2), 429, "rate-limited"),
+        (errors.ValidationFailed({"tier": "Unknown tier."}), 400, "validation-error"),
+    ],
+)
+def test_domain_error_maps_to_status_and_code_when_raised_by_a_service(exc, status, code):
+    status_code, body, _ = _render(exc)
+    assert status_code == status
+    assert body["status"] == status
+    assert body["type"].endswith("/" + code)
+    assert body["detail"]
+
+
+def test_validation_failed_lists_each_field_message_when_given_a_mapping():
+    exc = errors.ValidationFailed({"name": ["Too long.", "Has a newline."], "__all__": "Pick a tier."})
+    _, body, _ = _render(exc)
+    assert body["errors"] == [
+        {"field": "name", "message": "Too long.", "code": "invalid"},
+        {"field": "name", "message": "Has a newline.", "code": "invalid"},
+        {"field": None, "message": "Pick a tier.", "code": "invalid"},
+    ]
+    assert exc.message_dict() == {"name": ["Too long.", "Has a newline."], "__all__": ["Pick a tier."]}
+    json.dumps(body)  # the body is plain JSON
+
+
+def test_rate_limited_sets_retry_after_rounded_up_when_fractional():
+    _, _, response = _render(errors.RateLimited(retry_after=2.2))
+    assert response["Retry-After"] == "3"
