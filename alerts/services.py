@@ -200,7 +200,7 @@ def _collect_local(deployment, state: CollectorState, timeout: float):
 
 def _emqx_credentials(deployment) -> tuple[str, str]:
     """The bootstrap API key the reconciler gave the EMQX cluster: its name, and the secret stored encrypted."""
-    from deployments import crypto
+    from controlplane import crypto
     from deployments.reconcile import API_KEY_NAME
 
     return API_KEY_NAME, crypto.decrypt_str(deployment.api_secret_encrypted)
@@ -1647,7 +1647,7 @@ def channel_create(
     enabled: bool = True,
 ) -> tuple[NotificationChannel, str | None]:
     """Create a channel; a webhook's signing secret is returned here, once, and never shown again."""
-    from deployments import crypto
+    from controlplane import crypto
 
     config = dict(config or {})
     secret = None
@@ -1701,7 +1701,7 @@ def channel_update(
     platform_events: bool | None = None,
     enabled: bool | None = None,
 ) -> NotificationChannel:
-    from deployments import crypto
+    from controlplane import crypto
 
     validated = None
     if config is not None:
@@ -1728,7 +1728,7 @@ def _channel_update_locked(
     channel: NotificationChannel, actor, validated: tuple[dict, str | None] | None, **values
 ) -> NotificationChannel:
     """channel_update's writes, under the channel's row lock; `validated` is (config, new PagerDuty key or None)."""
-    from deployments import crypto
+    from controlplane import crypto
 
     channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
     changes: dict = {}
@@ -1822,7 +1822,7 @@ def _text_of(payload: dict) -> tuple[str, str]:
 
 
 def _send(channel: NotificationChannel, delivery: Delivery) -> senders.DeliveryResult:
-    from deployments import crypto
+    from controlplane import crypto
 
     payload = delivery.payload
     if channel.type == NotificationChannel.Type.EMAIL:

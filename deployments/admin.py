@@ -9,7 +9,8 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from audit.admin_mixins import AuditedModelAdmin
-from deployments import crypto, services
+from controlplane import crypto
+from deployments import services
 from deployments.models import (
     AclRule,
     Deployment,

@@ -11,13 +11,12 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import Iterator
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from deployments import crypto
+from controlplane import crypto, db
 from deployments.drivers.base import (
     AclEntry,
     BrokerSpec,
@@ -42,8 +41,6 @@ from deployments.models import (
 
 logger = logging.getLogger(__name__)
 
-# High half of the 64-bit advisory lock key: keeps our keys apart from any other user of advisory locks.
-LOCK_NAMESPACE = 0x4D515454  # "MQTT"
 API_KEY_NAME = "controlplane"
 
 # Which billable bucket each observed status belongs to. A broker being reconfigured or on its way down still runs;
@@ -148,25 +145,11 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
 # -- mutual exclusion -------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def deployment_lock(deployment_id: int) -> Iterator[bool]:
-    """Yields whether this process holds the deployment's reconcile lock.
-
-    A session-level advisory lock on a connection of its own: it is held across the driver call without any open
-    transaction, and PostgreSQL drops it the moment our connection dies (a SIGKILLed worker strands nothing). SQLite,
-    the single-worker embedded default, needs none.
-    """
-    if connection.vendor != "postgresql":
-        yield True
-        return
-    lock_connection = connections.create_connection(DEFAULT_DB_ALIAS)
-    try:
-        with lock_connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [(LOCK_NAMESPACE << 32) | (deployment_id & 0xFFFFFFFF)])
-            acquired = bool(cursor.fetchone()[0])
-        yield acquired
-    finally:
-        lock_connection.close()  # ends the session, which releases the lock
+def deployment_lock(deployment_id: int) -> contextlib.AbstractContextManager[bool]:
+    """Whether this process holds the deployment's reconcile lock: a session-level advisory lock on a connection of
+    its own, held across the driver call without any open transaction and dropped by PostgreSQL the moment that
+    connection dies (a SIGKILLed worker strands nothing)."""
+    return db.session_try_lock(db.LockSpace.RECONCILE, deployment_id)
 
 
 # -- the reconcile -----------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 from django.db.models.functions import Now
 
-from deployments import crypto
+from controlplane import crypto
 from deployments.drivers.local import RATE_LIMIT_LEVELS, honoured_rate_limits
 from deployments.models import (
     OPEN_MAINTENANCE_STATES,

@@ -19,8 +19,9 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from audit.services import audit_record
+from controlplane import crypto
 from controlplane.api.problems import Conflict
-from deployments import crypto, pricing
+from deployments import pricing
 from deployments.drivers.base import RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (

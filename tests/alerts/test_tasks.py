@@ -365,7 +365,7 @@ def test_emqx_collector_stores_samples_when_kubernetes_deployment_collected(owne
     region = Region.objects.create(code="k8s-test", display_name="K8s", provider="aws", driver="kubernetes")
     fake = EmqxMonitorFake(key="controlplane", secret="s3cret-value").start()
     try:
-        from deployments import crypto
+        from controlplane import crypto
 
         Deployment.objects.filter(pk=deployment.pk).update(
             region=region,

@@ -3,7 +3,8 @@
 import pytest
 from django.core.management import call_command
 
-from deployments import crypto, manifests
+from controlplane import crypto
+from deployments import manifests
 from deployments import reconcile as reconcile_module
 from deployments.drivers.kubernetes import KubernetesDriver
 from deployments.emqx_api import EmqxApi

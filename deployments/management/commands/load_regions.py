@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from audit.services import audit_record
-from deployments import crypto
+from controlplane import crypto
 from deployments.models import Region, Tier
 
 KNOWN_KEYS = {

@@ -1,4 +1,5 @@
-"""Field encryption for secrets the control plane must read back (kubeconfigs, broker credentials): Fernet.
+"""Field encryption for secrets the control plane must read back (kubeconfigs, broker credentials, webhook secrets,
+stored API responses, private keys): Fernet.
 
 Keys come from settings.FIELD_ENCRYPTION_KEYS (newest first, so old tokens still decrypt after a rotation); outside
 production a key derived from SECRET_KEY stands in. It never logs or returns a plaintext it was not asked for.
@@ -32,5 +33,17 @@ def decrypt_str(token: str) -> str:
         return ""
     try:
         return _fernet().decrypt(token.encode("ascii")).decode("utf-8")
+    except InvalidToken:
+        raise ValueError("cannot decrypt: the token was made with a key that is not configured") from None
+
+
+def encrypt_bytes(plaintext: bytes) -> bytes:
+    return _fernet().encrypt(plaintext)
+
+
+def decrypt_bytes(token: bytes) -> bytes:
+    """The plaintext of `token`. Raises ValueError when no configured key opens it."""
+    try:
+        return _fernet().decrypt(bytes(token))
     except InvalidToken:
         raise ValueError("cannot decrypt: the token was made with a key that is not configured") from None

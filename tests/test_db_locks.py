@@ -1,0 +1,38 @@
+"""Advisory locks: one key layout, and a session lock that a second holder cannot take."""
+
+import pytest
+from django.db import transaction
+
+from controlplane import db
+
+
+def test_lock_key_puts_space_high_and_id_low_when_id_is_wider_than_32_bits():
+    key = db.lock_key(db.LockSpace.RECONCILE, (1 << 40) + 7)
+    assert key >> 32 == db.LockSpace.RECONCILE
+    assert key & 0xFFFFFFFF == 7
+
+
+def test_lock_spaces_are_distinct_when_listed():
+    values = [space.value for space in db.LockSpace]
+    assert len(values) == len(set(values))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_session_lock_refuses_second_holder_when_first_still_holds_it():
+    with db.session_try_lock(db.LockSpace.RECONCILE, 42) as first:
+        assert first
+        with db.session_try_lock(db.LockSpace.RECONCILE, 42) as second:
+            assert not second
+        with db.session_try_lock(db.LockSpace.RECONCILE, 43) as other:
+            assert other
+    with db.session_try_lock(db.LockSpace.RECONCILE, 42) as again:
+        assert again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_xact_lock_needs_a_transaction_when_called_outside_one():
+    with pytest.raises(RuntimeError):
+        db.xact_lock(db.LockSpace.INVOICE_CLOSE, 202604)
+    with transaction.atomic():
+        db.xact_lock(db.LockSpace.INVOICE_CLOSE, 202604)
+        assert db.xact_try_lock(db.LockSpace.INVOICE_CLOSE, 202605)
