@@ -1,20 +1,29 @@
-"""Settings, all read from the environment (django-environ).
+"""Settings, all read from the environment (django-environ), and from the checkout's `.env` where one exists.
 
 CONTROLPLANE_ENV picks the safety level: `production` (the default, so a forgotten variable fails closed),
-`development` (what `make run` sets) or `test` (what `make test` sets). Production refuses to start without a
-SECRET_KEY or with DEBUG on.
+`development` (what `make run` writes into `.env`) or `test` (what `make test` sets). Production refuses to start
+without a SECRET_KEY or with DEBUG on. One database engine everywhere: PostgreSQL, named by DATABASE_URL.
 """
 
+import os
 from pathlib import Path
+from typing import Any
 
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(environ.Env().str("CONTROLPLANE_VAR_DIR", default=str(BASE_DIR / "var")))
+
+# `make run` writes a development `.env` into the checkout so `manage.py` commands reach the same database and Redis.
+# Variables already in the environment win over the file; CONTROLPLANE_ENV_FILE names another file, or none when
+# empty (the test and benchmark scripts, which must not depend on a developer's local state).
+ENV_FILE = os.environ.get("CONTROLPLANE_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 env = environ.Env()
+VAR_DIR = Path(env.str("CONTROLPLANE_VAR_DIR", default=str(BASE_DIR / "var")))
 ENVIRONMENT = env.str("CONTROLPLANE_ENV", default="production")
 if ENVIRONMENT not in {"production", "development", "test"}:
     raise ImproperlyConfigured(f"CONTROLPLANE_ENV must be production, development or test, not {ENVIRONMENT!r}")
@@ -89,16 +98,20 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if not env.str("DATABASE_URL", default=""):
+    raise ImproperlyConfigured(
+        "DATABASE_URL is required (postgres://user:password@host:port/name). In a checkout, `make run` starts a "
+        "local PostgreSQL and writes its URL into .env; `make test` starts a throwaway one."
+    )
+DATABASES: dict[str, dict[str, Any]] = {"default": dict(env.db("DATABASE_URL"))}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    # Advisory locks, row locks with SKIP LOCKED, COPY and ON CONFLICT are used as PostgreSQL defines them.
+    raise ImproperlyConfigured(
+        "DATABASE_URL must name a PostgreSQL database (postgres://…): no other engine is supported"
+    )
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 # PgBouncer in transaction mode cannot hold server-side cursors across statements.
 DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DISABLE_SERVER_SIDE_CURSORS", default=False)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # SQLite is the single-process embedded default: WAL lets the worker and the web process share it.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
-    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")

@@ -9,6 +9,7 @@ scripts/bootstrap.sh test
 source scripts/services.sh
 services_start
 export CONTROLPLANE_ENV=test
+export CONTROLPLANE_ENV_FILE=  # a developer's .env (from make run) must not leak into the suite
 export CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"
 mkdir -p "$CONTROLPLANE_VAR_DIR" && chmod 755 "$CONTROLPLANE_VAR_DIR"
 set +e
