@@ -6,7 +6,6 @@ stage); each rule is also run against a bad Dockerfile to show it can fail.
 
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
