@@ -1,7 +1,7 @@
 """The URL map: the REST API under /api/v1, its schema and docs, the console, the admin, probes."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
@@ -9,6 +9,7 @@ from audit.api import AuditEventViewSet
 from billing.api import stripe_webhook
 from controlplane import health
 from controlplane.api.meta import RateLimitsView
+from controlplane.api.problems import api_not_found
 from controlplane.metrics import metrics_view
 from organizations.api import (
     ApiKeyViewSet,
@@ -50,6 +51,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    re_path(r"^api/", api_not_found),  # last of /api/: an unmatched API path is a problem+json 404, never HTML
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

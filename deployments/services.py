@@ -21,6 +21,7 @@ from rest_framework import exceptions
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.api.problems import Conflict
+from controlplane.tasks import publish
 from deployments import pricing
 from deployments.drivers.base import RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
@@ -73,7 +74,7 @@ def enqueue_reconcile(deployment_id: int) -> None:
     def send():
         from deployments.tasks import reconcile
 
-        reconcile.apply_async((deployment_id,))
+        publish(reconcile, deployment_id)
 
     transaction.on_commit(send, robust=True)
 

@@ -31,6 +31,7 @@ class RateLimitBucketSerializer(serializers.Serializer):
             response_only=True,
             value={
                 "enabled": True,
+                "degraded": False,
                 "buckets": [
                     {
                         "level": "platform",
@@ -63,6 +64,9 @@ class RateLimitBucketSerializer(serializers.Serializer):
 )
 class RateLimitsSerializer(serializers.Serializer):
     enabled = serializers.BooleanField()
+    degraded = serializers.BooleanField(
+        help_text="True while the shared store (Redis) is unreachable and each web process counts on its own."
+    )
     buckets = RateLimitBucketSerializer(many=True)
 
 
@@ -91,6 +95,7 @@ class RateLimitsView(RateLimitHeadersMixin, APIView):
         return Response(
             {
                 "enabled": settings.RATE_LIMITS_ENABLED,
+                "degraded": ratelimit.degraded(),
                 "buckets": [
                     {
                         "level": s.bucket.level,

@@ -10,6 +10,7 @@ import math
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -161,6 +162,25 @@ def exception_handler(exc, ctx):
         headers=headers,
         content_type=PROBLEM_CONTENT_TYPE,
     )
+
+
+@csrf_exempt  # a POST to a wrong API URL is a 404, not a CSRF failure page
+def api_not_found(request):
+    """Every path under /api/ that no route matched: a problem+json 404 in every environment, DEBUG included (Django's
+    debug 404 page is HTML). A GET that only lacks its trailing slash is redirected, as CommonMiddleware would."""
+    from django.conf import settings
+    from django.http import HttpResponsePermanentRedirect
+    from django.urls import Resolver404, resolve
+
+    path = request.path_info
+    if settings.APPEND_SLASH and request.method in ("GET", "HEAD") and not path.endswith("/"):
+        try:
+            match = resolve(path + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not api_not_found:
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+    return problem_response(404, detail="No resource at this URL.")
 
 
 def handler404(request, exception=None):

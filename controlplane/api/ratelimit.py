@@ -2,11 +2,14 @@
 
 One Lua script checks every bucket of a request and takes a token from all of them or from none, so concurrent
 requests on any number of web processes can never overdraw a bucket. Buckets refill continuously (Redis' own clock).
+When Redis is unreachable the same buckets are kept per process (looser by the number of processes, never open):
+a Redis outage must not turn every API call into an error. `/readyz` and `/metrics` say when that happens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -14,6 +17,11 @@ import time
 import redis
 from django.conf import settings
 from rest_framework.throttling import BaseThrottle
+
+from controlplane import metrics
+from controlplane.outage import Breaker
+
+logger = logging.getLogger(__name__)
 
 _SCRIPT = """
 local now_parts = redis.call('TIME')
@@ -52,14 +60,35 @@ _client_lock = threading.Lock()
 _client: redis.Redis | None = None
 _script = None
 
+# After a failure, requests skip Redis for REDIS_OUTAGE_RETRY_SECONDS: a frozen Redis costs one timeout per process
+# per period, not one per request.
+redis_breaker = Breaker("ratelimit-redis", open_seconds=lambda: float(settings.REDIS_OUTAGE_RETRY_SECONDS))
+
 
 def _redis():
     global _client, _script
     with _client_lock:
         if _client is None:
-            _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+            timeout = settings.RATE_LIMIT_REDIS_TIMEOUT_SECONDS
+            _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
             _script = _client.register_script(_SCRIPT)
     return _client, _script
+
+
+def reset_client() -> None:
+    """Forget the Redis client and any remembered outage (settings changed: tests, a reloaded process)."""
+    global _client, _script
+    with _client_lock:
+        if _client is not None:
+            _client.close()
+        _client = _script = None
+    redis_breaker.reset()
+    metrics.RATELIMIT_FALLBACK.set(0)
+
+
+def degraded() -> bool:
+    """True while this process counts rate limits on its own because Redis failed."""
+    return redis_breaker.failing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,17 +137,89 @@ class Decision:
         }
 
 
-def take(buckets: list[Bucket], *, cost: int = 1) -> Decision:
-    """Take `cost` tokens from every bucket, or from none if any is short. cost=0 only reads."""
+class LocalBuckets:
+    """The Lua script's token buckets in this process's memory, for while Redis is unreachable.
+
+    Bounded: past `max_keys` buckets, those that have refilled completely (indistinguishable from new ones) are
+    forgotten, then the least recently used, so unknown callers cannot grow it without limit.
+    """
+
+    def __init__(self, max_keys: int = 50_000) -> None:
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[float, float, Bucket]] = {}  # key -> (tokens, monotonic time, bucket)
+
+    def take(self, buckets: list[Bucket], *, cost: int = 1) -> Decision:
+        now = time.monotonic()
+        with self._lock:
+            tokens = []
+            for bucket in buckets:
+                held, at, _ = self._state.get(bucket.key, (bucket.capacity, now, bucket))
+                tokens.append(min(bucket.capacity, held + max(0.0, now - at) * bucket.refill_per_second))
+            allowed = all(t >= cost for t in tokens)
+            states = []
+            for bucket, t in zip(buckets, tokens):
+                if allowed:
+                    t -= cost
+                if cost > 0:
+                    self._state.pop(bucket.key, None)  # re-insert: dict order is least recently used first
+                    self._state[bucket.key] = (t, now, bucket)
+                states.append(BucketState(bucket, t))
+            if len(self._state) > self.max_keys:
+                self._prune(now)
+        return Decision(allowed=allowed, states=tuple(states))
+
+    def _prune(self, now: float) -> None:
+        for key, (held, at, bucket) in list(self._state.items()):
+            if held + (now - at) * bucket.refill_per_second >= bucket.capacity:
+                del self._state[key]
+        for key in list(self._state)[: max(0, len(self._state) - self.max_keys // 2)]:
+            del self._state[key]
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._state.clear()
+
+
+local_buckets = LocalBuckets()
+
+
+def _take_in_redis(buckets: list[Bucket], cost: int) -> Decision:
     _, script = _redis()
     keys = [f"ratelimit:{b.key}" for b in buckets]
-    args = [cost]
+    args: list[float] = [cost]
     for b in buckets:
         args += [b.capacity, b.refill_per_second]
     result = script(keys=keys, args=args)
     allowed = int(result[0]) == 1
     states = tuple(BucketState(b, float(v)) for b, v in zip(buckets, result[1:]))
     return Decision(allowed=allowed, states=states)
+
+
+def take(buckets: list[Bucket], *, cost: int = 1) -> Decision:
+    """Take `cost` tokens from every bucket, or from none if any is short. cost=0 only reads.
+
+    In Redis while it answers; in this process's buckets while it does not (`degraded()`), retrying Redis every
+    REDIS_OUTAGE_RETRY_SECONDS.
+    """
+    if redis_breaker.allow():
+        try:
+            decision = _take_in_redis(buckets, cost)
+        except redis.RedisError as exc:
+            if redis_breaker.failed():
+                metrics.RATELIMIT_FALLBACK.set(1)
+                logger.error("rate limits: Redis unreachable (%s); counting per process until it answers", exc)
+        else:
+            if redis_breaker.succeeded():
+                metrics.RATELIMIT_FALLBACK.set(0)
+                local_buckets.clear()
+                logger.warning("rate limits: Redis answers again; buckets are shared again")
+            return decision
+    metrics.RATELIMIT_FALLBACK_DECISIONS.inc()
+    return local_buckets.take(buckets, cost=cost)
 
 
 # Organization overrides are read from the database at most every 30 s per process.
