@@ -1,7 +1,7 @@
 """The URL map: the REST API under /api/v1, its schema and docs, the console, the admin, probes."""
 
 from django.contrib import admin
-from django.urls import include, path, re_path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
@@ -34,7 +34,7 @@ org_router.register("audit-events", AuditEventViewSet, basename="audit-event")
 organization_detail = OrganizationViewSet.as_view({"get": "retrieve", "patch": "partial_update"})
 organization_transfer = OrganizationViewSet.as_view({"post": "transfer_ownership"})
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("organizations", OrganizationListView.as_view(), name="organization-list"),
     path("organizations/<str:org>", organization_detail, name="organization-detail"),
     path("organizations/<str:org>/transfer-ownership", organization_transfer, name="organization-transfer"),

@@ -62,7 +62,7 @@ def _env_pairs(args: str) -> list[tuple[str, str]]:
     tokens = shlex.split(args)
     if len(tokens) >= 2 and "=" not in tokens[0]:
         return [(tokens[0], " ".join(tokens[1:]))]  # legacy `ENV NAME value`
-    return [tuple(t.split("=", 1)) if "=" in t else (t, "") for t in tokens]
+    return [(t.partition("=")[0], t.partition("=")[2]) for t in tokens]
 
 
 def problems(stages: list[Stage], dockerignore: str) -> list[str]:

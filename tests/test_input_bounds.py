@@ -64,7 +64,7 @@ def _integer_fields(serializer: serializers.Serializer, prefix: str = ""):
             continue
         path = f"{prefix}{name}"
         many = isinstance(field, (serializers.ListSerializer, serializers.ListField))
-        inner = field.child if many else field
+        inner = getattr(field, "child", None) if many else field
         if isinstance(inner, serializers.Serializer):
             for sub_path, sub_field, wrap in _integer_fields(inner, f"{path}.0." if many else f"{path}."):
                 yield sub_path, sub_field, (lambda v, n=name, m=many, w=wrap: {n: [w(v)] if m else w(v)})

@@ -88,4 +88,3 @@ def test_env_file_is_read_and_the_environment_wins_when_both_set_a_value(tmp_pat
         "answer ('development', 'from-the-file-0123456789-abcdefghijklmnopqrstuvwxyz', "
         "'redis://127.0.0.1:6999/3', 'from_env')"
     ], result.stdout + result.stderr
-

@@ -19,9 +19,9 @@ import time
 
 import pytest
 import requests
+from prometheus_client import REGISTRY
 
 from controlplane.api import ratelimit
-from controlplane.metrics import REGISTRY
 from tests.celery_worker import REPO, CeleryWorker, _database_url, broker_pids
 
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -57,12 +57,21 @@ class RedisServer:
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not running"
+        return self.proc.pid
+
     def freeze(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """Stopped for good, as a crash would: nothing it held (queued tasks included) survives."""
-        os.kill(self.proc.pid, signal.SIGKILL)
+        os.kill(self.pid, signal.SIGKILL)
+        assert self.proc is not None
         self.proc.wait()
         self.proc = None
 
@@ -253,7 +262,7 @@ def test_publish_gives_up_within_seconds_when_broker_is_frozen(private_redis, fr
     assert publish(noop, 2) is False
     assert time.monotonic() - started < 5, "publishing to a frozen broker must not hang the request"
     assert _sample("controlplane_task_broker_unreachable") == 1.0
-    os.kill(private_redis.proc.pid, signal.SIGCONT)
+    private_redis.thaw()
     assert publish(noop, 3) is True and _sample("controlplane_task_broker_unreachable") == 0.0
 
 

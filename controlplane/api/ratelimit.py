@@ -13,9 +13,11 @@ import logging
 import math
 import threading
 import time
+from typing import Any
 
 import redis
 from django.conf import settings
+from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from controlplane import metrics
@@ -58,14 +60,14 @@ return out
 
 _client_lock = threading.Lock()
 _client: redis.Redis | None = None
-_script = None
+_script: Any = None  # redis-py's Script: called with keys and args, answers the Lua result
 
 # After a failure, requests skip Redis for REDIS_OUTAGE_RETRY_SECONDS: a frozen Redis costs one timeout per process
 # per period, not one per request.
 redis_breaker = Breaker("ratelimit-redis", open_seconds=lambda: float(settings.REDIS_OUTAGE_RETRY_SECONDS))
 
 
-def _redis():
+def _redis() -> tuple[redis.Redis, Any]:
     global _client, _script
     with _client_lock:
         if _client is None:
@@ -222,29 +224,33 @@ def take(buckets: list[Bucket], *, cost: int = 1) -> Decision:
     return local_buckets.take(buckets, cost=cost)
 
 
-# Organization overrides are read from the database at most every 30 s per process.
-_overrides: dict[str, tuple[float, dict]] = {}
+# Organization overrides ({level: [capacity, refill per second]}) are read from the database at most every 30 s per
+# process.
+Overrides = dict[str, Any]
+_overrides: dict[str, tuple[float, Overrides]] = {}
 
 
-def _organization_overrides(org_public_id: str) -> dict:
+def _organization_overrides(org_public_id: str) -> Overrides:
     cached = _overrides.get(org_public_id)
     if cached and cached[0] > time.monotonic():
         return cached[1]
     from organizations.models import Organization
 
-    value = Organization.objects.filter(public_id=org_public_id).values_list("rate_limits", flat=True).first() or {}
+    value: Overrides = (
+        Organization.objects.filter(public_id=org_public_id).values_list("rate_limits", flat=True).first() or {}
+    )
     if len(_overrides) > 10_000:  # unknown ids in URLs must not grow this without bound
         _overrides.clear()
     _overrides[org_public_id] = (time.monotonic() + 30, value)
     return value
 
 
-def _limits(level: str, overrides: dict) -> tuple[float, float]:
+def _limits(level: str, overrides: Overrides) -> tuple[float, float]:
     capacity, rate = overrides.get(level) or settings.RATE_LIMITS[level]
     return float(capacity), float(rate)
 
 
-def buckets_for(request, view) -> list[Bucket]:
+def buckets_for(request: Request, view: Any) -> list[Bucket]:
     from controlplane.middleware import client_ip
 
     org = (getattr(view, "kwargs", None) or {}).get("org")
@@ -254,8 +260,9 @@ def buckets_for(request, view) -> list[Bucket]:
         buckets.append(Bucket("organization", f"org:{org}", *_limits("organization", overrides)))
     auth = getattr(request, "auth", None)
     user = getattr(request, "user", None)
-    if getattr(auth, "prefix", None):
-        principal = f"key:{auth.prefix}"
+    key_prefix = getattr(auth, "prefix", None)  # an API key authenticated the request
+    if key_prefix:
+        principal = f"key:{key_prefix}"
     elif user is not None and user.is_authenticated:
         principal = f"user:{user.pk}"
     else:
@@ -267,14 +274,16 @@ def buckets_for(request, view) -> list[Bucket]:
 class HierarchicalRateThrottle(BaseThrottle):
     """DRF throttle over the three buckets; the base view copies the decision into RateLimit-* headers."""
 
-    def allow_request(self, request, view):
+    _wait: int | None = None
+
+    def allow_request(self, request: Request, view: Any) -> bool:
         if not settings.RATE_LIMITS_ENABLED:
             return True
         decision = take(buckets_for(request, view))
-        request._rate_limit = decision
+        request._rate_limit = decision  # type: ignore[attr-defined]  # read by RateLimitHeadersMixin
         short = [state.retry_after for state in decision.states if state.remaining < 1]
         self._wait = max(short) if not decision.allowed and short else None
         return decision.allowed
 
-    def wait(self):
+    def wait(self) -> int | None:
         return self._wait
