@@ -72,65 +72,72 @@ class IdempotencyMiddleware:
                 detail="Idempotency-Key must be 1 to 255 printable characters.",
                 errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}],
             )
-        scope = _scope(request)
-        if scope is None:
-            return None
-        fingerprint = hashlib.sha256(
-            b"\n".join([request.method.encode(), request.get_full_path().encode(), request.body])
-        ).hexdigest()
-        expired_before = timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
-        IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=expired_before).delete()
-        try:
-            with transaction.atomic():
-                record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
-        except IntegrityError:
-            return self._duplicate(scope, key, fingerprint)
+        return run_once(request, key, lambda: view_func(request, *view_args, **view_kwargs))
 
-        try:
-            response = view_func(request, *view_args, **view_kwargs)
-            if hasattr(response, "render") and callable(response.render):
-                response = response.render()
-        except BaseException:
-            record.delete()
-            raise
-        if response.status_code >= 500 or response.status_code in (401, 429) or response.streaming:
-            record.delete()  # the operation did not (reliably) run: let the client retry with the same key
-            return response
-        record.completed = True
-        record.status_code = response.status_code
-        record.headers = {name: response[name] for name in KEPT_HEADERS if name in response}
-        record.body = response.content
-        record.save(update_fields=["completed", "status_code", "headers", "body"])
+
+def run_once(request, key: str, call, *, problem=problem_response):
+    """Run `call()` (which answers the request) at most once per (caller, key) within the TTL, and replay its response
+    to duplicates. The API passes the Idempotency-Key header; the console a key rendered into each form. `problem`
+    builds the answers for a reused key or a first attempt still running (problem+json for the API, a page for the
+    console); it takes (status, title, detail, errors=..., code=...)."""
+    scope = _scope(request)
+    if scope is None:
+        return call()
+    fingerprint = hashlib.sha256(
+        b"\n".join([request.method.encode(), request.get_full_path().encode(), request.body])
+    ).hexdigest()
+    expired_before = timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
+    IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=expired_before).delete()
+    try:
+        with transaction.atomic():
+            record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
+    except IntegrityError:
+        return _duplicate(scope, key, fingerprint, problem)
+
+    try:
+        response = call()
+        if hasattr(response, "render") and callable(response.render):
+            response = response.render()
+    except BaseException:
+        record.delete()
+        raise
+    if response.status_code >= 500 or response.status_code in (401, 429) or response.streaming:
+        record.delete()  # the operation did not (reliably) run: let the client retry with the same key
         return response
+    record.completed = True
+    record.status_code = response.status_code
+    record.headers = {name: response[name] for name in KEPT_HEADERS if name in response}
+    record.body = response.content
+    record.save(update_fields=["completed", "status_code", "headers", "body"])
+    return response
 
-    def _duplicate(self, scope: str, key: str, fingerprint: str):
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            record = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
-            if record is None:
-                return problem_response(
-                    409,
-                    detail="The first request with this Idempotency-Key failed; retry it.",
-                    code="idempotency-retry",
-                )
-            if record.fingerprint != fingerprint:
-                return problem_response(
-                    422,
-                    "Idempotency-Key reused",
-                    "This Idempotency-Key was used with a different request body or path.",
-                    errors=[
-                        {"field": "Idempotency-Key", "message": "Already used for another request.", "code": "reused"}
-                    ],
-                    code="idempotency-key-reused",
-                )
-            if record.completed:
-                return _replay(record)
-            if time.monotonic() > deadline:
-                response = problem_response(
-                    409,
-                    detail="A request with this Idempotency-Key is still in progress.",
-                    code="idempotency-in-progress",
-                )
-                response["Retry-After"] = "1"
-                return response
-            time.sleep(0.05)
+
+def _duplicate(scope: str, key: str, fingerprint: str, problem):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        record = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
+        if record is None:
+            return problem(
+                409,
+                detail="The first request with this Idempotency-Key failed; retry it.",
+                code="idempotency-retry",
+            )
+        if record.fingerprint != fingerprint:
+            return problem(
+                422,
+                "Idempotency-Key reused",
+                "This Idempotency-Key was used with a different request body or path.",
+                errors=[{"field": "Idempotency-Key", "message": "Already used for another request.", "code": "reused"}],
+                code="idempotency-key-reused",
+            )
+        if record.completed:
+            return _replay(record)
+        if time.monotonic() > deadline:
+            response = problem(
+                409,
+                detail="A request with this Idempotency-Key is still in progress.",
+                code="idempotency-in-progress",
+            )
+            response["Retry-After"] = "1"
+            return response
+        time.sleep(0.05)
