@@ -40,3 +40,8 @@ def once(view):
         )
 
     return wrapper
+
+
+def posted(request):
+    """The POST data of a POST (even an empty one, which must fail validation rather than read as no submit)."""
+    return request.POST if request.method == "POST" else None

@@ -9,10 +9,12 @@ for it (the unique row is the lock), then replays.
 import datetime
 import hashlib
 import time
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse
+from django.http.request import RawPostDataException
 from django.utils import timezone
 
 from controlplane.api.problems import problem_response
@@ -31,6 +33,14 @@ def _scope(request) -> str | None:
     if user is not None and user.is_authenticated:
         return hashlib.sha256(f"user:{user.pk}".encode()).hexdigest()
     return None  # anonymous calls (sign-up, invitation acceptance) have nothing to scope a key to
+
+
+def _body(request) -> bytes:
+    """The request's bytes; for a multipart form already parsed (its stream consumed), its fields in order."""
+    try:
+        return request.body
+    except RawPostDataException:
+        return urlencode(sorted(request.POST.lists()), doseq=True).encode()
 
 
 def _replay(record: IdempotencyRecord) -> HttpResponse:
@@ -84,7 +94,7 @@ def run_once(request, key: str, call, *, problem=problem_response):
     if scope is None:
         return call()
     fingerprint = hashlib.sha256(
-        b"\n".join([request.method.encode(), request.get_full_path().encode(), request.body])
+        b"\n".join([request.method.encode(), request.get_full_path().encode(), _body(request)])
     ).hexdigest()
     expired_before = timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
     IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=expired_before).delete()

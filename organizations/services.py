@@ -160,7 +160,9 @@ def invitation_create(
         invited_by=access.acting_user(actor),
         expires_at=timezone.now() + INVITATION_TTL,
     )
-    invitation.full_clean()
+    # `roles` was checked above and may be empty (an invitation with project grants only); the model's blank rule
+    # would refuse that.
+    invitation.full_clean(exclude=["roles"])
     invitation.save()
     audit_record(
         actor=actor,

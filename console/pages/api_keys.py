@@ -14,6 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from console import errors, selectors, tenancy
 from console.forms import ApiKeyCreateForm, ApiKeyRotateForm
 from console.once import once
+from console.once import posted as _posted
 from organizations import access, services
 from organizations.models import ApiKey
 from organizations.roles import Role
@@ -46,7 +47,7 @@ def api_keys(request, org_id):
     console.crumb("API keys")
     can_write = console.can("apikey:write")
     form = ApiKeyCreateForm(
-        request.POST or None, roles=_key_roles(console) if can_write else [], projects=console.projects, prefix="new"
+        _posted(request), roles=_key_roles(console) if can_write else [], projects=console.projects, prefix="new"
     )
     status = 200
     if request.method == "POST":
@@ -95,7 +96,7 @@ def api_key_rotate(request, org_id, key_id):
     console = tenancy.for_organization(request, org_id, section="api-keys")
     console.require("apikey:write")
     key = _key(console, key_id)
-    form = ApiKeyRotateForm(request.POST or None)
+    form = ApiKeyRotateForm(_posted(request))
     status = 200
     if request.method == "POST":
         if form.is_valid():

@@ -35,6 +35,7 @@ from console.forms import (
     RateLimitsForm,
 )
 from console.once import once
+from console.once import posted as _posted
 from deployments import selectors as deployment_selectors
 from deployments import services
 from deployments.models import AclRule, DeploymentEvent, MqttUser, Operation, Plan, Region, Tier
@@ -277,7 +278,7 @@ def _configure_allowed(console):
 def mqtt_users(request, org_id, project_id, dep_id):
     console = tenancy.for_deployment(request, org_id, project_id, dep_id)
     deployment = console.deployment
-    form = MqttUserForm(request.POST or None, prefix="new")
+    form = MqttUserForm(_posted(request), prefix="new")
     status = 200
     if request.method == "POST":
         console.require_in_project("deployment:configure")
@@ -366,7 +367,7 @@ def mqtt_user_delete(request, org_id, project_id, dep_id, user_id):
 def acl(request, org_id, project_id, dep_id):
     console = tenancy.for_deployment(request, org_id, project_id, dep_id)
     deployment = console.deployment
-    form = AclRuleForm(request.POST or None, prefix="new")
+    form = AclRuleForm(_posted(request), prefix="new")
     status = 200
     if request.method == "POST":
         console.require_in_project("deployment:configure")
@@ -491,7 +492,7 @@ def rate_limits(request, org_id, project_id, dep_id):
         for p in deployment_selectors.rate_limit_list(deployment=deployment)
         for field, _ in RATE_FIELDS
     }
-    form = RateLimitsForm(request.POST or None, initial=initial)
+    form = RateLimitsForm(_posted(request), initial=initial)
     status = 200
     if request.method == "POST":
         console.require_in_project("deployment:configure")

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from console import errors, selectors, tenancy
 from console.forms import InvitationForm, MemberForm
 from console.once import once
+from console.once import posted as _posted
 from organizations import access, services
 from organizations.models import Invitation, Membership
 from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
@@ -75,7 +76,7 @@ def members(request, org_id):
     can_write = console.can("member:write")
     roles = grantable_roles(console) if can_write else []
     projects = _grantable_projects(console, roles)
-    form = InvitationForm(request.POST or None, roles=roles, projects=projects, prefix="invite")
+    form = InvitationForm(_posted(request), roles=roles, projects=projects, prefix="invite")
     status = 200
     if request.method == "POST":
         console.require("member:write")
@@ -146,7 +147,7 @@ def member_edit(request, org_id, member_id):
     grants = {g.project_id: g.role for g in membership.grants.all()}
     initial = {"roles": [r for r in membership.roles if r in org_offered]}
     initial.update({f"grant_{p.public_id}": grants.get(p.pk, "") for p in projects})
-    form = MemberForm(request.POST or None, roles=org_offered, projects=projects, initial=initial)
+    form = MemberForm(_posted(request), roles=org_offered, projects=projects, initial=initial)
     status = 200
     if request.method == "POST":
         if form.is_valid():

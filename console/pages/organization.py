@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from console import errors, selectors, tenancy
 from console.forms import OrganizationRenameForm, TransferOwnershipForm
 from console.once import once
+from console.once import posted as _posted
 from organizations import services
 from organizations.models import Membership
 
@@ -27,7 +28,7 @@ def settings_page(request, org_id):
     if not (console.can("org:write") or console.can("org:transfer")):
         console.require("org:write")
     console.crumb("Settings")
-    form = OrganizationRenameForm(request.POST or None, initial={"name": console.organization.name}, prefix="org")
+    form = OrganizationRenameForm(_posted(request), initial={"name": console.organization.name}, prefix="org")
     status = 200
     if request.method == "POST":
         console.require("org:write")

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from console import errors, selectors, tenancy
 from console.forms import ProjectForm, ProjectUpdateForm
 from console.once import once
+from console.once import posted as _posted
 from organizations import access
 from projects import services
 
@@ -36,7 +37,7 @@ def switch(request):
 def organization(request, org_id):
     console = tenancy.for_organization(request, org_id, section="projects")
     can_create = console.can("project:write")
-    form = ProjectForm(request.POST or None, prefix="new")
+    form = ProjectForm(_posted(request), prefix="new")
     status = 200
     if request.method == "POST":
         console.require("project:write")
@@ -99,7 +100,7 @@ def project_settings(request, org_id, project_id):
     console.require("project:write")
     console.crumb("Settings")
     project = console.project
-    form = ProjectUpdateForm(request.POST or None, initial={"name": project.name, "description": project.description})
+    form = ProjectUpdateForm(_posted(request), initial={"name": project.name, "description": project.description})
     status = 200
     if request.method == "POST":
         if form.is_valid():

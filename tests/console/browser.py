@@ -99,11 +99,11 @@ class ConsolePage:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.site.test}-{self.site.shots:02d}-{self.name}-{label}")
         return directory / f"{safe}.png"
 
-    def check(self, label: str, *, axe: bool = True) -> list[dict]:
+    def check(self, label: str, *, axe: bool = True, full_page: bool = True) -> list[dict]:
         """Screenshot the page as it is now, then fail on any serious or critical axe-core violation (and on any
         CSP violation, script error or foreign request seen so far)."""
         self.page.wait_for_load_state("load")
-        self.page.screenshot(path=str(self.screenshot_path(label)), full_page=True)
+        self.page.screenshot(path=str(self.screenshot_path(label)), full_page=full_page)
         self.assert_clean()
         if not axe:
             return []
