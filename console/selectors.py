@@ -7,14 +7,33 @@ through console.tenancy). A page's query count must not grow with its rows: thes
 from __future__ import annotations
 
 from django.db.models import Count, Prefetch, Q
+from django.urls import reverse
 
 from audit.models import AuditEvent
 from billing.models import AnnualSubscription, SubscriptionStatus
-from deployments import selectors as deployment_selectors
-from deployments.models import DesiredState, Operation
+from deployments.models import Deployment, DesiredState, Operation
 from deployments.pricing import DEFAULT_CURRENCY, PriceBook
 from organizations.models import ApiKey, Invitation, Membership
 from projects.models import Project, ProjectGrant
+
+# What the deployment list shows of each row and what `is_converged` reads.
+ROW_FIELDS = (
+    "id",
+    "public_id",
+    "project_id",
+    "name",
+    "plan_id",
+    "tier_id",
+    "region_id",
+    "desired_state",
+    "status",
+    "generation",
+    "observed_generation",
+    "restart_nonce",
+    "observed_restart_nonce",
+    "created_at",
+    "deleted_at",
+)
 
 
 def projects_with_counts(projects: list[Project]) -> list[Project]:
@@ -32,10 +51,16 @@ def projects_with_counts(projects: list[Project]) -> list[Project]:
 def deployment_rows(*, project: Project, include_deleted: bool = False) -> list:
     """A project's deployments as the list shows them: catalog rows joined, the hourly price in its current state
     (from one read of the price book) and, for those on an annual plan, the term's end."""
-    queryset = deployment_selectors.deployment_queryset().filter(project=project)
+    queryset = (
+        Deployment.objects.filter(project=project)
+        .select_related("plan", "tier", "region")
+        .only(*ROW_FIELDS, "plan__name", "plan__code", "tier__code", "region__display_name", "region__code")
+    )
     if not include_deleted:
         queryset = queryset.exclude(desired_state=DesiredState.DELETED, deleted_at__isnull=False)
     rows = list(queryset.order_by("-created_at", "-id"))
+    # The page's own links, built once instead of a URL reversal per row.
+    base = reverse("console:project", args=[project.organization.public_id, project.public_id])
     book = PriceBook(currency=DEFAULT_CURRENCY)
     annual = dict(
         AnnualSubscription.objects.filter(deployment__in=rows, status=SubscriptionStatus.ACTIVE).values_list(
@@ -46,6 +71,7 @@ def deployment_rows(*, project: Project, include_deleted: bool = False) -> list:
         row.project = project
         row.hourly_price = book.hourly(plan_id=row.plan_id, tier_id=row.tier_id, state=row.desired_state)
         row.annual_until = annual.get(row.pk)
+        row.url = f"{base}/d/{row.public_id}"
     return rows
 
 

@@ -22,6 +22,7 @@ def settle(deployment):
     """Mark a deployment as the reconciler leaves it once running (no worker in the test): its operations done."""
     from deployments.models import Deployment, Operation
 
+    deployment.refresh_from_db()
     Operation.objects.filter(deployment=deployment).update(status="succeeded")
     Deployment.objects.filter(pk=deployment.pk).update(
         status="running", observed_generation=deployment.generation, observed_restart_nonce=deployment.restart_nonce

@@ -318,3 +318,27 @@ def test_page_query_counts_do_not_grow_with_rows_when_listing(client, owner):
         project_services.project_create(organization=owner.organization, actor=None, name=f"p{index}")
     after = {path: _count_queries(client, path) for path in paths}
     assert after == before
+
+
+def test_served_htmx_is_the_version_the_licence_note_names_when_installed():
+    """console/static/console/THIRD_PARTY.md names the htmx version and licence we serve; this keeps it true."""
+    import pathlib
+
+    from django.contrib.staticfiles import finders
+
+    served = pathlib.Path(finders.find("django_htmx/htmx-2.min.js")).read_text()
+    version = re.search(r'version:"([0-9.]+)"', served).group(1)
+    note = (pathlib.Path(__file__).resolve().parents[2] / "console/static/console/THIRD_PARTY.md").read_text()
+    assert f"| {version} |" in note
+
+
+def test_lists_and_status_poll_only_while_a_deployment_is_settling(client, owner):
+    plant = deployment(owner.default_project)
+    rows = f"/console/o/{owner.id}/p/{owner.default_project.public_id}/rows"
+    assert 'hx-trigger="every 2s"' in client.get(rows).content.decode()
+    assert 'hx-trigger="every 1s"' in client.get(console_path(plant, "live")).content.decode()
+    assert '<meta http-equiv="refresh"' in client.get(console_path(plant)).content.decode()  # without JavaScript
+    settle(plant)
+    assert "hx-trigger" not in client.get(rows).content.decode()
+    live = client.get(console_path(plant, "live")).content.decode()
+    assert 'hx-trigger="every' not in live and "running" in live
