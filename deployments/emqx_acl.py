@@ -170,7 +170,5 @@ def decide_ordered(entries: Sequence[AclEntry], *, client_id: str, username: str
 
 def decide_emqx(compiled: CompiledAcl, *, client_id: str, username: str, action: str, topic: str):
     """EMQX's: client-id rules, then username rules, then rules for all (emqx_authz_mnesia:authorize/4)."""
-    sequence = (
-        compiled.by_client_id.get(client_id, []) + compiled.by_username.get(username, []) + compiled.for_all
-    )
+    sequence = compiled.by_client_id.get(client_id, []) + compiled.by_username.get(username, []) + compiled.for_all
     return _first_match(sequence, action, topic)

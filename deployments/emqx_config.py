@@ -8,7 +8,6 @@ cluster or a broker, and never see a plaintext password.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 
 from deployments import emqx_versions

@@ -240,7 +240,7 @@ def render_emqx(spec: BrokerSpec) -> dict:
     if spec.region.storage_class:
         claim["storageClassName"] = spec.region.storage_class
     core_spec["volumeClaimTemplates"] = claim
-    if spec.license_key:
+    if spec.license_key:  # render_manifests refuses a spec without one
         # Without a licence EMQX Enterprise runs on its built-in one: 25 sessions, evaluation only, up to 5.8
         # (emqx/emqx e5.8.8 apps/emqx_license/src/emqx_license_schema.erl default_license/0); from 5.9 a
         # single-node community licence that refuses to form a cluster (e5.9.0 apps/emqx_license/include/
@@ -297,14 +297,18 @@ def render_manifests(spec: BrokerSpec) -> list[dict]:
     if not 3 <= len(spec.api_secret) <= 128:
         raise ValueError("api_secret must be 3 to 128 characters")
     emqx_versions.check(spec.version)
+    if not spec.license_key:
+        raise ValueError(
+            "no EMQX Enterprise licence is configured (EMQX_LICENSE_KEY): without one EMQX Enterprise serves 25 "
+            "sessions (5.8) or refuses to form a cluster (5.9 and later), so no tier could be honoured"
+        )
     manifests = [
         render_namespace(spec),
         render_resource_quota(spec),
         render_network_policy(spec),
         render_api_key_secret(spec),
     ]
-    if spec.license_key:
-        manifests.append(render_license_secret(spec))
+    manifests.append(render_license_secret(spec))
     if spec.running:
         manifests.append(render_emqx(spec))
     return manifests

@@ -593,8 +593,11 @@ class Extractor:
         bare = re.sub(r"^(?:emqx_schema|typerefl|hoconsc|emqx_limiter_schema):", "", text)
         if bare in simple:
             return dict(simple[bare])
-        if re.fullmatch(r"(?:emqx_schema:)?(duration|duration_ms|duration_s|timeout_duration|timeout_duration_ms|"
-                        r"timeout_duration_s)\(\)", text):
+        if re.fullmatch(
+            r"(?:emqx_schema:)?(duration|duration_ms|duration_s|timeout_duration|timeout_duration_ms|"
+            r"timeout_duration_s)\(\)",
+            text,
+        ):
             return {"kind": "duration"}
         local_type = re.fullmatch(r"([a-z_]+)\(\)", text)
         if local_type and local_type[1] in module.type_ranges:
