@@ -198,7 +198,16 @@ class FakeKubernetes:
                 "name": key[3],
                 "namespace": namespace,
                 "labels": {"apps.emqx.io/instance": name, "apps.emqx.io/managed-by": "emqx-operator"},
-                "ownerReferences": [{"kind": "EMQX", "name": name, "controller": True}],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps.emqx.io/v2beta1",
+                        "kind": "EMQX",
+                        "name": name,
+                        "uid": emqx["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
                 "uid": str(uuid.uuid4()),
                 "resourceVersion": self.next_version(),
             },
