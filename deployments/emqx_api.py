@@ -44,8 +44,6 @@ class EmqxApi:
         self._session = session or requests.Session()
         self._auth = (api_key, api_secret)
         self._timeout = timeout
-        # The EMQX release behind base_url, when known: some wire formats differ by release.
-        self.version: str | None = None
 
     # -- transport ---------------------------------------------------------------------------------------------
     def _request(
@@ -104,7 +102,8 @@ class EmqxApi:
             # [{user_id, password_hash, salt, is_superuser}] (emqx/emqx v5.8.6 apps/emqx_auth_mnesia/src/
             # emqx_authn_mnesia.erl import_users/3). From 5.5 the `type` query parameter (plain | hash) is required
             # and the answer is 200 with counts; before, it is ignored and the answer is 204
-            # (v5.5.0 vs v5.4.1 apps/emqx_auth/src/emqx_authn/emqx_authn_user_import_api.erl).
+            # (v5.5.0 vs v5.4.1 apps/emqx_auth/src/emqx_authn/emqx_authn_user_import_api.erl): sending it always
+            # and accepting either answer serves every supported release.
             files = {"filename": ("users.json", json.dumps(rows).encode(), "application/json")}
             self._request(
                 "POST", f"{auth_path}/import_users", params={"type": "hash"}, files=files, expected=(200, 204)

@@ -32,10 +32,6 @@ IMAGE_REPOSITORY = "emqx/emqx-enterprise"
 # node by emqx_limiter_utils:get_node_opts/1). 5.9 replaced them with zone limiters `mqtt.limiter.*_rate`, shared
 # by every client of the zone on one node (e5.9.0 emqx_limiter.erl create_limiters_for_zone/2, group `shared`).
 ZONE_LIMITER_FROM = (5, 9, 0)
-# EMQX's import answers 204 without a body before 5.5 and 200 with counts from 5.5, where the `type` query
-# parameter (plain | hash) appeared as required (v5.5.0 apps/emqx_auth/src/emqx_authn/emqx_authn_user_import_api.erl
-# param_password_type/0); older releases ignore an unknown query parameter.
-IMPORT_TYPE_PARAM_FROM = (5, 5, 0)
 # Durable sessions as a `durable_sessions` root with the builtin_raft backend (v5.8.6 apps/emqx/src/emqx_schema.erl
 # fields("durable_sessions"), apps/emqx/src/emqx_ds_schema.erl).
 DURABLE_SESSIONS_FROM = (5, 8, 0)
@@ -92,10 +88,6 @@ def image(version: str) -> str:
 
 def has_zone_limiter(version: str) -> bool:
     return parse(version) >= ZONE_LIMITER_FROM
-
-
-def import_takes_type(version: str) -> bool:
-    return parse(version) >= IMPORT_TYPE_PARAM_FROM
 
 
 def has_durable_sessions(version: str) -> bool:

@@ -23,7 +23,7 @@ from controlplane import crypto
 from controlplane.api.problems import Conflict
 from controlplane.errors import ValidationFailed
 from deployments import emqx_acl, emqx_versions, pricing
-from deployments.drivers.base import RateLimit
+from deployments.drivers.base import AclEntry, RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (
     ACTIVE_OPERATION_STATES,
@@ -520,20 +520,27 @@ def _check_emqx_version(region: Region, emqx_version: str | None) -> str:
         raise ValidationFailed({"emqx_version": str(exc)}) from exc
 
 
-def _check_acl_expressible(deployment: Deployment, rules: list[AclRule]) -> None:
-    """EMQX evaluates client-id, then username, then everyone's rules: refuse an order it cannot express."""
+def _check_acl_expressible(deployment: Deployment, rules: list[AclRule], before: list[AclEntry]) -> None:
+    """EMQX evaluates client-id, then username, then everyone's rules: refuse a change that leads to an order it
+    cannot express. A list that was already inexpressible (stored before this check) may still be edited toward
+    one that is; the reconciler reports it meanwhile."""
     if deployment.region.driver != Region.Driver.KUBERNETES:
         return
-    from deployments.drivers.base import AclEntry
+    try:
+        emqx_acl.compile_acl(_acl_entries(rules))
+    except emqx_acl.AclNotExpressible as exc:
+        try:
+            emqx_acl.compile_acl(before)
+        except emqx_acl.AclNotExpressible:
+            return
+        raise ValidationFailed({exc.field: str(exc)}) from exc
 
-    entries = [
+
+def _acl_entries(rules: list[AclRule]) -> list[AclEntry]:
+    return [
         AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
         for r in rules
     ]
-    try:
-        emqx_acl.compile_acl(entries)
-    except emqx_acl.AclNotExpressible as exc:
-        raise ValidationFailed({exc.field: str(exc)}) from exc
 
 
 # -- configuration: MQTT users, ACL, rate limits ------------------------------------------------------------------------
@@ -664,6 +671,7 @@ def acl_rule_create(
     _refuse_if_deleted(deployment)
     _check_acl(deployment, topic=topic, username=username, client_id=client_id)
     rules = list(AclRule.objects.filter(deployment=deployment).order_by("position", "id"))
+    before = _acl_entries(rules)
     position = len(rules) if position is None else min(position, len(rules))
     rule = AclRule(
         deployment=deployment,
@@ -675,7 +683,7 @@ def acl_rule_create(
         client_id=client_id,
     )
     rules.insert(position, rule)
-    _check_acl_expressible(deployment, rules)
+    _check_acl_expressible(deployment, rules, before)
     _renumber(rules)
     operation = _configure(
         deployment,
@@ -699,6 +707,7 @@ def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operat
     deployment = _locked(rule.deployment)
     _refuse_if_deleted(deployment)
     rules = list(AclRule.objects.select_for_update().filter(deployment=deployment).order_by("position", "id"))
+    before = _acl_entries(rules)
     rule = next(r for r in rules if r.pk == rule.pk)
     position = changes.pop("position", None)
     for field in ("permission", "action", "topic", "username", "client_id"):
@@ -708,7 +717,7 @@ def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operat
     if position is not None:
         rules.remove(rule)
         rules.insert(min(position, len(rules)), rule)
-    _check_acl_expressible(deployment, rules)
+    _check_acl_expressible(deployment, rules, before)
     _renumber(rules, always=rule)
     operation = _configure(
         deployment,
@@ -724,8 +733,6 @@ def acl_rule_delete(*, rule: AclRule, actor) -> Operation:
     deployment = _locked(rule.deployment)
     _refuse_if_deleted(deployment)
     public_id = rule.public_id
-    remaining = [r for r in AclRule.objects.filter(deployment=deployment).order_by("position", "id") if r.pk != rule.pk]
-    _check_acl_expressible(deployment, remaining)  # removing a rule can uncover a conflict of two others
     AclRule.objects.filter(pk=rule.pk).delete()
     _renumber(list(AclRule.objects.filter(deployment=deployment).order_by("position", "id")))
     return _configure(deployment, actor, "acl_rule.delete", {"rule": public_id})

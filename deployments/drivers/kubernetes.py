@@ -357,7 +357,6 @@ class KubernetesDriver:
             emqx_api = self._emqx_api_factory(
                 base_url=details["management_url"], api_key=spec.api_key, api_secret=spec.api_secret
             )
-            emqx_api.version = spec.version  # the wire formats that differ by release (user import)
             emqx_api.sync_users(spec.users)
             emqx_api.sync_acl(spec.acl)
         if not host:
