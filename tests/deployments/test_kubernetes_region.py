@@ -267,3 +267,33 @@ def test_render_manifests_refuses_a_local_region_and_an_old_release(region, owne
         call_command("render_manifests", deployment=deployment.public_id)
     with pytest.raises(CommandError, match="--emqx-version: .*5.1.1 or later"):
         call_command("render_manifests", deployment=deployment.public_id, region="aws-eu-west-1", emqx_version="5.0.9")
+
+
+def test_an_already_inexpressible_acl_list_can_still_be_reordered_toward_one_emqx_accepts(
+    region, owner_org, key_client
+):
+    from deployments.models import AclRule
+
+    client = key_client(owner_org.owner_secret)
+    public_id = _create(client, owner_org).json()["deployment"]["id"]
+    deployment = Deployment.objects.get(public_id=public_id)
+    # Stored before the check existed: username rule, then two conflicting client rules.
+    for position, (permission, topic, username, client_id) in enumerate(
+        [("deny", "a/#", "alice", None), ("allow", "a/b", None, "c1"), ("allow", "a/c", None, "c2")]
+    ):
+        AclRule.objects.create(
+            deployment=deployment,
+            position=position,
+            permission=permission,
+            action="publish",
+            topic=topic,
+            username=username,
+            client_id=client_id,
+        )
+    url = f"{_deployments_url(owner_org)}/{public_id}/acl-rules"
+    rules = client.get(url).json()["results"]
+    moved = client.patch(f"{url}/{rules[1]['id']}", {"position": 0}, format="json")
+    assert moved.status_code == 200, moved.content  # still one conflict left, but no worse than before
+    moved = client.patch(f"{url}/{rules[2]['id']}", {"position": 0}, format="json")
+    assert moved.status_code == 200, moved.content
+    assert [r["topic"] for r in client.get(url).json()["results"]] == ["a/c", "a/b", "a/#"]
