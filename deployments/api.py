@@ -949,6 +949,13 @@ class HonouredPolicySerializer(RateLimitPolicySerializer):
     )
 
 
+class EmqxEnforcementSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="max_conn_rate | messages_rate | bytes_rate")
+    emqx_versions = serializers.CharField(help_text="The EMQX releases this applies to, e.g. 5.9.0 and later.")
+    emqx_key = serializers.CharField(help_text="The EMQX configuration key the limit is rendered into.")
+    scope = serializers.CharField(help_text="What one EMQX bucket covers: per client, per listener per node...")
+
+
 @extend_schema_serializer(
     examples=[
         OpenApiExample(
@@ -968,13 +975,6 @@ class HonouredPolicySerializer(RateLimitPolicySerializer):
         )
     ]
 )
-class EmqxEnforcementSerializer(serializers.Serializer):
-    field = serializers.CharField(help_text="max_conn_rate | messages_rate | bytes_rate")
-    emqx_versions = serializers.CharField(help_text="The EMQX releases this applies to, e.g. 5.9.0 and later.")
-    emqx_key = serializers.CharField(help_text="The EMQX configuration key the limit is rendered into.")
-    scope = serializers.CharField(help_text="What one EMQX bucket covers: per client, per listener per node...")
-
-
 class DeploymentRateLimitsSerializer(serializers.Serializer):
     policies = HonouredPolicySerializer(many=True)
     driver = serializers.CharField()
