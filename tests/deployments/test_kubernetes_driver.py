@@ -15,6 +15,7 @@ from deployments.drivers.base import (
     RateLimit,
     RegionTarget,
     TemporaryDriverError,
+    TlsMaterial,
 )
 from deployments.drivers.kubernetes import KubernetesDriver
 from deployments.emqx_api import EmqxApi
@@ -132,7 +133,8 @@ def test_apply_reports_running_with_endpoints_and_pushes_users_and_acl_when_oper
     observed = driver.apply(spec)
     assert observed.phase == "running"
     assert observed.host == "203.0.113.7"
-    assert observed.ports == {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084}
+    # No certificate yet: the TLS listeners are disabled, so the operator's Service has no port for them.
+    assert observed.ports == {"mqtt": 1883, "ws": 8083}
     assert observed.ready_replicas == 2
     assert list(broker_api.users()) == ["alice"]
     assert [r["topic"] for r in broker_api.rules()["users"]["alice"]] == ["dev/alice/#"]
@@ -351,3 +353,13 @@ def test_apply_fails_permanently_naming_the_reason_when_version_is_below_5_1_1(d
     with pytest.raises(PermanentDriverError, match="5.1.1 or later"):
         driver.apply(dataclasses.replace(spec, version="5.0.26"))
     assert cluster.state.requests_for("PATCH") == []
+
+
+def test_tls_ports_are_published_when_the_spec_carries_a_certificate(driver, spec, cluster):
+    with_tls = dataclasses.replace(spec, tls=TlsMaterial(secret_name="dep-tls"))
+    driver.apply(with_tls)
+    _make_ready(cluster)
+    observed = driver.apply(with_tls)
+    assert observed.ports == {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084}
+    volumes = cluster.state.get(*EMQX_KEY)["spec"]["coreTemplate"]["spec"]["extraVolumes"]
+    assert volumes == [{"name": "deployment-tls", "secret": {"secretName": "dep-tls"}}]

@@ -134,8 +134,11 @@ class FakeKubernetes:
         name: str = "emqx-listeners",
         service_type: str = "LoadBalancer",
     ) -> None:
-        """Create the operator's listeners Service with its default ports and the load balancer's ingress."""
+        """Create the operator's listeners Service and the load balancer's ingress. Its ports are the enabled
+        listeners of the EMQX resource's config, as the operator derives them (apis/apps/v2beta1/util.go
+        GetListenersServicePorts skips `enable = false`), or the four defaults when there is no resource."""
         with self.lock:
+            ports = self._listener_ports(namespace)
             ingress = [{k: v for k, v in (("ip", ip), ("hostname", hostname)) if v}] if (ip or hostname) else []
             self.objects[("v1", "services", namespace, name)] = {
                 "apiVersion": "v1",
@@ -148,12 +151,7 @@ class FakeKubernetes:
                 },
                 "spec": {
                     "type": service_type,
-                    "ports": [
-                        {"name": "tcp-default", "port": 1883, "protocol": "TCP", "targetPort": 1883},
-                        {"name": "ssl-default", "port": 8883, "protocol": "TCP", "targetPort": 8883},
-                        {"name": "ws-default", "port": 8083, "protocol": "TCP", "targetPort": 8083},
-                        {"name": "wss-default", "port": 8084, "protocol": "TCP", "targetPort": 8084},
-                    ],
+                    "ports": ports,
                 },
                 "status": {"loadBalancer": {"ingress": ingress}},
             }
@@ -287,6 +285,24 @@ class FakeKubernetes:
 
     def pvc_count(self, namespace: str) -> int:
         return sum(1 for k in self.objects if k[1] == "persistentvolumeclaims" and k[2] == namespace)
+
+    def _listener_ports(self, namespace: str, name: str = "emqx") -> list[dict]:
+        defaults = {"tcp": 1883, "ssl": 8883, "ws": 8083, "wss": 8084}
+        emqx = self.objects.get(("apps.emqx.io/v2beta1", "emqxes", namespace, name))
+        listeners: dict = {}
+        if emqx is not None:
+            from pyhocon import ConfigFactory
+
+            listeners = ConfigFactory.parse_string(emqx["spec"]["config"]["data"]).get("listeners", {})
+        ports = []
+        for listener_type, port in defaults.items():
+            settings = (listeners.get(listener_type) or {}).get("default") or {}
+            if settings.get("enable", True) is False:
+                continue
+            bind = str(settings.get("bind", port))
+            number = int(bind.rsplit(":", 1)[-1])
+            ports.append({"name": f"{listener_type}-default", "port": number, "protocol": "TCP", "targetPort": number})
+        return ports
 
     def requests_for(self, method: str, path_contains: str = "") -> list[SeenRequest]:
         with self.lock:
