@@ -20,11 +20,22 @@ class FieldError:
     code: str = "invalid"
 
 
+def _field_errors(errors: Mapping[str, str | Iterable[str]], code: str) -> list[FieldError]:
+    items = []
+    for field, messages in errors.items():
+        for message in [messages] if isinstance(messages, str) else messages:
+            name = None if field in ("__all__", "non_field_errors", None) else str(field)
+            items.append(FieldError(name, str(message), code))
+    return items
+
+
 class DomainError(Exception):
-    """Base of every error a service raises on purpose. `code` is a stable, kebab-case machine word."""
+    """Base of every error a service raises on purpose. `code` is a stable, kebab-case machine word; `errors` the
+    messages about single fields, if any (shown as the problem's `errors`)."""
 
     code = "error"
     default_message = "The request could not be completed."
+    errors: list[FieldError] = []
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         self.message = message or self.default_message
@@ -42,10 +53,23 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The request is valid but the current state of the object forbids it (deletion protection, a running
-    operation, a name already taken that is not a field error)."""
+    operation, a name already taken).
+
+    Give a message, or a mapping of field to message(s) when one field is to blame (`Conflict({"name": "…"})`):
+    the problem's detail is then the first message and `errors` names the field."""
 
     code = "conflict"
     default_message = "The request conflicts with the current state of the resource."
+
+    def __init__(
+        self, message: str | Mapping[str, str | Iterable[str]] | None = None, *, code: str | None = None
+    ) -> None:
+        errors: list[FieldError] = []
+        if isinstance(message, Mapping):
+            errors = _field_errors(message, "conflict")
+            message = errors[0].message if errors else None
+        super().__init__(message, code=code)
+        self.errors = errors
 
 
 class PermissionDenied(DomainError):
@@ -86,10 +110,7 @@ class ValidationFailed(DomainError):
         elif isinstance(errors, str):
             items = [FieldError(None, errors, field_code)]
         elif isinstance(errors, Mapping):
-            for field, messages in errors.items():
-                for message in [messages] if isinstance(messages, str) else messages:
-                    name = None if field in ("__all__", "non_field_errors", None) else str(field)
-                    items.append(FieldError(name, str(message), field_code))
+            items = _field_errors(errors, field_code)
         else:
             items = list(errors)
         self.errors: list[FieldError] = items

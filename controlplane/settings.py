@@ -209,6 +209,12 @@ LOCAL_BROKERS_DIR = Path(env.str("LOCAL_BROKERS_DIR", default=str(VAR_DIR / "bro
 TIER_CHANGE_MIN_INTERVAL_HOURS = env.float("TIER_CHANGE_MIN_INTERVAL_HOURS", default=12.0)
 RECONCILE_SWEEP_SECONDS = env.float("RECONCILE_SWEEP_SECONDS", default=30.0)
 RECONCILE_RESYNC_SECONDS = env.float("RECONCILE_RESYNC_SECONDS", default=300.0)
+# The EMQX Enterprise licence key every Kubernetes deployment runs with (docs/operations/emqx-operator.md): without
+# one EMQX allows 25 sessions (5.8) or a single node (5.9+), so the Kubernetes driver refuses to render.
+EMQX_LICENSE_KEY = env.str("EMQX_LICENSE_KEY", default="")
+# How often beat has every local broker meant to be serving looked at (a flock and a few /proc reads each): a dead one
+# is recorded as a crash and restored within about this long, whatever the resync above says.
+BROKER_WATCH_SECONDS = env.int("BROKER_WATCH_SECONDS", default=5)
 
 # Alerts: webhook/Slack/PagerDuty destinations on private or loopback addresses are refused unless an operator
 # allows them (self-hosted receivers on an internal network; the tests' loopback receivers).
@@ -314,6 +320,13 @@ CELERY_BEAT_SCHEDULE = {
     "billing.process_overdue": {"task": "billing.process_overdue", "schedule": crontab(minute=40, hour=6)},
     "billing.process_annual_renewals": {"task": "billing.process_annual_renewals", "schedule": crontab(minute=10)},
     "deployments.sweep_reconcile": {"task": "deployments.sweep_reconcile", "schedule": RECONCILE_SWEEP_SECONDS},
+    # On the provisioning queue: the workers that run the local driver are the ones that can see its brokers. A look
+    # not taken within its period is dropped, not queued up behind the next one.
+    "deployments.watch_brokers": {
+        "task": "deployments.watch_brokers",
+        "schedule": float(BROKER_WATCH_SECONDS),
+        "options": {"expire_seconds": BROKER_WATCH_SECONDS},
+    },
     "deployments.start_due_maintenance": {"task": "deployments.start_due_maintenance", "schedule": crontab()},
     # Collection fans out one task per running deployment; each evaluates its deployment's rules once stored.
     "alerts.collect_metrics": {"task": "alerts.collect_metrics", "schedule": crontab()},
