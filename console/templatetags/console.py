@@ -33,6 +33,7 @@ def status_badge(status, label=None):
         "stopped": "neutral",
         "deleted": "neutral",
         "failed": "bad",
+        "degraded": "bad",
         "succeeded": "ok",
         "active": "ok",
         "pending": "busy",
