@@ -1,5 +1,9 @@
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django_otp.plugins.otp_static.admin import StaticDeviceAdmin
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import services
 from accounts.models import SignInThrottle, User
@@ -54,3 +58,18 @@ class SignInThrottleAdmin(AuditedModelAdmin, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# Second factors: users enrol their own. Staff may only see that a device exists and delete it (a user who lost their
+# phone and their recovery codes), audited; never add one for someone (they would hold that user's second factor)
+# nor read a key or a code (OTP_ADMIN_HIDE_SENSITIVE_DATA).
+for _model, _admin_class in ((TOTPDevice, TOTPDeviceAdmin), (StaticDevice, StaticDeviceAdmin)):
+    admin.site.unregister(_model)
+
+    @admin.register(_model)
+    class _AuditedDeviceAdmin(AuditedModelAdmin, _admin_class):
+        def has_add_permission(self, request):
+            return False
+
+        def has_change_permission(self, request, obj=None):
+            return False

@@ -42,7 +42,8 @@ class ThrottledOTPAdminAuthenticationForm(OTPAdminAuthenticationForm):
                 if self.lockout is not None:
                     raise ValidationError(self.lockout.message, code="locked") from None
             raise
-        signin.signin_succeeded(user=self.get_user(), two_factor=True)
+        if self.get_user() is not None and not self.errors:  # a form missing its fields signs in nobody
+            signin.signin_succeeded(user=self.get_user(), two_factor=True)
         return self.cleaned_data
 
 

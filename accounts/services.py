@@ -143,23 +143,6 @@ def user_signup_confirm(*, token: str):
     return user, organization
 
 
-@transaction.atomic
-def user_signup(*, email: str, password: str, full_name: str = "", organization_name: str = ""):
-    """A user, their organization (as Owner) and its Default project, at once (for operators and tests; customers
-    sign up through user_signup_request)."""
-    from organizations.services import organization_create
-
-    email = normalize_email(email)
-    if User.objects.filter(email__iexact=email).exists():
-        raise ValidationFailed({"email": "An account with this email already exists."})
-    _validate_password(password, email=email, full_name=full_name)
-    user = User.objects.create_user(email, password, full_name=full_name)
-    organization = organization_create(
-        name=organization_name or f"{full_name or email.split('@')[0]}'s organization", owner=user
-    )
-    return user, organization
-
-
 # --- Account state ---------------------------------------------------------------------------------------------
 
 

@@ -62,10 +62,19 @@ def _next_url(request) -> str:
 
 
 def _locked(request, template: str, context: dict, lockout: signin.Lockout):
-    context["form"].add_error(None, lockout.message)
     response = render(request, template, {**context, "locked": lockout}, status=429)
     response["Retry-After"] = str(lockout.retry_after)
     return response
+
+
+def _reauthentication_locked(request) -> signin.Lockout | None:
+    """Pages that ask a signed-in user's password again (password change, two-factor off, new recovery codes) are
+    password oracles for whoever holds the session: they share the sign-in throttle."""
+    return signin.signin_lockout(email=request.user.email, ip=client_ip(request))
+
+
+def _reauthentication_failed(request) -> signin.Lockout | None:
+    return signin.signin_failed(email=request.user.email, ip=client_ip(request), reason="reauthentication")
 
 
 def _code_refusal(verification) -> str:
@@ -259,6 +268,14 @@ def password_reset_complete(request):
 @require_http_methods(["GET", "POST"])
 def password_change(request):
     form = PasswordChangeForm(request.user, request.POST or None)
+    if request.method == "POST":
+        lockout = _reauthentication_locked(request)
+        if lockout is not None:
+            return _locked(request, "console/account/password_change.html", {"form": form}, lockout)
+    if request.method == "POST" and not form.is_valid() and form.has_error("old_password", "password_incorrect"):
+        lockout = _reauthentication_failed(request)
+        if lockout is not None:
+            return _locked(request, "console/account/password_change.html", {"form": form}, lockout)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         update_session_auth_hash(request, user)  # this session stays; every other one ends at its next request
@@ -297,21 +314,30 @@ def two_factor_overview(request):
             messages.error(request, exc.message)
             return redirect("console:two-factor")
         return redirect(_with_next(reverse("console:two-factor-setup"), request))
+    return _two_factor_page(request)
+
+
+def _two_factor_page(request, *, locked: signin.Lockout | None = None):
+    user = request.user
     required_by = request.GET.get("required_by")
-    return render(
+    response = render(
         request,
         "console/account/two_factor.html",
         {
             "enabled": two_factor.two_factor_enabled(user),
             "codes_left": two_factor.recovery_codes_left(user),
-            "password_form": PasswordForm(),
             "owned": _owned_organizations(request),
             "required_by": Organization.objects.filter(public_id=required_by, memberships__user=user).first()
             if isinstance(required_by, str)
             else None,
             "next": _next_url(request) if request.GET.get("next") else "",
+            "locked": locked,
         },
+        status=429 if locked else 200,
     )
+    if locked:
+        response["Retry-After"] = str(locked.retry_after)
+    return response
 
 
 def _with_next(url: str, request) -> str:
@@ -364,6 +390,33 @@ def two_factor_qr(request):
     return response
 
 
+class _Locked(DomainError):
+    code = "locked"
+
+    def __init__(self, lockout: signin.Lockout):
+        super().__init__(lockout.message)
+        self.lockout = lockout
+
+
+def _check_reauthentication(request, form) -> None:
+    lockout = _reauthentication_locked(request)
+    if lockout is not None:
+        raise _Locked(lockout)
+    if not form.is_valid():
+        raise ValidationFailed({"password": "Enter your password."})
+
+
+def _reauthentication_refused(request, exc: DomainError):
+    """A wrong password counts toward the sign-in throttle; the page says why and, when locked, answers 429."""
+    lockout = getattr(exc, "lockout", None)
+    if lockout is None and any(error.field == "password" for error in exc.errors) and request.POST.get("password"):
+        lockout = _reauthentication_failed(request)
+    if lockout is not None:
+        return _two_factor_page(request, locked=lockout)
+    messages.error(request, exc.message)
+    return redirect("console:two-factor")
+
+
 @never_cache
 @sensitive_post_parameters("password")
 @login_required
@@ -371,12 +424,10 @@ def two_factor_qr(request):
 def two_factor_disable(request):
     form = PasswordForm(request.POST)
     try:
-        if not form.is_valid():
-            raise ValidationFailed({"password": "Enter your password."})
+        _check_reauthentication(request, form)
         two_factor.two_factor_disable(user=request.user, password=form.cleaned_data["password"])
     except DomainError as exc:
-        messages.error(request, exc.message)
-        return redirect("console:two-factor")
+        return _reauthentication_refused(request, exc)
     update_session_auth_hash(request, request.user)
     messages.success(request, "Two-factor authentication is off. Your other sessions were signed out.")
     return redirect("console:two-factor")
@@ -389,12 +440,10 @@ def two_factor_disable(request):
 def recovery_codes_regenerate(request):
     form = PasswordForm(request.POST)
     try:
-        if not form.is_valid():
-            raise ValidationFailed({"password": "Enter your password."})
+        _check_reauthentication(request, form)
         codes = two_factor.recovery_codes_regenerate(user=request.user, password=form.cleaned_data["password"])
     except DomainError as exc:
-        messages.error(request, exc.message)
-        return redirect("console:two-factor")
+        return _reauthentication_refused(request, exc)
     return render(request, "console/account/recovery_codes.html", {"codes": codes, "next": ""})
 
 

@@ -125,7 +125,6 @@ LOGOUT_REDIRECT_URL = "console:login"
 PASSWORD_RESET_TIMEOUT = 60 * 60 * 3
 # Console sessions: two weeks at most, ended by password changes, deactivation and two-factor changes.
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=60 * 60 * 24 * 14)
-SESSION_COOKIE_SAMESITE = "Lax"
 
 # Sign-in throttle (console and admin), per account and per client address: after SIGNIN_MAX_FAILURES failures within
 # SIGNIN_FAILURE_WINDOW_SECONDS, sign-in is refused (429) for SIGNIN_LOCKOUT_SECONDS, doubling with each further
@@ -136,6 +135,8 @@ SIGNIN_LOCKOUT_SECONDS = env.int("SIGNIN_LOCKOUT_SECONDS", default=15 * 60)
 SIGNIN_LOCKOUT_MAX_SECONDS = env.int("SIGNIN_LOCKOUT_MAX_SECONDS", default=24 * 60 * 60)
 # Two-factor authentication (django-otp): the name authenticator apps show beside the account.
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="MQTT Cloud")
+# Staff never read a user's TOTP key or recovery codes in the admin.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -109,3 +109,46 @@ def test_sign_in_works_when_redis_is_down(owner_org, client, settings):
     for _ in range(10):
         response = _attempt(Client(), "someone@example.com", ip="192.0.2.9")
     assert response.status_code == 429
+
+
+def test_admin_login_with_missing_fields_answers_the_form_when_posted(client):
+    for body in ({}, {"username": "ops@example.com"}, {"password": "x"}):
+        response = client.post("/admin/login/", body)
+        assert response.status_code == 200 and b"This field is required." in response.content
+
+
+def test_pages_that_ask_the_password_again_share_the_throttle(owner_org, client):
+    """Password change and turning two-factor off are password oracles for whoever holds a session."""
+    user = owner_org.owner
+    device, _codes = enrol(user)
+    client.force_login(user)
+    for _ in range(5):
+        response = client.post(
+            "/console/account/password",
+            {
+                "old_password": "guess",
+                "new_password1": "a new long passphrase",
+                "new_password2": "a new long passphrase",
+            },
+        )
+        assert response.status_code == 200
+    for _ in range(4):
+        assert client.post("/console/account/two-factor/disable", {"password": "guess"}).status_code == 302
+    locked = client.post("/console/account/two-factor/disable", {"password": "guess"})
+    assert locked.status_code == 429 and b"Too many failed sign-in attempts" in locked.content
+    # Locked means the right password waits too.
+    assert client.post("/console/account/two-factor/disable", {"password": PASSWORD}).status_code == 429
+    assert (
+        client.post(
+            "/console/account/password",
+            {
+                "old_password": PASSWORD,
+                "new_password1": "a new long passphrase",
+                "new_password2": "a new long passphrase",
+            },
+        ).status_code
+        == 429
+    )
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD) and user.totpdevice_set.filter(confirmed=True).exists()
+    assert AuditEvent.objects.filter(action="login.failed", summary__reason="reauthentication").count() == 10

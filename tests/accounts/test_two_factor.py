@@ -235,3 +235,22 @@ def test_staff_verified_in_the_console_reach_the_admin(staff):
     client.post("/console/login", {"username": staff.email, "password": "operator passphrase"})
     assert client.post("/console/login/verify", {"code": next_code(device)}).status_code == 302
     assert client.get("/admin/").status_code == 200
+
+
+def test_staff_can_neither_read_nor_add_a_users_second_factor_in_the_admin(owner_org, staff, client):
+    staff_device, _ = enrol(staff)
+    assert admin_sign_in(client, staff, staff_device, "operator passphrase").status_code == 302
+    device, codes = enrol(owner_org.owner)
+    page = client.get(f"/admin/otp_totp/totpdevice/{device.pk}/change/")
+    assert page.status_code == 200 and device.key.encode() not in page.content
+    assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/qrcode/").status_code == 403
+    assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/config/").status_code == 403
+    assert client.get("/admin/otp_totp/totpdevice/add/").status_code == 403
+    static = owner_org.owner.staticdevice_set.get()
+    static_page = client.get(f"/admin/otp_static/staticdevice/{static.pk}/change/")
+    assert static_page.status_code == 200 and not any(code.encode() in static_page.content for code in codes)
+    # A user who lost phone and codes: staff remove the device, and the log says who did.
+    removed = client.post(f"/admin/otp_totp/totpdevice/{device.pk}/delete/", {"post": "yes"})
+    assert removed.status_code == 302 and not TOTPDevice.objects.filter(pk=device.pk).exists()
+    event = AuditEvent.objects.get(action="admin.totpdevice.delete")
+    assert event.actor == staff and event.via == "admin"
