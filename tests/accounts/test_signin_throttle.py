@@ -152,3 +152,15 @@ def test_pages_that_ask_the_password_again_share_the_throttle(owner_org, client)
     user.refresh_from_db()
     assert user.check_password(PASSWORD) and user.totpdevice_set.filter(confirmed=True).exists()
     assert AuditEvent.objects.filter(action="login.failed", summary__reason="reauthentication").count() == 10
+
+
+def test_sign_in_is_audited_without_an_address_when_the_forwarded_one_is_malformed(owner_org, client, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    response = client.post(
+        "/console/login",
+        {"username": owner_org.owner.email, "password": "wrong"},
+        HTTP_X_FORWARDED_FOR="not-an-address\x01",
+    )
+    assert response.status_code == 200
+    event = AuditEvent.objects.get(action="login.failed")
+    assert event.ip is None and event.summary["email"] == owner_org.owner.email
