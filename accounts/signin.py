@@ -142,7 +142,7 @@ def signin_succeeded(*, user: User, two_factor: bool) -> None:
 
 
 def prune_throttles() -> int:
-    """Forget rows that neither count toward a window nor hold a lock any more (run daily)."""
+    """Forget rows untouched for two days: they count toward no window and hold no lock (hourly, by beat)."""
     cutoff = timezone.now() - datetime.timedelta(days=2)
     deleted, _ = SignInThrottle.objects.filter(updated_at__lt=cutoff).delete()
     return deleted
