@@ -54,3 +54,13 @@ def admin_sign_in(client, user, device, password: str):
             "next": "/admin/",
         },
     )
+
+
+def staff_sign_in(client, user, password: str) -> None:
+    """Sign `client` in to the admin as `user`, enrolling two-factor for them first if they have none: the admin
+    takes no session without a verified second factor."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or enrol(user)[0]
+    response = admin_sign_in(client, user, device, password)
+    assert response.status_code == 302, response.content[:500]

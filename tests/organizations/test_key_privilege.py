@@ -18,7 +18,7 @@ def administrator(owner_org):
 
 
 @pytest.fixture(params=["session", "api_key"])
-def admin_client(request, administrator, api, key_client):
+def administrator_client(request, administrator, api, key_client):
     user, secret = administrator
     if request.param == "session":
         api.force_login(user)
@@ -30,9 +30,9 @@ def _key_url(org, key):
     return f"/api/v1/organizations/{org.id}/api-keys/{key.public_id}"
 
 
-def test_owner_key_cannot_be_rotated_by_administrator_when_it_holds_more_rights(owner_org, admin_client):
+def test_owner_key_cannot_be_rotated_by_administrator_when_it_holds_more_rights(owner_org, administrator_client):
     before = ApiKey.objects.get(pk=owner_org.owner_key.pk)
-    response = admin_client.post(f"{_key_url(owner_org, before)}/rotate", {"overlap_seconds": 0}, format="json")
+    response = administrator_client.post(f"{_key_url(owner_org, before)}/rotate", {"overlap_seconds": 0}, format="json")
     assert response.status_code == 403, response.content
     assert response["Content-Type"] == "application/problem+json"
     assert response.json()["type"].endswith("/role-too-high")
@@ -46,9 +46,9 @@ def test_owner_key_cannot_be_rotated_by_administrator_when_it_holds_more_rights(
     ("method", "body"),
     [("get", None), ("patch", {"deletion_protection": True}), ("patch", {"name": "x"}), ("delete", None)],
 )
-def test_owner_key_cannot_be_read_edited_or_revoked_by_administrator(owner_org, admin_client, method, body):
+def test_owner_key_cannot_be_read_edited_or_revoked_by_administrator(owner_org, administrator_client, method, body):
     key = owner_org.owner_key
-    response = getattr(admin_client, method)(_key_url(owner_org, key), body, format="json")
+    response = getattr(administrator_client, method)(_key_url(owner_org, key), body, format="json")
     assert response.status_code == 403, response.content
     after = ApiKey.objects.get(pk=key.pk)
     assert (after.name, after.deletion_protection, after.revoked_at) == (key.name, False, None)
