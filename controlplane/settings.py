@@ -227,6 +227,9 @@ LOCAL_BROKERS_DIR = Path(env.str("LOCAL_BROKERS_DIR", default=str(VAR_DIR / "bro
 TIER_CHANGE_MIN_INTERVAL_HOURS = env.float("TIER_CHANGE_MIN_INTERVAL_HOURS", default=12.0)
 RECONCILE_SWEEP_SECONDS = env.float("RECONCILE_SWEEP_SECONDS", default=30.0)
 RECONCILE_RESYNC_SECONDS = env.float("RECONCILE_RESYNC_SECONDS", default=300.0)
+# The EMQX Enterprise licence key every Kubernetes deployment runs with (docs/operations/emqx-operator.md): without
+# one EMQX allows 25 sessions (5.8) or a single node (5.9+), so the Kubernetes driver refuses to render.
+EMQX_LICENSE_KEY = env.str("EMQX_LICENSE_KEY", default="")
 
 # Alerts: webhook/Slack/PagerDuty destinations on private or loopback addresses are refused unless an operator
 # allows them (self-hosted receivers on an internal network; the tests' loopback receivers).
