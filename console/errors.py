@@ -62,9 +62,10 @@ def _flatten_drf(detail, path: str = "") -> dict[str, list[str]]:
 def explain(exc: BaseException) -> Refusal:
     if isinstance(exc, domain.DomainError):
         status = next((code for kind, code in _DOMAIN_STATUS if isinstance(exc, kind)), 400)
-        if isinstance(exc, domain.ValidationFailed) and exc.errors:
-            return Refusal(status, exc.message_dict())
-        return Refusal(status, {"__all__": [exc.message]})
+        fields: dict[str, list[str]] = {}
+        for error in getattr(exc, "errors", None) or []:  # any domain error may name the fields to blame
+            fields.setdefault(error.field or "__all__", []).append(error.message)
+        return Refusal(status, fields or {"__all__": [exc.message]})
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
             return Refusal(400, {field: list(values) for field, values in exc.message_dict.items()})

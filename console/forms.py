@@ -57,14 +57,7 @@ class ApiForm(ConsoleForm):
         return cleaned
 
 
-# --- Account (sign-up and invitation acceptance) ------------------------------------------------------------------
-
-
-class SignupForm(ConsoleForm):
-    email = forms.EmailField(max_length=254)
-    full_name = forms.CharField(max_length=150, required=False)
-    organization_name = forms.CharField(max_length=100, required=False, help_text="You can rename it later.")
-    password = forms.CharField(widget=forms.PasswordInput, max_length=128)
+# --- Invitation acceptance ------------------------------------------------------------------------------------
 
 
 class InvitationAcceptForm(ConsoleForm):

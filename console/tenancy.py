@@ -121,10 +121,12 @@ class Console:
 
 def security_settings_url() -> str:
     """The signed-in user's security settings (two-factor authentication), owned by the account pages."""
-    try:
-        return reverse("console:account-security")
-    except NoReverseMatch:
-        return "/console/account/security"
+    for name in ("console:account-security", "console:two-factor"):
+        try:
+            return reverse(name)
+        except NoReverseMatch:
+            continue
+    return "/console/account/two-factor"
 
 
 def for_organization(request, org_id: str, *, section: str = "") -> Console:

@@ -1,7 +1,7 @@
-"""The console's entry points: sign-up, the home page (which organization?) and accepting an invitation.
+"""The console's entry points: the home page (which organization?) and accepting an invitation.
 
-The pages of an organization live in console.pages; all of them call the same services and access checks as the
-REST API and never write models directly.
+Sign-in, sign-up, password and two-factor pages live in console/account_views.py; the pages of an organization in
+console.pages. All of them call the same services and access checks as the REST API and never write models directly.
 """
 
 from django.contrib.auth import login
@@ -9,28 +9,13 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from accounts.services import user_signup
 from console import errors
-from console.forms import InvitationAcceptForm, SignupForm
+from console.forms import InvitationAcceptForm
 from organizations import access, services
 
 
 def _principal(request):
     return access.Principal.from_request(request)  # made once per request, with its membership memo
-
-
-@require_http_methods(["GET", "POST"])
-def signup(request):
-    form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            user, organization = user_signup(**form.cleaned_data)
-        except errors.REFUSALS as exc:
-            errors.to_form(form, exc)
-        else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            return redirect("console:organization", org_id=organization.public_id)
-    return render(request, "console/signup.html", {"form": form})
 
 
 @login_required
@@ -45,7 +30,7 @@ def home(request):
 def invitation_accept(request):
     token = request.GET.get("token") or request.POST.get("token") or ""
     invitation = services.invitation_by_token(token)
-    form = InvitationAcceptForm(request.POST or None)
+    form = InvitationAcceptForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST" and form.is_valid():
         try:

@@ -1,9 +1,12 @@
-"""`Idempotency-Key` for every mutating API request.
+"""`Idempotency-Key` for every mutating API request, and the same records for the console's forms (console.once).
 
-The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept
-for IDEMPOTENCY_TTL_SECONDS and replayed, with `Idempotent-Replayed: true`, to any later request with the same key
-and the same body. The same key with another body answers 422. A duplicate arriving while the first still runs waits
-for it (the unique row is the lock), then replays.
+The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept,
+encrypted (it can hold a secret, such as a new API key's), for IDEMPOTENCY_TTL_SECONDS and replayed, with
+`Idempotent-Replayed: true`, to any later request with the same key and the same body. A later request is answered
+from the record only after the view's own checks pass for it as they stand now (authentication, tenancy, scopes):
+a revoked key, a removed member or a demoted one gets the refusal it would get without the header, never the stored
+response. The same key with another body answers 422. A duplicate arriving while the first still runs waits for it
+(the unique row is the lock), then replays.
 """
 
 import datetime
@@ -17,6 +20,7 @@ from django.http import HttpResponse
 from django.http.request import RawPostDataException
 from django.utils import timezone
 
+from controlplane import crypto
 from controlplane.api.problems import problem_response
 from idempotency.models import IdempotencyRecord
 
@@ -44,11 +48,44 @@ def _body(request) -> bytes:
 
 
 def _replay(record: IdempotencyRecord) -> HttpResponse:
-    response = HttpResponse(bytes(record.body), status=record.status_code)
+    try:
+        body = crypto.decrypt_bytes(record.body)
+    except ValueError:  # made with an encryption key that is no longer configured
+        return problem_response(
+            409,
+            detail="The response to this Idempotency-Key can no longer be read; send the request with a new key.",
+            code="idempotency-unreadable",
+        )
+    response = HttpResponse(body, status=record.status_code)
     for name, value in record.headers.items():
         response[name] = value
     response["Idempotent-Replayed"] = "true"
     return response
+
+
+def _refusal(request, view_func, view_args, view_kwargs):
+    """What the view would answer this request now, short of running it: DRF's own `initial()` (content
+    negotiation, authentication, throttling, and for tenant views the organization, project and scope checks) on a
+    fresh instance of the view. None when the caller may make the call; else the rendered refusal."""
+    cls = getattr(view_func, "cls", None)
+    if cls is None:  # not a DRF view: nothing to check it against, so nothing is replayed
+        return problem_response(409, detail="This request cannot be replayed.", code="idempotency-not-replayable")
+    view = cls(**getattr(view_func, "initkwargs", {}))
+    actions = getattr(view_func, "actions", None)
+    if actions is not None:  # a viewset: bind its actions to methods as ViewSetMixin.as_view does
+        view.action_map = actions
+        for method, action in actions.items():
+            setattr(view, method, getattr(view, action))
+    view.args, view.kwargs = view_args, view_kwargs
+    drf_request = view.initialize_request(request, *view_args, **view_kwargs)
+    view.request = drf_request
+    view.headers = view.default_response_headers
+    try:
+        view.initial(drf_request, *view_args, **view_kwargs)
+    except Exception as exc:  # noqa: BLE001 - as APIView.dispatch: handle_exception answers what it knows, re-raises the rest
+        response = view.finalize_response(drf_request, view.handle_exception(exc), *view_args, **view_kwargs)
+        return response.render()
+    return None
 
 
 def _serves(view_func, method: str) -> bool:
@@ -82,14 +119,21 @@ class IdempotencyMiddleware:
                 detail="Idempotency-Key must be 1 to 255 printable characters.",
                 errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}],
             )
-        return run_once(request, key, lambda: view_func(request, *view_args, **view_kwargs))
+        return run_once(
+            request,
+            key,
+            lambda: view_func(request, *view_args, **view_kwargs),
+            # Whatever the record holds, the caller must first pass the view's checks as they stand now.
+            refusal=lambda: _refusal(request, view_func, view_args, view_kwargs),
+        )
 
 
-def run_once(request, key: str, call, *, problem=problem_response):
+def run_once(request, key: str, call, *, refusal, problem=problem_response):
     """Run `call()` (which answers the request) at most once per (caller, key) within the TTL, and replay its response
-    to duplicates. The API passes the Idempotency-Key header; the console a key rendered into each form. `problem`
-    builds the answers for a reused key or a first attempt still running (problem+json for the API, a page for the
-    console); it takes (status, title, detail, errors=..., code=...)."""
+    to duplicates. The API passes the Idempotency-Key header; the console a key rendered into each form.
+    `refusal()` answers a duplicate that may no longer make the call (None when it may); `problem` builds the
+    answers for a reused key or a first attempt still running (problem+json for the API, a page for the console)
+    from (status, title, detail, errors=..., code=...)."""
     scope = _scope(request)
     if scope is None:
         return call()
@@ -102,6 +146,9 @@ def run_once(request, key: str, call, *, problem=problem_response):
         with transaction.atomic():
             record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
     except IntegrityError:
+        refused = refusal()
+        if refused is not None:
+            return refused
         return _duplicate(scope, key, fingerprint, problem)
 
     try:
@@ -117,7 +164,7 @@ def run_once(request, key: str, call, *, problem=problem_response):
     record.completed = True
     record.status_code = response.status_code
     record.headers = {name: response[name] for name in KEPT_HEADERS if name in response}
-    record.body = response.content
+    record.body = crypto.encrypt_bytes(response.content)
     record.save(update_fields=["completed", "status_code", "headers", "body"])
     return response
 
