@@ -29,7 +29,7 @@ def _option(argv, flag):
     return argv[argv.index(flag) + 1]
 
 
-def test_new_customer_connects_a_client_when_following_the_console(site, celery_worker):
+def test_new_customer_connects_a_client_when_following_the_console(site, celery_worker, mailoutbox):
     page = site.page(name="newcomer")
     page.goto("/console/signup")
     page.get_by_label("Email").fill("ada@example.com")
@@ -37,6 +37,10 @@ def test_new_customer_connects_a_client_when_following_the_console(site, celery_
     page.get_by_label("Password").fill("a fine long passphrase")
     page.check("signup")
     page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+    link = re.search(r"https?://\S+/console/signup/confirm\?token=\S+", mailoutbox[-1].body).group(0)
+    page.goto(link)
+    page.get_by_role("button", name="Create my account").click()
 
     expect(page.get_by_role("heading", name="Projects")).to_be_visible()
     page.check("projects")
