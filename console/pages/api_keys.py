@@ -52,6 +52,8 @@ def api_keys(request, org_id):
     status = 200
     if request.method == "POST":
         console.require("apikey:write")
+        if request.POST.get("revoke"):  # the first console's revoke form posted here; it still works
+            return _revoke(request, console, request.POST["revoke"])
         if form.is_valid():
             values = form.validated
             try:
@@ -124,6 +126,10 @@ def api_key_rotate(request, org_id, key_id):
 def api_key_revoke(request, org_id, key_id):
     console = tenancy.for_organization(request, org_id, section="api-keys")
     console.require("apikey:write")
+    return _revoke(request, console, key_id)
+
+
+def _revoke(request, console, key_id):
     key = _key(console, key_id)
     try:
         services.api_key_revoke(key=key, actor=console.principal)
@@ -131,7 +137,7 @@ def api_key_revoke(request, org_id, key_id):
         errors.to_page(request, exc)
     else:
         messages.success(request, f"API key “{key.name}” revoked.")
-    return redirect("console:api-keys", org_id=org_id)
+    return redirect("console:api-keys", org_id=console.organization.public_id)
 
 
 @login_required
