@@ -13,6 +13,9 @@ command -v mosquitto_passwd >/dev/null || [ -x /usr/bin/mosquitto_passwd ] || ne
 if [ "$purpose" = test ] || [ "${NEED_POSTGRESQL-1}" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 fi
+if [ "$purpose" = test ]; then
+  [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser tests (Playwright drives Debian's build)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "Installing system packages: ${need[*]}" >&2

@@ -5,6 +5,8 @@ from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
 
+from controlplane.validators import RefuseControlCharactersMixin
+
 
 class StrictCharField(serializers.CharField):
     """A string field that refuses numbers and booleans instead of coercing them."""
@@ -13,6 +15,17 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class PlainTextField(RefuseControlCharactersMixin, StrictCharField):
+    """A one-line string a person types (a name): control characters are refused with a 400 naming the field."""
+
+
+class BrokerTextField(RefuseControlCharactersMixin, StrictCharField):
+    """A string that reaches a broker's files or a broker's management API (a topic, an MQTT username, a client id):
+    control characters are refused with a 400 naming the field. Marked, so the test suite finds every such field."""
+
+    reaches_broker = True
 
 
 # The mixin is only ever mixed into a Serializer; typed as one so its fields and super() resolve.
