@@ -7,6 +7,7 @@ after a crash finds it again, and `remove` deletes it whatever stage it reached.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 import boto3
@@ -57,22 +58,25 @@ def _code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "")
 
 
+# One session per process: it caches EC2's service model, which takes a second to load for every new session.
+# Client creation from a shared session is not thread-safe, hence the lock; the clients themselves are.
+_SESSION = boto3.session.Session()
+_SESSION_LOCK = threading.Lock()
+
+
 def _ec2(platform: Platform):
     credentials = platform.credentials
-    session = boto3.session.Session(
-        aws_access_key_id=credentials.get("access_key_id"),
-        aws_secret_access_key=credentials.get("secret_access_key"),
-        aws_session_token=credentials.get("session_token") or None,
-        region_name=platform.region,
-    )
-    return session.client(
-        "ec2",
-        endpoint_url=platform.endpoint,
-        verify=platform.ca_bundle if platform.ca_bundle else None,
-        config=Config(
-            connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}, user_agent_extra="mqtt"
-        ),
-    )
+    with _SESSION_LOCK:
+        return _SESSION.client(
+            "ec2",
+            region_name=platform.region,
+            aws_access_key_id=credentials.get("access_key_id"),
+            aws_secret_access_key=credentials.get("secret_access_key"),
+            aws_session_token=credentials.get("session_token") or None,
+            endpoint_url=platform.endpoint,
+            verify=platform.ca_bundle if platform.ca_bundle else None,
+            config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}),
+        )
 
 
 def _ports(platform: Platform) -> list[int]:
@@ -101,6 +105,18 @@ def _tagged(ec2, customer: Customer) -> list[dict]:
         if {"Key": TAG_KEY, "Value": customer.public_id} in pcx.get("Tags", [])
         and pcx["Status"]["Code"] not in GONE_STATES
     ]
+
+
+def _route_tables(ec2, platform: Platform) -> list[dict]:
+    """The platform's route tables that exist (one that does not holds no route of ours to remove)."""
+    tables = []
+    for table_id in platform.network.get("route_table_ids", []):
+        try:
+            tables.extend(ec2.describe_route_tables(RouteTableIds=[table_id])["RouteTables"])
+        except ClientError as exc:
+            if _code(exc) != "InvalidRouteTableID.NotFound":
+                raise
+    return tables
 
 
 def _describe(ec2, pcx_id: str) -> dict | None:
@@ -216,8 +232,7 @@ class AwsAdapter:
             ec2 = _ec2(platform)
             pcx_ids = {ids["vpc_peering_connection_id"]} if ids.get("vpc_peering_connection_id") else set()
             pcx_ids |= {pcx["VpcPeeringConnectionId"] for pcx in _tagged(ec2, customer)}
-            tables = list(platform.network.get("route_table_ids", []))
-            for table in ec2.describe_route_tables(RouteTableIds=tables)["RouteTables"] if tables else []:
+            for table in _route_tables(ec2, platform):
                 for route in table.get("Routes", []):
                     if route.get("VpcPeeringConnectionId") in pcx_ids and route.get("DestinationCidrBlock"):
                         try:

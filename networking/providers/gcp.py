@@ -22,7 +22,7 @@ OPERATION_DEADLINE_SECONDS = 90.0
 TEMPORARY = (
     google_exceptions.ServerError,
     google_exceptions.TooManyRequests,
-    google_exceptions.Unauthenticated,  # our own credentials: the operator fixes them, the peering waits
+    google_exceptions.Unauthorized,  # our own credentials (401, 403): the operator fixes them, the peering waits
     google_exceptions.Forbidden,
     auth_exceptions.TransportError,
     auth_exceptions.RefreshError,
@@ -69,8 +69,10 @@ class _Clients:
 def _error(exc: Exception, doing: str) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
-    if isinstance(exc, TEMPORARY) or not isinstance(exc, google_exceptions.GoogleAPICallError):
+    if not isinstance(exc, google_exceptions.GoogleAPICallError):
         return ProviderError(f"GCP could not be reached to {doing}: {exc}", permanent=False)
+    if isinstance(exc, TEMPORARY):
+        return ProviderError(f"GCP answered {exc.code} to {doing}, retrying: {exc.message}", permanent=False)
     return ProviderError(f"GCP refused to {doing}: {exc.code}: {exc.message}", permanent=True)
 
 
