@@ -54,6 +54,7 @@ _AWS_EXAMPLE = {
             "aws ec2 create-route --region eu-central-1 --route-table-id <your-route-table-id> "
             "--destination-cidr-block 10.0.0.0/16 --vpc-peering-connection-id pcx-0f1e2d3c4b5a69788",
         ],
+        "status": "Pending Acceptance by 222233334444",
     },
     "last_error": "",
     "deletion_protection": False,
@@ -67,6 +68,7 @@ _AWS_EXAMPLE = {
 class CustomerActionSerializer(serializers.Serializer):
     summary = serializers.CharField()
     commands = serializers.ListField(child=serializers.CharField(), help_text="Run these in your own cloud account.")
+    status = serializers.CharField(default="", help_text="What the provider reports now, e.g. what is still missing.")
 
 
 def _nullable(help_text: str):

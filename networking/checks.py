@@ -95,12 +95,12 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network:
     if not isinstance(text, str) or "/" not in text:
         raise ValueError(f"{text!r} is not in CIDR notation (address/prefix, e.g. 10.1.0.0/16).")
     address, _, prefix = text.partition("/")
-    if not prefix.isdigit() or not 0 <= int(prefix) <= 32:
-        raise ValueError(f"{text!r} is not a valid IPv4 CIDR: the prefix length must be 0 to 32.")
     try:
         ipaddress.IPv4Address(address)
     except ValueError:
         raise ValueError(f"{text!r} is not a valid IPv4 CIDR: {address!r} is not an IPv4 address.") from None
+    if not prefix.isdigit() or not 0 <= int(prefix) <= 32:
+        raise ValueError(f"{text!r} is not a valid IPv4 CIDR: the prefix length must be 0 to 32.")
     try:
         return ipaddress.IPv4Network(text, strict=True)
     except ValueError:

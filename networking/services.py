@@ -481,7 +481,7 @@ def _next(peering: VpcPeering, started: str, result: _Result, now) -> tuple[str,
         if was_active:
             peering.last_error = f"The peering is no longer active ({observation.provider_state}): {observation.detail}"
             return State.FAILED, watch
-        peering.customer_action = result.step or {}
+        peering.customer_action = {**(result.step or {}), "status": observation.detail}
         peering.last_error = ""
         return State.AWAITING_CUSTOMER_ACTION, backoff
     peering.last_error = observation.detail
