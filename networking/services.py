@@ -21,6 +21,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from alerts import services as alerts_services
+from alerts.metrics import VPC_PEERING_ABNORMAL
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.db import LockSpace, session_try_lock
@@ -246,7 +248,7 @@ def vpc_peering_create(
         .get(pk=deployment.pk)
     )
     # One creation per region at a time: the overlap checks against the region's other peerings hold until commit.
-    Region.objects.select_for_update().filter(pk=deployment.region_id).exists()
+    list(Region.objects.select_for_update().filter(pk=deployment.region_id).values_list("pk", flat=True))
     checked = peering_preflight(deployment=deployment, provider=provider, cidr=cidr, fields=fields)
     peering = VpcPeering(
         deployment=deployment,
@@ -515,8 +517,19 @@ def abnormal_values(*, deployment_ids=None) -> dict[int, float]:
 
 
 def abnormal_metric_store(*, deployment_ids=None, evaluate: bool = False) -> int:
-    """Placeholder until the alerts feed is wired (see networking docs)."""
-    return len(abnormal_values(deployment_ids=deployment_ids))
+    """Store the `vpc_peering_abnormal` sample of each deployment (all that have or recently had an active peering,
+    or those listed) in the alerts app's sample store; `evaluate` runs their alert rules at once, so a peering that
+    breaks raises its alert without waiting for the next collection. Returns how many samples were stored."""
+    values = abnormal_values(deployment_ids=deployment_ids)
+    if not values:
+        return 0
+    now = timezone.now()
+    stored = alerts_services.samples_store(
+        rows=[(deployment_id, VPC_PEERING_ABNORMAL, now, value) for deployment_id, value in values.items()]
+    )
+    if evaluate:
+        alerts_services.rules_evaluate(now=now, deployment_ids=list(values))
+    return stored
 
 
 def peerings_sweep(*, now: datetime.datetime | None = None) -> int:

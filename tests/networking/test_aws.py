@@ -158,3 +158,46 @@ def test_poll_keeps_state_and_retries_when_aws_is_unreachable(deployment, aws, a
     peering = _reload(peering)
     assert "could not be reached" in peering.last_error
     assert peering.next_poll_at is not None and peering.poll_attempt == 1
+
+
+def test_abnormal_peering_fires_the_vpc_alert_and_resolves_when_deleted(
+    deployment, aws, django_capture_on_commit_callbacks
+):
+    from alerts.models import Alert, MetricSample
+
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert poll(peering) == "active"
+    assert not Alert.objects.filter(deployment=deployment, rule__default_key="vpc_peering_abnormal").exists()
+
+    aws.customer.delete_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert poll(peering) == "failed"
+    alert = Alert.objects.get(deployment=deployment, rule__default_key="vpc_peering_abnormal")
+    assert alert.status == "firing" and alert.rule.severity == "critical"
+    assert MetricSample.objects.filter(deployment=deployment, name="vpc_peering_abnormal").latest("ts").value == 1.0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.vpc_peering_delete(peering=_reload(peering), actor=None)
+    alert.refresh_from_db()
+    assert alert.status == "resolved"
+
+
+def test_sweep_feeds_the_metric_every_minute_for_deployments_with_peerings_that_were_active(deployment, aws):
+    from alerts.models import MetricSample
+
+    peering = _create(deployment, aws)
+    poll(peering)
+    assert services.peerings_sweep() == 0
+    assert not MetricSample.objects.filter(name="vpc_peering_abnormal").exists()  # never active: nothing to watch
+    aws.customer.accept_vpc_peering_connection(
+        VpcPeeringConnectionId=_reload(peering).provider_ids["vpc_peering_connection_id"]
+    )
+    poll(peering)
+    services.peerings_sweep()
+    assert list(MetricSample.objects.filter(name="vpc_peering_abnormal").values_list("deployment_id", "value")) == [
+        (deployment.pk, 0.0)
+    ]

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from alerts.models import Alert
 from networking.models import VpcPeering
 from tests.networking.conftest import CUSTOMER_ACCOUNT, REGION_AWS, make_deployment, peering_url
 
@@ -62,6 +63,13 @@ def test_worker_walks_peering_from_request_to_deleted(worker, aws, aws_region, o
     aws.customer.delete_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
     failed = _wait_for(peering_id, "failed", worker)
     assert failed.is_abnormal and CUSTOMER_ACCOUNT in failed.last_error
+    # The worker fed the metric and evaluated the deployment's rules: the default "VPC peering abnormal" fires.
+    alert = None
+    deadline = time.monotonic() + 20
+    while alert is None and time.monotonic() < deadline:
+        alert = Alert.objects.filter(deployment=deployment, rule__default_key="vpc_peering_abnormal").first()
+        time.sleep(0.2)
+    assert alert is not None and alert.status == "firing", worker.logs()
 
     assert client.delete(f"{url}/{peering_id}").status_code == 202
     _wait_for(peering_id, "deleted", worker)
