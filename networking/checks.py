@@ -99,7 +99,7 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network:
         ipaddress.IPv4Address(address)
     except ValueError:
         raise ValueError(f"{text!r} is not a valid IPv4 CIDR: {address!r} is not an IPv4 address.") from None
-    if not prefix.isdigit() or not 0 <= int(prefix) <= 32:
+    if not (prefix.isascii() and prefix.isdigit()) or not 0 <= int(prefix) <= 32:
         raise ValueError(f"{text!r} is not a valid IPv4 CIDR: the prefix length must be 0 to 32.")
     try:
         return ipaddress.IPv4Network(text, strict=True)

@@ -269,3 +269,24 @@ def test_auditor_reads_but_cannot_create_peerings(owner_org, deployment, key_cli
     url = peering_url(owner_org, deployment)
     assert auditor.get(url).status_code == 200
     assert _problem(auditor.post(url, AWS_BODY, format="json"), 403)["detail"].startswith("This needs the ")
+
+
+def test_list_query_count_does_not_grow_with_page_size(owner, owner_org, deployment):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from networking import services
+
+    for n in range(12):
+        services.vpc_peering_create(
+            deployment=deployment, actor=None, **{**AWS_BODY, "cidr": f"10.{n + 1}.0.0/16", "vpc_id": f"vpc-{n:08x}"}
+        )
+    url = peering_url(owner_org, deployment)
+    counts = {}
+    for size in (2, 10):
+        owner.get(f"{url}?page_size={size}")
+        with CaptureQueriesContext(connection) as ctx:
+            response = owner.get(f"{url}?page_size={size}")
+        assert len(response.json()["results"]) == size
+        counts[size] = len(ctx.captured_queries)
+    assert counts[2] == counts[10] <= 8, counts
