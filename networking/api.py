@@ -65,7 +65,7 @@ _AWS_EXAMPLE = {
 }
 
 
-class CustomerActionSerializer(serializers.Serializer):
+class VpcPeeringCustomerActionSerializer(serializers.Serializer):
     summary = serializers.CharField()
     commands = serializers.ListField(child=serializers.CharField(), help_text="Run these in your own cloud account.")
     status = serializers.CharField(default="", help_text="What the provider reports now, e.g. what is still missing.")
@@ -133,11 +133,11 @@ class VpcPeeringSerializer(serializers.ModelSerializer):
     def get_platform_cidr(self, obj) -> str | None:
         return (obj.deployment.region.network or {}).get("cidr")
 
-    @extend_schema_field(CustomerActionSerializer(allow_null=True))
+    @extend_schema_field(VpcPeeringCustomerActionSerializer(allow_null=True))
     def get_customer_action(self, obj) -> dict | None:
         if obj.state != VpcPeering.State.AWAITING_CUSTOMER_ACTION or not obj.customer_action:
             return None
-        return CustomerActionSerializer(obj.customer_action).data
+        return VpcPeeringCustomerActionSerializer(obj.customer_action).data
 
 
 _FIELD_HELP = {

@@ -397,6 +397,9 @@ def _poll(peering: VpcPeering) -> str:
             adapter.remove(platform, customer, result.ids)
         except ProviderError as exc:
             result.cleanup_error = exc
+        except Exception as exc:  # as above: logged, and the same failing step is retried with its cleanup
+            logger.exception("vpc peering %s: unexpected error cleaning up at %s", peering.public_id, peering.provider)
+            result.cleanup_error = ProviderError(f"Unexpected error ({type(exc).__name__}).", permanent=False)
     return _apply(peering.pk, started, result)
 
 
