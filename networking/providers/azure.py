@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from azure.core.polling.base_polling import OperationFailed
 from azure.identity import ClientSecretCredential
 from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
@@ -39,6 +40,11 @@ def _message(exc: HttpResponseError) -> str:
 def _error(exc: Exception, doing: str) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, HttpResponseError) and isinstance(exc.__cause__, OperationFailed):
+        # The request was accepted, then its long-running operation ended Failed: that is ARM's answer to it.
+        return ProviderError(
+            f"Azure failed to {doing}: {_code(exc) or 'OperationFailed'}: {_message(exc)}", permanent=True
+        )
     if isinstance(exc, HttpResponseError) and exc.status_code is not None and 400 <= exc.status_code < 500:
         if exc.status_code not in (401, 408, 429):
             return ProviderError(f"Azure refused to {doing}: {_code(exc)}: {_message(exc)}", permanent=True)

@@ -62,6 +62,7 @@ class _Operation:
     final: str = "Succeeded"
     error: dict | None = None
     on_done: object = None
+    on_failed: object = None
 
 
 @dataclass
@@ -76,6 +77,7 @@ class FakeAzure:
     seen: list[tuple[str, str, dict]] = field(default_factory=list)  # (method, path, headers)
     failures: list[tuple[str, str, int, str, str]] = field(default_factory=list)
     operation_polls: int = 1  # how many times an async operation answers InProgress before it ends
+    next_operation_error: dict | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     base_url: str = ""
 
@@ -121,6 +123,11 @@ class FakeAzure:
     def delete_peering(self, vnet: str, name: str) -> None:
         with self.lock:
             self.vnets[vnet.lower()]["peerings"].pop(name.lower(), None)
+
+    def fail_next_operation(self, code: str, message: str) -> None:
+        """The next long-running operation started ends Failed with this error (after its InProgress polls)."""
+        with self.lock:
+            self.next_operation_error = {"code": code, "message": message}
 
     def fail_next(self, method: str, path_contains: str, status: int, code: str, message: str) -> None:
         with self.lock:
@@ -326,7 +333,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _async(self, subscription: str, location: str, on_done) -> dict:
         op_id = str(uuid.uuid4())
-        self.state.operations[op_id] = _Operation(subscription, self.state.operation_polls, on_done=on_done)
+        operation = _Operation(subscription, self.state.operation_polls, on_done=on_done)
+        if self.state.next_operation_error is not None:
+            operation.final, operation.error = "Failed", self.state.next_operation_error
+            self.state.next_operation_error = None
+        self.state.operations[op_id] = operation
         url = (
             f"{self.state.base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}/"
             f"operations/{op_id}?api-version=2024-05-01"
@@ -428,6 +439,9 @@ class _Handler(BaseHTTPRequestHandler):
             peering["provisioning"] = "Succeeded"
 
         headers = self._async(subscription, vnet["location"], finish)
+        self.state.operations[headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]].on_failed = (
+            lambda: peering.update(provisioning="Failed")
+        )
         self._send(201 if created else 200, state._render(vnet, peering), headers)
 
     def _operation(self, match: re.Match) -> None:
@@ -445,6 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
                 operation.status = operation.final
                 if operation.status == "Succeeded" and operation.on_done:
                     operation.on_done()
+                elif operation.status == "Failed" and operation.on_failed:
+                    operation.on_failed()
         body = {"status": operation.status}
         if operation.status == "Failed":
             body["error"] = operation.error

@@ -136,3 +136,20 @@ def test_poll_retries_when_platform_secret_is_wrong(deployment, azure):
     assert poll(peering) == "pending"
     peering = _reload(peering)
     assert "AADSTS7000215" in peering.last_error and peering.next_poll_at is not None
+
+
+def test_peering_fails_and_our_failed_side_is_removed_when_the_async_operation_fails(deployment, azure):
+    azure.customer_grants_access()
+    message = (
+        f"Cannot proceed with operation because resource {azure.customer_vnet} is not in Succeeded state. "
+        "Resource is in Updating state."
+    )
+    azure.fake.fail_next_operation("ReferencedResourceNotProvisioned", message)
+    peering = _create(deployment, azure)
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert peering.last_error == (
+        f"Azure failed to create peering {peering.public_id}: ReferencedResourceNotProvisioned: {message}"
+    )
+    assert azure.fake.requests("DELETE", "/virtualNetworkPeerings/")  # the side left in Failed was taken down
+    assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
