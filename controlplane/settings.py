@@ -216,6 +216,9 @@ VPC_PEERING_POLL_MAX_SECONDS = env.float("VPC_PEERING_POLL_MAX_SECONDS", default
 VPC_PEERING_RESYNC_SECONDS = env.float("VPC_PEERING_RESYNC_SECONDS", default=300.0)
 # A CA bundle the cloud SDKs verify the providers' endpoints with (a TLS-inspecting proxy); empty: the system's.
 CLOUD_CA_BUNDLE = env.str("CLOUD_CA_BUNDLE", default="")
+# The EMQX Enterprise licence key every Kubernetes deployment runs with (docs/operations/emqx-operator.md): without
+# one EMQX allows 25 sessions (5.8) or a single node (5.9+), so the Kubernetes driver refuses to render.
+EMQX_LICENSE_KEY = env.str("EMQX_LICENSE_KEY", default="")
 
 # Alerts: webhook/Slack/PagerDuty destinations on private or loopback addresses are refused unless an operator
 # allows them (self-hosted receivers on an internal network; the tests' loopback receivers).

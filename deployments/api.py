@@ -226,6 +226,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "plan",
             "tier",
             "region",
+            "emqx_version",
             "desired_state",
             "status",
             "status_reason",
@@ -348,6 +349,12 @@ class DeploymentCreateSerializer(InputSerializer):
     plan = StrictCharField(max_length=16, help_text="serverless | dedicated | premium | byoc")
     tier = StrictCharField(max_length=16, help_text="1k | 2k | 5k | 10k")
     region = StrictCharField(max_length=64, help_text="A region code from GET /api/v1/regions, e.g. local.")
+    emqx_version = StrictCharField(
+        max_length=16,
+        required=False,
+        help_text="Kubernetes (EMQX) regions only: the EMQX Enterprise release, 5.1.1 or later among those offered "
+        "(default 5.8.6). Refused elsewhere.",
+    )
     billing_cycle = serializers.ChoiceField(
         choices=["hourly", "annual"],
         default="hourly",
@@ -942,6 +949,13 @@ class HonouredPolicySerializer(RateLimitPolicySerializer):
     )
 
 
+class EmqxEnforcementSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="max_conn_rate | messages_rate | bytes_rate")
+    emqx_versions = serializers.CharField(help_text="The EMQX releases this applies to, e.g. 5.9.0 and later.")
+    emqx_key = serializers.CharField(help_text="The EMQX configuration key the limit is rendered into.")
+    scope = serializers.CharField(help_text="What one EMQX bucket covers: per client, per listener per node...")
+
+
 @extend_schema_serializer(
     examples=[
         OpenApiExample(
@@ -953,6 +967,8 @@ class HonouredPolicySerializer(RateLimitPolicySerializer):
                 "driver": "local",
                 "honoured": {"global": [], "zone": [], "listener": [], "connection": []},
                 "note": "Not enforced: this region runs mosquitto, which has no rate limiting at any level.",
+                "emqx_enforcement": None,
+                "emqx_version": None,
                 "operation": "op_q2w3e4r5t6y7u8i9o0pa",
             },
             response_only=True,
@@ -967,6 +983,16 @@ class DeploymentRateLimitsSerializer(serializers.Serializer):
         help_text="Per level, the fields enforced in this deployment's region.",
     )
     note = serializers.CharField()
+    emqx_enforcement = serializers.DictField(
+        child=EmqxEnforcementSerializer(many=True),
+        read_only=True,
+        allow_null=True,
+        help_text="Kubernetes (EMQX) regions: per level, what each EMQX release enforces and where. No EMQX "
+        "limiter is cluster-wide; see `scope`. Null in other regions.",
+    )
+    emqx_version = serializers.CharField(
+        read_only=True, allow_null=True, help_text="The EMQX release of this deployment, or null outside EMQX."
+    )
     operation = serializers.CharField(allow_null=True)
 
 
@@ -995,6 +1021,8 @@ class RateLimitViewSet(_DeploymentChildViewSet):
                     "driver": capabilities["driver"],
                     "honoured": honoured,
                     "note": capabilities["rate_limits_note"],
+                    "emqx_enforcement": capabilities.get("emqx_enforcement"),
+                    "emqx_version": deployment.emqx_version or None,
                     "operation": operation.public_id if operation else None,
                 }
             ).data

@@ -149,6 +149,8 @@ class Deployment(models.Model):
     desired_state = models.CharField(max_length=16, choices=DesiredState.choices, default=DesiredState.RUNNING)
     generation = models.PositiveIntegerField(default=1)
     restart_nonce = models.PositiveIntegerField(default=0)
+    # The EMQX release of a deployment in a Kubernetes region (checked by deployments.emqx_versions); "" elsewhere.
+    emqx_version = models.CharField(max_length=16, blank=True, default="")
     deletion_protection = models.BooleanField(default=False)
     last_tier_change_at = models.DateTimeField(null=True, blank=True)
     status_reason = models.CharField(max_length=32, blank=True, help_text="Why it was stopped, e.g. billing.")

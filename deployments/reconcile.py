@@ -139,7 +139,26 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
         restart_nonce=deployment.restart_nonce,
         api_key=API_KEY_NAME,
         api_secret=api_secret,
+        **_emqx_spec(deployment, local),
     )
+
+
+def _emqx_spec(deployment: Deployment, local: bool) -> dict:
+    """The EMQX-only parts of the spec (deployments.emqx_versions, deployments.manifests)."""
+    if local:
+        return {}
+    from deployments import emqx_versions
+
+    return {
+        "version": deployment.emqx_version or emqx_versions.DEFAULT_VERSION,
+        "license_key": settings.EMQX_LICENSE_KEY,
+        # No certificate material exists yet (TlsCertificate comes later): the TLS listeners stay disabled.
+        "tls": None,
+        # Durable sessions stay off, Premium included: emqx-operator 2.2.x replaces every core node on an update
+        # without moving the builtin_raft replicas to the new nodes (only its unreleased 2.3 line does), so the
+        # first maintenance would strand the sessions' storage. Sessions survive maintenance by evacuation instead.
+        "durable_sessions": False,
+    }
 
 
 # -- mutual exclusion -------------------------------------------------------------------------------------------------

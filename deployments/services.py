@@ -21,8 +21,9 @@ from rest_framework import exceptions
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.api.problems import Conflict
-from deployments import pricing
-from deployments.drivers.base import RateLimit
+from controlplane.errors import ValidationFailed
+from deployments import emqx_acl, emqx_versions, pricing
+from deployments.drivers.base import AclEntry, RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (
     ACTIVE_OPERATION_STATES,
@@ -172,7 +173,15 @@ def _dry_run(deployment: Deployment, action: str, *, state_after: str, tier_afte
 
 @transaction.atomic
 def deployment_create(
-    *, project, actor, name: str, plan: str, tier: str, region: str, dry_run: bool = False
+    *,
+    project,
+    actor,
+    name: str,
+    plan: str,
+    tier: str,
+    region: str,
+    dry_run: bool = False,
+    emqx_version: str | None = None,
 ) -> tuple[Deployment, Operation] | DryRun:
     plan_row = Plan.objects.filter(code=plan).first()
     if plan_row is None:
@@ -187,6 +196,7 @@ def deployment_create(
         raise exceptions.ValidationError({"region": [f"Region {region!r} is closed for new deployments."]})
     if not region_row.tiers.filter(pk=tier_row.pk).exists():
         raise exceptions.ValidationError({"tier": [f"Tier {plan}/{tier} is not offered in region {region!r}."]})
+    emqx_version = _check_emqx_version(region_row, emqx_version)
     organization = project.organization
     if plan_row.code == Plan.Code.PREMIUM:
         # Lock the organization so two concurrent creates cannot both take the last trial.
@@ -202,7 +212,9 @@ def deployment_create(
     if _name_taken(project, name):
         raise _name_conflict(name)
 
-    deployment = Deployment(project=project, name=name, plan=plan_row, tier=tier_row, region=region_row)
+    deployment = Deployment(
+        project=project, name=name, plan=plan_row, tier=tier_row, region=region_row, emqx_version=emqx_version
+    )
     if dry_run:
         return _dry_run(
             deployment,
@@ -491,6 +503,46 @@ def deployment_delete(*, deployment: Deployment, actor, force: bool = False) -> 
     return deployment, operation
 
 
+def _check_emqx_version(region: Region, emqx_version: str | None) -> str:
+    """The EMQX release a deployment in `region` runs: the default when not given, "" outside Kubernetes."""
+    if region.driver != Region.Driver.KUBERNETES:
+        if emqx_version:
+            raise ValidationFailed(
+                {
+                    "emqx_version": f"Region {region.code!r} runs mosquitto brokers; an EMQX version applies only to "
+                    "Kubernetes (EMQX) regions."
+                }
+            )
+        return ""
+    try:
+        return emqx_versions.check(emqx_version or emqx_versions.DEFAULT_VERSION)
+    except emqx_versions.UnsupportedVersion as exc:
+        raise ValidationFailed({"emqx_version": str(exc)}) from exc
+
+
+def _check_acl_expressible(deployment: Deployment, rules: list[AclRule], before: list[AclEntry]) -> None:
+    """EMQX evaluates client-id, then username, then everyone's rules: refuse a change that leads to an order it
+    cannot express. A list that was already inexpressible (stored before this check) may still be edited toward
+    one that is; the reconciler reports it meanwhile."""
+    if deployment.region.driver != Region.Driver.KUBERNETES:
+        return
+    try:
+        emqx_acl.compile_acl(_acl_entries(rules))
+    except emqx_acl.AclNotExpressible as exc:
+        try:
+            emqx_acl.compile_acl(before)
+        except emqx_acl.AclNotExpressible:
+            return
+        raise ValidationFailed({exc.field: str(exc)}) from exc
+
+
+def _acl_entries(rules: list[AclRule]) -> list[AclEntry]:
+    return [
+        AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
+        for r in rules
+    ]
+
+
 # -- configuration: MQTT users, ACL, rate limits ------------------------------------------------------------------------
 
 
@@ -619,6 +671,7 @@ def acl_rule_create(
     _refuse_if_deleted(deployment)
     _check_acl(deployment, topic=topic, username=username, client_id=client_id)
     rules = list(AclRule.objects.filter(deployment=deployment).order_by("position", "id"))
+    before = _acl_entries(rules)
     position = len(rules) if position is None else min(position, len(rules))
     rule = AclRule(
         deployment=deployment,
@@ -630,6 +683,7 @@ def acl_rule_create(
         client_id=client_id,
     )
     rules.insert(position, rule)
+    _check_acl_expressible(deployment, rules, before)
     _renumber(rules)
     operation = _configure(
         deployment,
@@ -653,6 +707,7 @@ def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operat
     deployment = _locked(rule.deployment)
     _refuse_if_deleted(deployment)
     rules = list(AclRule.objects.select_for_update().filter(deployment=deployment).order_by("position", "id"))
+    before = _acl_entries(rules)
     rule = next(r for r in rules if r.pk == rule.pk)
     position = changes.pop("position", None)
     for field in ("permission", "action", "topic", "username", "client_id"):
@@ -662,6 +717,7 @@ def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operat
     if position is not None:
         rules.remove(rule)
         rules.insert(min(position, len(rules)), rule)
+    _check_acl_expressible(deployment, rules, before)
     _renumber(rules, always=rule)
     operation = _configure(
         deployment,

@@ -61,6 +61,16 @@ class RateLimit:
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsMaterial:
+    """Where a deployment's server certificate lives: a kubernetes.io/tls Secret in the deployment's namespace
+    (`tls.crt`, `tls.key`, and `ca.crt` when clients must present certificates signed by it)."""
+
+    secret_name: str
+    has_client_ca: bool = False
+    verify_peer: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class RegionTarget:
     """Where a deployment's brokers run: what the region row says, with secrets already decrypted."""
 
@@ -94,6 +104,12 @@ class BrokerSpec:
     # Kubernetes only: the bootstrap API key the control plane uses for EMQX's management API.
     api_key: str = ""
     api_secret: str = ""
+    # Kubernetes only: the certificate the TLS listeners (mqtts, wss) serve; None keeps them disabled.
+    tls: TlsMaterial | None = None
+    # Kubernetes only: the EMQX Enterprise licence key (EMQX_LICENSE__KEY); "" renders none.
+    license_key: str = ""
+    # Kubernetes only: replicated durable sessions (EMQX Enterprise's builtin_raft storage).
+    durable_sessions: bool = False
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("deployments", "0003_maintenance_window"),
+        ("deployments", "0004_deployment_emqx_version"),
     ]
 
     operations = [
