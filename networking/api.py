@@ -128,6 +128,8 @@ class VpcPeeringSerializer(serializers.ModelSerializer):
 
     def get_provider_peering_id(self, obj) -> str | None:
         ids = obj.provider_ids or {}
+        if ids.get("created") is False:
+            return None  # Azure: our side waits for the customer's role assignment and does not exist yet
         return ids.get("vpc_peering_connection_id") or ids.get("peering_id") or ids.get("peering_name") or None
 
     def get_platform_cidr(self, obj) -> str | None:

@@ -5,6 +5,7 @@ including the customer's role assignment, a refusal from Azure, the customer del
 import pytest
 
 from networking import services
+from networking.api import VpcPeeringSerializer
 from networking.models import VpcPeering
 from tests.networking.conftest import (
     AZURE_APPLICATION,
@@ -47,6 +48,7 @@ def test_peering_walks_to_active_after_role_assignment_and_customer_side(deploym
     peering = _reload(peering)
     assert peering.provider_state == "ApplicationNotRegistered"
     assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
+    assert VpcPeeringSerializer(peering).data["provider_peering_id"] is None  # nothing of ours exists yet
     commands = peering.customer_action["commands"]
     assert commands[0] == f"az ad sp create --id {AZURE_APPLICATION}"
     assert commands[1] == (
@@ -72,6 +74,8 @@ def test_peering_walks_to_active_after_role_assignment_and_customer_side(deploym
     peering = _reload(peering)
     assert peering.provider_state == "Initiated"
     assert peering.provider_ids["created"] is True
+    peering_id = f"{azure.platform_vnet}/virtualNetworkPeerings/{peering.public_id}"
+    assert VpcPeeringSerializer(peering).data["provider_peering_id"] == peering_id
     ours = azure.fake.peering(azure.platform_vnet, peering.public_id)
     assert ours["properties"]["provisioningState"] == "Succeeded"
     assert ours["properties"]["remoteVirtualNetwork"]["id"] == azure.customer_vnet
