@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ("deployments", "0005_region_network"),
+        ("deployments", "0006_region_network"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

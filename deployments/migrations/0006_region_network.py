@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("deployments", "0004_deployment_emqx_version"),
+        ("deployments", "0005_deployment_emqx_version"),
     ]
 
     operations = [

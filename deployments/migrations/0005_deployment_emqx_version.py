@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("deployments", "0003_maintenance_window"),
+        ("deployments", "0004_degraded_status_and_text_validators"),
     ]
 
     operations = [
