@@ -16,7 +16,7 @@ from drf_spectacular.utils import (
 from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, PlainTextField
 from controlplane.api.views import ScopedViewSet
 from deployments.models import Deployment
 from deployments.selectors import deployment_queryset
@@ -157,12 +157,12 @@ _FIELD_HELP = {
 
 class VpcPeeringValidateSerializer(InputSerializer):
     provider = serializers.ChoiceField(choices=VpcPeering.Provider.choices, help_text="aws | gcp | azure")
-    cidr = StrictCharField(max_length=64, help_text="Your network's CIDR, private (RFC 1918 or RFC 6598): 10.1.0.0/16.")
+    cidr = PlainTextField(max_length=64, help_text="Your network's CIDR, private (RFC 1918 or RFC 6598): 10.1.0.0/16.")
 
     def get_fields(self):
         fields = super().get_fields()
         for name in checks.ALL_FIELDS:
-            fields[name] = StrictCharField(
+            fields[name] = PlainTextField(
                 max_length=128, required=False, allow_null=True, default=None, help_text=_FIELD_HELP[name]
             )
         return fields

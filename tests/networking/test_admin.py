@@ -1,4 +1,5 @@
-"""The backoffice shows peerings read-only and can re-poll one; the region form carries the network block."""
+"""The backoffice (staff signed in with two factors) shows peerings read-only and can re-poll one; the region form
+carries the network block."""
 
 import pytest
 
@@ -7,13 +8,6 @@ from networking.models import VpcPeering
 from tests.networking.conftest import CUSTOMER_ACCOUNT, REGION_AWS, make_deployment, make_region
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def staff(db):
-    from accounts.models import User
-
-    return User.objects.create_superuser("ops@example.com", "operator passphrase")
 
 
 @pytest.fixture
@@ -37,8 +31,8 @@ def peering(owner_org, deployments_catalog):
     )
 
 
-def test_staff_lists_and_opens_peerings_read_only(client, staff, peering):
-    client.force_login(staff)
+def test_staff_lists_and_opens_peerings_read_only(admin_client, peering):
+    client = admin_client
     listing = client.get("/admin/networking/vpcpeering/")
     assert listing.status_code == 200 and peering.public_id.encode() in listing.content
     page = client.get(f"/admin/networking/vpcpeering/{peering.pk}/change/")
@@ -46,8 +40,8 @@ def test_staff_lists_and_opens_peerings_read_only(client, staff, peering):
     assert client.get("/admin/networking/vpcpeering/add/").status_code == 403
 
 
-def test_poll_now_action_supersedes_the_scheduled_poll(client, staff, peering):
-    client.force_login(staff)
+def test_poll_now_action_supersedes_the_scheduled_poll(admin_client, peering):
+    client = admin_client
     before = peering.poll_token
     response = client.post(
         "/admin/networking/vpcpeering/",
@@ -57,8 +51,8 @@ def test_poll_now_action_supersedes_the_scheduled_poll(client, staff, peering):
     assert VpcPeering.objects.get(pk=peering.pk).poll_token != before
 
 
-def test_region_form_shows_network_but_never_the_credentials(client, staff, peering):
-    client.force_login(staff)
+def test_region_form_shows_network_but_never_the_credentials(admin_client, peering):
+    client = admin_client
     region = peering.deployment.region
     page = client.get(f"/admin/deployments/region/{region.pk}/change/")
     assert page.status_code == 200
