@@ -115,30 +115,25 @@ class EmqxApi:
 
     # -- ACL ---------------------------------------------------------------------------------------------------
     def sync_acl(self, entries: Iterable[AclEntry]) -> None:
-        """Make the built-in database rules the per-subject lists that decide as the ordered `entries` do.
+        """Make the built-in database rules exactly what `entries` compile to: push_acl, then prune_acl."""
+        entries = list(entries)
+        self.push_acl(entries)
+        self.prune_acl(entries)
+
+    def push_acl(self, entries: Iterable[AclEntry]) -> None:
+        """Store every rule list the ordered `entries` need (new or changed subjects, and the rules for all), and
+        remove none: rules go in before the users they are for (EMQX's no_match lets a user without rules do
+        anything), and come out only after them (prune_acl).
 
         EMQX checks a client's client-id rules, then its username's rules, then the rules for all
         (emqx_authz_mnesia:authorize/4); deployments.emqx_acl compiles our one ordered list into those three,
-        or refuses an order EMQX cannot express.
+        or refuses an order EMQX cannot express (before anything is sent).
         """
-        try:
-            compiled = emqx_acl.compile_acl(list(entries))
-        except emqx_acl.AclNotExpressible as exc:
-            raise PermanentDriverError(str(exc)) from exc
-
-        def wire(rules: list[AclEntry]) -> list[dict]:
-            return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
-
-        by_user = {who: wire(rules) for who, rules in compiled.by_username.items()}
-        by_client = {who: wire(rules) for who, rules in compiled.by_client_id.items()}
-        for_all = wire(compiled.for_all)
-
-        for kind, key, desired in (("users", "username", by_user), ("clients", "clientid", by_client)):
+        by_kind, for_all = _wire_acl(entries)
+        for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
                 who = current.get(key)
-                if who not in desired:
-                    self._request("DELETE", f"{_RULES}/{kind}/{quote(who, safe='')}", expected=(204, 404))
-                elif _comparable(current.get("rules")) == desired[who]:
+                if who in desired and _comparable(current.get("rules")) == desired[who]:
                     del desired[who]
             for who, rules in desired.items():
                 # PUT stores the rule list for that subject, replacing whatever was there.
@@ -146,6 +141,15 @@ class EmqxApi:
         current_all = self._get_json(f"{_RULES}/all")
         if not isinstance(current_all, dict) or _comparable(current_all.get("rules")) != for_all:
             self._request("POST", f"{_RULES}/all", json={"rules": for_all})
+
+    def prune_acl(self, entries: Iterable[AclEntry]) -> None:
+        """Delete the rule lists of the subjects `entries` has no rules for any more."""
+        by_kind, _for_all = _wire_acl(entries)
+        for kind, key, desired in by_kind:
+            for current in self._paged(f"{_RULES}/{kind}"):
+                who = current.get(key)
+                if who not in desired:
+                    self._request("DELETE", f"{_RULES}/{kind}/{quote(who, safe='')}", expected=(204, 404))
 
     def acl_rules(self) -> dict[str, object]:
         return {
@@ -163,6 +167,24 @@ class EmqxApi:
 
     def metrics(self) -> dict | list:
         return self._get_json("/metrics", aggregate="true")
+
+
+def _wire_acl(entries: Iterable[AclEntry]) -> tuple[list[tuple[str, str, dict[str, list[dict]]]], list[dict]]:
+    """([(path kind, subject key, subject -> rules)] for users and clients, the rules for all), as EMQX stores them;
+    PermanentDriverError if EMQX cannot express the order of `entries`."""
+    try:
+        compiled = emqx_acl.compile_acl(list(entries))
+    except emqx_acl.AclNotExpressible as exc:
+        raise PermanentDriverError(str(exc)) from exc
+
+    def wire(rules: list[AclEntry]) -> list[dict]:
+        return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
+
+    by_kind = [
+        ("users", "username", {who: wire(rules) for who, rules in compiled.by_username.items()}),
+        ("clients", "clientid", {who: wire(rules) for who, rules in compiled.by_client_id.items()}),
+    ]
+    return by_kind, wire(compiled.for_all)
 
 
 def _comparable(rules: object) -> list[dict]:

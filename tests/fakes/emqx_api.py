@@ -37,7 +37,9 @@ class FakeEmqx:
     client_rules: dict[str, list[dict]] = field(default_factory=dict)
     all_rules: list[dict] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)
-    fail_status: int | None = None  # answer every request with this status (e.g. 503) while set
+    fail_status: int | None = None  # answer every request with this status (e.g. 503) while set…
+    fail_path_prefix: str = ""  # …or only those whose path starts with this (an authz source restarting, say)…
+    fail_method: str = ""  # …and, if set, only with this method
     version: str = "5.8.6"  # the release whose wire formats the fake speaks
     import_queries: list[dict] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -96,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorised():
                 self._error(401, "BAD_API_KEY_OR_SECRET", "Check api_key/api_secret")
                 return
-            if state.fail_status:
+            if state.fail_status and path.startswith(state.fail_path_prefix) and state.fail_method in ("", method):
                 self._error(state.fail_status, "SERVICE_UNAVAILABLE", "injected failure")
                 return
             self._dispatch(method, path, query, raw)
