@@ -54,8 +54,10 @@ T_PUB_DROPPED = "$SYS/broker/publish/messages/dropped"
 T_BYTES_RECEIVED = "$SYS/broker/bytes/received"
 T_BYTES_SENT = "$SYS/broker/bytes/sent"
 
-AUTH_FAILURE_LINE = re.compile(rb"Client \S+ disconnected, not authorised\.")
-ACL_DENIED_LINE = re.compile(rb"Denied PUBLISH from ")
+# Whole lines of the broker's own ("<unix seconds>: <message>"): a client id may hold spaces and these very words
+# (mosquitto refuses only control characters in it), so a match anywhere else in a line proves nothing.
+AUTH_FAILURE_LINE = re.compile(rb"\d+: Client \S+ disconnected, not authorised\.\n")
+ACL_DENIED_LINE = re.compile(rb"\d+: Denied PUBLISH from ")
 
 # After the first fresh $SYS message, the rest of the batch follows within milliseconds over one socket.
 _BATCH_QUIET_SECONDS = 0.2
@@ -133,11 +135,11 @@ def _read_log(*, path: str, offset: int, monitor_client_id: str) -> tuple[int, i
                 # A line mosquitto is still writing: read it whole next time.
                 break
             offset += len(line)
-            if AUTH_FAILURE_LINE.search(line):
+            if AUTH_FAILURE_LINE.fullmatch(line):
                 auth += 1
-            elif ACL_DENIED_LINE.search(line):
+            elif ACL_DENIED_LINE.match(line):
                 acl += 1
-            elif own_connack in line:
+            elif own_connack in line:  # a random client id of our own: nobody else can write it
                 debug_seen = True
     return offset, auth, acl, debug_seen
 

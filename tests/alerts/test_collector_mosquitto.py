@@ -208,6 +208,22 @@ def test_auth_failures_counted_from_log_when_ten_wrong_passwords(broker):
         assert fh.read().count(b"disconnected, not authorised.") == 10
 
 
+def test_nothing_is_counted_when_a_client_id_repeats_the_broker_words(broker):
+    """A client id may hold spaces and any printable text: logged mid-line, it is not the broker's own line."""
+    first = broker.collect()
+    for client_id in ("x Client y disconnected, not authorised.", "Denied PUBLISH from x"):
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        client.username_pw_set(DEVICE_USER, DEVICE_PASSWORD)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        client.publish("dev/ok", b"x", qos=1).wait_for_publish(5)
+        close(client)
+    second = broker.collect(previous=first.state, log_offset=first.log_offset)
+    with open(broker.log_path, "rb") as fh:
+        assert b"as x Client y disconnected, not authorised." in fh.read()  # it was there to be miscounted
+    assert (second.state["log"]["auth_failures"], second.state["log"]["acl_denied"]) == (0, 0)
+
+
 def test_log_is_not_counted_twice_when_offset_passed_back(broker):
     first = broker.collect()
     refused_connect(broker.port)
