@@ -26,6 +26,7 @@ from django.utils.http import urlsafe_base64_encode
 from accounts.models import User
 from controlplane import crypto
 from controlplane.errors import Conflict, ValidationFailed
+from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 
 SIGNUP_LINK_TTL_SECONDS = 24 * 60 * 60
@@ -38,15 +39,12 @@ def _audit(action: str, *, actor, user: User, summary: dict | None = None) -> No
 
 
 def _enqueue_on_commit(task_name: str, **kwargs) -> None:
-    """Send the accounts task once the current transaction commits (at once outside one). A broker that cannot be
-    reached is logged (robust), never raised into the request: the person asks again."""
+    """Publish an accounts task once the current transaction commits (at once outside one). A broker that cannot be
+    reached is logged and counted (controlplane.tasks), never raised into the request, and no sweep finds the email
+    again (nothing was stored): the person asks again."""
+    from accounts import tasks  # the tasks call these services
 
-    def send():
-        from accounts import tasks
-
-        getattr(tasks, task_name).delay(**kwargs)
-
-    transaction.on_commit(send, robust=True)
+    enqueue_on_commit(getattr(tasks, task_name), **kwargs)
 
 
 def normalize_email(email: str) -> str:

@@ -225,7 +225,7 @@ def reauthenticate(*, user: User, password: str, ip) -> None:
 
     Not atomic on purpose: the failure must stay counted when the caller's change is refused."""
     attempt = signin_begin(email=None, user=user, ip=ip)
-    if attempt.refused:
+    if attempt.lockout is not None:
         raise SignInLocked(attempt.lockout)
     if not password or not user.check_password(password):
         lockout = signin_failed(attempt, reason="reauthentication")

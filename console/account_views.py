@@ -28,6 +28,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
+from django.views.generic import FormView
 from django_otp import login as otp_login
 
 from accounts import services as account_services
@@ -230,7 +231,7 @@ def signup_confirm(request):
 # --- Password reset and change ----------------------------------------------------------------------------------
 
 
-class PasswordResetView(auth_views.PasswordResetView):
+class PasswordResetView(FormView):
     """The address goes to a task that looks it up and sends the email (accounts.services.password_reset_request):
     the answer takes as long for an account as for an unknown address."""
 

@@ -331,9 +331,9 @@ def invitation_accept(*, token: str, user=None, password: str | None = None, ful
     else:
         if not password:
             raise ValidationFailed({"password": "Choose a password for your new account."})
-        found = find_control_character(full_name or "")
-        if found is not None:
-            raise ValidationFailed({"full_name": control_character_message(*found)})
+        control = find_control_character(full_name or "")
+        if control is not None:
+            raise ValidationFailed({"full_name": control_character_message(*control)})
         candidate = User(email=invitation.email, full_name=full_name)
         try:
             validate_password(password, user=candidate)

@@ -88,4 +88,6 @@ class SmtpReceiver(threading.Thread):
 
 
 def body(message: email.message.EmailMessage) -> str:
-    return message.get_body(preferencelist=("plain",)).get_content()
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None, "no text/plain part"
+    return part.get_content()
