@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "organizations",
     "audit",
     "projects",
+    "notifications",
     "deployments",
     "billing",
     "alerts",

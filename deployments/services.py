@@ -21,7 +21,7 @@ from rest_framework import exceptions
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.api.problems import Conflict
-from deployments import pricing
+from deployments import hooks, pricing
 from deployments.drivers.base import RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (
@@ -42,6 +42,8 @@ from deployments.models import (
 )
 from deployments.passwords import hash_mqtt_password, validate_mqtt_username
 from deployments.topics import validate_topic_filter
+from notifications.models import PlatformEvent
+from notifications.services import platform_event_notify
 from organizations.access import acting_user
 
 logger = logging.getLogger(__name__)
@@ -231,6 +233,7 @@ def deployment_create(
         target=deployment,
         summary={"name": name, "plan": plan, "tier": tier, "region": region, "operation": operation.public_id},
     )
+    hooks.deployment_created(deployment)  # what upper apps create with every deployment (alerts: default rules)
     enqueue_reconcile(deployment.pk)
     return deployment, operation
 
@@ -813,9 +816,6 @@ def maintenance_schedule(
 ) -> MaintenanceWindow:
     """Announce maintenance: the brokers restart once inside the window, alerts are withheld during it, and the
     organization hears of it now through its platform-event channels (or its administrators by email)."""
-    from alerts.models import PlatformEvent
-    from alerts.services import notify_platform_event
-
     deployment = _locked(deployment)  # serializes schedules of one deployment: the overlap check holds
     reason = maintenance_validate(
         deployment=deployment, starts_at=starts_at, ends_at=ends_at, reason=reason, emergency=emergency, now=now
@@ -850,7 +850,7 @@ def maintenance_schedule(
             "reason": reason,
         },
     )
-    notify_platform_event(
+    platform_event_notify(
         organization=organization,
         kind=PlatformEvent.Kind.MAINTENANCE_SCHEDULED,
         subject=deployment.public_id,
@@ -871,9 +871,6 @@ def maintenance_schedule(
 @transaction.atomic
 def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.datetime | None = None) -> MaintenanceWindow:
     """Call off a window that has not started; the organization is told, as it was told of the schedule."""
-    from alerts.models import PlatformEvent
-    from alerts.services import notify_platform_event
-
     now = now or timezone.now()
     window = (
         MaintenanceWindow.objects.select_for_update(of=("self",))
@@ -901,7 +898,7 @@ def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.dateti
         target=window,
         summary={"deployment": deployment.public_id, "starts_at": _utc(window.starts_at)},
     )
-    notify_platform_event(
+    platform_event_notify(
         organization=organization,
         kind=PlatformEvent.Kind.MAINTENANCE_CANCELLED,
         subject=deployment.public_id,
