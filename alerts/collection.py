@@ -199,7 +199,7 @@ def uncollected_deployment_ids_to_evaluate() -> list[int]:
         Deployment.objects.exclude(status=Status.RUNNING)
         .exclude(desired_state=DesiredState.DELETED)
         .filter(
-            Q(desired_state=DesiredState.RUNNING, status__in=["degraded", Status.FAILED])
+            Q(desired_state=DesiredState.RUNNING, status__in=[Status.DEGRADED, Status.FAILED])
             | Q(alerts__status__in=[AlertStatus.PENDING, AlertStatus.FIRING])
         )
         .order_by()

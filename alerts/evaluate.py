@@ -29,9 +29,6 @@ from notifications.models import Delivery
 
 logger = logging.getLogger(__name__)
 
-# The observed status of a deployment whose broker is down and being restored (a value the reconciler writes).
-DEGRADED = "degraded"
-
 
 @dataclasses.dataclass
 class EvaluationSummary:
@@ -252,7 +249,7 @@ def _unavailable_deployments(ids) -> dict[int, tuple[float, str]]:
 
     ran = StatusInterval.objects.filter(deployment=OuterRef("pk"), status=StatusInterval.Kind.RUNNING)
     qs = Deployment.objects.filter(desired_state=DesiredState.RUNNING).filter(
-        Q(status=DEGRADED) | Q(Exists(ran), status=Status.FAILED)
+        Q(status=Status.DEGRADED) | Q(Exists(ran), status=Status.FAILED)
     )
     if ids is not None:
         qs = qs.filter(pk__in=ids)

@@ -11,8 +11,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
+from controlplane.validators import no_control_characters
 from notifications.models import Severity  # alert rules and alerts share the notifications app's severities
-from notifications.text import validate_name
 
 
 class MetricSample(models.Model):
@@ -114,7 +114,7 @@ class AlertRule(models.Model):
     deployment = models.ForeignKey(
         "deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True, related_name="alert_rules"
     )
-    name = models.CharField(max_length=100, validators=[validate_name])
+    name = models.CharField(max_length=100, validators=[no_control_characters])
     kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.METRIC)
     metric = models.CharField(max_length=32, blank=True)
     aggregation = models.CharField(max_length=8, choices=Aggregation.choices, default=Aggregation.AVG)

@@ -21,7 +21,7 @@ from alerts.models import Alert, AlertEvent, AlertRule, AlertStatus, Silence
 from audit.services import audit_record
 from billing.money import minor_units, round_half_up, to_decimal
 from controlplane.errors import Conflict, ValidationFailed
-from notifications import text
+from controlplane.validators import control_character_message, find_control_character
 from notifications.models import NotificationChannel
 from organizations.access import acting_user
 
@@ -81,9 +81,9 @@ def _set_budget(rule: AlertRule, *, budget_amount, organization) -> None:
 
 def _validate_rule(rule: AlertRule) -> None:
     errors: dict[str, list[str]] = {}
-    name_problem = text.name_problem(rule.name)
-    if name_problem:
-        errors["name"] = [name_problem]
+    found = find_control_character(rule.name) if isinstance(rule.name, str) else None
+    if found is not None:  # a rule's name is in its alerts' summaries, and so in mail subjects
+        errors["name"] = [control_character_message(*found)]
     if rule.kind == AlertRule.Kind.METRIC:
         try:
             rule.metric = validate_metric_name(rule.metric)

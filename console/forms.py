@@ -5,13 +5,6 @@ from django import forms
 from organizations.roles import Role
 
 
-class SignupForm(forms.Form):
-    email = forms.EmailField(max_length=254)
-    full_name = forms.CharField(max_length=150, required=False)
-    organization_name = forms.CharField(max_length=100, required=False, help_text="You can rename it later.")
-    password = forms.CharField(widget=forms.PasswordInput, max_length=128)
-
-
 class InvitationAcceptForm(forms.Form):
     full_name = forms.CharField(max_length=150, required=False)
     password = forms.CharField(widget=forms.PasswordInput, max_length=128, required=False)

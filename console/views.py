@@ -1,4 +1,5 @@
-"""The minimal customer console: sign-up, sign-in, organization and project switcher, API keys.
+"""The minimal customer console: organization and project switcher, API keys, invitations (sign-in, sign-up and
+two-factor pages live in console/account_views.py).
 
 Pages call the same services and access checks as the REST API; they never write models directly.
 """
@@ -12,15 +13,21 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 from rest_framework.exceptions import APIException
 
-from accounts.services import user_signup
-from console.forms import ApiKeyCreateForm, InvitationAcceptForm, SignupForm
+from console.forms import ApiKeyCreateForm, InvitationAcceptForm
+from controlplane.errors import DomainError
 from organizations import access, services
 from organizations.models import ApiKey, Organization
 from projects.models import Project
 
 
 def _add_errors(form, exc):
-    if isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
+    if isinstance(exc, DomainError):
+        by_field = {}
+        for error in exc.errors:
+            by_field.setdefault(error.field or "__all__", []).append(error.message)
+        for field, errors in (by_field or {"__all__": [exc.message]}).items():
+            form.add_error(field if field in form.fields else None, errors)
+    elif isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
         for field, errors in exc.message_dict.items():
             form.add_error(field if field in form.fields else None, errors)
     elif isinstance(exc, APIException):
@@ -43,20 +50,6 @@ def _organization(request, org_id) -> Organization:
     if organization is None or not access.can_see_organization(_principal(request), organization):
         raise Http404("No such organization")
     return organization
-
-
-@require_http_methods(["GET", "POST"])
-def signup(request):
-    form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            user, organization = user_signup(**form.cleaned_data)
-        except ValidationError as exc:
-            _add_errors(form, exc)
-        else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            return redirect("console:organization", org_id=organization.public_id)
-    return render(request, "console/signup.html", {"form": form})
 
 
 @login_required
@@ -128,8 +121,8 @@ def api_keys(request, org_id):
             try:
                 services.api_key_revoke(key=key, actor=principal)
                 messages.success(request, f"Revoked {key.name}.")
-            except APIException as exc:
-                messages.error(request, str(exc.detail))
+            except DomainError as exc:
+                messages.error(request, exc.message)
             return redirect("console:api-keys", org_id=org_id)
         if form.is_valid():
             try:
@@ -143,7 +136,7 @@ def api_keys(request, org_id):
                     created_by=request.user,
                 )
                 form = ApiKeyCreateForm(project_choices=project_choices)
-            except (ValidationError, APIException) as exc:
+            except (ValidationError, DomainError) as exc:
                 _add_errors(form, exc)
     keys = ApiKey.objects.filter(organization=organization).select_related("created_by").prefetch_related("projects")
     return render(
@@ -169,7 +162,7 @@ def invitation_accept(request):
     if request.method == "POST" and form.is_valid():
         try:
             membership = services.invitation_accept(token=token, user=request.user, **form.cleaned_data)
-        except ValidationError as exc:
+        except (ValidationError, DomainError) as exc:
             _add_errors(form, exc)
         else:
             if not request.user.is_authenticated:

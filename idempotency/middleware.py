@@ -1,9 +1,12 @@
 """`Idempotency-Key` for every mutating API request.
 
-The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept
-for IDEMPOTENCY_TTL_SECONDS and replayed, with `Idempotent-Replayed: true`, to any later request with the same key
-and the same body. The same key with another body answers 422. A duplicate arriving while the first still runs waits
-for it (the unique row is the lock), then replays.
+The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept,
+encrypted (it can hold a secret, such as a new API key's), for IDEMPOTENCY_TTL_SECONDS and replayed, with
+`Idempotent-Replayed: true`, to any later request with the same key and the same body. A later request is answered
+from the record only after the view's own checks pass for it as they stand now (authentication, tenancy, scopes):
+a revoked key, a removed member or a demoted one gets the refusal it would get without the header, never the stored
+response. The same key with another body answers 422. A duplicate arriving while the first still runs waits for it
+(the unique row is the lock), then replays.
 """
 
 import datetime
@@ -15,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.http import HttpResponse
 from django.utils import timezone
 
+from controlplane import crypto
 from controlplane.api.problems import problem_response
 from idempotency.models import IdempotencyRecord
 
@@ -34,11 +38,44 @@ def _scope(request) -> str | None:
 
 
 def _replay(record: IdempotencyRecord) -> HttpResponse:
-    response = HttpResponse(bytes(record.body), status=record.status_code)
+    try:
+        body = crypto.decrypt_bytes(record.body)
+    except ValueError:  # made with an encryption key that is no longer configured
+        return problem_response(
+            409,
+            detail="The response to this Idempotency-Key can no longer be read; send the request with a new key.",
+            code="idempotency-unreadable",
+        )
+    response = HttpResponse(body, status=record.status_code)
     for name, value in record.headers.items():
         response[name] = value
     response["Idempotent-Replayed"] = "true"
     return response
+
+
+def _refusal(request, view_func, view_args, view_kwargs):
+    """What the view would answer this request now, short of running it: DRF's own `initial()` (content
+    negotiation, authentication, throttling, and for tenant views the organization, project and scope checks) on a
+    fresh instance of the view. None when the caller may make the call; else the rendered refusal."""
+    cls = getattr(view_func, "cls", None)
+    if cls is None:  # not a DRF view: nothing to check it against, so nothing is replayed
+        return problem_response(409, detail="This request cannot be replayed.", code="idempotency-not-replayable")
+    view = cls(**getattr(view_func, "initkwargs", {}))
+    actions = getattr(view_func, "actions", None)
+    if actions is not None:  # a viewset: bind its actions to methods as ViewSetMixin.as_view does
+        view.action_map = actions
+        for method, action in actions.items():
+            setattr(view, method, getattr(view, action))
+    view.args, view.kwargs = view_args, view_kwargs
+    drf_request = view.initialize_request(request, *view_args, **view_kwargs)
+    view.request = drf_request
+    view.headers = view.default_response_headers
+    try:
+        view.initial(drf_request, *view_args, **view_kwargs)
+    except Exception as exc:  # noqa: BLE001 - as APIView.dispatch: handle_exception answers what it knows, re-raises the rest
+        response = view.finalize_response(drf_request, view.handle_exception(exc), *view_args, **view_kwargs)
+        return response.render()
+    return None
 
 
 def _serves(view_func, method: str) -> bool:
@@ -84,6 +121,10 @@ class IdempotencyMiddleware:
             with transaction.atomic():
                 record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
         except IntegrityError:
+            # Whatever the record holds, the caller must first pass the view's checks as they stand now.
+            refusal = _refusal(request, view_func, view_args, view_kwargs)
+            if refusal is not None:
+                return refusal
             return self._duplicate(scope, key, fingerprint)
 
         try:
@@ -99,7 +140,7 @@ class IdempotencyMiddleware:
         record.completed = True
         record.status_code = response.status_code
         record.headers = {name: response[name] for name in KEPT_HEADERS if name in response}
-        record.body = response.content
+        record.body = crypto.encrypt_bytes(response.content)
         record.save(update_fields=["completed", "status_code", "headers", "body"])
         return response
 

@@ -9,7 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
-from notifications.text import validate_name
+from controlplane.validators import no_control_characters
 
 
 class Severity(models.TextChoices):
@@ -29,7 +29,7 @@ class NotificationChannel(models.Model):
     organization = models.ForeignKey(
         "organizations.Organization", on_delete=models.CASCADE, related_name="notification_channels"
     )
-    name = models.CharField(max_length=100, validators=[validate_name])
+    name = models.CharField(max_length=100, validators=[no_control_characters])
     type = models.CharField(max_length=16, choices=Type.choices)
     # What may be shown (API, admin, audit log): email {"addresses"}; webhook {"url", "headers"} with the URL's
     # credentials and every header value masked; slack {"url"} with its secret path masked; pagerduty {}.

@@ -24,8 +24,9 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import ValidationFailed
+from controlplane.errors import FieldError, ValidationFailed
 from controlplane.metrics import NOTIFICATION_FAILURES
+from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from notifications import channels as senders
 from notifications import text, urlsafety
 from notifications.models import Delivery, DeliveryAttempt, NotificationChannel, PlatformEvent, Severity
@@ -78,9 +79,11 @@ def _store_config(channel: NotificationChannel, config: dict) -> None:
 
 
 def _validate_name(name) -> None:
-    problem = text.name_problem(name)
-    if problem:
-        raise ValidationFailed({"name": problem})
+    """A name reaches mail subjects and chat lines: one line, no control characters (a `\r` in a channel's name once
+    broke every email it sent)."""
+    found = find_control_character(name) if isinstance(name, str) else None
+    if found is not None:
+        raise ValidationFailed([FieldError("name", control_character_message(*found), CONTROL_CHARACTER_CODE)])
 
 
 def _validate_channel(*, type: str, config: dict, secret: str | None, previous: dict | None = None) -> dict:

@@ -5,7 +5,7 @@
 
 from django.db import migrations, models
 
-import notifications.text
+import controlplane.validators
 
 # The defaults there were when "defaults_created" was the record.
 FIRST_DEFAULT_KEYS = [
@@ -71,7 +71,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="alertrule",
             name="name",
-            field=models.CharField(max_length=100, validators=[notifications.text.validate_name]),
+            field=models.CharField(max_length=100, validators=[controlplane.validators.NoControlCharacters()]),
         ),
         migrations.RunPython(keys_from_flag, flag_from_keys),
     ]

@@ -6,7 +6,7 @@ import json
 
 from django.db import migrations, models
 
-import notifications.text
+import controlplane.validators
 
 SECRET_TYPES = ("webhook", "slack")
 
@@ -72,7 +72,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="notificationchannel",
             name="name",
-            field=models.CharField(max_length=100, validators=[notifications.text.validate_name]),
+            field=models.CharField(max_length=100, validators=[controlplane.validators.NoControlCharacters()]),
         ),
         migrations.AlterField(
             model_name="platformevent",

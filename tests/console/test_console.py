@@ -2,39 +2,10 @@ import re
 
 import pytest
 
-from accounts.models import User
 from audit.models import AuditEvent
 from organizations.models import ApiKey, Membership
 
 pytestmark = pytest.mark.django_db
-
-
-def test_signup_creates_user_organization_and_default_project(client):
-    response = client.post(
-        "/console/signup",
-        {
-            "email": "Ada@Example.com",
-            "password": "a fine long passphrase",
-            "full_name": "Ada",
-            "organization_name": "Engines Ltd",
-        },
-    )
-    assert response.status_code == 302
-    user = User.objects.get(email="ada@example.com")
-    membership = Membership.objects.get(user=user)
-    assert membership.roles == ["owner"] and membership.organization.name == "Engines Ltd"
-    assert membership.organization.projects.get().name == "Default project"
-    page = client.get(response["Location"])
-    assert b"Default project" in page.content
-    assert AuditEvent.objects.filter(action="organization.create", via="console", actor=user).exists()
-
-
-def test_signup_refuses_weak_password_and_taken_email(client, owner_org):
-    weak = client.post("/console/signup", {"email": "new@example.com", "password": "123"})
-    assert weak.status_code == 200 and b"too short" in weak.content
-    taken = client.post("/console/signup", {"email": owner_org.owner.email, "password": "a fine long passphrase"})
-    assert b"already exists" in taken.content
-    assert not User.objects.filter(email="new@example.com").exists()
 
 
 def test_login_and_logout(client, owner_org):

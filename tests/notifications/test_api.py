@@ -10,6 +10,7 @@ from audit.models import AuditEvent
 from notifications import services
 from notifications.models import NotificationChannel
 from tests.alerts.test_tasks import Receiver, eager  # noqa: F401 - eager is a fixture
+from tests.otp import staff_sign_in
 
 pytestmark = pytest.mark.django_db
 
@@ -232,7 +233,7 @@ def test_webhook_credentials_encrypted_at_rest_masked_everywhere_and_still_sent_
     assert "notification_channel.create" in set(AuditEvent.objects.values_list("action", flat=True))
     # The admin's change page and list show the masked config only.
     staff = User.objects.create_superuser("ops@example.com", "operator passphrase")
-    client.force_login(staff)
+    staff_sign_in(client, staff, "operator passphrase")
     pk = NotificationChannel.objects.get(public_id=channel_id).pk
     admin_page = client.get(f"/admin/notifications/notificationchannel/{pk}/change/")
     assert admin_page.status_code == 200
