@@ -26,7 +26,7 @@ from alerts.metrics import BUDGET_METRICS, METRIC_NAMES, validate_metric_name
 from alerts.models import Alert, AlertRule, Severity, Silence
 from alerts.notify import budget_of
 from billing.money import to_decimal
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import ScopedViewSet
 from deployments.models import Deployment
 from deployments.selectors import deployment_queryset
@@ -396,7 +396,7 @@ class AlertRuleSerializer(serializers.ModelSerializer):
     ]
 )
 class AlertRuleCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
+    name = PlainTextField(max_length=100)
     deployment = StrictCharField(
         required=False,
         allow_null=True,
@@ -470,7 +470,7 @@ class AlertRuleCreateSerializer(InputSerializer):
 
 
 class AlertRuleUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100, required=False)
+    name = PlainTextField(max_length=100, required=False)
     metric = StrictCharField(required=False)
     aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, required=False)
     window_seconds = StrictIntegerField(min_value=1, required=False)

@@ -8,7 +8,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_f
 from rest_framework import mixins, serializers, status
 from rest_framework.response import Response
 
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, PlainTextField
 from controlplane.api.views import ScopedViewSet
 from notifications import selectors, services
 from notifications.models import Delivery, NotificationChannel
@@ -85,7 +85,7 @@ class NotificationChannelCreatedSerializer(NotificationChannelSerializer):
 
 
 class NotificationChannelCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
+    name = PlainTextField(max_length=100)
     type = serializers.ChoiceField(choices=NotificationChannel.Type.choices)
     config = serializers.DictField(
         help_text=(
@@ -99,7 +99,7 @@ class NotificationChannelCreateSerializer(InputSerializer):
 
 
 class NotificationChannelUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100, required=False)
+    name = PlainTextField(max_length=100, required=False)
     config = serializers.DictField(required=False)
     is_default = StrictBooleanField(required=False)
     platform_events = StrictBooleanField(required=False)
