@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_htmx",
     "django_celery_beat",
     "django_otp",
     "django_otp.plugins.otp_totp",

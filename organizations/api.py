@@ -435,6 +435,7 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
         "retrieve": "member:read",
         "create": "member:write",
         "destroy": "member:write",
+        "resend": "member:write",
     }
 
     @extend_schema(summary="List invitations")
@@ -460,6 +461,16 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     def destroy(self, request, *args, **kwargs):
         services.invitation_revoke(invitation=self.get_object(), actor=self.principal)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Send an invitation again with a new link (the old link stops working)",
+        request=None,
+        responses={200: InvitationSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def resend(self, request, *args, **kwargs):
+        invitation, _token = services.invitation_resend(invitation=self.get_object(), actor=self.principal)
+        return Response(InvitationSerializer(invitation).data)
 
 
 @extend_schema(

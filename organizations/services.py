@@ -193,7 +193,9 @@ def invitation_create(
         invited_by=access.acting_user(actor),
         expires_at=timezone.now() + INVITATION_TTL,
     )
-    invitation.full_clean()
+    # `roles` was checked above and may be empty (an invitation with project grants only); the model's blank rule
+    # would refuse that.
+    invitation.full_clean(exclude=["roles"])
     invitation.save()
     audit_record(
         actor=actor,
@@ -202,6 +204,11 @@ def invitation_create(
         target=invitation,
         summary={"email": email, "roles": roles, "project_grants": invitation.project_grants},
     )
+    _send_invitation(organization, email, token)
+    return invitation, token
+
+
+def _send_invitation(organization: Organization, email: str, token: str) -> None:
     link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
     transaction.on_commit(
         lambda: send_mail(
@@ -214,6 +221,37 @@ def invitation_create(
             recipient_list=[email],
         )
     )
+
+
+@transaction.atomic
+def invitation_resend(*, invitation: Invitation, actor) -> tuple[Invitation, str]:
+    """Send a pending (or expired) invitation again with a new link, valid for 7 more days; the old link stops
+    working. The roles it grants are checked again against the sender's own."""
+    from controlplane import errors as domain
+
+    invitation = Invitation.objects.select_for_update().select_related("organization").get(pk=invitation.pk)
+    if invitation.status not in ("pending", "expired"):
+        raise domain.Conflict(f"The invitation is {invitation.status}; only an open invitation can be sent again.")
+    organization = invitation.organization
+    grants = _resolve_grants(
+        organization,
+        [g for g in invitation.project_grants if organization.projects.filter(public_id=g.get("project")).exists()],
+    )
+    _check_grantable(actor, organization, invitation.roles, grants)
+    if Membership.objects.filter(organization=organization, user__email__iexact=invitation.email).exists():
+        raise domain.Conflict(f"{invitation.email} is already a member of this organization.")
+    token = _invitation_token()
+    invitation.token_hash = _hash(token)
+    invitation.expires_at = timezone.now() + INVITATION_TTL
+    invitation.save(update_fields=["token_hash", "expires_at"])
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="invitation.resend",
+        target=invitation,
+        summary={"email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+    )
+    _send_invitation(organization, invitation.email, token)
     return invitation, token
 
 

@@ -38,7 +38,7 @@ def test_password_reset_by_email(client, owner_org, mailoutbox):
 def test_api_key_page_shows_secret_once_and_audits_creation(client, owner_org):
     client.force_login(owner_org.owner)
     url = f"/console/o/{owner_org.id}/api-keys"
-    response = client.post(url, {"name": "From console", "role": "auditor"})
+    response = client.post(url, {"new-name": "From console", "new-role": "auditor"}, follow=True)
     assert response.status_code == 200
     secret = re.search(rb"cpk_[\w-]+", response.content).group(0).decode()
     key = ApiKey.objects.get(name="From console")
@@ -59,7 +59,11 @@ def test_console_hides_other_organizations(client, org_factory):
 def test_project_user_cannot_create_keys_in_console(client, owner_org):
     user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
     client.force_login(user)
-    assert client.get(f"/console/o/{owner_org.id}/api-keys").status_code == 404
+    assert client.get(f"/console/o/{owner_org.id}/api-keys").status_code == 403
+    assert (
+        client.post(f"/console/o/{owner_org.id}/api-keys", {"new-name": "k", "new-role": "project_user"}).status_code
+        == 403
+    )
     assert client.get(f"/console/o/{owner_org.id}").status_code == 200
 
 
