@@ -43,7 +43,13 @@ _CHANNEL_EXAMPLE = {
 @extend_schema_serializer(examples=[OpenApiExample("Channel", value=_CHANNEL_EXAMPLE, response_only=True)])
 class NotificationChannelSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
-    config = serializers.SerializerMethodField()
+    config = serializers.SerializerMethodField(
+        help_text=(
+            "The config as it may be shown: a webhook URL's userinfo and query values, every header value and a "
+            "Slack hook's path are replaced by `…` (they are stored encrypted). To change one header, send the "
+            "headers back with `…` for those to keep."
+        )
+    )
 
     class Meta:
         model = NotificationChannel
