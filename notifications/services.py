@@ -304,7 +304,9 @@ def deliveries_enqueue(deliveries: list[Delivery]) -> None:
         for pk in ids:
             deliver_notification.delay(pk, 0)
 
-    transaction.on_commit(enqueue)
+    # Robust: with Redis down the change that queued them still stands (and answers); deliveries_resume sends what
+    # was never enqueued once its grace has passed.
+    transaction.on_commit(enqueue, robust=True)
 
 
 def _text_of(payload: dict) -> tuple[str, str]:
@@ -449,7 +451,7 @@ def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = D
             for pk, attempts in rows:
                 deliver_notification.delay(pk, attempts)
 
-        transaction.on_commit(enqueue)
+        transaction.on_commit(enqueue, robust=True)  # still lost? the next sweep finds them again
     logger.warning("re-enqueued %d stale deliveries", len(rows))
     return len(rows)
 

@@ -209,3 +209,48 @@ def test_channel_created_directly_refused_when_name_has_control_characters(owner
         )
     assert [e.field for e in refused.value.errors] == ["name"]
     assert not NotificationChannel.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_change_stands_and_sweep_sends_later_when_redis_is_down_at_commit(owner_org, private_webhooks, settings):
+    """A real unreachable broker (a closed port), not a stand-in: the platform event commits, nothing raises to the
+    caller, and the resume sweep enqueues the delivery once Redis is back."""
+    import socket
+
+    from controlplane.celery import app
+
+    receiver = Receiver()
+    webhook_channel(owner_org.organization, receiver.url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+
+    def use_broker(url):  # what a worker does after a fork: the next publish takes a connection to `url`
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    previous = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
+    use_broker(dead)
+    try:
+        event = notification_services.platform_event_notify(
+            organization=owner_org.organization, kind="invoice_overdue", subject="inv_9", message="Overdue."
+        )
+    finally:
+        app.conf.broker_transport_options = previous[1]
+        use_broker(previous[0])
+    assert event is not None and PlatformEvent.objects.filter(pk=event.pk).exists()
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
+
+    app.conf.task_always_eager = True
+    try:
+        later = timezone.now() + dt.timedelta(minutes=6)
+        assert notification_services.deliveries_resume(now=later) == 1
+    finally:
+        app.conf.task_always_eager = False
+        receiver.stop()
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded"
+    assert [b["event"] for b in receiver.bodies()] == ["platform.invoice_overdue"]
