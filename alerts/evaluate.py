@@ -268,8 +268,8 @@ def _unavailable_deployments(ids) -> dict[int, tuple[float, str]]:
 
 
 # Where each fact kind's values come from: deployment ids (None: every live one) -> {deployment id: (value, detail)},
-# and the value of a deployment the source does not list (None: no value, a gap). Certificate expiry and VPC peering
-# have no source until the networking app feeds them: their rules exist and wait.
+# and the value of a deployment the source does not list (None: no value, a gap). Certificate expiry has no source
+# yet (its rules exist and wait); VPC peering is fed by the networking app as a metric, its default is a metric rule.
 FACT_SOURCES = {AlertRule.Kind.DEPLOYMENT_UNAVAILABLE: (_unavailable_deployments, 0.0)}
 
 

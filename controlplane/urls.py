@@ -45,6 +45,7 @@ api_v1 = [
     path("", include("notifications.urls")),
     path("", include("alerts.urls")),
     path("", include("billing.urls")),
+    path("", include("networking.urls")),
 ]
 
 urlpatterns = [

@@ -17,6 +17,7 @@ PATH_PARAMETERS = {
     "event": ("Audit event id", "evt_"),
     "dep": ("Deployment id", "dep_"),
     "op": ("Operation id", "op_"),
+    "peering": ("VPC peering id", "pcx_"),
 }
 
 

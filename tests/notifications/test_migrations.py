@@ -111,6 +111,8 @@ def test_channel_delivery_attempt_event_and_routing_survive_when_existing_databa
     state = CollectorState.objects.get(deployment=deployment)
     assert "defaults_created" not in state.state and state.state["counters"] == {}
     assert len(state.default_rule_keys) == 10 and "deployment_unavailable" not in state.default_rule_keys
+    peering = AlertRule.objects.get(deployment=deployment, default_key="vpc_peering_abnormal")
+    assert (peering.kind, peering.metric, peering.aggregation) == ("metric", "vpc_peering_abnormal", "last")
     audit = AuditEvent.objects.get(target_id=channel.public_id)
     assert audit.summary["config"]["url"] == "https://…@hooks.example.com/in?team=…&token=…"
     assert ContentType.objects.filter(app_label="notifications", model="notificationchannel").exists()
