@@ -13,8 +13,9 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -27,6 +28,10 @@ from alerts.rules import silence_matches
 from billing.money import to_decimal
 from notifications.models import Delivery
 
+if TYPE_CHECKING:
+    from billing.models import BillingAccount
+    from billing.selectors import Spend
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,6 +41,18 @@ class EvaluationSummary:
     evaluated: int = 0
     changed: int = 0
     notifications: int = 0
+
+
+def _field(model: type[models.Model], name: str) -> models.Field:
+    """A concrete field of `model` (its column, its database preparation), never a reverse relation."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field) or not field.column:
+        raise TypeError(f"{model.__name__}.{name} is not a column")
+    return field
+
+
+def _column(model: type[models.Model], name: str) -> str:
+    return str(_field(model, name).column)
 
 
 def _spec_for(rule_row: dict, cache: dict) -> evaluation.RuleSpec:
@@ -176,7 +193,7 @@ def _metric_candidates_sql(*, now, ids) -> list[tuple[int, int, float | None]]:
     limit_cases = []
     for i, (metric, field) in enumerate(sorted(TIER_LIMIT_FIELDS.items())):
         params[f"limit_metric_{i}"] = metric
-        limit_cases.append(f"WHEN %(limit_metric_{i})s THEN l.{q(Tier._meta.get_field(field).column)}")
+        limit_cases.append(f"WHEN %(limit_metric_{i})s THEN l.{q(_column(Tier, field))}")
     # A limit of zero or none makes a percent threshold unbreachable, as in _breached.
     threshold = (
         f"CASE WHEN r.threshold_unit = %(percent)s THEN NULLIF(CASE r.metric {' '.join(limit_cases)} END, 0) "
@@ -184,7 +201,7 @@ def _metric_candidates_sql(*, now, ids) -> list[tuple[int, int, float | None]]:
     )
     only_ids = "AND d.id = ANY(%(ids)s)" if ids is not None else ""
     only_sample_ids = "AND s.deployment_id = ANY(%(ids)s)" if ids is not None else ""
-    tier_columns = ", ".join(f"t.{q(Tier._meta.get_field(f).column)}" for f in sorted(set(TIER_LIMIT_FIELDS.values())))
+    tier_columns = ", ".join(f"t.{q(_column(Tier, f))}" for f in sorted(set(TIER_LIMIT_FIELDS.values())))
     operators = " ".join(
         f"WHEN '{op}' THEN v.value {op if op != '==' else '='} v.threshold" for op in AlertRule.Operator.values
     )
@@ -358,7 +375,7 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
         rule = rules[rule_id]
         public_id, _, max_conn, mps = live[dep_id]
         alert = alerts.get((rule_id, dep_id))
-        limit_field = TIER_LIMIT_FIELDS.get(rule["metric"])
+        limit_field = TIER_LIMIT_FIELDS.get(rule["metric"] or "", "")
         tier_limit = {"max_connections": max_conn, "messages_per_second": mps}.get(limit_field)
         spec = _spec_for(rule, spec_cache)
         breached = _breached(spec, value, tier_limit)
@@ -473,7 +490,7 @@ def _note_notification(
     notifications: list,
 ) -> None:
     kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE, "repeat": Delivery.Kind.REPEAT}[
-        transition.notify
+        str(transition.notify)
     ]
     alert.last_notified_at = None if kind == Delivery.Kind.RESOLVE else now
     notifications.append((alert, kind))
@@ -533,13 +550,13 @@ def _alerts_update(alerts: list[Alert], fields: list[str]) -> None:
     if not alerts:
         return
     q = connection.ops.quote_name
-    columns = [Alert._meta.get_field(name) for name in fields]
+    columns = [_field(Alert, name) for name in fields]
     arrays = [[a.pk for a in alerts]] + [
         [f.get_db_prep_save(getattr(a, f.attname), connection) for a in alerts] for f in columns
     ]
     unnest = ", ".join(["%s::bigint[]"] + [f"%s::{f.db_type(connection)}[]" for f in columns])
-    names = ", ".join(q(f.column) for f in columns)
-    assignments = ", ".join(f"{q(f.column)} = v.{q(f.column)}" for f in columns)
+    names = ", ".join(q(str(f.column)) for f in columns)
+    assignments = ", ".join(f"{q(str(f.column))} = v.{q(str(f.column))}" for f in columns)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {q(Alert._meta.db_table)} AS a SET {assignments} "
@@ -550,6 +567,9 @@ def _alerts_update(alerts: list[Alert], fields: list[str]) -> None:
 
 def _apply_transition(alert: Alert, transition: evaluation.Transition, now: dt.datetime) -> None:
     """Carry the evaluator's change of status onto the alert row."""
+    if transition.status is None or not isinstance(transition.since, dt.datetime):
+        # evaluation.evaluate, given a datetime `now`, always says what the status became and since when.
+        raise ValueError(f"a change of status needs the status and a datetime: {transition!r}")
     alert.status, alert.since = transition.status, transition.since
     if transition.status == AlertStatus.FIRING:
         alert.fired_at, alert.resolved_at = now, None
@@ -599,7 +619,7 @@ def _budget_spec(rule: AlertRule) -> evaluation.RuleSpec:
     )
 
 
-def _budget_summary(rule: AlertRule, spend_minor: int, currency: str, exceeded: bool) -> str:
+def _budget_summary(rule: AlertRule, spend_minor: int, budget_minor: int, currency: str, exceeded: bool) -> str:
     subject = (
         f"organization {rule.organization.name}"
         if rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION
@@ -608,7 +628,7 @@ def _budget_summary(rule: AlertRule, spend_minor: int, currency: str, exceeded: 
     operator = rule.operator if exceeded else _NOT[rule.operator]
     return (
         f"{rule.name}: {_BUDGET_LABELS[rule.metric]} {to_decimal(spend_minor, currency)} {currency} {operator} "
-        f"{to_decimal(rule.budget_minor, currency)} {currency} on {subject}"
+        f"{to_decimal(budget_minor, currency)} {currency} on {subject}"
     )
 
 
@@ -629,8 +649,8 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
     if not rules:
         return summary
 
-    accounts: dict[int, object] = {}
-    spends: dict[tuple[int, int | None], object] = {}
+    accounts: dict[int, BillingAccount] = {}
+    spends: dict[tuple[int, int | None], Spend] = {}
     for rule in rules:
         key = (rule.organization_id, rule.project_id if rule.budget_scope == AlertRule.BudgetScope.PROJECT else None)
         if key not in spends:
@@ -661,8 +681,11 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
                 spend.currency,
             )
             continue
+        budget = rule.budget_minor
+        if budget is None:  # the alert_rule_budget_fields constraint forbids it; a rule without one decides nothing
+            continue
         amount = spend.month_to_date if rule.metric == SPEND_MONTH_TO_DATE else spend.forecast
-        exceeded = amount >= rule.budget_minor if rule.operator == ">=" else amount > rule.budget_minor
+        exceeded = amount >= budget if rule.operator == ">=" else amount > budget
         alert = alerts.get(rule.pk)
         if not exceeded and (alert is None or alert.status == AlertStatus.RESOLVED):
             continue
@@ -705,7 +728,7 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
         alert.severity, alert.last_evaluated_at = rule.severity, now
         alert.value = alert.threshold = None  # money is never a float: it lives in the *_minor fields
         alert.spend_minor, alert.budget_minor, alert.currency = amount, rule.budget_minor, spend.currency
-        alert.summary = _budget_summary(rule, amount, spend.currency, exceeded)[:300]
+        alert.summary = _budget_summary(rule, amount, budget, spend.currency, exceeded)[:300]
         if transition.changed:
             summary.changed += 1
             _apply_transition(alert, transition, now)

@@ -56,7 +56,7 @@ def subject_of(rule: AlertRule, deployment_public_id: str | None) -> dict:
 
 def budget_of(alert: Alert, rule: AlertRule) -> dict | None:
     """A budget alert's money, as exact decimal strings in major units: never a float."""
-    if alert.spend_minor is None or not alert.currency:
+    if alert.spend_minor is None or alert.budget_minor is None or not alert.currency:
         return None
     return {
         "metric": rule.metric,

@@ -145,7 +145,7 @@ def _check_channels(organization, channels) -> list[NotificationChannel]:
 
 def _rule_summary(rule: AlertRule) -> dict:
     summary = {f: getattr(rule, f) for f in RULE_FIELDS}
-    summary["deployment"] = rule.deployment.public_id if rule.deployment_id else None
+    summary["deployment"] = rule.deployment.public_id if rule.deployment is not None else None
     if rule.budget_minor is not None:
         summary["budget_amount"] = str(to_decimal(rule.budget_minor, rule.budget_currency))
         summary["budget_currency"] = rule.budget_currency
@@ -205,9 +205,10 @@ def alert_rule_update(
         before = (rule.budget_minor, rule.budget_currency)
         _set_budget(rule, budget_amount=budget_amount, organization=rule.organization)
         if (rule.budget_minor, rule.budget_currency) != before:
+            previous_minor, previous_currency = before
             changes["budget_amount"] = [
-                None if before[0] is None else str(to_decimal(*before)),
-                str(to_decimal(rule.budget_minor, rule.budget_currency)),
+                None if previous_minor is None else str(to_decimal(previous_minor, previous_currency)),
+                None if rule.budget_minor is None else str(to_decimal(rule.budget_minor, rule.budget_currency)),
             ]
     _validate_rule(rule)
     rule.save()

@@ -26,6 +26,7 @@ from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import FieldError, ValidationFailed
 from controlplane.metrics import NOTIFICATION_FAILURES
+from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from notifications import channels as senders
 from notifications import text, urlsafety
@@ -301,12 +302,12 @@ def deliveries_enqueue(deliveries: list[Delivery]) -> None:
     def enqueue():
         from notifications.tasks import deliver_notification
 
+        # With Redis down the change that queued them still stands (and answers): publish() logs and counts the
+        # failure, and deliveries_resume sends what was never enqueued once its grace has passed.
         for pk in ids:
-            deliver_notification.delay(pk, 0)
+            publish(deliver_notification, pk, 0)
 
-    # Robust: with Redis down the change that queued them still stands (and answers); deliveries_resume sends what
-    # was never enqueued once its grace has passed.
-    transaction.on_commit(enqueue, robust=True)
+    transaction.on_commit(enqueue)
 
 
 def _text_of(payload: dict) -> tuple[str, str]:
@@ -448,10 +449,11 @@ def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = D
             from notifications.tasks import deliver_notification
 
             # With the attempt count it was re-sent at: if the first message was only late, one of the two attempts.
+            # Still lost (Redis down)? The next sweep finds them again.
             for pk, attempts in rows:
-                deliver_notification.delay(pk, attempts)
+                publish(deliver_notification, pk, attempts)
 
-        transaction.on_commit(enqueue, robust=True)  # still lost? the next sweep finds them again
+        transaction.on_commit(enqueue)
     logger.warning("re-enqueued %d stale deliveries", len(rows))
     return len(rows)
 

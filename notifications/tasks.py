@@ -14,7 +14,7 @@ from notifications import channels, services
 )
 def deliver_notification(self, delivery_id: int, expected_attempts: int | None = None) -> None:
     delivery, delay = services.delivery_attempt(delivery_id=delivery_id, expected_attempts=expected_attempts)
-    if delay is not None:
+    if delay is not None and delivery is not None:
         raise self.retry(countdown=delay, args=(delivery_id, delivery.attempts))
 
 

@@ -113,7 +113,7 @@ def _has_control_characters(value: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value)
 
 
-def _parse(url: str) -> _Target:
+def _parse(url: object) -> _Target:
     if not isinstance(url, str) or not url.strip():
         raise ValueError("URL is required")
     if _has_control_characters(url):
@@ -187,7 +187,7 @@ def _resolve(target: _Target, *, allow_private: bool) -> list[IPAddress]:
         raise ValueError(f"cannot resolve host {target.host!r}") from exc
     addresses: list[IPAddress] = []
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if ip not in addresses:
             addresses.append(ip)
     if not allow_private:
@@ -201,17 +201,17 @@ def _resolve(target: _Target, *, allow_private: bool) -> list[IPAddress]:
     return addresses
 
 
-def validate_webhook_url(url: str, *, allow_private: bool = False) -> None:
+def validate_webhook_url(url: object, *, allow_private: bool = False) -> None:
     """Raise ValueError unless `url` is http(s) with a host that resolves only to public addresses."""
     _resolve(_parse(url), allow_private=allow_private)
 
 
-def validate_slack_webhook_url(url: str) -> None:
+def validate_slack_webhook_url(url: object) -> None:
     if not isinstance(url, str) or not SLACK_WEBHOOK_RE.fullmatch(url):
         raise ValueError("Slack webhook URL must look like https://hooks.slack.com/services/T…/B…/…")
 
 
-def validate_pagerduty_routing_key(key: str) -> None:
+def validate_pagerduty_routing_key(key: object) -> None:
     if not isinstance(key, str) or not PAGERDUTY_ROUTING_KEY_RE.fullmatch(key):
         raise ValueError("PagerDuty routing key must be 32 characters of lowercase letters and digits")
 
@@ -250,6 +250,7 @@ def safe_post(
         send_headers["Authorization"] = "Basic " + base64.b64encode(target.credentials.encode()).decode("ascii")
 
     pool_kwargs: dict = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), "retries": False, "maxsize": 1}
+    pool: urllib3.HTTPConnectionPool
     if target.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
             str(ip),

@@ -230,16 +230,21 @@ def test_change_stands_and_sweep_sends_later_when_redis_is_down_at_commit(owner_
         app._pool = None
         app.amqp._producer_pool = None
 
+    from controlplane import tasks as publishing
+
     previous = app.conf.broker_url, app.conf.broker_transport_options
     app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
     use_broker(dead)
+    publishing.broker.reset()
     try:
         event = notification_services.platform_event_notify(
             organization=owner_org.organization, kind="invoice_overdue", subject="inv_9", message="Overdue."
         )
+        assert publishing.broker.failing  # the publish was tried and failed, and said so
     finally:
         app.conf.broker_transport_options = previous[1]
         use_broker(previous[0])
+        publishing.broker.reset()
     assert event is not None and PlatformEvent.objects.filter(pk=event.pk).exists()
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.attempts) == ("pending", 0)
