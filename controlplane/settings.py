@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "organizations",
     "audit",
     "projects",
+    "notifications",
     "deployments",
     "billing",
     "alerts",

@@ -352,7 +352,7 @@ class MaintenanceWindow(models.Model):
     """Announced maintenance of one deployment: its brokers restart once, inside [starts_at, ends_at).
 
     Written only by deployments.services (maintenance_schedule, maintenance_cancel, maintenance_start_due). While a
-    scheduled or in-progress window covers now, the deployment's alerts are withheld (alerts.services).
+    scheduled or in-progress window covers now, the deployment's alerts are withheld (alerts.evaluate).
     """
 
     class Status(models.TextChoices):

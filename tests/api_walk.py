@@ -182,19 +182,18 @@ def _invoice(org, values, route):
 
 
 def _alert_rule(org, values, route):
+    from alerts import defaults
     from alerts.models import AlertRule
 
     dep = _deployment_row({"dep": _deployment(org, values, route)})
-    from alerts import services
-
-    services.create_default_rules(deployment=dep)
+    defaults.create_default_rules(deployment=dep)
     return AlertRule.objects.filter(deployment=dep).first().public_id
 
 
 def _silence(org, values, route):
-    from alerts import services
+    from alerts import rules
 
-    silence = services.silence_create(
+    silence = rules.silence_create(
         project=org.default_project,
         actor=None,
         matchers={},
@@ -205,11 +204,11 @@ def _silence(org, values, route):
 
 
 def _alert(org, values, route):
-    from alerts import services
+    from alerts import collection, evaluate, rules
     from alerts.models import Alert
 
     dep = _deployment_row({"dep": _deployment(org, values, route)})
-    rule = services.alert_rule_create(
+    rule = rules.alert_rule_create(
         project=dep.project,
         actor=None,
         deployment=dep,
@@ -218,15 +217,15 @@ def _alert(org, values, route):
         window_seconds=3600,
         threshold=0,
     )
-    services.samples_store(rows=[(dep.pk, "connections", timezone.now(), 5.0)])
-    services.rules_evaluate(deployment_ids=[dep.pk])
+    collection.samples_store(rows=[(dep.pk, "connections", timezone.now(), 5.0)])
+    evaluate.rules_evaluate(deployment_ids=[dep.pk])
     return Alert.objects.get(rule=rule).public_id
 
 
 def _channel(org, values, route):
-    from alerts import services
+    from notifications import services as notification_services
 
-    channel, _ = services.channel_create(
+    channel, _ = notification_services.channel_create(
         organization=org.organization,
         actor=None,
         name=f"c{_stamp()}",
