@@ -26,10 +26,12 @@ class DomainError(Exception):
     code = "error"
     default_message = "The request could not be completed."
 
-    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, code: str | None = None, field: str | None = None) -> None:
         self.message = message or self.default_message
         if code:
             self.code = code
+        # A state conflict can still be about one input (a coupon code already redeemed): `field` names it.
+        self.errors: list[FieldError] = [FieldError(field, self.message, self.code)] if field else []
         super().__init__(self.message)
 
 
@@ -46,6 +48,13 @@ class Conflict(DomainError):
 
     code = "conflict"
     default_message = "The request conflicts with the current state of the resource."
+
+
+class Unprocessable(DomainError):
+    """Well-formed and allowed, but not processable as it stands (a quote that has expired)."""
+
+    code = "unprocessable"
+    default_message = "The request is well-formed but cannot be processed."
 
 
 class PermissionDenied(DomainError):
@@ -92,9 +101,9 @@ class ValidationFailed(DomainError):
                     items.append(FieldError(name, str(message), field_code))
         else:
             items = list(errors)
-        self.errors: list[FieldError] = items
         summary = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in items[:5])
         super().__init__(summary or self.default_message)
+        self.errors = items
 
     def message_dict(self) -> dict[str, list[str]]:
         """Messages by field ("__all__" for the whole input), the shape Django forms take in `add_error`."""

@@ -102,6 +102,7 @@ _DOMAIN_STATUS = (
     (domain.PermissionDenied, status.HTTP_403_FORBIDDEN),
     (domain.RateLimited, status.HTTP_429_TOO_MANY_REQUESTS),
     (domain.ValidationFailed, status.HTTP_400_BAD_REQUEST),
+    (domain.Unprocessable, status.HTTP_422_UNPROCESSABLE_ENTITY),
 )
 
 
@@ -111,10 +112,7 @@ def domain_error_response(exc: domain.DomainError) -> Response:
     headers = {}
     if isinstance(exc, domain.RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if isinstance(exc, domain.ValidationFailed):
-        field_errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
-    else:
-        field_errors = []
+    field_errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
     return Response(
         problem_body(status_code, None, exc.message, field_errors, exc.code),
         status=status_code,
