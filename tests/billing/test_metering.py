@@ -4,6 +4,7 @@ from decimal import Decimal
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import Q
 
 from billing import metering
 from billing.models import MeteringCursor, UsageRecord
@@ -107,16 +108,21 @@ def test_set_based_sql_matches_python_reference_when_history_is_mixed(owner_org,
         ],
     )
     history(b, [("stopped", at(2026, 3, 1, 1, 20), at(2026, 3, 1, 1, 25)), ("running", at(2026, 3, 1, 1, 25), None)])
-    metering._meter_sql(at(2026, 3, 1), at(2026, 3, 1, 8))
+    metering.meter_usage(now=at(2026, 3, 1, 8), since=at(2026, 3, 1))
     by_sql = {
-        (r.deployment_id, r.hour, r.product): (r.seconds, r.tier_id, r.unit_price) for r in UsageRecord.objects.all()
+        (r.deployment_id, r.hour, r.product, r.tier_id): (r.seconds, r.unit_price) for r in UsageRecord.objects.all()
     }
-    UsageRecord.objects.all().delete()
-    metering._meter_python(at(2026, 3, 1), at(2026, 3, 1, 8))
+    intervals, terms = metering.intervals_and_terms(at(2026, 3, 1), at(2026, 3, 1, 8), Q())
+    book = metering.PriceBook()
     by_python = {
-        (r.deployment_id, r.hour, r.product): (r.seconds, r.tier_id, r.unit_price) for r in UsageRecord.objects.all()
+        (u.deployment_id, u.hour, u.product, u.tier_id): (
+            u.seconds,
+            book.price(tier_id=u.tier_id, product=u.product, currency="USD", on=u.hour.date()),
+        )
+        for u in metering.slot_usage(start=at(2026, 3, 1), end=at(2026, 3, 1, 8), intervals=intervals, terms=terms)
     }
     assert by_sql == by_python
-    # the hour of the tier change bills the new tier
-    assert by_sql[(a.pk, at(2026, 3, 1, 2), "running")][0] == 3600
-    assert by_sql[(a.pk, at(2026, 3, 1, 2), "running")][2] == Decimal("0.5")
+    # the hour of the tier change bills 30 minutes on each tier, each at its own price
+    tiers = {t.code: t.pk for t in a.plan.tiers.all()}
+    assert by_sql[(a.pk, at(2026, 3, 1, 2), "running", tiers["1k"])] == (1800, Decimal("0.36"))
+    assert by_sql[(a.pk, at(2026, 3, 1, 2), "running", tiers["2k"])] == (1800, Decimal("0.5"))
