@@ -50,6 +50,7 @@ from alerts.models import (
     Silence,
 )
 from audit.services import audit_record
+from billing import traffic as billing_traffic
 from billing.money import minor_units, round_half_up, to_decimal
 from controlplane.metrics import NOTIFICATION_FAILURES
 from organizations.access import acting_user
@@ -252,6 +253,8 @@ def deployment_collect(*, deployment_id: int) -> CollectorState | None:
             state.unavailable_since = state.unavailable_since or now
         elif result.available:
             samples_store(rows=[(deployment.pk, name, now, float(value)) for name, value in result.values.items()])
+            # Billing meters traffic from the same reading of the broker's byte counters (billing.traffic).
+            billing_traffic.traffic_record_from_collector(deployment_id=deployment.pk, at=now, state=result.state)
             state.available, state.unavailable_since, state.last_success_at = True, None, now
             state.state, state.log_offset, state.last_error = result.state, result.log_offset, result.error
         else:

@@ -195,9 +195,9 @@ def _enqueue_collection(invoice) -> None:
 
 def _end(subscription: AnnualSubscription, *, at: datetime.datetime, reason: str) -> None:
     """End a term at `at`: hourly billing resumes at that second. An auto-renewing term kept hourly billing away
-    past its end while it waited for this decision, and a voided one may end before hours already metered: those
-    seconds are metered now, for that deployment alone (as late usage if their month is invoiced)."""
-    covered_past = subscription.auto_renew or at < subscription.term_end
+    past its end while it waited for this decision (even if auto-renewal was turned off since), and a voided one may
+    end before hours already metered: the hours since `at` are metered again for that deployment alone, which adds
+    exactly the seconds that were skipped (as late usage if their month is invoiced)."""
     subscription.status, subscription.end_reason = SubscriptionStatus.ENDED, reason
     subscription.term_end = max(at, subscription.term_start + datetime.timedelta(microseconds=1))
     subscription.save(update_fields=["status", "end_reason", "term_end"])
@@ -209,7 +209,7 @@ def _end(subscription: AnnualSubscription, *, at: datetime.datetime, reason: str
         summary={"reason": reason, "at": subscription.term_end.isoformat()},
     )
     metered = metering.metered_until()
-    if covered_past and metered is not None and metered > subscription.term_end:
+    if metered is not None and metered > subscription.term_end:
         metering.meter_usage(now=metered, since=subscription.term_end, deployment_ids=[subscription.deployment_id])
 
 

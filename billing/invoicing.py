@@ -330,17 +330,24 @@ class Settlement:
 def settle(
     *, subtotal: int, grants: list[CreditGrant], rate: Decimal, caps: dict[int, int] | None = None
 ) -> Settlement:
-    """Consume `grants` (already ordered oldest first) up to the subtotal, then tax what is left. A grant in `caps`
-    (one that expired inside the period) pays at most its cap, the usage before its expiry, less what the grants
-    before it already paid."""
+    """Consume `grants` (ordered oldest first) up to the subtotal, then tax what is left.
+
+    A grant in `caps` expired inside the period: it pays at most the usage before its expiry (its cap). Those come
+    first, soonest expiry first, each capped by its usage less what the grants before it paid; then the rest, oldest
+    first. So a credit that could pay any usage never takes the early usage an expiring one needed."""
+    caps = caps or {}
+    ordered = sorted(
+        grants,
+        key=lambda g: (0, g.expires_at, g.pk) if g.pk in caps else (1, g.granted_at, g.pk),
+    )
     left = subtotal
     applied = 0
     applications = []
-    for grant in grants:
+    for grant in ordered:
         if left <= 0:
             break
         limit = grant.remaining
-        if caps and grant.pk in caps:
+        if grant.pk in caps:
             limit = min(limit, max(caps[grant.pk] - applied, 0))
         take = min(limit, left)
         if take > 0:
