@@ -329,10 +329,16 @@ def _record_vat_answer(account: BillingAccount, *, previous: str, now: datetime.
         )
 
 
-def vat_checks_due(*, now: datetime.datetime | None = None, unconfirmed_only: bool = False) -> dict:
+def vat_checks_due(
+    *, now: datetime.datetime | None = None, unconfirmed_only: bool = False, budget_seconds: float | None = None
+) -> dict:
     """Ask VIES about every number whose check is due (unconfirmed ones on their backoff, confirmed ones monthly),
-    or, before a month is closed, about every unconfirmed number at once. Returns counts by outcome."""
+    or, before a month is closed, about every unconfirmed number at once. With `budget_seconds`, stop asking when it
+    is spent (the rest keep their schedule). Returns counts by outcome."""
+    import time
+
     now = now or timezone.now()
+    deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
     candidates = BillingAccount.objects.exclude(tax_id="")
     if unconfirmed_only:
         candidates = candidates.filter(vat_status=VatStatus.FORMAT_VALID)
@@ -342,6 +348,8 @@ def vat_checks_due(*, now: datetime.datetime | None = None, unconfirmed_only: bo
         )
     counts = {"valid": 0, "invalid": 0, "unavailable": 0}
     for account_id in candidates.order_by("vat_next_check_at", "pk").values_list("pk", flat=True):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         try:
             status = billing_account_check_vat(account_id=account_id, now=now)
         except ViesUnavailable:

@@ -32,12 +32,61 @@ FRESH_BROKER_SECONDS = 3600
 GB_PLACES = Decimal("0.000001")
 
 
-UPSERT_SQL = """
-INSERT INTO {table} (deployment_id, organization_id, day, bytes)
-SELECT d.id, p.organization_id, %(day)s, %(bytes)s
-FROM {deployment} d JOIN {project} p ON p.id = d.project_id WHERE d.id = %(deployment)s
-ON CONFLICT (deployment_id, day) WHERE invoice_id IS NULL DO UPDATE SET bytes = {table}.bytes + EXCLUDED.bytes
+READ_SQL = """
+SELECT sampled_at, bytes_received, bytes_sent, uptime_seconds, resets FROM {counter}
+WHERE deployment_id = %(deployment)s FOR UPDATE
 """
+# The counter's new state and the day's bytes in one statement.
+WRITE_SQL = """
+WITH counter AS (
+    INSERT INTO {counter} (deployment_id, sampled_at, bytes_received, bytes_sent, uptime_seconds, resets)
+    VALUES (%(deployment)s, %(at)s, %(received)s, %(sent)s, %(uptime)s, %(resets)s)
+    ON CONFLICT (deployment_id) DO UPDATE SET
+        sampled_at = EXCLUDED.sampled_at, bytes_received = EXCLUDED.bytes_received,
+        bytes_sent = EXCLUDED.bytes_sent, uptime_seconds = EXCLUDED.uptime_seconds, resets = EXCLUDED.resets
+)
+INSERT INTO {traffic} (deployment_id, organization_id, day, bytes)
+SELECT d.id, p.organization_id, %(day)s, %(counted)s
+FROM {deployment} d JOIN {project} p ON p.id = d.project_id
+WHERE d.id = %(deployment)s AND %(counted)s > 0
+ON CONFLICT (deployment_id, day) WHERE invoice_id IS NULL DO UPDATE SET bytes = {traffic}.bytes + EXCLUDED.bytes
+"""
+
+
+@dataclass(frozen=True)
+class CounterState:
+    sampled_at: datetime.datetime
+    bytes_received: int
+    bytes_sent: int
+    uptime_seconds: float | None
+    resets: int = 0
+
+
+def counter_step(
+    previous: CounterState | None, *, at: datetime.datetime, received: int, sent: int, uptime: float | None
+) -> tuple[int, CounterState] | None:
+    """The bytes a reading adds and the counter's next state; None for a reading no newer than the last.
+
+    A broker that reports its uptime restarted when the uptime went down: the bytes since the restart are counted.
+    Otherwise each direction counts what it grew; a counter that dipped without a restart (mosquitto's, less our
+    monitor's own share) counts nothing and keeps its high-water mark, so the dip is never counted again. Without an
+    uptime a counter that went down is a restart of one of the nodes summed: that reading becomes the new base (what
+    the node counted since is not separable from the sum: a minute lost, nothing twice). A first reading is the base,
+    but for a broker up for less than an hour, whose counters are this deployment's new traffic."""
+    if previous is None:
+        fresh = uptime is not None and uptime < FRESH_BROKER_SECONDS
+        return (received + sent if fresh else 0), CounterState(at, received, sent, uptime)
+    if at <= previous.sampled_at:
+        return None
+    if uptime is not None and previous.uptime_seconds is not None:
+        if uptime < previous.uptime_seconds:
+            return received + sent, CounterState(at, received, sent, uptime, previous.resets + 1)
+    elif received < previous.bytes_received or sent < previous.bytes_sent:
+        return 0, CounterState(at, received, sent, uptime, previous.resets + 1)
+    counted = max(received - previous.bytes_received, 0) + max(sent - previous.bytes_sent, 0)
+    return counted, CounterState(
+        at, max(received, previous.bytes_received), max(sent, previous.bytes_sent), uptime, previous.resets
+    )
 
 
 def traffic_counters_record(
@@ -49,69 +98,42 @@ def traffic_counters_record(
     uptime_seconds: float | None = None,
 ) -> int:
     """Record one reading of a broker's cumulative counters (bytes received and sent since it started) taken at
-    `at`; returns the bytes it adds to the deployment's traffic of that day.
+    `at`; returns the bytes it adds to the deployment's traffic of that day (`counter_step` says how)."""
+    from billing.metering import TRAFFIC_LOCK
 
-    A reading no newer than the last one is ignored. A broker that reports its uptime restarted when the uptime went
-    down: the bytes since the restart are counted. Otherwise each direction counts what it grew; a counter that
-    dipped without a restart (mosquitto's, less our monitor's own share) counts nothing and keeps its high-water
-    mark, so the dip is never counted again. Without an uptime a counter that went down is a restart of one of the
-    nodes summed: that reading becomes the new base."""
     received, sent = int(bytes_received), int(bytes_sent)
     if received < 0 or sent < 0:
         raise ValueError("byte counters are never negative")
-    with transaction.atomic():
-        # Shared with every other sample; the month close takes it exclusively while it reads and marks traffic.
-        from billing.metering import TRAFFIC_LOCK
-
+    names = {
+        "counter": connection.ops.quote_name(TrafficCounter._meta.db_table),
+        "traffic": connection.ops.quote_name(TrafficRecord._meta.db_table),
+        "deployment": connection.ops.quote_name(Deployment._meta.db_table),
+        "project": connection.ops.quote_name(Project._meta.db_table),
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Shared with every other reading; the month close takes it exclusively while it reads and marks traffic.
         xact_lock_shared(LockSpace.METERING, TRAFFIC_LOCK)
-        counter = TrafficCounter.objects.select_for_update().filter(deployment_id=deployment_id).first()
-        if counter is None:
-            fresh = uptime_seconds is not None and uptime_seconds < FRESH_BROKER_SECONDS
-            counted = received + sent if fresh else 0
-            TrafficCounter.objects.create(
-                deployment_id=deployment_id,
-                sampled_at=at,
-                bytes_received=received,
-                bytes_sent=sent,
-                uptime_seconds=uptime_seconds,
-            )
-        elif at <= counter.sampled_at:
+        cursor.execute(READ_SQL.format(**names), {"deployment": deployment_id})
+        row = cursor.fetchone()
+        previous = CounterState(*row) if row is not None else None
+        step = counter_step(previous, at=at, received=received, sent=sent, uptime=uptime_seconds)
+        if step is None:
             return 0
-        else:
-            if uptime_seconds is not None and counter.uptime_seconds is not None:
-                restarted, dipped = uptime_seconds < counter.uptime_seconds, False
-            else:
-                restarted, dipped = False, received < counter.bytes_received or sent < counter.bytes_sent
-            if restarted:
-                counted = received + sent
-                counter.resets += 1
-                counter.bytes_received, counter.bytes_sent = received, sent
-            elif dipped:
-                # No uptime (an EMQX cluster's sum over its nodes): one node restarted. What it counted since is not
-                # separable from the sum, so this reading only sets the new base: a minute lost, nothing twice.
-                counted = 0
-                counter.resets += 1
-                counter.bytes_received, counter.bytes_sent = received, sent
-            else:
-                counted = max(received - counter.bytes_received, 0) + max(sent - counter.bytes_sent, 0)
-                counter.bytes_received = max(received, counter.bytes_received)
-                counter.bytes_sent = max(sent, counter.bytes_sent)
-            counter.sampled_at, counter.uptime_seconds = at, uptime_seconds
-            counter.save(update_fields=["sampled_at", "bytes_received", "bytes_sent", "uptime_seconds", "resets"])
-        if counted > 0:
-            _add(deployment_id=deployment_id, day=at.astimezone(UTC).date(), counted=counted)
+        counted, state = step
+        cursor.execute(
+            WRITE_SQL.format(**names),
+            {
+                "deployment": deployment_id,
+                "at": state.sampled_at,
+                "received": state.bytes_received,
+                "sent": state.bytes_sent,
+                "uptime": state.uptime_seconds,
+                "resets": state.resets,
+                "day": at.astimezone(UTC).date(),
+                "counted": counted,
+            },
+        )
     return counted
-
-
-def _add(*, deployment_id: int, day: datetime.date, counted: int) -> None:
-    table = connection.ops.quote_name(TrafficRecord._meta.db_table)
-    sql = UPSERT_SQL.format(
-        table=table,
-        deployment=connection.ops.quote_name(Deployment._meta.db_table),
-        project=connection.ops.quote_name(Project._meta.db_table),
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {"day": day, "bytes": counted, "deployment": deployment_id})
 
 
 def traffic_record_from_collector(*, deployment_id: int, at: datetime.datetime, state: dict) -> int:

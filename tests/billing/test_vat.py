@@ -171,3 +171,24 @@ def test_april_taxed_by_the_details_in_force_in_april_when_the_customer_moves_on
     may = Invoice.objects.get(period_start=datetime.date(2026, 5, 1))
     assert (may.tax_treatment, may.tax, may.customer["country"]) == ("outside_scope", 0, "US")  # 24 h, no VAT
     assert may.subtotal == 864
+
+
+def test_account_shows_invalid_with_what_to_do_and_vat_is_charged_when_vies_rejects_the_number(
+    owner_org, key_client, make_deployment, history, usd_rates
+):
+    client = key_client(owner_org.owner_secret)
+    url = f"/api/v1/organizations/{owner_org.id}/billing/account"
+    body = {"country": "FR", "company": "Exemple SAS", "email": "a@b.example", "postal_code": "75001", **ADDRESS}
+    response = client.put(url, {**body, "tax_id": "FR40303265045"}, format="json")
+    assert response.json()["vat_status"] == "format_valid"
+    assert "waiting for VIES" in response.json()["vat_status_message"]
+    with FakeVies() as vies, override_settings(VIES_URL=vies.url):  # VIES does not know it
+        assert services.billing_account_check_vat(account_id=owner_org.organization.billing_account.pk) == "invalid"
+    shown = client.get(url).json()
+    assert (shown["vat_status"], shown["tax_treatment"], shown["tax_rate"]) == ("invalid", "eu_consumer", "20")
+    assert "VIES does not know this VAT number" in shown["vat_status_message"]
+    assert shown["vat_consultation_number"] == ""
+    run_244_hours(owner_org, make_deployment, history)
+    invoicing.close_invoices(month=MARCH, now=at(2026, 4, 1, 0, 20))
+    invoice = Invoice.objects.get()
+    assert (invoice.tax_treatment, invoice.tax) == ("eu_consumer", 1757)  # 20 % of 87.84
