@@ -223,7 +223,8 @@ def billing_account_update(
     from billing import tasks
 
     if tax_changed and account.vat_next_check_at is not None:
-        transaction.on_commit(lambda: tasks.check_vat_number.delay(account.pk))
+        # Robust: with the queue down the number is still asked about by the sweep (check_vat_numbers) when due.
+        transaction.on_commit(lambda: tasks.check_vat_number.delay(account.pk), robust=True)
     if settings.STRIPE_SECRET_KEY:
         transaction.on_commit(lambda: tasks.sync_stripe_customer.delay(account.pk))
     invoicing.invoices_release_held(account=account, now=now)
