@@ -185,7 +185,7 @@ def billing_account_update(
             account.invoices.exclude(status=InvoiceStatus.VOID).exists()
             or UsageRecord.objects.filter(organization_id=account.organization_id, invoice__isnull=True).exists()
         ):
-            raise Conflict("The currency cannot change once usage has been billed in it.", field="currency")
+            raise Conflict(fields={"currency": "The currency cannot change once usage has been billed in it."})
 
     tax_id = (check.normalized or tax_id.strip()) if tax_id and tax_id.strip() else ""
     tax_changed = (tax_id, country) != (account.tax_id, account.country)
@@ -722,9 +722,9 @@ def coupon_redeem(*, account: BillingAccount, actor, code: str, now: datetime.da
     if coupon.currency != account.currency:
         raise ValidationFailed({"code": f"This coupon is for accounts billed in {coupon.currency}."})
     if coupon.max_redemptions is not None and coupon.grants.count() >= coupon.max_redemptions:
-        raise Conflict("This coupon has been used up.", field="code")
+        raise Conflict(fields={"code": "This coupon has been used up."})
     if CreditGrant.objects.filter(billing_account=account, coupon=coupon).exists():
-        raise Conflict("This coupon was already redeemed on this account.", field="code")
+        raise Conflict(fields={"code": "This coupon was already redeemed on this account."})
     expires_at = now + datetime.timedelta(days=coupon.credit_valid_days) if coupon.credit_valid_days else None
     try:
         with transaction.atomic():
@@ -740,7 +740,7 @@ def coupon_redeem(*, account: BillingAccount, actor, code: str, now: datetime.da
                 expires_at=expires_at,
             )
     except IntegrityError:  # a concurrent redemption of the same coupon on this account won
-        raise Conflict("This coupon was already redeemed on this account.", field="code") from None
+        raise Conflict(fields={"code": "This coupon was already redeemed on this account."}) from None
     audit_record(
         actor=actor,
         organization=account.organization,

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import requests
 
+from deployments import emqx_acl
 from deployments.drivers.base import AclEntry, MqttCredential, PermanentDriverError, TemporaryDriverError
 
 AUTHENTICATOR_ID = "password_based:built_in_database"
@@ -22,7 +23,11 @@ _PAGE_LIMIT = 1000
 
 
 class EmqxApiError(PermanentDriverError):
-    """EMQX refused a request for a reason retrying will not fix (4xx other than 401/404 handling)."""
+    """EMQX refused a request for a reason retrying will not fix (4xx other than 404 handling)."""
+
+
+class EmqxAuthError(EmqxApiError):
+    """EMQX does not know the bootstrap key the control plane holds (401)."""
 
 
 class EmqxApi:
@@ -55,8 +60,14 @@ class EmqxApi:
         if response.status_code >= 500:
             raise TemporaryDriverError(f"EMQX answered {response.status_code} to {method} {path}: {detail}")
         if response.status_code == 401:
-            # The bootstrap key is read by EMQX only when a node starts: a fresh node may not know it yet.
-            raise TemporaryDriverError(f"EMQX rejected the bootstrap API key ({detail}); nodes may still be starting")
+            # Callers push only once the operator reports every node of the current pod template ready, and a
+            # core node imports the bootstrap file before its API serves (emqx_mgmt_app:start/2): a 401 then means
+            # the nodes run with another key, which retrying cannot change.
+            raise EmqxAuthError(
+                f"EMQX rejected the control plane's bootstrap API key {self._auth[0]!r} ({detail}): its nodes were "
+                "started with another key. Restarting the deployment (maintenance restart) makes new nodes read "
+                "the current key from the operator's bootstrap Secret."
+            )
         raise EmqxApiError(f"EMQX refused {method} {path} with {response.status_code}: {detail}")
 
     def _get_json(self, path: str, **params) -> object:
@@ -88,9 +99,15 @@ class EmqxApi:
         if desired:
             rows = [_import_row(cred) for cred in desired.values()]
             # import_users takes a multipart upload whose file extension picks the format; .json holds
-            # [{user_id, password_hash, salt, is_superuser}] (docs.emqx.com .../authn/user_management.html).
+            # [{user_id, password_hash, salt, is_superuser}] (emqx/emqx v5.8.6 apps/emqx_auth_mnesia/src/
+            # emqx_authn_mnesia.erl import_users/3). From 5.5 the `type` query parameter (plain | hash) is required
+            # and the answer is 200 with counts; before, it is ignored and the answer is 204
+            # (v5.5.0 vs v5.4.1 apps/emqx_auth/src/emqx_authn/emqx_authn_user_import_api.erl): sending it always
+            # and accepting either answer serves every supported release.
             files = {"filename": ("users.json", json.dumps(rows).encode(), "application/json")}
-            self._request("POST", f"{auth_path}/import_users", files=files, expected=(200, 204))
+            self._request(
+                "POST", f"{auth_path}/import_users", params={"type": "hash"}, files=files, expected=(200, 204)
+            )
         for user in self.list_users():
             user_id = user.get("user_id")
             if user_id not in desired:
@@ -98,27 +115,23 @@ class EmqxApi:
 
     # -- ACL ---------------------------------------------------------------------------------------------------
     def sync_acl(self, entries: Iterable[AclEntry]) -> None:
-        """Make the built-in database rules exactly `entries`.
+        """Make the built-in database rules the per-subject lists that decide as the ordered `entries` do.
 
-        EMQX keeps one ordered rule list per username, per client id and one for everyone; the order of entries
-        is kept within each list. An entry naming both a username and a client id cannot be expressed there.
+        EMQX checks a client's client-id rules, then its username's rules, then the rules for all
+        (emqx_authz_mnesia:authorize/4); deployments.emqx_acl compiles our one ordered list into those three,
+        or refuses an order EMQX cannot express.
         """
-        by_user: dict[str, list[dict]] = {}
-        by_client: dict[str, list[dict]] = {}
-        for_all: list[dict] = []
-        for entry in entries:
-            rule = {"topic": entry.topic, "permission": entry.permission, "action": entry.action}
-            if entry.username is not None and entry.client_id is not None:
-                raise PermanentDriverError(
-                    f"ACL rule on {entry.topic!r} names both a username and a client id; EMQX's built-in "
-                    "database matches one or the other: split it into two rules"
-                )
-            if entry.username is not None:
-                by_user.setdefault(entry.username, []).append(rule)
-            elif entry.client_id is not None:
-                by_client.setdefault(entry.client_id, []).append(rule)
-            else:
-                for_all.append(rule)
+        try:
+            compiled = emqx_acl.compile_acl(list(entries))
+        except emqx_acl.AclNotExpressible as exc:
+            raise PermanentDriverError(str(exc)) from exc
+
+        def wire(rules: list[AclEntry]) -> list[dict]:
+            return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
+
+        by_user = {who: wire(rules) for who, rules in compiled.by_username.items()}
+        by_client = {who: wire(rules) for who, rules in compiled.by_client_id.items()}
+        for_all = wire(compiled.for_all)
 
         for kind, key, desired in (("users", "username", by_user), ("clients", "clientid", by_client)):
             for current in self._paged(f"{_RULES}/{kind}"):

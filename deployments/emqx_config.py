@@ -1,38 +1,62 @@
-"""HOCON rendering of one deployment's EMQX configuration: listeners, authentication, authorization, rate limits.
+"""HOCON rendering of one deployment's EMQX configuration: listeners, limits, TLS, authentication, authorization.
 
-Pure functions over BrokerSpec; they never talk to a cluster or a broker, and never see a plaintext password.
+Pure functions over BrokerSpec: the configuration is built as a tree, checked against the schema extract of the
+deployment's EMQX version (deployments.emqx_schema_check) and only then written as HOCON. They never talk to a
+cluster or a broker, and never see a plaintext password.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 
+from deployments import emqx_versions
 from deployments.drivers.base import ACL_NO_MATCH, BrokerSpec, RateLimit
 
 LEVELS: tuple[str, ...] = ("global", "zone", "listener", "connection")
 RATE_FIELDS: tuple[str, ...] = ("max_conn_rate", "messages_rate", "bytes_rate")
 
 # Listener name -> (EMQX listener type, port). Port names in the operator's listeners Service are `<type>-<name>`
-# (emqx-operator apis/apps/v2beta1/util.go GetListenersServicePorts): tcp-default, ssl-default, ws-default, wss-default.
+# (emqx-operator 2.2.29 apis/apps/v2beta1/util.go GetListenersServicePorts, which skips `enable = false`
+# listeners): tcp-default, ssl-default, ws-default, wss-default.
 LISTENERS: dict[str, tuple[str, int]] = {
     "mqtt": ("tcp", 1883),
     "mqtts": ("ssl", 8883),
     "ws": ("ws", 8083),
     "wss": ("wss", 8084),
 }
+TLS_LISTENER_TYPES = ("ssl", "wss")
 DASHBOARD_PORT = 18083
 DEFAULT_PBKDF2_ITERATIONS = 101
+# The largest MQTT packet EMQX accepts (emqx/emqx v5.8.6 apps/emqx/include/emqx_mqtt.hrl MAX_INT_MQTT_PACKET_SIZE,
+# enforced by emqx_schema:validate_max_packet_size/1).
+MAX_PACKET_SIZE = 268_435_455
+# EMQX's built-in authorization database holds at most `max_rules` rules per subject, 100 by default (v5.8.6
+# apps/emqx_auth_mnesia/src/emqx_authz_mnesia_schema.erl MAX_RULES); its API answers 400 beyond.
+MAX_ACL_RULES_PER_SUBJECT = 100
+# Where the certificate Secret is mounted in every EMQX pod (spec.coreTemplate.spec.extraVolumeMounts).
+TLS_MOUNT_PATH = "/opt/emqx/etc/certs/deployment"
+# The CA bundle EMQX uses when none is configured (v5.8.6 apps/emqx/src/emqx_schema.erl common_ssl_opts_schema/2);
+# EMQX expands ${EMQX_ETC_DIR} in file paths itself. Rendered explicitly so a CA set earlier does not linger.
+IMAGE_CA_FILE = "${EMQX_ETC_DIR}/certs/cacert.pem"
 
-# EMQX 5.0 named its limiter types after the traffic they meter (emqx/emqx
-# apps/emqx/src/emqx_limiter/etc/emqx_limiter.conf, 5.0 line): connection, message_in, bytes_in.
-_V50_LIMITER_TYPE = {"max_conn_rate": "connection", "messages_rate": "message_in", "bytes_rate": "bytes_in"}
+
+class Infinity:
+    """EMQX's `infinity` (an unquoted HOCON word)."""
+
+    def __repr__(self) -> str:
+        return "infinity"
+
+
+INFINITY = Infinity()
 
 
 def hocon_string(value: str) -> str:
     """A HOCON quoted string. HOCON's quoted strings are JSON strings, so JSON escaping is exact."""
     return json.dumps(value, ensure_ascii=False)
+
+
+# -- rate limits ----------------------------------------------------------------------------------------------
 
 
 def validate_rate_limit_hierarchy(rate_limits: Iterable[RateLimit]) -> None:
@@ -64,84 +88,108 @@ def validate_rate_limit_hierarchy(rate_limits: Iterable[RateLimit]) -> None:
                     )
 
 
-def _version_tuple(version: str) -> tuple[int, int]:
-    major, _, rest = version.partition(".")
-    minor = rest.partition(".")[0]
-    try:
-        return int(major), int(minor)
-    except ValueError:
-        raise ValueError(f"unparseable EMQX version {version!r}") from None
+def _rate(per_second: int | None, share: int = 1) -> str | Infinity:
+    """`per_second` split over `share` nodes as an EMQX rate: exact, `N/s` when it divides, `N/<share>s` if not.
 
-
-def _rate(value: int | None) -> str:
-    return hocon_string(f"{value}/s") if value is not None else "infinity"
-
-
-def render_rate_limits(rate_limits: Iterable[RateLimit], version: str) -> str:
-    """The limiter part of emqx.conf for `version`, after checking the hierarchy.
-
-    EMQX 5.0 has the four levels natively as token buckets per limiter type: `global.rate`, `zone.<z>.rate`,
-    `bucket.<b>.aggregated.rate` (shared by a listener's clients) and `bucket.<b>.per_client.rate`
-    (emqx_limiter.conf of the 5.0 line). EMQX 5.1+ (checked against the 5.8 docs,
-    docs.emqx.com/en/emqx/v58/rate-limit/rate-limit.html) keeps only listener keys: `max_conn_rate` per
-    listener, `messages_rate` and `bytes_rate` per client. There we render the tightest limit set at any level:
-    a global or zone cap cannot be enforced as an aggregate, so it becomes a per-client/per-listener ceiling.
+    Both rate grammars take `<n>/<k>s` (v5.8.6 emqx_limiter_schema:to_rate/3, e5.9.0 emqx_limiter_schema
+    do_parse_rate/1); the split never lets the cluster as a whole exceed `per_second`.
     """
-    limits = tuple(rate_limits)
-    validate_rate_limit_hierarchy(limits)
-    by_level = {limit.level: limit for limit in limits}
-    if _version_tuple(version) < (5, 1):
-        return _render_v50(by_level)
-    return _render_listener_keys(by_level)
+    if per_second is None:
+        return INFINITY
+    if per_second % share == 0:
+        return f"{per_second // share}/s"
+    return f"{per_second}/{share}s"
 
 
-def _render_v50(by_level: dict[str, RateLimit]) -> str:
-    def value(level: str, field: str) -> int | None:
-        limit = by_level.get(level)
-        return getattr(limit, field) if limit else None
-
-    blocks = []
-    for field, limiter_type in _V50_LIMITER_TYPE.items():
-        if all(value(level, field) is None for level in LEVELS):
-            continue
-        # Bucket "default" in zone "default" is the one every listener uses unless told otherwise.
-        blocks.append(
-            f"  {limiter_type} {{\n"
-            f"    global.rate = {_rate(value('global', field))}\n"
-            f"    zone.default.rate = {_rate(value('zone', field))}\n"
-            f"    bucket.default {{\n"
-            f"      zone = default\n"
-            f"      aggregated.rate = {_rate(value('listener', field))}\n"
-            f"      aggregated.capacity = infinity\n"
-            f"      per_client.rate = {_rate(value('connection', field))}\n"
-            f"      per_client.capacity = infinity\n"
-            f"    }}\n"
-            f"  }}\n"
-        )
-    if not blocks:
-        return ""
-    return "limiter {\n" + "".join(blocks) + "}\n"
-
-
-def _tightest(by_level: dict[str, RateLimit], field: str, levels: Iterable[str]) -> int | None:
-    values = [getattr(by_level[level], field) for level in levels if level in by_level]
+def _min(*values: int | None) -> int | None:
     present = [v for v in values if v is not None]
     return min(present) if present else None
 
 
-def _render_listener_keys(by_level: dict[str, RateLimit]) -> str:
-    # A connection-level max_conn_rate means nothing (one connection is accepted once): it is ignored.
-    settings = {
-        "max_conn_rate": _tightest(by_level, "max_conn_rate", ("global", "zone", "listener")),
-        "messages_rate": _tightest(by_level, "messages_rate", LEVELS),
-        "bytes_rate": _tightest(by_level, "bytes_rate", LEVELS),
+def limiter_plan(spec: BrokerSpec, rate_limits: Iterable[RateLimit] | None = None) -> dict[str, dict[str, object]]:
+    """Where each level's limits go in EMQX, for the spec's version. Keys: `node` (or `zone` from 5.9), `listener`.
+
+    No EMQX limiter is cluster-wide, so the levels that mean "the whole deployment" (global, zone, and the tier's
+    message rate) go to the per-node limiter divided by the replica count: 5.1-5.8 `limiter.*_rate` (one bucket
+    per node, emqx_limiter_utils:get_node_opts/1), 5.9+ `mqtt.limiter.*_rate` (one shared bucket per zone per node,
+    emqx_limiter:create_limiters_for_zone/2). The listener level's connection rate is the listener's
+    `max_conn_rate` (one bucket per listener per node: v5.8.6 emqx_limiter_utils:convert_listener_short_paths/1,
+    e5.9.0 emqx_listeners.erl esockd limiter); the connection level's message and byte rates are the listener's
+    `messages_rate`/`bytes_rate`, which both layouts give each client for itself. A listener-level message or byte
+    rate has no EMQX key and a connection-level connection rate means nothing: neither is rendered.
+    Every key is always present, `infinity` when unset: the operator merges config edits, so a key left out would
+    keep its old value.
+    """
+    limits = tuple(spec.rate_limits if rate_limits is None else rate_limits)
+    validate_rate_limit_hierarchy(limits)
+    by_level = {limit.level: limit for limit in limits}
+
+    def value(level: str, field: str) -> int | None:
+        limit = by_level.get(level)
+        return getattr(limit, field) if limit else None
+
+    replicas = max(spec.replicas, 1)
+    wide = {
+        "max_conn_rate": _min(value("global", "max_conn_rate"), value("zone", "max_conn_rate")),
+        "messages_rate": _min(
+            value("global", "messages_rate"), value("zone", "messages_rate"), spec.messages_per_second or None
+        ),
+        "bytes_rate": _min(value("global", "bytes_rate"), value("zone", "bytes_rate")),
     }
-    lines = []
-    for listener_type, _port in LISTENERS.values():
-        for key, val in settings.items():
-            if val is not None:
-                lines.append(f"listeners.{listener_type}.default.{key} = {hocon_string(f'{val}/s')}\n")
-    return "".join(lines)
+    return {
+        "node": {field: _rate(rate, replicas) for field, rate in wide.items()},
+        "listener": {
+            "max_conn_rate": _rate(value("listener", "max_conn_rate")),
+            "messages_rate": _rate(value("connection", "messages_rate")),
+            "bytes_rate": _rate(value("connection", "bytes_rate")),
+        },
+    }
+
+
+# What each level's fields become on EMQX, per version range: the rate-limit API shows it to customers.
+ENFORCEMENT: dict[str, list[dict[str, str]]] = {
+    "global": [
+        {
+            "field": field,
+            "emqx_versions": versions,
+            "emqx_key": key,
+            "scope": "the whole deployment: each node enforces the limit divided by the number of nodes",
+        }
+        for field in RATE_FIELDS
+        for versions, key in (
+            ("5.1.1-5.8.x", f"limiter.{field}"),
+            ("5.9.0 and later", f"mqtt.limiter.{field}"),
+        )
+    ],
+    "listener": [
+        {
+            "field": "max_conn_rate",
+            "emqx_versions": "5.1.1 and later",
+            "emqx_key": "listeners.<type>.default.max_conn_rate",
+            "scope": "each listener on each node",
+        }
+    ],
+    "connection": [
+        {
+            "field": field,
+            "emqx_versions": "5.1.1 and later",
+            "emqx_key": f"listeners.<type>.default.{field}",
+            "scope": "each client connection",
+        }
+        for field in ("messages_rate", "bytes_rate")
+    ],
+}
+ENFORCEMENT["zone"] = [dict(entry) for entry in ENFORCEMENT["global"]]
+ENFORCEMENT_NOTE = (
+    "EMQX has no cluster-wide limiter: global and zone limits (and the tier's message rate, whichever is lowest) "
+    "are divided by the number of nodes and enforced on each node, so the deployment as a whole never exceeds "
+    "them. A listener's max_conn_rate applies to that listener on each node. Message and byte rates are enforced "
+    "per client (connection level) and for the whole deployment, not per listener; a connection-level "
+    "max_conn_rate means nothing and is not enforced."
+)
+
+
+# -- the configuration tree ----------------------------------------------------------------------------------
 
 
 def _pbkdf2_iterations(spec: BrokerSpec) -> int:
@@ -154,64 +202,128 @@ def _pbkdf2_iterations(spec: BrokerSpec) -> int:
     return counts.pop() if counts else DEFAULT_PBKDF2_ITERATIONS
 
 
-def effective_rate_limits(spec: BrokerSpec) -> tuple[RateLimit, ...]:
-    """The spec's limits, with the tier's messages_per_second as the global message rate unless one is given."""
-    limits = list(spec.rate_limits)
-    global_limit = next((limit for limit in limits if limit.level == "global"), None)
-    if spec.messages_per_second and (global_limit is None or global_limit.messages_rate is None):
-        if global_limit is None:
-            limits.append(RateLimit(level="global", messages_rate=spec.messages_per_second))
-        else:
-            limits[limits.index(global_limit)] = RateLimit(
-                level="global",
-                max_conn_rate=global_limit.max_conn_rate,
-                messages_rate=spec.messages_per_second,
-                bytes_rate=global_limit.bytes_rate,
-            )
-    return tuple(limits)
+def enabled_listener_types(spec: BrokerSpec) -> list[str]:
+    """TLS listeners run only with a certificate of the deployment's own: without `ssl_options` EMQX would serve the
+    demo key shipped in its image (v5.8.6 emqx_schema common_ssl_opts_schema/2 defaults to etc/certs/key.pem)."""
+    return [t for t, _port in LISTENERS.values() if spec.tls is not None or t not in TLS_LISTENER_TYPES]
+
+
+def max_connections_per_listener(spec: BrokerSpec) -> int:
+    """A listener's share of the tier's connections on one node. EMQX counts `max_connections` per listener per
+    node (v5.8.6 emqx_schema base_listener/1, enforced by esockd per listener), so the tier is split evenly over
+    the nodes and the enabled listeners, rounding down: the sum never exceeds the tier."""
+    shares = max(spec.replicas, 1) * len(enabled_listener_types(spec))
+    return max(1, spec.max_connections // shares)
+
+
+def _ssl_options(spec: BrokerSpec) -> dict:
+    tls = spec.tls
+    assert tls is not None
+    return {
+        "certfile": f"{TLS_MOUNT_PATH}/tls.crt",
+        "keyfile": f"{TLS_MOUNT_PATH}/tls.key",
+        "cacertfile": f"{TLS_MOUNT_PATH}/ca.crt" if tls.has_client_ca else IMAGE_CA_FILE,
+        "verify": "verify_peer" if tls.verify_peer else "verify_none",
+        "fail_if_no_peer_cert": bool(tls.verify_peer),
+    }
+
+
+def config_tree(spec: BrokerSpec) -> dict:
+    """The whole configuration as nested dicts (HOCON objects), lists and scalars. Raises ValueError on a spec EMQX
+    cannot honour."""
+    version = emqx_versions.check(spec.version)
+    if spec.max_connections <= 0:
+        raise ValueError("max_connections must be positive")
+    if not 0 < spec.message_size_limit <= MAX_PACKET_SIZE:
+        raise ValueError(f"message_size_limit must be between 1 and {MAX_PACKET_SIZE} bytes (EMQX's maximum)")
+    if spec.durable_sessions and not emqx_versions.has_durable_sessions(version):
+        raise ValueError(f"durable sessions need EMQX 5.8 or later, not {version}")
+    plan = limiter_plan(spec)
+    enabled = enabled_listener_types(spec)
+    per_listener = max_connections_per_listener(spec)
+    listeners: dict[str, dict] = {}
+    for listener_type, port in LISTENERS.values():
+        listener: dict[str, object] = {
+            "enable": listener_type in enabled,
+            "bind": f"0.0.0.0:{port}",
+            "max_connections": per_listener,
+            **plan["listener"],
+        }
+        if listener_type in TLS_LISTENER_TYPES and spec.tls is not None:
+            listener["ssl_options"] = _ssl_options(spec)
+        listeners[listener_type] = {"default": listener}
+    mqtt: dict[str, object] = {"max_packet_size": spec.message_size_limit}
+    # The dashboard listener keeps EMQX's default port, which is where the operator looks for the API too
+    # (emqx-operator 2.2.29 apis/apps/v2beta1/util.go GetDashboardPortMap defaults to 18083).
+    tree: dict[str, object] = {
+        "mqtt": mqtt,
+        "listeners": listeners,
+    }
+    if emqx_versions.has_zone_limiter(version):
+        mqtt["limiter"] = dict(plan["node"])
+    else:
+        tree["limiter"] = dict(plan["node"])
+    if spec.durable_sessions:
+        # builtin_raft replicates each shard over the nodes (v5.8.6 apps/emqx/src/emqx_ds_schema.erl
+        # backend_fields(builtin_raft, _)); it is Enterprise storage.
+        replicas = max(spec.replicas, 1)
+        tree["durable_sessions"] = {"enable": True}
+        tree["durable_storage"] = {
+            "messages": {"backend": "builtin_raft", "n_sites": replicas, "replication_factor": min(3, replicas)}
+        }
+    # pbkdf2/sha512 with the credentials' own iteration count, so the hashes the control plane stores import as-is
+    # (emqx_authn_password_hashing: check_password for pbkdf2 compares hex(pbkdf2(mac_fun, pw, salt, iters))).
+    tree["authentication"] = [
+        {
+            "mechanism": "password_based",
+            "backend": "built_in_database",
+            "user_id_type": "username",
+            "password_hash_algorithm": {"name": "pbkdf2", "mac_fun": "sha512", "iterations": _pbkdf2_iterations(spec)},
+        }
+    ]
+    tree["authorization"] = {
+        "no_match": ACL_NO_MATCH,
+        "deny_action": "ignore",
+        "sources": [{"type": "built_in_database", "enable": True, "max_rules": MAX_ACL_RULES_PER_SUBJECT}],
+    }
+    return tree
+
+
+def _hocon_value(value: object, indent: str) -> str:
+    if isinstance(value, Infinity):
+        return "infinity"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return hocon_string(value)
+    if isinstance(value, dict):
+        inner = indent + "  "
+        lines = [f"{inner}{key} {_hocon_assign(item)}{_hocon_value(item, inner)}" for key, item in value.items()]
+        return "{\n" + "\n".join(lines) + f"\n{indent}}}"
+    if isinstance(value, list):
+        inner = indent + "  "
+        return "[\n" + ",\n".join(f"{inner}{_hocon_value(item, inner)}" for item in value) + f"\n{indent}]"
+    raise TypeError(f"cannot render {type(value).__name__} as HOCON")
+
+
+def _hocon_assign(value: object) -> str:
+    return "" if isinstance(value, dict) else "= "
+
+
+def to_hocon(tree: dict) -> str:
+    """HOCON text of a configuration tree; keys are plain identifiers, strings JSON-quoted."""
+    return "".join(f"{key} {_hocon_assign(value)}{_hocon_value(value, '')}\n" for key, value in tree.items())
 
 
 def render_hocon(spec: BrokerSpec) -> str:
-    """The whole `spec.config.data` for the EMQX resource. Raises ValueError on a spec EMQX cannot honour."""
-    if spec.max_connections <= 0:
-        raise ValueError("max_connections must be positive")
-    if spec.message_size_limit <= 0:
-        raise ValueError("message_size_limit must be positive")
-    replicas = max(spec.replicas, 1)
-    # EMQX's listener max_connections is per node: split the tier's total over the nodes so the cluster honours it.
-    per_node = math.ceil(spec.max_connections / replicas)
-    parts = [
-        f"dashboard.listeners.http.bind = {DASHBOARD_PORT}\n",
-        f"mqtt.max_packet_size = {spec.message_size_limit}\n",
-    ]
-    for listener_type, port in LISTENERS.values():
-        parts.append(
-            f"listeners.{listener_type}.default {{\n"
-            f"  bind = {hocon_string(f'0.0.0.0:{port}')}\n"
-            f"  max_connections = {per_node}\n"
-            f"}}\n"
-        )
-    # pbkdf2/sha512 with the credentials' own iteration count, so the hashes the control plane stores import as-is
-    # (emqx_authn_password_hashing: check_password for pbkdf2 compares hex(pbkdf2(mac_fun, pw, salt, iters))).
-    parts.append(
-        "authentication = [\n"
-        "  {\n"
-        "    mechanism = password_based\n"
-        "    backend = built_in_database\n"
-        "    user_id_type = username\n"
-        "    password_hash_algorithm {name = pbkdf2, mac_fun = sha512, "
-        f"iterations = {_pbkdf2_iterations(spec)}}}\n"
-        "  }\n"
-        "]\n"
-    )
-    parts.append(
-        "authorization {\n"
-        f"  no_match = {ACL_NO_MATCH}\n"
-        "  deny_action = ignore\n"
-        "  sources = [\n"
-        "    {type = built_in_database, enable = true}\n"
-        "  ]\n"
-        "}\n"
-    )
-    parts.append(render_rate_limits(effective_rate_limits(spec), spec.version))
-    return "".join(parts)
+    """The whole `spec.config.data` for the EMQX resource, checked against the version's schema extract first.
+    Raises ValueError on a spec EMQX cannot honour."""
+    from deployments.emqx_schema_check import check_config
+
+    tree = config_tree(spec)
+    problems = check_config(tree, emqx_versions.schema_extract(spec.version))
+    if problems:
+        raise ValueError(f"EMQX {spec.version} would reject the rendered configuration: {'; '.join(problems)}")
+    return to_hocon(tree)

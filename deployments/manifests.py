@@ -6,17 +6,23 @@ apply of an unchanged spec changes nothing.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
 
+from deployments import emqx_versions
 from deployments.drivers.base import BrokerSpec
-from deployments.emqx_config import DASHBOARD_PORT, LISTENERS, render_hocon
+from deployments.emqx_config import DASHBOARD_PORT, LISTENERS, TLS_MOUNT_PATH, render_hocon
 
 FIELD_MANAGER = "controlplane"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 DEPLOYMENT_LABEL = "controlplane.io/deployment"
 RESTART_NONCE_ANNOTATION = "controlplane.io/restart-nonce"
+# A digest of the bootstrap API key: EMQX reads its bootstrap key file only when a core node starts
+# (emqx/emqx v5.8.6 apps/emqx_management/src/emqx_mgmt_auth.erl try_init_bootstrap_file/0, called from
+# emqx_mgmt_app:start/2), so a changed key must bring up new nodes; putting its digest in the pod template does.
+API_KEY_DIGEST_ANNOTATION = "controlplane.io/api-key-digest"
 # Namespaces whose pods may reach the management API: the control plane's own (it carries this label) and the
 # operator's, which calls EMQX's API on every core pod while reconciling.
 CONTROL_PLANE_NAMESPACE_LABEL = ("controlplane.io/role", "control-plane")
@@ -27,6 +33,26 @@ EMQX_VERSION = "v2beta1"
 EMQX_PLURAL = "emqxes"
 EMQX_NAME = "emqx"
 API_KEY_SECRET = "emqx-api-key"
+LICENSE_SECRET = "emqx-license"
+# The Secret the operator assembles once from bootstrapAPIKeys and mounts into every core pod as EMQX's bootstrap
+# file; it never updates it (emqx-operator 2.2.29 controllers/apps/v2beta1/add_bootstrap_resource.go: Create,
+# AlreadyExists ignored; named `<EMQX name>-bootstrap-api-key` in emqx_controller.go getBootstrapAPIKey).
+OPERATOR_BOOTSTRAP_SECRET = f"{EMQX_NAME}-bootstrap-api-key"
+OPERATOR_BOOTSTRAP_KEY = "bootstrap_api_key"
+# Old StatefulSets (and their PVCs) the operator keeps after an update: none. With its default of 3 a namespace
+# holds up to four generations of volumes, and the third update no longer fits the PVC quota (the operator
+# deletes an old set and its PVCs only beyond this limit: controllers/apps/v2beta1/sync_sets.go).
+REVISION_HISTORY_LIMIT = 0
+# Blue-green update with evacuation: before an old node goes, the operator moves its clients and sessions to the new
+# nodes (POST /api/v5/load_rebalance/<node>/evacuation/start with these rates and wait_takeover), which EMQX
+# Enterprise does (controllers/apps/v2beta1/sync_pods.go startEvacuationByAPI; apps.emqx.io_emqxes.yaml defaults).
+UPDATE_STRATEGY = {
+    "type": "Recreate",
+    "initialDelaySeconds": 10,
+    "evacuationStrategy": {"waitTakeover": 10, "connEvictRate": 1000, "sessEvictRate": 1000},
+}
+TLS_VOLUME = "deployment-tls"
+DATA_VOLUME_SIZE = "1Gi"
 # Inter-node ports the operator's headless Service exposes (emqx-operator controllers/apps/v2beta1/add_svc.go).
 ERLANG_DIST_PORT = 4370
 GEN_RPC_PORT = 5369
@@ -85,8 +111,9 @@ def render_namespace(spec: BrokerSpec) -> dict:
 
 def render_resource_quota(spec: BrokerSpec) -> dict:
     resources = pod_resources(spec)
-    # The operator updates by blue-green: a new StatefulSet comes up before the old one is drained, so the
-    # namespace must hold two generations of pods at once.
+    # The operator updates by blue-green: a new StatefulSet (with its own PVCs) comes up before the old one is
+    # drained, so the namespace must hold two generations of pods and volumes at once; with REVISION_HISTORY_LIMIT
+    # 0 the old generation's PVCs go once the update is done, so two is also enough for every later update.
     pods = 2 * max(spec.replicas, 1)
 
     def times(quantity: str, suffix: str) -> str:
@@ -156,24 +183,87 @@ def render_api_key_secret(spec: BrokerSpec) -> dict:
     }
 
 
+def render_license_secret(spec: BrokerSpec) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": LICENSE_SECRET, "namespace": namespace_name(spec.name), "labels": _labels(spec)},
+        "type": "Opaque",
+        "stringData": {"key": spec.license_key},
+    }
+
+
+def api_key_digest(spec: BrokerSpec) -> str:
+    return hashlib.sha256(f"{spec.api_key}:{spec.api_secret}".encode()).hexdigest()[:16]
+
+
+def bootstrap_line(spec: BrokerSpec) -> str:
+    return f"{spec.api_key}:{spec.api_secret}"
+
+
+def render_operator_bootstrap_secret(spec: BrokerSpec, current: dict | None) -> dict | None:
+    """The operator's bootstrap Secret with our key line replaced, or None when it is absent or already right.
+
+    The operator writes `<key>:<secret>` lines for bootstrapAPIKeys plus its own `emqx-operator-controller:<pw>`
+    line, which it keeps using to call EMQX; every line but ours is kept as it is.
+    """
+    if current is None:
+        return None
+    raw = (current.get("data") or {}).get(OPERATOR_BOOTSTRAP_KEY, "")
+    try:
+        content = base64.b64decode(raw).decode()
+    except (ValueError, UnicodeDecodeError):
+        content = ""
+    lines = [line for line in content.split("\n") if line]
+    ours = bootstrap_line(spec)
+    if ours in lines:
+        return None
+    others = [line for line in lines if line.partition(":")[0] != spec.api_key]
+    content = "\n".join([ours, *others])
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": OPERATOR_BOOTSTRAP_SECRET, "namespace": namespace_name(spec.name)},
+        "data": {OPERATOR_BOOTSTRAP_KEY: base64.b64encode(content.encode()).decode()},
+    }
+
+
 def render_emqx(spec: BrokerSpec) -> dict:
-    annotations = {RESTART_NONCE_ANNOTATION: str(spec.restart_nonce)}
+    image = emqx_versions.image(spec.version)
+    annotations = {
+        RESTART_NONCE_ANNOTATION: str(spec.restart_nonce),
+        API_KEY_DIGEST_ANNOTATION: api_key_digest(spec),
+    }
     core_spec: dict = {"replicas": spec.replicas, "resources": pod_resources(spec)}
+    # EMQX's data directory (sessions' state, retained messages, the built-in databases) on a volume of its own.
+    claim: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": DATA_VOLUME_SIZE}}}
     if spec.region.storage_class:
-        core_spec["volumeClaimTemplates"] = {
-            "storageClassName": spec.region.storage_class,
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": "1Gi"}},
-        }
+        claim["storageClassName"] = spec.region.storage_class
+    core_spec["volumeClaimTemplates"] = claim
+    if spec.license_key:  # render_manifests refuses a spec without one
+        # Without a licence EMQX Enterprise runs on its built-in one: 25 sessions, evaluation only, up to 5.8
+        # (emqx/emqx e5.8.8 apps/emqx_license/src/emqx_license_schema.erl default_license/0); from 5.9 a
+        # single-node community licence that refuses to form a cluster (e5.9.0 apps/emqx_license/include/
+        # emqx_license.hrl, emqx_license_checker:ensure_cluster_mode/1).
+        core_spec["env"] = [
+            {"name": "EMQX_LICENSE__KEY", "valueFrom": {"secretKeyRef": {"name": LICENSE_SECRET, "key": "key"}}}
+        ]
+    if spec.tls is not None:
+        core_spec["extraVolumes"] = [{"name": TLS_VOLUME, "secret": {"secretName": spec.tls.secret_name}}]
+        core_spec["extraVolumeMounts"] = [{"name": TLS_VOLUME, "mountPath": TLS_MOUNT_PATH, "readOnly": True}]
     return {
         "apiVersion": f"{EMQX_GROUP}/{EMQX_VERSION}",
         "kind": "EMQX",
         "metadata": {"name": EMQX_NAME, "namespace": namespace_name(spec.name), "labels": _labels(spec)},
         "spec": {
-            "image": f"emqx/emqx:{spec.version}",
+            "image": image,
+            # Merge: the operator PUTs the text to /api/v5/configs?mode=merge (controllers/apps/v2beta1/
+            # sync_emqx_config.go), so a key rendered once stays until rendered again with another value.
             "config": {"mode": "Merge", "data": render_hocon(spec)},
-            # The pod template's annotations are part of the operator's pod-template hash: a new nonce makes it
-            # bring up a new set of nodes and evacuate the old ones (sessions migrate), one update at a time.
+            "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
+            "updateStrategy": UPDATE_STRATEGY,
+            # The pod template's annotations are part of the operator's pod-template hash: a new nonce (or key)
+            # makes it bring up a new set of nodes and evacuate the old ones (sessions migrate), one at a time.
             "coreTemplate": {"metadata": {"annotations": annotations}, "spec": core_spec},
             "listenersServiceTemplate": {"enabled": True, "spec": {"type": spec.region.service_type}},
             "bootstrapAPIKeys": [
@@ -206,12 +296,19 @@ def render_manifests(spec: BrokerSpec) -> list[dict]:
         raise ValueError("api_key may only hold letters, digits, '-' and '_'")
     if not 3 <= len(spec.api_secret) <= 128:
         raise ValueError("api_secret must be 3 to 128 characters")
+    emqx_versions.check(spec.version)
+    if not spec.license_key:
+        raise ValueError(
+            "no EMQX Enterprise licence is configured (EMQX_LICENSE_KEY): without one EMQX Enterprise serves 25 "
+            "sessions (5.8) or refuses to form a cluster (5.9 and later), so no tier could be honoured"
+        )
     manifests = [
         render_namespace(spec),
         render_resource_quota(spec),
         render_network_policy(spec),
         render_api_key_secret(spec),
     ]
+    manifests.append(render_license_secret(spec))
     if spec.running:
         manifests.append(render_emqx(spec))
     return manifests

@@ -73,15 +73,6 @@ def monitor_credentials(deployment: Deployment) -> tuple[str, str]:
     return deployment.monitor_username, crypto.decrypt_str(deployment.monitor_password_encrypted)
 
 
-# Which rate-limit fields each driver enforces, per level: the API shows it beside every policy.
-_KUBERNETES_HONOURED = {
-    "global": ("max_conn_rate", "messages_rate", "bytes_rate"),
-    "zone": ("max_conn_rate", "messages_rate", "bytes_rate"),
-    "listener": ("max_conn_rate", "messages_rate", "bytes_rate"),
-    "connection": ("messages_rate", "bytes_rate"),
-}
-
-
 def driver_capabilities(region: Region) -> dict:
     """What a deployment in `region` actually enforces of its configuration, said plainly."""
     if region.driver == Region.Driver.LOCAL:
@@ -93,12 +84,13 @@ def driver_capabilities(region: Region) -> dict:
             "acl_client_id_rules": False,
             "acl_note": "Rules select clients by username or apply to everyone; client-id rules are refused.",
         }
+    from deployments.emqx_config import ENFORCEMENT, ENFORCEMENT_NOTE
+
     return {
         "driver": "kubernetes",
-        "rate_limits": {level: list(fields) for level, fields in _KUBERNETES_HONOURED.items()},
-        "rate_limits_note": "Enforced by EMQX. From 5.1 on, global and zone limits become per-listener and "
-        "per-client ceilings (EMQX keeps only listener keys); a connection-level max_conn_rate "
-        "means nothing and is ignored.",
+        "rate_limits": {level: sorted({e["field"] for e in entries}) for level, entries in ENFORCEMENT.items()},
+        "rate_limits_note": ENFORCEMENT_NOTE,
+        "emqx_enforcement": ENFORCEMENT,
         "acl_client_id_rules": True,
         "acl_note": "Rules may select a username, a client id, or everyone.",
     }

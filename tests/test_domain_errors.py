@@ -51,7 +51,7 @@ def test_rate_limited_sets_retry_after_rounded_up_when_fractional():
 
 
 def test_conflict_names_its_field_when_it_is_about_one_input():
-    _, body, _ = _render(errors.Conflict("This coupon has been used up.", field="code"))
+    _, body, _ = _render(errors.Conflict(fields={"code": "This coupon has been used up."}))
     assert body["detail"] == "This coupon has been used up."
     assert body["errors"] == [{"field": "code", "message": "This coupon has been used up.", "code": "conflict"}]
     _, plain, _ = _render(errors.Conflict("The project still holds deployments."))

@@ -10,7 +10,9 @@ disconnected persistent ones, `live_connections` = connected clients, `subscript
 (`sessions.count`, `authentication.failure`, `authorization.deny`, `bytes.received`...), metrics are cumulative
 counters. `/api/v5/rules` pages `{"data": [...], "meta": {...}}`, each rule's counters come from
 `/api/v5/rules/{id}/metrics` as `{"metrics": {"matched", "failed", "actions.failed"...}}`. `/api/v5/connectors` is
-a list with `status` in connected|connecting|disconnected|inconsistent.
+a list with `status` in connected|connecting|disconnected|inconsistent; before 5.4 the data integrations are
+`/api/v5/bridges` with the same `status` (emqx/emqx e5.1.1 apps/emqx_bridge/src/emqx_bridge_api.erl), and
+`/connectors` answers 404 (its API arrived with 5.3.1's emqx_connector_api.erl, complete in 5.4).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from alerts.collectors import CollectResult, counter_delta, counter_rate
 
 
 class EmqxApiError(Exception):
-    pass
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class EmqxMonitorApi:
@@ -45,7 +49,9 @@ class EmqxMonitorApi:
         except requests.RequestException as exc:
             raise EmqxApiError(f"GET {path}: {exc}") from exc
         if response.status_code != 200:
-            raise EmqxApiError(f"GET {path}: HTTP {response.status_code} {response.text[:200]}")
+            raise EmqxApiError(
+                f"GET {path}: HTTP {response.status_code} {response.text[:200]}", status=response.status_code
+            )
         try:
             return response.json()
         except ValueError as exc:
@@ -75,7 +81,18 @@ class EmqxMonitorApi:
         return rules
 
     def connectors(self) -> list[dict]:
-        return self._get("/connectors")
+        """Connectors (5.4+), or the bridges of an older release; none when the release has neither API."""
+        try:
+            return self._get("/connectors")
+        except EmqxApiError as exc:
+            if exc.status != 404:
+                raise
+        try:
+            return self._get("/bridges")
+        except EmqxApiError as exc:
+            if exc.status != 404:
+                raise
+        return []
 
     def close(self) -> None:
         self.session.close()

@@ -28,6 +28,15 @@ class PermanentDriverError(DriverError):
     """Retrying will not help: the spec is invalid or a quota is exhausted. The message is shown to the user."""
 
 
+class ConfigRejectedError(PermanentDriverError):
+    """The broker refused the new configuration after it was written. The driver put the last configuration the
+    broker accepted back in place and the broker serves with it (`observed` says so); the change itself failed."""
+
+    def __init__(self, message: str, *, observed: Observed) -> None:
+        super().__init__(message)
+        self.observed = observed
+
+
 @dataclasses.dataclass(frozen=True)
 class MqttCredential:
     """An MQTT user, hashed the way both mosquitto (`$7$`) and EMQX (pbkdf2/sha512) accept: we never hold plaintext."""
@@ -58,6 +67,16 @@ class RateLimit:
     max_conn_rate: int | None = None
     messages_rate: int | None = None
     bytes_rate: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsMaterial:
+    """Where a deployment's server certificate lives: a kubernetes.io/tls Secret in the deployment's namespace
+    (`tls.crt`, `tls.key`, and `ca.crt` when clients must present certificates signed by it)."""
+
+    secret_name: str
+    has_client_ca: bool = False
+    verify_peer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +113,12 @@ class BrokerSpec:
     # Kubernetes only: the bootstrap API key the control plane uses for EMQX's management API.
     api_key: str = ""
     api_secret: str = ""
+    # Kubernetes only: the certificate the TLS listeners (mqtts, wss) serve; None keeps them disabled.
+    tls: TlsMaterial | None = None
+    # Kubernetes only: the EMQX Enterprise licence key (EMQX_LICENSE__KEY); "" renders none.
+    license_key: str = ""
+    # Kubernetes only: replicated durable sessions (EMQX Enterprise's builtin_raft storage).
+    durable_sessions: bool = False
 
 
 @dataclasses.dataclass
@@ -108,6 +133,23 @@ class Observed:
     ready_replicas: int = 0
     # Free-form facts a collector needs later (log path, management URL...). Never secrets.
     details: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Set when this call found dead a broker that was meant to be running, and started it again: what is known of
+    # its exit, and when it was last seen alive (unix seconds, None if never). The reconciler records the crash.
+    crashed: str = ""
+    last_seen_alive: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Liveness:
+    """A cheap look at a broker that is meant to be running, taken without changing anything.
+
+    `state`: alive; dead (meant to run, no process: `message` says what is known of the exit); busy (the driver is
+    acting on it right now, look again later); idle (not meant to be running, or never applied)."""
+
+    state: Literal["alive", "dead", "busy", "idle"]
+    pid: int | None = None
+    message: str = ""
+    last_seen_alive: float | None = None  # unix seconds: the last time a look found it alive
 
 
 class Driver(Protocol):
@@ -119,3 +161,6 @@ class Driver(Protocol):
 
     def delete(self, spec: BrokerSpec) -> Observed:
         """Remove everything the deployment owns; answers phase `absent` once nothing is left. Idempotent."""
+
+    # Optional (the local driver has it): `probe(name) -> Liveness`, a look cheap enough to run every few seconds
+    # for every deployment, so that a dead broker is noticed without waiting for a resync.

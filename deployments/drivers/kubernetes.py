@@ -111,14 +111,24 @@ def _is_ready(emqx: dict) -> bool:
     return observed is None or generation is None or observed >= generation
 
 
-def _nonce(emqx: dict | None) -> int:
+def _template_annotations(emqx: dict | None) -> dict:
     if not emqx:
-        return 0
-    annotations = ((emqx.get("spec") or {}).get("coreTemplate") or {}).get("metadata", {}).get("annotations") or {}
+        return {}
+    return ((emqx.get("spec") or {}).get("coreTemplate") or {}).get("metadata", {}).get("annotations") or {}
+
+
+def _nonce(emqx: dict | None) -> int:
     try:
-        return int(annotations.get(m.RESTART_NONCE_ANNOTATION, 0))
+        return int(_template_annotations(emqx).get(m.RESTART_NONCE_ANNOTATION, 0))
     except (TypeError, ValueError):
         return 0
+
+
+def _rolling(emqx: dict) -> bool:
+    """The operator is replacing the core nodes (a blue-green update is under way)."""
+    core = (emqx.get("status") or {}).get("coreNodesStatus") or {}
+    current, update = core.get("currentRevision"), core.get("updateRevision")
+    return bool(current and update and current != update)
 
 
 class KubernetesDriver:
@@ -237,6 +247,7 @@ class KubernetesDriver:
                 self._apply(api, manifest)
             if not spec.running:
                 return self._stop(api, spec, namespace)
+            self._sync_bootstrap_key(api, spec, namespace)
             # Read back rather than trust the PATCH answer: a create answers 201, which the generated client
             # does not deserialize (its response map only types 200).
             emqx = self._read_emqx(api, namespace)
@@ -277,6 +288,24 @@ class KubernetesDriver:
             api.close()
 
     # -- helpers -----------------------------------------------------------------------------------------------
+    def _sync_bootstrap_key(self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str) -> None:
+        """Put our current key into the operator's bootstrap Secret, which the operator itself writes only once.
+
+        New core nodes read it (the key digest in the pod template brings them up); the operator's own line is
+        kept, so it can still reach the old nodes while it replaces them.
+        """
+        current = self._get(
+            f"reading Secret {namespace}/{m.OPERATOR_BOOTSTRAP_SECRET}",
+            k8s.CoreV1Api(api).read_namespaced_secret,
+            m.OPERATOR_BOOTSTRAP_SECRET,
+            namespace,
+        )
+        if current is None:
+            return  # the operator has not created it yet: it will, from our Secret
+        manifest = m.render_operator_bootstrap_secret(spec, api.sanitize_for_serialization(current))
+        if manifest is not None:
+            self._apply(api, manifest)
+
     def _stop(self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str) -> Observed:
         custom = k8s.CustomObjectsApi(api)
         self._get(
@@ -305,10 +334,13 @@ class KubernetesDriver:
         core_status = status.get("coreNodesStatus") or {}
         ready_replicas = int(core_status.get("readyReplicas") or 0)
         details = {"namespace": namespace, "management_url": self._management_url(namespace)}
-        # A nonce that changed in this very call cannot be done yet, whatever the (older) status says.
-        nonce_pending = push and _nonce(previous) != spec.restart_nonce
+        # A nonce or key that changed in this very call cannot be rolled out yet, whatever the (older) status says.
+        template_changed = push and (
+            _nonce(previous) != spec.restart_nonce
+            or _template_annotations(previous).get(m.API_KEY_DIGEST_ANNOTATION) != m.api_key_digest(spec)
+        )
         previously_done = _nonce(previous) if previous is not None and _is_ready(previous) else 0
-        if not _is_ready(emqx) or nonce_pending:
+        if not _is_ready(emqx) or template_changed or _rolling(emqx):
             condition = next((c for c in status.get("conditions") or [] if c.get("status") == "True"), None)
             reason = (
                 f"{condition.get('type')}: {condition.get('message', '')}" if condition else "waiting for the operator"

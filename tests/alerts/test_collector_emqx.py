@@ -125,3 +125,25 @@ def test_per_node_lists_are_summed_when_api_answers_without_aggregate(fake):
     first = collect_emqx(client, None)
     assert first.state["counters"]["auth_failure"]["value"] == 5
     assert first.state["counters"]["bytes"]["value"] == 41_000
+
+
+@pytest.mark.parametrize("version", ["5.1.1", "5.3.2"])
+def test_bridges_stand_in_for_connectors_when_release_is_older_than_5_4(version):
+    fake = EmqxMonitorFake(version=version).start()
+    client = EmqxMonitorApi(fake.base_url, fake.key, fake.secret, timeout=1.0)
+    try:
+        result = collect_emqx(client, None)
+    finally:
+        client.close()
+        fake.stop()
+    assert result.available and result.error == ""  # no error recorded every minute for a missing endpoint
+    assert result.values["rule_resource_down"] == 1
+    assert any(path.startswith("/api/v5/connectors") for path in fake.requests)  # asked, answered 404
+    assert any(path.startswith("/api/v5/bridges") for path in fake.requests)
+
+
+def test_connectors_error_is_reported_when_it_is_not_a_missing_endpoint(fake, api):
+    fake.key = "rotated"  # every call now answers 401
+    with pytest.raises(EmqxApiError) as raised:
+        api.connectors()
+    assert raised.value.status == 401

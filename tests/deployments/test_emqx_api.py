@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from deployments.drivers.base import AclEntry, MqttCredential, PermanentDriverError, TemporaryDriverError
-from deployments.emqx_api import EmqxApi
+from deployments.emqx_api import EmqxApi, EmqxAuthError
 from tests.fakes.emqx_api import FakeEmqxServer
 
 
@@ -65,9 +65,9 @@ def test_sync_users_raises_permanent_when_salt_is_binary(api, fake):
 
 def test_sync_acl_groups_rules_by_user_client_and_all_keeping_order_when_entries_mixed(api, fake):
     entries = [
+        AclEntry(permission="allow", action="subscribe", topic="cmd/c1", client_id="c1"),
         AclEntry(permission="allow", action="publish", topic="dev/alice/#", username="alice"),
         AclEntry(permission="deny", action="all", topic="dev/#", username="alice"),
-        AclEntry(permission="allow", action="subscribe", topic="cmd/c1", client_id="c1"),
         AclEntry(permission="deny", action="all", topic="$SYS/#"),
     ]
     api.sync_acl(entries)
@@ -78,6 +78,30 @@ def test_sync_acl_groups_rules_by_user_client_and_all_keeping_order_when_entries
     ]
     assert [r["topic"] for r in rules["clients"]["c1"]] == ["cmd/c1"]
     assert [r["topic"] for r in rules["all"]] == ["$SYS/#"]
+
+
+def test_emqx_decides_as_the_ordered_list_when_rules_for_everyone_precede_subject_rules(api, fake):
+    # Ordered: everyone is denied dev/#, then alice may publish dev/alice/1 (never reached), c1 may subscribe.
+    entries = [
+        AclEntry(permission="deny", action="all", topic="dev/#"),
+        AclEntry(permission="allow", action="publish", topic="dev/alice/1", username="alice"),
+        AclEntry(permission="allow", action="subscribe", topic="cmd/#", client_id="c1"),
+    ]
+    api.sync_acl(entries)
+    # EMQX alone would check alice's list before the list for all: the compiled lists carry the earlier rule.
+    assert fake.authorize(client_id="x", username="alice", action="publish", topic="dev/alice/1") == "deny"
+    assert fake.authorize(client_id="c1", username="bob", action="subscribe", topic="cmd/a") == "allow"
+    assert fake.authorize(client_id="c1", username="bob", action="publish", topic="dev/a") == "deny"
+
+
+def test_sync_acl_raises_permanent_naming_rules_when_order_cannot_be_expressed(api, fake):
+    entries = [
+        AclEntry(permission="deny", action="publish", topic="a/#", username="alice"),
+        AclEntry(permission="allow", action="publish", topic="a/b", client_id="c1"),
+    ]
+    with pytest.raises(PermanentDriverError, match="rule 1 .* comes before rule 2"):
+        api.sync_acl(entries)
+    assert fake.rules() == {"users": {}, "clients": {}, "all": []}
 
 
 def test_sync_acl_removes_subjects_and_all_rules_when_no_longer_desired(api, fake):
@@ -103,13 +127,47 @@ def test_sync_acl_writes_nothing_when_rules_already_match(api, fake):
 
 
 def test_sync_acl_raises_permanent_when_rule_names_user_and_client(api):
-    with pytest.raises(PermanentDriverError, match="split it"):
+    with pytest.raises(PermanentDriverError, match="split it into two rules"):
         api.sync_acl([AclEntry(permission="allow", action="all", topic="a", username="u", client_id="c")])
 
 
-def test_requests_raise_temporary_when_api_key_is_wrong(fake):
-    with pytest.raises(TemporaryDriverError, match="bootstrap API key"):
+def test_requests_raise_permanent_with_reason_when_api_key_is_rejected(fake):
+    with pytest.raises(EmqxAuthError, match="started with another key") as raised:
         EmqxApi(fake.url, "cp", "wrong").monitor_current()
+    assert isinstance(raised.value, PermanentDriverError)
+    assert "maintenance restart" in str(raised.value)
+
+
+def test_fake_refuses_more_than_100_rules_for_a_subject_as_emqx_does(fake):
+    rules = [{"topic": f"t/{i}", "permission": "allow", "action": "all"} for i in range(101)]
+    response = requests.put(
+        f"{fake.url}/api/v5/authorization/sources/built_in_database/rules/users/u1",
+        json={"username": "u1", "rules": rules},
+        auth=("cp", "s3cret"),
+        timeout=5,
+    )
+    assert response.status_code == 400 and "exceeds the maximum" in response.json()["message"]
+
+
+@pytest.mark.parametrize(("version", "status"), [("5.4.1", 204), ("5.5.0", 200), ("5.10.2", 200)])
+def test_sync_users_imports_with_type_hash_when_release_answers_either_way(version, status):
+    server = FakeEmqxServer(api_key="cp", api_secret="s3cret", version=version).start()
+    try:
+        EmqxApi(server.url, "cp", "s3cret").sync_users([credential("alice", "pw")])
+        assert list(server.users()) == ["alice"]
+        assert server.state.import_queries == [{"type": ["hash"]}]
+    finally:
+        server.stop()
+
+
+def test_fake_refuses_import_without_type_when_release_requires_it(fake):
+    response = requests.post(
+        f"{fake.url}/api/v5/authentication/password_based:built_in_database/import_users",
+        files={"filename": ("users.json", b"[]", "application/json")},
+        auth=("cp", "s3cret"),
+        timeout=5,
+    )
+    assert response.status_code == 400
 
 
 def test_requests_raise_temporary_when_emqx_answers_5xx(api, fake):

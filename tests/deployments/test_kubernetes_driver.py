@@ -6,13 +6,16 @@ import hashlib
 
 import pytest
 
+from deployments import manifests
 from deployments.drivers.base import (
     AclEntry,
     BrokerSpec,
     MqttCredential,
     PermanentDriverError,
+    RateLimit,
     RegionTarget,
     TemporaryDriverError,
+    TlsMaterial,
 )
 from deployments.drivers.kubernetes import KubernetesDriver
 from deployments.emqx_api import EmqxApi
@@ -73,6 +76,7 @@ def spec(cluster):
         acl=(AclEntry(permission="allow", action="all", topic="dev/alice/#", username="alice"),),
         api_key="controlplane",
         api_secret="bootstrap-secret",
+        license_key="licence",
     )
 
 
@@ -84,7 +88,7 @@ def _make_ready(cluster, ip="203.0.113.7"):
 def test_apply_creates_every_object_by_server_side_apply_when_namespace_is_new(driver, spec, cluster):
     observed = driver.apply(spec)
     patches = cluster.state.requests_for("PATCH")
-    assert len(patches) == 5
+    assert len(patches) == 6
     for request in patches:
         assert request.content_type == "application/apply-patch+yaml"
         assert request.query["fieldManager"] == ["controlplane"]
@@ -129,7 +133,8 @@ def test_apply_reports_running_with_endpoints_and_pushes_users_and_acl_when_oper
     observed = driver.apply(spec)
     assert observed.phase == "running"
     assert observed.host == "203.0.113.7"
-    assert observed.ports == {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084}
+    # No certificate yet: the TLS listeners are disabled, so the operator's Service has no port for them.
+    assert observed.ports == {"mqtt": 1883, "ws": 8083}
     assert observed.ready_replicas == 2
     assert list(broker_api.users()) == ["alice"]
     assert [r["topic"] for r in broker_api.rules()["users"]["alice"]] == ["dev/alice/#"]
@@ -253,3 +258,108 @@ def test_apply_raises_temporary_when_api_server_refuses_connections(driver, spec
 def test_apply_raises_permanent_when_spec_is_invalid(driver, spec):
     with pytest.raises(PermanentDriverError, match="invalid broker configuration"):
         driver.apply(dataclasses.replace(spec, api_key=""))
+
+
+def _roll_out(cluster, emqx_fake=None):
+    """The operator's pass; the new nodes read the bootstrap file, so EMQX knows the key written there."""
+    cluster.state.operator_reconcile(NS)
+    if emqx_fake is not None:
+        for line in cluster.state.nodes_bootstrap_lines(NS):
+            key, _, secret = line.partition(":")
+            if key == emqx_fake.state.api_key:
+                emqx_fake.state.api_secret = secret
+
+
+def test_updates_keep_fitting_the_pvc_quota_when_operator_keeps_no_old_statefulsets(driver, spec, cluster):
+    driver.apply(spec)
+    _roll_out(cluster)
+    for nonce in (1, 2, 3):
+        driver.apply(dataclasses.replace(spec, restart_nonce=nonce))
+        _roll_out(cluster)
+    assert cluster.state.operator_events == []
+    assert len(cluster.state.statefulsets[NS]) == 1
+    assert cluster.state.pvc_count(NS) == spec.replicas
+
+
+def test_third_update_exceeds_the_pvc_quota_when_operator_keeps_its_default_history(driver, spec, cluster, monkeypatch):
+    render = manifests.render_emqx
+
+    def operator_default(spec):
+        emqx = render(spec)
+        del emqx["spec"]["revisionHistoryLimit"]  # the CRD's default: 3 old StatefulSets with their PVCs
+        return emqx
+
+    monkeypatch.setattr(manifests, "render_emqx", operator_default)
+    driver.apply(spec)
+    _roll_out(cluster)
+    driver.apply(dataclasses.replace(spec, restart_nonce=1))
+    _roll_out(cluster)
+    assert cluster.state.operator_events == []
+    driver.apply(dataclasses.replace(spec, restart_nonce=2))
+    _roll_out(cluster)
+    assert "exceeded quota" in cluster.state.operator_events[0]
+
+
+def test_changed_bootstrap_key_reaches_emqx_through_new_nodes_when_secret_rotates(driver, spec, cluster, broker_api):
+    driver.apply(spec)
+    _roll_out(cluster, broker_api)
+    cluster.state.set_listeners_service(NS, ip="203.0.113.7")
+    assert driver.apply(spec).phase == "running"
+    operator_line = [line for line in cluster.state.bootstrap_lines(NS) if line.startswith("emqx-operator")]
+
+    rotated = dataclasses.replace(spec, api_secret="rotated-secret")
+    observed = driver.apply(rotated)
+    # Not pushed yet: the running nodes still hold the old key; the operator's Secret now holds the new one.
+    assert observed.phase == "starting"
+    assert cluster.state.bootstrap_lines(NS) == ["controlplane:rotated-secret", *operator_line]
+    assert broker_api.state.api_secret == "bootstrap-secret"
+
+    _roll_out(cluster, broker_api)  # new nodes start and import the file
+    assert broker_api.state.api_secret == "rotated-secret"
+    observed = driver.apply(dataclasses.replace(rotated, users=(_credential("bob", "pw"),)))
+    assert observed.phase == "running"
+    assert list(broker_api.users()) == ["bob"]
+
+
+def test_rejected_key_is_a_permanent_error_with_a_reason_when_nodes_are_ready(driver, spec, cluster, broker_api):
+    driver.apply(spec)
+    _make_ready(cluster)
+    broker_api.state.api_secret = "what-the-nodes-know"
+    with pytest.raises(PermanentDriverError, match="started with another key"):
+        driver.apply(spec)
+
+
+def test_nothing_is_pushed_while_the_operator_replaces_nodes(driver, spec, cluster, broker_api):
+    driver.apply(spec)
+    _make_ready(cluster)
+    with cluster.state.lock:
+        status = cluster.state.objects[EMQX_KEY]["status"]["coreNodesStatus"]
+        status.update(currentRevision="old", updateRevision="new")
+    assert driver.apply(spec).phase == "starting"
+    assert broker_api.state.seen == []
+
+
+def test_removed_limit_is_lifted_in_running_config_when_operator_merges(driver, spec, cluster):
+    limited = dataclasses.replace(spec, rate_limits=(RateLimit(level="connection", messages_rate=10),))
+    driver.apply(limited)
+    _roll_out(cluster)
+    assert cluster.state.running_config[NS]["listeners"]["tcp"]["default"]["messages_rate"] == "10/s"
+    driver.apply(spec)
+    _roll_out(cluster)
+    assert cluster.state.running_config[NS]["listeners"]["tcp"]["default"]["messages_rate"] == "infinity"
+
+
+def test_apply_fails_permanently_naming_the_reason_when_version_is_below_5_1_1(driver, spec, cluster):
+    with pytest.raises(PermanentDriverError, match="5.1.1 or later"):
+        driver.apply(dataclasses.replace(spec, version="5.0.26"))
+    assert cluster.state.requests_for("PATCH") == []
+
+
+def test_tls_ports_are_published_when_the_spec_carries_a_certificate(driver, spec, cluster):
+    with_tls = dataclasses.replace(spec, tls=TlsMaterial(secret_name="dep-tls"))
+    driver.apply(with_tls)
+    _make_ready(cluster)
+    observed = driver.apply(with_tls)
+    assert observed.ports == {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084}
+    volumes = cluster.state.get(*EMQX_KEY)["spec"]["coreTemplate"]["spec"]["extraVolumes"]
+    assert volumes == [{"name": "deployment-tls", "secret": {"secretName": "dep-tls"}}]

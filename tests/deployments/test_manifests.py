@@ -1,5 +1,6 @@
 """Rendered manifests validated against the Kubernetes 1.30 schemas and the EMQX Operator's v2beta1 CRD."""
 
+import os
 import pathlib
 
 import jsonschema
@@ -9,10 +10,12 @@ import yaml
 from pyhocon import ConfigFactory
 
 from deployments import manifests as m
-from deployments.drivers.base import BrokerSpec, RegionTarget
+from deployments.drivers.base import BrokerSpec, RegionTarget, TlsMaterial
 
-CRD_PATH = (
-    pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "emqx-operator" / "apps.emqx.io_emqxes.yaml"
+# ../shared/data beside the checkout; EMQX_OPERATOR_CRD names another copy (a worktree elsewhere).
+CRD_PATH = pathlib.Path(
+    os.environ.get("EMQX_OPERATOR_CRD")
+    or pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "emqx-operator" / "apps.emqx.io_emqxes.yaml"
 )
 K8S_VERSION = "1.30.0"
 
@@ -29,6 +32,7 @@ def _spec(**overrides) -> BrokerSpec:
         restart_nonce=4,
         api_key="controlplane",
         api_secret="a-long-secret-value",
+        license_key="lic-key-text",
     )
     values.update(overrides)
     return BrokerSpec(**values)
@@ -52,16 +56,16 @@ def _validate(obj: dict, schema: dict) -> None:
 
 def test_render_manifests_returns_objects_in_apply_order_when_running():
     kinds = [obj["kind"] for obj in m.render_manifests(_spec())]
-    assert kinds == ["Namespace", "ResourceQuota", "NetworkPolicy", "Secret", "EMQX"]
+    assert kinds == ["Namespace", "ResourceQuota", "NetworkPolicy", "Secret", "Secret", "EMQX"]
 
 
 def test_render_manifests_omits_emqx_resource_when_stopped():
     kinds = [obj["kind"] for obj in m.render_manifests(_spec(running=False))]
-    assert kinds == ["Namespace", "ResourceQuota", "NetworkPolicy", "Secret"]
+    assert kinds == ["Namespace", "ResourceQuota", "NetworkPolicy", "Secret", "Secret"]
 
 
 def test_builtin_manifests_validate_against_kubernetes_schemas_when_rendered():
-    for obj in m.render_manifests(_spec())[:4]:
+    for obj in m.render_manifests(_spec())[:5]:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
@@ -77,7 +81,13 @@ def test_emqx_resource_validates_against_crd_schema_when_rendered(emqx_schema):
     _validate(emqx, emqx_schema)
     spec = emqx["spec"]
     assert emqx["apiVersion"] == "apps.emqx.io/v2beta1"
-    assert spec["image"] == "emqx/emqx:5.8.6"
+    # The Enterprise edition: the operator evacuates sessions only from nodes that report it.
+    assert spec["image"] == "emqx/emqx-enterprise:5.8.6"
+    assert spec["revisionHistoryLimit"] == 0
+    assert spec["updateStrategy"]["evacuationStrategy"]["waitTakeover"] > 0
+    assert spec["coreTemplate"]["spec"]["env"] == [
+        {"name": "EMQX_LICENSE__KEY", "valueFrom": {"secretKeyRef": {"name": "emqx-license", "key": "key"}}}
+    ]
     assert spec["coreTemplate"]["spec"]["replicas"] == 3
     assert spec["listenersServiceTemplate"]["spec"]["type"] == "LoadBalancer"
     assert spec["coreTemplate"]["metadata"]["annotations"]["controlplane.io/restart-nonce"] == "4"
@@ -135,6 +145,66 @@ def test_resource_quota_holds_two_generations_of_pods_when_operator_updates_blue
     per_pod = m.pod_resources(_spec(replicas=3))
     assert quota["pods"] == "6"
     assert quota["limits.memory"] == f"{int(per_pod['limits']['memory'][:-2]) * 6}Mi"
+
+
+def test_emqx_resource_with_certificate_mounts_secret_and_validates_against_crd(emqx_schema):
+    emqx = m.render_emqx(_spec(tls=TlsMaterial(secret_name="dep-tls", has_client_ca=True, verify_peer=True)))
+    _validate(emqx, emqx_schema)
+    core = emqx["spec"]["coreTemplate"]["spec"]
+    assert core["extraVolumes"] == [{"name": "deployment-tls", "secret": {"secretName": "dep-tls"}}]
+    assert core["extraVolumeMounts"] == [
+        {"name": "deployment-tls", "mountPath": "/opt/emqx/etc/certs/deployment", "readOnly": True}
+    ]
+    conf = ConfigFactory.parse_string(emqx["spec"]["config"]["data"])
+    assert conf["listeners.ssl.default.enable"] is True
+    assert conf["listeners.ssl.default.ssl_options.certfile"].startswith("/opt/emqx/etc/certs/deployment/")
+
+
+def test_emqx_resource_without_certificate_mounts_nothing_and_disables_tls_listeners(emqx_schema):
+    emqx = m.render_emqx(_spec())
+    _validate(emqx, emqx_schema)
+    assert "extraVolumes" not in emqx["spec"]["coreTemplate"]["spec"]
+    conf = ConfigFactory.parse_string(emqx["spec"]["config"]["data"])
+    assert conf["listeners.ssl.default.enable"] is False and conf["listeners.wss.default.enable"] is False
+    assert "ssl_options" not in conf["listeners.ssl.default"]
+
+
+def test_data_volume_is_claimed_even_when_region_names_no_storage_class(emqx_schema):
+    emqx = m.render_emqx(_spec(region=RegionTarget(code="eu-1", driver="kubernetes")))
+    _validate(emqx, emqx_schema)
+    claim = emqx["spec"]["coreTemplate"]["spec"]["volumeClaimTemplates"]
+    assert "storageClassName" not in claim and claim["resources"]["requests"]["storage"] == "1Gi"
+
+
+def test_api_key_digest_in_pod_template_changes_when_secret_changes():
+    before = m.render_emqx(_spec())["spec"]["coreTemplate"]["metadata"]["annotations"]
+    after = m.render_emqx(_spec(api_secret="another-secret"))["spec"]["coreTemplate"]["metadata"]["annotations"]
+    assert before[m.API_KEY_DIGEST_ANNOTATION] != after[m.API_KEY_DIGEST_ANNOTATION]
+    assert "another-secret" not in str(after)
+
+
+def test_operator_bootstrap_secret_keeps_operator_line_and_replaces_ours_when_key_changed():
+    import base64
+
+    old = "controlplane:old-secret\nemqx-operator-controller:op-pw"
+    current = {"data": {"bootstrap_api_key": base64.b64encode(old.encode()).decode()}}
+    manifest = m.render_operator_bootstrap_secret(_spec(api_secret="new-secret"), current)
+    lines = base64.b64decode(manifest["data"]["bootstrap_api_key"]).decode().split("\n")
+    assert lines == ["controlplane:new-secret", "emqx-operator-controller:op-pw"]
+    current["data"]["bootstrap_api_key"] = manifest["data"]["bootstrap_api_key"]
+    assert m.render_operator_bootstrap_secret(_spec(api_secret="new-secret"), current) is None
+    assert m.render_operator_bootstrap_secret(_spec(), None) is None
+
+
+@pytest.mark.parametrize("version", ["5.0.26", "4.4.19", "5.1.0"])
+def test_render_manifests_refuses_emqx_older_than_5_1_1(version):
+    with pytest.raises(ValueError, match="5.1.1 or later"):
+        m.render_manifests(_spec(version=version))
+
+
+def test_render_manifests_refuses_when_no_licence_is_configured():
+    with pytest.raises(ValueError, match="EMQX_LICENSE_KEY"):
+        m.render_manifests(_spec(license_key=""))
 
 
 def test_render_manifests_raises_when_api_key_breaks_crd_pattern():

@@ -1,7 +1,8 @@
 """HTTP-level fake of EMQX 5's management API (`/api/v5`) for the calls deployments.emqx_api makes.
 
 Checks HTTP Basic auth (401 BAD_API_KEY_OR_SECRET otherwise), keeps built-in database users and authorization rules,
-and answers with EMQX's response shapes (`{data, meta}` pages, `{code, message}` errors). Never a real broker.
+and answers with EMQX's response shapes (`{data, meta}` pages, `{code, message}` errors), by release where they
+differ. `authorize` decides as EMQX's built-in database does. Never a real broker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 AUTHN = "/api/v5/authentication/password_based:built_in_database"
 RULES = "/api/v5/authorization/sources/built_in_database/rules"
+# emqx/emqx v5.8.6 apps/emqx_auth_mnesia/src/emqx_authz_mnesia_schema.erl MAX_RULES (the default max_rules).
+MAX_RULES = 100
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 @dataclass
@@ -31,6 +38,8 @@ class FakeEmqx:
     all_rules: list[dict] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)
     fail_status: int | None = None  # answer every request with this status (e.g. 503) while set
+    version: str = "5.8.6"  # the release whose wire formats the fake speaks
+    import_queries: list[dict] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -95,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, path: str, query, raw: bytes) -> None:
         state = self.state
         if path == f"{AUTHN}/import_users" and method == "POST":
-            self._import_users(raw)
+            self._import_users(raw, query)
         elif path == f"{AUTHN}/users" and method == "GET":
             users = [{"user_id": uid, "is_superuser": u["is_superuser"]} for uid, u in sorted(state.users.items())]
             self._send(200, _page(users, query))
@@ -116,6 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
                 rules = [self._rule(r) for r in body.get("rules", [])]
                 if None in rules:
                     self._error(400, "BAD_REQUEST", "bad rule schema")
+                    return
+                if len(rules) > MAX_RULES:  # emqx_authz_api_mnesia.erl user/2, client/2: ensure_rules_len
+                    self._error(400, "BAD_REQUEST", "The rules length exceeds the maximum limit.")
                     return
                 table[who] = rules
                 self._send(204)
@@ -138,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
                 rules = [self._rule(r) for r in json.loads(raw).get("rules", [])]
                 if None in rules:
                     self._error(400, "BAD_REQUEST", "bad rule schema")
+                    return
+                if len(rules) > MAX_RULES:
+                    self._error(400, "BAD_REQUEST", "The length of rules exceeds the maximum limit.")
                     return
                 state.all_rules = rules
                 self._send(204)
@@ -199,7 +214,19 @@ class _Handler(BaseHTTPRequestHandler):
             "retain": rule.get("retain", "all"),
         }
 
-    def _import_users(self, raw: bytes) -> None:
+    def _import_users(self, raw: bytes, query: dict[str, list[str]]) -> None:
+        # From 5.5 the `type` query parameter is required (plain | hash) and the answer is 200 with counts; before,
+        # an unknown parameter is ignored and the answer is 204 without a body (emqx/emqx v5.5.0 vs v5.4.1
+        # apps/emqx_auth/src/emqx_authn/emqx_authn_user_import_api.erl).
+        self.state.import_queries.append(dict(query))
+        takes_type = _release(self.state.version) >= (5, 5, 0)
+        password_type = (query.get("type") or [None])[0]
+        if takes_type and password_type not in ("plain", "hash"):
+            self._error(400, "BAD_REQUEST", "type: required, one of plain, hash")
+            return
+        if takes_type and password_type == "plain":
+            self._error(400, "BAD_REQUEST", "the fake imports hashed users only")
+            return
         content_type = self.headers.get("Content-Type", "")
         if not content_type.startswith("multipart/form-data"):
             self._error(400, "BAD_REQUEST", "multipart/form-data expected")
@@ -239,6 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "salt": row.get("salt", ""),
                 "is_superuser": bool(row.get("is_superuser", False)),
             }
+        if not takes_type:
+            self._send(204)
+            return
         self._send(
             200, {"total": len(rows), "success": len(rows) - override, "override": override, "skipped": 0, "failed": 0}
         )
@@ -257,8 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeEmqxServer:
-    def __init__(self, *, api_key: str, api_secret: str) -> None:
-        self.state = FakeEmqx(api_key=api_key, api_secret=api_secret)
+    def __init__(self, *, api_key: str, api_secret: str, version: str = "5.8.6") -> None:
+        self.state = FakeEmqx(api_key=api_key, api_secret=api_secret, version=version)
         handler = type("Handler", (_Handler,), {"state": self.state})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -281,6 +311,22 @@ class FakeEmqxServer:
     def users(self) -> dict[str, dict]:
         with self.state.lock:
             return copy.deepcopy(self.state.users)
+
+    def authorize(self, *, client_id: str, username: str, action: str, topic: str) -> str | None:
+        """EMQX's decision from the stored rules: client id's, then username's, then all's; the first match decides
+        (emqx/emqx v5.8.6 apps/emqx_auth_mnesia/src/emqx_authz_mnesia.erl authorize/4). None: no rule matched."""
+        from deployments.emqx_acl import topic_matches
+
+        with self.state.lock:
+            sequence = (
+                self.state.client_rules.get(client_id, [])
+                + self.state.user_rules.get(username, [])
+                + self.state.all_rules
+            )
+        for rule in sequence:
+            if rule["action"] in ("all", action) and topic_matches(topic, rule["topic"]):
+                return rule["permission"]
+        return None
 
     def rules(self) -> dict[str, object]:
         with self.state.lock:

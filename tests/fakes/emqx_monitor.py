@@ -2,7 +2,9 @@
 
 Owns only what alerts.collectors.emqx calls: monitor_current, stats, metrics, rules (+ per-rule metrics) and
 connectors, in EMQX's payload shapes, with HTTP Basic API-key auth. It never reaches the network beyond loopback.
-Switches: `mode = "hang"` (requests never answer until stop()) or `mode = "503"`.
+Switches: `mode = "hang"` (requests never answer until stop()) or `mode = "503"`; `version` picks the release whose
+routes it serves: before 5.4 there is no `/connectors` (404) and data integrations are `/bridges` (emqx/emqx e5.1.1
+apps/emqx_bridge/src/emqx_bridge_api.erl, list entries with `status`), before 5.3.1 not even a connector API.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def _sum_nodes(nodes: list[dict]) -> dict:
 
 
 class EmqxMonitorFake:
-    def __init__(self, *, key: str = "monitor-key", secret: str = "monitor-secret") -> None:
+    def __init__(self, *, key: str = "monitor-key", secret: str = "monitor-secret", version: str = "5.8.6") -> None:
         self.key = key
         self.secret = secret
+        self.version = version
         self.mode = "ok"
         self.requests: list[str] = []
         self._release = threading.Event()
@@ -212,7 +215,10 @@ class EmqxMonitorFake:
             if rule_id not in {r["id"] for r in self.rules}:
                 return 404, {"code": "NOT_FOUND", "message": "Rule Id Not Found"}
             return 200, self._rule_metrics_body(rule_id)
-        if path == "/api/v5/connectors":
+        release = tuple(int(part) for part in self.version.split("."))
+        if path == "/api/v5/connectors" and release >= (5, 4, 0):
+            return 200, self.connectors
+        if path == "/api/v5/bridges" and release < (5, 4, 0):
             return 200, self.connectors
         return 404, {"code": "NOT_FOUND", "message": "Request Path Not Found"}
 

@@ -2,15 +2,19 @@
 
 It serves namespaces, secrets, resource quotas, network policies, services and `emqxes.apps.emqx.io/v2beta1` on
 127.0.0.1 to the real `kubernetes` client: 404/409/415 Status bodies, server-side apply, generation/resourceVersion.
-It never reaches a real cluster; the helpers at the bottom play the EMQX Operator's part.
+It never reaches a real cluster; the helpers of FakeKubernetes play the EMQX Operator's part as emqx-operator 2.2.29
+does it (controllers/apps/v2beta1/): the bootstrap Secret created once, config edits merged, blue-green updates with
+volumes counted against the ResourceQuota, old StatefulSets and their PVCs kept up to revisionHistoryLimit.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import re
+import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -60,6 +64,12 @@ class FakeKubernetes:
     failures: list[_Failure] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _version: int = 0
+    # What the operator keeps per namespace: EMQX's running configuration (merged), its StatefulSets in creation
+    # order ({name, hash, replicas, bootstrap}), and the objects it created (applies by others merge into them).
+    running_config: dict[str, dict] = field(default_factory=dict)
+    statefulsets: dict[str, list[dict]] = field(default_factory=dict)
+    operator_owned: set = field(default_factory=set)
+    operator_events: list[str] = field(default_factory=list)
 
     # -- server side -------------------------------------------------------------------------------------------
     def next_version(self) -> str:
@@ -124,8 +134,11 @@ class FakeKubernetes:
         name: str = "emqx-listeners",
         service_type: str = "LoadBalancer",
     ) -> None:
-        """Create the operator's listeners Service with its default ports and the load balancer's ingress."""
+        """Create the operator's listeners Service and the load balancer's ingress. Its ports are the enabled
+        listeners of the EMQX resource's config, as the operator derives them (apis/apps/v2beta1/util.go
+        GetListenersServicePorts skips `enable = false`), or the four defaults when there is no resource."""
         with self.lock:
+            ports = self._listener_ports(namespace)
             ingress = [{k: v for k, v in (("ip", ip), ("hostname", hostname)) if v}] if (ip or hostname) else []
             self.objects[("v1", "services", namespace, name)] = {
                 "apiVersion": "v1",
@@ -138,15 +151,158 @@ class FakeKubernetes:
                 },
                 "spec": {
                     "type": service_type,
-                    "ports": [
-                        {"name": "tcp-default", "port": 1883, "protocol": "TCP", "targetPort": 1883},
-                        {"name": "ssl-default", "port": 8883, "protocol": "TCP", "targetPort": 8883},
-                        {"name": "ws-default", "port": 8083, "protocol": "TCP", "targetPort": 8083},
-                        {"name": "wss-default", "port": 8084, "protocol": "TCP", "targetPort": 8084},
-                    ],
+                    "ports": ports,
                 },
                 "status": {"loadBalancer": {"ingress": ingress}},
             }
+
+    # -- the EMQX Operator (2.2.29) ----------------------------------------------------------------------------
+    OPERATOR_KEY = "emqx-operator-controller"
+
+    def operator_reconcile(self, namespace: str, name: str = "emqx") -> None:
+        """One pass of the operator's reconcile over the EMQX resource, then Ready as its status machine says."""
+        with self.lock:
+            emqx = self.objects.get(("apps.emqx.io/v2beta1", "emqxes", namespace, name))
+            if emqx is None:
+                return
+            self._operator_bootstrap_secret(namespace, name, emqx)
+            self._operator_sync_config(namespace, emqx)
+            rolled = self._operator_blue_green(namespace, name, emqx)
+            if rolled:
+                sets = self.statefulsets[namespace]
+                self.mark_emqx_ready(namespace, name, replicas=sets[-1]["replicas"])
+                status = self.objects[("apps.emqx.io/v2beta1", "emqxes", namespace, name)]["status"]
+                status["coreNodesStatus"].update(currentRevision=sets[-1]["hash"], updateRevision=sets[-1]["hash"])
+
+    def _operator_bootstrap_secret(self, namespace: str, name: str, emqx: dict) -> None:
+        # add_bootstrap_resource.go: `<key>:<secret>` per bootstrapAPIKeys entry plus the operator's own line;
+        # Create, AlreadyExists ignored: never updated afterwards.
+        key = ("v1", "secrets", namespace, f"{name}-bootstrap-api-key")
+        if key in self.objects:
+            return
+        lines = []
+        for entry in emqx["spec"].get("bootstrapAPIKeys") or []:
+            ref = entry["secretRef"]
+            values = []
+            for part in ("key", "secret"):
+                secret = self.objects.get(("v1", "secrets", namespace, ref[part]["secretName"]))
+                values.append(base64.b64decode(secret["data"][ref[part]["secretKey"]]).decode())
+            lines.append(":".join(values))
+        lines.append(f"{self.OPERATOR_KEY}:{secrets.token_urlsafe(16)}")
+        self.objects[key] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": key[3],
+                "namespace": namespace,
+                "labels": {"apps.emqx.io/instance": name, "apps.emqx.io/managed-by": "emqx-operator"},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps.emqx.io/v2beta1",
+                        "kind": "EMQX",
+                        "name": name,
+                        "uid": emqx["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self.next_version(),
+            },
+            "type": "Opaque",
+            "data": {"bootstrap_api_key": base64.b64encode("\n".join(lines).encode()).decode()},
+        }
+        self.operator_owned.add(key)
+
+    def bootstrap_lines(self, namespace: str, name: str = "emqx") -> list[str]:
+        secret = self.objects.get(("v1", "secrets", namespace, f"{name}-bootstrap-api-key"))
+        if secret is None:
+            return []
+        return [line for line in base64.b64decode(secret["data"]["bootstrap_api_key"]).decode().split("\n") if line]
+
+    def _operator_sync_config(self, namespace: str, emqx: dict) -> None:
+        # sync_emqx_config.go: PUT /api/v5/configs?mode=merge — keys absent from the new text keep their values.
+        from pyhocon import ConfigFactory
+
+        parsed = ConfigFactory.parse_string(emqx["spec"]["config"]["data"]).as_plain_ordered_dict()
+        self.running_config[namespace] = _deep_merge(
+            self.running_config.get(namespace, {}), json.loads(json.dumps(parsed))
+        )
+
+    def _operator_blue_green(self, namespace: str, name: str, emqx: dict) -> bool:
+        """Bring up a StatefulSet for a new pod template, scale the old one to 0 (its PVCs stay), delete old sets
+        and their PVCs beyond revisionHistoryLimit (sync_sets.go). False when the quota refused the new volumes."""
+        core = emqx["spec"].get("coreTemplate") or {}
+        template = {"image": emqx["spec"].get("image"), "core": core}
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        sets = self.statefulsets.setdefault(namespace, [])
+        replicas = int((core.get("spec") or {}).get("replicas", 2))
+        if not sets or sets[-1]["hash"] != digest:
+            sts_name = f"{name}-core-{digest}"
+            wanted = [f"{name}-data-{sts_name}-{index}" for index in range(replicas)]
+            claims = [
+                k for k in self.objects if k[0] == "v1" and k[1] == "persistentvolumeclaims" and k[2] == namespace
+            ]
+            quota = self.objects.get(("v1", "resourcequotas", namespace, "broker-quota"))
+            hard = int(((quota or {}).get("spec") or {}).get("hard", {}).get("persistentvolumeclaims", 10**9))
+            if len(claims) + len(wanted) > hard:
+                self.operator_events.append(
+                    f"{namespace}: persistentvolumeclaims is forbidden: exceeded quota: broker-quota, requested: "
+                    f"persistentvolumeclaims={len(wanted)}, used: persistentvolumeclaims={len(claims)}, "
+                    f"limited: persistentvolumeclaims={hard}"
+                )
+                return False
+            for claim in wanted:
+                self.objects[("v1", "persistentvolumeclaims", namespace, claim)] = {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim, "namespace": namespace, "labels": {"statefulset": sts_name}},
+                }
+            # New nodes read the bootstrap file as it is now (EMQX imports it when a core node starts).
+            sets.append(
+                {
+                    "name": sts_name,
+                    "hash": digest,
+                    "replicas": replicas,
+                    "bootstrap": self.bootstrap_lines(namespace, name),
+                }
+            )
+            for old in sets[:-1]:
+                old["replicas"] = 0  # evacuated and scaled down; StatefulSet PVCs are retained
+        limit = emqx["spec"].get("revisionHistoryLimit", 3)
+        old_sets = sets[:-1]
+        for old in old_sets[: max(0, len(old_sets) - limit)]:
+            sets.remove(old)
+            for claim in [k for k in self.objects if k[1] == "persistentvolumeclaims" and k[2] == namespace]:
+                if self.objects[claim]["metadata"]["labels"].get("statefulset") == old["name"]:
+                    del self.objects[claim]
+        return True
+
+    def nodes_bootstrap_lines(self, namespace: str) -> list[str]:
+        """The bootstrap file the running (newest) nodes read when they started."""
+        sets = self.statefulsets.get(namespace) or []
+        return sets[-1]["bootstrap"] if sets else []
+
+    def pvc_count(self, namespace: str) -> int:
+        return sum(1 for k in self.objects if k[1] == "persistentvolumeclaims" and k[2] == namespace)
+
+    def _listener_ports(self, namespace: str, name: str = "emqx") -> list[dict]:
+        defaults = {"tcp": 1883, "ssl": 8883, "ws": 8083, "wss": 8084}
+        emqx = self.objects.get(("apps.emqx.io/v2beta1", "emqxes", namespace, name))
+        listeners: dict = {}
+        if emqx is not None:
+            from pyhocon import ConfigFactory
+
+            listeners = ConfigFactory.parse_string(emqx["spec"]["config"]["data"]).get("listeners", {})
+        ports = []
+        for listener_type, port in defaults.items():
+            settings = (listeners.get(listener_type) or {}).get("default") or {}
+            if settings.get("enable", True) is False:
+                continue
+            bind = str(settings.get("bind", port))
+            number = int(bind.rsplit(":", 1)[-1])
+            ports.append({"name": f"{listener_type}-default", "port": number, "protocol": "TCP", "targetPort": number})
+        return ports
 
     def requests_for(self, method: str, path_contains: str = "") -> list[SeenRequest]:
         with self.lock:
@@ -164,6 +320,16 @@ def _status(code: int, reason: str, message: str, details: dict | None = None) -
         "details": details or {},
         "code": code,
     }
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _spec_part(obj: dict) -> dict:
@@ -349,6 +515,12 @@ class _Handler(BaseHTTPRequestHandler):
                 new["status"] = {"phase": "Active"}
             state.objects[key] = new
             return copy.deepcopy(new)
+        if key in state.operator_owned:
+            # Another manager (the operator) created it: an apply adds and overwrites only the fields it names.
+            new = _deep_merge(existing, {k: v for k, v in applied.items() if k != "metadata"})
+            new["metadata"]["resourceVersion"] = state.next_version()
+            state.objects[key] = new
+            return copy.deepcopy(new)
         # One field manager owns everything it applies: its new intent replaces its previous one; status and
         # server-set metadata stay.
         new = {
@@ -373,6 +545,14 @@ class _Handler(BaseHTTPRequestHandler):
             # Namespace deletion removes everything in it (the fake finishes finalization at once).
             for other in [k for k in self.state.objects if k[1] != "namespaces" and k[2] == key[3]]:
                 del self.state.objects[other]
+            self.state.statefulsets.pop(key[3], None)
+            self.state.running_config.pop(key[3], None)
+        if key[1] == "emqxes":
+            # Garbage collection of what the resource owns: the operator's Secret and StatefulSets (not PVCs).
+            for owned in [k for k in self.state.operator_owned if k[2] == key[2]]:
+                self.state.objects.pop(owned, None)
+                self.state.operator_owned.discard(owned)
+            self.state.statefulsets.pop(key[2], None)
         del self.state.objects[key]
         self._send(200, _status(200, "", "") | {"status": "Success", "details": {"name": key[3], "kind": key[1]}})
 

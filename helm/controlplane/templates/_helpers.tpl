@@ -81,6 +81,9 @@ STRIPE_WEBHOOK_SECRET: {{ . | b64enc | quote }}
 {{- with .Values.secrets.fieldEncryptionKeys }}
 FIELD_ENCRYPTION_KEYS: {{ . | b64enc | quote }}
 {{- end }}
+{{- with .Values.secrets.emqxLicenseKey }}
+EMQX_LICENSE_KEY: {{ . | b64enc | quote }}
+{{- end }}
 {{- if .Values.metrics.serviceMonitor.enabled }}
 METRICS_TOKEN: {{ required "secrets.metricsToken is required when metrics.serviceMonitor.enabled (or set secrets.existingSecret)" .Values.secrets.metricsToken | b64enc | quote }}
 {{- else if .Values.secrets.metricsToken }}
