@@ -147,3 +147,28 @@ def test_traffic_line_per_deployment_with_100_gb_included_and_late_traffic_on_th
     assert (late.quantity, late.amount, late.usage_month) == (5, 75, datetime.date(2026, 4, 1))
     assert "late usage for April 2026" in late.description
     assert not TrafficRecord.objects.filter(invoice__isnull=True).exists()
+
+
+def test_bytes_of_an_emqx_cluster_counted_from_its_metrics_api_when_nodes_serve_traffic(owner_org, make_deployment):
+    from alerts.collectors.emqx import EmqxMonitorApi, collect_emqx
+    from tests.fakes.emqx_monitor import EmqxMonitorFake
+
+    dep = make_deployment(owner_org.default_project)
+    fake = EmqxMonitorFake().start()
+    api = EmqxMonitorApi(fake.base_url, fake.key, fake.secret, timeout=1.0)
+    try:
+        first = collect_emqx(api, None)
+        # a cluster's first reading is the base: EMQX reports no uptime here, so it is not known to be new
+        assert traffic_record_from_collector(deployment_id=dep.pk, at=at(2026, 4, 2, 10), state=first.state) == 0
+        fake.metrics_nodes[0]["bytes.received"] += 1000
+        fake.metrics_nodes[1]["bytes.sent"] += 500
+        second = collect_emqx(api, first.state)
+        assert traffic_record_from_collector(deployment_id=dep.pk, at=at(2026, 4, 2, 10, 1), state=second.state) == 1500
+        fake.metrics_nodes[1]["bytes.received"] = 0  # node 2 restarted: the sum went down
+        fake.metrics_nodes[1]["bytes.sent"] = 0
+        third = collect_emqx(api, second.state)
+        assert traffic_record_from_collector(deployment_id=dep.pk, at=at(2026, 4, 2, 10, 2), state=third.state) == 0
+    finally:
+        api.close()
+        fake.stop()
+    assert day_bytes(dep, datetime.date(2026, 4, 2)) == 1500
