@@ -647,10 +647,8 @@ def _report_held(invoices: list[Invoice]) -> None:
     """A held invoice is an error the operator must see and a fact the customer must hear about."""
     if not invoices:
         return
-    logger.error(
-        "invoices held as drafts: %s",
-        ", ".join(f"{i.public_id} ({'; '.join(i.hold_reasons)})" for i in invoices),
-    )
+    shown = ", ".join(f"{i.public_id} ({'; '.join(i.hold_reasons)})" for i in invoices[:20])
+    logger.error("%s invoices held as drafts: %s%s", len(invoices), shown, ", …" if len(invoices) > 20 else "")
     from billing import services
 
     for invoice in invoices:
@@ -1163,12 +1161,8 @@ def open_lines(
     usage = UsageRecord.objects.filter(
         organization_id=account.organization_id, invoice__isnull=True, hour__lt=month_end
     )
-    records = TrafficRecord.objects.filter(
-        organization_id=account.organization_id, invoice__isnull=True, day__lt=month_end.date()
-    )
     if project_id is not None:
         usage = usage.filter(deployment__project_id=project_id)
-        records = records.filter(deployment__project_id=project_id)
     grouped: dict[tuple, dict] = {}
     for row in usage_rows(usage):
         if row["month"] < period_month and row["month"] not in closed:
