@@ -465,6 +465,7 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
                         auto_renew=True,
                         renewed_from=subscription,
                     )
+                    _enqueue_collection(invoice)
                     audit_record(
                         actor=None,
                         organization=account.organization,

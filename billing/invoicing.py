@@ -669,7 +669,7 @@ def issue_invoice(
     period: tuple[datetime.date, datetime.date] | None = None,
 ) -> Invoice:
     """Compute and write one invoice: issued (open, or paid when nothing is left to pay) with its number, or a
-    draft held until it can be issued complete. Collection is enqueued on commit for an open one."""
+    draft held until it can be issued complete. The caller enqueues the collection of an open one."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("issue_invoice must run inside a transaction")
     details = current_details(account)
@@ -699,8 +699,6 @@ def issue_invoice(
     _apply_credits([(invoice, grant, amount) for grant, amount in composed.applications])
     if composed.holds:
         transaction.on_commit(lambda: _report_held([invoice]))
-    elif invoice.status == InvoiceStatus.OPEN:
-        _enqueue_collection([invoice.pk])
     return invoice
 
 

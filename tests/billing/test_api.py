@@ -119,6 +119,8 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
         ({"country": "US", "postal_code": "94105", "currency": "dollars"}, "currency"),
         ({"country": "US", "postal_code": "94105", "currency": 840}, "currency"),
         ({"country": "US", "postal_code": "94105", "iban": "DE02"}, "iban"),
+        ({"country": "DE", "postal_code": "10115", "address": "  "}, "address"),
+        ({"country": "DE", "postal_code": "", "city": "Berlin"}, "postal_code"),
     ],
     ids=[
         "vat-wrong-country",
@@ -127,6 +129,8 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
         "malformed-currency",
         "number-currency",
         "unknown-field",
+        "no-street",
+        "no-postal-code",
     ],
 )
 def test_400_names_the_field_when_billing_details_are_bad(owner_org, key_client, fields, field):
