@@ -30,7 +30,7 @@ from billing.models import (
 )
 from controlplane.api.pagination import CursorPagination
 from controlplane.api.problems import problem_response
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import ScopedViewSet
 from controlplane.errors import Conflict
 from deployments.models import Deployment
@@ -128,7 +128,7 @@ class BillingAccountOutputSerializer(serializers.ModelSerializer):
 
 class BillingAccountInputSerializer(InputSerializer):
     country = StrictCharField(max_length=2, min_length=2, help_text="ISO 3166-1 alpha-2, e.g. DE.")
-    company = StrictCharField(
+    company = PlainTextField(
         max_length=200,
         required=False,
         default="",
@@ -136,13 +136,13 @@ class BillingAccountInputSerializer(InputSerializer):
         help_text="Company name; leave empty for a private person.",
     )
     email = serializers.EmailField(max_length=254)
-    address = StrictCharField(
+    address = PlainTextField(
         max_length=200, required=False, default="", allow_blank=True, help_text="Street and number; required."
     )
-    city = StrictCharField(max_length=100, required=False, default="", allow_blank=True, help_text="Required.")
-    state = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
-    postal_code = StrictCharField(max_length=20, required=False, default="", allow_blank=True)
-    tax_id = StrictCharField(
+    city = PlainTextField(max_length=100, required=False, default="", allow_blank=True, help_text="Required.")
+    state = PlainTextField(max_length=100, required=False, default="", allow_blank=True)
+    postal_code = PlainTextField(max_length=20, required=False, default="", allow_blank=True)
+    tax_id = PlainTextField(
         max_length=40, required=False, default="", allow_blank=True, help_text="VAT or GST number (EIN in the US)."
     )
     currency = StrictCharField(max_length=3, required=False, help_text="ISO 4217; USD or EUR.")

@@ -121,6 +121,8 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
         ({"country": "US", "postal_code": "94105", "iban": "DE02"}, "iban"),
         ({"country": "DE", "postal_code": "10115", "address": "  "}, "address"),
         ({"country": "DE", "postal_code": "", "city": "Berlin"}, "postal_code"),
+        ({"country": "DE", "postal_code": "10115", "address": "Torstr. 1\nVAT-free"}, "address"),
+        ({"country": "FR", "postal_code": "75001", "company": "Exemple\u2028SAS"}, "company"),
     ],
     ids=[
         "vat-wrong-country",
@@ -131,6 +133,8 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
         "unknown-field",
         "no-street",
         "no-postal-code",
+        "line-break-in-street",
+        "line-separator-in-company",
     ],
 )
 def test_400_names_the_field_when_billing_details_are_bad(owner_org, key_client, fields, field):
