@@ -45,6 +45,7 @@ from billing.vat_rates import is_eu, normalize_country
 from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
 from controlplane.errors import Conflict, ValidationFailed
+from controlplane.tasks import enqueue_on_commit, publish
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +224,10 @@ def billing_account_update(
     from billing import tasks
 
     if tax_changed and account.vat_next_check_at is not None:
-        # Robust: with the queue down the number is still asked about by the sweep (check_vat_numbers) when due.
-        transaction.on_commit(lambda: tasks.check_vat_number.delay(account.pk), robust=True)
+        # With the queue down the number is still asked about by the sweep (check_vat_numbers) when due.
+        enqueue_on_commit(tasks.check_vat_number, account.pk)
     if settings.STRIPE_SECRET_KEY:
-        transaction.on_commit(lambda: tasks.sync_stripe_customer.delay(account.pk))
+        enqueue_on_commit(tasks.sync_stripe_customer, account.pk)
     invoicing.invoices_release_held(account=account, now=now)
     return account
 
@@ -459,7 +460,7 @@ def enqueue_collection(invoice_ids: list[int]) -> None:
         .exclude(billing_account__stripe_customer_id="")
         .values_list("pk", flat=True)
     ):
-        tasks.collect_invoice.delay(invoice_id)
+        publish(tasks.collect_invoice, invoice_id)
 
 
 def invoice_collect(*, invoice_id: int) -> str | None:
@@ -824,7 +825,7 @@ def _apply_event(event: dict) -> str:
         )
         from billing import tasks
 
-        transaction.on_commit(lambda: tasks.set_default_card.delay(account.pk))
+        enqueue_on_commit(tasks.set_default_card, account.pk)
         return "card saved"
     return "ignored"
 
