@@ -20,6 +20,7 @@ from django.utils import timezone
 from alerts.collectors import CollectResult
 from alerts.metrics import METRICS
 from alerts.models import CollectorState, MetricRollup, MetricSample
+from billing import traffic as billing_traffic
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ def deployment_collect(*, deployment_id: int) -> CollectorState | None:
             state.unavailable_since = state.unavailable_since or now
         elif result.available:
             samples_store(rows=[(deployment.pk, name, now, float(value)) for name, value in result.values.items()])
+            # Billing meters traffic from the same reading of the broker's byte counters (billing.traffic).
+            billing_traffic.traffic_record_from_collector(deployment_id=deployment.pk, at=now, state=result.state)
             state.available, state.unavailable_since, state.last_success_at = True, None, now
             state.state, state.log_offset, state.last_error = result.state, result.log_offset, result.error
         else:

@@ -61,3 +61,12 @@ def session_try_lock(space: LockSpace, key: int) -> Iterator[bool]:
         yield acquired
     finally:
         lock_connection.close()
+
+
+def xact_lock_shared(space: LockSpace, key: int) -> None:
+    """Wait for the lock in shared mode until the current transaction ends: any number of shared holders together,
+    none while someone holds it exclusively (`xact_lock`)."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("xact_lock_shared needs an open transaction: it is released when the transaction ends")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [lock_key(space, key)])

@@ -181,6 +181,24 @@ def _invoice(org, values, route):
     return subscription.invoices.get().public_id
 
 
+def _credit_note(org, values, route):
+    from billing import services
+    from billing.models import Invoice
+    from billing.selectors import billing_account_for
+
+    services.billing_account_update(
+        account=billing_account_for(organization=org.organization),
+        actor=None,
+        country="US",
+        email="ap@example.com",
+        address="1 Main St",
+        city="Springfield",
+        postal_code="94105",
+    )
+    invoice = Invoice.objects.get(public_id=_invoice(org, values, route))
+    return services.invoice_void(invoice=invoice, actor=None).credit_note.public_id
+
+
 def _alert_rule(org, values, route):
     from alerts import defaults
     from alerts.models import AlertRule
@@ -286,6 +304,7 @@ SAMPLE_MAKERS = {
     "rule": _rule,
     "quote": _quote,
     "inv": _invoice,
+    "crn": _credit_note,
     "silence": _silence,
     "alert": _alert,
     "channel": _channel,
