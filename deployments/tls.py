@@ -164,9 +164,8 @@ def subject_alternative_names(certificate: x509.Certificate) -> tuple[str, ...]:
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
-    names = [str(n) for n in extension.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in extension.get_values_for_type(x509.IPAddress)]
-    return tuple(names)
+    # In the certificate's order; other kinds of names (email, URI) say nothing about host names.
+    return tuple(str(name.value) for name in extension if isinstance(name, x509.DNSName | x509.IPAddress))
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:
