@@ -237,9 +237,19 @@ def _reconcile(deployment_id: int) -> Outcome:
         # This reconcile found the broker dead before the watcher did (and has already started it again): the crash
         # is recorded first, in its own transaction, so the status walks running -> degraded -> running.
         _record_crash(deployment_id, message=observed.crashed, last_seen_alive=observed.last_seen_alive)
-    return _record(
+    outcome = _record(
         deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, observed=observed
     )
+    if (
+        desired == DesiredState.RUNNING
+        and observed.host
+        and outcome.state in ("converged", "progressing")
+        and not tls_services.issued_certificate_covers(deployment_id, observed.host)
+    ):
+        # The broker has an address its issued certificate does not name yet (a load balancer's, known only now):
+        # come back at once, and the next run reissues the certificate before it applies.
+        return dataclasses.replace(outcome, retry=True)
+    return outcome
 
 
 def _in_progress_status(deployment: Deployment) -> str:

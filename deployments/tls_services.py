@@ -119,6 +119,18 @@ def deployment_host_names(deployment: Deployment) -> list[str]:
     return cleaned
 
 
+def _connection_host(deployment: Deployment) -> list[str]:
+    """The name the API tells clients to connect to (`connection.host`), or the region's first name before the
+    broker has served: what a customer's certificate is warned about not covering."""
+    names = deployment_host_names(deployment)
+    host = (deployment.endpoints or {}).get("host") or ""
+    try:
+        host = tls.normalise_host_name(host) if host else ""
+    except ValueError:
+        host = ""
+    return [host] if host in names else names[:1]
+
+
 # -- the issued server certificate -----------------------------------------------------------------------------------
 
 
@@ -225,7 +237,7 @@ def tls_certificate_create(
             private_key=private_key,
             chain=chain or "",
             host_names=host_names or [],
-            our_host_names=deployment_host_names(deployment),
+            our_host_names=_connection_host(deployment),
             now=now,
         )
         row.certificate_pem, row.chain_pem = checked.certificate_pem, checked.chain_pem
@@ -309,6 +321,26 @@ def active_server_certificate(deployment: Deployment) -> TlsCertificate | None:
         row.source: row for row in TlsCertificate.objects.filter(deployment=deployment, kind=TlsCertificate.Kind.SERVER)
     }
     return rows.get(TlsCertificate.Source.CUSTOMER) or rows.get(TlsCertificate.Source.CONTROL_PLANE)
+
+
+def issued_certificate_covers(deployment_id: int, host: str) -> bool:
+    """Whether the deployment's issued certificate names `host` (an address that is no host name counts as named:
+    there is nothing to add for it). False when none was issued."""
+    try:
+        host = tls.normalise_host_name(host)
+    except ValueError:
+        return True
+    try:
+        if ipaddress.ip_address(host).is_unspecified:
+            return True
+    except ValueError:
+        pass  # a DNS name
+    sans = (
+        TlsCertificate.objects.filter(deployment_id=deployment_id, kind="server", source="control_plane")
+        .values_list("sans", flat=True)
+        .first()
+    )
+    return sans is not None and tls.names_cover(sans, host)
 
 
 def broker_tls_material(deployment: Deployment) -> TlsMaterial | None:
