@@ -184,6 +184,19 @@ def test_certificate_common_name_is_the_username_when_identity_as_username_is_as
     assert watcher.received(1) == [("public/news", b"allowed")]
     assert watcher.messages.empty()
     _close(alice)
+    # A common name that is no MQTT user connects (the certificate is valid) but gets no rules: nothing it
+    # publishes goes anywhere.
+    verdict, stranger = tls_connect(
+        port, client_context(authority[0], certificate=make_leaf(client_root, "stranger", client=True))
+    )
+    assert verdict == "accepted", verdict
+    stranger.publish("public/news", b"from a stranger").wait_for_publish(10)
+    _close(stranger)
+    alice_again = Client(observed.ports["mqtt"], "alice", "alice-pw")
+    assert not alice_again.connect().is_failure
+    alice_again.publish("public/news", b"marker")
+    assert watcher.received(1) == [("public/news", b"marker")]  # the stranger's message never arrived before it
+    alice_again.close()
     watcher.close()
 
 
