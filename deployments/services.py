@@ -130,7 +130,7 @@ def _name_taken(project, name: str, exclude_pk=None) -> bool:
 
 
 def _name_conflict(name: str) -> Conflict:
-    return Conflict({"name": [f"A deployment named {name!r} already exists in this project."]})
+    return Conflict(fields={"name": [f"A deployment named {name!r} already exists in this project."]})
 
 
 def _refuse_control_characters(**fields: str | None) -> None:
@@ -467,14 +467,16 @@ def deployment_move(*, deployment: Deployment, actor, project) -> tuple[Deployme
         raise ValidationFailed({"project": ["The deployment is already in that project."]})
     _refuse_if_busy(deployment)
     if _name_taken(project, deployment.name):
-        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]})
+        raise Conflict(fields={"project": [f"The project already holds a deployment named {deployment.name!r}."]})
     source = deployment.project
     deployment.project = project
     try:
         with transaction.atomic():
             deployment.save(update_fields=["project", "updated_at"])
     except IntegrityError:
-        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]}) from None
+        raise Conflict(
+            fields={"project": [f"The project already holds a deployment named {deployment.name!r}."]}
+        ) from None
     operation = _operation(
         deployment,
         Operation.Kind.MOVE,
@@ -602,7 +604,7 @@ def mqtt_user_create(
     _refuse_if_deleted(deployment)
     _check_username(deployment, username)
     if MqttUser.objects.filter(deployment=deployment, username=username).exists():
-        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]})
+        raise Conflict(fields={"username": [f"The MQTT user {username!r} already exists on this deployment."]})
     salt_b64, hash_b64 = hash_mqtt_password(password)
     try:
         with transaction.atomic():
@@ -614,7 +616,9 @@ def mqtt_user_create(
                 is_superuser=is_superuser,
             )
     except IntegrityError:
-        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]}) from None
+        raise Conflict(
+            fields={"username": [f"The MQTT user {username!r} already exists on this deployment."]}
+        ) from None
     operation = _configure(deployment, actor, "mqtt_user.create", {"username": username, "superuser": is_superuser})
     return user, operation
 

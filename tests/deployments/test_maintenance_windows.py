@@ -18,6 +18,7 @@ from audit.models import AuditEvent
 from controlplane.errors import Conflict, ValidationFailed
 from deployments import services
 from deployments.models import Deployment, DeploymentEvent, MaintenanceWindow, Operation
+from tests.otp import staff_sign_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
 
@@ -400,7 +401,7 @@ def admin_form(deployment, start: dt.datetime, **changes):
 def test_admin_schedules_through_the_service(
     client, staff, owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
 ):
-    client.force_login(staff)
+    staff_sign_in(client, staff, "operator passphrase")
     start = (timezone.now() + dt.timedelta(days=16)).replace(microsecond=0)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/admin/deployments/maintenancewindow/add/", admin_form(deployment, start))
@@ -416,7 +417,7 @@ def test_admin_schedules_through_the_service(
 
 
 def test_admin_shows_the_lead_time_error_on_the_form(client, staff, deployment):
-    client.force_login(staff)
+    staff_sign_in(client, staff, "operator passphrase")
     start = timezone.now() + dt.timedelta(days=3)
     response = client.post("/admin/deployments/maintenancewindow/add/", admin_form(deployment, start))
     assert response.status_code == 200
@@ -426,7 +427,7 @@ def test_admin_shows_the_lead_time_error_on_the_form(client, staff, deployment):
 
 def test_admin_action_cancels_and_notifies(client, staff, deployment):
     window = schedule(deployment, now=timezone.now())
-    client.force_login(staff)
+    staff_sign_in(client, staff, "operator passphrase")
     response = client.post(
         "/admin/deployments/maintenancewindow/", {"action": "cancel_windows", "_selected_action": [window.pk]}
     )
