@@ -1202,7 +1202,7 @@ class TlsCertificateCreateSerializer(InputSerializer):
         "self-signed certificate).",
     )
     host_names = serializers.ListField(
-        child=StrictCharField(max_length=253),
+        child=PlainTextField(max_length=253),
         required=False,
         max_length=20,
         help_text="server only: the host names your clients connect to; each must be covered by the certificate.",

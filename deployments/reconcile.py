@@ -40,6 +40,7 @@ from deployments.models import (
     Region,
     Status,
     StatusInterval,
+    TlsCertificate,
 )
 
 logger = logging.getLogger(__name__)
@@ -366,6 +367,8 @@ def _record(
         message = observed.message
         if status == Status.DELETED:
             deployment.endpoints, deployment.deleted_at = {}, now
+            # Its brokers are gone: so are the keys they served with (the row stays, for billing and history).
+            TlsCertificate.objects.filter(deployment=deployment).delete()
         elif observed.host or observed.ports:
             deployment.endpoints = {"host": observed.host, "ports": dict(observed.ports)}
         deployment.observed_details = {str(k): str(v) for k, v in observed.details.items()}

@@ -646,15 +646,22 @@ class LocalDriver:
         # starts it with those), never the refused ones, and the change keeps failing until the rows change.
         refused_before = rejected.get("digest") == digest and accepted is not None
         files = accepted if refused_before else rendered
-        conf_changed = self._write_if_changed(paths.conf, files[paths.conf], run_as)
-        auth_changed = self._write_if_changed(paths.passwd, files[paths.passwd], run_as)
-        auth_changed |= self._write_if_changed(paths.acl, files[paths.acl], run_as)
+
+        def changed(path: pathlib.Path) -> bool:
+            # Written now, or written by an earlier apply that died before the running broker confirmed it (the
+            # files it confirmed are the accepted ones): either way the broker must still be told.
+            wrote = self._write_if_changed(path, files[path], run_as)
+            return wrote or (pid is not None and accepted is not None and accepted.get(path) != files[path])
+
+        conf_changed = changed(paths.conf)
+        auth_changed = changed(paths.passwd)
+        auth_changed |= changed(paths.acl)
         # mosquitto 2.0 reloads a TLS listener's certfile and keyfile on SIGHUP (src/mosquitto.c
         # listeners__reload_all_certificates, v2.0.11) but nothing else of a listener: its cafile and
         # require_certificate are read at start only (src/conf.c: "Listeners not valid for reloading").
-        cert_changed = self._write_if_changed(paths.server_certificate, files[paths.server_certificate], run_as)
-        cert_changed |= self._write_if_changed(paths.server_key, files[paths.server_key], run_as)
-        client_ca_changed = self._write_if_changed(paths.client_ca, files[paths.client_ca], run_as)
+        cert_changed = changed(paths.server_certificate)
+        cert_changed |= changed(paths.server_key)
+        client_ca_changed = changed(paths.client_ca)
 
         if not spec.running:
             if pid is not None:

@@ -16,6 +16,7 @@ from deployments import tls_services
 from deployments.models import CertificateAuthority, Deployment, Operation, TlsCertificate
 from tests.deployments.test_api import base, client, create, deployment, settle  # noqa: F401
 from tests.deployments.tls_helpers import DAY, NOW, key_pem, make_ca, make_leaf, new_key, pem
+from tests.test_admin import staff, staff_client  # noqa: F401
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
 
@@ -414,3 +415,19 @@ def test_ca_is_created_once_when_many_ask_for_it_at_the_same_time():
         x509.load_pem_x509_certificate(CertificateAuthority.objects.get().certificate_pem.encode()).public_key(),
         ec.EllipticCurvePublicKey,
     )
+
+
+def test_staff_see_certificates_in_the_backoffice_but_never_a_key(staff_client, client, url):  # noqa: F811
+    certificate, key, chain = _server()
+    created = client.post(
+        url, {"kind": "server", "certificate": certificate, "private_key": key, "chain": chain}, format="json"
+    ).json()
+    row = TlsCertificate.objects.get(public_id=created["id"])
+    page = staff_client.get(f"/admin/deployments/tlscertificate/{row.pk}/change/")
+    assert page.status_code == 200
+    assert created["fingerprint_sha256"].encode() in page.content
+    assert b"PRIVATE KEY" not in page.content and row.private_key_encrypted.encode() not in page.content
+    assert staff_client.get("/admin/deployments/tlscertificate/add/").status_code == 403
+    tls_services.certificate_authority()
+    listing = staff_client.get("/admin/deployments/certificateauthority/")
+    assert listing.status_code == 200 and b"MQTT Control Plane CA" in listing.content

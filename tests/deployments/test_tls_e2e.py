@@ -118,3 +118,10 @@ def test_tls_lifecycle_on_a_real_broker_when_driven_by_the_api(setup, brokers_di
     assert _accepted(ports["wss"], ours, transport="websockets", **login) == "accepted"
     events = [e["kind"] for e in client.get(f"{url}/events?page_size=200").json()["results"]]
     assert "tls.certificate.issued" in events
+
+    # 5. A deleted deployment keeps no key.
+    from deployments.models import TlsCertificate
+
+    assert client.delete(url).status_code == 202
+    wait_for_status(client, url, "deleted")
+    assert not TlsCertificate.objects.filter(deployment__public_id=url.rsplit("/", 1)[1]).exists()

@@ -241,3 +241,28 @@ def test_tls_listeners_and_files_go_when_spec_drops_tls(driver, root, authority)
     assert set(plain.ports) == {"mqtt", "ws"}
     assert not (root / spec.name / "tls-server.key").exists()
     assert ALICE.username == "alice"
+
+
+def test_certificate_left_on_disk_by_an_apply_that_died_before_the_reload_is_served_at_the_next(
+    driver, root, authority
+):
+    spec = _spec(tls=_server_material(authority))
+    observed = driver.apply(spec)
+    new = _server_material(authority)
+    # What an apply killed between writing the files and signalling the broker leaves behind: new files renamed
+    # into place, as the driver writes them (the accepted copies keep linking the old ones).
+    for name, text in (("tls-server.crt", new.certificate_pem), ("tls-server.key", new.private_key_pem)):
+        target = root / spec.name / name
+        info = target.stat()
+        tmp = target.with_name(f"{name}.new")
+        tmp.write_text(text)
+        os.chown(tmp, info.st_uid, info.st_gid)
+        tmp.chmod(0o600)
+        os.replace(tmp, target)
+    assert served_certificate_sha256("127.0.0.1", observed.ports["mqtts"]) == _sha256(spec.tls.certificate_pem)
+
+    again = driver.apply(dataclasses.replace(spec, tls=new))
+
+    assert again.details["pid"] == observed.details["pid"]
+    assert served_certificate_sha256("127.0.0.1", observed.ports["mqtts"]) == _sha256(new.certificate_pem)
+    assert served_certificate_sha256("127.0.0.1", observed.ports["wss"]) == _sha256(new.certificate_pem)
