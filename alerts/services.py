@@ -333,7 +333,8 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
     DefaultRule(
         "vpc_peering_abnormal",
         "VPC peering abnormal",
-        kind=AlertRule.Kind.VPC_PEERING,
+        metric="vpc_peering_abnormal",  # fed every minute and on every change by networking
+        aggregation="last",
         threshold=0,
         severity="critical",
     ),

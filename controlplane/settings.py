@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "deployments",
     "billing",
     "alerts",
+    "networking",
     "console",
     "idempotency",
 ]
@@ -228,6 +229,13 @@ LOCAL_BROKERS_DIR = Path(env.str("LOCAL_BROKERS_DIR", default=str(VAR_DIR / "bro
 TIER_CHANGE_MIN_INTERVAL_HOURS = env.float("TIER_CHANGE_MIN_INTERVAL_HOURS", default=12.0)
 RECONCILE_SWEEP_SECONDS = env.float("RECONCILE_SWEEP_SECONDS", default=30.0)
 RECONCILE_RESYNC_SECONDS = env.float("RECONCILE_RESYNC_SECONDS", default=300.0)
+# VPC peering polls: backoff from BASE doubling to MAX while waiting on the provider or the customer; an active
+# peering is checked every RESYNC seconds (how fast a peering deleted on the customer's side is noticed).
+VPC_PEERING_POLL_BASE_SECONDS = env.float("VPC_PEERING_POLL_BASE_SECONDS", default=2.0)
+VPC_PEERING_POLL_MAX_SECONDS = env.float("VPC_PEERING_POLL_MAX_SECONDS", default=300.0)
+VPC_PEERING_RESYNC_SECONDS = env.float("VPC_PEERING_RESYNC_SECONDS", default=300.0)
+# A CA bundle the cloud SDKs verify the providers' endpoints with (a TLS-inspecting proxy); empty: the system's.
+CLOUD_CA_BUNDLE = env.str("CLOUD_CA_BUNDLE", default="")
 # The EMQX Enterprise licence key every Kubernetes deployment runs with (docs/operations/emqx-operator.md): without
 # one EMQX allows 25 sessions (5.8) or a single node (5.9+), so the Kubernetes driver refuses to render.
 EMQX_LICENSE_KEY = env.str("EMQX_LICENSE_KEY", default="")
@@ -329,6 +337,7 @@ CELERY_TASK_ROUTES = {
     "alerts.*": {"queue": "notifications"},
     "idempotency.*": {"queue": "default"},
     "accounts.*": {"queue": "default"},
+    "networking.*": {"queue": "provisioning"},
 }
 CELERY_ALL_QUEUES = ["default", "provisioning", "billing", "monitoring", "notifications"]
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -361,6 +370,8 @@ CELERY_BEAT_SCHEDULE = {
     # A delivery whose retry message was lost (worker killed, Redis flushed) is picked up again.
     "alerts.resume_deliveries": {"task": "alerts.resume_deliveries", "schedule": crontab(minute="*/5")},
     "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments", "schedule": crontab(minute="*/5")},
+    # Re-drives VPC peering polls a lost task left behind, and feeds the peering-abnormal metric every minute.
+    "networking.sweep_peerings": {"task": "networking.sweep_peerings", "schedule": crontab()},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 

@@ -44,6 +44,7 @@ api_v1 = [
     path("", include("deployments.urls")),
     path("", include("alerts.urls")),
     path("", include("billing.urls")),
+    path("", include("networking.urls")),
 ]
 
 urlpatterns = [

@@ -887,7 +887,7 @@ def maintenance_validate(
     )
     if clash is not None:
         raise Conflict(
-            {
+            fields={
                 "starts_at": [
                     f"The deployment already has maintenance {clash.public_id} "
                     f"({maintenance_window_text(clash)}) overlapping this window."

@@ -18,6 +18,7 @@ PATH_PARAMETERS = {
     "dep": ("Deployment id", "dep_"),
     "op": ("Operation id", "op_"),
     "cert": ("TLS certificate id", "crt_"),
+    "peering": ("VPC peering id", "pcx_"),
 }
 
 

@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("deployments", "0005_deployment_emqx_version"),
+        ("deployments", "0006_region_network"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
