@@ -197,8 +197,7 @@ def render_tls_secret(spec: BrokerSpec) -> dict | None:
     """The certificate Secret the TLS listeners mount (a kubernetes.io/tls Secret: `tls.crt` holds the server
     certificate and its chain, `tls.key` its key, `ca.crt` the client CA for two-way TLS), or None when the spec
     names a Secret without carrying its material (one that exists already). Replacing its content changes no file
-    path and no pod template: the kubelet updates the mounted files in place, and new TLS handshakes read them
-    (connected clients stay connected)."""
+    path and no pod template, so no node is replaced: the kubelet updates the mounted files in place."""
     tls = spec.tls
     if tls is None or not tls.certificate_pem:
         return None

@@ -8,6 +8,7 @@ refused, and never reads or writes the database.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import errno
@@ -420,8 +421,6 @@ def _digest(contents) -> str:
 
 def _pem_sha256(path: pathlib.Path) -> str | None:
     """SHA-256 (hex) of the DER of the first certificate in a PEM file: its fingerprint."""
-    import base64
-
     try:
         text = path.read_text()
     except OSError:
@@ -442,8 +441,6 @@ def _conf_listener_ports(path: pathlib.Path) -> list[int]:
 
 
 def _websocket_key() -> str:
-    import base64
-
     return base64.b64encode(os.urandom(16)).decode()
 
 
@@ -1150,8 +1147,8 @@ class LocalDriver:
             return
         _file_pem(tls.certificate_pem, "the server certificate", _PEM_CERTIFICATES)
         _file_pem(tls.private_key_pem, "the server key", _PEM_PRIVATE_KEY)
-        for value, what in ((tls.has_client_ca, "has_client_ca"), (tls.verify_peer, "verify_peer")):
-            _conf_bool(value, what)
+        _conf_bool(tls.has_client_ca, "has_client_ca")
+        _conf_bool(tls.verify_peer, "verify_peer")
         _conf_bool(tls.require_client_certificate, "require_client_certificate")
         _conf_bool(tls.use_identity_as_username, "use_identity_as_username")
         if tls.has_client_ca:
