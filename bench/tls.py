@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import os
 import pathlib
 import shutil
@@ -54,19 +55,19 @@ def _material(ca, *, rsa: bool = False) -> TlsMaterial:
         return TlsMaterial(certificate_pem=certificate, private_key_pem=key)
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec as ec_keys
     from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
     from cryptography.x509.oid import NameOID
 
     authority = x509.load_pem_x509_certificate(ca_pem.encode())
     authority_key = serialization.load_pem_private_key(ca_key.encode(), password=None)
-    key = rsa_keys.generate_private_key(public_exponent=65537, key_size=2048)
-    import ipaddress
-
-    certificate = (
+    assert isinstance(authority_key, ec_keys.EllipticCurvePrivateKey)
+    rsa_key = rsa_keys.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
         .issuer_name(authority.subject)
-        .public_key(key.public_key())
+        .public_key(rsa_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=30))
@@ -74,8 +75,8 @@ def _material(ca, *, rsa: bool = False) -> TlsMaterial:
         .sign(authority_key, hashes.SHA256())
     )
     return TlsMaterial(
-        certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
-        private_key_pem=key.private_bytes(
+        certificate_pem=rsa_certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        private_key_pem=rsa_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode(),
     )
@@ -176,16 +177,17 @@ def main(connects: int = 200, reloads: int = 10) -> None:
 
         spec = specs["EC P-256"]
         certificate_reloads, password_reloads = [], []
-        pid = observed["EC P-256"].details["pid"]
+        broker_pid = observed["EC P-256"].details["pid"]
         for n in range(reloads):
-            fresh = dataclasses.replace(spec, tls=_material(ca))
+            material = _material(ca)
+            fresh = dataclasses.replace(spec, tls=material)
             started = time.perf_counter()
             result = driver.apply(fresh)
             certificate_reloads.append(time.perf_counter() - started)
-            wanted = tls.certificate_facts(fresh.tls.certificate_pem).fingerprint_sha256.replace(":", "").lower()
+            wanted = tls.certificate_facts(material.certificate_pem).fingerprint_sha256.replace(":", "").lower()
             assert served_certificate_sha256(HOST, ports["mqtts"]) == wanted, "new certificate not served"
             assert served_certificate_sha256(HOST, ports["wss"]) == wanted, "new certificate not served on wss"
-            assert result.details["pid"] == pid, "the broker restarted instead of reloading"
+            assert result.details["pid"] == broker_pid, "the broker restarted instead of reloading"
             spec = fresh
             extra = make_mqtt_credential(username=f"extra{n}", password="extra-password")
             with_user = dataclasses.replace(spec, users=(USER, extra))

@@ -320,6 +320,9 @@ def issue_server_certificate(
         raise ValueError("a server certificate needs at least one host name")
     ca_certificate = x509.load_pem_x509_certificate(ca_certificate_pem.encode("ascii"))
     ca_key = serialization.load_pem_private_key(ca_private_key_pem.encode("ascii"), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("the CA's key must be an EC or RSA key")
+    ca_key_id = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     key = ec.generate_private_key(ec.SECP256R1())
     alternative_names: list[x509.GeneralName] = []
     for host in dict.fromkeys(normalise_host_name(h) for h in host_names):
@@ -353,7 +356,7 @@ def issue_server_certificate(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_certificate.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_id), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return _pem([certificate]), _key_pem(key)

@@ -15,7 +15,7 @@ from tests.deployments.tls_helpers import DAY, NOW, key_pem, make_ca, make_leaf,
 def _refusal(**kwargs) -> dict[str, str]:
     with pytest.raises(ValidationFailed) as caught:
         tls.check_server_certificate(now=NOW, **kwargs)
-    return {e.field: e.message for e in caught.value.errors}
+    return {str(e.field): e.message for e in caught.value.errors}
 
 
 def test_ca_issues_a_server_certificate_for_the_given_names_that_verifies_against_it():

@@ -9,6 +9,7 @@ import queue
 import ssl
 import tempfile
 import uuid
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -48,12 +49,12 @@ def _name(common_name: str) -> x509.Name:
 def make_ca(
     common_name: str = "Acme Root CA",
     *,
-    issuer: tuple[x509.Certificate, object] | None = None,
-    key=None,
+    issuer: tuple[x509.Certificate, Any] | None = None,
+    key: Any = None,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
     ca: bool = True,
-) -> tuple[x509.Certificate, object]:
+) -> tuple[x509.Certificate, Any]:
     """A CA certificate: self-signed, or signed by `issuer` (an intermediate)."""
     key = key or new_key()
     signer_cert, signer_key = issuer if issuer else (None, key)
@@ -71,16 +72,16 @@ def make_ca(
 
 
 def make_leaf(
-    issuer: tuple[x509.Certificate, object] | None,
+    issuer: tuple[x509.Certificate, Any] | None,
     common_name: str,
     *,
     sans: tuple[str, ...] = (),
-    key=None,
+    key: Any = None,
     client: bool = False,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
     extended_usage: bool = True,
-) -> tuple[x509.Certificate, object]:
+) -> tuple[x509.Certificate, Any]:
     """A server (or, with `client`, a client) certificate signed by `issuer`, or self-signed when it is None."""
     key = key or new_key()
     signer_cert, signer_key = issuer if issuer else (None, key)
@@ -116,7 +117,7 @@ def write_temp(text: str) -> str:
 
 
 def client_context(
-    ca_pem: str, *, certificate: tuple[x509.Certificate, object] | None = None, chain: str = ""
+    ca_pem: str, *, certificate: tuple[x509.Certificate, Any] | None = None, chain: str = ""
 ) -> ssl.SSLContext:
     """What a careful client does: verify the broker's certificate against `ca_pem` and its host name."""
     context = ssl.create_default_context(cadata=ca_pem)
@@ -132,7 +133,7 @@ def tls_connect(
     *,
     username: str | None = None,
     password: str | None = None,
-    transport: str = "tcp",
+    transport: Literal["tcp", "websockets"] = "tcp",
     timeout: float = 5.0,
 ) -> tuple[str, mqtt.Client | None]:
     """("accepted", connected client) or ("refused: <why>", None): a paho 2.x client over TLS to 127.0.0.1."""
