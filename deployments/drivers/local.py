@@ -108,6 +108,11 @@ class _Paths:
         return self.dir / "state.json"
 
     @property
+    def primed(self) -> pathlib.Path:
+        """The broker process whose wss listener has shown mosquitto its TLS context (see _prime_websockets_tls)."""
+        return self.dir / "wss-primed.json"
+
+    @property
     def alive(self) -> pathlib.Path:
         """Touched whenever the broker is seen alive: its mtime bounds when a dead broker last served."""
         return self.dir / "alive"
@@ -183,8 +188,18 @@ def _process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def _listening_inodes(port: int) -> set[str]:
-    inodes = set()
+def _process_identity(pid: int) -> str:
+    """`pid:start time` (in clock ticks since boot): names one process, even once its pid is reused."""
+    try:
+        start = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{pid}:{start}"
+
+
+def _listening_inodes_by_port(ports: set[int]) -> dict[int, set[str]]:
+    """Port -> inodes of the sockets listening on it, for each of `ports`, from one read of the kernel's tables."""
+    found: dict[int, set[str]] = {port: set() for port in ports}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = pathlib.Path(table).read_text().splitlines()[1:]
@@ -192,9 +207,35 @@ def _listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
+            if len(fields) > 9 and fields[3] == "0A":
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if port in found:
+                    found[port].add(fields[9])
+    return found
+
+
+def _listening_inodes(port: int) -> set[str]:
+    return _listening_inodes_by_port({port})[port]
+
+
+def _owned_listeners(pid: int, ports: set[int]) -> set[int]:
+    """Which of `ports` process `pid` holds a listening socket on (one read of the tables for all of them)."""
+    inodes = _listening_inodes_by_port(ports)
+    if not any(inodes.values()):
+        return set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    sockets = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[8:-1])
+    return {port for port, held in inodes.items() if held & sockets}
 
 
 def _owns_listener(pid: int, port: int) -> bool:
@@ -904,9 +945,9 @@ class LocalDriver:
         TCP ones)."""
         deadline = time.monotonic() + self.start_timeout
         delay = 0.002
-        ports = _conf_listener_ports(paths.conf)
+        ports = set(_conf_listener_ports(paths.conf))
         while True:
-            waiting = [port for port in ports if not _owns_listener(pid, port)]
+            waiting = sorted(ports - _owned_listeners(pid, ports))
             if not waiting:
                 return
             port = waiting[0]
@@ -975,7 +1016,12 @@ class LocalDriver:
         `certificates`: the server certificate changed, so the wss listener's TLS context is primed first."""
         host = _loopback_for(spec.region.bind_address)
         if certificates and "wss" in ports and ports["wss"] in _conf_listener_ports(paths.conf):
-            _prime_websockets_tls(host, ports["wss"])
+            # Once per broker process: the listener keeps the TLS context it learnt (the WebSocket handshake takes
+            # a pass of libwebsockets' service loop, about 0.2 s). If this is wrong, the check of what is served
+            # after the reload catches it.
+            process = _process_identity(pid)
+            if (_read_json(paths.primed) or {}).get("process") != process and _prime_websockets_tls(host, ports["wss"]):
+                _atomic_write(paths.primed, json.dumps({"process": process}) + "\n", None)
         offset = _size(paths.log)
         os.kill(pid, signal.SIGHUP)
         deadline = time.monotonic() + self.start_timeout
