@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.errors import ValidationFailed
+from controlplane.validators import CONTROL_CHARACTERS
 
 # The weakest keys accepted anywhere in a chain: RSA 2048 and the NIST curves from P-256 up (what every MQTT client
 # library's TLS stack verifies; smaller keys are refused by OpenSSL 3's default security level 2 anyway).
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192  # past this, handshakes get slow and some clients refuse the key
 ACCEPTED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 MAX_PEM_CHARS = 64 * 1024
 MAX_CHAIN_CERTIFICATES = 10
@@ -142,6 +144,8 @@ def key_weakness(key) -> str | None:
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
         if key.key_size < MIN_RSA_BITS:
             return f"an RSA key of {key.key_size} bits is too weak: use at least {MIN_RSA_BITS} bits or EC P-256"
+        if key.key_size > MAX_RSA_BITS:
+            return f"an RSA key of {key.key_size} bits is larger than the {MAX_RSA_BITS} bits clients handle well"
         return None
     if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
         if key.curve.name not in ACCEPTED_CURVES:
@@ -150,13 +154,20 @@ def key_weakness(key) -> str | None:
     return f"a {key_description(key)} key is not accepted: use RSA (at least {MIN_RSA_BITS} bits) or EC P-256"
 
 
+def _shown(text: str, limit: int) -> str:
+    """A certificate's own text as it is shown (API, audit, alerts, mail): control characters escaped, so a name
+    cannot break a line anywhere it is printed, and at most `limit` characters."""
+    text = CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _name_text(name: x509.Name) -> str:
-    return name.rfc4514_string()
+    return _shown(name.rfc4514_string(), 1024)
 
 
 def _common_name(name: x509.Name) -> str:
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else ""
+    return _shown(str(values[0].value), 256) if values else ""
 
 
 def subject_alternative_names(certificate: x509.Certificate) -> tuple[str, ...]:
@@ -165,7 +176,7 @@ def subject_alternative_names(certificate: x509.Certificate) -> tuple[str, ...]:
     except x509.ExtensionNotFound:
         return ()
     # In the certificate's order; other kinds of names (email, URI) say nothing about host names.
-    return tuple(str(name.value) for name in extension if isinstance(name, x509.DNSName | x509.IPAddress))
+    return tuple(_shown(str(name.value), 253) for name in extension if isinstance(name, x509.DNSName | x509.IPAddress))
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:

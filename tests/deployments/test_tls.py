@@ -132,3 +132,17 @@ def test_not_valid_yet_message_gives_the_date_when_the_certificate_starts_later(
     leaf, key = make_leaf(None, "soon", sans=("soon",), not_before=start, not_after=start + 30 * DAY)
     message = _refusal(certificate=pem(leaf), private_key=key_pem(key))["certificate"]
     assert start.strftime("%Y-%m-%d") in message
+
+
+def test_control_characters_in_a_certificates_names_are_escaped_when_shown():
+    leaf, key = make_leaf(None, "evil\nBcc: all@example.com", sans=("mqtt.acme.example",))
+    facts = tls.check_server_certificate(certificate=pem(leaf), private_key=key_pem(key), now=NOW).facts
+    assert "\n" not in facts.subject and "\\x0a" in facts.subject
+    assert facts.common_name == "evil\\x0aBcc: all@example.com"
+
+
+def test_an_oversized_rsa_key_is_refused_when_above_the_bound(monkeypatch):
+    monkeypatch.setattr(tls, "MAX_RSA_BITS", 2048)
+    big = new_key("rsa3072")
+    leaf, _ = make_leaf(None, "big", sans=("big",), key=big)
+    assert "larger than" in _refusal(certificate=pem(leaf), private_key=key_pem(big))["certificate"]
