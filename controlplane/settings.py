@@ -312,6 +312,8 @@ SPECTACULAR_SETTINGS = {
         "AlertStatusEnum": "alerts.models.AlertStatus",
         "AlertRuleKindEnum": "alerts.models.AlertRule.Kind",
         "MaintenanceWindowStatusEnum": "deployments.models.MaintenanceWindow.Status",
+        "TlsCertificateKindEnum": "deployments.models.TlsCertificate.Kind",
+        "TlsCertificateSourceEnum": "deployments.models.TlsCertificate.Source",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

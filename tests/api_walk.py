@@ -166,6 +166,17 @@ def _rule(org, values, route):
     return _alert_rule(org, values, route)
 
 
+def _certificate(org, values, route):
+    from deployments import tls_services
+    from tests.deployments.tls_helpers import key_pem, make_leaf, pem
+
+    leaf, key = make_leaf(None, "walk.example", sans=("walk.example",))
+    certificate, _, _ = tls_services.tls_certificate_create(
+        deployment=_deployment_row(values), actor=None, kind="server", certificate=pem(leaf), private_key=key_pem(key)
+    )
+    return certificate.public_id
+
+
 def _quote(org, values, route):
     from billing.annual import annual_quote_create
 
@@ -302,6 +313,7 @@ SAMPLE_MAKERS = {
     "op": _operation,
     "user": _mqtt_user,
     "rule": _rule,
+    "cert": _certificate,
     "quote": _quote,
     "inv": _invoice,
     "crn": _credit_note,
