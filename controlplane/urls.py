@@ -43,6 +43,7 @@ api_v1 = [
     path("", include("deployments.urls")),
     path("", include("alerts.urls")),
     path("", include("billing.urls")),
+    path("", include("iot.urls")),
 ]
 
 urlpatterns = [
