@@ -84,7 +84,7 @@ def deployment_lags() -> dict[tuple[str], float]:
     now = timezone.now()
     leases = {lease.deployment_id: lease for lease in AgentLease.objects.all()}
     out = {}
-    for deployment in servable_deployments().only("pk", "public_id", "created_at"):
+    for deployment in servable_deployments().select_related(None).only("pk", "public_id", "created_at"):
         lease = leases.get(deployment.pk)
         if lease is not None and lease.expires_at > now:
             out[(deployment.public_id,)] = lease.lag_seconds

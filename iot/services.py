@@ -705,7 +705,7 @@ def presence_apply(
         _fence(deployment_id, holder, token)
         client_ids = {e.client_id for e in events if e.client_id}
         query = Q(device_id__in=client_ids)
-        if any(e.kind == "broker_started" for e in events):
+        if any(e.kind == "broker_reset" for e in events):
             query |= Q(online=True)
         devices = {
             d.device_id: d
@@ -716,7 +716,7 @@ def presence_apply(
         }
         changed: set[str] = set()
         for event in events:
-            if event.kind == "broker_started":
+            if event.kind == "broker_reset":
                 for device in devices.values():
                     if device.online:
                         device.online, device.disconnected_at = False, event.at

@@ -48,7 +48,10 @@ pids+=($!)
 .venv/bin/celery -A controlplane beat --loglevel INFO \
   --schedule "$CONTROLPLANE_VAR_DIR/celerybeat-schedule" >"$CONTROLPLANE_VAR_DIR/log/beat.log" 2>&1 &
 pids+=($!)
-echo "  Worker and beat logs: $CONTROLPLANE_VAR_DIR/log/  (Ctrl-C stops everything)"
+# The platform agent: Premium deployments' device shadows, online state and disconnects (docs/iot.md).
+.venv/bin/python manage.py platform_agent >"$CONTROLPLANE_VAR_DIR/log/agent.log" 2>&1 &
+pids+=($!)
+echo "  Worker, beat and agent logs: $CONTROLPLANE_VAR_DIR/log/  (Ctrl-C stops everything)"
 echo
 .venv/bin/python manage.py runserver "127.0.0.1:$PORT" --noreload &
 pids+=($!)

@@ -16,7 +16,8 @@ import re
 
 @dataclasses.dataclass(frozen=True)
 class PresenceEvent:
-    """One broker connection event. `kind`: connected | disconnected | broker_started. For EMQX a disconnect carries
+    """One broker connection event. `kind`: connected | disconnected | broker_reset (the
+    broker started or stopped: nobody is connected). For EMQX a disconnect carries
     the `connected_at` of the connection it ends, so a late disconnect of an older connection changes nothing."""
 
     kind: str
@@ -41,7 +42,8 @@ _DISCONNECTED = re.compile(
     r"closed its connection\.|has exceeded timeout, disconnecting\.|been disconnected by administrative action\.|"
     r"already connected, closing old connection\.)$"
 )
-_STARTING = re.compile(r"^(?P<ts>\d+): mosquitto version \S+ starting$")
+# A broker starting or terminating has no client connected: every device is offline from then.
+_STARTING = re.compile(r"^(?P<ts>\d+): mosquitto version \S+ (?:starting|terminating)$")
 MAX_READ_BYTES = 4 * 1024 * 1024
 
 
@@ -73,7 +75,7 @@ def parse_mosquitto_line(line: str) -> PresenceEvent | None:
         return None
     match = _STARTING.match(line)
     if match:
-        return PresenceEvent(kind="broker_started", at=_at(match["ts"]))
+        return PresenceEvent(kind="broker_reset", at=_at(match["ts"]))
     return None
 
 

@@ -35,7 +35,7 @@ def test_recorded_mosquitto_lines_read_as_connection_events_when_parsed():
     events = [e for e in map(parse_mosquitto_line, RECORDED.splitlines()) if e is not None]
     kinds = [(e.kind, e.client_id) for e in events]
     assert kinds == [
-        ("broker_started", ""),
+        ("broker_reset", ""),
         ("connected", "sensor-1"),
         ("disconnected", "sensor-1"),
         ("connected", "sensor-1"),
@@ -44,6 +44,7 @@ def test_recorded_mosquitto_lines_read_as_connection_events_when_parsed():
         ("disconnected", "sensor-3"),
         ("disconnected", "sensor-4"),
         ("disconnected", "sensor-5"),
+        ("broker_reset", ""),
     ]
     first = events[1]
     assert first.username == "$device-0a1b2c3d4e5f6a7b"
@@ -67,7 +68,7 @@ def test_tail_reads_whole_lines_once_and_resumes_from_its_cursor_when_the_log_gr
     lines = RECORDED.splitlines(keepends=True)
     log.write_text("".join(lines[:6]) + lines[6][:10])  # a line still being written
     tail = LogTail(str(log))
-    assert [e.kind for e in tail.read()] == ["broker_started", "connected"]
+    assert [e.kind for e in tail.read()] == ["broker_reset", "connected"]
     assert tail.read() == []
     with log.open("a") as handle:
         handle.write(lines[6][10:] + lines[7])
@@ -88,9 +89,9 @@ def test_tail_starts_over_when_the_log_is_replaced_or_truncated(tmp_path):
     log = tmp_path / "mosquitto.log"
     log.write_text(RECORDED)
     tail = LogTail(str(log))
-    assert len(tail.read()) == 9
+    assert len(tail.read()) == 10
     log.write_text(RECORDED.splitlines(keepends=True)[0])
-    assert [e.kind for e in tail.read()] == ["broker_started"]
+    assert [e.kind for e in tail.read()] == ["broker_reset"]
 
 
 CONNECTED = {
