@@ -1,10 +1,21 @@
 """Writes the audit trail. Called by every service that changes something, inside that service's transaction."""
 
+import ipaddress
+
 from django.db import transaction
 
 from audit.models import AuditEvent
 from controlplane import context
 from organizations.access import acting_user
+
+
+def _valid_ip(value) -> str | None:
+    """The client address as the column takes it, or None: a malformed X-Forwarded-For hop must not turn the change
+    (or a sign-in attempt) it accompanies into a database error."""
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None
 
 
 def audit_record(*, actor, organization, action: str, target, summary: dict | None = None) -> AuditEvent:
@@ -26,7 +37,7 @@ def audit_record(*, actor, organization, action: str, target, summary: dict | No
         target_id=getattr(target, "public_id", "") or str(getattr(target, "pk", "")),
         summary=summary or {},
         via=ctx.via,
-        ip=ctx.ip,
+        ip=_valid_ip(ctx.ip),
         user_agent=ctx.user_agent,
         request_id=ctx.request_id,
         operation_id=ctx.operation_id,

@@ -422,3 +422,9 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
                 )
                 counts["ended"] += 1
     return counts
+
+
+def annual_offer(*, tier: Tier, currency: str, on: datetime.date | None = None) -> tuple[Decimal, int]:
+    """(hourly price, annual price in minor units) for buying `tier` on an annual plan: what
+    annual_subscription_start charges, for pages that show the offer before anything is bought."""
+    return _prices(tier, currency, on or timezone.now().date())

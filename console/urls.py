@@ -1,50 +1,74 @@
-from django.contrib.auth import views as auth_views
-from django.urls import path, reverse_lazy
+from django.urls import include, path
 
 from console import views
+from console.pages import api_keys, audit, deployments, members, organization, projects
 
 app_name = "console"
+PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
+DEPLOYMENT = PROJECT + "/d/<str:dep_id>"
 
 urlpatterns = [
+    path("", include("console.urls_account")),  # sign-in, sign-up, password, two-factor: console/account_views.py
     path("", views.home, name="home"),
-    path("console/signup", views.signup, name="signup"),
-    path("console/login", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
-    path("console/logout", auth_views.LogoutView.as_view(), name="logout"),
-    path(
-        "console/password-reset",
-        auth_views.PasswordResetView.as_view(
-            template_name="console/password_reset.html",
-            email_template_name="console/password_reset_email.txt",
-            success_url=reverse_lazy("console:password-reset-done"),
-        ),
-        name="password-reset",
-    ),
-    path(
-        "console/password-reset/sent",
-        auth_views.PasswordResetDoneView.as_view(
-            template_name="console/message.html",
-            extra_context={"message": "If an account exists for that address, we sent a link to reset the password."},
-        ),
-        name="password-reset-done",
-    ),
-    path(
-        "console/password-reset/<uidb64>/<token>",
-        auth_views.PasswordResetConfirmView.as_view(
-            template_name="console/password_reset_confirm.html",
-            success_url=reverse_lazy("console:password-reset-complete"),
-        ),
-        name="password-reset-confirm",
-    ),
-    path(
-        "console/password-reset/complete",
-        auth_views.PasswordResetCompleteView.as_view(
-            template_name="console/message.html",
-            extra_context={"message": "Your password was changed. You can sign in."},
-        ),
-        name="password-reset-complete",
-    ),
     path("console/invitations/accept", views.invitation_accept, name="invitation-accept"),
-    path("console/o/<str:org_id>", views.organization, name="organization"),
-    path("console/o/<str:org_id>/p/<str:project_id>", views.project, name="project"),
-    path("console/o/<str:org_id>/api-keys", views.api_keys, name="api-keys"),
+    path("console/switch", projects.switch, name="switch"),
+    # An organization and its sections.
+    path("console/o/<str:org_id>", projects.organization, name="organization"),
+    path("console/o/<str:org_id>/members", members.members, name="members"),
+    path("console/o/<str:org_id>/members/<str:member_id>", members.member_edit, name="member-edit"),
+    path("console/o/<str:org_id>/members/<str:member_id>/remove", members.member_remove, name="member-remove"),
+    path(
+        "console/o/<str:org_id>/invitations/<str:invitation_id>/resend",
+        members.invitation_resend,
+        name="invitation-resend",
+    ),
+    path(
+        "console/o/<str:org_id>/invitations/<str:invitation_id>/revoke",
+        members.invitation_revoke,
+        name="invitation-revoke",
+    ),
+    path("console/o/<str:org_id>/api-keys", api_keys.api_keys, name="api-keys"),
+    path("console/o/<str:org_id>/api-keys/<str:key_id>/rotate", api_keys.api_key_rotate, name="api-key-rotate"),
+    path("console/o/<str:org_id>/api-keys/<str:key_id>/revoke", api_keys.api_key_revoke, name="api-key-revoke"),
+    path(
+        "console/o/<str:org_id>/api-keys/<str:key_id>/protection",
+        api_keys.api_key_protection,
+        name="api-key-protection",
+    ),
+    path("console/o/<str:org_id>/audit", audit.audit, name="audit"),
+    path("console/o/<str:org_id>/audit.csv", audit.audit_csv, name="audit-csv"),
+    path("console/o/<str:org_id>/settings", organization.settings_page, name="settings"),
+    path("console/o/<str:org_id>/settings/transfer-ownership", organization.transfer, name="transfer"),
+    path("console/o/<str:org_id>/alerts", organization.alerts, name="alerts"),
+    path("console/o/<str:org_id>/billing", organization.billing, name="billing"),
+    # A project and its deployments.
+    path(f"{PROJECT}", projects.project, name="project"),
+    path(f"{PROJECT}/rows", projects.project_rows, name="project-rows"),
+    path(f"{PROJECT}/settings", projects.project_settings, name="project-settings"),
+    path(f"{PROJECT}/delete", projects.project_delete, name="project-delete"),
+    path(f"{PROJECT}/deployments/new", deployments.create, name="deployment-create"),
+    path(f"{DEPLOYMENT}", deployments.detail, name="deployment"),
+    path(f"{DEPLOYMENT}/live", deployments.live, name="deployment-live"),
+    path(f"{DEPLOYMENT}/mqtt-users", deployments.mqtt_users, name="deployment-mqtt-users"),
+    path(
+        f"{DEPLOYMENT}/mqtt-users/<str:user_id>/password",
+        deployments.mqtt_user_password,
+        name="deployment-mqtt-user-password",
+    ),
+    path(
+        f"{DEPLOYMENT}/mqtt-users/<str:user_id>/delete",
+        deployments.mqtt_user_delete,
+        name="deployment-mqtt-user-delete",
+    ),
+    path(f"{DEPLOYMENT}/acl", deployments.acl, name="deployment-acl"),
+    path(f"{DEPLOYMENT}/acl/<str:rule_id>/delete", deployments.acl_delete, name="deployment-acl-delete"),
+    path(f"{DEPLOYMENT}/acl/<str:rule_id>/move", deployments.acl_move, name="deployment-acl-move"),
+    path(f"{DEPLOYMENT}/rate-limits", deployments.rate_limits, name="deployment-rate-limits"),
+    path(f"{DEPLOYMENT}/manage", deployments.manage, name="deployment-manage"),
+    path(f"{DEPLOYMENT}/actions/<str:name>", deployments.action, name="deployment-action"),
+    path(f"{DEPLOYMENT}/protection", deployments.protection, name="deployment-protection"),
+    path(f"{DEPLOYMENT}/rename", deployments.rename, name="deployment-rename"),
+    path(f"{DEPLOYMENT}/move", deployments.move, name="deployment-move"),
+    path(f"{DEPLOYMENT}/delete", deployments.delete, name="deployment-delete"),
+    path(f"{DEPLOYMENT}/history", deployments.history, name="deployment-history"),
 ]

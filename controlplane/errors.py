@@ -20,16 +20,43 @@ class FieldError:
     code: str = "invalid"
 
 
+def _field_errors(errors, code: str) -> list[FieldError]:
+    """FieldErrors from a mapping of field -> message(s) ("__all__" or None: the input as a whole), a message about
+    the whole input, or FieldErrors as they are."""
+    if errors is None:
+        return []
+    if isinstance(errors, str):
+        return [FieldError(None, errors, code)]
+    if isinstance(errors, Mapping):
+        items = []
+        for field, messages in errors.items():
+            for message in [messages] if isinstance(messages, str) else messages:
+                name = None if field in ("__all__", "non_field_errors", None) else str(field)
+                items.append(FieldError(name, str(message), code))
+        return items
+    return list(errors)
+
+
 class DomainError(Exception):
-    """Base of every error a service raises on purpose. `code` is a stable, kebab-case machine word."""
+    """Base of every error a service raises on purpose. `code` is a stable, kebab-case machine word.
+
+    `fields` names the inputs to blame (`Conflict(fields={"name": "Taken."})`); without a message, the first field
+    message is the message."""
 
     code = "error"
     default_message = "The request could not be completed."
 
-    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
-        self.message = message or self.default_message
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        fields: Mapping[str, str | Iterable[str]] | None = None,
+    ) -> None:
         if code:
             self.code = code
+        self.errors: list[FieldError] = _field_errors(fields, self.code)
+        self.message = message or (self.errors[0].message if self.errors else self.default_message)
         super().__init__(self.message)
 
 
@@ -79,22 +106,10 @@ class ValidationFailed(DomainError):
         *,
         code: str | None = None,
     ) -> None:
-        field_code = code or "invalid"
-        items: list[FieldError] = []
-        if errors is None:
-            items = []
-        elif isinstance(errors, str):
-            items = [FieldError(None, errors, field_code)]
-        elif isinstance(errors, Mapping):
-            for field, messages in errors.items():
-                for message in [messages] if isinstance(messages, str) else messages:
-                    name = None if field in ("__all__", "non_field_errors", None) else str(field)
-                    items.append(FieldError(name, str(message), field_code))
-        else:
-            items = list(errors)
-        self.errors: list[FieldError] = items
+        items = _field_errors(errors, code or "invalid")
         summary = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in items[:5])
         super().__init__(summary or self.default_message)
+        self.errors = items
 
     def message_dict(self) -> dict[str, list[str]]:
         """Messages by field ("__all__" for the whole input), the shape Django forms take in `add_error`."""

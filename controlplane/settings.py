@@ -33,7 +33,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 PUBLIC_URL = env.str("PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "accounts.apps.AdminConfig",  # Django's admin, whose site requires staff's second factor
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -43,7 +43,11 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_htmx",
     "django_celery_beat",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "accounts",
     "organizations",
     "audit",
@@ -66,7 +70,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified(): a second factor verified this session
     "django.contrib.messages.middleware.MessageMiddleware",
+    "organizations.middleware.TwoFactorRequirementMiddleware",
     "idempotency.middleware.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "controlplane.middleware.ContentSecurityPolicyMiddleware",
@@ -119,6 +125,20 @@ LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:home"
 LOGOUT_REDIRECT_URL = "console:login"
 PASSWORD_RESET_TIMEOUT = 60 * 60 * 3
+# Console sessions: two weeks at most, ended by password changes, deactivation and two-factor changes.
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=60 * 60 * 24 * 14)
+
+# Sign-in throttle (console and admin), per account and per client address: after SIGNIN_MAX_FAILURES failures within
+# SIGNIN_FAILURE_WINDOW_SECONDS, sign-in is refused (429) for SIGNIN_LOCKOUT_SECONDS, doubling with each further
+# lock-out up to SIGNIN_LOCKOUT_MAX_SECONDS.
+SIGNIN_MAX_FAILURES = env.int("SIGNIN_MAX_FAILURES", default=10)
+SIGNIN_FAILURE_WINDOW_SECONDS = env.int("SIGNIN_FAILURE_WINDOW_SECONDS", default=15 * 60)
+SIGNIN_LOCKOUT_SECONDS = env.int("SIGNIN_LOCKOUT_SECONDS", default=15 * 60)
+SIGNIN_LOCKOUT_MAX_SECONDS = env.int("SIGNIN_LOCKOUT_MAX_SECONDS", default=24 * 60 * 60)
+# Two-factor authentication (django-otp): the name authenticator apps show beside the account.
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="MQTT Cloud")
+# Staff never read a user's TOTP key or recovery codes in the admin.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -212,6 +232,9 @@ RECONCILE_RESYNC_SECONDS = env.float("RECONCILE_RESYNC_SECONDS", default=300.0)
 # The EMQX Enterprise licence key every Kubernetes deployment runs with (docs/operations/emqx-operator.md): without
 # one EMQX allows 25 sessions (5.8) or a single node (5.9+), so the Kubernetes driver refuses to render.
 EMQX_LICENSE_KEY = env.str("EMQX_LICENSE_KEY", default="")
+# How often beat has every local broker meant to be serving looked at (a flock and a few /proc reads each): a dead one
+# is recorded as a crash and restored within about this long, whatever the resync above says.
+BROKER_WATCH_SECONDS = env.int("BROKER_WATCH_SECONDS", default=5)
 
 # Alerts: webhook/Slack/PagerDuty destinations on private or loopback addresses are refused unless an operator
 # allows them (self-hosted receivers on an internal network; the tests' loopback receivers).
@@ -312,11 +335,14 @@ CELERY_TASK_ROUTES = {
     "alerts.evaluate_*": {"queue": "monitoring"},
     "alerts.*": {"queue": "notifications"},
     "idempotency.*": {"queue": "default"},
+    "accounts.*": {"queue": "default"},
 }
 CELERY_ALL_QUEUES = ["default", "provisioning", "billing", "monitoring", "notifications"]
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
-    "idempotency.prune_records": {"task": "idempotency.prune_records", "schedule": crontab(minute=7)},
+    # Stored responses can hold secrets: none is kept (or replayed) past IDEMPOTENCY_TTL_SECONDS.
+    "idempotency.prune_records": {"task": "idempotency.prune_records", "schedule": crontab(minute="*/5")},
+    "accounts.prune_signin_throttles": {"task": "accounts.prune_signin_throttles", "schedule": crontab(minute=37)},
     "billing.meter_usage": {"task": "billing.meter_usage", "schedule": crontab(minute=2)},
     "billing.close_invoices": {
         "task": "billing.close_invoices",
@@ -325,6 +351,13 @@ CELERY_BEAT_SCHEDULE = {
     "billing.process_overdue": {"task": "billing.process_overdue", "schedule": crontab(minute=40, hour=6)},
     "billing.process_annual_renewals": {"task": "billing.process_annual_renewals", "schedule": crontab(minute=10)},
     "deployments.sweep_reconcile": {"task": "deployments.sweep_reconcile", "schedule": RECONCILE_SWEEP_SECONDS},
+    # On the provisioning queue: the workers that run the local driver are the ones that can see its brokers. A look
+    # not taken within its period is dropped, not queued up behind the next one.
+    "deployments.watch_brokers": {
+        "task": "deployments.watch_brokers",
+        "schedule": float(BROKER_WATCH_SECONDS),
+        "options": {"expire_seconds": BROKER_WATCH_SECONDS},
+    },
     "deployments.start_due_maintenance": {"task": "deployments.start_due_maintenance", "schedule": crontab()},
     # Collection fans out one task per running deployment; each evaluates its deployment's rules once stored.
     "alerts.collect_metrics": {"task": "alerts.collect_metrics", "schedule": crontab()},

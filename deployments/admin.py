@@ -6,10 +6,10 @@ Every change made here is audited (AuditedModelAdmin). Observed state is the rec
 from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
-from rest_framework import exceptions
 
 from audit.admin_mixins import AuditedModelAdmin
 from controlplane import crypto
+from controlplane.errors import DomainError
 from deployments import services
 from deployments.models import (
     AclRule,
@@ -127,13 +127,11 @@ class MaintenanceWindowForm(forms.ModelForm):
                 emergency=data.get("emergency", False),
                 now=timezone.now(),
             )
-        except exceptions.APIException as exc:
-            detail = exc.detail if isinstance(exc.detail, dict) else {None: exc.detail}
-            for field, errors in detail.items():
-                self.add_error(
-                    field if field in self.fields else None,
-                    [str(e) for e in errors] if isinstance(errors, list) else str(errors),
-                )
+        except DomainError as exc:
+            if not exc.errors:
+                self.add_error(None, exc.message)
+            for error in exc.errors:
+                self.add_error(error.field if error.field in self.fields else None, error.message)
         return data
 
 
@@ -194,8 +192,8 @@ class MaintenanceWindowAdmin(AuditedModelAdmin, admin.ModelAdmin):
             try:
                 services.maintenance_cancel(window=window, actor=self._actor(request))
                 cancelled += 1
-            except exceptions.APIException as exc:
-                self.message_user(request, f"{window.public_id}: {exc.detail}", messages.WARNING)
+            except DomainError as exc:
+                self.message_user(request, f"{window.public_id}: {exc.message}", messages.WARNING)
         self.message_user(request, f"{cancelled} maintenance window(s) cancelled.")
 
 

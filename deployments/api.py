@@ -4,7 +4,6 @@ Thin: parse with a strict input serializer, let ScopedViewSet resolve the tenant
 service, serialize. Asynchronous changes answer 202 with the deployment and its Operation.
 """
 
-from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -17,7 +16,7 @@ from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
 from controlplane.api.pagination import CursorPagination
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import BrokerTextField, InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import PublicAPIView, ScopedViewSet
 from deployments import selectors, services
 from deployments.models import (
@@ -345,7 +344,7 @@ class DeploymentEventSerializer(serializers.ModelSerializer):
 
 
 class DeploymentCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=64)
+    name = PlainTextField(max_length=64)
     plan = StrictCharField(max_length=16, help_text="serverless | dedicated | premium | byoc")
     tier = StrictCharField(max_length=16, help_text="1k | 2k | 5k | 10k")
     region = StrictCharField(max_length=64, help_text="A region code from GET /api/v1/regions, e.g. local.")
@@ -368,7 +367,7 @@ class DeploymentCreateSerializer(InputSerializer):
 
 
 class DeploymentUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=64, required=False)
+    name = PlainTextField(max_length=64, required=False)
     deletion_protection = serializers.BooleanField(
         required=False, help_text="Lifting it needs the deployment:write scope."
     )
@@ -468,13 +467,14 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
             self.principal, "deployment:annual", organization=self.organization, project=self.project
         ):
             raise exceptions.PermissionDenied("Buying an annual plan needs the deployment:annual scope.")
-        dry_run = _dry_run_requested(request)
-        with transaction.atomic():  # the deployment and its annual plan exist together or not at all
-            result = services.deployment_create(project=self.project, actor=self.principal, dry_run=dry_run, **values)
-            if annual and not dry_run:
-                from billing.annual import annual_subscription_start
-
-                annual_subscription_start(deployment=result[0], actor=self.principal, auto_renew=auto_renew)
+        result = services.deployment_create(
+            project=self.project,
+            actor=self.principal,
+            dry_run=_dry_run_requested(request),
+            billing_cycle="annual" if annual else "hourly",
+            auto_renew=auto_renew,
+            **values,
+        )
         return _accepted(result)
 
     @extend_schema(
@@ -728,7 +728,7 @@ class MqttUserSerializer(serializers.ModelSerializer):
 
 
 class MqttUserCreateSerializer(InputSerializer):
-    username = StrictCharField(max_length=128, trim_whitespace=False)
+    username = BrokerTextField(max_length=128, trim_whitespace=False)
     password = StrictCharField(
         min_length=8,
         max_length=256,
@@ -847,14 +847,14 @@ class AclRuleSerializer(serializers.ModelSerializer):
 class AclRuleCreateSerializer(InputSerializer):
     permission = serializers.ChoiceField(choices=AclRule.Permission.choices)
     action = serializers.ChoiceField(choices=AclRule.Action.choices)
-    topic = StrictCharField(
+    topic = BrokerTextField(
         max_length=1024,
         trim_whitespace=False,
         allow_blank=True,
-        help_text="A topic filter; '+' and '#' only as whole levels, '#' last.",
+        help_text="A topic filter; '+' and '#' only as whole levels, '#' last; no control characters.",
     )
-    username = StrictCharField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
-    client_id = StrictCharField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
+    username = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
+    client_id = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
     position = serializers.IntegerField(
         min_value=0, required=False, allow_null=True, default=None, help_text="0 is evaluated first; default: last."
     )
@@ -863,9 +863,9 @@ class AclRuleCreateSerializer(InputSerializer):
 class AclRuleUpdateSerializer(InputSerializer):
     permission = serializers.ChoiceField(choices=AclRule.Permission.choices, required=False)
     action = serializers.ChoiceField(choices=AclRule.Action.choices, required=False)
-    topic = StrictCharField(max_length=1024, trim_whitespace=False, allow_blank=True, required=False)
-    username = StrictCharField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
-    client_id = StrictCharField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
+    topic = BrokerTextField(max_length=1024, trim_whitespace=False, allow_blank=True, required=False)
+    username = BrokerTextField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
+    client_id = BrokerTextField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
     position = serializers.IntegerField(min_value=0, required=False)
 
 

@@ -11,6 +11,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
+from controlplane.validators import broker_text, no_control_characters
 
 
 class Region(models.Model):
@@ -27,8 +28,9 @@ class Region(models.Model):
     # Fernet token (deployments.crypto); empty with in_cluster=True means the control plane's own cluster.
     kubeconfig_encrypted = models.TextField(blank=True, editable=False)
     in_cluster = models.BooleanField(default=False)
-    storage_class = models.CharField(max_length=64, blank=True)
-    service_type = models.CharField(max_length=32, default="LoadBalancer")
+    # Rendered into the Kubernetes manifests of every deployment here.
+    storage_class = models.CharField(max_length=64, blank=True, validators=[broker_text])
+    service_type = models.CharField(max_length=32, default="LoadBalancer", validators=[broker_text])
     is_open = models.BooleanField(default=True, help_text="Open for new deployments.")
     tiers = models.ManyToManyField("Tier", blank=True, related_name="regions", help_text="Tiers offered here.")
     created_at = models.DateTimeField(default=timezone.now)
@@ -122,6 +124,8 @@ class Status(models.TextChoices):
     DELETING = "deleting", "Deleting"
     DELETED = "deleted", "Deleted"
     FAILED = "failed", "Failed"
+    # Meant to be running, and its broker died (found by the watcher or a reconcile): being restored. Not billed.
+    DEGRADED = "degraded", "Degraded"
 
 
 # The status a deployment settles in once it reached what was asked of it.
@@ -135,7 +139,7 @@ SETTLED_STATUS = {
 class Deployment(models.Model):
     public_id = PublicIdField(prefix="dep")
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="deployments")
-    name = models.CharField(max_length=64)
+    name = models.CharField(max_length=64, validators=[no_control_characters])
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="deployments")
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="deployments")
     region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="deployments")
@@ -274,9 +278,10 @@ class MqttUser(models.Model):
 
     public_id = PublicIdField(prefix="mqu")
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="mqtt_users")
-    username = models.CharField(max_length=128)
-    salt_b64 = models.CharField(max_length=64)
-    hash_b64 = models.CharField(max_length=128)
+    username = models.CharField(max_length=128, validators=[broker_text])
+    # Written by deployments.services from the hash function, but editable in the backoffice: checked like the rest.
+    salt_b64 = models.CharField(max_length=64, validators=[broker_text])
+    hash_b64 = models.CharField(max_length=128, validators=[broker_text])
     iterations = models.PositiveIntegerField(default=101)
     is_superuser = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -303,9 +308,9 @@ class AclRule(models.Model):
     position = models.PositiveIntegerField()
     permission = models.CharField(max_length=8, choices=Permission.choices)
     action = models.CharField(max_length=16, choices=Action.choices)
-    topic = models.CharField(max_length=1024)
-    username = models.CharField(max_length=128, null=True, blank=True)
-    client_id = models.CharField(max_length=128, null=True, blank=True)
+    topic = models.CharField(max_length=1024, validators=[broker_text])
+    username = models.CharField(max_length=128, null=True, blank=True, validators=[broker_text])
+    client_id = models.CharField(max_length=128, null=True, blank=True, validators=[broker_text])
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

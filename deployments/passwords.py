@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 
+from controlplane.validators import find_control_character
 from deployments.drivers.base import MqttCredential
 
 SALT_BYTES = 12
@@ -32,9 +33,9 @@ def validate_mqtt_username(username: str) -> None:
         raise ValueError("MQTT username must not be empty")
     if len(username.encode("utf-8")) > 65535:
         raise ValueError("MQTT username must be at most 65535 bytes of UTF-8")
-    bad = [c for c in username if c in ":\r\n\x00" or c.isspace()]
+    bad = [c for c in username if c in ":\r\n\x00" or c.isspace() or find_control_character(c)]
     if bad:
-        raise ValueError("MQTT username must not contain ':', whitespace, line breaks or NUL")
+        raise ValueError("MQTT username must not contain ':', whitespace, line breaks or control characters")
 
 
 def hash_mqtt_password(password: str, *, iterations: int = DEFAULT_ITERATIONS) -> tuple[str, str]:

@@ -39,3 +39,25 @@ def hourly_price(
     else:
         amount = None
     return amount if amount is not None else Decimal("0")
+
+
+class PriceBook:
+    """Every price of one currency valid on one date, read in one query, answering as price_amount and hourly_price
+    do: for pages that price many deployments at once (a per-row lookup would cost a query per row)."""
+
+    def __init__(self, *, currency: str = DEFAULT_CURRENCY, on: datetime.date | None = None) -> None:
+        on = on or timezone.now().date()
+        self._amounts: dict[tuple[int, int | None, str], Decimal] = {}
+        rows = Price.objects.filter(currency=currency, valid_from__lte=on).order_by("valid_from")
+        for plan_id, tier_id, kind, amount in rows.values_list("plan_id", "tier_id", "kind", "amount"):
+            self._amounts[(plan_id, tier_id, kind)] = amount  # ascending valid_from: the newest wins
+
+    def amount(self, *, plan_id: int, tier_id: int | None, kind: str) -> Decimal | None:
+        if tier_id is not None and (plan_id, tier_id, kind) in self._amounts:
+            return self._amounts[(plan_id, tier_id, kind)]
+        return self._amounts.get((plan_id, None, kind))
+
+    def hourly(self, *, plan_id: int, tier_id: int, state: str) -> Decimal:
+        kind = {"running": Price.Kind.HOURLY, "stopped": Price.Kind.RETENTION_HOURLY}.get(state)
+        amount = self.amount(plan_id=plan_id, tier_id=tier_id, kind=kind) if kind else None
+        return amount if amount is not None else Decimal("0")

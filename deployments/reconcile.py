@@ -2,7 +2,8 @@
 
 Level-triggered and idempotent: it may run any number of times, concurrently, or die at any line. One reconcile per
 deployment at a time (a PostgreSQL advisory lock on its own connection, released by the server if we die); no DB
-transaction is ever held open across a driver call. It is the only writer of observed state and StatusInterval rows.
+transaction is ever held open across a driver call. It is the only writer of observed state and StatusInterval rows,
+and owns noticing a dead broker (the watcher, every few seconds) and recording the crash before restoring it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from deployments import extensions
 from deployments.drivers.base import (
     AclEntry,
     BrokerSpec,
+    ConfigRejectedError,
     DriverError,
     MqttCredential,
     Observed,
@@ -53,6 +55,10 @@ BILLABLE = {
     Status.STOPPED: StatusInterval.Kind.STOPPED,
     Status.STARTING: StatusInterval.Kind.STOPPED,
 }
+
+
+# The statuses in which a dead broker is a crash: it was serving (or being reconfigured while serving).
+CRASHABLE = (Status.RUNNING, Status.UPDATING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +209,8 @@ def _reconcile(deployment_id: int) -> Outcome:
     try:
         observed = driver.delete(spec) if desired == DesiredState.DELETED else driver.apply(spec)
     except DriverError as exc:
+        if isinstance(exc, ConfigRejectedError) and exc.observed.crashed and deployment.status in CRASHABLE:
+            _record_crash(deployment_id, message=exc.observed.crashed, last_seen_alive=exc.observed.last_seen_alive)
         return _record(
             deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, error=exc
         )
@@ -216,6 +224,10 @@ def _reconcile(deployment_id: int) -> Outcome:
             tier_id=deployment.tier_id,
             error=TemporaryDriverError(f"internal error: {type(exc).__name__}"),
         )
+    if observed.crashed and deployment.status in CRASHABLE:
+        # This reconcile found the broker dead before the watcher did (and has already started it again): the crash
+        # is recorded first, in its own transaction, so the status walks running -> degraded -> running.
+        _record_crash(deployment_id, message=observed.crashed, last_seen_alive=observed.last_seen_alive)
     return _record(
         deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, observed=observed
     )
@@ -225,8 +237,11 @@ def _in_progress_status(deployment: Deployment) -> str:
     if deployment.desired_state == DesiredState.DELETED:
         return Status.DELETING
     if deployment.desired_state == DesiredState.STOPPED:
-        # A stopped broker whose configuration changes stays stopped: its files are rewritten, nothing runs.
-        return Status.STOPPED if deployment.status == Status.STOPPED else Status.STOPPING
+        # A stopped broker whose configuration changes stays stopped: its files are rewritten, nothing runs. Nor
+        # does a crashed one: it is billed as stopped from the request on, never as running.
+        return Status.STOPPED if deployment.status in (Status.STOPPED, Status.DEGRADED) else Status.STOPPING
+    if deployment.status == Status.DEGRADED and deployment.desired_state == DesiredState.RUNNING:
+        return Status.DEGRADED  # being restored: it stays degraded (and unbilled) until it serves again
     if deployment.status in (Status.PENDING, Status.PROVISIONING, Status.FAILED):
         return Status.PROVISIONING if deployment.observed_generation == 0 else Status.STARTING
     if deployment.status in (Status.STOPPED, Status.STOPPING, Status.STARTING):
@@ -284,7 +299,28 @@ def _record(
     status = old_status
     message = ""
 
-    if isinstance(error, PermanentDriverError):
+    if isinstance(error, ConfigRejectedError):
+        # The broker refused the change and serves with its previous configuration: the change failed, the
+        # deployment did not. Not retried: the same rows would render the same refused files.
+        message, observed = str(error), error.observed
+        status = Status.RUNNING if observed.phase == "running" else old_status
+        deployment.observed_generation = max(deployment.observed_generation, generation)
+        # A restart asked for with the refused change did happen (with the accepted files): not to be done again.
+        deployment.observed_restart_nonce = max(deployment.observed_restart_nonce, observed.restart_nonce)
+        if observed.host or observed.ports:
+            deployment.endpoints = {"host": observed.host, "ports": dict(observed.ports)}
+        deployment.observed_details = {str(k): str(v) for k, v in observed.details.items()}
+        deployment.conditions = [
+            _condition("Ready", status == Status.RUNNING, "BrokerRunning", "", generation, now),
+            _condition("ConfigAccepted", False, "ConfigRejected", message, generation, now),
+        ]
+        for operation in _active_operations(deployment, generation):
+            operation.status, operation.error, operation.finished_at = Operation.State.FAILED, message, now
+            operation.save(update_fields=["status", "error", "finished_at"])
+        if message != deployment.last_error:
+            _event(deployment, "config.rejected", message)
+        deployment.last_error = message
+    elif isinstance(error, PermanentDriverError):
         status, message = Status.FAILED, str(error)
         deployment.observed_generation = max(deployment.observed_generation, generation)
         deployment.last_error = message
@@ -301,6 +337,10 @@ def _record(
         deployment.conditions = [
             _condition("Ready", old_status == Status.RUNNING, "TemporaryError", message, generation, now)
         ]
+        if old_status == Status.DEGRADED:
+            deployment.conditions.append(
+                _condition("BrokerAvailable", False, "BrokerCrashed", f"not restored yet: {message}", generation, now)
+            )
     else:
         new_status, settled = _status_from(observed, desired, spec)
         status = new_status or old_status
@@ -324,7 +364,18 @@ def _record(
                 "Ready", ready, "BrokerRunning" if ready else observed.phase.capitalize(), message, generation, now
             )
         ]
+        if status == Status.DEGRADED:
+            # Still being restored: keep saying why.
+            deployment.conditions = [
+                _condition("Ready", False, "BrokerCrashed", deployment.last_error, generation, now),
+                _condition("BrokerAvailable", False, "BrokerCrashed", deployment.last_error, generation, now),
+            ]
 
+    if old_status == Status.DEGRADED and status == Status.RUNNING:
+        down = _down_seconds(deployment, now)
+        recovered = f"serving again after {down:.1f} s down" if down is not None else "serving again"
+        _event(deployment, "broker.recovered", recovered)
+        deployment.conditions.append(_condition("BrokerAvailable", True, "BrokerRecovered", recovered, generation, now))
     if status != old_status:
         _event(deployment, "status.changed", f"{old_status} → {status}" + (f": {message}" if message else ""))
         deployment.status = status
@@ -380,3 +431,95 @@ def _sync_interval(deployment: Deployment, status: str, *, tier_id: int | None, 
     if bucket is not None:
         next_tier = tier_id or (current.tier_id if current is not None else deployment.tier_id)
         StatusInterval.objects.create(deployment=deployment, status=bucket, tier_id=next_tier, started_at=now)
+
+
+# -- crashes ------------------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def _record_crash(deployment_id: int, *, message: str, last_seen_alive: float | None) -> bool:
+    """A broker meant to be serving was found dead: the deployment turns degraded (condition BrokerAvailable False,
+    reason BrokerCrashed, the exit in the message), the crash is an event, and the running interval ends when the
+    broker was last seen alive (never later than now, never before the interval began): the seconds it was down are
+    not billed. False if the row no longer says it was serving (already recorded, stopped, deleted)."""
+    deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
+    if deployment is None or deployment.status not in CRASHABLE or deployment.desired_state != DesiredState.RUNNING:
+        return False
+    now = timezone.now()
+    down_since = now
+    if last_seen_alive is not None:
+        down_since = min(now, datetime.datetime.fromtimestamp(last_seen_alive, tz=datetime.UTC))
+    current = StatusInterval.objects.filter(deployment=deployment, ended_at__isnull=True).first()
+    if current is not None:
+        down_since = max(down_since, current.started_at)
+    old_status = deployment.status
+    _event(
+        deployment,
+        "broker.crashed",
+        f"{message}; last seen alive at {down_since.isoformat(timespec='milliseconds')}, "
+        f"noticed at {now.isoformat(timespec='milliseconds')}",
+    )
+    _event(deployment, "status.changed", f"{old_status} → {Status.DEGRADED}: {message}")
+    deployment.status = Status.DEGRADED
+    deployment.last_error = message
+    deployment.last_reconciled_at = now
+    deployment.conditions = [
+        _condition("Ready", False, "BrokerCrashed", message, deployment.observed_generation, now),
+        _condition("BrokerAvailable", False, "BrokerCrashed", message, deployment.observed_generation, now),
+    ]
+    deployment.save(update_fields=["status", "last_error", "last_reconciled_at", "conditions", "updated_at"])
+    _sync_interval(deployment, Status.DEGRADED, tier_id=None, now=down_since)
+    return True
+
+
+def _down_seconds(deployment: Deployment, now: datetime.datetime) -> float | None:
+    """Seconds since the last running interval ended: how long a recovering broker was down (and not billed)."""
+    ended = (
+        StatusInterval.objects.filter(deployment=deployment, status=StatusInterval.Kind.RUNNING, ended_at__isnull=False)
+        .order_by("-ended_at")
+        .values_list("ended_at", flat=True)
+        .first()
+    )
+    return (now - ended).total_seconds() if ended is not None else None
+
+
+def watch_local_brokers() -> dict[str, int]:
+    """Look at every local broker meant to be serving and record each dead one as a crash at once, then enqueue its
+    reconcile (which starts it again). Run by beat every BROKER_WATCH_SECONDS from any worker of this machine;
+    per live broker it costs a non-blocking flock and a few reads of /proc, with no database write.
+
+    A dead broker is confirmed again under the deployment's reconcile lock: a reconcile holding it will find the
+    crash itself (its apply reports it), so a busy deployment is left to it."""
+    from deployments.drivers.local import LocalDriver
+    from deployments.services import enqueue_reconcile
+
+    counts = {"alive": 0, "dead": 0, "busy": 0, "idle": 0, "recorded": 0}
+    rows = list(
+        Deployment.objects.filter(
+            region__driver=Region.Driver.LOCAL, desired_state=DesiredState.RUNNING, status__in=CRASHABLE
+        ).values_list("pk", "public_id")
+    )
+    if not rows:
+        return counts
+    driver = driver_for(Region(driver=Region.Driver.LOCAL))
+    assert isinstance(driver, LocalDriver)
+    for pk, public_id in rows:
+        try:
+            liveness = driver.probe(public_id)
+        except (DriverError, OSError) as exc:
+            logger.warning("cannot probe broker %s: %s", public_id, exc)
+            continue
+        counts[liveness.state] += 1
+        if liveness.state != "dead":
+            continue
+        with deployment_lock(pk) as acquired:
+            if not acquired:
+                continue
+            again = driver.probe(public_id)
+            if again.state == "dead" and _record_crash(
+                pk, message=again.message or liveness.message, last_seen_alive=again.last_seen_alive
+            ):
+                counts["recorded"] += 1
+                logger.warning("broker of %s crashed: %s", public_id, again.message, extra={"deployment": public_id})
+        enqueue_reconcile(pk)
+    return counts

@@ -16,12 +16,11 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from rest_framework import exceptions
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.api.problems import Conflict
-from controlplane.errors import ValidationFailed
+from controlplane.errors import Conflict, DomainError, FieldError, PermissionDenied, ValidationFailed
+from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from deployments import emqx_acl, emqx_versions, pricing
 from deployments.drivers.base import AclEntry, RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
@@ -131,7 +130,19 @@ def _name_taken(project, name: str, exclude_pk=None) -> bool:
 
 
 def _name_conflict(name: str) -> Conflict:
-    return Conflict({"name": [f"A deployment named {name!r} already exists in this project."]})
+    return Conflict(fields={"name": [f"A deployment named {name!r} already exists in this project."]})
+
+
+def _refuse_control_characters(**fields: str | None) -> None:
+    """400 naming each field whose value holds a control character (the API's serializers refuse them first; this
+    holds for every other caller: the console, the admin, commands)."""
+    errors = []
+    for field, value in fields.items():
+        found = find_control_character(value) if isinstance(value, str) else None
+        if found is not None:
+            errors.append(FieldError(field, control_character_message(*found), CONTROL_CHARACTER_CODE))
+    if errors:
+        raise ValidationFailed(errors)
 
 
 def _bump(deployment: Deployment, *fields: str) -> None:
@@ -182,20 +193,27 @@ def deployment_create(
     region: str,
     dry_run: bool = False,
     emqx_version: str | None = None,
+    billing_cycle: str = "hourly",
+    auto_renew: bool = False,
 ) -> tuple[Deployment, Operation] | DryRun:
+    """Create a deployment; with billing_cycle "annual", buy its annual plan in the same transaction (the two exist
+    together or not at all). The caller has checked the deployment:annual scope for that."""
+    if billing_cycle not in ("hourly", "annual"):
+        raise ValidationFailed({"billing_cycle": [f"Unknown billing cycle {billing_cycle!r}."]})
+    _refuse_control_characters(name=name)
     plan_row = Plan.objects.filter(code=plan).first()
     if plan_row is None:
-        raise exceptions.ValidationError({"plan": [f"Unknown plan {plan!r}."]})
+        raise ValidationFailed({"plan": [f"Unknown plan {plan!r}."]})
     tier_row = Tier.objects.select_related("plan").filter(plan=plan_row, code=tier).first()
     if tier_row is None:
-        raise exceptions.ValidationError({"tier": [f"Unknown tier {tier!r} for plan {plan!r}."]})
+        raise ValidationFailed({"tier": [f"Unknown tier {tier!r} for plan {plan!r}."]})
     region_row = Region.objects.filter(code=region).first()
     if region_row is None:
-        raise exceptions.ValidationError({"region": [f"Unknown region {region!r}."]})
+        raise ValidationFailed({"region": [f"Unknown region {region!r}."]})
     if not region_row.is_open:
-        raise exceptions.ValidationError({"region": [f"Region {region!r} is closed for new deployments."]})
+        raise ValidationFailed({"region": [f"Region {region!r} is closed for new deployments."]})
     if not region_row.tiers.filter(pk=tier_row.pk).exists():
-        raise exceptions.ValidationError({"tier": [f"Tier {plan}/{tier} is not offered in region {region!r}."]})
+        raise ValidationFailed({"tier": [f"Tier {plan}/{tier} is not offered in region {region!r}."]})
     emqx_version = _check_emqx_version(region_row, emqx_version)
     organization = project.organization
     if plan_row.code == Plan.Code.PREMIUM:
@@ -203,9 +221,7 @@ def deployment_create(
         organization = type(organization).objects.select_for_update().get(pk=organization.pk)
         granted = min(organization.premium_trial_deployments, MAX_PREMIUM_TRIALS)
         if granted == 0:
-            raise exceptions.PermissionDenied(
-                "Premium is invite-only: ask us for a trial to create a Premium deployment."
-            )
+            raise PermissionDenied("Premium is invite-only: ask us for a trial to create a Premium deployment.")
         used = Deployment.objects.filter(project__organization=organization, plan=plan_row).count()
         if used >= granted:
             raise Conflict(f"Your organization has used its {granted} Premium trial deployment(s).")
@@ -244,6 +260,11 @@ def deployment_create(
         summary={"name": name, "plan": plan, "tier": tier, "region": region, "operation": operation.public_id},
     )
     enqueue_reconcile(deployment.pk)
+    if billing_cycle == "annual":
+        # Billing sits above deployments; the one call down from here is deferred to run time.
+        from billing.annual import annual_subscription_start
+
+        annual_subscription_start(deployment=deployment, actor=actor, auto_renew=auto_renew)
     return deployment, operation
 
 
@@ -252,6 +273,7 @@ def deployment_update(
     *, deployment: Deployment, actor, name: str | None = None, deletion_protection: bool | None = None
 ) -> Deployment:
     """Rename, and turn deletion protection on or off (each its own audit entry: lifting protection is audited)."""
+    _refuse_control_characters(name=name)
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
     organization = deployment.project.organization
@@ -396,13 +418,11 @@ def deployment_change_tier(
     _refuse_if_deleted(deployment)
     new_tier = Tier.objects.select_related("plan").filter(plan=deployment.plan, code=tier).first()
     if new_tier is None:
-        raise exceptions.ValidationError({"tier": [f"Unknown tier {tier!r} for plan {deployment.plan.code!r}."]})
+        raise ValidationFailed({"tier": [f"Unknown tier {tier!r} for plan {deployment.plan.code!r}."]})
     if new_tier.pk == deployment.tier_id:
-        raise exceptions.ValidationError({"tier": [f"The deployment is already on tier {tier!r}."]})
+        raise ValidationFailed({"tier": [f"The deployment is already on tier {tier!r}."]})
     if not deployment.region.tiers.filter(pk=new_tier.pk).exists():
-        raise exceptions.ValidationError(
-            {"tier": [f"Tier {tier!r} is not offered in region {deployment.region.code!r}."]}
-        )
+        raise ValidationFailed({"tier": [f"Tier {tier!r} is not offered in region {deployment.region.code!r}."]})
     hours = settings.TIER_CHANGE_MIN_INTERVAL_HOURS
     if deployment.last_tier_change_at is not None:
         allowed_at = deployment.last_tier_change_at + datetime.timedelta(hours=hours)
@@ -442,19 +462,21 @@ def deployment_move(*, deployment: Deployment, actor, project) -> tuple[Deployme
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
     if project.organization_id != deployment.project.organization_id:
-        raise exceptions.ValidationError({"project": ["No such project in this organization."]})
+        raise ValidationFailed({"project": ["No such project in this organization."]})
     if project.pk == deployment.project_id:
-        raise exceptions.ValidationError({"project": ["The deployment is already in that project."]})
+        raise ValidationFailed({"project": ["The deployment is already in that project."]})
     _refuse_if_busy(deployment)
     if _name_taken(project, deployment.name):
-        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]})
+        raise Conflict(fields={"project": [f"The project already holds a deployment named {deployment.name!r}."]})
     source = deployment.project
     deployment.project = project
     try:
         with transaction.atomic():
             deployment.save(update_fields=["project", "updated_at"])
     except IntegrityError:
-        raise Conflict({"project": [f"The project already holds a deployment named {deployment.name!r}."]}) from None
+        raise Conflict(
+            fields={"project": [f"The project already holds a deployment named {deployment.name!r}."]}
+        ) from None
     operation = _operation(
         deployment,
         Operation.Kind.MOVE,
@@ -573,13 +595,18 @@ def deployment_configuration_changed(*, deployment: Deployment, actor, change: s
     return operation
 
 
-def _check_username(username: str, field: str = "username") -> None:
+def _check_username(deployment: Deployment, username: str, field: str = "username") -> None:
+    _refuse_control_characters(**{field: username})
     try:
         validate_mqtt_username(username)
     except ValueError as exc:
-        raise exceptions.ValidationError({field: [str(exc)]}) from exc
+        raise ValidationFailed({field: [str(exc)]}) from exc
     if username.startswith("$"):
-        raise exceptions.ValidationError({field: ["Usernames starting with '$' are reserved for the control plane."]})
+        raise ValidationFailed({field: ["Usernames starting with '$' are reserved for the control plane."]})
+    if username.startswith("#") and deployment.region.driver == Region.Driver.LOCAL:
+        raise ValidationFailed(
+            {field: ["Usernames starting with '#' are not supported in this region: mosquitto reads them as comments."]}
+        )
 
 
 @transaction.atomic
@@ -588,9 +615,9 @@ def mqtt_user_create(
 ) -> tuple[MqttUser, Operation]:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
-    _check_username(username)
+    _check_username(deployment, username)
     if MqttUser.objects.filter(deployment=deployment, username=username).exists():
-        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]})
+        raise Conflict(fields={"username": [f"The MQTT user {username!r} already exists on this deployment."]})
     salt_b64, hash_b64 = hash_mqtt_password(password)
     try:
         with transaction.atomic():
@@ -602,7 +629,9 @@ def mqtt_user_create(
                 is_superuser=is_superuser,
             )
     except IntegrityError:
-        raise Conflict({"username": [f"The MQTT user {username!r} already exists on this deployment."]}) from None
+        raise Conflict(
+            fields={"username": [f"The MQTT user {username!r} already exists on this deployment."]}
+        ) from None
     operation = _configure(deployment, actor, "mqtt_user.create", {"username": username, "superuser": is_superuser})
     return user, operation
 
@@ -636,12 +665,22 @@ def mqtt_user_delete(*, user: MqttUser, actor) -> Operation:
 
 
 def _check_acl(deployment: Deployment, *, topic: str, username: str | None, client_id: str | None) -> None:
+    _refuse_control_characters(topic=topic, username=username, client_id=client_id)
     try:
         validate_topic_filter(topic)
     except ValueError as exc:
-        raise exceptions.ValidationError({"topic": [str(exc)]}) from exc
+        raise ValidationFailed({"topic": [str(exc)]}) from exc
+    if topic != topic.strip() and deployment.region.driver == Region.Driver.LOCAL:
+        raise ValidationFailed(
+            {
+                "topic": [
+                    "Topic filters starting or ending with whitespace are not supported in this region: mosquitto "
+                    "trims it from its ACL file, so the rule would apply to another topic."
+                ]
+            }
+        )
     if username is not None and client_id is not None:
-        raise exceptions.ValidationError(
+        raise ValidationFailed(
             {
                 "client_id": [
                     "A rule is for a username, a client id or everyone: give at most one of username and client_id."
@@ -652,12 +691,16 @@ def _check_acl(deployment: Deployment, *, topic: str, username: str | None, clie
         try:
             validate_mqtt_username(username)
         except ValueError as exc:
-            raise exceptions.ValidationError({"username": [str(exc)]}) from exc
+            raise ValidationFailed({"username": [str(exc)]}) from exc
+        if username.startswith("#") and deployment.region.driver == Region.Driver.LOCAL:
+            raise ValidationFailed(
+                {"username": ["Usernames starting with '#' are not supported in this region: no such user can exist."]}
+            )
     if client_id is not None:
         if not client_id or any(c in client_id for c in "\r\n\x00"):
-            raise exceptions.ValidationError({"client_id": ["A client id must be non-empty, without line breaks."]})
+            raise ValidationFailed({"client_id": ["A client id must be non-empty, without line breaks."]})
         if deployment.region.driver == Region.Driver.LOCAL:
-            raise exceptions.ValidationError(
+            raise ValidationFailed(
                 {
                     "client_id": [
                         "Rules for a client id are not supported in this region: its brokers (mosquitto) select ACL "
@@ -777,7 +820,7 @@ def rate_limits_replace(
     try:
         validate_rate_limit_hierarchy(limits)
     except ValueError as exc:
-        raise exceptions.ValidationError({"policies": [str(exc)]}) from exc
+        raise ValidationFailed({"policies": [str(exc)]}) from exc
     RateLimitPolicy.objects.filter(deployment=deployment).delete()
     rows = RateLimitPolicy.objects.bulk_create(
         [
@@ -830,12 +873,10 @@ def maintenance_validate(
     _refuse_if_deleted(deployment)
     for field, value in (("starts_at", starts_at), ("ends_at", ends_at)):
         if not isinstance(value, datetime.datetime) or timezone.is_naive(value):
-            raise exceptions.ValidationError(
-                {field: ["A date and time with a timezone (ISO 8601), e.g. 2026-12-01T02:00:00Z."]}
-            )
+            raise ValidationFailed({field: ["A date and time with a timezone (ISO 8601), e.g. 2026-12-01T02:00:00Z."]})
     reason = (reason or "").strip()
     if not reason or len(reason) > 500 or any(c in reason for c in "\x00\r"):
-        raise exceptions.ValidationError({"reason": ["Say why, in 1 to 500 characters: customers read it."]})
+        raise ValidationFailed({"reason": ["Say why, in 1 to 500 characters: customers read it."]})
     lead = EMERGENCY_MAINTENANCE_LEAD_TIME if emergency else MAINTENANCE_LEAD_TIME
     earliest = now + lead
     if starts_at < earliest:
@@ -844,12 +885,12 @@ def maintenance_validate(
             if emergency
             else "Maintenance must be announced at least 14 days ahead (24 hours for an emergency)"
         )
-        raise exceptions.ValidationError({"starts_at": [f"{kind}: the earliest allowed start is {_utc(earliest)}."]})
+        raise ValidationFailed({"starts_at": [f"{kind}: the earliest allowed start is {_utc(earliest)}."]})
     if ends_at <= starts_at:
-        raise exceptions.ValidationError({"ends_at": ["The window must end after it starts."]})
+        raise ValidationFailed({"ends_at": ["The window must end after it starts."]})
     if ends_at - starts_at > MAINTENANCE_MAX_DURATION:
         hours = MAINTENANCE_MAX_DURATION.total_seconds() / 3600
-        raise exceptions.ValidationError({"ends_at": [f"A maintenance window lasts at most {hours:g} hours."]})
+        raise ValidationFailed({"ends_at": [f"A maintenance window lasts at most {hours:g} hours."]})
     clash = (
         MaintenanceWindow.objects.filter(
             deployment=deployment, status__in=OPEN_MAINTENANCE_STATES, starts_at__lt=ends_at, ends_at__gt=starts_at
@@ -1015,10 +1056,12 @@ def _maintenance_start(window_id: int, now: datetime.datetime) -> bool:
     try:
         with transaction.atomic():
             _, operation = deployment_restart(deployment=deployment, actor=None)
-    except exceptions.APIException as exc:  # stopped, or another operation in flight: alerts stay withheld anyway
+    except DomainError as exc:  # stopped, or another operation in flight: alerts stay withheld anyway
         window.save(update_fields=["status"])
         _event(
-            deployment, "maintenance.started", f"Maintenance {window.public_id} started without a restart: {exc.detail}"
+            deployment,
+            "maintenance.started",
+            f"Maintenance {window.public_id} started without a restart: {exc.message}",
         )
         return True
     window.operation = operation

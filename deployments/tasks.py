@@ -1,5 +1,5 @@
-"""Celery tasks of the deployments app: the reconcile loop and its sweep, and the maintenance windows' clock. Ids in,
-one call, re-enqueue on the way out."""
+"""Celery tasks of the deployments app: the reconcile loop and its sweep, the local brokers' watcher, and the
+maintenance windows' clock. Ids in, one call, re-enqueue on the way out."""
 
 import time
 
@@ -9,7 +9,7 @@ from django.db import InterfaceError, OperationalError
 from controlplane import context, metrics
 from deployments import services
 from deployments.models import Operation
-from deployments.reconcile import reconcile_deployment
+from deployments.reconcile import reconcile_deployment, watch_local_brokers
 
 MAX_BACKOFF_SECONDS = 30.0
 BUSY_RETRIES = 5
@@ -57,6 +57,13 @@ def reconcile(deployment_id: int, attempt: int = 0) -> str:
 def sweep_reconcile() -> int:
     """Re-drive whatever is not converged: a lost task, a killed worker or a flushed Redis never strands anything."""
     return services.reconcile_sweep()
+
+
+@shared_task(name="deployments.watch_brokers", ignore_result=True)
+def watch_brokers() -> dict[str, int]:
+    """Every BROKER_WATCH_SECONDS: a local broker that died is recorded as a crash and restored, not left for the
+    resync to find minutes later."""
+    return watch_local_brokers()
 
 
 @shared_task(name="deployments.start_due_maintenance", ignore_result=True)

@@ -4,6 +4,8 @@ broker. Pure functions: they never touch a broker or the database.
 
 from __future__ import annotations
 
+from controlplane.validators import find_control_character
+
 MAX_TOPIC_BYTES = 65535
 
 
@@ -14,6 +16,10 @@ def _validate_common(value: str, kind: str) -> None:
         raise ValueError(f"{kind} must not be empty")
     if "\x00" in value:
         raise ValueError(f"{kind} must not contain the NUL character")
+    # MQTT allows them (but NUL), no broker file or HOCON string carries them safely, and no one means them.
+    found = find_control_character(value)
+    if found is not None:
+        raise ValueError(f"{kind} must not contain control characters; found U+{ord(found[1]):04X} at {found[0]}")
     try:
         encoded = value.encode("utf-8")
     except UnicodeEncodeError:

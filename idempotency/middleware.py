@@ -1,20 +1,26 @@
-"""`Idempotency-Key` for every mutating API request.
+"""`Idempotency-Key` for every mutating API request, and the same records for the console's forms (console.once).
 
-The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept
-for IDEMPOTENCY_TTL_SECONDS and replayed, with `Idempotent-Replayed: true`, to any later request with the same key
-and the same body. The same key with another body answers 422. A duplicate arriving while the first still runs waits
-for it (the unique row is the lock), then replays.
+The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept,
+encrypted (it can hold a secret, such as a new API key's), for IDEMPOTENCY_TTL_SECONDS and replayed, with
+`Idempotent-Replayed: true`, to any later request with the same key and the same body. A later request is answered
+from the record only after the view's own checks pass for it as they stand now (authentication, tenancy, scopes):
+a revoked key, a removed member or a demoted one gets the refusal it would get without the header, never the stored
+response. The same key with another body answers 422. A duplicate arriving while the first still runs waits for it
+(the unique row is the lock), then replays.
 """
 
 import datetime
 import hashlib
 import time
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse
+from django.http.request import RawPostDataException
 from django.utils import timezone
 
+from controlplane import crypto
 from controlplane.api.problems import problem_response
 from idempotency.models import IdempotencyRecord
 
@@ -33,12 +39,53 @@ def _scope(request) -> str | None:
     return None  # anonymous calls (sign-up, invitation acceptance) have nothing to scope a key to
 
 
+def _body(request) -> bytes:
+    """The request's bytes; for a multipart form already parsed (its stream consumed), its fields in order."""
+    try:
+        return request.body
+    except RawPostDataException:
+        return urlencode(sorted(request.POST.lists()), doseq=True).encode()
+
+
 def _replay(record: IdempotencyRecord) -> HttpResponse:
-    response = HttpResponse(bytes(record.body), status=record.status_code)
+    try:
+        body = crypto.decrypt_bytes(record.body)
+    except ValueError:  # made with an encryption key that is no longer configured
+        return problem_response(
+            409,
+            detail="The response to this Idempotency-Key can no longer be read; send the request with a new key.",
+            code="idempotency-unreadable",
+        )
+    response = HttpResponse(body, status=record.status_code)
     for name, value in record.headers.items():
         response[name] = value
     response["Idempotent-Replayed"] = "true"
     return response
+
+
+def _refusal(request, view_func, view_args, view_kwargs):
+    """What the view would answer this request now, short of running it: DRF's own `initial()` (content
+    negotiation, authentication, throttling, and for tenant views the organization, project and scope checks) on a
+    fresh instance of the view. None when the caller may make the call; else the rendered refusal."""
+    cls = getattr(view_func, "cls", None)
+    if cls is None:  # not a DRF view: nothing to check it against, so nothing is replayed
+        return problem_response(409, detail="This request cannot be replayed.", code="idempotency-not-replayable")
+    view = cls(**getattr(view_func, "initkwargs", {}))
+    actions = getattr(view_func, "actions", None)
+    if actions is not None:  # a viewset: bind its actions to methods as ViewSetMixin.as_view does
+        view.action_map = actions
+        for method, action in actions.items():
+            setattr(view, method, getattr(view, action))
+    view.args, view.kwargs = view_args, view_kwargs
+    drf_request = view.initialize_request(request, *view_args, **view_kwargs)
+    view.request = drf_request
+    view.headers = view.default_response_headers
+    try:
+        view.initial(drf_request, *view_args, **view_kwargs)
+    except Exception as exc:  # noqa: BLE001 - as APIView.dispatch: handle_exception answers what it knows, re-raises the rest
+        response = view.finalize_response(drf_request, view.handle_exception(exc), *view_args, **view_kwargs)
+        return response.render()
+    return None
 
 
 def _serves(view_func, method: str) -> bool:
@@ -72,65 +119,82 @@ class IdempotencyMiddleware:
                 detail="Idempotency-Key must be 1 to 255 printable characters.",
                 errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}],
             )
-        scope = _scope(request)
-        if scope is None:
-            return None
-        fingerprint = hashlib.sha256(
-            b"\n".join([request.method.encode(), request.get_full_path().encode(), request.body])
-        ).hexdigest()
-        expired_before = timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
-        IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=expired_before).delete()
-        try:
-            with transaction.atomic():
-                record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
-        except IntegrityError:
-            return self._duplicate(scope, key, fingerprint)
+        return run_once(
+            request,
+            key,
+            lambda: view_func(request, *view_args, **view_kwargs),
+            # Whatever the record holds, the caller must first pass the view's checks as they stand now.
+            refusal=lambda: _refusal(request, view_func, view_args, view_kwargs),
+        )
 
-        try:
-            response = view_func(request, *view_args, **view_kwargs)
-            if hasattr(response, "render") and callable(response.render):
-                response = response.render()
-        except BaseException:
-            record.delete()
-            raise
-        if response.status_code >= 500 or response.status_code in (401, 429) or response.streaming:
-            record.delete()  # the operation did not (reliably) run: let the client retry with the same key
-            return response
-        record.completed = True
-        record.status_code = response.status_code
-        record.headers = {name: response[name] for name in KEPT_HEADERS if name in response}
-        record.body = response.content
-        record.save(update_fields=["completed", "status_code", "headers", "body"])
+
+def run_once(request, key: str, call, *, refusal, problem=problem_response):
+    """Run `call()` (which answers the request) at most once per (caller, key) within the TTL, and replay its response
+    to duplicates. The API passes the Idempotency-Key header; the console a key rendered into each form.
+    `refusal()` answers a duplicate that may no longer make the call (None when it may); `problem` builds the
+    answers for a reused key or a first attempt still running (problem+json for the API, a page for the console)
+    from (status, title, detail, errors=..., code=...)."""
+    scope = _scope(request)
+    if scope is None:
+        return call()
+    fingerprint = hashlib.sha256(
+        b"\n".join([request.method.encode(), request.get_full_path().encode(), _body(request)])
+    ).hexdigest()
+    expired_before = timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
+    IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=expired_before).delete()
+    try:
+        with transaction.atomic():
+            record = IdempotencyRecord.objects.create(scope=scope, key=key, fingerprint=fingerprint)
+    except IntegrityError:
+        refused = refusal()
+        if refused is not None:
+            return refused
+        return _duplicate(scope, key, fingerprint, problem)
+
+    try:
+        response = call()
+        if hasattr(response, "render") and callable(response.render):
+            response = response.render()
+    except BaseException:
+        record.delete()
+        raise
+    if response.status_code >= 500 or response.status_code in (401, 429) or response.streaming:
+        record.delete()  # the operation did not (reliably) run: let the client retry with the same key
         return response
+    record.completed = True
+    record.status_code = response.status_code
+    record.headers = {name: response[name] for name in KEPT_HEADERS if name in response}
+    record.body = crypto.encrypt_bytes(response.content)
+    record.save(update_fields=["completed", "status_code", "headers", "body"])
+    return response
 
-    def _duplicate(self, scope: str, key: str, fingerprint: str):
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            record = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
-            if record is None:
-                return problem_response(
-                    409,
-                    detail="The first request with this Idempotency-Key failed; retry it.",
-                    code="idempotency-retry",
-                )
-            if record.fingerprint != fingerprint:
-                return problem_response(
-                    422,
-                    "Idempotency-Key reused",
-                    "This Idempotency-Key was used with a different request body or path.",
-                    errors=[
-                        {"field": "Idempotency-Key", "message": "Already used for another request.", "code": "reused"}
-                    ],
-                    code="idempotency-key-reused",
-                )
-            if record.completed:
-                return _replay(record)
-            if time.monotonic() > deadline:
-                response = problem_response(
-                    409,
-                    detail="A request with this Idempotency-Key is still in progress.",
-                    code="idempotency-in-progress",
-                )
-                response["Retry-After"] = "1"
-                return response
-            time.sleep(0.05)
+
+def _duplicate(scope: str, key: str, fingerprint: str, problem):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        record = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
+        if record is None:
+            return problem(
+                409,
+                detail="The first request with this Idempotency-Key failed; retry it.",
+                code="idempotency-retry",
+            )
+        if record.fingerprint != fingerprint:
+            return problem(
+                422,
+                "Idempotency-Key reused",
+                "This Idempotency-Key was used with a different request body or path.",
+                errors=[{"field": "Idempotency-Key", "message": "Already used for another request.", "code": "reused"}],
+                code="idempotency-key-reused",
+            )
+        if record.completed:
+            return _replay(record)
+        if time.monotonic() > deadline:
+            response = problem(
+                409,
+                detail="A request with this Idempotency-Key is still in progress.",
+                code="idempotency-in-progress",
+            )
+            response["Retry-After"] = "1"
+            return response
+        time.sleep(0.05)

@@ -13,6 +13,7 @@ class IdempotencyRecord(models.Model):
     completed = models.BooleanField(default=False)
     status_code = models.PositiveSmallIntegerField(null=True)
     headers = models.JSONField(default=dict)
+    # Fernet-encrypted (controlplane.crypto): a response can hold a secret, such as a new API key's.
     body = models.BinaryField(default=b"")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 

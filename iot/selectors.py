@@ -16,8 +16,9 @@ from deployments.models import Deployment, DesiredState, Plan, Status
 from iot import shadow
 from iot.models import AgentHeartbeat, AgentLease, Device, DeviceGroup, Shadow, ShadowChange
 
-# A broker the agent can talk to: running, or being reconfigured (it keeps serving meanwhile).
-SERVABLE_STATUSES = (Status.RUNNING, Status.UPDATING)
+# A broker the agent serves: running, being reconfigured, or being restored after a crash (the agent reconnects by
+# itself; keeping the lease avoids a handover for every blip).
+SERVABLE_STATUSES = (Status.RUNNING, Status.UPDATING, Status.DEGRADED)
 HEARTBEAT_RETENTION = datetime.timedelta(hours=1)
 
 

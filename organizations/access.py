@@ -2,7 +2,8 @@
 
 A Principal is the caller: a user (console session) or an API key (acting for the member who created it, never with
 more than that member holds now). Every check reduces to "does the principal hold scope S in this organization or
-project". Objects of organizations the principal is not in are invisible, so callers answer 404, never 403.
+project". Objects of organizations the principal is not in are invisible, so callers answer 404, never 403. Nothing
+here outlives its request: memberships are read anew by every request, so a removal or a demotion counts at once.
 """
 
 from __future__ import annotations
@@ -11,8 +12,33 @@ import dataclasses
 
 from django.db.models import QuerySet
 
+from controlplane.errors import PermissionDenied
 from organizations.models import ApiKey, Membership, Organization
 from organizations.roles import MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES, scopes_for_roles
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKeyCredential:
+    """What authenticating an API key established, read in one statement (organizations.services.
+    api_key_authenticate): the key with its organization and creator, the creator's membership now (None once
+    removed) and whether the key is limited to projects. DRF's `request.auth` for an API-key request."""
+
+    key: ApiKey
+    creator_membership: Membership | None
+    limited_to_projects: bool
+
+    @property
+    def prefix(self) -> str:
+        """The key's visible prefix; the rate limiter names the caller's bucket with it."""
+        return self.key.prefix
+
+
+class TwoFactorRequired(PermissionDenied):
+    code = "two-factor-required"
+    default_message = (
+        "This organization requires two-factor authentication: set it up in the console "
+        "(/console/account/two-factor) and sign in again."
+    )
 
 
 def acting_user(actor):
@@ -26,9 +52,14 @@ def acting_user(actor):
 class Principal:
     user: object | None = None
     api_key: ApiKey | None = None
+    # Whether this console session was verified by a second factor (django-otp). Only a session built from a request
+    # can be; a Principal made in code (the admin, the system) is not, which only matters in organizations that
+    # require two-factor authentication.
+    two_factor_verified: bool = False
     # Per-request memo: membership lookups are made once however many checks a request runs.
     _memberships: dict = dataclasses.field(default_factory=dict, repr=False)
     _grants: dict = dataclasses.field(default_factory=dict, repr=False)
+    _key_projects: set | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_request(cls, request) -> Principal:
@@ -37,25 +68,19 @@ class Principal:
             return cached
         auth = getattr(request, "auth", None)
         user = getattr(request, "user", None)
-        principal = cls(
-            user=user if user is not None and user.is_authenticated else None,
-            api_key=auth if isinstance(auth, ApiKey) else None,
-        )
-        if principal.api_key is not None:
-            principal._remember_key_facts()
+        if user is not None and not user.is_authenticated:
+            user = None
+        if isinstance(auth, ApiKeyCredential):
+            principal = cls(user=user, api_key=auth.key)
+            # Seed the memo with what authentication read with the key.
+            principal._memberships[auth.key.organization_id] = auth.creator_membership
+            if not auth.limited_to_projects:
+                principal._key_projects = set()
+        else:
+            is_verified = getattr(user, "is_verified", None)  # installed by django_otp's middleware
+            principal = cls(user=user, two_factor_verified=bool(is_verified and is_verified()))
         request._principal = principal
         return principal
-
-    def _remember_key_facts(self) -> None:
-        """Seed the memo with what authentication already read with the key (organizations.services.
-        api_key_authenticate): the creator's membership now, and whether the key is limited to projects."""
-        key = self.api_key
-        if not hasattr(key, "creator_membership"):
-            return
-        membership = key.creator_membership
-        self._memberships[key.organization_id] = membership
-        if not key.limited_to_projects:
-            key._project_ids = set()
 
     @property
     def is_authenticated(self) -> bool:
@@ -75,15 +100,33 @@ class Principal:
             self._memberships[organization.pk] = Membership.objects.filter(organization=organization, user=user).first()
         return self._memberships[organization.pk]
 
+    def key_project_ids(self) -> set[int]:
+        """The projects the principal's API key is limited to (empty: organization-wide)."""
+        if self._key_projects is None:
+            self._key_projects = set(self.api_key.projects.values_list("pk", flat=True))
+        return self._key_projects
+
     def _member_grants(self, membership: Membership) -> dict[int, str]:
         if membership.pk not in self._grants:
             self._grants[membership.pk] = dict(membership.grants.values_list("project_id", "role"))
         return self._grants[membership.pk]
 
 
+def two_factor_satisfied(principal: Principal, organization: Organization) -> bool:
+    """False when the organization requires two-factor authentication and this is a console session that was not
+    verified by a second factor. API keys are never held to it."""
+    return (
+        not organization.require_two_factor
+        or principal.api_key is not None
+        or principal.user is None
+        or principal.two_factor_verified
+    )
+
+
 def member_organization(principal: Principal, org_public_id: str) -> Organization | None:
     """The organization with this public id if the principal's user is a member of it, else None: one query that
-    also remembers the membership for the scope checks that follow."""
+    also remembers the membership for the scope checks that follow. Raises TwoFactorRequired for a member whose
+    session does not meet the organization's two-factor requirement."""
     key = principal.api_key
     if (
         key is not None
@@ -103,6 +146,8 @@ def member_organization(principal: Principal, org_public_id: str) -> Organizatio
     if membership is None:
         return None
     principal._memberships[membership.organization_id] = membership
+    if not two_factor_satisfied(principal, membership.organization):
+        raise TwoFactorRequired()
     return membership.organization
 
 
@@ -122,14 +167,10 @@ def _member_project_scopes(principal: Principal, membership: Membership | None, 
     return scopes
 
 
-def _key_project_ids(key: ApiKey) -> set[int]:
-    if not hasattr(key, "_project_ids"):
-        key._project_ids = set(key.projects.values_list("pk", flat=True))
-    return key._project_ids
-
-
 def organization_scopes(principal: Principal, organization: Organization) -> frozenset[str]:
     """Scopes the principal holds at organization level (empty: the organization is invisible to it)."""
+    if not two_factor_satisfied(principal, organization):
+        return frozenset()
     membership = principal.membership(organization)
     member_scopes = _member_org_scopes(membership)
     key = principal.api_key
@@ -137,7 +178,7 @@ def organization_scopes(principal: Principal, organization: Organization) -> fro
         return member_scopes
     if key.organization_id != organization.pk or not key.is_active:
         return frozenset()
-    if _key_project_ids(key):
+    if principal.key_project_ids():
         # A project-limited key sees its organization, nothing more, outside its projects.
         return MEMBER_BASE_SCOPES & member_scopes
     return (MEMBER_BASE_SCOPES | ROLE_SCOPES[key.role]) & member_scopes
@@ -145,6 +186,8 @@ def organization_scopes(principal: Principal, organization: Organization) -> fro
 
 def project_scopes(principal: Principal, project) -> frozenset[str]:
     organization = project.organization
+    if not two_factor_satisfied(principal, organization):
+        return frozenset()
     membership = principal.membership(organization)
     member_scopes = _member_project_scopes(principal, membership, project)
     key = principal.api_key
@@ -152,7 +195,7 @@ def project_scopes(principal: Principal, project) -> frozenset[str]:
         return member_scopes
     if key.organization_id != organization.pk or not key.is_active:
         return frozenset()
-    project_ids = _key_project_ids(key)
+    project_ids = principal.key_project_ids()
     if project_ids and project.pk not in project_ids:
         return frozenset()
     return (ROLE_SCOPES[key.role] & PROJECT_SCOPES) & member_scopes
@@ -181,6 +224,8 @@ def visible_organizations(principal: Principal) -> QuerySet[Organization]:
 
 def visible_projects(principal: Principal, organization: Organization, queryset: QuerySet) -> QuerySet:
     """Narrows a queryset of the organization's projects to those the principal may read."""
+    if not two_factor_satisfied(principal, organization):
+        return queryset.none()
     membership = principal.membership(organization)
     if membership is None:
         return queryset.none()
@@ -188,8 +233,8 @@ def visible_projects(principal: Principal, organization: Organization, queryset:
     if key is not None:
         if key.organization_id != organization.pk or not key.is_active:
             return queryset.none()
-        if _key_project_ids(key):
-            queryset = queryset.filter(pk__in=_key_project_ids(key))
+        if principal.key_project_ids():
+            queryset = queryset.filter(pk__in=principal.key_project_ids())
     if "project:read" in scopes_for_roles(membership.roles):
         return queryset
     return queryset.filter(grants__membership=membership).distinct()
@@ -202,3 +247,16 @@ def grantable(principal: Principal, *, organization: Organization, roles, projec
         return wanted <= project_scopes(principal, project)
     held = organization_scopes(principal, organization)
     return wanted <= held
+
+
+def can_manage_api_key(principal: Principal, key: ApiKey) -> bool:
+    """Whether the principal could create this very key today: its role within the principal's own rights, on each
+    of its projects for a project-limited key. Reading a key's details, rotating, revoking and editing it all need
+    this, so no key lends its holder more than the holder could have given itself."""
+    projects = list(key.projects.all())
+    if projects:
+        return all(
+            grantable(principal, organization=key.organization, roles=[key.role], project=project)
+            for project in projects
+        )
+    return grantable(principal, organization=key.organization, roles=[key.role])

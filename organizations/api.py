@@ -1,10 +1,12 @@
 """REST API for organizations, members, invitations and API keys. Thin: parse, call one service, serialize."""
 
+from django.db import transaction
 from django.db.models import Prefetch
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import generics, mixins, serializers, status
 from rest_framework.decorators import action
+from rest_framework.exceptions import ErrorDetail
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
@@ -13,6 +15,7 @@ from controlplane.api.views import RateLimitHeadersMixin, ScopedViewSet
 from organizations import access, services
 from organizations.models import ApiKey, Invitation, Membership, Organization
 from organizations.roles import ORGANIZATION_ROLE_CHOICES, PROJECT_ROLE_CHOICES, Role
+from organizations.services import RoleTooHigh
 from projects.models import ProjectGrant
 
 ORG_ROLE_CHOICES = ORGANIZATION_ROLE_CHOICES
@@ -28,6 +31,7 @@ ORG_ROLE_CHOICES = ORGANIZATION_ROLE_CHOICES
                 "id": "org_7f3k2m9q4x8c1v5b6n0z",
                 "name": "Acme Industrial IoT",
                 "created_at": "2026-11-01T09:30:00Z",
+                "require_two_factor": False,
                 "my_roles": ["owner"],
             },
             response_only=True,
@@ -40,7 +44,8 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "created_at", "my_roles"]
+        fields = ["id", "name", "created_at", "require_two_factor", "my_roles"]
+        read_only_fields = ["require_two_factor"]
 
     def get_my_roles(self, obj) -> list[str]:
         principal = self.context.get("principal")
@@ -53,7 +58,17 @@ class OrganizationCreateSerializer(InputSerializer):
 
 
 class OrganizationUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
+    name = StrictCharField(max_length=100, required=False)
+    require_two_factor = serializers.BooleanField(
+        required=False,
+        help_text="Members must sign in to the console with two-factor authentication (Owners only). "
+        "API keys are not affected.",
+    )
+
+    def validate(self, attrs):
+        if not attrs:  # a rename was the only change there was: an empty body answers as it always has
+            raise serializers.ValidationError({"name": [ErrorDetail("This field is required.", code="required")]})
+        return attrs
 
 
 class ProjectGrantSerializer(InputSerializer):
@@ -328,13 +343,24 @@ class OrganizationViewSet(ScopedViewSet):
     def retrieve(self, request, *args, **kwargs):
         return Response(self.get_serializer(self.get_object()).data)
 
-    @extend_schema(summary="Rename the organization", request=OrganizationUpdateSerializer)
+    @extend_schema(
+        summary="Rename the organization, or require two-factor authentication of its members",
+        request=OrganizationUpdateSerializer,
+    )
     def partial_update(self, request, *args, **kwargs):
         data = OrganizationUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        organization = services.organization_update(
-            organization=self.get_object(), actor=self.principal, name=data.validated_data["name"]
-        )
+        values = data.validated_data
+        organization = self.get_object()
+        with transaction.atomic():  # both changes or neither
+            if "require_two_factor" in values:
+                organization = services.organization_require_two_factor(
+                    organization=organization, actor=self.principal, required=values["require_two_factor"]
+                )
+            if "name" in values:
+                organization = services.organization_update(
+                    organization=organization, actor=self.principal, name=values["name"]
+                )
         return Response(self.get_serializer(organization).data)
 
     @extend_schema(
@@ -409,6 +435,7 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
         "retrieve": "member:read",
         "create": "member:write",
         "destroy": "member:write",
+        "resend": "member:write",
     }
 
     @extend_schema(summary="List invitations")
@@ -435,6 +462,16 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
         services.invitation_revoke(invitation=self.get_object(), actor=self.principal)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(
+        summary="Send an invitation again with a new link (the old link stops working)",
+        request=None,
+        responses={200: InvitationSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def resend(self, request, *args, **kwargs):
+        invitation, _token = services.invitation_resend(invitation=self.get_object(), actor=self.principal)
+        return Response(InvitationSerializer(invitation).data)
+
 
 @extend_schema(
     tags=["members"],
@@ -457,7 +494,7 @@ class InvitationAcceptView(RateLimitHeadersMixin, generics.GenericAPIView):
 
 @extend_schema(tags=["api-keys"])
 class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
-    queryset = ApiKey.objects.select_related("created_by").prefetch_related("projects")
+    queryset = ApiKey.objects.select_related("organization", "created_by").prefetch_related("projects")
     serializer_class = ApiKeySerializer
     lookup_url_kwarg = "key"
     filterset_class = ApiKeyFilter
@@ -474,9 +511,12 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(summary="Describe an API key")
+    @extend_schema(summary="Describe an API key (only if you could create it yourself)")
     def retrieve(self, request, *args, **kwargs):
-        return super().retrieve(request, *args, **kwargs)
+        key = self.get_object()
+        if not access.can_manage_api_key(self.principal, key):
+            raise RoleTooHigh("You cannot read the details of an API key with more rights than your own.")
+        return Response(self.get_serializer(key).data)
 
     @extend_schema(
         summary="Create an API key (the secret is shown once)",
@@ -500,20 +540,25 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
             ApiKeyWithSecretSerializer(key, context={"secret": secret}).data, status=status.HTTP_201_CREATED
         )
 
-    @extend_schema(summary="Rename an API key or change its deletion protection", request=ApiKeyUpdateSerializer)
+    @extend_schema(
+        summary="Rename an API key or change its deletion protection (only if you could create it yourself)",
+        request=ApiKeyUpdateSerializer,
+    )
     def partial_update(self, request, *args, **kwargs):
         data = ApiKeyUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         key = services.api_key_update(key=self.get_object(), actor=self.principal, **data.validated_data)
         return Response(ApiKeySerializer(key).data)
 
-    @extend_schema(summary="Revoke an API key", responses={200: ApiKeySerializer})
+    @extend_schema(
+        summary="Revoke an API key (only if you could create it yourself)", responses={200: ApiKeySerializer}
+    )
     def destroy(self, request, *args, **kwargs):
         key = services.api_key_revoke(key=self.get_object(), actor=self.principal)
         return Response(ApiKeySerializer(key).data)
 
     @extend_schema(
-        summary="Rotate an API key's secret",
+        summary="Rotate an API key's secret (only if you could create the key yourself)",
         request=ApiKeyRotateSerializer,
         responses={200: ApiKeyWithSecretSerializer},
     )

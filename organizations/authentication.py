@@ -1,4 +1,8 @@
-"""`Authorization: Bearer <api key secret>` for the REST API."""
+"""`Authorization: Bearer <api key secret>` for the REST API.
+
+Any Authorization header that is present must be a well-formed Bearer API key: anything else (only spaces, another
+scheme, a truncated or mangled key) is refused with 401, never ignored in favour of a session and never a 500.
+"""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
@@ -8,21 +12,27 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request):
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
-            return None
+        header = request.META.get("HTTP_AUTHORIZATION")
+        if header is None:
+            return None  # no credential presented: the session (if any) decides
+        if isinstance(header, bytes):
+            header = header.decode("latin-1")
         parts = header.split()
+        if not parts:
+            raise exceptions.AuthenticationFailed("The Authorization header is blank: send 'Bearer <api key>'.")
         if parts[0].lower() != self.keyword.lower():
-            return None
+            raise exceptions.AuthenticationFailed(
+                "Unsupported authorization scheme: send 'Authorization: Bearer <api key>'."
+            )
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Send exactly one API key after 'Bearer'.")
-        from organizations.services import api_key_authenticate  # services import DRF: keep this module light
+        from organizations.services import api_key_authenticate  # services import models: keep this module light
 
-        key = api_key_authenticate(parts[1])
-        if key is None:
+        credential = api_key_authenticate(parts[1])
+        if credential is None:
             raise exceptions.AuthenticationFailed("The API key is unknown, revoked or expired.")
         # The key acts for the member who created it; organizations.access caps it at that member's rights.
-        return key.created_by, key
+        return credential.key.created_by, credential
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'

@@ -21,6 +21,11 @@ class Organization(models.Model):
     premium_trial_deployments = models.PositiveSmallIntegerField(
         default=0, help_text="Premium trial deployments staff granted this organization (at most 2)."
     )
+    # Members' console sessions must be verified by a second factor (TOTP) to reach anything of the organization.
+    # API keys are not affected.
+    require_two_factor = models.BooleanField(
+        default=False, help_text="Members must sign in to the console with two-factor authentication."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):

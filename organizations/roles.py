@@ -42,6 +42,7 @@ ORGANIZATION_SCOPES = frozenset(
         "org:write",
         "org:delete",
         "org:transfer",
+        "org:security",  # sign-in policy: require two-factor authentication of members
         "member:read",
         "member:write",
         "project:write",  # create, rename, delete projects
@@ -60,7 +61,7 @@ READ_SCOPES = frozenset(scope for scope in ALL_SCOPES if scope.endswith(":read")
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.OWNER: ALL_SCOPES,
-    Role.ADMINISTRATOR: ALL_SCOPES - {"org:delete", "org:transfer"},
+    Role.ADMINISTRATOR: ALL_SCOPES - {"org:delete", "org:transfer", "org:security"},
     Role.PROJECT_ADMINISTRATOR: frozenset(
         {
             "project:read",

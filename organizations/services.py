@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import secrets
 
 from django.conf import settings
@@ -16,10 +17,9 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
-from rest_framework.exceptions import PermissionDenied
 
 from audit.services import audit_record
-from controlplane.api.problems import Conflict
+from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
 from organizations import access
 from organizations.models import ApiKey, Invitation, Membership, Organization
 from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
@@ -31,8 +31,10 @@ API_KEY_SECRET_PREFIX = "cpk_"
 
 
 class RoleTooHigh(PermissionDenied):
-    default_detail = "You cannot grant a role with more rights than your own."
-    default_code = "role-too-high"
+    """The caller asked for (or to act on something holding) more rights than it holds itself."""
+
+    code = "role-too-high"
+    default_message = "You cannot grant a role with more rights than your own."
 
 
 def _hash(secret: str) -> str:
@@ -43,7 +45,7 @@ def _hash(secret: str) -> str:
 def _clean_roles(roles, *, field: str = "roles") -> list[str]:
     unknown = [role for role in roles if role not in ORGANIZATION_ROLES]
     if unknown:
-        raise ValidationError({field: f"Not an organization role: {', '.join(map(str, unknown))}."})
+        raise ValidationFailed({field: f"Not an organization role: {', '.join(map(str, unknown))}."})
     return sorted(set(roles))
 
 
@@ -57,12 +59,12 @@ def _resolve_grants(organization: Organization, grants) -> list[tuple[Project, s
     for grant in grants:
         role = grant.get("role")
         if role not in PROJECT_ROLES:
-            raise ValidationError({"project_grants": f"Not a project role: {role}."})
+            raise ValidationFailed({"project_grants": f"Not a project role: {role}."})
         project = by_id.get(grant.get("project"))
         if project is None:
-            raise ValidationError({"project_grants": f"No project {grant.get('project')} in this organization."})
+            raise ValidationFailed({"project_grants": f"No project {grant.get('project')} in this organization."})
         if project.pk in seen:
-            raise ValidationError({"project_grants": f"Project {project.public_id} is listed twice."})
+            raise ValidationFailed({"project_grants": f"Project {project.public_id} is listed twice."})
         seen.add(project.pk)
         resolved.append((project, role))
     return resolved
@@ -72,10 +74,10 @@ def _check_grantable(actor, organization, roles, grants) -> None:
     if actor is None:  # the system itself (management commands, migrations)
         return
     if not access.grantable(actor, organization=organization, roles=roles):
-        raise RoleTooHigh({"roles": ["You cannot grant a role with more rights than your own."]})
+        raise RoleTooHigh(fields={"roles": "You cannot grant a role with more rights than your own."})
     for project, role in grants:
         if not access.grantable(actor, organization=organization, roles=[role], project=project):
-            raise RoleTooHigh({"project_grants": [f"You cannot grant {role} on {project.public_id}."]})
+            raise RoleTooHigh(fields={"project_grants": f"You cannot grant {role} on {project.public_id}."})
 
 
 # --- Organizations ---------------------------------------------------------------------------------------------
@@ -126,6 +128,37 @@ def organization_update(*, organization: Organization, actor, name: str) -> Orga
     return organization
 
 
+@transaction.atomic
+def organization_require_two_factor(*, organization: Organization, actor, required: bool) -> Organization:
+    """Require (or stop requiring) two-factor authentication of every member's console session in the organization.
+
+    Owners only (the org:security scope). Turning it on needs the acting member to have a device already, so the
+    one who sets the rule is never the first one shut out by it. API keys are not affected."""
+    from django_otp import user_has_device
+
+    if actor is not None and not access.has_scope(actor, "org:security", organization=organization):
+        raise RoleTooHigh("Only an Owner can change the organization's two-factor requirement.")
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    user = access.acting_user(actor)
+    if required and user is not None and not user_has_device(user):
+        raise Conflict(
+            fields={"require_two_factor": "Set up two-factor authentication for yourself before requiring it."},
+            code="two-factor-not-set-up",
+        )
+    old = organization.require_two_factor
+    if old != required:
+        organization.require_two_factor = required
+        organization.save(update_fields=["require_two_factor"])
+        audit_record(
+            actor=actor,
+            organization=organization,
+            action="organization.require_two_factor",
+            target=organization,
+            summary={"require_two_factor": [old, required]},
+        )
+    return organization
+
+
 # --- Invitations -----------------------------------------------------------------------------------------------
 
 
@@ -142,10 +175,10 @@ def invitation_create(
     roles = _clean_roles(roles)
     grants = _resolve_grants(organization, project_grants)
     if not roles and not grants:
-        raise ValidationError({"roles": "Give at least one organization role or one project grant."})
+        raise ValidationFailed({"roles": "Give at least one organization role or one project grant."})
     _check_grantable(actor, organization, roles, grants)
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
-        raise Conflict({"email": [f"{email} is already a member of this organization."]})
+        raise Conflict(fields={"email": f"{email} is already a member of this organization."})
     # An open invitation to the same address is replaced: the newest link is the one that works.
     Invitation.objects.filter(organization=organization, email=email, accepted_at=None, revoked_at=None).update(
         revoked_at=timezone.now()
@@ -160,7 +193,9 @@ def invitation_create(
         invited_by=access.acting_user(actor),
         expires_at=timezone.now() + INVITATION_TTL,
     )
-    invitation.full_clean()
+    # `roles` was checked above and may be empty (an invitation with project grants only); the model's blank rule
+    # would refuse that.
+    invitation.full_clean(exclude=["roles"])
     invitation.save()
     audit_record(
         actor=actor,
@@ -169,6 +204,11 @@ def invitation_create(
         target=invitation,
         summary={"email": email, "roles": roles, "project_grants": invitation.project_grants},
     )
+    _send_invitation(organization, email, token)
+    return invitation, token
+
+
+def _send_invitation(organization: Organization, email: str, token: str) -> None:
     link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
     transaction.on_commit(
         lambda: send_mail(
@@ -181,6 +221,37 @@ def invitation_create(
             recipient_list=[email],
         )
     )
+
+
+@transaction.atomic
+def invitation_resend(*, invitation: Invitation, actor) -> tuple[Invitation, str]:
+    """Send a pending (or expired) invitation again with a new link, valid for 7 more days; the old link stops
+    working. The roles it grants are checked again against the sender's own."""
+    from controlplane import errors as domain
+
+    invitation = Invitation.objects.select_for_update().select_related("organization").get(pk=invitation.pk)
+    if invitation.status not in ("pending", "expired"):
+        raise domain.Conflict(f"The invitation is {invitation.status}; only an open invitation can be sent again.")
+    organization = invitation.organization
+    grants = _resolve_grants(
+        organization,
+        [g for g in invitation.project_grants if organization.projects.filter(public_id=g.get("project")).exists()],
+    )
+    _check_grantable(actor, organization, invitation.roles, grants)
+    if Membership.objects.filter(organization=organization, user__email__iexact=invitation.email).exists():
+        raise domain.Conflict(f"{invitation.email} is already a member of this organization.")
+    token = _invitation_token()
+    invitation.token_hash = _hash(token)
+    invitation.expires_at = timezone.now() + INVITATION_TTL
+    invitation.save(update_fields=["token_hash", "expires_at"])
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="invitation.resend",
+        target=invitation,
+        summary={"email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+    )
+    _send_invitation(organization, invitation.email, token)
     return invitation, token
 
 
@@ -215,30 +286,35 @@ def invitation_accept(*, token: str, user=None, password: str | None = None, ful
 
     found = invitation_by_token(token)
     if found is None:
-        raise ValidationError({"token": "This invitation link is not valid."})
+        raise ValidationFailed({"token": "This invitation link is not valid."})
     invitation = Invitation.objects.select_for_update().get(pk=found.pk)
     if invitation.status != "pending":
-        raise ValidationError({"token": f"This invitation is {invitation.status}."})
+        raise ValidationFailed({"token": f"This invitation is {invitation.status}."})
     existing = User.objects.filter(email__iexact=invitation.email).first()
     if user is not None and getattr(user, "is_authenticated", False):
         if user.email.lower() != invitation.email.lower():
-            raise ValidationError(
+            raise ValidationFailed(
                 {"token": f"This invitation is for {invitation.email}; you are signed in as {user.email}."}
             )
     elif existing is not None:
-        raise ValidationError({"token": f"An account for {invitation.email} exists: sign in to accept the invitation."})
+        raise ValidationFailed(
+            {"token": f"An account for {invitation.email} exists: sign in to accept the invitation."}
+        )
     else:
         if not password:
-            raise ValidationError({"password": "Choose a password for your new account."})
+            raise ValidationFailed({"password": "Choose a password for your new account."})
         candidate = User(email=invitation.email, full_name=full_name)
-        validate_password(password, user=candidate)
+        try:
+            validate_password(password, user=candidate)
+        except ValidationError as exc:
+            raise ValidationFailed({"__all__": list(exc.messages)}) from None
         user = User.objects.create_user(invitation.email, password, full_name=full_name)
     organization = invitation.organization
     membership, created = Membership.objects.get_or_create(
         organization=organization, user=user, defaults={"roles": invitation.roles}
     )
     if not created:
-        raise ValidationError({"token": "You are already a member of this organization."})
+        raise ValidationFailed({"token": "You are already a member of this organization."})
     for grant in invitation.project_grants:
         project = Project.objects.filter(organization=organization, public_id=grant["project"]).first()
         if project is not None:  # a project deleted since the invitation was sent is skipped
@@ -293,11 +369,11 @@ def membership_update(*, membership: Membership, actor, roles=None, project_gran
         and actor is not None
         and not access.has_scope(actor, "org:transfer", organization=organization)
     ):
-        raise RoleTooHigh({"roles": ["Only an Owner can remove the Owner role."]})
+        raise RoleTooHigh(fields={"roles": "Only an Owner can remove the Owner role."})
     if Role.OWNER in removed and _owner_count(organization) <= 1:
-        raise Conflict({"roles": ["An organization must keep at least one Owner."]})
+        raise Conflict(fields={"roles": "An organization must keep at least one Owner."})
     if not new_roles and not (grants if grants is not None else membership.grants.exists()):
-        raise ValidationError({"roles": "A member needs at least one organization role or project grant."})
+        raise ValidationFailed({"roles": "A member needs at least one organization role or project grant."})
     membership.roles = new_roles
     membership.save(update_fields=["roles"])
     if grants is not None:
@@ -323,6 +399,7 @@ def membership_update(*, membership: Membership, actor, roles=None, project_gran
 def membership_remove(*, membership: Membership, actor) -> None:
     organization = membership.organization
     _lock_memberships(organization)
+    membership.refresh_from_db()
     if membership.is_owner:
         if actor is not None and not access.has_scope(actor, "org:transfer", organization=organization):
             raise RoleTooHigh("Only an Owner can remove an Owner.")
@@ -347,14 +424,25 @@ def membership_remove(*, membership: Membership, actor) -> None:
 
 @transaction.atomic
 def ownership_transfer(*, organization: Organization, actor, to_membership: Membership) -> Membership:
-    """Make another member an Owner; the current Owner steps down to Administrator."""
+    """Make another member an Owner; the current Owner steps down to Administrator.
+
+    Needs the org:transfer scope (an API key holds it only with the Owner role) and the acting member's Owner role
+    as it stands under the lock, not as the request first read it."""
     if to_membership.organization_id != organization.pk:
-        raise ValidationError({"member": "Not a member of this organization."})
-    current = actor.membership(organization) if actor is not None else None
+        raise ValidationFailed({"member": "Not a member of this organization."})
+    if actor is None or not access.has_scope(actor, "org:transfer", organization=organization):
+        raise RoleTooHigh("Only an Owner can transfer ownership.")
+    _lock_memberships(organization)
+    current = (
+        Membership.objects.select_related("user")
+        .filter(organization=organization, user=access.acting_user(actor))
+        .first()
+    )
     if current is None or not current.is_owner:
         raise RoleTooHigh("Only an Owner can transfer ownership.")
     if current.pk == to_membership.pk:
-        raise ValidationError({"member": "You already own this organization."})
+        raise ValidationFailed({"member": "You already own this organization."})
+    to_membership.refresh_from_db()
     to_membership.roles = sorted(set(to_membership.roles) | {Role.OWNER.value})
     to_membership.save(update_fields=["roles"])
     current.roles = sorted((set(current.roles) - {Role.OWNER.value}) | {Role.ADMINISTRATOR.value})
@@ -371,10 +459,29 @@ def ownership_transfer(*, organization: Organization, actor, to_membership: Memb
 
 # --- API keys --------------------------------------------------------------------------------------------------
 
+# `cpk_<8 hex: the prefix>_<the random part>`; anything else is refused before it reaches the database.
+_SECRET_FORMAT = re.compile(rf"{API_KEY_SECRET_PREFIX}([0-9a-f]{{8}})_[A-Za-z0-9_-]{{20,128}}")
+
+
+def _secret_for(prefix: str) -> str:
+    return f"{API_KEY_SECRET_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+
 
 def _new_secret() -> tuple[str, str]:
     prefix = secrets.token_hex(4)
-    return prefix, f"{API_KEY_SECRET_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    return prefix, _secret_for(prefix)
+
+
+def _check_manageable(actor, key: ApiKey) -> None:
+    """Rotating, revoking or editing a key is for callers who could create that very key today: the apikey:write
+    scope and the key's role within their own rights (on each of its projects, for a project-limited key). A key
+    must never lend its holder the rights of the member who created it."""
+    if actor is None:  # the system itself
+        return
+    if not access.has_scope(actor, "apikey:write", organization=key.organization) or not access.can_manage_api_key(
+        actor, key
+    ):
+        raise RoleTooHigh("You cannot manage an API key with more rights than your own.")
 
 
 @transaction.atomic
@@ -383,23 +490,24 @@ def api_key_create(
 ) -> tuple[ApiKey, str]:
     """A key acting for its creator with `role`, at most the creator's own rights. Returns (key, secret)."""
     if role not in Role.values:
-        raise ValidationError({"role": f"Unknown role {role}."})
+        raise ValidationFailed({"role": f"Unknown role {role}."})
     projects = list(Project.objects.filter(organization=organization, public_id__in=list(project_ids)))
     if len(projects) != len(set(project_ids)):
         missing = sorted(set(project_ids) - {p.public_id for p in projects})
-        raise ValidationError({"projects": f"No such project in this organization: {', '.join(missing)}."})
+        raise ValidationFailed({"projects": f"No such project in this organization: {', '.join(missing)}."})
     if role in PROJECT_ROLES and not projects:
-        raise ValidationError({"projects": "A project role needs at least one project."})
+        raise ValidationFailed({"projects": "A project role needs at least one project."})
     if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationError({"expires_at": "The expiry must be in the future."})
-    creator = created_by or (actor.user if actor is not None else None)
+        raise ValidationFailed({"expires_at": "The expiry must be in the future."})
+    creator = created_by or access.acting_user(actor)
     if actor is not None:
+        # The same rule as access.can_manage_api_key, spelled out here to name the project at fault.
         if projects:
             for project in projects:
                 if not access.grantable(actor, organization=organization, roles=[role], project=project):
-                    raise RoleTooHigh({"role": [f"Your rights on {project.public_id} are below {role}."]})
+                    raise RoleTooHigh(fields={"role": f"Your rights on {project.public_id} are below {role}."})
         elif not access.grantable(actor, organization=organization, roles=[role]):
-            raise RoleTooHigh({"role": ["You cannot create a key with more rights than your own."]})
+            raise RoleTooHigh(fields={"role": "You cannot create a key with more rights than your own."})
     prefix, secret = _new_secret()
     key = ApiKey(
         organization=organization,
@@ -428,8 +536,14 @@ def api_key_create(
     return key, secret
 
 
+def _locked_key(key: ApiKey) -> ApiKey:
+    return ApiKey.objects.select_for_update().select_related("organization", "created_by").get(pk=key.pk)
+
+
 @transaction.atomic
 def api_key_update(*, key: ApiKey, actor, name: str | None = None, deletion_protection: bool | None = None) -> ApiKey:
+    key = _locked_key(key)
+    _check_manageable(actor, key)
     changes = {}
     if name is not None and name != key.name:
         changes["name"] = [key.name, name]
@@ -439,13 +553,20 @@ def api_key_update(*, key: ApiKey, actor, name: str | None = None, deletion_prot
         key.deletion_protection = deletion_protection
     key.full_clean()
     key.save(update_fields=["name", "deletion_protection"])
-    audit_record(actor=actor, organization=key.organization, action="api_key.update", target=key, summary=changes)
+    audit_record(
+        actor=actor,
+        organization=key.organization,
+        action="api_key.update",
+        target=key,
+        summary={**changes, "key_created_by": key.created_by.email},
+    )
     return key
 
 
 @transaction.atomic
 def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
-    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    key = _locked_key(key)
+    _check_manageable(actor, key)
     if key.revoked_at is not None:
         raise Conflict("The key is already revoked.")
     if key.deletion_protection:
@@ -453,22 +574,28 @@ def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
     audit_record(
-        actor=actor, organization=key.organization, action="api_key.revoke", target=key, summary={"name": key.name}
+        actor=actor,
+        organization=key.organization,
+        action="api_key.revoke",
+        target=key,
+        summary={"name": key.name, "key_created_by": key.created_by.email},
     )
     return key
 
 
 @transaction.atomic
 def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[ApiKey, str]:
-    """A new secret; the old one keeps working for `overlap_seconds` (at most 24 h) so clients can roll over."""
-    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    """A new secret; the old one keeps working for `overlap_seconds` (at most 24 h) so clients can roll over.
+
+    The new secret goes only to a caller who could create this key today (see _check_manageable)."""
+    key = _locked_key(key)
+    _check_manageable(actor, key)
     if not key.is_active:
         raise Conflict("Only an active key can be rotated.")
     if not 0 <= overlap_seconds <= MAX_ROTATION_OVERLAP.total_seconds():
-        raise ValidationError({"overlap_seconds": "The overlap must be between 0 and 86400 seconds."})
-    _, secret = _new_secret()
-    # The prefix stays: it is how people recognise the key.
-    secret = f"{API_KEY_SECRET_PREFIX}{key.prefix}_{secret.rsplit('_', 1)[1]}"
+        raise ValidationFailed({"overlap_seconds": "The overlap must be between 0 and 86400 seconds."})
+    # The prefix stays: it is how people recognise the key. The random part is whole (it may hold "_" itself).
+    secret = _secret_for(key.prefix)
     key.previous_secret_hash = key.secret_hash if overlap_seconds else ""
     key.previous_expires_at = timezone.now() + datetime.timedelta(seconds=overlap_seconds) if overlap_seconds else None
     key.secret_hash = _hash(secret)
@@ -478,48 +605,39 @@ def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[
         organization=key.organization,
         action="api_key.rotate",
         target=key,
-        summary={"overlap_seconds": overlap_seconds},
+        summary={"overlap_seconds": overlap_seconds, "key_created_by": key.created_by.email},
     )
     return key, secret
 
 
 class _KeyLookup:
-    """The one query behind every API-key request, in SQL written once.
+    """The one statement behind every API-key request.
 
-    It answers everything the request's access checks will ask: the key, its organization, the member it acts for,
-    that member's membership now (or none) and whether the key is limited to projects. Built through the ORM it is
-    the costliest part of a small request (three joins and a subquery compiled anew each time), so the statement is
-    assembled once from the models' metadata, and values still pass through each field's own database converters.
+    It reads everything the request's access checks will ask: the key, its organization, the member it acts for,
+    that member's membership now (or none) and whether the key is limited to projects, and returns it as an
+    access.ApiKeyCredential. Built through the ORM the statement is the costliest part of a small request (joins
+    and a subquery compiled anew each time, about three times the cost of the query itself), so it is written once
+    here. Each model's columns are its concrete fields, so the instances are complete whatever fields are added,
+    and every value passes through its field's own database converters (JSON, for one).
     """
 
+    _SQL = (
+        "SELECT {columns}, EXISTS (SELECT 1 FROM {key_projects} kp WHERE kp.apikey_id = k.id) "
+        "FROM {key} k "
+        "JOIN {organization} o ON o.id = k.organization_id "
+        "JOIN {user} u ON u.id = k.created_by_id "
+        "LEFT JOIN {membership} m ON m.organization_id = k.organization_id AND m.user_id = k.created_by_id "
+        "WHERE k.prefix = %s"
+    )
+
     def __init__(self):
-        self._plans = {}  # connection alias -> (sql, [(model, [(field, column expression, converters)])])
+        self._plans = {}  # connection alias -> (sql, [(model, [(field, column, converters)])])
 
     def _plan(self, connection):
         from django.contrib.auth import get_user_model
 
         q = connection.ops.quote_name
-        user_model = get_user_model()
-        parts = [(ApiKey, "k"), (Organization, "o"), (user_model, "u"), (Membership, "m")]
-
-        def column(alias, model, name):
-            return f"{alias}.{q(model._meta.get_field(name).column)}"
-
-        through = ApiKey.projects.through._meta
-        selected = ", ".join(f"{alias}.{q(f.column)}" for model, alias in parts for f in model._meta.concrete_fields)
-        sql = (
-            f"SELECT {selected}, EXISTS (SELECT 1 FROM {q(through.db_table)} kp "
-            f"WHERE {column('kp', through.model, 'apikey')} = {column('k', ApiKey, 'id')}) "
-            f"FROM {q(ApiKey._meta.db_table)} k "
-            f"JOIN {q(Organization._meta.db_table)} o "
-            f"ON {column('o', Organization, 'id')} = {column('k', ApiKey, 'organization')} "
-            f"JOIN {q(user_model._meta.db_table)} u "
-            f"ON {column('u', user_model, 'id')} = {column('k', ApiKey, 'created_by')} "
-            f"LEFT JOIN {q(Membership._meta.db_table)} m "
-            f"ON {column('m', Membership, 'organization')} = {column('k', ApiKey, 'organization')} "
-            f"AND {column('m', Membership, 'user')} = {column('k', ApiKey, 'created_by')} "
-            f"WHERE {column('k', ApiKey, 'prefix')} = %s"
-        )
+        parts = [(ApiKey, "k"), (Organization, "o"), (get_user_model(), "u"), (Membership, "m")]
         layout = []
         for model, alias in parts:
             fields = []
@@ -527,9 +645,17 @@ class _KeyLookup:
                 col = f.get_col(alias)
                 fields.append((f, col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
             layout.append((model, fields))
+        sql = self._SQL.format(
+            columns=", ".join(f"{alias}.{q(f.column)}" for (_, alias), (_, fs) in zip(parts, layout) for f, _, _ in fs),
+            key_projects=q(ApiKey.projects.through._meta.db_table),
+            key=q(ApiKey._meta.db_table),
+            organization=q(Organization._meta.db_table),
+            user=q(get_user_model()._meta.db_table),
+            membership=q(Membership._meta.db_table),
+        )
         return sql, layout
 
-    def __call__(self, prefix: str) -> ApiKey | None:
+    def __call__(self, prefix: str) -> access.ApiKeyCredential | None:
         from django.db import connection
 
         plan = self._plans.get(connection.alias)
@@ -557,27 +683,29 @@ class _KeyLookup:
                 else model.from_db(connection.alias, [f.attname for f, _, _ in fields], values)
             )
         key, organization, user, membership = instances
+        # Relation caches, exactly what select_related would fill.
         key.organization, key.created_by = organization, user
         if membership is not None:
             membership.organization, membership.user = organization, user
-        # Read by organizations.access.Principal, which seeds its per-request memo with them.
-        key.creator_membership = membership
-        key.limited_to_projects = bool(row[position])
-        return key
+        return access.ApiKeyCredential(key=key, creator_membership=membership, limited_to_projects=bool(row[position]))
 
 
 _key_for_prefix = _KeyLookup()
 
 
-def api_key_authenticate(secret: str) -> ApiKey | None:
-    """The active key for a presented secret, or None. Marks last_used_at at most once a minute."""
-    if not isinstance(secret, str) or not secret.startswith(API_KEY_SECRET_PREFIX):
+def api_key_authenticate(secret: str) -> access.ApiKeyCredential | None:
+    """The credential for a presented secret, or None: an unknown, malformed, revoked or expired key, or one whose
+    creator's account is deactivated. Marks last_used_at at most once a minute."""
+    if not isinstance(secret, str):
         return None
-    parts = secret[len(API_KEY_SECRET_PREFIX) :].split("_", 1)
-    if len(parts) != 2:
+    match = _SECRET_FORMAT.fullmatch(secret)
+    if match is None:
         return None
-    key = _key_for_prefix(parts[0])
-    if key is None or not key.is_active:
+    credential = _key_for_prefix(match.group(1))
+    if credential is None:
+        return None
+    key = credential.key
+    if not key.is_active or not key.created_by.is_active:
         return None
     presented = _hash(secret)
     now = timezone.now()
@@ -593,4 +721,4 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
     if key.last_used_at is None or now - key.last_used_at > datetime.timedelta(seconds=60):
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
-    return key
+    return credential

@@ -4,14 +4,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from controlplane.api.problems import Conflict
+from controlplane.errors import Conflict
 from projects.models import Project
 
 
 def _save(project: Project, *, check_name: bool, **save_kwargs) -> None:
     """Validate and save, answering 409 for a name the organization already uses (case-insensitively). The query
     gives the clear message; the unique constraint catches a concurrent request that took the name meanwhile."""
-    conflict = Conflict({"name": [f"A project named {project.name!r} already exists in this organization."]})
+    conflict = Conflict(fields={"name": f"A project named {project.name!r} already exists in this organization."})
     if (
         check_name
         and Project.objects.filter(organization_id=project.organization_id, name__iexact=project.name)

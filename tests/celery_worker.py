@@ -57,9 +57,13 @@ def broker_pids(root: pathlib.Path) -> list[int]:
 
 
 class CeleryWorker:
-    def __init__(self, env: dict[str, str], log_dir: pathlib.Path) -> None:
+    """`beat=True` embeds beat (`-B`, the database scheduler of the settings): the periodic tasks run as in
+    production, the broker watcher every BROKER_WATCH_SECONDS among them."""
+
+    def __init__(self, env: dict[str, str], log_dir: pathlib.Path, *, beat: bool = False) -> None:
         self.env = env
         self.log_dir = log_dir
+        self.beat = beat
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -88,6 +92,7 @@ class CeleryWorker:
                 "--without-heartbeat",
                 "-n",
                 f"test-worker-{os.getpid()}-{self.starts}@%h",
+                *(["--beat"] if self.beat else []),
             ],
             cwd=REPO,
             env=self.env,
@@ -157,8 +162,8 @@ def brokers_dir(settings):
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def celery_worker(transactional_db, deployments_catalog, brokers_dir, redis_clean, tmp_path):
+def worker_env(brokers_dir: pathlib.Path) -> dict[str, str]:
+    """The environment of a worker on the test database, the test Redis and this test's brokers directory."""
     from django.conf import settings
 
     env = dict(os.environ)
@@ -174,7 +179,12 @@ def celery_worker(transactional_db, deployments_catalog, brokers_dir, redis_clea
             "PYTHONPATH": str(REPO),
         }
     )
-    worker = CeleryWorker(env, tmp_path)
+    return env
+
+
+@pytest.fixture
+def celery_worker(transactional_db, deployments_catalog, brokers_dir, redis_clean, tmp_path):
+    worker = CeleryWorker(worker_env(brokers_dir), tmp_path)
     worker.start()
     yield worker
     worker.stop()

@@ -35,6 +35,18 @@ def owner_org(org_factory):
 
 
 @pytest.fixture
+def admin_client(db, admin_user):
+    """pytest-django's admin_client, signed in as staff really sign in: password and a TOTP code."""
+    from django.test import Client
+
+    from tests.otp import staff_sign_in
+
+    client = Client()
+    staff_sign_in(client, admin_user, "password")
+    return client
+
+
+@pytest.fixture
 def key_client(redis_clean):
     """A client authenticated with an API key secret: key_client(secret) -> APIClient."""
     from rest_framework.test import APIClient

@@ -45,7 +45,7 @@ def test_create_organization_prints_id_and_owner_key():
     assert User.objects.get(email="boss@acme.example").check_password("a fine long passphrase")
     from organizations.services import api_key_authenticate
 
-    assert api_key_authenticate(lines[-1]).role == "owner"
+    assert api_key_authenticate(lines[-1]).key.role == "owner"
 
 
 @pytest.mark.django_db

@@ -53,3 +53,16 @@ def test_query_count_does_not_grow_with_page_size(operation, owner_org, key_clie
         counts[size] = len(ctx.captured_queries)
     assert counts[2] == counts[10], (str(operation), counts)
     assert counts[10] <= 8, (str(operation), counts)
+
+
+@pytest.mark.parametrize("path", ["", "/projects", "/projects?page_size=50"])
+def test_api_key_request_runs_two_queries_when_reading(path, owner_org, key_client):
+    """One statement authenticates the key (with its organization, creator and the creator's membership), one reads
+    the answer."""
+    client = key_client(owner_org.owner_secret)
+    url = f"/api/v1/organizations/{owner_org.id}{path}"
+    client.get(url)  # warm: last_used_at and per-process caches
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200, response.content[:200]
+    assert len(ctx.captured_queries) == 2, [q["sql"][:120] for q in ctx.captured_queries]

@@ -111,10 +111,7 @@ def domain_error_response(exc: domain.DomainError) -> Response:
     headers = {}
     if isinstance(exc, domain.RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if isinstance(exc, domain.ValidationFailed):
-        field_errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
-    else:
-        field_errors = []
+    field_errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
     return Response(
         problem_body(status_code, None, exc.message, field_errors, exc.code),
         status=status_code,

@@ -4,6 +4,8 @@ import datetime
 
 from rest_framework import serializers
 
+from controlplane.validators import RefuseControlCharactersMixin
+
 
 class StrictCharField(serializers.CharField):
     """A string field that refuses numbers and booleans instead of coercing them."""
@@ -12,6 +14,17 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class PlainTextField(RefuseControlCharactersMixin, StrictCharField):
+    """A one-line string a person types (a name): control characters are refused with a 400 naming the field."""
+
+
+class BrokerTextField(RefuseControlCharactersMixin, StrictCharField):
+    """A string that reaches a broker's files or a broker's management API (a topic, an MQTT username, a client id):
+    control characters are refused with a 400 naming the field. Marked, so the test suite finds every such field."""
+
+    reaches_broker = True
 
 
 class StrictFieldsMixin:

@@ -28,6 +28,15 @@ class PermanentDriverError(DriverError):
     """Retrying will not help: the spec is invalid or a quota is exhausted. The message is shown to the user."""
 
 
+class ConfigRejectedError(PermanentDriverError):
+    """The broker refused the new configuration after it was written. The driver put the last configuration the
+    broker accepted back in place and the broker serves with it (`observed` says so); the change itself failed."""
+
+    def __init__(self, message: str, *, observed: Observed) -> None:
+        super().__init__(message)
+        self.observed = observed
+
+
 @dataclasses.dataclass(frozen=True)
 class MqttCredential:
     """An MQTT user, hashed the way both mosquitto (`$7$`) and EMQX (pbkdf2/sha512) accept: we never hold plaintext."""
@@ -128,6 +137,23 @@ class Observed:
     ready_replicas: int = 0
     # Free-form facts a collector needs later (log path, management URL...). Never secrets.
     details: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Set when this call found dead a broker that was meant to be running, and started it again: what is known of
+    # its exit, and when it was last seen alive (unix seconds, None if never). The reconciler records the crash.
+    crashed: str = ""
+    last_seen_alive: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Liveness:
+    """A cheap look at a broker that is meant to be running, taken without changing anything.
+
+    `state`: alive; dead (meant to run, no process: `message` says what is known of the exit); busy (the driver is
+    acting on it right now, look again later); idle (not meant to be running, or never applied)."""
+
+    state: Literal["alive", "dead", "busy", "idle"]
+    pid: int | None = None
+    message: str = ""
+    last_seen_alive: float | None = None  # unix seconds: the last time a look found it alive
 
 
 class Driver(Protocol):
@@ -139,3 +165,6 @@ class Driver(Protocol):
 
     def delete(self, spec: BrokerSpec) -> Observed:
         """Remove everything the deployment owns; answers phase `absent` once nothing is left. Idempotent."""
+
+    # Optional (the local driver has it): `probe(name) -> Liveness`, a look cheap enough to run every few seconds
+    # for every deployment, so that a dead broker is noticed without waiting for a resync.

@@ -1,15 +1,20 @@
 """The local driver: one real mosquitto process per deployment on this machine, under `root/<deployment name>/`.
 
 Owns the deployment's directory (config, password and ACL files, persistence, log, pid, ports) and its process. It
-never trusts a pid it cannot prove is its own broker, never starts a second broker for a deployment, and never reads
-or writes the database.
+never trusts a pid it cannot prove is its own broker, never starts a second broker for a deployment, never writes a
+value into a broker file that is not on that field's allow-list, never leaves a broker running on a configuration it
+refused, and never reads or writes the database.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
+import hashlib
+import ipaddress
+import itertools
 import json
 import os
 import pathlib
@@ -23,9 +28,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+from controlplane.validators import find_control_character
 from deployments.drivers.base import (
     ACL_NO_MATCH,
     BrokerSpec,
+    ConfigRejectedError,
+    Liveness,
     Observed,
     PermanentDriverError,
     TemporaryDriverError,
@@ -96,6 +104,25 @@ class _Paths:
     @property
     def state(self) -> pathlib.Path:
         return self.dir / "state.json"
+
+    @property
+    def alive(self) -> pathlib.Path:
+        """Touched whenever the broker is seen alive: its mtime bounds when a dead broker last served."""
+        return self.dir / "alive"
+
+    @property
+    def accepted(self) -> pathlib.Path:
+        """Hard links to the config, password and ACL files the running broker last accepted."""
+        return self.dir / "accepted"
+
+    @property
+    def rejected(self) -> pathlib.Path:
+        """The digest of the files the broker last refused, and why: the same files are not tried again."""
+        return self.dir / "rejected.json"
+
+    @property
+    def broker_files(self) -> tuple[pathlib.Path, ...]:
+        return (self.conf, self.passwd, self.acl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +206,205 @@ def _port_bindable(host: str, port: int) -> bool:
     return True
 
 
+# -- the allow-list of every value written into a broker file -----------------------------------------------------
+# mosquitto reads its three files line by line: a line break in a value starts a directive of the attacker's choosing,
+# a line starting with `#` is a comment, leading and trailing blanks are trimmed from the rest of a line, a username
+# ends at the first `:` of a password-file line, and a broken ACL line on reload leaves the broker with no ACL at
+# all. So every field has its own rule, checked as it is rendered; a value outside it is a PermanentDriverError.
+
+MAX_MQTT_STRING_BYTES = 65535  # the MQTT string limit, and mosquitto's own limit on usernames in its files
+MAX_MESSAGE_SIZE = 268435455  # the largest MQTT packet
+_CONFIG_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def _no_control(value: str, what: str) -> None:
+    found = find_control_character(value)
+    if found is not None:
+        raise PermanentDriverError(f"{what} contains the control character U+{ord(found[1]):04X} at {found[0]}")
+
+
+def _rest_of_line(value: object, what: str) -> str:
+    """A value mosquitto reads as the rest of its line: one line, not blank, no blanks at either end."""
+    if not isinstance(value, str) or not value:
+        raise PermanentDriverError(f"{what} must be a non-empty string")
+    _no_control(value, what)
+    if value != value.strip():
+        raise PermanentDriverError(f"{what} must not start or end with whitespace (mosquitto would trim it)")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_MQTT_STRING_BYTES:
+        raise PermanentDriverError(f"{what} is longer than {MAX_MQTT_STRING_BYTES} bytes")
+    return value
+
+
+def _conf_int(value: object, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise PermanentDriverError(f"{what} must be a whole number from {low} to {high}, not {value!r}")
+    return value
+
+
+def _conf_path(value: pathlib.Path | str, what: str) -> str:
+    text = _rest_of_line(str(value), what)
+    if not os.path.isabs(text):
+        raise PermanentDriverError(f"{what} must be an absolute path")
+    return text
+
+
+def _conf_address(value: object) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise PermanentDriverError(f"bind address {value!r} is not an IP address") from None
+    if str(address) != value:
+        raise PermanentDriverError(f"bind address {value!r} is not in canonical form ({address})")
+    return str(address)
+
+
+def _conf_user(value: str) -> str:
+    if not _CONFIG_USER_RE.match(value):
+        raise PermanentDriverError(f"broker user {value!r} is not a plain system user name")
+    return value
+
+
+def _file_username(value: object) -> str:
+    """A username in the password file (`name:hash`) and the ACL file (`user name`)."""
+    if not isinstance(value, str):
+        raise PermanentDriverError("an MQTT username must be a string")
+    _no_control(value, f"MQTT username {value!r}")
+    try:
+        validate_mqtt_username(value)
+    except ValueError as exc:
+        raise PermanentDriverError(f"MQTT username {value!r}: {exc}") from None
+    if value.startswith("#"):
+        raise PermanentDriverError(
+            f"MQTT username {value!r}: a username starting with '#' reads as a comment in mosquitto's password file"
+        )
+    return value
+
+
+def _file_topic(value: object) -> str:
+    """A topic filter at the end of an ACL line (`topic <access> <filter>`): the rest of the line."""
+    text = _rest_of_line(value, f"ACL topic {value!r}")
+    try:
+        validate_topic_filter(text)
+    except ValueError as exc:
+        raise PermanentDriverError(f"ACL topic {value!r}: {exc}") from None
+    return text
+
+
+def _file_b64(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _BASE64_RE.match(value):
+        raise PermanentDriverError(f"{what} must be base64")
+    return value
+
+
+# -- process facts read from /proc --------------------------------------------------------------------------------
+
+
+def _describe_wait_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"ended (wait status {status})"
+
+
+def _zombie_exit_status(pid: int) -> int | None:
+    """The wait status of an exited, not yet reaped process (field 52 of /proc/<pid>/stat, Linux 3.5+)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] != "Z" or len(fields) < 50:
+        return None
+    return int(fields[49])
+
+
+# -- small file and socket facts --------------------------------------------------------------------------------
+
+# What mosquitto logs when it cannot use a configuration file (a line it cannot parse, a file it cannot open), as
+# opposed to runtime errors that say nothing about the files.
+# Matched at the start of a log message only: a client cannot make a line start with these (its id or topic appears
+# mid-line at most), so a client named "Error" cannot fake a refusal.
+_LOG_PREFIX = re.compile(r"^\d+: ")
+_CONFIG_ERROR = re.compile(r"^(Error|Warning: Invalid|Warning: Unable)")
+_RUNTIME_ERROR = re.compile(r"Address already in use|Cannot assign requested address|Out of memory")
+
+
+def _rejection(reason: str) -> str:
+    # One wording whether the broker refused the files now or before: a resync does not read as a new refusal.
+    return f"mosquitto refused the new configuration ({reason}); it serves with the previous configuration"
+
+
+def _fence_connect() -> bytes:
+    """An MQTT CONNECT at protocol level 127, which mosquitto answers with CONNACK 1 (unacceptable protocol version)
+    and logs as a protocol error: never as an authentication failure, which the collectors count."""
+    body = b"\x00\x04MQTT" + bytes([0x7F, 0x02]) + (60).to_bytes(2, "big") + b"\x00\x0fcp-reload-fence"
+    return bytes([0x10, len(body)]) + body
+
+
+_FENCE_CONNECT = _fence_connect()
+
+
+def _fence(host: str, port: int) -> bool:
+    """True once the broker answered a CONNECT sent now. mosquitto carries out a pending reload (SIGHUP) at the end
+    of each pass of its event loop, and accepting a connection and reading its CONNECT take two passes: a CONNACK
+    received after the signal proves the reload is done and everything it logged is in the log file."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(_FENCE_CONNECT)
+            return sock.recv(4)[:1] == b"\x20"
+    except OSError:
+        return False
+
+
+def _loopback_for(bind_address: str) -> str:
+    address = ipaddress.ip_address(bind_address)
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return bind_address
+
+
+def _digest(contents) -> str:
+    sha = hashlib.sha256()
+    for content in contents:
+        sha.update(content.encode())
+        sha.update(b"\0")
+    return sha.hexdigest()
+
+
+def _recorded_pid(paths: _Paths) -> int | None:
+    try:
+        return int(paths.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime(path: pathlib.Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _size(path: pathlib.Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _touch(path: pathlib.Path) -> None:
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        path.touch(mode=0o600)
+
+
 @contextlib.contextmanager
 def _flock(path: pathlib.Path) -> Iterator[None]:
     """An exclusive flock held on the file at `path` (the kernel drops it if we die, whatever line we die on).
@@ -201,6 +427,32 @@ def _flock(path: pathlib.Path) -> Iterator[None]:
             return
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def _try_flock(path: pathlib.Path) -> Iterator[bool]:
+    """Like _flock, without waiting: yields False at once when another holds the lock (or the file is gone)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                yield False
+                return
+            raise
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            yield False
+            return
+        yield current.st_ino == os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
 
 
 class LocalDriver:
@@ -226,8 +478,10 @@ class LocalDriver:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._websockets = websockets
-        # Popen objects for brokers this instance started, so it can reap them (no zombies while the worker lives).
+        # Popen objects for brokers this instance started, so it can reap them (no zombies while the worker lives),
+        # and how each reaped one ended: a crash report quotes it after the zombie is gone.
         self._children: dict[int, subprocess.Popen] = {}
+        self._exits: dict[int, str] = {}
 
     # -- public interface -------------------------------------------------------------------------------------------
 
@@ -238,35 +492,117 @@ class LocalDriver:
             run_as = self._run_as()
             self._prepare_directory(paths, run_as)
             ports = self._ensure_ports(spec, paths)
-            conf_changed = self._write_if_changed(paths.conf, self._render_conf(spec, paths, ports, run_as), run_as)
-            auth_changed = self._write_if_changed(paths.passwd, self._render_passwd(spec), run_as)
-            auth_changed |= self._write_if_changed(paths.acl, render_acl(spec)[0], run_as)
             state = _read_json(paths.state) or {}
-            recorded_nonce = int(state.get("restart_nonce", 0))
+            meant_to_run = spec.running and bool(state.get("running"))
+            exit_note = ""
+            if meant_to_run:
+                # What a dead broker left (its exit status) must be read before _find_pid reaps it.
+                recorded = _recorded_pid(paths)
+                if recorded is not None and not self._is_alive_broker(recorded, paths):
+                    exit_note = self._exit_message(recorded, paths)
             pid = self._find_pid(paths)
+            crashed, last_seen = "", None
+            if meant_to_run and pid is None:
+                # Meant to be running and not: a crash (or a start that failed; the reconciler tells them apart).
+                crashed = exit_note or "mosquitto is gone and left no pid; its exit status is unknown"
+                last_seen = _mtime(paths.alive)
+            try:
+                observed = self._apply_locked(spec, paths, ports, run_as, state, pid)
+            except ConfigRejectedError as exc:
+                exc.observed.crashed, exc.observed.last_seen_alive = crashed, last_seen
+                raise
+            observed.crashed, observed.last_seen_alive = crashed, last_seen
+            return observed
 
-            if not spec.running:
-                if pid is not None:
-                    self._stop(pid)
-                self._write_state(paths, run_as, running=False, nonce=max(recorded_nonce, spec.restart_nonce))
-                return self._observe_locked(spec, paths)
+    def _apply_locked(
+        self, spec: BrokerSpec, paths: _Paths, ports: dict[str, int], run_as: _RunAs, state: dict, pid: int | None
+    ) -> Observed:
+        rendered = {
+            paths.conf: self._render_conf(spec, paths, ports, run_as),
+            paths.passwd: self._render_passwd(spec),
+            paths.acl: render_acl(spec)[0],
+        }
+        digest = _digest(rendered.values())
+        recorded_nonce = int(state.get("restart_nonce", 0))
+        restarting = spec.restart_nonce > recorded_nonce
+        if pid is not None and not paths.accepted.exists():
+            # A broker started before accepted files were kept: what is on disk now is what it runs.
+            self._keep_accepted(paths)
+        rejected = _read_json(paths.rejected) or {}
+        accepted = self._accepted_files(paths)
+        # The broker refused exactly these files before: it gets the last accepted ones again (a restart or a crash
+        # starts it with those), never the refused ones, and the change keeps failing until the rows change.
+        refused_before = rejected.get("digest") == digest and accepted is not None
+        files = accepted if refused_before else rendered
+        conf_changed = self._write_if_changed(paths.conf, files[paths.conf], run_as)
+        auth_changed = self._write_if_changed(paths.passwd, files[paths.passwd], run_as)
+        auth_changed |= self._write_if_changed(paths.acl, files[paths.acl], run_as)
 
-            if pid is not None and (conf_changed or spec.restart_nonce > recorded_nonce):
+        if not spec.running:
+            if pid is not None:
                 self._stop(pid)
-                pid = None
-            elif pid is not None and auth_changed:
-                # A broker still starting may not handle SIGHUP yet (its default action kills): wait until it serves.
-                self._wait_listening(pid, ports, paths)
-                # mosquitto re-reads its password and ACL files on SIGHUP without dropping connected clients.
-                os.kill(pid, signal.SIGHUP)
-            # Recorded before starting: a crash between here and a successful start leaves running=True with no
-            # process, which observe() reports as failed and the next apply() repairs.
-            self._write_state(paths, run_as, running=True, nonce=max(recorded_nonce, spec.restart_nonce))
-            if pid is None:
-                pid = self._start(paths, ports, run_as)
-            else:
-                self._wait_listening(pid, ports, paths)
+            self._write_state(paths, run_as, running=False, nonce=max(recorded_nonce, spec.restart_nonce))
             return self._observe_locked(spec, paths)
+
+        if pid is not None and (conf_changed or restarting):
+            self._stop(pid)
+            pid = None
+        elif pid is not None and auth_changed:
+            # A broker still starting may not handle SIGHUP yet (its default action kills): wait until it serves.
+            self._wait_listening(pid, ports, paths)
+            # mosquitto re-reads its password and ACL files on SIGHUP without dropping connected clients; on a file
+            # it cannot parse it logs an error and runs without that file: so its verdict is read back.
+            refused = self._reload(pid, spec, ports, paths)
+            if refused:
+                self._refuse(spec, paths, ports, run_as, pid=pid, digest=digest, reason=refused, reloaded=True)
+        # Recorded before starting: a crash between here and a successful start leaves running=True with no
+        # process, which observe() reports as failed and the next apply() repairs.
+        self._write_state(paths, run_as, running=True, nonce=max(recorded_nonce, spec.restart_nonce))
+        if pid is None:
+            offset = _size(paths.log)
+            try:
+                pid = self._start(paths, ports, run_as)
+            except TemporaryDriverError:
+                refused = self._config_errors(paths, offset, since_reload=False)[1]
+                self._refuse(spec, paths, ports, run_as, pid=None, digest=digest, reason=refused, reloaded=False)
+                raise
+            refused = self._config_errors(paths, offset, since_reload=False)[1]
+            if refused:
+                self._refuse(spec, paths, ports, run_as, pid=pid, digest=digest, reason=refused, reloaded=False)
+        else:
+            self._wait_listening(pid, ports, paths)
+        _touch(paths.alive)
+        if refused_before:
+            raise ConfigRejectedError(
+                _rejection(rejected.get("reason", "")), observed=self._observe_locked(spec, paths)
+            )
+        self._keep_accepted(paths)
+        paths.rejected.unlink(missing_ok=True)
+        return self._observe_locked(spec, paths)
+
+    def probe(self, name: str) -> Liveness:
+        """Whether the broker of deployment `name`, if meant to be running, is alive: a few reads of /proc and no
+        waiting (busy if an apply or delete holds the deployment). Changes nothing but the `alive` heartbeat."""
+        if not _NAME_RE.match(name):
+            raise PermanentDriverError(f"deployment name {name!r} is not a safe directory name")
+        paths = _Paths(self.root / name)
+        if not paths.dir.exists():
+            return Liveness(state="idle")
+        with _try_flock(paths.lock) as acquired:
+            if not acquired:
+                return Liveness(state="busy")
+            if not (_read_json(paths.state) or {}).get("running"):
+                return Liveness(state="idle")
+            recorded = _recorded_pid(paths)
+            if recorded is not None and self._is_alive_broker(recorded, paths):
+                _touch(paths.alive)
+                return Liveness(state="alive", pid=recorded)
+            message = self._exit_message(recorded, paths) if recorded is not None else "mosquitto has no pid file"
+            found = self._find_pid(paths)  # a stale pid file is not a crash if our broker runs under another pid
+            if found is not None:
+                _touch(paths.alive)
+                return Liveness(state="alive", pid=found)
+            return Liveness(state="dead", pid=recorded, message=message, last_seen_alive=_mtime(paths.alive))
 
     def observe(self, spec: BrokerSpec) -> Observed:
         paths = self._paths(spec)
@@ -358,12 +694,12 @@ class LocalDriver:
 
     def _find_pid(self, paths: _Paths) -> int | None:
         """The live broker for this deployment: the pid file if it proves true, else a scan of /proc."""
-        try:
-            pid = int(paths.pid.read_text().strip())
-        except (OSError, ValueError):
-            pid = None
+        pid = _recorded_pid(paths)
         if pid is not None and self._is_our_broker(pid, paths):
             return pid
+        if pid is None and not paths.state.exists():
+            # Never started: the state file is written before any start, the pid file right after it.
+            return None
         scanned = self._scan_pids(paths)
         return scanned[0] if scanned else None
 
@@ -371,10 +707,31 @@ class LocalDriver:
         if _process_state(pid) in (None, "Z", "X"):
             self._reap(pid)
             return False
+        return self._is_alive_broker(pid, paths)
+
+    def _is_alive_broker(self, pid: int, paths: _Paths) -> bool:
+        """Like _is_our_broker, without reaping: a dead broker's exit status stays readable."""
+        if _process_state(pid) in (None, "Z", "X"):
+            return False
         argv = _process_cmdline(pid)
         if not argv or not os.path.basename(argv[0]).startswith("mosquitto"):
             return False
         return any(argv[i] == "-c" and argv[i + 1] == str(paths.conf) for i in range(len(argv) - 1))
+
+    def _exit_message(self, pid: int, paths: _Paths) -> str:
+        """What is known of how broker `pid` ended: its wait status while it is a zombie or our own child (kill -9
+        reads "killed by SIGKILL"), and the last error it wrote to stderr. Reaps it if it is our child."""
+        self._reap_child(pid)
+        how = self._exits.get(pid)
+        if how is None:
+            status = _zombie_exit_status(pid)
+            how = _describe_wait_status(status) if status is not None else "ended; its exit status is unknown"
+        message = f"mosquitto (pid {pid}) {how}"
+        try:
+            errors = [ln for ln in paths.stderr.read_text(errors="replace").splitlines() if "rror" in ln]
+        except OSError:
+            errors = []
+        return message + (f"; its last error: {errors[-1][-300:]}" if errors else "")
 
     def _scan_pids(self, paths: _Paths) -> list[int]:
         pids = []
@@ -450,12 +807,150 @@ class LocalDriver:
         return True
 
     def _reap(self, pid: int) -> None:
-        proc = self._children.pop(pid, None)
-        if proc is not None:
-            proc.poll()
+        if pid in self._children:
+            self._reap_child(pid)
             return
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
+
+    def _reap_child(self, pid: int) -> None:
+        """Reap broker `pid` if this instance started it and it has exited, remembering how it ended."""
+        proc = self._children.get(pid)
+        if proc is None or proc.poll() is None:
+            return
+        self._children.pop(pid, None)
+        code = proc.returncode
+        if len(self._exits) > 1000:
+            self._exits.clear()
+        self._exits[pid] = _describe_wait_status((-code) & 0x7F if code < 0 else (code & 0xFF) << 8)
+
+    # -- configuration verdicts ----------------------------------------------------------------------------------
+
+    def _reload(self, pid: int, spec: BrokerSpec, ports: dict[str, int], paths: _Paths) -> str:
+        """SIGHUP the broker and wait for its verdict on the files now on disk: "" if it took them, else the error
+        lines it logged (it then runs without the file it could not parse: the caller must not leave it so)."""
+        offset = _size(paths.log)
+        os.kill(pid, signal.SIGHUP)
+        host = _loopback_for(spec.region.bind_address)
+        deadline = time.monotonic() + self.start_timeout
+        reload_seen_at = None
+        while not _fence(host, ports["mqtt"]):
+            # No CONNACK: the listener is full (max_connections) or the broker died. A reload is logged and
+            # carried out in one pass of the event loop, so a short wait after its first line is enough.
+            if not self._is_our_broker(pid, paths):
+                raise TemporaryDriverError(
+                    f"mosquitto (pid {pid}) exited while reloading: {self._failure_message(paths)}"
+                )
+            if reload_seen_at is None and self._config_errors(paths, offset, since_reload=True)[0]:
+                reload_seen_at = time.monotonic()
+            if reload_seen_at is not None and time.monotonic() - reload_seen_at > 0.2:
+                break
+            if time.monotonic() > deadline:
+                raise TemporaryDriverError(f"mosquitto (pid {pid}) did not confirm the reload of its configuration")
+            time.sleep(0.01)
+        seen, errors = self._config_errors(paths, offset, since_reload=True)
+        if not seen:
+            raise TemporaryDriverError(f"mosquitto (pid {pid}) did not log the reload of its configuration")
+        return errors
+
+    def _config_errors(self, paths: _Paths, offset: int, *, since_reload: bool) -> tuple[bool, str]:
+        """(whether "Reloading config." was logged since `offset`, the configuration errors logged after it, or
+        since `offset` when not `since_reload`), read from the log and, for a start, stderr."""
+        try:
+            with open(paths.log, "rb") as handle:
+                handle.seek(offset)
+                lines = handle.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            lines = []
+        if since_reload:
+            marks = [i for i, line in enumerate(lines) if line.endswith(": Reloading config.")]
+            if not marks:
+                return False, ""
+            lines = lines[marks[-1] + 1 :]
+        else:
+            try:
+                lines += paths.stderr.read_text(errors="replace").splitlines()
+            except OSError:
+                pass
+        messages = [_LOG_PREFIX.sub("", line) for line in lines]
+        errors = [m for m in messages if _CONFIG_ERROR.match(m) and not _RUNTIME_ERROR.search(m)]
+        return True, "; ".join(dict.fromkeys(errors))[:1000]
+
+    def _keep_accepted(self, paths: _Paths) -> None:
+        """Remember the files the broker now runs with, as hard links (the files are only ever replaced, never
+        rewritten in place, so a link keeps exactly these bytes)."""
+        paths.accepted.mkdir(mode=0o700, exist_ok=True)
+        for source in paths.broker_files:
+            if not source.exists():
+                continue
+            target = paths.accepted / source.name
+            tmp = paths.accepted / f".{source.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp"
+            os.link(source, tmp)
+            os.replace(tmp, target)
+
+    def _accepted_files(self, paths: _Paths) -> dict[pathlib.Path, str] | None:
+        """File -> content of the last accepted files, or None if they were never kept."""
+        try:
+            return {source: (paths.accepted / source.name).read_text() for source in paths.broker_files}
+        except OSError:
+            return None
+
+    def _restore_accepted(self, paths: _Paths, run_as: _RunAs) -> bool:
+        """Put the last accepted files back; False if there are none or they are what is on disk already."""
+        accepted = self._accepted_files(paths)
+        if accepted is None:
+            return False
+        changed = False
+        for source, content in accepted.items():
+            changed |= self._write_if_changed(source, content, run_as)
+        return changed
+
+    def _refuse(
+        self,
+        spec: BrokerSpec,
+        paths: _Paths,
+        ports: dict[str, int],
+        run_as: _RunAs,
+        *,
+        pid: int | None,
+        digest: str,
+        reason: str,
+        reloaded: bool,
+    ) -> None:
+        """The broker refused the files just written (`reason`: its own error lines) on a reload (`reloaded`) or a
+        start, or failed to start with them without saying why (`reason` empty). Go back to the last accepted files
+        and serve with them; then raise ConfigRejectedError if the broker's words prove a refusal, else return (the
+        caller raises the start's error). Never leaves a broker running on files it refused."""
+        if not self._restore_accepted(paths, run_as):
+            if reason:
+                live = pid if pid is not None else self._find_pid(paths)
+                if live is not None:
+                    self._stop(live)
+                self._write_state(paths, run_as, running=False, nonce=spec.restart_nonce)
+                raise PermanentDriverError(
+                    f"mosquitto refused its configuration ({reason}) and there is no earlier one to go back to: it "
+                    "was stopped rather than left running without it"
+                )
+            return
+        if reloaded and pid is not None:
+            again = self._reload(pid, spec, ports, paths)
+            if again:
+                self._stop(pid)
+                self._write_state(paths, run_as, running=False, nonce=spec.restart_nonce)
+                raise PermanentDriverError(
+                    f"mosquitto refused the new configuration ({reason}) and then the previous one ({again}): it was "
+                    "stopped rather than left running without an ACL"
+                )
+        else:
+            live = pid if pid is not None else self._find_pid(paths)
+            if live is not None:
+                self._stop(live)
+            self._start(paths, ports, run_as)
+        _touch(paths.alive)
+        if not reason:
+            return
+        _atomic_write(paths.rejected, json.dumps({"digest": digest, "reason": reason}, sort_keys=True) + "\n", None)
+        raise ConfigRejectedError(_rejection(reason), observed=self._observe_locked(spec, paths))
 
     # -- files -----------------------------------------------------------------------------------------------------
 
@@ -465,13 +960,14 @@ class LocalDriver:
         return _Paths(self.root / spec.name)
 
     def _validate(self, spec: BrokerSpec) -> None:
-        if spec.max_connections < 1:
-            raise PermanentDriverError("max_connections must be at least 1")
-        if spec.message_size_limit < 0:
-            raise PermanentDriverError("message_size_limit must not be negative")
+        """Refuse a spec that cannot be rendered exactly, before anything is written. The renderers check every
+        field again as they write it (the allow-list), so nothing skips past a change here."""
+        _conf_int(spec.max_connections, "max_connections", 1, 10_000_000)
+        _conf_int(spec.message_size_limit, "message_size_limit", 0, MAX_MESSAGE_SIZE)
+        _conf_address(spec.region.bind_address)
         for user in spec.users:
+            _file_username(user.username)
             try:
-                validate_mqtt_username(user.username)
                 mosquitto_password_line(user)
             except ValueError as exc:
                 raise PermanentDriverError(f"MQTT user {user.username!r}: {exc}") from None
@@ -493,10 +989,11 @@ class LocalDriver:
                     "ACL rules scoped to a client id are not supported by the local driver (mosquitto's ACL file "
                     "cannot select clients by id)"
                 )
-            try:
-                validate_topic_filter(entry.topic)
-            except ValueError as exc:
-                raise PermanentDriverError(f"ACL rule on {entry.topic!r}: {exc}") from None
+            _file_topic(entry.topic)
+            if entry.username is not None:
+                _file_username(entry.username)
+            if entry.permission not in ("allow", "deny") or entry.action not in ("publish", "subscribe", "all"):
+                raise PermanentDriverError(f"ACL rule on {entry.topic!r}: unknown permission or action")
 
     def _acl_renderable(self, spec: BrokerSpec) -> bool:
         try:
@@ -518,7 +1015,7 @@ class LocalDriver:
     def _prepare_directory(self, paths: _Paths, run_as: _RunAs) -> None:
         paths.data.mkdir(parents=True, exist_ok=True)
         # Every write here happens under the deployment lock we hold, so a temporary file is a dead writer's leftover.
-        for leftover in paths.dir.glob(".*.tmp"):
+        for leftover in [*paths.dir.glob(".*.tmp"), *paths.accepted.glob(".*.tmp")]:
             leftover.unlink(missing_ok=True)
         for target in (paths.log, paths.stderr):
             if not target.exists():
@@ -570,11 +1067,11 @@ class LocalDriver:
             taken = {port for ports in self.allocated_ports().values() for port in ports.values()}
             taken |= set(current.values())
             low, high = self.port_range
-            candidates = list(range(low, high))
-            # Random order: allocators with other roots on this machine rarely race for the same port.
-            random.shuffle(candidates)
+            # From a random point of the range: allocators with other roots on this machine rarely race for the same
+            # port (and no list of the whole range is built and shuffled per allocation).
+            start = random.randrange(low, high)
             for proto in missing:
-                for port in candidates:
+                for port in itertools.chain(range(start, high), range(low, start)):
                     if port not in taken and _port_bindable(spec.region.bind_address, port):
                         current[proto] = port
                         taken.add(port)
@@ -593,20 +1090,23 @@ class LocalDriver:
         return _WEBSOCKETS_SUPPORT[self.mosquitto_bin]
 
     def _render_conf(self, spec: BrokerSpec, paths: _Paths, ports: dict[str, int], run_as: _RunAs) -> str:
+        """mosquitto.conf, every value through its field's allow-list (paths, numbers, one IP address, one user)."""
+        address = _conf_address(spec.region.bind_address)
+        max_connections = _conf_int(spec.max_connections, "max_connections", 1, 10_000_000)
         lines = [
             "# Written by the control plane's local driver; any edit is overwritten.",
             "per_listener_settings false",
             "allow_anonymous false",
-            f"password_file {paths.passwd}",
-            f"acl_file {paths.acl}",
+            f"password_file {_conf_path(paths.passwd, 'password_file')}",
+            f"acl_file {_conf_path(paths.acl, 'acl_file')}",
             "persistence true",
-            f"persistence_location {paths.data}/",
-            f"autosave_interval {self.autosave_interval}",
+            f"persistence_location {_conf_path(paths.data, 'persistence_location')}/",
+            f"autosave_interval {_conf_int(self.autosave_interval, 'autosave_interval', 1, 86400)}",
             f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-            f"message_size_limit {spec.message_size_limit}",
-            f"sys_interval {self.sys_interval}",
-            f"log_dest file {paths.log}",
+            f"message_size_limit {_conf_int(spec.message_size_limit, 'message_size_limit', 0, MAX_MESSAGE_SIZE)}",
+            f"sys_interval {_conf_int(self.sys_interval, 'sys_interval', 1, 86400)}",
+            f"log_dest file {_conf_path(paths.log, 'log_dest')}",
             "log_type error",
             "log_type warning",
             "log_type notice",
@@ -615,28 +1115,37 @@ class LocalDriver:
             "set_tcp_nodelay true",
         ]
         if run_as.config_user:
-            lines.append(f"user {run_as.config_user}")
+            lines.append(f"user {_conf_user(run_as.config_user)}")
         # max_connections is a per-listener setting in mosquitto 2.0.
         lines += [
             "",
-            f"listener {ports['mqtt']} {spec.region.bind_address}",
+            f"listener {_conf_int(ports['mqtt'], 'mqtt port', 1, 65535)} {address}",
             "protocol mqtt",
-            f"max_connections {spec.max_connections}",
+            f"max_connections {max_connections}",
         ]
         if "ws" in ports and self._websockets_supported():
             lines += [
                 "",
-                f"listener {ports['ws']} {spec.region.bind_address}",
+                f"listener {_conf_int(ports['ws'], 'ws port', 1, 65535)} {address}",
                 "protocol websockets",
-                f"max_connections {spec.max_connections}",
+                f"max_connections {max_connections}",
             ]
-            if ":" not in spec.region.bind_address:
+            if ":" not in address:
                 # libwebsockets opens an IPv6 socket unless told otherwise, and fails where IPv6 is off.
                 lines.append("socket_domain ipv4")
         return "\n".join(lines) + "\n"
 
     def _render_passwd(self, spec: BrokerSpec) -> str:
-        return "".join(mosquitto_password_line(user) + "\n" for user in sorted(spec.users, key=lambda u: u.username))
+        """One `username:$7$iterations$salt$hash` line per user: the username through its allow-list (no `:`, no
+        whitespace or control character, no leading `#`), the rest base64 and a number."""
+        lines = []
+        for user in sorted(spec.users, key=lambda u: u.username):
+            _file_username(user.username)
+            _conf_int(user.iterations, f"iterations of {user.username!r}", 1, 10_000_000)
+            _file_b64(user.salt_b64, f"salt of {user.username!r}")
+            _file_b64(user.hash_b64, f"hash of {user.username!r}")
+            lines.append(mosquitto_password_line(user) + "\n")
+        return "".join(lines)
 
 
 def _atomic_write(path: pathlib.Path, content: str, run_as: _RunAs | None) -> None:
@@ -712,7 +1221,7 @@ def render_acl(spec: BrokerSpec) -> tuple[str, str]:
     lines = ["# Written by the control plane's local driver; any edit is overwritten."]
     inexact: set[str] = set()
     for user in sorted(spec.users, key=lambda u: u.username):
-        lines.append(f"user {user.username}")
+        lines.append(f"user {_file_username(user.username)}")
         if user.confined_to is not None:
             # Its own lines only: the rules for everyone (an "allow all #" included) are never rendered for it.
             lines += [f"topic readwrite {topic}" for topic in user.confined_to]
@@ -748,9 +1257,11 @@ def render_acl(spec: BrokerSpec) -> tuple[str, str]:
                     allows.setdefault(rule.topic, set()).add(access)
             if default == "allow":
                 allows.setdefault("#", set()).add(access)
-        lines += [f"topic deny {topic}" for topic in denies]
+        # The access word is always written, so the filter is the rest of the line (mosquitto would otherwise take
+        # a first word of the filter for the access).
+        lines += [f"topic deny {_file_topic(topic)}" for topic in denies]
         for topic, accesses in allows.items():
             mode = "readwrite" if len(accesses) == 2 else next(iter(accesses))
-            lines.append(f"topic {mode} {topic}")
+            lines.append(f"topic {mode} {_file_topic(topic)}")
     note = "exact" if not inexact else "approximated on the strict side: " + "; ".join(sorted(inexact))
     return "\n".join(lines) + "\n", note

@@ -11,14 +11,14 @@ import pytest
 from django.core.management import ManagementUtility
 from django.db import connection
 from django.utils import timezone
-from rest_framework import exceptions
 
 from alerts import services as alert_services
 from alerts.models import Alert, AlertEvent, Delivery, PlatformEvent
 from audit.models import AuditEvent
-from controlplane.api.problems import Conflict
+from controlplane.errors import Conflict, ValidationFailed
 from deployments import services
 from deployments.models import Deployment, DeploymentEvent, MaintenanceWindow, Operation
+from tests.otp import staff_sign_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
 
@@ -58,18 +58,18 @@ def schedule(deployment, *, after=dt.timedelta(days=15), hours=2, now=NOW, **kwa
 
 
 def test_schedule_is_refused_naming_starts_at_when_less_than_14_days_ahead(deployment):
-    with pytest.raises(exceptions.ValidationError) as refused:
+    with pytest.raises(ValidationFailed) as refused:
         schedule(deployment, after=dt.timedelta(days=13))
-    detail = refused.value.detail
+    detail = refused.value.message_dict()
     assert list(detail) == ["starts_at"]
     assert "14 days" in str(detail["starts_at"][0]) and "2026-12-15T09:00:00Z" in str(detail["starts_at"][0])
     assert not MaintenanceWindow.objects.exists() and not PlatformEvent.objects.exists()
 
 
 def test_emergency_is_refused_when_less_than_24_hours_ahead(deployment):
-    with pytest.raises(exceptions.ValidationError) as refused:
+    with pytest.raises(ValidationFailed) as refused:
         schedule(deployment, after=dt.timedelta(hours=23), emergency=True)
-    message = str(refused.value.detail["starts_at"][0])
+    message = refused.value.message_dict()["starts_at"][0]
     assert "24 hours" in message and "2026-12-02T09:00:00Z" in message
 
 
@@ -80,19 +80,20 @@ def test_emergency_is_scheduled_when_25_hours_ahead(deployment):
 
 
 def test_schedule_is_refused_when_longer_than_four_hours_or_ending_before_it_starts(deployment):
-    with pytest.raises(exceptions.ValidationError) as too_long:
+    with pytest.raises(ValidationFailed) as too_long:
         schedule(deployment, hours=5)
-    assert list(too_long.value.detail) == ["ends_at"]
-    with pytest.raises(exceptions.ValidationError) as backwards:
+    assert list(too_long.value.message_dict()) == ["ends_at"]
+    with pytest.raises(ValidationFailed) as backwards:
         schedule(deployment, hours=-1)
-    assert list(backwards.value.detail) == ["ends_at"]
+    assert list(backwards.value.message_dict()) == ["ends_at"]
 
 
 def test_schedule_is_refused_when_overlapping_another_window_of_the_deployment(owner_org, deployment):
     first = schedule(deployment)
     with pytest.raises(Conflict) as refused:
         schedule(deployment, after=dt.timedelta(days=15, hours=1))
-    assert first.public_id in str(refused.value.detail["starts_at"][0])
+    assert [e.field for e in refused.value.errors] == ["starts_at"]
+    assert first.public_id in refused.value.errors[0].message
     # Back to back is not an overlap; another deployment's window never is; a cancelled one no longer is.
     schedule(deployment, after=dt.timedelta(days=15, hours=2))
     schedule(make_deployment(owner_org.default_project, name="other"))
@@ -116,9 +117,9 @@ def test_deleting_the_deployment_cancels_its_scheduled_maintenance(deployment):
 
 
 def test_schedule_is_refused_when_reason_is_empty(deployment):
-    with pytest.raises(exceptions.ValidationError) as refused:
+    with pytest.raises(ValidationFailed) as refused:
         schedule(deployment, reason="   ")
-    assert list(refused.value.detail) == ["reason"]
+    assert list(refused.value.message_dict()) == ["reason"]
 
 
 # -- notification and audit ----------------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def admin_form(deployment, start: dt.datetime, **changes):
 def test_admin_schedules_through_the_service(
     client, staff, owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
 ):
-    client.force_login(staff)
+    staff_sign_in(client, staff, "operator passphrase")
     start = (timezone.now() + dt.timedelta(days=16)).replace(microsecond=0)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/admin/deployments/maintenancewindow/add/", admin_form(deployment, start))
@@ -416,7 +417,7 @@ def test_admin_schedules_through_the_service(
 
 
 def test_admin_shows_the_lead_time_error_on_the_form(client, staff, deployment):
-    client.force_login(staff)
+    staff_sign_in(client, staff, "operator passphrase")
     start = timezone.now() + dt.timedelta(days=3)
     response = client.post("/admin/deployments/maintenancewindow/add/", admin_form(deployment, start))
     assert response.status_code == 200
@@ -426,7 +427,7 @@ def test_admin_shows_the_lead_time_error_on_the_form(client, staff, deployment):
 
 def test_admin_action_cancels_and_notifies(client, staff, deployment):
     window = schedule(deployment, now=timezone.now())
-    client.force_login(staff)
+    staff_sign_in(client, staff, "operator passphrase")
     response = client.post(
         "/admin/deployments/maintenancewindow/", {"action": "cancel_windows", "_selected_action": [window.pk]}
     )

@@ -1,13 +1,10 @@
 """End to end on real parts: the REST API, a real Celery worker reconciling a real mosquitto, a real platform agent
 process, and paho devices connecting with the credentials the API issued."""
 
-import json
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from tests.deployments.test_e2e_local import wait_for_status, wait_operation
 from tests.iot.agent_process import agents  # noqa: F401
@@ -172,10 +169,10 @@ def test_shadow_round_trips_over_mqtt_and_rest_when_the_agent_serves_the_deploym
         "array": ([1, 2, 3], 400),
         "nostate": ({"clientToken": "nostate"}, 400),
     }
-    for token, (body, code) in cases.items():
+    for body, _code in cases.values():
         device.update(body)
     device.update(b"{not json")
-    for token, (body, code) in cases.items():
+    for token, (_body, code) in cases.items():
         if token == "array":
             continue
         answer, _ = device.wait_for("update/rejected", lambda b, t=token: b.get("clientToken") == t)

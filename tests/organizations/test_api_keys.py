@@ -151,6 +151,7 @@ def test_deletion_protected_key_cannot_be_revoked_until_lifted(owner_org, key_cl
 def test_authentication_reads_key_organization_creator_and_membership_in_one_query(
     owner_org, django_assert_num_queries
 ):
+    from organizations.access import ApiKeyCredential
     from organizations.services import api_key_authenticate
 
     user, membership = owner_org.add_member(roles=["administrator"])
@@ -160,12 +161,15 @@ def test_authentication_reads_key_organization_creator_and_membership_in_one_que
     ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())  # no last-used write in this request
     with django_assert_num_queries(1):
         found = api_key_authenticate(secret)
-        # Values come back as their fields' Python types, on every database.
-        assert found.pk == key.pk and found.prefix == key.prefix and found.created_at == key.created_at
-        assert found.organization.rate_limits == {"principal": [10, 1]}
-        assert found.created_by == user and found.created_by.email == user.email
+        assert isinstance(found, ApiKeyCredential)
+        # Values come back as their fields' Python types.
+        assert found.key.pk == key.pk and found.prefix == key.prefix and found.key.created_at == key.created_at
+        assert found.key.organization.rate_limits == {"principal": [10, 1]}
+        assert found.key.created_by == user and found.key.created_by.email == user.email
         assert found.creator_membership.pk == membership.pk and found.creator_membership.roles == ["administrator"]
         assert found.limited_to_projects is True
+        # A typed row: nothing is hung on the model instances themselves.
+        assert not hasattr(found.key, "creator_membership") and not hasattr(found.key, "limited_to_projects")
     membership.delete()
     found = api_key_authenticate(secret)
     assert found.creator_membership is None

@@ -1,4 +1,58 @@
-// Organization and project switchers: navigate on change (no inline handlers: the CSP forbids them).
-document.querySelectorAll("select[data-nav]").forEach(function (select) {
-  select.addEventListener("change", function () { if (select.value) { window.location.href = select.value; } });
-});
+// The console's only script of its own. Everything here enhances a page that already works without JavaScript:
+// copy buttons, showing a password while it is typed, submitting a filter form on change. No inline handlers
+// anywhere (the Content-Security-Policy forbids them); behaviour hangs on data- attributes.
+(function () {
+  "use strict";
+
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text);
+    }
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); } finally { document.body.removeChild(area); }
+    return Promise.resolve();
+  }
+
+  document.addEventListener("click", function (event) {
+    var copy = event.target.closest("[data-copy]");
+    if (copy) {
+      var source = document.getElementById(copy.getAttribute("data-copy"));
+      if (!source) { return; }
+      var label = copy.textContent;
+      copyText(source.textContent.trim()).then(function () {
+        copy.textContent = "Copied";
+        setTimeout(function () { copy.textContent = label; }, 1500);
+      });
+      return;
+    }
+    var toggle = event.target.closest("[data-toggle-password]");
+    if (toggle) {
+      var input = document.getElementById(toggle.getAttribute("data-toggle-password"));
+      if (!input) { return; }
+      var show = input.type === "password";
+      input.type = show ? "text" : "password";
+      toggle.setAttribute("aria-pressed", show ? "true" : "false");
+      toggle.textContent = show ? "Hide" : "Show";
+      if (show) { input.focus(); }  // back to typing; leaving the field masks it again
+    }
+  });
+
+  // A password is visible only while it is being typed: once the field loses focus it is masked again.
+  document.addEventListener("focusout", function (event) {
+    var input = event.target;
+    if (input.matches && input.matches("input[data-reveal-while-typing]") && input.type === "text") {
+      var toggle = document.querySelector('[data-toggle-password="' + input.id + '"]');
+      if (toggle && event.relatedTarget === toggle) { return; }
+      input.type = "password";
+      if (toggle) { toggle.setAttribute("aria-pressed", "false"); toggle.textContent = "Show"; }
+    }
+  });
+
+  // Buttons that exist only for pages without JavaScript (htmx updates the page on change instead).
+  document.documentElement.classList.add("js");
+})();

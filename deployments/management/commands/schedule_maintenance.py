@@ -9,8 +9,8 @@ import re
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-from rest_framework import exceptions
 
+from controlplane.errors import DomainError
 from deployments import services
 from deployments.models import Deployment, DesiredState, Region
 
@@ -36,16 +36,15 @@ def parse_duration(value: str) -> datetime.timedelta:
     return duration
 
 
-def describe(exc: exceptions.APIException) -> str:
-    detail = exc.detail
-    if isinstance(detail, dict):
-        return "; ".join(
-            f"{field}: {' '.join(str(m) for m in messages) if isinstance(messages, list) else messages}"
-            for field, messages in detail.items()
-        )
-    if isinstance(detail, list):
-        return " ".join(str(m) for m in detail)
-    return str(detail)
+def describe(exc: DomainError) -> str:
+    if not exc.errors:
+        return exc.message
+    grouped: dict[str | None, list[str]] = {}
+    for error in exc.errors:
+        grouped.setdefault(error.field, []).append(error.message)
+    return "; ".join(
+        f"{field}: {' '.join(messages)}" if field else " ".join(messages) for field, messages in grouped.items()
+    )
 
 
 class Command(BaseCommand):
@@ -81,7 +80,7 @@ class Command(BaseCommand):
                         emergency=emergency,
                         actor=None,
                     )
-                except exceptions.APIException as exc:
+                except DomainError as exc:
                     raise CommandError(
                         f"{target.public_id} ({target.name}): {describe(exc)} Nothing was scheduled."
                     ) from exc

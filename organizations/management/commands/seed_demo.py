@@ -50,6 +50,8 @@ class Command(BaseCommand):
             f"""
   Console      {base}/            {DEMO_EMAIL} / {credentials.get("demo_password", "(unchanged: see " + str(path) + ")")}
   Admin        {base}/admin/      {STAFF_EMAIL} / {credentials.get("staff_password", "(see " + str(path) + ")")}
+               (staff need two-factor: sign in to the console as {STAFF_EMAIL} and set it up at
+                {base}/console/account/two-factor, then sign in to the admin with a code)
   API docs     {base}/api/docs/   Authorize with the API key below
   API key      {credentials.get("api_key", "(see " + str(path) + ")")}
   Organization {organization.public_id}   Default project {project.public_id}

@@ -1,0 +1,155 @@
+"""Two-factor authentication of console users: a TOTP authenticator app (django-otp) and 10 single-use recovery codes.
+
+Every change is audited and ends the user's other sessions. Nothing here decides who must use it: organizations
+that require it say so (organizations.access.two_factor_satisfied), and the admin requires it of all staff.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import math
+
+from django.db import transaction
+from django.utils import timezone
+from django_otp import devices_for_user, user_has_device
+from django_otp import verify_token as otp_verify_token
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts.models import User
+from accounts.services import user_sessions_end
+from controlplane.errors import Conflict, NotFound, ValidationFailed
+
+RECOVERY_CODE_COUNT = 10
+
+
+def _audit(action: str, *, user: User, summary: dict | None = None) -> None:
+    from audit.services import audit_record
+    from organizations.access import Principal
+
+    audit_record(actor=Principal(user=user), organization=None, action=action, target=user, summary=summary or {})
+
+
+def two_factor_enabled(user) -> bool:
+    return user is not None and user.is_authenticated and user_has_device(user, confirmed=True)
+
+
+def pending_device(user) -> TOTPDevice | None:
+    """The authenticator being set up (not yet confirmed by a code), if any."""
+    return TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
+
+
+def recovery_codes_left(user) -> int:
+    return StaticToken.objects.filter(device__user=user, device__confirmed=True).count()
+
+
+def secret_base32(device: TOTPDevice) -> str:
+    """The device's key as authenticator apps take it when typed in."""
+    return base64.b32encode(device.bin_key).decode("ascii").rstrip("=")
+
+
+def qr_svg(device: TOTPDevice) -> bytes:
+    """The device's otpauth:// URL as an SVG QR code (no script, no external reference)."""
+    import qrcode
+    import qrcode.image.svg
+
+    image = qrcode.make(device.config_url, image_factory=qrcode.image.svg.SvgPathImage, box_size=12, border=2)
+    out = io.BytesIO()
+    image.save(out)
+    return out.getvalue()
+
+
+@transaction.atomic
+def two_factor_begin(*, user: User) -> TOTPDevice:
+    """A fresh authenticator key to scan; it counts only once a code from it is confirmed."""
+    if TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+        raise Conflict("Two-factor authentication is already on.", code="two-factor-already-on")
+    TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+    return TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+
+
+def _new_recovery_codes(user: User) -> list[str]:
+    StaticDevice.objects.filter(user=user).delete()
+    device = StaticDevice.objects.create(user=user, name="Recovery codes", confirmed=True)
+    codes = [StaticToken.random_token() for _ in range(RECOVERY_CODE_COUNT)]
+    StaticToken.objects.bulk_create(StaticToken(device=device, token=code) for code in codes)
+    return codes
+
+
+@transaction.atomic
+def two_factor_confirm(*, user: User, token: str) -> tuple[TOTPDevice, list[str]]:
+    """Turn two-factor authentication on with a first code from the authenticator being set up. Returns the device
+    and the recovery codes, which exist in clear only in this return value: show them once."""
+    device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).order_by("-id").first()
+    if device is None:
+        raise NotFound("Start setting up two-factor authentication first.")
+    if not device.verify_token(_clean_code(token)):
+        raise ValidationFailed({"code": "That code is not valid: check the time on your phone and try the next one."})
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    codes = _new_recovery_codes(user)
+    user_sessions_end(user=user)
+    _audit("two_factor.enable", user=user, summary={"device": device.name, "recovery_codes": len(codes)})
+    return device, codes
+
+
+def _check_password(user: User, password: str) -> None:
+    if not password or not user.check_password(password):
+        raise ValidationFailed({"password": "The password is not correct."})
+
+
+@transaction.atomic
+def recovery_codes_regenerate(*, user: User, password: str) -> list[str]:
+    """New recovery codes (the old ones stop working), after the password is given again."""
+    _check_password(user, password)
+    if not TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+        raise Conflict("Two-factor authentication is off.", code="two-factor-off")
+    codes = _new_recovery_codes(user)
+    _audit("two_factor.recovery_codes_regenerate", user=user, summary={"recovery_codes": len(codes)})
+    return codes
+
+
+@transaction.atomic
+def two_factor_disable(*, user: User, password: str) -> None:
+    """Turn two-factor authentication off, after the password is given again; ends the user's other sessions."""
+    _check_password(user, password)
+    removed = TOTPDevice.objects.filter(user=user).delete()[0] + StaticDevice.objects.filter(user=user).delete()[0]
+    if not removed:
+        raise Conflict("Two-factor authentication is off.", code="two-factor-off")
+    user_sessions_end(user=user)
+    _audit("two_factor.disable", user=user)
+
+
+def _clean_code(token) -> str:
+    return "".join(str(token or "").split()).lower()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    device: object | None  # the device that accepted the code, or None
+    wait_seconds: int = 0  # > 0: the device refused to check the code now (it backs off after wrong codes)
+
+
+def two_factor_verify(*, user: User, token: str) -> Verification:
+    """Check a code: the authenticator's current code, or an unused recovery code (which is then used up). Each
+    device backs off after wrong codes (1, 2, 4… seconds, django-otp), and a TOTP code is accepted once only."""
+    code = _clean_code(token)
+    if not code:
+        return Verification(None)
+    wait = 0
+    for device in devices_for_user(user, confirmed=True):
+        # Six digits come from the app; anything else is a recovery code. A code is tried on its own kind of device
+        # only, so a mistyped one never counts against (and slows down) the other.
+        if isinstance(device, TOTPDevice) != (len(code) == 6 and code.isdigit()):
+            continue
+        allowed, extra = device.verify_is_allowed()
+        if not allowed:
+            until = (extra or {}).get("locked_until")
+            wait = max(wait, math.ceil((until - timezone.now()).total_seconds()) if until else 1, 1)
+            continue
+        verified = otp_verify_token(user, device.persistent_id, code)
+        if verified is not None:
+            return Verification(verified)
+    return Verification(None, wait)

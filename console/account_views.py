@@ -1,0 +1,497 @@
+"""The console's account pages: sign-in (password, then a second factor when the user has one), sign-up confirmed by
+email, password reset and change, and two-factor authentication (set up, recovery codes, turn off, and the
+organization's requirement).
+
+Sign-in is throttled per account and per client address (accounts.signin) and answers 429 with the time to try again.
+A user with a second factor is signed in only once it is verified: until then the session holds a pending sign-in,
+not a login, so neither the console nor the API treats it as signed in.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import authenticate, update_session_auth_hash
+from django.contrib.auth import login as auth_login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import PasswordChangeForm
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render, resolve_url
+from django.urls import reverse, reverse_lazy
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods
+from django_otp import login as otp_login
+
+from accounts import services as account_services
+from accounts import signin, two_factor
+from accounts.models import User
+from console.account_forms import CodeForm, PasswordForm, PasswordResetForm, SignInForm, SignupForm
+from controlplane.errors import DomainError, ValidationFailed
+from controlplane.middleware import client_ip
+from organizations import access
+from organizations import services as org_services
+from organizations.models import Organization
+
+PENDING_KEY = "_signin_pending"
+PENDING_SECONDS = 10 * 60
+_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+def _add_errors(form, exc: DomainError) -> None:
+    """A service's refusal as form errors: on the fields it names, else on the form as a whole."""
+    by_field: dict[str, list[str]] = {}
+    for error in exc.errors:
+        by_field.setdefault(error.field or "__all__", []).append(error.message)
+    for field, errors in (by_field or {"__all__": [exc.message]}).items():
+        form.add_error(field if field in form.fields else None, errors)
+
+
+def _next_url(request) -> str:
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return resolve_url(settings.LOGIN_REDIRECT_URL)
+
+
+def _locked(request, template: str, context: dict, lockout: signin.Lockout):
+    response = render(request, template, {**context, "locked": lockout}, status=429)
+    response["Retry-After"] = str(lockout.retry_after)
+    return response
+
+
+def _reauthentication_locked(request) -> signin.Lockout | None:
+    """Pages that ask a signed-in user's password again (password change, two-factor off, new recovery codes) are
+    password oracles for whoever holds the session: they share the sign-in throttle."""
+    return signin.signin_lockout(email=request.user.email, ip=client_ip(request))
+
+
+def _reauthentication_failed(request) -> signin.Lockout | None:
+    return signin.signin_failed(email=request.user.email, ip=client_ip(request), reason="reauthentication")
+
+
+def _code_refusal(verification) -> str:
+    if verification.wait_seconds:
+        return f"Too many wrong codes: wait {verification.wait_seconds} s, then try the code your app shows."
+    return "That code is not valid."
+
+
+def _complete_sign_in(request, user: User, device) -> None:
+    request.session.pop(PENDING_KEY, None)
+    auth_login(request, user, backend=_BACKEND)
+    if device is not None:
+        otp_login(request, device)
+    signin.signin_succeeded(user=user, two_factor=device is not None)
+
+
+# --- Sign-in ---------------------------------------------------------------------------------------------------
+
+
+@sensitive_post_parameters("password")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def login(request):
+    next_url = _next_url(request)
+    form = SignInForm(request.POST or None)
+    context = {"form": form, "next": next_url}
+    if request.method == "POST" and form.is_valid():
+        email, password = form.cleaned_data["username"], form.cleaned_data["password"]
+        ip = client_ip(request)
+        lockout = signin.signin_lockout(email=email, ip=ip)
+        if lockout is not None:
+            return _locked(request, "console/account/login.html", context, lockout)
+        user = authenticate(request, username=email, password=password)
+        if user is None:  # wrong password, no such account, or a deactivated one: one answer for all
+            lockout = signin.signin_failed(email=email, ip=ip, reason="password")
+            if lockout is not None:
+                return _locked(request, "console/account/login.html", context, lockout)
+            form.add_error(None, "The email or password is not correct.")
+        elif two_factor.two_factor_enabled(user):
+            request.session.cycle_key()
+            request.session[PENDING_KEY] = {
+                "user": user.pk,
+                "hash": user.get_session_auth_hash(),
+                "at": time.time(),
+                "next": next_url,
+            }
+            return redirect("console:login-verify")
+        else:
+            _complete_sign_in(request, user, None)
+            return redirect(next_url)
+    return render(request, "console/account/login.html", context)
+
+
+def _pending_user(request) -> tuple[User, str] | None:
+    """The user whose password was accepted in this session and who still owes a second factor, if still valid."""
+    pending = request.session.get(PENDING_KEY)
+    if not isinstance(pending, dict) or time.time() - float(pending.get("at", 0)) > PENDING_SECONDS:
+        return None
+    user = User.objects.filter(pk=pending.get("user"), is_active=True).first()
+    if user is None or pending.get("hash") != user.get_session_auth_hash():
+        return None  # deactivated, or the password changed meanwhile
+    return user, pending.get("next") or resolve_url(settings.LOGIN_REDIRECT_URL)
+
+
+@sensitive_post_parameters("code")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def login_verify(request):
+    pending = _pending_user(request)
+    if pending is None:
+        request.session.pop(PENDING_KEY, None)
+        messages.error(request, "Sign in again: the sign-in expired.")
+        return redirect("console:login")
+    user, next_url = pending
+    form = CodeForm(request.POST or None)
+    context = {"form": form, "email": user.email}
+    if request.method == "POST" and form.is_valid():
+        ip = client_ip(request)
+        lockout = signin.signin_lockout(email=user.email, ip=ip)
+        if lockout is not None:
+            return _locked(request, "console/account/login_verify.html", context, lockout)
+        verification = two_factor.two_factor_verify(user=user, token=form.cleaned_data["code"])
+        if verification.device is None:
+            lockout = signin.signin_failed(email=user.email, ip=ip, reason="two_factor")
+            if lockout is not None:
+                return _locked(request, "console/account/login_verify.html", context, lockout)
+            form.add_error("code", _code_refusal(verification))
+        else:
+            _complete_sign_in(request, user, verification.device)
+            return redirect(next_url)
+    return render(request, "console/account/login_verify.html", context)
+
+
+# --- Sign-up ---------------------------------------------------------------------------------------------------
+
+
+@sensitive_post_parameters("password")
+@require_http_methods(["GET", "POST"])
+def signup(request):
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            account_services.user_signup_request(**form.cleaned_data)
+        except ValidationFailed as exc:
+            _add_errors(form, exc)
+        else:
+            # The same answer whether or not the address has an account: only the mailbox learns which.
+            return redirect("console:signup-sent")
+    return render(request, "console/account/signup.html", {"form": form})
+
+
+def signup_sent(request):
+    return render(
+        request,
+        "console/account/message.html",
+        {
+            "title": "Check your email",
+            "message": "We sent a message to the address you gave. Follow its link to finish creating your account.",
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def signup_confirm(request):
+    """GET shows a button; POST creates the account (mail scanners follow links with GET and must create nothing)."""
+    token = request.POST.get("token") or request.GET.get("token") or ""
+    email = account_services.signup_token_email(token)
+    error = None
+    if request.method == "POST":
+        try:
+            user, organization = account_services.user_signup_confirm(token=token)
+        except DomainError as exc:
+            error = exc.message
+        else:
+            _complete_sign_in(request, user, None)
+            return redirect("console:organization", org_id=organization.public_id)
+    return render(request, "console/account/signup_confirm.html", {"token": token, "email": email, "error": error})
+
+
+# --- Password reset and change ----------------------------------------------------------------------------------
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    form_class = PasswordResetForm
+    template_name = "console/account/password_reset.html"
+    email_template_name = "console/account/password_reset_email.txt"
+    subject_template_name = "console/account/password_reset_subject.txt"
+    success_url = reverse_lazy("console:password-reset-done")
+
+    def get_extra_email_context(self):
+        # Links are built on PUBLIC_URL, never on the request's Host header (which a caller chooses).
+        return {"public_url": settings.PUBLIC_URL}
+
+    def form_valid(self, form):
+        self.extra_email_context = self.get_extra_email_context()
+        return super().form_valid(form)
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    template_name = "console/account/password_reset_confirm.html"
+    success_url = reverse_lazy("console:password-reset-complete")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        # The new password hash already ended every session of the user (Django compares it on each request).
+        account_services.user_password_changed(user=form.user, actor=access.Principal(user=form.user), how="reset")
+        return response
+
+
+def password_reset_done(request):
+    return render(
+        request,
+        "console/account/message.html",
+        {
+            "title": "Check your email",
+            "message": "If an account exists for that address, we sent it a link to choose a new password.",
+        },
+    )
+
+
+def password_reset_complete(request):
+    return render(
+        request,
+        "console/account/message.html",
+        {"title": "Password changed", "message": "Your password was changed. You can sign in."},
+    )
+
+
+@sensitive_post_parameters("old_password", "new_password1", "new_password2")
+@login_required
+@require_http_methods(["GET", "POST"])
+def password_change(request):
+    form = PasswordChangeForm(request.user, request.POST or None)
+    if request.method == "POST":
+        lockout = _reauthentication_locked(request)
+        if lockout is not None:
+            return _locked(request, "console/account/password_change.html", {"form": form}, lockout)
+    if request.method == "POST" and not form.is_valid() and form.has_error("old_password", "password_incorrect"):
+        lockout = _reauthentication_failed(request)
+        if lockout is not None:
+            return _locked(request, "console/account/password_change.html", {"form": form}, lockout)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        update_session_auth_hash(request, user)  # this session stays; every other one ends at its next request
+        account_services.user_password_changed(user=user, actor=_principal(request), how="change")
+        messages.success(request, "Your password was changed. Your other sessions were signed out.")
+        return redirect("console:password-change")
+    return render(request, "console/account/password_change.html", {"form": form})
+
+
+# --- Two-factor authentication ------------------------------------------------------------------------------------
+
+
+def _principal(request):
+    return access.Principal.from_request(request)
+
+
+def _owned_organizations(request):
+    """Organizations where the user may set the two-factor requirement (Owners: the org:security scope)."""
+    principal = _principal(request)
+    return [
+        organization
+        for organization in Organization.objects.filter(memberships__user=request.user).order_by("name")
+        if access.has_scope(principal, "org:security", organization=organization)
+    ]
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def two_factor_overview(request):
+    user = request.user
+    if request.method == "POST" and request.POST.get("action") == "start":
+        try:
+            two_factor.two_factor_begin(user=user)
+        except DomainError as exc:
+            messages.error(request, exc.message)
+            return redirect("console:two-factor")
+        return redirect(_with_next(reverse("console:two-factor-setup"), request))
+    return _two_factor_page(request)
+
+
+def _two_factor_page(request, *, locked: signin.Lockout | None = None):
+    user = request.user
+    required_by = request.GET.get("required_by")
+    response = render(
+        request,
+        "console/account/two_factor.html",
+        {
+            "enabled": two_factor.two_factor_enabled(user),
+            "codes_left": two_factor.recovery_codes_left(user),
+            "owned": _owned_organizations(request),
+            "required_by": Organization.objects.filter(public_id=required_by, memberships__user=user).first()
+            if isinstance(required_by, str)
+            else None,
+            "next": _next_url(request) if request.GET.get("next") else "",
+            "locked": locked,
+        },
+        status=429 if locked else 200,
+    )
+    if locked:
+        response["Retry-After"] = str(locked.retry_after)
+    return response
+
+
+def _with_next(url: str, request) -> str:
+    """`url`, carrying the page the user was on its way to (an organization that requires two-factor)."""
+    if not (request.POST.get("next") or request.GET.get("next")):
+        return url
+    return f"{url}?{urlencode({'next': _next_url(request)})}"
+
+
+@never_cache
+@sensitive_post_parameters("code")
+@login_required
+@require_http_methods(["GET", "POST"])
+def two_factor_setup(request):
+    user = request.user
+    device = two_factor.pending_device(user)
+    if device is None:
+        return redirect("console:two-factor")
+    form = CodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            device, codes = two_factor.two_factor_confirm(user=user, token=form.cleaned_data["code"])
+        except DomainError as exc:
+            _add_errors(form, exc)
+        else:
+            update_session_auth_hash(request, user)  # other sessions end; this one goes on, verified
+            otp_login(request, device)
+            return render(
+                request,
+                "console/account/recovery_codes.html",
+                {"codes": codes, "next": _next_url(request) if request.POST.get("next") else ""},
+            )
+    return render(
+        request,
+        "console/account/two_factor_setup.html",
+        {"form": form, "secret": two_factor.secret_base32(device), "next": request.GET.get("next", "")},
+    )
+
+
+@never_cache
+@login_required
+def two_factor_qr(request):
+    """The QR code of the authenticator being set up, as an SVG image from our own origin (the CSP allows no
+    inline script, and the secret never leaves for a third-party QR service)."""
+    device = two_factor.pending_device(request.user)
+    if device is None:
+        raise Http404("No authenticator is being set up.")
+    response = HttpResponse(two_factor.qr_svg(device), content_type="image/svg+xml")
+    response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    return response
+
+
+class _Locked(DomainError):
+    code = "locked"
+
+    def __init__(self, lockout: signin.Lockout):
+        super().__init__(lockout.message)
+        self.lockout = lockout
+
+
+def _check_reauthentication(request, form) -> None:
+    lockout = _reauthentication_locked(request)
+    if lockout is not None:
+        raise _Locked(lockout)
+    if not form.is_valid():
+        raise ValidationFailed({"password": "Enter your password."})
+
+
+def _reauthentication_refused(request, exc: DomainError):
+    """A wrong password counts toward the sign-in throttle; the page says why and, when locked, answers 429."""
+    lockout = getattr(exc, "lockout", None)
+    if lockout is None and any(error.field == "password" for error in exc.errors) and request.POST.get("password"):
+        lockout = _reauthentication_failed(request)
+    if lockout is not None:
+        return _two_factor_page(request, locked=lockout)
+    messages.error(request, exc.message)
+    return redirect("console:two-factor")
+
+
+@never_cache
+@sensitive_post_parameters("password")
+@login_required
+@require_http_methods(["POST"])
+def two_factor_disable(request):
+    form = PasswordForm(request.POST)
+    try:
+        _check_reauthentication(request, form)
+        two_factor.two_factor_disable(user=request.user, password=form.cleaned_data["password"])
+    except DomainError as exc:
+        return _reauthentication_refused(request, exc)
+    update_session_auth_hash(request, request.user)
+    messages.success(request, "Two-factor authentication is off. Your other sessions were signed out.")
+    return redirect("console:two-factor")
+
+
+@never_cache
+@sensitive_post_parameters("password")
+@login_required
+@require_http_methods(["POST"])
+def recovery_codes_regenerate(request):
+    form = PasswordForm(request.POST)
+    try:
+        _check_reauthentication(request, form)
+        codes = two_factor.recovery_codes_regenerate(user=request.user, password=form.cleaned_data["password"])
+    except DomainError as exc:
+        return _reauthentication_refused(request, exc)
+    return render(request, "console/account/recovery_codes.html", {"codes": codes, "next": ""})
+
+
+@never_cache
+@sensitive_post_parameters("code")
+@login_required
+@require_http_methods(["GET", "POST"])
+def two_factor_verify(request):
+    """A signed-in session that was not verified by the user's second factor (an organization requires it)."""
+    user = request.user
+    next_url = _next_url(request)
+    if user.is_verified():
+        return redirect(next_url)
+    form = CodeForm(request.POST or None)
+    context = {"form": form, "email": user.email, "next": next_url}
+    if request.method == "POST" and form.is_valid():
+        ip = client_ip(request)
+        lockout = signin.signin_lockout(email=user.email, ip=ip)
+        if lockout is not None:
+            return _locked(request, "console/account/two_factor_verify.html", context, lockout)
+        verification = two_factor.two_factor_verify(user=user, token=form.cleaned_data["code"])
+        if verification.device is None:
+            lockout = signin.signin_failed(email=user.email, ip=ip, reason="two_factor")
+            if lockout is not None:
+                return _locked(request, "console/account/two_factor_verify.html", context, lockout)
+            form.add_error("code", _code_refusal(verification))
+        else:
+            otp_login(request, verification.device)
+            signin.signin_succeeded(user=user, two_factor=True)
+            return redirect(next_url)
+    return render(request, "console/account/two_factor_verify.html", context)
+
+
+@login_required
+@require_http_methods(["POST"])
+def organization_two_factor(request, org_id):
+    """An Owner requires (or stops requiring) two-factor authentication of the organization's members."""
+    organization = Organization.objects.filter(public_id=org_id, memberships__user=request.user).first()
+    if organization is None:
+        raise Http404("No such organization")
+    required = request.POST.get("require_two_factor") == "on"
+    try:
+        org_services.organization_require_two_factor(
+            organization=organization, actor=_principal(request), required=required
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        state = "now requires" if required else "no longer requires"
+        messages.success(request, f"{organization.name} {state} two-factor authentication of its members.")
+    return redirect("console:two-factor")

@@ -1,0 +1,69 @@
+"""A console form submitted twice changes things once: the same idempotency records as the API's Idempotency-Key.
+
+Each form carries a random `form_key` rendered with it ({% post_guard %}); a second POST with the same key and body
+replays the first answer when it was a redirect to the result; one with the same key and another body is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from django.http import Http404
+from django.shortcuts import render
+
+from idempotency.middleware import run_once
+
+FORM_KEY = "form_key"
+
+
+def _problem_page(request, status, title=None, detail="", errors=None, code=""):
+    if status == 422:
+        detail = "This form was already submitted with other values. Reload the page and submit it again."
+    elif code == "idempotency-retry":
+        detail = "The first submission of this form failed. Reload the page and submit it again."
+    elif code == "idempotency-in-progress":
+        detail = "This form is still being processed. Wait a moment, then reload the page."
+    context = {"status": status, "title": "This form was already submitted", "detail": detail}
+    return render(request, "console/problem.html", context, status=status)
+
+
+def _refusal(request, kwargs):
+    """A duplicate from someone who is no longer a member of the page's organization gets the page's 404, never
+    what was stored for them."""
+    from console import tenancy
+
+    org_id = kwargs.get("org_id")
+    if org_id is None:
+        return None
+    try:
+        tenancy.for_organization(request, org_id)
+    except Http404:
+        return render(request, "404.html", status=404)
+    return None
+
+
+def once(view):
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        key = request.POST.get(FORM_KEY, "") if request.method == "POST" else ""
+        if not key or len(key) > 64 or not key.isprintable():
+            return view(request, *args, **kwargs)
+        response = run_once(
+            request,
+            f"console:{key}",
+            lambda: view(request, *args, **kwargs),
+            refusal=lambda: _refusal(request, kwargs),
+            problem=functools.partial(_problem_page, request),
+        )
+        if response.get("Idempotent-Replayed") and not 300 <= response.status_code < 400:
+            # Only a redirect (to what the first submit did) is replayed. Any other stored answer is a page that
+            # changed nothing (a refusal, field errors): the view answers again, with today's checks and data.
+            return view(request, *args, **kwargs)
+        return response
+
+    return wrapper
+
+
+def posted(request):
+    """The POST data of a POST (even an empty one, which must fail validation rather than read as no submit)."""
+    return request.POST if request.method == "POST" else None

@@ -1,0 +1,73 @@
+"""Template helpers of the console: the hidden fields every mutating form carries, status badges, money."""
+
+import uuid
+from decimal import Decimal
+
+from django import template
+from django.middleware.csrf import get_token
+from django.utils.html import format_html
+
+from console.once import FORM_KEY
+
+register = template.Library()
+
+SETTLED = {"running", "stopped", "deleted"}
+
+
+@register.simple_tag(takes_context=True)
+def post_guard(context):
+    """The CSRF token and a fresh form key: a double submit of this form is replayed, not repeated."""
+    request = context["request"]
+    return format_html(
+        '<input type="hidden" name="csrfmiddlewaretoken" value="{}"><input type="hidden" name="{}" value="{}">',
+        get_token(request),
+        FORM_KEY,
+        uuid.uuid4().hex,
+    )
+
+
+@register.simple_tag
+def status_badge(status, label=None):
+    tone = {
+        "running": "ok",
+        "stopped": "neutral",
+        "deleted": "neutral",
+        "failed": "bad",
+        "degraded": "bad",
+        "succeeded": "ok",
+        "active": "ok",
+        "pending": "busy",
+        "accepted": "ok",
+        "revoked": "neutral",
+        "expired": "neutral",
+        "firing": "bad",
+    }.get(str(status), "busy")
+    return format_html('<span class="badge badge-{}">{}</span>', tone, label or str(status).replace("_", " "))
+
+
+@register.filter
+def price(amount, currency="USD"):
+    """A per-hour catalog price: '$0.36' for USD, '0.36 EUR' otherwise; up to 6 decimals, at least 2."""
+    if amount is None:
+        return "—"
+    value = Decimal(amount).normalize()
+    exponent = -value.as_tuple().exponent if value.as_tuple().exponent < 0 else 0
+    text = f"{value:,.{max(2, min(exponent, 6))}f}"
+    return f"${text}" if currency == "USD" else f"{text} {currency}"
+
+
+@register.filter
+def money_minor(minor, currency="USD"):
+    from billing.money import to_decimal
+
+    if minor is None:
+        return "—"
+    value = to_decimal(int(minor), currency)
+    return f"${value:,}" if currency == "USD" else f"{value:,} {currency}"
+
+
+@register.simple_tag
+def security_settings_url():
+    from console.tenancy import security_settings_url as url
+
+    return url()

@@ -1,0 +1,137 @@
+"""API keys cannot be used to climb: every operation on a key needs a caller who could create that key today."""
+
+import re
+
+import pytest
+
+from audit.models import AuditEvent
+from organizations.models import ApiKey, Membership
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def administrator(owner_org):
+    user, membership = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(user, role="administrator")
+    return user, secret
+
+
+@pytest.fixture(params=["session", "api_key"])
+def administrator_client(request, administrator, api, key_client):
+    user, secret = administrator
+    if request.param == "session":
+        api.force_login(user)
+        return api
+    return key_client(secret)
+
+
+def _key_url(org, key):
+    return f"/api/v1/organizations/{org.id}/api-keys/{key.public_id}"
+
+
+def test_owner_key_cannot_be_rotated_by_administrator_when_it_holds_more_rights(owner_org, administrator_client):
+    before = ApiKey.objects.get(pk=owner_org.owner_key.pk)
+    response = administrator_client.post(f"{_key_url(owner_org, before)}/rotate", {"overlap_seconds": 0}, format="json")
+    assert response.status_code == 403, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/role-too-high")
+    assert "secret" not in response.json() and b"cpk_" not in response.content
+    after = ApiKey.objects.get(pk=before.pk)
+    assert after.secret_hash == before.secret_hash and after.previous_secret_hash == ""
+    assert not AuditEvent.objects.filter(action="api_key.rotate").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("get", None), ("patch", {"deletion_protection": True}), ("patch", {"name": "x"}), ("delete", None)],
+)
+def test_owner_key_cannot_be_read_edited_or_revoked_by_administrator(owner_org, administrator_client, method, body):
+    key = owner_org.owner_key
+    response = getattr(administrator_client, method)(_key_url(owner_org, key), body, format="json")
+    assert response.status_code == 403, response.content
+    after = ApiKey.objects.get(pk=key.pk)
+    assert (after.name, after.deletion_protection, after.revoked_at) == (key.name, False, None)
+    assert not AuditEvent.objects.filter(target_id=key.public_id).exclude(action="api_key.create").exists()
+
+
+def test_administrator_cannot_climb_to_owner_through_the_owner_key(owner_org, administrator, key_client):
+    """The red team's chain: rotate the Owner's key, take its secret, transfer ownership to oneself."""
+    admin_user, admin_secret = administrator
+    admin = key_client(admin_secret)
+    rotated = admin.post(f"{_key_url(owner_org, owner_org.owner_key)}/rotate", {"overlap_seconds": 0}, format="json")
+    assert rotated.status_code == 403
+    assert re.search(rb"cpk_[0-9a-f]{8}_", rotated.content) is None
+    admin_membership = Membership.objects.get(user=admin_user, organization=owner_org.organization)
+    transfer = admin.post(
+        f"/api/v1/organizations/{owner_org.id}/transfer-ownership",
+        {"member": admin_membership.public_id},
+        format="json",
+    )
+    assert transfer.status_code == 403
+    admin_membership.refresh_from_db()
+    assert admin_membership.roles == ["administrator"]
+    assert key_client(owner_org.owner_secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
+
+
+def test_administrator_manages_keys_within_own_rights_and_audit_names_the_administrator(
+    owner_org, administrator, key_client
+):
+    admin_user, admin_secret = administrator
+    auditor_key, old_secret = owner_org.key_for(owner_org.owner, role="auditor")
+    response = key_client(admin_secret).post(
+        f"{_key_url(owner_org, auditor_key)}/rotate", {"overlap_seconds": 0}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    new_secret = response.json()["secret"]
+    assert key_client(new_secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
+    assert key_client(old_secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 401
+    event = AuditEvent.objects.get(action="api_key.rotate", target_id=auditor_key.public_id)
+    # The real actor is the administrator who rotated, not the Owner who created the key.
+    assert event.actor == admin_user and event.actor_email == admin_user.email
+    assert event.summary["key_created_by"] == owner_org.owner.email
+    detail = key_client(admin_secret).get(_key_url(owner_org, auditor_key))
+    assert detail.status_code == 200 and "secret" not in detail.json()
+
+
+def test_key_limited_to_a_lower_role_cannot_manage_its_creators_stronger_key(owner_org, key_client):
+    """An Owner's administrator-role key acts with an Administrator's ceiling: the Owner's own key is out of reach."""
+    _key, admin_role_secret = owner_org.key_for(owner_org.owner, role="administrator")
+    response = key_client(admin_role_secret).delete(_key_url(owner_org, owner_org.owner_key))
+    assert response.status_code == 403
+    assert ApiKey.objects.get(pk=owner_org.owner_key.pk).revoked_at is None
+
+
+def test_ownership_transfer_service_refuses_key_without_owner_role_when_called_directly(owner_org):
+    from organizations import access, services
+    from organizations.services import RoleTooHigh
+
+    key, _secret = owner_org.key_for(owner_org.owner, role="administrator")
+    _user, target = owner_org.add_member(roles=["administrator"])
+    principal = access.Principal(user=owner_org.owner, api_key=key)
+    with pytest.raises(RoleTooHigh):
+        services.ownership_transfer(organization=owner_org.organization, actor=principal, to_membership=target)
+    target.refresh_from_db()
+    assert target.roles == ["administrator"]
+
+
+def test_console_refuses_administrator_revoking_owner_key(client, owner_org, administrator):
+    admin_user, _secret = administrator
+    client.force_login(admin_user)
+    response = client.post(
+        f"/console/o/{owner_org.id}/api-keys", {"revoke": owner_org.owner_key.public_id}, follow=True
+    )
+    assert response.status_code == 200
+    assert b"more rights than your own" in response.content
+    assert ApiKey.objects.get(pk=owner_org.owner_key.pk).revoked_at is None
+
+
+def test_rotated_secret_keeps_its_whole_random_part_when_rotated_many_times(owner_org, key_client):
+    """The random part of a secret can contain "_": a rotation once kept only what followed the last one."""
+    from organizations import services
+
+    key, _ = owner_org.key_for(owner_org.owner, role="auditor")
+    for _ in range(40):
+        key, secret = services.api_key_rotate(key=key, actor=None, overlap_seconds=0)
+        assert re.fullmatch(rf"cpk_{key.prefix}_[A-Za-z0-9_-]{{43}}", secret), secret
+    assert key_client(secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
