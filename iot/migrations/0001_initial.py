@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ("deployments", "0004_deployment_emqx_version"),
+        ("deployments", "0001_initial"),
     ]
 
     operations = [
