@@ -123,16 +123,17 @@ def compact(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-def parse_update(body: Any, *, sections: tuple[str, ...] = SECTIONS) -> UpdateRequest:
+def parse_update(body: Any, *, sections: tuple[str, ...] = SECTIONS, size: int | None = None) -> UpdateRequest:
     """Check an update request `{"state": {"desired": …, "reported": …}, "version": n, "clientToken": "…"}`
-    (already decoded from JSON). `sections` are those the caller may set (the REST API sets desired only)."""
+    (already decoded from JSON). `sections` are those the caller may set (the REST API sets desired only); `size`
+    is the request's size in bytes when the caller has it (an MQTT payload), else it is measured."""
     if not isinstance(body, dict):
         raise ShadowRejected(400, "The shadow document must be a JSON object")
     unknown = sorted(set(body) - {"state", "version", "clientToken"})
     if unknown:
         raise ShadowRejected(400, f"Unknown field: {unknown[0]}", field=unknown[0])
     client_token = _client_token(body)
-    if len(compact(body)) > MAX_DOCUMENT_BYTES:
+    if (size if size is not None else len(compact(body))) > MAX_DOCUMENT_BYTES:
         raise ShadowRejected(413, f"The request is larger than {MAX_DOCUMENT_BYTES} bytes")
     version = body.get("version")
     if version is not None and (type(version) is not int or version < 0):
@@ -202,7 +203,7 @@ def client_token_of(payload: bytes) -> str:
 def _without_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    return copy.deepcopy(value)
+    return value
 
 
 def _stamp(value: Any, timestamp: int) -> Any:
@@ -212,8 +213,11 @@ def _stamp(value: Any, timestamp: int) -> Any:
     return {"timestamp": timestamp}
 
 
-def _merge(target: dict, metadata: dict, patch: dict, timestamp: int) -> None:
-    """Merge `patch` into `target` in place: objects merge key by key, anything else replaces, null removes."""
+def _merged(target: dict, metadata: dict, patch: dict, timestamp: int) -> tuple[dict, dict]:
+    """`target` and its `metadata` with `patch` merged in: objects merge key by key, anything else replaces, null
+    removes. The inputs are never changed: what the patch touches is copied, the rest is shared (documents are
+    immutable values here, so sharing is safe and saves copying a whole shadow per update)."""
+    target, metadata = dict(target), dict(metadata)
     for key, value in patch.items():
         if value is None:
             target.pop(key, None)
@@ -222,11 +226,11 @@ def _merge(target: dict, metadata: dict, patch: dict, timestamp: int) -> None:
             sub_meta = metadata.get(key)
             if not isinstance(sub_meta, dict) or "timestamp" in sub_meta:
                 sub_meta = {}
-            _merge(target[key], sub_meta, value, timestamp)
-            metadata[key] = sub_meta
+            target[key], metadata[key] = _merged(target[key], sub_meta, value, timestamp)
         else:
             target[key] = _without_nulls(value)
             metadata[key] = _stamp(target[key], timestamp)
+    return target, metadata
 
 
 def _patch_metadata(patch: dict, timestamp: int) -> dict:
@@ -254,13 +258,13 @@ def delta(desired: dict, reported: dict) -> dict:
     out = {}
     for key, want in desired.items():
         if key not in reported:
-            out[key] = copy.deepcopy(want)
+            out[key] = want
         elif isinstance(want, dict) and isinstance(reported[key], dict):
             sub = delta(want, reported[key])
             if sub:
                 out[key] = sub
         elif not _same(want, reported[key]):
-            out[key] = copy.deepcopy(want)
+            out[key] = want
     return out
 
 
@@ -286,14 +290,15 @@ def _with_token(body: dict, client_token: str) -> dict:
 
 
 def state_of(document: Document) -> dict:
-    """The stored document as AWS IoT shows it in `documents` and `get`: sections only when non-empty."""
+    """The stored document as AWS IoT shows it in `documents` and `get`: sections only when non-empty. It shares the
+    document's dicts: apply_update never changes a document it is given, only the copy it returns."""
     state, metadata = {}, {}
     if document.desired:
-        state["desired"] = copy.deepcopy(document.desired)
-        metadata["desired"] = copy.deepcopy(document.desired_metadata)
+        state["desired"] = document.desired
+        metadata["desired"] = document.desired_metadata
     if document.reported:
-        state["reported"] = copy.deepcopy(document.reported)
-        metadata["reported"] = copy.deepcopy(document.reported_metadata)
+        state["reported"] = document.reported
+        metadata["reported"] = document.reported_metadata
     return {"state": state, "metadata": metadata, "version": document.version}
 
 
@@ -305,17 +310,18 @@ def apply_update(document: Document, request: UpdateRequest, *, timestamp: int) 
             f"Version conflict: the shadow is at version {document.version}, not {request.version}",
             field="version",
         )
-    previous = document.copy()
-    after = document.copy()
+    previous = document  # never changed: documents are values, and `after` shares what the update leaves alone
+    after = dataclasses.replace(document)
     for name in SECTIONS:
         if name not in request.state:
             continue
         section = request.state[name]
         if section is None:
-            setattr(after, name, {})
-            setattr(after, f"{name}_metadata", {})
+            merged, metadata = {}, {}
         else:
-            _merge(getattr(after, name), getattr(after, f"{name}_metadata"), section, timestamp)
+            merged, metadata = _merged(getattr(after, name), getattr(after, f"{name}_metadata"), section, timestamp)
+        setattr(after, name, merged)
+        setattr(after, f"{name}_metadata", metadata)
     size = len(compact({"desired": after.desired, "reported": after.reported}))
     if size > MAX_DOCUMENT_BYTES:
         raise ShadowRejected(
@@ -325,7 +331,7 @@ def apply_update(document: Document, request: UpdateRequest, *, timestamp: int) 
     after.version = document.version + 1
     accepted = _with_token(
         {
-            "state": copy.deepcopy(request.state),
+            "state": request.state,
             "metadata": {
                 name: _patch_metadata(section, timestamp) if section is not None else {"timestamp": timestamp}
                 for name, section in request.state.items()

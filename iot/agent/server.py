@@ -19,6 +19,8 @@ import time
 import paho.mqtt.client as mqtt
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from deployments.models import Deployment
 from iot import services, shadow
@@ -29,6 +31,8 @@ logger = logging.getLogger("iot.agent")
 
 SHADOW_TOPICS = ("devices/+/shadow/update", "devices/+/shadow/get")
 BATCH_SIZE = 200
+RECEIVE_MAXIMUM = 400  # two batches: the next one arrives while this one commits
+SESSION_EXPIRY = 7 * 24 * 3600
 IDLE_TICK = 0.05  # how often an idle worker looks at its log and timers
 LOG_POLL = 0.2
 OUTBOX_POLL = 1.0  # besides NOTIFY, which wakes the worker at once
@@ -70,11 +74,13 @@ class DeploymentServer:
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
+        # MQTT 5: its Receive Maximum sets how many QoS 1 messages the broker has in flight to us unacknowledged
+        # (mosquitto 2.0 src/property_broker.c; EMQX takes the smaller of it and its own max_inflight). Under MQTT
+        # 3.1.1 mosquitto's max_inflight_messages (20) would cap every batch, since we acknowledge after the commit.
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=AGENT_CLIENT_ID,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
+            protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
         client.username_pw_set(self.target.username, self.target.password)
@@ -87,7 +93,13 @@ class DeploymentServer:
         return client
 
     def start(self) -> None:
-        self.client.connect_async(self.target.host, self.target.port, keepalive=30)
+        properties = Properties(PacketTypes.CONNECT)
+        # A persistent session (kept a week): the next holder of the lease resumes it with whatever was queued.
+        properties.SessionExpiryInterval = SESSION_EXPIRY
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        self.client.connect_async(
+            self.target.host, self.target.port, keepalive=30, clean_start=False, properties=properties
+        )
         self.client.loop_start()
         self.thread.start()
 
