@@ -527,7 +527,12 @@ def shadow_update_desired(*, device: Device, actor, body) -> dict:
         organization=device.deployment.project.organization,
         action="device.shadow.update",
         target=device,
-        summary={"device_id": device.device_id, "version": result.document.version, "desired": request.state},
+        # Which fields, not their values: the shadow's history holds the values.
+        summary={
+            "device_id": device.device_id,
+            "version": result.document.version,
+            "fields": sorted(request.state.get("desired") or {}) if request.state.get("desired") is not None else None,
+        },
     )
     return result.accepted
 

@@ -36,7 +36,11 @@ def _target(deployment, credential: AgentCredential) -> Target | None:
     try:
         password = crypto.decrypt_str(credential.password_encrypted)
     except ValueError:
-        logger.error("agent credential cannot be decrypted", extra={"deployment": deployment.public_id})
+        logger.error(
+            "agent credential of %s cannot be decrypted",
+            deployment.public_id,
+            extra={"deployment": deployment.public_id},
+        )
         return None
     return Target(
         deployment_id=deployment.pk,
@@ -74,14 +78,16 @@ class PlatformAgent:
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        logger.info("platform agent starting", extra={"agent": self.agent_id})
+        logger.info("platform agent %s starting", self.agent_id, extra={"agent": self.agent_id})
         self._listener.start()
         try:
             while not self.stop_event.is_set():
                 try:
                     self.tick()
                 except DatabaseError as exc:
-                    logger.warning("heartbeat failed; retrying", extra={"agent": self.agent_id, "error": str(exc)})
+                    logger.warning(
+                        "heartbeat failed (%s); retrying", exc, extra={"agent": self.agent_id, "error": str(exc)}
+                    )
                     connection.close()
                 self.stop_event.wait(self.heartbeat_seconds)
         finally:
@@ -130,7 +136,12 @@ class PlatformAgent:
             token = leases.acquire(deployment_id=pk, holder=self.agent_id, ttl=self.lease_seconds)
             if token is None:
                 continue
-            logger.info("lease taken", extra={"agent": self.agent_id, "deployment": target.public_id, "token": token})
+            logger.info(
+                "lease of %s taken (token %s)",
+                target.public_id,
+                token,
+                extra={"agent": self.agent_id, "deployment": target.public_id, "token": token},
+            )
             self._start_server(target, token)
 
     def _start_server(self, target: Target, token: int) -> None:
@@ -151,7 +162,12 @@ class PlatformAgent:
         token = self.tokens.pop(pk, None)
         if release and token is not None:
             leases.release(holder=self.agent_id, tokens={pk: token})
-        logger.info("lease dropped", extra={"agent": self.agent_id, "deployment_id": pk, "released": release})
+        logger.info(
+            "lease of deployment %s dropped (released: %s)",
+            pk,
+            release,
+            extra={"agent": self.agent_id, "deployment_id": pk, "released": release},
+        )
 
     def shutdown(self) -> None:
         """Stop every server and give the leases up, so another agent takes over at once."""
@@ -164,7 +180,7 @@ class PlatformAgent:
         except DatabaseError:
             logger.warning("could not release leases on shutdown; they expire", extra={"agent": self.agent_id})
         self.tokens.clear()
-        logger.info("platform agent stopped", extra={"agent": self.agent_id})
+        logger.info("platform agent %s stopped", self.agent_id, extra={"agent": self.agent_id})
 
     # -- NOTIFY --------------------------------------------------------------------------------------------------
 
@@ -186,7 +202,7 @@ class PlatformAgent:
                         if server is not None:
                             server.notify()
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any database trouble
-                logger.warning("NOTIFY listener failed; reconnecting", extra={"error": str(exc)})
+                logger.warning("NOTIFY listener failed (%s); reconnecting", exc, extra={"error": str(exc)})
                 self.stop_event.wait(1.0)
             finally:
                 try:

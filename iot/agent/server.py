@@ -132,7 +132,10 @@ class DeploymentServer:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             logger.warning(
-                "agent refused by broker", extra={"deployment": self.target.public_id, "reason": str(reason_code)}
+                "the broker of %s refused the agent: %s",
+                self.target.public_id,
+                reason_code,
+                extra={"deployment": self.target.public_id, "reason": str(reason_code)},
             )
             return
         topics = [(topic, 1) for topic in SHADOW_TOPICS]
@@ -140,7 +143,7 @@ class DeploymentServer:
             topics += [(topic, 1) for topic in EMQX_TOPICS]
         client.subscribe(topics)
         self.connected.set()
-        logger.info("agent connected to broker", extra={"deployment": self.target.public_id})
+        logger.info("connected to the broker of %s", self.target.public_id, extra={"deployment": self.target.public_id})
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
@@ -169,10 +172,12 @@ class DeploymentServer:
                     self._retrying(self._prune)
                     next_prune = now + PRUNE_EVERY
         except services.LeaseLost:
-            logger.warning("lease lost; stopping", extra={"deployment": self.target.public_id})
+            logger.warning(
+                "lease of %s lost; stopping", self.target.public_id, extra={"deployment": self.target.public_id}
+            )
             self.lost.set()
         except Exception:
-            logger.exception("deployment server failed", extra={"deployment": self.target.public_id})
+            logger.exception("serving %s failed", self.target.public_id, extra={"deployment": self.target.public_id})
             self.lost.set()
         finally:
             connection.close()
@@ -185,7 +190,10 @@ class DeploymentServer:
                 return
             except (OperationalError, InterfaceError) as exc:
                 logger.warning(
-                    "database unavailable; retrying", extra={"deployment": self.target.public_id, "error": str(exc)}
+                    "database unavailable (%s); %s waits",
+                    exc,
+                    self.target.public_id,
+                    extra={"deployment": self.target.public_id, "error": str(exc)},
                 )
                 connection.close()
                 self.stopping.wait(1.0)
@@ -310,7 +318,12 @@ class DeploymentServer:
             done.wait(5.0)
             kicker.disconnect()
         except OSError as exc:
-            logger.warning("could not take a client id over", extra={"client_id": client_id, "error": str(exc)})
+            logger.warning(
+                "could not take client id %s over (%s)",
+                client_id,
+                exc,
+                extra={"client_id": client_id, "error": str(exc)},
+            )
             return False
         finally:
             kicker.loop_stop()

@@ -418,3 +418,22 @@ def test_project_user_may_write_devices_and_auditor_only_read_when_scopes_apply(
     accountant_user, _ = owner_org.add_member(roles=[Role.ACCOUNTANT])
     _key, secret = owner_org.key_for(accountant_user, role=Role.ACCOUNTANT)
     assert key_client(secret).get(f"{base}/devices").status_code == 403
+
+
+def test_device_list_makes_the_same_number_of_queries_whatever_the_page_size(
+    client, base, premium, django_assert_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from iot import services
+
+    services.device_group_create(deployment=premium, actor=None, name="g")
+    for i in range(12):
+        services.device_create(deployment=premium, actor=None, device_id=f"d{i:02d}", groups=["g"], tags=["t"])
+    client.get(f"{base}/devices")  # the first request of a key also records its use
+    with CaptureQueriesContext(connection) as small:
+        assert client.get(f"{base}/devices?page_size=5&tag=t").status_code == 200
+    with django_assert_num_queries(len(small.captured_queries)):
+        body = client.get(f"{base}/devices?page_size=100&tag=t").json()
+    assert len(body["results"]) == 12 and body["results"][0]["groups"] == ["g"]
