@@ -14,7 +14,7 @@ from rest_framework import exceptions, mixins, parsers, serializers, status
 from rest_framework.response import Response
 
 from controlplane.api.pagination import CursorPagination
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import BrokerTextField, InputSerializer, PlainTextField
 from controlplane.api.views import ScopedViewSet
 from controlplane.errors import ValidationFailed
 from deployments import selectors as deployment_selectors
@@ -138,31 +138,31 @@ class DeviceChangedSerializer(DeviceSerializer):
 
 
 class _TagsField(serializers.ListField):
-    child = StrictCharField(max_length=64)
+    child = PlainTextField(max_length=64)
 
 
 class DeviceCreateSerializer(InputSerializer):
-    device_id = StrictCharField(
+    device_id = BrokerTextField(
         max_length=128,
         trim_whitespace=False,
         help_text="The device's MQTT client id: 1 to 128 characters among A-Z a-z 0-9 _ . : -",
     )
-    name = StrictCharField(max_length=128, required=False, default="", allow_blank=True, trim_whitespace=False)
-    product = StrictCharField(max_length=64, required=False, default="", allow_blank=True, trim_whitespace=False)
+    name = PlainTextField(max_length=128, required=False, default="", allow_blank=True, trim_whitespace=False)
+    product = PlainTextField(max_length=64, required=False, default="", allow_blank=True, trim_whitespace=False)
     tags = _TagsField(required=False, default=list, max_length=32)
     attributes = serializers.JSONField(required=False, default=dict, help_text="A JSON object, at most 8 KB.")
     groups = serializers.ListField(
-        child=StrictCharField(max_length=64), required=False, default=list, help_text="Names of existing groups."
+        child=PlainTextField(max_length=64), required=False, default=list, help_text="Names of existing groups."
     )
     enabled = serializers.BooleanField(required=False, default=True)
 
 
 class DeviceUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=128, required=False, allow_blank=True, trim_whitespace=False)
-    product = StrictCharField(max_length=64, required=False, allow_blank=True, trim_whitespace=False)
+    name = PlainTextField(max_length=128, required=False, allow_blank=True, trim_whitespace=False)
+    product = PlainTextField(max_length=64, required=False, allow_blank=True, trim_whitespace=False)
     tags = _TagsField(required=False, max_length=32)
     attributes = serializers.JSONField(required=False)
-    groups = serializers.ListField(child=StrictCharField(max_length=64), required=False)
+    groups = serializers.ListField(child=PlainTextField(max_length=64), required=False)
     enabled = serializers.BooleanField(
         required=False, help_text="false disconnects the device at once and refuses its next connection."
     )
@@ -211,12 +211,12 @@ class DeviceGroupSerializer(serializers.ModelSerializer):
 
 
 class DeviceGroupCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=64, trim_whitespace=False, help_text="1 to 64 of A-Z a-z 0-9 _ . : -")
-    description = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+    name = PlainTextField(max_length=64, trim_whitespace=False, help_text="1 to 64 of A-Z a-z 0-9 _ . : -")
+    description = PlainTextField(max_length=500, required=False, default="", allow_blank=True)
 
 
 class DeviceGroupUpdateSerializer(InputSerializer):
-    description = StrictCharField(max_length=500, allow_blank=True)
+    description = PlainTextField(max_length=500, allow_blank=True)
 
 
 _SHADOW_EXAMPLE = {
@@ -333,6 +333,16 @@ class HistoryPagination(CursorPagination):
     ordering = ("-version", "-id")
 
 
+class JsonParser(parsers.JSONParser):
+    """DRF's JSON parser, but a body nested past Python's recursion limit (1 MiB of `[`) is a 400, not a 500."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - the body nests too deeply.") from None
+
+
 class CsvParser(parsers.BaseParser):
     """The raw bytes of a CSV upload (`text/csv`, optionally `Content-Encoding: gzip`); iot.csv_import reads them."""
 
@@ -349,6 +359,7 @@ class _DeploymentScopedViewSet(ScopedViewSet):
     """Resources under one Premium deployment: the tenant is the project in the URL, the deployment narrows."""
 
     scope_level = "project"
+    parser_classes = [JsonParser]
     deployment_path = "deployment"
 
     def narrow_queryset(self, queryset):

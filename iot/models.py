@@ -12,6 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
+from controlplane.validators import broker_text, no_control_characters
 
 AGENT_USERNAME = "$controlplane-agent"
 # The agent's MQTT client id on every broker: one persistent session, so a second agent taking a deployment over
@@ -24,17 +25,17 @@ class AgentCredential(models.Model):
     is a Fernet token (controlplane.crypto), never shown by any API; the hash keeps the broker's files stable."""
 
     deployment = models.OneToOneField("deployments.Deployment", on_delete=models.CASCADE, related_name="+")
-    username = models.CharField(max_length=64, default=AGENT_USERNAME)
+    username = models.CharField(max_length=64, default=AGENT_USERNAME, validators=[broker_text])
     password_encrypted = models.TextField()
-    salt_b64 = models.CharField(max_length=64)
-    hash_b64 = models.CharField(max_length=128)
+    salt_b64 = models.CharField(max_length=64, validators=[broker_text])
+    hash_b64 = models.CharField(max_length=128, validators=[broker_text])
     created_at = models.DateTimeField(default=timezone.now)
 
 
 class DeviceGroup(models.Model):
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="device_groups")
-    name = models.CharField(max_length=64)
-    description = models.CharField(max_length=500, blank=True)
+    name = models.CharField(max_length=64, validators=[no_control_characters])
+    description = models.CharField(max_length=500, blank=True, validators=[no_control_characters])
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -51,16 +52,16 @@ class Device(models.Model):
 
     public_id = PublicIdField(prefix="dev")
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="devices")
-    device_id = models.CharField(max_length=128)
-    name = models.CharField(max_length=128, blank=True)
-    product = models.CharField(max_length=64, blank=True)
+    device_id = models.CharField(max_length=128, validators=[broker_text])  # its client id and its topics
+    name = models.CharField(max_length=128, blank=True, validators=[no_control_characters])
+    product = models.CharField(max_length=64, blank=True, validators=[no_control_characters])
     tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     attributes = models.JSONField(default=dict, blank=True)
     groups = models.ManyToManyField(DeviceGroup, blank=True, related_name="devices")
     enabled = models.BooleanField(default=True)
-    username = models.CharField(max_length=64)
-    salt_b64 = models.CharField(max_length=64)
-    hash_b64 = models.CharField(max_length=128)
+    username = models.CharField(max_length=64, validators=[broker_text])
+    salt_b64 = models.CharField(max_length=64, validators=[broker_text])
+    hash_b64 = models.CharField(max_length=128, validators=[broker_text])
     iterations = models.PositiveIntegerField(default=101)
     credentials_issued_at = models.DateTimeField(default=timezone.now)
 
@@ -69,7 +70,7 @@ class Device(models.Model):
     connected_at = models.DateTimeField(null=True, blank=True)
     disconnected_at = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
-    client_address = models.CharField(max_length=128, blank=True)
+    client_address = models.CharField(max_length=128, blank=True, validators=[no_control_characters])
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

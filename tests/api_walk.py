@@ -133,7 +133,11 @@ def _deployment(org, values, route):
     project = Project.objects.get(public_id=values.get("project", org.default_project.public_id))
     plan = "dedicated"
     if "/devices" in route or "/device-" in route:
-        # Devices and shadows are Premium's: the organization is granted trials, as staff would.
+        # Devices and shadows are Premium's: the organization is granted trials, as staff would. An organization has
+        # at most two, so the device routes share one Premium deployment (their own objects are made fresh).
+        existing = project.deployments.filter(plan__code="premium").exclude(desired_state="deleted").first()
+        if existing is not None:
+            return existing.public_id
         Organization.objects.filter(pk=org.organization.pk).update(premium_trial_deployments=2)
         project.organization.refresh_from_db()
         plan = "premium"

@@ -437,3 +437,10 @@ def test_device_list_makes_the_same_number_of_queries_whatever_the_page_size(
     with django_assert_num_queries(len(small.captured_queries)):
         body = client.get(f"{base}/devices?page_size=100&tag=t").json()
     assert len(body["results"]) == 12 and body["results"][0]["groups"] == ["g"]
+
+
+def test_body_nested_past_the_recursion_limit_answers_400_when_patched(client, base):
+    client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json")
+    body = "[" * 100_000 + "]" * 100_000
+    response = client.generic("PATCH", f"{base}/devices/sensor-1/shadow", body, content_type="application/json")
+    assert response.status_code == 400 and response["Content-Type"] == PROBLEM
