@@ -42,6 +42,9 @@ TRAFFIC_BYTES = "traffic_bytes"
 RULE_MATCHED_RATE = "rule_matched_rate"
 RULE_FAILED_RATE = "rule_failed_rate"
 RULE_RESOURCE_DOWN = "rule_resource_down"
+# Fed by the networking app (alerts never imports it): 1 while one of the deployment's VPC peerings that was active
+# is not, else 0.
+VPC_PEERING_ABNORMAL = "vpc_peering_abnormal"
 
 METRICS: dict[str, Metric] = {
     m.name: m
@@ -60,6 +63,7 @@ METRICS: dict[str, Metric] = {
         Metric(RULE_MATCHED_RATE, MetricKind.RATE, "matches/s", "rule-engine SQL matches"),
         Metric(RULE_FAILED_RATE, MetricKind.RATE, "failures/s", "rule-engine executions that failed"),
         Metric(RULE_RESOURCE_DOWN, MetricKind.GAUGE, "resources", "rule-engine connectors not connected"),
+        Metric(VPC_PEERING_ABNORMAL, MetricKind.GAUGE, "flag", "1 while a VPC peering that was active is not"),
     )
 }
 

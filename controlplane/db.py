@@ -20,6 +20,7 @@ class LockSpace(enum.IntEnum):
     INVOICE_CLOSE = 0x494E5643  # "INVC": one month close at a time, keyed by YYYYMM
     METERING = 0x4D455452  # "METR": one metering run at a time
     AGENT_LEASE = 0x4147454E  # "AGEN": platform agent leases, keyed by deployment id
+    VPC_PEERING = 0x56504350  # "VPCP": one poll of a VPC peering at a time, keyed by peering id
 
 
 def lock_key(space: LockSpace, key: int) -> int:

@@ -32,6 +32,11 @@ class Region(models.Model):
     storage_class = models.CharField(max_length=64, blank=True, validators=[broker_text])
     service_type = models.CharField(max_length=32, default="LoadBalancer", validators=[broker_text])
     is_open = models.BooleanField(default=True, help_text="Open for new deployments.")
+    # The platform's cloud network in this region, as the operator loads it (load_regions' `network:` block): the
+    # provider's account/project/subscription, the VPC or VNet, its CIDR. Empty for a region without one (local).
+    network = models.JSONField(default=dict, blank=True, help_text="Cloud network: see docs/operations/regions.md.")
+    # Fernet token of a JSON object: the credentials the networking adapters call the provider's API with.
+    cloud_credentials_encrypted = models.TextField(blank=True, editable=False)
     tiers = models.ManyToManyField("Tier", blank=True, related_name="regions", help_text="Tiers offered here.")
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import re
 
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -264,6 +265,44 @@ def _device_group(org, values, route):
     return services.device_group_create(deployment=_deployment_row(values), actor=None, name=f"grp_walk{_stamp()}").name
 
 
+_peerings = itertools.count()
+
+
+def _peering(org, values, route):
+    """A peering on the deployment in `values`, moved to an AWS region (a local region has no VPC to peer)."""
+    from controlplane import crypto
+    from deployments.models import Deployment, Region, Tier
+    from networking import services
+
+    region, _ = Region.objects.get_or_create(
+        code="walk-aws",
+        defaults={
+            "display_name": "Walk (AWS)",
+            "provider": "aws",
+            "cloud_region": "eu-central-1",
+            "driver": Region.Driver.KUBERNETES,
+            "in_cluster": True,
+            "network": {"account_id": "123456789012", "vpc_id": "vpc-0a1b2c3d", "cidr": "10.0.0.0/16"},
+            "cloud_credentials_encrypted": crypto.encrypt_str('{"access_key_id": "x", "secret_access_key": "y"}'),
+        },
+    )
+    region.tiers.set(Tier.objects.all())
+    deployment = _deployment_row(values)
+    Deployment.objects.filter(pk=deployment.pk).update(region=region)
+    deployment.refresh_from_db()
+    n = next(_peerings)
+    peering = services.vpc_peering_create(
+        deployment=deployment,
+        actor=None,
+        provider="aws",
+        cidr=f"10.{128 + n % 100}.{n // 100 % 256}.0/24",
+        account_id="222233334444",
+        vpc_id=f"vpc-{n:08x}",
+        region="eu-central-1",
+    )
+    return peering.public_id
+
+
 SAMPLE_MAKERS = {
     "org": lambda org, values, route: org.id,
     "project": lambda org, values, route: org.default_project.public_id,
@@ -282,6 +321,7 @@ SAMPLE_MAKERS = {
     "channel": _channel,
     "device": _device,
     "group": _device_group,
+    "peering": _peering,
 }
 
 

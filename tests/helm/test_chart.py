@@ -249,6 +249,24 @@ def test_regions_job_loads_the_configmap_after_install_when_rendered():
     assert "/etc/controlplane/kubeconfigs/region-us-east-kubeconfig" in mounts
 
 
+def test_regions_job_mounts_cloud_credentials_when_a_region_names_them():
+    values = _values_file(
+        "regions:\n  items:\n    - {code: eu, display_name: EU, provider: aws, region: eu-central-1, "
+        "driver: kubernetes, in_cluster: true, open: true, cloud_credentials_secret: region-eu-cloud, "
+        "network: {account_id: '111122223333', vpc_id: vpc-0a1b2c3d, cidr: 10.0.0.0/16}}\n"
+    )
+    result = template(REQUIRED, (values,))
+    assert result.returncode == 0, result.stderr
+    objects = list(yaml.safe_load_all(result.stdout))
+    job = by_kind([o for o in objects if o], "Job")[f"{FULLNAME}-load-regions"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "CLOUD_CREDENTIALS_DIR", "value": "/etc/controlplane/cloud-credentials"} in container["env"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/etc/controlplane/cloud-credentials/region-eu-cloud" in mounts
+    volumes = [v["secret"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volumes == [{"secretName": "region-eu-cloud", "items": [{"key": "credentials.json", "path": "credentials.json"}]}]
+
+
 # --- workers, beat, autoscaling -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values_set", sorted(RENDERS))
