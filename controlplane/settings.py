@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "billing",
     "alerts",
     "networking",
+    "iot",
     "console",
     "idempotency",
 ]
@@ -273,6 +274,14 @@ ALLOW_PRIVATE_WEBHOOKS = env.bool("ALLOW_PRIVATE_WEBHOOKS", default=False)
 COLLECT_INTERVAL_SECONDS = 60
 # One broker's collection never takes longer than this (MQTT connect and $SYS read, or each EMQX API call).
 COLLECT_TIMEOUT_SECONDS = env.float("COLLECT_TIMEOUT_SECONDS", default=5.0)
+
+# --- IoT platform (Premium): the platform agent (`manage.py platform_agent`, docs/iot.md) ---
+# A lease not renewed for this long is free for another agent: a killed agent's deployments move within it plus
+# one heartbeat.
+IOT_AGENT_LEASE_SECONDS = env.float("IOT_AGENT_LEASE_SECONDS", default=10.0)
+IOT_AGENT_HEARTBEAT_SECONDS = env.float("IOT_AGENT_HEARTBEAT_SECONDS", default=2.0)
+IOT_AGENT_MAX_DEPLOYMENTS = env.int("IOT_AGENT_MAX_DEPLOYMENTS", default=200)
+IOT_SHADOW_HISTORY_DAYS = env.int("IOT_SHADOW_HISTORY_DAYS", default=30)
 
 # --- REST API ---
 REST_FRAMEWORK = {

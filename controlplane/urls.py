@@ -47,6 +47,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("", include("alerts.urls")),
     path("", include("billing.urls")),
     path("", include("networking.urls")),
+    path("", include("iot.urls")),
 ]
 
 urlpatterns = [

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane import crypto, db
-from deployments import tls_services
+from deployments import extensions, tls_services
 from deployments.drivers.base import (
     AclEntry,
     BrokerSpec,
@@ -118,6 +118,8 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
                 is_superuser=True,
             )
         )
+    # Users other apps own (Premium devices, the platform agent), through the extension point.
+    users.extend(extensions.contributed_users(deployment))
     acl = tuple(
         AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
         for r in deployment.acl_rules.order_by("position", "id")

@@ -586,6 +586,19 @@ def _configure(deployment: Deployment, actor, action: str, summary: dict) -> Ope
     return operation
 
 
+@transaction.atomic
+def deployment_configuration_changed(*, deployment: Deployment, actor, change: str, summary: dict) -> Operation:
+    """Configuration another app owns through deployments.extensions (Premium devices) changed: bump the generation,
+    record a configure Operation and reconcile on commit, exactly as an MQTT user change does. The caller writes
+    its own audit row in the same transaction; this writes none."""
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    _bump(deployment)
+    operation = _operation(deployment, Operation.Kind.CONFIGURE, actor, {"change": change, **summary})
+    enqueue_reconcile(deployment.pk)
+    return operation
+
+
 def _check_username(deployment: Deployment, username: str, field: str = "username") -> None:
     _refuse_control_characters(**{field: username})
     try:

@@ -128,11 +128,22 @@ def _deployment_row(values):
 
 def _deployment(org, values, route):
     from deployments import services
+    from organizations.models import Organization
     from projects.models import Project
 
     project = Project.objects.get(public_id=values.get("project", org.default_project.public_id))
+    plan = "dedicated"
+    if "/devices" in route or "/device-" in route:
+        # Devices and shadows are Premium's: the organization is granted trials, as staff would. An organization has
+        # at most two, so the device routes share one Premium deployment (their own objects are made fresh).
+        existing = project.deployments.filter(plan__code="premium").exclude(desired_state="deleted").first()
+        if existing is not None:
+            return existing.public_id
+        Organization.objects.filter(pk=org.organization.pk).update(premium_trial_deployments=2)
+        project.organization.refresh_from_db()
+        plan = "premium"
     deployment, _operation = services.deployment_create(
-        project=project, actor=None, name=f"dep-{_stamp()}", plan="dedicated", tier="1k", region="local"
+        project=project, actor=None, name=f"dep-{_stamp()}", plan=plan, tier="1k", region="local"
     )
     # Settled and running, as most actions expect; nothing here starts a broker (no worker runs in these tests).
     deployment.operations.update(status="succeeded")
@@ -264,6 +275,24 @@ def _channel(org, values, route):
     return channel.public_id
 
 
+def _device(org, values, route):
+    from iot import services
+
+    # An underscore, as public ids have: the tenancy walk makes a "missing" id from the part before it.
+    device, _credentials, _operation = services.device_create(
+        deployment=_deployment_row(values), actor=None, device_id=f"dev_walk{_stamp()}"
+    )
+    # With a shadow, so reading and deleting it answer as for any device in use.
+    services.shadow_update_desired(device=device, actor=None, body={"state": {"desired": {"walk": True}}})
+    return device.device_id
+
+
+def _device_group(org, values, route):
+    from iot import services
+
+    return services.device_group_create(deployment=_deployment_row(values), actor=None, name=f"grp_walk{_stamp()}").name
+
+
 _peerings = itertools.count()
 
 
@@ -320,6 +349,8 @@ SAMPLE_MAKERS = {
     "silence": _silence,
     "alert": _alert,
     "channel": _channel,
+    "device": _device,
+    "group": _device_group,
     "peering": _peering,
 }
 

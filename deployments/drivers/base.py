@@ -46,6 +46,10 @@ class MqttCredential:
     hash_b64: str
     iterations: int = 101
     is_superuser: bool = False
+    # A confined user may publish and subscribe under exactly these topic filters and nowhere else: the deployment's
+    # ACL rules never apply to it, whatever they allow (the devices of deployments.extensions contributors).
+    # None: an ordinary user, governed by the ACL rules.
+    confined_to: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

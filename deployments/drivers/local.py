@@ -1172,6 +1172,16 @@ class LocalDriver:
                 mosquitto_password_line(user)
             except ValueError as exc:
                 raise PermanentDriverError(f"MQTT user {user.username!r}: {exc}") from None
+        for user in spec.users:
+            if user.confined_to is None:
+                continue
+            if user.is_superuser:
+                raise PermanentDriverError(f"MQTT user {user.username!r} cannot be both confined and a superuser")
+            for topic in user.confined_to:
+                try:
+                    validate_topic_filter(topic)
+                except ValueError as exc:
+                    raise PermanentDriverError(f"MQTT user {user.username!r} confined to {topic!r}: {exc}") from None
         if len({u.username for u in spec.users}) != len(spec.users):
             raise PermanentDriverError("MQTT usernames must be unique")
         for entry in spec.acl:
@@ -1503,6 +1513,10 @@ def render_acl(spec: BrokerSpec) -> tuple[str, str]:
     inexact: set[str] = set()
     for user in sorted(spec.users, key=lambda u: u.username):
         lines.append(f"user {_file_username(user.username)}")
+        if user.confined_to is not None:
+            # Its own lines only: the rules for everyone (an "allow all #" included) are never rendered for it.
+            lines += [f"topic readwrite {topic}" for topic in user.confined_to]
+            continue
         if user.is_superuser or not spec.acl:
             lines += ["topic readwrite #", "topic read $SYS/#"] if user.is_superuser else ["topic readwrite #"]
             continue
