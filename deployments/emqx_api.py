@@ -114,22 +114,25 @@ class EmqxApi:
                 self._request("DELETE", f"{auth_path}/users/{quote(user_id, safe='')}", expected=(204, 404))
 
     # -- ACL ---------------------------------------------------------------------------------------------------
-    def sync_acl(self, entries: Iterable[AclEntry]) -> None:
-        """Make the built-in database rules exactly what `entries` compile to: push_acl, then prune_acl."""
-        entries = list(entries)
-        self.push_acl(entries)
-        self.prune_acl(entries)
+    def sync_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
+        """Make the built-in database rules exactly what `entries` and `users` compile to: push_acl, then
+        prune_acl."""
+        entries, users = list(entries), list(users)
+        self.push_acl(entries, users)
+        self.prune_acl(entries, users)
 
-    def push_acl(self, entries: Iterable[AclEntry]) -> None:
+    def push_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
         """Store every rule list the ordered `entries` need (new or changed subjects, and the rules for all), and
         remove none: rules go in before the users they are for (EMQX's no_match lets a user without rules do
         anything), and come out only after them (prune_acl).
 
         EMQX checks a client's client-id rules, then its username's rules, then the rules for all
         (emqx_authz_mnesia:authorize/4); deployments.emqx_acl compiles our one ordered list into those three,
-        or refuses an order EMQX cannot express (before anything is sent).
+        or refuses an order EMQX cannot express (before anything is sent). A confined user among `users` gets its
+        own username list (its topics, then deny everything), which EMQX checks before the rules for all, so those
+        never reach it.
         """
-        by_kind, for_all = _wire_acl(entries)
+        by_kind, for_all = _wire_acl(entries, users)
         for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
                 who = current.get(key)
@@ -142,9 +145,9 @@ class EmqxApi:
         if not isinstance(current_all, dict) or _comparable(current_all.get("rules")) != for_all:
             self._request("POST", f"{_RULES}/all", json={"rules": for_all})
 
-    def prune_acl(self, entries: Iterable[AclEntry]) -> None:
-        """Delete the rule lists of the subjects `entries` has no rules for any more."""
-        by_kind, _for_all = _wire_acl(entries)
+    def prune_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
+        """Delete the rule lists of the subjects `entries` and `users` have no rules for any more."""
+        by_kind, _for_all = _wire_acl(entries, users)
         for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
                 who = current.get(key)
@@ -169,9 +172,11 @@ class EmqxApi:
         return self._get_json("/metrics", aggregate="true")
 
 
-def _wire_acl(entries: Iterable[AclEntry]) -> tuple[list[tuple[str, str, dict[str, list[dict]]]], list[dict]]:
-    """([(path kind, subject key, subject -> rules)] for users and clients, the rules for all), as EMQX stores them;
-    PermanentDriverError if EMQX cannot express the order of `entries`."""
+def _wire_acl(
+    entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()
+) -> tuple[list[tuple[str, str, dict[str, list[dict]]]], list[dict]]:
+    """([(path kind, subject key, subject -> rules)] for users and clients, the rules for all), as EMQX stores them,
+    a confined user's list replacing its rules; PermanentDriverError if EMQX cannot express the order of `entries`."""
     try:
         compiled = emqx_acl.compile_acl(list(entries))
     except emqx_acl.AclNotExpressible as exc:
@@ -180,8 +185,15 @@ def _wire_acl(entries: Iterable[AclEntry]) -> tuple[list[tuple[str, str, dict[st
     def wire(rules: list[AclEntry]) -> list[dict]:
         return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
 
+    by_user = {who: wire(rules) for who, rules in compiled.by_username.items()}
+    for user in users:
+        if user.confined_to is not None:
+            by_user[user.username] = [
+                *({"topic": topic, "permission": "allow", "action": "all"} for topic in user.confined_to),
+                {"topic": "#", "permission": "deny", "action": "all"},
+            ]
     by_kind = [
-        ("users", "username", {who: wire(rules) for who, rules in compiled.by_username.items()}),
+        ("users", "username", by_user),
         ("clients", "clientid", {who: wire(rules) for who, rules in compiled.by_client_id.items()}),
     ]
     return by_kind, wire(compiled.for_all)

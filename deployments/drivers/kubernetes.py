@@ -359,9 +359,9 @@ class KubernetesDriver:
             )
             # A user never reaches EMQX before its rules, nor outlives them: authorization's no_match is allow, so
             # a user whose rules deny it everything would otherwise be free to do anything in between.
-            emqx_api.push_acl(spec.acl)
+            emqx_api.push_acl(spec.acl, spec.users)
             emqx_api.sync_users(spec.users)
-            emqx_api.prune_acl(spec.acl)
+            emqx_api.prune_acl(spec.acl, spec.users)
         if not host:
             return Observed(
                 phase="starting",
