@@ -73,11 +73,11 @@ class EmqxApi:
     def _get_json(self, path: str, **params) -> object:
         return self._request("GET", path, params=params or None).json()
 
-    def _paged(self, path: str) -> list[dict]:
+    def _paged(self, path: str, **params) -> list[dict]:
         items: list[dict] = []
         page = 1
         while True:
-            body = self._get_json(path, page=page, limit=_PAGE_LIMIT)
+            body = self._get_json(path, page=page, limit=_PAGE_LIMIT, **params)
             data = body.get("data", []) if isinstance(body, dict) else []
             items.extend(data)
             meta = body.get("meta", {}) if isinstance(body, dict) else {}
@@ -93,7 +93,9 @@ class EmqxApi:
         return self._paged(f"/authentication/{quote(AUTHENTICATOR_ID, safe='')}/users")
 
     def sync_users(self, creds: Iterable[MqttCredential]) -> None:
-        """Make the authenticator's users exactly `creds`: import them all (insert or overwrite), delete the rest."""
+        """Make the authenticator's users exactly `creds`: import them all (insert or overwrite), delete the rest
+        and disconnect their clients (EMQX checks a password at CONNECT only: a deleted user's connection would
+        serve on, and lose its rules to prune_acl)."""
         desired = {cred.username: cred for cred in creds}
         auth_path = f"/authentication/{quote(AUTHENTICATOR_ID, safe='')}"
         if desired:
@@ -112,6 +114,14 @@ class EmqxApi:
             user_id = user.get("user_id")
             if user_id not in desired:
                 self._request("DELETE", f"{auth_path}/users/{quote(user_id, safe='')}", expected=(204, 404))
+                self.kick_clients_of(user_id)
+
+    def kick_clients_of(self, username: str) -> None:
+        """Disconnect every client signed in as `username` (after the user is deleted: it cannot sign in again)."""
+        for client in self._paged("/clients", username=username):
+            client_id = client.get("clientid")
+            if isinstance(client_id, str) and client.get("username") == username:
+                self._request("DELETE", f"/clients/{quote(client_id, safe='')}", expected=(204, 404))
 
     # -- ACL ---------------------------------------------------------------------------------------------------
     def sync_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
@@ -133,6 +143,7 @@ class EmqxApi:
         never reach it.
         """
         by_kind, for_all = _wire_acl(entries, users)
+        changed = False
         for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
                 who = current.get(key)
@@ -141,18 +152,38 @@ class EmqxApi:
             for who, rules in desired.items():
                 # PUT stores the rule list for that subject, replacing whatever was there.
                 self._request("PUT", f"{_RULES}/{kind}/{quote(who, safe='')}", json={key: who, "rules": rules})
+                changed = True
         current_all = self._get_json(f"{_RULES}/all")
         if not isinstance(current_all, dict) or _comparable(current_all.get("rules")) != for_all:
             self._request("POST", f"{_RULES}/all", json={"rules": for_all})
+            changed = True
+        if changed:
+            self.clean_authz_cache()
 
     def prune_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
-        """Delete the rule lists of the subjects `entries` and `users` have no rules for any more."""
+        """Delete the rule lists of the subjects `entries` and `users` have no rules for any more. Given the users,
+        a username's list that goes because its user went goes only after that user's clients are disconnected
+        (sync_users does it as it deletes the user; this catches a deletion whose disconnect failed)."""
+        users = list(users)
         by_kind, _for_all = _wire_acl(entries, users)
+        remaining = {user.username for user in users}
+        changed = False
         for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
                 who = current.get(key)
                 if who not in desired:
+                    if kind == "users" and remaining and who not in remaining:
+                        self.kick_clients_of(who)
                     self._request("DELETE", f"{_RULES}/{kind}/{quote(who, safe='')}", expected=(204, 404))
+                    changed = True
+        if changed:
+            self.clean_authz_cache()
+
+    def clean_authz_cache(self) -> None:
+        """Drop every node's cached authorization decisions. EMQX caches each connected client's decisions
+        (authorization.cache, on by default, for a minute): without this a changed rule would reach connected
+        clients only as their entries expire, and a tightened one would go on allowing meanwhile."""
+        self._request("DELETE", "/authorization/cache", expected=(204,))
 
     def acl_rules(self) -> dict[str, object]:
         return {

@@ -377,6 +377,7 @@ def test_removed_user_keeps_its_acl_until_it_is_gone_when_the_user_removal_fails
     driver.apply(quarantined)
     _make_ready(cluster)
     driver.apply(quarantined)
+    broker_api.connect(client_id="q-1", username="quarantined")
     broker_api.state.fail_status, broker_api.state.fail_path_prefix = 503, f"{AUTHN}/users/"
     broker_api.state.fail_method = "DELETE"
 
@@ -387,6 +388,8 @@ def test_removed_user_keeps_its_acl_until_it_is_gone_when_the_user_removal_fails
     broker_api.state.fail_status = None
     driver.apply(spec)
     assert "quarantined" not in broker_api.users() and "quarantined" not in broker_api.rules()["users"]
+    # Its connection went with it: EMQX checks a password at CONNECT only, and its rules are gone.
+    assert "q-1" not in broker_api.connected()
 
 
 def test_removed_limit_is_lifted_in_running_config_when_operator_merges(driver, spec, cluster):
