@@ -287,7 +287,10 @@ def _restart_held(deployment: Deployment) -> Outcome | None:
     loop = _crash_loop(deployment, timezone.now())
     if loop is None or loop.wait <= 0:
         return None
-    return Outcome("held", retry=True, message=loop.describe(), retry_after=loop.wait)
+    # The sweep re-drives a degraded deployment every RECONCILE_SWEEP_SECONDS: only a wait that ends before its next
+    # pass needs a task of its own (one per sweep pass would pile up, all due at once, over a long wait).
+    retry = loop.wait <= float(settings.RECONCILE_SWEEP_SECONDS)
+    return Outcome("held", retry=retry, message=loop.describe(), retry_after=loop.wait)
 
 
 def _in_progress_status(deployment: Deployment) -> str:
@@ -618,18 +621,22 @@ def watch_local_brokers() -> dict[str, int]:
             logger.warning("cannot probe broker %s: %s", public_id, exc)
             continue
         counts[liveness.state] += 1
-        # Every row here says its broker serves: one with nothing of it left on this machine (a reboot onto an
-        # empty LOCAL_BROKERS_DIR, a clean-up) died with its directory.
-        if liveness.state not in ("dead", "missing"):
+        # Every row here says its broker serves, and only an apply holding its lock can change that on this machine:
+        # one with nothing of it left here (a reboot onto an empty LOCAL_BROKERS_DIR, a clean-up) died with its
+        # files, and one whose files say it was stopped (idle) is not serving either.
+        if liveness.state in ("alive", "busy"):
             continue
         with deployment_lock(pk) as acquired:
             if not acquired:
                 continue
             again = driver.probe(public_id)
-            if again.state in ("dead", "missing") and _record_crash(
-                pk, message=again.message or liveness.message, last_seen_alive=again.last_seen_alive
-            ):
+            if again.state in ("alive", "busy"):
+                continue
+            message = again.message or liveness.message
+            if again.state == "idle":
+                message = "its files on this machine say the broker was stopped, yet the deployment should be serving"
+            if _record_crash(pk, message=message, last_seen_alive=again.last_seen_alive):
                 counts["recorded"] += 1
-                logger.warning("broker of %s crashed: %s", public_id, again.message, extra={"deployment": public_id})
+                logger.warning("broker of %s crashed: %s", public_id, message, extra={"deployment": public_id})
         enqueue_reconcile(pk)
     return counts

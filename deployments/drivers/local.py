@@ -763,20 +763,22 @@ class LocalDriver:
         with _flock(paths.lock):
             run_as = self._run_as()
             crashed, last_seen = "", None
-            if not paths.state.exists() and spec.previous_ports:
-                # Nothing of the broker is on this machine, yet the deployment had ports: its directory was removed
-                # under it (a reboot onto an empty LOCAL_BROKERS_DIR, a clean-up). One may still run from the
-                # removed directory: it must not serve on beside the broker started now. (A new deployment has no
-                # ports yet, and skips the scan of /proc.)
+            # The deployment had ports, so an apply wrote its files here before: without them, they were removed
+            # under it (a reboot onto an empty LOCAL_BROKERS_DIR, a clean-up). Whether that was a crash only the
+            # reconciler knows (the deployment was serving), and records it then. (The lock file just taken
+            # recreated the directory: its files say whether it was lost.)
+            directory_lost = bool(spec.previous_ports) and not paths.state.exists() and not paths.conf.exists()
+            if directory_lost:
+                # One may still run from the removed directory: it must not serve on beside the broker started now.
+                # (A new deployment has no ports yet, and skips the scan of /proc.)
                 for stray in self._scan_pids(paths):
                     self._stop(stray)
-                if spec.running:
-                    # A crash if the deployment was serving, which only the reconciler knows (and records it then).
-                    crashed = f"its directory {paths.dir} was gone: nothing of the broker was left on this machine"
             self._prepare_directory(paths, run_as)
             ports = self._ensure_ports(spec, paths)
-            state = _read_json(paths.state) or {}
-            meant_to_run = spec.running and bool(state.get("running"))
+            recorded_state = _read_json(paths.state)
+            state = recorded_state or {}
+            state_lost = bool(spec.previous_ports) and recorded_state is None
+            meant_to_run = spec.running and (bool(state.get("running")) or state_lost)
             exit_note = ""
             if meant_to_run:
                 # What a dead broker left (its exit status) must be read before _find_pid reaps it.
@@ -793,7 +795,12 @@ class LocalDriver:
                     pid = None
             elif meant_to_run:
                 # Meant to be running and not: a crash (or a start that failed; the reconciler tells them apart).
-                crashed = exit_note or "mosquitto is gone and left no pid; its exit status is unknown"
+                if directory_lost:
+                    crashed = f"its directory {paths.dir} was gone: nothing of the broker was left on this machine"
+                elif state_lost and not exit_note:
+                    crashed = f"its state file {paths.state} was gone and no broker ran from {paths.dir}"
+                else:
+                    crashed = exit_note or "mosquitto is gone and left no pid; its exit status is unknown"
                 last_seen = _mtime(paths.alive)
             try:
                 observed = self._apply_locked(spec, paths, ports, run_as, state, pid)
@@ -892,8 +899,9 @@ class LocalDriver:
 
     def probe(self, name: str) -> Liveness:
         """Whether the broker of deployment `name`, if meant to be running, is alive: a few reads of /proc, and a
-        CONNECT now and then (_unresponsive); busy if an apply or delete holds the deployment, missing if nothing of
-        it is on this machine. Changes nothing but the heartbeat files."""
+        CONNECT now and then (_unresponsive); busy if an apply or delete holds the deployment; idle if its state file
+        says it was stopped; missing if nothing of it is on this machine (no directory, or no state file and no
+        broker running from it). Changes nothing but the heartbeat files."""
         if not _NAME_RE.match(name):
             raise PermanentDriverError(f"deployment name {name!r} is not a safe directory name")
         paths = _Paths(self.root / name)
@@ -904,7 +912,15 @@ class LocalDriver:
             if not acquired:
                 # A lock file removed under us (a wiped directory) is held by nobody.
                 return Liveness(state="busy") if paths.lock.exists() else gone
-            if not (_read_json(paths.state) or {}).get("running"):
+            state = _read_json(paths.state)
+            if state is None:
+                # Removed or unreadable: what the directory holds no longer says whether a broker is meant to run.
+                # A broker still running from it serves, and is looked at as usual.
+                if self._find_pid(paths) is None:
+                    return Liveness(
+                        state="missing", message=f"its state file {paths.state} is gone and no broker runs from it"
+                    )
+            elif not state.get("running"):
                 return Liveness(state="idle")
             recorded = _recorded_pid(paths)
             pid = recorded if recorded is not None and self._is_broker_process(recorded, paths) else None

@@ -165,6 +165,14 @@ def _answers(port: int) -> bool:
     return True
 
 
+def _kill(pid: int, brokers_dir) -> None:
+    """SIGKILL, and wait until it took (a signal is delivered, not awaited)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pid in broker_pids(brokers_dir) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _running_interval_open(deployment) -> bool:
     return StatusInterval.objects.filter(deployment=deployment, status="running", ended_at__isnull=True).exists()
 
@@ -307,9 +315,63 @@ def test_broker_left_running_from_a_removed_directory_is_replaced_not_doubled(de
     raw_connack("127.0.0.1", port, *selectors.monitor_credentials(d))
 
 
-def _crash(brokers_dir) -> None:
+@pytest.mark.django_db
+def test_watcher_records_the_crash_when_the_state_file_is_gone_and_no_broker_runs(deployment, brokers_dir):
+    paths = _Paths(brokers_dir / deployment.public_id)
+    [pid] = broker_pids(brokers_dir)
+    port = deployment.endpoints["ports"]["mqtt"]
+    _kill(pid, brokers_dir)
+    paths.state.unlink()
+
+    assert watch_local_brokers()["recorded"] == 1
+
+    d = fresh(deployment)
+    assert d.status == "degraded" and "state file" in d.last_error, d.last_error
+    assert not _running_interval_open(d)
+    assert reconcile_deployment(d.pk).state == "converged"
+    d = fresh(d)
+    assert d.status == "running" and d.endpoints["ports"]["mqtt"] == port
+    raw_connack("127.0.0.1", port, *selectors.monitor_credentials(d))
+
+
+@pytest.mark.django_db
+def test_broker_is_kept_not_restarted_when_only_its_state_file_is_gone(deployment, brokers_dir):
+    """A broker still serving from its directory serves, state file or not: the next apply adopts it."""
+    paths = _Paths(brokers_dir / deployment.public_id)
+    [pid] = broker_pids(brokers_dir)
+    paths.state.unlink()
+
+    assert LocalDriver(root=brokers_dir).probe(deployment.public_id).state == "alive"
+    assert watch_local_brokers()["recorded"] == 0
+    assert reconcile_deployment(deployment.pk).state == "converged"  # a resync: the rows did not change
+
+    assert broker_pids(brokers_dir) == [pid] and paths.state.exists()
+    assert "broker.crashed" not in kinds(deployment)
+
+
+@pytest.mark.django_db
+def test_watcher_records_the_crash_when_the_broker_files_say_stopped_while_the_deployment_serves(
+    deployment, brokers_dir
+):
+    """Only an apply under the deployment's lock stops a broker, and its reconcile then records the stop: files that
+    say "stopped" under a row that says "running" (a restored backup, a hand edit) mean a broker nobody serves."""
+    paths = _Paths(brokers_dir / deployment.public_id)
     [pid] = broker_pids(brokers_dir)
     os.kill(pid, signal.SIGKILL)
+    paths.state.write_text('{"running": false, "restart_nonce": 0}\n')
+
+    assert watch_local_brokers()["recorded"] == 1
+
+    d = fresh(deployment)
+    assert d.status == "degraded" and "say the broker was stopped" in d.last_error, d.last_error
+    assert reconcile_deployment(d.pk).state == "converged"
+    assert fresh(d).status == "running" and len(broker_pids(brokers_dir)) == 1
+    raw_connack("127.0.0.1", d.endpoints["ports"]["mqtt"], *selectors.monitor_credentials(fresh(d)))
+
+
+def _crash(brokers_dir) -> None:
+    [pid] = broker_pids(brokers_dir)
+    _kill(pid, brokers_dir)
     assert watch_local_brokers()["recorded"] == 1
 
 
@@ -326,7 +388,7 @@ def test_restarts_back_off_and_the_deployment_says_crash_loop_when_its_broker_di
     _crash(brokers_dir)  # the third within the window
     held = reconcile_deployment(deployment.pk)
 
-    assert held.state == "held" and 1.0 < held.retry_after <= 2.0, held
+    assert held.state == "held" and held.retry and 1.0 < held.retry_after <= 2.0, held
     assert broker_pids(brokers_dir) == []
     d = fresh(deployment)
     assert d.status == "degraded"
@@ -353,7 +415,9 @@ def test_stop_is_carried_out_at_once_when_the_broker_is_crash_looping(deployment
     settings.BROKER_CRASH_LOOP_CRASHES = 1
     settings.BROKER_CRASH_BACKOFF_SECONDS = 300.0
     _crash(brokers_dir)
-    assert reconcile_deployment(deployment.pk).state == "held"
+    held = reconcile_deployment(deployment.pk)
+    # Longer than the sweep's period: the sweep re-drives it, no task of its own is scheduled to pile up.
+    assert held.state == "held" and not held.retry and held.retry_after > 290
 
     services.deployment_stop(deployment=fresh(deployment), actor=None)
 
