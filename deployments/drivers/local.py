@@ -430,7 +430,8 @@ def _zombie_exit_status(pid: int) -> int | None:
 # mosquitto lets into client ids (lib/utf8_mosq.c refuses C0 and C1 characters only), so a client id could end one
 # line and start another. A line of the broker's own is "<unix seconds>: <message>" (log_timestamp on, no
 # log_timestamp_format: our config). Text a client controls appears mid-line only, but for a CONNECT's protocol name:
-# 4 or 6 raw bytes, logged unchecked, which can start a line but not fit a timestamp and a message after its "\n".
+# 4 or 6 raw bytes, logged unchecked, which can start a line ("\n1: Er") whose rest is mosquitto's fixed text
+# ('" in CONNECT from <address>.'): never a whole message that proves anything (_refusal_patterns, _RELOADING).
 _LOG_LINE = re.compile(r"(\d+): (.*)")
 _RELOADING = "Reloading config."
 _LOG_TAIL_BYTES = 64 * 1024
@@ -438,17 +439,21 @@ _LOG_TAIL_BYTES = 64 * 1024
 
 def _log_lines(path: pathlib.Path, offset: int = 0, *, tail: int | None = None) -> list[str]:
     """The complete lines of a log (from byte `offset`, or its last `tail` bytes), split at b"\n" only."""
+    cut = False
     try:
         with open(path, "rb") as handle:
             if tail is not None:
                 handle.seek(0, os.SEEK_END)
+                cut = handle.tell() - tail > offset
                 offset = max(offset, handle.tell() - tail)
             handle.seek(offset)
             data = handle.read()
     except OSError:
         return []
-    # The piece after the last b"\n" is a line still being written (or the cut end of a tail): not yet a line.
-    return [line.decode("utf-8", "replace") for line in data.split(b"\n")[:-1]]
+    # The piece after the last b"\n" is a line still being written: not yet a line. A tail starts mid-line, where a
+    # client's words may look like the start of one of the broker's.
+    pieces = data.split(b"\n")[:-1]
+    return [line.decode("utf-8", "replace") for line in (pieces[1:] if cut else pieces)]
 
 
 def _broker_messages(lines: list[str]) -> list[str]:

@@ -227,6 +227,26 @@ def test_first_start_with_a_refused_config_fails_and_leaves_nothing_running(driv
     assert broker_pids(root) == []
 
 
+def test_failure_message_quotes_only_the_broker_own_lines_when_the_log_tail_starts_mid_line(tmp_path):
+    """A failure message reads the log's last bytes: the line they cut into may be a client's words that look like
+    the start of one of the broker's, and the lines a client id breaks with U+2028 are not lines."""
+    log = tmp_path / "mosquitto.log"
+    log.write_bytes(
+        b"1700000000: Client x 12: Error: the broker is on fire. disconnected.\n"
+        + "1700000001: Client y\u2028Error: forged disconnected.\n".encode()
+        + b"1700000002: Error: Address already in use\n"
+        + b"1700000003: mosquitto version 2.0.11 terminating\n"
+        + b"1700000004: Error: half writ"
+    )
+    tail = len(log.read_bytes()) - log.read_bytes().index(b"12: Error")
+
+    lines = local_module._log_lines(log, tail=tail)
+
+    assert not any("on fire" in line for line in lines)
+    assert local_module._last_error(lines) == "Error: Address already in use"
+    assert local_module._last_error(local_module._log_lines(log)) == "Error: Address already in use"
+
+
 def test_reload_check_is_not_fooled_when_a_client_calls_itself_error(driver):
     """Only lines the broker itself starts with "Error" count: a client id in the log cannot fake a refusal."""
     spec = _spec()

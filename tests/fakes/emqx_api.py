@@ -169,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/v5/clients" and method == "GET":
             # emqx_mgmt_api_clients.erl: `username` filters exactly.
             wanted = (query.get("username") or [None])[0]
-            rows = [
+            rows: list[dict] = [
                 {"clientid": cid, "username": who, "connected": True}
                 for cid, who in sorted(state.clients.items())
                 if wanted is None or who == wanted
