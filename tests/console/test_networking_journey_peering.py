@@ -190,3 +190,52 @@ def test_provider_is_chosen_first_then_its_fields_when_javascript_is_off(site, a
     expect(page.locator("#peering-state")).to_have_text("pending")
     assert VpcPeering.objects.get().tenant_id == AZURE_CUSTOMER_TENANT
     page.check("created", axe=False)
+
+
+def test_peering_pages_pass_axe_in_every_state_when_shown_light_and_dark(site, azure, azure_region):
+    """Each state of a peering as its page shows it (set directly: the walk itself is the first journey's), the
+    list, the delete confirmation, a protected peering, and a `local` region's tab."""
+    from deployments.models import Region
+    from networking import services
+
+    org = make_organization(name="Tour")
+    plant = make_deployment(org.default_project, azure_region, name="plant")
+    local = make_deployment(org.default_project, Region.objects.get(code="local"), name="local-one")
+    states = {
+        "pending": {},
+        "awaiting_customer_action": {
+            "provider_state": "Initiated",
+            "customer_action": {
+                "summary": "Create your side of the peering to the platform's VNet (10.0.0.0/16).",
+                "commands": ["az network vnet peering create --name pcx_x --vnet-name plant-vnet --allow-vnet-access"],
+                "status": "The peering pcx_x does not exist on plant-vnet yet.",
+            },
+        },
+        "active": {"provider_state": "Connected"},
+        "failed": {"provider_state": "Disconnected", "last_error": "The remote peering was deleted."},
+        "deleting": {"last_error": "Azure answered 503; retrying."},
+        "deleted": {},
+    }
+    pages = [("list", console_path(plant, "vpc-peering")), ("local", console_path(local, "vpc-peering"))]
+    for index, (state, extra) in enumerate(states.items()):
+        peering = services.vpc_peering_create(
+            deployment=plant,
+            actor=None,
+            provider="azure",
+            cidr=f"10.{index + 1}.0.0/16",
+            tenant_id=AZURE_CUSTOMER_TENANT,
+            subscription_id=AZURE_CUSTOMER_SUBSCRIPTION,
+            resource_group="acme-rg",
+            vnet_name=f"vnet-{index}",
+            deletion_protection=state == "active",
+        )
+        VpcPeering.objects.filter(pk=peering.pk).update(state=state, **extra)
+        pages.append((state, console_path(plant, f"vpc-peering/{peering.public_id}")))
+        if state in ("pending", "active"):
+            pages.append((f"delete-{state}", console_path(plant, f"vpc-peering/{peering.public_id}/delete")))
+    for scheme in ("light", "dark"):
+        page = site.page(org.owner, name=scheme, color_scheme=scheme)
+        for label, path in pages:
+            page.goto(path)
+            expect(page.locator("main")).to_be_visible()
+            page.check(label)
