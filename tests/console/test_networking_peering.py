@@ -361,3 +361,18 @@ def test_deleted_deployment_offers_no_form_when_visited(owner, plant):
     Deployment.objects.filter(pk=plant.pk).update(desired_state="deleted")
     html = owner.get(_tab(plant)).content.decode()
     assert "The deployment is being deleted or was deleted." in html and "Create peering" not in html
+
+
+def test_double_submitted_create_makes_one_peering_when_the_form_key_repeats(owner, plant):
+    body = {**AZURE, "create": "1", "form_key": "f" * 32}
+    first, again = owner.post(_tab(plant), body), owner.post(_tab(plant), body)
+    assert first.status_code == again.status_code == 302 and first["Location"] == again["Location"]
+    assert VpcPeering.objects.count() == 1
+    assert AuditEvent.objects.filter(action="vpc_peering.create").count() == 1
+
+
+def test_unknown_provider_is_refused_and_creates_nothing_when_crafted(owner, plant):
+    response = owner.post(_tab(plant), {**AZURE, "provider": "ibm", "create": "1"})
+    assert response.status_code == 400
+    assert "Select a valid choice. ibm is not one of the available choices." in response.content.decode()
+    assert not VpcPeering.objects.exists()
