@@ -14,7 +14,7 @@ import json
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -94,7 +94,7 @@ class VpcPeeringForm(ApiForm):
         }
 
     def has_field_errors(self) -> bool:
-        return any(name != forms.forms.NON_FIELD_ERRORS for name in self.errors)
+        return any(name != NON_FIELD_ERRORS for name in self.errors)
 
     def provider_fields(self):
         return [self[name] for name in checks.PROVIDER_FIELDS[self.chosen_provider]]
