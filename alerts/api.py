@@ -418,7 +418,7 @@ class AlertRuleCreateSerializer(InputSerializer):
         help_text=f"One of {', '.join(METRIC_NAMES)}; for a budget rule one of {_BUDGET_METRIC_NAMES}.",
     )
     aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, default="avg")
-    window_seconds = StrictIntegerField(min_value=1, default=300)
+    window_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, default=300)
     operator = serializers.ChoiceField(
         choices=AlertRule.Operator.choices, default=">", help_text="A budget rule takes `>` or `>=`."
     )
@@ -429,10 +429,10 @@ class AlertRuleCreateSerializer(InputSerializer):
         help_text="Required, except for a budget rule (which takes `budget_amount`).",
     )
     threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, default="absolute")
-    for_seconds = StrictIntegerField(min_value=0, default=0)
+    for_seconds = StrictIntegerField(min_value=0, max_value=2**31 - 1, default=0)
     severity = serializers.ChoiceField(choices=Severity.choices, default="warning")
     enabled = StrictBooleanField(default=True)
-    repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, default=3600)
+    repeat_interval_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, allow_null=True, default=3600)
     channels = serializers.ListField(child=StrictCharField(), required=False, default=list, max_length=20)
     budget_scope = serializers.ChoiceField(
         choices=AlertRule.BudgetScope.choices,
@@ -480,14 +480,14 @@ class AlertRuleUpdateSerializer(InputSerializer):
     name = StrictCharField(max_length=100, required=False)
     metric = StrictCharField(required=False)
     aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, required=False)
-    window_seconds = StrictIntegerField(min_value=1, required=False)
+    window_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, required=False)
     operator = serializers.ChoiceField(choices=AlertRule.Operator.choices, required=False)
     threshold = StrictFloatField(required=False)
     threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, required=False)
-    for_seconds = StrictIntegerField(min_value=0, required=False)
+    for_seconds = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False)
     severity = serializers.ChoiceField(choices=Severity.choices, required=False)
     enabled = StrictBooleanField(required=False)
-    repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, required=False)
+    repeat_interval_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, allow_null=True, required=False)
     channels = serializers.ListField(child=StrictCharField(), required=False, max_length=20)
     budget_scope = serializers.ChoiceField(
         choices=AlertRule.BudgetScope.choices, required=False, help_text=_BUDGET_SCOPE_HELP

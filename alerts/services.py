@@ -52,6 +52,7 @@ from alerts.models import (
 from audit.services import audit_record
 from billing.money import minor_units, round_half_up, to_decimal
 from controlplane.metrics import NOTIFICATION_FAILURES
+from controlplane.tasks import publish
 from organizations.access import acting_user
 
 logger = logging.getLogger(__name__)
@@ -1422,7 +1423,7 @@ def _enqueue_deliveries(deliveries: list[Delivery]) -> None:
         from alerts.tasks import deliver_notification
 
         for pk in ids:
-            deliver_notification.delay(pk, 0)
+            publish(deliver_notification, pk, 0)
 
     transaction.on_commit(enqueue)
 
@@ -1945,7 +1946,7 @@ def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = D
 
             # With the attempt count it was re-sent at: if the first message was only late, one of the two attempts.
             for pk, attempts in rows:
-                deliver_notification.delay(pk, attempts)
+                publish(deliver_notification, pk, attempts)
 
         transaction.on_commit(enqueue)
     logger.warning("re-enqueued %d stale deliveries", len(rows))

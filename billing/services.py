@@ -37,6 +37,7 @@ from billing.tax import VatStatus, tax_id_country_mismatch, validate_postal_code
 from billing.vat_rates import is_eu, normalize_country
 from billing.vies import check_vat_vies
 from controlplane.api.problems import Conflict
+from controlplane.tasks import enqueue_on_commit, publish
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +139,9 @@ def billing_account_update(
     from billing import tasks
 
     if tax_changed and account.vat_status == VatStatus.FORMAT_VALID and (is_eu(country) or tax_id.startswith("XI")):
-        transaction.on_commit(lambda: tasks.check_vat_number.delay(account.pk))
+        enqueue_on_commit(tasks.check_vat_number, account.pk)
     if settings.STRIPE_SECRET_KEY:
-        transaction.on_commit(lambda: tasks.sync_stripe_customer.delay(account.pk))
+        enqueue_on_commit(tasks.sync_stripe_customer, account.pk)
     return account
 
 
@@ -264,7 +265,7 @@ def enqueue_collection(invoice_ids: list[int]) -> None:
         .exclude(billing_account__stripe_customer_id="")
         .values_list("pk", flat=True)
     ):
-        tasks.collect_invoice.delay(invoice_id)
+        publish(tasks.collect_invoice, invoice_id)
 
 
 def invoice_collect(*, invoice_id: int) -> str | None:
@@ -573,7 +574,7 @@ def _apply_event(event: dict) -> str:
         )
         from billing import tasks
 
-        transaction.on_commit(lambda: tasks.set_default_card.delay(account.pk))
+        enqueue_on_commit(tasks.set_default_card, account.pk)
         return "card saved"
     return "ignored"
 

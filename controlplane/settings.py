@@ -1,20 +1,29 @@
-"""Settings, all read from the environment (django-environ).
+"""Settings, all read from the environment (django-environ), and from the checkout's `.env` where one exists.
 
 CONTROLPLANE_ENV picks the safety level: `production` (the default, so a forgotten variable fails closed),
-`development` (what `make run` sets) or `test` (what `make test` sets). Production refuses to start without a
-SECRET_KEY or with DEBUG on.
+`development` (what `make run` writes into `.env`) or `test` (what `make test` sets). Production refuses to start
+without a SECRET_KEY or with DEBUG on. One database engine everywhere: PostgreSQL, named by DATABASE_URL.
 """
 
+import os
 from pathlib import Path
+from typing import Any
 
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(environ.Env().str("CONTROLPLANE_VAR_DIR", default=str(BASE_DIR / "var")))
+
+# `make run` writes a development `.env` into the checkout so `manage.py` commands reach the same database and Redis.
+# Variables already in the environment win over the file; CONTROLPLANE_ENV_FILE names another file, or none when
+# empty (the test and benchmark scripts, which must not depend on a developer's local state).
+ENV_FILE = os.environ.get("CONTROLPLANE_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 env = environ.Env()
+VAR_DIR = Path(env.str("CONTROLPLANE_VAR_DIR", default=str(BASE_DIR / "var")))
 ENVIRONMENT = env.str("CONTROLPLANE_ENV", default="production")
 if ENVIRONMENT not in {"production", "development", "test"}:
     raise ImproperlyConfigured(f"CONTROLPLANE_ENV must be production, development or test, not {ENVIRONMENT!r}")
@@ -96,20 +105,33 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if not env.str("DATABASE_URL", default=""):
+    raise ImproperlyConfigured(
+        "DATABASE_URL is required (postgres://user:password@host:port/name). In a checkout, `make run` starts a "
+        "local PostgreSQL and writes its URL into .env; `make test` starts a throwaway one."
+    )
+DATABASES: dict[str, dict[str, Any]] = {"default": dict(env.db("DATABASE_URL"))}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    # Advisory locks, row locks with SKIP LOCKED, COPY and ON CONFLICT are used as PostgreSQL defines them.
+    raise ImproperlyConfigured(
+        "DATABASE_URL must name a PostgreSQL database (postgres://…): no other engine is supported"
+    )
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 # PgBouncer in transaction mode cannot hold server-side cursors across statements.
 DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DISABLE_SERVER_SIDE_CURSORS", default=False)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # SQLite is the single-process embedded default: WAL lets the worker and the web process share it.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
-    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# Redis is on the request path only for rate limits (and this cache): a frozen Redis must cost a request a fraction
+# of a second, never hang it. After a failure, each process leaves Redis alone this long before trying it again.
+REDIS_OUTAGE_RETRY_SECONDS = env.float("REDIS_OUTAGE_RETRY_SECONDS", default=5.0)
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+    }
+}
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -258,7 +280,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["controlplane.api.parsers.BoundedJSONParser"],
     # No OPTIONS introspection: the OpenAPI document describes every operation, and OPTIONS answers 405.
     "DEFAULT_METADATA_CLASS": None,
     "DEFAULT_PAGINATION_CLASS": "controlplane.api.pagination.CursorPagination",
@@ -312,6 +334,8 @@ RATE_LIMITS = {
     "principal": env.tuple("RATE_LIMIT_PRINCIPAL", cast=float, default=(300.0, 10.0)),
 }
 RATE_LIMITS_ENABLED = env.bool("RATE_LIMITS_ENABLED", default=True)
+# How long a rate-limit decision may wait for Redis before the per-process buckets decide instead.
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env.float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", default=0.5)
 
 # --- Celery ---
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
@@ -325,7 +349,12 @@ CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+# Publishing happens in requests (after commit): against a frozen or stopped broker it must fail within about a second
+# or two and leave the work to the sweeps, never retry for long. Workers reconnect on their own.
+CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+BROKER_OUTAGE_RETRY_SECONDS = env.float("BROKER_OUTAGE_RETRY_SECONDS", default=5.0)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "deployments.*": {"queue": "provisioning"},

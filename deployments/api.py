@@ -856,7 +856,12 @@ class AclRuleCreateSerializer(InputSerializer):
     username = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
     client_id = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
     position = serializers.IntegerField(
-        min_value=0, required=False, allow_null=True, default=None, help_text="0 is evaluated first; default: last."
+        min_value=0,
+        max_value=2**31 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="0 is evaluated first; default: last.",
     )
 
 
@@ -866,7 +871,7 @@ class AclRuleUpdateSerializer(InputSerializer):
     topic = BrokerTextField(max_length=1024, trim_whitespace=False, allow_blank=True, required=False)
     username = BrokerTextField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
     client_id = BrokerTextField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
-    position = serializers.IntegerField(min_value=0, required=False)
+    position = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
 
 
 class AclRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _DeploymentChildViewSet):
@@ -925,13 +930,28 @@ class AclRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deployme
 class RateLimitPolicySerializer(serializers.Serializer):
     level = serializers.ChoiceField(choices=RateLimitPolicy.Level.choices)
     max_conn_rate = serializers.IntegerField(
-        min_value=1, required=False, allow_null=True, default=None, help_text="New connections per second."
+        min_value=1,
+        max_value=2**31 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="New connections per second.",
     )
     messages_rate = serializers.IntegerField(
-        min_value=1, required=False, allow_null=True, default=None, help_text="Messages per second."
+        min_value=1,
+        max_value=2**31 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Messages per second.",
     )
     bytes_rate = serializers.IntegerField(
-        min_value=1, required=False, allow_null=True, default=None, help_text="Bytes per second."
+        min_value=1,
+        max_value=2**63 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Bytes per second.",
     )
 
 

@@ -20,6 +20,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import Conflict, DomainError, FieldError, PermissionDenied, ValidationFailed
+from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from deployments import emqx_acl, emqx_versions, pricing
 from deployments.drivers.base import AclEntry, RateLimit
@@ -73,7 +74,7 @@ def enqueue_reconcile(deployment_id: int) -> None:
     def send():
         from deployments.tasks import reconcile
 
-        reconcile.apply_async((deployment_id,))
+        publish(reconcile, deployment_id)
 
     transaction.on_commit(send, robust=True)
 
