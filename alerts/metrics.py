@@ -94,3 +94,12 @@ def validate_budget_metric_name(name: str) -> str:
     if name not in BUDGET_METRICS:
         raise ValueError(f"unknown budget metric {name!r}; expected one of: {', '.join(BUDGET_METRICS)}")
     return name
+
+
+# Which tier limit a percent threshold refers to, per metric (a field of deployments.models.Tier).
+TIER_LIMIT_FIELDS: dict[str, str] = {
+    CONNECTIONS: "max_connections",
+    SESSIONS: "max_connections",
+    MESSAGES_RECEIVED_RATE: "messages_per_second",
+    MESSAGES_SENT_RATE: "messages_per_second",
+}

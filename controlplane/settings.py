@@ -61,10 +61,12 @@ INSTALLED_APPS = [
     "organizations",
     "audit",
     "projects",
+    "notifications",
     "deployments",
     "billing",
     "alerts",
     "networking",
+    "iot",
     "console",
     "idempotency",
 ]
@@ -236,7 +238,8 @@ BILLING_PAYMENT_TERMS_DAYS = env.int("BILLING_PAYMENT_TERMS_DAYS", default=14)
 BILLING_OVERDUE_REMINDER_DAYS = [1, 3, 7]  # reminders this many days after the due date
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=14)  # then the account's deployments are stopped
 BILLING_DELETE_AFTER_STOPPED_DAYS = env.int("BILLING_DELETE_AFTER_STOPPED_DAYS", default=7)
-BILLING_METERING_MAX_CATCHUP_HOURS = env.int("BILLING_METERING_MAX_CATCHUP_HOURS", default=24 * 7)
+# Metering catches up any gap in full, this many hours per committed batch.
+BILLING_METERING_BATCH_HOURS = env.int("BILLING_METERING_BATCH_HOURS", default=24)
 ANNUAL_QUOTE_VALID_DAYS = 7
 ANNUAL_REMINDER_DAYS = 15
 INVOICE_NUMBER_PREFIX = env.str("INVOICE_NUMBER_PREFIX", default="MQC")
@@ -271,6 +274,14 @@ ALLOW_PRIVATE_WEBHOOKS = env.bool("ALLOW_PRIVATE_WEBHOOKS", default=False)
 COLLECT_INTERVAL_SECONDS = 60
 # One broker's collection never takes longer than this (MQTT connect and $SYS read, or each EMQX API call).
 COLLECT_TIMEOUT_SECONDS = env.float("COLLECT_TIMEOUT_SECONDS", default=5.0)
+
+# --- IoT platform (Premium): the platform agent (`manage.py platform_agent`, docs/iot.md) ---
+# A lease not renewed for this long is free for another agent: a killed agent's deployments move within it plus
+# one heartbeat.
+IOT_AGENT_LEASE_SECONDS = env.float("IOT_AGENT_LEASE_SECONDS", default=10.0)
+IOT_AGENT_HEARTBEAT_SECONDS = env.float("IOT_AGENT_HEARTBEAT_SECONDS", default=2.0)
+IOT_AGENT_MAX_DEPLOYMENTS = env.int("IOT_AGENT_MAX_DEPLOYMENTS", default=200)
+IOT_SHADOW_HISTORY_DAYS = env.int("IOT_SHADOW_HISTORY_DAYS", default=30)
 
 # --- REST API ---
 REST_FRAMEWORK = {
@@ -310,6 +321,8 @@ SPECTACULAR_SETTINGS = {
         "AlertStatusEnum": "alerts.models.AlertStatus",
         "AlertRuleKindEnum": "alerts.models.AlertRule.Kind",
         "MaintenanceWindowStatusEnum": "deployments.models.MaintenanceWindow.Status",
+        "TlsCertificateKindEnum": "deployments.models.TlsCertificate.Kind",
+        "TlsCertificateSourceEnum": "deployments.models.TlsCertificate.Source",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -379,6 +392,9 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing.process_overdue": {"task": "billing.process_overdue", "schedule": crontab(minute=40, hour=6)},
     "billing.process_annual_renewals": {"task": "billing.process_annual_renewals", "schedule": crontab(minute=10)},
+    "billing.check_vat_numbers": {"task": "billing.check_vat_numbers", "schedule": crontab(minute="*/5")},
+    # The ECB publishes its reference rates around 16:00 CET on working days.
+    "billing.load_exchange_rates": {"task": "billing.load_exchange_rates", "schedule": crontab(minute=30, hour=15)},
     "deployments.sweep_reconcile": {"task": "deployments.sweep_reconcile", "schedule": RECONCILE_SWEEP_SECONDS},
     # On the provisioning queue: the workers that run the local driver are the ones that can see its brokers. A look
     # not taken within its period is dropped, not queued up behind the next one.

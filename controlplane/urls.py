@@ -43,9 +43,11 @@ api_v1: list[URLPattern | URLResolver] = [
     path("invitations/accept", InvitationAcceptView.as_view(), name="invitation-accept"),
     path("rate-limits", RateLimitsView.as_view(), name="rate-limits"),
     path("", include("deployments.urls")),
+    path("", include("notifications.urls")),
     path("", include("alerts.urls")),
     path("", include("billing.urls")),
     path("", include("networking.urls")),
+    path("", include("iot.urls")),
 ]
 
 urlpatterns = [

@@ -21,7 +21,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from alerts import services as alerts_services
+from alerts import collection as alerts_collection
+from alerts import evaluate as alerts_evaluate
 from alerts.metrics import VPC_PEERING_ABNORMAL
 from audit.services import audit_record
 from controlplane import crypto
@@ -537,11 +538,11 @@ def abnormal_metric_store(*, deployment_ids=None, evaluate: bool = False) -> int
     if not values:
         return 0
     now = timezone.now()
-    stored = alerts_services.samples_store(
+    stored = alerts_collection.samples_store(
         rows=[(deployment_id, VPC_PEERING_ABNORMAL, now, value) for deployment_id, value in values.items()]
     )
     if evaluate:
-        alerts_services.rules_evaluate(now=now, deployment_ids=list(values))
+        alerts_evaluate.rules_evaluate(now=now, deployment_ids=list(values))
     return stored
 
 

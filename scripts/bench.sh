@@ -10,7 +10,7 @@ services_start
 export CONTROLPLANE_ENV=test CONTROLPLANE_ENV_FILE= CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"
 mkdir -p "$CONTROLPLANE_VAR_DIR" && chmod 755 "$CONTROLPLANE_VAR_DIR"
 scripts=("$@")
-[ ${#scripts[@]} -gt 0 ] || scripts=(bench/api_list.py bench/provision.py bench/billing.py bench/alerts.py)
+[ ${#scripts[@]} -gt 0 ] || scripts=(bench/api_list.py bench/provision.py bench/billing.py bench/alerts.py bench/tls.py)
 cluster_url=$DATABASE_URL
 n=0
 for script in "${scripts[@]}"; do

@@ -183,7 +183,10 @@ pids+=($!)
 .venv/bin/celery -A controlplane beat --loglevel INFO \
   --schedule "$VAR/celerybeat-schedule" >"$VAR/log/beat.log" 2>&1 &
 pids+=($!)
-echo "  Worker and beat logs: $VAR/log/  (Ctrl-C stops everything but the brokers)"
+# The platform agent: Premium deployments' device shadows, online state and disconnects (docs/iot.md).
+.venv/bin/python manage.py platform_agent >"$VAR/log/agent.log" 2>&1 &
+pids+=($!)
+echo "  Worker, beat and agent logs: $VAR/log/  (Ctrl-C stops everything but the brokers)"
 echo
 .venv/bin/python manage.py runserver "127.0.0.1:$PORT" --noreload &
 pids+=($!)

@@ -19,7 +19,16 @@ PRODUCTION_ENV = {
 
 
 def _manage(*args, env):
-    dropped = ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "CONTROLPLANE_ENV")
+    # The browser tests set DJANGO_ALLOW_ASYNC_UNSAFE for the whole pytest
+    # process (Playwright runs an event loop); a deployment never has it.
+    dropped = (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "DEBUG",
+        "SECRET_KEY",
+        "CONTROLPLANE_ENV",
+        "DJANGO_ALLOW_ASYNC_UNSAFE",
+    )
     clean = {k: v for k, v in os.environ.items() if k not in dropped}
     return subprocess.run(
         [sys.executable, "manage.py", *args],

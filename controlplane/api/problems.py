@@ -119,6 +119,7 @@ _DOMAIN_STATUS = (
     (domain.PermissionDenied, status.HTTP_403_FORBIDDEN),
     (domain.RateLimited, status.HTTP_429_TOO_MANY_REQUESTS),
     (domain.ValidationFailed, status.HTTP_400_BAD_REQUEST),
+    (domain.Unprocessable, status.HTTP_422_UNPROCESSABLE_ENTITY),
 )
 
 

@@ -19,6 +19,7 @@ PATH_PARAMETERS = {
     "event": ("Audit event id", "evt_"),
     "dep": ("Deployment id", "dep_"),
     "op": ("Operation id", "op_"),
+    "cert": ("TLS certificate id", "crt_"),
     "peering": ("VPC peering id", "pcx_"),
 }
 

@@ -1,8 +1,10 @@
 """The base of every tenant API view: resolves the organization (and project) from the URL, once, and checks scopes.
 
-Subclasses declare `queryset`, `tenant_field` and `required_scopes` (action -> scope); they may not override
-`get_queryset` or `get_object` (a TypeError at import time says so): narrowing goes through `narrow_queryset`, which
-can only ever filter further. Another organization's object is a 404, exactly like a missing one.
+Subclasses declare `queryset`, `tenant_field` and `required_scopes` (action -> scope), and `action_checks` (action
+-> the name of a method that refuses a caller who may not do this to this object, or with this input, now); they may
+not override `get_queryset` or `get_object` (a TypeError at import time says so): narrowing goes through
+`narrow_queryset`, which can only ever filter further. Another organization's object is a 404, exactly like a missing
+one. Every check runs in `initial()`, which an idempotent replay runs too before it answers from its record.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -48,6 +50,10 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet[Any]):
     lookup_value_regex = r"[a-z]{2,5}_[a-z0-9]{1,40}"
     tenant_field = "organization"  # or "project", or a lookup path such as "deployment__project"
     required_scopes: dict[str, str] = {}
+    # action -> name of a method (no arguments) that raises when the caller may not perform the action on the object
+    # in the URL, or with the request's input, as things stand now (a rule beyond the scope, such as "only who could
+    # create this API key may rotate it"). Input it cannot read is left to the action to refuse.
+    action_checks: dict[str, str] = {}
     # "organization": scopes are checked at organization level; "project": on the project in the URL.
     scope_level = "organization"
 
@@ -78,6 +84,9 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet[Any]):
         self.resolve_tenant()
         self.check_permissions(request)
         self.check_scope()
+        check = self.action_checks.get(self.action)
+        if check is not None:
+            getattr(self, check)()
 
     def resolve_tenant(self) -> None:
         org_id = self.kwargs.get("org")

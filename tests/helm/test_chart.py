@@ -298,6 +298,27 @@ def test_beat_is_a_single_replica_replaced_with_recreate_when_rendered():
         assert "DatabaseScheduler" in " ".join(beat["spec"]["template"]["spec"]["containers"][0]["command"])
 
 
+def test_agent_runs_several_platform_agents_with_a_pdb_and_no_api_token_when_rendered():
+    for render_fn in RENDERS.values():
+        objects = render_fn()
+        agent = by_kind(objects, "Deployment")[f"{FULLNAME}-agent"]
+        pod = agent["spec"]["template"]["spec"]
+        assert agent["spec"]["replicas"] >= 2  # leases make several safe; one alone is a single point of failure
+        assert pod["containers"][0]["command"] == ["python", "manage.py", "platform_agent"]
+        assert pod["automountServiceAccountToken"] is False
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        # A killed agent's deployments move within a lease and a heartbeat: the promise is 30 s.
+        assert float(env["IOT_AGENT_LEASE_SECONDS"]) + float(env["IOT_AGENT_HEARTBEAT_SECONDS"]) < 30
+        pdb = by_kind(objects, "PodDisruptionBudget")[f"{FULLNAME}-agent"]
+        assert pdb["spec"]["selector"]["matchLabels"] == agent["spec"]["selector"]["matchLabels"]
+    assert f"{FULLNAME}-agent" not in by_kind(render_default(**{"agent.enabled": False}), "Deployment")
+
+
+def test_schema_refuses_a_lease_too_long_for_the_takeover_promise():
+    result = template({**REQUIRED, "agent.leaseSeconds": 40})
+    assert result.returncode != 0 and "leaseSeconds" in result.stderr
+
+
 @pytest.mark.parametrize("values_set", sorted(RENDERS))
 def test_every_hpa_targets_an_existing_deployment_that_leaves_replicas_to_it_when_rendered(values_set):
     objects = RENDERS[values_set]()

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from alerts import channels
-from alerts.channels import (
+from notifications import channels
+from notifications.channels import (
     DeliveryResult,
     next_retry_delay,
     retry_delays,

@@ -1,7 +1,8 @@
-"""Send one alert notification through one channel: signed webhook, Slack, PagerDuty Events v2, email.
+"""Send one notification through one channel: signed webhook, Slack, PagerDuty Events v2, email.
 
-Owns wire formats, the webhook signature and the retry schedule. A sender never raises for a remote failure (refused
-address, timeout, 4xx/5xx): it returns a DeliveryResult for the caller to record and retry. It never retries itself.
+Owns wire formats, custom-header rules, the webhook signature and the retry schedule. A sender never raises for a
+remote failure (refused address, timeout, 4xx/5xx): it returns a DeliveryResult for the caller to record and retry.
+It never retries itself, and no credential of the destination (URL userinfo, query tokens) appears in its errors.
 """
 
 from __future__ import annotations
@@ -9,19 +10,57 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from alerts import urlsafety
+from notifications import urlsafety
 
 RESPONSE_BODY_LIMIT = 2048
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 PAGERDUTY_SEVERITIES = ("critical", "error", "warning", "info")
 SIGNATURE_HEADER = "X-Signature"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
-# Headers the sender owns; a channel's custom headers cannot replace them.
-_RESERVED_HEADERS = {"host", "content-type", "content-length", SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()}
+# Headers the sender or the HTTP layer owns; a channel's custom headers cannot set them.
+_RESERVED_HEADERS = {
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    SIGNATURE_HEADER.lower(),
+    TIMESTAMP_HEADER.lower(),
+}
+MAX_HEADERS = 20
+# RFC 9110 §5.6.2: a field name is a token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}")
+_HEADER_VALUE_LIMIT = 4096
+
+
+def header_problems(headers: object) -> list[str]:
+    """Why these custom webhook headers cannot be sent (empty when they can): names are RFC 9110 tokens, not ones the
+    sender sets, not repeated; values are single-line text that HTTP can carry (Latin-1, no control characters)."""
+    if not isinstance(headers, dict):
+        return ["Headers are an object of names to values."]
+    if len(headers) > MAX_HEADERS:
+        return [f"At most {MAX_HEADERS} headers."]
+    problems, seen = [], set()
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            problems.append(f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only).")
+            continue
+        if name.lower() in _RESERVED_HEADERS:
+            problems.append(f"{name} is set by the sender and cannot be given.")
+        elif name.lower() in seen:
+            problems.append(f"{name} is given twice.")
+        seen.add(name.lower())
+        if not isinstance(value, str) or len(value) > _HEADER_VALUE_LIMIT:
+            problems.append(f"The value of {name} must be a string of at most {_HEADER_VALUE_LIMIT} characters.")
+        elif any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) < 0xA0 or ord(c) > 0xFF for c in value):
+            problems.append(f"The value of {name} must be one line of Latin-1 text without control characters.")
+    return problems
+
 
 # Seconds to wait before attempt 2, 3, ... after a retryable failure; after the last, the delivery is given up.
 RETRY_DELAYS: tuple[int, ...] = (30, 120, 600, 3600, 21600)
@@ -54,6 +93,13 @@ def _truncate(body: bytes | str) -> str:
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", "replace")
 
 
+def _scrub(text: str, url: str) -> str:
+    """`text` without the URL's credentials: transport errors quote the request line, query string included."""
+    for secret in urlsafety.url_secrets(url):
+        text = text.replace(secret, urlsafety.MASK)
+    return text
+
+
 def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float, allow_private: bool) -> DeliveryResult:
     started = time.monotonic()
 
@@ -63,9 +109,10 @@ def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float, all
     try:
         response = urlsafety.safe_post(url, data=body, headers=headers, timeout=timeout, allow_private=allow_private)
     except ValueError as exc:
-        return DeliveryResult(False, None, "", f"destination refused: {exc}", elapsed(), retryable=False)
+        error = _scrub(f"destination refused: {exc}", url)
+        return DeliveryResult(False, None, "", error, elapsed(), retryable=False)
     except Exception as exc:  # noqa: BLE001 - any transport failure is a failed delivery to record, not a crash
-        return DeliveryResult(False, None, "", f"{type(exc).__name__}: {exc}", elapsed(), retryable=True)
+        return DeliveryResult(False, None, "", _scrub(f"{type(exc).__name__}: {exc}", url), elapsed(), retryable=True)
     ok = 200 <= response.status < 300
     retryable = not ok and (response.status >= 500 or response.status in (408, 429))
     return DeliveryResult(
@@ -247,8 +294,8 @@ def send_email(to: list[str], subject: str, body: str, *, sender: EmailSender | 
     started = time.monotonic()
     if not to or any("@" not in address or "\n" in address for address in to):
         return DeliveryResult(False, None, "", "recipients must be email addresses", 0)
-    if "\n" in subject or "\r" in subject:
-        return DeliveryResult(False, None, "", "subject must be one line", 0)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in subject):
+        return DeliveryResult(False, None, "", "subject must be one line without control characters", 0)
     send = sender or _email_sender or _django_sender()
     if send is None:
         return DeliveryResult(False, None, "", "no email backend configured", 0)

@@ -13,15 +13,16 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from alerts import services, tasks
-from alerts.models import Delivery
+from notifications import services as notification_services
+from notifications import tasks
+from notifications.models import Delivery
 from tests.alerts.test_tasks import Receiver
 
 pytestmark = pytest.mark.django_db
 
 
 def email_channel(organization):
-    channel, _ = services.channel_create(
+    channel, _ = notification_services.channel_create(
         organization=organization, actor=None, name="ops", type="email", config={"addresses": ["ops@example.com"]}
     )
     return channel
@@ -57,15 +58,15 @@ def test_stale_retrying_delivery_is_reenqueued_once_when_swept_twice(
         next_attempt_at=now - dt.timedelta(minutes=10),
     )
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.deliveries_resume(now=now) == 1
+        assert notification_services.deliveries_resume(now=now) == 1
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.deliveries_resume(now=now + dt.timedelta(minutes=1)) == 0
+        assert notification_services.deliveries_resume(now=now + dt.timedelta(minutes=1)) == 0
     enqueued.assert_called_once_with(stale.pk, 2)  # with the attempt count it was re-sent at
     stale.refresh_from_db()
     assert stale.next_attempt_at == now and stale.status == "retrying" and stale.attempts == 2
     # Still stuck a grace later (the re-sent message was lost too): sent again.
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.deliveries_resume(now=now + dt.timedelta(minutes=6)) == 1
+        assert notification_services.deliveries_resume(now=now + dt.timedelta(minutes=6)) == 1
     assert enqueued.call_count == 2
 
 
@@ -81,7 +82,7 @@ def test_only_deliveries_stuck_past_the_grace_are_reenqueued(owner_org, enqueued
     delivery(channel, status="succeeded", attempts=1, created_at=old)
     delivery(channel, status="failed", attempts=6, created_at=old)
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.deliveries_resume(now=now) == 2
+        assert notification_services.deliveries_resume(now=now) == 2
     assert sorted(c.args[0] for c in enqueued.call_args_list) == sorted([never_sent.pk, lost_retry.pk])
 
 
@@ -90,19 +91,19 @@ def test_a_late_message_and_its_resent_copy_make_one_attempt(owner_org, settings
     settings.ALLOW_PRIVATE_WEBHOOKS = True
     receiver = Receiver(status=500)
     try:
-        channel, _ = services.channel_create(
+        channel, _ = notification_services.channel_create(
             organization=owner_org.organization, actor=None, name="hook", type="webhook", config={"url": receiver.url}
         )
         stale = delivery(
             channel, status="retrying", attempts=1, next_attempt_at=timezone.now() - dt.timedelta(minutes=10)
         )
-        first, delay = services.delivery_attempt(delivery_id=stale.pk, expected_attempts=1)
+        first, delay = notification_services.delivery_attempt(delivery_id=stale.pk, expected_attempts=1)
         assert (first.status, first.attempts, len(receiver.requests)) == ("retrying", 2, 1) and delay
-        second, delay = services.delivery_attempt(delivery_id=stale.pk, expected_attempts=1)
+        second, delay = notification_services.delivery_attempt(delivery_id=stale.pk, expected_attempts=1)
         assert (second.status, second.attempts, len(receiver.requests), delay) == ("retrying", 2, 1, None)
         # The retry of the attempt that went through carries attempts=2 and is made.
         receiver.status = 200
-        third, _ = services.delivery_attempt(delivery_id=stale.pk, expected_attempts=2)
+        third, _ = notification_services.delivery_attempt(delivery_id=stale.pk, expected_attempts=2)
         assert (third.status, len(receiver.requests)) == ("succeeded", 2)
         assert list(third.attempt_rows.values_list("number", "ok")) == [(2, False), (3, True)]
     finally:
@@ -116,7 +117,7 @@ def test_nothing_is_enqueued_when_the_sweep_rolls_back(owner_org, enqueued, djan
     stale = delivery(email_channel(owner_org.organization), status="pending", created_at=now - dt.timedelta(hours=1))
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(RuntimeError), transaction.atomic():
-            services.deliveries_resume(now=now)
+            notification_services.deliveries_resume(now=now)
             raise RuntimeError("the caller failed")
     enqueued.assert_not_called()
     stale.refresh_from_db()
@@ -148,7 +149,7 @@ def test_concurrent_sweeps_reenqueue_a_delivery_once(owner_org, enqueued):
     def sweep():
         try:
             barrier.wait()
-            counts.append(services.deliveries_resume(now=now))
+            counts.append(notification_services.deliveries_resume(now=now))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -176,14 +177,14 @@ def worker(monkeypatch, settings, request):
 def test_real_worker_delivers_a_lost_retry_once_swept(worker, owner_org):
     receiver = Receiver()
     try:
-        channel, _ = services.channel_create(
+        channel, _ = notification_services.channel_create(
             organization=owner_org.organization, actor=None, name="hook", type="webhook", config={"url": receiver.url}
         )
         # As a worker killed between two attempts leaves it: one failed attempt, the retry's message gone.
         lost = delivery(
             channel, status="retrying", attempts=1, next_attempt_at=timezone.now() - dt.timedelta(minutes=20)
         )
-        assert services.deliveries_resume() == 1
+        assert notification_services.deliveries_resume() == 1
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             lost.refresh_from_db()
@@ -193,6 +194,6 @@ def test_real_worker_delivers_a_lost_retry_once_swept(worker, owner_org):
         assert lost.status == "succeeded", worker.logs()
         assert lost.attempts == 2
         assert [b["event"] for b in receiver.bodies()] == ["test"]
-        assert services.deliveries_resume() == 0
+        assert notification_services.deliveries_resume() == 0
     finally:
         receiver.stop()
