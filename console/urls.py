@@ -1,7 +1,7 @@
 from django.urls import include, path
 
 from console import views
-from console.pages import api_keys, audit, deployments, members, organization, projects, vpc_peering
+from console.pages import api_keys, audit, deployments, members, organization, projects, tls, vpc_peering
 
 app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
@@ -72,6 +72,10 @@ urlpatterns = [
     path(f"{DEPLOYMENT}/move", deployments.move, name="deployment-move"),
     path(f"{DEPLOYMENT}/delete", deployments.delete, name="deployment-delete"),
     path(f"{DEPLOYMENT}/history", deployments.history, name="deployment-history"),
+    # TLS: console/pages/tls.py.
+    path(f"{DEPLOYMENT}/tls", tls.certificates, name="deployment-tls"),
+    path(f"{DEPLOYMENT}/tls/ca.pem", tls.ca_pem, name="deployment-tls-ca"),
+    path(f"{DEPLOYMENT}/tls/<str:certificate_id>/delete", tls.certificate_delete, name="deployment-tls-delete"),
     # VPC peering: console/pages/vpc_peering.py (literal paths before the peering id).
     path(f"{DEPLOYMENT}/vpc-peering", vpc_peering.peerings, name="deployment-vpc-peering"),
     path(f"{DEPLOYMENT}/vpc-peering/rows", vpc_peering.peering_rows, name="deployment-vpc-peering-rows"),
