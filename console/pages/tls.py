@@ -8,6 +8,7 @@ Nothing here parses a certificate or decides whether one is acceptable, and no p
 from __future__ import annotations
 
 import datetime
+import shlex
 
 from django import forms
 from django.contrib import messages
@@ -173,13 +174,39 @@ def _certificates(deployment) -> list[TlsCertificate]:
     return sorted(rows, key=lambda r: (r.kind != "server", not r.active, r.created_at))
 
 
+def _endpoints(deployment, certificates: list[TlsCertificate]) -> dict:
+    """Where a client connects over TLS, and a command line that verifies the broker: against the downloaded ca.pem
+    while the issued certificate is served, against the customer's own CA while theirs is."""
+    endpoints = deployment.endpoints or {}
+    host, ports = endpoints.get("host", ""), endpoints.get("ports") or {}
+    urls = []
+    if host and ports.get("mqtts"):
+        urls.append(("mqtts", "MQTT over TLS", f"mqtts://{host}:{ports['mqtts']}"))
+    if host and ports.get("wss"):
+        urls.append(("wss", "MQTT over secure WebSocket", f"wss://{host}:{ports['wss']}/mqtt"))
+    own = any(c.kind == "server" and c.source == "customer" for c in certificates)
+    two_way = any(c.kind == "client_ca" for c in certificates)
+    command = ""
+    if host and ports.get("mqtts"):
+        cafile = "your-ca.pem" if own else f"{deployment.public_id}-ca.pem"
+        argv = ["mosquitto_sub", "--cafile", cafile, "-h", host, "-p", str(ports["mqtts"])]
+        if two_way:
+            argv += ["--cert", "client.crt", "--key", "client.key"]
+        argv += ["-u", "$MQTT_USERNAME", "-P", "$MQTT_PASSWORD", "-t", "console/test", "-v"]
+        command = " ".join(a if a.startswith("$") else shlex.quote(a) for a in argv)
+        command = command.replace("$MQTT_USERNAME", '"$MQTT_USERNAME"').replace("$MQTT_PASSWORD", '"$MQTT_PASSWORD"')
+    return {"host": host, "urls": urls, "command": command, "own_certificate": own, "two_way": two_way}
+
+
 def _context(console, **forms_given) -> dict:
     deployment = console.deployment
     can_configure = console.can_in_project("deployment:configure")
+    certificates = _certificates(deployment)
     return {
         "console": console,
         "deployment": deployment,
-        "certificates": _certificates(deployment),
+        "certificates": certificates,
+        "endpoints": _endpoints(deployment, certificates),
         "authority": tls_services.certificate_authority(),
         "can_configure": can_configure and deployment.desired_state != "deleted",
         "server_form": forms_given.get("server") or TlsServerCertificateForm(prefix="server"),
