@@ -185,14 +185,17 @@ def _endpoints(deployment, certificates: list[TlsCertificate]) -> dict:
     if host and ports.get("wss"):
         urls.append(("wss", "MQTT over secure WebSocket", f"wss://{host}:{ports['wss']}/mqtt"))
     own = any(c.kind == "server" and c.source == "customer" for c in certificates)
-    two_way = any(c.kind == "client_ca" for c in certificates)
+    client_ca = next((c for c in certificates if c.kind == "client_ca"), None)
+    two_way = client_ca is not None
     command = ""
     if host and ports.get("mqtts"):
         cafile = "your-ca.pem" if own else f"{deployment.public_id}-ca.pem"
         argv = ["mosquitto_sub", "--cafile", cafile, "-h", host, "-p", str(ports["mqtts"])]
         if two_way:
             argv += ["--cert", "client.crt", "--key", "client.key"]
-        argv += ["-u", "$MQTT_USERNAME", "-P", "$MQTT_PASSWORD", "-t", "console/test", "-v"]
+        if client_ca is None or not client_ca.use_identity_as_username:
+            argv += ["-u", "$MQTT_USERNAME", "-P", "$MQTT_PASSWORD"]  # else the certificate's name is the username
+        argv += ["-t", "console/test", "-v"]
         command = " ".join(a if a.startswith("$") else shlex.quote(a) for a in argv)
         command = command.replace("$MQTT_USERNAME", '"$MQTT_USERNAME"').replace("$MQTT_PASSWORD", '"$MQTT_PASSWORD"')
     return {"host": host, "urls": urls, "command": command, "own_certificate": own, "two_way": two_way}

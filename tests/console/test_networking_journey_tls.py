@@ -246,3 +246,57 @@ def test_read_only_role_sees_no_remove_or_upload_and_another_organizations_tab_i
         assert owner.goto(path).status == 404, path
     owner.goto(console_path(theirs, "tls"))
     owner.check("not-found")
+
+
+def test_tls_pages_pass_axe_in_every_state_when_shown_light_and_dark(site):
+    """Each state the tab can be in, set through the services (the broker side is the first journey's): no
+    certificate yet, the issued one with the TLS addresses, the customer's own with a client CA beside an expiring
+    and an expired one, a refused upload, each remove confirmation, a read-only role and a deleted deployment."""
+    from deployments import services, tls_services
+    from deployments.models import Deployment, TlsCertificate
+
+    org = make_organization(name="Tour")
+    fresh = settle(deployment(org.default_project, name="fresh"))
+    plant = settle(deployment(org.default_project, name="plant"))
+    Deployment.objects.filter(pk=plant.pk).update(
+        endpoints={"host": "127.0.0.1", "ports": {"mqtt": 21883, "ws": 21884, "mqtts": 21885, "wss": 21886}}
+    )
+    tls_services.server_certificate_ensure(deployment=plant)
+    issued = TlsCertificate.objects.get(deployment=plant)
+    _root, certificate, key, chain = _server(not_after=NOW + 12 * DAY)
+    mine, _, _ = tls_services.tls_certificate_create(
+        deployment=plant, actor=None, kind="server", certificate=certificate, private_key=key, chain=chain
+    )
+    devices = make_ca("Acme Devices CA")
+    client_ca, _, _ = tls_services.tls_certificate_create(
+        deployment=plant, actor=None, kind="client_ca", certificate=pem(devices[0]), use_identity_as_username=True
+    )
+    # Time passes for the issued one (renewal is the reconciler's): the tab marks it expired.
+    TlsCertificate.objects.filter(pk=issued.pk).update(not_after=NOW - DAY)
+    gone = settle(deployment(org.default_project, name="gone"))
+    tls_services.server_certificate_ensure(deployment=gone)
+    services.deployment_delete(deployment=gone, actor=None)
+    auditor, _ = org.add_member(roles=["auditor"], email="audrey@example.com")
+    pages = [
+        ("no-certificate", console_path(fresh, "tls")),
+        ("all-states", console_path(plant, "tls")),
+        ("remove-server", console_path(plant, f"tls/{mine.public_id}/delete")),
+        ("remove-client-ca", console_path(plant, f"tls/{client_ca.public_id}/delete")),
+        ("remove-issued", console_path(plant, f"tls/{issued.public_id}/delete")),
+        ("deleted", console_path(gone, "tls")),
+    ]
+    for scheme in ("light", "dark"):
+        page = site.page(org.owner, name=scheme, color_scheme=scheme)
+        for label, path in pages:
+            page.goto(path)
+            expect(page.locator("main")).to_be_visible()
+            page.check(label)
+        page.goto(console_path(plant, "tls"))
+        page.get_by_label(CERTIFICATE_LABEL).fill(certificate)
+        page.get_by_label(KEY_LABEL).fill(key_pem(new_key()))
+        _submit(page)
+        expect(_beside(page, KEY_LABEL)).to_be_visible()
+        page.check("refused")
+        viewer = site.page(auditor, name=f"auditor-{scheme}", color_scheme=scheme)
+        viewer.goto(console_path(plant, "tls"))
+        viewer.check("read-only")

@@ -219,10 +219,11 @@ def test_remove_asks_for_confirmation_and_the_issued_one_stays_when_confirmed(ow
     assert TlsCertificate.objects.filter(pk=issued.pk).exists()
 
 
-def test_read_only_role_sees_certificates_and_downloads_the_ca_but_is_refused_changes(client, owner_org, plant):
+@pytest.mark.parametrize("role", ["auditor", "accountant"])
+def test_read_only_role_sees_certificates_and_downloads_the_ca_but_is_refused_changes(client, owner_org, plant, role):
     tls_services.server_certificate_ensure(deployment=plant)
     certificate, key, chain = _server()
-    user, _ = owner_org.add_member(roles=["auditor"])
+    user, _ = owner_org.add_member(roles=[role])
     client.force_login(user)
     html = client.get(_tab(plant)).content.decode()
     assert "Server certificate: issued by the control plane" in html and "Upload server certificate" not in html
@@ -261,3 +262,42 @@ def test_another_organizations_tab_and_certificates_are_not_found(client, owner_
 def test_unknown_kind_is_not_found_when_crafted(owner, plant):
     assert owner.post(_tab(plant), {"kind": "root"}).status_code == 404
     assert not TlsCertificate.objects.exists()
+
+
+def test_tls_addresses_and_command_follow_the_certificates_when_the_deployment_serves(owner, plant):
+    from html import unescape
+
+    from deployments.models import Deployment
+
+    assert (
+        "The mqtts and wss addresses appear once the deployment is running." in owner.get(_tab(plant)).content.decode()
+    )
+    Deployment.objects.filter(pk=plant.pk).update(
+        endpoints={"host": "127.0.0.1", "ports": {"mqtt": 21883, "ws": 21884, "mqtts": 21885, "wss": 21886}}
+    )
+
+    def shown():
+        html = unescape(owner.get(_tab(plant)).content.decode())
+        urls = re.findall(r'<code id="tls-url-(\w+)">([^<]*)</code>', html)
+        return dict(urls), re.search(r'<pre id="tls-cmd-sub">([^<]*)</pre>', html).group(1)
+
+    urls, command = shown()
+    assert urls == {"mqtts": "mqtts://127.0.0.1:21885", "wss": "wss://127.0.0.1:21886/mqtt"}
+    assert command == (
+        f'mosquitto_sub --cafile {plant.public_id}-ca.pem -h 127.0.0.1 -p 21885 -u "$MQTT_USERNAME" '
+        '-P "$MQTT_PASSWORD" -t console/test -v'
+    )
+    certificate, key, chain = _server(sans=("mqtt.acme.example", "127.0.0.1"))
+    assert owner.post(_tab(plant), _server_post(certificate, key, chain)).status_code == 302
+    ca, _ = make_ca("Acme Devices CA")
+    body = {
+        "kind": "client_ca",
+        "client-ca-certificate": pem(ca),
+        "client-ca-require_client_certificate": "on",
+        "client-ca-use_identity_as_username": "on",
+    }
+    assert owner.post(_tab(plant), body).status_code == 302
+    _urls, command = shown()
+    assert command == (
+        "mosquitto_sub --cafile your-ca.pem -h 127.0.0.1 -p 21885 --cert client.crt --key client.key -t console/test -v"
+    )
