@@ -301,3 +301,19 @@ def test_tls_addresses_and_command_follow_the_certificates_when_the_deployment_s
     assert command == (
         "mosquitto_sub --cafile your-ca.pem -h 127.0.0.1 -p 21885 --cert client.crt --key client.key -t console/test -v"
     )
+
+
+def test_deleted_deployment_refuses_uploads_and_removes_with_the_services_reason_when_crafted(owner, plant):
+    from deployments import services
+
+    certificate, key, chain = _server()
+    assert owner.post(_tab(plant), _server_post(certificate, key, chain)).status_code == 302
+    mine = TlsCertificate.objects.get(source="customer")
+    services.deployment_delete(deployment=plant, actor=None)
+    html = owner.get(_tab(plant)).content.decode()
+    assert "Nothing can be changed on a deleted deployment." in html and "Remove…" not in html
+    refused = owner.post(_tab(plant), _server_post(certificate, key, chain))
+    assert refused.status_code == 409 and "deleted" in refused.content.decode()
+    removed = owner.post(_tab(plant, f"{mine.public_id}/delete"), follow=True)
+    assert "deleted" in removed.content.decode()
+    assert list(TlsCertificate.objects.filter(source="customer")) == [mine]
