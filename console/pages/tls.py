@@ -7,6 +7,7 @@ Nothing here parses a certificate or decides whether one is acceptable, and no p
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import shlex
 
@@ -160,21 +161,44 @@ def _tab_console(request, org_id, project_id, dep_id):
     return console
 
 
-def _certificates(deployment) -> list[TlsCertificate]:
+@dataclasses.dataclass
+class ShownCertificate:
+    """A certificate as the tab lists it: the row's facts (read through to it in templates) and what the page adds."""
+
+    certificate: TlsCertificate
+    active: bool  # what the TLS listeners use now
+    expired: bool
+    expiring: bool
+    days_left: int
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "certificate":  # copy and pickle probe before `certificate` is set
+            raise AttributeError(name)
+        return getattr(self.certificate, name)
+
+
+def _certificates(deployment) -> list[ShownCertificate]:
     rows = list(TlsCertificate.objects.filter(deployment=deployment).select_related("created_by"))
     customer_server = any(r.kind == "server" and r.source == "customer" for r in rows)
     now = timezone.now()
+    shown = []
     for row in rows:
         row.deployment = deployment
-        row.active = row.kind == "client_ca" or row.source == "customer" or not customer_server
-        row.expired = row.not_after <= now
-        row.expiring = not row.expired and row.not_after - now <= EXPIRING_SOON
-        row.days_left = max((row.not_after - now).days, 0)
+        expired = row.not_after <= now
+        shown.append(
+            ShownCertificate(
+                certificate=row,
+                active=row.kind == "client_ca" or row.source == "customer" or not customer_server,
+                expired=expired,
+                expiring=not expired and row.not_after - now <= EXPIRING_SOON,
+                days_left=max((row.not_after - now).days, 0),
+            )
+        )
     # What the listeners serve first, then the issued one it replaced, then the client CA.
-    return sorted(rows, key=lambda r: (r.kind != "server", not r.active, r.created_at))
+    return sorted(shown, key=lambda s: (s.certificate.kind != "server", not s.active, s.certificate.created_at))
 
 
-def _endpoints(deployment, certificates: list[TlsCertificate]) -> dict:
+def _endpoints(deployment, shown: list[ShownCertificate]) -> dict:
     """Where a client connects over TLS, and a command line that verifies the broker: against the downloaded ca.pem
     while the issued certificate is served, against the customer's own CA while theirs is."""
     endpoints = deployment.endpoints or {}
@@ -184,6 +208,7 @@ def _endpoints(deployment, certificates: list[TlsCertificate]) -> dict:
         urls.append(("mqtts", "MQTT over TLS", f"mqtts://{host}:{ports['mqtts']}"))
     if host and ports.get("wss"):
         urls.append(("wss", "MQTT over secure WebSocket", f"wss://{host}:{ports['wss']}/mqtt"))
+    certificates = [s.certificate for s in shown]
     own = any(c.kind == "server" and c.source == "customer" for c in certificates)
     client_ca = next((c for c in certificates if c.kind == "client_ca"), None)
     two_way = client_ca is not None
