@@ -239,3 +239,40 @@ def test_peering_pages_pass_axe_in_every_state_when_shown_light_and_dark(site, a
             page.goto(path)
             expect(page.locator("main")).to_be_visible()
             page.check(label)
+
+
+def test_read_only_role_sees_no_delete_or_form_and_another_organizations_tab_is_not_found(site, azure, azure_region):
+    from networking import services
+
+    org = make_organization(name="Watched")
+    plant = make_deployment(org.default_project, azure_region, name="plant")
+    peering = services.vpc_peering_create(
+        deployment=plant,
+        actor=None,
+        provider="azure",
+        cidr="10.1.0.0/16",
+        tenant_id=AZURE_CUSTOMER_TENANT,
+        subscription_id=AZURE_CUSTOMER_SUBSCRIPTION,
+        resource_group="acme-rg",
+        vnet_name="lab-vnet",
+    )
+    auditor, _ = org.add_member(roles=["auditor"], email="audrey@example.com")
+    page = site.page(auditor, name="auditor")
+    page.goto(console_path(plant))
+    page.get_by_role("link", name="VPC peering").click()
+    expect(
+        page.get_by_text("Your role can look at this deployment's peerings but not create or change them.")
+    ).to_be_visible()
+    expect(page.get_by_role("button", name="Create peering")).to_have_count(0)
+    page.get_by_role("link", name=peering.public_id).click()
+    expect(page.locator("main")).to_contain_text("10.1.0.0/16")
+    expect(page.get_by_role("link", name=re.compile("^Delete peering"))).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("deletion protection"))).to_have_count(0)
+    page.check("auditor-detail")
+
+    stranger = make_organization(name="Elsewhere")
+    intruder = site.page(stranger.owner, name="stranger")
+    for path in (console_path(plant, "vpc-peering"), console_path(plant, f"vpc-peering/{peering.public_id}")):
+        assert intruder.goto(path).status == 404, path
+    intruder.check("not-found")
+    assert VpcPeering.objects.get().state == "pending"

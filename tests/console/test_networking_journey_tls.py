@@ -149,11 +149,13 @@ def _submit(page):
     page.get_by_role("button", name="Upload server certificate").click()
 
 
-def _beside(page, label):
-    """The messages Django renders beside the field labelled `label` (its `<id>_error` list)."""
+def _refused_beside(page, label, message):
+    """`message` is in the list Django renders beside the field labelled `label` (its `<id>_error`), which a screen
+    reader also reads as the field's description, and the field is marked invalid."""
     field = page.get_by_label(label, exact=True)
     expect(field).to_have_attribute("aria-invalid", "true")
-    return page.locator(f"#{field.get_attribute('id')}_error")
+    expect(page.locator(f"#{field.get_attribute('id')}_error")).to_contain_text(message)
+    expect(field).to_have_accessible_description(re.compile(re.escape(message)))
 
 
 def test_bad_inputs_are_shown_beside_their_fields_and_nothing_is_added_when_uploaded(site):
@@ -169,7 +171,7 @@ def test_bad_inputs_are_shown_beside_their_fields_and_nothing_is_added_when_uplo
     page.get_by_label(CERTIFICATE_LABEL).fill("hello, I am a certificate")
     page.get_by_label(KEY_LABEL).fill(key)
     _submit(page)
-    expect(_beside(page, CERTIFICATE_LABEL)).to_contain_text("Not PEM")
+    _refused_beside(page, CERTIFICATE_LABEL, "Not PEM")
     page.check("not-pem")
 
     # A key that is not the certificate's: the key is not sent back, the certificate is.
@@ -177,7 +179,7 @@ def test_bad_inputs_are_shown_beside_their_fields_and_nothing_is_added_when_uplo
     page.get_by_label(KEY_LABEL).fill(key_pem(new_key()))
     page.get_by_label(CHAIN_LABEL).fill(chain)
     _submit(page)
-    expect(_beside(page, KEY_LABEL)).to_contain_text("does not match the certificate's public key")
+    _refused_beside(page, KEY_LABEL, "does not match the certificate's public key")
     expect(page.get_by_label(KEY_LABEL)).to_have_value("")
     expect(page.get_by_label(CERTIFICATE_LABEL)).to_have_value(certificate)
     page.check("key-mismatch")
@@ -188,7 +190,7 @@ def test_bad_inputs_are_shown_beside_their_fields_and_nothing_is_added_when_uplo
     page.get_by_label(KEY_LABEL).fill(expired_key)
     page.get_by_label(CHAIN_LABEL).fill(expired_chain)
     _submit(page)
-    expect(_beside(page, CERTIFICATE_LABEL)).to_contain_text("has expired")
+    _refused_beside(page, CERTIFICATE_LABEL, "has expired")
 
     # Names the certificate does not cover.
     page.get_by_label(CERTIFICATE_LABEL).fill(certificate)
@@ -196,7 +198,7 @@ def test_bad_inputs_are_shown_beside_their_fields_and_nothing_is_added_when_uplo
     page.get_by_label(CHAIN_LABEL).fill(chain)
     page.get_by_label(NAMES_LABEL).fill("mqtt.other.example")
     _submit(page)
-    expect(_beside(page, NAMES_LABEL)).to_contain_text("mqtt.other.example")
+    _refused_beside(page, NAMES_LABEL, "mqtt.other.example")
     page.check("wrong-names")
 
     # Control characters, in a PEM box and in a host name.
@@ -204,15 +206,15 @@ def test_bad_inputs_are_shown_beside_their_fields_and_nothing_is_added_when_uplo
     page.get_by_label(KEY_LABEL).fill(key)
     page.get_by_label(NAMES_LABEL).fill("mqtt.acme.example\x1b[2J")
     _submit(page)
-    expect(_beside(page, CERTIFICATE_LABEL)).to_contain_text("no other control character; found U+0007")
-    expect(_beside(page, NAMES_LABEL)).to_be_visible()
+    _refused_beside(page, CERTIFICATE_LABEL, "no other control character; found U+0007")
+    _refused_beside(page, NAMES_LABEL, "Must not contain control characters")
     page.check("control-characters")
 
     # A client CA that is no CA.
     leaf, _ = make_leaf(None, "not-a-ca")
     page.get_by_label("Client CA certificates (PEM)").fill(pem(leaf))
     page.get_by_role("button", name="Upload client CA").click()
-    expect(_beside(page, "Client CA certificates (PEM)")).not_to_be_empty()
+    _refused_beside(page, "Client CA certificates (PEM)", "not a CA")
     page.check("client-ca-not-ca")
     assert not TlsCertificate.objects.filter(deployment=plant).exists()
 
@@ -295,7 +297,7 @@ def test_tls_pages_pass_axe_in_every_state_when_shown_light_and_dark(site):
         page.get_by_label(CERTIFICATE_LABEL).fill(certificate)
         page.get_by_label(KEY_LABEL).fill(key_pem(new_key()))
         _submit(page)
-        expect(_beside(page, KEY_LABEL)).to_be_visible()
+        _refused_beside(page, KEY_LABEL, "does not match")
         page.check("refused")
         viewer = site.page(auditor, name=f"auditor-{scheme}", color_scheme=scheme)
         viewer.goto(console_path(plant, "tls"))
