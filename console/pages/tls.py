@@ -18,6 +18,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods
 
 from console import errors, tenancy
@@ -245,6 +246,7 @@ def _context(console, **forms_given) -> dict:
 
 @login_required
 @require_http_methods(["GET", "POST"])
+@sensitive_post_parameters("server-private_key")  # an error report never carries a pasted key
 @once
 def certificates(request, org_id, project_id, dep_id):
     """GET: the CA, the certificates and the upload forms. POST (`kind` server or client_ca): upload one; it
