@@ -169,12 +169,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/v5/clients" and method == "GET":
             # emqx_mgmt_api_clients.erl: `username` filters exactly.
             wanted = (query.get("username") or [None])[0]
-            rows: list[dict] = [
+            connected = [
                 {"clientid": cid, "username": who, "connected": True}
                 for cid, who in sorted(state.clients.items())
                 if wanted is None or who == wanted
             ]
-            self._send(200, _page(rows, query))
+            self._send(200, _page(connected, query))
         elif (m := re.fullmatch(r"/api/v5/clients/(.+)", path)) and method == "DELETE":
             if state.clients.pop(m[1], None) is None:
                 self._error(404, "CLIENTID_NOT_FOUND", "Client ID not found")
