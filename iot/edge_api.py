@@ -12,7 +12,14 @@ from django.db.models import F
 from django.http import HttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import mixins, serializers, status
 from rest_framework.response import Response
 
@@ -25,6 +32,41 @@ from iot.edge_models import EdgeConfig, EdgeNode
 
 EDGE_TAG = ["edge nodes (Premium)"]
 
+_NODE_EXAMPLE = {
+    "id": "edg_k2m9q4x8c1v5b6n0z7a3",
+    "name": "gw-1",
+    "kind": "mosquitto",
+    "up_topics": ["sensors/#"],
+    "down_topics": ["commands/#"],
+    "topics": {
+        "status": "edge/gw-1/status",
+        "config": "edge/gw-1/config",
+        "config_ack": "edge/gw-1/config/ack",
+        "cloud_prefix": "edge/gw-1/",
+    },
+    "username": "$edge-5f0c8a2e9b6d4c1f",
+    "online": True,
+    "connected_at": "2026-11-02T10:00:03Z",
+    "disconnected_at": None,
+    "last_seen": "2026-11-02T10:00:03Z",
+    "config": {"desired_version": 2, "applied_version": 1, "applied_at": "2026-11-02T09:00:00Z", "behind": True},
+    "credentials_issued_at": "2026-11-02T08:00:00Z",
+    "created_at": "2026-11-02T08:00:00Z",
+    "updated_at": "2026-11-02T10:00:03Z",
+}
+_CREDENTIALS_EXAMPLE = {"username": "$edge-5f0c8a2e9b6d4c1f", "password": "Xq3v…shown-once…9kLm"}
+_DOCUMENT_EXAMPLE = {
+    "version": 2,
+    "node": "gw-1",
+    "kind": "mosquitto",
+    "topics": {
+        "up": [{"local": "sensors/#", "cloud": "edge/gw-1/sensors/#"}],
+        "down": [{"cloud": "edge/gw-1/commands/#", "local": "commands/#"}],
+    },
+    "settings": {"sample_rate": 5},
+    "ack": {"topic": "edge/config/ack", "payload": {"version": 2}},
+}
+
 
 class EdgeNodeConfigStateSerializer(serializers.Serializer):
     desired_version = serializers.IntegerField(help_text="The latest configuration version (0: none yet).")
@@ -33,6 +75,7 @@ class EdgeNodeConfigStateSerializer(serializers.Serializer):
     behind = serializers.BooleanField(help_text="The node has not acknowledged the latest version.")
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Edge node", value=_NODE_EXAMPLE, response_only=True)])
 class EdgeNodeSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     online = serializers.BooleanField(
@@ -61,7 +104,8 @@ class EdgeNodeSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
-    def get_config(self, obj) -> EdgeNodeConfigStateSerializer:
+    @extend_schema_field(EdgeNodeConfigStateSerializer)
+    def get_config(self, obj) -> dict:
         return {
             "desired_version": obj.desired_version,
             "applied_version": obj.applied_version,
@@ -83,6 +127,21 @@ class EdgeNodeCredentialsSerializer(serializers.Serializer):
     password = serializers.CharField(help_text="Shown this once; only a hash is kept.")
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Edge node with its credentials",
+            value={
+                **_NODE_EXAMPLE,
+                "online": False,
+                "credentials": _CREDENTIALS_EXAMPLE,
+                "operation": "op_q2w3e4r5t6y7u8i9o0pa",
+                "bridge_config": "connection controlplane-gw-1\naddress mqtt.example:8883\n…",
+            },
+            response_only=True,
+        )
+    ]
+)
 class EdgeNodeIssuedSerializer(EdgeNodeSerializer):
     credentials = serializers.SerializerMethodField()
     operation = serializers.SerializerMethodField(help_text="The configure operation that gives the broker its user.")
@@ -93,7 +152,8 @@ class EdgeNodeIssuedSerializer(EdgeNodeSerializer):
     class Meta(EdgeNodeSerializer.Meta):
         fields = [*EdgeNodeSerializer.Meta.fields, "credentials", "operation", "bridge_config"]
 
-    def get_credentials(self, obj) -> EdgeNodeCredentialsSerializer:
+    @extend_schema_field(EdgeNodeCredentialsSerializer)
+    def get_credentials(self, obj) -> dict:
         credentials = self.context["credentials"]
         return {"username": credentials.username, "password": credentials.password}
 
@@ -123,6 +183,24 @@ class EdgeNodeCreateSerializer(InputSerializer):
     )
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Configuration version",
+            value={
+                "version": 2,
+                "up_topics": ["sensors/#"],
+                "down_topics": ["commands/#"],
+                "settings": {"sample_rate": 5},
+                "size": 246,
+                "document": _DOCUMENT_EXAMPLE,
+                "created_at": "2026-11-02T10:00:00Z",
+                "published_at": "2026-11-02T10:00:01Z",
+            },
+            response_only=True,
+        )
+    ]
+)
 class EdgeConfigSerializer(serializers.ModelSerializer):
     class Meta:
         model = EdgeConfig

@@ -216,3 +216,14 @@ def test_mosquitto_edge_node_bridges_both_ways_reports_state_and_acknowledges_co
     wait_until(lambda: not client.get(f"{url}/edge-nodes/gw-1").json()["online"], 15, "the node offline")
     assert client.get(f"{url}/edge-nodes/gw-1").json()["disconnected_at"]
     cloud.close()
+
+    # Deleting the node clears its retained status and configuration: a node made later under the same name never
+    # reads its predecessor's.
+    from iot.edge_models import EdgeRetainedClear
+
+    assert client.delete(f"{url}/edge-nodes/gw-1").status_code == 204
+    wait_until(lambda: not EdgeRetainedClear.objects.exists(), 15, "the retained topics cleared")
+    fresh = Inbox(port, client_id="backend-2", username="backend", password="backend-secret").start("edge/gw-1/#")
+    time.sleep(1.0)
+    assert [m for m in fresh.messages if m[2]] == [], "a retained message of the deleted node is still served"
+    fresh.close()
