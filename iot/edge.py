@@ -245,12 +245,15 @@ class Bridge:
 
 PASSWORD_PLACEHOLDER = "REPLACE-WITH-THE-NODE-PASSWORD"
 _HOST_RE = re.compile(r"^[A-Za-z0-9.:_\-\[\]]{1,253}$")
+_PUBLIC_ID_RE = re.compile(r"^[a-z]{2,8}_[A-Za-z0-9]{1,40}$")
 
 
 def _checked(bridge: Bridge) -> None:
     """Last line of defence before text is written: every value is re-checked, whatever the caller did."""
     node_name(bridge.node)
     kind(bridge.kind)
+    if not _PUBLIC_ID_RE.match(bridge.deployment):
+        raise ValueError(f"unusable deployment id {bridge.deployment!r}")
     if not _HOST_RE.match(bridge.host) or not (0 < bridge.port < 65536):
         raise ValueError(f"unusable broker address {bridge.host!r}:{bridge.port}")
     if not bridge.username.startswith(NODE_USERNAME_PREFIX) or _BRIDGE_UNSAFE.search(bridge.username[1:]):
@@ -283,7 +286,8 @@ def render_mosquitto(bridge: Bridge) -> str:
     if bridge.password is None:
         lines.append(f"# Replace {PASSWORD_PLACEHOLDER} with the node's password (shown once, when it was issued).")
     lines += [
-        f"connection controlplane-{bridge.node}",
+        # Unique per edge broker even when it bridges to several deployments with nodes of the same name.
+        f"connection {bridge_name(bridge)}",
         f"address {_address(bridge)}",
         "bridge_protocol_version mqttv311",
         f"remote_clientid {client_id(bridge.node)}",
@@ -345,7 +349,7 @@ def render_nanomq(bridge: Bridge) -> str:
     if bridge.password is None:
         out.append(f"# Replace {PASSWORD_PLACEHOLDER} with the node's password (shown once, when it was issued).")
     out += [
-        f"bridges.mqtt.{_nanomq_name(bridge.node)} {{",
+        f"bridges.mqtt.{bridge_name(bridge).replace('-', '_')} {{",
         f"  server = {_hocon(f'{scheme}://{_address(bridge)}')}",
         "  proto_ver = 4",
         f"  clientid = {_hocon(client_id(bridge.node))}",
@@ -396,9 +400,10 @@ def render_nanomq(bridge: Bridge) -> str:
     return "\n".join(out) + "\n"
 
 
-def _nanomq_name(node: str) -> str:
-    # A HOCON path element: unquoted it may hold letters, digits, _ and -; a leading digit or '-' is quoted.
-    return f"edge_{node}"
+def bridge_name(bridge: Bridge) -> str:
+    """The bridge's name on the node: its mosquitto `connection`, and with `_` for `-` its NanoMQ
+    `bridges.mqtt.<name>` (an unquoted HOCON key of letters, digits and `_`, as NanoMQ's own examples are)."""
+    return f"{bridge.deployment}-{bridge.node}"
 
 
 def render(bridge: Bridge) -> str:

@@ -136,7 +136,7 @@ class EdgeNodeCredentialsSerializer(serializers.Serializer):
                 "online": False,
                 "credentials": _CREDENTIALS_EXAMPLE,
                 "operation": "op_q2w3e4r5t6y7u8i9o0pa",
-                "bridge_config": "connection controlplane-gw-1\naddress mqtt.example:8883\n…",
+                "bridge_config": "connection dep_k2m9q4x8c1v5b6n0z7a3-gw-1\naddress mqtt.example:8883\n…",
             },
             response_only=True,
         )
@@ -331,7 +331,7 @@ class EdgeNodeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deploym
                 examples=[
                     OpenApiExample(
                         "mosquitto",
-                        value="connection controlplane-gw-1\naddress mqtt.example:8883\n…",
+                        value="connection dep_k2m9q4x8c1v5b6n0z7a3-gw-1\naddress mqtt.example:8883\n…",
                         media_type="text/plain",
                     )
                 ],

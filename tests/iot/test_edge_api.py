@@ -70,7 +70,7 @@ def test_create_answer_carries_the_bridge_file_with_the_password_and_the_downloa
     _with_address(premium)
     body = _create(client, base, kind="nanomq")
     password = body["credentials"]["password"]
-    node = ConfigFactory.parse_string(body["bridge_config"])["bridges"]["mqtt"]["edge_gw-1"]
+    node = ConfigFactory.parse_string(body["bridge_config"])["bridges"]["mqtt"][f"{premium.public_id}_gw_1"]
     assert node["password"] == password and node["server"] == "tls+mqtt-tcp://127.0.0.1:18832"
     download = client.get(f"{base}/edge-nodes/gw-1/config")
     assert download.status_code == 200 and download["Content-Type"].startswith("text/plain")

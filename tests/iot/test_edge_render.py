@@ -88,7 +88,7 @@ def nanomq_repub_topic(remote_filter: str, local_filter: str, topic: str) -> str
 def test_nanomq_bridge_parses_with_pyhocon_and_uses_only_nanomq_keys_when_rendered_with_tls():
     text = edge.render(bridge())
     parsed = ConfigFactory.parse_string(text)
-    node = parsed["bridges"]["mqtt"]["edge_gw-1"]
+    node = parsed["bridges"]["mqtt"]["dep_test_gw_1"]
     assert set(node) <= NANOMQ_BRIDGE_KEYS, set(node) - NANOMQ_BRIDGE_KEYS
     assert node["server"] == "tls+mqtt-tcp://mqtt.example.com:8883"
     assert node["proto_ver"] == 4 and node["clean_start"] is False
@@ -116,20 +116,20 @@ def test_nanomq_bridge_parses_with_pyhocon_and_uses_only_nanomq_keys_when_render
 
 
 def test_nanomq_bridge_is_plain_mqtt_without_ssl_when_the_deployment_has_no_tls():
-    node = ConfigFactory.parse_string(edge.render(bridge(tls=False, port=1883)))["bridges"]["mqtt"]["edge_gw-1"]
+    node = ConfigFactory.parse_string(edge.render(bridge(tls=False, port=1883)))["bridges"]["mqtt"]["dep_test_gw_1"]
     assert node["server"] == "mqtt-tcp://mqtt.example.com:1883"
     assert "ssl" not in node
 
 
 def test_nanomq_bridge_has_a_password_placeholder_when_no_password_is_given():
-    node = ConfigFactory.parse_string(edge.render(bridge(password=None)))["bridges"]["mqtt"]["edge_gw-1"]
+    node = ConfigFactory.parse_string(edge.render(bridge(password=None)))["bridges"]["mqtt"]["dep_test_gw_1"]
     assert node["password"] == edge.PASSWORD_PLACEHOLDER
 
 
 def test_mosquitto_section_maps_topics_under_the_node_prefix_when_rendered():
     text = edge.render(bridge(kind="mosquitto", ca_file="/etc/mosquitto/certs/ca.pem"))
     lines = text.splitlines()
-    assert "connection controlplane-gw-1" in lines
+    assert "connection dep_test-gw-1" in lines
     assert "address mqtt.example.com:8883" in lines
     assert "remote_clientid $edge-gw-1" in lines and "remote_username $edge-0123456789abcdef" in lines
     assert "notifications true" in lines and "notification_topic edge/gw-1/status" in lines
