@@ -213,6 +213,8 @@ def edge_events_apply(*, deployment_id: int, holder: str, token: int, events: li
                     node.disconnected_at = event.at
                 changed.add(node.name)
             elif event.kind == "ack" and event.version is not None:
+                # It came over the node's bridge: the node is connected (NanoMQ's bridge announces nothing else).
+                node.online = True
                 node.last_seen = event.at
                 # Never past what was asked, never backwards (a redelivered older ack changes nothing).
                 if node.applied_version < event.version <= node.desired_version:

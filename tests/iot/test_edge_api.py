@@ -186,6 +186,7 @@ def test_configuration_versions_count_up_and_the_node_is_behind_until_acknowledg
     edge_services.edge_events_apply(deployment_id=premium.pk, holder="a", token=token, events=events)
     node = client.get(f"{base}/edge-nodes/gw-1").json()
     assert node["config"]["applied_version"] == 2 and not node["config"]["behind"] and node["config"]["applied_at"]
+    assert node["online"] is True and node["last_seen"]  # an acknowledgement came over the node's bridge
     assert client.get(f"{base}/edge-nodes?behind=true").json()["results"] == []
     from iot.services import LeaseLost
 

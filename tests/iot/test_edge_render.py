@@ -104,6 +104,7 @@ def test_nanomq_bridge_parses_with_pyhocon_and_uses_only_nanomq_keys_when_render
         assert "+" not in forward.get("prefix", "") and "#" not in forward.get("prefix", "")
     assert {"local_topic": "sensors/#", "remote_topic": "", "prefix": "edge/gw-1/", "qos": 1} in forwards
     assert {"local_topic": "edge/config/ack", "remote_topic": "edge/gw-1/config/ack", "qos": 1} in forwards
+    assert {"local_topic": "edge/status", "remote_topic": "edge/gw-1/status", "qos": 1} in forwards
     subscriptions = [dict(s) for s in node["subscription"]]
     for subscription in subscriptions:
         assert set(subscription) <= NANOMQ_SUBSCRIPTION_KEYS and subscription["qos"] == 1
