@@ -21,6 +21,7 @@ from audit.services import audit_record
 from controlplane.errors import Conflict, FieldError, ValidationFailed
 from deployments.models import Deployment
 from deployments.passwords import hash_mqtt_password
+from deployments.services import deployment_configuration_changed
 from iot import edge
 from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear
 from iot.services import IssuedCredentials, _fence, _fields, _locked_deployment, _notify
@@ -88,8 +89,6 @@ def edge_node_create(*, deployment: Deployment, actor, name, kind, up_topics=Non
 
 
 def _broker_changed(deployment: Deployment, actor, change: str, node: EdgeNode):
-    from deployments.services import deployment_configuration_changed
-
     return deployment_configuration_changed(
         deployment=deployment, actor=actor, change=change, summary={"edge_node": node.name}
     )
