@@ -397,9 +397,14 @@ def render_nanomq(bridge: Bridge) -> str:
             )
     out.append("  ]")
     out.append("  subscription = [")
-    for topic in (*bridge.down, CONFIG):
-        local = topic if topic != CONFIG else LOCAL_PREFIX + CONFIG
-        out.append(f"    {{ remote_topic = {_hocon(prefix + topic)}, local_topic = {_hocon(local)}, qos = {QOS} }}")
+    for topic in bridge.down:
+        out.append(f"    {{ remote_topic = {_hocon(prefix + topic)}, local_topic = {_hocon(topic)}, qos = {QOS} }}")
+    # The configuration stays retained on the node: without MQTT 3.1.1 bridge mode the deployment's broker forwards a
+    # live retained message with the flag cleared, and `retain = 1` sets it again (nanomq/bridge.c).
+    out.append(
+        f"    {{ remote_topic = {_hocon(prefix + CONFIG)}, local_topic = {_hocon(LOCAL_PREFIX + CONFIG)}, "
+        f"qos = {QOS}, retain = 1 }}"
+    )
     out.append("  ]")
     out.append("}")
     return "\n".join(out) + "\n"

@@ -109,7 +109,7 @@ def test_nanomq_bridge_parses_with_pyhocon_and_uses_only_nanomq_keys_when_render
     for subscription in subscriptions:
         assert set(subscription) <= NANOMQ_SUBSCRIPTION_KEYS and subscription["qos"] == 1
     assert {"remote_topic": "edge/gw-1/commands/#", "local_topic": "commands/#", "qos": 1} in subscriptions
-    assert {"remote_topic": "edge/gw-1/config", "local_topic": "edge/config", "qos": 1} in subscriptions
+    assert {"remote_topic": "edge/gw-1/config", "local_topic": "edge/config", "qos": 1, "retain": 1} in subscriptions
     # What NanoMQ does with them: a cloud message on edge/gw-1/commands/reboot arrives locally as commands/reboot.
     assert nanomq_repub_topic("edge/gw-1/commands/#", "commands/#", "edge/gw-1/commands/reboot/now") == (
         "commands/reboot/now"
