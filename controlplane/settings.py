@@ -333,6 +333,7 @@ SPECTACULAR_SETTINGS = {
         "MaintenanceWindowStatusEnum": "deployments.models.MaintenanceWindow.Status",
         "TlsCertificateKindEnum": "deployments.models.TlsCertificate.Kind",
         "TlsCertificateSourceEnum": "deployments.models.TlsCertificate.Source",
+        "EdgeNodeKindEnum": "iot.edge_models.EdgeNode.Kind",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
