@@ -12,6 +12,7 @@ import datetime as dt
 import math
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
@@ -131,12 +132,12 @@ def _raw_points(deployment, start: dt.datetime, end: dt.datetime) -> tuple[list[
 _BUCKETS_SQL = {
     # Gauges and rates: the mean of the step; counters: the total of the step (made per second below).
     "raw": f"""
-        SELECT name, floor(extract(epoch FROM ts) / %(step)s)::bigint AS slot, avg(value), sum(value)
+        SELECT name, extract(epoch FROM ts)::bigint / %(step)s AS slot, avg(value), sum(value)
           FROM {MetricSample._meta.db_table}
          WHERE deployment_id = %(deployment)s AND name = ANY(%(names)s) AND ts >= %(start)s AND ts < %(end)s
       GROUP BY name, slot""",
     "rollup": f"""
-        SELECT name, floor(extract(epoch FROM bucket) / %(step)s)::bigint AS slot,
+        SELECT name, extract(epoch FROM bucket)::bigint / %(step)s AS slot,
                sum(sum) / nullif(sum(count), 0), sum(sum)
           FROM {MetricRollup._meta.db_table}
          WHERE deployment_id = %(deployment)s AND name = ANY(%(names)s) AND bucket >= %(start)s AND bucket < %(end)s
@@ -171,11 +172,34 @@ def _bucket_points(
     return xs, series
 
 
+# Rollups change only when the rollup task runs (every few minutes): a rollup range is computed once a minute per
+# deployment, and the page and its chart module share that one computation.
+ROLLUP_CACHE_SECONDS = 60
+
+
 def chart_data(*, deployment, range_key: str, now: dt.datetime | None = None) -> dict:
     """What the chart module draws for one range: `x` (unix seconds) and one list of values per metric, aligned;
     the tier's limits; the range's bounds."""
-    now = now or timezone.now()
     selected = time_range(range_key)
+    if now is not None or selected.step is None or selected.seconds <= RAW_RETENTION.total_seconds():
+        return _chart_data(deployment=deployment, selected=selected, now=now or timezone.now())
+    now = timezone.now().replace(second=0, microsecond=0)
+    key = f"console:charts:{deployment.public_id}:{deployment.tier_id}:{selected.key}:{int(now.timestamp())}"
+    try:
+        found = cache.get(key)
+    except Exception:  # noqa: BLE001 - without Redis the chart is computed, never refused
+        found = None
+    if found is not None:
+        return found
+    data = _chart_data(deployment=deployment, selected=selected, now=now)
+    try:
+        cache.set(key, data, ROLLUP_CACHE_SECONDS)
+    except Exception:  # noqa: BLE001
+        pass
+    return data
+
+
+def _chart_data(*, deployment, selected: TimeRange, now: dt.datetime) -> dict:
     start = now - dt.timedelta(seconds=selected.seconds)
     if selected.step is None:
         xs, series = _raw_points(deployment, start, now)
