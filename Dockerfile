@@ -21,12 +21,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build
-COPY requirements.txt .
-# requirements.txt lists test tools after the "# Tests and benchmarks" heading; the image installs only what runs.
-RUN sed '/^# Tests and benchmarks/,$d' requirements.txt > requirements-runtime.txt \
- && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install -r requirements-runtime.txt
+COPY requirements.lock .
+# The runtime lock only (no test or lint tools), every package pinned and checked against its recorded hash.
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes -r requirements.lock
 
 # --- runtime ------------------------------------------------------------------------------------------------------
 FROM python:3.11.13-slim-bookworm AS runtime
@@ -51,9 +49,11 @@ WORKDIR /app
 # The code stays owned by root: the app user can read it but never rewrite it.
 COPY . /app
 
-# Settings refuse to load without SECRET_KEY in production; collectstatic gets a random one that lives only for this
-# command, so no key (not even a throwaway one) is recorded in an ENV, an ARG or the image history.
+# Settings refuse to load without SECRET_KEY and DATABASE_URL in production; collectstatic gets a random key that
+# lives only for this command, so no key (not even a throwaway one) is recorded in an ENV, an ARG or the image
+# history, and a database URL it never connects to (the .invalid name cannot resolve).
 RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+    DATABASE_URL=postgres://collectstatic.invalid/unused \
     python manage.py collectstatic --noinput \
  && python -m compileall -q /app
 

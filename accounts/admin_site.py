@@ -20,9 +20,10 @@ class ThrottledOTPAdminAuthenticationForm(OTPAdminAuthenticationForm):
 
     def clean(self):
         email = self.cleaned_data.get("username") or ""
-        ip = client_ip(self.request)
-        self.lockout = signin.signin_lockout(email=email, ip=ip)
-        if self.lockout is not None:
+        # Counted before the password and the code are checked, as in the console (accounts.signin.signin_begin).
+        attempt = signin.signin_begin(email=email, ip=client_ip(self.request))
+        if attempt.refused:
+            self.lockout = attempt.lockout
             raise ValidationError(self.lockout.message, code="locked")
         try:
             AdminAuthenticationForm.clean(self)  # the password (and is_staff)
@@ -38,12 +39,16 @@ class ThrottledOTPAdminAuthenticationForm(OTPAdminAuthenticationForm):
             codes = {error.code for error in exc.error_list}
             if codes & (_PASSWORD_FAILURES | _CODE_FAILURES):
                 reason = "password" if codes & _PASSWORD_FAILURES else "two_factor"
-                self.lockout = signin.signin_failed(email=email, ip=ip, reason=reason)
+                self.lockout = signin.signin_failed(attempt, reason=reason)
                 if self.lockout is not None:
                     raise ValidationError(self.lockout.message, code="locked") from None
+            else:
+                signin.signin_passed(attempt)  # a step of a sign-in going well (enter your code), or nothing checked
             raise
         if self.get_user() is not None and not self.errors:  # a form missing its fields signs in nobody
-            signin.signin_succeeded(user=self.get_user(), two_factor=True)
+            signin.signin_succeeded(attempt, user=self.get_user(), two_factor=True)
+        else:
+            signin.signin_passed(attempt)
         return self.cleaned_data
 
 

@@ -6,11 +6,12 @@ What they may do lives in organizations (memberships), not here.
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Upper
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from controlplane.ids import PublicIdField
+from controlplane.validators import no_control_characters
 
 
 class UserManager(BaseUserManager):
@@ -36,7 +37,7 @@ class UserManager(BaseUserManager):
 class User(AbstractBaseUser, PermissionsMixin):
     public_id = PublicIdField(prefix="usr")
     email = models.EmailField(max_length=254, unique=True)
-    full_name = models.CharField(max_length=150, blank=True)
+    full_name = models.CharField(max_length=150, blank=True, validators=[no_control_characters])
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False, help_text="May sign in to the admin backoffice.")
     date_joined = models.DateTimeField(default=timezone.now)
@@ -51,7 +52,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     REQUIRED_FIELDS: list[str] = []
 
     class Meta:
-        constraints = [models.UniqueConstraint(Lower("email"), name="user_email_unique_ci")]
+        constraints = [
+            models.UniqueConstraint(Lower("email"), name="user_email_unique_ci"),
+            # Sign-in finds an account with UPPER(email) = UPPER(typed) (email__iexact): two addresses equal under
+            # UPPER() but not under LOWER() (victim@maıl.example, with a dotless ı, and victim@mail.example) would
+            # both answer, so neither could sign in. One account per UPPER() spelling.
+            models.UniqueConstraint(Upper("email"), name="user_email_unique_upper"),
+        ]
 
     def __str__(self):
         return self.email
@@ -84,7 +91,11 @@ class SignInThrottle(models.Model):
         ADDRESS = "address", "Client address"
 
     scope = models.CharField(max_length=8, choices=Scope.choices)
-    key = models.CharField(max_length=254, help_text="The email tried (lowercase) or the client address.")
+    key = models.CharField(
+        max_length=254,
+        help_text="The account's email (the stored one when an account has it, else the one tried, case-folded), or "
+        "the client address.",
+    )
     failures = models.PositiveIntegerField(default=0, help_text="Failures in the current window.")
     window_started_at = models.DateTimeField(null=True, blank=True)
     lockouts = models.PositiveIntegerField(default=0, help_text="Lock-outs so far; each one lasts twice the last.")

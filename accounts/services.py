@@ -1,7 +1,9 @@
-"""Accounts: sign-up (confirmed by email), deactivation, password changes, and ending a user's sessions.
+"""Accounts: sign-up (confirmed by email), password reset emails, deactivation, password changes, and ending a user's
+sessions.
 
-Sign-up never says whether an address has an account: both answers are "check your email", and only the mailbox
-learns which. Every change here is audited; nothing here decides what a user may do in an organization.
+Sign-up and password reset never say whether an address has an account: the request does the same work either way
+(it only enqueues a task, which looks the address up and sends the email), and only the mailbox learns which. Every
+change here is audited; nothing here decides what a user may do in an organization.
 """
 
 from __future__ import annotations
@@ -10,17 +12,22 @@ import json
 import time
 
 from django.conf import settings
-from django.contrib.auth.hashers import make_password
 from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.template import loader
 from django.urls import reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 from accounts.models import User
 from controlplane import crypto
 from controlplane.errors import Conflict, ValidationFailed
+from controlplane.tasks import enqueue_on_commit
+from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 
 SIGNUP_LINK_TTL_SECONDS = 24 * 60 * 60
 
@@ -31,11 +38,22 @@ def _audit(action: str, *, actor, user: User, summary: dict | None = None) -> No
     audit_record(actor=actor, organization=None, action=action, target=user, summary=summary or {})
 
 
+def _enqueue_on_commit(task_name: str, **kwargs) -> None:
+    """Publish an accounts task once the current transaction commits (at once outside one). A broker that cannot be
+    reached is logged and counted (controlplane.tasks), never raised into the request, and no sweep finds the email
+    again (nothing was stored): the person asks again."""
+    from accounts import tasks  # the tasks call these services
+
+    enqueue_on_commit(getattr(tasks, task_name), **kwargs)
+
+
 def normalize_email(email: str) -> str:
     return User.objects.normalize_email(str(email or "").strip()).lower()
 
 
 def _validate_password(password: str, *, email: str, full_name: str) -> None:
+    if not password:
+        raise ValidationFailed({"password": "Choose a password."})
     try:
         validate_password(password, user=User(email=email, full_name=full_name))
     except ValidationError as exc:
@@ -52,11 +70,26 @@ def user_sessions_end(*, user: User) -> None:
 # --- Sign-up ---------------------------------------------------------------------------------------------------
 
 
-def user_signup_request(*, email: str, password: str, full_name: str = "", organization_name: str = "") -> None:
-    """Start a sign-up: email a confirmation link, or, when the address already has an account, an email saying so
-    (with a link to reset the password). The caller answers "check your email" either way."""
+def user_signup_request(*, email: str, full_name: str = "", organization_name: str = "") -> None:
+    """Start a sign-up: a task emails a confirmation link, or, when the address already has an account, a note
+    saying so (with a link to reset the password). The caller answers "check your email" either way.
+
+    No password is asked here: whoever follows the link chooses it (user_signup_confirm), so that no one can
+    prepare an account for someone else's address with a password of their own."""
     email = normalize_email(email)
-    _validate_password(password, email=email, full_name=full_name)
+    errors = {}
+    for field, value in (("full_name", full_name), ("organization_name", organization_name)):
+        found = find_control_character(value)
+        if found is not None:
+            errors[field] = control_character_message(*found)
+    if errors:
+        raise ValidationFailed(errors)
+    _enqueue_on_commit("send_signup_email", email=email, full_name=full_name, organization_name=organization_name)
+
+
+def signup_email_send(*, email: str, full_name: str = "", organization_name: str = "") -> None:
+    """The email of a sign-up (run by the accounts.send_signup_email task, never in the request)."""
+    email = normalize_email(email)
     existing = User.objects.filter(email__iexact=email).first()
     if existing is not None:
         reset = f"{settings.PUBLIC_URL}{reverse('console:password-reset')}"
@@ -72,25 +105,19 @@ def user_signup_request(*, email: str, password: str, full_name: str = "", organ
             recipient_list=[existing.email],
         )
         return
-    # Nothing is stored until the link is followed: the link carries the request, encrypted (the password only
-    # as its hash), and expires after a day.
+    # Nothing is stored until the link is followed: the link carries the request, encrypted, and expires after a
+    # day. It holds no password: the one who follows it chooses it.
     token = crypto.encrypt_str(
         json.dumps(
-            {
-                "email": email,
-                "full_name": full_name,
-                "organization_name": organization_name,
-                "password": make_password(password),
-                "iat": int(time.time()),
-            }
+            {"email": email, "full_name": full_name, "organization_name": organization_name, "iat": int(time.time())}
         )
     )
     link = f"{settings.PUBLIC_URL}{reverse('console:signup-confirm')}?token={token}"
     send_mail(
         subject="Confirm your email to create your MQTT Cloud account",
         message=(
-            f"Welcome to MQTT Cloud.\n\nConfirm {email} to create your account (the link works for 24 hours):\n"
-            f"{link}\n\nIf you did not sign up, ignore this message: no account was created.\n"
+            f"Welcome to MQTT Cloud.\n\nConfirm {email} and choose your password to create your account (the link "
+            f"works for 24 hours):\n{link}\n\nIf you did not sign up, ignore this message: no account was created.\n"
         ),
         from_email=settings.DEFAULT_FROM_EMAIL,
         recipient_list=[email],
@@ -116,9 +143,11 @@ def _signup_token(token: str) -> dict | None:
 
 
 @transaction.atomic
-def user_signup_confirm(*, token: str):
-    """Create the account a confirmation link asked for: the user, their organization (as Owner) and its Default
-    project. Returns (user, organization)."""
+def user_signup_confirm(*, token: str, password: str):
+    """Create the account a confirmation link asked for, with the password chosen on the link's page: the user,
+    their organization (as Owner) and its Default project. Returns (user, organization).
+
+    A password inside the link (links sent before the password moved here) is ignored."""
     from organizations.services import organization_create
 
     data = _signup_token(token)
@@ -129,18 +158,55 @@ def user_signup_confirm(*, token: str):
         raise Conflict(
             f"An account for {email} already exists: sign in, or reset your password.", code="account-exists"
         )
-    user = User(email=email, full_name=data.get("full_name", ""), password=data["password"])
+    # Links sent before names were refused control characters may carry them: made spaces.
+    full_name, organization_name = (
+        " ".join(CONTROL_CHARACTERS.sub(" ", str(data.get(field) or "")).split())
+        for field in ("full_name", "organization_name")
+    )
+    _validate_password(password, email=email, full_name=full_name)
+    user = User(email=email, full_name=full_name)
+    user.set_password(password)
     user.full_clean(exclude=["password"])
     try:
         with transaction.atomic():
             user.save()
     except IntegrityError:  # the same link followed twice at once
         raise Conflict(f"An account for {email} already exists: sign in.", code="account-exists") from None
-    full_name = data.get("full_name", "")
     organization = organization_create(
-        name=data.get("organization_name") or f"{full_name or email.split('@')[0]}'s organization", owner=user
+        name=organization_name or f"{full_name or email.split('@')[0]}'s organization"[:100], owner=user
     )
     return user, organization
+
+
+# --- Password reset --------------------------------------------------------------------------------------------
+
+RESET_SUBJECT_TEMPLATE = "accounts/password_reset_subject.txt"
+RESET_EMAIL_TEMPLATE = "accounts/password_reset_email.txt"
+
+
+def password_reset_request(*, email: str) -> None:
+    """Ask for a password reset link for `email`. The request only enqueues the task that looks the address up and
+    emails an active account: it answers in the same time whether or not one exists."""
+    _enqueue_on_commit("send_password_reset_email", email=str(email or "").strip())
+
+
+def password_reset_email_send(*, email: str) -> int:
+    """Email a reset link to each active account with this address (one at most), run by the
+    accounts.send_password_reset_email task. Accounts that never had a password (created by an operator) are
+    reached too. Links are built on PUBLIC_URL. Returns the number of emails sent."""
+    sent = 0
+    for user in User.objects.filter(email__iexact=email, is_active=True):
+        context = {
+            "email": user.email,
+            "uid": urlsafe_base64_encode(force_bytes(user.pk)),
+            "token": default_token_generator.make_token(user),
+            "public_url": settings.PUBLIC_URL,
+        }
+        subject = " ".join(loader.render_to_string(RESET_SUBJECT_TEMPLATE, context).split())
+        body = loader.render_to_string(RESET_EMAIL_TEMPLATE, context)
+        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [user.email])
+        sent += 1
+    return sent
 
 
 # --- Account state ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Two-factor authentication of console users: a TOTP authenticator app (django-otp) and 10 single-use recovery codes.
 
-Every change is audited and ends the user's other sessions. Nothing here decides who must use it: organizations
-that require it say so (organizations.access.two_factor_satisfied), and the admin requires it of all staff.
+Every change is audited and ends the user's other sessions. Callers ask for the user's password first
+(accounts.signin.reauthenticate): a session alone must never be enough to enrol, renew codes or turn it off. Nothing
+here decides who must use it: organizations that require it say so (organizations.access.two_factor_satisfied), and
+the admin requires it of all staff.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ def two_factor_enabled(user) -> bool:
     return user is not None and user.is_authenticated and user_has_device(user, confirmed=True)
 
 
-def pending_device(user) -> TOTPDevice | None:
-    """The authenticator being set up (not yet confirmed by a code), if any."""
-    return TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
+def pending_device(user, *, device_id) -> TOTPDevice | None:
+    """The authenticator `device_id` if it is the user's and still being set up (not yet confirmed by a code)."""
+    if not isinstance(device_id, int):
+        return None
+    return TOTPDevice.objects.filter(user=user, confirmed=False, pk=device_id).first()
 
 
 def recovery_codes_left(user) -> int:
@@ -63,7 +67,8 @@ def qr_svg(device: TOTPDevice) -> bytes:
 
 @transaction.atomic
 def two_factor_begin(*, user: User) -> TOTPDevice:
-    """A fresh authenticator key to scan; it counts only once a code from it is confirmed."""
+    """A fresh authenticator key to scan; it counts only once a code from it is confirmed. The caller asked for the
+    password first, and shows the key only to the session that began (any earlier pending key is dropped)."""
     if TOTPDevice.objects.filter(user=user, confirmed=True).exists():
         raise Conflict("Two-factor authentication is already on.", code="two-factor-already-on")
     TOTPDevice.objects.filter(user=user, confirmed=False).delete()
@@ -79,10 +84,14 @@ def _new_recovery_codes(user: User) -> list[str]:
 
 
 @transaction.atomic
-def two_factor_confirm(*, user: User, token: str) -> tuple[TOTPDevice, list[str]]:
-    """Turn two-factor authentication on with a first code from the authenticator being set up. Returns the device
-    and the recovery codes, which exist in clear only in this return value: show them once."""
-    device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).order_by("-id").first()
+def two_factor_confirm(*, user: User, token: str, device_id: int | None = None) -> tuple[TOTPDevice, list[str]]:
+    """Turn two-factor authentication on with a first code from the authenticator being set up (`device_id`, or the
+    latest one). Returns the device and the recovery codes, which exist in clear only in this return value: show
+    them once."""
+    pending = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False)
+    if device_id is not None:
+        pending = pending.filter(pk=device_id)
+    device = pending.order_by("-id").first()
     if device is None:
         raise NotFound("Start setting up two-factor authentication first.")
     if not device.verify_token(_clean_code(token)):
@@ -95,15 +104,9 @@ def two_factor_confirm(*, user: User, token: str) -> tuple[TOTPDevice, list[str]
     return device, codes
 
 
-def _check_password(user: User, password: str) -> None:
-    if not password or not user.check_password(password):
-        raise ValidationFailed({"password": "The password is not correct."})
-
-
 @transaction.atomic
-def recovery_codes_regenerate(*, user: User, password: str) -> list[str]:
-    """New recovery codes (the old ones stop working), after the password is given again."""
-    _check_password(user, password)
+def recovery_codes_regenerate(*, user: User) -> list[str]:
+    """New recovery codes (the old ones stop working); the caller asked for the password again."""
     if not TOTPDevice.objects.filter(user=user, confirmed=True).exists():
         raise Conflict("Two-factor authentication is off.", code="two-factor-off")
     codes = _new_recovery_codes(user)
@@ -112,9 +115,9 @@ def recovery_codes_regenerate(*, user: User, password: str) -> list[str]:
 
 
 @transaction.atomic
-def two_factor_disable(*, user: User, password: str) -> None:
-    """Turn two-factor authentication off, after the password is given again; ends the user's other sessions."""
-    _check_password(user, password)
+def two_factor_disable(*, user: User) -> None:
+    """Turn two-factor authentication off (the caller asked for the password again); ends the user's other
+    sessions."""
     removed = TOTPDevice.objects.filter(user=user).delete()[0] + StaticDevice.objects.filter(user=user).delete()[0]
     if not removed:
         raise Conflict("Two-factor authentication is off.", code="two-factor-off")

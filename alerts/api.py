@@ -1,7 +1,7 @@
-"""REST API for monitoring and alerting: metric series, alert rules, alerts, silences, notification channels.
+"""REST API for monitoring and alerting: metric series, alert rules, alerts, silences.
 
 Thin: strict input serializers, ScopedViewSet resolves the tenant and checks the scope, one service call, serialize.
-Another organization's rule, alert, silence or channel is a 404 like a missing one.
+Another organization's rule, alert or silence is a 404 like a missing one. Channels are notifications.api's.
 """
 
 import datetime as dt
@@ -20,14 +20,18 @@ from drf_spectacular.utils import (
 from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
-from alerts import selectors, services
+from alerts import rules, selectors
+from alerts.collection import ROLLUP_RETENTION, collect_interval_seconds
 from alerts.metrics import BUDGET_METRICS, METRIC_NAMES, validate_metric_name
-from alerts.models import Alert, AlertRule, Delivery, NotificationChannel, Severity, Silence
+from alerts.models import Alert, AlertRule, Severity, Silence
+from alerts.notify import budget_of
 from billing.money import to_decimal
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import ScopedViewSet
 from deployments.models import Deployment
 from deployments.selectors import deployment_queryset
+from notifications.api import StrictBooleanField
+from notifications.models import NotificationChannel
 from organizations import access
 
 METRICS_TAG = ["monitoring"]
@@ -50,13 +54,6 @@ class StrictIntegerField(serializers.IntegerField):
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
-
-
-class StrictBooleanField(serializers.BooleanField):
-    def to_internal_value(self, data):
-        if not isinstance(data, bool):
-            self.fail("invalid", input=data)
-        return data
 
 
 def _metric(value: str) -> str:
@@ -228,17 +225,13 @@ class DeploymentMetricsViewSet(ScopedViewSet):
         now = timezone.now()
         end = _parse_time("to", params.get("to"), now)
         start = _parse_time("from", params.get("from"), end - dt.timedelta(hours=1))
-        raw_step = params.get("step", str(services.collect_interval_seconds()))
+        raw_step = params.get("step", str(collect_interval_seconds()))
         if not raw_step.isdigit():
             raise exceptions.ValidationError({"step": ["Expected a whole number of seconds."]})
         step = int(raw_step)
-        if step < services.collect_interval_seconds():
+        if step < collect_interval_seconds():
             raise exceptions.ValidationError(
-                {
-                    "step": [
-                        f"The step must be at least the collection interval ({services.collect_interval_seconds()} s)."
-                    ]
-                }
+                {"step": [f"The step must be at least the collection interval ({collect_interval_seconds()} s)."]}
             )
         if end <= start:
             raise exceptions.ValidationError({"to": ["`to` must be after `from`."]})
@@ -246,7 +239,7 @@ class DeploymentMetricsViewSet(ScopedViewSet):
             raise exceptions.ValidationError(
                 {"step": [f"At most {MAX_SERIES_POINTS} points per series: use a larger step or a shorter range."]}
             )
-        if start < now - services.ROLLUP_RETENTION:
+        if start < now - ROLLUP_RETENTION:
             raise exceptions.ValidationError({"from": ["Metrics are kept for 30 days."]})
         result = selectors.metric_series(deployment=deployment, names=names, start=start, end=end, step=step, now=now)
         data = {
@@ -403,7 +396,7 @@ class AlertRuleSerializer(serializers.ModelSerializer):
     ]
 )
 class AlertRuleCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
+    name = PlainTextField(max_length=100)
     deployment = StrictCharField(
         required=False,
         allow_null=True,
@@ -418,7 +411,7 @@ class AlertRuleCreateSerializer(InputSerializer):
         help_text=f"One of {', '.join(METRIC_NAMES)}; for a budget rule one of {_BUDGET_METRIC_NAMES}.",
     )
     aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, default="avg")
-    window_seconds = StrictIntegerField(min_value=1, default=300)
+    window_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, default=300)
     operator = serializers.ChoiceField(
         choices=AlertRule.Operator.choices, default=">", help_text="A budget rule takes `>` or `>=`."
     )
@@ -429,10 +422,10 @@ class AlertRuleCreateSerializer(InputSerializer):
         help_text="Required, except for a budget rule (which takes `budget_amount`).",
     )
     threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, default="absolute")
-    for_seconds = StrictIntegerField(min_value=0, default=0)
+    for_seconds = StrictIntegerField(min_value=0, max_value=2**31 - 1, default=0)
     severity = serializers.ChoiceField(choices=Severity.choices, default="warning")
     enabled = StrictBooleanField(default=True)
-    repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, default=3600)
+    repeat_interval_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, allow_null=True, default=3600)
     channels = serializers.ListField(child=StrictCharField(), required=False, default=list, max_length=20)
     budget_scope = serializers.ChoiceField(
         choices=AlertRule.BudgetScope.choices,
@@ -477,17 +470,17 @@ class AlertRuleCreateSerializer(InputSerializer):
 
 
 class AlertRuleUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100, required=False)
+    name = PlainTextField(max_length=100, required=False)
     metric = StrictCharField(required=False)
     aggregation = serializers.ChoiceField(choices=AlertRule.Aggregation.choices, required=False)
-    window_seconds = StrictIntegerField(min_value=1, required=False)
+    window_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, required=False)
     operator = serializers.ChoiceField(choices=AlertRule.Operator.choices, required=False)
     threshold = StrictFloatField(required=False)
     threshold_unit = serializers.ChoiceField(choices=AlertRule.ThresholdUnit.choices, required=False)
-    for_seconds = StrictIntegerField(min_value=0, required=False)
+    for_seconds = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False)
     severity = serializers.ChoiceField(choices=Severity.choices, required=False)
     enabled = StrictBooleanField(required=False)
-    repeat_interval_seconds = StrictIntegerField(min_value=1, allow_null=True, required=False)
+    repeat_interval_seconds = StrictIntegerField(min_value=1, max_value=2**31 - 1, allow_null=True, required=False)
     channels = serializers.ListField(child=StrictCharField(), required=False, max_length=20)
     budget_scope = serializers.ChoiceField(
         choices=AlertRule.BudgetScope.choices, required=False, help_text=_BUDGET_SCOPE_HELP
@@ -531,6 +524,16 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
         if self.action == "list" and self.request.query_params.get("deployment"):
             return queryset.filter(deployment__public_id=self.request.query_params["deployment"])
         return queryset
+
+    def _check_channel_scope(self, ids: list[str], current: set[str] | None = None):
+        # Routing a rule to channels reads the organization's channels: without channel:read (a Project User) a rule
+        # keeps the default routing. Checked before the ids are looked up, so an unknown id reveals nothing either.
+        if set(ids) != (current or set()) and not access.has_scope(
+            self.principal, "channel:read", organization=self.organization
+        ):
+            raise exceptions.PermissionDenied(
+                "Routing a rule to notification channels needs the channel:read scope, which your role does not grant."
+            )
 
     def _check_budget_scope(self):
         # A budget alert tells spend: setting one is for those who may read the organization's billing.
@@ -577,8 +580,9 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
             fields.pop("budget_scope"), fields.pop("budget_amount")
         deployment_id = fields.pop("deployment")
         deployment = self._deployment(deployment_id, "deployment") if deployment_id else None
+        self._check_channel_scope(fields["channels"])
         channels = _channels_of(self.organization, fields.pop("channels"))
-        rule = services.alert_rule_create(
+        rule = rules.alert_rule_create(
             project=self.project, actor=self.principal, deployment=deployment, channels=channels, **fields
         )
         return Response(AlertRuleSerializer(rule).data, status=status.HTTP_201_CREATED)
@@ -598,13 +602,14 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
             self._check_budget_scope()
         channels = fields.pop("channels", None)
         if channels is not None:
+            self._check_channel_scope(channels, current={c.public_id for c in rule.channels.all()})
             channels = _channels_of(self.organization, channels)
-        rule = services.alert_rule_update(rule=rule, actor=self.principal, channels=channels, **fields)
+        rule = rules.alert_rule_update(rule=rule, actor=self.principal, channels=channels, **fields)
         return Response(AlertRuleSerializer(rule).data)
 
     @extend_schema(summary="Delete an alert rule and its alerts", tags=ALERTS_TAG)
     def destroy(self, request, *args, **kwargs):
-        services.alert_rule_delete(rule=self.get_object(), actor=self.principal)
+        rules.alert_rule_delete(rule=self.get_object(), actor=self.principal)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -735,7 +740,7 @@ class AlertSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(AlertBudgetSerializer(allow_null=True))
     def get_budget(self, obj):
-        return services._budget_of(obj, obj.rule)
+        return budget_of(obj, obj.rule)
 
 
 class AlertEventSerializer(serializers.Serializer):
@@ -815,7 +820,7 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewS
         alert = self.get_object()
         data = AlertAcknowledgeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        alert = services.alert_acknowledge(alert=alert, actor=self.principal, **data.validated_data)
+        alert = rules.alert_acknowledge(alert=alert, actor=self.principal, **data.validated_data)
         return Response(
             AlertDetailSerializer(selectors.alert_list(organization=self.organization).get(pk=alert.pk)).data
         )
@@ -898,228 +903,12 @@ class SilenceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
     def create(self, request, *args, **kwargs):
         data = SilenceCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        silence = services.silence_create(project=self.project, actor=self.principal, **data.validated_data)
+        silence = rules.silence_create(project=self.project, actor=self.principal, **data.validated_data)
         return Response(SilenceSerializer(silence).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         summary="End a silence now (it stays listed as history)", tags=ALERTS_TAG, responses={200: SilenceSerializer}
     )
     def destroy(self, request, *args, **kwargs):
-        silence = services.silence_expire(silence=self.get_object(), actor=self.principal)
+        silence = rules.silence_expire(silence=self.get_object(), actor=self.principal)
         return Response(SilenceSerializer(silence).data)
-
-
-# --- Notification channels ----------------------------------------------------------------------------------------
-
-_CHANNEL_EXAMPLE = {
-    "id": "chn_7f3k2m9q4x8c1v5b6n0z",
-    "name": "On-call webhook",
-    "type": "webhook",
-    "config": {"url": "https://hooks.example.com/mqtt", "headers": {"X-Team": "…"}},
-    "is_default": True,
-    "platform_events": True,
-    "enabled": True,
-    "failing_since": None,
-    "created_at": "2026-11-01T09:30:00Z",
-}
-
-
-@extend_schema_serializer(examples=[OpenApiExample("Channel", value=_CHANNEL_EXAMPLE, response_only=True)])
-class NotificationChannelSerializer(serializers.ModelSerializer):
-    id = serializers.CharField(source="public_id", read_only=True)
-    config = serializers.SerializerMethodField()
-
-    class Meta:
-        model = NotificationChannel
-        fields = [
-            "id",
-            "name",
-            "type",
-            "config",
-            "is_default",
-            "platform_events",
-            "enabled",
-            "failing_since",
-            "created_at",
-        ]
-
-    def get_config(self, obj) -> dict:
-        return services._public_config(obj)
-
-
-@extend_schema_serializer(
-    examples=[
-        OpenApiExample(
-            "Created webhook channel", value={**_CHANNEL_EXAMPLE, "secret": "whsec_Jx3…"}, response_only=True
-        )
-    ]
-)
-class NotificationChannelCreatedSerializer(NotificationChannelSerializer):
-    secret = serializers.CharField(
-        allow_null=True,
-        read_only=True,
-        help_text=(
-            'Webhook only, shown once: verify `X-Signature: t=<unix>,v1=<hex>` as HMAC-SHA256(secret, "<t>.<body>").'
-        ),
-    )
-
-    class Meta(NotificationChannelSerializer.Meta):
-        fields = [*NotificationChannelSerializer.Meta.fields, "secret"]
-
-
-class NotificationChannelCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
-    type = serializers.ChoiceField(choices=NotificationChannel.Type.choices)
-    config = serializers.DictField(
-        help_text=(
-            "email: {addresses: [...]}; webhook: {url, headers}; slack: {url} (an incoming-webhook URL); "
-            "pagerduty: {routing_key} (Events API v2 integration key)."
-        )
-    )
-    is_default = StrictBooleanField(default=True)
-    platform_events = StrictBooleanField(default=True)
-    enabled = StrictBooleanField(default=True)
-
-
-class NotificationChannelUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100, required=False)
-    config = serializers.DictField(required=False)
-    is_default = StrictBooleanField(required=False)
-    platform_events = StrictBooleanField(required=False)
-    enabled = StrictBooleanField(required=False)
-
-
-class DeliveryAttemptSerializer(serializers.Serializer):
-    number = serializers.IntegerField()
-    ok = serializers.BooleanField()
-    status_code = serializers.IntegerField(allow_null=True)
-    response_body = serializers.CharField()
-    error = serializers.CharField()
-    duration_ms = serializers.IntegerField()
-    at = serializers.DateTimeField(source="created_at")
-
-
-@extend_schema_serializer(
-    examples=[
-        OpenApiExample(
-            "Delivery",
-            value={
-                "id": "dlv_7f3k2m9q4x8c1v5b6n0z",
-                "kind": "fire",
-                "status": "retrying",
-                "attempts": 1,
-                "alert": "alt_7f3k2m9q4x8c1v5b6n0z",
-                "payload": {"event": "alert.firing"},
-                "created_at": "2026-11-01T09:31:00Z",
-                "next_attempt_at": "2026-11-01T09:31:30Z",
-                "completed_at": None,
-                "history": [
-                    {
-                        "number": 1,
-                        "ok": False,
-                        "status_code": 500,
-                        "response_body": "oops",
-                        "error": "HTTP 500",
-                        "duration_ms": 12,
-                        "at": "2026-11-01T09:31:00Z",
-                    }
-                ],
-            },
-            response_only=True,
-        )
-    ]
-)
-class DeliverySerializer(serializers.ModelSerializer):
-    id = serializers.CharField(source="public_id", read_only=True)
-    alert = serializers.CharField(source="alert.public_id", read_only=True, allow_null=True, default=None)
-    history = DeliveryAttemptSerializer(source="attempt_rows", many=True, read_only=True)
-
-    class Meta:
-        model = Delivery
-        fields = [
-            "id",
-            "kind",
-            "status",
-            "attempts",
-            "alert",
-            "payload",
-            "created_at",
-            "next_attempt_at",
-            "completed_at",
-            "history",
-        ]
-
-
-class NotificationChannelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
-    queryset = NotificationChannel.objects.all()
-    lookup_url_kwarg = "channel"
-    serializer_class = NotificationChannelSerializer
-    required_scopes = {
-        "list": "channel:read",
-        "retrieve": "channel:read",
-        "create": "channel:write",
-        "partial_update": "channel:write",
-        "destroy": "channel:write",
-        "test": "channel:write",
-        "deliveries": "channel:read",
-    }
-
-    @extend_schema(summary="List notification channels", tags=CHANNELS_TAG)
-    def list(self, request, *args, **kwargs):
-        return super().list(request, *args, **kwargs)
-
-    @extend_schema(summary="Describe a notification channel", tags=CHANNELS_TAG)
-    def retrieve(self, request, *args, **kwargs):
-        return super().retrieve(request, *args, **kwargs)
-
-    @extend_schema(
-        summary="Create a notification channel (a webhook's signing secret is shown once)",
-        tags=CHANNELS_TAG,
-        request=NotificationChannelCreateSerializer,
-        responses={201: NotificationChannelCreatedSerializer},
-    )
-    def create(self, request, *args, **kwargs):
-        data = NotificationChannelCreateSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        channel, secret = services.channel_create(
-            organization=self.organization, actor=self.principal, **data.validated_data
-        )
-        channel.secret = secret
-        return Response(NotificationChannelCreatedSerializer(channel).data, status=status.HTTP_201_CREATED)
-
-    @extend_schema(
-        summary="Change a notification channel",
-        tags=CHANNELS_TAG,
-        request=NotificationChannelUpdateSerializer,
-        responses={200: NotificationChannelSerializer},
-    )
-    def partial_update(self, request, *args, **kwargs):
-        data = NotificationChannelUpdateSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        channel = services.channel_update(channel=self.get_object(), actor=self.principal, **data.validated_data)
-        return Response(NotificationChannelSerializer(channel).data)
-
-    @extend_schema(summary="Delete a notification channel", tags=CHANNELS_TAG)
-    def destroy(self, request, *args, **kwargs):
-        services.channel_delete(channel=self.get_object(), actor=self.principal)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    @extend_schema(
-        summary="Send a test notification through the channel",
-        tags=CHANNELS_TAG,
-        request=None,
-        responses={202: DeliverySerializer},
-    )
-    def test(self, request, *args, **kwargs):
-        delivery = services.channel_test(channel=self.get_object(), actor=self.principal)
-        return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
-
-    @extend_schema(
-        summary="Deliveries through the channel, each with every attempt and its response",
-        tags=CHANNELS_TAG,
-        responses={200: DeliverySerializer(many=True)},
-    )
-    def deliveries(self, request, *args, **kwargs):
-        queryset = selectors.delivery_list(channel=self.get_object())
-        page = self.paginate_queryset(queryset)
-        return self.get_paginated_response(DeliverySerializer(page, many=True).data)

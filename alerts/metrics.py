@@ -42,6 +42,9 @@ TRAFFIC_BYTES = "traffic_bytes"
 RULE_MATCHED_RATE = "rule_matched_rate"
 RULE_FAILED_RATE = "rule_failed_rate"
 RULE_RESOURCE_DOWN = "rule_resource_down"
+# Fed by the networking app (alerts never imports it): 1 while one of the deployment's VPC peerings that was active
+# is not, else 0.
+VPC_PEERING_ABNORMAL = "vpc_peering_abnormal"
 
 METRICS: dict[str, Metric] = {
     m.name: m
@@ -60,6 +63,7 @@ METRICS: dict[str, Metric] = {
         Metric(RULE_MATCHED_RATE, MetricKind.RATE, "matches/s", "rule-engine SQL matches"),
         Metric(RULE_FAILED_RATE, MetricKind.RATE, "failures/s", "rule-engine executions that failed"),
         Metric(RULE_RESOURCE_DOWN, MetricKind.GAUGE, "resources", "rule-engine connectors not connected"),
+        Metric(VPC_PEERING_ABNORMAL, MetricKind.GAUGE, "flag", "1 while a VPC peering that was active is not"),
     )
 }
 
@@ -90,3 +94,12 @@ def validate_budget_metric_name(name: str) -> str:
     if name not in BUDGET_METRICS:
         raise ValueError(f"unknown budget metric {name!r}; expected one of: {', '.join(BUDGET_METRICS)}")
     return name
+
+
+# Which tier limit a percent threshold refers to, per metric (a field of deployments.models.Tier).
+TIER_LIMIT_FIELDS: dict[str, str] = {
+    CONNECTIONS: "max_connections",
+    SESSIONS: "max_connections",
+    MESSAGES_RECEIVED_RATE: "messages_per_second",
+    MESSAGES_SENT_RATE: "messages_per_second",
+}

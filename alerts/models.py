@@ -1,7 +1,8 @@
-"""Metric samples and rollups, collector state, alert rules, alerts and their history, silences, channels, deliveries.
+"""Metric samples and rollups, collector state, alert rules, alerts and their history, silences.
 
-Fields and constraints only: every write goes through alerts.services, every read the API makes through
-alerts.selectors. "One alert per rule and subject" is the unique constraint's guarantee, not the evaluator's.
+Fields and constraints only: writes go through alerts.collection, alerts.rules, alerts.defaults and alerts.evaluate,
+every read the API makes through alerts.selectors. Channels and deliveries are the notifications app's.
+"One alert per rule and subject" is the unique constraint's guarantee, not the evaluator's.
 """
 
 from django.conf import settings
@@ -10,6 +11,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
+from controlplane.validators import no_control_characters
+from notifications.models import Severity  # alert rules and alerts share the notifications app's severities
 
 
 class MetricSample(models.Model):
@@ -67,12 +70,9 @@ class CollectorState(models.Model):
     last_error = models.TextField(blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
-
-
-class Severity(models.TextChoices):
-    INFO = "info", "Info"
-    WARNING = "warning", "Warning"
-    CRITICAL = "critical", "Critical"
+    # The default rules (alerts.defaults keys) this deployment was given, so none is given twice and one the user
+    # deleted stays deleted. Not in `state`: each collection replaces that with the collector's own.
+    default_rule_keys = models.JSONField(default=list, blank=True)
 
 
 class AlertRule(models.Model):
@@ -81,6 +81,7 @@ class AlertRule(models.Model):
         CERTIFICATE_EXPIRY = "certificate_expiry", "TLS certificate expiring"
         VPC_PEERING = "vpc_peering", "VPC peering abnormal"
         BUDGET = "budget", "Budget on spend"
+        DEPLOYMENT_UNAVAILABLE = "deployment_unavailable", "Deployment unavailable"
 
     class BudgetScope(models.TextChoices):
         PROJECT = "project", "The project's spend"
@@ -113,7 +114,7 @@ class AlertRule(models.Model):
     deployment = models.ForeignKey(
         "deployments.Deployment", on_delete=models.CASCADE, null=True, blank=True, related_name="alert_rules"
     )
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=100, validators=[no_control_characters])
     kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.METRIC)
     metric = models.CharField(max_length=32, blank=True)
     aggregation = models.CharField(max_length=8, choices=Aggregation.choices, default=Aggregation.AVG)
@@ -127,7 +128,7 @@ class AlertRule(models.Model):
     # Null: notify once when it fires, and once when it resolves.
     repeat_interval_seconds = models.PositiveIntegerField(null=True, blank=True, default=3600)
     # Empty: the organization's channels marked `default` receive it.
-    channels = models.ManyToManyField("NotificationChannel", blank=True, related_name="rules")
+    channels = models.ManyToManyField("notifications.NotificationChannel", blank=True, related_name="rules")
     # The seed default this rule was created from ("" for a user's own rule): creating defaults twice is a no-op.
     default_key = models.CharField(max_length=32, blank=True)
     # Budget rules only ("" and nulls otherwise). Money is integer minor units of `budget_currency`, never a float:
@@ -272,106 +273,3 @@ class Silence(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="silence_ends_after_start")
         ]
-
-
-class NotificationChannel(models.Model):
-    class Type(models.TextChoices):
-        EMAIL = "email", "Email"
-        WEBHOOK = "webhook", "Webhook"
-        SLACK = "slack", "Slack"
-        PAGERDUTY = "pagerduty", "PagerDuty"
-
-    public_id = PublicIdField(prefix="chn")
-    organization = models.ForeignKey(
-        "organizations.Organization", on_delete=models.CASCADE, related_name="notification_channels"
-    )
-    name = models.CharField(max_length=100)
-    type = models.CharField(max_length=16, choices=Type.choices)
-    # email: {"addresses": [...]}; webhook: {"url", "headers"}; slack: {"url"}; pagerduty: {} (the key is secret).
-    config = models.JSONField(default=dict, blank=True)
-    # Fernet token (deployments.crypto): the webhook signing secret or the PagerDuty routing key.
-    secret_encrypted = models.TextField(blank=True, editable=False)
-    is_default = models.BooleanField(default=True, help_text="Receives alerts of rules that name no channel.")
-    platform_events = models.BooleanField(default=True, help_text="Receives platform events (failed deployments…).")
-    enabled = models.BooleanField(default=True)
-    failing_since = models.DateTimeField(null=True, blank=True)
-    failure_notice_sent_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["created_at", "id"]
-
-    def __str__(self):
-        return f"{self.name} ({self.type}, {self.public_id})"
-
-
-class Delivery(models.Model):
-    """One notification to one channel, with every attempt made to deliver it."""
-
-    class Kind(models.TextChoices):
-        FIRE = "fire", "Alert fired"
-        RESOLVE = "resolve", "Alert resolved"
-        REPEAT = "repeat", "Alert still firing"
-        TEST = "test", "Test"
-        PLATFORM = "platform", "Platform event"
-
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RETRYING = "retrying", "Retrying"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-
-    public_id = PublicIdField(prefix="dlv")
-    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
-    channel = models.ForeignKey(NotificationChannel, on_delete=models.CASCADE, related_name="deliveries")
-    alert = models.ForeignKey(Alert, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries")
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    payload = models.JSONField(default=dict)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    completed_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["channel", "-created_at"], name="delivery_channel_time")]
-
-
-class DeliveryAttempt(models.Model):
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_rows")
-    number = models.PositiveSmallIntegerField()
-    ok = models.BooleanField()
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.TextField(blank=True)
-    error = models.CharField(max_length=500, blank=True)
-    duration_ms = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        ordering = ["number"]
-        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="delivery_attempt_unique")]
-
-
-class PlatformEvent(models.Model):
-    """Something the platform tells an organization (a deployment failed, a payment failed…); notified once."""
-
-    class Kind(models.TextChoices):
-        DEPLOYMENT_FAILED = "deployment_failed", "Deployment failed to provision"
-        INVOICE_PAYMENT_FAILED = "invoice_payment_failed", "Invoice payment failed"
-        DEPLOYMENT_STOPPED_FOR_BILLING = "deployment_stopped_for_billing", "Deployment stopped for billing"
-        MAINTENANCE_SCHEDULED = "maintenance_scheduled", "Maintenance scheduled"
-        MAINTENANCE_CANCELLED = "maintenance_cancelled", "Maintenance cancelled"
-        CHANNEL_FAILING = "channel_failing", "Notification channel failing"
-
-    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
-    kind = models.CharField(max_length=32, choices=Kind.choices)
-    subject = models.CharField(max_length=64, help_text="Public id of what it is about.")
-    severity = models.CharField(max_length=8, choices=Severity.choices)
-    message = models.TextField()
-    dedup_key = models.CharField(max_length=200)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["organization", "dedup_key"], name="platform_event_once")]

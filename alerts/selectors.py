@@ -1,5 +1,5 @@
-"""Reads of monitoring and alerting: aligned metric series, current values against tier limits, rules, alerts,
-silences, channels and their deliveries.
+"""Reads of monitoring and alerting: aligned metric series, current values against tier limits, alerts and their
+history.
 
 Every read takes its tenant explicitly and owns its select_related/prefetch_related. Nothing here writes.
 """
@@ -10,22 +10,12 @@ import dataclasses
 import datetime as dt
 import math
 
-from django.db import connection
-from django.db.models import Prefetch, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from alerts.metrics import METRICS, MetricKind
-from alerts.models import (
-    Alert,
-    AlertEvent,
-    CollectorState,
-    Delivery,
-    DeliveryAttempt,
-    MetricRollup,
-    MetricSample,
-    NotificationChannel,
-)
-from alerts.services import RAW_RETENTION, TIER_LIMIT_FIELDS
+from alerts.collection import RAW_RETENTION
+from alerts.metrics import METRICS, TIER_LIMIT_FIELDS, MetricKind
+from alerts.models import Alert, AlertEvent, CollectorState, MetricRollup, MetricSample
 
 MAX_POINTS = 1440
 
@@ -119,14 +109,14 @@ def metric_series(
 
 def current_metrics(*, deployment) -> dict:
     """The latest sample of each metric (within 48 h) and, where the tier has one, its limit and usage percent."""
-    latest = MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION).order_by(
-        "name", "-ts"
+    latest = (
+        MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION)
+        .order_by("name", "-ts")
+        .distinct("name")  # one row per metric, not 48 hours of them
     )
-    if connection.vendor == "postgresql":
-        latest = latest.distinct("name")  # one row per metric, not 48 hours of them
-    values: dict[str, tuple[dt.datetime, float]] = {}
-    for name, ts, value in latest.values_list("name", "ts", "value").iterator():
-        values.setdefault(name, (ts, value))
+    values: dict[str, tuple[dt.datetime, float]] = {
+        name: (ts, value) for name, ts, value in latest.values_list("name", "ts", "value")
+    }
     tier = deployment.tier
     out = []
     for name, metric in METRICS.items():
@@ -154,11 +144,3 @@ def alert_list(*, organization) -> QuerySet[Alert]:
 
 def alert_events(*, alert: Alert) -> QuerySet[AlertEvent]:
     return AlertEvent.objects.filter(alert=alert).order_by("created_at", "id")
-
-
-def delivery_list(*, channel: NotificationChannel) -> QuerySet[Delivery]:
-    return (
-        Delivery.objects.filter(channel=channel)
-        .select_related("alert", "channel")
-        .prefetch_related(Prefetch("attempt_rows", queryset=DeliveryAttempt.objects.order_by("number")))
-    )

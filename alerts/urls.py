@@ -1,4 +1,5 @@
-"""Monitoring and alerting API routes, mounted under /api/v1/ by controlplane.urls."""
+"""Monitoring and alerting API routes (metrics, alert rules, silences, alerts), mounted under /api/v1/ by
+controlplane.urls."""
 
 from django.urls import path
 
@@ -7,7 +8,6 @@ from alerts import api
 ORG = "organizations/<str:org>"
 PROJECT = ORG + "/projects/<str:project>"
 DEP = PROJECT + "/deployments/<str:dep>"
-CHANNEL = ORG + "/notification-channels/<str:channel>"
 
 urlpatterns = [
     path(DEP + "/metrics", api.DeploymentMetricsViewSet.as_view({"get": "series"}), name="deployment-metrics"),
@@ -38,21 +38,5 @@ urlpatterns = [
         ORG + "/alerts/<str:alert>/acknowledge",
         api.AlertViewSet.as_view({"post": "acknowledge"}),
         name="alert-acknowledge",
-    ),
-    path(
-        ORG + "/notification-channels",
-        api.NotificationChannelViewSet.as_view({"get": "list", "post": "create"}),
-        name="notification-channel-list",
-    ),
-    path(
-        CHANNEL,
-        api.NotificationChannelViewSet.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
-        name="notification-channel-detail",
-    ),
-    path(CHANNEL + "/test", api.NotificationChannelViewSet.as_view({"post": "test"}), name="notification-channel-test"),
-    path(
-        CHANNEL + "/deliveries",
-        api.NotificationChannelViewSet.as_view({"get": "deliveries"}),
-        name="notification-channel-deliveries",
     ),
 ]

@@ -45,7 +45,7 @@ def peak_heap(fn) -> float:
 
 
 def setup():
-    from alerts import services
+    from alerts import defaults
     from deployments.models import Deployment, Plan, Region, Tier
     from tests.factories import make_organization
 
@@ -63,7 +63,7 @@ def setup():
     )
     ids = list(Deployment.objects.values_list("pk", flat=True))
     started = time.perf_counter()
-    services.default_rules_ensure()
+    defaults.default_rules_ensure()
     print(f"setup: {len(ids)} deployments, default rules in {time.perf_counter() - started:.2f} s")
     return ids
 
@@ -133,7 +133,7 @@ def evaluate_floor(now):
 
 
 def main():
-    from alerts import services
+    from alerts import collection, evaluate
     from alerts.models import Alert, AlertRule, MetricSample
 
     rng = random.Random(7)
@@ -147,9 +147,9 @@ def main():
 
     floor_rows, store_rows = rows(), rows()
     floor_s, _ = timed(lambda: copy_floor(floor_rows))
-    store_s, stored = timed(lambda: services.samples_store(rows=store_rows))
+    store_s, stored = timed(lambda: collection.samples_store(rows=store_rows))
     heap_rows = rows()
-    store_mem = peak_heap(lambda: services.samples_store(rows=heap_rows))
+    store_mem = peak_heap(lambda: collection.samples_store(rows=heap_rows))
     print(
         f"store {stored} samples: {store_s:.3f} s (floor COPY {floor_s:.3f} s, ratio {store_s / floor_s:.2f}x); "
         f"peak heap {store_mem:.0f} MiB beyond the rows themselves"
@@ -159,10 +159,10 @@ def main():
 
     rules = AlertRule.objects.filter(enabled=True).count()
     floor_s1, floor_count = timed(lambda: evaluate_floor(now))
-    eval_s, summary = timed(lambda: services.rules_evaluate(now=now))
+    eval_s, summary = timed(lambda: evaluate.rules_evaluate(now=now))
     floor_s2, _ = timed(lambda: evaluate_floor(now))
-    again_s, again = timed(lambda: services.rules_evaluate(now=now + dt.timedelta(seconds=1)))
-    eval_mem = peak_heap(lambda: services.rules_evaluate(now=now + dt.timedelta(seconds=2)))
+    again_s, again = timed(lambda: evaluate.rules_evaluate(now=now + dt.timedelta(seconds=1)))
+    eval_mem = peak_heap(lambda: evaluate.rules_evaluate(now=now + dt.timedelta(seconds=2)))
     floor_best = min(floor_s1, floor_s2)
     print(
         f"evaluate {rules} rules ({summary.evaluated} needing a state, {summary.changed} alert changes; "

@@ -1,4 +1,6 @@
-"""Backoffice for billing: accounts, invoices (void, mark paid, issue a refund credit), credits and coupons.
+"""Backoffice for billing: accounts with their details history and VIES consultations, invoices (void with a
+credit note, corrected invoice, mark paid, refund credit, held drafts), credit notes, unpriced usage, credits and
+coupons, exchange rates, traffic allowances.
 
 Invoices are read-only here: every change goes through billing.services, so it is audited and reconciles.
 Prices live in the deployments catalog admin.
@@ -8,19 +10,52 @@ from django.contrib import admin, messages
 from django.db import transaction
 
 from audit.admin_mixins import AuditedModelAdmin
-from billing import services
+from billing import invoicing, services
 from billing.models import (
     AnnualSubscription,
     BillingAccount,
+    BillingDetails,
     Coupon,
     CreditGrant,
+    CreditNote,
+    CreditNoteLine,
+    ExchangeRate,
     Invoice,
     InvoiceLine,
+    MonthClose,
     Payment,
     StripeEvent,
+    TrafficAllowance,
+    UsageRecord,
+    VatCheck,
 )
-from controlplane.api.problems import Conflict
+from controlplane.errors import Conflict, DomainError
 from organizations.access import Principal
+
+
+class _ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class VatCheckInline(_ReadOnlyInline):
+    """The proof of each VIES consultation: the number asked about, our requester number, VIES' answer."""
+
+    model = VatCheck
+    fields = ("checked_at", "vat_number", "requester", "outcome", "consultation_number", "request_date", "error")
+    verbose_name_plural = "VIES consultations"
+
+
+class BillingDetailsInline(_ReadOnlyInline):
+    model = BillingDetails
+    fields = ("valid_from", "valid_to", "country", "company", "tax_id", "vat_status", "address", "postal_code", "city")
+    verbose_name_plural = "billing details history"
 
 
 @admin.register(BillingAccount)
@@ -34,12 +69,17 @@ class BillingAccountAdmin(AuditedModelAdmin, admin.ModelAdmin):
         "vat_status",
         "vat_status_message",
         "vat_checked_at",
+        "vat_consultation_number",
+        "vat_consulted_at",
+        "vat_next_check_at",
+        "vat_check_failures",
         "stripe_customer_id",
         "stripe_payment_method_id",
         "stripe_synced_at",
         "created_at",
         "updated_at",
     )
+    inlines = [BillingDetailsInline, VatCheckInline]
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -72,10 +112,23 @@ def _run(modeladmin, request, queryset, service, done: str, **kwargs):
             with transaction.atomic():
                 service(invoice=invoice, actor=actor, **kwargs)
             count += 1
-        except Conflict as exc:
-            modeladmin.message_user(request, f"{invoice}: {exc.detail}", messages.ERROR)
+        except DomainError as exc:
+            modeladmin.message_user(request, f"{invoice}: {exc.message}", messages.ERROR)
     if count:
         modeladmin.message_user(request, f"{count} invoice(s) {done}.", messages.SUCCESS)
+
+
+class HeldFilter(admin.SimpleListFilter):
+    title = "held as draft"
+    parameter_name = "held"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Held (waiting for an address, a price or a rate)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(status="draft").exclude(hold_reasons=[])
+        return queryset
 
 
 @admin.register(Invoice)
@@ -88,13 +141,14 @@ class InvoiceAdmin(admin.ModelAdmin):
         "status",
         "total",
         "currency",
+        "hold_reasons",
         "issued_at",
         "due_at",
     )
-    list_filter = ("status", "kind", "tax_treatment", "currency")
+    list_filter = (HeldFilter, "status", "kind", "tax_treatment", "currency")
     search_fields = ("number", "public_id", "billing_account__company", "billing_account__organization__name")
     inlines = [InvoiceLineInline, PaymentInline]
-    actions = ["mark_paid", "void", "issue_credit"]
+    actions = ["mark_paid", "void", "reissue", "release_held", "issue_credit"]
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
@@ -109,9 +163,25 @@ class InvoiceAdmin(admin.ModelAdmin):
     def mark_paid(self, request, queryset):
         _run(self, request, queryset, services.invoice_mark_paid, "marked paid")
 
-    @admin.action(description="Void (credits consumed go back)")
+    @admin.action(description="Void with a credit note (credits go back, usage is released)")
     def void(self, request, queryset):
-        _run(self, request, queryset, services.invoice_void, "voided")
+        _run(self, request, queryset, services.invoice_void, "voided", reason="Voided in the backoffice")
+
+    @admin.action(description="Issue the corrected invoice of a voided monthly invoice")
+    def reissue(self, request, queryset):
+        def corrected(*, invoice, actor):
+            if invoice.kind != "monthly" or invoice.status != "void":
+                raise Conflict(f"only a voided monthly invoice is reissued; this is a {invoice.status} {invoice.kind}")
+            services.invoice_reissue(account=invoice.billing_account, month=invoice.period_start, actor=actor)
+
+        _run(self, request, queryset, corrected, "reissued")
+
+    @admin.action(description="Issue held drafts whose reasons are gone")
+    def release_held(self, request, queryset):
+        issued = []
+        for account_id in set(queryset.filter(status="draft").values_list("billing_account_id", flat=True)):
+            issued += invoicing.invoices_release_held(account=BillingAccount.objects.get(pk=account_id))
+        self.message_user(request, f"{len(issued)} held invoice(s) issued.", messages.SUCCESS)
 
     @admin.action(description="Issue a refund credit of the invoice total")
     def issue_credit(self, request, queryset):
@@ -197,3 +267,102 @@ class StripeEventAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
+
+
+class CreditNoteLineInline(_ReadOnlyInline):
+    model = CreditNoteLine
+    fields = ("description", "quantity", "unit", "unit_price", "amount")
+
+
+@admin.register(CreditNote)
+class CreditNoteAdmin(admin.ModelAdmin):
+    list_display = ("number", "invoice", "billing_account", "total", "currency", "issued_at")
+    search_fields = ("number", "public_id", "invoice__number", "billing_account__organization__name")
+    inlines = [CreditNoteLineInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class PricedFilter(admin.SimpleListFilter):
+    title = "price"
+    parameter_name = "priced"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Unpriced (an error: add the catalog price)"), ("yes", "Priced")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("no", "yes"):
+            return queryset.filter(unit_price__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """Metered usage, read-only. Filter on "Unpriced" for the seconds whose currency has no price in the catalog."""
+
+    list_display = (
+        "deployment",
+        "organization",
+        "hour",
+        "product",
+        "tier",
+        "seconds",
+        "unit_price",
+        "currency",
+        "invoice",
+    )
+    list_filter = (PricedFilter, "product", "currency")
+    search_fields = ("deployment__public_id", "organization__public_id", "organization__name")
+    raw_id_fields = ("deployment", "organization", "tier", "invoice")
+    date_hierarchy = "hour"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("deployment", "organization", "tier")
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ExchangeRate)
+class ExchangeRateAdmin(admin.ModelAdmin):
+    """Loaded by `manage.py load_exchange_rates` (and daily by beat) from the ECB's reference rates."""
+
+    list_display = ("on", "currency", "rate", "source", "loaded_at")
+    list_filter = ("currency",)
+    date_hierarchy = "on"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(TrafficAllowance)
+class TrafficAllowanceAdmin(AuditedModelAdmin, admin.ModelAdmin):
+    list_display = ("plan", "included_gb", "valid_from")
+    list_filter = ("plan",)
+
+
+@admin.register(MonthClose)
+class MonthCloseAdmin(admin.ModelAdmin):
+    list_display = ("period_start", "closed_at", "invoices", "held")
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

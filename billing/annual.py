@@ -1,8 +1,10 @@
 """Annual prepaid plans: immutable quotes, the self-serve hourly-to-annual switch, tier upgrades billed prorated for
-the rest of the term, reminders before the end, renewal or the return to hourly billing.
+the rest of the term, reminders before the end, renewal or the return to hourly billing, and the end of a plan whose
+invoice was voided.
 
-A subscription's term is what metering subtracts, so hourly billing stops exactly at acceptance. It never applies
-coupons to annual invoices (the seed system's rule) and never charges a card itself (collection is enqueued).
+A subscription's term is what metering subtracts, so hourly billing stops exactly at acceptance and resumes at the
+exact second a term ends without renewal. It never applies coupons to annual invoices (the seed system's rule),
+never charges a card itself (collection is enqueued) and raises controlplane.errors, never an HTTP error.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from billing import invoicing, metering
+from billing import invoicing, metering, traffic
 from billing.models import AnnualQuote, AnnualSubscription, BillingAccount, InvoiceKind, SubscriptionStatus
 from billing.money import HOURS_PER_YEAR, annual_price, format_money, percentage_of, prorate, round_half_up, to_decimal
 from billing.selectors import billing_account_for
-from controlplane.api.problems import Conflict, Unprocessable
+from controlplane.errors import Conflict, Unprocessable
 from deployments.models import Deployment, Price, StatusInterval, Tier
 from deployments.pricing import price_amount
 
@@ -28,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 class QuoteExpired(Unprocessable):
-    default_detail = "This quote has expired; ask for a new one."
-    default_code = "quote_expired"
+    code = "quote-expired"
+    default_message = "This quote has expired; ask for a new one."
 
 
 def one_year_later(at: datetime.datetime) -> datetime.datetime:
@@ -72,14 +74,7 @@ def annual_quote_create(*, deployment: Deployment, actor, now: datetime.datetime
     hourly_equivalent = round_half_up(HOURS_PER_YEAR * hourly, account.currency)
     decision = invoicing.tax_decision(account, now.date())
     tax = percentage_of(amount_minor=yearly, rate_percent=decision.rate)
-    accrued = sum(
-        invoicing.usage_line(
-            description="", seconds=s, unit_price=p, currency=account.currency, product="", deployment_id=None
-        ).amount
-        for s, p in metering.usage_preview(
-            start=metering.month_start(now), end=now, currency=account.currency, deployment_id=deployment.pk
-        )
-    )
+    accrued = _accrued_this_month(deployment, account.currency, now)
     quote = AnnualQuote.objects.create(
         billing_account=account,
         deployment=deployment,
@@ -107,6 +102,37 @@ def annual_quote_create(*, deployment: Deployment, actor, now: datetime.datetime
         summary={"deployment": deployment.public_id, "annual_price": yearly, "currency": account.currency},
     )
     return quote
+
+
+def _accrued_this_month(deployment: Deployment, currency: str, now: datetime.datetime) -> int:
+    """The deployment's hourly usage since the month began, in lines as the invoice will have them."""
+    rows: dict[tuple, dict] = {}
+    for priced in metering.usage_preview(
+        start=metering.month_start(now), end=now, currency=currency, deployment_id=deployment.pk
+    ):
+        usage = priced.usage
+        key = (usage.product, usage.tier_id, priced.unit_price)
+        row = rows.setdefault(
+            key,
+            {
+                "deployment_id": deployment.pk,
+                "product": usage.product,
+                "tier_id": usage.tier_id,
+                "unit_price": priced.unit_price,
+                "month": metering.month_start(now).date(),
+                "seconds": 0,
+            },
+        )
+        row["seconds"] += usage.seconds
+    built = invoicing.build_lines(
+        usage_rows=list(rows.values()),
+        traffic_usages=[],
+        currency=currency,
+        period_month=metering.month_start(now).date(),
+        labels=invoicing.Labels([deployment.pk]),
+        catalog=traffic.TrafficCatalog(),
+    )
+    return sum(line.amount for line in built.lines)
 
 
 def _annual_line(
@@ -161,9 +187,41 @@ def _start_subscription(
 
 
 def _enqueue_collection(invoice) -> None:
-    from billing import services
+    if invoice.status == "open":
+        from billing import services
 
-    transaction.on_commit(lambda: services.enqueue_collection([invoice.pk]))
+        transaction.on_commit(lambda: services.enqueue_collection([invoice.pk]))
+
+
+def _end(subscription: AnnualSubscription, *, at: datetime.datetime, reason: str) -> None:
+    """End a term at `at`: hourly billing resumes at that second. An auto-renewing term kept hourly billing away
+    past its end while it waited for this decision (even if auto-renewal was turned off since), and a voided one may
+    end before hours already metered: the hours since `at` are metered again for that deployment alone, which adds
+    exactly the seconds that were skipped (as late usage if their month is invoiced)."""
+    subscription.status, subscription.end_reason = SubscriptionStatus.ENDED, reason
+    subscription.term_end = max(at, subscription.term_start + datetime.timedelta(microseconds=1))
+    subscription.save(update_fields=["status", "end_reason", "term_end"])
+    audit_record(
+        actor=None,
+        organization=subscription.billing_account.organization,
+        action="billing.annual.end",
+        target=subscription,
+        summary={"reason": reason, "at": subscription.term_end.isoformat()},
+    )
+    metered = metering.metered_until()
+    if metered is not None and metered > subscription.term_end:
+        metering.meter_usage(now=metered, since=subscription.term_end, deployment_ids=[subscription.deployment_id])
+
+
+def annual_subscription_end_now(*, subscription_id: int, now: datetime.datetime, reason: str) -> None:
+    """End an active plan at `now` (its prepaid invoice was voided): the deployment is billed by the hour again."""
+    subscription = (
+        AnnualSubscription.objects.select_for_update()
+        .select_related("billing_account__organization")
+        .get(pk=subscription_id)
+    )
+    if subscription.status == SubscriptionStatus.ACTIVE:
+        _end(subscription, at=min(now, subscription.term_end), reason=reason)
 
 
 @transaction.atomic
@@ -386,40 +444,39 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
                 continue
             deployment = subscription.deployment
             alive = deployment.deleted_at is None and deployment.desired_state != "deleted"
+            account = subscription.billing_account
+            renewal = None
             if subscription.auto_renew and alive:
-                subscription.status = SubscriptionStatus.RENEWED
-                subscription.save(update_fields=["status"])
-                account = subscription.billing_account
-                hourly, yearly = _prices(deployment.tier, account.currency, subscription.term_end.date())
-                renewal, invoice = _start_subscription(
-                    account=account,
-                    deployment=deployment,
-                    tier=deployment.tier,
-                    start=subscription.term_end,
-                    hourly=hourly,
-                    yearly=yearly,
-                    auto_renew=True,
-                    renewed_from=subscription,
-                )
-                _enqueue_collection(invoice)
-                audit_record(
-                    actor=None,
-                    organization=account.organization,
-                    action="billing.annual.renew",
-                    target=renewal,
-                    summary={"invoice": invoice.number, "annual_price": yearly},
-                )
-                counts["renewed"] += 1
-            else:
-                subscription.status = SubscriptionStatus.ENDED
-                subscription.save(update_fields=["status"])
-                audit_record(
-                    actor=None,
-                    organization=subscription.billing_account.organization,
-                    action="billing.annual.end",
-                    target=subscription,
-                    summary={},
-                )
+                try:
+                    hourly, yearly = _prices(deployment.tier, account.currency, subscription.term_end.date())
+                except Conflict as exc:  # the catalog lost the tier's price: the deployment goes back to hourly
+                    logger.error("cannot renew %s: %s", subscription.public_id, exc)
+                else:
+                    subscription.status = SubscriptionStatus.RENEWED
+                    subscription.save(update_fields=["status"])
+                    # The next term starts where this one ends: no second between them is billed by the hour.
+                    renewal, invoice = _start_subscription(
+                        account=account,
+                        deployment=deployment,
+                        tier=deployment.tier,
+                        start=subscription.term_end,
+                        hourly=hourly,
+                        yearly=yearly,
+                        auto_renew=True,
+                        renewed_from=subscription,
+                    )
+                    _enqueue_collection(invoice)
+                    audit_record(
+                        actor=None,
+                        organization=account.organization,
+                        action="billing.annual.renew",
+                        target=renewal,
+                        summary={"invoice": invoice.number, "annual_price": yearly},
+                    )
+                    counts["renewed"] += 1
+            if renewal is None:
+                reason = "renewal_failed" if subscription.auto_renew and alive else "expired"
+                _end(subscription, at=subscription.term_end, reason=reason)
                 counts["ended"] += 1
     return counts
 

@@ -1,5 +1,6 @@
-"""REST API for billing: the billing account, overview, card setup, credits and coupons, invoices (JSON, HTML, PDF),
-subscriptions, annual quotes; and the Stripe webhook endpoint. Thin: parse, call one service, serialize.
+"""REST API for billing: the billing account, overview, card setup, credits and coupons, invoices and credit notes
+(JSON, HTML, PDF), subscriptions, annual quotes; and the Stripe webhook endpoint. Thin: parse, call one service,
+serialize.
 
 Amounts are integers in minor units of `currency` (cents for USD and EUR); prices finer than that are decimal
 strings in major units.
@@ -17,11 +18,21 @@ from rest_framework.response import Response
 
 from billing import annual, documents, invoicing, selectors, services
 from billing import stripe_gateway as gateway
-from billing.models import AnnualQuote, AnnualSubscription, BillingAccount, CreditGrant, Invoice
+from billing.models import (
+    AnnualQuote,
+    AnnualSubscription,
+    BillingAccount,
+    CreditGrant,
+    CreditNote,
+    Invoice,
+    InvoiceStatus,
+    missing_address_fields,
+)
 from controlplane.api.pagination import CursorPagination
 from controlplane.api.problems import problem_response
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import ScopedViewSet
+from controlplane.errors import Conflict
 from deployments.models import Deployment
 
 BILLING_TAG = ["billing"]
@@ -50,6 +61,9 @@ ANNUAL_TAG = ["annual plans"]
                 "vat_status": "valid",
                 "vat_status_message": "Confirmed by VIES.",
                 "vat_checked_at": "2026-11-02T10:00:05Z",
+                "vat_consultation_number": "WAPIAAAAZ8k3Lx1N",
+                "vat_consulted_at": "2026-11-02T10:00:05Z",
+                "missing_details": [],
                 "tax_treatment": "reverse_charge",
                 "tax_rate": "0",
                 "card_on_file": True,
@@ -64,6 +78,10 @@ class BillingAccountOutputSerializer(serializers.ModelSerializer):
     tax_treatment = serializers.SerializerMethodField()
     tax_rate = serializers.SerializerMethodField()
     card_on_file = serializers.SerializerMethodField()
+    missing_details = serializers.SerializerMethodField(
+        help_text="Parts of the full address an invoice needs that are missing (street as `address`, "
+        "`postal_code`, `city`, `country`); while any is, the month's invoice waits as a draft."
+    )
 
     class Meta:
         model = BillingAccount
@@ -81,6 +99,9 @@ class BillingAccountOutputSerializer(serializers.ModelSerializer):
             "vat_status",
             "vat_status_message",
             "vat_checked_at",
+            "vat_consultation_number",
+            "vat_consulted_at",
+            "missing_details",
             "tax_treatment",
             "tax_rate",
             "card_on_file",
@@ -101,10 +122,13 @@ class BillingAccountOutputSerializer(serializers.ModelSerializer):
     def get_card_on_file(self, obj) -> bool:
         return bool(obj.stripe_payment_method_id)
 
+    def get_missing_details(self, obj) -> list[str]:
+        return missing_address_fields(obj)
+
 
 class BillingAccountInputSerializer(InputSerializer):
     country = StrictCharField(max_length=2, min_length=2, help_text="ISO 3166-1 alpha-2, e.g. DE.")
-    company = StrictCharField(
+    company = PlainTextField(
         max_length=200,
         required=False,
         default="",
@@ -112,11 +136,13 @@ class BillingAccountInputSerializer(InputSerializer):
         help_text="Company name; leave empty for a private person.",
     )
     email = serializers.EmailField(max_length=254)
-    address = StrictCharField(max_length=200, required=False, default="", allow_blank=True)
-    city = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
-    state = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
-    postal_code = StrictCharField(max_length=20, required=False, default="", allow_blank=True)
-    tax_id = StrictCharField(
+    address = PlainTextField(
+        max_length=200, required=False, default="", allow_blank=True, help_text="Street and number; required."
+    )
+    city = PlainTextField(max_length=100, required=False, default="", allow_blank=True, help_text="Required.")
+    state = PlainTextField(max_length=100, required=False, default="", allow_blank=True)
+    postal_code = PlainTextField(max_length=20, required=False, default="", allow_blank=True)
+    tax_id = PlainTextField(
         max_length=40, required=False, default="", allow_blank=True, help_text="VAT or GST number (EIN in the US)."
     )
     currency = StrictCharField(max_length=3, required=False, help_text="ISO 4217; USD or EUR.")
@@ -134,6 +160,8 @@ class BillingAccountInputSerializer(InputSerializer):
                 "credit_balance": 1000,
                 "open_invoices": 1,
                 "open_amount": 268056,
+                "held_invoices": 0,
+                "missing_details": [],
             },
             response_only=True,
         )
@@ -142,11 +170,18 @@ class BillingAccountInputSerializer(InputSerializer):
 class BillingOverviewOutputSerializer(serializers.Serializer):
     currency = serializers.CharField()
     month_start = serializers.DateField()
-    month_to_date = serializers.IntegerField(help_text="Usage this month so far, before credits and tax.")
-    forecast = serializers.IntegerField(help_text="Month-to-date extended to the month's end.")
+    month_to_date = serializers.IntegerField(
+        help_text="The subtotal so far of this month's invoice (its lines, late usage included), before credits "
+        "and tax."
+    )
+    forecast = serializers.IntegerField(help_text="The same lines with this month's quantities extended to its end.")
     credit_balance = serializers.IntegerField()
     open_invoices = serializers.IntegerField()
     open_amount = serializers.IntegerField()
+    held_invoices = serializers.IntegerField(help_text="Invoices waiting as drafts (see their `hold_reasons`).")
+    missing_details = serializers.ListField(
+        child=serializers.CharField(), help_text="Address parts missing; invoices wait until they are given."
+    )
 
 
 @extend_schema_serializer(
@@ -211,12 +246,17 @@ class CreditGrantOutputSerializer(serializers.ModelSerializer):
 
 class InvoiceLineOutputSerializer(serializers.Serializer):
     deployment = serializers.CharField(source="deployment.public_id", allow_null=True, default=None)
-    product = serializers.CharField()
+    product = serializers.CharField(help_text="running, retention, traffic, annual or annual_upgrade.")
     description = serializers.CharField()
     quantity = serializers.DecimalField(max_digits=18, decimal_places=6)
     unit = serializers.CharField()
     unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
     amount = serializers.IntegerField()
+    tier = serializers.CharField(source="tier.code", allow_null=True, default=None)
+    usage_month = serializers.DateField(
+        allow_null=True, help_text="The month the usage belongs to; before the period: late usage."
+    )
+    bytes = serializers.IntegerField(allow_null=True, help_text="Traffic lines: bytes in plus out.")
 
 
 INVOICE_EXAMPLE = {
@@ -234,6 +274,13 @@ INVOICE_EXAMPLE = {
     "tax_mention": "",
     "tax": 0,
     "total": 9072,
+    "hold_reasons": [],
+    "notes": [],
+    "vat_currency": "",
+    "vat_exchange_rate": None,
+    "vat_exchange_rate_date": None,
+    "tax_in_vat_currency": None,
+    "credit_note": None,
     "issued_at": "2026-11-01T00:05:00Z",
     "due_at": "2026-11-15T00:05:00Z",
     "paid_at": None,
@@ -251,6 +298,9 @@ INVOICE_EXAMPLE = {
             "unit": "hour",
             "unit_price": "0.360000",
             "amount": 8784,
+            "tier": "1k",
+            "usage_month": "2026-10-01",
+            "bytes": None,
         }
     ],
 }
@@ -260,6 +310,12 @@ INVOICE_EXAMPLE = {
 class InvoiceOutputSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     lines = InvoiceLineOutputSerializer(many=True, read_only=True)
+    hold_reasons = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="A draft waits for: address_incomplete, unpriced_usage, exchange_rate_missing. Empty once issued.",
+    )
+    notes = serializers.ListField(child=serializers.CharField())
+    credit_note = serializers.SerializerMethodField(help_text="The credit note that cancelled it (`crn_…`), if any.")
 
     class Meta:
         model = Invoice
@@ -278,10 +334,81 @@ class InvoiceOutputSerializer(serializers.ModelSerializer):
             "tax_mention",
             "tax",
             "total",
+            "hold_reasons",
+            "notes",
+            "vat_currency",
+            "vat_exchange_rate",
+            "vat_exchange_rate_date",
+            "tax_in_vat_currency",
+            "credit_note",
             "issued_at",
             "due_at",
             "paid_at",
             "customer",
+            "lines",
+        ]
+
+    def get_credit_note(self, obj) -> str | None:
+        note = getattr(obj, "credit_note", None)
+        return note.public_id if note is not None else None
+
+
+class CreditNoteLineOutputSerializer(serializers.Serializer):
+    deployment = serializers.CharField(source="deployment.public_id", allow_null=True, default=None)
+    product = serializers.CharField()
+    description = serializers.CharField()
+    quantity = serializers.DecimalField(max_digits=18, decimal_places=6)
+    unit = serializers.CharField()
+    unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
+    amount = serializers.IntegerField(help_text="Minor units, negative.")
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Credit note",
+            value={
+                "id": "crn_k2m9q4x8c1v5b6n0z7f3",
+                "number": "MQC-CN-2026-000003",
+                "invoice": "inv_k2m9q4x8c1v5b6n0z7f3",
+                "invoice_number": "MQC-2026-000042",
+                "currency": "USD",
+                "subtotal": -9072,
+                "credits_applied": 0,
+                "tax": 0,
+                "total": -9072,
+                "tax_treatment": "outside_scope",
+                "tax_rate": "0.00",
+                "reason": "Wrong tier billed",
+                "issued_at": "2026-11-03T09:00:00Z",
+                "lines": [],
+            },
+            response_only=True,
+        )
+    ]
+)
+class CreditNoteOutputSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    invoice = serializers.CharField(source="invoice.public_id", read_only=True)
+    invoice_number = serializers.CharField(source="invoice.number", read_only=True)
+    lines = CreditNoteLineOutputSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = CreditNote
+        fields = [
+            "id",
+            "number",
+            "invoice",
+            "invoice_number",
+            "currency",
+            "subtotal",
+            "credits_applied",
+            "tax",
+            "total",
+            "tax_treatment",
+            "tax_rate",
+            "reason",
+            "issued_at",
             "lines",
         ]
 
@@ -502,7 +629,9 @@ class CreditPagination(CursorPagination):
 
 
 class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
-    queryset = Invoice.objects.exclude(status="draft").prefetch_related("lines__deployment")
+    """Invoices, held drafts included (with their `hold_reasons`): a draft has no number and no document yet."""
+
+    queryset = Invoice.objects.select_related("credit_note").prefetch_related("lines__deployment", "lines__tier")
     tenant_field = "billing_account__organization"
     lookup_url_kwarg = "inv"
     serializer_class = InvoiceOutputSerializer
@@ -538,7 +667,7 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
         },
     )
     def pdf(self, request, *args, **kwargs):
-        invoice = self.get_object()
+        invoice = self.issued()
         response = HttpResponse(documents.invoice_pdf(invoice), content_type="application/pdf")
         response["Content-Disposition"] = f'inline; filename="{invoice.number}.pdf"'
         return response
@@ -559,7 +688,82 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
         },
     )
     def html(self, request, *args, **kwargs):
-        return HttpResponse(documents.invoice_html(self.get_object()), content_type="text/html; charset=utf-8")
+        return HttpResponse(documents.invoice_html(self.issued()), content_type="text/html; charset=utf-8")
+
+    def issued(self) -> Invoice:
+        invoice = self.get_object()
+        if invoice.status == InvoiceStatus.DRAFT:
+            reasons = ", ".join(invoice.hold_reasons) or "not issued yet"
+            raise Conflict(f"This invoice is a draft ({reasons}): it has no document until it is issued.")
+        return invoice
+
+
+class CreditNotePagination(CursorPagination):
+    ordering = ("-issued_at", "-id")
+
+
+class CreditNoteViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
+    """Credit notes: each cancels one issued invoice, with the amounts negated."""
+
+    queryset = CreditNote.objects.select_related("invoice").prefetch_related("lines__deployment")
+    tenant_field = "billing_account__organization"
+    lookup_url_kwarg = "crn"
+    serializer_class = CreditNoteOutputSerializer
+    pagination_class = CreditNotePagination
+    required_scopes = {
+        "list": "billing:read",
+        "retrieve": "billing:read",
+        "pdf": "billing:read",
+        "html": "billing:read",
+    }
+
+    @extend_schema(summary="List credit notes", tags=INVOICES_TAG)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe a credit note with its lines", tags=INVOICES_TAG)
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    def perform_content_negotiation(self, request, force=False):
+        return super().perform_content_negotiation(request, force=force or self.action in ("pdf", "html"))
+
+    @extend_schema(
+        summary="Download a credit note as PDF",
+        tags=INVOICES_TAG,
+        responses={
+            (200, "application/pdf"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="The PDF",
+                examples=[OpenApiExample("PDF", value="%PDF-1.4 …", media_type="application/pdf")],
+            )
+        },
+    )
+    def pdf(self, request, *args, **kwargs):
+        note = self.get_object()
+        response = HttpResponse(documents.credit_note_pdf(note), content_type="application/pdf")
+        response["Content-Disposition"] = f'inline; filename="{note.number}.pdf"'
+        return response
+
+    @extend_schema(
+        summary="View a credit note as an HTML page",
+        tags=INVOICES_TAG,
+        responses={
+            (200, "text/html"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="The page",
+                examples=[
+                    OpenApiExample(
+                        "Page",
+                        value="<!doctype html><html>… Credit note MQC-CN-2026-000003 …</html>",
+                        media_type="text/html",
+                    )
+                ],
+            )
+        },
+    )
+    def html(self, request, *args, **kwargs):
+        return HttpResponse(documents.credit_note_html(self.get_object()), content_type="text/html; charset=utf-8")
 
 
 class SubscriptionViewSet(mixins.ListModelMixin, ScopedViewSet):

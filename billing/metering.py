@@ -1,9 +1,11 @@
-"""Metering: turns deployments' status history (StatusInterval) into UsageRecord rows, one per deployment, hour slot
-and product, with the billable seconds and the hourly price in force.
+"""Metering: turns deployments' status history (StatusInterval) into UsageRecord rows, one per deployment, hour slot,
+product and tier, with the billable seconds and the hourly price in force; usage without a price is recorded too.
 
 An hour is recorded once: the unique constraint on UsageRecord is the guarantee, inserts ignore conflicts, so
-concurrent runs and re-runs are harmless. It never meters an hour that has not ended, nor seconds an annual plan
-covers. On PostgreSQL one INSERT … SELECT does the work; other databases use the Python reference below.
+concurrent runs and re-runs are harmless. It never meters an hour that has not ended, nor seconds a coverage term
+(an annual plan) covers, and it never skips an hour: a long gap is caught up in bounded batches. It never writes
+invoices. One INSERT … SELECT per batch does the work; `slot_usage` is the same rules in Python, the reference the
+SQL is tested against and what previews the hour not metered yet.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import datetime
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from billing.models import AnnualSubscription, BillingAccount, MeteringCursor, UsageProduct, UsageRecord
+from billing.money import round_minor
+from controlplane.db import LockSpace, xact_lock
 from deployments.models import Deployment, Price, StatusInterval, Tier
 from deployments.pricing import price_amount
 from projects.models import Project
@@ -33,6 +37,11 @@ PRODUCTS = {
     StatusInterval.Kind.RUNNING: (UsageProduct.RUNNING, Price.Kind.HOURLY),
     StatusInterval.Kind.STOPPED: (UsageProduct.RETENTION, Price.Kind.RETENTION_HOURLY),
 }
+PRICE_KIND = {UsageProduct.RUNNING: Price.Kind.HOURLY, UsageProduct.RETENTION: Price.Kind.RETENTION_HOURLY}
+# Keys in LockSpace.METERING. Usage writes take USAGE exclusively (one batch at a time, and the month close holds it
+# while it reads and marks usage); traffic samples take TRAFFIC shared, the close takes it exclusively.
+USAGE_LOCK = 0
+TRAFFIC_LOCK = 1
 
 
 def floor_hour(at: datetime.datetime) -> datetime.datetime:
@@ -52,49 +61,84 @@ def metered_until() -> datetime.datetime | None:
     return MeteringCursor.objects.filter(pk=1).values_list("metered_until", flat=True).first()
 
 
-def _default_currency() -> str:
+def default_currency() -> str:
     return getattr(settings, "BILLING_DEFAULT_CURRENCY", "USD")
 
 
-def meter_usage(*, now: datetime.datetime | None = None, since: datetime.datetime | None = None) -> int:
-    """Record every complete hour slot from `since` (default: where the last run stopped, at most
-    BILLING_METERING_MAX_CATCHUP_HOURS back) to the hour `now` is in. Returns the number of new records."""
+def coverage_end(*, term_end: datetime.datetime, status: str, auto_renew: bool) -> datetime.datetime:
+    """Until when a coverage term keeps hourly billing away. An active term that renews by itself covers past its
+    end until the renewal run decides: renewed, the next term starts at that end; not renewed, the seconds since the
+    end are metered then (`meter_usage(since=…, deployment_ids=…)`)."""
+    if status == "active" and auto_renew:
+        return datetime.datetime.max.replace(tzinfo=UTC)
+    return term_end
+
+
+@dataclass(frozen=True)
+class MeterResult:
+    inserted: int
+    unpriced: int
+
+
+def meter_usage(
+    *,
+    now: datetime.datetime | None = None,
+    since: datetime.datetime | None = None,
+    deployment_ids: list[int] | None = None,
+) -> int:
+    """Record every complete hour slot from `since` (default: where the last run stopped, however long ago) to the
+    hour `now` is in, BILLING_METERING_BATCH_HOURS at a time, each batch committed with the cursor. With
+    `deployment_ids`, only those deployments and the cursor stays. Returns the number of new records."""
     now = now or timezone.now()
     end = floor_hour(now)
     if since is not None:
         start = floor_hour(since)
     else:
-        bound = end - HOUR * settings.BILLING_METERING_MAX_CATCHUP_HOURS
         last = metered_until()
-        start = max(last, bound) if last is not None else end - HOUR
-    if start >= end:
-        return 0
-    if connection.vendor == "postgresql":
-        inserted = _meter_sql(start, end)
-    else:
-        inserted = _meter_python(start, end)
-    _advance_cursor(end)
-    logger.info("metered %s to %s: %s new usage records", start.isoformat(), end.isoformat(), inserted)
+        start = last if last is not None else _first_billable_hour(end)
+    batch = HOUR * max(1, settings.BILLING_METERING_BATCH_HOURS)
+    inserted = unpriced = 0
+    while start < end:
+        stop = min(start + batch, end)
+        with transaction.atomic():
+            xact_lock(LockSpace.METERING, USAGE_LOCK)
+            result = _meter_sql(start, stop, deployment_ids)
+            if deployment_ids is None:
+                _advance_cursor(stop)
+        inserted += result.inserted
+        unpriced += result.unpriced
+        start = stop
+    if unpriced:
+        # An operator error, not a customer's: the catalog lacks a price. The seconds are kept; their invoice waits.
+        logger.error(
+            "metered %s usage records without a price in the account's currency: add the missing catalog price",
+            unpriced,
+        )
+    if inserted:
+        logger.info("metered up to %s: %s new usage records", end.isoformat(), inserted)
     return inserted
 
 
+def _first_billable_hour(end: datetime.datetime) -> datetime.datetime:
+    """Where a first run starts: the first hour any deployment was billable, so nothing before it is lost."""
+    first = StatusInterval.objects.aggregate(first=Min("started_at"))["first"]
+    return floor_hour(first) if first is not None else end
+
+
 def _advance_cursor(end: datetime.datetime) -> None:
-    with transaction.atomic():
-        cursor, created = MeteringCursor.objects.select_for_update().get_or_create(
-            pk=1, defaults={"metered_until": end}
-        )
-        if not created and cursor.metered_until < end:
-            cursor.metered_until = end
-            cursor.save(update_fields=["metered_until"])
+    cursor, created = MeteringCursor.objects.select_for_update().get_or_create(pk=1, defaults={"metered_until": end})
+    if not created and cursor.metered_until < end:
+        cursor.metered_until = end
+        cursor.save(update_fields=["metered_until"])
 
 
 def _table(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
-# The set-based metering. Per slot and interval the overlap, minus what annual terms cover; per deployment, slot and
-# product the sum, billed on the tier of the last piece in the slot (a mid-hour tier change bills that hour at the
-# new tier); the price in force at the slot's start, tier-specific before plan-wide, in the account's currency.
+# The set-based metering of one batch. Per slot and interval the overlap, minus what coverage terms cover; per
+# deployment, slot, product and tier the sum (a tier change inside the hour bills each side at its own tier); the
+# price in force at the slot's start, tier-specific before plan-wide, in the account's currency, or none.
 METER_SQL = """
 WITH slots AS (
     SELECT gs AS slot_start, gs + interval '1 hour' AS slot_end
@@ -108,10 +152,14 @@ WITH slots AS (
     JOIN slots s ON si.started_at < s.slot_end AND (si.ended_at IS NULL OR si.ended_at > s.slot_start)
     WHERE si.status IN ('running', 'stopped')
       AND si.started_at < %(end)s AND (si.ended_at IS NULL OR si.ended_at > %(start)s)
+      AND (%(deployments)s::bigint[] IS NULL OR si.deployment_id = ANY(%(deployments)s::bigint[]))
 ), terms AS (
-    -- Only the annual terms touching this run: few, so the coverage below is a hash join, not a probe per piece.
-    SELECT a.deployment_id, a.term_start, a.term_end FROM {subscription} a
-    WHERE a.term_start < %(end)s AND a.term_end > %(start)s
+    -- Coverage terms touching this batch: few, so the coverage below is a hash join, not a probe per piece. Annual
+    -- plans today; a trial term that must never bill hourly is one more UNION ALL of (deployment, start, end).
+    SELECT a.deployment_id, a.term_start,
+           CASE WHEN a.status = 'active' AND a.auto_renew THEN 'infinity'::timestamptz ELSE a.term_end END AS term_end
+    FROM {subscription} a
+    WHERE a.term_start < %(end)s AND (a.term_end > %(start)s OR (a.status = 'active' AND a.auto_renew))
 ), covered AS (
     SELECT p.deployment_id, p.slot_start, p.p_start,
            SUM(GREATEST(0, EXTRACT(EPOCH FROM (LEAST(p.p_end, t.term_end) - GREATEST(p.p_start, t.term_start)))))
@@ -119,12 +167,11 @@ WITH slots AS (
     FROM pieces p JOIN terms t ON t.deployment_id = p.deployment_id AND t.term_start < p.p_end AND t.term_end > p.p_start
     GROUP BY p.deployment_id, p.slot_start, p.p_start
 ), billable AS (
-    SELECT p.deployment_id, p.slot_start, p.product,
-           (array_agg(p.tier_id ORDER BY p.p_start DESC))[1] AS tier_id,
+    SELECT p.deployment_id, p.slot_start, p.product, p.tier_id,
            ROUND(SUM(EXTRACT(EPOCH FROM (p.p_end - p.p_start)) - COALESCE(c.seconds, 0)))::integer AS seconds
     FROM pieces p
     LEFT JOIN covered c ON c.deployment_id = p.deployment_id AND c.slot_start = p.slot_start AND c.p_start = p.p_start
-    GROUP BY p.deployment_id, p.slot_start, p.product
+    GROUP BY p.deployment_id, p.slot_start, p.product, p.tier_id
 ), prices AS (
     -- The price in force at each slot's start for every tier, product and currency: tier-specific before
     -- plan-wide, newest first. Tiers x slots x currencies is small; looking it up per usage row was not.
@@ -136,23 +183,30 @@ WITH slots AS (
     JOIN {price} c ON c.plan_id = t.plan_id AND (c.tier_id = t.id OR c.tier_id IS NULL) AND c.kind = k.kind
                   AND c.valid_from <= (s.slot_start AT TIME ZONE 'UTC')::date
     ORDER BY t.id, k.product, c.currency, s.slot_start, (c.tier_id IS NULL), c.valid_from DESC
+), inserted AS (
+    -- Seconds without a price are recorded all the same (unit_price NULL): an error for the operator to fix, never
+    -- a silent drop.
+    INSERT INTO {usage} (deployment_id, organization_id, tier_id, hour, product, seconds, unit_price, currency,
+                         created_at)
+    SELECT b.deployment_id, pr.organization_id, b.tier_id, b.slot_start, b.product, b.seconds, price.amount,
+           COALESCE(ba.currency, %(currency)s), now()
+    FROM billable b
+    JOIN {deployment} d ON d.id = b.deployment_id
+    JOIN {project} pr ON pr.id = d.project_id
+    LEFT JOIN {account} ba ON ba.organization_id = pr.organization_id
+    LEFT JOIN prices price ON price.tier_id = b.tier_id AND price.product = b.product
+                          AND price.slot_start = b.slot_start AND price.currency = COALESCE(ba.currency, %(currency)s)
+    WHERE b.seconds > 0
+    ON CONFLICT DO NOTHING
+    RETURNING unit_price
 )
-INSERT INTO {usage} (deployment_id, organization_id, tier_id, hour, product, seconds, unit_price, currency,
-                     created_at)
-SELECT b.deployment_id, pr.organization_id, b.tier_id, b.slot_start, b.product, b.seconds, price.amount,
-       price.currency, now()
-FROM billable b
-JOIN {deployment} d ON d.id = b.deployment_id
-JOIN {project} pr ON pr.id = d.project_id
-LEFT JOIN {account} ba ON ba.organization_id = pr.organization_id
-JOIN prices price ON price.tier_id = b.tier_id AND price.product = b.product AND price.slot_start = b.slot_start
-                 AND price.currency = COALESCE(ba.currency, %(currency)s)
-WHERE b.seconds > 0
-ON CONFLICT DO NOTHING
+SELECT count(*), count(*) FILTER (WHERE unit_price IS NULL) FROM inserted
 """
 
 
-def _meter_sql(start: datetime.datetime, end: datetime.datetime) -> int:
+def _meter_sql(
+    start: datetime.datetime, end: datetime.datetime, deployment_ids: list[int] | None = None
+) -> MeterResult:
     sql = METER_SQL.format(
         interval=_table(StatusInterval),
         subscription=_table(AnnualSubscription),
@@ -163,12 +217,47 @@ def _meter_sql(start: datetime.datetime, end: datetime.datetime) -> int:
         account=_table(BillingAccount),
         price=_table(Price),
     )
+    params = {
+        "start": start,
+        "last": end - HOUR,
+        "end": end,
+        "currency": default_currency(),
+        "deployments": list(deployment_ids) if deployment_ids is not None else None,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"start": start, "last": end - HOUR, "end": end, "currency": _default_currency()})
-        return cursor.rowcount
+        cursor.execute(sql, params)
+        inserted, unpriced = cursor.fetchone()
+    return MeterResult(inserted, unpriced)
 
 
-# --- The Python reference: the same rules, one deployment at a time. -----------------------------------------------
+PRICE_PENDING_SQL = """
+WITH found AS (
+    SELECT u.id, (
+        SELECT c.amount FROM {tier} t JOIN {price} c
+            ON c.plan_id = t.plan_id AND (c.tier_id = t.id OR c.tier_id IS NULL) AND c.currency = u.currency
+           AND c.kind = CASE u.product WHEN 'running' THEN 'hourly' ELSE 'retention_hourly' END
+           AND c.valid_from <= (u.hour AT TIME ZONE 'UTC')::date
+        WHERE t.id = u.tier_id
+        ORDER BY (c.tier_id IS NULL), c.valid_from DESC
+        LIMIT 1
+    ) AS amount
+    FROM {usage} u WHERE u.unit_price IS NULL
+)
+UPDATE {usage} u SET unit_price = found.amount FROM found WHERE u.id = found.id AND found.amount IS NOT NULL
+"""
+
+
+def usage_price_pending() -> int:
+    """Price the unpriced usage for which the catalog now has a price (the one in force at its hour). Returns how
+    many records got one. Invoices waiting for them are issued by billing.invoicing."""
+    with transaction.atomic():
+        xact_lock(LockSpace.METERING, USAGE_LOCK)
+        with connection.cursor() as cursor:
+            cursor.execute(PRICE_PENDING_SQL.format(usage=_table(UsageRecord), tier=_table(Tier), price=_table(Price)))
+            return cursor.rowcount
+
+
+# --- The Python reference: the same rules, one interval at a time. -------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -180,6 +269,17 @@ class SlotUsage:
     seconds: int
 
 
+@dataclass(frozen=True)
+class Term:
+    """A coverage term as stored: metering applies `coverage_end` to it."""
+
+    deployment_id: int
+    term_start: datetime.datetime
+    term_end: datetime.datetime
+    status: str = "active"
+    auto_renew: bool = False
+
+
 def _overlap(a_start, a_end, b_start, b_end) -> datetime.timedelta:
     return max(datetime.timedelta(0), min(a_end, b_end) - max(a_start, b_start))
 
@@ -189,12 +289,14 @@ def _seconds(delta: datetime.timedelta) -> Decimal:
 
 
 def slot_usage(*, start: datetime.datetime, end: datetime.datetime, intervals, terms) -> list[SlotUsage]:
-    """Billable seconds per (deployment, hour, product) in [start, end) from StatusInterval-like rows and annual
-    terms [(deployment_id, term_start, term_end)]. End may be mid-hour (the current, partial slot)."""
+    """Billable seconds per (deployment, hour, product, tier) in [start, end) from StatusInterval-like rows and
+    coverage terms (Term). End may be mid-hour (the current, partial slot)."""
     covered = defaultdict(list)
-    for deployment_id, term_start, term_end in terms:
-        covered[deployment_id].append((term_start, term_end))
-    pieces = defaultdict(list)  # (deployment, slot, product) -> [(p_start, tier_id, seconds)]
+    for term in terms:
+        covered[term.deployment_id].append(
+            (term.term_start, coverage_end(term_end=term.term_end, status=term.status, auto_renew=term.auto_renew))
+        )
+    pieces = defaultdict(lambda: Decimal(0))  # (deployment, slot, product, tier) -> seconds
     for interval in intervals:
         if interval.status not in PRODUCTS:
             continue
@@ -209,13 +311,12 @@ def slot_usage(*, start: datetime.datetime, end: datetime.datetime, intervals, t
                     (_seconds(_overlap(p_start, p_end, t0, t1)) for t0, t1 in covered[interval.deployment_id]),
                     Decimal(0),
                 )
-                pieces[(interval.deployment_id, slot, product)].append((p_start, interval.tier_id, seconds))
+                pieces[(interval.deployment_id, slot, product, interval.tier_id)] += seconds
             slot += HOUR
     result = []
-    for (deployment_id, slot, product), parts in pieces.items():
-        total = int(sum((s for _, _, s in parts), Decimal(0)).quantize(Decimal(1), ROUND_HALF_UP))
+    for (deployment_id, slot, product, tier_id), seconds in pieces.items():
+        total = round_minor(seconds)
         if total > 0:
-            tier_id = max(parts, key=lambda p: p[0])[1]
             result.append(SlotUsage(deployment_id, slot, product, tier_id, total))
     return result
 
@@ -225,69 +326,40 @@ class PriceBook:
 
     def __init__(self) -> None:
         self._cache: dict = {}
-        self._tiers = {}
+        self._tiers: dict = {}
 
     def price(self, *, tier_id: int, product: str, currency: str, on: datetime.date) -> Decimal | None:
         key = (tier_id, product, currency, on)
         if key not in self._cache:
             tier = self._tiers.get(tier_id) or Tier.objects.select_related("plan").get(pk=tier_id)
             self._tiers[tier_id] = tier
-            kind = Price.Kind.HOURLY if product == UsageProduct.RUNNING else Price.Kind.RETENTION_HOURLY
             # The catalog's one lookup rule (tier-specific first, then plan-wide), as the dry runs quote it.
-            self._cache[key] = price_amount(plan=tier.plan, tier=tier, kind=kind, currency=currency, on=on)
+            self._cache[key] = price_amount(
+                plan=tier.plan, tier=tier, kind=PRICE_KIND[product], currency=currency, on=on
+            )
         return self._cache[key]
 
 
-def _intervals_and_terms(start, end, deployment_filter: Q):
+def intervals_and_terms(start, end, deployment_filter: Q) -> tuple[list[StatusInterval], list[Term]]:
     intervals = list(
         StatusInterval.objects.filter(deployment_filter).filter(
             Q(ended_at__isnull=True) | Q(ended_at__gt=start), started_at__lt=end
         )
     )
     ids = {i.deployment_id for i in intervals}
-    terms = list(
-        AnnualSubscription.objects.filter(deployment_id__in=ids, term_start__lt=end, term_end__gt=start).values_list(
-            "deployment_id", "term_start", "term_end"
-        )
-    )
+    terms = [
+        Term(*row)
+        for row in AnnualSubscription.objects.filter(deployment_id__in=ids, term_start__lt=end)
+        .filter(Q(term_end__gt=start) | Q(status="active", auto_renew=True))
+        .values_list("deployment_id", "term_start", "term_end", "status", "auto_renew")
+    ]
     return intervals, terms
 
 
-def _meter_python(start: datetime.datetime, end: datetime.datetime) -> int:
-    intervals, terms = _intervals_and_terms(start, end, Q())
-    org_of = dict(
-        Deployment.objects.filter(id__in={i.deployment_id for i in intervals}).values_list(
-            "id", "project__organization_id"
-        )
-    )
-    currency_of = dict(
-        BillingAccount.objects.filter(organization_id__in=set(org_of.values())).values_list(
-            "organization_id", "currency"
-        )
-    )
-    book = PriceBook()
-    records = []
-    for usage in slot_usage(start=start, end=end, intervals=intervals, terms=terms):
-        org_id = org_of[usage.deployment_id]
-        currency = currency_of.get(org_id, _default_currency())
-        price = book.price(tier_id=usage.tier_id, product=usage.product, currency=currency, on=usage.hour.date())
-        if price is None:
-            continue
-        records.append(
-            UsageRecord(
-                deployment_id=usage.deployment_id,
-                organization_id=org_id,
-                tier_id=usage.tier_id,
-                hour=usage.hour,
-                product=usage.product,
-                seconds=usage.seconds,
-                unit_price=price,
-                currency=currency,
-            )
-        )
-    before = UsageRecord.objects.filter(hour__gte=start, hour__lt=end).count()
-    UsageRecord.objects.bulk_create(records, batch_size=2000, ignore_conflicts=True)
-    return UsageRecord.objects.filter(hour__gte=start, hour__lt=end).count() - before
+@dataclass(frozen=True)
+class PricedUsage:
+    usage: SlotUsage
+    unit_price: Decimal | None
 
 
 def usage_preview(
@@ -298,19 +370,32 @@ def usage_preview(
     organization_id: int | None = None,
     deployment_id: int | None = None,
     project_id: int | None = None,
-) -> list[tuple[int, Decimal]]:
-    """(seconds, hourly price) of usage not recorded yet, e.g. the current partial hour, computed on the fly: of one
-    deployment, or of an organization's deployments (only those of one project when `project_id` is given)."""
+) -> list[PricedUsage]:
+    """Usage not recorded yet (e.g. the current partial hour) computed on the fly with its price, as metering will
+    record it: of one deployment, or of an organization's deployments (only one project's with `project_id`)."""
     if start >= end:
         return []
     scope = Q(deployment_id=deployment_id) if deployment_id else Q(deployment__project__organization_id=organization_id)
     if project_id and not deployment_id:
         scope &= Q(deployment__project_id=project_id)
-    intervals, terms = _intervals_and_terms(start, end, scope)
+    intervals, terms = intervals_and_terms(start, end, scope)
     book = PriceBook()
-    out = []
-    for usage in slot_usage(start=start, end=end, intervals=intervals, terms=terms):
-        price = book.price(tier_id=usage.tier_id, product=usage.product, currency=currency, on=usage.hour.date())
-        if price is not None:
-            out.append((usage.seconds, price))
-    return out
+    return [
+        PricedUsage(
+            usage,
+            book.price(tier_id=usage.tier_id, product=usage.product, currency=currency, on=usage.hour.date()),
+        )
+        for usage in slot_usage(start=start, end=end, intervals=intervals, terms=terms)
+    ]
+
+
+def unpriced_usage_summary() -> dict[str, tuple[int, int]]:
+    """Unpriced usage by currency: (records, seconds). What /metrics and the admin show the operator."""
+    from django.db.models import Count, Sum
+
+    rows = (
+        UsageRecord.objects.filter(unit_price__isnull=True)
+        .values("currency")
+        .annotate(records=Count("id"), seconds=Sum("seconds"))
+    )
+    return {row["currency"]: (row["records"], row["seconds"] or 0) for row in rows}

@@ -1,7 +1,8 @@
 """Money arithmetic: integer minor units of an ISO 4217 currency, Decimal prices, half-up rounding.
 
-Owns how prices become amounts (per-second usage lines, annual prices, prorations) and how amounts print.
-It must never use float, and never round more than once per invoice line.
+Owns how prices become amounts (per-second usage lines, traffic, annual prices, prorations, VAT, currency
+conversion) and how amounts print. Every rounding in billing goes through `round_minor`, half away from zero. It must
+never use float, and never round more than once per invoice line.
 """
 
 from __future__ import annotations
@@ -67,12 +68,18 @@ def _quantum(currency: str) -> Decimal:
     return Decimal(1).scaleb(-minor_units(currency))
 
 
+def round_minor(value: Decimal) -> int:
+    """The one rounding rule of billing: a Decimal number of minor units to an integer, half away from zero."""
+    if not isinstance(value, Decimal):
+        raise TypeError(f"money must be Decimal, got {type(value).__name__}")
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
 def round_half_up(value: Decimal, currency: str) -> int:
     """Round an amount in major units (Decimal) to an integer number of minor units, half away from zero."""
     if not isinstance(value, Decimal):
         raise TypeError(f"money must be Decimal, got {type(value).__name__}")
-    exponent = minor_units(currency)
-    return int(value.scaleb(exponent).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return round_minor(value.scaleb(minor_units(currency)))
 
 
 def to_decimal(minor: int, currency: str) -> Decimal:
@@ -144,11 +151,26 @@ def prorate(*, amount_minor: int, part: int | Decimal, whole: int | Decimal) -> 
         raise ValueError("whole must be > 0")
     if part < 0 or part > whole:
         raise ValueError("part must be within [0, whole]")
-    value = Decimal(amount_minor) * Decimal(part) / Decimal(whole)
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return round_minor(Decimal(amount_minor) * Decimal(part) / Decimal(whole))
 
 
 def percentage_of(*, amount_minor: int, rate_percent: Decimal) -> int:
     """rate % of an amount in minor units, rounded half-up once (the VAT on a net total)."""
-    value = Decimal(amount_minor) * rate_percent / Decimal(100)
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return round_minor(Decimal(amount_minor) * rate_percent / Decimal(100))
+
+
+BYTES_PER_GB = 1024**3  # the GB of the catalog's traffic prices and allowances (and of the traffic alert rules)
+
+
+def traffic_line_amount(*, billable_bytes: int, price_per_gb: Decimal, currency: str) -> int:
+    """Amount of a traffic line: the bytes above the allowance at the price per GB, rounded once."""
+    if billable_bytes < 0:
+        raise ValueError("billable bytes must be >= 0")
+    return round_half_up(Decimal(billable_bytes) * price_per_gb / BYTES_PER_GB, currency)
+
+
+def convert(*, amount_minor: int, currency: str, to_currency: str, rate: Decimal) -> int:
+    """`amount_minor` of `currency` in minor units of `to_currency` at `rate` (units of to_currency per unit)."""
+    if rate <= 0:
+        raise ValueError("an exchange rate must be positive")
+    return round_half_up(to_decimal(amount_minor, currency) * rate, to_currency)

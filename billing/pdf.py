@@ -1,7 +1,9 @@
-"""PDF rendering of an invoice with reportlab, from a plain InvoiceDocument value.
+"""PDF rendering of an invoice or a credit note with reportlab, from a plain InvoiceDocument value.
 
-Owns the layout only: every amount arrives computed (minor units) and is printed as given, after a consistency
-check. It must never compute tax or totals, nor read the database.
+Owns the layout only, with what an EU invoice must show (Art. 226 and 230 of Directive 2006/112/EC: the supply
+period, both VAT numbers, the buyer's full address, the taxable amount per rate, the VAT also in the national
+currency). Every amount arrives computed (minor units) and is printed as given, after a consistency check. It must
+never compute tax or totals, nor read the database.
 """
 
 from __future__ import annotations
@@ -51,6 +53,26 @@ class InvoiceLine:
     amount_minor: int
 
 
+@dataclass(frozen=True, slots=True)
+class VatLine:
+    """One row of the VAT breakdown: the taxable amount at a rate and the VAT on it."""
+
+    rate: Decimal
+    taxable_minor: int
+    tax_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class NationalVat:
+    """The VAT in the national currency (Art. 230): the amount, the rate used (units per unit of the document's
+    currency) and the day of that rate."""
+
+    currency: str
+    tax_minor: int
+    rate: Decimal
+    rate_date: date
+
+
 @dataclass(frozen=True)
 class InvoiceDocument:
     number: str
@@ -71,6 +93,10 @@ class InvoiceDocument:
     total_minor: int
     mention: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    title: str = "Invoice"
+    refers_to: str | None = None  # a credit note: the number of the invoice it cancels
+    vat_lines: tuple[VatLine, ...] = ()
+    national_vat: NationalVat | None = None
 
     def __post_init__(self) -> None:
         lines = tuple(line if isinstance(line, InvoiceLine) else InvoiceLine(*line) for line in self.lines)
@@ -80,6 +106,8 @@ class InvoiceDocument:
             raise ValueError("invoice lines do not add up to the subtotal")
         if self.subtotal_minor - self.credits_minor + self.tax_minor != self.total_minor:
             raise ValueError("subtotal - credits + tax does not equal the total")
+        if self.vat_lines and sum(v.tax_minor for v in self.vat_lines) != self.tax_minor:
+            raise ValueError("the VAT breakdown does not add up to the tax")
 
 
 _FONTS: tuple[str, str] | None = None
@@ -122,6 +150,15 @@ def _date(value: date | None) -> str:
     return value.isoformat() if value else "-"
 
 
+def national_vat_text(national: NationalVat, currency: str) -> str:
+    return (
+        f"VAT in {national.currency}: {format_money(national.tax_minor, national.currency)} "
+        f"(1 {currency} = {national.rate.quantize(Decimal('0.000001')).normalize():f} {national.currency}, "
+        "ECB reference rate of "
+        f"{national.rate_date.isoformat()})"
+    )
+
+
 def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
     regular, bold = _fonts()
     base = ParagraphStyle("base", fontName=regular, fontSize=9, leading=11.5)
@@ -141,15 +178,17 @@ def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
         return block
 
     story: list = [
-        para(f"Invoice {invoice.number}", title),
+        para(f"{invoice.title} {invoice.number}", title),
         para(f"Status: {invoice.status}"),
-        Spacer(1, 4 * mm),
     ]
+    if invoice.refers_to:
+        story.append(para(f"Cancels invoice {invoice.refers_to}", strong))
+    story.append(Spacer(1, 4 * mm))
     meta = [
         ["Issue date", _date(invoice.issue_date)],
         ["Due date", _date(invoice.due_date)],
         [
-            "Period",
+            "Supply period",
             f"{_date(invoice.period_start)} to {_date(invoice.period_end)}"
             if invoice.period_start or invoice.period_end
             else "-",
@@ -199,7 +238,22 @@ def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
         colWidths=[120 * mm, 60 * mm],
     )
     totals_table.setStyle(TableStyle([("LINEABOVE", (0, -1), (-1, -1), 0.8, colors.black)]))
-    story += [totals_table, Spacer(1, 6 * mm), para(f"Tax treatment: {invoice.tax_treatment}")]
+    story += [totals_table, Spacer(1, 4 * mm)]
+    if invoice.vat_lines:
+        breakdown = [[para(h, strong) for h in ("VAT rate", "Taxable amount", "VAT")]] + [
+            [
+                para(_rate(v.rate)),
+                para(format_money(v.taxable_minor, cur), right),
+                para(format_money(v.tax_minor, cur), right),
+            ]
+            for v in invoice.vat_lines
+        ]
+        vat_table = Table(breakdown, colWidths=[60 * mm, 60 * mm, 60 * mm])
+        vat_table.setStyle(TableStyle([("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black)]))
+        story += [para("VAT breakdown", strong), vat_table, Spacer(1, 4 * mm)]
+    if invoice.national_vat:
+        story.append(para(national_vat_text(invoice.national_vat, cur)))
+    story.append(para(f"Tax treatment: {invoice.tax_treatment}"))
     if invoice.mention:
         story.append(para(invoice.mention, strong))
     story += [para(note) for note in invoice.notes]
@@ -207,7 +261,7 @@ def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
     def footer(canvas, doc) -> None:  # noqa: ANN001 (reportlab callback)
         canvas.saveState()
         canvas.setFont(regular, 8)
-        canvas.drawRightString(A4[0] - 15 * mm, 10 * mm, f"Invoice {invoice.number} - page {doc.page}")
+        canvas.drawRightString(A4[0] - 15 * mm, 10 * mm, f"{invoice.title} {invoice.number} - page {doc.page}")
         canvas.restoreState()
 
     buffer = io.BytesIO()
@@ -218,7 +272,7 @@ def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
         rightMargin=15 * mm,
         topMargin=15 * mm,
         bottomMargin=18 * mm,
-        title=f"Invoice {invoice.number}",
+        title=f"{invoice.title} {invoice.number}",
         author=invoice.seller.name,
     )
     doc.build(story, onFirstPage=footer, onLaterPages=footer)

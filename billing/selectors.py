@@ -1,5 +1,5 @@
 """Reads of billing data for one tenant: the billing account (made on first use), credits, and the month-to-date
-spend and overview.
+spend, forecast and overview, computed from the lines the next invoice will have.
 
 The only write here is the lazy creation of an organization's empty billing account; nothing else changes state.
 """
@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from billing import metering
-from billing.models import BillingAccount, CreditGrant, Invoice, InvoiceStatus, UsageRecord
-from billing.money import usage_line_amount
+from billing import invoicing, metering
+from billing.models import BillingAccount, CreditGrant, Invoice, InvoiceStatus, missing_address_fields
 
 
 def billing_account_for(*, organization) -> BillingAccount:
@@ -45,6 +43,8 @@ class Overview:
     credit_balance: int
     open_invoices: int
     open_amount: int
+    held_invoices: int
+    missing_details: list[str]
 
 
 @dataclass(frozen=True)
@@ -60,47 +60,22 @@ class Spend:
 def spend_month_to_date(
     *, account: BillingAccount, now: datetime.datetime | None = None, project_id: int | None = None
 ) -> Spend:
-    """Month-to-date usage (metered hours plus the seconds since the last metered hour) of the account's
-    organization, or of one of its projects, and a straight-line forecast to the month's end."""
+    """What the account's invoice for this month holds so far (of one project's deployments with `project_id`):
+    exactly its lines, built and rounded as the invoice builds them, so month-to-date is the invoice's subtotal for
+    the same usage; and the forecast, the same lines with this month's quantities extended to the month's end."""
     now = now or timezone.now()
-    month_start = metering.month_start(now)
-    month_end = metering.next_month_start(now)
-    metered = UsageRecord.objects.filter(
-        organization_id=account.organization_id, hour__gte=month_start, invoice__isnull=True
+    lines = invoicing.open_lines(account=account, now=now, project_id=project_id)
+    return Spend(
+        currency=account.currency,
+        month_start=metering.month_start(now),
+        month_to_date=sum(line.amount for line in lines.lines),
+        forecast=sum(line.amount for line in lines.forecast_lines),
     )
-    if project_id is not None:
-        metered = metered.filter(deployment__project_id=project_id)
-    metered = metered.values("unit_price").annotate(seconds=Sum("seconds"))
-    total = sum(
-        usage_line_amount(seconds=row["seconds"], hourly_price=row["unit_price"], currency=account.currency)
-        for row in metered
-    )
-    metered_until = metering.metered_until()
-    if metered_until is not None and metered_until < now:
-        pending = metering.usage_preview(
-            organization_id=account.organization_id,
-            project_id=project_id,
-            start=max(metered_until, month_start),
-            end=now,
-            currency=account.currency,
-        )
-        total += sum(
-            usage_line_amount(seconds=seconds, hourly_price=price, currency=account.currency)
-            for seconds, price in pending
-        )
-    elapsed = int((now - month_start).total_seconds())
-    whole = int((month_end - month_start).total_seconds())
-    forecast = (
-        int((Decimal(total) * Decimal(whole) / Decimal(elapsed)).quantize(Decimal(1), ROUND_HALF_UP))
-        if elapsed > 0
-        else total
-    )
-    return Spend(currency=account.currency, month_start=month_start, month_to_date=total, forecast=forecast)
 
 
 def billing_overview(*, account: BillingAccount, now: datetime.datetime | None = None) -> Overview:
-    """Month-to-date usage and its straight-line forecast (spend_month_to_date), credits and open invoices.
-    Amounts are before tax and credits."""
+    """Month-to-date usage and its forecast (spend_month_to_date), credits, open and held invoices, and the billing
+    details an invoice still needs. Amounts are before tax and credits."""
     now = now or timezone.now()
     spend = spend_month_to_date(account=account, now=now)
     open_qs = Invoice.objects.filter(billing_account=account, status=InvoiceStatus.OPEN)
@@ -112,4 +87,8 @@ def billing_overview(*, account: BillingAccount, now: datetime.datetime | None =
         credit_balance=credit_balance(account=account, at=now),
         open_invoices=open_qs.count(),
         open_amount=open_qs.aggregate(t=Sum("total"))["t"] or 0,
+        held_invoices=Invoice.objects.filter(billing_account=account, status=InvoiceStatus.DRAFT)
+        .exclude(hold_reasons=[])
+        .count(),
+        missing_details=missing_address_fields(account),
     )

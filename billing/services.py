@@ -1,8 +1,10 @@
-"""Every change to billing accounts, invoices, credits and coupons, payments, Stripe webhooks and overdue handling.
+"""Every change to billing accounts and their details history, VAT checks, invoices and credit notes, credits and
+coupons, payments, Stripe webhooks and overdue handling.
 
 Each write validates, writes and audits in one transaction and enqueues its side effects (Stripe sync, VIES check,
-card collection, emails) on commit. Stripe is reached only through billing.stripe_gateway; without
-STRIPE_SECRET_KEY everything works but card collection.
+card collection, notices) on commit. Stripe is reached only through billing.stripe_gateway, VIES only through
+billing.vies; without STRIPE_SECRET_KEY everything works but card collection. It raises controlplane.errors, never
+an HTTP error.
 """
 
 from __future__ import annotations
@@ -12,35 +14,53 @@ import logging
 from functools import lru_cache
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
+from billing import invoicing, metering
 from billing import stripe_gateway as gateway
 from billing.models import (
     BillingAccount,
+    BillingDetails,
     Coupon,
     CreditApplication,
     CreditGrant,
     CreditKind,
     Invoice,
+    InvoiceKind,
     InvoiceStatus,
     Payment,
     StripeEvent,
     UsageRecord,
+    VatCheck,
+    VatCheckOutcome,
+    missing_address_fields,
 )
 from billing.money import format_money, normalize_currency
 from billing.tax import VatStatus, tax_id_country_mismatch, validate_postal_code, validate_tax_id
 from billing.vat_rates import is_eu, normalize_country
 from billing.vies import check_vat_vies
-from controlplane.api.problems import Conflict
+from controlplane.db import LockSpace, xact_lock
+from controlplane.errors import Conflict, ValidationFailed
+from controlplane.tasks import enqueue_on_commit, publish
 
 logger = logging.getLogger(__name__)
 
 ACCOUNT_FIELDS = ("country", "company", "email", "address", "city", "state", "postal_code", "tax_id", "currency")
+DETAIL_FIELDS = ("country", "company", "email", "address", "city", "state", "postal_code", "tax_id", "vat_status")
+# VIES retries an unconfirmed number with this backoff, never giving up; a confirmed number is asked again monthly.
+VIES_RETRY_FIRST = datetime.timedelta(minutes=1)
+VIES_RETRY_MAX = datetime.timedelta(hours=6)
+VIES_RECHECK_CONFIRMED = datetime.timedelta(days=30)
+ADDRESS_MESSAGES = {
+    "address": "Give the street address: an invoice must show the buyer's full address.",
+    "postal_code": "Give the postal code: an invoice must show the buyer's full address.",
+    "city": "Give the city: an invoice must show the buyer's full address.",
+    "country": "Give the country: an invoice must show the buyer's full address.",
+}
 
 
 def _email(account: BillingAccount, subject: str, body: str) -> None:
@@ -50,14 +70,60 @@ def _email(account: BillingAccount, subject: str, body: str) -> None:
         )
 
 
+def _is_conflict(exc: Exception) -> bool:
+    """A 409 from another app's service, whether it speaks domain errors yet or still an HTTP exception."""
+    return isinstance(exc, Conflict) or getattr(exc, "status_code", None) == 409
+
+
 # --- Billing account ---------------------------------------------------------------------------------------------
 
 
-def offered_currencies() -> set[str]:
-    """Currencies the catalog has prices in: an account billed in another would meter nothing."""
-    from deployments.models import Price
+def offered_currencies(on: datetime.date | None = None) -> set[str]:
+    """Currencies an account can be billed in on `on` (today): every tier billed by the hour has both its hourly
+    and its retention price in force in it. Another currency would record usage that has no price."""
+    from deployments.models import Price, Tier
+    from deployments.pricing import price_amount
 
-    return set(Price.objects.values_list("currency", flat=True).distinct()) | {settings.BILLING_DEFAULT_CURRENCY}
+    on = on or timezone.now().date()
+    tiers = list(Tier.objects.filter(plan__prices__kind=Price.Kind.HOURLY).select_related("plan").distinct())
+    offered = set()
+    for currency in Price.objects.filter(valid_from__lte=on).values_list("currency", flat=True).distinct():
+        if tiers and all(
+            price_amount(plan=tier.plan, tier=tier, kind=kind, currency=currency, on=on) is not None
+            for tier in tiers
+            for kind in (Price.Kind.HOURLY, Price.Kind.RETENTION_HOURLY)
+        ):
+            offered.add(currency)
+    return offered
+
+
+def _details_row(account: BillingAccount, valid_from: datetime.datetime) -> BillingDetails:
+    return BillingDetails(
+        billing_account=account,
+        valid_from=valid_from,
+        vat_consultation_number=account.vat_consultation_number if account.vat_status == VatStatus.VALID else "",
+        **{name: getattr(account, name) for name in DETAIL_FIELDS},
+    )
+
+
+def _start_details(account: BillingAccount, now: datetime.datetime) -> None:
+    """Close the current details row at `now` and open one with the account's fields from `now` on."""
+    current = BillingDetails.objects.select_for_update().filter(billing_account=account, valid_to__isnull=True).first()
+    if current is not None:
+        if current.valid_from >= now:
+            # Changed twice in the same instant: the later change is the one in force.
+            for name in DETAIL_FIELDS:
+                setattr(current, name, getattr(account, name))
+            current.vat_consultation_number = _details_row(account, now).vat_consultation_number
+            current.save()
+            return
+        current.valid_to = now
+        current.save(update_fields=["valid_to"])
+    _details_row(account, now).save()
+
+
+def _vies_applies(country: str, tax_id: str) -> bool:
+    return bool(tax_id) and (is_eu(country) or tax_id.startswith("XI"))
 
 
 @transaction.atomic
@@ -74,9 +140,13 @@ def billing_account_update(
     postal_code: str = "",
     tax_id: str = "",
     currency: str | None = None,
+    now: datetime.datetime | None = None,
 ) -> BillingAccount:
-    """Replace the billing details. The tax id is checked for format now and against VIES in the background."""
-    account = BillingAccount.objects.select_for_update().get(pk=account.pk)
+    """Replace the billing details from `now` on (the earlier ones stay in force for the past). The buyer's full
+    address is required; the tax id is checked for format now and against VIES in the background. Invoices held
+    for the address are issued at once."""
+    now = now or timezone.now()
+    account = BillingAccount.objects.select_for_update().select_related("organization").get(pk=account.pk)
     errors: dict[str, list[str]] = {}
     country = normalize_country(country)
     if len(country) != 2 or not country.isalpha():
@@ -88,9 +158,11 @@ def billing_account_update(
         except ValueError as exc:
             errors["currency"] = [str(exc)]
         else:
-            offered = offered_currencies()
-            if new_currency not in offered:
-                errors["currency"] = [f"{new_currency} is not offered; choose one of {', '.join(sorted(offered))}."]
+            offered = offered_currencies(now.date())
+            if new_currency not in offered and new_currency != account.currency:
+                errors["currency"] = [
+                    f"{new_currency} has no price today; choose one of {', '.join(sorted(offered)) or 'none'}."
+                ]
     check = None
     if "country" not in errors:
         postal = validate_postal_code(country, postal_code)
@@ -102,13 +174,19 @@ def billing_account_update(
             errors["tax_id"] = [mismatch]
         else:
             check = validate_tax_id(country, tax_id)
+        given = BillingDetails(country=country, address=address, city=city, postal_code=postal_code)
+        for name in missing_address_fields(given):
+            errors.setdefault(name, [ADDRESS_MESSAGES[name]])
     if errors:
-        raise ValidationError(errors)
-    if new_currency != account.currency and (
-        account.invoices.exists()
-        or UsageRecord.objects.filter(organization_id=account.organization_id, invoice__isnull=True).exists()
-    ):
-        raise Conflict({"currency": ["The currency cannot change once usage has been billed in it."]})
+        raise ValidationFailed(errors)
+    if new_currency != account.currency:
+        # Metering waits while the currency changes, so no hour is recorded in the old one after this check.
+        xact_lock(LockSpace.METERING, metering.USAGE_LOCK)
+        if (
+            account.invoices.exclude(status=InvoiceStatus.VOID).exists()
+            or UsageRecord.objects.filter(organization_id=account.organization_id, invoice__isnull=True).exists()
+        ):
+            raise Conflict(fields={"currency": "The currency cannot change once usage has been billed in it."})
 
     tax_id = (check.normalized or tax_id.strip()) if tax_id and tax_id.strip() else ""
     tax_changed = (tax_id, country) != (account.tax_id, account.country)
@@ -120,7 +198,13 @@ def billing_account_update(
         account.vat_status = check.status.value
         account.vat_status_message = check.message[:300]
         account.vat_checked_at = None
-    account.updated_at = timezone.now()
+        account.vat_consultation_number, account.vat_consulted_at = "", None
+        account.vat_check_failures = 0
+        vies = account.vat_status == VatStatus.FORMAT_VALID and _vies_applies(country, tax_id)
+        account.vat_next_check_at = now if vies else None
+        if vies:
+            account.vat_status_message = "Format and checksum are valid; waiting for VIES to confirm the number."
+    account.updated_at = now
     account.full_clean(exclude=["organization"])
     account.save()
     changed = {
@@ -128,6 +212,8 @@ def billing_account_update(
         for name in ACCOUNT_FIELDS
         if before[name] != getattr(account, name)
     }
+    if changed or not BillingDetails.objects.filter(billing_account=account).exists():
+        _start_details(account, now)
     audit_record(
         actor=actor,
         organization=account.organization,
@@ -137,42 +223,152 @@ def billing_account_update(
     )
     from billing import tasks
 
-    if tax_changed and account.vat_status == VatStatus.FORMAT_VALID and (is_eu(country) or tax_id.startswith("XI")):
-        transaction.on_commit(lambda: tasks.check_vat_number.delay(account.pk))
+    if tax_changed and account.vat_next_check_at is not None:
+        # With the queue down the number is still asked about by the sweep (check_vat_numbers) when due.
+        enqueue_on_commit(tasks.check_vat_number, account.pk)
     if settings.STRIPE_SECRET_KEY:
-        transaction.on_commit(lambda: tasks.sync_stripe_customer.delay(account.pk))
+        enqueue_on_commit(tasks.sync_stripe_customer, account.pk)
+    invoicing.invoices_release_held(account=account, now=now)
     return account
 
 
 class ViesUnavailable(Exception):
-    """VIES did not answer; the task retries later and the format check stands meanwhile."""
+    """VIES did not answer; the number stays unconfirmed (taxed as a consumer's) and is asked again with backoff."""
 
 
-def billing_account_check_vat(*, account_id: int) -> str | None:
-    """Ask VIES about the account's number and record valid/invalid. Raises ViesUnavailable to be retried."""
+def _vies_backoff(failures: int) -> datetime.timedelta:
+    return min(VIES_RETRY_FIRST * (2 ** max(failures - 1, 0)), VIES_RETRY_MAX)
+
+
+def billing_account_check_vat(*, account_id: int, now: datetime.datetime | None = None) -> str | None:
+    """Ask VIES about the account's number, with our own VAT number as the requester, and keep the consultation as
+    proof. Records valid or invalid; when VIES does not answer, schedules the next try and raises ViesUnavailable."""
+    now = now or timezone.now()
     account = BillingAccount.objects.filter(pk=account_id).first()
-    if account is None or not account.tax_id or account.vat_status not in (VatStatus.FORMAT_VALID, VatStatus.VALID):
+    if (
+        account is None
+        or not _vies_applies(account.country, account.tax_id)
+        or account.vat_status not in (VatStatus.FORMAT_VALID, VatStatus.VALID)
+    ):
         return None
-    number = account.tax_id
-    result = check_vat_vies(account.country, number, url=settings.VIES_URL or None, timeout=10.0)
+    number, country = account.tax_id, account.country
+    requester = settings.SELLER_VAT_NUMBER if is_eu(settings.SELLER_VAT_NUMBER[:2]) else None
+    result = check_vat_vies(
+        "XI" if number.startswith("XI") else country,
+        number,
+        requester=requester,
+        url=settings.VIES_URL or None,
+        timeout=10.0,
+    )
+    with transaction.atomic():
+        account = BillingAccount.objects.select_for_update().select_related("organization").get(pk=account_id)
+        if (account.tax_id, account.country) != (number, country):  # changed while we asked: the newer check decides
+            return None
+        outcome = (
+            VatCheckOutcome.UNAVAILABLE
+            if result.valid is None
+            else VatCheckOutcome.VALID
+            if result.valid
+            else VatCheckOutcome.INVALID
+        )
+        VatCheck.objects.create(
+            billing_account=account,
+            checked_at=now,
+            country_code=number[:2] if number[:2].isalpha() else country,
+            vat_number=number,
+            requester=requester or "",
+            outcome=outcome,
+            consultation_number=(result.request_identifier or "")[:64],
+            request_date=result.request_date or "",
+            error=(result.error or "")[:200],
+        )
+        if result.valid is None:
+            account.vat_check_failures += 1
+            account.vat_next_check_at = now + _vies_backoff(account.vat_check_failures)
+            account.save(update_fields=["vat_check_failures", "vat_next_check_at"])
+        else:
+            previous = account.vat_status
+            account.vat_status = VatStatus.VALID if result.valid else VatStatus.INVALID
+            account.vat_status_message = (
+                "Confirmed by VIES." if result.valid else "VIES does not know this VAT number: check it and save again."
+            )
+            account.vat_checked_at, account.vat_check_failures = now, 0
+            account.vat_next_check_at = now + VIES_RECHECK_CONFIRMED if result.valid else None
+            if result.valid:
+                account.vat_consultation_number = (result.request_identifier or "")[:64]
+                account.vat_consulted_at = now
+            account.save()
+            _record_vat_answer(account, previous=previous, now=now)
+            audit_record(
+                actor=None,
+                organization=account.organization,
+                action="billing.vat.checked",
+                target=account,
+                summary={"vat_status": account.vat_status, "consultation": account.vat_consultation_number},
+            )
+            if not result.valid:
+                vat_invalid_notify(account=account)
     if result.valid is None:
         raise ViesUnavailable(result.error or "VIES unavailable")
-    with transaction.atomic():
-        account = BillingAccount.objects.select_for_update().get(pk=account_id)
-        if account.tax_id != number:  # changed while we asked: the newer check decides
-            return None
-        account.vat_status = VatStatus.VALID if result.valid else VatStatus.INVALID
-        account.vat_status_message = "Confirmed by VIES." if result.valid else "VIES does not know this VAT number."
-        account.vat_checked_at = timezone.now()
-        account.save(update_fields=["vat_status", "vat_status_message", "vat_checked_at"])
-        audit_record(
-            actor=None,
-            organization=account.organization,
-            action="billing.vat.checked",
-            target=account,
-            summary={"vat_status": account.vat_status},
-        )
     return account.vat_status
+
+
+def _record_vat_answer(account: BillingAccount, *, previous: str, now: datetime.datetime) -> None:
+    """An answer about a number still unconfirmed says what it was all along: it goes on the rows carrying it. A
+    confirmed number VIES no longer knows is a new fact from now: a new row."""
+    if previous == VatStatus.FORMAT_VALID:
+        BillingDetails.objects.filter(
+            billing_account=account,
+            country=account.country,
+            tax_id=account.tax_id,
+            vat_status=VatStatus.FORMAT_VALID,
+        ).update(vat_status=account.vat_status, vat_consultation_number=account.vat_consultation_number)
+    elif previous != account.vat_status:
+        _start_details(account, now)
+    else:
+        BillingDetails.objects.filter(billing_account=account, valid_to__isnull=True).update(
+            vat_consultation_number=account.vat_consultation_number
+        )
+
+
+def vat_checks_due(
+    *, now: datetime.datetime | None = None, unconfirmed_only: bool = False, budget_seconds: float | None = None
+) -> dict:
+    """Ask VIES about every number whose check is due (unconfirmed ones on their backoff, confirmed ones monthly),
+    or, before a month is closed, about every unconfirmed number at once. With `budget_seconds`, stop asking when it
+    is spent (the rest keep their schedule). Returns counts by outcome."""
+    import time
+
+    now = now or timezone.now()
+    deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
+    candidates = BillingAccount.objects.exclude(tax_id="")
+    if unconfirmed_only:
+        candidates = candidates.filter(vat_status=VatStatus.FORMAT_VALID)
+    else:
+        candidates = candidates.filter(
+            vat_status__in=(VatStatus.FORMAT_VALID, VatStatus.VALID), vat_next_check_at__lte=now
+        )
+    counts = {"valid": 0, "invalid": 0, "unavailable": 0}
+    for account_id in candidates.order_by("vat_next_check_at", "pk").values_list("pk", flat=True):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        try:
+            status = billing_account_check_vat(account_id=account_id, now=now)
+        except ViesUnavailable:
+            counts["unavailable"] += 1
+            continue
+        if status in counts:
+            counts[status] += 1
+    return counts
+
+
+def vat_invalid_notify(*, account: BillingAccount) -> None:
+    _email(
+        account,
+        "Your VAT number could not be confirmed",
+        f"VIES, the EU's register, does not know the VAT number {account.tax_id}. Until a confirmed number is on "
+        "file, invoices charge VAT as to a consumer. Check the number in your billing details.",
+    )
 
 
 # --- Stripe --------------------------------------------------------------------------------------------------------
@@ -264,7 +460,7 @@ def enqueue_collection(invoice_ids: list[int]) -> None:
         .exclude(billing_account__stripe_customer_id="")
         .values_list("pk", flat=True)
     ):
-        tasks.collect_invoice.delay(invoice_id)
+        publish(tasks.collect_invoice, invoice_id)
 
 
 def invoice_collect(*, invoice_id: int) -> str | None:
@@ -377,26 +573,82 @@ def invoice_mark_paid(*, invoice: Invoice, actor, method: str = "manual") -> Inv
 
 
 @transaction.atomic
-def invoice_void(*, invoice: Invoice, actor) -> Invoice:
-    """Cancel an unpaid invoice; the credits it consumed go back to their grants."""
+def invoice_void(*, invoice: Invoice, actor, reason: str = "", now: datetime.datetime | None = None) -> Invoice:
+    """Cancel an unpaid invoice. An issued one gets a credit note (its own number series, the amounts negated); a
+    held draft simply goes. Either way the credits it consumed go back to their grants and its usage is released,
+    so the month can be invoiced again, correctly. Voiding an annual plan's prepaid invoice ends the plan at once:
+    the deployment is billed by the hour again from that second."""
+    now = now or timezone.now()
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     if invoice.status not in (InvoiceStatus.DRAFT, InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
         raise Conflict(f"A {invoice.status} invoice cannot be voided.")
+    issued = invoice.status != InvoiceStatus.DRAFT
     # An atomic increment: a month being closed may consume the same grant meanwhile.
     for application in CreditApplication.objects.filter(invoice=invoice):
         CreditGrant.objects.filter(pk=application.grant_id).update(remaining=F("remaining") + application.amount)
     CreditApplication.objects.filter(invoice=invoice).delete()
-    invoice.status, invoice.voided_at = InvoiceStatus.VOID, timezone.now()
-    invoice.save(update_fields=["status", "voided_at"])
+    note = invoicing.credit_note_issue(invoice=invoice, now=now, reason=reason) if issued else None
+    invoicing.invoice_release_usage(invoice)
+    invoice.status, invoice.voided_at, invoice.hold_reasons = InvoiceStatus.VOID, now, []
+    invoice.save(update_fields=["status", "voided_at", "hold_reasons"])
+    if invoice.kind == InvoiceKind.ANNUAL and invoice.subscription_id:
+        from billing import annual
+
+        annual.annual_subscription_end_now(subscription_id=invoice.subscription_id, now=now, reason="voided")
     audit_record(
         actor=actor,
         organization=invoice.billing_account.organization,
         action="billing.invoice.void",
         target=invoice,
-        summary={"number": invoice.number, "total": invoice.total},
+        summary={
+            "number": invoice.number,
+            "total": invoice.total,
+            "credit_note": note.number if note else None,
+            "reason": reason,
+        },
     )
     overdue_release(account=invoice.billing_account)
     return invoice
+
+
+def invoice_reissue(*, account: BillingAccount, month: datetime.date, actor, now: datetime.datetime | None = None):
+    """Invoice a month again for one account after its invoice was voided: its released usage, corrected."""
+    result = invoicing.close_invoices(month=month, now=now, organization_ids=[account.organization_id])
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            organization=account.organization,
+            action="billing.invoice.reissue",
+            target=account,
+            summary={"month": month.strftime("%Y-%m"), "issued": len(result.invoices), "held": len(result.held)},
+        )
+    return result
+
+
+def invoice_held_notify(*, invoice: Invoice) -> None:
+    """Tell the customer why an invoice waits (the operator sees it in the log, the admin and /metrics)."""
+    account = invoice.billing_account
+    reasons = {
+        "address_incomplete": "your billing address is incomplete (street, postal code, city and country)",
+        "unpriced_usage": "part of the usage has no price yet in your billing currency",
+        "exchange_rate_missing": "the exchange rate for the VAT is not available yet",
+    }
+    why = "; ".join(reasons.get(r, r) for r in invoice.hold_reasons)
+    period = f" for {invoice.period_start:%B %Y}" if invoice.period_start else ""
+    with transaction.atomic():
+        _email(
+            account,
+            f"Your invoice{period} is waiting",
+            f"Your invoice{period} is prepared but cannot be issued yet: {why}. It is issued as soon as this is "
+            "resolved; nothing is lost.",
+        )
+        audit_record(
+            actor=None,
+            organization=account.organization,
+            action="billing.invoice.held",
+            target=invoice,
+            summary={"hold_reasons": invoice.hold_reasons, "subtotal": invoice.subtotal},
+        )
 
 
 @transaction.atomic
@@ -431,9 +683,9 @@ def credit_grant(
     source_invoice: Invoice | None = None,
 ) -> CreditGrant:
     if amount <= 0:
-        raise ValidationError({"amount": ["A credit must be positive."]})
+        raise ValidationFailed({"amount": "A credit must be positive."})
     if kind not in CreditKind.values or kind == CreditKind.COUPON:
-        raise ValidationError({"kind": ["Coupons are redeemed by code; give promotion, refund or prepaid."]})
+        raise ValidationFailed({"kind": "Coupons are redeemed by code; give promotion, refund or prepaid."})
     grant = CreditGrant.objects.create(
         billing_account=account,
         kind=kind,
@@ -465,15 +717,15 @@ def coupon_redeem(*, account: BillingAccount, actor, code: str, now: datetime.da
     now = now or timezone.now()
     coupon = Coupon.objects.select_for_update().filter(code=code.strip().upper()).first()
     if coupon is None:
-        raise ValidationError({"code": ["No such coupon."]})
+        raise ValidationFailed({"code": "No such coupon."})
     if coupon.valid_until is not None and coupon.valid_until <= now:
-        raise ValidationError({"code": ["This coupon has expired."]})
+        raise ValidationFailed({"code": "This coupon has expired."})
     if coupon.currency != account.currency:
-        raise ValidationError({"code": [f"This coupon is for accounts billed in {coupon.currency}."]})
+        raise ValidationFailed({"code": f"This coupon is for accounts billed in {coupon.currency}."})
     if coupon.max_redemptions is not None and coupon.grants.count() >= coupon.max_redemptions:
-        raise Conflict({"code": ["This coupon has been used up."]})
+        raise Conflict(fields={"code": "This coupon has been used up."})
     if CreditGrant.objects.filter(billing_account=account, coupon=coupon).exists():
-        raise Conflict({"code": ["This coupon was already redeemed on this account."]})
+        raise Conflict(fields={"code": "This coupon was already redeemed on this account."})
     expires_at = now + datetime.timedelta(days=coupon.credit_valid_days) if coupon.credit_valid_days else None
     try:
         with transaction.atomic():
@@ -489,7 +741,7 @@ def coupon_redeem(*, account: BillingAccount, actor, code: str, now: datetime.da
                 expires_at=expires_at,
             )
     except IntegrityError:  # a concurrent redemption of the same coupon on this account won
-        raise Conflict({"code": ["This coupon was already redeemed on this account."]}) from None
+        raise Conflict(fields={"code": "This coupon was already redeemed on this account."}) from None
     audit_record(
         actor=actor,
         organization=account.organization,
@@ -573,7 +825,7 @@ def _apply_event(event: dict) -> str:
         )
         from billing import tasks
 
-        transaction.on_commit(lambda: tasks.set_default_card.delay(account.pk))
+        enqueue_on_commit(tasks.set_default_card, account.pk)
         return "card saved"
     return "ignored"
 
@@ -651,8 +903,10 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict:
         try:
             with transaction.atomic():
                 deployment_services.deployment_stop(deployment=deployment, actor=None, reason="billing")
-        except Conflict as exc:
-            logger.warning("could not stop %s for billing: %s", deployment.public_id, exc.detail)
+        except Exception as exc:
+            if not _is_conflict(exc):
+                raise
+            logger.warning("could not stop %s for billing: %s", deployment.public_id, exc)
             continue
         counts["stopped"] += 1
     delete_before = now - datetime.timedelta(days=settings.BILLING_DELETE_AFTER_STOPPED_DAYS)
@@ -696,8 +950,10 @@ def overdue_release(*, account: BillingAccount, actor=None) -> int:
         try:
             with transaction.atomic():
                 deployment_services.deployment_start(deployment=deployment, actor=None)
-        except Conflict as exc:  # an operation in flight: the next overdue run tries again
-            logger.warning("could not restart %s after payment: %s", deployment.public_id, exc.detail)
+        except Exception as exc:  # an operation in flight: the next overdue run tries again
+            if not _is_conflict(exc):
+                raise
+            logger.warning("could not restart %s after payment: %s", deployment.public_id, exc)
             continue
         started += 1
     return started

@@ -7,15 +7,27 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from billing import annual, invoicing, metering, services
+from billing import annual, exchange_rates, invoicing, metering, services
 
 TRANSIENT = (OperationalError, InterfaceError)
+# The close asks VIES about unconfirmed numbers first, for at most this long: a hanging VIES never delays a month.
+VIES_BUDGET_SECONDS = 600
 STRIPE_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
 
 
-@shared_task(name="billing.meter_usage", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+# A long gap is caught up in committed batches: a run cut short by the time limit resumes where it stopped.
+@shared_task(
+    name="billing.meter_usage",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=5,
+    time_limit=3600,
+    soft_time_limit=3300,
+)
 def meter_usage() -> int:
     recorded = metering.meter_usage()
+    metering.usage_price_pending()
+    invoicing.invoices_release_held()
     annual.annual_upgrades_bill()
     return recorded
 
@@ -30,6 +42,8 @@ def meter_usage() -> int:
 )
 def close_invoices() -> int:
     last_month = metering.month_start(timezone.now()) - datetime.timedelta(days=1)
+    # Unconfirmed VAT numbers get one more chance with VIES before their month is taxed.
+    services.vat_checks_due(unconfirmed_only=True, budget_seconds=VIES_BUDGET_SECONDS)
     return len(invoicing.close_invoices(month=last_month.date()).invoices)
 
 
@@ -43,16 +57,31 @@ def process_overdue() -> dict:
     return services.overdue_process()
 
 
-# VIES is often down for a member state: retry for about a day; the format check stands meanwhile.
-@shared_task(
-    name="billing.check_vat_number",
-    autoretry_for=(services.ViesUnavailable, *TRANSIENT),
-    retry_backoff=60,
-    retry_backoff_max=3600,
-    max_retries=30,
-)
+# VIES is often down for a member state. The first check runs at once; if VIES does not answer, the account records
+# when to ask again (backoff, without end while the number is unconfirmed) and `check_vat_numbers` asks then.
+@shared_task(name="billing.check_vat_number", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def check_vat_number(account_id: int) -> str | None:
-    return services.billing_account_check_vat(account_id=account_id)
+    try:
+        return services.billing_account_check_vat(account_id=account_id)
+    except services.ViesUnavailable:
+        return None
+
+
+@shared_task(name="billing.check_vat_numbers", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def check_vat_numbers() -> dict:
+    return services.vat_checks_due()
+
+
+@shared_task(
+    name="billing.load_exchange_rates",
+    autoretry_for=(*TRANSIENT, exchange_rates.RatesUnavailable),
+    retry_backoff=300,
+    max_retries=12,
+)
+def load_exchange_rates() -> int:
+    loaded = exchange_rates.exchange_rates_load(source=exchange_rates.ECB_DAILY_URL)
+    invoicing.invoices_release_held()
+    return loaded
 
 
 @shared_task(

@@ -24,8 +24,16 @@ REVERSE_CHARGE_MENTION = (
 )
 
 
+def unconfirmed_vat_note(number: str, country: str) -> str:
+    return (
+        f"VAT number {number} has not been confirmed by VIES: VAT is charged at the rate of {country} as to a "
+        "consumer (Article 18(1)(a), Implementing Regulation (EU) No 282/2011)."
+    )
+
+
 class VatStatus(StrEnum):
-    """What we know about a customer's tax id. `valid` is only ever set after a VIES confirmation."""
+    """What we know about a customer's tax id. `valid` is only ever set after a VIES confirmation; `format_valid`
+    is a number that passed the format check and that VIES has not confirmed (yet): it never earns reverse charge."""
 
     NONE = "none"
     FORMAT_VALID = "format_valid"
@@ -54,6 +62,8 @@ class TaxDecision:
     treatment: TaxTreatment
     rate: Decimal
     mention: str | None = None
+    # A statement the invoice must carry besides the mention (a number taxed as a consumer's while unconfirmed).
+    note: str | None = None
 
 
 def _vat_prefix(country: str) -> str:
@@ -178,9 +188,6 @@ def validate_postal_code(country: str, code: str) -> PostalCodeCheck:
     return PostalCodeCheck(False, f"{code!r} is not a valid {country} postal code (e.g. {examples[country]}).", value)
 
 
-_USABLE_VAT = frozenset({VatStatus.VALID, VatStatus.FORMAT_VALID})
-
-
 def tax_treatment(
     *,
     seller_country: str,
@@ -188,11 +195,16 @@ def tax_treatment(
     is_business: bool,
     vat_status: VatStatus | str,
     on: date,
+    tax_id: str = "",
 ) -> TaxDecision:
     """VAT treatment and rate of an invoice for electronically supplied services, on the supply date.
 
+    Reverse charge needs a number VIES confirmed (status valid, Art. 18(1)(a) of Implementing Regulation
+    282/2011): a number that only passed the format check, or that VIES could not be asked about, is taxed as a
+    consumer of its country, and the decision carries the note the invoice prints.
+
     Simplification: the rules are those of an EU-established seller. A seller outside the EU is treated as
-    outside scope for non-EU customers and charges the customer's rate to EU customers without a usable VAT
+    outside scope for non-EU customers and charges the customer's rate to EU customers without a confirmed VAT
     number (OSS/non-Union scheme), reverse charge otherwise; domestic rates exist only for EU sellers.
     """
     seller = normalize_country(seller_country)
@@ -202,9 +214,10 @@ def tax_treatment(
         return TaxDecision(TaxTreatment.DOMESTIC, standard_rate(seller, on))
     if not is_eu(customer):
         return TaxDecision(TaxTreatment.OUTSIDE_SCOPE, Decimal(0))
-    if is_business and status in _USABLE_VAT:
+    if is_business and status is VatStatus.VALID:
         return TaxDecision(TaxTreatment.REVERSE_CHARGE, Decimal(0), REVERSE_CHARGE_MENTION)
-    return TaxDecision(TaxTreatment.EU_CONSUMER, standard_rate(customer, on))
+    note = unconfirmed_vat_note(tax_id, customer) if is_business and status is VatStatus.FORMAT_VALID else None
+    return TaxDecision(TaxTreatment.EU_CONSUMER, standard_rate(customer, on), note=note)
 
 
 def tax_id_country_mismatch(country: str, number: str | None) -> str | None:

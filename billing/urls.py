@@ -27,6 +27,12 @@ urlpatterns = [
     path(ORG + "/invoices/<str:inv>", api.InvoiceViewSet.as_view({"get": "retrieve"}), name="invoice-detail"),
     path(ORG + "/invoices/<str:inv>/pdf", api.InvoiceViewSet.as_view({"get": "pdf"}), name="invoice-pdf"),
     path(ORG + "/invoices/<str:inv>/html", api.InvoiceViewSet.as_view({"get": "html"}), name="invoice-html"),
+    path(ORG + "/credit-notes", api.CreditNoteViewSet.as_view({"get": "list"}), name="credit-note-list"),
+    path(
+        ORG + "/credit-notes/<str:crn>", api.CreditNoteViewSet.as_view({"get": "retrieve"}), name="credit-note-detail"
+    ),
+    path(ORG + "/credit-notes/<str:crn>/pdf", api.CreditNoteViewSet.as_view({"get": "pdf"}), name="credit-note-pdf"),
+    path(ORG + "/credit-notes/<str:crn>/html", api.CreditNoteViewSet.as_view({"get": "html"}), name="credit-note-html"),
     path(ORG + "/subscriptions", api.SubscriptionViewSet.as_view({"get": "list"}), name="subscription-list"),
     path(DEP + "/annual-quotes", api.AnnualQuoteViewSet.as_view({"post": "create"}), name="annual-quote-list"),
     path(

@@ -1,7 +1,7 @@
-"""EU standard VAT rates as dated data, and the lookup of the rate in force on a day.
+"""EU standard VAT rates and member states' national currencies as dated data, and their lookups on a day.
 
-Owns only the table and `standard_rate`; it must never decide which country's rate applies (billing.tax does).
-Rates are percentages as Decimal (Decimal("25.5") means 25.5 %).
+Owns only the tables, `standard_rate` and `national_currency`; it must never decide which country's rate applies
+(billing.tax does). Rates are percentages as Decimal (Decimal("25.5") means 25.5 %).
 """
 
 from __future__ import annotations
@@ -117,3 +117,28 @@ def standard_rate(country: str, on: date, *, table: tuple[tuple[str, Decimal, da
     if not in_force:
         raise UnknownRate(f"no standard VAT rate for {country!r} on {on.isoformat()}")
     return max(in_force)[1]
+
+
+# Member states outside the euro area and their currencies, (country, currency, valid from): every other member
+# state's national currency is the euro. Bulgaria adopted the euro on 2026-01-01.
+NATIONAL_CURRENCIES: tuple[tuple[str, str, date], ...] = (
+    ("BG", "BGN", TABLE_START),
+    ("BG", "EUR", date(2026, 1, 1)),
+    ("CZ", "CZK", TABLE_START),
+    ("DK", "DKK", TABLE_START),
+    ("HU", "HUF", TABLE_START),
+    ("PL", "PLN", TABLE_START),
+    ("RO", "RON", TABLE_START),
+    ("SE", "SEK", TABLE_START),
+)
+
+
+def national_currency(country: str, on: date) -> str | None:
+    """The currency a member state's VAT is accounted in on `on`; None outside the EU."""
+    code = normalize_country(country)
+    if code not in EU_MEMBER_STATES:
+        return None
+    in_force = [
+        (valid_from, currency) for c, currency, valid_from in NATIONAL_CURRENCIES if c == code and valid_from <= on
+    ]
+    return max(in_force)[1] if in_force else "EUR"

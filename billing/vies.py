@@ -1,7 +1,8 @@
 """Client of the European Commission's VIES REST API (check-vat-number), the live check of an EU VAT number.
 
-Owns the wire format and the mapping of VIES answers to valid / invalid / unknown. It must never raise for
-an unreachable or failing VIES (that is `valid=None`: the caller keeps the format check and retries later).
+Owns the wire format and the mapping of VIES answers to valid / invalid / unknown. A check names our own VAT number
+as the requester, so VIES answers with a consultation number (requestIdentifier), the proof that we checked. It must
+never raise for an unreachable or failing VIES (that is `valid=None`: the caller retries later).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class ViesResult:
     address: str | None = None
     # VIES error code (MS_UNAVAILABLE, TIMEOUT, ...) or a transport error when valid is None.
     error: str | None = None
+    # The consultation number VIES gives a check that named a requester, and the date it gives the answer.
     request_identifier: str | None = None
+    request_date: str | None = None
 
 
 def _vies_country(country: str) -> str:
@@ -55,13 +58,19 @@ def check_vat_vies(
     country: str,
     number: str,
     *,
+    requester: str | None = None,
     url: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     session: requests.Session | None = None,
 ) -> ViesResult:
-    """Ask VIES whether `number` is a registered VAT number of `country` (GR/EL and XI accepted)."""
+    """Ask VIES whether `number` is a registered VAT number of `country` (GR/EL and XI accepted). `requester` is our
+    own EU VAT number with its prefix (DE136695976): VIES then returns a consultation number."""
     country_code = _vies_country(country)
     body = {"countryCode": country_code, "vatNumber": _national_part(country_code, number)}
+    if requester:
+        requester_code = _vies_country(requester[:2])
+        body["requesterMemberStateCode"] = requester_code
+        body["requesterNumber"] = _national_part(requester_code, requester)
     http = session or requests
     try:
         response = http.post(url or DEFAULT_URL, json=body, timeout=timeout, headers={"Accept": "application/json"})
@@ -95,5 +104,6 @@ def check_vat_vies(
         valid=valid,
         name=_disclosed(payload.get("name")),
         address=_disclosed(payload.get("address")),
-        request_identifier=payload.get("requestIdentifier") or None,
+        request_identifier=_disclosed(payload.get("requestIdentifier")),
+        request_date=str(payload["requestDate"])[:40] if payload.get("requestDate") else None,
     )

@@ -2,9 +2,8 @@
 accounts and organizations."""
 
 from django import forms
-from django.contrib.auth.forms import PasswordResetForm as DjangoPasswordResetForm
 
-from accounts.models import User
+from controlplane.validators import no_control_characters
 
 
 class SignInForm(forms.Form):
@@ -21,10 +20,23 @@ class CodeForm(forms.Form):
 
 
 class SignupForm(forms.Form):
-    email = forms.EmailField(max_length=254)
-    full_name = forms.CharField(max_length=150, required=False)
-    organization_name = forms.CharField(max_length=100, required=False, help_text="You can rename it later.")
-    password = forms.CharField(widget=forms.PasswordInput, max_length=128, strip=False)
+    """No password here: it is chosen on the page the emailed link opens (SignupConfirmForm), by whoever holds the
+    address."""
+
+    email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"}))
+    full_name = forms.CharField(max_length=150, required=False, validators=[no_control_characters])
+    organization_name = forms.CharField(
+        max_length=100, required=False, help_text="You can rename it later.", validators=[no_control_characters]
+    )
+
+
+class SignupConfirmForm(forms.Form):
+    password = forms.CharField(
+        label="Choose a password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        max_length=128,
+        strip=False,
+    )
 
 
 class PasswordForm(forms.Form):
@@ -35,9 +47,8 @@ class PasswordForm(forms.Form):
     )
 
 
-class PasswordResetForm(DjangoPasswordResetForm):
-    """Django's, but it also reaches active accounts that never had a password (created by an operator or an
-    invitation with the password to be set by reset). The page answers the same whatever the address."""
+class PasswordResetForm(forms.Form):
+    """The address to send a reset link to. The page answers the same whatever the address; the task behind it
+    reaches active accounts, including those that never had a password (created by an operator)."""
 
-    def get_users(self, email):
-        return User.objects.filter(email__iexact=email, is_active=True)
+    email = forms.EmailField(label="Email", max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"}))

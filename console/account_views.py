@@ -1,8 +1,10 @@
 """The console's account pages: sign-in (password, then a second factor when the user has one), sign-up confirmed by
-email, password reset and change, and two-factor authentication (set up, recovery codes, turn off, and the
-organization's requirement).
+email (the password is chosen on the link's page), password reset and change, and two-factor authentication (set up,
+recovery codes, turn off, and the organization's requirement).
 
-Sign-in is throttled per account and per client address (accounts.signin) and answers 429 with the time to try again.
+Sign-in is throttled per account and per client address (accounts.signin) and answers 429 with the time to try again;
+every page that asks a signed-in user's password again (password change, two-factor on or off, new recovery codes)
+counts under the same throttle, since a session alone must never be enough for those.
 A user with a second factor is signed in only once it is verified: until then the session holds a pending sign-in,
 not a login, so neither the console nor the API treats it as signed in.
 """
@@ -19,19 +21,27 @@ from django.contrib.auth import login as auth_login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordChangeForm
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
+from django.views.generic import FormView
 from django_otp import login as otp_login
 
 from accounts import services as account_services
 from accounts import signin, two_factor
 from accounts.models import User
-from console.account_forms import CodeForm, PasswordForm, PasswordResetForm, SignInForm, SignupForm
+from console.account_forms import (
+    CodeForm,
+    PasswordForm,
+    PasswordResetForm,
+    SignInForm,
+    SignupConfirmForm,
+    SignupForm,
+)
 from controlplane.errors import DomainError, ValidationFailed
 from controlplane.middleware import client_ip
 from organizations import access
@@ -40,6 +50,9 @@ from organizations.models import Organization
 
 PENDING_KEY = "_signin_pending"
 PENDING_SECONDS = 10 * 60
+# The authenticator this session began to set up (after the password): no other session sees its key.
+SETUP_KEY = "_two_factor_setup"
+SETUP_SECONDS = 15 * 60
 _BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
@@ -67,28 +80,18 @@ def _locked(request, template: str, context: dict, lockout: signin.Lockout):
     return response
 
 
-def _reauthentication_locked(request) -> signin.Lockout | None:
-    """Pages that ask a signed-in user's password again (password change, two-factor off, new recovery codes) are
-    password oracles for whoever holds the session: they share the sign-in throttle."""
-    return signin.signin_lockout(email=request.user.email, ip=client_ip(request))
-
-
-def _reauthentication_failed(request) -> signin.Lockout | None:
-    return signin.signin_failed(email=request.user.email, ip=client_ip(request), reason="reauthentication")
-
-
 def _code_refusal(verification) -> str:
     if verification.wait_seconds:
         return f"Too many wrong codes: wait {verification.wait_seconds} s, then try the code your app shows."
     return "That code is not valid."
 
 
-def _complete_sign_in(request, user: User, device) -> None:
+def _complete_sign_in(request, user: User, device, attempt: signin.Attempt | None) -> None:
     request.session.pop(PENDING_KEY, None)
     auth_login(request, user, backend=_BACKEND)
     if device is not None:
         otp_login(request, device)
-    signin.signin_succeeded(user=user, two_factor=device is not None)
+    signin.signin_succeeded(attempt, user=user, two_factor=device is not None)
 
 
 # --- Sign-in ---------------------------------------------------------------------------------------------------
@@ -103,17 +106,18 @@ def login(request):
     context = {"form": form, "next": next_url}
     if request.method == "POST" and form.is_valid():
         email, password = form.cleaned_data["username"], form.cleaned_data["password"]
-        ip = client_ip(request)
-        lockout = signin.signin_lockout(email=email, ip=ip)
-        if lockout is not None:
-            return _locked(request, "console/account/login.html", context, lockout)
+        # Counted before the password is checked: guesses sent at once are held to the limit too.
+        attempt = signin.signin_begin(email=email, ip=client_ip(request))
+        if attempt.refused:
+            return _locked(request, "console/account/login.html", context, attempt.lockout)
         user = authenticate(request, username=email, password=password)
         if user is None:  # wrong password, no such account, or a deactivated one: one answer for all
-            lockout = signin.signin_failed(email=email, ip=ip, reason="password")
+            lockout = signin.signin_failed(attempt, reason="password")
             if lockout is not None:
                 return _locked(request, "console/account/login.html", context, lockout)
             form.add_error(None, "The email or password is not correct.")
         elif two_factor.two_factor_enabled(user):
+            signin.signin_passed(attempt)  # the password was right; the code is an attempt of its own
             request.session.cycle_key()
             request.session[PENDING_KEY] = {
                 "user": user.pk,
@@ -123,7 +127,7 @@ def login(request):
             }
             return redirect("console:login-verify")
         else:
-            _complete_sign_in(request, user, None)
+            _complete_sign_in(request, user, None, attempt)
             return redirect(next_url)
     return render(request, "console/account/login.html", context)
 
@@ -152,18 +156,17 @@ def login_verify(request):
     form = CodeForm(request.POST or None)
     context = {"form": form, "email": user.email}
     if request.method == "POST" and form.is_valid():
-        ip = client_ip(request)
-        lockout = signin.signin_lockout(email=user.email, ip=ip)
-        if lockout is not None:
-            return _locked(request, "console/account/login_verify.html", context, lockout)
+        attempt = signin.signin_begin(email=None, user=user, ip=client_ip(request))
+        if attempt.refused:
+            return _locked(request, "console/account/login_verify.html", context, attempt.lockout)
         verification = two_factor.two_factor_verify(user=user, token=form.cleaned_data["code"])
         if verification.device is None:
-            lockout = signin.signin_failed(email=user.email, ip=ip, reason="two_factor")
+            lockout = signin.signin_failed(attempt, reason="two_factor")
             if lockout is not None:
                 return _locked(request, "console/account/login_verify.html", context, lockout)
             form.add_error("code", _code_refusal(verification))
         else:
-            _complete_sign_in(request, user, verification.device)
+            _complete_sign_in(request, user, verification.device, attempt)
             return redirect(next_url)
     return render(request, "console/account/login_verify.html", context)
 
@@ -171,7 +174,6 @@ def login_verify(request):
 # --- Sign-up ---------------------------------------------------------------------------------------------------
 
 
-@sensitive_post_parameters("password")
 @require_http_methods(["GET", "POST"])
 def signup(request):
     form = SignupForm(request.POST or None)
@@ -197,40 +199,49 @@ def signup_sent(request):
     )
 
 
+@sensitive_post_parameters("password")
 @require_http_methods(["GET", "POST"])
 def signup_confirm(request):
-    """GET shows a button; POST creates the account (mail scanners follow links with GET and must create nothing)."""
+    """GET shows the password to choose and a button; POST creates the account (mail scanners follow links with GET
+    and must create nothing). The password is chosen here, by whoever holds the link, never at sign-up."""
     token = request.POST.get("token") or request.GET.get("token") or ""
     email = account_services.signup_token_email(token)
+    form = SignupConfirmForm(request.POST or None)
     error = None
-    if request.method == "POST":
+    if request.method == "POST" and email is not None and form.is_valid():
         try:
-            user, organization = account_services.user_signup_confirm(token=token)
+            user, organization = account_services.user_signup_confirm(
+                token=token, password=form.cleaned_data["password"]
+            )
         except DomainError as exc:
-            error = exc.message
+            if any(e.field == "password" for e in exc.errors):
+                _add_errors(form, exc)  # too weak, too common, too like the address: choose again
+            else:
+                error = exc.message
         else:
-            _complete_sign_in(request, user, None)
+            _complete_sign_in(request, user, None, None)
             return redirect("console:organization", org_id=organization.public_id)
-    return render(request, "console/account/signup_confirm.html", {"token": token, "email": email, "error": error})
+    return render(
+        request,
+        "console/account/signup_confirm.html",
+        {"token": token, "email": email, "error": error, "form": form},
+    )
 
 
 # --- Password reset and change ----------------------------------------------------------------------------------
 
 
-class PasswordResetView(auth_views.PasswordResetView):
+class PasswordResetView(FormView):
+    """The address goes to a task that looks it up and sends the email (accounts.services.password_reset_request):
+    the answer takes as long for an account as for an unknown address."""
+
     form_class = PasswordResetForm
     template_name = "console/account/password_reset.html"
-    email_template_name = "console/account/password_reset_email.txt"
-    subject_template_name = "console/account/password_reset_subject.txt"
     success_url = reverse_lazy("console:password-reset-done")
 
-    def get_extra_email_context(self):
-        # Links are built on PUBLIC_URL, never on the request's Host header (which a caller chooses).
-        return {"public_url": settings.PUBLIC_URL}
-
     def form_valid(self, form):
-        self.extra_email_context = self.get_extra_email_context()
-        return super().form_valid(form)
+        account_services.password_reset_request(email=form.cleaned_data["email"])
+        return HttpResponseRedirect(self.get_success_url())
 
 
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
@@ -269,13 +280,17 @@ def password_reset_complete(request):
 def password_change(request):
     form = PasswordChangeForm(request.user, request.POST or None)
     if request.method == "POST":
-        lockout = _reauthentication_locked(request)
-        if lockout is not None:
-            return _locked(request, "console/account/password_change.html", {"form": form}, lockout)
-    if request.method == "POST" and not form.is_valid() and form.has_error("old_password", "password_incorrect"):
-        lockout = _reauthentication_failed(request)
-        if lockout is not None:
-            return _locked(request, "console/account/password_change.html", {"form": form}, lockout)
+        # The old password is a password oracle for whoever holds the session: one more sign-in attempt, counted
+        # before the form checks it.
+        attempt = signin.signin_begin(email=None, user=request.user, ip=client_ip(request))
+        if attempt.refused:
+            return _locked(request, "console/account/password_change.html", {"form": form}, attempt.lockout)
+        if not form.is_valid() and form.has_error("old_password", "password_incorrect"):
+            lockout = signin.signin_failed(attempt, reason="reauthentication")
+            if lockout is not None:
+                return _locked(request, "console/account/password_change.html", {"form": form}, lockout)
+        else:
+            signin.signin_passed(attempt)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         update_session_auth_hash(request, user)  # this session stays; every other one ends at its next request
@@ -303,18 +318,31 @@ def _owned_organizations(request):
 
 
 @never_cache
+@sensitive_post_parameters("password")
 @login_required
 @require_http_methods(["GET", "POST"])
 def two_factor_overview(request):
     user = request.user
     if request.method == "POST" and request.POST.get("action") == "start":
+        # The password first: a stolen session must not enrol its own authenticator (which would end the owner's
+        # other sessions and take the account), nor give a staff account its second factor for the admin.
         try:
-            two_factor.two_factor_begin(user=user)
+            _reauthenticate(request, PasswordForm(request.POST))
+            device = two_factor.two_factor_begin(user=user)
         except DomainError as exc:
-            messages.error(request, exc.message)
-            return redirect("console:two-factor")
+            return _reauthentication_refused(request, exc)
+        # Only this session is shown the new key and may confirm it.
+        request.session[SETUP_KEY] = {"device": device.pk, "at": time.time()}
         return redirect(_with_next(reverse("console:two-factor-setup"), request))
     return _two_factor_page(request)
+
+
+def _setup_device(request):
+    """The authenticator this session began setting up, while it is pending and for SETUP_SECONDS at most."""
+    setup = request.session.get(SETUP_KEY)
+    if not isinstance(setup, dict) or time.time() - float(setup.get("at", 0)) > SETUP_SECONDS:
+        return None
+    return two_factor.pending_device(request.user, device_id=setup.get("device"))
 
 
 def _two_factor_page(request, *, locked: signin.Lockout | None = None):
@@ -353,16 +381,19 @@ def _with_next(url: str, request) -> str:
 @require_http_methods(["GET", "POST"])
 def two_factor_setup(request):
     user = request.user
-    device = two_factor.pending_device(user)
+    device = _setup_device(request)
     if device is None:
         return redirect("console:two-factor")
     form = CodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            device, codes = two_factor.two_factor_confirm(user=user, token=form.cleaned_data["code"])
+            device, codes = two_factor.two_factor_confirm(
+                user=user, token=form.cleaned_data["code"], device_id=device.pk
+            )
         except DomainError as exc:
             _add_errors(form, exc)
         else:
+            request.session.pop(SETUP_KEY, None)
             update_session_auth_hash(request, user)  # other sessions end; this one goes on, verified
             otp_login(request, device)
             return render(
@@ -382,7 +413,7 @@ def two_factor_setup(request):
 def two_factor_qr(request):
     """The QR code of the authenticator being set up, as an SVG image from our own origin (the CSP allows no
     inline script, and the secret never leaves for a third-party QR service)."""
-    device = two_factor.pending_device(request.user)
+    device = _setup_device(request)
     if device is None:
         raise Http404("No authenticator is being set up.")
     response = HttpResponse(two_factor.qr_svg(device), content_type="image/svg+xml")
@@ -390,31 +421,19 @@ def two_factor_qr(request):
     return response
 
 
-class _Locked(DomainError):
-    code = "locked"
-
-    def __init__(self, lockout: signin.Lockout):
-        super().__init__(lockout.message)
-        self.lockout = lockout
-
-
-def _check_reauthentication(request, form) -> None:
-    lockout = _reauthentication_locked(request)
-    if lockout is not None:
-        raise _Locked(lockout)
+def _reauthenticate(request, form: PasswordForm) -> None:
+    """The signed-in user's password, asked again under the sign-in throttle (accounts.signin.reauthenticate)."""
     if not form.is_valid():
         raise ValidationFailed({"password": "Enter your password."})
+    signin.reauthenticate(user=request.user, password=form.cleaned_data["password"], ip=client_ip(request))
 
 
 def _reauthentication_refused(request, exc: DomainError):
-    """A wrong password counts toward the sign-in throttle; the page says why and, when locked, answers 429."""
-    lockout = getattr(exc, "lockout", None)
-    if lockout is None and any(error.field == "password" for error in exc.errors) and request.POST.get("password"):
-        lockout = _reauthentication_failed(request)
-    if lockout is not None:
-        return _two_factor_page(request, locked=lockout)
+    """The page says why; when the sign-in throttle is locked, it answers 429."""
+    if isinstance(exc, signin.SignInLocked):
+        return _two_factor_page(request, locked=exc.lockout)
     messages.error(request, exc.message)
-    return redirect("console:two-factor")
+    return redirect(_with_next(reverse("console:two-factor"), request))
 
 
 @never_cache
@@ -422,10 +441,9 @@ def _reauthentication_refused(request, exc: DomainError):
 @login_required
 @require_http_methods(["POST"])
 def two_factor_disable(request):
-    form = PasswordForm(request.POST)
     try:
-        _check_reauthentication(request, form)
-        two_factor.two_factor_disable(user=request.user, password=form.cleaned_data["password"])
+        _reauthenticate(request, PasswordForm(request.POST))
+        two_factor.two_factor_disable(user=request.user)
     except DomainError as exc:
         return _reauthentication_refused(request, exc)
     update_session_auth_hash(request, request.user)
@@ -438,10 +456,9 @@ def two_factor_disable(request):
 @login_required
 @require_http_methods(["POST"])
 def recovery_codes_regenerate(request):
-    form = PasswordForm(request.POST)
     try:
-        _check_reauthentication(request, form)
-        codes = two_factor.recovery_codes_regenerate(user=request.user, password=form.cleaned_data["password"])
+        _reauthenticate(request, PasswordForm(request.POST))
+        codes = two_factor.recovery_codes_regenerate(user=request.user)
     except DomainError as exc:
         return _reauthentication_refused(request, exc)
     return render(request, "console/account/recovery_codes.html", {"codes": codes, "next": ""})
@@ -460,19 +477,18 @@ def two_factor_verify(request):
     form = CodeForm(request.POST or None)
     context = {"form": form, "email": user.email, "next": next_url}
     if request.method == "POST" and form.is_valid():
-        ip = client_ip(request)
-        lockout = signin.signin_lockout(email=user.email, ip=ip)
-        if lockout is not None:
-            return _locked(request, "console/account/two_factor_verify.html", context, lockout)
+        attempt = signin.signin_begin(email=None, user=user, ip=client_ip(request))
+        if attempt.refused:
+            return _locked(request, "console/account/two_factor_verify.html", context, attempt.lockout)
         verification = two_factor.two_factor_verify(user=user, token=form.cleaned_data["code"])
         if verification.device is None:
-            lockout = signin.signin_failed(email=user.email, ip=ip, reason="two_factor")
+            lockout = signin.signin_failed(attempt, reason="two_factor")
             if lockout is not None:
                 return _locked(request, "console/account/two_factor_verify.html", context, lockout)
             form.add_error("code", _code_refusal(verification))
         else:
             otp_login(request, verification.device)
-            signin.signin_succeeded(user=user, two_factor=True)
+            signin.signin_succeeded(attempt, user=user, two_factor=True)
             return redirect(next_url)
     return render(request, "console/account/two_factor_verify.html", context)
 

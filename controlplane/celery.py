@@ -1,6 +1,7 @@
 """The Celery app. JSON only, explicit time limits, one queue per kind of work so each scales on its own."""
 
 import os
+from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_shutdown
@@ -13,7 +14,7 @@ app.autodiscover_tasks()
 
 
 @worker_init.connect
-def _start_worker_metrics(**_):
+def _start_worker_metrics(**_: Any) -> None:
     """Workers record reconcile and notification figures; they serve them on WORKER_METRICS_PORT when set."""
     port = os.environ.get("WORKER_METRICS_PORT")
     if port:
@@ -26,7 +27,7 @@ def _start_worker_metrics(**_):
 
 
 @worker_process_shutdown.connect
-def _forget_dead_worker(pid=None, **_):
+def _forget_dead_worker(pid: int | None = None, **_: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from controlplane import metrics
 

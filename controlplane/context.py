@@ -5,6 +5,7 @@ Read by the audit log and the log formatter; set only by the request middleware 
 
 import contextvars
 import dataclasses
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,9 +24,9 @@ def current() -> RequestContext:
     return _current.get()
 
 
-def bind(**changes) -> contextvars.Token:
+def bind(**changes: Any) -> contextvars.Token[RequestContext]:
     return _current.set(dataclasses.replace(_current.get(), **changes))
 
 
-def reset(token: contextvars.Token) -> None:
+def reset(token: contextvars.Token[RequestContext]) -> None:
     _current.reset(token)

@@ -20,6 +20,8 @@ class LockSpace(enum.IntEnum):
     INVOICE_CLOSE = 0x494E5643  # "INVC": one month close at a time, keyed by YYYYMM
     METERING = 0x4D455452  # "METR": one metering run at a time
     AGENT_LEASE = 0x4147454E  # "AGEN": platform agent leases, keyed by deployment id
+    CERTIFICATE_AUTHORITY = 0x544C5343  # "TLSC": creating the control plane's own CA, once (key 0)
+    VPC_PEERING = 0x56504350  # "VPCP": one poll of a VPC peering at a time, keyed by peering id
 
 
 def lock_key(space: LockSpace, key: int) -> int:
@@ -60,3 +62,12 @@ def session_try_lock(space: LockSpace, key: int) -> Iterator[bool]:
         yield acquired
     finally:
         lock_connection.close()
+
+
+def xact_lock_shared(space: LockSpace, key: int) -> None:
+    """Wait for the lock in shared mode until the current transaction ends: any number of shared holders together,
+    none while someone holds it exclusively (`xact_lock`)."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("xact_lock_shared needs an open transaction: it is released when the transaction ends")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [lock_key(space, key)])

@@ -75,6 +75,13 @@ class Conflict(DomainError):
     default_message = "The request conflicts with the current state of the resource."
 
 
+class Unprocessable(DomainError):
+    """Well-formed and allowed, but not processable as it stands (a quote that has expired)."""
+
+    code = "unprocessable"
+    default_message = "The request is well-formed but cannot be processed."
+
+
 class PermissionDenied(DomainError):
     """The caller is known and sees the object but may not do this to it."""
 

@@ -5,6 +5,7 @@ Integer primary keys stay internal; anything a client sees or sends is a public 
 
 import base64
 import secrets
+from typing import TYPE_CHECKING, Any
 
 from django.db import models
 
@@ -14,25 +15,32 @@ def make_public_id(prefix: str) -> str:
     return f"{prefix}_{token}"
 
 
-class PublicIdField(models.CharField):
+# Django's fields are generic only to the type checker (django-stubs); at run time they cannot be subscripted.
+if TYPE_CHECKING:
+    _CharField = models.CharField[str, str]
+else:
+    _CharField = models.CharField
+
+
+class PublicIdField(_CharField):
     """A unique, indexed, immutable public id, generated on first save."""
 
-    def __init__(self, *args, prefix: str, **kwargs):
+    def __init__(self, *args: Any, prefix: str, **kwargs: Any) -> None:
         self.prefix = prefix
         kwargs.setdefault("max_length", 32)
         kwargs.setdefault("unique", True)
         kwargs.setdefault("editable", False)
         super().__init__(*args, **kwargs)
 
-    def deconstruct(self):
+    def deconstruct(self) -> Any:
         name, path, args, kwargs = super().deconstruct()
         kwargs["prefix"] = self.prefix
         for key in ("max_length", "unique", "editable"):
             kwargs.pop(key, None)
         return name, path, args, kwargs
 
-    def pre_save(self, model_instance, add):
-        value = getattr(model_instance, self.attname)
+    def pre_save(self, model_instance: models.Model, add: bool) -> str:
+        value: str = getattr(model_instance, self.attname)
         if not value:
             value = make_public_id(self.prefix)
             setattr(model_instance, self.attname, value)

@@ -15,7 +15,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -46,6 +54,30 @@ NOTIFICATION_FAILURES = Counter(
     "Alert notifications that could not be delivered, by channel type (email, webhook, ...).",
     ["channel_type"],
 )
+
+# Redis outages: the API keeps answering on per-process rate-limit buckets, and work that could not be published is
+# left to the sweeps. In multiprocess mode the gauges read 1 when any live process is in fallback.
+RATELIMIT_FALLBACK = Gauge(
+    "controlplane_ratelimit_fallback",
+    "1 while rate limits are counted per process because Redis is unreachable, 0 while they are shared in Redis.",
+    multiprocess_mode="livemax",
+)
+RATELIMIT_FALLBACK_DECISIONS = Counter(
+    "controlplane_ratelimit_fallback_decisions",
+    "Rate-limit decisions taken on per-process buckets because Redis was unreachable.",
+)
+TASK_BROKER_UNREACHABLE = Gauge(
+    "controlplane_task_broker_unreachable",
+    "1 while this process cannot publish Celery tasks (the broker failed and is being retried), else 0.",
+    multiprocess_mode="livemax",
+)
+TASK_PUBLISH_FAILURES = Counter(
+    "controlplane_task_publish_failures",
+    "Celery tasks that could not be published (left to their sweep), by task name and reason (error, broker_down).",
+    ["task", "reason"],
+)
+RATELIMIT_FALLBACK.set(0)
+TASK_BROKER_UNREACHABLE.set(0)
 
 # A gauge source returns its current samples at scrape time: a mapping or an iterable of (label values, value).
 GaugeSamples = Mapping[tuple[str, ...], float] | Iterable[tuple[Sequence[str], float]]

@@ -1,20 +1,29 @@
-"""Settings, all read from the environment (django-environ).
+"""Settings, all read from the environment (django-environ), and from the checkout's `.env` where one exists.
 
 CONTROLPLANE_ENV picks the safety level: `production` (the default, so a forgotten variable fails closed),
-`development` (what `make run` sets) or `test` (what `make test` sets). Production refuses to start without a
-SECRET_KEY or with DEBUG on.
+`development` (what `make run` writes into `.env`) or `test` (what `make test` sets). Production refuses to start
+without a SECRET_KEY or with DEBUG on. One database engine everywhere: PostgreSQL, named by DATABASE_URL.
 """
 
+import os
 from pathlib import Path
+from typing import Any
 
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(environ.Env().str("CONTROLPLANE_VAR_DIR", default=str(BASE_DIR / "var")))
+
+# `make run` writes a development `.env` into the checkout so `manage.py` commands reach the same database and Redis.
+# Variables already in the environment win over the file; CONTROLPLANE_ENV_FILE names another file, or none when
+# empty (the test and benchmark scripts, which must not depend on a developer's local state).
+ENV_FILE = os.environ.get("CONTROLPLANE_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 env = environ.Env()
+VAR_DIR = Path(env.str("CONTROLPLANE_VAR_DIR", default=str(BASE_DIR / "var")))
 ENVIRONMENT = env.str("CONTROLPLANE_ENV", default="production")
 if ENVIRONMENT not in {"production", "development", "test"}:
     raise ImproperlyConfigured(f"CONTROLPLANE_ENV must be production, development or test, not {ENVIRONMENT!r}")
@@ -52,9 +61,12 @@ INSTALLED_APPS = [
     "organizations",
     "audit",
     "projects",
+    "notifications",
     "deployments",
     "billing",
     "alerts",
+    "networking",
+    "iot",
     "console",
     "idempotency",
 ]
@@ -95,20 +107,33 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if not env.str("DATABASE_URL", default=""):
+    raise ImproperlyConfigured(
+        "DATABASE_URL is required (postgres://user:password@host:port/name). In a checkout, `make run` starts a "
+        "local PostgreSQL and writes its URL into .env; `make test` starts a throwaway one."
+    )
+DATABASES: dict[str, dict[str, Any]] = {"default": dict(env.db("DATABASE_URL"))}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    # Advisory locks, row locks with SKIP LOCKED, COPY and ON CONFLICT are used as PostgreSQL defines them.
+    raise ImproperlyConfigured(
+        "DATABASE_URL must name a PostgreSQL database (postgres://…): no other engine is supported"
+    )
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 # PgBouncer in transaction mode cannot hold server-side cursors across statements.
 DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DISABLE_SERVER_SIDE_CURSORS", default=False)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # SQLite is the single-process embedded default: WAL lets the worker and the web process share it.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
-    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# Redis is on the request path only for rate limits (and this cache): a frozen Redis must cost a request a fraction
+# of a second, never hang it. After a failure, each process leaves Redis alone this long before trying it again.
+REDIS_OUTAGE_RETRY_SECONDS = env.float("REDIS_OUTAGE_RETRY_SECONDS", default=5.0)
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+    }
+}
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -213,7 +238,8 @@ BILLING_PAYMENT_TERMS_DAYS = env.int("BILLING_PAYMENT_TERMS_DAYS", default=14)
 BILLING_OVERDUE_REMINDER_DAYS = [1, 3, 7]  # reminders this many days after the due date
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=14)  # then the account's deployments are stopped
 BILLING_DELETE_AFTER_STOPPED_DAYS = env.int("BILLING_DELETE_AFTER_STOPPED_DAYS", default=7)
-BILLING_METERING_MAX_CATCHUP_HOURS = env.int("BILLING_METERING_MAX_CATCHUP_HOURS", default=24 * 7)
+# Metering catches up any gap in full, this many hours per committed batch.
+BILLING_METERING_BATCH_HOURS = env.int("BILLING_METERING_BATCH_HOURS", default=24)
 ANNUAL_QUOTE_VALID_DAYS = 7
 ANNUAL_REMINDER_DAYS = 15
 INVOICE_NUMBER_PREFIX = env.str("INVOICE_NUMBER_PREFIX", default="MQC")
@@ -228,6 +254,13 @@ LOCAL_BROKERS_DIR = Path(env.str("LOCAL_BROKERS_DIR", default=str(VAR_DIR / "bro
 TIER_CHANGE_MIN_INTERVAL_HOURS = env.float("TIER_CHANGE_MIN_INTERVAL_HOURS", default=12.0)
 RECONCILE_SWEEP_SECONDS = env.float("RECONCILE_SWEEP_SECONDS", default=30.0)
 RECONCILE_RESYNC_SECONDS = env.float("RECONCILE_RESYNC_SECONDS", default=300.0)
+# VPC peering polls: backoff from BASE doubling to MAX while waiting on the provider or the customer; an active
+# peering is checked every RESYNC seconds (how fast a peering deleted on the customer's side is noticed).
+VPC_PEERING_POLL_BASE_SECONDS = env.float("VPC_PEERING_POLL_BASE_SECONDS", default=2.0)
+VPC_PEERING_POLL_MAX_SECONDS = env.float("VPC_PEERING_POLL_MAX_SECONDS", default=300.0)
+VPC_PEERING_RESYNC_SECONDS = env.float("VPC_PEERING_RESYNC_SECONDS", default=300.0)
+# A CA bundle the cloud SDKs verify the providers' endpoints with (a TLS-inspecting proxy); empty: the system's.
+CLOUD_CA_BUNDLE = env.str("CLOUD_CA_BUNDLE", default="")
 # The EMQX Enterprise licence key every Kubernetes deployment runs with (docs/operations/emqx-operator.md): without
 # one EMQX allows 25 sessions (5.8) or a single node (5.9+), so the Kubernetes driver refuses to render.
 EMQX_LICENSE_KEY = env.str("EMQX_LICENSE_KEY", default="")
@@ -242,6 +275,14 @@ COLLECT_INTERVAL_SECONDS = 60
 # One broker's collection never takes longer than this (MQTT connect and $SYS read, or each EMQX API call).
 COLLECT_TIMEOUT_SECONDS = env.float("COLLECT_TIMEOUT_SECONDS", default=5.0)
 
+# --- IoT platform (Premium): the platform agent (`manage.py platform_agent`, docs/iot.md) ---
+# A lease not renewed for this long is free for another agent: a killed agent's deployments move within it plus
+# one heartbeat.
+IOT_AGENT_LEASE_SECONDS = env.float("IOT_AGENT_LEASE_SECONDS", default=10.0)
+IOT_AGENT_HEARTBEAT_SECONDS = env.float("IOT_AGENT_HEARTBEAT_SECONDS", default=2.0)
+IOT_AGENT_MAX_DEPLOYMENTS = env.int("IOT_AGENT_MAX_DEPLOYMENTS", default=200)
+IOT_SHADOW_HISTORY_DAYS = env.int("IOT_SHADOW_HISTORY_DAYS", default=30)
+
 # --- REST API ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -250,7 +291,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["controlplane.api.parsers.BoundedJSONParser"],
     # No OPTIONS introspection: the OpenAPI document describes every operation, and OPTIONS answers 405.
     "DEFAULT_METADATA_CLASS": None,
     "DEFAULT_PAGINATION_CLASS": "controlplane.api.pagination.CursorPagination",
@@ -280,6 +321,8 @@ SPECTACULAR_SETTINGS = {
         "AlertStatusEnum": "alerts.models.AlertStatus",
         "AlertRuleKindEnum": "alerts.models.AlertRule.Kind",
         "MaintenanceWindowStatusEnum": "deployments.models.MaintenanceWindow.Status",
+        "TlsCertificateKindEnum": "deployments.models.TlsCertificate.Kind",
+        "TlsCertificateSourceEnum": "deployments.models.TlsCertificate.Source",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -304,6 +347,8 @@ RATE_LIMITS = {
     "principal": env.tuple("RATE_LIMIT_PRINCIPAL", cast=float, default=(300.0, 10.0)),
 }
 RATE_LIMITS_ENABLED = env.bool("RATE_LIMITS_ENABLED", default=True)
+# How long a rate-limit decision may wait for Redis before the per-process buckets decide instead.
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env.float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", default=0.5)
 
 # --- Celery ---
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
@@ -317,7 +362,12 @@ CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+# Publishing happens in requests (after commit): against a frozen or stopped broker it must fail within about a second
+# or two and leave the work to the sweeps, never retry for long. Workers reconnect on their own.
+CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+BROKER_OUTAGE_RETRY_SECONDS = env.float("BROKER_OUTAGE_RETRY_SECONDS", default=5.0)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "deployments.*": {"queue": "provisioning"},
@@ -327,6 +377,7 @@ CELERY_TASK_ROUTES = {
     "alerts.*": {"queue": "notifications"},
     "idempotency.*": {"queue": "default"},
     "accounts.*": {"queue": "default"},
+    "networking.*": {"queue": "provisioning"},
 }
 CELERY_ALL_QUEUES = ["default", "provisioning", "billing", "monitoring", "notifications"]
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -341,6 +392,9 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing.process_overdue": {"task": "billing.process_overdue", "schedule": crontab(minute=40, hour=6)},
     "billing.process_annual_renewals": {"task": "billing.process_annual_renewals", "schedule": crontab(minute=10)},
+    "billing.check_vat_numbers": {"task": "billing.check_vat_numbers", "schedule": crontab(minute="*/5")},
+    # The ECB publishes its reference rates around 16:00 CET on working days.
+    "billing.load_exchange_rates": {"task": "billing.load_exchange_rates", "schedule": crontab(minute=30, hour=15)},
     "deployments.sweep_reconcile": {"task": "deployments.sweep_reconcile", "schedule": RECONCILE_SWEEP_SECONDS},
     # On the provisioning queue: the workers that run the local driver are the ones that can see its brokers. A look
     # not taken within its period is dropped, not queued up behind the next one.
@@ -359,6 +413,8 @@ CELERY_BEAT_SCHEDULE = {
     # A delivery whose retry message was lost (worker killed, Redis flushed) is picked up again.
     "alerts.resume_deliveries": {"task": "alerts.resume_deliveries", "schedule": crontab(minute="*/5")},
     "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments", "schedule": crontab(minute="*/5")},
+    # Re-drives VPC peering polls a lost task left behind, and feeds the peering-abnormal metric every minute.
+    "networking.sweep_peerings": {"task": "networking.sweep_peerings", "schedule": crontab()},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 

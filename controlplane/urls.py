@@ -1,7 +1,7 @@
 """The URL map: the REST API under /api/v1, its schema and docs, the console, the admin, probes."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
@@ -10,6 +10,7 @@ from billing.api import stripe_webhook
 from console.api_docs import RedocView, redoc_bundle
 from controlplane import health
 from controlplane.api.meta import RateLimitsView
+from controlplane.api.problems import api_not_found
 from controlplane.metrics import metrics_view
 from organizations.api import (
     ApiKeyViewSet,
@@ -34,7 +35,7 @@ org_router.register("audit-events", AuditEventViewSet, basename="audit-event")
 organization_detail = OrganizationViewSet.as_view({"get": "retrieve", "patch": "partial_update"})
 organization_transfer = OrganizationViewSet.as_view({"post": "transfer_ownership"})
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("organizations", OrganizationListView.as_view(), name="organization-list"),
     path("organizations/<str:org>", organization_detail, name="organization-detail"),
     path("organizations/<str:org>/transfer-ownership", organization_transfer, name="organization-transfer"),
@@ -42,8 +43,11 @@ api_v1 = [
     path("invitations/accept", InvitationAcceptView.as_view(), name="invitation-accept"),
     path("rate-limits", RateLimitsView.as_view(), name="rate-limits"),
     path("", include("deployments.urls")),
+    path("", include("notifications.urls")),
     path("", include("alerts.urls")),
     path("", include("billing.urls")),
+    path("", include("networking.urls")),
+    path("", include("iot.urls")),
 ]
 
 urlpatterns = [
@@ -54,6 +58,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/redoc/redoc.standalone.js", redoc_bundle, name="redoc-bundle"),
+    re_path(r"^api/", api_not_found),  # last of /api/: an unmatched API path is a problem+json 404, never HTML
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

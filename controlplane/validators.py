@@ -7,6 +7,7 @@ fields run Django validators and turn their ValidationError into a field error t
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.utils.deconstruct import deconstructible
@@ -31,7 +32,7 @@ def control_character_message(position: int, character: str) -> str:
     )
 
 
-def refuse_control_characters(value) -> None:
+def refuse_control_characters(value: object) -> None:
     """Raise Django's ValidationError (code `control_character`) if the string `value` holds a control character.
 
     Anything but a string passes: the field's own type check answers for that."""
@@ -52,10 +53,10 @@ class NoControlCharacters:
     def __init__(self, *, reaches_broker: bool = False) -> None:
         self.reaches_broker = reaches_broker
 
-    def __call__(self, value) -> None:
+    def __call__(self, value: object) -> None:
         refuse_control_characters(value)
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, NoControlCharacters) and other.reaches_broker == self.reaches_broker
 
     def __hash__(self) -> int:
@@ -72,12 +73,13 @@ class RefuseControlCharactersMixin:
     `broker_text` when the class sets `reaches_broker = True`."""
 
     reaches_broker = False
+    validators: list[Any]  # the field's own, set by the field class this is mixed into
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.validators.append(broker_text if self.reaches_broker else no_control_characters)
 
 
-def reaches_broker(field) -> bool:
+def reaches_broker(field: object) -> bool:
     """Whether a model, form or serializer field carries the broker marker."""
     return any(isinstance(v, NoControlCharacters) and v.reaches_broker for v in getattr(field, "validators", ()))

@@ -13,6 +13,7 @@ from controlplane.errors import DomainError
 from deployments import services
 from deployments.models import (
     AclRule,
+    CertificateAuthority,
     Deployment,
     DeploymentEvent,
     MaintenanceWindow,
@@ -24,6 +25,7 @@ from deployments.models import (
     Region,
     StatusInterval,
     Tier,
+    TlsCertificate,
 )
 
 
@@ -208,3 +210,49 @@ class StatusIntervalAdmin(admin.ModelAdmin):
 
 
 admin.site.register([DeploymentEvent, MqttUser, AclRule, RateLimitPolicy])
+
+
+@admin.register(TlsCertificate)
+class TlsCertificateAdmin(AuditedModelAdmin, admin.ModelAdmin):
+    """Read-only: certificates come and go through the API's checks (deployments.tls_services); keys never show."""
+
+    list_display = ("public_id", "deployment", "kind", "source", "subject", "not_after")
+    list_filter = ("kind", "source")
+    search_fields = ("public_id", "deployment__public_id", "subject", "fingerprint_sha256")
+    exclude = ("private_key_encrypted",)
+    readonly_fields = [f.name for f in TlsCertificate._meta.concrete_fields if f.name != "private_key_encrypted"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CertificateAuthority)
+class CertificateAuthorityAdmin(AuditedModelAdmin, admin.ModelAdmin):
+    """The control plane's CA: shown, never edited (its key is not even read here)."""
+
+    list_display = ("subject", "not_before", "not_after", "fingerprint_sha256")
+    exclude = ("private_key_encrypted",)
+    readonly_fields = (
+        "name",
+        "certificate_pem",
+        "subject",
+        "not_before",
+        "not_after",
+        "fingerprint_sha256",
+        "created_at",
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

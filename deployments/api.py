@@ -1,13 +1,16 @@
-"""REST API for the catalog and deployments: CRUD, lifecycle actions, operations, events, MQTT users, ACL, rate limits.
+"""REST API for the catalog and deployments: CRUD, lifecycle actions, operations, events, MQTT users, ACL, rate limits,
+TLS certificates and the CA certificate download.
 
 Thin: parse with a strict input serializer, let ScopedViewSet resolve the tenant and check the scope, call one
 service, serialize. Asynchronous changes answer 202 with the deployment and its Operation.
 """
 
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
+    OpenApiResponse,
     extend_schema,
     extend_schema_field,
     extend_schema_serializer,
@@ -18,7 +21,8 @@ from rest_framework.response import Response
 from controlplane.api.pagination import CursorPagination
 from controlplane.api.serializers import BrokerTextField, InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import PublicAPIView, ScopedViewSet
-from deployments import selectors, services
+from controlplane.validators import CONTROL_CHARACTER_CODE, find_control_character
+from deployments import selectors, services, tls_services
 from deployments.models import (
     AclRule,
     Deployment,
@@ -30,6 +34,7 @@ from deployments.models import (
     Price,
     RateLimitPolicy,
     Region,
+    TlsCertificate,
 )
 from organizations import access
 from projects.models import Project
@@ -157,7 +162,7 @@ _DEPLOYMENT_EXAMPLE = {
     ],
     "generation": 1,
     "observed_generation": 1,
-    "connection": {"host": "127.0.0.1", "ports": {"mqtt": 21883}},
+    "connection": {"host": "127.0.0.1", "ports": {"mqtt": 21883, "ws": 21884, "mqtts": 21885, "wss": 21886}},
     "deletion_protection": False,
     "last_error": "",
     "last_tier_change_at": None,
@@ -856,7 +861,12 @@ class AclRuleCreateSerializer(InputSerializer):
     username = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
     client_id = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
     position = serializers.IntegerField(
-        min_value=0, required=False, allow_null=True, default=None, help_text="0 is evaluated first; default: last."
+        min_value=0,
+        max_value=2**31 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="0 is evaluated first; default: last.",
     )
 
 
@@ -866,7 +876,7 @@ class AclRuleUpdateSerializer(InputSerializer):
     topic = BrokerTextField(max_length=1024, trim_whitespace=False, allow_blank=True, required=False)
     username = BrokerTextField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
     client_id = BrokerTextField(max_length=128, required=False, allow_null=True, trim_whitespace=False)
-    position = serializers.IntegerField(min_value=0, required=False)
+    position = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
 
 
 class AclRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _DeploymentChildViewSet):
@@ -925,13 +935,28 @@ class AclRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deployme
 class RateLimitPolicySerializer(serializers.Serializer):
     level = serializers.ChoiceField(choices=RateLimitPolicy.Level.choices)
     max_conn_rate = serializers.IntegerField(
-        min_value=1, required=False, allow_null=True, default=None, help_text="New connections per second."
+        min_value=1,
+        max_value=2**31 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="New connections per second.",
     )
     messages_rate = serializers.IntegerField(
-        min_value=1, required=False, allow_null=True, default=None, help_text="Messages per second."
+        min_value=1,
+        max_value=2**31 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Messages per second.",
     )
     bytes_rate = serializers.IntegerField(
-        min_value=1, required=False, allow_null=True, default=None, help_text="Bytes per second."
+        min_value=1,
+        max_value=2**63 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Bytes per second.",
     )
 
 
@@ -1050,3 +1075,261 @@ class RateLimitViewSet(_DeploymentChildViewSet):
             deployment=deployment, actor=self.principal, policies=data.validated_data["policies"]
         )
         return self._answer(deployment, operation)
+
+
+# --- TLS: certificates and the control plane's CA ----------------------------------------------------------------
+
+TLS_TAG = ["deployment TLS"]
+_PEM_EXAMPLE = "-----BEGIN CERTIFICATE-----\nMIIBvDCCAWKgAwIBAgIU…\n-----END CERTIFICATE-----\n"
+_TLS_CERTIFICATE_EXAMPLE = {
+    "id": "crt_k4m2x9q4b8c1v5n6z7a0",
+    "deployment": "dep_m3k2x9q4b8c1v5n6z7a0",
+    "kind": "server",
+    "source": "customer",
+    "active": True,
+    "subject": "CN=mqtt.acme.example,O=Acme",
+    "common_name": "mqtt.acme.example",
+    "issuer": "CN=Acme Issuing CA,O=Acme",
+    "sans": ["mqtt.acme.example"],
+    "not_before": "2026-11-01T00:00:00Z",
+    "not_after": "2027-11-01T00:00:00Z",
+    "fingerprint_sha256": "3F:9A:…:C2",
+    "key_type": "EC P-256",
+    "certificate": _PEM_EXAMPLE,
+    "chain": _PEM_EXAMPLE,
+    "host_names": ["mqtt.acme.example"],
+    "require_client_certificate": None,
+    "use_identity_as_username": None,
+    "warnings": [
+        "The certificate's names do not cover 127.0.0.1, this deployment's own address: clients connecting to it "
+        "by that name will refuse the certificate."
+    ],
+    "replaced": None,
+    "operation": "op_q2w3e4r5t6y7u8i9o0pa",
+    "created_at": "2026-11-02T10:00:00Z",
+}
+
+
+class PemTextField(StrictCharField):
+    """PEM text: several lines, so line breaks (and only they, among control characters) are allowed; the content
+    itself is parsed and re-encoded by deployments.tls before anything is stored."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("max_length", 65536)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        found = find_control_character(value.replace("\r", "").replace("\n", ""))
+        if found is not None:
+            raise serializers.ValidationError(
+                f"PEM text may hold line breaks but no other control character; found U+{ord(found[1]):04X}.",
+                code=CONTROL_CHARACTER_CODE,
+            )
+        return value
+
+
+@extend_schema_serializer(
+    examples=[OpenApiExample("Server certificate", value=_TLS_CERTIFICATE_EXAMPLE, response_only=True)]
+)
+class TlsCertificateSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    deployment = serializers.CharField(source="deployment.public_id", read_only=True)
+    active = serializers.SerializerMethodField(
+        help_text="Whether the TLS listeners use it now: a customer's server certificate replaces the issued one."
+    )
+    certificate = serializers.CharField(
+        source="certificate_pem", read_only=True, help_text="PEM: the server certificate, or the client CA bundle."
+    )
+    chain = serializers.CharField(source="chain_pem", read_only=True, help_text="PEM: its issuers up to the root.")
+    sans = serializers.ListField(child=serializers.CharField(), read_only=True, help_text="DNS names and IPs.")
+    host_names = serializers.ListField(child=serializers.CharField(), read_only=True)
+    warnings = serializers.ListField(child=serializers.CharField(), read_only=True)
+    require_client_certificate = serializers.SerializerMethodField()
+    use_identity_as_username = serializers.SerializerMethodField()
+    replaced = serializers.SerializerMethodField(help_text="The certificate this upload replaced, if any.")
+    operation = serializers.SerializerMethodField(help_text="The configure operation a write started.")
+
+    class Meta:
+        model = TlsCertificate
+        fields = [
+            "id",
+            "deployment",
+            "kind",
+            "source",
+            "active",
+            "subject",
+            "common_name",
+            "issuer",
+            "sans",
+            "not_before",
+            "not_after",
+            "fingerprint_sha256",
+            "key_type",
+            "certificate",
+            "chain",
+            "host_names",
+            "require_client_certificate",
+            "use_identity_as_username",
+            "warnings",
+            "replaced",
+            "operation",
+            "created_at",
+        ]
+
+    def get_active(self, obj) -> bool:
+        if obj.kind == TlsCertificate.Kind.CLIENT_CA or obj.source == TlsCertificate.Source.CUSTOMER:
+            return True
+        customer_servers = self.context.get("customer_server_deployments")
+        if customer_servers is None:
+            return not TlsCertificate.objects.filter(
+                deployment_id=obj.deployment_id, kind="server", source="customer"
+            ).exists()
+        return obj.deployment_id not in customer_servers
+
+    def get_require_client_certificate(self, obj) -> bool | None:
+        return obj.require_client_certificate if obj.kind == TlsCertificate.Kind.CLIENT_CA else None
+
+    def get_use_identity_as_username(self, obj) -> bool | None:
+        return obj.use_identity_as_username if obj.kind == TlsCertificate.Kind.CLIENT_CA else None
+
+    def get_replaced(self, obj) -> str | None:
+        return self.context.get("replaced")
+
+    def get_operation(self, obj) -> str | None:
+        return self.context.get("operation")
+
+
+class TlsCertificateCreateSerializer(InputSerializer):
+    kind = serializers.ChoiceField(
+        choices=TlsCertificate.Kind.choices,
+        help_text="`server`: the certificate the TLS listeners serve (one-way TLS), replacing the issued one. "
+        "`client_ca`: the CA that signs your clients' certificates (two-way TLS). A new one of a kind replaces the "
+        "previous one.",
+    )
+    certificate = PemTextField(help_text="PEM. server: the certificate alone; client_ca: one or more CA certificates.")
+    private_key = PemTextField(
+        required=False,
+        write_only=True,
+        help_text="server only, required: the unencrypted PEM key (RSA 2048+ or EC P-256+). Write-only; kept "
+        "encrypted, never shown again.",
+    )
+    chain = PemTextField(
+        required=False,
+        allow_blank=True,
+        help_text="server only: the issuing certificates in order up to and including the root (empty for a "
+        "self-signed certificate).",
+    )
+    host_names = serializers.ListField(
+        child=PlainTextField(max_length=253),
+        required=False,
+        max_length=20,
+        help_text="server only: the host names your clients connect to; each must be covered by the certificate.",
+    )
+    require_client_certificate = serializers.BooleanField(
+        required=False,
+        help_text="client_ca only (default true): refuse TLS clients without a certificate. Local regions "
+        "(mosquitto) require it.",
+    )
+    use_identity_as_username = serializers.BooleanField(
+        required=False,
+        help_text="client_ca only (default false): the client certificate's common name is the MQTT username and "
+        "no password is asked on mqtts/wss.",
+    )
+
+
+class TlsCertificatePagination(CursorPagination):
+    ordering = ("kind", "-created_at", "-id")
+
+
+class TlsCertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _DeploymentChildViewSet):
+    """The deployment's certificates: the server certificate the control plane issued, the customer's own server
+    certificate and client CA. Writes answer 201/204 and apply asynchronously (the returned operation)."""
+
+    queryset = TlsCertificate.objects.select_related("deployment")
+    lookup_url_kwarg = "cert"
+    serializer_class = TlsCertificateSerializer
+    pagination_class = TlsCertificatePagination
+    required_scopes = {
+        "list": "deployment:read",
+        "retrieve": "deployment:read",
+        "create": "deployment:configure",
+        "destroy": "deployment:configure",
+        "ca_pem": "deployment:read",
+    }
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if "dep" in self.kwargs:
+            context["customer_server_deployments"] = set(
+                TlsCertificate.objects.filter(
+                    deployment__public_id=self.kwargs["dep"], kind="server", source="customer"
+                ).values_list("deployment_id", flat=True)
+            )
+        return context
+
+    def perform_content_negotiation(self, request, force=False):
+        # The PEM is served whatever Accept says; errors stay problem+json, so no PEM renderer is registered.
+        return super().perform_content_negotiation(request, force=force or self.action == "ca_pem")
+
+    @extend_schema(summary="List the deployment's TLS certificates", tags=TLS_TAG)
+    def list(self, request, *args, **kwargs):
+        self.deployment()
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Describe a TLS certificate (never its key)", tags=TLS_TAG)
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="Add a server certificate (one-way TLS) or a client CA (two-way TLS)",
+        description="Checked before anything is stored: the PEM parses, the key matches the certificate and is RSA "
+        "2048+ or EC P-256+, every certificate is within its dates, the chain verifies up to its root, the names "
+        "cover `host_names`. Names that do not cover the deployment's own address are a warning. Applied without "
+        "dropping connected clients where the broker can reload it (see `warnings` and the operation).",
+        tags=TLS_TAG,
+        request=TlsCertificateCreateSerializer,
+        responses={201: TlsCertificateSerializer},
+    )
+    def create(self, request, *args, **kwargs):
+        deployment = self.deployment()
+        data = TlsCertificateCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        certificate, operation, replaced = tls_services.tls_certificate_create(
+            deployment=deployment, actor=self.principal, **data.validated_data
+        )
+        context = {"operation": operation.public_id, "replaced": replaced}
+        return Response(TlsCertificateSerializer(certificate, context=context).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Remove a certificate of your own (the issued server certificate is served again; removing the "
+        "client CA turns two-way TLS off)",
+        tags=TLS_TAG,
+        responses={204: None},
+    )
+    def destroy(self, request, *args, **kwargs):
+        tls_services.tls_certificate_delete(certificate=self.get_object(), actor=self.principal)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Download the control plane's CA certificate, which signs the deployment's issued certificate",
+        description="Clients that verify the broker (mqtts, wss) against this CA accept the certificate the control "
+        "plane issued the deployment. While a server certificate of your own is served, verify against your own "
+        "CA instead.",
+        operation_id="organizations_projects_deployments_ca_pem_retrieve",
+        tags=TLS_TAG,
+        responses={
+            (200, "application/x-pem-file"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="The CA certificate, PEM. Clients verify the broker's issued certificate against it.",
+                examples=[OpenApiExample("CA", value=_PEM_EXAMPLE, media_type="application/x-pem-file")],
+            )
+        },
+    )
+    def ca_pem(self, request, *args, **kwargs):
+        deployment = self.deployment()
+        authority = tls_services.certificate_authority()
+        response = HttpResponse(authority.certificate_pem, content_type="application/x-pem-file")
+        response["Content-Disposition"] = f'attachment; filename="{deployment.public_id}-ca.pem"'
+        return response

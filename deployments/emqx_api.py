@@ -114,12 +114,13 @@ class EmqxApi:
                 self._request("DELETE", f"{auth_path}/users/{quote(user_id, safe='')}", expected=(204, 404))
 
     # -- ACL ---------------------------------------------------------------------------------------------------
-    def sync_acl(self, entries: Iterable[AclEntry]) -> None:
+    def sync_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
         """Make the built-in database rules the per-subject lists that decide as the ordered `entries` do.
 
         EMQX checks a client's client-id rules, then its username's rules, then the rules for all
         (emqx_authz_mnesia:authorize/4); deployments.emqx_acl compiles our one ordered list into those three,
-        or refuses an order EMQX cannot express.
+        or refuses an order EMQX cannot express. A confined user among `users` gets its own username list (its
+        topics, then deny everything), which EMQX checks before the rules for all, so those never reach it.
         """
         try:
             compiled = emqx_acl.compile_acl(list(entries))
@@ -130,6 +131,12 @@ class EmqxApi:
             return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
 
         by_user = {who: wire(rules) for who, rules in compiled.by_username.items()}
+        for user in users:
+            if user.confined_to is not None:
+                by_user[user.username] = [
+                    *({"topic": topic, "permission": "allow", "action": "all"} for topic in user.confined_to),
+                    {"topic": "#", "permission": "deny", "action": "all"},
+                ]
         by_client = {who: wire(rules) for who, rules in compiled.by_client_id.items()}
         for_all = wire(compiled.for_all)
 

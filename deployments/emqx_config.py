@@ -217,6 +217,8 @@ def max_connections_per_listener(spec: BrokerSpec) -> int:
 
 
 def _ssl_options(spec: BrokerSpec) -> dict:
+    """Two-way TLS when the spec carries a client CA: `verify_peer` against it, and `fail_if_no_peer_cert` when a
+    client without a certificate is to be refused (v5.8.6 emqx_schema common_ssl_opts_schema/2)."""
     tls = spec.tls
     assert tls is not None
     return {
@@ -224,8 +226,15 @@ def _ssl_options(spec: BrokerSpec) -> dict:
         "keyfile": f"{TLS_MOUNT_PATH}/tls.key",
         "cacertfile": f"{TLS_MOUNT_PATH}/ca.crt" if tls.has_client_ca else IMAGE_CA_FILE,
         "verify": "verify_peer" if tls.verify_peer else "verify_none",
-        "fail_if_no_peer_cert": bool(tls.verify_peer),
+        "fail_if_no_peer_cert": bool(tls.verify_peer and tls.require_client_certificate),
     }
+
+
+def _identity_as_username(spec: BrokerSpec) -> bool:
+    """The client certificate's common name is the username (mosquitto's use_identity_as_username): only with a
+    certificate every TLS client must present."""
+    tls = spec.tls
+    return bool(tls and tls.use_identity_as_username and tls.verify_peer and tls.require_client_certificate)
 
 
 def config_tree(spec: BrokerSpec) -> dict:
@@ -251,8 +260,17 @@ def config_tree(spec: BrokerSpec) -> dict:
         }
         if listener_type in TLS_LISTENER_TYPES and spec.tls is not None:
             listener["ssl_options"] = _ssl_options(spec)
+            # With the identity as username the verified certificate is the authentication (as with mosquitto's
+            # use_identity_as_username): no password is asked on the TLS listeners, which refuse any client
+            # without a certificate. Rendered either way: the operator merges config, a key once set stays.
+            listener["enable_authn"] = not _identity_as_username(spec)
         listeners[listener_type] = {"default": listener}
     mqtt: dict[str, object] = {"max_packet_size": spec.message_size_limit}
+    if spec.tls is not None:
+        # Zone-wide, but only a connection that presented a certificate has a common name to take: without one
+        # the CONNECT's username is kept (v5.8.6 emqx_channel:set_peercert_infos/3 then set_username/2), so the
+        # tcp and ws listeners are unaffected.
+        mqtt["peer_cert_as_username"] = "cn" if _identity_as_username(spec) else "disabled"
     # The dashboard listener keeps EMQX's default port, which is where the operator looks for the API too
     # (emqx-operator 2.2.29 apis/apps/v2beta1/util.go GetDashboardPortMap defaults to 18083).
     tree: dict[str, object] = {

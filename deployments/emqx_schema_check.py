@@ -140,6 +140,10 @@ def _describe(type_: Mapping) -> str:
 def _word(value: object) -> str | None:
     if value.__class__.__name__ == "Infinity":
         return "infinity"
+    if isinstance(value, bool):
+        # HOCON's true/false parse to the atoms an enum such as enable_authn's ([true, false, quick_deny_anonymous])
+        # lists, and an enum takes an atom as it is (emqx/hocon src/hocon_tconf.erl check_enum_symbol/2).
+        return "true" if value else "false"
     return value if isinstance(value, str) else None
 
 

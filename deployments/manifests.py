@@ -193,6 +193,33 @@ def render_license_secret(spec: BrokerSpec) -> dict:
     }
 
 
+def render_tls_secret(spec: BrokerSpec) -> dict | None:
+    """The certificate Secret the TLS listeners mount (a kubernetes.io/tls Secret: `tls.crt` holds the server
+    certificate and its chain, `tls.key` its key, `ca.crt` the client CA for two-way TLS), or None when the spec
+    names a Secret without carrying its material (one that exists already). Replacing its content changes no file
+    path and no pod template, so no node is replaced: the kubelet updates the mounted files in place."""
+    tls = spec.tls
+    if tls is None or not tls.certificate_pem:
+        return None
+    if not tls.private_key_pem:
+        raise ValueError("the TLS material has a certificate but no private key")
+    if tls.has_client_ca and not tls.client_ca_pem:
+        raise ValueError("two-way TLS needs the client CA's certificate")
+    files = {"tls.crt": tls.certificate_pem, "tls.key": tls.private_key_pem}
+    if tls.has_client_ca:
+        files["ca.crt"] = tls.client_ca_pem
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": tls.secret_name, "namespace": namespace_name(spec.name), "labels": _labels(spec)},
+        "type": "kubernetes.io/tls",
+        # `data`, not `stringData`: server-side apply tracks `data` keys by field manager, so a key this manager
+        # stops sending (the client CA, when two-way TLS is turned off) is removed; stringData is folded into data
+        # before the merge and leaves such a key behind (kubernetes/kubernetes#108008).
+        "data": {name: base64.b64encode(text.encode("ascii")).decode("ascii") for name, text in files.items()},
+    }
+
+
 def api_key_digest(spec: BrokerSpec) -> str:
     return hashlib.sha256(f"{spec.api_key}:{spec.api_secret}".encode()).hexdigest()[:16]
 
@@ -309,6 +336,9 @@ def render_manifests(spec: BrokerSpec) -> list[dict]:
         render_api_key_secret(spec),
     ]
     manifests.append(render_license_secret(spec))
+    tls_secret = render_tls_secret(spec)
+    if tls_secret is not None:
+        manifests.append(tls_secret)
     if spec.running:
         manifests.append(render_emqx(spec))
     return manifests

@@ -32,6 +32,11 @@ class Region(models.Model):
     storage_class = models.CharField(max_length=64, blank=True, validators=[broker_text])
     service_type = models.CharField(max_length=32, default="LoadBalancer", validators=[broker_text])
     is_open = models.BooleanField(default=True, help_text="Open for new deployments.")
+    # The platform's cloud network in this region, as the operator loads it (load_regions' `network:` block): the
+    # provider's account/project/subscription, the VPC or VNet, its CIDR. Empty for a region without one (local).
+    network = models.JSONField(default=dict, blank=True, help_text="Cloud network: see docs/operations/regions.md.")
+    # Fernet token of a JSON object: the credentials the networking adapters call the provider's API with.
+    cloud_credentials_encrypted = models.TextField(blank=True, editable=False)
     tiers = models.ManyToManyField("Tier", blank=True, related_name="regions", help_text="Tiers offered here.")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -347,7 +352,7 @@ class MaintenanceWindow(models.Model):
     """Announced maintenance of one deployment: its brokers restart once, inside [starts_at, ends_at).
 
     Written only by deployments.services (maintenance_schedule, maintenance_cancel, maintenance_start_due). While a
-    scheduled or in-progress window covers now, the deployment's alerts are withheld (alerts.services).
+    scheduled or in-progress window covers now, the deployment's alerts are withheld (alerts.evaluate).
     """
 
     class Status(models.TextChoices):
@@ -386,3 +391,92 @@ class MaintenanceWindow(models.Model):
 
 
 OPEN_MAINTENANCE_STATES = (MaintenanceWindow.Status.SCHEDULED, MaintenanceWindow.Status.IN_PROGRESS)
+
+
+class CertificateAuthority(models.Model):
+    """The control plane's own CA: it signs every deployment's default server certificate.
+
+    One row (the `name` is unique and always "default"), created on first use by deployments.tls_services under an
+    advisory lock. Its private key is a Fernet token (controlplane.crypto) and is never shown anywhere.
+    """
+
+    name = models.CharField(max_length=32, unique=True, default="default", editable=False)
+    certificate_pem = models.TextField(editable=False)
+    private_key_encrypted = models.TextField(editable=False)
+    subject = models.CharField(max_length=1024, editable=False)
+    not_before = models.DateTimeField(editable=False)
+    not_after = models.DateTimeField(editable=False)
+    fingerprint_sha256 = models.CharField(max_length=95, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "certificate authorities"
+
+    def __str__(self):
+        return f"{self.subject} (until {self.not_after:%Y-%m-%d})"
+
+
+class TlsCertificate(models.Model):
+    """A certificate a deployment's TLS listeners (mqtts, wss) use.
+
+    `server`: what the listeners serve. The control plane issues one per deployment (source control_plane); a
+    customer's own (source customer) replaces it while it exists. `client_ca`: the CA(s) that sign the clients'
+    certificates; its presence turns two-way TLS on. The private key is write-only: a Fernet token, never shown.
+    Every field but the key is derived from the parsed certificate by deployments.tls, never typed.
+    """
+
+    class Kind(models.TextChoices):
+        SERVER = "server", "Server certificate"
+        CLIENT_CA = "client_ca", "Client CA (two-way TLS)"
+
+    class Source(models.TextChoices):
+        CUSTOMER = "customer", "Uploaded by the customer"
+        CONTROL_PLANE = "control_plane", "Issued by the control plane's CA"
+
+    public_id = PublicIdField(prefix="crt")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="tls_certificates")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.CUSTOMER)
+    # Written only by deployments.tls_services from certificates deployments.tls parsed and re-encoded: never typed,
+    # so not editable anywhere (a value that reaches a broker file must have passed the parser).
+    certificate_pem = models.TextField(editable=False)
+    chain_pem = models.TextField(blank=True, editable=False)
+    private_key_encrypted = models.TextField(blank=True, editable=False)
+    subject = models.CharField(max_length=1024, editable=False)
+    common_name = models.CharField(max_length=256, blank=True, editable=False)
+    issuer = models.CharField(max_length=1024, editable=False)
+    sans = models.JSONField(default=list, blank=True, editable=False)
+    not_before = models.DateTimeField(editable=False)
+    not_after = models.DateTimeField(editable=False)
+    fingerprint_sha256 = models.CharField(max_length=95, editable=False)
+    key_type = models.CharField(max_length=32, editable=False)
+    # client_ca only: whether a client must present a certificate, and whether its CN becomes its MQTT username.
+    require_client_certificate = models.BooleanField(default=True)
+    use_identity_as_username = models.BooleanField(default=False)
+    # server only: the host names the customer said their clients use (each covered by the certificate).
+    host_names = models.JSONField(default=list, blank=True, editable=False)
+    warnings = models.JSONField(default=list, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["kind", "-created_at", "id"]
+        constraints = [
+            # One of each: the customer's server certificate, the issued one, the client CA. A new upload of a kind
+            # replaces the old one in the same transaction.
+            models.UniqueConstraint(fields=["deployment", "kind", "source"], name="tls_certificate_one_per_kind"),
+            models.CheckConstraint(
+                condition=Q(kind="server") | Q(source="customer"), name="tls_certificate_client_ca_is_customer"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="client_ca", private_key_encrypted="")
+                | Q(kind="server") & ~Q(private_key_encrypted=""),
+                name="tls_certificate_key_only_for_server",
+            ),
+        ]
+        indexes = [models.Index(fields=["not_after"], name="tls_certificate_expiry_idx")]
+
+    def __str__(self):
+        return f"{self.kind} {self.subject} ({self.public_id})"

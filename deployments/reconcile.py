@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane import crypto, db
+from deployments import extensions, tls_services
 from deployments.drivers.base import (
     AclEntry,
     BrokerSpec,
@@ -39,6 +40,7 @@ from deployments.models import (
     Region,
     Status,
     StatusInterval,
+    TlsCertificate,
 )
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
     try:
         kubeconfig = crypto.decrypt_str(region.kubeconfig_encrypted)
         api_secret = crypto.decrypt_str(deployment.api_secret_encrypted)
+        tls = tls_services.broker_tls_material(deployment)
     except ValueError as exc:
         raise PermanentDriverError(
             f"a stored secret cannot be read ({exc}); the operator must restore the key"
@@ -115,6 +118,8 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
                 is_superuser=True,
             )
         )
+    # Users other apps own (Premium devices, the platform agent), through the extension point.
+    users.extend(extensions.contributed_users(deployment))
     acl = tuple(
         AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
         for r in deployment.acl_rules.order_by("position", "id")
@@ -145,6 +150,7 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
         restart_nonce=deployment.restart_nonce,
         api_key=API_KEY_NAME,
         api_secret=api_secret,
+        tls=tls,
         **_emqx_spec(deployment, local),
     )
 
@@ -158,8 +164,6 @@ def _emqx_spec(deployment: Deployment, local: bool) -> dict:
     return {
         "version": deployment.emqx_version or emqx_versions.DEFAULT_VERSION,
         "license_key": settings.EMQX_LICENSE_KEY,
-        # No certificate material exists yet (TlsCertificate comes later): the TLS listeners stay disabled.
-        "tls": None,
         # Durable sessions stay off, Premium included: emqx-operator 2.2.x replaces every core node on an update
         # without moving the builtin_raft replicas to the new nodes (only its unreleased 2.3 line does), so the
         # first maintenance would strand the sessions' storage. Sessions survive maintenance by evacuation instead.
@@ -195,10 +199,21 @@ def _reconcile(deployment_id: int) -> Outcome:
         return Outcome("failed", message=deployment.last_error)
     generation, desired = deployment.generation, deployment.desired_state
     try:
+        if desired != DesiredState.DELETED:
+            # The server certificate the TLS listeners serve by default: issued once, renewed before it expires,
+            # reissued when the deployment's host names change (a load balancer's address appearing).
+            tls_services.server_certificate_ensure(deployment=deployment)
         spec = build_spec(deployment)
     except PermanentDriverError as exc:
         return _record(
             deployment_id, generation=generation, desired=desired, spec=None, tier_id=deployment.tier_id, error=exc
+        )
+    except ValueError as exc:  # the CA's key cannot be decrypted
+        error = PermanentDriverError(
+            f"the control plane's CA cannot issue a certificate ({exc}); the operator must restore the key"
+        )
+        return _record(
+            deployment_id, generation=generation, desired=desired, spec=None, tier_id=deployment.tier_id, error=error
         )
     if not deployment.is_converged:
         _mark_in_progress(deployment_id)
@@ -225,9 +240,19 @@ def _reconcile(deployment_id: int) -> Outcome:
         # This reconcile found the broker dead before the watcher did (and has already started it again): the crash
         # is recorded first, in its own transaction, so the status walks running -> degraded -> running.
         _record_crash(deployment_id, message=observed.crashed, last_seen_alive=observed.last_seen_alive)
-    return _record(
+    outcome = _record(
         deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, observed=observed
     )
+    if (
+        desired == DesiredState.RUNNING
+        and observed.host
+        and outcome.state in ("converged", "progressing")
+        and not tls_services.issued_certificate_covers(deployment_id, observed.host)
+    ):
+        # The broker has an address its issued certificate does not name yet (a load balancer's, known only now):
+        # come back at once, and the next run reissues the certificate before it applies.
+        return dataclasses.replace(outcome, retry=True)
+    return outcome
 
 
 def _in_progress_status(deployment: Deployment) -> str:
@@ -344,6 +369,8 @@ def _record(
         message = observed.message
         if status == Status.DELETED:
             deployment.endpoints, deployment.deleted_at = {}, now
+            # Its brokers are gone: so are the keys they served with (the row stays, for billing and history).
+            TlsCertificate.objects.filter(deployment=deployment).delete()
         elif observed.host or observed.ports:
             deployment.endpoints = {"host": observed.host, "ports": dict(observed.ports)}
         deployment.observed_details = {str(k): str(v) for k, v in observed.details.items()}

@@ -20,8 +20,9 @@ from django.utils import timezone
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import Conflict, DomainError, FieldError, PermissionDenied, ValidationFailed
+from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
-from deployments import emqx_acl, emqx_versions, pricing
+from deployments import emqx_acl, emqx_versions, hooks, pricing
 from deployments.drivers.base import AclEntry, RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (
@@ -42,6 +43,8 @@ from deployments.models import (
 )
 from deployments.passwords import hash_mqtt_password, validate_mqtt_username
 from deployments.topics import validate_topic_filter
+from notifications.models import PlatformEvent
+from notifications.services import platform_event_notify
 from organizations.access import acting_user
 
 logger = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ def enqueue_reconcile(deployment_id: int) -> None:
     def send():
         from deployments.tasks import reconcile
 
-        reconcile.apply_async((deployment_id,))
+        publish(reconcile, deployment_id)
 
     transaction.on_commit(send, robust=True)
 
@@ -259,6 +262,7 @@ def deployment_create(
         target=deployment,
         summary={"name": name, "plan": plan, "tier": tier, "region": region, "operation": operation.public_id},
     )
+    hooks.deployment_created(deployment)  # what upper apps create with every deployment (alerts: default rules)
     enqueue_reconcile(deployment.pk)
     if billing_cycle == "annual":
         # Billing sits above deployments; the one call down from here is deferred to run time.
@@ -582,6 +586,19 @@ def _configure(deployment: Deployment, actor, action: str, summary: dict) -> Ope
     return operation
 
 
+@transaction.atomic
+def deployment_configuration_changed(*, deployment: Deployment, actor, change: str, summary: dict) -> Operation:
+    """Configuration another app owns through deployments.extensions (Premium devices) changed: bump the generation,
+    record a configure Operation and reconcile on commit, exactly as an MQTT user change does. The caller writes
+    its own audit row in the same transaction; this writes none."""
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    _bump(deployment)
+    operation = _operation(deployment, Operation.Kind.CONFIGURE, actor, {"change": change, **summary})
+    enqueue_reconcile(deployment.pk)
+    return operation
+
+
 def _check_username(deployment: Deployment, username: str, field: str = "username") -> None:
     _refuse_control_characters(**{field: username})
     try:
@@ -887,7 +904,7 @@ def maintenance_validate(
     )
     if clash is not None:
         raise Conflict(
-            {
+            fields={
                 "starts_at": [
                     f"The deployment already has maintenance {clash.public_id} "
                     f"({maintenance_window_text(clash)}) overlapping this window."
@@ -910,9 +927,6 @@ def maintenance_schedule(
 ) -> MaintenanceWindow:
     """Announce maintenance: the brokers restart once inside the window, alerts are withheld during it, and the
     organization hears of it now through its platform-event channels (or its administrators by email)."""
-    from alerts.models import PlatformEvent
-    from alerts.services import notify_platform_event
-
     deployment = _locked(deployment)  # serializes schedules of one deployment: the overlap check holds
     reason = maintenance_validate(
         deployment=deployment, starts_at=starts_at, ends_at=ends_at, reason=reason, emergency=emergency, now=now
@@ -947,7 +961,7 @@ def maintenance_schedule(
             "reason": reason,
         },
     )
-    notify_platform_event(
+    platform_event_notify(
         organization=organization,
         kind=PlatformEvent.Kind.MAINTENANCE_SCHEDULED,
         subject=deployment.public_id,
@@ -968,9 +982,6 @@ def maintenance_schedule(
 @transaction.atomic
 def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.datetime | None = None) -> MaintenanceWindow:
     """Call off a window that has not started; the organization is told, as it was told of the schedule."""
-    from alerts.models import PlatformEvent
-    from alerts.services import notify_platform_event
-
     now = now or timezone.now()
     window = (
         MaintenanceWindow.objects.select_for_update(of=("self",))
@@ -998,7 +1009,7 @@ def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.dateti
         target=window,
         summary={"deployment": deployment.public_id, "starts_at": _utc(window.starts_at)},
     )
-    notify_platform_event(
+    platform_event_notify(
         organization=organization,
         kind=PlatformEvent.Kind.MAINTENANCE_CANCELLED,
         subject=deployment.public_id,

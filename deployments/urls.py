@@ -63,4 +63,15 @@ urlpatterns = [
         api.RateLimitViewSet.as_view({"get": "list", "put": "update"}),
         name="deployment-rate-limits",
     ),
+    path(
+        ONE + "/certificates",
+        api.TlsCertificateViewSet.as_view({"get": "list", "post": "create"}),
+        name="deployment-certificate-list",
+    ),
+    path(
+        ONE + "/certificates/<str:cert>",
+        api.TlsCertificateViewSet.as_view({"get": "retrieve", "delete": "destroy"}),
+        name="deployment-certificate-detail",
+    ),
+    path(ONE + "/ca.pem", api.TlsCertificateViewSet.as_view({"get": "ca_pem"}), name="deployment-ca-pem"),
 ]

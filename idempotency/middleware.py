@@ -1,12 +1,14 @@
 """`Idempotency-Key` for every mutating API request, and the same records for the console's forms (console.once).
 
-The first request with a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept,
-encrypted (it can hold a secret, such as a new API key's), for IDEMPOTENCY_TTL_SECONDS and replayed, with
-`Idempotent-Replayed: true`, to any later request with the same key and the same body. A later request is answered
-from the record only after the view's own checks pass for it as they stand now (authentication, tenancy, scopes):
-a revoked key, a removed member or a demoted one gets the refusal it would get without the header, never the stored
-response. The same key with another body answers 422. A duplicate arriving while the first still runs waits for it
-(the unique row is the lock), then replays.
+Keys belong to a caller: the API key itself (whatever spelling of its header, and whichever of its secrets during a
+rotation's overlap) or the signed-in user, as the view's own authentication establishes it. The first request with
+a key runs; its response (unless 5xx, 401 or 429, which did not run the operation) is kept, encrypted (it can hold a
+secret, such as a new API key's), for IDEMPOTENCY_TTL_SECONDS and replayed, with `Idempotent-Replayed: true`, to any
+later request of the same caller with the same key and the same body. A later request is answered from the record
+only after the view's own checks pass for it as they stand now (authentication, tenancy, scopes, and the view's
+checks on the object or the input, ScopedViewSet.action_checks): a revoked key, a removed member or a demoted one
+gets the refusal it would get without the header, never the stored response. The same key with another body answers
+422. A duplicate arriving while the first still runs waits for it (the unique row is the lock), then replays.
 """
 
 import datetime
@@ -29,14 +31,37 @@ KEPT_HEADERS = ("Content-Type", "Location")
 WAIT_SECONDS = 15
 
 
-def _scope(request) -> str | None:
-    authorization = request.META.get("HTTP_AUTHORIZATION", "")
-    if authorization:
-        return hashlib.sha256(authorization.encode()).hexdigest()
+def _hashed(caller: str) -> str:
+    return hashlib.sha256(caller.encode()).hexdigest()
+
+
+def _session_scope(request) -> str | None:
+    """The signed-in user of a console request; None for anonymous ones (sign-up, invitation acceptance), which have
+    nothing to scope a key to."""
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
-        return hashlib.sha256(f"user:{user.pk}".encode()).hexdigest()
-    return None  # anonymous calls (sign-up, invitation acceptance) have nothing to scope a key to
+        return _hashed(f"user:{user.pk}")
+    return None
+
+
+def _api_scope(request, view_func, view_args, view_kwargs) -> str | None:
+    """The caller of an API request as the view's own authenticators establish it: the credential's
+    `idempotency_scope` (an API key: the key, not the text of its header), else the signed-in user. None when
+    authentication fails or finds no one: the view answers that itself, and nothing is recorded."""
+    bound = _bind(request, view_func, view_args, view_kwargs)
+    if bound is None:
+        return None
+    _view, drf_request = bound
+    try:
+        user, auth = drf_request.user, drf_request.auth
+    except Exception:  # noqa: BLE001 - any refusal of the credential: the view answers it, nothing is recorded
+        return None
+    if auth is not None:
+        scope = getattr(auth, "idempotency_scope", None)
+        return _hashed(scope) if scope else None
+    if user is not None and user.is_authenticated:
+        return _hashed(f"user:{user.pk}")
+    return None
 
 
 def _body(request) -> bytes:
@@ -63,13 +88,12 @@ def _replay(record: IdempotencyRecord) -> HttpResponse:
     return response
 
 
-def _refusal(request, view_func, view_args, view_kwargs):
-    """What the view would answer this request now, short of running it: DRF's own `initial()` (content
-    negotiation, authentication, throttling, and for tenant views the organization, project and scope checks) on a
-    fresh instance of the view. None when the caller may make the call; else the rendered refusal."""
+def _bind(request, view_func, view_args, view_kwargs):
+    """A fresh instance of the DRF view `view_func` and its DRF request, set up as APIView.dispatch sets them up;
+    None for a view that is not DRF's."""
     cls = getattr(view_func, "cls", None)
-    if cls is None:  # not a DRF view: nothing to check it against, so nothing is replayed
-        return problem_response(409, detail="This request cannot be replayed.", code="idempotency-not-replayable")
+    if cls is None:
+        return None
     view = cls(**getattr(view_func, "initkwargs", {}))
     actions = getattr(view_func, "actions", None)
     if actions is not None:  # a viewset: bind its actions to methods as ViewSetMixin.as_view does
@@ -80,6 +104,18 @@ def _refusal(request, view_func, view_args, view_kwargs):
     drf_request = view.initialize_request(request, *view_args, **view_kwargs)
     view.request = drf_request
     view.headers = view.default_response_headers
+    return view, drf_request
+
+
+def _refusal(request, view_func, view_args, view_kwargs):
+    """What the view would answer this request now, short of running it: DRF's own `initial()` (content
+    negotiation, authentication, throttling, and for tenant views the organization, project and scope checks and
+    the view's checks on the object or the input) on a fresh instance of the view. None when the caller may make
+    the call; else the rendered refusal."""
+    bound = _bind(request, view_func, view_args, view_kwargs)
+    if bound is None:  # not a DRF view: nothing to check it against, so nothing is replayed
+        return problem_response(409, detail="This request cannot be replayed.", code="idempotency-not-replayable")
+    view, drf_request = bound
     try:
         view.initial(drf_request, *view_args, **view_kwargs)
     except Exception as exc:  # noqa: BLE001 - as APIView.dispatch: handle_exception answers what it knows, re-raises the rest
@@ -119,22 +155,26 @@ class IdempotencyMiddleware:
                 detail="Idempotency-Key must be 1 to 255 printable characters.",
                 errors=[{"field": "Idempotency-Key", "message": "Invalid header value.", "code": "invalid"}],
             )
+        scope = _api_scope(request, view_func, view_args, view_kwargs)
+        if scope is None:
+            return None  # no one authenticated: the view refuses the request itself, and nothing is recorded
         return run_once(
             request,
             key,
             lambda: view_func(request, *view_args, **view_kwargs),
             # Whatever the record holds, the caller must first pass the view's checks as they stand now.
             refusal=lambda: _refusal(request, view_func, view_args, view_kwargs),
+            scope=scope,
         )
 
 
-def run_once(request, key: str, call, *, refusal, problem=problem_response):
+def run_once(request, key: str, call, *, refusal, scope: str | None = None, problem=problem_response):
     """Run `call()` (which answers the request) at most once per (caller, key) within the TTL, and replay its response
-    to duplicates. The API passes the Idempotency-Key header; the console a key rendered into each form.
-    `refusal()` answers a duplicate that may no longer make the call (None when it may); `problem` builds the
-    answers for a reused key or a first attempt still running (problem+json for the API, a page for the console)
-    from (status, title, detail, errors=..., code=...)."""
-    scope = _scope(request)
+    to duplicates. The API passes the Idempotency-Key header and its caller's `scope`; the console a key rendered
+    into each form (the scope is then the signed-in user). `refusal()` answers a duplicate that may no longer make
+    the call (None when it may); `problem` builds the answers for a reused key or a first attempt still running
+    (problem+json for the API, a page for the console) from (status, title, detail, errors=..., code=...)."""
+    scope = scope or _session_scope(request)
     if scope is None:
         return call()
     fingerprint = hashlib.sha256(

@@ -20,12 +20,21 @@ from organizations.roles import MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES,
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApiKeyCredential:
     """What authenticating an API key established, read in one statement (organizations.services.
-    api_key_authenticate): the key with its organization and creator, the creator's membership now (None once
-    removed) and whether the key is limited to projects. DRF's `request.auth` for an API-key request."""
+    api_key_authenticate): the key with its organization and creator and the creator's membership now (None once
+    removed). DRF's `request.auth` for an API-key request."""
 
     key: ApiKey
     creator_membership: Membership | None
-    limited_to_projects: bool
+
+    @property
+    def limited_to_projects(self) -> bool:
+        return self.key.limited_to_projects
+
+    @property
+    def idempotency_scope(self) -> str:
+        """Who sent a request, for Idempotency-Key records: the key itself, whatever spelling of the header or which
+        of its secrets (the current one, or the previous one during a rotation's overlap) was presented."""
+        return f"api-key:{self.key.pk}"
 
     @property
     def prefix(self) -> str:
@@ -74,8 +83,6 @@ class Principal:
             principal = cls(user=user, api_key=auth.key)
             # Seed the memo with what authentication read with the key.
             principal._memberships[auth.key.organization_id] = auth.creator_membership
-            if not auth.limited_to_projects:
-                principal._key_projects = set()
         else:
             is_verified = getattr(user, "is_verified", None)  # installed by django_otp's middleware
             principal = cls(user=user, two_factor_verified=bool(is_verified and is_verified()))
@@ -100,10 +107,16 @@ class Principal:
             self._memberships[organization.pk] = Membership.objects.filter(organization=organization, user=user).first()
         return self._memberships[organization.pk]
 
+    @property
+    def key_limited(self) -> bool:
+        """Whether the principal's API key is limited to projects (see key_project_ids)."""
+        return self.api_key is not None and self.api_key.limited_to_projects
+
     def key_project_ids(self) -> set[int]:
-        """The projects the principal's API key is limited to (empty: organization-wide)."""
+        """The projects a limited API key may act in. Empty for a limited key means none at all (its projects were
+        deleted), never the whole organization: that is `key_limited` being False."""
         if self._key_projects is None:
-            self._key_projects = set(self.api_key.projects.values_list("pk", flat=True))
+            self._key_projects = set(self.api_key.projects.values_list("pk", flat=True)) if self.key_limited else set()
         return self._key_projects
 
     def _member_grants(self, membership: Membership) -> dict[int, str]:
@@ -178,9 +191,10 @@ def organization_scopes(principal: Principal, organization: Organization) -> fro
         return member_scopes
     if key.organization_id != organization.pk or not key.is_active:
         return frozenset()
-    if principal.key_project_ids():
-        # A project-limited key sees its organization, nothing more, outside its projects.
-        return MEMBER_BASE_SCOPES & member_scopes
+    if principal.key_limited:
+        # A project-limited key sees its organization, nothing more, outside its projects; with no project left it
+        # sees nothing.
+        return MEMBER_BASE_SCOPES & member_scopes if principal.key_project_ids() else frozenset()
     return (MEMBER_BASE_SCOPES | ROLE_SCOPES[key.role]) & member_scopes
 
 
@@ -195,8 +209,7 @@ def project_scopes(principal: Principal, project) -> frozenset[str]:
         return member_scopes
     if key.organization_id != organization.pk or not key.is_active:
         return frozenset()
-    project_ids = principal.key_project_ids()
-    if project_ids and project.pk not in project_ids:
+    if principal.key_limited and project.pk not in principal.key_project_ids():
         return frozenset()
     return (ROLE_SCOPES[key.role] & PROJECT_SCOPES) & member_scopes
 
@@ -233,7 +246,7 @@ def visible_projects(principal: Principal, organization: Organization, queryset:
     if key is not None:
         if key.organization_id != organization.pk or not key.is_active:
             return queryset.none()
-        if principal.key_project_ids():
+        if principal.key_limited:
             queryset = queryset.filter(pk__in=principal.key_project_ids())
     if "project:read" in scopes_for_roles(membership.roles):
         return queryset
@@ -254,7 +267,8 @@ def can_manage_api_key(principal: Principal, key: ApiKey) -> bool:
     of its projects for a project-limited key. Reading a key's details, rotating, revoking and editing it all need
     this, so no key lends its holder more than the holder could have given itself."""
     projects = list(key.projects.all())
-    if projects:
+    if key.limited_to_projects:
+        # A limited key left with no project reaches nothing: whoever may manage keys at all may revoke it.
         return all(
             grantable(principal, organization=key.organization, roles=[key.role], project=project)
             for project in projects

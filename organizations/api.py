@@ -10,7 +10,7 @@ from rest_framework.exceptions import ErrorDetail
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
-from controlplane.api.serializers import InputSerializer, StrictCharField
+from controlplane.api.serializers import InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import RateLimitHeadersMixin, ScopedViewSet
 from organizations import access, services
 from organizations.models import ApiKey, Invitation, Membership, Organization
@@ -54,15 +54,16 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class OrganizationCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
+    name = PlainTextField(max_length=100)
 
 
 class OrganizationUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100, required=False)
+    name = PlainTextField(max_length=100, required=False)
     require_two_factor = serializers.BooleanField(
         required=False,
-        help_text="Members must sign in to the console with two-factor authentication (Owners only). "
-        "API keys are not affected.",
+        help_text="Members must sign in to the console with two-factor authentication. Owners only, from a console "
+        "session verified by their second factor: an API key gets 403 `two-factor-session-required`. API keys are "
+        "not affected by the requirement.",
     )
 
     def validate(self, attrs):
@@ -159,7 +160,7 @@ class InvitationAcceptSerializer(InputSerializer):
         write_only=True,
         help_text="Needed only when no account exists for the invited email.",
     )
-    full_name = StrictCharField(max_length=150, required=False, default="")
+    full_name = PlainTextField(max_length=150, required=False, default="")
 
 
 @extend_schema_serializer(
@@ -171,6 +172,7 @@ class InvitationAcceptSerializer(InputSerializer):
                 "name": "CI pipeline",
                 "role": "project_administrator",
                 "projects": ["prj_7f3k2m9q4x8c1v5b6n0z"],
+                "limited_to_projects": True,
                 "prefix": "3fa85f64",
                 "status": "active",
                 "created_by": "owner@acme.example",
@@ -188,6 +190,11 @@ class InvitationAcceptSerializer(InputSerializer):
 class ApiKeySerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     projects = serializers.SerializerMethodField()
+    limited_to_projects = serializers.BooleanField(
+        read_only=True,
+        help_text="Whether the key acts only inside `projects`. A limited key whose projects were all deleted "
+        "reaches nothing (and is revoked); it never becomes organization-wide.",
+    )
     created_by = serializers.EmailField(source="created_by.email", read_only=True)
     status = serializers.SerializerMethodField()
     previous_secret_expires_at = serializers.DateTimeField(
@@ -201,6 +208,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "name",
             "role",
             "projects",
+            "limited_to_projects",
             "prefix",
             "status",
             "created_by",
@@ -232,7 +240,7 @@ class ApiKeyWithSecretSerializer(ApiKeySerializer):
 
 
 class ApiKeyCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
+    name = PlainTextField(max_length=100)
     role = serializers.ChoiceField(choices=Role.values)
     projects = serializers.ListField(
         child=StrictCharField(max_length=32),
@@ -245,7 +253,7 @@ class ApiKeyCreateSerializer(InputSerializer):
 
 
 class ApiKeyUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100, required=False)
+    name = PlainTextField(max_length=100, required=False)
     deletion_protection = serializers.BooleanField(required=False)
 
 
@@ -506,6 +514,31 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
         "destroy": "apikey:write",
         "rotate": "apikey:write",
     }
+    # Beyond the scope: only who could create a key may see its details, act on it, or be handed its secret. Checked
+    # before every such call and before every replay of one (an Owner demoted since gets a 403, not the secret).
+    action_checks = {
+        "retrieve": "check_key_manageable",
+        "partial_update": "check_key_manageable",
+        "destroy": "check_key_manageable",
+        "rotate": "check_key_manageable",
+        "create": "check_key_grantable",
+    }
+
+    def check_key_manageable(self):
+        if not access.can_manage_api_key(self.principal, self.get_object()):
+            if self.action == "retrieve":
+                raise RoleTooHigh("You cannot read the details of an API key with more rights than your own.")
+            raise RoleTooHigh("You cannot manage an API key with more rights than your own.")
+
+    def check_key_grantable(self):
+        data = ApiKeyCreateSerializer(data=self.request.data)
+        if data.is_valid():  # else the action answers the field errors
+            services.api_key_check_grantable(
+                actor=self.principal,
+                organization=self.organization,
+                role=data.validated_data["role"],
+                project_ids=data.validated_data["projects"],
+            )
 
     @extend_schema(summary="List API keys")
     def list(self, request, *args, **kwargs):
@@ -513,10 +546,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedView
 
     @extend_schema(summary="Describe an API key (only if you could create it yourself)")
     def retrieve(self, request, *args, **kwargs):
-        key = self.get_object()
-        if not access.can_manage_api_key(self.principal, key):
-            raise RoleTooHigh("You cannot read the details of an API key with more rights than your own.")
-        return Response(self.get_serializer(key).data)
+        return Response(self.get_serializer(self.get_object()).data)
 
     @extend_schema(
         summary="Create an API key (the secret is shown once)",

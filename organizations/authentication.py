@@ -28,7 +28,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Send exactly one API key after 'Bearer'.")
         from organizations.services import api_key_authenticate  # services import models: keep this module light
 
-        credential = api_key_authenticate(parts[1])
+        # One lookup per request: the idempotency middleware authenticates the request with these same classes
+        # before the view does (to know whose Idempotency-Key it is).
+        memo = request._request.__dict__.setdefault("_api_key_credentials", {})
+        if parts[1] not in memo:
+            memo[parts[1]] = api_key_authenticate(parts[1])
+        credential = memo[parts[1]]
         if credential is None:
             raise exceptions.AuthenticationFailed("The API key is unknown, revoked or expired.")
         # The key acts for the member who created it; organizations.access caps it at that member's rights.

@@ -10,12 +10,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
+from controlplane.validators import no_control_characters
 from organizations.roles import Role
 
 
 class Organization(models.Model):
     public_id = PublicIdField(prefix="org")
-    name = models.CharField(max_length=100)
+    # One line: it heads every invitation's email.
+    name = models.CharField(max_length=100, validators=[no_control_characters])
     # Operator overrides of the API rate limits: {"organization": [capacity, refill_per_second], "principal": [...]}.
     rate_limits = models.JSONField(default=dict, blank=True)
     premium_trial_deployments = models.PositiveSmallIntegerField(
@@ -94,9 +96,11 @@ class ApiKey(models.Model):
 
     public_id = PublicIdField(prefix="key")
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=100, validators=[no_control_characters])
     role = models.CharField(max_length=32, choices=Role.choices)
-    # Empty means organization-wide; otherwise the key acts only inside these projects.
+    # Set at creation and never changed: a limited key acts only inside `projects`, and a limited key whose projects
+    # are all gone reaches nothing (it is never read as organization-wide). Not limited: the whole organization.
+    limited_to_projects = models.BooleanField(default=False, editable=False)
     projects = models.ManyToManyField("projects.Project", blank=True, related_name="api_keys")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_keys")
     prefix = models.CharField(max_length=16, unique=True, help_text="The visible start of the secret.")

@@ -31,6 +31,8 @@ PROJECT_SCOPES = frozenset(
         "deployment:configure",  # rename; TLS, VPC, MQTT users, ACL, rate limits, alert rules
         "deployment:annual",  # switch a deployment to an annual plan
         "alert:read",
+        "device:read",  # Premium: devices, groups, shadows and their history
+        "device:write",  # Premium: register, change, disable, import and delete devices; change shadows
     }
 )
 
@@ -68,9 +70,13 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
             "deployment:configure",
             "deployment:annual",
             "alert:read",
+            "device:read",
+            "device:write",
         }
     ),
-    Role.PROJECT_USER: frozenset({"project:read", "deployment:read", "deployment:configure", "alert:read"}),
+    Role.PROJECT_USER: frozenset(
+        {"project:read", "deployment:read", "deployment:configure", "alert:read", "device:read", "device:write"}
+    ),
     Role.ACCOUNTANT: frozenset(
         {"org:read", "project:read", "deployment:read", "billing:read", "billing:write", "deployment:annual"}
     ),

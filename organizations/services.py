@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
+from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 from organizations import access
 from organizations.models import ApiKey, Invitation, Membership, Organization
 from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
@@ -28,6 +29,16 @@ from projects.models import DEFAULT_PROJECT_NAME, Project, ProjectGrant
 INVITATION_TTL = datetime.timedelta(days=7)
 MAX_ROTATION_OVERLAP = datetime.timedelta(hours=24)
 API_KEY_SECRET_PREFIX = "cpk_"
+
+
+class TwoFactorSessionRequired(PermissionDenied):
+    """A security setting changed by an API key, or by a session that no second factor verified."""
+
+    code = "two-factor-session-required"
+    default_message = (
+        "The two-factor requirement can only be changed from a console session verified by your second factor "
+        "(sign in with your authenticator code), not with an API key."
+    )
 
 
 class RoleTooHigh(PermissionDenied):
@@ -132,12 +143,16 @@ def organization_update(*, organization: Organization, actor, name: str) -> Orga
 def organization_require_two_factor(*, organization: Organization, actor, required: bool) -> Organization:
     """Require (or stop requiring) two-factor authentication of every member's console session in the organization.
 
-    Owners only (the org:security scope). Turning it on needs the acting member to have a device already, so the
-    one who sets the rule is never the first one shut out by it. API keys are not affected."""
+    Owners only (the org:security scope), and only from a console session verified by a second factor: API keys are
+    not held to the requirement, so a leaked Owner key, which no second factor protects, must not be able to lift it
+    for every member. Turning it on needs the acting member to have a device already, so the one who sets the rule
+    is never the first one shut out by it. API keys are not affected by the rule itself."""
     from django_otp import user_has_device
 
     if actor is not None and not access.has_scope(actor, "org:security", organization=organization):
         raise RoleTooHigh("Only an Owner can change the organization's two-factor requirement.")
+    if actor is not None and actor.api_key is not None:
+        raise TwoFactorSessionRequired()
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
     user = access.acting_user(actor)
     if required and user is not None and not user_has_device(user):
@@ -145,6 +160,8 @@ def organization_require_two_factor(*, organization: Organization, actor, requir
             fields={"require_two_factor": "Set up two-factor authentication for yourself before requiring it."},
             code="two-factor-not-set-up",
         )
+    if actor is not None and not actor.two_factor_verified:
+        raise TwoFactorSessionRequired()
     old = organization.require_two_factor
     if old != required:
         organization.require_two_factor = required
@@ -208,19 +225,30 @@ def invitation_create(
     return invitation, token
 
 
+def _one_line(text: str) -> str:
+    """`text` with every control character (line breaks included) made a space: names stored before they were
+    refused can still head an email."""
+    return " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
+
+
 def _send_invitation(organization: Organization, email: str, token: str) -> None:
     link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
-    transaction.on_commit(
-        lambda: send_mail(
-            subject=f"You are invited to {organization.name}",
+    name = _one_line(organization.name)
+
+    def send():
+        send_mail(
+            subject=f"You are invited to {name}",
             message=(
-                f"You have been invited to the organization {organization.name} on MQTT Cloud.\n\n"
+                f"You have been invited to the organization {name} on MQTT Cloud.\n\n"
                 f"Accept the invitation within 7 days: {link}\n"
             ),
             from_email=settings.DEFAULT_FROM_EMAIL,
             recipient_list=[email],
         )
-    )
+
+    # After the commit the invitation exists whatever happens to its email: a mail server that refuses it is
+    # logged, never a 500 for a change that was made (the invitation can be sent again, invitation_resend).
+    transaction.on_commit(send, robust=True)
 
 
 @transaction.atomic
@@ -303,6 +331,9 @@ def invitation_accept(*, token: str, user=None, password: str | None = None, ful
     else:
         if not password:
             raise ValidationFailed({"password": "Choose a password for your new account."})
+        control = find_control_character(full_name or "")
+        if control is not None:
+            raise ValidationFailed({"full_name": control_character_message(*control)})
         candidate = User(email=invitation.email, full_name=full_name)
         try:
             validate_password(password, user=candidate)
@@ -472,7 +503,7 @@ def _new_secret() -> tuple[str, str]:
     return prefix, _secret_for(prefix)
 
 
-def _check_manageable(actor, key: ApiKey) -> None:
+def api_key_check_manageable(*, actor, key: ApiKey) -> None:
     """Rotating, revoking or editing a key is for callers who could create that very key today: the apikey:write
     scope and the key's role within their own rights (on each of its projects, for a project-limited key). A key
     must never lend its holder the rights of the member who created it."""
@@ -484,11 +515,11 @@ def _check_manageable(actor, key: ApiKey) -> None:
         raise RoleTooHigh("You cannot manage an API key with more rights than your own.")
 
 
-@transaction.atomic
-def api_key_create(
-    *, organization: Organization, actor, name: str, role: str, project_ids=(), expires_at=None, created_by=None
-) -> tuple[ApiKey, str]:
-    """A key acting for its creator with `role`, at most the creator's own rights. Returns (key, secret)."""
+def api_key_check_grantable(*, actor, organization: Organization, role: str, project_ids=()) -> list[Project]:
+    """Whether `actor` may create a key with `role` on these projects (none: the whole organization): the role and
+    projects must exist, and the role must be within the actor's own rights on each project (or in the
+    organization). Returns the projects. Checked by api_key_create, and by a replay of a key's creation, which must
+    not hand a new key's secret to a caller demoted since."""
     if role not in Role.values:
         raise ValidationFailed({"role": f"Unknown role {role}."})
     projects = list(Project.objects.filter(organization=organization, public_id__in=list(project_ids)))
@@ -497,9 +528,6 @@ def api_key_create(
         raise ValidationFailed({"projects": f"No such project in this organization: {', '.join(missing)}."})
     if role in PROJECT_ROLES and not projects:
         raise ValidationFailed({"projects": "A project role needs at least one project."})
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationFailed({"expires_at": "The expiry must be in the future."})
-    creator = created_by or access.acting_user(actor)
     if actor is not None:
         # The same rule as access.can_manage_api_key, spelled out here to name the project at fault.
         if projects:
@@ -508,6 +536,18 @@ def api_key_create(
                     raise RoleTooHigh(fields={"role": f"Your rights on {project.public_id} are below {role}."})
         elif not access.grantable(actor, organization=organization, roles=[role]):
             raise RoleTooHigh(fields={"role": "You cannot create a key with more rights than your own."})
+    return projects
+
+
+@transaction.atomic
+def api_key_create(
+    *, organization: Organization, actor, name: str, role: str, project_ids=(), expires_at=None, created_by=None
+) -> tuple[ApiKey, str]:
+    """A key acting for its creator with `role`, at most the creator's own rights. Returns (key, secret)."""
+    projects = api_key_check_grantable(actor=actor, organization=organization, role=role, project_ids=project_ids)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationFailed({"expires_at": "The expiry must be in the future."})
+    creator = created_by or access.acting_user(actor)
     prefix, secret = _new_secret()
     key = ApiKey(
         organization=organization,
@@ -517,6 +557,7 @@ def api_key_create(
         prefix=prefix,
         secret_hash=_hash(secret),
         expires_at=expires_at,
+        limited_to_projects=bool(projects),
     )
     key.full_clean()
     key.save()
@@ -543,7 +584,7 @@ def _locked_key(key: ApiKey) -> ApiKey:
 @transaction.atomic
 def api_key_update(*, key: ApiKey, actor, name: str | None = None, deletion_protection: bool | None = None) -> ApiKey:
     key = _locked_key(key)
-    _check_manageable(actor, key)
+    api_key_check_manageable(actor=actor, key=key)
     changes = {}
     if name is not None and name != key.name:
         changes["name"] = [key.name, name]
@@ -566,7 +607,7 @@ def api_key_update(*, key: ApiKey, actor, name: str | None = None, deletion_prot
 @transaction.atomic
 def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
     key = _locked_key(key)
-    _check_manageable(actor, key)
+    api_key_check_manageable(actor=actor, key=key)
     if key.revoked_at is not None:
         raise Conflict("The key is already revoked.")
     if key.deletion_protection:
@@ -587,9 +628,9 @@ def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
 def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[ApiKey, str]:
     """A new secret; the old one keeps working for `overlap_seconds` (at most 24 h) so clients can roll over.
 
-    The new secret goes only to a caller who could create this key today (see _check_manageable)."""
+    The new secret goes only to a caller who could create this key today (see api_key_check_manageable)."""
     key = _locked_key(key)
-    _check_manageable(actor, key)
+    api_key_check_manageable(actor=actor, key=key)
     if not key.is_active:
         raise Conflict("Only an active key can be rotated.")
     if not 0 <= overlap_seconds <= MAX_ROTATION_OVERLAP.total_seconds():
@@ -613,16 +654,15 @@ def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[
 class _KeyLookup:
     """The one statement behind every API-key request.
 
-    It reads everything the request's access checks will ask: the key, its organization, the member it acts for,
-    that member's membership now (or none) and whether the key is limited to projects, and returns it as an
-    access.ApiKeyCredential. Built through the ORM the statement is the costliest part of a small request (joins
-    and a subquery compiled anew each time, about three times the cost of the query itself), so it is written once
-    here. Each model's columns are its concrete fields, so the instances are complete whatever fields are added,
+    It reads everything the request's access checks will ask: the key (whether it is limited to projects is one of
+    its columns), its organization, the member it acts for and that member's membership now (or none), and returns
+    it as an access.ApiKeyCredential. Built through the ORM the statement is the costliest part of a small request
+    (joins compiled anew each time, about three times the cost of the query itself), so it is written once here. Each model's columns are its concrete fields, so the instances are complete whatever fields are added,
     and every value passes through its field's own database converters (JSON, for one).
     """
 
     _SQL = (
-        "SELECT {columns}, EXISTS (SELECT 1 FROM {key_projects} kp WHERE kp.apikey_id = k.id) "
+        "SELECT {columns} "
         "FROM {key} k "
         "JOIN {organization} o ON o.id = k.organization_id "
         "JOIN {user} u ON u.id = k.created_by_id "
@@ -647,7 +687,6 @@ class _KeyLookup:
             layout.append((model, fields))
         sql = self._SQL.format(
             columns=", ".join(f"{alias}.{q(f.column)}" for (_, alias), (_, fs) in zip(parts, layout) for f, _, _ in fs),
-            key_projects=q(ApiKey.projects.through._meta.db_table),
             key=q(ApiKey._meta.db_table),
             organization=q(Organization._meta.db_table),
             user=q(get_user_model()._meta.db_table),
@@ -687,7 +726,7 @@ class _KeyLookup:
         key.organization, key.created_by = organization, user
         if membership is not None:
             membership.organization, membership.user = organization, user
-        return access.ApiKeyCredential(key=key, creator_membership=membership, limited_to_projects=bool(row[position]))
+        return access.ApiKeyCredential(key=key, creator_membership=membership)
 
 
 _key_for_prefix = _KeyLookup()

@@ -5,7 +5,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_s
 from rest_framework import mixins, serializers, status
 from rest_framework.response import Response
 
-from controlplane.api.serializers import InputSerializer, StrictCharField, iso_datetime
+from controlplane.api.serializers import InputSerializer, PlainTextField, StrictCharField, iso_datetime
 from controlplane.api.views import ScopedViewSet
 from organizations import access
 from projects import services
@@ -51,12 +51,12 @@ LIST_COLUMNS = ("id", "public_id", "name", "description", "is_default", "created
 
 
 class ProjectCreateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100)
+    name = PlainTextField(max_length=100)
     description = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
 
 
 class ProjectUpdateSerializer(InputSerializer):
-    name = StrictCharField(max_length=100, required=False)
+    name = PlainTextField(max_length=100, required=False)
     description = StrictCharField(max_length=500, required=False, allow_blank=True)
 
 

@@ -5,6 +5,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
+from controlplane.validators import no_control_characters
 from organizations.roles import Role
 
 DEFAULT_PROJECT_NAME = "Default project"
@@ -18,7 +19,7 @@ class ActiveProjectManager(models.Manager):
 class Project(models.Model):
     public_id = PublicIdField(prefix="prj")
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="projects")
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=100, validators=[no_control_characters])
     description = models.CharField(max_length=500, blank=True)
     is_default = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(default=timezone.now)

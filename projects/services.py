@@ -82,13 +82,25 @@ def project_delete(*, project: Project, actor) -> None:
 
 
 def _detach_api_keys(project: Project) -> list[str]:
-    """Unlink the project from the keys limited to it. A key limited to this project alone is revoked: with an
-    empty project list it would otherwise read as organization-wide."""
-    revoked = []
-    for key in project.api_keys.filter(revoked_at=None).prefetch_related("projects"):
-        if {p.pk for p in key.projects.all()} == {project.pk}:
-            key.revoked_at = timezone.now()
-            key.save(update_fields=["revoked_at"])
-            revoked.append(key.prefix)
-    project.api_keys.clear()
+    """Unlink the project from the keys limited to it, and revoke those left with no project.
+
+    The keys' rows are locked (in id order, so concurrent deletions queue rather than deadlock) and the revocation is
+    decided after unlinking: two projects of one key deleted at once each see the other's unlinking once its
+    transaction commits, and the second one revokes the key. (A limited key with no project reaches nothing even
+    unrevoked, organizations.access; revoking says so in the key's status.)"""
+    from organizations.models import ApiKey
+
+    through = ApiKey.projects.through
+    key_ids = list(
+        ApiKey.objects.select_for_update()
+        .filter(pk__in=through.objects.filter(project=project).values("apikey_id"))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    through.objects.filter(project=project).delete()
+    left_empty = ApiKey.objects.filter(pk__in=key_ids, revoked_at=None).exclude(
+        pk__in=through.objects.filter(apikey_id__in=key_ids).values("apikey_id")
+    )
+    revoked = sorted(left_empty.values_list("prefix", flat=True))
+    left_empty.update(revoked_at=timezone.now())
     return revoked

@@ -9,8 +9,11 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null || [ -x /usr/bin/mosquitto_passwd ] || need+=(mosquitto)
-if [ "$purpose" = test ]; then
+# Tests always start a throwaway cluster; `make run` starts one unless it was given a DATABASE_URL (NEED_POSTGRESQL).
+if [ "$purpose" = test ] || [ "${NEED_POSTGRESQL-1}" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+fi
+if [ "$purpose" = test ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser tests (Playwright drives Debian's build)
 fi
 if [ ${#need[@]} -gt 0 ]; then
@@ -35,12 +38,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "Creating .venv" >&2
   "$python" -m venv .venv
 fi
+# Every machine installs the same pinned, hashed set (the dev lock holds the runtime lock's pins plus the tools), so a
+# tampered or substituted download fails the install instead of running. `make lock` updates the locks.
+lock=requirements-dev.lock
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(sha256sum "$lock" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "Installing Python requirements into .venv" >&2
-  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null || true
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  echo "Installing $lock into .venv" >&2
+  if ! .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r "$lock" >.venv/pip.log 2>&1; then
+    grep -v "^WARNING: Location" .venv/pip.log >&2
+    exit 1
+  fi
   .venv/bin/python -c "import django, rest_framework, celery, psycopg, paho.mqtt" # fail loudly if the install did
   echo "$want" > "$stamp"
 fi

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# `make test`: everything the suite needs (system packages, .venv), lint, then a throwaway PostgreSQL and Redis and pytest.
-# Extra arguments go to pytest: scripts/test.sh tests/organizations -k invitation
+# `make test`: everything the suite needs (system packages, .venv), lint and type checking, then a throwaway PostgreSQL
+# and Redis and pytest. Extra arguments go to pytest: scripts/test.sh tests/organizations -k invitation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
-# The whole suite starts with lint; a run of chosen tests (arguments given) skips it.
-[ $# -gt 0 ] || scripts/lint.sh
+# The whole suite starts with lint and type checking; a run of chosen tests (arguments given) skips both.
+if [ $# -eq 0 ]; then
+  scripts/lint.sh
+  scripts/typecheck.sh
+fi
 source scripts/services.sh
 services_start
 export CONTROLPLANE_ENV=test
+export CONTROLPLANE_ENV_FILE=  # a developer's .env (from make run) must not leak into the suite
 export CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"
 mkdir -p "$CONTROLPLANE_VAR_DIR" && chmod 755 "$CONTROLPLANE_VAR_DIR"
 set +e

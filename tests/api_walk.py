@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import re
 
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -127,11 +128,22 @@ def _deployment_row(values):
 
 def _deployment(org, values, route):
     from deployments import services
+    from organizations.models import Organization
     from projects.models import Project
 
     project = Project.objects.get(public_id=values.get("project", org.default_project.public_id))
+    plan = "dedicated"
+    if "/devices" in route or "/device-" in route:
+        # Devices and shadows are Premium's: the organization is granted trials, as staff would. An organization has
+        # at most two, so the device routes share one Premium deployment (their own objects are made fresh).
+        existing = project.deployments.filter(plan__code="premium").exclude(desired_state="deleted").first()
+        if existing is not None:
+            return existing.public_id
+        Organization.objects.filter(pk=org.organization.pk).update(premium_trial_deployments=2)
+        project.organization.refresh_from_db()
+        plan = "premium"
     deployment, _operation = services.deployment_create(
-        project=project, actor=None, name=f"dep-{_stamp()}", plan="dedicated", tier="1k", region="local"
+        project=project, actor=None, name=f"dep-{_stamp()}", plan=plan, tier="1k", region="local"
     )
     # Settled and running, as most actions expect; nothing here starts a broker (no worker runs in these tests).
     deployment.operations.update(status="succeeded")
@@ -165,6 +177,17 @@ def _rule(org, values, route):
     return _alert_rule(org, values, route)
 
 
+def _certificate(org, values, route):
+    from deployments import tls_services
+    from tests.deployments.tls_helpers import key_pem, make_leaf, pem
+
+    leaf, key = make_leaf(None, "walk.example", sans=("walk.example",))
+    certificate, _, _ = tls_services.tls_certificate_create(
+        deployment=_deployment_row(values), actor=None, kind="server", certificate=pem(leaf), private_key=key_pem(key)
+    )
+    return certificate.public_id
+
+
 def _quote(org, values, route):
     from billing.annual import annual_quote_create
 
@@ -180,20 +203,37 @@ def _invoice(org, values, route):
     return subscription.invoices.get().public_id
 
 
+def _credit_note(org, values, route):
+    from billing import services
+    from billing.models import Invoice
+    from billing.selectors import billing_account_for
+
+    services.billing_account_update(
+        account=billing_account_for(organization=org.organization),
+        actor=None,
+        country="US",
+        email="ap@example.com",
+        address="1 Main St",
+        city="Springfield",
+        postal_code="94105",
+    )
+    invoice = Invoice.objects.get(public_id=_invoice(org, values, route))
+    return services.invoice_void(invoice=invoice, actor=None).credit_note.public_id
+
+
 def _alert_rule(org, values, route):
+    from alerts import defaults
     from alerts.models import AlertRule
 
     dep = _deployment_row({"dep": _deployment(org, values, route)})
-    from alerts import services
-
-    services.create_default_rules(deployment=dep)
+    defaults.create_default_rules(deployment=dep)
     return AlertRule.objects.filter(deployment=dep).first().public_id
 
 
 def _silence(org, values, route):
-    from alerts import services
+    from alerts import rules
 
-    silence = services.silence_create(
+    silence = rules.silence_create(
         project=org.default_project,
         actor=None,
         matchers={},
@@ -204,11 +244,11 @@ def _silence(org, values, route):
 
 
 def _alert(org, values, route):
-    from alerts import services
+    from alerts import collection, evaluate, rules
     from alerts.models import Alert
 
     dep = _deployment_row({"dep": _deployment(org, values, route)})
-    rule = services.alert_rule_create(
+    rule = rules.alert_rule_create(
         project=dep.project,
         actor=None,
         deployment=dep,
@@ -217,15 +257,15 @@ def _alert(org, values, route):
         window_seconds=3600,
         threshold=0,
     )
-    services.samples_store(rows=[(dep.pk, "connections", timezone.now(), 5.0)])
-    services.rules_evaluate(deployment_ids=[dep.pk])
+    collection.samples_store(rows=[(dep.pk, "connections", timezone.now(), 5.0)])
+    evaluate.rules_evaluate(deployment_ids=[dep.pk])
     return Alert.objects.get(rule=rule).public_id
 
 
 def _channel(org, values, route):
-    from alerts import services
+    from notifications import services as notification_services
 
-    channel, _ = services.channel_create(
+    channel, _ = notification_services.channel_create(
         organization=org.organization,
         actor=None,
         name=f"c{_stamp()}",
@@ -233,6 +273,62 @@ def _channel(org, values, route):
         config={"addresses": ["ops@example.com"]},
     )
     return channel.public_id
+
+
+def _device(org, values, route):
+    from iot import services
+
+    # An underscore, as public ids have: the tenancy walk makes a "missing" id from the part before it.
+    device, _credentials, _operation = services.device_create(
+        deployment=_deployment_row(values), actor=None, device_id=f"dev_walk{_stamp()}"
+    )
+    # With a shadow, so reading and deleting it answer as for any device in use.
+    services.shadow_update_desired(device=device, actor=None, body={"state": {"desired": {"walk": True}}})
+    return device.device_id
+
+
+def _device_group(org, values, route):
+    from iot import services
+
+    return services.device_group_create(deployment=_deployment_row(values), actor=None, name=f"grp_walk{_stamp()}").name
+
+
+_peerings = itertools.count()
+
+
+def _peering(org, values, route):
+    """A peering on the deployment in `values`, moved to an AWS region (a local region has no VPC to peer)."""
+    from controlplane import crypto
+    from deployments.models import Deployment, Region, Tier
+    from networking import services
+
+    region, _ = Region.objects.get_or_create(
+        code="walk-aws",
+        defaults={
+            "display_name": "Walk (AWS)",
+            "provider": "aws",
+            "cloud_region": "eu-central-1",
+            "driver": Region.Driver.KUBERNETES,
+            "in_cluster": True,
+            "network": {"account_id": "123456789012", "vpc_id": "vpc-0a1b2c3d", "cidr": "10.0.0.0/16"},
+            "cloud_credentials_encrypted": crypto.encrypt_str('{"access_key_id": "x", "secret_access_key": "y"}'),
+        },
+    )
+    region.tiers.set(Tier.objects.all())
+    deployment = _deployment_row(values)
+    Deployment.objects.filter(pk=deployment.pk).update(region=region)
+    deployment.refresh_from_db()
+    n = next(_peerings)
+    peering = services.vpc_peering_create(
+        deployment=deployment,
+        actor=None,
+        provider="aws",
+        cidr=f"10.{128 + n % 100}.{n // 100 % 256}.0/24",
+        account_id="222233334444",
+        vpc_id=f"vpc-{n:08x}",
+        region="eu-central-1",
+    )
+    return peering.public_id
 
 
 SAMPLE_MAKERS = {
@@ -246,11 +342,16 @@ SAMPLE_MAKERS = {
     "op": _operation,
     "user": _mqtt_user,
     "rule": _rule,
+    "cert": _certificate,
     "quote": _quote,
     "inv": _invoice,
+    "crn": _credit_note,
     "silence": _silence,
     "alert": _alert,
     "channel": _channel,
+    "device": _device,
+    "group": _device_group,
+    "peering": _peering,
 }
 
 

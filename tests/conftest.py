@@ -59,4 +59,38 @@ def key_client(redis_clean):
     return make
 
 
+@pytest.fixture
+def tasks_inline(django_capture_on_commit_callbacks):
+    """`with tasks_inline(): client.post(...)`: what the block enqueues on commit (Celery tasks included) runs in this
+    process when the block ends, each task's own code in Celery's eager mode, its errors raised. Email such a task
+    sends lands in mailoutbox. A test of the task boundary itself runs a real worker (celery_worker) instead."""
+    import contextlib
+
+    from controlplane.celery import app
+
+    @contextlib.contextmanager
+    def run():
+        previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+        app.conf.task_always_eager = app.conf.task_eager_propagates = True
+        try:
+            with django_capture_on_commit_callbacks(execute=True):
+                yield
+        finally:
+            app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+    return run
+
+
+@pytest.fixture
+def smtp_receiver():
+    """A real SMTP server on a loopback port (tests/mail.py); `smtp_receiver.use_in(settings)` points this process at
+    it, `monkeypatch.setenv("EMAIL_URL", smtp_receiver.url)` a worker started afterwards."""
+    from tests.mail import SmtpReceiver
+
+    server = SmtpReceiver()
+    server.start()
+    yield server
+    server.close()
+
+
 from tests.celery_worker import brokers_dir, celery_worker, deployments_catalog  # noqa: F401,E402

@@ -97,3 +97,43 @@ def test_invalid_filter_value_is_refused(owner_org, key_client):
         f"/api/v1/organizations/{owner_org.id}/audit-events?since=yesterday"
     )
     _assert_problem(response, 400, "since")
+
+
+@pytest.mark.parametrize("debug", [True, False])
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_unknown_url_under_api_is_problem_json_when_debug_is(debug, method, api, settings):
+    settings.DEBUG = debug
+    response = getattr(api, method)("/api/v1/organizations/org_x/no-such-collection", format="json")
+    _assert_problem(response, 404)
+
+
+def test_api_docs_without_trailing_slash_still_redirect(api):
+    response = api.get("/api/docs")
+    assert response.status_code == 301 and response["Location"] == "/api/docs/"
+
+
+def test_unknown_url_under_api_is_problem_json_when_settings_are_production():
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_production_settings import PRODUCTION_ENV, ROOT
+
+    probe = (
+        "from django.test import Client; c = Client(HTTP_HOST='cloud.example.com');"
+        "r = c.get('/api/v1/nothing/here', secure=True); print('answer', r.status_code, r['Content-Type']);"
+        "r = c.post('/api/v2/anything', data='{}', content_type='application/json', secure=True);"
+        "print('answer', r.status_code, r['Content-Type'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY")}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", probe],
+        cwd=ROOT,
+        env={**env, **PRODUCTION_ENV},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = [line for line in result.stdout.splitlines() if line.startswith("answer ")]
+    assert answers == ["answer 404 application/problem+json"] * 2, result.stdout

@@ -36,3 +36,27 @@ def test_xact_lock_needs_a_transaction_when_called_outside_one():
     with transaction.atomic():
         db.xact_lock(db.LockSpace.INVOICE_CLOSE, 202604)
         assert db.xact_try_lock(db.LockSpace.INVOICE_CLOSE, 202605)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_shared_holders_coexist_and_exclusive_waits_when_the_lock_is_taken_shared():
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    other = connections.create_connection(DEFAULT_DB_ALIAS)
+    key = db.lock_key(db.LockSpace.METERING, 1)
+    try:
+        with transaction.atomic():
+            db.xact_lock_shared(db.LockSpace.METERING, 1)
+            with other.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock_shared(%s)", [key])
+                assert cursor.fetchone()[0] is True  # a second sample alongside
+                cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [key])
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+                assert cursor.fetchone()[0] is False  # the close waits for every sample
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            assert cursor.fetchone()[0] is True
+    finally:
+        other.close()
+    with pytest.raises(RuntimeError):
+        db.xact_lock_shared(db.LockSpace.METERING, 1)

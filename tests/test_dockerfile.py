@@ -6,7 +6,6 @@ stage); each rule is also run against a bad Dockerfile to show it can fail.
 
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def _env_pairs(args: str) -> list[tuple[str, str]]:
     tokens = shlex.split(args)
     if len(tokens) >= 2 and "=" not in tokens[0]:
         return [(tokens[0], " ".join(tokens[1:]))]  # legacy `ENV NAME value`
-    return [tuple(t.split("=", 1)) if "=" in t else (t, "") for t in tokens]
+    return [(t.partition("=")[0], t.partition("=")[2]) for t in tokens]
 
 
 def problems(stages: list[Stage], dockerignore: str) -> list[str]:
@@ -161,15 +160,39 @@ def test_dockerignore_excludes_local_state_when_building():
         assert pattern in ignored, pattern
 
 
-def test_runtime_requirements_drop_test_tools_when_filtered_like_the_builder(stages):
-    builder_run = next(args for instr, args in stages[0].instructions if instr == "RUN" and "sed " in args)
-    sed_expression = re.search(r"sed '([^']+)'", builder_run).group(1)
-    runtime = subprocess.run(
-        ["sed", sed_expression, str(REPO / "requirements.txt")], capture_output=True, text=True, check=True
-    ).stdout
-    names = {re.split(r"[<>=\[ ]", line)[0].lower() for line in runtime.splitlines() if line and line[0].isalpha()}
+def _locked_names(path: Path) -> set[str]:
+    return {re.split(r"[=; ]", line)[0].lower() for line in path.read_text().splitlines() if line[:1].isalnum()}
+
+
+def test_image_installs_only_the_hashed_runtime_lock_when_built(stages):
+    runs = [args for instr, args in stages[0].instructions if instr == "RUN" and "pip install" in args]
+    assert runs and all("--require-hashes" in args and "-r requirements.lock" in args for args in runs), runs
+    copies = [args for instr, args in stages[0].instructions if instr == "COPY"]
+    assert any(args.split()[0] == "requirements.lock" for args in copies), copies
+    names = _locked_names(REPO / "requirements.lock")
     assert {"django", "gunicorn", "celery", "psycopg", "prometheus-client"} <= names
-    assert not names & {"pytest", "pytest-django", "schemathesis", "factory-boy"}
+    assert not names & {"pytest", "pytest-django", "schemathesis", "factory-boy", "ruff", "mypy"}
+
+
+def test_every_locked_requirement_has_a_hash_when_locked():
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        text = (REPO / lock).read_text()
+        pins = [line for line in text.splitlines() if line[:1].isalnum()]
+        assert pins, lock
+        for pin in pins:
+            assert "==" in pin and pin.rstrip().endswith("\\"), f"{lock}: {pin} is not pinned with hashes"
+
+
+def test_locks_name_every_requirement_of_their_input_when_locked():
+    """An edit to a .in file without `make lock` leaves the lock behind: the install would silently lack it."""
+    for source, lock in (("requirements.in", "requirements.lock"), ("requirements-dev.in", "requirements-dev.lock")):
+        wanted = {
+            re.split(r"[<>=!~\[; ]", line)[0].lower().replace("_", "-")
+            for line in (REPO / source).read_text().splitlines()
+            if line[:1].isalnum()
+        }
+        missing = wanted - _locked_names(REPO / lock)
+        assert not missing, f"{lock} lacks {sorted(missing)}: run `make lock`"
 
 
 BAD_DOCKERFILE = """

@@ -22,6 +22,7 @@ def _render(exc):
         (errors.PermissionDenied(), 403, "permission-denied"),
         (errors.RateLimited(retry_after=2.2), 429, "rate-limited"),
         (errors.ValidationFailed({"tier": "Unknown tier."}), 400, "validation-error"),
+        (errors.Unprocessable("This quote has expired.", code="quote-expired"), 422, "quote-expired"),
     ],
 )
 def test_domain_error_maps_to_status_and_code_when_raised_by_a_service(exc, status, code):
@@ -47,3 +48,11 @@ def test_validation_failed_lists_each_field_message_when_given_a_mapping():
 def test_rate_limited_sets_retry_after_rounded_up_when_fractional():
     _, _, response = _render(errors.RateLimited(retry_after=2.2))
     assert response["Retry-After"] == "3"
+
+
+def test_conflict_names_its_field_when_it_is_about_one_input():
+    _, body, _ = _render(errors.Conflict(fields={"code": "This coupon has been used up."}))
+    assert body["detail"] == "This coupon has been used up."
+    assert body["errors"] == [{"field": "code", "message": "This coupon has been used up.", "code": "conflict"}]
+    _, plain, _ = _render(errors.Conflict("The project still holds deployments."))
+    assert plain["errors"] == []

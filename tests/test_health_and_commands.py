@@ -13,15 +13,41 @@ from organizations.models import Organization
 def test_probes_answer_when_database_and_redis_are_up(client, redis_clean):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert ready.status_code == 200 and ready.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "redis": "ok", "rate_limits": "shared (Redis)"},
+    }
 
 
 @pytest.mark.django_db
-def test_readiness_fails_when_redis_is_unreachable(client, settings):
+def test_readiness_is_degraded_but_ready_when_redis_is_unreachable(client, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     ready = client.get("/readyz")
-    assert ready.status_code == 503
-    assert ready.json()["checks"]["redis"].startswith("error")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded" and ready.json()["checks"]["redis"].startswith("error")
+
+
+def test_readiness_fails_when_the_database_is_unreachable():
+    """In a process of its own whose DATABASE_URL names a port nothing listens on."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "from django.test import Client; r = Client().get('/readyz');"
+        "print('answer', r.status_code, r.json()['status'], r.json()['checks']['database'])"
+    )
+    env = {**os.environ, "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none", "CONTROLPLANE_ENV": "test"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", probe],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    answers = [line for line in result.stdout.splitlines() if line.startswith("answer ")]
+    assert answers == ["answer 503 unavailable error: OperationalError"], result.stdout + result.stderr
 
 
 @pytest.mark.django_db

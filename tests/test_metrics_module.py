@@ -50,6 +50,12 @@ def _boom(request):
     raise RuntimeError("view failed")
 
 
+def handler404(request, exception=None):
+    # This module is the URL conf: without its own handler Django would render the console's 404 page, which needs
+    # the session and auth middleware this test leaves out.
+    return HttpResponse("not found", status=404)
+
+
 urlpatterns = [
     path("things/<int:pk>/", _ok, name="thing-detail"),
     path("boom/", _boom, name="boom"),

@@ -1,11 +1,13 @@
 """Tenant-less API endpoints about the caller: their rate-limit buckets."""
 
 from types import SimpleNamespace
+from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -15,7 +17,7 @@ from organizations import access
 from organizations.models import Organization
 
 
-class RateLimitBucketSerializer(serializers.Serializer):
+class RateLimitBucketSerializer(serializers.Serializer[Any]):
     level = serializers.ChoiceField(choices=["platform", "organization", "principal"])
     key = serializers.CharField()
     capacity = serializers.IntegerField()
@@ -31,6 +33,7 @@ class RateLimitBucketSerializer(serializers.Serializer):
             response_only=True,
             value={
                 "enabled": True,
+                "degraded": False,
                 "buckets": [
                     {
                         "level": "platform",
@@ -61,8 +64,11 @@ class RateLimitBucketSerializer(serializers.Serializer):
         )
     ]
 )
-class RateLimitsSerializer(serializers.Serializer):
+class RateLimitsSerializer(serializers.Serializer[Any]):
     enabled = serializers.BooleanField()
+    degraded = serializers.BooleanField(
+        help_text="True while the shared store (Redis) is unreachable and each web process counts on its own."
+    )
     buckets = RateLimitBucketSerializer(many=True)
 
 
@@ -77,7 +83,7 @@ class RateLimitsView(RateLimitHeadersMixin, APIView):
         description="The token buckets that apply to your requests: the platform's, your credential's and, with "
         "`?organization=org_…`, that organization's. Reading them does not take a token.",
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         org_id = request.query_params.get("organization")
         if org_id:
             organization = Organization.objects.filter(public_id=org_id).first()
@@ -91,6 +97,7 @@ class RateLimitsView(RateLimitHeadersMixin, APIView):
         return Response(
             {
                 "enabled": settings.RATE_LIMITS_ENABLED,
+                "degraded": ratelimit.degraded(),
                 "buckets": [
                     {
                         "level": s.bucket.level,

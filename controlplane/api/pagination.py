@@ -1,6 +1,9 @@
 """Cursor pagination: stable under inserts, opaque cursors, `page_size` up to 200."""
 
+from typing import Any
+
 from rest_framework import exceptions, pagination
+from rest_framework.request import Request
 
 
 class CursorPagination(pagination.CursorPagination):
@@ -9,7 +12,7 @@ class CursorPagination(pagination.CursorPagination):
     max_page_size = 200
     ordering = ("-created_at", "-id")
 
-    def get_page_size(self, request):
+    def get_page_size(self, request: Request) -> int:
         raw = request.query_params.getlist(self.page_size_query_param)
         if not raw:
             return self.page_size
@@ -20,14 +23,14 @@ class CursorPagination(pagination.CursorPagination):
             )
         return int(raw[0])
 
-    def decode_cursor(self, request):
+    def decode_cursor(self, request: Request) -> pagination.Cursor | None:
         try:
             return super().decode_cursor(request)
         except exceptions.NotFound:
             # DRF answers 404 for a bad cursor, which reads as "no such list"; it is a bad parameter.
             raise exceptions.ValidationError({self.cursor_query_param: ["This cursor is not valid."]}) from None
 
-    def get_schema_operation_parameters(self, view):
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         params = super().get_schema_operation_parameters(view)
         for param in params:
             if param["name"] == self.page_size_query_param:

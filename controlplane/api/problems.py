@@ -6,10 +6,12 @@ null for errors about the request as a whole. Nothing here decides *whether* a r
 
 import logging
 import math
+from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -34,7 +36,10 @@ class Unprocessable(exceptions.APIException):
     default_code = "unprocessable"
 
 
-def _flatten(detail, path: str = "") -> list[dict]:
+FieldError = dict[str, Any]  # {field, message, code}
+
+
+def _flatten(detail: Any, path: str = "") -> list[FieldError]:
     """Turn DRF's nested error structure into a flat list of field errors."""
     if isinstance(detail, dict):
         out = []
@@ -75,8 +80,14 @@ _TITLES = {
 }
 
 
-def problem_body(status_code: int, title: str | None = None, detail: str = "", errors=None, code: str = "") -> dict:
-    body = {
+def problem_body(
+    status_code: int,
+    title: str | None = None,
+    detail: str = "",
+    errors: list[FieldError] | None = None,
+    code: str = "",
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "type": PROBLEM_BASE + (code or str(status_code)),
         "title": title or _TITLES.get(status_code, "Error"),
         "status": status_code,
@@ -89,7 +100,13 @@ def problem_body(status_code: int, title: str | None = None, detail: str = "", e
     return body
 
 
-def problem_response(status_code: int, title: str | None = None, detail: str = "", errors=None, code: str = ""):
+def problem_response(
+    status_code: int,
+    title: str | None = None,
+    detail: str = "",
+    errors: list[FieldError] | None = None,
+    code: str = "",
+) -> JsonResponse:
     """A plain Django response, for middleware and Django-level handlers that run outside DRF."""
     return JsonResponse(
         problem_body(status_code, title, detail, errors, code), status=status_code, content_type=PROBLEM_CONTENT_TYPE
@@ -102,6 +119,7 @@ _DOMAIN_STATUS = (
     (domain.PermissionDenied, status.HTTP_403_FORBIDDEN),
     (domain.RateLimited, status.HTTP_429_TOO_MANY_REQUESTS),
     (domain.ValidationFailed, status.HTTP_400_BAD_REQUEST),
+    (domain.Unprocessable, status.HTTP_422_UNPROCESSABLE_ENTITY),
 )
 
 
@@ -120,7 +138,7 @@ def domain_error_response(exc: domain.DomainError) -> Response:
     )
 
 
-def exception_handler(exc, ctx):
+def exception_handler(exc: Exception, ctx: dict[str, Any]) -> Response | None:
     if isinstance(exc, domain.DomainError):
         return domain_error_response(exc)
     if isinstance(exc, Http404):
@@ -133,11 +151,14 @@ def exception_handler(exc, ctx):
     if not isinstance(exc, exceptions.APIException):
         return None  # a real bug: let Django log it and answer 500 through handler500
 
-    headers = {}
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
-    if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(int(exc.wait) + (0 if float(exc.wait).is_integer() else 1))
+    headers: dict[str, str] = {}
+    # DRF sets these on the exceptions its views raise: the authentication scheme, and a throttle's wait.
+    auth_header = getattr(exc, "auth_header", None)
+    if auth_header:
+        headers["WWW-Authenticate"] = str(auth_header)
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = str(math.ceil(float(wait)))
 
     if isinstance(exc, exceptions.ValidationError):
         errors = _flatten(exc.detail)
@@ -151,7 +172,8 @@ def exception_handler(exc, ctx):
         else:
             errors = []
             detail = str(detail_value)
-        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else str(exc.default_code)
     return Response(
         problem_body(exc.status_code, None, detail, errors, str(code).replace("_", "-")),
         status=exc.status_code,
@@ -160,7 +182,26 @@ def exception_handler(exc, ctx):
     )
 
 
-def handler404(request, exception=None):
+@csrf_exempt  # a POST to a wrong API URL is a 404, not a CSRF failure page
+def api_not_found(request: HttpRequest) -> HttpResponseBase:
+    """Every path under /api/ that no route matched: a problem+json 404 in every environment, DEBUG included (Django's
+    debug 404 page is HTML). A GET that only lacks its trailing slash is redirected, as CommonMiddleware would."""
+    from django.conf import settings
+    from django.http import HttpResponsePermanentRedirect
+    from django.urls import Resolver404, resolve
+
+    path = request.path_info
+    if settings.APPEND_SLASH and request.method in ("GET", "HEAD") and not path.endswith("/"):
+        try:
+            match = resolve(path + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not api_not_found:
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+    return problem_response(404, detail="No resource at this URL.")
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith("/api/"):
         return problem_response(404, detail="No resource at this URL.")
     from django.views.defaults import page_not_found
@@ -168,7 +209,7 @@ def handler404(request, exception=None):
     return page_not_found(request, exception)
 
 
-def handler500(request):
+def handler500(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
         return problem_response(500, detail="The server failed; the error was logged with this request id.")
     from django.views.defaults import server_error

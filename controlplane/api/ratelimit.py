@@ -2,18 +2,28 @@
 
 One Lua script checks every bucket of a request and takes a token from all of them or from none, so concurrent
 requests on any number of web processes can never overdraw a bucket. Buckets refill continuously (Redis' own clock).
+When Redis is unreachable the same buckets are kept per process (looser by the number of processes, never open):
+a Redis outage must not turn every API call into an error. `/readyz` and `/metrics` say when that happens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
+from typing import Any
 
 import redis
 from django.conf import settings
+from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
+
+from controlplane import metrics
+from controlplane.outage import Breaker
+
+logger = logging.getLogger(__name__)
 
 _SCRIPT = """
 local now_parts = redis.call('TIME')
@@ -50,16 +60,37 @@ return out
 
 _client_lock = threading.Lock()
 _client: redis.Redis | None = None
-_script = None
+_script: Any = None  # redis-py's Script: called with keys and args, answers the Lua result
+
+# After a failure, requests skip Redis for REDIS_OUTAGE_RETRY_SECONDS: a frozen Redis costs one timeout per process
+# per period, not one per request.
+redis_breaker = Breaker("ratelimit-redis", open_seconds=lambda: float(settings.REDIS_OUTAGE_RETRY_SECONDS))
 
 
-def _redis():
+def _redis() -> tuple[redis.Redis, Any]:
     global _client, _script
     with _client_lock:
         if _client is None:
-            _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+            timeout = settings.RATE_LIMIT_REDIS_TIMEOUT_SECONDS
+            _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
             _script = _client.register_script(_SCRIPT)
     return _client, _script
+
+
+def reset_client() -> None:
+    """Forget the Redis client and any remembered outage (settings changed: tests, a reloaded process)."""
+    global _client, _script
+    with _client_lock:
+        if _client is not None:
+            _client.close()
+        _client = _script = None
+    redis_breaker.reset()
+    metrics.RATELIMIT_FALLBACK.set(0)
+
+
+def degraded() -> bool:
+    """True while this process counts rate limits on its own because Redis failed."""
+    return redis_breaker.failing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,11 +139,60 @@ class Decision:
         }
 
 
-def take(buckets: list[Bucket], *, cost: int = 1) -> Decision:
-    """Take `cost` tokens from every bucket, or from none if any is short. cost=0 only reads."""
+class LocalBuckets:
+    """The Lua script's token buckets in this process's memory, for while Redis is unreachable.
+
+    Bounded: past `max_keys` buckets, those that have refilled completely (indistinguishable from new ones) are
+    forgotten, then the least recently used, so unknown callers cannot grow it without limit.
+    """
+
+    def __init__(self, max_keys: int = 50_000) -> None:
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[float, float, Bucket]] = {}  # key -> (tokens, monotonic time, bucket)
+
+    def take(self, buckets: list[Bucket], *, cost: int = 1) -> Decision:
+        now = time.monotonic()
+        with self._lock:
+            tokens = []
+            for bucket in buckets:
+                held, at, _ = self._state.get(bucket.key, (bucket.capacity, now, bucket))
+                tokens.append(min(bucket.capacity, held + max(0.0, now - at) * bucket.refill_per_second))
+            allowed = all(t >= cost for t in tokens)
+            states = []
+            for bucket, t in zip(buckets, tokens):
+                if allowed:
+                    t -= cost
+                if cost > 0:
+                    self._state.pop(bucket.key, None)  # re-insert: dict order is least recently used first
+                    self._state[bucket.key] = (t, now, bucket)
+                states.append(BucketState(bucket, t))
+            if len(self._state) > self.max_keys:
+                self._prune(now)
+        return Decision(allowed=allowed, states=tuple(states))
+
+    def _prune(self, now: float) -> None:
+        for key, (held, at, bucket) in list(self._state.items()):
+            if held + (now - at) * bucket.refill_per_second >= bucket.capacity:
+                del self._state[key]
+        for key in list(self._state)[: max(0, len(self._state) - self.max_keys // 2)]:
+            del self._state[key]
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._state.clear()
+
+
+local_buckets = LocalBuckets()
+
+
+def _take_in_redis(buckets: list[Bucket], cost: int) -> Decision:
     _, script = _redis()
     keys = [f"ratelimit:{b.key}" for b in buckets]
-    args = [cost]
+    args: list[float] = [cost]
     for b in buckets:
         args += [b.capacity, b.refill_per_second]
     result = script(keys=keys, args=args)
@@ -121,29 +201,56 @@ def take(buckets: list[Bucket], *, cost: int = 1) -> Decision:
     return Decision(allowed=allowed, states=states)
 
 
-# Organization overrides are read from the database at most every 30 s per process.
-_overrides: dict[str, tuple[float, dict]] = {}
+def take(buckets: list[Bucket], *, cost: int = 1) -> Decision:
+    """Take `cost` tokens from every bucket, or from none if any is short. cost=0 only reads.
+
+    In Redis while it answers; in this process's buckets while it does not (`degraded()`), retrying Redis every
+    REDIS_OUTAGE_RETRY_SECONDS.
+    """
+    if redis_breaker.allow():
+        try:
+            decision = _take_in_redis(buckets, cost)
+        except redis.RedisError as exc:
+            if redis_breaker.failed():
+                metrics.RATELIMIT_FALLBACK.set(1)
+                logger.error("rate limits: Redis unreachable (%s); counting per process until it answers", exc)
+        else:
+            if redis_breaker.succeeded():
+                metrics.RATELIMIT_FALLBACK.set(0)
+                local_buckets.clear()
+                logger.warning("rate limits: Redis answers again; buckets are shared again")
+            return decision
+    metrics.RATELIMIT_FALLBACK_DECISIONS.inc()
+    return local_buckets.take(buckets, cost=cost)
 
 
-def _organization_overrides(org_public_id: str) -> dict:
+# Organization overrides ({level: [capacity, refill per second]}) are read from the database at most every 30 s per
+# process.
+Overrides = dict[str, Any]
+_overrides: dict[str, tuple[float, Overrides]] = {}
+
+
+def _organization_overrides(org_public_id: str) -> Overrides:
     cached = _overrides.get(org_public_id)
     if cached and cached[0] > time.monotonic():
         return cached[1]
     from organizations.models import Organization
 
-    value = Organization.objects.filter(public_id=org_public_id).values_list("rate_limits", flat=True).first() or {}
+    value: Overrides = (
+        Organization.objects.filter(public_id=org_public_id).values_list("rate_limits", flat=True).first() or {}
+    )
     if len(_overrides) > 10_000:  # unknown ids in URLs must not grow this without bound
         _overrides.clear()
     _overrides[org_public_id] = (time.monotonic() + 30, value)
     return value
 
 
-def _limits(level: str, overrides: dict) -> tuple[float, float]:
+def _limits(level: str, overrides: Overrides) -> tuple[float, float]:
     capacity, rate = overrides.get(level) or settings.RATE_LIMITS[level]
     return float(capacity), float(rate)
 
 
-def buckets_for(request, view) -> list[Bucket]:
+def buckets_for(request: Request, view: Any) -> list[Bucket]:
     from controlplane.middleware import client_ip
 
     org = (getattr(view, "kwargs", None) or {}).get("org")
@@ -153,8 +260,9 @@ def buckets_for(request, view) -> list[Bucket]:
         buckets.append(Bucket("organization", f"org:{org}", *_limits("organization", overrides)))
     auth = getattr(request, "auth", None)
     user = getattr(request, "user", None)
-    if getattr(auth, "prefix", None):
-        principal = f"key:{auth.prefix}"
+    key_prefix = getattr(auth, "prefix", None)  # an API key authenticated the request
+    if key_prefix:
+        principal = f"key:{key_prefix}"
     elif user is not None and user.is_authenticated:
         principal = f"user:{user.pk}"
     else:
@@ -166,14 +274,16 @@ def buckets_for(request, view) -> list[Bucket]:
 class HierarchicalRateThrottle(BaseThrottle):
     """DRF throttle over the three buckets; the base view copies the decision into RateLimit-* headers."""
 
-    def allow_request(self, request, view):
+    _wait: int | None = None
+
+    def allow_request(self, request: Request, view: Any) -> bool:
         if not settings.RATE_LIMITS_ENABLED:
             return True
         decision = take(buckets_for(request, view))
-        request._rate_limit = decision
+        request._rate_limit = decision  # type: ignore[attr-defined]  # read by RateLimitHeadersMixin
         short = [state.retry_after for state in decision.states if state.remaining < 1]
         self._wait = max(short) if not decision.allowed and short else None
         return decision.allowed
 
-    def wait(self):
+    def wait(self) -> int | None:
         return self._wait

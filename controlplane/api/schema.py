@@ -3,9 +3,11 @@
 Applied to every operation so that no view has to remember them.
 """
 
+from typing import Any
+
 from drf_spectacular import openapi
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import Direction, OpenApiParameter
 from rest_framework import serializers
 
 PATH_PARAMETERS = {
@@ -17,16 +19,18 @@ PATH_PARAMETERS = {
     "event": ("Audit event id", "evt_"),
     "dep": ("Deployment id", "dep_"),
     "op": ("Operation id", "op_"),
+    "cert": ("TLS certificate id", "crt_"),
+    "peering": ("VPC peering id", "pcx_"),
 }
 
 
-class ProblemFieldError(serializers.Serializer):
+class ProblemFieldError(serializers.Serializer[Any]):
     field = serializers.CharField(allow_null=True, help_text="Dotted path into the request body, or null.")
     message = serializers.CharField()
     code = serializers.CharField()
 
 
-class Problem(serializers.Serializer):
+class Problem(serializers.Serializer[Any]):
     """RFC 9457 problem details."""
 
     type = serializers.URLField()
@@ -34,7 +38,8 @@ class Problem(serializers.Serializer):
     status = serializers.IntegerField()
     detail = serializers.CharField()
     request_id = serializers.CharField(required=False)
-    errors = ProblemFieldError(many=True)
+    # A declared field: DRF's metaclass takes it off the class, so Serializer.errors is not shadowed at run time.
+    errors = ProblemFieldError(many=True)  # type: ignore[assignment]
 
 
 ERROR_DESCRIPTIONS = {
@@ -65,10 +70,10 @@ RATE_LIMIT_HEADERS = {
 
 
 class AutoSchema(openapi.AutoSchema):
-    def _resolve_path_parameters(self, variables):
+    def _resolve_path_parameters(self, variables: list[str]) -> list[dict[str, Any]]:
         known = [v for v in variables if v in PATH_PARAMETERS]
         others = [v for v in variables if v not in PATH_PARAMETERS]
-        params = super()._resolve_path_parameters(others)
+        params: list[dict[str, Any]] = super()._resolve_path_parameters(others)  # type: ignore[no-untyped-call]
         for name in known:
             description, prefix = PATH_PARAMETERS[name]
             params.append(
@@ -86,7 +91,7 @@ class AutoSchema(openapi.AutoSchema):
             )
         return params
 
-    def get_override_parameters(self):
+    def get_override_parameters(self) -> list[Any]:
         params = list(super().get_override_parameters())
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
             params.append(
@@ -112,8 +117,8 @@ class AutoSchema(openapi.AutoSchema):
             codes.append("404")
         return sorted(set(codes))
 
-    def _get_response_bodies(self, direction="response"):
-        responses = super()._get_response_bodies(direction)
+    def _get_response_bodies(self, direction: Direction = "response") -> dict[str, Any]:
+        responses: dict[str, Any] = super()._get_response_bodies(direction)
         if direction != "response":
             return responses
         component = self.resolve_serializer(Problem, "response")
@@ -132,15 +137,28 @@ class AutoSchema(openapi.AutoSchema):
             )
         return responses
 
-    def _get_examples(self, serializer, direction, media_type, status_code=None, extras=None):
+    def _get_examples(
+        self,
+        serializer: Any,
+        direction: Direction,
+        media_type: str,
+        status_code: str | None = None,
+        extras: Any = None,
+    ) -> dict[str, Any] | None:
         # A serializer's examples default to 200/201; an accepted (202) answer shows the same resource.
-        examples = super()._get_examples(serializer, direction, media_type, status_code, extras)
+        examples: dict[str, Any] | None = super()._get_examples(  # type: ignore[no-untyped-call]
+            serializer, direction, media_type, status_code, extras
+        )
         if not examples and status_code and status_code.startswith("2") and status_code not in ("200", "201"):
-            examples = super()._get_examples(serializer, direction, media_type, "200", extras)
+            examples = super()._get_examples(  # type: ignore[no-untyped-call]
+                serializer, direction, media_type, "200", extras
+            )
         return examples
 
-    def _get_response_headers_for_code(self, status_code, direction="response"):
-        headers = super()._get_response_headers_for_code(status_code, direction)
+    def _get_response_headers_for_code(
+        self, status_code: str | int, direction: Direction = "response"
+    ) -> dict[str, Any]:
+        headers: dict[str, Any] = super()._get_response_headers_for_code(status_code, direction)
         for name, description in RATE_LIMIT_HEADERS.items():
             headers.setdefault(name, {"schema": {"type": "integer"}, "description": description})
         if str(status_code) == "429":

@@ -1,6 +1,7 @@
 """Serializer bases that refuse what the default DRF ones quietly accept: unknown fields and numbers for strings."""
 
 import datetime
+from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
 
@@ -10,7 +11,7 @@ from controlplane.validators import RefuseControlCharactersMixin
 class StrictCharField(serializers.CharField):
     """A string field that refuses numbers and booleans instead of coercing them."""
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
@@ -27,8 +28,15 @@ class BrokerTextField(RefuseControlCharactersMixin, StrictCharField):
     reaches_broker = True
 
 
-class StrictFieldsMixin:
-    def to_internal_value(self, data):
+# The mixin is only ever mixed into a Serializer; typed as one so its fields and super() resolve.
+if TYPE_CHECKING:
+    _SerializerBase = serializers.Serializer[Any]
+else:
+    _SerializerBase = object
+
+
+class StrictFieldsMixin(_SerializerBase):
+    def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
             writable = {name for name, field in self.fields.items() if not field.read_only}
             unknown = sorted(set(data) - writable)
@@ -37,7 +45,7 @@ class StrictFieldsMixin:
         return super().to_internal_value(data)
 
 
-class InputSerializer(StrictFieldsMixin, serializers.Serializer):
+class InputSerializer(StrictFieldsMixin, serializers.Serializer[Any]):
     pass
 
 

@@ -46,6 +46,10 @@ class MqttCredential:
     hash_b64: str
     iterations: int = 101
     is_superuser: bool = False
+    # A confined user may publish and subscribe under exactly these topic filters and nowhere else: the deployment's
+    # ACL rules never apply to it, whatever they allow (the devices of deployments.extensions contributors).
+    # None: an ordinary user, governed by the ACL rules.
+    confined_to: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +75,23 @@ class RateLimit:
 
 @dataclasses.dataclass(frozen=True)
 class TlsMaterial:
-    """Where a deployment's server certificate lives: a kubernetes.io/tls Secret in the deployment's namespace
-    (`tls.crt`, `tls.key`, and `ca.crt` when clients must present certificates signed by it)."""
+    """What a deployment's TLS listeners (mqtts, wss) serve and whom they ask for a certificate.
 
-    secret_name: str
+    The PEM texts were parsed and re-encoded by deployments.tls; the key is decrypted. The local driver writes them
+    into files beside mosquitto's configuration; the Kubernetes driver into a kubernetes.io/tls Secret named
+    `secret_name` in the deployment's namespace (`tls.crt`, `tls.key`, and `ca.crt` for the client CA). A spec whose
+    material is empty names a Secret that exists already and is mounted as it is."""
+
+    secret_name: str = "broker-tls"
     has_client_ca: bool = False
     verify_peer: bool = False
+    certificate_pem: str = ""  # the server certificate followed by its chain up to the root
+    private_key_pem: str = dataclasses.field(default="", repr=False)
+    client_ca_pem: str = ""  # the CA(s) the clients' certificates must verify against; "" for one-way TLS
+    # With a client CA: whether a client without a certificate is refused (EMQX fail_if_no_peer_cert, mosquitto
+    # require_certificate), and whether the certificate's common name becomes the MQTT username.
+    require_client_certificate: bool = True
+    use_identity_as_username: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +128,7 @@ class BrokerSpec:
     # Kubernetes only: the bootstrap API key the control plane uses for EMQX's management API.
     api_key: str = ""
     api_secret: str = ""
-    # Kubernetes only: the certificate the TLS listeners (mqtts, wss) serve; None keeps them disabled.
+    # The certificate the TLS listeners (mqtts, wss) serve, and the client CA for two-way TLS; None: no TLS listener.
     tls: TlsMaterial | None = None
     # Kubernetes only: the EMQX Enterprise licence key (EMQX_LICENSE__KEY); "" renders none.
     license_key: str = ""

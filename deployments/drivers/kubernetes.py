@@ -358,7 +358,7 @@ class KubernetesDriver:
                 base_url=details["management_url"], api_key=spec.api_key, api_secret=spec.api_secret
             )
             emqx_api.sync_users(spec.users)
-            emqx_api.sync_acl(spec.acl)
+            emqx_api.sync_acl(spec.acl, spec.users)
         if not host:
             return Observed(
                 phase="starting",

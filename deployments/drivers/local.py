@@ -8,6 +8,7 @@ refused, and never reads or writes the database.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import errno
@@ -24,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -106,6 +108,11 @@ class _Paths:
         return self.dir / "state.json"
 
     @property
+    def primed(self) -> pathlib.Path:
+        """The broker process whose wss listener has shown mosquitto its TLS context (see _prime_websockets_tls)."""
+        return self.dir / "wss-primed.json"
+
+    @property
     def alive(self) -> pathlib.Path:
         """Touched whenever the broker is seen alive: its mtime bounds when a dead broker last served."""
         return self.dir / "alive"
@@ -121,8 +128,28 @@ class _Paths:
         return self.dir / "rejected.json"
 
     @property
+    def server_certificate(self) -> pathlib.Path:
+        """The certificate the TLS listeners serve, followed by its chain (mosquitto's `certfile`)."""
+        return self.dir / "tls-server.crt"
+
+    @property
+    def server_key(self) -> pathlib.Path:
+        """Its private key (`keyfile`): mode 0600, owned by the broker's user."""
+        return self.dir / "tls-server.key"
+
+    @property
+    def client_ca(self) -> pathlib.Path:
+        """The CA(s) clients' certificates must verify against (`cafile`), only with two-way TLS."""
+        return self.dir / "tls-client-ca.crt"
+
+    @property
     def broker_files(self) -> tuple[pathlib.Path, ...]:
-        return (self.conf, self.passwd, self.acl)
+        return (self.conf, self.passwd, self.acl, self.server_certificate, self.server_key, self.client_ca)
+
+    @property
+    def optional_files(self) -> tuple[pathlib.Path, ...]:
+        """Broker files that exist only when the spec asks for them (TLS material)."""
+        return (self.server_certificate, self.server_key, self.client_ca)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +188,18 @@ def _process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def _listening_inodes(port: int) -> set[str]:
-    inodes = set()
+def _process_identity(pid: int) -> str:
+    """`pid:start time` (in clock ticks since boot): names one process, even once its pid is reused."""
+    try:
+        start = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{pid}:{start}"
+
+
+def _listening_inodes_by_port(ports: set[int]) -> dict[int, set[str]]:
+    """Port -> inodes of the sockets listening on it, for each of `ports`, from one read of the kernel's tables."""
+    found: dict[int, set[str]] = {port: set() for port in ports}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = pathlib.Path(table).read_text().splitlines()[1:]
@@ -170,9 +207,35 @@ def _listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
+            if len(fields) > 9 and fields[3] == "0A":
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if port in found:
+                    found[port].add(fields[9])
+    return found
+
+
+def _listening_inodes(port: int) -> set[str]:
+    return _listening_inodes_by_port({port})[port]
+
+
+def _owned_listeners(pid: int, ports: set[int]) -> set[int]:
+    """Which of `ports` process `pid` holds a listening socket on (one read of the tables for all of them)."""
+    inodes = _listening_inodes_by_port(ports)
+    if not any(inodes.values()):
+        return set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    sockets = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[8:-1])
+    return {port for port, held in inodes.items() if held & sockets}
 
 
 def _owns_listener(pid: int, port: int) -> bool:
@@ -291,6 +354,26 @@ def _file_topic(value: object) -> str:
     return text
 
 
+# PEM as deployments.tls re-encodes it: whole base64 lines of at most 64 characters between the markers, one
+# line break after each line. Nothing else can reach a certificate or key file.
+_PEM_CERTIFICATES = re.compile(
+    r"(?:-----BEGIN CERTIFICATE-----\n(?:[A-Za-z0-9+/=]{1,64}\n)+-----END CERTIFICATE-----\n)+"
+)
+_PEM_PRIVATE_KEY = re.compile(r"-----BEGIN PRIVATE KEY-----\n(?:[A-Za-z0-9+/=]{1,64}\n)+-----END PRIVATE KEY-----\n")
+
+
+def _file_pem(value: object, what: str, pattern: re.Pattern) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise PermanentDriverError(f"{what} is not PEM text as the control plane writes it")
+    return value
+
+
+def _conf_bool(value: object, what: str) -> str:
+    if type(value) is not bool:
+        raise PermanentDriverError(f"{what} must be true or false, not {value!r}")
+    return "true" if value else "false"
+
+
 def _file_b64(value: object, what: str) -> str:
     if not isinstance(value, str) or not _BASE64_RE.match(value):
         raise PermanentDriverError(f"{what} must be base64")
@@ -372,9 +455,75 @@ def _loopback_for(bind_address: str) -> str:
 def _digest(contents) -> str:
     sha = hashlib.sha256()
     for content in contents:
-        sha.update(content.encode())
+        sha.update(b"\1" if content is None else content.encode())  # an absent file differs from an empty one
         sha.update(b"\0")
     return sha.hexdigest()
+
+
+def _pem_sha256(path: pathlib.Path) -> str | None:
+    """SHA-256 (hex) of the DER of the first certificate in a PEM file: its fingerprint."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    match = re.search(r"-----BEGIN CERTIFICATE-----\n(.*?)-----END CERTIFICATE-----", text, re.DOTALL)
+    if match is None:
+        return None
+    return hashlib.sha256(base64.b64decode("".join(match.group(1).split()))).hexdigest()
+
+
+def _conf_listener_ports(path: pathlib.Path) -> list[int]:
+    """The ports of the `listener` lines of the configuration file on disk: what a broker started with it serves."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [int(m.group(1)) for m in (re.match(r"^listener (\d+) ", line) for line in lines) if m]
+
+
+def _websocket_key() -> str:
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def _tls_context() -> ssl.SSLContext:
+    # The driver only looks at what the broker serves (and primes it): it never trusts or sends anything over it.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def served_certificate_sha256(host: str, port: int, timeout: float = 2.0) -> str | None:
+    """SHA-256 (hex) of the certificate a TLS listener presents now, or None if no handshake completes. Works on a
+    listener that demands client certificates too: with TLS 1.3 the server's certificate arrives, and the client
+    side of the handshake completes, before the server judges the (absent) client certificate."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with _tls_context().wrap_socket(raw, server_hostname=None) as sock:
+                der = sock.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
+def _prime_websockets_tls(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Open (and close) one WebSocket over TLS to the wss listener. mosquitto 2.0 reloads a listener's certificate on
+    SIGHUP only through the TLS context it holds, and for a WebSocket listener it learns that context from the first
+    connection that completes the WebSocket handshake (src/websockets.c, LWS_CALLBACK_ESTABLISHED, v2.0.11): until
+    then a reload leaves the wss listener on its old certificate. True if the handshake completed; a listener that
+    requires client certificates refuses it (the caller then checks what is served and restarts if need be)."""
+    request = (
+        f"GET /mqtt HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {_websocket_key()}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    )
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with _tls_context().wrap_socket(raw, server_hostname=None) as sock:
+                sock.sendall(request.encode("ascii"))
+                answer = sock.recv(64)
+    except (OSError, ssl.SSLError):
+        return False
+    return answer.startswith(b"HTTP/1.1 101")
 
 
 def _recorded_pid(paths: _Paths) -> int | None:
@@ -517,10 +666,11 @@ class LocalDriver:
     def _apply_locked(
         self, spec: BrokerSpec, paths: _Paths, ports: dict[str, int], run_as: _RunAs, state: dict, pid: int | None
     ) -> Observed:
-        rendered = {
+        rendered: dict[pathlib.Path, str | None] = {
             paths.conf: self._render_conf(spec, paths, ports, run_as),
             paths.passwd: self._render_passwd(spec),
             paths.acl: render_acl(spec)[0],
+            **self._render_tls(spec, paths),
         }
         digest = _digest(rendered.values())
         recorded_nonce = int(state.get("restart_nonce", 0))
@@ -534,9 +684,22 @@ class LocalDriver:
         # starts it with those), never the refused ones, and the change keeps failing until the rows change.
         refused_before = rejected.get("digest") == digest and accepted is not None
         files = accepted if refused_before else rendered
-        conf_changed = self._write_if_changed(paths.conf, files[paths.conf], run_as)
-        auth_changed = self._write_if_changed(paths.passwd, files[paths.passwd], run_as)
-        auth_changed |= self._write_if_changed(paths.acl, files[paths.acl], run_as)
+
+        def changed(path: pathlib.Path) -> bool:
+            # Written now, or written by an earlier apply that died before the running broker confirmed it (the
+            # files it confirmed are the accepted ones): either way the broker must still be told.
+            wrote = self._write_if_changed(path, files[path], run_as)
+            return wrote or (pid is not None and accepted is not None and accepted.get(path) != files[path])
+
+        conf_changed = changed(paths.conf)
+        auth_changed = changed(paths.passwd)
+        auth_changed |= changed(paths.acl)
+        # mosquitto 2.0 reloads a TLS listener's certfile and keyfile on SIGHUP (src/mosquitto.c
+        # listeners__reload_all_certificates, v2.0.11) but nothing else of a listener: its cafile and
+        # require_certificate are read at start only (src/conf.c: "Listeners not valid for reloading").
+        cert_changed = changed(paths.server_certificate)
+        cert_changed |= changed(paths.server_key)
+        client_ca_changed = changed(paths.client_ca)
 
         if not spec.running:
             if pid is not None:
@@ -544,24 +707,31 @@ class LocalDriver:
             self._write_state(paths, run_as, running=False, nonce=max(recorded_nonce, spec.restart_nonce))
             return self._observe_locked(spec, paths)
 
-        if pid is not None and (conf_changed or restarting):
+        if pid is not None and (conf_changed or client_ca_changed or restarting):
             self._stop(pid)
             pid = None
-        elif pid is not None and auth_changed:
+        elif pid is not None and (auth_changed or cert_changed):
             # A broker still starting may not handle SIGHUP yet (its default action kills): wait until it serves.
-            self._wait_listening(pid, ports, paths)
-            # mosquitto re-reads its password and ACL files on SIGHUP without dropping connected clients; on a file
-            # it cannot parse it logs an error and runs without that file: so its verdict is read back.
-            refused = self._reload(pid, spec, ports, paths)
+            self._wait_listening(pid, paths)
+            # mosquitto re-reads its password and ACL files and its server certificate and key on SIGHUP without
+            # dropping connected clients; on a file it cannot use it logs an error and runs without that file (or
+            # with a half-loaded certificate): so its verdict is read back.
+            refused = self._reload(pid, spec, ports, paths, certificates=cert_changed)
             if refused:
                 self._refuse(spec, paths, ports, run_as, pid=pid, digest=digest, reason=refused, reloaded=True)
+            elif cert_changed and not self._serves_certificate(spec, ports, paths):
+                # The wss listener kept its old certificate: mosquitto had no TLS context of it to reload (no
+                # WebSocket client has completed a handshake since it started, and it requires client
+                # certificates, so the driver cannot prime it). Only a restart makes it serve the new one.
+                self._stop(pid)
+                pid = None
         # Recorded before starting: a crash between here and a successful start leaves running=True with no
         # process, which observe() reports as failed and the next apply() repairs.
         self._write_state(paths, run_as, running=True, nonce=max(recorded_nonce, spec.restart_nonce))
         if pid is None:
             offset = _size(paths.log)
             try:
-                pid = self._start(paths, ports, run_as)
+                pid = self._start(paths, run_as)
             except TemporaryDriverError:
                 refused = self._config_errors(paths, offset, since_reload=False)[1]
                 self._refuse(spec, paths, ports, run_as, pid=None, digest=digest, reason=refused, reloaded=False)
@@ -570,7 +740,7 @@ class LocalDriver:
             if refused:
                 self._refuse(spec, paths, ports, run_as, pid=pid, digest=digest, reason=refused, reloaded=False)
         else:
-            self._wait_listening(pid, ports, paths)
+            self._wait_listening(pid, paths)
         _touch(paths.alive)
         if refused_before:
             raise ConfigRejectedError(
@@ -658,6 +828,10 @@ class LocalDriver:
         if not paths.dir.exists():
             return Observed(phase="absent", host=host)
         ports = {k: int(v) for k, v in (_read_json(paths.ports) or {}).items()}
+        listening = set(_conf_listener_ports(paths.conf))
+        if listening:
+            # What the configuration on disk serves: a port kept for a listener now off is not an endpoint.
+            ports = {protocol: port for protocol, port in ports.items() if port in listening}
         state = _read_json(paths.state) or {}
         pid = self._find_pid(paths)
         _, acl_note = render_acl(spec) if self._acl_renderable(spec) else ("", "invalid ACL")
@@ -673,6 +847,12 @@ class LocalDriver:
         }
         if "ws" not in ports:
             details["websockets"] = "not supported by this mosquitto build"
+        if spec.tls is not None:
+            details["tls"] = "two-way: client certificates required" if spec.tls.has_client_ca else "one-way"
+            details["tls_reload"] = (
+                "a new server certificate is reloaded (SIGHUP, clients stay connected); a client CA change restarts "
+                "the broker"
+            )
         base = dict(host=host, ports=ports, restart_nonce=int(state.get("restart_nonce", 0)), details=details)
         if pid is not None:
             if ports.get("mqtt") and _owns_listener(pid, ports["mqtt"]):
@@ -742,7 +922,7 @@ class LocalDriver:
 
     # -- process control -------------------------------------------------------------------------------------------
 
-    def _start(self, paths: _Paths, ports: dict[str, int], run_as: _RunAs) -> int:
+    def _start(self, paths: _Paths, run_as: _RunAs) -> int:
         # Truncated per start, so a failure message quotes this start, not an old one (the log keeps history).
         with open(paths.stderr, "wb") as err:
             proc = subprocess.Popen(
@@ -757,15 +937,17 @@ class LocalDriver:
             )
         self._children[proc.pid] = proc
         _atomic_write(paths.pid, f"{proc.pid}\n", run_as)
-        self._wait_listening(proc.pid, ports, paths)
+        self._wait_listening(proc.pid, paths)
         return proc.pid
 
-    def _wait_listening(self, pid: int, ports: dict[str, int], paths: _Paths) -> None:
-        """Until every listener is served (the WebSocket one opens a little after the TCP one)."""
+    def _wait_listening(self, pid: int, paths: _Paths) -> None:
+        """Until every listener of the configuration on disk is served (the WebSocket ones open a little after the
+        TCP ones)."""
         deadline = time.monotonic() + self.start_timeout
         delay = 0.002
+        ports = set(_conf_listener_ports(paths.conf))
         while True:
-            waiting = [port for port in ports.values() if not _owns_listener(pid, port)]
+            waiting = sorted(ports - _owned_listeners(pid, ports))
             if not waiting:
                 return
             port = waiting[0]
@@ -826,12 +1008,22 @@ class LocalDriver:
 
     # -- configuration verdicts ----------------------------------------------------------------------------------
 
-    def _reload(self, pid: int, spec: BrokerSpec, ports: dict[str, int], paths: _Paths) -> str:
+    def _reload(
+        self, pid: int, spec: BrokerSpec, ports: dict[str, int], paths: _Paths, *, certificates: bool = False
+    ) -> str:
         """SIGHUP the broker and wait for its verdict on the files now on disk: "" if it took them, else the error
-        lines it logged (it then runs without the file it could not parse: the caller must not leave it so)."""
+        lines it logged (it then runs without the file it could not parse: the caller must not leave it so).
+        `certificates`: the server certificate changed, so the wss listener's TLS context is primed first."""
+        host = _loopback_for(spec.region.bind_address)
+        if certificates and "wss" in ports and ports["wss"] in _conf_listener_ports(paths.conf):
+            # Once per broker process: the listener keeps the TLS context it learnt (the WebSocket handshake takes
+            # a pass of libwebsockets' service loop, about 0.2 s). If this is wrong, the check of what is served
+            # after the reload catches it.
+            process = _process_identity(pid)
+            if (_read_json(paths.primed) or {}).get("process") != process and _prime_websockets_tls(host, ports["wss"]):
+                _atomic_write(paths.primed, json.dumps({"process": process}) + "\n", None)
         offset = _size(paths.log)
         os.kill(pid, signal.SIGHUP)
-        host = _loopback_for(spec.region.bind_address)
         deadline = time.monotonic() + self.start_timeout
         reload_seen_at = None
         while not _fence(host, ports["mqtt"]):
@@ -882,18 +1074,27 @@ class LocalDriver:
         paths.accepted.mkdir(mode=0o700, exist_ok=True)
         for source in paths.broker_files:
             if not source.exists():
+                (paths.accepted / source.name).unlink(missing_ok=True)
                 continue
             target = paths.accepted / source.name
             tmp = paths.accepted / f".{source.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp"
             os.link(source, tmp)
             os.replace(tmp, target)
 
-    def _accepted_files(self, paths: _Paths) -> dict[pathlib.Path, str] | None:
-        """File -> content of the last accepted files, or None if they were never kept."""
-        try:
-            return {source: (paths.accepted / source.name).read_text() for source in paths.broker_files}
-        except OSError:
-            return None
+    def _accepted_files(self, paths: _Paths) -> dict[pathlib.Path, str | None] | None:
+        """File -> content of the last accepted files (None for an optional file that was absent), or None if they
+        were never kept."""
+        files: dict[pathlib.Path, str | None] = {}
+        for source in paths.broker_files:
+            try:
+                files[source] = (paths.accepted / source.name).read_text()
+            except FileNotFoundError:
+                if source not in paths.optional_files:
+                    return None
+                files[source] = None
+            except OSError:
+                return None
+        return files
 
     def _restore_accepted(self, paths: _Paths, run_as: _RunAs) -> bool:
         """Put the last accepted files back; False if there are none or they are what is on disk already."""
@@ -933,7 +1134,7 @@ class LocalDriver:
                 )
             return
         if reloaded and pid is not None:
-            again = self._reload(pid, spec, ports, paths)
+            again = self._reload(pid, spec, ports, paths, certificates=True)
             if again:
                 self._stop(pid)
                 self._write_state(paths, run_as, running=False, nonce=spec.restart_nonce)
@@ -945,7 +1146,7 @@ class LocalDriver:
             live = pid if pid is not None else self._find_pid(paths)
             if live is not None:
                 self._stop(live)
-            self._start(paths, ports, run_as)
+            self._start(paths, run_as)
         _touch(paths.alive)
         if not reason:
             return
@@ -971,6 +1172,16 @@ class LocalDriver:
                 mosquitto_password_line(user)
             except ValueError as exc:
                 raise PermanentDriverError(f"MQTT user {user.username!r}: {exc}") from None
+        for user in spec.users:
+            if user.confined_to is None:
+                continue
+            if user.is_superuser:
+                raise PermanentDriverError(f"MQTT user {user.username!r} cannot be both confined and a superuser")
+            for topic in user.confined_to:
+                try:
+                    validate_topic_filter(topic)
+                except ValueError as exc:
+                    raise PermanentDriverError(f"MQTT user {user.username!r} confined to {topic!r}: {exc}") from None
         if len({u.username for u in spec.users}) != len(spec.users):
             raise PermanentDriverError("MQTT usernames must be unique")
         for entry in spec.acl:
@@ -984,6 +1195,26 @@ class LocalDriver:
                 _file_username(entry.username)
             if entry.permission not in ("allow", "deny") or entry.action not in ("publish", "subscribe", "all"):
                 raise PermanentDriverError(f"ACL rule on {entry.topic!r}: unknown permission or action")
+        self._validate_tls(spec)
+
+    def _validate_tls(self, spec: BrokerSpec) -> None:
+        tls = spec.tls
+        if tls is None:
+            return
+        _file_pem(tls.certificate_pem, "the server certificate", _PEM_CERTIFICATES)
+        _file_pem(tls.private_key_pem, "the server key", _PEM_PRIVATE_KEY)
+        _conf_bool(tls.has_client_ca, "has_client_ca")
+        _conf_bool(tls.verify_peer, "verify_peer")
+        _conf_bool(tls.require_client_certificate, "require_client_certificate")
+        _conf_bool(tls.use_identity_as_username, "use_identity_as_username")
+        if tls.has_client_ca:
+            _file_pem(tls.client_ca_pem, "the client CA", _PEM_CERTIFICATES)
+            if not tls.require_client_certificate:
+                raise PermanentDriverError(
+                    "mosquitto cannot verify an optional client certificate: with a client CA it requires one"
+                )
+        elif tls.client_ca_pem or tls.use_identity_as_username:
+            raise PermanentDriverError("a client CA or use_identity_as_username without has_client_ca")
 
     def _acl_renderable(self, spec: BrokerSpec) -> bool:
         try:
@@ -1033,7 +1264,14 @@ class LocalDriver:
                     f"{ancestor} is not traversable by the mosquitto user; the broker could not read its files"
                 )
 
-    def _write_if_changed(self, path: pathlib.Path, content: str, run_as: _RunAs) -> bool:
+    def _write_if_changed(self, path: pathlib.Path, content: str | None, run_as: _RunAs) -> bool:
+        """Write `content` unless the file holds it already; None means the file must not exist."""
+        if content is None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
         try:
             if path.read_text() == content:
                 return False
@@ -1047,8 +1285,17 @@ class LocalDriver:
             paths.state, json.dumps({"running": running, "restart_nonce": nonce}, sort_keys=True) + "\n", run_as
         )
 
+    def _served_protocols(self, spec: BrokerSpec) -> list[str]:
+        """The listeners a broker of `spec` has: MQTT and WebSocket, each also over TLS when the spec has TLS."""
+        websockets = self._websockets_supported()
+        served = ["mqtt"] + (["ws"] if websockets else [])
+        if spec.tls is not None:
+            served += ["mqtts"] + (["wss"] if websockets else [])
+        return served
+
     def _ensure_ports(self, spec: BrokerSpec, paths: _Paths) -> dict[str, int]:
-        wanted = ["mqtt"] + (["ws"] if self._websockets_supported() else [])
+        """Ports for every listener `spec` has, allocated once and kept (a listener turned off keeps its port)."""
+        wanted = self._served_protocols(spec)
         with _flock(self.root / ".ports.lock"):
             current = {k: int(v) for k, v in (_read_json(paths.ports) or {}).items()}
             missing = [proto for proto in wanted if proto not in current]
@@ -1113,7 +1360,8 @@ class LocalDriver:
             "protocol mqtt",
             f"max_connections {max_connections}",
         ]
-        if "ws" in ports and self._websockets_supported():
+        served = self._served_protocols(spec)
+        if "ws" in served:
             lines += [
                 "",
                 f"listener {_conf_int(ports['ws'], 'ws port', 1, 65535)} {address}",
@@ -1123,7 +1371,60 @@ class LocalDriver:
             if ":" not in address:
                 # libwebsockets opens an IPv6 socket unless told otherwise, and fails where IPv6 is off.
                 lines.append("socket_domain ipv4")
+        for protocol, kind in (("mqtts", "mqtt"), ("wss", "websockets")):
+            if protocol not in served:
+                continue
+            lines += [
+                "",
+                f"listener {_conf_int(ports[protocol], f'{protocol} port', 1, 65535)} {address}",
+                f"protocol {kind}",
+                f"max_connections {max_connections}",
+                *self._tls_lines(spec, paths),
+            ]
+            if kind == "websockets" and ":" not in address:
+                lines.append("socket_domain ipv4")
         return "\n".join(lines) + "\n"
+
+    def _tls_lines(self, spec: BrokerSpec, paths: _Paths) -> list[str]:
+        """A TLS listener's settings: the server certificate (with its chain) and key, and for two-way TLS the
+        client CA, with client certificates required and, if asked, their common name as the username."""
+        tls = spec.tls
+        assert tls is not None
+        lines = [
+            f"certfile {_conf_path(paths.server_certificate, 'certfile')}",
+            f"keyfile {_conf_path(paths.server_key, 'keyfile')}",
+        ]
+        if tls.has_client_ca:
+            lines += [
+                f"cafile {_conf_path(paths.client_ca, 'cafile')}",
+                f"require_certificate {_conf_bool(tls.require_client_certificate, 'require_certificate')}",
+                f"use_identity_as_username {_conf_bool(tls.use_identity_as_username, 'use_identity_as_username')}",
+            ]
+        return lines
+
+    def _render_tls(self, spec: BrokerSpec, paths: _Paths) -> dict[pathlib.Path, str | None]:
+        """The certificate, key and client CA files, each through its PEM allow-list; None: the file must go."""
+        tls = spec.tls
+        if tls is None:
+            return {paths.server_certificate: None, paths.server_key: None, paths.client_ca: None}
+        return {
+            paths.server_certificate: _file_pem(tls.certificate_pem, "the server certificate", _PEM_CERTIFICATES),
+            paths.server_key: _file_pem(tls.private_key_pem, "the server key", _PEM_PRIVATE_KEY),
+            paths.client_ca: (
+                _file_pem(tls.client_ca_pem, "the client CA", _PEM_CERTIFICATES) if tls.has_client_ca else None
+            ),
+        }
+
+    def _serves_certificate(self, spec: BrokerSpec, ports: dict[str, int], paths: _Paths) -> bool:
+        """Whether every TLS listener presents the certificate now in the certfile (checked after a reload)."""
+        wanted = _pem_sha256(paths.server_certificate)
+        host = _loopback_for(spec.region.bind_address)
+        listening = _conf_listener_ports(paths.conf)
+        for protocol in ("mqtts", "wss"):
+            port = ports.get(protocol)
+            if port in listening and served_certificate_sha256(host, port) != wanted:
+                return False
+        return True
 
     def _render_passwd(self, spec: BrokerSpec) -> str:
         """One `username:$7$iterations$salt$hash` line per user: the username through its allow-list (no `:`, no
@@ -1212,6 +1513,10 @@ def render_acl(spec: BrokerSpec) -> tuple[str, str]:
     inexact: set[str] = set()
     for user in sorted(spec.users, key=lambda u: u.username):
         lines.append(f"user {_file_username(user.username)}")
+        if user.confined_to is not None:
+            # Its own lines only: the rules for everyone (an "allow all #" included) are never rendered for it.
+            lines += [f"topic readwrite {topic}" for topic in user.confined_to]
+            continue
         if user.is_superuser or not spec.acl:
             lines += ["topic readwrite #", "topic read $SYS/#"] if user.is_superuser else ["topic readwrite #"]
             continue

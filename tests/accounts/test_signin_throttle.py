@@ -1,15 +1,17 @@
-"""Console and admin sign-in are throttled per account and per client address: after 10 failures in 15 minutes a
-clear message and 429, for a period that doubles with each lock-out; audited as login.failed / login.locked /
-login.succeeded."""
+"""Console and admin sign-in are throttled per account (however its email is spelled) and per client address: after 10
+failures in 15 minutes a clear message and 429, for a period that doubles with each lock-out, with no more than 10
+checks even of guesses sent at once; audited as login.failed / login.locked / login.succeeded."""
 
+import threading
 import time
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from accounts.models import SignInThrottle, User
 from audit.models import AuditEvent
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 from tests.otp import enrol
 
 pytestmark = pytest.mark.django_db
@@ -164,3 +166,120 @@ def test_sign_in_is_audited_without_an_address_when_the_forwarded_one_is_malform
     assert response.status_code == 200
     event = AuditEvent.objects.get(action="login.failed")
     assert event.ip is None and event.summary["email"] == owner_org.owner.email
+
+
+@pytest.mark.parametrize(
+    ("stored", "variant"),
+    [
+        ("victim@mail.example", "victim@ma\u0131l.example"),  # dotless i: PostgreSQL's UPPER() makes it I
+        ("victim@post.example", "victim@po\u017ft.example"),  # long s: UPPER() makes it S
+    ],
+)
+def test_account_lock_holds_when_the_email_is_typed_with_a_unicode_case_variant(stored, variant):
+    """The account lookup is UPPER(email) = UPPER(typed): 'ı' and 'ſ' find the account as I and S do. The lock must
+    be the account's whatever spelling finds it, or each spelling is a fresh 10 tries, and a locked account signs in
+    under another spelling (which also clears the lock)."""
+    user = UserFactory(email=stored)
+    for i in range(10):  # a distributed guesser: one address per try, so only the account counts
+        response = _attempt(Client(), stored, ip=f"198.51.100.{i}")
+    assert response.status_code == 429
+
+    client = Client()
+    during_lock = _attempt(client, variant, PASSWORD, ip="192.0.2.99")
+
+    assert during_lock.status_code == 429, "a locked account signed in under another spelling of its email"
+    assert "_auth_user_id" not in client.session
+    assert SignInThrottle.objects.get(scope="account", key=user.email).locked_until is not None
+
+
+def test_failures_count_toward_the_account_whatever_unicode_case_variant_is_typed():
+    user = UserFactory(email="victim@mississippi.example")
+    variants = ["victim@m\u0131ssissippi.example", "victim@mi\u017fsissippi.example", "VICTIM@MIS\u017fISSIPPI.EXAMPLE"]
+    for n, variant in enumerate(variants * 4):  # 12 wrong guesses at one account, from 12 addresses
+        _attempt(Client(), variant, ip=f"198.51.100.{n}")
+
+    response = _attempt(Client(), user.email, PASSWORD, ip="192.0.2.7")
+
+    assert response.status_code == 429, "12 failures against one account under 3 spellings locked nothing"
+    assert AuditEvent.objects.filter(action="login.failed", summary__email=user.email).count() == 10
+
+
+def test_unknown_account_locks_like_an_existing_one_when_guessed_under_unicode_variants():
+    """With no account, the key is the typed address folded (upper, casefold, NFKC), so the variants that would find
+    one account share one lock: otherwise locking one spelling and trying another would tell whether the account
+    exists."""
+    for n, variant in enumerate(["nobody@ma\u0131l.example", "NOBODY@MAIL.EXAMPLE", "nobody@mail.example"] * 4):
+        response = _attempt(Client(), variant, ip=f"198.51.100.{n}")
+        if n < 9:
+            assert response.status_code == 200
+    assert response.status_code == 429
+    assert SignInThrottle.objects.filter(scope="account").count() == 1
+
+
+def test_admin_sign_in_lock_holds_when_the_email_is_typed_with_a_unicode_case_variant(client):
+    User.objects.create_superuser("ops@mail.example", "operator passphrase")
+    for i in range(10):
+        response = Client().post(
+            "/admin/login/", {"username": "ops@mail.example", "password": "wrong"}, REMOTE_ADDR=f"198.51.100.{i}"
+        )
+    assert response.status_code == 429
+    variant = client.post(
+        "/admin/login/",
+        {"username": "ops@ma\u0131l.example", "password": "operator passphrase"},
+        REMOTE_ADDR="192.0.2.99",
+    )
+    assert variant.status_code == 429 and b"Too many failed sign-in attempts" in variant.content
+
+
+def test_second_account_is_refused_when_its_email_differs_only_by_a_unicode_case_variant(owner_org):
+    """Two accounts equal under UPPER() would both answer the sign-in lookup, and neither could sign in."""
+    from django.db import IntegrityError, transaction
+
+    user = UserFactory(email="twin@mail.example")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        User.objects.bulk_create([User(email="twin@ma\u0131l.example", password="!")])
+    assert _attempt(Client(), "twin@ma\u0131l.example", PASSWORD).status_code == 302
+    assert _attempt(Client(), user.email, PASSWORD).status_code == 302
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_wrong_guesses_are_held_to_the_limit_when_sent_at_once(settings):
+    """Each check of a password is counted under the throttle rows' locks before the password is hashed: of guesses
+    sent at once no more than the limit are checked, however slow the hash (production's PBKDF2 here)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    user = UserFactory(email="target@example.com")
+    attempts = 20
+    start = threading.Barrier(attempts)
+    codes: list[int] = []
+
+    def guess(n):
+        try:
+            start.wait(timeout=30)
+            codes.append(_attempt(Client(), user.email, f"guess {n}", ip=f"198.51.100.{n}").status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(attempts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(codes) == attempts
+    checked = AuditEvent.objects.filter(action="login.failed", summary__email=user.email).count()
+    assert checked == settings.SIGNIN_MAX_FAILURES, f"{checked} of {attempts} simultaneous guesses were checked"
+    assert sorted(codes) == [200] * 9 + [429] * 11
+
+
+def test_right_password_on_the_last_allowed_try_signs_in_and_takes_back_its_count(owner_org, settings):
+    """The tenth check is counted (and locks) before it is made; when it turns out right, the sign-in goes ahead and
+    its count, and the lock-out it started, are taken back."""
+    user = owner_org.owner
+    for _ in range(9):
+        _attempt(Client(), user.email, ip="192.0.2.1")
+    assert _attempt(Client(), user.email, PASSWORD, ip="192.0.2.1").status_code == 302
+    assert not SignInThrottle.objects.filter(scope="account", key=user.email).exists()
+    address = SignInThrottle.objects.get(scope="address", key="192.0.2.1")
+    assert address.failures == 9 and address.locked_until is None and address.lockouts == 0
+    assert not AuditEvent.objects.filter(action="login.locked").exists()
+    assert _attempt(Client(), "someone@example.com", ip="192.0.2.1").status_code == 429  # its tenth failure

@@ -12,7 +12,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from accounts.models import User
 from audit.models import AuditEvent
 from tests.factories import PASSWORD
-from tests.otp import admin_sign_in, enrol, next_code
+from tests.otp import admin_sign_in, enrol, next_code, totp_code
 
 pytestmark = pytest.mark.django_db
 
@@ -32,8 +32,8 @@ def test_user_turns_on_two_factor_with_qr_code_and_gets_ten_recovery_codes_when_
     user = owner_org.owner
     client.force_login(user)
     page = client.get("/console/account/two-factor")
-    assert b"is <strong>off</strong>" in page.content
-    started = client.post("/console/account/two-factor", {"action": "start"})
+    assert b"is <strong>off</strong>" in page.content and b'name="password"' in page.content
+    started = client.post("/console/account/two-factor", {"action": "start", "password": PASSWORD})
     assert started["Location"] == "/console/account/two-factor/setup"
     setup = client.get("/console/account/two-factor/setup")
     assert b'src="/console/account/two-factor/qr.svg"' in setup.content
@@ -62,9 +62,8 @@ def test_enrolling_ends_the_users_other_sessions(owner_org):
     other.force_login(user)
     enrolling = Client()
     enrolling.force_login(user)
-    enrolling.post("/console/account/two-factor", {"action": "start"})
+    enrolling.post("/console/account/two-factor", {"action": "start", "password": PASSWORD})
     device = TOTPDevice.objects.get(user=user)
-    from tests.otp import totp_code
 
     assert enrolling.post("/console/account/two-factor/setup", {"code": totp_code(device)}).status_code == 200
     assert enrolling.get(f"/console/o/{owner_org.id}").status_code == 200
@@ -159,9 +158,10 @@ def test_owner_requires_two_factor_and_member_is_sent_to_enrol_before_any_page(o
 
     page = client.get(sent["Location"])
     assert owner_org.organization.name.encode() in page.content and b"requires two-factor" in page.content
-    client.post("/console/account/two-factor", {"action": "start", "next": f"/console/o/{owner_org.id}"})
+    client.post(
+        "/console/account/two-factor", {"action": "start", "password": PASSWORD, "next": f"/console/o/{owner_org.id}"}
+    )
     device = TOTPDevice.objects.get(user=member)
-    from tests.otp import totp_code
 
     codes_page = client.post(
         "/console/account/two-factor/setup", {"code": totp_code(device), "next": f"/console/o/{owner_org.id}"}
@@ -184,19 +184,99 @@ def test_member_with_a_device_but_an_unverified_session_is_asked_for_a_code(owne
     assert client.get(f"/console/o/{owner_org.id}").status_code == 200
 
 
-def test_only_an_owner_with_a_device_may_require_two_factor_when_asked_through_the_api(owner_org, key_client):
+def test_only_an_owner_in_a_verified_session_may_require_two_factor_when_asked_through_the_api(owner_org):
     url = f"/api/v1/organizations/{owner_org.id}"
+    owner = Client()
+    owner.force_login(owner_org.owner)
     # The Owner has no device yet: requiring it would shut them out first.
-    refused = key_client(owner_org.owner_secret).patch(url, {"require_two_factor": True}, format="json")
+    refused = owner.patch(url, {"require_two_factor": True}, content_type="application/json")
     assert refused.status_code == 409 and refused.json()["errors"][0]["field"] == "require_two_factor"
+    # With a device, but a session its second factor did not verify: 403, with what to do.
+    owner_device, _ = enrol(owner_org.owner)
+    unverified = Client()
+    unverified.force_login(owner_org.owner)
+    refused = unverified.patch(url, {"require_two_factor": True}, content_type="application/json")
+    assert refused.status_code == 403 and refused.json()["type"].endswith("/two-factor-session-required")
     admin, _ = owner_org.add_member(roles=["administrator"])
-    enrol(admin)
-    _key, admin_secret = owner_org.key_for(admin, role="administrator")
-    assert key_client(admin_secret).patch(url, {"require_two_factor": True}, format="json").status_code == 403
-    enrol(owner_org.owner)
-    allowed = key_client(owner_org.owner_secret).patch(url, {"require_two_factor": True}, format="json")
+    admin_device, _ = enrol(admin)
+    assert (
+        _sign_in_with_code(admin, admin_device)
+        .patch(url, {"require_two_factor": True}, content_type="application/json")
+        .json()["type"]
+        .endswith("/role-too-high")
+    )
+    allowed = _sign_in_with_code(owner_org.owner, owner_device).patch(
+        url, {"require_two_factor": True}, content_type="application/json"
+    )
     assert allowed.status_code == 200 and allowed.json()["require_two_factor"] is True
-    assert AuditEvent.objects.filter(action="organization.require_two_factor", api_key__isnull=False).exists()
+    assert AuditEvent.objects.filter(action="organization.require_two_factor", actor=owner_org.owner).exists()
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_api_key_cannot_change_the_two_factor_requirement_when_it_holds_the_owner_role(owner_org, key_client, required):
+    """API keys are not held to the requirement, so they must not set it: a leaked Owner key, which no second factor
+    protects, would otherwise lift the second factor from every member's sign-in."""
+    enrol(owner_org.owner)
+    owner_org.organization.require_two_factor = not required
+    owner_org.organization.save()
+    response = key_client(owner_org.owner_secret).patch(
+        f"/api/v1/organizations/{owner_org.id}", {"require_two_factor": required, "name": "Renamed"}, format="json"
+    )
+    assert response.status_code == 403, response.content[:300]
+    body = response.json()
+    assert body["type"].endswith("/two-factor-session-required") and "API key" in body["detail"]
+    owner_org.organization.refresh_from_db()
+    assert owner_org.organization.require_two_factor is not required
+    assert owner_org.organization.name != "Renamed"  # the whole request is refused
+    assert not AuditEvent.objects.filter(action="organization.require_two_factor").exists()
+
+
+def test_turning_on_two_factor_asks_for_the_password_when_only_a_session_is_presented(owner_org):
+    """Whoever holds a stolen session cookie of a member without two-factor must not enrol an authenticator of their
+    own: enabling ends every other session, so the member would be signed out and their password alone would no
+    longer sign them in. A stolen session would become a taken account."""
+    victim = owner_org.owner
+    victims_own_session = Client()
+    assert _password_step(victims_own_session, victim).status_code == 302
+    thief = Client()
+    thief.force_login(victim)  # the stolen cookie: no password known
+
+    for attempt in ({"action": "start"}, {"action": "start", "password": "a guess"}):
+        refused = thief.post("/console/account/two-factor", attempt, follow=True)
+        assert b"password" in refused.content
+    assert not TOTPDevice.objects.filter(user=victim).exists()
+    assert thief.get("/console/account/two-factor/setup")["Location"] == "/console/account/two-factor"
+    assert victims_own_session.get(f"/console/o/{owner_org.id}").status_code == 200
+    # The wrong guess counts toward the sign-in throttle.
+    assert AuditEvent.objects.filter(action="login.failed", summary__reason="reauthentication").count() == 1
+
+
+def test_pending_authenticator_is_shown_and_confirmed_only_in_the_session_that_began_it(owner_org):
+    """The member began the setup (with the password) and left it pending: another session of theirs (a stolen
+    cookie) must neither read its key nor confirm it."""
+    user = owner_org.owner
+    owner = Client()
+    owner.force_login(user)
+    assert owner.post("/console/account/two-factor", {"action": "start", "password": PASSWORD}).status_code == 302
+    device = TOTPDevice.objects.get(user=user, confirmed=False)
+    thief = Client()
+    thief.force_login(user)
+    assert thief.get("/console/account/two-factor/setup")["Location"] == "/console/account/two-factor"
+    assert thief.get("/console/account/two-factor/qr.svg").status_code == 404
+    thief.post("/console/account/two-factor/setup", {"code": totp_code(device)})
+    assert not TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+    assert owner.get("/console/account/two-factor/qr.svg").status_code == 200
+    assert owner.post("/console/account/two-factor/setup", {"code": totp_code(device)}).status_code == 200
+    assert TOTPDevice.objects.filter(pk=device.pk, confirmed=True).exists()
+
+
+def test_staff_without_two_factor_cannot_reach_the_admin_with_a_stolen_console_session(staff):
+    """Enrolling from a session would hand a verified session, and so the admin, to whoever holds the cookie."""
+    thief = Client()
+    thief.force_login(staff)
+    thief.post("/console/account/two-factor", {"action": "start"})
+    assert not TOTPDevice.objects.filter(user=staff).exists()
+    assert thief.get("/admin/")["Location"].startswith("/admin/login/")
 
 
 @pytest.fixture

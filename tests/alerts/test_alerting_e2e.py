@@ -11,9 +11,10 @@ import time
 import pytest
 
 from alerts import tasks
-from alerts.channels import verify_webhook_signature
-from alerts.models import Alert, Delivery
+from alerts.models import Alert
 from bench.mosquitto_floor import ConnackRefused, raw_connack
+from notifications.channels import verify_webhook_signature
+from notifications.models import Delivery
 from tests.alerts.test_tasks import Receiver
 from tests.deployments.test_e2e_local import wait_for_status, wait_operation
 from tests.deployments.test_local_driver import Client
@@ -208,7 +209,7 @@ def test_worker_collects_evaluates_and_delivers_when_beat_task_fans_out(running,
         device.close()
     [body] = receiver.bodies()
     assert body["event"] == "alert.firing" and body["deployment"] == running["deployment_id"]
-    delivery = Delivery.objects.get(alert__public_id=body["alert"])
+    delivery = Delivery.objects.get(alert_public_id=body["alert"])
     deadline = time.monotonic() + 10
     while delivery.status != "succeeded" and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -5,8 +5,9 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from alerts import services
+from alerts import defaults, evaluate, rules
 from alerts.models import Alert, AlertRule
+from notifications import services as notification_services
 from tests.alerts.test_tasks import Receiver, eager, make_deployment, rule_for, store  # noqa: F401 - eager is a fixture
 
 pytestmark = pytest.mark.django_db
@@ -116,7 +117,8 @@ def test_rule_crud_and_deployment_filter_when_project_and_deployment_scoped(ctx)
 
     listed = client.get(url, {"deployment": ctx["deployment"].public_id}).json()["results"]
     assert body["id"] in [r["id"] for r in listed] and project_wide.json()["id"] not in [r["id"] for r in listed]
-    assert len(client.get(url).json()["results"]) == 2
+    # The two rules above and the deployment's defaults, which exist since it was created.
+    assert len(client.get(url, {"page_size": 50}).json()["results"]) == 2 + len(defaults.DEFAULT_RULES)
 
     patched = client.patch(f"{url}/{body['id']}", {"enabled": False, "threshold": 10}, format="json")
     assert patched.status_code == 200, patched.content
@@ -125,8 +127,7 @@ def test_rule_crud_and_deployment_filter_when_project_and_deployment_scoped(ctx)
     assert client.get(f"{url}/{body['id']}").status_code == 404
 
 
-def test_default_rules_listed_and_editable_when_deployment_evaluated(ctx):
-    services.rules_evaluate(deployment_ids=[ctx["deployment"].pk])
+def test_default_rules_listed_and_editable_when_deployment_created(ctx):
     url = f"{ctx['project_url']}/alert-rules"
     rules = ctx["client"].get(url, {"deployment": ctx["deployment"].public_id, "page_size": 50}).json()["results"]
     assert {r["default_key"] for r in rules} >= {"connections_high", "auth_failures", "rule_resource_down"}
@@ -176,7 +177,7 @@ def test_project_user_reads_rules_but_cannot_edit_when_only_alert_read(ctx, key_
 def _firing_alert(ctx) -> Alert:
     rule = rule_for(ctx["deployment"], window_seconds=3600)
     store(ctx["deployment"], "connections", 9, timezone.now())
-    services.rules_evaluate(deployment_ids=[ctx["deployment"].pk])
+    evaluate.rules_evaluate(deployment_ids=[ctx["deployment"].pk])
     return Alert.objects.get(rule=rule)
 
 
@@ -235,77 +236,6 @@ def test_silence_refused_when_end_missing_or_matchers_bad(ctx, body, field):
     assert field in problem_fields(response)
 
 
-# --- channels -------------------------------------------------------------------------------------------------------
-
-
-def test_webhook_secret_shown_once_when_channel_created(ctx, settings):
-    settings.ALLOW_PRIVATE_WEBHOOKS = True
-    url = f"{ctx['org_url']}/notification-channels"
-    created = ctx["client"].post(
-        url,
-        {"name": "hook", "type": "webhook", "config": {"url": "http://127.0.0.1:9/x", "headers": {"X-Team": "a"}}},
-        format="json",
-    )
-    assert created.status_code == 201, created.content
-    assert created.json()["secret"].startswith("whsec_")
-    shown = ctx["client"].get(f"{url}/{created.json()['id']}").json()
-    assert "secret" not in shown and shown["config"]["headers"] == {"X-Team": "…"}
-
-
-@pytest.mark.parametrize(
-    "body, field",
-    [
-        ({"type": "webhook", "config": {"url": "ftp://example.com/x"}}, "config.url"),
-        ({"type": "webhook", "config": {"url": "http://127.0.0.1:8000/x"}}, "config.url"),
-        ({"type": "webhook", "config": {"url": "http://169.254.169.254/latest"}}, "config.url"),
-        ({"type": "webhook", "config": {"url": "http://10.0.0.5/x"}}, "config.url"),
-        ({"type": "slack", "config": {"url": "https://example.com/services/T/B/x"}}, "config.url"),
-        ({"type": "pagerduty", "config": {"routing_key": "short"}}, "config.routing_key"),
-        ({"type": "email", "config": {"addresses": ["not-an-address"]}}, "config.addresses"),
-        ({"type": "sms", "config": {}}, "type"),
-    ],
-)
-def test_channel_refused_when_destination_bad(ctx, body, field):
-    response = ctx["client"].post(f"{ctx['org_url']}/notification-channels", {"name": "x", **body}, format="json")
-    assert response.status_code == 400, response.content
-    assert field in problem_fields(response)
-
-
-def test_slack_and_pagerduty_accepted_when_shapes_right(ctx):
-    url = f"{ctx['org_url']}/notification-channels"
-    slack = ctx["client"].post(url, {"name": "s", "type": "slack", "config": {"url": SLACK_URL}}, format="json")
-    assert slack.status_code == 201, slack.content
-    assert slack.json()["config"]["url"].endswith("/…") and slack.json()["secret"] is None
-    pd = ctx["client"].post(
-        url, {"name": "p", "type": "pagerduty", "config": {"routing_key": PAGERDUTY_KEY}}, format="json"
-    )
-    assert pd.status_code == 201, pd.content
-    assert PAGERDUTY_KEY not in str(pd.json())
-
-
-def test_channel_test_delivers_and_history_lists_attempt_when_sent(ctx, settings, eager):
-    settings.ALLOW_PRIVATE_WEBHOOKS = True
-    receiver = Receiver()
-    try:
-        url = f"{ctx['org_url']}/notification-channels"
-        channel = (
-            ctx["client"]
-            .post(url, {"name": "hook", "type": "webhook", "config": {"url": receiver.url}}, format="json")
-            .json()
-        )
-        from django.test import TestCase
-
-        with TestCase.captureOnCommitCallbacks(execute=True):
-            response = ctx["client"].post(f"{url}/{channel['id']}/test")
-        assert response.status_code == 202, response.content
-    finally:
-        receiver.stop()
-    assert [b["event"] for b in receiver.bodies()] == ["test"]
-    history = ctx["client"].get(f"{url}/{channel['id']}/deliveries").json()["results"]
-    assert history[0]["status"] == "succeeded"
-    assert history[0]["history"][0]["status_code"] == 200
-
-
 # --- tenancy --------------------------------------------------------------------------------------------------------
 
 
@@ -314,12 +244,12 @@ def test_other_organizations_objects_are_404_when_addressed_through_own_org(ctx,
     other_deployment = make_deployment(other.default_project, name="theirs")
     other_rule = rule_for(other_deployment)
     store(other_deployment, "connections", 9, timezone.now())
-    services.rules_evaluate(deployment_ids=[other_deployment.pk])
+    evaluate.rules_evaluate(deployment_ids=[other_deployment.pk])
     other_alert = Alert.objects.get(rule=other_rule)
-    other_channel, _ = services.channel_create(
+    other_channel, _ = notification_services.channel_create(
         organization=other.organization, actor=None, name="x", type="email", config={"addresses": ["x@example.com"]}
     )
-    other_silence = services.silence_create(
+    other_silence = rules.silence_create(
         project=other.default_project,
         actor=None,
         matchers={},
@@ -360,3 +290,47 @@ def test_other_organizations_objects_are_404_when_addressed_through_own_org(ctx,
     )
     assert response.status_code == 400
     assert AlertRule.objects.filter(organization=ctx["org"].organization, name="x").count() == 0
+
+
+# --- routing a rule to channels needs channel:read ------------------------------------------------------------------
+
+
+def test_project_user_routes_rules_to_channels_only_when_granted_channel_read(ctx, key_client):
+    org = ctx["org"]
+    channel, _ = notification_services.channel_create(
+        organization=org.organization, actor=None, name="pager", type="email", config={"addresses": ["x@example.com"]}
+    )
+    user, _ = org.add_member(project_grants=[(org.default_project, "project_user")])
+    _, secret = org.key_for(user, role="project_user", projects=[org.default_project])
+    client, url = key_client(secret), f"{ctx['project_url']}/alert-rules"
+    body = {"name": "mine", "metric": "connections", "threshold": 1}
+
+    # A rule of their own, routed to the organization's defaults: allowed (deployment:configure).
+    plain = client.post(url, body, format="json")
+    assert plain.status_code == 201, plain.content
+    # Naming a channel, existing or not, is refused the same way: no probing for channel ids.
+    for ids in ([channel.public_id], ["chn_doesnotexist0000000"]):
+        refused = client.post(url, {**body, "channels": ids}, format="json")
+        assert refused.status_code == 403, refused.content
+        assert "channel:read" in refused.json()["detail"]
+    refused = client.patch(f"{url}/{plain.json()['id']}", {"channels": [channel.public_id]}, format="json")
+    assert refused.status_code == 403
+    assert not AlertRule.objects.filter(channels=channel).exists()
+
+    # A rule an administrator routed keeps its channels when the project user edits it, even sending them back.
+    routed = ctx["client"].post(url, {**body, "name": "routed", "channels": [channel.public_id]}, format="json")
+    assert routed.status_code == 201, routed.content
+    edited = client.patch(
+        f"{url}/{routed.json()['id']}", {"threshold": 5, "channels": [channel.public_id]}, format="json"
+    )
+    assert edited.status_code == 200 and edited.json()["channels"] == [channel.public_id]
+    assert client.patch(f"{url}/{routed.json()['id']}", {"channels": []}, format="json").status_code == 403
+
+
+def test_rule_name_refused_when_it_has_control_characters(ctx):
+    url = f"{ctx['project_url']}/alert-rules"
+    for name in ("busy\rnow", "two\nlines", "tab\there", "bell\x07ring", "nul\x00"):
+        response = ctx["client"].post(url, {"name": name, "metric": "connections", "threshold": 1}, format="json")
+        assert response.status_code == 400, (name, response.content)
+        assert "name" in problem_fields(response)
+    assert not AlertRule.objects.filter(default_key="").exists()

@@ -13,19 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.utils import timezone
 
-from alerts import services, tasks
-from alerts.channels import verify_webhook_signature
-from alerts.models import (
-    Alert,
-    AlertEvent,
-    AlertRule,
-    CollectorState,
-    Delivery,
-    MetricRollup,
-    MetricSample,
-    NotificationChannel,
-    PlatformEvent,
-)
+from alerts import collection, defaults, evaluate, platform, rules
+from alerts.models import Alert, AlertEvent, AlertRule, CollectorState, MetricRollup, MetricSample
+from notifications import services as notification_services
+from notifications.channels import verify_webhook_signature
+from notifications.models import Delivery
 
 pytestmark = pytest.mark.django_db
 
@@ -110,17 +102,17 @@ def rule_for(deployment, **fields):
         "severity": "critical",
     }
     defaults.update(fields)
-    return services.alert_rule_create(project=deployment.project, actor=None, deployment=deployment, **defaults)
+    return rules.alert_rule_create(project=deployment.project, actor=None, deployment=deployment, **defaults)
 
 
 def webhook_channel(organization, url, **kwargs):
-    return services.channel_create(
+    return notification_services.channel_create(
         organization=organization, actor=None, name="hook", type="webhook", config={"url": url}, **kwargs
     )
 
 
 def store(deployment, name, value, at):
-    services.samples_store(rows=[(deployment.pk, name, at, value)])
+    collection.samples_store(rows=[(deployment.pk, name, at, value)])
 
 
 def test_alert_fires_once_and_resolves_once_when_threshold_crossed_then_cleared(
@@ -128,7 +120,7 @@ def test_alert_fires_once_and_resolves_once_when_threshold_crossed_then_cleared(
 ):
     deployment = make_deployment(owner_org.default_project)
     channel, secret = webhook_channel(owner_org.organization, receiver.url)
-    services.channel_create(
+    notification_services.channel_create(
         organization=owner_org.organization,
         actor=None,
         name="ops mail",
@@ -139,9 +131,9 @@ def test_alert_fires_once_and_resolves_once_when_threshold_crossed_then_cleared(
     t0 = timezone.now()
     store(deployment, "connections", 3, t0)
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(seconds=30), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(seconds=30), deployment_ids=[deployment.pk])
 
     alert = Alert.objects.get(rule=rule)
     assert alert.status == "firing" and alert.value == 3
@@ -153,9 +145,9 @@ def test_alert_fires_once_and_resolves_once_when_threshold_crossed_then_cleared(
 
     store(deployment, "connections", 1, t0 + dt.timedelta(seconds=120))
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(seconds=120), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(seconds=120), deployment_ids=[deployment.pk])
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(seconds=150), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(seconds=150), deployment_ids=[deployment.pk])
     alert.refresh_from_db()
     assert alert.status == "resolved"
     assert [b["event"] for b in receiver.bodies()] == ["alert.firing", "alert.resolved"]
@@ -174,7 +166,7 @@ def test_repeat_interval_renotifies_when_still_firing(
     store(deployment, "connections", 5, t0)
     for minutes in (0, 5, 11):
         with django_capture_on_commit_callbacks(execute=True):
-            services.rules_evaluate(now=t0 + dt.timedelta(minutes=minutes), deployment_ids=[deployment.pk])
+            evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=minutes), deployment_ids=[deployment.pk])
     bodies = receiver.bodies()
     assert [(b["event"], b["repeat"]) for b in bodies] == [("alert.firing", False), ("alert.firing", True)]
 
@@ -188,15 +180,15 @@ def test_acknowledge_suppresses_repeats_when_acknowledged_until_later(
     t0 = timezone.now()
     store(deployment, "connections", 5, t0)
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
     alert = Alert.objects.get(rule=rule)
-    services.alert_acknowledge(alert=alert, actor=None, until=t0 + dt.timedelta(hours=1), comment="on it")
+    rules.alert_acknowledge(alert=alert, actor=None, until=t0 + dt.timedelta(hours=1), comment="on it")
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(minutes=20), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=20), deployment_ids=[deployment.pk])
     assert len(receiver.requests) == 1
     # Past the acknowledgement the repeat comes back.
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(minutes=61), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=61), deployment_ids=[deployment.pk])
     assert [b["repeat"] for b in receiver.bodies()] == [False, True]
 
 
@@ -207,7 +199,7 @@ def test_silence_withholds_notification_when_matching_then_sends_after_it_ends(
     webhook_channel(owner_org.organization, receiver.url)
     rule = rule_for(deployment, window_seconds=7200)
     t0 = timezone.now()
-    services.silence_create(
+    rules.silence_create(
         project=deployment.project,
         actor=None,
         matchers={"deployment": deployment.public_id},
@@ -216,15 +208,15 @@ def test_silence_withholds_notification_when_matching_then_sends_after_it_ends(
     )
     store(deployment, "connections", 5, t0)
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
     alert = Alert.objects.get(rule=rule)
     assert alert.status == "firing" and receiver.requests == []
     assert AlertEvent.objects.filter(alert=alert, kind="suppressed").count() == 1
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(minutes=5), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=5), deployment_ids=[deployment.pk])
     assert receiver.requests == []
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(minutes=11), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=11), deployment_ids=[deployment.pk])
     assert [b["event"] for b in receiver.bodies()] == ["alert.firing"]
 
 
@@ -240,7 +232,7 @@ def test_maintenance_silences_notifications_when_restart_in_progress(
     t0 = timezone.now()
     store(deployment, "connections", 5, t0)
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
     assert Alert.objects.get(deployment=deployment, rule__default_key="").status == "firing"
     assert receiver.requests == []
 
@@ -256,7 +248,7 @@ def test_receiver_answering_500_is_retried_and_recorded_when_delivery_fails(
         t0 = timezone.now()
         store(deployment, "connections", 5, t0)
         with django_capture_on_commit_callbacks(execute=True):
-            services.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
+            evaluate.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
     finally:
         failing.stop()
     delivery = Delivery.objects.get(channel=channel)
@@ -269,74 +261,27 @@ def test_receiver_answering_500_is_retried_and_recorded_when_delivery_fails(
     assert channel.failing_since is not None
 
 
-def test_delivery_task_retries_with_backoff_countdown_when_receiver_fails(owner_org, private_webhooks, monkeypatch):
-    failing = Receiver(status=503)
-    try:
-        channel, _ = webhook_channel(owner_org.organization, failing.url)
-        delivery = Delivery.objects.create(
-            organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
-        )
-        countdowns = []
-
-        def fake_retry(self_, *args, countdown=None, **kwargs):
-            countdowns.append(countdown)
-            return RuntimeError("retry")
-
-        monkeypatch.setattr(tasks.deliver_notification, "retry", lambda **kw: fake_retry(None, **kw))
-        with pytest.raises(RuntimeError):
-            tasks.deliver_notification.run(delivery.pk)
-        failing.status = 200
-        tasks.deliver_notification.run(delivery.pk)
-    finally:
-        failing.stop()
-    delivery.refresh_from_db()
-    assert countdowns == [30]
-    assert delivery.status == "succeeded"
-    assert list(delivery.attempt_rows.values_list("ok", "status_code")) == [(False, 503), (True, 200)]
-
-
-def test_administrators_get_notice_when_channel_failed_for_a_day(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks
-):
-    channel = NotificationChannel.objects.create(
-        organization=owner_org.organization,
-        name="dead",
-        type="email",
-        config={"addresses": ["x@example.com"]},
-        failing_since=timezone.now() - dt.timedelta(hours=25),
-    )
-    with django_capture_on_commit_callbacks(execute=True):
-        assert services.failing_channels_check() == 1
-    assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
-    assert "failing for a day" in mailoutbox[0].subject
-    assert PlatformEvent.objects.filter(kind="channel_failing", subject=channel.public_id).count() == 1
-    with django_capture_on_commit_callbacks(execute=True):
-        assert services.failing_channels_check() == 0
-    assert len(mailoutbox) == 1
-
-
-def test_default_rules_created_once_when_evaluated_lazily(owner_org):
+def test_default_rules_created_once_when_deployment_created_then_evaluated(owner_org):
     deployment = make_deployment(owner_org.default_project)
-    services.rules_evaluate(deployment_ids=[deployment.pk])
     keys = sorted(AlertRule.objects.filter(deployment=deployment).values_list("default_key", flat=True))
-    assert keys == sorted(d.key for d in services.DEFAULT_RULES)
+    assert keys == sorted(d.key for d in defaults.DEFAULT_RULES)
     AlertRule.objects.filter(deployment=deployment, default_key="auth_failures").delete()
-    assert services.create_default_rules(deployment=deployment) == 0
-    services.rules_evaluate(deployment_ids=[deployment.pk])
-    assert AlertRule.objects.filter(deployment=deployment).count() == len(services.DEFAULT_RULES) - 1
+    assert defaults.create_default_rules(deployment=deployment) == 0
+    evaluate.rules_evaluate(deployment_ids=[deployment.pk])
+    assert AlertRule.objects.filter(deployment=deployment).count() == len(defaults.DEFAULT_RULES) - 1
 
 
 def test_percent_rule_uses_tier_limit_when_connections_near_limit(owner_org, django_capture_on_commit_callbacks):
     deployment = make_deployment(owner_org.default_project)  # 1k tier: 1000 connections
-    services.create_default_rules(deployment=deployment)
+    defaults.create_default_rules(deployment=deployment)
     AlertRule.objects.filter(deployment=deployment, default_key="connections_high").update(for_seconds=0)
     t0 = timezone.now()
     store(deployment, "connections", 799, t0)
-    services.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
+    evaluate.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
     assert not Alert.objects.filter(deployment=deployment).exists()
     store(deployment, "connections", 801, t0 + dt.timedelta(seconds=60))
     with django_capture_on_commit_callbacks(execute=True):
-        services.rules_evaluate(now=t0 + dt.timedelta(seconds=60), deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(seconds=60), deployment_ids=[deployment.pk])
     alert = Alert.objects.get(deployment=deployment)
     assert alert.rule.default_key == "connections_high" and alert.threshold == 800
 
@@ -347,7 +292,7 @@ def test_unreachable_broker_yields_gap_and_condition_when_collected(owner_org):
     deployment = make_deployment(owner_org.default_project)
     Deployment.objects.filter(pk=deployment.pk).update(endpoints={"host": "127.0.0.1", "ports": {"mqtt": 1}})
     started = time.monotonic()
-    state = services.deployment_collect(deployment_id=deployment.pk)
+    state = collection.deployment_collect(deployment_id=deployment.pk)
     assert time.monotonic() - started < 30  # bounded, never stuck
     assert state.available is False and state.unavailable_since is not None
     assert not MetricSample.objects.filter(deployment=deployment).exists()
@@ -372,10 +317,10 @@ def test_emqx_collector_stores_samples_when_kubernetes_deployment_collected(owne
             observed_details={"management_url": fake.base_url},
             api_secret_encrypted=crypto.encrypt_str("s3cret-value"),
         )
-        first = services.deployment_collect(deployment_id=deployment.pk)
+        first = collection.deployment_collect(deployment_id=deployment.pk)
         assert first.available, first.last_error
         fake.metrics_nodes[0]["authentication.failure"] += 30
-        second = services.deployment_collect(deployment_id=deployment.pk)
+        second = collection.deployment_collect(deployment_id=deployment.pk)
         assert second.available, second.last_error
     finally:
         fake.stop()
@@ -397,7 +342,7 @@ def test_emqx_collector_stores_samples_when_kubernetes_deployment_collected(owne
 def test_rollups_and_pruning_keep_retention_when_run(owner_org):
     deployment = make_deployment(owner_org.default_project)
     now = timezone.now()
-    bucket = services._bucket_start(now) - dt.timedelta(minutes=5)
+    bucket = collection.bucket_start(now) - dt.timedelta(minutes=5)
     for i, value in enumerate((1.0, 5.0, 3.0)):
         store(deployment, "connections", value, bucket + dt.timedelta(seconds=60 * i))
     store(deployment, "connections", 9.0, now - dt.timedelta(hours=49))
@@ -412,11 +357,11 @@ def test_rollups_and_pruning_keep_retention_when_run(owner_org):
         sum=1,
         count=1,
     )
-    services.rollups_compute(now=now)
-    services.rollups_compute(now=now)  # idempotent
+    collection.rollups_compute(now=now)
+    collection.rollups_compute(now=now)  # idempotent
     rollup = MetricRollup.objects.get(deployment=deployment, bucket=bucket)
     assert (rollup.avg, rollup.min, rollup.max, rollup.last, rollup.sum, rollup.count) == (3.0, 1.0, 5.0, 3.0, 9.0, 3)
-    raw, rolled = services.metrics_prune(now=now)
+    raw, rolled = collection.metrics_prune(now=now)
     assert (raw, rolled) == (1, 1)
 
 
@@ -429,34 +374,21 @@ def test_platform_event_reaches_channels_once_when_deployment_failed(
     Deployment.objects.filter(pk=deployment.pk).update(last_error="port exhausted")
     webhook_channel(owner_org.organization, receiver.url)
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.failed_deployments_notify() == 1
+        assert platform.failed_deployments_notify() == 1
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.failed_deployments_notify() == 0
+        assert platform.failed_deployments_notify() == 0
     [body] = receiver.bodies()
     assert body["event"] == "platform.deployment_failed" and "port exhausted" in body["message"]
 
 
-def test_platform_event_emails_administrators_when_no_channel(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks
-):
-    with django_capture_on_commit_callbacks(execute=True):
-        services.notify_platform_event(
-            organization=owner_org.organization,
-            kind="invoice_payment_failed",
-            subject="inv_x",
-            message="Your card was declined.",
-            severity="critical",
-        )
-    assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
-
-
 def test_collector_state_keeps_offset_when_collected_twice(owner_org):
     deployment = make_deployment(owner_org.default_project)
-    state = CollectorState.objects.create(deployment=deployment, log_offset=42, state={"counters": {}})
+    CollectorState.objects.filter(deployment=deployment).update(log_offset=42, state={"counters": {}})
+    state = CollectorState.objects.get(deployment=deployment)
     from deployments.models import Deployment
 
     Deployment.objects.filter(pk=deployment.pk).update(endpoints={"host": "127.0.0.1", "ports": {"mqtt": 1}})
-    services.deployment_collect(deployment_id=deployment.pk)
+    collection.deployment_collect(deployment_id=deployment.pk)
     state.refresh_from_db()
     assert state.log_offset == 42 and state.available is False
 
@@ -465,7 +397,7 @@ def test_samples_round_trip_exactly_and_non_finite_values_leave_a_gap(owner_org)
     deployment = make_deployment(owner_org.default_project)
     at = timezone.now()
     values = [0.1, 1e-300, 123456789.123456789, -2.5, float("nan"), float("inf")]
-    stored = services.samples_store(
+    stored = collection.samples_store(
         rows=[(deployment.pk, "connections", at + dt.timedelta(seconds=i), v) for i, v in enumerate(values)]
     )
     assert stored == 4
@@ -475,4 +407,4 @@ def test_samples_round_trip_exactly_and_non_finite_values_leave_a_gap(owner_org)
     )
     assert MetricSample.objects.filter(deployment=deployment).first().ts == at
     with pytest.raises(ValueError):
-        services.samples_store(rows=[(deployment.pk, "bogus\tname", at, 1.0)])
+        collection.samples_store(rows=[(deployment.pk, "bogus\tname", at, 1.0)])

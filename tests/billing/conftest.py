@@ -1,14 +1,32 @@
-"""Billing test data: deployments on the seeded catalog and their status history, written as the reconciler would."""
+"""Billing test data: deployments on the seeded catalog and their status history, written as the reconciler would;
+ECB rates for invoices in US dollars that charge VAT."""
 
 import datetime
+from decimal import Decimal
 
 import pytest
 
 UTC = datetime.UTC
+# A full address: an invoice is issued only with one.
+ADDRESS = {"address": "1 Main St", "city": "Springfield"}
+# The ECB's euro rate of the dollar in the tests: 1 EUR = 1.0823 USD, so 1 USD = 0.923958... EUR.
+USD_PER_EUR = Decimal("1.0823")
 
 
 def at(*args) -> datetime.datetime:
     return datetime.datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture
+def usd_rates(db):
+    """The ECB's USD rate on every day of 2026 and 2027 (weekends too: the tests do not care about the calendar)."""
+    from billing.models import ExchangeRate
+
+    day, rows = datetime.date(2026, 1, 1), []
+    while day < datetime.date(2028, 1, 1):
+        rows.append(ExchangeRate(currency="USD", on=day, rate=USD_PER_EUR, source="tests"))
+        day += datetime.timedelta(days=1)
+    ExchangeRate.objects.bulk_create(rows, ignore_conflicts=True)
 
 
 @pytest.fixture
@@ -19,8 +37,9 @@ def tiers(db):
 
     from deployments.models import Tier
 
-    # Transactional tests flush the seeded catalog away; the seed is idempotent, so run it again.
+    # Transactional tests flush the seeded catalog away; the seeds are idempotent, so run them again.
     importlib.import_module("deployments.migrations.0002_seed_catalog").seed(apps, None)
+    importlib.import_module("billing.migrations.0003_seed_details_and_traffic_allowance").seed(apps, None)
     return {t.code: t for t in Tier.objects.filter(plan__code="dedicated").select_related("plan")}
 
 

@@ -12,7 +12,7 @@ from pypdf import PdfReader
 from billing import invoicing, metering, services
 from billing.models import AnnualQuote, Coupon, Invoice
 from billing.tax import REVERSE_CHARGE_MENTION
-from tests.billing.conftest import at
+from tests.billing.conftest import ADDRESS, at
 from tests.fakes.vies import FakeVies
 
 pytestmark = pytest.mark.django_db
@@ -27,13 +27,22 @@ def owner(org, key_client):
 
 
 def put_account(client, org, **fields):
-    body = {"country": "US", "company": "", "email": "billing@example.com", "postal_code": "", "tax_id": "", **fields}
+    body = {
+        "country": "US",
+        "company": "",
+        "email": "billing@example.com",
+        "postal_code": "94105",
+        "tax_id": "",
+        **ADDRESS,
+        **fields,
+    }
     return client.put(account_url(org), body, format="json")
 
 
 TAX_MATRIX = [
     # country, company, tax id, postal code, vat_status, treatment, rate, tax on 90.72
-    ("FR", "Exemple SAS", "FR40303265045", "75001", "format_valid", "reverse_charge", "0", 0),
+    # A number that passed the format check but that VIES has not confirmed is taxed as a French consumer's.
+    ("FR", "Exemple SAS", "FR40303265045", "75001", "format_valid", "eu_consumer", "20", 1814),
     ("DE", "Beispiel GmbH", "DE136695976", "10115", "format_valid", "domestic", "19", 1724),
     ("FR", "", "", "75001", "none", "eu_consumer", "20", 1814),
     ("FI", "", "", "00100", "none", "eu_consumer", "25.5", 2313),
@@ -45,10 +54,22 @@ TAX_MATRIX = [
 @pytest.mark.parametrize(
     "country,company,tax_id,postal,vat_status,treatment,rate,tax",
     TAX_MATRIX,
-    ids=["fr-company-valid", "de-company", "fr-consumer", "fi-consumer", "us-company", "fr-bad-checksum"],
+    ids=["fr-company-unconfirmed", "de-company", "fr-consumer", "fi-consumer", "us-company", "fr-bad-checksum"],
 )
 def test_treatment_in_api_and_on_issued_invoice_when_customer_varies(
-    owner_org, key_client, make_deployment, history, country, company, tax_id, postal, vat_status, treatment, rate, tax
+    owner_org,
+    key_client,
+    make_deployment,
+    history,
+    usd_rates,
+    country,
+    company,
+    tax_id,
+    postal,
+    vat_status,
+    treatment,
+    rate,
+    tax,
 ):
     client = owner(owner_org, key_client)
     response = put_account(client, owner_org, country=country, company=company, tax_id=tax_id, postal_code=postal)
@@ -98,6 +119,10 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
         ({"country": "US", "postal_code": "94105", "currency": "dollars"}, "currency"),
         ({"country": "US", "postal_code": "94105", "currency": 840}, "currency"),
         ({"country": "US", "postal_code": "94105", "iban": "DE02"}, "iban"),
+        ({"country": "DE", "postal_code": "10115", "address": "  "}, "address"),
+        ({"country": "DE", "postal_code": "", "city": "Berlin"}, "postal_code"),
+        ({"country": "DE", "postal_code": "10115", "address": "Torstr. 1\nVAT-free"}, "address"),
+        ({"country": "FR", "postal_code": "75001", "company": "Exemple\u2028SAS"}, "company"),
     ],
     ids=[
         "vat-wrong-country",
@@ -106,6 +131,10 @@ def test_vat_status_valid_after_vies_confirms_and_kept_when_vies_unreachable(own
         "malformed-currency",
         "number-currency",
         "unknown-field",
+        "no-street",
+        "no-postal-code",
+        "line-break-in-street",
+        "line-separator-in-company",
     ],
 )
 def test_400_names_the_field_when_billing_details_are_bad(owner_org, key_client, fields, field):
@@ -152,6 +181,9 @@ def test_pdf_and_html_hold_number_totals_treatment_and_mention_when_reverse_char
 ):
     client = owner(owner_org, key_client)
     put_account(client, owner_org, country="FR", company="Exemple SAS", tax_id="FR40303265045", postal_code="75001")
+    with FakeVies() as vies, override_settings(VIES_URL=vies.url):
+        vies.register("FR", "40303265045", name="EXEMPLE SAS")
+        services.billing_account_check_vat(account_id=owner_org.organization.billing_account.pk)
     history(make_deployment(owner_org.default_project), [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])
     metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
     invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))

@@ -11,8 +11,9 @@ from billing import invoicing, metering, services
 from billing.models import Invoice, Payment, StripeEvent
 from billing.selectors import billing_account_for
 from deployments.models import Deployment, Operation
-from tests.billing.conftest import at
+from tests.billing.conftest import ADDRESS, at
 from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
+from tests.fakes.vies import FakeVies
 
 pytestmark = pytest.mark.django_db
 WEBHOOK_SECRET = "whsec_test_billing"
@@ -38,6 +39,11 @@ def post_event(client, event_type, obj, *, event_id=None, secret=WEBHOOK_SECRET,
 
 
 def issue_march_invoice(org, make_deployment, history):
+    account = billing_account_for(organization=org.organization)
+    if not account.address:
+        services.billing_account_update(
+            account=account, actor=None, country="US", email="ap@acme.example", postal_code="94105", **ADDRESS
+        )
     history(make_deployment(org.default_project), [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])
     metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
     invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
@@ -63,6 +69,9 @@ def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe
     )
     assert response.status_code == 200
     account = billing_account_for(organization=owner_org.organization)
+    with FakeVies() as vies, override_settings(VIES_URL=vies.url):  # confirmed: reverse charge, no French VAT
+        vies.register("FR", "40303265045")
+        assert services.billing_account_check_vat(account_id=account.pk) == "valid"
     customer_id = services.billing_account_sync_stripe(account_id=account.pk)
     customer = fake_stripe.customers[customer_id]
     assert customer["email"] == "compta@exemple.fr" and customer["address"]["postal_code"] == "75001"
@@ -121,7 +130,7 @@ def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(
 ):
     account = billing_account_for(organization=owner_org.organization)
     services.billing_account_update(
-        account=account, actor=None, country="US", email="a@acme.example", postal_code="94105"
+        account=account, actor=None, country="US", email="a@acme.example", postal_code="94105", **ADDRESS
     )
     customer_id = services.billing_account_sync_stripe(account_id=account.pk)
     card = fake_stripe.attach_card(customer_id)
@@ -180,7 +189,7 @@ def test_reminded_then_stopped_then_deleted_and_paying_restarts_when_invoice_ove
 ):
     account = billing_account_for(organization=owner_org.organization)
     services.billing_account_update(
-        account=account, actor=None, country="US", email="ap@acme.example", postal_code="94105"
+        account=account, actor=None, country="US", email="ap@acme.example", postal_code="94105", **ADDRESS
     )
     invoice = issue_march_invoice(owner_org, make_deployment, history)
     running = make_deployment(owner_org.default_project, name="live")

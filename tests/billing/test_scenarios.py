@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from billing import annual, invoicing, metering, services
 from billing.models import AnnualSubscription, Coupon, CreditGrant, Invoice, InvoiceKind, InvoiceStatus, UsageRecord
 from billing.selectors import billing_account_for
-from tests.billing.conftest import at
+from tests.billing.conftest import ADDRESS, at
 
 pytestmark = pytest.mark.django_db
 MARCH = datetime.date(2026, 3, 1)
@@ -25,6 +25,7 @@ def set_account(org, **fields):
         "email": "billing@acme.example",
         "postal_code": "94105",
         "tax_id": "",
+        **ADDRESS,
         **fields,
     }
     return services.billing_account_update(account=account, actor=None, **values)
@@ -71,11 +72,13 @@ def test_second_close_changes_nothing_when_month_already_closed(owner_org, make_
 def test_numbers_sequential_without_gaps_when_several_accounts_close(org_factory, make_deployment, history):
     orgs = [org_factory() for _ in range(3)]
     for org in orgs:
+        set_account(org)
         history(make_deployment(org.default_project), [("running", at(2026, 3, 31, 20), None)])
     close_march()
     numbers = sorted(Invoice.objects.values_list("number", flat=True))
     assert numbers == [f"MQC-2026-{n:06d}" for n in range(1, 4)]
     org = org_factory()
+    set_account(org)
     history(make_deployment(org.default_project), [("running", at(2026, 4, 1), None)])
     sub = annual.annual_subscription_start(
         deployment=org.default_project.deployments.get(), actor=None, now=at(2026, 4, 2)
@@ -133,7 +136,7 @@ def test_prorated_difference_billed_once_when_tier_upgraded_mid_term(owner_org, 
 
 
 def test_oldest_credit_then_coupon_applied_before_tax_and_expired_credit_skipped_when_invoice_closes(
-    owner_org, make_deployment, history
+    owner_org, make_deployment, history, usd_rates
 ):
     account = set_account(owner_org, country="DE", company="", postal_code="10115")
     dep = make_deployment(owner_org.default_project)

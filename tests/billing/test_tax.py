@@ -19,18 +19,33 @@ FR_BAD_CHECKSUM = "FR40303265046"
 
 
 def decide(customer_country, *, is_business, tax_id=None, on=ON):
-    status = validate_tax_id(customer_country, tax_id).status
+    check = validate_tax_id(customer_country, tax_id)
     return tax_treatment(
-        seller_country="DE", customer_country=customer_country, is_business=is_business, vat_status=status, on=on
+        seller_country="DE",
+        customer_country=customer_country,
+        is_business=is_business,
+        vat_status=check.status,
+        on=on,
+        tax_id=check.normalized or "",
     )
 
 
-def test_reverse_charge_at_zero_with_mention_when_french_company_has_valid_number():
-    decision = decide("FR", is_business=True, tax_id=FR_VALID)
+def test_reverse_charge_at_zero_with_mention_when_french_company_number_confirmed_by_vies():
+    decision = tax_treatment(
+        seller_country="DE", customer_country="FR", is_business=True, vat_status="valid", on=ON, tax_id=FR_VALID
+    )
     assert decision.treatment is TaxTreatment.REVERSE_CHARGE
     assert decision.rate == Decimal(0)
     assert decision.mention == REVERSE_CHARGE_MENTION
     assert "Article 196" in decision.mention and "2006/112/EC" in decision.mention
+
+
+def test_french_consumer_rate_with_a_note_when_number_only_passed_the_format_check():
+    # Art. 18(1)(a) of Regulation 282/2011: without VIES' confirmation the buyer is taxed as a consumer of France.
+    decision = decide("FR", is_business=True, tax_id=FR_VALID)
+    assert validate_tax_id("FR", FR_VALID).status is VatStatus.FORMAT_VALID
+    assert (decision.treatment, decision.rate, decision.mention) == (TaxTreatment.EU_CONSUMER, Decimal("20"), None)
+    assert FR_VALID in decision.note and "not been confirmed by VIES" in decision.note and "282/2011" in decision.note
 
 
 def test_domestic_at_19_percent_when_german_company_buys_from_german_seller():

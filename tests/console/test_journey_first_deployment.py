@@ -10,6 +10,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from playwright.sync_api import expect
 
+from tests.mail import body
+
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
@@ -29,17 +31,26 @@ def _option(argv, flag):
     return argv[argv.index(flag) + 1]
 
 
-def test_new_customer_connects_a_client_when_following_the_console(site, celery_worker, mailoutbox):
+@pytest.fixture
+def worker_smtp(smtp_receiver, monkeypatch):
+    """The sign-up email goes from the worker (another process): it sends through this SMTP server."""
+    monkeypatch.setenv("EMAIL_URL", smtp_receiver.url)
+    return smtp_receiver
+
+
+def test_new_customer_connects_a_client_when_following_the_console(site, worker_smtp, celery_worker):
     page = site.page(name="newcomer")
     page.goto("/console/signup")
     page.get_by_label("Email").fill("ada@example.com")
     page.get_by_label("Organization name").fill("Engines Ltd")
-    page.get_by_label("Password").fill("a fine long passphrase")
     page.check("signup")
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
-    link = re.search(r"https?://\S+/console/signup/confirm\?token=\S+", mailoutbox[-1].body).group(0)
+    [mail] = worker_smtp.wait_for(1)
+    # The worker builds links on its own PUBLIC_URL: the path is what leads to this test's server.
+    link = re.search(r"https?://[^/\s]+(/console/signup/confirm\?token=\S+)", body(mail)).group(1)
     page.goto(link)
+    page.get_by_label("Choose a password").fill("a fine long passphrase")
     page.get_by_role("button", name="Create my account").click()
 
     expect(page.get_by_role("heading", name="Projects")).to_be_visible()

@@ -94,7 +94,8 @@ def test_deployment_runs_on_emqx_with_users_pushed_when_operator_reports_ready(
         assert body["status"] == "running"
         assert body["connection"] == {
             "host": "203.0.113.7",
-            "ports": {"mqtt": 1883, "ws": 8083},  # no certificate yet: the TLS listeners are off
+            # TLS listeners on: the reconciler issued the deployment's certificate before its first apply.
+            "ports": {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 8084},
         }
         assert set(emqx.users()) == {"sensor", "$controlplane-monitor"}
         assert emqx.rules()["clients"]["gateway-1"]

@@ -12,12 +12,14 @@ from django.core.management import ManagementUtility
 from django.db import connection
 from django.utils import timezone
 
-from alerts import services as alert_services
-from alerts.models import Alert, AlertEvent, Delivery, PlatformEvent
+from alerts import collection, evaluate, rules
+from alerts.models import Alert, AlertEvent
 from audit.models import AuditEvent
 from controlplane.errors import Conflict, ValidationFailed
 from deployments import services
 from deployments.models import Deployment, DeploymentEvent, MaintenanceWindow, Operation
+from notifications import services as notification_services
+from notifications.models import Delivery, PlatformEvent
 from tests.otp import staff_sign_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
@@ -146,7 +148,7 @@ def test_scheduling_emails_administrators_and_records_platform_event_when_no_cha
 def test_scheduling_records_delivery_to_platform_channel_and_says_emergency(
     owner_org, deployment, django_capture_on_commit_callbacks
 ):
-    channel, _ = alert_services.channel_create(
+    channel, _ = notification_services.channel_create(
         organization=owner_org.organization,
         actor=None,
         name="ops",
@@ -527,7 +529,7 @@ def test_concurrent_runs_start_one_restart_per_window(owner_org):
 def test_alert_firing_during_window_is_suppressed_and_not_sent(
     owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
 ):
-    channel, _ = alert_services.channel_create(
+    channel, _ = notification_services.channel_create(
         organization=owner_org.organization,
         actor=None,
         name="ops",
@@ -536,7 +538,7 @@ def test_alert_firing_during_window_is_suppressed_and_not_sent(
         platform_events=False,
     )
     window = schedule(deployment)
-    rule = alert_services.alert_rule_create(
+    rule = rules.alert_rule_create(
         project=deployment.project,
         actor=None,
         deployment=deployment,
@@ -550,9 +552,9 @@ def test_alert_firing_during_window_is_suppressed_and_not_sent(
         severity="critical",
     )
     during = window.starts_at + dt.timedelta(minutes=10)  # scheduled, not yet started by the beat task
-    alert_services.samples_store(rows=[(deployment.pk, "connections", during, 5.0)])
+    collection.samples_store(rows=[(deployment.pk, "connections", during, 5.0)])
     with django_capture_on_commit_callbacks(execute=True):
-        alert_services.rules_evaluate(now=during, deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=during, deployment_ids=[deployment.pk])
     alert = Alert.objects.get(rule=rule)
     assert alert.status == "firing"
     events = list(AlertEvent.objects.filter(alert=alert).values_list("kind", "message"))
@@ -560,9 +562,9 @@ def test_alert_firing_during_window_is_suppressed_and_not_sent(
     assert not Delivery.objects.filter(channel=channel).exists() and mailoutbox == []
     # After the window, the withheld fire is sent.
     after = window.ends_at + dt.timedelta(minutes=1)
-    alert_services.samples_store(rows=[(deployment.pk, "connections", after, 5.0)])
+    collection.samples_store(rows=[(deployment.pk, "connections", after, 5.0)])
     with django_capture_on_commit_callbacks(execute=True):
-        alert_services.rules_evaluate(now=after, deployment_ids=[deployment.pk])
+        evaluate.rules_evaluate(now=after, deployment_ids=[deployment.pk])
     assert Delivery.objects.filter(channel=channel, kind="fire").count() == 1
 
 
@@ -572,7 +574,7 @@ def test_maintenance_ids_cover_open_windows_only(owner_org, deployment):
     cancelled = schedule(other)
     services.maintenance_cancel(window=cancelled, actor=None)
     inside = window.starts_at + dt.timedelta(minutes=1)
-    assert alert_services._maintenance_ids(None, now=inside) == {deployment.pk}
-    assert alert_services._maintenance_ids([other.pk], now=inside) == set()
-    assert alert_services._maintenance_ids(None, now=window.ends_at) == set()
-    assert alert_services._maintenance_ids(None, now=window.starts_at - dt.timedelta(seconds=1)) == set()
+    assert evaluate._maintenance_ids(None, now=inside) == {deployment.pk}
+    assert evaluate._maintenance_ids([other.pk], now=inside) == set()
+    assert evaluate._maintenance_ids(None, now=window.ends_at) == set()
+    assert evaluate._maintenance_ids(None, now=window.starts_at - dt.timedelta(seconds=1)) == set()

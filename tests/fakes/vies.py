@@ -1,7 +1,8 @@
 """HTTP-level fake of the VIES REST API's check-vat-number endpoint, served on 127.0.0.1 in a thread.
 
-Answers like VIES on the calls billing.vies makes: a JSON verdict for known/unknown numbers, INVALID_INPUT for a
-malformed request, and the member-state outages (HTTP 200 with actionSucceed=false, or a 5xx). Never a real VIES.
+Answers like VIES on the calls billing.vies makes: a JSON verdict for known/unknown numbers, with a consultation number
+(requestIdentifier) when the request names a requester, INVALID_INPUT for a malformed request, and the member-state
+outages (HTTP 200 with actionSucceed=false, or a 5xx). Never a real VIES.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class FakeVies:
         self.outage: str | None = None
         self.delay_seconds: float = 0.0
         self.requests: list[dict] = []
+        self.consultations: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         # A short poll interval keeps shutdown() quick at the end of every test.
@@ -105,6 +107,11 @@ class FakeVies:
                     return
                 key = (body["countryCode"], body["vatNumber"])
                 name, address = fake.registered.get(key, ("---", "---"))
+                # VIES gives a consultation number only to a check that says who asks.
+                identifier = ""
+                if body.get("requesterMemberStateCode") and body.get("requesterNumber"):
+                    identifier = f"WAPIAAAA{len(fake.consultations) + 1:08d}"
+                    fake.consultations.append(identifier)
                 self._send(
                     200,
                     {
@@ -112,7 +119,7 @@ class FakeVies:
                         "vatNumber": key[1],
                         "requestDate": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
                         "valid": key in fake.registered,
-                        "requestIdentifier": "",
+                        "requestIdentifier": identifier,
                         "name": name,
                         "address": address,
                         "traderName": "---",

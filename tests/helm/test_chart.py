@@ -249,6 +249,24 @@ def test_regions_job_loads_the_configmap_after_install_when_rendered():
     assert "/etc/controlplane/kubeconfigs/region-us-east-kubeconfig" in mounts
 
 
+def test_regions_job_mounts_cloud_credentials_when_a_region_names_them():
+    values = _values_file(
+        "regions:\n  items:\n    - {code: eu, display_name: EU, provider: aws, region: eu-central-1, "
+        "driver: kubernetes, in_cluster: true, open: true, cloud_credentials_secret: region-eu-cloud, "
+        "network: {account_id: '111122223333', vpc_id: vpc-0a1b2c3d, cidr: 10.0.0.0/16}}\n"
+    )
+    result = template(REQUIRED, (values,))
+    assert result.returncode == 0, result.stderr
+    objects = list(yaml.safe_load_all(result.stdout))
+    job = by_kind([o for o in objects if o], "Job")[f"{FULLNAME}-load-regions"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "CLOUD_CREDENTIALS_DIR", "value": "/etc/controlplane/cloud-credentials"} in container["env"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/etc/controlplane/cloud-credentials/region-eu-cloud" in mounts
+    volumes = [v["secret"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volumes == [{"secretName": "region-eu-cloud", "items": [{"key": "credentials.json", "path": "credentials.json"}]}]
+
+
 # --- workers, beat, autoscaling -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values_set", sorted(RENDERS))
@@ -278,6 +296,27 @@ def test_beat_is_a_single_replica_replaced_with_recreate_when_rendered():
         targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(objects, "HorizontalPodAutoscaler").values()}
         assert beat["metadata"]["name"] not in targets
         assert "DatabaseScheduler" in " ".join(beat["spec"]["template"]["spec"]["containers"][0]["command"])
+
+
+def test_agent_runs_several_platform_agents_with_a_pdb_and_no_api_token_when_rendered():
+    for render_fn in RENDERS.values():
+        objects = render_fn()
+        agent = by_kind(objects, "Deployment")[f"{FULLNAME}-agent"]
+        pod = agent["spec"]["template"]["spec"]
+        assert agent["spec"]["replicas"] >= 2  # leases make several safe; one alone is a single point of failure
+        assert pod["containers"][0]["command"] == ["python", "manage.py", "platform_agent"]
+        assert pod["automountServiceAccountToken"] is False
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        # A killed agent's deployments move within a lease and a heartbeat: the promise is 30 s.
+        assert float(env["IOT_AGENT_LEASE_SECONDS"]) + float(env["IOT_AGENT_HEARTBEAT_SECONDS"]) < 30
+        pdb = by_kind(objects, "PodDisruptionBudget")[f"{FULLNAME}-agent"]
+        assert pdb["spec"]["selector"]["matchLabels"] == agent["spec"]["selector"]["matchLabels"]
+    assert f"{FULLNAME}-agent" not in by_kind(render_default(**{"agent.enabled": False}), "Deployment")
+
+
+def test_schema_refuses_a_lease_too_long_for_the_takeover_promise():
+    result = template({**REQUIRED, "agent.leaseSeconds": 40})
+    assert result.returncode != 0 and "leaseSeconds" in result.stderr
 
 
 @pytest.mark.parametrize("values_set", sorted(RENDERS))

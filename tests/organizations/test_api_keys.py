@@ -167,9 +167,9 @@ def test_authentication_reads_key_organization_creator_and_membership_in_one_que
         assert found.key.organization.rate_limits == {"principal": [10, 1]}
         assert found.key.created_by == user and found.key.created_by.email == user.email
         assert found.creator_membership.pk == membership.pk and found.creator_membership.roles == ["administrator"]
-        assert found.limited_to_projects is True
+        assert found.limited_to_projects is True  # a column of the key, not read from its project list
         # A typed row: nothing is hung on the model instances themselves.
-        assert not hasattr(found.key, "creator_membership") and not hasattr(found.key, "limited_to_projects")
+        assert not hasattr(found.key, "creator_membership")
     membership.delete()
     found = api_key_authenticate(secret)
     assert found.creator_membership is None

@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import User
-from organizations.models import Invitation, Membership
+from organizations.models import Invitation, Membership, Organization
 
 pytestmark = pytest.mark.django_db
 
@@ -120,3 +120,40 @@ def test_new_invitation_replaces_the_open_one_for_the_same_address(owner_org, ke
     )
     assert new.status_code == 201
     assert Membership.objects.get(user__email="new.person@example.com").roles == ["auditor"]
+
+
+def test_invitation_email_is_sent_on_one_line_when_a_stored_organization_name_holds_a_line_break(
+    owner_org, key_client, mailoutbox
+):
+    """Names are refused line breaks now, but rows stored before keep theirs: the subject is flattened, or send_mail
+    would refuse the header (BadHeaderError) and the invitee never get the link."""
+    Organization.objects.filter(pk=owner_org.organization.pk).update(name="Acme\r\nBcc: victim@example.com")
+    response = _invite(key_client(owner_org.owner_secret), owner_org.id)
+    assert response.status_code == 201
+    [mail] = mailoutbox
+    assert mail.subject == "You are invited to Acme Bcc: victim@example.com"
+    assert mail.to == ["new.person@example.com"] and not mail.bcc
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invitation_answers_201_and_stays_open_when_its_email_cannot_be_sent(owner_org, key_client, settings, caplog):
+    """The email goes after the invitation is committed: a mail server that refuses it must not turn a change that was
+    made into a 500 (the caller would retry and revoke the first link); it is logged, and the invitation can be sent
+    again."""
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the connection is refused
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 5
+    response = key_client(owner_org.owner_secret).post(
+        f"/api/v1/organizations/{owner_org.id}/invitations",
+        {"email": "new.person@example.com", "roles": ["accountant"]},
+        format="json",
+    )
+    assert response.status_code == 201, response.content[:300]
+    invitation = Invitation.objects.get(email="new.person@example.com")
+    assert invitation.status == "pending"
+    assert any("on_commit" in record.getMessage() for record in caplog.records if record.levelname == "ERROR")

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from audit.models import AuditEvent
@@ -123,3 +125,83 @@ def test_key_limited_to_a_deleted_project_is_revoked_not_widened(owner_org, key_
     assert key_client(narrow_secret).get(f"/api/v1/organizations/{owner_org.id}/projects").status_code == 401
     listed = key_client(wide_secret).get(f"/api/v1/organizations/{owner_org.id}/projects").json()["results"]
     assert [p["id"] for p in listed] == [other.public_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_project_limited_key_is_revoked_not_widened_when_its_projects_are_deleted_at_once(key_client):
+    """Two concurrent deletions of a key's two projects: each, reading without a lock, would see the other project
+    still linked, neither would revoke, both would unlink, and the key would be left with no project. The key's rows
+    are locked and the revocation decided after unlinking: the second deletion revokes it."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from organizations.models import ApiKey
+    from projects import services
+    from tests.factories import make_organization
+
+    org = make_organization()
+    a = services.project_create(organization=org.organization, actor=None, name="A")
+    b = services.project_create(organization=org.organization, actor=None, name="B")
+    key, secret = org.key_for(org.owner, role="project_administrator", projects=[a, b])
+    client = key_client(secret)
+    other = f"/api/v1/organizations/{org.id}/projects/{org.default_project.public_id}/deployments"
+    assert client.get(other).status_code == 404  # limited to A and B: the Default project is invisible
+
+    a_deleted, b_started = threading.Event(), threading.Event()
+    errors = []
+
+    def delete_a():
+        try:
+            with transaction.atomic():
+                services.project_delete(project=a, actor=None)
+                a_deleted.set()
+                b_started.wait(timeout=10)
+                time.sleep(0.5)  # B's deletion now waits for this transaction's lock on the key
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            a_deleted.set()
+            connection.close()
+
+    def delete_b():
+        try:
+            a_deleted.wait(timeout=10)
+            b_started.set()
+            services.project_delete(project=b, actor=None)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=delete_a), threading.Thread(target=delete_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+
+    assert client.get(other).status_code == 401, "the key reaches a project it was never limited to"
+    key = ApiKey.objects.get(pk=key.pk)
+    assert key.revoked_at is not None and not key.projects.exists()
+    assert AuditEvent.objects.get(action="project.delete", target_id=b.public_id).summary["revoked_api_keys"] == [
+        key.prefix
+    ]
+
+
+def test_project_limited_key_reaches_nothing_when_its_projects_vanish_outside_the_service(owner_org, key_client):
+    """A project removed another way (staff in the admin): the key is limited by a property of its own, not by a
+    non-empty project list, so with none left it reaches nothing rather than the whole organization."""
+    from projects import services
+
+    only = services.project_create(organization=owner_org.organization, actor=None, name="Only")
+    key, secret = owner_org.key_for(owner_org.owner, role="administrator", projects=[only])
+    Project.objects.filter(pk=only.pk).delete()  # the cascade unlinks the key, revoking nothing
+    client = key_client(secret)
+    base = f"/api/v1/organizations/{owner_org.id}"
+    for path in ("", "/projects", f"/projects/{owner_org.default_project.public_id}/deployments", "/members"):
+        assert client.get(f"{base}{path}").status_code == 404, path
+    assert client.post(f"{base}/projects", {"name": "Mine"}, format="json").status_code == 404
+    assert not Project.objects.filter(name="Mine").exists()
+    listed = key_client(owner_org.owner_secret).get(f"{base}/api-keys/{key.public_id}").json()
+    assert listed["limited_to_projects"] is True and listed["projects"] == []

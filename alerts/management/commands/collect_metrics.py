@@ -6,7 +6,7 @@ the Celery workers exactly as the beat schedule does.
 
 from django.core.management.base import BaseCommand, CommandError
 
-from alerts import services, tasks
+from alerts import collection, evaluate, tasks
 
 
 class Command(BaseCommand):
@@ -25,7 +25,7 @@ class Command(BaseCommand):
                 raise CommandError(f"no deployment {deployment}")
             ids = [found]
         else:
-            ids = services.running_deployment_ids()
+            ids = collection.running_deployment_ids()
         if enqueue:
             for pk in ids:
                 tasks.collect_deployment.delay(pk)
@@ -33,9 +33,9 @@ class Command(BaseCommand):
             return
         unavailable = 0
         for pk in ids:
-            state = services.deployment_collect(deployment_id=pk)
+            state = collection.deployment_collect(deployment_id=pk)
             unavailable += state is not None and not state.available
-        summary = services.rules_evaluate(deployment_ids=ids)
+        summary = evaluate.rules_evaluate(deployment_ids=ids)
         self.stdout.write(
             f"{len(ids)} deployments collected ({unavailable} unavailable); {summary.evaluated} "
             f"rule evaluations, {summary.changed} alert changes, {summary.notifications} notifications"

@@ -5,7 +5,7 @@ import datetime
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from billing import invoicing, metering
+from billing import invoicing, metering, services
 
 
 def parse_month(value: str) -> datetime.date:
@@ -16,7 +16,11 @@ def parse_month(value: str) -> datetime.date:
 
 
 class Command(BaseCommand):
-    help = "Close a month: one invoice per billing account for its unbilled usage. Safe to run again."
+    help = (
+        "Close a month: one invoice per billing account for its unbilled usage and traffic (late usage of earlier "
+        "months included). Unconfirmed VAT numbers are asked about at VIES first. An invoice that cannot be issued "
+        "complete (address, price, exchange rate) waits as a draft. Safe to run again."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -29,8 +33,9 @@ class Command(BaseCommand):
     def handle(self, *args, month=None, **options):
         if month is None:
             month = (metering.month_start(timezone.now()) - datetime.timedelta(days=1)).date()
+        services.vat_checks_due(unconfirmed_only=True, budget_seconds=600)
         try:
             result = invoicing.close_invoices(month=month)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"{month:%Y-%m}: {len(result.invoices)} invoices to collect")
+        self.stdout.write(f"{month:%Y-%m}: {len(result.invoices)} invoices to collect, {len(result.held)} held")

@@ -4,7 +4,7 @@ import datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing import annual, metering
+from billing import annual, invoicing, metering
 
 
 def parse_instant(value: str) -> datetime.datetime:
@@ -18,7 +18,10 @@ def parse_instant(value: str) -> datetime.datetime:
 
 
 class Command(BaseCommand):
-    help = "Meter deployments' billable seconds per hour slot up to --now (default: now); catches up missed hours."
+    help = (
+        "Meter deployments' billable seconds per hour slot up to --now (default: now); catches up every missed hour, "
+        "however many, in batches. Usage without a price in its currency is recorded unpriced and reported."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -36,5 +39,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, now=None, since=None, **options):
         recorded = metering.meter_usage(now=now, since=since)
+        priced = metering.usage_price_pending()
+        released = invoicing.invoices_release_held(now=now)
         upgrades = annual.annual_upgrades_bill(now=now)
         self.stdout.write(f"{recorded} usage records, {upgrades} annual upgrades billed")
+        unpriced = metering.unpriced_usage_summary()
+        if priced or released:
+            self.stdout.write(f"{priced} records priced since, {len(released)} held invoices issued")
+        for currency, (records, seconds) in sorted(unpriced.items()):
+            self.stderr.write(
+                f"error: {records} usage records ({seconds} s) in {currency} have no price: add the catalog price"
+            )

@@ -2,9 +2,13 @@
 
 Each item: {code, display_name, provider, region, driver: local|kubernetes, kubeconfig_secret?: NAME (read from
 $KUBECONFIG_SECRETS_DIR/NAME/kubeconfig and stored encrypted), in_cluster?: bool, open: bool, bind_address?,
-storage_class?, service_type?, tiers?: ["dedicated/1k", ...] (default: every Dedicated and Premium tier)}.
+storage_class?, service_type?, tiers?: ["dedicated/1k", ...] (default: every Dedicated and Premium tier),
+network?: {the platform's VPC/VNet for VPC peering, keys per provider below}, cloud_credentials_secret?: NAME (JSON
+read from $CLOUD_CREDENTIALS_DIR/NAME/credentials.json and stored encrypted)}. See docs/operations/regions.md.
 """
 
+import ipaddress
+import json
 import os
 import pathlib
 
@@ -29,7 +33,30 @@ KNOWN_KEYS = {
     "storage_class",
     "service_type",
     "tiers",
+    "network",
+    "cloud_credentials_secret",
 }
+# The platform network a region's VPC peerings attach to: required keys per provider (networking reads them).
+NETWORK_KEYS = {
+    "aws": {"account_id", "vpc_id", "cidr"},
+    "gcp": {"project_id", "network", "cidr"},
+    "azure": {"tenant_id", "subscription_id", "resource_group", "vnet_name", "cidr"},
+}
+
+
+def _network(index: int, provider: str, network) -> dict:
+    if not isinstance(network, dict) or provider not in NETWORK_KEYS:
+        raise CommandError(f"item {index}: network must be a mapping, for provider aws, gcp or azure")
+    missing = NETWORK_KEYS[provider] - set(network)
+    if missing:
+        raise CommandError(f"item {index}: network needs {sorted(missing)} for provider {provider}")
+    try:
+        for cidr in [network["cidr"], *network.get("reserved_cidrs", [])]:
+            if ipaddress.IPv4Network(cidr).is_global:
+                raise ValueError(f"{cidr} is not a private range")
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"item {index}: network cidr: {exc}") from exc
+    return network
 
 
 class Command(BaseCommand):
@@ -83,6 +110,22 @@ class Command(BaseCommand):
                 )
             except OSError as exc:
                 raise CommandError(f"item {index}: cannot read the kubeconfig of secret {secret!r}: {exc}") from exc
+        if "network" in item:
+            region.network = _network(index, region.provider, item["network"]) if item["network"] else {}
+        secret = item.get("cloud_credentials_secret")
+        if secret:
+            base = os.environ.get("CLOUD_CREDENTIALS_DIR")
+            if not base or "/" in secret or secret in (".", ".."):
+                raise CommandError(
+                    f"item {index}: cloud_credentials_secret needs CLOUD_CREDENTIALS_DIR and a plain name"
+                )
+            try:
+                credentials = json.loads((pathlib.Path(base) / secret / "credentials.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise CommandError(f"item {index}: cannot read the cloud credentials of {secret!r}: {exc}") from exc
+            if not isinstance(credentials, dict):
+                raise CommandError(f"item {index}: the cloud credentials of {secret!r} must be a JSON object")
+            region.cloud_credentials_encrypted = crypto.encrypt_str(json.dumps(credentials))
         if region.driver == Region.Driver.KUBERNETES and not region.kubeconfig_encrypted and not region.in_cluster:
             raise CommandError(f"item {index}: a kubernetes region needs kubeconfig_secret or in_cluster: true")
         created = region.pk is None

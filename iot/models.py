@@ -1,0 +1,190 @@
+"""Premium's IoT platform: the device registry and groups, device shadows and their history, and the platform
+agent's own rows (its broker credentials per deployment, leases, heartbeats, the outbox it publishes from).
+
+Fields and constraints only. Registry and shadow changes are made in iot.services; presence fields (online,
+connected_at…) are written only by the agent (iot.services.presence_apply).
+"""
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from controlplane.ids import PublicIdField
+from controlplane.validators import broker_text, no_control_characters
+
+AGENT_USERNAME = "$controlplane-agent"
+# The agent's MQTT client id on every broker: one persistent session, so a second agent taking a deployment over
+# inherits the QoS 1 messages queued for (or in flight to) the first.
+AGENT_CLIENT_ID = "$controlplane-agent"
+
+
+class AgentCredential(models.Model):
+    """The platform agent's broker user on one Premium deployment: full access there and nowhere else. The password
+    is a Fernet token (controlplane.crypto), never shown by any API; the hash keeps the broker's files stable."""
+
+    deployment = models.OneToOneField("deployments.Deployment", on_delete=models.CASCADE, related_name="+")
+    username = models.CharField(max_length=64, default=AGENT_USERNAME, validators=[broker_text])
+    password_encrypted = models.TextField()
+    salt_b64 = models.CharField(max_length=64, validators=[broker_text])
+    hash_b64 = models.CharField(max_length=128, validators=[broker_text])
+    created_at = models.DateTimeField(default=timezone.now)
+
+
+class DeviceGroup(models.Model):
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="device_groups")
+    name = models.CharField(max_length=64, validators=[no_control_characters])
+    description = models.CharField(max_length=500, blank=True, validators=[no_control_characters])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "name"], name="device_group_name_unique")]
+
+    def __str__(self):
+        return self.name
+
+
+class Device(models.Model):
+    """A device of one Premium deployment: its identity (the MQTT client id), description and broker credentials.
+    Only the PBKDF2 hash of its password is kept; the password is shown once, when made."""
+
+    public_id = PublicIdField(prefix="dev")
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="devices")
+    device_id = models.CharField(max_length=128, validators=[broker_text])  # its client id and its topics
+    name = models.CharField(max_length=128, blank=True, validators=[no_control_characters])
+    product = models.CharField(max_length=64, blank=True, validators=[no_control_characters])
+    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    groups = models.ManyToManyField(DeviceGroup, blank=True, related_name="devices")
+    enabled = models.BooleanField(default=True)
+    username = models.CharField(max_length=64, validators=[broker_text])
+    salt_b64 = models.CharField(max_length=64, validators=[broker_text])
+    hash_b64 = models.CharField(max_length=128, validators=[broker_text])
+    iterations = models.PositiveIntegerField(default=101)
+    credentials_issued_at = models.DateTimeField(default=timezone.now)
+
+    # Presence: written only by the platform agent, from the broker's own connection events.
+    online = models.BooleanField(default=False)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    client_address = models.CharField(max_length=128, blank=True, validators=[no_control_characters])
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["device_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "device_id"], name="device_id_unique_per_deployment"),
+            models.UniqueConstraint(fields=["deployment", "username"], name="device_username_unique"),
+        ]
+        indexes = [
+            GinIndex(fields=["tags"], name="device_tags_gin"),
+            models.Index(fields=["deployment", "product"], name="device_product_idx"),
+            models.Index(fields=["deployment", "online"], name="device_online_idx"),
+        ]
+
+    def __str__(self):
+        return self.device_id
+
+
+class Shadow(models.Model):
+    """A device's classic shadow: desired and reported state, per-field timestamps, one version for both.
+
+    `present` is False before the first update and after a delete; the version keeps counting across deletes, as
+    AWS IoT's does, so a stale writer is refused after a delete too.
+    """
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, primary_key=True, related_name="shadow")
+    present = models.BooleanField(default=False)
+    version = models.PositiveBigIntegerField(default=0)
+    desired = models.JSONField(default=dict)
+    reported = models.JSONField(default=dict)
+    desired_metadata = models.JSONField(default=dict)
+    reported_metadata = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+
+class ShadowChange(models.Model):
+    """Every accepted shadow change, written in the transaction that accepted it: the shadow's history."""
+
+    class Kind(models.TextChoices):
+        UPDATE = "update", "Update"
+        DELETE = "delete", "Delete"
+
+    class Source(models.TextChoices):
+        MQTT = "mqtt", "MQTT"
+        API = "api", "REST API"
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="shadow_history")
+    version = models.PositiveBigIntegerField()
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    source = models.CharField(max_length=8, choices=Source.choices)
+    state = models.JSONField(default=dict, blank=True)  # the accepted request's state: {"desired"?, "reported"?}
+    client_token = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["device", "version"]
+        # Two accepted changes can never claim one version: the constraint, not the code, is the guarantee.
+        constraints = [models.UniqueConstraint(fields=["device", "version"], name="shadow_change_version_unique")]
+        indexes = [models.Index(fields=["created_at"], name="shadow_change_time_idx")]
+
+
+class AgentLease(models.Model):
+    """Which platform agent serves a deployment, until when. Taken with a conditional upsert when free or expired,
+    renewed by the holder's heartbeat; `token` grows with every acquisition and fences a holder that lost it."""
+
+    deployment = models.OneToOneField(
+        "deployments.Deployment", on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    holder = models.CharField(max_length=128)
+    token = models.PositiveBigIntegerField(default=1)
+    acquired_at = models.DateTimeField()
+    renewed_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    # What the holder last reported: the age of its oldest unprocessed message, the time of its last processed event.
+    lag_seconds = models.FloatField(default=0.0)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    # Where the presence source stopped (the broker log's inode and offset): a new holder resumes there.
+    presence_cursor = models.JSONField(default=dict, blank=True)
+
+
+class AgentHeartbeat(models.Model):
+    agent_id = models.CharField(max_length=128, unique=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField()
+    last_heartbeat_at = models.DateTimeField()
+    deployments = models.PositiveIntegerField(default=0)
+
+
+class OutboxMessage(models.Model):
+    """Something the agent serving `deployment` must do on its broker, written in the transaction that caused it:
+    publish a message (a shadow delta after a REST change), or take a client id over (disconnect a disabled
+    device) once the broker runs `after_generation`. At least once: a row is deleted after it was carried out."""
+
+    class Kind(models.TextChoices):
+        PUBLISH = "publish", "Publish"
+        KICK = "kick", "Disconnect a client id"
+
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    topic = models.CharField(max_length=512, blank=True)
+    payload = models.TextField(blank=True)
+    client_id = models.CharField(max_length=128, blank=True)
+    after_generation = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["deployment", "id"], name="outbox_deployment_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(kind="publish") & ~Q(topic="")) | (Q(kind="kick") & ~Q(client_id="")),
+                name="outbox_message_complete",
+            )
+        ]

@@ -1,0 +1,39 @@
+"""IoT platform routes (Premium), mounted under /api/v1/ by controlplane.urls, under one deployment."""
+
+from django.urls import path
+
+from iot import api
+
+ONE = "organizations/<str:org>/projects/<str:project>/deployments/<str:dep>"
+DEVICE = ONE + "/devices/<str:device>"
+
+urlpatterns = [
+    path(ONE + "/devices", api.DeviceViewSet.as_view({"get": "list", "post": "create"}), name="device-list"),
+    path(
+        DEVICE,
+        api.DeviceViewSet.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+        name="device-detail",
+    ),
+    path(
+        DEVICE + "/credentials",
+        api.DeviceViewSet.as_view({"post": "rotate_credentials"}),
+        name="device-credentials",
+    ),
+    path(
+        DEVICE + "/shadow",
+        api.DeviceViewSet.as_view({"get": "shadow", "patch": "shadow_update", "delete": "shadow_delete"}),
+        name="device-shadow",
+    ),
+    path(DEVICE + "/shadow/history", api.ShadowHistoryViewSet.as_view({"get": "list"}), name="device-shadow-history"),
+    path(ONE + "/device-imports", api.DeviceImportViewSet.as_view({"post": "create"}), name="device-import"),
+    path(
+        ONE + "/device-groups",
+        api.DeviceGroupViewSet.as_view({"get": "list", "post": "create"}),
+        name="device-group-list",
+    ),
+    path(
+        ONE + "/device-groups/<str:group>",
+        api.DeviceGroupViewSet.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+        name="device-group-detail",
+    ),
+]

@@ -1,0 +1,567 @@
+"""Every change to a VPC peering: the pre-flight, create, deletion protection, delete, and the poll that walks a
+peering through the provider's states.
+
+Requests (create, update, delete) are one transaction each: validate, write, audit, and enqueue the poll on commit.
+The poll is the only writer of what the provider says; it calls the provider with no transaction open and holds an
+advisory lock per peering instead. Nothing here reads credentials from a request: they come from the region.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from alerts import collection as alerts_collection
+from alerts import evaluate as alerts_evaluate
+from alerts.metrics import VPC_PEERING_ABNORMAL
+from audit.services import audit_record
+from controlplane import crypto
+from controlplane.db import LockSpace, session_try_lock
+from controlplane.errors import Conflict, ValidationFailed
+from deployments.models import Deployment, DeploymentEvent, DesiredState, Plan, Region
+from networking import checks
+from networking.models import VpcPeering
+from networking.providers import adapter_for
+from networking.providers.base import Customer, Observation, Platform, ProviderError
+from organizations.access import acting_user
+
+logger = logging.getLogger(__name__)
+
+State = VpcPeering.State
+PEERABLE_PLANS = (Plan.Code.DEDICATED, Plan.Code.PREMIUM)
+# A poll chain whose next run is this late was lost (a killed worker, a flushed Redis): the sweep starts a new one.
+SWEEP_GRACE = datetime.timedelta(seconds=60)
+
+
+# -- the region's network ---------------------------------------------------------------------------------------------
+
+
+def region_has_vpc(region: Region) -> bool:
+    return region.provider in checks.PROVIDERS and bool((region.network or {}).get("cidr"))
+
+
+def platform_of(region: Region) -> Platform:
+    """The platform's side in `region`, credentials decrypted. ProviderError (temporary) when the operator has not
+    loaded them: the peering waits until they are there."""
+    if not region.cloud_credentials_encrypted:
+        raise ProviderError(f"Region {region.code} has no cloud credentials loaded (load_regions).", permanent=False)
+    try:
+        credentials = json.loads(crypto.decrypt_str(region.cloud_credentials_encrypted))
+    except ValueError as exc:
+        raise ProviderError(f"Region {region.code}'s cloud credentials cannot be read: {exc}", permanent=False) from exc
+    return Platform(
+        provider=region.provider,
+        region=region.cloud_region,
+        network=dict(region.network),
+        credentials=credentials,
+        ca_bundle=settings.CLOUD_CA_BUNDLE or None,
+    )
+
+
+def customer_of(peering: VpcPeering) -> Customer:
+    fields = {name: getattr(peering, name) for name in checks.PROVIDER_FIELDS[peering.provider]}
+    return Customer(public_id=peering.public_id, cidr=peering.cidr, fields=fields)
+
+
+# -- the pre-flight ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+    """A peering request that passed every check, normalised."""
+
+    provider: str
+    cidr: str
+    fields: dict[str, str]
+    platform_cidr: str
+    checks: list[str]
+
+
+def _refuse_unpeerable(deployment: Deployment) -> None:
+    """The 409s: what the deployment is, not what was typed, forbids a peering."""
+    if deployment.desired_state == DesiredState.DELETED:
+        raise Conflict("The deployment is being deleted or was deleted.")
+    region = deployment.region
+    if not region_has_vpc(region):
+        raise Conflict(
+            f"Region {region.code!r} has no VPC: VPC peering is available in cloud regions (AWS, GCP, Azure), not "
+            f"in a {region.provider or 'local'} region.",
+            code="region-without-vpc",
+        )
+    if deployment.plan.code not in PEERABLE_PLANS:
+        raise Conflict(f"VPC peering is available for Dedicated and Premium deployments, not {deployment.plan.name}.")
+
+
+def _live_peerings():
+    """Peerings that hold (or may soon hold) a range at the provider. A failed peering that never became active
+    was cleaned up at the provider before it failed, so it holds nothing."""
+    return VpcPeering.objects.exclude(state=State.DELETED).exclude(state=State.FAILED, activated_at__isnull=True)
+
+
+def peering_preflight(
+    *, deployment: Deployment, provider: str, cidr: str, fields: Mapping[str, str | None]
+) -> Preflight:
+    """Every check a peering must pass before anything is created. Raises Conflict for a deployment that cannot be
+    peered, ValidationFailed naming each field at fault (and the range it conflicts with)."""
+    _refuse_unpeerable(deployment)
+    region = deployment.region
+    network = region.network
+    errors: dict[str, str] = {}
+    passed: list[str] = []
+
+    if provider not in checks.PROVIDERS:
+        errors["provider"] = f"One of {', '.join(checks.PROVIDERS)}."
+    elif provider != region.provider:
+        errors["provider"] = (
+            f"This deployment's region {region.code!r} runs on {region.provider}; a {provider} network cannot be "
+            f"peered with it."
+        )
+    else:
+        passed.append(f"provider {provider} matches region {region.code}")
+
+    wanted = checks.PROVIDER_FIELDS.get(provider, ())
+    values: dict[str, str] = {}
+    for name in checks.ALL_FIELDS:
+        value = fields.get(name)
+        if name in wanted:
+            if not value:
+                errors[name] = f"Required for a {provider} peering."
+            elif message := checks.field_error(name, value):
+                errors[name] = message
+            else:
+                values[name] = checks.normalize_field(name, value)
+        elif value:
+            takes = ", ".join(wanted) if wanted else "its own fields"
+            errors[name] = f"Not a field of a {provider} peering (it takes {takes})."
+    if provider == "aws" and "region" in values and values["region"] != region.cloud_region:
+        errors["region"] = (
+            f"Peering is within one region: this deployment runs in {region.cloud_region}, not {values['region']}."
+        )
+
+    platform_cidr = ipaddress.IPv4Network(network["cidr"])
+    try:
+        requested = checks.parse_cidr(cidr)
+    except ValueError as exc:
+        errors["cidr"] = str(exc)
+        requested = None
+    if requested is not None:
+        errors_before = len(errors)
+        private = checks.private_range_of(requested)
+        reserved = checks.reserved_conflict(requested, region.provider, network.get("reserved_cidrs", ()))
+        if private is None:
+            errors["cidr"] = checks.public_range_message(requested)
+        elif reserved is not None:
+            errors["cidr"] = f"{requested} overlaps the reserved range {reserved[0]}: {reserved[1]}."
+        elif requested.overlaps(platform_cidr):
+            errors["cidr"] = f"{requested} overlaps the platform's network {platform_cidr} in region {region.code}."
+        else:
+            for other in _live_peerings().filter(deployment__region=region).select_related("deployment__project"):
+                if not requested.overlaps(ipaddress.IPv4Network(other.cidr)):
+                    continue
+                if other.deployment_id == deployment.pk:
+                    errors["cidr"] = (
+                        f"{requested} overlaps peering {other.public_id} ({other.cidr}) of this deployment."
+                    )
+                elif other.deployment.project.organization_id == deployment.project.organization_id:
+                    errors["cidr"] = (
+                        f"{requested} overlaps peering {other.public_id} ({other.cidr}) of deployment "
+                        f"{other.deployment.public_id}, which shares region {region.code}'s network."
+                    )
+                else:
+                    # Another organization's range: say that it is taken, not whose it is.
+                    errors["cidr"] = (
+                        f"{requested} overlaps a range already peered with region {region.code}'s network; choose "
+                        f"another range."
+                    )
+                break
+        if len(errors) == errors_before:
+            passed.append(f"{requested} is private ({private[1]})")
+            passed.append(f"{requested} does not overlap the platform's network {platform_cidr}")
+            passed.append(f"{requested} does not overlap a reserved range or another peering")
+
+    if not errors and wanted:
+        same = {name: values[name] for name in wanted if name not in ("tenant_id",)}
+        duplicate = _live_peerings().filter(deployment=deployment, provider=provider, **same).first()
+        if duplicate is not None:
+            field = {"aws": "vpc_id", "gcp": "network", "azure": "vnet_name"}[provider]
+            errors[field] = f"Peering {duplicate.public_id} already connects this deployment with that network."
+    if errors:
+        raise ValidationFailed(errors)
+    return Preflight(
+        provider=provider, cidr=str(requested), fields=values, platform_cidr=str(platform_cidr), checks=passed
+    )
+
+
+# -- requests ----------------------------------------------------------------------------------------------------------
+
+
+def _event(peering: VpcPeering, kind: str, message: str) -> None:
+    DeploymentEvent.objects.create(deployment_id=peering.deployment_id, kind=kind, message=message)
+
+
+def _schedule(peering: VpcPeering, countdown: float) -> None:
+    """Start the next poll of `peering` after commit. A new token supersedes any task already queued; the caller
+    saves the row. A lost enqueue (Redis down) is found by the sweep once next_poll_at has passed."""
+    peering.poll_token = secrets.token_hex(8)
+    peering.next_poll_at = timezone.now() + datetime.timedelta(seconds=countdown)
+    pk, token = peering.pk, peering.poll_token
+
+    def send():
+        from networking.tasks import poll_peering
+
+        poll_peering.apply_async((pk, token), countdown=countdown)
+
+    transaction.on_commit(send, robust=True)
+
+
+def _locked(peering: VpcPeering) -> VpcPeering:
+    return (
+        VpcPeering.objects.select_for_update(of=("self",))
+        .select_related("deployment__project__organization", "deployment__region")
+        .get(pk=peering.pk)
+    )
+
+
+@transaction.atomic
+def vpc_peering_create(
+    *,
+    deployment: Deployment,
+    actor,
+    provider: str,
+    cidr: str,
+    deletion_protection: bool = False,
+    **fields: str | None,
+) -> VpcPeering:
+    """Record the peering (pending) after the pre-flight; the poll creates it at the provider."""
+    deployment = (
+        Deployment.objects.select_for_update(of=("self",))
+        .select_related("project__organization", "plan", "region")
+        .get(pk=deployment.pk)
+    )
+    # One creation per region at a time: the overlap checks against the region's other peerings hold until commit.
+    list(Region.objects.select_for_update().filter(pk=deployment.region_id).values_list("pk", flat=True))
+    checked = peering_preflight(deployment=deployment, provider=provider, cidr=cidr, fields=fields)
+    peering = VpcPeering(
+        deployment=deployment,
+        provider=checked.provider,
+        cidr=checked.cidr,
+        deletion_protection=deletion_protection,
+        created_by=acting_user(actor),
+        **checked.fields,
+    )
+    peering.full_clean()
+    peering.save()
+    _schedule(peering, 0)
+    peering.save(update_fields=["poll_token", "next_poll_at"])
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action="vpc_peering.create",
+        target=peering,
+        summary={
+            "deployment": deployment.public_id,
+            "provider": checked.provider,
+            "cidr": checked.cidr,
+            **checked.fields,
+            "deletion_protection": deletion_protection,
+        },
+    )
+    _event(peering, "vpc_peering.created", f"{peering.public_id}: {checked.provider} peering with {checked.cidr}")
+    return peering
+
+
+@transaction.atomic
+def vpc_peering_update(*, peering: VpcPeering, actor, deletion_protection: bool | None = None) -> VpcPeering:
+    """Turn deletion protection on or off; lifting it is its own audit entry."""
+    peering = _locked(peering)
+    if peering.state in (State.DELETING, State.DELETED):
+        raise Conflict("The peering is being deleted or was deleted.")
+    if deletion_protection is not None and deletion_protection != peering.deletion_protection:
+        peering.deletion_protection = deletion_protection
+        peering.save(update_fields=["deletion_protection", "updated_at"])
+        audit_record(
+            actor=actor,
+            organization=peering.deployment.project.organization,
+            action="vpc_peering.protection.enable" if deletion_protection else "vpc_peering.protection.lift",
+            target=peering,
+            summary={"deployment": peering.deployment.public_id, "deletion_protection": deletion_protection},
+        )
+    return peering
+
+
+@transaction.atomic
+def vpc_peering_delete(*, peering: VpcPeering, actor, force: bool = False, reason: str = "") -> VpcPeering:
+    """Start deleting the peering at the provider (the poll finishes it). Deletion protection answers 409; `force`
+    (the deployment itself was deleted) overrides it."""
+    peering = _locked(peering)
+    if peering.state in (State.DELETING, State.DELETED):
+        raise Conflict("The peering is already being deleted or was deleted.")
+    if peering.deletion_protection and not force:
+        raise Conflict("Deletion protection is on for this peering; lift it first (PATCH deletion_protection).")
+    before = peering.state
+    peering.state = State.DELETING
+    peering.poll_attempt = 0
+    peering.last_error = ""
+    _schedule(peering, 0)
+    peering.save()
+    audit_record(
+        actor=actor,
+        organization=peering.deployment.project.organization,
+        action="vpc_peering.delete",
+        target=peering,
+        summary={"deployment": peering.deployment.public_id, "state": before, "force": force, "reason": reason},
+    )
+    _event(peering, "vpc_peering.deleting", f"{peering.public_id}: {before} → deleting")
+    if before == State.FAILED and peering.activated_at is not None:
+        _report_abnormal(peering.deployment_id)
+    return peering
+
+
+@transaction.atomic
+def vpc_peering_poll_now(*, peering: VpcPeering) -> None:
+    """Look at the provider again now (the backoffice's action), superseding the poll already scheduled."""
+    peering = _locked(peering)
+    if peering.state == State.DELETED:
+        return
+    _schedule(peering, 0)
+    peering.save(update_fields=["poll_token", "next_poll_at"])
+
+
+# -- the poll ----------------------------------------------------------------------------------------------------------
+
+
+def _backoff(attempt: int, cap: float) -> float:
+    return min(settings.VPC_PEERING_POLL_BASE_SECONDS * (2 ** min(attempt, 20)), cap)
+
+
+def peering_poll(*, peering_id: int, token: str) -> str:
+    """One look at the provider for one peering, and the next step of its state walk. Returns what happened."""
+    with session_try_lock(LockSpace.VPC_PEERING, peering_id) as held:
+        if not held:
+            return "busy"  # another worker polls it; that poll schedules the next one
+        peering = VpcPeering.objects.select_related("deployment__region").filter(pk=peering_id).first()
+        if peering is None or not token or peering.poll_token != token:
+            return "stale"
+        return _poll(peering)
+
+
+@dataclasses.dataclass
+class _Result:
+    observation: Observation | None = None
+    error: ProviderError | None = None
+    cleanup_error: ProviderError | None = None
+    ids: dict = dataclasses.field(default_factory=dict)
+    step: dict | None = None
+
+
+def _poll(peering: VpcPeering) -> str:
+    started = peering.state
+    result = _Result(ids=dict(peering.provider_ids))
+    if started == State.DELETED or (started == State.FAILED and peering.activated_at is None):
+        return _apply(peering.pk, started, result)
+    adapter = adapter_for(peering.provider)
+    customer = customer_of(peering)
+    try:
+        platform = platform_of(peering.deployment.region)
+        if started == State.DELETING:
+            adapter.remove(platform, customer, result.ids)
+        elif started == State.PENDING:
+            result.observation = adapter.request(platform, customer)
+        else:
+            result.observation = adapter.refresh(platform, customer, result.ids)
+    except ProviderError as exc:
+        result.error = exc
+    except Exception as exc:  # a bug in an adapter must not strand the peering: log it, retry with backoff
+        logger.exception("vpc peering %s: unexpected error from the %s adapter", peering.public_id, peering.provider)
+        result.error = ProviderError(f"Unexpected error ({type(exc).__name__}); retrying.", permanent=False)
+    if result.observation is not None:
+        result.ids.update(result.observation.ids)
+        if result.observation.status == "waiting":
+            result.step = adapter.customer_step(platform, customer, result.ids).as_dict()
+    never_active = started in (State.PENDING, State.AWAITING_CUSTOMER_ACTION) and peering.activated_at is None
+    failing = (result.error is not None and result.error.permanent) or (
+        result.observation is not None and result.observation.status == "broken"
+    )
+    if never_active and failing:
+        # Nothing half-made stays at the provider: a peering that fails before it ever worked is taken down first.
+        try:
+            adapter.remove(platform, customer, result.ids)
+        except ProviderError as exc:
+            result.cleanup_error = exc
+        except Exception as exc:  # as above: logged, and the same failing step is retried with its cleanup
+            logger.exception("vpc peering %s: unexpected error cleaning up at %s", peering.public_id, peering.provider)
+            result.cleanup_error = ProviderError(f"Unexpected error ({type(exc).__name__}).", permanent=False)
+    return _apply(peering.pk, started, result)
+
+
+def _apply(pk: int, started: str, result: _Result) -> str:
+    """Write what the poll learnt, unless a request changed the peering meanwhile, and schedule the next poll."""
+    now = timezone.now()
+    with transaction.atomic():
+        peering = VpcPeering.objects.select_for_update().filter(pk=pk).first()
+        if peering is None:
+            return "gone"
+        peering.provider_ids = {**peering.provider_ids, **result.ids}
+        peering.last_checked_at = now
+        if peering.state != started:
+            # Deleted while we asked the provider: the request's state stands, and the ids we just learnt let
+            # the deletion find what this poll may have created.
+            _schedule(peering, 0)
+            peering.save()
+            return "superseded"
+        new_state, next_in = _next(peering, started, result, now)
+        changed = new_state != started
+        peering.state = new_state
+        peering.poll_attempt = 0 if changed else peering.poll_attempt + 1
+        if next_in is None:
+            peering.poll_token = ""
+            peering.next_poll_at = None
+        else:
+            _schedule(peering, next_in(peering.poll_attempt))
+        peering.save()
+        if changed:
+            _event(peering, f"vpc_peering.{new_state}", _transition_text(peering, started))
+            if State.ACTIVE in (started, new_state) or (new_state == State.DELETED and peering.activated_at):
+                _report_abnormal(peering.deployment_id)
+    return new_state
+
+
+def _transition_text(peering: VpcPeering, started: str) -> str:
+    text = f"{peering.public_id}: {started} → {peering.state}"
+    return f"{text} ({peering.last_error})" if peering.state == State.FAILED and peering.last_error else text
+
+
+def _next(peering: VpcPeering, started: str, result: _Result, now) -> tuple[str, object]:
+    """The state the poll moves the peering to, and when to look again (a function of the attempt, or None)."""
+    waiting_cap = settings.VPC_PEERING_POLL_MAX_SECONDS
+    resync = settings.VPC_PEERING_RESYNC_SECONDS
+
+    def backoff(attempt):
+        return _backoff(attempt, waiting_cap)
+
+    def watch(attempt):
+        return resync
+
+    error, observation = result.error, result.observation
+    was_active = peering.activated_at is not None
+    if started == State.DELETED:
+        return started, None
+    if started == State.FAILED and not was_active:
+        return started, None
+    if started == State.DELETING:
+        if error is not None:
+            peering.last_error = error.message
+            return started, backoff
+        peering.deleted_at = now
+        peering.last_error = ""
+        peering.customer_action = {}
+        return State.DELETED, None
+    if error is not None and (not error.permanent or was_active):
+        # A temporary failure, or any refusal while checking a peering that once worked: keep the state, retry.
+        peering.last_error = error.message
+        return started, (backoff if not was_active else (lambda attempt: _backoff(attempt, resync)))
+    reason = error.message if error is not None else (observation.detail if observation else "")
+    if result.cleanup_error is not None:
+        peering.last_error = f"{reason} Cleaning up at the provider failed, retrying: {result.cleanup_error.message}"
+        return started, backoff
+    if error is not None:
+        peering.last_error = error.message
+        return State.FAILED, None
+    peering.provider_state = observation.provider_state[:64]
+    if observation.status == "active":
+        peering.activated_at = peering.activated_at or now
+        peering.last_error = ""
+        peering.customer_action = {}
+        return State.ACTIVE, watch
+    if observation.status == "waiting":
+        if was_active:
+            peering.last_error = f"The peering is no longer active ({observation.provider_state}): {observation.detail}"
+            return State.FAILED, watch
+        peering.customer_action = {**(result.step or {}), "status": observation.detail}
+        peering.last_error = ""
+        return State.AWAITING_CUSTOMER_ACTION, backoff
+    peering.last_error = observation.detail
+    return State.FAILED, None
+
+
+# -- the sweep and the alert's metric ----------------------------------------------------------------------------------
+
+
+def _report_abnormal(deployment_id: int) -> None:
+    """Feed the deployment's `vpc_peering_abnormal` metric after commit (see alerts)."""
+    transaction.on_commit(lambda: abnormal_metric_store(deployment_ids=[deployment_id], evaluate=True), robust=True)
+
+
+def abnormal_values(*, deployment_ids=None) -> dict[int, float]:
+    """Per deployment with a peering that ever became active: 1.0 while one of them is not active (and nobody asked
+    for it to go), else 0.0."""
+    qs = VpcPeering.objects.filter(activated_at__isnull=False)
+    if deployment_ids is not None:
+        qs = qs.filter(deployment_id__in=deployment_ids)
+    values: dict[int, float] = {}
+    for deployment_id, state, deleted_at in qs.values_list("deployment_id", "state", "deleted_at"):
+        abnormal = state == State.FAILED
+        recent = deleted_at is None or deleted_at > timezone.now() - datetime.timedelta(hours=1)
+        if abnormal or recent:
+            values[deployment_id] = max(values.get(deployment_id, 0.0), 1.0 if abnormal else 0.0)
+    if deployment_ids is not None:
+        for deployment_id in deployment_ids:
+            values.setdefault(deployment_id, 0.0)
+    return values
+
+
+def abnormal_metric_store(*, deployment_ids=None, evaluate: bool = False) -> int:
+    """Store the `vpc_peering_abnormal` sample of each deployment (all that have or recently had an active peering,
+    or those listed) in the alerts app's sample store; `evaluate` runs their alert rules at once, so a peering that
+    breaks raises its alert without waiting for the next collection. Returns how many samples were stored."""
+    values = abnormal_values(deployment_ids=deployment_ids)
+    if not values:
+        return 0
+    now = timezone.now()
+    stored = alerts_collection.samples_store(
+        rows=[(deployment_id, VPC_PEERING_ABNORMAL, now, value) for deployment_id, value in values.items()]
+    )
+    if evaluate:
+        alerts_evaluate.rules_evaluate(now=now, deployment_ids=list(values))
+    return stored
+
+
+def peerings_sweep(*, now: datetime.datetime | None = None) -> int:
+    """Start a poll for every peering whose chain was lost, and delete the peerings of deleted deployments.
+    Returns how many polls were started."""
+    now = now or timezone.now()
+    orphaned = VpcPeering.objects.filter(deployment__desired_state=DesiredState.DELETED).exclude(
+        state__in=[State.DELETING, State.DELETED]
+    )
+    for peering in orphaned:
+        try:
+            vpc_peering_delete(peering=peering, actor=None, force=True, reason="the deployment was deleted")
+        except Conflict:
+            pass  # deleted meanwhile
+    lost = VpcPeering.objects.exclude(state=State.DELETED).filter(
+        Q(next_poll_at__lt=now - SWEEP_GRACE) | (Q(next_poll_at__isnull=True) & ~Q(state=State.FAILED))
+    )
+    started = 0
+    for pk in lost.values_list("pk", flat=True):
+        with transaction.atomic():
+            peering = VpcPeering.objects.select_for_update(skip_locked=True).filter(pk=pk).first()
+            if peering is None or peering.state == State.DELETED:
+                continue
+            late = peering.next_poll_at is not None and peering.next_poll_at < now - SWEEP_GRACE
+            if not late and not (peering.next_poll_at is None and peering.state != State.FAILED):
+                continue
+            _schedule(peering, 0)
+            peering.save(update_fields=["poll_token", "next_poll_at"])
+            started += 1
+    abnormal_metric_store()
+    return started

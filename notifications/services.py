@@ -1,0 +1,591 @@
+"""Every write of notifications: channels, deliveries and their attempts, retries, failing-channel notices, platform
+events.
+
+User-facing changes are keyword-only, audited in their transaction, and enqueue their tasks on commit. Network I/O
+(DNS checks, receivers, SMTP) never runs inside a database transaction. A credential (webhook URL userinfo or query
+tokens, custom header values, a Slack hook's path, signing secrets, routing keys) is stored encrypted and never
+returned, logged or audited. Nothing here imports deployments, billing or alerts: they call in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from audit.services import audit_record
+from controlplane import crypto
+from controlplane.errors import FieldError, ValidationFailed
+from controlplane.metrics import NOTIFICATION_FAILURES
+from controlplane.tasks import publish
+from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
+from notifications import channels as senders
+from notifications import text, urlsafety
+from notifications.models import Delivery, DeliveryAttempt, NotificationChannel, PlatformEvent, Severity
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_FAILURE_NOTICE_AFTER = dt.timedelta(days=1)
+# How long an attempt holds its delivery: longer than any sender's timeout. A worker that dies mid-attempt leaves the
+# delivery to deliveries_resume once this and its grace have passed.
+DELIVERY_ATTEMPT_LEASE = dt.timedelta(minutes=2)
+# A retry is a Celery message with a countdown; one lost with its worker or its Redis is re-sent after this grace.
+DELIVERY_RESUME_GRACE = dt.timedelta(minutes=5)
+DELIVERY_RESUME_BATCH = 1000
+# Types whose config holds credentials: stored whole only as `config_encrypted`, shown masked as `config`.
+_ENCRYPTED_CONFIG_TYPES = (NotificationChannel.Type.WEBHOOK, NotificationChannel.Type.SLACK)
+
+
+def _allow_private() -> bool:
+    return bool(getattr(settings, "ALLOW_PRIVATE_WEBHOOKS", False))
+
+
+# -- channel configuration ------------------------------------------------------------------------------------------
+
+
+def channel_config(channel: NotificationChannel) -> dict:
+    """The channel's whole config, credentials included: for sending, never for showing."""
+    if channel.type in _ENCRYPTED_CONFIG_TYPES and channel.config_encrypted:
+        return json.loads(crypto.decrypt_str(channel.config_encrypted))
+    return dict(channel.config)
+
+
+def public_config(type: str, config: dict) -> dict:
+    """What may be shown of a config: the API, the admin and the audit log see only this."""
+    if type == NotificationChannel.Type.WEBHOOK:
+        return {
+            "url": urlsafety.mask_url(config.get("url") or ""),
+            "headers": {name: urlsafety.MASK for name in config.get("headers") or {}},
+        }
+    if type == NotificationChannel.Type.SLACK:
+        # The path of a Slack hook is its credential.
+        return {"url": urlsafety.mask_url(config.get("url") or "", secret_path=True)}
+    return dict(config)
+
+
+def _store_config(channel: NotificationChannel, config: dict) -> None:
+    channel.config = public_config(channel.type, config)
+    channel.config_encrypted = (
+        crypto.encrypt_str(json.dumps(config, sort_keys=True)) if channel.type in _ENCRYPTED_CONFIG_TYPES else ""
+    )
+
+
+def _validate_name(name) -> None:
+    """A name reaches mail subjects and chat lines: one line, no control characters (a `\r` in a channel's name once
+    broke every email it sent)."""
+    found = find_control_character(name) if isinstance(name, str) else None
+    if found is not None:
+        raise ValidationFailed([FieldError("name", control_character_message(*found), CONTROL_CHARACTER_CODE)])
+
+
+def _validate_channel(*, type: str, config: dict, secret: str | None, previous: dict | None = None) -> dict:
+    """The whole config to store, or ValidationFailed naming the field at fault. `previous` is the stored config of
+    the channel being changed: a header value given as "…" (as the API shows it) keeps its stored value."""
+    if type == NotificationChannel.Type.EMAIL:
+        addresses = config.get("addresses")
+        if not isinstance(addresses, list) or not addresses or len(addresses) > 20:
+            raise ValidationFailed({"config.addresses": "Give 1 to 20 email addresses."})
+        for address in addresses:
+            try:
+                if not isinstance(address, str):
+                    raise ValidationError("not a string")
+                validate_email(address)
+            except ValidationError:
+                raise ValidationFailed({"config.addresses": f"{address!r} is not an email address."}) from None
+        return {"addresses": addresses}
+    if type == NotificationChannel.Type.WEBHOOK:
+        url, headers = config.get("url"), config.get("headers") or {}
+        if isinstance(url, str) and urlsafety.MASK in url:
+            raise ValidationFailed({"config.url": "This is the URL as shown, masked: give the whole URL."})
+        try:
+            urlsafety.validate_webhook_url(url, allow_private=_allow_private())
+        except ValueError as exc:
+            raise ValidationFailed({"config.url": str(exc)}) from exc
+        if isinstance(headers, dict):
+            kept = (previous or {}).get("headers") or {}
+            unknown = [name for name, value in headers.items() if value == urlsafety.MASK and name not in kept]
+            if unknown:
+                raise ValidationFailed({"config.headers": f"No stored value to keep for {', '.join(unknown)}."})
+            headers = {name: kept[name] if value == urlsafety.MASK else value for name, value in headers.items()}
+        problems = senders.header_problems(headers)
+        if problems:
+            raise ValidationFailed({"config.headers": problems})
+        return {"url": url, "headers": headers}
+    if type == NotificationChannel.Type.SLACK:
+        url = config.get("url")
+        try:
+            if _allow_private():
+                urlsafety.validate_webhook_url(url, allow_private=True)
+            else:
+                urlsafety.validate_slack_webhook_url(url)
+        except ValueError as exc:
+            raise ValidationFailed({"config.url": str(exc)}) from exc
+        return {"url": url}
+    if type == NotificationChannel.Type.PAGERDUTY:
+        try:
+            urlsafety.validate_pagerduty_routing_key(secret)
+        except ValueError as exc:
+            raise ValidationFailed({"config.routing_key": str(exc)}) from exc
+        return {}
+    raise ValidationFailed({"type": f"Unknown channel type {type!r}."})
+
+
+# -- channels -------------------------------------------------------------------------------------------------------
+
+
+def channel_create(
+    *,
+    organization,
+    actor,
+    name: str,
+    type: str,
+    config: dict,
+    is_default: bool = True,
+    platform_events: bool = True,
+    enabled: bool = True,
+) -> tuple[NotificationChannel, str | None]:
+    """Create a channel; a webhook's signing secret is returned here, once, and never shown again."""
+    _validate_name(name)
+    config = dict(config or {})
+    secret = None
+    if type == NotificationChannel.Type.PAGERDUTY:
+        secret = config.pop("routing_key", None)
+    stored = _validate_channel(type=type, config=config, secret=secret)
+    shown = None
+    if type == NotificationChannel.Type.WEBHOOK:
+        secret = shown = "whsec_" + secrets.token_urlsafe(32)
+    channel = NotificationChannel(
+        organization=organization,
+        name=name,
+        type=type,
+        secret_encrypted=crypto.encrypt_str(secret) if secret else "",
+        is_default=is_default,
+        platform_events=platform_events,
+        enabled=enabled,
+    )
+    _store_config(channel, stored)
+    channel.full_clean(exclude=["organization"])
+    # Validation resolved the webhook's host (DNS) above: network I/O stays outside the transaction.
+    with transaction.atomic():
+        channel.save()
+        audit_record(
+            actor=actor,
+            organization=organization,
+            action="notification_channel.create",
+            target=channel,
+            summary={"name": name, "type": type, "config": channel.config},
+        )
+    return channel, shown
+
+
+def channel_update(
+    *,
+    channel: NotificationChannel,
+    actor,
+    name: str | None = None,
+    config: dict | None = None,
+    is_default: bool | None = None,
+    platform_events: bool | None = None,
+    enabled: bool | None = None,
+) -> NotificationChannel:
+    if name is not None:
+        _validate_name(name)
+    validated = None
+    if config is not None:
+        # Validated before the row lock: a webhook's host is resolved (DNS), and no lock waits on the network.
+        config = dict(config)
+        new_key = None
+        if channel.type == NotificationChannel.Type.PAGERDUTY and "routing_key" in config:
+            new_key = config.pop("routing_key")
+        secret = new_key if new_key is not None else crypto.decrypt_str(channel.secret_encrypted) or None
+        stored = channel_config(channel)
+        validated = (
+            _validate_channel(type=channel.type, config={**stored, **config}, secret=secret, previous=stored),
+            new_key,
+        )
+    with transaction.atomic():
+        return _channel_update_locked(
+            channel,
+            actor,
+            validated,
+            name=name,
+            is_default=is_default,
+            platform_events=platform_events,
+            enabled=enabled,
+        )
+
+
+def _channel_update_locked(
+    channel: NotificationChannel, actor, validated: tuple[dict, str | None] | None, **values
+) -> NotificationChannel:
+    """channel_update's writes, under the channel's row lock; `validated` is (config, new PagerDuty key or None)."""
+    channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
+    changes: dict = {}
+    if validated is not None:
+        config, new_key = validated
+        _store_config(channel, config)
+        if new_key is not None:
+            channel.secret_encrypted = crypto.encrypt_str(new_key)
+        changes["config"] = channel.config
+    for field, value in values.items():
+        if value is not None and getattr(channel, field) != value:
+            changes[field] = [getattr(channel, field), value]
+            setattr(channel, field, value)
+    channel.full_clean(exclude=["organization"])
+    channel.save()
+    audit_record(
+        actor=actor,
+        organization=channel.organization,
+        action="notification_channel.update",
+        target=channel,
+        summary=changes,
+    )
+    return channel
+
+
+@transaction.atomic
+def channel_delete(*, channel: NotificationChannel, actor) -> None:
+    audit_record(
+        actor=actor,
+        organization=channel.organization,
+        action="notification_channel.delete",
+        target=channel,
+        summary={"name": channel.name, "type": channel.type},
+    )
+    channel.delete()
+
+
+@transaction.atomic
+def channel_test(*, channel: NotificationChannel, actor) -> Delivery:
+    """The "send test" action: one test delivery through the channel, attempted and retried like any other."""
+    now = timezone.now()
+    payload = {
+        "event": "test",
+        "summary": f"Test notification for channel {channel.name}",
+        "severity": "info",
+        "organization": channel.organization.public_id,
+        "channel": channel.public_id,
+        "sent_at": now.isoformat(),
+    }
+    delivery = Delivery(
+        organization=channel.organization, channel=channel, kind=Delivery.Kind.TEST, payload=payload, created_at=now
+    )
+    deliveries_enqueue([delivery])
+    audit_record(
+        actor=actor,
+        organization=channel.organization,
+        action="notification_channel.test",
+        target=channel,
+        summary={"delivery": delivery.public_id},
+    )
+    return delivery
+
+
+# -- deliveries -----------------------------------------------------------------------------------------------------
+
+
+def deliveries_enqueue(deliveries: list[Delivery]) -> None:
+    """Store these deliveries and, once the caller's transaction commits, send each to a worker (one attempt each,
+    retried with backoff). Every notification, whoever sends it, goes out through here."""
+    Delivery.objects.bulk_create(deliveries, batch_size=1000)
+    ids = [d.pk for d in deliveries]
+
+    def enqueue():
+        from notifications.tasks import deliver_notification
+
+        # With Redis down the change that queued them still stands (and answers): publish() logs and counts the
+        # failure, and deliveries_resume sends what was never enqueued once its grace has passed.
+        for pk in ids:
+            publish(deliver_notification, pk, 0)
+
+    transaction.on_commit(enqueue)
+
+
+def _text_of(payload: dict) -> tuple[str, str]:
+    """(subject, body) for email and chat channels."""
+    event = payload.get("event", "")
+    status = {"alert.firing": "FIRING", "alert.resolved": "RESOLVED", "test": "TEST"}.get(event, "NOTICE")
+    if payload.get("repeat"):
+        status = "STILL FIRING"
+    subject = text.one_line(f"[{status}] {payload.get('summary', '')}", 200)
+    lines = [payload.get("summary", ""), ""]
+    for key in (
+        "severity",
+        "deployment",
+        "project",
+        "organization",
+        "value",
+        "threshold",
+        "fired_at",
+        "resolved_at",
+        "message",
+    ):
+        if payload.get(key) not in (None, ""):
+            lines.append(f"{key}: {payload[key]}")
+    budget = payload.get("budget")
+    if isinstance(budget, dict):
+        lines.append(f"spend ({budget['metric']}, {budget['scope']}): {budget['spend']} {budget['currency']}")
+        lines.append(f"budget: {budget['budget']} {budget['currency']}")
+    return subject, "\n".join(lines)
+
+
+def _send(channel: NotificationChannel, delivery: Delivery) -> senders.DeliveryResult:
+    payload = delivery.payload
+    config = channel_config(channel)
+    if channel.type == NotificationChannel.Type.EMAIL:
+        subject, body = _text_of(payload)
+        return senders.send_email(config["addresses"], subject, body)
+    if channel.type == NotificationChannel.Type.WEBHOOK:
+        return senders.send_webhook(
+            config["url"],
+            payload,
+            secret=crypto.decrypt_str(channel.secret_encrypted),
+            headers=config.get("headers"),
+            allow_private=_allow_private(),
+        )
+    if channel.type == NotificationChannel.Type.SLACK:
+        subject, body = _text_of(payload)
+        return senders.send_slack(config["url"], f"*{subject}*\n{body}", allow_private=_allow_private())
+    if channel.type == NotificationChannel.Type.PAGERDUTY:
+        resolve = payload.get("event") == "alert.resolved"
+        severity = {"critical": "critical", "warning": "warning"}.get(payload.get("severity"), "info")
+        return senders.send_pagerduty(
+            crypto.decrypt_str(channel.secret_encrypted),
+            action="resolve" if resolve else "trigger",
+            dedup_key=payload.get("alert") or f"{payload.get('event')}:{delivery.public_id}",
+            summary=payload.get("summary") or payload.get("event", "notification"),
+            severity=severity,
+            source=payload.get("deployment") or payload.get("organization") or "controlplane",
+            custom_details=payload,
+            events_url=getattr(settings, "PAGERDUTY_EVENTS_URL", senders.PAGERDUTY_EVENTS_URL),
+            allow_private=_allow_private(),
+        )
+    return senders.DeliveryResult(False, None, "", f"unknown channel type {channel.type}", 0)
+
+
+def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None) -> tuple[Delivery | None, int | None]:
+    """Make one attempt; record it. Returns (delivery, seconds before the next attempt or None when done).
+
+    The attempt is claimed first by counting it, conditionally: a message carries the number of attempts made when
+    it was sent, so a duplicate of it (a sweep re-sending a message that was only late) finds the count moved on and
+    does nothing. Messages without the number (sent before it existed) are attempted as they come.
+    """
+    claim = Delivery.objects.filter(pk=delivery_id, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING])
+    if expected_attempts is not None:
+        claim = claim.filter(attempts=expected_attempts)
+    if not claim.update(attempts=F("attempts") + 1, next_attempt_at=timezone.now() + DELIVERY_ATTEMPT_LEASE):
+        return Delivery.objects.filter(pk=delivery_id).first(), None
+    delivery = Delivery.objects.select_related("channel", "channel__organization").get(pk=delivery_id)
+    channel = delivery.channel
+    if not channel.enabled:
+        result = senders.DeliveryResult(False, None, "", "channel disabled", 0)
+    else:
+        result = _send(channel, delivery)  # outside any transaction: the receiver may take seconds
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
+        DeliveryAttempt.objects.create(
+            delivery=delivery,
+            number=delivery.attempts,
+            ok=result.ok,
+            status_code=result.status_code,
+            response_body=result.response_body,
+            error=result.error[:500],
+            duration_ms=result.duration_ms,
+            created_at=now,
+        )
+        delay = None
+        if result.ok:
+            delivery.status, delivery.completed_at, delivery.next_attempt_at = Delivery.Status.SUCCEEDED, now, None
+        else:
+            NOTIFICATION_FAILURES.labels(channel_type=channel.type).inc()
+            delay = senders.next_retry_delay(attempts_made=delivery.attempts) if result.retryable else None
+            if delay is None:
+                delivery.status, delivery.completed_at, delivery.next_attempt_at = Delivery.Status.FAILED, now, None
+            else:
+                delivery.status = Delivery.Status.RETRYING
+                delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
+        delivery.save(update_fields=["status", "completed_at", "next_attempt_at"])
+        _channel_health(channel.pk, ok=result.ok, now=now)
+    return delivery, delay
+
+
+def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = DELIVERY_RESUME_GRACE) -> int:
+    """Re-enqueue deliveries left behind: due more than `grace` ago (a lost retry), or never attempted though created
+    more than `grace` ago (a lost first message). Returns how many were re-enqueued.
+
+    Rows are claimed under FOR UPDATE SKIP LOCKED and their next_attempt_at moved to now in the same transaction, so
+    a concurrent sweep neither waits nor re-enqueues them again; the message goes out once that claim commits.
+    A message that was only late, not lost, and the re-sent one carry the same attempt count: delivery_attempt
+    lets one of them through.
+    """
+    now = now or timezone.now()
+    cutoff = now - grace
+    open_statuses = [Delivery.Status.PENDING, Delivery.Status.RETRYING]
+    stale = Q(status__in=open_statuses, next_attempt_at__lt=cutoff) | Q(
+        status=Delivery.Status.PENDING, attempts=0, next_attempt_at__isnull=True, created_at__lt=cutoff
+    )
+    with transaction.atomic():
+        rows = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(stale)
+            .order_by("pk")
+            .values_list("pk", "attempts")[:DELIVERY_RESUME_BATCH]
+        )
+        if not rows:
+            return 0
+        Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now)
+
+        def enqueue():
+            from notifications.tasks import deliver_notification
+
+            # With the attempt count it was re-sent at: if the first message was only late, one of the two attempts.
+            # Still lost (Redis down)? The next sweep finds them again.
+            for pk, attempts in rows:
+                publish(deliver_notification, pk, attempts)
+
+        transaction.on_commit(enqueue)
+    logger.warning("re-enqueued %d stale deliveries", len(rows))
+    return len(rows)
+
+
+# -- failing channels -----------------------------------------------------------------------------------------------
+
+
+def _channel_health(channel_id: int, *, ok: bool, now: dt.datetime) -> None:
+    channel = NotificationChannel.objects.select_for_update().get(pk=channel_id)
+    if ok:
+        if channel.failing_since is not None:
+            channel.failing_since = channel.failure_notice_sent_at = None
+            channel.save(update_fields=["failing_since", "failure_notice_sent_at"])
+        return
+    if channel.failing_since is None:
+        channel.failing_since = now
+        channel.save(update_fields=["failing_since"])
+    elif channel.failure_notice_sent_at is None and now - channel.failing_since >= CHANNEL_FAILURE_NOTICE_AFTER:
+        _send_failure_notice(channel, now)
+
+
+def administrator_emails(organization) -> list[str]:
+    """The addresses of the organization's owners and administrators: who hears of what no channel carries."""
+    from organizations.roles import Role
+
+    return sorted(
+        {
+            m.user.email
+            for m in organization.memberships.select_related("user")
+            if {Role.OWNER, Role.ADMINISTRATOR} & set(m.roles) and m.user.email
+        }
+    )
+
+
+def _send_failure_notice(channel: NotificationChannel, now: dt.datetime) -> None:
+    recipients = administrator_emails(channel.organization)
+    channel.failure_notice_sent_at = now
+    channel.save(update_fields=["failure_notice_sent_at"])
+    PlatformEvent.objects.get_or_create(
+        organization=channel.organization,
+        dedup_key=f"channel_failing:{channel.public_id}:{channel.failing_since}",
+        defaults={
+            "kind": PlatformEvent.Kind.CHANNEL_FAILING,
+            "subject": channel.public_id,
+            "severity": Severity.WARNING,
+            "message": f"Notification channel {channel.name} has failed every delivery since "
+            f"{channel.failing_since:%Y-%m-%d %H:%M} UTC.",
+        },
+    )
+    if not recipients:
+        return
+    subject = text.one_line(f"Notification channel {channel.name!r} has been failing for a day", 200)
+    body = (
+        f"Every delivery to the {channel.type} channel {channel.name} ({channel.public_id}) of "
+        f"{channel.organization.name} has failed since {channel.failing_since:%Y-%m-%d %H:%M} UTC.\n"
+        f"Alerts routed to it are not reaching anyone. See its delivery history in the console or at "
+        f"{settings.PUBLIC_URL}/api/v1/organizations/{channel.organization.public_id}/notification-channels/"
+        f"{channel.public_id}/deliveries"
+    )
+    # Sent after commit and straight through the mail backend: the failing channel cannot carry its own notice.
+    transaction.on_commit(lambda: send_mail(subject, body, None, recipients, fail_silently=True))
+
+
+def failing_channels_check(*, now: dt.datetime | None = None) -> int:
+    """Notify administrators of channels failing for a day even when no new attempt happened to notice it."""
+    now = now or timezone.now()
+    count = 0
+    for pk in NotificationChannel.objects.filter(
+        failing_since__lte=now - CHANNEL_FAILURE_NOTICE_AFTER, failure_notice_sent_at__isnull=True
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            channel = NotificationChannel.objects.select_for_update().select_related("organization").get(pk=pk)
+            if channel.failure_notice_sent_at is None and channel.failing_since is not None:
+                _send_failure_notice(channel, now)
+                count += 1
+    return count
+
+
+# -- platform events ------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def platform_event_notify(
+    *,
+    organization,
+    kind: str,
+    subject: str,
+    message: str,
+    severity: str = "warning",
+    dedup_key: str | None = None,
+) -> PlatformEvent | None:
+    """Tell an organization about something the platform did or saw, through its platform-event channels (or, when
+    it has none, by email to its owners and administrators). Once per dedup key: returns None for a repeat.
+
+    Runs in the caller's transaction when there is one: the event commits with the change it tells of, and the
+    deliveries and emails leave after that commit, never for a change that rolled back.
+    """
+    if kind not in PlatformEvent.Kind.values:
+        raise ValueError(f"unknown platform event kind {kind!r}")
+    if severity not in Severity.values:
+        raise ValueError(f"severity must be one of {', '.join(Severity.values)}")
+    dedup_key = dedup_key or f"{kind}:{subject}:{timezone.now().isoformat()}"
+    event, created = PlatformEvent.objects.get_or_create(
+        organization=organization,
+        dedup_key=dedup_key[:200],
+        defaults={"kind": kind, "subject": subject, "message": message, "severity": severity},
+    )
+    if not created:
+        return None
+    now = timezone.now()
+    payload = {
+        "event": f"platform.{kind}",
+        "summary": message.splitlines()[0][:200] if message else kind,
+        "message": message,
+        "severity": severity,
+        "subject": subject,
+        "organization": organization.public_id,
+        "sent_at": now.isoformat(),
+    }
+    channels = list(NotificationChannel.objects.filter(organization=organization, platform_events=True, enabled=True))
+    if channels:
+        deliveries_enqueue(
+            [
+                Delivery(
+                    organization=organization, channel=c, kind=Delivery.Kind.PLATFORM, payload=payload, created_at=now
+                )
+                for c in channels
+            ]
+        )
+    else:
+        recipients = administrator_emails(organization)
+        if recipients:
+            subject_line, body = _text_of(payload)
+            transaction.on_commit(lambda: send_mail(subject_line, body, None, recipients, fail_silently=True))
+    return event

@@ -1,0 +1,29 @@
+"""Celery tasks of notifications: ids in, one service call each, retries declared here.
+
+Their registered names (`alerts.*`) are older than this app and stay: beat schedules, routes (the notifications
+queue) and messages already queued name them.
+"""
+
+from celery import shared_task
+
+from notifications import channels, services
+
+
+@shared_task(
+    name="alerts.deliver_notification", bind=True, ignore_result=True, max_retries=len(channels.retry_delays())
+)
+def deliver_notification(self, delivery_id: int, expected_attempts: int | None = None) -> None:
+    delivery, delay = services.delivery_attempt(delivery_id=delivery_id, expected_attempts=expected_attempts)
+    if delay is not None and delivery is not None:
+        raise self.retry(countdown=delay, args=(delivery_id, delivery.attempts))
+
+
+@shared_task(name="alerts.check_failing_channels", ignore_result=True)
+def check_failing_channels() -> None:
+    services.failing_channels_check()
+
+
+@shared_task(name="alerts.resume_deliveries", ignore_result=True)
+def resume_deliveries() -> int:
+    """Every 5 minutes: re-send deliveries whose retry message was lost with a worker or with Redis."""
+    return services.deliveries_resume()

@@ -1,0 +1,160 @@
+"""Certificates for the TLS tests, made with `cryptography` the way a customer's own PKI would make them (root CAs,
+intermediates, server and client certificates, weak and expired ones), and a paho client that speaks TLS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import queue
+import ssl
+import tempfile
+import uuid
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NOW = datetime.datetime.now(datetime.UTC)
+DAY = datetime.timedelta(days=1)
+
+
+def new_key(kind: str = "ec"):
+    if kind == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "ec224":
+        return ec.generate_private_key(ec.SECP224R1())
+    bits = int(kind.removeprefix("rsa"))
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def pem(*certificates: x509.Certificate) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates)
+
+
+def key_pem(key, *, traditional: bool = False, password: bytes | None = None) -> str:
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    form = serialization.PrivateFormat.TraditionalOpenSSL if traditional else serialization.PrivateFormat.PKCS8
+    return key.private_bytes(serialization.Encoding.PEM, form, encryption).decode()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
+
+
+def make_ca(
+    common_name: str = "Acme Root CA",
+    *,
+    issuer: tuple[x509.Certificate, Any] | None = None,
+    key: Any = None,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+    ca: bool = True,
+) -> tuple[x509.Certificate, Any]:
+    """A CA certificate: self-signed, or signed by `issuer` (an intermediate)."""
+    key = key or new_key()
+    signer_cert, signer_key = issuer if issuer else (None, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(signer_cert.subject if signer_cert is not None else _name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or NOW - DAY)
+        .not_valid_after(not_after or NOW + 365 * DAY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    return builder.sign(signer_key, hashes.SHA256()), key
+
+
+def make_leaf(
+    issuer: tuple[x509.Certificate, Any] | None,
+    common_name: str,
+    *,
+    sans: tuple[str, ...] = (),
+    key: Any = None,
+    client: bool = False,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+    extended_usage: bool = True,
+) -> tuple[x509.Certificate, Any]:
+    """A server (or, with `client`, a client) certificate signed by `issuer`, or self-signed when it is None."""
+    key = key or new_key()
+    signer_cert, signer_key = issuer if issuer else (None, key)
+    names: list[x509.GeneralName] = []
+    for san in sans:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(san)))
+        except ValueError:
+            names.append(x509.DNSName(san))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(signer_cert.subject if signer_cert is not None else _name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or NOW - DAY)
+        .not_valid_after(not_after or NOW + 90 * DAY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if extended_usage:
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(signer_key, hashes.SHA256()), key
+
+
+def write_temp(text: str) -> str:
+    handle = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)
+    handle.write(text)
+    handle.close()
+    return handle.name
+
+
+def client_context(
+    ca_pem: str, *, certificate: tuple[x509.Certificate, Any] | None = None, chain: str = ""
+) -> ssl.SSLContext:
+    """What a careful client does: verify the broker's certificate against `ca_pem` and its host name."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    if certificate is not None:
+        cert, key = certificate
+        context.load_cert_chain(write_temp(pem(cert) + chain), write_temp(key_pem(key)))
+    return context
+
+
+def tls_connect(
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    transport: Literal["tcp", "websockets"] = "tcp",
+    timeout: float = 5.0,
+) -> tuple[str, mqtt.Client | None]:
+    """("accepted", connected client) or ("refused: <why>", None): a paho 2.x client over TLS to 127.0.0.1."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex, transport=transport)
+    if username is not None:
+        client.username_pw_set(username, password)
+    client.tls_set_context(context)
+    answers: queue.Queue = queue.Queue()
+    client.on_connect = lambda c, u, flags, rc, props: answers.put(rc)
+    client.on_disconnect = lambda c, u, flags, rc, props: answers.put(rc)
+    try:
+        client.connect("127.0.0.1", port)
+    except (OSError, ssl.SSLError) as exc:
+        return f"refused: {type(exc).__name__}: {exc}", None
+    client.loop_start()
+    try:
+        rc = answers.get(timeout=timeout)
+    except queue.Empty:
+        rc = None
+    if rc is not None and not rc.is_failure:
+        return "accepted", client
+    client.loop_stop()
+    client.disconnect()
+    return f"refused: {rc}", None

@@ -1,0 +1,530 @@
+"""HTTPS fake of Microsoft Entra ID's token endpoint and Azure Resource Manager's virtual network peerings, for the
+calls networking.providers.azure makes through azure-identity and azure-mgmt-network.
+
+Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only over HTTPS):
+- `GET /{tenant}/v2.0/.well-known/openid-configuration` (MSAL's tenant discovery) and
+  `POST /{tenant}/oauth2/v2.0/token` (client credentials): a token only for an application registered in that tenant,
+  with its secret (AADSTS700016 / AADSTS7000215 otherwise);
+- `GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{v}/
+  virtualNetworkPeerings/{name}`: 401 for a token of another tenant, 403 AuthorizationFailed without a role on the
+  VNet, 403 LinkedAuthorizationFailed when the remote VNet is not covered by an `x-ms-authorization-auxiliary` token
+  with a role there, 400 VnetAddressSpacesOverlap, 404 ResourceNotFound/NotFound; PUT answers 201 and DELETE 202 with
+  `Azure-AsyncOperation` (and `Location`), polled at
+  `GET /subscriptions/{s}/providers/Microsoft.Network/locations/{l}/operations/{id}` (InProgress, then Succeeded or
+  Failed);
+- peering states as Azure computes them: Initiated until the remote VNet peers back, then Connected on both sides,
+  Disconnected for good once the other side is deleted.
+The helpers at the bottom play the customer (registering our application, granting a role, creating their side).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.tls import TestPki
+
+_PEERING = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Network/virtualNetworks/"
+    r"(?P<vnet>[^/]+)/virtualNetworkPeerings/(?P<name>[^/]+)$",
+    re.IGNORECASE,
+)
+_OPERATION = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Network/locations/(?P<loc>[^/]+)/operations/(?P<id>[^/]+)$",
+    re.IGNORECASE,
+)
+_DISCOVERY = re.compile(r"^/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration$")
+_TOKEN = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
+
+
+def vnet_id(subscription: str, resource_group: str, vnet: str) -> str:
+    return f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Network/virtualNetworks/{vnet}"
+
+
+def _overlaps(a: list[str], b: list[str]) -> bool:
+    import ipaddress
+
+    return any(ipaddress.ip_network(x).overlaps(ipaddress.ip_network(y)) for x in a for y in b)
+
+
+@dataclass
+class _Operation:
+    subscription: str
+    polls_left: int
+    status: str = "InProgress"
+    final: str = "Succeeded"
+    error: dict | None = None
+    on_done: object = None
+    on_failed: object = None
+
+
+@dataclass
+class FakeAzure:
+    subscriptions: dict[str, str] = field(default_factory=dict)  # subscription -> tenant
+    applications: dict[str, str] = field(default_factory=dict)  # client id -> secret
+    registered: dict[str, set[str]] = field(default_factory=dict)  # tenant -> application ids with a principal
+    roles: set[tuple[str, str]] = field(default_factory=set)  # (application id, scope, lowercase)
+    vnets: dict[str, dict] = field(default_factory=dict)  # lowercase vnet id -> {id, location, address_space, peerings}
+    tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (tenant, application id)
+    operations: dict[str, _Operation] = field(default_factory=dict)
+    seen: list[tuple[str, str, dict]] = field(default_factory=list)  # (method, path, headers)
+    failures: list[tuple[str, str, int, str, str]] = field(default_factory=list)
+    operation_polls: int = 1  # how many times an async operation answers InProgress before it ends
+    next_operation_error: dict | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    base_url: str = ""
+
+    # -- setup and the customer's own actions -------------------------------------------------------------------
+    def add_tenant(self, tenant: str, subscriptions: list[str]) -> None:
+        with self.lock:
+            self.registered.setdefault(tenant, set())
+            for subscription in subscriptions:
+                self.subscriptions[subscription.lower()] = tenant
+
+    def add_application(self, tenant: str, application_id: str, secret: str) -> None:
+        """An application registered in its home tenant."""
+        with self.lock:
+            self.applications[application_id] = secret
+            self.registered.setdefault(tenant, set()).add(application_id)
+
+    def register_application(self, tenant: str, application_id: str) -> None:
+        """`az ad sp create --id <application>` in `tenant`."""
+        with self.lock:
+            self.registered.setdefault(tenant, set()).add(application_id)
+
+    def assign_role(self, application_id: str, scope: str) -> None:
+        """`az role assignment create --assignee <application> --role "Network Contributor" --scope <scope>`."""
+        with self.lock:
+            self.roles.add((application_id, scope.lower()))
+
+    def add_vnet(self, subscription: str, resource_group: str, name: str, address_space: list[str], location: str):
+        with self.lock:
+            resource_id = vnet_id(subscription, resource_group, name)
+            self.vnets[resource_id.lower()] = {
+                "id": resource_id,
+                "location": location,
+                "address_space": list(address_space),
+                "peerings": {},
+            }
+            return resource_id
+
+    def create_peering(self, vnet: str, name: str, remote_vnet: str) -> None:
+        """The customer creates their side directly (`az network vnet peering create`)."""
+        with self.lock:
+            self._put_peering(self.vnets[vnet.lower()], name, remote_vnet, provisioning="Succeeded")
+
+    def delete_peering(self, vnet: str, name: str) -> None:
+        with self.lock:
+            self.vnets[vnet.lower()]["peerings"].pop(name.lower(), None)
+
+    def fail_next_operation(self, code: str, message: str) -> None:
+        """The next long-running operation started ends Failed with this error (after its InProgress polls)."""
+        with self.lock:
+            self.next_operation_error = {"code": code, "message": message}
+
+    def fail_next(self, method: str, path_contains: str, status: int, code: str, message: str) -> None:
+        with self.lock:
+            self.failures.append((method, path_contains, status, code, message))
+
+    def peering(self, vnet: str, name: str) -> dict | None:
+        with self.lock:
+            stored = self.vnets.get(vnet.lower(), {}).get("peerings", {}).get(name.lower())
+            return self._render(self.vnets[vnet.lower()], stored) if stored else None
+
+    def requests(self, method: str, path_contains: str = "") -> list[tuple[str, str, dict]]:
+        with self.lock:
+            return [r for r in self.seen if r[0] == method and path_contains.lower() in r[1].lower()]
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def _put_peering(self, vnet: dict, name: str, remote: str, provisioning: str) -> dict:
+        existing = vnet["peerings"].get(name.lower())
+        peering = existing or {"name": name, "etag": f'W/"{uuid.uuid4()}"', "was_connected": False}
+        peering.update({"remote": remote, "provisioning": provisioning, "disconnected": False})
+        if existing is None:
+            peering["guid"] = str(uuid.uuid4())
+        vnet["peerings"][name.lower()] = peering
+        return peering
+
+    def _state(self, vnet: dict, peering: dict) -> str:
+        if peering["disconnected"]:
+            return "Disconnected"
+        remote = self.vnets.get(peering["remote"].lower())
+        back = None
+        if remote is not None:
+            back = next(
+                (
+                    p
+                    for p in remote["peerings"].values()
+                    if p["remote"].lower() == vnet["id"].lower() and p["provisioning"] == "Succeeded"
+                ),
+                None,
+            )
+        if back is not None and peering["provisioning"] == "Succeeded":
+            peering["was_connected"] = True
+            return "Connected"
+        if peering["was_connected"]:
+            peering["disconnected"] = True  # Azure does not reconnect a peering whose other side went away
+            return "Disconnected"
+        return "Initiated"
+
+    def _render(self, vnet: dict, peering: dict) -> dict:
+        state = self._state(vnet, peering)
+        remote = self.vnets.get(peering["remote"].lower())
+        return {
+            "id": f"{vnet['id']}/virtualNetworkPeerings/{peering['name']}",
+            "name": peering["name"],
+            "etag": peering["etag"],
+            "type": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings",
+            "properties": {
+                "provisioningState": peering["provisioning"],
+                "resourceGuid": peering["guid"],
+                "peeringState": state,
+                "peeringSyncLevel": "FullyInSync" if state == "Connected" else "RemoteNotInSync",
+                "remoteVirtualNetwork": {"id": peering["remote"]},
+                "allowVirtualNetworkAccess": True,
+                "allowForwardedTraffic": False,
+                "allowGatewayTransit": False,
+                "useRemoteGateways": False,
+                "remoteAddressSpace": {"addressPrefixes": remote["address_space"] if remote else []},
+            },
+        }
+
+
+def _arm_error(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: FakeAzure
+
+    def log_message(self, format, *args):  # noqa: A002
+        return
+
+    def _send(self, status: int, body: dict | None, headers: dict | None = None) -> None:
+        payload = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        if body is not None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("x-ms-request-id", str(uuid.uuid4()))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _raw_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    # -- identity ------------------------------------------------------------------------------------------------
+    def _discovery(self, tenant: str) -> None:
+        state = self.state
+        if tenant not in state.registered:
+            self._send(
+                400, {"error": "invalid_tenant", "error_description": f"AADSTS90002: Tenant '{tenant}' not found."}
+            )
+            return
+        base = f"{state.base_url}/{tenant}"
+        self._send(
+            200,
+            {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "issuer": f"{base}/v2.0",
+                "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+            },
+        )
+
+    def _token(self, tenant: str) -> None:
+        state = self.state
+        form = {k: v[0] for k, v in parse_qs(self._raw_body().decode()).items()}
+        client, secret = form.get("client_id", ""), form.get("client_secret", "")
+        if form.get("grant_type") != "client_credentials":
+            self._send(400, {"error": "unsupported_grant_type", "error_description": "AADSTS70003"})
+            return
+        if client not in state.registered.get(tenant, set()):
+            self._send(
+                400,
+                {
+                    "error": "unauthorized_client",
+                    "error_description": f"AADSTS700016: Application with identifier '{client}' was not found in the "
+                    f"directory '{tenant}'.",
+                    "error_codes": [700016],
+                },
+            )
+            return
+        if state.applications.get(client) != secret:
+            self._send(
+                401,
+                {
+                    "error": "invalid_client",
+                    "error_description": "AADSTS7000215: Invalid client secret provided.",
+                    "error_codes": [7000215],
+                },
+            )
+            return
+        token = secrets.token_urlsafe(24)
+        state.tokens[token] = (tenant, client)
+        self._send(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token})
+
+    # -- resource manager ----------------------------------------------------------------------------------------
+    def _principal(self, subscription: str) -> tuple[str, str] | None:
+        """The (tenant, application) of the bearer token, if it is valid for this subscription's tenant."""
+        header = self.headers.get("Authorization", "")
+        principal = self.state.tokens.get(header[7:]) if header.startswith("Bearer ") else None
+        if principal is None:
+            self._send(
+                401,
+                _arm_error("InvalidAuthenticationToken", "The access token is invalid."),
+                {"WWW-Authenticate": 'Bearer authorization_uri="https://login.example", error="invalid_token"'},
+            )
+            return None
+        if self.state.subscriptions.get(subscription.lower()) != principal[0]:
+            self._send(
+                401,
+                _arm_error(
+                    "InvalidAuthenticationTokenTenant",
+                    f"The access token is from the wrong issuer. It must match the tenant associated with "
+                    f"subscription '{subscription}'.",
+                ),
+            )
+            return None
+        return principal
+
+    def _allowed(self, application: str, scope: str) -> bool:
+        scope = scope.lower()
+        return any(scope == s or scope.startswith(s.rstrip("/") + "/") for a, s in self.state.roles if a == application)
+
+    def _denied(self, application: str, action: str, scope: str) -> None:
+        self._send(
+            403,
+            _arm_error(
+                "AuthorizationFailed",
+                f"The client '{application}' with object id '{application}' does not have authorization to perform "
+                f"action '{action}' over scope '{scope}' or the scope is invalid.",
+            ),
+        )
+
+    def _linked(self, application: str, remote: str) -> bool:
+        """Whether the request may reference `remote`: a role there for a token of its tenant (the main token when
+        the remote VNet is in the same tenant, else an x-ms-authorization-auxiliary token)."""
+        state = self.state
+        remote_tenant = state.subscriptions.get(remote.split("/")[2].lower())
+        tokens = [self.headers.get("Authorization", "")[7:]]
+        for part in (self.headers.get("x-ms-authorization-auxiliary") or "").split(","):
+            part = part.strip()
+            if part.startswith("Bearer "):
+                tokens.append(part[7:])
+        for token in tokens:
+            principal = state.tokens.get(token)
+            if principal and principal[0] == remote_tenant and principal[1] == application:
+                if self._allowed(application, remote):
+                    return True
+        return False
+
+    def _async(self, subscription: str, location: str, on_done) -> dict:
+        op_id = str(uuid.uuid4())
+        operation = _Operation(subscription, self.state.operation_polls, on_done=on_done)
+        if self.state.next_operation_error is not None:
+            operation.final, operation.error = "Failed", self.state.next_operation_error
+            self.state.next_operation_error = None
+        self.state.operations[op_id] = operation
+        url = (
+            f"{self.state.base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}/"
+            f"operations/{op_id}?api-version=2024-05-01"
+        )
+        return {"Azure-AsyncOperation": url, "Retry-After": "0"}
+
+    def _take_failure(self, method: str, path: str) -> tuple[int, str, str] | None:
+        for failure in self.state.failures:
+            if failure[0] == method and failure[1].lower() in path.lower():
+                self.state.failures.remove(failure)
+                return failure[2], failure[3], failure[4]
+        return None
+
+    def _peering(self, method: str, match: re.Match) -> None:
+        state = self.state
+        subscription, name = match["sub"], match["name"]
+        vnet_key = vnet_id(subscription, match["rg"], match["vnet"]).lower()
+        principal = self._principal(subscription)
+        if principal is None:
+            return
+        application = principal[1]
+        action = {
+            "GET": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/read",
+            "PUT": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
+            "DELETE": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
+        }[method]
+        if not self._allowed(application, vnet_key):
+            self._denied(application, action, vnet_key)
+            return
+        vnet = state.vnets.get(vnet_key)
+        if vnet is None:
+            self._send(
+                404,
+                _arm_error(
+                    "ResourceNotFound",
+                    f"The Resource 'Microsoft.Network/virtualNetworks/{match['vnet']}' under resource group "
+                    f"'{match['rg']}' was not found.",
+                ),
+            )
+            return
+        stored = vnet["peerings"].get(name.lower())
+        if method == "GET":
+            if stored is None:
+                self._send(
+                    404, _arm_error("NotFound", f"Resource {vnet['id']}/virtualNetworkPeerings/{name} not found.")
+                )
+            else:
+                self._send(200, state._render(vnet, stored))
+            return
+        if method == "DELETE":
+            if stored is None:
+                self._send(204, None)
+                return
+            stored["provisioning"] = "Deleting"
+
+            def finish():
+                vnet["peerings"].pop(name.lower(), None)
+
+            headers = self._async(subscription, vnet["location"], finish)
+            headers["Location"] = headers["Azure-AsyncOperation"].replace("/operations/", "/operationResults/")
+            self._send(202, None, headers)
+            return
+        body = json.loads(self._raw_body() or b"{}")
+        remote = ((body.get("properties") or {}).get("remoteVirtualNetwork") or {}).get("id", "")
+        if not remote:
+            self._send(400, _arm_error("InvalidRequestFormat", "remoteVirtualNetwork.id is required."))
+            return
+        if not self._linked(application, remote):
+            self._send(
+                403,
+                _arm_error(
+                    "LinkedAuthorizationFailed",
+                    f"The client '{application}' with object id '{application}' has permission to perform action "
+                    f"'{action}' on scope '{vnet['id']}'; however, it does not have permission to perform action "
+                    f"'Microsoft.Network/virtualNetworks/peer/action' on the linked scope(s) '{remote}' or the linked "
+                    f"scope(s) are invalid.",
+                ),
+            )
+            return
+        remote_vnet = state.vnets.get(remote.lower())
+        if remote_vnet is None:
+            self._send(404, _arm_error("ResourceNotFound", f"The Resource '{remote}' was not found."))
+            return
+        if _overlaps(vnet["address_space"], remote_vnet["address_space"]):
+            self._send(
+                400,
+                _arm_error(
+                    "VnetAddressSpacesOverlap",
+                    f"Cannot create or update peering {vnet['id']}/virtualNetworkPeerings/{name}. Virtual networks "
+                    f"{vnet['id']} and {remote} cannot be peered because their address spaces overlap. Overlapping "
+                    f"address prefixes: {', '.join(remote_vnet['address_space'])}",
+                ),
+            )
+            return
+        created = stored is None
+        peering = state._put_peering(vnet, name, remote, provisioning="Updating")
+
+        def finish():
+            peering["provisioning"] = "Succeeded"
+
+        headers = self._async(subscription, vnet["location"], finish)
+        self.state.operations[headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]].on_failed = (
+            lambda: peering.update(provisioning="Failed")
+        )
+        self._send(201 if created else 200, state._render(vnet, peering), headers)
+
+    def _operation(self, match: re.Match) -> None:
+        principal = self._principal(match["sub"])
+        if principal is None:
+            return
+        operation = self.state.operations.get(match["id"])
+        if operation is None:
+            self._send(404, _arm_error("NotFound", "Operation not found."))
+            return
+        if operation.status == "InProgress":
+            if operation.polls_left > 0:
+                operation.polls_left -= 1
+            else:
+                operation.status = operation.final
+                if operation.status == "Succeeded" and operation.on_done:
+                    operation.on_done()
+                elif operation.status == "Failed" and operation.on_failed:
+                    operation.on_failed()
+        body = {"status": operation.status}
+        if operation.status == "Failed":
+            body["error"] = operation.error
+        self._send(200, body, {"Retry-After": "0"})
+
+    def _handle(self, method: str) -> None:
+        path = urlsplit(self.path).path
+        with self.state.lock:
+            self.state.seen.append((method, path, dict(self.headers)))
+            failure = self._take_failure(method, path)
+            if failure is not None:
+                self._raw_body()
+                self._send(failure[0], _arm_error(failure[1], failure[2]))
+                return
+            if method == "GET" and (m := _DISCOVERY.match(path)):
+                self._discovery(m["tenant"])
+            elif method == "POST" and (m := _TOKEN.match(path)):
+                self._token(m["tenant"])
+            elif method in ("GET", "PUT", "DELETE") and (m := _PEERING.match(path)):
+                self._peering(method, m)
+            elif method == "GET" and (m := _OPERATION.match(path)):
+                self._operation(m)
+            else:
+                self._send(404, _arm_error("NoRegisteredProviderFound", f"No route for {method} {path}"))
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+
+class FakeAzureServer:
+    """Runs the fake on https://127.0.0.1:<random port> in a thread, with the certificate of `pki`."""
+
+    def __init__(self, pki: TestPki) -> None:
+        self.state = FakeAzure()
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._server.socket = pki.server_context().wrap_socket(self._server.socket, server_side=True)
+        self.state.base_url = self.url
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"https://{host}:{port}"
+
+    def start(self) -> FakeAzureServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def snapshot(self) -> dict:
+        with self.state.lock:
+            return copy.deepcopy(self.state.vnets)

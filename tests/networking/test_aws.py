@@ -1,0 +1,203 @@
+"""AWS peering through boto3 against moto's EC2, run as an HTTP server: the full state walk, routes and the MQTT
+security-group rule once accepted, the customer deleting their side, failures from AWS, rollback, and delete."""
+
+import pytest
+
+from networking import services
+from networking.models import VpcPeering
+from tests.networking.conftest import CUSTOMER_ACCOUNT, REGION_AWS, make_deployment, poll
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def deployment(owner_org, aws_region):
+    return make_deployment(owner_org.default_project, aws_region)
+
+
+def _create(deployment, aws, **overrides):
+    values = {
+        "provider": "aws",
+        "cidr": "10.1.0.0/16",
+        "account_id": CUSTOMER_ACCOUNT,
+        "vpc_id": aws.customer_vpc_id,
+        "region": REGION_AWS,
+        **overrides,
+    }
+    return services.vpc_peering_create(deployment=deployment, actor=None, **values)
+
+
+def _reload(peering):
+    return VpcPeering.objects.get(pk=peering.pk)
+
+
+def test_peering_walks_to_active_with_routes_and_mqtt_rule_when_customer_accepts(deployment, aws):
+    peering = _create(deployment, aws)
+    assert peering.state == "pending" and aws.live_connections() == []
+
+    assert poll(peering) == "awaiting_customer_action"
+    peering = _reload(peering)
+    pcx_id = peering.provider_ids["vpc_peering_connection_id"]
+    assert aws.pcx(pcx_id)["Status"]["Code"] == "pending-acceptance"
+    assert peering.provider_state == "initiating-request"  # what CreateVpcPeeringConnection answers first
+    commands = peering.customer_action["commands"]
+    assert commands[0] == (
+        f"aws ec2 accept-vpc-peering-connection --region {REGION_AWS} --vpc-peering-connection-id {pcx_id}"
+    )
+    assert "--destination-cidr-block 10.0.0.0/16" in commands[1]
+    assert {"Key": "mqtt-cloud:peering", "Value": peering.public_id} in aws.pcx(pcx_id)["Tags"]
+
+    # Still waiting: another poll reads the request's progress and creates no second request.
+    assert poll(peering) == "awaiting_customer_action"
+    assert _reload(peering).provider_state == "pending-acceptance"
+    assert len(aws.live_connections()) == 1
+
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    assert poll(peering) == "active"
+    peering = _reload(peering)
+    assert peering.activated_at is not None and peering.customer_action == {}
+    assert [(r["DestinationCidrBlock"], r["VpcPeeringConnectionId"]) for r in aws.routes()] == [("10.1.0.0/16", pcx_id)]
+    opened = sorted(
+        (p["FromPort"], r["CidrIp"]) for p in aws.ingress() for r in p["IpRanges"] if r["CidrIp"] == "10.1.0.0/16"
+    )
+    assert opened == [(1883, "10.1.0.0/16"), (8883, "10.1.0.0/16")]
+    assert services.abnormal_values(deployment_ids=[deployment.pk]) == {deployment.pk: 0.0}
+
+    # An active peering is re-checked (the resync) and stays active without adding anything twice.
+    assert poll(peering) == "active"
+    assert len(aws.routes()) == 1
+
+
+def test_peering_fails_and_is_abnormal_when_customer_deletes_their_side(deployment, aws):
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    assert poll(peering) == "active"
+
+    aws.customer.delete_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert peering.last_error == f"The peering connection was deleted (Deleted by {CUSTOMER_ACCOUNT})."
+    assert peering.is_abnormal
+    assert services.abnormal_values(deployment_ids=[deployment.pk]) == {deployment.pk: 1.0}
+    assert peering.next_poll_at is None  # AWS never revives a deleted connection: nothing left to watch
+    kinds = list(deployment.events.values_list("kind", flat=True))
+    assert "vpc_peering.active" in kinds and "vpc_peering.failed" in kinds
+
+
+def test_delete_removes_routes_rule_and_connection_when_active(deployment, aws):
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    poll(peering)
+    assert aws.routes()
+
+    services.vpc_peering_delete(peering=_reload(peering), actor=None)
+    assert _reload(peering).state == "deleting"
+    assert poll(peering) == "deleted"
+    assert aws.routes() == []
+    assert not any(r["CidrIp"] == "10.1.0.0/16" for p in aws.ingress() for r in p["IpRanges"])
+    assert aws.pcx(pcx_id)["Status"]["Code"] == "deleted"
+    peering = _reload(peering)
+    assert peering.deleted_at is not None and peering.next_poll_at is None
+
+
+def test_peering_fails_with_aws_reason_and_nothing_created_when_customer_vpc_does_not_exist(deployment, aws):
+    peering = _create(deployment, aws, vpc_id="vpc-0123456789abcdef0")
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert "InvalidVpcID.NotFound" in peering.last_error and "vpc-0123456789abcdef0" in peering.last_error
+    assert aws.live_connections() == []
+    assert peering.activated_at is None and not peering.is_abnormal
+
+
+def test_peering_fails_and_request_is_cleaned_up_when_customer_rejects(deployment, aws):
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    aws.customer.reject_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    assert poll(peering) == "failed"
+    assert _reload(peering).last_error == "The peer account rejected the peering request."
+    assert aws.live_connections() == []
+
+
+def test_route_step_rolls_back_what_it_added_when_a_later_part_fails(deployment, aws, aws_region):
+    # A second route table the platform VPC does not have: the first route is added, the second fails.
+    aws_region.network = aws.network(route_table_ids=[aws.route_table_id, "rtb-0123456789abcdef0"])
+    aws_region.save()
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+
+    assert poll(peering) == "failed"
+    assert "InvalidRouteTableID.NotFound" in _reload(peering).last_error
+    assert aws.routes() == []
+    assert not any(r["CidrIp"] == "10.1.0.0/16" for p in aws.ingress() for r in p["IpRanges"])
+    assert aws.pcx(pcx_id)["Status"]["Code"] == "deleted"  # the never-active peering is taken down too
+
+
+def test_request_is_found_again_not_duplicated_when_a_poll_died_before_saving(deployment, aws):
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    # As if the worker died after AWS created the request and before our row learnt its id.
+    VpcPeering.objects.filter(pk=peering.pk).update(state="pending", provider_ids={})
+    assert poll(peering) == "awaiting_customer_action"
+    assert _reload(peering).provider_ids["vpc_peering_connection_id"] == pcx_id
+    assert len(aws.live_connections()) == 1
+
+
+def test_poll_keeps_state_and_retries_when_aws_is_unreachable(deployment, aws, aws_region):
+    aws_region.network = aws.network(endpoint="http://127.0.0.1:9")  # nothing listens on the discard port
+    aws_region.save()
+    peering = _create(deployment, aws)
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "could not be reached" in peering.last_error
+    assert peering.next_poll_at is not None and peering.poll_attempt == 1
+
+
+def test_abnormal_peering_fires_the_vpc_alert_and_resolves_when_deleted(
+    deployment, aws, django_capture_on_commit_callbacks
+):
+    from alerts.models import Alert, MetricSample
+
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert poll(peering) == "active"
+    assert not Alert.objects.filter(deployment=deployment, rule__default_key="vpc_peering_abnormal").exists()
+
+    aws.customer.delete_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert poll(peering) == "failed"
+    alert = Alert.objects.get(deployment=deployment, rule__default_key="vpc_peering_abnormal")
+    assert alert.status == "firing" and alert.rule.severity == "critical"
+    assert MetricSample.objects.filter(deployment=deployment, name="vpc_peering_abnormal").latest("ts").value == 1.0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.vpc_peering_delete(peering=_reload(peering), actor=None)
+    alert.refresh_from_db()
+    assert alert.status == "resolved"
+
+
+def test_sweep_feeds_the_metric_every_minute_for_deployments_with_peerings_that_were_active(deployment, aws):
+    from alerts.models import MetricSample
+
+    peering = _create(deployment, aws)
+    poll(peering)
+    assert services.peerings_sweep() == 0
+    assert not MetricSample.objects.filter(name="vpc_peering_abnormal").exists()  # never active: nothing to watch
+    aws.customer.accept_vpc_peering_connection(
+        VpcPeeringConnectionId=_reload(peering).provider_ids["vpc_peering_connection_id"]
+    )
+    poll(peering)
+    services.peerings_sweep()
+    assert list(MetricSample.objects.filter(name="vpc_peering_abnormal").values_list("deployment_id", "value")) == [
+        (deployment.pk, 0.0)
+    ]

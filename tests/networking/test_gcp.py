@@ -1,0 +1,110 @@
+"""GCP peering through google-cloud-compute against the HTTP fake in tests/fakes/gcp_compute.py (service-account
+tokens, networks, global operations): the full state walk, a refusal from GCP, the customer removing their side
+(abnormal, then healed when they add it back), and delete."""
+
+import pytest
+
+from networking import services
+from networking.models import VpcPeering
+from tests.networking.conftest import make_deployment, poll
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def deployment(owner_org, gcp_region):
+    return make_deployment(owner_org.default_project, gcp_region)
+
+
+def _create(deployment, gcp, **overrides):
+    values = {
+        "provider": "gcp",
+        "cidr": "10.1.0.0/16",
+        "project_id": gcp.customer_project,
+        "network": gcp.customer_network,
+        **overrides,
+    }
+    return services.vpc_peering_create(deployment=deployment, actor=None, **values)
+
+
+def _reload(peering):
+    return VpcPeering.objects.get(pk=peering.pk)
+
+
+def _our_peerings(gcp) -> list[dict]:
+    return gcp.fake.rendered(gcp.project, gcp.network_name)["peerings"]
+
+
+def test_peering_walks_to_active_when_customer_creates_their_side(deployment, gcp):
+    peering = _create(deployment, gcp)
+    assert poll(peering) == "awaiting_customer_action"
+    peering = _reload(peering)
+    name = peering.public_id.replace("_", "-")
+    assert peering.provider_ids["peering_name"] == name
+    assert [(p["name"], p["state"]) for p in _our_peerings(gcp)] == [(name, "INACTIVE")]
+    assert peering.provider_state == "INACTIVE"
+    assert peering.customer_action["commands"] == [
+        f"gcloud compute networks peerings create {name} --project={gcp.customer_project} "
+        f"--network={gcp.customer_network} --peer-project={gcp.project} --peer-network={gcp.network_name}"
+    ]
+    # The SDK's calls (signed with the service account's key): addPeering, the operation until DONE, then a read.
+    assert gcp.fake.requests("POST", "/addPeering")
+    assert gcp.fake.requests("POST", "/global/operations/")
+
+    gcp.fake.peer(gcp.customer_project, gcp.customer_network, name, gcp.project, gcp.network_name)
+    assert poll(peering) == "active"
+    assert _reload(peering).provider_state == "ACTIVE"
+    assert services.abnormal_values(deployment_ids=[deployment.pk]) == {deployment.pk: 0.0}
+
+
+def test_peering_fails_with_gcp_reason_when_customer_network_does_not_exist(deployment, gcp):
+    peering = _create(deployment, gcp, network="no-such-network")
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert peering.last_error == (
+        "GCP refused to add peering "
+        f"{peering.public_id.replace('_', '-')}: RESOURCE_NOT_FOUND: The resource "
+        f"'projects/{gcp.customer_project}/global/networks/no-such-network' was not found"
+    )
+    assert _our_peerings(gcp) == []
+
+
+def test_peering_is_abnormal_then_heals_when_customer_removes_and_restores_their_side(deployment, gcp):
+    peering = _create(deployment, gcp)
+    poll(peering)
+    name = _reload(peering).provider_ids["peering_name"]
+    gcp.fake.peer(gcp.customer_project, gcp.customer_network, name, gcp.project, gcp.network_name)
+    assert poll(peering) == "active"
+
+    gcp.fake.unpeer(gcp.customer_project, gcp.customer_network, name)
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert peering.is_abnormal and "no longer active (INACTIVE)" in peering.last_error
+    assert peering.next_poll_at is not None  # GCP can reconnect it: keep watching
+    assert services.abnormal_values(deployment_ids=[deployment.pk]) == {deployment.pk: 1.0}
+
+    gcp.fake.peer(gcp.customer_project, gcp.customer_network, name, gcp.project, gcp.network_name)
+    assert poll(peering) == "active"
+    assert _reload(peering).last_error == ""
+    assert services.abnormal_values(deployment_ids=[deployment.pk]) == {deployment.pk: 0.0}
+
+
+def test_delete_removes_our_side_when_active(deployment, gcp):
+    peering = _create(deployment, gcp)
+    poll(peering)
+    name = _reload(peering).provider_ids["peering_name"]
+    gcp.fake.peer(gcp.customer_project, gcp.customer_network, name, gcp.project, gcp.network_name)
+    poll(peering)
+
+    services.vpc_peering_delete(peering=_reload(peering), actor=None)
+    assert poll(peering) == "deleted"
+    assert _our_peerings(gcp) == []
+    assert gcp.fake.requests("POST", "/removePeering")
+
+
+def test_poll_retries_without_failing_when_platform_credentials_are_refused(deployment, gcp):
+    gcp.fake.accounts.clear()  # the platform's key is no longer known: every signed request is refused
+    peering = _create(deployment, gcp)
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert peering.last_error.startswith("GCP answered 401") and peering.next_poll_at is not None

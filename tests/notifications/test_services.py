@@ -1,0 +1,261 @@
+"""Notification services on real PostgreSQL: delivery attempts and retries, failing channels, platform events, and
+the credentials of a destination kept out of what is recorded."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from controlplane.errors import ValidationFailed
+from notifications import services as notification_services
+from notifications import tasks
+from notifications.models import Delivery, DeliveryAttempt, NotificationChannel, PlatformEvent
+from tests.alerts.test_tasks import Receiver, eager, private_webhooks, webhook_channel  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.django_db
+
+
+def test_delivery_task_retries_with_backoff_countdown_when_receiver_fails(owner_org, private_webhooks, monkeypatch):
+    failing = Receiver(status=503)
+    try:
+        channel, _ = webhook_channel(owner_org.organization, failing.url)
+        delivery = Delivery.objects.create(
+            organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
+        )
+        countdowns = []
+
+        def fake_retry(self_, *args, countdown=None, **kwargs):
+            countdowns.append(countdown)
+            return RuntimeError("retry")
+
+        monkeypatch.setattr(tasks.deliver_notification, "retry", lambda **kw: fake_retry(None, **kw))
+        with pytest.raises(RuntimeError):
+            tasks.deliver_notification.run(delivery.pk)
+        failing.status = 200
+        tasks.deliver_notification.run(delivery.pk)
+    finally:
+        failing.stop()
+    delivery.refresh_from_db()
+    assert countdowns == [30]
+    assert delivery.status == "succeeded"
+    assert list(delivery.attempt_rows.values_list("ok", "status_code")) == [(False, 503), (True, 200)]
+
+
+def test_administrators_get_notice_when_channel_failed_for_a_day(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks
+):
+    channel = NotificationChannel.objects.create(
+        organization=owner_org.organization,
+        name="dead",
+        type="email",
+        config={"addresses": ["x@example.com"]},
+        failing_since=timezone.now() - dt.timedelta(hours=25),
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notification_services.failing_channels_check() == 1
+    assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
+    assert "failing for a day" in mailoutbox[0].subject
+    assert PlatformEvent.objects.filter(kind="channel_failing", subject=channel.public_id).count() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notification_services.failing_channels_check() == 0
+    assert len(mailoutbox) == 1
+
+
+def test_platform_event_emails_administrators_when_no_channel(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        notification_services.platform_event_notify(
+            organization=owner_org.organization,
+            kind="invoice_payment_failed",
+            subject="inv_x",
+            message="Your card was declined.",
+            severity="critical",
+        )
+    assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
+
+
+def test_platform_event_reaches_platform_channels_once_when_dedup_key_repeats(
+    owner_org, eager, private_webhooks, django_capture_on_commit_callbacks
+):
+    receiver = Receiver()
+    try:
+        webhook_channel(owner_org.organization, receiver.url)
+        webhook_channel(owner_org.organization, receiver.url, platform_events=False)
+        for _ in range(2):
+            with django_capture_on_commit_callbacks(execute=True):
+                event = notification_services.platform_event_notify(
+                    organization=owner_org.organization,
+                    kind="invoice_overdue",
+                    subject="inv_1",
+                    message="Invoice inv_1 is 14 days overdue.\nPay it to keep your deployments running.",
+                    severity="critical",
+                    dedup_key="invoice_overdue:inv_1:14",
+                )
+            if _ == 0:
+                assert event is not None and event.kind == "invoice_overdue"
+            else:
+                assert event is None
+    finally:
+        receiver.stop()
+    [body] = receiver.bodies()  # one channel takes platform events, and the repeat sent nothing
+    assert body["event"] == "platform.invoice_overdue" and body["subject"] == "inv_1"
+    assert body["summary"] == "Invoice inv_1 is 14 days overdue." and body["severity"] == "critical"
+    assert PlatformEvent.objects.filter(organization=owner_org.organization).count() == 1
+    assert Delivery.objects.get().kind == "platform"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "invoice_payment_failed",
+        "invoice_overdue",
+        "deployment_stopped_for_billing",
+        "annual_renewal_reminder",
+        "vat_number_invalid",
+        "premium_trial_reminder",
+        "premium_trial_ended",
+    ],
+)
+def test_billing_kinds_are_sent_by_email_when_organization_has_no_channel(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks, kind
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        notification_services.platform_event_notify(
+            organization=owner_org.organization, kind=kind, subject="acct_1", message=f"About {kind}."
+        )
+    [mail] = mailoutbox
+    assert mail.to == [owner_org.owner.email] and mail.subject == f"[NOTICE] About {kind}."
+
+
+def test_platform_event_refused_when_kind_or_severity_unknown(owner_org):
+    with pytest.raises(ValueError, match="kind"):
+        notification_services.platform_event_notify(
+            organization=owner_org.organization, kind="bogus", subject="x", message="m"
+        )
+    with pytest.raises(ValueError, match="severity"):
+        notification_services.platform_event_notify(
+            organization=owner_org.organization, kind="invoice_overdue", subject="x", message="m", severity="fatal"
+        )
+    assert not PlatformEvent.objects.exists()
+
+
+def test_platform_event_is_not_sent_when_callers_transaction_rolls_back(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks
+):
+    from django.db import transaction
+
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError):
+        with transaction.atomic():
+            notification_services.platform_event_notify(
+                organization=owner_org.organization, kind="premium_trial_ended", subject="org_x", message="Ended."
+            )
+            raise RuntimeError("the change it told of failed")
+    assert mailoutbox == [] and not PlatformEvent.objects.exists()
+
+
+def test_transport_error_recorded_without_url_credentials_when_receiver_unreachable(owner_org, private_webhooks):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    channel, _ = notification_services.channel_create(
+        organization=owner_org.organization,
+        actor=None,
+        name="hook",
+        type="webhook",
+        config={"url": f"http://bob:pass-word-1@127.0.0.1:{port}/in?token=tok-secret-1&x=1"},
+    )
+    delivery = Delivery.objects.create(
+        organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
+    )
+    _, delay = notification_services.delivery_attempt(delivery_id=delivery.pk)
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert delay == 30 and attempt.ok is False and attempt.error  # refused connection: retried
+    assert "tok-secret-1" not in attempt.error and "pass-word-1" not in attempt.error
+
+
+def test_email_subject_is_one_line_when_summary_has_control_characters(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks
+):
+    channel, _ = notification_services.channel_create(
+        organization=owner_org.organization,
+        actor=None,
+        name="mail",
+        type="email",
+        config={"addresses": ["ops@example.com"]},
+    )
+    delivery = Delivery.objects.create(
+        organization=owner_org.organization,
+        channel=channel,
+        kind="fire",
+        payload={"event": "alert.firing", "summary": "rule\rwith\nbreaks\x0bin it"},
+    )
+    _, delay = notification_services.delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert delay is None and delivery.status == "succeeded"
+    assert mailoutbox[0].subject == "[FIRING] rule with breaks in it"
+
+
+def test_channel_created_directly_refused_when_name_has_control_characters(owner_org):
+    with pytest.raises(ValidationFailed) as refused:
+        notification_services.channel_create(
+            organization=owner_org.organization,
+            actor=None,
+            name="ops\r\nBcc: everyone@example.com",
+            type="email",
+            config={"addresses": ["ops@example.com"]},
+        )
+    assert [e.field for e in refused.value.errors] == ["name"]
+    assert not NotificationChannel.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_change_stands_and_sweep_sends_later_when_redis_is_down_at_commit(owner_org, private_webhooks, settings):
+    """A real unreachable broker (a closed port), not a stand-in: the platform event commits, nothing raises to the
+    caller, and the resume sweep enqueues the delivery once Redis is back."""
+    import socket
+
+    from controlplane.celery import app
+
+    receiver = Receiver()
+    webhook_channel(owner_org.organization, receiver.url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+
+    def use_broker(url):  # what a worker does after a fork: the next publish takes a connection to `url`
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    from controlplane import tasks as publishing
+
+    previous = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
+    use_broker(dead)
+    publishing.broker.reset()
+    try:
+        event = notification_services.platform_event_notify(
+            organization=owner_org.organization, kind="invoice_overdue", subject="inv_9", message="Overdue."
+        )
+        assert publishing.broker.failing  # the publish was tried and failed, and said so
+    finally:
+        app.conf.broker_transport_options = previous[1]
+        use_broker(previous[0])
+        publishing.broker.reset()
+    assert event is not None and PlatformEvent.objects.filter(pk=event.pk).exists()
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
+
+    app.conf.task_always_eager = True
+    try:
+        later = timezone.now() + dt.timedelta(minutes=6)
+        assert notification_services.deliveries_resume(now=later) == 1
+    finally:
+        app.conf.task_always_eager = False
+        receiver.stop()
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded"
+    assert [b["event"] for b in receiver.bodies()] == ["platform.invoice_overdue"]
