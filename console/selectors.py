@@ -90,6 +90,35 @@ def current_operation(deployment) -> Operation | None:
     return active.first() or operations.order_by("-created_at", "-id").first()
 
 
+def deployments_by_pk(ids) -> dict[int, Deployment]:
+    """The named deployments (deleted ones included: alerts and bills outlive them), by primary key."""
+    if not ids:
+        return {}
+    return {
+        d.pk: d for d in Deployment.objects.filter(pk__in=set(ids)).only("id", "public_id", "name", "desired_state")
+    }
+
+
+def alert_rules(*, project) -> list:
+    """A project's alert rules (the defaults of its deployments and its own), with deployment and channels."""
+    from alerts.models import AlertRule
+
+    return list(
+        AlertRule.objects.filter(project=project)
+        .select_related("deployment")
+        .prefetch_related("channels")
+        .order_by("deployment__name", "default_key", "created_at", "id")
+    )
+
+
+def silences(*, project, limit: int = 50) -> list:
+    from alerts.models import Silence
+
+    return list(
+        Silence.objects.filter(project=project).select_related("created_by").order_by("-ends_at", "-id")[:limit]
+    )
+
+
 def members(*, organization) -> list[Membership]:
     return list(
         Membership.objects.filter(organization=organization)

@@ -40,9 +40,26 @@ def status_badge(status, label=None):
         "accepted": "ok",
         "revoked": "neutral",
         "expired": "neutral",
+        "ended": "neutral",
+        "scheduled": "busy",
         "firing": "bad",
+        "resolved": "ok",
+        "enabled": "ok",
+        "disabled": "neutral",
+        "paid": "ok",
+        "open": "busy",
+        "overdue": "bad",
+        "void": "neutral",
+        "draft": "neutral",
+        "uncollectible": "bad",
     }.get(str(status), "busy")
     return format_html('<span class="badge badge-{}">{}</span>', tone, label or str(status).replace("_", " "))
+
+
+@register.simple_tag
+def severity_badge(severity):
+    tone = {"critical": "bad", "warning": "busy", "info": "neutral"}.get(str(severity), "neutral")
+    return format_html('<span class="badge badge-{}">{}</span>', tone, str(severity))
 
 
 @register.filter
@@ -104,3 +121,22 @@ def metric_cell(value, unit=""):
     if unit == "bytes/s" or value is None:
         return metric_value(value, unit)
     return _number(float(value))
+
+
+@register.simple_tag
+def silence_active(silence) -> bool:
+    from django.utils import timezone
+
+    return silence.starts_at <= timezone.now() < silence.ends_at
+
+
+@register.simple_tag
+def silence_state(silence):
+    from django.utils import timezone
+
+    now = timezone.now()
+    if silence.ends_at <= now:
+        return status_badge("ended", "ended")
+    if silence.starts_at > now:
+        return status_badge("scheduled", "scheduled")
+    return status_badge("active", "active")

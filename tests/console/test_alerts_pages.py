@@ -1,0 +1,306 @@
+"""The alerting pages without a browser: bad input gets a message beside its field and saves nothing, each role gets
+what the API would give it, and another organization's alerts, rules and channels are not found."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from alerts import rules as rule_services
+from alerts.models import Alert, AlertRule, AlertStatus, Silence
+from notifications.models import NotificationChannel
+from tests.console.helpers import deployment
+
+pytestmark = pytest.mark.django_db
+
+
+def _rules_url(org, project=None):
+    project = project or org.default_project
+    return f"/console/o/{org.id}/p/{project.public_id}/alert-rules"
+
+
+def _threshold(**overrides):
+    data = {
+        "rule-name": "Busy",
+        "rule-deployment": "",
+        "rule-metric": "connections",
+        "rule-aggregation": "last",
+        "rule-window_seconds": "60",
+        "rule-operator": ">",
+        "rule-threshold": "2",
+        "rule-threshold_unit": "absolute",
+        "rule-for_seconds": "60",
+        "rule-severity": "critical",
+        "rule-repeat_interval_seconds": "3600",
+        "rule-enabled": "on",
+    }
+    data.update(overrides)
+    return data
+
+
+def _firing_alert(org, plant, *, name="Busy"):
+    rule = rule_services.alert_rule_create(
+        project=plant.project,
+        actor=None,
+        deployment=plant,
+        name=name,
+        metric="connections",
+        aggregation="last",
+        window_seconds=60,
+        operator=">",
+        threshold=2,
+        severity="critical",
+    )
+    now = timezone.now()
+    return Alert.objects.create(
+        organization=org.organization,
+        project=plant.project,
+        rule=rule,
+        deployment=plant,
+        status=AlertStatus.FIRING,
+        since=now,
+        fired_at=now,
+        severity="critical",
+        value=3,
+        threshold=2,
+        summary="Busy: connections = 3",
+    )
+
+
+def test_threshold_that_is_not_a_number_is_refused_beside_its_field_when_creating_a_rule(client, owner_org):
+    client.force_login(owner_org.owner)
+    response = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-threshold": "two"}))
+    assert response.status_code == 400
+    assert "Enter a number, such as 80 or 2.5." in response.content.decode()
+    assert not AlertRule.objects.filter(name="Busy").exists()
+
+
+def test_rule_is_created_with_its_condition_when_input_is_valid(client, owner_org):
+    plant = deployment(owner_org.default_project)
+    client.force_login(owner_org.owner)
+    response = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-deployment": plant.public_id}))
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    rule = AlertRule.objects.get(name="Busy")
+    assert (rule.deployment, rule.metric, rule.threshold, rule.for_seconds) == (plant, "connections", 2, 60)
+    page = client.get(_rules_url(owner_org)).content.decode()
+    assert "last value of connections over 1 minute &gt; 2, for 1 minute" in page
+
+
+def test_percent_of_tier_on_a_metric_without_limit_is_refused_when_creating_a_rule(client, owner_org):
+    client.force_login(owner_org.owner)
+    data = _threshold(**{"rule-metric": "subscriptions", "rule-threshold_unit": "percent_of_tier_limit"})
+    response = client.post(f"{_rules_url(owner_org)}/new", data)
+    assert response.status_code == 400 and "have a tier limit" in response.content.decode()
+    assert not AlertRule.objects.filter(name="Busy").exists()
+
+
+def test_silence_that_ends_before_it_starts_is_refused_when_created(client, owner_org):
+    client.force_login(owner_org.owner)
+    response = client.post(
+        f"/console/o/{owner_org.id}/p/{owner_org.default_project.public_id}/silences",
+        {"silence-starts_at": "2030-01-02T10:00", "silence-ends_at": "2030-01-02T09:00", "silence-comment": "oops"},
+    )
+    assert response.status_code == 400
+    assert "The silence must end after it starts." in response.content.decode()
+    assert not Silence.objects.exists()
+
+
+def test_silence_is_created_with_its_matchers_when_valid(client, owner_org):
+    plant = deployment(owner_org.default_project)
+    client.force_login(owner_org.owner)
+    response = client.post(
+        f"/console/o/{owner_org.id}/p/{owner_org.default_project.public_id}/silences",
+        {"silence-ends_at": "2099-01-01T00:00", "silence-deployment": plant.public_id, "silence-severity": "warning"},
+    )
+    assert response.status_code == 302
+    assert Silence.objects.get().matchers == {"deployment": plant.public_id, "severity": "warning"}
+
+
+def test_webhook_to_a_private_address_is_refused_beside_the_url_when_creating_a_channel(client, owner_org, settings):
+    settings.ALLOW_PRIVATE_WEBHOOKS = False
+    client.force_login(owner_org.owner)
+    response = client.post(
+        f"/console/o/{owner_org.id}/channels",
+        {"new-name": "hook", "new-type": "webhook", "new-webhook_url": "https://10.1.2.3/hook"},
+    )
+    body = response.content.decode()
+    assert response.status_code == 400
+    # The message sits under the URL field (its error list is tied to it by id), not at the top of the form.
+    field_errors = body.split('id="id_new-webhook_url_error"', 1)[1].split("</ul>", 1)[0]
+    assert "a private address" in field_errors
+    assert not NotificationChannel.objects.exists()
+
+
+def test_webhook_secret_is_shown_once_when_the_channel_is_created(client, owner_org, settings):
+    settings.ALLOW_PRIVATE_WEBHOOKS = True
+    client.force_login(owner_org.owner)
+    response = client.post(
+        f"/console/o/{owner_org.id}/channels",
+        {"new-name": "hook", "new-type": "webhook", "new-webhook_url": "http://127.0.0.1:9/hook"},
+    )
+    channel = NotificationChannel.objects.get()
+    assert response.status_code == 302 and response["Location"].endswith(channel.public_id)
+    first = client.get(response["Location"]).content.decode()
+    assert "whsec_" in first and "shown only once" in first
+    assert "whsec_" not in client.get(response["Location"]).content.decode()
+
+
+def test_acknowledgement_needs_a_comment_and_is_recorded_when_given(client, owner_org):
+    plant = deployment(owner_org.default_project)
+    alert = _firing_alert(owner_org, plant)
+    client.force_login(owner_org.owner)
+    url = f"/console/o/{owner_org.id}/alerts/{alert.public_id}/acknowledge"
+    client.post(url, {f"{alert.public_id}-comment": "", f"{alert.public_id}-duration": "3600"})
+    alert.refresh_from_db()
+    assert alert.acknowledged_until is None
+    client.post(url, {f"{alert.public_id}-comment": "scaling up", f"{alert.public_id}-duration": "3600"})
+    alert.refresh_from_db()
+    assert alert.acknowledgement_comment == "scaling up" and alert.acknowledged_by == owner_org.owner
+    page = client.get(f"/console/o/{owner_org.id}/alerts").content.decode()
+    assert "scaling up" in page and "firing" in page
+
+
+def test_project_user_sees_only_their_projects_alerts_and_no_channels_when_granted_one_project(client, owner_org):
+    from projects import services as project_services
+
+    other = project_services.project_create(organization=owner_org.organization, actor=None, name="Other")
+    mine = deployment(owner_org.default_project, name="mine")
+    theirs = deployment(other, name="theirs")
+    _firing_alert(owner_org, mine, name="Mine busy")
+    hidden = _firing_alert(owner_org, theirs, name="Theirs busy")
+    user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    client.force_login(user)
+    page = client.get(f"/console/o/{owner_org.id}/alerts").content.decode()
+    assert "Mine busy" in page and "Theirs busy" not in page and "Notification channels" not in page
+    assert client.get(f"/console/o/{owner_org.id}/channels").status_code == 403
+    assert client.get(_rules_url(owner_org, other)).status_code == 404
+    # Configuring alerts is theirs (deployment:configure); a budget rule is not (it needs billing:read).
+    assert client.post(f"{_rules_url(owner_org)}/new", _threshold()).status_code == 302
+    assert client.get(f"{_rules_url(owner_org)}/new?kind=budget").status_code == 403
+    budget = client.post(
+        f"{_rules_url(owner_org)}/new",
+        {"kind": "budget", "rule-name": "B", "rule-metric": "spend_month_to_date", "rule-budget_amount": "10"},
+    )
+    assert budget.status_code == 403
+    assert not AlertRule.objects.filter(kind="budget").exists()
+    # Acknowledging another project's alert: not found, as if it did not exist.
+    url = f"/console/o/{owner_org.id}/alerts/{hidden.public_id}/acknowledge"
+    assert (
+        client.post(url, {f"{hidden.public_id}-comment": "x", f"{hidden.public_id}-duration": "3600"}).status_code
+        == 404
+    )
+
+
+def test_auditor_reads_alerts_rules_and_channels_but_changes_nothing_when_crafting_posts(client, owner_org):
+    plant = deployment(owner_org.default_project)
+    alert = _firing_alert(owner_org, plant)
+    channel, _ = __import__("notifications.services", fromlist=["x"]).channel_create(
+        organization=owner_org.organization, actor=None, name="mail", type="email", config={"addresses": ["a@b.co"]}
+    )
+    user, _ = owner_org.add_member(roles=["auditor"])
+    client.force_login(user)
+    for path in (f"/console/o/{owner_org.id}/alerts", _rules_url(owner_org), f"/console/o/{owner_org.id}/channels"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert "Acknowledge…" not in page.content.decode() and "Create channel" not in page.content.decode()
+    assert client.post(f"{_rules_url(owner_org)}/new", _threshold()).status_code == 403
+    url = f"/console/o/{owner_org.id}/alerts/{alert.public_id}/acknowledge"
+    assert (
+        client.post(url, {f"{alert.public_id}-comment": "x", f"{alert.public_id}-duration": "3600"}).status_code == 403
+    )
+    assert client.post(f"/console/o/{owner_org.id}/channels/{channel.public_id}/test").status_code == 403
+    assert client.post(f"/console/o/{owner_org.id}/channels/{channel.public_id}/delete").status_code == 403
+    assert NotificationChannel.objects.filter(pk=channel.pk).exists()
+    alert.refresh_from_db()
+    assert alert.acknowledged_until is None
+
+
+def test_other_organizations_alerting_pages_are_not_found_when_not_a_member(client, org_factory):
+    mine, other = org_factory(), org_factory()
+    plant = deployment(other.default_project)
+    alert = _firing_alert(other, plant)
+    rule = alert.rule
+    channel, _ = __import__("notifications.services", fromlist=["x"]).channel_create(
+        organization=other.organization, actor=None, name="mail", type="email", config={"addresses": ["a@b.co"]}
+    )
+    client.force_login(mine.owner)
+    for path in (
+        f"/console/o/{other.id}/alerts",
+        _rules_url(other),
+        f"{_rules_url(other)}/{rule.public_id}",
+        f"/console/o/{other.id}/channels/{channel.public_id}",
+        f"{_rules_url(mine)}/{rule.public_id}",
+        f"/console/o/{mine.id}/channels/{channel.public_id}",
+    ):
+        assert client.get(path).status_code == 404, path
+    url = f"/console/o/{mine.id}/alerts/{alert.public_id}/acknowledge"
+    assert (
+        client.post(url, {f"{alert.public_id}-comment": "x", f"{alert.public_id}-duration": "3600"}).status_code == 404
+    )
+    assert client.post(f"{_rules_url(mine)}/{rule.public_id}/delete").status_code == 404
+    assert AlertRule.objects.filter(pk=rule.pk).exists()
+
+
+def test_rule_can_be_disabled_and_enabled_when_toggled(client, owner_org):
+    plant = deployment(owner_org.default_project)
+    rule = _firing_alert(owner_org, plant).rule
+    client.force_login(owner_org.owner)
+    client.post(f"{_rules_url(owner_org)}/{rule.public_id}/toggle", {"enabled": "off"})
+    rule.refresh_from_db()
+    assert not rule.enabled
+    client.post(f"{_rules_url(owner_org)}/{rule.public_id}/toggle", {"enabled": "on"})
+    rule.refresh_from_db()
+    assert rule.enabled
+
+
+def test_resolved_alert_is_not_acknowledged_when_its_form_is_stale(client, owner_org):
+    plant = deployment(owner_org.default_project)
+    alert = _firing_alert(owner_org, plant)
+    Alert.objects.filter(pk=alert.pk).update(status=AlertStatus.RESOLVED, resolved_at=timezone.now())
+    client.force_login(owner_org.owner)
+    response = client.post(
+        f"/console/o/{owner_org.id}/alerts/{alert.public_id}/acknowledge",
+        {f"{alert.public_id}-comment": "late", f"{alert.public_id}-duration": "3600"},
+        follow=True,
+    )
+    assert response.status_code == 200 and "Only a firing alert can be acknowledged" in response.content.decode()
+    alert.refresh_from_db()
+    assert alert.acknowledged_until is None and alert.since <= timezone.now() + dt.timedelta(seconds=1)
+
+
+def test_budget_rule_is_stored_exactly_in_the_billing_currency_when_created_by_an_owner(client, owner_org):
+    client.force_login(owner_org.owner)
+    response = client.post(
+        f"{_rules_url(owner_org)}/new",
+        {
+            "kind": "budget",
+            "rule-name": "Monthly budget",
+            "rule-metric": "spend_forecast",
+            "rule-budget_amount": "1,250.50",
+            "rule-budget_scope": "organization",
+            "rule-severity": "warning",
+            "rule-enabled": "on",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    rule = AlertRule.objects.get(kind="budget")
+    assert (rule.budget_minor, rule.budget_currency, rule.budget_scope) == (125050, "USD", "organization")
+    page = client.get(_rules_url(owner_org)).content.decode()
+    assert "this month&#x27;s forecast spend &gt;= 1,250.50 USD" in page
+
+
+def test_budget_with_too_many_decimals_is_refused_beside_the_amount_when_created(client, owner_org):
+    client.force_login(owner_org.owner)
+    response = client.post(
+        f"{_rules_url(owner_org)}/new",
+        {
+            "kind": "budget",
+            "rule-name": "B",
+            "rule-metric": "spend_month_to_date",
+            "rule-budget_amount": "10.555",
+            "rule-budget_scope": "project",
+            "rule-severity": "warning",
+        },
+    )
+    assert response.status_code == 400 and "at most 2 decimal places" in response.content.decode()
+    assert not AlertRule.objects.filter(kind="budget").exists()
