@@ -99,13 +99,18 @@ def deployments_by_pk(ids) -> dict[int, Deployment]:
     }
 
 
-def alert_rules(*, project) -> list:
-    """A project's alert rules (the defaults of its deployments and its own), with deployment and channels."""
+def alert_rules(*, project, deployment=None) -> list:
+    """A project's own alert rules and, of the defaults its deployments get, those of `deployment` (None: every
+    deployment's), with deployment and channels."""
+    from django.db.models import Q
+
     from alerts.models import AlertRule
 
+    queryset = AlertRule.objects.filter(project=project)
+    if deployment is not None:
+        queryset = queryset.filter(Q(default_key="") | Q(deployment=deployment))
     return list(
-        AlertRule.objects.filter(project=project)
-        .select_related("deployment")
+        queryset.select_related("deployment")
         .prefetch_related("channels")
         .order_by("deployment__name", "default_key", "created_at", "id")
     )

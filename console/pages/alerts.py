@@ -221,28 +221,30 @@ def rule_condition(rule: AlertRule) -> str:
 
 def _live_deployments(project) -> list:
     return list(
-        project.deployments.exclude(desired_state=DesiredState.DELETED).only("id", "public_id", "name").order_by("name")
+        project.deployments.exclude(desired_state=DesiredState.DELETED)
+        .only("id", "public_id", "name", "project_id")
+        .order_by("name")
     )
 
 
-def _rules_context(console, *, silence_form=None) -> dict:
+def _rules_context(console, *, silence_form=None, shown_deployment: str = "") -> dict:
+    """The project's own rules, and the defaults of one deployment at a time (a project of a hundred deployments
+    has a thousand default rules: the page shows those of the deployment chosen)."""
     project = console.project
-    rules = selectors.alert_rules(project=project)
     deployments = _live_deployments(project)
+    chosen = next((d for d in deployments if d.public_id == shown_deployment), deployments[0] if deployments else None)
+    rules = selectors.alert_rules(project=project, deployment=chosen)
     for rule in rules:
         rule.condition = rule_condition(rule)
     own = [r for r in rules if not r.default_key]
-    defaults = []
-    for deployment in deployments:
-        theirs = [r for r in rules if r.default_key and r.deployment_id == deployment.pk]
-        if theirs:
-            defaults.append((deployment, theirs))
+    defaults = [r for r in rules if r.default_key and chosen is not None and r.deployment_id == chosen.pk]
     can_configure = console.can_in_project("deployment:configure")
     return {
         "console": console,
         "project": project,
         "own": own,
         "defaults": defaults,
+        "chosen": chosen,
         "deployments": deployments,
         "silences": selectors.silences(project=project),
         "silence_form": silence_form or SilenceForm(deployments=deployments, rules=rules, prefix="silence"),
@@ -259,7 +261,8 @@ def alert_rules(request, org_id, project_id):
     console = tenancy.for_project(request, org_id, project_id, section="alerts")
     console.require_in_project("alert:read")
     console.crumb("Alert rules")
-    return render(request, "console/alerts/rules.html", _rules_context(console))
+    context = _rules_context(console, shown_deployment=request.GET.get("deployment", ""))
+    return render(request, "console/alerts/rules.html", context)
 
 
 def _rule(console, rule_id) -> AlertRule:
@@ -273,6 +276,14 @@ def _rule(console, rule_id) -> AlertRule:
         raise Http404("No such alert rule.")
     rule.project, rule.organization = console.project, console.organization
     return rule
+
+
+def _back_to_rules(org_id, project_id, rule: AlertRule | None = None):
+    """The rules page, showing the defaults of the rule's deployment when the rule is one of them."""
+    url = reverse("console:alert-rules", args=[org_id, project_id])
+    if rule is not None and rule.default_key and rule.deployment_id:
+        url = f"{url}?deployment={rule.deployment.public_id}"
+    return redirect(url)
 
 
 def _require_rule_write(console, kind: str) -> None:
@@ -389,7 +400,7 @@ def alert_rule_edit(request, org_id, project_id, rule_id):
                 status = errors.to_form(form, exc)
             else:
                 messages.success(request, f"Alert rule “{rule.name}” saved.")
-                return redirect("console:alert-rules", org_id=org_id, project_id=project_id)
+                return _back_to_rules(org_id, project_id, rule)
     context = {"console": console, "form": form, "kind": rule.kind, "rule": rule, "channels": channels}
     return render(request, "console/alerts/rule_form.html", context, status=status)
 
@@ -409,7 +420,7 @@ def alert_rule_toggle(request, org_id, project_id, rule_id):
         errors.to_page(request, exc)
     else:
         messages.success(request, f"“{rule.name}” {'enabled' if wanted else 'disabled'}.")
-    return redirect("console:alert-rules", org_id=org_id, project_id=project_id)
+    return _back_to_rules(org_id, project_id, rule)
 
 
 @login_required
@@ -437,7 +448,7 @@ def silence_create(request, org_id, project_id):
     console.require_in_project("deployment:configure")
     console.crumb("Alert rules")
     deployments = _live_deployments(console.project)
-    rules = selectors.alert_rules(project=console.project)
+    rules = selectors.alert_rules(project=console.project, deployment=None)
     form = SilenceForm(request.POST, deployments=deployments, rules=rules, prefix="silence")
     status = 400
     if form.is_valid():

@@ -304,3 +304,22 @@ def test_budget_with_too_many_decimals_is_refused_beside_the_amount_when_created
     )
     assert response.status_code == 400 and "at most 2 decimal places" in response.content.decode()
     assert not AlertRule.objects.filter(kind="budget").exists()
+
+
+def test_rules_page_queries_do_not_grow_with_deployments_when_listing_defaults(client, owner_org):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from alerts.defaults import create_default_rules
+
+    client.force_login(owner_org.owner)
+    counts = []
+    for n in (2, 6):
+        while owner_org.default_project.deployments.count() < n:
+            plant = deployment(owner_org.default_project, name=f"d{owner_org.default_project.deployments.count()}")
+            create_default_rules(deployment=plant)
+        with CaptureQueriesContext(connection) as captured:
+            page = client.get(_rules_url(owner_org))
+        assert page.status_code == 200 and "Connections above 80% of the tier" in page.content.decode()
+        counts.append(len(captured))
+    assert counts[0] == counts[1], counts

@@ -11,7 +11,7 @@ from tests.console.helpers import console_path, deployment, make_organization, s
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def _pages(org, plant, member, key):
+def _pages(org, plant, member, key, channel=None):
     o, p = org.id, org.default_project.public_id
     return [
         ("projects", f"/console/o/{o}"),
@@ -34,9 +34,65 @@ def _pages(org, plant, member, key):
         ("audit", f"/console/o/{o}/audit"),
         ("settings", f"/console/o/{o}/settings"),
         ("alerts", f"/console/o/{o}/alerts"),
+        ("alert-rules", f"/console/o/{o}/p/{p}/alert-rules"),
+        ("alert-rule-new", f"/console/o/{o}/p/{p}/alert-rules/new"),
+        ("budget-rule-new", f"/console/o/{o}/p/{p}/alert-rules/new?kind=budget"),
+        ("channels", f"/console/o/{o}/channels"),
+        ("channel", f"/console/o/{o}/channels/{channel.public_id if channel else 'chn_missing'}"),
         ("billing", f"/console/o/{o}/billing"),
         ("not-found", f"/console/o/{o}/p/prj_missing"),
     ]
+
+
+def _alerting(org, plant):
+    """A channel, a rule of the user's own, a firing alert and a silence, for the alerting pages to show."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from alerts import rules
+    from alerts.models import Alert
+    from notifications import services as notifications
+
+    channel, _ = notifications.channel_create(
+        organization=org.organization, actor=None, name="Ops mail", type="email", config={"addresses": ["ops@a.io"]}
+    )
+    rule = rules.alert_rule_create(
+        project=org.default_project,
+        actor=None,
+        deployment=plant,
+        channels=[channel],
+        name="More than two clients",
+        metric="connections",
+        aggregation="last",
+        window_seconds=60,
+        operator=">",
+        threshold=2,
+        for_seconds=60,
+        severity="critical",
+    )
+    now = timezone.now()
+    Alert.objects.create(
+        organization=org.organization,
+        project=org.default_project,
+        rule=rule,
+        deployment=plant,
+        status="firing",
+        since=now,
+        fired_at=now,
+        severity="critical",
+        value=3,
+        threshold=2,
+    )
+    rules.silence_create(
+        project=org.default_project,
+        actor=None,
+        matchers={"severity": "warning"},
+        starts_at=None,
+        ends_at=now + dt.timedelta(hours=2),
+        comment="load test",
+    )
+    return channel
 
 
 def _drawn(page):
@@ -88,17 +144,29 @@ def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
     _metrics(plant)
     user, member = org.add_member(roles=["auditor"], email="audrey@example.com")
     key, _ = org.key_for(user, role="auditor")
+    channel = _alerting(org, plant)
 
     light = site.page(org.owner, name="light")
-    for label, path in _pages(org, plant, member, key):
+    for label, path in _pages(org, plant, member, key, channel):
         light.goto(path)
         expect(light.locator("main")).to_be_visible()
         _drawn(light)
         light.check(label)
 
     dark = site.page(org.owner, name="dark", color_scheme="dark")
-    for label in ("overview", "monitoring", "manage", "members", "wizard"):
-        path = dict(_pages(org, plant, member, key))[label]
+    for label in (
+        "overview",
+        "monitoring",
+        "manage",
+        "members",
+        "wizard",
+        "alerts",
+        "alert-rules",
+        "channels",
+        "channel",
+        "alert-rule-new",
+    ):
+        path = dict(_pages(org, plant, member, key, channel))[label]
         dark.goto(path)
         _drawn(dark)
         dark.check(label)
