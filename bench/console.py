@@ -1,6 +1,7 @@
 """Console page cost: server time (p50/p95) and SQL query count of each console page, with 100 deployments and 20
-members in one organization, beside the API's own deployment list in the same run; the monitoring tab of a
-deployment with 30 days of five-minute rollups and 48 hours of raw samples, and the bytes of chart data it sends.
+members in one organization (each deployment with a firing alert and its delivered notification), beside the API's
+own deployment list in the same run; the monitoring tab of a deployment with 30 days of five-minute rollups and 48
+hours of raw samples, and the bytes of chart data it sends.
 
 Needs DATABASE_URL (PostgreSQL) and REDIS_URL: run it with `scripts/bench.sh bench/console.py`.
 Each page is requested in-process through Django's full middleware stack (sessions, CSRF, CSP, idempotency), so the
@@ -85,6 +86,46 @@ class Fixture:
                 organization=self.org, actor=None, name=f"k{self.members}", role="auditor", created_by=user
             )
             self.members += 1
+        self.alerting()
+
+    def alerting(self):
+        """A firing alert on every deployment's default connections rule, each told to one webhook channel (a
+        delivery with its attempt): what the alerts page and the channel's delivery history list."""
+        from django.utils import timezone
+
+        from alerts.models import Alert, AlertRule
+        from notifications.models import Delivery, DeliveryAttempt, NotificationChannel
+
+        if not hasattr(self, "channel"):
+            # Made directly: the service would resolve the webhook's host, and this machine has no DNS.
+            self.channel = NotificationChannel.objects.create(
+                organization=self.org, name="bench hook", type="webhook", config={"url": "https://example.com/h"}
+            )
+        now = timezone.now()
+        rules = AlertRule.objects.filter(project=self.project, default_key="connections_high", alerts__isnull=True)
+        for rule in rules:
+            alert = Alert.objects.create(
+                organization=self.org,
+                project=self.project,
+                rule=rule,
+                deployment_id=rule.deployment_id,
+                status="firing",
+                since=now,
+                fired_at=now,
+                severity=rule.severity,
+                value=950,
+                threshold=800,
+            )
+            delivery = Delivery.objects.create(
+                organization=self.org,
+                channel=self.channel,
+                alert_public_id=alert.public_id,
+                kind="fire",
+                status="succeeded",
+                attempts=1,
+                completed_at=now,
+            )
+            DeliveryAttempt.objects.create(delivery=delivery, number=1, ok=True, status_code=200, duration_ms=42)
 
     def metrics(self):
         """30 days of five-minute rollups and 48 hours of raw samples (one a minute) of every charted metric, for
@@ -167,6 +208,10 @@ class Fixture:
             ("API keys", f"/console/o/{o}/api-keys"),
             ("audit log", f"/console/o/{o}/audit"),
             ("settings", f"/console/o/{o}/settings"),
+            ("alerts", f"/console/o/{o}/alerts"),
+            ("alert rules", f"/console/o/{o}/p/{p}/alert-rules"),
+            ("notification channels", f"/console/o/{o}/channels"),
+            ("channel and deliveries", f"/console/o/{o}/channels/{self.channel.public_id}"),
         ]
 
     def api_list(self):

@@ -323,3 +323,33 @@ def test_rules_page_queries_do_not_grow_with_deployments_when_listing_defaults(c
         assert page.status_code == 200 and "Connections above 80% of the tier" in page.content.decode()
         counts.append(len(captured))
     assert counts[0] == counts[1], counts
+
+
+def test_project_user_cannot_route_a_rule_to_org_channels_when_crafting_the_post(client, owner_org):
+    channel, _ = __import__("notifications.services", fromlist=["x"]).channel_create(
+        organization=owner_org.organization, actor=None, name="Ops mail", type="email", config={"addresses": ["a@b.co"]}
+    )
+    user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    client.force_login(user)
+    form = client.get(f"{_rules_url(owner_org)}/new").content.decode()
+    assert "Ops mail" not in form and "choosing channels needs a role that reads them" in form
+    response = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-channels": [channel.public_id]}))
+    assert response.status_code in (400, 403)
+    assert not AlertRule.objects.filter(name="Busy").exists()
+
+
+def test_control_characters_in_a_rule_or_channel_name_are_refused_beside_the_name_when_created(client, owner_org):
+    client.force_login(owner_org.owner)
+    rule = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-name": "Bus\x1by"}))
+    assert rule.status_code == 400
+    errors = rule.content.decode().split('id="id_rule-name_error"', 1)[1].split("</ul>", 1)[0]
+    assert "found U+001B at position 3" in errors
+    channel = client.post(
+        f"/console/o/{owner_org.id}/channels",
+        {"new-name": "Ops\rmail", "new-type": "email", "new-addresses": "ops@example.com"},
+    )
+    assert channel.status_code == 400
+    errors = channel.content.decode().split('id="id_new-name_error"', 1)[1].split("</ul>", 1)[0]
+    assert "found U+000D at position 3" in errors
+    assert not AlertRule.objects.filter(default_key="").exists()
+    assert not NotificationChannel.objects.exists()

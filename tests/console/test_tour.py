@@ -165,6 +165,7 @@ def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
         "channels",
         "channel",
         "alert-rule-new",
+        "budget-rule-new",
     ):
         path = dict(_pages(org, plant, member, key, channel))[label]
         dark.goto(path)
