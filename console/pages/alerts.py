@@ -4,7 +4,7 @@ and its silences.
 
 Every write calls the service the API calls, after the same scope checks the API's viewsets make (a budget rule also
 needs billing:read; routing a rule to channels needs channel:read). What a service refuses is shown beside the
-field. Members with a project role see the alerts of their projects only.
+field. Members with a project role see the alerts of their projects only, and, as in the API, acknowledge none.
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ def alerts(request, org_id):
     found = list(queryset.annotate(rank=STATUS_ORDER).order_by("rank", "-since", "-id")[: SHOWN + 1])
     deployments = selectors.deployments_by_pk([a.deployment_id for a in found if a.deployment_id])
     projects_by_pk = {p.pk: p for p in projects}
-    configurable = {p.pk for p in projects if console.can_in_project("deployment:configure", p)}
+    # As the API: acknowledging is an organization-level act (deployment:configure on the organization); members
+    # with only project roles read their projects' alerts here but acknowledge none.
+    configurable = {p.pk for p in projects} if console.can("deployment:configure") else set()
     for alert in found[:SHOWN]:
         alert.project = projects_by_pk[alert.project_id]
         alert.organization = console.organization
@@ -145,7 +147,7 @@ def alert_acknowledge(request, org_id, alert_id):
     alert = Alert.objects.filter(organization=console.organization, public_id=alert_id).select_related("rule").first()
     if alert is None or alert.project_id not in projects:
         raise Http404("No such alert.")
-    console.require_in_project("deployment:configure", projects[alert.project_id])
+    console.require("deployment:configure")
     form = AcknowledgeForm(request.POST, prefix=alert.public_id)
     back = reverse("console:alerts", args=[org_id])
     query = request.POST.get("filters", "")

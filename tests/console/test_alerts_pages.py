@@ -183,6 +183,13 @@ def test_project_user_sees_only_their_projects_alerts_and_no_channels_when_grant
     )
     assert budget.status_code == 403
     assert not AlertRule.objects.filter(kind="budget").exists()
+    # Acknowledging is organization-level in the API: their own project's alert is not theirs to acknowledge.
+    assert "Acknowledge…" not in page
+    own = Alert.objects.get(rule__name="Mine busy")
+    url = f"/console/o/{owner_org.id}/alerts/{own.public_id}/acknowledge"
+    assert client.post(url, {f"{own.public_id}-comment": "x", f"{own.public_id}-duration": "3600"}).status_code == 403
+    own.refresh_from_db()
+    assert own.acknowledged_until is None
     # Acknowledging another project's alert: not found, as if it did not exist.
     url = f"/console/o/{owner_org.id}/alerts/{hidden.public_id}/acknowledge"
     assert (
