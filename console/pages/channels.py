@@ -13,6 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console import errors, tenancy
@@ -26,6 +27,7 @@ from notifications.models import Delivery, NotificationChannel
 
 SECRET_SESSION_KEY = "console_new_channel_secret"
 DELIVERIES_SHOWN = 50
+TEST_PATIENCE_SECONDS = 60
 
 
 def _console(request, org_id):
@@ -162,12 +164,20 @@ def channel_test(request, org_id, channel_id):
 def _test_result(request, console, channel, delivery):
     delivery = notification_selectors.delivery_list(channel=channel).get(pk=delivery.pk)
     attempts = list(delivery.attempt_rows.all())
+    # Not picked up for a while (the task queue down): stop polling and say where the result will appear; the
+    # notifications sweep sends what was never enqueued.
+    stalled = (
+        delivery.status == Delivery.Status.PENDING
+        and not attempts
+        and (timezone.now() - delivery.created_at).total_seconds() > TEST_PATIENCE_SECONDS
+    )
     context = {
         "console": console,
         "channel": channel,
         "delivery": delivery,
         "last": attempts[-1] if attempts else None,
-        "done": delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED),
+        "done": delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED) or stalled,
+        "stalled": stalled,
     }
     return render(request, "console/alerts/_test_result.html", context)
 

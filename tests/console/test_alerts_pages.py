@@ -360,3 +360,23 @@ def test_control_characters_in_a_rule_or_channel_name_are_refused_beside_the_nam
     assert "found U+000D at position 3" in errors
     assert not AlertRule.objects.filter(default_key="").exists()
     assert not NotificationChannel.objects.exists()
+
+
+def test_send_test_stops_polling_and_says_so_when_the_queue_never_picks_it_up(client, owner_org):
+    from notifications.models import Delivery
+
+    channel, _ = __import__("notifications.services", fromlist=["x"]).channel_create(
+        organization=owner_org.organization, actor=None, name="mail", type="email", config={"addresses": ["a@b.co"]}
+    )
+    client.force_login(owner_org.owner)
+    base = f"/console/o/{owner_org.id}/channels/{channel.public_id}"
+    sent = client.post(f"{base}/test", HTTP_HX_REQUEST="true")
+    assert sent.status_code == 200
+    delivery = Delivery.objects.get(channel=channel, kind="test")
+    if delivery.status != Delivery.Status.PENDING:
+        pytest.fail(f"no worker runs here, yet the test delivery is {delivery.status}")
+    fresh = sent.content.decode()
+    assert "Sending the test…" in fresh and "hx-get" in fresh
+    Delivery.objects.filter(pk=delivery.pk).update(created_at=timezone.now() - dt.timedelta(minutes=2))
+    late = client.get(f"{base}/deliveries/{delivery.public_id}", HTTP_HX_REQUEST="true").content.decode()
+    assert "not sent yet" in late and "hx-get" not in late
