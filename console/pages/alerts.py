@@ -23,6 +23,7 @@ from alerts.models import Alert, AlertRule, AlertStatus, Severity, Silence
 from billing.money import to_decimal
 from console import errors, selectors, tenancy
 from console.alert_forms import (
+    ACKNOWLEDGE_FOR,
     AcknowledgeForm,
     BudgetRuleEditForm,
     BudgetRuleForm,
@@ -121,7 +122,7 @@ def alerts(request, org_id):
         alert.organization = console.organization
         _describe(alert, deployments)
         if alert.status == AlertStatus.FIRING and alert.project_id in configurable:
-            alert.ack_form = AcknowledgeForm(prefix=alert.public_id)
+            alert.can_acknowledge = True
     context = {
         "console": console,
         "alerts": found[:SHOWN],
@@ -132,6 +133,10 @@ def alerts(request, org_id):
         "severities": Severity.choices,
         "chosen": {"status": status, "severity": severity, "project": project},
         "filtered": bool(status or severity or project),
+        # The acknowledge form of each row is written out in the template, not rendered by Django's widgets: a
+        # hundred forms' widgets were most of the page's time. Its POST is validated by AcknowledgeForm.
+        "acknowledge_durations": ACKNOWLEDGE_FOR,
+        "acknowledge_default": AcknowledgeForm.base_fields["duration"].initial,
         "tab": "alerts",
         "rules_project": console.home_project if console.home_project in projects else projects[0],
     }

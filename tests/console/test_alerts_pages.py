@@ -380,3 +380,26 @@ def test_send_test_stops_polling_and_says_so_when_the_queue_never_picks_it_up(cl
     Delivery.objects.filter(pk=delivery.pk).update(created_at=timezone.now() - dt.timedelta(minutes=2))
     late = client.get(f"{base}/deliveries/{delivery.public_id}", HTTP_HX_REQUEST="true").content.decode()
     assert "not sent yet" in late and "hx-get" not in late
+
+
+def test_alerting_pages_carry_no_inline_script_when_rendered(client, owner_org):
+    plant = deployment(owner_org.default_project)
+    alert = _firing_alert(owner_org, plant)
+    channel, _ = __import__("notifications.services", fromlist=["x"]).channel_create(
+        organization=owner_org.organization, actor=None, name="mail", type="email", config={"addresses": ["a@b.co"]}
+    )
+    client.force_login(owner_org.owner)
+    for path in (
+        f"/console/o/{owner_org.id}/alerts",
+        _rules_url(owner_org),
+        f"{_rules_url(owner_org)}/new",
+        f"{_rules_url(owner_org)}/new?kind=budget",
+        f"{_rules_url(owner_org)}/{alert.rule.public_id}",
+        f"/console/o/{owner_org.id}/channels",
+        f"/console/o/{owner_org.id}/channels/{channel.public_id}",
+    ):
+        response = client.get(path)
+        body = response.content.decode()
+        assert response.status_code == 200, path
+        assert "script-src 'self'" in response["Content-Security-Policy"], path
+        assert "<script>" not in body and " onclick=" not in body and " style=" not in body, path
