@@ -403,3 +403,36 @@ def test_alerting_pages_carry_no_inline_script_when_rendered(client, owner_org):
         assert response.status_code == 200, path
         assert "script-src 'self'" in response["Content-Security-Policy"], path
         assert "<script>" not in body and " onclick=" not in body and " style=" not in body, path
+
+
+def test_delivery_history_shows_each_attempts_status_code_and_the_retry_when_a_receiver_fails(
+    client, owner_org, settings
+):
+    """Attempts are made by the real delivery service against a real loopback receiver (what the worker runs)."""
+    import html
+
+    from notifications import services as notification_services
+    from notifications.models import Delivery
+    from tests.alerts.test_tasks import Receiver
+
+    settings.ALLOW_PRIVATE_WEBHOOKS = True
+    receiver = Receiver(status=503)
+    try:
+        channel, _ = notification_services.channel_create(
+            organization=owner_org.organization, actor=None, name="hook", type="webhook", config={"url": receiver.url}
+        )
+        delivery = notification_services.channel_test(channel=channel, actor=None)
+        for _ in range(2):
+            notification_services.delivery_attempt(delivery_id=delivery.pk)
+        client.force_login(owner_org.owner)
+        url = f"/console/o/{owner_org.id}/channels/{channel.public_id}"
+        row = html.unescape(client.get(url).content.decode()).split("Delivery history", 1)[1]
+        assert row.count("HTTP 503") == 2 and "retrying" in row
+        assert Delivery.objects.get(pk=delivery.pk).next_attempt_at.strftime("%H:%M:%S") in row
+        receiver.status = 200
+        notification_services.delivery_attempt(delivery_id=delivery.pk)
+        row = html.unescape(client.get(url).content.decode()).split("Delivery history", 1)[1]
+        assert row.count("HTTP 503") == 2 and "HTTP 200" in row and "succeeded" in row
+        assert len(receiver.requests) == 3
+    finally:
+        receiver.stop()
