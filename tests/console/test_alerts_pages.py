@@ -436,3 +436,35 @@ def test_delivery_history_shows_each_attempts_status_code_and_the_retry_when_a_r
         assert len(receiver.requests) == 3
     finally:
         receiver.stop()
+
+
+def test_rule_is_edited_and_its_deployment_default_too_when_saved(client, owner_org):
+    from alerts.defaults import create_default_rules
+
+    plant = deployment(owner_org.default_project)
+    create_default_rules(deployment=plant)
+    client.force_login(owner_org.owner)
+    client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-deployment": plant.public_id}))
+    rule = AlertRule.objects.get(name="Busy")
+    edited = {k: v for k, v in _threshold(**{"rule-threshold": "7.5", "rule-severity": "warning"}).items()}
+    edited.pop("rule-deployment")
+    response = client.post(f"{_rules_url(owner_org)}/{rule.public_id}", edited)
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.severity, rule.deployment) == (7.5, "warning", plant)
+    bad = client.post(f"{_rules_url(owner_org)}/{rule.public_id}", {**edited, "rule-threshold": "lots"})
+    assert bad.status_code == 400 and "Enter a number, such as 80 or 2.5." in bad.content.decode()
+    rule.refresh_from_db()
+    assert rule.threshold == 7.5
+
+    default = AlertRule.objects.get(deployment=plant, default_key="connections_high")
+    form = client.get(f"{_rules_url(owner_org)}/{default.public_id}").content.decode()
+    assert "one of its default rules" in form
+    changed = _threshold(
+        **{"rule-name": default.name, "rule-threshold": "90", "rule-threshold_unit": "percent_of_tier_limit"}
+    )
+    changed.pop("rule-deployment")
+    response = client.post(f"{_rules_url(owner_org)}/{default.public_id}", changed)
+    assert response.status_code == 302 and response["Location"].endswith(f"?deployment={plant.public_id}")
+    default.refresh_from_db()
+    assert (default.threshold, default.threshold_unit) == (90, "percent_of_tier_limit")
