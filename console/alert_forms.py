@@ -10,6 +10,7 @@ import datetime as dt
 
 from django import forms
 from django.utils import timezone
+from rest_framework import serializers
 
 from alerts.api import AlertRuleCreateSerializer, AlertRuleUpdateSerializer
 from alerts.metrics import METRICS, TIER_LIMIT_FIELDS
@@ -46,6 +47,12 @@ def _duration_choices(base, current: int | None):
     return choices
 
 
+def _choice(form: forms.Form, name: str) -> forms.ChoiceField:
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField), name
+    return field
+
+
 def metric_label(name: str) -> str:
     """ "connections", "messages received rate (messages/s)": the unit only where the name does not say it."""
     metric = METRICS[name]
@@ -54,7 +61,7 @@ def metric_label(name: str) -> str:
 
 
 class ThresholdRuleForm(ApiForm):
-    serializer_class = AlertRuleCreateSerializer
+    serializer_class: type[serializers.Serializer] | None = AlertRuleCreateSerializer
 
     name = forms.CharField(label="Name", max_length=100)
     deployment = forms.ChoiceField(label="Deployment", required=False)
@@ -95,14 +102,14 @@ class ThresholdRuleForm(ApiForm):
         super().__init__(*args, **kwargs)
         self.rule = rule
         if "deployment" in self.fields:
-            self.fields["deployment"].choices = [("", "Every deployment of the project")] + [
+            _choice(self, "deployment").choices = [("", "Every deployment of the project")] + [
                 (d.public_id, d.name) for d in deployments
             ]
-        self.fields["channels"].choices = [(c.public_id, f"{c.name} ({c.get_type_display()})") for c in channels]
+        _choice(self, "channels").choices = [(c.public_id, f"{c.name} ({c.get_type_display()})") for c in channels]
         current = rule or AlertRule()
-        self.fields["window_seconds"].choices = _duration_choices(WINDOWS, current.window_seconds if rule else None)
-        self.fields["for_seconds"].choices = _duration_choices(DURATIONS, current.for_seconds if rule else None)
-        self.fields["repeat_interval_seconds"].choices = _duration_choices(
+        _choice(self, "window_seconds").choices = _duration_choices(WINDOWS, current.window_seconds if rule else None)
+        _choice(self, "for_seconds").choices = _duration_choices(DURATIONS, current.for_seconds if rule else None)
+        _choice(self, "repeat_interval_seconds").choices = _duration_choices(
             REPEATS, current.repeat_interval_seconds if rule else None
         )
 
@@ -118,7 +125,7 @@ class ThresholdRuleForm(ApiForm):
     def initial_from(cls, rule: AlertRule) -> dict:
         return {
             "name": rule.name,
-            "deployment": rule.deployment.public_id if rule.deployment_id else "",
+            "deployment": rule.deployment.public_id if rule.deployment is not None else "",
             "metric": rule.metric,
             "aggregation": rule.aggregation,
             "window_seconds": rule.window_seconds,
@@ -149,7 +156,7 @@ class ThresholdRuleEditForm(ThresholdRuleForm):
 
 
 class BudgetRuleForm(ApiForm):
-    serializer_class = AlertRuleCreateSerializer
+    serializer_class: type[serializers.Serializer] | None = AlertRuleCreateSerializer
 
     name = forms.CharField(label="Name", max_length=100, initial="Monthly budget")
     metric = forms.ChoiceField(
@@ -351,5 +358,7 @@ class ChannelForm(ConsoleForm):
             "config.url": "slack_url" if kind == "slack" else "webhook_url",
             "config.headers": "headers",
             "config.routing_key": "routing_key",
-            "config": {"email": "addresses", "webhook": "webhook_url", "slack": "slack_url"}.get(kind, "routing_key"),
+            "config": {"email": "addresses", "webhook": "webhook_url", "slack": "slack_url"}.get(
+                str(kind), "routing_key"
+            ),
         }

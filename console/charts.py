@@ -114,17 +114,17 @@ def _raw_points(deployment, start: dt.datetime, end: dt.datetime) -> tuple[list[
     for x in sorted(by_time):
         values = by_time[x]
         elapsed = None if previous is None else x - previous
-        if elapsed is not None and elapsed > GAP_INTERVALS * interval:
+        if previous is not None and elapsed is not None and elapsed > GAP_INTERVALS * interval:
             xs.append(previous + interval)
             for name in CHART_METRICS:
                 series[name].append(None)
         xs.append(x)
         for name in CHART_METRICS:
-            value = values.get(name)
-            if value is not None and name in PER_SECOND:
+            point = values.get(name)
+            if point is not None and name in PER_SECOND:
                 # The amount since the previous collection, spread over the time it covers.
-                value = value / (elapsed if elapsed and elapsed > 0 else interval)
-            series[name].append(_compact(value))
+                point = point / (elapsed if elapsed and elapsed > 0 else interval)
+            series[name].append(_compact(point))
         previous = x
     return xs, series
 

@@ -9,6 +9,8 @@ field. Members with a project role see the alerts of their projects only, and, a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Case, IntegerField, Value, When
@@ -64,13 +66,26 @@ def _require_alerts(console) -> list:
 # --- The organization's alerts ------------------------------------------------------------------------------------
 
 
-def _describe(alert: Alert, deployments: dict) -> None:
+@dataclass
+class AlertRow:
     """What the table shows of an alert: its subject, and value against threshold in the rule's terms."""
+
+    alert: Alert
+    subject_kind: str
+    subject_name: str
+    subject_url: str | None
+    value_text: str
+    threshold_text: str
+    can_acknowledge: bool
+
+
+def _describe(alert: Alert, deployments: dict, *, can_acknowledge: bool) -> AlertRow:
     rule = alert.rule
-    if alert.deployment_id:
-        deployment = deployments.get(alert.deployment_id) or alert.deployment
-        alert.subject_kind, alert.subject_name = "Deployment", deployment.name
-        alert.subject_url = (
+    deployment = deployments.get(alert.deployment_id) or alert.deployment if alert.deployment_id else None
+    url: str | None
+    if deployment is not None:
+        kind, name = "Deployment", deployment.name
+        url = (
             reverse(
                 "console:deployment-monitoring",
                 args=[alert.organization.public_id, alert.project.public_id, deployment.public_id],
@@ -79,17 +94,18 @@ def _describe(alert: Alert, deployments: dict) -> None:
             else None
         )
     elif rule.budget_scope == AlertRule.BudgetScope.ORGANIZATION:
-        alert.subject_kind, alert.subject_name, alert.subject_url = "Organization", alert.organization.name, None
+        kind, name, url = "Organization", alert.organization.name, None
     else:
-        alert.subject_kind, alert.subject_name = "Project", alert.project.name
-        alert.subject_url = reverse("console:project", args=[alert.organization.public_id, alert.project.public_id])
+        kind, name = "Project", alert.project.name
+        url = reverse("console:project", args=[alert.organization.public_id, alert.project.public_id])
     if rule.kind == AlertRule.Kind.BUDGET and alert.budget_minor is not None:
         spend = "—" if alert.spend_minor is None else f"{to_decimal(alert.spend_minor, alert.currency):,}"
-        alert.value_text = f"{spend} {alert.currency}"
-        alert.threshold_text = f"{rule.operator} {to_decimal(alert.budget_minor, alert.currency):,} {alert.currency}"
+        value = f"{spend} {alert.currency}"
+        threshold = f"{rule.operator} {to_decimal(alert.budget_minor, alert.currency):,} {alert.currency}"
     else:
-        alert.value_text = "—" if alert.value is None else f"{alert.value:,.4g}"
-        alert.threshold_text = "" if alert.threshold is None else f"{rule.operator} {alert.threshold:,.4g}"
+        value = "—" if alert.value is None else f"{alert.value:,.4g}"
+        threshold = "" if alert.threshold is None else f"{rule.operator} {alert.threshold:,.4g}"
+    return AlertRow(alert, kind, name, url, value, threshold, can_acknowledge)
 
 
 @login_required
@@ -117,15 +133,15 @@ def alerts(request, org_id):
     # As the API: acknowledging is an organization-level act (deployment:configure on the organization); members
     # with only project roles read their projects' alerts here but acknowledge none.
     configurable = {p.pk for p in projects} if console.can("deployment:configure") else set()
+    rows = []
     for alert in found[:SHOWN]:
         alert.project = projects_by_pk[alert.project_id]
         alert.organization = console.organization
-        _describe(alert, deployments)
-        if alert.status == AlertStatus.FIRING and alert.project_id in configurable:
-            alert.can_acknowledge = True
+        firing = alert.status == AlertStatus.FIRING
+        rows.append(_describe(alert, deployments, can_acknowledge=firing and alert.project_id in configurable))
     context = {
         "console": console,
-        "alerts": found[:SHOWN],
+        "rows": rows,
         "more": len(found) > SHOWN,
         "limit": SHOWN,
         "projects": projects,
@@ -288,7 +304,7 @@ def _rule(console, rule_id) -> AlertRule:
 def _back_to_rules(org_id, project_id, rule: AlertRule | None = None):
     """The rules page, showing the defaults of the rule's deployment when the rule is one of them."""
     url = reverse("console:alert-rules", args=[org_id, project_id])
-    if rule is not None and rule.default_key and rule.deployment_id:
+    if rule is not None and rule.default_key and rule.deployment is not None:
         url = f"{url}?deployment={rule.deployment.public_id}"
     return redirect(url)
 
