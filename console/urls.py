@@ -1,7 +1,19 @@
 from django.urls import include, path
 
 from console import views
-from console.pages import api_keys, audit, deployments, members, organization, projects, tls, vpc_peering
+from console.pages import (
+    alerts,
+    api_keys,
+    audit,
+    channels,
+    deployments,
+    members,
+    monitoring,
+    organization,
+    projects,
+    tls,
+    vpc_peering,
+)
 
 app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
@@ -40,7 +52,21 @@ urlpatterns = [
     path("console/o/<str:org_id>/audit.csv", audit.audit_csv, name="audit-csv"),
     path("console/o/<str:org_id>/settings", organization.settings_page, name="settings"),
     path("console/o/<str:org_id>/settings/transfer-ownership", organization.transfer, name="transfer"),
-    path("console/o/<str:org_id>/alerts", organization.alerts, name="alerts"),
+    path("console/o/<str:org_id>/alerts", alerts.alerts, name="alerts"),
+    path(
+        "console/o/<str:org_id>/alerts/<str:alert_id>/acknowledge",
+        alerts.alert_acknowledge,
+        name="alert-acknowledge",
+    ),
+    path("console/o/<str:org_id>/channels", channels.channels, name="channels"),
+    path("console/o/<str:org_id>/channels/<str:channel_id>", channels.channel, name="channel"),
+    path("console/o/<str:org_id>/channels/<str:channel_id>/test", channels.channel_test, name="channel-test"),
+    path("console/o/<str:org_id>/channels/<str:channel_id>/delete", channels.channel_delete, name="channel-delete"),
+    path(
+        "console/o/<str:org_id>/channels/<str:channel_id>/deliveries/<str:delivery_id>",
+        channels.delivery_status,
+        name="channel-delivery",
+    ),
     path("console/o/<str:org_id>/billing", organization.billing, name="billing"),
     # A project and its deployments.
     path(f"{PROJECT}", projects.project, name="project"),
@@ -48,8 +74,17 @@ urlpatterns = [
     path(f"{PROJECT}/settings", projects.project_settings, name="project-settings"),
     path(f"{PROJECT}/delete", projects.project_delete, name="project-delete"),
     path(f"{PROJECT}/deployments/new", deployments.create, name="deployment-create"),
+    path(f"{PROJECT}/alert-rules", alerts.alert_rules, name="alert-rules"),
+    path(f"{PROJECT}/alert-rules/new", alerts.alert_rule_create, name="alert-rule-create"),
+    path(f"{PROJECT}/alert-rules/<str:rule_id>", alerts.alert_rule_edit, name="alert-rule"),
+    path(f"{PROJECT}/alert-rules/<str:rule_id>/toggle", alerts.alert_rule_toggle, name="alert-rule-toggle"),
+    path(f"{PROJECT}/alert-rules/<str:rule_id>/delete", alerts.alert_rule_delete, name="alert-rule-delete"),
+    path(f"{PROJECT}/silences", alerts.silence_create, name="silence-create"),
+    path(f"{PROJECT}/silences/<str:silence_id>/expire", alerts.silence_expire, name="silence-expire"),
     path(f"{DEPLOYMENT}", deployments.detail, name="deployment"),
     path(f"{DEPLOYMENT}/live", deployments.live, name="deployment-live"),
+    path(f"{DEPLOYMENT}/monitoring", monitoring.monitoring, name="deployment-monitoring"),
+    path(f"{DEPLOYMENT}/monitoring/data", monitoring.monitoring_data, name="deployment-monitoring-data"),
     path(f"{DEPLOYMENT}/mqtt-users", deployments.mqtt_users, name="deployment-mqtt-users"),
     path(
         f"{DEPLOYMENT}/mqtt-users/<str:user_id>/password",

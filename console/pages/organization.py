@@ -1,5 +1,5 @@
-"""The organization's settings (its name, transferring ownership) and the sections that arrive with part 2 of the
-console (alerts and billing), shown to the roles that will use them."""
+"""The organization's settings (its name, transferring ownership) and the billing section's placeholder, shown to the
+roles that will use it."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -73,17 +73,6 @@ def transfer(request, org_id):
         return redirect("console:settings", org_id=org_id)
     messages.success(request, f"{target.user.email} is now an Owner; you are an Administrator.")
     return redirect("console:members", org_id=org_id)
-
-
-@login_required
-@require_GET
-def alerts(request, org_id):
-    console = tenancy.for_organization(request, org_id, section="alerts")
-    home = console.home_project
-    if not (console.can("alert:read") or (home is not None and console.can_in_project("alert:read", home))):
-        console.require("alert:read")
-    console.crumb("Alerts")
-    return render(request, "console/organization/part2.html", {"console": console, "what": "Alerts"})
 
 
 @login_required
