@@ -1,10 +1,12 @@
 """Console page cost: server time (p50/p95) and SQL query count of each console page, with 100 deployments and 20
-members in one organization, beside the API's own deployment list in the same run.
+members in one organization, beside the API's own deployment list in the same run; the monitoring tab of a
+deployment with 30 days of five-minute rollups and 48 hours of raw samples, and the bytes of chart data it sends.
 
 Needs DATABASE_URL (PostgreSQL) and REDIS_URL: run it with `scripts/bench.sh bench/console.py`.
 Each page is requested in-process through Django's full middleware stack (sessions, CSRF, CSP, idempotency), so the
 time is the server's, without a network or a browser. The query count of every page is measured with 10 and with
-100 deployments (and 4 and 20 members): it must not grow with the rows. Target: p95 under 150 ms on this machine.
+100 deployments (and 4 and 20 members): it must not grow with the rows. Target: p95 under 150 ms on this machine
+(200 ms for the monitoring tab and the billing overview), chart data under 100 kB for 30 days.
 """
 
 import os
@@ -29,6 +31,9 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "40"))
 TARGET_P95_MS = 150.0
+# The monitoring tab and the billing overview aggregate a month of metrics or of spend: their target is 200 ms.
+HEAVY_TARGET_P95_MS = 200.0
+CHART_BYTES_TARGET = 100_000
 
 
 class Fixture:
@@ -81,6 +86,67 @@ class Fixture:
             )
             self.members += 1
 
+    def metrics(self):
+        """30 days of five-minute rollups and 48 hours of raw samples (one a minute) of every charted metric, for
+        the first deployment: what the monitoring tab reads at its longest and densest."""
+        import datetime as dt
+
+        from django.utils import timezone
+
+        from alerts.models import MetricRollup, MetricSample
+        from console.charts import CHART_METRICS
+
+        deployment = self.deployments[0]
+        now = timezone.now().replace(second=0, microsecond=0)
+        bucket = now - dt.timedelta(days=30)
+        bucket = bucket.replace(minute=bucket.minute - bucket.minute % 5)
+        rollups = []
+        while bucket < now:
+            for i, name in enumerate(CHART_METRICS):
+                value = 400 + 300 * ((bucket.minute + i) % 7)
+                rollups.append(
+                    MetricRollup(
+                        deployment=deployment,
+                        name=name,
+                        bucket=bucket,
+                        avg=value,
+                        min=value - 50,
+                        max=value + 50,
+                        last=value,
+                        sum=value * 5,
+                        count=5,
+                    )
+                )
+            bucket += dt.timedelta(minutes=5)
+        MetricRollup.objects.bulk_create(rollups, batch_size=5000)
+        samples = []
+        ts = now - dt.timedelta(hours=48)
+        while ts < now:
+            for i, name in enumerate(CHART_METRICS):
+                samples.append(MetricSample(deployment=deployment, name=name, ts=ts, value=300 + 17 * i + ts.minute))
+            ts += dt.timedelta(minutes=1)
+        MetricSample.objects.bulk_create(samples, batch_size=5000)
+        from django.db import connection
+
+        with connection.cursor() as cursor:  # what autovacuum does after a bulk load, done now
+            cursor.execute(f"ANALYZE {MetricRollup._meta.db_table}, {MetricSample._meta.db_table}")
+        return len(rollups), len(samples)
+
+    def chart_pages(self):
+        o, p = self.org.public_id, self.project.public_id
+        d = f"/console/o/{o}/p/{p}/d/{self.deployments[0].public_id}"
+        return [
+            ("monitoring 1 h", f"{d}/monitoring?range=1h"),
+            ("monitoring 30 d", f"{d}/monitoring?range=30d"),
+            ("monitoring 30 d, cold", f"{d}/monitoring?range=30d"),
+            ("chart data 1 h (JSON)", f"{d}/monitoring/data?range=1h"),
+            ("chart data 6 h (JSON)", f"{d}/monitoring/data?range=6h"),
+            ("chart data 24 h (JSON)", f"{d}/monitoring/data?range=24h"),
+            ("chart data 7 d (JSON)", f"{d}/monitoring/data?range=7d"),
+            ("chart data 30 d (JSON)", f"{d}/monitoring/data?range=30d"),
+            ("chart data 30 d (JSON), cold", f"{d}/monitoring/data?range=30d"),
+        ]
+
     def pages(self):
         o, p = self.org.public_id, self.project.public_id
         d = f"/console/o/{o}/p/{p}/d/{self.deployments[0].public_id}"
@@ -107,6 +173,12 @@ class Fixture:
         return f"/api/v1/organizations/{self.org.public_id}/projects/{self.project.public_id}/deployments?page_size=100"
 
 
+def size(client, path) -> int:
+    response = client.get(path)
+    assert response.status_code == 200, (path, response.status_code)
+    return len(response.content)
+
+
 def queries(client, path, **headers) -> int:
     with CaptureQueriesContext(connection) as captured:
         response = client.get(path, **headers)
@@ -114,10 +186,15 @@ def queries(client, path, **headers) -> int:
     return len(captured)
 
 
-def timings(client, path, **headers) -> list[float]:
+def timings(client, path, *, cold=False, **headers) -> list[float]:
+    """`cold`: the cache emptied before each request (the chart data of a rollup range is cached for a minute)."""
+    from django.core.cache import cache
+
     client.get(path, **headers)  # warm: templates compiled, connections open
     out = []
     for _ in range(REQUESTS):
+        if cold:
+            cache.clear()
         start = time.perf_counter()
         response = client.get(path, **headers)
         out.append((time.perf_counter() - start) * 1000)
@@ -140,10 +217,16 @@ def main():
     small = {name: queries(client, path) for name, path in fixture.pages()}
     small_api = queries(api, fixture.api_list())
     fixture.grow(deployments=100, members=20)
+    rollups, samples = fixture.metrics()
     rows = []
     for name, path in fixture.pages():
         values = timings(client, path)
         rows.append((name, statistics.median(values), p95(values), small[name], queries(client, path)))
+    chart_rows = []
+    for name, path in fixture.chart_pages():
+        values = timings(client, path, cold=name.endswith("cold"))
+        count = queries(client, path)
+        chart_rows.append((name, statistics.median(values), p95(values), count, count, size(client, path)))
     api_values = timings(api, fixture.api_list())
     api_row = ("API: list 100 deployments", statistics.median(api_values), p95(api_values), small_api)
     api_row += (queries(api, fixture.api_list()),)
@@ -160,6 +243,15 @@ def main():
         f"API list p95 in the same run: {api_row[2]:.1f} ms"
     )
     print("query counts equal at 10 and 100 rows:", all(r[3] == r[4] for r in rows))
+    print()
+    print(f"monitoring tab of one deployment: {rollups:,} rollups (30 days) and {samples:,} raw samples (48 hours)")
+    print("(7 d and 30 d chart data is cached for a minute, shared by the page and its chart module; 'cold' empties")
+    print(" the cache before every request)")
+    print(f"{'page':28} {'p50 ms':>8} {'p95 ms':>8} {'SQL':>7} {'bytes':>9}")
+    for name, p50, high, count, _, body in chart_rows:
+        slow = "" if high <= HEAVY_TARGET_P95_MS else f"  <- above the {HEAVY_TARGET_P95_MS:.0f} ms target"
+        big = "" if "JSON" not in name or body <= CHART_BYTES_TARGET else "  <- above 100 kB"
+        print(f"{name:28} {p50:8.1f} {high:8.1f} {count:7d} {body:9,d}{slow}{big}")
 
 
 if __name__ == "__main__":

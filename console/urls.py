@@ -1,7 +1,7 @@
 from django.urls import include, path
 
 from console import views
-from console.pages import api_keys, audit, deployments, members, organization, projects
+from console.pages import api_keys, audit, deployments, members, monitoring, organization, projects
 
 app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
@@ -49,6 +49,8 @@ urlpatterns = [
     path(f"{PROJECT}/deployments/new", deployments.create, name="deployment-create"),
     path(f"{DEPLOYMENT}", deployments.detail, name="deployment"),
     path(f"{DEPLOYMENT}/live", deployments.live, name="deployment-live"),
+    path(f"{DEPLOYMENT}/monitoring", monitoring.monitoring, name="deployment-monitoring"),
+    path(f"{DEPLOYMENT}/monitoring/data", monitoring.monitoring_data, name="deployment-monitoring-data"),
     path(f"{DEPLOYMENT}/mqtt-users", deployments.mqtt_users, name="deployment-mqtt-users"),
     path(
         f"{DEPLOYMENT}/mqtt-users/<str:user_id>/password",

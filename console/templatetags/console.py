@@ -71,3 +71,36 @@ def security_settings_url():
     from console.tenancy import security_settings_url as url
 
     return url()
+
+
+def _number(value: float) -> str:
+    if value == int(value):
+        return f"{int(value):,}"
+    if abs(value) < 10:
+        return f"{value:,.2f}"
+    if abs(value) < 100:
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+@register.filter
+def metric_value(value, unit=""):
+    """A metric as the monitoring tab writes it: '3', '0.25 messages/s', '1.2 kB/s'; '—' for no sample."""
+    if value is None:
+        return "—"
+    value = float(value)
+    if unit == "bytes/s":
+        for scale, name in ((1e9, "GB/s"), (1e6, "MB/s"), (1e3, "kB/s")):
+            if abs(value) >= scale:
+                return f"{value / scale:,.1f} {name}"
+        return f"{value:,.0f} B/s"
+    text = _number(value)
+    return f"{text} {unit}" if unit.endswith("/s") else text
+
+
+@register.filter
+def metric_cell(value, unit=""):
+    """A metric in a table whose caption names the unit: the bare number, bytes scaled with their unit."""
+    if unit == "bytes/s" or value is None:
+        return metric_value(value, unit)
+    return _number(float(value))

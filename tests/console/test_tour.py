@@ -1,6 +1,8 @@
 """Every console page in a real browser, as an Owner, light and dark: a screenshot of each for a person to look at,
 and axe-core with no serious or critical violation (the journeys cover the pages of other roles)."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -17,6 +19,7 @@ def _pages(org, plant, member, key):
         ("project-settings", f"/console/o/{o}/p/{p}/settings"),
         ("wizard", f"/console/o/{o}/p/{p}/deployments/new"),
         ("overview", console_path(plant)),
+        ("monitoring", console_path(plant, "monitoring")),
         ("mqtt-users", console_path(plant, "mqtt-users")),
         ("acl", console_path(plant, "acl")),
         ("rate-limits", console_path(plant, "rate-limits")),
@@ -36,6 +39,40 @@ def _pages(org, plant, member, key):
     ]
 
 
+def _drawn(page):
+    """A page with charts is looked at once they are drawn."""
+    if page.locator("[data-monitoring]").count():
+        expect(page.locator("[data-monitoring]")).to_have_attribute("data-drawn", re.compile(r"^[1-9]\d*$"))
+
+
+def _metrics(plant):
+    """An hour of samples with a five-minute outage in it, for the monitoring tab to draw."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from alerts.models import MetricSample
+
+    now = timezone.now()
+    rows = []
+    for minute in range(60):
+        if 20 <= minute < 25:
+            continue
+        ts = now - dt.timedelta(minutes=minute)
+        values = {
+            "connections": 200 + 5 * (minute % 11),
+            "subscriptions": 410 + minute,
+            "messages_received_rate": 30 + minute % 7,
+            "messages_sent_rate": 55 + minute % 5,
+            "messages_dropped_rate": 0.2 * (minute % 3),
+            "traffic_bytes": 120_000 + 900 * minute,
+            "auth_failure_rate": 0.05 if minute % 10 == 0 else 0,
+            "acl_denied_rate": 0,
+        }
+        rows += [MetricSample(deployment=plant, name=name, ts=ts, value=value) for name, value in values.items()]
+    MetricSample.objects.bulk_create(rows)
+
+
 def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
     from deployments import services
 
@@ -48,6 +85,7 @@ def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
     settle(plant)
     plant.endpoints = {"host": "127.0.0.1", "ports": {"mqtt": 21883, "ws": 21884}}
     plant.save(update_fields=["endpoints"])
+    _metrics(plant)
     user, member = org.add_member(roles=["auditor"], email="audrey@example.com")
     key, _ = org.key_for(user, role="auditor")
 
@@ -55,12 +93,14 @@ def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
     for label, path in _pages(org, plant, member, key):
         light.goto(path)
         expect(light.locator("main")).to_be_visible()
+        _drawn(light)
         light.check(label)
 
     dark = site.page(org.owner, name="dark", color_scheme="dark")
-    for label in ("overview", "manage", "members", "wizard"):
+    for label in ("overview", "monitoring", "manage", "members", "wizard"):
         path = dict(_pages(org, plant, member, key))[label]
         dark.goto(path)
+        _drawn(dark)
         dark.check(label)
 
     anonymous = site.page(name="anonymous")
