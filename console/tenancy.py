@@ -114,6 +114,16 @@ class Console:
             entries.append(NavEntry("settings", "Settings", reverse("console:settings", args=[org])))
         return entries
 
+    @property
+    def overdue(self):
+        """Open invoices past due and the day billing stops the deployments: a banner on every page of the
+        organization (the amounts stay on the Billing pages)."""
+        if not hasattr(self, "_overdue"):
+            from billing.selectors import overdue_notice
+
+            self._overdue = overdue_notice(organization_id=self.organization.pk)
+        return self._overdue
+
     def crumb(self, label: str, url: str | None = None) -> Console:
         self.breadcrumbs.append((label, url))
         return self

@@ -1,7 +1,18 @@
 from django.urls import include, path
 
 from console import views
-from console.pages import api_keys, audit, deployments, members, monitoring, organization, projects
+from console.pages import (
+    api_keys,
+    audit,
+    billing,
+    billing_annual,
+    billing_invoices,
+    deployments,
+    members,
+    monitoring,
+    organization,
+    projects,
+)
 
 app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
@@ -40,7 +51,27 @@ urlpatterns = [
     path("console/o/<str:org_id>/settings", organization.settings_page, name="settings"),
     path("console/o/<str:org_id>/settings/transfer-ownership", organization.transfer, name="transfer"),
     path("console/o/<str:org_id>/alerts", organization.alerts, name="alerts"),
-    path("console/o/<str:org_id>/billing", organization.billing, name="billing"),
+    path("console/o/<str:org_id>/billing", billing.overview, name="billing"),
+    path("console/o/<str:org_id>/billing/budget", billing.budget_create, name="billing-budget"),
+    path("console/o/<str:org_id>/billing/details", billing.details, name="billing-details"),
+    path("console/o/<str:org_id>/billing/details/vat-check", billing.vat_check, name="billing-vat-check"),
+    path("console/o/<str:org_id>/billing/details/vat", billing.vat_status, name="billing-vat-status"),
+    path("console/o/<str:org_id>/billing/card", billing.card_checkout, name="billing-card"),
+    path("console/o/<str:org_id>/billing/card/return", billing.card_return, name="billing-card-return"),
+    path("console/o/<str:org_id>/billing/credits", billing.credits, name="billing-credits"),
+    path("console/o/<str:org_id>/billing/invoices", billing_invoices.invoices, name="billing-invoices"),
+    path("console/o/<str:org_id>/billing/invoices/<str:inv_id>", billing_invoices.invoice_html, name="billing-invoice"),
+    path(
+        "console/o/<str:org_id>/billing/invoices/<str:inv_id>/pdf",
+        billing_invoices.invoice_pdf,
+        name="billing-invoice-pdf",
+    ),
+    path("console/o/<str:org_id>/billing/annual", billing_annual.subscriptions, name="billing-subscriptions"),
+    path(
+        "console/o/<str:org_id>/billing/annual/<str:sub_id>/auto-renew",
+        billing_annual.subscription_auto_renew,
+        name="billing-auto-renew",
+    ),
     # A project and its deployments.
     path(f"{PROJECT}", projects.project, name="project"),
     path(f"{PROJECT}/rows", projects.project_rows, name="project-rows"),
@@ -73,4 +104,6 @@ urlpatterns = [
     path(f"{DEPLOYMENT}/move", deployments.move, name="deployment-move"),
     path(f"{DEPLOYMENT}/delete", deployments.delete, name="deployment-delete"),
     path(f"{DEPLOYMENT}/history", deployments.history, name="deployment-history"),
+    path(f"{DEPLOYMENT}/annual", billing_annual.annual_quote_create, name="deployment-annual"),
+    path(f"{DEPLOYMENT}/annual/<str:quote_id>", billing_annual.annual_quote, name="deployment-annual-quote"),
 ]

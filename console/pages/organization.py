@@ -1,5 +1,5 @@
 """The organization's settings (its name, transferring ownership) and the sections that arrive with part 2 of the
-console (alerts and billing), shown to the roles that will use them."""
+console (alerts), shown to the roles that will use them."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -84,12 +84,3 @@ def alerts(request, org_id):
         console.require("alert:read")
     console.crumb("Alerts")
     return render(request, "console/organization/part2.html", {"console": console, "what": "Alerts"})
-
-
-@login_required
-@require_GET
-def billing(request, org_id):
-    console = tenancy.for_organization(request, org_id, section="billing")
-    console.require("billing:read")
-    console.crumb("Billing")
-    return render(request, "console/organization/part2.html", {"console": console, "what": "Billing"})
