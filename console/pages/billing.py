@@ -352,10 +352,16 @@ def details(request, org_id):
         else:
             status = 400
         account = account_of(console)  # nothing was saved: show what is in force
-    preview = _vat_preview(
-        form.data.get("details-country", "") if form.is_bound else account.country,
-        form.data.get("details-tax_id", "") if form.is_bound else account.tax_id,
-        form.data.get("details-company", "") if form.is_bound else account.company,
+    # The saved number's status has its own panel: the preview is of what is typed and not saved yet.
+    preview = (
+        _vat_preview(
+            form.data.get("details-country", ""),
+            form.data.get("details-tax_id", ""),
+            form.data.get("details-company", ""),
+            account=account,
+        )
+        if form.is_bound
+        else None
     )
     context = {
         **_vat_context(console, account),
@@ -374,9 +380,9 @@ def _missing(account) -> list[str]:
     return missing_address_fields(account)
 
 
-def _vat_preview(country: str, tax_id: str, company: str) -> dict | None:
+def _vat_preview(country: str, tax_id: str, company: str, *, account) -> dict | None:
     """The format check of what is typed, at once, and the treatment it would get before VIES has answered. The
-    checks are billing.tax's own; nothing is saved."""
+    checks are billing.tax's own; nothing is saved. The saved number itself is described by its own panel."""
     country = normalize_country(country or "")
     tax_id = (tax_id or "").strip()
     if not tax_id or len(country) != 2 or not country.isalpha() or len(tax_id) > 40:
@@ -385,6 +391,8 @@ def _vat_preview(country: str, tax_id: str, company: str) -> dict | None:
     if mismatch:
         return {"ok": False, "message": mismatch}
     check = validate_tax_id(country, tax_id)
+    if (country, check.normalized or tax_id) == (account.country, account.tax_id):
+        return None
     if check.status == VatStatus.INVALID:
         return {"ok": False, "message": check.message}
     decision = tax_treatment(
@@ -417,6 +425,7 @@ def vat_check(request, org_id):
         request.GET.get("details-country", "")[:10],
         request.GET.get("details-tax_id", "")[:60],
         request.GET.get("details-company", "")[:200],
+        account=account_of(console),
     )
     return render(request, "console/billing/_vat_check.html", {"console": console, "preview": preview})
 

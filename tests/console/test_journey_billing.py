@@ -162,3 +162,40 @@ def test_project_user_has_no_billing_link_and_a_403_when_opening_billing_pages(s
     expect(reader.get_by_role("button", name="Save billing details")).to_have_count(0)
     reader.goto(f"/console/o/{org.id}/billing/credits")
     expect(reader.get_by_role("button", name="Redeem")).to_have_count(0)
+
+
+def test_owner_sets_a_budget_alert_from_the_overview_when_the_amount_is_a_decimal(site):
+    from alerts.models import AlertRule
+
+    org = make_organization(name="Acme")
+    page = site.page(org.owner, name="owner")
+    page.goto(f"/console/o/{org.id}/billing")
+    expect(page.get_by_role("heading", name="Budget alert")).to_be_visible()
+    page.get_by_label("Tell me when").select_option(label="this month's spend passes")
+
+    for amount, message in (("250,00", "decimal string in USD"), ("-5", "above zero"), ("0.001", "USD")):
+        page.get_by_label("Amount (USD)").fill(amount)
+        with page.expect_response(lambda r: r.request.method == "POST") as answer:
+            page.get_by_role("button", name="Set budget alert").click()
+        assert answer.value.status == 400, amount
+        expect(page.locator("#id_budget-budget_amount ~ ul.errorlist").first).to_contain_text(message)
+        assert not AlertRule.objects.filter(organization=org.organization, kind="budget").exists()
+    page.check("budget-refused")
+
+    page.get_by_label("Amount (USD)").fill("250.00")
+    page.get_by_role("button", name="Set budget alert").click()
+    expect(
+        page.get_by_text("Budget alert set: you are told when this month's spend passes 250.00 USD.")
+    ).to_be_visible()
+    rule = AlertRule.objects.get(organization=org.organization, kind="budget")
+    assert (rule.metric, rule.operator, rule.budget_scope) == ("spend_month_to_date", ">", "organization")
+    assert (rule.budget_minor, rule.budget_currency) == (25000, "USD")
+    expect(page.get_by_text("Monthly spend above 250.00 USD")).to_be_visible()
+    page.check("budget-set")
+
+    # An Accountant reads spend but may not create alert rules (the API's rule): no form, a word on who can.
+    accountant, _ = org.add_member(roles=["accountant"], email="ap@acme.example")
+    other = site.page(accountant, name="accountant")
+    other.goto(f"/console/o/{org.id}/billing")
+    expect(other.get_by_text("Monthly spend above 250.00 USD")).to_be_visible()
+    expect(other.get_by_role("button", name="Set budget alert")).to_have_count(0)
