@@ -73,11 +73,14 @@ def spend_month_to_date(
     )
 
 
-def billing_overview(*, account: BillingAccount, now: datetime.datetime | None = None) -> Overview:
-    """Month-to-date usage and its forecast (spend_month_to_date), credits, open and held invoices, and the billing
-    details an invoice still needs. Amounts are before tax and credits."""
+def billing_overview(
+    *, account: BillingAccount, now: datetime.datetime | None = None, spend: Spend | None = None
+) -> Overview:
+    """Month-to-date usage and its forecast (spend_month_to_date, or `spend` when the caller has it already),
+    credits, open and held invoices, and the billing details an invoice still needs. Amounts are before tax and
+    credits."""
     now = now or timezone.now()
-    spend = spend_month_to_date(account=account, now=now)
+    spend = spend or spend_month_to_date(account=account, now=now)
     open_qs = Invoice.objects.filter(billing_account=account, status=InvoiceStatus.OPEN)
     return Overview(
         currency=account.currency,
@@ -102,7 +105,8 @@ class SpendRow:
 
 @dataclass(frozen=True)
 class SpendBreakdown:
-    """This month's spend so far split three ways, in integer minor units of `currency`, before tax and credits.
+    """This month's spend so far (`spend`, as spend_month_to_date computes it) split three ways, in integer minor
+    units of the account's currency, before tax and credits.
 
     By deployment and by project: the next invoice's lines (spend_month_to_date's, so each adds up to its total)
     summed per deployment and per project. By day: the hourly usage of each UTC day of the month (metered, or
@@ -110,9 +114,7 @@ class SpendBreakdown:
     the month's total past the allowance), so the days add up to the running and retention lines only, within
     rounding."""
 
-    currency: str
-    month_to_date: int
-    forecast: int
+    spend: Spend
     by_deployment: list[SpendRow]  # deployment pk, largest first
     by_project: list[SpendRow]  # project pk, largest first
     by_day: list[tuple[datetime.date, int]]  # every day of the month up to today, zero days included
@@ -133,9 +135,12 @@ def spend_breakdown(*, account: BillingAccount, now: datetime.datetime | None = 
         project_id = project_of[deployment_id]
         per_project[project_id] = per_project.get(project_id, 0) + amount
     return SpendBreakdown(
-        currency=account.currency,
-        month_to_date=sum(line.amount for line in lines.lines),
-        forecast=sum(line.amount for line in lines.forecast_lines),
+        spend=Spend(
+            currency=account.currency,
+            month_start=metering.month_start(now),
+            month_to_date=sum(line.amount for line in lines.lines),
+            forecast=sum(line.amount for line in lines.forecast_lines),
+        ),
         by_deployment=sorted((SpendRow(k, v) for k, v in per_deployment.items()), key=lambda r: (-r.amount, r.key)),
         by_project=sorted((SpendRow(k, v) for k, v in per_project.items()), key=lambda r: (-r.amount, r.key)),
         by_day=_spend_by_day(account=account, now=now),

@@ -95,11 +95,11 @@ def _spend_tables(account, breakdown):
             {
                 "deployment": deployment,
                 "url": None if deployment.deleted_at else tenancy.deployment_url(deployment),
-                "amount": _money(row.amount, breakdown.currency),
+                "amount": _money(row.amount, account.currency),
             }
         )
     by_project = [
-        {"project": projects[row.key], "amount": _money(row.amount, breakdown.currency)} for row in breakdown.by_project
+        {"project": projects[row.key], "amount": _money(row.amount, account.currency)} for row in breakdown.by_project
     ]
     return by_deployment, by_project
 
@@ -112,8 +112,8 @@ def _budget_allowed(console) -> bool:
 
 def _overview_context(console, account, budget_form=None):
     now = timezone.now()
-    overview = selectors.billing_overview(account=account, now=now)
     breakdown = selectors.spend_breakdown(account=account, now=now)
+    overview = selectors.billing_overview(account=account, now=now, spend=breakdown.spend)
     by_deployment, by_project = _spend_tables(account, breakdown)
     currency = overview.currency
     days = [(day, to_decimal(amount, currency)) for day, amount in breakdown.by_day]

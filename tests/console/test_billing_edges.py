@@ -132,7 +132,8 @@ def test_spend_by_deployment_and_project_adds_up_to_month_to_date_when_usage_is_
     MeteringCursor.objects.update_or_create(pk=1, defaults={"metered_until": now})
     breakdown = selectors.spend_breakdown(account=account, now=now)
     overview = selectors.billing_overview(account=account, now=now)
-    assert breakdown.month_to_date == overview.month_to_date > 0
+    assert breakdown.spend.month_to_date == overview.month_to_date > 0
+    assert breakdown.spend == selectors.spend_month_to_date(account=account, now=now)
     assert sum(r.amount for r in breakdown.by_deployment) == overview.month_to_date
     assert sum(r.amount for r in breakdown.by_project) == overview.month_to_date
     assert {r.key for r in breakdown.by_project} == {org.default_project.pk, lab.pk}
