@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
@@ -154,7 +155,7 @@ def _spend_by_day(*, account: BillingAccount, now: datetime.datetime) -> list[tu
     from billing.money import usage_line_amount
 
     start = metering.month_start(now)
-    seconds: dict[tuple[datetime.date, object], int] = {}
+    seconds: dict[tuple[datetime.date, Decimal], int] = {}
     recorded = (
         UsageRecord.objects.filter(
             organization_id=account.organization_id, currency=account.currency, hour__gte=start, hour__lt=now

@@ -40,6 +40,8 @@ class Console:
     deployment: Deployment | None = None
     section: str = ""
     breadcrumbs: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
+    # A section's own tabs (key, label, url, current), e.g. Billing's.
+    tabs: list[tuple[str, str, str, bool]] = dataclasses.field(default_factory=list)
     _projects: list[Project] | None = None
     _organizations: list[Organization] | None = None
 

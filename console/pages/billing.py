@@ -52,7 +52,7 @@ def billing_console(request, org_id: str, tab: str):
     label = dict((key, name) for key, name, _ in TABS)[tab]
     if tab != "overview":
         console.crumb(label)
-    console.billing_tabs = [(key, name, reverse(url, args=[org_id]), key == tab) for key, name, url in TABS]
+    console.tabs = [(key, name, reverse(url, args=[org_id]), key == tab) for key, name, url in TABS]
     return console
 
 

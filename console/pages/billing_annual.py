@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from billing import annual
 from billing.models import AnnualQuote, AnnualSubscription, SubscriptionStatus
+from billing.tax import TaxTreatment
 from console import errors, tenancy
 from console.forms import ConsoleForm
 from console.once import once
@@ -42,7 +43,7 @@ def _quote_context(console, quote: AnnualQuote, form=None, stale: bool = False) 
         "hourly_equivalent": _money(quote.hourly_equivalent, currency),
         "accrued": _money(quote.accrued_this_month, currency),
         "rate": f"{quote.tax_rate.normalize():f}",
-        "treatment_label": TREATMENT_LABELS.get(quote.tax_treatment, quote.tax_treatment),
+        "treatment_label": TREATMENT_LABELS[TaxTreatment(quote.tax_treatment)],
         "expired": quote.expires_at <= now,
         "accepted": quote.accepted_at is not None,
         "form": form or AcceptForm(prefix="accept"),

@@ -22,13 +22,14 @@ def invoice_badge(invoice: Invoice, now) -> tuple[str, str]:
     """(label, tone) of an invoice's status as a person reads it: an open invoice past its due date is overdue."""
     if invoice.status == InvoiceStatus.OPEN and invoice.due_at is not None and invoice.due_at < now:
         return "overdue", "bad"
-    return {
+    badges: dict[str, tuple[str, str]] = {
         InvoiceStatus.PAID: ("paid", "ok"),
         InvoiceStatus.OPEN: ("open", "busy"),
         InvoiceStatus.DRAFT: ("held draft", "neutral"),
         InvoiceStatus.VOID: ("void", "neutral"),
         InvoiceStatus.UNCOLLECTIBLE: ("uncollectible", "bad"),
-    }.get(invoice.status, (invoice.status, "neutral"))
+    }
+    return badges.get(invoice.status, (invoice.status, "neutral"))
 
 
 @login_required
