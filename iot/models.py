@@ -188,3 +188,7 @@ class OutboxMessage(models.Model):
                 name="outbox_message_complete",
             )
         ]
+
+
+# Edge nodes live in their own module; imported here so that Django registers them in this app.
+from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear  # noqa: E402, F401
