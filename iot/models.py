@@ -188,3 +188,7 @@ class OutboxMessage(models.Model):
                 name="outbox_message_complete",
             )
         ]
+
+
+# Premium trials live in their own module (iot.trials_models); imported here so Django registers them.
+from iot.trials_models import PremiumTrial, TrialDeployment  # noqa: E402, F401
