@@ -390,3 +390,31 @@ def test_stop_waits_for_next_sweep_when_an_operation_is_in_flight_at_the_end(own
     assert trials.premium_trials_sweep(now=trial.ends_at + datetime.timedelta(minutes=10))["stopped"] == 1
     trial.refresh_from_db()
     assert trial.ended_at is not None
+
+
+def test_missing_premium_annual_price_is_added_from_the_hourly_one_when_migration_runs():
+    import importlib
+    from decimal import Decimal
+
+    from django.apps import apps
+
+    from deployments.models import Price
+
+    migration = importlib.import_module("iot.migrations.0002_trials")
+    premium_1k = Price.objects.filter(plan__code="premium", tier__code="1k")
+    hourly = premium_1k.get(kind="hourly", currency="USD")
+    Price.objects.create(
+        plan=hourly.plan,
+        tier=hourly.tier,
+        currency="EUR",
+        kind="hourly",
+        amount=Decimal("0.33"),
+        valid_from=hourly.valid_from,
+    )
+    premium_1k.filter(kind="annual", currency="USD").delete()
+    kept = {p.pk: p.amount for p in Price.objects.filter(plan__code="premium", kind="annual")}
+    migration.add_missing_premium_annual_prices(apps, None)
+    migration.add_missing_premium_annual_prices(apps, None)  # idempotent
+    added = premium_1k.filter(kind="annual")
+    assert {p.currency: p.amount for p in added} == {"USD": Decimal("2680.56"), "EUR": Decimal("2457.18")}
+    assert {p.pk: p.amount for p in Price.objects.filter(pk__in=kept)} == kept  # existing prices untouched
