@@ -45,6 +45,10 @@ def _fmt(at: datetime.datetime) -> str:
     return f"{at.astimezone(datetime.UTC):%Y-%m-%d %H:%M} UTC"
 
 
+def _iso(at: datetime.datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
 # -- grant --------------------------------------------------------------------------------------------------------
 
 
@@ -277,7 +281,7 @@ def _notify_ended(trial: PremiumTrial, settled: list[TrialDeployment]) -> None:
         d = td.deployment
         if td.outcome == Outcome.CONVERTED:
             lines.append(f"- {d.name} ({d.public_id}): on the Premium annual plan, keeps running.")
-        elif td.outcome == Outcome.STOPPED:
+        elif td.outcome == Outcome.STOPPED and td.stopped_at is not None:
             lines.append(
                 f"- {d.name} ({d.public_id}): stopped; its data is kept until {_fmt(td.stopped_at + RETENTION)}, "
                 "then deleted."
@@ -340,7 +344,7 @@ def _sweep_trial(trial_id: int, now: datetime.datetime, counts: dict) -> None:
                 organization=trial.organization,
                 action="premium_trial.delete",
                 target=deployment,
-                summary={"trial": trial.public_id, "stopped_at": trial_deployment.stopped_at.isoformat()},
+                summary={"trial": trial.public_id, "stopped_at": _iso(trial_deployment.stopped_at)},
             )
             counts["deleted"] += 1
 
@@ -391,7 +395,7 @@ def premium_trial_summary(*, organization: Organization, now: datetime.datetime 
                 "deployment": td.deployment.public_id,
                 "name": td.deployment.name,
                 "outcome": td.outcome,
-                "delete_at": td.stopped_at + RETENTION if td.outcome == Outcome.STOPPED else None,
+                "delete_at": td.stopped_at + RETENTION if td.stopped_at and td.outcome == Outcome.STOPPED else None,
             }
             for td in rows
         ],
