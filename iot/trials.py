@@ -239,7 +239,13 @@ def _notify_reminder(trial: PremiumTrial, days: int, now: datetime.datetime) -> 
 def _settle(trial_deployment: TrialDeployment, now: datetime.datetime) -> bool:
     """At the trial's end: converted if its annual plan was bought, else stopped. False when it cannot be settled
     now (an operation in flight): the next sweep tries again."""
-    deployment = Deployment.objects.select_related("project__organization").get(pk=trial_deployment.deployment_id)
+    # The deployment's row lock orders this against a quote being accepted (annual_quote_accept takes it): bought
+    # first, it is seen here; stopped first, the acceptance finds it stopped and refuses.
+    deployment = (
+        Deployment.objects.select_for_update(of=("self",))
+        .select_related("project__organization")
+        .get(pk=trial_deployment.deployment_id)
+    )
     organization = deployment.project.organization
     annual = _annual_started(deployment.pk, trial_deployment.started_at)
     if annual is not None:

@@ -113,6 +113,7 @@ def test_member_without_roles_sees_trial_and_other_organization_gets_404_when_as
     ("args", "message"),
     [
         (["--organization", "org_doesnotexist"], "no organization 'org_doesnotexist'"),
+        (["--organization", "org_\x00\x1b[31m"], "no organization 'org_\\x00\\x1b[31m'"),
         (["--deployments", "3"], "--deployments: A Premium trial has 1 to 2 trial deployments, not 3."),
         (["--deployments", "0"], "--deployments: A Premium trial has 1 to 2 trial deployments, not 0."),
         (["--days", "-5"], "--days: A Premium trial lasts 1 to 90 days, not -5."),
@@ -418,3 +419,16 @@ def test_missing_premium_annual_price_is_added_from_the_hourly_one_when_migratio
     added = premium_1k.filter(kind="annual")
     assert {p.currency: p.amount for p in added} == {"USD": Decimal("2680.56"), "EUR": Decimal("2457.18")}
     assert {p.pk: p.amount for p in Price.objects.filter(pk__in=kept)} == kept  # existing prices untouched
+
+
+def test_quote_accepted_after_the_stop_is_refused_when_the_sweep_stopped_the_deployment_first(owner_org):
+    set_account(owner_org)
+    t0 = timezone.now()
+    trial = trials.premium_trial_grant(organization=owner_org.organization, actor=None, days=14, now=t0)
+    late = create_premium(owner_org, "late")
+    settle_running(late, late.created_at)
+    quote = annual.annual_quote_create(deployment=late, actor=None, now=trial.ends_at - DAY)
+    assert trials.premium_trials_sweep(now=trial.ends_at + datetime.timedelta(seconds=1))["stopped"] == 1
+    with pytest.raises(Conflict):
+        annual.annual_quote_accept(quote=quote, actor=None, now=trial.ends_at + datetime.timedelta(seconds=2))
+    assert TrialDeployment.objects.get(deployment=late).outcome == "stopped"

@@ -2,11 +2,15 @@
 Premium trial, through iot.trials.premium_trial_grant (audited as the system: whoever runs manage.py is the operator).
 """
 
+import re
+
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.errors import DomainError
 from iot import trials
 from organizations.models import Organization
+
+PUBLIC_ID = re.compile(r"org_[a-z0-9]{1,40}")
 
 
 def describe(exc: DomainError) -> str:
@@ -40,7 +44,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, organization, deployments, days, **options):
-        found = Organization.objects.filter(public_id=organization.strip()).first()
+        value = organization.strip()
+        # Checked before any query: an id with a NUL or other control character never reaches the database.
+        found = Organization.objects.filter(public_id=value).first() if PUBLIC_ID.fullmatch(value) else None
         if found is None:
             raise CommandError(f"--organization: no organization {organization!r}.")
         try:
