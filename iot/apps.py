@@ -10,9 +10,10 @@ class IotConfig(AppConfig):
         from controlplane.metrics import register_gauge_source
         from deployments import hooks
         from deployments.extensions import register_spec_contributor
-        from iot import broker, selectors, trials
+        from iot import broker, edge_selectors, selectors, trials
 
         register_spec_contributor("iot", broker.spec_users)
+        register_spec_contributor("iot-edge", edge_selectors.spec_users)
         # Premium trials: trial deployments are recorded at creation, stay stopped once the trial ended unbought, and
         # are never billed by the hour while on trial.
         hooks.on_deployment_created(trials.trial_deployment_record)

@@ -3,7 +3,7 @@ organization's Premium trial."""
 
 from django.urls import path
 
-from iot import api, trials_api
+from iot import api, edge_urls, trials_api
 
 ONE = "organizations/<str:org>/projects/<str:project>/deployments/<str:dep>"
 DEVICE = ONE + "/devices/<str:device>"
@@ -43,3 +43,4 @@ urlpatterns = [
         name="device-group-detail",
     ),
 ]
+urlpatterns += edge_urls.urlpatterns
