@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -72,6 +73,32 @@ def coverage_end(*, term_end: datetime.datetime, status: str, auto_renew: bool) 
     if status == "active" and auto_renew:
         return datetime.datetime.max.replace(tzinfo=UTC)
     return term_end
+
+
+@dataclass(frozen=True)
+class CoverageSource:
+    """Coverage terms another app owns (a Premium trial), registered from its AppConfig.ready() so billing never
+    imports it. `sql` selects (deployment_id, term_start, term_end) of the terms touching [%(start)s, %(end)s);
+    `terms(deployment_ids, start, end)` answers the same terms as `Term`s for the Python reference. Terms of one
+    deployment must not overlap one another nor an annual plan: covered seconds are subtracted once per term."""
+
+    sql: str
+    terms: Callable[[set[int], datetime.datetime, datetime.datetime], list]
+
+
+_coverage_sources: dict[str, CoverageSource] = {}
+
+
+def register_coverage_source(name: str, source: CoverageSource) -> None:
+    """Add (or replace: ready() may run twice) the coverage source called `name`."""
+    _coverage_sources[name] = source
+
+
+def _coverage_sql() -> str:
+    return "".join(
+        f"\n    UNION ALL\n    SELECT x.deployment_id, x.term_start, x.term_end FROM ({source.sql}) x"
+        for _name, source in sorted(_coverage_sources.items())
+    )
 
 
 @dataclass(frozen=True)
@@ -155,11 +182,11 @@ WITH slots AS (
       AND (%(deployments)s::bigint[] IS NULL OR si.deployment_id = ANY(%(deployments)s::bigint[]))
 ), terms AS (
     -- Coverage terms touching this batch: few, so the coverage below is a hash join, not a probe per piece. Annual
-    -- plans today; a trial term that must never bill hourly is one more UNION ALL of (deployment, start, end).
+    -- plans, then the registered coverage sources' terms (Premium trials) as more UNION ALLs.
     SELECT a.deployment_id, a.term_start,
            CASE WHEN a.status = 'active' AND a.auto_renew THEN 'infinity'::timestamptz ELSE a.term_end END AS term_end
     FROM {subscription} a
-    WHERE a.term_start < %(end)s AND (a.term_end > %(start)s OR (a.status = 'active' AND a.auto_renew))
+    WHERE a.term_start < %(end)s AND (a.term_end > %(start)s OR (a.status = 'active' AND a.auto_renew)){coverage}
 ), covered AS (
     SELECT p.deployment_id, p.slot_start, p.p_start,
            SUM(GREATEST(0, EXTRACT(EPOCH FROM (LEAST(p.p_end, t.term_end) - GREATEST(p.p_start, t.term_start)))))
@@ -216,6 +243,7 @@ def _meter_sql(
         tier=_table(Tier),
         account=_table(BillingAccount),
         price=_table(Price),
+        coverage=_coverage_sql(),
     )
     params: dict[str, datetime.datetime | str | list[int] | None] = {
         "start": start,
@@ -353,6 +381,8 @@ def intervals_and_terms(start, end, deployment_filter: Q) -> tuple[list[StatusIn
         .filter(Q(term_end__gt=start) | Q(status="active", auto_renew=True))
         .values_list("deployment_id", "term_start", "term_end", "status", "auto_renew")
     ]
+    for _name, source in sorted(_coverage_sources.items()):
+        terms.extend(source.terms(ids, start, end))
     return intervals, terms
 
 

@@ -22,6 +22,7 @@ class LockSpace(enum.IntEnum):
     AGENT_LEASE = 0x4147454E  # "AGEN": platform agent leases, keyed by deployment id
     CERTIFICATE_AUTHORITY = 0x544C5343  # "TLSC": creating the control plane's own CA, once (key 0)
     VPC_PEERING = 0x56504350  # "VPCP": one poll of a VPC peering at a time, keyed by peering id
+    PREMIUM_TRIAL = 0x5452494C  # "TRIL": one sweep of a Premium trial at a time, keyed by trial id
 
 
 def lock_key(space: LockSpace, key: int) -> int:

@@ -426,6 +426,8 @@ CELERY_BEAT_SCHEDULE = {
     "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments", "schedule": crontab(minute="*/5")},
     # Re-drives VPC peering polls a lost task left behind, and feeds the peering-abnormal metric every minute.
     "networking.sweep_peerings": {"task": "networking.sweep_peerings", "schedule": crontab()},
+    # Premium trials: reminders 3 days and 1 day before the end, the end itself, deletions after the retention.
+    "iot.sweep_premium_trials": {"task": "iot.sweep_premium_trials", "schedule": crontab(minute="*/10")},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 

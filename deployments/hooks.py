@@ -1,8 +1,8 @@
-"""What apps above deployments (alerts) ask to happen inside a deployment's own creating transaction, registered in
-their AppConfig.ready(), so deployments never imports them.
+"""What apps above deployments (alerts, iot) ask to happen inside a deployment's own creating or starting
+transaction, registered in their AppConfig.ready(), so deployments never imports them.
 
-A hook runs inside deployment_create's transaction: what it writes commits or rolls back with the deployment. It never
-calls the network or commits; it raises only to refuse the whole creation.
+A hook runs inside deployment_create's (or deployment_start's) transaction: what it writes commits or rolls back with
+the deployment. It never calls the network or commits; it raises a domain error only to refuse the whole change.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 _created: list[Callable[..., None]] = []
+_starting: list[Callable[..., None]] = []
 
 
 def on_deployment_created(hook: Callable[..., None]) -> Callable[..., None]:
@@ -23,3 +24,16 @@ def deployment_created(deployment) -> None:
     """Called by deployments.services.deployment_create, in its transaction, once the deployment row exists."""
     for hook in list(_created):
         hook(deployment=deployment)
+
+
+def on_deployment_start(guard: Callable[..., None]) -> Callable[..., None]:
+    """Register `guard(deployment=...)`, which raises a domain error to refuse starting a stopped deployment."""
+    if guard not in _starting:
+        _starting.append(guard)
+    return guard
+
+
+def deployment_starting(deployment) -> None:
+    """Called by deployments.services.deployment_start, in its transaction, before it changes anything."""
+    for guard in list(_starting):
+        guard(deployment=deployment)

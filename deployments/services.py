@@ -407,6 +407,7 @@ def deployment_start(*, deployment: Deployment, actor, dry_run: bool = False) ->
         raise Conflict("The deployment is already running.")
     if deployment.status_reason == "billing" and actor is not None:
         raise Conflict("The deployment was stopped for an unpaid invoice; it starts again once the invoice is paid.")
+    hooks.deployment_starting(deployment)  # e.g. iot: a Premium trial deployment whose trial ended stays stopped
     _refuse_if_busy(deployment)
     if dry_run:
         return _dry_run(

@@ -6,12 +6,19 @@ class IotConfig(AppConfig):
     verbose_name = "IoT platform (Premium)"
 
     def ready(self):
+        from billing.metering import register_coverage_source
         from controlplane.metrics import register_gauge_source
+        from deployments import hooks
         from deployments.extensions import register_spec_contributor
-        from iot import broker, edge_selectors, selectors
+        from iot import broker, edge_selectors, selectors, trials
 
         register_spec_contributor("iot", broker.spec_users)
         register_spec_contributor("iot-edge", edge_selectors.spec_users)
+        # Premium trials: trial deployments are recorded at creation, stay stopped once the trial ended unbought, and
+        # are never billed by the hour while on trial.
+        hooks.on_deployment_created(trials.trial_deployment_record)
+        hooks.on_deployment_start(trials.trial_start_guard)
+        register_coverage_source("iot.premium_trial", trials.coverage_source())
         register_gauge_source(
             "controlplane_iot_agent_heartbeat_age_seconds",
             "Seconds since each platform agent's last heartbeat (a live agent beats every few seconds).",

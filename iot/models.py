@@ -192,3 +192,6 @@ class OutboxMessage(models.Model):
 
 # Edge nodes live in their own module; imported here so that Django registers them in this app.
 from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear  # noqa: E402, F401
+
+# Premium trials live in their own module (iot.trials_models); imported here so Django registers them.
+from iot.trials_models import PremiumTrial, TrialDeployment  # noqa: E402, F401

@@ -1,13 +1,19 @@
-"""IoT platform routes (Premium), mounted under /api/v1/ by controlplane.urls, under one deployment."""
+"""IoT platform routes (Premium), mounted under /api/v1/ by controlplane.urls: under one deployment, and the
+organization's Premium trial."""
 
 from django.urls import path
 
-from iot import api, edge_urls
+from iot import api, edge_urls, trials_api
 
 ONE = "organizations/<str:org>/projects/<str:project>/deployments/<str:dep>"
 DEVICE = ONE + "/devices/<str:device>"
 
 urlpatterns = [
+    path(
+        "organizations/<str:org>/premium-trial",
+        trials_api.PremiumTrialViewSet.as_view({"get": "retrieve"}),
+        name="premium-trial",
+    ),
     path(ONE + "/devices", api.DeviceViewSet.as_view({"get": "list", "post": "create"}), name="device-list"),
     path(
         DEVICE,

@@ -57,6 +57,17 @@ def acting_user(actor):
     return getattr(actor, "user", None) or (key.created_by if key is not None else None)
 
 
+def is_staff(actor) -> bool:
+    """Whether the caller acts as the operator: the system itself (None: a manage.py command run by whoever runs
+    the control plane) or a staff user's own session (the admin backoffice). Never an API key, whoever made it."""
+    if actor is None:
+        return True
+    if getattr(actor, "api_key", None) is not None:
+        return False
+    user = getattr(actor, "user", None)
+    return bool(user is not None and user.is_active and user.is_staff)
+
+
 @dataclasses.dataclass(eq=False)
 class Principal:
     user: object | None = None

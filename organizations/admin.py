@@ -28,7 +28,8 @@ class ProjectInline(admin.TabularInline):
 class OrganizationAdmin(AuditedModelAdmin, admin.ModelAdmin):
     list_display = ("name", "public_id", "premium_trial_deployments", "created_at")
     search_fields = ("name", "public_id", "memberships__user__email")
-    readonly_fields = ("public_id", "created_at")
+    # Premium trials are granted through their own page (iot's PremiumTrial admin), which records their end.
+    readonly_fields = ("public_id", "premium_trial_deployments", "created_at")
     inlines = [MembershipInline, ProjectInline]
 
     def save_formset(self, request, form, formset, change):
