@@ -11,6 +11,10 @@ class IotConfig(AppConfig):
         from iot import broker, selectors
 
         register_spec_contributor("iot", broker.spec_users)
+        from alerts.collection import register_sample_source
+        from iot import codecs
+
+        register_sample_source("iot.codec_failures", codecs.codec_failures_sample)
         register_gauge_source(
             "controlplane_iot_agent_heartbeat_age_seconds",
             "Seconds since each platform agent's last heartbeat (a live agent beats every few seconds).",

@@ -188,3 +188,6 @@ class OutboxMessage(models.Model):
                 name="outbox_message_complete",
             )
         ]
+
+
+from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion  # noqa: E402, F401 - one app's models
