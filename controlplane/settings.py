@@ -415,6 +415,8 @@ CELERY_BEAT_SCHEDULE = {
     "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments", "schedule": crontab(minute="*/5")},
     # Re-drives VPC peering polls a lost task left behind, and feeds the peering-abnormal metric every minute.
     "networking.sweep_peerings": {"task": "networking.sweep_peerings", "schedule": crontab()},
+    # Codec rules on EMQX regions: a push lost to a Redis outage, or a rule edited in EMQX's dashboard, is repaired.
+    "iot.sweep_codecs_emqx": {"task": "iot.sweep_codecs_emqx", "schedule": crontab(minute="*/5")},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 

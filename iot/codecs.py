@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -69,9 +69,11 @@ def _changed(deployment: Deployment) -> None:
     """Inside the change's transaction: wake the agent on commit, and push to EMQX where the region runs it."""
     _notify(deployment.pk)
     if deployment.region.driver == "kubernetes":
+        from controlplane.tasks import enqueue_on_commit
         from iot.tasks import sync_codecs_emqx
 
-        transaction.on_commit(lambda: sync_codecs_emqx.delay(deployment.pk))
+        # A push lost to a broker outage is repaired by the iot.sweep_codecs_emqx sweep.
+        enqueue_on_commit(sync_codecs_emqx, deployment.pk)
 
 
 # -- schemas --------------------------------------------------------------------------------------------------------
@@ -414,3 +416,16 @@ def codecs_push_emqx(*, deployment_id: int) -> dict[str, int] | None:
     )
     api = EmqxApi(base_url, API_KEY_NAME, crypto.decrypt_str(deployment.api_secret_encrypted))
     return codecs_emqx.codecs_sync(api, rules)
+
+
+def emqx_deployments_with_codecs() -> list[int]:
+    """Running Premium deployments on an EMQX region that have (or had: a sweep removes what remains) codec rules."""
+    from iot.selectors import servable_deployments
+
+    return list(
+        servable_deployments()
+        .filter(region__driver="kubernetes")
+        .filter(models.Q(codec_rules__isnull=False) | models.Q(codec_schemas__isnull=False))
+        .values_list("pk", flat=True)
+        .distinct()
+    )
