@@ -165,7 +165,7 @@ def deployment_collect(*, deployment_id: int) -> CollectorState | None:
     """Collect one running deployment: store its samples, or record the gap and `metrics_unavailable`."""
     from deployments.models import Deployment, Status
 
-    deployment = Deployment.objects.select_related("region", "tier").filter(pk=deployment_id).first()
+    deployment = Deployment.objects.select_related("region", "tier", "plan").filter(pk=deployment_id).first()
     if deployment is None or deployment.status != Status.RUNNING:
         return None
     state, _ = CollectorState.objects.get_or_create(deployment=deployment)

@@ -24,6 +24,15 @@ CODECS_TAG = ["codecs (Premium)"]
 _PROTO = 'syntax = "proto3";\npackage sensors;\nmessage Reading {\n  string device = 1;\n  double temperature = 2;\n}\n'
 
 
+_VERSION_EXAMPLE = {
+    "version": 1,
+    "source": _PROTO,
+    "message_type": "sensors.Reading",
+    "created_at": "2026-11-30T10:00:00Z",
+}
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Version", value=_VERSION_EXAMPLE, response_only=True)])
 class SchemaVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = SchemaVersion
@@ -39,12 +48,7 @@ class SchemaVersionSerializer(serializers.ModelSerializer):
                 "type": "protobuf",
                 "description": "",
                 "latest_version": 1,
-                "latest": {
-                    "version": 1,
-                    "source": _PROTO,
-                    "message_type": "sensors.Reading",
-                    "created_at": "2026-11-30T10:00:00Z",
-                },
+                "latest": _VERSION_EXAMPLE,
                 "created_at": "2026-11-30T10:00:00Z",
                 "updated_at": "2026-11-30T10:00:00Z",
             },
@@ -88,6 +92,11 @@ class DecodeRequestSerializer(InputSerializer):
     version = serializers.IntegerField(required=False, help_text="The latest version when omitted.")
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample("Decoded", value={"result": {"device": "sensor-1", "temperature": 21.5}}, response_only=True)
+    ]
+)
 class DecodeResultSerializer(serializers.Serializer):
     result = serializers.JSONField()
 
@@ -97,6 +106,9 @@ class EncodeRequestSerializer(InputSerializer):
     version = serializers.IntegerField(required=False, help_text="The latest version when omitted.")
 
 
+@extend_schema_serializer(
+    examples=[OpenApiExample("Encoded", value={"payload_base64": "CghzZW5zb3ItMREAAAAAAIA1QA=="}, response_only=True)]
+)
 class EncodeResultSerializer(serializers.Serializer):
     payload_base64 = serializers.CharField()
 

@@ -243,11 +243,56 @@ def _avro_required(schema: Any, depth: int = 0) -> None:
             _avro_required(kind, depth + 1)
 
 
+def _avro_min_bytes(schema: Any, named: dict[str, Any], depth: int = 0) -> int:
+    """The fewest bytes a datum of `schema` takes in Avro's binary encoding."""
+    if depth > 64:
+        return 1
+    kind, value = _avro_kind(schema, named)
+    if kind in ("null",):
+        return 0
+    if kind == "float":
+        return 4
+    if kind == "double":
+        return 8
+    if kind == "fixed":
+        return int(value.get("size") or 0)
+    if kind in ("record", "error"):
+        return sum(_avro_min_bytes(f.get("type"), named, depth + 1) for f in value.get("fields", []))
+    return 1  # boolean, int, long, bytes, string, enum, union (a branch index), array and map (a block count)
+
+
+def _avro_no_free_items(schema: Any, named: dict[str, Any], depth: int = 0) -> None:
+    """Refuse arrays of items that take no bytes: a few payload bytes could then claim billions of them, which the
+    agent would build one by one."""
+    if depth > 64:
+        return
+    if isinstance(schema, list):
+        for branch in schema:
+            _avro_no_free_items(branch, named, depth + 1)
+    elif isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "array":
+            if _avro_min_bytes(schema.get("items"), named) == 0:
+                raise SchemaInvalid(
+                    "Not accepted: an array of items that take no bytes (null, a record of nulls) lets a short "
+                    "payload claim billions of items."
+                )
+            _avro_no_free_items(schema.get("items"), named, depth + 1)
+        elif kind == "map":
+            _avro_no_free_items(schema.get("values"), named, depth + 1)
+        elif kind in ("record", "error"):
+            for field in schema.get("fields", []):
+                _avro_no_free_items(field.get("type"), named, depth + 1)
+        elif isinstance(kind, dict | list):
+            _avro_no_free_items(kind, named, depth + 1)
+
+
 def _avro_parse(document: Any):
     import fastavro
     from fastavro.schema import SchemaParseException, UnknownType
 
     _avro_required(document)
+    _avro_no_free_items(document, _avro_named(document))
     try:
         return fastavro.parse_schema(document, _write_hint=False)
     except (SchemaParseException, UnknownType, ValueError, TypeError, KeyError, AttributeError) as exc:

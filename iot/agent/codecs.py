@@ -99,7 +99,7 @@ class CodecEngine:
         for row in rows:
             try:
                 loaded.append(_Rule(row))
-            except (ValueError, schemas.SchemaInvalid) as exc:  # saved rules were checked; this is a safeguard
+            except Exception as exc:  # noqa: BLE001 - saved rules were checked; one bad row must not stop the rest
                 logger.error("codec rule %s cannot be loaded: %s", row.public_id, exc, extra={"rule": row.public_id})
         self.rules = loaded
         self._fingerprint = fingerprint
@@ -128,10 +128,17 @@ class CodecEngine:
                 value = rule.codec.decode(payload)
                 out = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
             else:
+                if len(payload) > schemas.MAX_PAYLOAD_BYTES:
+                    raise schemas.CodecFailed(f"the payload is larger than {schemas.MAX_PAYLOAD_BYTES} bytes")
                 out = rule.codec.encode(schemas._json_payload(payload))
-        except schemas.CodecFailed as exc:
+            target = rule.template.render(topic)
+            if len(target.encode("utf-8")) > 65535:
+                raise schemas.CodecFailed("the output topic would be longer than 65,535 bytes")
+        except Exception as exc:  # noqa: BLE001 - one message, whatever is wrong with it, never stops the deployment
+            if not isinstance(exc, schemas.CodecFailed):
+                logger.exception("codec rule %s failed on a message", rule.public_id, extra={"rule": rule.public_id})
             counts[1] += 1
-            counts[2] = str(exc)
+            counts[2] = str(exc) or type(exc).__name__
             error = {
                 "rule": rule.public_id,
                 "topic": topic,
@@ -142,7 +149,7 @@ class CodecEngine:
             }
             self.server.client.publish(codec_topics.error_topic(rule.public_id), json.dumps(error), qos=qos)
             return
-        self.server.client.publish(rule.template.render(topic), out, qos=qos)
+        self.server.client.publish(target, out, qos=qos)
 
     def flush(self) -> None:
         if not self._counts:

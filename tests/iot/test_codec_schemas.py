@@ -156,3 +156,18 @@ def test_a_template_is_refused_when_it_is_not_renderable(template, topic_filter,
 def test_a_filter_is_refused_when_it_is_not_a_readable_topic_filter(topic_filter):
     with pytest.raises(ValueError):
         codec_topics.check_filter(topic_filter)
+
+
+def test_an_avro_array_of_empty_items_is_refused_when_a_payload_could_claim_billions():
+    document = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "xs", "type": {"type": "array", "items": {"type": "record", "name": "E", "fields": []}}}],
+    }
+    with pytest.raises(schemas.SchemaInvalid) as caught:
+        schemas.compile_source(schemas.AVRO, json.dumps(document))
+    assert "billions" in caught.value.message
+    ints = {"type": "record", "name": "R", "fields": [{"name": "xs", "type": {"type": "array", "items": "int"}}]}
+    codec = schemas.codec_for(schemas.compile_source(schemas.AVRO, json.dumps(ints)))
+    with pytest.raises(schemas.CodecFailed):
+        codec.decode(b"\xfe\xff\xff\xff\x0f")  # claims 2^31 ints, carries none
