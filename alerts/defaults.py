@@ -116,6 +116,11 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
 DEFAULT_KEYS: tuple[str, ...] = tuple(d.key for d in DEFAULT_RULES)
 
 
+def keys_for(plan_code: str) -> tuple[str, ...]:
+    """The defaults a deployment of this plan is given (DEFAULT_KEYS is every default, the record's vocabulary)."""
+    return tuple(d.key for d in DEFAULT_RULES if not d.plans or plan_code in d.plans)
+
+
 def _rows(deployment, keys) -> list[AlertRule]:
     return [
         AlertRule(

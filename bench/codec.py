@@ -55,10 +55,15 @@ REPUBLISHER = textwrap.dedent(
     """
     import sys
     import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
     port, username, password = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain-republisher")
+    # As the agent connects: MQTT 5 with a Receive Maximum of 400, so the broker is not what limits it.
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain-republisher", protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
     client.max_inflight_messages_set(200)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.ReceiveMaximum = 400
     def on_connect(c, u, f, rc, p):
         c.subscribe("plain/+/in", qos=1)
         print("ready", flush=True)
@@ -66,7 +71,7 @@ REPUBLISHER = textwrap.dedent(
         c.publish(msg.topic[:-2] + "out", msg.payload, qos=1)
     client.on_connect = on_connect
     client.on_message = on_message
-    client.connect("127.0.0.1", port)
+    client.connect("127.0.0.1", port, properties=properties)
     client.loop_forever()
     """
 )
@@ -84,7 +89,9 @@ class Probe:
         self.subscriber.on_message = self._on_message
         done = threading.Event()
         self.subscriber.on_subscribe = lambda c, u, mid, codes, props: done.set()
-        self.subscriber.subscribe([("codec/+/out", 1), ("plain/+/out", 1)])
+        # QoS 0 on the way out to the probe: mosquitto sends an MQTT 3.1.1 client at most 20 QoS 1 messages
+        # unacknowledged (max_inflight_messages), which would cap both paths at the probe, not at the agent.
+        self.subscriber.subscribe([("codec/+/out", 0), ("plain/+/out", 0)])
         assert done.wait(10)
         self.publisher = self._client("bench-publisher", username, password, port)
 

@@ -323,6 +323,8 @@ SPECTACULAR_SETTINGS = {
         "MaintenanceWindowStatusEnum": "deployments.models.MaintenanceWindow.Status",
         "TlsCertificateKindEnum": "deployments.models.TlsCertificate.Kind",
         "TlsCertificateSourceEnum": "deployments.models.TlsCertificate.Source",
+        "CodecSchemaTypeEnum": "iot.codec_models.Schema.Type",
+        "TypeEnum": "notifications.models.NotificationChannel.Type",  # its name before codec schemas had a type too
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
