@@ -63,15 +63,15 @@ class SchemaSerializer(serializers.ModelSerializer):
         model = Schema
         fields = ["name", "type", "description", "latest_version", "latest", "created_at", "updated_at"]
 
-    def get_latest(self, obj) -> SchemaVersionSerializer:
+    def get_latest(self, obj) -> SchemaVersionSerializer | None:  # the schema of the answer, for drf-spectacular
         version = next((v for v in obj.versions.all() if v.version == obj.latest_version), None)
-        return SchemaVersionSerializer(version).data if version else None
+        return SchemaVersionSerializer(version).data if version else None  # type: ignore[return-value]
 
 
 class SchemaCreateSerializer(InputSerializer):
     name = serializers.CharField(help_text="1 to 64 of A-Z a-z 0-9 _ -", trim_whitespace=False)
     type = serializers.ChoiceField(choices=Schema.Type.choices)
-    source = serializers.CharField(
+    source = serializers.CharField(  # type: ignore[assignment] # the field is named source, as EMQX names it
         trim_whitespace=False, help_text="The .proto text, the Avro schema (JSON text) or the JSON Schema (JSON text)."
     )
     message_type = serializers.CharField(
@@ -81,7 +81,7 @@ class SchemaCreateSerializer(InputSerializer):
 
 
 class SchemaVersionCreateSerializer(InputSerializer):
-    source = serializers.CharField(trim_whitespace=False)
+    source = serializers.CharField(trim_whitespace=False)  # type: ignore[assignment]
     message_type = serializers.CharField(
         required=False, allow_blank=True, help_text="Protobuf only; the previous version's when omitted."
     )

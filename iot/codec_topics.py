@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 from deployments import topics
 
@@ -40,7 +41,7 @@ class Template:
     """A parsed template: literal text and placeholders in order (("text", s) | ("topic", None) | ("level", n) |
     ("device_id", None))."""
 
-    parts: tuple[tuple[str, object], ...]
+    parts: tuple[tuple[str, Any], ...]
 
     def render(self, topic: str) -> str:
         levels = topic.split("/")
@@ -71,7 +72,7 @@ def parse_template(value: object, *, topic_filter: str) -> Template:
         raise ValueError(f"At most {MAX_TEMPLATE_LENGTH} characters.")
     have = _guaranteed_levels(topic_filter)
     filter_levels = topic_filter.split("/")
-    parts: list[tuple[str, object]] = []
+    parts: list[tuple[str, Any]] = []
     position = 0
     for match in _PLACEHOLDER.finditer(value):
         if match.start() > position:

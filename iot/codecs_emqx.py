@@ -46,7 +46,7 @@ def render_topic(template: str, topic_filter: str) -> tuple[str, list[str]]:
         elif kind == "topic":
             out.append("${topic}")
         else:
-            index = 1 if kind == "device_id" else int(value)  # type: ignore[arg-type]
+            index = 1 if kind == "device_id" else int(value)
             alias = f"level_{index}"
             item = f"nth({index + 1}, split(topic, '/', 'notrim')) as {alias}"
             if item not in selects:

@@ -336,7 +336,7 @@ def _json_schema_validator(text: str):
             raise SchemaInvalid(f"pattern {pattern!r} is not a regular expression: {exc}.") from None
     cls = jsonschema.validators.validator_for(document, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(document)
+        cls.check_schema(document)  # type: ignore[arg-type] # a boolean schema is a valid schema too
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         raise SchemaInvalid(f"Not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
@@ -461,7 +461,7 @@ def _avro_named(document: Any) -> dict[str, Any]:
     return named
 
 
-def _avro_kind(schema: Any, named: dict[str, Any]) -> tuple[str, Any]:
+def _avro_kind(schema: Any, named: dict[str, Any]) -> tuple[Any, Any]:
     if isinstance(schema, list):
         return "union", schema
     if isinstance(schema, dict):

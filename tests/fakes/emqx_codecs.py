@@ -31,6 +31,8 @@ class FakeEmqxCodecState(FakeEmqx):
 
 
 class _CodecHandler(_Handler):
+    state: FakeEmqxCodecState
+
     def _dispatch(self, method: str, path: str, query, raw: bytes) -> None:
         state = self.state
         if path == SCHEMAS:
@@ -114,6 +116,8 @@ class _CodecHandler(_Handler):
 
 
 class FakeEmqxCodecServer(FakeEmqxServer):
+    state: FakeEmqxCodecState
+
     def __init__(self, *, api_key: str, api_secret: str, version: str = "5.8.6") -> None:
         self.state = FakeEmqxCodecState(api_key=api_key, api_secret=api_secret, version=version)
         handler = type("Handler", (_CodecHandler,), {"state": self.state})
