@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 import os
 import pathlib
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
