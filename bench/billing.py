@@ -182,7 +182,12 @@ def close_floor() -> int:
     subtotals (usage and traffic lines), credits, tax and the tax in euros; their lines; the usage and traffic marked
     invoiced; the credits consumed."""
     rates = "CASE ba.country WHEN 'DE' THEN 19 WHEN 'FR' THEN 20 WHEN 'FI' THEN 25.5 WHEN 'NL' THEN 21 ELSE 0 END"
-    params = {"s": MONTH, "e": MONTH_END, "last": MONTH_END.date() - dt.timedelta(days=1), "gb": GB}
+    params: dict[str, dt.date | int] = {
+        "s": MONTH,
+        "e": MONTH_END,
+        "last": MONTH_END.date() - dt.timedelta(days=1),
+        "gb": GB,
+    }
     with connection.cursor() as cursor, transaction.atomic():
         cursor.execute(
             f"""

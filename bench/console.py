@@ -97,6 +97,7 @@ class Fixture:
             ("manage", f"{d}/manage"),
             ("stop dry run", f"{d}/actions/stop"),
             ("history", f"{d}/history"),
+            ("VPC peering (local region)", f"{d}/vpc-peering"),
             ("members", f"/console/o/{o}/members"),
             ("API keys", f"/console/o/{o}/api-keys"),
             ("audit log", f"/console/o/{o}/audit"),

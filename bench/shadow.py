@@ -64,7 +64,7 @@ def connect_packet(client_id: str, username: str | None, password: str | None) -
     flags, payload = 0x02, _field(client_id.encode())
     if username is not None:
         flags |= 0xC0
-        payload += _field(username.encode()) + _field(password.encode())
+        payload += _field(username.encode()) + _field((password or "").encode())
     return _packet(0x10, _field(b"MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big") + payload)
 
 
@@ -282,8 +282,10 @@ def bare_echo(rate: float, seconds: float) -> str:
                 except OSError:
                     time.sleep(0.02)
             echo = subprocess.Popen([sys.executable, "-c", ECHO, str(port)], stdout=subprocess.PIPE, cwd=REPO)
-            assert echo.stdout.readline().strip() == b"ready"
-            clients = [(f"e{i}", None, None, f"echo/e{i}/req", f"echo/e{i}/resp") for i in range(DEVICES)]
+            assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+            clients: list[tuple[str, str | None, str | None, str, str]] = [
+                (f"e{i}", None, None, f"echo/e{i}/req", f"echo/e{i}/resp") for i in range(DEVICES)
+            ]
             swarm = Swarm(port, clients)
             swarm.connect()
             sent, span = swarm.run(rate=rate, seconds=seconds, payload=_update)

@@ -415,13 +415,16 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
                 if subscription.auto_renew
                 else "ends, and the deployment returns to hourly billing,"
             )
-            from billing.services import _email
+            from billing.services import billing_notice
 
-            _email(
-                subscription.billing_account,
-                f"Your annual plan for {subscription.deployment.name} ends soon",
-                f"The annual plan of {subscription.deployment.name} ({subscription.deployment.public_id}) "
+            billing_notice(
+                account=subscription.billing_account,
+                kind="annual_renewal_reminder",
+                about=subscription.deployment.public_id,
+                title=f"Your annual plan for {subscription.deployment.name} ends soon",
+                body=f"The annual plan of {subscription.deployment.name} ({subscription.deployment.public_id}) "
                 f"{what} on {subscription.term_end:%Y-%m-%d}.",
+                dedup_key=f"annual_renewal_reminder:{subscription.public_id}:{subscription.term_end:%Y-%m-%d}",
             )
             audit_record(
                 actor=None,

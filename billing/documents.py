@@ -37,7 +37,11 @@ def _lines(rows) -> list[InvoiceLine]:
 def _national(doc: Invoice | CreditNote) -> NationalVat | None:
     if not doc.vat_currency or doc.tax_in_vat_currency is None:
         return None
-    return NationalVat(doc.vat_currency, doc.tax_in_vat_currency, doc.vat_exchange_rate, doc.vat_exchange_rate_date)
+    rate, rate_date = doc.vat_exchange_rate, doc.vat_exchange_rate_date
+    if rate is None or rate_date is None:
+        # billing.invoicing.compose writes the four VAT-exchange fields together, and a credit note copies them.
+        raise RuntimeError(f"{doc.public_id}: VAT in {doc.vat_currency} without the exchange rate or its date")
+    return NationalVat(doc.vat_currency, doc.tax_in_vat_currency, rate, rate_date)
 
 
 def invoice_document(invoice: Invoice) -> InvoiceDocument:

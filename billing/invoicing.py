@@ -11,6 +11,7 @@ charges a card (billing.services collects, on commit) and never issues an invoic
 from __future__ import annotations
 
 import datetime
+import enum
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateField, Func, JSONField, Q, Sum
+from django.db.models import DateField, Field, Func, JSONField, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -450,26 +451,32 @@ class RateBook:
     """Exchange rates looked up once per (from, to, day) for one run."""
 
     def __init__(self) -> None:
-        self._cache: dict = {}
+        self._cache: dict[tuple[str, str, datetime.date], tuple[Decimal, datetime.date] | None] = {}
 
-    def rate(self, *, from_currency: str, to_currency: str, on: datetime.date):
+    def rate(self, *, from_currency: str, to_currency: str, on: datetime.date) -> tuple[Decimal, datetime.date] | None:
         key = (from_currency, to_currency, on)
         if key not in self._cache:
             self._cache[key] = exchange_rate(from_currency=from_currency, to_currency=to_currency, on=on)
         return self._cache[key]
 
 
+class NoVatExchange(enum.Enum):
+    """Why an invoice carries no VAT in the national currency."""
+
+    NOT_NEEDED = "not_needed"  # no VAT charged, or the invoice is in the national currency already
+    RATE_MISSING = "rate_missing"  # needed, but no rate is loaded: the invoice waits
+
+
 def vat_exchange(
     *, currency: str, tax: int, on: datetime.date, rates: RateBook | None = None
-) -> VatExchange | None | bool:
-    """The VAT in the seller country's national currency when the invoice is in another and VAT is charged.
-    None when not needed; False when needed and no rate is loaded (the invoice waits)."""
+) -> VatExchange | NoVatExchange:
+    """The VAT in the seller country's national currency when the invoice is in another and VAT is charged."""
     national = national_currency(settings.SELLER_COUNTRY, on)
     if tax <= 0 or national is None or national == currency:
-        return None
+        return NoVatExchange.NOT_NEEDED
     found = (rates or RateBook()).rate(from_currency=currency, to_currency=national, on=on)
     if found is None:
-        return False
+        return NoVatExchange.RATE_MISSING
     rate, day = found
     return VatExchange(
         national, rate, day, convert(amount_minor=tax, currency=currency, to_currency=national, rate=rate)
@@ -544,14 +551,15 @@ def compose(
     decision = tax_decision(details, tax_on)
     subtotal = sum(line.amount for line in lines)
     result = Settlement(subtotal, 0, 0, subtotal)
-    exchange = None
+    exchange: VatExchange | None = None
     if not holds:
         result = settle(subtotal=subtotal, grants=grants, rate=decision.rate, caps=caps)
-        exchange = vat_exchange(currency=account.currency, tax=result.tax, on=tax_on, rates=rates)
-        if exchange is False:
+        found = vat_exchange(currency=account.currency, tax=result.tax, on=tax_on, rates=rates)
+        if found is NoVatExchange.RATE_MISSING:
             holds.append(HoldReason.EXCHANGE_RATE_MISSING)
             result = Settlement(subtotal, 0, 0, subtotal)
-            exchange = None
+        elif isinstance(found, VatExchange):
+            exchange = found
     issued = not holds
     values = {
         "billing_account": account,
@@ -573,10 +581,10 @@ def compose(
         "details": details if details.pk else None,
         "hold_reasons": [str(h) for h in holds],
         "notes": [decision.note] if decision.note else [],
-        "vat_currency": exchange.currency if exchange else "",
-        "vat_exchange_rate": exchange.rate if exchange else None,
-        "vat_exchange_rate_date": exchange.on if exchange else None,
-        "tax_in_vat_currency": exchange.tax if exchange else None,
+        "vat_currency": exchange.currency if exchange is not None else "",
+        "vat_exchange_rate": exchange.rate if exchange is not None else None,
+        "vat_exchange_rate_date": exchange.on if exchange is not None else None,
+        "tax_in_vat_currency": exchange.tax if exchange is not None else None,
         "issued_at": now if issued else None,
         "due_at": now + datetime.timedelta(days=settings.BILLING_PAYMENT_TERMS_DAYS) if issued else None,
         "paid_at": now if issued and not result.total else None,
@@ -877,7 +885,7 @@ def _insert_invoices(invoices: list[Invoice]) -> None:
         ids = sorted(row[0] for row in cursor.fetchall())
         for invoice, pk in zip(invoices, ids):
             invoice.pk = pk
-        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        columns = ", ".join(connection.ops.quote_name(_column(f)) for f in fields)
         with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
             for invoice in invoices:
                 copy.write_row(
@@ -890,11 +898,24 @@ def _insert_invoices(invoices: list[Invoice]) -> None:
         invoice._state.adding, invoice._state.db = False, "default"
 
 
+def _column(field: Field) -> str:
+    if field.column is None:
+        # Django calls a field concrete exactly when it has a column; only concrete fields are copied.
+        raise RuntimeError(f"{field} has no column")
+    return field.column
+
+
 def _mark_invoiced(*, first_id: int, last_id: int, period_start: datetime.date, end: datetime.datetime) -> None:
     """Attach every unbilled usage record and traffic row before `end` of each organization to its new invoice:
     exactly the rows read above, as the close holds the metering locks. The new invoices are this period's monthly
     ones with ids from `first_id` to `last_id`: the month's lock keeps any other close of it out meanwhile."""
-    params = {"first": first_id, "last": last_id, "period": period_start, "end": end, "end_day": end.date()}
+    params: dict[str, int | datetime.date] = {
+        "first": first_id,
+        "last": last_id,
+        "period": period_start,
+        "end": end,
+        "end_day": end.date(),
+    }
     invoice = connection.ops.quote_name(Invoice._meta.db_table)
     account = connection.ops.quote_name(BillingAccount._meta.db_table)
     with connection.cursor() as cursor:
@@ -944,8 +965,12 @@ def _release(invoice_id: int, now: datetime.datetime) -> bool:
     account = invoice.billing_account
     current = current_details(account)
     caps = None
+    period = _period_of(invoice)
     if invoice.kind == InvoiceKind.MONTHLY:
-        start, end = month_bounds(invoice.period_start)
+        if period is None:
+            raise RuntimeError(f"monthly invoice {invoice.public_id} has no period")
+        period_month, last_day = period
+        start, end = month_bounds(period_month)
         usage = UsageRecord.objects.filter(invoice=invoice)
         rows = usage_rows(usage)
         records = TrafficRecord.objects.filter(invoice=invoice)
@@ -955,11 +980,11 @@ def _release(invoice_id: int, now: datetime.datetime) -> bool:
             usage_rows=rows,
             traffic_usages=usages,
             currency=account.currency,
-            period_month=invoice.period_start,
+            period_month=period_month,
             labels=labels,
             catalog=traffic.TrafficCatalog(),
         )
-        lines, unpriced, tax_on = built.lines, built.unpriced, invoice.period_end
+        lines, unpriced, tax_on = built.lines, built.unpriced, last_day
         month_details = details_in_force(account, end)
         # The month's own details decide the tax; the address is theirs, or the one given since that completed it.
         details = month_details if month_details.country else current
@@ -975,7 +1000,7 @@ def _release(invoice_id: int, now: datetime.datetime) -> bool:
                 end=end,
                 usage=usage,
                 currency=account.currency,
-                period_month=invoice.period_start,
+                period_month=period_month,
                 labels=labels,
             )
     else:
@@ -999,7 +1024,7 @@ def _release(invoice_id: int, now: datetime.datetime) -> bool:
         grants=grants,
         caps=caps,
         unpriced=unpriced,
-        period=(invoice.period_start, invoice.period_end) if invoice.period_start else None,
+        period=period,
         subscription=invoice.subscription,
     )
     number = None if composed.holds else reserve_numbers(count=1, year=now.year)[0]
@@ -1024,6 +1049,16 @@ def _release(invoice_id: int, now: datetime.datetime) -> bool:
     if invoice.status == InvoiceStatus.OPEN:
         _enqueue_collection([invoice.pk])
     return True
+
+
+def _period_of(invoice: Invoice) -> tuple[datetime.date, datetime.date] | None:
+    """The period as `compose` wrote it: both days or neither."""
+    start, end = invoice.period_start, invoice.period_end
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise RuntimeError(f"invoice {invoice.public_id} has half a period: {start} to {end}")
+    return start, end
 
 
 def _attached_traffic(invoice: Invoice, records) -> list[traffic.TrafficUsage]:

@@ -217,7 +217,7 @@ def _meter_sql(
         account=_table(BillingAccount),
         price=_table(Price),
     )
-    params = {
+    params: dict[str, datetime.datetime | str | list[int] | None] = {
         "start": start,
         "last": end - HOUR,
         "end": end,
@@ -264,7 +264,7 @@ def usage_price_pending() -> int:
 class SlotUsage:
     deployment_id: int
     hour: datetime.datetime
-    product: str
+    product: UsageProduct
     tier_id: int
     seconds: int
 
@@ -328,7 +328,7 @@ class PriceBook:
         self._cache: dict = {}
         self._tiers: dict = {}
 
-    def price(self, *, tier_id: int, product: str, currency: str, on: datetime.date) -> Decimal | None:
+    def price(self, *, tier_id: int, product: UsageProduct, currency: str, on: datetime.date) -> Decimal | None:
         key = (tier_id, product, currency, on)
         if key not in self._cache:
             tier = self._tiers.get(tier_id) or Tier.objects.select_related("plan").get(pk=tier_id)

@@ -40,12 +40,14 @@ from billing.models import (
     missing_address_fields,
 )
 from billing.money import format_money, normalize_currency
+from billing.selectors import billing_account_for
 from billing.tax import VatStatus, tax_id_country_mismatch, validate_postal_code, validate_tax_id
 from billing.vat_rates import is_eu, normalize_country
 from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
 from controlplane.errors import Conflict, ValidationFailed
 from controlplane.tasks import enqueue_on_commit, publish
+from notifications.services import platform_event_notify
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,32 @@ def _email(account: BillingAccount, subject: str, body: str) -> None:
         transaction.on_commit(
             lambda: send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [account.email], fail_silently=True)
         )
+
+
+def billing_notice(
+    *,
+    account: BillingAccount,
+    kind: str,
+    about: str,
+    title: str,
+    body: str,
+    dedup_key: str,
+    severity: str = "warning",
+    email: bool = True,
+) -> None:
+    """Tell the organization through its platform-event channels (webhook, Slack, PagerDuty, email; its owners and
+    administrators by email when it has none) and, with `email`, the billing contact. Once per dedup key; in the
+    caller's transaction, so a notice never leaves for a change that rolled back."""
+    event = platform_event_notify(
+        organization=account.organization,
+        kind=kind,
+        subject=about,
+        message=f"{title}\n{body}",
+        severity=severity,
+        dedup_key=dedup_key,
+    )
+    if event is not None and email:
+        _email(account, title, body)
 
 
 def _is_conflict(exc: Exception) -> bool:
@@ -363,11 +391,14 @@ def vat_checks_due(
 
 
 def vat_invalid_notify(*, account: BillingAccount) -> None:
-    _email(
-        account,
-        "Your VAT number could not be confirmed",
-        f"VIES, the EU's register, does not know the VAT number {account.tax_id}. Until a confirmed number is on "
-        "file, invoices charge VAT as to a consumer. Check the number in your billing details.",
+    billing_notice(
+        account=account,
+        kind="vat_number_invalid",
+        about=account.public_id,
+        title="Your VAT number could not be confirmed",
+        body=f"VIES, the EU's register, does not know the VAT number {account.tax_id}. Until a confirmed number is "
+        "on file, invoices charge VAT as to a consumer. Check the number in your billing details.",
+        dedup_key=f"vat_number_invalid:{account.public_id}:{account.tax_id}",
     )
 
 
@@ -511,7 +542,7 @@ def invoice_collect(*, invoice_id: int) -> str | None:
                 payment=payment,
             )
         else:
-            invoice = Invoice.objects.get(pk=invoice_id)
+            invoice = Invoice.objects.select_related("billing_account__organization").get(pk=invoice_id)
             audit_record(
                 actor=None,
                 organization=invoice.billing_account.organization,
@@ -519,7 +550,23 @@ def invoice_collect(*, invoice_id: int) -> str | None:
                 target=invoice,
                 summary={"attempt": payment.attempt, "status": result.status.value, "message": result.failure_message},
             )
+            _payment_failed_notice(invoice, reason=result.failure_message or "", attempt=f"attempt-{payment.attempt}")
     return result.status.value
+
+
+def _payment_failed_notice(invoice: Invoice, *, reason: str, attempt: str) -> None:
+    """Once per payment attempt (a Stripe notice of the same attempt, or its replay, says nothing new)."""
+    reason = " ".join(reason.split())[:200]
+    billing_notice(
+        account=invoice.billing_account,
+        kind="invoice_payment_failed",
+        about=invoice.public_id,
+        title=f"Payment of invoice {invoice.number} failed",
+        body=f"We could not collect {format_money(invoice.total, invoice.currency)} for invoice {invoice.number}"
+        + (f": {reason}" if reason else "")
+        + ". Check the card in your billing details; we try again.",
+        dedup_key=f"invoice_payment_failed:{invoice.public_id}:{attempt}",
+    )
 
 
 # --- Invoice lifecycle ----------------------------------------------------------------------------------------------
@@ -809,6 +856,7 @@ def _apply_event(event: dict) -> str:
             target=invoice,
             summary={"payment_intent": obj.get("id"), "message": error.get("message")},
         )
+        _payment_failed_notice(invoice, reason=str(error.get("message") or ""), attempt=str(obj.get("id") or ""))
         return f"invoice {invoice.public_id} payment failed"
     if kind == "setup_intent.succeeded":
         account = BillingAccount.objects.select_for_update().filter(stripe_customer_id=obj.get("customer")).first()
@@ -876,12 +924,15 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict:
                     pk=invoice.pk, overdue_reminders_sent=invoice.overdue_reminders_sent
                 ).update(overdue_reminders_sent=due_reminders)
                 if updated:
-                    _email(
-                        invoice.billing_account,
-                        f"Invoice {invoice.number} is overdue",
-                        f"Invoice {invoice.number} of {format_money(invoice.total, invoice.currency)} was due on "
-                        f"{invoice.due_at:%Y-%m-%d}. Deployments are stopped {settings.BILLING_GRACE_DAYS} days "
+                    billing_notice(
+                        account=invoice.billing_account,
+                        kind="invoice_overdue",
+                        about=invoice.public_id,
+                        title=f"Invoice {invoice.number} is overdue",
+                        body=f"Invoice {invoice.number} of {format_money(invoice.total, invoice.currency)} was due "
+                        f"on {invoice.due_at:%Y-%m-%d}. Deployments are stopped {settings.BILLING_GRACE_DAYS} days "
                         "after the due date.",
+                        dedup_key=f"invoice_overdue:{invoice.public_id}:{due_reminders}",
                     )
                     audit_record(
                         actor=None,
@@ -903,6 +954,17 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict:
         try:
             with transaction.atomic():
                 deployment_services.deployment_stop(deployment=deployment, actor=None, reason="billing")
+                billing_notice(
+                    account=billing_account_for(organization=deployment.project.organization),
+                    kind="deployment_stopped_for_billing",
+                    about=deployment.public_id,
+                    title=f"Deployment {deployment.name} was stopped: an invoice is overdue",
+                    body=f"{deployment.name} ({deployment.public_id}) was stopped because an invoice is unpaid "
+                    f"{settings.BILLING_GRACE_DAYS} days after its due date. Paying it starts the deployment again; "
+                    f"{settings.BILLING_DELETE_AFTER_STOPPED_DAYS} days after the stop it is deleted.",
+                    dedup_key=f"deployment_stopped_for_billing:{deployment.public_id}:{now:%Y-%m-%dT%H:%M}",
+                    severity="critical",
+                )
         except Exception as exc:
             if not _is_conflict(exc):
                 raise

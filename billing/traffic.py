@@ -177,11 +177,11 @@ def unbilled_traffic(
 ) -> list[TrafficUsage]:
     """Unbilled traffic of the organizations on days before `before`, per deployment and month. For a month before
     `period_month` (late traffic), `billed_bytes` is what that month's invoices already billed of the deployment."""
-    rows = TrafficRecord.objects.filter(invoice__isnull=True, day__lt=before, organization_id__in=organization_ids)
+    unbilled = TrafficRecord.objects.filter(invoice__isnull=True, day__lt=before, organization_id__in=organization_ids)
     if deployment_ids is not None:
-        rows = rows.filter(deployment_id__in=deployment_ids)
+        unbilled = unbilled.filter(deployment_id__in=deployment_ids)
     rows = list(
-        rows.annotate(month=TruncMonth("day"))
+        unbilled.annotate(month=TruncMonth("day"))
         .values("organization_id", "deployment_id", "month")
         .annotate(total=Sum("bytes"))
         .order_by("organization_id", "deployment_id", "month")

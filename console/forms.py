@@ -2,6 +2,7 @@
 input serializer (same lengths, same choices, same messages) before the service, which enforces the rest."""
 
 from django import forms
+from rest_framework import serializers
 
 from console.errors import _flatten_drf
 from deployments.api import (
@@ -33,7 +34,7 @@ class ApiForm(ConsoleForm):
     """A form whose cleaned data is also validated by `serializer_class`, the API's input serializer for the same
     operation; its messages land beside the fields of the same name."""
 
-    serializer_class = None
+    serializer_class: type[serializers.Serializer] | None = None
 
     def serializer_data(self) -> dict:
         fields = self.serializer_class().fields

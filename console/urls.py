@@ -1,11 +1,12 @@
 from django.urls import include, path
 
 from console import views
-from console.pages import api_keys, audit, deployments, members, organization, projects
+from console.pages import api_keys, audit, deployments, members, organization, projects, tls, vpc_peering
 
 app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
 DEPLOYMENT = PROJECT + "/d/<str:dep_id>"
+PEERING = DEPLOYMENT + "/vpc-peering/<str:peering_id>"
 
 urlpatterns = [
     path("", include("console.urls_account")),  # sign-in, sign-up, password, two-factor: console/account_views.py
@@ -71,4 +72,17 @@ urlpatterns = [
     path(f"{DEPLOYMENT}/move", deployments.move, name="deployment-move"),
     path(f"{DEPLOYMENT}/delete", deployments.delete, name="deployment-delete"),
     path(f"{DEPLOYMENT}/history", deployments.history, name="deployment-history"),
+    # TLS: console/pages/tls.py.
+    path(f"{DEPLOYMENT}/tls", tls.certificates, name="deployment-tls"),
+    path(f"{DEPLOYMENT}/tls/ca.pem", tls.ca_pem, name="deployment-tls-ca"),
+    path(f"{DEPLOYMENT}/tls/<str:certificate_id>/delete", tls.certificate_delete, name="deployment-tls-delete"),
+    # VPC peering: console/pages/vpc_peering.py (literal paths before the peering id).
+    path(f"{DEPLOYMENT}/vpc-peering", vpc_peering.peerings, name="deployment-vpc-peering"),
+    path(f"{DEPLOYMENT}/vpc-peering/rows", vpc_peering.peering_rows, name="deployment-vpc-peering-rows"),
+    path(f"{DEPLOYMENT}/vpc-peering/fields", vpc_peering.peering_fields, name="deployment-vpc-peering-fields"),
+    path(f"{DEPLOYMENT}/vpc-peering/check", vpc_peering.peering_check, name="deployment-vpc-peering-check"),
+    path(f"{PEERING}", vpc_peering.peering_detail, name="deployment-vpc-peering-detail"),
+    path(f"{PEERING}/live", vpc_peering.peering_live, name="deployment-vpc-peering-live"),
+    path(f"{PEERING}/protection", vpc_peering.peering_protection, name="deployment-vpc-peering-protection"),
+    path(f"{PEERING}/delete", vpc_peering.peering_delete, name="deployment-vpc-peering-delete"),
 ]

@@ -12,6 +12,7 @@ import datetime
 import logging
 import secrets
 from decimal import Decimal
+from typing import Literal, overload
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -183,6 +184,54 @@ def _dry_run(deployment: Deployment, action: str, *, state_after: str, tier_afte
 
 
 # -- deployments -------------------------------------------------------------------------------------------------------
+
+
+@overload
+def deployment_create(
+    *,
+    project,
+    actor,
+    name: str,
+    plan: str,
+    tier: str,
+    region: str,
+    dry_run: Literal[False] = ...,
+    emqx_version: str | None = ...,
+    billing_cycle: str = ...,
+    auto_renew: bool = ...,
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_create(
+    *,
+    project,
+    actor,
+    name: str,
+    plan: str,
+    tier: str,
+    region: str,
+    dry_run: Literal[True],
+    emqx_version: str | None = ...,
+    billing_cycle: str = ...,
+    auto_renew: bool = ...,
+) -> DryRun: ...
+
+
+@overload
+def deployment_create(
+    *,
+    project,
+    actor,
+    name: str,
+    plan: str,
+    tier: str,
+    region: str,
+    dry_run: bool,
+    emqx_version: str | None = ...,
+    billing_cycle: str = ...,
+    auto_renew: bool = ...,
+) -> tuple[Deployment, Operation] | DryRun: ...
 
 
 @transaction.atomic

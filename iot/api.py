@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import exceptions, mixins, parsers, serializers, status
 from rest_framework.response import Response
 
@@ -108,7 +114,8 @@ class DeviceIssuedSerializer(DeviceSerializer):
     class Meta(DeviceSerializer.Meta):
         fields = [*DeviceSerializer.Meta.fields, "credentials", "operation"]
 
-    def get_credentials(self, obj) -> DeviceCredentialsSerializer:
+    @extend_schema_field(DeviceCredentialsSerializer)
+    def get_credentials(self, obj) -> dict[str, str]:
         credentials = self.context["credentials"]
         return {"username": credentials.username, "password": credentials.password}
 
@@ -372,7 +379,7 @@ class _DeploymentScopedViewSet(ScopedViewSet):
                 .filter(project=self.project, public_id=self.kwargs["dep"])
                 .first()
             )
-            if found is None:
+            if found is None or self.project is None:
                 raise exceptions.NotFound("No such deployment.")
             found.project = self.project
             services.check_premium(found)

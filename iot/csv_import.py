@@ -114,7 +114,7 @@ def parse(data: bytes) -> list[ImportRow]:
             errors.append(row_error(line, None, f"{len(record)} fields where the header names {len(header)}"))
             continue
         row, row_errors = _row(line, dict(zip(header, record)))
-        if row_errors:
+        if row is None or row_errors:
             errors.extend(row_errors)
             continue
         if row.device_id in first_line:

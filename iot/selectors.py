@@ -101,4 +101,4 @@ def deployment_idle_seconds() -> dict[tuple[str], float]:
     rows = AgentLease.objects.filter(expires_at__gt=now, last_event_at__isnull=False).values_list(
         "deployment__public_id", "last_event_at"
     )
-    return {(public_id,): max(0.0, (now - at).total_seconds()) for public_id, at in rows}
+    return {(public_id,): max(0.0, (now - at).total_seconds()) for public_id, at in rows if at is not None}

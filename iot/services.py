@@ -13,6 +13,8 @@ import dataclasses
 import datetime
 import json
 import secrets
+from collections.abc import Callable
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
@@ -75,7 +77,7 @@ def _locked_deployment(deployment: Deployment) -> Deployment:
     return locked
 
 
-def _fields(checks: dict) -> dict:
+def _fields(checks: dict[str, Callable[[], object]]) -> dict[str, Any]:
     """Run {field: thunk} checks; ValidationFailed naming every field at fault, else {field: value}."""
     values, errors = {}, {}
     for field, thunk in checks.items():
@@ -219,7 +221,7 @@ def device_update(
     it and refuses it from then on) and disconnects it; answers (device, the Operation when the broker changes)."""
     deployment = _locked_deployment(device.deployment)
     device = Device.objects.select_for_update().get(pk=device.pk)
-    checks = {}
+    checks: dict[str, Callable[[], object]] = {}
     if name is not _UNSET:
         checks["name"] = lambda: validation.text(name, max_length=128)
     if product is not _UNSET:
@@ -688,7 +690,7 @@ def shadow_process_batch(
     [(topic, body)] to publish once this returns (after the commit). Raises LeaseLost (nothing committed)."""
     now = timezone.now()
     timestamp = int(now.timestamp())
-    parsed: list[tuple[ShadowRequest, object, shadow.ShadowRejected | None]] = []
+    parsed: list[tuple[ShadowRequest, shadow.UpdateRequest | str | None, shadow.ShadowRejected | None]] = []
     for request in requests:
         try:
             if request.operation == "update":
@@ -743,7 +745,7 @@ def shadow_process_batch(
                 )
                 continue
             pk = devices[request.device_id]
-            if request.operation == "get":
+            if isinstance(value, str):  # a get request: its value is the clientToken
                 try:
                     body = shadow.get_body(documents[pk], timestamp=timestamp, client_token=value)
                 except shadow.ShadowRejected as exc:
@@ -752,6 +754,8 @@ def shadow_process_batch(
                     )
                     continue
                 answers.append((f"{base}/accepted", body))
+                continue
+            if value is None:  # parsed without an error, so never None: an update request
                 continue
             try:
                 result = shadow.apply_update(documents[pk], value, timestamp=timestamp)
@@ -803,10 +807,10 @@ def presence_apply(
         changed: set[str] = set()
         for event in events:
             if event.kind == "broker_reset":
-                for device in devices.values():
-                    if device.online:
-                        device.online, device.disconnected_at = False, event.at
-                        changed.add(device.device_id)
+                for each in devices.values():
+                    if each.online:
+                        each.online, each.disconnected_at = False, event.at
+                        changed.add(each.device_id)
                 continue
             device = devices.get(event.client_id)
             if device is None:

@@ -316,6 +316,8 @@ def apply_update(document: Document, request: UpdateRequest, *, timestamp: int) 
         if name not in request.state:
             continue
         section = request.state[name]
+        merged: dict
+        metadata: dict
         if section is None:
             merged, metadata = {}, {}
         else:

@@ -102,6 +102,16 @@ def _refuse_unpeerable(deployment: Deployment) -> None:
         raise Conflict(f"VPC peering is available for Dedicated and Premium deployments, not {deployment.plan.name}.")
 
 
+def peering_unavailable_reason(deployment: Deployment) -> str | None:
+    """Why no peering can be created for `deployment` (a `local` region, a Serverless plan, a deleted deployment), in
+    the words the API's 409 uses; None when one can. Lets a page say so before anyone fills in a form."""
+    try:
+        _refuse_unpeerable(deployment)
+    except Conflict as exc:
+        return exc.message
+    return None
+
+
 def _live_peerings():
     """Peerings that hold (or may soon hold) a range at the provider. A failed peering that never became active
     was cleaned up at the provider before it failed, so it holds nothing."""

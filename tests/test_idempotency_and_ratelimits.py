@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import requests
+from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
 from projects.models import Project
@@ -119,3 +120,25 @@ def test_rate_limits_endpoint_hides_foreign_organizations(org_factory, key_clien
     a, b = org_factory(), org_factory()
     response = key_client(a.owner_secret).get(f"/api/v1/rate-limits?organization={b.id}")
     assert response.status_code == 400
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("stranger", ["anonymous", "member of another organization"])
+def test_strangers_cannot_spend_another_organizations_rate_limit_when_probing_its_urls(
+    owner_org, org_factory, key_client, settings, redis_clean, stranger
+):
+    """Requests answered 401 or 404 once spent the bucket `org:<the id in the URL>` whoever made them: two or three
+    strangers could keep a customer's whole organization at 429. Only members spend it now."""
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "organization": (5.0, 0.01), "principal": (5.0, 0.01)}
+    url = f"/api/v1/organizations/{owner_org.id}/projects"
+    if stranger == "anonymous":
+        clients = [APIClient(REMOTE_ADDR=f"198.51.100.{n}") for n in range(6)]
+    else:
+        other = org_factory()
+        clients = [key_client(other.owner_secret)] + [APIClient(REMOTE_ADDR="198.51.100.9") for _ in range(5)]
+    for client in clients:
+        assert client.get(url).status_code in (401, 403, 404, 429)
+
+    response = key_client(owner_org.owner_secret).get(url)
+
+    assert response.status_code == 200, f"{response.status_code}: the organization's own budget was spent by strangers"

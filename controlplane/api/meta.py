@@ -85,15 +85,14 @@ class RateLimitsView(RateLimitHeadersMixin, APIView):
     )
     def get(self, request: Request) -> Response:
         org_id = request.query_params.get("organization")
+        organization = None
         if org_id:
             organization = Organization.objects.filter(public_id=org_id).first()
             if organization is None or not access.can_see_organization(
                 access.Principal.from_request(request), organization
             ):
                 raise exceptions.ValidationError({"organization": ["No such organization."]})
-        decision = ratelimit.take(
-            ratelimit.buckets_for(request, SimpleNamespace(kwargs={"org": org_id} if org_id else {})), cost=0
-        )
+        decision = ratelimit.take(ratelimit.buckets_for(request, SimpleNamespace(organization=organization)), cost=0)
         return Response(
             {
                 "enabled": settings.RATE_LIMITS_ENABLED,

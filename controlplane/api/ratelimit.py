@@ -253,7 +253,10 @@ def _limits(level: str, overrides: Overrides) -> tuple[float, float]:
 def buckets_for(request: Request, view: Any) -> list[Bucket]:
     from controlplane.middleware import client_ip
 
-    org = (getattr(view, "kwargs", None) or {}).get("org")
+    # The organization's bucket and overrides apply only once the view resolved the caller's membership of it:
+    # otherwise anyone could spend a customer's budget by requesting its URLs.
+    organization = getattr(view, "organization", None)
+    org = getattr(organization, "public_id", None)
     overrides = _organization_overrides(org) if isinstance(org, str) and len(org) <= 32 else {}
     buckets = [Bucket("platform", "platform", *_limits("platform", {}))]
     if org:

@@ -77,11 +77,16 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet[Any]):
         version, scheme = self.determine_version(request, *args, **kwargs)
         request.version, request.versioning_scheme = version, scheme
         self.perform_authentication(request)
-        self.check_throttles(request)  # before the tenant lookup: probing for tenants is throttled too
         if request.user is None or not request.user.is_authenticated:
+            self.check_throttles(request)  # strangers spend their own address's bucket, never the organization's
             raise exceptions.NotAuthenticated()
         self.principal = access.Principal.from_request(request)
-        self.resolve_tenant()
+        try:
+            self.resolve_tenant()
+        finally:
+            # Probing for tenants is throttled too (per principal), but only a member of the organization in the
+            # URL spends its bucket: the throttle charges `org:<id>` once self.organization is resolved.
+            self.check_throttles(request)
         self.check_permissions(request)
         self.check_scope()
         check = self.action_checks.get(self.action)

@@ -133,16 +133,16 @@ class PlatformAgent:
             target = _target(servable[pk], credentials[pk])
             if target is None:
                 continue
-            token = leases.acquire(deployment_id=pk, holder=self.agent_id, ttl=self.lease_seconds)
-            if token is None:
+            acquired = leases.acquire(deployment_id=pk, holder=self.agent_id, ttl=self.lease_seconds)
+            if acquired is None:
                 continue
             logger.info(
                 "lease of %s taken (token %s)",
                 target.public_id,
-                token,
-                extra={"agent": self.agent_id, "deployment": target.public_id, "token": token},
+                acquired,
+                extra={"agent": self.agent_id, "deployment": target.public_id, "token": acquired},
             )
-            self._start_server(target, token)
+            self._start_server(target, acquired)
 
     def _start_server(self, target: Target, token: int) -> None:
         server = DeploymentServer(

@@ -258,6 +258,8 @@ class DeploymentServer:
         self.last_event_at = datetime.datetime.now(datetime.UTC)
 
     def _read_log(self) -> None:
+        if self._tail is None:  # an EMQX region: presence arrives as $SYS messages, there is no log to read
+            return
         events = self._tail.read()
         cursor = self._tail.cursor
         moved = cursor != self._cursor_saved

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from alerts import defaults, evaluate, rules
 from alerts.models import Alert, AlertRule
+from deployments import services as deployment_services
 from notifications import services as notification_services
 from tests.alerts.test_tasks import Receiver, eager, make_deployment, rule_for, store  # noqa: F401 - eager is a fixture
 
@@ -334,3 +335,30 @@ def test_rule_name_refused_when_it_has_control_characters(ctx):
         assert response.status_code == 400, (name, response.content)
         assert "name" in problem_fields(response)
     assert not AlertRule.objects.filter(default_key="").exists()
+
+
+@pytest.mark.usefixtures("deployments_catalog")
+def test_alert_rule_name_refuses_line_breaks_when_it_would_head_every_alert_email(owner_org, api, brokers_dir):
+    """An alert's email subject is "[FIRING] <rule name>: ...": a "\\r" in a rule's name once made every email of
+    that rule refused ("subject must be one line"), so its alerts reached nobody by email. A Project User can name
+    rules."""
+    deployment, _op = deployment_services.deployment_create(
+        project=owner_org.default_project, actor=None, name="plant", plan="dedicated", tier="1k", region="local"
+    )
+    user, _membership = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    api.force_login(user)
+    response = api.post(
+        f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/alert-rules",
+        {
+            "name": "Busy\rBcc: victim@example.com",
+            "metric": "connections",
+            "aggregation": "max",
+            "window_seconds": 60,
+            "operator": ">",
+            "threshold": 2,
+            "deployment": deployment.public_id,
+        },
+        format="json",
+    )
+    assert response.status_code == 400, response.content[:200]
+    assert response.json()["errors"][0]["field"] == "name"

@@ -20,6 +20,8 @@ def _pages(org, plant, member, key):
         ("mqtt-users", console_path(plant, "mqtt-users")),
         ("acl", console_path(plant, "acl")),
         ("rate-limits", console_path(plant, "rate-limits")),
+        ("tls", console_path(plant, "tls")),
+        ("vpc-peering", console_path(plant, "vpc-peering")),
         ("manage", console_path(plant, "manage")),
         ("confirm-restart", console_path(plant, "actions/restart")),
         ("history", console_path(plant, "history")),
@@ -37,7 +39,7 @@ def _pages(org, plant, member, key):
 
 
 def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
-    from deployments import services
+    from deployments import services, tls_services
 
     org = make_organization(name="Tour")
     plant = settle(deployment(org.default_project))
@@ -46,8 +48,9 @@ def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
     services.acl_rule_create(deployment=plant, actor=None, permission="allow", action="all", topic="public/+")
     services.rate_limits_replace(deployment=plant, actor=None, policies=[{"level": "global", "messages_rate": 1000}])
     settle(plant)
-    plant.endpoints = {"host": "127.0.0.1", "ports": {"mqtt": 21883, "ws": 21884}}
+    plant.endpoints = {"host": "127.0.0.1", "ports": {"mqtt": 21883, "ws": 21884, "mqtts": 21885, "wss": 21886}}
     plant.save(update_fields=["endpoints"])
+    tls_services.server_certificate_ensure(deployment=plant)
     user, member = org.add_member(roles=["auditor"], email="audrey@example.com")
     key, _ = org.key_for(user, role="auditor")
 
@@ -58,7 +61,7 @@ def test_every_console_page_passes_axe_when_shown_light_and_dark(site):
         light.check(label)
 
     dark = site.page(org.owner, name="dark", color_scheme="dark")
-    for label in ("overview", "manage", "members", "wizard"):
+    for label in ("overview", "manage", "members", "wizard", "tls", "vpc-peering"):
         path = dict(_pages(org, plant, member, key))[label]
         dark.goto(path)
         dark.check(label)

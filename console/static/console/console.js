@@ -24,9 +24,15 @@
       var source = document.getElementById(copy.getAttribute("data-copy"));
       if (!source) { return; }
       var label = copy.textContent;
+      var name = copy.getAttribute("aria-label");
       copyText(source.textContent.trim()).then(function () {
+        // The accessible name keeps the visible word in it ("Copied: Copy command 3" while "Copied" shows).
         copy.textContent = "Copied";
-        setTimeout(function () { copy.textContent = label; }, 1500);
+        if (name) { copy.setAttribute("aria-label", "Copied: " + name); }
+        setTimeout(function () {
+          copy.textContent = label;
+          if (name) { copy.setAttribute("aria-label", name); }
+        }, 1500);
       });
       return;
     }
