@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.response import Response
 
@@ -63,9 +63,10 @@ class SchemaSerializer(serializers.ModelSerializer):
         model = Schema
         fields = ["name", "type", "description", "latest_version", "latest", "created_at", "updated_at"]
 
-    def get_latest(self, obj) -> SchemaVersionSerializer | None:  # the schema of the answer, for drf-spectacular
+    @extend_schema_field(SchemaVersionSerializer(allow_null=True))
+    def get_latest(self, obj) -> dict | None:
         version = next((v for v in obj.versions.all() if v.version == obj.latest_version), None)
-        return SchemaVersionSerializer(version).data if version else None  # type: ignore[return-value]
+        return SchemaVersionSerializer(version).data if version else None
 
 
 class SchemaCreateSerializer(InputSerializer):
