@@ -274,6 +274,33 @@ def annual_quote_accept(
 
 
 @transaction.atomic
+def annual_subscription_set_auto_renew(
+    *, subscription: AnnualSubscription, actor, auto_renew: bool
+) -> AnnualSubscription:
+    """Renew the term for another year at its end, or not. Only a term still running can change; metering reads the
+    flag (coverage_end), so turning it off before the end hands the deployment back to hourly billing then."""
+    subscription = (
+        AnnualSubscription.objects.select_for_update()
+        .select_related("billing_account__organization", "deployment")
+        .get(pk=subscription.pk)
+    )
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        raise Conflict(fields={"auto_renew": "This plan has ended: its renewal can no longer change."})
+    if subscription.auto_renew == auto_renew:
+        return subscription
+    subscription.auto_renew = auto_renew
+    subscription.save(update_fields=["auto_renew"])
+    audit_record(
+        actor=actor,
+        organization=subscription.billing_account.organization,
+        action="billing.annual.auto_renew",
+        target=subscription,
+        summary={"deployment": subscription.deployment.public_id, "auto_renew": auto_renew},
+    )
+    return subscription
+
+
+@transaction.atomic
 def annual_subscription_start(
     *, deployment: Deployment, actor, auto_renew: bool = False, now: datetime.datetime | None = None
 ) -> AnnualSubscription:

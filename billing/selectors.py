@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
@@ -73,11 +74,14 @@ def spend_month_to_date(
     )
 
 
-def billing_overview(*, account: BillingAccount, now: datetime.datetime | None = None) -> Overview:
-    """Month-to-date usage and its forecast (spend_month_to_date), credits, open and held invoices, and the billing
-    details an invoice still needs. Amounts are before tax and credits."""
+def billing_overview(
+    *, account: BillingAccount, now: datetime.datetime | None = None, spend: Spend | None = None
+) -> Overview:
+    """Month-to-date usage and its forecast (spend_month_to_date, or `spend` when the caller has it already),
+    credits, open and held invoices, and the billing details an invoice still needs. Amounts are before tax and
+    credits."""
     now = now or timezone.now()
-    spend = spend_month_to_date(account=account, now=now)
+    spend = spend or spend_month_to_date(account=account, now=now)
     open_qs = Invoice.objects.filter(billing_account=account, status=InvoiceStatus.OPEN)
     return Overview(
         currency=account.currency,
@@ -92,3 +96,115 @@ def billing_overview(*, account: BillingAccount, now: datetime.datetime | None =
         .count(),
         missing_details=missing_address_fields(account),
     )
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    key: int
+    amount: int
+
+
+@dataclass(frozen=True)
+class SpendBreakdown:
+    """This month's spend so far (`spend`, as spend_month_to_date computes it) split three ways, in integer minor
+    units of the account's currency, before tax and credits.
+
+    By deployment and by project: the next invoice's lines (spend_month_to_date's, so each adds up to its total)
+    summed per deployment and per project. By day: the hourly usage of each UTC day of the month (metered, or
+    computed as metering will record it), each day and price rounded once; traffic has no day (it is billed on
+    the month's total past the allowance), so the days add up to the running and retention lines only, within
+    rounding."""
+
+    spend: Spend
+    by_deployment: list[SpendRow]  # deployment pk, largest first
+    by_project: list[SpendRow]  # project pk, largest first
+    by_day: list[tuple[datetime.date, int]]  # every day of the month up to today, zero days included
+
+
+def spend_breakdown(*, account: BillingAccount, now: datetime.datetime | None = None) -> SpendBreakdown:
+    from deployments.models import Deployment
+
+    now = now or timezone.now()
+    lines = invoicing.open_lines(account=account, now=now)
+    per_deployment: dict[int, int] = {}
+    for line in lines.lines:
+        if line.deployment_id is not None:
+            per_deployment[line.deployment_id] = per_deployment.get(line.deployment_id, 0) + line.amount
+    project_of = dict(Deployment.objects.filter(pk__in=list(per_deployment)).values_list("pk", "project_id"))
+    per_project: dict[int, int] = {}
+    for deployment_id, amount in per_deployment.items():
+        project_id = project_of[deployment_id]
+        per_project[project_id] = per_project.get(project_id, 0) + amount
+    return SpendBreakdown(
+        spend=Spend(
+            currency=account.currency,
+            month_start=metering.month_start(now),
+            month_to_date=sum(line.amount for line in lines.lines),
+            forecast=sum(line.amount for line in lines.forecast_lines),
+        ),
+        by_deployment=sorted((SpendRow(k, v) for k, v in per_deployment.items()), key=lambda r: (-r.amount, r.key)),
+        by_project=sorted((SpendRow(k, v) for k, v in per_project.items()), key=lambda r: (-r.amount, r.key)),
+        by_day=_spend_by_day(account=account, now=now),
+    )
+
+
+def _spend_by_day(*, account: BillingAccount, now: datetime.datetime) -> list[tuple[datetime.date, int]]:
+    from django.db.models.functions import TruncDay
+
+    from billing.models import UsageRecord
+    from billing.money import usage_line_amount
+
+    start = metering.month_start(now)
+    seconds: dict[tuple[datetime.date, Decimal], int] = {}
+    recorded = (
+        UsageRecord.objects.filter(
+            organization_id=account.organization_id, currency=account.currency, hour__gte=start, hour__lt=now
+        )
+        .exclude(unit_price=None)
+        .annotate(day=TruncDay("hour", tzinfo=datetime.UTC))
+        .values_list("day", "unit_price")
+        .annotate(total=Sum("seconds"))
+    )
+    for day, unit_price, total in recorded:
+        key = (day.date(), unit_price)
+        seconds[key] = seconds.get(key, 0) + total
+    until = metering.metered_until()
+    if until is not None and until < now:
+        for priced in metering.usage_preview(
+            organization_id=account.organization_id, start=max(until, start), end=now, currency=account.currency
+        ):
+            if priced.unit_price is None:
+                continue
+            key = (priced.usage.hour.date(), priced.unit_price)
+            seconds[key] = seconds.get(key, 0) + priced.usage.seconds
+    per_day: dict[datetime.date, int] = {}
+    for (day, unit_price), total in seconds.items():
+        amount = usage_line_amount(seconds=total, hourly_price=unit_price, currency=account.currency)
+        per_day[day] = per_day.get(day, 0) + amount
+    days, day = [], start.date()
+    while day <= now.date():
+        days.append((day, per_day.get(day, 0)))
+        day += datetime.timedelta(days=1)
+    return days
+
+
+@dataclass(frozen=True)
+class OverdueNotice:
+    invoices: int
+    oldest_due_at: datetime.datetime
+    stop_on: datetime.datetime  # when the account's deployments are stopped if nothing is paid by then
+
+
+def overdue_notice(*, organization_id: int, now: datetime.datetime | None = None) -> OverdueNotice | None:
+    """Open invoices past their due date, and when overdue_process stops the deployments (due date + grace)."""
+    from django.conf import settings
+    from django.db.models import Count, Min
+
+    now = now or timezone.now()
+    found = Invoice.objects.filter(
+        billing_account__organization_id=organization_id, status=InvoiceStatus.OPEN, due_at__lt=now
+    ).aggregate(n=Count("id"), oldest=Min("due_at"))
+    if not found["n"]:
+        return None
+    grace = datetime.timedelta(days=settings.BILLING_GRACE_DAYS)
+    return OverdueNotice(invoices=found["n"], oldest_due_at=found["oldest"], stop_on=found["oldest"] + grace)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -45,7 +48,7 @@ from billing.tax import VatStatus, tax_id_country_mismatch, validate_postal_code
 from billing.vat_rates import is_eu, normalize_country
 from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
-from controlplane.errors import Conflict, ValidationFailed
+from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.tasks import enqueue_on_commit, publish
 from notifications.services import platform_event_notify
 
@@ -479,6 +482,73 @@ def card_checkout_session(*, account: BillingAccount, actor, success_url: str, c
             summary={},
         )
     return url
+
+
+def card_checkout_return(*, account: BillingAccount, actor, session_id: str) -> bool:
+    """The browser is back from Checkout: save the card the session set up, as the setup_intent.succeeded webhook
+    would (whichever comes first; the second changes nothing). A session of another customer is refused. Returns
+    whether the session saved a card."""
+    if not settings.STRIPE_SECRET_KEY:
+        raise Conflict("Card payments are not enabled on this installation; pay by bank transfer.")
+    if not re.fullmatch(r"cs_[A-Za-z0-9_]{1,200}", session_id):
+        raise ValidationFailed({"session_id": "Not a Checkout session id."})
+    try:
+        customer, status, payment_method = gateway.checkout_setup_result(session_id, client=stripe_client())
+    except gateway.StripeObjectMissing as exc:
+        raise NotFound("No such Checkout session.") from exc
+    except gateway.StripeUnavailable as exc:
+        raise Conflict("Stripe did not answer; the card will appear once Stripe confirms it.") from exc
+    if not account.stripe_customer_id or customer != account.stripe_customer_id:
+        raise NotFound("No such Checkout session.")
+    if status != "complete" or not payment_method:
+        return False
+    with transaction.atomic():
+        locked = BillingAccount.objects.select_for_update().select_related("organization").get(pk=account.pk)
+        if locked.stripe_payment_method_id == payment_method:
+            return True
+        locked.stripe_payment_method_id = payment_method
+        locked.save(update_fields=["stripe_payment_method_id"])
+        audit_record(
+            actor=actor,
+            organization=locked.organization,
+            action="billing.card.added",
+            target=locked,
+            summary={"payment_method": payment_method},
+        )
+        from billing import tasks
+
+        enqueue_on_commit(tasks.set_default_card, locked.pk)
+    account.stripe_payment_method_id = payment_method
+    return True
+
+
+@dataclass(frozen=True)
+class CardOnFile:
+    brand: str
+    last4: str
+
+
+def card_on_file(*, account: BillingAccount) -> CardOnFile | None:
+    """The default card's brand and last four digits, asked of Stripe and kept for ten minutes per card (a card's
+    details never change; a new card is a new PaymentMethod id). None without a card or while Stripe cannot say."""
+    if not account.stripe_payment_method_id or not settings.STRIPE_SECRET_KEY:
+        return None
+    key = f"billing:card:{account.stripe_payment_method_id}"
+    try:
+        found = cache.get(key)
+    except Exception:  # noqa: BLE001 - without Redis Stripe is asked, never the page refused
+        found = None
+    if found is None:
+        try:
+            found = gateway.card_summary(account.stripe_payment_method_id, client=stripe_client())
+        except gateway.StripeUnavailable:
+            logger.warning("could not read card %s from Stripe", account.stripe_payment_method_id)
+            return None
+        try:
+            cache.set(key, found, 600)
+        except Exception:  # noqa: BLE001
+            pass
+    return CardOnFile(*found)
 
 
 def enqueue_collection(invoice_ids: list[int]) -> None:

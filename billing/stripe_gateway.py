@@ -33,6 +33,14 @@ class GatewayNotConfigured(RuntimeError):
     pass
 
 
+class StripeUnavailable(Exception):
+    """Stripe did not answer, or answered with an error other than "no such object"."""
+
+
+class StripeObjectMissing(LookupError):
+    """Stripe knows no such object (a 404, or an id of another account)."""
+
+
 class WebhookSignatureError(Exception):
     """The webhook did not come from Stripe with our signing secret (bad, missing, or too old signature)."""
 
@@ -189,6 +197,31 @@ def create_checkout_setup_session(
         }
     )
     return session.url
+
+
+def checkout_setup_result(session_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str, str]:
+    """What a Checkout session in setup mode left: (customer id, session status, the saved card's PaymentMethod id or
+    "" while none)."""
+    try:
+        session = _get(client).v1.checkout.sessions.retrieve(session_id, params={"expand": ["setup_intent"]})
+    except stripe.InvalidRequestError as exc:
+        raise StripeObjectMissing(session_id) from exc
+    except stripe.StripeError as exc:
+        raise StripeUnavailable(str(exc)) from exc
+    intent = _field(session, "setup_intent")
+    payment_method = ""
+    if intent is not None and not isinstance(intent, str) and _field(intent, "status") == "succeeded":
+        payment_method = str(_field(intent, "payment_method") or "")
+    return str(_field(session, "customer") or ""), str(_field(session, "status") or ""), payment_method
+
+
+def card_summary(payment_method_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str]:
+    """The brand and last four digits of a card PaymentMethod, as Stripe shows them."""
+    try:
+        card = _field(_get(client).v1.payment_methods.retrieve(payment_method_id), "card")
+    except stripe.StripeError as exc:
+        raise StripeUnavailable(str(exc)) from exc
+    return str(_field(card, "brand") or "card"), str(_field(card, "last4") or "")
 
 
 def set_default_payment_method(

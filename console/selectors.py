@@ -90,6 +90,40 @@ def current_operation(deployment) -> Operation | None:
     return active.first() or operations.order_by("-created_at", "-id").first()
 
 
+def deployments_by_pk(ids) -> dict[int, Deployment]:
+    """The named deployments (deleted ones included: alerts and bills outlive them), by primary key."""
+    if not ids:
+        return {}
+    return {
+        d.pk: d for d in Deployment.objects.filter(pk__in=set(ids)).only("id", "public_id", "name", "desired_state")
+    }
+
+
+def alert_rules(*, project, deployment=None) -> list:
+    """A project's own alert rules and, of the defaults its deployments get, those of `deployment` (None: every
+    deployment's), with deployment and channels."""
+    from django.db.models import Q
+
+    from alerts.models import AlertRule
+
+    queryset = AlertRule.objects.filter(project=project)
+    if deployment is not None:
+        queryset = queryset.filter(Q(default_key="") | Q(deployment=deployment))
+    return list(
+        queryset.select_related("deployment")
+        .prefetch_related("channels")
+        .order_by("deployment__name", "default_key", "created_at", "id")
+    )
+
+
+def silences(*, project, limit: int = 50) -> list:
+    from alerts.models import Silence
+
+    return list(
+        Silence.objects.filter(project=project).select_related("created_by").order_by("-ends_at", "-id")[:limit]
+    )
+
+
 def members(*, organization) -> list[Membership]:
     return list(
         Membership.objects.filter(organization=organization)

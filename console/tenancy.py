@@ -40,6 +40,8 @@ class Console:
     deployment: Deployment | None = None
     section: str = ""
     breadcrumbs: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
+    # A section's own tabs (key, label, url, current), e.g. Billing's.
+    tabs: list[tuple[str, str, str, bool]] = dataclasses.field(default_factory=list)
     _projects: list[Project] | None = None
     _organizations: list[Organization] | None = None
 
@@ -113,6 +115,16 @@ class Console:
         if self.can("org:write") or self.can("org:transfer"):
             entries.append(NavEntry("settings", "Settings", reverse("console:settings", args=[org])))
         return entries
+
+    @property
+    def overdue(self):
+        """Open invoices past due and the day billing stops the deployments: a banner on every page of the
+        organization (the amounts stay on the Billing pages)."""
+        if not hasattr(self, "_overdue"):
+            from billing.selectors import overdue_notice
+
+            self._overdue = overdue_notice(organization_id=self.organization.pk)
+        return self._overdue
 
     def crumb(self, label: str, url: str | None = None) -> Console:
         self.breadcrumbs.append((label, url))

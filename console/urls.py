@@ -1,7 +1,22 @@
 from django.urls import include, path
 
 from console import views
-from console.pages import api_keys, audit, deployments, members, organization, projects, tls, vpc_peering
+from console.pages import (
+    alerts,
+    api_keys,
+    audit,
+    billing,
+    billing_annual,
+    billing_invoices,
+    channels,
+    deployments,
+    members,
+    monitoring,
+    organization,
+    projects,
+    tls,
+    vpc_peering,
+)
 
 app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
@@ -40,16 +55,59 @@ urlpatterns = [
     path("console/o/<str:org_id>/audit.csv", audit.audit_csv, name="audit-csv"),
     path("console/o/<str:org_id>/settings", organization.settings_page, name="settings"),
     path("console/o/<str:org_id>/settings/transfer-ownership", organization.transfer, name="transfer"),
-    path("console/o/<str:org_id>/alerts", organization.alerts, name="alerts"),
-    path("console/o/<str:org_id>/billing", organization.billing, name="billing"),
+    path("console/o/<str:org_id>/alerts", alerts.alerts, name="alerts"),
+    path(
+        "console/o/<str:org_id>/alerts/<str:alert_id>/acknowledge",
+        alerts.alert_acknowledge,
+        name="alert-acknowledge",
+    ),
+    path("console/o/<str:org_id>/channels", channels.channels, name="channels"),
+    path("console/o/<str:org_id>/channels/<str:channel_id>", channels.channel, name="channel"),
+    path("console/o/<str:org_id>/channels/<str:channel_id>/test", channels.channel_test, name="channel-test"),
+    path("console/o/<str:org_id>/channels/<str:channel_id>/delete", channels.channel_delete, name="channel-delete"),
+    path(
+        "console/o/<str:org_id>/channels/<str:channel_id>/deliveries/<str:delivery_id>",
+        channels.delivery_status,
+        name="channel-delivery",
+    ),
+    path("console/o/<str:org_id>/billing", billing.overview, name="billing"),
+    path("console/o/<str:org_id>/billing/budget", billing.budget_create, name="billing-budget"),
+    path("console/o/<str:org_id>/billing/details", billing.details, name="billing-details"),
+    path("console/o/<str:org_id>/billing/details/vat-check", billing.vat_check, name="billing-vat-check"),
+    path("console/o/<str:org_id>/billing/details/vat", billing.vat_status, name="billing-vat-status"),
+    path("console/o/<str:org_id>/billing/card", billing.card_checkout, name="billing-card"),
+    path("console/o/<str:org_id>/billing/card/return", billing.card_return, name="billing-card-return"),
+    path("console/o/<str:org_id>/billing/credits", billing.credits, name="billing-credits"),
+    path("console/o/<str:org_id>/billing/invoices", billing_invoices.invoices, name="billing-invoices"),
+    path("console/o/<str:org_id>/billing/invoices/<str:inv_id>", billing_invoices.invoice_html, name="billing-invoice"),
+    path(
+        "console/o/<str:org_id>/billing/invoices/<str:inv_id>/pdf",
+        billing_invoices.invoice_pdf,
+        name="billing-invoice-pdf",
+    ),
+    path("console/o/<str:org_id>/billing/annual", billing_annual.subscriptions, name="billing-subscriptions"),
+    path(
+        "console/o/<str:org_id>/billing/annual/<str:sub_id>/auto-renew",
+        billing_annual.subscription_auto_renew,
+        name="billing-auto-renew",
+    ),
     # A project and its deployments.
     path(f"{PROJECT}", projects.project, name="project"),
     path(f"{PROJECT}/rows", projects.project_rows, name="project-rows"),
     path(f"{PROJECT}/settings", projects.project_settings, name="project-settings"),
     path(f"{PROJECT}/delete", projects.project_delete, name="project-delete"),
     path(f"{PROJECT}/deployments/new", deployments.create, name="deployment-create"),
+    path(f"{PROJECT}/alert-rules", alerts.alert_rules, name="alert-rules"),
+    path(f"{PROJECT}/alert-rules/new", alerts.alert_rule_create, name="alert-rule-create"),
+    path(f"{PROJECT}/alert-rules/<str:rule_id>", alerts.alert_rule_edit, name="alert-rule"),
+    path(f"{PROJECT}/alert-rules/<str:rule_id>/toggle", alerts.alert_rule_toggle, name="alert-rule-toggle"),
+    path(f"{PROJECT}/alert-rules/<str:rule_id>/delete", alerts.alert_rule_delete, name="alert-rule-delete"),
+    path(f"{PROJECT}/silences", alerts.silence_create, name="silence-create"),
+    path(f"{PROJECT}/silences/<str:silence_id>/expire", alerts.silence_expire, name="silence-expire"),
     path(f"{DEPLOYMENT}", deployments.detail, name="deployment"),
     path(f"{DEPLOYMENT}/live", deployments.live, name="deployment-live"),
+    path(f"{DEPLOYMENT}/monitoring", monitoring.monitoring, name="deployment-monitoring"),
+    path(f"{DEPLOYMENT}/monitoring/data", monitoring.monitoring_data, name="deployment-monitoring-data"),
     path(f"{DEPLOYMENT}/mqtt-users", deployments.mqtt_users, name="deployment-mqtt-users"),
     path(
         f"{DEPLOYMENT}/mqtt-users/<str:user_id>/password",
@@ -72,6 +130,8 @@ urlpatterns = [
     path(f"{DEPLOYMENT}/move", deployments.move, name="deployment-move"),
     path(f"{DEPLOYMENT}/delete", deployments.delete, name="deployment-delete"),
     path(f"{DEPLOYMENT}/history", deployments.history, name="deployment-history"),
+    path(f"{DEPLOYMENT}/annual", billing_annual.annual_quote_create, name="deployment-annual"),
+    path(f"{DEPLOYMENT}/annual/<str:quote_id>", billing_annual.annual_quote, name="deployment-annual-quote"),
     # TLS: console/pages/tls.py.
     path(f"{DEPLOYMENT}/tls", tls.certificates, name="deployment-tls"),
     path(f"{DEPLOYMENT}/tls/ca.pem", tls.ca_pem, name="deployment-tls-ca"),

@@ -267,6 +267,16 @@ EMQX_LICENSE_KEY = env.str("EMQX_LICENSE_KEY", default="")
 # How often beat has every local broker meant to be serving looked at (a flock and a few /proc reads each): a dead one
 # is recorded as a crash and restored within about this long, whatever the resync above says.
 BROKER_WATCH_SECONDS = env.int("BROKER_WATCH_SECONDS", default=5)
+# A process is not a serving broker: each is sent a CONNECT this often, and one that answers none for HUNG seconds
+# (a stopped one at once) is dead too.
+BROKER_ANSWER_CHECK_SECONDS = env.float("BROKER_ANSWER_CHECK_SECONDS", default=15.0)
+BROKER_HUNG_SECONDS = env.float("BROKER_HUNG_SECONDS", default=10.0)
+# A broker that crashed CRASHES times within WINDOW seconds is crash-looping: its restarts wait BACKOFF seconds,
+# doubling with each further crash up to MAX (docs/operations/local-brokers.md).
+BROKER_CRASH_LOOP_CRASHES = env.int("BROKER_CRASH_LOOP_CRASHES", default=3)
+BROKER_CRASH_LOOP_WINDOW_SECONDS = env.float("BROKER_CRASH_LOOP_WINDOW_SECONDS", default=600.0)
+BROKER_CRASH_BACKOFF_SECONDS = env.float("BROKER_CRASH_BACKOFF_SECONDS", default=10.0)
+BROKER_CRASH_BACKOFF_MAX_SECONDS = env.float("BROKER_CRASH_BACKOFF_MAX_SECONDS", default=300.0)
 
 # Alerts: webhook/Slack/PagerDuty destinations on private or loopback addresses are refused unless an operator
 # allows them (self-hosted receivers on an internal network; the tests' loopback receivers).
@@ -323,6 +333,7 @@ SPECTACULAR_SETTINGS = {
         "MaintenanceWindowStatusEnum": "deployments.models.MaintenanceWindow.Status",
         "TlsCertificateKindEnum": "deployments.models.TlsCertificate.Kind",
         "TlsCertificateSourceEnum": "deployments.models.TlsCertificate.Source",
+        "EdgeNodeKindEnum": "iot.edge_models.EdgeNode.Kind",
         "CodecSchemaTypeEnum": "iot.codec_models.Schema.Type",
         "TypeEnum": "notifications.models.NotificationChannel.Type",  # its name before codec schemas had a type too
     },

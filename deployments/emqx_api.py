@@ -73,11 +73,11 @@ class EmqxApi:
     def _get_json(self, path: str, **params) -> object:
         return self._request("GET", path, params=params or None).json()
 
-    def _paged(self, path: str) -> list[dict]:
+    def _paged(self, path: str, **params) -> list[dict]:
         items: list[dict] = []
         page = 1
         while True:
-            body = self._get_json(path, page=page, limit=_PAGE_LIMIT)
+            body = self._get_json(path, page=page, limit=_PAGE_LIMIT, **params)
             data = body.get("data", []) if isinstance(body, dict) else []
             items.extend(data)
             meta = body.get("meta", {}) if isinstance(body, dict) else {}
@@ -93,7 +93,9 @@ class EmqxApi:
         return self._paged(f"/authentication/{quote(AUTHENTICATOR_ID, safe='')}/users")
 
     def sync_users(self, creds: Iterable[MqttCredential]) -> None:
-        """Make the authenticator's users exactly `creds`: import them all (insert or overwrite), delete the rest."""
+        """Make the authenticator's users exactly `creds`: import them all (insert or overwrite), delete the rest
+        and disconnect their clients (EMQX checks a password at CONNECT only: a deleted user's connection would
+        serve on, and lose its rules to prune_acl)."""
         desired = {cred.username: cred for cred in creds}
         auth_path = f"/authentication/{quote(AUTHENTICATOR_ID, safe='')}"
         if desired:
@@ -112,47 +114,76 @@ class EmqxApi:
             user_id = user.get("user_id")
             if user_id not in desired:
                 self._request("DELETE", f"{auth_path}/users/{quote(user_id, safe='')}", expected=(204, 404))
+                self.kick_clients_of(user_id)
+
+    def kick_clients_of(self, username: str) -> None:
+        """Disconnect every client signed in as `username` (after the user is deleted: it cannot sign in again)."""
+        for client in self._paged("/clients", username=username):
+            client_id = client.get("clientid")
+            if isinstance(client_id, str) and client.get("username") == username:
+                self._request("DELETE", f"/clients/{quote(client_id, safe='')}", expected=(204, 404))
 
     # -- ACL ---------------------------------------------------------------------------------------------------
     def sync_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
-        """Make the built-in database rules the per-subject lists that decide as the ordered `entries` do.
+        """Make the built-in database rules exactly what `entries` and `users` compile to: push_acl, then
+        prune_acl."""
+        entries, users = list(entries), list(users)
+        self.push_acl(entries, users)
+        self.prune_acl(entries, users)
+
+    def push_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
+        """Store every rule list the ordered `entries` need (new or changed subjects, and the rules for all), and
+        remove none: rules go in before the users they are for (EMQX's no_match lets a user without rules do
+        anything), and come out only after them (prune_acl).
 
         EMQX checks a client's client-id rules, then its username's rules, then the rules for all
         (emqx_authz_mnesia:authorize/4); deployments.emqx_acl compiles our one ordered list into those three,
-        or refuses an order EMQX cannot express. A confined user among `users` gets its own username list (its
-        topics, then deny everything), which EMQX checks before the rules for all, so those never reach it.
+        or refuses an order EMQX cannot express (before anything is sent). A confined user among `users` gets its
+        own username list (its topics, then deny everything), which EMQX checks before the rules for all, so those
+        never reach it.
         """
-        try:
-            compiled = emqx_acl.compile_acl(list(entries))
-        except emqx_acl.AclNotExpressible as exc:
-            raise PermanentDriverError(str(exc)) from exc
-
-        def wire(rules: list[AclEntry]) -> list[dict]:
-            return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
-
-        by_user = {who: wire(rules) for who, rules in compiled.by_username.items()}
-        for user in users:
-            if user.confined_to is not None:
-                by_user[user.username] = [
-                    *({"topic": topic, "permission": "allow", "action": "all"} for topic in user.confined_to),
-                    {"topic": "#", "permission": "deny", "action": "all"},
-                ]
-        by_client = {who: wire(rules) for who, rules in compiled.by_client_id.items()}
-        for_all = wire(compiled.for_all)
-
-        for kind, key, desired in (("users", "username", by_user), ("clients", "clientid", by_client)):
+        by_kind, for_all = _wire_acl(entries, users)
+        changed = False
+        for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
                 who = current.get(key)
-                if who not in desired:
-                    self._request("DELETE", f"{_RULES}/{kind}/{quote(who, safe='')}", expected=(204, 404))
-                elif _comparable(current.get("rules")) == desired[who]:
+                if who in desired and _comparable(current.get("rules")) == desired[who]:
                     del desired[who]
             for who, rules in desired.items():
                 # PUT stores the rule list for that subject, replacing whatever was there.
                 self._request("PUT", f"{_RULES}/{kind}/{quote(who, safe='')}", json={key: who, "rules": rules})
+                changed = True
         current_all = self._get_json(f"{_RULES}/all")
         if not isinstance(current_all, dict) or _comparable(current_all.get("rules")) != for_all:
             self._request("POST", f"{_RULES}/all", json={"rules": for_all})
+            changed = True
+        if changed:
+            self.clean_authz_cache()
+
+    def prune_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
+        """Delete the rule lists of the subjects `entries` and `users` have no rules for any more. Given the users,
+        a username's list that goes because its user went goes only after that user's clients are disconnected
+        (sync_users does it as it deletes the user; this catches a deletion whose disconnect failed)."""
+        users = list(users)
+        by_kind, _for_all = _wire_acl(entries, users)
+        remaining = {user.username for user in users}
+        changed = False
+        for kind, key, desired in by_kind:
+            for current in self._paged(f"{_RULES}/{kind}"):
+                who = current.get(key)
+                if who not in desired:
+                    if kind == "users" and remaining and who not in remaining:
+                        self.kick_clients_of(who)
+                    self._request("DELETE", f"{_RULES}/{kind}/{quote(who, safe='')}", expected=(204, 404))
+                    changed = True
+        if changed:
+            self.clean_authz_cache()
+
+    def clean_authz_cache(self) -> None:
+        """Drop every node's cached authorization decisions. EMQX caches each connected client's decisions
+        (authorization.cache, on by default, for a minute): without this a changed rule would reach connected
+        clients only as their entries expire, and a tightened one would go on allowing meanwhile."""
+        self._request("DELETE", "/authorization/cache", expected=(204,))
 
     def acl_rules(self) -> dict[str, object]:
         return {
@@ -170,6 +201,33 @@ class EmqxApi:
 
     def metrics(self) -> dict | list:
         return self._get_json("/metrics", aggregate="true")
+
+
+def _wire_acl(
+    entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()
+) -> tuple[list[tuple[str, str, dict[str, list[dict]]]], list[dict]]:
+    """([(path kind, subject key, subject -> rules)] for users and clients, the rules for all), as EMQX stores them,
+    a confined user's list replacing its rules; PermanentDriverError if EMQX cannot express the order of `entries`."""
+    try:
+        compiled = emqx_acl.compile_acl(list(entries))
+    except emqx_acl.AclNotExpressible as exc:
+        raise PermanentDriverError(str(exc)) from exc
+
+    def wire(rules: list[AclEntry]) -> list[dict]:
+        return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
+
+    by_user = {who: wire(rules) for who, rules in compiled.by_username.items()}
+    for user in users:
+        if user.confined_to is not None:
+            by_user[user.username] = [
+                *({"topic": topic, "permission": "allow", "action": "all"} for topic in user.confined_to),
+                {"topic": "#", "permission": "deny", "action": "all"},
+            ]
+    by_kind = [
+        ("users", "username", by_user),
+        ("clients", "clientid", {who: wire(rules) for who, rules in compiled.by_client_id.items()}),
+    ]
+    return by_kind, wire(compiled.for_all)
 
 
 def _comparable(rules: object) -> list[dict]:

@@ -64,14 +64,15 @@ CRASHABLE = (Status.RUNNING, Status.UPDATING)
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    state: str  # converged | progressing | retry | failed | busy | gone
+    state: str  # converged | progressing | retry | held | failed | busy | gone
     retry: bool = False
     message: str = ""
+    retry_after: float | None = None  # seconds until the next attempt is due, when it is not the task's backoff
 
 
 # -- drivers ----------------------------------------------------------------------------------------------------------
 
-_local_drivers: dict[str, object] = {}
+_local_drivers: dict[tuple, object] = {}
 
 
 def driver_for(region: Region):
@@ -79,10 +80,14 @@ def driver_for(region: Region):
     if region.driver == Region.Driver.LOCAL:
         from deployments.drivers.local import LocalDriver
 
-        root = str(settings.LOCAL_BROKERS_DIR)
-        if root not in _local_drivers:
-            _local_drivers[root] = LocalDriver(root=settings.LOCAL_BROKERS_DIR)
-        return _local_drivers[root]
+        options = {
+            "answer_check_seconds": float(settings.BROKER_ANSWER_CHECK_SECONDS),
+            "hung_seconds": float(settings.BROKER_HUNG_SECONDS),
+        }
+        key = (str(settings.LOCAL_BROKERS_DIR), *options.values())
+        if key not in _local_drivers:
+            _local_drivers[key] = LocalDriver(root=settings.LOCAL_BROKERS_DIR, **options)
+        return _local_drivers[key]
     from deployments.drivers.kubernetes import KubernetesDriver
 
     return KubernetesDriver()
@@ -148,11 +153,17 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
         acl=acl,
         rate_limits=limits,
         restart_nonce=deployment.restart_nonce,
+        previous_ports=_previous_ports(deployment) if local else (),
         api_key=API_KEY_NAME,
         api_secret=api_secret,
         tls=tls,
         **_emqx_spec(deployment, local),
     )
+
+
+def _previous_ports(deployment: Deployment) -> tuple[tuple[str, int], ...]:
+    ports = (deployment.endpoints or {}).get("ports") or {}
+    return tuple(sorted((str(k), v) for k, v in ports.items() if type(v) is int))
 
 
 def _emqx_spec(deployment: Deployment, local: bool) -> dict:
@@ -215,6 +226,9 @@ def _reconcile(deployment_id: int) -> Outcome:
         return _record(
             deployment_id, generation=generation, desired=desired, spec=None, tier_id=deployment.tier_id, error=error
         )
+    held = _restart_held(deployment)
+    if held is not None:
+        return held
     if not deployment.is_converged:
         _mark_in_progress(deployment_id)
     driver = driver_for(deployment.region)
@@ -222,7 +236,12 @@ def _reconcile(deployment_id: int) -> Outcome:
         observed = driver.delete(spec) if desired == DesiredState.DELETED else driver.apply(spec)
     except DriverError as exc:
         if isinstance(exc, ConfigRejectedError) and exc.observed.crashed and deployment.status in CRASHABLE:
-            _record_crash(deployment_id, message=exc.observed.crashed, last_seen_alive=exc.observed.last_seen_alive)
+            _record_crash(
+                deployment_id,
+                message=exc.observed.crashed,
+                last_seen_alive=exc.observed.last_seen_alive,
+                restarted=True,
+            )
         return _record(
             deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, error=exc
         )
@@ -239,7 +258,7 @@ def _reconcile(deployment_id: int) -> Outcome:
     if observed.crashed and deployment.status in CRASHABLE:
         # This reconcile found the broker dead before the watcher did (and has already started it again): the crash
         # is recorded first, in its own transaction, so the status walks running -> degraded -> running.
-        _record_crash(deployment_id, message=observed.crashed, last_seen_alive=observed.last_seen_alive)
+        _record_crash(deployment_id, message=observed.crashed, last_seen_alive=observed.last_seen_alive, restarted=True)
     outcome = _record(
         deployment_id, generation=generation, desired=desired, spec=spec, tier_id=deployment.tier_id, observed=observed
     )
@@ -253,6 +272,25 @@ def _reconcile(deployment_id: int) -> Outcome:
         # come back at once, and the next run reissues the certificate before it applies.
         return dataclasses.replace(outcome, retry=True)
     return outcome
+
+
+def _restart_held(deployment: Deployment) -> Outcome | None:
+    """A crash-looping broker's restart waits out its back-off (see _crash_loop), unless something new was asked
+    of the deployment since (a change, a restart, a stop or a delete is carried out at once)."""
+    if (
+        deployment.status != Status.DEGRADED
+        or deployment.desired_state != DesiredState.RUNNING
+        or deployment.observed_generation < deployment.generation
+        or deployment.observed_restart_nonce < deployment.restart_nonce
+    ):
+        return None
+    loop = _crash_loop(deployment, timezone.now())
+    if loop is None or loop.wait <= 0:
+        return None
+    # The sweep re-drives a degraded deployment every RECONCILE_SWEEP_SECONDS: only a wait that ends before its next
+    # pass needs a task of its own (one per sweep pass would pile up, all due at once, over a long wait).
+    retry = loop.wait <= float(settings.RECONCILE_SWEEP_SECONDS)
+    return Outcome("held", retry=retry, message=loop.describe(), retry_after=loop.wait)
 
 
 def _in_progress_status(deployment: Deployment) -> str:
@@ -460,12 +498,55 @@ def _sync_interval(deployment: Deployment, status: str, *, tier_id: int | None, 
 # -- crashes ------------------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class CrashLoop:
+    """A broker that crashed `crashes` times within BROKER_CRASH_LOOP_WINDOW_SECONDS (at least
+    BROKER_CRASH_LOOP_CRASHES): its next restart is due `backoff` seconds after its last crash, `wait` from now."""
+
+    crashes: int
+    backoff: float
+    restart_at: datetime.datetime
+    wait: float
+
+    def describe(self) -> str:
+        return (
+            f"crashed {self.crashes} times in {settings.BROKER_CRASH_LOOP_WINDOW_SECONDS:g} s: the next restart "
+            f"waits {self.backoff:g} s, until {self.restart_at.isoformat(timespec='seconds')}"
+        )
+
+
+def _crash_loop(deployment: Deployment, now: datetime.datetime) -> CrashLoop | None:
+    """The deployment's crash loop, from its `broker.crashed` events, or None if it is not in one. The back-off
+    starts at BROKER_CRASH_BACKOFF_SECONDS with the BROKER_CRASH_LOOP_CRASHES-th crash of the window and doubles
+    with each crash after it, up to BROKER_CRASH_BACKOFF_MAX_SECONDS; a broker that serves for a whole window
+    leaves the loop (the Kubernetes CrashLoopBackOff, counted over a window)."""
+    threshold = int(settings.BROKER_CRASH_LOOP_CRASHES)
+    since = now - datetime.timedelta(seconds=float(settings.BROKER_CRASH_LOOP_WINDOW_SECONDS))
+    crashes = list(
+        DeploymentEvent.objects.filter(deployment=deployment, kind="broker.crashed", created_at__gte=since)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[:1000]
+    )
+    if threshold < 1 or len(crashes) < threshold:
+        return None
+    backoff = min(
+        float(settings.BROKER_CRASH_BACKOFF_SECONDS) * 2 ** min(len(crashes) - threshold, 30),
+        float(settings.BROKER_CRASH_BACKOFF_MAX_SECONDS),
+    )
+    restart_at = crashes[0] + datetime.timedelta(seconds=backoff)
+    return CrashLoop(
+        crashes=len(crashes), backoff=backoff, restart_at=restart_at, wait=(restart_at - now).total_seconds()
+    )
+
+
 @transaction.atomic
-def _record_crash(deployment_id: int, *, message: str, last_seen_alive: float | None) -> bool:
+def _record_crash(deployment_id: int, *, message: str, last_seen_alive: float | None, restarted: bool = False) -> bool:
     """A broker meant to be serving was found dead: the deployment turns degraded (condition BrokerAvailable False,
     reason BrokerCrashed, the exit in the message), the crash is an event, and the running interval ends when the
     broker was last seen alive (never later than now, never before the interval began): the seconds it was down are
-    not billed. False if the row no longer says it was serving (already recorded, stopped, deleted)."""
+    not billed. A crash that makes a crash loop says so instead (reason CrashLoop, an event `broker.crash_loop`
+    naming when the restart is due), unless the broker was `restarted` already (found dead by a reconcile).
+    False if the row no longer says it was serving (already recorded, stopped, deleted)."""
     deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
     if deployment is None or deployment.status not in CRASHABLE or deployment.desired_state != DesiredState.RUNNING:
         return False
@@ -483,13 +564,18 @@ def _record_crash(deployment_id: int, *, message: str, last_seen_alive: float | 
         f"{message}; last seen alive at {down_since.isoformat(timespec='milliseconds')}, "
         f"noticed at {now.isoformat(timespec='milliseconds')}",
     )
+    reason = "BrokerCrashed"
+    loop = None if restarted else _crash_loop(deployment, now)
+    if loop is not None:
+        reason, message = "CrashLoop", f"{message}; {loop.describe()}"
+        _event(deployment, "broker.crash_loop", message)
     _event(deployment, "status.changed", f"{old_status} → {Status.DEGRADED}: {message}")
     deployment.status = Status.DEGRADED
     deployment.last_error = message
     deployment.last_reconciled_at = now
     deployment.conditions = [
-        _condition("Ready", False, "BrokerCrashed", message, deployment.observed_generation, now),
-        _condition("BrokerAvailable", False, "BrokerCrashed", message, deployment.observed_generation, now),
+        _condition("Ready", False, reason, message, deployment.observed_generation, now),
+        _condition("BrokerAvailable", False, reason, message, deployment.observed_generation, now),
     ]
     deployment.save(update_fields=["status", "last_error", "last_reconciled_at", "conditions", "updated_at"])
     _sync_interval(deployment, Status.DEGRADED, tier_id=None, now=down_since)
@@ -510,14 +596,15 @@ def _down_seconds(deployment: Deployment, now: datetime.datetime) -> float | Non
 def watch_local_brokers() -> dict[str, int]:
     """Look at every local broker meant to be serving and record each dead one as a crash at once, then enqueue its
     reconcile (which starts it again). Run by beat every BROKER_WATCH_SECONDS from any worker of this machine;
-    per live broker it costs a non-blocking flock and a few reads of /proc, with no database write.
+    per live broker it costs a non-blocking flock and a few reads of /proc, and a CONNECT every
+    BROKER_ANSWER_CHECK_SECONDS (a stopped or hung broker is dead too), with no database write.
 
     A dead broker is confirmed again under the deployment's reconcile lock: a reconcile holding it will find the
     crash itself (its apply reports it), so a busy deployment is left to it."""
     from deployments.drivers.local import LocalDriver
     from deployments.services import enqueue_reconcile
 
-    counts = {"alive": 0, "dead": 0, "busy": 0, "idle": 0, "recorded": 0}
+    counts = {"alive": 0, "dead": 0, "busy": 0, "idle": 0, "missing": 0, "recorded": 0}
     rows = list(
         Deployment.objects.filter(
             region__driver=Region.Driver.LOCAL, desired_state=DesiredState.RUNNING, status__in=CRASHABLE
@@ -534,16 +621,22 @@ def watch_local_brokers() -> dict[str, int]:
             logger.warning("cannot probe broker %s: %s", public_id, exc)
             continue
         counts[liveness.state] += 1
-        if liveness.state != "dead":
+        # Every row here says its broker serves, and only an apply holding its lock can change that on this machine:
+        # one with nothing of it left here (a reboot onto an empty LOCAL_BROKERS_DIR, a clean-up) died with its
+        # files, and one whose files say it was stopped (idle) is not serving either.
+        if liveness.state in ("alive", "busy"):
             continue
         with deployment_lock(pk) as acquired:
             if not acquired:
                 continue
             again = driver.probe(public_id)
-            if again.state == "dead" and _record_crash(
-                pk, message=again.message or liveness.message, last_seen_alive=again.last_seen_alive
-            ):
+            if again.state in ("alive", "busy"):
+                continue
+            message = again.message or liveness.message
+            if again.state == "idle":
+                message = "its files on this machine say the broker was stopped, yet the deployment should be serving"
+            if _record_crash(pk, message=message, last_seen_alive=again.last_seen_alive):
                 counts["recorded"] += 1
-                logger.warning("broker of %s crashed: %s", public_id, again.message, extra={"deployment": public_id})
+                logger.warning("broker of %s crashed: %s", public_id, message, extra={"deployment": public_id})
         enqueue_reconcile(pk)
     return counts

@@ -49,7 +49,8 @@ def reconcile(deployment_id: int, attempt: int = 0) -> str:
         if attempt < BUSY_RETRIES:
             reconcile.apply_async((deployment_id, attempt + 1), countdown=1.0)
     elif outcome.retry:
-        reconcile.apply_async((deployment_id, attempt + 1), countdown=backoff(attempt))
+        countdown = outcome.retry_after if outcome.retry_after is not None else backoff(attempt)
+        reconcile.apply_async((deployment_id, attempt + 1), countdown=countdown)
     return outcome.state
 
 

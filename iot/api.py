@@ -25,8 +25,8 @@ from controlplane.api.views import ScopedViewSet
 from controlplane.errors import ValidationFailed
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
-from iot import selectors, services
-from iot.models import Device, DeviceGroup, ShadowChange
+from iot import selectors, services, shadow
+from iot.models import Device, DeviceGroup, Shadow, ShadowChange
 
 DEVICES_TAG = ["devices (Premium)"]
 SHADOW_TAG = ["device shadows (Premium)"]
@@ -275,8 +275,16 @@ class ShadowUpdateSerializer(serializers.Serializer):
     """For the schema only: the body is checked by iot.shadow exactly as a device's update is."""
 
     state = serializers.DictField(help_text='{"desired": {…}}; null removes a field, `"desired": null` all of them.')
-    version = serializers.IntegerField(required=False, help_text="Refused with 409 unless the shadow is at it.")
+    version = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=shadow.MAX_VERSION,
+        help_text="Refused with 409 unless the shadow is at it.",
+    )
     clientToken = serializers.CharField(required=False, max_length=64)  # noqa: N815
+
+    class Meta:
+        model = Shadow  # where `version` is stored: its bounds are that bigint column's (tests/test_input_bounds.py)
 
 
 @extend_schema_serializer(

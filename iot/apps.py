@@ -8,9 +8,10 @@ class IotConfig(AppConfig):
     def ready(self):
         from controlplane.metrics import register_gauge_source
         from deployments.extensions import register_spec_contributor
-        from iot import broker, selectors
+        from iot import broker, edge_selectors, selectors
 
         register_spec_contributor("iot", broker.spec_users)
+        register_spec_contributor("iot-edge", edge_selectors.spec_users)
         from alerts.collection import register_sample_source
         from iot import codecs
 

@@ -16,6 +16,7 @@ from typing import Any
 MAX_DOCUMENT_BYTES = 8 * 1024
 MAX_DEPTH = 6
 MAX_CLIENT_TOKEN = 64
+MAX_VERSION = 2**63 - 1  # the version column is a PostgreSQL bigint
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 SECTIONS = ("desired", "reported")
 _MISSING = object()
@@ -136,8 +137,8 @@ def parse_update(body: Any, *, sections: tuple[str, ...] = SECTIONS, size: int |
     if (size if size is not None else len(compact(body))) > MAX_DOCUMENT_BYTES:
         raise ShadowRejected(413, f"The request is larger than {MAX_DOCUMENT_BYTES} bytes")
     version = body.get("version")
-    if version is not None and (type(version) is not int or version < 0):
-        raise ShadowRejected(400, "version must be a non-negative integer", field="version")
+    if version is not None and (type(version) is not int or not 0 <= version <= MAX_VERSION):
+        raise ShadowRejected(400, f"version must be an integer from 0 to {MAX_VERSION}", field="version")
     if "state" not in body:
         raise ShadowRejected(400, "Missing required node: state", field="state")
     state = body["state"]

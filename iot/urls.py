@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from iot import api
+from iot import api, edge_urls
 
 ONE = "organizations/<str:org>/projects/<str:project>/deployments/<str:dep>"
 DEVICE = ONE + "/devices/<str:device>"
@@ -37,6 +37,7 @@ urlpatterns = [
         name="device-group-detail",
     ),
 ]
+urlpatterns += edge_urls.urlpatterns
 
 # Codecs (Premium): schemas, try-it calls, codec rules (iot.codec_api).
 from iot import codec_api  # noqa: E402

@@ -133,7 +133,13 @@ def _deployment(org, values, route):
 
     project = Project.objects.get(public_id=values.get("project", org.default_project.public_id))
     plan = "dedicated"
-    if "/devices" in route or "/device-" in route or "/schemas" in route or "/codec-rules" in route:
+    if (
+        "/devices" in route
+        or "/device-" in route
+        or "/edge-nodes" in route
+        or "/schemas" in route
+        or "/codec-rules" in route
+    ):
         # Devices and shadows are Premium's: the organization is granted trials, as staff would. An organization has
         # at most two, so the device routes share one Premium deployment (their own objects are made fresh).
         existing = project.deployments.filter(plan__code="premium").exclude(desired_state="deleted").first()
@@ -293,6 +299,16 @@ def _device_group(org, values, route):
     return services.device_group_create(deployment=_deployment_row(values), actor=None, name=f"grp_walk{_stamp()}").name
 
 
+def _edge_node(org, values, route):
+    from iot import edge_services
+
+    # An underscore, as public ids have: the tenancy walk makes a "missing" id from the part before it.
+    node, _credentials, _operation = edge_services.edge_node_create(
+        deployment=_deployment_row(values), actor=None, name=f"gw_walk{_stamp()}", kind="mosquitto"
+    )
+    return node.name
+
+
 _JSON_SCHEMA = '{"type": "object", "properties": {"t": {"type": "number"}}}'
 
 
@@ -384,6 +400,7 @@ SAMPLE_MAKERS = {
     "channel": _channel,
     "device": _device,
     "group": _device_group,
+    "node": _edge_node,
     "peering": _peering,
     "schema": _schema,
     "version": lambda org, values, route: "1",

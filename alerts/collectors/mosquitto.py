@@ -54,8 +54,10 @@ T_PUB_DROPPED = "$SYS/broker/publish/messages/dropped"
 T_BYTES_RECEIVED = "$SYS/broker/bytes/received"
 T_BYTES_SENT = "$SYS/broker/bytes/sent"
 
-AUTH_FAILURE_LINE = re.compile(rb"Client \S+ disconnected, not authorised\.")
-ACL_DENIED_LINE = re.compile(rb"Denied PUBLISH from ")
+# Whole lines of the broker's own ("<unix seconds>: <message>"): a client id may hold spaces and these very words
+# (mosquitto refuses only control characters in it), so a match anywhere else in a line proves nothing.
+AUTH_FAILURE_LINE = re.compile(rb"\d+: Client \S+ disconnected, not authorised\.\n")
+ACL_DENIED_LINE = re.compile(rb"\d+: Denied PUBLISH from ")
 
 # After the first fresh $SYS message, the rest of the batch follows within milliseconds over one socket.
 _BATCH_QUIET_SECONDS = 0.2
@@ -133,13 +135,44 @@ def _read_log(*, path: str, offset: int, monitor_client_id: str) -> tuple[int, i
                 # A line mosquitto is still writing: read it whole next time.
                 break
             offset += len(line)
-            if AUTH_FAILURE_LINE.search(line):
+            if AUTH_FAILURE_LINE.fullmatch(line):
                 auth += 1
-            elif ACL_DENIED_LINE.search(line):
+            elif ACL_DENIED_LINE.match(line):
                 acl += 1
-            elif own_connack in line:
+            elif own_connack in line:  # a random client id of our own: nobody else can write it
                 debug_seen = True
     return offset, auth, acl, debug_seen
+
+
+# Two fresh readings of one broker put its start (now - uptime, whole seconds, read within the batch's quiet time)
+# within this of each other.
+_SAME_START_SECONDS = 3.0
+# What our own share of bytes/sent may be off by (a packet or two; publish/messages/sent: a message or two) before a
+# reading below the last is a restart.
+_OWN_BYTES_JITTER = 4096
+
+
+def _restarted(previous: dict, *, uptime: float | None, fresh: bool, now: float) -> bool:
+    """Whether the broker read now is not the one `previous` was read from, as far as its uptime says: it went
+    down, or (both readings fresh) the start it implies moved."""
+    if uptime is None or previous.get("uptime") is None:
+        return False
+    if uptime < previous["uptime"]:
+        return True
+    if fresh and previous.get("fresh") and "ts" in previous:
+        return abs((now - uptime) - (previous["ts"] - previous["uptime"])) > _SAME_START_SECONDS
+    return False
+
+
+def _counted_backwards(counters: dict[str, float | None], previous: dict) -> bool:
+    for key, value in counters.items():
+        before = previous.get(key)
+        if value is None or before is None:
+            continue
+        slack = {"bytes_sent": _OWN_BYTES_JITTER, "pub_sent": 2}.get(key, 0)
+        if value < before - slack:
+            return True
+    return False
 
 
 def collect_mosquitto(
@@ -213,32 +246,44 @@ def collect_mosquitto(
         errors.append("no $SYS values received: does the monitoring user have read access to $SYS/#?")
 
     uptime = _number(sys_values.get(T_UPTIME))
-    restarted = uptime is not None and previous.get("uptime") is not None and uptime < previous["uptime"]
+    restarted = _restarted(previous, uptime=uptime, fresh=fresh, now=now)
+
+    def counters_since(restarted: bool) -> dict[str, float | None]:
+        prev_counters = {} if restarted else previous.get("counters", {})
+        prev_own = (0, 0) if restarted else (previous.get("own_messages_total", 0), previous.get("own_bytes_total", 0))
+
+        def counter(topic: str, key: str, own_index: int | None = None) -> float | None:
+            raw = _number(sys_values.get(topic))
+            if raw is None:
+                # mosquitto republishes a counter only when it changes and its retained copy is not always kept:
+                # an absent counter has not moved since we last saw it.
+                return prev_counters.get(key)
+            if own_index is None:
+                return raw
+            return raw - prev_own[own_index] - listener.own_before.get(topic, (0, 0))[own_index]
+
+        return {
+            "pub_received": counter(T_PUB_RECEIVED, "pub_received"),
+            "pub_sent": counter(T_PUB_SENT, "pub_sent", 0),
+            "pub_dropped": counter(T_PUB_DROPPED, "pub_dropped"),
+            "bytes_received": counter(T_BYTES_RECEIVED, "bytes_received"),
+            "bytes_sent": counter(T_BYTES_SENT, "bytes_sent", 1),
+        }
+
+    counters = counters_since(restarted)
+    if not restarted and _counted_backwards(counters, previous.get("counters", {})):
+        # A broker's counters only grow, and it has sent us at least what we received from it: a reading below
+        # the last one is another broker's (a restart the uptime hid: read soon after each start, both read the
+        # same few seconds).
+        restarted = True
+        counters = counters_since(True)
+    # bytes/sent is counted when written to the socket, so our own share can be off by a packet or two: a broker
+    # that sent nobody else anything may read a little below zero. Counters are never negative.
+    counters = {k: None if v is None else max(v, 0.0) for k, v in counters.items()}
     prev_counters = {} if restarted else previous.get("counters", {})
     prev_own_messages = 0 if restarted else previous.get("own_messages_total", 0)
     prev_own_bytes = 0 if restarted else previous.get("own_bytes_total", 0)
     elapsed = None if restarted or "ts" not in previous else now - previous["ts"]
-
-    def counter(topic: str, key: str, own_index: int | None = None) -> float | None:
-        raw = _number(sys_values.get(topic))
-        if raw is None:
-            # mosquitto republishes a counter only when it changes and its retained copy is not always kept:
-            # an absent counter has not moved since we last saw it.
-            return prev_counters.get(key)
-        if own_index is None:
-            return raw
-        own_total = prev_own_messages if own_index == 0 else prev_own_bytes
-        return raw - own_total - listener.own_before.get(topic, (0, 0))[own_index]
-
-    bytes_received = counter(T_BYTES_RECEIVED, "bytes_received")
-    bytes_sent = counter(T_BYTES_SENT, "bytes_sent", 1)
-    counters = {
-        "pub_received": counter(T_PUB_RECEIVED, "pub_received"),
-        "pub_sent": counter(T_PUB_SENT, "pub_sent", 0),
-        "pub_dropped": counter(T_PUB_DROPPED, "pub_dropped"),
-        "bytes_received": bytes_received,
-        "bytes_sent": bytes_sent,
-    }
     for metric, key in (
         (m.MESSAGES_RECEIVED_RATE, "pub_received"),
         (m.MESSAGES_SENT_RATE, "pub_sent"),

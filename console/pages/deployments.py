@@ -243,6 +243,10 @@ def _overview_context(console, request):
         "connection": _connection(deployment, chosen),
         "maintenance": deployment_selectors.next_maintenance(deployment),
         "annual_until": selectors.annual_term_end(deployment),
+        # The quote itself refuses what cannot switch (not running, Serverless…); the button shows where it can.
+        "can_annual": console.can_in_project("deployment:annual")
+        and deployment.status == "running"
+        and deployment.desired_state == "running",
         "price": PriceBook().hourly(
             plan_id=deployment.plan_id, tier_id=deployment.tier_id, state=deployment.desired_state
         ),

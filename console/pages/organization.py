@@ -1,10 +1,9 @@
-"""The organization's settings (its name, transferring ownership) and the sections that arrive with part 2 of the
-console (alerts and billing), shown to the roles that will use them."""
+"""The organization's settings: its name, and transferring its ownership."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from console import errors, selectors, tenancy
 from console.forms import OrganizationRenameForm, TransferOwnershipForm
@@ -73,23 +72,3 @@ def transfer(request, org_id):
         return redirect("console:settings", org_id=org_id)
     messages.success(request, f"{target.user.email} is now an Owner; you are an Administrator.")
     return redirect("console:members", org_id=org_id)
-
-
-@login_required
-@require_GET
-def alerts(request, org_id):
-    console = tenancy.for_organization(request, org_id, section="alerts")
-    home = console.home_project
-    if not (console.can("alert:read") or (home is not None and console.can_in_project("alert:read", home))):
-        console.require("alert:read")
-    console.crumb("Alerts")
-    return render(request, "console/organization/part2.html", {"console": console, "what": "Alerts"})
-
-
-@login_required
-@require_GET
-def billing(request, org_id):
-    console = tenancy.for_organization(request, org_id, section="billing")
-    console.require("billing:read")
-    console.crumb("Billing")
-    return render(request, "console/organization/part2.html", {"console": console, "what": "Billing"})

@@ -40,9 +40,26 @@ def status_badge(status, label=None):
         "accepted": "ok",
         "revoked": "neutral",
         "expired": "neutral",
+        "ended": "neutral",
+        "scheduled": "busy",
         "firing": "bad",
+        "resolved": "ok",
+        "enabled": "ok",
+        "disabled": "neutral",
+        "paid": "ok",
+        "open": "busy",
+        "overdue": "bad",
+        "void": "neutral",
+        "draft": "neutral",
+        "uncollectible": "bad",
     }.get(str(status), "busy")
     return format_html('<span class="badge badge-{}">{}</span>', tone, label or str(status).replace("_", " "))
+
+
+@register.simple_tag
+def severity_badge(severity):
+    tone = {"critical": "bad", "warning": "busy", "info": "neutral"}.get(str(severity), "neutral")
+    return format_html('<span class="badge badge-{}">{}</span>', tone, str(severity))
 
 
 @register.filter
@@ -71,3 +88,55 @@ def security_settings_url():
     from console.tenancy import security_settings_url as url
 
     return url()
+
+
+def _number(value: float) -> str:
+    if value == int(value):
+        return f"{int(value):,}"
+    if abs(value) < 10:
+        return f"{value:,.2f}"
+    if abs(value) < 100:
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+@register.filter
+def metric_value(value, unit=""):
+    """A metric as the monitoring tab writes it: '3', '0.25 messages/s', '1.2 kB/s'; '—' for no sample."""
+    if value is None:
+        return "—"
+    value = float(value)
+    if unit == "bytes/s":
+        for scale, name in ((1e9, "GB/s"), (1e6, "MB/s"), (1e3, "kB/s")):
+            if abs(value) >= scale:
+                return f"{value / scale:,.1f} {name}"
+        return f"{value:,.0f} B/s"
+    text = _number(value)
+    return f"{text} {unit}" if unit.endswith("/s") else text
+
+
+@register.filter
+def metric_cell(value, unit=""):
+    """A metric in a table whose caption names the unit: the bare number, bytes scaled with their unit."""
+    if unit == "bytes/s" or value is None:
+        return metric_value(value, unit)
+    return _number(float(value))
+
+
+@register.simple_tag
+def silence_active(silence) -> bool:
+    from django.utils import timezone
+
+    return silence.starts_at <= timezone.now() < silence.ends_at
+
+
+@register.simple_tag
+def silence_state(silence):
+    from django.utils import timezone
+
+    now = timezone.now()
+    if silence.ends_at <= now:
+        return status_badge("ended", "ended")
+    if silence.starts_at > now:
+        return status_badge("scheduled", "scheduled")
+    return status_badge("active", "active")

@@ -125,6 +125,9 @@ class BrokerSpec:
     # Bumped by a maintenance request: a driver that sees a higher value than it last applied restarts the brokers
     # one at a time, keeping persistent sessions and their queued messages.
     restart_nonce: int = 0
+    # Local only: (protocol, port) the deployment was last reachable on, taken again when its broker's directory (and
+    # the port allocation in it) was lost, so clients find it where they did.
+    previous_ports: tuple[tuple[str, int], ...] = ()
     # Kubernetes only: the bootstrap API key the control plane uses for EMQX's management API.
     api_key: str = ""
     api_secret: str = ""
@@ -158,10 +161,11 @@ class Observed:
 class Liveness:
     """A cheap look at a broker that is meant to be running, taken without changing anything.
 
-    `state`: alive; dead (meant to run, no process: `message` says what is known of the exit); busy (the driver is
-    acting on it right now, look again later); idle (not meant to be running, or never applied)."""
+    `state`: alive; dead (meant to run, and no process, or one that serves nothing: `message` says what is known);
+    busy (the driver is acting on it right now, look again later); idle (not meant to be running); missing (nothing
+    of it on this machine: never applied here, or its files were removed: dead if it should be serving)."""
 
-    state: Literal["alive", "dead", "busy", "idle"]
+    state: Literal["alive", "dead", "busy", "idle", "missing"]
     pid: int | None = None
     message: str = ""
     last_seen_alive: float | None = None  # unix seconds: the last time a look found it alive

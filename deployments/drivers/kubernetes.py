@@ -357,8 +357,11 @@ class KubernetesDriver:
             emqx_api = self._emqx_api_factory(
                 base_url=details["management_url"], api_key=spec.api_key, api_secret=spec.api_secret
             )
+            # A user never reaches EMQX before its rules, nor outlives them: authorization's no_match is allow, so
+            # a user whose rules deny it everything would otherwise be free to do anything in between.
+            emqx_api.push_acl(spec.acl, spec.users)
             emqx_api.sync_users(spec.users)
-            emqx_api.sync_acl(spec.acl, spec.users)
+            emqx_api.prune_acl(spec.acl, spec.users)
         if not host:
             return Observed(
                 phase="starting",

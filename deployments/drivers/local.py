@@ -118,6 +118,16 @@ class _Paths:
         return self.dir / "alive"
 
     @property
+    def answered(self) -> pathlib.Path:
+        """Touched whenever the broker answered a CONNECT: /proc says a process runs, not that it serves."""
+        return self.dir / "answered"
+
+    @property
+    def unanswered(self) -> pathlib.Path:
+        """Holds the pid of a broker that did not answer a CONNECT; its mtime is when that was first seen."""
+        return self.dir / "unanswered"
+
+    @property
     def accepted(self) -> pathlib.Path:
         """Hard links to the config, password and ACL files the running broker last accepted."""
         return self.dir / "accepted"
@@ -186,6 +196,13 @@ def _process_state(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+# No process any more, or only its exit status waiting to be reaped.
+_GONE_STATES = (None, "Z", "X")
+# Stopped by a signal (T: SIGSTOP, SIGTSTP…) or by a tracer (t): the process keeps its listening socket, the kernel
+# still completes TCP handshakes into its backlog, and nothing is ever answered. Not alive, whatever /proc lists.
+_HALTED_STATES = ("T", "t")
 
 
 def _process_identity(pid: int) -> str:
@@ -409,13 +426,101 @@ def _zombie_exit_status(pid: int) -> int | None:
 
 # -- small file and socket facts --------------------------------------------------------------------------------
 
-# What mosquitto logs when it cannot use a configuration file (a line it cannot parse, a file it cannot open), as
-# opposed to runtime errors that say nothing about the files.
-# Matched at the start of a log message only: a client cannot make a line start with these (its id or topic appears
-# mid-line at most), so a client named "Error" cannot fake a refusal.
-_LOG_PREFIX = re.compile(r"^\d+: ")
-_CONFIG_ERROR = re.compile(r"^(Error|Warning: Invalid|Warning: Unable)")
-_RUNTIME_ERROR = re.compile(r"Address already in use|Cannot assign requested address|Out of memory")
+# mosquitto's log is read as bytes and split at b"\n" only: str.splitlines() also breaks at U+2028 and U+2029, which
+# mosquitto lets into client ids (lib/utf8_mosq.c refuses C0 and C1 characters only), so a client id could end one
+# line and start another. A line of the broker's own is "<unix seconds>: <message>" (log_timestamp on, no
+# log_timestamp_format: our config). Text a client controls appears mid-line only, but for a CONNECT's protocol name:
+# 4 or 6 raw bytes, logged unchecked, which can start a line ("\n1: Er") whose rest is mosquitto's fixed text
+# ('" in CONNECT from <address>.'): never a whole message that proves anything (_refusal_patterns, _RELOADING).
+_LOG_LINE = re.compile(r"(\d+): (.*)")
+_RELOADING = "Reloading config."
+_LOG_TAIL_BYTES = 64 * 1024
+
+
+def _log_lines(path: pathlib.Path, offset: int = 0, *, tail: int | None = None) -> list[str]:
+    """The complete lines of a log (from byte `offset`, or its last `tail` bytes), split at b"\n" only."""
+    cut = False
+    try:
+        with open(path, "rb") as handle:
+            if tail is not None:
+                handle.seek(0, os.SEEK_END)
+                cut = handle.tell() - tail > offset
+                offset = max(offset, handle.tell() - tail)
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return []
+    # The piece after the last b"\n" is a line still being written: not yet a line. A tail starts mid-line, where a
+    # client's words may look like the start of one of the broker's.
+    pieces = data.split(b"\n")[:-1]
+    return [line.decode("utf-8", "replace") for line in (pieces[1:] if cut else pieces)]
+
+
+def _broker_messages(lines: list[str]) -> list[str]:
+    """The messages of the lines mosquitto wrote itself, timestamp removed; anything else is dropped."""
+    messages = []
+    for line in lines:
+        match = _LOG_LINE.fullmatch(line)
+        if match:
+            messages.append(match.group(2))
+    return messages
+
+
+def _refusal_patterns(paths: _Paths) -> tuple[re.Pattern[str], ...]:
+    """What mosquitto 2.0 logs when it cannot use one of our files (the configuration, password and ACL files:
+    src/conf.c, src/security_default.c; the TLS listeners' certificate, key and client CA: src/net.c,
+    src/mosquitto.c; at v2.0.11), each message whole and naming the file where mosquitto names it. A message not on
+    this list proves no refusal, whatever it says: "OpenSSL Error[…]" lines are left out, a client's bad handshake
+    writes them too."""
+    conf, passwd, acl, cert, key, client_ca = (
+        re.escape(str(path))
+        for path in (paths.conf, paths.passwd, paths.acl, paths.server_certificate, paths.server_key, paths.client_ca)
+    )
+    user = r"\S+"  # usernames in our password file have no whitespace (the allow-list)
+    return tuple(
+        re.compile(pattern)
+        for pattern in (
+            rf"Error found at {conf}:\d+\.",
+            rf"Error: Unable to open config file {conf}\.",
+            rf"Error: Config file {conf} is a directory\.",
+            rf"Error: Unable to open acl_file \"{acl}\"\.",
+            rf"Error opening acl file \"{acl}\"\.",
+            rf"Error: Empty topic in acl_file \"{acl}\"\.",
+            rf"Error: Invalid topic access type \".*\" in acl_file \"{acl}\"\.",
+            rf"Error: Invalid ACL topic \".*\" in acl_file \"{acl}\"\.",
+            rf"Error: Missing username in acl_file \"{acl}\"\.",
+            rf"Error: Invalid line in acl_file \"{acl}\": .*\.",
+            rf"Error: Unable to open pwfile \"{passwd}\"\.",
+            rf"Error opening password file \"{passwd}\"\.",
+            rf"Warning: Invalid line in password file '{passwd}'(, username too long\.|, password too long\.|: .*)",
+            rf"Error: (Missing password hash|Invalid password hash( type)?|Invalid hash iterations"
+            rf"|Unable to decode password( salt)?) for user {user}, removing entry\.",
+            rf"Error when reloading certificate '{cert}' or key '{key}'\.",
+            rf"Error: Unable to load server certificate \"{cert}\"\. Check certfile\.",
+            rf"Error: Unable to load server key file \"{key}\"\. Check keyfile\.",
+            r"Error: Server certificate/key are inconsistent\.",
+            rf"Error: Unable to load CA certificates\. Check cafile \"{client_ca}\"\.",
+        )
+    )
+
+
+def _refusals(messages: list[str], paths: _Paths) -> list[str]:
+    """The messages proving mosquitto refused one of our files. "Error found at <conf>:<line>." follows the message
+    saying what is wrong on that line: that message is quoted with it."""
+    patterns = _refusal_patterns(paths)
+    found = []
+    for index, message in enumerate(messages):
+        if any(pattern.fullmatch(message) for pattern in patterns):
+            if message.startswith("Error found at ") and index > 0 and messages[index - 1].startswith("Error: "):
+                found.append(messages[index - 1])
+            found.append(message)
+    return list(dict.fromkeys(found))
+
+
+def _last_error(lines: list[str]) -> str:
+    """The last error mosquitto itself logged among `lines`, or ""."""
+    errors = [m for m in _broker_messages(lines) if m.startswith("Error")]
+    return errors[-1][-300:] if errors else ""
 
 
 def _rejection(reason: str) -> str:
@@ -442,6 +547,21 @@ def _fence(host: str, port: int) -> bool:
             sock.sendall(_FENCE_CONNECT)
             return sock.recv(4)[:1] == b"\x20"
     except OSError:
+        return False
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    """True if the broker's event loop acted on a connection opened now: it answered a CONNECT, or closed the
+    connection at once (a listener at max_connections accepts and closes). False if nothing came back within
+    `timeout` (a stopped or hung broker: the kernel still completes the handshake into its listen backlog) or
+    nothing listens."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_FENCE_CONNECT)
+            return sock.recv(4)[:1] in (b"\x20", b"")
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except OSError:  # TimeoutError included
         return False
 
 
@@ -618,6 +738,9 @@ class LocalDriver:
         start_timeout: float = 10.0,
         stop_timeout: float = 15.0,
         websockets: bool | None = None,
+        answer_check_seconds: float = 15.0,
+        answer_timeout: float = 2.0,
+        hung_seconds: float = 10.0,
     ) -> None:
         self.root = pathlib.Path(root).resolve()
         self.mosquitto_bin = shutil.which(mosquitto_bin) or mosquitto_bin
@@ -627,6 +750,11 @@ class LocalDriver:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._websockets = websockets
+        # A live process is not proof of a serving broker: every `answer_check_seconds` a probe sends it a CONNECT
+        # (`answer_timeout` to answer); one that answers none for `hung_seconds` (two looks at least) is hung.
+        self.answer_check_seconds = answer_check_seconds
+        self.answer_timeout = answer_timeout
+        self.hung_seconds = hung_seconds
         # Popen objects for brokers this instance started, so it can reap them (no zombies while the worker lives),
         # and how each reaped one ended: a crash report quotes it after the zombie is gone.
         self._children: dict[int, subprocess.Popen] = {}
@@ -639,21 +767,45 @@ class LocalDriver:
         self._validate(spec)
         with _flock(paths.lock):
             run_as = self._run_as()
+            crashed, last_seen = "", None
+            # The deployment had ports, so an apply wrote its files here before: without them, they were removed
+            # under it (a reboot onto an empty LOCAL_BROKERS_DIR, a clean-up). Whether that was a crash only the
+            # reconciler knows (the deployment was serving), and records it then. (The lock file just taken
+            # recreated the directory: its files say whether it was lost.)
+            directory_lost = bool(spec.previous_ports) and not paths.state.exists() and not paths.conf.exists()
+            if directory_lost:
+                # One may still run from the removed directory: it must not serve on beside the broker started now.
+                # (A new deployment has no ports yet, and skips the scan of /proc.)
+                for stray in self._scan_pids(paths):
+                    self._stop(stray)
             self._prepare_directory(paths, run_as)
             ports = self._ensure_ports(spec, paths)
-            state = _read_json(paths.state) or {}
-            meant_to_run = spec.running and bool(state.get("running"))
+            recorded_state = _read_json(paths.state)
+            state = recorded_state or {}
+            state_lost = bool(spec.previous_ports) and recorded_state is None
+            meant_to_run = spec.running and (bool(state.get("running")) or state_lost)
             exit_note = ""
             if meant_to_run:
                 # What a dead broker left (its exit status) must be read before _find_pid reaps it.
                 recorded = _recorded_pid(paths)
-                if recorded is not None and not self._is_alive_broker(recorded, paths):
+                if recorded is not None and not self._is_broker_process(recorded, paths):
                     exit_note = self._exit_message(recorded, paths)
             pid = self._find_pid(paths)
-            crashed, last_seen = "", None
-            if meant_to_run and pid is None:
+            if meant_to_run and pid is not None:
+                unresponsive = self._unresponsive(pid, paths)
+                if unresponsive:
+                    # A process that serves nothing is a crash too; SIGTERM would wait on it for nothing.
+                    crashed, last_seen = f"{unresponsive}; it was killed (SIGKILL)", _mtime(paths.alive)
+                    self._kill(pid)
+                    pid = None
+            elif meant_to_run:
                 # Meant to be running and not: a crash (or a start that failed; the reconciler tells them apart).
-                crashed = exit_note or "mosquitto is gone and left no pid; its exit status is unknown"
+                if directory_lost:
+                    crashed = f"its directory {paths.dir} was gone: nothing of the broker was left on this machine"
+                elif state_lost and not exit_note:
+                    crashed = f"its state file {paths.state} was gone and no broker ran from {paths.dir}"
+                else:
+                    crashed = exit_note or "mosquitto is gone and left no pid; its exit status is unknown"
                 last_seen = _mtime(paths.alive)
             try:
                 observed = self._apply_locked(spec, paths, ports, run_as, state, pid)
@@ -704,7 +856,7 @@ class LocalDriver:
         if not spec.running:
             if pid is not None:
                 self._stop(pid)
-            self._write_state(paths, run_as, running=False, nonce=max(recorded_nonce, spec.restart_nonce))
+            self._write_state(paths, run_as, spec, running=False, nonce=max(recorded_nonce, spec.restart_nonce))
             return self._observe_locked(spec, paths)
 
         if pid is not None and (conf_changed or client_ca_changed or restarting):
@@ -727,7 +879,7 @@ class LocalDriver:
                 pid = None
         # Recorded before starting: a crash between here and a successful start leaves running=True with no
         # process, which observe() reports as failed and the next apply() repairs.
-        self._write_state(paths, run_as, running=True, nonce=max(recorded_nonce, spec.restart_nonce))
+        self._write_state(paths, run_as, spec, running=True, nonce=max(recorded_nonce, spec.restart_nonce))
         if pid is None:
             offset = _size(paths.log)
             try:
@@ -751,28 +903,43 @@ class LocalDriver:
         return self._observe_locked(spec, paths)
 
     def probe(self, name: str) -> Liveness:
-        """Whether the broker of deployment `name`, if meant to be running, is alive: a few reads of /proc and no
-        waiting (busy if an apply or delete holds the deployment). Changes nothing but the `alive` heartbeat."""
+        """Whether the broker of deployment `name`, if meant to be running, is alive: a few reads of /proc, and a
+        CONNECT now and then (_unresponsive); busy if an apply or delete holds the deployment; idle if its state file
+        says it was stopped; missing if nothing of it is on this machine (no directory, or no state file and no
+        broker running from it). Changes nothing but the heartbeat files."""
         if not _NAME_RE.match(name):
             raise PermanentDriverError(f"deployment name {name!r} is not a safe directory name")
         paths = _Paths(self.root / name)
+        gone = Liveness(state="missing", message=f"its directory {paths.dir} is gone: no broker runs from it")
         if not paths.dir.exists():
-            return Liveness(state="idle")
+            return gone
         with _try_flock(paths.lock) as acquired:
             if not acquired:
-                return Liveness(state="busy")
-            if not (_read_json(paths.state) or {}).get("running"):
+                # A lock file removed under us (a wiped directory) is held by nobody.
+                return Liveness(state="busy") if paths.lock.exists() else gone
+            state = _read_json(paths.state)
+            if state is None:
+                # Removed or unreadable: what the directory holds no longer says whether a broker is meant to run.
+                # A broker still running from it serves, and is looked at as usual.
+                if self._find_pid(paths) is None:
+                    return Liveness(
+                        state="missing", message=f"its state file {paths.state} is gone and no broker runs from it"
+                    )
+            elif not state.get("running"):
                 return Liveness(state="idle")
             recorded = _recorded_pid(paths)
-            if recorded is not None and self._is_alive_broker(recorded, paths):
-                _touch(paths.alive)
-                return Liveness(state="alive", pid=recorded)
-            message = self._exit_message(recorded, paths) if recorded is not None else "mosquitto has no pid file"
-            found = self._find_pid(paths)  # a stale pid file is not a crash if our broker runs under another pid
-            if found is not None:
-                _touch(paths.alive)
-                return Liveness(state="alive", pid=found)
-            return Liveness(state="dead", pid=recorded, message=message, last_seen_alive=_mtime(paths.alive))
+            pid = recorded if recorded is not None and self._is_broker_process(recorded, paths) else None
+            if pid is None:
+                message = self._exit_message(recorded, paths) if recorded is not None else "mosquitto has no pid file"
+                pid = self._find_pid(paths)  # a stale pid file is not a crash if our broker runs under another pid
+                if pid is None:
+                    return Liveness(state="dead", pid=recorded, message=message, last_seen_alive=_mtime(paths.alive))
+            unresponsive = self._unresponsive(pid, paths)
+            if unresponsive:
+                return Liveness(state="dead", pid=pid, message=unresponsive, last_seen_alive=_mtime(paths.alive))
+            if self._unanswered_since(paths, pid) is None:
+                _touch(paths.alive)  # not while it leaves a CONNECT unanswered: it may be hung since
+            return Liveness(state="alive", pid=pid)
 
     def observe(self, spec: BrokerSpec) -> Observed:
         paths = self._paths(spec)
@@ -864,12 +1031,9 @@ class LocalDriver:
 
     def _failure_message(self, paths: _Paths) -> str:
         for source in (paths.stderr, paths.log):
-            try:
-                lines = [ln for ln in source.read_text(errors="replace").splitlines() if "rror" in ln]
-            except OSError:
-                continue
-            if lines:
-                return "mosquitto is not running: " + lines[-1][-300:]
+            error = _last_error(_log_lines(source, tail=_LOG_TAIL_BYTES))
+            if error:
+                return "mosquitto is not running: " + error
         return "mosquitto is not running"
 
     def _find_pid(self, paths: _Paths) -> int | None:
@@ -884,19 +1048,57 @@ class LocalDriver:
         return scanned[0] if scanned else None
 
     def _is_our_broker(self, pid: int, paths: _Paths) -> bool:
-        if _process_state(pid) in (None, "Z", "X"):
+        """Whether `pid` is this deployment's mosquitto and has not exited (it may be halted: see _unresponsive).
+        Reaps it if it exited."""
+        if _process_state(pid) in _GONE_STATES:
             self._reap(pid)
             return False
-        return self._is_alive_broker(pid, paths)
+        return self._is_broker_process(pid, paths)
 
-    def _is_alive_broker(self, pid: int, paths: _Paths) -> bool:
+    def _is_broker_process(self, pid: int, paths: _Paths) -> bool:
         """Like _is_our_broker, without reaping: a dead broker's exit status stays readable."""
-        if _process_state(pid) in (None, "Z", "X"):
+        if _process_state(pid) in _GONE_STATES:
             return False
         argv = _process_cmdline(pid)
         if not argv or not os.path.basename(argv[0]).startswith("mosquitto"):
             return False
         return any(argv[i] == "-c" and argv[i + 1] == str(paths.conf) for i in range(len(argv) - 1))
+
+    def _unresponsive(self, pid: int, paths: _Paths) -> str:
+        """Why broker `pid`, a process that has not exited, serves nothing, or "" if it serves (or may yet): halted
+        (state T or t), or hung (no CONNECT answered for hung_seconds, over two looks at least). A CONNECT is sent at
+        most every answer_check_seconds while the broker answers, at every look while it does not."""
+        state = _process_state(pid)
+        if state in _HALTED_STATES:
+            how = "by a tracer" if state == "t" else "by a signal (SIGSTOP or SIGTSTP)"
+            return f"mosquitto (pid {pid}) was stopped {how}: it kept its port and answered nothing"
+        port = (_read_json(paths.ports) or {}).get("mqtt")
+        host = (_read_json(paths.state) or {}).get("host")
+        if not port or not host:
+            return ""  # started before its address was recorded: the next apply records it
+        since = self._unanswered_since(paths, pid)
+        now = time.time()
+        if since is None and now - (_mtime(paths.answered) or 0.0) < self.answer_check_seconds:
+            return ""
+        if _answers(host, int(port), self.answer_timeout):
+            _touch(paths.answered)
+            paths.unanswered.unlink(missing_ok=True)
+            return ""
+        if since is None:
+            _atomic_write(paths.unanswered, f"{pid}\n", None)
+            return ""
+        if now - since < self.hung_seconds:
+            return ""
+        return f"mosquitto (pid {pid}) has answered no CONNECT for {now - since:.0f} s: it is hung"
+
+    def _unanswered_since(self, paths: _Paths, pid: int) -> float | None:
+        """When broker `pid` was first seen leaving a CONNECT unanswered (and has answered none since), or None."""
+        try:
+            if int(paths.unanswered.read_text().strip()) != pid:
+                return None  # another process's: this one has not been found silent yet
+        except (OSError, ValueError):
+            return None
+        return _mtime(paths.unanswered)
 
     def _exit_message(self, pid: int, paths: _Paths) -> str:
         """What is known of how broker `pid` ended: its wait status while it is a zombie or our own child (kill -9
@@ -907,16 +1109,21 @@ class LocalDriver:
             status = _zombie_exit_status(pid)
             how = _describe_wait_status(status) if status is not None else "ended; its exit status is unknown"
         message = f"mosquitto (pid {pid}) {how}"
-        try:
-            errors = [ln for ln in paths.stderr.read_text(errors="replace").splitlines() if "rror" in ln]
-        except OSError:
-            errors = []
-        return message + (f"; its last error: {errors[-1][-300:]}" if errors else "")
+        error = _last_error(_log_lines(paths.stderr, tail=_LOG_TAIL_BYTES))
+        return message + (f"; its last error: {error}" if error else "")
 
     def _scan_pids(self, paths: _Paths) -> list[int]:
+        conf = os.fsencode(paths.conf)
         pids = []
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and self._is_our_broker(int(entry), paths):
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            # One read rules out nearly every process; the full check runs on the few that name our config.
+            if conf in cmdline and self._is_our_broker(int(entry), paths):
                 pids.append(int(entry))
         return sorted(pids)
 
@@ -962,6 +1169,8 @@ class LocalDriver:
         """SIGTERM (mosquitto writes its persistence file on it) and wait for the exit; SIGKILL only past the timeout."""
         try:
             os.kill(pid, signal.SIGTERM)
+            # A halted broker (SIGSTOP) would keep the SIGTERM pending until the timeout: let it act on it.
+            os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             self._reap(pid)
             return
@@ -970,6 +1179,13 @@ class LocalDriver:
                 os.kill(pid, signal.SIGKILL)
             if not self._wait_gone(pid, 5.0):
                 raise TemporaryDriverError(f"mosquitto (pid {pid}) did not exit")
+
+    def _kill(self, pid: int) -> None:
+        """SIGKILL a broker that serves nothing, and wait for it to be gone (its port with it)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not self._wait_gone(pid, 5.0):
+            raise TemporaryDriverError(f"mosquitto (pid {pid}) did not exit on SIGKILL")
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         proc = self._children.get(pid)
@@ -981,7 +1197,7 @@ class LocalDriver:
             self._children.pop(pid, None)
             return True
         deadline = time.monotonic() + timeout
-        while _process_state(pid) not in (None, "Z", "X"):
+        while _process_state(pid) not in _GONE_STATES:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
@@ -1046,27 +1262,18 @@ class LocalDriver:
         return errors
 
     def _config_errors(self, paths: _Paths, offset: int, *, since_reload: bool) -> tuple[bool, str]:
-        """(whether "Reloading config." was logged since `offset`, the configuration errors logged after it, or
-        since `offset` when not `since_reload`), read from the log and, for a start, stderr."""
-        try:
-            with open(paths.log, "rb") as handle:
-                handle.seek(offset)
-                lines = handle.read().decode("utf-8", "replace").splitlines()
-        except OSError:
-            lines = []
+        """(whether "Reloading config." was logged since `offset`, mosquitto's refusals of our files logged after
+        it, or since `offset` when not `since_reload`), read from the log and, for a start, stderr. Only the broker's
+        own lines count (see _LOG_LINE), and only messages that name a refusal whole (_refusal_patterns)."""
+        messages = _broker_messages(_log_lines(paths.log, offset))
         if since_reload:
-            marks = [i for i, line in enumerate(lines) if line.endswith(": Reloading config.")]
+            marks = [i for i, message in enumerate(messages) if message == _RELOADING]
             if not marks:
                 return False, ""
-            lines = lines[marks[-1] + 1 :]
+            messages = messages[marks[-1] + 1 :]
         else:
-            try:
-                lines += paths.stderr.read_text(errors="replace").splitlines()
-            except OSError:
-                pass
-        messages = [_LOG_PREFIX.sub("", line) for line in lines]
-        errors = [m for m in messages if _CONFIG_ERROR.match(m) and not _RUNTIME_ERROR.search(m)]
-        return True, "; ".join(dict.fromkeys(errors))[:1000]
+            messages += _broker_messages(_log_lines(paths.stderr))
+        return True, "; ".join(_refusals(messages, paths))[:1000]
 
     def _keep_accepted(self, paths: _Paths) -> None:
         """Remember the files the broker now runs with, as hard links (the files are only ever replaced, never
@@ -1127,7 +1334,7 @@ class LocalDriver:
                 live = pid if pid is not None else self._find_pid(paths)
                 if live is not None:
                     self._stop(live)
-                self._write_state(paths, run_as, running=False, nonce=spec.restart_nonce)
+                self._write_state(paths, run_as, spec, running=False, nonce=spec.restart_nonce)
                 raise PermanentDriverError(
                     f"mosquitto refused its configuration ({reason}) and there is no earlier one to go back to: it "
                     "was stopped rather than left running without it"
@@ -1137,7 +1344,7 @@ class LocalDriver:
             again = self._reload(pid, spec, ports, paths, certificates=True)
             if again:
                 self._stop(pid)
-                self._write_state(paths, run_as, running=False, nonce=spec.restart_nonce)
+                self._write_state(paths, run_as, spec, running=False, nonce=spec.restart_nonce)
                 raise PermanentDriverError(
                     f"mosquitto refused the new configuration ({reason}) and then the previous one ({again}): it was "
                     "stopped rather than left running without an ACL"
@@ -1280,10 +1487,10 @@ class LocalDriver:
         _atomic_write(path, content, run_as)
         return True
 
-    def _write_state(self, paths: _Paths, run_as: _RunAs, *, running: bool, nonce: int) -> None:
-        self._write_if_changed(
-            paths.state, json.dumps({"running": running, "restart_nonce": nonce}, sort_keys=True) + "\n", run_as
-        )
+    def _write_state(self, paths: _Paths, run_as: _RunAs, spec: BrokerSpec, *, running: bool, nonce: int) -> None:
+        # `host`: where the broker answers a CONNECT, for the probes that have only the deployment's name.
+        state = {"running": running, "restart_nonce": nonce, "host": _loopback_for(spec.region.bind_address)}
+        self._write_if_changed(paths.state, json.dumps(state, sort_keys=True) + "\n", run_as)
 
     def _served_protocols(self, spec: BrokerSpec) -> list[str]:
         """The listeners a broker of `spec` has: MQTT and WebSocket, each also over TLS when the spec has TLS."""
@@ -1304,11 +1511,14 @@ class LocalDriver:
             taken = {port for ports in self.allocated_ports().values() for port in ports.values()}
             taken |= set(current.values())
             low, high = self.port_range
+            previous = dict(spec.previous_ports)
             # From a random point of the range: allocators with other roots on this machine rarely race for the same
-            # port (and no list of the whole range is built and shuffled per allocation).
+            # port (and no list of the whole range is built and shuffled per allocation). A port the deployment had
+            # before its directory was lost comes first: its clients still connect there.
             start = random.randrange(low, high)
             for proto in missing:
-                for port in itertools.chain(range(start, high), range(low, start)):
+                before = [previous[proto]] if low <= previous.get(proto, -1) < high else []
+                for port in itertools.chain(before, range(start, high), range(low, start)):
                     if port not in taken and _port_bindable(spec.region.bind_address, port):
                         current[proto] = port
                         taken.add(port)

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 
 from deployments.models import Deployment
 from iot import services, shadow
+from iot.agent import edge as edge_agent
 from iot.agent.codecs import CodecEngine
 from iot.agent.presence import EMQX_TOPICS, LogTail, parse_emqx_event
 from iot.models import AGENT_CLIENT_ID, OutboxMessage
@@ -140,7 +141,7 @@ class DeploymentServer:
                 extra={"deployment": self.target.public_id, "reason": str(reason_code)},
             )
             return
-        topics = [(topic, 1) for topic in SHADOW_TOPICS]
+        topics = [(topic, 1) for topic in (*SHADOW_TOPICS, *edge_agent.TOPICS)]
         if self.target.driver != "local":
             topics += [(topic, 1) for topic in EMQX_TOPICS]
         client.subscribe(topics)
@@ -170,6 +171,7 @@ class DeploymentServer:
                     next_log = now + LOG_POLL
                 if woken or now >= next_outbox:
                     self._retrying(self._carry_out_outbox)
+                    self._retrying(edge_agent.publish_due, self)
                     next_outbox = now + OUTBOX_POLL
                 self._retrying(self.codecs.tick, woken)
                 if now >= next_prune:
@@ -248,6 +250,7 @@ class DeploymentServer:
             services.presence_apply(
                 deployment_id=self.target.deployment_id, holder=self.holder, token=self.token, events=presence
             )
+        edge_agent.process(self, messages)
         # Committed: acknowledge first (a crash now cannot apply them twice), then answer.
         for message in messages:
             if message.qos > 0:

@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from alerts import metrics as m
 from alerts.collectors.mosquitto import _read_log, collect_mosquitto
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -206,6 +207,47 @@ def test_auth_failures_counted_from_log_when_ten_wrong_passwords(broker):
     assert second.values["auth_failure_rate"] == pytest.approx(10 / elapsed)
     with open(broker.log_path, "rb") as fh:
         assert fh.read().count(b"disconnected, not authorised.") == 10
+
+
+def test_nothing_is_counted_when_a_client_id_repeats_the_broker_words(broker):
+    """A client id may hold spaces and any printable text: logged mid-line, it is not the broker's own line."""
+    first = broker.collect()
+    for client_id in ("x Client y disconnected, not authorised.", "Denied PUBLISH from x"):
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        client.username_pw_set(DEVICE_USER, DEVICE_PASSWORD)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        client.publish("dev/ok", b"x", qos=1).wait_for_publish(5)
+        close(client)
+    second = broker.collect(previous=first.state, log_offset=first.log_offset)
+    with open(broker.log_path, "rb") as fh:
+        assert b"as x Client y disconnected, not authorised." in fh.read()  # it was there to be miscounted
+    assert (second.state["log"]["auth_failures"], second.state["log"]["acl_denied"]) == (0, 0)
+
+
+def test_counters_start_again_and_never_go_negative_when_the_broker_restarted_as_long_ago(tmp_path):
+    """A broker killed and started again is read with the old one's state: its uptime may equal the old reading's
+    (both read a second or two after their start), and subtracting the old broker's share of our own traffic would
+    leave negative counters, which billing refuses (the whole collection then failed)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Broker(tmp_path / "a", debug_log=False)
+    try:
+        before = first.collect()
+    finally:
+        first.stop()
+    assert before.state["fresh"] and before.state["own_messages_total"] > 10
+    second = Broker(tmp_path / "b", debug_log=False)
+    try:
+        time.sleep(max(before.state["uptime"] + 1.0, 1.0))
+        after = second.collect(previous=before.state)
+    finally:
+        second.stop()
+
+    assert after.state["uptime"] >= before.state["uptime"]  # the uptime alone does not tell
+    assert all(v is None or v >= 0 for v in after.state["counters"].values()), after.state["counters"]
+    assert after.state["own_messages_total"] < 1.5 * before.state["own_messages_total"]  # the old share is gone
+    assert m.TRAFFIC_BYTES not in after.values  # no step is computed across two brokers
 
 
 def test_log_is_not_counted_twice_when_offset_passed_back(broker):

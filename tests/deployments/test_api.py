@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import AuditEvent
 from deployments import selectors
 from deployments.drivers.base import MqttCredential
-from deployments.models import AclRule, Deployment, MqttUser, Operation, Region, Tier
+from deployments.models import AclRule, Deployment, MqttUser, Operation, RateLimitPolicy, Region, Tier
 from deployments.passwords import verify_mqtt_password
 from projects.services import project_create
 
@@ -285,6 +285,26 @@ def test_rate_limits_answer_400_above_parent_and_say_local_honours_none(client, 
     body = ok.json()
     assert body["driver"] == "local" and body["honoured"]["global"] == [] and "Not enforced" in body["note"]
     assert [p["level"] for p in client.get(url).json()["policies"]] == ["global", "listener"]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"level": "global", "max_conn_rate": 10**12},
+        {"level": "global", "messages_rate": 2**31},
+        {"level": "global", "bytes_rate": 2**63},
+        {"level": "connection", "bytes_rate": 10**20},
+    ],
+)
+def test_rate_limit_beyond_what_is_stored_is_a_400_when_it_is_put(client, base, deployment, policy):
+    """A rate above its column's range (PositiveIntegerField, PositiveBigIntegerField) must not reach PostgreSQL
+    ("integer out of range" would be a 500)."""
+    client.raise_request_exception = False
+    response = client.put(f"{base}/{deployment}/rate-limits", {"policies": [policy]}, format="json")
+
+    assert response.status_code == 400, response.content[:200]
+    assert response["Content-Type"] == "application/problem+json"
+    assert not RateLimitPolicy.objects.filter(deployment__public_id=deployment).exists()
 
 
 def test_every_method_answers_404_when_deployment_belongs_to_another_organization(

@@ -8,10 +8,12 @@ import dataclasses
 import os
 import pathlib
 import signal
+import socket
+import threading
 
 import pytest
 
-from bench.mosquitto_floor import raw_connack
+from bench.mosquitto_floor import ConnackRefused, connect_packet, raw_connack
 from deployments import reconcile as reconcile_module
 from deployments import services
 from deployments.drivers import local as local_module
@@ -23,7 +25,7 @@ from deployments.drivers.base import (
     RegionTarget,
 )
 from deployments.drivers.local import LocalDriver
-from deployments.models import AclRule, Deployment, DeploymentEvent, Operation
+from deployments.models import AclRule, Deployment, DeploymentEvent, MqttUser, Operation
 from deployments.passwords import make_mqtt_credential
 from tests.celery_worker import broker_pids
 from tests.deployments.test_local_driver import ALICE, OPS, Client, _spec, driver, root  # noqa: F401
@@ -180,6 +182,22 @@ def test_broker_keeps_the_accepted_acl_and_the_change_fails_when_it_refuses_the_
     assert_alice_is_still_denied(port)
 
 
+def test_broker_keeps_the_accepted_users_when_it_refuses_a_password_line(driver, monkeypatch):
+    spec = _spec()
+    observed = driver.apply(spec)
+    real_render_passwd = LocalDriver._render_passwd
+    monkeypatch.setattr(
+        LocalDriver, "_render_passwd", lambda self, spec: real_render_passwd(self, spec) + "carol:$7$101$@@$@@\n"
+    )
+
+    with pytest.raises(ConfigRejectedError, match="password salt for user carol"):
+        driver.apply(dataclasses.replace(spec, users=(ALICE, OPS, BOB)))
+
+    assert observed.details["pid"] == driver.observe(spec).details["pid"]
+    assert Client(observed.ports["mqtt"], "bob", "bob-pw").connect().is_failure  # the accepted users, bob not yet
+    raw_connack("127.0.0.1", observed.ports["mqtt"], "alice", "alice-pw")
+
+
 def test_broker_serves_the_accepted_config_again_when_a_restart_with_the_new_one_fails(driver, root, monkeypatch):
     spec = _spec()
     observed = driver.apply(spec)
@@ -209,6 +227,26 @@ def test_first_start_with_a_refused_config_fails_and_leaves_nothing_running(driv
     assert broker_pids(root) == []
 
 
+def test_failure_message_quotes_only_the_broker_own_lines_when_the_log_tail_starts_mid_line(tmp_path):
+    """A failure message reads the log's last bytes: the line they cut into may be a client's words that look like
+    the start of one of the broker's, and the lines a client id breaks with U+2028 are not lines."""
+    log = tmp_path / "mosquitto.log"
+    log.write_bytes(
+        b"1700000000: Client x 12: Error: the broker is on fire. disconnected.\n"
+        + "1700000001: Client y\u2028Error: forged disconnected.\n".encode()
+        + b"1700000002: Error: Address already in use\n"
+        + b"1700000003: mosquitto version 2.0.11 terminating\n"
+        + b"1700000004: Error: half writ"
+    )
+    tail = len(log.read_bytes()) - log.read_bytes().index(b"12: Error")
+
+    lines = local_module._log_lines(log, tail=tail)
+
+    assert not any("on fire" in line for line in lines)
+    assert local_module._last_error(lines) == "Error: Address already in use"
+    assert local_module._last_error(local_module._log_lines(log)) == "Error: Address already in use"
+
+
 def test_reload_check_is_not_fooled_when_a_client_calls_itself_error(driver):
     """Only lines the broker itself starts with "Error" count: a client id in the log cannot fake a refusal."""
     spec = _spec()
@@ -219,7 +257,96 @@ def test_reload_check_is_not_fooled_when_a_client_calls_itself_error(driver):
     client.close()
 
 
+def _forge_log_lines_until(stop: threading.Event, port: int) -> None:
+    """An anonymous client's CONNECTs whose protocol name is the 6 raw bytes "\\nError": mosquitto logs it unchecked
+    (`Invalid protocol "<name>" in CONNECT from <address>.`), so each starts a log line `Error" in CONNECT from …`."""
+    body = b"\x00\x06\nError" + bytes([4, 2]) + (60).to_bytes(2, "big") + b"\x00\x01x"
+    packet = bytes([0x10, len(body)]) + body
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+                sock.sendall(packet)
+                sock.recv(4)
+        except OSError:
+            pass
+
+
+def test_reload_check_is_not_fooled_when_an_anonymous_connect_starts_a_log_line(driver):
+    """Only whole lines of mosquitto's own ("<seconds>: <message>", the message naming our file) prove a refusal:
+    a line a client started, with no timestamp, proves nothing."""
+    spec = _spec()
+    observed = driver.apply(spec)
+    stop = threading.Event()
+    flood = threading.Thread(target=_forge_log_lines_until, args=(stop, observed.ports["mqtt"]), daemon=True)
+    flood.start()
+    try:
+        for users in [(ALICE, OPS, BOB), (ALICE, OPS)] * 3:
+            assert driver.apply(dataclasses.replace(spec, users=users)).details["pid"] == observed.details["pid"]
+    finally:
+        stop.set()
+        flood.join()
+
+    log = _log(observed).read_bytes()
+    after_reloads = log[log.index(b": Reloading config.") :]
+    assert b'\nError" in CONNECT from 127.0.0.1.\n' in after_reloads  # the forged lines were there to be misread
+    bob = Client(observed.ports["mqtt"], "bob", "bob-pw")
+    assert bob.connect().is_failure  # the last change (bob removed) is in force
+
+
 # -- through the reconciler and the API ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deployment(owner_org, brokers_dir, deployments_catalog):
+    created, _operation = services.deployment_create(
+        project=owner_org.default_project, actor=None, name="plant", plan="dedicated", tier="1k", region="local"
+    )
+    assert reconcile_module.reconcile_deployment(created.pk).state == "converged"
+    return Deployment.objects.get(pk=created.pk)
+
+
+def _connect_and_hold(port: int, *, client_id: str, username: str, password: str) -> socket.socket:
+    """A device connected with this client id, its connection kept open."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(connect_packet(client_id=client_id, username=username, password=password))
+    connack = sock.recv(4)
+    assert connack[:1] == b"\x20" and connack[3:4] == b"\x00", connack
+    return sock
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029"])
+def test_revoked_device_is_locked_out_when_its_client_id_forges_a_refusal_in_the_broker_log(deployment, separator):
+    """mosquitto accepts U+2028/U+2029 in a client id and logs it raw when a reload disconnects the client of a
+    deleted user ("Client <id> disconnected."): read with str.splitlines(), "x\\u2028Error: ..." was a log line
+    "Error: ...", the revocation was taken for a refused file and undone, and its digest recorded so that no restart
+    tried it again. The log is split at b"\\n" only, and only mosquitto's own timestamped lines count."""
+    password = "device-password-1"
+    device, _op = services.mqtt_user_create(deployment=deployment, actor=None, username="device-17", password=password)
+    assert reconcile_module.reconcile_deployment(deployment.pk).state == "converged"
+    port = Deployment.objects.get(pk=deployment.pk).endpoints["ports"]["mqtt"]
+    acl_path = pathlib.Path(Deployment.objects.get(pk=deployment.pk).observed_details["config_path"]).parent / "acl"
+    held = _connect_and_hold(
+        port,
+        client_id=f'device-17{separator}Error: Invalid line in acl_file "{acl_path}": user.',
+        username="device-17",
+        password=password,
+    )
+    try:
+        services.mqtt_user_delete(user=MqttUser.objects.get(pk=device.pk), actor=None)
+        reconcile_module.reconcile_deployment(deployment.pk)
+    finally:
+        held.close()
+
+    d = Deployment.objects.get(pk=deployment.pk)
+    with pytest.raises(ConnackRefused):
+        raw_connack("127.0.0.1", port, "device-17", password, timeout=2)
+    assert not DeploymentEvent.objects.filter(deployment=d, kind="config.rejected").exists(), d.conditions
+    # A later restart does not bring the deleted user back either.
+    services.deployment_restart(deployment=d, actor=None)
+    reconcile_module.reconcile_deployment(d.pk)
+    with pytest.raises(ConnackRefused):
+        raw_connack("127.0.0.1", port, "device-17", password, timeout=2)
 
 
 @pytest.mark.django_db

@@ -7,7 +7,10 @@ metering over the hour.
 """
 
 import datetime as dt
+import fcntl
 import os
+import pwd
+import shutil
 import signal
 import socket
 import time
@@ -15,12 +18,13 @@ import time
 import pytest
 from django.utils import timezone
 
-from bench.mosquitto_floor import raw_connack
+from bench.mosquitto_floor import ConnackRefused, connect_packet, raw_connack
 from deployments import selectors, services
 from deployments.drivers.local import LocalDriver, _flock, _Paths
 from deployments.models import Deployment, DeploymentEvent, StatusInterval
 from deployments.reconcile import reconcile_deployment, watch_local_brokers
 from tests.celery_worker import CeleryWorker, broker_pids, worker_env
+from tests.deployments.test_local_driver import Client, _spec, root  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("deployments_catalog")]
 
@@ -134,7 +138,7 @@ def test_nothing_is_recorded_when_broker_is_alive_stopped_on_purpose_or_being_ch
     services.deployment_stop(deployment=deployment, actor=None)
     reconcile_deployment(deployment.pk)
     assert driver.probe(deployment.public_id).state == "idle"
-    assert driver.probe("dep_never_applied").state == "idle"
+    assert driver.probe("dep_never_applied").state == "missing"  # nothing of it here: the rows must say why
     assert watch_local_brokers()["recorded"] == 0
     assert "broker.crashed" not in kinds(deployment)
 
@@ -149,6 +153,276 @@ def test_probe_tells_a_dead_broker_from_a_stale_pid_file_when_the_broker_runs_on
     os.kill(pid, signal.SIGKILL)
     dead = driver.probe(deployment.public_id)
     assert dead.state == "dead" and dead.last_seen_alive is not None
+
+
+def _answers(port: int) -> bool:
+    try:
+        raw_connack("127.0.0.1", port, timeout=1.0)
+    except ConnackRefused:
+        return True  # it answered (refusing an anonymous client is an answer)
+    except OSError:
+        return False
+    return True
+
+
+def _kill(pid: int, brokers_dir) -> None:
+    """SIGKILL, and wait until it took (a signal is delivered, not awaited)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pid in broker_pids(brokers_dir) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _running_interval_open(deployment) -> bool:
+    return StatusInterval.objects.filter(deployment=deployment, status="running", ended_at__isnull=True).exists()
+
+
+@pytest.mark.django_db
+def test_watcher_records_a_crash_and_reconcile_replaces_the_broker_when_it_is_sigstopped(deployment, brokers_dir):
+    """A stopped process keeps its listening socket and the kernel still completes handshakes into its backlog, but
+    it answers nothing: it is no more serving than a dead one, and is billed no more."""
+    [pid] = broker_pids(brokers_dir)
+    port = deployment.endpoints["ports"]["mqtt"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert not _answers(port)
+
+        assert watch_local_brokers()["recorded"] == 1
+
+        d = fresh(deployment)
+        assert d.status == "degraded", f"{d.status}: {d.conditions}"
+        assert f"mosquitto (pid {pid}) was stopped by a signal" in d.last_error
+        assert not _running_interval_open(d)
+        assert reconcile_deployment(d.pk).state == "converged"
+        assert _answers(port), "the reconcile left a broker that answers nothing"
+        assert pid not in broker_pids(brokers_dir) and len(broker_pids(brokers_dir)) == 1
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    d = fresh(deployment)
+    assert d.status == "running" and kinds(d)[-2:] == ["broker.recovered", "status.changed"]
+    raw_connack("127.0.0.1", port, *selectors.monitor_credentials(d))
+
+
+def _state_of(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def _hang_on_its_log(paths: _Paths, pid: int, port: int) -> int:
+    """Make a real broker hang: its log becomes a pipe nobody reads (one page of buffer), it reopens it on SIGHUP,
+    and connections with long client ids fill the page until mosquitto blocks writing its log, its event loop with
+    it. Returns the pipe's read end, to be closed once the broker is gone (closing it would set the broker free)."""
+    paths.log.unlink()
+    os.mkfifo(paths.log, 0o600)
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("mosquitto")
+        os.chown(paths.log, user.pw_uid, user.pw_gid)
+    reader = os.open(paths.log, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+    os.kill(pid, signal.SIGHUP)
+    for attempt in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+                sock.sendall(connect_packet(client_id=f"{attempt:03d}" + "x" * 900))
+                if not sock.recv(4):
+                    continue
+        except TimeoutError:
+            return reader  # no answer within a second: it is stuck
+        except OSError:
+            continue
+    os.close(reader)
+    raise AssertionError("the broker never blocked on its log")
+
+
+@pytest.mark.django_db
+def test_watcher_records_a_crash_and_reconcile_replaces_the_broker_when_it_is_hung(deployment, brokers_dir, settings):
+    settings.BROKER_ANSWER_CHECK_SECONDS = 0
+    settings.BROKER_HUNG_SECONDS = 1.0
+    paths = _Paths(brokers_dir / deployment.public_id)
+    [pid] = broker_pids(brokers_dir)
+    port = deployment.endpoints["ports"]["mqtt"]
+    reader = _hang_on_its_log(paths, pid, port)
+    try:
+        assert _state_of(pid) not in ("T", "t", "Z")  # a live process, by every /proc measure
+        assert watch_local_brokers()["recorded"] == 0  # one unanswered CONNECT is not yet a hung broker
+        time.sleep(1.2)
+        assert watch_local_brokers()["recorded"] == 1
+
+        d = fresh(deployment)
+        assert d.status == "degraded" and "it is hung" in d.last_error, d.last_error
+        assert not _running_interval_open(d)
+        paths.log.unlink()  # the disk is repaired: the next broker logs to a file again
+        assert reconcile_deployment(d.pk).state == "converged"
+        assert pid not in broker_pids(brokers_dir) and len(broker_pids(brokers_dir)) == 1
+    finally:
+        os.close(reader)
+    d = fresh(deployment)
+    assert d.status == "running"
+    raw_connack("127.0.0.1", port, *selectors.monitor_credentials(d))
+
+
+def test_probe_counts_a_full_listener_as_serving_when_it_refuses_new_connections(root):  # noqa: F811
+    """At max_connections mosquitto accepts and closes at once: an answer, not a hang (a customer filling their
+    tier must not get their broker killed)."""
+    driver = LocalDriver(root=root, answer_check_seconds=0, hung_seconds=0)
+    spec = _spec(max_connections=1)
+    observed = driver.apply(spec)
+    held = Client(observed.ports["mqtt"], "alice", "alice-pw")
+    assert not held.connect().is_failure
+    try:
+        assert [driver.probe(spec.name).state for _ in range(3)] == ["alive", "alive", "alive"]
+    finally:
+        held.close()
+
+
+@pytest.mark.django_db
+def test_watcher_records_the_crash_and_reconcile_restores_the_port_when_the_directory_is_gone(deployment, brokers_dir):
+    """A reboot onto an empty LOCAL_BROKERS_DIR (a tmpfs), or a clean-up: nothing of the broker is left, and the
+    rows still say it serves. It is a crash, and the restored broker listens where its clients connect."""
+    [pid] = broker_pids(brokers_dir)
+    port = deployment.endpoints["ports"]["mqtt"]
+    os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(brokers_dir)
+
+    assert watch_local_brokers()["recorded"] == 1
+
+    d = fresh(deployment)
+    assert d.status == "degraded", f"{d.status}: {d.conditions}"
+    assert kinds(d)[-2:] == ["broker.crashed", "status.changed"] and "directory" in d.last_error
+    assert not _running_interval_open(d)
+    assert reconcile_deployment(d.pk).state == "converged"
+    d = fresh(d)
+    assert d.status == "running" and d.endpoints["ports"]["mqtt"] == port
+    raw_connack("127.0.0.1", port, *selectors.monitor_credentials(d))
+
+
+@pytest.mark.django_db
+def test_broker_left_running_from_a_removed_directory_is_replaced_not_doubled(deployment, brokers_dir):
+    [pid] = broker_pids(brokers_dir)
+    port = deployment.endpoints["ports"]["mqtt"]
+    shutil.rmtree(brokers_dir / deployment.public_id)  # the broker runs on, its files gone
+
+    assert watch_local_brokers()["recorded"] == 1
+    assert reconcile_deployment(deployment.pk).state == "converged"
+
+    [replacement] = broker_pids(brokers_dir)
+    assert replacement != pid
+    d = fresh(deployment)
+    assert d.status == "running" and d.endpoints["ports"]["mqtt"] == port
+    raw_connack("127.0.0.1", port, *selectors.monitor_credentials(d))
+
+
+@pytest.mark.django_db
+def test_watcher_records_the_crash_when_the_state_file_is_gone_and_no_broker_runs(deployment, brokers_dir):
+    paths = _Paths(brokers_dir / deployment.public_id)
+    [pid] = broker_pids(brokers_dir)
+    port = deployment.endpoints["ports"]["mqtt"]
+    _kill(pid, brokers_dir)
+    paths.state.unlink()
+
+    assert watch_local_brokers()["recorded"] == 1
+
+    d = fresh(deployment)
+    assert d.status == "degraded" and "state file" in d.last_error, d.last_error
+    assert not _running_interval_open(d)
+    assert reconcile_deployment(d.pk).state == "converged"
+    d = fresh(d)
+    assert d.status == "running" and d.endpoints["ports"]["mqtt"] == port
+    raw_connack("127.0.0.1", port, *selectors.monitor_credentials(d))
+
+
+@pytest.mark.django_db
+def test_broker_is_kept_not_restarted_when_only_its_state_file_is_gone(deployment, brokers_dir):
+    """A broker still serving from its directory serves, state file or not: the next apply adopts it."""
+    paths = _Paths(brokers_dir / deployment.public_id)
+    [pid] = broker_pids(brokers_dir)
+    paths.state.unlink()
+
+    assert LocalDriver(root=brokers_dir).probe(deployment.public_id).state == "alive"
+    assert watch_local_brokers()["recorded"] == 0
+    assert reconcile_deployment(deployment.pk).state == "converged"  # a resync: the rows did not change
+
+    assert broker_pids(brokers_dir) == [pid] and paths.state.exists()
+    assert "broker.crashed" not in kinds(deployment)
+
+
+@pytest.mark.django_db
+def test_watcher_records_the_crash_when_the_broker_files_say_stopped_while_the_deployment_serves(
+    deployment, brokers_dir
+):
+    """Only an apply under the deployment's lock stops a broker, and its reconcile then records the stop: files that
+    say "stopped" under a row that says "running" (a restored backup, a hand edit) mean a broker nobody serves."""
+    paths = _Paths(brokers_dir / deployment.public_id)
+    [pid] = broker_pids(brokers_dir)
+    os.kill(pid, signal.SIGKILL)
+    paths.state.write_text('{"running": false, "restart_nonce": 0}\n')
+
+    assert watch_local_brokers()["recorded"] == 1
+
+    d = fresh(deployment)
+    assert d.status == "degraded" and "say the broker was stopped" in d.last_error, d.last_error
+    assert reconcile_deployment(d.pk).state == "converged"
+    assert fresh(d).status == "running" and len(broker_pids(brokers_dir)) == 1
+    raw_connack("127.0.0.1", d.endpoints["ports"]["mqtt"], *selectors.monitor_credentials(fresh(d)))
+
+
+def _crash(brokers_dir) -> None:
+    [pid] = broker_pids(brokers_dir)
+    _kill(pid, brokers_dir)
+    assert watch_local_brokers()["recorded"] == 1
+
+
+@pytest.mark.django_db
+def test_restarts_back_off_and_the_deployment_says_crash_loop_when_its_broker_dies_after_every_start(
+    deployment, brokers_dir, settings
+):
+    settings.BROKER_CRASH_LOOP_CRASHES = 3
+    settings.BROKER_CRASH_BACKOFF_SECONDS = 2.0
+    for _ in range(2):
+        _crash(brokers_dir)
+        assert reconcile_deployment(deployment.pk).state == "converged"  # restarted at once
+
+    _crash(brokers_dir)  # the third within the window
+    held = reconcile_deployment(deployment.pk)
+
+    assert held.state == "held" and held.retry and 1.0 < held.retry_after <= 2.0, held
+    assert broker_pids(brokers_dir) == []
+    d = fresh(deployment)
+    assert d.status == "degraded"
+    assert {c["type"]: (c["status"], c["reason"]) for c in d.conditions} == {
+        "Ready": ("False", "CrashLoop"),
+        "BrokerAvailable": ("False", "CrashLoop"),
+    }
+    assert "crashed 3 times in 600 s: the next restart waits 2 s" in d.conditions[0]["message"]
+    assert kinds(d).count("broker.crash_loop") == 1
+    assert not _running_interval_open(d)  # not billed while it waits
+
+    time.sleep(held.retry_after)
+    assert reconcile_deployment(d.pk).state == "converged"
+    assert fresh(d).status == "running" and len(broker_pids(brokers_dir)) == 1
+
+    _crash(brokers_dir)  # the fourth: the wait doubles
+    again = reconcile_deployment(d.pk)
+    assert again.state == "held" and 3.0 < again.retry_after <= 4.0, again
+    assert kinds(d).count("broker.crashed") == 4 and kinds(d).count("broker.recovered") == 3
+
+
+@pytest.mark.django_db
+def test_stop_is_carried_out_at_once_when_the_broker_is_crash_looping(deployment, brokers_dir, settings):
+    settings.BROKER_CRASH_LOOP_CRASHES = 1
+    settings.BROKER_CRASH_BACKOFF_SECONDS = 300.0
+    _crash(brokers_dir)
+    held = reconcile_deployment(deployment.pk)
+    # Longer than the sweep's period: the sweep re-drives it, no task of its own is scheduled to pile up.
+    assert held.state == "held" and not held.retry and held.retry_after > 290
+
+    services.deployment_stop(deployment=fresh(deployment), actor=None)
+
+    assert reconcile_deployment(deployment.pk).state == "converged"
+    assert fresh(deployment).status == "stopped" and broker_pids(brokers_dir) == []
 
 
 # -- end to end: API, a real worker with beat, billing --------------------------------------------------------------

@@ -63,6 +63,55 @@ def test_sync_users_raises_permanent_when_salt_is_binary(api, fake):
     assert fake.users() == {}
 
 
+def test_deleted_users_clients_are_disconnected_when_the_user_is_removed(api, fake):
+    """EMQX checks a password at CONNECT only: a revoked device would otherwise stay connected (and lose its rules
+    to the ACL prune, no_match being allow)."""
+    api.sync_users([credential("alice", "a"), credential("bob", "b")])
+    fake.connect(client_id="bob-1", username="bob")
+    fake.connect(client_id="bob-2", username="bob")
+    fake.connect(client_id="alice-1", username="alice")
+
+    api.sync_users([credential("alice", "a")])
+
+    assert fake.connected() == {"alice-1": "alice"}
+
+
+def test_deleted_users_client_loses_its_rules_only_once_disconnected_when_the_first_disconnect_failed(api, fake):
+    bob_rule = AclEntry(permission="deny", action="all", topic="#", username="bob")
+    api.sync_users([credential("alice", "a"), credential("bob", "b")])
+    api.sync_acl([bob_rule], [credential("alice", "a"), credential("bob", "b")])
+    fake.connect(client_id="bob-1", username="bob")
+    fake.state.fail_status, fake.state.fail_path_prefix, fake.state.fail_method = 503, "/api/v5/clients/", "DELETE"
+
+    with pytest.raises(TemporaryDriverError):
+        api.sync_users([credential("alice", "a")])
+    with pytest.raises(TemporaryDriverError):
+        api.prune_acl([], [credential("alice", "a")])
+
+    # Deleted, still connected, and still held by its rule.
+    assert "bob" not in fake.users() and "bob-1" in fake.connected() and "bob" in fake.rules()["users"]
+    fake.state.fail_status = None
+    api.sync_users([credential("alice", "a")])  # bob is no longer there to be deleted (nor kicked) here…
+    api.sync_acl([], [credential("alice", "a")])  # …so its clients go before its rules do
+    assert fake.connected() == {} and "bob" not in fake.rules()["users"]
+
+
+def test_connected_client_is_held_to_a_tightened_rule_at_once_when_rules_change(api, fake):
+    api.sync_acl([AclEntry(permission="allow", action="publish", topic="valves/#", username="alice")])
+    fake.connect(client_id="alice-1", username="alice")
+    assert fake.authorize(client_id="alice-1", username="alice", action="publish", topic="valves/open") == "allow"
+
+    api.sync_acl(
+        [
+            AclEntry(permission="deny", action="publish", topic="valves/#", username="alice"),
+            AclEntry(permission="allow", action="publish", topic="#", username="alice"),
+        ]
+    )
+
+    # EMQX caches a connected client's decisions for a minute: the change cleans the cache.
+    assert fake.authorize(client_id="alice-1", username="alice", action="publish", topic="valves/open") == "deny"
+
+
 def test_sync_acl_groups_rules_by_user_client_and_all_keeping_order_when_entries_mixed(api, fake):
     entries = [
         AclEntry(permission="allow", action="subscribe", topic="cmd/c1", client_id="c1"),

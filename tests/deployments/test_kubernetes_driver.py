@@ -19,7 +19,7 @@ from deployments.drivers.base import (
 )
 from deployments.drivers.kubernetes import KubernetesDriver
 from deployments.emqx_api import EmqxApi
-from tests.fakes.emqx_api import FakeEmqxServer
+from tests.fakes.emqx_api import AUTHN, FakeEmqxServer
 from tests.fakes.kubernetes_api import FakeKubernetesServer
 
 NS = "mqtt-dep-k8s1"
@@ -337,6 +337,59 @@ def test_nothing_is_pushed_while_the_operator_replaces_nodes(driver, spec, clust
         status.update(currentRevision="old", updateRevision="new")
     assert driver.apply(spec).phase == "starting"
     assert broker_api.state.seen == []
+
+
+def _with_quarantined(spec):
+    """alice, and a user whose only rule denies it everything."""
+    return dataclasses.replace(
+        spec,
+        users=(*spec.users, _credential("quarantined", "pw")),
+        acl=(*spec.acl, AclEntry(permission="deny", action="all", topic="#", username="quarantined")),
+    )
+
+
+def _quarantined_may_publish(broker_api) -> bool:
+    # EMQX's authorization no_match is allow: a user with no rule at all may publish anywhere.
+    return broker_api.authorize(client_id="q-1", username="quarantined", action="publish", topic="valves/open") in (
+        "allow",
+        None,
+    )
+
+
+def test_new_user_is_never_left_without_its_acl_when_the_acl_push_fails(driver, spec, cluster, broker_api):
+    quarantined = _with_quarantined(spec)
+    driver.apply(quarantined)
+    _make_ready(cluster)
+    # EMQX's authorization source answers 503 (restarting); authentication calls go through.
+    broker_api.state.fail_status, broker_api.state.fail_path_prefix = 503, "/api/v5/authorization/"
+
+    with pytest.raises(TemporaryDriverError):
+        driver.apply(quarantined)
+
+    assert "quarantined" not in broker_api.users()
+    broker_api.state.fail_status = None
+    assert driver.apply(quarantined).phase == "running"
+    assert "quarantined" in broker_api.users() and not _quarantined_may_publish(broker_api)
+
+
+def test_removed_user_keeps_its_acl_until_it_is_gone_when_the_user_removal_fails(driver, spec, cluster, broker_api):
+    quarantined = _with_quarantined(spec)
+    driver.apply(quarantined)
+    _make_ready(cluster)
+    driver.apply(quarantined)
+    broker_api.connect(client_id="q-1", username="quarantined")
+    broker_api.state.fail_status, broker_api.state.fail_path_prefix = 503, f"{AUTHN}/users/"
+    broker_api.state.fail_method = "DELETE"
+
+    with pytest.raises(TemporaryDriverError):
+        driver.apply(spec)  # quarantined and its rule removed together
+
+    assert "quarantined" in broker_api.users() and not _quarantined_may_publish(broker_api)
+    broker_api.state.fail_status = None
+    driver.apply(spec)
+    assert "quarantined" not in broker_api.users() and "quarantined" not in broker_api.rules()["users"]
+    # Its connection went with it: EMQX checks a password at CONNECT only, and its rules are gone.
+    assert "q-1" not in broker_api.connected()
 
 
 def test_removed_limit_is_lifted_in_running_config_when_operator_merges(driver, spec, cluster):

@@ -37,9 +37,16 @@ class FakeEmqx:
     client_rules: dict[str, list[dict]] = field(default_factory=dict)
     all_rules: list[dict] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)
-    fail_status: int | None = None  # answer every request with this status (e.g. 503) while set
+    fail_status: int | None = None  # answer every request with this status (e.g. 503) while set…
+    fail_path_prefix: str = ""  # …or only those whose path starts with this (an authz source restarting, say)…
+    fail_method: str = ""  # …and, if set, only with this method
     version: str = "5.8.6"  # the release whose wire formats the fake speaks
     import_queries: list[dict] = field(default_factory=list)
+    # Connected clients (client id -> username), and their cached authorization decisions ((client id, action,
+    # topic) -> decision), as EMQX keeps them per connection (authorization.cache, on by default) until the cache is
+    # cleaned or the client disconnects.
+    clients: dict[str, str] = field(default_factory=dict)
+    authz_cache: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -96,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorised():
                 self._error(401, "BAD_API_KEY_OR_SECRET", "Check api_key/api_secret")
                 return
-            if state.fail_status:
+            if state.fail_status and path.startswith(state.fail_path_prefix) and state.fail_method in ("", method):
                 self._error(state.fail_status, "SERVICE_UNAVAILABLE", "injected failure")
                 return
             self._dispatch(method, path, query, raw)
@@ -159,6 +166,24 @@ class _Handler(BaseHTTPRequestHandler):
             elif method == "DELETE":
                 state.all_rules = []
                 self._send(204)
+        elif path == "/api/v5/clients" and method == "GET":
+            # emqx_mgmt_api_clients.erl: `username` filters exactly.
+            wanted = (query.get("username") or [None])[0]
+            connected = [
+                {"clientid": cid, "username": who, "connected": True}
+                for cid, who in sorted(state.clients.items())
+                if wanted is None or who == wanted
+            ]
+            self._send(200, _page(connected, query))
+        elif (m := re.fullmatch(r"/api/v5/clients/(.+)", path)) and method == "DELETE":
+            if state.clients.pop(m[1], None) is None:
+                self._error(404, "CLIENTID_NOT_FOUND", "Client ID not found")
+            else:
+                state.authz_cache = {k: v for k, v in state.authz_cache.items() if k[0] != m[1]}
+                self._send(204)
+        elif path == "/api/v5/authorization/cache" and method == "DELETE":
+            state.authz_cache.clear()  # emqx_authz_api_cache.erl clean_cache/2: every node's
+            self._send(204)
         elif path == "/api/v5/monitor_current" and method == "GET":
             self._send(
                 200,
@@ -312,21 +337,42 @@ class FakeEmqxServer:
         with self.state.lock:
             return copy.deepcopy(self.state.users)
 
+    def connect(self, *, client_id: str, username: str) -> None:
+        """A client signed in (EMQX checks the password at CONNECT only): it stays connected until kicked."""
+        with self.state.lock:
+            self.state.clients[client_id] = username
+
+    def connected(self) -> dict[str, str]:
+        with self.state.lock:
+            return dict(self.state.clients)
+
     def authorize(self, *, client_id: str, username: str, action: str, topic: str) -> str | None:
         """EMQX's decision from the stored rules: client id's, then username's, then all's; the first match decides
-        (emqx/emqx v5.8.6 apps/emqx_auth_mnesia/src/emqx_authz_mnesia.erl authorize/4). None: no rule matched."""
+        (emqx/emqx v5.8.6 apps/emqx_auth_mnesia/src/emqx_authz_mnesia.erl authorize/4). None: no rule matched.
+        A connected client's decision is cached (emqx_authz_cache) until the cache is cleaned or it disconnects."""
         from deployments.emqx_acl import topic_matches
 
         with self.state.lock:
+            cached = self.state.clients.get(client_id) == username
+            key = (client_id, action, topic)
+            if cached and key in self.state.authz_cache:
+                return self.state.authz_cache[key]
             sequence = (
                 self.state.client_rules.get(client_id, [])
                 + self.state.user_rules.get(username, [])
                 + self.state.all_rules
             )
-        for rule in sequence:
-            if rule["action"] in ("all", action) and topic_matches(topic, rule["topic"]):
-                return rule["permission"]
-        return None
+            decision = next(
+                (
+                    rule["permission"]
+                    for rule in sequence
+                    if rule["action"] in ("all", action) and topic_matches(topic, rule["topic"])
+                ),
+                None,
+            )
+            if cached:
+                self.state.authz_cache[key] = decision
+            return decision
 
     def rules(self) -> dict[str, object]:
         with self.state.lock:

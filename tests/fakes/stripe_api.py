@@ -1,8 +1,14 @@
 """HTTP-level fake of the Stripe API (v1, form-encoded) for the calls billing.stripe_gateway makes, on 127.0.0.1.
 
 Driven by the real stripe-python client: customers, customer tax ids, setup intents, Checkout sessions in setup
-mode, off-session PaymentIntents with Idempotency-Key replay, Stripe-shaped JSON errors (400/401/402/404), and
-webhook payloads signed with Stripe's scheme. It never talks to the real Stripe.
+mode (created, retrieved with `expand`), payment methods, off-session PaymentIntents with Idempotency-Key replay,
+Stripe-shaped JSON errors (400/401/402/404), and webhook payloads signed with Stripe's scheme. It never talks to the
+real Stripe.
+
+With `serve_checkout=True` it also serves a stand-in for the hosted Checkout page at the session's `url`: a person
+(or a browser test) enters a card there, the SetupIntent succeeds with a card PaymentMethod attached to the customer,
+and the browser is redirected (303) to `success_url` with `{CHECKOUT_SESSION_ID}` replaced, as Stripe does; "Cancel"
+goes back to `cancel_url`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import re
 import secrets
 import threading
 import time
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -116,6 +123,34 @@ def decode_form(body: str) -> dict[str, Any]:
     return listify(root)
 
 
+def _expanded(params: dict) -> set[str]:
+    expand = params.get("expand") or []
+    return set(expand if isinstance(expand, list) else [expand])
+
+
+def _checkout_html(session: dict | None, error: str = "") -> str:
+    """The stand-in Checkout page: labelled fields, a submit button, a cancel link; no script."""
+    if session is None:
+        body = f"<h1>Checkout</h1><p>{escape(error)}</p>"
+    else:
+        cancel = session.get("cancel_url") or ""
+        body = (
+            "<h1>Save a card (test stand-in for Stripe Checkout)</h1>"
+            + (f'<p role="alert">{escape(error)}</p>' if error else "")
+            + f'<form method="post" action="/c/pay/{escape(session["id"])}">'
+            '<label for="cardnumber">Card number</label>'
+            '<input id="cardnumber" name="cardnumber" inputmode="numeric" autocomplete="cc-number">'
+            '<label for="expiry">Expiry (MM / YY)</label><input id="expiry" name="expiry" value="12 / 30">'
+            '<label for="cvc">CVC</label><input id="cvc" name="cvc" value="123">'
+            '<button type="submit">Save card</button></form>'
+            + (f'<p><a href="{escape(cancel)}">Cancel and go back</a></p>' if cancel else "")
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Checkout (test)</title></head>'
+        f"<body><main>{body}</main></body></html>"
+    )
+
+
 def sign_payload(payload: bytes, secret: str, *, timestamp: int | None = None) -> str:
     """The Stripe-Signature header for `payload`: t=<ts>,v1=<hex HMAC-SHA256 of "<ts>.<payload>">."""
     ts = int(time.time()) if timestamp is None else timestamp
@@ -187,8 +222,9 @@ def _merge(target: dict, updates: dict, *, metadata: bool = False) -> None:
 class FakeStripe:
     """State is public for assertions: customers, tax_ids, setup_intents, checkout_sessions, payment_intents."""
 
-    def __init__(self, *, api_key: str = "sk_test_fake") -> None:
+    def __init__(self, *, api_key: str = "sk_test_fake", serve_checkout: bool = False) -> None:
         self.api_key = api_key
+        self.serve_checkout = serve_checkout
         self.customers: dict[str, dict] = {}
         self.tax_ids: dict[str, list[dict]] = {}
         self.payment_methods: dict[str, dict] = {}
@@ -268,8 +304,45 @@ class FakeStripe:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _send_html(self, status: int, html: str, *, location: str | None = None) -> None:
+                data = html.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                if location:
+                    self.send_header("Location", location)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _checkout_page(self, method: str, session_id: str) -> None:
+                """The hosted Checkout page's stand-in: a person's browser, not an API client, comes here."""
+                form = {}
+                if method == "POST":
+                    raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                    form = dict(parse_qsl(raw, keep_blank_values=True))
+                with fake._lock:
+                    session = fake.checkout_sessions.get(session_id)
+                    if session is None or session["status"] != "open":
+                        self._send_html(404, _checkout_html(None, "This Checkout session is no longer available."))
+                        return
+                    if method == "GET":
+                        self._send_html(200, _checkout_html(session))
+                        return
+                    number = re.sub(r"[\s-]", "", form.get("cardnumber", ""))
+                    if not re.fullmatch(r"\d{12,19}", number):
+                        self._send_html(400, _checkout_html(session, "Your card number is incomplete."))
+                        return
+                    fake._complete_checkout(session, number)
+                    location = session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id)
+                self._send_html(303, "", location=location)
+
             def _dispatch(self, method: str) -> None:
                 split = urlsplit(self.path)
+                checkout = re.fullmatch(r"/c/pay/(cs_test_\w+)", split.path)
+                if checkout and method in ("GET", "POST"):
+                    self._checkout_page(method, checkout.group(1))
+                    return
                 if method == "POST":
                     raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 else:
@@ -338,6 +411,9 @@ class FakeStripe:
             ("DELETE", r"/v1/customers/([^/]+)/tax_ids/([^/]+)", self._tax_id_delete),
             ("POST", r"/v1/setup_intents", self._setup_intent_create),
             ("POST", r"/v1/checkout/sessions", self._checkout_session_create),
+            ("GET", r"/v1/checkout/sessions/(cs_test_\w+)", self._checkout_session_retrieve),
+            ("GET", r"/v1/setup_intents/(seti_\w+)", self._setup_intent_retrieve),
+            ("GET", r"/v1/payment_methods/(pm_\w+)", self._payment_method_retrieve),
             ("POST", r"/v1/payment_intents", self._payment_intent_create),
             ("GET", r"/v1/payment_intents/(pi_\w+)", self._payment_intent_retrieve),
             ("GET", r"/v1/customers/([^/]+)", self._customer_retrieve),
@@ -509,13 +585,52 @@ class FakeStripe:
             "setup_intent": setup_intent["id"],
             "success_url": params["success_url"],
             "cancel_url": params.get("cancel_url"),
-            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            "url": f"{self.url if self.serve_checkout else 'https://checkout.stripe.com'}/c/pay/{session_id}",
             "metadata": params.get("metadata", {}),
             "created": int(time.time()),
             "livemode": False,
         }
         self.checkout_sessions[session_id] = session
         return session
+
+    def _checkout_session_retrieve(self, params: dict, session_id: str) -> dict:
+        session = self.checkout_sessions.get(session_id)
+        if session is None:
+            raise _missing("checkout.session", session_id)
+        session = dict(session)
+        if "setup_intent" in _expanded(params) and session["setup_intent"]:
+            session["setup_intent"] = self._setup_intent_retrieve({}, session["setup_intent"])
+        return session
+
+    def _setup_intent_retrieve(self, params: dict, intent_id: str) -> dict:
+        intent = self.setup_intents.get(intent_id)
+        if intent is None:
+            raise _missing("setup_intent", intent_id)
+        return intent
+
+    def _payment_method_retrieve(self, params: dict, pm_id: str) -> dict:
+        pm = self.payment_methods.get(pm_id)
+        if pm is None:
+            raise _missing("payment_method", pm_id)
+        return pm
+
+    def _complete_checkout(self, session: dict, number: str) -> None:
+        """What the customer's card entry does at Stripe: a card PaymentMethod on the customer, the SetupIntent
+        succeeded with it, the session complete. Called with the lock held."""
+        brand = {"4": "visa", "5": "mastercard", "3": "amex", "6": "discover"}.get(number[0], "unknown")
+        pm = {
+            "id": _new_id("pm"),
+            "object": "payment_method",
+            "type": "card",
+            "customer": session["customer"],
+            "card": {"brand": brand, "last4": number[-4:], "exp_month": 12, "exp_year": 2030},
+            "created": int(time.time()),
+            "livemode": False,
+        }
+        self.payment_methods[pm["id"]] = pm
+        intent = self.setup_intents[session["setup_intent"]]
+        intent.update(status="succeeded", payment_method=pm["id"])
+        session.update(status="complete")
 
     # payments --------------------------------------------------------------------------------------------
     def _payment_intent_retrieve(self, params: dict, intent_id: str) -> dict:

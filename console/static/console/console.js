@@ -59,6 +59,20 @@
     }
   });
 
+  // A form for several kinds of one thing (notification channels): only the chosen kind's fieldset is shown. Without
+  // JavaScript every fieldset shows, each under its kind's name, and the server reads only the chosen one.
+  function showKind(form) {
+    var chosen = form.querySelector('input[type="radio"][name$="type"]:checked');
+    form.querySelectorAll("fieldset[data-kind]").forEach(function (set) {
+      set.hidden = !!chosen && set.getAttribute("data-kind") !== chosen.value;
+    });
+  }
+  document.querySelectorAll("form[data-kind-form]").forEach(showKind);
+  document.addEventListener("change", function (event) {
+    var form = event.target.closest && event.target.closest("form[data-kind-form]");
+    if (form) { showKind(form); }
+  });
+
   // Buttons that exist only for pages without JavaScript (htmx updates the page on change instead).
   document.documentElement.classList.add("js");
 })();

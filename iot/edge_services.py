@@ -1,0 +1,262 @@
+"""Every write about edge nodes (Premium): nodes and their credentials, desired configuration versions (API), and
+what the platform agent learns and does (status, acknowledgements, publications).
+
+API writes run in one transaction with their audit row; creating, deleting a node or rotating its credentials
+changes the broker's users, so they also start a configure Operation (deployments.services
+.deployment_configuration_changed). Agent writes are fenced by its lease (iot.services._fence). A new configuration
+version wakes the agent with NOTIFY on commit. Nothing here talks to a broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import secrets
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from audit.services import audit_record
+from controlplane.errors import Conflict, FieldError, ValidationFailed
+from deployments.models import Deployment
+from deployments.passwords import hash_mqtt_password
+from deployments.services import deployment_configuration_changed
+from iot import edge
+from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear
+from iot.services import IssuedCredentials, _fence, _fields, _locked_deployment, _notify
+
+_UNSET = object()
+
+
+def _new_credentials() -> tuple[IssuedCredentials, str, str]:
+    password = secrets.token_urlsafe(24)
+    salt_b64, hash_b64 = hash_mqtt_password(password)
+    username = edge.NODE_USERNAME_PREFIX + secrets.token_hex(8)
+    return IssuedCredentials(username=username, password=password), salt_b64, hash_b64
+
+
+def _mapping_checks(up, down) -> tuple[list[str], list[str]]:
+    values = _fields({"up_topics": lambda: edge.topic_filters(up), "down_topics": lambda: edge.topic_filters(down)})
+    try:
+        edge.mappings(values["up_topics"], values["down_topics"])
+    except ValueError as exc:
+        raise ValidationFailed({"down_topics": str(exc)}) from None
+    return values["up_topics"], values["down_topics"]
+
+
+def _audit(node: EdgeNode, deployment: Deployment, actor, action: str, **summary) -> None:
+    audit_record(
+        actor=actor,
+        organization=deployment.project.organization,
+        action=action,
+        target=node,
+        summary={"deployment": deployment.public_id, "node": node.name, **summary},
+    )
+
+
+# -- nodes --------------------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def edge_node_create(*, deployment: Deployment, actor, name, kind, up_topics=None, down_topics=None):
+    """Register an edge node; answers (node, its credentials shown this once, the configure Operation)."""
+    deployment = _locked_deployment(deployment)
+    values = _fields({"name": lambda: edge.node_name(name), "kind": lambda: edge.kind(kind)})
+    up, down = _mapping_checks(
+        up_topics if up_topics is not None else [], down_topics if down_topics is not None else []
+    )
+    if EdgeNode.objects.filter(deployment=deployment, name=values["name"]).exists():
+        raise Conflict(f"An edge node {values['name']!r} already exists on this deployment.")
+    credentials, salt_b64, hash_b64 = _new_credentials()
+    try:
+        with transaction.atomic():
+            node = EdgeNode.objects.create(
+                deployment=deployment,
+                name=values["name"],
+                kind=values["kind"],
+                up_topics=up,
+                down_topics=down,
+                username=credentials.username,
+                salt_b64=salt_b64,
+                hash_b64=hash_b64,
+            )
+    except IntegrityError:
+        raise Conflict(f"An edge node {values['name']!r} already exists on this deployment.") from None
+    operation = _broker_changed(deployment, actor, "edge_node.create", node)
+    _audit(node, deployment, actor, "edge_node.create", kind=node.kind, operation=operation.public_id)
+    return node, credentials, operation
+
+
+def _broker_changed(deployment: Deployment, actor, change: str, node: EdgeNode):
+    return deployment_configuration_changed(
+        deployment=deployment, actor=actor, change=change, summary={"edge_node": node.name}
+    )
+
+
+@transaction.atomic
+def edge_node_delete(*, node: EdgeNode, actor):
+    """Remove a node: its broker user goes (the broker drops its bridge on reload), its configuration history too,
+    and the agent clears its retained status and configuration."""
+    deployment = _locked_deployment(node.deployment)
+    name, public_id = node.name, node.public_id
+    EdgeNode.objects.filter(pk=node.pk).delete()
+    EdgeRetainedClear.objects.bulk_create(
+        [
+            EdgeRetainedClear(deployment=deployment, topic=edge.status_topic(name)),
+            EdgeRetainedClear(deployment=deployment, topic=edge.config_topic(name)),
+        ]
+    )
+    _notify(deployment.pk)
+    operation = _broker_changed(deployment, actor, "edge_node.delete", node)
+    _audit(node, deployment, actor, "edge_node.delete", edge_node=public_id, operation=operation.public_id)
+    return operation
+
+
+@transaction.atomic
+def edge_node_credentials_rotate(*, node: EdgeNode, actor):
+    """A new username and password (shown this once); the old ones stop working when the broker reloads."""
+    deployment = _locked_deployment(node.deployment)
+    node = EdgeNode.objects.select_for_update().get(pk=node.pk)
+    credentials, node.salt_b64, node.hash_b64 = _new_credentials()
+    node.username = credentials.username
+    node.credentials_issued_at = timezone.now()
+    node.save()
+    operation = _broker_changed(deployment, actor, "edge_node.credentials", node)
+    _audit(node, deployment, actor, "edge_node.credentials.rotate", operation=operation.public_id)
+    return node, credentials, operation
+
+
+# -- desired configuration ----------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def edge_config_create(*, node: EdgeNode, actor, up_topics=_UNSET, down_topics=_UNSET, settings=_UNSET) -> EdgeConfig:
+    """A new version of the node's desired configuration: its topic mappings (the current ones unless given) and
+    settings (a JSON object). The agent publishes it retained to edge/{node}/config; the downloaded bridge file
+    follows the new mappings at once."""
+    deployment = _locked_deployment(node.deployment)
+    node = EdgeNode.objects.select_for_update().get(pk=node.pk)
+    up, down = _mapping_checks(
+        node.up_topics if up_topics is _UNSET else up_topics, node.down_topics if down_topics is _UNSET else down_topics
+    )
+    values = _fields({"settings": lambda: edge.settings({} if settings is _UNSET else settings)})
+    version = node.desired_version + 1
+    document = edge.document(
+        node=node.name, node_kind=node.kind, version=version, up=up, down=down, settings=values["settings"]
+    )
+    try:
+        size = edge.document_size_check(document)
+    except ValueError as exc:
+        raise ValidationFailed([FieldError("settings", str(exc), "too-large")]) from None
+    config = EdgeConfig.objects.create(
+        node=node,
+        version=version,
+        up_topics=up,
+        down_topics=down,
+        settings=values["settings"],
+        document=document,
+        size=size,
+    )
+    node.desired_version = version
+    node.up_topics, node.down_topics = up, down
+    node.save(update_fields=["desired_version", "up_topics", "down_topics", "updated_at"])
+    _notify(deployment.pk)
+    _audit(node, deployment, actor, "edge_node.config.create", version=version, size=size)
+    return config
+
+
+# -- the agent --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeEvent:
+    """What a node said: `status` (online True/False) or `ack` (the version it applied). `retained`: a retained
+    status delivered on (re)subscribing, which tells the current state but not when it began."""
+
+    node: str
+    kind: str  # status | ack
+    at: datetime.datetime
+    online: bool | None = None
+    version: int | None = None
+    retained: bool = False
+
+
+def edge_events_apply(*, deployment_id: int, holder: str, token: int, events: list[EdgeEvent]) -> int:
+    """Apply the nodes' status and acknowledgements in order, in one transaction; answers how many nodes changed.
+    Raises iot.services.LeaseLost (nothing committed)."""
+    with transaction.atomic():
+        _fence(deployment_id, holder, token)
+        nodes = {
+            n.name: n
+            for n in EdgeNode.objects.select_for_update()
+            .filter(deployment_id=deployment_id, name__in={e.node for e in events})
+            .order_by("pk")
+        }
+        changed: set[str] = set()
+        for event in events:
+            node = nodes.get(event.node)
+            if node is None:
+                continue
+            if event.kind == "status":
+                if event.retained:
+                    if node.online != event.online:  # missed while no agent listened
+                        node.online = bool(event.online)
+                        changed.add(node.name)
+                    continue
+                node.online = bool(event.online)
+                node.last_seen = event.at
+                if event.online:
+                    node.connected_at = event.at
+                else:
+                    node.disconnected_at = event.at
+                changed.add(node.name)
+            elif event.kind == "ack" and event.version is not None:
+                # It came over the node's bridge: the node is connected (NanoMQ's bridge announces nothing else).
+                node.online = True
+                node.last_seen = event.at
+                # Never past what was asked, never backwards (a redelivered older ack changes nothing).
+                if node.applied_version < event.version <= node.desired_version:
+                    node.applied_version = event.version
+                    node.applied_at = event.at
+                changed.add(node.name)
+        for name in changed:
+            nodes[name].save(
+                update_fields=[
+                    "online",
+                    "connected_at",
+                    "disconnected_at",
+                    "last_seen",
+                    "applied_version",
+                    "applied_at",
+                    "updated_at",
+                ]
+            )
+    return len(changed)
+
+
+def edge_publications_due(*, deployment_id: int) -> tuple[list[EdgeRetainedClear], list[EdgeConfig]]:
+    """What the agent must publish, oldest first: retained topics to clear, then each node's latest configuration
+    not yet published (an older unpublished version is superseded and never published)."""
+    clears = list(EdgeRetainedClear.objects.filter(deployment_id=deployment_id).order_by("id")[:500])
+    configs = list(
+        EdgeConfig.objects.filter(
+            node__deployment_id=deployment_id, published_at__isnull=True, version=F("node__desired_version")
+        )
+        .select_related("node")
+        .order_by("id")[:500]
+    )
+    return clears, configs
+
+
+def edge_published(*, deployment_id: int, holder: str, token: int, config_ids: list[int], clear_ids: list[int]) -> None:
+    """The broker took these retained messages: record them (fenced, like every agent write)."""
+    if not config_ids and not clear_ids:
+        return
+    with transaction.atomic():
+        _fence(deployment_id, holder, token)
+        now = timezone.now()
+        if config_ids:
+            EdgeConfig.objects.filter(pk__in=config_ids, published_at__isnull=True).update(published_at=now)
+        if clear_ids:
+            EdgeRetainedClear.objects.filter(pk__in=clear_ids, deployment_id=deployment_id).delete()
