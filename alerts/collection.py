@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -26,6 +27,18 @@ logger = logging.getLogger(__name__)
 
 RAW_RETENTION = dt.timedelta(hours=48)
 ROLLUP_RETENTION = dt.timedelta(days=30)
+
+
+# Apps to the right of alerts (DESIGN §9) feed metrics of their own at each collection without alerts importing them:
+# a source is called with the deployment and the time inside the transaction that stores the broker's samples, and
+# answers {metric name: value}. It may update its own rows there (they commit, or not, with the samples).
+SampleSource = Callable[[Any, dt.datetime], dict[str, float]]
+_sample_sources: dict[str, SampleSource] = {}
+
+
+def register_sample_source(name: str, source: SampleSource) -> None:
+    """Add (or replace: AppConfig.ready() may run twice) the sample source called `name`."""
+    _sample_sources[name] = source
 
 
 def collect_interval_seconds() -> int:
@@ -152,7 +165,7 @@ def deployment_collect(*, deployment_id: int) -> CollectorState | None:
     """Collect one running deployment: store its samples, or record the gap and `metrics_unavailable`."""
     from deployments.models import Deployment, Status
 
-    deployment = Deployment.objects.select_related("region", "tier").filter(pk=deployment_id).first()
+    deployment = Deployment.objects.select_related("region", "tier", "plan").filter(pk=deployment_id).first()
     if deployment is None or deployment.status != Status.RUNNING:
         return None
     state, _ = CollectorState.objects.get_or_create(deployment=deployment)
@@ -173,7 +186,13 @@ def deployment_collect(*, deployment_id: int) -> CollectorState | None:
             state.available, state.last_error = False, f"no collector for driver {deployment.region.driver!r}"
             state.unavailable_since = state.unavailable_since or now
         elif result.available:
-            samples_store(rows=[(deployment.pk, name, now, float(value)) for name, value in result.values.items()])
+            values = dict(result.values)
+            for source_name, source in sorted(_sample_sources.items()):
+                for name, value in source(deployment, now).items():
+                    if name in values:
+                        raise ValueError(f"sample source {source_name!r} gave {name!r}, which the collector gives")
+                    values[name] = value
+            samples_store(rows=[(deployment.pk, name, now, float(value)) for name, value in values.items()])
             # Billing meters traffic from the same reading of the broker's byte counters (billing.traffic).
             billing_traffic.traffic_record_from_collector(deployment_id=deployment.pk, at=now, state=result.state)
             state.available, state.unavailable_since, state.last_success_at = True, None, now

@@ -31,6 +31,7 @@ class DefaultRule:
     for_seconds: int = 0
     severity: str = "warning"
     repeat_interval_seconds: int | None = 3600
+    plans: tuple[str, ...] = ()  # the plans (codes) whose deployments get it; empty: every deployment
 
 
 # The seed system's fixed alert events (DESIGN §7), as editable rules on every deployment. Append only: a key is the
@@ -92,6 +93,16 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
         severity="critical",
     ),
     DefaultRule("rule_failures", "Rule-engine failures", metric="rule_failed_rate", aggregation="avg", threshold=0),
+    # Premium codec rules: a message that did not decode or encode (fed by the iot app; iot's migration 0002 gave
+    # it to the Premium deployments that existed before it).
+    DefaultRule(
+        "codec_failures",
+        "Rule-engine failures (codecs)",
+        metric="codec_failures",
+        aggregation="sum",
+        threshold=0,
+        plans=("premium",),
+    ),
     # Fires while the broker is down and being restored (status `degraded`), or failed after it had run; resolves
     # when it runs again.
     DefaultRule(
@@ -103,6 +114,11 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
     ),
 )
 DEFAULT_KEYS: tuple[str, ...] = tuple(d.key for d in DEFAULT_RULES)
+
+
+def keys_for(plan_code: str) -> tuple[str, ...]:
+    """The defaults a deployment of this plan is given (DEFAULT_KEYS is every default, the record's vocabulary)."""
+    return tuple(d.key for d in DEFAULT_RULES if not d.plans or plan_code in d.plans)
 
 
 def _rows(deployment, keys) -> list[AlertRule]:
@@ -125,7 +141,7 @@ def _rows(deployment, keys) -> list[AlertRule]:
             default_key=d.key,
         )
         for d in DEFAULT_RULES
-        if d.key in keys
+        if d.key in keys and (not d.plans or deployment.plan.code in d.plans)
     ]
 
 
@@ -157,7 +173,7 @@ def default_rules_ensure(*, deployment_ids: Sequence[int] | None = None) -> int:
     got some. The common case, nothing missing, is one query."""
     from deployments.models import Deployment, DesiredState
 
-    qs = Deployment.objects.exclude(desired_state=DesiredState.DELETED).select_related("project")
+    qs = Deployment.objects.exclude(desired_state=DesiredState.DELETED).select_related("project", "plan")
     if deployment_ids is not None:
         qs = qs.filter(pk__in=deployment_ids)
     complete = CollectorState.objects.filter(default_rule_keys__contains=list(DEFAULT_KEYS))

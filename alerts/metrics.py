@@ -45,6 +45,8 @@ RULE_RESOURCE_DOWN = "rule_resource_down"
 # Fed by the networking app (alerts never imports it): 1 while one of the deployment's VPC peerings that was active
 # is not, else 0.
 VPC_PEERING_ABNORMAL = "vpc_peering_abnormal"
+# Fed by the iot app's sample source (Premium codec rules): messages a rule could not decode or encode.
+CODEC_FAILURES = "codec_failures"
 
 METRICS: dict[str, Metric] = {
     m.name: m
@@ -64,6 +66,7 @@ METRICS: dict[str, Metric] = {
         Metric(RULE_FAILED_RATE, MetricKind.RATE, "failures/s", "rule-engine executions that failed"),
         Metric(RULE_RESOURCE_DOWN, MetricKind.GAUGE, "resources", "rule-engine connectors not connected"),
         Metric(VPC_PEERING_ABNORMAL, MetricKind.GAUGE, "flag", "1 while a VPC peering that was active is not"),
+        Metric(CODEC_FAILURES, MetricKind.COUNTER, "messages", "messages a codec rule could not decode or encode"),
     )
 }
 

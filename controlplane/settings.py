@@ -334,6 +334,8 @@ SPECTACULAR_SETTINGS = {
         "TlsCertificateKindEnum": "deployments.models.TlsCertificate.Kind",
         "TlsCertificateSourceEnum": "deployments.models.TlsCertificate.Source",
         "EdgeNodeKindEnum": "iot.edge_models.EdgeNode.Kind",
+        "CodecSchemaTypeEnum": "iot.codec_models.Schema.Type",
+        "TypeEnum": "notifications.models.NotificationChannel.Type",  # its name before codec schemas had a type too
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -428,6 +430,8 @@ CELERY_BEAT_SCHEDULE = {
     "networking.sweep_peerings": {"task": "networking.sweep_peerings", "schedule": crontab()},
     # Premium trials: reminders 3 days and 1 day before the end, the end itself, deletions after the retention.
     "iot.sweep_premium_trials": {"task": "iot.sweep_premium_trials", "schedule": crontab(minute="*/10")},
+    # Codec rules on EMQX regions: a push lost to a Redis outage, or a rule edited in EMQX's dashboard, is repaired.
+    "iot.sweep_codecs_emqx": {"task": "iot.sweep_codecs_emqx", "schedule": crontab(minute="*/5")},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 

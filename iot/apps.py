@@ -6,11 +6,12 @@ class IotConfig(AppConfig):
     verbose_name = "IoT platform (Premium)"
 
     def ready(self):
+        from alerts.collection import register_sample_source
         from billing.metering import register_coverage_source
         from controlplane.metrics import register_gauge_source
         from deployments import hooks
         from deployments.extensions import register_spec_contributor
-        from iot import broker, edge_selectors, selectors, trials
+        from iot import broker, codecs, edge_selectors, selectors, trials
 
         register_spec_contributor("iot", broker.spec_users)
         register_spec_contributor("iot-edge", edge_selectors.spec_users)
@@ -19,6 +20,8 @@ class IotConfig(AppConfig):
         hooks.on_deployment_created(trials.trial_deployment_record)
         hooks.on_deployment_start(trials.trial_start_guard)
         register_coverage_source("iot.premium_trial", trials.coverage_source())
+        # Codec failures are a metric the collector stores each minute (the "rule-engine failures" default rule).
+        register_sample_source("iot.codec_failures", codecs.codec_failures_sample)
         register_gauge_source(
             "controlplane_iot_agent_heartbeat_age_seconds",
             "Seconds since each platform agent's last heartbeat (a live agent beats every few seconds).",

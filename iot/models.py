@@ -190,7 +190,8 @@ class OutboxMessage(models.Model):
         ]
 
 
-# Edge nodes live in their own module; imported here so that Django registers them in this app.
+# Codecs and edge nodes live in modules of their own; imported here so that Django registers them in this app.
+from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion  # noqa: E402, F401 - one app's models
 from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear  # noqa: E402, F401
 
 # Premium trials live in their own module (iot.trials_models); imported here so Django registers them.

@@ -44,3 +44,36 @@ urlpatterns = [
     ),
 ]
 urlpatterns += edge_urls.urlpatterns
+
+# Codecs (Premium): schemas, try-it calls, codec rules (iot.codec_api).
+from iot import codec_api  # noqa: E402
+
+SCHEMA = ONE + "/schemas/<str:schema>"
+urlpatterns += [
+    path(
+        ONE + "/schemas", codec_api.SchemaViewSet.as_view({"get": "list", "post": "create"}), name="codec-schema-list"
+    ),
+    path(SCHEMA, codec_api.SchemaViewSet.as_view({"get": "retrieve", "delete": "destroy"}), name="codec-schema-detail"),
+    path(
+        SCHEMA + "/versions",
+        codec_api.SchemaViewSet.as_view({"get": "versions", "post": "version_create"}),
+        name="codec-schema-versions",
+    ),
+    path(
+        SCHEMA + "/versions/<str:version>",
+        codec_api.SchemaViewSet.as_view({"get": "version"}),
+        name="codec-schema-version",
+    ),
+    path(SCHEMA + "/decode", codec_api.SchemaViewSet.as_view({"post": "decode"}), name="codec-schema-decode"),
+    path(SCHEMA + "/encode", codec_api.SchemaViewSet.as_view({"post": "encode"}), name="codec-schema-encode"),
+    path(
+        ONE + "/codec-rules",
+        codec_api.CodecRuleViewSet.as_view({"get": "list", "post": "create"}),
+        name="codec-rule-list",
+    ),
+    path(
+        ONE + "/codec-rules/<str:codec_rule>",
+        codec_api.CodecRuleViewSet.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+        name="codec-rule-detail",
+    ),
+]

@@ -133,7 +133,13 @@ def _deployment(org, values, route):
 
     project = Project.objects.get(public_id=values.get("project", org.default_project.public_id))
     plan = "dedicated"
-    if "/devices" in route or "/device-" in route or "/edge-nodes" in route:
+    if (
+        "/devices" in route
+        or "/device-" in route
+        or "/edge-nodes" in route
+        or "/schemas" in route
+        or "/codec-rules" in route
+    ):
         # Devices and shadows are Premium's: the organization is granted trials, as staff would. An organization has
         # at most two, so the device routes share one Premium deployment (their own objects are made fresh).
         existing = project.deployments.filter(plan__code="premium").exclude(desired_state="deleted").first()
@@ -303,6 +309,39 @@ def _edge_node(org, values, route):
     return node.name
 
 
+_JSON_SCHEMA = '{"type": "object", "properties": {"t": {"type": "number"}}}'
+
+
+def _schema(org, values, route):
+    from iot import codecs
+
+    return codecs.schema_create(
+        deployment=_deployment_row(values),
+        actor=None,
+        name=f"s_walk{_stamp()}",
+        type="json_schema",
+        source=_JSON_SCHEMA,
+    ).name
+
+
+def _codec_rule(org, values, route):
+    from iot import codecs
+
+    deployment = _deployment_row(values)
+    schema = codecs.schema_create(
+        deployment=deployment, actor=None, name=f"r_walk{_stamp()}", type="json_schema", source=_JSON_SCHEMA
+    )
+    rule = codecs.codec_rule_create(
+        deployment=deployment,
+        actor=None,
+        topic_filter="devices/+/telemetry",
+        direction="decode",
+        schema=schema.name,
+        topic_template="app/{device_id}/telemetry",
+    )
+    return rule.public_id
+
+
 _peerings = itertools.count()
 
 
@@ -363,6 +402,9 @@ SAMPLE_MAKERS = {
     "group": _device_group,
     "node": _edge_node,
     "peering": _peering,
+    "schema": _schema,
+    "version": lambda org, values, route: "1",
+    "codec_rule": _codec_rule,
 }
 
 

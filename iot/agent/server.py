@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 from deployments.models import Deployment
 from iot import services, shadow
 from iot.agent import edge as edge_agent
+from iot.agent.codecs import CodecEngine
 from iot.agent.presence import EMQX_TOPICS, LogTail, parse_emqx_event
 from iot.models import AGENT_CLIENT_ID, OutboxMessage
 
@@ -70,6 +71,7 @@ class DeploymentServer:
         self._cursor_saved = dict(presence_cursor or {})
         self._cursor_saved_at = 0.0
         self.client = self._make_client()
+        self.codecs = CodecEngine(self)
         self.thread = threading.Thread(target=self._run, name=f"iot-agent-{target.public_id}", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -143,6 +145,7 @@ class DeploymentServer:
         if self.target.driver != "local":
             topics += [(topic, 1) for topic in EMQX_TOPICS]
         client.subscribe(topics)
+        self.codecs.subscribe(client)
         self.connected.set()
         logger.info("connected to the broker of %s", self.target.public_id, extra={"deployment": self.target.public_id})
 
@@ -170,6 +173,7 @@ class DeploymentServer:
                     self._retrying(self._carry_out_outbox)
                     self._retrying(edge_agent.publish_due, self)
                     next_outbox = now + OUTBOX_POLL
+                self._retrying(self.codecs.tick, woken)
                 if now >= next_prune:
                     self._retrying(self._prune)
                     next_prune = now + PRUNE_EVERY
@@ -228,6 +232,7 @@ class DeploymentServer:
         self._pending_since = batch[0][0]
         requests, presence, messages = [], [], [message for _, message in batch]
         for message in messages:
+            self.codecs.handle(message)
             parts = message.topic.split("/")
             if len(parts) == 4 and parts[0] == "devices" and parts[2] == "shadow" and parts[3] in ("update", "get"):
                 if shadow.DEVICE_ID_RE.match(parts[1]):

@@ -119,7 +119,7 @@ def test_rule_crud_and_deployment_filter_when_project_and_deployment_scoped(ctx)
     listed = client.get(url, {"deployment": ctx["deployment"].public_id}).json()["results"]
     assert body["id"] in [r["id"] for r in listed] and project_wide.json()["id"] not in [r["id"] for r in listed]
     # The two rules above and the deployment's defaults, which exist since it was created.
-    assert len(client.get(url, {"page_size": 50}).json()["results"]) == 2 + len(defaults.DEFAULT_RULES)
+    assert len(client.get(url, {"page_size": 50}).json()["results"]) == 2 + len(defaults.keys_for("dedicated"))
 
     patched = client.patch(f"{url}/{body['id']}", {"enabled": False, "threshold": 10}, format="json")
     assert patched.status_code == 200, patched.content

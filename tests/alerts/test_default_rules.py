@@ -28,7 +28,7 @@ def test_default_rules_listed_by_the_api_right_after_the_deployment_is_accepted(
     listed = client.get(
         f"{project_url}/alert-rules", {"deployment": created.json()["deployment"]["id"], "page_size": 50}
     ).json()["results"]
-    assert sorted(r["default_key"] for r in listed) == sorted(defaults.DEFAULT_KEYS)
+    assert sorted(r["default_key"] for r in listed) == sorted(defaults.keys_for("dedicated"))
     unavailable = next(r for r in listed if r["default_key"] == "deployment_unavailable")
     assert (unavailable["kind"], unavailable["severity"], unavailable["name"]) == (
         "deployment_unavailable",
@@ -44,7 +44,7 @@ def test_default_rules_roll_back_with_the_deployment_when_its_transaction_fails(
         deployment_services.deployment_create(
             project=owner_org.default_project, actor=None, name="gone", plan="dedicated", tier="1k", region="local"
         )
-        assert AlertRule.objects.count() == len(defaults.DEFAULT_RULES)  # created inside the same transaction
+        assert AlertRule.objects.count() == len(defaults.keys_for("dedicated"))  # created inside the same transaction
         raise RuntimeError("the creation failed after the hook ran")
     assert not AlertRule.objects.exists() and not Deployment.objects.exists()
 
@@ -71,7 +71,7 @@ def test_deleted_default_stays_deleted_when_the_deployment_is_collected_and_eval
     evaluate.rules_evaluate(deployment_ids=[deployment.pk])
     assert defaults.create_default_rules(deployment=deployment) == 0
     keys = set(AlertRule.objects.filter(deployment=deployment).values_list("default_key", flat=True))
-    assert keys == set(defaults.DEFAULT_KEYS) - {"auth_failures"}
+    assert keys == set(defaults.keys_for("dedicated")) - {"auth_failures"}
 
 
 def test_default_added_by_a_later_release_reaches_an_existing_deployment_once_when_evaluated(owner_org):
@@ -84,7 +84,7 @@ def test_default_added_by_a_later_release_reaches_an_existing_deployment_once_wh
     evaluate.rules_evaluate(deployment_ids=[deployment.pk])
     evaluate.rules_evaluate(deployment_ids=[deployment.pk])
     keys = sorted(AlertRule.objects.filter(deployment=deployment).values_list("default_key", flat=True))
-    assert keys == sorted(set(defaults.DEFAULT_KEYS) - {"acl_denied"})
+    assert keys == sorted(set(defaults.keys_for("dedicated")) - {"acl_denied"})
 
 
 def _set_status(deployment, status, *, reason="", message=""):

@@ -264,11 +264,11 @@ def test_receiver_answering_500_is_retried_and_recorded_when_delivery_fails(
 def test_default_rules_created_once_when_deployment_created_then_evaluated(owner_org):
     deployment = make_deployment(owner_org.default_project)
     keys = sorted(AlertRule.objects.filter(deployment=deployment).values_list("default_key", flat=True))
-    assert keys == sorted(d.key for d in defaults.DEFAULT_RULES)
+    assert keys == sorted(defaults.keys_for("dedicated"))
     AlertRule.objects.filter(deployment=deployment, default_key="auth_failures").delete()
     assert defaults.create_default_rules(deployment=deployment) == 0
     evaluate.rules_evaluate(deployment_ids=[deployment.pk])
-    assert AlertRule.objects.filter(deployment=deployment).count() == len(defaults.DEFAULT_RULES) - 1
+    assert AlertRule.objects.filter(deployment=deployment).count() == len(defaults.keys_for("dedicated")) - 1
 
 
 def test_percent_rule_uses_tier_limit_when_connections_near_limit(owner_org, django_capture_on_commit_callbacks):

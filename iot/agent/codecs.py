@@ -1,0 +1,159 @@
+"""Codec rules applied by the platform agent on a deployment it serves (the local driver's mosquitto has no rule
+engine): subscribe to the enabled rules' filters, decode or encode each matching message with the rule's schema
+version, republish it on the rule's output topic, or publish the reason to `codec-errors/{rule id}`.
+
+Runs on its DeploymentServer's worker thread (paho's network thread only subscribes on CONNACK). Subscriptions use
+MQTT 5 No Local, so the agent never receives what it published itself: a rule's output can never loop back into it.
+Counts are added to the database once a second; it never changes a rule or a schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import paho.mqtt.client as mqtt
+
+from iot import codec_topics, codecs, schemas
+
+if TYPE_CHECKING:
+    from iot.agent.server import DeploymentServer
+
+logger = logging.getLogger("iot.agent")
+
+RELOAD_EVERY = 5.0  # besides NOTIFY, which wakes the worker at once after a change
+FLUSH_EVERY = 1.0
+MAX_ERROR_SAMPLE = 64 * 1024  # bytes of the offending payload echoed on the error topic
+
+
+class _Rule:
+    __slots__ = ("pk", "public_id", "topic_filter", "direction", "codec", "template")
+
+    def __init__(self, row) -> None:
+        self.pk = row.pk
+        self.public_id = row.public_id
+        self.topic_filter = row.topic_filter
+        self.direction = row.direction
+        self.codec = codecs.codec_of(row.schema_version)
+        self.template = codec_topics.parse_template(row.topic_template, topic_filter=row.topic_filter)
+
+
+class CodecEngine:
+    def __init__(self, server: DeploymentServer) -> None:
+        self.server = server
+        self.rules: list[_Rule] = []
+        self._fingerprint: tuple | None = None
+        self._filters: set[str] = set()
+        self._lock = threading.Lock()
+        self._counts: dict[int, list] = {}  # rule pk -> [processed, failures, last reason]
+        self._next_reload = 0.0
+        self._next_flush = time.monotonic() + FLUSH_EVERY
+
+    # -- subscriptions -------------------------------------------------------------------------------------------
+
+    def subscribe(self, client: mqtt.Client) -> None:
+        """On (re)connect (paho's thread): subscribe to the filters of the rules loaded so far."""
+        with self._lock:
+            filters = sorted(self._filters)
+        if filters:
+            options = mqtt.SubscribeOptions(qos=1, noLocal=True)
+            client.subscribe([(f, options) for f in filters])
+
+    def _apply_filters(self, wanted: set[str]) -> None:
+        with self._lock:
+            added, removed = wanted - self._filters, self._filters - wanted
+            self._filters = set(wanted)
+        client = self.server.client
+        if added:
+            options = mqtt.SubscribeOptions(qos=1, noLocal=True)
+            client.subscribe([(f, options) for f in sorted(added)])
+        if removed:
+            client.unsubscribe(sorted(removed))
+
+    # -- the worker ----------------------------------------------------------------------------------------------
+
+    def tick(self, woken: bool = False) -> None:
+        now = time.monotonic()
+        if woken or now >= self._next_reload:
+            self._reload()
+            self._next_reload = now + RELOAD_EVERY
+        if now >= self._next_flush:
+            self.flush()
+            self._next_flush = now + FLUSH_EVERY
+
+    def _reload(self) -> None:
+        # On an EMQX region the broker's own rule engine applies the rules (iot.codecs_emqx): the agent does not.
+        if self.server.target.driver != "local":
+            rows = []
+        else:
+            rows = codecs.codec_rules_for_agent(deployment_id=self.server.target.deployment_id)
+        fingerprint = tuple((r.pk, r.updated_at, r.schema_version_id) for r in rows)
+        if fingerprint == self._fingerprint:
+            return
+        loaded = []
+        for row in rows:
+            try:
+                loaded.append(_Rule(row))
+            except Exception as exc:  # noqa: BLE001 - saved rules were checked; one bad row must not stop the rest
+                logger.error("codec rule %s cannot be loaded: %s", row.public_id, exc, extra={"rule": row.public_id})
+        self.rules = loaded
+        self._fingerprint = fingerprint
+        self._apply_filters({rule.topic_filter for rule in loaded})
+        logger.info(
+            "codec rules of %s loaded: %d",
+            self.server.target.public_id,
+            len(loaded),
+            extra={"deployment": self.server.target.public_id, "rules": len(loaded)},
+        )
+
+    def handle(self, message) -> None:
+        """Apply every enabled rule whose filter matches the message's topic."""
+        if not self.rules:
+            return
+        topic = message.topic
+        for rule in self.rules:
+            if codec_topics.matches(rule.topic_filter, topic):
+                self._apply(rule, topic, bytes(message.payload), min(message.qos, 1))
+
+    def _apply(self, rule: _Rule, topic: str, payload: bytes, qos: int) -> None:
+        counts = self._counts.setdefault(rule.pk, [0, 0, ""])
+        counts[0] += 1
+        try:
+            if rule.direction == "decode":
+                value = rule.codec.decode(payload)
+                out = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            else:
+                if len(payload) > schemas.MAX_PAYLOAD_BYTES:
+                    raise schemas.CodecFailed(f"the payload is larger than {schemas.MAX_PAYLOAD_BYTES} bytes")
+                out = rule.codec.encode(schemas._json_payload(payload))
+            target = rule.template.render(topic)
+            if len(target.encode("utf-8")) > 65535:
+                raise schemas.CodecFailed("the output topic would be longer than 65,535 bytes")
+        except Exception as exc:  # noqa: BLE001 - one message, whatever is wrong with it, never stops the deployment
+            if not isinstance(exc, schemas.CodecFailed):
+                logger.exception("codec rule %s failed on a message", rule.public_id, extra={"rule": rule.public_id})
+            counts[1] += 1
+            counts[2] = str(exc) or type(exc).__name__
+            error = {
+                "rule": rule.public_id,
+                "topic": topic,
+                "direction": rule.direction,
+                "reason": str(exc),
+                "payload_base64": base64.b64encode(payload[:MAX_ERROR_SAMPLE]).decode("ascii"),
+                "timestamp": int(time.time()),
+            }
+            self.server.client.publish(codec_topics.error_topic(rule.public_id), json.dumps(error), qos=qos)
+            return
+        self.server.client.publish(target, out, qos=qos)
+
+    def flush(self) -> None:
+        if not self._counts:
+            return
+        counts = {pk: (c[0], c[1], c[2]) for pk, c in self._counts.items()}
+        codecs.codec_counters_add(counts=counts, at=datetime.datetime.now(datetime.UTC))
+        self._counts.clear()
