@@ -29,6 +29,12 @@ def test_person_tries_an_operation_in_swagger_ui_when_authorized_with_an_api_key
     operation = docs.locator(".opblock-get", has_text="/api/v1/organizations/{org}/projects").filter(
         has_text="List projects"
     )
+    # Swagger UI renders only the operations near the viewport: scroll as a person would until it is there.
+    for _ in range(80):
+        if operation.count():
+            break
+        docs.mouse.wheel(0, 1200)
+        docs.wait_for_timeout(150)
     operation.locator(".opblock-summary").first.click()
     # SWAGGER_UI_SETTINGS turns "Try it out" on for every operation; a person who turned it off turns it back on.
     try_it = operation.get_by_role("button", name="Try it out")
