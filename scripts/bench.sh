@@ -10,7 +10,14 @@ services_start
 export CONTROLPLANE_ENV=test CONTROLPLANE_ENV_FILE= CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"
 mkdir -p "$CONTROLPLANE_VAR_DIR" && chmod 755 "$CONTROLPLANE_VAR_DIR"
 scripts=("$@")
-[ ${#scripts[@]} -gt 0 ] || scripts=(bench/api_list.py bench/provision.py bench/billing.py bench/alerts.py bench/tls.py)
+# Every benchmark by default: each bench/*.py that runs as a script (common.py is their shared setup).
+if [ ${#scripts[@]} -eq 0 ]; then
+  for script in bench/*.py; do
+    if grep -q '^if __name__ == "__main__":' "$script" && [ "$(basename "$script")" != mosquitto_floor.py ]; then
+      scripts+=("$script")
+    fi
+  done
+fi
 cluster_url=$DATABASE_URL
 n=0
 for script in "${scripts[@]}"; do
