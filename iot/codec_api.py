@@ -19,6 +19,8 @@ from iot import codecs
 from iot.api import _DeploymentScopedViewSet
 from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion
 
+MAX_VERSION = 2**31 - 1  # SchemaVersion.version is a PostgreSQL integer
+
 CODECS_TAG = ["codecs (Premium)"]
 
 _PROTO = 'syntax = "proto3";\npackage sensors;\nmessage Reading {\n  string device = 1;\n  double temperature = 2;\n}\n'
@@ -90,7 +92,9 @@ class SchemaVersionCreateSerializer(InputSerializer):
 
 class DecodeRequestSerializer(InputSerializer):
     payload_base64 = serializers.CharField(trim_whitespace=False)
-    version = serializers.IntegerField(required=False, help_text="The latest version when omitted.")
+    version = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_VERSION, help_text="The latest version when omitted."
+    )
 
 
 @extend_schema_serializer(
@@ -104,7 +108,9 @@ class DecodeResultSerializer(serializers.Serializer):
 
 class EncodeRequestSerializer(InputSerializer):
     payload = serializers.JSONField()
-    version = serializers.IntegerField(required=False, help_text="The latest version when omitted.")
+    version = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_VERSION, help_text="The latest version when omitted."
+    )
 
 
 @extend_schema_serializer(
@@ -321,7 +327,9 @@ class CodecRuleCreateSerializer(InputSerializer):
     topic_filter = BrokerTextField(max_length=512, trim_whitespace=False, help_text="e.g. devices/+/telemetry")
     direction = serializers.ChoiceField(choices=CodecRule.Direction.choices)
     schema = serializers.CharField(help_text="A schema's name.")
-    schema_version = serializers.IntegerField(required=False, help_text="The schema's latest version when omitted.")
+    schema_version = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_VERSION, help_text="The schema's latest version when omitted."
+    )
     topic_template = BrokerTextField(
         max_length=512,
         trim_whitespace=False,
@@ -336,7 +344,7 @@ class CodecRuleUpdateSerializer(InputSerializer):
     topic_filter = BrokerTextField(required=False, max_length=512, trim_whitespace=False)
     direction = serializers.ChoiceField(required=False, choices=CodecRule.Direction.choices)
     schema = serializers.CharField(required=False)
-    schema_version = serializers.IntegerField(required=False)
+    schema_version = serializers.IntegerField(required=False, min_value=1, max_value=MAX_VERSION)
     topic_template = BrokerTextField(required=False, max_length=512, trim_whitespace=False)
     enabled = serializers.BooleanField(required=False)
 
