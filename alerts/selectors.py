@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import math
 
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -107,16 +108,30 @@ def metric_series(
     )
 
 
+# The newest sample of each metric: one backward step on the (deployment, name, ts) index per name. A DISTINCT ON
+# over the deployment's samples sorted 48 hours of them (23,000 rows for the charted metrics alone) for 15 answers.
+_LATEST_SQL = f"""
+    SELECT n.name, s.ts, s.value
+      FROM unnest(%(names)s::text[]) AS n(name)
+     CROSS JOIN LATERAL (
+        SELECT ts, value FROM {MetricSample._meta.db_table}
+         WHERE deployment_id = %(deployment)s AND name = n.name AND ts >= %(since)s
+      ORDER BY ts DESC
+         LIMIT 1
+     ) AS s"""
+
+
+def _latest_samples(
+    *, deployment_id: int, names: list[str], since: dt.datetime
+) -> dict[str, tuple[dt.datetime, float]]:
+    with connection.cursor() as cursor:
+        cursor.execute(_LATEST_SQL, {"names": names, "deployment": deployment_id, "since": since})
+        return {name: (ts, value) for name, ts, value in cursor.fetchall()}
+
+
 def current_metrics(*, deployment) -> dict:
     """The latest sample of each metric (within 48 h) and, where the tier has one, its limit and usage percent."""
-    latest = (
-        MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION)
-        .order_by("name", "-ts")
-        .distinct("name")  # one row per metric, not 48 hours of them
-    )
-    values: dict[str, tuple[dt.datetime, float]] = {
-        name: (ts, value) for name, ts, value in latest.values_list("name", "ts", "value")
-    }
+    values = _latest_samples(deployment_id=deployment.pk, names=list(METRICS), since=timezone.now() - RAW_RETENTION)
     tier = deployment.tier
     out = []
     for name, metric in METRICS.items():
