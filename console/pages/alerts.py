@@ -166,8 +166,8 @@ def alerts(request, org_id):
     # As the API: acknowledging is an organization-level act (deployment:configure on the organization); members
     # with only project roles read their projects' alerts here but acknowledge none.
     configurable = {p.pk for p in projects} if console.can("deployment:configure") else set()
-    # One reverse for every row's acknowledge URL: the public id is the only part that changes.
-    acknowledge_url = reverse("console:alert-acknowledge", args=[console.organization.public_id, "ALERT"])
+    # One reverse for every row's acknowledge URL: the alert's public id (lower case) is the only part that changes.
+    acknowledge_url = reverse("console:alert-acknowledge", args=[console.organization.public_id, "ALERT-ID"])
     # The hidden fields of {% post_guard %}: one masked CSRF token serves every form of the page (masking it anew
     # per form costs a hundred random strings), and each form still gets its own key against a double submit.
     token = get_token(request)
@@ -183,7 +183,7 @@ def alerts(request, org_id):
         since = timezone.localtime(alert.since)
         row.since_iso, row.since_text = since.isoformat(), since.strftime("%Y-%m-%d %H:%M")
         if row.can_acknowledge:
-            row.acknowledge_url = acknowledge_url.replace("ALERT", alert.public_id)
+            row.acknowledge_url = acknowledge_url.replace("ALERT-ID", alert.public_id)
             row.post_guard = format_html(
                 '<input type="hidden" name="csrfmiddlewaretoken" value="{}"><input type="hidden" name="{}" value="{}">',
                 token,
