@@ -25,7 +25,7 @@ from iot import codec_topics, schemas
 from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion
 from iot.services import _locked_deployment, _notify, check_premium
 
-SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 SCHEMA_NAME_RULE = "1 to 64 characters among A-Z, a-z, 0-9, _ and -"
 MAX_SCHEMAS = 100
 MAX_RULES = 100

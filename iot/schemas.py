@@ -47,7 +47,7 @@ WELL_KNOWN = frozenset(
     )
 )
 _IMPORT_RE = re.compile(r'^\s*import\s+(?:public\s+|weak\s+)?"([^"]*)"\s*;', re.MULTILINE)
-_MESSAGE_NAME_RE = re.compile(r"^\.?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_MESSAGE_NAME_RE = re.compile(r"^\.?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 class SchemaInvalid(ValueError):
