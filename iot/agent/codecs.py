@@ -60,13 +60,15 @@ def _route(rules: list[_Rule], topic: str) -> tuple[tuple[_Rule, str | None], ..
     return tuple(out)
 
 
-def speed_up_paho_properties() -> None:
-    """Make paho's MQTT 5 `Properties` cheap to create. paho 2.x builds three lookup tables in every instance's
-    __init__ and walks them in clear(); it creates one per PUBLISH received, which cost more than decoding the
-    message. The tables are constants paho only reads, so every instance can share one copy, and clear() need only
-    drop the properties actually set. Behaviour is unchanged (tests/iot/test_codec_engine.py checks pack/unpack
-    against a stock instance); applied once per process, by the agent."""
+def speed_up_paho() -> None:
+    """Make paho's MQTT 5 `Properties` and `ReasonCode` cheap to create. paho 2.x builds three lookup tables in
+    every Properties' __init__ and walks them in clear(), and copies its table of reason codes into every
+    ReasonCode; it creates a Properties per PUBLISH received and a ReasonCode per PUBACK, which cost more than
+    decoding the message. The tables are constants paho only reads, so every instance can share one copy, and
+    clear() need only drop the properties actually set. Behaviour is unchanged (tests/iot/test_codec_engine.py
+    checks packing, unpacking and reason codes against stock instances); applied once per process, by the agent."""
     from paho.mqtt import properties as paho_properties
+    from paho.mqtt import reasoncodes
     from paho.mqtt.packettypes import PacketTypes
 
     cls = paho_properties.Properties
@@ -76,7 +78,7 @@ def speed_up_paho_properties() -> None:
     types, names, table = stock.types, stock.names, stock.properties
     private = frozenset(("packetType", "types", "names", "properties"))
 
-    def __init__(self, packetType):  # noqa: N803 - paho's own parameter name
+    def init(self, packetType):  # noqa: N803 - paho's own parameter name
         state = self.__dict__
         state["packetType"] = packetType
         state["types"] = types
@@ -87,9 +89,30 @@ def speed_up_paho_properties() -> None:
         for name in [name for name in self.__dict__ if name not in private]:
             delattr(self, name)
 
-    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.__init__ = init  # type: ignore[method-assign]
     cls.clear = clear  # type: ignore[method-assign]
     cls._shared_tables = True  # type: ignore[attr-defined]
+
+    # ReasonCode.names is a read-only mapping: every instance can look codes up in it directly.
+    reasoncodes.ReasonCode.__init__ = _reason_code_init(reasoncodes.ReasonCode.names)  # type: ignore[method-assign]
+
+
+def _reason_code_init(names):
+    """paho's ReasonCode.__init__ (paho 2.2 reasoncodes.py) without its per-instance copy of `names`."""
+    from paho.mqtt.packettypes import PacketTypes
+
+    # paho's own parameter names: callers pass aName= by keyword.
+    def init(self, packetType, aName="Success", identifier=-1):  # noqa: N803
+        self.names = names
+        self.packetType = packetType
+        if identifier == -1:
+            name = "Normal disconnection" if packetType == PacketTypes.DISCONNECT and aName == "Success" else aName
+            self.set(name)
+        else:
+            self.value = identifier
+            self.getName()  # check it's good
+
+    return init
 
 
 class CodecEngine:
@@ -101,7 +124,7 @@ class CodecEngine:
         self._lock = threading.Lock()
         self._counts: dict[int, list] = {}  # rule pk -> [processed, failures, last reason]
         self._routes: dict[str, tuple[tuple[_Rule, str | None], ...]] = {}  # topic -> matching rules, targets
-        speed_up_paho_properties()
+        speed_up_paho()
         self._next_reload = 0.0
         self._next_flush = time.monotonic() + FLUSH_EVERY
 
