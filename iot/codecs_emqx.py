@@ -43,6 +43,17 @@ def rule_id(public_id: str) -> str:
     return f"{RULE_PREFIX}{public_id}"
 
 
+def gpb_message_type(message_type: str, descriptor_set: bytes) -> str:
+    """The name EMQX knows a Protobuf message by. EMQX compiles a schema with gpb without `use_packages`
+    (emqx_schema_registry_serde.erl generate_protobuf_code/2), so its messages are named without the package
+    (`Reading`, a nested one `Outer.Inner`); `binary_to_existing_atom` of any other name fails every decode, and a
+    validation naming it is refused (has_inner_type/3)."""
+    package = next((f.package for f in schemas._file_set(descriptor_set).file if f.name == schemas.PROTO_FILE), "")
+    if package and message_type.startswith(package + "."):
+        return message_type[len(package) + 1 :]
+    return message_type
+
+
 def validation_name(public_id: str) -> str:
     """A validation's name follows emqx_resource:validate_name/1 ([0-9A-Za-z][-0-9A-Za-z_]*, under 255): public ids
     are [a-z0-9_]."""
@@ -217,6 +228,11 @@ def desired_all(rules, *, version: str | None = None) -> tuple[dict[str, dict], 
         version = rule.schema_version
         schema = version.schema
         name = schema_name(schema.name, version.version)
+        message_type = (
+            gpb_message_type(version.message_type, bytes(version.descriptor_set))
+            if schema.type == schemas.PROTOBUF
+            else ""
+        )
         schema_bodies[name] = render_schema(
             name=name, type_=schema.type, source=version.source, description=schema.description
         )
@@ -226,7 +242,7 @@ def desired_all(rules, *, version: str | None = None) -> tuple[dict[str, dict], 
             direction=rule.direction,
             type_=schema.type,
             emqx_schema=name,
-            message_type=version.message_type,
+            message_type=message_type,
             topic_template=rule.topic_template,
             enabled=rule.enabled,
             validations=with_validations,
@@ -238,7 +254,7 @@ def desired_all(rules, *, version: str | None = None) -> tuple[dict[str, dict], 
                 topic_filter=rule.topic_filter,
                 type_=schema.type,
                 emqx_schema=name,
-                message_type=version.message_type,
+                message_type=message_type,
                 enabled=rule.enabled,
             )
             validation_bodies[body["name"]] = body

@@ -142,6 +142,23 @@ def schema_problem(body: dict, *, put: bool = False) -> str | None:
     return None
 
 
+def gpb_message_names(source: str) -> set[str]:
+    """The message names EMQX's gpb-compiled module of a .proto knows (get_msg_names/0 without `use_packages`): no
+    package, nested ones as `Outer.Inner`. Read with a brace-counting scan, enough for the schemas tests send."""
+    text = re.sub(r"//[^\n]*|/\*.*?\*/", "", source, flags=re.DOTALL)
+    names, stack, depth_of = set(), [], []
+    for token in re.finditer(r"\bmessage\s+([A-Za-z_][A-Za-z0-9_]*)\s*\{|\{|\}", text):
+        if token[1]:
+            stack.append(token[1])
+            names.add(".".join(stack))
+            depth_of.append(True)
+        elif token[0] == "{":
+            depth_of.append(False)
+        elif depth_of and depth_of.pop():
+            stack.pop()
+    return names
+
+
 _SQL_WORDS = {"select", "from", "where", "as", "and", "or", "not", "div", "mod", "true", "false", "null"}
 
 
@@ -233,6 +250,8 @@ def validation_problem(body: dict, schemas: dict) -> str | None:
             registered = schemas.get(check["schema"])
             if registered is None or registered.get("type") != kind:
                 return f"schema {check['schema']!r} of type {kind} not found"
+            if kind == "protobuf" and check["message_type"] not in gpb_message_names(registered["source"]):
+                return f"schema {check['schema']!r} has no message type {check['message_type']!r}"
     return None
 
 

@@ -294,7 +294,8 @@ def test_codec_rules_are_rendered_into_emqx_schema_registry_and_rules_when_synce
         engine = server.engine()
         main = engine[f"codec_{decode.public_id}"]
         assert main["sql"] == (
-            "SELECT schema_decode('cp_reading_v1', payload, 'sensors.Reading') as out, topic, "
+            # EMQX names the message without its package (gpb without use_packages).
+            "SELECT schema_decode('cp_reading_v1', payload, 'Reading') as out, topic, "
             "nth(2, split(topic, '/', 'notrim')) as level_1, nth(3, split(topic, '/', 'notrim')) as level_2 "
             'FROM "devices/+/telemetry"'
         )

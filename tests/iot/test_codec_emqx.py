@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from iot import codec_topics, codecs_emqx
+from iot import codec_topics, codecs_emqx, schemas
 from tests.fakes.emqx_codecs import (
     EMQX_FACTS,
     FakeEmqxCodecServer,
@@ -36,7 +36,7 @@ def _rules(type_: str, direction: str, *, validations: bool = True) -> list[dict
         direction=direction,
         type_=type_,
         emqx_schema="cp_reading_v1",
-        message_type="sensors.Reading" if type_ == "protobuf" else "",
+        message_type="Reading" if type_ == "protobuf" else "",
         topic_template="app/{device_id}/reading",
         enabled=True,
         validations=validations,
@@ -65,7 +65,7 @@ def test_rendered_bodies_hold_only_what_emqx_accepts_when_rendered_for_each_type
             topic_filter="devices/+/telemetry",
             type_=type_,
             emqx_schema=name,
-            message_type="sensors.Reading" if type_ == "protobuf" else "",
+            message_type="Reading" if type_ == "protobuf" else "",
             enabled=True,
         )
         assert validation_problem(validation, registry) is None
@@ -79,8 +79,11 @@ def test_fake_refuses_what_emqx_refuses_when_a_body_strays_from_emqx_schema():
         topic_filter="t/#",
         type_="protobuf",
         emqx_schema="cp_reading_v1",
-        message_type="sensors.Reading",
+        message_type="Reading",
         enabled=True,
+    )
+    assert "no message type" in validation_problem(
+        {**validation, "checks": [{**validation["checks"][0], "message_type": "sensors.Reading"}]}, registry
     )
     assert "unknown fields" in validation_problem({**validation, "failure": "ignore"}, registry)
     assert "failure_action" in validation_problem({**validation, "failure_action": "republish"}, registry)
@@ -118,6 +121,18 @@ def test_error_report_has_the_local_drivers_shape_when_emqx_fires_the_validation
     assert report["topic"] == topic and base64.b64decode(report["payload_base64"]) == payload
     assert report["rule"] == "cdr_abc123" and report["direction"] == "decode" and report["timestamp"] == 1_764_500_000
     assert "schema_decode('cp_reading_v1', payload" in ok["sql"]
+
+
+def test_protobuf_message_types_are_named_as_emqx_knows_them_when_the_schema_has_a_package():
+    from tests.fakes.emqx_codecs import gpb_message_names
+
+    nested = PROTO.replace("message Reading {", "message Reading {\n  message Part { int32 n = 1; }")
+    compiled = schemas.compile_source("protobuf", nested, "Part")
+    assert compiled.message_type == "sensors.Reading.Part"
+    assert codecs_emqx.gpb_message_type(compiled.message_type, compiled.descriptor_set) == "Reading.Part"
+    assert gpb_message_names(nested) == {"Reading", "Reading.Part"}
+    bare = schemas.compile_source("protobuf", PROTO.replace("package sensors;\n", ""), "Reading")
+    assert codecs_emqx.gpb_message_type(bare.message_type, bare.descriptor_set) == "Reading"
 
 
 def test_no_error_rule_is_rendered_when_emqx_has_no_schema_validation():
@@ -175,7 +190,7 @@ def test_decode_failures_are_wired_to_the_error_topic_when_synced_to_emqx(premiu
         name = f"codec_{decode.public_id}"
         assert validations[name]["topics"] == ["devices/+/telemetry"]
         assert validations[name]["checks"] == [
-            {"type": "protobuf", "schema": "cp_reading_v1", "message_type": "sensors.Reading"}
+            {"type": "protobuf", "schema": "cp_reading_v1", "message_type": "Reading"}
         ]
         assert validations[f"codec_{avro_rule.public_id}"]["checks"] == [{"type": "avro", "schema": "cp_rec_v1"}]
         engine = server.engine()
