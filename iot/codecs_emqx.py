@@ -263,8 +263,8 @@ def desired_all(rules, *, version: str | None = None) -> tuple[dict[str, dict], 
 
 def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
     """Make EMQX hold exactly our schemas, rules and validations for `rules`: create or replace what differs, then
-    delete ours that are no longer wanted (rules and validations before schemas, so nothing is left naming a
-    deleted schema; EMQX refuses a validation naming a schema it does not hold). `api` is a
+    delete ours that are no longer wanted (rules and validations before schemas: EMQX refuses to create a validation
+    naming a schema it does not hold, and one left naming a deleted schema would fail every message). `api` is a
     deployments.emqx_api.EmqxApi; `version` the cluster's EMQX release (validations from 5.7)."""
     want_schemas, want_rules, want_validations = desired_all(rules, version=version)
     have_schemas = {

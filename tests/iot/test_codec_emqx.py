@@ -209,6 +209,7 @@ def test_decode_failures_are_wired_to_the_error_topic_when_synced_to_emqx(premiu
         counts = codecs_emqx.codecs_sync(api, rows(), version="5.8.6")
         assert counts["validations_deleted"] == 2 and counts["schemas_deleted"] == 2
         assert set(server.schema_validations()) == {"theirs"} and server.registry() == {}
+        assert server.state.left_dangling == []
     finally:
         server.stop()
 
