@@ -225,16 +225,16 @@ def desired_all(rules, *, version: str | None = None) -> tuple[dict[str, dict], 
     rule_bodies: dict[str, dict] = {}
     validation_bodies: dict[str, dict] = {}
     for rule in rules:
-        version = rule.schema_version
-        schema = version.schema
-        name = schema_name(schema.name, version.version)
+        schema_version = rule.schema_version
+        schema = schema_version.schema
+        name = schema_name(schema.name, schema_version.version)
         message_type = (
-            gpb_message_type(version.message_type, bytes(version.descriptor_set))
+            gpb_message_type(schema_version.message_type, bytes(schema_version.descriptor_set))
             if schema.type == schemas.PROTOBUF
             else ""
         )
         schema_bodies[name] = render_schema(
-            name=name, type_=schema.type, source=version.source, description=schema.description
+            name=name, type_=schema.type, source=schema_version.source, description=schema.description
         )
         for body in render_rules(
             public_id=rule.public_id,
