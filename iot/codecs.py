@@ -415,7 +415,7 @@ def codecs_push_emqx(*, deployment_id: int) -> dict[str, int] | None:
         CodecRule.objects.filter(deployment=deployment).select_related("schema_version__schema").order_by("id")
     )
     api = EmqxApi(base_url, API_KEY_NAME, crypto.decrypt_str(deployment.api_secret_encrypted))
-    return codecs_emqx.codecs_sync(api, rules)
+    return codecs_emqx.codecs_sync(api, rules, version=deployment.emqx_version)
 
 
 def emqx_deployments_with_codecs() -> list[int]:
