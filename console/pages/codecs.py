@@ -32,6 +32,7 @@ from deployments.models import DesiredState, Plan
 from iot import codecs, schemas
 from iot import services as iot_services
 from iot.codec_api import (
+    MAX_VERSION,
     CodecRuleCreateSerializer,
     CodecRuleUpdateSerializer,
     SchemaCreateSerializer,
@@ -150,7 +151,7 @@ class TryForm(ConsoleForm):
         label="Version",
         required=False,
         min_value=1,
-        max_value=2**31 - 1,
+        max_value=MAX_VERSION,
         help_text="Empty: the latest.",
     )
     payload_format = forms.ChoiceField(
@@ -233,7 +234,7 @@ class CodecRuleForm(ApiForm):
     direction = forms.ChoiceField(label="Direction", choices=CodecRule.Direction.choices)
     schema = forms.ChoiceField(label="Schema")
     schema_version = forms.IntegerField(
-        label="Schema version", required=False, min_value=1, max_value=2**31 - 1, help_text="Empty: the latest."
+        label="Schema version", required=False, min_value=1, max_value=MAX_VERSION, help_text="Empty: the latest."
     )
     topic_template = forms.CharField(
         label="Output topic",
@@ -399,7 +400,8 @@ def schema_version(request, org_id, project_id, dep_id, schema_name, version):
     """One version's source, as it was compiled."""
     console = premium_console(request, org_id, project_id, dep_id, label="Schemas", page="deployment-schemas")
     schema = _schema(console, schema_name)
-    found = SchemaVersion.objects.filter(schema=schema, version=version).first()
+    # The URL's digits can exceed the integer column: such a version does not exist either.
+    found = SchemaVersion.objects.filter(schema=schema, version=version).first() if version <= MAX_VERSION else None
     if found is None:
         raise Http404("No such version.")
     console.crumb(schema.name, _url(console, "deployment-schema", schema.name))

@@ -262,6 +262,7 @@ def test_incompatible_version_is_refused_naming_the_field_when_added(client, own
     source = _body(client.get(console_path(plant, "schemas/reading/versions/2")))
     assert "int32 humidity = 3;" in source
     assert client.get(console_path(plant, "schemas/reading/versions/3")).status_code == 404
+    assert client.get(console_path(plant, "schemas/reading/versions/" + "9" * 30)).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -290,6 +291,16 @@ def test_try_it_shows_the_reason_beside_the_payload_when_input_is_bad(client, ow
     assert message in body, body[-3000:]
     hx = client.post(console_path(plant, "schemas/reading/try"), data, headers={"HX-Request": "true"})
     assert hx.status_code == 200 and message in _body(hx) and "<html" not in _body(hx)
+
+
+def test_try_it_answers_413_without_reading_it_when_body_exceeds_the_upload_limit(client, owner, plant, settings):
+    _schema(plant)
+    body = {
+        "try-direction": "decode",
+        "try-payload_format": "hex",
+        "try-payload": "00" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+    }
+    assert client.post(console_path(plant, "schemas/reading/try"), body).status_code == 413
 
 
 def test_try_it_decodes_and_encodes_when_payload_matches(client, owner, plant):

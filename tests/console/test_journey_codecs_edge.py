@@ -63,6 +63,60 @@ def _refused_beside(page, label, message):
     expect(field).to_have_accessible_description(re.compile(re.escape(message)))
 
 
+def _converged(plant, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        plant.refresh_from_db()
+        if plant.is_converged and plant.status == "running":
+            return plant
+        assert plant.status != "failed", plant.last_error
+        assert time.monotonic() < deadline, f"never converged: {plant.status}"
+        time.sleep(0.2)
+
+
+class _EdgeClient:
+    """What an edge node's bridge does on the deployment, with the node's credentials: reads its configuration."""
+
+    def __init__(self, name, port, username, password):
+        from iot import edge
+
+        self.configs: list[bytes] = []
+        self.connack = None
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=edge.client_id(name))
+        self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(30, 60)  # a refused CONNECT is retried by the caller, not behind its back
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self.configs.append(bytes(m.payload))
+        self.topic = edge.config_topic(name)
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.connack = reason_code
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, 1)
+
+    def wait_config(self):
+        return wait_until(lambda: self.configs and self.configs[-1], 20, "the retained configuration")
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _edge_client(name, port, username, password, timeout=30.0):
+    """Connected once the broker took the node's new user up (a reload after the configure operation)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node = _EdgeClient(name, port, username, password)
+        wait_until(lambda node=node: node.connack is not None, 10, "a CONNACK")
+        if not node.connack.is_failure:
+            return node
+        node.close()
+        assert time.monotonic() < deadline, f"the node's credentials were refused: {node.connack}"
+        time.sleep(0.5)
+
+
 def _tab(page, name):
     page.get_by_role("navigation", name="Deployment sections").get_by_role("link", name=name, exact=True).click()
 
@@ -78,6 +132,8 @@ def _publisher(port):
 def test_customer_decodes_device_payloads_with_a_schema_and_rule_made_in_the_console_when_following_it(
     site, celery_worker, agents
 ):
+    from alerts.collection import deployment_collect
+
     org = make_organization(name="Sensors")
     plant = _running_premium(org)
     port = plant.endpoints["ports"]["mqtt"]
@@ -172,10 +228,13 @@ def test_customer_decodes_device_payloads_with_a_schema_and_rule_made_in_the_con
     expect(page.locator("#rule-last-failure")).to_contain_text("not a sensors.Reading message")
     assert int(page.locator("#rule-processed").inner_text()) >= 2
     page.check("rule-failure-counted")
+    # The metric collector turns the failure into a codec_failures sample, which the rules tab sums.
+    deployment_collect(deployment_id=plant.pk)
     _tab(page, "Codec rules")
+    expect(page.locator("#recent-failures")).to_have_text("1")
     row = page.get_by_role("row", name=re.compile(rule_id))
     expect(row).to_contain_text(f"codec-errors/{rule_id}")
-    expect(row.get_by_role("cell").nth(7)).to_have_text("1")
+    expect(row.get_by_role("cell").nth(3)).to_have_text(re.compile(r"^1 of \d+$"))
     page.check("rules-list")
     sensor.loop_stop()
     sensor.disconnect()
@@ -207,3 +266,20 @@ def test_customer_decodes_device_payloads_with_a_schema_and_rule_made_in_the_con
     text = open(download.value.path()).read()
     assert f"remote_username {username}" in text and password not in text
     page.check("edge-node")
+
+    # 9. A configuration pushed from the page reaches the node, whose acknowledgement the page then shows.
+    page.get_by_label("Settings (JSON object)").fill('{"sample_rate": 5}')
+    page.get_by_role("button", name="Push configuration").click()
+    expect(page.get_by_role("status")).to_contain_text("Configuration version 1 pushed to gw-1")
+    expect(page.locator("#config-ack")).to_contain_text("waiting for the node")
+    _converged(plant)  # the broker knows the node's user
+    node = _edge_client("gw-1", port, username, password)
+    document = json.loads(node.wait_config())
+    assert document["version"] == 1 and document["settings"] == {"sample_rate": 5}
+    node.client.publish("edge/gw-1/status", b"1", qos=1, retain=True)  # what the bridge's notification says
+    node.client.publish("edge/gw-1/config/ack", json.dumps({"version": 1}), qos=1)
+    expect(page.locator("#config-ack")).to_contain_text("acknowledged version 1", timeout=20_000)
+    page.reload()
+    expect(page.get_by_role("heading", name=re.compile("^Edge node gw-1"))).to_contain_text("online")
+    page.check("edge-node-acknowledged")
+    node.close()
