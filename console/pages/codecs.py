@@ -9,6 +9,7 @@ scope check the API's viewsets make (device:read, device:write). Nothing here co
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import json
 from typing import Any
@@ -28,6 +29,7 @@ from console import errors, tenancy
 from console.forms import ApiForm, ConsoleForm
 from console.once import once
 from console.once import posted as _posted
+from controlplane.api.serializers import InputSerializer
 from deployments.models import DesiredState, Plan
 from iot import codecs, schemas
 from iot import services as iot_services
@@ -54,10 +56,11 @@ def premium_console(request, org_id, project_id, dep_id, *, label: str, page: st
     """The deployment's console for a Premium tab: a deployment on another plan has no such tab (404), a role without
     device:read is refused as the API refuses it (403)."""
     console = tenancy.for_deployment(request, org_id, project_id, dep_id)
-    if console.deployment.plan.code != Plan.Code.PREMIUM:
+    deployment = console.deployment
+    if deployment is None or deployment.plan.code != Plan.Code.PREMIUM:
         raise Http404("No such page on this deployment.")
     console.require_in_project("device:read")
-    console.crumb(label, tenancy.deployment_url(console.deployment, page))
+    console.crumb(label, tenancy.deployment_url(deployment, page))
     return console
 
 
@@ -222,7 +225,7 @@ def try_payload(form: TryForm, *, schema: Schema, version: Any) -> dict | None:
 
 
 class CodecRuleForm(ApiForm):
-    serializer_class = CodecRuleCreateSerializer
+    serializer_class: type[InputSerializer] = CodecRuleCreateSerializer
 
     name = forms.CharField(label="Rule name", required=False, strip=False, help_text="Optional, for you.")
     topic_filter = forms.CharField(
@@ -272,25 +275,37 @@ def _schema(console, name: str) -> Schema:
     return found
 
 
-def _rules(deployment) -> list[CodecRule]:
+@dataclasses.dataclass
+class ShownRule:
+    """A codec rule as the pages show it: the row (read through to it in templates), its error topic and counts."""
+
+    rule: CodecRule
+    error_topic: str
+    counts: CodecCounter | None
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "rule":  # copy and pickle probe before `rule` is set
+            raise AttributeError(name)
+        return getattr(self.rule, name)
+
+
+def _shown(rule: CodecRule) -> ShownRule:
+    try:
+        counts: CodecCounter | None = rule.counter
+    except CodecCounter.DoesNotExist:
+        counts = None
+    return ShownRule(rule=rule, error_topic=error_topic(rule.public_id), counts=counts)
+
+
+def _rules(deployment) -> list[ShownRule]:
     found = list(
         CodecRule.objects.filter(deployment=deployment)
         .select_related("schema_version__schema", "counter")
         .order_by("created_at", "id")
     )
     for rule in found:
-        _decorate(rule, deployment)
-    return found
-
-
-def _decorate(rule: CodecRule, deployment) -> CodecRule:
-    rule.deployment = deployment
-    rule.error_topic = error_topic(rule.public_id)
-    try:
-        rule.counts = rule.counter
-    except CodecCounter.DoesNotExist:
-        rule.counts = None
-    return rule
+        rule.deployment = deployment
+    return [_shown(rule) for rule in found]
 
 
 def _rule(console, rule_id: str) -> CodecRule:
@@ -301,8 +316,9 @@ def _rule(console, rule_id: str) -> CodecRule:
     )
     if found is None:
         raise Http404("No such codec rule.")
+    found.deployment = console.deployment
     found.schema_version.schema.deployment = console.deployment
-    return _decorate(found, console.deployment)
+    return found
 
 
 def _recent_failures(deployment) -> int:
@@ -525,7 +541,7 @@ def _rule_context(console, rule: CodecRule, **extra) -> dict:
     return {
         "console": console,
         "deployment": console.deployment,
-        "rule": rule,
+        "rule": _shown(rule),
         "form": extra.pop("form", None) or CodecRuleEditForm(initial=_rule_initial(rule), schema_names=names),
         "try_form": extra.pop("try_form", None) or TryForm(prefix="try", fixed_direction=rule.direction),
         "try_url": _url(console, "deployment-codec-rule-try", rule.public_id),
