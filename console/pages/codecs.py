@@ -69,12 +69,13 @@ def can_write(console) -> bool:
 
 
 def require_write(console) -> None:
-    """The API's checks before a write: the scope (403), then the deployment still Premium and not deleted (a
-    domain Conflict, which the caller shows)."""
+    """The API's scope check before a write: 403 without device:write."""
     console.require_in_project("device:write")
 
 
 def check_writable(console) -> None:
+    """The API's other check before a write, inside the caller's refusal handling: a Conflict once the deployment
+    is being deleted."""
     iot_services.check_premium(console.deployment)
 
 
@@ -203,7 +204,7 @@ def try_payload(form: TryForm, *, schema: Schema, version: Any) -> dict | None:
             else:
                 payload_base64 = "".join(text.split())
             result = codecs.schema_decode(schema=schema, payload_base64=payload_base64, version=version)
-            return {"direction": "decode", "json": json.dumps(result, indent=2, ensure_ascii=False), "value": result}
+            return {"direction": "decode", "json": json.dumps(result, indent=2, ensure_ascii=False)}
         try:
             value = json.loads(text)
         except ValueError as exc:
@@ -221,6 +222,9 @@ def try_payload(form: TryForm, *, schema: Schema, version: Any) -> dict | None:
         }
     except errors.REFUSALS as exc:
         errors.to_form(form, exc, aliases={"payload_base64": "payload"})
+        return None
+    except RecursionError:  # a value nested deeper than a recursive schema's checker can follow
+        form.add_error("payload", "The payload nests too deeply.")
         return None
 
 
