@@ -283,3 +283,63 @@ def test_customer_decodes_device_payloads_with_a_schema_and_rule_made_in_the_con
     expect(page.get_by_role("heading", name=re.compile("^Edge node gw-1"))).to_contain_text("online")
     page.check("edge-node-acknowledged")
     node.close()
+
+
+def test_deletions_are_confirmed_and_a_read_only_role_sees_no_form_when_browsing_the_tabs(site):
+    from iot import codecs, edge_services
+    from tests.iot.conftest import premium_deployment
+
+    org = make_organization(name="Tidy")
+    plant = premium_deployment(org)
+    codecs.schema_create(
+        deployment=plant, actor=None, name="reading", type="protobuf", source=PROTO, message_type="Reading"
+    )
+    rule = codecs.codec_rule_create(
+        deployment=plant,
+        actor=None,
+        topic_filter="factory/+/raw",
+        direction="decode",
+        schema="reading",
+        topic_template="app/{topic[1]}/reading",
+    )
+    edge_services.edge_node_create(deployment=plant, actor=None, name="gw-1", kind="nanomq")
+
+    # An auditor reads every tab; nothing offers a change.
+    auditor, _ = org.add_member(roles=["auditor"])
+    reader = site.page(auditor, name="auditor")
+    reader.goto(console_path(plant, f"codec-rules/{rule.public_id}"))
+    expect(reader.get_by_text("factory/+/raw").first).to_be_visible()
+    for name in ("Save rule", "Disable rule", "Register schema", "Add version"):
+        expect(reader.get_by_role("button", name=name)).to_have_count(0)
+    expect(reader.get_by_role("link", name=re.compile("^Delete"))).to_have_count(0)
+    reader.check("auditor-rule")
+    _tab(reader, "Edge nodes")
+    expect(
+        reader.get_by_text("Your role can look at this deployment's edge nodes but not change them.")
+    ).to_be_visible()
+    reader.check("auditor-edge-nodes")
+
+    # The owner deletes the rule, then the schema it used, then the node, each after a confirmation.
+    page = site.page(org.owner, name="owner")
+    page.goto(console_path(plant, f"codec-rules/{rule.public_id}"))
+    page.get_by_role("link", name="Delete rule…").click()
+    expect(page.get_by_role("heading", name=f"Delete codec rule {rule.public_id}?")).to_be_visible()
+    page.check("confirm-rule-delete")
+    page.get_by_role("button", name=f"Delete {rule.public_id}").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Codec rule {rule.public_id} deleted.")
+    expect(page.get_by_text("No codec rule yet.")).to_be_visible()
+    _tab(page, "Schemas")
+    page.get_by_role("link", name="reading").click()
+    page.get_by_role("link", name="Delete schema reading…").click()
+    page.check("confirm-schema-delete")
+    page.get_by_role("button", name="Delete reading").click()
+    expect(page.get_by_role("status")).to_contain_text("Schema reading and its versions deleted.")
+    expect(page.get_by_text("No schema yet.")).to_be_visible()
+    _tab(page, "Edge nodes")
+    page.get_by_role("link", name="gw-1").click()
+    page.get_by_role("link", name="Delete edge node gw-1…").click()
+    page.check("confirm-node-delete")
+    page.get_by_role("button", name="Delete gw-1").click()
+    expect(page.get_by_role("status")).to_contain_text("Edge node gw-1 deleted")
+    expect(page.get_by_text("No edge node yet.")).to_be_visible()
+    page.check("all-deleted")
