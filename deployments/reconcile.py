@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import transaction
@@ -23,6 +24,7 @@ from deployments.drivers.base import (
     AclEntry,
     BrokerSpec,
     ConfigRejectedError,
+    Driver,
     DriverError,
     MqttCredential,
     Observed,
@@ -72,10 +74,10 @@ class Outcome:
 
 # -- drivers ----------------------------------------------------------------------------------------------------------
 
-_local_drivers: dict[tuple, object] = {}
+_local_drivers: dict[tuple[str | float, ...], Driver] = {}
 
 
-def driver_for(region: Region):
+def driver_for(region: Region) -> Driver:
     """The driver for a region. Local drivers are kept per root so they can reap the brokers they started."""
     if region.driver == Region.Driver.LOCAL:
         from deployments.drivers.local import LocalDriver
@@ -84,7 +86,7 @@ def driver_for(region: Region):
             "answer_check_seconds": float(settings.BROKER_ANSWER_CHECK_SECONDS),
             "hung_seconds": float(settings.BROKER_HUNG_SECONDS),
         }
-        key = (str(settings.LOCAL_BROKERS_DIR), *options.values())
+        key: tuple[str | float, ...] = (str(settings.LOCAL_BROKERS_DIR), *options.values())
         if key not in _local_drivers:
             _local_drivers[key] = LocalDriver(root=settings.LOCAL_BROKERS_DIR, **options)
         return _local_drivers[key]
@@ -166,7 +168,15 @@ def _previous_ports(deployment: Deployment) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), v) for k, v in ports.items() if type(v) is int))
 
 
-def _emqx_spec(deployment: Deployment, local: bool) -> dict:
+class _EmqxSpec(TypedDict, total=False):
+    """BrokerSpec's EMQX-only fields; absent for a local broker, which takes BrokerSpec's defaults."""
+
+    version: str
+    license_key: str
+    durable_sessions: bool
+
+
+def _emqx_spec(deployment: Deployment, local: bool) -> _EmqxSpec:
     """The EMQX-only parts of the spec (deployments.emqx_versions, deployments.manifests)."""
     if local:
         return {}
@@ -455,7 +465,7 @@ def _record(
     return Outcome("retry" if error is not None else "progressing", retry=True, message=message)
 
 
-def _active_operations(deployment: Deployment, generation: int):
+def _active_operations(deployment: Deployment, generation: int) -> list[Operation]:
     return list(
         Operation.objects.select_for_update().filter(
             deployment=deployment,
@@ -465,7 +475,18 @@ def _active_operations(deployment: Deployment, generation: int):
     )
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: datetime.datetime) -> dict:
+class Condition(TypedDict):
+    """One entry of Deployment.conditions, as Kubernetes spells a condition."""
+
+    type: str
+    status: str  # "True" or "False"
+    reason: str
+    message: str
+    observed_generation: int
+    last_transition_time: str  # ISO 8601
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: datetime.datetime) -> Condition:
     return {
         "type": kind,
         "status": "True" if ok else "False",

@@ -28,7 +28,8 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from controlplane.validators import find_control_character
 from deployments.drivers.base import (
@@ -171,9 +172,10 @@ class _RunAs:
     gid: int | None
 
 
-def _read_json(path: pathlib.Path) -> dict | None:
+def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
     except FileNotFoundError:
         return None
     except (ValueError, OSError):
@@ -379,7 +381,7 @@ _PEM_CERTIFICATES = re.compile(
 _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN PRIVATE KEY-----\n(?:[A-Za-z0-9+/=]{1,64}\n)+-----END PRIVATE KEY-----\n")
 
 
-def _file_pem(value: object, what: str, pattern: re.Pattern) -> str:
+def _file_pem(value: object, what: str, pattern: re.Pattern[str]) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise PermanentDriverError(f"{what} is not PEM text as the control plane writes it")
     return value
@@ -572,7 +574,7 @@ def _loopback_for(bind_address: str) -> str:
     return bind_address
 
 
-def _digest(contents) -> str:
+def _digest(contents: Iterable[str | None]) -> str:
     sha = hashlib.sha256()
     for content in contents:
         sha.update(b"\1" if content is None else content.encode())  # an absent file differs from an empty one
@@ -757,7 +759,7 @@ class LocalDriver:
         self.hung_seconds = hung_seconds
         # Popen objects for brokers this instance started, so it can reap them (no zombies while the worker lives),
         # and how each reaped one ended: a crash report quotes it after the zombie is gone.
-        self._children: dict[int, subprocess.Popen] = {}
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exits: dict[int, str] = {}
 
     # -- public interface -------------------------------------------------------------------------------------------
@@ -816,7 +818,13 @@ class LocalDriver:
             return observed
 
     def _apply_locked(
-        self, spec: BrokerSpec, paths: _Paths, ports: dict[str, int], run_as: _RunAs, state: dict, pid: int | None
+        self,
+        spec: BrokerSpec,
+        paths: _Paths,
+        ports: dict[str, int],
+        run_as: _RunAs,
+        state: dict[str, Any],
+        pid: int | None,
     ) -> Observed:
         rendered: dict[pathlib.Path, str | None] = {
             paths.conf: self._render_conf(spec, paths, ports, run_as),
