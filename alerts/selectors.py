@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Iterable
 from typing import TypedDict
 
 from django.db.models import QuerySet
@@ -101,6 +102,8 @@ def metric_series(
     seen = {name: [0] * count for name in names}
     lower, upper = timestamps[0], timestamps[-1] + dt.timedelta(seconds=step)
     use_raw = start >= now - RAW_RETENTION
+    # (name, bucket start, average, sum): a raw sample is both its own average and its own sum.
+    rows: Iterable[tuple[str, dt.datetime, float, float]]
     if use_raw:
         rows = (
             MetricSample.objects.filter(deployment=deployment, name__in=names, ts__gte=lower, ts__lt=upper)

@@ -629,7 +629,7 @@ def api_key_update(
 ) -> ApiKey:
     key = _locked_key(key)
     api_key_check_manageable(actor=actor, key=key)
-    changes = {}
+    changes: dict[str, list[str] | list[bool]] = {}
     if name is not None and name != key.name:
         changes["name"] = [key.name, name]
         key.name = name

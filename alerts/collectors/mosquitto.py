@@ -67,7 +67,7 @@ _BATCH_QUIET_SECONDS = 0.2
 _KEEPALIVE_SECONDS = 5
 
 
-def _publish_packet_size(topic: str, payload: bytes) -> int:
+def _publish_packet_size(topic: str, payload: bytes | bytearray) -> int:
     remaining = 2 + len(topic.encode()) + len(payload)
     length_bytes = 1
     while remaining >= 128**length_bytes:
