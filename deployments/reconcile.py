@@ -51,7 +51,7 @@ API_KEY_NAME = "controlplane"
 
 # Which billable bucket each observed status belongs to. A broker being reconfigured or on its way down still runs;
 # one on its way up still only holds data. Statuses outside the map are not billable (pending, failed, deleting…).
-BILLABLE = {
+BILLABLE: dict[str, StatusInterval.Kind] = {
     Status.RUNNING: StatusInterval.Kind.RUNNING,
     Status.UPDATING: StatusInterval.Kind.RUNNING,
     Status.STOPPING: StatusInterval.Kind.RUNNING,
@@ -74,7 +74,8 @@ class Outcome:
 
 # -- drivers ----------------------------------------------------------------------------------------------------------
 
-_local_drivers: dict[tuple[str | float, ...], Driver] = {}
+# Keyed by (root, answer check seconds, hung seconds).
+_local_drivers: dict[tuple[str, float, float], Driver] = {}
 
 
 def driver_for(region: Region) -> Driver:
@@ -82,13 +83,13 @@ def driver_for(region: Region) -> Driver:
     if region.driver == Region.Driver.LOCAL:
         from deployments.drivers.local import LocalDriver
 
-        options = {
-            "answer_check_seconds": float(settings.BROKER_ANSWER_CHECK_SECONDS),
-            "hung_seconds": float(settings.BROKER_HUNG_SECONDS),
-        }
-        key: tuple[str | float, ...] = (str(settings.LOCAL_BROKERS_DIR), *options.values())
+        answer_check_seconds = float(settings.BROKER_ANSWER_CHECK_SECONDS)
+        hung_seconds = float(settings.BROKER_HUNG_SECONDS)
+        key = (str(settings.LOCAL_BROKERS_DIR), answer_check_seconds, hung_seconds)
         if key not in _local_drivers:
-            _local_drivers[key] = LocalDriver(root=settings.LOCAL_BROKERS_DIR, **options)
+            _local_drivers[key] = LocalDriver(
+                root=settings.LOCAL_BROKERS_DIR, answer_check_seconds=answer_check_seconds, hung_seconds=hung_seconds
+            )
         return _local_drivers[key]
     from deployments.drivers.kubernetes import KubernetesDriver
 
@@ -412,6 +413,8 @@ def _record(
                 _condition("BrokerAvailable", False, "BrokerCrashed", f"not restored yet: {message}", generation, now)
             )
     else:
+        # Without an error the driver answered: every caller passes what it observed and the spec it applied.
+        assert observed is not None and spec is not None
         new_status, settled = _status_from(observed, desired, spec)
         status = new_status or old_status
         message = observed.message

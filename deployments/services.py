@@ -368,6 +368,24 @@ def deployment_update(
     return deployment
 
 
+@overload
+def deployment_stop(
+    *, deployment: Deployment, actor: Principal | None, reason: str = ..., dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_stop(
+    *, deployment: Deployment, actor: Principal | None, reason: str = ..., dry_run: Literal[True]
+) -> DryRun: ...
+
+
+@overload
+def deployment_stop(
+    *, deployment: Deployment, actor: Principal | None, reason: str = ..., dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
+
+
 @transaction.atomic
 def deployment_stop(
     *, deployment: Deployment, actor: Principal | None, reason: str = "", dry_run: bool = False
@@ -405,6 +423,22 @@ def deployment_stop(
     return deployment, operation
 
 
+@overload
+def deployment_start(
+    *, deployment: Deployment, actor: Principal | None, dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_start(*, deployment: Deployment, actor: Principal | None, dry_run: Literal[True]) -> DryRun: ...
+
+
+@overload
+def deployment_start(
+    *, deployment: Deployment, actor: Principal | None, dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
+
+
 @transaction.atomic
 def deployment_start(
     *, deployment: Deployment, actor: Principal | None, dry_run: bool = False
@@ -440,6 +474,22 @@ def deployment_start(
     return deployment, operation
 
 
+@overload
+def deployment_restart(
+    *, deployment: Deployment, actor: Principal | None, dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_restart(*, deployment: Deployment, actor: Principal | None, dry_run: Literal[True]) -> DryRun: ...
+
+
+@overload
+def deployment_restart(
+    *, deployment: Deployment, actor: Principal | None, dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
+
+
 @transaction.atomic
 def deployment_restart(
     *, deployment: Deployment, actor: Principal | None, dry_run: bool = False
@@ -470,6 +520,24 @@ def deployment_restart(
     )
     enqueue_reconcile(deployment.pk)
     return deployment, operation
+
+
+@overload
+def deployment_change_tier(
+    *, deployment: Deployment, actor: Principal | None, tier: str, dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_change_tier(
+    *, deployment: Deployment, actor: Principal | None, tier: str, dry_run: Literal[True]
+) -> DryRun: ...
+
+
+@overload
+def deployment_change_tier(
+    *, deployment: Deployment, actor: Principal | None, tier: str, dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
 
 
 @transaction.atomic
