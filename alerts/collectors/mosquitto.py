@@ -306,12 +306,12 @@ def collect_mosquitto(
     if elapsed is not None:
         # bytes/sent is counted when written to the socket, so our own share can be off by a packet or two either
         # way; a restart is already excluded through uptime, so a small negative step is jitter, not a reset.
-        deltas = [
+        received, sent = (
             None if counters[k] is None or prev_counters.get(k) is None else max(counters[k] - prev_counters[k], 0)
             for k in ("bytes_received", "bytes_sent")
-        ]
-        if None not in deltas:
-            values[m.TRAFFIC_BYTES] = float(sum(deltas))
+        )
+        if received is not None and sent is not None:
+            values[m.TRAFFIC_BYTES] = float(received + sent)
 
     new_offset = log_offset
     log_counts: dict[str, int | bool] = {}

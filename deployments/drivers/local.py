@@ -29,7 +29,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 from controlplane.validators import find_control_character
 from deployments.drivers.base import (
@@ -170,6 +170,15 @@ class _RunAs:
     config_user: str | None
     uid: int | None
     gid: int | None
+
+
+class _ObservedFacts(TypedDict):
+    """What every Observed of a broker's directory says, whatever its phase."""
+
+    host: str
+    ports: dict[str, int]
+    restart_nonce: int
+    details: dict[str, str]
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
@@ -331,7 +340,7 @@ def _conf_path(value: pathlib.Path | str, what: str) -> str:
     return text
 
 
-def _conf_address(value: object) -> str:
+def _conf_address(value: str) -> str:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -843,7 +852,7 @@ class LocalDriver:
         # The broker refused exactly these files before: it gets the last accepted ones again (a restart or a crash
         # starts it with those), never the refused ones, and the change keeps failing until the rows change.
         refused_before = rejected.get("digest") == digest and accepted is not None
-        files = accepted if refused_before else rendered
+        files = accepted if accepted is not None and refused_before else rendered
 
         def changed(path: pathlib.Path) -> bool:
             # Written now, or written by an earlier apply that died before the running broker confirmed it (the
@@ -957,8 +966,8 @@ class LocalDriver:
         paths = self._paths(spec)
         if not paths.dir.exists():
             # A broker whose directory is gone can still be running (a crash mid-delete): it must not outlive us.
-            for pid in self._scan_pids(paths):
-                self._stop(pid)
+            for orphan in self._scan_pids(paths):
+                self._stop(orphan)
             return Observed(phase="absent", host=spec.region.bind_address)
         with _flock(paths.lock):
             pid = self._find_pid(paths)
@@ -973,7 +982,7 @@ class LocalDriver:
 
     def adopt_all(self) -> dict[str, int]:
         """Deployment name -> pid of every broker already serving under `root` (started by any earlier instance)."""
-        found = {}
+        found: dict[str, int] = {}
         if not self.root.exists():
             return found
         for entry in sorted(self.root.iterdir()):
@@ -987,7 +996,7 @@ class LocalDriver:
 
     def allocated_ports(self) -> dict[str, dict[str, int]]:
         """Deployment name -> its ports, as recorded under `root`: the port registry."""
-        registry = {}
+        registry: dict[str, dict[str, int]] = {}
         if not self.root.exists():
             return registry
         for entry in self.root.iterdir():
@@ -1028,7 +1037,7 @@ class LocalDriver:
                 "a new server certificate is reloaded (SIGHUP, clients stay connected); a client CA change restarts "
                 "the broker"
             )
-        base = dict(host=host, ports=ports, restart_nonce=int(state.get("restart_nonce", 0)), details=details)
+        base = _ObservedFacts(host=host, ports=ports, restart_nonce=int(state.get("restart_nonce", 0)), details=details)
         if pid is not None:
             if ports.get("mqtt") and _owns_listener(pid, ports["mqtt"]):
                 return Observed(phase="running", ready_replicas=1, **base)
@@ -1456,7 +1465,7 @@ class LocalDriver:
         for target in (paths.log, paths.stderr):
             if not target.exists():
                 target.touch(mode=0o640)
-        if run_as.uid is not None:
+        if run_as.uid is not None and run_as.gid is not None:  # both or neither (_run_as)
             self._check_reachable(paths.dir, run_as)
             for target in (paths.dir, paths.data, paths.log):
                 os.chown(target, run_as.uid, run_as.gid)
@@ -1666,7 +1675,7 @@ def _atomic_write(path: pathlib.Path, content: str, run_as: _RunAs | None) -> No
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        if run_as is not None and run_as.uid is not None:
+        if run_as is not None and run_as.uid is not None and run_as.gid is not None:  # both or neither (_run_as)
             os.chown(tmp, run_as.uid, run_as.gid)
         os.replace(tmp, path)
     except BaseException:
