@@ -7,8 +7,9 @@ Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only o
   with its secret (AADSTS700016 / AADSTS7000215 otherwise);
 - `GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{v}/
   virtualNetworkPeerings/{name}`: 401 for a token of another tenant, 403 AuthorizationFailed without a role on the
-  VNet, 403 LinkedAuthorizationFailed when the remote VNet is not covered by an `x-ms-authorization-auxiliary` token
-  with a role there, 400 VnetAddressSpacesOverlap, 404 ResourceNotFound/NotFound; PUT answers 201 and DELETE 202 with
+  VNet whose actions include the call's (`virtualNetworkPeerings/read|write|delete`), 403 LinkedAuthorizationFailed
+  when the remote VNet is not covered by a token of its tenant (the main one or an `x-ms-authorization-auxiliary` one)
+  whose principal holds `Microsoft.Network/virtualNetworks/peer/action` there, 400 VnetAddressSpacesOverlap, 404 ResourceNotFound/NotFound; PUT answers 201 and DELETE 202 with
   `Azure-AsyncOperation` (and `Location`), polled at
   `GET /subscriptions/{s}/providers/Microsoft.Network/locations/{l}/operations/{id}` (InProgress, then Succeeded or
   Failed);
@@ -26,6 +27,7 @@ import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,6 +44,23 @@ _OPERATION = re.compile(
 )
 _DISCOVERY = re.compile(r"^/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration$")
 _TOKEN = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
+
+
+# Role definitions by name: their `Actions`, as Azure's built-in roles define them (wildcards included).
+ROLE_ACTIONS: dict[str, tuple[str, ...]] = {
+    "Network Contributor": ("Microsoft.Authorization/*/read", "Microsoft.Network/*", "Microsoft.Resources/*/read"),
+    "Reader": ("*/read",),
+    # The narrower custom role Azure's peering documentation lists.
+    "Virtual Network Peering Operator": (
+        "Microsoft.Network/virtualNetworks/peer/action",
+        "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
+        "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/read",
+        "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
+    ),
+    # Too narrow on purpose (tests): may be linked to, may not write a peering.
+    "Peer Only": ("Microsoft.Network/virtualNetworks/peer/action", "Microsoft.Network/virtualNetworks/read"),
+}
+PEER_ACTION = "Microsoft.Network/virtualNetworks/peer/action"
 
 
 def vnet_id(subscription: str, resource_group: str, vnet: str) -> str:
@@ -70,7 +89,7 @@ class FakeAzure:
     subscriptions: dict[str, str] = field(default_factory=dict)  # subscription -> tenant
     applications: dict[str, str] = field(default_factory=dict)  # client id -> secret
     registered: dict[str, set[str]] = field(default_factory=dict)  # tenant -> application ids with a principal
-    roles: set[tuple[str, str]] = field(default_factory=set)  # (application id, scope, lowercase)
+    roles: set[tuple[str, str, str]] = field(default_factory=set)  # (application id, scope lowercase, role name)
     vnets: dict[str, dict] = field(default_factory=dict)  # lowercase vnet id -> {id, location, address_space, peerings}
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (tenant, application id)
     operations: dict[str, _Operation] = field(default_factory=dict)
@@ -99,10 +118,28 @@ class FakeAzure:
         with self.lock:
             self.registered.setdefault(tenant, set()).add(application_id)
 
-    def assign_role(self, application_id: str, scope: str) -> None:
-        """`az role assignment create --assignee <application> --role "Network Contributor" --scope <scope>`."""
+    def assign_role(self, application_id: str, scope: str, role: str = "Network Contributor") -> None:
+        """`az role assignment create --assignee <application> --role <role> --scope <scope>`."""
+        if role not in ROLE_ACTIONS:
+            raise ValueError(f"unknown role {role!r}")
         with self.lock:
-            self.roles.add((application_id, scope.lower()))
+            self.roles.add((application_id, scope.lower(), role))
+
+    def remove_role(self, application_id: str, scope: str) -> None:
+        """`az role assignment delete --assignee <application> --scope <scope>`: every role there."""
+        with self.lock:
+            self.roles = {r for r in self.roles if not (r[0] == application_id and r[1] == scope.lower())}
+
+    def allowed(self, application: str, action: str, scope: str) -> bool:
+        """Whether a role assigned to `application` at `scope` or above grants `action` (ARM's wildcard match)."""
+        scope = scope.lower()
+        with self.lock:
+            return any(
+                a == application
+                and (scope == s or scope.startswith(s.rstrip("/") + "/"))
+                and any(fnmatchcase(action.lower(), pattern.lower()) for pattern in ROLE_ACTIONS[role])
+                for a, s, role in self.roles
+            )
 
     def add_vnet(self, subscription: str, resource_group: str, name: str, address_space: list[str], location: str):
         with self.lock:
@@ -300,10 +337,6 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return principal
 
-    def _allowed(self, application: str, scope: str) -> bool:
-        scope = scope.lower()
-        return any(scope == s or scope.startswith(s.rstrip("/") + "/") for a, s in self.state.roles if a == application)
-
     def _denied(self, application: str, action: str, scope: str) -> None:
         self._send(
             403,
@@ -327,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         for token in tokens:
             principal = state.tokens.get(token)
             if principal and principal[0] == remote_tenant and principal[1] == application:
-                if self._allowed(application, remote):
+                if state.allowed(application, PEER_ACTION, remote):
                     return True
         return False
 
@@ -364,7 +397,7 @@ class _Handler(BaseHTTPRequestHandler):
             "PUT": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
             "DELETE": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
         }[method]
-        if not self._allowed(application, vnet_key):
+        if not state.allowed(application, action, vnet_key):
             self._denied(application, action, vnet_key)
             return
         vnet = state.vnets.get(vnet_key)

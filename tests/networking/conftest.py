@@ -254,10 +254,10 @@ class AzureWorld:
     customer_resource_group: str = "acme-rg"
     customer_vnet_name: str = "plant-vnet"
 
-    def customer_grants_access(self) -> None:
-        """What the customer step asks: register our application, give it Network Contributor on their VNet."""
+    def customer_grants_access(self, role: str = "Network Contributor") -> None:
+        """What the customer step asks: register our application, give it `role` on their VNet."""
         self.fake.register_application(AZURE_CUSTOMER_TENANT, AZURE_APPLICATION)
-        self.fake.assign_role(AZURE_APPLICATION, self.customer_vnet)
+        self.fake.assign_role(AZURE_APPLICATION, self.customer_vnet, role)
 
 
 @pytest.fixture(scope="session")
