@@ -11,6 +11,16 @@ import re
 
 PROVIDERS = ("aws", "gcp", "azure")
 
+# What an Azure customer grants our application on their VNet so that it creates both sides of a peering (Azure's
+# own list for a peering between subscriptions or tenants; the built-in Network Contributor role holds all four).
+AZURE_PEERING_ROLE = "Network Contributor"
+AZURE_PEERING_ACTIONS = (
+    "Microsoft.Network/virtualNetworks/peer/action",
+    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
+    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/read",
+    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
+)
+
 # The ranges a peered network may use: private address space only.
 PRIVATE_RANGES: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
     (ipaddress.IPv4Network("10.0.0.0/8"), "RFC 1918"),

@@ -19,21 +19,14 @@ from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import SubResource, VirtualNetworkPeering
 
+from networking.checks import AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
 from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
 
 ARM_SCOPE = "https://management.azure.com/.default"
 LRO_TIMEOUT_SECONDS = 90.0
 # Refusals that only the customer's role assignment lifts: the peering waits for them rather than failing.
 AUTHORIZATION_CODES = frozenset({"LinkedAuthorizationFailed", "AuthorizationFailed", "LinkedInvalidPropertyId"})
-# What the customer grants our application on their VNet (Azure's own list for creating a peering between
-# subscriptions or tenants: the built-in Network Contributor role has all four).
-ROLE = "Network Contributor"
-PEERING_ACTIONS = (
-    "Microsoft.Network/virtualNetworks/peer/action",
-    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
-    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/read",
-    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
-)
+ROLE, PEERING_ACTIONS = AZURE_PEERING_ROLE, AZURE_PEERING_ACTIONS
 
 
 def vnet_id(subscription: str, resource_group: str, vnet: str) -> str:
