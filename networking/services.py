@@ -86,23 +86,30 @@ def customer_prerequisite(*, deployment: Deployment, provider: str) -> dict | No
         "/subscriptions/<your subscription>/resourceGroups/<your resource group>/providers/"
         "Microsoft.Network/virtualNetworks/<your virtual network>"
     )
+    organization = deployment.project.organization.public_id
     return {
         "summary": (
             f"Before you create the peering, register our application {application} in your Microsoft Entra tenant "
             f'and grant it the "{checks.AZURE_PEERING_ROLE}" role on your virtual network (or a custom role with '
-            f"{', '.join(checks.AZURE_PEERING_ACTIONS)}). The platform then creates both sides of the peering: "
+            f"{', '.join(checks.AZURE_PEERING_ACTIONS)}), and tag the virtual network "
+            f"{checks.AZURE_OWNER_TAG}={organization}: the tag shows it is yours to peer with this organization (our "
+            f"application may be granted on it by others). The platform then creates both sides of the peering: "
             f"there is no peering to create on your side."
         ),
         "commands": [
             f"az ad sp create --id {application}",
             f'az role assignment create --assignee {application} --role "{checks.AZURE_PEERING_ROLE}" --scope {scope}',
+            f"az tag update --operation merge --resource-id {scope} --tags {checks.AZURE_OWNER_TAG}={organization}",
         ],
     }
 
 
 def customer_of(peering: VpcPeering) -> Customer:
     fields = {name: getattr(peering, name) for name in checks.PROVIDER_FIELDS[peering.provider]}
-    return Customer(public_id=peering.public_id, cidr=peering.cidr, fields=fields)
+    organization = Deployment.objects.filter(pk=peering.deployment_id).values_list(
+        "project__organization__public_id", flat=True
+    )[0]
+    return Customer(public_id=peering.public_id, cidr=peering.cidr, fields=fields, organization=organization)
 
 
 # -- the pre-flight ----------------------------------------------------------------------------------------------------

@@ -19,12 +19,13 @@ from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import SubResource, VirtualNetworkPeering
 
-from networking.checks import AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
+from networking.checks import AZURE_OWNER_TAG, AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
 from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
 
 ARM_SCOPE = "https://management.azure.com/.default"
 LRO_TIMEOUT_SECONDS = 90.0
-# Refusals that only the customer's role assignment lifts: the peering waits for them rather than failing.
+# Refusals that only the customer's role assignment lifts: the peering fails with the role to grant, and is
+# created again once they granted it.
 AUTHORIZATION_CODES = frozenset({"LinkedAuthorizationFailed", "AuthorizationFailed", "LinkedInvalidPropertyId"})
 ROLE, PEERING_ACTIONS = AZURE_PEERING_ROLE, AZURE_PEERING_ACTIONS
 
@@ -153,6 +154,7 @@ class AzureAdapter:
                 f"{_grant_text(azure.application_id, azure.their_vnet)}",
                 permanent=True,
             ) from exc
+        self._check_owner(azure, customer)
         doing = f"create peering {customer.public_id}"
         try:
             _wait(
@@ -168,6 +170,33 @@ class AzureAdapter:
         except Exception as exc:  # noqa: BLE001 - transport failures and timeouts retry
             raise _error(exc, doing) from exc
         return self._customer_side(azure, customer)
+
+    def _check_owner(self, azure: _Azure, customer: Customer) -> None:
+        """Refuse (permanently) unless the customer's VNet carries the asking organization's owner tag: our role on
+        it may have been granted by its owner for their own peerings, and must not serve anyone who names it."""
+        doing = f"read your virtual network {customer.vnet_name}"
+        try:
+            vnet = azure.customer_client.virtual_networks.get(customer.resource_group, customer.vnet_name)
+        except ResourceNotFoundError as exc:
+            raise ProviderError(f"Your virtual network {azure.their_vnet} does not exist.", permanent=True) from exc
+        except HttpResponseError as exc:
+            if _code(exc) in AUTHORIZATION_CODES:
+                raise ProviderError(
+                    f"Azure refused to {doing}: {_code(exc)}. {_grant_text(azure.application_id, azure.their_vnet)}",
+                    permanent=True,
+                ) from exc
+            raise _error(exc, doing) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _error(exc, doing) from exc
+        tags = {str(k).lower(): v for k, v in (vnet.tags or {}).items()}  # ARM's tag names ignore case
+        if not customer.organization or tags.get(AZURE_OWNER_TAG) != customer.organization:
+            raise ProviderError(
+                f"Your virtual network {azure.their_vnet} does not carry the tag "
+                f"{AZURE_OWNER_TAG}={customer.organization}, which shows it is yours to peer with this organization. "
+                f"Run `az tag update --operation merge --resource-id {azure.their_vnet} --tags "
+                f"{AZURE_OWNER_TAG}={customer.organization}`, then create the peering again.",
+                permanent=True,
+            )
 
     def _customer_side(self, azure: _Azure, customer: Customer) -> Observation:
         """Create the customer's side (ours exists), then read ours: Connected once both are there. A refusal is
@@ -200,6 +229,7 @@ class AzureAdapter:
         azure = _Azure(platform, customer)
         if not ids.get("customer_side_created"):
             # Made by an earlier version of this adapter, or a poll that stopped between the two sides.
+            self._check_owner(azure, customer)
             return self._customer_side(azure, customer)
         return self._read(azure, customer)
 
@@ -300,6 +330,8 @@ class AzureAdapter:
             commands=(
                 f"az ad sp create --id {application}",
                 f'az role assignment create --assignee {application} --role "{ROLE}" --scope {theirs}',
+                f"az tag update --operation merge --resource-id {theirs} --tags "
+                f"{AZURE_OWNER_TAG}={customer.organization}",
             ),
         )
 

@@ -106,9 +106,11 @@ def test_customer_peers_azure_vnet_from_the_page_when_following_the_steps(site, 
     assert page.navigations == on_peering_page, "the page reloaded instead of following the peering in place"
     page.check("failed-without-grant")
 
-    # The customer grants the role, as the tab said, and creates the peering again: both sides, Connected.
-    azure.customer_grants_access()
+    # The customer grants the role and tags the VNet, as the tab said, and creates the peering again: both sides.
     page.get_by_role("link", name="All peerings of plant").click()
+    tag = page.locator("#before-command-3")
+    expect(tag).to_have_text(re.compile(rf"--tags mqtt-cloud-organization={org.organization.public_id}$"))
+    azure.customer_grants_access(organization=org.organization.public_id)
     _fill_azure(page, azure)
     page.get_by_role("button", name="Create peering").click()
     expect(page.get_by_text(re.compile(r"Peering pcx_\w+ requested"))).to_be_visible()

@@ -157,7 +157,9 @@ def _served(port: int, ca_pem: str, server_hostname: str) -> x509.Certificate:
     context = ssl.create_default_context(cadata=ca_pem)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=server_hostname) as sock:
-            return x509.load_der_x509_certificate(sock.getpeercert(binary_form=True))
+            der = sock.getpeercert(binary_form=True)
+    assert der is not None, "the broker presented no certificate"
+    return x509.load_der_x509_certificate(der)
 
 
 def _eventually_serial(port: int, ca_pem: str, server_hostname: str, serial: int, timeout: float = 45.0) -> int:

@@ -5,6 +5,8 @@ Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only o
 - `GET /{tenant}/v2.0/.well-known/openid-configuration` (MSAL's tenant discovery) and
   `POST /{tenant}/oauth2/v2.0/token` (client credentials): a token only for an application registered in that tenant,
   with its secret (AADSTS700016 / AADSTS7000215 otherwise);
+- `GET /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{v}` (with its tags: 403
+  AuthorizationFailed without `virtualNetworks/read` there);
 - `GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{v}/
   virtualNetworkPeerings/{name}`: 401 for a token of another tenant, 403 AuthorizationFailed without a role on the
   VNet whose actions include the call's (`virtualNetworkPeerings/read|write|delete`), 403 LinkedAuthorizationFailed
@@ -38,6 +40,11 @@ _PEERING = re.compile(
     r"(?P<vnet>[^/]+)/virtualNetworkPeerings/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+_VNET = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Network/virtualNetworks/"
+    r"(?P<vnet>[^/]+)$",
+    re.IGNORECASE,
+)
 _OPERATION = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Network/locations/(?P<loc>[^/]+)/operations/(?P<id>[^/]+)$",
     re.IGNORECASE,
@@ -52,12 +59,13 @@ ROLE_ACTIONS: dict[str, tuple[str, ...]] = {
     "Reader": ("*/read",),
     # The narrower custom role Azure's peering documentation lists.
     "Virtual Network Peering Operator": (
+        "Microsoft.Network/virtualNetworks/read",
         "Microsoft.Network/virtualNetworks/peer/action",
         "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
         "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/read",
         "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
     ),
-    # Too narrow on purpose (tests): may be linked to, may not write a peering.
+    # Too narrow on purpose (tests): may read and be linked to, may not write a peering.
     "Peer Only": ("Microsoft.Network/virtualNetworks/peer/action", "Microsoft.Network/virtualNetworks/read"),
 }
 PEER_ACTION = "Microsoft.Network/virtualNetworks/peer/action"
@@ -149,8 +157,14 @@ class FakeAzure:
                 "location": location,
                 "address_space": list(address_space),
                 "peerings": {},
+                "tags": {},
             }
             return resource_id
+
+    def tag_vnet(self, vnet: str, name: str, value: str) -> None:
+        """`az tag update --operation merge --resource-id <vnet> --tags <name>=<value>`."""
+        with self.lock:
+            self.vnets[vnet.lower()]["tags"][name] = value
 
     def create_peering(self, vnet: str, name: str, remote_vnet: str) -> None:
         """The customer creates their side directly (`az network vnet peering create`)."""
@@ -384,6 +398,41 @@ class _Handler(BaseHTTPRequestHandler):
                 return failure[2], failure[3], failure[4]
         return None
 
+    def _vnet(self, match: re.Match) -> None:
+        subscription = match["sub"]
+        key = vnet_id(subscription, match["rg"], match["vnet"]).lower()
+        principal = self._principal(subscription)
+        if principal is None:
+            return
+        if not self.state.allowed(principal[1], "Microsoft.Network/virtualNetworks/read", key):
+            self._denied(principal[1], "Microsoft.Network/virtualNetworks/read", key)
+            return
+        vnet = self.state.vnets.get(key)
+        if vnet is None:
+            self._send(
+                404,
+                _arm_error(
+                    "ResourceNotFound",
+                    f"The Resource 'Microsoft.Network/virtualNetworks/{match['vnet']}' under resource group "
+                    f"'{match['rg']}' was not found.",
+                ),
+            )
+            return
+        self._send(
+            200,
+            {
+                "id": vnet["id"],
+                "name": vnet["id"].rsplit("/", 1)[1],
+                "type": "Microsoft.Network/virtualNetworks",
+                "location": vnet["location"],
+                "tags": dict(vnet.get("tags") or {}),
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "addressSpace": {"addressPrefixes": vnet["address_space"]},
+                },
+            },
+        )
+
     def _peering(self, method: str, match: re.Match) -> None:
         state = self.state
         subscription, name = match["sub"], match["name"]
@@ -512,6 +561,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._discovery(m["tenant"])
             elif method == "POST" and (m := _TOKEN.match(path)):
                 self._token(m["tenant"])
+            elif method == "GET" and (m := _VNET.match(path)):
+                self._vnet(m)
             elif method in ("GET", "PUT", "DELETE") and (m := _PEERING.match(path)):
                 self._peering(method, m)
             elif method == "GET" and (m := _OPERATION.match(path)):

@@ -24,7 +24,9 @@ def deployment(owner_org, azure_region):
     return make_deployment(owner_org.default_project, azure_region)
 
 
-def _create(deployment, azure, **overrides):
+def _create(deployment, azure, tag=True, **overrides):
+    if tag:  # the customer's VNet says it is theirs to peer with this organization
+        azure.customer_tags_vnet(deployment.project.organization.public_id)
     values = {
         "provider": "azure",
         "cidr": "10.1.0.0/16",
@@ -83,7 +85,7 @@ def test_peering_fails_naming_the_role_when_the_customer_granted_none(deployment
 
     assert poll(peering) == "failed"
     peering = _reload(peering)
-    assert "LinkedAuthorizationFailed" in peering.last_error
+    assert "AuthorizationFailed" in peering.last_error
     assert (
         f'Grant our application {AZURE_APPLICATION} the "Network Contributor" role on your virtual network '
         f"{azure.customer_vnet}" in peering.last_error
@@ -119,6 +121,25 @@ def test_customer_side_write_is_refused_by_azure_when_role_lacks_peering_write(d
     assert '"Network Contributor" role' in peering.last_error
     assert azure.fake.requests("DELETE", azure.platform_vnet.split("/virtualNetworks/")[1])
     assert _sides(azure, peering) == (None, None)
+
+
+@pytest.mark.parametrize("tag", [None, "org_someoneelse00000000"])
+def test_peering_fails_and_creates_nothing_when_the_vnet_is_not_tagged_for_this_organization(
+    deployment, azure, owner_org, tag
+):
+    # Our application holds the role on this VNet (its owner granted it), but the VNet is not tagged as theirs to
+    # peer with this organization: another organization naming it gets nothing peered.
+    azure.customer_grants_access()
+    if tag is not None:
+        azure.customer_tags_vnet(tag)
+    peering = _create(deployment, azure, tag=False)
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    organization = owner_org.organization.public_id
+    assert f"does not carry the tag mqtt-cloud-organization={organization}" in peering.last_error
+    assert f"--tags mqtt-cloud-organization={organization}`" in peering.last_error
+    assert _sides(azure, peering) == (None, None)
+    assert not azure.fake.requests("PUT", "/virtualNetworkPeerings/")
 
 
 def test_peering_fails_naming_the_registration_when_application_is_unknown_to_their_tenant(deployment, azure):

@@ -72,7 +72,9 @@ def test_awaiting_peering_expires_and_notifies_when_the_customer_never_acts(
     assert VpcPeeringSerializer(peering).data["awaiting_expires_at"] is None
     assert gcp.fake.rendered(gcp.project, gcp.network_name)["peerings"] == []  # our side removed at GCP
     event = PlatformEvent.objects.get(kind="vpc_peering_expired", subject=peering.public_id)
-    assert event.organization_id == owner_org.organization.pk and "plant" in event.message and "Expired:" in event.message
+    assert (
+        event.organization_id == owner_org.organization.pk and "plant" in event.message and "Expired:" in event.message
+    )
     # No platform-event channel: the owners hear of it by email, once.
     assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
     assert peering.public_id in mailoutbox[0].body
