@@ -227,11 +227,13 @@ class AzureAdapter:
         if not ids.get("created"):
             return self.request(platform, customer)
         azure = _Azure(platform, customer)
-        if not ids.get("customer_side_created"):
-            # Made by an earlier version of this adapter, or a poll that stopped between the two sides.
+        observation = self._read(azure, customer)
+        if observation.status == "waiting" and not ids.get("customer_side_created"):
+            # A poll that stopped between the two sides, or a peering from before we made both: the customer's side
+            # is still missing (one they made themselves connects it, and then there is nothing to make).
             self._check_owner(azure, customer)
             return self._customer_side(azure, customer)
-        return self._read(azure, customer)
+        return observation
 
     def _read(self, azure: _Azure, customer: Customer) -> Observation:
         try:

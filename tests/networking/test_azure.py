@@ -255,3 +255,34 @@ def test_peering_fails_and_our_failed_side_is_removed_when_the_async_operation_f
     )
     assert azure.fake.requests("DELETE", "/virtualNetworkPeerings/")  # the side left in Failed was taken down
     assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
+
+
+def _legacy(deployment, azure, **ids):
+    """A peering from before we created both sides: our side made, the customer's left to them."""
+    peering = _create(deployment, azure, tag=False)
+    azure.fake.create_peering(azure.platform_vnet, peering.public_id, azure.customer_vnet)
+    VpcPeering.objects.filter(pk=peering.pk).update(
+        state="awaiting_customer_action", provider_ids={"peering_name": peering.public_id, "created": True, **ids}
+    )
+    return peering
+
+
+def test_earlier_peering_turns_active_without_the_tag_when_the_customer_made_their_side(deployment, azure):
+    azure.customer_grants_access()
+    peering = _legacy(deployment, azure)
+    azure.fake.create_peering(azure.customer_vnet, peering.public_id, azure.platform_vnet)
+    assert poll(peering) == "active"
+    assert not azure.fake.requests("PUT", "/virtualNetworkPeerings/")  # nothing made: it was all there
+
+
+def test_earlier_peering_gets_its_customer_side_only_when_the_vnet_is_tagged(deployment, azure, owner_org):
+    azure.customer_grants_access()
+    untagged = _legacy(deployment, azure)
+    assert poll(untagged) == "failed"
+    assert "does not carry the tag mqtt-cloud-organization" in _reload(untagged).last_error
+    assert _sides(azure, untagged) == (None, None)  # our half-made side is removed with it
+
+    azure.customer_tags_vnet(owner_org.organization.public_id)
+    tagged = _legacy(deployment, azure)
+    assert poll(tagged) == "active"
+    assert _sides(azure, tagged)[1]["properties"]["peeringState"] == "Connected"
