@@ -16,7 +16,7 @@ from typing import Any
 
 from deployments.topics import topic_filters_overlap, validate_topic_filter
 
-NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 NODE_NAME_RULE = "1 to 64 characters among A-Z, a-z, 0-9, _ and -"
 KINDS = ("mosquitto", "nanomq")
 MAX_TOPICS = 32
@@ -37,7 +37,7 @@ QOS = 1
 # mosquitto reads a `topic` line as words separated by spaces and strips quotes; HOCON would need escapes. Topics of
 # a bridge therefore allow none of these (MQTT itself would).
 _BRIDGE_UNSAFE = re.compile(r"[\s\"'\\`$]")
-_CA_FILE_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
+_CA_FILE_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}\Z")
 
 
 def cloud_prefix(node: str) -> str:
@@ -147,16 +147,24 @@ def _check_json(value: Any, depth: int) -> None:
         raise ValueError(f"Nested more than {MAX_SETTINGS_DEPTH} levels.")
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                raise ValueError("A key contains the NUL character.")
+            _check_text(key, "A key")
             _check_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
             _check_json(item, depth + 1)
-    elif isinstance(value, str) and "\x00" in value:
-        raise ValueError("A string contains the NUL character.")
+    elif isinstance(value, str):
+        _check_text(value, "A string")
     elif isinstance(value, float) and value != value:  # NaN is no JSON
         raise ValueError("NaN is not JSON.")
+
+
+def _check_text(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{what} contains the NUL character.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (a lone surrogate).") from None
 
 
 def ca_file(value: Any) -> str:
@@ -244,8 +252,8 @@ class Bridge:
 
 
 PASSWORD_PLACEHOLDER = "REPLACE-WITH-THE-NODE-PASSWORD"
-_HOST_RE = re.compile(r"^[A-Za-z0-9.:_\-\[\]]{1,253}$")
-_PUBLIC_ID_RE = re.compile(r"^[a-z]{2,8}_[A-Za-z0-9]{1,40}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:_\-\[\]]{1,253}\Z")
+_PUBLIC_ID_RE = re.compile(r"^[a-z]{2,8}_[A-Za-z0-9]{1,40}\Z")
 
 
 def _checked(bridge: Bridge) -> None:

@@ -257,6 +257,8 @@ def edge_published(*, deployment_id: int, holder: str, token: int, config_ids: l
         _fence(deployment_id, holder, token)
         now = timezone.now()
         if config_ids:
-            EdgeConfig.objects.filter(pk__in=config_ids, published_at__isnull=True).update(published_at=now)
+            EdgeConfig.objects.filter(
+                pk__in=config_ids, node__deployment_id=deployment_id, published_at__isnull=True
+            ).update(published_at=now)
         if clear_ids:
             EdgeRetainedClear.objects.filter(pk__in=clear_ids, deployment_id=deployment_id).delete()

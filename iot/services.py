@@ -853,9 +853,10 @@ def outbox_due(*, deployment_id: int, observed_generation: int, limit: int = 500
     )
 
 
-def outbox_done(*, ids: list[int]) -> None:
+def outbox_done(*, deployment_id: int, ids: list[int]) -> None:
+    """The agent serving `deployment_id` carried these out; ids of another deployment's rows are never its to drop."""
     if ids:
-        OutboxMessage.objects.filter(pk__in=ids).delete()
+        OutboxMessage.objects.filter(pk__in=ids, deployment_id=deployment_id).delete()
 
 
 def shadow_history_prune(*, older_than: datetime.timedelta, deployment_ids: list[int]) -> int:
