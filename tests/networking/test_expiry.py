@@ -12,6 +12,7 @@ from networking import services
 from networking.api import VpcPeeringSerializer
 from networking.models import VpcPeering
 from notifications.models import PlatformEvent
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the notice's email task runs inline
 from tests.networking.conftest import CUSTOMER_ACCOUNT, REGION_AWS, make_deployment, poll
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +48,7 @@ def _reload(peering):
 
 
 def test_awaiting_peering_expires_and_notifies_when_the_customer_never_acts(
-    owner_org, gcp_region, gcp, travel, mailoutbox, django_capture_on_commit_callbacks
+    owner_org, gcp_region, gcp, travel, mailoutbox, django_capture_on_commit_callbacks, eager
 ):
     deployment = make_deployment(owner_org.default_project, gcp_region, name="plant")
     peering = _create_gcp(deployment, gcp)
