@@ -259,6 +259,10 @@ RECONCILE_RESYNC_SECONDS = env.float("RECONCILE_RESYNC_SECONDS", default=300.0)
 VPC_PEERING_POLL_BASE_SECONDS = env.float("VPC_PEERING_POLL_BASE_SECONDS", default=2.0)
 VPC_PEERING_POLL_MAX_SECONDS = env.float("VPC_PEERING_POLL_MAX_SECONDS", default=300.0)
 VPC_PEERING_RESYNC_SECONDS = env.float("VPC_PEERING_RESYNC_SECONDS", default=300.0)
+# A peering awaiting the customer is looked at less and less often, up to this interval...
+VPC_PEERING_AWAITING_POLL_MAX_SECONDS = env.float("VPC_PEERING_AWAITING_POLL_MAX_SECONDS", default=900.0)
+# ...and fails as expired (what we made at the provider removed, the customer notified) after this long: 7 days.
+VPC_PEERING_AWAITING_TTL_SECONDS = env.float("VPC_PEERING_AWAITING_TTL_SECONDS", default=7 * 24 * 3600.0)
 # A CA bundle the cloud SDKs verify the providers' endpoints with (a TLS-inspecting proxy); empty: the system's.
 CLOUD_CA_BUNDLE = env.str("CLOUD_CA_BUNDLE", default="")
 # The EMQX Enterprise licence key every Kubernetes deployment runs with (docs/operations/emqx-operator.md): without

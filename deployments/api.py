@@ -1239,6 +1239,16 @@ class TlsCertificateCreateSerializer(InputSerializer):
     )
 
 
+class TlsCertificateIssueSerializer(InputSerializer):
+    extra_sans = serializers.ListField(
+        child=PlainTextField(max_length=253),
+        required=False,
+        max_length=20,
+        help_text="Names the certificate carries besides the deployment's own host names (kept on renewals): DNS "
+        "names (RFC 1123) and IP addresses, at most 20, no wildcards. Omitted or empty: the deployment's names only.",
+    )
+
+
 class TlsCertificatePagination(CursorPagination):
     ordering = ("kind", "-created_at", "-id")
 
@@ -1256,6 +1266,7 @@ class TlsCertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _D
         "retrieve": "deployment:read",
         "create": "deployment:configure",
         "destroy": "deployment:configure",
+        "issue": "deployment:configure",
         "ca_pem": "deployment:read",
     }
 
@@ -1300,6 +1311,26 @@ class TlsCertificateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _D
             deployment=deployment, actor=self.principal, **data.validated_data
         )
         context = {"operation": operation.public_id, "replaced": replaced}
+        return Response(TlsCertificateSerializer(certificate, context=context).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Issue (or re-issue) the deployment's server certificate from the control plane's CA",
+        description="A new key and certificate from the control plane's CA for the deployment's host names plus "
+        "`extra_sans`, replacing the issued certificate (a rotation: new serial and fingerprint). The brokers take "
+        "it up through the returned configure operation, reloading in place where the broker can. While a server "
+        "certificate of your own exists it is still what the brokers serve (see `active` and `warnings`).",
+        tags=TLS_TAG,
+        request=TlsCertificateIssueSerializer,
+        responses={201: TlsCertificateSerializer},
+    )
+    def issue(self, request, *args, **kwargs):
+        deployment = self.deployment()
+        data = TlsCertificateIssueSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        certificate, operation = tls_services.tls_certificate_issue(
+            deployment=deployment, actor=self.principal, extra_sans=data.validated_data.get("extra_sans")
+        )
+        context = {"operation": operation.public_id}
         return Response(TlsCertificateSerializer(certificate, context=context).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

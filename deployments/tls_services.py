@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 RENEW_BEFORE = datetime.timedelta(days=60)
 # The Secret (kubernetes.io/tls) the Kubernetes driver writes the material into, in the deployment's namespace.
 TLS_SECRET_NAME = "broker-tls"
+# Names a customer may add to the issued certificate, beyond the deployment's own.
+MAX_EXTRA_SANS = 20
 
 
 # -- the control plane's CA ---------------------------------------------------------------------------------------------
@@ -148,13 +150,14 @@ def server_certificate_ensure(*, deployment: Deployment, now: datetime.datetime 
     a certificate was written. Called by the reconciler before it builds the spec; raises ValueError when the CA's
     key cannot be decrypted."""
     now = now or timezone.now()
-    wanted = deployment_host_names(deployment)
     authority = certificate_authority(now=now)
     current = (
         TlsCertificate.objects.select_for_update()
         .filter(deployment=deployment, kind=TlsCertificate.Kind.SERVER, source=TlsCertificate.Source.CONTROL_PLANE)
         .first()
     )
+    # The names a customer asked for (tls_certificate_issue) stay on every renewal, after the deployment's own.
+    wanted = _with_extras(deployment_host_names(deployment), current.host_names if current is not None else [])
     if (
         current is not None
         and current.issuer == authority.subject
@@ -186,6 +189,118 @@ def server_certificate_ensure(*, deployment: Deployment, now: datetime.datetime 
         created_at=now,
     )
     return True
+
+
+def _with_extras(names: list[str], extras: list[str]) -> list[str]:
+    return list(dict.fromkeys([*names, *extras]))
+
+
+def _extra_san_error(value: object) -> str | None:
+    """Why `value` cannot be a name of the issued certificate (our CA's policy), or None."""
+    if not isinstance(value, str) or not value:
+        return "an empty name"
+    if any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in value):
+        return "control characters are not allowed"
+    if "*" in value:
+        return "wildcard names are not issued by the control plane's CA: name each host"
+    try:
+        name = tls.normalise_host_name(value)
+    except ValueError:
+        return "not a DNS name (letters, digits and hyphens in dot-separated labels, RFC 1123) or an IP address"
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return None
+    if address.is_unspecified or address.is_multicast:
+        return "an unspecified or multicast address names no host"
+    return None
+
+
+def clean_extra_sans(values: object) -> list[str]:
+    """The extra names as the certificate will carry them (normalised, duplicates dropped, in order). Raises
+    ValidationFailed on `extra_sans`, naming each name at fault by its position."""
+    if values is None:
+        return []
+    if not isinstance(values, list | tuple):
+        raise ValidationFailed({"extra_sans": "A list of DNS names and IP addresses."})
+    if len(values) > MAX_EXTRA_SANS:
+        raise ValidationFailed({"extra_sans": f"At most {MAX_EXTRA_SANS} names ({len(values)} given)."})
+    problems = []
+    for position, value in enumerate(values, start=1):
+        if (problem := _extra_san_error(value)) is not None:
+            shown = repr(value) if problem.startswith("control") else f"{value!r}"[:80]
+            problems.append(f"Name {position} ({shown}): {problem}.")
+    if problems:
+        raise ValidationFailed({"extra_sans": problems})
+    return list(dict.fromkeys(tls.normalise_host_name(v) for v in values))
+
+
+@transaction.atomic
+def tls_certificate_issue(
+    *, deployment: Deployment, actor, extra_sans: list[str] | None = None, now: datetime.datetime | None = None
+) -> tuple[TlsCertificate, Operation]:
+    """Issue the deployment's server certificate from the control plane's CA now, for its own host names and
+    `extra_sans` (kept on renewals), replacing the issued one (a new key and serial: a rotation). The brokers take
+    it up through the reconcile the configure operation starts; a customer's own server certificate, while there,
+    is still what they serve (the row carries that warning). Returns the row and the operation."""
+    now = now or timezone.now()
+    deployment = _locked(deployment)
+    _refuse_if_deleted(deployment)
+    extras = clean_extra_sans(extra_sans)
+    authority = certificate_authority(now=now)
+    names = _with_extras(deployment_host_names(deployment), extras)
+    if not names:
+        raise Conflict("The deployment has no host name to issue a certificate for yet.")
+    certificate_pem, key_pem = tls.issue_server_certificate(
+        ca_certificate_pem=authority.certificate_pem,
+        ca_private_key_pem=crypto.decrypt_str(authority.private_key_encrypted),
+        host_names=names,
+        now=now,
+    )
+    facts = tls.certificate_facts(certificate_pem)
+    current = (
+        TlsCertificate.objects.select_for_update()
+        .filter(deployment=deployment, kind=TlsCertificate.Kind.SERVER, source=TlsCertificate.Source.CONTROL_PLANE)
+        .first()
+    )
+    replaced = current.fingerprint_sha256 if current is not None else None
+    row = current or TlsCertificate(
+        deployment=deployment, kind=TlsCertificate.Kind.SERVER, source=TlsCertificate.Source.CONTROL_PLANE
+    )
+    row.certificate_pem, row.chain_pem = certificate_pem, ""
+    row.private_key_encrypted = crypto.encrypt_str(key_pem)
+    _fill(row, facts)
+    row.host_names = extras
+    row.created_by, row.created_at = acting_user(actor), now
+    own = TlsCertificate.objects.filter(
+        deployment=deployment, kind=TlsCertificate.Kind.SERVER, source=TlsCertificate.Source.CUSTOMER
+    ).exists()
+    row.warnings = (
+        ["A server certificate of your own is served instead of this one until you remove it."] if own else []
+    )
+    row.save()
+    DeploymentEvent.objects.create(
+        deployment=deployment,
+        kind="tls.certificate.issued",
+        message=f"server certificate issued on request by the control plane's CA for {', '.join(facts.sans)}, "
+        f"valid until {facts.not_after:%Y-%m-%d}",
+        created_at=now,
+    )
+    operation = _configure(
+        deployment,
+        actor,
+        "tls_certificate.issue",
+        {
+            "certificate": row.public_id,
+            "sans": list(facts.sans),
+            "extra_sans": extras,
+            "serial": facts.serial_number,
+            "fingerprint_sha256": row.fingerprint_sha256,
+            "not_after": row.not_after.isoformat(),
+            "replaced_fingerprint_sha256": replaced,
+        },
+    )
+    return row, operation
 
 
 # -- the customer's certificates ---------------------------------------------------------------------------------------

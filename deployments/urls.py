@@ -68,6 +68,12 @@ urlpatterns = [
         api.TlsCertificateViewSet.as_view({"get": "list", "post": "create"}),
         name="deployment-certificate-list",
     ),
+    # Before the detail route: "issue" is not a certificate id.
+    path(
+        ONE + "/certificates/issue",
+        api.TlsCertificateViewSet.as_view({"post": "issue"}),
+        name="deployment-certificate-issue",
+    ),
     path(
         ONE + "/certificates/<str:cert>",
         api.TlsCertificateViewSet.as_view({"get": "retrieve", "delete": "destroy"}),

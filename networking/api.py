@@ -56,6 +56,7 @@ _AWS_EXAMPLE = {
         ],
         "status": "Pending Acceptance by 222233334444",
     },
+    "awaiting_expires_at": "2026-11-09T10:00:03Z",
     "last_error": "",
     "deletion_protection": False,
     "created_at": "2026-11-02T10:00:00Z",
@@ -95,6 +96,12 @@ class VpcPeeringSerializer(serializers.ModelSerializer):
     customer_action = serializers.SerializerMethodField(
         help_text="While awaiting_customer_action: the exact step to take in your cloud; else null."
     )
+    awaiting_expires_at = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="While awaiting_customer_action: when the peering stops waiting for your step and fails as "
+        "expired (what the platform created is removed; create it again then). Null in any other state.",
+    )
 
     class Meta:
         model = VpcPeering
@@ -109,6 +116,7 @@ class VpcPeeringSerializer(serializers.ModelSerializer):
             "provider_peering_id",
             "platform_cidr",
             "customer_action",
+            "awaiting_expires_at",
             "last_error",
             "deletion_protection",
             "created_at",

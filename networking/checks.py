@@ -11,6 +11,21 @@ import re
 
 PROVIDERS = ("aws", "gcp", "azure")
 
+# What an Azure customer grants our application on their VNet so that it creates both sides of a peering (Azure's
+# own list for a peering between subscriptions or tenants; the built-in Network Contributor role holds all four).
+AZURE_PEERING_ROLE = "Network Contributor"
+AZURE_PEERING_ACTIONS = (
+    "Microsoft.Network/virtualNetworks/read",  # the owner tag below, read before anything is created
+    "Microsoft.Network/virtualNetworks/peer/action",
+    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
+    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/read",
+    "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
+)
+# The tag (with the organization's public id as its value) an Azure customer puts on their VNet. Our application's role
+# there lets it peer that VNet with anything: the tag, which only someone who may write the VNet can set, is what
+# stops another organization from naming a VNet whose owner granted us the role for peerings of their own.
+AZURE_OWNER_TAG = "mqtt-cloud-organization"
+
 # The ranges a peered network may use: private address space only.
 PRIVATE_RANGES: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
     (ipaddress.IPv4Network("10.0.0.0/8"), "RFC 1918"),

@@ -65,6 +65,17 @@ class VpcPeering(models.Model):
     next_poll_at = models.DateTimeField(null=True, blank=True)
     poll_attempt = models.PositiveIntegerField(default=0)
     last_checked_at = models.DateTimeField(null=True, blank=True)
+    # When it last began awaiting the customer: it expires VPC_PEERING_AWAITING_TTL_SECONDS later.
+    awaiting_since = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def awaiting_expires_at(self):
+        """When a peering still awaiting the customer stops waiting (fails as expired); None in any other state."""
+        import datetime
+
+        if self.state != self.State.AWAITING_CUSTOMER_ACTION or self.awaiting_since is None:
+            return None
+        return self.awaiting_since + datetime.timedelta(seconds=settings.VPC_PEERING_AWAITING_TTL_SECONDS)
 
     class Meta:
         constraints = [

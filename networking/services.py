@@ -33,6 +33,8 @@ from networking import checks
 from networking.models import VpcPeering
 from networking.providers import adapter_for
 from networking.providers.base import Customer, Observation, Platform, ProviderError
+from notifications.models import PlatformEvent
+from notifications.services import platform_event_notify
 from organizations.access import acting_user
 
 logger = logging.getLogger(__name__)
@@ -68,9 +70,46 @@ def platform_of(region: Region) -> Platform:
     )
 
 
+def customer_prerequisite(*, deployment: Deployment, provider: str) -> dict | None:
+    """What the customer does in their own cloud *before* creating a peering, as {"summary", "commands"}; None when
+    nothing (AWS and GCP: their step follows our side). Azure: register our application in their tenant and grant
+    it the peering role on their VNet, after which we create both sides. Pure but for reading the region."""
+    region = deployment.region
+    if provider != "azure" or region.provider != "azure" or not region_has_vpc(region):
+        return None
+    try:
+        application = platform_of(region).credentials.get("client_id") or ""
+    except ProviderError:
+        application = ""
+    application = application or (region.network or {}).get("application_id") or "<the platform's application id>"
+    scope = (
+        "/subscriptions/<your subscription>/resourceGroups/<your resource group>/providers/"
+        "Microsoft.Network/virtualNetworks/<your virtual network>"
+    )
+    organization = deployment.project.organization.public_id
+    return {
+        "summary": (
+            f"Before you create the peering, register our application {application} in your Microsoft Entra tenant "
+            f'and grant it the "{checks.AZURE_PEERING_ROLE}" role on your virtual network (or a custom role with '
+            f"{', '.join(checks.AZURE_PEERING_ACTIONS)}), and tag the virtual network "
+            f"{checks.AZURE_OWNER_TAG}={organization}: the tag shows it is yours to peer with this organization (our "
+            f"application may be granted on it by others). The platform then creates both sides of the peering: "
+            f"there is no peering to create on your side."
+        ),
+        "commands": [
+            f"az ad sp create --id {application}",
+            f'az role assignment create --assignee {application} --role "{checks.AZURE_PEERING_ROLE}" --scope {scope}',
+            f"az tag update --operation merge --resource-id {scope} --tags {checks.AZURE_OWNER_TAG}={organization}",
+        ],
+    }
+
+
 def customer_of(peering: VpcPeering) -> Customer:
     fields = {name: getattr(peering, name) for name in checks.PROVIDER_FIELDS[peering.provider]}
-    return Customer(public_id=peering.public_id, cidr=peering.cidr, fields=fields)
+    organization = Deployment.objects.filter(pk=peering.deployment_id).values_list(
+        "project__organization__public_id", flat=True
+    )[0]
+    return Customer(public_id=peering.public_id, cidr=peering.cidr, fields=fields, organization=organization)
 
 
 # -- the pre-flight ----------------------------------------------------------------------------------------------------
@@ -372,6 +411,14 @@ class _Result:
     cleanup_error: ProviderError | None = None
     ids: dict = dataclasses.field(default_factory=dict)
     step: dict | None = None
+    # Still awaiting the customer when its time ran out: what we made is removed and it fails as expired.
+    expired: bool = False
+
+
+def _awaiting_deadline(peering: VpcPeering) -> datetime.datetime | None:
+    if peering.awaiting_since is None:
+        return None
+    return peering.awaiting_since + datetime.timedelta(seconds=settings.VPC_PEERING_AWAITING_TTL_SECONDS)
 
 
 def _poll(peering: VpcPeering) -> str:
@@ -398,9 +445,16 @@ def _poll(peering: VpcPeering) -> str:
         result.ids.update(result.observation.ids)
         if result.observation.status == "waiting":
             result.step = adapter.customer_step(platform, customer, result.ids).as_dict()
+            deadline = _awaiting_deadline(peering)
+            # Looked at once more at the deadline: a customer who acted at the last minute is active, not expired.
+            result.expired = (
+                started == State.AWAITING_CUSTOMER_ACTION and deadline is not None and timezone.now() >= deadline
+            )
     never_active = started in (State.PENDING, State.AWAITING_CUSTOMER_ACTION) and peering.activated_at is None
-    failing = (result.error is not None and result.error.permanent) or (
-        result.observation is not None and result.observation.status == "broken"
+    failing = (
+        (result.error is not None and result.error.permanent)
+        or (result.observation is not None and result.observation.status == "broken")
+        or result.expired
     )
     if never_active and failing:
         # Nothing half-made stays at the provider: a peering that fails before it ever worked is taken down first.
@@ -433,6 +487,10 @@ def _apply(pk: int, started: str, result: _Result) -> str:
         changed = new_state != started
         peering.state = new_state
         peering.poll_attempt = 0 if changed else peering.poll_attempt + 1
+        if new_state == State.AWAITING_CUSTOMER_ACTION and (changed or peering.awaiting_since is None):
+            peering.awaiting_since = now
+        elif new_state == State.ACTIVE:
+            peering.awaiting_since = None
         if next_in is None:
             peering.poll_token = ""
             peering.next_poll_at = None
@@ -443,7 +501,32 @@ def _apply(pk: int, started: str, result: _Result) -> str:
             _event(peering, f"vpc_peering.{new_state}", _transition_text(peering, started))
             if State.ACTIVE in (started, new_state) or (new_state == State.DELETED and peering.activated_at):
                 _report_abnormal(peering.deployment_id)
+            if new_state == State.FAILED and result.expired:
+                _notify_expired(peering)
     return new_state
+
+
+def _notify_expired(peering: VpcPeering) -> None:
+    """The organization's platform-event channels (or its owners' email) hear of it, once per peering."""
+    deployment = Deployment.objects.select_related("project__organization").get(pk=peering.deployment_id)
+    platform_event_notify(
+        organization=deployment.project.organization,
+        kind=PlatformEvent.Kind.VPC_PEERING_EXPIRED,
+        subject=peering.public_id,
+        severity="warning",
+        message=f"VPC peering {peering.public_id} of deployment {deployment.name} ({deployment.public_id}) expired. "
+        f"{peering.last_error}",
+        dedup_key=f"vpc_peering_expired:{peering.public_id}",
+    )
+
+
+def _duration(delta: datetime.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
 def _transition_text(peering: VpcPeering, started: str) -> str:
@@ -458,6 +541,14 @@ def _next(peering: VpcPeering, started: str, result: _Result, now) -> tuple[str,
 
     def backoff(attempt):
         return _backoff(attempt, waiting_cap)
+
+    def awaiting(attempt):
+        # Less and less often while the customer takes their time, and never past the moment it expires.
+        wait = _backoff(attempt, settings.VPC_PEERING_AWAITING_POLL_MAX_SECONDS)
+        deadline = _awaiting_deadline(peering)
+        if deadline is not None:
+            wait = min(wait, max((deadline - timezone.now()).total_seconds(), 0.0) + 1.0)
+        return wait
 
     def watch(attempt):
         return resync
@@ -497,9 +588,18 @@ def _next(peering: VpcPeering, started: str, result: _Result, now) -> tuple[str,
         if was_active:
             peering.last_error = f"The peering is no longer active ({observation.provider_state}): {observation.detail}"
             return State.FAILED, watch
+        if result.expired:
+            waited = datetime.timedelta(seconds=settings.VPC_PEERING_AWAITING_TTL_SECONDS)
+            peering.last_error = (
+                f"Expired: the peering awaited your action for {_duration(waited)} without it "
+                f"({observation.detail or observation.provider_state}). What the platform had created is removed; "
+                f"create the peering again when you are ready to take your step."
+            )
+            peering.customer_action = {}
+            return State.FAILED, None
         peering.customer_action = {**(result.step or {}), "status": observation.detail}
         peering.last_error = ""
-        return State.AWAITING_CUSTOMER_ACTION, backoff
+        return State.AWAITING_CUSTOMER_ACTION, awaiting
     peering.last_error = observation.detail
     return State.FAILED, None
 

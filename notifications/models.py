@@ -121,6 +121,7 @@ class PlatformEvent(models.Model):
         MAINTENANCE_SCHEDULED = "maintenance_scheduled", "Maintenance scheduled"
         MAINTENANCE_CANCELLED = "maintenance_cancelled", "Maintenance cancelled"
         CHANNEL_FAILING = "channel_failing", "Notification channel failing"
+        VPC_PEERING_EXPIRED = "vpc_peering_expired", "VPC peering expired awaiting you"
 
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=32, choices=Kind.choices)

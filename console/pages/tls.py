@@ -1,5 +1,6 @@
 """The deployment page's TLS tab: the control plane's CA to download, the deployment's certificates with their facts
-and dates, uploads of a server certificate or a client CA with each check's message beside its field, and delete.
+and dates, issuing (rotating) the server certificate from that CA with extra names, uploads of a server certificate
+or a client CA with each check's message beside its field, and delete.
 
 Uploads and deletes call deployments.tls_services, the API's services, after the scope check the API's viewset makes.
 Nothing here parses a certificate or decides whether one is acceptable, and no private key is ever rendered.
@@ -25,7 +26,7 @@ from console import errors, tenancy
 from console.forms import ApiForm
 from console.once import once
 from deployments import tls_services
-from deployments.api import TlsCertificateCreateSerializer
+from deployments.api import TlsCertificateCreateSerializer, TlsCertificateIssueSerializer
 from deployments.models import TlsCertificate
 
 # A certificate this close to its end is highlighted (the default "certificate expiring" alert speaks at 30 days).
@@ -153,7 +154,35 @@ class TlsClientCaForm(_PemUploadForm):
         return data
 
 
-FORMS = {"server": (TlsServerCertificateForm, "server"), "client_ca": (TlsClientCaForm, "client-ca")}
+class TlsIssueForm(ApiForm):
+    """Issue the server certificate from the control plane's CA again, with names of the customer's own."""
+
+    serializer_class = TlsCertificateIssueSerializer
+    extra_sans = forms.CharField(
+        label="Extra names (SANs)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "autocomplete": "off", "class": "mono"}),
+        help_text="Optional: DNS names or IP addresses your clients use besides the deployment's own, separated by "
+        "spaces, commas or new lines; at most 20, no wildcards.",
+    )
+
+    def clean_extra_sans(self):
+        text = self.cleaned_data.get("extra_sans") or ""
+        # Separators are spaces, commas, tabs and new lines; any other control character is refused, not split on.
+        if any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in text):
+            raise forms.ValidationError("Control characters are not allowed in names.")
+        return text
+
+    def serializer_data(self) -> dict:
+        names = (self.cleaned_data.get("extra_sans") or "").replace(",", " ").split()
+        return {"extra_sans": names}
+
+
+FORMS = {
+    "server": (TlsServerCertificateForm, "server"),
+    "client_ca": (TlsClientCaForm, "client-ca"),
+    "issue": (TlsIssueForm, "issue"),
+}
 
 
 def _tab_console(request, org_id, project_id, dep_id):
@@ -240,6 +269,7 @@ def _context(console, **forms_given) -> dict:
         "can_configure": can_configure and deployment.desired_state != "deleted",
         "server_form": forms_given.get("server") or TlsServerCertificateForm(prefix="server"),
         "client_ca_form": forms_given.get("client_ca") or TlsClientCaForm(prefix="client-ca"),
+        "issue_form": forms_given.get("issue") or TlsIssueForm(prefix="issue"),
         "tab": "tls",
     }
 
@@ -249,8 +279,8 @@ def _context(console, **forms_given) -> dict:
 @sensitive_post_parameters("server-private_key")  # an error report never carries a pasted key
 @once
 def certificates(request, org_id, project_id, dep_id):
-    """GET: the CA, the certificates and the upload forms. POST (`kind` server or client_ca): upload one; it
-    replaces the deployment's certificate of the same kind."""
+    """GET: the CA, the certificates and the forms. POST `kind` server or client_ca: upload one, replacing the
+    deployment's certificate of the same kind; `kind` issue: issue the server certificate from our CA again."""
     console = _tab_console(request, org_id, project_id, dep_id)
     if request.method == "GET":
         return render(request, "console/tls/list.html", _context(console))
@@ -261,6 +291,25 @@ def certificates(request, org_id, project_id, dep_id):
     form_class, prefix = FORMS[kind]
     form = form_class(request.POST, request.FILES, prefix=prefix)
     status = 400
+    if kind == "issue":
+        if form.is_valid():
+            try:
+                row, operation = tls_services.tls_certificate_issue(
+                    deployment=console.deployment, actor=console.principal, extra_sans=form.validated.get("extra_sans")
+                )
+            except errors.REFUSALS as exc:
+                status = errors.to_form(form, exc)
+            else:
+                messages.success(
+                    request,
+                    f"Server certificate {row.public_id} issued by the control plane's CA: fingerprint "
+                    f"{row.fingerprint_sha256}, valid until {row.not_after:%Y-%m-%d %H:%M} UTC. The brokers take it "
+                    f"up with operation {operation.public_id}.",
+                )
+                for warning in row.warnings:
+                    messages.warning(request, warning)
+                return redirect(tenancy.deployment_url(console.deployment, "deployment-tls"))
+        return render(request, "console/tls/list.html", _context(console, issue=form), status=status)
     if form.is_valid():
         try:
             row, operation, replaced = tls_services.tls_certificate_create(

@@ -77,6 +77,8 @@ class VpcPeeringForm(ApiForm):
         super().__init__(*args, **kwargs)
         self.chosen_provider = provider
         self.provider_name = PROVIDER_NAMES[provider]
+        # What the customer does in their cloud before creating (services.customer_prerequisite); set by the view.
+        self.before: dict | None = None
         fields = {}
         for name in checks.PROVIDER_FIELDS[provider]:
             # Not required here: the pre-flight says "Required for an Azure peering", as the API does.
@@ -130,11 +132,15 @@ def _form_initial(deployment, data=None) -> dict:
 def _unbound_form(deployment, data=None) -> VpcPeeringForm:
     """The form as last typed, without errors: the provider changed, nothing was submitted yet."""
     initial = _form_initial(deployment, data)
-    return VpcPeeringForm(initial=initial, provider=initial["provider"])
+    form = VpcPeeringForm(initial=initial, provider=initial["provider"])
+    form.before = services.customer_prerequisite(deployment=deployment, provider=form.chosen_provider)
+    return form
 
 
 def _bound_form(deployment, data) -> VpcPeeringForm:
-    return VpcPeeringForm(data, provider=_chosen_provider(data, deployment))
+    form = VpcPeeringForm(data, provider=_chosen_provider(data, deployment))
+    form.before = services.customer_prerequisite(deployment=deployment, provider=form.chosen_provider)
+    return form
 
 
 def _digest(values) -> str:
@@ -220,11 +226,15 @@ def peerings(request, org_id, project_id, dep_id):
     except errors.REFUSALS as exc:
         status = errors.to_form(form, exc)
         return _render_tab(request, console, form, status=status, preflight_failed=True)
-    messages.success(
-        request,
-        f"Peering {peering.public_id} requested: the platform is creating its side. The step to take in your "
-        f"{PROVIDER_NAMES[peering.provider]} account appears here as soon as it is known.",
-    )
+    if peering.provider == "azure":
+        # Both sides are ours to create (services.customer_prerequisite): nothing more to do in Azure.
+        follow = "the platform is creating both sides with the role you granted its application."
+    else:
+        follow = (
+            f"the platform is creating its side. The step to take in your {PROVIDER_NAMES[peering.provider]} "
+            f"account appears here as soon as it is known."
+        )
+    messages.success(request, f"Peering {peering.public_id} requested: {follow}")
     return redirect(_peering_url(console, peering))
 
 

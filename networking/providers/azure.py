@@ -1,9 +1,11 @@
-"""Azure virtual network peering with azure-mgmt-network and azure-identity: our side of the peering on the region's
-platform VNet, created once the customer registered our application in their tenant and let it peer with their VNet;
-then read back, with the customer's side, until both are Connected.
+"""Azure virtual network peering with azure-mgmt-network and azure-identity: both sides of the peering, ours on the
+region's platform VNet and the customer's on their VNet, created by our application with the role the customer granted
+it on their VNet (Network Contributor, or a custom role with peer/action and virtualNetworkPeerings/write|read|delete);
+then read back until both are Connected.
 
-The only module that imports the Azure SDK. Creating a peering to a VNet in another tenant needs a token from that
-tenant too: ARM reads it from `x-ms-authorization-auxiliary`, which AuxiliaryAuthenticationPolicy adds.
+The only module that imports the Azure SDK. ARM checks `peer/action` on the *remote* VNet of every peering write, with
+a token of the remote VNet's tenant: `x-ms-authorization-auxiliary` carries it (AuxiliaryAuthenticationPolicy), a
+token of the customer's tenant when we write our side, one of ours when we write theirs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import SubResource, VirtualNetworkPeering
 
+from networking.checks import AZURE_OWNER_TAG, AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
 from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
 
 ARM_SCOPE = "https://management.azure.com/.default"
 LRO_TIMEOUT_SECONDS = 90.0
-# Refusals that only the customer's role assignment lifts: the peering waits for them rather than failing.
+# Refusals that only the customer's role assignment lifts: the peering fails with the role to grant, and is
+# created again once they granted it.
 AUTHORIZATION_CODES = frozenset({"LinkedAuthorizationFailed", "AuthorizationFailed", "LinkedInvalidPropertyId"})
+ROLE, PEERING_ACTIONS = AZURE_PEERING_ROLE, AZURE_PEERING_ACTIONS
 
 
 def vnet_id(subscription: str, resource_group: str, vnet: str) -> str:
@@ -78,14 +83,56 @@ class _Azure:
             **client,
         )
         self.customer_client = NetworkManagementClient(self.theirs, customer.subscription_id, **client)
+        # Writes the customer's side: their tenant's token, plus ours for peer/action on the platform VNet.
+        self.customer_linking_client = NetworkManagementClient(
+            self.theirs,
+            customer.subscription_id,
+            custom_hook_policy=AuxiliaryAuthenticationPolicy([self.ours], ARM_SCOPE),
+            **client,
+        )
 
 
-def _ids(azure: _Azure, customer: Customer, created: bool) -> dict:
+def _ids(azure: _Azure, customer: Customer, created: bool, theirs_created: bool = False) -> dict:
     return {
         "peering_name": customer.public_id,
         "peering_id": f"{azure.our_vnet}/virtualNetworkPeerings/{customer.public_id}",
         "created": created,
+        "customer_peering_id": f"{azure.their_vnet}/virtualNetworkPeerings/{customer.public_id}",
+        "customer_side_created": theirs_created,
     }
+
+
+def _grant_text(application: str, their_vnet: str) -> str:
+    return (
+        f'Grant our application {application} the "{ROLE}" role on your virtual network {their_vnet} (or a custom '
+        f"role with {', '.join(PEERING_ACTIONS)}), then create the peering again."
+    )
+
+
+def _refused(exc: HttpResponseError, azure: _Azure, customer: Customer, side: str) -> ProviderError:
+    """ARM's authorization refusal, in the customer's words: what to grant, and where."""
+    return ProviderError(
+        f"Azure refused to create {side} of peering {customer.public_id}: {_code(exc)}: our application lacks a "
+        f"permission on your virtual network. {_grant_text(azure.application_id, azure.their_vnet)}",
+        permanent=True,
+    )
+
+
+def _peering_to(remote: str) -> VirtualNetworkPeering:
+    return VirtualNetworkPeering(
+        remote_virtual_network=SubResource(id=remote),
+        allow_virtual_network_access=True,
+        allow_forwarded_traffic=False,
+        allow_gateway_transit=False,
+        use_remote_gateways=False,
+    )
+
+
+def _wait(poller, doing: str) -> VirtualNetworkPeering:
+    result = poller.result(timeout=LRO_TIMEOUT_SECONDS)
+    if not poller.done():
+        raise ProviderError(f"Azure did not finish to {doing} in time", permanent=False)
+    return result
 
 
 class AzureAdapter:
@@ -99,49 +146,96 @@ class AzureAdapter:
         try:
             azure.theirs.get_token(ARM_SCOPE)
         except ClientAuthenticationError as exc:
-            return Observation(
-                "waiting",
-                "ApplicationNotRegistered",
-                f"Our application {azure.application_id} is not registered in tenant {customer.tenant_id} yet "
-                f"({exc.message.splitlines()[0] if exc.message else 'no token'}).",
-                ids=_ids(azure, customer, created=False),
-            )
-        peering = VirtualNetworkPeering(
-            remote_virtual_network=SubResource(id=azure.their_vnet),
-            allow_virtual_network_access=True,
-            allow_forwarded_traffic=False,
-            allow_gateway_transit=False,
-            use_remote_gateways=False,
-        )
+            # The customer's tenant does not know our application: nothing can be created. Their step comes first.
+            first = exc.message.splitlines()[0] if exc.message else "no token"
+            raise ProviderError(
+                f"Our application {azure.application_id} is not registered in your tenant {customer.tenant_id} "
+                f"({first}). Run `az ad sp create --id {azure.application_id}` in that tenant. "
+                f"{_grant_text(azure.application_id, azure.their_vnet)}",
+                permanent=True,
+            ) from exc
+        self._check_owner(azure, customer)
+        doing = f"create peering {customer.public_id}"
         try:
-            poller = azure.linking_client.virtual_network_peerings.begin_create_or_update(
-                azure.resource_group, azure.vnet, customer.public_id, peering
+            _wait(
+                azure.linking_client.virtual_network_peerings.begin_create_or_update(
+                    azure.resource_group, azure.vnet, customer.public_id, _peering_to(azure.their_vnet)
+                ),
+                doing,
             )
-            result = poller.result(timeout=LRO_TIMEOUT_SECONDS)
-            if not poller.done():
-                raise ProviderError(
-                    f"Azure did not finish creating peering {customer.public_id} in time", permanent=False
-                )
         except HttpResponseError as exc:
             if _code(exc) in AUTHORIZATION_CODES:
-                return Observation(
-                    "waiting",
-                    _code(exc),
-                    f"Waiting for the role assignment on {azure.their_vnet}: {_message(exc)}",
-                    ids=_ids(azure, customer, created=False),
-                )
-            raise _error(exc, f"create peering {customer.public_id}") from exc
+                raise _refused(exc, azure, customer, "the platform's side") from exc
+            raise _error(exc, doing) from exc
         except Exception as exc:  # noqa: BLE001 - transport failures and timeouts retry
-            raise _error(exc, f"create peering {customer.public_id}") from exc
-        observation = self._observe(azure, customer, result)
+            raise _error(exc, doing) from exc
+        return self._customer_side(azure, customer)
+
+    def _check_owner(self, azure: _Azure, customer: Customer) -> None:
+        """Refuse (permanently) unless the customer's VNet carries the asking organization's owner tag: our role on
+        it may have been granted by its owner for their own peerings, and must not serve anyone who names it."""
+        doing = f"read your virtual network {customer.vnet_name}"
+        try:
+            vnet = azure.customer_client.virtual_networks.get(customer.resource_group, customer.vnet_name)
+        except ResourceNotFoundError as exc:
+            raise ProviderError(f"Your virtual network {azure.their_vnet} does not exist.", permanent=True) from exc
+        except HttpResponseError as exc:
+            if _code(exc) in AUTHORIZATION_CODES:
+                raise ProviderError(
+                    f"Azure refused to {doing}: {_code(exc)}. {_grant_text(azure.application_id, azure.their_vnet)}",
+                    permanent=True,
+                ) from exc
+            raise _error(exc, doing) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _error(exc, doing) from exc
+        tags = {str(k).lower(): v for k, v in (vnet.tags or {}).items()}  # ARM's tag names ignore case
+        if not customer.organization or tags.get(AZURE_OWNER_TAG) != customer.organization:
+            raise ProviderError(
+                f"Your virtual network {azure.their_vnet} does not carry the tag "
+                f"{AZURE_OWNER_TAG}={customer.organization}, which shows it is yours to peer with this organization. "
+                f"Run `az tag update --operation merge --resource-id {azure.their_vnet} --tags "
+                f"{AZURE_OWNER_TAG}={customer.organization}`, then create the peering again.",
+                permanent=True,
+            )
+
+    def _customer_side(self, azure: _Azure, customer: Customer) -> Observation:
+        """Create the customer's side (ours exists), then read ours: Connected once both are there. A refusal is
+        the customer's to fix; the caller removes our side before failing the peering."""
+        doing = f"create your side of peering {customer.public_id}"
+        try:
+            _wait(
+                azure.customer_linking_client.virtual_network_peerings.begin_create_or_update(
+                    customer.resource_group, customer.vnet_name, customer.public_id, _peering_to(azure.our_vnet)
+                ),
+                doing,
+            )
+        except HttpResponseError as exc:
+            if _code(exc) in AUTHORIZATION_CODES:
+                raise _refused(exc, azure, customer, "your side") from exc
+            raise _error(exc, doing) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _error(exc, doing) from exc
+        observation = self._read(azure, customer)
         return Observation(
-            observation.status, observation.provider_state, observation.detail, ids=_ids(azure, customer, True)
+            observation.status,
+            observation.provider_state,
+            observation.detail,
+            ids=_ids(azure, customer, created=True, theirs_created=True),
         )
 
     def refresh(self, platform: Platform, customer: Customer, ids: Mapping) -> Observation:
         if not ids.get("created"):
             return self.request(platform, customer)
         azure = _Azure(platform, customer)
+        observation = self._read(azure, customer)
+        if observation.status == "waiting" and not ids.get("customer_side_created"):
+            # A poll that stopped between the two sides, or a peering from before we made both: the customer's side
+            # is still missing (one they made themselves connects it, and then there is nothing to make).
+            self._check_owner(azure, customer)
+            return self._customer_side(azure, customer)
+        return observation
+
+    def _read(self, azure: _Azure, customer: Customer) -> Observation:
         try:
             ours = azure.platform_client.virtual_network_peerings.get(
                 azure.resource_group, azure.vnet, customer.public_id
@@ -186,36 +280,60 @@ class AzureAdapter:
     def remove(self, platform: Platform, customer: Customer, ids: Mapping) -> None:
         azure = _Azure(platform, customer)
         try:
-            poller = azure.platform_client.virtual_network_peerings.begin_delete(
-                azure.resource_group, azure.vnet, customer.public_id
+            _wait(
+                azure.platform_client.virtual_network_peerings.begin_delete(
+                    azure.resource_group, azure.vnet, customer.public_id
+                ),
+                f"delete peering {customer.public_id}",
             )
-            poller.result(timeout=LRO_TIMEOUT_SECONDS)
-            if not poller.done():
-                raise ProviderError(
-                    f"Azure did not finish deleting peering {customer.public_id} in time", permanent=False
-                )
         except ResourceNotFoundError:
-            return
+            pass
         except Exception as exc:  # noqa: BLE001
             raise _error(exc, f"delete peering {customer.public_id}") from exc
+        self._remove_customer_side(azure, customer)
+
+    def _remove_customer_side(self, azure: _Azure, customer: Customer) -> None:
+        """Delete the customer's side we made, when we still may. Only a peering named after ours that points at the
+        platform VNet is ours to delete; without access (they removed our application or its role) it stays theirs:
+        Azure shows it Disconnected, and it holds no address space of ours."""
+        doing = f"delete your side of peering {customer.public_id}"
+        try:
+            theirs = azure.customer_client.virtual_network_peerings.get(
+                customer.resource_group, customer.vnet_name, customer.public_id
+            )
+            remote = theirs.remote_virtual_network.id if theirs.remote_virtual_network else ""
+            if (remote or "").lower() != azure.our_vnet.lower():
+                return
+            _wait(
+                azure.customer_client.virtual_network_peerings.begin_delete(
+                    customer.resource_group, customer.vnet_name, customer.public_id
+                ),
+                doing,
+            )
+        except (ResourceNotFoundError, ClientAuthenticationError):
+            return
+        except HttpResponseError as exc:
+            if exc.status_code in (401, 403):
+                return
+            raise _error(exc, doing) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _error(exc, doing) from exc
 
     def customer_step(self, platform: Platform, customer: Customer, ids: Mapping) -> CustomerStep:
         net = platform.network
         application = platform.credentials.get("client_id") or net.get("application_id", "")
         theirs = vnet_id(customer.subscription_id, customer.resource_group, customer.vnet_name)
-        ours = vnet_id(net["subscription_id"], net["resource_group"], net["vnet_name"])
         return CustomerStep(
             summary=(
-                f"Register our application {application} in your tenant {customer.tenant_id}, let it peer with your "
-                f"virtual network {customer.vnet_name} (Network Contributor on that VNet), then create your side of "
-                f"the peering to the platform's VNet ({platform.cidr})."
+                f"Register our application {application} in your tenant {customer.tenant_id} and grant it the "
+                f'"{ROLE}" role on your virtual network {customer.vnet_name} (or a custom role with '
+                f"{', '.join(PEERING_ACTIONS)}). We create both sides of the peering."
             ),
             commands=(
                 f"az ad sp create --id {application}",
-                f'az role assignment create --assignee {application} --role "Network Contributor" --scope {theirs}',
-                f"az network vnet peering create --name {customer.public_id} --subscription {customer.subscription_id} "
-                f"--resource-group {customer.resource_group} --vnet-name {customer.vnet_name} --remote-vnet {ours} "
-                f"--allow-vnet-access",
+                f'az role assignment create --assignee {application} --role "{ROLE}" --scope {theirs}',
+                f"az tag update --operation merge --resource-id {theirs} --tags "
+                f"{AZURE_OWNER_TAG}={customer.organization}",
             ),
         )
 

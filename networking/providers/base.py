@@ -44,6 +44,8 @@ class Customer:
     public_id: str  # our id of the peering: names and tags it at the provider
     cidr: str
     fields: Mapping  # the provider's fields (networking.checks.PROVIDER_FIELDS)
+    # The public id of the organization asking: Azure checks the customer's VNet carries it (checks.AZURE_OWNER_TAG).
+    organization: str = ""
 
     def __getattr__(self, name: str):
         try:

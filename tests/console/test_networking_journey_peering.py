@@ -1,6 +1,7 @@
 """Browser journeys on the VPC peering tab: an Azure peering created from the page against the Azure fake (HTTPS, the
-real azure-identity and azure-mgmt-network clients in a real Celery worker), walked to `active` while the page follows
-it without a reload; a customer's bad ranges refused beside the field; the same tab without JavaScript."""
+real azure-identity and azure-mgmt-network clients in a real Celery worker): refused with the role to grant when
+created before the grant, then created again after it and walked to `active` while the page follows it without a
+reload; a customer's bad ranges refused beside the field; the same tab without JavaScript."""
 
 import re
 
@@ -31,6 +32,7 @@ def worker(request, monkeypatch, _azure_server):
     settings come from its environment)."""
     monkeypatch.setenv("VPC_PEERING_POLL_BASE_SECONDS", "0.2")
     monkeypatch.setenv("VPC_PEERING_POLL_MAX_SECONDS", "1")
+    monkeypatch.setenv("VPC_PEERING_AWAITING_POLL_MAX_SECONDS", "1")
     monkeypatch.setenv("VPC_PEERING_RESYNC_SECONDS", "1")
     monkeypatch.setenv("CLOUD_CA_BUNDLE", _azure_server.ca_path)
     return request.getfixturevalue("celery_worker")
@@ -76,42 +78,53 @@ def test_customer_peers_azure_vnet_from_the_page_when_following_the_steps(site, 
     assert page.navigations == loaded and not VpcPeering.objects.exists()
     page.check("preflight-passed")
 
+    # Before anything: what to grant our application in Azure, with its id; no peering to create on their side.
+    expect(page.locator("#before-summary")).to_contain_text('"Network Contributor" role on your virtual network')
+    expect(page.locator("#before-summary")).to_contain_text("there is no peering to create on your side")
+    expect(page.locator("#before-command-1")).to_have_text(f"az ad sp create --id {AZURE_APPLICATION}")
+    expect(page.locator("#before-command-2")).to_contain_text(
+        f'az role assignment create --assignee {AZURE_APPLICATION} --role "Network Contributor" --scope '
+    )
+    page.get_by_role("button", name="Copy prerequisite command 1").click()
+    assert page.evaluate("navigator.clipboard.readText()") == f"az ad sp create --id {AZURE_APPLICATION}"
+
+    # Created before the grant: Azure refuses, and the page says what to grant, in place.
     page.get_by_role("button", name="Create peering").click()
     expect(page.get_by_text(re.compile(r"Peering pcx_\w+ requested"))).to_be_visible()
     peering = VpcPeering.objects.get()
     assert page.url.endswith(f"/vpc-peering/{peering.public_id}")
     on_peering_page = page.navigations
-
-    # The worker creates nothing yet: our application is not in the customer's tenant. The exact commands appear.
     state = page.locator("#peering-state")
-    expect(state).to_have_text("awaiting customer action", timeout=WALK)
-    first = page.locator("#step-command-1")
-    expect(first).to_have_text(f"az ad sp create --id {AZURE_APPLICATION}")
-    expect(page.locator("#step-command-2")).to_contain_text(f"--scope {azure.customer_vnet}")
-    expect(page.locator("#step-command-3")).to_have_text(
-        f"az network vnet peering create --name {peering.public_id} --subscription {AZURE_CUSTOMER_SUBSCRIPTION} "
-        f"--resource-group {azure.customer_resource_group} --vnet-name {azure.customer_vnet_name} "
-        f"--remote-vnet {azure.platform_vnet} --allow-vnet-access"
-    )
-    expect(page.get_by_text("ApplicationNotRegistered")).to_be_visible()
-    page.get_by_role("button", name="Copy command 3").click()
-    expect(page.get_by_role("button", name="Copy command 3")).to_have_text("Copied")
-    assert page.evaluate("navigator.clipboard.readText()") == page.locator("#step-command-3").text_content()
-    page.check("awaiting-customer")
+    try:
+        expect(state).to_have_text("failed", timeout=WALK)
+    except AssertionError as exc:
+        row = VpcPeering.objects.get()
+        raise AssertionError(f"{row.state}: {row.last_error}\n{worker.logs()}") from exc
+    reason = page.locator("#peering-reason")
+    expect(reason).to_contain_text(f'Grant our application {AZURE_APPLICATION} the "Network Contributor" role')
+    expect(reason).to_contain_text(azure.customer_vnet)
+    assert page.navigations == on_peering_page, "the page reloaded instead of following the peering in place"
+    page.check("failed-without-grant")
 
-    # The customer's side, as the commands say: register the application and give it the role…
-    azure.customer_grants_access()
-    expect(page.get_by_text("Initiated")).to_be_visible(timeout=WALK)
+    # The customer grants the role and tags the VNet, as the tab said, and creates the peering again: both sides.
+    page.get_by_role("link", name="All peerings of plant").click()
+    tag = page.locator("#before-command-3")
+    expect(tag).to_have_text(re.compile(rf"--tags mqtt-cloud-organization={org.organization.public_id}$"))
+    azure.customer_grants_access(organization=org.organization.public_id)
+    _fill_azure(page, azure)
+    page.get_by_role("button", name="Create peering").click()
+    expect(page.get_by_text(re.compile(r"Peering pcx_\w+ requested"))).to_be_visible()
+    peering = VpcPeering.objects.exclude(pk=peering.pk).get()
+    on_peering_page = page.navigations
+    expect(state).to_have_text("active", timeout=WALK)
+    expect(page.get_by_role("heading", name="Connected")).to_be_visible()
     expect(page.locator("#provider-peering-id")).to_have_text(
         f"{azure.platform_vnet}/virtualNetworkPeerings/{peering.public_id}"
     )
-    expect(page.locator("#step-status")).to_contain_text(f"does not exist on {azure.customer_vnet_name} yet")
-    # …then create their peering to the platform's VNet.
-    azure.fake.create_peering(azure.customer_vnet, peering.public_id, azure.platform_vnet)
-    expect(state).to_have_text("active", timeout=WALK)
-    expect(page.get_by_role("heading", name="Connected")).to_be_visible()
     expect(page.get_by_text("updating…")).to_have_count(0)
     assert page.navigations == on_peering_page, "the page reloaded instead of following the peering in place"
+    theirs = azure.fake.peering(azure.customer_vnet, peering.public_id)
+    assert theirs["properties"]["peeringState"] == "Connected"
     page.check("active")
 
     page.get_by_role("link", name="All peerings of plant").click()

@@ -1,13 +1,19 @@
 """Browser journeys on the TLS tab against a real mosquitto deployment run by a real Celery worker: the customer
 downloads ca.pem and connects a real paho client over mqtts and wss with what the tab shows, uploads a certificate
 of their own and connects verifying against their CA, removes it and is back on the issued one; bad inputs are shown
-beside their fields; a read-only role sees no remove or upload; another organization's tab is a 404."""
+beside their fields; the owner issues the server certificate again from our CA with extra names, refused names shown
+beside the field, and a real TLS client sees the new serial from the same broker process; a read-only role sees no
+remove or upload; another organization's tab is a 404."""
 
 import pathlib
 import re
+import socket
+import ssl
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from playwright.sync_api import expect
 
 from tests.console.helpers import console_path, deployment, make_organization, settle
@@ -143,6 +149,86 @@ def test_customer_connects_over_mqtts_and_wss_with_what_the_tab_gives_when_follo
     assert _eventually(mqtts, ours, "accepted") == "accepted"
     assert _verdict(mqtts, theirs).startswith("refused")
     page.check("removed")
+
+
+def _served(port: int, ca_pem: str, server_hostname: str) -> x509.Certificate:
+    """The certificate the broker presents now, to a client that verifies it against `ca_pem` for `server_hostname`
+    (the name checked against its SANs) while connecting to 127.0.0.1."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_hostname) as sock:
+            der = sock.getpeercert(binary_form=True)
+    assert der is not None, "the broker presented no certificate"
+    return x509.load_der_x509_certificate(der)
+
+
+def _eventually_serial(port: int, ca_pem: str, server_hostname: str, serial: int, timeout: float = 45.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            seen = _served(port, ca_pem, server_hostname).serial_number
+        except (OSError, ssl.SSLError):
+            seen = -1  # not (yet) a certificate for that name
+        if seen == serial or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.3)
+
+
+def test_owner_issues_a_certificate_with_extra_names_and_the_same_broker_serves_it(site, celery_worker, brokers_dir):
+    from cryptography.x509 import load_pem_x509_certificate
+
+    from deployments import tls_services
+    from deployments.models import TlsCertificate
+    from tests.celery_worker import broker_pids
+
+    org = make_organization(name="Rotate")
+    plant = _running(org)
+    pids = broker_pids(brokers_dir)
+    assert len(pids) == 1
+    ca = tls_services.certificate_authority().certificate_pem
+    page = site.page(org.owner, name="owner")
+    page.goto(console_path(plant, "tls"))
+    _host, mqtts = _address(page, "mqtts")
+    before = _served(mqtts, ca, "127.0.0.1")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _served(mqtts, ca, "mqtt.plant.example")  # not a name of the issued certificate yet
+    expect(page.get_by_role("heading", name="Issue from our CA")).to_be_visible()
+    page.check("issue-form")
+
+    # Refused names are shown beside the field; nothing is issued.
+    names = page.get_by_label("Extra names (SANs)")
+    names.fill("mqtt.plant.example *.plant.example")
+    page.get_by_role("button", name="Issue certificate").click()
+    _refused_beside(page, "Extra names (SANs)", "Name 2 ('*.plant.example'): wildcard names are not issued")
+    expect(names).to_have_value("mqtt.plant.example *.plant.example")
+    names.fill("mqtt.plant.example\x07")
+    page.get_by_role("button", name="Issue certificate").click()
+    _refused_beside(page, "Extra names (SANs)", "Control characters are not allowed in names.")
+    page.check("issue-refused")
+    row = TlsCertificate.objects.get(deployment=plant, source="control_plane")
+    assert row.fingerprint_sha256.replace(":", "").lower() == before.fingerprint(hashes.SHA256()).hex()
+
+    # Issued: the page shows the new fingerprint and expiry, and the new names on the issued certificate.
+    names.fill("mqtt.plant.example, 10.20.0.5")
+    page.get_by_role("button", name="Issue certificate").click()
+    row.refresh_from_db()
+    status = page.get_by_role("status")
+    expect(status).to_contain_text(f"Server certificate {row.public_id} issued by the control plane's CA")
+    expect(status).to_contain_text(f"fingerprint {row.fingerprint_sha256}")
+    expect(status).to_contain_text(f"valid until {row.not_after:%Y-%m-%d %H:%M} UTC")
+    issued = page.get_by_role("region", name=re.compile("^Server certificate: issued by the control plane"))
+    expect(issued).to_contain_text("mqtt.plant.example")
+    expect(issued).to_contain_text("10.20.0.5")
+    expect(page.locator(f"#fp-{row.public_id}")).to_have_text(row.fingerprint_sha256)
+    page.check("issued-again")
+
+    # A real TLS client, verifying against our CA for the new name, sees the new serial from the same process.
+    serial = load_pem_x509_certificate(row.certificate_pem.encode()).serial_number
+    assert serial != before.serial_number
+    assert _eventually_serial(mqtts, ca, "mqtt.plant.example", serial) == serial
+    assert _served(mqtts, ca, "10.20.0.5").serial_number == serial
+    assert broker_pids(brokers_dir) == pids, "the broker restarted instead of reloading"
+    assert _verdict(mqtts, client_context(ca)) == "accepted"
 
 
 def _submit(page):

@@ -2,6 +2,7 @@
 messages beside their fields, create (audited, through the API's service), the peering page's step and reason, the
 poll's 204 while nothing changed, delete and deletion protection, a `local` region, and what each role may do."""
 
+import datetime
 import re
 
 import pytest
@@ -231,6 +232,25 @@ def test_peering_page_shows_the_commands_with_copy_buttons_when_awaiting_the_cus
     )
     assert 'data-copy="step-command-2" aria-label="Copy command 2"' in html
     assert 'data-copy="platform-cidr"' in html and "10.0.0.0/16" in html
+    assert 'id="step-expires"' not in html  # awaiting since unknown: no deadline to show yet
+
+    since = datetime.datetime(2026, 11, 2, 10, 0, tzinfo=datetime.UTC)
+    VpcPeering.objects.filter(pk=peering.pk).update(awaiting_since=since)
+    html = owner.get(_tab(plant, peering.public_id)).content.decode()
+    assert "Take your step by <time" in html and "2026-11-09 10:00 UTC</time>: after that the peering expires" in html
+
+
+def test_tab_tells_what_to_grant_in_azure_before_a_peering_is_created(owner, plant):
+    html = owner.get(_tab(plant)).content.decode()
+    assert 'id="peering-before"' in html
+    assert "&quot;Network Contributor&quot; role on your virtual network" in html
+    assert "there is no peering to create on your side" in html
+    assert '<pre id="before-command-1">az ad sp create --id ' in html
+    organization = plant.project.organization.public_id
+    assert f"--tags mqtt-cloud-organization={organization}</pre>" in html  # the owner tag, with this organization
+    assert "az network vnet peering create" not in html
+    html = owner.get(_tab(plant) + "?provider=aws").content.decode()
+    assert 'id="peering-before"' not in html
 
 
 def test_peering_page_shows_the_providers_reason_and_stops_polling_when_failed(owner, plant):

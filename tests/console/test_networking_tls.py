@@ -317,3 +317,53 @@ def test_deleted_deployment_refuses_uploads_and_removes_with_the_services_reason
     removed = owner.post(_tab(plant, f"{mine.public_id}/delete"), follow=True)
     assert "deleted" in removed.content.decode()
     assert list(TlsCertificate.objects.filter(source="customer")) == [mine]
+
+
+def test_issue_form_rotates_the_issued_certificate_with_extra_names_and_says_so_when_submitted(owner, plant):
+    tls_services.server_certificate_ensure(deployment=plant)
+    before = TlsCertificate.objects.get()
+    html = owner.get(_tab(plant)).content.decode()
+    assert "Issue from our CA" in html and 'id="id_issue-extra_sans"' in html
+
+    response = owner.post(
+        _tab(plant), {"kind": "issue", "issue-extra_sans": "mqtt.plant.example,\n10.20.0.5"}, follow=True
+    )
+    assert response.status_code == 200
+    row = TlsCertificate.objects.get()
+    assert row.pk == before.pk and row.fingerprint_sha256 != before.fingerprint_sha256
+    assert row.host_names == ["mqtt.plant.example", "10.20.0.5"]
+    assert {"mqtt.plant.example", "10.20.0.5"} <= set(row.sans)
+    html = response.content.decode()
+    assert f"fingerprint {row.fingerprint_sha256}" in html
+    assert f"valid until {row.not_after:%Y-%m-%d %H:%M} UTC" in html
+    assert AuditEvent.objects.filter(action="deployment.tls_certificate.issue").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("*.plant.example", "Name 1 (&#x27;*.plant.example&#x27;): wildcard names are not issued"),
+        ("ok.example bad_name", "Name 2 (&#x27;bad_name&#x27;): not a DNS name"),
+        ("ok.example\x1b[2J", "Control characters are not allowed in names."),
+        (" ".join(f"n{i}.example" for i in range(21)), "no more than 20"),
+    ],
+)
+def test_issue_form_shows_refused_names_beside_the_field_and_issues_nothing(owner, plant, typed, message):
+    tls_services.server_certificate_ensure(deployment=plant)
+    before = TlsCertificate.objects.get().fingerprint_sha256
+    response = owner.post(_tab(plant), {"kind": "issue", "issue-extra_sans": typed})
+    assert response.status_code == 400
+    errors = " ".join(_errors_beside(response.content.decode(), "issue-extra_sans"))
+    assert message in errors, errors
+    assert TlsCertificate.objects.get().fingerprint_sha256 == before
+    assert not AuditEvent.objects.filter(action="deployment.tls_certificate.issue").exists()
+
+
+def test_read_only_role_gets_no_issue_form_and_is_refused_when_crafting_it(client, owner_org, plant):
+    tls_services.server_certificate_ensure(deployment=plant)
+    before = TlsCertificate.objects.get().fingerprint_sha256
+    auditor, _ = owner_org.add_member(roles=["auditor"])
+    client.force_login(auditor)
+    assert "Issue from our CA" not in client.get(_tab(plant)).content.decode()
+    assert client.post(_tab(plant), {"kind": "issue", "issue-extra_sans": ""}).status_code == 403
+    assert TlsCertificate.objects.get().fingerprint_sha256 == before

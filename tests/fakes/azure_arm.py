@@ -5,10 +5,13 @@ Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only o
 - `GET /{tenant}/v2.0/.well-known/openid-configuration` (MSAL's tenant discovery) and
   `POST /{tenant}/oauth2/v2.0/token` (client credentials): a token only for an application registered in that tenant,
   with its secret (AADSTS700016 / AADSTS7000215 otherwise);
+- `GET /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{v}` (with its tags: 403
+  AuthorizationFailed without `virtualNetworks/read` there);
 - `GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{v}/
   virtualNetworkPeerings/{name}`: 401 for a token of another tenant, 403 AuthorizationFailed without a role on the
-  VNet, 403 LinkedAuthorizationFailed when the remote VNet is not covered by an `x-ms-authorization-auxiliary` token
-  with a role there, 400 VnetAddressSpacesOverlap, 404 ResourceNotFound/NotFound; PUT answers 201 and DELETE 202 with
+  VNet whose actions include the call's (`virtualNetworkPeerings/read|write|delete`), 403 LinkedAuthorizationFailed
+  when the remote VNet is not covered by a token of its tenant (the main one or an `x-ms-authorization-auxiliary` one)
+  whose principal holds `Microsoft.Network/virtualNetworks/peer/action` there, 400 VnetAddressSpacesOverlap, 404 ResourceNotFound/NotFound; PUT answers 201 and DELETE 202 with
   `Azure-AsyncOperation` (and `Location`), polled at
   `GET /subscriptions/{s}/providers/Microsoft.Network/locations/{l}/operations/{id}` (InProgress, then Succeeded or
   Failed);
@@ -26,6 +29,7 @@ import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,12 +40,35 @@ _PEERING = re.compile(
     r"(?P<vnet>[^/]+)/virtualNetworkPeerings/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+_VNET = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Network/virtualNetworks/"
+    r"(?P<vnet>[^/]+)$",
+    re.IGNORECASE,
+)
 _OPERATION = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Network/locations/(?P<loc>[^/]+)/operations/(?P<id>[^/]+)$",
     re.IGNORECASE,
 )
 _DISCOVERY = re.compile(r"^/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration$")
 _TOKEN = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
+
+
+# Role definitions by name: their `Actions`, as Azure's built-in roles define them (wildcards included).
+ROLE_ACTIONS: dict[str, tuple[str, ...]] = {
+    "Network Contributor": ("Microsoft.Authorization/*/read", "Microsoft.Network/*", "Microsoft.Resources/*/read"),
+    "Reader": ("*/read",),
+    # The narrower custom role Azure's peering documentation lists.
+    "Virtual Network Peering Operator": (
+        "Microsoft.Network/virtualNetworks/read",
+        "Microsoft.Network/virtualNetworks/peer/action",
+        "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
+        "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/read",
+        "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
+    ),
+    # Too narrow on purpose (tests): may read and be linked to, may not write a peering.
+    "Peer Only": ("Microsoft.Network/virtualNetworks/peer/action", "Microsoft.Network/virtualNetworks/read"),
+}
+PEER_ACTION = "Microsoft.Network/virtualNetworks/peer/action"
 
 
 def vnet_id(subscription: str, resource_group: str, vnet: str) -> str:
@@ -70,7 +97,7 @@ class FakeAzure:
     subscriptions: dict[str, str] = field(default_factory=dict)  # subscription -> tenant
     applications: dict[str, str] = field(default_factory=dict)  # client id -> secret
     registered: dict[str, set[str]] = field(default_factory=dict)  # tenant -> application ids with a principal
-    roles: set[tuple[str, str]] = field(default_factory=set)  # (application id, scope, lowercase)
+    roles: set[tuple[str, str, str]] = field(default_factory=set)  # (application id, scope lowercase, role name)
     vnets: dict[str, dict] = field(default_factory=dict)  # lowercase vnet id -> {id, location, address_space, peerings}
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (tenant, application id)
     operations: dict[str, _Operation] = field(default_factory=dict)
@@ -99,10 +126,28 @@ class FakeAzure:
         with self.lock:
             self.registered.setdefault(tenant, set()).add(application_id)
 
-    def assign_role(self, application_id: str, scope: str) -> None:
-        """`az role assignment create --assignee <application> --role "Network Contributor" --scope <scope>`."""
+    def assign_role(self, application_id: str, scope: str, role: str = "Network Contributor") -> None:
+        """`az role assignment create --assignee <application> --role <role> --scope <scope>`."""
+        if role not in ROLE_ACTIONS:
+            raise ValueError(f"unknown role {role!r}")
         with self.lock:
-            self.roles.add((application_id, scope.lower()))
+            self.roles.add((application_id, scope.lower(), role))
+
+    def remove_role(self, application_id: str, scope: str) -> None:
+        """`az role assignment delete --assignee <application> --scope <scope>`: every role there."""
+        with self.lock:
+            self.roles = {r for r in self.roles if not (r[0] == application_id and r[1] == scope.lower())}
+
+    def allowed(self, application: str, action: str, scope: str) -> bool:
+        """Whether a role assigned to `application` at `scope` or above grants `action` (ARM's wildcard match)."""
+        scope = scope.lower()
+        with self.lock:
+            return any(
+                a == application
+                and (scope == s or scope.startswith(s.rstrip("/") + "/"))
+                and any(fnmatchcase(action.lower(), pattern.lower()) for pattern in ROLE_ACTIONS[role])
+                for a, s, role in self.roles
+            )
 
     def add_vnet(self, subscription: str, resource_group: str, name: str, address_space: list[str], location: str):
         with self.lock:
@@ -112,8 +157,14 @@ class FakeAzure:
                 "location": location,
                 "address_space": list(address_space),
                 "peerings": {},
+                "tags": {},
             }
             return resource_id
+
+    def tag_vnet(self, vnet: str, name: str, value: str) -> None:
+        """`az tag update --operation merge --resource-id <vnet> --tags <name>=<value>`."""
+        with self.lock:
+            self.vnets[vnet.lower()]["tags"][name] = value
 
     def create_peering(self, vnet: str, name: str, remote_vnet: str) -> None:
         """The customer creates their side directly (`az network vnet peering create`)."""
@@ -300,10 +351,6 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return principal
 
-    def _allowed(self, application: str, scope: str) -> bool:
-        scope = scope.lower()
-        return any(scope == s or scope.startswith(s.rstrip("/") + "/") for a, s in self.state.roles if a == application)
-
     def _denied(self, application: str, action: str, scope: str) -> None:
         self._send(
             403,
@@ -327,7 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
         for token in tokens:
             principal = state.tokens.get(token)
             if principal and principal[0] == remote_tenant and principal[1] == application:
-                if self._allowed(application, remote):
+                if state.allowed(application, PEER_ACTION, remote):
                     return True
         return False
 
@@ -351,6 +398,41 @@ class _Handler(BaseHTTPRequestHandler):
                 return failure[2], failure[3], failure[4]
         return None
 
+    def _vnet(self, match: re.Match) -> None:
+        subscription = match["sub"]
+        key = vnet_id(subscription, match["rg"], match["vnet"]).lower()
+        principal = self._principal(subscription)
+        if principal is None:
+            return
+        if not self.state.allowed(principal[1], "Microsoft.Network/virtualNetworks/read", key):
+            self._denied(principal[1], "Microsoft.Network/virtualNetworks/read", key)
+            return
+        vnet = self.state.vnets.get(key)
+        if vnet is None:
+            self._send(
+                404,
+                _arm_error(
+                    "ResourceNotFound",
+                    f"The Resource 'Microsoft.Network/virtualNetworks/{match['vnet']}' under resource group "
+                    f"'{match['rg']}' was not found.",
+                ),
+            )
+            return
+        self._send(
+            200,
+            {
+                "id": vnet["id"],
+                "name": vnet["id"].rsplit("/", 1)[1],
+                "type": "Microsoft.Network/virtualNetworks",
+                "location": vnet["location"],
+                "tags": dict(vnet.get("tags") or {}),
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "addressSpace": {"addressPrefixes": vnet["address_space"]},
+                },
+            },
+        )
+
     def _peering(self, method: str, match: re.Match) -> None:
         state = self.state
         subscription, name = match["sub"], match["name"]
@@ -364,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
             "PUT": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/write",
             "DELETE": "Microsoft.Network/virtualNetworks/virtualNetworkPeerings/delete",
         }[method]
-        if not self._allowed(application, vnet_key):
+        if not state.allowed(application, action, vnet_key):
             self._denied(application, action, vnet_key)
             return
         vnet = state.vnets.get(vnet_key)
@@ -479,6 +561,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._discovery(m["tenant"])
             elif method == "POST" and (m := _TOKEN.match(path)):
                 self._token(m["tenant"])
+            elif method == "GET" and (m := _VNET.match(path)):
+                self._vnet(m)
             elif method in ("GET", "PUT", "DELETE") and (m := _PEERING.match(path)):
                 self._peering(method, m)
             elif method == "GET" and (m := _OPERATION.match(path)):

@@ -254,10 +254,18 @@ class AzureWorld:
     customer_resource_group: str = "acme-rg"
     customer_vnet_name: str = "plant-vnet"
 
-    def customer_grants_access(self) -> None:
-        """What the customer step asks: register our application, give it Network Contributor on their VNet."""
+    def customer_grants_access(self, role: str = "Network Contributor", organization: str | None = None) -> None:
+        """What the customer step asks: register our application, give it `role` on their VNet, and (given the
+        organization's public id) tag the VNet as theirs to peer with it."""
         self.fake.register_application(AZURE_CUSTOMER_TENANT, AZURE_APPLICATION)
-        self.fake.assign_role(AZURE_APPLICATION, self.customer_vnet)
+        self.fake.assign_role(AZURE_APPLICATION, self.customer_vnet, role)
+        if organization is not None:
+            self.customer_tags_vnet(organization)
+
+    def customer_tags_vnet(self, organization: str) -> None:
+        from networking.checks import AZURE_OWNER_TAG
+
+        self.fake.tag_vnet(self.customer_vnet, AZURE_OWNER_TAG, organization)
 
 
 @pytest.fixture(scope="session")

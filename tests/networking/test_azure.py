@@ -1,6 +1,7 @@
 """Azure peering through azure-identity and azure-mgmt-network against the HTTPS fake in tests/fakes/azure_arm.py
-(MSAL discovery and client-credentials tokens, ARM peerings with Azure-AsyncOperation polling): the full state walk
-including the customer's role assignment, a refusal from Azure, the customer deleting their side, and delete."""
+(MSAL discovery and client-credentials tokens, ARM peerings with Azure-AsyncOperation polling, role assignments
+checked per action): both sides created by our application with the role the customer granted, the refusals when
+they granted none or too little, a refusal from Azure, the customer deleting their side, and delete."""
 
 import pytest
 
@@ -23,7 +24,9 @@ def deployment(owner_org, azure_region):
     return make_deployment(owner_org.default_project, azure_region)
 
 
-def _create(deployment, azure, **overrides):
+def _create(deployment, azure, tag=True, **overrides):
+    if tag:  # the customer's VNet says it is theirs to peer with this organization
+        azure.customer_tags_vnet(deployment.project.organization.public_id)
     values = {
         "provider": "azure",
         "cidr": "10.1.0.0/16",
@@ -40,54 +43,127 @@ def _reload(peering):
     return VpcPeering.objects.get(pk=peering.pk)
 
 
-def test_peering_walks_to_active_after_role_assignment_and_customer_side(deployment, azure):
+def _sides(azure, peering):
+    return (
+        azure.fake.peering(azure.platform_vnet, peering.public_id),
+        azure.fake.peering(azure.customer_vnet, peering.public_id),
+    )
+
+
+@pytest.mark.parametrize("role", ["Network Contributor", "Virtual Network Peering Operator"])
+def test_both_sides_are_created_and_connected_when_customer_granted_the_role(deployment, azure, role):
+    azure.customer_grants_access(role)
     peering = _create(deployment, azure)
 
-    # Our application is not registered in the customer's tenant yet: nothing can be created, the customer acts.
-    assert poll(peering) == "awaiting_customer_action"
-    peering = _reload(peering)
-    assert peering.provider_state == "ApplicationNotRegistered"
-    assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
-    assert VpcPeeringSerializer(peering).data["provider_peering_id"] is None  # nothing of ours exists yet
-    commands = peering.customer_action["commands"]
-    assert commands[0] == f"az ad sp create --id {AZURE_APPLICATION}"
-    assert commands[1] == (
-        f'az role assignment create --assignee {AZURE_APPLICATION} --role "Network Contributor" '
-        f"--scope {azure.customer_vnet}"
-    )
-    assert commands[2] == (
-        f"az network vnet peering create --name {peering.public_id} --subscription {AZURE_CUSTOMER_SUBSCRIPTION} "
-        f"--resource-group {azure.customer_resource_group} --vnet-name {azure.customer_vnet_name} "
-        f"--remote-vnet {azure.platform_vnet} --allow-vnet-access"
-    )
-
-    # Registered but no role on their VNet: ARM refuses the link (LinkedAuthorizationFailed), still waiting.
-    azure.fake.register_application(AZURE_CUSTOMER_TENANT, AZURE_APPLICATION)
-    assert poll(peering) == "awaiting_customer_action"
-    peering = _reload(peering)
-    assert peering.provider_state == "LinkedAuthorizationFailed"
-    assert peering.customer_action["status"].startswith(f"Waiting for the role assignment on {azure.customer_vnet}")
-
-    # With the role, our side is created (201 + Azure-AsyncOperation, polled to Succeeded): Initiated.
-    azure.fake.assign_role(AZURE_APPLICATION, azure.customer_vnet)
-    assert poll(peering) == "awaiting_customer_action"
-    peering = _reload(peering)
-    assert peering.provider_state == "Initiated"
-    assert peering.provider_ids["created"] is True
-    peering_id = f"{azure.platform_vnet}/virtualNetworkPeerings/{peering.public_id}"
-    assert VpcPeeringSerializer(peering).data["provider_peering_id"] == peering_id
-    ours = azure.fake.peering(azure.platform_vnet, peering.public_id)
-    assert ours["properties"]["provisioningState"] == "Succeeded"
-    assert ours["properties"]["remoteVirtualNetwork"]["id"] == azure.customer_vnet
-    assert azure.fake.requests("GET", "/operations/")
-    put = azure.fake.requests("PUT", "/virtualNetworkPeerings/")[-1]
-    assert put[2].get("x-ms-authorization-auxiliary", "").startswith("Bearer ")
-    assert peering.customer_action["status"] == f"The peering {peering.public_id} does not exist on plant-vnet yet."
-
-    azure.fake.create_peering(azure.customer_vnet, peering.public_id, azure.platform_vnet)
     assert poll(peering) == "active"
     peering = _reload(peering)
     assert peering.provider_state == "Connected" and peering.activated_at is not None
+    assert peering.customer_action == {} and peering.last_error == ""
+    ours, theirs = _sides(azure, peering)
+    assert ours["properties"]["peeringState"] == "Connected"
+    assert ours["properties"]["remoteVirtualNetwork"]["id"] == azure.customer_vnet
+    assert theirs["properties"]["peeringState"] == "Connected"
+    assert theirs["properties"]["remoteVirtualNetwork"]["id"] == azure.platform_vnet
+    assert (
+        peering.provider_ids["customer_peering_id"]
+        == f"{azure.customer_vnet}/virtualNetworkPeerings/{peering.public_id}"
+    )
+    data = VpcPeeringSerializer(peering).data
+    assert data["provider_peering_id"] == f"{azure.platform_vnet}/virtualNetworkPeerings/{peering.public_id}"
+    # Each write carried a token of the other VNet's tenant for ARM's peer/action check on it.
+    puts = azure.fake.requests("PUT", "/virtualNetworkPeerings/")
+    assert {put[1].split("/")[2] for put in puts} == {
+        azure.platform_vnet.split("/")[2],
+        AZURE_CUSTOMER_SUBSCRIPTION,
+    }
+    assert all(put[2].get("x-ms-authorization-auxiliary", "").startswith("Bearer ") for put in puts)
+
+
+def test_peering_fails_naming_the_role_when_the_customer_granted_none(deployment, azure):
+    azure.fake.register_application(AZURE_CUSTOMER_TENANT, AZURE_APPLICATION)  # registered, but no role
+    peering = _create(deployment, azure)
+
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert "AuthorizationFailed" in peering.last_error
+    assert (
+        f'Grant our application {AZURE_APPLICATION} the "Network Contributor" role on your virtual network '
+        f"{azure.customer_vnet}" in peering.last_error
+    )
+    assert "Microsoft.Network/virtualNetworks/peer/action" in peering.last_error
+    assert "create the peering again" in peering.last_error
+    assert _sides(azure, peering) == (None, None)
+    assert peering.next_poll_at is None and peering.poll_token == ""  # settled: nothing polls it again
+
+
+def test_peering_fails_naming_the_role_when_the_customer_granted_only_reader(deployment, azure):
+    azure.customer_grants_access("Reader")
+    peering = _create(deployment, azure)
+
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert '"Network Contributor" role' in peering.last_error
+    assert _sides(azure, peering) == (None, None)
+
+
+def test_customer_side_write_is_refused_by_azure_when_role_lacks_peering_write(deployment, azure):
+    # The platform side may link to theirs (peer/action there) but not write a peering on their VNet: ARM answers
+    # 403 AuthorizationFailed to the second write, and our side, already made, is removed before the peering fails.
+    azure.fake.register_application(AZURE_CUSTOMER_TENANT, AZURE_APPLICATION)
+    azure.fake.assign_role(AZURE_APPLICATION, azure.customer_vnet, "Peer Only")
+    peering = _create(deployment, azure)
+
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert peering.last_error.startswith(
+        f"Azure refused to create your side of peering {peering.public_id}: AuthorizationFailed"
+    )
+    assert '"Network Contributor" role' in peering.last_error
+    assert azure.fake.requests("DELETE", azure.platform_vnet.split("/virtualNetworks/")[1])
+    assert _sides(azure, peering) == (None, None)
+
+
+@pytest.mark.parametrize("tag", [None, "org_someoneelse00000000"])
+def test_peering_fails_and_creates_nothing_when_the_vnet_is_not_tagged_for_this_organization(
+    deployment, azure, owner_org, tag
+):
+    # Our application holds the role on this VNet (its owner granted it), but the VNet is not tagged as theirs to
+    # peer with this organization: another organization naming it gets nothing peered.
+    azure.customer_grants_access()
+    if tag is not None:
+        azure.customer_tags_vnet(tag)
+    peering = _create(deployment, azure, tag=False)
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    organization = owner_org.organization.public_id
+    assert f"does not carry the tag mqtt-cloud-organization={organization}" in peering.last_error
+    assert f"--tags mqtt-cloud-organization={organization}`" in peering.last_error
+    assert _sides(azure, peering) == (None, None)
+    assert not azure.fake.requests("PUT", "/virtualNetworkPeerings/")
+
+
+def test_peering_fails_naming_the_registration_when_application_is_unknown_to_their_tenant(deployment, azure):
+    peering = _create(deployment, azure)
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert f"Run `az ad sp create --id {AZURE_APPLICATION}`" in peering.last_error
+    assert "AADSTS700016" in peering.last_error
+    assert '"Network Contributor" role' in peering.last_error
+    assert _sides(azure, peering) == (None, None)
+
+
+def test_customer_side_is_created_by_a_later_poll_when_azure_answered_5xx(deployment, azure):
+    azure.customer_grants_access()
+    for _ in range(3):  # the SDK's own two retries see it too
+        azure.fake.fail_next("PUT", azure.customer_vnet, 503, "ServiceUnavailable", "Try again later.")
+    peering = _create(deployment, azure)
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "ServiceUnavailable" in peering.last_error or "503" in peering.last_error
+    ours, theirs = _sides(azure, peering)
+    assert ours is not None and theirs is None
+    assert poll(peering) == "active"
+    assert _sides(azure, peering)[1]["properties"]["peeringState"] == "Connected"
 
 
 def test_peering_fails_with_azure_reason_when_address_spaces_overlap(deployment, azure):
@@ -106,8 +182,6 @@ def test_peering_fails_with_azure_reason_when_address_spaces_overlap(deployment,
 def test_peering_fails_and_is_abnormal_when_customer_deletes_their_side(deployment, azure):
     azure.customer_grants_access()
     peering = _create(deployment, azure)
-    poll(peering)
-    azure.fake.create_peering(azure.customer_vnet, peering.public_id, azure.platform_vnet)
     assert poll(peering) == "active"
 
     azure.fake.delete_peering(azure.customer_vnet, peering.public_id)
@@ -119,19 +193,43 @@ def test_peering_fails_and_is_abnormal_when_customer_deletes_their_side(deployme
 
     services.vpc_peering_delete(peering=peering, actor=None)
     assert poll(peering) == "deleted"
-    assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
+    assert _sides(azure, peering) == (None, None)
     assert azure.fake.requests("DELETE", "/virtualNetworkPeerings/")
     assert services.abnormal_values(deployment_ids=[deployment.pk]) == {deployment.pk: 0.0}
+
+
+def test_delete_removes_both_sides_when_the_customer_still_grants_access(deployment, azure):
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    assert poll(peering) == "active"
+    services.vpc_peering_delete(peering=_reload(peering), actor=None)
+    assert poll(peering) == "deleted"
+    assert _sides(azure, peering) == (None, None)
 
 
 def test_delete_needs_no_access_to_customer_tenant_when_they_revoked_it(deployment, azure):
     azure.customer_grants_access()
     peering = _create(deployment, azure)
-    poll(peering)
+    assert poll(peering) == "active"
     azure.fake.registered[AZURE_CUSTOMER_TENANT].discard(AZURE_APPLICATION)  # they removed our application
     services.vpc_peering_delete(peering=_reload(peering), actor=None)
     assert poll(peering) == "deleted"
-    assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
+    ours, theirs = _sides(azure, peering)
+    assert ours is None
+    assert theirs["properties"]["peeringState"] == "Disconnected"  # theirs to delete now: we may not any more
+
+
+def test_delete_leaves_a_customer_peering_alone_when_it_points_elsewhere(deployment, azure):
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    assert poll(peering) == "active"
+    other = azure.fake.add_vnet(AZURE_CUSTOMER_SUBSCRIPTION, "acme-rg", "other-vnet", ["10.9.0.0/16"], "westeurope")
+    # The customer reused the name for a peering of their own to another VNet: not ours to delete.
+    azure.fake.create_peering(azure.customer_vnet, peering.public_id, other)
+    services.vpc_peering_delete(peering=_reload(peering), actor=None)
+    assert poll(peering) == "deleted"
+    ours, theirs = _sides(azure, peering)
+    assert ours is None and theirs["properties"]["remoteVirtualNetwork"]["id"] == other
 
 
 def test_poll_retries_when_platform_secret_is_wrong(deployment, azure):
@@ -157,3 +255,34 @@ def test_peering_fails_and_our_failed_side_is_removed_when_the_async_operation_f
     )
     assert azure.fake.requests("DELETE", "/virtualNetworkPeerings/")  # the side left in Failed was taken down
     assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
+
+
+def _legacy(deployment, azure, **ids):
+    """A peering from before we created both sides: our side made, the customer's left to them."""
+    peering = _create(deployment, azure, tag=False)
+    azure.fake.create_peering(azure.platform_vnet, peering.public_id, azure.customer_vnet)
+    VpcPeering.objects.filter(pk=peering.pk).update(
+        state="awaiting_customer_action", provider_ids={"peering_name": peering.public_id, "created": True, **ids}
+    )
+    return peering
+
+
+def test_earlier_peering_turns_active_without_the_tag_when_the_customer_made_their_side(deployment, azure):
+    azure.customer_grants_access()
+    peering = _legacy(deployment, azure)
+    azure.fake.create_peering(azure.customer_vnet, peering.public_id, azure.platform_vnet)
+    assert poll(peering) == "active"
+    assert not azure.fake.requests("PUT", "/virtualNetworkPeerings/")  # nothing made: it was all there
+
+
+def test_earlier_peering_gets_its_customer_side_only_when_the_vnet_is_tagged(deployment, azure, owner_org):
+    azure.customer_grants_access()
+    untagged = _legacy(deployment, azure)
+    assert poll(untagged) == "failed"
+    assert "does not carry the tag mqtt-cloud-organization" in _reload(untagged).last_error
+    assert _sides(azure, untagged) == (None, None)  # our half-made side is removed with it
+
+    azure.customer_tags_vnet(owner_org.organization.public_id)
+    tagged = _legacy(deployment, azure)
+    assert poll(tagged) == "active"
+    assert _sides(azure, tagged)[1]["properties"]["peeringState"] == "Connected"
