@@ -26,7 +26,7 @@ from controlplane.errors import Conflict, NotFound, ValidationFailed
 from deployments.models import Plan
 from iot import csv_import, selectors, services, shadow, validation
 from iot.api import DeviceCreateSerializer, DeviceFilter
-from iot.models import Device
+from iot.models import Device, Shadow
 
 PAGE_SIZE = 50
 HISTORY_SHOWN = 10
@@ -341,9 +341,12 @@ def _shadow_view(device) -> dict:
     def pretty(value) -> str:
         return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
+    # The version an edit is made at, even before the first change (a shadow row is made with its device): a device
+    # that reports meanwhile makes the edit stale, as any other change does.
+    version = Shadow.objects.filter(device=device).values_list("version", flat=True).first()
     return {
         "document": document,
-        "version": document["version"] if document else None,
+        "version": version,
         "desired": pretty(state.get("desired") or {}),
         "reported": pretty(state.get("reported") or {}),
         "delta": pretty(state["delta"]) if state.get("delta") else "",
