@@ -105,6 +105,21 @@ def test_list_pages_through_thousands_by_device_id_when_there_are_more_than_a_pa
     assert re.findall(r"<code>(dev-\d+)</code></a>", again) == shown
 
 
+@pytest.mark.slow
+def test_list_reads_one_page_of_ten_thousand_in_a_fixed_number_of_queries_when_filtered(
+    owner, plant, django_assert_max_num_queries
+):
+    rows = "device_id,tags\n" + "".join(f"dev-{i:05d},{'even' if i % 2 == 0 else 'odd'}\n" for i in range(10_000))
+    iot_services.devices_import(deployment=plant, actor=None, data=rows.encode())
+    with django_assert_max_num_queries(20):
+        response = owner.get(console_path(plant, "devices") + "?tag=odd")
+    body = response.content.decode()
+    assert "5000 devices match this filter" in body
+    shown = re.findall(r"<code>(dev-\d+)</code></a>", body)
+    assert shown == [f"dev-{i:05d}" for i in range(1, 100, 2)]
+    assert len(body) < 200_000  # a page, not ten thousand rows
+
+
 @pytest.mark.parametrize(
     "query",
     ["?tag=%00", "?product=a%00b", "?online=maybe", "?after=%00", "?before=a/b", "?group=nope", "?tag=" + "x" * 5000],
