@@ -13,6 +13,7 @@ import json
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -25,7 +26,7 @@ from console.once import once
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from deployments.models import Plan
 from iot import csv_import, selectors, services, shadow, validation
-from iot.api import DeviceCreateSerializer, DeviceFilter
+from iot.api import DeviceCreateSerializer, DeviceFilter, DeviceGroupCreateSerializer, DeviceUpdateSerializer
 from iot.models import Device, Shadow
 
 PAGE_SIZE = 50
@@ -103,6 +104,36 @@ class DeviceRegisterForm(ApiForm):
         }
 
 
+class DeviceEditForm(DeviceRegisterForm):
+    """A device's description and groups; its id and credentials stay (enable/disable has its own button)."""
+
+    serializer_class = DeviceUpdateSerializer
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        del self.fields["device_id"]
+        del self.fields["enabled"]
+
+    def serializer_data(self) -> dict:
+        data = super().serializer_data()
+        del data["device_id"], data["enabled"]
+        if "groups" not in self.fields:
+            del data["groups"]
+        return data
+
+
+class DeviceGroupForm(ApiForm):
+    serializer_class = DeviceGroupCreateSerializer
+
+    name = forms.CharField(
+        label="Group name",
+        strip=False,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text="1 to 64 of A-Z a-z 0-9 _ . : -",
+    )
+    description = forms.CharField(label="Description", required=False)
+
+
 class ShadowDesiredForm(ConsoleForm):
     desired = forms.CharField(
         label="Desired state (JSON)",
@@ -176,7 +207,7 @@ def _tab_console(request, org_id, project_id, dep_id, *, write: bool = False):
     """The page's console for a Premium deployment, after the API's scope check; 404 for any other plan."""
     console = tenancy.for_deployment(request, org_id, project_id, dep_id)
     deployment = console.deployment
-    if deployment.plan.code != Plan.Code.PREMIUM:
+    if deployment is None or deployment.plan.code != Plan.Code.PREMIUM:
         raise Http404("No such page: devices are a Premium feature.")
     console.require_in_project("device:write" if write else "device:read")
     console.crumb("Devices", tenancy.deployment_url(deployment, "deployment-devices"))
@@ -216,11 +247,14 @@ def _connection(deployment) -> dict:
 def device_list(request, org_id, project_id, dep_id):
     """The deployment's devices, filtered as the API filters them, a page at a time by device id (keyset)."""
     console = _tab_console(request, org_id, project_id, dep_id)
+    return _list_page(request, console)
+
+
+def _list_page(request, console, *, group_form=None, status=200):
     deployment = console.deployment
-    groups = list(selectors.device_groups(deployment=deployment))
+    groups = list(selectors.device_groups(deployment=deployment).annotate(device_count=Count("devices")))
     form = DeviceFilterForm(request.GET or None, groups=groups)
     queryset = selectors.device_queryset().filter(deployment=deployment)
-    status = 200
     if form.is_bound:
         if form.is_valid():
             filtered = DeviceFilter(data=form.filter_data(), queryset=queryset)
@@ -269,6 +303,7 @@ def device_list(request, org_id, project_id, dep_id):
         "previous_url": older,
         "can_write": _writable(console),
         "groups": groups,
+        "group_form": group_form or DeviceGroupForm(prefix="group"),
     }
     return render(request, "console/devices/list.html", context, status=status)
 
@@ -510,6 +545,102 @@ def device_delete(request, org_id, project_id, dep_id, device_id):
         "detail_url": _url(console, "deployment-device", device.device_id),
     }
     return render(request, "console/devices/delete.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@once
+def device_edit(request, org_id, project_id, dep_id, device_id):
+    """GET: the device's description and groups in a form. POST: change them."""
+    console = _tab_console(request, org_id, project_id, dep_id, write=True)
+    device = _device(console, device_id)
+    detail_url = _url(console, "deployment-device", device.device_id)
+    console.crumb(device.device_id, detail_url)
+    console.crumb("Edit")
+    groups = list(selectors.device_groups(deployment=console.deployment))
+    status = 200
+    if request.method == "GET":
+        initial = {
+            "name": device.name,
+            "product": device.product,
+            "tags": ", ".join(device.tags),
+            "attributes": json.dumps(device.attributes, indent=2, sort_keys=True, ensure_ascii=False),
+            "groups": [g.name for g in device.groups.all()],
+        }
+        form = DeviceEditForm(initial=initial, groups=groups)
+    else:
+        form = DeviceEditForm(request.POST, groups=groups)
+        status = 400
+        if form.is_valid():
+            try:
+                services.device_update(device=device, actor=console.principal, **form.validated)
+            except errors.REFUSALS as exc:
+                status = errors.to_form(form, exc)
+            else:
+                messages.success(request, f"{device.device_id} saved.")
+                return redirect(detail_url)
+    context = {
+        "console": console,
+        "deployment": console.deployment,
+        "tab": "devices",
+        "device": device,
+        "form": form,
+        "detail_url": detail_url,
+    }
+    return render(request, "console/devices/edit.html", context, status=status)
+
+
+# -- groups ---------------------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+@once
+def device_group_create(request, org_id, project_id, dep_id):
+    console = _tab_console(request, org_id, project_id, dep_id, write=True)
+    form = DeviceGroupForm(request.POST, prefix="group")
+    status = 400
+    if form.is_valid():
+        try:
+            group = services.device_group_create(
+                deployment=console.deployment, actor=console.principal, **form.validated
+            )
+        except errors.REFUSALS as exc:
+            taken = isinstance(exc, Conflict) and console.deployment.desired_state != "deleted"
+            status = errors.to_form(form, exc, aliases={"__all__": "name"} if taken else None)
+        else:
+            messages.success(request, f"Group {group.name} created: choose it when you register or edit a device.")
+            return redirect(_url(console, "deployment-devices") + "#groups-heading")
+    return _list_page(request, console, group_form=form, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@once
+def device_group_delete(request, org_id, project_id, dep_id, group_name):
+    """GET: what deleting the group changes, and a confirm button. POST: delete it (its devices stay)."""
+    console = _tab_console(request, org_id, project_id, dep_id, write=True)
+    group = (
+        selectors.device_groups(deployment=console.deployment)
+        .annotate(device_count=Count("devices"))
+        .filter(name=group_name)
+        .first()
+    )
+    if group is None:
+        raise Http404("No such group.")
+    group.deployment = console.deployment
+    list_url = _url(console, "deployment-devices")
+    if request.method == "POST":
+        try:
+            services.device_group_delete(group=group, actor=console.principal)
+        except errors.REFUSALS as exc:
+            errors.to_page(request, exc)
+        else:
+            messages.success(request, f"Group {group.name} deleted; its devices stay, outside it.")
+        return redirect(list_url)
+    console.crumb(f"Delete group {group.name}")
+    context = {"console": console, "deployment": console.deployment, "tab": "devices", "group": group}
+    return render(request, "console/devices/group_delete.html", {**context, "list_url": list_url})
 
 
 # -- import ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from audit.models import AuditEvent
 from iot import services as iot_services
-from iot.models import Device, OutboxMessage, Shadow
+from iot.models import Device, DeviceGroup, OutboxMessage, Shadow
 from tests.console.helpers import console_path, deployment
 from tests.iot.conftest import premium_deployment
 
@@ -280,6 +280,48 @@ def test_new_credentials_are_shown_once_and_replace_the_old_when_issued(owner, p
     assert device.username != old.username and device.username in response.content.decode()
 
 
+def test_editing_changes_description_tags_and_groups_through_the_service_when_valid(owner, plant):
+    iot_services.device_group_create(deployment=plant, actor=None, name="boilers")
+    _register(plant, "sensor-1", name="Old", tags=["a"])
+    form = owner.get(console_path(plant, "device/sensor-1/edit")).content.decode()
+    assert 'value="Old"' in form and "boilers" in form
+    bad = _post(owner, console_path(plant, "device/sensor-1/edit"), {"name": "new\x1bname"})
+    assert bad.status_code == 400 and "control" in _errors_of(bad, "name")
+    bad = _post(owner, console_path(plant, "device/sensor-1/edit"), {"name": "ok", "attributes": "[]"})
+    assert bad.status_code == 400 and "JSON object" in _errors_of(bad, "attributes")
+    assert Device.objects.get(device_id="sensor-1").name == "Old"
+    saved = _post(
+        owner,
+        console_path(plant, "device/sensor-1/edit"),
+        {"name": "New", "product": "p", "tags": "b c", "attributes": '{"k": 1}', "groups": ["boilers"]},
+    )
+    assert saved.status_code == 302, saved.content[:500]
+    device = Device.objects.get(device_id="sensor-1")
+    assert (device.name, device.product, device.tags, device.attributes) == ("New", "p", ["b", "c"], {"k": 1})
+    assert list(device.groups.values_list("name", flat=True)) == ["boilers"]
+    assert AuditEvent.objects.filter(action="device.update", target_id=device.public_id).exists()
+    listing = owner.get(console_path(plant, "devices") + "?group=boilers").content.decode()
+    assert "sensor-1" in listing
+    assert DeviceGroup.objects.count() == 1
+
+
+def test_groups_are_created_listed_and_deleted_with_their_devices_kept_when_managed(owner, plant):
+    created = _post(owner, console_path(plant, "device-groups"), {"group-name": "boilers", "group-description": "B"})
+    assert created.status_code == 302
+    again = _post(owner, console_path(plant, "device-groups"), {"group-name": "boilers"})
+    assert again.status_code == 409 and "already exists" in _errors_of(again, "group-name")
+    bad = _post(owner, console_path(plant, "device-groups"), {"group-name": "no spaces"})
+    assert bad.status_code == 400 and "1 to 64" in _errors_of(bad, "group-name")
+    _register(plant, "sensor-1", groups=["boilers"])
+    listing = owner.get(console_path(plant, "devices")).content.decode()
+    assert "<code>boilers</code>" in listing
+    confirm = owner.get(console_path(plant, "device-groups/boilers/delete"))
+    assert confirm.status_code == 200 and "1 device stays" in confirm.content.decode()
+    assert _post(owner, console_path(plant, "device-groups/boilers/delete")).status_code == 302
+    assert not DeviceGroup.objects.exists() and Device.objects.filter(device_id="sensor-1").exists()
+    assert owner.get(console_path(plant, "device-groups/boilers/delete")).status_code == 404
+
+
 # -- import ---------------------------------------------------------------------------------------------------------
 
 
@@ -348,6 +390,9 @@ WRITES = [
     ("device/sensor-1/enabled", {"enabled": "false"}),
     ("device/sensor-1/credentials", {}),
     ("device/sensor-1/delete", {}),
+    ("device/sensor-1/edit", {"name": "crafted"}),
+    ("device-groups", {"group-name": "crafted"}),
+    ("device-groups/g1/delete", {}),
 ]
 
 
@@ -355,6 +400,7 @@ WRITES = [
 def test_read_only_role_sees_devices_without_forms_and_its_writes_are_403_when_crafted(
     client, owner_org, plant, roles, grant
 ):
+    iot_services.device_group_create(deployment=plant, actor=None, name="g1")
     device, _ = _register(plant, "sensor-1")
     user, _ = owner_org.add_member(roles=roles)
     client.force_login(user)
@@ -362,6 +408,7 @@ def test_read_only_role_sees_devices_without_forms_and_its_writes_are_403_when_c
     assert listing.status_code == 200
     body = listing.content.decode()
     assert "sensor-1" in body and "Register a device" not in body and "can look at" in body
+    assert "Create group" not in body and "Delete group" not in body
     detail = client.get(console_path(plant, "device/sensor-1")).content.decode()
     assert "Save desired state" not in detail and "Disable device" not in detail and "Delete…" not in detail
     for path in ("devices/new", "devices/import", "device/sensor-1/delete", "device/sensor-1/credentials"):
@@ -369,7 +416,8 @@ def test_read_only_role_sees_devices_without_forms_and_its_writes_are_403_when_c
     for path, data in WRITES:
         assert _post(client, console_path(plant, path), data).status_code == 403, path
     device.refresh_from_db()
-    assert device.enabled and Device.objects.count() == 1
+    assert device.enabled and device.name == "" and Device.objects.count() == 1
+    assert list(DeviceGroup.objects.values_list("name", flat=True)) == ["g1"]
     assert Shadow.objects.get(device=device).version == 0
     assert not AuditEvent.objects.filter(action__startswith="device.", actor=user).exists()
 
@@ -411,8 +459,10 @@ def test_another_organizations_deployment_and_device_are_404_when_addressed(clie
     assert client.get(console_path(theirs, "device/their-device")).status_code == 404
     # Their device id through our own deployment's URL: not ours, so not found.
     assert client.get(console_path(plant, "device/their-device")).status_code == 404
+    iot_services.device_group_create(deployment=theirs, actor=None, name="g1")
     for path, data in WRITES:
         assert _post(client, console_path(theirs, path.replace("sensor-1", "their-device")), data).status_code == 404
+    assert DeviceGroup.objects.filter(deployment=theirs).count() == 1
     assert Device.objects.get(device_id="their-device").enabled
 
 
