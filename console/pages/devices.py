@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
@@ -164,7 +165,10 @@ class DeviceImportForm(ConsoleForm):
     file = forms.FileField(
         label="CSV file",
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,.gz,text/csv"}),
-        help_text="UTF-8, header line first, up to 10,000 devices (gzip-compressed is fine).",
+        help_text=(
+            f"UTF-8, header line first, up to {csv_import.MAX_ROWS:,} devices, at most "
+            f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE // (1024 * 1024)} MB: compress a larger file with gzip (.csv.gz)."
+        ),
     )
 
 

@@ -172,6 +172,11 @@ def test_customer_imports_devices_and_sees_each_bad_row_when_the_file_has_one(si
     expect(page.get_by_role("alert")).to_contain_text("they will not be shown again")
     credentials = page.get_by_label("Credentials (CSV: device_id, username, password)").input_value()
     assert len(credentials.splitlines()) == 61 and credentials.splitlines()[1].startswith("unit-000,$device-")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download credentials.csv").click()
+    assert download.value.suggested_filename == f"{plant.public_id}-credentials.csv"
+    with open(download.value.path(), encoding="utf-8") as saved:
+        assert saved.read() == credentials + "\n"
     page.check("imported")
 
     # Thousands are paged on the server: the list shows a page and a way on.
@@ -182,6 +187,29 @@ def test_customer_imports_devices_and_sees_each_bad_row_when_the_file_has_one(si
     page.get_by_role("link", name="Next devices").click()
     expect(page.get_by_role("link", name="unit-059", exact=True)).to_be_visible()
     page.check("second-page")
+
+    # A group, then a device put in it: the list filters by it.
+    page.get_by_label("Group name").fill("boilers")
+    page.get_by_label("Description", exact=True).fill("Boiler room")
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_role("status")).to_contain_text("Group boilers created")
+    page.get_by_role("link", name="unit-007", exact=True).click()
+    page.get_by_role("link", name="Edit…").click()
+    page.get_by_label("Name", exact=True).fill("Unit seven\u0007")
+    page.get_by_role("checkbox", name="boilers").check()
+    page.get_by_role("button", name="Save device").click()
+    name = page.get_by_label("Name", exact=True)
+    expect(name).to_have_attribute("aria-invalid", "true")
+    expect(name).to_have_accessible_description(re.compile("control characters"))
+    page.check("edit-refused")
+    name.fill("Unit seven")
+    page.get_by_role("button", name="Save device").click()
+    expect(page.get_by_role("status")).to_contain_text("unit-007 saved")
+    page.goto(console_path(plant, "devices"))
+    page.get_by_role("link", name="Devices of group boilers").click()
+    expect(page.get_by_role("heading", name="1 device matches this filter")).to_be_visible()
+    expect(page.get_by_role("link", name="unit-007", exact=True)).to_be_visible()
+    page.check("group-filter")
 
 
 def test_read_only_role_sees_the_devices_without_any_form_when_browsing(site):
