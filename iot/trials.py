@@ -199,8 +199,8 @@ def _coverage_terms(deployment_ids, start, end) -> list[Term]:
 def coverage_source() -> CoverageSource:
     """A trial deployment is covered from its creation until its annual plan starts. Never bought, it is never
     billed by the hour at all: it is stopped at the end and deleted after the retention, so no term end can leave
-    seconds that bill (stopped seconds included)."""
-    return CoverageSource(sql=_coverage_sql(), terms=_coverage_terms)
+    seconds that bill (stopped seconds included). A trial is free: the traffic it moves is not counted either."""
+    return CoverageSource(sql=_coverage_sql(), terms=_coverage_terms, waives_traffic=True)
 
 
 # -- the sweep ----------------------------------------------------------------------------------------------------
