@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from rest_framework import serializers
 
 from console import errors, tenancy
 from console.forms import ApiForm, ConsoleForm
@@ -57,7 +58,7 @@ def _json_field(value: str, *, empty):
 
 
 class DeviceRegisterForm(ApiForm):
-    serializer_class = DeviceCreateSerializer
+    serializer_class: type[serializers.Serializer] | None = DeviceCreateSerializer
 
     device_id = forms.CharField(
         label="Device id",
@@ -274,6 +275,7 @@ def _list_page(request, console, *, group_form=None, status=200):
     after, before = request.GET.get("after", ""), request.GET.get("before", "")
     for anchor in (after, before):
         if anchor and not validation.DEVICE_ID_RE.match(anchor):
+            form.add_error(None, "This page link is not valid: go back to the first page.")
             queryset, status = queryset.none(), 400
     if before:
         rows = list(queryset.filter(device_id__lt=before).order_by("-device_id")[: PAGE_SIZE + 1])
