@@ -1,9 +1,16 @@
 """No request may read or change another organization's data: every tenant URL, every method, answers 404 to an
-outsider (exactly as for a missing object) and changes nothing."""
+outsider (exactly as for a missing object) and changes nothing. The two organizations and the victim's sample objects
+are made once for the module (tests/module_data.py); each test runs in a savepoint of that data."""
+
+import dataclasses
 
 import pytest
+from django.db import transaction
+from rest_framework.test import APIClient
 
 from tests.api_walk import sample_values, tenant_operations
+from tests.factories import OrgFixture, make_organization
+from tests.module_data import data_for_module
 
 pytestmark = pytest.mark.django_db
 
@@ -32,33 +39,59 @@ def test_walk_covers_the_tenant_api():
     assert len(OPERATIONS) >= 20
 
 
+@dataclasses.dataclass(frozen=True)
+class World:
+    """A victim organization with a sample object behind every tenant operation, and an outsider organization."""
+
+    victim: OrgFixture
+    outsider: OrgFixture
+    values: dict
+
+
+def _build_world() -> World:
+    victim, outsider = make_organization(), make_organization()
+    values = {str(op): sample_values(victim, op.kwargs, route=op.route) for op in OPERATIONS}
+    return World(victim, outsider, values)
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker):
+    with data_for_module(django_db_blocker, _build_world) as data:
+        yield data
+
+
 @pytest.mark.parametrize("operation", OPERATIONS, ids=str)
-@pytest.mark.parametrize("credential", ["api_key", "session"])
-def test_other_organization_gets_404_when_touching_any_tenant_url(operation, credential, org_factory, api, key_client):
-    victim = org_factory()
-    outsider = org_factory()
-    url = operation.url(sample_values(victim, operation.kwargs, route=operation.route))
-    if credential == "api_key":
-        client = key_client(outsider.owner_secret)
-    else:
-        client = api
-        client.force_login(outsider.owner)
-    before = _fingerprint()
+def test_other_organization_gets_404_when_touching_any_tenant_url(operation, world, key_client, redis_clean):
+    """With the outsider owner's API key and with their session; each request in a savepoint rolled back after it."""
+    url = operation.url(world.values[str(operation)])
+    for credential in ("api_key", "session"):
+        redis_clean.flushdb()
+        with transaction.atomic():
+            if credential == "api_key":
+                client = key_client(world.outsider.owner_secret)
+            else:
+                client = APIClient()
+                client.force_login(world.outsider.owner)
+            before = _fingerprint()
 
-    response = getattr(client, operation.method)(url, {}, format="json")
+            response = getattr(client, operation.method)(url, {}, format="json")
 
-    assert response.status_code == 404, (str(operation), response.status_code, response.content[:300])
-    assert response["Content-Type"] == "application/problem+json"
-    assert _fingerprint() == before
+            assert response.status_code == 404, (
+                credential,
+                str(operation),
+                response.status_code,
+                response.content[:300],
+            )
+            assert response["Content-Type"] == "application/problem+json"
+            assert _fingerprint() == before
+            transaction.set_rollback(True)
 
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=str)
-def test_missing_object_and_foreign_object_answer_alike(operation, org_factory, key_client):
+def test_missing_object_and_foreign_object_answer_alike(operation, world, key_client):
     """A foreign object must be indistinguishable from one that does not exist."""
-    victim = org_factory()
-    outsider = org_factory()
-    values = sample_values(victim, operation.kwargs, route=operation.route)
-    client = key_client(outsider.owner_secret)
+    values = world.values[str(operation)]
+    client = key_client(world.outsider.owner_secret)
     foreign = getattr(client, operation.method)(operation.url(values), {}, format="json")
     # A public id keeps its prefix (`dep_`); a value without one (a schema's version number) is replaced whole.
     missing_values = {k: v[: v.find("_") + 1] + "doesnotexist0000000000" for k, v in values.items()}

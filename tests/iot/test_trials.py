@@ -110,6 +110,26 @@ def test_member_without_roles_sees_trial_and_other_organization_gets_404_when_as
     assert key_client(other.owner_secret).get(trial_url(other)).json()["status"] == "none"
 
 
+def test_members_see_only_the_trial_deployments_of_projects_they_may_read_when_asking(owner_org, key_client):
+    from projects.services import project_create
+
+    trials.premium_trial_grant(organization=owner_org.organization, actor=None, deployments=2, days=3)
+    create_premium(owner_org, "visible-plant")
+    hidden = project_create(organization=owner_org.organization, actor=None, name="Hidden")
+    deployment_services.deployment_create(
+        project=hidden, actor=None, name="hidden-plant", plan="premium", tier="1k", region="local"
+    )
+    project_user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    _, user_secret = owner_org.key_for(project_user, role="project_user", projects=[owner_org.default_project])
+    _, limited_secret = owner_org.key_for(owner_org.owner, role="owner", projects=[owner_org.default_project])
+    for secret in (user_secret, limited_secret):
+        body = key_client(secret).get(trial_url(owner_org)).json()
+        assert [d["name"] for d in body["trial_deployments"]] == ["visible-plant"]
+        assert body["used"] == 2  # the limit counts every Premium deployment of the organization
+    everything = key_client(owner_org.owner_secret).get(trial_url(owner_org)).json()
+    assert sorted(d["name"] for d in everything["trial_deployments"]) == ["hidden-plant", "visible-plant"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
