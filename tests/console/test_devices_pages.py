@@ -177,6 +177,7 @@ def test_registering_shows_the_credentials_once_and_audits_when_the_form_is_vali
         ({"device_id": "ok", "tags": "good bad\x1b[31m"}, "tags", ""),
         ({"device_id": "ok", "tags": "semi;colon"}, "tags", "Tag"),
         ({"device_id": "nul\x00"}, "device_id", ""),
+        ({"device_id": "line\n"}, "device_id", "control"),
     ],
 )
 def test_register_shows_the_apis_message_beside_the_field_when_input_is_bad(owner, plant, data, field, message):
