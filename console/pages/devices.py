@@ -9,6 +9,7 @@ writes a row itself; a non-Premium deployment has no such pages (404).
 from __future__ import annotations
 
 import json
+import re
 
 from django import forms
 from django.conf import settings
@@ -99,7 +100,9 @@ class DeviceRegisterForm(ApiForm):
             "device_id": data.get("device_id", ""),
             "name": data.get("name", ""),
             "product": data.get("product", ""),
-            "tags": (data.get("tags") or "").replace(",", " ").split(),
+            # Split on what the help text names only: any other character (a tab, a line break) stays in a tag,
+            # where the API's checks refuse it.
+            "tags": [tag for tag in re.split("[ ,]+", data.get("tags") or "") if tag],
             "attributes": data.get("attributes", {}),
             "groups": list(data.get("groups") or []),
             "enabled": bool(data.get("enabled")),

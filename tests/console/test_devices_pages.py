@@ -176,6 +176,8 @@ def test_registering_shows_the_credentials_once_and_audits_when_the_form_is_vali
         ({"device_id": "ok", "product": "tab\there"}, "product", "control"),
         ({"device_id": "ok", "tags": "good bad\x1b[31m"}, "tags", ""),
         ({"device_id": "ok", "tags": "semi;colon"}, "tags", "Tag"),
+        ({"device_id": "ok", "tags": "a\nb"}, "tags", "control"),
+        ({"device_id": "ok", "tags": "a\tb"}, "tags", "control"),
         ({"device_id": "nul\x00"}, "device_id", ""),
         ({"device_id": "line\n"}, "device_id", "control"),
     ],
