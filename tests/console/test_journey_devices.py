@@ -211,6 +211,27 @@ def test_customer_imports_devices_and_sees_each_bad_row_when_the_file_has_one(si
     expect(page.get_by_role("link", name="unit-007", exact=True)).to_be_visible()
     page.check("group-filter")
 
+    # New credentials and delete, each after a confirmation; the group goes, its device stays.
+    page.get_by_role("link", name="unit-007", exact=True).click()
+    page.get_by_role("link", name="New credentials…").click()
+    page.check("rotate-confirm")
+    page.get_by_role("button", name="Issue new credentials").click()
+    expect(page.get_by_role("alert")).to_contain_text("it will not be shown again")
+    assert page.locator("#device-username").inner_text().strip() != credentials.splitlines()[8].split(",")[1]
+    page.check("rotated")
+    page.get_by_role("link", name="I have copied it: go to the device").click()
+    page.get_by_role("link", name="Delete…").click()
+    expect(page.get_by_role("heading", name="Delete device unit-007?")).to_be_visible()
+    page.check("delete-confirm")
+    page.get_by_role("button", name="Delete unit-007").click()
+    expect(page.get_by_role("status")).to_contain_text("Device unit-007 deleted")
+    expect(page.get_by_role("heading", name="59 devices")).to_be_visible()
+    page.get_by_role("link", name="Delete group boilers…").click()
+    page.check("group-delete-confirm")
+    page.get_by_role("button", name="Delete group boilers").click()
+    expect(page.get_by_role("status")).to_contain_text("Group boilers deleted")
+    expect(page.get_by_text("No group yet.")).to_be_visible()
+
 
 def test_read_only_role_sees_the_devices_without_any_form_when_browsing(site):
     from iot import services
