@@ -1,11 +1,11 @@
 """Each role against each tenant operation: allowed exactly when the scopes table grants the operation's scope.
 
 The expectation is computed from organizations.roles.ROLE_SCOPES and the scope each view declares, so the table is
-the single source of truth; the test proves that the running API obeys it, for members and for their API keys. The
-organization, its members and the sample objects are made once for the module (tests/module_data.py); each case
-runs in a savepoint of that data, so a DELETE in one case never takes another's target. One test per operation asks
-with every persona and credential, and lists every request that the table does not predict.
-"""
+the single source of truth. Exhaustively as plain calls (every persona, credential, scope and level against
+organizations.access), and over HTTP, per operation, one allowed and one refused persona with a session and with a
+key: the running API obeys the table. The organization, its members and the sample objects are made once for the
+module (tests/module_data.py); each request runs in a savepoint of that data, so a DELETE never takes another
+request's target."""
 
 import dataclasses
 
@@ -13,7 +13,9 @@ import pytest
 from django.db import transaction
 from rest_framework.test import APIClient
 
-from organizations.roles import MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES, Role
+from organizations import access
+from organizations.access import Principal
+from organizations.roles import ALL_SCOPES, MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES, Role
 from tests.api_walk import sample_values, tenant_operations
 from tests.factories import make_organization
 from tests.module_data import data_for_module
@@ -33,17 +35,21 @@ PERSONAS = {
 }
 
 
-def expected_allowed(operation, org_roles, project_role) -> bool:
-    scope = operation.required_scope
+def expected_scope(scope, level, org_roles, project_role) -> bool:
+    """Whether the persona holds `scope` at `level` (organization, or the Default project), read from the table."""
     org_scopes = set(MEMBER_BASE_SCOPES)
     for role in org_roles:
         org_scopes |= ROLE_SCOPES[role]
-    if operation.scope_level == "project":
+    if level == "project":
         project_scopes = org_scopes & PROJECT_SCOPES
         if project_role:
             project_scopes |= ROLE_SCOPES[project_role]
         return scope in project_scopes
     return scope in org_scopes
+
+
+def expected_allowed(operation, org_roles, project_role) -> bool:
+    return expected_scope(operation.required_scope, operation.scope_level, org_roles, project_role)
 
 
 def test_every_tenant_operation_declares_a_scope():
@@ -61,22 +67,25 @@ class World:
     """One organization with a member (and an API key of the same role) per persona, and an URL with its own sample
     objects for every scoped operation."""
 
+    organization: object
+    project: object
     users: dict
+    keys: dict
     secrets: dict
     urls: dict
 
 
 def _build_world() -> World:
     org = make_organization()
-    users, secrets = {}, {}
+    users, keys, secrets = {}, {}, {}
     for persona, (org_roles, project_role) in PERSONAS.items():
         grants = [(org.default_project, project_role)] if project_role else []
         users[persona], _membership = org.add_member(roles=org_roles, project_grants=grants)
         key_role = project_role or org_roles[0]
         projects = [org.default_project] if project_role else []
-        _key, secrets[persona] = org.key_for(users[persona], role=key_role, projects=projects)
+        keys[persona], secrets[persona] = org.key_for(users[persona], role=key_role, projects=projects)
     urls = {str(op): op.url(sample_values(org, op.kwargs, route=op.route)) for op in SCOPED}
-    return World(users, secrets, urls)
+    return World(org.organization, org.default_project, users, keys, secrets, urls)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +94,42 @@ def world(django_db_setup, django_db_blocker):
         yield data
 
 
-@pytest.mark.parametrize("operation", SCOPED, ids=str)
-def test_role_is_allowed_exactly_when_scopes_table_grants_it(operation, world, key_client, redis_clean):
-    """Every persona, with a session and with its API key; each request in its own savepoint, rolled back, so each
-    one meets the same data (a DELETE does not take the next request's target)."""
+def test_access_grants_every_scope_exactly_as_the_roles_table_says_when_asked_directly(world):
+    """The exhaustive half, as plain calls: every persona, as a session and as its key, every scope of the table at
+    organization and at project level."""
     wrong = []
     for persona, (org_roles, project_role) in PERSONAS.items():
-        allowed = expected_allowed(operation, org_roles, project_role)
+        principals = {
+            "session": Principal(user=world.users[persona]),
+            "api_key": Principal(api_key=world.keys[persona]),
+        }
+        for credential, principal in principals.items():
+            for scope in sorted(ALL_SCOPES):
+                for level, project in (("organization", None), ("project", world.project)):
+                    held = access.has_scope(principal, scope, organization=world.organization, project=project)
+                    if held != expected_scope(scope, level, org_roles, project_role):
+                        wrong.append((persona, credential, scope, level, held))
+    assert wrong == []
+
+
+def _pick(personas: list[str], index: int) -> list[str]:
+    """One persona of the list, a different one from operation to operation, so every persona is met over HTTP."""
+    return [personas[index % len(personas)]] if personas else []
+
+
+@pytest.mark.parametrize("index", range(len(SCOPED)), ids=[str(op) for op in SCOPED])
+def test_role_is_allowed_exactly_when_scopes_table_grants_it(index, world, key_client, redis_clean):
+    """Over HTTP, per operation: one persona the table allows and one it refuses, each with a session and with its
+    key (that the view declares the scope and the API enforces it; the exhaustive table is checked above). Each
+    request runs in its own savepoint, rolled back, so each meets the same data."""
+    operation = SCOPED[index]
+    allowed_personas = [
+        p for p, (roles, project_role) in PERSONAS.items() if expected_allowed(operation, roles, project_role)
+    ]
+    refused_personas = [p for p in PERSONAS if p not in allowed_personas]
+    wrong = []
+    for persona in _pick(allowed_personas, index) + _pick(refused_personas, index):
+        allowed = persona in allowed_personas
         for credential in ("session", "api_key"):
             redis_clean.flushdb()  # rate-limit buckets: each request is the caller's first
             with transaction.atomic():
