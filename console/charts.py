@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -302,7 +304,7 @@ def current_values(*, deployment, now: dt.datetime | None = None) -> dict:
     values = []
     latest = None
     for name, label in CURRENT:
-        metric = by_name.get(name) or {}
+        metric: Mapping[str, Any] = by_name.get(name) or {}
         value = metric.get("value")
         unit = METRICS[name].unit
         if value is not None and name in PER_SECOND:
