@@ -11,6 +11,7 @@ from console.pages import (
     channels,
     codecs,
     deployments,
+    devices,
     edge,
     members,
     monitoring,
@@ -24,6 +25,7 @@ app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
 DEPLOYMENT = PROJECT + "/d/<str:dep_id>"
 PEERING = DEPLOYMENT + "/vpc-peering/<str:peering_id>"
+DEVICE = DEPLOYMENT + "/device/<str:device_id>"  # not under devices/: a device may be called "new" or "import"
 SCHEMA = DEPLOYMENT + "/schemas/<str:schema_name>"
 CODEC_RULE = DEPLOYMENT + "/codec-rules/<str:rule_id>"
 EDGE_NODE = DEPLOYMENT + "/edge-nodes/<str:node_name>"
@@ -166,5 +168,26 @@ urlpatterns = [
     path(f"{PEERING}/live", vpc_peering.peering_live, name="deployment-vpc-peering-live"),
     path(f"{PEERING}/protection", vpc_peering.peering_protection, name="deployment-vpc-peering-protection"),
     path(f"{PEERING}/delete", vpc_peering.peering_delete, name="deployment-vpc-peering-delete"),
+    # Devices (Premium): console/pages/devices.py.
+    path(f"{DEPLOYMENT}/devices", devices.device_list, name="deployment-devices"),
+    path(f"{DEPLOYMENT}/devices/new", devices.device_register, name="deployment-device-register"),
+    path(f"{DEPLOYMENT}/devices/import", devices.device_import, name="deployment-devices-import"),
+    path(
+        f"{DEPLOYMENT}/devices/import/template.csv",
+        devices.device_import_template,
+        name="deployment-devices-import-template",
+    ),
+    path(f"{DEPLOYMENT}/device-groups", devices.device_group_create, name="deployment-device-groups"),
+    path(
+        f"{DEPLOYMENT}/device-groups/<str:group_name>/delete",
+        devices.device_group_delete,
+        name="deployment-device-group-delete",
+    ),
+    path(f"{DEVICE}", devices.device_detail, name="deployment-device"),
+    path(f"{DEVICE}/edit", devices.device_edit, name="deployment-device-edit"),
+    path(f"{DEVICE}/shadow", devices.device_shadow, name="deployment-device-shadow"),
+    path(f"{DEVICE}/enabled", devices.device_enabled, name="deployment-device-enabled"),
+    path(f"{DEVICE}/credentials", devices.device_credentials, name="deployment-device-credentials"),
+    path(f"{DEVICE}/delete", devices.device_delete, name="deployment-device-delete"),
 ]
 urlpatterns += codecs_urls  # Premium: schemas, codec rules and edge nodes (console/pages/codecs.py, edge.py)
