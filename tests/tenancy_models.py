@@ -68,7 +68,5 @@ def public_ids(organization) -> set[str]:
     for model, path in organization_paths().items():
         if any(field.attname == "public_id" for field in model._meta.concrete_fields):
             lookup = "pk" if path == "pk" else path
-            found.update(
-                model._default_manager.filter(**{lookup: organization.pk}).values_list("public_id", flat=True)
-            )
+            found.update(model._default_manager.filter(**{lookup: organization.pk}).values_list("public_id", flat=True))
     return {value for value in found if value}
