@@ -5,7 +5,9 @@ Runs the real path: a Premium deployment reconciled by a real Celery worker into
 and a decode rule made through the services, a real platform agent process. The floor is a paho republisher in its
 own process (as the agent is) on the same broker that forwards the same messages without decoding them. One paho
 publisher paces messages at the offered rate; one paho subscriber takes both outputs and times each message from
-its publish. Without DATABASE_URL it starts a throwaway PostgreSQL and Redis and re-runs itself inside them. It
+its publish. It also prints the CPU time the agent spends per decoded message (its idle CPU taken out) beside the
+floor's per republished message: on a machine shared with other work, the one figure that load does not swamp.
+Without DATABASE_URL it starts a throwaway PostgreSQL and Redis and re-runs itself inside them. It
 prints figures; it never gates the suite. Usage: .venv/bin/python bench/codec.py [rate] [seconds]
 """
 
@@ -166,6 +168,13 @@ class Probe:
             client.loop_stop()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) has used: a cost per message that other load on the
+    machine does not inflate the way it inflates wall-clock rates."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else float("nan")
@@ -259,10 +268,20 @@ def main(rate: float, seconds: float) -> None:
             probe.run(rate=50, seconds=0.3, prefixes=("codec",))
         probe.reset()
 
+        # The agent's CPU while idle (heartbeats, timers, its log tail), taken out of its CPU per message below.
+        assert agent.proc is not None
+        idle_start = _cpu_seconds(agent.proc.pid)
+        time.sleep(3.0)
+        idle_rate = (_cpu_seconds(agent.proc.pid) - idle_start) / 3.0
         # (a) Both paths at once, each at half the rate: the added latency, measured under the same load.
+        cpu_before = _cpu_seconds(agent.proc.pid), _cpu_seconds(republisher.pid)
         started = time.perf_counter()
-        sent, _span = probe.run(rate=rate, seconds=seconds, prefixes=("codec", "plain"))
+        sent, span = probe.run(rate=rate, seconds=seconds, prefixes=("codec", "plain"))
+        cpu_after = _cpu_seconds(agent.proc.pid), _cpu_seconds(republisher.pid)
         with probe.lock:
+            agent_cpu = cpu_after[0] - cpu_before[0] - idle_rate * span
+            agent_us = agent_cpu / max(1, len(probe.latencies["codec"])) * 1e6
+            plain_us = (cpu_after[1] - cpu_before[1]) / max(1, len(probe.latencies["plain"])) * 1e6
             codec_line = _line("agent decode", sent // 2, probe.latencies["codec"], probe.arrived["codec"], started)
             plain_line = _line("plain republish", sent // 2, probe.latencies["plain"], probe.arrived["plain"], started)
             added50 = _percentile(probe.latencies["codec"], 0.5) - _percentile(probe.latencies["plain"], 0.5)
@@ -271,9 +290,12 @@ def main(rate: float, seconds: float) -> None:
         # (b) The agent alone at the full rate, then at twice it: messages decoded per second.
         results = []
         for offered in (rate, rate * 2):
+            cpu_start = _cpu_seconds(agent.proc.pid)
             started = time.perf_counter()
-            sent, _span = probe.run(rate=offered, seconds=seconds / 2, prefixes=("codec",))
+            sent, span = probe.run(rate=offered, seconds=seconds / 2, prefixes=("codec",))
+            cpu_used = _cpu_seconds(agent.proc.pid) - cpu_start - idle_rate * span
             with probe.lock:
+                decoded = len(probe.latencies["codec"])
                 results.append(
                     _line(
                         f"agent decode at {offered:.0f}/s offered",
@@ -282,6 +304,7 @@ def main(rate: float, seconds: float) -> None:
                         probe.arrived["codec"],
                         started,
                     )
+                    + f"; agent CPU {cpu_used / max(1, decoded) * 1e6:.0f} us/message"
                 )
             probe.reset()
         time.sleep(1.5)  # the agent adds its counts once a second
@@ -305,6 +328,10 @@ def main(rate: float, seconds: float) -> None:
     print(f"    {codec_line}")
     print(f"    floor, same run: {plain_line}")
     print(f"    added by decoding: p50 {added50 * 1000:+.1f} ms, p99 {added99 * 1000:+.1f} ms   (target p99 < 20 ms)")
+    print(
+        f"    CPU per message: agent {agent_us:.0f} us (receive, decode, republish, acknowledge; its idle "
+        f"{idle_rate * 100:.1f}% of a core taken out), floor republisher {plain_us:.0f} us (receive, republish)"
+    )
     print("(b) " + "\n    ".join(results) + "   (target 5,000/s)")
     print(f"    the agent counted {counter.processed} processed, {counter.failures} failures")
 

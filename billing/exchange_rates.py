@@ -23,7 +23,7 @@ from billing.models import BillingAccount, ExchangeRate
 from billing.vat_rates import national_currency
 
 ECB_DAILY_URL = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}\Z")
 
 
 class RatesMalformed(ValueError):

@@ -80,10 +80,12 @@ class CoverageSource:
     """Coverage terms another app owns (a Premium trial), registered from its AppConfig.ready() so billing never
     imports it. `sql` selects (deployment_id, term_start, term_end) of the terms touching [%(start)s, %(end)s);
     `terms(deployment_ids, start, end)` answers the same terms as `Term`s for the Python reference. Terms of one
-    deployment must not overlap one another nor an annual plan: covered seconds are subtracted once per term."""
+    deployment must not overlap one another nor an annual plan: covered seconds are subtracted once per term.
+    `waives_traffic`: bytes a covered deployment moves are not counted for billing either (a free trial)."""
 
     sql: str
     terms: Callable[[set[int], datetime.datetime, datetime.datetime], list]
+    waives_traffic: bool = False
 
 
 _coverage_sources: dict[str, CoverageSource] = {}
@@ -98,6 +100,18 @@ def _coverage_sql() -> str:
     return "".join(
         f"\n    UNION ALL\n    SELECT x.deployment_id, x.term_start, x.term_end FROM ({source.sql}) x"
         for _name, source in sorted(_coverage_sources.items())
+    )
+
+
+def traffic_waiver_sql(deployment: str, at: str) -> str:
+    """A condition, true when the deployment `deployment` (an SQL expression) is under a traffic-waiving coverage
+    term at the instant `at` (a parameter name); the sources' SQL reads %(start)s and %(end)s, which the caller binds
+    to that instant and the next microsecond. Empty when no source waives traffic."""
+    return "".join(
+        f"\n    AND NOT EXISTS (SELECT 1 FROM ({source.sql}) w WHERE w.deployment_id = {deployment}"
+        f" AND w.term_start <= %({at})s AND w.term_end > %({at})s)"
+        for _name, source in sorted(_coverage_sources.items())
+        if source.waives_traffic
     )
 
 

@@ -49,7 +49,7 @@ _MINOR_UNIT_EXCEPTIONS: dict[str, int] = {
     "CLF": 4,
     "UYW": 4,
 }
-_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}\Z")
 
 
 def normalize_currency(currency: str) -> str:

@@ -151,13 +151,13 @@ def validate_tax_id(country: str, number: str | None) -> TaxIdCheck:
 
 
 _POSTAL_CODES: dict[str, re.Pattern[str]] = {
-    "US": re.compile(r"^\d{5}(-?\d{4})?$"),
-    "CA": re.compile(r"^[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z] ?\d[ABCEGHJ-NPRSTV-Z]\d$"),
+    "US": re.compile(r"^\d{5}(-?\d{4})?\Z"),
+    "CA": re.compile(r"^[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z] ?\d[ABCEGHJ-NPRSTV-Z]\d\Z"),
     # UK: outward code (area, district) + inward code; GIR 0AA is the one historic exception.
-    "GB": re.compile(r"^(GIR ?0AA|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})$"),
-    "DE": re.compile(r"^\d{5}$"),
-    "FR": re.compile(r"^\d{5}$"),
-    "NL": re.compile(r"^[1-9]\d{3} ?[A-Z]{2}$"),
+    "GB": re.compile(r"^(GIR ?0AA|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})\Z"),
+    "DE": re.compile(r"^\d{5}\Z"),
+    "FR": re.compile(r"^\d{5}\Z"),
+    "NL": re.compile(r"^[1-9]\d{3} ?[A-Z]{2}\Z"),
 }
 
 

@@ -48,7 +48,7 @@ WITH counter AS (
 INSERT INTO {traffic} (deployment_id, organization_id, day, bytes)
 SELECT d.id, p.organization_id, %(day)s, %(counted)s
 FROM {deployment} d JOIN {project} p ON p.id = d.project_id
-WHERE d.id = %(deployment)s AND %(counted)s > 0
+WHERE d.id = %(deployment)s AND %(counted)s > 0{waiver}
 ON CONFLICT (deployment_id, day) WHERE invoice_id IS NULL DO UPDATE SET bytes = {traffic}.bytes + EXCLUDED.bytes
 """
 
@@ -98,8 +98,10 @@ def traffic_counters_record(
     uptime_seconds: float | None = None,
 ) -> int:
     """Record one reading of a broker's cumulative counters (bytes received and sent since it started) taken at
-    `at`; returns the bytes it adds to the deployment's traffic of that day (`counter_step` says how)."""
-    from billing.metering import TRAFFIC_LOCK
+    `at`; returns the bytes it adds to the deployment's traffic of that day (`counter_step` says how), or 0 while a
+    traffic-waiving coverage term (a Premium trial) covers `at`: the counter still moves on, so those bytes are never
+    counted later either."""
+    from billing.metering import TRAFFIC_LOCK, traffic_waiver_sql
 
     received, sent = int(bytes_received), int(bytes_sent)
     if received < 0 or sent < 0:
@@ -109,6 +111,7 @@ def traffic_counters_record(
         "traffic": connection.ops.quote_name(TrafficRecord._meta.db_table),
         "deployment": connection.ops.quote_name(Deployment._meta.db_table),
         "project": connection.ops.quote_name(Project._meta.db_table),
+        "waiver": traffic_waiver_sql("d.id", "at"),
     }
     with transaction.atomic(), connection.cursor() as cursor:
         # Shared with every other reading; the month close takes it exclusively while it reads and marks traffic.
@@ -123,6 +126,8 @@ def traffic_counters_record(
         cursor.execute(
             WRITE_SQL.format(**names),
             {
+                "start": state.sampled_at,
+                "end": state.sampled_at + datetime.timedelta(microseconds=1),
                 "deployment": deployment_id,
                 "at": state.sampled_at,
                 "received": state.bytes_received,
@@ -133,6 +138,8 @@ def traffic_counters_record(
                 "counted": counted,
             },
         )
+        if cursor.rowcount == 0:
+            return 0
     return counted
 
 

@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponseBase
 from controlplane import context
 from controlplane.api.problems import problem_response
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}\Z")
 
 
 def client_ip(request: HttpRequest) -> str | None:

@@ -36,7 +36,7 @@ SERVER_VALIDITY = datetime.timedelta(days=365)
 BACKDATE = datetime.timedelta(hours=1)
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ from iot import codec_topics, schemas
 from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion
 from iot.services import _locked_deployment, _notify, check_premium
 
-SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 SCHEMA_NAME_RULE = "1 to 64 characters among A-Z, a-z, 0-9, _ and -"
 MAX_SCHEMAS = 100
 MAX_RULES = 100
@@ -415,7 +415,7 @@ def codecs_push_emqx(*, deployment_id: int) -> dict[str, int] | None:
         CodecRule.objects.filter(deployment=deployment).select_related("schema_version__schema").order_by("id")
     )
     api = EmqxApi(base_url, API_KEY_NAME, crypto.decrypt_str(deployment.api_secret_encrypted))
-    return codecs_emqx.codecs_sync(api, rules)
+    return codecs_emqx.codecs_sync(api, rules, version=deployment.emqx_version)
 
 
 def emqx_deployments_with_codecs() -> list[int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from deployments.topics import topic_filters_overlap, validate_topic_filter
 
-NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 NODE_NAME_RULE = "1 to 64 characters among A-Z, a-z, 0-9, _ and -"
 KINDS = ("mosquitto", "nanomq")
 MAX_TOPICS = 32
@@ -37,7 +37,7 @@ QOS = 1
 # mosquitto reads a `topic` line as words separated by spaces and strips quotes; HOCON would need escapes. Topics of
 # a bridge therefore allow none of these (MQTT itself would).
 _BRIDGE_UNSAFE = re.compile(r"[\s\"'\\`$]")
-_CA_FILE_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
+_CA_FILE_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}\Z")
 
 
 def cloud_prefix(node: str) -> str:
@@ -244,8 +244,8 @@ class Bridge:
 
 
 PASSWORD_PLACEHOLDER = "REPLACE-WITH-THE-NODE-PASSWORD"
-_HOST_RE = re.compile(r"^[A-Za-z0-9.:_\-\[\]]{1,253}$")
-_PUBLIC_ID_RE = re.compile(r"^[a-z]{2,8}_[A-Za-z0-9]{1,40}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:_\-\[\]]{1,253}\Z")
+_PUBLIC_ID_RE = re.compile(r"^[a-z]{2,8}_[A-Za-z0-9]{1,40}\Z")
 
 
 def _checked(bridge: Bridge) -> None:

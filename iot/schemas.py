@@ -21,6 +21,8 @@ import tempfile
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 PROTOBUF, AVRO, JSON_SCHEMA = "protobuf", "avro", "json_schema"
 TYPES = (PROTOBUF, AVRO, JSON_SCHEMA)
 MAX_SOURCE_BYTES = 64 * 1024
@@ -47,7 +49,7 @@ WELL_KNOWN = frozenset(
     )
 )
 _IMPORT_RE = re.compile(r'^\s*import\s+(?:public\s+|weak\s+)?"([^"]*)"\s*;', re.MULTILINE)
-_MESSAGE_NAME_RE = re.compile(r"^\.?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_MESSAGE_NAME_RE = re.compile(r"^\.?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 class SchemaInvalid(ValueError):
@@ -544,12 +546,16 @@ class Codec:
         self.type = compiled.type
         self.message_type = compiled.message_type
         if compiled.type == PROTOBUF:
-            from google.protobuf import descriptor_pool, message_factory
+            from google.protobuf import descriptor_pool, json_format, message_factory
+            from google.protobuf.message import DecodeError
 
             pool = descriptor_pool.DescriptorPool()
             for file in _file_set(compiled.descriptor_set).file:
                 pool.Add(file)
             self._message = message_factory.GetMessageClass(pool.FindMessageTypeByName(compiled.message_type))
+            # Resolved once: the agent decodes thousands of messages a second with one Codec.
+            self._to_dict = json_format.MessageToDict
+            self._decode_errors: tuple[type[BaseException], ...] = (DecodeError, RuntimeError, ValueError)
         elif compiled.type == AVRO:
             self._avro = _avro_parse(compiled.document)
         else:
@@ -560,15 +566,12 @@ class Codec:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise CodecFailed(f"the payload is larger than {MAX_PAYLOAD_BYTES} bytes")
         if self.type == PROTOBUF:
-            from google.protobuf import json_format
-            from google.protobuf.message import DecodeError
-
             message = self._message()
             try:
                 message.ParseFromString(payload)
-            except (DecodeError, RuntimeError, ValueError) as exc:
+            except self._decode_errors as exc:
                 raise CodecFailed(f"not a {self.message_type} message: {exc or 'malformed'}") from None
-            return json_format.MessageToDict(message, preserving_proto_field_name=True)
+            return self._to_dict(message, preserving_proto_field_name=True)
         if self.type == AVRO:
             import fastavro
 
@@ -584,6 +587,10 @@ class Codec:
         value = _json_payload(payload)
         self._validate(value)
         return value
+
+    def decode_json(self, payload: bytes) -> bytes:
+        """decode() written as compact UTF-8 JSON: what a decode rule republishes."""
+        return json_bytes(self.decode(payload))
 
     def encode(self, value: Any) -> bytes:
         if self.type == PROTOBUF:
@@ -610,6 +617,20 @@ class Codec:
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path)
             raise CodecFailed(f"does not match the JSON Schema{f' at {where}' if where else ''}: {error.message}")
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON of decoded data. orjson writes it (a tenth of json.dumps's time); what orjson refuses (an
+    integer beyond 64 bits, nesting deeper than 255) the standard library writes. NaN and infinities, which JSON
+    cannot express, become null; text that is not valid Unicode (a lone surrogate) is a CodecFailed."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CodecFailed(f"the decoded value cannot be written as JSON: {exc}") from None
 
 
 def _json_payload(payload: bytes) -> Any:

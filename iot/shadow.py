@@ -17,7 +17,7 @@ MAX_DOCUMENT_BYTES = 8 * 1024
 MAX_DEPTH = 6
 MAX_CLIENT_TOKEN = 64
 MAX_VERSION = 2**63 - 1  # the version column is a PostgreSQL bigint
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
 SECTIONS = ("desired", "reported")
 _MISSING = object()
 

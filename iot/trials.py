@@ -13,7 +13,7 @@ import datetime
 import logging
 
 from django.db import connection, transaction
-from django.db.models import Min
+from django.db.models import Min, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -28,6 +28,7 @@ from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
 from organizations import access
 from organizations.models import Organization
+from projects.models import Project
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +188,20 @@ def _coverage_sql() -> str:
 
 
 def _coverage_terms(deployment_ids, start, end) -> list[Term]:
+    """The Python reference of `_coverage_sql`, in one query whatever the number of deployments."""
+    first_annual = (
+        AnnualSubscription.objects.filter(
+            deployment_id=OuterRef("deployment_id"), term_start__gte=OuterRef("started_at")
+        )
+        .order_by("term_start")
+        .values("term_start")[:1]
+    )
+    rows = TrialDeployment.objects.filter(deployment_id__in=deployment_ids, started_at__lt=end).annotate(
+        annual=Subquery(first_annual)
+    )
     terms = []
-    for row in TrialDeployment.objects.filter(deployment_id__in=deployment_ids, started_at__lt=end):
-        annual = _annual_started(row.deployment_id, row.started_at)
-        term_end = annual or datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    for row in rows:
+        term_end = row.annual or datetime.datetime.max.replace(tzinfo=datetime.UTC)
         if term_end > start:
             terms.append(Term(row.deployment_id, row.started_at, term_end, status="ended"))
     return terms
@@ -199,8 +210,8 @@ def _coverage_terms(deployment_ids, start, end) -> list[Term]:
 def coverage_source() -> CoverageSource:
     """A trial deployment is covered from its creation until its annual plan starts. Never bought, it is never
     billed by the hour at all: it is stopped at the end and deleted after the retention, so no term end can leave
-    seconds that bill (stopped seconds included)."""
-    return CoverageSource(sql=_coverage_sql(), terms=_coverage_terms)
+    seconds that bill (stopped seconds included). A trial is free: the traffic it moves is not counted either."""
+    return CoverageSource(sql=_coverage_sql(), terms=_coverage_terms, waives_traffic=True)
 
 
 # -- the sweep ----------------------------------------------------------------------------------------------------
@@ -262,6 +273,14 @@ def _settle(trial_deployment: TrialDeployment, now: datetime.datetime) -> bool:
     if deployment.desired_state == DesiredState.DELETED:
         trial_deployment.outcome, trial_deployment.deleted_at = Outcome.DELETED, deployment.deleted_at or now
         trial_deployment.save(update_fields=["outcome", "deleted_at"])
+        audit_record(
+            actor=None,
+            organization=organization,
+            action="premium_trial.delete",
+            target=deployment,
+            # Deleted by the organization during its trial (its own deployment.delete row says who).
+            summary={"trial": trial_deployment.trial.public_id, "deleted_at": _iso(trial_deployment.deleted_at)},
+        )
         return True
     if deployment.desired_state == DesiredState.RUNNING:
         try:
@@ -376,8 +395,12 @@ def premium_trials_sweep(*, now: datetime.datetime | None = None) -> dict:
 # -- reads ----------------------------------------------------------------------------------------------------------
 
 
-def premium_trial_summary(*, organization: Organization, now: datetime.datetime | None = None) -> dict:
-    """What the organization sees of its trial: none, active (with its end) or ended, and its trial deployments."""
+def premium_trial_summary(
+    *, organization: Organization, projects: QuerySet[Project], now: datetime.datetime | None = None
+) -> dict:
+    """What the organization sees of its trial: none, active (with its end) or ended, and its trial deployments in
+    `projects` (those the caller may read: the others' names and ids are not the caller's to see; `used` still
+    counts them, as the limit does)."""
     now = now or timezone.now()
     trial = PremiumTrial.objects.filter(organization=organization).first()
     if trial is None:
@@ -389,7 +412,7 @@ def premium_trial_summary(*, organization: Organization, now: datetime.datetime 
             "ends_at": None,
             "trial_deployments": [],
         }
-    rows = TrialDeployment.objects.filter(trial=trial).select_related("deployment")
+    rows = TrialDeployment.objects.filter(trial=trial, deployment__project__in=projects).select_related("deployment")
     return {
         "status": "ended" if trial.ended_at is not None or now >= trial.ends_at else "active",
         "deployments": trial.deployments,

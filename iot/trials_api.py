@@ -10,6 +10,8 @@ from rest_framework.response import Response
 from controlplane.api.views import ScopedViewSet
 from iot import trials
 from iot.trials_models import PremiumTrial, TrialDeployment
+from organizations import access
+from projects.models import Project
 
 _EXAMPLE = {
     "status": "active",
@@ -58,4 +60,8 @@ class PremiumTrialViewSet(ScopedViewSet):
         responses={200: PremiumTrialSerializer},
     )
     def retrieve(self, request, *args, **kwargs):
-        return Response(PremiumTrialSerializer(trials.premium_trial_summary(organization=self.organization)).data)
+        projects = access.visible_projects(
+            self.principal, self.organization, Project.objects.filter(organization=self.organization)
+        )
+        summary = trials.premium_trial_summary(organization=self.organization, projects=projects)
+        return Response(PremiumTrialSerializer(summary).data)

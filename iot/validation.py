@@ -11,8 +11,8 @@ from iot import shadow
 
 DEVICE_ID_RE = shadow.DEVICE_ID_RE
 DEVICE_ID_RULE = "1 to 128 characters among A-Z, a-z, 0-9 and _ . : -"
-GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_.:=/@+-]{1,64}$")
+GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
+TAG_RE = re.compile(r"^[A-Za-z0-9_.:=/@+-]{1,64}\Z")
 MAX_TAGS = 32
 MAX_GROUPS = 32
 MAX_ATTRIBUTES_BYTES = 8 * 1024

@@ -2,10 +2,17 @@
 
 The roles, their scopes and the scope each view declares are read from the code (organizations.roles and the views),
 so the table is the single source of truth; the test proves that the running API obeys it, for members and for their
-API keys, and that every scope in the table is exercised by some request (or allow-listed with its reason).
+API keys, and that every scope in the table is exercised by some request (or allow-listed with its reason). The
+organization, its members and the sample objects are made once for the module (tests/module_data.py); each case
+runs in a savepoint of that data, so a DELETE in one case never takes another's target. One test per operation asks
+with every persona and credential, and lists every request that the table does not predict.
 """
 
+import dataclasses
+
 import pytest
+from django.db import transaction
+from rest_framework.test import APIClient
 
 from organizations.roles import (
     ALL_SCOPES,
@@ -17,6 +24,8 @@ from organizations.roles import (
     Role,
 )
 from tests.api_walk import sample_values, tenant_operations
+from tests.factories import make_organization
+from tests.module_data import data_for_module
 
 pytestmark = pytest.mark.django_db
 
@@ -106,46 +115,66 @@ def test_matrix_expects_both_outcomes_for_every_exercised_scope():
     assert one_sided == []
 
 
-def _client_for(persona, credential, org, api, key_client):
-    org_roles, project_role = PERSONAS[persona]
-    grants = [(org.default_project, project_role)] if project_role else []
-    user, _membership = org.add_member(roles=org_roles, project_grants=grants)
-    if credential == "session":
-        client = api
-        client.force_login(user)
-        return client
-    key_role = project_role or org_roles[0]
-    _key, secret = org.key_for(user, role=key_role, projects=[org.default_project] if project_role else [])
-    return key_client(secret)
+@dataclasses.dataclass(frozen=True)
+class World:
+    """One organization with a member (and an API key of the same role, where the persona has one) per persona, and
+    an URL with its own sample objects for every scoped operation."""
+
+    users: dict
+    secrets: dict
+    urls: dict
 
 
-def _cases():
-    for credential in ("session", "api_key"):
-        for persona, (org_roles, project_role) in PERSONAS.items():
-            if credential == "api_key" and not (org_roles or project_role):
-                continue  # an API key always carries a role
-            for operation in SCOPED:
-                yield pytest.param(operation, persona, credential, id=f"{credential}-{persona}-{operation}")
+def _build_world() -> World:
+    org = make_organization()
+    users, secrets = {}, {}
+    for persona, (org_roles, project_role) in PERSONAS.items():
+        grants = [(org.default_project, project_role)] if project_role else []
+        users[persona], _membership = org.add_member(roles=org_roles, project_grants=grants)
+        key_role = project_role or (org_roles[0] if org_roles else None)
+        if key_role is None:
+            continue  # an API key always carries a role
+        projects = [org.default_project] if project_role else []
+        _key, secrets[persona] = org.key_for(users[persona], role=key_role, projects=projects)
+    urls = {str(op): op.url(sample_values(org, op.kwargs, route=op.route)) for op in SCOPED}
+    return World(users, secrets, urls)
 
 
-@pytest.mark.parametrize(("operation", "persona", "credential"), list(_cases()))
-def test_role_is_allowed_exactly_when_scopes_table_grants_it(
-    operation, persona, credential, org_factory, api, key_client
-):
-    org = org_factory()
-    client = _client_for(persona, credential, org, api, key_client)
-    url = operation.url(sample_values(org, operation.kwargs, route=operation.route))
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker):
+    with data_for_module(django_db_blocker, _build_world) as data:
+        yield data
 
-    response = getattr(client, operation.method)(url, {}, format="json")
 
-    refusal = expected(operation, *PERSONAS[persona])
-    if refusal is None:
-        assert response.status_code not in (401, 403, 404), (persona, str(operation), response.content[:300])
-    else:
-        assert response.status_code == refusal, (persona, str(operation), response.status_code, response.content[:300])
-        assert response["Content-Type"] == "application/problem+json"
-        if refusal == 403:
-            assert response.json()["detail"].startswith("This needs the ")
+@pytest.mark.parametrize("operation", SCOPED, ids=str)
+def test_role_is_allowed_exactly_when_scopes_table_grants_it(operation, world, key_client, redis_clean):
+    """Every persona, with a session and with its API key; each request in its own savepoint, rolled back, so each
+    one meets the same data (a DELETE does not take the next request's target)."""
+    wrong = []
+    for persona, (org_roles, project_role) in PERSONAS.items():
+        refusal = expected(operation, org_roles, project_role)
+        for credential in ("session", "api_key"):
+            if credential == "api_key" and persona not in world.secrets:
+                continue
+            redis_clean.flushdb()  # rate-limit buckets: each request is the caller's first
+            with transaction.atomic():
+                if credential == "session":
+                    client = APIClient()
+                    client.force_login(world.users[persona])
+                else:
+                    client = key_client(world.secrets[persona])
+                response = getattr(client, operation.method)(world.urls[str(operation)], {}, format="json")
+                transaction.set_rollback(True)
+            if refusal is None:
+                if response.status_code in (401, 403, 404):
+                    wrong.append((persona, credential, "allowed", response.status_code, response.content[:300]))
+            elif (
+                response.status_code != refusal
+                or response["Content-Type"] != "application/problem+json"
+                or (refusal == 403 and not response.json()["detail"].startswith("This needs the "))
+            ):
+                wrong.append((persona, credential, f"refused {refusal}", response.status_code, response.content[:300]))
+    assert wrong == []
 
 
 @pytest.mark.parametrize("persona", [p for p, (roles, project_role) in PERSONAS.items() if roles or project_role])

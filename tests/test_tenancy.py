@@ -3,12 +3,20 @@ outsider (exactly as for a missing object) and changes nothing.
 
 What is guarded is derived, never listed: the routes from the URL resolver (checked against the OpenAPI document),
 the organization-owned models from the model graph (tests/tenancy_models.py). A route or model left out must be named
-in an allow-list below with its reason, and an allow-list entry that names nothing real fails.
+in an allow-list below with its reason, and an allow-list entry that names nothing real fails. The two organizations
+and a sample object of each of them behind every tenant operation are made once for the module
+(tests/module_data.py); each request runs in a savepoint of that data, rolled back after it.
 """
 
+import dataclasses
+
 import pytest
+from django.db import transaction
+from rest_framework.test import APIClient
 
 from tests.api_walk import api_operations, sample_values, tenant_operations
+from tests.factories import OrgFixture, make_organization
+from tests.module_data import data_for_module
 from tests.tenancy_models import fingerprint, organization_paths, public_ids
 
 pytestmark = pytest.mark.django_db
@@ -122,24 +130,55 @@ def test_fingerprint_sees_a_change_to_any_organization_row(org_factory):
     assert fingerprint(victim.organization) != before
 
 
+@dataclasses.dataclass(frozen=True)
+class World:
+    """A victim and an outsider organization, each with a sample object behind every tenant operation."""
+
+    victim: OrgFixture
+    outsider: OrgFixture
+    values: dict  # operation -> the victim's path parameters
+    own: dict  # operation -> the outsider's
+
+
+def _build_world() -> World:
+    victim, outsider = make_organization(), make_organization()
+    values = {str(op): sample_values(victim, op.kwargs, route=op.route) for op in OPERATIONS}
+    own = {str(op): sample_values(outsider, op.kwargs, route=op.route) for op in OPERATIONS}
+    return World(victim, outsider, values, own)
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker):
+    with data_for_module(django_db_blocker, _build_world) as data:
+        yield data
+
+
+def _ask(client, operation, values, victim):
+    """The response, and whether the victim's data stayed as it was; in a savepoint rolled back afterwards."""
+    with transaction.atomic():
+        before = fingerprint(victim.organization)
+        response = getattr(client, operation.method)(operation.url(values), {}, format="json")
+        unchanged = fingerprint(victim.organization) == before
+        transaction.set_rollback(True)
+    return response, unchanged
+
+
 @pytest.mark.parametrize("operation", OPERATIONS, ids=str)
-@pytest.mark.parametrize("credential", ["api_key", "session"])
-def test_other_organization_gets_404_when_touching_any_tenant_url(operation, credential, org_factory, api, key_client):
-    victim = org_factory()
-    outsider = org_factory()
-    url = operation.url(sample_values(victim, operation.kwargs, route=operation.route))
-    if credential == "api_key":
-        client = key_client(outsider.owner_secret)
-    else:
-        client = api
-        client.force_login(outsider.owner)
-    before = fingerprint(victim.organization)
+def test_other_organization_gets_404_when_touching_any_tenant_url(operation, world, key_client, redis_clean):
+    """With the outsider owner's API key and with their session."""
+    for credential in ("api_key", "session"):
+        redis_clean.flushdb()
+        if credential == "api_key":
+            client = key_client(world.outsider.owner_secret)
+        else:
+            client = APIClient()
+            client.force_login(world.outsider.owner)
 
-    response = getattr(client, operation.method)(url, {}, format="json")
+        response, unchanged = _ask(client, operation, world.values[str(operation)], world.victim)
 
-    assert response.status_code == 404, (str(operation), response.status_code, response.content[:300])
-    assert response["Content-Type"] == "application/problem+json"
-    assert fingerprint(victim.organization) == before
+        assert response.status_code == 404, (credential, str(operation), response.status_code, response.content[:300])
+        assert response["Content-Type"] == "application/problem+json"
+        assert unchanged, (credential, str(operation))
 
 
 # Path parameters whose value is not an object of one organization: a split that leaves only these to the victim
@@ -154,44 +193,31 @@ def _splits(operation) -> list[int]:
 
 
 @pytest.mark.parametrize("operation", [op for op in OPERATIONS if _splits(op)], ids=str)
-def test_foreign_object_under_own_parent_gets_404_when_path_mixes_tenants(operation, org_factory, key_client):
+def test_foreign_object_under_own_parent_gets_404_when_path_mixes_tenants(operation, world, key_client, redis_clean):
     """The tenant check must not stop at the organization: the outsider's own project with the victim's deployment,
     its own deployment with the victim's MQTT user, and so on, at every level of every route."""
-    victim = org_factory()
-    outsider = org_factory()
-    theirs = sample_values(victim, operation.kwargs, route=operation.route)
-    mine = sample_values(outsider, operation.kwargs, route=operation.route)
-    client = key_client(outsider.owner_secret)
-    before = fingerprint(victim.organization)
+    client = key_client(world.outsider.owner_secret)
+    theirs, mine = world.values[str(operation)], world.own[str(operation)]
     answers = {}
     for own in _splits(operation):
+        redis_clean.flushdb()
         values = {**theirs, **{name: mine[name] for name in operation.kwargs[:own]}}
         assert values != mine, "this case would send the caller's own URL"
-        response = getattr(client, operation.method)(operation.url(values), {}, format="json")
-        answers[f"own {','.join(operation.kwargs[:own])}"] = (response.status_code, response["Content-Type"])
 
-    assert answers == {split: (404, "application/problem+json") for split in answers}, str(operation)
-    assert fingerprint(victim.organization) == before
+        response, unchanged = _ask(client, operation, values, world.victim)
 
-
-def _deepest_read(operation):
-    """The GET route under `operation`'s with the most path parameters: making its samples gives the victim an object
-    of every kind `operation` could list."""
-    reads = [op for op in OPERATIONS if op.method == "get" and op.route.startswith(operation.route)]
-    return max(reads, key=lambda op: len(op.kwargs))
+        answers[f"own {','.join(operation.kwargs[:own])}"] = (response.status_code, response["Content-Type"], unchanged)
+    assert answers == {split: (404, "application/problem+json", True) for split in answers}, str(operation)
 
 
 @pytest.mark.parametrize("operation", [op for op in OPERATIONS if op.method == "get"], ids=str)
-def test_own_reads_never_show_another_organizations_ids_when_both_have_data(operation, org_factory, key_client):
-    victim = org_factory()
-    outsider = org_factory()
-    deepest = _deepest_read(operation)
-    sample_values(victim, deepest.kwargs, route=deepest.route)
-    mine = sample_values(outsider, deepest.kwargs, route=deepest.route)
-    foreign = public_ids(victim.organization)
-    assert len(foreign) >= 3  # the organization, its project, its owner's key: the canaries are there
+def test_own_reads_never_show_another_organizations_ids_when_both_have_data(operation, world, key_client):
+    """The victim has an object behind every operation, so every list could leak one; none of its public ids may
+    appear in any answer to the outsider about the outsider's own objects."""
+    foreign = public_ids(world.victim.organization)
+    assert len(foreign) >= 50  # an object of every kind: the canaries are there
 
-    response = key_client(outsider.owner_secret).get(operation.url(mine))
+    response = key_client(world.outsider.owner_secret).get(operation.url(world.own[str(operation)]))
 
     assert response.status_code < 500, (str(operation), response.content[:300])
     body = response.content.decode("utf-8", "replace")
@@ -200,12 +226,10 @@ def test_own_reads_never_show_another_organizations_ids_when_both_have_data(oper
 
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=str)
-def test_missing_object_and_foreign_object_answer_alike(operation, org_factory, key_client):
+def test_missing_object_and_foreign_object_answer_alike(operation, world, key_client):
     """A foreign object must be indistinguishable from one that does not exist."""
-    victim = org_factory()
-    outsider = org_factory()
-    values = sample_values(victim, operation.kwargs, route=operation.route)
-    client = key_client(outsider.owner_secret)
+    values = world.values[str(operation)]
+    client = key_client(world.outsider.owner_secret)
     foreign = getattr(client, operation.method)(operation.url(values), {}, format="json")
     # A public id keeps its prefix (`dep_`); a value without one (a schema's version number) is replaced whole.
     missing_values = {k: v[: v.find("_") + 1] + "doesnotexist0000000000" for k, v in values.items()}

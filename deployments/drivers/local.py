@@ -54,7 +54,7 @@ MAX_QUEUED_MESSAGES = 1000
 PERSISTENT_CLIENT_EXPIRATION = "14d"
 DEFAULT_PORT_RANGE = (20000, 30000)  # below Linux's ephemeral range (32768+), so outgoing sockets never take them
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _WEBSOCKETS_SUPPORT: dict[str, bool] = {}
 
 
@@ -294,8 +294,8 @@ def _port_bindable(host: str, port: int) -> bool:
 
 MAX_MQTT_STRING_BYTES = 65535  # the MQTT string limit, and mosquitto's own limit on usernames in its files
 MAX_MESSAGE_SIZE = 268435455  # the largest MQTT packet
-_CONFIG_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+_CONFIG_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}\Z")
 
 
 def _no_control(value: str, what: str) -> None:

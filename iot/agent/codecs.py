@@ -5,6 +5,9 @@ version, republish it on the rule's output topic, or publish the reason to `code
 Runs on its DeploymentServer's worker thread (paho's network thread only subscribes on CONNACK). Subscriptions use
 MQTT 5 No Local, so the agent never receives what it published itself: a rule's output can never loop back into it.
 Counts are added to the database once a second; it never changes a rule or a schema.
+
+Per message it does only the decode and the publish: which rules a topic matches and the output topic each renders
+are worked out once per topic (until the rules change), and nothing touches the database or logs on success.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ logger = logging.getLogger("iot.agent")
 RELOAD_EVERY = 5.0  # besides NOTIFY, which wakes the worker at once after a change
 FLUSH_EVERY = 1.0
 MAX_ERROR_SAMPLE = 64 * 1024  # bytes of the offending payload echoed on the error topic
+MAX_ROUTES = 10_000  # topics whose matching rules are remembered; past it the memory starts afresh
+MAX_TOPIC_BYTES = 65535
 
 
 class _Rule:
-    __slots__ = ("pk", "public_id", "topic_filter", "direction", "codec", "template")
+    __slots__ = ("pk", "public_id", "topic_filter", "direction", "codec", "template", "error_topic")
 
     def __init__(self, row) -> None:
         self.pk = row.pk
@@ -41,6 +46,73 @@ class _Rule:
         self.direction = row.direction
         self.codec = codecs.codec_of(row.schema_version)
         self.template = codec_topics.parse_template(row.topic_template, topic_filter=row.topic_filter)
+        self.error_topic = codec_topics.error_topic(row.public_id)
+
+
+def _route(rules: list[_Rule], topic: str) -> tuple[tuple[_Rule, str | None], ...]:
+    """The rules matching `topic`, in order, each with its output topic (None: it would be too long, which the
+    message's failure reports)."""
+    out = []
+    for rule in rules:
+        if codec_topics.matches(rule.topic_filter, topic):
+            rendered = rule.template.render(topic)
+            out.append((rule, rendered if len(rendered.encode("utf-8")) <= MAX_TOPIC_BYTES else None))
+    return tuple(out)
+
+
+def speed_up_paho() -> None:
+    """Make paho's MQTT 5 `Properties` and `ReasonCode` cheap to create. paho 2.x builds three lookup tables in
+    every Properties' __init__ and walks them in clear(), and copies its table of reason codes into every
+    ReasonCode; it creates a Properties per PUBLISH received and a ReasonCode per PUBACK, which cost more than
+    decoding the message. The tables are constants paho only reads, so every instance can share one copy, and
+    clear() need only drop the properties actually set. Behaviour is unchanged (tests/iot/test_codec_engine.py
+    checks packing, unpacking and reason codes against stock instances); applied once per process, by the agent."""
+    from paho.mqtt import properties as paho_properties
+    from paho.mqtt import reasoncodes
+    from paho.mqtt.packettypes import PacketTypes
+
+    cls = paho_properties.Properties
+    if getattr(cls, "_shared_tables", False):
+        return
+    stock = cls(PacketTypes.PUBLISH)
+    types, names, table = stock.types, stock.names, stock.properties
+    private = frozenset(("packetType", "types", "names", "properties"))
+
+    def init(self, packetType):  # noqa: N803 - paho's own parameter name
+        state = self.__dict__
+        state["packetType"] = packetType
+        state["types"] = types
+        state["names"] = names
+        state["properties"] = table
+
+    def clear(self):
+        for name in [name for name in self.__dict__ if name not in private]:
+            delattr(self, name)
+
+    cls.__init__ = init  # type: ignore[method-assign]
+    cls.clear = clear  # type: ignore[method-assign]
+    cls._shared_tables = True  # type: ignore[attr-defined]
+
+    # ReasonCode.names is a read-only mapping: every instance can look codes up in it directly.
+    reasoncodes.ReasonCode.__init__ = _reason_code_init(reasoncodes.ReasonCode.names)  # type: ignore[method-assign]
+
+
+def _reason_code_init(names):
+    """paho's ReasonCode.__init__ (paho 2.2 reasoncodes.py) without its per-instance copy of `names`."""
+    from paho.mqtt.packettypes import PacketTypes
+
+    # paho's own parameter names: callers pass aName= by keyword.
+    def init(self, packetType, aName="Success", identifier=-1):  # noqa: N803
+        self.names = names
+        self.packetType = packetType
+        if identifier == -1:
+            name = "Normal disconnection" if packetType == PacketTypes.DISCONNECT and aName == "Success" else aName
+            self.set(name)
+        else:
+            self.value = identifier
+            self.getName()  # check it's good
+
+    return init
 
 
 class CodecEngine:
@@ -51,6 +123,8 @@ class CodecEngine:
         self._filters: set[str] = set()
         self._lock = threading.Lock()
         self._counts: dict[int, list] = {}  # rule pk -> [processed, failures, last reason]
+        self._routes: dict[str, tuple[tuple[_Rule, str | None], ...]] = {}  # topic -> matching rules, targets
+        speed_up_paho()
         self._next_reload = 0.0
         self._next_flush = time.monotonic() + FLUSH_EVERY
 
@@ -102,6 +176,7 @@ class CodecEngine:
             except Exception as exc:  # noqa: BLE001 - saved rules were checked; one bad row must not stop the rest
                 logger.error("codec rule %s cannot be loaded: %s", row.public_id, exc, extra={"rule": row.public_id})
         self.rules = loaded
+        self._routes = {}
         self._fingerprint = fingerprint
         self._apply_filters({rule.topic_filter for rule in loaded})
         logger.info(
@@ -112,27 +187,33 @@ class CodecEngine:
         )
 
     def handle(self, message) -> None:
-        """Apply every enabled rule whose filter matches the message's topic."""
+        """Apply every enabled rule whose filter matches the message's topic, in the rules' order."""
         if not self.rules:
             return
         topic = message.topic
-        for rule in self.rules:
-            if codec_topics.matches(rule.topic_filter, topic):
-                self._apply(rule, topic, bytes(message.payload), min(message.qos, 1))
+        route = self._routes.get(topic)
+        if route is None:
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes = {}
+            route = self._routes[topic] = _route(self.rules, topic)
+        if route:
+            payload, qos = message.payload, min(message.qos, 1)
+            for rule, target in route:
+                self._apply(rule, target, topic, payload, qos)
 
-    def _apply(self, rule: _Rule, topic: str, payload: bytes, qos: int) -> None:
-        counts = self._counts.setdefault(rule.pk, [0, 0, ""])
+    def _apply(self, rule: _Rule, target: str | None, topic: str, payload: bytes, qos: int) -> None:
+        counts = self._counts.get(rule.pk)
+        if counts is None:
+            counts = self._counts[rule.pk] = [0, 0, ""]
         counts[0] += 1
         try:
             if rule.direction == "decode":
-                value = rule.codec.decode(payload)
-                out = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+                out = rule.codec.decode_json(payload)
             else:
                 if len(payload) > schemas.MAX_PAYLOAD_BYTES:
                     raise schemas.CodecFailed(f"the payload is larger than {schemas.MAX_PAYLOAD_BYTES} bytes")
                 out = rule.codec.encode(schemas._json_payload(payload))
-            target = rule.template.render(topic)
-            if len(target.encode("utf-8")) > 65535:
+            if target is None:
                 raise schemas.CodecFailed("the output topic would be longer than 65,535 bytes")
         except Exception as exc:  # noqa: BLE001 - one message, whatever is wrong with it, never stops the deployment
             if not isinstance(exc, schemas.CodecFailed):
@@ -147,7 +228,7 @@ class CodecEngine:
                 "payload_base64": base64.b64encode(payload[:MAX_ERROR_SAMPLE]).decode("ascii"),
                 "timestamp": int(time.time()),
             }
-            self.server.client.publish(codec_topics.error_topic(rule.public_id), json.dumps(error), qos=qos)
+            self.server.client.publish(rule.error_topic, json.dumps(error), qos=qos)
             return
         self.server.client.publish(target, out, qos=qos)
 

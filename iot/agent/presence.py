@@ -43,7 +43,7 @@ _DISCONNECTED = re.compile(
     r"already connected, closing old connection\.)$"
 )
 # A broker starting or terminating has no client connected: every device is offline from then.
-_STARTING = re.compile(r"^(?P<ts>\d+): mosquitto version \S+ (?:starting|terminating)$")
+_STARTING = re.compile(r"^(?P<ts>\d+): mosquitto version \S+ (?:starting|terminating)\Z")
 MAX_READ_BYTES = 4 * 1024 * 1024
 
 

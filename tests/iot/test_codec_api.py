@@ -286,14 +286,16 @@ def test_codec_rules_are_rendered_into_emqx_schema_registry_and_rules_when_synce
         api = EmqxApi(server.url, "cp", "s3cret")
         server.state.engine_rules["theirs"] = {"id": "theirs", "sql": 'SELECT * FROM "t"', "actions": []}
         rows = lambda: list(CodecRule.objects.select_related("schema_version__schema").order_by("id"))  # noqa: E731
-        assert codecs_emqx.codecs_sync(api, rows())["rules_written"] == 3
+        # The decode rule, the report of its validation's failures, the JSON Schema rule and its error branch.
+        assert codecs_emqx.codecs_sync(api, rows())["rules_written"] == 4
         registry = server.registry()
         assert registry["cp_reading_v1"] == {"type": "protobuf", "source": PROTO, "description": ""}
         assert registry["cp_shape_v1"]["type"] == "json"
         engine = server.engine()
         main = engine[f"codec_{decode.public_id}"]
         assert main["sql"] == (
-            "SELECT schema_decode('cp_reading_v1', payload, 'sensors.Reading') as out, topic, "
+            # EMQX names the message without its package (gpb without use_packages).
+            "SELECT schema_decode('cp_reading_v1', payload, 'Reading') as out, topic, "
             "nth(2, split(topic, '/', 'notrim')) as level_1, nth(3, split(topic, '/', 'notrim')) as level_2 "
             'FROM "devices/+/telemetry"'
         )
@@ -309,11 +311,13 @@ def test_codec_rules_are_rendered_into_emqx_schema_registry_and_rules_when_synce
             "rules_written": 0,
             "schemas_deleted": 0,
             "rules_deleted": 0,
+            "validations_written": 0,
+            "validations_deleted": 0,
         }
         # A deleted rule goes, with its schema once no rule uses it; the cluster's own rule stays.
         codecs.codec_rule_delete(rule=decode, actor=None)
         counts = codecs_emqx.codecs_sync(api, rows())
-        assert counts["rules_deleted"] == 1 and counts["schemas_deleted"] == 1
+        assert counts["rules_deleted"] == 2 and counts["schemas_deleted"] == 1 and counts["validations_deleted"] == 1
         assert "cp_reading_v1" not in server.registry() and "theirs" in server.engine()
     finally:
         server.stop()

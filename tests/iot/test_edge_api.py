@@ -92,7 +92,7 @@ def test_download_takes_a_ca_path_and_refuses_a_bad_one_when_asked(client, base,
     _create(client, base)
     ok = client.get(f"{base}/edge-nodes/gw-1/config?ca_file=/opt/edge/ca.pem")
     assert "bridge_cafile /opt/edge/ca.pem" in ok.content.decode().splitlines()
-    for bad in ("relative/ca.pem", "/etc/../ca.pem", "/etc/ca.pem\nconnection x", "/etc/c a.pem"):
+    for bad in ("relative/ca.pem", "/etc/../ca.pem", "/etc/ca.pem\nconnection x", "/etc/c a.pem", "/etc/ca.pem\n"):
         response = client.get(f"{base}/edge-nodes/gw-1/config", {"ca_file": bad})
         assert response.status_code == 400 and "ca_file" in fields(response), bad
 

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from billing import annual, metering
-from billing.models import UsageRecord
+from billing.models import TrafficRecord, UsageRecord
+from billing.traffic import traffic_counters_record
 from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
 from deployments import services as deployment_services
 from deployments.models import Deployment, StatusInterval
@@ -107,6 +108,26 @@ def test_member_without_roles_sees_trial_and_other_organization_gets_404_when_as
     response = key_client(other.owner_secret).get(trial_url(owner_org))
     assert response.status_code == 404
     assert key_client(other.owner_secret).get(trial_url(other)).json()["status"] == "none"
+
+
+def test_members_see_only_the_trial_deployments_of_projects_they_may_read_when_asking(owner_org, key_client):
+    from projects.services import project_create
+
+    trials.premium_trial_grant(organization=owner_org.organization, actor=None, deployments=2, days=3)
+    create_premium(owner_org, "visible-plant")
+    hidden = project_create(organization=owner_org.organization, actor=None, name="Hidden")
+    deployment_services.deployment_create(
+        project=hidden, actor=None, name="hidden-plant", plan="premium", tier="1k", region="local"
+    )
+    project_user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    _, user_secret = owner_org.key_for(project_user, role="project_user", projects=[owner_org.default_project])
+    _, limited_secret = owner_org.key_for(owner_org.owner, role="owner", projects=[owner_org.default_project])
+    for secret in (user_secret, limited_secret):
+        body = key_client(secret).get(trial_url(owner_org)).json()
+        assert [d["name"] for d in body["trial_deployments"]] == ["visible-plant"]
+        assert body["used"] == 2  # the limit counts every Premium deployment of the organization
+    everything = key_client(owner_org.owner_secret).get(trial_url(owner_org)).json()
+    assert sorted(d["name"] for d in everything["trial_deployments"]) == ["hidden-plant", "visible-plant"]
 
 
 @pytest.mark.parametrize(
@@ -314,6 +335,36 @@ def test_converted_deployment_keeps_running_and_no_hour_is_billed_when_annual_pl
     assert AuditEvent.objects.filter(action="premium_trial.convert", target_id=kept.public_id).exists()
     # Sweeping again changes nothing.
     assert trials.premium_trials_sweep(now=trial.ends_at + 2 * DAY)["converted"] == 0
+
+
+def test_traffic_is_free_during_the_trial_and_counted_from_the_annual_start_when_converted(owner_org):
+    """Bytes moved on trial are never counted (not at the trial's end either: the counter moves on); from the
+    second the annual plan starts, the same broker's bytes count towards the plan's allowance as for any plan."""
+    set_account(owner_org)
+    t0 = timezone.now().replace(microsecond=0)
+    trials.premium_trial_grant(organization=owner_org.organization, actor=None, days=14, now=t0)
+    deployment = create_premium(owner_org, "traffic")
+    settle_running(deployment, deployment.created_at)
+    hourly = deployment_services.deployment_create(
+        project=owner_org.default_project, actor=None, name="hourly", plan="dedicated", tier="1k", region="local"
+    )[0]
+
+    def read(dep, at, total):
+        return traffic_counters_record(
+            deployment_id=dep.pk, at=at, bytes_received=total, bytes_sent=0, uptime_seconds=60
+        )
+
+    start = deployment.created_at + datetime.timedelta(minutes=1)
+    assert read(deployment, start, 1_000) == 0
+    assert read(deployment, start + DAY, 5_000_000_000) == 0  # 5 GB on trial: free
+    assert read(hourly, start, 1_000) == 1_000  # the same reading on a plan without a trial counts
+    assert not TrafficRecord.objects.filter(deployment=deployment).exists()
+    accept_at = start + 2 * DAY
+    quote = annual.annual_quote_create(deployment=deployment, actor=None, now=accept_at)
+    annual.annual_quote_accept(quote=quote, actor=None, now=accept_at)
+    assert read(deployment, accept_at - datetime.timedelta(seconds=1), 5_000_000_100) == 0  # still on trial
+    assert read(deployment, accept_at + datetime.timedelta(minutes=1), 5_000_000_900) == 800
+    assert list(TrafficRecord.objects.filter(deployment=deployment).values_list("bytes", flat=True)) == [800]
 
 
 def test_trial_seconds_are_skipped_to_the_second_when_annual_plan_later_ends(owner_org):

@@ -14,7 +14,7 @@ from controlplane.errors import DomainError
 from deployments import services
 from deployments.models import Deployment, DesiredState, Region
 
-_DURATION = re.compile(r"^(?:(?P<hours>\d+)h)?(?:(?P<minutes>\d+)m)?$")
+_DURATION = re.compile(r"^(?:(?P<hours>\d+)h)?(?:(?P<minutes>\d+)m)?\Z")
 
 
 def parse_start(value: str) -> datetime.datetime:
