@@ -31,7 +31,7 @@ def organization_paths() -> dict[type[models.Model], str]:
         for name, target in _forward_relations(model):
             pointing_at[target].append((model, name))
     paths: dict[type[models.Model], str] = {Organization: "pk"}
-    queue = collections.deque([Organization])
+    queue: collections.deque[type[models.Model]] = collections.deque([Organization])
     while queue:
         target = queue.popleft()
         for model, name in pointing_at[target]:
