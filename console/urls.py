@@ -9,7 +9,9 @@ from console.pages import (
     billing_annual,
     billing_invoices,
     channels,
+    codecs,
     deployments,
+    edge,
     members,
     monitoring,
     organization,
@@ -22,6 +24,25 @@ app_name = "console"
 PROJECT = "console/o/<str:org_id>/p/<str:project_id>"
 DEPLOYMENT = PROJECT + "/d/<str:dep_id>"
 PEERING = DEPLOYMENT + "/vpc-peering/<str:peering_id>"
+SCHEMA = DEPLOYMENT + "/schemas/<str:schema_name>"
+CODEC_RULE = DEPLOYMENT + "/codec-rules/<str:rule_id>"
+EDGE_NODE = DEPLOYMENT + "/edge-nodes/<str:node_name>"
+codecs_urls = [
+    path(f"{DEPLOYMENT}/schemas", codecs.schema_list, name="deployment-schemas"),
+    path(f"{SCHEMA}", codecs.schema_detail, name="deployment-schema"),
+    path(f"{SCHEMA}/versions/<int:version>", codecs.schema_version, name="deployment-schema-version"),
+    path(f"{SCHEMA}/try", codecs.schema_try, name="deployment-schema-try"),
+    path(f"{SCHEMA}/delete", codecs.schema_delete, name="deployment-schema-delete"),
+    path(f"{DEPLOYMENT}/codec-rules", codecs.rule_list, name="deployment-codec-rules"),
+    path(f"{CODEC_RULE}", codecs.rule_detail, name="deployment-codec-rule"),
+    path(f"{CODEC_RULE}/toggle", codecs.rule_toggle, name="deployment-codec-rule-toggle"),
+    path(f"{CODEC_RULE}/try", codecs.rule_try, name="deployment-codec-rule-try"),
+    path(f"{CODEC_RULE}/delete", codecs.rule_delete, name="deployment-codec-rule-delete"),
+    path(f"{DEPLOYMENT}/edge-nodes", edge.node_list, name="deployment-edge-nodes"),
+    path(f"{EDGE_NODE}", edge.node_detail, name="deployment-edge-node"),
+    path(f"{EDGE_NODE}/config", edge.node_config, name="deployment-edge-node-config"),
+    path(f"{EDGE_NODE}/delete", edge.node_delete, name="deployment-edge-node-delete"),
+]
 
 urlpatterns = [
     path("", include("console.urls_account")),  # sign-in, sign-up, password, two-factor: console/account_views.py
@@ -146,3 +167,4 @@ urlpatterns = [
     path(f"{PEERING}/protection", vpc_peering.peering_protection, name="deployment-vpc-peering-protection"),
     path(f"{PEERING}/delete", vpc_peering.peering_delete, name="deployment-vpc-peering-delete"),
 ]
+urlpatterns += codecs_urls  # Premium: schemas, codec rules and edge nodes (console/pages/codecs.py, edge.py)

@@ -147,16 +147,24 @@ def _check_json(value: Any, depth: int) -> None:
         raise ValueError(f"Nested more than {MAX_SETTINGS_DEPTH} levels.")
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                raise ValueError("A key contains the NUL character.")
+            _check_text(key, "A key")
             _check_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
             _check_json(item, depth + 1)
-    elif isinstance(value, str) and "\x00" in value:
-        raise ValueError("A string contains the NUL character.")
+    elif isinstance(value, str):
+        _check_text(value, "A string")
     elif isinstance(value, float) and value != value:  # NaN is no JSON
         raise ValueError("NaN is not JSON.")
+
+
+def _check_text(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{what} contains the NUL character.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (a lone surrogate).") from None
 
 
 def ca_file(value: Any) -> str:

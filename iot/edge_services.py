@@ -14,7 +14,7 @@ import datetime
 import secrets
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -23,6 +23,7 @@ from deployments.models import Deployment
 from deployments.passwords import hash_mqtt_password
 from deployments.services import deployment_configuration_changed
 from iot import edge
+from iot.agent.presence import PresenceEvent
 from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear
 from iot.services import IssuedCredentials, _fence, _fields, _locked_deployment, _notify
 
@@ -200,6 +201,10 @@ def edge_events_apply(*, deployment_id: int, holder: str, token: int, events: li
                 continue
             if event.kind == "status":
                 if event.retained:
+                    if node.kind == EdgeNode.Kind.NANOMQ:
+                        # Its retained status is the last will's 0 until something publishes 1, even while its
+                        # bridge is connected: the broker's connection events tell its state instead.
+                        continue
                     if node.online != event.online:  # missed while no agent listened
                         node.online = bool(event.online)
                         changed.add(node.name)
@@ -235,6 +240,55 @@ def edge_events_apply(*, deployment_id: int, holder: str, token: int, events: li
     return len(changed)
 
 
+def edge_connections_apply(*, deployment_id: int, events: list[PresenceEvent]) -> int:
+    """The broker's own connection events for the nodes' bridges (client id `$edge-{node}`), applied inside the
+    agent's fenced presence transaction (iot.services.presence_apply). A bridge connected with its node's username
+    is the node online, whatever its kind: NanoMQ's bridge announces nothing itself. Its disconnection, another
+    client taking its id, or the broker restarting is the node offline. Answers how many nodes changed."""
+    prefix = edge.client_id("")
+    names = {e.client_id.removeprefix(prefix) for e in events if e.client_id.startswith(prefix)}
+    reset = any(e.kind == "broker_reset" for e in events)
+    if not names and not reset:
+        return 0
+    query = Q(name__in=names)
+    if reset:
+        query |= Q(online=True)
+    nodes = {
+        n.name: n
+        for n in EdgeNode.objects.select_for_update().filter(query, deployment_id=deployment_id).order_by("pk")
+    }
+    changed: set[str] = set()
+    for event in events:
+        if event.kind == "broker_reset":
+            for each in nodes.values():
+                if each.online:
+                    each.online, each.disconnected_at = False, event.at
+                    changed.add(each.name)
+            continue
+        node = nodes.get(event.client_id.removeprefix(prefix)) if event.client_id.startswith(prefix) else None
+        if node is None:
+            continue
+        if event.kind == "connected":
+            if event.username == node.username:
+                node.online = True
+                node.connected_at = node.last_seen = event.at
+            elif node.online:  # another client took the bridge's id over: the broker closed the bridge
+                node.online, node.disconnected_at = False, event.at
+            else:
+                continue
+            changed.add(node.name)
+        elif event.kind == "disconnected" and node.online:
+            started = event.connection_started_at
+            if started is not None and node.connected_at is not None and started < node.connected_at:
+                continue  # the end of an older connection, reported after the newer one began
+            node.online = False
+            node.disconnected_at = node.last_seen = event.at
+            changed.add(node.name)
+    for name in changed:
+        nodes[name].save(update_fields=["online", "connected_at", "disconnected_at", "last_seen", "updated_at"])
+    return len(changed)
+
+
 def edge_publications_due(*, deployment_id: int) -> tuple[list[EdgeRetainedClear], list[EdgeConfig]]:
     """What the agent must publish, oldest first: retained topics to clear, then each node's latest configuration
     not yet published (an older unpublished version is superseded and never published)."""
@@ -257,6 +311,8 @@ def edge_published(*, deployment_id: int, holder: str, token: int, config_ids: l
         _fence(deployment_id, holder, token)
         now = timezone.now()
         if config_ids:
-            EdgeConfig.objects.filter(pk__in=config_ids, published_at__isnull=True).update(published_at=now)
+            EdgeConfig.objects.filter(
+                pk__in=config_ids, node__deployment_id=deployment_id, published_at__isnull=True
+            ).update(published_at=now)
         if clear_ids:
             EdgeRetainedClear.objects.filter(pk__in=clear_ids, deployment_id=deployment_id).delete()

@@ -789,8 +789,8 @@ def presence_apply(
     *, deployment_id: int, holder: str, token: int, events: list[PresenceEvent], cursor: dict | None = None
 ) -> int:
     """Apply connection events in order to the deployment's devices, and move the presence cursor, in one
-    transaction. A device is online while the connection holding its id was made with its own username. Answers how
-    many devices changed. Raises LeaseLost (nothing committed)."""
+    transaction. A device is online while the connection holding its id was made with its own username; edge nodes'
+    bridges likewise (iot.edge_services.edge_connections_apply). Answers how many devices changed. Raises LeaseLost (nothing committed)."""
     with transaction.atomic():
         _fence(deployment_id, holder, token)
         client_ids = {e.client_id for e in events if e.client_id}
@@ -836,6 +836,10 @@ def presence_apply(
                 changed.add(device.device_id)
         if changed:
             _presence_save([devices[i] for i in changed])
+        # The same events tell which edge nodes' bridges are connected (imported here: edge_services imports us).
+        from iot.edge_services import edge_connections_apply
+
+        edge_connections_apply(deployment_id=deployment_id, events=events)
         if cursor is not None:
             AgentLease.objects.filter(deployment_id=deployment_id).update(presence_cursor=cursor)
     return len(changed)
@@ -853,9 +857,10 @@ def outbox_due(*, deployment_id: int, observed_generation: int, limit: int = 500
     )
 
 
-def outbox_done(*, ids: list[int]) -> None:
+def outbox_done(*, deployment_id: int, ids: list[int]) -> None:
+    """The agent serving `deployment_id` carried these out; ids of another deployment's rows are never its to drop."""
     if ids:
-        OutboxMessage.objects.filter(pk__in=ids).delete()
+        OutboxMessage.objects.filter(pk__in=ids, deployment_id=deployment_id).delete()
 
 
 def shadow_history_prune(*, older_than: datetime.timedelta, deployment_ids: list[int]) -> int:

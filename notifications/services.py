@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import secrets
+import smtplib
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -310,6 +311,37 @@ def deliveries_enqueue(deliveries: list[Delivery]) -> None:
     transaction.on_commit(enqueue)
 
 
+EMAIL_ERRORS = (smtplib.SMTPException, OSError)
+
+
+def email_notice_send(*, subject: str, body: str, recipients: list[str]) -> None:
+    """Send a notice by email now (a worker's retried task calls this); raises EMAIL_ERRORS for the caller to retry."""
+    send_mail(subject, body, None, recipients)
+
+
+def email_notice_failed(*, subject: str, recipients: list[str], error: BaseException) -> None:
+    """A notice that could not be sent, after its retries: logged and counted, never silent."""
+    NOTIFICATION_FAILURES.labels(channel_type="email").inc()
+    logger.error("email notice %r to %d recipient(s) not sent: %s", subject, len(recipients), error)
+
+
+def email_notice_on_commit(*, subject: str, body: str, recipients: list[str]) -> None:
+    """Once the caller's transaction commits, hand the notice to a worker, which retries an SMTP or network failure
+    with backoff. With the Celery broker unreachable it is sent from here at once, its failure logged and counted."""
+
+    def send() -> None:
+        from notifications.tasks import send_email_notice
+
+        if publish(send_email_notice, subject, body, recipients):
+            return
+        try:
+            email_notice_send(subject=subject, body=body, recipients=recipients)
+        except EMAIL_ERRORS as exc:
+            email_notice_failed(subject=subject, recipients=recipients, error=exc)
+
+    transaction.on_commit(send)
+
+
 def _text_of(payload: dict) -> tuple[str, str]:
     """(subject, body) for email and chat channels."""
     event = payload.get("event", "")
@@ -513,8 +545,8 @@ def _send_failure_notice(channel: NotificationChannel, now: dt.datetime) -> None
         f"{settings.PUBLIC_URL}/api/v1/organizations/{channel.organization.public_id}/notification-channels/"
         f"{channel.public_id}/deliveries"
     )
-    # Sent after commit and straight through the mail backend: the failing channel cannot carry its own notice.
-    transaction.on_commit(lambda: send_mail(subject, body, None, recipients, fail_silently=True))
+    # By email, never through a channel: the failing channel cannot carry its own notice.
+    email_notice_on_commit(subject=subject, body=body, recipients=recipients)
 
 
 def failing_channels_check(*, now: dt.datetime | None = None) -> int:
@@ -587,5 +619,5 @@ def platform_event_notify(
         recipients = administrator_emails(organization)
         if recipients:
             subject_line, body = _text_of(payload)
-            transaction.on_commit(lambda: send_mail(subject_line, body, None, recipients, fail_silently=True))
+            email_notice_on_commit(subject=subject_line, body=body, recipients=recipients)
     return event

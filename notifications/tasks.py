@@ -18,6 +18,22 @@ def deliver_notification(self, delivery_id: int, expected_attempts: int | None =
         raise self.retry(countdown=delay, args=(delivery_id, delivery.attempts))
 
 
+# 1, 2, 4 … 32 minutes apart: a mail server down for about an hour still gets the notice.
+EMAIL_RETRIES = 6
+
+
+@shared_task(name="alerts.send_email_notice", bind=True, ignore_result=True, max_retries=EMAIL_RETRIES)
+def send_email_notice(self, subject: str, body: str, recipients: list[str]) -> None:
+    """A notice by email where no channel carries it (no channel takes platform events, or the channel is failing)."""
+    try:
+        services.email_notice_send(subject=subject, body=body, recipients=recipients)
+    except services.EMAIL_ERRORS as exc:
+        if self.request.retries >= EMAIL_RETRIES:
+            services.email_notice_failed(subject=subject, recipients=recipients, error=exc)
+            return
+        raise self.retry(exc=exc, countdown=60 * 2**self.request.retries) from exc
+
+
 @shared_task(name="alerts.check_failing_channels", ignore_result=True)
 def check_failing_channels() -> None:
     services.failing_channels_check()

@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import certifi
 import urllib3
 
+from controlplane.validators import find_control_character
+
 MAX_RESPONSE_BYTES = 64 * 1024
 
 # Matched whole (fullmatch): `$` would also accept a trailing newline.
@@ -109,14 +111,10 @@ class _Target:
     credentials: str | None = None
 
 
-def _has_control_characters(value: str) -> bool:
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value)
-
-
 def _parse(url: object) -> _Target:
     if not isinstance(url, str) or not url.strip():
         raise ValueError("URL is required")
-    if _has_control_characters(url):
+    if find_control_character(url) is not None:
         # urlsplit silently drops tabs and newlines: what was checked would not be what was stored.
         raise ValueError("URL must not contain control characters (tabs, line breaks…)")
     parts = urlsplit(url.strip())

@@ -1,7 +1,6 @@
 import pytest
 
 from audit.models import AuditEvent
-from organizations.models import ApiKey
 from tests.otp import admin_sign_in, enrol
 
 pytestmark = pytest.mark.django_db
@@ -75,4 +74,7 @@ def test_audit_log_is_read_only_in_admin(staff_client, staff, owner_org):
     event = AuditEvent.objects.filter(organization=owner_org.organization).first()
     assert client.get("/admin/audit/auditevent/").status_code == 200
     assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
-    assert ApiKey.objects.count() == 1
+    edit = client.post(f"/admin/audit/auditevent/{event.pk}/change/", {"action": "tampered", "summary": "{}"})
+    assert edit.status_code == 403
+    kept = AuditEvent.objects.get(pk=event.pk)
+    assert (kept.action, kept.summary) == (event.action, event.summary)  # neither deleted nor edited

@@ -2,10 +2,11 @@
 
 The roles, their scopes and the scope each view declares are read from the code (organizations.roles and the views),
 so the table is the single source of truth; the test proves that the running API obeys it, for members and for their
-API keys, and that every scope in the table is exercised by some request (or allow-listed with its reason). The
-organization, its members and the sample objects are made once for the module (tests/module_data.py); each case
-runs in a savepoint of that data, so a DELETE in one case never takes another's target. One test per operation asks
-with every persona and credential, and lists every request that the table does not predict.
+API keys, and that every scope in the table is exercised by some request (or allow-listed with its reason).
+Exhaustively as plain calls (every persona, credential, scope and level against organizations.access), and over
+HTTP, per operation, one allowed and one refused persona with a session and with a key. The organization, its
+members and the sample objects are made once for the module (tests/module_data.py); each request runs in a savepoint
+of that data, so a DELETE never takes another request's target.
 """
 
 import dataclasses
@@ -14,6 +15,8 @@ import pytest
 from django.db import transaction
 from rest_framework.test import APIClient
 
+from organizations import access
+from organizations.access import Principal
 from organizations.roles import (
     ALL_SCOPES,
     MEMBER_BASE_SCOPES,
@@ -63,6 +66,12 @@ def project_scopes(org_roles, project_role) -> set[str]:
     if project_role:
         scopes |= ROLE_SCOPES[project_role]
     return scopes
+
+
+def expected_scope(scope, level, org_roles, project_role) -> bool:
+    """Whether the persona holds `scope` at `level` (organization, or the Default project), read from the table."""
+    granted = project_scopes(org_roles, project_role) if level == "project" else org_scopes(org_roles)
+    return scope in granted
 
 
 def expected(operation, org_roles, project_role) -> int | None:
@@ -117,17 +126,20 @@ def test_matrix_expects_both_outcomes_for_every_exercised_scope():
 
 @dataclasses.dataclass(frozen=True)
 class World:
-    """One organization with a member (and an API key of the same role, where the persona has one) per persona, and
-    an URL with its own sample objects for every scoped operation."""
+    """One organization with a member (and an API key of the same role, where the persona has a role) per persona,
+    and an URL with its own sample objects for every scoped operation."""
 
+    organization: object
+    project: object
     users: dict
+    keys: dict
     secrets: dict
     urls: dict
 
 
 def _build_world() -> World:
     org = make_organization()
-    users, secrets = {}, {}
+    users, keys, secrets = {}, {}, {}
     for persona, (org_roles, project_role) in PERSONAS.items():
         grants = [(org.default_project, project_role)] if project_role else []
         users[persona], _membership = org.add_member(roles=org_roles, project_grants=grants)
@@ -135,9 +147,9 @@ def _build_world() -> World:
         if key_role is None:
             continue  # an API key always carries a role
         projects = [org.default_project] if project_role else []
-        _key, secrets[persona] = org.key_for(users[persona], role=key_role, projects=projects)
+        keys[persona], secrets[persona] = org.key_for(users[persona], role=key_role, projects=projects)
     urls = {str(op): op.url(sample_values(org, op.kwargs, route=op.route)) for op in SCOPED}
-    return World(users, secrets, urls)
+    return World(org.organization, org.default_project, users, keys, secrets, urls)
 
 
 @pytest.fixture(scope="module")
@@ -146,13 +158,41 @@ def world(django_db_setup, django_db_blocker):
         yield data
 
 
-@pytest.mark.parametrize("operation", SCOPED, ids=str)
-def test_role_is_allowed_exactly_when_scopes_table_grants_it(operation, world, key_client, redis_clean):
-    """Every persona, with a session and with its API key; each request in its own savepoint, rolled back, so each
-    one meets the same data (a DELETE does not take the next request's target)."""
+def test_access_grants_every_scope_exactly_as_the_roles_table_says_when_asked_directly(world):
+    """The exhaustive half, as plain calls: every persona, as a session and as its key, every scope of the table at
+    organization and at project level."""
     wrong = []
     for persona, (org_roles, project_role) in PERSONAS.items():
-        refusal = expected(operation, org_roles, project_role)
+        principals = {"session": Principal(user=world.users[persona])}
+        if persona in world.keys:
+            principals["api_key"] = Principal(api_key=world.keys[persona])
+        for credential, principal in principals.items():
+            for scope in sorted(ALL_SCOPES):
+                for level, project in (("organization", None), ("project", world.project)):
+                    held = access.has_scope(principal, scope, organization=world.organization, project=project)
+                    if held != expected_scope(scope, level, org_roles, project_role):
+                        wrong.append((persona, credential, scope, level, held))
+    assert wrong == []
+
+
+def _pick(personas: list[str], index: int) -> list[str]:
+    """One persona of the list, a different one from operation to operation, so every persona is met over HTTP."""
+    return [personas[index % len(personas)]] if personas else []
+
+
+@pytest.mark.parametrize("index", range(len(SCOPED)), ids=[str(op) for op in SCOPED])
+def test_role_is_allowed_exactly_when_scopes_table_grants_it(index, world, key_client, redis_clean):
+    """Over HTTP, per operation: one persona the table allows and one it refuses, each with a session and with its
+    key (that the view declares the scope and the API enforces it; the exhaustive table is checked above). A refusal
+    is a 403 problem+json, or a 404 where the project in the URL is hidden from the persona. Each request runs in its
+    own savepoint, rolled back, so each meets the same data."""
+    operation = SCOPED[index]
+    outcome = {persona: expected(operation, *PERSONAS[persona]) for persona in PERSONAS}
+    allowed_personas = [p for p in PERSONAS if outcome[p] is None]
+    refused_personas = [p for p in PERSONAS if outcome[p] is not None]
+    wrong = []
+    for persona in _pick(allowed_personas, index) + _pick(refused_personas, index):
+        refusal = outcome[persona]
         for credential in ("session", "api_key"):
             if credential == "api_key" and persona not in world.secrets:
                 continue

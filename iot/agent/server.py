@@ -305,7 +305,7 @@ class DeploymentServer:
                 continue
             if info.is_published():
                 done.append(pk)
-        services.outbox_done(ids=done)
+        services.outbox_done(deployment_id=self.target.deployment_id, ids=done)
 
     def _take_over(self, client_id: str) -> bool:
         """Connect with `client_id` (and our own credentials): the broker closes whatever connection held it. Clean

@@ -181,3 +181,37 @@ def test_metrics_gauges_report_heartbeats_lag_and_unserved_time_when_scraped(dep
     )
     assert selectors.deployment_lags()[(deployment.public_id,)] == 0.5
     assert selectors.deployment_idle_seconds()[(deployment.public_id,)] < 5
+
+
+def test_edge_bridges_connection_events_drive_node_state_whatever_the_kind_when_applied(deployment):
+    """NanoMQ's bridge publishes no birth message: its node is online from the broker's own connection event for
+    the bridge's client id with the node's username, offline at its disconnection, a takeover or a broker restart;
+    its retained last will 0 read by a (re)starting agent does not contradict that."""
+    from iot import edge, edge_services
+    from iot.edge_models import EdgeNode
+
+    nano, *_ = edge_services.edge_node_create(deployment=deployment, actor=None, name="gw-nano", kind="nanomq")
+    mosq, *_ = edge_services.edge_node_create(deployment=deployment, actor=None, name="gw-mosq", kind="mosquitto")
+    token = leases.acquire(deployment_id=deployment.pk, holder="a", ttl=60)
+
+    def apply(*events):
+        services.presence_apply(deployment_id=deployment.pk, holder="a", token=token, events=list(events))
+        return {n.name: n for n in EdgeNode.objects.filter(deployment=deployment)}
+
+    def connected(node, seconds, username):
+        return PresenceEvent("connected", at(seconds), edge.client_id(node.name), username, "10.0.0.9:4242")
+
+    nodes = apply(connected(nano, 1, nano.username), connected(mosq, 1, "someone-else"))
+    assert nodes["gw-nano"].online and nodes["gw-nano"].connected_at == at(1)
+    assert not nodes["gw-mosq"].online  # the id with another username is not the node's bridge
+    retained_will = edge_services.EdgeEvent(node="gw-nano", kind="status", at=at(2), online=False, retained=True)
+    edge_services.edge_events_apply(deployment_id=deployment.pk, holder="a", token=token, events=[retained_will])
+    assert EdgeNode.objects.get(pk=nano.pk).online
+    nodes = apply(connected(nano, 3, "intruder"))
+    assert not nodes["gw-nano"].online and nodes["gw-nano"].disconnected_at == at(3)  # taken over: bridge closed
+    nodes = apply(connected(nano, 4, nano.username), connected(mosq, 4, mosq.username))
+    assert nodes["gw-nano"].online and nodes["gw-mosq"].online
+    nodes = apply(PresenceEvent("disconnected", at(5), edge.client_id("gw-nano")))
+    assert not nodes["gw-nano"].online and nodes["gw-nano"].last_seen == at(5) and nodes["gw-mosq"].online
+    nodes = apply(PresenceEvent("broker_reset", at(6)))
+    assert not nodes["gw-mosq"].online and nodes["gw-mosq"].disconnected_at == at(6)

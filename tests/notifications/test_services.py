@@ -42,7 +42,7 @@ def test_delivery_task_retries_with_backoff_countdown_when_receiver_fails(owner_
 
 
 def test_administrators_get_notice_when_channel_failed_for_a_day(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks
+    owner_org, mailoutbox, django_capture_on_commit_callbacks, eager
 ):
     channel = NotificationChannel.objects.create(
         organization=owner_org.organization,
@@ -62,7 +62,7 @@ def test_administrators_get_notice_when_channel_failed_for_a_day(
 
 
 def test_platform_event_emails_administrators_when_no_channel(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks
+    owner_org, mailoutbox, django_capture_on_commit_callbacks, eager
 ):
     with django_capture_on_commit_callbacks(execute=True):
         notification_services.platform_event_notify(
@@ -118,7 +118,7 @@ def test_platform_event_reaches_platform_channels_once_when_dedup_key_repeats(
     ],
 )
 def test_billing_kinds_are_sent_by_email_when_organization_has_no_channel(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks, kind
+    owner_org, mailoutbox, django_capture_on_commit_callbacks, eager, kind
 ):
     with django_capture_on_commit_callbacks(execute=True):
         notification_services.platform_event_notify(
@@ -259,3 +259,44 @@ def test_change_stands_and_sweep_sends_later_when_redis_is_down_at_commit(owner_
     delivery.refresh_from_db()
     assert delivery.status == "succeeded"
     assert [b["event"] for b in receiver.bodies()] == ["platform.invoice_overdue"]
+
+
+class FlakySmtp:
+    """An email backend whose server refuses the first `failures` connections, then delivers to mailoutbox."""
+
+    failures = 0
+
+    def __init__(self, *args, **kwargs):
+        from django.core.mail.backends.locmem import EmailBackend
+
+        self._delivered = EmailBackend(*args, **kwargs)
+
+    def send_messages(self, messages):
+        import smtplib
+
+        if FlakySmtp.failures > 0:
+            FlakySmtp.failures -= 1
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        return self._delivered.send_messages(messages)
+
+
+@pytest.mark.parametrize(("failures", "delivered"), [(2, True), (tasks.EMAIL_RETRIES + 1, False)])
+def test_email_notice_is_retried_then_counted_and_logged_never_silent_when_smtp_fails(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks, eager, settings, caplog, failures, delivered
+):
+    from controlplane.metrics import NOTIFICATION_FAILURES
+
+    settings.EMAIL_BACKEND = "tests.notifications.test_services.FlakySmtp"
+    FlakySmtp.failures = failures
+    counted = NOTIFICATION_FAILURES.labels(channel_type="email")._value.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        notification_services.platform_event_notify(
+            organization=owner_org.organization,
+            kind="invoice_overdue",
+            subject="inv_y",
+            message="Your invoice is overdue.",
+            severity="critical",
+        )
+    assert [m.to for m in mailoutbox] == ([[owner_org.owner.email]] if delivered else [])
+    assert NOTIFICATION_FAILURES.labels(channel_type="email")._value.get() == counted + (0 if delivered else 1)
+    assert ("not sent" in caplog.text) is not delivered

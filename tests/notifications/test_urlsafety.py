@@ -232,7 +232,10 @@ def test_address_problem_is_the_same_for_embedded_ipv4_as_for_the_literal():
         assert literal and nat64 and nat64.startswith(literal), (v4, literal, nat64)
 
 
-@pytest.mark.parametrize("url", ["http://exa\nmple.com/x", "http://example.com/x\r\n", "http://example.com/\tx"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://exa\nmple.com/x", "http://example.com/x\r\n", "http://example.com/\tx", "http://example.com/\u2028x"],
+)
 def test_validate_webhook_url_refuses_when_url_has_control_characters(url):
     with pytest.raises(ValueError, match="control characters"):
         validate_webhook_url(url)
