@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING, Any, Required, TypedDict
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
@@ -29,16 +30,20 @@ from controlplane.errors import Conflict, ValidationFailed
 from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 
+if TYPE_CHECKING:
+    from organizations.access import Principal
+    from organizations.models import Organization
+
 SIGNUP_LINK_TTL_SECONDS = 24 * 60 * 60
 
 
-def _audit(action: str, *, actor, user: User, summary: dict | None = None) -> None:
+def _audit(action: str, *, actor: Principal | None, user: User, summary: dict[str, Any] | None = None) -> None:
     from audit.services import audit_record
 
     audit_record(actor=actor, organization=None, action=action, target=user, summary=summary or {})
 
 
-def _enqueue_on_commit(task_name: str, **kwargs) -> None:
+def _enqueue_on_commit(task_name: str, **kwargs: str) -> None:
     """Publish an accounts task once the current transaction commits (at once outside one). A broker that cannot be
     reached is logged and counted (controlplane.tasks), never raised into the request, and no sweep finds the email
     again (nothing was stored): the person asks again."""
@@ -130,11 +135,20 @@ def signup_token_email(token: str) -> str | None:
     return data["email"] if data else None
 
 
-def _signup_token(token: str) -> dict | None:
+class _SignupRequest(TypedDict, total=False):
+    """What a confirmation link carries, encrypted (signup_email_send). Only the email is read unconditionally."""
+
+    email: Required[str]
+    full_name: str
+    organization_name: str
+    iat: int
+
+
+def _signup_token(token: str) -> _SignupRequest | None:
     if not isinstance(token, str) or not token or len(token) > 4096:
         return None
     try:
-        data = json.loads(crypto.decrypt_str(token))
+        data: _SignupRequest = json.loads(crypto.decrypt_str(token))
     except (ValueError, UnicodeError):
         return None
     if not isinstance(data, dict) or time.time() - int(data.get("iat", 0)) > SIGNUP_LINK_TTL_SECONDS:
@@ -143,7 +157,7 @@ def _signup_token(token: str) -> dict | None:
 
 
 @transaction.atomic
-def user_signup_confirm(*, token: str, password: str):
+def user_signup_confirm(*, token: str, password: str) -> tuple[User, Organization]:
     """Create the account a confirmation link asked for, with the password chosen on the link's page: the user,
     their organization (as Owner) and its Default project. Returns (user, organization).
 
@@ -213,7 +227,7 @@ def password_reset_email_send(*, email: str) -> int:
 
 
 @transaction.atomic
-def user_set_active(*, user: User, actor, active: bool) -> User:
+def user_set_active(*, user: User, actor: Principal | None, active: bool) -> User:
     """Deactivate (or reactivate) an account. Deactivation ends every session of the user at once and for good
     (reactivating does not bring them back); their API keys stop authenticating while the account is inactive."""
     user = User.objects.select_for_update().get(pk=user.pk)
@@ -230,7 +244,7 @@ def user_set_active(*, user: User, actor, active: bool) -> User:
 
 
 @transaction.atomic
-def user_password_changed(*, user: User, actor, how: str) -> None:
+def user_password_changed(*, user: User, actor: Principal | None, how: str) -> None:
     """Record a password change (`how`: change or reset). The new password hash already ended the user's other
     sessions: Django compares each session's hash of it on every request."""
     _audit("user.password_change", actor=actor, user=user, summary={"email": user.email, "how": how})

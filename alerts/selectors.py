@@ -9,15 +9,42 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Iterable
+from typing import TypedDict
 
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from alerts.collection import RAW_RETENTION
 from alerts.metrics import METRICS, TIER_LIMIT_FIELDS, MetricKind
 from alerts.models import Alert, AlertEvent, CollectorState, MetricRollup, MetricSample
+from deployments.models import Deployment
+from organizations.models import Organization
 
 MAX_POINTS = 1440
+
+
+class MetricsCondition(TypedDict):
+    type: str
+    status: bool
+    reason: str
+    message: str
+    since: dt.datetime | None
+
+
+class CurrentMetric(TypedDict):
+    name: str
+    unit: str
+    value: float | None
+    at: dt.datetime | None
+    limit: int | None
+    percent_of_limit: float | None
+
+
+class CurrentMetrics(TypedDict):
+    metrics: list[CurrentMetric]
+    conditions: list[MetricsCondition]
 
 
 @dataclasses.dataclass
@@ -36,10 +63,10 @@ class MetricSeries:
     source: str
     timestamps: list[dt.datetime]
     series: list[Series]
-    conditions: list[dict]
+    conditions: list[MetricsCondition]
 
 
-def metrics_conditions(*, deployment) -> list[dict]:
+def metrics_conditions(*, deployment: Deployment) -> list[MetricsCondition]:
     """`metrics_unavailable` while the broker does not answer the collector; empty otherwise."""
     state = CollectorState.objects.filter(deployment=deployment).first()
     if state is None or state.available:
@@ -56,7 +83,13 @@ def metrics_conditions(*, deployment) -> list[dict]:
 
 
 def metric_series(
-    *, deployment, names: list[str], start: dt.datetime, end: dt.datetime, step: int, now: dt.datetime | None = None
+    *,
+    deployment: Deployment,
+    names: list[str],
+    start: dt.datetime,
+    end: dt.datetime,
+    step: int,
+    now: dt.datetime | None = None,
 ) -> MetricSeries:
     """Buckets of `step` seconds aligned to the epoch; gauges and rates averaged, counters summed; no data is None.
 
@@ -70,6 +103,8 @@ def metric_series(
     seen = {name: [0] * count for name in names}
     lower, upper = timestamps[0], timestamps[-1] + dt.timedelta(seconds=step)
     use_raw = start >= now - RAW_RETENTION
+    # (name, bucket start, average, sum): a raw sample is both its own average and its own sum.
+    rows: Iterable[tuple[str, dt.datetime, float, float]]
     if use_raw:
         rows = (
             MetricSample.objects.filter(deployment=deployment, name__in=names, ts__gte=lower, ts__lt=upper)
@@ -107,22 +142,36 @@ def metric_series(
     )
 
 
-def current_metrics(*, deployment) -> dict:
+# The newest sample of each metric: one backward step on the (deployment, name, ts) index per name. A DISTINCT ON
+# over the deployment's samples sorted 48 hours of them (23,000 rows for the charted metrics alone) for 15 answers.
+_LATEST_SQL = f"""
+    SELECT n.name, s.ts, s.value
+      FROM unnest(%(names)s::text[]) AS n(name)
+     CROSS JOIN LATERAL (
+        SELECT ts, value FROM {MetricSample._meta.db_table}
+         WHERE deployment_id = %(deployment)s AND name = n.name AND ts >= %(since)s
+      ORDER BY ts DESC
+         LIMIT 1
+     ) AS s"""
+
+
+def _latest_samples(
+    *, deployment_id: int, names: list[str], since: dt.datetime
+) -> dict[str, tuple[dt.datetime, float]]:
+    with connection.cursor() as cursor:
+        cursor.execute(_LATEST_SQL, {"names": names, "deployment": deployment_id, "since": since})
+        return {name: (ts, value) for name, ts, value in cursor.fetchall()}
+
+
+def current_metrics(*, deployment: Deployment) -> CurrentMetrics:
     """The latest sample of each metric (within 48 h) and, where the tier has one, its limit and usage percent."""
-    latest = (
-        MetricSample.objects.filter(deployment=deployment, ts__gte=timezone.now() - RAW_RETENTION)
-        .order_by("name", "-ts")
-        .distinct("name")  # one row per metric, not 48 hours of them
-    )
-    values: dict[str, tuple[dt.datetime, float]] = {
-        name: (ts, value) for name, ts, value in latest.values_list("name", "ts", "value")
-    }
+    values = _latest_samples(deployment_id=deployment.pk, names=list(METRICS), since=timezone.now() - RAW_RETENTION)
     tier = deployment.tier
-    out = []
+    out: list[CurrentMetric] = []
     for name, metric in METRICS.items():
         ts, value = values.get(name, (None, None))
         limit_field = TIER_LIMIT_FIELDS.get(name)
-        limit = getattr(tier, limit_field) if limit_field else None
+        limit: int | None = getattr(tier, limit_field) if limit_field else None
         out.append(
             {
                 "name": name,
@@ -136,7 +185,7 @@ def current_metrics(*, deployment) -> dict:
     return {"metrics": out, "conditions": metrics_conditions(deployment=deployment)}
 
 
-def alert_list(*, organization) -> QuerySet[Alert]:
+def alert_list(*, organization: Organization) -> QuerySet[Alert]:
     return Alert.objects.filter(organization=organization).select_related(
         "rule", "organization", "deployment", "project", "acknowledged_by"
     )
@@ -144,3 +193,9 @@ def alert_list(*, organization) -> QuerySet[Alert]:
 
 def alert_events(*, alert: Alert) -> QuerySet[AlertEvent]:
     return AlertEvent.objects.filter(alert=alert).order_by("created_at", "id")
+
+
+def alert_table(*, organization: Organization) -> QuerySet[Alert]:
+    """The organization's alerts for a table that attaches their organization, project and deployment itself (it
+    holds them already): only the rule and who acknowledged are joined, not three more tables' columns per row."""
+    return Alert.objects.filter(organization=organization).select_related("rule", "acknowledged_by")

@@ -1,15 +1,19 @@
 """Writes the audit trail. Called by every service that changes something, inside that service's transaction."""
 
+from __future__ import annotations
+
 import ipaddress
+from typing import Any
 
 from django.db import transaction
 
 from audit.models import AuditEvent
 from controlplane import context
-from organizations.access import acting_user
+from organizations.access import Principal, acting_user
+from organizations.models import Organization
 
 
-def _valid_ip(value) -> str | None:
+def _valid_ip(value: str | None) -> str | None:
     """The client address as the column takes it, or None: a malformed X-Forwarded-For hop must not turn the change
     (or a sign-in attempt) it accompanies into a database error."""
     try:
@@ -18,7 +22,14 @@ def _valid_ip(value) -> str | None:
         return None
 
 
-def audit_record(*, actor, organization, action: str, target, summary: dict | None = None) -> AuditEvent:
+def audit_record(
+    *,
+    actor: Principal | None,
+    organization: Organization | None,
+    action: str,
+    target: object,
+    summary: dict[str, Any] | None = None,
+) -> AuditEvent:
     """Record one mutation. `actor` is an organizations.access.Principal or None for the system itself."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")

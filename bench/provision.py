@@ -87,7 +87,7 @@ def main(runs: int, burst: int, kills: int) -> None:
     from tests.factories import UserFactory
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    owner = UserFactory()
+    owner = UserFactory.create()
     organization = org_services.organization_create(name="Bench", owner=owner)
     _key, secret = org_services.api_key_create(
         organization=organization, actor=None, name="bench", role=Role.OWNER, created_by=owner

@@ -323,7 +323,7 @@ def main(rate: float, seconds: float) -> None:
     from tests.factories import UserFactory
     from tests.iot.agent_process import AgentProcess
 
-    owner = UserFactory()
+    owner = UserFactory.create()
     organization = org_services.organization_create(name="Bench", owner=owner)
     Organization.objects.filter(pk=organization.pk).update(premium_trial_deployments=2)
     organization.refresh_from_db()

@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateField, Field, Func, JSONField, Q, Sum
+from django.db.models import BooleanField, DateField, ExpressionWrapper, Field, Func, JSONField, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -1175,29 +1175,99 @@ def invoice_release_usage(invoice: Invoice) -> None:
 @dataclass(frozen=True)
 class OpenLines:
     """The current month's next invoice as it stands: its lines (current and late), and the same lines with the
-    current month's quantities extended in a straight line to the month's end."""
+    current month's quantities extended in a straight line to the month's end. With `daily`, the seconds of this
+    month's hourly usage up to now per (UTC day, unit price) in the account's currency, billed or not, metered or
+    previewed: what the overview's spend by day rounds once per day and price."""
 
     lines: list[LineDraft]
     forecast_lines: list[LineDraft]
+    daily: dict[tuple[datetime.date, Decimal], int] = field(default_factory=dict)
+
+
+class UtcDay(Func):
+    """The UTC date of a timestamp, computed by PostgreSQL (no per-row time zone conversion in Python)."""
+
+    template = "(%(expressions)s AT TIME ZONE 'UTC')::date"
+    output_field = DateField()
+
+
+def _open_usage_rows(
+    usage, *, organization_id: int, month_start: datetime.datetime, now: datetime.datetime, daily: bool
+) -> tuple[list[dict], dict[tuple[datetime.date, Decimal, str], int]]:
+    """The unbilled usage of `usage` (one organization's) summed as usage_rows sums it and, with `daily`, in the same
+    scan of the table, every record of [month_start, now), billed or not, summed per UTC day, price and currency.
+
+    The scan groups by UTC day (a month of hourly rows is 30 groups per deployment and product, not 720), and the
+    months of usage_rows are summed from the days here: the same rows, the same integer seconds."""
+    if not daily:
+        return usage_rows(usage.filter(invoice__isnull=True)), {}
+    scanned = (
+        usage.filter(Q(invoice__isnull=True) | Q(hour__gte=month_start, hour__lt=now))
+        .annotate(
+            day=UtcDay("hour"),
+            unbilled=ExpressionWrapper(Q(invoice__isnull=True), output_field=BooleanField()),
+            before_now=ExpressionWrapper(Q(hour__lt=now), output_field=BooleanField()),
+        )
+        .values("deployment_id", "product", "tier_id", "unit_price", "currency", "day", "unbilled", "before_now")
+        .annotate(seconds=Sum("seconds"))
+        .order_by()
+    )
+    first_day = month_start.date()
+    rows: dict[tuple, dict] = {}
+    days: dict[tuple[datetime.date, Decimal, str], int] = {}
+    for row in scanned:
+        day = row["day"]
+        if row["unbilled"]:
+            month = day.replace(day=1)
+            key = (row["deployment_id"], row["product"], row["tier_id"], row["unit_price"], row["currency"], month)
+            found = rows.get(key)
+            if found is None:
+                rows[key] = {
+                    "organization_id": organization_id,
+                    "deployment_id": row["deployment_id"],
+                    "product": row["product"],
+                    "tier_id": row["tier_id"],
+                    "unit_price": row["unit_price"],
+                    "currency": row["currency"],
+                    "month": month,
+                    "seconds": row["seconds"],
+                }
+            else:
+                found["seconds"] += row["seconds"]
+        if day >= first_day and row["before_now"] and row["unit_price"] is not None:
+            by_day = (day, row["unit_price"], row["currency"])
+            days[by_day] = days.get(by_day, 0) + row["seconds"]
+    return list(rows.values()), days
 
 
 def open_lines(
-    *, account: BillingAccount, now: datetime.datetime, project_id: int | None = None, forecast: bool = True
+    *,
+    account: BillingAccount,
+    now: datetime.datetime,
+    project_id: int | None = None,
+    forecast: bool = True,
+    daily: bool = False,
 ) -> OpenLines:
     """Lines the account's invoice for the month of `now` will have for the usage so far: metered usage not billed
     yet, the seconds not metered yet (computed as metering will record them), traffic, and late usage of earlier
-    months already closed. Built by `build_lines`, so the sum is the invoice's subtotal for the same usage."""
+    months already closed. Built by `build_lines`, so the sum is the invoice's subtotal for the same usage. With
+    `daily`, also the month's usage by day (OpenLines.daily), read in the same scan of the usage table."""
     month_start = metering.month_start(now)
     month_end = metering.next_month_start(now)
     period_month = month_start.date()
     closed = set(MonthClose.objects.filter(period_start__lt=period_month).values_list("period_start", flat=True))
-    usage = UsageRecord.objects.filter(
-        organization_id=account.organization_id, invoice__isnull=True, hour__lt=month_end
-    )
+    usage = UsageRecord.objects.filter(organization_id=account.organization_id, hour__lt=month_end)
     if project_id is not None:
         usage = usage.filter(deployment__project_id=project_id)
+    unbilled, recorded_days = _open_usage_rows(
+        usage, organization_id=account.organization_id, month_start=month_start, now=now, daily=daily
+    )
+    day_seconds: dict[tuple[datetime.date, Decimal], int] = {}
+    for (day, unit_price, currency), seconds in recorded_days.items():
+        if currency == account.currency:
+            day_seconds[(day, unit_price)] = day_seconds.get((day, unit_price), 0) + seconds
     grouped: dict[tuple, dict] = {}
-    for row in usage_rows(usage):
+    for row in unbilled:
         if row["month"] < period_month and row["month"] not in closed:
             continue  # still to be billed by its own month's close
         grouped[(row["deployment_id"], row["product"], row["tier_id"], row["unit_price"], row["month"])] = row
@@ -1211,6 +1281,9 @@ def open_lines(
             currency=account.currency,
         ):
             u = priced.usage
+            if daily and priced.unit_price is not None and u.hour >= month_start:
+                day_key = (u.hour.date(), priced.unit_price)
+                day_seconds[day_key] = day_seconds.get(day_key, 0) + u.seconds
             month = metering.month_start(u.hour).date()
             if month < period_month and month not in closed:
                 continue
@@ -1255,11 +1328,11 @@ def open_lines(
 
     current = lines_of(rows, usages)
     if not forecast:
-        return OpenLines(current, current)
+        return OpenLines(current, current, day_seconds)
     elapsed = Decimal(int((now - month_start).total_seconds()))
     whole = Decimal(int((month_end - month_start).total_seconds()))
     if elapsed <= 0:
-        return OpenLines(current, current)
+        return OpenLines(current, current, day_seconds)
     from billing.money import round_minor
 
     scaled_rows = [
@@ -1274,4 +1347,4 @@ def open_lines(
         else u
         for u in usages
     ]
-    return OpenLines(current, lines_of(scaled_rows, scaled_usages))
+    return OpenLines(current, lines_of(scaled_rows, scaled_usages), day_seconds)

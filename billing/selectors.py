@@ -122,10 +122,11 @@ class SpendBreakdown:
 
 
 def spend_breakdown(*, account: BillingAccount, now: datetime.datetime | None = None) -> SpendBreakdown:
+    """One read of the month's usage (invoicing.open_lines with its days) split by deployment, project and day."""
     from deployments.models import Deployment
 
     now = now or timezone.now()
-    lines = invoicing.open_lines(account=account, now=now)
+    lines = invoicing.open_lines(account=account, now=now, daily=True)
     per_deployment: dict[int, int] = {}
     for line in lines.lines:
         if line.deployment_id is not None:
@@ -144,44 +145,21 @@ def spend_breakdown(*, account: BillingAccount, now: datetime.datetime | None = 
         ),
         by_deployment=sorted((SpendRow(k, v) for k, v in per_deployment.items()), key=lambda r: (-r.amount, r.key)),
         by_project=sorted((SpendRow(k, v) for k, v in per_project.items()), key=lambda r: (-r.amount, r.key)),
-        by_day=_spend_by_day(account=account, now=now),
+        by_day=_spend_by_day(account=account, now=now, seconds=lines.daily),
     )
 
 
-def _spend_by_day(*, account: BillingAccount, now: datetime.datetime) -> list[tuple[datetime.date, int]]:
-    from django.db.models.functions import TruncDay
-
-    from billing.models import UsageRecord
+def _spend_by_day(
+    *, account: BillingAccount, now: datetime.datetime, seconds: dict[tuple[datetime.date, Decimal], int]
+) -> list[tuple[datetime.date, int]]:
+    """Every day of the month up to today with its amount: each day's seconds at each price rounded once."""
     from billing.money import usage_line_amount
 
-    start = metering.month_start(now)
-    seconds: dict[tuple[datetime.date, Decimal], int] = {}
-    recorded = (
-        UsageRecord.objects.filter(
-            organization_id=account.organization_id, currency=account.currency, hour__gte=start, hour__lt=now
-        )
-        .exclude(unit_price=None)
-        .annotate(day=TruncDay("hour", tzinfo=datetime.UTC))
-        .values_list("day", "unit_price")
-        .annotate(total=Sum("seconds"))
-    )
-    for day, unit_price, total in recorded:
-        key = (day.date(), unit_price)
-        seconds[key] = seconds.get(key, 0) + total
-    until = metering.metered_until()
-    if until is not None and until < now:
-        for priced in metering.usage_preview(
-            organization_id=account.organization_id, start=max(until, start), end=now, currency=account.currency
-        ):
-            if priced.unit_price is None:
-                continue
-            key = (priced.usage.hour.date(), priced.unit_price)
-            seconds[key] = seconds.get(key, 0) + priced.usage.seconds
     per_day: dict[datetime.date, int] = {}
     for (day, unit_price), total in seconds.items():
         amount = usage_line_amount(seconds=total, hourly_price=unit_price, currency=account.currency)
         per_day[day] = per_day.get(day, 0) + amount
-    days, day = [], start.date()
+    days, day = [], metering.month_start(now).date()
     while day <= now.date():
         days.append((day, per_day.get(day, 0)))
         day += datetime.timedelta(days=1)

@@ -1018,14 +1018,21 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict:
             "billing_account__organization_id", flat=True
         )
     )
+    # Every overdue organization has its billing account (its invoices hang on it): read them once, not once per
+    # deployment stopped.
+    accounts = {
+        account.organization_id: account
+        for account in BillingAccount.objects.filter(organization_id__in=overdue_orgs).select_related("organization")
+    }
     for deployment in Deployment.objects.filter(
         project__organization_id__in=overdue_orgs, desired_state="running", deleted_at__isnull=True
     ).select_related("project__organization"):
+        organization = deployment.project.organization
         try:
             with transaction.atomic():
                 deployment_services.deployment_stop(deployment=deployment, actor=None, reason="billing")
                 billing_notice(
-                    account=billing_account_for(organization=deployment.project.organization),
+                    account=accounts.get(organization.pk) or billing_account_for(organization=organization),
                     kind="deployment_stopped_for_billing",
                     about=deployment.public_id,
                     title=f"Deployment {deployment.name} was stopped: an invoice is overdue",

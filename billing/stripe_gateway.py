@@ -8,6 +8,7 @@ database or decide billing policy (what to charge, when to retry): callers do.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -93,9 +94,11 @@ def to_stripe_amount(amount_minor: int, currency: str) -> int:
     code = normalize_currency(currency)
     stripe_decimals = 0 if code in _STRIPE_ZERO_DECIMAL else 3 if code in _STRIPE_THREE_DECIMAL else 2
     shift = stripe_decimals - minor_units(code)
+    # int ** int is typed as Any (a negative exponent makes a float); both exponents here are >= 0.
     if shift >= 0:
-        return amount_minor * 10**shift
-    factor = 10**-shift
+        multiplier: int = 10**shift
+        return amount_minor * multiplier
+    factor: int = 10**-shift
     if amount_minor % factor:
         raise ValueError(f"{amount_minor} minor units of {code} cannot be charged exactly on Stripe")
     return amount_minor // factor
@@ -110,7 +113,7 @@ def _field(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
-def _address_params(address: dict | None) -> dict[str, str]:
+def _address_params(address: Mapping[str, object] | None) -> dict[str, str]:
     address = address or {}
     # An empty string unsets a field on Stripe, so a removed address line is cleared there too.
     return {field: str(address.get(field) or "") for field in ADDRESS_FIELDS}
@@ -125,7 +128,7 @@ def ensure_customer(
     customer_id: str | None,
     email: str,
     name: str,
-    address: dict | None,
+    address: Mapping[str, object] | None,
     tax_id: tuple[str, str] | None,
     metadata: dict[str, str] | None = None,
     client: stripe.StripeClient | None = None,
@@ -291,7 +294,7 @@ def collect_invoice(
     return _result_from_intent(intent)
 
 
-def verify_webhook(payload: bytes, sig_header: str, secret: str, *, tolerance: int = 300) -> dict:
+def verify_webhook(payload: bytes, sig_header: str, secret: str, *, tolerance: int = 300) -> dict[str, Any]:
     """Check the Stripe-Signature header with Stripe's own verifier and return the event as a dict.
 
     Raises WebhookSignatureError for a missing, wrong or expired (older than `tolerance` seconds) signature.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -129,19 +131,26 @@ def _raw_points(deployment, start: dt.datetime, end: dt.datetime) -> tuple[list[
     return xs, series
 
 
-_BUCKETS_SQL = {
+# One grouped index range scan per metric (a LATERAL join over the names), each on the table's (deployment, name,
+# time) index, binned with date_bin on the timestamp itself: a month of five-minute rollups is 69,000 rows, and
+# hashing them by (name, numeric epoch) was most of a cold page. The half second added before binning keeps the slot
+# of a raw sample with a fraction of a second where it always was: its epoch rounded to the second, then divided.
+_BUCKETS_SQL = """
+    SELECT n.name, extract(epoch FROM s.bin)::bigint / %(step)s AS slot, s.mean, s.total
+      FROM unnest(%(names)s::text[]) AS n(name)
+     CROSS JOIN LATERAL (
+        SELECT date_bin(%(step)s * interval '1 second', {time} + interval '0.5 second', timestamptz 'epoch') AS bin,
+               {mean} AS mean, sum({total}) AS total
+          FROM {table}
+         WHERE deployment_id = %(deployment)s AND name = n.name AND {time} >= %(start)s AND {time} < %(end)s
+      GROUP BY bin
+     ) AS s"""
+BUCKETS_SQL = {
     # Gauges and rates: the mean of the step; counters: the total of the step (made per second below).
-    "raw": f"""
-        SELECT name, extract(epoch FROM ts)::bigint / %(step)s AS slot, avg(value), sum(value)
-          FROM {MetricSample._meta.db_table}
-         WHERE deployment_id = %(deployment)s AND name = ANY(%(names)s) AND ts >= %(start)s AND ts < %(end)s
-      GROUP BY name, slot""",
-    "rollup": f"""
-        SELECT name, extract(epoch FROM bucket)::bigint / %(step)s AS slot,
-               sum(sum) / nullif(sum(count), 0), sum(sum)
-          FROM {MetricRollup._meta.db_table}
-         WHERE deployment_id = %(deployment)s AND name = ANY(%(names)s) AND bucket >= %(start)s AND bucket < %(end)s
-      GROUP BY name, slot""",
+    "raw": _BUCKETS_SQL.format(time="ts", mean="avg(value)", total="value", table=MetricSample._meta.db_table),
+    "rollup": _BUCKETS_SQL.format(
+        time="bucket", mean="sum(sum) / nullif(sum(count), 0)", total="sum", table=MetricRollup._meta.db_table
+    ),
 }
 
 
@@ -156,7 +165,7 @@ def _bucket_points(
     series: dict[str, list] = {name: [None] * len(xs) for name in CHART_METRICS}
     with connection.cursor() as cursor:
         cursor.execute(
-            _BUCKETS_SQL[source],
+            BUCKETS_SQL[source],
             {
                 "step": step,
                 "deployment": deployment.pk,
@@ -302,7 +311,7 @@ def current_values(*, deployment, now: dt.datetime | None = None) -> dict:
     values = []
     latest = None
     for name, label in CURRENT:
-        metric = by_name.get(name) or {}
+        metric: Mapping[str, Any] = by_name.get(name) or {}
         value = metric.get("value")
         unit = METRICS[name].unit
         if value is not None and name in PER_SECOND:

@@ -6,15 +6,23 @@ through console.tenancy). A page's query count must not grow with its rows: thes
 
 from __future__ import annotations
 
-from django.db.models import Count, Prefetch, Q
+import datetime
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.urls import reverse
 
+from accounts.models import User
 from audit.models import AuditEvent
 from billing.models import AnnualSubscription, SubscriptionStatus
 from deployments.models import Deployment, DesiredState, Operation
 from deployments.pricing import DEFAULT_CURRENCY, PriceBook
-from organizations.models import ApiKey, Invitation, Membership
+from organizations.models import ApiKey, Invitation, Membership, Organization
 from projects.models import Project, ProjectGrant
+
+if TYPE_CHECKING:
+    from alerts.models import AlertRule, Silence
 
 # What the deployment list shows of each row and what `is_converged` reads.
 ROW_FIELDS = (
@@ -48,7 +56,7 @@ def projects_with_counts(projects: list[Project]) -> list[Project]:
     return projects
 
 
-def deployment_rows(*, project: Project, include_deleted: bool = False) -> list:
+def deployment_rows(*, project: Project, include_deleted: bool = False) -> list[Deployment]:
     """A project's deployments as the list shows them: catalog rows joined, the hourly price in its current state
     (from one read of the price book) and, for those on an annual plan, the term's end."""
     queryset = (
@@ -75,7 +83,7 @@ def deployment_rows(*, project: Project, include_deleted: bool = False) -> list:
     return rows
 
 
-def annual_term_end(deployment):
+def annual_term_end(deployment: Deployment) -> datetime.datetime | None:
     return (
         AnnualSubscription.objects.filter(deployment=deployment, status=SubscriptionStatus.ACTIVE)
         .values_list("term_end", flat=True)
@@ -83,14 +91,14 @@ def annual_term_end(deployment):
     )
 
 
-def current_operation(deployment) -> Operation | None:
+def current_operation(deployment: Deployment) -> Operation | None:
     """The operation a deployment is busy with, else its latest one."""
     operations = Operation.objects.filter(deployment=deployment).select_related("requested_by")
     active = operations.filter(status__in=[Operation.State.PENDING, Operation.State.RUNNING]).order_by("created_at")
     return active.first() or operations.order_by("-created_at", "-id").first()
 
 
-def deployments_by_pk(ids) -> dict[int, Deployment]:
+def deployments_by_pk(ids: Collection[int]) -> dict[int, Deployment]:
     """The named deployments (deleted ones included: alerts and bills outlive them), by primary key."""
     if not ids:
         return {}
@@ -99,7 +107,7 @@ def deployments_by_pk(ids) -> dict[int, Deployment]:
     }
 
 
-def alert_rules(*, project, deployment=None) -> list:
+def alert_rules(*, project: Project, deployment: Deployment | None = None) -> list[AlertRule]:
     """A project's own alert rules and, of the defaults its deployments get, those of `deployment` (None: every
     deployment's), with deployment and channels."""
     from django.db.models import Q
@@ -116,7 +124,7 @@ def alert_rules(*, project, deployment=None) -> list:
     )
 
 
-def silences(*, project, limit: int = 50) -> list:
+def silences(*, project: Project, limit: int = 50) -> list[Silence]:
     from alerts.models import Silence
 
     return list(
@@ -124,7 +132,7 @@ def silences(*, project, limit: int = 50) -> list:
     )
 
 
-def members(*, organization) -> list[Membership]:
+def members(*, organization: Organization) -> list[Membership]:
     return list(
         Membership.objects.filter(organization=organization)
         .select_related("user")
@@ -133,7 +141,7 @@ def members(*, organization) -> list[Membership]:
     )
 
 
-def pending_invitations(*, organization) -> list[Invitation]:
+def pending_invitations(*, organization: Organization) -> list[Invitation]:
     return list(
         Invitation.objects.filter(organization=organization, accepted_at=None, revoked_at=None)
         .select_related("invited_by")
@@ -141,11 +149,11 @@ def pending_invitations(*, organization) -> list[Invitation]:
     )
 
 
-def active_keys_of(*, organization, user) -> list[ApiKey]:
+def active_keys_of(*, organization: Organization, user: User) -> list[ApiKey]:
     return list(ApiKey.objects.filter(organization=organization, created_by=user, revoked_at=None).order_by("name"))
 
 
-def api_keys(*, organization) -> list[ApiKey]:
+def api_keys(*, organization: Organization) -> list[ApiKey]:
     return list(
         ApiKey.objects.filter(organization=organization)
         .select_related("created_by")
@@ -154,5 +162,5 @@ def api_keys(*, organization) -> list[ApiKey]:
     )
 
 
-def audit_events(*, organization):
+def audit_events(*, organization: Organization) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(organization=organization).order_by("-created_at", "-id")

@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 import requests
@@ -20,6 +21,14 @@ from deployments.drivers.base import AclEntry, MqttCredential, PermanentDriverEr
 AUTHENTICATOR_ID = "password_based:built_in_database"
 _RULES = "/authorization/sources/built_in_database/rules"
 _PAGE_LIMIT = 1000
+
+
+class _WireRule(TypedDict):
+    """One ACL rule as we write it to EMQX (and compare what it holds with)."""
+
+    topic: str
+    permission: str
+    action: str
 
 
 class EmqxApiError(PermanentDriverError):
@@ -47,7 +56,7 @@ class EmqxApi:
 
     # -- transport ---------------------------------------------------------------------------------------------
     def _request(
-        self, method: str, path: str, *, expected: tuple[int, ...] = (200, 204), **kwargs
+        self, method: str, path: str, *, expected: tuple[int, ...] = (200, 204), **kwargs: Any
     ) -> requests.Response:
         url = f"{self.base_url}/api/v5{path}"
         try:
@@ -70,11 +79,11 @@ class EmqxApi:
             )
         raise EmqxApiError(f"EMQX refused {method} {path} with {response.status_code}: {detail}")
 
-    def _get_json(self, path: str, **params) -> object:
+    def _get_json(self, path: str, **params: str | int) -> object:
         return self._request("GET", path, params=params or None).json()
 
-    def _paged(self, path: str, **params) -> list[dict]:
-        items: list[dict] = []
+    def _paged(self, path: str, **params: str | int) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
         page = 1
         while True:
             body = self._get_json(path, page=page, limit=_PAGE_LIMIT, **params)
@@ -89,7 +98,7 @@ class EmqxApi:
             page += 1
 
     # -- users -------------------------------------------------------------------------------------------------
-    def list_users(self) -> list[dict]:
+    def list_users(self) -> list[dict[str, Any]]:
         return self._paged(f"/authentication/{quote(AUTHENTICATOR_ID, safe='')}/users")
 
     def sync_users(self, creds: Iterable[MqttCredential]) -> None:
@@ -193,19 +202,19 @@ class EmqxApi:
         }
 
     # -- monitoring (thin) -------------------------------------------------------------------------------------
-    def monitor_current(self) -> dict:
+    def monitor_current(self) -> dict[str, Any]:
         return self._get_json("/monitor_current")
 
-    def stats(self) -> dict | list:
+    def stats(self) -> dict[str, Any] | list[Any]:
         return self._get_json("/stats", aggregate="true")
 
-    def metrics(self) -> dict | list:
+    def metrics(self) -> dict[str, Any] | list[Any]:
         return self._get_json("/metrics", aggregate="true")
 
 
 def _wire_acl(
     entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()
-) -> tuple[list[tuple[str, str, dict[str, list[dict]]]], list[dict]]:
+) -> tuple[list[tuple[str, str, dict[str, list[_WireRule]]]], list[_WireRule]]:
     """([(path kind, subject key, subject -> rules)] for users and clients, the rules for all), as EMQX stores them,
     a confined user's list replacing its rules; PermanentDriverError if EMQX cannot express the order of `entries`."""
     try:
@@ -213,15 +222,15 @@ def _wire_acl(
     except emqx_acl.AclNotExpressible as exc:
         raise PermanentDriverError(str(exc)) from exc
 
-    def wire(rules: list[AclEntry]) -> list[dict]:
+    def wire(rules: list[AclEntry]) -> list[_WireRule]:
         return [{"topic": r.topic, "permission": r.permission, "action": r.action} for r in rules]
 
     by_user = {who: wire(rules) for who, rules in compiled.by_username.items()}
     for user in users:
         if user.confined_to is not None:
             by_user[user.username] = [
-                *({"topic": topic, "permission": "allow", "action": "all"} for topic in user.confined_to),
-                {"topic": "#", "permission": "deny", "action": "all"},
+                *(_WireRule(topic=topic, permission="allow", action="all") for topic in user.confined_to),
+                _WireRule(topic="#", permission="deny", action="all"),
             ]
     by_kind = [
         ("users", "username", by_user),
@@ -230,7 +239,7 @@ def _wire_acl(
     return by_kind, wire(compiled.for_all)
 
 
-def _comparable(rules: object) -> list[dict]:
+def _comparable(rules: object) -> list[_WireRule]:
     """Rules as we write them: EMQX returns its defaults (qos, retain) alongside the fields we set."""
     if not isinstance(rules, list):
         return []
@@ -247,7 +256,7 @@ def _error_detail(response: requests.Response) -> str:
     return str(body)[:200]
 
 
-def _import_row(cred: MqttCredential) -> dict:
+def _import_row(cred: MqttCredential) -> dict[str, str | bool]:
     """One user as EMQX's import expects it: the pbkdf2 hash in hex, the salt as the exact bytes hashed with.
 
     EMQX compares hex(pbkdf2(mac, password, Salt, iterations)) with the stored hash and uses the stored salt's

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import transaction
@@ -23,6 +24,7 @@ from deployments.drivers.base import (
     AclEntry,
     BrokerSpec,
     ConfigRejectedError,
+    Driver,
     DriverError,
     MqttCredential,
     Observed,
@@ -49,7 +51,7 @@ API_KEY_NAME = "controlplane"
 
 # Which billable bucket each observed status belongs to. A broker being reconfigured or on its way down still runs;
 # one on its way up still only holds data. Statuses outside the map are not billable (pending, failed, deleting…).
-BILLABLE = {
+BILLABLE: dict[str, StatusInterval.Kind] = {
     Status.RUNNING: StatusInterval.Kind.RUNNING,
     Status.UPDATING: StatusInterval.Kind.RUNNING,
     Status.STOPPING: StatusInterval.Kind.RUNNING,
@@ -72,21 +74,22 @@ class Outcome:
 
 # -- drivers ----------------------------------------------------------------------------------------------------------
 
-_local_drivers: dict[tuple, object] = {}
+# Keyed by (root, answer check seconds, hung seconds).
+_local_drivers: dict[tuple[str, float, float], Driver] = {}
 
 
-def driver_for(region: Region):
+def driver_for(region: Region) -> Driver:
     """The driver for a region. Local drivers are kept per root so they can reap the brokers they started."""
     if region.driver == Region.Driver.LOCAL:
         from deployments.drivers.local import LocalDriver
 
-        options = {
-            "answer_check_seconds": float(settings.BROKER_ANSWER_CHECK_SECONDS),
-            "hung_seconds": float(settings.BROKER_HUNG_SECONDS),
-        }
-        key = (str(settings.LOCAL_BROKERS_DIR), *options.values())
+        answer_check_seconds = float(settings.BROKER_ANSWER_CHECK_SECONDS)
+        hung_seconds = float(settings.BROKER_HUNG_SECONDS)
+        key = (str(settings.LOCAL_BROKERS_DIR), answer_check_seconds, hung_seconds)
         if key not in _local_drivers:
-            _local_drivers[key] = LocalDriver(root=settings.LOCAL_BROKERS_DIR, **options)
+            _local_drivers[key] = LocalDriver(
+                root=settings.LOCAL_BROKERS_DIR, answer_check_seconds=answer_check_seconds, hung_seconds=hung_seconds
+            )
         return _local_drivers[key]
     from deployments.drivers.kubernetes import KubernetesDriver
 
@@ -166,7 +169,15 @@ def _previous_ports(deployment: Deployment) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), v) for k, v in ports.items() if type(v) is int))
 
 
-def _emqx_spec(deployment: Deployment, local: bool) -> dict:
+class _EmqxSpec(TypedDict, total=False):
+    """BrokerSpec's EMQX-only fields; absent for a local broker, which takes BrokerSpec's defaults."""
+
+    version: str
+    license_key: str
+    durable_sessions: bool
+
+
+def _emqx_spec(deployment: Deployment, local: bool) -> _EmqxSpec:
     """The EMQX-only parts of the spec (deployments.emqx_versions, deployments.manifests)."""
     if local:
         return {}
@@ -402,6 +413,8 @@ def _record(
                 _condition("BrokerAvailable", False, "BrokerCrashed", f"not restored yet: {message}", generation, now)
             )
     else:
+        # Without an error the driver answered: every caller passes what it observed and the spec it applied.
+        assert observed is not None and spec is not None
         new_status, settled = _status_from(observed, desired, spec)
         status = new_status or old_status
         message = observed.message
@@ -455,7 +468,7 @@ def _record(
     return Outcome("retry" if error is not None else "progressing", retry=True, message=message)
 
 
-def _active_operations(deployment: Deployment, generation: int):
+def _active_operations(deployment: Deployment, generation: int) -> list[Operation]:
     return list(
         Operation.objects.select_for_update().filter(
             deployment=deployment,
@@ -465,7 +478,18 @@ def _active_operations(deployment: Deployment, generation: int):
     )
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: datetime.datetime) -> dict:
+class Condition(TypedDict):
+    """One entry of Deployment.conditions, as Kubernetes spells a condition."""
+
+    type: str
+    status: str  # "True" or "False"
+    reason: str
+    message: str
+    observed_generation: int
+    last_transition_time: str  # ISO 8601
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: datetime.datetime) -> Condition:
     return {
         "type": kind,
         "status": "True" if ok else "False",

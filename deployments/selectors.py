@@ -6,6 +6,8 @@ number of queries whatever the page size. Nothing here writes.
 
 from __future__ import annotations
 
+from typing import NotRequired, TypedDict
+
 from django.db.models import Prefetch, QuerySet
 from django.db.models.functions import Now
 
@@ -73,7 +75,18 @@ def monitor_credentials(deployment: Deployment) -> tuple[str, str]:
     return deployment.monitor_username, crypto.decrypt_str(deployment.monitor_password_encrypted)
 
 
-def driver_capabilities(region: Region) -> dict:
+class DriverCapabilities(TypedDict):
+    driver: str
+    # Per rate-limit level, the fields the broker enforces.
+    rate_limits: dict[str, list[str]]
+    rate_limits_note: str
+    # EMQX regions only: how each enforced field maps onto EMQX's own limiter.
+    emqx_enforcement: NotRequired[dict[str, list[dict[str, str]]]]
+    acl_client_id_rules: bool
+    acl_note: str
+
+
+def driver_capabilities(region: Region) -> DriverCapabilities:
     """What a deployment in `region` actually enforces of its configuration, said plainly."""
     if region.driver == Region.Driver.LOCAL:
         return {

@@ -11,8 +11,9 @@ import dataclasses
 import datetime
 import logging
 import secrets
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -46,7 +47,8 @@ from deployments.passwords import hash_mqtt_password, validate_mqtt_username
 from deployments.topics import validate_topic_filter
 from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
-from organizations.access import acting_user
+from organizations.access import Principal, acting_user
+from projects.models import Project
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class DryRun:
 def enqueue_reconcile(deployment_id: int) -> None:
     """Reconcile after the current transaction commits. A lost enqueue (Redis down) is caught by the sweep."""
 
-    def send():
+    def send() -> None:
         from deployments.tasks import reconcile
 
         publish(reconcile, deployment_id)
@@ -96,7 +98,11 @@ def _event(deployment: Deployment, kind: str, message: str, operation: Operation
 
 
 def _operation(
-    deployment: Deployment, kind: str, actor, params: dict | None = None, status: str = Operation.State.PENDING
+    deployment: Deployment,
+    kind: str,
+    actor: Principal | None,
+    params: dict[str, Any] | None = None,
+    status: str = Operation.State.PENDING,
 ) -> Operation:
     operation = Operation.objects.create(
         deployment=deployment,
@@ -126,7 +132,7 @@ def _refuse_if_busy(deployment: Deployment) -> None:
         raise Conflict(f"Operation {active.public_id} ({active.kind}) is still in progress; retry once it finishes.")
 
 
-def _name_taken(project, name: str, exclude_pk=None) -> bool:
+def _name_taken(project: Project, name: str, exclude_pk: int | None = None) -> bool:
     qs = Deployment.objects.filter(project=project, name__iexact=name).exclude(desired_state=DesiredState.DELETED)
     if exclude_pk is not None:
         qs = qs.exclude(pk=exclude_pk)
@@ -189,8 +195,8 @@ def _dry_run(deployment: Deployment, action: str, *, state_after: str, tier_afte
 @overload
 def deployment_create(
     *,
-    project,
-    actor,
+    project: Project,
+    actor: Principal | None,
     name: str,
     plan: str,
     tier: str,
@@ -205,8 +211,8 @@ def deployment_create(
 @overload
 def deployment_create(
     *,
-    project,
-    actor,
+    project: Project,
+    actor: Principal | None,
     name: str,
     plan: str,
     tier: str,
@@ -221,8 +227,8 @@ def deployment_create(
 @overload
 def deployment_create(
     *,
-    project,
-    actor,
+    project: Project,
+    actor: Principal | None,
     name: str,
     plan: str,
     tier: str,
@@ -237,8 +243,8 @@ def deployment_create(
 @transaction.atomic
 def deployment_create(
     *,
-    project,
-    actor,
+    project: Project,
+    actor: Principal | None,
     name: str,
     plan: str,
     tier: str,
@@ -323,7 +329,7 @@ def deployment_create(
 
 @transaction.atomic
 def deployment_update(
-    *, deployment: Deployment, actor, name: str | None = None, deletion_protection: bool | None = None
+    *, deployment: Deployment, actor: Principal | None, name: str | None = None, deletion_protection: bool | None = None
 ) -> Deployment:
     """Rename, and turn deletion protection on or off (each its own audit entry: lifting protection is audited)."""
     _refuse_control_characters(name=name)
@@ -362,9 +368,27 @@ def deployment_update(
     return deployment
 
 
+@overload
+def deployment_stop(
+    *, deployment: Deployment, actor: Principal | None, reason: str = ..., dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_stop(
+    *, deployment: Deployment, actor: Principal | None, reason: str = ..., dry_run: Literal[True]
+) -> DryRun: ...
+
+
+@overload
+def deployment_stop(
+    *, deployment: Deployment, actor: Principal | None, reason: str = ..., dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
+
+
 @transaction.atomic
 def deployment_stop(
-    *, deployment: Deployment, actor, reason: str = "", dry_run: bool = False
+    *, deployment: Deployment, actor: Principal | None, reason: str = "", dry_run: bool = False
 ) -> tuple[Deployment, Operation] | DryRun:
     """Stop the broker, keeping its data. reason "billing" marks a stop for an unpaid invoice (only billing lifts it).
 
@@ -399,8 +423,26 @@ def deployment_stop(
     return deployment, operation
 
 
+@overload
+def deployment_start(
+    *, deployment: Deployment, actor: Principal | None, dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_start(*, deployment: Deployment, actor: Principal | None, dry_run: Literal[True]) -> DryRun: ...
+
+
+@overload
+def deployment_start(
+    *, deployment: Deployment, actor: Principal | None, dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
+
+
 @transaction.atomic
-def deployment_start(*, deployment: Deployment, actor, dry_run: bool = False) -> tuple[Deployment, Operation] | DryRun:
+def deployment_start(
+    *, deployment: Deployment, actor: Principal | None, dry_run: bool = False
+) -> tuple[Deployment, Operation] | DryRun:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
     if deployment.desired_state == DesiredState.RUNNING:
@@ -432,9 +474,25 @@ def deployment_start(*, deployment: Deployment, actor, dry_run: bool = False) ->
     return deployment, operation
 
 
+@overload
+def deployment_restart(
+    *, deployment: Deployment, actor: Principal | None, dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_restart(*, deployment: Deployment, actor: Principal | None, dry_run: Literal[True]) -> DryRun: ...
+
+
+@overload
+def deployment_restart(
+    *, deployment: Deployment, actor: Principal | None, dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
+
+
 @transaction.atomic
 def deployment_restart(
-    *, deployment: Deployment, actor, dry_run: bool = False
+    *, deployment: Deployment, actor: Principal | None, dry_run: bool = False
 ) -> tuple[Deployment, Operation] | DryRun:
     """Maintenance: brokers restart one at a time; persistent sessions and their queued messages survive."""
     deployment = _locked(deployment)
@@ -464,9 +522,27 @@ def deployment_restart(
     return deployment, operation
 
 
+@overload
+def deployment_change_tier(
+    *, deployment: Deployment, actor: Principal | None, tier: str, dry_run: Literal[False] = ...
+) -> tuple[Deployment, Operation]: ...
+
+
+@overload
+def deployment_change_tier(
+    *, deployment: Deployment, actor: Principal | None, tier: str, dry_run: Literal[True]
+) -> DryRun: ...
+
+
+@overload
+def deployment_change_tier(
+    *, deployment: Deployment, actor: Principal | None, tier: str, dry_run: bool
+) -> tuple[Deployment, Operation] | DryRun: ...
+
+
 @transaction.atomic
 def deployment_change_tier(
-    *, deployment: Deployment, actor, tier: str, dry_run: bool = False
+    *, deployment: Deployment, actor: Principal | None, tier: str, dry_run: bool = False
 ) -> tuple[Deployment, Operation] | DryRun:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
@@ -511,7 +587,9 @@ def deployment_change_tier(
 
 
 @transaction.atomic
-def deployment_move(*, deployment: Deployment, actor, project) -> tuple[Deployment, Operation]:
+def deployment_move(
+    *, deployment: Deployment, actor: Principal | None, project: Project
+) -> tuple[Deployment, Operation]:
     """Move to another project of the same organization. The broker is not touched."""
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
@@ -549,7 +627,9 @@ def deployment_move(*, deployment: Deployment, actor, project) -> tuple[Deployme
 
 
 @transaction.atomic
-def deployment_delete(*, deployment: Deployment, actor, force: bool = False) -> tuple[Deployment, Operation]:
+def deployment_delete(
+    *, deployment: Deployment, actor: Principal | None, force: bool = False
+) -> tuple[Deployment, Operation]:
     """Delete the broker and its data. The row stays (status deleted) for billing and history.
 
     Deletion protection answers 409; `force` (billing's policy for long-overdue accounts) overrides it and any
@@ -622,7 +702,7 @@ def _acl_entries(rules: list[AclRule]) -> list[AclEntry]:
 # -- configuration: MQTT users, ACL, rate limits ------------------------------------------------------------------------
 
 
-def _configure(deployment: Deployment, actor, action: str, summary: dict) -> Operation:
+def _configure(deployment: Deployment, actor: Principal | None, action: str, summary: dict[str, Any]) -> Operation:
     _bump(deployment)
     operation = _operation(deployment, Operation.Kind.CONFIGURE, actor, {"change": action, **summary})
     audit_record(
@@ -637,7 +717,9 @@ def _configure(deployment: Deployment, actor, action: str, summary: dict) -> Ope
 
 
 @transaction.atomic
-def deployment_configuration_changed(*, deployment: Deployment, actor, change: str, summary: dict) -> Operation:
+def deployment_configuration_changed(
+    *, deployment: Deployment, actor: Principal | None, change: str, summary: dict[str, Any]
+) -> Operation:
     """Configuration another app owns through deployments.extensions (Premium devices) changed: bump the generation,
     record a configure Operation and reconcile on commit, exactly as an MQTT user change does. The caller writes
     its own audit row in the same transaction; this writes none."""
@@ -665,7 +747,7 @@ def _check_username(deployment: Deployment, username: str, field: str = "usernam
 
 @transaction.atomic
 def mqtt_user_create(
-    *, deployment: Deployment, actor, username: str, password: str, is_superuser: bool = False
+    *, deployment: Deployment, actor: Principal | None, username: str, password: str, is_superuser: bool = False
 ) -> tuple[MqttUser, Operation]:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
@@ -692,7 +774,7 @@ def mqtt_user_create(
 
 @transaction.atomic
 def mqtt_user_update(
-    *, user: MqttUser, actor, password: str | None = None, is_superuser: bool | None = None
+    *, user: MqttUser, actor: Principal | None, password: str | None = None, is_superuser: bool | None = None
 ) -> tuple[MqttUser, Operation]:
     deployment = _locked(user.deployment)
     _refuse_if_deleted(deployment)
@@ -710,7 +792,7 @@ def mqtt_user_update(
 
 
 @transaction.atomic
-def mqtt_user_delete(*, user: MqttUser, actor) -> Operation:
+def mqtt_user_delete(*, user: MqttUser, actor: Principal | None) -> Operation:
     deployment = _locked(user.deployment)
     _refuse_if_deleted(deployment)
     username = user.username
@@ -768,7 +850,7 @@ def _check_acl(deployment: Deployment, *, topic: str, username: str | None, clie
 def acl_rule_create(
     *,
     deployment: Deployment,
-    actor,
+    actor: Principal | None,
     permission: str,
     action: str,
     topic: str,
@@ -813,7 +895,7 @@ def acl_rule_create(
 
 
 @transaction.atomic
-def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operation]:
+def acl_rule_update(*, rule: AclRule, actor: Principal | None, **changes: Any) -> tuple[AclRule, Operation]:
     deployment = _locked(rule.deployment)
     _refuse_if_deleted(deployment)
     rules = list(AclRule.objects.select_for_update().filter(deployment=deployment).order_by("position", "id"))
@@ -839,7 +921,7 @@ def acl_rule_update(*, rule: AclRule, actor, **changes) -> tuple[AclRule, Operat
 
 
 @transaction.atomic
-def acl_rule_delete(*, rule: AclRule, actor) -> Operation:
+def acl_rule_delete(*, rule: AclRule, actor: Principal | None) -> Operation:
     deployment = _locked(rule.deployment)
     _refuse_if_deleted(deployment)
     public_id = rule.public_id
@@ -857,7 +939,7 @@ def _renumber(rules: list[AclRule], always: AclRule | None = None) -> None:
 
 @transaction.atomic
 def rate_limits_replace(
-    *, deployment: Deployment, actor, policies: list[dict]
+    *, deployment: Deployment, actor: Principal | None, policies: Sequence[Mapping[str, Any]]
 ) -> tuple[list[RateLimitPolicy], Operation]:
     """Replace the deployment's policy set (one per level); a level may not exceed any level above it."""
     deployment = _locked(deployment)
@@ -972,7 +1054,7 @@ def maintenance_schedule(
     ends_at: datetime.datetime,
     reason: str,
     emergency: bool = False,
-    actor,
+    actor: Principal | None,
     now: datetime.datetime | None = None,
 ) -> MaintenanceWindow:
     """Announce maintenance: the brokers restart once inside the window, alerts are withheld during it, and the
@@ -1030,7 +1112,9 @@ def maintenance_schedule(
 
 
 @transaction.atomic
-def maintenance_cancel(*, window: MaintenanceWindow, actor, now: datetime.datetime | None = None) -> MaintenanceWindow:
+def maintenance_cancel(
+    *, window: MaintenanceWindow, actor: Principal | None, now: datetime.datetime | None = None
+) -> MaintenanceWindow:
     """Call off a window that has not started; the organization is told, as it was told of the schedule."""
     now = now or timezone.now()
     window = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
@@ -36,7 +37,7 @@ def shadow_history(*, device: Device) -> QuerySet[ShadowChange]:
     return ShadowChange.objects.filter(device=device)
 
 
-def shadow_get(*, device: Device) -> dict:
+def shadow_get(*, device: Device) -> dict[str, Any]:
     """The device's shadow as a get answers it (with its delta); NotFound when it has none."""
     row = Shadow.objects.filter(device=device).first()
     if row is None or not row.present:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 
 from notifications.models import Delivery, DeliveryAttempt, NotificationChannel
+from organizations.models import Organization
 
 
-def channel_list(*, organization) -> QuerySet[NotificationChannel]:
+def channel_list(*, organization: Organization) -> QuerySet[NotificationChannel]:
     return NotificationChannel.objects.filter(organization=organization)
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import smtplib
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -32,6 +33,11 @@ from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_me
 from notifications import channels as senders
 from notifications import text, urlsafety
 from notifications.models import Delivery, DeliveryAttempt, NotificationChannel, PlatformEvent, Severity
+from organizations.access import Principal
+from organizations.models import Organization
+
+# A channel's configuration: its keys depend on its type (addresses for email, url and headers for a webhook...).
+ChannelConfig = dict[str, Any]
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +59,15 @@ def _allow_private() -> bool:
 # -- channel configuration ------------------------------------------------------------------------------------------
 
 
-def channel_config(channel: NotificationChannel) -> dict:
+def channel_config(channel: NotificationChannel) -> ChannelConfig:
     """The channel's whole config, credentials included: for sending, never for showing."""
     if channel.type in _ENCRYPTED_CONFIG_TYPES and channel.config_encrypted:
-        return json.loads(crypto.decrypt_str(channel.config_encrypted))
+        config: ChannelConfig = json.loads(crypto.decrypt_str(channel.config_encrypted))
+        return config
     return dict(channel.config)
 
 
-def public_config(type: str, config: dict) -> dict:
+def public_config(type: str, config: ChannelConfig) -> ChannelConfig:
     """What may be shown of a config: the API, the admin and the audit log see only this."""
     if type == NotificationChannel.Type.WEBHOOK:
         return {
@@ -73,14 +80,14 @@ def public_config(type: str, config: dict) -> dict:
     return dict(config)
 
 
-def _store_config(channel: NotificationChannel, config: dict) -> None:
+def _store_config(channel: NotificationChannel, config: ChannelConfig) -> None:
     channel.config = public_config(channel.type, config)
     channel.config_encrypted = (
         crypto.encrypt_str(json.dumps(config, sort_keys=True)) if channel.type in _ENCRYPTED_CONFIG_TYPES else ""
     )
 
 
-def _validate_name(name) -> None:
+def _validate_name(name: object) -> None:
     """A name reaches mail subjects and chat lines: one line, no control characters (a `\r` in a channel's name once
     broke every email it sent)."""
     found = find_control_character(name) if isinstance(name, str) else None
@@ -88,7 +95,9 @@ def _validate_name(name) -> None:
         raise ValidationFailed([FieldError("name", control_character_message(*found), CONTROL_CHARACTER_CODE)])
 
 
-def _validate_channel(*, type: str, config: dict, secret: str | None, previous: dict | None = None) -> dict:
+def _validate_channel(
+    *, type: str, config: ChannelConfig, secret: str | None, previous: ChannelConfig | None = None
+) -> ChannelConfig:
     """The whole config to store, or ValidationFailed naming the field at fault. `previous` is the stored config of
     the channel being changed: a header value given as "…" (as the API shows it) keeps its stored value."""
     if type == NotificationChannel.Type.EMAIL:
@@ -145,11 +154,11 @@ def _validate_channel(*, type: str, config: dict, secret: str | None, previous: 
 
 def channel_create(
     *,
-    organization,
-    actor,
+    organization: Organization,
+    actor: Principal | None,
     name: str,
     type: str,
-    config: dict,
+    config: ChannelConfig,
     is_default: bool = True,
     platform_events: bool = True,
     enabled: bool = True,
@@ -191,9 +200,9 @@ def channel_create(
 def channel_update(
     *,
     channel: NotificationChannel,
-    actor,
+    actor: Principal | None,
     name: str | None = None,
-    config: dict | None = None,
+    config: ChannelConfig | None = None,
     is_default: bool | None = None,
     platform_events: bool | None = None,
     enabled: bool | None = None,
@@ -226,11 +235,14 @@ def channel_update(
 
 
 def _channel_update_locked(
-    channel: NotificationChannel, actor, validated: tuple[dict, str | None] | None, **values
+    channel: NotificationChannel,
+    actor: Principal | None,
+    validated: tuple[ChannelConfig, str | None] | None,
+    **values: str | bool | None,
 ) -> NotificationChannel:
     """channel_update's writes, under the channel's row lock; `validated` is (config, new PagerDuty key or None)."""
     channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
-    changes: dict = {}
+    changes: dict[str, Any] = {}
     if validated is not None:
         config, new_key = validated
         _store_config(channel, config)
@@ -254,7 +266,7 @@ def _channel_update_locked(
 
 
 @transaction.atomic
-def channel_delete(*, channel: NotificationChannel, actor) -> None:
+def channel_delete(*, channel: NotificationChannel, actor: Principal | None) -> None:
     audit_record(
         actor=actor,
         organization=channel.organization,
@@ -266,7 +278,7 @@ def channel_delete(*, channel: NotificationChannel, actor) -> None:
 
 
 @transaction.atomic
-def channel_test(*, channel: NotificationChannel, actor) -> Delivery:
+def channel_test(*, channel: NotificationChannel, actor: Principal | None) -> Delivery:
     """The "send test" action: one test delivery through the channel, attempted and retried like any other."""
     now = timezone.now()
     payload = {
@@ -300,7 +312,7 @@ def deliveries_enqueue(deliveries: list[Delivery]) -> None:
     Delivery.objects.bulk_create(deliveries, batch_size=1000)
     ids = [d.pk for d in deliveries]
 
-    def enqueue():
+    def enqueue() -> None:
         from notifications.tasks import deliver_notification
 
         # With Redis down the change that queued them still stands (and answers): publish() logs and counts the
@@ -342,7 +354,7 @@ def email_notice_on_commit(*, subject: str, body: str, recipients: list[str]) ->
     transaction.on_commit(send)
 
 
-def _text_of(payload: dict) -> tuple[str, str]:
+def _text_of(payload: dict[str, Any]) -> tuple[str, str]:
     """(subject, body) for email and chat channels."""
     event = payload.get("event", "")
     status = {"alert.firing": "FIRING", "alert.resolved": "RESOLVED", "test": "TEST"}.get(event, "NOTICE")
@@ -477,7 +489,7 @@ def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = D
             return 0
         Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now)
 
-        def enqueue():
+        def enqueue() -> None:
             from notifications.tasks import deliver_notification
 
             # With the attempt count it was re-sent at: if the first message was only late, one of the two attempts.
@@ -507,7 +519,7 @@ def _channel_health(channel_id: int, *, ok: bool, now: dt.datetime) -> None:
         _send_failure_notice(channel, now)
 
 
-def administrator_emails(organization) -> list[str]:
+def administrator_emails(organization: Organization) -> list[str]:
     """The addresses of the organization's owners and administrators: who hears of what no channel carries."""
     from organizations.roles import Role
 
@@ -570,7 +582,7 @@ def failing_channels_check(*, now: dt.datetime | None = None) -> int:
 @transaction.atomic
 def platform_event_notify(
     *,
-    organization,
+    organization: Organization,
     kind: str,
     subject: str,
     message: str,

@@ -9,12 +9,16 @@ here outlives its request: memberships are read anew by every request, so a remo
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet
 
 from controlplane.errors import PermissionDenied
 from organizations.models import ApiKey, Membership, Organization
 from organizations.roles import MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES, scopes_for_roles
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,7 +54,7 @@ class TwoFactorRequired(PermissionDenied):
     )
 
 
-def acting_user(actor):
+def acting_user(actor: Principal | None) -> User | None:
     """The user a principal acts for: its session's user, or the member who created its API key; None for the
     system (actor None)."""
     key = getattr(actor, "api_key", None)

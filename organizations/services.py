@@ -11,11 +11,16 @@ import datetime
 import hashlib
 import re
 import secrets
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field, Model
+from django.db.models.expressions import Col
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -25,6 +30,12 @@ from organizations import access
 from organizations.models import ApiKey, Invitation, Membership, Organization
 from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
 from projects.models import DEFAULT_PROJECT_NAME, Project, ProjectGrant
+
+if TYPE_CHECKING:
+    from accounts.models import User
+
+# A project grant as the API and the console send it: {"project": public id, "role": project role}, unchecked.
+GrantInput = Mapping[str, Any]
 
 INVITATION_TTL = datetime.timedelta(days=7)
 MAX_ROTATION_OVERLAP = datetime.timedelta(hours=24)
@@ -53,16 +64,16 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _clean_roles(roles, *, field: str = "roles") -> list[str]:
+def _clean_roles(roles: Collection[str], *, field: str = "roles") -> list[str]:
     unknown = [role for role in roles if role not in ORGANIZATION_ROLES]
     if unknown:
         raise ValidationFailed({field: f"Not an organization role: {', '.join(map(str, unknown))}."})
     return sorted(set(roles))
 
 
-def _resolve_grants(organization: Organization, grants) -> list[tuple[Project, str]]:
-    resolved = []
-    seen = set()
+def _resolve_grants(organization: Organization, grants: Sequence[GrantInput]) -> list[tuple[Project, str]]:
+    resolved: list[tuple[Project, str]] = []
+    seen: set[int] = set()
     # One read for every grant; through the organization's manager, so each project knows its organization.
     by_id = organization.projects.in_bulk(
         [g.get("project") for g in grants if isinstance(g.get("project"), str)], field_name="public_id"
@@ -81,7 +92,12 @@ def _resolve_grants(organization: Organization, grants) -> list[tuple[Project, s
     return resolved
 
 
-def _check_grantable(actor, organization, roles, grants) -> None:
+def _check_grantable(
+    actor: access.Principal | None,
+    organization: Organization,
+    roles: list[str],
+    grants: list[tuple[Project, str]],
+) -> None:
     if actor is None:  # the system itself (management commands, migrations)
         return
     if not access.grantable(actor, organization=organization, roles=roles):
@@ -95,7 +111,7 @@ def _check_grantable(actor, organization, roles, grants) -> None:
 
 
 @transaction.atomic
-def organization_create(*, name: str, owner, actor=None) -> Organization:
+def organization_create(*, name: str, owner: User, actor: access.Principal | None = None) -> Organization:
     """An organization with `owner` as its Owner and its undeletable Default project."""
     organization = Organization(name=name)
     organization.full_clean()
@@ -124,7 +140,7 @@ def organization_create(*, name: str, owner, actor=None) -> Organization:
 
 
 @transaction.atomic
-def organization_update(*, organization: Organization, actor, name: str) -> Organization:
+def organization_update(*, organization: Organization, actor: access.Principal | None, name: str) -> Organization:
     old = organization.name
     organization.name = name
     organization.full_clean()
@@ -140,7 +156,9 @@ def organization_update(*, organization: Organization, actor, name: str) -> Orga
 
 
 @transaction.atomic
-def organization_require_two_factor(*, organization: Organization, actor, required: bool) -> Organization:
+def organization_require_two_factor(
+    *, organization: Organization, actor: access.Principal | None, required: bool
+) -> Organization:
     """Require (or stop requiring) two-factor authentication of every member's console session in the organization.
 
     Owners only (the org:security scope), and only from a console session verified by a second factor: API keys are
@@ -185,7 +203,12 @@ def _invitation_token() -> str:
 
 @transaction.atomic
 def invitation_create(
-    *, organization: Organization, actor, email: str, roles, project_grants=()
+    *,
+    organization: Organization,
+    actor: access.Principal | None,
+    email: str,
+    roles: Collection[str],
+    project_grants: Sequence[GrantInput] = (),
 ) -> tuple[Invitation, str]:
     """An invitation by email. Returns the invitation and the single-use token (only ever sent by email)."""
     email = email.strip().lower()
@@ -235,7 +258,7 @@ def _send_invitation(organization: Organization, email: str, token: str) -> None
     link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
     name = _one_line(organization.name)
 
-    def send():
+    def send() -> None:
         send_mail(
             subject=f"You are invited to {name}",
             message=(
@@ -252,7 +275,7 @@ def _send_invitation(organization: Organization, email: str, token: str) -> None
 
 
 @transaction.atomic
-def invitation_resend(*, invitation: Invitation, actor) -> tuple[Invitation, str]:
+def invitation_resend(*, invitation: Invitation, actor: access.Principal | None) -> tuple[Invitation, str]:
     """Send a pending (or expired) invitation again with a new link, valid for 7 more days; the old link stops
     working. The roles it grants are checked again against the sender's own."""
     from controlplane import errors as domain
@@ -284,7 +307,7 @@ def invitation_resend(*, invitation: Invitation, actor) -> tuple[Invitation, str
 
 
 @transaction.atomic
-def invitation_revoke(*, invitation: Invitation, actor) -> Invitation:
+def invitation_revoke(*, invitation: Invitation, actor: access.Principal | None) -> Invitation:
     if invitation.status != "pending":
         raise Conflict(f"The invitation is {invitation.status}; only pending invitations can be revoked.")
     invitation.revoked_at = timezone.now()
@@ -306,7 +329,9 @@ def invitation_by_token(token: str) -> Invitation | None:
 
 
 @transaction.atomic
-def invitation_accept(*, token: str, user=None, password: str | None = None, full_name: str = "") -> Membership:
+def invitation_accept(
+    *, token: str, user: User | None = None, password: str | None = None, full_name: str = ""
+) -> Membership:
     """Accept an invitation: link the signed-in user, or create the account. Single use, even under races."""
     from django.contrib.auth.password_validation import validate_password
 
@@ -380,7 +405,13 @@ def _owner_count(organization: Organization) -> int:
 
 
 @transaction.atomic
-def membership_update(*, membership: Membership, actor, roles=None, project_grants=None) -> Membership:
+def membership_update(
+    *,
+    membership: Membership,
+    actor: access.Principal | None,
+    roles: Collection[str] | None = None,
+    project_grants: Sequence[GrantInput] | None = None,
+) -> Membership:
     organization = membership.organization
     _lock_memberships(organization)
     membership.refresh_from_db()
@@ -427,7 +458,7 @@ def membership_update(*, membership: Membership, actor, roles=None, project_gran
 
 
 @transaction.atomic
-def membership_remove(*, membership: Membership, actor) -> None:
+def membership_remove(*, membership: Membership, actor: access.Principal | None) -> None:
     organization = membership.organization
     _lock_memberships(organization)
     membership.refresh_from_db()
@@ -454,7 +485,9 @@ def membership_remove(*, membership: Membership, actor) -> None:
 
 
 @transaction.atomic
-def ownership_transfer(*, organization: Organization, actor, to_membership: Membership) -> Membership:
+def ownership_transfer(
+    *, organization: Organization, actor: access.Principal | None, to_membership: Membership
+) -> Membership:
     """Make another member an Owner; the current Owner steps down to Administrator.
 
     Needs the org:transfer scope (an API key holds it only with the Owner role) and the acting member's Owner role
@@ -503,7 +536,7 @@ def _new_secret() -> tuple[str, str]:
     return prefix, _secret_for(prefix)
 
 
-def api_key_check_manageable(*, actor, key: ApiKey) -> None:
+def api_key_check_manageable(*, actor: access.Principal | None, key: ApiKey) -> None:
     """Rotating, revoking or editing a key is for callers who could create that very key today: the apikey:write
     scope and the key's role within their own rights (on each of its projects, for a project-limited key). A key
     must never lend its holder the rights of the member who created it."""
@@ -515,7 +548,9 @@ def api_key_check_manageable(*, actor, key: ApiKey) -> None:
         raise RoleTooHigh("You cannot manage an API key with more rights than your own.")
 
 
-def api_key_check_grantable(*, actor, organization: Organization, role: str, project_ids=()) -> list[Project]:
+def api_key_check_grantable(
+    *, actor: access.Principal | None, organization: Organization, role: str, project_ids: Collection[str] = ()
+) -> list[Project]:
     """Whether `actor` may create a key with `role` on these projects (none: the whole organization): the role and
     projects must exist, and the role must be within the actor's own rights on each project (or in the
     organization). Returns the projects. Checked by api_key_create, and by a replay of a key's creation, which must
@@ -541,7 +576,14 @@ def api_key_check_grantable(*, actor, organization: Organization, role: str, pro
 
 @transaction.atomic
 def api_key_create(
-    *, organization: Organization, actor, name: str, role: str, project_ids=(), expires_at=None, created_by=None
+    *,
+    organization: Organization,
+    actor: access.Principal | None,
+    name: str,
+    role: str,
+    project_ids: Collection[str] = (),
+    expires_at: datetime.datetime | None = None,
+    created_by: User | None = None,
 ) -> tuple[ApiKey, str]:
     """A key acting for its creator with `role`, at most the creator's own rights. Returns (key, secret)."""
     projects = api_key_check_grantable(actor=actor, organization=organization, role=role, project_ids=project_ids)
@@ -582,10 +624,12 @@ def _locked_key(key: ApiKey) -> ApiKey:
 
 
 @transaction.atomic
-def api_key_update(*, key: ApiKey, actor, name: str | None = None, deletion_protection: bool | None = None) -> ApiKey:
+def api_key_update(
+    *, key: ApiKey, actor: access.Principal | None, name: str | None = None, deletion_protection: bool | None = None
+) -> ApiKey:
     key = _locked_key(key)
     api_key_check_manageable(actor=actor, key=key)
-    changes = {}
+    changes: dict[str, list[str] | list[bool]] = {}
     if name is not None and name != key.name:
         changes["name"] = [key.name, name]
         key.name = name
@@ -605,7 +649,7 @@ def api_key_update(*, key: ApiKey, actor, name: str | None = None, deletion_prot
 
 
 @transaction.atomic
-def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
+def api_key_revoke(*, key: ApiKey, actor: access.Principal | None) -> ApiKey:
     key = _locked_key(key)
     api_key_check_manageable(actor=actor, key=key)
     if key.revoked_at is not None:
@@ -625,7 +669,7 @@ def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
 
 
 @transaction.atomic
-def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[ApiKey, str]:
+def api_key_rotate(*, key: ApiKey, actor: access.Principal | None, overlap_seconds: int = 3600) -> tuple[ApiKey, str]:
     """A new secret; the old one keeps working for `overlap_seconds` (at most 24 h) so clients can roll over.
 
     The new secret goes only to a caller who could create this key today (see api_key_check_manageable)."""
@@ -651,6 +695,11 @@ def api_key_rotate(*, key: ApiKey, actor, overlap_seconds: int = 3600) -> tuple[
     return key, secret
 
 
+# How _KeyLookup reads one model's columns: (field, column expression, the converters its value passes through).
+_ColumnPlan = tuple["Field[Any, Any]", Col, list[Callable[..., Any]]]
+_Plan = tuple[str, list[tuple[type[Model], list[_ColumnPlan]]]]
+
+
 class _KeyLookup:
     """The one statement behind every API-key request.
 
@@ -670,17 +719,22 @@ class _KeyLookup:
         "WHERE k.prefix = %s"
     )
 
-    def __init__(self):
-        self._plans = {}  # connection alias -> (sql, [(model, [(field, column, converters)])])
+    def __init__(self) -> None:
+        self._plans: dict[str, _Plan] = {}  # connection alias -> (sql, [(model, [(field, column, converters)])])
 
-    def _plan(self, connection):
+    def _plan(self, connection: BaseDatabaseWrapper) -> _Plan:
         from django.contrib.auth import get_user_model
 
         q = connection.ops.quote_name
-        parts = [(ApiKey, "k"), (Organization, "o"), (get_user_model(), "u"), (Membership, "m")]
-        layout = []
+        parts: list[tuple[type[Model], str]] = [
+            (ApiKey, "k"),
+            (Organization, "o"),
+            (get_user_model(), "u"),
+            (Membership, "m"),
+        ]
+        layout: list[tuple[type[Model], list[_ColumnPlan]]] = []
         for model, alias in parts:
-            fields = []
+            fields: list[_ColumnPlan] = []
             for f in model._meta.concrete_fields:
                 col = f.get_col(alias)
                 fields.append((f, col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
@@ -706,7 +760,9 @@ class _KeyLookup:
             row = cursor.fetchone()
         if row is None:
             return None
-        instances, position = [], 0
+        # One per model of the plan, in order: ApiKey, Organization, the user, Membership (None without one).
+        instances: list[Any] = []
+        position = 0
         for model, fields in layout:
             values = []
             for _field, col, converters in fields:

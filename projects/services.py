@@ -1,14 +1,20 @@
 """Every change to projects: create, update, delete. Validates, writes, audits in one transaction."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane.errors import Conflict
+from organizations.access import Principal
+from organizations.models import Organization
 from projects.models import Project
 
 
-def _save(project: Project, *, check_name: bool, **save_kwargs) -> None:
+def _save(project: Project, *, check_name: bool, **save_kwargs: Any) -> None:
     """Validate and save, answering 409 for a name the organization already uses (case-insensitively). The query
     gives the clear message; the unique constraint catches a concurrent request that took the name meanwhile."""
     conflict = Conflict(fields={"name": f"A project named {project.name!r} already exists in this organization."})
@@ -28,7 +34,7 @@ def _save(project: Project, *, check_name: bool, **save_kwargs) -> None:
 
 
 @transaction.atomic
-def project_create(*, organization, actor, name: str, description: str = "") -> Project:
+def project_create(*, organization: Organization, actor: Principal | None, name: str, description: str = "") -> Project:
     project = Project(organization=organization, name=name, description=description)
     _save(project, check_name=True)
     audit_record(
@@ -42,8 +48,10 @@ def project_create(*, organization, actor, name: str, description: str = "") -> 
 
 
 @transaction.atomic
-def project_update(*, project: Project, actor, name: str | None = None, description: str | None = None) -> Project:
-    changes = {}
+def project_update(
+    *, project: Project, actor: Principal | None, name: str | None = None, description: str | None = None
+) -> Project:
+    changes: dict[str, list[str]] = {}
     if name is not None and name != project.name:
         changes["name"] = [project.name, name]
         project.name = name
@@ -58,7 +66,7 @@ def project_update(*, project: Project, actor, name: str | None = None, descript
 
 
 @transaction.atomic
-def project_delete(*, project: Project, actor) -> None:
+def project_delete(*, project: Project, actor: Principal | None) -> None:
     project = Project.objects.select_for_update().get(pk=project.pk)
     if project.is_default:
         raise Conflict("The Default project cannot be deleted.")

@@ -7,6 +7,7 @@ an unreachable broker and never writes to the database: it returns available=Fal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -15,7 +16,7 @@ class CollectResult:
     # Where the next run resumes reading the broker log (bytes); 0 for collectors without a log.
     log_offset: int = 0
     # Opaque, JSON-serialisable; pass it back as `previous` on the next run so counters become rates.
-    state: dict = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
     available: bool = True
     error: str = ""
 

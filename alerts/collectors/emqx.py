@@ -18,13 +18,18 @@ a list with `status` in connected|connecting|disconnected|inconsistent; before 5
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
 
 from alerts import metrics as m
 from alerts.collectors import CollectResult, counter_delta, counter_rate
+
+_T = TypeVar("_T")
+# An object of EMQX's JSON answers.
+_Json = dict[str, Any]
 
 
 class EmqxApiError(Exception):
@@ -43,7 +48,7 @@ class EmqxMonitorApi:
         self.session.auth = (key, secret)
         self.session.headers["Accept"] = "application/json"
 
-    def _get(self, path: str, params: dict | None = None):
+    def _get(self, path: str, params: dict[str, str | int] | None = None) -> Any:
         try:
             response = self.session.get(f"{self.base_url}/api/v5{path}", params=params, timeout=self.timeout)
         except requests.RequestException as exc:
@@ -57,18 +62,22 @@ class EmqxMonitorApi:
         except ValueError as exc:
             raise EmqxApiError(f"GET {path}: response is not JSON") from exc
 
-    def monitor_current(self) -> dict:
-        return self._get("/monitor_current")
+    # The answers are JSON of the shapes the module docstring gives; they are passed on as parsed, unchecked.
+    def monitor_current(self) -> _Json:
+        current: _Json = self._get("/monitor_current")
+        return current
 
-    def stats(self) -> dict | list:
-        return self._get("/stats", {"aggregate": "true"})
+    def stats(self) -> _Json | list[_Json]:
+        stats: _Json | list[_Json] = self._get("/stats", {"aggregate": "true"})
+        return stats
 
-    def metrics(self) -> dict | list:
-        return self._get("/metrics", {"aggregate": "true"})
+    def metrics(self) -> _Json | list[_Json]:
+        metrics: _Json | list[_Json] = self._get("/metrics", {"aggregate": "true"})
+        return metrics
 
-    def rules(self) -> list[dict]:
+    def rules(self) -> list[_Json]:
         """Every rule, each with its cluster-wide counters under "metrics"."""
-        rules: list[dict] = []
+        rules: list[_Json] = []
         page = 1
         while True:
             body = self._get("/rules", {"page": page, "limit": 100})
@@ -80,15 +89,18 @@ class EmqxMonitorApi:
             rule["metrics"] = self._get(f"/rules/{quote(str(rule['id']), safe='')}/metrics").get("metrics", {})
         return rules
 
-    def connectors(self) -> list[dict]:
+    def connectors(self) -> list[_Json]:
         """Connectors (5.4+), or the bridges of an older release; none when the release has neither API."""
+        connectors: list[_Json]
         try:
-            return self._get("/connectors")
+            connectors = self._get("/connectors")
+            return connectors
         except EmqxApiError as exc:
             if exc.status != 404:
                 raise
         try:
-            return self._get("/bridges")
+            connectors = self._get("/bridges")
+            return connectors
         except EmqxApiError as exc:
             if exc.status != 404:
                 raise
@@ -98,7 +110,7 @@ class EmqxMonitorApi:
         self.session.close()
 
 
-def _aggregate(payload: dict | list | None) -> dict:
+def _aggregate(payload: _Json | list[_Json] | None) -> dict[str, Any]:
     """One object per node (the default) or already aggregated: sum numeric fields across nodes."""
     if payload is None:
         return {}
@@ -112,17 +124,17 @@ def _aggregate(payload: dict | list | None) -> dict:
     return total
 
 
-def _number(value) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
 
 
-def _enabled(items: Iterable[dict]) -> list[dict]:
+def _enabled(items: Iterable[_Json]) -> list[_Json]:
     return [i for i in items if i.get("enable", True)]
 
 
-def collect_emqx(api, previous: dict | None) -> CollectResult:
+def collect_emqx(api: EmqxMonitorApi, previous: dict[str, Any] | None) -> CollectResult:
     """Map one round of EMQX API answers onto the vocabulary; counters become rates against `previous`."""
     previous = previous or {}
     now = time.time()
@@ -134,18 +146,18 @@ def collect_emqx(api, previous: dict | None) -> CollectResult:
     except Exception as exc:  # noqa: BLE001
         return CollectResult(state=previous, available=False, error=f"monitor_current: {exc}")
 
-    def optional(name: str):
+    def optional(name: str, call: Callable[[], _T]) -> _T | None:
         try:
-            return getattr(api, name)()
+            return call()
         except Exception as exc:  # noqa: BLE001
             errors.append(f"{name}: {exc}")
             return None
 
-    stats = _aggregate(optional("stats"))
-    metrics_payload = optional("metrics")
+    stats = _aggregate(optional("stats", api.stats))
+    metrics_payload = optional("metrics", api.metrics)
     counters_raw = _aggregate(metrics_payload)
-    rules = optional("rules")
-    connectors = optional("connectors")
+    rules = optional("rules", api.rules)
+    connectors = optional("connectors", api.connectors)
 
     values: dict[str, float] = {}
 
@@ -189,7 +201,7 @@ def collect_emqx(api, previous: dict | None) -> CollectResult:
         values[m.RULE_RESOURCE_DOWN] = float(sum(1 for c in _enabled(connectors) if c.get("status") != "connected"))
 
     # Each counter keeps its own timestamp: one endpoint failing this round must not skew the next round's rate.
-    prev_counters: dict[str, dict] = previous.get("counters", {})
+    prev_counters: dict[str, dict[str, float]] = previous.get("counters", {})
 
     def rate_of(key: str) -> float | None:
         prev = prev_counters.get(key)

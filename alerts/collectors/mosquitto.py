@@ -35,9 +35,12 @@ import os
 import re
 import time
 import uuid
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts import metrics as m
 from alerts.collectors import CollectResult, counter_rate
@@ -64,7 +67,7 @@ _BATCH_QUIET_SECONDS = 0.2
 _KEEPALIVE_SECONDS = 5
 
 
-def _publish_packet_size(topic: str, payload: bytes) -> int:
+def _publish_packet_size(topic: str, payload: bytes | bytearray) -> int:
     remaining = 2 + len(topic.encode()) + len(payload)
     length_bytes = 1
     while remaining >= 128**length_bytes:
@@ -89,7 +92,14 @@ class _SysListener:
         self.own_messages = 0
         self.own_bytes = 0
 
-    def on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             self.error = f"monitor connection refused: {reason_code}"
             self.failed = True
@@ -97,7 +107,7 @@ class _SysListener:
         client.subscribe("$SYS/#", qos=0)
         self.connected = True
 
-    def on_message(self, client, userdata, msg) -> None:
+    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == T_UPTIME and not msg.retain:
             self.fresh = True
         if self.fresh and not msg.retain:
@@ -152,7 +162,7 @@ _SAME_START_SECONDS = 3.0
 _OWN_BYTES_JITTER = 4096
 
 
-def _restarted(previous: dict, *, uptime: float | None, fresh: bool, now: float) -> bool:
+def _restarted(previous: dict[str, Any], *, uptime: float | None, fresh: bool, now: float) -> bool:
     """Whether the broker read now is not the one `previous` was read from, as far as its uptime says: it went
     down, or (both readings fresh) the start it implies moved."""
     if uptime is None or previous.get("uptime") is None:
@@ -160,11 +170,12 @@ def _restarted(previous: dict, *, uptime: float | None, fresh: bool, now: float)
     if uptime < previous["uptime"]:
         return True
     if fresh and previous.get("fresh") and "ts" in previous:
-        return abs((now - uptime) - (previous["ts"] - previous["uptime"])) > _SAME_START_SECONDS
+        previous_start: float = previous["ts"] - previous["uptime"]
+        return abs((now - uptime) - previous_start) > _SAME_START_SECONDS
     return False
 
 
-def _counted_backwards(counters: dict[str, float | None], previous: dict) -> bool:
+def _counted_backwards(counters: dict[str, float | None], previous: dict[str, Any]) -> bool:
     for key, value in counters.items():
         before = previous.get(key)
         if value is None or before is None:
@@ -183,7 +194,7 @@ def collect_mosquitto(
     password: str,
     log_path: str | None,
     log_offset: int,
-    previous: dict | None,
+    previous: dict[str, Any] | None,
     timeout: float,
 ) -> CollectResult:
     previous = previous or {}
@@ -295,12 +306,12 @@ def collect_mosquitto(
     if elapsed is not None:
         # bytes/sent is counted when written to the socket, so our own share can be off by a packet or two either
         # way; a restart is already excluded through uptime, so a small negative step is jitter, not a reset.
-        deltas = [
+        received, sent = (
             None if counters[k] is None or prev_counters.get(k) is None else max(counters[k] - prev_counters[k], 0)
             for k in ("bytes_received", "bytes_sent")
-        ]
-        if None not in deltas:
-            values[m.TRAFFIC_BYTES] = float(sum(deltas))
+        )
+        if received is not None and sent is not None:
+            values[m.TRAFFIC_BYTES] = float(received + sent)
 
     new_offset = log_offset
     log_counts: dict[str, int | bool] = {}

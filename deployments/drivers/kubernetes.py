@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast
 
 import urllib3
 import yaml
@@ -27,6 +28,11 @@ _PORT_NAMES = {f"{listener_type}-default": protocol for protocol, (listener_type
 
 ApiClientFactory = Callable[[BrokerSpec], k8s.ApiClient]
 EmqxApiFactory = Callable[..., EmqxApi]
+# A Kubernetes object as JSON (the custom EMQX resource is only ever a dict; typed objects are sanitized to one).
+Resource = dict[str, Any]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def _default_api_client(spec: BrokerSpec) -> k8s.ApiClient:
@@ -36,7 +42,8 @@ def _default_api_client(spec: BrokerSpec) -> k8s.ApiClient:
         except yaml.YAMLError as exc:
             raise PermanentDriverError(f"region {spec.region.code}: its kubeconfig is not valid YAML") from exc
         try:
-            return k8s_config.new_client_from_config_dict(config_dict)
+            api_client: k8s.ApiClient = k8s_config.new_client_from_config_dict(config_dict)
+            return api_client
         except k8s_config.ConfigException as exc:
             raise PermanentDriverError(f"region {spec.region.code}: unusable kubeconfig ({exc})") from exc
     configuration = k8s.Configuration()
@@ -90,14 +97,15 @@ def _translate(exc: Exception, what: str) -> Exception:
     return exc
 
 
-def _ready_condition(emqx: dict) -> dict | None:
+def _ready_condition(emqx: Resource) -> dict[str, Any] | None:
+    condition: dict[str, Any]
     for condition in (emqx.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Ready":
             return condition
     return None
 
 
-def _is_ready(emqx: dict) -> bool:
+def _is_ready(emqx: Resource) -> bool:
     """Ready True, and not left over from before the latest spec change where the operator says so.
 
     The operator (2.2) sets conditions without observedGeneration; when a condition carries one we hold it to the
@@ -111,20 +119,20 @@ def _is_ready(emqx: dict) -> bool:
     return observed is None or generation is None or observed >= generation
 
 
-def _template_annotations(emqx: dict | None) -> dict:
+def _template_annotations(emqx: Resource | None) -> dict[str, str]:
     if not emqx:
         return {}
     return ((emqx.get("spec") or {}).get("coreTemplate") or {}).get("metadata", {}).get("annotations") or {}
 
 
-def _nonce(emqx: dict | None) -> int:
+def _nonce(emqx: Resource | None) -> int:
     try:
         return int(_template_annotations(emqx).get(m.RESTART_NONCE_ANNOTATION, 0))
     except (TypeError, ValueError):
         return 0
 
 
-def _rolling(emqx: dict) -> bool:
+def _rolling(emqx: Resource) -> bool:
     """The operator is replacing the core nodes (a blue-green update is under way)."""
     core = (emqx.get("status") or {}).get("coreNodesStatus") or {}
     current, update = core.get("currentRevision"), core.get("updateRevision")
@@ -139,7 +147,7 @@ class KubernetesDriver:
         self._emqx_api_factory = emqx_api_factory or _default_emqx_api
 
     # -- Kubernetes calls --------------------------------------------------------------------------------------
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure is mapped to the driver's two kinds
@@ -148,7 +156,7 @@ class KubernetesDriver:
                 raise
             raise translated from exc
 
-    def _get(self, what: str, fn, *args, **kwargs):
+    def _get(self, what: str, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T | None:
         """A read (or a delete) that answers None for 404 instead of raising."""
         try:
             return fn(*args, **kwargs)
@@ -162,12 +170,13 @@ class KubernetesDriver:
                 raise
             raise translated from exc
 
-    def _apply(self, api: k8s.ApiClient, manifest: dict) -> None:
+    def _apply(self, api: k8s.ApiClient, manifest: Resource) -> None:
         kind = manifest["kind"]
         name = manifest["metadata"]["name"]
         namespace = manifest["metadata"].get("namespace")
         what = f"applying {kind} {namespace + '/' if namespace else ''}{name}"
-        options = {"field_manager": m.FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
+        # Keyword arguments of every generated patch_* method.
+        options: dict[str, Any] = {"field_manager": m.FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
         core = k8s.CoreV1Api(api)
         if kind == "Namespace":
             self._call(what, core.patch_namespace, name, manifest, **options)
@@ -194,18 +203,23 @@ class KubernetesDriver:
         else:
             raise PermanentDriverError(f"no way to apply a {kind}")
 
-    def _read_emqx(self, api: k8s.ApiClient, namespace: str) -> dict | None:
-        return self._get(
-            f"reading EMQX {namespace}/{m.EMQX_NAME}",
-            k8s.CustomObjectsApi(api).get_namespaced_custom_object,
-            m.EMQX_GROUP,
-            m.EMQX_VERSION,
-            namespace,
-            m.EMQX_PLURAL,
-            m.EMQX_NAME,
+    def _read_emqx(self, api: k8s.ApiClient, namespace: str) -> Resource | None:
+        # The generated client types a custom object as `object`; it is the resource's JSON, a dict.
+        emqx = cast(
+            "Resource | None",
+            self._get(
+                f"reading EMQX {namespace}/{m.EMQX_NAME}",
+                k8s.CustomObjectsApi(api).get_namespaced_custom_object,
+                m.EMQX_GROUP,
+                m.EMQX_VERSION,
+                namespace,
+                m.EMQX_PLURAL,
+                m.EMQX_NAME,
+            ),
         )
+        return emqx
 
-    def _read_namespace(self, api: k8s.ApiClient, namespace: str):
+    def _read_namespace(self, api: k8s.ApiClient, namespace: str) -> k8s.V1Namespace | None:
         return self._get(f"reading Namespace {namespace}", k8s.CoreV1Api(api).read_namespace, namespace)
 
     def _endpoints(self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str) -> tuple[str, dict[str, int]]:
@@ -328,7 +342,14 @@ class KubernetesDriver:
         )
 
     def _observe_running(
-        self, api: k8s.ApiClient, spec: BrokerSpec, namespace: str, emqx: dict, *, previous: dict | None, push: bool
+        self,
+        api: k8s.ApiClient,
+        spec: BrokerSpec,
+        namespace: str,
+        emqx: Resource,
+        *,
+        previous: Resource | None,
+        push: bool,
     ) -> Observed:
         status = emqx.get("status") or {}
         core_status = status.get("coreNodesStatus") or {}

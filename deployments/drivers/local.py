@@ -28,7 +28,8 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any, TypedDict
 
 from controlplane.validators import find_control_character
 from deployments.drivers.base import (
@@ -171,9 +172,19 @@ class _RunAs:
     gid: int | None
 
 
-def _read_json(path: pathlib.Path) -> dict | None:
+class _ObservedFacts(TypedDict):
+    """What every Observed of a broker's directory says, whatever its phase."""
+
+    host: str
+    ports: dict[str, int]
+    restart_nonce: int
+    details: dict[str, str]
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
     except FileNotFoundError:
         return None
     except (ValueError, OSError):
@@ -329,7 +340,7 @@ def _conf_path(value: pathlib.Path | str, what: str) -> str:
     return text
 
 
-def _conf_address(value: object) -> str:
+def _conf_address(value: str) -> str:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -379,7 +390,7 @@ _PEM_CERTIFICATES = re.compile(
 _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN PRIVATE KEY-----\n(?:[A-Za-z0-9+/=]{1,64}\n)+-----END PRIVATE KEY-----\n")
 
 
-def _file_pem(value: object, what: str, pattern: re.Pattern) -> str:
+def _file_pem(value: object, what: str, pattern: re.Pattern[str]) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise PermanentDriverError(f"{what} is not PEM text as the control plane writes it")
     return value
@@ -572,7 +583,7 @@ def _loopback_for(bind_address: str) -> str:
     return bind_address
 
 
-def _digest(contents) -> str:
+def _digest(contents: Iterable[str | None]) -> str:
     sha = hashlib.sha256()
     for content in contents:
         sha.update(b"\1" if content is None else content.encode())  # an absent file differs from an empty one
@@ -757,7 +768,7 @@ class LocalDriver:
         self.hung_seconds = hung_seconds
         # Popen objects for brokers this instance started, so it can reap them (no zombies while the worker lives),
         # and how each reaped one ended: a crash report quotes it after the zombie is gone.
-        self._children: dict[int, subprocess.Popen] = {}
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exits: dict[int, str] = {}
 
     # -- public interface -------------------------------------------------------------------------------------------
@@ -816,7 +827,13 @@ class LocalDriver:
             return observed
 
     def _apply_locked(
-        self, spec: BrokerSpec, paths: _Paths, ports: dict[str, int], run_as: _RunAs, state: dict, pid: int | None
+        self,
+        spec: BrokerSpec,
+        paths: _Paths,
+        ports: dict[str, int],
+        run_as: _RunAs,
+        state: dict[str, Any],
+        pid: int | None,
     ) -> Observed:
         rendered: dict[pathlib.Path, str | None] = {
             paths.conf: self._render_conf(spec, paths, ports, run_as),
@@ -835,7 +852,7 @@ class LocalDriver:
         # The broker refused exactly these files before: it gets the last accepted ones again (a restart or a crash
         # starts it with those), never the refused ones, and the change keeps failing until the rows change.
         refused_before = rejected.get("digest") == digest and accepted is not None
-        files = accepted if refused_before else rendered
+        files = accepted if accepted is not None and refused_before else rendered
 
         def changed(path: pathlib.Path) -> bool:
             # Written now, or written by an earlier apply that died before the running broker confirmed it (the
@@ -949,8 +966,8 @@ class LocalDriver:
         paths = self._paths(spec)
         if not paths.dir.exists():
             # A broker whose directory is gone can still be running (a crash mid-delete): it must not outlive us.
-            for pid in self._scan_pids(paths):
-                self._stop(pid)
+            for orphan in self._scan_pids(paths):
+                self._stop(orphan)
             return Observed(phase="absent", host=spec.region.bind_address)
         with _flock(paths.lock):
             pid = self._find_pid(paths)
@@ -965,7 +982,7 @@ class LocalDriver:
 
     def adopt_all(self) -> dict[str, int]:
         """Deployment name -> pid of every broker already serving under `root` (started by any earlier instance)."""
-        found = {}
+        found: dict[str, int] = {}
         if not self.root.exists():
             return found
         for entry in sorted(self.root.iterdir()):
@@ -979,7 +996,7 @@ class LocalDriver:
 
     def allocated_ports(self) -> dict[str, dict[str, int]]:
         """Deployment name -> its ports, as recorded under `root`: the port registry."""
-        registry = {}
+        registry: dict[str, dict[str, int]] = {}
         if not self.root.exists():
             return registry
         for entry in self.root.iterdir():
@@ -1020,7 +1037,7 @@ class LocalDriver:
                 "a new server certificate is reloaded (SIGHUP, clients stay connected); a client CA change restarts "
                 "the broker"
             )
-        base = dict(host=host, ports=ports, restart_nonce=int(state.get("restart_nonce", 0)), details=details)
+        base = _ObservedFacts(host=host, ports=ports, restart_nonce=int(state.get("restart_nonce", 0)), details=details)
         if pid is not None:
             if ports.get("mqtt") and _owns_listener(pid, ports["mqtt"]):
                 return Observed(phase="running", ready_replicas=1, **base)
@@ -1448,7 +1465,7 @@ class LocalDriver:
         for target in (paths.log, paths.stderr):
             if not target.exists():
                 target.touch(mode=0o640)
-        if run_as.uid is not None:
+        if run_as.uid is not None and run_as.gid is not None:  # both or neither (_run_as)
             self._check_reachable(paths.dir, run_as)
             for target in (paths.dir, paths.data, paths.log):
                 os.chown(target, run_as.uid, run_as.gid)
@@ -1658,7 +1675,7 @@ def _atomic_write(path: pathlib.Path, content: str, run_as: _RunAs | None) -> No
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        if run_as is not None and run_as.uid is not None:
+        if run_as is not None and run_as.uid is not None and run_as.gid is not None:  # both or neither (_run_as)
             os.chown(tmp, run_as.uid, run_as.gid)
         os.replace(tmp, path)
     except BaseException:
