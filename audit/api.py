@@ -1,6 +1,10 @@
 """Read-only REST API over the audit log, filterable by actor, action, target and time range."""
 
+import datetime
+
+from django.core.exceptions import ValidationError
 from django.db.models import Q
+from django_filters import fields as filter_fields
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer
 from rest_framework import mixins, serializers
@@ -56,6 +60,24 @@ class AuditEventSerializer(serializers.ModelSerializer):
         ]
 
 
+class UtcIsoDateTimeField(filter_fields.IsoDateTimeField):
+    """An ISO 8601 instant, handed to the database in UTC: Python accepts UTC offsets up to 23:59 but PostgreSQL only
+    up to 15:59 (a larger one was a 500), and an instant that has no UTC year from 1 to 9999 is a field error."""
+
+    def to_python(self, value):
+        result = super().to_python(value)
+        if result is None:
+            return None
+        try:
+            return result.astimezone(datetime.UTC)
+        except OverflowError:
+            raise ValidationError("Enter a date and time between the years 1 and 9999.", code="invalid") from None
+
+
+class UtcIsoDateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
+
+
 class AuditEventFilter(filters.FilterSet):
     actor = filters.CharFilter(method="filter_actor", help_text="An email address or a user id (`usr_…`).")
     action = filters.CharFilter(
@@ -63,8 +85,8 @@ class AuditEventFilter(filters.FilterSet):
     )
     target = filters.CharFilter(field_name="target_id")
     api_key = filters.CharFilter(field_name="api_key_prefix", help_text="The key's visible prefix.")
-    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

@@ -1,6 +1,74 @@
 """Shared fixtures. Django-dependent imports stay inside fixtures so driver tests also run with `-p no:django`."""
 
+import os
+import random
+
 import pytest
+
+# --- Seeded randomness ------------------------------------------------------------------------------------------
+# One seed per run, printed in the header and beside every failure; CONTROLPLANE_TEST_SEED=<seed> replays it. Each
+# test's `random` and Faker (factory_boy) are seeded from it and the test's id, so a test draws the same values
+# whatever ran before it. Under CI, Hypothesis derandomizes (its examples follow from each test's source).
+SEED_VARIABLE = "CONTROLPLANE_TEST_SEED"
+_seed_key = pytest.StashKey[int]()
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def pytest_configure(config):
+    given = os.environ.get(SEED_VARIABLE, "").strip()
+    seed = int(given) if given else random.SystemRandom().randrange(2**32)
+    config.stash[_seed_key] = seed
+    # Set for modules that seed their own generators at import (tests/billing/test_metering_property.py) and for
+    # processes the tests start.
+    os.environ[SEED_VARIABLE] = str(seed)
+
+    from hypothesis import settings
+
+    # Hypothesis' own profiles: "ci" derandomizes (and prints a failure's reproduction blob). Hypothesis loads it when
+    # a CI variable merely exists; here CI must say true, and HYPOTHESIS_PROFILE picks another by name.
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _under_ci() else "default"))
+
+
+def pytest_report_header(config):
+    from hypothesis import settings
+
+    seed = config.stash[_seed_key]
+    return [
+        f"random seed: {seed} ({SEED_VARIABLE}={seed} replays it); "
+        f"hypothesis profile: {settings.get_current_profile_name()} (derandomize={settings.default.derandomize})"
+    ]
+
+
+def pytest_runtest_setup(item):
+    import factory.random
+
+    test_seed = f"{item.config.stash[_seed_key]}:{item.nodeid}"
+    random.seed(test_seed)
+    factory.random.reseed_random(test_seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        seed = item.config.stash[_seed_key]
+        report.sections.append(("random seed", f"{SEED_VARIABLE}={seed} pytest {item.nodeid!r} replays this test"))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in SUMMARY_LINES:
+        terminalreporter.write_line(line)
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        seed = config.stash[_seed_key]
+        terminalreporter.write_line(f"random seed of this run: {seed} (rerun with {SEED_VARIABLE}={seed})")
+
+
+# Lines a test module wants printed at the end of the run (figures such as how many API operations a fuzzer ran).
+SUMMARY_LINES: list[str] = []
 
 
 @pytest.fixture

@@ -99,6 +99,15 @@ def test_invalid_filter_value_is_refused(owner_org, key_client):
     _assert_problem(response, 400, "since")
 
 
+def test_filter_instant_with_an_offset_postgresql_lacks_is_answered_in_utc(owner_org, key_client):
+    """Python reads UTC offsets up to 23:59, PostgreSQL only up to 15:59: the bound reaches the database in UTC."""
+    client = key_client(owner_org.owner_secret)
+    base = f"/api/v1/organizations/{owner_org.id}/audit-events"
+    assert client.get(base + "?until=2000-01-01T00:00:00%2B22:05").json()["results"] == []
+    assert len(client.get(base + "?since=2000-01-01T00:00:00%2B22:05").json()["results"]) >= 1
+    _assert_problem(client.get(base + "?until=0001-01-01T00:00:00%2B22:05"), 400, "until")
+
+
 @pytest.mark.parametrize("debug", [True, False])
 @pytest.mark.parametrize("method", ["get", "post", "delete"])
 def test_unknown_url_under_api_is_problem_json_when_debug_is(debug, method, api, settings):

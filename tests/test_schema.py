@@ -1,11 +1,23 @@
 """The OpenAPI document: valid with no warnings, and the running API conforms to it (schemathesis, bounded)."""
 
+import collections
+import types
+
 import pytest
 import schemathesis
 from django.core.management import call_command
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from schemathesis.checks import ignored_auth, negative_data_rejection, positive_data_acceptance
+from schemathesis.checks import (
+    ignored_auth,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.api_walk import api_operations, sample_values
+from tests.conftest import SUMMARY_LINES
 
 
 def test_schema_validates_without_warnings(tmp_path):
@@ -41,41 +53,88 @@ def api_schema(transactional_db, redis_clean, settings):
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+# Every documented operation, by its name in the document ("GET /api/v1/organizations/{org}"), with the URL route
+# that serves it: its path parameters get real objects of the caller's organization from tests/api_walk.py.
+ROUTED = {str(op): op for op in api_operations()}
+# Operation -> statuses it answered across its examples; read by fuzz_world's teardown and the run's summary.
+ANSWERS: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+
+
+_DEP = "/api/v1/organizations/{org}/projects/{project}/deployments/{dep}"
+# Found once the run reached the handlers with real ids, not yet fixed (their apps' owners: alerts, deployments, iot).
+# For these only, the document is not checked against the answer (no 5xx is still checked); an entry whose operation
+# is gone fails, so the list only shrinks.
+KNOWN_NONCONFORMING = {
+    f"GET {_DEP}/edge-nodes/{{node}}/config": "answers 409 while the deployment has no address yet, which the document does not list",
+    f"GET {_DEP}/metrics": "with an empty ?to= the body lacks the `start` and `end` the document requires",
+    f"GET {_DEP}/rate-limits": "documented as a paginated list; the view answers one object",
+    f"GET {_DEP}/schemas/{{schema}}/versions": "documented as a paginated list; the view answers a plain array",
+}
+
+
+def test_known_nonconforming_operations_still_exist():
+    assert set(KNOWN_NONCONFORMING) - set(ROUTED) == set()
+
+
 @pytest.fixture
-def world(owner_org):
-    from organizations import services
-
-    user, membership = owner_org.add_member(roles=["auditor"])
-    key, _ = owner_org.key_for(user, role="auditor")
-    invitation, _ = services.invitation_create(
-        organization=owner_org.organization, actor=None, email="fuzz@example.com", roles=["auditor"]
-    )
-    from audit.models import AuditEvent
-
-    return {
-        "org": owner_org.id,
-        "project": owner_org.default_project.public_id,
-        "member": membership.public_id,
-        "key": key.public_id,
-        "invitation": invitation.public_id,
-        "event": AuditEvent.objects.filter(organization=owner_org.organization).first().public_id,
-        "secret": owner_org.owner_secret,
+def fuzz_world(owner_org):
+    """The caller's organization (its Owner's API key makes every call), shared by every operation's examples (one
+    test, with a subtest per operation); `values` holds each operation's real path parameters, `names` the operations
+    that ran. After they ran, an operation with path parameters must have reached its handler (an answer other than
+    404) at least once, or the real ids did not reach it and the run proved nothing for it."""
+    world = types.SimpleNamespace(org=owner_org, names=set(), values={})
+    yield world
+    unreached = {
+        name: dict(ANSWERS[name]) for name in world.names if ROUTED[name].kwargs and set(ANSWERS[name]) == {404}
     }
+    assert unreached == {}, "every example answered 404 with real path parameters"
+
+
+def _summary_line() -> str:
+    calls = sum(sum(answers.values()) for answers in ANSWERS.values())
+    statuses: collections.Counter[int] = collections.Counter()
+    for answers in ANSWERS.values():
+        statuses.update(answers)
+    return (
+        f"schemathesis: {len(ANSWERS)} of {len(ROUTED)} operations ran, {calls} calls, "
+        f"statuses {dict(sorted(statuses.items()))}"
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_operations_run():
+    yield
+    if ANSWERS:
+        SUMMARY_LINES.append(_summary_line())
 
 
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @hypothesis_settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_api_never_errors_and_conforms_to_schema(case, world):
-    for name in list(case.path_parameters or {}):
-        if name in world:
-            case.path_parameters[name] = world[name]
-    case.headers = {**(case.headers or {}), "Authorization": f"Bearer {world['secret']}"}
+def test_api_never_errors_and_conforms_to_schema(case, fuzz_world):
+    name = f"{case.operation.method.upper()} {case.operation.path}"
+    route = ROUTED[name]
+    fuzz_world.names.add(name)
+    if route.kwargs:
+        # Real objects, made at the operation's first example and kept for the rest (objects are what the run costs);
+        # the generated values are dropped whole: made-up ids would only ever meet a 404. After a DELETE the later
+        # examples meet a 404, which fuzz_world accepts once an example reached the handler.
+        if name not in fuzz_world.values:
+            fuzz_world.values[name] = sample_values(fuzz_world.org, route.kwargs, route=route.route)
+        case.path_parameters = dict(fuzz_world.values[name])
+    case.headers = {**(case.headers or {}), "Authorization": f"Bearer {fuzz_world.org.owner_secret}"}
+    response = case.call()
+    if case.method.upper() == case.operation.method.upper():  # not the 405 probes of methods the path lacks
+        ANSWERS[name][response.status_code] += 1
     # Left out: positive_data_acceptance (business rules rightly refuse some schema-valid bodies — a duplicate name,
     # a role above the caller's — with a documented 4xx), negative_data_rejection (list filters ignore a value they
     # cannot parse, as django-filter does; bodies are strict and tested in test_bad_input), and ignored_auth (this
-    # test replaces the generated credentials with a valid key on purpose; authentication has its own tests).
-    case.call_and_validate(excluded_checks=[positive_data_acceptance, negative_data_rejection, ignored_auth])
+    # test replaces the generated credentials with a valid key on purpose; authentication has its own tests). What
+    # stays includes not_a_server_error (no 5xx) and the response's conformance to the document.
+    excluded = [positive_data_acceptance, negative_data_rejection, ignored_auth]
+    if name in KNOWN_NONCONFORMING:
+        excluded += [response_schema_conformance, status_code_conformance]
+    case.validate_response(response, excluded_checks=excluded)
 
 
 def test_every_operation_documents_an_example_and_its_errors(tmp_path):

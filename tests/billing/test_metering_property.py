@@ -20,7 +20,12 @@ from deployments.models import Price
 from tests.billing.conftest import at
 
 pytestmark = pytest.mark.django_db
-SEED = int(os.environ.get("BILLING_PROPERTY_SEED") or random.SystemRandom().randrange(2**32))
+# The run's seed (tests/conftest.py sets CONTROLPLANE_TEST_SEED) unless this test's own is given.
+SEED = int(
+    os.environ.get("BILLING_PROPERTY_SEED")
+    or os.environ.get("CONTROLPLANE_TEST_SEED")
+    or random.SystemRandom().randrange(2**32)
+)
 print(f"billing metering property test: hypothesis seed {SEED} (BILLING_PROPERTY_SEED={SEED} replays it)")
 
 WINDOW_START = at(2026, 3, 1, 21)  # six hours across midnight: prices valid from 2 March apply to the last three
