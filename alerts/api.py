@@ -101,18 +101,21 @@ class MetricsConditionSerializer(serializers.Serializer):
 )
 class MetricSeriesResponseSerializer(serializers.Serializer):
     deployment = serializers.CharField()
-    start = serializers.DateTimeField()
-    end = serializers.DateTimeField()
     step = serializers.IntegerField()
     source = serializers.ChoiceField(choices=["raw", "rollup"])
     timestamps = serializers.ListField(child=serializers.DateTimeField())
     series = MetricSeriesValuesSerializer(many=True)
     conditions = MetricsConditionSerializer(many=True)
 
-    def to_representation(self, instance):
-        data = super().to_representation(instance)
-        data["from"], data["to"] = data.pop("start"), data.pop("end")
-        return data
+    def get_fields(self):
+        # `from` and `to` (Python keywords, so declared here) are the result's start and end; the schema names them
+        # as the answer does.
+        declared = super().get_fields()
+        fields = {"deployment": declared.pop("deployment")}
+        fields["from"] = serializers.DateTimeField(source="start")
+        fields["to"] = serializers.DateTimeField(source="end")
+        fields.update(declared)
+        return fields
 
 
 class CurrentMetricSerializer(serializers.Serializer):

@@ -998,7 +998,8 @@ class EmqxEnforcementSerializer(serializers.Serializer):
             },
             response_only=True,
         )
-    ]
+    ],
+    many=False,  # the answer of the `list` action is this one object, not a page
 )
 class DeploymentRateLimitsSerializer(serializers.Serializer):
     policies = HonouredPolicySerializer(many=True)

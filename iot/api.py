@@ -376,6 +376,8 @@ class _DeploymentScopedViewSet(ScopedViewSet):
     scope_level = "project"
     parser_classes = [JsonParser]
     deployment_path = "deployment"
+    # Reads too answer 409 once the deployment is being deleted, or (an edge node's bridge file) has no address yet.
+    read_conflicts = True
 
     def narrow_queryset(self, queryset):
         return queryset.filter(**{f"{self.deployment_path}__public_id": self.kwargs["dep"]})

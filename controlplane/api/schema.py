@@ -113,6 +113,8 @@ class AutoSchema(openapi.AutoSchema):
             codes += ["413"]
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
             codes += ["409", "422"]
+        elif getattr(self.view, "read_conflicts", False):
+            codes.append("409")  # a read refused by the resource's state (a Premium deployment being deleted)
         if "{" in self.path:
             codes.append("404")
         return sorted(set(codes))
