@@ -20,6 +20,7 @@ from deployments import services
 from deployments.models import Deployment, DeploymentEvent, MaintenanceWindow, Operation
 from notifications import services as notification_services
 from notifications.models import Delivery, PlatformEvent
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: email notices are Celery tasks
 from tests.otp import staff_sign_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
@@ -128,7 +129,7 @@ def test_schedule_is_refused_when_reason_is_empty(deployment):
 
 
 def test_scheduling_emails_administrators_and_records_platform_event_when_no_channel(
-    owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
+    owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks, eager
 ):
     with django_capture_on_commit_callbacks(execute=True):
         window = schedule(deployment, reason="Kernel upgrade of the nodes")
@@ -164,7 +165,7 @@ def test_scheduling_records_delivery_to_platform_channel_and_says_emergency(
 
 
 def test_cancelling_notifies_again_and_cannot_be_repeated(
-    owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
+    owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks, eager
 ):
     with django_capture_on_commit_callbacks(execute=True):
         window = schedule(deployment)
@@ -401,7 +402,7 @@ def admin_form(deployment, start: dt.datetime, **changes):
 
 
 def test_admin_schedules_through_the_service(
-    client, staff, owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks
+    client, staff, owner_org, deployment, mailoutbox, django_capture_on_commit_callbacks, eager
 ):
     staff_sign_in(client, staff, "operator passphrase")
     start = (timezone.now() + dt.timedelta(days=16)).replace(microsecond=0)
