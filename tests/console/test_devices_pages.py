@@ -80,6 +80,14 @@ def test_list_shows_devices_with_their_state_and_filters_as_the_api_when_filtere
     assert "2 devices" in body and "sensor-1" in body and "sensor-2" in body
     assert "203.0.113.7:50412" in body and "online" in body and "offline" in body
 
+    # Disabled while still connected: the agent is closing its connection (the broker's event is not in yet).
+    Device.objects.filter(device_id="sensor-1").update(enabled=False)
+    body = owner.get(console_path(plant, "devices")).content.decode()
+    assert "disconnecting" in body
+    detail = owner.get(console_path(plant, "device/sensor-1")).content.decode()
+    assert "disconnecting" in detail and ">online<" not in detail
+    Device.objects.filter(device_id="sensor-1").update(enabled=True)
+
     def listed(query):
         response = owner.get(console_path(plant, "devices") + query)
         assert response.status_code == 200, response.content[:400]
