@@ -240,11 +240,16 @@ def edge_events_apply(*, deployment_id: int, holder: str, token: int, events: li
     return len(changed)
 
 
+# mosquitto's log stamps whole seconds: a log event is older than a status message only by more than that.
+LOG_PRECISION = datetime.timedelta(seconds=1)
+
+
 def edge_connections_apply(*, deployment_id: int, events: list[PresenceEvent]) -> int:
     """The broker's own connection events for the nodes' bridges (client id `$edge-{node}`), applied inside the
     agent's fenced presence transaction (iot.services.presence_apply). A bridge connected with its node's username
     is the node online, whatever its kind: NanoMQ's bridge announces nothing itself. Its disconnection, another
-    client taking its id, or the broker restarting is the node offline. Answers how many nodes changed."""
+    client taking its id, or the broker restarting is the node offline. The log is read a moment late: an event older
+    than the state the node's own status messages already set is skipped. Answers how many nodes changed."""
     prefix = edge.client_id("")
     names = {e.client_id.removeprefix(prefix) for e in events if e.client_id.startswith(prefix)}
     reset = any(e.kind == "broker_reset" for e in events)
@@ -269,6 +274,8 @@ def edge_connections_apply(*, deployment_id: int, events: list[PresenceEvent]) -
         if node is None:
             continue
         if event.kind == "connected":
+            if node.disconnected_at is not None and event.at + LOG_PRECISION <= node.disconnected_at:
+                continue  # read from the log after the bridge's last will already said it ended
             if event.username == node.username:
                 node.online = True
                 node.connected_at = node.last_seen = event.at
@@ -281,6 +288,8 @@ def edge_connections_apply(*, deployment_id: int, events: list[PresenceEvent]) -
             started = event.connection_started_at
             if started is not None and node.connected_at is not None and started < node.connected_at:
                 continue  # the end of an older connection, reported after the newer one began
+            if node.connected_at is not None and event.at + LOG_PRECISION <= node.connected_at:
+                continue  # read from the log after the bridge's birth message announced a newer connection
             node.online = False
             node.disconnected_at = node.last_seen = event.at
             changed.add(node.name)

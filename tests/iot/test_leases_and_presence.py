@@ -215,3 +215,14 @@ def test_edge_bridges_connection_events_drive_node_state_whatever_the_kind_when_
     assert not nodes["gw-nano"].online and nodes["gw-nano"].last_seen == at(5) and nodes["gw-mosq"].online
     nodes = apply(PresenceEvent("broker_reset", at(6)))
     assert not nodes["gw-mosq"].online and nodes["gw-mosq"].disconnected_at == at(6)
+    # The log is read late: a connection the bridge's last will (at 20 s) already ended changes nothing when read.
+    will = edge_services.EdgeEvent(node="gw-mosq", kind="status", at=at(20), online=False)
+    birth = edge_services.EdgeEvent(node="gw-mosq", kind="status", at=at(10), online=True)
+    edge_services.edge_events_apply(deployment_id=deployment.pk, holder="a", token=token, events=[birth, will])
+    nodes = apply(connected(mosq, 9, mosq.username))
+    assert not nodes["gw-mosq"].online and nodes["gw-mosq"].disconnected_at == at(20)
+    # Nor does the end of a connection older than the one the bridge's birth message announced (at 40 s).
+    reborn = edge_services.EdgeEvent(node="gw-mosq", kind="status", at=at(40), online=True)
+    edge_services.edge_events_apply(deployment_id=deployment.pk, holder="a", token=token, events=[reborn])
+    nodes = apply(PresenceEvent("disconnected", at(30), edge.client_id("gw-mosq")))
+    assert nodes["gw-mosq"].online and nodes["gw-mosq"].connected_at == at(40)
