@@ -7,9 +7,11 @@ Never for `transaction=True` tests, nor for tests whose code must see a commit (
 """
 
 import contextlib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from django.apps import apps
 from django.db import transaction
 
 T = TypeVar("T")
@@ -23,6 +25,9 @@ def data_for_module(django_db_blocker, build: Callable[[], T]) -> Iterator[T]:
         atomic.__enter__()
     try:
         with django_db_blocker.unblock():
+            # A transactional test earlier in the run flushed the catalog its data migration seeded (plans, tiers,
+            # prices, the local region): the data below needs it, and a module fixture runs before any per-test one.
+            importlib.import_module("deployments.migrations.0002_seed_catalog").seed(apps, None)
             data = build()
         yield data
     finally:

@@ -74,7 +74,7 @@ def test_known_nonconforming_operations_still_exist():
 
 
 @pytest.fixture
-def fuzz_world(owner_org):
+def fuzz_world(deployments_catalog, owner_org):
     """The caller's organization (its Owner's API key makes every call), shared by every operation's examples (one
     test, with a subtest per operation); `values` holds each operation's real path parameters, `names` the operations
     that ran. After they ran, an operation with path parameters must have reached its handler (an answer other than
