@@ -266,6 +266,8 @@ def edge_connections_apply(*, deployment_id: int, events: list[PresenceEvent]) -
     for event in events:
         if event.kind == "broker_reset":
             for each in nodes.values():
+                if each.connected_at is not None and event.at + LOG_PRECISION <= each.connected_at:
+                    continue  # read from the log after the bridge's birth message announced a newer connection
                 if each.online:
                     each.online, each.disconnected_at = False, event.at
                     changed.add(each.name)

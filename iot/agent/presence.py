@@ -32,8 +32,10 @@ class PresenceEvent:
 # seconds). Client ids are matched as \S+ and every pattern is anchored at both ends: a device id has no spaces,
 # so another client's id with spaces in it can never make a line read as a device's; mosquitto refuses control
 # characters in client ids, so one cannot forge a line either.
+# A client that connects as a bridge (mosquitto's own bridges, the edge nodes' among them) is logged as "New bridge
+# connected" instead of "New client connected", in the same shape.
 _CONNECTED = re.compile(
-    r"^(?P<ts>\d+): New client connected from (?P<address>\S+) as (?P<id>\S+) "
+    r"^(?P<ts>\d+): New (?:client|bridge) connected from (?P<address>\S+) as (?P<id>\S+) "
     r"\(p\d+, c\d, k\d+(?:, u'(?P<username>[^']*)')?\)\.$"
 )
 _DISCONNECTED = re.compile(

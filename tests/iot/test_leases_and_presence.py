@@ -226,3 +226,9 @@ def test_edge_bridges_connection_events_drive_node_state_whatever_the_kind_when_
     edge_services.edge_events_apply(deployment_id=deployment.pk, holder="a", token=token, events=[reborn])
     nodes = apply(PresenceEvent("disconnected", at(30), edge.client_id("gw-mosq")))
     assert nodes["gw-mosq"].online and nodes["gw-mosq"].connected_at == at(40)
+    # Nor does the broker's start (at 35 s) read after that birth message: the bridge connected after it.
+    nodes = apply(PresenceEvent("broker_reset", at(35)))
+    assert nodes["gw-mosq"].online and nodes["gw-mosq"].connected_at == at(40)
+    # A restart the birth message did not follow takes the node offline.
+    nodes = apply(PresenceEvent("broker_reset", at(50)))
+    assert not nodes["gw-mosq"].online and nodes["gw-mosq"].disconnected_at == at(50)

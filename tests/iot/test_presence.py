@@ -23,7 +23,8 @@ RECORDED = """1796037485: mosquitto version 2.0.11 starting
 1796037492: Client sensor-3 disconnected: Connection reset by peer.
 1796037493: Client sensor-4 already connected, closing old connection.
 1796037494: Client sensor-5 disconnected due to protocol error.
-1796037495: mosquitto version 2.0.11 terminating
+1796037495: New bridge connected from 127.0.0.1:38524 as $edge-gw-1 (p2, c0, k30, u'$edge-3750b04e28e6cb1a').
+1796037496: mosquitto version 2.0.11 terminating
 """
 
 
@@ -44,6 +45,7 @@ def test_recorded_mosquitto_lines_read_as_connection_events_when_parsed():
         ("disconnected", "sensor-3"),
         ("disconnected", "sensor-4"),
         ("disconnected", "sensor-5"),
+        ("connected", "$edge-gw-1"),
         ("broker_reset", ""),
     ]
     first = events[1]
@@ -51,6 +53,7 @@ def test_recorded_mosquitto_lines_read_as_connection_events_when_parsed():
     assert first.address == "127.0.0.1:43357"
     assert first.at == at(1796037485)
     assert events[3].username == "$controlplane-agent"
+    assert events[-2].username == "$edge-3750b04e28e6cb1a"  # a bridge is logged as "New bridge connected"
 
 
 def test_client_id_with_spaces_cannot_forge_a_device_connection_when_logged():
