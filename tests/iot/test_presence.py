@@ -92,7 +92,7 @@ def test_tail_starts_over_when_the_log_is_replaced_or_truncated(tmp_path):
     log = tmp_path / "mosquitto.log"
     log.write_text(RECORDED)
     tail = LogTail(str(log))
-    assert len(tail.read()) == 10
+    assert len(tail.read()) == 11
     log.write_text(RECORDED.splitlines(keepends=True)[0])
     assert [e.kind for e in tail.read()] == ["broker_reset"]
 
