@@ -352,7 +352,7 @@ def main(rate: float, seconds: float) -> None:
         port = deployment.endpoints["ports"]["mqtt"]
         agent = AgentProcess(env, log_dir / "agent.log", agent_id="bench-agent", heartbeat=2.0, lease=10.0).start()
 
-        clients = [
+        clients: list[tuple[str, str | None, str | None, str, str]] = [
             (
                 device.device_id,
                 credentials.username,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
@@ -16,8 +17,11 @@ from django.utils import timezone
 from billing import invoicing, metering
 from billing.models import BillingAccount, CreditGrant, Invoice, InvoiceStatus, missing_address_fields
 
+if TYPE_CHECKING:
+    from organizations.models import Organization
 
-def billing_account_for(*, organization) -> BillingAccount:
+
+def billing_account_for(*, organization: Organization) -> BillingAccount:
     """The organization's billing account; organizations get one the first time billing needs it."""
     account, _ = BillingAccount.objects.get_or_create(organization=organization)
     return account

@@ -14,12 +14,13 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -51,6 +52,13 @@ from controlplane.db import LockSpace, xact_lock
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.tasks import enqueue_on_commit, publish
 from notifications.services import platform_event_notify
+
+if TYPE_CHECKING:
+    import stripe
+
+    from accounts.models import User
+    from deployments.models import Deployment
+    from organizations.access import Principal
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +169,7 @@ def _vies_applies(country: str, tax_id: str) -> bool:
 def billing_account_update(
     *,
     account: BillingAccount,
-    actor,
+    actor: Principal | None,
     country: str,
     company: str = "",
     email: str = "",
@@ -268,7 +276,8 @@ class ViesUnavailable(Exception):
 
 
 def _vies_backoff(failures: int) -> datetime.timedelta:
-    return min(VIES_RETRY_FIRST * (2 ** max(failures - 1, 0)), VIES_RETRY_MAX)
+    backoff: datetime.timedelta = min(VIES_RETRY_FIRST * (2 ** max(failures - 1, 0)), VIES_RETRY_MAX)
+    return backoff
 
 
 def billing_account_check_vat(*, account_id: int, now: datetime.datetime | None = None) -> str | None:
@@ -364,7 +373,7 @@ def _record_vat_answer(account: BillingAccount, *, previous: str, now: datetime.
 
 def vat_checks_due(
     *, now: datetime.datetime | None = None, unconfirmed_only: bool = False, budget_seconds: float | None = None
-) -> dict:
+) -> dict[str, int]:
     """Ask VIES about every number whose check is due (unconfirmed ones on their backoff, confirmed ones monthly),
     or, before a month is closed, about every unconfirmed number at once. With `budget_seconds`, stop asking when it
     is spent (the rest keep their schedule). Returns counts by outcome."""
@@ -409,11 +418,11 @@ def vat_invalid_notify(*, account: BillingAccount) -> None:
 
 
 @lru_cache(maxsize=4)
-def _client_for(api_key: str, api_base: str):
+def _client_for(api_key: str, api_base: str) -> stripe.StripeClient:
     return gateway.make_client(api_key=api_key, api_base=api_base or None)
 
 
-def stripe_client():
+def stripe_client() -> stripe.StripeClient:
     if not settings.STRIPE_SECRET_KEY:
         raise gateway.GatewayNotConfigured("STRIPE_SECRET_KEY is not set")
     return _client_for(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
@@ -458,7 +467,7 @@ def _customer_id(account: BillingAccount) -> str:
     return account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk)
 
 
-def card_setup_intent(*, account: BillingAccount, actor) -> tuple[str, str]:
+def card_setup_intent(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
     intent_id, secret = gateway.create_setup_intent(_customer_id(account), client=stripe_client())
     with transaction.atomic():
         audit_record(
@@ -471,7 +480,9 @@ def card_setup_intent(*, account: BillingAccount, actor) -> tuple[str, str]:
     return intent_id, secret
 
 
-def card_checkout_session(*, account: BillingAccount, actor, success_url: str, cancel_url: str) -> str:
+def card_checkout_session(
+    *, account: BillingAccount, actor: Principal | None, success_url: str, cancel_url: str
+) -> str:
     url = gateway.create_checkout_setup_session(_customer_id(account), success_url, cancel_url, client=stripe_client())
     with transaction.atomic():
         audit_record(
@@ -484,7 +495,7 @@ def card_checkout_session(*, account: BillingAccount, actor, success_url: str, c
     return url
 
 
-def card_checkout_return(*, account: BillingAccount, actor, session_id: str) -> bool:
+def card_checkout_return(*, account: BillingAccount, actor: Principal | None, session_id: str) -> bool:
     """The browser is back from Checkout: save the card the session set up, as the setup_intent.succeeded webhook
     would (whichever comes first; the second changes nothing). A session of another customer is refused. Returns
     whether the session saved a card."""
@@ -643,7 +654,13 @@ def _payment_failed_notice(invoice: Invoice, *, reason: str, attempt: str) -> No
 
 
 def _mark_paid(
-    invoice: Invoice, *, actor, method: str, payment_intent_id: str = "", payment: Payment | None = None, user=None
+    invoice: Invoice,
+    *,
+    actor: Principal | None,
+    method: str,
+    payment_intent_id: str = "",
+    payment: Payment | None = None,
+    user: User | None = None,
 ) -> Invoice:
     if invoice.status == InvoiceStatus.PAID:
         return invoice
@@ -683,14 +700,16 @@ def _mark_paid(
 
 
 @transaction.atomic
-def invoice_mark_paid(*, invoice: Invoice, actor, method: str = "manual") -> Invoice:
+def invoice_mark_paid(*, invoice: Invoice, actor: Principal | None, method: str = "manual") -> Invoice:
     """Staff record a bank transfer (or any payment made outside Stripe)."""
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     return _mark_paid(invoice, actor=actor, method=method, user=getattr(actor, "user", None))
 
 
 @transaction.atomic
-def invoice_void(*, invoice: Invoice, actor, reason: str = "", now: datetime.datetime | None = None) -> Invoice:
+def invoice_void(
+    *, invoice: Invoice, actor: Principal | None, reason: str = "", now: datetime.datetime | None = None
+) -> Invoice:
     """Cancel an unpaid invoice. An issued one gets a credit note (its own number series, the amounts negated); a
     held draft simply goes. Either way the credits it consumed go back to their grants and its usage is released,
     so the month can be invoiced again, correctly. Voiding an annual plan's prepaid invoice ends the plan at once:
@@ -728,7 +747,9 @@ def invoice_void(*, invoice: Invoice, actor, reason: str = "", now: datetime.dat
     return invoice
 
 
-def invoice_reissue(*, account: BillingAccount, month: datetime.date, actor, now: datetime.datetime | None = None):
+def invoice_reissue(
+    *, account: BillingAccount, month: datetime.date, actor: Principal | None, now: datetime.datetime | None = None
+) -> invoicing.CloseResult:
     """Invoice a month again for one account after its invoice was voided: its released usage, corrected."""
     result = invoicing.close_invoices(month=month, now=now, organization_ids=[account.organization_id])
     with transaction.atomic():
@@ -769,7 +790,7 @@ def invoice_held_notify(*, invoice: Invoice) -> None:
 
 
 @transaction.atomic
-def invoice_mark_uncollectible(*, invoice: Invoice, actor) -> Invoice:
+def invoice_mark_uncollectible(*, invoice: Invoice, actor: Principal | None) -> Invoice:
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     if invoice.status != InvoiceStatus.OPEN:
         raise Conflict(f"A {invoice.status} invoice cannot be marked uncollectible.")
@@ -792,7 +813,7 @@ def invoice_mark_uncollectible(*, invoice: Invoice, actor) -> Invoice:
 def credit_grant(
     *,
     account: BillingAccount,
-    actor,
+    actor: Principal | None,
     kind: str,
     amount: int,
     description: str = "",
@@ -829,7 +850,9 @@ def credit_grant(
 
 
 @transaction.atomic
-def coupon_redeem(*, account: BillingAccount, actor, code: str, now: datetime.datetime | None = None) -> CreditGrant:
+def coupon_redeem(
+    *, account: BillingAccount, actor: Principal | None, code: str, now: datetime.datetime | None = None
+) -> CreditGrant:
     """Turn a coupon into a credit grant. Each coupon once per account; expired or used-up coupons are refused."""
     now = now or timezone.now()
     coupon = Coupon.objects.select_for_update().filter(code=code.strip().upper()).first()
@@ -887,7 +910,7 @@ def stripe_event_process(*, payload: bytes, signature: str) -> tuple[bool, str]:
     return True, outcome
 
 
-def _apply_event(event: dict) -> str:
+def _apply_event(event: dict[str, Any]) -> str:
     kind = event["type"]
     obj = (event.get("data") or {}).get("object") or {}
     if kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
@@ -966,7 +989,7 @@ def billing_account_set_default_card(*, account_id: int) -> None:
 # --- Overdue --------------------------------------------------------------------------------------------------------
 
 
-def _billing_stopped(account: BillingAccount):
+def _billing_stopped(account: BillingAccount) -> QuerySet[Deployment]:
     from deployments.models import Deployment
 
     return Deployment.objects.filter(
@@ -974,7 +997,7 @@ def _billing_stopped(account: BillingAccount):
     ).exclude(desired_state="deleted")
 
 
-def overdue_process(*, now: datetime.datetime | None = None) -> dict:
+def overdue_process(*, now: datetime.datetime | None = None) -> dict[str, int]:
     """Remind after 1, 3 and 7 days overdue; after the grace period stop the account's deployments (reason
     billing); delete those stopped by billing for BILLING_DELETE_AFTER_STOPPED_DAYS. Safe to run any number of times."""
     from deployments import services as deployment_services
@@ -1076,7 +1099,7 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict:
     return counts
 
 
-def overdue_release(*, account: BillingAccount, actor=None) -> int:
+def overdue_release(*, account: BillingAccount, actor: Principal | None = None) -> int:
     """Restart what billing stopped once nothing is overdue past the grace period any more. The restart is the
     system's (actor None): a user may not lift a billing stop themselves."""
     from deployments import services as deployment_services

@@ -23,7 +23,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import Conflict, FieldError, NotFound, ValidationFailed
-from deployments.models import Deployment, DesiredState, Plan
+from deployments.models import Deployment, DesiredState, Operation, Plan
 from deployments.passwords import hash_mqtt_password
 from deployments.services import deployment_configuration_changed
 from iot import csv_import, shadow, validation
@@ -38,6 +38,7 @@ from iot.models import (
     Shadow,
     ShadowChange,
 )
+from organizations.access import Principal
 
 NOTIFY_CHANNEL = "iot_outbox"
 DEVICE_USERNAME_PREFIX = "$device-"
@@ -150,15 +151,15 @@ def agent_credential_ensure(deployment: Deployment) -> AgentCredential:
 def device_create(
     *,
     deployment: Deployment,
-    actor,
+    actor: Principal | None,
     device_id: str,
     name: str = "",
     product: str = "",
-    tags: list | None = None,
-    attributes: dict | None = None,
-    groups: list | None = None,
+    tags: list[str] | None = None,
+    attributes: dict[str, Any] | None = None,
+    groups: list[str] | None = None,
     enabled: bool = True,
-):
+) -> tuple[Device, IssuedCredentials, Operation]:
     """Register a device; answers (device, its credentials shown this once, the configure Operation)."""
     deployment = _locked_deployment(deployment)
     values = _fields(
@@ -209,14 +210,14 @@ _UNSET = object()
 def device_update(
     *,
     device: Device,
-    actor,
-    name=_UNSET,
-    product=_UNSET,
-    tags=_UNSET,
-    attributes=_UNSET,
-    groups=_UNSET,
-    enabled=_UNSET,
-):
+    actor: Principal | None,
+    name: Any = _UNSET,
+    product: Any = _UNSET,
+    tags: Any = _UNSET,
+    attributes: Any = _UNSET,
+    groups: Any = _UNSET,
+    enabled: Any = _UNSET,
+) -> tuple[Device, Operation | None]:
     """Change a device's description, groups or enabled flag. Disabling removes its broker user (the broker drops
     it and refuses it from then on) and disconnects it; answers (device, the Operation when the broker changes)."""
     deployment = _locked_deployment(device.deployment)
@@ -270,14 +271,14 @@ def device_update(
     return device, operation
 
 
-def _boolean(value) -> bool:
+def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError("Must be true or false.")
     return value
 
 
 @transaction.atomic
-def device_delete(*, device: Device, actor):
+def device_delete(*, device: Device, actor: Principal | None) -> Operation:
     """Remove a device, its shadow and history; its broker user goes and it is disconnected."""
     deployment = _locked_deployment(device.deployment)
     device_id, public_id = device.device_id, device.public_id
@@ -302,7 +303,9 @@ def device_delete(*, device: Device, actor):
 
 
 @transaction.atomic
-def device_credentials_rotate(*, device: Device, actor):
+def device_credentials_rotate(
+    *, device: Device, actor: Principal | None
+) -> tuple[Device, IssuedCredentials, Operation]:
     """New username and password for a device (shown this once); the old ones stop working when the broker
     reloads, and mosquitto drops a client still connected with them."""
     deployment = _locked_deployment(device.deployment)
@@ -325,7 +328,9 @@ def device_credentials_rotate(*, device: Device, actor):
 
 
 @transaction.atomic
-def devices_import(*, deployment: Deployment, actor, data: bytes, content_encoding: str = ""):
+def devices_import(
+    *, deployment: Deployment, actor: Principal | None, data: bytes, content_encoding: str = ""
+) -> tuple[list[tuple[Device, IssuedCredentials]], Operation]:
     """Register every device of a CSV file, or none: ValidationFailed lists each row's errors (`rows.<line>.<column>`).
     Answers ([(device, credentials)], the Operation)."""
     deployment = _locked_deployment(deployment)
@@ -402,7 +407,9 @@ def devices_import(*, deployment: Deployment, actor, data: bytes, content_encodi
 
 
 @transaction.atomic
-def device_group_create(*, deployment: Deployment, actor, name: str, description: str = "") -> DeviceGroup:
+def device_group_create(
+    *, deployment: Deployment, actor: Principal | None, name: str, description: str = ""
+) -> DeviceGroup:
     deployment = _locked_deployment(deployment)
     values = _fields(
         {
@@ -424,7 +431,7 @@ def device_group_create(*, deployment: Deployment, actor, name: str, description
 
 
 @transaction.atomic
-def device_group_update(*, group: DeviceGroup, actor, description: str) -> DeviceGroup:
+def device_group_update(*, group: DeviceGroup, actor: Principal | None, description: str) -> DeviceGroup:
     deployment = _locked_deployment(group.deployment)
     values = _fields({"description": lambda: validation.text(description, max_length=500)})
     group = DeviceGroup.objects.select_for_update().get(pk=group.pk)
@@ -442,7 +449,7 @@ def device_group_update(*, group: DeviceGroup, actor, description: str) -> Devic
 
 
 @transaction.atomic
-def device_group_delete(*, group: DeviceGroup, actor) -> None:
+def device_group_delete(*, group: DeviceGroup, actor: Principal | None) -> None:
     """Remove a group; its devices stay, outside it."""
     deployment = _locked_deployment(group.deployment)
     name, members = group.name, group.devices.count()
@@ -480,7 +487,7 @@ def _store(row: Shadow, document: shadow.Document, now: datetime.datetime) -> No
 SHADOW_FIELDS = ["present", "version", "desired", "reported", "desired_metadata", "reported_metadata", "updated_at"]
 
 
-def _publish(deployment_id: int, topic: str, body: dict) -> OutboxMessage:
+def _publish(deployment_id: int, topic: str, body: dict[str, Any]) -> OutboxMessage:
     return OutboxMessage(
         deployment_id=deployment_id,
         kind=OutboxMessage.Kind.PUBLISH,
@@ -490,7 +497,7 @@ def _publish(deployment_id: int, topic: str, body: dict) -> OutboxMessage:
 
 
 @transaction.atomic
-def shadow_update_desired(*, device: Device, actor, body) -> dict:
+def shadow_update_desired(*, device: Device, actor: Principal | None, body: Any) -> dict[str, Any]:
     """A desired-state change from the REST API: checked as a device's update is (reported refused), committed
     with its history row, and its accepted, documents and delta messages queued for the device. Answers the accepted
     body; ValidationFailed (400, 413 as 400 with code too-large) or Conflict (version) refuse it, changing nothing."""
@@ -540,7 +547,7 @@ def shadow_update_desired(*, device: Device, actor, body) -> dict:
 
 
 @transaction.atomic
-def shadow_delete(*, device: Device, actor, version: int | None = None) -> dict:
+def shadow_delete(*, device: Device, actor: Principal | None, version: int | None = None) -> dict[str, Any]:
     """Delete a device's shadow (its version keeps counting); answers {"version", "timestamp"}."""
     check_premium(device.deployment)
     row = Shadow.objects.select_for_update().filter(device=device).first()
@@ -571,7 +578,7 @@ def shadow_delete(*, device: Device, actor, version: int | None = None) -> dict:
     return {"version": document.version, "timestamp": int(now.timestamp())}
 
 
-def _domain_error(exc: shadow.ShadowRejected):
+def _domain_error(exc: shadow.ShadowRejected) -> Conflict | NotFound | ValidationFailed:
     if exc.code == 409:
         return Conflict(exc.message, code="version-conflict")
     if exc.code == 404:
@@ -583,16 +590,18 @@ def _domain_error(exc: shadow.ShadowRejected):
 # -- the agent: shadow requests over MQTT ---------------------------------------------------------------------------
 
 
-def _json_text(value) -> str:
+def _json_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _json_value(value):
+def _json_value(value: Any) -> Any:
     """A jsonb column read with a raw cursor: Django's backend has psycopg hand jsonb over as text."""
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _shadows_save(documents: dict[int, shadow.Document], history: list[tuple], now: datetime.datetime) -> None:
+def _shadows_save(
+    documents: dict[int, shadow.Document], history: list[tuple[int, int, dict[str, Any], str]], now: datetime.datetime
+) -> None:
     """Every changed shadow of a batch and its history rows, in one statement, the rows passed as one JSON
     document each. (Django's bulk_update builds a CASE per row and field, and binding arrays of JSON text element by
     element, each cost more than the rest of a batch together.)"""
@@ -685,7 +694,7 @@ def _fence(deployment_id: int, holder: str, token: int) -> None:
 
 def shadow_process_batch(
     *, deployment_id: int, holder: str, token: int, requests: list[ShadowRequest]
-) -> list[tuple[str, dict]]:
+) -> list[tuple[str, dict[str, Any]]]:
     """Carry out a batch of shadow requests received over MQTT, in order, in one transaction: answers
     [(topic, body)] to publish once this returns (after the commit). Raises LeaseLost (nothing committed)."""
     now = timezone.now()
@@ -703,7 +712,7 @@ def shadow_process_batch(
         except shadow.ShadowRejected as exc:
             parsed.append((request, None, exc))
 
-    answers: list[tuple[str, dict]] = []
+    answers: list[tuple[str, dict[str, Any]]] = []
     with transaction.atomic():
         _fence(deployment_id, holder, token)
         wanted = sorted({r.device_id for r, _, error in parsed if error is None})
@@ -733,7 +742,7 @@ def shadow_process_batch(
                     reported_metadata=_json_value(reported_meta),
                 )
         changed: set[int] = set()
-        history: list[tuple[int, int, dict, str]] = []  # (device pk, version, state, client token)
+        history: list[tuple[int, int, dict[str, Any], str]] = []  # (device pk, version, state, client token)
         for request, value, error in parsed:
             base = f"devices/{request.device_id}/shadow/{request.operation}"
             if error is None and request.device_id not in devices:
@@ -786,7 +795,7 @@ PRESENCE_FIELDS = ["online", "connected_at", "disconnected_at", "last_seen", "cl
 
 
 def presence_apply(
-    *, deployment_id: int, holder: str, token: int, events: list[PresenceEvent], cursor: dict | None = None
+    *, deployment_id: int, holder: str, token: int, events: list[PresenceEvent], cursor: dict[str, Any] | None = None
 ) -> int:
     """Apply connection events in order to the deployment's devices, and move the presence cursor, in one
     transaction. A device is online while the connection holding its id was made with its own username; edge nodes'

@@ -14,11 +14,12 @@ import ipaddress
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from alerts import collection as alerts_collection
@@ -35,7 +36,7 @@ from networking.providers import adapter_for
 from networking.providers.base import Customer, Observation, Platform, ProviderError
 from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
-from organizations.access import acting_user
+from organizations.access import Principal, acting_user
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def platform_of(region: Region) -> Platform:
     )
 
 
-def customer_prerequisite(*, deployment: Deployment, provider: str) -> dict | None:
+def customer_prerequisite(*, deployment: Deployment, provider: str) -> dict[str, Any] | None:
     """What the customer does in their own cloud *before* creating a peering, as {"summary", "commands"}; None when
     nothing (AWS and GCP: their step follows our side). Azure: register our application in their tenant and grant
     it the peering role on their VNet, after which we create both sides. Pure but for reading the region."""
@@ -151,7 +152,7 @@ def peering_unavailable_reason(deployment: Deployment) -> str | None:
     return None
 
 
-def _live_peerings():
+def _live_peerings() -> QuerySet[VpcPeering]:
     """Peerings that hold (or may soon hold) a range at the provider. A failed peering that never became active
     was cleaned up at the provider before it failed, so it holds nothing."""
     return VpcPeering.objects.exclude(state=State.DELETED).exclude(state=State.FAILED, activated_at__isnull=True)
@@ -265,7 +266,7 @@ def _schedule(peering: VpcPeering, countdown: float) -> None:
     peering.next_poll_at = timezone.now() + datetime.timedelta(seconds=countdown)
     pk, token = peering.pk, peering.poll_token
 
-    def send():
+    def send() -> None:
         from networking.tasks import poll_peering
 
         poll_peering.apply_async((pk, token), countdown=countdown)
@@ -285,7 +286,7 @@ def _locked(peering: VpcPeering) -> VpcPeering:
 def vpc_peering_create(
     *,
     deployment: Deployment,
-    actor,
+    actor: Principal | None,
     provider: str,
     cidr: str,
     deletion_protection: bool = False,
@@ -330,7 +331,9 @@ def vpc_peering_create(
 
 
 @transaction.atomic
-def vpc_peering_update(*, peering: VpcPeering, actor, deletion_protection: bool | None = None) -> VpcPeering:
+def vpc_peering_update(
+    *, peering: VpcPeering, actor: Principal | None, deletion_protection: bool | None = None
+) -> VpcPeering:
     """Turn deletion protection on or off; lifting it is its own audit entry."""
     peering = _locked(peering)
     if peering.state in (State.DELETING, State.DELETED):
@@ -349,7 +352,9 @@ def vpc_peering_update(*, peering: VpcPeering, actor, deletion_protection: bool 
 
 
 @transaction.atomic
-def vpc_peering_delete(*, peering: VpcPeering, actor, force: bool = False, reason: str = "") -> VpcPeering:
+def vpc_peering_delete(
+    *, peering: VpcPeering, actor: Principal | None, force: bool = False, reason: str = ""
+) -> VpcPeering:
     """Start deleting the peering at the provider (the poll finishes it). Deletion protection answers 409; `force`
     (the deployment itself was deleted) overrides it."""
     peering = _locked(peering)
@@ -390,7 +395,8 @@ def vpc_peering_poll_now(*, peering: VpcPeering) -> None:
 
 
 def _backoff(attempt: int, cap: float) -> float:
-    return min(settings.VPC_PEERING_POLL_BASE_SECONDS * (2 ** min(attempt, 20)), cap)
+    delay: float = min(settings.VPC_PEERING_POLL_BASE_SECONDS * (2 ** min(attempt, 20)), cap)
+    return delay
 
 
 def peering_poll(*, peering_id: int, token: str) -> str:
@@ -409,8 +415,8 @@ class _Result:
     observation: Observation | None = None
     error: ProviderError | None = None
     cleanup_error: ProviderError | None = None
-    ids: dict = dataclasses.field(default_factory=dict)
-    step: dict | None = None
+    ids: dict[str, Any] = dataclasses.field(default_factory=dict)
+    step: dict[str, Any] | None = None
     # Still awaiting the customer when its time ran out: what we made is removed and it fails as expired.
     expired: bool = False
 
@@ -534,15 +540,15 @@ def _transition_text(peering: VpcPeering, started: str) -> str:
     return f"{text} ({peering.last_error})" if peering.state == State.FAILED and peering.last_error else text
 
 
-def _next(peering: VpcPeering, started: str, result: _Result, now) -> tuple[str, object]:
+def _next(peering: VpcPeering, started: str, result: _Result, now: datetime.datetime) -> tuple[str, object]:
     """The state the poll moves the peering to, and when to look again (a function of the attempt, or None)."""
     waiting_cap = settings.VPC_PEERING_POLL_MAX_SECONDS
-    resync = settings.VPC_PEERING_RESYNC_SECONDS
+    resync: float = settings.VPC_PEERING_RESYNC_SECONDS
 
-    def backoff(attempt):
+    def backoff(attempt: int) -> float:
         return _backoff(attempt, waiting_cap)
 
-    def awaiting(attempt):
+    def awaiting(attempt: int) -> float:
         # Less and less often while the customer takes their time, and never past the moment it expires.
         wait = _backoff(attempt, settings.VPC_PEERING_AWAITING_POLL_MAX_SECONDS)
         deadline = _awaiting_deadline(peering)
@@ -550,7 +556,7 @@ def _next(peering: VpcPeering, started: str, result: _Result, now) -> tuple[str,
             wait = min(wait, max((deadline - timezone.now()).total_seconds(), 0.0) + 1.0)
         return wait
 
-    def watch(attempt):
+    def watch(attempt: int) -> float:
         return resync
 
     error, observation = result.error, result.observation
@@ -612,7 +618,7 @@ def _report_abnormal(deployment_id: int) -> None:
     transaction.on_commit(lambda: abnormal_metric_store(deployment_ids=[deployment_id], evaluate=True), robust=True)
 
 
-def abnormal_values(*, deployment_ids=None) -> dict[int, float]:
+def abnormal_values(*, deployment_ids: Iterable[int] | None = None) -> dict[int, float]:
     """Per deployment with a peering that ever became active: 1.0 while one of them is not active (and nobody asked
     for it to go), else 0.0."""
     qs = VpcPeering.objects.filter(activated_at__isnull=False)
@@ -630,7 +636,7 @@ def abnormal_values(*, deployment_ids=None) -> dict[int, float]:
     return values
 
 
-def abnormal_metric_store(*, deployment_ids=None, evaluate: bool = False) -> int:
+def abnormal_metric_store(*, deployment_ids: Iterable[int] | None = None, evaluate: bool = False) -> int:
     """Store the `vpc_peering_abnormal` sample of each deployment (all that have or recently had an active peering,
     or those listed) in the alerts app's sample store; `evaluate` runs their alert rules at once, so a peering that
     breaks raises its alert without waiting for the next collection. Returns how many samples were stored."""
