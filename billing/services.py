@@ -218,6 +218,8 @@ def billing_account_update(
             errors.setdefault(name, [ADDRESS_MESSAGES[name]])
     if errors:
         raise ValidationFailed(errors)
+    # Without an error the country was valid and the tax id matched it, so the number was checked above.
+    assert check is not None
     if new_currency != account.currency:
         # Metering waits while the currency changes, so no hour is recorded in the old one after this check.
         xact_lock(LockSpace.METERING, metering.USAGE_LOCK)
@@ -464,7 +466,12 @@ def billing_account_sync_stripe(*, account_id: int) -> str | None:
 def _customer_id(account: BillingAccount) -> str:
     if not settings.STRIPE_SECRET_KEY:
         raise Conflict("Card payments are not enabled on this installation; pay by bank transfer.")
-    return account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk)
+    customer_id = account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk)
+    if customer_id is None:
+        # The account's row went away (its organization was deleted) since it was read: without this, Stripe would
+        # be asked for a card setup or a charge with no customer at all.
+        raise NotFound("No such billing account.")
+    return customer_id
 
 
 def card_setup_intent(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
@@ -1009,6 +1016,7 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict[str, int]:
     for invoice in Invoice.objects.filter(status=InvoiceStatus.OPEN, due_at__lt=now).select_related(
         "billing_account__organization"
     ):
+        assert invoice.due_at is not None  # the query's due_at__lt leaves out invoices without a due date
         days = (now - invoice.due_at).days
         due_reminders = sum(1 for t in thresholds if days >= t)
         if due_reminders > invoice.overdue_reminders_sent:

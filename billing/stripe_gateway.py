@@ -11,14 +11,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import stripe
+from stripe.params import CustomerCreateParams, CustomerUpdateParams, PaymentIntentCreateParams, SetupIntentCreateParams
+from stripe.params.checkout import SessionCreateParams
 
 from billing.money import minor_units, normalize_currency
 
 DEFAULT_API_BASE = "https://api.stripe.com"
-ADDRESS_FIELDS = ("line1", "line2", "city", "state", "postal_code", "country")
+AddressField = Literal["line1", "line2", "city", "state", "postal_code", "country"]
+ADDRESS_FIELDS: tuple[AddressField, ...] = ("line1", "line2", "city", "state", "postal_code", "country")
 
 # How Stripe counts the smallest unit where it differs from ISO 4217 (docs.stripe.com/currencies): the
 # zero-decimal currencies below, and ISK which Stripe takes in hundredths although ISO has no minor unit.
@@ -113,10 +116,27 @@ def _field(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
-def _address_params(address: Mapping[str, object] | None) -> dict[str, str]:
+class _Address(TypedDict, total=False):
+    """A customer's address as Stripe's create and update calls take it (both stubs' address types accept it)."""
+
+    line1: str
+    line2: str
+    city: str
+    state: str
+    postal_code: str
+    country: str
+
+
+def _address_params(address: Mapping[str, object] | None, *, blanks: bool) -> _Address:
+    """Every address field; a blank one is sent empty when `blanks` (an empty string unsets a field on Stripe, so a
+    removed address line is cleared there too), else left out (on create)."""
     address = address or {}
-    # An empty string unsets a field on Stripe, so a removed address line is cleared there too.
-    return {field: str(address.get(field) or "") for field in ADDRESS_FIELDS}
+    params: _Address = {}
+    for field in ADDRESS_FIELDS:
+        value = str(address.get(field) or "")
+        if value or blanks:
+            params[field] = value
+    return params
 
 
 def _compact_tax_value(value: str) -> str:
@@ -139,7 +159,6 @@ def ensure_customer(
     """
     api = _get(client).v1
     wanted_metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-    params: dict[str, Any] = {"email": email, "name": name, "address": _address_params(address)}
     customer = None
     if customer_id:
         try:
@@ -148,16 +167,24 @@ def ensure_customer(
             if exc.code != "resource_missing":
                 raise
     if customer is None or getattr(customer, "deleted", False):
-        # On create, blank fields are left out rather than sent as "unset".
-        filled = {k: v for k, v in params["address"].items() if v}
-        create = {**params, "metadata": wanted_metadata, "address": filled or None}
+        # On create, blank fields are left out rather than sent as "unset", and so is an address with none filled.
+        create: CustomerCreateParams = {"email": email, "name": name, "metadata": wanted_metadata}
+        filled = _address_params(address, blanks=False)
+        if filled:
+            create["address"] = filled
         customer = api.customers.create(params=create)
     else:
         # Stripe merges metadata: keys we no longer have are removed by sending them empty.
         current = _field(customer, "metadata")
         current_keys = list(current.to_dict()) if hasattr(current, "to_dict") else list(current or {})
         stale = {k: "" for k in current_keys if k not in wanted_metadata}
-        customer = api.customers.update(customer.id, params={**params, "metadata": {**stale, **wanted_metadata}})
+        update: CustomerUpdateParams = {
+            "email": email,
+            "name": name,
+            "address": _address_params(address, blanks=True),
+            "metadata": {**stale, **wanted_metadata},
+        }
+        customer = api.customers.update(customer.id, params=update)
     _sync_tax_ids(api, customer.id, tax_id)
     return customer.id
 
@@ -176,13 +203,17 @@ def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None) ->
 
 def create_setup_intent(customer_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str]:
     """A SetupIntent to save a card for later off-session charges; returns (id, client_secret)."""
-    intent = _get(client).v1.setup_intents.create(
-        params={
-            "customer": customer_id,
-            "usage": "off_session",
-            "payment_method_types": ["card"],
-        }
-    )
+    # The API version this client sends refuses `payment_method_types` on create (400
+    # payment_method_types_no_longer_supported); `allowed_payment_method_types` is its successor.
+    params: SetupIntentCreateParams = {
+        "customer": customer_id,
+        "usage": "off_session",
+        "allowed_payment_method_types": ["card"],
+    }
+    intent = _get(client).v1.setup_intents.create(params=params)
+    # Stripe leaves the secret out only for a publishable key's reads; a create with the secret key always has it.
+    if not intent.client_secret:
+        raise StripeUnavailable(f"Stripe answered SetupIntent {intent.id} without a client secret")
     return intent.id, intent.client_secret
 
 
@@ -190,15 +221,18 @@ def create_checkout_setup_session(
     customer_id: str, success_url: str, cancel_url: str, *, client: stripe.StripeClient | None = None
 ) -> str:
     """A hosted Checkout page in setup mode that saves a card on the customer; returns its URL."""
-    session = _get(client).v1.checkout.sessions.create(
-        params={
-            "mode": "setup",
-            "customer": customer_id,
-            "payment_method_types": ["card"],
-            "success_url": success_url,
-            "cancel_url": cancel_url,
-        }
-    )
+    # As for SetupIntents, this API version takes `allowed_payment_method_types`, not `payment_method_types`.
+    params: SessionCreateParams = {
+        "mode": "setup",
+        "customer": customer_id,
+        "allowed_payment_method_types": ["card"],
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    session = _get(client).v1.checkout.sessions.create(params=params)
+    # A hosted_page session (the default ui_mode) has a URL while it is active, as a new one is.
+    if not session.url:
+        raise StripeUnavailable(f"Stripe answered Checkout session {session.id} without a URL")
     return session.url
 
 
@@ -268,7 +302,7 @@ def collect_invoice(
         return PaymentResult(
             PaymentStatus.FAILED, None, "No default payment method on file.", "no_default_payment_method"
         )
-    params = {
+    params: PaymentIntentCreateParams = {
         "amount": to_stripe_amount(amount_minor, currency),
         "currency": normalize_currency(currency).lower(),
         "customer": customer_id,

@@ -8,8 +8,9 @@ from django.core import mail
 from django.test import override_settings
 
 from billing import invoicing, metering, services
-from billing.models import Invoice, Payment, StripeEvent
+from billing.models import BillingAccount, Invoice, Payment, StripeEvent
 from billing.selectors import billing_account_for
+from controlplane.errors import NotFound
 from deployments.models import Deployment, Operation
 from tests.billing.conftest import ADDRESS, at
 from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
@@ -147,6 +148,19 @@ def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(
         (1, "failed"),
         (2, "succeeded"),
     ]
+
+
+def test_no_card_setup_sent_to_stripe_when_billing_account_deleted_meanwhile(fake_stripe, owner_org):
+    account = billing_account_for(organization=owner_org.organization)
+    # Another request deletes the account (its organization going away) after this one read it.
+    BillingAccount.objects.filter(pk=account.pk).delete()
+    with pytest.raises(NotFound):
+        services.card_setup_intent(account=account, actor=None)
+    with pytest.raises(NotFound):
+        services.card_checkout_session(
+            account=account, actor=None, success_url="https://app.example/ok", cancel_url="https://app.example/no"
+        )
+    assert not fake_stripe.setup_intents and not fake_stripe.checkout_sessions and not fake_stripe.customers
 
 
 def test_webhook_refused_and_nothing_recorded_when_unsigned_tampered_or_wrong_secret(

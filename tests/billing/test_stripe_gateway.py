@@ -6,7 +6,7 @@ import stripe
 
 from billing import stripe_gateway as gateway
 from billing.stripe_gateway import PaymentStatus, WebhookPayloadError, WebhookSignatureError
-from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
+from tests.fakes.stripe_api import API_VERSION, FakeStripe, build_event, sign_payload
 
 SECRET = "whsec_test_secret"
 ADDRESS = {"line1": "1 rue de Rivoli", "city": "Paris", "postal_code": "75001", "country": "FR"}
@@ -95,7 +95,19 @@ def test_setup_intent_returned_with_client_secret_when_created(fake, client):
     intent_id, secret = gateway.create_setup_intent(customer_id, client=client)
     assert fake.setup_intents[intent_id]["customer"] == customer_id
     assert fake.setup_intents[intent_id]["usage"] == "off_session"
+    assert fake.setup_intents[intent_id]["payment_method_types"] == ["card"]
     assert secret.startswith(f"{intent_id}_secret_")
+    _, _, params, headers = next(r for r in fake.requests if r[:2] == ("POST", "/v1/setup_intents"))
+    # The fake answers as the API version the client sends does.
+    assert headers["Stripe-Version"] == API_VERSION and params["allowed_payment_method_types"] == ["card"]
+
+
+def test_setup_intent_refused_when_payment_method_types_sent_on_current_api_version(fake, client):
+    customer_id = new_customer(client)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.setup_intents.create(params={"customer": customer_id, "payment_method_types": ["card"]})
+    assert refused.value.code == "payment_method_types_no_longer_supported"
+    assert not fake.setup_intents
 
 
 def test_checkout_session_in_setup_mode_returns_hosted_url_when_created(fake, client):
@@ -106,6 +118,8 @@ def test_checkout_session_in_setup_mode_returns_hosted_url_when_created(fake, cl
     (session,) = fake.checkout_sessions.values()
     assert url == session["url"] and url.startswith("https://checkout.stripe.com/")
     assert session["mode"] == "setup" and session["customer"] == customer_id
+    _, _, params, _ = next(r for r in fake.requests if r[:2] == ("POST", "/v1/checkout/sessions"))
+    assert params["allowed_payment_method_types"] == ["card"] and "payment_method_types" not in params
 
 
 def customer_with_card(fake, client):

@@ -25,7 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-API_VERSION = "2025-09-30.clover"
+# The version stripe-python 16 sends (stripe._api_version): since 2026-09-30.endive, creating a SetupIntent,
+# Checkout session or PaymentIntent refuses `payment_method_types` and takes `allowed_payment_method_types`.
+API_VERSION = "2026-10-28.endive"
 
 TAX_ID_TYPES = frozenset(
     {
@@ -56,7 +58,8 @@ _CUSTOMER_PARAMS = {
 }
 _SETUP_INTENT_PARAMS = {
     "customer",
-    "payment_method_types",
+    "allowed_payment_method_types",
+    "excluded_payment_method_types",
     "usage",
     "automatic_payment_methods",
     "metadata",
@@ -68,7 +71,8 @@ _CHECKOUT_PARAMS = {
     "customer",
     "success_url",
     "cancel_url",
-    "payment_method_types",
+    "allowed_payment_method_types",
+    "excluded_payment_method_types",
     "currency",
     "setup_intent_data",
     "metadata",
@@ -84,7 +88,8 @@ _PAYMENT_INTENT_PARAMS = {
     "off_session",
     "metadata",
     "description",
-    "payment_method_types",
+    "allowed_payment_method_types",
+    "excluded_payment_method_types",
     "error_on_requires_action",
     "statement_descriptor_suffix",
     "receipt_email",
@@ -200,6 +205,12 @@ def _missing(kind: str, object_id: str, param: str = "id") -> StripeError:
 
 
 def _check_params(params: dict, allowed: set[str]) -> None:
+    if "payment_method_types" in params and "allowed_payment_method_types" in allowed:
+        raise _invalid(
+            "payment_method_types is no longer supported on this API version; use allowed_payment_method_types.",
+            param="payment_method_types",
+            code="payment_method_types_no_longer_supported",
+        )
     for name in params:
         if name not in allowed:
             raise _invalid(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
@@ -550,7 +561,8 @@ class FakeStripe:
             "customer": customer_id,
             "status": "requires_payment_method",
             "usage": params.get("usage", "off_session"),
-            "payment_method_types": params.get("payment_method_types", ["card"]),
+            # Read-only on the object: the types the allowed list leaves (this fake knows cards only).
+            "payment_method_types": params.get("allowed_payment_method_types", ["card"]),
             "metadata": params.get("metadata", {}),
             "created": int(time.time()),
             "livemode": False,
@@ -565,9 +577,9 @@ class FakeStripe:
             raise _invalid("This fake only supports mode=setup.", param="mode")
         if not params.get("success_url"):
             raise _invalid("Missing required param: success_url.", param="success_url", code="parameter_missing")
-        if not params.get("currency") and not params.get("payment_method_types"):
+        if not params.get("currency") and not params.get("allowed_payment_method_types"):
             raise _invalid(
-                "currency is required in setup mode when payment_method_types is not set.",
+                "currency is required in setup mode when allowed_payment_method_types is not set.",
                 param="currency",
                 code="parameter_missing",
             )
