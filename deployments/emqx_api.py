@@ -120,7 +120,7 @@ class EmqxApi:
                 "POST", f"{auth_path}/import_users", params={"type": "hash"}, files=files, expected=(200, 204)
             )
         for user in self.list_users():
-            user_id = user.get("user_id")
+            user_id = _subject(user, "user_id", "/users")
             if user_id not in desired:
                 self._request("DELETE", f"{auth_path}/users/{quote(user_id, safe='')}", expected=(204, 404))
                 self.kick_clients_of(user_id)
@@ -179,7 +179,7 @@ class EmqxApi:
         changed = False
         for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
-                who = current.get(key)
+                who = _subject(current, key, f"{_RULES}/{kind}")
                 if who not in desired:
                     if kind == "users" and remaining and who not in remaining:
                         self.kick_clients_of(who)
@@ -203,13 +203,23 @@ class EmqxApi:
 
     # -- monitoring (thin) -------------------------------------------------------------------------------------
     def monitor_current(self) -> dict[str, Any]:
-        return self._get_json("/monitor_current")
+        body = self._get_json("/monitor_current")
+        if not isinstance(body, dict):
+            raise EmqxApiError(f"EMQX answered GET /monitor_current with a {type(body).__name__}, not an object")
+        return body
 
     def stats(self) -> dict[str, Any] | list[Any]:
-        return self._get_json("/stats", aggregate="true")
+        return self._get_aggregate("/stats")
 
     def metrics(self) -> dict[str, Any] | list[Any]:
-        return self._get_json("/metrics", aggregate="true")
+        return self._get_aggregate("/metrics")
+
+    def _get_aggregate(self, path: str) -> dict[str, Any] | list[Any]:
+        # One object with aggregate=true, or a list with one object per node.
+        body = self._get_json(path, aggregate="true")
+        if not isinstance(body, dict | list):
+            raise EmqxApiError(f"EMQX answered GET {path} with a {type(body).__name__}, not an object or a list")
+        return body
 
 
 def _wire_acl(
@@ -237,6 +247,15 @@ def _wire_acl(
         ("clients", "clientid", {who: wire(rules) for who, rules in compiled.by_client_id.items()}),
     ]
     return by_kind, wire(compiled.for_all)
+
+
+def _subject(row: dict[str, Any], key: str, path: str) -> str:
+    """The user id, username or client id a listed row is for. EMQX's API always gives it; a row without one is an
+    answer we cannot act on (it could not be deleted by name), so it stops the sync rather than being skipped."""
+    subject = row.get(key)
+    if not isinstance(subject, str):
+        raise EmqxApiError(f"EMQX listed a row without a {key} under {path}: {row!r}")
+    return subject
 
 
 def _comparable(rules: object) -> list[_WireRule]:

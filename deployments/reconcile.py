@@ -21,6 +21,10 @@ from django.utils import timezone
 from controlplane import crypto, db
 from deployments import extensions, tls_services
 from deployments.drivers.base import (
+    ACL_ACTIONS,
+    ACL_PERMISSIONS,
+    DRIVER_NAMES,
+    RATE_LIMIT_LEVELS,
     AclEntry,
     BrokerSpec,
     ConfigRejectedError,
@@ -32,6 +36,7 @@ from deployments.drivers.base import (
     RateLimit,
     RegionTarget,
     TemporaryDriverError,
+    one_of,
 )
 from deployments.models import (
     ACTIVE_OPERATION_STATES,
@@ -128,20 +133,36 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
         )
     # Users other apps own (Premium devices, the platform agent), through the extension point.
     users.extend(extensions.contributed_users(deployment))
-    acl = tuple(
-        AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
-        for r in deployment.acl_rules.order_by("position", "id")
-    )
-    limits = tuple(
-        RateLimit(level=p.level, max_conn_rate=p.max_conn_rate, messages_rate=p.messages_rate, bytes_rate=p.bytes_rate)
-        for p in deployment.rate_limits.all()
-    )
+    # The API, the console and load_regions store only these choices; a row changed behind them stops here.
+    try:
+        acl = tuple(
+            AclEntry(
+                permission=one_of(r.permission, ACL_PERMISSIONS),
+                action=one_of(r.action, ACL_ACTIONS),
+                topic=r.topic,
+                username=r.username,
+                client_id=r.client_id,
+            )
+            for r in deployment.acl_rules.order_by("position", "id")
+        )
+        limits = tuple(
+            RateLimit(
+                level=one_of(p.level, RATE_LIMIT_LEVELS),
+                max_conn_rate=p.max_conn_rate,
+                messages_rate=p.messages_rate,
+                bytes_rate=p.bytes_rate,
+            )
+            for p in deployment.rate_limits.all()
+        )
+        driver = one_of(region.driver, DRIVER_NAMES)
+    except ValueError as exc:
+        raise PermanentDriverError(f"a stored ACL rule, rate limit or region driver is not valid ({exc})") from exc
     local = region.driver == Region.Driver.LOCAL
     return BrokerSpec(
         name=deployment.public_id,
         region=RegionTarget(
             code=region.code,
-            driver=region.driver,
+            driver=driver,
             bind_address=region.bind_address,
             kubeconfig=kubeconfig,
             storage_class=region.storage_class,

@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -25,7 +25,7 @@ from controlplane.errors import Conflict, DomainError, FieldError, PermissionDen
 from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from deployments import emqx_acl, emqx_versions, hooks, pricing, selectors
-from deployments.drivers.base import AclEntry, RateLimit
+from deployments.drivers.base import ACL_ACTIONS, ACL_PERMISSIONS, AclEntry, RateLimit, one_of
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (
     ACTIVE_OPERATION_STATES,
@@ -52,6 +52,7 @@ from organizations.access import Principal, acting_user
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
+_Choice = TypeVar("_Choice", bound=str)
 
 MONITOR_USERNAME = "$controlplane-monitor"
 # Operations that change what runs; only one may be in flight per deployment. Configuration changes may overlap.
@@ -694,9 +695,23 @@ def _check_acl_expressible(deployment: Deployment, rules: list[AclRule], before:
 
 def _acl_entries(rules: list[AclRule]) -> list[AclEntry]:
     return [
-        AclEntry(permission=r.permission, action=r.action, topic=r.topic, username=r.username, client_id=r.client_id)
+        AclEntry(
+            permission=_choice(r.permission, ACL_PERMISSIONS, "permission"),
+            action=_choice(r.action, ACL_ACTIONS, "action"),
+            topic=r.topic,
+            username=r.username,
+            client_id=r.client_id,
+        )
         for r in rules
     ]
+
+
+def _choice(value: str, choices: tuple[_Choice, ...], field: str) -> _Choice:
+    # The API and the console offer only these; a service caller passing anything else is refused here.
+    try:
+        return one_of(value, choices)
+    except ValueError as exc:
+        raise ValidationFailed({field: str(exc)}) from exc
 
 
 # -- configuration: MQTT users, ACL, rate limits ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from deployments.models import (
     TlsCertificate,
 )
 from deployments.services import _configure, _locked, _refuse_if_deleted
-from organizations.access import acting_user
+from organizations.access import Principal, acting_user
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,11 @@ def clean_extra_sans(values: object) -> list[str]:
 
 @transaction.atomic
 def tls_certificate_issue(
-    *, deployment: Deployment, actor, extra_sans: list[str] | None = None, now: datetime.datetime | None = None
+    *,
+    deployment: Deployment,
+    actor: Principal | None,
+    extra_sans: list[str] | None = None,
+    now: datetime.datetime | None = None,
 ) -> tuple[TlsCertificate, Operation]:
     """Issue the deployment's server certificate from the control plane's CA now, for its own host names and
     `extra_sans` (kept on renewals), replacing the issued one (a new key and serial: a rotation). The brokers take
@@ -307,7 +311,7 @@ def tls_certificate_issue(
 # -- the customer's certificates ---------------------------------------------------------------------------------------
 
 
-def _only_for(kind: str, **given) -> None:
+def _only_for(kind: str, **given: object) -> None:
     errors = {name: f"Only for kind {kind}." for name, value in given.items() if value is not None}
     if errors:
         raise ValidationFailed(errors)
@@ -317,7 +321,7 @@ def _only_for(kind: str, **given) -> None:
 def tls_certificate_create(
     *,
     deployment: Deployment,
-    actor,
+    actor: Principal | None,
     kind: str,
     certificate: str,
     private_key: str | None = None,
@@ -411,7 +415,7 @@ def tls_certificate_create(
 
 
 @transaction.atomic
-def tls_certificate_delete(*, certificate: TlsCertificate, actor) -> Operation:
+def tls_certificate_delete(*, certificate: TlsCertificate, actor: Principal | None) -> Operation:
     """Remove a customer's certificate: a server certificate gives way to the issued one again, a client CA turns
     two-way TLS off. The issued certificate itself cannot be removed (409): upload one of your own instead."""
     deployment = _locked(certificate.deployment)

@@ -7,13 +7,32 @@ or writes the database, so the reconciler can call it any number of times, from 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar, get_args
 
 Phase = Literal["absent", "starting", "running", "stopped", "failed"]
+AclPermission = Literal["allow", "deny"]
+AclAction = Literal["publish", "subscribe", "all"]
+RateLimitLevel = Literal["global", "zone", "listener", "connection"]
+DriverName = Literal["local", "kubernetes"]
+# Their values, for one_of: the model fields these come from (choices) are plain str to the type checker.
+ACL_PERMISSIONS: tuple[AclPermission, ...] = get_args(AclPermission)
+ACL_ACTIONS: tuple[AclAction, ...] = get_args(AclAction)
+RATE_LIMIT_LEVELS: tuple[RateLimitLevel, ...] = get_args(RateLimitLevel)
+DRIVER_NAMES: tuple[DriverName, ...] = get_args(DriverName)
+
+_Choice = TypeVar("_Choice", bound=str)
 
 # When a deployment's ACL rules match nothing, the client is allowed (EMQX's own default for
 # `authorization.no_match`). Every driver renders this, so a rule set means the same on mosquitto and on EMQX.
-ACL_NO_MATCH: Literal["allow", "deny"] = "allow"
+ACL_NO_MATCH: AclPermission = "allow"
+
+
+def one_of(value: str, choices: tuple[_Choice, ...]) -> _Choice:
+    """`value` as the one of `choices` it equals. Raises ValueError naming the choices when it is none of them."""
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
 
 
 class DriverError(Exception):
@@ -56,8 +75,8 @@ class MqttCredential:
 class AclEntry:
     """One ordered rule; the first that matches a client and topic decides. `who` None means everyone."""
 
-    permission: Literal["allow", "deny"]
-    action: Literal["publish", "subscribe", "all"]
+    permission: AclPermission
+    action: AclAction
     topic: str
     username: str | None = None
     client_id: str | None = None
@@ -67,7 +86,7 @@ class AclEntry:
 class RateLimit:
     """A policy for one level. None means no limit at that level. Rates are per second."""
 
-    level: Literal["global", "zone", "listener", "connection"]
+    level: RateLimitLevel
     max_conn_rate: int | None = None
     messages_rate: int | None = None
     bytes_rate: int | None = None
@@ -99,7 +118,7 @@ class RegionTarget:
     """Where a deployment's brokers run: what the region row says, with secrets already decrypted."""
 
     code: str
-    driver: Literal["local", "kubernetes"]
+    driver: DriverName
     bind_address: str = "127.0.0.1"
     # Kubernetes only: a kubeconfig document (YAML text) or "" for in-cluster configuration.
     kubeconfig: str = ""
