@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -234,7 +234,8 @@ def peering_preflight(
                         f"another range."
                     )
                 break
-        if len(errors) == errors_before:
+        # A range outside the private ones has failed above, with its cidr error.
+        if private is not None and len(errors) == errors_before:
             passed.append(f"{requested} is private ({private[1]})")
             passed.append(f"{requested} does not overlap the platform's network {platform_cidr}")
             passed.append(f"{requested} does not overlap a reserved range or another peering")
@@ -540,7 +541,9 @@ def _transition_text(peering: VpcPeering, started: str) -> str:
     return f"{text} ({peering.last_error})" if peering.state == State.FAILED and peering.last_error else text
 
 
-def _next(peering: VpcPeering, started: str, result: _Result, now: datetime.datetime) -> tuple[str, object]:
+def _next(
+    peering: VpcPeering, started: str, result: _Result, now: datetime.datetime
+) -> tuple[str, Callable[[int], float] | None]:
     """The state the poll moves the peering to, and when to look again (a function of the attempt, or None)."""
     waiting_cap = settings.VPC_PEERING_POLL_MAX_SECONDS
     resync: float = settings.VPC_PEERING_RESYNC_SECONDS
@@ -584,6 +587,8 @@ def _next(peering: VpcPeering, started: str, result: _Result, now: datetime.date
     if error is not None:
         peering.last_error = error.message
         return State.FAILED, None
+    # Every other state was polled with request or refresh (_poll), which answered or raised: no error, an answer.
+    assert observation is not None
     peering.provider_state = observation.provider_state[:64]
     if observation.status == "active":
         peering.activated_at = peering.activated_at or now
@@ -659,9 +664,9 @@ def peerings_sweep(*, now: datetime.datetime | None = None) -> int:
     orphaned = VpcPeering.objects.filter(deployment__desired_state=DesiredState.DELETED).exclude(
         state__in=[State.DELETING, State.DELETED]
     )
-    for peering in orphaned:
+    for orphan in orphaned:
         try:
-            vpc_peering_delete(peering=peering, actor=None, force=True, reason="the deployment was deleted")
+            vpc_peering_delete(peering=orphan, actor=None, force=True, reason="the deployment was deleted")
         except Conflict:
             pass  # deleted meanwhile
     lost = VpcPeering.objects.exclude(state=State.DELETED).filter(
