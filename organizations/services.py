@@ -733,14 +733,18 @@ class _KeyLookup:
             (Membership, "m"),
         ]
         layout: list[tuple[type[Model], list[_ColumnPlan]]] = []
+        columns: list[str] = []
         for model, alias in parts:
             fields: list[_ColumnPlan] = []
             for f in model._meta.concrete_fields:
+                # Django calls a field concrete exactly when it has a column (Field.set_attributes_from_name).
+                assert f.column is not None
+                columns.append(f"{alias}.{q(f.column)}")
                 col = f.get_col(alias)
                 fields.append((f, col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
             layout.append((model, fields))
         sql = self._SQL.format(
-            columns=", ".join(f"{alias}.{q(f.column)}" for (_, alias), (_, fs) in zip(parts, layout) for f, _, _ in fs),
+            columns=", ".join(columns),
             key=q(ApiKey._meta.db_table),
             organization=q(Organization._meta.db_table),
             user=q(get_user_model()._meta.db_table),
