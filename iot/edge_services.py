@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import secrets
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -19,13 +20,14 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane.errors import Conflict, FieldError, ValidationFailed
-from deployments.models import Deployment
+from deployments.models import Deployment, Operation
 from deployments.passwords import hash_mqtt_password
 from deployments.services import deployment_configuration_changed
 from iot import edge
 from iot.agent.presence import PresenceEvent
 from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear
 from iot.services import IssuedCredentials, _fence, _fields, _locked_deployment, _notify
+from organizations.access import Principal
 
 _UNSET = object()
 
@@ -37,7 +39,7 @@ def _new_credentials() -> tuple[IssuedCredentials, str, str]:
     return IssuedCredentials(username=username, password=password), salt_b64, hash_b64
 
 
-def _mapping_checks(up, down) -> tuple[list[str], list[str]]:
+def _mapping_checks(up: object, down: object) -> tuple[list[str], list[str]]:
     values = _fields({"up_topics": lambda: edge.topic_filters(up), "down_topics": lambda: edge.topic_filters(down)})
     try:
         edge.mappings(values["up_topics"], values["down_topics"])
@@ -46,7 +48,7 @@ def _mapping_checks(up, down) -> tuple[list[str], list[str]]:
     return values["up_topics"], values["down_topics"]
 
 
-def _audit(node: EdgeNode, deployment: Deployment, actor, action: str, **summary) -> None:
+def _audit(node: EdgeNode, deployment: Deployment, actor: Principal | None, action: str, **summary: object) -> None:
     audit_record(
         actor=actor,
         organization=deployment.project.organization,
@@ -60,7 +62,15 @@ def _audit(node: EdgeNode, deployment: Deployment, actor, action: str, **summary
 
 
 @transaction.atomic
-def edge_node_create(*, deployment: Deployment, actor, name, kind, up_topics=None, down_topics=None):
+def edge_node_create(
+    *,
+    deployment: Deployment,
+    actor: Principal | None,
+    name: str,
+    kind: str,
+    up_topics: list[str] | None = None,
+    down_topics: list[str] | None = None,
+) -> tuple[EdgeNode, IssuedCredentials, Operation]:
     """Register an edge node; answers (node, its credentials shown this once, the configure Operation)."""
     deployment = _locked_deployment(deployment)
     values = _fields({"name": lambda: edge.node_name(name), "kind": lambda: edge.kind(kind)})
@@ -89,14 +99,14 @@ def edge_node_create(*, deployment: Deployment, actor, name, kind, up_topics=Non
     return node, credentials, operation
 
 
-def _broker_changed(deployment: Deployment, actor, change: str, node: EdgeNode):
+def _broker_changed(deployment: Deployment, actor: Principal | None, change: str, node: EdgeNode) -> Operation:
     return deployment_configuration_changed(
         deployment=deployment, actor=actor, change=change, summary={"edge_node": node.name}
     )
 
 
 @transaction.atomic
-def edge_node_delete(*, node: EdgeNode, actor):
+def edge_node_delete(*, node: EdgeNode, actor: Principal | None) -> Operation:
     """Remove a node: its broker user goes (the broker drops its bridge on reload), its configuration history too,
     and the agent clears its retained status and configuration."""
     deployment = _locked_deployment(node.deployment)
@@ -115,7 +125,9 @@ def edge_node_delete(*, node: EdgeNode, actor):
 
 
 @transaction.atomic
-def edge_node_credentials_rotate(*, node: EdgeNode, actor):
+def edge_node_credentials_rotate(
+    *, node: EdgeNode, actor: Principal | None
+) -> tuple[EdgeNode, IssuedCredentials, Operation]:
     """A new username and password (shown this once); the old ones stop working when the broker reloads."""
     deployment = _locked_deployment(node.deployment)
     node = EdgeNode.objects.select_for_update().get(pk=node.pk)
@@ -132,7 +144,14 @@ def edge_node_credentials_rotate(*, node: EdgeNode, actor):
 
 
 @transaction.atomic
-def edge_config_create(*, node: EdgeNode, actor, up_topics=_UNSET, down_topics=_UNSET, settings=_UNSET) -> EdgeConfig:
+def edge_config_create(
+    *,
+    node: EdgeNode,
+    actor: Principal | None,
+    up_topics: Any = _UNSET,
+    down_topics: Any = _UNSET,
+    settings: Any = _UNSET,
+) -> EdgeConfig:
     """A new version of the node's desired configuration: its topic mappings (the current ones unless given) and
     settings (a JSON object). The agent publishes it retained to edge/{node}/config; the downloaded bridge file
     follows the new mappings at once."""
