@@ -177,7 +177,7 @@ class Publisher:
                     self._read(0.001)
                     continue
                 lag = max(lag, elapsed - sent / rate)
-                parts = []
+                parts: list[bytes] = []
                 packet_id, seq = self.packet_id, self.seq
                 for i in range(sent, sent + count):
                     packet_id = packet_id % 65535 + 1
@@ -384,7 +384,7 @@ class Load:
         self.next_seq = 1
 
     @staticmethod
-    def _start(*args: str) -> subprocess.Popen:
+    def _start(*args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -392,15 +392,15 @@ class Load:
         return proc
 
     @staticmethod
-    def _read(proc: subprocess.Popen) -> dict[str, Any]:
+    def _read(proc: subprocess.Popen[str]) -> dict[str, Any]:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the {proc.args[2]} process exited: {proc.wait()}")
+            raise RuntimeError(f"the load process {proc.pid} exited with {proc.wait()}")
         return json.loads(line)
 
     @staticmethod
-    def _ask(proc: subprocess.Popen, command: str, answer: bool = True) -> dict[str, Any]:
+    def _ask(proc: subprocess.Popen[str], command: str, answer: bool = True) -> dict[str, Any]:
         assert proc.stdin is not None
         proc.stdin.write(command + "\n")
         proc.stdin.flush()
