@@ -222,7 +222,9 @@ class Subscriber:
 
     def __init__(self, port: int, username: str, password: str) -> None:
         self.sock = _connect(port, "bench-subscriber", username, password)
-        body = b"\x00\x01" + b"".join(_string(f) + b"\x00" for f in self.FILTERS)  # QoS 0, as the paho probe had
+        # QoS 0 on the way out to the subscriber: mosquitto sends an MQTT 3.1.1 client at most 20 QoS 1 messages
+        # unacknowledged (max_inflight_messages), which would cap both paths here, not at the agent.
+        body = b"\x00\x01" + b"".join(_string(f) + b"\x00" for f in self.FILTERS)
         self.sock.sendall(_packet(0x82, body))
         suback = _recv_exact(self.sock, 2 + 2 + len(self.FILTERS))
         if suback[0] != 0x90 or b"\x80" in suback[4:]:
