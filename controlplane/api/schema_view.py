@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from django.http import HttpResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.gzip import gzip_page
+from drf_spectacular.settings import spectacular_settings
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.request import Request
 
@@ -22,7 +23,7 @@ class OpenApiDocumentView(SpectacularAPIView):
     _document: ClassVar[dict[str, Any] | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
         renderer = request.accepted_renderer
         media_type = request.accepted_media_type
         key = (type(renderer).__name__, media_type)
@@ -31,16 +32,19 @@ class OpenApiDocumentView(SpectacularAPIView):
             with self._lock:
                 content = self._rendered.get(key)
                 if content is None:
-                    content = renderer.render(self._built(request), media_type, self.get_renderer_context())
+                    rendered = renderer.render(self._built(request), media_type, self.get_renderer_context())
+                    content = rendered.encode() if isinstance(rendered, str) else rendered
                     type(self)._rendered[key] = content
         charset = getattr(renderer, "charset", None)
         response = HttpResponse(content, content_type=f"{media_type}; charset={charset}" if charset else media_type)
-        response["Content-Disposition"] = f'inline; filename="{self._get_filename(request, None)}"'
+        title = spectacular_settings.TITLE or "schema"
+        response["Content-Disposition"] = f'inline; filename="{title}.{renderer.format}"'
         return response
 
     def _built(self, request: Request) -> dict[str, Any]:
         """The document (the caller holds the lock): every format renders the same one."""
-        if type(self)._document is None:
+        document = type(self)._document
+        if document is None:
             generator = self.generator_class(urlconf=self.urlconf, api_version=None, patterns=self.patterns)
-            type(self)._document = generator.get_schema(request=request, public=True)
-        return type(self)._document
+            document = type(self)._document = generator.get_schema(request=request, public=True)
+        return document
