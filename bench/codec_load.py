@@ -7,16 +7,18 @@ fixed64) at bytes 9..17, the rest constant. The publisher pre-encodes every PUBL
 id, `sent`, `seq`) and writes each due batch with one send. Both stamp and read CLOCK_MONOTONIC (time.monotonic),
 one clock for every process on the machine.
 
-  python bench/codec_load.py publish PORT USERNAME PASSWORD TEMPLATE_HEX
-      stdin "run RATE SECONDS PREFIX[,PREFIX]" -> one JSON line when every message is acknowledged (or 10 s passed)
-  python bench/codec_load.py subscribe PORT USERNAME PASSWORD
-      stdin "reset FIRST_SEQ", "wait {kind: count} TIMEOUT", "totals" -> one JSON line each
+  serve(["publish", PORT, USERNAME, PASSWORD, TEMPLATE_HEX])
+      stdin "run RATE SECONDS PREFIX[,PREFIX]" -> one JSON line when every message is acknowledged (or 10 s passed);
+      "totals" -> one JSON line
+  serve(["subscribe", PORT, USERNAME, PASSWORD])
+      stdin "reset FIRST_SEQ", "wait {kind: count} TIMEOUT", "totals" -> one JSON line each; both stop on "quit"
 `Load` starts and drives both from the benchmark.
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 import select
 import socket
 import struct
@@ -28,6 +30,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SENT_TAG, SEQ_TAG = 0x09, 0x11  # field 1 wire type 1 (fixed64: double), field 2 wire type 1 (fixed64)
 FIXED = struct.Struct("<BdBQ")  # the first 18 bytes of a payload: tag, sent, tag, seq
@@ -387,8 +391,9 @@ class Load:
 
     @staticmethod
     def _start(*args: str) -> subprocess.Popen[str]:
+        entry = "import sys; from bench import codec_load; codec_load.serve(sys.argv[1:])"
         proc = subprocess.Popen(
-            [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", entry, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         Load._read(proc)
         return proc
@@ -434,9 +439,10 @@ class Load:
                 proc.kill()
 
 
-if __name__ == "__main__":
-    role, port_text, user, secret = sys.argv[1:5]
+def serve(argv: list[str]) -> None:
+    """A process's entry point (no `__main__` block: scripts/bench.sh runs every bench/*.py that has one)."""
+    role, port_text, user, secret = argv[:4]
     if role == "publish":
-        _serve_publisher(int(port_text), user, secret, bytes.fromhex(sys.argv[5]))
+        _serve_publisher(int(port_text), user, secret, bytes.fromhex(argv[4]))
     else:
         _serve_subscriber(int(port_text), user, secret)
