@@ -1433,6 +1433,14 @@ class LocalDriver:
         _conf_address(spec.region.bind_address)
         for user in spec.users:
             _file_username(user.username)
+            if user.certificate_only:
+                if user.confined_to is None or user.is_superuser or spec.device_ca is None:
+                    # Only a confined device signs in by certificate, and only where the device listener exists.
+                    raise PermanentDriverError(
+                        f"MQTT user {user.username!r}: a certificate-only user must be a confined device of a "
+                        "deployment with a device CA"
+                    )
+                continue
             try:
                 mosquitto_password_line(user)
             except ValueError as exc:
