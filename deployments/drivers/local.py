@@ -1434,11 +1434,11 @@ class LocalDriver:
         for user in spec.users:
             _file_username(user.username)
             if user.certificate_only:
-                if user.confined_to is None or user.is_superuser or spec.device_ca is None:
-                    # Only a confined device signs in by certificate, and only where the device listener exists.
+                # Only a confined device signs in by certificate (without the device listener, nobody can: it
+                # then only has its lines in the ACL file).
+                if user.confined_to is None or user.is_superuser:
                     raise PermanentDriverError(
-                        f"MQTT user {user.username!r}: a certificate-only user must be a confined device of a "
-                        "deployment with a device CA"
+                        f"MQTT user {user.username!r}: a certificate-only user must be a confined device"
                     )
                 continue
             try:

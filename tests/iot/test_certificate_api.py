@@ -293,3 +293,43 @@ def test_certificate_devices_are_refused_with_a_field_error_on_kubernetes_region
         refused.value.errors if hasattr(refused.value, "errors") else refused.value
     )
     assert not Device.objects.exists()
+
+
+def test_local_driver_renders_the_mqtts_x509_listener_only_when_the_spec_has_a_device_ca(
+    client, base, premium, tmp_path
+):
+    import dataclasses
+
+    from deployments.drivers.local import LocalDriver, _Paths, _RunAs
+    from deployments.reconcile import build_spec
+    from deployments.tls_services import server_certificate_ensure
+
+    server_certificate_ensure(deployment=premium)
+    driver = LocalDriver(root=tmp_path, websockets=False)
+    paths = _Paths(tmp_path / premium.public_id)
+    run_as = _RunAs(config_user=None, uid=None, gid=None)
+    without = build_spec(premium)
+    assert driver._served_protocols(without) == ["mqtt", "mqtts"]
+    create(client, base, "cam", credential_type="certificate")
+    spec = build_spec(premium)
+    assert driver._served_protocols(spec) == ["mqtt", "mqtts", "mqtts_x509"]
+    conf = driver._render_conf(spec, paths, {"mqtt": 1883, "mqtts": 8883, "mqtts_x509": 8884}, run_as)
+    listener = conf.split("listener 8884 127.0.0.1\n", 1)[1]
+    assert listener.splitlines() == [
+        "protocol mqtt",
+        f"max_connections {spec.max_connections}",
+        f"certfile {paths.server_certificate}",
+        f"keyfile {paths.server_key}",
+        f"cafile {paths.device_ca}",
+        f"crlfile {paths.device_crl}",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ]
+    files = driver._render_tls(spec, paths)
+    assert files[paths.device_ca] == spec.device_ca.ca_pem and files[paths.device_crl] == spec.device_ca.crl_pem
+    # A CRL that is not PEM as we write it never reaches the broker's file.
+    from deployments.drivers.base import PermanentDriverError
+
+    bad = dataclasses.replace(spec, device_ca=dataclasses.replace(spec.device_ca, crl_pem="crlfile /etc/shadow\n"))
+    with pytest.raises(PermanentDriverError, match="device CRL"):
+        driver._validate(bad)
