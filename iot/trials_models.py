@@ -10,8 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
-
-MAX_TRIAL_DEPLOYMENTS = 2  # DESIGN §3: invite-only trial, two trial deployments
+from deployments.models import MAX_PREMIUM_TRIAL_DEPLOYMENTS as MAX_TRIAL_DEPLOYMENTS
 
 
 class PremiumTrial(models.Model):
