@@ -14,7 +14,18 @@ import paho.mqtt.client as mqtt
 class Device:
     ANSWERS = ("update/accepted", "update/rejected", "update/delta", "update/documents", "get/accepted", "get/rejected")
 
-    def __init__(self, port, device_id, username=None, password=None, *, clean=True, protocol=mqtt.MQTTv311, tls=None):
+    def __init__(
+        self,
+        port,
+        device_id,
+        username=None,
+        password=None,
+        *,
+        clean=True,
+        protocol=mqtt.MQTTv311,
+        tls=None,
+        type="password",  # noqa: A002 - the API's credentials carry it; passed as **credentials
+    ):
         self.port, self.device_id = port, device_id
         self.protocol = protocol
         self.lock = threading.Condition()
