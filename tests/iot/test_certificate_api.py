@@ -333,3 +333,43 @@ def test_local_driver_renders_the_mqtts_x509_listener_only_when_the_spec_has_a_d
     bad = dataclasses.replace(spec, device_ca=dataclasses.replace(spec.device_ca, crl_pem="crlfile /etc/shadow\n"))
     with pytest.raises(PermanentDriverError, match="device CRL"):
         driver._validate(bad)
+
+
+def test_certificate_device_on_a_kubernetes_region_answers_400_on_credential_type_when_posted(client, base, premium):
+    from iot.models import Device, DeviceCertificateAuthority
+
+    type(premium.region).objects.filter(pk=premium.region.pk).update(driver="kubernetes")
+    errors = fields(
+        client.post(f"{base}/devices", {"device_id": "cam", "credential_type": "certificate"}, format="json")
+    )
+    assert "local (mosquitto) regions only" in errors["credential_type"]
+    assert not Device.objects.exists() and not DeviceCertificateAuthority.objects.exists()
+    assert create(client, base, "plain")["credentials"]["type"] == "password"  # passwords still work there
+
+
+def test_certificate_device_registered_disabled_is_on_hold_from_the_start_when_created(client, base, premium):
+    from iot import broker
+
+    body = create(client, base, "cam", credential_type="certificate", enabled=False)
+    assert list(crl_serials(premium)) == [body["certificate"]["serial"]]
+    assert body["username"] not in {u.username for u in broker.spec_users(premium)}
+
+
+def test_crl_is_signed_again_when_the_spec_is_built_close_to_its_next_update(client, base, premium):
+    import datetime
+
+    from django.utils import timezone
+
+    from iot import broker, certificates
+    from iot.models import DeviceCertificateAuthority
+
+    create(client, base, "cam", credential_type="certificate")
+    authority = DeviceCertificateAuthority.objects.get()
+    assert broker.spec_device_ca(premium).crl_pem == authority.crl_pem  # far from due: untouched
+    soon = timezone.now() + certificates.CRL_REFRESH_BEFORE - datetime.timedelta(days=1)
+    DeviceCertificateAuthority.objects.filter(pk=authority.pk).update(crl_next_update=soon)
+    material = broker.spec_device_ca(premium)
+    authority.refresh_from_db()
+    assert material.crl_pem == authority.crl_pem and authority.crl_next_update > soon + datetime.timedelta(days=100)
+    crl = x509.load_pem_x509_crl(material.crl_pem.encode())
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == authority.crl_number
