@@ -160,6 +160,8 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
         api_key=API_KEY_NAME,
         api_secret=api_secret,
         tls=tls,
+        # The client-certificate listener serves the server certificate: no TLS, no such listener.
+        device_ca=extensions.device_ca(deployment) if tls is not None else None,
         **_emqx_spec(deployment, local),
     )
 
