@@ -51,14 +51,18 @@ def spec_users(deployment: Deployment) -> list[MqttCredential]:
 
 
 def spec_device_ca(deployment: Deployment) -> DeviceCaMaterial | None:
-    """The deployment's device CA and CRL, once its first certificate device made them (local regions only: the
-    services refuse certificate devices elsewhere). A CRL nearing its next update is signed again first: once that
-    time passes, OpenSSL would refuse every device certificate."""
+    """The deployment's device CA and CRL (local regions only: the services refuse certificate devices elsewhere).
+    The CA is made with the broker's first spec that has TLS, before any device asks for a certificate: the
+    mqtts_x509 listener is then in the broker's configuration from the start, and a first certificate device only
+    reloads the broker (a new listener would restart it, disconnecting every client once). A CRL nearing its next
+    update is signed again first: once that time passes, OpenSSL would refuse every device certificate."""
     if deployment.plan.code != Plan.Code.PREMIUM or deployment.region.driver != "local":
         return None
     authority = DeviceCertificateAuthority.objects.filter(deployment=deployment).first()
     if authority is None:
-        return None
+        from iot.services import device_ca_ensure
+
+        authority = device_ca_ensure(deployment)
     now = timezone.now()
     if authority.crl_next_update - now < certificates.CRL_REFRESH_BEFORE:
         from iot.services import device_crl_refresh

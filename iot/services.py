@@ -133,8 +133,8 @@ def _credential_choice(deployment: Deployment, credential_type: object, csr: obj
 
 
 def _device_ca(deployment: Deployment, now: datetime.datetime) -> DeviceCertificateAuthority:
-    """The deployment's device CA, made with its first certificate device. The caller holds the deployment's row
-    lock (_locked_deployment), so two first certificate devices cannot make two CAs; the one-to-one is the proof."""
+    """The deployment's device CA, made with its broker's first TLS spec (device_ca_ensure) or, failing that, its first
+    certificate device. The one-to-one on the deployment makes sure there is never a second."""
     found = DeviceCertificateAuthority.objects.select_for_update().filter(deployment=deployment).first()
     if found is not None:
         return found
@@ -154,6 +154,16 @@ def _device_ca(deployment: Deployment, now: datetime.datetime) -> DeviceCertific
         crl_next_update=now + certificates.CRL_VALIDITY,
         created_at=now,
     )
+
+
+def device_ca_ensure(deployment: Deployment, now: datetime.datetime | None = None) -> DeviceCertificateAuthority:
+    """The deployment's device CA, made now if it has none (the reconciler asks before any device does). Two callers
+    at once make one: the one-to-one refuses the second (in its own savepoint), which reads the first's."""
+    try:
+        with transaction.atomic():
+            return _device_ca(deployment, now or timezone.now())
+    except IntegrityError:
+        return DeviceCertificateAuthority.objects.get(deployment=deployment)
 
 
 def device_crl_refresh(authority: DeviceCertificateAuthority, now: datetime.datetime) -> None:
@@ -182,7 +192,7 @@ def _issue_certificate(
     deployment: Deployment, device: Device, public_key: Any, now: datetime.datetime
 ) -> IssuedCredentials:
     """A new certificate for `device` (CN = its username), recorded; the credentials to show once."""
-    authority = _device_ca(deployment, now)
+    authority = device_ca_ensure(deployment, now)
     issued = certificates.issue_device_certificate(
         ca_certificate_pem=authority.certificate_pem,
         ca_private_key_pem=crypto.decrypt_str(authority.private_key_encrypted),

@@ -90,7 +90,7 @@ def test_csr_device_certificate_is_for_the_csr_key_with_our_cn_and_no_key_answer
     assert certificate.subject.rfc4514_string() == f"CN={body['username']}"
 
 
-def test_one_device_ca_per_deployment_is_made_lazily_when_the_first_certificate_device_is_created(
+def test_one_device_ca_per_deployment_is_made_by_the_first_certificate_device_when_the_reconciler_made_none(
     client, base, premium, owner_org
 ):
     from iot.models import DeviceCertificateAuthority
@@ -373,3 +373,29 @@ def test_crl_is_signed_again_when_the_spec_is_built_close_to_its_next_update(cli
     assert material.crl_pem == authority.crl_pem and authority.crl_next_update > soon + datetime.timedelta(days=100)
     crl = x509.load_pem_x509_crl(material.crl_pem.encode())
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == authority.crl_number
+
+
+def test_reconciler_gets_the_device_ca_before_any_device_asks_and_devices_then_use_that_one_when_the_spec_is_built(
+    client, base, premium, owner_org
+):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from iot import broker
+    from iot.models import DeviceCertificateAuthority
+
+    material = broker.spec_device_ca(premium)  # the broker's first spec with TLS: its listener from the start
+    authority = DeviceCertificateAuthority.objects.get(deployment=premium)
+    assert material.ca_pem == authority.certificate_pem
+    assert list(x509.load_pem_x509_crl(material.crl_pem.encode())) == []  # nothing revoked: an empty, signed CRL
+    assert broker.spec_device_ca(premium).ca_pem == material.ca_pem  # built again: the same CA
+    issued = create(client, base, "cam", credential_type="certificate")["credentials"]
+    assert issued["ca_certificate"] == material.ca_pem and DeviceCertificateAuthority.objects.count() == 1
+    ca = x509.load_pem_x509_certificate(material.ca_pem.encode())
+    device = x509.load_pem_x509_certificate(issued["certificate"].encode())
+    ca.public_key().verify(device.signature, device.tbs_certificate_bytes, ec.ECDSA(device.signature_hash_algorithm))
+    # Another plan or another driver gets none, and nothing is made for it.
+    other = premium_deployment(owner_org, name="k8s")
+    type(other.region).objects.filter(pk=other.region.pk).update(driver="kubernetes")
+    other = type(other).objects.select_related("plan", "region").get(pk=other.pk)
+    assert broker.spec_device_ca(other) is None
+    assert not DeviceCertificateAuthority.objects.filter(deployment=other).exists()

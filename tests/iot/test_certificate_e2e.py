@@ -68,20 +68,22 @@ def test_certificate_devices_connect_stay_confined_and_are_refused_once_revoked_
     client, url, port = premium_api
     agents()
     server_ca = client.get(f"{url}/ca.pem").content.decode()
-    assert "mqtts_x509" not in client.get(url).json()["connection"]["ports"]
-
-    # 1. The first certificate device: the deployment gets its device CA and the mqtts_x509 listener.
-    cam = create_certificate_device(client, url, "cam-1")
-    credentials = cam["credentials"]
+    # The device CA and its listener come with the broker's TLS, before any device asks for a certificate.
     ports = client.get(url).json()["connection"]["ports"]
     x509_port = ports["mqtts_x509"]
     assert x509_port not in (ports["mqtt"], ports["mqtts"])
 
-    # A password device on the plain listener, connected from here on: nothing below may restart the broker.
+    # A password device on the plain listener, connected from here on: nothing below may restart the broker, the
+    # first certificate device included.
     plain_credentials = register(client, url, "plain-1")
     plain = Device(port, "plain-1", **{k: plain_credentials[k] for k in ("username", "password")})
     assert not plain.connect().is_failure
     plain.wait_served()
+
+    # 1. The first certificate device: a certificate of the deployment's device CA.
+    cam = create_certificate_device(client, url, "cam-1")
+    credentials = cam["credentials"]
+    assert client.get(url).json()["connection"]["ports"]["mqtts_x509"] == x509_port
 
     # 2. It connects with its certificate alone (MQTT 5, to read the PUBACK reason codes), is online, is confined.
     ctx = context(server_ca, credentials["certificate"], credentials["private_key"])
