@@ -14,7 +14,7 @@ from django.db import transaction
 
 from alerts.models import AlertRule, CollectorState
 
-GB = 1024**3
+GIB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +47,11 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
     ),
     DefaultRule(
         "traffic_daily",
-        "Traffic above 100 GB in 24 hours",
+        "Traffic above 100 GiB in 24 hours",
         metric="traffic_bytes",
         aggregation="sum",
         window_seconds=86400,
-        threshold=100 * GB,
+        threshold=100 * GIB,
         repeat_interval_seconds=86400,
     ),
     DefaultRule(

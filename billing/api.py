@@ -249,7 +249,9 @@ class InvoiceLineOutputSerializer(serializers.Serializer):
     product = serializers.CharField(help_text="running, retention, traffic, annual or annual_upgrade.")
     description = serializers.CharField()
     quantity = serializers.DecimalField(max_digits=18, decimal_places=6)
-    unit = serializers.CharField()
+    unit = serializers.CharField(
+        help_text="hour, year, item or, for traffic, GiB (1024³ bytes; lines issued before this spelling say GB for the same GiB)."
+    )
     unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
     amount = serializers.IntegerField()
     tier = serializers.CharField(source="tier.code", allow_null=True, default=None)

@@ -289,19 +289,19 @@ def build_lines(
         charge = traffic.traffic_charge(
             usage=usage,
             allowance_bytes=catalog.allowance_bytes(plan_id=deployment.plan_id, month=usage.month),
-            price_per_gb=catalog.price_per_gb(tier=tier, currency=currency, month=usage.month),
+            price_per_gib=catalog.price_per_gib(tier=tier, currency=currency, month=usage.month),
             currency=currency,
         )
         if charge.amount is None:
             built.unpriced_bytes += usage.bytes
             continue
-        included = charge.allowance_bytes // traffic.BYTES_PER_GB
+        included = charge.allowance_bytes // traffic.BYTES_PER_GIB
         line = LineDraft(
-            description=f"{labels.deployment(usage.deployment_id)}, traffic {traffic.gigabytes(usage.bytes)} GB in + "
-            f"out, {included} GB a month included{_late_suffix(usage.month, period_month)}",
-            quantity=traffic.gigabytes(charge.billable_bytes),
-            unit="GB",
-            unit_price=charge.price_per_gb,
+            description=f"{labels.deployment(usage.deployment_id)}, traffic {traffic.gibibytes(usage.bytes)} GiB in + "
+            f"out, {included} GiB a month included{_late_suffix(usage.month, period_month)}",
+            quantity=traffic.gibibytes(charge.billable_bytes),
+            unit="GiB",
+            unit_price=charge.price_per_gib,
             amount=charge.amount,
             product="traffic",
             deployment_id=usage.deployment_id,
