@@ -3,7 +3,7 @@ the rest of the term, reminders before the end, renewal or the return to hourly 
 invoice was voided.
 
 A subscription's term is what metering subtracts, so hourly billing stops exactly at acceptance and resumes at the
-exact second a term ends without renewal. It never applies coupons to annual invoices (the seed system's rule),
+exact second a term ends without renewal. It never applies coupons to annual invoices (EMQX Cloud's rule),
 never charges a card itself (collection is enqueued) and raises controlplane.errors, never an HTTP error.
 """
 

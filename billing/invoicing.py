@@ -381,7 +381,7 @@ def settle(
 def usable_grants_q(*, at: datetime.datetime, allow_coupons: bool) -> Q:
     """Grants usable by an invoice issued at `at` for no period (annual plans and upgrades)."""
     q = Q(remaining__gt=0, granted_at__lte=at) & (Q(expires_at__isnull=True) | Q(expires_at__gt=at))
-    if not allow_coupons:  # coupons never apply to annual plans (the seed system's rule)
+    if not allow_coupons:  # coupons never apply to annual plans (EMQX Cloud's rule)
         q &= ~Q(kind=CreditKind.COUPON)
     return q
 

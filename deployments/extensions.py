@@ -1,4 +1,4 @@
-"""Extension points through which apps to the right of deployments (DESIGN §9) add to a broker's desired state
+"""Extension points through which apps deployments may not import (billing, alerts, networking, iot) add to a broker's desired state
 without deployments importing them: a spec contributor adds broker users to a deployment's BrokerSpec.
 
 It owns the registry and the rules every contribution must obey (reserved `$` usernames, so a contributed user can

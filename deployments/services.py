@@ -978,7 +978,7 @@ def rate_limits_replace(
 
 # -- maintenance windows ------------------------------------------------------------------------------------------
 
-# Customers are told in advance: 14 days for planned maintenance, 24 hours for an emergency (DESIGN §7, issue #5).
+# Customers are told in advance: 14 days for planned maintenance, 24 hours for an emergency.
 MAINTENANCE_LEAD_TIME = datetime.timedelta(days=14)
 EMERGENCY_MAINTENANCE_LEAD_TIME = datetime.timedelta(hours=24)
 MAINTENANCE_MAX_DURATION = datetime.timedelta(hours=4)

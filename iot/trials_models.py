@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from controlplane.ids import PublicIdField
 
-MAX_TRIAL_DEPLOYMENTS = 2  # DESIGN §3: invite-only trial, two trial deployments
+MAX_TRIAL_DEPLOYMENTS = 2  # Premium is an invite-only trial of at most two deployments, then annual
 
 
 class PremiumTrial(models.Model):
