@@ -104,11 +104,7 @@ def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe
     assert invoice.status == "paid"
     (intent,) = fake_stripe.payment_intents.values()
     assert intent["amount"] == invoice.total == 8784
-    keys = [
-        headers.get("Idempotency-Key")
-        for method, path, _, headers in fake_stripe.requests
-        if path == "/v1/payment_intents"
-    ]
+    keys = [r.headers.get("Idempotency-Key") for r in fake_stripe.requests if r.path == "/v1/payment_intents"]
     assert keys == [f"inv-{invoice.public_id}-attempt-1"]
     # Stripe's own notice of the same payment arrives afterwards, then again: nothing changes
     notice = {
