@@ -190,7 +190,7 @@ def _enqueue_collection(invoice) -> None:
     if invoice.status == "open":
         from billing import services
 
-        transaction.on_commit(lambda: services.enqueue_collection([invoice.pk]))
+        transaction.on_commit(lambda: services.invoice_collection_enqueue([invoice.pk]))
 
 
 def _end(subscription: AnnualSubscription, *, at: datetime.datetime, reason: str) -> None:
@@ -442,9 +442,9 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
                 if subscription.auto_renew
                 else "ends, and the deployment returns to hourly billing,"
             )
-            from billing.services import billing_notice
+            from billing.services import billing_notice_send
 
-            billing_notice(
+            billing_notice_send(
                 account=subscription.billing_account,
                 kind="annual_renewal_reminder",
                 about=subscription.deployment.public_id,

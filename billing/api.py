@@ -585,7 +585,7 @@ class BillingAccountViewSet(ScopedViewSet):
         responses={201: SetupIntentOutputSerializer},
     )
     def setup_intent(self, request, *args, **kwargs):
-        intent_id, secret = services.card_setup_intent(account=self.account(), actor=self.principal)
+        intent_id, secret = services.card_setup_intent_create(account=self.account(), actor=self.principal)
         return Response(
             SetupIntentOutputSerializer({"setup_intent": intent_id, "client_secret": secret}).data,
             status=status.HTTP_201_CREATED,
@@ -600,7 +600,7 @@ class BillingAccountViewSet(ScopedViewSet):
     def checkout_session(self, request, *args, **kwargs):
         data = CheckoutSessionInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        url = services.card_checkout_session(account=self.account(), actor=self.principal, **data.validated_data)
+        url = services.card_checkout_session_create(account=self.account(), actor=self.principal, **data.validated_data)
         return Response(CheckoutSessionOutputSerializer({"url": url}).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

@@ -648,7 +648,7 @@ def _enqueue_collection(invoice_ids: list[int]) -> None:
     if invoice_ids:
         from billing import services
 
-        transaction.on_commit(lambda: services.enqueue_collection(invoice_ids))
+        transaction.on_commit(lambda: services.invoice_collection_enqueue(invoice_ids))
 
 
 def _report_held(invoices: list[Invoice]) -> None:
