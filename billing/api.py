@@ -250,7 +250,8 @@ class InvoiceLineOutputSerializer(serializers.Serializer):
     description = serializers.CharField()
     quantity = serializers.DecimalField(max_digits=18, decimal_places=6)
     unit = serializers.CharField(
-        help_text="hour, year, item or, for traffic, GiB (1024³ bytes; lines issued before this spelling say GB for the same GiB)."
+        help_text="hour, year, item or, for traffic, GiB (1024³ bytes; traffic lines issued before this spelling "
+        "say GB for the same GiB)."
     )
     unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
     amount = serializers.IntegerField()

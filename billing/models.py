@@ -189,7 +189,8 @@ class UsageRecord(models.Model):
 
 
 class TrafficAllowance(models.Model):
-    """Catalog data: the traffic a deployment of `plan` may use each calendar month before it is billed per GiB (2^30 bytes)."""
+    """Catalog data: the traffic a deployment of `plan` may use each calendar month before it is billed per GiB
+    (1024³ bytes). The field keeps its name `included_gb`; its unit is GiB."""
 
     plan = models.ForeignKey("deployments.Plan", on_delete=models.PROTECT, related_name="+")
     included_gb = models.PositiveIntegerField(

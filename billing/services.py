@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
@@ -51,7 +50,7 @@ from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.tasks import enqueue_on_commit, publish
-from notifications.services import platform_event_notify
+from notifications.services import email_notice_on_commit, platform_event_notify
 
 if TYPE_CHECKING:
     import stripe
@@ -77,10 +76,11 @@ ADDRESS_MESSAGES = {
 
 
 def _email(account: BillingAccount, subject: str, body: str) -> None:
+    """Write to the billing contact once the caller's transaction commits, through the notifications app's e-mail
+    task (alerts.send_email_notice), which retries an SMTP failure with backoff and logs and counts a notice it could
+    not send. Nothing leaves for a change that rolled back."""
     if account.email:
-        transaction.on_commit(
-            lambda: send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [account.email], fail_silently=True)
-        )
+        email_notice_on_commit(subject=subject, body=body, recipients=[account.email])
 
 
 def billing_notice_send(

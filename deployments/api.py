@@ -94,8 +94,8 @@ class CatalogPriceSerializer(serializers.ModelSerializer):
         fields = ["tier", "kind", "currency", "amount", "valid_from"]
         extra_kwargs = {
             "kind": {
-                "help_text": "hourly, retention_hourly, annual, session_minutes_million, or traffic_gb: the price of one "
-                "GiB (1024³ bytes) of traffic; the name keeps its historical `gb`."
+                "help_text": "hourly, retention_hourly, annual, session_minutes_million, or traffic_gb: the price of "
+                "one GiB (1024³ bytes) of traffic; the name keeps its historical `gb`."
             }
         }
 

@@ -11,6 +11,7 @@ from billing import invoicing, metering, services
 from billing.models import Invoice, Payment, StripeEvent
 from billing.selectors import billing_account_for
 from deployments.models import Deployment, Operation
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the email task runs inline
 from tests.billing.conftest import ADDRESS, at
 from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
 from tests.fakes.vies import FakeVies
@@ -181,7 +182,7 @@ def test_collection_skipped_and_staff_marks_paid_when_stripe_not_configured(
 
 
 def test_reminded_then_stopped_then_deleted_and_paying_restarts_when_invoice_overdue(
-    owner_org, make_deployment, history, django_capture_on_commit_callbacks
+    owner_org, make_deployment, history, eager, django_capture_on_commit_callbacks
 ):
     account = billing_account_for(organization=owner_org.organization)
     services.billing_account_update(

@@ -13,6 +13,7 @@ from billing import documents, invoicing, metering, services
 from billing.models import BillingDetails, Invoice, VatCheck
 from billing.selectors import billing_account_for
 from billing.tax import REVERSE_CHARGE_MENTION
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the email task runs inline
 from tests.billing.conftest import ADDRESS, at
 from tests.fakes.vies import FakeVies
 
@@ -127,7 +128,7 @@ def test_requester_sent_and_consultation_number_kept_as_proof_when_vies_confirms
 
 
 def test_confirmed_number_checked_again_monthly_and_a_new_details_row_when_vies_drops_it(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks
+    owner_org, eager, mailoutbox, django_capture_on_commit_callbacks
 ):
     account = french_company(owner_org)
     with FakeVies() as vies, override_settings(VIES_URL=vies.url):
