@@ -371,7 +371,7 @@ def _record_vat_answer(account: BillingAccount, *, previous: str, now: datetime.
         )
 
 
-def vat_checks_due(
+def vat_checks_run_due(
     *, now: datetime.datetime | None = None, unconfirmed_only: bool = False, budget_seconds: float | None = None
 ) -> dict[str, int]:
     """Ask VIES about every number whose check is due (unconfirmed ones on their backoff, confirmed ones monthly),
