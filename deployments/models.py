@@ -47,6 +47,10 @@ class Region(models.Model):
         return f"{self.display_name} ({self.code})"
 
 
+# Premium is invite-only: staff grant an organization up to this many trial deployments.
+MAX_PREMIUM_TRIAL_DEPLOYMENTS = 2
+
+
 class Plan(models.Model):
     class Code(models.TextChoices):
         SERVERLESS = "serverless", "Serverless"

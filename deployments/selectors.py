@@ -59,6 +59,12 @@ def rate_limit_list(*, deployment: Deployment) -> list[RateLimitPolicy]:
     return sorted(RateLimitPolicy.objects.filter(deployment=deployment), key=lambda p: order[p.level])
 
 
+def premium_deployments_count(organization_id: int) -> int:
+    """Premium deployments the organization ever created, deleted ones included: what a trial grant is counted
+    against."""
+    return Deployment.objects.filter(project__organization_id=organization_id, plan__code=Plan.Code.PREMIUM).count()
+
+
 def region_list() -> QuerySet[Region]:
     return Region.objects.prefetch_related(Prefetch("tiers", queryset=Tier.objects.select_related("plan")))
 

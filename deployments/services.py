@@ -24,11 +24,12 @@ from controlplane import crypto
 from controlplane.errors import Conflict, DomainError, FieldError, PermissionDenied, ValidationFailed
 from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
-from deployments import emqx_acl, emqx_versions, hooks, pricing
+from deployments import emqx_acl, emqx_versions, hooks, pricing, selectors
 from deployments.drivers.base import AclEntry, RateLimit
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (
     ACTIVE_OPERATION_STATES,
+    MAX_PREMIUM_TRIAL_DEPLOYMENTS,
     OPEN_MAINTENANCE_STATES,
     AclRule,
     Deployment,
@@ -52,7 +53,6 @@ from projects.models import Project
 
 logger = logging.getLogger(__name__)
 
-MAX_PREMIUM_TRIALS = 2
 MONITOR_USERNAME = "$controlplane-monitor"
 # Operations that change what runs; only one may be in flight per deployment. Configuration changes may overlap.
 STATE_CHANGING = [k for k in Operation.Kind.values if k != Operation.Kind.CONFIGURE]
@@ -277,10 +277,10 @@ def deployment_create(
     if plan_row.code == Plan.Code.PREMIUM:
         # Lock the organization so two concurrent creates cannot both take the last trial.
         organization = type(organization).objects.select_for_update().get(pk=organization.pk)
-        granted = min(organization.premium_trial_deployments, MAX_PREMIUM_TRIALS)
+        granted = min(organization.premium_trial_deployments, MAX_PREMIUM_TRIAL_DEPLOYMENTS)
         if granted == 0:
             raise PermissionDenied("Premium is invite-only: ask us for a trial to create a Premium deployment.")
-        used = Deployment.objects.filter(project__organization=organization, plan=plan_row).count()
+        used = selectors.premium_deployments_count(organization.pk)
         if used >= granted:
             raise Conflict(f"Your organization has used its {granted} Premium trial deployment(s).")
     if _name_taken(project, name):

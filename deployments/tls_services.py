@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from controlplane import crypto, db
 from controlplane.errors import Conflict, ValidationFailed
+from controlplane.validators import find_control_character
 from deployments import tls
 from deployments.drivers.base import TlsMaterial
 from deployments.models import (
@@ -199,7 +200,7 @@ def _extra_san_error(value: object) -> str | None:
     """Why `value` cannot be a name of the issued certificate (our CA's policy), or None."""
     if not isinstance(value, str) or not value:
         return "an empty name"
-    if any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in value):
+    if find_control_character(value) is not None:
         return "control characters are not allowed"
     if "*" in value:
         return "wildcard names are not issued by the control plane's CA: name each host"

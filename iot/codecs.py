@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane.errors import Conflict, NotFound, ValidationFailed
+from controlplane.validators import control_character_message, find_control_character
 from deployments.models import Deployment
 from iot import codec_topics, schemas
 from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion
@@ -38,8 +39,8 @@ def _text(value: Any, field: str, max_length: int, *, blank: bool = True) -> str
         raise ValidationFailed({field: "Required."})
     if len(value) > max_length:
         raise ValidationFailed({field: f"At most {max_length} characters."})
-    if any(not c.isprintable() for c in value):
-        raise ValidationFailed({field: "Must not contain control characters or line breaks."})
+    if (found := find_control_character(value)) is not None:
+        raise ValidationFailed({field: control_character_message(*found)})
     return value
 
 

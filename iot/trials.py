@@ -21,6 +21,7 @@ from billing.metering import CoverageSource, Term
 from billing.models import AnnualSubscription, SubscriptionStatus
 from controlplane.db import LockSpace, xact_try_lock
 from controlplane.errors import Conflict, DomainError, PermissionDenied, ValidationFailed
+from deployments import selectors as deployment_selectors
 from deployments import services as deployment_services
 from deployments.models import Deployment, DesiredState, Plan
 from iot.trials_models import MAX_TRIAL_DEPLOYMENTS, PremiumTrial, TrialDeployment
@@ -72,7 +73,7 @@ def _check_grant_input(deployments, days) -> tuple[int, int]:
 
 def premium_deployments_used(organization: Organization) -> int:
     """Premium deployments the organization ever created: what deployments.services counts against the grant."""
-    return Deployment.objects.filter(project__organization=organization, plan__code=Plan.Code.PREMIUM).count()
+    return deployment_selectors.premium_deployments_count(organization.pk)
 
 
 @transaction.atomic

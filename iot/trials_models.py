@@ -10,8 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.ids import PublicIdField
-
-MAX_TRIAL_DEPLOYMENTS = 2  # Premium is an invite-only trial of at most two deployments, then annual
+from deployments.models import MAX_PREMIUM_TRIAL_DEPLOYMENTS as MAX_TRIAL_DEPLOYMENTS
 
 
 class PremiumTrial(models.Model):

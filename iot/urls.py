@@ -56,7 +56,8 @@ urlpatterns += [
     path(SCHEMA, codec_api.SchemaViewSet.as_view({"get": "retrieve", "delete": "destroy"}), name="codec-schema-detail"),
     path(
         SCHEMA + "/versions",
-        codec_api.SchemaViewSet.as_view({"get": "versions", "post": "version_create"}),
+        # Every version at once, as a plain array (a schema has few): no pagination, and the OpenAPI document says so.
+        codec_api.SchemaViewSet.as_view({"get": "versions", "post": "version_create"}, pagination_class=None),
         name="codec-schema-versions",
     ),
     path(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from controlplane.validators import control_character_message, find_control_character
 from iot import shadow
 
 DEVICE_ID_RE = shadow.DEVICE_ID_RE
@@ -30,8 +31,8 @@ def text(value: Any, *, max_length: int) -> str:
         raise ValueError("Must be a string.")
     if len(value) > max_length:
         raise ValueError(f"At most {max_length} characters.")
-    if any(not c.isprintable() for c in value):
-        raise ValueError("Must not contain control characters or line breaks.")
+    if (found := find_control_character(value)) is not None:
+        raise ValueError(control_character_message(*found))
     return value
 
 

@@ -2,6 +2,8 @@
 anchored `^...$` pattern lets through, which would add a line to a broker's ACL or bridge file), edge settings refuse
 what is not valid Unicode, and the agent's writes stay within its own deployment."""
 
+import re
+
 import pytest
 
 from iot import edge, validation
@@ -22,6 +24,27 @@ def test_value_is_refused_when_it_ends_in_a_line_break_or_control_character(chec
     check(good)  # the same value without the ending passes
     with pytest.raises(ValueError):
         check(good + ending)
+
+
+@pytest.mark.parametrize("name", ["Hall \u2028sensor", "tab\there", "del\x7f", "c1\x85"])
+def test_free_text_names_the_control_character_and_its_position_with_the_shared_rule_when_refused(name):
+    from controlplane.validators import find_control_character
+    from iot import codecs
+
+    position, character = find_control_character(name)
+    expected = f"U+{ord(character):04X} at position {position}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        validation.text(name, max_length=128)
+    from controlplane.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as refused:
+        codecs._text(name, "name", max_length=128)
+    assert expected in refused.value.message_dict()["name"][0]
+
+
+@pytest.mark.parametrize("name", ["Lobby \U0001f468\u200d\U0001f469\u200d\U0001f467", "Café\u00a0Nord", "東京-1"])
+def test_free_text_keeps_what_people_type_when_it_holds_no_control_character(name):
+    assert validation.text(name, max_length=128) == name
 
 
 @pytest.mark.parametrize("bad", [{"a": "\ud800"}, {"\udfff": 1}, {"a": ["x\x00"]}])
