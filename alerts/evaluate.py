@@ -353,8 +353,8 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     if ids is not None:
         deployments_qs = deployments_qs.filter(pk__in=ids)
     live = {
-        pk: LiveDeployment(*rest)
-        for pk, *rest in deployments_qs.values_list(
+        pk: LiveDeployment(public_id, project_id, max_connections, messages_per_second)
+        for pk, public_id, project_id, max_connections, messages_per_second in deployments_qs.values_list(
             "pk", "public_id", "project_id", "tier__max_connections", "tier__messages_per_second"
         )
     }
