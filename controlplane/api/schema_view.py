@@ -13,6 +13,7 @@ from django.http import HttpResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.gzip import gzip_page
 from drf_spectacular.settings import spectacular_settings
+from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.request import Request
 
@@ -23,6 +24,7 @@ class OpenApiDocumentView(SpectacularAPIView):
     _document: ClassVar[dict[str, Any] | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
+    @extend_schema(exclude=True)  # the document does not describe itself
     def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
         renderer = request.accepted_renderer
         media_type = request.accepted_media_type
