@@ -1,6 +1,6 @@
-"""Extension points through which apps to the right of deployments (DESIGN §9) add to a broker's desired state
-without deployments importing them: a spec contributor adds broker users to a deployment's BrokerSpec; a device CA
-source gives the CA and CRL of its devices' client-certificate listener.
+"""Extension points through which apps deployments may not import (billing, alerts, networking, iot) add to a
+broker's desired state: a spec contributor adds broker users to a deployment's BrokerSpec; a device CA source gives
+the CA and CRL of its devices' client-certificate listener.
 
 It owns the registry and the rules every contribution must obey (reserved `$` usernames, so a contributed user can
 never collide with or impersonate a customer's MQTT user); it never decides what is contributed.
