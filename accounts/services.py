@@ -52,7 +52,7 @@ def _enqueue_on_commit(task_name: str, **kwargs: str) -> None:
     enqueue_on_commit(getattr(tasks, task_name), **kwargs)
 
 
-def normalize_email(email: str) -> str:
+def _normalize_email(email: str) -> str:
     return User.objects.normalize_email(str(email or "").strip()).lower()
 
 
@@ -81,7 +81,7 @@ def user_signup_request(*, email: str, full_name: str = "", organization_name: s
 
     No password is asked here: whoever follows the link chooses it (user_signup_confirm), so that no one can
     prepare an account for someone else's address with a password of their own."""
-    email = normalize_email(email)
+    email = _normalize_email(email)
     errors = {}
     for field, value in (("full_name", full_name), ("organization_name", organization_name)):
         found = find_control_character(value)
@@ -94,7 +94,7 @@ def user_signup_request(*, email: str, full_name: str = "", organization_name: s
 
 def signup_email_send(*, email: str, full_name: str = "", organization_name: str = "") -> None:
     """The email of a sign-up (run by the accounts.send_signup_email task, never in the request)."""
-    email = normalize_email(email)
+    email = _normalize_email(email)
     existing = User.objects.filter(email__iexact=email).first()
     if existing is not None:
         reset = f"{settings.PUBLIC_URL}{reverse('console:password-reset')}"
@@ -244,7 +244,7 @@ def user_set_active(*, user: User, actor: Principal | None, active: bool) -> Use
 
 
 @transaction.atomic
-def user_password_changed(*, user: User, actor: Principal | None, how: str) -> None:
+def user_password_change_record(*, user: User, actor: Principal | None, how: str) -> None:
     """Record a password change (`how`: change or reset). The new password hash already ended the user's other
     sessions: Django compares each session's hash of it on every request."""
     _audit("user.password_change", actor=actor, user=user, summary={"email": user.email, "how": how})

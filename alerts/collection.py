@@ -29,7 +29,7 @@ RAW_RETENTION = dt.timedelta(hours=48)
 ROLLUP_RETENTION = dt.timedelta(days=30)
 
 
-# Apps to the right of alerts (DESIGN §9) feed metrics of their own at each collection without alerts importing them:
+# Apps alerts may not import (networking, iot: see the layers in pyproject.toml) feed metrics of their own at each collection without alerts importing them:
 # a source is called with the deployment and the time inside the transaction that stores the broker's samples, and
 # answers {metric name: value}. It may update its own rows there (they commit, or not, with the samples).
 SampleSource = Callable[[Any, dt.datetime], dict[str, float]]

@@ -1,4 +1,4 @@
-"""The default alert rules every deployment has: the seed system's fixed alert events, as rules the user may edit.
+"""The default alert rules every deployment has: EMQX Cloud's fixed alert events, as rules the user may edit.
 
 They are created inside the deployment's own creating transaction (deployments calls the hook alerts registers in
 AppConfig.ready(): deployments never imports alerts), and a default added by a later release reaches existing
@@ -14,7 +14,7 @@ from django.db import transaction
 
 from alerts.models import AlertRule, CollectorState
 
-GB = 1024**3
+GIB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class DefaultRule:
     plans: tuple[str, ...] = ()  # the plans (codes) whose deployments get it; empty: every deployment
 
 
-# The seed system's fixed alert events (DESIGN §7), as editable rules on every deployment. Append only: a key is the
+# EMQX Cloud's fixed alert events, as editable rules on every deployment. Append only: a key is the
 # identity of a default in every deployment's record of what it was given.
 DEFAULT_RULES: tuple[DefaultRule, ...] = (
     DefaultRule(
@@ -47,11 +47,11 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
     ),
     DefaultRule(
         "traffic_daily",
-        "Traffic above 100 GB in 24 hours",
+        "Traffic above 100 GiB in 24 hours",
         metric="traffic_bytes",
         aggregation="sum",
         window_seconds=86400,
-        threshold=100 * GB,
+        threshold=100 * GIB,
         repeat_interval_seconds=86400,
     ),
     DefaultRule(

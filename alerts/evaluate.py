@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from django.db import connection, models, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -33,6 +33,24 @@ if TYPE_CHECKING:
     from billing.selectors import Spend
 
 logger = logging.getLogger(__name__)
+
+
+class LiveDeployment(NamedTuple):
+    """A deployment an evaluation covers, as one query reads it."""
+
+    public_id: str
+    project_id: int
+    max_connections: int | None
+    messages_per_second: int | None
+
+
+class PendingEvent(NamedTuple):
+    """An AlertEvent an evaluation decided, written in bulk once its alert has a primary key."""
+
+    alert: Alert
+    kind: str
+    value: float | None
+    message: str
 
 
 @dataclasses.dataclass
@@ -136,15 +154,15 @@ FACT_RULE_KINDS = (
 )
 
 
-def _rules_of(live: dict, ids, kinds) -> QuerySet:
+def _rules_of(live: dict[int, LiveDeployment], ids, kinds) -> QuerySet:
     rule_qs = AlertRule.objects.filter(enabled=True, kind__in=kinds)
     if ids is not None:
-        projects = {v[1] for v in live.values()}
+        projects = {v.project_id for v in live.values()}
         rule_qs = rule_qs.filter(Q(deployment_id__in=ids) | Q(deployment__isnull=True, project_id__in=projects))
     return rule_qs
 
 
-def _targets(rule: dict, live: dict, project_deployments: dict) -> list[int]:
+def _targets(rule: dict, live: dict[int, LiveDeployment], project_deployments: dict) -> list[int]:
     if rule["deployment_id"]:
         return [rule["deployment_id"]] if rule["deployment_id"] in live else []
     return project_deployments.get(rule["project_id"], [])
@@ -335,16 +353,16 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     if ids is not None:
         deployments_qs = deployments_qs.filter(pk__in=ids)
     live = {
-        row[0]: row[1:]
-        for row in deployments_qs.values_list(
+        pk: LiveDeployment(public_id, project_id, max_connections, messages_per_second)
+        for pk, public_id, project_id, max_connections, messages_per_second in deployments_qs.values_list(
             "pk", "public_id", "project_id", "tier__max_connections", "tier__messages_per_second"
         )
     }
     if ids is not None:
         ids = list(live)
     project_deployments: dict[int, list[int]] = defaultdict(list)
-    for dep_id, (_, project_id, _, _) in live.items():
-        project_deployments[project_id].append(dep_id)
+    for dep_id, row in live.items():
+        project_deployments[row.project_id].append(dep_id)
 
     candidates = _metric_candidates_sql(now=now, ids=ids)
     facts = {kind: source(ids) for kind, (source, _) in FACT_SOURCES.items()}
@@ -368,22 +386,29 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     spec_cache: dict = {}
     new_alerts: list[Alert] = []
     changed_alerts: list[Alert] = []
-    events: list[tuple[Alert, str, float | None, str]] = []
+    events: list[PendingEvent] = []
     notifications: list[tuple[Alert, str]] = []
 
     for rule_id, dep_id, value in candidates:
         rule = rules[rule_id]
-        public_id, _, max_conn, mps = live[dep_id]
+        deployment = live[dep_id]
         alert = alerts.get((rule_id, dep_id))
         limit_field = TIER_LIMIT_FIELDS.get(rule["metric"] or "", "")
-        tier_limit = {"max_connections": max_conn, "messages_per_second": mps}.get(limit_field)
+        tier_limit = {
+            "max_connections": deployment.max_connections,
+            "messages_per_second": deployment.messages_per_second,
+        }.get(limit_field)
         spec = _spec_for(rule, spec_cache)
         breached = _breached(spec, value, tier_limit)
         if not breached and (alert is None or alert.status == AlertStatus.RESOLVED):
             continue  # a fact with a value that breaches nothing, and no alert to resolve
         silenced = any(
             silence_matches(
-                silence, deployment=public_id, rule=rule["public_id"], metric=rule["metric"], severity=rule["severity"]
+                silence,
+                deployment=deployment.public_id,
+                rule=rule["public_id"],
+                metric=rule["metric"],
+                severity=rule["severity"],
             )
             for silence in silences_by_project.get(rule["project_id"], ())
         )
@@ -436,14 +461,14 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
         if value is not None:
             alert.value, alert.threshold = value, transition.threshold
         detail = facts.get(rule["kind"], {}).get(dep_id, (None, ""))[1]
-        alert.summary = _alert_summary(rule, public_id, value, transition.threshold, detail)[:300]
+        alert.summary = _alert_summary(rule, deployment.public_id, value, transition.threshold, detail)[:300]
         if transition.changed:
             summary.changed += 1
             _apply_transition(alert, transition, now)
-            events.append((alert, transition.status, value, transition.reason))
+            events.append(PendingEvent(alert, transition.status, value, transition.reason))
             if transition.suppressed_by:
                 events.append(
-                    (
+                    PendingEvent(
                         alert,
                         AlertEvent.Kind.SUPPRESSED,
                         value,
@@ -486,7 +511,7 @@ def _note_notification(
     transition: evaluation.Transition,
     value: float | None,
     now: dt.datetime,
-    events: list,
+    events: list[PendingEvent],
     notifications: list,
 ) -> None:
     kind = {"fire": Delivery.Kind.FIRE, "resolve": Delivery.Kind.RESOLVE, "repeat": Delivery.Kind.REPEAT}[
@@ -494,7 +519,7 @@ def _note_notification(
     ]
     alert.last_notified_at = None if kind == Delivery.Kind.RESOLVE else now
     notifications.append((alert, kind))
-    events.append((alert, AlertEvent.Kind.NOTIFIED, value, f"{kind} notification"))
+    events.append(PendingEvent(alert, AlertEvent.Kind.NOTIFIED, value, f"{kind} notification"))
 
 
 def _evaluation_save(
@@ -502,10 +527,10 @@ def _evaluation_save(
     new_alerts: list[Alert],
     changed_alerts: list[Alert],
     fields: list[str],
-    events: list,
+    events: list[PendingEvent],
     notifications: list[tuple[Alert, str]],
     rule_objects: dict[int, AlertRule] | None,
-    live: dict,
+    live: dict[int, LiveDeployment],
     now: dt.datetime,
 ) -> int:
     """Write what an evaluation decided, one statement per kind of row; returns the notifications queued.
@@ -527,9 +552,9 @@ def _evaluation_save(
         _alerts_update(changed_alerts, fields)
         AlertEvent.objects.bulk_create(
             [
-                AlertEvent(alert_id=a.pk, kind=k, value=v, message=m[:500], created_at=now)
-                for a, k, v, m in events
-                if a.pk
+                AlertEvent(alert_id=e.alert.pk, kind=e.kind, value=e.value, message=e.message[:500], created_at=now)
+                for e in events
+                if e.alert.pk
             ],
             batch_size=5000,
         )
@@ -666,7 +691,7 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
 
     new_alerts: list[Alert] = []
     changed_alerts: list[Alert] = []
-    events: list[tuple[Alert, str, float | None, str]] = []
+    events: list[PendingEvent] = []
     notifications: list[tuple[Alert, str]] = []
     for rule in rules:
         spend = spends[
@@ -732,9 +757,9 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
         if transition.changed:
             summary.changed += 1
             _apply_transition(alert, transition, now)
-            events.append((alert, transition.status, None, f"{transition.reason}: {alert.summary}"))
+            events.append(PendingEvent(alert, transition.status, None, f"{transition.reason}: {alert.summary}"))
             if transition.suppressed_by:
-                events.append((alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence"))
+                events.append(PendingEvent(alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence"))
         if transition.notify is not None:
             _note_notification(alert, transition, None, now, events, notifications)
 

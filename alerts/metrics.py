@@ -72,7 +72,7 @@ METRICS: dict[str, Metric] = {
 
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 
-# DESIGN.md spells it rule_resource_down; an early brief said rule_resources_down. Accept both, store one.
+# rule_resources_down is an older spelling of rule_resource_down: accepted, and resolved to the canonical name.
 _ALIASES = {"rule_resources_down": RULE_RESOURCE_DOWN}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from django.db.models import Q
 
@@ -16,6 +17,9 @@ from alerts.models import Alert, AlertRule
 from billing.money import to_decimal
 from notifications.models import Delivery, NotificationChannel
 from notifications.services import deliveries_enqueue
+
+if TYPE_CHECKING:
+    from alerts.evaluate import LiveDeployment
 
 
 def routes(rules: Iterable[AlertRule]) -> dict[int, list[NotificationChannel]]:
@@ -91,7 +95,10 @@ def _payload(alert: Alert, rule: AlertRule, kind: str, deployment_public_id: str
 
 
 def alerts_notify(
-    notifications: list[tuple[Alert, str]], rule_objects: dict[int, AlertRule], live: dict, now: dt.datetime
+    notifications: list[tuple[Alert, str]],
+    rule_objects: dict[int, AlertRule],
+    live: dict[int, LiveDeployment],
+    now: dt.datetime,
 ) -> int:
     """Queue one delivery per (alert, kind) and channel its rule routes to; returns the number queued. Runs in the
     evaluation's transaction: the deliveries leave once the alerts' new state has committed."""
@@ -99,7 +106,7 @@ def alerts_notify(
     deliveries = []
     for alert, kind in notifications:
         rule = rule_objects[alert.rule_id]
-        deployment_public_id = live[alert.deployment_id][0] if alert.deployment_id is not None else None
+        deployment_public_id = live[alert.deployment_id].public_id if alert.deployment_id is not None else None
         payload = _payload(alert, rule, kind, deployment_public_id, now)
         for channel in rule_routes[rule.pk]:
             deliveries.append(

@@ -3,7 +3,7 @@ of samples and to evaluate every rule, each beside a hand-written SQL floor meas
 
 Run against a throwaway PostgreSQL (it creates and fills tables):
     bash -c 'source scripts/services.sh && services_start && CONTROLPLANE_ENV=test .venv/bin/python bench/alerts.py'
-It never gates the test suite. Targets (issue 5): store < 2 s, evaluate < 2 s, each within 3x of its floor.
+It never gates the test suite. Targets: store < 2 s, evaluate < 2 s, each within 3x of its floor.
 """
 
 from __future__ import annotations

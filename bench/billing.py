@@ -33,7 +33,7 @@ HOUR = dt.datetime(2026, 3, 31, 23, tzinfo=UTC)  # the month's last hour: the cl
 MONTH_END = dt.datetime(2026, 4, 1, tzinfo=UTC)
 TIER_CHANGE = HOUR + dt.timedelta(minutes=25)
 COUNTRIES = [("US", "94105"), ("DE", "10115"), ("FR", "75001"), ("FI", "00100"), ("NL", "1012 AB")]
-GB = 1024**3
+GIB = 1024**3
 
 
 def timed(fn):
@@ -127,14 +127,14 @@ def setup() -> None:
                 StatusInterval(deployment=d, status="running", tier_id=d.tier_id, started_at=start, ended_at=end)
             )
     StatusInterval.objects.bulk_create(intervals, batch_size=10000)
-    # a day of traffic per deployment: a tenth above the 100 GB included
+    # a day of traffic per deployment: a tenth above the 100 GiB included
     TrafficRecord.objects.bulk_create(
         [
             TrafficRecord(
                 deployment=d,
                 organization_id=d.project.organization_id,
                 day=HOUR.date(),
-                bytes=(130 if i % 10 == 3 else 5) * GB,
+                bytes=(130 if i % 10 == 3 else 5) * GIB,
             )
             for i, d in enumerate(deployments)
         ],
@@ -186,7 +186,7 @@ def close_floor() -> int:
         "s": MONTH,
         "e": MONTH_END,
         "last": MONTH_END.date() - dt.timedelta(days=1),
-        "gb": GB,
+        "gib": GIB,
     }
     with connection.cursor() as cursor, transaction.atomic():
         cursor.execute(
@@ -196,7 +196,7 @@ def close_floor() -> int:
                 FROM billing_usagerecord WHERE hour < %(e)s AND invoice_id IS NULL
                 GROUP BY organization_id, deployment_id, product, tier_id, unit_price, date_trunc('month', hour)
                 UNION ALL
-                SELECT organization_id, ROUND(GREATEST(SUM(bytes) - 100 * %(gb)s::bigint, 0) * 0.15 * 100 / %(gb)s::bigint)::bigint
+                SELECT organization_id, ROUND(GREATEST(SUM(bytes) - 100 * %(gib)s::bigint, 0) * 0.15 * 100 / %(gib)s::bigint)::bigint
                 FROM billing_trafficrecord WHERE day < %(e)s AND invoice_id IS NULL
                 GROUP BY organization_id, deployment_id, date_trunc('month', day)
             ), sums AS (
@@ -247,8 +247,8 @@ def close_floor() -> int:
             INSERT INTO billing_invoiceline (invoice_id, deployment_id, product, description, quantity, unit,
                                              unit_price, amount, usage_month, bytes)
             SELECT i.id, t.deployment_id, 'traffic', d.name || ' (' || d.public_id || '), traffic',
-                   ROUND(GREATEST(SUM(t.bytes) - 100 * %(gb)s::bigint, 0) / %(gb)s::bigint::numeric, 6), 'GB', 0.15,
-                   ROUND(GREATEST(SUM(t.bytes) - 100 * %(gb)s::bigint, 0) * 0.15 * 100 / %(gb)s::bigint),
+                   ROUND(GREATEST(SUM(t.bytes) - 100 * %(gib)s::bigint, 0) / %(gib)s::bigint::numeric, 6), 'GiB', 0.15,
+                   ROUND(GREATEST(SUM(t.bytes) - 100 * %(gib)s::bigint, 0) * 0.15 * 100 / %(gib)s::bigint),
                    date_trunc('month', t.day), SUM(t.bytes)
             FROM billing_trafficrecord t
             JOIN billing_billingaccount ba ON ba.organization_id = t.organization_id

@@ -3,40 +3,40 @@ latency a decode adds over a plain republish measured in the same run on the sam
 
 Runs the real path: a Premium deployment reconciled by a real Celery worker into a real mosquitto, a Protobuf schema
 and a decode rule made through the services, a real platform agent process. The floor is a paho republisher in its
-own process (as the agent is) on the same broker that forwards the same messages without decoding them. One paho
-publisher paces messages at the offered rate; one paho subscriber takes both outputs and times each message from
-its publish. It also prints the CPU time the agent spends per decoded message (its idle CPU taken out) beside the
-floor's per republished message: on a machine shared with other work, the one figure that load does not swamp.
-Without DATABASE_URL it starts a throwaway PostgreSQL and Redis and re-runs itself inside them. It
-prints figures; it never gates the suite. Usage: .venv/bin/python bench/codec.py [rate] [seconds]
+own process (as the agent is) on the same broker that forwards the same messages without decoding them. The load
+generator and the measuring subscriber are raw-socket MQTT clients in processes of their own (bench/codec_load.py),
+a few µs of CPU a message, so they no longer take the cores the agent is measured on (mosquitto_pub cannot: it
+sends one fixed payload, or newline-separated lines, never a per-message stamp in binary Protobuf); both paths go
+through the same two. It prints the CPU per message of the agent (its idle CPU taken out), the floor, the publisher,
+the subscriber and mosquitto, and checks every message was counted once against the agent's own counter.
+Without DATABASE_URL it starts a throwaway PostgreSQL and Redis and re-runs itself inside them. It prints figures;
+it never gates the suite. Usage: .venv/bin/python bench/codec.py [rate] [seconds] [latency-rate]
+(defaults 5000, 10, 1000: throughput at rate and twice it, added latency with both paths at latency-rate in total)
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import pathlib
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
-
-import paho.mqtt.client as mqtt
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench import codec_load  # noqa: E402 - after the path is set
 
 PROTO = """syntax = "proto3";
 package bench;
 message Reading {
   double sent = 1;
-  int64 seq = 2;
+  fixed64 seq = 2;
   string device = 3;
   double temperature = 4;
   bytes pad = 5;
@@ -80,92 +80,16 @@ REPUBLISHER = textwrap.dedent(
 )
 
 
-class Probe:
-    """Publishes paced messages and times their arrival on the output topics (one process: one clock)."""
-
-    def __init__(self, port: int, username: str, password: str, codec) -> None:
-        self.codec = codec
-        self.lock = threading.Lock()
-        self.latencies: dict[str, list[float]] = {"codec": [], "plain": []}
-        self.arrived: dict[str, list[float]] = {"codec": [], "plain": []}
-        self.subscriber = self._client("bench-subscriber", username, password, port)
-        self.subscriber.on_message = self._on_message
-        done = threading.Event()
-        self.subscriber.on_subscribe = lambda c, u, mid, codes, props: done.set()
-        # QoS 0 on the way out to the probe: mosquitto sends an MQTT 3.1.1 client at most 20 QoS 1 messages
-        # unacknowledged (max_inflight_messages), which would cap both paths at the probe, not at the agent.
-        self.subscriber.subscribe([("codec/+/out", 0), ("plain/+/out", 0)])
-        assert done.wait(10)
-        self.publisher = self._client("bench-publisher", username, password, port)
-        self._template: bytes | None = None
-
-    @staticmethod
-    def _client(client_id: str, username: str, password: str, port: int) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        client.username_pw_set(username, password)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.connect("127.0.0.1", port)
-        client.loop_start()
-        return client
-
-    def _on_message(self, client, userdata, message) -> None:
-        now = time.perf_counter()
-        if message.topic.startswith("codec/"):
-            sent = json.loads(message.payload)["sent"]
-            kind = "codec"
-        else:
-            sent = self.codec.decode(bytes(message.payload))["sent"]
-            kind = "plain"
-        with self.lock:
-            self.latencies[kind].append(now - sent)
-            self.arrived[kind].append(now)
-
-    def reset(self) -> None:
-        with self.lock:
-            for kind in self.latencies:
-                self.latencies[kind].clear()
-                self.arrived[kind].clear()
-
-    def payload(self, seq: int) -> bytes:
-        """A 200-byte Reading stamped now. Encoded once, then only `sent` is patched: field 1, a double, always at
-        bytes 1..8, so the probe spends its time publishing, not encoding."""
-        if self._template is None:
-            body = {"sent": 1.0, "seq": 123456, "device": "dev-0000", "temperature": 20.5}
-            pad = max(0, PAYLOAD_BYTES - len(self.codec.encode(body)) - 2)  # a tag byte and a length byte
-            if pad >= 128:
-                pad -= 1  # the length takes two bytes
-            self._template = self.codec.encode({**body, "pad": base64.b64encode(b"\x01" * pad).decode("ascii")})
-            assert self._template[0] == 0x09  # field 1, wire type fixed64
-        return self._template[:1] + struct.pack("<d", time.perf_counter()) + self._template[9:]
-
-    def run(self, *, rate: float, seconds: float, prefixes: tuple[str, ...]) -> tuple[int, float]:
-        """Publish `rate` messages a second for `seconds`, alternating the prefixes; wait for the stragglers."""
-        sent = 0
-        started = time.perf_counter()
-        while True:
-            elapsed = time.perf_counter() - started
-            if elapsed >= seconds:
-                break
-            due = int(elapsed * rate) + 1
-            while sent < due:
-                prefix = prefixes[sent % len(prefixes)]
-                self.publisher.publish(f"{prefix}/dev-{sent % 100:04d}/in", self.payload(sent), qos=1)
-                sent += 1
-            time.sleep(0.0005)
-        deadline = time.perf_counter() + 10
-        expected = {p: sum(1 for i in range(sent) if prefixes[i % len(prefixes)] == p) for p in prefixes}
-        while time.perf_counter() < deadline:
-            with self.lock:
-                if all(len(self.latencies[p]) >= expected[p] for p in prefixes):
-                    break
-            time.sleep(0.05)
-        return sent, time.perf_counter() - started
-
-    def close(self) -> None:
-        for client in (self.publisher, self.subscriber):
-            client.disconnect()
-            client.loop_stop()
+def _template(codec) -> bytes:
+    """A 200-byte Reading in codec_load's fixed layout (`sent` then `seq`, both fixed 8 bytes, first), encoded by the
+    schema's own codec so it is exactly what a device would send."""
+    body = {"sent": 1.0, "seq": 1, "device": "dev-0000", "temperature": 20.5}
+    pad = max(0, PAYLOAD_BYTES - len(codec.encode(body)) - 2)  # a tag byte and a length byte
+    if pad >= 128:
+        pad -= 1  # the length takes two bytes
+    template = codec.encode({**body, "pad": base64.b64encode(b"\x01" * pad).decode("ascii")})
+    assert template[0] == codec_load.SENT_TAG and template[9] == codec_load.SEQ_TAG, template[:18].hex()
+    return template
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -175,23 +99,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else float("nan")
-
-
-def _line(label: str, offered: int, samples: list[float], arrived: list[float], started: float) -> str:
-    if not samples:
-        return f"{label}: none arrived of {offered}"
-    span = max(arrived) - started
-    return (
-        f"{label}: {len(samples)}/{offered} arrived ({len(samples) / span:.0f}/s); publish -> out "
-        f"p50 {_percentile(samples, 0.5) * 1000:.1f} ms, p99 {_percentile(samples, 0.99) * 1000:.1f} ms, "
-        f"max {max(samples) * 1000:.1f} ms"
-    )
-
-
-def main(rate: float, seconds: float) -> None:
+def main(rate: float, seconds: float, latency_rate: float) -> None:
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
@@ -205,7 +113,6 @@ def main(rate: float, seconds: float) -> None:
     call_command("migrate", verbosity=0)
     from deployments import services as deployment_services
     from iot import codecs
-    from iot.models import CodecCounter
     from organizations import services as org_services
     from organizations.models import Organization
     from tests.celery_worker import CeleryWorker, broker_pids
@@ -222,7 +129,7 @@ def main(rate: float, seconds: float) -> None:
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-codec-"))
     worker = CeleryWorker(env, log_dir)
     worker.start()
-    agent = republisher = probe = None
+    agent = republisher = load = None
     try:
         # Tier 10k: 20,000 msg/s, so the broker's own limit is not what is measured.
         deployment, _ = deployment_services.deployment_create(  # type: ignore[misc]
@@ -259,59 +166,53 @@ def main(rate: float, seconds: float) -> None:
             cwd=REPO,
         )
         assert republisher.stdout is not None and republisher.stdout.readline().strip() == b"ready"
-        probe = Probe(port, "bench", "bench-password-1", codec)
-        print(f"payload: {len(probe.payload(0))} bytes of Protobuf (bench.Reading)")
+        template = _template(codec)
+        load = codec_load.Load(port, "bench", "bench-password-1", template)
+        print(f"payload: {len(template)} bytes of Protobuf (bench.Reading)")
         warm = time.monotonic() + 60
-        while not probe.latencies["codec"]:
+        while not load.run(rate=50, seconds=0.3, prefixes=("codec",), wait=1.0)["received"]["kinds"]["codec"]["count"]:
             if time.monotonic() > warm:
                 raise TimeoutError(f"the agent never decoded:\n{agent.logs()}")
-            probe.run(rate=50, seconds=0.3, prefixes=("codec",))
-        probe.reset()
+        (mosquitto_pid,) = broker_pids(brokers)
+        assert agent.proc is not None
+        pids = {
+            "agent": agent.proc.pid,
+            "floor": republisher.pid,
+            "publisher": load.pids()[0],
+            "subscriber": load.pids()[1],
+            "mosquitto": mosquitto_pid,
+        }
 
         # The agent's CPU while idle (heartbeats, timers, its log tail), taken out of its CPU per message below.
-        assert agent.proc is not None
         idle_start = _cpu_seconds(agent.proc.pid)
         time.sleep(3.0)
         idle_rate = (_cpu_seconds(agent.proc.pid) - idle_start) / 3.0
-        # (a) Both paths at once, each at half the rate: the added latency, measured under the same load.
-        cpu_before = _cpu_seconds(agent.proc.pid), _cpu_seconds(republisher.pid)
-        started = time.perf_counter()
-        sent, span = probe.run(rate=rate, seconds=seconds, prefixes=("codec", "plain"))
-        cpu_after = _cpu_seconds(agent.proc.pid), _cpu_seconds(republisher.pid)
-        with probe.lock:
-            agent_cpu = cpu_after[0] - cpu_before[0] - idle_rate * span
-            agent_us = agent_cpu / max(1, len(probe.latencies["codec"])) * 1e6
-            plain_us = (cpu_after[1] - cpu_before[1]) / max(1, len(probe.latencies["plain"])) * 1e6
-            codec_line = _line("agent decode", sent // 2, probe.latencies["codec"], probe.arrived["codec"], started)
-            plain_line = _line("plain republish", sent // 2, probe.latencies["plain"], probe.arrived["plain"], started)
-            added50 = _percentile(probe.latencies["codec"], 0.5) - _percentile(probe.latencies["plain"], 0.5)
-            added99 = _percentile(probe.latencies["codec"], 0.99) - _percentile(probe.latencies["plain"], 0.99)
-        probe.reset()
-        # (b) The agent alone at the full rate, then at twice it: messages decoded per second.
-        results = []
-        for offered in (rate, rate * 2):
-            cpu_start = _cpu_seconds(agent.proc.pid)
-            started = time.perf_counter()
-            sent, span = probe.run(rate=offered, seconds=seconds / 2, prefixes=("codec",))
-            cpu_used = _cpu_seconds(agent.proc.pid) - cpu_start - idle_rate * span
-            with probe.lock:
-                decoded = len(probe.latencies["codec"])
-                results.append(
-                    _line(
-                        f"agent decode at {offered:.0f}/s offered",
-                        sent,
-                        probe.latencies["codec"],
-                        probe.arrived["codec"],
-                        started,
-                    )
-                    + f"; agent CPU {cpu_used / max(1, decoded) * 1e6:.0f} us/message"
-                )
-            probe.reset()
-        time.sleep(1.5)  # the agent adds its counts once a second
-        counter = CodecCounter.objects.get(rule=rule)
+        # Counts from here on are checked against the agent's counter at the end (it adds to it once a second, so
+        # every warm-up message is in it by now).
+        counted_before = _counter(rule)
+        published_before, received_before = load.totals()
+
+        def measured(offered: float, span: float, prefixes: tuple[str, ...]) -> tuple[dict, dict[str, float]]:
+            before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.monotonic()
+            result = load.run(rate=offered, seconds=span, prefixes=prefixes)
+            cpu = {name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            cpu["agent"] -= idle_rate * (time.monotonic() - started)  # the whole window, its waiting tail too
+            result["loadavg"] = _loadavg()
+            return result, cpu
+
+        # (a) Both paths at once, each at half the moderate rate: the added latency, measured under the same load.
+        both, both_cpu = measured(latency_rate, seconds, ("codec", "plain"))
+        # (b) The agent alone at the full rate, then at twice it: messages decoded per second; then the floor alone
+        # at the full rate: what a republish without decoding achieves on this machine in the same run.
+        alone = [(offered, *measured(offered, seconds / 2, ("codec",))) for offered in (rate, rate * 2)]
+        floor, floor_cpu = measured(rate, seconds / 2, ("plain",))
+        time.sleep(2.5)  # the agent adds its counts once a second
+        counted_after = _counter(rule)
+        published_after, received_after = load.totals()
     finally:
-        if probe is not None:
-            probe.close()
+        if load is not None:
+            load.close()
         if republisher is not None:
             republisher.kill()
         if agent is not None:
@@ -324,19 +225,116 @@ def main(rate: float, seconds: float) -> None:
                 pass
         shutil.rmtree(brokers, ignore_errors=True)
         shutil.rmtree(log_dir, ignore_errors=True)
-    print(f"(a) both paths at {rate:.0f}/s in total, {os.cpu_count()} cores:")
-    print(f"    {codec_line}")
-    print(f"    floor, same run: {plain_line}")
-    print(f"    added by decoding: p50 {added50 * 1000:+.1f} ms, p99 {added99 * 1000:+.1f} ms   (target p99 < 20 ms)")
+
+    codec_kind, plain_kind = both["received"]["kinds"]["codec"], both["received"]["kinds"]["plain"]
+    per_path = both["published"]["per_prefix"]
+    print(f"(a) both paths at {latency_rate:.0f}/s in total, {os.cpu_count()} cores, load average {both['loadavg']}:")
+    print(f"    {_line('agent decode', per_path['codec'], codec_kind, both['published'])}")
+    print(f"    floor, same run: {_line('plain republish', per_path['plain'], plain_kind, both['published'])}")
+    if codec_kind["count"] and plain_kind["count"]:
+        added50 = (codec_kind["p50"] - plain_kind["p50"]) * 1000
+        added99 = (codec_kind["p99"] - plain_kind["p99"]) * 1000
+        print(f"    added by decoding: p50 {added50:+.1f} ms, p99 {added99:+.1f} ms   (target p99 < 20 ms)")
     print(
-        f"    CPU per message: agent {agent_us:.0f} us (receive, decode, republish, acknowledge; its idle "
-        f"{idle_rate * 100:.1f}% of a core taken out), floor republisher {plain_us:.0f} us (receive, republish)"
+        f"    CPU per message: agent {_us(both_cpu['agent'], codec_kind['count'])} us (receive, decode, republish, "
+        f"acknowledge; its idle {idle_rate * 100:.1f}% of a core taken out), floor republisher "
+        f"{_us(both_cpu['floor'], plain_kind['count'])} us (receive, republish)"
     )
-    print("(b) " + "\n    ".join(results) + "   (target 5,000/s)")
-    print(f"    the agent counted {counter.processed} processed, {counter.failures} failures")
+    print(f"    {_load_line(both, both_cpu)}")
+    print("(b) alone, at the full rate and at twice it   (target 5,000/s decoded and delivered at 5,000/s offered)")
+    for offered, result, cpu in alone:
+        kind = result["received"]["kinds"]["codec"]
+        label = f"agent decode at {offered:.0f}/s offered"
+        print(
+            f"    {_line(label, result['published']['sent'], kind, result['published'])}; agent CPU "
+            f"{_us(cpu['agent'], kind['count'])} us/message; load average {result['loadavg']}"
+        )
+        print(f"      {_load_line(result, cpu)}")
+    kind = floor["received"]["kinds"]["plain"]
+    label = f"floor, plain republish at {rate:.0f}/s offered"
+    print(
+        f"    {_line(label, floor['published']['sent'], kind, floor['published'])}; floor CPU "
+        f"{_us(floor_cpu['floor'], kind['count'])} us/message; load average {floor['loadavg']}"
+    )
+    print(f"      {_load_line(floor, floor_cpu)}")
+    print(
+        "    "
+        + _check(counted_before, counted_after, published_before, published_after, received_before, received_after)
+    )
+
+
+def _counter(rule) -> tuple[int, int]:
+    from iot.models import CodecCounter
+
+    counter = CodecCounter.objects.filter(rule=rule).first()
+    return (counter.processed, counter.failures) if counter is not None else (0, 0)
+
+
+def _loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _us(cpu: float, count: int) -> str:
+    return f"{cpu / count * 1e6:.0f}" if count else "-"
+
+
+def _line(label: str, offered: int, kind: dict, published: dict) -> str:
+    if not kind["count"]:
+        return f"{label}: none arrived of {offered}"
+    span = kind["last_arrival"] - published["started"]
+    return (
+        f"{label}: {kind['count']}/{offered} arrived ({kind['count'] / span:.0f}/s); publish -> out "
+        f"p50 {kind['p50'] * 1000:.1f} ms, p99 {kind['p99'] * 1000:.1f} ms, max {kind['max'] * 1000:.1f} ms"
+    )
+
+
+def _load_line(result: dict, cpu: dict[str, float]) -> str:
+    """What the load generator, the measuring subscriber and the broker cost per message, so a reader sees whose
+    CPU the figures above are bounded by."""
+    published, received = result["published"], result["received"]
+    arrived = sum(kind["count"] for kind in received["kinds"].values())
+    return (
+        f"load: publisher {_us(cpu['publisher'], published['sent'])} us/message sent "
+        f"(at most {published['max_lag'] * 1000:.1f} ms behind its schedule, held by the in-flight window "
+        f"{published['held']} times), subscriber {_us(cpu['subscriber'], arrived)} us/message received, "
+        f"mosquitto {_us(cpu['mosquitto'], published['sent'])} us/message published (in, out and back)"
+    )
+
+
+def _check(counted_before, counted_after, published_before, published_after, received_before, received_after) -> str:
+    """Every message counted once: what the publisher had acknowledged, the agent counted, and the subscriber
+    received (each seq once) since the warm-up must agree."""
+    processed = counted_after[0] - counted_before[0]
+    failures = counted_after[1] - counted_before[1]
+    published = published_after["published"].get("codec", 0) - published_before["published"].get("codec", 0)
+    unacked = published_after["sent"] - published_after["acked"]
+    delivered = received_after["unique"]["codec"] - received_before["unique"]["codec"]
+    duplicates = sum(received_after["duplicates"].values()) - sum(received_before["duplicates"].values())
+    errors = received_after["errors"] - received_before["errors"]
+    malformed = received_after["malformed"] - received_before["malformed"]
+    line = (
+        f"check: {published} published to the agent ({unacked} unacknowledged), the agent counted {processed} "
+        f"processed and {failures} failures, the subscriber received {delivered} decoded (each seq once; "
+        f"{duplicates} duplicates, {errors} on the error topic, {malformed} malformed)"
+    )
+    problems = []
+    if processed - failures != delivered:
+        problems.append(f"processed - failures = {processed - failures} != {delivered} received")
+    if failures != errors:
+        problems.append(f"{failures} failures counted != {errors} on the error topic")
+    if duplicates or malformed or unacked:
+        problems.append("duplicates, malformed or unacknowledged messages")
+    plain_published = published_after["published"].get("plain", 0) - published_before["published"].get("plain", 0)
+    plain_received = received_after["unique"]["plain"] - received_before["unique"]["plain"]
+    line += f"; floor: {plain_published} published, {plain_received} received"
+    if processed < published:
+        line += f"; {published - processed} never reached the agent (the broker's queue to it overflowed)"
+    return line + ("; MISMATCH: " + "; ".join(problems) if problems else "; counts agree")
 
 
 if __name__ == "__main__":
     if not os.environ.get("DATABASE_URL"):
         _reexec_with_services()
-    main(float(sys.argv[1]) if len(sys.argv) > 1 else 5000.0, float(sys.argv[2]) if len(sys.argv) > 2 else 10.0)
+    arguments = [float(a) for a in sys.argv[1:4]]
+    defaults = [5000.0, 10.0, 1000.0]
+    main(*(arguments + defaults[len(arguments) :]))

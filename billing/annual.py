@@ -3,7 +3,7 @@ the rest of the term, reminders before the end, renewal or the return to hourly 
 invoice was voided.
 
 A subscription's term is what metering subtracts, so hourly billing stops exactly at acceptance and resumes at the
-exact second a term ends without renewal. It never applies coupons to annual invoices (the seed system's rule),
+exact second a term ends without renewal. It never applies coupons to annual invoices (EMQX Cloud's rule),
 never charges a card itself (collection is enqueued) and raises controlplane.errors, never an HTTP error.
 """
 
@@ -190,7 +190,7 @@ def _enqueue_collection(invoice) -> None:
     if invoice.status == "open":
         from billing import services
 
-        transaction.on_commit(lambda: services.enqueue_collection([invoice.pk]))
+        transaction.on_commit(lambda: services.invoice_collection_enqueue([invoice.pk]))
 
 
 def _end(subscription: AnnualSubscription, *, at: datetime.datetime, reason: str) -> None:
@@ -442,9 +442,9 @@ def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:
                 if subscription.auto_renew
                 else "ends, and the deployment returns to hourly billing,"
             )
-            from billing.services import billing_notice
+            from billing.services import billing_notice_send
 
-            billing_notice(
+            billing_notice_send(
                 account=subscription.billing_account,
                 kind="annual_renewal_reminder",
                 about=subscription.deployment.public_id,

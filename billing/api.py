@@ -249,7 +249,10 @@ class InvoiceLineOutputSerializer(serializers.Serializer):
     product = serializers.CharField(help_text="running, retention, traffic, annual or annual_upgrade.")
     description = serializers.CharField()
     quantity = serializers.DecimalField(max_digits=18, decimal_places=6)
-    unit = serializers.CharField()
+    unit = serializers.CharField(
+        help_text="hour, year, item or, for traffic, GiB (1024³ bytes; traffic lines issued before this spelling "
+        "say GB for the same GiB)."
+    )
     unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
     amount = serializers.IntegerField()
     tier = serializers.CharField(source="tier.code", allow_null=True, default=None)
@@ -583,7 +586,7 @@ class BillingAccountViewSet(ScopedViewSet):
         responses={201: SetupIntentOutputSerializer},
     )
     def setup_intent(self, request, *args, **kwargs):
-        intent_id, secret = services.card_setup_intent(account=self.account(), actor=self.principal)
+        intent_id, secret = services.card_setup_intent_create(account=self.account(), actor=self.principal)
         return Response(
             SetupIntentOutputSerializer({"setup_intent": intent_id, "client_secret": secret}).data,
             status=status.HTTP_201_CREATED,
@@ -598,7 +601,7 @@ class BillingAccountViewSet(ScopedViewSet):
     def checkout_session(self, request, *args, **kwargs):
         data = CheckoutSessionInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        url = services.card_checkout_session(account=self.account(), actor=self.principal, **data.validated_data)
+        url = services.card_checkout_session_create(account=self.account(), actor=self.principal, **data.validated_data)
         return Response(CheckoutSessionOutputSerializer({"url": url}).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

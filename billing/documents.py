@@ -14,7 +14,8 @@ from billing.models import CreditNote, Invoice
 from billing.money import format_money
 from billing.pdf import InvoiceDocument, InvoiceLine, NationalVat, Party, VatLine, national_vat_text, render_invoice_pdf
 
-UNIT_LABELS = {"hour": "hour", "year": "year", "upgrade": "item", "GB": "GB"}
+# Traffic lines issued before the unit was spelled "GiB" stored "GB" (the same 1024³ bytes): they render as issued.
+UNIT_LABELS = {"hour": "hour", "year": "year", "upgrade": "item"}
 
 
 def _party(snapshot: dict) -> Party:

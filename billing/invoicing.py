@@ -289,19 +289,19 @@ def build_lines(
         charge = traffic.traffic_charge(
             usage=usage,
             allowance_bytes=catalog.allowance_bytes(plan_id=deployment.plan_id, month=usage.month),
-            price_per_gb=catalog.price_per_gb(tier=tier, currency=currency, month=usage.month),
+            price_per_gib=catalog.price_per_gib(tier=tier, currency=currency, month=usage.month),
             currency=currency,
         )
         if charge.amount is None:
             built.unpriced_bytes += usage.bytes
             continue
-        included = charge.allowance_bytes // traffic.BYTES_PER_GB
+        included = charge.allowance_bytes // traffic.BYTES_PER_GIB
         line = LineDraft(
-            description=f"{labels.deployment(usage.deployment_id)}, traffic {traffic.gigabytes(usage.bytes)} GB in + "
-            f"out, {included} GB a month included{_late_suffix(usage.month, period_month)}",
-            quantity=traffic.gigabytes(charge.billable_bytes),
-            unit="GB",
-            unit_price=charge.price_per_gb,
+            description=f"{labels.deployment(usage.deployment_id)}, traffic {traffic.gibibytes(usage.bytes)} GiB in + "
+            f"out, {included} GiB a month included{_late_suffix(usage.month, period_month)}",
+            quantity=traffic.gibibytes(charge.billable_bytes),
+            unit="GiB",
+            unit_price=charge.price_per_gib,
             amount=charge.amount,
             product="traffic",
             deployment_id=usage.deployment_id,
@@ -381,7 +381,7 @@ def settle(
 def usable_grants_q(*, at: datetime.datetime, allow_coupons: bool) -> Q:
     """Grants usable by an invoice issued at `at` for no period (annual plans and upgrades)."""
     q = Q(remaining__gt=0, granted_at__lte=at) & (Q(expires_at__isnull=True) | Q(expires_at__gt=at))
-    if not allow_coupons:  # coupons never apply to annual plans (the seed system's rule)
+    if not allow_coupons:  # coupons never apply to annual plans (EMQX Cloud's rule)
         q &= ~Q(kind=CreditKind.COUPON)
     return q
 
@@ -648,7 +648,7 @@ def _enqueue_collection(invoice_ids: list[int]) -> None:
     if invoice_ids:
         from billing import services
 
-        transaction.on_commit(lambda: services.enqueue_collection(invoice_ids))
+        transaction.on_commit(lambda: services.invoice_collection_enqueue(invoice_ids))
 
 
 def _report_held(invoices: list[Invoice]) -> None:

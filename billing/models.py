@@ -189,17 +189,20 @@ class UsageRecord(models.Model):
 
 
 class TrafficAllowance(models.Model):
-    """Catalog data: the traffic a deployment of `plan` may use each calendar month before it is billed per GB."""
+    """Catalog data: the traffic a deployment of `plan` may use each calendar month before it is billed per GiB
+    (1024³ bytes). The field keeps its name `included_gb`; its unit is GiB."""
 
     plan = models.ForeignKey("deployments.Plan", on_delete=models.PROTECT, related_name="+")
-    included_gb = models.PositiveIntegerField()
+    included_gb = models.PositiveIntegerField(
+        "included GiB", help_text="Traffic included each calendar month, in GiB (1 GiB = 1024³ bytes)."
+    )
     valid_from = models.DateField()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["plan", "valid_from"], name="traffic_allowance_unique")]
 
     def __str__(self):
-        return f"{self.plan_id}: {self.included_gb} GB from {self.valid_from}"
+        return f"{self.plan_id}: {self.included_gb} GiB from {self.valid_from}"
 
 
 class TrafficCounter(models.Model):

@@ -159,14 +159,14 @@ def percentage_of(*, amount_minor: int, rate_percent: Decimal) -> int:
     return round_minor(Decimal(amount_minor) * rate_percent / Decimal(100))
 
 
-BYTES_PER_GB = 1024**3  # the GB of the catalog's traffic prices and allowances (and of the traffic alert rules)
+BYTES_PER_GIB = 1024**3  # the GiB of the catalog's traffic prices and allowances (and of the traffic alert rules)
 
 
-def traffic_line_amount(*, billable_bytes: int, price_per_gb: Decimal, currency: str) -> int:
-    """Amount of a traffic line: the bytes above the allowance at the price per GB, rounded once."""
+def traffic_line_amount(*, billable_bytes: int, price_per_gib: Decimal, currency: str) -> int:
+    """Amount of a traffic line: the bytes above the allowance at the price per GiB, rounded once."""
     if billable_bytes < 0:
         raise ValueError("billable bytes must be >= 0")
-    return round_half_up(Decimal(billable_bytes) * price_per_gb / BYTES_PER_GB, currency)
+    return round_half_up(Decimal(billable_bytes) * price_per_gib / BYTES_PER_GIB, currency)
 
 
 def convert(*, amount_minor: int, currency: str, to_currency: str, rate: Decimal) -> int:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
@@ -51,7 +50,7 @@ from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.tasks import enqueue_on_commit, publish
-from notifications.services import platform_event_notify
+from notifications.services import email_notice_on_commit, platform_event_notify
 
 if TYPE_CHECKING:
     import stripe
@@ -77,13 +76,14 @@ ADDRESS_MESSAGES = {
 
 
 def _email(account: BillingAccount, subject: str, body: str) -> None:
+    """Write to the billing contact once the caller's transaction commits, through the notifications app's e-mail
+    task (alerts.send_email_notice), which retries an SMTP failure with backoff and logs and counts a notice it could
+    not send. Nothing leaves for a change that rolled back."""
     if account.email:
-        transaction.on_commit(
-            lambda: send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [account.email], fail_silently=True)
-        )
+        email_notice_on_commit(subject=subject, body=body, recipients=[account.email])
 
 
-def billing_notice(
+def billing_notice_send(
     *,
     account: BillingAccount,
     kind: str,
@@ -373,7 +373,7 @@ def _record_vat_answer(account: BillingAccount, *, previous: str, now: datetime.
         )
 
 
-def vat_checks_due(
+def vat_checks_run_due(
     *, now: datetime.datetime | None = None, unconfirmed_only: bool = False, budget_seconds: float | None = None
 ) -> dict[str, int]:
     """Ask VIES about every number whose check is due (unconfirmed ones on their backoff, confirmed ones monthly),
@@ -405,7 +405,7 @@ def vat_checks_due(
 
 
 def vat_invalid_notify(*, account: BillingAccount) -> None:
-    billing_notice(
+    billing_notice_send(
         account=account,
         kind="vat_number_invalid",
         about=account.public_id,
@@ -474,7 +474,7 @@ def _customer_id(account: BillingAccount) -> str:
     return customer_id
 
 
-def card_setup_intent(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
+def card_setup_intent_create(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
     intent_id, secret = gateway.create_setup_intent(_customer_id(account), client=stripe_client())
     with transaction.atomic():
         audit_record(
@@ -487,7 +487,7 @@ def card_setup_intent(*, account: BillingAccount, actor: Principal | None) -> tu
     return intent_id, secret
 
 
-def card_checkout_session(
+def card_checkout_session_create(
     *, account: BillingAccount, actor: Principal | None, success_url: str, cancel_url: str
 ) -> str:
     url = gateway.create_checkout_setup_session(_customer_id(account), success_url, cancel_url, client=stripe_client())
@@ -502,7 +502,7 @@ def card_checkout_session(
     return url
 
 
-def card_checkout_return(*, account: BillingAccount, actor: Principal | None, session_id: str) -> bool:
+def card_checkout_complete(*, account: BillingAccount, actor: Principal | None, session_id: str) -> bool:
     """The browser is back from Checkout: save the card the session set up, as the setup_intent.succeeded webhook
     would (whichever comes first; the second changes nothing). A session of another customer is refused. Returns
     whether the session saved a card."""
@@ -569,7 +569,7 @@ def card_on_file(*, account: BillingAccount) -> CardOnFile | None:
     return CardOnFile(*found)
 
 
-def enqueue_collection(invoice_ids: list[int]) -> None:
+def invoice_collection_enqueue(invoice_ids: list[int]) -> None:
     if not settings.STRIPE_SECRET_KEY:
         return
     from billing import tasks
@@ -645,7 +645,7 @@ def invoice_collect(*, invoice_id: int) -> str | None:
 def _payment_failed_notice(invoice: Invoice, *, reason: str, attempt: str) -> None:
     """Once per payment attempt (a Stripe notice of the same attempt, or its replay, says nothing new)."""
     reason = " ".join(reason.split())[:200]
-    billing_notice(
+    billing_notice_send(
         account=invoice.billing_account,
         kind="invoice_payment_failed",
         about=invoice.public_id,
@@ -988,7 +988,7 @@ def billing_account_set_default_card(*, account_id: int) -> None:
         client=stripe_client(),
     )
     # A card arriving is the moment to retry what is still open.
-    enqueue_collection(
+    invoice_collection_enqueue(
         list(Invoice.objects.filter(billing_account=account, status=InvoiceStatus.OPEN).values_list("pk", flat=True))
     )
 
@@ -1025,7 +1025,7 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict[str, int]:
                     pk=invoice.pk, overdue_reminders_sent=invoice.overdue_reminders_sent
                 ).update(overdue_reminders_sent=due_reminders)
                 if updated:
-                    billing_notice(
+                    billing_notice_send(
                         account=invoice.billing_account,
                         kind="invoice_overdue",
                         about=invoice.public_id,
@@ -1062,7 +1062,7 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict[str, int]:
         try:
             with transaction.atomic():
                 deployment_services.deployment_stop(deployment=deployment, actor=None, reason="billing")
-                billing_notice(
+                billing_notice_send(
                     account=accounts.get(organization.pk) or billing_account_for(organization=organization),
                     kind="deployment_stopped_for_billing",
                     about=deployment.public_id,

@@ -43,7 +43,7 @@ def meter_usage() -> int:
 def close_invoices() -> int:
     last_month = metering.month_start(timezone.now()) - datetime.timedelta(days=1)
     # Unconfirmed VAT numbers get one more chance with VIES before their month is taxed.
-    services.vat_checks_due(unconfirmed_only=True, budget_seconds=VIES_BUDGET_SECONDS)
+    services.vat_checks_run_due(unconfirmed_only=True, budget_seconds=VIES_BUDGET_SECONDS)
     return len(invoicing.close_invoices(month=last_month.date()).invoices)
 
 
@@ -69,7 +69,7 @@ def check_vat_number(account_id: int) -> str | None:
 
 @shared_task(name="billing.check_vat_numbers", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def check_vat_numbers() -> dict:
-    return services.vat_checks_due()
+    return services.vat_checks_run_due()
 
 
 @shared_task(

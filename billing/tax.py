@@ -121,13 +121,21 @@ def _check_with(
 
 
 # country -> (stdnum module, label, Stripe tax id type, whether Stripe expects the punctuated form)
-_NON_EU_VALIDATORS: dict[str, tuple[str, str, str, bool]] = {
-    "US": ("stdnum.us.ein", "US EIN", "us_ein", True),
-    "AU": ("stdnum.au.abn", "Australian ABN", "au_abn", False),
-    "CA": ("stdnum.ca.bn", "Canadian business number", "ca_bn", False),
-    "CH": ("stdnum.ch.uid", "Swiss UID", "ch_uid", True),
-    "NO": ("stdnum.no.mva", "Norwegian MVA number", "no_vat", False),
-    "IN": ("stdnum.in_.gstin", "Indian GSTIN", "in_gst", False),
+@dataclass(frozen=True)
+class _TaxIdValidator:
+    module: str  # the python-stdnum module that checks the number
+    label: str
+    stripe_type: str
+    formatted: bool  # shown as the module's format() of it, not compact
+
+
+_NON_EU_VALIDATORS: dict[str, _TaxIdValidator] = {
+    "US": _TaxIdValidator("stdnum.us.ein", "US EIN", "us_ein", formatted=True),
+    "AU": _TaxIdValidator("stdnum.au.abn", "Australian ABN", "au_abn", formatted=False),
+    "CA": _TaxIdValidator("stdnum.ca.bn", "Canadian business number", "ca_bn", formatted=False),
+    "CH": _TaxIdValidator("stdnum.ch.uid", "Swiss UID", "ch_uid", formatted=True),
+    "NO": _TaxIdValidator("stdnum.no.mva", "Norwegian MVA number", "no_vat", formatted=False),
+    "IN": _TaxIdValidator("stdnum.in_.gstin", "Indian GSTIN", "in_gst", formatted=False),
 }
 
 
@@ -140,10 +148,13 @@ def validate_tax_id(country: str, number: str | None) -> TaxIdCheck:
         return _check_eu_vat(code, number)
     if code == "GB":
         return _check_gb(number)
-    if code in _NON_EU_VALIDATORS:
-        module_name, label, stripe_type, formatted = _NON_EU_VALIDATORS[code]
+    if validator := _NON_EU_VALIDATORS.get(code):
         return _check_with(
-            importlib.import_module(module_name), number, label=label, stripe_type=stripe_type, formatted=formatted
+            importlib.import_module(validator.module),
+            number,
+            label=validator.label,
+            stripe_type=validator.stripe_type,
+            formatted=validator.formatted,
         )
     return TaxIdCheck(
         VatStatus.NONE, f"Tax ids for {code} are not checked; the number is kept as given.", number.strip()

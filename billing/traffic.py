@@ -1,5 +1,5 @@
 """Traffic: the broker's own cumulative byte counters turned into billable bytes per deployment and UTC day, and the
-monthly traffic lines (the plan's allowance free, the rest at the catalog's price per GB).
+monthly traffic lines (the plan's allowance free, the rest at the catalog's price per GiB).
 
 Owns counter resets: a broker restart never yields a negative count, and a sample seen twice is never counted twice.
 It never reaches a broker (the alerts collectors do, and call `traffic_record_from_collector`) and never writes an
@@ -18,7 +18,7 @@ from django.db.models import Sum
 from django.db.models.functions import TruncMonth
 
 from billing.models import TrafficAllowance, TrafficCounter, TrafficRecord
-from billing.money import BYTES_PER_GB, traffic_line_amount
+from billing.money import BYTES_PER_GIB, traffic_line_amount
 from controlplane.db import LockSpace, xact_lock_shared
 from deployments.models import Deployment, Price
 from deployments.pricing import price_amount
@@ -29,7 +29,7 @@ UTC = datetime.UTC
 # A first sample from a broker up for less than this counts its counters: they are this deployment's new traffic.
 # An older broker's first sample (traffic metering turned on under a running deployment) is only the baseline.
 FRESH_BROKER_SECONDS = 3600
-GB_PLACES = Decimal("0.000001")
+GIB_PLACES = Decimal("0.000001")
 
 
 READ_SQL = """
@@ -223,7 +223,7 @@ def unbilled_traffic(
 
 
 class TrafficCatalog:
-    """The plan's monthly allowance and the price per GB in force on a month's first day, cached for one run."""
+    """The plan's monthly allowance and the price per GiB in force on a month's first day, cached for one run."""
 
     def __init__(self) -> None:
         self._allowance: dict = {}
@@ -232,20 +232,20 @@ class TrafficCatalog:
     def allowance_bytes(self, *, plan_id: int, month: datetime.date) -> int:
         key = (plan_id, month)
         if key not in self._allowance:
-            gb = (
+            gib = (
                 TrafficAllowance.objects.filter(plan_id=plan_id, valid_from__lte=month)
                 .order_by("-valid_from")
                 .values_list("included_gb", flat=True)
                 .first()
             )
-            self._allowance[key] = (gb or 0) * BYTES_PER_GB
+            self._allowance[key] = (gib or 0) * BYTES_PER_GIB
         return self._allowance[key]
 
-    def price_per_gb(self, *, tier, currency: str, month: datetime.date) -> Decimal | None:
+    def price_per_gib(self, *, tier, currency: str, month: datetime.date) -> Decimal | None:
         key = (tier.pk, currency, month)
         if key not in self._price:
             self._price[key] = price_amount(
-                plan=tier.plan, tier=tier, kind=Price.Kind.TRAFFIC_GB, currency=currency, on=month
+                plan=tier.plan, tier=tier, kind=Price.Kind.TRAFFIC_GIB, currency=currency, on=month
             )
         return self._price[key]
 
@@ -254,11 +254,11 @@ class TrafficCatalog:
 class TrafficCharge:
     billable_bytes: int
     allowance_bytes: int
-    price_per_gb: Decimal | None
+    price_per_gib: Decimal | None
     amount: int | None  # None: no price in the currency (unpriced)
 
 
-def traffic_charge(*, usage: TrafficUsage, allowance_bytes: int, price_per_gb: Decimal | None, currency: str):
+def traffic_charge(*, usage: TrafficUsage, allowance_bytes: int, price_per_gib: Decimal | None, currency: str):
     """What the unbilled bytes of a month cost: the part of the month's total above the allowance that the billed
     part had not already passed."""
     before = max(usage.billed_bytes - allowance_bytes, 0)
@@ -266,11 +266,11 @@ def traffic_charge(*, usage: TrafficUsage, allowance_bytes: int, price_per_gb: D
     billable = after - before
     amount = (
         None
-        if price_per_gb is None
-        else traffic_line_amount(billable_bytes=billable, price_per_gb=price_per_gb, currency=currency)
+        if price_per_gib is None
+        else traffic_line_amount(billable_bytes=billable, price_per_gib=price_per_gib, currency=currency)
     )
-    return TrafficCharge(billable, allowance_bytes, price_per_gb, amount)
+    return TrafficCharge(billable, allowance_bytes, price_per_gib, amount)
 
 
-def gigabytes(count: int) -> Decimal:
-    return (Decimal(count) / BYTES_PER_GB).quantize(GB_PLACES)
+def gibibytes(count: int) -> Decimal:
+    return (Decimal(count) / BYTES_PER_GIB).quantize(GIB_PLACES)

@@ -251,7 +251,9 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     def form_valid(self, form):
         response = super().form_valid(form)
         # The new password hash already ended every session of the user (Django compares it on each request).
-        account_services.user_password_changed(user=form.user, actor=access.Principal(user=form.user), how="reset")
+        account_services.user_password_change_record(
+            user=form.user, actor=access.Principal(user=form.user), how="reset"
+        )
         return response
 
 
@@ -294,7 +296,7 @@ def password_change(request):
     if request.method == "POST" and form.is_valid():
         user = form.save()
         update_session_auth_hash(request, user)  # this session stays; every other one ends at its next request
-        account_services.user_password_changed(user=user, actor=_principal(request), how="change")
+        account_services.user_password_change_record(user=user, actor=_principal(request), how="change")
         messages.success(request, "Your password was changed. Your other sessions were signed out.")
         return redirect("console:password-change")
     return render(request, "console/account/password_change.html", {"form": form})

@@ -249,7 +249,7 @@ VIES_URL = env.str("VIES_URL", default="")  # empty: the European Commission's V
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
 
 # Deployments: where the local driver keeps its brokers (must be traversable by the `mosquitto` user: mode 0755),
-# the seed system's once-per-12-hours rule for tier changes, and how often the reconciler's sweep runs.
+# EMQX Cloud's once-per-12-hours rule for tier changes, and how often the reconciler's sweep runs.
 LOCAL_BROKERS_DIR = Path(env.str("LOCAL_BROKERS_DIR", default=str(VAR_DIR / "brokers")))
 TIER_CHANGE_MIN_INTERVAL_HOURS = env.float("TIER_CHANGE_MIN_INTERVAL_HOURS", default=12.0)
 RECONCILE_SWEEP_SECONDS = env.float("RECONCILE_SWEEP_SECONDS", default=30.0)

@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
 from audit.api import AuditEventViewSet
@@ -11,6 +11,7 @@ from console.api_docs import RedocView, redoc_bundle
 from controlplane import health
 from controlplane.api.meta import RateLimitsView
 from controlplane.api.problems import api_not_found
+from controlplane.api.schema_view import OpenApiDocumentView
 from controlplane.metrics import metrics_view
 from organizations.api import (
     ApiKeyViewSet,
@@ -52,7 +53,7 @@ api_v1: list[URLPattern | URLResolver] = [
 
 urlpatterns = [
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", OpenApiDocumentView.as_view(), name="schema"),
     # The split view serves Swagger UI's start-up script as a file (?script), which the CSP's script-src 'self' allows;
     # ReDoc's page and bundle come from console.api_docs, without the fonts and logo ReDoc would fetch from CDNs.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),

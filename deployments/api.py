@@ -92,6 +92,12 @@ class CatalogPriceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Price
         fields = ["tier", "kind", "currency", "amount", "valid_from"]
+        extra_kwargs = {
+            "kind": {
+                "help_text": "hourly, retention_hourly, annual, session_minutes_million, or traffic_gb: the price of "
+                "one GiB (1024³ bytes) of traffic; the name keeps its historical `gb`."
+            }
+        }
 
 
 @extend_schema_serializer(

@@ -105,7 +105,8 @@ class EmqxApi:
         """Make the authenticator's users exactly `creds`: import them all (insert or overwrite), delete the rest
         and disconnect their clients (EMQX checks a password at CONNECT only: a deleted user's connection would
         serve on, and lose its rules to prune_acl)."""
-        desired = {cred.username: cred for cred in creds}
+        # A certificate-only user has no password to import (and no EMQX listener takes certificates yet).
+        desired = {cred.username: cred for cred in creds if not cred.certificate_only}
         auth_path = f"/authentication/{quote(AUTHENTICATOR_ID, safe='')}"
         if desired:
             rows = [_import_row(cred) for cred in desired.values()]

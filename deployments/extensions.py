@@ -1,5 +1,6 @@
-"""Extension points through which apps to the right of deployments (DESIGN §9) add to a broker's desired state
-without deployments importing them: a spec contributor adds broker users to a deployment's BrokerSpec.
+"""Extension points through which apps deployments may not import (billing, alerts, networking, iot) add to a
+broker's desired state: a spec contributor adds broker users to a deployment's BrokerSpec; a device CA source gives
+the CA and CRL of its devices' client-certificate listener.
 
 It owns the registry and the rules every contribution must obey (reserved `$` usernames, so a contributed user can
 never collide with or impersonate a customer's MQTT user); it never decides what is contributed.
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from deployments.drivers.base import MqttCredential, PermanentDriverError
+from deployments.drivers.base import DeviceCaMaterial, MqttCredential, PermanentDriverError
 
 if TYPE_CHECKING:
     from deployments.models import Deployment
@@ -23,8 +24,29 @@ SpecContributor = Callable[["Deployment"], Iterable[MqttCredential]]
 
 RESERVED_PREFIX = "$"  # customers' usernames may not start with it (deployments.services._check_username)
 
+# Called like a SpecContributor; answers the deployment's device CA and CRL, or None when it has none.
+DeviceCaSource = Callable[["Deployment"], DeviceCaMaterial | None]
+
 _contributors: dict[str, SpecContributor] = {}
+_device_ca_sources: dict[str, DeviceCaSource] = {}
 _lock = threading.Lock()
+
+
+def register_device_ca_source(name: str, source: DeviceCaSource) -> None:
+    """Add (or replace) the source called `name`. Call from AppConfig.ready()."""
+    with _lock:
+        _device_ca_sources[name] = source
+
+
+def device_ca(deployment: Deployment) -> DeviceCaMaterial | None:
+    """The deployment's device CA material: the first source (by name) that has one, else None."""
+    with _lock:
+        sources = sorted(_device_ca_sources.items())
+    for _name, source in sources:
+        found = source(deployment)
+        if found is not None:
+            return found
+    return None
 
 
 def register_spec_contributor(name: str, contributor: SpecContributor) -> None:

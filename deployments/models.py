@@ -91,7 +91,7 @@ class Price(models.Model):
         RETENTION_HOURLY = "retention_hourly", "per hour stopped (data retention)"
         ANNUAL = "annual", "per year, prepaid"
         SESSION_MINUTES_MILLION = "session_minutes_million", "per million session-minutes"
-        TRAFFIC_GB = "traffic_gb", "per GB of traffic"
+        TRAFFIC_GIB = "traffic_gb", "per GiB of traffic"
 
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="prices")
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, null=True, blank=True, related_name="prices")

@@ -181,6 +181,8 @@ def build_spec(deployment: Deployment) -> BrokerSpec:
         api_key=API_KEY_NAME,
         api_secret=api_secret,
         tls=tls,
+        # The client-certificate listener serves the server certificate: no TLS, no such listener.
+        device_ca=extensions.device_ca(deployment) if tls is not None else None,
         **_emqx_spec(deployment, local),
     )
 
@@ -647,7 +649,7 @@ def watch_local_brokers() -> dict[str, int]:
     A dead broker is confirmed again under the deployment's reconcile lock: a reconcile holding it will find the
     crash itself (its apply reports it), so a busy deployment is left to it."""
     from deployments.drivers.local import LocalDriver
-    from deployments.services import enqueue_reconcile
+    from deployments.services import reconcile_enqueue
 
     counts = {"alive": 0, "dead": 0, "busy": 0, "idle": 0, "missing": 0, "recorded": 0}
     rows = list(
@@ -683,5 +685,5 @@ def watch_local_brokers() -> dict[str, int]:
             if _record_crash(pk, message=message, last_seen_alive=again.last_seen_alive):
                 counts["recorded"] += 1
                 logger.warning("broker of %s crashed: %s", public_id, message, extra={"deployment": public_id})
-        enqueue_reconcile(pk)
+        reconcile_enqueue(pk)
     return counts

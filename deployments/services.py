@@ -74,7 +74,7 @@ class DryRun:
 # -- helpers ----------------------------------------------------------------------------------------------------------
 
 
-def enqueue_reconcile(deployment_id: int) -> None:
+def reconcile_enqueue(deployment_id: int) -> None:
     """Reconcile after the current transaction commits. A lost enqueue (Redis down) is caught by the sweep."""
 
     def send() -> None:
@@ -319,7 +319,7 @@ def deployment_create(
         summary={"name": name, "plan": plan, "tier": tier, "region": region, "operation": operation.public_id},
     )
     hooks.deployment_created(deployment)  # what upper apps create with every deployment (alerts: default rules)
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     if billing_cycle == "annual":
         # Billing sits above deployments; the one call down from here is deferred to run time.
         from billing.annual import annual_subscription_start
@@ -420,7 +420,7 @@ def deployment_stop(
         target=deployment,
         summary={"reason": reason, "operation": operation.public_id},
     )
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     return deployment, operation
 
 
@@ -471,7 +471,7 @@ def deployment_start(
         target=deployment,
         summary={"operation": operation.public_id},
     )
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     return deployment, operation
 
 
@@ -519,7 +519,7 @@ def deployment_restart(
         target=deployment,
         summary={"operation": operation.public_id},
     )
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     return deployment, operation
 
 
@@ -583,7 +583,7 @@ def deployment_change_tier(
         target=deployment,
         summary={"tier": [old, tier], "operation": operation.public_id},
     )
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     return deployment, operation
 
 
@@ -656,7 +656,7 @@ def deployment_delete(
         target=deployment,
         summary={"force": force, "operation": operation.public_id, "maintenance_cancelled": cancelled},
     )
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     return deployment, operation
 
 
@@ -727,7 +727,7 @@ def _configure(deployment: Deployment, actor: Principal | None, action: str, sum
         target=deployment,
         summary={**summary, "operation": operation.public_id},
     )
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     return operation
 
 
@@ -742,7 +742,7 @@ def deployment_configuration_changed(
     _refuse_if_deleted(deployment)
     _bump(deployment)
     operation = _operation(deployment, Operation.Kind.CONFIGURE, actor, {"change": change, **summary})
-    enqueue_reconcile(deployment.pk)
+    reconcile_enqueue(deployment.pk)
     return operation
 
 
@@ -993,7 +993,7 @@ def rate_limits_replace(
 
 # -- maintenance windows ------------------------------------------------------------------------------------------
 
-# Customers are told in advance: 14 days for planned maintenance, 24 hours for an emergency (DESIGN §7, issue #5).
+# Customers are told in advance: 14 days for planned maintenance, 24 hours for an emergency.
 MAINTENANCE_LEAD_TIME = datetime.timedelta(days=14)
 EMERGENCY_MAINTENANCE_LEAD_TIME = datetime.timedelta(hours=24)
 MAINTENANCE_MAX_DURATION = datetime.timedelta(hours=4)

@@ -20,7 +20,7 @@ from rest_framework import exceptions, mixins, parsers, serializers, status
 from rest_framework.response import Response
 
 from controlplane.api.pagination import CursorPagination
-from controlplane.api.serializers import BrokerTextField, InputSerializer, PlainTextField
+from controlplane.api.serializers import BrokerTextField, InputSerializer, PlainTextField, iso_datetime
 from controlplane.api.views import ScopedViewSet
 from controlplane.errors import ValidationFailed
 from deployments import selectors as deployment_selectors
@@ -40,6 +40,7 @@ _DEVICE_EXAMPLE = {
     "attributes": {"firmware": "1.4.2"},
     "groups": ["boilers"],
     "enabled": True,
+    "credential_type": "password",
     "username": "$device-5f0c8a2e9b6d4c1f",
     "online": True,
     "connected_at": "2026-11-02T10:00:03Z",
@@ -50,16 +51,50 @@ _DEVICE_EXAMPLE = {
     "created_at": "2026-11-02T10:00:00Z",
     "updated_at": "2026-11-02T10:00:03Z",
 }
-_CREDENTIALS_EXAMPLE = {"username": "$device-5f0c8a2e9b6d4c1f", "password": "Xq3v…shown-once…9kLm"}
+_CREDENTIALS_EXAMPLE = {
+    "type": "password",
+    "username": "$device-5f0c8a2e9b6d4c1f",
+    "password": "Xq3v…shown-once…9kLm",
+}
+_CERTIFICATE_FACTS_EXAMPLE = {
+    "fingerprint_sha256": "3A:1F:…:9C",
+    "serial": "5c1e0d3f9a7b2e4c6d8f0a1b3c5d7e9f01234567",
+    "not_before": "2026-11-02T09:00:00Z",
+    "not_after": "2027-11-02T10:00:00Z",
+}
+_CERTIFICATE_CREDENTIALS_EXAMPLE = {
+    "type": "certificate",
+    "username": "$device-5f0c8a2e9b6d4c1f",
+    "certificate": "-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n",
+    "private_key": "-----BEGIN PRIVATE KEY-----\n…shown once…\n-----END PRIVATE KEY-----\n",
+    "ca_certificate": "-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n",
+    "fingerprint_sha256": "3A:1F:…:9C",
+    "not_after": "2027-11-02T10:00:00Z",
+}
 
 
 # --- serializers -----------------------------------------------------------------------------------------------
+
+
+class DeviceCertificateFactsSerializer(serializers.Serializer):
+    fingerprint_sha256 = serializers.CharField()
+    serial = serializers.CharField(help_text="Hexadecimal.")
+    not_before = serializers.DateTimeField()
+    not_after = serializers.DateTimeField()
 
 
 @extend_schema_serializer(examples=[OpenApiExample("Device", value=_DEVICE_EXAMPLE, response_only=True)])
 class DeviceSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     groups = serializers.SerializerMethodField()
+    credential_type = serializers.CharField(
+        read_only=True,
+        help_text='"password", or "certificate": it connects to the mqtts_x509 port with a client '
+        "certificate whose CN is its username.",
+    )
+    certificate = serializers.SerializerMethodField(
+        help_text="Certificate devices: the certificate on record (never its key); null for password devices."
+    )
     username = serializers.CharField(read_only=True, help_text="The device's MQTT username.")
     online = serializers.BooleanField(
         read_only=True, help_text="From the broker's own connection events, within seconds."
@@ -76,6 +111,8 @@ class DeviceSerializer(serializers.ModelSerializer):
             "attributes",
             "groups",
             "enabled",
+            "credential_type",
+            "certificate",
             "username",
             "online",
             "connected_at",
@@ -90,10 +127,54 @@ class DeviceSerializer(serializers.ModelSerializer):
     def get_groups(self, obj) -> list[str]:
         return [group.name for group in obj.groups.all()]
 
+    @extend_schema_field(DeviceCertificateFactsSerializer(allow_null=True))
+    def get_certificate(self, obj) -> dict[str, str] | None:
+        row = selectors.device_current_certificate(obj)
+        if row is None:
+            return None
+        return {
+            "fingerprint_sha256": row.fingerprint_sha256,
+            "serial": row.serial,
+            "not_before": iso_datetime(row.not_before) or "",
+            "not_after": iso_datetime(row.not_after) or "",
+        }
+
 
 class DeviceCredentialsSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text='"password" or "certificate".')
     username = serializers.CharField()
-    password = serializers.CharField(help_text="Shown this once; only a hash is kept.")
+    password = serializers.CharField(
+        required=False, help_text="Password devices: shown this once; only a hash is kept."
+    )
+    certificate = serializers.CharField(required=False, help_text="Certificate devices: the client certificate (PEM).")
+    private_key = serializers.CharField(
+        required=False,
+        help_text="Certificate devices whose key was generated here (no CSR): its private key (PEM, PKCS#8), shown "
+        "this once and never kept.",
+    )
+    ca_certificate = serializers.CharField(
+        required=False, help_text="Certificate devices: the deployment's device CA (PEM), which signed it."
+    )
+    fingerprint_sha256 = serializers.CharField(required=False)
+    not_after = serializers.DateTimeField(required=False)
+
+
+def credentials_body(credentials: services.IssuedCredentials) -> dict[str, str]:
+    """The credentials as the API shows them this once."""
+    issued = credentials.certificate
+    if issued is None:
+        return {"type": "password", "username": credentials.username, "password": credentials.password}
+    body = {
+        "type": "certificate",
+        "username": credentials.username,
+        "certificate": issued.certificate_pem,
+        "ca_certificate": credentials.ca_certificate_pem,
+        "fingerprint_sha256": issued.fingerprint_sha256,
+        "not_after": iso_datetime(issued.not_after) or "",
+    }
+    if issued.private_key_pem:
+        body["private_key"] = issued.private_key_pem
+    return body
 
 
 @extend_schema_serializer(
@@ -102,7 +183,18 @@ class DeviceCredentialsSerializer(serializers.Serializer):
             "Device with its credentials",
             value={**_DEVICE_EXAMPLE, "credentials": _CREDENTIALS_EXAMPLE, "operation": "op_q2w3e4r5t6y7u8i9o0pa"},
             response_only=True,
-        )
+        ),
+        OpenApiExample(
+            "Certificate device with its certificate and key",
+            value={
+                **_DEVICE_EXAMPLE,
+                "credential_type": "certificate",
+                "certificate": _CERTIFICATE_FACTS_EXAMPLE,
+                "credentials": _CERTIFICATE_CREDENTIALS_EXAMPLE,
+                "operation": "op_q2w3e4r5t6y7u8i9o0pa",
+            },
+            response_only=True,
+        ),
     ]
 )
 class DeviceIssuedSerializer(DeviceSerializer):
@@ -116,8 +208,7 @@ class DeviceIssuedSerializer(DeviceSerializer):
 
     @extend_schema_field(DeviceCredentialsSerializer)
     def get_credentials(self, obj) -> dict[str, str]:
-        credentials = self.context["credentials"]
-        return {"username": credentials.username, "password": credentials.password}
+        return credentials_body(self.context["credentials"])
 
     def get_operation(self, obj) -> str:
         return self.context["operation"]
@@ -162,6 +253,39 @@ class DeviceCreateSerializer(InputSerializer):
         child=PlainTextField(max_length=64), required=False, default=list, help_text="Names of existing groups."
     )
     enabled = serializers.BooleanField(required=False, default=True)
+    credential_type = serializers.ChoiceField(
+        choices=Device.CredentialType.choices,
+        required=False,
+        default=Device.CredentialType.PASSWORD,
+        help_text='"password" (default): a generated username and password. "certificate": an X.509 client '
+        "certificate of the deployment's device CA, for the mqtts_x509 port.",
+    )
+    csr = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="With credential_type certificate: a PEM PKCS#10 request (RSA 2048+ or EC P-256+ key) whose key "
+        "the certificate is for; its subject is ignored (the CN is the device's username). Without it a key is "
+        "generated and answered once.",
+    )
+
+
+class DeviceRotateSerializer(InputSerializer):
+    credential_type = serializers.ChoiceField(
+        choices=Device.CredentialType.choices,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The new credentials' type; the device's current type when left out. Switching works both ways.",
+    )
+    csr = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="As for registering: with credential_type certificate, a PEM PKCS#10 request.",
+    )
 
 
 class DeviceUpdateSerializer(InputSerializer):
@@ -471,12 +595,19 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deploymen
 
     @extend_schema(
         summary="Issue new MQTT credentials for a device (answered this once; the old ones stop working)",
+        description="The body may be empty (same credential type as now). A replaced certificate is revoked "
+        "(superseded) and a client still connected with it is disconnected.",
         tags=DEVICES_TAG,
-        request=None,
+        request=DeviceRotateSerializer,
         responses={201: DeviceIssuedSerializer},
     )
     def rotate_credentials(self, request, *args, **kwargs):
-        device, credentials, operation = services.device_credentials_rotate(device=self._device(), actor=self.principal)
+        device = self._device()
+        data = DeviceRotateSerializer(data=request.data if request.data else {})
+        data.is_valid(raise_exception=True)
+        device, credentials, operation = services.device_credentials_rotate(
+            device=device, actor=self.principal, **data.validated_data
+        )
         context = {"credentials": credentials, "operation": operation.public_id}
         return Response(DeviceIssuedSerializer(device, context=context).data, status=status.HTTP_201_CREATED)
 
@@ -580,7 +711,7 @@ class DeviceImportViewSet(_DeploymentScopedViewSet):
                 {
                     "id": device.public_id,
                     "device_id": device.device_id,
-                    "credentials": {"username": credentials.username, "password": credentials.password},
+                    "credentials": credentials_body(credentials),
                 }
                 for device, credentials in imported
             ],

@@ -10,10 +10,11 @@ class IotConfig(AppConfig):
         from billing.metering import register_coverage_source
         from controlplane.metrics import register_gauge_source
         from deployments import hooks
-        from deployments.extensions import register_spec_contributor
+        from deployments.extensions import register_device_ca_source, register_spec_contributor
         from iot import broker, codecs, edge_selectors, selectors, trials
 
         register_spec_contributor("iot", broker.spec_users)
+        register_device_ca_source("iot", broker.spec_device_ca)
         register_spec_contributor("iot-edge", edge_selectors.spec_users)
         # Premium trials: trial deployments are recorded at creation, stay stopped once the trial ended unbought, and
         # are never billed by the hour while on trial.

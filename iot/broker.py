@@ -1,15 +1,21 @@
 """What a Premium deployment's broker must hold for the IoT platform, given to the reconciler through the
 deployments.extensions spec contributor: the agent's user (full access, this deployment only) and one user per
-enabled device, confined to `devices/{device_id}/#` whatever the deployment's ACL rules say.
+enabled device, confined to `devices/{device_id}/#` whatever the deployment's ACL rules say (a certificate device as
+a user without password); and, through the device CA source, the deployment's device CA and CRL.
 
-It reads devices and makes the agent's credential once; it never changes a device or talks to a broker.
+It reads devices and makes the agent's credential once (and re-signs a CRL nearing its next update); it never
+changes a device or talks to a broker.
 """
 
 from __future__ import annotations
 
-from deployments.drivers.base import MqttCredential
+from django.db import transaction
+from django.utils import timezone
+
+from deployments.drivers.base import DeviceCaMaterial, MqttCredential
 from deployments.models import Deployment, Plan
-from iot.models import Device
+from iot import certificates
+from iot.models import Device, DeviceCertificateAuthority
 
 
 def device_topics(device_id: str) -> tuple[str, ...]:
@@ -28,7 +34,7 @@ def spec_users(deployment: Deployment) -> list[MqttCredential]:
     rows = (
         Device.objects.filter(deployment=deployment, enabled=True)
         .order_by("username")
-        .values_list("username", "salt_b64", "hash_b64", "iterations", "device_id")
+        .values_list("username", "salt_b64", "hash_b64", "iterations", "device_id", "credential_type")
     )
     users += [
         MqttCredential(
@@ -37,7 +43,32 @@ def spec_users(deployment: Deployment) -> list[MqttCredential]:
             hash_b64=hash_b64,
             iterations=iterations,
             confined_to=device_topics(device_id),
+            certificate_only=credential_type == Device.CredentialType.CERTIFICATE,
         )
-        for username, salt_b64, hash_b64, iterations, device_id in rows
+        for username, salt_b64, hash_b64, iterations, device_id, credential_type in rows
     ]
     return users
+
+
+def spec_device_ca(deployment: Deployment) -> DeviceCaMaterial | None:
+    """The deployment's device CA and CRL (local regions only: the services refuse certificate devices elsewhere).
+    The CA is made with the broker's first spec that has TLS, before any device asks for a certificate: the
+    mqtts_x509 listener is then in the broker's configuration from the start, and a first certificate device only
+    reloads the broker (a new listener would restart it, disconnecting every client once). A CRL nearing its next
+    update is signed again first: once that time passes, OpenSSL would refuse every device certificate."""
+    if deployment.plan.code != Plan.Code.PREMIUM or deployment.region.driver != "local":
+        return None
+    authority = DeviceCertificateAuthority.objects.filter(deployment=deployment).first()
+    if authority is None:
+        from iot.services import device_ca_ensure
+
+        authority = device_ca_ensure(deployment)
+    now = timezone.now()
+    if authority.crl_next_update - now < certificates.CRL_REFRESH_BEFORE:
+        from iot.services import device_crl_refresh
+
+        with transaction.atomic():
+            authority = DeviceCertificateAuthority.objects.select_for_update().get(pk=authority.pk)
+            if authority.crl_next_update - now < certificates.CRL_REFRESH_BEFORE:
+                device_crl_refresh(authority, now)
+    return DeviceCaMaterial(ca_pem=authority.certificate_pem, crl_pem=authority.crl_pem)

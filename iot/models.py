@@ -48,7 +48,13 @@ class DeviceGroup(models.Model):
 
 class Device(models.Model):
     """A device of one Premium deployment: its identity (the MQTT client id), description and broker credentials.
-    Only the PBKDF2 hash of its password is kept; the password is shown once, when made."""
+    Password devices: only the PBKDF2 hash of the password is kept; the password is shown once, when made.
+    Certificate devices: no password (salt and hash are empty); they authenticate with an X.509 certificate of the
+    deployment's device CA whose CN is `username` (DeviceCertificate records it)."""
+
+    class CredentialType(models.TextChoices):
+        PASSWORD = "password", "Username and password"
+        CERTIFICATE = "certificate", "X.509 client certificate"
 
     public_id = PublicIdField(prefix="dev")
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="devices")
@@ -59,9 +65,10 @@ class Device(models.Model):
     attributes = models.JSONField(default=dict, blank=True)
     groups = models.ManyToManyField(DeviceGroup, blank=True, related_name="devices")
     enabled = models.BooleanField(default=True)
+    credential_type = models.CharField(max_length=16, choices=CredentialType.choices, default=CredentialType.PASSWORD)
     username = models.CharField(max_length=64, validators=[broker_text])
-    salt_b64 = models.CharField(max_length=64, validators=[broker_text])
-    hash_b64 = models.CharField(max_length=128, validators=[broker_text])
+    salt_b64 = models.CharField(max_length=64, blank=True, validators=[broker_text])
+    hash_b64 = models.CharField(max_length=128, blank=True, validators=[broker_text])
     iterations = models.PositiveIntegerField(default=101)
     credentials_issued_at = models.DateTimeField(default=timezone.now)
 
@@ -89,6 +96,56 @@ class Device(models.Model):
 
     def __str__(self):
         return self.device_id
+
+
+class DeviceCertificateAuthority(models.Model):
+    """A Premium deployment's own CA for its devices' client certificates, made with its first certificate device,
+    and the CRL the broker's certificate listener reads. The key is a Fernet token (controlplane.crypto), never
+    shown; `crl_pem` changes only when a revocation changes or the CRL nears its next update (so the broker's file,
+    and its reloads, stay still otherwise)."""
+
+    deployment = models.OneToOneField(
+        "deployments.Deployment", on_delete=models.CASCADE, related_name="device_certificate_authority"
+    )
+    certificate_pem = models.TextField(editable=False)
+    private_key_encrypted = models.TextField(editable=False)
+    fingerprint_sha256 = models.CharField(max_length=95, editable=False)
+    not_after = models.DateTimeField(editable=False)
+    crl_pem = models.TextField(editable=False)
+    crl_number = models.PositiveBigIntegerField(default=1)
+    crl_next_update = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+
+class DeviceCertificate(models.Model):
+    """Every client certificate a device CA issued: what the CRL is built from. Kept after its device is deleted
+    (device set to null) so the revocation stays on the CRL until the certificate expires. `revoked_at` with reason
+    certificateHold is lifted again when the device is enabled; any other reason is final."""
+
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+")
+    device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="certificates")
+    device_identifier = models.CharField(max_length=128, validators=[broker_text])  # its device_id, kept after a delete
+    username = models.CharField(max_length=64, validators=[broker_text])  # the certificate's CN
+    serial = models.CharField(max_length=64)  # lower-case hex
+    fingerprint_sha256 = models.CharField(max_length=95)
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    from_csr = models.BooleanField(default=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revocation_reason = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "serial"], name="device_certificate_serial_unique"),
+            # At most one certificate of a device is current (not finally revoked): the one on record for it.
+            models.UniqueConstraint(
+                fields=["device"],
+                condition=Q(revoked_at__isnull=True) | Q(revocation_reason="certificateHold"),
+                name="device_certificate_one_current",
+            ),
+        ]
 
 
 class Shadow(models.Model):

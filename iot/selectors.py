@@ -9,13 +9,13 @@ import datetime
 import time
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from controlplane.errors import NotFound
 from deployments.models import Deployment, DesiredState, Plan, Status
 from iot import shadow
-from iot.models import AgentHeartbeat, AgentLease, Device, DeviceGroup, Shadow, ShadowChange
+from iot.models import AgentHeartbeat, AgentLease, Device, DeviceCertificate, DeviceGroup, Shadow, ShadowChange
 
 # A broker the agent serves: running, being reconfigured, or being restored after a crash (the agent reconnects by
 # itself; keeping the lease avoids a handover for every blip).
@@ -25,7 +25,31 @@ HEARTBEAT_RETENTION = datetime.timedelta(hours=1)
 
 def device_queryset() -> QuerySet[Device]:
     return Device.objects.select_related("deployment").prefetch_related(
-        Prefetch("groups", queryset=DeviceGroup.objects.only("pk", "name").order_by("name"))
+        Prefetch("groups", queryset=DeviceGroup.objects.only("pk", "name").order_by("name")),
+        # The certificate on record for a certificate device: the one not finally revoked (held counts).
+        Prefetch(
+            "certificates",
+            queryset=DeviceCertificate.objects.filter(
+                Q(revoked_at__isnull=True) | Q(revocation_reason="certificateHold")
+            ).order_by("-created_at"),
+            to_attr="current_certificates",
+        ),
+    )
+
+
+def device_current_certificate(device: Device) -> DeviceCertificate | None:
+    """The certificate on record for a certificate device (held while it is disabled), from the prefetch of
+    device_queryset when there was one."""
+    if device.credential_type != Device.CredentialType.CERTIFICATE:
+        return None
+    prefetched = getattr(device, "current_certificates", None)
+    if prefetched is not None:
+        return prefetched[0] if prefetched else None
+    return (
+        DeviceCertificate.objects.filter(device=device)
+        .filter(Q(revoked_at__isnull=True) | Q(revocation_reason="certificateHold"))
+        .order_by("-created_at")
+        .first()
     )
 
 

@@ -23,16 +23,19 @@ from django.utils import timezone
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import Conflict, FieldError, NotFound, ValidationFailed
+from deployments import tls
 from deployments.models import Deployment, DesiredState, Operation, Plan
 from deployments.passwords import hash_mqtt_password
 from deployments.services import deployment_configuration_changed
-from iot import csv_import, shadow, validation
+from iot import certificates, csv_import, shadow, validation
 from iot.agent.presence import PresenceEvent
 from iot.models import (
     AGENT_USERNAME,
     AgentCredential,
     AgentLease,
     Device,
+    DeviceCertificate,
+    DeviceCertificateAuthority,
     DeviceGroup,
     OutboxMessage,
     Shadow,
@@ -50,8 +53,14 @@ class LeaseLost(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class IssuedCredentials:
+    """What a device is shown once: its username and either its password or its certificate (with the key when we
+    generated it, and the device CA to verify against)."""
+
     username: str
-    password: str
+    password: str = ""
+    type: str = "password"
+    certificate: certificates.IssuedCertificate | None = None
+    ca_certificate_pem: str = ""
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -96,6 +105,159 @@ def _new_credentials() -> tuple[IssuedCredentials, str, str]:
     salt_b64, hash_b64 = hash_mqtt_password(password)
     username = DEVICE_USERNAME_PREFIX + secrets.token_hex(8)
     return IssuedCredentials(username=username, password=password), salt_b64, hash_b64
+
+
+def _credential_choice(deployment: Deployment, credential_type: object, csr: object) -> tuple[str, Any]:
+    """(credential type, the CSR's public key or None), checked: ValidationFailed names the field at fault."""
+    if credential_type not in Device.CredentialType.values:
+        raise ValidationFailed({"credential_type": 'Must be "password" or "certificate".'})
+    if credential_type == Device.CredentialType.PASSWORD:
+        if csr not in (None, ""):
+            raise ValidationFailed({"csr": 'A CSR is only given with "credential_type": "certificate".'})
+        return credential_type, None
+    if deployment.region.driver != "local":
+        # The EMQX listener for client certificates (and its CRL, which EMQX fetches over HTTP) is not built yet:
+        # refused here rather than issuing a certificate no broker would accept.
+        raise ValidationFailed(
+            {
+                "credential_type": "X.509 device certificates are available on local (mosquitto) regions only; "
+                f"region {deployment.region.code!r} runs EMQX on Kubernetes. Use password credentials there."
+            }
+        )
+    if csr in (None, ""):
+        return credential_type, None
+    try:
+        return credential_type, certificates.check_csr(csr)
+    except ValueError as exc:
+        raise ValidationFailed({"csr": str(exc)}) from None
+
+
+def _device_ca(deployment: Deployment, now: datetime.datetime) -> DeviceCertificateAuthority:
+    """The deployment's device CA, made with its broker's first TLS spec (device_ca_ensure) or, failing that, its first
+    certificate device. The one-to-one on the deployment makes sure there is never a second."""
+    found = DeviceCertificateAuthority.objects.select_for_update().filter(deployment=deployment).first()
+    if found is not None:
+        return found
+    certificate_pem, key_pem = certificates.generate_device_ca(deployment_name=deployment.public_id, now=now)
+    crl_pem = certificates.build_crl(
+        ca_certificate_pem=certificate_pem, ca_private_key_pem=key_pem, revoked=(), number=1, now=now
+    )
+    facts = tls.certificate_facts(certificate_pem)
+    return DeviceCertificateAuthority.objects.create(
+        deployment=deployment,
+        certificate_pem=certificate_pem,
+        private_key_encrypted=crypto.encrypt_str(key_pem),
+        fingerprint_sha256=facts.fingerprint_sha256,
+        not_after=facts.not_after,
+        crl_pem=crl_pem,
+        crl_number=1,
+        crl_next_update=now + certificates.CRL_VALIDITY,
+        created_at=now,
+    )
+
+
+def device_ca_ensure(deployment: Deployment, now: datetime.datetime | None = None) -> DeviceCertificateAuthority:
+    """The deployment's device CA, made now if it has none (the reconciler asks before any device does). Two callers
+    at once make one: the one-to-one refuses the second (in its own savepoint), which reads the first's."""
+    try:
+        with transaction.atomic():
+            return _device_ca(deployment, now or timezone.now())
+    except IntegrityError:
+        return DeviceCertificateAuthority.objects.get(deployment=deployment)
+
+
+def device_crl_refresh(authority: DeviceCertificateAuthority, now: datetime.datetime) -> None:
+    """Sign the CA's CRL again from the certificates on record: every revoked one not yet expired (an expired
+    certificate is refused anyway). Call with the CA's row locked."""
+    revoked = [
+        certificates.Revoked(serial=c.serial, revoked_at=c.revoked_at, reason=c.revocation_reason)
+        for c in DeviceCertificate.objects.filter(
+            deployment_id=authority.deployment_id, revoked_at__isnull=False, not_after__gt=now
+        )
+        if c.revoked_at is not None
+    ]
+    authority.crl_number += 1
+    authority.crl_pem = certificates.build_crl(
+        ca_certificate_pem=authority.certificate_pem,
+        ca_private_key_pem=crypto.decrypt_str(authority.private_key_encrypted),
+        revoked=revoked,
+        number=authority.crl_number,
+        now=now,
+    )
+    authority.crl_next_update = now + certificates.CRL_VALIDITY
+    authority.save(update_fields=["crl_pem", "crl_number", "crl_next_update"])
+
+
+def _issue_certificate(
+    deployment: Deployment, device: Device, public_key: Any, now: datetime.datetime
+) -> IssuedCredentials:
+    """A new certificate for `device` (CN = its username), recorded; the credentials to show once."""
+    authority = device_ca_ensure(deployment, now)
+    issued = certificates.issue_device_certificate(
+        ca_certificate_pem=authority.certificate_pem,
+        ca_private_key_pem=crypto.decrypt_str(authority.private_key_encrypted),
+        username=device.username,
+        public_key=public_key,
+        now=now,
+    )
+    DeviceCertificate.objects.create(
+        deployment=deployment,
+        device=device,
+        device_identifier=device.device_id,
+        username=device.username,
+        serial=issued.serial,
+        fingerprint_sha256=issued.fingerprint_sha256,
+        not_before=issued.not_before,
+        not_after=issued.not_after,
+        from_csr=public_key is not None,
+        created_at=now,
+    )
+    return IssuedCredentials(
+        username=device.username,
+        type=Device.CredentialType.CERTIFICATE,
+        certificate=issued,
+        ca_certificate_pem=authority.certificate_pem,
+    )
+
+
+def _revoke_current(device: Device, reason: str, now: datetime.datetime) -> list[str]:
+    """Revoke the device's current certificate (held or not) for good with `reason`; answers the serials revoked.
+    The CRL is not rebuilt here: the caller does, once."""
+    current = (
+        DeviceCertificate.objects.select_for_update()
+        .filter(device=device)
+        .filter(Q(revoked_at__isnull=True) | Q(revocation_reason=certificates.Reason.CERTIFICATE_HOLD))
+    )
+    serials = []
+    for row in current:
+        row.revoked_at = row.revoked_at or now
+        row.revocation_reason = reason
+        row.save(update_fields=["revoked_at", "revocation_reason"])
+        serials.append(row.serial)
+    return serials
+
+
+def _hold(device: Device, held: bool, now: datetime.datetime) -> list[str]:
+    """Put the device's current certificate on hold (disabled) or take it off hold (enabled); answers the serials."""
+    if held:
+        rows = DeviceCertificate.objects.select_for_update().filter(device=device, revoked_at__isnull=True)
+    else:
+        rows = DeviceCertificate.objects.select_for_update().filter(
+            device=device, revocation_reason=certificates.Reason.CERTIFICATE_HOLD
+        )
+    serials = []
+    for row in rows:
+        row.revoked_at = now if held else None
+        row.revocation_reason = certificates.Reason.CERTIFICATE_HOLD if held else ""
+        row.save(update_fields=["revoked_at", "revocation_reason"])
+        serials.append(row.serial)
+    return serials
+
+
+def _refresh_crl_of(deployment: Deployment, now: datetime.datetime) -> None:
+    authority = DeviceCertificateAuthority.objects.select_for_update().filter(deployment=deployment).first()
+    if authority is not None:
+        device_crl_refresh(authority, now)
 
 
 def _groups(deployment: Deployment, names: list[str], field: str = "groups") -> list[DeviceGroup]:
@@ -159,8 +321,12 @@ def device_create(
     attributes: dict[str, Any] | None = None,
     groups: list[str] | None = None,
     enabled: bool = True,
+    credential_type: str = Device.CredentialType.PASSWORD,
+    csr: str | None = None,
 ) -> tuple[Device, IssuedCredentials, Operation]:
-    """Register a device; answers (device, its credentials shown this once, the configure Operation)."""
+    """Register a device; answers (device, its credentials shown this once, the configure Operation). With
+    `credential_type` "certificate" it gets a client certificate of the deployment's device CA (for the key of
+    `csr` when given, else for a key generated here) instead of a password."""
     deployment = _locked_deployment(deployment)
     values = _fields(
         {
@@ -172,22 +338,32 @@ def device_create(
             "groups": lambda: validation.group_names(groups if groups is not None else []),
         }
     )
+    credential_type, public_key = _credential_choice(deployment, credential_type, csr)
     group_rows = _groups(deployment, values.pop("groups"))
     if Device.objects.filter(deployment=deployment, device_id=values["device_id"]).exists():
         raise Conflict(f"A device {values['device_id']!r} is already registered on this deployment.")
     credentials, salt_b64, hash_b64 = _new_credentials()
+    certificate = credential_type == Device.CredentialType.CERTIFICATE
+    now = timezone.now()
     try:
         with transaction.atomic():
             device = Device.objects.create(
                 deployment=deployment,
                 enabled=enabled,
+                credential_type=credential_type,
                 username=credentials.username,
-                salt_b64=salt_b64,
-                hash_b64=hash_b64,
+                salt_b64="" if certificate else salt_b64,
+                hash_b64="" if certificate else hash_b64,
+                credentials_issued_at=now,
                 **values,
             )
     except IntegrityError:
         raise Conflict(f"A device {values['device_id']!r} is already registered on this deployment.") from None
+    if certificate:
+        credentials = _issue_certificate(deployment, device, public_key, now)
+        if not enabled:
+            _hold(device, True, now)
+            _refresh_crl_of(deployment, now)
     device.groups.set(group_rows)
     Shadow.objects.create(device=device)
     operation = deployment_configuration_changed(
@@ -198,9 +374,22 @@ def device_create(
         organization=deployment.project.organization,
         action="device.create",
         target=device,
-        summary={"deployment": deployment.public_id, "device_id": device.device_id, "operation": operation.public_id},
+        summary={
+            "deployment": deployment.public_id,
+            "device_id": device.device_id,
+            "operation": operation.public_id,
+            "credential_type": device.credential_type,
+            **_certificate_summary(credentials),
+        },
     )
     return device, credentials, operation
+
+
+def _certificate_summary(credentials: IssuedCredentials) -> dict[str, Any]:
+    issued = credentials.certificate
+    if issued is None:
+        return {}
+    return {"certificate": {"serial": issued.serial, "fingerprint_sha256": issued.fingerprint_sha256}}
 
 
 _UNSET = object()
@@ -246,6 +435,14 @@ def device_update(
             changed.append(field)
     device.save()
     operation = None
+    held: list[str] = []
+    if "enabled" in changed and device.credential_type == Device.CredentialType.CERTIFICATE:
+        # Disabled: its certificate goes on the CRL (certificateHold), refused at the next handshake; enabled: off
+        # it again. The broker reloads the CRL without a restart.
+        now = timezone.now()
+        held = _hold(device, not device.enabled, now)
+        if held:
+            _refresh_crl_of(deployment, now)
     if "enabled" in changed:
         operation = deployment_configuration_changed(
             deployment=deployment,
@@ -266,6 +463,7 @@ def device_update(
             "changed": changed,
             **({"enabled": device.enabled} if "enabled" in changed else {}),
             **({"operation": operation.public_id} if operation else {}),
+            **({"certificate_hold" if not device.enabled else "certificate_released": held} if held else {}),
         },
     )
     return device, operation
@@ -282,6 +480,10 @@ def device_delete(*, device: Device, actor: Principal | None) -> Operation:
     """Remove a device, its shadow and history; its broker user goes and it is disconnected."""
     deployment = _locked_deployment(device.deployment)
     device_id, public_id = device.device_id, device.public_id
+    now = timezone.now()
+    revoked = _revoke_current(device, certificates.Reason.CESSATION_OF_OPERATION, now)
+    if revoked:
+        _refresh_crl_of(deployment, now)
     Device.objects.filter(pk=device.pk).delete()
     operation = deployment_configuration_changed(
         deployment=deployment, actor=actor, change="device.delete", summary={"device": device_id}
@@ -297,6 +499,7 @@ def device_delete(*, device: Device, actor: Principal | None) -> Operation:
             "device_id": device_id,
             "device": public_id,
             "operation": operation.public_id,
+            **({"revoked": revoked} if revoked else {}),
         },
     )
     return operation
@@ -304,25 +507,53 @@ def device_delete(*, device: Device, actor: Principal | None) -> Operation:
 
 @transaction.atomic
 def device_credentials_rotate(
-    *, device: Device, actor: Principal | None
+    *, device: Device, actor: Principal | None, credential_type: Any = None, csr: str | None = None
 ) -> tuple[Device, IssuedCredentials, Operation]:
-    """New username and password for a device (shown this once); the old ones stop working when the broker
-    reloads, and mosquitto drops a client still connected with them."""
+    """New credentials for a device (shown this once): a new username and a password, or a certificate
+    (`credential_type`, the device's current type when None; `csr` as for device_create). The old ones stop
+    working when the broker reloads: a replaced certificate is revoked (superseded) and a client still connected
+    with it is disconnected; mosquitto drops a client connected with a replaced password itself."""
     deployment = _locked_deployment(device.deployment)
     device = Device.objects.select_for_update().get(pk=device.pk)
-    credentials, device.salt_b64, device.hash_b64 = _new_credentials()
+    previous_type = device.credential_type
+    credential_type, public_key = _credential_choice(
+        deployment, device.credential_type if credential_type is None else credential_type, csr
+    )
+    now = timezone.now()
+    revoked = _revoke_current(device, certificates.Reason.SUPERSEDED, now)
+    credentials, salt_b64, hash_b64 = _new_credentials()
+    certificate = credential_type == Device.CredentialType.CERTIFICATE
+    device.credential_type = credential_type
     device.username = credentials.username
-    device.credentials_issued_at = timezone.now()
+    device.salt_b64, device.hash_b64 = ("", "") if certificate else (salt_b64, hash_b64)
+    device.credentials_issued_at = now
     device.save()
+    if certificate:
+        credentials = _issue_certificate(deployment, device, public_key, now)
+        if not device.enabled:
+            _hold(device, True, now)
+    if revoked or (certificate and not device.enabled):
+        _refresh_crl_of(deployment, now)
     operation = deployment_configuration_changed(
         deployment=deployment, actor=actor, change="device.credentials", summary={"device": device.device_id}
     )
+    if previous_type == Device.CredentialType.CERTIFICATE:
+        # mosquitto keeps a client whose certificate was revoked connected through the reload (it checks the CRL at
+        # the handshake only): it is taken over once the broker runs the new generation.
+        _kick(deployment, device.device_id, operation.target_generation)
     audit_record(
         actor=actor,
         organization=deployment.project.organization,
         action="device.credentials.rotate",
         target=device,
-        summary={"deployment": deployment.public_id, "device_id": device.device_id, "operation": operation.public_id},
+        summary={
+            "deployment": deployment.public_id,
+            "device_id": device.device_id,
+            "operation": operation.public_id,
+            "credential_type": [previous_type, device.credential_type],
+            **_certificate_summary(credentials),
+            **({"revoked": revoked} if revoked else {}),
+        },
     )
     return device, credentials, operation
 

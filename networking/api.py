@@ -220,7 +220,7 @@ class VpcPeeringViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     scope_level = "project"
     lookup_url_kwarg = "peering"
     serializer_class = VpcPeeringSerializer
-    # DESIGN §2: a Project User may edit VPC peering (deployment:configure); lifting protection needs more.
+    # A Project User may edit VPC peering (deployment:configure); lifting protection needs deployment:write.
     required_scopes = {
         "list": "deployment:read",
         "retrieve": "deployment:read",
@@ -296,7 +296,7 @@ class VpcPeeringViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
         deployment = self.deployment()
         values = self._parsed(VpcPeeringValidateSerializer)
         provider, cidr = values.pop("provider"), values.pop("cidr")
-        checked = services.peering_preflight(deployment=deployment, provider=provider, cidr=cidr, fields=values)
+        checked = services.peering_preflight_check(deployment=deployment, provider=provider, cidr=cidr, fields=values)
         return Response(
             VpcPeeringPreflightSerializer(
                 {

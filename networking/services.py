@@ -158,7 +158,7 @@ def _live_peerings() -> QuerySet[VpcPeering]:
     return VpcPeering.objects.exclude(state=State.DELETED).exclude(state=State.FAILED, activated_at__isnull=True)
 
 
-def peering_preflight(
+def peering_preflight_check(
     *, deployment: Deployment, provider: str, cidr: str, fields: Mapping[str, str | None]
 ) -> Preflight:
     """Every check a peering must pass before anything is created. Raises Conflict for a deployment that cannot be
@@ -301,7 +301,7 @@ def vpc_peering_create(
     )
     # One creation per region at a time: the overlap checks against the region's other peerings hold until commit.
     list(Region.objects.select_for_update().filter(pk=deployment.region_id).values_list("pk", flat=True))
-    checked = peering_preflight(deployment=deployment, provider=provider, cidr=cidr, fields=fields)
+    checked = peering_preflight_check(deployment=deployment, provider=provider, cidr=cidr, fields=fields)
     peering = VpcPeering(
         deployment=deployment,
         provider=checked.provider,

@@ -331,7 +331,7 @@ def email_notice_send(*, subject: str, body: str, recipients: list[str]) -> None
     send_mail(subject, body, None, recipients)
 
 
-def email_notice_failed(*, subject: str, recipients: list[str], error: BaseException) -> None:
+def email_notice_failure_record(*, subject: str, recipients: list[str], error: BaseException) -> None:
     """A notice that could not be sent, after its retries: logged and counted, never silent."""
     NOTIFICATION_FAILURES.labels(channel_type="email").inc()
     logger.error("email notice %r to %d recipient(s) not sent: %s", subject, len(recipients), error)
@@ -349,7 +349,7 @@ def email_notice_on_commit(*, subject: str, body: str, recipients: list[str]) ->
         try:
             email_notice_send(subject=subject, body=body, recipients=recipients)
         except EMAIL_ERRORS as exc:
-            email_notice_failed(subject=subject, recipients=recipients, error=exc)
+            email_notice_failure_record(subject=subject, recipients=recipients, error=exc)
 
     transaction.on_commit(send)
 

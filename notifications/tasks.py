@@ -29,7 +29,7 @@ def send_email_notice(self, subject: str, body: str, recipients: list[str]) -> N
         services.email_notice_send(subject=subject, body=body, recipients=recipients)
     except services.EMAIL_ERRORS as exc:
         if self.request.retries >= EMAIL_RETRIES:
-            services.email_notice_failed(subject=subject, recipients=recipients, error=exc)
+            services.email_notice_failure_record(subject=subject, recipients=recipients, error=exc)
             return
         raise self.retry(exc=exc, countdown=60 * 2**self.request.retries) from exc
 

@@ -1,4 +1,4 @@
-"""Roles and scopes: the one table that says what each role may do (DESIGN §2).
+"""Roles and scopes: the one table that says what each role may do (the six roles EMQX Cloud has).
 
 Every API operation names the scope it needs; nothing else in the code base compares role names.
 Organization roles apply to every project; project roles apply to the projects they are granted on.

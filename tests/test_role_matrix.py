@@ -50,7 +50,7 @@ PROJECT_GATE = "project:read"
 # service), or with the reason it has none.
 FIELD_SCOPES = {"org:security": ("PATCH /api/v1/organizations/{org}", {"require_two_factor": True})}
 SCOPES_WITHOUT_A_REQUEST = {
-    "org:delete": "reserved for deleting an organization (DESIGN §2, Owner only), which no route offers yet",
+    "org:delete": "reserved for deleting an organization (Owner only), which no route offers yet",
 }
 
 

@@ -40,6 +40,40 @@ def test_docs_pages_render(client):
     assert b"<script>" not in docs and b"<script>" not in client.get("/api/redoc/").content
 
 
+@pytest.mark.django_db
+def test_document_is_built_once_and_served_alike_in_every_format_whatever_the_query_when_asked_again(
+    client, monkeypatch
+):
+    import gzip
+
+    import yaml
+    from drf_spectacular.generators import SchemaGenerator
+
+    from controlplane.api.schema_view import OpenApiDocumentView
+
+    monkeypatch.setattr(OpenApiDocumentView, "_rendered", {})
+    monkeypatch.setattr(OpenApiDocumentView, "_document", None)
+    builds = []
+    real = SchemaGenerator.get_schema
+
+    def counted(self, *args, **kwargs):
+        builds.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SchemaGenerator, "get_schema", counted)
+    as_yaml = client.get("/api/schema/")
+    as_json = client.get("/api/schema/?format=json&lang=fr&version=9&anything=1")
+    again = client.get("/api/schema/?format=json", HTTP_ACCEPT_ENCODING="gzip")
+    assert builds == [1]
+    assert as_yaml.status_code == as_json.status_code == again.status_code == 200
+    assert as_yaml["Content-Type"].startswith("application/vnd.oai.openapi")
+    assert as_json["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    document = yaml.safe_load(as_yaml.content)
+    assert document == as_json.json() and "/api/v1/organizations/{org}/projects" in document["paths"]
+    assert again["Content-Encoding"] == "gzip" and len(again.content) < len(as_json.content) / 4
+    assert gzip.decompress(again.content) == as_json.content
+
+
 @pytest.fixture
 def api_schema(transactional_db, redis_clean, settings):
     # Transactional: Django's WSGI handler closes the connection after each request, which would end a test

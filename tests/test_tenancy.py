@@ -56,6 +56,8 @@ NOT_ROUTED_MODELS = {
     "iot.AgentCredential": "the platform agent's broker credential; never served",
     "iot.AgentLease": "the platform agent's lease; never served",
     "iot.CodecCounter": "counters served inside the codec rule",
+    "iot.DeviceCertificate": "a device's current certificate facts, served inside the device (DeviceViewSet)",
+    "iot.DeviceCertificateAuthority": "the device CA, answered inside a certificate device's credentials; key never",
     "iot.Device_groups": "a device's groups, served inside the device and the group",
     "iot.EdgeRetainedClear": "internal queue of the edge agent",
     "iot.OutboxMessage": "internal queue of the platform agent",

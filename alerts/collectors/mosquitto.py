@@ -35,7 +35,7 @@ import os
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -130,8 +130,17 @@ def _number(text: str | None) -> float | None:
         return None
 
 
-def _read_log(*, path: str, offset: int, monitor_client_id: str) -> tuple[int, int, int, bool]:
-    """Scan complete new lines; return (new offset, auth failures, ACL denials, debug logging seen)."""
+class LogScan(NamedTuple):
+    """What one scan of a broker's log found since the last offset."""
+
+    offset: int  # where the next scan starts: after the last complete line read
+    auth_failures: int
+    acl_denials: int
+    debug_seen: bool  # our own client's CONNACK was logged: debug logging is on, so ACL denials are logged too
+
+
+def _read_log(*, path: str, offset: int, monitor_client_id: str) -> LogScan:
+    """Scan the complete new lines of a broker's log."""
     if os.path.getsize(path) < offset:
         # Rotated or truncated: the new file starts from scratch.
         offset = 0
@@ -151,7 +160,7 @@ def _read_log(*, path: str, offset: int, monitor_client_id: str) -> tuple[int, i
                 acl += 1
             elif own_connack in line:  # a random client id of our own: nobody else can write it
                 debug_seen = True
-    return offset, auth, acl, debug_seen
+    return LogScan(offset=offset, auth_failures=auth, acl_denials=acl, debug_seen=debug_seen)
 
 
 # Two fresh readings of one broker put its start (now - uptime, whole seconds, read within the batch's quiet time)
@@ -317,15 +326,20 @@ def collect_mosquitto(
     log_counts: dict[str, int | bool] = {}
     if log_path:
         try:
-            new_offset, auth, acl, debug_seen = _read_log(path=log_path, offset=log_offset, monitor_client_id=client_id)
+            scan = _read_log(path=log_path, offset=log_offset, monitor_client_id=client_id)
         except OSError as exc:
             errors.append(f"cannot read broker log {log_path}: {exc}")
         else:
-            log_counts = {"auth_failures": auth, "acl_denied": acl, "debug_logging": debug_seen}
+            new_offset = scan.offset
+            log_counts = {
+                "auth_failures": scan.auth_failures,
+                "acl_denied": scan.acl_denials,
+                "debug_logging": scan.debug_seen,
+            }
             if elapsed:
-                values[m.AUTH_FAILURE_RATE] = auth / elapsed
-                if debug_seen or acl:
-                    values[m.ACL_DENIED_RATE] = acl / elapsed
+                values[m.AUTH_FAILURE_RATE] = scan.auth_failures / elapsed
+                if scan.debug_seen or scan.acl_denials:
+                    values[m.ACL_DENIED_RATE] = scan.acl_denials / elapsed
 
     state = {
         "ts": now,

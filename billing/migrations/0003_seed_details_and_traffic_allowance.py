@@ -1,6 +1,6 @@
 """Every existing account's details become its first history row (in force since the account existed), every month
-already invoiced is recorded as closed (usage of it metered from now on is late usage), and the catalog gets DESIGN
-§3's traffic allowance: 100 GB a month per Dedicated (and Premium) deployment."""
+already invoiced is recorded as closed (usage of it metered from now on is late usage), and the catalog gets its
+default traffic allowance: 100 GiB (stored as included_gb=100) a month per Dedicated (and Premium) deployment."""
 
 import datetime
 

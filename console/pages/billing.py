@@ -449,7 +449,7 @@ def card_checkout(request, org_id):
     back = request.build_absolute_uri(reverse("console:billing-card-return", args=[org_id]))
     cancel = request.build_absolute_uri(reverse("console:billing-details", args=[org_id]))
     try:
-        url = services.card_checkout_session(
+        url = services.card_checkout_session_create(
             account=account,
             actor=console.principal,
             success_url=f"{back}?session_id={{CHECKOUT_SESSION_ID}}",
@@ -469,7 +469,7 @@ def card_return(request, org_id):
     console.require("billing:write")
     account = account_of(console)
     try:
-        saved = services.card_checkout_return(
+        saved = services.card_checkout_complete(
             account=account, actor=console.principal, session_id=request.GET.get("session_id", "")
         )
     except errors.REFUSALS as exc:

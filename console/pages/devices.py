@@ -8,6 +8,7 @@ writes a row itself; a non-Premium deployment has no such pages (404).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -84,6 +85,22 @@ class DeviceRegisterForm(ApiForm):
     )
     groups = forms.MultipleChoiceField(label="Groups", required=False, widget=forms.CheckboxSelectMultiple)
     enabled = forms.BooleanField(label="Enabled (it may connect)", required=False, initial=True)
+    credential_type = forms.ChoiceField(
+        label="Credentials",
+        choices=[("password", "Password"), ("certificate", "X.509 certificate")],
+        initial="password",
+        required=False,  # left out (an older form, a script): a password, as through the API
+        widget=forms.RadioSelect,
+        help_text="A certificate device connects to the mqtts_x509 port with its certificate and key, no password.",
+    )
+    csr = forms.CharField(
+        label="Certificate signing request (optional, PEM)",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "autocomplete": "off", "class": "mono"}),
+        help_text="X.509 only: paste the device's CSR to have its own key certified; leave it empty and a key is "
+        "made for the device and shown once.",
+    )
 
     def __init__(self, *args, groups=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -106,6 +123,8 @@ class DeviceRegisterForm(ApiForm):
             "attributes": data.get("attributes", {}),
             "groups": list(data.get("groups") or []),
             "enabled": bool(data.get("enabled")),
+            "credential_type": data.get("credential_type") or "password",
+            "csr": data.get("csr") or None,
         }
 
 
@@ -118,10 +137,12 @@ class DeviceEditForm(DeviceRegisterForm):
         super().__init__(*args, **kwargs)
         del self.fields["device_id"]
         del self.fields["enabled"]
+        del self.fields["credential_type"]
+        del self.fields["csr"]
 
     def serializer_data(self) -> dict:
         data = super().serializer_data()
-        del data["device_id"], data["enabled"]
+        del data["device_id"], data["enabled"], data["credential_type"], data["csr"]
         if "groups" not in self.fields:
             del data["groups"]
         return data
@@ -244,7 +265,35 @@ def _url(console, name: str, *extra) -> str:
 def _connection(deployment) -> dict:
     endpoints = deployment.endpoints or {}
     ports = endpoints.get("ports") or {}
-    return {"host": endpoints.get("host", ""), "port": ports.get("mqtt"), "mqtts": ports.get("mqtts")}
+    return {
+        "host": endpoints.get("host", ""),
+        "port": ports.get("mqtt"),
+        "mqtts": ports.get("mqtts"),
+        "mqtts_x509": ports.get("mqtts_x509"),
+    }
+
+
+def _credential_files(device, credentials) -> list[dict]:
+    """A certificate device's PEM texts, each to show and download once (as a data: link: nothing is kept)."""
+    issued = credentials.certificate
+    if issued is None:
+        return []
+    files = [
+        ("certificate", "Certificate", f"{device.device_id}.crt", issued.certificate_pem),
+        ("private-key", "Private key", f"{device.device_id}.key", issued.private_key_pem),
+        ("ca-certificate", "Device CA", f"{device.deployment.public_id}-device-ca.crt", credentials.ca_certificate_pem),
+    ]
+    return [
+        {
+            "id": key,
+            "label": label,
+            "filename": filename,
+            "text": text,
+            "href": "data:application/x-pem-file;base64," + base64.b64encode(text.encode("ascii")).decode("ascii"),
+        }
+        for key, label, filename, text in files
+        if text
+    ]
 
 
 # -- the list -------------------------------------------------------------------------------------------------------
@@ -361,6 +410,7 @@ def device_register(request, org_id, project_id, dep_id):
                 "tab": "devices",
                 "device": device,
                 "credentials": credentials,
+                "files": _credential_files(device, credentials),
                 "operation": operation,
                 "connection": _connection(console.deployment),
                 "detail_url": _url(console, "deployment-device", device.device_id),
@@ -524,7 +574,11 @@ def device_credentials(request, org_id, project_id, dep_id, device_id):
     device.deployment = console.deployment
     console.crumb("New credentials")
     context.update(
-        device=device, credentials=credentials, operation=operation, connection=_connection(console.deployment)
+        device=device,
+        credentials=credentials,
+        files=_credential_files(device, credentials),
+        operation=operation,
+        connection=_connection(console.deployment),
     )
     return render(request, "console/devices/registered.html", {**context, "rotated": True}, status=201)
 

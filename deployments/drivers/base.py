@@ -69,6 +69,9 @@ class MqttCredential:
     # ACL rules never apply to it, whatever they allow (the devices of deployments.extensions contributors).
     # None: an ordinary user, governed by the ACL rules.
     confined_to: tuple[str, ...] | None = None
+    # A user with no password (salt and hash empty): it authenticates only with a client certificate whose CN is its
+    # username, on the device-certificate listener (DeviceCaMaterial). Never written to a password file.
+    certificate_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +117,16 @@ class TlsMaterial:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceCaMaterial:
+    """A deployment's device CA and its CRL, for the listener (`mqtts_x509`) on which devices authenticate with a
+    client certificate alone: it serves the deployment's server certificate (TlsMaterial), verifies clients against
+    `ca_pem`, refuses the certificates `crl_pem` lists, and takes the certificate's CN as the MQTT username."""
+
+    ca_pem: str
+    crl_pem: str
+
+
+@dataclasses.dataclass(frozen=True)
 class RegionTarget:
     """Where a deployment's brokers run: what the region row says, with secrets already decrypted."""
 
@@ -152,6 +165,8 @@ class BrokerSpec:
     api_secret: str = ""
     # The certificate the TLS listeners (mqtts, wss) serve, and the client CA for two-way TLS; None: no TLS listener.
     tls: TlsMaterial | None = None
+    # Premium devices' client-certificate listener (only with `tls`); None: no such listener.
+    device_ca: DeviceCaMaterial | None = None
     # Kubernetes only: the EMQX Enterprise licence key (EMQX_LICENSE__KEY); "" renders none.
     license_key: str = ""
     # Kubernetes only: replicated durable sessions (EMQX Enterprise's builtin_raft storage).

@@ -154,13 +154,32 @@ class _Paths:
         return self.dir / "tls-client-ca.crt"
 
     @property
+    def device_ca(self) -> pathlib.Path:
+        """The device CA the mqtts_x509 listener verifies client certificates against (its `cafile`)."""
+        return self.dir / "tls-device-ca.crt"
+
+    @property
+    def device_crl(self) -> pathlib.Path:
+        """The device CA's CRL (the listener's `crlfile`): reloaded on SIGHUP, no restart."""
+        return self.dir / "tls-device-ca.crl"
+
+    @property
     def broker_files(self) -> tuple[pathlib.Path, ...]:
-        return (self.conf, self.passwd, self.acl, self.server_certificate, self.server_key, self.client_ca)
+        return (
+            self.conf,
+            self.passwd,
+            self.acl,
+            self.server_certificate,
+            self.server_key,
+            self.client_ca,
+            self.device_ca,
+            self.device_crl,
+        )
 
     @property
     def optional_files(self) -> tuple[pathlib.Path, ...]:
         """Broker files that exist only when the spec asks for them (TLS material)."""
-        return (self.server_certificate, self.server_key, self.client_ca)
+        return (self.server_certificate, self.server_key, self.client_ca, self.device_ca, self.device_crl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,6 +407,7 @@ _PEM_CERTIFICATES = re.compile(
     r"(?:-----BEGIN CERTIFICATE-----\n(?:[A-Za-z0-9+/=]{1,64}\n)+-----END CERTIFICATE-----\n)+"
 )
 _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN PRIVATE KEY-----\n(?:[A-Za-z0-9+/=]{1,64}\n)+-----END PRIVATE KEY-----\n")
+_PEM_CRL = re.compile(r"-----BEGIN X509 CRL-----\n(?:[A-Za-z0-9+/=]{1,64}\n)+-----END X509 CRL-----\n")
 
 
 def _file_pem(value: object, what: str, pattern: re.Pattern[str]) -> str:
@@ -483,9 +503,18 @@ def _refusal_patterns(paths: _Paths) -> tuple[re.Pattern[str], ...]:
     src/mosquitto.c; at v2.0.11), each message whole and naming the file where mosquitto names it. A message not on
     this list proves no refusal, whatever it says: "OpenSSL Error[…]" lines are left out, a client's bad handshake
     writes them too."""
-    conf, passwd, acl, cert, key, client_ca = (
+    conf, passwd, acl, cert, key, client_ca, device_ca, device_crl = (
         re.escape(str(path))
-        for path in (paths.conf, paths.passwd, paths.acl, paths.server_certificate, paths.server_key, paths.client_ca)
+        for path in (
+            paths.conf,
+            paths.passwd,
+            paths.acl,
+            paths.server_certificate,
+            paths.server_key,
+            paths.client_ca,
+            paths.device_ca,
+            paths.device_crl,
+        )
     )
     user = r"\S+"  # usernames in our password file have no whitespace (the allow-list)
     return tuple(
@@ -511,6 +540,8 @@ def _refusal_patterns(paths: _Paths) -> tuple[re.Pattern[str], ...]:
             rf"Error: Unable to load server key file \"{key}\"\. Check keyfile\.",
             r"Error: Server certificate/key are inconsistent\.",
             rf"Error: Unable to load CA certificates\. Check cafile \"{client_ca}\"\.",
+            rf"Error: Unable to load CA certificates\. Check cafile \"{device_ca}\"\.",
+            rf"Error: Unable to load certificate revocation file \"{device_crl}\"\. Check crlfile\.",
         )
     )
 
@@ -869,6 +900,12 @@ class LocalDriver:
         cert_changed = changed(paths.server_certificate)
         cert_changed |= changed(paths.server_key)
         client_ca_changed = changed(paths.client_ca)
+        # The device listener's CA and CRL are reloaded on SIGHUP too, because it sets certfile, keyfile, crlfile and
+        # require_certificate (src/security_default.c mosquitto_security_apply_default, v2.0.11: a new TLS context
+        # and net__tls_load_verify). The CA never changes once made; its first appearance changes the configuration
+        # (a new listener) and restarts the broker anyway.
+        client_ca_changed |= changed(paths.device_ca)
+        auth_changed |= changed(paths.device_crl)
 
         if not spec.running:
             if pid is not None:
@@ -1037,6 +1074,10 @@ class LocalDriver:
                 "a new server certificate is reloaded (SIGHUP, clients stay connected); a client CA change restarts "
                 "the broker"
             )
+            if spec.device_ca is not None:
+                details["device_certificates"] = (
+                    "mqtts_x509: client certificates of the device CA, CN as username; CRL changes reload (SIGHUP)"
+                )
         base = _ObservedFacts(host=host, ports=ports, restart_nonce=int(state.get("restart_nonce", 0)), details=details)
         if pid is not None:
             if ports.get("mqtt") and _owns_listener(pid, ports["mqtt"]):
@@ -1392,6 +1433,14 @@ class LocalDriver:
         _conf_address(spec.region.bind_address)
         for user in spec.users:
             _file_username(user.username)
+            if user.certificate_only:
+                # Only a confined device signs in by certificate (without the device listener, nobody can: it
+                # then only has its lines in the ACL file).
+                if user.confined_to is None or user.is_superuser:
+                    raise PermanentDriverError(
+                        f"MQTT user {user.username!r}: a certificate-only user must be a confined device"
+                    )
+                continue
             try:
                 mosquitto_password_line(user)
             except ValueError as exc:
@@ -1431,6 +1480,9 @@ class LocalDriver:
         _conf_bool(tls.verify_peer, "verify_peer")
         _conf_bool(tls.require_client_certificate, "require_client_certificate")
         _conf_bool(tls.use_identity_as_username, "use_identity_as_username")
+        if spec.device_ca is not None:
+            _file_pem(spec.device_ca.ca_pem, "the device CA", _PEM_CERTIFICATES)
+            _file_pem(spec.device_ca.crl_pem, "the device CRL", _PEM_CRL)
         if tls.has_client_ca:
             _file_pem(tls.client_ca_pem, "the client CA", _PEM_CERTIFICATES)
             if not tls.require_client_certificate:
@@ -1515,6 +1567,8 @@ class LocalDriver:
         served = ["mqtt"] + (["ws"] if websockets else [])
         if spec.tls is not None:
             served += ["mqtts"] + (["wss"] if websockets else [])
+            if spec.device_ca is not None:
+                served.append("mqtts_x509")
         return served
 
     def _ensure_ports(self, spec: BrokerSpec, paths: _Paths) -> dict[str, int]:
@@ -1610,6 +1664,22 @@ class LocalDriver:
             ]
             if kind == "websockets" and ":" not in address:
                 lines.append("socket_domain ipv4")
+        if "mqtts_x509" in served:
+            # Devices authenticating with a client certificate alone: mosquitto 2.0 cannot make client certificates
+            # optional on one listener, so they have their own. The certificate's CN is the MQTT username (the
+            # password check is skipped, src/handle_connect.c); the ACL file confines that username as any device.
+            lines += [
+                "",
+                f"listener {_conf_int(ports['mqtts_x509'], 'mqtts_x509 port', 1, 65535)} {address}",
+                "protocol mqtt",
+                f"max_connections {max_connections}",
+                f"certfile {_conf_path(paths.server_certificate, 'certfile')}",
+                f"keyfile {_conf_path(paths.server_key, 'keyfile')}",
+                f"cafile {_conf_path(paths.device_ca, 'cafile')}",
+                f"crlfile {_conf_path(paths.device_crl, 'crlfile')}",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ]
         return "\n".join(lines) + "\n"
 
     def _tls_lines(self, spec: BrokerSpec, paths: _Paths) -> list[str]:
@@ -1633,12 +1703,25 @@ class LocalDriver:
         """The certificate, key and client CA files, each through its PEM allow-list; None: the file must go."""
         tls = spec.tls
         if tls is None:
-            return {paths.server_certificate: None, paths.server_key: None, paths.client_ca: None}
+            return {
+                paths.server_certificate: None,
+                paths.server_key: None,
+                paths.client_ca: None,
+                paths.device_ca: None,
+                paths.device_crl: None,
+            }
+        device_ca = spec.device_ca
         return {
             paths.server_certificate: _file_pem(tls.certificate_pem, "the server certificate", _PEM_CERTIFICATES),
             paths.server_key: _file_pem(tls.private_key_pem, "the server key", _PEM_PRIVATE_KEY),
             paths.client_ca: (
                 _file_pem(tls.client_ca_pem, "the client CA", _PEM_CERTIFICATES) if tls.has_client_ca else None
+            ),
+            paths.device_ca: (
+                _file_pem(device_ca.ca_pem, "the device CA", _PEM_CERTIFICATES) if device_ca is not None else None
+            ),
+            paths.device_crl: (
+                _file_pem(device_ca.crl_pem, "the device CRL", _PEM_CRL) if device_ca is not None else None
             ),
         }
 
@@ -1647,7 +1730,7 @@ class LocalDriver:
         wanted = _pem_sha256(paths.server_certificate)
         host = _loopback_for(spec.region.bind_address)
         listening = _conf_listener_ports(paths.conf)
-        for protocol in ("mqtts", "wss"):
+        for protocol in ("mqtts", "wss", "mqtts_x509"):
             port = ports.get(protocol)
             if port in listening and served_certificate_sha256(host, port) != wanted:
                 return False
@@ -1658,6 +1741,8 @@ class LocalDriver:
         whitespace or control character, no leading `#`), the rest base64 and a number."""
         lines = []
         for user in sorted(spec.users, key=lambda u: u.username):
+            if user.certificate_only:
+                continue  # no password: it signs in with a client certificate on mqtts_x509 only
             _file_username(user.username)
             _conf_int(user.iterations, f"iterations of {user.username!r}", 1, 10_000_000)
             _file_b64(user.salt_b64, f"salt of {user.username!r}")

@@ -1,4 +1,4 @@
-"""Seeds DESIGN §3's catalog in USD (plans, tiers, prices) and the `local` region that hosts brokers on this machine."""
+"""Seeds the default catalog (EMQX Cloud's public prices) in USD (plans, tiers, prices) and the `local` region that hosts brokers on this machine."""
 
 import datetime
 from decimal import Decimal

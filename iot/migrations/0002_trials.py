@@ -1,5 +1,5 @@
 """Premium trials (iot.trials_models), and the Premium annual prices the trials' conversion quotes: one per Premium
-tier and currency that has an hourly price but no annual price on the same day, at 15% below 8,760 hours (DESIGN §3),
+tier and currency that has an hourly price but no annual price on the same day, at 15% below 8,760 hours,
 as deployments' catalog seed prices them. Prices already in the catalog are never changed."""
 
 from decimal import ROUND_HALF_UP, Decimal

@@ -323,7 +323,7 @@ def test_unavailable_with_reason_when_monitor_password_wrong(broker):
 def test_log_reading_restarts_from_zero_when_file_was_rotated(tmp_path):
     log = tmp_path / "m.log"
     log.write_bytes(b"1: Client <unknown> disconnected, not authorised.\n2: partial line without newline")
-    offset, auth, acl, debug = _read_log(path=str(log), offset=10_000, monitor_client_id="cp-monitor-x")
-    assert auth == 1 and acl == 0 and not debug
+    scan = _read_log(path=str(log), offset=10_000, monitor_client_id="cp-monitor-x")
+    assert scan.auth_failures == 1 and scan.acl_denials == 0 and not scan.debug_seen
     # The unfinished last line is left for the next run.
-    assert offset == len(b"1: Client <unknown> disconnected, not authorised.\n")
+    assert scan.offset == len(b"1: Client <unknown> disconnected, not authorised.\n")

@@ -1,6 +1,8 @@
 """Billing's notices reach the organization's notification channels as platform events (not only the billing
 contact's email): payment failed, invoice overdue, deployment stopped for non-payment, annual renewal reminder and
-VAT number invalid, each once, through a real webhook to a loopback receiver."""
+VAT number invalid, each once, through a real webhook to a loopback receiver. The billing contact's email goes through
+the notifications app's retried email task: an SMTP failure is tried again, one that outlasts the retries is logged
+and counted, and with Redis down the committing process sends it at once."""
 
 import datetime
 
@@ -11,10 +13,12 @@ from django.test import override_settings
 from billing import annual, services
 from billing.selectors import billing_account_for
 from notifications.models import PlatformEvent
+from notifications.tasks import EMAIL_RETRIES
 from tests.alerts.test_tasks import Receiver, eager, private_webhooks, webhook_channel  # noqa: F401 - fixtures
 from tests.billing.conftest import ADDRESS, at
 from tests.billing.test_payments import fake_stripe, issue_march_invoice  # noqa: F401 - fake_stripe is a fixture
 from tests.fakes.vies import FakeVies
+from tests.notifications.test_services import FlakySmtp
 
 pytestmark = pytest.mark.django_db
 
@@ -124,3 +128,73 @@ def test_invalid_vat_number_reaches_channels_once_when_vies_does_not_know_it(
     invalid = [body for body in receiver.bodies() if body["event"] == "platform.vat_number_invalid"]
     assert len(invalid) == 1 and "FR40303265045" in invalid[0]["message"]
     assert PlatformEvent.objects.filter(kind="vat_number_invalid", organization=owner_org.organization).count() == 1
+
+
+def _overdue_reminder(owner_org, make_deployment, history):
+    """An unpaid March invoice one day past due: the overdue run writes its first reminder to the billing contact."""
+    us_account(owner_org)
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    services.overdue_process(now=invoice.due_at + datetime.timedelta(days=1, hours=1))
+    return invoice
+
+
+@pytest.mark.parametrize(("failures", "delivered"), [(2, True), (EMAIL_RETRIES + 1, False)])
+def test_billing_contact_email_is_retried_then_counted_and_logged_never_silent_when_smtp_fails(
+    owner_org,
+    make_deployment,
+    history,
+    receiver,
+    settings,
+    caplog,
+    django_capture_on_commit_callbacks,
+    failures,
+    delivered,
+):
+    # The receiver takes the platform event, so the billing contact's reminder is the only email sent.
+    from controlplane.metrics import NOTIFICATION_FAILURES
+
+    settings.EMAIL_BACKEND = "tests.notifications.test_services.FlakySmtp"
+    FlakySmtp.failures = failures
+    counted = NOTIFICATION_FAILURES.labels(channel_type="email")._value.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = _overdue_reminder(owner_org, make_deployment, history)
+
+    sent = [m for m in mail.outbox if m.to == ["ap@acme.example"]]
+    assert [m.subject for m in sent] == ([f"Invoice {invoice.number} is overdue"] if delivered else [])
+    assert FlakySmtp.failures == 0  # every failed attempt was tried again
+    assert NOTIFICATION_FAILURES.labels(channel_type="email")._value.get() == counted + (0 if delivered else 1)
+    assert (f"Invoice {invoice.number} is overdue" in caplog.text and "not sent" in caplog.text) is not delivered
+
+
+def test_billing_contact_email_is_sent_at_once_when_redis_is_down_at_commit(
+    owner_org, make_deployment, history, django_capture_on_commit_callbacks
+):
+    """A real unreachable broker (a closed port): the reminder cannot be queued, so the committing process sends it."""
+    import socket
+
+    from controlplane import tasks as publishing
+    from controlplane.celery import app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+
+    def use_broker(url):
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    previous = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
+    use_broker(dead)
+    publishing.broker.reset()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            invoice = _overdue_reminder(owner_org, make_deployment, history)
+        assert publishing.broker.failing  # it was not queued: the broker refused
+    finally:
+        app.conf.broker_transport_options = previous[1]
+        use_broker(previous[0])
+        publishing.broker.reset()
+    sent = [m for m in mail.outbox if m.to == ["ap@acme.example"]]
+    assert [m.subject for m in sent] == [f"Invoice {invoice.number} is overdue"]

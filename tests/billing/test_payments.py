@@ -12,6 +12,7 @@ from billing.models import BillingAccount, Invoice, Payment, StripeEvent
 from billing.selectors import billing_account_for
 from controlplane.errors import NotFound
 from deployments.models import Deployment, Operation
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the email task runs inline
 from tests.billing.conftest import ADDRESS, at
 from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
 from tests.fakes.vies import FakeVies
@@ -105,11 +106,7 @@ def test_card_saved_and_invoice_collected_once_when_customer_goes_through_stripe
     assert invoice.status == "paid"
     (intent,) = fake_stripe.payment_intents.values()
     assert intent["amount"] == invoice.total == 8784
-    keys = [
-        headers.get("Idempotency-Key")
-        for method, path, _, headers in fake_stripe.requests
-        if path == "/v1/payment_intents"
-    ]
+    keys = [r.headers.get("Idempotency-Key") for r in fake_stripe.requests if r.path == "/v1/payment_intents"]
     assert keys == [f"inv-{invoice.public_id}-attempt-1"]
     # Stripe's own notice of the same payment arrives afterwards, then again: nothing changes
     notice = {
@@ -199,7 +196,7 @@ def test_collection_skipped_and_staff_marks_paid_when_stripe_not_configured(
 
 
 def test_reminded_then_stopped_then_deleted_and_paying_restarts_when_invoice_overdue(
-    owner_org, make_deployment, history, django_capture_on_commit_callbacks
+    owner_org, make_deployment, history, eager, django_capture_on_commit_callbacks
 ):
     account = billing_account_for(organization=owner_org.organization)
     services.billing_account_update(

@@ -42,7 +42,7 @@ def test_pdf_shows_number_totals_treatment_and_mention_when_reverse_charge():
     invoice = make_invoice(
         [
             ("Dedicated 1k - deployment prod-eu (running)", Decimal("720"), "hour", Decimal("0.36"), 25920),
-            ("Traffic above free 100 GB", Decimal("12.5"), "GB", 15, 188),
+            ("Traffic above free 100 GiB", Decimal("12.5"), "GiB", 15, 188),
         ],
         credits=1000,
     )

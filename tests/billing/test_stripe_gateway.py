@@ -46,9 +46,9 @@ def test_customer_created_with_address_metadata_and_tax_id_when_no_customer_id(f
     assert customer["metadata"] == {"billing_account": "17"}
     assert [(t["type"], t["value"]) for t in fake.tax_ids[customer_id]] == [("eu_vat", "FR40303265045")]
     # the real client sent form-encoded nested params
-    method, path, params, headers = next(r for r in fake.requests if r[:2] == ("POST", "/v1/customers"))
-    assert params["address"]["city"] == "Paris"
-    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+    sent = next(r for r in fake.requests if (r.method, r.path) == ("POST", "/v1/customers"))
+    assert sent.params["address"]["city"] == "Paris"
+    assert sent.headers["Content-Type"] == "application/x-www-form-urlencoded"
 
 
 def test_customer_updated_and_tax_id_replaced_when_number_changes(fake, client):
@@ -76,7 +76,7 @@ def test_tax_id_kept_without_calls_when_unchanged(fake, client):
     tax_id = fake.tax_ids[customer_id][0]["id"]
     new_customer(client, customer_id=customer_id)
     assert [t["id"] for t in fake.tax_ids[customer_id]] == [tax_id]
-    assert not any(method == "DELETE" for method, *_ in fake.requests)
+    assert not any(r.method == "DELETE" for r in fake.requests)
 
 
 def test_tax_ids_removed_when_customer_no_longer_has_one(fake, client):
@@ -138,9 +138,9 @@ def test_payment_succeeds_off_session_with_default_card_when_card_works(fake, cl
     intent = fake.payment_intents[result.payment_intent_id]
     assert (intent["amount"], intent["currency"], intent["payment_method"]) == (268056, "usd", pm)
     assert intent["metadata"] == {"invoice_id": "42", "attempt": "1"}
-    _, _, params, headers = [r for r in fake.requests if r[1] == "/v1/payment_intents"][0]
-    assert params["off_session"] == "true" and params["confirm"] == "true"
-    assert headers["Idempotency-Key"] == "inv-42-attempt-1"
+    sent = [r for r in fake.requests if r.path == "/v1/payment_intents"][0]
+    assert sent.params["off_session"] == "true" and sent.params["confirm"] == "true"
+    assert sent.headers["Idempotency-Key"] == "inv-42-attempt-1"
 
 
 def test_failed_result_not_exception_when_card_declined(fake, client):

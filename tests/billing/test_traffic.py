@@ -1,20 +1,21 @@
 """Traffic from the brokers' own byte counters: growth counted once, restarts never negative nor double, a real
-mosquitto's $SYS counters, and the invoice's traffic line per deployment (100 GB a month included, then 0.15/GB)."""
+mosquitto's $SYS counters, and the invoice's traffic line per deployment (100 GiB a month included, then 0.15/GiB)."""
 
 import datetime
 import time
+from decimal import Decimal
 
 import pytest
 
 from billing import invoicing
 from billing.models import Invoice, TrafficCounter, TrafficRecord
-from billing.money import BYTES_PER_GB
+from billing.money import BYTES_PER_GIB
 from billing.traffic import traffic_counters_record, traffic_record_from_collector
 from tests.billing.conftest import at
 from tests.billing.test_scenarios import set_account
 
 pytestmark = pytest.mark.django_db
-GB = BYTES_PER_GB  # 1,073,741,824 bytes
+GIB = BYTES_PER_GIB  # 1,073,741,824 bytes
 
 
 def day_bytes(dep, day):
@@ -103,7 +104,7 @@ def test_bytes_of_a_real_mosquitto_counted_as_its_sys_counters_grew_when_devices
     assert day_bytes(dep, datetime.date(2026, 4, 2)) == base + counted + more
 
 
-def test_traffic_line_per_deployment_with_100_gb_included_and_late_traffic_on_the_next_invoice(
+def test_traffic_line_per_deployment_with_100_gib_included_and_late_traffic_on_the_next_invoice(
     owner_org, make_deployment, history
 ):
     set_account(owner_org)
@@ -111,42 +112,70 @@ def test_traffic_line_per_deployment_with_100_gb_included_and_late_traffic_on_th
     light = make_deployment(owner_org.default_project, name="light")
     for dep in (heavy, light):
         history(dep, [("running", at(2026, 4, 1), at(2026, 5, 2))])
-    for dep, gigabytes in ((heavy, 130), (light, 40)):
+    for dep, gibibytes in ((heavy, 130), (light, 40)):
         traffic_counters_record(
             deployment_id=dep.pk, at=at(2026, 4, 1, 0, 1), bytes_received=0, bytes_sent=0, uptime_seconds=60
         )
         traffic_counters_record(
             deployment_id=dep.pk,
             at=at(2026, 4, 20),
-            bytes_received=gigabytes * GB // 2,
-            bytes_sent=gigabytes * GB // 2,
+            bytes_received=gibibytes * GIB // 2,
+            bytes_sent=gibibytes * GIB // 2,
             uptime_seconds=60 + 19 * 86400,
         )
     invoicing.close_invoices(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
     april = Invoice.objects.get(period_start=datetime.date(2026, 4, 1))
     traffic = {line.deployment_id: line for line in april.lines.filter(product="traffic")}
-    # heavy: 130 GB, 100 included, 30 GB x 0.15 = 4.50; light: 40 GB, all included, 0.00
-    assert (traffic[heavy.pk].quantity, traffic[heavy.pk].unit, traffic[heavy.pk].amount) == (30, "GB", 450)
+    # heavy: 130 GiB, 100 included, 30 GiB x 0.15 = 4.50; light: 40 GiB, all included, 0.00
+    assert (traffic[heavy.pk].quantity, traffic[heavy.pk].unit, traffic[heavy.pk].amount) == (30, "GiB", 450)
     assert (traffic[light.pk].quantity, traffic[light.pk].amount) == (0, 0)
-    assert traffic[heavy.pk].bytes == 130 * GB and "100 GB a month included" in traffic[heavy.pk].description
+    assert traffic[heavy.pk].bytes == 130 * GIB and "100 GiB a month included" in traffic[heavy.pk].description
     # 720 h x 0.36 x 2 deployments = 518.40, + 4.50 traffic
     assert april.subtotal == 2 * 25920 + 450
 
-    # A last April reading that arrives after the close: 5 GB more for heavy, on 30 April
+    # A last April reading that arrives after the close: 5 GiB more for heavy, on 30 April
     traffic_counters_record(
         deployment_id=heavy.pk,
         at=at(2026, 4, 30, 23, 59),
-        bytes_received=135 * GB // 2,
-        bytes_sent=135 * GB // 2,
+        bytes_received=135 * GIB // 2,
+        bytes_sent=135 * GIB // 2,
         uptime_seconds=60 + 30 * 86400,
     )
     invoicing.close_invoices(month=datetime.date(2026, 5, 1), now=at(2026, 6, 1, 0, 20))
     may = Invoice.objects.get(period_start=datetime.date(2026, 5, 1))
     (late,) = may.lines.filter(product="traffic")
-    # April's allowance was used up by the 130 GB billed: the 5 GB are 5 x 0.15 = 0.75, as April's late usage
+    # April's allowance was used up by the 130 GiB billed: the 5 GiB are 5 x 0.15 = 0.75, as April's late usage
     assert (late.quantity, late.amount, late.usage_month) == (5, 75, datetime.date(2026, 4, 1))
     assert "late usage for April 2026" in late.description
     assert not TrafficRecord.objects.filter(invoice__isnull=True).exists()
+
+
+def test_traffic_line_is_in_gib_at_the_price_per_gib_when_one_gib_and_one_byte_pass_the_allowance(
+    owner_org, make_deployment, history
+):
+    set_account(owner_org)
+    dep = make_deployment(owner_org.default_project, name="edge")
+    history(dep, [("running", at(2026, 4, 1), at(2026, 5, 2))])
+    total = 101 * GIB + 1  # the 100 GiB allowance, then 1 GiB and 1 byte
+    traffic_counters_record(
+        deployment_id=dep.pk, at=at(2026, 4, 1, 0, 1), bytes_received=0, bytes_sent=0, uptime_seconds=60
+    )
+    traffic_counters_record(
+        deployment_id=dep.pk,
+        at=at(2026, 4, 20),
+        bytes_received=total // 2,
+        bytes_sent=total - total // 2,
+        uptime_seconds=60 + 19 * 86400,
+    )
+    invoicing.close_invoices(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
+    (line,) = Invoice.objects.get(period_start=datetime.date(2026, 4, 1)).lines.filter(product="traffic")
+    assert line.bytes == total
+    assert (line.unit, line.quantity, line.unit_price) == ("GiB", Decimal("1"), Decimal("0.15"))
+    # (2^30 + 1) bytes x 0.15 / 2^30 = 15.00000001 cents, rounded once: 15. Counted in 10^9-byte GB it would be
+    # 1.0737 GB, 16 cents.
+    assert line.amount == 15
+    assert "traffic 101.000000 GiB in + out, 100 GiB a month included" in line.description
+    assert "GB" not in line.description
 
 
 def test_bytes_of_an_emqx_cluster_counted_from_its_metrics_api_when_nodes_serve_traffic(owner_org, make_deployment):

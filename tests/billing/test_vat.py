@@ -13,6 +13,7 @@ from billing import documents, invoicing, metering, services
 from billing.models import BillingDetails, Invoice, VatCheck
 from billing.selectors import billing_account_for
 from billing.tax import REVERSE_CHARGE_MENTION
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the email task runs inline
 from tests.billing.conftest import ADDRESS, at
 from tests.fakes.vies import FakeVies
 
@@ -88,10 +89,10 @@ def test_vies_asked_again_with_doubling_backoff_and_never_given_up_when_it_stays
     with FakeVies() as vies, override_settings(VIES_URL=vies.url):
         vies.outage = "HTTP_500"
         for _ in range(40):  # far past the day after which the old retries stopped
-            assert services.vat_checks_due(now=now) == {"valid": 0, "invalid": 0, "unavailable": 1}
+            assert services.vat_checks_run_due(now=now) == {"valid": 0, "invalid": 0, "unavailable": 1}
             account.refresh_from_db()
             waits.append(account.vat_next_check_at - now)
-            assert services.vat_checks_due(now=account.vat_next_check_at - datetime.timedelta(seconds=1)) == {
+            assert services.vat_checks_run_due(now=account.vat_next_check_at - datetime.timedelta(seconds=1)) == {
                 "valid": 0,
                 "invalid": 0,
                 "unavailable": 0,
@@ -127,7 +128,7 @@ def test_requester_sent_and_consultation_number_kept_as_proof_when_vies_confirms
 
 
 def test_confirmed_number_checked_again_monthly_and_a_new_details_row_when_vies_drops_it(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks
+    owner_org, eager, mailoutbox, django_capture_on_commit_callbacks
 ):
     account = french_company(owner_org)
     with FakeVies() as vies, override_settings(VIES_URL=vies.url):
@@ -135,10 +136,10 @@ def test_confirmed_number_checked_again_monthly_and_a_new_details_row_when_vies_
         services.billing_account_check_vat(account_id=account.pk, now=at(2026, 3, 2))
         account.refresh_from_db()
         assert account.vat_next_check_at == at(2026, 4, 1)  # 30 days later
-        assert services.vat_checks_due(now=at(2026, 3, 31, 23)) == {"valid": 0, "invalid": 0, "unavailable": 0}
+        assert services.vat_checks_run_due(now=at(2026, 3, 31, 23)) == {"valid": 0, "invalid": 0, "unavailable": 0}
         vies.registered.clear()  # the company was deregistered
         with django_capture_on_commit_callbacks(execute=True):
-            assert services.vat_checks_due(now=at(2026, 4, 1)) == {"valid": 0, "invalid": 1, "unavailable": 0}
+            assert services.vat_checks_run_due(now=at(2026, 4, 1)) == {"valid": 0, "invalid": 1, "unavailable": 0}
     rows = list(BillingDetails.objects.filter(billing_account=account).order_by("valid_from"))
     # March keeps the confirmed number; from 1 April the number is invalid
     assert [(r.vat_status, r.valid_from, r.valid_to) for r in rows] == [

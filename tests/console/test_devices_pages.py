@@ -485,3 +485,80 @@ def test_anonymous_is_sent_to_sign_in_when_opening_devices(client, plant):
 
     response = client.get(console_path(plant, "devices"))
     assert response.status_code == 302 and response["Location"].startswith(reverse("console:login"))
+
+
+# -- X.509 certificate devices ----------------------------------------------------------------------------------------
+
+
+def _textarea(body, element_id):
+    found = re.search(rf'<textarea id="{element_id}"[^>]*>(.*?)</textarea>', body, re.S)
+    return html.unescape(found.group(1)).strip() + "\n" if found else ""
+
+
+def test_registering_a_certificate_device_shows_certificate_key_and_ca_once_with_downloads_when_chosen(owner, plant):
+    import base64
+
+    from cryptography import x509
+
+    response = _post(
+        owner, console_path(plant, "devices/new"), {"device_id": "cam-1", "credential_type": "certificate"}
+    )
+    assert response.status_code == 201, response.content[:600]
+    body = response.content.decode()
+    device = Device.objects.get(device_id="cam-1")
+    assert device.credential_type == "certificate" and 'id="device-password"' not in body
+    certificate = _textarea(body, "device-certificate")
+    key = _textarea(body, "device-private-key")
+    ca = _textarea(body, "device-ca-certificate")
+    issued = x509.load_pem_x509_certificate(certificate.encode())
+    issued.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.encode()))
+    assert issued.subject.rfc4514_string() == f"CN={device.username}"
+    assert "BEGIN PRIVATE KEY" in key and "the key will not be shown again" in body
+    link = re.search(r'href="data:application/x-pem-file;base64,([^"]+)" download="cam-1.key"', body)
+    assert link and base64.b64decode(link.group(1)).decode() == key
+    detail = owner.get(console_path(plant, "device/cam-1")).content.decode()
+    assert key.splitlines()[1] not in detail and "X.509 certificate" in detail
+
+
+def test_registering_with_a_csr_certifies_its_key_and_shows_no_key_when_pasted(owner, plant):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.iot.test_certificates import make_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    response = _post(
+        owner,
+        console_path(plant, "devices/new"),
+        {"device_id": "cam-2", "credential_type": "certificate", "csr": make_csr(key)},
+    )
+    assert response.status_code == 201, response.content[:600]
+    body = response.content.decode()
+    assert 'id="device-private-key"' not in body
+    issued = x509.load_pem_x509_certificate(_textarea(body, "device-certificate").encode())
+    assert issued.public_key().public_numbers() == key.public_key().public_numbers()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"credential_type": "certificate", "csr": "not a csr"}, "Not PEM"),
+        ({"credential_type": "password", "csr": "-----BEGIN CERTIFICATE REQUEST-----"}, "only given with"),
+        ({"credential_type": "certificate", "csr": "-----BEGIN CERTIFICATE REQUEST-----\x07"}, "control"),
+    ],
+)
+def test_register_shows_the_csr_message_beside_the_field_when_the_csr_is_bad(owner, plant, data, message):
+    response = _post(owner, console_path(plant, "devices/new"), {"device_id": "cam", **data})
+    assert response.status_code == 400, response.content[:400]
+    beside = _errors_of(response, "csr")
+    assert message in beside, response.content.decode()[:3000]
+    assert not Device.objects.exists()
+
+
+def test_new_credentials_of_a_certificate_device_are_a_new_certificate_when_issued(owner, plant):
+    device, old = _register(plant, "cam-1", credential_type="certificate")
+    response = _post(owner, console_path(plant, "device/cam-1/credentials"))
+    assert response.status_code == 201
+    body = response.content.decode()
+    assert "BEGIN CERTIFICATE" in _textarea(body, "device-certificate")
+    assert _textarea(body, "device-certificate") != old.certificate.certificate_pem

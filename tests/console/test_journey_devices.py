@@ -250,3 +250,56 @@ def test_read_only_role_sees_the_devices_without_any_form_when_browsing(site):
     expect(page.get_by_role("button", name="Save desired state")).to_have_count(0)
     expect(page.get_by_role("button", name="Disable device")).to_have_count(0)
     page.check("read-only")
+
+
+def test_customer_registers_a_certificate_device_downloads_its_files_and_it_comes_online_when_following_the_tab(
+    site,
+    celery_worker,
+    agents,  # noqa: F811
+):
+    import ssl
+
+    from deployments import tls_services
+
+    org = make_organization(name="Cameras")
+    plant = _converged(premium_deployment(org, running=False))
+    agents()
+
+    page = site.page(org.owner, name="owner")
+    page.goto(console_path(plant, "devices"))
+    page.get_by_role("link", name="Register a device").click()
+    page.get_by_label("Device id").fill("cam-9")
+    page.get_by_label("X.509 certificate").check()
+    page.check("register-x509-form")
+    page.get_by_role("button", name="Register device").click()
+    expect(page.get_by_role("heading", name=re.compile("Device registered: cam-9"))).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("the key will not be shown again")
+    expect(page.get_by_text("password", exact=True)).to_have_count(0)
+    saved = {}
+    for name in ("cam-9.crt", "cam-9.key", f"{plant.public_id}-device-ca.crt"):
+        with page.expect_download() as download:
+            page.get_by_role("link", name=f"Download {name}").click()
+        assert download.value.suggested_filename == name
+        saved[name] = download.value.path()
+    with open(saved["cam-9.key"], encoding="ascii") as key:
+        assert key.read() == page.get_by_label("Private key (PEM)").input_value().strip() + "\n"
+    page.check("certificate-once")
+
+    # The broker takes it up on its certificate port; a paho device presents the downloaded files and is online.
+    plant = _converged(plant)
+    port = plant.endpoints["ports"]["mqtts_x509"]
+    context = ssl.create_default_context(cadata=tls_services.certificate_authority().certificate_pem)
+    context.load_cert_chain(str(saved["cam-9.crt"]), str(saved["cam-9.key"]))
+    device = Device(port, "cam-9", tls=context)
+    assert not device.connect().is_failure, device.connack
+    page.goto(console_path(plant, "devices"))
+
+    def shown_online():
+        page.reload()
+        return _row(page, "cam-9").get_by_text("online", exact=True).count() == 1
+
+    _until(shown_online, 15, "the list to show cam-9 online")
+    _row(page, "cam-9").get_by_role("link", name="cam-9").click()
+    expect(page.get_by_text("X.509 certificate")).to_be_visible()
+    page.check("certificate-device")
+    device.close()

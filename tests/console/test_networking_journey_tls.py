@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import time
+from typing import NamedTuple
 
 import pytest
 from cryptography import x509
@@ -79,10 +80,18 @@ def _address(page, name):
     return found.group(1), int(found.group(2))
 
 
-def _server(sans=("mqtt.acme.example", "127.0.0.1"), **kwargs):
+class ServerCertificate(NamedTuple):
+    """A customer's server certificate as they would upload it, each part PEM."""
+
+    certificate: str
+    key: str
+    chain: str  # the root CA that signed it
+
+
+def _server(sans=("mqtt.acme.example", "127.0.0.1"), **kwargs) -> ServerCertificate:
     root = make_ca("Acme Root CA")
     leaf, key = make_leaf(root, sans[0], sans=sans, **kwargs)
-    return root, pem(leaf), key_pem(key), pem(root[0])
+    return ServerCertificate(certificate=pem(leaf), key=key_pem(key), chain=pem(root[0]))
 
 
 def test_customer_connects_over_mqtts_and_wss_with_what_the_tab_gives_when_following_it(site, celery_worker):
@@ -114,13 +123,13 @@ def test_customer_connects_over_mqtts_and_wss_with_what_the_tab_gives_when_follo
     assert _verdict(mqtts, stranger).startswith("refused")
 
     # 2. Their own certificate: the certificate pasted, the key and the chain chosen as files.
-    root, certificate, key, chain = _server()
-    page.get_by_label(CERTIFICATE_LABEL).fill(certificate)
+    own = _server()
+    page.get_by_label(CERTIFICATE_LABEL).fill(own.certificate)
     page.get_by_label("…or the private key file").set_input_files(
-        files=[{"name": "server.key", "mimeType": "application/x-pem-file", "buffer": key.encode()}]
+        files=[{"name": "server.key", "mimeType": "application/x-pem-file", "buffer": own.key.encode()}]
     )
     page.get_by_label("…or the chain file").set_input_files(
-        files=[{"name": "chain.pem", "mimeType": "application/x-pem-file", "buffer": chain.encode()}]
+        files=[{"name": "chain.pem", "mimeType": "application/x-pem-file", "buffer": own.chain.encode()}]
     )
     page.get_by_label(NAMES_LABEL).fill("mqtt.acme.example")
     page.get_by_role("button", name="Upload server certificate").click()
@@ -130,9 +139,9 @@ def test_customer_connects_over_mqtts_and_wss_with_what_the_tab_gives_when_follo
     expect(mine).to_contain_text("CN=Acme Root CA,O=Acme")
     expect(page.get_by_role("region", name=re.compile("^Server certificate: issued"))).to_contain_text("not in use")
     expect(page.locator("#tls-cmd-sub")).to_contain_text("--cafile your-ca.pem")
-    assert key not in page.content()
+    assert own.key not in page.content()
     page.check("own-certificate")
-    theirs = client_context(chain)
+    theirs = client_context(own.chain)
     assert _eventually(mqtts, theirs, "accepted") == "accepted"
     assert _eventually(wss, theirs, "accepted", "websockets") == "accepted"
     assert _verdict(mqtts, ours).startswith("refused")
@@ -251,45 +260,45 @@ def test_bad_inputs_are_shown_beside_their_fields_and_nothing_is_added_when_uplo
     plant = settle(deployment(org.default_project))
     page = site.page(org.owner, name="owner")
     page.goto(console_path(plant, "tls"))
-    _root, certificate, key, chain = _server()
+    own = _server()
 
     # Not PEM at all.
     page.get_by_label(CERTIFICATE_LABEL).fill("hello, I am a certificate")
-    page.get_by_label(KEY_LABEL).fill(key)
+    page.get_by_label(KEY_LABEL).fill(own.key)
     _submit(page)
     _refused_beside(page, CERTIFICATE_LABEL, "Not PEM")
     page.check("not-pem")
 
     # A key that is not the certificate's: the key is not sent back, the certificate is.
-    page.get_by_label(CERTIFICATE_LABEL).fill(certificate)
+    page.get_by_label(CERTIFICATE_LABEL).fill(own.certificate)
     page.get_by_label(KEY_LABEL).fill(key_pem(new_key()))
-    page.get_by_label(CHAIN_LABEL).fill(chain)
+    page.get_by_label(CHAIN_LABEL).fill(own.chain)
     _submit(page)
     _refused_beside(page, KEY_LABEL, "does not match the certificate's public key")
     expect(page.get_by_label(KEY_LABEL)).to_have_value("")
-    expect(page.get_by_label(CERTIFICATE_LABEL)).to_have_value(certificate)
+    expect(page.get_by_label(CERTIFICATE_LABEL)).to_have_value(own.certificate)
     page.check("key-mismatch")
 
     # Expired.
-    _root, expired, expired_key, expired_chain = _server(not_before=NOW - 30 * DAY, not_after=NOW - DAY)
-    page.get_by_label(CERTIFICATE_LABEL).fill(expired)
-    page.get_by_label(KEY_LABEL).fill(expired_key)
-    page.get_by_label(CHAIN_LABEL).fill(expired_chain)
+    expired = _server(not_before=NOW - 30 * DAY, not_after=NOW - DAY)
+    page.get_by_label(CERTIFICATE_LABEL).fill(expired.certificate)
+    page.get_by_label(KEY_LABEL).fill(expired.key)
+    page.get_by_label(CHAIN_LABEL).fill(expired.chain)
     _submit(page)
     _refused_beside(page, CERTIFICATE_LABEL, "has expired")
 
     # Names the certificate does not cover.
-    page.get_by_label(CERTIFICATE_LABEL).fill(certificate)
-    page.get_by_label(KEY_LABEL).fill(key)
-    page.get_by_label(CHAIN_LABEL).fill(chain)
+    page.get_by_label(CERTIFICATE_LABEL).fill(own.certificate)
+    page.get_by_label(KEY_LABEL).fill(own.key)
+    page.get_by_label(CHAIN_LABEL).fill(own.chain)
     page.get_by_label(NAMES_LABEL).fill("mqtt.other.example")
     _submit(page)
     _refused_beside(page, NAMES_LABEL, "mqtt.other.example")
     page.check("wrong-names")
 
     # Control characters, in a PEM box and in a host name.
-    page.get_by_label(CERTIFICATE_LABEL).fill(certificate.replace("\n", "\x07\n", 1))
-    page.get_by_label(KEY_LABEL).fill(key)
+    page.get_by_label(CERTIFICATE_LABEL).fill(own.certificate.replace("\n", "\x07\n", 1))
+    page.get_by_label(KEY_LABEL).fill(own.key)
     page.get_by_label(NAMES_LABEL).fill("mqtt.acme.example\x1b[2J")
     _submit(page)
     _refused_beside(page, CERTIFICATE_LABEL, "no other control character; found U+0007")
@@ -311,9 +320,9 @@ def test_read_only_role_sees_no_remove_or_upload_and_another_organizations_tab_i
     org = make_organization(name="Watched")
     plant = settle(deployment(org.default_project))
     tls_services.server_certificate_ensure(deployment=plant)
-    _root, certificate, key, chain = _server()
+    own = _server()
     tls_services.tls_certificate_create(
-        deployment=plant, actor=None, kind="server", certificate=certificate, private_key=key, chain=chain
+        deployment=plant, actor=None, kind="server", certificate=own.certificate, private_key=own.key, chain=own.chain
     )
     auditor, _ = org.add_member(roles=["auditor"], email="audrey@example.com")
     page = site.page(auditor, name="auditor")
@@ -351,9 +360,9 @@ def test_tls_pages_pass_axe_in_every_state_when_shown_light_and_dark(site):
     )
     tls_services.server_certificate_ensure(deployment=plant)
     issued = TlsCertificate.objects.get(deployment=plant)
-    _root, certificate, key, chain = _server(not_after=NOW + 12 * DAY)
+    own = _server(not_after=NOW + 12 * DAY)
     mine, _, _ = tls_services.tls_certificate_create(
-        deployment=plant, actor=None, kind="server", certificate=certificate, private_key=key, chain=chain
+        deployment=plant, actor=None, kind="server", certificate=own.certificate, private_key=own.key, chain=own.chain
     )
     devices = make_ca("Acme Devices CA")
     client_ca, _, _ = tls_services.tls_certificate_create(
@@ -380,7 +389,7 @@ def test_tls_pages_pass_axe_in_every_state_when_shown_light_and_dark(site):
             expect(page.locator("main")).to_be_visible()
             page.check(label)
         page.goto(console_path(plant, "tls"))
-        page.get_by_label(CERTIFICATE_LABEL).fill(certificate)
+        page.get_by_label(CERTIFICATE_LABEL).fill(own.certificate)
         page.get_by_label(KEY_LABEL).fill(key_pem(new_key()))
         _submit(page)
         _refused_beside(page, KEY_LABEL, "does not match")

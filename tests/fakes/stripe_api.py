@@ -22,7 +22,7 @@ import threading
 import time
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 # The version stripe-python 16 sends (stripe._api_version): since 2026-09-30.endive, creating a SetupIntent,
@@ -102,6 +102,25 @@ _DECLINE_MESSAGES = {
     "expired_card": "Your card has expired.",
     "authentication_required": "Your card was declined. This transaction requires authentication.",
 }
+
+
+class RecordedRequest(NamedTuple):
+    """A request the fake received, as the client sent it (params decoded from the form body or the query)."""
+
+    method: str
+    path: str
+    params: dict[str, Any]
+    headers: dict[str, str]
+
+
+class _SavedOutcome(NamedTuple):
+    """The first answer to an Idempotency-Key, and the request it answered."""
+
+    method: str
+    path: str
+    params: dict[str, Any]
+    status: int
+    body: dict
 
 
 def _new_id(prefix: str) -> str:
@@ -242,9 +261,9 @@ class FakeStripe:
         self.setup_intents: dict[str, dict] = {}
         self.checkout_sessions: dict[str, dict] = {}
         self.payment_intents: dict[str, dict] = {}
-        self.requests: list[tuple[str, str, dict, dict[str, str]]] = []
+        self.requests: list[RecordedRequest] = []
         self._declines: dict[str, str] = {}
-        self._idempotency: dict[str, tuple[str, str, dict, int, dict]] = {}
+        self._idempotency: dict[str, _SavedOutcome] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -359,7 +378,7 @@ class FakeStripe:
                 else:
                     raw = split.query
                 params = decode_form(raw)
-                fake.requests.append((method, split.path, params, dict(self.headers)))
+                fake.requests.append(RecordedRequest(method, split.path, params, dict(self.headers)))
                 if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
                     self._send(
                         401,
@@ -374,8 +393,9 @@ class FakeStripe:
                 key = self.headers.get("Idempotency-Key") if method == "POST" else None
                 with fake._lock:
                     if key and key in fake._idempotency:
-                        first_method, first_path, first_params, status, body = fake._idempotency[key]
-                        if (first_method, first_path, first_params) != (method, split.path, params):
+                        first = fake._idempotency[key]
+                        status, body = first.status, first.body
+                        if (first.method, first.path, first.params) != (method, split.path, params):
                             status, body, replayed = (
                                 400,
                                 {
@@ -398,7 +418,7 @@ class FakeStripe:
                             status, body = exc.status, {"error": exc.error}
                         # Stripe saves the outcome of the first request, errors included, except 5xx.
                         if key and status < 500:
-                            fake._idempotency[key] = (method, split.path, params, status, body)
+                            fake._idempotency[key] = _SavedOutcome(method, split.path, params, status, body)
                 self._send(status, body, replayed=replayed)
 
             def do_GET(self) -> None:  # noqa: N802

@@ -14,7 +14,18 @@ import paho.mqtt.client as mqtt
 class Device:
     ANSWERS = ("update/accepted", "update/rejected", "update/delta", "update/documents", "get/accepted", "get/rejected")
 
-    def __init__(self, port, device_id, username, password, *, clean=True, protocol=mqtt.MQTTv311):
+    def __init__(
+        self,
+        port,
+        device_id,
+        username=None,
+        password=None,
+        *,
+        clean=True,
+        protocol=mqtt.MQTTv311,
+        tls=None,
+        type="password",  # noqa: A002 - the API's credentials carry it; passed as **credentials
+    ):
         self.port, self.device_id = port, device_id
         self.protocol = protocol
         self.lock = threading.Condition()
@@ -24,7 +35,10 @@ class Device:
         self.disconnected = threading.Event()
         kwargs = {"clean_session": clean} if protocol != mqtt.MQTTv5 else {}
         self.mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=protocol, **kwargs)
-        self.mqtt.username_pw_set(username, password)
+        if tls is not None:  # an ssl.SSLContext: a certificate device presents its certificate, needs no password
+            self.mqtt.tls_set_context(tls)
+        if username is not None:
+            self.mqtt.username_pw_set(username, password)
         self.mqtt.reconnect_delay_set(30, 60)  # a test reconnects on purpose, never behind our back
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = lambda c, u, flags, rc, props: (self.connected.clear(), self.disconnected.set())

@@ -41,7 +41,8 @@ def test_created_device_answers_201_with_credentials_shown_once_when_posted(clie
     premium.refresh_from_db()
     assert operation.target_generation == premium.generation
     shown = client.get(f"{base}/devices/sensor-1").json()
-    assert "credentials" not in shown and "password" not in json.dumps(shown)
+    assert "credentials" not in shown and credentials["password"] not in json.dumps(shown)
+    assert shown["credential_type"] == "password"
     assert shown["tags"] == ["a", "b"] and shown["attributes"] == {"fw": "1"}
 
 
@@ -54,10 +55,12 @@ def _credential(device):
 def test_device_create_is_audited_in_the_same_transaction_when_made(client, base, owner_org):
     from audit.models import AuditEvent
 
-    client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json")
+    password = client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json").json()["credentials"][
+        "password"
+    ]
     event = AuditEvent.objects.get(action="device.create")
     assert event.organization == owner_org.organization and event.summary["device_id"] == "sensor-1"
-    assert "password" not in json.dumps(event.summary)
+    assert password not in json.dumps(event.summary) and event.summary["credential_type"] == "password"
 
 
 @pytest.mark.parametrize(

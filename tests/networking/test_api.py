@@ -234,7 +234,7 @@ def test_deletion_protection_refuses_delete_until_lifted_by_a_writer(owner, owne
     lifted = owner.patch(one, {"deletion_protection": False}, format="json")
     assert lifted.status_code == 200 and lifted.json()["deletion_protection"] is False
     assert AuditEvent.objects.filter(action="vpc_peering.protection.lift", target_id=peering["id"]).exists()
-    deleting = project_user.delete(one)  # a Project User may edit VPC peering (DESIGN §2)
+    deleting = project_user.delete(one)  # a Project User may edit VPC peering (deployment:configure)
     assert deleting.status_code == 202 and deleting.json()["state"] == "deleting"
     assert AuditEvent.objects.filter(action="vpc_peering.delete", target_id=peering["id"]).exists()
     assert _problem(owner.delete(one), 409)["detail"].startswith("The peering is already being deleted")

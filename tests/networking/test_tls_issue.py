@@ -141,7 +141,8 @@ def test_auditor_may_not_issue_and_another_organization_gets_a_404(owner_org, or
     assert key_client(auditor_secret).post(f"{url}/issue", {}, format="json").status_code == 403
     assert outsider.post(f"{url}/issue", {}, format="json").status_code == 404
     assert _state(deployment) == before
-    assert key_client(user_secret).post(f"{url}/issue", {}, format="json").status_code == 201  # DESIGN: edit TLS
+    # a Project User may edit TLS
+    assert key_client(user_secret).post(f"{url}/issue", {}, format="json").status_code == 201
 
 
 def test_issue_is_refused_with_409_when_the_deployment_is_deleted(client, base, url, deployment):  # noqa: F811

@@ -33,7 +33,7 @@ class Command(BaseCommand):
     def handle(self, *args, month=None, **options):
         if month is None:
             month = (metering.month_start(timezone.now()) - datetime.timedelta(days=1)).date()
-        services.vat_checks_due(unconfirmed_only=True, budget_seconds=600)
+        services.vat_checks_run_due(unconfirmed_only=True, budget_seconds=600)
         try:
             result = invoicing.close_invoices(month=month)
         except ValueError as exc:
