@@ -152,9 +152,9 @@ def test_no_card_setup_sent_to_stripe_when_billing_account_deleted_meanwhile(fak
     # Another request deletes the account (its organization going away) after this one read it.
     BillingAccount.objects.filter(pk=account.pk).delete()
     with pytest.raises(NotFound):
-        services.card_setup_intent(account=account, actor=None)
+        services.card_setup_intent_create(account=account, actor=None)
     with pytest.raises(NotFound):
-        services.card_checkout_session(
+        services.card_checkout_session_create(
             account=account, actor=None, success_url="https://app.example/ok", cancel_url="https://app.example/no"
         )
     assert not fake_stripe.setup_intents and not fake_stripe.checkout_sessions and not fake_stripe.customers
