@@ -46,6 +46,7 @@ PROTOCOLS = {
     "mqtts": "MQTT over TLS",
     "ws": "MQTT over WebSocket",
     "wss": "MQTT over secure WebSocket",
+    "mqtts_x509": "MQTT over TLS, devices with a client certificate",
 }
 SAMPLE_TOPIC = "console/test"
 EVENTS_SHOWN = 100

@@ -308,11 +308,11 @@ def test_local_driver_renders_the_mqtts_x509_listener_only_when_the_spec_has_a_d
     driver = LocalDriver(root=tmp_path, websockets=False)
     paths = _Paths(tmp_path / premium.public_id)
     run_as = _RunAs(config_user=None, uid=None, gid=None)
-    without = build_spec(premium)
-    assert driver._served_protocols(without) == ["mqtt", "mqtts"]
-    create(client, base, "cam", credential_type="certificate")
-    spec = build_spec(premium)
+    spec = build_spec(premium)  # a Premium broker with TLS has its device CA from the start
     assert driver._served_protocols(spec) == ["mqtt", "mqtts", "mqtts_x509"]
+    assert driver._served_protocols(dataclasses.replace(spec, device_ca=None)) == ["mqtt", "mqtts"]
+    create(client, base, "cam", credential_type="certificate")
+    assert build_spec(premium).device_ca == spec.device_ca  # the first certificate device changes no listener
     conf = driver._render_conf(spec, paths, {"mqtt": 1883, "mqtts": 8883, "mqtts_x509": 8884}, run_as)
     listener = conf.split("listener 8884 127.0.0.1\n", 1)[1]
     assert listener.splitlines() == [
