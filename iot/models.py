@@ -99,8 +99,8 @@ class Device(models.Model):
 
 
 class DeviceCertificateAuthority(models.Model):
-    """A Premium deployment's own CA for its devices' client certificates, made with its first certificate device,
-    and the CRL the broker's certificate listener reads. The key is a Fernet token (controlplane.crypto), never
+    """A Premium deployment's own CA for its devices' client certificates, made with its broker's first TLS spec (or
+    its first certificate device, whichever comes first), and the CRL the broker's certificate listener reads. The key is a Fernet token (controlplane.crypto), never
     shown; `crl_pem` changes only when a revocation changes or the CRL nears its next update (so the broker's file,
     and its reloads, stay still otherwise)."""
 
