@@ -112,9 +112,12 @@ def test_spend_by_deployment_and_project_adds_up_to_month_to_date_when_usage_is_
     account = _us_account(org)
     lab = project_services.project_create(organization=org.organization, actor=None, name="Lab")
     plants = [settle(deployment(org.default_project, name="a")), settle(deployment(lab, name="b", tier="2k"))]
-    now = timezone.now().replace(minute=0, second=0, microsecond=0)
-    start = now.replace(day=1, hour=0)
-    hours = max(1, int((now - start).total_seconds() // 3600))
+    # Metered usage is of whole hours before `now`. In the month's first hour no hour has ended yet, so the test
+    # reads the month as of its second hour: records at or after `now` do not exist in a running system.
+    this_hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    start = this_hour.replace(day=1, hour=0)
+    now = max(this_hour, start + dt.timedelta(hours=1))
+    hours = int((now - start).total_seconds() // 3600)
     UsageRecord.objects.bulk_create(
         UsageRecord(
             deployment=plant,
