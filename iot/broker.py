@@ -58,7 +58,8 @@ def _revoked_identities(deployment: Deployment, live: set[str]) -> list[MqttCred
     still carries until it expires. EMQX takes a CRL from its cache, fetched again at most once a minute, so it may
     accept such a certificate at a handshake meanwhile, and without a password there is no user record to remove:
     this list of rules is what refuses it at once (EMQX checks a username's rules before the rules for all, so the
-    deployment's ACL rules never reach it). mosquitto reloads its crlfile with every change and needs none."""
+    deployment's rules for everyone never reach it; a rule for its client id would, as for any device: EMQX checks
+    those first). mosquitto reloads its crlfile with every change and needs none."""
     now = timezone.now()
     usernames = (
         DeviceCertificate.objects.filter(deployment=deployment, revoked_at__isnull=False, not_after__gt=now)
