@@ -225,8 +225,8 @@ def test_device_certificate_listener_renders_against_each_releases_schema_when_s
 
 
 def test_device_certificate_listener_is_rendered_off_without_a_device_ca_or_without_tls(material):
-    for spec in (_spec(tls=material), _spec(device_ca=_device_ca())):
-        conf = ConfigFactory.parse_string(emqx_config.render_hocon(spec))
+    for each in (_spec(tls=material), _spec(device_ca=_device_ca())):
+        conf = ConfigFactory.parse_string(emqx_config.render_hocon(each))
         assert conf["listeners"]["ssl"]["x509"]["enable"] is False  # the operator merges: rendered off, not left out
         assert "ssl_options" not in conf["listeners"]["ssl"]["x509"]
     assert "devices-ca.crt" not in m.render_tls_secret(_spec(tls=material))["data"]
