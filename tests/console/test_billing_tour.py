@@ -39,7 +39,8 @@ def _billing_data(org):
     rows = []
     for index, plant in enumerate(plants):
         hour = start
-        while hour < now:
+        # Up to the current hour included: the month has usage to show even in its first hour.
+        while hour <= now:
             rows.append(
                 UsageRecord(
                     deployment=plant,
