@@ -230,3 +230,14 @@ def test_bad_csr_answers_400_on_an_emqx_region_as_on_local_when_posted(client, b
     errors = fields(client.post(f"{base}/devices", {"device_id": "cam", **payload}, format="json"))
     assert message in errors["csr"]
     assert not Device.objects.exists()
+
+
+def test_device_crl_is_served_over_plain_http_when_the_control_plane_redirects_everything_else_to_https(
+    emqx_region, settings
+):
+    from django.test import Client
+
+    deployment = emqx_region[0]
+    settings.SECURE_SSL_REDIRECT = True
+    assert Client().get("/api/v1/organizations").status_code == 301  # the redirect is on
+    assert _crl(deployment) == {}  # 200 over plain HTTP: EMQX follows no redirect to https
