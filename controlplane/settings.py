@@ -40,6 +40,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # The public base URL, used in emails (invitations, password reset) and in the OpenAPI servers list.
 PUBLIC_URL = env.str("PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+# The base of the public key infrastructure's URLs the brokers fetch (a deployment's device CRL, named in every device
+# certificate it issues): plain http://, as EMQX fetches CRLs over plain HTTP only. PUBLIC_URL when not set.
+PKI_BASE_URL = env.str("PKI_BASE_URL", default=PUBLIC_URL).rstrip("/")
 
 INSTALLED_APPS = [
     "accounts.apps.AdminConfig",  # Django's admin, whose site requires staff's second factor
@@ -197,7 +200,8 @@ USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
 # How many reverse proxies sit in front of us; the client IP is taken that many hops from the right of X-Forwarded-For.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes speak plain HTTP inside the cluster
+# Probes speak plain HTTP inside the cluster, and brokers fetch devices' CRLs over plain HTTP (iot.pki).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^pki/"]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
 SESSION_COOKIE_HTTPONLY = True
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if PRODUCTION else 0)

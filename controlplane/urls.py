@@ -61,6 +61,7 @@ urlpatterns = [
     path("api/redoc/redoc.standalone.js", redoc_bundle, name="redoc-bundle"),
     re_path(r"^api/", api_not_found),  # last of /api/: an unmatched API path is a problem+json 404, never HTML
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
+    path("pki/", include("iot.pki")),  # devices' CRLs, fetched by the brokers over plain HTTP
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),

@@ -105,7 +105,8 @@ class EmqxApi:
         """Make the authenticator's users exactly `creds`: import them all (insert or overwrite), delete the rest
         and disconnect their clients (EMQX checks a password at CONNECT only: a deleted user's connection would
         serve on, and lose its rules to prune_acl)."""
-        # A certificate-only user has no password to import (and no EMQX listener takes certificates yet).
+        # A certificate-only user has no password to import: it signs in on the device-certificate listener, which
+        # asks none (emqx_config: listeners.ssl.x509 enable_authn = false).
         desired = {cred.username: cred for cred in creds if not cred.certificate_only}
         auth_path = f"/authentication/{quote(AUTHENTICATOR_ID, safe='')}"
         if desired:
@@ -150,9 +151,13 @@ class EmqxApi:
         (emqx_authz_mnesia:authorize/4); deployments.emqx_acl compiles our one ordered list into those three,
         or refuses an order EMQX cannot express (before anything is sent). A confined user among `users` gets its
         own username list (its topics, then deny everything), which EMQX checks before the rules for all, so those
-        never reach it.
+        never reach it. A confined user with no topics is a revoked certificate identity: once its list becomes
+        deny-everything, the clients signed in with it are disconnected (after the authorization cache is dropped).
         """
+        users = list(users)
         by_kind, for_all = _wire_acl(entries, users)
+        revoked = {user.username for user in users if user.confined_to == ()}
+        to_kick: list[str] = []
         changed = False
         for kind, key, desired in by_kind:
             for current in self._paged(f"{_RULES}/{kind}"):
@@ -163,12 +168,16 @@ class EmqxApi:
                 # PUT stores the rule list for that subject, replacing whatever was there.
                 self._request("PUT", f"{_RULES}/{kind}/{quote(who, safe='')}", json={key: who, "rules": rules})
                 changed = True
+                if kind == "users" and who in revoked:
+                    to_kick.append(who)
         current_all = self._get_json(f"{_RULES}/all")
         if not isinstance(current_all, dict) or _comparable(current_all.get("rules")) != for_all:
             self._request("POST", f"{_RULES}/all", json={"rules": for_all})
             changed = True
         if changed:
             self.clean_authz_cache()
+        for username in to_kick:
+            self.kick_clients_of(username)
 
     def prune_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
         """Delete the rule lists of the subjects `entries` and `users` have no rules for any more. Given the users,

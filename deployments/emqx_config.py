@@ -26,6 +26,23 @@ LISTENERS: dict[str, tuple[str, int]] = {
     "wss": ("wss", 8084),
 }
 TLS_LISTENER_TYPES = ("ssl", "wss")
+# Premium devices' client-certificate listener (the local driver's `mqtts_x509`): an ssl listener of its own name, so
+# the operator's Service names its port `ssl-x509`. 8884 is the port conventionally used for MQTT over TLS with a
+# required client certificate.
+X509_PROTOCOL = "mqtts_x509"
+X509_LISTENER = ("ssl", "x509")
+X509_PORT = 8884
+# The zone only that listener uses: EMQX reads peer_cert_as_username from the listener's zone (v5.8.6
+# apps/emqx/src/emqx_channel.erl set_peercert_infos/3 -> get_mqtt_conf(Zone, ...) -> emqx_config:get_zone_conf/2),
+# and a zone holds only what it sets, the rest coming from the global config (emqx_config.erl
+# merge_with_global_defaults/2, maybe_update_zone/3).
+X509_ZONE = "x509_devices"
+# Files of the device CA beside the TLS Secret's (render_tls_secret writes it into the same Secret).
+DEVICE_CA_KEY = "devices-ca.crt"
+# How often EMQX fetches each cached CRL again: its shortest (v5.8.6 apps/emqx/src/emqx_crl_cache.erl
+# MIN_REFRESH_PERIOD, one minute outside tests; the same in e5.9.1 and e5.10.2). A shorter value is raised to it.
+CRL_REFRESH_INTERVAL = "1m"
+CRL_HTTP_TIMEOUT = "15s"
 DASHBOARD_PORT = 18083
 DEFAULT_PBKDF2_ITERATIONS = 101
 # The largest MQTT packet EMQX accepts (emqx/emqx v5.8.6 apps/emqx/include/emqx_mqtt.hrl MAX_INT_MQTT_PACKET_SIZE,
@@ -193,7 +210,8 @@ ENFORCEMENT_NOTE = (
 
 
 def _pbkdf2_iterations(spec: BrokerSpec) -> int:
-    counts = {user.iterations for user in spec.users}
+    # A certificate-only user has no password hash: its count means nothing to the authenticator.
+    counts = {user.iterations for user in spec.users if not user.certificate_only}
     if len(counts) > 1:
         raise ValueError(
             "all MQTT users of a deployment must share one PBKDF2 iteration count (EMQX has one per "
@@ -208,11 +226,18 @@ def enabled_listener_types(spec: BrokerSpec) -> list[str]:
     return [t for t, _port in LISTENERS.values() if spec.tls is not None or t not in TLS_LISTENER_TYPES]
 
 
+def has_x509_listener(spec: BrokerSpec) -> bool:
+    """The device-certificate listener serves the deployment's server certificate: it runs with TLS and a device CA."""
+    return spec.tls is not None and spec.device_ca is not None
+
+
 def max_connections_per_listener(spec: BrokerSpec) -> int:
     """A listener's share of the tier's connections on one node. EMQX counts `max_connections` per listener per
     node (v5.8.6 emqx_schema base_listener/1, enforced by esockd per listener), so the tier is split evenly over
-    the nodes and the enabled listeners, rounding down: the sum never exceeds the tier."""
-    shares = max(spec.replicas, 1) * len(enabled_listener_types(spec))
+    the nodes and the enabled listeners (the device-certificate one included), rounding down: the sum never
+    exceeds the tier."""
+    listeners = len(enabled_listener_types(spec)) + (1 if has_x509_listener(spec) else 0)
+    shares = max(spec.replicas, 1) * listeners
     return max(1, spec.max_connections // shares)
 
 
@@ -228,6 +253,38 @@ def _ssl_options(spec: BrokerSpec) -> dict:
         "verify": "verify_peer" if tls.verify_peer else "verify_none",
         "fail_if_no_peer_cert": bool(tls.verify_peer and tls.require_client_certificate),
     }
+
+
+def _x509_listener(spec: BrokerSpec, base: dict[str, object]) -> dict[str, object]:
+    """`listeners.ssl.x509`: certificate devices sign in with a client certificate of the deployment's device CA and
+    no password, as on the local driver's mqtts_x509.
+
+    - `verify_peer` + `fail_if_no_peer_cert`: a client without a certificate the device CA signed is refused at the
+      handshake (v5.8.6 emqx_schema validate_server_ssl_opts/1 demands verify_peer with it).
+    - `enable_crl_check`: EMQX checks the peer certificate against the CRL named by its CRL Distribution Points,
+      fetched over HTTP and cached (emqx_listeners.erl: `crl_check => peer`, `crl_cache => emqx_ssl_crl_cache`);
+      the control plane serves it (iot: /pki/deployments/<id>/devices.crl).
+    - `zone = x509_devices`, whose `mqtt.peer_cert_as_username = cn`: the certificate's CN is the MQTT username on
+      this listener only; the password listeners keep the CONNECT's username.
+    - `enable_authn = false`: the verified certificate is the authentication, no password is asked (v5.8.6
+      emqx_access_control.erl pre_hook_authenticate/1 answers ok, not a superuser). What the device may do is the
+      authorization of its username (a confined list, or a deny-everything list once its certificate is revoked).
+    Rendered (disabled) without a device CA too: the operator merges config, so a listener once rendered stays."""
+    listener = dict(base)
+    listener["bind"] = f"0.0.0.0:{X509_PORT}"
+    listener["enable"] = has_x509_listener(spec)
+    listener["zone"] = X509_ZONE
+    listener["enable_authn"] = False
+    if has_x509_listener(spec):
+        listener["ssl_options"] = {
+            "certfile": f"{TLS_MOUNT_PATH}/tls.crt",
+            "keyfile": f"{TLS_MOUNT_PATH}/tls.key",
+            "cacertfile": f"{TLS_MOUNT_PATH}/{DEVICE_CA_KEY}",
+            "verify": "verify_peer",
+            "fail_if_no_peer_cert": True,
+            "enable_crl_check": True,
+        }
+    return listener
 
 
 def _identity_as_username(spec: BrokerSpec) -> bool:
@@ -265,6 +322,8 @@ def config_tree(spec: BrokerSpec) -> dict:
             # without a certificate. Rendered either way: the operator merges config, a key once set stays.
             listener["enable_authn"] = not _identity_as_username(spec)
         listeners[listener_type] = {"default": listener}
+    x509_type, x509_name = X509_LISTENER
+    listeners[x509_type][x509_name] = _x509_listener(spec, {"max_connections": per_listener, **plan["listener"]})
     mqtt: dict[str, object] = {"max_packet_size": spec.message_size_limit}
     if spec.tls is not None:
         # Zone-wide, but only a connection that presented a certificate has a common name to take: without one
@@ -275,7 +334,11 @@ def config_tree(spec: BrokerSpec) -> dict:
     # (emqx-operator 2.2.29 apis/apps/v2beta1/util.go GetDashboardPortMap defaults to 18083).
     tree: dict[str, object] = {
         "mqtt": mqtt,
+        "zones": {X509_ZONE: {"mqtt": {"peer_cert_as_username": "cn"}}},
         "listeners": listeners,
+        # EMQX fetches a CRL again every refresh_interval (a revoked device certificate is accepted until then): the
+        # shortest it allows.
+        "crl_cache": {"refresh_interval": CRL_REFRESH_INTERVAL, "http_timeout": CRL_HTTP_TIMEOUT},
     }
     if emqx_versions.has_zone_limiter(version):
         mqtt["limiter"] = dict(plan["node"])

@@ -1,7 +1,8 @@
 """Checks a configuration tree against an EMQX schema extract (deployments/emqx_schema/<version>.json).
 
 It answers the list of keys EMQX would reject as unknown, deprecated keys EMQX would drop, and values outside their
-type, for the parts the extract covers (listeners, limiter, mqtt, ssl_options, durable sessions). It never reads
+type, for the parts the extract covers (listeners, limiter, mqtt and zones' mqtt, ssl_options, durable sessions,
+the CRL cache). It never reads
 EMQX's source itself (scripts/emqx_schema_extract.py does) and never changes the tree.
 """
 
@@ -23,7 +24,11 @@ ROOT_STRUCTS = {
     "mqtt": "emqx_schema:mqtt",
     "limiter": "emqx_limiter_schema:limiter",
     "durable_sessions": "emqx_schema:durable_sessions",
+    "crl_cache": "emqx_schema:crl_cache",
 }
+# What a zone may set, as the extract covers it: a zone's roots are clones of the global ones without defaults
+# (emqx/emqx v5.8.6 apps/emqx/src/emqx_zone_schema.erl fields/1).
+ZONE_STRUCTS = {"mqtt": "emqx_schema:mqtt"}
 DURABLE_BACKENDS = {"builtin_raft": "emqx_ds_schema:builtin_raft"}
 
 # The rate grammar both limiter generations accept: `infinity`, or a quantity with an optional unit and an
@@ -47,6 +52,8 @@ def check_config(tree: Mapping, extract: Mapping) -> list[str]:
             continue
         if root == "listeners":
             _check_listeners(value, structs, problems)
+        elif root == "zones":
+            _check_zones(value, structs, problems)
         elif root == "durable_storage":
             _check_durable_storage(value, structs, problems)
         elif root in ROOT_STRUCTS:
@@ -70,6 +77,22 @@ def _check_listeners(value: object, structs: Mapping, problems: list[str]) -> No
             continue
         for name, listener in named.items():
             _check_struct(listener, struct, structs, f"listeners.{listener_type}.{name}", problems)
+
+
+def _check_zones(value: object, structs: Mapping, problems: list[str]) -> None:
+    if not isinstance(value, Mapping):
+        problems.append("zones: must be an object of named zones")
+        return
+    for name, zone in value.items():
+        if not isinstance(zone, Mapping):
+            problems.append(f"zones.{name}: must be an object")
+            continue
+        for root, settings in zone.items():
+            struct = ZONE_STRUCTS.get(root)
+            if struct is None:
+                problems.append(f"zones.{name}.{root}: not a zone setting the extract covers")
+                continue
+            _check_struct(settings, struct, structs, f"zones.{name}.{root}", problems)
 
 
 def _check_durable_storage(value: object, structs: Mapping, problems: list[str]) -> None:

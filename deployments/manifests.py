@@ -13,7 +13,15 @@ import re
 
 from deployments import emqx_versions
 from deployments.drivers.base import BrokerSpec
-from deployments.emqx_config import DASHBOARD_PORT, LISTENERS, TLS_MOUNT_PATH, render_hocon
+from deployments.emqx_config import (
+    DASHBOARD_PORT,
+    DEVICE_CA_KEY,
+    LISTENERS,
+    TLS_MOUNT_PATH,
+    X509_PORT,
+    has_x509_listener,
+    render_hocon,
+)
 
 FIELD_MANAGER = "controlplane"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -149,7 +157,12 @@ def render_network_policy(spec: BrokerSpec) -> dict:
             "policyTypes": ["Ingress"],
             "ingress": [
                 # MQTT clients arrive from anywhere, through the load balancer.
-                {"ports": [{"protocol": "TCP", "port": port} for _type, port in LISTENERS.values()]},
+                {
+                    "ports": [
+                        *({"protocol": "TCP", "port": port} for _type, port in LISTENERS.values()),
+                        {"protocol": "TCP", "port": X509_PORT},
+                    ]
+                },
                 {
                     "from": [
                         {"namespaceSelector": {"matchLabels": {key: value}}},
@@ -195,7 +208,8 @@ def render_license_secret(spec: BrokerSpec) -> dict:
 
 def render_tls_secret(spec: BrokerSpec) -> dict | None:
     """The certificate Secret the TLS listeners mount (a kubernetes.io/tls Secret: `tls.crt` holds the server
-    certificate and its chain, `tls.key` its key, `ca.crt` the client CA for two-way TLS), or None when the spec
+    certificate and its chain, `tls.key` its key, `ca.crt` the client CA for two-way TLS, `devices-ca.crt` the
+    device CA of the device-certificate listener), or None when the spec
     names a Secret without carrying its material (one that exists already). Replacing its content changes no file
     path and no pod template, so no node is replaced: the kubelet updates the mounted files in place."""
     tls = spec.tls
@@ -208,6 +222,10 @@ def render_tls_secret(spec: BrokerSpec) -> dict | None:
     files = {"tls.crt": tls.certificate_pem, "tls.key": tls.private_key_pem}
     if tls.has_client_ca:
         files["ca.crt"] = tls.client_ca_pem
+    if has_x509_listener(spec) and spec.device_ca is not None:
+        if not spec.device_ca.ca_pem:
+            raise ValueError("the device-certificate listener needs the device CA's certificate")
+        files[DEVICE_CA_KEY] = spec.device_ca.ca_pem
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -1,7 +1,8 @@
 """What a Premium deployment's broker must hold for the IoT platform, given to the reconciler through the
 deployments.extensions spec contributor: the agent's user (full access, this deployment only) and one user per
 enabled device, confined to `devices/{device_id}/#` whatever the deployment's ACL rules say (a certificate device as
-a user without password); and, through the device CA source, the deployment's device CA and CRL.
+a user without password); on EMQX also every revoked, unexpired device certificate's username, denied everything;
+and, through the device CA source, the deployment's device CA and CRL.
 
 It reads devices and makes the agent's credential once (and re-signs a CRL nearing its next update); it never
 changes a device or talks to a broker.
@@ -15,7 +16,7 @@ from django.utils import timezone
 from deployments.drivers.base import DeviceCaMaterial, MqttCredential
 from deployments.models import Deployment, Plan
 from iot import certificates
-from iot.models import Device, DeviceCertificateAuthority
+from iot.models import Device, DeviceCertificate, DeviceCertificateAuthority
 
 
 def device_topics(device_id: str) -> tuple[str, ...]:
@@ -47,16 +48,40 @@ def spec_users(deployment: Deployment) -> list[MqttCredential]:
         )
         for username, salt_b64, hash_b64, iterations, device_id, credential_type in rows
     ]
+    if deployment.region.driver != "local":
+        users += _revoked_identities(deployment, {user.username for user in users})
     return users
 
 
+def _revoked_identities(deployment: Deployment, live: set[str]) -> list[MqttCredential]:
+    """A user denied everything for each username a revoked (held, superseded, or deleted device's) certificate
+    still carries until it expires. EMQX takes a CRL from its cache, fetched again at most once a minute, so it may
+    accept such a certificate at a handshake meanwhile, and without a password there is no user record to remove:
+    this list of rules is what refuses it at once (EMQX checks a username's rules before the rules for all, so the
+    deployment's rules for everyone never reach it; a rule for its client id would, as for any device: EMQX checks
+    those first). mosquitto reloads its crlfile with every change and needs none."""
+    now = timezone.now()
+    usernames = (
+        DeviceCertificate.objects.filter(deployment=deployment, revoked_at__isnull=False, not_after__gt=now)
+        .exclude(username__in=live)
+        .order_by("username")
+        .values_list("username", flat=True)
+        .distinct()
+    )
+    return [
+        MqttCredential(username=username, salt_b64="", hash_b64="", confined_to=(), certificate_only=True)
+        for username in usernames
+    ]
+
+
 def spec_device_ca(deployment: Deployment) -> DeviceCaMaterial | None:
-    """The deployment's device CA and CRL (local regions only: the services refuse certificate devices elsewhere).
-    The CA is made with the broker's first spec that has TLS, before any device asks for a certificate: the
-    mqtts_x509 listener is then in the broker's configuration from the start, and a first certificate device only
-    reloads the broker (a new listener would restart it, disconnecting every client once). A CRL nearing its next
-    update is signed again first: once that time passes, OpenSSL would refuse every device certificate."""
-    if deployment.plan.code != Plan.Code.PREMIUM or deployment.region.driver != "local":
+    """The deployment's device CA and CRL. The CA is made with the broker's first spec that has TLS, before any
+    device asks for a certificate: the mqtts_x509 listener is then in the broker's configuration from the start, and
+    a first certificate device only reloads the broker (a new listener would restart it, disconnecting every client
+    once; on EMQX the CA's file is a key of the TLS Secret from the start). A CRL nearing its next update is signed
+    again first: once that time passes, OpenSSL (mosquitto) and Erlang's ssl (EMQX, which fetches the CRL from
+    iot.pki) would refuse every device certificate."""
+    if deployment.plan.code != Plan.Code.PREMIUM:
         return None
     authority = DeviceCertificateAuthority.objects.filter(deployment=deployment).first()
     if authority is None:

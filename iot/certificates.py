@@ -113,10 +113,13 @@ def issue_device_certificate(
     now: datetime.datetime,
     public_key=None,
     validity: datetime.timedelta = DEVICE_CERTIFICATE_VALIDITY,
+    crl_url: str = "",
 ) -> IssuedCertificate:
     """A client certificate whose only subject is CN = `username` (the device's broker username, which mosquitto's
-    use_identity_as_username makes its MQTT username), clientAuth only, signed by the device CA. With no
-    `public_key` (from check_csr) an EC P-256 key is generated and returned with it."""
+    use_identity_as_username and EMQX's peer_cert_as_username make its MQTT username), clientAuth only, signed by
+    the device CA. With no `public_key` (from check_csr) an EC P-256 key is generated and returned with it. With a
+    `crl_url` it names where its CRL is (CRL Distribution Points): EMQX fetches the CRL from there; mosquitto reads
+    its crlfile and ignores the extension."""
     ca_certificate = x509.load_pem_x509_certificate(ca_certificate_pem.encode("ascii"))
     ca_key = serialization.load_pem_private_key(ca_private_key_pem.encode("ascii"), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
@@ -127,7 +130,7 @@ def issue_device_certificate(
         public_key = generated.public_key()
         private_key_pem = tls._key_pem(generated)
     ca_key_id = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, username)]))
         .issuer_name(ca_certificate.subject)
@@ -153,8 +156,13 @@ def issue_device_certificate(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_id), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if crl_url:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None, reasons=None, crl_issuer=None
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    certificate = builder.sign(ca_key, hashes.SHA256())
     return IssuedCertificate(
         certificate_pem=tls._pem([certificate]),
         private_key_pem=private_key_pem,
@@ -199,3 +207,8 @@ def build_crl(
         )
     crl = builder.sign(ca_key, hashes.SHA256())
     return crl.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def crl_der(crl_pem: str) -> bytes:
+    """The CRL as DER, the form RFC 5280 (4.2.1.13) gives a CRL fetched over HTTP (application/pkix-crl)."""
+    return x509.load_pem_x509_crl(crl_pem.encode("ascii")).public_bytes(serialization.Encoding.DER)

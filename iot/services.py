@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -27,7 +28,7 @@ from deployments import tls
 from deployments.models import Deployment, DesiredState, Operation, Plan
 from deployments.passwords import hash_mqtt_password
 from deployments.services import deployment_configuration_changed
-from iot import certificates, csv_import, shadow, validation
+from iot import certificates, csv_import, pki, shadow, validation
 from iot.agent.presence import PresenceEvent
 from iot.models import (
     AGENT_USERNAME,
@@ -115,13 +116,15 @@ def _credential_choice(deployment: Deployment, credential_type: object, csr: obj
         if csr not in (None, ""):
             raise ValidationFailed({"csr": 'A CSR is only given with "credential_type": "certificate".'})
         return credential_type, None
-    if deployment.region.driver != "local":
-        # The EMQX listener for client certificates (and its CRL, which EMQX fetches over HTTP) is not built yet:
-        # refused here rather than issuing a certificate no broker would accept.
+    if deployment.region.driver != "local" and not settings.PKI_BASE_URL.startswith("http://"):
+        # EMQX fetches a certificate's CRL from the URL it names, over plain HTTP only (emqx/emqx v5.8.6
+        # apps/emqx/src/emqx_ssl_crl_cache.erl do_insert/2: only_http_distribution_points_supported): a certificate
+        # naming another scheme would be refused by the broker at every handshake.
         raise ValidationFailed(
             {
-                "credential_type": "X.509 device certificates are available on local (mosquitto) regions only; "
-                f"region {deployment.region.code!r} runs EMQX on Kubernetes. Use password credentials there."
+                "credential_type": "X.509 device certificates on EMQX regions need the control plane's device CRLs "
+                "served over plain http:// (PKI_BASE_URL); this control plane is configured with "
+                f"{settings.PKI_BASE_URL!r}. Use password credentials, or ask the operator to set PKI_BASE_URL."
             }
         )
     if csr in (None, ""):
@@ -199,6 +202,7 @@ def _issue_certificate(
         username=device.username,
         public_key=public_key,
         now=now,
+        crl_url=pki.device_crl_url(deployment.public_id),
     )
     DeviceCertificate.objects.create(
         deployment=deployment,

@@ -45,6 +45,8 @@ START_STRUCTS = (
     ("emqx_limiter_schema", "limiter"),
     # durable_storage.messages with the Enterprise backend (emqx_ds_schema db_schema/1: a union of backends).
     ("emqx_ds_schema", "builtin_raft"),
+    # The CRL cache EMQX fetches client certificates' CRLs into (the device-certificate listener's CRL check).
+    ("emqx_schema", "crl_cache"),
 )
 RENDERED_PATH = {"ssl_options", "limiter", "listeners", "http", "messages"}
 ROOT_SOURCES = (

@@ -20,11 +20,15 @@ from kubernetes.client.exceptions import ApiException
 from deployments import manifests as m
 from deployments.drivers.base import BrokerSpec, Observed, PermanentDriverError, TemporaryDriverError
 from deployments.emqx_api import EmqxApi
-from deployments.emqx_config import DASHBOARD_PORT, LISTENERS
+from deployments.emqx_config import DASHBOARD_PORT, LISTENERS, X509_LISTENER, X509_PROTOCOL
 
 APPLY_PATCH = "application/apply-patch+yaml"
-# Service port names the operator gives the default listeners (`<type>-<name>`, see emqx_config.LISTENERS).
-_PORT_NAMES = {f"{listener_type}-default": protocol for protocol, (listener_type, _port) in LISTENERS.items()}
+# Service port names the operator gives the listeners (`<type>-<name>`, see emqx_config.LISTENERS): the default
+# ones and the device-certificate listener (`ssl-x509`, shown as `mqtts_x509` as on the local driver).
+_PORT_NAMES = {
+    **{f"{listener_type}-default": protocol for protocol, (listener_type, _port) in LISTENERS.items()},
+    "-".join(X509_LISTENER): X509_PROTOCOL,
+}
 
 ApiClientFactory = Callable[[BrokerSpec], k8s.ApiClient]
 EmqxApiFactory = Callable[..., EmqxApi]

@@ -244,3 +244,25 @@ def test_session_is_used_when_given(fake):
     session.hooks["response"].append(lambda r, *a, **k: calls.append(r.url))
     EmqxApi(fake.url, "cp", "s3cret", session=session).stats()
     assert calls and calls[0].startswith(fake.url + "/api/v5/stats")
+
+
+def test_push_acl_kicks_a_revoked_certificate_identity_but_not_a_customer_user_when_their_lists_become_deny_all(
+    api, fake
+):
+    device = MqttCredential(username="$device-aa", salt_b64="", hash_b64="", confined_to=("devices/cam/#",))
+    api.push_acl([], [device])
+    fake.connect(client_id="cam", username="$device-aa")
+    fake.connect(client_id="backend", username="bob")
+    assert fake.authorize(client_id="cam", username="$device-aa", action="publish", topic="devices/cam/t") == "allow"
+
+    revoked = MqttCredential(username="$device-aa", salt_b64="", hash_b64="", confined_to=(), certificate_only=True)
+    customer = [AclEntry(permission="deny", action="all", topic="#", username="bob")]
+    api.push_acl(customer, [revoked])
+    assert fake.connected() == {"backend": "bob"}  # the device is disconnected, the customer's client is not
+    assert [(r["permission"], r["action"], r["topic"]) for r in fake.rules()["users"]["$device-aa"]] == [
+        ("deny", "all", "#")
+    ]
+    fake.connect(client_id="cam", username="$device-aa")
+    assert fake.authorize(client_id="cam", username="$device-aa", action="publish", topic="devices/cam/t") == "deny"
+    api.push_acl(customer, [revoked])  # unchanged: nothing is sent, nobody kicked again
+    assert fake.connected() == {"backend": "bob", "cam": "$device-aa"}

@@ -132,7 +132,7 @@ def test_network_policy_admits_only_listener_ports_from_anywhere_and_management_
     policy = m.render_network_policy(_spec())["spec"]
     open_rule, management_rule, cluster_rule = policy["ingress"]
     assert "from" not in open_rule
-    assert sorted(p["port"] for p in open_rule["ports"]) == [1883, 8083, 8084, 8883]
+    assert sorted(p["port"] for p in open_rule["ports"]) == [1883, 8083, 8084, 8883, 8884]  # 8884: mqtts_x509
     assert [p["port"] for p in management_rule["ports"]] == [18083]
     assert {"controlplane.io/role": "control-plane"} in [
         f["namespaceSelector"]["matchLabels"] for f in management_rule["from"]

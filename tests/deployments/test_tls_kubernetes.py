@@ -195,3 +195,54 @@ def test_reconciler_fills_the_secret_from_the_deployments_certificates_and_reiss
         assert conf["listeners"]["ssl"]["default"]["enable"] is True
     finally:
         emqx.stop()
+
+
+def _device_ca():
+    from deployments.drivers.base import DeviceCaMaterial
+
+    return DeviceCaMaterial(ca_pem=pem(make_ca("Device CA dep_X7Kq2ZP9")[0]), crl_pem="")
+
+
+@pytest.mark.parametrize("version", ["5.1.1", "5.8.6", "5.9.1", "5.10.2"])
+def test_device_certificate_listener_renders_against_each_releases_schema_when_spec_has_a_device_ca(
+    material, version, emqx_schema
+):
+    spec = _spec(tls=material, device_ca=_device_ca(), version=version)
+    emqx = m.render_emqx(spec)
+    _validate(emqx, emqx_schema)  # the operator's CRD
+    conf = ConfigFactory.parse_string(emqx_config.render_hocon(spec))  # checked against that release's extract
+    listener = conf["listeners"]["ssl"]["x509"]
+    assert listener["enable"] is True and listener["zone"] == "x509_devices" and listener["enable_authn"] is False
+    assert listener["ssl_options"]["enable_crl_check"] is True
+    assert conf["zones"]["x509_devices"]["mqtt"] == {"peer_cert_as_username": "cn"}
+    assert conf["mqtt"]["peer_cert_as_username"] == "disabled"  # the password listeners keep the CONNECT's username
+    # The tier is split over five listeners now, never exceeded.
+    per_listener = conf["listeners"]["tcp"]["default"]["max_connections"]
+    assert listener["max_connections"] == per_listener and per_listener * 5 * spec.replicas <= spec.max_connections
+    secret = m.render_tls_secret(spec)
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert base64.b64decode(secret["data"]["devices-ca.crt"]).decode() == spec.device_ca.ca_pem
+
+
+def test_device_certificate_listener_is_rendered_off_without_a_device_ca_or_without_tls(material):
+    for each in (_spec(tls=material), _spec(device_ca=_device_ca())):
+        conf = ConfigFactory.parse_string(emqx_config.render_hocon(each))
+        assert conf["listeners"]["ssl"]["x509"]["enable"] is False  # the operator merges: rendered off, not left out
+        assert "ssl_options" not in conf["listeners"]["ssl"]["x509"]
+    assert "devices-ca.crt" not in m.render_tls_secret(_spec(tls=material))["data"]
+
+
+def test_schema_check_refuses_a_zone_setting_emqx_does_not_have_when_rendered(material):
+    from deployments import emqx_versions
+    from deployments.emqx_schema_check import check_config
+
+    tree = emqx_config.config_tree(_spec(tls=material, device_ca=_device_ca()))
+    extract = emqx_versions.schema_extract("5.8.6")
+    assert check_config(tree, extract) == []
+    tree["zones"]["x509_devices"]["mqtt"]["peer_cert_as_user"] = "cn"
+    tree["zones"]["x509_devices"]["authorization"] = {"no_match": "deny"}
+    tree["crl_cache"]["refresh_interval"] = "soon"
+    problems = check_config(tree, extract)
+    assert any("zones.x509_devices.mqtt.peer_cert_as_user: unknown key" in p for p in problems)
+    assert any(p.startswith("zones.x509_devices.authorization") for p in problems)
+    assert any(p.startswith("crl_cache.refresh_interval") for p in problems)

@@ -338,9 +338,13 @@ class FakeEmqxServer:
             return copy.deepcopy(self.state.users)
 
     def connect(self, *, client_id: str, username: str) -> None:
-        """A client signed in (EMQX checks the password at CONNECT only): it stays connected until kicked."""
+        """A client signed in (EMQX checks the password at CONNECT only): it stays connected until kicked. A new
+        connection starts with an empty authorization cache (emqx_authz_cache keeps it in the connection process's
+        dictionary), also when it takes a client id over."""
         with self.state.lock:
             self.state.clients[client_id] = username
+            for key in [k for k in self.state.authz_cache if k[0] == client_id]:
+                del self.state.authz_cache[key]
 
     def connected(self) -> dict[str, str]:
         with self.state.lock:

@@ -295,13 +295,22 @@ class FakeKubernetes:
 
             listeners = ConfigFactory.parse_string(emqx["spec"]["config"]["data"]).get("listeners", {})
         ports = []
-        for listener_type, port in defaults.items():
-            settings = (listeners.get(listener_type) or {}).get("default") or {}
+        # Every named listener of every type whose `enable` is not false, named `<type>-<name>`
+        # (emqx-operator apis/apps/v2beta1/util.go GetListenersServicePorts); EMQX's default listeners are there
+        # unless the config turns them off.
+        named = [(t, "default", (listeners.get(t) or {}).get("default") or {}, port) for t, port in defaults.items()]
+        for listener_type, by_name in listeners.items():
+            for listener_name, settings in (by_name or {}).items():
+                if listener_name != "default":
+                    named.append((listener_type, listener_name, settings or {}, None))
+        for listener_type, listener_name, settings, port in named:
             if settings.get("enable", True) is False:
                 continue
             bind = str(settings.get("bind", port))
             number = int(bind.rsplit(":", 1)[-1])
-            ports.append({"name": f"{listener_type}-default", "port": number, "protocol": "TCP", "targetPort": number})
+            ports.append(
+                {"name": f"{listener_type}-{listener_name}", "port": number, "protocol": "TCP", "targetPort": number}
+            )
         return ports
 
     def requests_for(self, method: str, path_contains: str = "") -> list[SeenRequest]:

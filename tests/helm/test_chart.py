@@ -504,3 +504,14 @@ def test_pod_monitor_scrapes_every_worker_group_on_its_metrics_port_when_enabled
         assert labels["app.kubernetes.io/instance"] in expressions["app.kubernetes.io/instance"]
         ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
         assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+
+
+def test_pki_base_url_is_set_and_its_host_allowed_only_when_configured():
+    config = by_kind(render_default(**{"config.pkiBaseUrl": "http://pki.internal.example:8000"}), "ConfigMap")
+    data = config[f"{FULLNAME}-config"]["data"]
+    assert data["PKI_BASE_URL"] == "http://pki.internal.example:8000"
+    assert "pki.internal.example" in data["ALLOWED_HOSTS"].split(",")
+    default = by_kind(render_default(), "ConfigMap")[f"{FULLNAME}-config"]["data"]
+    assert "PKI_BASE_URL" not in default  # the app then uses PUBLIC_URL
+    refused = template({**REQUIRED, "config.pkiBaseUrl": "https://pki.example.com"})
+    assert refused.returncode != 0 and "pkiBaseUrl" in refused.stderr

@@ -278,7 +278,9 @@ def test_viewer_and_other_organizations_cannot_create_or_rotate_certificate_devi
     assert list(Device.objects.values_list("device_id", flat=True)) == ["cam"]
 
 
-def test_certificate_devices_are_refused_with_a_field_error_on_kubernetes_regions(owner_org):
+def test_certificate_devices_are_refused_on_kubernetes_regions_when_crls_would_not_be_served_over_plain_http(
+    owner_org, settings
+):
     from controlplane.errors import ValidationFailed
     from iot import services
     from iot.models import Device
@@ -287,12 +289,17 @@ def test_certificate_devices_are_refused_with_a_field_error_on_kubernetes_region
     region = deployment.region
     type(region).objects.filter(pk=region.pk).update(driver="kubernetes")
     deployment.refresh_from_db()
+    settings.PKI_BASE_URL = "https://cloud.example.com"
     with pytest.raises(ValidationFailed) as refused:
         services.device_create(deployment=deployment, actor=None, device_id="cam", credential_type="certificate")
-    assert "local (mosquitto) regions only" in str(
-        refused.value.errors if hasattr(refused.value, "errors") else refused.value
-    )
+    assert "PKI_BASE_URL" in str(refused.value.errors)
     assert not Device.objects.exists()
+    # The same control plane with a plain-HTTP PKI base issues them there.
+    settings.PKI_BASE_URL = "http://pki.example.com"
+    _device, credentials, _op = services.device_create(
+        deployment=deployment, actor=None, device_id="cam", credential_type="certificate"
+    )
+    assert credentials.certificate is not None
 
 
 def test_local_driver_renders_the_mqtts_x509_listener_only_when_the_spec_has_a_device_ca(
@@ -335,14 +342,17 @@ def test_local_driver_renders_the_mqtts_x509_listener_only_when_the_spec_has_a_d
         driver._validate(bad)
 
 
-def test_certificate_device_on_a_kubernetes_region_answers_400_on_credential_type_when_posted(client, base, premium):
+def test_certificate_device_on_a_kubernetes_region_answers_400_on_credential_type_when_pki_is_not_plain_http(
+    client, base, premium, settings
+):
     from iot.models import Device, DeviceCertificateAuthority
 
     type(premium.region).objects.filter(pk=premium.region.pk).update(driver="kubernetes")
+    settings.PKI_BASE_URL = "https://cloud.example.com"
     errors = fields(
         client.post(f"{base}/devices", {"device_id": "cam", "credential_type": "certificate"}, format="json")
     )
-    assert "local (mosquitto) regions only" in errors["credential_type"]
+    assert "plain http://" in errors["credential_type"]
     assert not Device.objects.exists() and not DeviceCertificateAuthority.objects.exists()
     assert create(client, base, "plain")["credentials"]["type"] == "password"  # passwords still work there
 
@@ -393,9 +403,16 @@ def test_reconciler_gets_the_device_ca_before_any_device_asks_and_devices_then_u
     ca = x509.load_pem_x509_certificate(material.ca_pem.encode())
     device = x509.load_pem_x509_certificate(issued["certificate"].encode())
     ca.public_key().verify(device.signature, device.tbs_certificate_bytes, ec.ECDSA(device.signature_hash_algorithm))
-    # Another plan or another driver gets none, and nothing is made for it.
+    # A Premium deployment on a Kubernetes region gets its own; another plan gets none, and nothing is made for it.
     other = premium_deployment(owner_org, name="k8s")
     type(other.region).objects.filter(pk=other.region.pk).update(driver="kubernetes")
     other = type(other).objects.select_related("plan", "region").get(pk=other.pk)
-    assert broker.spec_device_ca(other) is None
-    assert not DeviceCertificateAuthority.objects.filter(deployment=other).exists()
+    assert broker.spec_device_ca(other).ca_pem not in (material.ca_pem, "")
+    from deployments import services as deployment_services
+
+    third, _ = deployment_services.deployment_create(
+        project=owner_org.default_project, actor=None, name="dedicated", plan="dedicated", tier="1k", region="local"
+    )
+    third = type(third).objects.select_related("plan", "region").get(pk=third.pk)
+    assert broker.spec_device_ca(third) is None
+    assert not DeviceCertificateAuthority.objects.filter(deployment=third).exists()

@@ -176,3 +176,37 @@ def test_crl_is_empty_and_signed_when_nothing_is_revoked(ca):
     crl = x509.load_pem_x509_crl(pem.encode())
     assert len(crl) == 0
     assert crl.is_signature_valid(x509.load_pem_x509_certificate(ca_pem.encode()).public_key())
+
+
+def test_issued_certificate_names_its_crl_url_only_when_one_is_given(ca):
+    ca_pem, ca_key = ca
+    url = "http://pki.test/pki/deployments/dep_abc/devices.crl"
+    issued = certificates.issue_device_certificate(
+        ca_certificate_pem=ca_pem, ca_private_key_pem=ca_key, username="u", now=NOW, crl_url=url
+    )
+    certificate = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+    extension = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    assert extension.critical is False  # mosquitto (OpenSSL) ignores it; a critical one could make it refuse
+    (point,) = extension.value
+    assert [name.value for name in point.full_name] == [url] and point.reasons is None and point.crl_issuer is None
+    plain = certificates.issue_device_certificate(
+        ca_certificate_pem=ca_pem, ca_private_key_pem=ca_key, username="u", now=NOW
+    )
+    with pytest.raises(x509.ExtensionNotFound):
+        x509.load_pem_x509_certificate(plain.certificate_pem.encode()).extensions.get_extension_for_class(
+            x509.CRLDistributionPoints
+        )
+
+
+def test_crl_der_is_the_same_crl_as_the_pem_the_broker_file_holds(ca):
+    ca_pem, ca_key = ca
+    revoked = [certificates.Revoked(serial="abc123", revoked_at=NOW, reason=certificates.Reason.CERTIFICATE_HOLD)]
+    crl_pem = certificates.build_crl(
+        ca_certificate_pem=ca_pem, ca_private_key_pem=ca_key, revoked=revoked, number=7, now=NOW
+    )
+    der = certificates.crl_der(crl_pem)
+    assert not der.startswith(b"-----")
+    crl = x509.load_der_x509_crl(der)
+    assert crl.is_signature_valid(x509.load_pem_x509_certificate(ca_pem.encode()).public_key())
+    assert [format(r.serial_number, "x") for r in crl] == ["abc123"]
+    assert crl.public_bytes(serialization.Encoding.PEM).decode() == crl_pem

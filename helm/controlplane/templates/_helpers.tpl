@@ -95,11 +95,15 @@ METRICS_TOKEN: {{ .Values.secrets.metricsToken | b64enc | quote }}
 {{- define "controlplane.configData" -}}
 {{- $c := .Values.config -}}
 {{- $hosts := list (urlParse $c.publicUrl).hostname -}}
+{{- if $c.pkiBaseUrl }}{{ $hosts = append $hosts (urlParse $c.pkiBaseUrl).hostname }}{{ end -}}
 {{- if .Values.ingress.enabled }}{{ range .Values.ingress.hosts }}{{ $hosts = append $hosts .host }}{{ end }}{{ end -}}
 {{- $svc := include "controlplane.fullname" . -}}
 {{- $hosts = concat $hosts (list $svc (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace)) -}}
 CONTROLPLANE_ENV: {{ $c.environment | quote }}
 PUBLIC_URL: {{ $c.publicUrl | quote }}
+{{- with $c.pkiBaseUrl }}
+PKI_BASE_URL: {{ . | quote }}
+{{- end }}
 ALLOWED_HOSTS: {{ join "," (default ($hosts | uniq) $c.allowedHosts) | quote }}
 CSRF_TRUSTED_ORIGINS: {{ join "," (default (list $c.publicUrl) $c.csrfTrustedOrigins) | quote }}
 DEFAULT_FROM_EMAIL: {{ $c.defaultFromEmail | quote }}
