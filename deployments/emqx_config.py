@@ -263,7 +263,7 @@ def _x509_listener(spec: BrokerSpec, base: dict[str, object]) -> dict[str, objec
       handshake (v5.8.6 emqx_schema validate_server_ssl_opts/1 demands verify_peer with it).
     - `enable_crl_check`: EMQX checks the peer certificate against the CRL named by its CRL Distribution Points,
       fetched over HTTP and cached (emqx_listeners.erl: `crl_check => peer`, `crl_cache => emqx_ssl_crl_cache`);
-      the control plane serves it (iot: /pki/deployments/<id>/devices.crl).
+      the control plane serves it (iot: /pki/deployments/<id>/devices.crl.pem, PEM: iot.pki.device_crl_url).
     - `zone = x509_devices`, whose `mqtt.peer_cert_as_username = cn`: the certificate's CN is the MQTT username on
       this listener only; the password listeners keep the CONNECT's username.
     - `enable_authn = false`: the verified certificate is the authentication, no password is asked (v5.8.6

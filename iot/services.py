@@ -202,7 +202,7 @@ def _issue_certificate(
         username=device.username,
         public_key=public_key,
         now=now,
-        crl_url=pki.device_crl_url(deployment.public_id),
+        crl_url=pki.device_crl_url(deployment.public_id, pem=deployment.region.driver != "local"),
     )
     DeviceCertificate.objects.create(
         deployment=deployment,

@@ -92,10 +92,13 @@ def _crl(deployment):
     """The deployment's CRL as a broker fetches it: plain HTTP, no credentials."""
     from django.test import Client
 
-    response = Client().get(f"/pki/deployments/{deployment.public_id}/devices.crl")
+    response = Client().get(f"/pki/deployments/{deployment.public_id}/devices.crl.pem")
     assert response.status_code == 200, response.content[:200]
-    assert response["Content-Type"] == "application/pkix-crl"
-    crl = x509.load_der_x509_crl(response.content)  # DER, as RFC 5280 gives it over HTTP
+    assert response["Content-Type"] == "application/x-pem-file"
+    crl = x509.load_pem_x509_crl(response.content)  # PEM: the URL EMQX's certificates name, its cache refresh's form
+    der = Client().get(f"/pki/deployments/{deployment.public_id}/devices.crl")
+    assert der.status_code == 200 and der["Content-Type"] == "application/pkix-crl"
+    assert x509.load_der_x509_crl(der.content) == crl  # the same CRL as DER, as RFC 5280 gives it over HTTP
     return {format(r.serial_number, "x"): r for r in crl}
 
 
@@ -147,7 +150,7 @@ def test_certificate_device_on_emqx_is_confined_by_its_cn_and_held_on_the_served
     assert username == body["username"] == Device.objects.get().username
     points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert [name.value for point in points for name in point.full_name] == [
-        f"{PKI}/pki/deployments/{deployment.public_id}/devices.crl"
+        f"{PKI}/pki/deployments/{deployment.public_id}/devices.crl.pem"
     ]
     serial = body["certificate"]["serial"]
     assert _crl(deployment) == {}
@@ -210,10 +213,11 @@ def test_device_crl_url_answers_404_without_revealing_anything_when_the_deployme
     from django.test import Client
 
     deployment = emqx_region[0]
-    for path in ("dep_doesnotexist", "x" * 300, "dep_%00", deployment.public_id.upper()):
-        response = Client().get(f"/pki/deployments/{path}/devices.crl")
-        assert response.status_code == 404 and response.content == b""
-    assert Client().post(f"/pki/deployments/{deployment.public_id}/devices.crl").status_code == 405
+    for name in ("devices.crl", "devices.crl.pem"):
+        for path in ("dep_doesnotexist", "x" * 300, "dep_%00", deployment.public_id.upper()):
+            response = Client().get(f"/pki/deployments/{path}/{name}")
+            assert response.status_code == 404 and response.content == b""
+        assert Client().post(f"/pki/deployments/{deployment.public_id}/{name}").status_code == 405
 
 
 @pytest.mark.parametrize(
