@@ -21,6 +21,8 @@ from deployments.drivers.base import AclEntry, MqttCredential, PermanentDriverEr
 AUTHENTICATOR_ID = "password_based:built_in_database"
 _RULES = "/authorization/sources/built_in_database/rules"
 _PAGE_LIMIT = 1000
+# The `by` of the bans the control plane makes (revoked device certificates' usernames); it lifts only those.
+BAN_BY = "controlplane"
 
 
 class _WireRule(TypedDict):
@@ -133,6 +135,28 @@ class EmqxApi:
             client_id = client.get("clientid")
             if isinstance(client_id, str) and client.get("username") == username:
                 self._request("DELETE", f"/clients/{quote(client_id, safe='')}", expected=(204, 404))
+
+    # -- bans --------------------------------------------------------------------------------------------------
+    def sync_bans(self, usernames: Iterable[str]) -> None:
+        """Make the usernames banned by the control plane exactly `usernames`: ban the missing ones (no end: each is
+        lifted here once it leaves the set) and lift the others. Bans anyone else made (`by` not ours, or as a
+        client id or address) are never touched. EMQX refuses a banned username at CONNECT (emqx_channel.erl
+        check_banned/2, after peer_cert_as_username has set it from the certificate), before authorization."""
+        desired = set(usernames)
+        current = {
+            ban["who"]
+            for ban in self._paged("/banned")
+            if ban.get("as") == "username" and ban.get("by") == BAN_BY and isinstance(ban.get("who"), str)
+        }
+        for who in sorted(desired - current):
+            body = {"as": "username", "who": who, "by": BAN_BY, "reason": "device certificate revoked"}
+            # emqx_mgmt_api_banned.erl banned/2 (v5.8.6): 200 with the ban, or 400 ALREADY_EXISTS for a live ban of
+            # the same username someone else made: refused either way, which is what is wanted.
+            response = self._request("POST", "/banned", json=body, expected=(200, 201, 400))
+            if response.status_code == 400 and _error_code(response) != "ALREADY_EXISTS":
+                raise EmqxApiError(f"EMQX refused to ban {who!r}: {_error_detail(response)}")
+        for who in sorted(current - desired):
+            self._request("DELETE", f"/banned/username/{quote(who, safe='')}", expected=(204, 404))
 
     # -- ACL ---------------------------------------------------------------------------------------------------
     def sync_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
@@ -273,6 +297,14 @@ def _comparable(rules: object) -> list[_WireRule]:
     if not isinstance(rules, list):
         return []
     return [{"topic": r.get("topic"), "permission": r.get("permission"), "action": r.get("action")} for r in rules]
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    return str(body.get("code", "")) if isinstance(body, dict) else ""
 
 
 def _error_detail(response: requests.Response) -> str:

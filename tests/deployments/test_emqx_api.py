@@ -266,3 +266,42 @@ def test_push_acl_kicks_a_revoked_certificate_identity_but_not_a_customer_user_w
     assert fake.authorize(client_id="cam", username="$device-aa", action="publish", topic="devices/cam/t") == "deny"
     api.push_acl(customer, [revoked])  # unchanged: nothing is sent, nobody kicked again
     assert fake.connected() == {"backend": "bob", "cam": "$device-aa"}
+
+
+def test_sync_bans_bans_and_lifts_only_its_own_usernames_when_others_banned_too(api, fake):
+    import requests
+
+    # An operator's own bans (another `by`, or a client id) are never lifted by the control plane.
+    session = requests.Session()
+    session.auth = ("cp", "s3cret")
+    for body in ({"as": "username", "who": "spammer"}, {"as": "clientid", "who": "$old-device"}):
+        assert session.post(f"{fake.url}/api/v5/banned", json=body, timeout=5).status_code == 200
+    api.sync_bans(["$dev-a", "$dev-b"])
+    api.sync_bans(["$dev-b", "$dev-c"])
+    banned = {(b["as"], b["who"]): b["by"] for b in session.get(f"{fake.url}/api/v5/banned", timeout=5).json()["data"]}
+    assert banned == {
+        ("username", "spammer"): "mgmt_api",
+        ("clientid", "$old-device"): "mgmt_api",
+        ("username", "$dev-b"): "controlplane",
+        ("username", "$dev-c"): "controlplane",
+    }
+    with pytest.raises(ConnectionRefusedError):
+        fake.connect(client_id="cam", username="$dev-c")
+    fake.connect(client_id="cam", username="$dev-a")  # lifted
+    api.sync_bans([])
+    banned = {(b["as"], b["who"]) for b in session.get(f"{fake.url}/api/v5/banned", timeout=5).json()["data"]}
+    assert banned == {("username", "spammer"), ("clientid", "$old-device")}
+
+
+def test_sync_bans_leaves_a_username_someone_else_banned_when_it_is_ours_to_ban_too(api, fake):
+    import requests
+
+    session = requests.Session()
+    session.auth = ("cp", "s3cret")
+    assert session.post(f"{fake.url}/api/v5/banned", json={"as": "username", "who": "$dev-a"}, timeout=5).ok
+    api.sync_bans(["$dev-a"])  # EMQX answers 400 ALREADY_EXISTS: the username is refused either way
+    with pytest.raises(ConnectionRefusedError):
+        fake.connect(client_id="cam", username="$dev-a")
+    api.sync_bans([])  # not ours: stays
+    with pytest.raises(ConnectionRefusedError):
+        fake.connect(client_id="cam", username="$dev-a")

@@ -47,6 +47,9 @@ class FakeEmqx:
     # cleaned or the client disconnects.
     clients: dict[str, str] = field(default_factory=dict)
     authz_cache: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    # The banned table ((as, who) -> {as, who, by, reason, at, until}), checked at CONNECT (emqx_channel.erl
+    # check_banned/2, after the username is set from the certificate's CN by peer_cert_as_username).
+    banned: dict[tuple[str, str], dict] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -180,6 +183,33 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, "CLIENTID_NOT_FOUND", "Client ID not found")
             else:
                 state.authz_cache = {k: v for k, v in state.authz_cache.items() if k[0] != m[1]}
+                self._send(204)
+        elif path == "/api/v5/banned" and method == "GET":
+            self._send(200, _page([dict(b) for _k, b in sorted(state.banned.items())], query))
+        elif path == "/api/v5/banned" and method == "POST":
+            # emqx_mgmt_api_banned.erl banned/2 (v5.8.6): 200 with the ban; 400 ALREADY_EXISTS for a live one;
+            # `by` defaults to mgmt_api, `until` to infinity (emqx_banned.erl parse/1).
+            body = json.loads(raw or b"{}")
+            who, kind = body.get("who"), body.get("as")
+            if kind not in ("clientid", "username", "peerhost") or not isinstance(who, str) or not who:
+                self._error(400, "BAD_REQUEST", "invalid who")
+            elif (kind, who) in state.banned:
+                self._error(400, "ALREADY_EXISTS", json.dumps(state.banned[(kind, who)]))
+            else:
+                ban = {
+                    "as": kind,
+                    "who": who,
+                    "by": body.get("by", "mgmt_api"),
+                    "reason": body.get("reason", ""),
+                    "at": "2026-01-01T00:00:00+00:00",
+                    "until": body.get("until", "infinity"),
+                }
+                state.banned[(kind, who)] = ban
+                self._send(200, ban)
+        elif (m := re.fullmatch(r"/api/v5/banned/(clientid|username|peerhost)/(.+)", path)) and method == "DELETE":
+            if state.banned.pop((m[1], m[2]), None) is None:
+                self._error(404, "NOT_FOUND", f"{m[1]}: {m[2]} not found")
+            else:
                 self._send(204)
         elif path == "/api/v5/authorization/cache" and method == "DELETE":
             state.authz_cache.clear()  # emqx_authz_api_cache.erl clean_cache/2: every node's
@@ -340,8 +370,11 @@ class FakeEmqxServer:
     def connect(self, *, client_id: str, username: str) -> None:
         """A client signed in (EMQX checks the password at CONNECT only): it stays connected until kicked. A new
         connection starts with an empty authorization cache (emqx_authz_cache keeps it in the connection process's
-        dictionary), also when it takes a client id over."""
+        dictionary), also when it takes a client id over. A banned client id or username is refused (ConnectionRefused,
+        CONNACK reason 0x8A, emqx_channel.erl check_banned/2)."""
         with self.state.lock:
+            if ("clientid", client_id) in self.state.banned or ("username", username) in self.state.banned:
+                raise ConnectionRefusedError(f"banned: {client_id!r} / {username!r}")
             self.state.clients[client_id] = username
             for key in [k for k in self.state.authz_cache if k[0] == client_id]:
                 del self.state.authz_cache[key]
