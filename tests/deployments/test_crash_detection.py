@@ -150,7 +150,7 @@ def test_probe_tells_a_dead_broker_from_a_stale_pid_file_when_the_broker_runs_on
     [pid] = broker_pids(brokers_dir)
     paths.pid.write_text("999999\n")  # a pid file that lies: the broker itself still runs
     assert driver.probe(deployment.public_id).state == "alive"
-    os.kill(pid, signal.SIGKILL)
+    _kill(pid, brokers_dir)  # a SIGKILL is delivered, not awaited: probing at once could still find it alive
     dead = driver.probe(deployment.public_id)
     assert dead.state == "dead" and dead.last_seen_alive is not None
 
