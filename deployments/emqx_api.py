@@ -175,12 +175,12 @@ class EmqxApi:
         (emqx_authz_mnesia:authorize/4); deployments.emqx_acl compiles our one ordered list into those three,
         or refuses an order EMQX cannot express (before anything is sent). A confined user among `users` gets its
         own username list (its topics, then deny everything), which EMQX checks before the rules for all, so those
-        never reach it. A confined user with no topics is a revoked certificate identity: once its list becomes
-        deny-everything, the clients signed in with it are disconnected (after the authorization cache is dropped).
+        never reach it. Once a revoked certificate identity's list becomes deny-everything, the clients signed in
+        with it are disconnected (after the authorization cache is dropped).
         """
         users = list(users)
         by_kind, for_all = _wire_acl(entries, users)
-        revoked = {user.username for user in users if user.confined_to == ()}
+        revoked = {user.username for user in users if user.revoked_identity}
         to_kick: list[str] = []
         changed = False
         for kind, key, desired in by_kind:
@@ -300,17 +300,24 @@ def _comparable(rules: object) -> list[_WireRule]:
 
 
 def _error_code(response: requests.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
+    body = _error_body(response)
     return str(body.get("code", "")) if isinstance(body, dict) else ""
 
 
-def _error_detail(response: requests.Response) -> str:
+_NOT_JSON = object()
+
+
+def _error_body(response: requests.Response) -> object:
+    """EMQX's error answer ({code, message}), or _NOT_JSON."""
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
+        return _NOT_JSON
+
+
+def _error_detail(response: requests.Response) -> str:
+    body = _error_body(response)
+    if body is _NOT_JSON:
         return response.text[:200]
     if isinstance(body, dict):
         return f"{body.get('code', '')} {body.get('message', '')}".strip()

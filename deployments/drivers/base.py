@@ -73,6 +73,12 @@ class MqttCredential:
     # username, on the device-certificate listener (DeviceCaMaterial). Never written to a password file.
     certificate_only: bool = False
 
+    @property
+    def revoked_identity(self) -> bool:
+        """A revoked device certificate's username (certificate-only, confined to nothing): denied everything, and
+        on EMQX kicked and banned, since EMQX may accept the certificate until it refreshes its cached CRL."""
+        return self.certificate_only and self.confined_to == ()
+
 
 @dataclasses.dataclass(frozen=True)
 class AclEntry:

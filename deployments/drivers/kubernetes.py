@@ -384,10 +384,9 @@ class KubernetesDriver:
             )
             # A user never reaches EMQX before its rules, nor outlives them: authorization's no_match is allow, so
             # a user whose rules deny it everything would otherwise be free to do anything in between.
-            # A revoked device certificate (a certificate-only user confined to nothing) may still pass the TLS
-            # handshake until EMQX refreshes its cached CRL: its username is banned first, so that once push_acl
-            # has kicked its clients, CONNECT refuses them at once.
-            emqx_api.sync_bans(u.username for u in spec.users if u.certificate_only and u.confined_to == ())
+            # A revoked device certificate may still pass the TLS handshake until EMQX refreshes its cached CRL: its
+            # username is banned first, so that once push_acl has kicked its clients, CONNECT refuses them at once.
+            emqx_api.sync_bans(u.username for u in spec.users if u.revoked_identity)
             emqx_api.push_acl(spec.acl, spec.users)
             emqx_api.sync_users(spec.users)
             emqx_api.prune_acl(spec.acl, spec.users)
