@@ -12,6 +12,11 @@
   var currency = el.getAttribute("data-currency") || "";
   if (!days.length || days.length !== amounts.length) { return; }
   var xs = days.map(function (d) { return Date.parse(d + "T00:00:00Z") / 1000; });
+  // The x axis is the whole month, half a day beyond its first and last days: with the days so far alone, uPlot
+  // stretches a few days (on the 1st, one) over a span of years.
+  var first = new Date(xs[0] * 1000);
+  var monthEnd = Date.UTC(first.getUTCFullYear(), first.getUTCMonth() + 1, 1) / 1000 - 86400;
+  var xRange = [xs[0] - 43200, monthEnd + 43200];
   var chart = null;
 
   function cssVar(name, fallback) {
@@ -34,7 +39,7 @@
       height: 220,
       legend: {show: false},
       cursor: {drag: {x: false, y: false}},
-      scales: {x: {time: true}, y: {range: function (u, min, max) { return [0, max > 0 ? max * 1.15 : 1]; }}},
+      scales: {x: {time: true, range: function () { return xRange; }}, y: {range: function (u, min, max) { return [0, max > 0 ? max * 1.15 : 1]; }}},
       series: [
         {value: function (u, v) { return v ? new Date(v * 1000).toISOString().slice(0, 10) : ""; }},
         {
