@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 from deployments.models import Deployment
 from iot import services, shadow
 from iot.agent import edge as edge_agent
+from iot.agent.client import AgentClient
 from iot.agent.codecs import CodecEngine
 from iot.agent.presence import EMQX_TOPICS, LogTail, parse_emqx_event
 from iot.models import AGENT_CLIENT_ID, OutboxMessage
@@ -76,11 +77,11 @@ class DeploymentServer:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> AgentClient:
         # MQTT 5: its Receive Maximum sets how many QoS 1 messages the broker has in flight to us unacknowledged
         # (mosquitto 2.0 src/property_broker.c; EMQX takes the smaller of it and its own max_inflight). Under MQTT
         # 3.1.1 mosquitto's max_inflight_messages (20) would cap every batch, since we acknowledge after the commit.
-        client = mqtt.Client(
+        client = AgentClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=AGENT_CLIENT_ID,
             protocol=mqtt.MQTTv5,
@@ -231,16 +232,18 @@ class DeploymentServer:
     def _handle(self, batch: list) -> None:
         self._pending_since = batch[0][0]
         requests, presence, messages = [], [], [message for _, message in batch]
-        for message in messages:
-            self.codecs.handle(message)
-            parts = message.topic.split("/")
-            if len(parts) == 4 and parts[0] == "devices" and parts[2] == "shadow" and parts[3] in ("update", "get"):
-                if shadow.DEVICE_ID_RE.match(parts[1]):
-                    requests.append(services.ShadowRequest(parts[1], parts[3], bytes(message.payload)))
-            elif message.topic.startswith("$SYS/"):
-                event = parse_emqx_event(message.topic, bytes(message.payload))
-                if event is not None:
-                    presence.append(event)
+        # What the codec rules publish goes out when the batch has been read, with one wake of paho's thread.
+        with self.client.deferred_wakeups():
+            for message in messages:
+                self.codecs.handle(message)
+                parts = message.topic.split("/")
+                if len(parts) == 4 and parts[0] == "devices" and parts[2] == "shadow" and parts[3] in ("update", "get"):
+                    if shadow.DEVICE_ID_RE.match(parts[1]):
+                        requests.append(services.ShadowRequest(parts[1], parts[3], bytes(message.payload)))
+                elif message.topic.startswith("$SYS/"):
+                    event = parse_emqx_event(message.topic, bytes(message.payload))
+                    if event is not None:
+                        presence.append(event)
         answers = []
         if requests:
             answers = services.shadow_process_batch(
@@ -252,11 +255,12 @@ class DeploymentServer:
             )
         edge_agent.process(self, messages)
         # Committed: acknowledge first (a crash now cannot apply them twice), then answer.
-        for message in messages:
-            if message.qos > 0:
-                self.client.ack(message.mid, message.qos)
-        for topic, body in answers:
-            self.client.publish(topic, shadow.compact(body), qos=1)
+        with self.client.deferred_wakeups():
+            for message in messages:
+                if message.qos > 0:
+                    self.client.ack(message.mid, message.qos)
+            for topic, body in answers:
+                self.client.publish(topic, shadow.compact(body), qos=1)
         self._pending_since = None
         self.last_event_at = datetime.datetime.now(datetime.UTC)
 
