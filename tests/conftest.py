@@ -59,6 +59,19 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def pytest_sessionfinish(session):
+    # An xdist worker hands its summary lines to the controller, which prints the terminal summary.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["summary_lines"] = list(SUMMARY_LINES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the xdist controller, as each worker finishes: the lines its test modules asked to print."""
+    SUMMARY_LINES.extend(getattr(node, "workeroutput", {}).get("summary_lines", []))
+
+
 def pytest_terminal_summary(terminalreporter, config):
     for line in SUMMARY_LINES:
         terminalreporter.write_line(line)
