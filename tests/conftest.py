@@ -84,6 +84,36 @@ def pytest_terminal_summary(terminalreporter, config):
 SUMMARY_LINES: list[str] = []
 
 
+# Data migrations seed the catalog (plans, tiers, prices, the `local` region) and its traffic allowances. A
+# transactional test ends with a flush that empties every table; on one pytest process the transactional tests ran
+# last, but an xdist worker interleaves modules, so a flush would leave the next module's tests without a catalog.
+# Every flush is followed by post_migrate: seed again there, so each test starts from the database the migrations made.
+_SEED_MIGRATIONS = (
+    "deployments.migrations.0002_seed_catalog",
+    "billing.migrations.0003_seed_details_and_traffic_allowance",
+)
+
+
+def _seed_after_flush(sender, using, **kwargs):
+    import importlib
+
+    from django.apps import apps
+
+    if sender.label != "deployments":  # post_migrate is sent once per app: seed once
+        return
+    for module in _SEED_MIGRATIONS:
+        importlib.import_module(module).seed(apps, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migration_data_survives_flush():
+    from django.db.models.signals import post_migrate
+
+    post_migrate.connect(_seed_after_flush, dispatch_uid="tests.conftest.seed_after_flush")
+    yield
+    post_migrate.disconnect(dispatch_uid="tests.conftest.seed_after_flush")
+
+
 @pytest.fixture
 def redis_clean():
     """An empty Redis database (rate-limit buckets and caches of earlier tests would leak into this one)."""
