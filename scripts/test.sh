@@ -24,6 +24,8 @@ if [ $# -gt 0 ]; then
   .venv/bin/python -m pytest "$@"
   status=$?
 else
+  # One random seed for both passes (tests/conftest.py prints it), so CONTROLPLANE_TEST_SEED=<seed> replays either.
+  export CONTROLPLANE_TEST_SEED="${CONTROLPLANE_TEST_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
   .venv/bin/python -m pytest -n "${TEST_WORKERS:-3}" -m "not serial"
   parallel=$?
   .venv/bin/python -m pytest -m serial
