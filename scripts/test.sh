@@ -3,7 +3,7 @@
 # and Redis and pytest. Extra arguments go to pytest: scripts/test.sh tests/organizations -k invitation
 #
 # The whole suite (no arguments) runs in two passes: the tests not marked `serial` on TEST_WORKERS pytest-xdist
-# workers (3 unless set; each worker has its own test database and Redis database), then the `serial` ones alone.
+# workers (4 unless set; each worker has its own test database and Redis database), then the `serial` ones alone.
 # Chosen tests (arguments given) run in one pytest process, on several workers only if the arguments say -n.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ if [ $# -gt 0 ]; then
 else
   # One random seed for both passes (tests/conftest.py prints it), so CONTROLPLANE_TEST_SEED=<seed> replays either.
   export CONTROLPLANE_TEST_SEED="${CONTROLPLANE_TEST_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
-  .venv/bin/python -m pytest -n "${TEST_WORKERS:-3}" -m "not serial"
+  .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" -m "not serial"
   parallel=$?
   .venv/bin/python -m pytest -m serial
   serial=$?
