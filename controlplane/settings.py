@@ -127,6 +127,26 @@ DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DISABLE_SERVER_S
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# The suite runs on several pytest-xdist workers (gw0, gw1, …) against one Redis: each gets a database of its own
+# (1, 2, …), so one worker's FLUSHDB, queued Celery tasks, cache and rate-limit buckets never reach another's. The
+# processes a worker starts inherit PYTEST_XDIST_WORKER and land in the same database (the rewrite is idempotent).
+_test_worker = env.str("PYTEST_XDIST_WORKER", default="") if ENVIRONMENT == "test" else ""
+
+
+def _redis_url_of_test_worker(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    database = int(_test_worker.removeprefix("gw")) + 1
+    if database > 15:  # redis-server's default `databases 16`
+        raise ImproperlyConfigured(f"at most 15 pytest-xdist workers share one Redis, not {_test_worker!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):  # a unix socket names its database otherwise: refuse, never share
+        raise ImproperlyConfigured(f"pytest-xdist workers need a redis:// REDIS_URL, not {url!r}")
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+if _test_worker:
+    REDIS_URL = _redis_url_of_test_worker(REDIS_URL)
 # Redis is on the request path only for rate limits (and this cache): a frozen Redis must cost a request a fraction
 # of a second, never hang it. After a failure, each process leaves Redis alone this long before trying it again.
 REDIS_OUTAGE_RETRY_SECONDS = env.float("REDIS_OUTAGE_RETRY_SECONDS", default=5.0)
@@ -373,6 +393,8 @@ RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env.float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS",
 
 # --- Celery ---
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+if _test_worker:
+    CELERY_BROKER_URL = _redis_url_of_test_worker(CELERY_BROKER_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -260,11 +260,12 @@ def _event(peering: VpcPeering, kind: str, message: str) -> None:
     DeploymentEvent.objects.create(deployment_id=peering.deployment_id, kind=kind, message=message)
 
 
-def _schedule(peering: VpcPeering, countdown: float) -> None:
+def _schedule(peering: VpcPeering, countdown: float, *, now: datetime.datetime | None = None) -> None:
     """Start the next poll of `peering` after commit. A new token supersedes any task already queued; the caller
-    saves the row. A lost enqueue (Redis down) is found by the sweep once next_poll_at has passed."""
+    saves the row. A lost enqueue (Redis down) is found by the sweep once next_poll_at has passed. A poll passes the
+    `now` it recorded as last_checked_at, so next_poll_at is exactly `countdown` after it whatever the lock wait."""
     peering.poll_token = secrets.token_hex(8)
-    peering.next_poll_at = timezone.now() + datetime.timedelta(seconds=countdown)
+    peering.next_poll_at = (now or timezone.now()) + datetime.timedelta(seconds=countdown)
     pk, token = peering.pk, peering.poll_token
 
     def send() -> None:
@@ -502,7 +503,7 @@ def _apply(pk: int, started: str, result: _Result) -> str:
             peering.poll_token = ""
             peering.next_poll_at = None
         else:
-            _schedule(peering, next_in(peering.poll_attempt))
+            _schedule(peering, next_in(peering.poll_attempt), now=now)
         peering.save()
         if changed:
             _event(peering, f"vpc_peering.{new_state}", _transition_text(peering, started))

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # `make test`: everything the suite needs (system packages, .venv), lint and type checking, then a throwaway PostgreSQL
 # and Redis and pytest. Extra arguments go to pytest: scripts/test.sh tests/organizations -k invitation
+#
+# The whole suite (no arguments) runs in two passes: the tests not marked `serial` on TEST_WORKERS pytest-xdist
+# workers (4 unless set; each worker has its own test database and Redis database), then the `serial` ones alone.
+# Chosen tests (arguments given) run in one pytest process, on several workers only if the arguments say -n.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
@@ -16,8 +20,23 @@ export CONTROLPLANE_ENV_FILE=  # a developer's .env (from make run) must not lea
 export CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"
 mkdir -p "$CONTROLPLANE_VAR_DIR" && chmod 755 "$CONTROLPLANE_VAR_DIR"
 set +e
-.venv/bin/python -m pytest "$@"
-status=$?
+if [ $# -gt 0 ]; then
+  .venv/bin/python -m pytest "$@"
+  status=$?
+else
+  # One random seed for both passes (tests/conftest.py prints it), so CONTROLPLANE_TEST_SEED=<seed> replays either.
+  export CONTROLPLANE_TEST_SEED="${CONTROLPLANE_TEST_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
+  .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" -m "not serial"
+  parallel=$?
+  .venv/bin/python -m pytest -m serial
+  serial=$?
+  # pytest's 5 means "no tests ran": one pass without tests is fine when the other ran some, never both.
+  if [ $parallel -eq 5 ] && [ $serial -eq 5 ]; then status=5
+  elif [ $parallel -ne 0 ] && [ $parallel -ne 5 ]; then status=$parallel
+  elif [ $serial -ne 0 ] && [ $serial -ne 5 ]; then status=$serial
+  else status=0
+  fi
+fi
 set -e
 # pytest's 5 means "no tests ran": that is a failure of the suite, never a pass.
 exit $status

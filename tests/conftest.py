@@ -59,6 +59,19 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def pytest_sessionfinish(session):
+    # An xdist worker hands its summary lines to the controller, which prints the terminal summary.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["summary_lines"] = list(SUMMARY_LINES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the xdist controller, as each worker finishes: the lines its test modules asked to print."""
+    SUMMARY_LINES.extend(getattr(node, "workeroutput", {}).get("summary_lines", []))
+
+
 def pytest_terminal_summary(terminalreporter, config):
     for line in SUMMARY_LINES:
         terminalreporter.write_line(line)
@@ -69,6 +82,36 @@ def pytest_terminal_summary(terminalreporter, config):
 
 # Lines a test module wants printed at the end of the run (figures such as how many API operations a fuzzer ran).
 SUMMARY_LINES: list[str] = []
+
+
+# Data migrations seed the catalog (plans, tiers, prices, the `local` region) and its traffic allowances. A
+# transactional test ends with a flush that empties every table; on one pytest process the transactional tests ran
+# last, but an xdist worker interleaves modules, so a flush would leave the next module's tests without a catalog.
+# Every flush is followed by post_migrate: seed again there, so each test starts from the database the migrations made.
+_SEED_MIGRATIONS = (
+    "deployments.migrations.0002_seed_catalog",
+    "billing.migrations.0003_seed_details_and_traffic_allowance",
+)
+
+
+def _seed_after_flush(sender, using, **kwargs):
+    import importlib
+
+    from django.apps import apps
+
+    if sender.label != "deployments":  # post_migrate is sent once per app: seed once
+        return
+    for module in _SEED_MIGRATIONS:
+        importlib.import_module(module).seed(apps, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migration_data_survives_flush():
+    from django.db.models.signals import post_migrate
+
+    post_migrate.connect(_seed_after_flush, dispatch_uid="tests.conftest.seed_after_flush")
+    yield
+    post_migrate.disconnect(dispatch_uid="tests.conftest.seed_after_flush")
 
 
 @pytest.fixture
