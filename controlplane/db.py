@@ -10,7 +10,7 @@ import contextlib
 import enum
 from collections.abc import Iterator
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 
 
 class LockSpace(enum.IntEnum):
@@ -56,12 +56,21 @@ def session_try_lock(space: LockSpace, key: int) -> Iterator[bool]:
     it the moment that connection dies: a SIGKILLed process strands nothing. Closing the connection releases it.
     """
     lock_connection = connections.create_connection(DEFAULT_DB_ALIAS)
+    acquired = False
     try:
         with lock_connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [lock_key(space, key)])
             acquired = bool(cursor.fetchone()[0])
         yield acquired
     finally:
+        # Unlocked before the connection closes: closing only asks the server's backend to exit, and until it has,
+        # the lock is still held, so the caller's next try (or another process's) could be refused for nothing.
+        if acquired:
+            try:
+                with lock_connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_key(space, key)])
+            except DatabaseError:
+                pass  # the connection is gone, and the lock with it
         lock_connection.close()
 
 
