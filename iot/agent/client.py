@@ -4,7 +4,7 @@ Under load paho spent more of the agent's CPU than decoding did: it reads every 
 command byte, the length bytes one at a time, the body), wakes its network thread through a socket pair for every
 publish and acknowledgement another thread queues, and walks every message in flight after each PUBACK looking for
 one queued behind the in-flight limit. This client reads the socket in large chunks, lets the agent's worker queue a
-batch with one wake-up, and skips the walk when nothing is queued. It depends on paho 2.2's private methods
+batch with one wake-up, and finds queued messages in C (not at all when nothing is queued). It depends on paho 2.2's private methods
 (`_sock_recv`, `loop_read`, `_update_inflight`, `_sockpairW`), pinned in the lock files; tests/iot/test_agent_client.py
 checks it against a real broker.
 """
@@ -25,8 +25,7 @@ _STATE = operator.attrgetter("state")
 
 class AgentClient(mqtt.Client):
     def __init__(self, *args, **kwargs) -> None:
-        self._deferring = threading.local()
-        self._wake_wanted = False
+        self._deferring = threading.local()  # per thread: .active inside deferred_wakeups(), .wanted once it queued
         # What the last read from the socket gave and how much of it paho has taken, kept per socket: a reconnect
         # starts afresh, never with bytes of the connection before.
         self._read_sock: object | None = None
@@ -103,13 +102,13 @@ class AgentClient(mqtt.Client):
     def deferred_wakeups(self) -> Iterator[None]:
         """Within the block, what this thread publishes or acknowledges is queued without waking paho's network
         thread for each packet; it is woken once when the block ends (and writes whatever is queued)."""
-        self._deferring.active = True
+        self._deferring.active, self._deferring.wanted = True, False
         try:
             yield
         finally:
             self._deferring.active = False
-            if self._wake_wanted:
-                self._wake_wanted = False
+            if self._deferring.wanted:
+                self._deferring.wanted = False
                 pair = self.__dict__.get("_sockpairW")
                 if pair is not None:
                     with contextlib.suppress(BlockingIOError, OSError):
@@ -121,7 +120,7 @@ class AgentClient(mqtt.Client):
         # thread inside deferred_wakeups() is told there is no socket pair, and the wake is sent once at the block's
         # end; every other reader (paho's network thread, reconnect, close) sees the real one.
         if getattr(self._deferring, "active", False):
-            self._wake_wanted = True
+            self._deferring.wanted = True
             return None
         return self.__dict__.get("_sockpairW")
 

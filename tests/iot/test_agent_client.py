@@ -212,7 +212,7 @@ def test_what_is_published_inside_deferred_wakeups_leaves_when_the_block_ends_an
         # the thread, which shows the wake-up at the block's end is what sent the first one.
         with agent.deferred_wakeups():
             agent.publish("out", b"stuck", qos=1)
-            agent._wake_wanted = False
+            agent._deferring.wanted = False
         time.sleep(1.5)
         assert arrived == [b"held"]
         agent.publish("out", b"after", qos=1)  # outside a block: paho wakes its thread at once
