@@ -136,6 +136,7 @@ def _report_operations_run():
         SUMMARY_LINES.append(_summary_line())
 
 
+@pytest.mark.slow  # a few minutes: every operation, four generated cases each
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @hypothesis_settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
