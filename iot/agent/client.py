@@ -48,7 +48,8 @@ class AgentClient(mqtt.Client):
         return self._read_buffer[start : self._read_position]
 
     def _buffered(self) -> bool:
-        return self._sock is not None and self._sock is self._read_sock and self._read_position < len(self._read_buffer)
+        # A closed or replaced socket is not _read_sock (unset until the first read): its bytes are never counted.
+        return self._sock is self._read_sock and self._read_position < len(self._read_buffer)
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         # paho reads at most `max_packets` packets, then waits in select() for the socket to be readable; bytes
