@@ -320,6 +320,9 @@ IOT_AGENT_LEASE_SECONDS = env.float("IOT_AGENT_LEASE_SECONDS", default=10.0)
 IOT_AGENT_HEARTBEAT_SECONDS = env.float("IOT_AGENT_HEARTBEAT_SECONDS", default=2.0)
 IOT_AGENT_MAX_DEPLOYMENTS = env.int("IOT_AGENT_MAX_DEPLOYMENTS", default=200)
 IOT_SHADOW_HISTORY_DAYS = env.int("IOT_SHADOW_HISTORY_DAYS", default=30)
+# Processes that apply a deployment's codec rules on a local region, each with its own broker connection in one MQTT 5
+# shared subscription: decoding scales with cores. 1 applies them in the agent process itself (ordered per topic).
+IOT_CODEC_WORKERS = env.int("IOT_CODEC_WORKERS", default=max(1, min(os.cpu_count() or 1, 8)))
 
 # --- REST API ---
 REST_FRAMEWORK = {

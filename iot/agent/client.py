@@ -18,9 +18,42 @@ import threading
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 READ_SIZE = 65536  # bytes asked of the socket at once; a 200-byte PUBLISH is then one of hundreds in a read
 _STATE = operator.attrgetter("state")
+# The MQTT 5 user property on everything the agent publishes. A shared subscription cannot use No Local (MQTT 5.0
+# 3.8.3.1), so codec workers recognise the agent's own messages (rule results, shadow answers) by it and never apply
+# a rule to them. Anyone may set it: a client that does only keeps its own message out of the codec rules.
+ORIGIN = ("controlplane-origin", "platform-agent")
+
+
+class _OriginProperties(Properties):
+    """PUBLISH properties holding only ORIGIN, packed once instead of on every publish."""
+
+    _packed = b""
+
+    def pack(self) -> bytes:
+        return type(self)._packed
+
+
+def _origin_properties() -> Properties:
+    stock = Properties(PacketTypes.PUBLISH)
+    stock.UserProperty = ORIGIN
+    _OriginProperties._packed = stock.pack()
+    properties = _OriginProperties(PacketTypes.PUBLISH)
+    properties.UserProperty = ORIGIN
+    return properties
+
+
+ORIGIN_PROPERTIES = _origin_properties()
+
+
+def from_agent(message) -> bool:
+    """Whether a received message carries the agent's ORIGIN property."""
+    properties = message.properties
+    return properties is not None and ORIGIN in (getattr(properties, "UserProperty", None) or ())
 
 
 class AgentClient(mqtt.Client):
@@ -32,6 +65,10 @@ class AgentClient(mqtt.Client):
         self._read_buffer = b""
         self._read_position = 0
         super().__init__(*args, **kwargs)
+
+    def publish(self, topic, payload=None, qos=0, retain=False, properties=None):  # type: ignore[override]
+        """paho's publish, with ORIGIN on whatever is published without properties of its own."""
+        return super().publish(topic, payload, qos, retain, ORIGIN_PROPERTIES if properties is None else properties)
 
     # -- reading -------------------------------------------------------------------------------------------------
 

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 import paho.mqtt.client as mqtt
 
 from iot import codec_topics, codecs, schemas
+from iot.agent.client import from_agent
 
 if TYPE_CHECKING:
+    from iot.agent.codec_workers import CodecHost
     from iot.agent.server import DeploymentServer
 
 logger = logging.getLogger("iot.agent")
@@ -116,8 +118,13 @@ def _reason_code_init(names):
 
 
 class CodecEngine:
-    def __init__(self, server: DeploymentServer) -> None:
+    """The rules of one deployment applied on one MQTT connection: the agent's own (`share_group` None: plain
+    subscriptions with No Local), or a codec worker's (`$share/{share_group}/{filter}`: the broker hands each
+    message to one member of the group, and the agent's own messages are recognised by their ORIGIN property)."""
+
+    def __init__(self, server: DeploymentServer | CodecHost, *, share_group: str | None = None) -> None:
         self.server = server
+        self.share_group = share_group
         self.rules: list[_Rule] = []
         self._fingerprint: tuple | None = None
         self._filters: set[str] = set()
@@ -130,13 +137,19 @@ class CodecEngine:
 
     # -- subscriptions -------------------------------------------------------------------------------------------
 
+    def _subscription(self, topic_filter: str) -> str:
+        return topic_filter if self.share_group is None else f"$share/{self.share_group}/{topic_filter}"
+
+    def _options(self) -> mqtt.SubscribeOptions:
+        # No Local on a shared subscription is a protocol error (MQTT 5.0 3.8.3.1).
+        return mqtt.SubscribeOptions(qos=1, noLocal=self.share_group is None)
+
     def subscribe(self, client: mqtt.Client) -> None:
         """On (re)connect (paho's thread): subscribe to the filters of the rules loaded so far."""
         with self._lock:
             filters = sorted(self._filters)
         if filters:
-            options = mqtt.SubscribeOptions(qos=1, noLocal=True)
-            client.subscribe([(f, options) for f in filters])
+            client.subscribe([(self._subscription(f), self._options()) for f in filters])
 
     def _apply_filters(self, wanted: set[str]) -> None:
         with self._lock:
@@ -144,10 +157,9 @@ class CodecEngine:
             self._filters = set(wanted)
         client = self.server.client
         if added:
-            options = mqtt.SubscribeOptions(qos=1, noLocal=True)
-            client.subscribe([(f, options) for f in sorted(added)])
+            client.subscribe([(self._subscription(f), self._options()) for f in sorted(added)])
         if removed:
-            client.unsubscribe(sorted(removed))
+            client.unsubscribe([self._subscription(f) for f in sorted(removed)])
 
     # -- the worker ----------------------------------------------------------------------------------------------
 
@@ -190,6 +202,8 @@ class CodecEngine:
         """Apply every enabled rule whose filter matches the message's topic, in the rules' order."""
         if not self.rules:
             return
+        if self.share_group is not None and from_agent(message):
+            return  # what the agent published (No Local's work on the agent's own connection)
         topic = message.topic
         route = self._routes.get(topic)
         if route is None:

@@ -92,6 +92,17 @@ def release(*, holder: str, tokens: dict[int, int]) -> None:
         )
 
 
+def held(*, deployment_id: int, holder: str, token: int) -> bool:
+    """Whether `holder` still holds the deployment's lease with `token`, unexpired by the database's clock."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM iot_agentlease WHERE deployment_id = %s AND holder = %s AND token = %s "
+            "AND expires_at > clock_timestamp()",
+            [deployment_id, holder, token],
+        )
+        return cursor.fetchone() is not None
+
+
 def presence_cursor(deployment_id: int) -> dict:
     return (
         AgentLease.objects.filter(deployment_id=deployment_id).values_list("presence_cursor", flat=True).first() or {}

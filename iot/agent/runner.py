@@ -62,6 +62,7 @@ class PlatformAgent:
         heartbeat_seconds: float | None = None,
         lease_seconds: float | None = None,
         max_deployments: int | None = None,
+        codec_workers: int | None = None,
     ) -> None:
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
@@ -69,6 +70,7 @@ class PlatformAgent:
         self.heartbeat_seconds = heartbeat_seconds or settings.IOT_AGENT_HEARTBEAT_SECONDS
         self.lease_seconds = lease_seconds or settings.IOT_AGENT_LEASE_SECONDS
         self.max_deployments = max_deployments or settings.IOT_AGENT_MAX_DEPLOYMENTS
+        self.codec_workers = max(1, codec_workers or settings.IOT_CODEC_WORKERS)
         self.started_at = timezone.now()
         self.stop_event = threading.Event()
         self.servers: dict[int, DeploymentServer] = {}
@@ -146,7 +148,11 @@ class PlatformAgent:
 
     def _start_server(self, target: Target, token: int) -> None:
         server = DeploymentServer(
-            target, holder=self.agent_id, token=token, presence_cursor=leases.presence_cursor(target.deployment_id)
+            target,
+            holder=self.agent_id,
+            token=token,
+            presence_cursor=leases.presence_cursor(target.deployment_id),
+            codec_workers=self.codec_workers,
         )
         self.tokens[target.deployment_id] = token
         self.servers[target.deployment_id] = server

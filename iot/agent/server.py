@@ -26,6 +26,7 @@ from deployments.models import Deployment
 from iot import services, shadow
 from iot.agent import edge as edge_agent
 from iot.agent.client import AgentClient
+from iot.agent.codec_workers import CodecWorkerPool
 from iot.agent.codecs import CodecEngine
 from iot.agent.presence import EMQX_TOPICS, LogTail, parse_emqx_event
 from iot.models import AGENT_CLIENT_ID, OutboxMessage
@@ -58,7 +59,15 @@ class Target:
 
 
 class DeploymentServer:
-    def __init__(self, target: Target, *, holder: str, token: int, presence_cursor: dict | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        holder: str,
+        token: int,
+        presence_cursor: dict | None = None,
+        codec_workers: int | None = None,
+    ) -> None:
         self.target = target
         self.holder = holder
         self.token = token
@@ -73,6 +82,14 @@ class DeploymentServer:
         self._cursor_saved_at = 0.0
         self.client = self._make_client()
         self.codecs = CodecEngine(self)
+        # On a local region with more than one worker, the codec rules are applied by worker processes in a shared
+        # subscription (iot.agent.codec_workers); this connection then takes none of their filters.
+        workers = settings.IOT_CODEC_WORKERS if codec_workers is None else codec_workers
+        self.codec_workers = (
+            CodecWorkerPool(target, holder=holder, token=token, count=workers)
+            if target.driver == "local" and workers > 1
+            else None
+        )
         self.thread = threading.Thread(target=self._run, name=f"iot-agent-{target.public_id}", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -174,7 +191,7 @@ class DeploymentServer:
                     self._retrying(self._carry_out_outbox)
                     self._retrying(edge_agent.publish_due, self)
                     next_outbox = now + OUTBOX_POLL
-                self._retrying(self.codecs.tick, woken)
+                self._retrying(self._codecs_tick, woken)
                 if now >= next_prune:
                     self._retrying(self._prune)
                     next_prune = now + PRUNE_EVERY
@@ -187,7 +204,15 @@ class DeploymentServer:
             logger.exception("serving %s failed", self.target.public_id, extra={"deployment": self.target.public_id})
             self.lost.set()
         finally:
+            if self.codec_workers is not None:
+                self.codec_workers.stop()
             connection.close()
+
+    def _codecs_tick(self, woken: bool) -> None:
+        if self.codec_workers is not None:
+            self.codec_workers.tick(woken)
+        else:
+            self.codecs.tick(woken)
 
     def _retrying(self, fn, *args) -> None:
         """Run `fn` until it succeeds: a database outage pauses the deployment, it loses nothing."""

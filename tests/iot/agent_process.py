@@ -20,9 +20,18 @@ from tests.celery_worker import REPO
 
 
 class AgentProcess:
-    def __init__(self, env: dict[str, str], log_path: pathlib.Path, *, agent_id: str, heartbeat: float, lease: float):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: pathlib.Path,
+        *,
+        agent_id: str,
+        heartbeat: float,
+        lease: float,
+        codec_workers: int | None = None,
+    ):
         self.env, self.log_path, self.agent_id = env, log_path, agent_id
-        self.heartbeat, self.lease = heartbeat, lease
+        self.heartbeat, self.lease, self.codec_workers = heartbeat, lease, codec_workers
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> AgentProcess:
@@ -38,6 +47,7 @@ class AgentProcess:
                 str(self.heartbeat),
                 "--lease",
                 str(self.lease),
+                *(["--codec-workers", str(self.codec_workers)] if self.codec_workers else []),
             ],
             cwd=REPO,
             env=self.env,
@@ -76,18 +86,53 @@ class AgentProcess:
             self.kill()
         self.proc = None
 
+    def codec_workers_running(self, pid: int | None = None) -> list[int]:
+        """Pids of the codec worker processes whose parent is the agent (`pid`: an agent already killed)."""
+        parent = pid if pid is not None else (self.proc.pid if self.proc is not None else None)
+        return [p for p in codec_worker_pids() if parent is None or _parent_of(p) == parent]
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:]
+
+
+def codec_worker_pids() -> list[int]:
+    """Every codec worker process on this machine (`python -m iot.agent.codec_workers`), whoever started it."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"iot.agent.codec_workers" in argv and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @pytest.fixture
 def agents(celery_worker, tmp_path):
     made: list[AgentProcess] = []
 
-    def make(agent_id: str | None = None, *, heartbeat: float = 0.5, lease: float = 3.0) -> AgentProcess:
+    def make(
+        agent_id: str | None = None, *, heartbeat: float = 0.5, lease: float = 3.0, codec_workers: int | None = None
+    ) -> AgentProcess:
         agent_id = agent_id or f"agent-{len(made) + 1}"
         agent = AgentProcess(
-            dict(celery_worker.env), tmp_path / f"{agent_id}.log", agent_id=agent_id, heartbeat=heartbeat, lease=lease
+            dict(celery_worker.env),
+            tmp_path / f"{agent_id}.log",
+            agent_id=agent_id,
+            heartbeat=heartbeat,
+            lease=lease,
+            codec_workers=codec_workers,
         )
         made.append(agent)
         return agent.start()

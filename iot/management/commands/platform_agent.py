@@ -13,8 +13,10 @@ class Command(BaseCommand):
         "Run a platform agent: it holds an MQTT connection to every running Premium deployment it leases, answers "
         "device shadow requests, tracks devices' online state and disconnects disabled devices. Run several for "
         "redundancy: each deployment is served by exactly one agent at a time (a lease in PostgreSQL), and a dead "
-        "agent's deployments are taken over within IOT_AGENT_LEASE_SECONDS plus one heartbeat. SIGTERM or Ctrl-C "
-        "stops it cleanly, handing its deployments over at once."
+        "agent's deployments are taken over within IOT_AGENT_LEASE_SECONDS plus one heartbeat. On a local region it "
+        "applies codec rules in --codec-workers processes per deployment that has rules (a shared subscription; they "
+        "stop with the agent, even when it is killed). SIGTERM or Ctrl-C stops it cleanly, handing its deployments "
+        "over at once."
     )
 
     def add_arguments(self, parser):
@@ -29,6 +31,13 @@ class Command(BaseCommand):
             "--max-deployments", type=int, help="Deployments this agent serves at most (IOT_AGENT_MAX_DEPLOYMENTS)."
         )
 
+        parser.add_argument(
+            "--codec-workers",
+            type=int,
+            help="Processes applying a deployment's codec rules (default IOT_CODEC_WORKERS: the number of CPUs, at "
+            "most 8); 1 applies them in the agent itself, in order per topic.",
+        )
+
     def handle(self, *args, **options):
         logging.getLogger("iot.agent").setLevel(logging.INFO)
         agent = PlatformAgent(
@@ -36,6 +45,7 @@ class Command(BaseCommand):
             heartbeat_seconds=options.get("heartbeat"),
             lease_seconds=options.get("lease"),
             max_deployments=options.get("max_deployments"),
+            codec_workers=options.get("codec_workers"),
         )
 
         def stop(signum, frame):
