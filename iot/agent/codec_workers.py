@@ -199,6 +199,7 @@ class CodecHost:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self.client = client
         self.codecs = CodecEngine(self, share_group=SHARE_GROUP)
 
@@ -233,6 +234,15 @@ class CodecHost:
                 extra={"deployment": self.target.public_id, "slot": self.slot},
             )
             self.stop(4)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        logger.info(
+            "codec worker %s of %s subscribed: %s",
+            self.slot,
+            self.target.public_id,
+            ", ".join(str(code) for code in reason_codes),
+            extra={"deployment": self.target.public_id, "slot": self.slot},
+        )
 
     def _on_message(self, client, userdata, message) -> None:
         self.inbound.put(message)

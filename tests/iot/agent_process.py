@@ -94,6 +94,9 @@ class AgentProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:]
 
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
 
 def codec_worker_pids() -> list[int]:
     """Every codec worker process on this machine (`python -m iot.agent.codec_workers`), whoever started it."""
