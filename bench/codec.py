@@ -2,7 +2,8 @@
 latency a decode adds over a plain republish measured in the same run on the same broker.
 
 Runs the real path: a Premium deployment reconciled by a real Celery worker into a real mosquitto, a Protobuf schema
-and a decode rule made through the services, a real platform agent process. The floor is a paho republisher in its
+and a decode rule made through the services, a real platform agent process with its codec workers (IOT_CODEC_WORKERS,
+by default one per CPU, printed; their CPU counted with the agent's). The floor is a paho republisher in its
 own process (as the agent is) on the same broker that forwards the same messages without decoding them. The load
 generator and the measuring subscriber are raw-socket MQTT clients in processes of their own (bench/codec_load.py),
 a few µs of CPU a message, so they no longer take the cores the agent is measured on (mosquitto_pub cannot: it
@@ -99,6 +100,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_of(pids: list[int]) -> float:
+    return sum(_cpu_seconds(pid) for pid in pids)
+
+
 def main(rate: float, seconds: float, latency_rate: float) -> None:
     import django
 
@@ -159,7 +164,12 @@ def main(rate: float, seconds: float, latency_rate: float) -> None:
             topic_template="codec/{topic[1]}/out",
         )
         codec = codecs.codec_of(schema.versions.get(version=1))
-        agent = AgentProcess(env, log_dir / "agent.log", agent_id="bench-agent", heartbeat=2.0, lease=10.0).start()
+        from django.conf import settings
+
+        workers = settings.IOT_CODEC_WORKERS  # IOT_CODEC_WORKERS, else the number of CPUs (at most 8)
+        agent = AgentProcess(
+            env, log_dir / "agent.log", agent_id="bench-agent", heartbeat=2.0, lease=10.0, codec_workers=workers
+        ).start()
         republisher = subprocess.Popen(
             [sys.executable, "-c", REPUBLISHER, str(port), "bench", "bench-password-1"],
             stdout=subprocess.PIPE,
@@ -175,28 +185,41 @@ def main(rate: float, seconds: float, latency_rate: float) -> None:
                 raise TimeoutError(f"the agent never decoded:\n{agent.logs()}")
         (mosquitto_pid,) = broker_pids(brokers)
         assert agent.proc is not None
+        # The agent is its own process and, with more than one worker, its codec workers (each subscribed by now:
+        # the warm-up loop above ran until one decoded, and they all start together).
+        worker_pids: list[int] = []
+        if workers > 1:
+            deadline = time.monotonic() + 60
+            while len(worker_pids := agent.codec_workers_running()) < workers:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(worker_pids)} of {workers} codec workers running:\n{agent.logs()}")
+                time.sleep(0.1)
+            time.sleep(2.0)  # their SUBACKs
         pids = {
-            "agent": agent.proc.pid,
-            "floor": republisher.pid,
-            "publisher": load.pids()[0],
-            "subscriber": load.pids()[1],
-            "mosquitto": mosquitto_pid,
+            "agent": [agent.proc.pid, *worker_pids],
+            "floor": [republisher.pid],
+            "publisher": [load.pids()[0]],
+            "subscriber": [load.pids()[1]],
+            "mosquitto": [mosquitto_pid],
         }
+        agent_shape = f"1 agent process + {len(worker_pids)} codec workers" if worker_pids else "1 agent process"
+        print(f"agent: {agent_shape} (IOT_CODEC_WORKERS={workers}), {os.cpu_count()} cores")
 
-        # The agent's CPU while idle (heartbeats, timers, its log tail), taken out of its CPU per message below.
-        idle_start = _cpu_seconds(agent.proc.pid)
+        # The agent's CPU while idle (heartbeats, timers, its log tail, its workers' lease checks), taken out of its
+        # CPU per message below.
+        idle_start = _cpu_of(pids["agent"])
         time.sleep(3.0)
-        idle_rate = (_cpu_seconds(agent.proc.pid) - idle_start) / 3.0
+        idle_rate = (_cpu_of(pids["agent"]) - idle_start) / 3.0
         # Counts from here on are checked against the agent's counter at the end (it adds to it once a second, so
         # every warm-up message is in it by now).
         counted_before = _counter(rule)
         published_before, received_before = load.totals()
 
         def measured(offered: float, span: float, prefixes: tuple[str, ...]) -> tuple[dict, dict[str, float]]:
-            before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            before = {name: _cpu_of(group) for name, group in pids.items()}
             started = time.monotonic()
             result = load.run(rate=offered, seconds=span, prefixes=prefixes)
-            cpu = {name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            cpu = {name: _cpu_of(group) - before[name] for name, group in pids.items()}
             cpu["agent"] -= idle_rate * (time.monotonic() - started)  # the whole window, its waiting tail too
             result["loadavg"] = _loadavg()
             return result, cpu
@@ -236,12 +259,16 @@ def main(rate: float, seconds: float, latency_rate: float) -> None:
         added99 = (codec_kind["p99"] - plain_kind["p99"]) * 1000
         print(f"    added by decoding: p50 {added50:+.1f} ms, p99 {added99:+.1f} ms   (target p99 < 20 ms)")
     print(
-        f"    CPU per message: agent {_us(both_cpu['agent'], codec_kind['count'])} us (receive, decode, republish, "
+        f"    CPU per message: agent and its workers {_us(both_cpu['agent'], codec_kind['count'])} us (receive, "
+        "decode, republish, "
         f"acknowledge; its idle {idle_rate * 100:.1f}% of a core taken out), floor republisher "
         f"{_us(both_cpu['floor'], plain_kind['count'])} us (receive, republish)"
     )
     print(f"    {_load_line(both, both_cpu)}")
-    print("(b) alone, at the full rate and at twice it   (target 5,000/s decoded and delivered at 5,000/s offered)")
+    print(
+        f"(b) alone, at the full rate and at twice it, {agent_shape}   (target 5,000/s decoded and delivered at "
+        "5,000/s offered)"
+    )
     for offered, result, cpu in alone:
         kind = result["received"]["kinds"]["codec"]
         label = f"agent decode at {offered:.0f}/s offered"

@@ -36,6 +36,7 @@ RESTART_DELAY = 1.0  # a worker that exits is started again after at least this 
 STOP_TIMEOUT = 5.0
 EXIT_SOON = 5.0  # after its agent is gone, a worker that has not exited by then is ended at once
 SESSION_TAKEN_OVER = 142  # MQTT 5 reason code 0x8E
+MAX_WORKERS = 16  # slots whose sessions an agent forgets when it runs fewer (see forget_sessions)
 _WAKE = object()
 
 
@@ -54,7 +55,7 @@ class CodecWorkerPool:
     stopped (EOF on their pipes) when the server stops."""
 
     def __init__(self, target, *, holder: str, token: int, count: int) -> None:
-        self.target, self.holder, self.token, self.count = target, holder, token, count
+        self.target, self.holder, self.token, self.count = target, holder, token, min(count, MAX_WORKERS)
         self.procs: dict[int, subprocess.Popen] = {}
         self._started_at: dict[int, float] = {}
         self._wanted = False
@@ -72,6 +73,8 @@ class CodecWorkerPool:
                 for proc in self.procs.values():
                     _send(proc, b"w\n")
         if self._wanted:
+            if not self._started_at:
+                forget_sessions(self.target, range(self.count, MAX_WORKERS))
             self._supervise(now)
         elif self.procs:
             self.stop()
@@ -156,6 +159,40 @@ class CodecWorkerPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def forget_sessions(target, slots: range) -> None:
+    """End the broker sessions of worker slots nobody runs now (fewer workers than before, or the rules applied in
+    the agent itself), in a thread of its own. mosquitto hands a shared subscription's messages to its members in
+    turn, offline ones included (mosquitto 2.0 src/subs.c subs__shared_process): an abandoned slot's session would
+    take its turn of every message and hold it, and a worker resuming it later would publish stale results."""
+    if not slots:
+        return
+
+    def forget() -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        for slot in slots:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(slot), protocol=mqtt.MQTTv5)
+            client.username_pw_set(target.username, target.password)
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 0
+            try:
+                # A clean start discards the old session; the DISCONNECT with no expiry ends the new one.
+                client.connect(target.host, target.port, keepalive=10, clean_start=True, properties=properties)
+                client.disconnect()
+            except OSError as exc:
+                logger.warning(
+                    "could not end the session of codec worker slot %s of %s (%s)",
+                    slot,
+                    target.public_id,
+                    exc,
+                    extra={"deployment": target.public_id, "slot": slot},
+                )
+                return
+
+    threading.Thread(target=forget, name=f"iot-codec-forget-{target.public_id}", daemon=True).start()
 
 
 def _send(proc: subprocess.Popen, data: bytes) -> None:

@@ -2,9 +2,11 @@
 engine): subscribe to the enabled rules' filters, decode or encode each matching message with the rule's schema
 version, republish it on the rule's output topic, or publish the reason to `codec-errors/{rule id}`.
 
-Runs on its DeploymentServer's worker thread (paho's network thread only subscribes on CONNACK). Subscriptions use
-MQTT 5 No Local, so the agent never receives what it published itself: a rule's output can never loop back into it.
-Counts are added to the database once a second; it never changes a rule or a schema.
+Runs on the thread that owns its MQTT connection (paho's network thread only subscribes on CONNACK): the agent's
+DeploymentServer worker thread with IOT_CODEC_WORKERS=1, else each codec worker process (iot.agent.codec_workers).
+The agent's own subscriptions use MQTT 5 No Local; a worker's shared subscription cannot, and skips what carries the
+agent's ORIGIN property instead: either way a rule's output never loops back into a rule. Counts are added to the
+database once a second; it never changes a rule or a schema.
 
 Per message it does only the decode and the publish: which rules a topic matches and the output topic each renders
 are worked out once per topic (until the rules change), and nothing touches the database or logs on success.
@@ -125,6 +127,7 @@ class CodecEngine:
     def __init__(self, server: DeploymentServer | CodecHost, *, share_group: str | None = None) -> None:
         self.server = server
         self.share_group = share_group
+        self._slots_forgotten = False
         self.rules: list[_Rule] = []
         self._fingerprint: tuple | None = None
         self._filters: set[str] = set()
@@ -187,6 +190,12 @@ class CodecEngine:
                 loaded.append(_Rule(row))
             except Exception as exc:  # noqa: BLE001 - saved rules were checked; one bad row must not stop the rest
                 logger.error("codec rule %s cannot be loaded: %s", row.public_id, exc, extra={"rule": row.public_id})
+        if loaded and not self._slots_forgotten and self.share_group is None and self.server.target.driver == "local":
+            self._slots_forgotten = True
+            # The rules are applied here: no worker slot's session may go on taking turns of their messages.
+            from iot.agent.codec_workers import MAX_WORKERS, forget_sessions
+
+            forget_sessions(self.server.target, range(MAX_WORKERS))
         self.rules = loaded
         self._routes = {}
         self._fingerprint = fingerprint
