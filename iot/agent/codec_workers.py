@@ -60,6 +60,7 @@ class CodecWorkerPool:
         self._started_at: dict[int, float] = {}
         self._wanted = False
         self._next_check = 0.0
+        self.filters: set[str] = set()  # the enabled rules' filters, as last loaded
 
     def tick(self, woken: bool) -> None:
         from iot import codecs
@@ -67,7 +68,8 @@ class CodecWorkerPool:
         now = time.monotonic()
         if woken or now >= self._next_check:
             # What the workers apply they load themselves; the agent only needs to know whether any rule is on.
-            self._wanted = bool(codecs.codec_rules_for_agent(deployment_id=self.target.deployment_id))
+            rules = codecs.codec_rules_for_agent(deployment_id=self.target.deployment_id)
+            self._wanted, self.filters = bool(rules), {rule.topic_filter for rule in rules}
             self._next_check = now + _reload_every()
             if woken:
                 for proc in self.procs.values():

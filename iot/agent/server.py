@@ -82,6 +82,7 @@ class DeploymentServer:
         self._cursor_saved_at = 0.0
         self.client = self._make_client()
         self.codecs = CodecEngine(self)
+        self._codec_unsubscribed: set[str] = set()
         # On a local region with more than one worker, the codec rules are applied by worker processes in a shared
         # subscription (iot.agent.codec_workers); this connection then takes none of their filters.
         workers = settings.IOT_CODEC_WORKERS if codec_workers is None else codec_workers
@@ -164,6 +165,7 @@ class DeploymentServer:
             topics += [(topic, 1) for topic in EMQX_TOPICS]
         client.subscribe(topics)
         self.codecs.subscribe(client)
+        self._codec_unsubscribed = set()
         self.connected.set()
         logger.info("connected to the broker of %s", self.target.public_id, extra={"deployment": self.target.public_id})
 
@@ -211,6 +213,12 @@ class DeploymentServer:
     def _codecs_tick(self, woken: bool) -> None:
         if self.codec_workers is not None:
             self.codec_workers.tick(woken)
+            # The agent's persistent session may still hold plain subscriptions to the rules' filters (taken when
+            # the agent applied the rules itself): they would bring it every message the workers decode.
+            stale = self.codec_workers.filters - self._codec_unsubscribed
+            if stale and self.connected.is_set():
+                self.client.unsubscribe(sorted(stale))
+                self._codec_unsubscribed |= stale
         else:
             self.codecs.tick(woken)
 
