@@ -2,8 +2,8 @@
 
 The agent serving a deployment (it holds the lease) runs IOT_CODEC_WORKERS of them while the deployment has enabled
 rules; each has its own persistent MQTT session (`$controlplane-agent-codec-{slot}`) and takes the rules' filters
-through one MQTT 5 shared subscription, `$share/controlplane-codecs/{filter}`, so the broker hands every message to
-one of them. A worker serves only while its agent does: it exits when the pipe from its agent reaches EOF (the agent
+through one MQTT 5 shared subscription, `$share/{share_group()}/{filter}`, so the broker hands every message to one
+of them. A worker serves only while its agent does: it exits when the pipe from its agent reaches EOF (the agent
 stopped serving, or died: the kernel closes the pipe on any death, SIGKILL included), when the lease is no longer
 held with its agent's token (an agent frozen past its lease), or when another process takes its session over. It
 never decides which agent serves a deployment, and never writes anything but the rules' counters.
@@ -11,6 +11,8 @@ never decides which agent serves a deployment, and never writes anything but the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -26,7 +28,6 @@ import paho.mqtt.client as mqtt
 
 logger = logging.getLogger("iot.agent")
 
-SHARE_GROUP = "controlplane-codecs"
 SESSION_EXPIRY = 7 * 24 * 3600  # as the agent's own session: a worker restarted, or the next holder's, resumes it
 RECEIVE_MAXIMUM = 400
 BATCH_SIZE = 200
@@ -38,6 +39,15 @@ EXIT_SOON = 5.0  # after its agent is gone, a worker that has not exited by then
 SESSION_TAKEN_OVER = 142  # MQTT 5 reason code 0x8E
 MAX_WORKERS = 16  # slots whose sessions an agent forgets when it runs fewer (see forget_sessions)
 _WAKE = object()
+
+
+def share_group(password: str) -> str:
+    """The workers' share group: `controlplane-codecs-` and 16 hex digits derived from the agent's own password.
+    mosquitto grants any subscription and checks `read` only on delivery, and skips a member whose ACL refuses the
+    message instead of passing it on: a client that joined a guessable group (a device, with its own credentials)
+    would take turns of the rules' messages and keep them from every worker."""
+    digest = hmac.new(password.encode("utf-8"), b"codec-share-group", hashlib.sha256).hexdigest()
+    return f"controlplane-codecs-{digest[:16]}"
 
 
 def client_id(slot: int) -> str:
@@ -240,7 +250,7 @@ class CodecHost:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         self.client = client
-        self.codecs = CodecEngine(self, share_group=SHARE_GROUP)
+        self.codecs = CodecEngine(self, share_group=share_group(self.target.password))
 
     def stop(self, code: int = 0) -> None:
         if not self.stopping.is_set():
