@@ -235,3 +235,33 @@ def test_every_worker_applies_a_rule_change_when_a_rule_is_edited_disabled_or_cr
     assert not set(range(700, 720)) & set(_seqs(app)) and len(_seqs(app)) == before + 1
     publisher.close()
     app.close()
+
+
+def test_a_result_never_feeds_another_rule_when_workers_share_the_subscription(premium_api, agents):
+    # The first rule's results land on the second rule's filter: No Local cannot keep them from a shared
+    # subscription, the agent's origin property must.
+    client, url, port, first, agent = _setup(premium_api, agents, 2, template="plant/{topic[1]}/mid")
+    _rule(
+        client, url, topic_filter="plant/+/mid", direction="decode", schema="shape", topic_template="app/{topic[1]}/b"
+    )
+    _wait_subscribed_filters(agent, 2)
+    app = App(port, "app", "app-secret-pw")
+    publisher = Publisher(port)
+    publisher.send(range(20))
+    wait_until(lambda: _processed(client, url, first) == 20, 15, "the first rule's 20")
+    publisher.send([99], topic="plant/{}/mid")  # a customer's own message on the second rule's filter is decoded
+    wait_until(lambda: _seqs(app), 15, "the customer's message decoded")
+    time.sleep(1.0)
+    assert _seqs(app) == [99]
+
+
+def _wait_subscribed_filters(agent, workers):
+    """Until each of `workers` slots logged a SUBACK for a second filter (the rule made after it started)."""
+
+    def subscribed():
+        counts = {}
+        for slot in re.findall(r"codec worker (\d+) of \S+ subscribed", agent.full_log()):
+            counts[slot] = counts.get(slot, 0) + 1
+        return len([c for c in counts.values() if c >= 2]) >= workers
+
+    wait_until(subscribed, 30, "every worker subscribed to the new rule's filter")
