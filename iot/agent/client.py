@@ -152,6 +152,17 @@ class AgentClient(mqtt.Client):
                     with contextlib.suppress(BlockingIOError, OSError):
                         pair.send(b"0")
 
+    @contextlib.contextmanager
+    def network_thread_writes(self) -> Iterator[None]:
+        """For a callback on paho's network thread that publishes or acknowledges: nothing is woken, since that
+        thread's own loop writes whatever is queued on its next turn (it selects for writing while packets wait)."""
+        state = self._deferring
+        state.active = True
+        try:
+            yield
+        finally:
+            state.active = state.wanted = False
+
     @property  # type: ignore[override]
     def _sockpairW(self):  # noqa: N802 - paho's attribute name
         # paho's _packet_queue sends a byte on this socket after queuing each packet "to break out of select()". A

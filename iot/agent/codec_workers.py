@@ -30,7 +30,6 @@ logger = logging.getLogger("iot.agent")
 
 SESSION_EXPIRY = 7 * 24 * 3600  # as the agent's own session: a worker restarted, or the next holder's, resumes it
 RECEIVE_MAXIMUM = 400
-BATCH_SIZE = 200
 IDLE_TICK = 0.05
 LEASE_CHECK_EVERY = 1.0
 RESTART_DELAY = 1.0  # a worker that exits is started again after at least this long
@@ -238,6 +237,7 @@ class CodecHost:
         self.inbound: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.exit_code = 0
+        self._lock = threading.Lock()
         client = AgentClient(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.slot), protocol=mqtt.MQTTv5, manual_ack=True
         )
@@ -294,7 +294,14 @@ class CodecHost:
         )
 
     def _on_message(self, client, userdata, message) -> None:
-        self.inbound.put(message)
+        # Applied here, on paho's network thread, as it reads: no hand-over to another thread per message (the
+        # agent's own connection hands over because it commits batches; a worker writes nothing per message). The
+        # result is queued before the acknowledgement, on the same connection: an input the broker saw acknowledged
+        # has its results at the broker.
+        with self._lock, client.network_thread_writes():
+            self.codecs.handle(message)
+            if message.qos > 0:
+                client.ack(message.mid, message.qos)
 
     # -- the worker thread -------------------------------------------------------------------------------------------
 
@@ -326,7 +333,8 @@ class CodecHost:
         try:
             while not self.stopping.is_set():
                 try:
-                    self.codecs.tick(woken)
+                    with self._lock:  # the rules, their routes and the counts are the network thread's too
+                        self.codecs.tick(woken)
                     now = time.monotonic()
                     if now >= next_check:
                         next_check = now + LEASE_CHECK_EVERY
@@ -346,52 +354,33 @@ class CodecHost:
                     # The database is out: decoding goes on (its counts wait), the lease is checked again later.
                     logger.warning("codec worker %s: database unavailable (%s)", self.slot, exc)
                     connection.close()
-                batch, woken = self._take()
-                if batch:
-                    self._handle(batch)
+                woken = self._wait()
         except DatabaseError:
             logger.exception("codec worker %s of %s failed", self.slot, self.target.public_id)
             self.exit_code = 1
         finally:
+            # A clean DISCONNECT: the broker keeps the session, and what this worker has not acknowledged in it.
+            # Then the counts, once no message can be applied any more.
+            self.client.disconnect()
+            self.client.loop_stop()
             try:
                 self.codecs.flush()
             except DatabaseError as exc:
                 logger.warning("codec worker %s could not add its last counts (%s)", self.slot, exc)
-            # A clean DISCONNECT: the broker keeps the session, and what this worker has not acknowledged in it.
-            self.client.disconnect()
-            self.client.loop_stop()
             connection.close()
         return self.exit_code
 
-    def _take(self) -> tuple[list, bool]:
-        woken = False
+    def _wait(self) -> bool:
+        """Until the next tick: whether the agent woke the worker meanwhile."""
         try:
-            item = self.inbound.get(timeout=IDLE_TICK)
+            self.inbound.get(timeout=IDLE_TICK)
         except queue.Empty:
-            return [], False
-        batch = []
+            return False
         while True:
-            if item is _WAKE:
-                woken = True
-            else:
-                batch.append(item)
-            if len(batch) >= BATCH_SIZE:
-                break
             try:
-                item = self.inbound.get_nowait()
+                self.inbound.get_nowait()
             except queue.Empty:
-                break
-        return batch, woken
-
-    def _handle(self, batch: list) -> None:
-        # The results are written before the acknowledgements, on the same connection: an input the broker saw
-        # acknowledged has its results at the broker.
-        with self.client.deferred_wakeups():
-            for message in batch:
-                self.codecs.handle(message)
-            for message in batch:
-                if message.qos > 0:
-                    self.client.ack(message.mid, message.qos)
+                return True
 
     def watch_agent(self, stream) -> None:
         """Read the agent's pipe: a line `w` wakes the worker (rules changed); EOF means the agent stopped serving
