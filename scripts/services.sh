@@ -26,7 +26,7 @@ services_start() {
   for _ in $(seq 50); do redis-cli -p "$redisport" ping >/dev/null 2>&1 && break; sleep 0.1; done
   export DATABASE_URL="postgres://postgres@127.0.0.1:$pgport/controlplane"
   export REDIS_URL="redis://127.0.0.1:$redisport/0"
-  export SERVICES_DIR PGBIN="$pgbin" SERVICES_AS="${as[*]}"
+  export SERVICES_DIR PGBIN="$pgbin" SERVICES_PGPORT="$pgport" SERVICES_AS="${as[*]}"
   trap services_stop EXIT
 }
 

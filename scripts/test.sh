@@ -9,16 +9,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 # The whole suite starts with lint and type checking; a run of chosen tests (arguments given) skips both.
-if [ $# -eq 0 ]; then
-  scripts/lint.sh
-  scripts/typecheck.sh
-fi
 source scripts/services.sh
 services_start
 export CONTROLPLANE_ENV=test
 export CONTROLPLANE_ENV_FILE=  # a developer's .env (from make run) must not leak into the suite
 export CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"
 mkdir -p "$CONTROLPLANE_VAR_DIR" && chmod 755 "$CONTROLPLANE_VAR_DIR"
+if [ $# -eq 0 ]; then
+  # The whole suite migrates once, into a template database every worker's test database is copied from
+  # (tests/conftest.py), while lint and type checking run.
+  template=controlplane_template
+  (
+    "$PGBIN/createdb" -h 127.0.0.1 -p "$SERVICES_PGPORT" -U postgres "$template"
+    DATABASE_URL="${DATABASE_URL%/*}/$template" .venv/bin/python manage.py migrate --no-input -v 0
+  ) >"$SERVICES_DIR/template.log" 2>&1 &
+  template_pid=$!
+  scripts/lint.sh
+  scripts/typecheck.sh
+  wait $template_pid || { echo "migrating the template database failed:" >&2; cat "$SERVICES_DIR/template.log" >&2; exit 1; }
+  export CONTROLPLANE_TEST_DB_TEMPLATE=$template
+fi
 set +e
 if [ $# -gt 0 ]; then
   .venv/bin/python -m pytest "$@"

@@ -95,6 +95,22 @@ def pytest_terminal_summary(terminalreporter, config):
 SUMMARY_LINES: list[str] = []
 
 
+# scripts/test.sh migrates one database before a parallel run and names it here: each worker's test database is then
+# copied from it (CREATE DATABASE … TEMPLATE) instead of migrated again on every worker, and the migrate pytest-django
+# still runs finds nothing to apply. Nothing may be connected to the template while a worker copies it, so it is a
+# database of its own, never the one DATABASE_URL names.
+TEMPLATE_VARIABLE = "CONTROLPLANE_TEST_DB_TEMPLATE"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    template = os.environ.get(TEMPLATE_VARIABLE, "")
+    if template:
+        from django.conf import settings
+
+        settings.DATABASES["default"].setdefault("TEST", {})["TEMPLATE"] = template
+
+
 # Data migrations seed the catalog (plans, tiers, prices, the `local` region) and its traffic allowances. A
 # transactional test ends with a flush that empties every table; on one pytest process the transactional tests ran
 # last, but an xdist worker interleaves modules, so a flush would leave the next module's tests without a catalog.
