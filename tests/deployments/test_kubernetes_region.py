@@ -245,7 +245,7 @@ def test_render_manifests_prints_documents_without_contacting_the_cluster_and_re
     call_command(
         "render_manifests", deployment=deployment.public_id, region="aws-eu-west-1", emqx_version="5.9.1", stdout=out
     )
-    documents = list(yaml.safe_load_all(out.getvalue()))
+    documents = list(yaml.load_all(out.getvalue(), Loader=yaml.CSafeLoader))
     assert [d["kind"] for d in documents] == ["Namespace", "ResourceQuota", "NetworkPolicy", "Secret", "Secret", "EMQX"]
     assert documents[-1]["spec"]["image"] == "emqx/emqx-enterprise:5.9.1"
     assert "mqtt {" in documents[-1]["spec"]["config"]["data"]

@@ -42,12 +42,12 @@ def _spec(**overrides) -> BrokerSpec:
 def emqx_schema() -> dict:
     if not CRD_PATH.exists():
         pytest.skip(f"{CRD_PATH.parent} (../shared/data/emqx-operator) not present")
-    crd = yaml.safe_load(CRD_PATH.read_text())
+    crd = yaml.load(CRD_PATH.read_text(), Loader=yaml.CSafeLoader)
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v2beta1")
     # The CRD's bootstrap-key pattern `[a-zA-Z\d-_]` is valid RE2 (Go reads the `-` after a class escape as a
     # literal) but a bad range for Python's `re`; the same set written the portable way:
-    text = yaml.safe_dump(version["schema"]["openAPIV3Schema"]).replace("\\d-_]", "\\d_-]")
-    return yaml.safe_load(text)
+    text = yaml.dump(version["schema"]["openAPIV3Schema"], Dumper=yaml.CSafeDumper).replace("\\d-_]", "\\d_-]")
+    return yaml.load(text, Loader=yaml.CSafeLoader)
 
 
 def _validate(obj: dict, schema: dict) -> None:

@@ -187,7 +187,7 @@ def test_reconciler_fills_the_secret_from_the_deployments_certificates_and_reiss
 
         out = io.StringIO()
         call_command("render_manifests", deployment=deployment.public_id, stdout=out)
-        documents = list(yaml.safe_load_all(out.getvalue()))
+        documents = list(yaml.load_all(out.getvalue(), Loader=yaml.CSafeLoader))
         tls_secret = next(d for d in documents if d["metadata"]["name"] == "broker-tls")
         assert tls_secret["data"] == {"tls.crt": "<redacted>", "tls.key": "<redacted>"}
         assert "PRIVATE KEY" not in out.getvalue() and "BEGIN CERTIFICATE" not in out.getvalue()

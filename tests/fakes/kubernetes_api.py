@@ -366,7 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not raw:
             return None
         # apply-patch+yaml bodies are YAML (JSON is YAML too); the others are JSON.
-        return yaml.safe_load(raw)
+        return yaml.load(raw, Loader=yaml.CSafeLoader)
 
     def _route(self, path: str):
         if match := _CORE.match(path):

@@ -64,7 +64,7 @@ def template(values: dict | None = None, files: tuple[Path, ...] = ()) -> subpro
 def _render(values_items: tuple, files: tuple) -> tuple:
     result = template(dict(values_items), files)
     assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    return tuple(doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc)
 
 
 def render(values: dict | None = None, files: tuple[Path, ...] = ()) -> list[dict]:
@@ -244,8 +244,8 @@ def test_regions_job_loads_the_configmap_after_install_when_rendered():
         "python", "manage.py", "load_regions", "--file", "/etc/controlplane/regions.yaml"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     regions_cm = by_kind(objects, "ConfigMap")[volumes["regions"]["configMap"]["name"]]
-    regions = yaml.safe_load(regions_cm["data"]["regions.yaml"])
-    production = yaml.safe_load(PRODUCTION_VALUES.read_text())["regions"]["items"]
+    regions = yaml.load(regions_cm["data"]["regions.yaml"], Loader=yaml.CSafeLoader)
+    production = yaml.load(PRODUCTION_VALUES.read_text(), Loader=yaml.CSafeLoader)["regions"]["items"]
     assert regions == production
     kubeconfig_volumes = [v for v in spec["volumes"] if "secret" in v]
     assert [v["secret"]["secretName"] for v in kubeconfig_volumes] == ["region-us-east-kubeconfig"]
@@ -261,7 +261,7 @@ def test_regions_job_mounts_cloud_credentials_when_a_region_names_them():
     )
     result = template(REQUIRED, (values,))
     assert result.returncode == 0, result.stderr
-    objects = list(yaml.safe_load_all(result.stdout))
+    objects = list(yaml.load_all(result.stdout, Loader=yaml.CSafeLoader))
     job = by_kind([o for o in objects if o], "Job")[f"{FULLNAME}-load-regions"]
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "CLOUD_CREDENTIALS_DIR", "value": "/etc/controlplane/cloud-credentials"} in container["env"]
