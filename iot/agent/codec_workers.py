@@ -90,9 +90,6 @@ class CodecWorkerPool:
         elif self.procs:
             self.stop()
 
-    def pids(self) -> list[int]:
-        return [proc.pid for proc in self.procs.values() if proc.poll() is None]
-
     def _supervise(self, now: float) -> None:
         for slot in range(self.count):
             proc = self.procs.get(slot)
@@ -190,7 +187,8 @@ def forget_sessions(target, slots: range) -> None:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = 0
             try:
-                # A clean start discards the old session; the DISCONNECT with no expiry ends the new one.
+                # The clean start discards the old session, and the new one has no expiry: it ends with this
+                # connection, however the connection ends.
                 client.connect(target.host, target.port, keepalive=10, clean_start=True, properties=properties)
                 client.disconnect()
             except OSError as exc:
@@ -224,8 +222,9 @@ def _reload_every() -> float:
 
 
 class CodecHost:
-    """A codec worker: one MQTT connection in the shared subscription, one thread applying the rules in batches;
-    an input is acknowledged once its results are queued on the same connection (at least once, as the agent)."""
+    """A codec worker: one MQTT connection in the shared subscription whose network thread applies the rules to each
+    message as it reads it, and a main thread that reloads the rules, adds the counts and checks the lease. An input
+    is acknowledged once its results are queued on the same connection (at least once, as the agent)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         from iot.agent.client import AgentClient
