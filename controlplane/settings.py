@@ -322,7 +322,9 @@ IOT_AGENT_MAX_DEPLOYMENTS = env.int("IOT_AGENT_MAX_DEPLOYMENTS", default=200)
 IOT_SHADOW_HISTORY_DAYS = env.int("IOT_SHADOW_HISTORY_DAYS", default=30)
 # Processes that apply a deployment's codec rules on a local region, each with its own broker connection in one MQTT 5
 # shared subscription: decoding scales with cores. 1 applies them in the agent process itself (ordered per topic).
-IOT_CODEC_WORKERS = env.int("IOT_CODEC_WORKERS", default=max(1, min(os.cpu_count() or 1, 8)))
+# Per deployment with rules, each a Python process with Django loaded (tens of MB): 2 by default (1 on one CPU), more
+# where few deployments carry heavy rule traffic.
+IOT_CODEC_WORKERS = env.int("IOT_CODEC_WORKERS", default=max(1, min(os.cpu_count() or 1, 2)))
 
 # --- REST API ---
 REST_FRAMEWORK = {

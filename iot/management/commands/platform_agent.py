@@ -34,8 +34,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--codec-workers",
             type=int,
-            help="Processes applying a deployment's codec rules (default IOT_CODEC_WORKERS: the number of CPUs, at "
-            "most 8); 1 applies them in the agent itself, in order per topic.",
+            help="Processes applying a deployment's codec rules (default IOT_CODEC_WORKERS: 2, or 1 on a "
+            "single CPU); 1 applies them in the agent itself, in order per topic.",
         )
 
     def handle(self, *args, **options):
