@@ -8,16 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
-# The whole suite starts with lint and type checking; a run of chosen tests (arguments given) skips both.
 source scripts/services.sh
 services_start
 export CONTROLPLANE_ENV=test
 export CONTROLPLANE_ENV_FILE=  # a developer's .env (from make run) must not leak into the suite
 export CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"
 mkdir -p "$CONTROLPLANE_VAR_DIR" && chmod 755 "$CONTROLPLANE_VAR_DIR"
+# The whole suite starts with lint and type checking; a run of chosen tests (arguments given) skips both. Meanwhile the
+# whole suite migrates once, into a template database every worker's test database is copied from (tests/conftest.py).
 if [ $# -eq 0 ]; then
-  # The whole suite migrates once, into a template database every worker's test database is copied from
-  # (tests/conftest.py), while lint and type checking run.
   template=controlplane_template
   (
     "$PGBIN/createdb" -h 127.0.0.1 -p "$SERVICES_PGPORT" -U postgres "$template"
