@@ -3,7 +3,7 @@ latency a decode adds over a plain republish measured in the same run on the sam
 
 Runs the real path: a Premium deployment reconciled by a real Celery worker into a real mosquitto, a Protobuf schema
 and a decode rule made through the services, a real platform agent process with its codec workers (IOT_CODEC_WORKERS,
-by default one per CPU, printed; their CPU counted with the agent's). The floor is a paho republisher in its
+by default 2, printed; their CPU counted with the agent's). The floor is a paho republisher in its
 own process (as the agent is) on the same broker that forwards the same messages without decoding them. The load
 generator and the measuring subscriber are raw-socket MQTT clients in processes of their own (bench/codec_load.py),
 a few µs of CPU a message, so they no longer take the cores the agent is measured on (mosquitto_pub cannot: it
