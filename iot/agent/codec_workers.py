@@ -323,10 +323,7 @@ class CodecHost:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
-        self.client.connect_async(
-            self.target.host, self.target.port, keepalive=30, clean_start=False, properties=properties
-        )
-        self.client.loop_start()
+        connecting = False
         next_check = time.monotonic() + LEASE_CHECK_EVERY
         woken = True
         try:
@@ -334,6 +331,14 @@ class CodecHost:
                 try:
                     with self._lock:  # the rules, their routes and the counts are the network thread's too
                         self.codecs.tick(woken)
+                    if not connecting:
+                        # Only once the rules are loaded: the resumed session hands over what it holds right
+                        # after the CONNACK, and a message applied before them would be acknowledged undecoded.
+                        connecting = True
+                        self.client.connect_async(
+                            self.target.host, self.target.port, keepalive=30, clean_start=False, properties=properties
+                        )
+                        self.client.loop_start()
                     now = time.monotonic()
                     if now >= next_check:
                         next_check = now + LEASE_CHECK_EVERY
@@ -417,4 +422,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not through the interpreter's shutdown: the daemon thread reading the agent's pipe holds stdin's lock, and
+    # finalising stdin under it aborts the process ("could not acquire lock ... at interpreter shutdown").
+    os._exit(code)

@@ -181,6 +181,9 @@ class DeploymentServer:
         next_log = next_outbox = time.monotonic()
         next_prune = time.monotonic() + 60.0
         try:
+            # The rules first: a resumed session hands over what it holds right after the CONNACK, and a message
+            # handled before they are loaded would be acknowledged undecoded.
+            self._retrying(self._codecs_tick, True)
             while not self.stopping.is_set():
                 batch, woken = self._take()
                 if batch:

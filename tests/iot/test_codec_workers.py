@@ -265,3 +265,34 @@ def _wait_subscribed_filters(agent, workers):
         return len([c for c in counts.values() if c >= 2]) >= workers
 
     wait_until(subscribed, 30, "every worker subscribed to the new rule's filter")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_messages_sent_while_the_agent_is_stopped_are_decoded_once_when_it_serves_again(premium_api, agents, workers):
+    # Its persistent sessions (the agent's own with one worker, the workers' with two) hold what arrives meanwhile;
+    # the broker hands it over right after the CONNACK, possibly before anything else happened in the new process.
+    client, url, port = premium_api
+    _user(client, url)
+    _schema(client, url, name="shape", type="json_schema", source=json.dumps(SHAPE))
+    _rule(
+        client, url, topic_filter="plant/+/in", direction="decode", schema="shape", topic_template="app/{topic[1]}/out"
+    )
+    agent = agents(codec_workers=workers)
+    app = App(port, "app", "app-secret-pw")
+    publisher = Publisher(port)
+    wait_until(lambda: publisher.send([0]) or 0 in _seqs(app), 60, "a first message decoded")
+    if workers > 1:
+        _wait_subscribed(agent, workers)  # every slot's session holds the subscription, not only the first's
+    workers_before = agent.codec_workers_running()
+    agent.stop()
+    assert not set(workers_before) & set(codec_worker_pids())  # they stopped with it
+
+    publisher.send(range(100, 140))
+    time.sleep(1.0)
+    assert not [seq for seq in _seqs(app) if seq >= 100]  # nobody serves the deployment
+    agent.start()
+    wait_until(lambda: set(range(100, 140)) <= set(_seqs(app)), 60, "what was sent meanwhile decoded")
+    time.sleep(0.5)
+    assert sorted(seq for seq in _seqs(app) if seq >= 100) == list(range(100, 140))  # each once
+    publisher.close()
+    app.close()
