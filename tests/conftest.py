@@ -74,13 +74,15 @@ def pytest_testnodedown(node, error):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """On a pytest-xdist worker, modules with a test marked `slow` come first (otherwise in the order pytest-django
-    left them). The workers take whole modules in this order, and a long module started last (the schema fuzzer's
-    few minutes) would leave the other workers idle while it finishes. One process keeps pytest-django's order."""
+    """On a pytest-xdist worker, modules with a test marked `longest` come first, then those with one marked `slow`
+    (otherwise in the order pytest-django left them). The workers take whole modules in this order, and a long module
+    started last (the schema fuzzer's few minutes) would leave the other workers idle while it finishes. One process
+    keeps pytest-django's order."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    longest_modules = {item.path for item in items if item.get_closest_marker("longest")}
     slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_modules)
+    items.sort(key=lambda item: (item.path not in longest_modules, item.path not in slow_modules))
 
 
 def pytest_terminal_summary(terminalreporter, config):

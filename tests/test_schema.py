@@ -143,6 +143,7 @@ def _report_operations_run():
 
 
 @pytest.mark.slow  # a few minutes: every operation, four generated cases each
+@pytest.mark.longest  # the suite's longest module: started first, so it does not end the run alone
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @hypothesis_settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

@@ -16,7 +16,7 @@ from tests.iot.agent_process import agents, codec_worker_pids  # noqa: F401
 from tests.iot.test_agent_e2e import premium_api, wait_until  # noqa: F401
 from tests.iot.test_codec_e2e import App, _rule, _schema, _user
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.longest]  # 5 minutes loaded
 
 SHAPE = {"type": "object", "required": ["seq"], "properties": {"seq": {"type": "integer"}}}
 
