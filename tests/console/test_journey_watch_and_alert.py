@@ -189,7 +189,7 @@ def test_monitoring_shows_three_connections_and_the_alert_fires_when_three_clien
         expect(alert_row).to_contain_text("pending")
         pending = Alert.objects.get(rule__name="More than two clients")
         # The rule's minute passes: the pending alert's start moves a minute back rather than the test waiting it
-        # out (tests/alerts/test_evaluation.py covers the for-duration itself, to the second).
+        # out (tests/alerts/test_evaluation.py covers the for-duration itself: pending at 200 of 300 s, firing at 300).
         Alert.objects.filter(pk=pending.pk).update(since=pending.since - datetime.timedelta(seconds=61))
         collect(plant, worker)
         wait_until(lambda: receiver.requests and receiver.bodies()[-1]["event"] == "alert.firing", what="the webhook")

@@ -285,7 +285,7 @@ def test_messages_sent_while_the_agent_is_stopped_are_decoded_once_when_it_serve
         _wait_subscribed(agent, workers)  # every slot's session holds the subscription, not only the first's
     workers_before = agent.codec_workers_running()
     agent.stop()
-    assert not set(workers_before) & set(codec_worker_pids())  # they stopped with it
+    wait_until(lambda: not set(workers_before) & set(codec_worker_pids()), 15, "its workers stopped with it")
 
     publisher.send(range(100, 140))
     time.sleep(1.0)
