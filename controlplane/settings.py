@@ -407,6 +407,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
+# A task still running after this many seconds writes the stack of every thread of its worker process to the
+# worker's stderr, once (controlplane.celery): where a hung task waits, before the soft limit interrupts it. 0: never.
+TASK_STACK_DUMP_SECONDS = env.float("TASK_STACK_DUMP_SECONDS", default=120.0)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -177,6 +177,8 @@ def worker_env(brokers_dir: pathlib.Path) -> dict[str, str]:
             "LOCAL_BROKERS_DIR": str(brokers_dir),
             "CONN_MAX_AGE": "0",
             "PYTHONPATH": str(REPO),
+            # A task hung for this long writes every thread's stack into the worker's log, which a failed test shows.
+            "TASK_STACK_DUMP_SECONDS": os.environ.get("TASK_STACK_DUMP_SECONDS", "30"),
         }
     )
     return env
@@ -188,3 +190,4 @@ def celery_worker(transactional_db, deployments_catalog, brokers_dir, redis_clea
     worker.start()
     yield worker
     worker.stop()
+    print(f"--- Celery worker ---\n{worker.logs()}")  # shown by pytest when the test failed
