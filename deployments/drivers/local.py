@@ -1803,9 +1803,12 @@ def _probe_websockets(mosquitto_bin: str) -> bool:
                 time.sleep(0.01)
             return False
         finally:
+            # SIGKILL, not SIGTERM: the probe has nothing to save, and mosquitto 2.0 loses a SIGTERM that arrives
+            # between installing its handlers and entering its loop (src/mosquitto.c sets `run = 1` after
+            # signal__setup()), which is right when its listeners have just opened: a wait would never end.
             if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
+                proc.kill()
+            proc.wait()
 
 
 # -- ACL rendering ---------------------------------------------------------------------------------------------------

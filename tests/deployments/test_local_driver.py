@@ -415,3 +415,54 @@ def test_acl_file_is_rewritten_atomically_when_applied(driver, root):
     assert leftovers == []
     ports = json.loads((root / spec.name / "ports.json").read_text())
     assert ports == driver.observe(spec).ports
+
+
+# A stand-in for mosquitto 2.0 in the moment after its listeners open: it serves the ports of the config it is given
+# and a SIGTERM is lost on it (src/mosquitto.c installs its handlers, then sets `run = 1`, overwriting what the
+# handler set), so only SIGKILL ends it.
+_DEAF_BROKER = """#!{python}
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+words = open(sys.argv[2]).read().split()
+listening = []
+for i, word in enumerate(words):
+    if word == "listener":
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", int(words[i + 1])))
+        sock.listen()
+        listening.append(sock)
+time.sleep(600)
+"""
+
+
+def _processes_running(program: pathlib.Path) -> list[int]:
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(program).encode() in (entry / "cmdline").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_websocket_probe_ends_and_leaves_no_broker_when_the_broker_loses_its_sigterm(tmp_path):
+    from deployments.drivers.local import _probe_websockets
+
+    deaf = tmp_path / "mosquitto"
+    deaf.write_text(_DEAF_BROKER.format(python=sys.executable))
+    deaf.chmod(0o755)
+    result: dict[str, bool] = {}
+    probe = threading.Thread(target=lambda: result.setdefault("served", _probe_websockets(str(deaf))), daemon=True)
+    try:
+        probe.start()
+        probe.join(20)
+        assert not probe.is_alive(), "the probe still waits for a broker that lost its SIGTERM"
+        assert result["served"] is True
+        assert _processes_running(deaf) == []
+    finally:
+        for pid in _processes_running(deaf):
+            os.kill(pid, signal.SIGKILL)
