@@ -35,6 +35,22 @@ def _database_url() -> str:
     return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+def running_pids(marker: bytes) -> list[int]:
+    """Every process on this machine, zombies aside, with `marker` in one of its command-line arguments."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X") and any(marker in arg for arg in argv):
+            pids.append(int(entry))
+    return pids
+
+
 def broker_pids(root: pathlib.Path) -> list[int]:
     """Every mosquitto process whose config lives under `root`."""
     pids = []

@@ -8,24 +8,19 @@ import time
 
 import pytest
 
-from tests.celery_worker import CeleryWorker, worker_env
 from tests.deployments.test_e2e_local import wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @pytest.fixture
-def worker_dumping_soon(monkeypatch, transactional_db, deployments_catalog, brokers_dir, redis_clean, tmp_path):
+def dump_after_two_seconds(monkeypatch):
+    """Requested before `celery_worker`, so the worker it starts reads it (worker_env)."""
     monkeypatch.setenv("TASK_STACK_DUMP_SECONDS", "2")
-    worker = CeleryWorker(worker_env(brokers_dir), tmp_path)
-    worker.start()
-    yield worker
-    worker.stop()
-    print(f"--- Celery worker ---\n{worker.logs()}")  # shown by pytest when the test failed
 
 
 def test_a_task_blocked_on_a_lock_writes_its_stack_to_the_worker_log_when_it_runs_too_long(
-    worker_dumping_soon, brokers_dir, owner_org, key_client
+    dump_after_two_seconds, celery_worker, brokers_dir, owner_org, key_client
 ):
     client = key_client(owner_org.owner_secret)
     base = f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/deployments"
@@ -37,11 +32,11 @@ def test_a_task_blocked_on_a_lock_writes_its_stack_to_the_worker_log_when_it_run
         )
         assert created.status_code == 202, created.content
         deadline = time.monotonic() + 30
-        while "most recent call first" not in worker_dumping_soon.logs():
-            assert time.monotonic() < deadline, f"no stack in the worker's log:\n{worker_dumping_soon.logs()}"
+        while "most recent call first" not in celery_worker.logs():
+            assert time.monotonic() < deadline, f"no stack in the worker's log:\n{celery_worker.logs()}"
             time.sleep(0.2)
         time.sleep(0.5)  # the rest of the dump
-        log = worker_dumping_soon.logs()
+        log = celery_worker.logs()
         assert "in _flock" in log and "in _ensure_ports" in log and "in reconcile_deployment" in log
         assert client.get(f"{base}/{created.json()['deployment']['id']}").json()["status"] == "provisioning"
     finally:

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from deployments.drivers.base import AclEntry, BrokerSpec, RegionTarget, TemporaryDriverError
 from deployments.drivers.local import HONOURED_LEVELS, LocalDriver, honoured_rate_limits, render_acl
 from deployments.passwords import make_mqtt_credential
-from tests.celery_worker import broker_pids
+from tests.celery_worker import broker_pids, running_pids
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ALICE = make_mqtt_credential(username="alice", password="alice-pw")
@@ -436,19 +436,6 @@ time.sleep(600)
 """
 
 
-def _processes_running(program: pathlib.Path) -> list[int]:
-    pids = []
-    for entry in pathlib.Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(program).encode() in (entry / "cmdline").read_bytes():
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_websocket_probe_ends_and_leaves_no_broker_when_the_broker_loses_its_sigterm(tmp_path):
     from deployments.drivers.local import _probe_websockets
 
@@ -462,7 +449,7 @@ def test_websocket_probe_ends_and_leaves_no_broker_when_the_broker_loses_its_sig
         probe.join(20)
         assert not probe.is_alive(), "the probe still waits for a broker that lost its SIGTERM"
         assert result["served"] is True
-        assert _processes_running(deaf) == []
+        assert running_pids(str(deaf).encode()) == []
     finally:
-        for pid in _processes_running(deaf):
+        for pid in running_pids(str(deaf).encode()):
             os.kill(pid, signal.SIGKILL)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.celery_worker import REPO
+from tests.celery_worker import REPO, running_pids
 
 
 class AgentProcess:
@@ -100,18 +100,7 @@ class AgentProcess:
 
 def codec_worker_pids() -> list[int]:
     """Every codec worker process on this machine (`python -m iot.agent.codec_workers`), whoever started it."""
-    pids = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"iot.agent.codec_workers" in argv and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return running_pids(b"iot.agent.codec_workers")
 
 
 def _parent_of(pid: int) -> int | None:
