@@ -36,6 +36,7 @@ RESTART_DELAY = 1.0  # a worker that exits is started again after at least this 
 STOP_TIMEOUT = 5.0
 EXIT_SOON = 5.0  # after its agent is gone, a worker that has not exited by then is ended at once
 SESSION_TAKEN_OVER = 142  # MQTT 5 reason code 0x8E
+EXIT_LEASE_LOST = 3  # a worker's exit code when the lease is no longer held with its agent's token
 MAX_WORKERS = 16  # slots whose sessions an agent forgets when it runs fewer (see forget_sessions)
 _WAKE = object()
 
@@ -96,6 +97,8 @@ class CodecWorkerPool:
             if proc is not None:
                 if proc.poll() is None:
                     continue
+                if proc.returncode == EXIT_LEASE_LOST:
+                    self._check_lease()
                 logger.warning(
                     "codec worker %s of %s exited (code %s); starting it again",
                     slot,
@@ -107,6 +110,15 @@ class CodecWorkerPool:
             if now - self._started_at.get(slot, -RESTART_DELAY) >= RESTART_DELAY:
                 self._started_at[slot] = now
                 self._start(slot)
+
+    def _check_lease(self) -> None:
+        """A worker left because the lease is no longer ours: it checks every LEASE_CHECK_EVERY, so it may see that
+        before the agent does. The agent must not start another worker for a deployment it no longer serves."""
+        from iot.agent import leases
+        from iot.services import LeaseLost
+
+        if not leases.held(deployment_id=self.target.deployment_id, holder=self.holder, token=self.token):
+            raise LeaseLost(f"codec worker of {self.target.public_id} found the lease no longer held by {self.holder}")
 
     def _start(self, slot: int) -> None:
         from django.conf import settings
@@ -319,7 +331,7 @@ class CodecHost:
                 self.holder,
                 extra={"deployment": self.target.public_id, "slot": self.slot},
             )
-            return 3
+            return EXIT_LEASE_LOST
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
@@ -352,7 +364,7 @@ class CodecHost:
                                 self.holder,
                                 extra={"deployment": self.target.public_id, "slot": self.slot},
                             )
-                            self.stop(3)
+                            self.stop(EXIT_LEASE_LOST)
                             break
                 except (OperationalError, InterfaceError) as exc:
                     # The database is out: decoding goes on (its counts wait), the lease is checked again later.

@@ -180,12 +180,18 @@ def test_workers_stop_when_another_agent_holds_the_lease(premium_api, agents):
     workers = agent.codec_workers_running()
     deployment = Deployment.objects.get(public_id=url.rsplit("/", 1)[-1])
     lease = AgentLease.objects.get(deployment=deployment)
+    before = len(agent.full_log())
     # Another agent took it (as after an expiry), for long enough that this one cannot take it back.
     AgentLease.objects.filter(pk=lease.pk).update(
         holder="someone-else", token=lease.token + 1, expires_at=lease.expires_at + datetime.timedelta(hours=1)
     )
+    wait_until(lambda: "lost; stopping" in agent.full_log()[before:], 15, "the agent stopping with the lease")
     wait_until(lambda: not set(workers) & set(codec_worker_pids()), 15, "the workers gone with the lease")
-    assert agent.codec_workers_running() == []
+    wait_until(lambda: agent.codec_workers_running() == [], 10, "no worker of the agent left")
+    # A worker checks the lease each second and may see it gone before the agent does: the agent, told by its exit
+    # code, checks too, and starts no other worker for a deployment it no longer serves.
+    after = agent.full_log()[before:]
+    assert "started (pid" not in after, after
     app = App(port, "app", "app-secret-pw")
     publisher = Publisher(port)
     publisher.send([1, 2, 3])
