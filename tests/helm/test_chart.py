@@ -253,8 +253,9 @@ def test_regions_job_loads_the_configmap_after_install_when_rendered():
     assert "/etc/controlplane/kubeconfigs/region-us-east-kubeconfig" in mounts
 
 
-def test_regions_job_mounts_cloud_credentials_when_a_region_names_them():
+def test_regions_job_mounts_cloud_credentials_when_a_region_names_them(tmp_path):
     values = _values_file(
+        tmp_path,
         "regions:\n  items:\n    - {code: eu, display_name: EU, provider: aws, region: eu-central-1, "
         "driver: kubernetes, in_cluster: true, open: true, cloud_credentials_secret: region-eu-cloud, "
         "network: {account_id: '111122223333', vpc_id: vpc-0a1b2c3d, cidr: 10.0.0.0/16}}\n"
@@ -279,14 +280,14 @@ def test_worker_groups_consume_every_queue_exactly_once_when_rendered(values_set
     assert sorted(consumed) == sorted(ALL_QUEUES)
 
 
-def test_render_fails_when_two_worker_groups_share_a_queue():
-    result = template(REQUIRED, (_values_file("workers:\n  billing:\n    queues: [billing, default]\n"),))
+def test_render_fails_when_two_worker_groups_share_a_queue(tmp_path):
+    result = template(REQUIRED, (_values_file(tmp_path, "workers:\n  billing:\n    queues: [billing, default]\n"),))
     assert result.returncode != 0
     assert 'queue "default" is consumed by both' in result.stderr
 
 
-def test_render_fails_when_no_worker_group_consumes_a_queue():
-    result = template(REQUIRED, (_values_file("workers:\n  notifications:\n    queues: [notifications]\n"),))
+def test_render_fails_when_no_worker_group_consumes_a_queue(tmp_path):
+    result = template(REQUIRED, (_values_file(tmp_path, "workers:\n  notifications:\n    queues: [notifications]\n"),))
     assert result.returncode != 0
     assert 'no worker group consumes the "default" queue' in result.stderr
 
@@ -376,8 +377,8 @@ def test_render_fails_naming_metrics_token_when_a_service_monitor_needs_it():
     assert "secrets.metricsToken is required" in result.stderr
 
 
-def _values_file(text: str) -> Path:
-    path = Path(f"/tmp/controlplane-chart-test-{abs(hash(text))}.yaml")
+def _values_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "values.yaml"
     path.write_text(text)
     return path
 
@@ -398,8 +399,8 @@ def test_schema_rejects_the_value_when_it_is_out_of_range(override, complaint):
     assert complaint in result.stderr, result.stderr
 
 
-def test_schema_rejects_a_region_when_its_driver_is_unknown():
-    bad = _values_file("regions:\n  items:\n    - {code: x, display_name: X, provider: p, region: r, driver: nomad, open: true}\n")
+def test_schema_rejects_a_region_when_its_driver_is_unknown(tmp_path):
+    bad = _values_file(tmp_path, "regions:\n  items:\n    - {code: x, display_name: X, provider: p, region: r, driver: nomad, open: true}\n")
     result = template(REQUIRED, (bad,))
     assert result.returncode != 0 and "/regions/items/0/driver" in result.stderr
 
