@@ -35,9 +35,8 @@ def _database_url() -> str:
     return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
-def running_pids(marker: bytes) -> list[int]:
-    """Every process on this machine, zombies aside, with `marker` in one of its command-line arguments."""
-    pids = []
+def _live_processes():
+    """(pid, argv) of every process on this machine, zombies aside."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -46,30 +45,21 @@ def running_pids(marker: bytes) -> list[int]:
             state = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state not in ("Z", "X") and any(marker in arg for arg in argv):
-            pids.append(int(entry))
-    return pids
+        if state not in ("Z", "X"):
+            yield int(entry), argv
+
+
+def running_pids(marker: bytes) -> list[int]:
+    """Every live process with `marker` in one of its command-line arguments."""
+    return [pid for pid, argv in _live_processes() if any(marker in arg for arg in argv)]
 
 
 def broker_pids(root: pathlib.Path) -> list[int]:
     """Every mosquitto process whose config lives under `root`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            state = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if (
-            state not in ("Z", "X")
-            and argv
-            and argv[0].endswith(b"mosquitto")
-            and any(str(root).encode() in a for a in argv)
-        ):
-            pids.append(int(entry))
-    return pids
+    under = str(root).encode()
+    return [
+        pid for pid, argv in _live_processes() if argv[0].endswith(b"mosquitto") and any(under in arg for arg in argv)
+    ]
 
 
 class CeleryWorker:
