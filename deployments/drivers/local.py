@@ -230,6 +230,7 @@ def _process_state(pid: int) -> str | None:
 
 # No process any more, or only its exit status waiting to be reaped.
 _GONE_STATES = (None, "Z", "X")
+STOP_RESIGNAL = 1.0  # seconds between SIGTERMs to a broker that has not exited yet (see LocalDriver._stop)
 # Stopped by a signal (T: SIGSTOP, SIGTSTP…) or by a tracer (t): the process keeps its listening socket, the kernel
 # still completes TCP handshakes into its backlog, and nothing is ever answered. Not alive, whatever /proc lists.
 _HALTED_STATES = ("T", "t")
@@ -1224,19 +1225,28 @@ class LocalDriver:
             delay = min(delay * 2, 0.05)
 
     def _stop(self, pid: int) -> None:
-        """SIGTERM (mosquitto writes its persistence file on it) and wait for the exit; SIGKILL only past the timeout."""
-        try:
-            os.kill(pid, signal.SIGTERM)
-            # A halted broker (SIGSTOP) would keep the SIGTERM pending until the timeout: let it act on it.
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            self._reap(pid)
-            return
-        if not self._wait_gone(pid, self.stop_timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            if not self._wait_gone(pid, 5.0):
-                raise TemporaryDriverError(f"mosquitto (pid {pid}) did not exit")
+        """SIGTERM (mosquitto writes its persistence file on it) and wait for the exit; SIGKILL only past the timeout.
+        The SIGTERM is sent again every STOP_RESIGNAL seconds: mosquitto 2.0 loses one that arrives between the
+        install of its signal handlers and `run = 1` (src/mosquitto.c), so a broker stopped just after it started
+        would otherwise sit out the whole timeout, then lose its persistence file to the SIGKILL."""
+        deadline = time.monotonic() + self.stop_timeout
+        while True:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                # A halted broker (SIGSTOP) would keep the SIGTERM pending until the timeout: let it act on it.
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                self._reap(pid)
+                return
+            remaining = deadline - time.monotonic()
+            if self._wait_gone(pid, max(0.0, min(STOP_RESIGNAL, remaining))):
+                return
+            if remaining <= STOP_RESIGNAL:
+                break
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not self._wait_gone(pid, 5.0):
+            raise TemporaryDriverError(f"mosquitto (pid {pid}) did not exit")
 
     def _kill(self, pid: int) -> None:
         """SIGKILL a broker that serves nothing, and wait for it to be gone (its port with it)."""

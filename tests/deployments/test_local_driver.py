@@ -453,3 +453,37 @@ def test_websocket_probe_ends_and_leaves_no_broker_when_the_broker_loses_its_sig
     finally:
         for pid in running_pids(str(deaf).encode()):
             os.kill(pid, signal.SIGKILL)
+
+
+# A stand-in for mosquitto 2.0 started a moment ago: the first SIGTERM is lost (as above), a later one ends it the way
+# mosquitto ends, having saved what it had to save (here: a file saying so).
+_LATE_HANDLER_BROKER = """#!{python}
+import signal, sys, time
+lost = []
+def on_term(signum, frame):
+    if not lost:
+        lost.append(signum)
+        return
+    open(sys.argv[1], "w").write("saved")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_broker_is_stopped_by_sigterm_within_seconds_when_it_lost_the_first_one(driver, tmp_path):
+    script, saved = tmp_path / "mosquitto", tmp_path / "saved"
+    script.write_text(_LATE_HANDLER_BROKER.format(python=sys.executable))
+    script.chmod(0o755)
+    broker = subprocess.Popen([str(script), str(saved)], stdout=subprocess.PIPE)
+    try:
+        assert broker.stdout.readline() == b"ready\n"
+        started = time.monotonic()
+        driver._stop(broker.pid)
+        took = time.monotonic() - started
+        assert saved.read_text() == "saved"  # ended by a SIGTERM it acted on, not by the SIGKILL past the timeout
+        assert took < driver.stop_timeout / 3, f"stopping took {took:.1f} s"
+    finally:
+        broker.kill()
+        broker.wait()
