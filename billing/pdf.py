@@ -14,19 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
-import reportlab
-from reportlab.lib import colors
-from reportlab.lib.enums import TA_RIGHT
-from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import ParagraphStyle
-from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFont
-from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
-
 from billing.money import format_money, minor_units, normalize_currency
+
+if TYPE_CHECKING:
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.platypus import Paragraph
+
+# reportlab is imported where a PDF is rendered: it costs about 0.2 s, and every process that loads the billing app
+# (web, Celery, agents, each test's worker) would pay it at start, most of them never rendering a PDF.
 
 _TREATMENT_LABELS = {
     "domestic": "Domestic supply",
@@ -117,6 +115,10 @@ def _fonts() -> tuple[str, str]:
     """A Unicode TrueType font pair (customer names are not Latin-1): DejaVu if installed, else reportlab's Vera."""
     global _FONTS
     if _FONTS is None:
+        import reportlab
+        from reportlab.pdfbase import pdfmetrics
+        from reportlab.pdfbase.ttfonts import TTFont
+
         dejavu = "/usr/share/fonts/truetype/dejavu"
         vera = os.path.join(os.path.dirname(reportlab.__file__), "fonts")
         if os.path.exists(os.path.join(dejavu, "DejaVuSans.ttf")):
@@ -160,6 +162,13 @@ def national_vat_text(national: NationalVat, currency: str) -> str:
 
 
 def render_invoice_pdf(invoice: InvoiceDocument) -> bytes:
+    from reportlab.lib import colors
+    from reportlab.lib.enums import TA_RIGHT
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
     regular, bold = _fonts()
     base = ParagraphStyle("base", fontName=regular, fontSize=9, leading=11.5)
     strong = ParagraphStyle("strong", parent=base, fontName=bold)
