@@ -124,9 +124,15 @@ class CodecEngine:
     subscriptions with No Local), or a codec worker's (`$share/{share_group}/{filter}`: the broker hands each
     message to one member of the group, and the agent's own messages are recognised by their ORIGIN property)."""
 
-    def __init__(self, server: DeploymentServer | CodecHost, *, share_group: str | None = None) -> None:
+    def __init__(
+        self, server: DeploymentServer | CodecHost, *, share_group: str | None = None, subscribing: bool = True
+    ) -> None:
         self.server = server
         self.share_group = share_group
+        # False: the agent's own engine while codec workers hold the rules' subscriptions. It subscribes to nothing
+        # and applies the rules only to what the agent's session still brings on them: what it queued while the
+        # agent applied the rules itself (IOT_CODEC_WORKERS was 1) and no agent ran.
+        self.subscribing = subscribing
         self._slots_forgotten = False
         self.rules: list[_Rule] = []
         self._fingerprint: tuple | None = None
@@ -149,6 +155,8 @@ class CodecEngine:
 
     def subscribe(self, client: mqtt.Client) -> None:
         """On (re)connect (paho's thread): subscribe to the filters of the rules loaded so far."""
+        if not self.subscribing:
+            return
         with self._lock:
             filters = sorted(self._filters)
         if filters:
@@ -158,6 +166,8 @@ class CodecEngine:
         with self._lock:
             added, removed = wanted - self._filters, self._filters - wanted
             self._filters = set(wanted)
+        if not self.subscribing:
+            return
         client = self.server.client
         if added:
             client.subscribe([(self._subscription(f), self._options()) for f in sorted(added)])
@@ -190,7 +200,13 @@ class CodecEngine:
                 loaded.append(_Rule(row))
             except Exception as exc:  # noqa: BLE001 - saved rules were checked; one bad row must not stop the rest
                 logger.error("codec rule %s cannot be loaded: %s", row.public_id, exc, extra={"rule": row.public_id})
-        if loaded and not self._slots_forgotten and self.share_group is None and self.server.target.driver == "local":
+        if (
+            loaded
+            and self.subscribing
+            and not self._slots_forgotten
+            and self.share_group is None
+            and self.server.target.driver == "local"
+        ):
             self._slots_forgotten = True
             # The rules are applied here: no worker slot's session may go on taking turns of their messages.
             from iot.agent.codec_workers import MAX_WORKERS, forget_sessions

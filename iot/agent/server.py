@@ -81,16 +81,17 @@ class DeploymentServer:
         self._cursor_saved = dict(presence_cursor or {})
         self._cursor_saved_at = 0.0
         self.client = self._make_client()
-        self.codecs = CodecEngine(self)
-        self._codec_unsubscribed: set[str] = set()
         # On a local region with more than one worker, the codec rules are applied by worker processes in a shared
-        # subscription (iot.agent.codec_workers); this connection then takes none of their filters.
+        # subscription (iot.agent.codec_workers); this connection then takes none of their filters, and its own
+        # engine decodes only what its session still held on them (see CodecEngine.subscribing).
         workers = settings.IOT_CODEC_WORKERS if codec_workers is None else codec_workers
         self.codec_workers = (
             CodecWorkerPool(target, holder=holder, token=token, count=workers)
             if target.driver == "local" and workers > 1
             else None
         )
+        self.codecs = CodecEngine(self, subscribing=self.codec_workers is None)
+        self._codec_unsubscribed: set[str] = set()
         self.thread = threading.Thread(target=self._run, name=f"iot-agent-{target.public_id}", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -214,16 +215,17 @@ class DeploymentServer:
             connection.close()
 
     def _codecs_tick(self, woken: bool) -> None:
+        self.codecs.tick(woken)
         if self.codec_workers is not None:
             self.codec_workers.tick(woken)
             # The agent's persistent session may still hold plain subscriptions to the rules' filters (taken when
-            # the agent applied the rules itself): they would bring it every message the workers decode.
+            # the agent applied the rules itself): they would bring it every message the workers decode. What they
+            # bring until the broker has them removed, the agent's own engine decodes: the backlog its session held,
+            # and (at least once) what arrived in the moment since it connected.
             stale = self.codec_workers.filters - self._codec_unsubscribed
             if stale and self.connected.is_set():
                 self.client.unsubscribe(sorted(stale))
                 self._codec_unsubscribed |= stale
-        else:
-            self.codecs.tick(woken)
 
     def _retrying(self, fn, *args) -> None:
         """Run `fn` until it succeeds: a database outage pauses the deployment, it loses nothing."""

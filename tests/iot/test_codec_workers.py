@@ -303,3 +303,34 @@ def test_messages_sent_while_the_agent_is_stopped_are_decoded_once_when_it_serve
     assert sorted(seq for seq in _seqs(app) if seq >= 100) == list(range(100, 140))  # each once
     publisher.close()
     app.close()
+
+
+def test_messages_held_for_the_agent_are_decoded_when_it_starts_again_with_more_workers(premium_api, agents):
+    # With one worker the agent applies the rules itself, on its own session's plain subscriptions. Started again
+    # with two, the workers take the rules in a shared subscription: what the agent's own session held meanwhile must
+    # still be decoded, not acknowledged undecoded.
+    client, url, port = premium_api
+    _user(client, url)
+    _schema(client, url, name="shape", type="json_schema", source=json.dumps(SHAPE))
+    _rule(
+        client, url, topic_filter="plant/+/in", direction="decode", schema="shape", topic_template="app/{topic[1]}/out"
+    )
+    agent = agents(codec_workers=1)
+    app = App(port, "app", "app-secret-pw")
+    publisher = Publisher(port)
+    wait_until(lambda: publisher.send([0]) or 0 in _seqs(app), 60, "a first message decoded by the agent")
+    agent.stop()
+
+    publisher.send(range(100, 140))
+    time.sleep(1.0)
+    assert not [seq for seq in _seqs(app) if seq >= 100]  # nobody serves the deployment
+    agent.codec_workers = 2
+    agent.start()
+    wait_until(lambda: set(range(100, 140)) <= set(_seqs(app)), 60, "what the agent's session held decoded")
+    _wait_subscribed(agent, 2)
+    publisher.send(range(200, 220))  # what comes next, the workers decode
+    wait_until(lambda: set(range(200, 220)) <= set(_seqs(app)), 30, "the workers decoding")
+    time.sleep(0.5)
+    assert sorted(seq for seq in _seqs(app) if seq >= 100) == [*range(100, 140), *range(200, 220)]  # each once
+    publisher.close()
+    app.close()
