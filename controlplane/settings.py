@@ -207,6 +207,9 @@ STORAGES = {
 
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
+# Seconds an SMTP connection may block. Django's default is none: a relay that accepts and never answers would hold a
+# web request or a worker for good, and an e-mail notice's try must end within its lease (notifications.services).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="MQTT Cloud <no-reply@localhost>")
 
 # Bodies above this answer 413 before any view parses them.

@@ -1,4 +1,5 @@
-"""Backoffice: notification channels with their delivery failures, deliveries with every attempt, platform events.
+"""Backoffice: notification channels with their delivery failures, deliveries with every attempt, e-mail notices,
+platform events.
 
 Read-mostly: deliveries and platform events are the system's record and are never edited here; channel changes made
 here are audited. Credentials are never shown: a channel's config is its masked form, the encrypted copy is not a field.
@@ -8,7 +9,7 @@ from django.contrib import admin
 from django.db.models import Count, Q
 
 from audit.admin_mixins import AuditedModelAdmin
-from notifications.models import Delivery, DeliveryAttempt, NotificationChannel, PlatformEvent
+from notifications.models import Delivery, DeliveryAttempt, EmailNotice, NotificationChannel, PlatformEvent
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -49,6 +50,13 @@ class DeliveryAdmin(ReadOnlyAdmin):
     search_fields = ["public_id", "channel__public_id", "alert_public_id", "organization__name"]
     list_select_related = ["organization", "channel"]
     inlines = [DeliveryAttemptInline]
+
+
+@admin.register(EmailNotice)
+class EmailNoticeAdmin(ReadOnlyAdmin):
+    list_display = ["subject", "status", "attempts", "last_error", "created_at", "next_attempt_at", "completed_at"]
+    list_filter = ["status"]
+    search_fields = ["subject"]
 
 
 class FailingFilter(admin.SimpleListFilter):

@@ -134,3 +134,28 @@ class PlatformEvent(models.Model):
     class Meta:
         db_table = "alerts_platformevent"
         constraints = [models.UniqueConstraint(fields=["organization", "dedup_key"], name="platform_event_once")]
+
+
+class EmailNotice(models.Model):
+    """An e-mail that no channel carries (to a billing contact, or to an organization's administrators when it has
+    no channel for platform events), kept until it is sent: written in the transaction of the change it tells of,
+    sent by a worker, retried with backoff, and sent again by the resume sweep if its message was lost (Redis down)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    subject = models.TextField()
+    body = models.TextField()
+    recipients = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="email_notice_due")]

@@ -21,18 +21,25 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import FieldError, ValidationFailed
 from controlplane.metrics import NOTIFICATION_FAILURES
-from controlplane.tasks import publish
+from controlplane.tasks import Publishable, publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from notifications import channels as senders
 from notifications import text, urlsafety
-from notifications.models import Delivery, DeliveryAttempt, NotificationChannel, PlatformEvent, Severity
+from notifications.models import (
+    Delivery,
+    DeliveryAttempt,
+    EmailNotice,
+    NotificationChannel,
+    PlatformEvent,
+    Severity,
+)
 from organizations.access import Principal
 from organizations.models import Organization
 
@@ -337,21 +344,80 @@ def email_notice_failure_record(*, subject: str, recipients: list[str], error: B
     logger.error("email notice %r to %d recipient(s) not sent: %s", subject, len(recipients), error)
 
 
-def email_notice_on_commit(*, subject: str, body: str, recipients: list[str]) -> None:
-    """Once the caller's transaction commits, hand the notice to a worker, which retries an SMTP or network failure
-    with backoff. With the Celery broker unreachable it is sent from here at once, its failure logged and counted."""
+# An e-mail notice is tried this many times, 1, 2, 4 … 32 minutes apart: a mail server down for about an hour still
+# gets it. Then it is marked failed, logged and counted.
+EMAIL_NOTICE_ATTEMPTS = 7
+# How long an attempt holds its notice: longer than Django's SMTP timeout. A worker that dies mid-attempt leaves the
+# notice to email_notices_resume once this and its grace have passed.
+EMAIL_NOTICE_ATTEMPT_LEASE = dt.timedelta(minutes=2)
+
+
+def email_notice_on_commit(*, subject: str, body: str, recipients: list[str]) -> EmailNotice:
+    """Keep the notice in the caller's transaction (nothing leaves for a change that rolled back) and, once that
+    commits, hand it to a worker, which retries an SMTP or network failure with backoff. With the Celery broker
+    unreachable it is tried from here at once; if that fails too, the resume sweep sends it later."""
+    notice = EmailNotice.objects.create(subject=subject, body=body, recipients=list(recipients))
 
     def send() -> None:
-        from notifications.tasks import send_email_notice
+        from notifications.tasks import deliver_email_notice
 
-        if publish(send_email_notice, subject, body, recipients):
-            return
-        try:
-            email_notice_send(subject=subject, body=body, recipients=recipients)
-        except EMAIL_ERRORS as exc:
-            email_notice_failure_record(subject=subject, recipients=recipients, error=exc)
+        if not publish(deliver_email_notice, notice.pk, 0):
+            email_notice_attempt(notice_id=notice.pk, expected_attempts=0)
 
     transaction.on_commit(send)
+    return notice
+
+
+def email_notice_attempt(*, notice_id: int, expected_attempts: int | None = None) -> tuple[int, int] | None:
+    """Try to send the notice once. Returns (seconds before the next try, tries made so far), or None when it is
+    done (sent, failed for good, or not this message's to try).
+
+    The try is claimed by counting it, conditionally on the count the message carries: a duplicate message (a sweep
+    re-sending one that was only late) finds the count moved on and does nothing."""
+    claim = EmailNotice.objects.filter(pk=notice_id, status=EmailNotice.Status.PENDING)
+    if expected_attempts is not None:
+        claim = claim.filter(attempts=expected_attempts)
+    if not claim.update(attempts=F("attempts") + 1, next_attempt_at=timezone.now() + EMAIL_NOTICE_ATTEMPT_LEASE):
+        return None
+    notice = EmailNotice.objects.get(pk=notice_id)
+    try:
+        email_notice_send(subject=notice.subject, body=notice.body, recipients=notice.recipients)
+    except EMAIL_ERRORS as exc:
+        now = timezone.now()
+        error = (str(exc) or type(exc).__name__)[:500]
+        if notice.attempts >= EMAIL_NOTICE_ATTEMPTS:
+            EmailNotice.objects.filter(pk=notice.pk).update(
+                status=EmailNotice.Status.FAILED, completed_at=now, next_attempt_at=None, last_error=error
+            )
+            email_notice_failure_record(subject=notice.subject, recipients=notice.recipients, error=exc)
+            return None
+        attempts = int(notice.attempts)
+        delay = 60 * 2 ** (attempts - 1)
+        EmailNotice.objects.filter(pk=notice.pk).update(
+            next_attempt_at=now + dt.timedelta(seconds=delay), last_error=error
+        )
+        logger.warning("email notice %s: try %d failed (%s); again in %d s", notice.pk, attempts, error, delay)
+        return delay, attempts
+    EmailNotice.objects.filter(pk=notice.pk).update(
+        status=EmailNotice.Status.SENT, completed_at=timezone.now(), next_attempt_at=None
+    )
+    return None
+
+
+def email_notices_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = DELIVERY_RESUME_GRACE) -> int:
+    """Re-enqueue e-mail notices left behind: a try due more than `grace` ago (its message lost with a worker or with
+    Redis), or never tried though kept more than `grace` ago. Claimed as deliveries_resume claims deliveries."""
+    from notifications.tasks import deliver_email_notice
+
+    now = now or timezone.now()
+    cutoff = now - grace
+    stale = Q(status=EmailNotice.Status.PENDING) & (
+        Q(next_attempt_at__lt=cutoff) | Q(next_attempt_at__isnull=True, created_at__lt=cutoff)
+    )
+    count = _resume(EmailNotice.objects.filter(stale), deliver_email_notice, now=now)
+    if count:
+        logger.warning("re-enqueued %d stale e-mail notices", count)
+    return count
 
 
 def _text_of(payload: dict[str, Any]) -> tuple[str, str]:
@@ -472,33 +538,40 @@ def deliveries_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = D
     A message that was only late, not lost, and the re-sent one carry the same attempt count: delivery_attempt
     lets one of them through.
     """
+    from notifications.tasks import deliver_notification
+
     now = now or timezone.now()
     cutoff = now - grace
     open_statuses = [Delivery.Status.PENDING, Delivery.Status.RETRYING]
     stale = Q(status__in=open_statuses, next_attempt_at__lt=cutoff) | Q(
         status=Delivery.Status.PENDING, attempts=0, next_attempt_at__isnull=True, created_at__lt=cutoff
     )
+    count = _resume(Delivery.objects.filter(stale), deliver_notification, now=now)
+    if count:
+        logger.warning("re-enqueued %d stale deliveries", count)
+    return count
+
+
+def _resume(stale: QuerySet[Any], task: Publishable, *, now: dt.datetime) -> int:
+    """Claim up to DELIVERY_RESUME_BATCH of the `stale` rows under FOR UPDATE SKIP LOCKED, move their next_attempt_at
+    to `now` in the same transaction, and once that commits send `task(pk, attempts)` for each: with the attempt
+    count it was re-sent at, so that of a message that was only late and its re-sent copy, one makes the attempt.
+    Still lost (Redis down)? The next sweep finds them again."""
     with transaction.atomic():
         rows = list(
-            Delivery.objects.select_for_update(skip_locked=True)
-            .filter(stale)
+            stale.select_for_update(skip_locked=True)
             .order_by("pk")
             .values_list("pk", "attempts")[:DELIVERY_RESUME_BATCH]
         )
         if not rows:
             return 0
-        Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now)
+        stale.model.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now)
 
         def enqueue() -> None:
-            from notifications.tasks import deliver_notification
-
-            # With the attempt count it was re-sent at: if the first message was only late, one of the two attempts.
-            # Still lost (Redis down)? The next sweep finds them again.
             for pk, attempts in rows:
-                publish(deliver_notification, pk, attempts)
+                publish(task, pk, attempts)
 
         transaction.on_commit(enqueue)
-    logger.warning("re-enqueued %d stale deliveries", len(rows))
     return len(rows)
 
 

@@ -18,13 +18,26 @@ def deliver_notification(self, delivery_id: int, expected_attempts: int | None =
         raise self.retry(countdown=delay, args=(delivery_id, delivery.attempts))
 
 
+@shared_task(
+    name="alerts.deliver_email_notice", bind=True, ignore_result=True, max_retries=services.EMAIL_NOTICE_ATTEMPTS
+)
+def deliver_email_notice(self, notice_id: int, expected_attempts: int | None = None) -> None:
+    """A notice by email where no channel carries it (a billing contact; no channel takes platform events, or the
+    channel is failing): one try of the kept notice, retried with backoff."""
+    retry = services.email_notice_attempt(notice_id=notice_id, expected_attempts=expected_attempts)
+    if retry is not None:
+        delay, attempts = retry
+        raise self.retry(countdown=delay, args=(notice_id, attempts))
+
+
 # 1, 2, 4 … 32 minutes apart: a mail server down for about an hour still gets the notice.
-EMAIL_RETRIES = 6
+EMAIL_RETRIES = services.EMAIL_NOTICE_ATTEMPTS - 1
 
 
 @shared_task(name="alerts.send_email_notice", bind=True, ignore_result=True, max_retries=EMAIL_RETRIES)
 def send_email_notice(self, subject: str, body: str, recipients: list[str]) -> None:
-    """A notice by email where no channel carries it (no channel takes platform events, or the channel is failing)."""
+    """The notice as its subject, body and recipients: what was queued before notices were kept (EmailNotice) is
+    still sent. Nothing queues it any more."""
     try:
         services.email_notice_send(subject=subject, body=body, recipients=recipients)
     except services.EMAIL_ERRORS as exc:
@@ -41,5 +54,5 @@ def check_failing_channels() -> None:
 
 @shared_task(name="alerts.resume_deliveries", ignore_result=True)
 def resume_deliveries() -> int:
-    """Every 5 minutes: re-send deliveries whose retry message was lost with a worker or with Redis."""
-    return services.deliveries_resume()
+    """Every 5 minutes: re-send deliveries and e-mail notices whose message was lost with a worker or with Redis."""
+    return services.deliveries_resume() + services.email_notices_resume()

@@ -9,7 +9,7 @@ from django.utils import timezone
 from controlplane.errors import ValidationFailed
 from notifications import services as notification_services
 from notifications import tasks
-from notifications.models import Delivery, DeliveryAttempt, NotificationChannel, PlatformEvent
+from notifications.models import Delivery, DeliveryAttempt, EmailNotice, NotificationChannel, PlatformEvent
 from tests.alerts.test_tasks import Receiver, eager, private_webhooks, webhook_channel  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db
@@ -151,7 +151,7 @@ def test_platform_event_is_not_sent_when_callers_transaction_rolls_back(
                 organization=owner_org.organization, kind="premium_trial_ended", subject="org_x", message="Ended."
             )
             raise RuntimeError("the change it told of failed")
-    assert mailoutbox == [] and not PlatformEvent.objects.exists()
+    assert mailoutbox == [] and not PlatformEvent.objects.exists() and not EmailNotice.objects.exists()
 
 
 def test_transport_error_recorded_without_url_credentials_when_receiver_unreachable(owner_org, private_webhooks):
@@ -259,6 +259,76 @@ def test_change_stands_and_sweep_sends_later_when_redis_is_down_at_commit(owner_
     delivery.refresh_from_db()
     assert delivery.status == "succeeded"
     assert [b["event"] for b in receiver.bodies()] == ["platform.invoice_overdue"]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_email_notice_is_kept_and_sent_by_the_sweep_when_redis_and_smtp_are_down_at_commit(
+    owner_org, settings, django_capture_on_commit_callbacks
+):
+    """Real unreachable parts (closed ports for Redis and for SMTP), then a real SMTP server: the notice commits
+    with the change, its one try from the web process fails, and the resume sweep sends it once both are back."""
+    from controlplane import tasks as publishing
+    from controlplane.celery import app
+    from tests.mail import SmtpReceiver
+
+    def use_broker(url):
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", _closed_port(), 5
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    previous = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
+    use_broker(f"redis://127.0.0.1:{_closed_port()}/0")
+    publishing.broker.reset()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            notification_services.email_notice_on_commit(
+                subject="Payment failed", body="Your card was declined.", recipients=["billing@customer.example"]
+            )
+    finally:
+        app.conf.broker_transport_options = previous[1]
+        use_broker(previous[0])
+        publishing.broker.reset()
+    notice = EmailNotice.objects.get()
+    assert (notice.status, notice.attempts) == ("pending", 1) and notice.last_error  # tried once, kept
+
+    smtp = SmtpReceiver()
+    smtp.start()
+    smtp.use_in(settings)
+    app.conf.task_always_eager = True
+    try:
+        assert notification_services.email_notices_resume(now=timezone.now()) == 0  # its retry is not due yet
+        later = timezone.now() + dt.timedelta(minutes=7)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert notification_services.email_notices_resume(now=later) == 1
+        assert notification_services.email_notices_resume(now=later + dt.timedelta(minutes=10)) == 0  # sent: done
+    finally:
+        app.conf.task_always_eager = False
+        smtp.close()
+    [mail] = smtp.wait_for(1)
+    assert mail["To"] == "billing@customer.example" and mail["Subject"] == "Payment failed"
+    assert len(smtp.messages) == 1
+    notice.refresh_from_db()
+    assert (notice.status, notice.attempts) == ("sent", 2) and notice.completed_at is not None
+
+
+def test_email_notice_message_delivered_twice_sends_once_when_a_sweep_resent_a_late_one(owner_org, mailoutbox):
+    notice = EmailNotice.objects.create(subject="s", body="b", recipients=["a@customer.example"])
+    assert notification_services.email_notice_attempt(notice_id=notice.pk, expected_attempts=0) is None
+    assert notification_services.email_notice_attempt(notice_id=notice.pk, expected_attempts=0) is None
+    assert len(mailoutbox) == 1
+    notice.refresh_from_db()
+    assert (notice.status, notice.attempts) == ("sent", 1)
 
 
 class FlakySmtp:
