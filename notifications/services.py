@@ -398,6 +398,16 @@ def email_notice_attempt(*, notice_id: int, expected_attempts: int | None = None
         )
         logger.warning("email notice %s: try %d failed (%s); again in %d s", notice.pk, attempts, error, delay)
         return delay, attempts
+    except Exception as exc:  # noqa: BLE001 - not the relay's doing (a header Django refuses): it would fail again
+        logger.exception("email notice %s cannot be sent", notice.pk)
+        EmailNotice.objects.filter(pk=notice.pk).update(
+            status=EmailNotice.Status.FAILED,
+            completed_at=timezone.now(),
+            next_attempt_at=None,
+            last_error=(str(exc) or type(exc).__name__)[:500],
+        )
+        email_notice_failure_record(subject=notice.subject, recipients=notice.recipients, error=exc)
+        return None
     EmailNotice.objects.filter(pk=notice.pk).update(
         status=EmailNotice.Status.SENT, completed_at=timezone.now(), next_attempt_at=None
     )

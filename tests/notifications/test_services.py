@@ -331,6 +331,20 @@ def test_email_notice_message_delivered_twice_sends_once_when_a_sweep_resent_a_l
     assert (notice.status, notice.attempts) == ("sent", 1)
 
 
+def test_email_notice_that_can_never_be_sent_fails_at_once_and_is_not_retried_when_its_subject_breaks_a_header(
+    owner_org, mailoutbox, caplog
+):
+    from controlplane.metrics import NOTIFICATION_FAILURES
+
+    counted = NOTIFICATION_FAILURES.labels(channel_type="email")._value.get()
+    notice = EmailNotice.objects.create(subject="Invoice\nBcc: x@evil.example", body="b", recipients=["a@c.example"])
+    assert notification_services.email_notice_attempt(notice_id=notice.pk, expected_attempts=0) is None
+    notice.refresh_from_db()
+    assert (notice.status, notice.attempts) == ("failed", 1) and "newlines" in notice.last_error
+    assert mailoutbox == [] and NOTIFICATION_FAILURES.labels(channel_type="email")._value.get() == counted + 1
+    assert notification_services.email_notices_resume(now=timezone.now() + dt.timedelta(days=1)) == 0
+
+
 class FlakySmtp:
     """An email backend whose server refuses the first `failures` connections, then delivers to mailoutbox."""
 
