@@ -383,35 +383,36 @@ def email_notice_attempt(*, notice_id: int, expected_attempts: int | None = None
     try:
         email_notice_send(subject=notice.subject, body=notice.body, recipients=notice.recipients)
     except EMAIL_ERRORS as exc:
-        now = timezone.now()
-        error = (str(exc) or type(exc).__name__)[:500]
-        if notice.attempts >= EMAIL_NOTICE_ATTEMPTS:
-            EmailNotice.objects.filter(pk=notice.pk).update(
-                status=EmailNotice.Status.FAILED, completed_at=now, next_attempt_at=None, last_error=error
-            )
-            email_notice_failure_record(subject=notice.subject, recipients=notice.recipients, error=exc)
-            return None
         attempts = int(notice.attempts)
+        if attempts >= EMAIL_NOTICE_ATTEMPTS:
+            _email_notice_failed(notice, exc)
+            return None
         delay = 60 * 2 ** (attempts - 1)
         EmailNotice.objects.filter(pk=notice.pk).update(
-            next_attempt_at=now + dt.timedelta(seconds=delay), last_error=error
+            next_attempt_at=timezone.now() + dt.timedelta(seconds=delay), last_error=_error_text(exc)
         )
-        logger.warning("email notice %s: try %d failed (%s); again in %d s", notice.pk, attempts, error, delay)
+        logger.warning("email notice %s: try %d failed (%s); again in %d s", notice.pk, attempts, exc, delay)
         return delay, attempts
     except Exception as exc:  # noqa: BLE001 - not the relay's doing (a header Django refuses): it would fail again
         logger.exception("email notice %s cannot be sent", notice.pk)
-        EmailNotice.objects.filter(pk=notice.pk).update(
-            status=EmailNotice.Status.FAILED,
-            completed_at=timezone.now(),
-            next_attempt_at=None,
-            last_error=(str(exc) or type(exc).__name__)[:500],
-        )
-        email_notice_failure_record(subject=notice.subject, recipients=notice.recipients, error=exc)
+        _email_notice_failed(notice, exc)
         return None
     EmailNotice.objects.filter(pk=notice.pk).update(
         status=EmailNotice.Status.SENT, completed_at=timezone.now(), next_attempt_at=None
     )
     return None
+
+
+def _error_text(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__)[:500]
+
+
+def _email_notice_failed(notice: EmailNotice, exc: BaseException) -> None:
+    """Tried for the last time: marked failed, logged and counted."""
+    EmailNotice.objects.filter(pk=notice.pk).update(
+        status=EmailNotice.Status.FAILED, completed_at=timezone.now(), next_attempt_at=None, last_error=_error_text(exc)
+    )
+    email_notice_failure_record(subject=notice.subject, recipients=notice.recipients, error=exc)
 
 
 def email_notices_resume(*, now: dt.datetime | None = None, grace: dt.timedelta = DELIVERY_RESUME_GRACE) -> int:

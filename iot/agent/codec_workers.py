@@ -68,23 +68,17 @@ class CodecWorkerPool:
         self.target, self.holder, self.token, self.count = target, holder, token, min(count, MAX_WORKERS)
         self.procs: dict[int, subprocess.Popen] = {}
         self._started_at: dict[int, float] = {}
-        self._wanted = False
-        self._next_check = 0.0
         self.filters: set[str] = set()  # the enabled rules' filters, as last loaded
 
-    def tick(self, woken: bool) -> None:
-        from iot import codecs
-
+    def tick(self, woken: bool, filters: set[str]) -> None:
+        """`filters`: those of the enabled rules, as the agent's own engine last loaded them. What the workers apply
+        they load themselves; the agent only needs to know whether any rule is on."""
         now = time.monotonic()
-        if woken or now >= self._next_check:
-            # What the workers apply they load themselves; the agent only needs to know whether any rule is on.
-            rules = codecs.codec_rules_for_agent(deployment_id=self.target.deployment_id)
-            self._wanted, self.filters = bool(rules), {rule.topic_filter for rule in rules}
-            self._next_check = now + _reload_every()
-            if woken:
-                for proc in self.procs.values():
-                    _send(proc, b"w\n")
-        if self._wanted:
+        self.filters = filters
+        if woken:
+            for proc in self.procs.values():
+                _send(proc, b"w\n")
+        if self.filters:
             if not self._started_at:
                 forget_sessions(self.target, range(self.count, MAX_WORKERS))
             self._supervise(now)
@@ -222,12 +216,6 @@ def _send(proc: subprocess.Popen, data: bytes) -> None:
             os.write(proc.stdin.fileno(), data)
     except (BlockingIOError, BrokenPipeError, OSError, ValueError):
         pass  # a full pipe already holds a wake; a gone worker is restarted by _supervise
-
-
-def _reload_every() -> float:
-    from iot.agent.codecs import RELOAD_EVERY
-
-    return RELOAD_EVERY
 
 
 # -- in a worker process -------------------------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ class DeploymentServer:
     def _codecs_tick(self, woken: bool) -> None:
         self.codecs.tick(woken)
         if self.codec_workers is not None:
-            self.codec_workers.tick(woken)
+            self.codec_workers.tick(woken, {rule.topic_filter for rule in self.codecs.rules})
             # The agent's persistent session may still hold plain subscriptions to the rules' filters (taken when
             # the agent applied the rules itself): they would bring it every message the workers decode. What they
             # bring until the broker has them removed, the agent's own engine decodes: the backlog its session held,

@@ -19,6 +19,7 @@ from tests.billing.conftest import ADDRESS, at
 from tests.billing.test_payments import fake_stripe, issue_march_invoice  # noqa: F401 - fake_stripe is a fixture
 from tests.fakes.vies import FakeVies
 from tests.notifications.test_services import FlakySmtp
+from tests.outage import redis_unreachable
 
 pytestmark = pytest.mark.django_db
 
@@ -170,31 +171,11 @@ def test_billing_contact_email_is_sent_at_once_when_redis_is_down_at_commit(
     owner_org, make_deployment, history, django_capture_on_commit_callbacks
 ):
     """A real unreachable broker (a closed port): the reminder cannot be queued, so the committing process sends it."""
-    import socket
-
     from controlplane import tasks as publishing
-    from controlplane.celery import app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
-
-    def use_broker(url):
-        app.conf.broker_url = url
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    previous = app.conf.broker_url, app.conf.broker_transport_options
-    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
-    use_broker(dead)
-    publishing.broker.reset()
-    try:
+    with redis_unreachable():
         with django_capture_on_commit_callbacks(execute=True):
             invoice = _overdue_reminder(owner_org, make_deployment, history)
         assert publishing.broker.failing  # it was not queued: the broker refused
-    finally:
-        app.conf.broker_transport_options = previous[1]
-        use_broker(previous[0])
-        publishing.broker.reset()
     sent = [m for m in mail.outbox if m.to == ["ap@acme.example"]]
     assert [m.subject for m in sent] == [f"Invoice {invoice.number} is overdue"]

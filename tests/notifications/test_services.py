@@ -11,6 +11,7 @@ from notifications import services as notification_services
 from notifications import tasks
 from notifications.models import Delivery, DeliveryAttempt, EmailNotice, NotificationChannel, PlatformEvent
 from tests.alerts.test_tasks import Receiver, eager, private_webhooks, webhook_channel  # noqa: F401 - fixtures
+from tests.outage import closed_port, redis_unreachable
 
 pytestmark = pytest.mark.django_db
 
@@ -155,11 +156,7 @@ def test_platform_event_is_not_sent_when_callers_transaction_rolls_back(
 
 
 def test_transport_error_recorded_without_url_credentials_when_receiver_unreachable(owner_org, private_webhooks):
-    import socket
-
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()  # a port nobody listens on
     channel, _ = notification_services.channel_create(
         organization=owner_org.organization,
         actor=None,
@@ -215,36 +212,16 @@ def test_channel_created_directly_refused_when_name_has_control_characters(owner
 def test_change_stands_and_sweep_sends_later_when_redis_is_down_at_commit(owner_org, private_webhooks, settings):
     """A real unreachable broker (a closed port), not a stand-in: the platform event commits, nothing raises to the
     caller, and the resume sweep enqueues the delivery once Redis is back."""
-    import socket
-
+    from controlplane import tasks as publishing
     from controlplane.celery import app
 
     receiver = Receiver()
     webhook_channel(owner_org.organization, receiver.url)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
-
-    def use_broker(url):  # what a worker does after a fork: the next publish takes a connection to `url`
-        app.conf.broker_url = url
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    from controlplane import tasks as publishing
-
-    previous = app.conf.broker_url, app.conf.broker_transport_options
-    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
-    use_broker(dead)
-    publishing.broker.reset()
-    try:
+    with redis_unreachable():
         event = notification_services.platform_event_notify(
             organization=owner_org.organization, kind="invoice_overdue", subject="inv_9", message="Overdue."
         )
         assert publishing.broker.failing  # the publish was tried and failed, and said so
-    finally:
-        app.conf.broker_transport_options = previous[1]
-        use_broker(previous[0])
-        publishing.broker.reset()
     assert event is not None and PlatformEvent.objects.filter(pk=event.pk).exists()
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.attempts) == ("pending", 0)
@@ -261,44 +238,21 @@ def test_change_stands_and_sweep_sends_later_when_redis_is_down_at_commit(owner_
     assert [b["event"] for b in receiver.bodies()] == ["platform.invoice_overdue"]
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_email_notice_is_kept_and_sent_by_the_sweep_when_redis_and_smtp_are_down_at_commit(
     owner_org, settings, django_capture_on_commit_callbacks
 ):
     """Real unreachable parts (closed ports for Redis and for SMTP), then a real SMTP server: the notice commits
     with the change, its one try from the web process fails, and the resume sweep sends it once both are back."""
-    from controlplane import tasks as publishing
     from controlplane.celery import app
     from tests.mail import SmtpReceiver
 
-    def use_broker(url):
-        app.conf.broker_url = url
-        app._pool = None
-        app.amqp._producer_pool = None
-
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", _closed_port(), 5
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", closed_port(), 5
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    previous = app.conf.broker_url, app.conf.broker_transport_options
-    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
-    use_broker(f"redis://127.0.0.1:{_closed_port()}/0")
-    publishing.broker.reset()
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            notification_services.email_notice_on_commit(
-                subject="Payment failed", body="Your card was declined.", recipients=["billing@customer.example"]
-            )
-    finally:
-        app.conf.broker_transport_options = previous[1]
-        use_broker(previous[0])
-        publishing.broker.reset()
+    with redis_unreachable(), django_capture_on_commit_callbacks(execute=True):
+        notification_services.email_notice_on_commit(
+            subject="Payment failed", body="Your card was declined.", recipients=["billing@customer.example"]
+        )
     notice = EmailNotice.objects.get()
     assert (notice.status, notice.attempts) == ("pending", 1) and notice.last_error  # tried once, kept
 

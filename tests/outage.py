@@ -1,0 +1,37 @@
+"""Real outages for tests: a closed loopback port stands for a server that is down (Redis, SMTP, a receiver)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_unreachable() -> Iterator[None]:
+    """Celery's broker is a closed port (a real unreachable Redis, not a stand-in) until the block ends: what a worker
+    does after a fork, so the next publish takes a connection to it."""
+    from controlplane import tasks as publishing
+    from controlplane.celery import app
+
+    def use_broker(url):
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    previous = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_transport_options = {**(previous[1] or {}), "max_retries": 0}
+    use_broker(f"redis://127.0.0.1:{closed_port()}/0")
+    publishing.broker.reset()
+    try:
+        yield
+    finally:
+        app.conf.broker_transport_options = previous[1]
+        use_broker(previous[0])
+        publishing.broker.reset()
