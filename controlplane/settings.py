@@ -211,6 +211,11 @@ vars().update(EMAIL_CONFIG)
 # web request or a worker for good, and an e-mail notice's try must end within its lease (notifications.services).
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="MQTT Cloud <no-reply@localhost>")
+# Days a finished notification (a channel's delivery with its attempts, an e-mail notice) is kept; the hourly
+# alerts.prune_notifications forgets older ones. Deliveries and notices still owed are kept whatever their age.
+NOTIFICATION_HISTORY_DAYS = env.int("NOTIFICATION_HISTORY_DAYS", default=90)
+if NOTIFICATION_HISTORY_DAYS < 1:
+    raise ImproperlyConfigured(f"NOTIFICATION_HISTORY_DAYS must be at least 1, not {NOTIFICATION_HISTORY_DAYS}")
 
 # Bodies above this answer 413 before any view parses them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
@@ -464,6 +469,7 @@ CELERY_BEAT_SCHEDULE = {
     "alerts.prune_metrics": {"task": "alerts.prune_metrics", "schedule": crontab(minute=17)},
     "alerts.evaluate_budget_rules": {"task": "alerts.evaluate_budget_rules", "schedule": crontab(minute="*/15")},
     "alerts.check_failing_channels": {"task": "alerts.check_failing_channels", "schedule": crontab(minute=27)},
+    "alerts.prune_notifications": {"task": "alerts.prune_notifications", "schedule": crontab(minute=47)},
     # A delivery whose retry message was lost (worker killed, Redis flushed) is picked up again.
     "alerts.resume_deliveries": {"task": "alerts.resume_deliveries", "schedule": crontab(minute="*/5")},
     "alerts.notify_failed_deployments": {"task": "alerts.notify_failed_deployments", "schedule": crontab(minute="*/5")},

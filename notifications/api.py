@@ -243,6 +243,10 @@ class NotificationChannelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixi
 
     @extend_schema(
         summary="Deliveries through the channel, each with every attempt and its response",
+        description=(
+            "Newest first. A delivery that succeeded or failed is kept for NOTIFICATION_HISTORY_DAYS (90 unless the "
+            "operator set another number of days) after it finished; one still pending or retrying is always listed."
+        ),
         tags=CHANNELS_TAG,
         responses={200: DeliverySerializer(many=True)},
     )

@@ -87,7 +87,10 @@ class Delivery(models.Model):
     class Meta:
         db_table = "alerts_delivery"
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["channel", "-created_at"], name="delivery_channel_time")]
+        indexes = [
+            models.Index(fields=["channel", "-created_at"], name="delivery_channel_time"),
+            models.Index(fields=["completed_at"], name="delivery_completed"),
+        ]
 
 
 class DeliveryAttempt(models.Model):
@@ -158,4 +161,7 @@ class EmailNotice(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "next_attempt_at"], name="email_notice_due")]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="email_notice_due"),
+            models.Index(fields=["completed_at"], name="email_notice_completed"),
+        ]

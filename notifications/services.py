@@ -586,6 +586,39 @@ def _resume(stale: QuerySet[Any], task: Publishable, *, now: dt.datetime) -> int
     return len(rows)
 
 
+# -- history --------------------------------------------------------------------------------------------------------
+
+NOTIFICATIONS_PRUNE_BATCH = 2000
+
+
+def notifications_prune(*, now: dt.datetime | None = None) -> tuple[int, int]:
+    """Forget the deliveries (their attempts with them) and e-mail notices that finished, sent or failed, more than
+    NOTIFICATION_HISTORY_DAYS ago. One still owed (pending, retrying) is kept whatever its age. Deletes
+    NOTIFICATIONS_PRUNE_BATCH rows per statement, so no long lock is held on a large history. Returns how many
+    deliveries and notices were forgotten."""
+    cutoff = (now or timezone.now()) - dt.timedelta(days=settings.NOTIFICATION_HISTORY_DAYS)
+    deliveries = _delete_in_batches(
+        Delivery.objects.filter(status__in=[Delivery.Status.SUCCEEDED, Delivery.Status.FAILED], completed_at__lt=cutoff)
+    )
+    notices = _delete_in_batches(
+        EmailNotice.objects.filter(
+            status__in=[EmailNotice.Status.SENT, EmailNotice.Status.FAILED], completed_at__lt=cutoff
+        )
+    )
+    if deliveries or notices:
+        logger.info("forgot %d deliveries and %d e-mail notices finished before %s", deliveries, notices, cutoff)
+    return deliveries, notices
+
+
+def _delete_in_batches(rows: QuerySet[Any]) -> int:
+    deleted = 0
+    while batch := list(rows.order_by("pk").values_list("pk", flat=True)[:NOTIFICATIONS_PRUNE_BATCH]):
+        with transaction.atomic():
+            _, per_model = rows.model.objects.filter(pk__in=batch).delete()
+        deleted += per_model.get(rows.model._meta.label, 0)
+    return deleted
+
+
 # -- failing channels -----------------------------------------------------------------------------------------------
 
 

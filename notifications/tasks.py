@@ -56,3 +56,9 @@ def check_failing_channels() -> None:
 def resume_deliveries() -> int:
     """Every 5 minutes: re-send deliveries and e-mail notices whose message was lost with a worker or with Redis."""
     return services.deliveries_resume() + services.email_notices_resume()
+
+
+@shared_task(name="alerts.prune_notifications", ignore_result=True)
+def prune_notifications() -> None:
+    """Hourly: forget the deliveries and e-mail notices finished more than NOTIFICATION_HISTORY_DAYS ago."""
+    services.notifications_prune()

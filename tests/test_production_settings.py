@@ -51,6 +51,7 @@ def test_check_deploy_passes_with_production_settings():
     [
         ({"SECRET_KEY": ""}, "SECRET_KEY is required"),
         ({"DEBUG": "true"}, "DEBUG must be off"),
+        ({"NOTIFICATION_HISTORY_DAYS": "0"}, "NOTIFICATION_HISTORY_DAYS must be at least 1"),
     ],
 )
 def test_production_refuses_to_start_when_unsafe(change, message):

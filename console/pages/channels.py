@@ -8,6 +8,7 @@ secret travels from the POST to the page that shows it through the session, popp
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
@@ -127,6 +128,7 @@ def channel(request, org_id, channel_id):
         "secret": shown and shown["secret"],
         "deliveries": deliveries,
         "limit": DELIVERIES_SHOWN,
+        "history_days": settings.NOTIFICATION_HISTORY_DAYS,
         "can_write": console.can("channel:write"),
         **_tabs(console),
     }

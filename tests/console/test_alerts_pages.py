@@ -434,6 +434,8 @@ def test_delivery_history_shows_each_attempts_status_code_and_the_retry_when_a_r
         row = html.unescape(client.get(url).content.decode()).split("Delivery history", 1)[1]
         assert row.count("HTTP 503") == 2 and "HTTP 200" in row and "succeeded" in row
         assert len(receiver.requests) == 3
+        settings.NOTIFICATION_HISTORY_DAYS = 45
+        assert "A delivery is kept for 45 days after it was sent or gave up." in client.get(url).content.decode()
     finally:
         receiver.stop()
 

@@ -28,7 +28,7 @@ def email_channel(organization):
     return channel
 
 
-def delivery(channel, *, status, attempts=0, next_attempt_at=None, created_at=None):
+def delivery(channel, *, status, attempts=0, next_attempt_at=None, created_at=None, completed_at=None):
     return Delivery.objects.create(
         organization=channel.organization,
         channel=channel,
@@ -38,6 +38,7 @@ def delivery(channel, *, status, attempts=0, next_attempt_at=None, created_at=No
         attempts=attempts,
         next_attempt_at=next_attempt_at,
         created_at=created_at or timezone.now(),
+        completed_at=completed_at,
     )
 
 
