@@ -214,8 +214,10 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="MQTT Cloud <no-reply
 # Days a finished notification (a channel's delivery with its attempts, an e-mail notice) is kept; the hourly
 # alerts.prune_notifications forgets older ones. Deliveries and notices still owed are kept whatever their age.
 NOTIFICATION_HISTORY_DAYS = env.int("NOTIFICATION_HISTORY_DAYS", default=90)
-if NOTIFICATION_HISTORY_DAYS < 1:
-    raise ImproperlyConfigured(f"NOTIFICATION_HISTORY_DAYS must be at least 1, not {NOTIFICATION_HISTORY_DAYS}")
+if not 1 <= NOTIFICATION_HISTORY_DAYS <= 3650:
+    raise ImproperlyConfigured(
+        f"NOTIFICATION_HISTORY_DAYS must be from 1 to 3650 (ten years), not {NOTIFICATION_HISTORY_DAYS}"
+    )
 
 # Bodies above this answer 413 before any view parses them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

@@ -51,7 +51,8 @@ def test_check_deploy_passes_with_production_settings():
     [
         ({"SECRET_KEY": ""}, "SECRET_KEY is required"),
         ({"DEBUG": "true"}, "DEBUG must be off"),
-        ({"NOTIFICATION_HISTORY_DAYS": "0"}, "NOTIFICATION_HISTORY_DAYS must be at least 1"),
+        ({"NOTIFICATION_HISTORY_DAYS": "0"}, "NOTIFICATION_HISTORY_DAYS must be from 1 to 3650"),
+        ({"NOTIFICATION_HISTORY_DAYS": "1000000000"}, "NOTIFICATION_HISTORY_DAYS must be from 1 to 3650"),
     ],
 )
 def test_production_refuses_to_start_when_unsafe(change, message):
