@@ -613,8 +613,7 @@ def notifications_prune(*, now: dt.datetime | None = None) -> tuple[int, int]:
 def _delete_in_batches(rows: QuerySet[Any]) -> int:
     deleted = 0
     while batch := list(rows.order_by("pk").values_list("pk", flat=True)[:NOTIFICATIONS_PRUNE_BATCH]):
-        with transaction.atomic():
-            _, per_model = rows.model.objects.filter(pk__in=batch).delete()
+        _, per_model = rows.filter(pk__in=batch).delete()  # the row and its cascade in one transaction
         deleted += per_model.get(rows.model._meta.label, 0)
     return deleted
 

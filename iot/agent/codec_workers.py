@@ -68,17 +68,15 @@ class CodecWorkerPool:
         self.target, self.holder, self.token, self.count = target, holder, token, min(count, MAX_WORKERS)
         self.procs: dict[int, subprocess.Popen] = {}
         self._started_at: dict[int, float] = {}
-        self.filters: set[str] = set()  # the enabled rules' filters, as last loaded
 
     def tick(self, woken: bool, filters: set[str]) -> None:
         """`filters`: those of the enabled rules, as the agent's own engine last loaded them. What the workers apply
         they load themselves; the agent only needs to know whether any rule is on."""
         now = time.monotonic()
-        self.filters = filters
         if woken:
             for proc in self.procs.values():
                 _send(proc, b"w\n")
-        if self.filters:
+        if filters:
             if not self._started_at:
                 forget_sessions(self.target, range(self.count, MAX_WORKERS))
             self._supervise(now)

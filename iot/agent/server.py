@@ -217,12 +217,13 @@ class DeploymentServer:
     def _codecs_tick(self, woken: bool) -> None:
         self.codecs.tick(woken)
         if self.codec_workers is not None:
-            self.codec_workers.tick(woken, {rule.topic_filter for rule in self.codecs.rules})
+            filters = {rule.topic_filter for rule in self.codecs.rules}
+            self.codec_workers.tick(woken, filters)
             # The agent's persistent session may still hold plain subscriptions to the rules' filters (taken when
             # the agent applied the rules itself): they would bring it every message the workers decode. What they
             # bring until the broker has them removed, the agent's own engine decodes: the backlog its session held,
             # and (at least once) what arrived in the moment since it connected.
-            stale = self.codec_workers.filters - self._codec_unsubscribed
+            stale = filters - self._codec_unsubscribed
             if stale and self.connected.is_set():
                 self.client.unsubscribe(sorted(stale))
                 self._codec_unsubscribed |= stale
