@@ -14,6 +14,11 @@ unset PYTHONDONTWRITEBYTECODE
 scripts/bootstrap.sh test
 source scripts/services.sh
 services_start
+# Temporary files of the run (pytest's tmp_path, the multiprocessing directories of a killed worker, what a test leaves)
+# go under the run's own directory, removed with it at exit: a run leaves nothing in /tmp. A failed test's tmp_path goes
+# too; its screenshots stay under var/screenshots/.
+export TMPDIR="$SERVICES_DIR/tmp"
+mkdir -m 1777 "$TMPDIR"
 export CONTROLPLANE_ENV=test
 export CONTROLPLANE_ENV_FILE=  # a developer's .env (from make run) must not leak into the suite
 export CONTROLPLANE_VAR_DIR="$SERVICES_DIR/var"

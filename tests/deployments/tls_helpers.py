@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import pathlib
 import queue
 import ssl
 import tempfile
@@ -109,11 +110,14 @@ def make_leaf(
     return builder.sign(signer_key, hashes.SHA256()), key
 
 
-def write_temp(text: str) -> str:
-    handle = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)
-    handle.write(text)
-    handle.close()
-    return handle.name
+def load_cert_chain(context: ssl.SSLContext, certificate_pem: str, key_pem_text: str) -> None:
+    """`context.load_cert_chain` from PEM text. `ssl` reads a chain only from files, so it goes through two files in a
+    directory removed as soon as they are read (a private key is not left in /tmp)."""
+    with tempfile.TemporaryDirectory() as directory:
+        certificate_file, key_file = pathlib.Path(directory, "chain.pem"), pathlib.Path(directory, "key.pem")
+        certificate_file.write_text(certificate_pem)
+        key_file.write_text(key_pem_text)
+        context.load_cert_chain(certificate_file, key_file)
 
 
 def client_context(
@@ -123,7 +127,7 @@ def client_context(
     context = ssl.create_default_context(cadata=ca_pem)
     if certificate is not None:
         cert, key = certificate
-        context.load_cert_chain(write_temp(pem(cert) + chain), write_temp(key_pem(key)))
+        load_cert_chain(context, pem(cert) + chain, key_pem(key))
     return context
 
 

@@ -8,14 +8,13 @@ listener stays connected through all of it.
 """
 
 import ssl
-import tempfile
 
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.deployments.tls_helpers import tls_connect
+from tests.deployments.tls_helpers import load_cert_chain, tls_connect
 from tests.iot.agent_process import agents  # noqa: F401
 from tests.iot.devices import Device
 from tests.iot.test_agent_e2e import premium_api, register, settle, wait_until  # noqa: F401
@@ -24,18 +23,11 @@ from tests.iot.test_certificates import make_csr
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def _file(text: str) -> str:
-    handle = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)
-    handle.write(text)
-    handle.close()
-    return handle.name
-
-
 def context(server_ca: str, certificate: str | None = None, key: str | None = None) -> ssl.SSLContext:
     """A careful client: verifies the broker against the control plane's CA, presents `certificate` if given."""
     result = ssl.create_default_context(cadata=server_ca)
     if certificate is not None:
-        result.load_cert_chain(_file(certificate), _file(key or ""))
+        load_cert_chain(result, certificate, key or "")
     return result
 
 
