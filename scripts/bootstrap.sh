@@ -14,7 +14,8 @@ if [ "$purpose" = test ] || [ "${NEED_POSTGRESQL-1}" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 fi
 if [ "$purpose" = test ]; then
-  [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser tests (Playwright drives Debian's build)
+  # The console's browser tests: Playwright drives Debian's Chromium build in its headless shell (tests/console/browser.py).
+  [ -x /usr/bin/chromium-headless-shell ] || need+=(chromium-headless-shell)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -1,5 +1,6 @@
 """Shared fixtures. Django-dependent imports stay inside fixtures so driver tests also run with `-p no:django`."""
 
+import gc
 import os
 import random
 
@@ -70,6 +71,16 @@ def pytest_sessionfinish(session):
 def pytest_testnodedown(node, error):
     """On the xdist controller, as each worker finishes: the lines its test modules asked to print."""
     SUMMARY_LINES.extend(getattr(node, "workeroutput", {}).get("summary_lines", []))
+
+
+def pytest_collection_finish(session):
+    """Collection imported the control plane and every test module: some 300,000 objects that live as long as the
+    process. Every full garbage collection walked them all again (about 0.2 s each); frozen here, a collection walks
+    only what the tests made since. A young collection every 20,000 allocations instead of 700 does the same work in
+    fewer passes. Measured on three API modules: 5.4 s of a worker's 40 CPU-seconds went to collecting, now 2.3."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 @pytest.hookimpl(trylast=True)
