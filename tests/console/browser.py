@@ -1,4 +1,5 @@
-"""The console's browser harness: Debian's Chromium (its headless shell) driven by Playwright against pytest-django's live server.
+"""The console's browser harness: Debian's Chromium (its headless shell) driven by Playwright against pytest-django's
+live server.
 
 Fixtures (registered in tests/console/conftest.py, reusable by any module under tests/):
 - `browser` (module scope): one headless Chromium for the module.
