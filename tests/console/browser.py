@@ -6,9 +6,9 @@ Fixtures (registered in tests/console/conftest.py, reusable by any module under 
 - `site`: the live server with helpers to open pages as a person would:
   `site.page(user=None)` -> a `ConsolePage` in a fresh browser context (signed in as `user` when given);
   `site.url("/console/...")` -> an absolute URL.
-A `ConsolePage` wraps a Playwright page: `.check(name)` saves a screenshot under var/screenshots/<module>/ and runs
-axe-core (no serious or critical violation allowed), and every page it opens fails the test on a Content-Security-
-Policy violation, a JavaScript error, or a request to a host other than the live server.
+A `ConsolePage` wraps a Playwright page: `.check(name)` saves a screenshot under var/screenshots/<module>/<test>/
+and runs axe-core (no serious or critical violation allowed), and every page it opens fails the test on a
+Content-Security-Policy violation, a JavaScript error, or a request to a host other than the live server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 from urllib.parse import urlsplit
 
 import pytest
@@ -100,11 +101,9 @@ class ConsolePage:
     # -- screenshots and axe-core -------------------------------------------------------------------------------
 
     def screenshot_path(self, label: str) -> pathlib.Path:
-        directory = SCREENSHOTS / self.site.module
-        directory.mkdir(parents=True, exist_ok=True)
         self.site.shots += 1
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.site.test}-{self.site.shots:02d}-{self.name}-{label}")
-        return directory / f"{safe}.png"
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.site.shots:02d}-{self.name}-{label}")
+        return self.site.screenshots / f"{safe}.png"
 
     def check(self, label: str, *, axe: bool = True, full_page: bool = True) -> list[dict]:
         """Screenshot the page as it is now, then fail on any serious or critical axe-core violation (and on any
@@ -134,6 +133,11 @@ class Site:
         self.shots = 0
         self.contexts = []
         self.axe_pages: list[str] = []
+        # One folder per test, emptied as the test starts: the names carry the run's user names, so an earlier run's
+        # screenshots would not be overwritten, and the folder would mix runs and grow with each one.
+        self.screenshots = SCREENSHOTS / self.module / re.sub(r"[^A-Za-z0-9_.-]+", "-", self.test)
+        shutil.rmtree(self.screenshots, ignore_errors=True)
+        self.screenshots.mkdir(parents=True)
 
     def url(self, path: str) -> str:
         return path if path.startswith("http") else f"{self.base}{path}"
