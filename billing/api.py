@@ -546,6 +546,8 @@ class BillingAccountViewSet(ScopedViewSet):
         "credits": "billing:read",
         "redeem_coupon": "billing:write",
     }
+    # Operations that wait on Stripe: while it is down they answer 503 (documented in the schema).
+    outside_service_actions = frozenset({"setup_intent", "checkout_session"})
 
     def account(self) -> BillingAccount:
         account = selectors.billing_account_for(organization=self.organization)

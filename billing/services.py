@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -48,7 +50,7 @@ from billing.tax import VatStatus, tax_id_country_mismatch, validate_postal_code
 from billing.vat_rates import is_eu, normalize_country
 from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
-from controlplane.errors import Conflict, NotFound, ValidationFailed
+from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from controlplane.tasks import enqueue_on_commit, publish
 from notifications.services import email_notice_on_commit, platform_event_notify
 
@@ -420,14 +422,14 @@ def vat_invalid_notify(*, account: BillingAccount) -> None:
 
 
 @lru_cache(maxsize=4)
-def _client_for(api_key: str, api_base: str) -> stripe.StripeClient:
-    return gateway.make_client(api_key=api_key, api_base=api_base or None)
+def _client_for(api_key: str, api_base: str, timeout: float) -> stripe.StripeClient:
+    return gateway.make_client(api_key=api_key, api_base=api_base or None, timeout=timeout)
 
 
 def stripe_client() -> stripe.StripeClient:
     if not settings.STRIPE_SECRET_KEY:
         raise gateway.GatewayNotConfigured("STRIPE_SECRET_KEY is not set")
-    return _client_for(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
+    return _client_for(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS)
 
 
 def billing_account_sync_stripe(*, account_id: int) -> str | None:
@@ -474,8 +476,20 @@ def _customer_id(account: BillingAccount) -> str:
     return customer_id
 
 
+@contextmanager
+def _stripe_answering() -> Iterator[None]:
+    """Around a call a person waits for (an API request, a console page): Stripe being down is their 503 with a
+    message, never a 500. Tasks let StripeTransient through and retry instead."""
+    try:
+        yield
+    except gateway.StripeTransient as exc:
+        logger.warning("Stripe did not answer: %s", exc)
+        raise Unavailable("Stripe did not answer; nothing was changed. Try again in a minute.", retry_after=60) from exc
+
+
 def card_setup_intent_create(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
-    intent_id, secret = gateway.create_setup_intent(_customer_id(account), client=stripe_client())
+    with _stripe_answering():
+        intent_id, secret = gateway.create_setup_intent(_customer_id(account), client=stripe_client())
     with transaction.atomic():
         audit_record(
             actor=actor,
@@ -490,7 +504,10 @@ def card_setup_intent_create(*, account: BillingAccount, actor: Principal | None
 def card_checkout_session_create(
     *, account: BillingAccount, actor: Principal | None, success_url: str, cancel_url: str
 ) -> str:
-    url = gateway.create_checkout_setup_session(_customer_id(account), success_url, cancel_url, client=stripe_client())
+    with _stripe_answering():
+        url = gateway.create_checkout_setup_session(
+            _customer_id(account), success_url, cancel_url, client=stripe_client()
+        )
     with transaction.atomic():
         audit_record(
             actor=actor,

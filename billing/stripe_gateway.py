@@ -2,22 +2,35 @@
 collection, and webhook signature checks, through stripe-python's StripeClient.
 
 It returns plain values (ids, PaymentResult, dicts) and never leaks stripe objects; it must never touch the
-database or decide billing policy (what to charge, when to retry): callers do.
+database or decide billing policy (what to charge, when to retry): callers do. A call that fails because Stripe is
+unreachable, limits our rate or fails on its side raises StripeTransient, whichever function made it: the same call
+may succeed later, and callers retry (tasks) or say so (pages). Stripe's other refusals (a wrong key, a bad request)
+are bugs or misconfiguration and propagate as stripe-python raised them.
+
+stripe-python is imported where it is used, not with this module: it imports an HTTP client stack on import (aiohttp,
+when installed) that every process loading billing would pay for, although only the calls below need it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, TypedDict
-
-import stripe
-from stripe.params import CustomerCreateParams, CustomerUpdateParams, PaymentIntentCreateParams, SetupIntentCreateParams
-from stripe.params.checkout import SessionCreateParams
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar
 
 from billing.money import minor_units, normalize_currency
+
+if TYPE_CHECKING:
+    import stripe
+    from stripe.params import (
+        CustomerCreateParams,
+        CustomerUpdateParams,
+        PaymentIntentCreateParams,
+        SetupIntentCreateParams,
+    )
+    from stripe.params.checkout import SessionCreateParams
 
 DEFAULT_API_BASE = "https://api.stripe.com"
 AddressField = Literal["line1", "line2", "city", "state", "postal_code", "country"]
@@ -41,6 +54,11 @@ class StripeUnavailable(Exception):
     """Stripe did not answer, or answered with an error other than "no such object"."""
 
 
+class StripeTransient(StripeUnavailable):
+    """Stripe could not be reached, limited our rate (429) or failed on its side (5xx), after the client's own
+    retries: the same call may succeed later."""
+
+
 class StripeObjectMissing(LookupError):
     """Stripe knows no such object (a 404, or an id of another account)."""
 
@@ -60,6 +78,33 @@ class PaymentStatus(StrEnum):
     FAILED = "failed"
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _unavailable(exc: Exception) -> StripeUnavailable:
+    """StripeTransient for a failure that may pass (unreachable, 429, 5xx), else StripeUnavailable."""
+    import stripe
+
+    transient = isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.APIError)
+    return (StripeTransient if transient else StripeUnavailable)(str(exc))
+
+
+def _calls_stripe(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Raise StripeTransient for a call that failed because Stripe is down; leave every other outcome as it is."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        import stripe
+
+        try:
+            return func(*args, **kwargs)
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            raise StripeTransient(str(exc)) from exc
+
+    return wrapper
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentResult:
     status: PaymentStatus
@@ -69,12 +114,18 @@ class PaymentResult:
     decline_code: str | None = None
 
 
-def make_client(*, api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> stripe.StripeClient:
-    """A StripeClient; `api_base` points it elsewhere (the test fake). Retries reuse the idempotency key."""
+def make_client(
+    *, api_key: str, api_base: str | None = None, max_network_retries: int = 2, timeout: float = 20.0
+) -> stripe.StripeClient:
+    """A StripeClient; `api_base` points it elsewhere (the test fake). Retries reuse the idempotency key; each try
+    waits at most `timeout` seconds for an answer (a charge whose answer was lost is replayed, not repeated)."""
+    import stripe
+
     return stripe.StripeClient(
         api_key,
         base_addresses={"api": api_base or DEFAULT_API_BASE},
         max_network_retries=max_network_retries,
+        http_client=stripe.RequestsClient(timeout=timeout),
     )
 
 
@@ -143,6 +194,7 @@ def _compact_tax_value(value: str) -> str:
     return "".join(value.split()).upper()
 
 
+@_calls_stripe
 def ensure_customer(
     *,
     customer_id: str | None,
@@ -157,6 +209,8 @@ def ensure_customer(
 
     Returns the customer id, a new one if `customer_id` is None or no longer exists on Stripe.
     """
+    import stripe
+
     api = _get(client).v1
     wanted_metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
     customer = None
@@ -201,6 +255,7 @@ def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None) ->
         api.customers.tax_ids.create(customer_id, params={"type": wanted[0], "value": wanted[1]})
 
 
+@_calls_stripe
 def create_setup_intent(customer_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str]:
     """A SetupIntent to save a card for later off-session charges; returns (id, client_secret)."""
     # The API version this client sends refuses `payment_method_types` on create (400
@@ -217,6 +272,7 @@ def create_setup_intent(customer_id: str, *, client: stripe.StripeClient | None 
     return intent.id, intent.client_secret
 
 
+@_calls_stripe
 def create_checkout_setup_session(
     customer_id: str, success_url: str, cancel_url: str, *, client: stripe.StripeClient | None = None
 ) -> str:
@@ -236,15 +292,18 @@ def create_checkout_setup_session(
     return session.url
 
 
+@_calls_stripe
 def checkout_setup_result(session_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str, str]:
     """What a Checkout session in setup mode left: (customer id, session status, the saved card's PaymentMethod id or
     "" while none)."""
+    import stripe
+
     try:
         session = _get(client).v1.checkout.sessions.retrieve(session_id, params={"expand": ["setup_intent"]})
     except stripe.InvalidRequestError as exc:
         raise StripeObjectMissing(session_id) from exc
     except stripe.StripeError as exc:
-        raise StripeUnavailable(str(exc)) from exc
+        raise _unavailable(exc) from exc
     intent = _field(session, "setup_intent")
     payment_method = ""
     if intent is not None and not isinstance(intent, str) and _field(intent, "status") == "succeeded":
@@ -252,15 +311,19 @@ def checkout_setup_result(session_id: str, *, client: stripe.StripeClient | None
     return str(_field(session, "customer") or ""), str(_field(session, "status") or ""), payment_method
 
 
+@_calls_stripe
 def card_summary(payment_method_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str]:
     """The brand and last four digits of a card PaymentMethod, as Stripe shows them."""
+    import stripe
+
     try:
         card = _field(_get(client).v1.payment_methods.retrieve(payment_method_id), "card")
     except stripe.StripeError as exc:
-        raise StripeUnavailable(str(exc)) from exc
+        raise _unavailable(exc) from exc
     return str(_field(card, "brand") or "card"), str(_field(card, "last4") or "")
 
 
+@_calls_stripe
 def set_default_payment_method(
     *, customer_id: str, payment_method_id: str, client: stripe.StripeClient | None = None
 ) -> None:
@@ -282,6 +345,7 @@ def _result_from_intent(intent: Any) -> PaymentResult:
     return PaymentResult(mapped, _field(intent, "id"), message, _field(error, "code"), _field(error, "decline_code"))
 
 
+@_calls_stripe
 def collect_invoice(
     *,
     customer_id: str,
@@ -293,6 +357,8 @@ def collect_invoice(
 ) -> PaymentResult:
     """Charge an invoice off-session to the customer's default card. A declined card is a failed result,
     not an exception; the same (invoice, attempt) never charges twice (idempotency key)."""
+    import stripe
+
     api = _get(client).v1
     if amount_minor <= 0:
         raise ValueError("amount_minor must be positive")
@@ -333,6 +399,8 @@ def verify_webhook(payload: bytes, sig_header: str, secret: str, *, tolerance: i
 
     Raises WebhookSignatureError for a missing, wrong or expired (older than `tolerance` seconds) signature.
     """
+    import stripe
+
     text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
     if not sig_header:
         raise WebhookSignatureError("missing Stripe-Signature header")

@@ -2,17 +2,16 @@
 
 import datetime
 
-import stripe
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from billing import annual, exchange_rates, invoicing, metering, services
+from billing import stripe_gateway as gateway
 
 TRANSIENT = (OperationalError, InterfaceError)
 # The close asks VIES about unconfirmed numbers first, for at most this long: a hanging VIES never delays a month.
 VIES_BUDGET_SECONDS = 600
-STRIPE_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
 
 
 # A long gap is caught up in committed batches: a run cut short by the time limit resumes where it stopped.
@@ -86,7 +85,7 @@ def load_exchange_rates() -> int:
 
 @shared_task(
     name="billing.sync_stripe_customer",
-    autoretry_for=(*STRIPE_TRANSIENT, *TRANSIENT),
+    autoretry_for=(gateway.StripeTransient, *TRANSIENT),
     retry_backoff=True,
     retry_backoff_max=600,
     max_retries=10,
@@ -97,7 +96,7 @@ def sync_stripe_customer(account_id: int) -> str | None:
 
 @shared_task(
     name="billing.set_default_card",
-    autoretry_for=(*STRIPE_TRANSIENT, *TRANSIENT),
+    autoretry_for=(gateway.StripeTransient, *TRANSIENT),
     retry_backoff=True,
     retry_backoff_max=600,
     max_retries=10,
@@ -110,7 +109,7 @@ def set_default_card(account_id: int) -> None:
 # the first outcome instead of charging again.
 @shared_task(
     name="billing.collect_invoice",
-    autoretry_for=(*STRIPE_TRANSIENT, *TRANSIENT),
+    autoretry_for=(gateway.StripeTransient, *TRANSIENT),
     retry_backoff=True,
     retry_backoff_max=600,
     max_retries=5,

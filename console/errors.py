@@ -22,6 +22,8 @@ _DOMAIN_STATUS = (
     (domain.PermissionDenied, 403),
     (domain.RateLimited, 429),
     (domain.ValidationFailed, 400),
+    (domain.Unprocessable, 422),
+    (domain.Unavailable, 503),
 )
 # Everything a console view catches around a service call. Anything else is a bug and answers 500.
 REFUSALS = (domain.DomainError, DjangoValidationError, DjangoPermissionDenied, drf.APIException)

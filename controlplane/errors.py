@@ -98,6 +98,18 @@ class RateLimited(DomainError):
         self.retry_after = retry_after
 
 
+class Unavailable(DomainError):
+    """A service the request needs (a payment provider, a cloud API) did not answer: nothing was changed, and the same
+    request may succeed after `retry_after` seconds."""
+
+    code = "unavailable"
+    default_message = "A service this request needs did not answer; nothing was changed. Try again shortly."
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 30.0, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class ValidationFailed(DomainError):
     """Input that cannot be accepted, with one message per field where a field is to blame.
 

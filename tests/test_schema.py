@@ -189,5 +189,18 @@ def test_every_operation_documents_an_example_and_its_errors(tmp_path):
                 missing_example.append(f"{method.upper()} {path}")
             if not {"400", "429"} <= set(responses):
                 missing_errors.append(f"{method.upper()} {path}")
+            for code in {"429", "503"} & set(responses):
+                assert "Retry-After" in responses[code].get("headers", {}), (method, path, code)
     assert missing_example == []
     assert missing_errors == []
+    # The operations that wait on Stripe say they answer 503 while it is down; the others do not.
+    unavailable = sorted(
+        f"{method.upper()} {path}"
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "503" in operation["responses"]
+    )
+    assert unavailable == [
+        "POST /api/v1/organizations/{org}/billing/checkout-session",
+        "POST /api/v1/organizations/{org}/billing/setup-intent",
+    ]

@@ -120,6 +120,7 @@ _DOMAIN_STATUS = (
     (domain.RateLimited, status.HTTP_429_TOO_MANY_REQUESTS),
     (domain.ValidationFailed, status.HTTP_400_BAD_REQUEST),
     (domain.Unprocessable, status.HTTP_422_UNPROCESSABLE_ENTITY),
+    (domain.Unavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
 )
 
 
@@ -127,7 +128,7 @@ def domain_error_response(exc: domain.DomainError) -> Response:
     """A service's domain error as problem+json: the status from its kind, the field messages as `errors`."""
     status_code = next((code for kind, code in _DOMAIN_STATUS if isinstance(exc, kind)), status.HTTP_400_BAD_REQUEST)
     headers = {}
-    if isinstance(exc, domain.RateLimited):
+    if isinstance(exc, domain.RateLimited | domain.Unavailable):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     field_errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
     return Response(

@@ -51,7 +51,11 @@ ERROR_DESCRIPTIONS = {
     "413": "The request body is over 1 MiB.",
     "422": "The Idempotency-Key was already used for a different request.",
     "429": "Rate limit exceeded; see `Retry-After` and `GET /api/v1/rate-limits`.",
+    "503": "A service this operation needs (the payment provider) did not answer; nothing was changed. See "
+    "`Retry-After`.",
 }
+
+RETRY_AFTER = {"schema": {"type": "integer"}, "description": "Seconds to wait before trying again."}
 
 PROBLEM_EXAMPLE = {
     "type": "https://docs.mqtt-cloud.example/problems/validation-error",
@@ -117,6 +121,8 @@ class AutoSchema(openapi.AutoSchema):
             codes.append("409")  # a read refused by the resource's state (a Premium deployment being deleted)
         if "{" in self.path:
             codes.append("404")
+        if getattr(self.view, "action", None) in getattr(self.view, "outside_service_actions", ()):
+            codes.append("503")  # the operation waits on an outside service (Stripe) that may be down
         return sorted(set(codes))
 
     def _get_response_bodies(self, direction: Direction = "response") -> dict[str, Any]:
@@ -125,18 +131,18 @@ class AutoSchema(openapi.AutoSchema):
             return responses
         component = self.resolve_serializer(Problem, "response")
         for code in self._error_codes():
-            responses.setdefault(
-                code,
-                {
-                    "description": ERROR_DESCRIPTIONS[code],
-                    "content": {
-                        "application/problem+json": {
-                            "schema": component.ref,
-                            "example": {**PROBLEM_EXAMPLE, "status": int(code)},
-                        }
-                    },
+            response = {
+                "description": ERROR_DESCRIPTIONS[code],
+                "content": {
+                    "application/problem+json": {
+                        "schema": component.ref,
+                        "example": {**PROBLEM_EXAMPLE, "status": int(code)},
+                    }
                 },
-            )
+            }
+            if code in ("429", "503"):
+                response["headers"] = {"Retry-After": RETRY_AFTER}
+            responses.setdefault(code, response)
         return responses
 
     def _get_examples(
@@ -163,6 +169,6 @@ class AutoSchema(openapi.AutoSchema):
         headers: dict[str, Any] = super()._get_response_headers_for_code(status_code, direction)
         for name, description in RATE_LIMIT_HEADERS.items():
             headers.setdefault(name, {"schema": {"type": "integer"}, "description": description})
-        if str(status_code) == "429":
-            headers["Retry-After"] = {"schema": {"type": "integer"}, "description": "Seconds to wait."}
+        if str(status_code) in ("429", "503"):
+            headers["Retry-After"] = RETRY_AFTER
         return headers

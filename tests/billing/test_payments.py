@@ -2,12 +2,15 @@
 handling (reminders, billing stop, deletion, restart on payment)."""
 
 import datetime
+import socket
+import time
 
 import pytest
 from django.core import mail
 from django.test import override_settings
 
-from billing import invoicing, metering, services
+from audit.models import AuditEvent
+from billing import invoicing, metering, services, tasks
 from billing.models import BillingAccount, Invoice, Payment, StripeEvent
 from billing.selectors import billing_account_for
 from controlplane.errors import NotFound
@@ -158,6 +161,63 @@ def test_no_card_setup_sent_to_stripe_when_billing_account_deleted_meanwhile(fak
             account=account, actor=None, success_url="https://app.example/ok", cancel_url="https://app.example/no"
         )
     assert not fake_stripe.setup_intents and not fake_stripe.checkout_sessions and not fake_stripe.customers
+
+
+def _closed_port_url() -> str:
+    """A local address nothing listens on: Stripe unreachable (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("outage", ["unreachable", "stuck", 500, 429])
+def test_card_setup_answers_503_and_records_nothing_when_stripe_is_down(fake_stripe, owner_org, key_client, outage):
+    account = billing_account_for(organization=owner_org.organization)
+    services.billing_account_sync_stripe(account_id=account.pk)  # the customer exists: only the card call meets it
+    api = key_client(owner_org.owner_secret)
+    base = f"/api/v1/organizations/{owner_org.id}/billing"
+    checkout = {"success_url": "https://console.example/ok", "cancel_url": "https://console.example/no"}
+    with override_settings(
+        STRIPE_API_BASE=_closed_port_url() if outage == "unreachable" else fake_stripe.url,
+        STRIPE_TIMEOUT_SECONDS=0.5,
+    ):
+        fake_stripe.outage = outage if isinstance(outage, int) else None
+        fake_stripe.stall = 5.0 if outage == "stuck" else 0.0  # accepts the connection, never answers in time
+        for path, body in (("setup-intent", {}), ("checkout-session", checkout)):
+            started = time.monotonic()
+            answer = api.post(f"{base}/{path}", body, format="json")
+            # three tries of at most 0.5 s and the client's backoff between them (at most 0.5 s, then 1 s)
+            assert time.monotonic() - started < 4.5, path
+            assert answer.status_code == 503, (path, answer.content)
+            assert answer["Content-Type"] == "application/problem+json"
+            assert int(answer["Retry-After"]) > 0
+            problem = answer.json()
+            assert problem["type"].endswith("/unavailable") and problem["status"] == 503
+            assert "Stripe did not answer" in problem["detail"]
+    assert not AuditEvent.objects.filter(action__startswith="billing.card").exists()
+    if outage != "stuck":  # a stuck Stripe may still make what it was asked for: unused, it expires on its own
+        assert not fake_stripe.setup_intents and not fake_stripe.checkout_sessions
+    fake_stripe.outage, fake_stripe.stall = None, 0.0  # Stripe is back: the same call works
+    assert api.post(f"{base}/setup-intent", {}, format="json").status_code == 201
+
+
+def test_stripe_task_runs_again_while_stripe_is_down_and_not_when_it_refuses_the_key(fake_stripe, owner_org):
+    account = billing_account_for(organization=owner_org.organization)
+    task = tasks.sync_stripe_customer
+    last_but_one = task.max_retries - 1  # apply() runs each retry at once, inline: start at the last but one
+
+    def customer_creates() -> int:
+        return sum(1 for r in fake_stripe.requests if r.method == "POST" and r.path == "/v1/customers")
+
+    fake_stripe.outage = 503
+    assert task.apply(args=[account.pk], retries=last_but_one).state == "FAILURE"
+    assert customer_creates() == 2 * 3  # two runs of the task, each with the client's three tries
+    fake_stripe.outage = None
+    with override_settings(STRIPE_SECRET_KEY="sk_test_not_ours"):  # a refusal, not an outage: no retry helps
+        assert task.apply(args=[account.pk], retries=last_but_one).state == "FAILURE"
+    assert customer_creates() == 6 + 1
+    done = task.apply(args=[account.pk])
+    assert done.state == "SUCCESS" and done.result in fake_stripe.customers
 
 
 def test_webhook_refused_and_nothing_recorded_when_unsigned_tampered_or_wrong_secret(

@@ -199,3 +199,18 @@ def test_card_page_lets_the_form_leave_only_for_checkout_when_stripe_is_configur
         assert "form-action 'self' https://checkout.stripe.com" in page["Content-Security-Policy"]
         # Every other page keeps the plain policy.
         assert "checkout" not in client.get(f"/console/o/{org.id}/billing")["Content-Security-Policy"]
+
+
+def test_card_button_says_stripe_did_not_answer_and_opens_nothing_when_stripe_is_down(deployments_catalog):
+    org = make_organization(name="Acme")
+    _us_account(org)
+    owner = _client(org.owner)
+    with FakeStripe() as fake, override_settings(STRIPE_SECRET_KEY=fake.api_key, STRIPE_API_BASE=fake.url):
+        fake.outage = 503
+        page = owner.post(f"/console/o/{org.id}/billing/card", follow=True)
+        assert page.status_code == 200 and page.redirect_chain[-1][0] == f"/console/o/{org.id}/billing/details"
+        assert "Stripe did not answer; nothing was changed. Try again in a minute." in page.content.decode()
+        assert not fake.checkout_sessions
+        fake.outage = None  # Stripe is back: the same button leaves for Checkout
+        answer = owner.post(f"/console/o/{org.id}/billing/card")
+        assert answer.status_code == 302 and answer["Location"].startswith("https://checkout.stripe.com/")

@@ -263,6 +263,11 @@ class FakeStripe:
         self.payment_intents: dict[str, dict] = {}
         self.requests: list[RecordedRequest] = []
         self._declines: dict[str, str] = {}
+        # An HTTP status (500, 503, 429) every API request answers with while set: Stripe failing on its side or
+        # limiting our rate. The hosted Checkout page is not affected.
+        self.outage: int | None = None
+        # Seconds every API request waits before it is answered: a Stripe that accepts connections but is stuck.
+        self.stall = 0.0
         self._idempotency: dict[str, _SavedOutcome] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -379,6 +384,17 @@ class FakeStripe:
                     raw = split.query
                 params = decode_form(raw)
                 fake.requests.append(RecordedRequest(method, split.path, params, dict(self.headers)))
+                if fake.stall:
+                    time.sleep(fake.stall)
+                if fake.outage is not None:
+                    # Stripe's own error types: a 429 is an invalid_request_error with the code rate_limit.
+                    error = (
+                        {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests."}
+                        if fake.outage == 429
+                        else {"type": "api_error", "message": "Something went wrong on Stripe's end."}
+                    )
+                    self._send(fake.outage, {"error": error})
+                    return
                 if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
                     self._send(
                         401,
