@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import FieldError, ValidationFailed
+from controlplane.errors import FieldError, Unavailable, ValidationFailed
 from controlplane.metrics import NOTIFICATION_FAILURES
 from controlplane.tasks import Publishable, publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
@@ -102,6 +102,11 @@ def _validate_name(name: object) -> None:
         raise ValidationFailed([FieldError("name", control_character_message(*found), CONTROL_CHARACTER_CODE)])
 
 
+def _dns_unavailable(exc: urlsafety.ResolverUnavailable) -> Unavailable:
+    """A destination that cannot be checked yet: the caller is told to try again, not that the URL is wrong."""
+    return Unavailable(f"{exc}; nothing was saved. Try again in a minute.", retry_after=60)
+
+
 def _validate_channel(
     *, type: str, config: ChannelConfig, secret: str | None, previous: ChannelConfig | None = None
 ) -> ChannelConfig:
@@ -127,6 +132,8 @@ def _validate_channel(
             urlsafety.validate_webhook_url(url, allow_private=_allow_private())
         except ValueError as exc:
             raise ValidationFailed({"config.url": str(exc)}) from exc
+        except urlsafety.ResolverUnavailable as exc:
+            raise _dns_unavailable(exc) from exc
         if isinstance(headers, dict):
             kept = (previous or {}).get("headers") or {}
             unknown = [name for name, value in headers.items() if value == urlsafety.MASK and name not in kept]
@@ -146,6 +153,8 @@ def _validate_channel(
                 urlsafety.validate_slack_webhook_url(url)
         except ValueError as exc:
             raise ValidationFailed({"config.url": str(exc)}) from exc
+        except urlsafety.ResolverUnavailable as exc:
+            raise _dns_unavailable(exc) from exc
         return {"url": url}
     if type == NotificationChannel.Type.PAGERDUTY:
         try:

@@ -178,10 +178,19 @@ def url_secrets(url: str) -> list[str]:
     return sorted(set(found), key=len, reverse=True)
 
 
+class ResolverUnavailable(OSError):
+    """The resolver did not answer (EAI_AGAIN: a DNS outage or a timeout), so nothing is known about the host yet:
+    the same name may resolve in a moment. Not a ValueError, which refuses a destination for good."""
+
+
 def _resolve(target: _Target, *, allow_private: bool) -> list[IPAddress]:
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            raise ResolverUnavailable(f"DNS did not answer for host {target.host!r}") from exc
+        raise ValueError(f"cannot resolve host {target.host!r}") from exc
+    except UnicodeError as exc:
         raise ValueError(f"cannot resolve host {target.host!r}") from exc
     addresses: list[IPAddress] = []
     for info in infos:
@@ -200,7 +209,8 @@ def _resolve(target: _Target, *, allow_private: bool) -> list[IPAddress]:
 
 
 def validate_webhook_url(url: object, *, allow_private: bool = False) -> None:
-    """Raise ValueError unless `url` is http(s) with a host that resolves only to public addresses."""
+    """Raise ValueError unless `url` is http(s) with a host that resolves only to public addresses, and
+    ResolverUnavailable while DNS does not answer."""
     _resolve(_parse(url), allow_private=allow_private)
 
 

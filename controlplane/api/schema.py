@@ -51,8 +51,8 @@ ERROR_DESCRIPTIONS = {
     "413": "The request body is over 1 MiB.",
     "422": "The Idempotency-Key was already used for a different request.",
     "429": "Rate limit exceeded; see `Retry-After` and `GET /api/v1/rate-limits`.",
-    "503": "A service this operation needs (the payment provider) did not answer; nothing was changed. See "
-    "`Retry-After`.",
+    "503": "A service this operation needs (the payment provider, DNS for a webhook's host) did not answer; nothing "
+    "was changed. See `Retry-After`.",
 }
 
 RETRY_AFTER = {"schema": {"type": "integer"}, "description": "Seconds to wait before trying again."}
@@ -122,7 +122,7 @@ class AutoSchema(openapi.AutoSchema):
         if "{" in self.path:
             codes.append("404")
         if getattr(self.view, "action", None) in getattr(self.view, "outside_service_actions", ()):
-            codes.append("503")  # the operation waits on an outside service (Stripe) that may be down
+            codes.append("503")  # the operation waits on an outside service (Stripe, DNS) that may be down
         return sorted(set(codes))
 
     def _get_response_bodies(self, direction: Direction = "response") -> dict[str, Any]:

@@ -253,3 +253,27 @@ def test_slack_hook_path_encrypted_at_rest_when_channel_created(ctx):
     channel = NotificationChannel.objects.get(public_id=created.json()["id"])
     assert "abcDEF123" not in str(channel.config) and "abcDEF123" not in channel.config_encrypted
     assert services.channel_config(channel) == {"url": SLACK_URL}
+
+
+def test_channel_answers_503_and_saves_nothing_when_dns_does_not_answer_but_400_when_the_name_does_not_exist(ctx):
+    import socket
+    from unittest import mock
+
+    from notifications import urlsafety
+    from notifications.models import NotificationChannel
+
+    url = f"{ctx['org_url']}/notification-channels"
+    body = {"name": "hook", "type": "webhook", "config": {"url": "https://hooks.example.com/in"}}
+    # The resolver is the machine's: it is made to fail the way a DNS outage (EAI_AGAIN) and a typo (EAI_NONAME) do.
+    outage = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    with mock.patch.object(urlsafety.socket, "getaddrinfo", side_effect=outage):
+        answer = ctx["client"].post(url, body, format="json")
+    assert answer.status_code == 503, answer.content
+    assert answer["Content-Type"] == "application/problem+json" and int(answer["Retry-After"]) > 0
+    assert answer.json()["type"].endswith("/unavailable")
+    assert "hooks.example.com" in answer.json()["detail"]
+    missing = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    with mock.patch.object(urlsafety.socket, "getaddrinfo", side_effect=missing):
+        answer = ctx["client"].post(url, body, format="json")
+    assert answer.status_code == 400 and problem_fields(answer) == {"config.url"}
+    assert not NotificationChannel.objects.filter(organization=ctx["org"].organization).exists()

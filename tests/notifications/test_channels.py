@@ -267,3 +267,16 @@ def test_delivery_result_is_immutable_when_created():
     r = DeliveryResult(True, 200, "", "", 1)
     with pytest.raises(AttributeError):
         r.ok = False
+
+
+@pytest.mark.parametrize("code, retryable", [(socket.EAI_AGAIN, True), (socket.EAI_NONAME, False)])
+def test_webhook_is_tried_again_when_dns_does_not_answer_but_not_when_the_name_does_not_exist(code, retryable):
+    from unittest import mock
+
+    from notifications import urlsafety
+
+    # The resolver is the machine's: it is made to fail the way a DNS outage and a deleted name do.
+    with mock.patch.object(urlsafety.socket, "getaddrinfo", side_effect=socket.gaierror(code, "resolver")):
+        result = send_webhook("https://hooks.example.com/in", {"a": 1}, secret=SECRET)
+    assert result.ok is False and result.status_code is None and result.retryable is retryable
+    assert "hooks.example.com" in result.error
