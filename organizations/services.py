@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
+from django.core.mail import get_connection, send_mail
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
@@ -267,10 +267,12 @@ def _send_invitation(organization: Organization, email: str, token: str) -> None
             ),
             from_email=settings.DEFAULT_FROM_EMAIL,
             recipient_list=[email],
+            connection=get_connection(timeout=min(settings.EMAIL_TIMEOUT, settings.EMAIL_REQUEST_TIMEOUT)),
         )
 
-    # After the commit the invitation exists whatever happens to its email: a mail server that refuses it is
-    # logged, never a 500 for a change that was made (the invitation can be sent again, invitation_resend).
+    # After the commit the invitation exists whatever happens to its email: a mail server that refuses it, or does not
+    # answer within EMAIL_REQUEST_TIMEOUT, is logged, never a 500 or a dropped connection for a change that was made
+    # (the invitation can be sent again, invitation_resend).
     transaction.on_commit(send, robust=True)
 
 

@@ -157,3 +157,29 @@ def test_invitation_answers_201_and_stays_open_when_its_email_cannot_be_sent(own
     invitation = Invitation.objects.get(email="new.person@example.com")
     assert invitation.status == "pending"
     assert any("on_commit" in record.getMessage() for record in caplog.records if record.levelname == "ERROR")
+
+
+def test_invitation_is_made_in_seconds_and_can_be_sent_again_when_the_mail_server_never_answers(
+    owner_org, key_client, settings, caplog
+):
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts the connection; nothing ever says the SMTP greeting
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", silent.getsockname()[1]
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+        settings.EMAIL_TIMEOUT, settings.EMAIL_REQUEST_TIMEOUT = 30, 1
+        client = key_client(owner_org.owner_secret)
+        started = time.monotonic()
+        response = _invite(client, owner_org.id)
+        # The request waited for the mail server at most EMAIL_REQUEST_TIMEOUT, not the workers' EMAIL_TIMEOUT (past
+        # the web server's 30 s, which would have dropped the connection of a request whose invitation was made).
+        assert response.status_code == 201 and time.monotonic() - started < 5
+        assert "timed out" in caplog.text
+        invitation = Invitation.objects.get(public_id=response.json()["id"])
+        with _capture(execute=True):
+            again = client.post(f"/api/v1/organizations/{owner_org.id}/invitations/{invitation.public_id}/resend")
+        assert again.status_code == 200
