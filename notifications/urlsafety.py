@@ -9,8 +9,10 @@ cannot redirect us inward. It never follows redirects and never sends to an addr
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import ipaddress
 import json
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -22,6 +24,22 @@ import urllib3
 from controlplane.validators import find_control_character
 
 MAX_RESPONSE_BYTES = 64 * 1024
+# Seconds a host name's lookup may take before the resolver counts as not answering. The system resolver's own limits
+# (5 s per try and server, more with search domains) can add up past the web server's 30 s worker timeout.
+RESOLVE_TIMEOUT = 5.0
+_resolver: concurrent.futures.ThreadPoolExecutor
+
+
+def _new_resolver() -> None:
+    """Lookups run on these threads so that one can be abandoned at RESOLVE_TIMEOUT (getaddrinfo cannot be
+    interrupted); an abandoned one ends on its own. While all are stuck, later lookups wait in line and time out
+    alike. A forked process (a Celery pool child) has none of its parent's threads, so it starts its own pool."""
+    global _resolver
+    _resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
+
+
+_new_resolver()
+os.register_at_fork(after_in_child=_new_resolver)
 
 # Matched whole (fullmatch): `$` would also accept a trailing newline.
 SLACK_WEBHOOK_RE = re.compile(r"https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+")
@@ -184,8 +202,11 @@ class ResolverUnavailable(OSError):
 
 
 def _resolve(target: _Target, *, allow_private: bool) -> list[IPAddress]:
+    lookup = _resolver.submit(socket.getaddrinfo, target.host, target.port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout=RESOLVE_TIMEOUT)
+    except concurrent.futures.TimeoutError as exc:
+        raise ResolverUnavailable(f"DNS did not answer for host {target.host!r} within {RESOLVE_TIMEOUT:g} s") from exc
     except socket.gaierror as exc:
         if exc.errno == socket.EAI_AGAIN:
             raise ResolverUnavailable(f"DNS did not answer for host {target.host!r}") from exc

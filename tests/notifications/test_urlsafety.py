@@ -268,3 +268,38 @@ def test_safe_post_sends_url_credentials_as_basic_auth_when_userinfo_given(echo_
 )
 def test_mask_url_hides_userinfo_and_query_values_when_shown(url, shown):
     assert mask_url(url) == shown
+
+
+def test_lookup_counts_as_dns_not_answering_when_the_resolver_takes_longer_than_its_limit(monkeypatch):
+    import time
+
+    def slow_resolver(*args, **kwargs):
+        time.sleep(2)
+        return [(2, 1, 6, "", ("93.184.216.34", 443))]
+
+    monkeypatch.setattr(urlsafety, "RESOLVE_TIMEOUT", 0.3)
+    started = time.monotonic()
+    with mock.patch.object(urlsafety.socket, "getaddrinfo", side_effect=slow_resolver):
+        with pytest.raises(urlsafety.ResolverUnavailable, match="within 0.3 s"):
+            validate_webhook_url("https://slow.example/in")
+        assert time.monotonic() - started < 1.5
+        monkeypatch.setattr(urlsafety, "RESOLVE_TIMEOUT", 5.0)
+        validate_webhook_url("https://slow.example/in")  # the same answer in time is accepted
+
+
+def test_lookups_still_answer_in_a_forked_child_when_the_parent_had_looked_up_before():
+    import os
+
+    answers = [(2, 1, 6, "", ("93.184.216.34", 443))]
+    with mock.patch.object(urlsafety.socket, "getaddrinfo", return_value=answers):
+        for _ in range(8):  # the parent's lookup threads exist now
+            validate_webhook_url("https://parent.example/in")
+        pid = os.fork()
+        if pid == 0:  # a pool child, as a Celery worker forks them: its lookups must not wait on threads it lacks
+            try:
+                validate_webhook_url("https://child.example/in")
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
