@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
+from django.core.mail import get_connection, send_mail
 from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
@@ -342,9 +342,11 @@ def deliveries_enqueue(deliveries: list[Delivery]) -> None:
 EMAIL_ERRORS = (smtplib.SMTPException, OSError)
 
 
-def email_notice_send(*, subject: str, body: str, recipients: list[str]) -> None:
-    """Send a notice by email now (a worker's retried task calls this); raises EMAIL_ERRORS for the caller to retry."""
-    send_mail(subject, body, None, recipients)
+def email_notice_send(*, subject: str, body: str, recipients: list[str], timeout: float | None = None) -> None:
+    """Send a notice by email now (a worker's retried task calls this); raises EMAIL_ERRORS for the caller to retry.
+    `timeout` bounds each SMTP step instead of EMAIL_TIMEOUT."""
+    connection = get_connection(timeout=timeout) if timeout is not None else None
+    send_mail(subject, body, None, recipients, connection=connection)
 
 
 def email_notice_failure_record(*, subject: str, recipients: list[str], error: BaseException) -> None:
@@ -371,13 +373,17 @@ def email_notice_on_commit(*, subject: str, body: str, recipients: list[str]) ->
         from notifications.tasks import deliver_email_notice
 
         if not publish(deliver_email_notice, notice.pk, 0):
-            email_notice_attempt(notice_id=notice.pk, expected_attempts=0)
+            # Tried here, where a request may be waiting: a mail server that does not answer costs it seconds.
+            timeout = min(settings.EMAIL_TIMEOUT, settings.EMAIL_REQUEST_TIMEOUT)
+            email_notice_attempt(notice_id=notice.pk, expected_attempts=0, timeout=timeout)
 
     transaction.on_commit(send)
     return notice
 
 
-def email_notice_attempt(*, notice_id: int, expected_attempts: int | None = None) -> tuple[int, int] | None:
+def email_notice_attempt(
+    *, notice_id: int, expected_attempts: int | None = None, timeout: float | None = None
+) -> tuple[int, int] | None:
     """Try to send the notice once. Returns (seconds before the next try, tries made so far), or None when it is
     done (sent, failed for good, or not this message's to try).
 
@@ -390,7 +396,7 @@ def email_notice_attempt(*, notice_id: int, expected_attempts: int | None = None
         return None
     notice = EmailNotice.objects.get(pk=notice_id)
     try:
-        email_notice_send(subject=notice.subject, body=notice.body, recipients=notice.recipients)
+        email_notice_send(subject=notice.subject, body=notice.body, recipients=notice.recipients, timeout=timeout)
     except EMAIL_ERRORS as exc:
         attempts = int(notice.attempts)
         if attempts >= EMAIL_NOTICE_ATTEMPTS:

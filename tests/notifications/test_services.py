@@ -276,6 +276,31 @@ def test_email_notice_is_kept_and_sent_by_the_sweep_when_redis_and_smtp_are_down
     assert (notice.status, notice.attempts) == ("sent", 2) and notice.completed_at is not None
 
 
+def test_email_notice_tried_at_commit_waits_seconds_not_email_timeout_when_redis_is_down_and_smtp_silent(
+    owner_org, settings, django_capture_on_commit_callbacks
+):
+    """A mail server that accepts the connection and never greets, while the broker is down: the try made where the
+    change committed (perhaps a web request) gives up after EMAIL_REQUEST_TIMEOUT, and the notice is kept."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", silent.getsockname()[1]
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+        settings.EMAIL_TIMEOUT, settings.EMAIL_REQUEST_TIMEOUT = 30, 1
+        started = time.monotonic()
+        with redis_unreachable(), django_capture_on_commit_callbacks(execute=True):
+            notification_services.email_notice_on_commit(
+                subject="Payment failed", body="Your card was declined.", recipients=["billing@customer.example"]
+            )
+        assert time.monotonic() - started < 5
+    notice = EmailNotice.objects.get()
+    assert (notice.status, notice.attempts) == ("pending", 1) and "timed out" in notice.last_error
+
+
 def test_email_notice_message_delivered_twice_sends_once_when_a_sweep_resent_a_late_one(owner_org, mailoutbox):
     notice = EmailNotice.objects.create(subject="s", body="b", recipients=["a@customer.example"])
     assert notification_services.email_notice_attempt(notice_id=notice.pk, expected_attempts=0) is None
