@@ -99,7 +99,7 @@ class RateLimited(DomainError):
 
 
 class Unavailable(DomainError):
-    """A service the request needs (a payment provider, a cloud API) did not answer: nothing was changed, and the same
+    """A service the request needs (the payment provider, DNS) did not answer: nothing was changed, and the same
     request may succeed after `retry_after` seconds."""
 
     code = "unavailable"
