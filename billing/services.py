@@ -421,19 +421,27 @@ def vat_invalid_notify(*, account: BillingAccount) -> None:
 # --- Stripe --------------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4)
-def _client_for(api_key: str, api_base: str, timeout: float) -> stripe.StripeClient:
-    return gateway.make_client(api_key=api_key, api_base=api_base or None, timeout=timeout)
+@lru_cache(maxsize=8)
+def _client_for(api_key: str, api_base: str, timeout: float, retries: int) -> stripe.StripeClient:
+    return gateway.make_client(api_key=api_key, api_base=api_base or None, timeout=timeout, max_network_retries=retries)
 
 
-def stripe_client() -> stripe.StripeClient:
+def stripe_client(*, waiting: bool = False) -> stripe.StripeClient:
+    """The client of a task: three tries of at most STRIPE_TIMEOUT_SECONDS each. `waiting`: the client of a call a
+    person waits on (a page, an API request), two tries of at most STRIPE_REQUEST_TIMEOUT_SECONDS, so that a stuck
+    Stripe is answered well within the web server's 30 s worker timeout."""
     if not settings.STRIPE_SECRET_KEY:
         raise gateway.GatewayNotConfigured("STRIPE_SECRET_KEY is not set")
-    return _client_for(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS)
+    if waiting:
+        return _client_for(
+            settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_REQUEST_TIMEOUT_SECONDS, 1
+        )
+    return _client_for(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS, 2)
 
 
-def billing_account_sync_stripe(*, account_id: int) -> str | None:
-    """Create or update the account's Stripe customer (address, email, tax id). Network first, then one write."""
+def billing_account_sync_stripe(*, account_id: int, client: stripe.StripeClient | None = None) -> str | None:
+    """Create or update the account's Stripe customer (address, email, tax id). Network first, then one write.
+    `client`: the one to use instead of a task's (stripe_client)."""
     account = BillingAccount.objects.select_related("organization").filter(pk=account_id).first()
     if account is None or not settings.STRIPE_SECRET_KEY:
         return None
@@ -456,7 +464,7 @@ def billing_account_sync_stripe(*, account_id: int) -> str | None:
         },
         tax_id=tax_id,
         metadata={"billing_account": account.public_id, "organization": account.organization.public_id},
-        client=stripe_client(),
+        client=client or stripe_client(),
     )
     with transaction.atomic():
         BillingAccount.objects.filter(pk=account_id).update(
@@ -465,10 +473,10 @@ def billing_account_sync_stripe(*, account_id: int) -> str | None:
     return customer_id
 
 
-def _customer_id(account: BillingAccount) -> str:
+def _customer_id(account: BillingAccount, *, client: stripe.StripeClient) -> str:
     if not settings.STRIPE_SECRET_KEY:
         raise Conflict("Card payments are not enabled on this installation; pay by bank transfer.")
-    customer_id = account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk)
+    customer_id = account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk, client=client)
     if customer_id is None:
         # The account's row went away (its organization was deleted) since it was read: without this, Stripe would
         # be asked for a card setup or a charge with no customer at all.
@@ -489,7 +497,8 @@ def _stripe_answering() -> Iterator[None]:
 
 def card_setup_intent_create(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
     with _stripe_answering():
-        intent_id, secret = gateway.create_setup_intent(_customer_id(account), client=stripe_client())
+        client = stripe_client(waiting=True)
+        intent_id, secret = gateway.create_setup_intent(_customer_id(account, client=client), client=client)
     with transaction.atomic():
         audit_record(
             actor=actor,
@@ -505,8 +514,9 @@ def card_checkout_session_create(
     *, account: BillingAccount, actor: Principal | None, success_url: str, cancel_url: str
 ) -> str:
     with _stripe_answering():
+        client = stripe_client(waiting=True)
         url = gateway.create_checkout_setup_session(
-            _customer_id(account), success_url, cancel_url, client=stripe_client()
+            _customer_id(account, client=client), success_url, cancel_url, client=client
         )
     with transaction.atomic():
         audit_record(
@@ -528,7 +538,7 @@ def card_checkout_complete(*, account: BillingAccount, actor: Principal | None, 
     if not re.fullmatch(r"cs_[A-Za-z0-9_]{1,200}", session_id):
         raise ValidationFailed({"session_id": "Not a Checkout session id."})
     try:
-        customer, status, payment_method = gateway.checkout_setup_result(session_id, client=stripe_client())
+        customer, status, payment_method = gateway.checkout_setup_result(session_id, client=stripe_client(waiting=True))
     except gateway.StripeObjectMissing as exc:
         raise NotFound("No such Checkout session.") from exc
     except gateway.StripeUnavailable as exc:
@@ -575,7 +585,7 @@ def card_on_file(*, account: BillingAccount) -> CardOnFile | None:
         found = None
     if found is None:
         try:
-            found = gateway.card_summary(account.stripe_payment_method_id, client=stripe_client())
+            found = gateway.card_summary(account.stripe_payment_method_id, client=stripe_client(waiting=True))
         except gateway.StripeUnavailable:
             logger.warning("could not read card %s from Stripe", account.stripe_payment_method_id)
             return None
@@ -623,14 +633,15 @@ def invoice_collect(*, invoice_id: int) -> str | None:
                 currency=invoice.currency,
                 status="pending",
             )
-    customer_id = _customer_id(invoice.billing_account)
+    client = stripe_client()
+    customer_id = _customer_id(invoice.billing_account, client=client)
     result = gateway.collect_invoice(
         customer_id=customer_id,
         amount_minor=invoice.total,
         currency=invoice.currency,
         invoice_id=invoice.public_id,
         attempt=payment.attempt,
-        client=stripe_client(),
+        client=client,
     )
     with transaction.atomic():
         Payment.objects.filter(pk=payment.pk).update(

@@ -263,9 +263,10 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # tests point the real client at an HTTP fake
-# Seconds one call to Stripe may wait for its answer before the client tries again (twice), instead of
-# stripe-python's 80: a Stripe that accepts connections but does not answer holds a page for about a minute at most.
+# Seconds one call to Stripe may wait for its answer before the client tries again, instead of stripe-python's 80: in
+# a task (three tries), and in a page or API request (two tries, within the web server's 30 s worker timeout).
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=20.0)
+STRIPE_REQUEST_TIMEOUT_SECONDS = env.float("STRIPE_REQUEST_TIMEOUT_SECONDS", default=8.0)
 
 # The seller printed on invoices; its country decides the domestic VAT treatment.
 SELLER_NAME = env.str("SELLER_NAME", default="MQTT Cloud GmbH")

@@ -214,3 +214,32 @@ def test_card_button_says_stripe_did_not_answer_and_opens_nothing_when_stripe_is
         fake.outage = None  # Stripe is back: the same button leaves for Checkout
         answer = owner.post(f"/console/o/{org.id}/billing/card")
         assert answer.status_code == 302 and answer["Location"].startswith("https://checkout.stripe.com/")
+
+
+def test_billing_page_shows_without_the_card_in_seconds_when_stripe_is_stuck(deployments_catalog):
+    import time
+
+    from billing import selectors
+    from billing.models import BillingAccount
+
+    org = make_organization(name="Acme")
+    _us_account(org)
+    owner = _client(org.owner)
+    with (
+        FakeStripe() as fake,
+        override_settings(STRIPE_SECRET_KEY=fake.api_key, STRIPE_API_BASE=fake.url, STRIPE_REQUEST_TIMEOUT_SECONDS=0.5),
+    ):
+        account = selectors.billing_account_for(organization=org.organization)
+        from billing import services
+
+        services.billing_account_sync_stripe(account_id=account.pk)
+        account.refresh_from_db()
+        card = fake.attach_card(account.stripe_customer_id, last4="4444")
+        BillingAccount.objects.filter(pk=account.pk).update(stripe_payment_method_id=card)
+        fake.stall = 5.0  # Stripe accepts the connection and does not answer in time
+        started = time.monotonic()
+        page = owner.get(f"/console/o/{org.id}/billing/details")
+        assert page.status_code == 200 and time.monotonic() - started < 3
+        assert "4444" not in page.content.decode()
+        fake.stall = 0.0  # Stripe answers again: the page names the card
+        assert "4444" in owner.get(f"/console/o/{org.id}/billing/details").content.decode()
