@@ -210,9 +210,9 @@ vars().update(EMAIL_CONFIG)
 # Seconds an SMTP connection may block. Django's default is none: a relay that accepts and never answers would hold a
 # web request or a worker for good, and an e-mail notice's try must end within its lease (notifications.services).
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
-# Seconds an e-mail sent while a person may be waiting (an invitation, sent as the request commits; a notice tried at
-# once because the Celery broker is down) may block: well under the web server's 30 s worker timeout, so a relay that
-# does not answer costs the request seconds, not its connection.
+# Seconds an e-mail tried while a person may be waiting (a notice tried at once, as the request commits, because the
+# Celery broker is down) may block: well under the web server's 30 s worker timeout, so a relay that does not answer
+# costs the request seconds, not its connection.
 EMAIL_REQUEST_TIMEOUT = env.float("EMAIL_REQUEST_TIMEOUT", default=5.0)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="MQTT Cloud <no-reply@localhost>")
 # Days a finished notification (a channel's delivery with its attempts, an e-mail notice) is kept; the hourly
@@ -446,6 +446,7 @@ CELERY_TASK_ROUTES = {
     "alerts.*": {"queue": "notifications"},
     "idempotency.*": {"queue": "default"},
     "accounts.*": {"queue": "default"},
+    "organizations.*": {"queue": "default"},
     "networking.*": {"queue": "provisioning"},
 }
 CELERY_ALL_QUEUES = ["default", "provisioning", "billing", "monitoring", "notifications"]

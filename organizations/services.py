@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import get_connection, send_mail
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
@@ -24,7 +24,9 @@ from django.db.models.expressions import Col
 from django.utils import timezone
 
 from audit.services import audit_record
+from controlplane import crypto
 from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
+from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 from organizations import access
 from organizations.models import ApiKey, Invitation, Membership, Organization
@@ -244,7 +246,7 @@ def invitation_create(
         target=invitation,
         summary={"email": email, "roles": roles, "project_grants": invitation.project_grants},
     )
-    _send_invitation(organization, email, token)
+    _send_invitation(invitation, token)
     return invitation, token
 
 
@@ -254,26 +256,47 @@ def _one_line(text: str) -> str:
     return " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
 
 
-def _send_invitation(organization: Organization, email: str, token: str) -> None:
-    link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
-    name = _one_line(organization.name)
+def _send_invitation(invitation: Invitation, token: str) -> None:
+    """Queue the invitation's e-mail once the transaction commits: a worker sends it and retries a mail server that
+    refuses or does not answer, so the request never waits on SMTP. The link's token crosses the broker sealed with
+    FIELD_ENCRYPTION_KEYS. With the broker unreachable it is logged and counted (controlplane.tasks), and the
+    invitation can be sent again (invitation_resend)."""
+    from organizations import tasks  # the task calls invitation_email_send
 
-    def send() -> None:
-        send_mail(
-            subject=f"You are invited to {name}",
-            message=(
-                f"You have been invited to the organization {name} on MQTT Cloud.\n\n"
-                f"Accept the invitation within 7 days: {link}\n"
-            ),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=[email],
-            connection=get_connection(timeout=min(settings.EMAIL_TIMEOUT, settings.EMAIL_REQUEST_TIMEOUT)),
+    enqueue_on_commit(tasks.send_invitation_email, invitation.pk, crypto.encrypt_str(token))
+
+
+def invitation_email_send(*, invitation_id: int, sealed_token: str) -> bool:
+    """Send the e-mail of an open invitation with the link of `sealed_token` (run by the
+    organizations.send_invitation_email task, never in the request). Returns False, sending nothing, when that link
+    no longer opens it: the invitation was accepted, revoked, has expired, or was sent again with a new link since.
+    Raises OSError (SMTP errors among them) for the task to retry."""
+    token = crypto.decrypt_str(sealed_token)
+    invitation = (
+        Invitation.objects.select_related("organization")
+        .filter(
+            pk=invitation_id,
+            token_hash=_hash(token),
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
         )
-
-    # After the commit the invitation exists whatever happens to its email: a mail server that refuses it, or does not
-    # answer within EMAIL_REQUEST_TIMEOUT, is logged, never a 500 or a dropped connection for a change that was made
-    # (the invitation can be sent again, invitation_resend).
-    transaction.on_commit(send, robust=True)
+        .first()
+    )
+    if invitation is None:
+        return False
+    name = _one_line(invitation.organization.name)
+    link = f"{settings.PUBLIC_URL}/console/invitations/accept?token={token}"
+    send_mail(
+        subject=f"You are invited to {name}",
+        message=(
+            f"You have been invited to the organization {name} on MQTT Cloud.\n\n"
+            f"Accept the invitation within 7 days: {link}\n"
+        ),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=[invitation.email],
+    )
+    return True
 
 
 @transaction.atomic
@@ -304,7 +327,7 @@ def invitation_resend(*, invitation: Invitation, actor: access.Principal | None)
         target=invitation,
         summary={"email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
     )
-    _send_invitation(organization, invitation.email, token)
+    _send_invitation(invitation, token)
     return invitation, token
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from audit.models import AuditEvent
 from organizations.models import ApiKey, Membership
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the invitation e-mail task runs inline
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +69,9 @@ def test_project_user_cannot_create_keys_in_console(client, owner_org):
     assert client.get(f"/console/o/{owner_org.id}").status_code == 200
 
 
-def test_invitation_can_be_accepted_in_console(client, owner_org, django_capture_on_commit_callbacks, mailoutbox):
+def test_invitation_can_be_accepted_in_console(
+    client, owner_org, django_capture_on_commit_callbacks, mailoutbox, eager
+):
     from organizations import services
 
     with django_capture_on_commit_callbacks(execute=True):

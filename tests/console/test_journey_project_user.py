@@ -6,13 +6,14 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the invitation e-mail task runs inline
 from tests.console.browser import csrf_post
 from tests.console.helpers import console_path, deployment, make_organization
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def test_project_user_sees_only_their_project_when_invited_by_the_owner(site, mailoutbox):
+def test_project_user_sees_only_their_project_when_invited_by_the_owner(site, mailoutbox, eager):
     from deployments.models import Deployment
     from projects import services as project_services
 

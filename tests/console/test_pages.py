@@ -14,6 +14,7 @@ from billing.models import AnnualSubscription
 from deployments.models import Deployment, Operation
 from organizations.models import ApiKey, Invitation, Membership
 from projects.models import Project
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the invitation e-mail task runs inline
 from tests.console.helpers import console_path, deployment, settle
 
 pytestmark = pytest.mark.django_db
@@ -220,7 +221,7 @@ def test_ownership_is_transferred_when_the_owner_confirms(client, owner):
 
 
 def test_invitation_is_resent_with_a_new_link_and_revoked_when_asked(
-    client, owner, mailoutbox, django_capture_on_commit_callbacks
+    client, owner, mailoutbox, django_capture_on_commit_callbacks, eager
 ):
     with django_capture_on_commit_callbacks(execute=True):
         client.post(f"/console/o/{owner.id}/members", {"invite-email": "dev@example.com", "invite-role": "auditor"})
