@@ -473,9 +473,19 @@ def billing_account_sync_stripe(*, account_id: int, client: stripe.StripeClient 
     return customer_id
 
 
-def _customer_id(account: BillingAccount, *, client: stripe.StripeClient) -> str:
+def _cards_enabled() -> None:
     if not settings.STRIPE_SECRET_KEY:
         raise Conflict("Card payments are not enabled on this installation; pay by bank transfer.")
+
+
+def _waiting_client() -> stripe.StripeClient:
+    """The client of a call a person waits on; Conflict, not a server error, where cards are not enabled."""
+    _cards_enabled()
+    return stripe_client(waiting=True)
+
+
+def _customer_id(account: BillingAccount, *, client: stripe.StripeClient) -> str:
+    _cards_enabled()
     customer_id = account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk, client=client)
     if customer_id is None:
         # The account's row went away (its organization was deleted) since it was read: without this, Stripe would
@@ -497,7 +507,7 @@ def _stripe_answering() -> Iterator[None]:
 
 def card_setup_intent_create(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
     with _stripe_answering():
-        client = stripe_client(waiting=True)
+        client = _waiting_client()
         intent_id, secret = gateway.create_setup_intent(_customer_id(account, client=client), client=client)
     with transaction.atomic():
         audit_record(
@@ -514,7 +524,7 @@ def card_checkout_session_create(
     *, account: BillingAccount, actor: Principal | None, success_url: str, cancel_url: str
 ) -> str:
     with _stripe_answering():
-        client = stripe_client(waiting=True)
+        client = _waiting_client()
         url = gateway.create_checkout_setup_session(
             _customer_id(account, client=client), success_url, cancel_url, client=client
         )
@@ -533,8 +543,7 @@ def card_checkout_complete(*, account: BillingAccount, actor: Principal | None, 
     """The browser is back from Checkout: save the card the session set up, as the setup_intent.succeeded webhook
     would (whichever comes first; the second changes nothing). A session of another customer is refused. Returns
     whether the session saved a card."""
-    if not settings.STRIPE_SECRET_KEY:
-        raise Conflict("Card payments are not enabled on this installation; pay by bank transfer.")
+    _cards_enabled()
     if not re.fullmatch(r"cs_[A-Za-z0-9_]{1,200}", session_id):
         raise ValidationFailed({"session_id": "Not a Checkout session id."})
     try:

@@ -202,6 +202,17 @@ def test_card_setup_answers_503_and_records_nothing_when_stripe_is_down(fake_str
     assert api.post(f"{base}/setup-intent", {}, format="json").status_code == 201
 
 
+def test_card_setup_answers_409_in_words_when_cards_are_not_enabled(owner_org, key_client, settings):
+    settings.STRIPE_SECRET_KEY = ""
+    api = key_client(owner_org.owner_secret)
+    base = f"/api/v1/organizations/{owner_org.id}/billing"
+    checkout = {"success_url": "https://console.example/ok", "cancel_url": "https://console.example/no"}
+    for path, body in (("setup-intent", {}), ("checkout-session", checkout)):
+        answer = api.post(f"{base}/{path}", body, format="json")
+        assert answer.status_code == 409, (path, answer.content)
+        assert answer.json()["detail"] == "Card payments are not enabled on this installation; pay by bank transfer."
+
+
 def test_stripe_task_runs_again_while_stripe_is_down_and_not_when_it_refuses_the_key(fake_stripe, owner_org):
     account = billing_account_for(organization=owner_org.organization)
     task = tasks.sync_stripe_customer
