@@ -169,6 +169,7 @@ def test_invitation_request_never_waits_on_smtp_and_its_link_crosses_redis_seale
         response = _invite(key_client(owner_org.owner_secret), owner_org.id)
         assert response.status_code == 201 and time.monotonic() - started < 2
     invitation = Invitation.objects.get(public_id=response.json()["id"])
+    assert invitation.status == "pending"
     [raw] = broker.lrange("default", 0, -1)
     broker.delete("default")
     message = json.loads(raw)
@@ -179,21 +180,41 @@ def test_invitation_request_never_waits_on_smtp_and_its_link_crosses_redis_seale
     assert token.encode() not in raw and token.encode() not in base64.b64decode(message["body"])
 
 
-def test_invitation_email_is_retried_while_the_mail_server_refuses_and_a_stale_link_is_never_sent(owner_org, settings):
+def test_invitation_email_is_retried_while_the_mail_server_hangs_up_and_a_stale_link_is_never_sent(owner_org, settings):
+    import socket
+    import threading
+
     from controlplane import crypto
     from organizations import services, tasks
     from tests.mail import SmtpReceiver
-    from tests.outage import closed_port
 
     invitation, token = services.invitation_create(
         organization=owner_org.organization, actor=None, email="new.person@example.com", roles=["auditor"]
     )
     task = tasks.send_invitation_email
+    hangs_up = socket.socket()  # a mail server that takes each connection and closes it at once
+    hangs_up.bind(("127.0.0.1", 0))
+    hangs_up.listen(8)
+    connections = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = hangs_up.accept()
+            except OSError:
+                return
+            connections.append(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", closed_port(), 2
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", hangs_up.getsockname()[1], 2
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    # apply() runs each retry at once, inline: from the last but one try, the task runs twice, then gives up.
     refused = task.apply(args=[invitation.pk, crypto.encrypt_str(token)], retries=task.max_retries - 1)
-    assert refused.state == "FAILURE" and isinstance(refused.result, OSError)  # tried again, then given up
+    hangs_up.close()
+    assert refused.state == "FAILURE" and isinstance(refused.result, OSError)
+    assert len(connections) == 2
 
     smtp = SmtpReceiver()
     smtp.start()
