@@ -485,7 +485,7 @@ def _waiting_client() -> stripe.StripeClient:
 
 
 def _customer_id(account: BillingAccount, *, client: stripe.StripeClient) -> str:
-    _cards_enabled()
+    """The account's Stripe customer, made first if it has none (a client exists only where cards are enabled)."""
     customer_id = account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk, client=client)
     if customer_id is None:
         # The account's row went away (its organization was deleted) since it was read: without this, Stripe would

@@ -82,12 +82,16 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _unavailable(exc: Exception) -> StripeUnavailable:
-    """StripeTransient for a failure that may pass (unreachable, 429, 5xx), else StripeUnavailable."""
+def _transient() -> tuple[type[Exception], ...]:
+    """stripe-python's errors for a call that may succeed later: unreachable, 429, 5xx."""
     import stripe
 
-    transient = isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.APIError)
-    return (StripeTransient if transient else StripeUnavailable)(str(exc))
+    return (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+
+
+def _unavailable(exc: Exception) -> StripeUnavailable:
+    """StripeTransient for a failure that may pass, else StripeUnavailable."""
+    return (StripeTransient if isinstance(exc, _transient()) else StripeUnavailable)(str(exc))
 
 
 def _calls_stripe(func: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -95,11 +99,9 @@ def _calls_stripe(func: Callable[_P, _R]) -> Callable[_P, _R]:
 
     @functools.wraps(func)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        import stripe
-
         try:
             return func(*args, **kwargs)
-        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+        except _transient() as exc:
             raise StripeTransient(str(exc)) from exc
 
     return wrapper

@@ -15,16 +15,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions as drf
 
 from controlplane import errors as domain
+from controlplane.api.problems import domain_status
 
-_DOMAIN_STATUS = (
-    (domain.NotFound, 404),
-    (domain.Conflict, 409),
-    (domain.PermissionDenied, 403),
-    (domain.RateLimited, 429),
-    (domain.ValidationFailed, 400),
-    (domain.Unprocessable, 422),
-    (domain.Unavailable, 503),
-)
 # Everything a console view catches around a service call. Anything else is a bug and answers 500.
 REFUSALS = (domain.DomainError, DjangoValidationError, DjangoPermissionDenied, drf.APIException)
 
@@ -63,7 +55,7 @@ def _flatten_drf(detail, path: str = "") -> dict[str, list[str]]:
 
 def explain(exc: BaseException) -> Refusal:
     if isinstance(exc, domain.DomainError):
-        status = next((code for kind, code in _DOMAIN_STATUS if isinstance(exc, kind)), 400)
+        status = domain_status(exc)  # the API's status for the same refusal
         fields: dict[str, list[str]] = {}
         for error in getattr(exc, "errors", None) or []:  # any domain error may name the fields to blame
             fields.setdefault(error.field or "__all__", []).append(error.message)

@@ -12,6 +12,15 @@ import threading
 import time
 
 
+def send_to_port(settings, port: int) -> None:
+    """Point this process's Django settings at plain SMTP on a loopback port: a SmtpReceiver, or a port standing for
+    a relay that is down (tests.outage)."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+
+
 class SmtpReceiver(threading.Thread):
     def __init__(self, delay: float = 0.0):
         super().__init__(daemon=True)
@@ -31,10 +40,7 @@ class SmtpReceiver(threading.Thread):
 
     def use_in(self, settings) -> None:
         """Point this process's Django settings at the server."""
-        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", self.port
-        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-        settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+        send_to_port(settings, self.port)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[email.message.EmailMessage]:
         """The first `count` messages, once that many have arrived."""

@@ -35,3 +35,13 @@ def redis_unreachable() -> Iterator[None]:
         app.conf.broker_transport_options = previous[1]
         use_broker(previous[0])
         publishing.broker.reset()
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port whose connections the kernel accepts and nobody ever answers (a server that hangs: a mail
+    relay that never greets), until the block ends."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        yield silent.getsockname()[1]

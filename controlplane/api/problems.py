@@ -124,9 +124,14 @@ _DOMAIN_STATUS = (
 )
 
 
+def domain_status(exc: domain.DomainError) -> int:
+    """The HTTP status of a domain error's kind, for the API and the console alike."""
+    return next((code for kind, code in _DOMAIN_STATUS if isinstance(exc, kind)), status.HTTP_400_BAD_REQUEST)
+
+
 def domain_error_response(exc: domain.DomainError) -> Response:
     """A service's domain error as problem+json: the status from its kind, the field messages as `errors`."""
-    status_code = next((code for kind, code in _DOMAIN_STATUS if isinstance(exc, kind)), status.HTTP_400_BAD_REQUEST)
+    status_code = domain_status(exc)
     headers = {}
     if isinstance(exc, domain.RateLimited | domain.Unavailable):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))

@@ -2,7 +2,6 @@
 handling (reminders, billing stop, deletion, restart on payment)."""
 
 import datetime
-import socket
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the email tas
 from tests.billing.conftest import ADDRESS, at
 from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
 from tests.fakes.vies import FakeVies
+from tests.outage import closed_port
 
 pytestmark = pytest.mark.django_db
 WEBHOOK_SECRET = "whsec_test_billing"
@@ -163,13 +163,6 @@ def test_no_card_setup_sent_to_stripe_when_billing_account_deleted_meanwhile(fak
     assert not fake_stripe.setup_intents and not fake_stripe.checkout_sessions and not fake_stripe.customers
 
 
-def _closed_port_url() -> str:
-    """A local address nothing listens on: Stripe unreachable (connection refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
-
-
 @pytest.mark.parametrize("outage", ["unreachable", "stuck", 500, 429])
 def test_card_setup_answers_503_and_records_nothing_when_stripe_is_down(fake_stripe, owner_org, key_client, outage):
     account = billing_account_for(organization=owner_org.organization)
@@ -178,7 +171,7 @@ def test_card_setup_answers_503_and_records_nothing_when_stripe_is_down(fake_str
     base = f"/api/v1/organizations/{owner_org.id}/billing"
     checkout = {"success_url": "https://console.example/ok", "cancel_url": "https://console.example/no"}
     with override_settings(
-        STRIPE_API_BASE=_closed_port_url() if outage == "unreachable" else fake_stripe.url,
+        STRIPE_API_BASE=f"http://127.0.0.1:{closed_port()}" if outage == "unreachable" else fake_stripe.url,
         STRIPE_REQUEST_TIMEOUT_SECONDS=0.5,
     ):
         fake_stripe.outage = outage if isinstance(outage, int) else None

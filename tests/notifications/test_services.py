@@ -11,7 +11,8 @@ from notifications import services as notification_services
 from notifications import tasks
 from notifications.models import Delivery, DeliveryAttempt, EmailNotice, NotificationChannel, PlatformEvent
 from tests.alerts.test_tasks import Receiver, eager, private_webhooks, webhook_channel  # noqa: F401 - fixtures
-from tests.outage import closed_port, redis_unreachable
+from tests.mail import send_to_port
+from tests.outage import closed_port, redis_unreachable, silent_port
 
 pytestmark = pytest.mark.django_db
 
@@ -246,9 +247,8 @@ def test_email_notice_is_kept_and_sent_by_the_sweep_when_redis_and_smtp_are_down
     from controlplane.celery import app
     from tests.mail import SmtpReceiver
 
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", closed_port(), 5
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    send_to_port(settings, closed_port())
+    settings.EMAIL_TIMEOUT = 5
     with redis_unreachable(), django_capture_on_commit_callbacks(execute=True):
         notification_services.email_notice_on_commit(
             subject="Payment failed", body="Your card was declined.", recipients=["billing@customer.example"]
@@ -281,15 +281,10 @@ def test_email_notice_tried_at_commit_waits_seconds_not_email_timeout_when_redis
 ):
     """A mail server that accepts the connection and never greets, while the broker is down: the try made where the
     change committed (perhaps a web request) gives up after EMAIL_REQUEST_TIMEOUT, and the notice is kept."""
-    import socket
     import time
 
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", silent.getsockname()[1]
-        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    with silent_port() as port:
+        send_to_port(settings, port)
         settings.EMAIL_TIMEOUT, settings.EMAIL_REQUEST_TIMEOUT = 30, 1
         started = time.monotonic()
         with redis_unreachable(), django_capture_on_commit_callbacks(execute=True):

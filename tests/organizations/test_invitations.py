@@ -148,23 +148,21 @@ def test_invitation_request_never_waits_on_smtp_and_its_link_crosses_redis_seale
     sealed, never readable."""
     import base64
     import json
-    import socket
     import time
 
     import redis
 
     from controlplane import crypto
     from organizations.services import _hash
+    from tests.mail import send_to_port
+    from tests.outage import silent_port
 
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     broker.delete("default")
 
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-        settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", silent.getsockname()[1], 30
-        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    with silent_port() as port:
+        send_to_port(settings, port)
+        settings.EMAIL_TIMEOUT = 30
         started = time.monotonic()
         response = _invite(key_client(owner_org.owner_secret), owner_org.id)
         assert response.status_code == 201 and time.monotonic() - started < 2
@@ -186,7 +184,7 @@ def test_invitation_email_is_retried_while_the_mail_server_hangs_up_and_a_stale_
 
     from controlplane import crypto
     from organizations import services, tasks
-    from tests.mail import SmtpReceiver
+    from tests.mail import SmtpReceiver, send_to_port
 
     invitation, token = services.invitation_create(
         organization=owner_org.organization, actor=None, email="new.person@example.com", roles=["auditor"]
@@ -207,9 +205,8 @@ def test_invitation_email_is_retried_while_the_mail_server_hangs_up_and_a_stale_
             conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", hangs_up.getsockname()[1], 2
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    send_to_port(settings, hangs_up.getsockname()[1])
+    settings.EMAIL_TIMEOUT = 2
     # apply() runs each retry at once, inline: from the last but one try, the task runs twice, then gives up.
     refused = task.apply(args=[invitation.pk, crypto.encrypt_str(token)], retries=task.max_retries - 1)
     hangs_up.close()
