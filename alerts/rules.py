@@ -232,6 +232,39 @@ def alert_rule_delete(*, rule: AlertRule, actor) -> None:
     rule.delete()
 
 
+def deployment_moved(*, deployment, source) -> dict[str, int]:
+    """The hook deployments calls inside deployment_move's transaction (registered in AlertsConfig.ready()).
+
+    A deployment's own rules, and the alerts they raised, follow it to its new project: they are read and changed
+    with the project's rights, so left behind they were the monitoring of a deployment that people of the old project
+    may no longer see. The old project's project-wide rules watch it no longer: their open alerts about it resolve,
+    saying why, and stay there as history. The new project's project-wide rules watch it from the next evaluation.
+    Returns the counts moved and resolved."""
+    now = timezone.now()
+    moved_rules = AlertRule.objects.filter(deployment=deployment).update(project=deployment.project, updated_at=now)
+    moved_alerts = Alert.objects.filter(deployment=deployment, rule__deployment=deployment).update(
+        project=deployment.project
+    )
+    left = list(
+        Alert.objects.select_for_update()
+        .filter(deployment=deployment, rule__deployment__isnull=True, rule__project=source)
+        .exclude(status=AlertStatus.RESOLVED)
+    )
+    for alert in left:
+        alert.status, alert.since, alert.resolved_at, alert.acknowledged_until = AlertStatus.RESOLVED, now, now, None
+    Alert.objects.bulk_update(left, ["status", "since", "resolved_at", "acknowledged_until"])
+    AlertEvent.objects.bulk_create(
+        AlertEvent(
+            alert=alert,
+            kind=AlertEvent.Kind.RESOLVED,
+            message=f"The deployment moved to project {deployment.project.public_id}; this project's rules no "
+            f"longer watch it.",
+        )
+        for alert in left
+    )
+    return {"rules": moved_rules, "alerts": moved_alerts, "resolved": len(left)}
+
+
 # -- silences and acknowledgements ---------------------------------------------------------------------------------
 
 

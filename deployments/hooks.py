@@ -1,7 +1,7 @@
-"""What apps above deployments (alerts, iot) ask to happen inside a deployment's own creating or starting
+"""What apps above deployments (alerts, iot) ask to happen inside a deployment's own creating, starting or moving
 transaction, registered in their AppConfig.ready(), so deployments never imports them.
 
-A hook runs inside deployment_create's (or deployment_start's) transaction: what it writes commits or rolls back with
+A hook runs inside deployment_create's (deployment_start's, deployment_move's) transaction: what it writes commits or rolls back with
 the deployment. It never calls the network or commits; it raises a domain error only to refuse the whole change.
 """
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 _created: list[Callable[..., None]] = []
 _starting: list[Callable[..., None]] = []
+_moved: list[Callable[..., None]] = []
 
 
 def on_deployment_created(hook: Callable[..., None]) -> Callable[..., None]:
@@ -37,3 +38,17 @@ def deployment_starting(deployment) -> None:
     """Called by deployments.services.deployment_start, in its transaction, before it changes anything."""
     for guard in list(_starting):
         guard(deployment=deployment)
+
+
+def on_deployment_moved(hook: Callable[..., None]) -> Callable[..., None]:
+    """Register `hook(deployment=..., source=...)`: what an app keeps per project about a deployment follows it."""
+    if hook not in _moved:
+        _moved.append(hook)
+    return hook
+
+
+def deployment_moved(deployment, source) -> None:
+    """Called by deployments.services.deployment_move, in its transaction, once the deployment is in its new project
+    (`source` is the project it left)."""
+    for hook in list(_moved):
+        hook(deployment=deployment, source=source)

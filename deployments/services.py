@@ -610,6 +610,7 @@ def deployment_move(
         raise Conflict(
             fields={"project": [f"The project already holds a deployment named {deployment.name!r}."]}
         ) from None
+    hooks.deployment_moved(deployment, source)  # what upper apps keep per project follows it (alerts: its rules)
     operation = _operation(
         deployment,
         Operation.Kind.MOVE,

@@ -8,7 +8,9 @@ from django.utils import timezone
 from alerts import defaults, evaluate, rules
 from alerts.models import Alert, AlertRule
 from deployments import services as deployment_services
+from deployments.models import Operation
 from notifications import services as notification_services
+from projects.services import project_create
 from tests.alerts.test_tasks import Receiver, eager, make_deployment, rule_for, store  # noqa: F401 - eager is a fixture
 
 pytestmark = pytest.mark.django_db
@@ -200,6 +202,70 @@ def test_alerts_listed_filtered_and_acknowledged_when_firing(ctx):
 
     past = client.post(f"{url}/{alert.public_id}/acknowledge", {"until": "2001-01-01T00:00:00Z"}, format="json")
     assert past.status_code == 400 and "until" in problem_fields(past)
+
+
+def test_moved_deployments_rules_and_alerts_follow_it_when_it_moves_to_another_project(ctx, key_client):
+    """Rules are read and changed with a project's rights: left in the project a deployment moved out of, a Project
+    User there could still list and disable the monitoring of a deployment they may no longer see."""
+    org, deployment, client = ctx["org"], ctx["deployment"], ctx["client"]
+    source = org.default_project
+    target = project_create(organization=org.organization, actor=None, name="Plant floor")
+    own_alert = _firing_alert(ctx)
+    project_wide = rules.alert_rule_create(
+        project=source, actor=None, name="Any plant busy", metric="connections", aggregation="max",
+        window_seconds=3600, operator=">", threshold=2, severity="warning",
+    )  # fmt: skip
+    evaluate.rules_evaluate(deployment_ids=[deployment.pk])
+    assert Alert.objects.get(rule=project_wide, deployment=deployment).status == "firing"
+    user, _ = org.add_member(project_grants=[(source, "project_user")])
+    _key, secret = org.key_for(user, role="project_user", projects=[source])
+    bystander = key_client(secret)
+    own_rule = own_alert.rule
+    Operation.objects.filter(deployment=deployment).update(status="succeeded")  # created, nothing in flight
+
+    moved = client.post(f"{ctx['dep_url']}/move", {"project": target.public_id}, format="json")
+    assert moved.status_code == 200, moved.content
+
+    source_rules = f"{ctx['project_url']}/alert-rules"
+    listed = bystander.get(source_rules, {"page_size": 200}).json()["results"]
+    assert [r["id"] for r in listed] == [project_wide.public_id]
+    patched = bystander.patch(f"{source_rules}/{own_rule.public_id}", {"enabled": False}, format="json")
+    assert patched.status_code == 404, patched.content
+    own_rule.refresh_from_db()
+    assert own_rule.enabled and own_rule.project == target
+    target_rules = f"{ctx['org_url']}/projects/{target.public_id}/alert-rules"
+    followed = client.get(target_rules, {"deployment": deployment.public_id, "page_size": 200}).json()["results"]
+    assert own_rule.public_id in {r["id"] for r in followed}
+    assert {r["id"] for r in followed} == set(
+        AlertRule.objects.filter(deployment=deployment).values_list("public_id", flat=True)
+    )
+    own_alert.refresh_from_db()
+    assert (own_alert.project, own_alert.status) == (target, "firing")
+    # The old project's own rule watches it no longer: its alert resolved, saying why, and stays resolved.
+    left = Alert.objects.get(rule=project_wide, deployment=deployment)
+    assert left.status == "resolved" and left.project == source
+    assert "moved to project " + target.public_id in left.events.order_by("-id").first().message
+    evaluate.rules_evaluate(deployment_ids=[deployment.pk])
+    left.refresh_from_db()
+    assert left.status == "resolved"
+
+
+def test_rules_left_behind_by_an_earlier_move_follow_their_deployment_when_the_migration_runs(ctx):
+    import importlib
+
+    from django.apps import apps
+
+    org, deployment = ctx["org"], ctx["deployment"]
+    own_alert = _firing_alert(ctx)
+    target = project_create(organization=org.organization, actor=None, name="Plant floor")
+    type(deployment).objects.filter(pk=deployment.pk).update(project=target)  # moved before rules followed
+    assert AlertRule.objects.filter(deployment=deployment, project=org.default_project).count() > 1
+
+    importlib.import_module("alerts.migrations.0010_rules_follow_moved_deployments").follow(apps, None)
+
+    assert set(AlertRule.objects.filter(deployment=deployment).values_list("project", flat=True)) == {target.pk}
+    own_alert.refresh_from_db()
+    assert own_alert.project == target
 
 
 def test_silence_created_listed_and_ended_when_valid(ctx):
