@@ -353,6 +353,30 @@ def invitation_by_token(token: str) -> Invitation | None:
     return Invitation.objects.select_related("organization").filter(token_hash=_hash(token)).first()
 
 
+def _check_inviter_still_grants(invitation: Invitation) -> None:
+    """An invitation grants what its sender could grant when it is accepted, not only when it was sent: one sent by
+    a member since removed or demoted would otherwise hand out rights its sender no longer holds (an Administrator
+    could invite a second address of theirs and come back after being removed). One the system sent (no sender) is
+    not held to it."""
+    if invitation.invited_by_id is None:
+        return
+    sender = access.Principal(user=invitation.invited_by, two_factor_verified=True)
+    organization = invitation.organization
+    grants = [
+        (project, grant["role"])
+        for grant in invitation.project_grants
+        for project in Project.objects.filter(organization=organization, public_id=grant["project"])
+    ]
+    try:
+        _check_grantable(sender, organization, list(invitation.roles), grants)
+    except RoleTooHigh:
+        raise ValidationFailed(
+            {
+                "token": "This invitation no longer holds: whoever sent it may no longer grant its roles. Ask for a new one."
+            }
+        ) from None
+
+
 @transaction.atomic
 def invitation_accept(
     *, token: str, user: User | None = None, password: str | None = None, full_name: str = ""
@@ -368,6 +392,7 @@ def invitation_accept(
     invitation = Invitation.objects.select_for_update().get(pk=found.pk)
     if invitation.status != "pending":
         raise ValidationFailed({"token": f"This invitation is {invitation.status}."})
+    _check_inviter_still_grants(invitation)
     existing = User.objects.filter(email__iexact=invitation.email).first()
     if user is not None and getattr(user, "is_authenticated", False):
         if user.email.lower() != invitation.email.lower():
@@ -499,12 +524,24 @@ def membership_remove(*, membership: Membership, actor: access.Principal | None)
         )
     )
     ApiKey.objects.filter(organization=organization, created_by=membership.user, revoked_at=None).update(revoked_at=now)
+    # The invitations they sent and nobody accepted yet go with them (invitation_accept would refuse them anyway):
+    # the list of invitations then says so.
+    sent = Invitation.objects.filter(
+        organization=organization, invited_by=membership.user, accepted_at=None, revoked_at=None
+    )
+    withdrawn = sorted(sent.values_list("email", flat=True))
+    sent.update(revoked_at=now)
     audit_record(
         actor=actor,
         organization=organization,
         action="member.remove",
         target=membership,
-        summary={"email": membership.user.email, "roles": membership.roles, "revoked_api_keys": revoked},
+        summary={
+            "email": membership.user.email,
+            "roles": membership.roles,
+            "revoked_api_keys": revoked,
+            "revoked_invitations": withdrawn,
+        },
     )
     membership.delete()
 

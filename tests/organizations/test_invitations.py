@@ -91,6 +91,61 @@ def test_expired_invitation_is_refused(owner_org, key_client, api, mailoutbox):
     assert not User.objects.filter(email="new.person@example.com").exists()
 
 
+def test_invitation_of_a_removed_administrator_is_revoked_and_refused_when_its_link_is_used(
+    owner_org, key_client, api, mailoutbox
+):
+    """An Administrator invites a second address of theirs as Administrator, is removed, and must not come back
+    through the link."""
+    from audit.models import AuditEvent
+    from organizations import access, services
+
+    admin, membership = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(admin, role="administrator")
+    assert (
+        _invite(key_client(secret), owner_org.id, email="second@example.net", roles=["administrator"]).status_code
+        == 201
+    )
+    services.membership_remove(membership=membership, actor=access.Principal(user=owner_org.owner))
+
+    body = {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"}
+    response = api.post("/api/v1/invitations/accept", body, format="json")
+
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"][0]["field"] == "token"
+    assert not Membership.objects.filter(user__email="second@example.net").exists()
+    assert Invitation.objects.get(email="second@example.net").status == "revoked"
+    removal = AuditEvent.objects.get(action="member.remove")
+    assert removal.summary["revoked_invitations"] == ["second@example.net"]
+
+
+def test_invitation_grants_only_what_its_sender_still_may_when_the_sender_was_demoted(
+    owner_org, key_client, api, mailoutbox
+):
+    from organizations import access, services
+
+    admin, membership = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(admin, role="administrator")
+    assert (
+        _invite(key_client(secret), owner_org.id, email="second@example.net", roles=["administrator"]).status_code
+        == 201
+    )
+    services.membership_update(
+        membership=membership, actor=access.Principal(user=owner_org.owner), roles=["accountant"]
+    )
+
+    body = {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"}
+    refused = api.post("/api/v1/invitations/accept", body, format="json")
+
+    assert refused.status_code == 400, refused.content
+    assert "no longer holds" in refused.json()["errors"][0]["message"]
+    assert not Membership.objects.filter(user__email="second@example.net").exists()
+    # The Owner's own invitation to the same address works.
+    mailoutbox.clear()
+    assert _invite(key_client(owner_org.owner_secret), owner_org.id, email="second@example.net").status_code == 201
+    body["token"] = _token_from(mailoutbox[0])
+    assert api.post("/api/v1/invitations/accept", body, format="json").status_code == 201
+
+
 def test_invalid_email_is_refused_when_inviting(owner_org, key_client):
     response = _invite(key_client(owner_org.owner_secret), owner_org.id, email="not-an-email")
     assert response.status_code == 400
