@@ -154,6 +154,9 @@ def alerts(request, org_id):
     queryset = alert_selectors.alert_table(organization=console.organization).filter(
         project__in=[p.pk for p in projects]
     )
+    if not console.can("billing:read"):
+        # A budget alert tells the month's spend: as in the API, it is for those who may read billing.
+        queryset = queryset.exclude(rule__kind=AlertRule.Kind.BUDGET)
     if status in AlertStatus.values:
         queryset = queryset.filter(status=status)
     if severity in Severity.values:

@@ -198,6 +198,31 @@ def test_project_user_sees_only_their_projects_alerts_and_no_channels_when_grant
     )
 
 
+def test_budget_alerts_and_the_spend_they_tell_are_shown_only_to_who_may_read_billing(client, owner_org):
+    project = owner_org.default_project
+    rule = rule_services.alert_rule_create(
+        project=project, actor=None, name="Monthly spend", kind="budget", metric="spend_month_to_date",
+        operator=">", budget_scope="organization", budget_amount="100",
+    )  # fmt: skip
+    now = timezone.now()
+    Alert.objects.create(
+        organization=owner_org.organization, project=project, rule=rule, status=AlertStatus.FIRING, since=now,
+        fired_at=now, severity=rule.severity, spend_minor=987654, budget_minor=10000, currency=rule.budget_currency,
+        summary="Monthly spend: 9876.54 USD > 100.00 USD",
+    )  # fmt: skip
+    project_user, _ = owner_org.add_member(project_grants=[(project, "project_user")])
+    url = f"/console/o/{owner_org.id}/alerts"
+
+    client.force_login(project_user)
+    hidden = client.get(url)
+    client.force_login(owner_org.owner)
+    shown = client.get(url)
+
+    assert hidden.status_code == 200 and shown.status_code == 200
+    assert "Monthly spend" not in hidden.content.decode() and "9,876.54" not in hidden.content.decode()
+    assert "Monthly spend" in shown.content.decode() and "9,876.54" in shown.content.decode()
+
+
 def test_auditor_reads_alerts_rules_and_channels_but_changes_nothing_when_crafting_posts(client, owner_org):
     plant = deployment(owner_org.default_project)
     alert = _firing_alert(owner_org, plant)
