@@ -610,6 +610,18 @@ def api_key_check_manageable(*, actor: access.Principal | None, key: ApiKey) -> 
         raise RoleTooHigh("You cannot manage an API key with more rights than your own.")
 
 
+def api_key_check_rotatable(*, actor: access.Principal | None, key: ApiKey) -> None:
+    """Rotating a key hands out its new secret: for its creator only (see api_key_rotate), while they could create
+    it today."""
+    api_key_check_manageable(actor=actor, key=key)
+    rotator = access.acting_user(actor)
+    if actor is not None and (rotator is None or rotator.pk != key.created_by_id):
+        raise PermissionDenied(
+            f"Only {key.created_by.email}, who created this key, can rotate it: its secret acts for them. "
+            "Revoke it instead, or create a key of your own."
+        )
+
+
 def api_key_check_grantable(
     *, actor: access.Principal | None, organization: Organization, role: str, project_ids: Collection[str] = ()
 ) -> list[Project]:
@@ -734,9 +746,12 @@ def api_key_revoke(*, key: ApiKey, actor: access.Principal | None) -> ApiKey:
 def api_key_rotate(*, key: ApiKey, actor: access.Principal | None, overlap_seconds: int = 3600) -> tuple[ApiKey, str]:
     """A new secret; the old one keeps working for `overlap_seconds` (at most 24 h) so clients can roll over.
 
-    The new secret goes only to a caller who could create this key today (see api_key_check_manageable)."""
+    The new secret goes only to the member who created the key, and only while they could create it today (see
+    api_key_check_manageable). A key acts for its creator: its secret in anyone else's hands would let them act as
+    that member, and keep doing so after they themselves were removed (removal revokes the keys a member created).
+    Others who may manage the key revoke it instead."""
     key = _locked_key(key)
-    api_key_check_manageable(actor=actor, key=key)
+    api_key_check_rotatable(actor=actor, key=key)
     if not key.is_active:
         raise Conflict("Only an active key can be rotated.")
     if not 0 <= overlap_seconds <= MAX_ROTATION_OVERLAP.total_seconds():

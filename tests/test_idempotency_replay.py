@@ -96,10 +96,11 @@ def test_records_are_purged_after_24_hours_and_a_late_retry_runs_anew(owner_org,
 
 def test_replayed_rotation_is_refused_when_the_caller_was_demoted_below_the_key(owner_org, api):
     """Beyond the scope, rotating a key needs the rights to create it: an Owner demoted to Administrator must get the
-    refusal a fresh call gets, never the Owner key's new secret again from the store."""
+    refusal a fresh call gets, never their Owner key's new secret again from the store."""
     second_owner, membership = owner_org.add_member(roles=["owner"])
+    own_key, _secret = owner_org.key_for(second_owner, role="owner")
     api.force_login(second_owner)
-    url = f"/api/v1/organizations/{owner_org.id}/api-keys/{owner_org.owner_key.public_id}/rotate"
+    url = f"/api/v1/organizations/{owner_org.id}/api-keys/{own_key.public_id}/rotate"
     first = api.post(url, {"overlap_seconds": 0}, format="json", HTTP_IDEMPOTENCY_KEY="rotate-1")
     assert first.status_code == 200
     secret = first.json()["secret"]

@@ -49,6 +49,9 @@ PROJECT_GATE = "project:read"
 # Scopes no view declares, each exercised here by the request that needs it (a field of a request, checked in its
 # service), or with the reason it has none.
 FIELD_SCOPES = {"org:security": ("PATCH /api/v1/organizations/{org}", {"require_two_factor": True})}
+# Operations a rule beyond the scope also limits to the object's creator: each persona that holds a key acts on its
+# own (rotating a key hands out its secret, which acts for whoever created it: tests/organizations/test_key_privilege.py).
+OWN_KEY_ROUTES = {"POST /api/v1/organizations/{org}/api-keys/{key}/rotate"}
 SCOPES_WITHOUT_A_REQUEST = {
     "org:delete": "reserved for deleting an organization (Owner only), which no route offers yet",
 }
@@ -203,7 +206,10 @@ def test_role_is_allowed_exactly_when_scopes_table_grants_it(index, world, key_c
                     client.force_login(world.users[persona])
                 else:
                     client = key_client(world.secrets[persona])
-                response = getattr(client, operation.method)(world.urls[str(operation)], {}, format="json")
+                url = world.urls[str(operation)]
+                if str(operation) in OWN_KEY_ROUTES and persona in world.keys:
+                    url = operation.url({"org": world.organization.public_id, "key": world.keys[persona].public_id})
+                response = getattr(client, operation.method)(url, {}, format="json")
                 transaction.set_rollback(True)
             if refusal is None:
                 if response.status_code in (401, 403, 404):

@@ -98,6 +98,11 @@ def api_key_rotate(request, org_id, key_id):
     console = tenancy.for_organization(request, org_id, section="api-keys")
     console.require("apikey:write")
     key = _key(console, key_id)
+    try:
+        services.api_key_check_rotatable(actor=console.principal, key=key)
+    except errors.REFUSALS as exc:
+        errors.to_page(request, exc)
+        return redirect("console:api-keys", org_id=org_id)
     form = ApiKeyRotateForm(_posted(request))
     status = 200
     if request.method == "POST":

@@ -161,6 +161,24 @@ def test_api_key_is_rotated_with_overlap_and_revoked_when_asked(client, owner):
     assert AuditEvent.objects.filter(action="api_key.rotate", target_id=key.public_id, via="console").exists()
 
 
+def test_administrator_is_offered_no_rotation_of_anothers_key_and_cannot_force_one(client, owner):
+    others, others_secret = owner.key_for(owner.owner, role="auditor")
+    admin, _ = owner.add_member(roles=["administrator"])
+    own, _ = owner.key_for(admin, role="auditor")
+    client.force_login(admin)
+    page = client.get(f"/console/o/{owner.id}/api-keys").content.decode()
+    assert f"/api-keys/{own.public_id}/rotate" in page and f"/api-keys/{others.public_id}/rotate" not in page
+
+    url = f"/console/o/{owner.id}/api-keys/{others.public_id}/rotate"
+    shown = client.get(url, follow=True).content.decode()
+    forced = client.post(url, {"overlap_seconds": "0"}, follow=True).content.decode()
+
+    for body in (shown, forced):
+        assert "who created this key, can rotate it" in body and not re.search(r"cpk_[0-9a-f]{8}_", body)
+    assert ApiKey.objects.get(pk=others.pk).secret_hash == others.secret_hash
+    assert not AuditEvent.objects.filter(action="api_key.rotate").exists()
+
+
 def test_api_key_with_expiry_and_project_limit_is_created_when_given(client, owner):
     response = client.post(
         f"/console/o/{owner.id}/api-keys",

@@ -79,19 +79,43 @@ def test_administrator_manages_keys_within_own_rights_and_audit_names_the_admini
 ):
     admin_user, admin_secret = administrator
     auditor_key, old_secret = owner_org.key_for(owner_org.owner, role="auditor")
-    response = key_client(admin_secret).post(
-        f"{_key_url(owner_org, auditor_key)}/rotate", {"overlap_seconds": 0}, format="json"
-    )
-    assert response.status_code == 200, response.content
-    new_secret = response.json()["secret"]
-    assert key_client(new_secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
-    assert key_client(old_secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 401
-    event = AuditEvent.objects.get(action="api_key.rotate", target_id=auditor_key.public_id)
-    # The real actor is the administrator who rotated, not the Owner who created the key.
-    assert event.actor == admin_user and event.actor_email == admin_user.email
-    assert event.summary["key_created_by"] == owner_org.owner.email
     detail = key_client(admin_secret).get(_key_url(owner_org, auditor_key))
     assert detail.status_code == 200 and "secret" not in detail.json()
+    edited = key_client(admin_secret).patch(_key_url(owner_org, auditor_key), {"name": "ci"}, format="json")
+    assert edited.status_code == 200, edited.content
+    revoked = key_client(admin_secret).delete(_key_url(owner_org, auditor_key))
+    assert revoked.status_code == 200, revoked.content
+    assert key_client(old_secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 401
+    event = AuditEvent.objects.get(action="api_key.revoke", target_id=auditor_key.public_id)
+    # The real actor is the administrator, not the Owner who created the key.
+    assert event.actor == admin_user and event.actor_email == admin_user.email
+
+
+def test_only_its_creator_rotates_a_key_so_its_secret_never_outlives_whoever_took_it(owner_org, key_client, api):
+    """A key acts for its creator. Handed to an Administrator by a rotation, the Owner's key let them act as the Owner,
+    and kept doing so once they were removed: removal revokes only the keys a member created."""
+    from organizations import access, services
+
+    key, owner_secret = owner_org.key_for(owner_org.owner, role="administrator")
+    admin, membership = owner_org.add_member(roles=["administrator"])
+    api.force_login(admin)
+
+    refused = api.post(f"{_key_url(owner_org, key)}/rotate", {"overlap_seconds": 0}, format="json")
+
+    assert refused.status_code == 403, refused.content
+    assert refused["Content-Type"] == "application/problem+json"
+    assert owner_org.owner.email in refused.json()["detail"] and b"cpk_" not in refused.content
+    after = ApiKey.objects.get(pk=key.pk)
+    assert (after.secret_hash, after.previous_secret_hash) == (key.secret_hash, "")
+    assert not AuditEvent.objects.filter(action="api_key.rotate").exists()
+    services.membership_remove(membership=membership, actor=access.Principal(user=owner_org.owner))
+    assert key_client(owner_secret).get(f"/api/v1/organizations/{owner_org.id}/members").status_code == 200
+    # Its creator rotates it, with a session or with the key itself.
+    api.force_login(owner_org.owner)
+    rotated = api.post(f"{_key_url(owner_org, key)}/rotate", {"overlap_seconds": 0}, format="json")
+    assert rotated.status_code == 200, rotated.content
+    again = key_client(rotated.json()["secret"]).post(f"{_key_url(owner_org, key)}/rotate", {}, format="json")
+    assert again.status_code == 200, again.content
 
 
 def test_key_limited_to_a_lower_role_cannot_manage_its_creators_stronger_key(owner_org, key_client):
