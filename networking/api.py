@@ -296,7 +296,9 @@ class VpcPeeringViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
         deployment = self.deployment()
         values = self._parsed(VpcPeeringValidateSerializer)
         provider, cidr = values.pop("provider"), values.pop("cidr")
-        checked = services.peering_preflight_check(deployment=deployment, provider=provider, cidr=cidr, fields=values)
+        checked = services.peering_preflight_check(
+            deployment=deployment, actor=self.principal, provider=provider, cidr=cidr, fields=values
+        )
         return Response(
             VpcPeeringPreflightSerializer(
                 {

@@ -36,7 +36,7 @@ from networking.providers import adapter_for
 from networking.providers.base import Customer, Observation, Platform, ProviderError
 from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
-from organizations.access import Principal, acting_user
+from organizations.access import Principal, acting_user, has_scope
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +159,11 @@ def _live_peerings() -> QuerySet[VpcPeering]:
 
 
 def peering_preflight_check(
-    *, deployment: Deployment, provider: str, cidr: str, fields: Mapping[str, str | None]
+    *, deployment: Deployment, actor: Principal | None, provider: str, cidr: str, fields: Mapping[str, str | None]
 ) -> Preflight:
     """Every check a peering must pass before anything is created. Raises Conflict for a deployment that cannot be
-    peered, ValidationFailed naming each field at fault (and the range it conflicts with)."""
+    peered, ValidationFailed naming each field at fault (and the range it conflicts with: the peering in the way is
+    named only to an `actor` who may read its deployment)."""
     _refuse_unpeerable(deployment)
     region = deployment.region
     network = region.network
@@ -222,13 +223,22 @@ def peering_preflight_check(
                     errors["cidr"] = (
                         f"{requested} overlaps peering {other.public_id} ({other.cidr}) of this deployment."
                     )
-                elif other.deployment.project.organization_id == deployment.project.organization_id:
+                elif other.deployment.project.organization_id == deployment.project.organization_id and (
+                    actor is None
+                    or has_scope(
+                        actor,
+                        "deployment:read",
+                        organization=deployment.project.organization,
+                        project=other.deployment.project,
+                    )
+                ):
                     errors["cidr"] = (
                         f"{requested} overlaps peering {other.public_id} ({other.cidr}) of deployment "
                         f"{other.deployment.public_id}, which shares region {region.code}'s network."
                     )
                 else:
-                    # Another organization's range: say that it is taken, not whose it is.
+                    # Another organization's range, or one of a project the caller may not read: say that it is
+                    # taken, not whose it is.
                     errors["cidr"] = (
                         f"{requested} overlaps a range already peered with region {region.code}'s network; choose "
                         f"another range."
@@ -302,7 +312,7 @@ def vpc_peering_create(
     )
     # One creation per region at a time: the overlap checks against the region's other peerings hold until commit.
     list(Region.objects.select_for_update().filter(pk=deployment.region_id).values_list("pk", flat=True))
-    checked = peering_preflight_check(deployment=deployment, provider=provider, cidr=cidr, fields=fields)
+    checked = peering_preflight_check(deployment=deployment, actor=actor, provider=provider, cidr=cidr, fields=fields)
     peering = VpcPeering(
         deployment=deployment,
         provider=checked.provider,

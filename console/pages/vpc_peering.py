@@ -267,7 +267,9 @@ def peering_check(request, org_id, project_id, dep_id):
     values.pop("deletion_protection")
     provider, cidr = values.pop("provider"), values.pop("cidr")
     try:
-        checked = services.peering_preflight_check(deployment=deployment, provider=provider, cidr=cidr, fields=values)
+        checked = services.peering_preflight_check(
+            deployment=deployment, actor=console.principal, provider=provider, cidr=cidr, fields=values
+        )
     except errors.REFUSALS as exc:
         status = errors.to_form(form, exc)
         return _render_tab(request, console, form, status=status, preflight_failed=True)

@@ -157,6 +157,29 @@ def test_overlap_with_another_organization_does_not_name_its_peering(owner, owne
     assert their_peering.public_id not in message and theirs.public_id not in message
 
 
+def test_overlap_with_a_project_the_caller_cannot_read_does_not_name_its_peering(owner, owner_org, key_client, region):
+    from networking import services
+    from projects.services import project_create
+
+    finance = project_create(organization=owner_org.organization, actor=None, name="finance")
+    ledger = make_deployment(finance, region, name="ledger")
+    hidden = services.vpc_peering_create(deployment=ledger, actor=None, **AWS_BODY)
+    mine = make_deployment(owner_org.default_project, region, name="mine")
+    user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    _key, secret = owner_org.key_for(user, role="project_user", projects=[owner_org.default_project])
+    body = {**AWS_BODY, "vpc_id": "vpc-0fffffff"}
+
+    for path in ("/validate", ""):
+        problem = _problem(key_client(secret).post(peering_url(owner_org, mine) + path, body, format="json"), 400)
+        message = problem["errors"][0]["message"]
+        assert "already peered with region aws-frankfurt's network" in message
+        assert hidden.public_id not in message and ledger.public_id not in message
+    # The Owner, who reads both projects, is told which peering is in the way.
+    named = _problem(owner.post(peering_url(owner_org, mine) + "/validate", body, format="json"), 400)
+    assert hidden.public_id in named["errors"][0]["message"] and ledger.public_id in named["errors"][0]["message"]
+    assert VpcPeering.objects.count() == 1
+
+
 def test_gcp_and_azure_identifiers_are_checked_when_malformed(owner, owner_org, deployments_catalog):
     gcp = make_region(
         code="gcp-belgium",
