@@ -22,7 +22,6 @@ from deployments.models import Deployment
 from deployments.selectors import deployment_queryset
 from networking import checks, selectors, services
 from networking.models import VpcPeering
-from organizations import access
 
 TAGS = ["vpc peering"]
 
@@ -324,10 +323,6 @@ class VpcPeeringViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     def partial_update(self, request, *args, **kwargs):
         peering = self.get_object()
         values = self._parsed(VpcPeeringUpdateSerializer)
-        if values["deletion_protection"] is False and not access.has_scope(
-            self.principal, "deployment:write", organization=self.organization, project=self.project
-        ):
-            raise exceptions.PermissionDenied("Lifting deletion protection needs the deployment:write scope.")
         peering = services.vpc_peering_update(peering=peering, actor=self.principal, **values)
         return Response(VpcPeeringSerializer(peering).data)
 

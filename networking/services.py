@@ -28,7 +28,7 @@ from alerts.metrics import VPC_PEERING_ABNORMAL
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.db import LockSpace, session_try_lock
-from controlplane.errors import Conflict, ValidationFailed
+from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
 from deployments.models import Deployment, DeploymentEvent, DesiredState, Plan, Region
 from networking import checks
 from networking.models import VpcPeering
@@ -342,12 +342,27 @@ def vpc_peering_create(
     return peering
 
 
+LIFT_NEEDS_WRITE = "Lifting deletion protection needs the deployment:write scope, which your role does not grant."
+
+
 @transaction.atomic
 def vpc_peering_update(
     *, peering: VpcPeering, actor: Principal | None, deletion_protection: bool | None = None
 ) -> VpcPeering:
-    """Turn deletion protection on or off; lifting it is its own audit entry."""
+    """Turn deletion protection on or off; lifting it needs deployment:write (turning it on, the deployment:configure
+    every caller of this already holds) and is its own audit entry."""
     peering = _locked(peering)
+    if (
+        deletion_protection is False
+        and actor is not None
+        and not has_scope(
+            actor,
+            "deployment:write",
+            organization=peering.deployment.project.organization,
+            project=peering.deployment.project,
+        )
+    ):
+        raise PermissionDenied(LIFT_NEEDS_WRITE)
     if peering.state in (State.DELETING, State.DELETED):
         raise Conflict("The peering is being deleted or was deleted.")
     if deletion_protection is not None and deletion_protection != peering.deletion_protection:

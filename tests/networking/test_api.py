@@ -253,6 +253,18 @@ def test_deletion_protection_refuses_delete_until_lifted_by_a_writer(owner, owne
     project_user = key_client(secret)
     denied = _problem(project_user.patch(one, {"deletion_protection": False}, format="json"), 403)
     assert "deployment:write" in denied["detail"]
+    # The rule is the service's, whoever calls it.
+    from controlplane.errors import PermissionDenied
+    from networking import services
+    from organizations.access import Principal
+
+    with pytest.raises(PermissionDenied):
+        services.vpc_peering_update(
+            peering=VpcPeering.objects.get(public_id=peering["id"]),
+            actor=Principal(user=user),
+            deletion_protection=False,
+        )
+    assert VpcPeering.objects.get(public_id=peering["id"]).deletion_protection is True
 
     lifted = owner.patch(one, {"deletion_protection": False}, format="json")
     assert lifted.status_code == 200 and lifted.json()["deletion_protection"] is False
