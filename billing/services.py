@@ -754,14 +754,21 @@ def invoice_mark_paid(*, invoice: Invoice, actor: Principal | None, method: str 
 def invoice_void(
     *, invoice: Invoice, actor: Principal | None, reason: str = "", now: datetime.datetime | None = None
 ) -> Invoice:
-    """Cancel an unpaid invoice. An issued one gets a credit note (its own number series, the amounts negated); a
-    held draft simply goes. Either way the credits it consumed go back to their grants and its usage is released,
+    """Cancel an unpaid invoice; refused while a card payment of it is processing at Stripe. An issued one gets a
+    credit note (its own number series, the amounts negated); a held draft simply goes. Either way the credits it consumed go back to their grants and its usage is released,
     so the month can be invoiced again, correctly. Voiding an annual plan's prepaid invoice ends the plan at once:
     the deployment is billed by the hour again from that second."""
     now = now or timezone.now()
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     if invoice.status not in (InvoiceStatus.DRAFT, InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
         raise Conflict(f"A {invoice.status} invoice cannot be voided.")
+    # As invoice_collect, wait for the bank: voided now, the invoice's usage is billed again while Stripe goes on to
+    # take the money for it. (A `pending` charge whose call is in flight is not waited for: it may never return, and
+    # if Stripe takes the money meanwhile it becomes a credit, see _stripe_payment_succeeded.)
+    if invoice.payments.filter(method="stripe", status="processing").exists():
+        raise Conflict(
+            f"A card payment of invoice {invoice.number} is processing at Stripe: void it once Stripe has decided."
+        )
     issued = invoice.status != InvoiceStatus.DRAFT
     # An atomic increment: a month being closed may consume the same grant meanwhile.
     for application in CreditApplication.objects.filter(invoice=invoice):

@@ -10,9 +10,9 @@ from django.test import override_settings
 
 from audit.models import AuditEvent
 from billing import invoicing, metering, services, tasks
-from billing.models import BillingAccount, Invoice, Payment, StripeEvent
+from billing.models import BillingAccount, CreditNote, Invoice, Payment, StripeEvent
 from billing.selectors import billing_account_for
-from controlplane.errors import NotFound
+from controlplane.errors import Conflict, NotFound
 from deployments.models import Deployment, Operation
 from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the email task runs inline
 from tests.billing.conftest import ADDRESS, at
@@ -148,6 +148,31 @@ def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(
         (1, "failed"),
         (2, "succeeded"),
     ]
+
+
+def card_attempt(invoice, *, status, intent_id=""):
+    """The Payment invoice_collect leaves for attempt 1: `pending` while its call to Stripe has not returned (no
+    PaymentIntent id yet), `processing` when Stripe answered that the bank is still deciding."""
+    invoice.payment_attempts = 1
+    invoice.save(update_fields=["payment_attempts"])
+    return Payment.objects.create(
+        invoice=invoice,
+        method="stripe",
+        attempt=1,
+        amount=invoice.total,
+        currency=invoice.currency,
+        status=status,
+        payment_intent_id=intent_id,
+    )
+
+
+def test_void_refused_when_a_card_payment_of_the_invoice_is_processing(owner_org, make_deployment, history):
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    card_attempt(invoice, status="processing", intent_id="pi_bank_deciding")
+    with pytest.raises(Conflict, match="processing at Stripe"):
+        services.invoice_void(invoice=invoice, actor=None, reason="wrong address", now=at(2026, 4, 2))
+    invoice.refresh_from_db()
+    assert invoice.status == "open" and not CreditNote.objects.filter(invoice=invoice).exists()
 
 
 def test_no_card_setup_sent_to_stripe_when_billing_account_deleted_meanwhile(fake_stripe, owner_org):
