@@ -653,21 +653,21 @@ def invoice_collect(*, invoice_id: int) -> str | None:
         client=client,
     )
     with transaction.atomic():
-        Payment.objects.filter(pk=payment.pk).update(
-            status=result.status.value,
-            payment_intent_id=result.payment_intent_id or "",
-            failure_message=(result.failure_message or "")[:300],
-        )
+        # The invoice first, as the webhook and invoice_void lock it: either may have changed it while Stripe
+        # was charging.
+        invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice_id)
         if result.status == gateway.PaymentStatus.SUCCEEDED:
-            _mark_paid(
-                Invoice.objects.select_for_update().get(pk=invoice_id),
-                actor=None,
-                method="stripe",
+            _stripe_payment_succeeded(
+                invoice,
+                payment=Payment.objects.select_for_update().get(pk=payment.pk),
                 payment_intent_id=result.payment_intent_id or "",
-                payment=payment,
             )
         else:
-            invoice = Invoice.objects.select_related("billing_account__organization").get(pk=invoice_id)
+            Payment.objects.filter(pk=payment.pk).update(
+                status=result.status.value,
+                payment_intent_id=result.payment_intent_id or "",
+                failure_message=(result.failure_message or "")[:300],
+            )
             audit_record(
                 actor=None,
                 organization=invoice.billing_account.organization,
@@ -725,7 +725,9 @@ def _mark_paid(
             created_by=user,
         )
     else:
-        Payment.objects.filter(pk=payment.pk).update(status="succeeded")
+        Payment.objects.filter(pk=payment.pk).update(
+            status="succeeded", payment_intent_id=payment_intent_id or payment.payment_intent_id
+        )
     account = invoice.billing_account
     audit_record(
         actor=actor,
@@ -748,6 +750,65 @@ def invoice_mark_paid(*, invoice: Invoice, actor: Principal | None, method: str 
     """Staff record a bank transfer (or any payment made outside Stripe)."""
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     return _mark_paid(invoice, actor=actor, method=method, user=getattr(actor, "user", None))
+
+
+def _stripe_payment_succeeded(invoice: Invoice, *, payment: Payment | None, payment_intent_id: str) -> str:
+    """Book money Stripe took for `invoice` (locked): it pays the invoice if the invoice is still payable. Otherwise
+    (voided, or paid by a transfer or another attempt while this charge was in flight) the money is never lost: the
+    payment is recorded as succeeded and its amount becomes a refund credit in the invoice's currency, which the
+    account's next invoices consume. `payment` is this charge's row if it has one; one already succeeded was booked."""
+    if payment is not None and payment.status == "succeeded":
+        return f"payment {payment_intent_id} of invoice {invoice.public_id} already recorded"
+    if invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+        _mark_paid(invoice, actor=None, method="stripe", payment_intent_id=payment_intent_id, payment=payment)
+        return f"invoice {invoice.public_id} paid"
+    if payment is None:
+        payment = Payment.objects.create(
+            invoice=invoice,
+            method="stripe",
+            attempt=invoice.payment_attempts or 1,
+            amount=invoice.total,
+            currency=invoice.currency,
+            status="succeeded",
+            payment_intent_id=payment_intent_id,
+        )
+    else:
+        Payment.objects.filter(pk=payment.pk).update(
+            status="succeeded", payment_intent_id=payment_intent_id or payment.payment_intent_id
+        )
+    account = invoice.billing_account
+    why = "void" if invoice.status == InvoiceStatus.VOID else f"already {invoice.status}"
+    grant = credit_grant(
+        account=account,
+        actor=None,
+        kind=CreditKind.REFUND,
+        amount=payment.amount,
+        currency=payment.currency,
+        description=f"Card payment {payment_intent_id} of invoice {invoice.number or invoice.public_id}, "
+        f"which was {why}",
+        source_invoice=invoice,
+    )
+    audit_record(
+        actor=None,
+        organization=account.organization,
+        action="billing.invoice.payment_credited",
+        target=invoice,
+        summary={
+            "payment_intent": payment_intent_id,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "invoice_status": invoice.status,
+            "credit": grant.public_id,
+        },
+    )
+    amount = format_money(payment.amount, payment.currency)
+    _email(
+        account,
+        f"Payment of {amount} credited to your account",
+        f"We received {amount} by card for invoice {invoice.number or invoice.public_id}, which was {why}. The amount "
+        "is a credit on your account: your next invoices use it.",
+    )
+    return f"payment {payment_intent_id} of {why} invoice {invoice.public_id} credited"
 
 
 @transaction.atomic
@@ -870,7 +931,10 @@ def credit_grant(
     description: str = "",
     expires_at: datetime.datetime | None = None,
     source_invoice: Invoice | None = None,
+    currency: str | None = None,
 ) -> CreditGrant:
+    """A credit in `currency` (the account's by default) that the account's invoices in that currency consume."""
+    currency = currency or account.currency
     if amount <= 0:
         raise ValidationFailed({"amount": "A credit must be positive."})
     if kind not in CreditKind.values or kind == CreditKind.COUPON:
@@ -880,7 +944,7 @@ def credit_grant(
         kind=kind,
         amount=amount,
         remaining=amount,
-        currency=account.currency,
+        currency=currency,
         description=description,
         expires_at=expires_at,
         source_invoice=source_invoice,
@@ -893,7 +957,7 @@ def credit_grant(
         summary={
             "kind": kind,
             "amount": amount,
-            "currency": account.currency,
+            "currency": currency,
             "expires_at": expires_at.isoformat() if expires_at else None,
         },
     )
@@ -974,33 +1038,32 @@ def _apply_event(event: dict[str, Any]) -> str:
         )
         if invoice is None:
             return f"ignored: no invoice {invoice_public_id!r}"
+        intent_id = str(obj.get("id") or "")
+        payment = _intent_payment(invoice, intent_id=intent_id, attempt=(obj.get("metadata") or {}).get("attempt"))
         if kind == "payment_intent.succeeded":
-            if invoice.status == InvoiceStatus.PAID:
-                return "invoice already paid"
             if obj.get("amount_received", obj.get("amount")) != gateway.to_stripe_amount(
                 invoice.total, invoice.currency
             ):
                 return "ignored: amount differs from the invoice"
-            _mark_paid(
-                invoice,
-                actor=None,
-                method="stripe",
-                payment_intent_id=str(obj.get("id") or ""),
-                payment=Payment.objects.filter(invoice=invoice, payment_intent_id=obj.get("id")).first(),
-            )
-            return f"invoice {invoice.public_id} paid"
+            return _stripe_payment_succeeded(invoice, payment=payment, payment_intent_id=intent_id)
+        # Stripe does not deliver in order: a first confirmation's failure may arrive after the intent succeeded.
+        if payment is not None and payment.status == "succeeded":
+            return f"ignored: payment {intent_id} already succeeded"
         error = obj.get("last_payment_error") or {}
-        Payment.objects.filter(invoice=invoice, payment_intent_id=obj.get("id")).update(
-            status="failed", failure_message=str(error.get("message") or "")[:300]
-        )
+        if payment is not None:
+            Payment.objects.filter(pk=payment.pk).update(
+                status="failed", payment_intent_id=intent_id, failure_message=str(error.get("message") or "")[:300]
+            )
         audit_record(
             actor=None,
             organization=invoice.billing_account.organization,
             action="billing.invoice.payment_failed",
             target=invoice,
-            summary={"payment_intent": obj.get("id"), "message": error.get("message")},
+            summary={"payment_intent": intent_id, "message": error.get("message")},
         )
-        _payment_failed_notice(invoice, reason=str(error.get("message") or ""), attempt=str(obj.get("id") or ""))
+        if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+            return f"invoice {invoice.public_id} payment failed; the invoice is {invoice.status}, nothing to ask"
+        _payment_failed_notice(invoice, reason=str(error.get("message") or ""), attempt=intent_id)
         return f"invoice {invoice.public_id} payment failed"
     if kind == "setup_intent.succeeded":
         account = BillingAccount.objects.select_for_update().filter(stripe_customer_id=obj.get("customer")).first()
@@ -1020,6 +1083,16 @@ def _apply_event(event: dict[str, Any]) -> str:
         enqueue_on_commit(tasks.set_default_card, account.pk)
         return "card saved"
     return "ignored"
+
+
+def _intent_payment(invoice: Invoice, *, intent_id: str, attempt: Any) -> Payment | None:
+    """The Payment row (locked) of a PaymentIntent: by its id, or, while invoice_collect's call has not returned
+    and the row does not know its id yet, by the attempt the intent's metadata names."""
+    payments = Payment.objects.select_for_update().filter(invoice=invoice, method="stripe")
+    payment = payments.filter(payment_intent_id=intent_id).first() if intent_id else None
+    if payment is None and str(attempt or "").isdigit():
+        payment = payments.filter(payment_intent_id="", attempt=int(attempt)).first()
+    return payment
 
 
 def billing_account_set_default_card(*, account_id: int) -> None:

@@ -7,13 +7,16 @@ import time
 import pytest
 from django.core import mail
 from django.test import override_settings
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from billing import invoicing, metering, services, tasks
-from billing.models import BillingAccount, CreditNote, Invoice, Payment, StripeEvent
+from billing import stripe_gateway as gateway
+from billing.models import BillingAccount, CreditGrant, CreditNote, Invoice, Payment, StripeEvent
 from billing.selectors import billing_account_for
 from controlplane.errors import Conflict, NotFound
 from deployments.models import Deployment, Operation
+from notifications.models import PlatformEvent
 from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: the email task runs inline
 from tests.billing.conftest import ADDRESS, at
 from tests.fakes.stripe_api import FakeStripe, build_event, sign_payload
@@ -166,6 +169,18 @@ def card_attempt(invoice, *, status, intent_id=""):
     )
 
 
+def intent(invoice, intent_id, **fields):
+    return {
+        "id": intent_id,
+        "object": "payment_intent",
+        "amount": invoice.total,
+        "amount_received": invoice.total,
+        "currency": invoice.currency.lower(),
+        "metadata": {"invoice_id": invoice.public_id, "attempt": "1"},
+        **fields,
+    }
+
+
 def test_void_refused_when_a_card_payment_of_the_invoice_is_processing(owner_org, make_deployment, history):
     invoice = issue_march_invoice(owner_org, make_deployment, history)
     card_attempt(invoice, status="processing", intent_id="pi_bank_deciding")
@@ -173,6 +188,116 @@ def test_void_refused_when_a_card_payment_of_the_invoice_is_processing(owner_org
         services.invoice_void(invoice=invoice, actor=None, reason="wrong address", now=at(2026, 4, 2))
     invoice.refresh_from_db()
     assert invoice.status == "open" and not CreditNote.objects.filter(invoice=invoice).exists()
+
+
+def test_card_payment_credited_and_next_invoice_uses_it_when_it_succeeds_for_a_voided_invoice(
+    owner_org, make_deployment, history, client
+):
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    card_attempt(invoice, status="pending")  # the charge's call never returned; staff void meanwhile
+    services.invoice_void(invoice=invoice, actor=None, reason="wrong address", now=at(2026, 4, 2))
+    with override_settings(STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET):
+        response = post_event(client, "payment_intent.succeeded", intent(invoice, "pi_late"), event_id="evt_late")
+        # Stripe's notice of the same payment again, under another event id: booked once
+        again = post_event(client, "payment_intent.succeeded", intent(invoice, "pi_late"), event_id="evt_late_2")
+    assert response.status_code == 200 and again.status_code == 200
+    assert StripeEvent.objects.filter(event_id__in=["evt_late", "evt_late_2"]).count() == 2
+    assert list(Payment.objects.filter(invoice=invoice).values_list("status", "payment_intent_id", "amount")) == [
+        ("succeeded", "pi_late", 8784)
+    ]
+    invoice.refresh_from_db()
+    assert (invoice.status, invoice.paid_at) == ("void", None)
+    credit = CreditGrant.objects.get(source_invoice=invoice)
+    assert (credit.kind, credit.amount, credit.remaining, credit.currency) == ("refund", 8784, 8784, "USD")
+    assert "pi_late" in credit.description and invoice.number in credit.description
+    credited = AuditEvent.objects.filter(action="billing.invoice.payment_credited", target_id=invoice.public_id)
+    assert credited.count() == 1
+
+    # March's usage, released by the void, goes on the next invoice as late usage, which the credit pays to the cent.
+    # (The credit is granted when the money arrives, on the real clock: the next invoice is the real month's.)
+    month = metering.month_start(timezone.now())
+    invoicing.close_invoices(month=month.date(), now=metering.next_month_start(month) + datetime.timedelta(hours=1))
+    following = Invoice.objects.get(period_start=month.date())
+    assert (following.subtotal, following.credits_applied, following.tax, following.total, following.status) == (
+        8784,
+        8784,
+        0,
+        0,
+        "paid",
+    )
+    credit.refresh_from_db()
+    assert credit.remaining == 0
+
+
+def test_card_payment_credited_when_staff_marked_the_invoice_paid_while_it_was_processing(
+    owner_org, make_deployment, history, client
+):
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    card_attempt(invoice, status="processing", intent_id="pi_twice")
+    services.invoice_mark_paid(invoice=invoice, actor=None)  # a bank transfer arrived meanwhile
+    invoice.refresh_from_db()
+    paid_at = invoice.paid_at
+    with override_settings(STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET):
+        response = post_event(client, "payment_intent.succeeded", intent(invoice, "pi_twice"), event_id="evt_twice")
+    assert response.status_code == 200
+    assert sorted(Payment.objects.filter(invoice=invoice).values_list("method", "status", "payment_intent_id")) == [
+        ("manual", "succeeded", ""),
+        ("stripe", "succeeded", "pi_twice"),
+    ]
+    invoice.refresh_from_db()
+    assert (invoice.status, invoice.paid_at) == ("paid", paid_at)
+    assert CreditGrant.objects.get(source_invoice=invoice).amount == 8784
+
+
+def test_succeeded_payment_and_paid_invoice_kept_when_payment_failed_arrives_after_succeeded(
+    owner_org, make_deployment, history, client
+):
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    card_attempt(invoice, status="processing", intent_id="pi_3ds")
+    failed = intent(invoice, "pi_3ds", last_payment_error={"message": "Your card was declined."})
+    with override_settings(STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET):
+        # Stripe does not deliver in order: the first confirmation failed, the second succeeded, and the
+        # `succeeded` event comes first.
+        succeeded = post_event(client, "payment_intent.succeeded", intent(invoice, "pi_3ds"), event_id="e2")
+        failed_late = post_event(client, "payment_intent.payment_failed", failed, event_id="e1")
+    assert (succeeded.status_code, failed_late.status_code) == (200, 200)
+    assert failed_late.json()["outcome"] == "ignored: payment pi_3ds already succeeded"
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+    assert list(Payment.objects.filter(invoice=invoice).values_list("payment_intent_id", "status")) == [
+        ("pi_3ds", "succeeded")
+    ]
+    assert not PlatformEvent.objects.filter(kind="invoice_payment_failed").exists()
+    assert not CreditGrant.objects.exists()
+
+
+def test_charge_recorded_and_credited_when_the_invoice_is_voided_while_stripe_charges(
+    fake_stripe, owner_org, make_deployment, history, monkeypatch
+):
+    account = billing_account_for(organization=owner_org.organization)
+    services.billing_account_update(
+        account=account, actor=None, country="US", email="a@acme.example", postal_code="94105", **ADDRESS
+    )
+    customer_id = services.billing_account_sync_stripe(account_id=account.pk)
+    BillingAccount.objects.filter(pk=account.pk).update(stripe_payment_method_id=fake_stripe.attach_card(customer_id))
+    services.billing_account_set_default_card(account_id=account.pk)
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    charge = gateway.collect_invoice
+
+    def charge_while_voided(**kwargs):
+        # invoice_collect calls Stripe without holding the invoice: staff (or a correction) void it meanwhile
+        services.invoice_void(invoice=invoice, actor=None, reason="correction", now=at(2026, 4, 2))
+        return charge(**kwargs)
+
+    monkeypatch.setattr(gateway, "collect_invoice", charge_while_voided)
+    assert services.invoice_collect(invoice_id=invoice.pk) == "succeeded"
+    (intent_id,) = fake_stripe.payment_intents
+    assert list(Payment.objects.filter(invoice=invoice).values_list("status", "payment_intent_id", "amount")) == [
+        ("succeeded", intent_id, 8784)
+    ]
+    invoice.refresh_from_db()
+    assert invoice.status == "void"
+    assert CreditGrant.objects.get(source_invoice=invoice).remaining == 8784
 
 
 def test_no_card_setup_sent_to_stripe_when_billing_account_deleted_meanwhile(fake_stripe, owner_org):
