@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 HOUR = datetime.timedelta(hours=1)
 UTC = datetime.UTC
+FOREVER = datetime.datetime.max.replace(tzinfo=UTC)
 # StatusInterval status -> (usage product, catalog price kind)
 PRODUCTS = {
     StatusInterval.Kind.RUNNING: (UsageProduct.RUNNING, Price.Kind.HOURLY),
@@ -71,7 +72,7 @@ def coverage_end(*, term_end: datetime.datetime, status: str, auto_renew: bool) 
     end until the renewal run decides: renewed, the next term starts at that end; not renewed, the seconds since the
     end are metered then (`meter_usage(since=…, deployment_ids=…)`)."""
     if status == "active" and auto_renew:
-        return datetime.datetime.max.replace(tzinfo=UTC)
+        return FOREVER
     return term_end
 
 
@@ -177,30 +178,43 @@ def _table(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
-# The set-based metering of one batch. Per slot and interval the overlap, minus what coverage terms cover; per
-# deployment, slot, product and tier the sum (a tier change inside the hour bills each side at its own tier); the
-# price in force at the slot's start, tier-specific before plan-wide, in the account's currency, or none.
+# The set-based metering of one batch. Every boundary (interval and term ends) rounded to the whole second first,
+# half up, as `whole_second`; per slot and interval the overlap, minus what coverage terms cover; per deployment,
+# slot, product and tier the sum (a tier change inside the hour bills each side at its own tier); the price in force
+# at the slot's start, tier-specific before plan-wide, in the account's currency, or none.
 METER_SQL = """
 WITH slots AS (
     SELECT gs AS slot_start, gs + interval '1 hour' AS slot_end
     FROM generate_series(%(start)s::timestamptz, %(last)s::timestamptz, interval '1 hour') AS gs
+), intervals AS (
+    SELECT si.deployment_id, si.tier_id, si.status,
+           date_trunc('second', si.started_at + interval '0.5 second') AS started_at,
+           date_trunc('second', si.ended_at + interval '0.5 second') AS ended_at
+    FROM {interval} si
+    WHERE si.status IN ('running', 'stopped')
+      AND si.started_at < %(end)s AND (si.ended_at IS NULL OR si.ended_at > %(start)s)
+      AND (%(deployments)s::bigint[] IS NULL OR si.deployment_id = ANY(%(deployments)s::bigint[]))
 ), pieces AS (
+    -- An interval shorter than half a second may round to nothing: it has no piece, so no two pieces of a
+    -- deployment start at the same instant (the coverage below is joined back on it).
     SELECT si.deployment_id, si.tier_id, s.slot_start,
            CASE si.status WHEN 'running' THEN 'running' ELSE 'retention' END AS product,
            GREATEST(si.started_at, s.slot_start) AS p_start,
            LEAST(COALESCE(si.ended_at, s.slot_end), s.slot_end) AS p_end
-    FROM {interval} si
+    FROM intervals si
     JOIN slots s ON si.started_at < s.slot_end AND (si.ended_at IS NULL OR si.ended_at > s.slot_start)
-    WHERE si.status IN ('running', 'stopped')
-      AND si.started_at < %(end)s AND (si.ended_at IS NULL OR si.ended_at > %(start)s)
-      AND (%(deployments)s::bigint[] IS NULL OR si.deployment_id = ANY(%(deployments)s::bigint[]))
-), terms AS (
+    WHERE si.ended_at IS NULL OR si.ended_at > si.started_at
+), source_terms AS (
     -- Coverage terms touching this batch: few, so the coverage below is a hash join, not a probe per piece. Annual
     -- plans, then the registered coverage sources' terms (Premium trials) as more UNION ALLs.
     SELECT a.deployment_id, a.term_start,
            CASE WHEN a.status = 'active' AND a.auto_renew THEN 'infinity'::timestamptz ELSE a.term_end END AS term_end
     FROM {subscription} a
     WHERE a.term_start < %(end)s AND (a.term_end > %(start)s OR (a.status = 'active' AND a.auto_renew)){coverage}
+), terms AS (
+    SELECT t.deployment_id, date_trunc('second', t.term_start + interval '0.5 second') AS term_start,
+           date_trunc('second', t.term_end + interval '0.5 second') AS term_end
+    FROM source_terms t
 ), covered AS (
     SELECT p.deployment_id, p.slot_start, p.p_start,
            SUM(GREATEST(0, EXTRACT(EPOCH FROM (LEAST(p.p_end, t.term_end) - GREATEST(p.p_start, t.term_start)))))
@@ -330,24 +344,36 @@ def _seconds(delta: datetime.timedelta) -> Decimal:
     return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / Decimal(1_000_000)
 
 
+def whole_second(at: datetime.datetime) -> datetime.datetime:
+    """`at` rounded to the whole second, half up. Metering rounds every boundary before it subtracts: rounding each
+    side's duration instead billed a change at 10:30:00.5 as 1801 + 1800 seconds, 3601 in one hour."""
+    if at >= FOREVER - datetime.timedelta(seconds=1):
+        return at
+    return (at + datetime.timedelta(microseconds=500_000)).replace(microsecond=0)
+
+
 def slot_usage(*, start: datetime.datetime, end: datetime.datetime, intervals, terms) -> list[SlotUsage]:
     """Billable seconds per (deployment, hour, product, tier) in [start, end) from StatusInterval-like rows and
     coverage terms (Term). End may be mid-hour (the current, partial slot)."""
     covered = defaultdict(list)
     for term in terms:
         covered[term.deployment_id].append(
-            (term.term_start, coverage_end(term_end=term.term_end, status=term.status, auto_renew=term.auto_renew))
+            (
+                whole_second(term.term_start),
+                whole_second(coverage_end(term_end=term.term_end, status=term.status, auto_renew=term.auto_renew)),
+            )
         )
     pieces = defaultdict(lambda: Decimal(0))  # (deployment, slot, product, tier) -> seconds
     for interval in intervals:
         if interval.status not in PRODUCTS:
             continue
         product = PRODUCTS[interval.status][0]
-        i_end = interval.ended_at or end
-        slot = floor_hour(max(interval.started_at, start))
+        i_start = whole_second(interval.started_at)
+        i_end = whole_second(interval.ended_at) if interval.ended_at else end
+        slot = floor_hour(max(i_start, start))
         while slot < min(i_end, end):
             slot_end = min(slot + HOUR, end)
-            p_start, p_end = max(interval.started_at, slot), min(i_end, slot_end)
+            p_start, p_end = max(i_start, slot), min(i_end, slot_end)
             if p_end > p_start:
                 seconds = _seconds(p_end - p_start) - sum(
                     (_seconds(_overlap(p_start, p_end, t0, t1)) for t0, t1 in covered[interval.deployment_id]),

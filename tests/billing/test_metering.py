@@ -129,6 +129,32 @@ def test_set_based_sql_matches_python_reference_when_history_is_mixed(owner_org,
     assert by_sql[(a.pk, at(2026, 3, 1, 2), "running", tiers["2k"])] == (1800, Decimal("0.5"))
 
 
+def test_hour_bills_at_most_3600_seconds_when_tier_or_status_changes_at_half_a_second(
+    owner_org, make_deployment, history
+):
+    upgraded = make_deployment(owner_org.default_project)
+    change = at(2026, 3, 2, 10, 30, 0, 500_000)  # 10:30:00.5
+    history(upgraded, [("running", at(2026, 3, 2, 10), change, "1k"), ("running", change, at(2026, 3, 2, 11), "2k")])
+    stopped = make_deployment(owner_org.default_project)
+    stop = at(2026, 3, 2, 10, 20, 0, 500_000)
+    history(stopped, [("running", at(2026, 3, 2, 10), stop), ("stopped", stop, at(2026, 3, 2, 11))])
+    metering.meter_usage(now=at(2026, 3, 2, 11, 2), since=at(2026, 3, 2, 10))
+    # The change is at 10:30:01 once rounded, half up: 1801 + 1799 seconds (each side's duration rounded half up
+    # gave 1801 + 1800). The Python reference agrees.
+    billed = {(r.deployment_id, r.product, r.tier.code): r.seconds for r in UsageRecord.objects.all()}
+    assert billed == {
+        (upgraded.pk, "running", "1k"): 1801,
+        (upgraded.pk, "running", "2k"): 1799,
+        (stopped.pk, "running", "1k"): 1201,
+        (stopped.pk, "retention", "1k"): 2399,
+    }
+    intervals, terms = metering.intervals_and_terms(at(2026, 3, 2, 10), at(2026, 3, 2, 11), Q())
+    reference = metering.slot_usage(start=at(2026, 3, 2, 10), end=at(2026, 3, 2, 11), intervals=intervals, terms=terms)
+    assert {(u.deployment_id, u.product, u.tier_id): u.seconds for u in reference} == {
+        (r.deployment_id, r.product, r.tier_id): r.seconds for r in UsageRecord.objects.all()
+    }
+
+
 # --- Per-second tiers, no lost hours, renewals -------------------------------------------------------------------
 
 

@@ -51,7 +51,8 @@ class TermSpec:
 
 
 def instants():
-    """From two hours before the window to one after it, on whole or half seconds (the SQL rounds the sums)."""
+    """From two hours before the window to one after it, on whole or half seconds (metering rounds
+    every boundary to the second, half up)."""
     return st.builds(
         lambda s, half: WINDOW_START + datetime.timedelta(seconds=s, microseconds=500_000 if half else 0),
         st.integers(min_value=-7200, max_value=7 * 3600),
@@ -176,6 +177,10 @@ def test_metering_sql_matches_the_python_reference_when_histories_are_generated(
         assert all(r.currency == world["currency"] for r in UsageRecord.objects.filter(deployment__in=deployments))
         expected = reference(world, deployments, tiers, world["currency"])
         assert by_sql == expected, f"seed {SEED}"
+        per_hour: dict = {}
+        for (deployment_id, hour, _product, _tier), (seconds, _price) in by_sql.items():
+            per_hour[(deployment_id, hour)] = per_hour.get((deployment_id, hour), 0) + seconds
+        assert max(per_hour.values(), default=0) <= 3600, f"seed {SEED}"
         transaction.set_rollback(True)
 
 
