@@ -19,7 +19,15 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from billing import invoicing, metering, traffic
-from billing.models import AnnualQuote, AnnualSubscription, BillingAccount, InvoiceKind, SubscriptionStatus
+from billing.models import (
+    AnnualQuote,
+    AnnualSubscription,
+    BillingAccount,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    SubscriptionStatus,
+)
 from billing.money import HOURS_PER_YEAR, annual_price, format_money, percentage_of, prorate, round_half_up, to_decimal
 from billing.selectors import billing_account_for
 from controlplane.errors import Conflict, Unprocessable
@@ -340,9 +348,16 @@ def _seconds(delta: datetime.timedelta) -> int:
 
 
 def annual_upgrades_bill(*, now: datetime.datetime | None = None) -> int:
-    """Bill the prorated difference for every active subscription whose deployment now runs on a dearer tier."""
+    """Bill the prorated difference for every active subscription whose deployment now runs on a dearer tier, and
+    bill again every upgrade whose invoice was voided (a correction)."""
     now = now or timezone.now()
     billed = 0
+    voided = Invoice.objects.filter(
+        kind=InvoiceKind.ANNUAL_UPGRADE, status=InvoiceStatus.VOID, replaced_by__isnull=True, subscription__isnull=False
+    ).exclude(subscription__end_reason="voided")
+    for invoice_id in voided.values_list("pk", flat=True):
+        with transaction.atomic():
+            billed += _bill_upgrade_again(invoice_id, now)
     candidates = AnnualSubscription.objects.filter(status=SubscriptionStatus.ACTIVE, term_end__gt=now).values_list(
         "pk", flat=True
     )
@@ -417,6 +432,45 @@ def _bill_upgrade(subscription: AnnualSubscription, current: StatusInterval, now
         },
     )
     return 1 if invoice else 0
+
+
+def _bill_upgrade_again(invoice_id: int, now: datetime.datetime) -> int:
+    """Bill a voided upgrade invoice's lines again, taxed and credited as of `now`. _bill_upgrade moved the plan to
+    the dearer tier when it billed the upgrade, so it never sees that upgrade again, and the deployment's seconds on
+    that tier stay covered by the plan: without this the rest of the term on the dearer tier is never billed. The
+    amount stands whatever the deployment did since (an upgrade is billed for the rest of the term when it happens).
+    Not for a plan that ended because its own invoice was voided: that plan is cancelled, its upgrade with it."""
+    voided = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice_id)
+    if voided.status != InvoiceStatus.VOID or Invoice.objects.filter(replaces=voided).exists():
+        return 0
+    account, subscription = voided.billing_account, voided.subscription
+    if account.currency != voided.currency:
+        logger.error(
+            "upgrade invoice %s was in %s, the account is now in %s: bill it by hand",
+            voided.public_id,
+            voided.currency,
+            account.currency,
+        )
+        return 0
+    invoice = invoicing.issue_invoice(
+        account=account,
+        kind=InvoiceKind.ANNUAL_UPGRADE,
+        lines=invoicing.line_drafts(voided),
+        now=now,
+        allow_coupons=False,
+        subscription=subscription,
+        period=(voided.period_start, voided.period_end) if voided.period_start and voided.period_end else None,
+        replaces=voided,
+    )
+    _enqueue_collection(invoice)
+    audit_record(
+        actor=None,
+        organization=account.organization,
+        action="billing.annual.upgrade_billed_again",
+        target=subscription,
+        summary={"voided": voided.number or voided.public_id, "invoice": invoice.number or invoice.public_id},
+    )
+    return 1
 
 
 def annual_renewals_process(*, now: datetime.datetime | None = None) -> dict:

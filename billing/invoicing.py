@@ -675,9 +675,11 @@ def issue_invoice(
     allow_coupons: bool,
     subscription=None,
     period: tuple[datetime.date, datetime.date] | None = None,
+    replaces: Invoice | None = None,
 ) -> Invoice:
     """Compute and write one invoice: issued (open, or paid when nothing is left to pay) with its number, or a
-    draft held until it can be issued complete. The caller enqueues the collection of an open one."""
+    draft held until it can be issued complete; `replaces` is the voided invoice it bills again. The caller enqueues
+    the collection of an open one."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("issue_invoice must run inside a transaction")
     details = current_details(account)
@@ -702,6 +704,7 @@ def issue_invoice(
     )
     number = None if composed.holds else reserve_numbers(count=1, year=now.year)[0]
     invoice = composed.invoice(number=number)
+    invoice.replaces = replaces
     invoice.save()
     _write_lines([(invoice.pk, line) for line in lines])
     _apply_credits([(invoice, grant, amount) for grant, amount in composed.applications])
@@ -1085,6 +1088,11 @@ def _attached_traffic(invoice: Invoice, records) -> list[traffic.TrafficUsage]:
             traffic.TrafficUsage(row["organization_id"], row["deployment_id"], row["month"], int(row["total"]), billed)
         )
     return out
+
+
+def line_drafts(invoice: Invoice) -> list[LineDraft]:
+    """An invoice's lines as drafts, to bill them again on another invoice."""
+    return [_draft_of(line) for line in invoice.lines.all()]
 
 
 def _draft_of(line: InvoiceLine) -> LineDraft:

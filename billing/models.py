@@ -400,6 +400,15 @@ class Invoice(models.Model):
     voided_at = models.DateTimeField(null=True, blank=True)
     payment_attempts = models.PositiveIntegerField(default=0)
     overdue_reminders_sent = models.PositiveSmallIntegerField(default=0)
+    # One-to-one: a voided invoice is billed again at most once (each replacement, voided, may be replaced in turn).
+    replaces = models.OneToOneField(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="replaced_by",
+        help_text="The voided invoice this one bills again (an annual upgrade's).",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -818,7 +818,8 @@ def invoice_void(
     """Cancel an unpaid invoice; refused while a card payment of it is processing at Stripe. An issued one gets a
     credit note (its own number series, the amounts negated); a held draft simply goes. Either way the credits it consumed go back to their grants and its usage is released,
     so the month can be invoiced again, correctly. Voiding an annual plan's prepaid invoice ends the plan at once:
-    the deployment is billed by the hour again from that second."""
+    the deployment is billed by the hour again from that second. A voided annual upgrade's invoice is billed again,
+    its same lines, by the next billing.annual.annual_upgrades_bill: the plan stays on the dearer tier."""
     now = now or timezone.now()
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     if invoice.status not in (InvoiceStatus.DRAFT, InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):

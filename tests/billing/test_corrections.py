@@ -113,6 +113,33 @@ def test_voided_annual_invoice_ends_the_plan_and_hourly_billing_resumes_at_that_
     assert not AnnualSubscription.objects.filter(status="active").exists()
 
 
+def test_upgrade_billed_again_once_when_its_invoice_was_voided(owner_org, make_deployment, history, tiers):
+    set_account(owner_org)
+    dep = make_deployment(owner_org.default_project)
+    history(dep, [("running", at(2026, 3, 1), None)])
+    quote = annual.annual_quote_create(deployment=dep, actor=None, now=at(2026, 3, 17, 13, 20))
+    subscription = annual.annual_quote_accept(quote=quote, actor=None, now=at(2026, 3, 17, 13, 20))
+    upgrade_at = at(2026, 5, 29, 13, 20)
+    dep.status_intervals.filter(ended_at__isnull=True).update(ended_at=upgrade_at)
+    history(dep, [("running", upgrade_at, None, "2k")])
+    assert annual.annual_upgrades_bill(now=upgrade_at + datetime.timedelta(minutes=40)) == 1
+    first = Invoice.objects.get(kind="annual_upgrade")
+    assert first.total == 83395
+    # Voided to correct it (an address, the VAT), as a monthly invoice is: the plan already says 2k, so only the
+    # voided invoice tells that the upgrade is still to be billed.
+    services.invoice_void(invoice=first, actor=None, reason="correction", now=upgrade_at + datetime.timedelta(hours=1))
+    assert annual.annual_upgrades_bill(now=upgrade_at + datetime.timedelta(hours=2)) == 1
+    assert annual.annual_upgrades_bill(now=upgrade_at + datetime.timedelta(hours=3)) == 0
+    again = Invoice.objects.exclude(status="void").get(kind="annual_upgrade")
+    assert (again.replaces, again.subtotal, again.total, again.subscription) == (first, 83395, 83395, subscription)
+    assert list(again.lines.values_list("description", "amount")) == list(
+        first.lines.values_list("description", "amount")
+    )
+    assert CreditNote.objects.get(invoice=first).total == -83395
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.tier.code) == ("active", "2k")
+
+
 def test_paid_invoice_refused_when_voided(owner_org, make_deployment, history):
     set_account(owner_org)
     history(make_deployment(owner_org.default_project), [("running", at(2026, 3, 31, 20), None)])
