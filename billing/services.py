@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ from billing.models import (
     VatCheckOutcome,
     missing_address_fields,
 )
-from billing.money import format_money, normalize_currency
+from billing.money import format_money, normalize_currency, round_minor
 from billing.selectors import billing_account_for
 from billing.tax import VatStatus, tax_id_country_mismatch, validate_postal_code, validate_tax_id
 from billing.vat_rates import is_eu, normalize_country
@@ -778,11 +779,15 @@ def _stripe_payment_succeeded(invoice: Invoice, *, payment: Payment | None, paym
         )
     account = invoice.billing_account
     why = "void" if invoice.status == InvoiceStatus.VOID else f"already {invoice.status}"
+    # Credits are taken off an invoice before its tax, so the credit is the payment before this invoice's VAT: against
+    # an invoice taxed as this one was it pays exactly the money received, and the VAT is charged once, on the supply
+    # it pays. (The gross amount as a credit would take its VAT off the next invoice a second time.)
+    net = payment.amount - invoice.tax if payment.amount == invoice.total else _before_tax(payment.amount, invoice)
     grant = credit_grant(
         account=account,
         actor=None,
         kind=CreditKind.REFUND,
-        amount=payment.amount,
+        amount=net,
         currency=payment.currency,
         description=f"Card payment {payment_intent_id} of invoice {invoice.number or invoice.public_id}, "
         f"which was {why}",
@@ -799,14 +804,21 @@ def _stripe_payment_succeeded(invoice: Invoice, *, payment: Payment | None, paym
             "currency": payment.currency,
             "invoice_status": invoice.status,
             "credit": grant.public_id,
+            "credit_amount": net,
         },
     )
     amount = format_money(payment.amount, payment.currency)
+    before_tax = (
+        ""
+        if net == payment.amount
+        else f" It is a credit of {format_money(net, payment.currency)} before VAT, which pays {amount} of an invoice "
+        "taxed as that one was."
+    )
     _email(
         account,
         f"Payment of {amount} credited to your account",
         f"We received {amount} by card for invoice {invoice.number or invoice.public_id}, which was {why}. The amount "
-        "is a credit on your account: your next invoices use it.",
+        f"is a credit on your account: your next invoices use it.{before_tax}",
     )
     return f"payment {payment_intent_id} of {why} invoice {invoice.public_id} credited"
 
@@ -1084,6 +1096,13 @@ def _apply_event(event: dict[str, Any]) -> str:
         enqueue_on_commit(tasks.set_default_card, account.pk)
         return "card saved"
     return "ignored"
+
+
+def _before_tax(amount: int, invoice: Invoice) -> int:
+    """The part of `amount`, paid towards `invoice`, that is not its VAT (in proportion to the invoice's own)."""
+    if not invoice.total or not invoice.tax:
+        return amount
+    return round_minor(Decimal(amount) * Decimal(invoice.total - invoice.tax) / Decimal(invoice.total))
 
 
 def _intent_payment(invoice: Invoice, *, intent_id: str, attempt: Any) -> Payment | None:

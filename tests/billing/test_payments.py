@@ -46,11 +46,11 @@ def post_event(client, event_type, obj, *, event_id=None, secret=WEBHOOK_SECRET,
     return client.post("/webhooks/stripe", payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)
 
 
-def issue_march_invoice(org, make_deployment, history):
+def issue_march_invoice(org, make_deployment, history, *, country="US", postal_code="94105"):
     account = billing_account_for(organization=org.organization)
     if not account.address:
         services.billing_account_update(
-            account=account, actor=None, country="US", email="ap@acme.example", postal_code="94105", **ADDRESS
+            account=account, actor=None, country=country, email="ap@acme.example", postal_code=postal_code, **ADDRESS
         )
     history(make_deployment(org.default_project), [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])
     metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
@@ -190,10 +190,14 @@ def test_void_refused_when_a_card_payment_of_the_invoice_is_processing(owner_org
     assert invoice.status == "open" and not CreditNote.objects.filter(invoice=invoice).exists()
 
 
+@pytest.mark.parametrize(("country", "postal_code"), [("US", "94105"), ("DE", "10115")])
 def test_card_payment_credited_and_next_invoice_uses_it_when_it_succeeds_for_a_voided_invoice(
-    owner_org, make_deployment, history, client
+    owner_org, make_deployment, history, client, usd_rates, country, postal_code
 ):
-    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    """A German consumer's invoice carries 19% VAT, a US customer's none. The credit is the payment before the VAT,
+    as credits are taken off before tax: it then pays the released usage's new invoice, VAT included, to the cent."""
+    invoice = issue_march_invoice(owner_org, make_deployment, history, country=country, postal_code=postal_code)
+    assert (invoice.tax > 0) == (country == "DE")
     card_attempt(invoice, status="pending")  # the charge's call never returned; staff void meanwhile
     services.invoice_void(invoice=invoice, actor=None, reason="wrong address", now=at(2026, 4, 2))
     with override_settings(STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET):
@@ -203,12 +207,13 @@ def test_card_payment_credited_and_next_invoice_uses_it_when_it_succeeds_for_a_v
     assert response.status_code == 200 and again.status_code == 200
     assert StripeEvent.objects.filter(event_id__in=["evt_late", "evt_late_2"]).count() == 2
     assert list(Payment.objects.filter(invoice=invoice).values_list("status", "payment_intent_id", "amount")) == [
-        ("succeeded", "pi_late", 8784)
+        ("succeeded", "pi_late", invoice.total)
     ]
     invoice.refresh_from_db()
     assert (invoice.status, invoice.paid_at) == ("void", None)
     credit = CreditGrant.objects.get(source_invoice=invoice)
     assert (credit.kind, credit.amount, credit.remaining, credit.currency) == ("refund", 8784, 8784, "USD")
+    assert invoice.subtotal == 8784 and invoice.total == 8784 + invoice.tax
     assert "pi_late" in credit.description and invoice.number in credit.description
     credited = AuditEvent.objects.filter(action="billing.invoice.payment_credited", target_id=invoice.public_id)
     assert credited.count() == 1
