@@ -353,6 +353,11 @@ def invitation_by_token(token: str) -> Invitation | None:
     return Invitation.objects.select_related("organization").filter(token_hash=_hash(token)).first()
 
 
+INVITATION_OUTGROWN = (
+    "This invitation no longer holds: whoever sent it may no longer grant its roles. Ask for a new one."
+)
+
+
 def _check_inviter_still_grants(invitation: Invitation) -> None:
     """An invitation grants what its sender could grant when it is accepted, not only when it was sent: one sent by
     a member since removed or demoted would otherwise hand out rights its sender no longer holds (an Administrator
@@ -370,11 +375,7 @@ def _check_inviter_still_grants(invitation: Invitation) -> None:
     try:
         _check_grantable(sender, organization, list(invitation.roles), grants)
     except RoleTooHigh:
-        raise ValidationFailed(
-            {
-                "token": "This invitation no longer holds: whoever sent it may no longer grant its roles. Ask for a new one."
-            }
-        ) from None
+        raise ValidationFailed({"token": INVITATION_OUTGROWN}) from None
 
 
 @transaction.atomic
