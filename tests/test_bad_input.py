@@ -1,9 +1,13 @@
 """Bad input gets a clear 4xx problem naming the field, never a 500, and changes nothing."""
 
+import base64
+from urllib.parse import urlencode
+
 import pytest
 
 from audit.models import AuditEvent
 from projects.models import Project
+from tests.iot.conftest import premium_deployment
 
 pytestmark = pytest.mark.django_db
 
@@ -85,6 +89,26 @@ def test_garbage_bearer_token_answers_401(key_client, owner_org):
 
 def test_invalid_cursor_is_refused(owner_org, key_client, projects_url):
     _assert_problem(key_client(owner_org.owner_secret).get(projects_url + "?cursor=%%%garbage"), 400, "cursor")
+
+
+def _cursor(position: str) -> str:
+    """A cursor as DRF encodes one (base64 of `p=<position>`): opaque to clients, but anyone can write one."""
+    return base64.b64encode(urlencode({"p": position}).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "path,position",
+    [
+        ("acl-rules", "abc"),  # ordered by an integer column: int("abc") fails in the query's preparation
+        ("devices", "a\x00"),  # ordered by text: PostgreSQL refuses the NUL
+    ],
+)
+def test_cursor_whose_position_the_ordering_cannot_hold_is_refused_when_followed(path, position, owner_org, key_client):
+    dep = premium_deployment(owner_org)
+    url = f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}/deployments/{dep.public_id}"
+    response = key_client(owner_org.owner_secret).get(f"{url}/{path}", {"cursor": _cursor(position)})
+    _assert_problem(response, 400, "cursor")
+    assert response.json()["errors"] == [{"field": "cursor", "message": "This cursor is not valid.", "code": "invalid"}]
 
 
 @pytest.mark.parametrize("size", ["0", "201", "ten", "-1"])

@@ -2,8 +2,14 @@
 
 from typing import Any
 
+from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Model, QuerySet
 from rest_framework import exceptions, pagination
 from rest_framework.request import Request
+from rest_framework.views import APIView
+
+INVALID_CURSOR = "This cursor is not valid."
 
 
 class CursorPagination(pagination.CursorPagination):
@@ -23,12 +29,39 @@ class CursorPagination(pagination.CursorPagination):
             )
         return int(raw[0])
 
+    def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: APIView | None = None) -> Any:
+        self._model = queryset.model  # decode_cursor checks the position against the ordering's column
+        return super().paginate_queryset(queryset, request, view)
+
     def decode_cursor(self, request: Request) -> pagination.Cursor | None:
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except exceptions.NotFound:
             # DRF answers 404 for a bad cursor, which reads as "no such list"; it is a bad parameter.
-            raise exceptions.ValidationError({self.cursor_query_param: ["This cursor is not valid."]}) from None
+            raise self._invalid_cursor() from None
+        if cursor is not None and cursor.position is not None and not self._position_fits(cursor.position):
+            raise self._invalid_cursor()
+        return cursor
+
+    def _invalid_cursor(self) -> exceptions.ValidationError:
+        return exceptions.ValidationError({self.cursor_query_param: [INVALID_CURSOR]})
+
+    def _position_fits(self, position: str) -> bool:
+        """Whether the cursor's position can be compared with the first ordering column. A cursor is base64 anyone can
+        write, and DRF filters on its position as written: "abc" against an integer column raises ValueError, a NUL
+        in text is refused by PostgreSQL (DataError). Either is a bad cursor, not a server error."""
+        if "\x00" in position:
+            return False
+        model: type[Model] = self._model
+        try:
+            field = model._meta.get_field(self.ordering[0].lstrip("-"))
+        except FieldDoesNotExist:  # an ordering through a relation: the NUL check is all we can say
+            return True
+        try:
+            field.get_prep_value(field.to_python(position))
+        except (DjangoValidationError, ValueError, TypeError):
+            return False
+        return True
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         params = super().get_schema_operation_parameters(view)
