@@ -13,6 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.urls import NoReverseMatch, reverse
 
+from controlplane.ids import holds_nul
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
 from organizations import access
@@ -142,6 +143,10 @@ def security_settings_url() -> str:
 
 
 def for_organization(request, org_id: str, *, section: str = "") -> Console:
+    # Every id and name in the page's URL, not only the organization's: the page looks the others up next.
+    match = request.resolver_match
+    if holds_nul(org_id, *(match.kwargs.values() if match is not None else ())):
+        raise Http404("No such page.")
     principal = access.Principal.from_request(request)
     organization = access.member_organization(principal, org_id) if isinstance(org_id, str) else None
     if organization is None or not access.can_see_organization(principal, organization):

@@ -10,6 +10,12 @@ from typing import TYPE_CHECKING, Any
 from django.db import models
 
 
+def holds_nul(*values: object) -> bool:
+    """Whether any of these strings holds a NUL. PostgreSQL text cannot, so no id or name in the database does, and a
+    query with one fails (DataError, a 500) instead of finding nothing: an id from a URL is checked before its lookup."""
+    return any(isinstance(value, str) and "\x00" in value for value in values)
+
+
 def make_public_id(prefix: str) -> str:
     token = base64.b32encode(secrets.token_bytes(13)).decode().rstrip("=").lower()[:20]
     return f"{prefix}_{token}"

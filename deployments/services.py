@@ -547,7 +547,10 @@ def deployment_change_tier(
 ) -> tuple[Deployment, Operation] | DryRun:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
-    new_tier = Tier.objects.select_related("plan").filter(plan=deployment.plan, code=tier).first()
+    # No tier code holds a NUL, and PostgreSQL refuses one in a query: the console passes its form's text as it came.
+    new_tier = (
+        None if "\x00" in tier else Tier.objects.select_related("plan").filter(plan=deployment.plan, code=tier).first()
+    )
     if new_tier is None:
         raise ValidationFailed({"tier": [f"Unknown tier {tier!r} for plan {deployment.plan.code!r}."]})
     if new_tier.pk == deployment.tier_id:

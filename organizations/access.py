@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from django.db.models import QuerySet
 
 from controlplane.errors import PermissionDenied
+from controlplane.ids import holds_nul
 from organizations.models import ApiKey, Membership, Organization
 from organizations.roles import MEMBER_BASE_SCOPES, PROJECT_SCOPES, ROLE_SCOPES, scopes_for_roles
 
@@ -155,6 +156,8 @@ def member_organization(principal: Principal, org_public_id: str) -> Organizatio
     """The organization with this public id if the principal's user is a member of it, else None: one query that
     also remembers the membership for the scope checks that follow. Raises TwoFactorRequired for a member whose
     session does not meet the organization's two-factor requirement."""
+    if holds_nul(org_public_id):
+        return None
     key = principal.api_key
     if (
         key is not None

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from django.shortcuts import redirect
 from django_otp import user_has_device
 
+from controlplane.ids import holds_nul
 from organizations.models import Organization
 
 # The URL keyword that names the organization on console pages.
@@ -28,8 +29,8 @@ class TwoFactorRequirementMiddleware:
         if match is None or "console" not in match.namespaces:
             return None
         org_id = next((view_kwargs[k] for k in _ORG_KWARGS if isinstance(view_kwargs.get(k), str)), None)
-        if org_id is None:
-            return None
+        if org_id is None or holds_nul(org_id):
+            return None  # no organization's id holds a NUL: the page answers 404
         user = request.user
         if not user.is_authenticated or user.is_verified():
             return None

@@ -111,6 +111,17 @@ def test_cursor_whose_position_the_ordering_cannot_hold_is_refused_when_followed
     assert response.json()["errors"] == [{"field": "cursor", "message": "This cursor is not valid.", "code": "invalid"}]
 
 
+def test_nul_in_an_id_of_the_path_answers_404_when_requested(owner_org, key_client):
+    api = key_client(owner_org.owner_secret)
+    project = f"/api/v1/organizations/{owner_org.id}/projects/{owner_org.default_project.public_id}"
+    for path in (
+        "/api/v1/organizations/org_%00",
+        f"/api/v1/organizations/{owner_org.id}/projects/prj_%00/deployments",
+        f"{project}/deployments/dep_%00/acl-rules",
+    ):
+        _assert_problem(api.get(path), 404)
+
+
 @pytest.mark.parametrize("size", ["0", "201", "ten", "-1"])
 def test_invalid_page_size_is_refused(size, owner_org, key_client, projects_url):
     _assert_problem(key_client(owner_org.owner_secret).get(f"{projects_url}?page_size={size}"), 400, "page_size")

@@ -14,6 +14,7 @@ from audit.api import AuditEventFilter
 from audit.models import AuditEvent
 from console import selectors, tenancy
 from console.forms import AuditFilterForm
+from controlplane.ids import holds_nul
 from deployments.models import Deployment
 
 PAGE_SIZE = 50
@@ -90,7 +91,7 @@ def audit(request, org_id):
     form = AuditFilterForm(request.GET or None)
     queryset = _filtered(console, form) if request.GET else selectors.audit_events(organization=console.organization)
     before = request.GET.get("before")
-    if before:
+    if before and not holds_nul(before):  # an anchor that cannot exist is ignored, as one that no longer does
         anchor = AuditEvent.objects.filter(organization=console.organization, public_id=before).first()
         if anchor is not None:
             queryset = queryset.filter(created_at__lte=anchor.created_at).exclude(

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from controlplane.ids import holds_nul
 from organizations import access
 from projects.models import Project
 
@@ -94,6 +95,8 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet[Any]):
             getattr(self, check)()
 
     def resolve_tenant(self) -> None:
+        if holds_nul(*self.kwargs.values()):  # no id or name holds one; PostgreSQL would refuse the lookup
+            raise exceptions.NotFound()
         org_id = self.kwargs.get("org")
         organization = access.member_organization(self.principal, org_id) if isinstance(org_id, str) else None
         if organization is None or not access.can_see_organization(self.principal, organization):

@@ -179,3 +179,43 @@ def test_stale_page_acting_on_a_deleted_deployment_gets_a_message_when_posting(c
     wrong = client.post(console_path(plant, "delete"), {"confirm_name": "plant"})
     assert wrong.status_code == 409
     assert client.get(console_path(plant)).status_code == 200  # the page still shows it, as deleted
+
+
+def test_nul_in_an_id_of_the_address_answers_404_when_opened(client, owner):
+    """PostgreSQL cannot hold a NUL in text: every lookup with one failed (DataError, a 500). No id holds one."""
+    plant = settle(deployment(owner.default_project))
+    org, project = f"/console/o/{owner.id}", f"/console/o/{owner.id}/p/{owner.default_project.public_id}"
+    gets = [
+        "/console/o/org_%00",  # the two-factor middleware looked the organization up first
+        "/console/o/org_%00/members",
+        f"{org}/p/prj_%00",
+        f"{project}/d/dep_%00",
+        f"{org}/channels/ch_%00",
+        f"{org}/billing/invoices/inv_%00",
+        f"{project}/alert-rules/rul_%00",
+    ]
+    statuses = {path: client.get(path).status_code for path in gets}
+    statuses["delete"] = client.post(console_path(plant, "mqtt-users/usr_%00/delete")).status_code
+    assert set(statuses.values()) == {404}, statuses
+    assert "There is nothing here" in client.get(f"{project}/d/dep_%00").content.decode()
+
+
+def test_nul_in_an_id_of_a_query_parameter_answers_404_or_the_page_when_opened(client, owner):
+    plant = settle(deployment(owner.default_project))
+    assert client.get("/console/switch?org=org_%00").status_code == 404
+    audit = client.get(f"/console/o/{owner.id}/audit?before=%00")  # an anchor that cannot exist: the first page
+    assert audit.status_code == 200
+    assert "deployment.create" in audit.content.decode()
+    tier = client.get(console_path(plant, "actions/change-tier") + "?tier=2k%00", follow=True)
+    assert tier.redirect_chain == [(console_path(plant, "manage"), 302)]
+    assert "Unknown tier '2k\\x00' for plan 'dedicated'." in html.unescape(tier.content.decode())
+
+
+def test_change_tier_with_a_nul_in_the_tier_says_unknown_tier_when_confirmed(client, owner):
+    plant = settle(deployment(owner.default_project))
+    response = client.post(console_path(plant, "actions/change-tier"), {"tier": "2k\x00"}, follow=True)
+    assert response.status_code == 200
+    assert "Unknown tier '2k\\x00' for plan 'dedicated'." in html.unescape(response.content.decode())
+    plant.refresh_from_db()
+    assert plant.tier.code == "1k"
+    assert not plant.operations.filter(kind="change_tier").exists()
