@@ -12,6 +12,7 @@ from deployments.api import (
     MqttUserCreateSerializer,
     MqttUserUpdateSerializer,
 )
+from deployments.models import RateLimitPolicy
 from organizations.api import (
     ApiKeyCreateSerializer,
     ApiKeyRotateSerializer,
@@ -326,7 +327,10 @@ class RateLimitsForm(ConsoleForm):
         for level, level_label in RATE_LEVELS:
             for field, field_label in RATE_FIELDS:
                 self.fields[f"{level}-{field}"] = forms.IntegerField(
-                    label=f"{level_label} {field_label.lower()}", required=False, min_value=1
+                    label=f"{level_label} {field_label.lower()}",
+                    required=False,
+                    min_value=1,
+                    max_value=RateLimitPolicy.MAX_RATES[field],
                 )
 
     def policies(self) -> list[dict]:

@@ -942,7 +942,7 @@ class RateLimitPolicySerializer(serializers.Serializer):
     level = serializers.ChoiceField(choices=RateLimitPolicy.Level.choices)
     max_conn_rate = serializers.IntegerField(
         min_value=1,
-        max_value=2**31 - 1,
+        max_value=RateLimitPolicy.MAX_RATES["max_conn_rate"],
         required=False,
         allow_null=True,
         default=None,
@@ -950,7 +950,7 @@ class RateLimitPolicySerializer(serializers.Serializer):
     )
     messages_rate = serializers.IntegerField(
         min_value=1,
-        max_value=2**31 - 1,
+        max_value=RateLimitPolicy.MAX_RATES["messages_rate"],
         required=False,
         allow_null=True,
         default=None,
@@ -958,7 +958,7 @@ class RateLimitPolicySerializer(serializers.Serializer):
     )
     bytes_rate = serializers.IntegerField(
         min_value=1,
-        max_value=2**63 - 1,
+        max_value=RateLimitPolicy.MAX_RATES["bytes_rate"],
         required=False,
         allow_null=True,
         default=None,

@@ -338,6 +338,9 @@ class RateLimitPolicy(models.Model):
         LISTENER = "listener", "Listener"
         CONNECTION = "connection", "Connection"
 
+    # The largest rate each column holds (PostgreSQL integer, bigint): the API, the console and the service refuse more.
+    MAX_RATES = {"max_conn_rate": 2**31 - 1, "messages_rate": 2**31 - 1, "bytes_rate": 2**63 - 1}
+
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="rate_limits")
     level = models.CharField(max_length=16, choices=Level.choices)
     max_conn_rate = models.PositiveIntegerField(null=True, blank=True)

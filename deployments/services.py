@@ -963,6 +963,13 @@ def rate_limits_replace(
     """Replace the deployment's policy set (one per level); a level may not exceed any level above it."""
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
+    for index, policy in enumerate(policies):
+        for field, most in RateLimitPolicy.MAX_RATES.items():
+            value = policy.get(field)
+            if value is not None and value > most:  # the column cannot hold it: PostgreSQL would refuse the insert
+                raise ValidationFailed(
+                    {f"policies.{index}.{field}": [f"Ensure this value is less than or equal to {most}."]}
+                )
     limits = [
         RateLimit(
             level=p["level"],

@@ -148,6 +148,14 @@ def test_rate_limit_above_its_parent_is_refused_beside_the_field(client, owner):
     assert RateLimitPolicy.objects.filter(deployment=plant).count() == 2
 
 
+def test_rate_limit_beyond_the_integer_column_is_refused_beside_the_field_when_saved(client, owner):
+    plant = deployment(owner.default_project)
+    response = client.post(console_path(plant, "rate-limits"), {"global-max_conn_rate": "3000000000"})
+    assert response.status_code == 400
+    _field_error(response, "id_global-max_conn_rate", "Ensure this value is less than or equal to 2147483647.")
+    assert not RateLimitPolicy.objects.filter(deployment=plant).exists()
+
+
 def test_double_submitted_form_changes_things_once_when_the_key_repeats(client, owner):
     url = f"/console/o/{owner.id}"
     form = {"new-name": "Twice", "form_key": "0f1e2d3c4b5a69788796a5b4c3d2e1f0"}

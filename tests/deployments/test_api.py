@@ -307,6 +307,22 @@ def test_rate_limit_beyond_what_is_stored_is_a_400_when_it_is_put(client, base, 
     assert not RateLimitPolicy.objects.filter(deployment__public_id=deployment).exists()
 
 
+def test_rate_limit_beyond_what_is_stored_is_refused_naming_the_field_when_the_service_is_called(deployment):
+    """The service checks the bounds itself: the console's form (or a task) may hand it anything."""
+    from controlplane.errors import ValidationFailed
+    from deployments import services
+    from deployments.models import Deployment
+
+    plant = Deployment.objects.get(public_id=deployment)
+    policies = [{"level": "global", "messages_rate": 100}, {"level": "zone", "max_conn_rate": 3_000_000_000}]
+    with pytest.raises(ValidationFailed) as refused:
+        services.rate_limits_replace(deployment=plant, actor=None, policies=policies)
+    assert [(e.field, e.message) for e in refused.value.errors] == [
+        ("policies.1.max_conn_rate", "Ensure this value is less than or equal to 2147483647.")
+    ]
+    assert not RateLimitPolicy.objects.filter(deployment=plant).exists()
+
+
 def test_every_method_answers_404_when_deployment_belongs_to_another_organization(
     client, base, deployment, org_factory
 ):
