@@ -103,6 +103,16 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
         raise ValidationFailed({field: "Not a valid PEM certificate: its content cannot be parsed."}) from None
     if len(certificates) > MAX_CHAIN_CERTIFICATES:
         raise ValidationFailed({field: f"At most {MAX_CHAIN_CERTIFICATES} certificates."})
+    for index, certificate in enumerate(certificates):
+        # cryptography parses extensions only when first asked for them, and raises ValueError for one that is not
+        # valid DER: asked here, once, every later check (CA, key usage, names) reads extensions that parse.
+        try:
+            certificate.extensions  # noqa: B018
+        except ValueError:
+            which = "The certificate" if len(certificates) == 1 else f"Certificate {index + 1}"
+            raise ValidationFailed(
+                {field: f"{which} has an extension that cannot be parsed (not valid DER): issue it again."}
+            ) from None
     return certificates
 
 

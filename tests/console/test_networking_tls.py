@@ -5,13 +5,23 @@ never sent back, remove with confirmation, the issued certificate kept, and what
 import re
 
 import pytest
+from cryptography.x509.oid import ExtensionOID
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from audit.models import AuditEvent
 from deployments import tls_services
 from deployments.models import CertificateAuthority, TlsCertificate
 from tests.console.helpers import console_path, deployment, settle
-from tests.deployments.tls_helpers import DAY, NOW, key_pem, make_ca, make_leaf, new_key, pem
+from tests.deployments.tls_helpers import (
+    DAY,
+    NOW,
+    key_pem,
+    make_ca,
+    make_leaf,
+    make_with_malformed_extension,
+    new_key,
+    pem,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -195,6 +205,18 @@ def test_client_ca_is_added_and_its_choices_checked_when_uploaded(owner, plant):
     html = owner.get(_tab(plant)).content.decode()
     assert "Client CA (two-way TLS)" in html and "CN=Acme Devices CA,O=Acme" in html
     assert "the client certificate&#x27;s common name" in html or "the client certificate's common name" in html
+
+
+def test_client_ca_with_an_extension_that_cannot_be_parsed_is_refused_beside_the_certificate_when_uploaded(
+    owner, plant
+):
+    broken, _ = make_with_malformed_extension(ExtensionOID.BASIC_CONSTRAINTS)
+    body = {"kind": "client_ca", "client-ca-certificate": pem(broken), "client-ca-require_client_certificate": "on"}
+    response = owner.post(_tab(plant), body)
+    assert response.status_code == 400
+    messages = _errors_beside(response.content.decode(), "client-ca-certificate")
+    assert any("The certificate has an extension that cannot be parsed" in m for m in messages), messages
+    assert not TlsCertificate.objects.filter(kind="client_ca").exists()
 
 
 def test_remove_asks_for_confirmation_and_the_issued_one_stays_when_confirmed(owner, plant):

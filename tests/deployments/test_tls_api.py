@@ -9,13 +9,23 @@ import datetime
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 
 from audit.models import AuditEvent
 from controlplane import crypto
 from deployments import tls_services
 from deployments.models import CertificateAuthority, Deployment, Operation, TlsCertificate
 from tests.deployments.test_api import base, client, create, deployment, settle  # noqa: F401
-from tests.deployments.tls_helpers import DAY, NOW, key_pem, make_ca, make_leaf, new_key, pem
+from tests.deployments.tls_helpers import (
+    DAY,
+    NOW,
+    key_pem,
+    make_ca,
+    make_leaf,
+    make_with_malformed_extension,
+    new_key,
+    pem,
+)
 from tests.test_admin import staff, staff_client  # noqa: F401
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
@@ -184,6 +194,10 @@ BAD_SERVER_INPUTS = {
     "two certificates in certificate": (lambda c, k, ch: {"certificate": c + ch}, "certificate"),
     "host names not covered": (lambda c, k, ch: {"host_names": ["other.example"]}, "host_names"),
     "a control character": (lambda c, k, ch: {"certificate": c.replace("\n", "\x00", 1)}, "certificate"),
+    "an extension that cannot be parsed": (
+        lambda c, k, ch: {"certificate": pem(make_with_malformed_extension(ExtensionOID.EXTENDED_KEY_USAGE)[0])},
+        "certificate",
+    ),
 }
 
 
@@ -315,6 +329,17 @@ def test_client_ca_that_is_not_a_ca_is_refused_naming_certificate(client, url, d
     response = client.post(url, {"kind": "client_ca", "certificate": pem(leaf)}, format="json")
     assert response.status_code == 400
     assert "not a CA certificate" in _field_errors(response)["certificate"]
+    assert _state(deployment) == before
+
+
+@pytest.mark.parametrize("oid", [ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.SUBJECT_ALTERNATIVE_NAME])
+def test_client_ca_with_an_extension_that_cannot_be_parsed_is_refused_naming_certificate(oid, client, url, deployment):  # noqa: F811
+    broken, _ = make_with_malformed_extension(oid)
+    before = _state(deployment)
+    response = client.post(url, {"kind": "client_ca", "certificate": pem(broken)}, format="json")
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert "The certificate has an extension that cannot be parsed" in _field_errors(response)["certificate"]
     assert _state(deployment) == before
 
 

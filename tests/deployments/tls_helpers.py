@@ -110,6 +110,26 @@ def make_leaf(
     return builder.sign(signer_key, hashes.SHA256()), key
 
 
+def make_with_malformed_extension(
+    oid: x509.ObjectIdentifier, common_name: str = "Broken CA"
+) -> tuple[x509.Certificate, Any]:
+    """A self-signed certificate that parses, but whose `oid` extension is not valid DER: what a broken in-house PKI
+    tool makes. cryptography parses extensions only when they are read, and then raises ValueError."""
+    key = new_key()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + 30 * DAY)
+        .add_extension(x509.UnrecognizedExtension(oid, b"\x30\x03\x01\x01"), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
+
+
 def load_cert_chain(context: ssl.SSLContext, certificate_pem: str, key_pem_text: str) -> None:
     """`context.load_cert_chain` from PEM text. `ssl` reads a chain only from files, so it goes through two files in a
     directory removed as soon as they are read (a private key is not left in /tmp)."""
