@@ -99,6 +99,7 @@ def compile_source(type_: str, source: str, message_type: str = "") -> Compiled:
         _avro_parse(document)
         return Compiled(AVRO, document=document)
     _json_schema_validator(json.dumps(document, sort_keys=True))
+    _json_schema_references(document)
     return Compiled(JSON_SCHEMA, document=document)
 
 
@@ -303,9 +304,72 @@ def _avro_parse(document: Any):
         raise SchemaInvalid("Not a valid Avro schema: it nests too deeply.") from None
 
 
-# A customer's regular expression runs in the agent, which holds the GIL for every deployment it serves: a
-# quantified group that itself holds a quantifier ((a+)+, (a|aa)*) can backtrack for ever, so it is refused.
+# A customer's regular expression (a JSON Schema's pattern, patternProperties) runs in the try-it request and in the
+# agent, which holds the GIL for every deployment it serves. A quantified group that itself holds a quantifier ((a+)+,
+# (a|aa)*) is refused when registered; no static check finds every pattern that backtracks for ever ((a|a)* does), so
+# each match also runs under a time bound in the `regex` module, and one that runs out fails the payload, saying so.
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
+PATTERN_TIMEOUT = 0.1  # seconds for one match: a sane pattern on a payload's text takes microseconds
+
+
+@lru_cache(maxsize=1024)
+def _bounded_pattern(pattern: str):
+    import regex
+
+    return regex.compile(pattern)
+
+
+def _pattern_search(pattern: str, text: str) -> bool:
+    try:
+        return _bounded_pattern(pattern).search(text, timeout=PATTERN_TIMEOUT) is not None
+    except TimeoutError:
+        raise CodecFailed(
+            f"matching pattern {pattern!r} took more than {PATTERN_TIMEOUT} s (it backtracks without end on this "
+            "text): register a version whose pattern cannot"
+        ) from None
+
+
+def _pattern_keyword(validator, pattern, instance, schema):
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "string") and not _pattern_search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties_keyword(validator, patterns, instance, schema):
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _pattern_search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties_keyword(validator, additional, instance, schema):
+    """jsonschema's own, but for the patterns' matching, which it does with `re` (unbounded)."""
+    from jsonschema import _keywords
+    from jsonschema.exceptions import ValidationError
+
+    patterns = schema.get("patternProperties") or {}
+    if not patterns or not validator.is_type(instance, "object"):
+        yield from _keywords.additionalProperties(validator, additional, instance, schema)
+        return
+    properties = schema.get("properties", {})
+    extras = [key for key in instance if key not in properties and not any(_pattern_search(p, key) for p in patterns)]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        joined = ", ".join(repr(each) for each in sorted(extras))
+        verb = "does" if len(extras) == 1 else "do"
+        yield ValidationError(f"{joined} {verb} not match any of the regexes: {', '.join(map(repr, sorted(patterns)))}")
+
+
+_BOUNDED_KEYWORDS = {
+    "pattern": _pattern_keyword,
+    "patternProperties": _pattern_properties_keyword,
+    "additionalProperties": _additional_properties_keyword,
+}
 
 
 def _patterns(document: Any):
@@ -333,8 +397,9 @@ def _json_schema_validator(text: str):
         if _NESTED_QUANTIFIER.search(pattern):
             raise SchemaInvalid(f"pattern {pattern!r}: nested quantifiers are refused (they can backtrack for ever).")
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            re.compile(pattern)  # what jsonschema itself matches with where no bounded keyword stands in
+            _bounded_pattern(pattern)
+        except (re.error, _regex_error()) as exc:
             raise SchemaInvalid(f"pattern {pattern!r} is not a regular expression: {exc}.") from None
     cls = jsonschema.validators.validator_for(document, default=jsonschema.Draft202012Validator)
     try:
@@ -342,7 +407,108 @@ def _json_schema_validator(text: str):
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         raise SchemaInvalid(f"Not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
-    return cls(document)
+    return _bounded_validator(cls)(document)
+
+
+def _regex_error() -> type[Exception]:
+    import regex
+
+    return regex.error
+
+
+@lru_cache(maxsize=8)
+def _bounded_validator(cls):
+    """The draft's validator class with the keywords that match patterns replaced by bounded ones."""
+    import jsonschema
+
+    return jsonschema.validators.extend(cls, _BOUNDED_KEYWORDS)
+
+
+# Keywords whose subschemas apply to the same value: a cycle of references through only these never ends.
+_IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+_REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
+_NOT_SCHEMAS = ("const", "enum", "examples", "default")  # data, whatever they hold
+
+
+def _json_schema_references(document: Any) -> None:
+    """SchemaInvalid unless every reference of the schema can be followed when a payload is checked: only references
+    inside the schema (nothing is ever fetched), each pointing to something, and no cycle of references that comes
+    back to the same value without descending into it ({"$ref": "#"}: it would recurse for ever)."""
+    import jsonschema
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import specification_with
+
+    if not isinstance(document, dict):
+        return
+    cls = jsonschema.validators.validator_for(document, default=jsonschema.Draft202012Validator)
+    resource = specification_with(cls.META_SCHEMA["$schema"]).create_resource(document)
+    base = resource.id() or ""
+    resolver = Registry().with_resource(base, resource).resolver(base_uri=base)
+    in_place: dict[int, list[dict]] = {}
+
+    def walk(schema: Any, where: str) -> None:
+        if isinstance(schema, list):
+            for index, item in enumerate(schema):
+                walk(item, f"{where}/{index}")
+            return
+        if not isinstance(schema, dict):
+            return
+        targets = in_place.setdefault(id(schema), [])
+        for keyword in _REFERENCES:
+            ref = schema.get(keyword)
+            if not isinstance(ref, str):
+                continue
+            if not ref.startswith("#"):
+                raise SchemaInvalid(
+                    f"{keyword} {ref!r} at {where or '/'}: only references inside the schema (starting with #) are "
+                    "followed; nothing is fetched."
+                )
+            try:
+                target = resolver.lookup(ref).contents
+            except Unresolvable:
+                raise SchemaInvalid(f"{keyword} {ref!r} at {where or '/'} points to nothing in the schema.") from None
+            if isinstance(target, dict):
+                targets.append(target)
+        for keyword, value in schema.items():
+            if keyword in _NOT_SCHEMAS:
+                continue
+            if keyword in _IN_PLACE:
+                targets.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, dict))
+            walk(value, f"{where}/{keyword}")
+
+    try:
+        walk(document, "")
+    except RecursionError:
+        raise SchemaInvalid("Not a valid JSON Schema: it nests too deeply.") from None
+    _refuse_reference_cycle(in_place)
+
+
+def _refuse_reference_cycle(in_place: dict[int, list[dict]]) -> None:
+    """A depth-first search for a cycle in the graph of subschemas applied to the same value."""
+    done: set[int] = set()
+    for start in in_place:
+        if start in done:
+            continue
+        on_path = {start}
+        stack = [(start, iter(in_place[start]))]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_path.discard(node)
+                done.add(node)
+                continue
+            key = id(child)
+            if key in on_path:
+                raise SchemaInvalid(
+                    'A reference leads back to itself without descending into the value (as {"$ref": "#"} '
+                    "does): checking a payload would never end."
+                )
+            if key not in done:
+                on_path.add(key)
+                stack.append((key, iter(in_place.get(key, ()))))
 
 
 # -- backward compatibility ----------------------------------------------------------------------------------------
@@ -610,10 +776,23 @@ class Codec:
                 raise CodecFailed(f"not a record of this Avro schema: {type(exc).__name__}: {exc}") from None
             return out.getvalue()
         self._validate(value)
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise CodecFailed("text that is not valid Unicode (a lone surrogate) cannot be encoded") from None
 
     def _validate(self, value: Any) -> None:
-        error = next(iter(self._validator.iter_errors(value)), None)
+        from referencing.exceptions import Unresolvable
+
+        try:
+            error = next(iter(self._validator.iter_errors(value)), None)
+        except Unresolvable as exc:  # a version stored before references were checked when registered
+            raise CodecFailed(f"the JSON Schema cannot be applied: a reference cannot be followed ({exc})") from None
+        except RecursionError:
+            raise CodecFailed(
+                "the JSON Schema cannot be applied: its references recurse without end, or the payload nests deeper "
+                "than they can follow"
+            ) from None
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path)
             raise CodecFailed(f"does not match the JSON Schema{f' at {where}' if where else ''}: {error.message}")
@@ -633,9 +812,18 @@ def json_bytes(value: Any) -> bytes:
         raise CodecFailed(f"the decoded value cannot be written as JSON: {exc}") from None
 
 
+# Only a \\u escape can make a surrogate (UTF-8 cannot encode one): D800-DFFF, a pair's halves or a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _json_payload(payload: bytes) -> Any:
     try:
-        return json.loads(payload.decode("utf-8"))
+        value = json.loads(payload.decode("utf-8"))
+        if _SURROGATE_ESCAPE.search(payload):
+            json.dumps(value, ensure_ascii=False).encode("utf-8")  # a pair is one character; a lone half fails
+        return value
+    except UnicodeEncodeError:
+        raise CodecFailed("not JSON: it holds text that is not valid Unicode (a lone surrogate)") from None
     except UnicodeDecodeError:
         raise CodecFailed("not JSON: the payload is not UTF-8") from None
     except ValueError as exc:

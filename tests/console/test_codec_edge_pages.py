@@ -293,6 +293,17 @@ def test_try_it_shows_the_reason_beside_the_payload_when_input_is_bad(client, ow
     assert hx.status_code == 200 and message in _body(hx) and "<html" not in _body(hx)
 
 
+def test_try_it_shows_the_reason_beside_the_payload_when_the_json_holds_a_lone_surrogate(client, owner, plant):
+    from iot import codecs
+
+    codecs.schema_create(deployment=plant, actor=None, name="text", type="json_schema", source='{"type": "string"}')
+    response = client.post(
+        console_path(plant, "schemas/text/try"), {"try-direction": "encode", "try-payload": '"\\ud800"'}
+    )
+    assert response.status_code == 400
+    _field_error(response, "id_try-payload", "text that is not valid Unicode (a lone surrogate) cannot be encoded")
+
+
 def test_try_it_answers_413_without_reading_it_when_body_exceeds_the_upload_limit(client, owner, plant, settings):
     _schema(plant)
     body = {

@@ -101,6 +101,31 @@ def test_a_proto_that_does_not_compile_answers_protocs_message_and_creates_nothi
         ({"name": "r", "type": "xml", "source": "{}"}, "type", ""),
         ({"name": "r", "type": "avro", "source": json.dumps(AVRO), "message_type": "X"}, "message_type", "Protobuf"),
         ({"name": "r\x07", "type": "json_schema", "source": "{}"}, "name", ""),
+        (
+            {"name": "r", "type": "json_schema", "source": '{"$ref": "#/definitions/missing"}'},
+            "source",
+            "$ref '#/definitions/missing' at / points to nothing in the schema.",
+        ),
+        (
+            {
+                "name": "r",
+                "type": "json_schema",
+                "source": '{"properties": {"t": {"$ref": "https://x.example/r.json"}}}',
+            },
+            "source",
+            "$ref 'https://x.example/r.json' at /properties/t: only references inside the schema",
+        ),
+        ({"name": "r", "type": "json_schema", "source": '{"$ref": "#"}'}, "source", "A reference leads back to itself"),
+        (
+            {
+                "name": "r",
+                "type": "json_schema",
+                "source": '{"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/b"}]}, '
+                '"b": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"}',
+            },
+            "source",
+            "A reference leads back to itself",
+        ),
     ],
 )
 def test_a_bad_schema_answers_a_field_problem_and_creates_nothing_when_posted(client, base, body, field, needle):
@@ -110,6 +135,72 @@ def test_a_bad_schema_answers_a_field_problem_and_creates_nothing_when_posted(cl
     assert response.status_code == 400, response.content
     assert needle in fields(response)[field]
     assert not Schema.objects.exists()
+
+
+def test_a_json_schema_whose_references_descend_into_the_value_is_registered_and_tried(client, base):
+    tree = {
+        "$defs": {
+            "node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}
+        },
+        "$ref": "#/$defs/node",
+    }
+    make_schema(client, base, name="tree", type_="json_schema", source=tree)
+    payload = base64.b64encode(b'{"children": [{"children": []}, {"children": 1}]}').decode()
+    response = client.post(f"{base}/schemas/tree/decode", {"payload_base64": payload}, format="json")
+    assert response.status_code == 400
+    assert "children/1/children" in fields(response)["payload_base64"]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [{"$ref": "#/definitions/missing"}, {"$ref": "https://x.example/r.json"}, {"$ref": "#"}],
+    ids=["dangling", "remote", "self"],
+)
+def test_try_it_answers_400_naming_the_payload_when_a_stored_schema_cannot_be_applied(client, base, stored):
+    """A version stored before references were checked at registration: try-it says why, never a 500."""
+    from iot.codec_models import SchemaVersion
+
+    make_schema(client, base, type_="json_schema", source=JSON_SCHEMA)
+    SchemaVersion.objects.filter(schema__name="reading").update(source=json.dumps(stored))
+    payload = base64.b64encode(b'{"t": 21.5}').decode()
+    decoded = client.post(f"{base}/schemas/reading/decode", {"payload_base64": payload}, format="json")
+    encoded = client.post(f"{base}/schemas/reading/encode", {"payload": {"t": 1}}, format="json")
+    assert (decoded.status_code, encoded.status_code) == (400, 400)
+    assert "the JSON Schema cannot be applied" in fields(decoded)["payload_base64"]
+    assert "the JSON Schema cannot be applied" in fields(encoded)["payload"]
+
+
+def test_try_it_answers_400_naming_the_payload_when_its_json_holds_a_lone_surrogate(client, base):
+    make_schema(client, base, name="text", type_="json_schema", source={"type": "string"})
+    decoded = client.post(
+        f"{base}/schemas/text/decode", {"payload_base64": base64.b64encode(b'"\\ud800"').decode()}, format="json"
+    )
+    encoded = client.post(f"{base}/schemas/text/encode", data='{"payload": "\\ud800"}', content_type="application/json")
+    assert (decoded.status_code, encoded.status_code) == (400, 400)
+    assert "not valid Unicode (a lone surrogate)" in fields(decoded)["payload_base64"]
+    assert "not valid Unicode (a lone surrogate)" in fields(encoded)["payload"]
+    pair = base64.b64encode(b'"\\ud83d\\ude00"').decode()  # a pair of escapes is one character: fine
+    assert client.post(f"{base}/schemas/text/decode", {"payload_base64": pair}, format="json").json() == {
+        "result": "\U0001f600"
+    }
+
+
+def test_try_it_fails_the_payload_within_the_bound_when_a_pattern_backtracks_without_end(client, base):
+    """(a|a)* passes the static check (no quantifier inside the group) but doubles its time with each 'a': the
+    match runs under schemas.PATTERN_TIMEOUT instead of holding the request (and the agent) for minutes."""
+    import time
+
+    make_schema(client, base, name="serial", type_="json_schema", source={"type": "string", "pattern": "^(a|a)*$"})
+    payload = base64.b64encode(b'"' + b"a" * 40 + b'b"').decode()
+    started = time.monotonic()
+    response = client.post(f"{base}/schemas/serial/decode", {"payload_base64": payload}, format="json")
+    assert time.monotonic() - started < 5
+    assert response.status_code == 400
+    assert "matching pattern '^(a|a)*$' took more than 0.1 s" in fields(response)["payload_base64"]
+    fine = client.post(
+        f"{base}/schemas/serial/decode", {"payload_base64": base64.b64encode(b'"aaa"').decode()}, format="json"
+    )
+    assert fine.status_code == 200 and fine.json()["result"] == "aaa"
 
 
 def test_an_incompatible_version_is_refused_with_the_field_named_when_added(client, base):

@@ -2,6 +2,7 @@
 and encoding, and the topic templates. No database, no broker."""
 
 import json
+import time
 
 import pytest
 
@@ -80,6 +81,24 @@ def test_a_json_schema_pattern_that_can_backtrack_for_ever_is_refused_when_quant
     with pytest.raises(schemas.SchemaInvalid) as caught:
         schemas.compile_source(schemas.JSON_SCHEMA, json.dumps(document))
     assert "nested quantifiers" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"type": "object", "patternProperties": {"^(a|a)*$": {"type": "number"}}},
+        {"type": "object", "patternProperties": {"^(a|a)*$": {}}, "additionalProperties": False},
+    ],
+    ids=["patternProperties", "additionalProperties"],
+)
+def test_a_pattern_that_backtracks_without_end_fails_the_payload_within_the_bound_when_keys_are_matched(document):
+    codec = schemas.codec_for(schemas.compile_source(schemas.JSON_SCHEMA, json.dumps(document)))
+    started = time.monotonic()
+    with pytest.raises(schemas.CodecFailed) as caught:
+        codec.decode(json.dumps({"a" * 40 + "b": 1}).encode())
+    assert time.monotonic() - started < 2
+    assert "took more than" in str(caught.value)
+    assert codec.decode(b'{"aa": 1}') == {"aa": 1}
 
 
 def test_avro_decodes_and_refuses_garbage_when_bytes_are_left_or_missing():
