@@ -1,10 +1,11 @@
 """Cursor pagination: stable under inserts, opaque cursors, `page_size` up to 200."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Model, QuerySet
+from django.db.models import Field, Model, QuerySet
 from rest_framework import exceptions, pagination
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -29,8 +30,11 @@ class CursorPagination(pagination.CursorPagination):
             )
         return int(raw[0])
 
-    def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: APIView | None = None) -> Any:
-        self._model = queryset.model  # decode_cursor checks the position against the ordering's column
+    def paginate_queryset(
+        self, queryset: QuerySet[Any] | Sequence[Any], request: Request, view: APIView | None = None
+    ) -> list[Any] | None:
+        # decode_cursor checks the position against the ordering's column
+        self._model: type[Model] | None = getattr(queryset, "model", None)
         return super().paginate_queryset(queryset, request, view)
 
     def decode_cursor(self, request: Request) -> pagination.Cursor | None:
@@ -39,7 +43,7 @@ class CursorPagination(pagination.CursorPagination):
         except exceptions.NotFound:
             # DRF answers 404 for a bad cursor, which reads as "no such list"; it is a bad parameter.
             raise self._invalid_cursor() from None
-        if cursor is not None and cursor.position is not None and not self._position_fits(cursor.position):
+        if cursor is not None and cursor.position is not None and not self._position_fits(str(cursor.position)):
             raise self._invalid_cursor()
         return cursor
 
@@ -52,10 +56,13 @@ class CursorPagination(pagination.CursorPagination):
         in text is refused by PostgreSQL (DataError). Either is a bad cursor, not a server error."""
         if "\x00" in position:
             return False
-        model: type[Model] = self._model
+        if self._model is None:
+            return True
         try:
-            field = model._meta.get_field(self.ordering[0].lstrip("-"))
+            field = self._model._meta.get_field(self.ordering[0].lstrip("-"))
         except FieldDoesNotExist:  # an ordering through a relation: the NUL check is all we can say
+            return True
+        if not isinstance(field, Field):
             return True
         try:
             field.get_prep_value(field.to_python(position))
