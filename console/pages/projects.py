@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console import errors, selectors, tenancy
@@ -27,7 +27,10 @@ def switch(request):
         raise Http404("No such organization.")
     project_id = request.GET.get("project")
     if project_id:
-        return redirect("console:project", org_id=organization.public_id, project_id=project_id)
+        try:
+            return redirect("console:project", org_id=organization.public_id, project_id=project_id)
+        except NoReverseMatch:  # a value no project URL can hold ("a/b"): no such project
+            raise Http404("No such project.") from None
     return redirect("console:organization", org_id=organization.public_id)
 
 

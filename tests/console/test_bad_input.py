@@ -219,6 +219,14 @@ def test_nul_in_an_id_of_a_query_parameter_answers_404_or_the_page_when_opened(c
     assert "Unknown tier '2k\\x00' for plan 'dedicated'." in html.unescape(tier.content.decode())
 
 
+def test_project_switch_to_a_value_no_project_url_holds_answers_404_when_followed(client, owner):
+    for value in ("a/b", "", "prj_%00"):
+        response = client.get(f"/console/switch?org={owner.id}&project={value}")
+        assert response.status_code in (302, 404), (value, response.status_code)
+    assert client.get(f"/console/switch?org={owner.id}&project=a/b").status_code == 404
+    assert client.get(f"/console/switch?org={owner.id}&project=a%2Fb").status_code == 404
+
+
 def test_change_tier_with_a_nul_in_the_tier_says_unknown_tier_when_confirmed(client, owner):
     plant = settle(deployment(owner.default_project))
     response = client.post(console_path(plant, "actions/change-tier"), {"tier": "2k\x00"}, follow=True)
