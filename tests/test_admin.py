@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from audit.models import AuditEvent
@@ -78,3 +80,68 @@ def test_audit_log_is_read_only_in_admin(staff_client, staff, owner_org):
     assert edit.status_code == 403
     kept = AuditEvent.objects.get(pk=event.pk)
     assert (kept.action, kept.summary) == (event.action, event.summary)  # neither deleted nor edited
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster: {server: "https://k8s.example.com:6443"}
+users:
+- name: admin
+  user: {token: "kube-admin-token-SUPERSECRET-0123456789"}
+contexts:
+- name: prod
+  context: {cluster: prod, user: admin}
+current-context: prod
+"""
+
+
+def test_pasted_kubeconfig_is_recorded_as_changed_never_its_value_when_staff_add_a_region(staff_client):
+    """The Region form's kubeconfig is a form field, not a model field: the audit kept the pasted document (a cluster
+    administrator's token) in clear, for ever, while the Region itself keeps it encrypted."""
+    from deployments.models import Region
+
+    response = staff_client.post(
+        "/admin/deployments/region/add/",
+        {
+            "code": "k8s-frankfurt",
+            "display_name": "Kubernetes Frankfurt",
+            "provider": "aws",
+            "cloud_region": "eu-central-1",
+            "driver": "kubernetes",
+            "bind_address": "127.0.0.1",
+            "kubeconfig": KUBECONFIG,
+            "storage_class": "",
+            "service_type": "LoadBalancer",
+            "is_open": "on",
+            "network": "{}",
+            "created_at_0": "2025-01-01",
+            "created_at_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    region = Region.objects.get(code="k8s-frankfurt")
+    assert region.kubeconfig_encrypted and "SUPERSECRET" not in region.kubeconfig_encrypted
+    event = AuditEvent.objects.get(action="admin.region.create", target_id=str(region.pk))
+    assert event.summary["changed"]["kubeconfig"] == "[redacted]"
+    assert event.summary["changed"]["code"] == "k8s-frankfurt"
+    assert "SUPERSECRET" not in json.dumps(event.summary)
+
+
+def test_deleted_totp_device_leaves_no_seed_in_the_audit_log_when_staff_delete_it(staff_client):
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from accounts.models import User
+
+    user = User.objects.create_user("lost-phone@example.com", "a long passphrase here")
+    device, _codes = enrol(user)
+    seed = TOTPDevice.objects.get(pk=device.pk).key
+
+    response = staff_client.post(f"/admin/otp_totp/totpdevice/{device.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert not TOTPDevice.objects.filter(pk=device.pk).exists()
+    event = AuditEvent.objects.get(action="admin.totpdevice.delete")
+    assert event.summary["fields"]["key"] == "[redacted]" and event.summary["fields"]["name"] == device.name
+    assert seed not in json.dumps([e.summary for e in AuditEvent.objects.all()])
