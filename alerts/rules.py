@@ -158,8 +158,12 @@ def alert_rule_create(
 ) -> AlertRule:
     """Create a rule. A budget rule (`kind="budget"`) takes `budget_amount`, a decimal string in the billing
     account's currency, instead of a threshold; its scope defaults to the project."""
-    if deployment is not None and deployment.project_id != project.pk:
-        raise ValidationFailed({"deployment": "No such deployment in this project."})
+    if deployment is not None:
+        # Locked and read again: deployment_move (which locks it too) carries a deployment's own rules to its new
+        # project, so one created as it moves must see where it went, or be seen by the move.
+        found = type(deployment).objects.select_for_update().filter(pk=deployment.pk).values_list("project_id").first()
+        if found is None or found[0] != project.pk:
+            raise ValidationFailed({"deployment": "No such deployment in this project."})
     unknown = set(fields) - set(RULE_FIELDS)
     if unknown:
         raise TypeError(f"unknown rule fields {sorted(unknown)}")

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import Conflict, DomainError, FieldError, PermissionDenied, ValidationFailed
+from controlplane.errors import Conflict, DomainError, FieldError, NotFound, PermissionDenied, ValidationFailed
 from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from deployments import emqx_acl, emqx_versions, hooks, pricing, selectors
@@ -131,6 +131,14 @@ def _refuse_if_busy(deployment: Deployment) -> None:
     )
     if active is not None:
         raise Conflict(f"Operation {active.public_id} ({active.kind}) is still in progress; retry once it finishes.")
+
+
+def _lock_live_project(project: Project) -> None:
+    """Lock the project's row, as project_delete does before it looks for live deployments, and refuse one deleted
+    meanwhile: a deployment created in (or moved to) a project being deleted is then either seen by the deletion, which
+    refuses, or refused here. Locked after the organization's row and the deployment's, never before."""
+    if Project.objects.select_for_update().filter(pk=project.pk).values_list("pk", flat=True).first() is None:
+        raise NotFound("No such project: it was deleted.")
 
 
 def _name_taken(project: Project, name: str, exclude_pk: int | None = None) -> bool:
@@ -284,6 +292,7 @@ def deployment_create(
         used = selectors.premium_deployments_count(organization.pk)
         if used >= granted:
             raise Conflict(f"Your organization has used its {granted} Premium trial deployment(s).")
+    _lock_live_project(project)
     if _name_taken(project, name):
         raise _name_conflict(name)
 
@@ -602,6 +611,7 @@ def deployment_move(
     if project.pk == deployment.project_id:
         raise ValidationFailed({"project": ["The deployment is already in that project."]})
     _refuse_if_busy(deployment)
+    _lock_live_project(project)
     if _name_taken(project, deployment.name):
         raise Conflict(fields={"project": [f"The project already holds a deployment named {deployment.name!r}."]})
     source = deployment.project

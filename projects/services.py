@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from controlplane.errors import Conflict
+from controlplane.errors import Conflict, NotFound
 from organizations.access import Principal
 from organizations.models import Organization
 from projects.models import Project
@@ -67,7 +67,10 @@ def project_update(
 
 @transaction.atomic
 def project_delete(*, project: Project, actor: Principal | None) -> None:
-    project = Project.objects.select_for_update().get(pk=project.pk)
+    found = Project.objects.select_for_update().filter(pk=project.pk).first()
+    if found is None:  # deleted by a concurrent request
+        raise NotFound("No such project.")
+    project = found
     if project.is_default:
         raise Conflict("The Default project cannot be deleted.")
     if project.deployments.exclude(status="deleted").exists():

@@ -250,6 +250,26 @@ def test_moved_deployments_rules_and_alerts_follow_it_when_it_moves_to_another_p
     assert left.status == "resolved"
 
 
+def test_rule_for_a_deployment_moved_since_the_request_resolved_it_is_refused(ctx):
+    """The view resolved the deployment in its project; it moved before the rule was saved. Saved in the old project,
+    the rule would be the monitoring of a deployment that project's people may no longer see."""
+    from controlplane.errors import ValidationFailed
+
+    org, deployment = ctx["org"], ctx["deployment"]
+    stale = type(deployment).objects.get(pk=deployment.pk)
+    Operation.objects.filter(deployment=deployment).update(status="succeeded")
+    target = project_create(organization=org.organization, actor=None, name="Plant floor")
+    deployment_services.deployment_move(deployment=deployment, actor=None, project=target)
+
+    with pytest.raises(ValidationFailed) as refused:
+        rules.alert_rule_create(
+            project=org.default_project, actor=None, deployment=stale, name="Busy", metric="connections", threshold=9
+        )
+
+    assert refused.value.errors[0].field == "deployment"
+    assert not AlertRule.objects.filter(name="Busy").exists()
+
+
 def test_rules_left_behind_by_an_earlier_move_follow_their_deployment_when_the_migration_runs(ctx):
     import importlib
 

@@ -213,6 +213,88 @@ def test_move_answers_400_and_changes_nothing_when_project_is_another_organizati
     assert Deployment.objects.get(public_id=deployment).project.organization_id != other.organization.pk
 
 
+def _project_with_history(owner_org, name):
+    """A project holding a deleted deployment (invoice history): deleting it hides it rather than removing the row."""
+    from django.utils import timezone
+
+    from deployments import services
+
+    project = project_create(organization=owner_org.organization, actor=None, name=name)
+    old, _ = services.deployment_create(
+        project=project, actor=None, name="old", plan="dedicated", tier="1k", region="local"
+    )
+    Deployment.objects.filter(pk=old.pk).update(desired_state="deleted", status="deleted", deleted_at=timezone.now())
+    return project
+
+
+def test_create_and_move_into_a_project_deleted_since_the_request_resolved_it_are_refused(owner_org):
+    """The view resolved the project; it was deleted before the service ran. Nothing may land in a deleted project:
+    it would be live, billed and hidden from every page and operation."""
+    from controlplane.errors import NotFound
+    from deployments import services
+    from projects import services as project_services
+    from projects.models import Project
+
+    staging = _project_with_history(owner_org, "staging")
+    plant, _ = services.deployment_create(
+        project=owner_org.default_project, actor=None, name="plant", plan="dedicated", tier="1k", region="local"
+    )
+    Operation.objects.filter(deployment=plant).update(status="succeeded")
+    stale = Project.objects.get(pk=staging.pk)
+    project_services.project_delete(project=Project.objects.get(pk=staging.pk), actor=None)
+
+    with pytest.raises(NotFound):
+        services.deployment_create(project=stale, actor=None, name="new", plan="dedicated", tier="1k", region="local")
+    with pytest.raises(NotFound):
+        services.deployment_move(deployment=plant, actor=None, project=stale)
+
+    assert not Deployment.objects.filter(project=staging).exclude(desired_state="deleted").exists()
+    assert Deployment.objects.get(pk=plant.pk).project_id == owner_org.default_project.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_project_deletion_waits_for_a_deployment_being_created_in_it_and_then_refuses(owner_org):
+    """The deletion arrives while the create is between its checks and its insert: it waits for the project's row and
+    then finds the new deployment."""
+    import threading
+    import time
+    from unittest import mock
+
+    from controlplane.errors import Conflict
+    from deployments import services
+    from projects import services as project_services
+    from projects.models import Project
+
+    staging = _project_with_history(owner_org, "staging")
+    outcome: dict = {}
+
+    def delete():
+        try:
+            project_services.project_delete(project=Project.objects.get(pk=staging.pk), actor=None)
+            outcome["deleted"] = True
+        except Conflict as exc:
+            outcome["refused"] = str(exc)
+        finally:
+            connection.close()
+
+    deleting = threading.Thread(target=delete)
+    original = services._name_taken
+
+    def meanwhile(*args, **kwargs):  # between the create's checks and its insert
+        if not deleting.is_alive() and not outcome:
+            deleting.start()
+            time.sleep(0.5)  # it reaches the project's lock, held by this create
+        return original(*args, **kwargs)
+
+    with mock.patch.object(services, "_name_taken", meanwhile):
+        services.deployment_create(project=staging, actor=None, name="new", plan="dedicated", tier="1k", region="local")
+    deleting.join(30)
+
+    assert not deleting.is_alive()
+    assert outcome == {"refused": "The project still holds deployments: delete or move them first."}
+    assert Project.objects.filter(pk=staging.pk).exists()
+
+
 def test_move_lands_in_target_project_when_same_organization(client, base, deployment, owner_org):
     target = project_create(organization=owner_org.organization, actor=None, name="Second")
     response = client.post(f"{base}/{deployment}/move", {"project": target.public_id}, format="json")
