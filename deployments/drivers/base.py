@@ -140,7 +140,7 @@ class RegionTarget:
     driver: DriverName
     bind_address: str = "127.0.0.1"
     # Kubernetes only: a kubeconfig document (YAML text) or "" for in-cluster configuration.
-    kubeconfig: str = ""
+    kubeconfig: str = dataclasses.field(default="", repr=False)  # credentials: never in a printed spec or a log
     storage_class: str = ""
     service_type: str = "LoadBalancer"
 
@@ -168,13 +168,13 @@ class BrokerSpec:
     previous_ports: tuple[tuple[str, int], ...] = ()
     # Kubernetes only: the bootstrap API key the control plane uses for EMQX's management API.
     api_key: str = ""
-    api_secret: str = ""
+    api_secret: str = dataclasses.field(default="", repr=False)
     # The certificate the TLS listeners (mqtts, wss) serve, and the client CA for two-way TLS; None: no TLS listener.
     tls: TlsMaterial | None = None
     # Premium devices' client-certificate listener (only with `tls`); None: no such listener.
     device_ca: DeviceCaMaterial | None = None
     # Kubernetes only: the EMQX Enterprise licence key (EMQX_LICENSE__KEY); "" renders none.
-    license_key: str = ""
+    license_key: str = dataclasses.field(default="", repr=False)
     # Kubernetes only: replicated durable sessions (EMQX Enterprise's builtin_raft storage).
     durable_sessions: bool = False
 

@@ -210,3 +210,17 @@ def test_render_manifests_refuses_when_no_licence_is_configured():
 def test_render_manifests_raises_when_api_key_breaks_crd_pattern():
     with pytest.raises(ValueError, match="api_key"):
         m.render_manifests(_spec(api_key="bad key:with colon"))
+
+
+def test_printed_spec_holds_no_credential_when_a_driver_logs_or_raises_with_it():
+    """A spec travels through drivers, their logs and their exceptions: its credentials never show in its repr."""
+    spec = _spec(
+        region=RegionTarget(code="eu-1", driver="kubernetes", kubeconfig="token: kube-admin-SECRET-1"),
+        api_key="bootstrap",
+        api_secret="api-SECRET-2",
+        license_key="licence-SECRET-3",
+        tls=TlsMaterial(certificate_pem="-----BEGIN CERTIFICATE-----", private_key_pem="key-SECRET-4"),
+    )
+    printed = repr(spec)
+    assert "SECRET" not in printed, printed
+    assert "eu-1" in printed and "bootstrap" in printed and spec.api_secret == "api-SECRET-2"
