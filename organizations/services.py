@@ -333,6 +333,9 @@ def invitation_resend(*, invitation: Invitation, actor: access.Principal | None)
 
 @transaction.atomic
 def invitation_revoke(*, invitation: Invitation, actor: access.Principal | None) -> Invitation:
+    # The status is read again under the row's lock (invitation_accept takes it too): the view's copy may predate an
+    # acceptance, which a revocation must not overwrite.
+    invitation = Invitation.objects.select_for_update(of=("self",)).select_related("organization").get(pk=invitation.pk)
     if invitation.status != "pending":
         raise Conflict(f"The invitation is {invitation.status}; only pending invitations can be revoked.")
     invitation.revoked_at = timezone.now()

@@ -283,3 +283,27 @@ def test_invitation_email_is_retried_while_the_mail_server_hangs_up_and_a_stale_
     finally:
         smtp.close()
     assert len(smtp.messages) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_revoke_is_refused_when_the_invitation_was_accepted_meanwhile(owner_org):
+    """The view loaded the invitation while it was pending; it was accepted before the revocation ran. The revocation
+    reads it again under its lock and refuses: the invitee is a member, and the invitation stays accepted only."""
+    from controlplane.errors import Conflict
+    from organizations import services
+    from tests.races import run_elsewhere
+
+    org = owner_org.organization
+    invitation, token = services.invitation_create(
+        organization=org, actor=None, email="late@example.com", roles=["auditor"]
+    )
+    loaded = Invitation.objects.get(pk=invitation.pk)  # the view's get_object()
+
+    run_elsewhere(lambda: services.invitation_accept(token=token, password="correct horse battery staple 9"))
+
+    with pytest.raises(Conflict, match="accepted"):
+        services.invitation_revoke(invitation=loaded, actor=None)
+    assert Invitation.objects.get(pk=invitation.pk).status == "accepted"
+    assert Invitation.objects.get(pk=invitation.pk).revoked_at is None
+    assert Membership.objects.filter(organization=org, user__email="late@example.com").exists()
+
