@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.db.models.expressions import Col
@@ -219,6 +219,10 @@ def invitation_create(
     if not roles and not grants:
         raise ValidationFailed({"roles": "Give at least one organization role or one project grant."})
     _check_grantable(actor, organization, roles, grants)
+    # Invitations are created one at a time per organization, under the lock member changes take: otherwise two to
+    # one address at once would both find no open invitation to replace, and the second would hit
+    # invitation_open_unique.
+    _lock_memberships(organization)
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
         raise Conflict(fields={"email": f"{email} is already a member of this organization."})
     # An open invitation to the same address is replaced: the newest link is the one that works.
@@ -238,7 +242,14 @@ def invitation_create(
     # `roles` was checked above and may be empty (an invitation with project grants only); the model's blank rule
     # would refuse that.
     invitation.full_clean(exclude=["roles"])
-    invitation.save()
+    try:
+        with transaction.atomic():
+            invitation.save()
+    except IntegrityError as exc:
+        # The lock above is the guarantee; the constraint is the last line, answered as the conflict it is.
+        if "invitation_open_unique" not in str(exc):
+            raise
+        raise Conflict(fields={"email": f"An invitation to {email} was sent at the same moment; try again."}) from None
     audit_record(
         actor=actor,
         organization=organization,

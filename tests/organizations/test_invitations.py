@@ -307,3 +307,61 @@ def test_revoke_is_refused_when_the_invitation_was_accepted_meanwhile(owner_org)
     assert Invitation.objects.get(pk=invitation.pk).revoked_at is None
     assert Membership.objects.filter(organization=org, user__email="late@example.com").exists()
 
+
+@pytest.mark.django_db(transaction=True)
+def test_newer_invitation_replaces_the_other_when_two_to_one_address_are_sent_at_once(owner_org):
+    """Invitation creation is serialized per organization: the second one, arriving while the first is being written,
+    waits for it, then replaces it (the newest link is the one that works), rather than hitting
+    invitation_open_unique (an IntegrityError: a 500)."""
+    from unittest import mock
+
+    from organizations import services
+    from tests.races import once, run_elsewhere_until_blocked
+
+    org = owner_org.organization
+    second = {}
+
+    def invite_again():
+        second["finish"] = run_elsewhere_until_blocked(
+            lambda: services.invitation_create(
+                organization=org, actor=None, email="twice@example.com", roles=["auditor"]
+            )
+        )
+
+    with mock.patch.object(Invitation, "full_clean", once(Invitation.full_clean, invite_again)):
+        first, _token = services.invitation_create(
+            organization=org, actor=None, email="twice@example.com", roles=["auditor"]
+        )
+    newer, _token = second["finish"]()
+
+    assert Invitation.objects.get(pk=first.pk).status == "revoked"
+    assert Invitation.objects.get(pk=newer.pk).status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_second_of_two_invitations_at_once_is_a_conflict_on_email_when_nothing_serializes_them(owner_org):
+    """The unique constraint is the last line behind the lock: were two creations ever to pass it together, the loser
+    answers 409 naming the email, not a 500."""
+    from unittest import mock
+
+    from controlplane.errors import Conflict
+    from organizations import services
+    from tests.races import once, run_elsewhere
+
+    org = owner_org.organization
+
+    def invite_again():
+        run_elsewhere(
+            lambda: services.invitation_create(
+                organization=org, actor=None, email="twice@example.com", roles=["auditor"]
+            )
+        )
+
+    with (
+        mock.patch.object(services, "_lock_memberships", lambda organization: None),
+        mock.patch.object(Invitation, "save", once(Invitation.save, invite_again)),
+        pytest.raises(Conflict) as refused,
+    ):
+        services.invitation_create(organization=org, actor=None, email="twice@example.com", roles=["auditor"])
+    assert [error.field for error in refused.value.errors] == ["email"]
+    assert Invitation.objects.filter(organization=org, email="twice@example.com").count() == 1
