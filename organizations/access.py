@@ -123,6 +123,12 @@ class Principal:
             self._memberships[organization.pk] = Membership.objects.filter(organization=organization, user=user).first()
         return self._memberships[organization.pk]
 
+    def renew_membership(self, organization: Organization, membership: Membership | None) -> None:
+        """Make the checks that follow use `membership` as just read (under its lock), not the request's memo."""
+        self._memberships[organization.pk] = membership
+        if membership is not None:
+            self._grants.pop(membership.pk, None)
+
     @property
     def key_limited(self) -> bool:
         """Whether the principal's API key is limited to projects (see key_project_ids)."""

@@ -638,15 +638,22 @@ def api_key_check_rotatable(*, actor: access.Principal | None, key: ApiKey) -> N
 
 
 def api_key_check_grantable(
-    *, actor: access.Principal | None, organization: Organization, role: str, project_ids: Collection[str] = ()
+    *,
+    actor: access.Principal | None,
+    organization: Organization,
+    role: str,
+    project_ids: Collection[str] = (),
+    lock: bool = False,
 ) -> list[Project]:
     """Whether `actor` may create a key with `role` on these projects (none: the whole organization): the role and
     projects must exist, and the role must be within the actor's own rights on each project (or in the
     organization). Returns the projects. Checked by api_key_create, and by a replay of a key's creation, which must
-    not hand a new key's secret to a caller demoted since."""
+    not hand a new key's secret to a caller demoted since. With `lock`, the projects' rows are locked (in id order),
+    as project_delete locks them, and one deleted meanwhile is not found."""
     if role not in Role.values:
         raise ValidationFailed({"role": f"Unknown role {role}."})
-    projects = list(Project.objects.filter(organization=organization, public_id__in=list(project_ids)))
+    found = Project.objects.filter(organization=organization, public_id__in=list(project_ids))
+    projects = list(found.select_for_update().order_by("pk") if lock else found)
     if len(projects) != len(set(project_ids)):
         missing = sorted(set(project_ids) - {p.public_id for p in projects})
         raise ValidationFailed({"projects": f"No such project in this organization: {', '.join(missing)}."})
@@ -663,6 +670,20 @@ def api_key_check_grantable(
     return projects
 
 
+def _lock_creator_membership(
+    *, organization: Organization, actor: access.Principal | None, creator: User | None
+) -> None:
+    """Lock the key's creator's membership (a row membership_remove and membership_update lock with the others) and
+    have the actor's rights checked against it as it now stands. A creator who is no longer a member is refused."""
+    if creator is None:  # the system, for nobody in particular
+        return
+    membership = Membership.objects.select_for_update().filter(organization=organization, user=creator).first()
+    if membership is None:
+        raise PermissionDenied(f"{creator.email} is not a member of this organization: a key acts for its creator.")
+    if actor is not None and access.acting_user(actor) == creator:
+        actor.renew_membership(organization, membership)
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -674,11 +695,19 @@ def api_key_create(
     expires_at: datetime.datetime | None = None,
     created_by: User | None = None,
 ) -> tuple[ApiKey, str]:
-    """A key acting for its creator with `role`, at most the creator's own rights. Returns (key, secret)."""
-    projects = api_key_check_grantable(actor=actor, organization=organization, role=role, project_ids=project_ids)
+    """A key acting for its creator with `role`, at most the creator's own rights. Returns (key, secret).
+
+    membership_remove and project_delete revoke the keys of a removed member or a deleted project that are committed
+    when they run. So the creator's membership row, then the projects' rows, are locked before the rights are
+    checked: a removal or deletion at the same moment either waits for this key and revokes it, or has committed
+    and this creation is refused."""
+    creator = created_by or access.acting_user(actor)
+    _lock_creator_membership(organization=organization, actor=actor, creator=creator)
+    projects = api_key_check_grantable(
+        actor=actor, organization=organization, role=role, project_ids=project_ids, lock=True
+    )
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationFailed({"expires_at": "The expiry must be in the future."})
-    creator = created_by or access.acting_user(actor)
     prefix, secret = _new_secret()
     key = ApiKey(
         organization=organization,

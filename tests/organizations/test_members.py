@@ -96,3 +96,65 @@ def test_members_can_be_filtered_by_role(owner_org, key_client):
     )
     assert [m["email"] for m in results] == ["money@example.com"]
     assert ApiKey.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_being_created_is_revoked_and_stays_so_after_readmission_when_its_creator_is_removed_meanwhile(owner_org):
+    """membership_remove revokes the keys a member created that are committed when it runs. api_key_create locks the
+    creator's membership before checking their rights: a removal arriving before the key is written waits for it,
+    then revokes it with the others, so the key does not work again if the person is invited back."""
+    from unittest import mock
+
+    from organizations import services
+    from organizations.access import Principal
+    from tests.races import once, run_elsewhere_until_blocked
+
+    org = owner_org.organization
+    user, membership = owner_org.add_member(roles=["administrator"])
+    removal = {}
+
+    def remove():
+        removal["finish"] = run_elsewhere_until_blocked(
+            lambda: services.membership_remove(membership=Membership.objects.get(pk=membership.pk), actor=None)
+        )
+
+    with mock.patch.object(services, "_new_secret", once(services._new_secret, remove)):
+        key, secret = services.api_key_create(organization=org, actor=Principal(user=user), name="ci", role="auditor")
+    removal["finish"]()
+
+    assert not Membership.objects.filter(organization=org, user=user).exists()
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert AuditEvent.objects.get(action="member.remove", target_id=membership.public_id).summary[
+        "revoked_api_keys"
+    ] == [key.prefix]
+    Membership.objects.create(organization=org, user=user, roles=["auditor"])  # invited back, months later
+    assert services.api_key_authenticate(secret) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_creation_is_refused_when_its_creator_was_removed_before_it_locked_their_membership(owner_org):
+    """The removal committed after the request read the membership (its rights memo) but before the service locked
+    it: the creation reads the membership again under the lock, finds none, and writes nothing."""
+    from unittest import mock
+
+    from controlplane.errors import PermissionDenied
+    from organizations import services
+    from organizations.access import Principal
+    from tests.races import once, run_elsewhere
+
+    org = owner_org.organization
+    user, membership = owner_org.add_member(roles=["administrator"])
+    member = Principal(user=user)
+    assert member.membership(org) is not None  # what the view read when it authorised the request
+
+    def remove():
+        run_elsewhere(
+            lambda: services.membership_remove(membership=Membership.objects.get(pk=membership.pk), actor=None)
+        )
+
+    lock = services._lock_creator_membership
+    with mock.patch.object(services, "_lock_creator_membership", once(lock, remove)):
+        with pytest.raises(PermissionDenied):
+            services.api_key_create(organization=org, actor=member, name="ci", role="auditor")
+    assert not ApiKey.objects.filter(organization=org, created_by=user).exists()

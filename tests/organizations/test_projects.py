@@ -1,8 +1,10 @@
 import time
 
 import pytest
+from django.utils import timezone
 
 from audit.models import AuditEvent
+from organizations.models import ApiKey
 from projects.models import Project
 
 pytestmark = pytest.mark.django_db
@@ -136,7 +138,6 @@ def test_project_limited_key_is_revoked_not_widened_when_its_projects_are_delete
 
     from django.db import connection, transaction
 
-    from organizations.models import ApiKey
     from projects import services
     from tests.factories import make_organization
 
@@ -205,3 +206,105 @@ def test_project_limited_key_reaches_nothing_when_its_projects_vanish_outside_th
     assert not Project.objects.filter(name="Mine").exists()
     listed = key_client(owner_org.owner_secret).get(f"{base}/api-keys/{key.public_id}").json()
     assert listed["limited_to_projects"] is True and listed["projects"] == []
+
+
+def _project_with_billing_history(organization, name):
+    """A project that once held a deployment, deleted since: project_delete soft-deletes it (invoice history)."""
+    from deployments import services as deployment_services
+    from deployments.models import Deployment
+    from projects import services
+
+    project = services.project_create(organization=organization, actor=None, name=name)
+    deployment, _ = deployment_services.deployment_create(
+        project=project, actor=None, name="old", plan="dedicated", tier="1k", region="local"
+    )
+    Deployment.objects.filter(pk=deployment.pk).update(
+        desired_state="deleted", status="deleted", deleted_at=timezone.now()
+    )
+    return project
+
+
+def _create_key_while_deleting(owner_org, project):
+    """api_key_create for `project`, with project_delete arriving between the key's checks and its write; returns the
+    key and the deletion's audit event once both are done."""
+    from unittest import mock
+
+    from organizations import services as org_services
+    from projects import services
+    from tests.races import once, run_elsewhere_until_blocked
+
+    deletion = {}
+
+    def delete_project():
+        deletion["finish"] = run_elsewhere_until_blocked(
+            lambda: services.project_delete(project=Project.objects.get(pk=project.pk), actor=None)
+        )
+
+    with mock.patch.object(org_services, "_new_secret", once(org_services._new_secret, delete_project)):
+        key, _secret = org_services.api_key_create(
+            organization=owner_org.organization,
+            actor=None,
+            name="lab key",
+            role="project_user",
+            project_ids=[project.public_id],
+            created_by=owner_org.owner,
+        )
+    deletion["finish"]()
+    return ApiKey.objects.get(pk=key.pk), AuditEvent.objects.get(action="project.delete", target_id=project.public_id)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("deployments_catalog")
+def test_key_being_created_is_revoked_when_its_only_project_is_soft_deleted_meanwhile(owner_org):
+    """api_key_create locks the projects it links, as project_delete does: the deletion waits for the key, then
+    detaches and revokes it, rather than leaving an active key on a hidden project."""
+    project = _project_with_billing_history(owner_org.organization, "lab")
+    key, deletion = _create_key_while_deleting(owner_org, project)
+    assert Project.all_objects.get(pk=project.pk).deleted_at is not None
+    assert key.revoked_at is not None and not key.projects.exists()
+    assert deletion.summary["revoked_api_keys"] == [key.prefix]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_being_created_is_revoked_not_a_500_when_its_only_project_is_hard_deleted_meanwhile(owner_org):
+    """The same race on a project that never held a deployment: linking the key no longer meets a foreign key to a
+    deleted row (an IntegrityError, a 500); the deletion waits, then revokes the key."""
+    from projects import services
+
+    project = services.project_create(organization=owner_org.organization, actor=None, name="lab")
+    key, deletion = _create_key_while_deleting(owner_org, project)
+    assert not Project.all_objects.filter(pk=project.pk).exists()
+    assert key.revoked_at is not None and not key.projects.exists()
+    assert deletion.summary["revoked_api_keys"] == [key.prefix]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("deployments_catalog")
+def test_key_creation_is_refused_on_projects_when_its_project_was_deleted_before_it_was_locked(owner_org):
+    """The deletion committed after the request's checks began but before the service locked the project: the
+    project is not found under the lock, and the key is refused as for an unknown project."""
+    from unittest import mock
+
+    from controlplane.errors import ValidationFailed
+    from organizations import services as org_services
+    from projects import services
+    from tests.races import once, run_elsewhere
+
+    project = _project_with_billing_history(owner_org.organization, "lab")
+
+    def delete_project():
+        run_elsewhere(lambda: services.project_delete(project=Project.objects.get(pk=project.pk), actor=None))
+
+    lock = org_services._lock_creator_membership
+    with mock.patch.object(org_services, "_lock_creator_membership", once(lock, delete_project)):
+        with pytest.raises(ValidationFailed) as refused:
+            org_services.api_key_create(
+                organization=owner_org.organization,
+                actor=None,
+                name="lab key",
+                role="project_user",
+                project_ids=[project.public_id],
+                created_by=owner_org.owner,
+            )
+    assert [error.field for error in refused.value.errors] == ["projects"]
+    assert not ApiKey.objects.filter(name="lab key").exists()
