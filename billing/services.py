@@ -828,10 +828,12 @@ def invoice_void(
     *, invoice: Invoice, actor: Principal | None, reason: str = "", now: datetime.datetime | None = None
 ) -> Invoice:
     """Cancel an unpaid invoice; refused while a card payment of it is processing at Stripe. An issued one gets a
-    credit note (its own number series, the amounts negated); a held draft simply goes. Either way the credits it consumed go back to their grants and its usage is released,
-    so the month can be invoiced again, correctly. Voiding an annual plan's prepaid invoice ends the plan at once:
-    the deployment is billed by the hour again from that second. A voided annual upgrade's invoice is billed again,
-    its same lines, by the next billing.annual.annual_upgrades_bill: the plan stays on the dearer tier."""
+    credit note (its own number series, the amounts negated); a held draft simply goes. Either way the credits it
+    consumed go back to their grants and its usage is released, so the month can be invoiced again, correctly.
+    Voiding an annual plan's prepaid invoice ends the plan at once: the deployment is billed by the hour again from
+    that second, and the plan's upgrade invoices go with it (_plan_upgrades_cancel). A voided annual upgrade's
+    invoice is billed again, its same lines, by the next billing.annual.annual_upgrades_bill: the plan stays on the
+    dearer tier."""
     now = now or timezone.now()
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
     if invoice.status not in (InvoiceStatus.DRAFT, InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
@@ -856,6 +858,7 @@ def invoice_void(
         from billing import annual
 
         annual.annual_subscription_end_now(subscription_id=invoice.subscription_id, now=now, reason="voided")
+        _plan_upgrades_cancel(invoice, actor=actor, now=now)
     audit_record(
         actor=actor,
         organization=invoice.billing_account.organization,
@@ -870,6 +873,36 @@ def invoice_void(
     )
     overdue_release(account=invoice.billing_account)
     return invoice
+
+
+def _plan_upgrades_cancel(prepaid: Invoice, *, actor: Principal | None, now: datetime.datetime) -> None:
+    """A plan ended by voiding its prepaid invoice never was (its term is not billed), so neither were its upgrades:
+    an unpaid upgrade invoice is voided too, and what paid a paid one becomes a refund credit, before its VAT (as for a
+    payment for a voided invoice, _stripe_payment_succeeded). Left, the customer paid for the rest of a term on the
+    dearer tier while the same hours were billed by the hour again."""
+    upgrades = (
+        Invoice.objects.select_for_update()
+        .filter(subscription_id=prepaid.subscription_id, kind=InvoiceKind.ANNUAL_UPGRADE)
+        .exclude(status=InvoiceStatus.VOID)
+        .order_by("pk")
+    )
+    reason = f"The annual plan of invoice {prepaid.number or prepaid.public_id} was voided."
+    for upgrade in upgrades:
+        if upgrade.status != InvoiceStatus.PAID:
+            invoice_void(invoice=upgrade, actor=actor, reason=reason, now=now)
+            continue
+        # What it was paid with, before VAT: the money less its tax, and the credits it consumed (the paid invoice
+        # keeps its record of them).
+        if upgrade.subtotal > 0:
+            credit_grant(
+                account=upgrade.billing_account,
+                actor=actor,
+                kind=CreditKind.REFUND,
+                amount=upgrade.subtotal,
+                currency=upgrade.currency,
+                description=f"Upgrade invoice {upgrade.number}, paid: {reason}",
+                source_invoice=upgrade,
+            )
 
 
 def invoice_reissue(

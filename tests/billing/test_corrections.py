@@ -140,6 +140,42 @@ def test_upgrade_billed_again_once_when_its_invoice_was_voided(owner_org, make_d
     assert (subscription.status, subscription.tier.code) == ("active", "2k")
 
 
+@pytest.mark.parametrize("upgrade_paid", [False, True])
+def test_upgrades_go_with_their_plan_when_its_prepaid_invoice_is_voided(
+    owner_org, make_deployment, history, tiers, upgrade_paid
+):
+    """A plan ended by voiding its prepaid invoice was never billed for its term; its upgrade invoice (the rest of
+    the term on the dearer tier) was left owed while the same hours were billed by the hour again."""
+    set_account(owner_org)
+    dep = make_deployment(owner_org.default_project)
+    history(dep, [("running", at(2026, 3, 1), None)])
+    quote = annual.annual_quote_create(deployment=dep, actor=None, now=at(2026, 3, 17, 13, 20))
+    subscription = annual.annual_quote_accept(quote=quote, actor=None, now=at(2026, 3, 17, 13, 20))
+    prepaid = subscription.invoices.get(kind="annual")
+    upgrade_at = at(2026, 5, 29, 13, 20)
+    dep.status_intervals.filter(ended_at__isnull=True).update(ended_at=upgrade_at)
+    history(dep, [("running", upgrade_at, None, "2k")])
+    assert annual.annual_upgrades_bill(now=upgrade_at + datetime.timedelta(minutes=40)) == 1
+    upgrade = Invoice.objects.get(kind="annual_upgrade")
+    if upgrade_paid:
+        services.invoice_mark_paid(invoice=upgrade, actor=None)
+
+    services.invoice_void(
+        invoice=prepaid, actor=None, reason="wrong buyer", now=upgrade_at + datetime.timedelta(hours=1)
+    )
+
+    upgrade.refresh_from_db()
+    refunds = list(CreditGrant.objects.filter(source_invoice=upgrade).values_list("kind", "amount", "remaining"))
+    if upgrade_paid:
+        assert upgrade.status == "paid" and refunds == [("refund", 83395, 83395)]
+    else:
+        assert upgrade.status == "void" and refunds == []
+        assert CreditNote.objects.get(invoice=upgrade).total == -83395
+    # Nothing bills it again: the plan it upgraded was cancelled.
+    assert annual.annual_upgrades_bill(now=upgrade_at + datetime.timedelta(hours=3)) == 0
+    assert not Invoice.objects.filter(kind="annual_upgrade").exclude(pk=upgrade.pk).exists()
+
+
 def test_paid_invoice_refused_when_voided(owner_org, make_deployment, history):
     set_account(owner_org)
     history(make_deployment(owner_org.default_project), [("running", at(2026, 3, 31, 20), None)])
