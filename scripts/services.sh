@@ -32,6 +32,15 @@ services_start() {
 
 services_stop() {
   [ -n "${SERVICES_DIR:-}" ] || return 0
+  # A broker that a test started and never stopped outlives its directory (removed below) and holds its ports: name
+  # it, so the test is found, and stop it, so a run leaves nothing behind.
+  local left=""
+  if command -v pgrep >/dev/null; then left=$(pgrep -f "mosquitto -c $SERVICES_DIR/" || true); fi
+  if [ -n "$left" ]; then
+    echo "stopping mosquitto brokers left running by the tests:" >&2
+    for pid in $left; do echo "  $pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" >&2; done
+    kill $left 2>/dev/null || true
+  fi
   [ -f "$SERVICES_DIR/redis.pid" ] && kill "$(cat "$SERVICES_DIR/redis.pid")" 2>/dev/null || true
   $SERVICES_AS "$PGBIN/pg_ctl" -D "$SERVICES_DIR/pg" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$SERVICES_DIR"

@@ -13,7 +13,9 @@ from tests.console.helpers import console_path, deployment, make_organization
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def test_project_user_sees_only_their_project_when_invited_by_the_owner(site, mailoutbox, eager):
+def test_project_user_sees_only_their_project_when_invited_by_the_owner(site, mailoutbox, eager, brokers_dir):
+    """Tasks run inline here (the invitation e-mail), the deployment's reconcile among them: its broker starts under
+    the test's own brokers directory, stopped when the test ends."""
     from deployments.models import Deployment
     from projects import services as project_services
 
