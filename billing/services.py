@@ -782,7 +782,7 @@ def _stripe_payment_succeeded(invoice: Invoice, *, payment: Payment | None, paym
     # Credits are taken off an invoice before its tax, so the credit is the payment before this invoice's VAT: against
     # an invoice taxed as this one was it pays exactly the money received, and the VAT is charged once, on the supply
     # it pays. (The gross amount as a credit would take its VAT off the next invoice a second time.)
-    net = payment.amount - invoice.tax if payment.amount == invoice.total else _before_tax(payment.amount, invoice)
+    net = _before_tax(payment.amount, invoice)
     grant = credit_grant(
         account=account,
         actor=None,
@@ -1132,7 +1132,8 @@ def _apply_event(event: dict[str, Any]) -> str:
 
 
 def _before_tax(amount: int, invoice: Invoice) -> int:
-    """The part of `amount`, paid towards `invoice`, that is not its VAT (in proportion to the invoice's own)."""
+    """The part of `amount`, paid towards `invoice`, that is not its VAT (in proportion to the invoice's own): for the
+    whole total, exactly total - tax."""
     if not invoice.total or not invoice.tax:
         return amount
     return round_minor(Decimal(amount) * Decimal(invoice.total - invoice.tax) / Decimal(invoice.total))

@@ -22,6 +22,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import Conflict, DomainError, FieldError, NotFound, PermissionDenied, ValidationFailed
+from controlplane.ids import holds_nul
 from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from deployments import emqx_acl, emqx_versions, hooks, pricing, selectors
@@ -556,9 +557,9 @@ def deployment_change_tier(
 ) -> tuple[Deployment, Operation] | DryRun:
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
-    # No tier code holds a NUL, and PostgreSQL refuses one in a query: the console passes its form's text as it came.
+    # The console passes its form's text as it came: a NUL (no tier code holds one) would fail the query.
     new_tier = (
-        None if "\x00" in tier else Tier.objects.select_related("plan").filter(plan=deployment.plan, code=tier).first()
+        None if holds_nul(tier) else Tier.objects.select_related("plan").filter(plan=deployment.plan, code=tier).first()
     )
     if new_tier is None:
         raise ValidationFailed({"tier": [f"Unknown tier {tier!r} for plan {deployment.plan.code!r}."]})

@@ -381,11 +381,11 @@ def _check_inviter_still_grants(invitation: Invitation) -> None:
         return
     sender = access.Principal(user=invitation.invited_by, two_factor_verified=True)
     organization = invitation.organization
-    grants = [
-        (project, grant["role"])
-        for grant in invitation.project_grants
-        for project in Project.objects.filter(organization=organization, public_id=grant["project"])
-    ]
+    projects = Project.objects.filter(
+        organization=organization, public_id__in=[grant["project"] for grant in invitation.project_grants]
+    ).in_bulk(field_name="public_id")
+    # A project deleted since is skipped here as invitation_accept skips it.
+    grants = [(projects[g["project"]], g["role"]) for g in invitation.project_grants if g["project"] in projects]
     try:
         _check_grantable(sender, organization, list(invitation.roles), grants)
     except RoleTooHigh:

@@ -10,6 +10,8 @@ from rest_framework import exceptions, pagination
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from controlplane.ids import holds_nul
+
 INVALID_CURSOR = "This cursor is not valid."
 
 
@@ -54,7 +56,7 @@ class CursorPagination(pagination.CursorPagination):
         """Whether the cursor's position can be compared with the first ordering column. A cursor is base64 anyone can
         write, and DRF filters on its position as written: "abc" against an integer column raises ValueError, a NUL
         in text is refused by PostgreSQL (DataError). Either is a bad cursor, not a server error."""
-        if "\x00" in position:
+        if holds_nul(position):
             return False
         if self._model is None:
             return True
