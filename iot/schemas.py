@@ -387,6 +387,10 @@ def _patterns(document: Any):
 
 @lru_cache(maxsize=256)
 def _json_schema_validator(text: str):
+    """`text`: the document as JSON with its keys sorted (json.dumps(..., sort_keys=True)), which also keys the cache.
+    jsonschema applies a schema's keywords in the document's order, so sorted, a schema's bounded patternProperties
+    (and the allOf, anyOf, $ref... that lead to one) run before its unevaluatedProperties, which matches the same
+    patterns on the same keys with `re`, unbounded: a pattern that runs out of time has failed the payload by then."""
     import jsonschema
     from jsonschema.exceptions import SchemaError
 

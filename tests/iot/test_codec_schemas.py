@@ -88,8 +88,18 @@ def test_a_json_schema_pattern_that_can_backtrack_for_ever_is_refused_when_quant
     [
         {"type": "object", "patternProperties": {"^(a|a)*$": {"type": "number"}}},
         {"type": "object", "patternProperties": {"^(a|a)*$": {}}, "additionalProperties": False},
+        # unevaluatedProperties matches patternProperties itself, with `re` (unbounded). Written first here, it still
+        # fails within the bound: the validator gets the document with its keys sorted, and jsonschema applies the
+        # keywords in that order, so the bounded patternProperties (reached through allOf or $ref too) runs first.
+        {"type": "object", "unevaluatedProperties": False, "patternProperties": {"^(a|a)*$": {}}},
+        {"unevaluatedProperties": {"type": "string"}, "allOf": [{"patternProperties": {"^(a|a)*$": {}}}]},
+        {
+            "unevaluatedProperties": False,
+            "$defs": {"keys": {"patternProperties": {"^(a|a)*$": {}}}},
+            "$ref": "#/$defs/keys",
+        },
     ],
-    ids=["patternProperties", "additionalProperties"],
+    ids=["patternProperties", "additionalProperties", "unevaluatedProperties", "through-allOf", "through-ref"],
 )
 def test_a_pattern_that_backtracks_without_end_fails_the_payload_within_the_bound_when_keys_are_matched(document):
     codec = schemas.codec_for(schemas.compile_source(schemas.JSON_SCHEMA, json.dumps(document)))
