@@ -669,28 +669,51 @@ def invoice_collect(*, invoice_id: int) -> str | None:
                 payment_intent_id=result.payment_intent_id or "",
                 failure_message=(result.failure_message or "")[:300],
             )
+            processing = result.status == gateway.PaymentStatus.PROCESSING
             audit_record(
                 actor=None,
                 organization=invoice.billing_account.organization,
-                action="billing.invoice.payment_failed",
+                # Processing is no failure: the bank decides later, and Stripe's webhook settles the payment.
+                action="billing.invoice.payment_processing" if processing else "billing.invoice.payment_failed",
                 target=invoice,
                 summary={"attempt": payment.attempt, "status": result.status.value, "message": result.failure_message},
             )
-            _payment_failed_notice(invoice, reason=result.failure_message or "", attempt=f"attempt-{payment.attempt}")
+            if not processing:
+                _payment_failed_notice(
+                    invoice,
+                    reason=result.failure_message or "",
+                    attempt=f"attempt-{payment.attempt}",
+                    needs_confirmation=result.status == gateway.PaymentStatus.REQUIRES_ACTION,
+                )
     return result.status.value
 
 
-def _payment_failed_notice(invoice: Invoice, *, reason: str, attempt: str) -> None:
-    """Once per payment attempt (a Stripe notice of the same attempt, or its replay, says nothing new)."""
-    reason = " ".join(reason.split())[:200]
+def _payment_failed_notice(invoice: Invoice, *, reason: str, attempt: str, needs_confirmation: bool = False) -> None:
+    """Once per payment attempt (a Stripe notice of the same attempt, or its replay, says nothing new).
+    `needs_confirmation`: the bank wants the cardholder to authenticate (3-D Secure), which an off-session charge
+    cannot do; saving the card again in the console goes through the bank's check with the customer there."""
+    reason = " ".join(reason.split())[:200].rstrip(".")
+    amount = format_money(invoice.total, invoice.currency)
+    if needs_confirmation:
+        title = f"Payment of invoice {invoice.number} needs your confirmation"
+        body = (
+            f"Your bank asks you to confirm the payment of {amount} for invoice {invoice.number}, which it cannot do "
+            "without you. Add your card again in the console's billing details (your bank asks you to confirm it "
+            "there); we then try again."
+        )
+    else:
+        title = f"Payment of invoice {invoice.number} failed"
+        body = (
+            f"We could not collect {amount} for invoice {invoice.number}"
+            + (f": {reason}" if reason else "")
+            + ". Check the card in your billing details; we try again."
+        )
     billing_notice_send(
         account=invoice.billing_account,
         kind="invoice_payment_failed",
         about=invoice.public_id,
-        title=f"Payment of invoice {invoice.number} failed",
-        body=f"We could not collect {format_money(invoice.total, invoice.currency)} for invoice {invoice.number}"
-        + (f": {reason}" if reason else "")
-        + ". Check the card in your billing details; we try again.",
+        title=title,
+        body=body,
         dedup_key=f"invoice_payment_failed:{invoice.public_id}:{attempt}",
     )
 

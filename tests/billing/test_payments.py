@@ -153,6 +153,64 @@ def test_declined_card_leaves_invoice_open_and_next_attempt_gets_new_key(
     ]
 
 
+def card_on_file(fake_stripe, org):
+    account = billing_account_for(organization=org.organization)
+    services.billing_account_update(
+        account=account, actor=None, country="US", email="a@acme.example", postal_code="94105", **ADDRESS
+    )
+    customer_id = services.billing_account_sync_stripe(account_id=account.pk)
+    account.refresh_from_db()
+    account.stripe_payment_method_id = fake_stripe.attach_card(customer_id)
+    account.save()
+    services.billing_account_set_default_card(account_id=account.pk)
+    return customer_id
+
+
+def test_nobody_is_told_a_payment_failed_when_stripe_answers_that_the_bank_is_still_deciding(
+    fake_stripe, owner_org, make_deployment, history, eager, client, django_capture_on_commit_callbacks
+):
+    fake_stripe.leave_charges_processing(card_on_file(fake_stripe, owner_org))
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.invoice_collect(invoice_id=invoice.pk) == "processing"
+    payment = Payment.objects.get(invoice=invoice)
+    assert (payment.status, payment.payment_intent_id.startswith("pi_"), payment.failure_message) == (
+        "processing",
+        True,
+        "",
+    )
+    assert not PlatformEvent.objects.filter(kind="invoice_payment_failed").exists()
+    assert not AuditEvent.objects.filter(action="billing.invoice.payment_failed").exists()
+    assert AuditEvent.objects.get(action="billing.invoice.payment_processing").summary["attempt"] == 1
+    assert mail.outbox == []
+    # Nothing is charged again while the bank decides, and its answer settles the invoice.
+    assert services.invoice_collect(invoice_id=invoice.pk) is None
+    deciding = fake_stripe.payment_intents[payment.payment_intent_id]
+    succeeded = {**deciding, "status": "succeeded", "amount_received": deciding["amount"]}
+    with override_settings(STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET):
+        answer = post_event(client, "payment_intent.succeeded", succeeded)
+    assert answer.status_code == 200, answer.content
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+
+
+def test_customer_is_asked_to_confirm_the_card_when_the_bank_wants_authentication(
+    fake_stripe, owner_org, make_deployment, history, eager, django_capture_on_commit_callbacks
+):
+    fake_stripe.decline_cards_of(card_on_file(fake_stripe, owner_org), decline_code="authentication_required")
+    invoice = issue_march_invoice(owner_org, make_deployment, history)
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.invoice_collect(invoice_id=invoice.pk) == "requires_action"
+    assert Payment.objects.get(invoice=invoice).status == "requires_action"
+    event = PlatformEvent.objects.get(kind="invoice_payment_failed")
+    assert f"Payment of invoice {invoice.number} needs your confirmation" in event.message
+    assert "confirm" in event.message and "Check the card" not in event.message
+    assert [m.subject for m in mail.outbox if "needs your confirmation" in m.subject]
+    assert AuditEvent.objects.get(action="billing.invoice.payment_failed").summary["status"] == "requires_action"
+
+
 def card_attempt(invoice, *, status, intent_id=""):
     """The Payment invoice_collect leaves for attempt 1: `pending` while its call to Stripe has not returned (no
     PaymentIntent id yet), `processing` when Stripe answered that the bank is still deciding."""

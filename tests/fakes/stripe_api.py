@@ -263,6 +263,7 @@ class FakeStripe:
         self.payment_intents: dict[str, dict] = {}
         self.requests: list[RecordedRequest] = []
         self._declines: dict[str, str] = {}
+        self._deciding: set[str] = set()
         # An HTTP status (500, 503, 429) every API request answers with while set: Stripe failing on its side or
         # limiting our rate. The hosted Checkout page is not affected.
         self.outage: int | None = None
@@ -316,6 +317,11 @@ class FakeStripe:
     def decline_cards_of(self, customer_id: str, *, decline_code: str = "generic_decline") -> None:
         """Every later charge of this customer's cards fails with a 402 card_error."""
         self._declines[customer_id] = decline_code
+
+    def leave_charges_processing(self, customer_id: str) -> None:
+        """Every later charge of this customer's cards answers `processing`: the bank decides later (Stripe then sends
+        payment_intent.succeeded or payment_intent.payment_failed)."""
+        self._deciding.add(customer_id)
 
     # request handling ------------------------------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -762,6 +768,9 @@ class FakeStripe:
             intent["last_payment_error"] = {k: v for k, v in error.items()}
             error["payment_intent"] = intent
             raise StripeError(402, error)
+        if customer_id in self._deciding:
+            intent["status"] = "processing"
+            return intent
         intent["status"] = "succeeded"
         intent["amount_received"] = amount
         return intent
