@@ -78,7 +78,7 @@ def public_config(type: str, config: ChannelConfig) -> ChannelConfig:
     """What may be shown of a config: the API, the admin and the audit log see only this."""
     if type == NotificationChannel.Type.WEBHOOK:
         return {
-            "url": urlsafety.mask_url(config.get("url") or ""),
+            "url": urlsafety.mask_url(config.get("url") or "", first_segment_only=True),
             "headers": {name: urlsafety.MASK for name in config.get("headers") or {}},
         }
     if type == NotificationChannel.Type.SLACK:

@@ -157,10 +157,11 @@ def _parse(url: object) -> _Target:
     return _Target(scheme, host, port, path, shown_host if default_port else f"{shown_host}:{port}", credentials)
 
 
-def mask_url(url: str, *, secret_path: bool = False) -> str:
-    """The URL as it may be shown: userinfo and every query value replaced by "…", and with `secret_path` (a Slack
-    hook, whose path is its credential) the last path segment too. Never raises; an unparsable URL is masked whole.
-    """
+def mask_url(url: str, *, secret_path: bool = False, first_segment_only: bool = False) -> str:
+    """The URL as it may be shown: userinfo and every query value replaced by "…"; with `secret_path` (a Slack
+    hook, whose path is its credential) the last path segment too; with `first_segment_only` (any other webhook:
+    Discord, Mattermost, Zapier and Teams put their token in the path) every path segment after the first. Never
+    raises; an unparsable URL is masked whole."""
     try:
         parts = urlsplit(url.strip())
         host = parts.hostname or ""
@@ -175,6 +176,8 @@ def mask_url(url: str, *, secret_path: bool = False) -> str:
     path = parts.path
     if secret_path and path.strip("/"):
         path = path.rstrip("/").rsplit("/", 1)[0] + "/" + MASK
+    elif first_segment_only and "/" in path.strip("/"):
+        path = "/" + path.strip("/").split("/", 1)[0] + "/" + MASK
     # `name=value` keeps its name; a bare piece (`?abc123`) is a token itself.
     query = "&".join(
         f"{piece.split('=', 1)[0]}={MASK}" if "=" in piece else MASK for piece in parts.query.split("&") if piece
@@ -183,13 +186,16 @@ def mask_url(url: str, *, secret_path: bool = False) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The parts of `url` that may be credentials (userinfo, query string), longest first, for scrubbing from text
-    such as a transport error that quotes the request line."""
+    """The parts of `url` that may be credentials (userinfo, query string, the path after its first segment, as
+    mask_url hides them), longest first, for scrubbing from text such as a transport error that quotes the request
+    line."""
     try:
         parts = urlsplit(url.strip())
     except (AttributeError, ValueError):
         return []
     found = [p for p in (parts.query, parts.netloc.rpartition("@")[0] if "@" in parts.netloc else "") if p]
+    _first, _, rest = parts.path.strip("/").partition("/")
+    found += [rest, *(segment for segment in rest.split("/") if len(segment) >= 8)] if rest else []
     pieces = [piece.split("=", 1)[-1] for piece in parts.query.split("&")]
     found += [piece for piece in pieces if len(piece) >= 4]
     found += [unquote(piece) for piece in found if unquote(piece) != piece]

@@ -143,6 +143,55 @@ def test_channel_name_refused_when_it_has_control_characters(ctx, name):
     assert renamed.status_code == 400 and "name" in problem_fields(renamed)
 
 
+def test_a_token_in_a_webhooks_path_is_shown_to_nobody_when_an_auditor_reads_the_channel(ctx, settings, key_client):
+    """Discord-style hooks carry their credential in the path: whoever reads it may post to the team's chat."""
+    settings.ALLOW_PRIVATE_WEBHOOKS = True
+    token = "Zk3xQ9vT-secret-path-token"
+    url = f"{ctx['org_url']}/notification-channels"
+    created = ctx["client"].post(
+        url,
+        {"name": "chat", "type": "webhook", "config": {"url": f"http://127.0.0.1:9/api/webhooks/42/{token}"}},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    auditor, _ = ctx["org"].add_member(roles=["auditor"])
+    _, secret = ctx["org"].key_for(auditor, role="auditor")
+    read = key_client(secret).get(f"{url}/{created.json()['id']}")
+    assert read.status_code == 200, read.content
+    assert read.json()["config"]["url"] == "http://127.0.0.1:9/api/…"
+    listed = key_client(secret).get(url)
+    assert token not in listed.content.decode() and token not in created.content.decode()
+    audit = AuditEvent.objects.get(action="notification_channel.create")
+    assert token not in str(audit.summary)
+    channel = NotificationChannel.objects.get(public_id=created.json()["id"])
+    assert services.channel_config(channel)["url"].endswith(f"/42/{token}")  # still what is sent to
+
+
+def test_webhook_paths_stored_before_are_masked_when_the_migration_runs(ctx, settings):
+    import importlib
+
+    from django.apps import apps
+
+    settings.ALLOW_PRIVATE_WEBHOOKS = True
+    whole = "http://127.0.0.1:9/api/webhooks/42/old-token"
+    created = ctx["client"].post(
+        f"{ctx['org_url']}/notification-channels",
+        {"name": "chat", "type": "webhook", "config": {"url": whole}},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    # As the rule before showed it: the whole path.
+    NotificationChannel.objects.filter(public_id=created.json()["id"]).update(config={"url": whole, "headers": {}})
+    audit = AuditEvent.objects.get(action="notification_channel.create")
+    AuditEvent.objects.filter(pk=audit.pk).update(summary={**audit.summary, "config": {"url": whole, "headers": {}}})
+    importlib.import_module("notifications.migrations.0006_webhook_paths_masked").mask_paths(apps, None)
+    channel = NotificationChannel.objects.get(public_id=created.json()["id"])
+    assert channel.config == {"url": "http://127.0.0.1:9/api/…", "headers": {}}
+    assert services.channel_config(channel)["url"] == whole
+    audit.refresh_from_db()
+    assert audit.summary["config"]["url"] == "http://127.0.0.1:9/api/…"
+
+
 def test_masked_url_sent_back_refused_and_masked_header_keeps_stored_value_when_channel_changed(ctx, settings):
     settings.ALLOW_PRIVATE_WEBHOOKS = True
     url = f"{ctx['org_url']}/notification-channels"

@@ -142,6 +142,16 @@ def test_webhook_returns_error_instead_of_raising_when_nothing_listens():
     assert result.ok is False and result.status_code is None and result.retryable and result.error
 
 
+def test_a_token_in_the_path_or_query_is_not_in_the_error_when_a_transport_error_quotes_the_request_line():
+    from notifications.channels import _scrub
+
+    url = "https://discord.example/api/webhooks/42/Zk3xQ9vT-path-token?sig=QueryToken9"
+    quoted = "MaxRetryError: Max retries exceeded with url: /api/webhooks/42/Zk3xQ9vT-path-token?sig=QueryToken9"
+    scrubbed = _scrub(quoted, url)
+    assert "Zk3xQ9vT-path-token" not in scrubbed and "QueryToken9" not in scrubbed, scrubbed
+    assert scrubbed.startswith("MaxRetryError: Max retries exceeded with url: /api/")
+
+
 def test_signature_verification_fails_when_body_tampered_or_stale():
     body = b'{"a":1}'
     now = int(time.time())

@@ -270,6 +270,20 @@ def test_mask_url_hides_userinfo_and_query_values_when_shown(url, shown):
     assert mask_url(url) == shown
 
 
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://discord.com/api/webhooks/123/tOkEn-XyZ", "https://discord.com/api/…"),
+        ("https://hooks.zapier.com/hooks/catch/123456/abcdef1/", "https://hooks.zapier.com/hooks/…"),
+        ("https://u:p@chat.example.com/hooks/abc?x=1", "https://…@chat.example.com/hooks/…?x=…"),
+        ("https://hooks.example.com/plain", "https://hooks.example.com/plain"),
+        ("https://hooks.example.com/", "https://hooks.example.com/"),
+    ],
+)
+def test_mask_url_shows_only_the_first_path_segment_when_the_path_may_hold_a_token(url, shown):
+    assert mask_url(url, first_segment_only=True) == shown
+
+
 def test_lookup_counts_as_dns_not_answering_when_the_resolver_takes_longer_than_its_limit(monkeypatch):
     import time
 
