@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from console import errors, selectors, tenancy
+from console import errors, selectors, shown_once, tenancy
 from console.forms import ApiKeyCreateForm, ApiKeyRotateForm
 from console.once import once
 from console.once import posted as _posted
@@ -35,7 +35,9 @@ def _key_roles(console) -> list[Role]:
 
 
 def _show_secret_next(request, key: ApiKey, secret: str, note: str) -> None:
-    request.session[SECRET_SESSION_KEY] = {"key": key.public_id, "name": key.name, "secret": secret, "note": note}
+    shown_once.keep(
+        request.session, SECRET_SESSION_KEY, {"key": key.public_id, "name": key.name, "secret": secret, "note": note}
+    )
 
 
 @login_required
@@ -78,7 +80,7 @@ def api_keys(request, org_id):
         "keys": selectors.api_keys(organization=console.organization),
         "form": form,
         "can_write": can_write,
-        "shown": request.session.pop(SECRET_SESSION_KEY, None),
+        "shown": shown_once.take(request.session, SECRET_SESSION_KEY),
     }
     return render(request, "console/api_keys/list.html", context, status=status)
 

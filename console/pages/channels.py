@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console import errors, tenancy
+from console import errors, shown_once, tenancy
 from console.alert_forms import ChannelForm
 from console.once import once
 from console.once import posted as _posted
@@ -80,7 +80,9 @@ def channels(request, org_id):
                     status = errors.to_form(form, exc, aliases=form.field_aliases())
                 else:
                     if secret:
-                        request.session[SECRET_SESSION_KEY] = {"channel": channel.public_id, "secret": secret}
+                        shown_once.keep(
+                            request.session, SECRET_SESSION_KEY, {"channel": channel.public_id, "secret": secret}
+                        )
                     messages.success(request, f"Channel “{channel.name}” created.")
                     return redirect("console:channel", org_id=org_id, channel_id=channel.public_id)
     context = {
@@ -116,9 +118,9 @@ def channel(request, org_id, channel_id):
         return redirect("console:channel", org_id=org_id, channel_id=channel_id)
     console.crumb("Alerts", reverse("console:alerts", args=[org_id]))
     console.crumb("Notification channels", reverse("console:channels", args=[org_id])).crumb(found.name)
-    shown = request.session.get(SECRET_SESSION_KEY)
+    shown = shown_once.peek(request.session, SECRET_SESSION_KEY)
     if shown and shown.get("channel") == found.public_id:
-        request.session.pop(SECRET_SESSION_KEY)
+        shown_once.take(request.session, SECRET_SESSION_KEY)
     else:
         shown = None
     deliveries = list(notification_selectors.delivery_list(channel=found)[:DELIVERIES_SHOWN])

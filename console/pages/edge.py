@@ -17,7 +17,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from console import errors
+from console import errors, shown_once
 from console.forms import ApiForm
 from console.once import once
 from console.once import posted as _posted
@@ -137,14 +137,18 @@ def node_list(request, org_id, project_id, dep_id):
                 status = errors.to_form(form, exc)
             else:
                 bridge = edge_selectors.edge_bridge(node=node, password=credentials.password)
-                request.session[SHOWN_SESSION_KEY] = {
-                    "node": node.name,
-                    "username": credentials.username,
-                    "password": credentials.password,
-                    "bridge_config": edge.render(bridge) if bridge is not None else "",
-                    "filename": edge.filename(node.name, node.kind),
-                    "operation": operation.public_id,
-                }
+                shown_once.keep(
+                    request.session,
+                    SHOWN_SESSION_KEY,
+                    {
+                        "node": node.name,
+                        "username": credentials.username,
+                        "password": credentials.password,
+                        "bridge_config": edge.render(bridge) if bridge is not None else "",
+                        "filename": edge.filename(node.name, node.kind),
+                        "operation": operation.public_id,
+                    },
+                )
                 return redirect(_url(console, "deployment-edge-nodes"))
     nodes = list(EdgeNode.objects.filter(deployment=console.deployment).order_by("name", "id"))
     context = {
@@ -153,7 +157,7 @@ def node_list(request, org_id, project_id, dep_id):
         "nodes": nodes,
         "form": form,
         "can_write": can_write(console),
-        "shown": request.session.pop(SHOWN_SESSION_KEY, None) if request.method == "GET" else None,
+        "shown": shown_once.take(request.session, SHOWN_SESSION_KEY) if request.method == "GET" else None,
         "tab": "edge-nodes",
     }
     return render(request, "console/edge/nodes.html", context, status=status)

@@ -138,6 +138,23 @@ def test_premium_is_offered_only_when_the_organization_has_a_trial(client, owner
     assert 'value="premium"' in client.get(url).content.decode()
 
 
+def test_a_secret_waiting_to_be_shown_is_sealed_in_the_session_row_when_the_page_is_not_opened(client, owner):
+    from django.contrib.sessions.models import Session
+
+    created = client.post(f"/console/o/{owner.id}/api-keys", {"new-name": "CI", "new-role": "auditor"})
+    assert created.status_code == 302
+    key = ApiKey.objects.get(name="CI")
+    row = Session.objects.get(session_key=client.session.session_key)
+    # What a database backup holds until the page is opened (or, if it never is, until the session expires): the
+    # session decoded with the SECRET_KEY shows neither the secret nor what it belongs to.
+    decoded = str(row.get_decoded())
+    assert "cpk_" not in decoded and key.public_id not in decoded and key.prefix not in decoded
+    body = client.get(created["Location"]).content.decode()
+    secret = re.search(r"cpk_[\w-]+", body).group(0)
+    assert key.prefix in secret
+    assert secret not in client.get(f"/console/o/{owner.id}/api-keys").content.decode()
+
+
 def test_api_key_is_rotated_with_overlap_and_revoked_when_asked(client, owner):
     created = client.post(f"/console/o/{owner.id}/api-keys", {"new-name": "CI", "new-role": "auditor"}, follow=True)
     body = created.content.decode()
