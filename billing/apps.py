@@ -35,7 +35,11 @@ class BillingConfig(AppConfig):
     name = "billing"
 
     def ready(self):
+        from billing import metering
         from controlplane.metrics import register_gauge_source
+        from deployments import hooks
+
+        hooks.on_billable_time_corrected(metering.deployment_time_corrected)
 
         register_gauge_source(
             "controlplane_metering_lag_seconds", "Seconds since the last metered hour ended.", [], _metering_lag

@@ -161,6 +161,43 @@ def meter_usage(
     return inserted
 
 
+def usage_remeter(*, deployment_id: int, since: datetime.datetime) -> int:
+    """Meter one deployment's hours again from the one `since` is in up to where metering stands, after its billable
+    time there changed (a broker crash noticed late ends the running interval in the past, in hours already
+    metered). Its records not yet invoiced are replaced in one transaction under the usage lock, which the month
+    close holds too; an invoiced hour keeps its record, the one its invoice was made from. Returns the records
+    written."""
+    start = floor_hour(since)
+    with transaction.atomic():
+        xact_lock(LockSpace.METERING, USAGE_LOCK)
+        until = metered_until()
+        if until is None or start >= until:
+            return 0
+        hours = UsageRecord.objects.filter(deployment_id=deployment_id, hour__gte=start, hour__lt=until)
+        invoiced = hours.filter(invoice__isnull=False).exists()
+        hours.filter(invoice__isnull=True).delete()
+        result = _meter_sql(start, until, [deployment_id])
+    if invoiced:
+        logger.warning(
+            "deployment %s: billable time since %s changed after some of those hours were invoiced; they stay billed",
+            deployment_id,
+            since.isoformat(),
+        )
+    return result.inserted
+
+
+def deployment_time_corrected(*, deployment, since: datetime.datetime) -> None:
+    """deployments' hook: re-meter after the transaction that corrected the time commits, when hours from `since`
+    on were metered already (a crash is usually noticed within seconds, before the hour is)."""
+    until = metered_until()
+    if until is None or floor_hour(since) >= until:
+        return
+    from billing import tasks
+    from controlplane.tasks import enqueue_on_commit
+
+    enqueue_on_commit(tasks.remeter_usage, deployment.pk, since.isoformat())
+
+
 def _first_billable_hour(end: datetime.datetime) -> datetime.datetime:
     """Where a first run starts: the first hour any deployment was billable, so nothing before it is lost."""
     first = StatusInterval.objects.aggregate(first=Min("started_at"))["first"]

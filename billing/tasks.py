@@ -31,6 +31,11 @@ def meter_usage() -> int:
     return recorded
 
 
+@shared_task(name="billing.remeter_usage", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def remeter_usage(deployment_id: int, since: str) -> int:
+    return metering.usage_remeter(deployment_id=deployment_id, since=datetime.datetime.fromisoformat(since))
+
+
 @shared_task(
     name="billing.close_invoices",
     autoretry_for=TRANSIENT,

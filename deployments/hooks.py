@@ -1,5 +1,6 @@
-"""What apps above deployments (alerts, iot) ask to happen inside a deployment's own creating, starting or moving
-transaction, registered in their AppConfig.ready(), so deployments never imports them.
+"""What apps above deployments (alerts, iot, billing) ask to happen inside a deployment's own creating, starting or
+moving transaction, or when its billable time is corrected, registered in their AppConfig.ready(), so deployments never
+imports them.
 
 A hook runs inside deployment_create's (deployment_start's, deployment_move's) transaction: what it writes commits or rolls back with
 the deployment. It never calls the network or commits; it raises a domain error only to refuse the whole change.
@@ -12,6 +13,7 @@ from collections.abc import Callable
 _created: list[Callable[..., None]] = []
 _starting: list[Callable[..., None]] = []
 _moved: list[Callable[..., None]] = []
+_corrected: list[Callable[..., None]] = []
 
 
 def on_deployment_created(hook: Callable[..., None]) -> Callable[..., None]:
@@ -52,3 +54,18 @@ def deployment_moved(deployment, source) -> None:
     (`source` is the project it left)."""
     for hook in list(_moved):
         hook(deployment=deployment, source=source)
+
+
+def on_billable_time_corrected(hook: Callable[..., None]) -> Callable[..., None]:
+    """Register `hook(deployment=..., since=...)`: the deployment's billable time from `since` on was recorded
+    afresh, after the fact (a broker crash noticed late ends its running interval when it was last seen alive)."""
+    if hook not in _corrected:
+        _corrected.append(hook)
+    return hook
+
+
+def billable_time_corrected(deployment, since) -> None:
+    """Called by deployments.reconcile when it ends a billable interval at a moment already past, in its
+    transaction."""
+    for hook in list(_corrected):
+        hook(deployment=deployment, since=since)

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane import crypto, db
-from deployments import extensions, tls_services
+from deployments import extensions, hooks, tls_services
 from deployments.drivers.base import (
     ACL_ACTIONS,
     ACL_PERMISSIONS,
@@ -626,6 +626,8 @@ def _record_crash(deployment_id: int, *, message: str, last_seen_alive: float | 
     ]
     deployment.save(update_fields=["status", "last_error", "last_reconciled_at", "conditions", "updated_at"])
     _sync_interval(deployment, Status.DEGRADED, tier_id=None, now=down_since)
+    if down_since < now:
+        hooks.billable_time_corrected(deployment, down_since)
     return True
 
 

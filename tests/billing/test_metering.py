@@ -9,6 +9,7 @@ from django.db.models import Q
 
 from billing import metering
 from billing.models import MeteringCursor, UsageRecord
+from tests.alerts.test_tasks import eager  # noqa: F401 - fixture: tasks run inline
 from tests.billing.conftest import at
 
 pytestmark = pytest.mark.django_db
@@ -295,3 +296,53 @@ def test_hourly_from_the_term_end_second_when_renewal_is_turned_off_after_meteri
         (at(2027, 3, 1, 14), 3600),
         (at(2027, 3, 1, 15), 3600),
     ]
+
+
+def test_hours_metered_before_a_crash_was_noticed_are_metered_again_without_the_time_it_was_down(
+    owner_org, make_deployment, history, eager, django_capture_on_commit_callbacks
+):
+    """A crash noticed late (the watcher or the workers were down past the hourly run) ends the running interval
+    when the broker was last seen alive, in hours already metered: those hours are metered again."""
+    from django.utils import timezone
+
+    from deployments import reconcile
+
+    now = timezone.now()
+    hour = metering.floor_hour(now)
+    dep = make_deployment(owner_org.default_project)
+    other = make_deployment(owner_org.default_project)
+    for each in (dep, other):
+        history(each, [("running", hour - datetime.timedelta(hours=3), None)])
+    metering.meter_usage(now=now, since=hour - datetime.timedelta(hours=3))
+    assert [seconds for _h, _p, seconds, _u in records(dep)] == [3600, 3600, 3600]
+    last_seen = hour - datetime.timedelta(hours=2) + datetime.timedelta(minutes=30)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile._record_crash(dep.pk, message="mosquitto exited", last_seen_alive=last_seen.timestamp())
+    assert [(h, p, seconds) for h, p, seconds, _u in records(dep)] == [
+        (hour - datetime.timedelta(hours=3), "running", 3600),
+        (hour - datetime.timedelta(hours=2), "running", 1800),
+    ]
+    assert [seconds for _h, _p, seconds, _u in records(other)] == [3600, 3600, 3600]
+    assert MeteringCursor.objects.get().metered_until == hour
+
+
+def test_an_invoiced_hour_keeps_its_record_when_the_time_before_it_is_corrected(owner_org, make_deployment, history):
+    import datetime as dt
+
+    from billing import invoicing
+    from billing.models import Invoice
+
+    dep = make_deployment(owner_org.default_project)
+    [interval] = history(dep, [("running", at(2026, 3, 31, 20), None)])
+    metering.meter_usage(now=at(2026, 4, 1, 2), since=at(2026, 3, 31, 20))
+    invoicing.close_invoices(month=dt.date(2026, 3, 1), now=at(2026, 4, 1, 1))
+    invoice = Invoice.objects.get(billing_account__organization=owner_org.organization)
+    before = records(dep)
+    interval.ended_at = at(2026, 3, 31, 22, 30)
+    interval.save()
+    metering.usage_remeter(deployment_id=dep.pk, since=at(2026, 3, 31, 22, 30))
+    after = records(dep)
+    march = [r for r in after if r[0] < at(2026, 4, 1)]
+    assert march == [r for r in before if r[0] < at(2026, 4, 1)]  # invoiced: as billed
+    assert UsageRecord.objects.filter(deployment=dep, invoice=invoice).count() == len(march)
+    assert [r for r in after if r[0] >= at(2026, 4, 1)] == []  # April's hours, not invoiced: metered again, none run
