@@ -236,6 +236,68 @@ def clean_extra_sans(values: object) -> list[str]:
     return list(dict.fromkeys(tls.normalise_host_name(v) for v in values))
 
 
+# A broker's in-cluster Service names (manifests.listeners_service_name() in its namespace): the control plane's,
+# given to each deployment for its own namespace only.
+_IN_CLUSTER = (".svc", ".svc.cluster.local", ".cluster.local")
+
+
+def _platform_host() -> str:
+    from urllib.parse import urlsplit
+
+    from django.conf import settings
+
+    return (urlsplit(settings.PUBLIC_URL).hostname or "").lower()
+
+
+def _served_for_others(deployment: Deployment, names: list[str]) -> set[str]:
+    """Those of `names` (normalised) this installation serves for someone else: the control plane's own host, a
+    broker's in-cluster name, another organization's deployment's address or a name on one of its certificates (or
+    a wildcard covering it). Every customer's devices trust the one CA, so a certificate it signed for such a name,
+    served by this deployment, would pass for that service. Within one organization names are its own business."""
+    own = set(deployment_host_names(deployment))
+    asked = [name for name in names if name not in own]
+    if not asked:
+        return set()
+    taken = {name for name in asked if name == _platform_host() or name.endswith(_IN_CLUSTER)}
+    others = Deployment.objects.filter(deleted_at__isnull=True).exclude(
+        project__organization_id=deployment.project.organization_id
+    )
+    taken |= {
+        str(host).lower() for host in others.filter(endpoints__host__in=asked).values_list("endpoints__host", flat=True)
+    }
+    covering = {}
+    for name in asked:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if "." in name:
+                covering[name] = "*." + name.split(".", 1)[1]
+    looked_for = sorted({*asked, *covering.values()})
+    for sans in TlsCertificate.objects.filter(deployment__in=others, sans__has_any_keys=looked_for).values_list(
+        "sans", flat=True
+    ):
+        held = {str(san).lower() for san in sans}
+        taken |= {name for name in asked if name in held or covering.get(name) in held}
+    return taken
+
+
+def _refuse_names_served_for_others(deployment: Deployment, given: list[object], extras: list[str]) -> None:
+    taken = _served_for_others(deployment, extras)
+    if not taken:
+        return
+    problems = []
+    for position, value in enumerate(given, start=1):
+        name = tls.normalise_host_name(value)
+        if name in taken:
+            taken.discard(name)
+            problems.append(
+                f"Name {position} ({name!r}): this installation serves that name for someone else, and its CA, which "
+                "every customer's devices trust, issues it to no one else. If the name is yours, upload a certificate "
+                "of your own for it."
+            )
+    raise ValidationFailed({"extra_sans": problems})
+
+
 @transaction.atomic
 def tls_certificate_issue(
     *,
@@ -252,6 +314,7 @@ def tls_certificate_issue(
     deployment = _locked(deployment)
     _refuse_if_deleted(deployment)
     extras = clean_extra_sans(extra_sans)
+    _refuse_names_served_for_others(deployment, list(extra_sans or []), extras)
     authority = certificate_authority(now=now)
     names = _with_extras(deployment_host_names(deployment), extras)
     if not names:

@@ -116,6 +116,46 @@ def test_service_refuses_control_characters_and_wildcards_naming_extra_sans(depl
     assert not TlsCertificate.objects.filter(deployment=row).exists()
 
 
+def test_a_name_served_for_another_organization_or_the_platform_is_never_issued_here(
+    client,  # noqa: F811
+    base,  # noqa: F811
+    url,
+    deployment,  # noqa: F811
+    org_factory,
+    key_client,
+    settings,
+):
+    """Every customer's devices trust the one CA: a certificate it signs for another organization's broker name,
+    served by this deployment, would pass for that broker."""
+    settings.PUBLIC_URL = "https://console.cloud.example"
+    other = org_factory()
+    other_base = f"/api/v1/organizations/{other.id}/projects/{other.default_project.public_id}/deployments"
+    theirs = create(key_client(other.owner_secret), other_base, name="theirs").json()["deployment"]["id"]
+    settle(theirs)
+    Deployment.objects.filter(public_id=theirs).update(endpoints={"host": "mqtt-b.lb.example.net", "ports": {}})
+    claimed = tls_services.tls_certificate_issue(
+        deployment=Deployment.objects.get(public_id=theirs), actor=None, extra_sans=["mqtt.bcorp.example"]
+    )[0]
+    assert "mqtt.bcorp.example" in claimed.sans
+    for name in (
+        "mqtt-b.lb.example.net",  # their load balancer
+        "MQTT.bcorp.example",  # a name on their certificate
+        "listeners.dep-abc.svc.cluster.local",  # a broker's in-cluster name
+        "console.cloud.example",  # the control plane itself
+    ):
+        before = _state(deployment)
+        response = client.post(f"{url}/issue", {"extra_sans": ["ok.plant.example", name]}, format="json")
+        assert response.status_code == 400, (name, response.content)
+        message = _field_errors(response)["extra_sans"]
+        assert message.startswith("Name 2") and "upload a certificate of your own" in message, message
+        assert _state(deployment) == before
+    # The same names within one organization are its own business: a second deployment behind the same name.
+    mine = create(client, base, name="mine").json()["deployment"]["id"]
+    Deployment.objects.filter(public_id=mine).update(endpoints={"host": "mqtt-a.lb.example.net", "ports": {}})
+    allowed = client.post(f"{url}/issue", {"extra_sans": ["mqtt-a.lb.example.net"]}, format="json")
+    assert allowed.status_code == 201, allowed.content
+
+
 def test_issue_warns_that_the_customers_own_certificate_is_still_served(client, url, deployment):  # noqa: F811
     root = make_ca("Acme Root CA")
     leaf, key = make_leaf(root, "mqtt.acme.example", sans=("mqtt.acme.example", "127.0.0.1"))
