@@ -62,6 +62,17 @@ def broker_pids(root: pathlib.Path) -> list[int]:
     ]
 
 
+def kill_and_wait(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL `pid` and return once it has died (a zombie or gone): the signal is delivered asynchronously, and a
+    loaded machine can still show the process running to whoever looks at /proc right after the kill."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(found == pid for found, _argv in _live_processes()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} still runs {timeout} s after SIGKILL")
+        time.sleep(0.01)
+
+
 class CeleryWorker:
     """`beat=True` embeds beat (`-B`, the database scheduler of the settings): the periodic tasks run as in
     production, the broker watcher every BROKER_WATCH_SECONDS among them."""

@@ -6,9 +6,6 @@ A real mosquitto started by the reconciler, killed with SIGKILL, noticed by the 
 and a webhook receiver on loopback is told; the reconciler restores the broker and the next fan-out resolves it.
 """
 
-import os
-import signal
-
 import pytest
 
 from alerts import tasks
@@ -17,7 +14,7 @@ from deployments import services
 from deployments.models import Deployment
 from deployments.reconcile import reconcile_deployment, watch_local_brokers
 from tests.alerts.test_tasks import Receiver, eager, private_webhooks, webhook_channel  # noqa: F401 - fixtures
-from tests.celery_worker import broker_pids
+from tests.celery_worker import broker_pids, kill_and_wait
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
 
@@ -38,7 +35,7 @@ def test_unavailable_alert_fires_when_broker_is_killed_and_resolves_when_it_is_r
         assert not Alert.objects.filter(rule__default_key="deployment_unavailable").exists()
 
         [pid] = broker_pids(brokers_dir)
-        os.kill(pid, signal.SIGKILL)
+        kill_and_wait(pid)
         assert watch_local_brokers()["recorded"] == 1
         assert Deployment.objects.get(pk=deployment.pk).status == "degraded"
         with django_capture_on_commit_callbacks(execute=True):

@@ -23,7 +23,7 @@ from deployments import selectors, services
 from deployments.drivers.local import LocalDriver, _flock, _Paths
 from deployments.models import Deployment, DeploymentEvent, StatusInterval
 from deployments.reconcile import reconcile_deployment, watch_local_brokers
-from tests.celery_worker import CeleryWorker, broker_pids, worker_env
+from tests.celery_worker import CeleryWorker, broker_pids, kill_and_wait, worker_env
 from tests.deployments.test_local_driver import Client, _spec, root  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("deployments_catalog")]
@@ -65,7 +65,7 @@ def deployment(owner_org, brokers_dir):
 def test_watcher_records_the_crash_with_its_exit_and_stops_billing_when_broker_is_killed(deployment, brokers_dir):
     [pid] = broker_pids(brokers_dir)
     before_kill = timezone.now()
-    os.kill(pid, signal.SIGKILL)
+    kill_and_wait(pid)
 
     counts = watch_local_brokers()
 
@@ -117,7 +117,7 @@ def test_heartbeat_bounds_the_unbilled_gap_when_broker_died_between_two_looks(de
 @pytest.mark.django_db
 def test_reconcile_records_the_crash_itself_when_it_finds_the_broker_dead_first(deployment, brokers_dir):
     [pid] = broker_pids(brokers_dir)
-    os.kill(pid, signal.SIGKILL)
+    kill_and_wait(pid)
 
     assert reconcile_deployment(deployment.pk).state == "converged"
 
@@ -150,7 +150,7 @@ def test_probe_tells_a_dead_broker_from_a_stale_pid_file_when_the_broker_runs_on
     [pid] = broker_pids(brokers_dir)
     paths.pid.write_text("999999\n")  # a pid file that lies: the broker itself still runs
     assert driver.probe(deployment.public_id).state == "alive"
-    _kill(pid, brokers_dir)  # a SIGKILL is delivered, not awaited: probing at once could still find it alive
+    kill_and_wait(pid)  # a SIGKILL is delivered, not awaited: probing at once could still find it alive
     dead = driver.probe(deployment.public_id)
     assert dead.state == "dead" and dead.last_seen_alive is not None
 
@@ -163,14 +163,6 @@ def _answers(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _kill(pid: int, brokers_dir) -> None:
-    """SIGKILL, and wait until it took (a signal is delivered, not awaited)."""
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while pid in broker_pids(brokers_dir) and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 def _running_interval_open(deployment) -> bool:
@@ -284,7 +276,7 @@ def test_watcher_records_the_crash_and_reconcile_restores_the_port_when_the_dire
     rows still say it serves. It is a crash, and the restored broker listens where its clients connect."""
     [pid] = broker_pids(brokers_dir)
     port = deployment.endpoints["ports"]["mqtt"]
-    os.kill(pid, signal.SIGKILL)
+    kill_and_wait(pid)
     shutil.rmtree(brokers_dir)
 
     assert watch_local_brokers()["recorded"] == 1
@@ -320,7 +312,7 @@ def test_watcher_records_the_crash_when_the_state_file_is_gone_and_no_broker_run
     paths = _Paths(brokers_dir / deployment.public_id)
     [pid] = broker_pids(brokers_dir)
     port = deployment.endpoints["ports"]["mqtt"]
-    _kill(pid, brokers_dir)
+    kill_and_wait(pid)
     paths.state.unlink()
 
     assert watch_local_brokers()["recorded"] == 1
@@ -357,7 +349,7 @@ def test_watcher_records_the_crash_when_the_broker_files_say_stopped_while_the_d
     say "stopped" under a row that says "running" (a restored backup, a hand edit) mean a broker nobody serves."""
     paths = _Paths(brokers_dir / deployment.public_id)
     [pid] = broker_pids(brokers_dir)
-    os.kill(pid, signal.SIGKILL)
+    kill_and_wait(pid)
     paths.state.write_text('{"running": false, "restart_nonce": 0}\n')
 
     assert watch_local_brokers()["recorded"] == 1
@@ -371,7 +363,7 @@ def test_watcher_records_the_crash_when_the_broker_files_say_stopped_while_the_d
 
 def _crash(brokers_dir) -> None:
     [pid] = broker_pids(brokers_dir)
-    _kill(pid, brokers_dir)
+    kill_and_wait(pid)
     assert watch_local_brokers()["recorded"] == 1
 
 
