@@ -647,9 +647,13 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deploymen
         raw = request.query_params.get("version")
         version = None
         if raw is not None:
-            if not raw.isdigit():
+            # isdigit() alone lets "²" through, which int() refuses; so does int() past 4300 digits.
+            if not (raw.isascii() and raw.isdigit()):
                 raise ValidationFailed({"version": "A non-negative whole number."})
-            version = int(raw)
+            try:
+                version = int(raw)
+            except ValueError:
+                raise ValidationFailed({"version": "A non-negative whole number."}) from None
         return Response(services.shadow_delete(device=device, actor=self.principal, version=version))
 
 

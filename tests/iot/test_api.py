@@ -447,3 +447,14 @@ def test_body_nested_past_the_recursion_limit_answers_400_when_patched(client, b
     body = "[" * 100_000 + "]" * 100_000
     response = client.generic("PATCH", f"{base}/devices/sensor-1/shadow", body, content_type="application/json")
     assert response.status_code == 400 and response["Content-Type"] == PROBLEM
+
+
+@pytest.mark.parametrize("raw", ["%C2%B2", "1" * 5000], ids=["superscript-two", "5000-digits"])
+def test_shadow_delete_with_a_non_ascii_or_overlong_version_answers_400_naming_version(client, base, raw):
+    # "²".isdigit() is true but int("²") raises; so does int() of more than 4300 digits.
+    client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json")
+    client.patch(f"{base}/devices/sensor-1/shadow", {"state": {"desired": {"a": 1}}}, format="json")
+    response = client.delete(f"{base}/devices/sensor-1/shadow?version={raw}")
+    assert response.status_code == 400
+    assert "version" in fields(response)
+    assert client.get(f"{base}/devices/sensor-1/shadow").status_code == 200
