@@ -28,6 +28,7 @@ from alerts.notify import budget_of
 from billing.money import to_decimal
 from controlplane.api.serializers import InputSerializer, PlainTextField, StrictCharField
 from controlplane.api.views import ScopedViewSet
+from controlplane.validators import whole_number
 from deployments.models import Deployment
 from deployments.selectors import deployment_queryset
 from notifications.api import StrictBooleanField
@@ -229,9 +230,9 @@ class DeploymentMetricsViewSet(ScopedViewSet):
         end = _parse_time("to", params.get("to"), now)
         start = _parse_time("from", params.get("from"), end - dt.timedelta(hours=1))
         raw_step = params.get("step", str(collect_interval_seconds()))
-        if not raw_step.isdigit():
+        step = whole_number(raw_step)
+        if step is None:
             raise exceptions.ValidationError({"step": ["Expected a whole number of seconds."]})
-        step = int(raw_step)
         if step < collect_interval_seconds():
             raise exceptions.ValidationError(
                 {"step": [f"The step must be at least the collection interval ({collect_interval_seconds()} s)."]}

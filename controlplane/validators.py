@@ -83,3 +83,12 @@ class RefuseControlCharactersMixin:
 def reaches_broker(field: object) -> bool:
     """Whether a model, form or serializer field carries the broker marker."""
     return any(isinstance(v, NoControlCharacters) and v.reaches_broker for v in getattr(field, "validators", ()))
+
+
+def whole_number(raw: object, *, max_digits: int = 18) -> int | None:
+    """`raw` as a non-negative integer when it is 1 to `max_digits` ASCII digits (a query parameter, a header's
+    field), else None. str.isdigit() alone accepts digits int() refuses ("²"), and int() refuses more than 4,300
+    digits: each of those reached int() unguarded and answered 500."""
+    if not isinstance(raw, str) or not 0 < len(raw) <= max_digits or not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw)

@@ -23,6 +23,7 @@ from controlplane.api.pagination import CursorPagination
 from controlplane.api.serializers import BrokerTextField, InputSerializer, PlainTextField, iso_datetime
 from controlplane.api.views import ScopedViewSet
 from controlplane.errors import ValidationFailed
+from controlplane.validators import whole_number
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
 from iot import selectors, services, shadow
@@ -647,13 +648,9 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Deploymen
         raw = request.query_params.get("version")
         version = None
         if raw is not None:
-            # isdigit() alone lets "²" through, which int() refuses; so does int() past 4300 digits.
-            if not (raw.isascii() and raw.isdigit()):
+            version = whole_number(raw)
+            if version is None:
                 raise ValidationFailed({"version": "A non-negative whole number."})
-            try:
-                version = int(raw)
-            except ValueError:
-                raise ValidationFailed({"version": "A non-negative whole number."}) from None
         return Response(services.shadow_delete(device=device, actor=self.principal, version=version))
 
 

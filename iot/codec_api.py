@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from controlplane.api.pagination import CursorPagination
 from controlplane.api.serializers import BrokerTextField, InputSerializer, PlainTextField
+from controlplane.validators import whole_number
 from iot import codecs
 from iot.api import _DeploymentScopedViewSet
 from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion
@@ -209,7 +210,7 @@ class SchemaViewSet(mixins.ListModelMixin, _DeploymentScopedViewSet):
     def version(self, request, *args, **kwargs):
         schema = self._schema()
         raw = self.kwargs["version"]
-        if not raw.isdigit():
+        if whole_number(raw) is None:
             raise exceptions.NotFound()
         return Response(SchemaVersionSerializer(codecs.schema_version_get(schema=schema, version=raw)).data)
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from controlplane.validators import whole_number
 from notifications import urlsafety
 
 RESPONSE_BODY_LIMIT = 2048
@@ -162,8 +163,8 @@ def verify_webhook_signature(
     candidates: list[str] = []
     for part in (header or "").split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
-            timestamp = int(value)
+        if key == "t" and (seconds := whole_number(value)) is not None:
+            timestamp = seconds
         elif key == "v1":
             candidates.append(value)
     if timestamp is None or not candidates:

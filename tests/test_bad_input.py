@@ -122,7 +122,7 @@ def test_nul_in_an_id_of_the_path_answers_404_when_requested(owner_org, key_clie
         _assert_problem(api.get(path), 404)
 
 
-@pytest.mark.parametrize("size", ["0", "201", "ten", "-1"])
+@pytest.mark.parametrize("size", ["0", "201", "ten", "-1", "%C2%B2", "1" * 5000])
 def test_invalid_page_size_is_refused(size, owner_org, key_client, projects_url):
     _assert_problem(key_client(owner_org.owner_secret).get(f"{projects_url}?page_size={size}"), 400, "page_size")
 

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from controlplane.ids import holds_nul
+from controlplane.validators import whole_number
 
 INVALID_CURSOR = "This cursor is not valid."
 
@@ -26,11 +27,12 @@ class CursorPagination(pagination.CursorPagination):
         if not raw:
             return self.page_size
         # DRF would silently fall back to the default; a client asking for something invalid should hear so.
-        if len(raw) != 1 or not raw[0].isdigit() or not 1 <= int(raw[0]) <= self.max_page_size:
+        size = whole_number(raw[0]) if len(raw) == 1 else None
+        if size is None or not 1 <= size <= self.max_page_size:
             raise exceptions.ValidationError(
                 {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]}
             )
-        return int(raw[0])
+        return size
 
     def paginate_queryset(
         self, queryset: QuerySet[Any] | Sequence[Any], request: Request, view: APIView | None = None

@@ -81,6 +81,8 @@ def test_metrics_current_shows_tier_limits_when_samples_exist(ctx):
         ({"names": "connections,bogus"}, "names"),
         ({"step": "10"}, "step"),
         ({"step": "abc"}, "step"),
+        ({"step": "²"}, "step"),  # a digit to str.isdigit(), not to int()
+        ({"step": "6" * 5000}, "step"),  # more digits than int() reads
         ({"step": "60", "from": "2020-01-01T00:00:00Z"}, "step"),
         ({"from": "yesterday"}, "from"),
     ],

@@ -152,6 +152,11 @@ def test_a_token_in_the_path_or_query_is_not_in_the_error_when_a_transport_error
     assert scrubbed.startswith("MaxRetryError: Max retries exceeded with url: /api/")
 
 
+@pytest.mark.parametrize("timestamp", ["²", "1" * 5000])
+def test_signature_verification_fails_not_raises_when_the_timestamp_is_no_whole_number(timestamp):
+    assert verify_webhook_signature(SECRET, f"t={timestamp},v1=abc", b"{}") is False
+
+
 def test_signature_verification_fails_when_body_tampered_or_stale():
     body = b'{"a":1}'
     now = int(time.time())
