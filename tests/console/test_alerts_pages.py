@@ -495,3 +495,41 @@ def test_rule_is_edited_and_its_deployment_default_too_when_saved(client, owner_
     assert response.status_code == 302 and response["Location"].endswith(f"?deployment={plant.public_id}")
     default.refresh_from_db()
     assert (default.threshold, default.threshold_unit) == (90, "percent_of_tier_limit")
+
+
+def test_project_user_neither_sees_nor_drops_a_rules_channels_when_editing_it(client, owner_org):
+    """Without channel:read the API shows a rule's channels by id only and refuses to change them; the console must
+    neither name them on the rules page nor silently drop them when the rule is saved from a form that cannot show
+    them."""
+    from notifications import services as notification_services
+
+    channel, _ = notification_services.channel_create(
+        organization=owner_org.organization,
+        actor=None,
+        name="Pager of the security team",
+        type="email",
+        config={"addresses": ["sec@example.com"]},
+    )
+    rule = rule_services.alert_rule_create(
+        project=owner_org.default_project,
+        actor=None,
+        name="Busy",
+        metric="connections",
+        aggregation="last",
+        window_seconds=60,
+        operator=">",
+        threshold=2,
+        severity="critical",
+        channels=[channel],
+    )
+    user, _ = owner_org.add_member(project_grants=[(owner_org.default_project, "project_user")])
+    client.force_login(user)
+    page = client.get(_rules_url(owner_org)).content.decode()
+    assert "Busy" in page and "Pager of the security team" not in page
+    edited = _threshold(**{"rule-threshold": "5"})
+    edited.pop("rule-deployment")
+    response = client.post(f"{_rules_url(owner_org)}/{rule.public_id}", edited)
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    rule.refresh_from_db()
+    assert rule.threshold == 5
+    assert [c.public_id for c in rule.channels.all()] == [channel.public_id]
