@@ -33,6 +33,22 @@ class _WireRule(TypedDict):
     action: str
 
 
+# Names EMQX's router cannot address as one path segment: cowboy decodes each segment and then drops `.` and `..`
+# (cowboy_router split_path/2, remove_dot_segments/2), so percent-encoding cannot help, and requests drops them
+# before sending anyway. DELETE …/users/.. would reach the password authenticator itself.
+DOT_SEGMENTS = (".", "..")
+
+
+def _segment(name: str) -> str:
+    """`name` as one URL path segment, or PermanentDriverError for a name that would address another resource."""
+    if name in DOT_SEGMENTS or not name:
+        raise PermanentDriverError(
+            f"{name!r} cannot be addressed in EMQX's API: it is a dot or empty path segment, which would name "
+            "another resource"
+        )
+    return quote(name, safe="")
+
+
 class EmqxApiError(PermanentDriverError):
     """EMQX refused a request for a reason retrying will not fix (4xx other than 404 handling)."""
 
@@ -126,7 +142,7 @@ class EmqxApi:
         for user in self.list_users():
             user_id = _subject(user, "user_id", "/users")
             if user_id not in desired:
-                self._request("DELETE", f"{auth_path}/users/{quote(user_id, safe='')}", expected=(204, 404))
+                self._request("DELETE", f"{auth_path}/users/{_segment(user_id)}", expected=(204, 404))
                 self.kick_clients_of(user_id)
 
     def kick_clients_of(self, username: str) -> None:
@@ -156,7 +172,7 @@ class EmqxApi:
             if response.status_code == 400 and _error_code(response) != "ALREADY_EXISTS":
                 raise EmqxApiError(f"EMQX refused to ban {who!r}: {_error_detail(response)}")
         for who in sorted(current - desired):
-            self._request("DELETE", f"/banned/username/{quote(who, safe='')}", expected=(204, 404))
+            self._request("DELETE", f"/banned/username/{_segment(who)}", expected=(204, 404))
 
     # -- ACL ---------------------------------------------------------------------------------------------------
     def sync_acl(self, entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()) -> None:
@@ -190,7 +206,7 @@ class EmqxApi:
                     del desired[who]
             for who, rules in desired.items():
                 # PUT stores the rule list for that subject, replacing whatever was there.
-                self._request("PUT", f"{_RULES}/{kind}/{quote(who, safe='')}", json={key: who, "rules": rules})
+                self._request("PUT", f"{_RULES}/{kind}/{_segment(who)}", json={key: who, "rules": rules})
                 changed = True
                 if kind == "users" and who in revoked:
                     to_kick.append(who)
@@ -217,7 +233,7 @@ class EmqxApi:
                 if who not in desired:
                     if kind == "users" and remaining and who not in remaining:
                         self.kick_clients_of(who)
-                    self._request("DELETE", f"{_RULES}/{kind}/{quote(who, safe='')}", expected=(204, 404))
+                    self._request("DELETE", f"{_RULES}/{kind}/{_segment(who)}", expected=(204, 404))
                     changed = True
         if changed:
             self.clean_authz_cache()
@@ -280,6 +296,9 @@ def _wire_acl(
         ("users", "username", by_user),
         ("clients", "clientid", {who: wire(rules) for who, rules in compiled.by_client_id.items()}),
     ]
+    for _kind, _key, subjects in by_kind:
+        for who in subjects:
+            _segment(who)  # refused before anything is sent, not halfway through the push
     return by_kind, wire(compiled.for_all)
 
 

@@ -27,6 +27,7 @@ from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
 from deployments import emqx_acl, emqx_versions, hooks, pricing, selectors
 from deployments.drivers.base import ACL_ACTIONS, ACL_PERMISSIONS, AclEntry, RateLimit, one_of
+from deployments.emqx_api import DOT_SEGMENTS
 from deployments.emqx_config import validate_rate_limit_hierarchy
 from deployments.models import (
     ACTIVE_OPERATION_STATES,
@@ -773,6 +774,16 @@ def _check_username(deployment: Deployment, username: str, field: str = "usernam
         raise ValidationFailed(
             {field: ["Usernames starting with '#' are not supported in this region: mosquitto reads them as comments."]}
         )
+    _refuse_dot_segment(deployment, field, username)
+
+
+def _refuse_dot_segment(deployment: Deployment, field: str, name: str | None) -> None:
+    """EMQX's management API names a user or a rule list in the URL path, where `.` and `..` are dot segments that
+    address another resource (deleting a user `..` would delete the password authenticator)."""
+    if name in DOT_SEGMENTS and deployment.region.driver == Region.Driver.KUBERNETES:
+        raise ValidationFailed(
+            {field: [f"{name!r} is not supported in this region: EMQX's API could not address it by name."]}
+        )
 
 
 @transaction.atomic
@@ -862,9 +873,11 @@ def _check_acl(deployment: Deployment, *, topic: str, username: str | None, clie
             raise ValidationFailed(
                 {"username": ["Usernames starting with '#' are not supported in this region: no such user can exist."]}
             )
+        _refuse_dot_segment(deployment, "username", username)
     if client_id is not None:
         if not client_id or any(c in client_id for c in "\r\n\x00"):
             raise ValidationFailed({"client_id": ["A client id must be non-empty, without line breaks."]})
+        _refuse_dot_segment(deployment, "client_id", client_id)
         if deployment.region.driver == Region.Driver.LOCAL:
             raise ValidationFailed(
                 {

@@ -305,3 +305,21 @@ def test_sync_bans_leaves_a_username_someone_else_banned_when_it_is_ours_to_ban_
     api.sync_bans([])  # not ours: stays
     with pytest.raises(ConnectionRefusedError):
         fake.connect(client_id="cam", username="$dev-a")
+
+
+@pytest.mark.parametrize("subject", [".", ".."])
+def test_a_dot_segment_name_is_refused_before_any_request_addresses_another_resource_when_synced(api, fake, subject):
+    """EMQX's router (cowboy) drops `.` and `..` path segments, even percent-encoded, and requests does so before
+    sending: DELETE …/users/.. would delete the password authenticator itself (every client then connects without
+    a password), PUT …/rules/users/.. would address the whole rule table."""
+    fake.state.users[subject] = {"password_hash": "00", "salt": "s", "is_superuser": False}
+
+    with pytest.raises(PermanentDriverError, match="path segment"):
+        api.sync_users([credential("alice", "a")])
+    with pytest.raises(PermanentDriverError, match="path segment"):
+        api.sync_acl([AclEntry(permission="deny", action="all", topic="#", username=subject)])
+    with pytest.raises(PermanentDriverError, match="path segment"):
+        api.sync_acl([AclEntry(permission="deny", action="all", topic="#", client_id=subject)])
+
+    addressed = [path for method, path in fake.state.seen if method in ("DELETE", "PUT")]
+    assert not [p for p in addressed if not p.rstrip("/").endswith(f"/{subject}")], addressed

@@ -298,3 +298,25 @@ def test_an_already_inexpressible_acl_list_can_still_be_reordered_toward_one_emq
     moved = client.patch(f"{url}/{rules[2]['id']}", {"position": 0}, format="json")
     assert moved.status_code == 200, moved.content
     assert [r["topic"] for r in client.get(url).json()["results"]] == ["a/c", "a/b", "a/#"]
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_dot_segment_username_or_client_id_answers_400_when_region_runs_emqx(region, owner_org, key_client, name):
+    """EMQX's API addresses users and rule lists by name in the URL path, where `.` and `..` are dot segments:
+    deleting a user called `..` would delete the deployment's password authenticator."""
+    client = key_client(owner_org.owner_secret)
+    url = f"{_deployments_url(owner_org)}/{_create(client, owner_org).json()['deployment']['id']}"
+
+    user = client.post(f"{url}/mqtt-users", {"username": name, "password": "dots-password"}, format="json")
+    assert user.status_code == 400, user.content
+    assert user["Content-Type"].startswith("application/problem+json")
+    assert user.json()["errors"][0]["field"] == "username"
+    for subject in ("username", "client_id"):
+        rule = client.post(
+            f"{url}/acl-rules", {"permission": "deny", "action": "all", "topic": "#", subject: name}, format="json"
+        )
+        assert rule.status_code == 400, rule.content
+        assert rule["Content-Type"].startswith("application/problem+json")
+        assert rule.json()["errors"][0]["field"] == subject
+    assert client.get(f"{url}/mqtt-users").json()["results"] == []
+    assert client.get(f"{url}/acl-rules").json()["results"] == []
