@@ -107,10 +107,19 @@ def customer_prerequisite(*, deployment: Deployment, provider: str) -> dict[str,
 
 def customer_of(peering: VpcPeering) -> Customer:
     fields = {name: getattr(peering, name) for name in checks.PROVIDER_FIELDS[peering.provider]}
-    organization = Deployment.objects.filter(pk=peering.deployment_id).values_list(
-        "project__organization__public_id", flat=True
+    organization, region_id = Deployment.objects.filter(pk=peering.deployment_id).values_list(
+        "project__organization__public_id", "region_id"
     )[0]
-    return Customer(public_id=peering.public_id, cidr=peering.cidr, fields=fields, organization=organization)
+    cidr_in_use = (
+        _live_peerings().filter(deployment__region_id=region_id, cidr=peering.cidr).exclude(pk=peering.pk).exists()
+    )
+    return Customer(
+        public_id=peering.public_id,
+        cidr=peering.cidr,
+        fields=fields,
+        organization=organization,
+        cidr_in_use=cidr_in_use,
+    )
 
 
 # -- the pre-flight ----------------------------------------------------------------------------------------------------

@@ -244,7 +244,9 @@ class AwsAdapter:
                             if _code(exc) != "InvalidRoute.NotFound":
                                 raise
             group = platform.network.get("security_group_id")
-            if group:
+            # AWS matches a rule on protocol, ports and CIDR alone: with another peering holding the CIDR, the rule
+            # is that peering's (its authorize found ours a duplicate, or ours never existed).
+            if group and not customer.cidr_in_use:
                 try:
                     ec2.revoke_security_group_ingress(GroupId=group, IpPermissions=_permissions(platform, customer))
                 except ClientError as exc:

@@ -46,6 +46,9 @@ class Customer:
     fields: Mapping  # the provider's fields (networking.checks.PROVIDER_FIELDS)
     # The public id of the organization asking: Azure checks the customer's VNet carries it (checks.AZURE_OWNER_TAG).
     organization: str = ""
+    # Another live peering of the same platform network holds this very CIDR (this one failed before it ever worked,
+    # so the range was free for it): rules keyed on the CIDR alone, such as AWS's security-group rule, are its own.
+    cidr_in_use: bool = False
 
     def __getattr__(self, name: str):
         try:

@@ -201,3 +201,30 @@ def test_sweep_feeds_the_metric_every_minute_for_deployments_with_peerings_that_
     assert list(MetricSample.objects.filter(name="vpc_peering_abnormal").values_list("deployment_id", "value")) == [
         (deployment.pk, 0.0)
     ]
+
+
+def test_deleting_a_failed_peering_keeps_the_mqtt_rule_of_a_live_peering_with_the_same_cidr(deployment, aws):
+    # A failed before it ever worked: it holds no range, so B may take the same CIDR and become active.
+    first = _create(deployment, aws)
+    poll(first)
+    aws.customer.reject_vpc_peering_connection(
+        VpcPeeringConnectionId=_reload(first).provider_ids["vpc_peering_connection_id"]
+    )
+    assert poll(first) == "failed"
+    second = _create(deployment, aws)
+    poll(second)
+    aws.customer.accept_vpc_peering_connection(
+        VpcPeeringConnectionId=_reload(second).provider_ids["vpc_peering_connection_id"]
+    )
+    assert poll(second) == "active"
+
+    def opened():
+        return sorted(p["FromPort"] for p in aws.ingress() for r in p["IpRanges"] if r["CidrIp"] == "10.1.0.0/16")
+
+    assert opened() == [1883, 8883]
+
+    # Tidying up the failed one must not close the MQTT ports the active one opened for the same range.
+    services.vpc_peering_delete(peering=_reload(first), actor=None)
+    assert poll(first) == "deleted"
+    assert opened() == [1883, 8883]
+    assert len(aws.routes()) == 1
