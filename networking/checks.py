@@ -58,13 +58,14 @@ ALL_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for fields in PROVIDER_FIELD
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 FIELD_FORMATS: dict[str, tuple[re.Pattern, str]] = {
-    "account_id": (re.compile(r"\d{12}"), "An AWS account id is 12 digits."),
+    # re.ASCII: a Unicode \d also takes Arabic-Indic and other digits, which AWS does not.
+    "account_id": (re.compile(r"\d{12}", re.ASCII), "An AWS account id is 12 digits."),
     "vpc_id": (
         re.compile(r"vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})"),
         "An AWS VPC id is vpc- followed by 8 or 17 lowercase hexadecimal characters.",
     ),
     "region": (
-        re.compile(r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}"),
+        re.compile(r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}", re.ASCII),
         "An AWS region code looks like eu-west-1.",
     ),
     "project_id": (

@@ -101,6 +101,12 @@ BAD_INPUT = [
     ({"cidr": "fd00::/64"}, "cidr", "'fd00::' is not an IPv4 address"),
     ({"account_id": "12345"}, "account_id", "An AWS account id is 12 digits."),
     ({"account_id": "12345678901a"}, "account_id", "An AWS account id is 12 digits."),
+    # Arabic-Indic digits are digits to a Unicode \d, not to AWS (nor in the command we show).
+    (
+        {"account_id": "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660\u0661\u0662"},
+        "account_id",
+        "An AWS account id is 12 digits.",
+    ),
     ({"vpc_id": "vpc-0a1b; rm -rf /"}, "vpc_id", "An AWS VPC id is vpc- followed by"),
     ({"region": "us-east-1"}, "region", "this deployment runs in eu-central-1, not us-east-1"),
     ({"account_id": None}, "account_id", "Required for a aws peering."),
