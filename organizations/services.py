@@ -371,14 +371,21 @@ INVITATION_OUTGROWN = (
     "This invitation no longer holds: whoever sent it may no longer grant its roles. Ask for a new one."
 )
 
+INVITATION_SENDER_INACTIVE = (
+    "This invitation no longer holds: the account that sent it is deactivated. Ask for a new one."
+)
+
 
 def _check_inviter_still_grants(invitation: Invitation) -> None:
     """An invitation grants what its sender could grant when it is accepted, not only when it was sent: one sent by
     a member since removed or demoted would otherwise hand out rights its sender no longer holds (an Administrator
     could invite a second address of theirs and come back after being removed). One the system sent (no sender) is
-    not held to it."""
-    if invitation.invited_by_id is None:
+    not held to it. A sender whose account is deactivated may grant nothing while it is (as their API keys do
+    nothing): their invitations are refused until staff reactivate the account."""
+    if invitation.invited_by is None:
         return
+    if not invitation.invited_by.is_active:
+        raise ValidationFailed({"token": INVITATION_SENDER_INACTIVE})
     sender = access.Principal(user=invitation.invited_by, two_factor_verified=True)
     organization = invitation.organization
     projects = Project.objects.filter(

@@ -365,3 +365,28 @@ def test_second_of_two_invitations_at_once_is_a_conflict_on_email_when_nothing_s
         services.invitation_create(organization=org, actor=None, email="twice@example.com", roles=["auditor"])
     assert [error.field for error in refused.value.errors] == ["email"]
     assert Invitation.objects.filter(organization=org, email="twice@example.com").count() == 1
+
+
+def test_invitation_of_a_deactivated_administrator_is_refused_while_the_account_is_deactivated(
+    owner_org, key_client, api, mailoutbox
+):
+    """An Administrator invites a second address of theirs, then staff deactivate the account (taken over, or a
+    leaver): the link must not bring them back in while the account that sent it may do nothing, as its API keys
+    may do nothing."""
+    from accounts import services as account_services
+
+    admin, _membership = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(admin, role="administrator")
+    assert (
+        _invite(key_client(secret), owner_org.id, email="second@example.net", roles=["administrator"]).status_code
+        == 201
+    )
+    account_services.user_set_active(user=admin, actor=None, active=False)
+
+    body = {"token": _token_from(mailoutbox[0]), "password": "a fine long passphrase"}
+    refused = api.post("/api/v1/invitations/accept", body, format="json")
+
+    assert refused.status_code == 400, refused.content
+    assert refused.json()["errors"][0]["field"] == "token"
+    assert not Membership.objects.filter(user__email="second@example.net").exists()
+    assert not User.objects.filter(email="second@example.net").exists()
