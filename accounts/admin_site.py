@@ -3,6 +3,7 @@ under the same sign-in throttle as the console. A session without a verified sec
 
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.exceptions import ValidationError
+from django.shortcuts import redirect
 from django_otp import user_has_device
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 
@@ -59,6 +60,12 @@ class OTPRequiredAdminSite(OTPAdminSite):
 
     def __init__(self, name="admin"):
         super().__init__(name)
+
+    def password_change(self, request, extra_context=None):
+        """Staff change their password on the console's page, never here: Django's admin page checks the old
+        password outside the sign-in throttle (a stolen session could guess it without limit) and records no
+        user.password_change."""
+        return redirect("console:password-change")
 
     def login(self, request, extra_context=None):
         response = super().login(request, extra_context)

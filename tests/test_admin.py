@@ -145,3 +145,29 @@ def test_deleted_totp_device_leaves_no_seed_in_the_audit_log_when_staff_delete_i
     event = AuditEvent.objects.get(action="admin.totpdevice.delete")
     assert event.summary["fields"]["key"] == "[redacted]" and event.summary["fields"]["name"] == device.name
     assert seed not in json.dumps([e.summary for e in AuditEvent.objects.all()])
+
+
+def test_admin_password_change_is_no_unthrottled_password_oracle_for_a_staff_session(staff_client, staff, settings):
+    """The admin's own "Change password" page asks for the old password: a session alone (a stolen staff cookie) must
+    not be able to guess it there without the sign-in throttle, nor change the password without it."""
+    for attempt in range(settings.SIGNIN_MAX_FAILURES):
+        staff_client.post(
+            "/admin/password_change/",
+            {
+                "old_password": f"wrong guess {attempt}",
+                "new_password1": "a brand new passphrase",
+                "new_password2": "a brand new passphrase",
+            },
+        )
+    response = staff_client.post(
+        "/admin/password_change/",
+        {
+            "old_password": STAFF_PASSWORD,
+            "new_password1": "a brand new passphrase",
+            "new_password2": "a brand new passphrase",
+        },
+    )
+
+    staff.refresh_from_db()
+    assert staff.check_password(STAFF_PASSWORD), "the tenth-plus guess went unthrottled and changed the password"
+    assert response.status_code in (302, 429)
