@@ -161,14 +161,15 @@ def validate_tax_id(country: str, number: str | None) -> TaxIdCheck:
     )
 
 
+# re.ASCII: a Unicode \d also takes Arabic-Indic, fullwidth and other digits, which no post office writes.
 _POSTAL_CODES: dict[str, re.Pattern[str]] = {
-    "US": re.compile(r"^\d{5}(-?\d{4})?\Z"),
-    "CA": re.compile(r"^[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z] ?\d[ABCEGHJ-NPRSTV-Z]\d\Z"),
+    "US": re.compile(r"^\d{5}(-?\d{4})?\Z", re.ASCII),
+    "CA": re.compile(r"^[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z] ?\d[ABCEGHJ-NPRSTV-Z]\d\Z", re.ASCII),
     # UK: outward code (area, district) + inward code; GIR 0AA is the one historic exception.
-    "GB": re.compile(r"^(GIR ?0AA|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})\Z"),
-    "DE": re.compile(r"^\d{5}\Z"),
-    "FR": re.compile(r"^\d{5}\Z"),
-    "NL": re.compile(r"^[1-9]\d{3} ?[A-Z]{2}\Z"),
+    "GB": re.compile(r"^(GIR ?0AA|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})\Z", re.ASCII),
+    "DE": re.compile(r"^\d{5}\Z", re.ASCII),
+    "FR": re.compile(r"^\d{5}\Z", re.ASCII),
+    "NL": re.compile(r"^[1-9]\d{3} ?[A-Z]{2}\Z", re.ASCII),
 }
 
 

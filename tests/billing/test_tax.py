@@ -193,6 +193,8 @@ def test_postal_code_accepted_when_well_formed(country, code):
         ("DE", "1011"),
         ("FR", "7500A"),
         ("NL", "0123 AB"),
+        ("US", "٩٤١٠٥"),  # Arabic-Indic digits: \d without re.ASCII took them
+        ("DE", "１０１１５"),  # fullwidth digits
     ],
 )
 def test_postal_code_rejected_with_message_when_malformed(country, code):
