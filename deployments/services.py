@@ -1060,6 +1060,10 @@ def maintenance_validate(
     for field, value in (("starts_at", starts_at), ("ends_at", ends_at)):
         if not isinstance(value, datetime.datetime) or timezone.is_naive(value):
             raise ValidationFailed({field: ["A date and time with a timezone (ISO 8601), e.g. 2026-12-01T02:00:00Z."]})
+        try:  # every notice and audit entry states it in UTC: one past year 9999 there cannot be written
+            value.astimezone(datetime.UTC)
+        except OverflowError:
+            raise ValidationFailed({field: ["A date and time no later than 9999-12-31T23:59:59Z."]}) from None
     reason = (reason or "").strip()
     if not reason or len(reason) > 500 or any(c in reason for c in "\x00\r"):
         raise ValidationFailed({"reason": ["Say why, in 1 to 500 characters: customers read it."]})

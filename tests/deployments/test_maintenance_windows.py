@@ -579,3 +579,34 @@ def test_maintenance_ids_cover_open_windows_only(owner_org, deployment):
     assert evaluate._maintenance_ids([other.pk], now=inside) == set()
     assert evaluate._maintenance_ids(None, now=window.ends_at) == set()
     assert evaluate._maintenance_ids(None, now=window.starts_at - dt.timedelta(seconds=1)) == set()
+
+
+# -- datetimes at the edge of the calendar ---------------------------------------------------------------------------
+
+
+def test_schedule_refuses_a_start_past_the_calendar_in_utc_naming_the_field(deployment):
+    # 9999-12-31 22:00 at UTC-5 is 10000-01-01 03:00 UTC: Python cannot represent it in UTC.
+    starts_at = dt.datetime(9999, 12, 31, 22, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    with pytest.raises(ValidationFailed) as refused:
+        services.maintenance_schedule(
+            deployment=deployment,
+            starts_at=starts_at,
+            ends_at=starts_at + dt.timedelta(hours=1),
+            reason="Far future",
+            actor=None,
+            now=NOW,
+        )
+    assert "starts_at" in refused.value.message_dict()
+    assert not MaintenanceWindow.objects.exists() and not PlatformEvent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "start, duration",
+    [("9999-12-31T23:00:00Z", "2h"), ("2030-01-01T00:00:00Z", "999999999999h"), ("9999-12-31T22:00:00-05:00", "1h")],
+)
+def test_command_refuses_out_of_range_times_with_exit_1(deployment, start, duration):
+    code, _, err = run_command(
+        "--deployment", deployment.public_id, "--start", start, "--duration", duration, "--reason", "Patch"
+    )
+    assert code == 1 and ("--start" in err or "--duration" in err or "starts_at" in err), err
+    assert not MaintenanceWindow.objects.exists()

@@ -30,7 +30,10 @@ def parse_duration(value: str) -> datetime.timedelta:
     match = _DURATION.match(value.strip().lower())
     if not value.strip() or match is None:
         raise CommandError(f"--duration: {value!r} is not a duration such as 2h, 90m or 1h30m")
-    duration = datetime.timedelta(hours=int(match["hours"] or 0), minutes=int(match["minutes"] or 0))
+    try:
+        duration = datetime.timedelta(hours=int(match["hours"] or 0), minutes=int(match["minutes"] or 0))
+    except OverflowError:
+        raise CommandError("--duration: at most 4 hours") from None
     if duration <= datetime.timedelta(0):
         raise CommandError("--duration: must be longer than zero")
     return duration
@@ -63,7 +66,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, deployment, region, start, duration, emergency, reason, **options):
         starts_at = parse_start(start)
-        ends_at = starts_at + parse_duration(duration)
+        length = parse_duration(duration)
+        try:
+            ends_at = starts_at + length
+        except OverflowError:
+            raise CommandError(f"--start: {start!r} plus {duration!r} ends past year 9999") from None
         deployments = self._targets(deployment, region)
         if not deployments:
             self.stdout.write(f"No live deployment in region {region}: nothing scheduled.")
