@@ -8,6 +8,7 @@ controlplane.errors.ValidationFailed naming the field; a state that forbids the 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from decimal import Decimal
 
@@ -45,6 +46,9 @@ RULE_FIELDS = (
 # Spend only ever rises during a month: a budget is exceeded, never undershot.
 BUDGET_OPERATORS = (">", ">=")
 _BUDGET_AMOUNT = re.compile(r"(\d{1,13})(?:\.(\d+))?")
+# A percent threshold is multiplied by the tier's limit (a 32-bit column) in the evaluation's SQL: beyond this bound
+# the float8 product overflows, and PostgreSQL's error stopped the evaluation of every rule, every tenant's.
+MAX_PERCENT_THRESHOLD = 1_000_000.0
 
 
 def _budget_minor(raw, currency: str) -> int:
@@ -119,6 +123,13 @@ def _validate_rule(rule: AlertRule) -> None:
         errors["budget_scope"] = [f"Only a budget rule has a budget scope; this is a {rule.kind} rule."]
     if rule.threshold is None:
         errors["threshold"] = ["This field is required."]
+    elif not math.isfinite(rule.threshold):
+        errors["threshold"] = ["The threshold must be a finite number."]
+    elif (
+        rule.threshold_unit == AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT
+        and abs(rule.threshold) > MAX_PERCENT_THRESHOLD
+    ):
+        errors["threshold"] = [f"A percent threshold is at most {MAX_PERCENT_THRESHOLD:,.0f} % of the tier's limit."]
     if (
         rule.threshold_unit == AlertRule.ThresholdUnit.PERCENT_OF_TIER_LIMIT
         and rule.kind == AlertRule.Kind.METRIC
