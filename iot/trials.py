@@ -95,7 +95,8 @@ def premium_trial_grant(
     # The organization's row lock orders this grant against a concurrent Premium deployment_create (which takes it).
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
     trial = PremiumTrial.objects.select_for_update().filter(organization=organization).first()
-    if trial is not None and trial.ends_at <= now:
+    # ended_at too: a grant whose clock was read before the end may get the row only after the sweep ended it.
+    if trial is not None and (trial.ended_at is not None or trial.ends_at <= now):
         raise Conflict(f"The organization's Premium trial ended on {_fmt(trial.ends_at)}; a trial is granted once.")
     used = premium_deployments_used(organization)
     if deployments < used:
@@ -328,7 +329,8 @@ def _sweep_trial(trial_id: int, now: datetime.datetime, counts: dict) -> None:
     with transaction.atomic():
         if not xact_try_lock(LockSpace.PREMIUM_TRIAL, trial_id):
             return  # another sweep is at this trial now; it does what is due
-        trial = PremiumTrial.objects.select_related("organization").get(pk=trial_id)
+        # The row lock orders this against a grant moving the end: one moved first is seen here.
+        trial = PremiumTrial.objects.select_for_update(of=("self",)).select_related("organization").get(pk=trial_id)
         if now < trial.ends_at:
             for days in REMINDER_DAYS:  # the latest reminder due, once; an earlier one it overtook is skipped
                 if now >= trial.ends_at - datetime.timedelta(days=days):

@@ -483,3 +483,19 @@ def test_quote_accepted_after_the_stop_is_refused_when_the_sweep_stopped_the_dep
     with pytest.raises(Conflict):
         annual.annual_quote_accept(quote=quote, actor=None, now=trial.ends_at + datetime.timedelta(seconds=2))
     assert TrialDeployment.objects.get(deployment=late).outcome == "stopped"
+
+
+def test_trial_the_sweep_ended_is_not_granted_again_when_the_grants_clock_read_came_before_the_end(owner_org):
+    """A grant reads its clock, then waits on the trial's row lock while the sweep ends the trial (its `ended_at`
+    update holds that lock): once it gets the row, its `now` is still before `ends_at`. Granted anyway, the ended
+    trial got a new end in the future while the sweep never looks at it again (ended_at is set): a Premium
+    deployment created under it was a trial deployment that never ended, covered for free for ever."""
+    trial = trials.premium_trial_grant(organization=owner_org.organization, actor=None, days=1, now=timezone.now())
+    trials.premium_trials_sweep(now=trial.ends_at + datetime.timedelta(seconds=1))
+    trial.refresh_from_db()
+    assert trial.ended_at is not None
+    with pytest.raises(Conflict):
+        trials.premium_trial_grant(
+            organization=owner_org.organization, actor=None, days=14, now=trial.ends_at - datetime.timedelta(minutes=1)
+        )
+    assert PremiumTrial.objects.get(pk=trial.pk).ends_at == trial.ends_at
