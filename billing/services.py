@@ -53,6 +53,7 @@ from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
 from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from controlplane.tasks import enqueue_on_commit, publish
+from controlplane.validators import whole_number
 from notifications.services import email_notice_on_commit, platform_event_notify
 
 if TYPE_CHECKING:
@@ -1167,8 +1168,8 @@ def _intent_payment(invoice: Invoice, *, intent_id: str, attempt: Any) -> Paymen
     and the row does not know its id yet, by the attempt the intent's metadata names."""
     payments = Payment.objects.select_for_update().filter(invoice=invoice, method="stripe")
     payment = payments.filter(payment_intent_id=intent_id).first() if intent_id else None
-    if payment is None and str(attempt or "").isdigit():
-        payment = payments.filter(payment_intent_id="", attempt=int(attempt)).first()
+    if payment is None and (number := whole_number(str(attempt or ""))) is not None:
+        payment = payments.filter(payment_intent_id="", attempt=number).first()
     return payment
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from controlplane.validators import whole_number
+
 PROVIDERS = ("aws", "gcp", "azure")
 
 # What an Azure customer grants our application on their VNet so that it creates both sides of a peering (Azure's
@@ -115,7 +117,8 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network:
         ipaddress.IPv4Address(address)
     except ValueError:
         raise ValueError(f"{text!r} is not a valid IPv4 CIDR: {address!r} is not an IPv4 address.") from None
-    if not (prefix.isascii() and prefix.isdigit()) or not 0 <= int(prefix) <= 32:
+    length = whole_number(prefix)
+    if length is None or not 0 <= length <= 32:
         raise ValueError(f"{text!r} is not a valid IPv4 CIDR: the prefix length must be 0 to 32.")
     try:
         return ipaddress.IPv4Network(text, strict=True)
