@@ -106,11 +106,12 @@ class ScopedViewSet(RateLimitHeadersMixin, viewsets.GenericViewSet[Any]):
         project_id = self.kwargs.get("project")
         if project_id is not None:
             project = Project.objects.filter(organization=organization, public_id=project_id).first()
+            if project is not None:
+                project.organization = organization  # the row just matched on it: the scope check reads it, unqueried
             if project is None or not access.has_scope(
                 self.principal, "project:read", organization=organization, project=project
             ):
                 raise exceptions.NotFound("No such project.")
-            project.organization = organization
             self.project = project
 
     def required_scope(self) -> str:

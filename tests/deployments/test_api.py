@@ -14,6 +14,7 @@ from deployments import selectors
 from deployments.drivers.base import MqttCredential
 from deployments.models import AclRule, Deployment, MqttUser, Operation, RateLimitPolicy, Region, Tier
 from deployments.passwords import verify_mqtt_password
+from organizations.models import Organization
 from projects.services import project_create
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("deployments_catalog")]
@@ -462,3 +463,13 @@ def test_list_endpoints_make_the_same_number_of_queries_whatever_the_page_size(
         with django_assert_num_queries(small):
             response = client.get(f"{url}?page_size=100")
         assert len(response.json()["results"]) > 10
+
+
+def test_a_project_scoped_request_reads_the_organization_once_when_the_key_authenticates(client, base, deployment):
+    """The project the URL names was matched on its organization: checking the caller's scopes in it must not read
+    the organization again (it did, once per project-scoped request)."""
+    table = Organization._meta.db_table
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(f"{base}/{deployment}").status_code == 200
+    reads = [q["sql"] for q in ctx.captured_queries if f'FROM "{table}"' in q["sql"] or f'JOIN "{table}"' in q["sql"]]
+    assert len(reads) == 1, reads
