@@ -118,7 +118,9 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
 
 def load_private_key(value: object, field: str = "private_key"):
     data = _pem_text(value, field, "the private key")
-    labels = _PEM_BLOCK.findall(data.decode("ascii"))
+    # `openssl ecparam -genkey` writes the curve's EC PARAMETERS block before the key: it says nothing the key does
+    # not, and the key is parsed (and re-encoded) alone.
+    labels = [label for label in _PEM_BLOCK.findall(data.decode("ascii")) if label != "EC PARAMETERS"]
     if not labels or not all(label.endswith("PRIVATE KEY") for label in labels):
         raise ValidationFailed({field: "Not PEM: expected a block starting with -----BEGIN PRIVATE KEY-----."})
     if len(labels) != 1:

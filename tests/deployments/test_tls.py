@@ -78,6 +78,23 @@ def test_chain_is_re_encoded_and_warnings_name_hosts_not_covered():
     )
 
 
+def test_ec_key_is_accepted_when_openssl_ecparam_put_its_parameters_block_first():
+    # `openssl ecparam -genkey -name prime256v1` writes an EC PARAMETERS block before the EC PRIVATE KEY.
+    root = make_ca("Root")
+    leaf, key = make_leaf(root, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    parameters = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+    checked = tls.check_server_certificate(
+        certificate=pem(leaf), private_key=parameters + key_pem(key, traditional=True), chain=pem(root[0]), now=NOW
+    )
+    assert checked.private_key_pem == key_pem(key)
+    two = parameters + key_pem(key, traditional=True) + key_pem(new_key(), traditional=True)
+    assert _refusal(certificate=pem(leaf), private_key=two, chain=pem(root[0])) == {
+        "private_key": "Give exactly one private key."
+    }
+    alone = _refusal(certificate=pem(leaf), private_key=parameters, chain=pem(root[0]))
+    assert "BEGIN PRIVATE KEY" in alone["private_key"]
+
+
 def test_each_refusal_names_its_field_when_input_is_bad():
     root = make_ca("Root")
     leaf, key = make_leaf(root, "mqtt.acme.example", sans=("mqtt.acme.example",))
