@@ -253,6 +253,11 @@ def annual_quote_accept(
     account = BillingAccount.objects.select_for_update().get(pk=quote.billing_account_id)
     if account.currency != quote.currency:
         raise Conflict("The billing currency changed since this quote; ask for a new one.")
+    # The quote showed its VAT and total: the prepaid invoice is taxed as the billing details stand now, so a change
+    # of country or VAT status since would charge a total the customer never saw.
+    decision = invoicing.tax_decision(invoicing.current_details(account), now.date())
+    if decision.treatment.value != quote.tax_treatment or decision.rate != quote.tax_rate:
+        raise Conflict("The tax on this quote changed since it was made (billing details or rates); ask for a new one.")
     subscription, invoice = _start_subscription(
         account=account,
         deployment=deployment,

@@ -245,6 +245,27 @@ def test_quote_refused_when_expired_or_deployment_not_running(owner_org, key_cli
     assert Invoice.objects.count() == 0
 
 
+def test_quote_accept_refused_when_the_tax_changed_since_the_quote(owner_org, key_client, make_deployment, history):
+    # The quote page shows its VAT and total and accepts "in one click": accepting it after the billing country
+    # changed would issue a prepaid invoice with another tax than the one the customer agreed to.
+    client = owner(owner_org, key_client)
+    assert put_account(client, owner_org, country="US").status_code == 200
+    dep = make_deployment(owner_org.default_project)
+    history(dep, [("running", at(2026, 1, 1), None)])
+    quote = client.post(quote_url(owner_org, dep), {}, format="json").json()
+    assert quote["tax"] == 0 and quote["tax_treatment"] == "outside_scope"
+    assert put_account(client, owner_org, country="DE", postal_code="10115").status_code == 200
+    accepted = client.post(f"{quote_url(owner_org, dep)}/{quote['id']}/accept", {}, format="json")
+    assert accepted.status_code == 409, accepted.json()
+    assert "tax" in accepted.json()["detail"] and "new one" in accepted.json()["detail"]
+    assert Invoice.objects.count() == 0
+    fresh = client.post(quote_url(owner_org, dep), {}, format="json").json()
+    assert fresh["tax_treatment"] == "domestic" and fresh["tax"] > 0
+    again = client.post(f"{quote_url(owner_org, dep)}/{fresh['id']}/accept", {}, format="json")
+    assert again.status_code == 201, again.json()
+    assert Invoice.objects.get().tax_treatment == "domestic"
+
+
 def test_coupon_refused_when_reused_or_expired(owner_org, key_client):
     client = owner(owner_org, key_client)
     Coupon.objects.create(code="ONCE", amount=1000, currency="USD")
