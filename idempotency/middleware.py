@@ -65,11 +65,22 @@ def _api_scope(request, view_func, view_args, view_kwargs) -> str | None:
 
 
 def _body(request) -> bytes:
-    """The request's bytes; for a multipart form already parsed (its stream consumed), its fields in order."""
+    """The request's bytes; for a multipart form already parsed (its stream consumed), its fields in order and each
+    uploaded file's name and SHA-256 (a file is part of the body: another file under the same key is another body)."""
     try:
         return request.body
     except RawPostDataException:
-        return urlencode(sorted(request.POST.lists()), doseq=True).encode()
+        fields = sorted(request.POST.lists())
+        files = sorted((name, [_file_digest(upload) for upload in uploads]) for name, uploads in request.FILES.lists())
+        return urlencode(fields + files, doseq=True).encode()
+
+
+def _file_digest(upload) -> str:
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)  # the view reads it next
+    return f"{upload.name}:{upload.size}:{digest.hexdigest()}"
 
 
 def _replay(record: IdempotencyRecord) -> HttpResponse:

@@ -167,6 +167,30 @@ def test_files_are_read_in_place_of_the_text_boxes_when_chosen(owner, plant):
     assert TlsCertificate.objects.get(source="customer").subject == "CN=mqtt.acme.example,O=Acme"
 
 
+def test_resubmitted_form_with_another_file_is_refused_not_replayed_when_the_form_key_repeats(owner, plant):
+    # Back to the page (same form key), another file chosen, submit: replaying the first answer would say "done"
+    # while the second certificate was never looked at.
+    first, first_key, first_chain = _server(sans=("first.acme.example",))
+    second, second_key, second_chain = _server(sans=("second.acme.example",))
+
+    def body(certificate, key, chain):
+        return {
+            "kind": "server",
+            "form_key": "b" * 32,
+            "server-certificate_file": SimpleUploadedFile("cert.pem", certificate.encode()),
+            "server-private_key_file": SimpleUploadedFile("key.pem", key.encode()),
+            "server-chain_file": SimpleUploadedFile("chain.pem", chain.encode()),
+        }
+
+    assert owner.post(_tab(plant), body(first, first_key, first_chain)).status_code == 302
+    again = owner.post(_tab(plant), body(second, second_key, second_chain))
+    assert again.status_code == 422, again.status_code
+    assert "already submitted with other values" in again.content.decode()
+    assert TlsCertificate.objects.get(source="customer").subject == "CN=first.acme.example,O=Acme"
+    replayed = owner.post(_tab(plant), body(first, first_key, first_chain))
+    assert replayed.status_code == 302 and TlsCertificate.objects.filter(source="customer").count() == 1
+
+
 def test_binary_or_oversized_files_are_refused_beside_their_field_when_chosen(owner, plant):
     certificate, key, chain = _server()
     der = b"\x30\x82\x01\x0a\xff\xfe"
