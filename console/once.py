@@ -1,7 +1,8 @@
 """A console form submitted twice changes things once: the same idempotency records as the API's Idempotency-Key.
 
 Each form carries a random `form_key` rendered with it ({% post_guard %}); a second POST with the same key and body
-replays the first answer when it was a redirect to the result; one with the same key and another body is refused.
+replays the first answer when it was a redirect to the result or a 201 page showing it; one with the same key and
+another body is refused.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def _refusal(request, kwargs):
     return None
 
 
+def _made_something(status: int) -> bool:
+    return status == 201 or 300 <= status < 400
+
+
 def once(view):
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
@@ -55,9 +60,10 @@ def once(view):
             refusal=lambda: _refusal(request, kwargs),
             problem=functools.partial(_problem_page, request),
         )
-        if response.get("Idempotent-Replayed") and not 300 <= response.status_code < 400:
-            # Only a redirect (to what the first submit did) is replayed. Any other stored answer is a page that
-            # changed nothing (a refusal, field errors): the view answers again, with today's checks and data.
+        if response.get("Idempotent-Replayed") and not _made_something(response.status_code):
+            # A stored refusal or page of field errors changed nothing: the view answers again, with today's checks
+            # and data. A redirect to what the first submit did, or a 201 page showing what it made (credentials
+            # shown once, which a second run would refuse as taken and so lose), is replayed.
             return view(request, *args, **kwargs)
         return response
 

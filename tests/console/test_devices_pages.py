@@ -374,6 +374,40 @@ def test_import_shows_the_count_and_every_credential_once_when_all_rows_are_good
     assert body.count("$device-") == 25
 
 
+def test_double_submitted_import_shows_the_first_imports_credentials_when_the_form_key_repeats(owner, plant):
+    # A double click: the browser shows the second answer. Answering it "already registered" for every row would
+    # lose the credentials of the devices the first submit imported, which are shown nowhere else.
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    content = b"device_id\ndev-1\ndev-2\n"
+
+    def submit():
+        return owner.post(
+            console_path(plant, "devices/import"),
+            {"file": SimpleUploadedFile("devices.csv", content, content_type="text/csv"), "form_key": "c" * 32},
+        )
+
+    first = submit()
+    assert first.status_code == 201, first.content[:500]
+    second = submit()
+    assert second.status_code == 201, second.content[:500]
+    assert second.content == first.content and "2 devices imported" in second.content.decode()
+    assert Device.objects.filter(deployment=plant).count() == 2
+    assert AuditEvent.objects.filter(action="device.import").count() == 1
+
+
+def test_double_submitted_register_shows_the_first_credentials_when_the_form_key_repeats(owner, plant):
+    data = {"device_id": "sensor-0018", "form_key": "d" * 32}
+    first = _post(owner, console_path(plant, "devices/new"), data)
+    assert first.status_code == 201, first.content[:500]
+    second = _post(owner, console_path(plant, "devices/new"), data)
+    assert second.status_code == 201, second.content[:500]
+    password = re.search(r'id="device-password">([^<]+)<', first.content.decode()).group(1)
+    assert password in second.content.decode()
+    assert Device.objects.filter(deployment=plant).count() == 1
+    assert AuditEvent.objects.filter(action="device.create").count() == 1
+
+
 @pytest.mark.parametrize(
     "content", [b"", b"\xff\xfe not utf-8", b"name\nno-id-column\n", b"device_id\n" + b"a\x00b\n", b"\x1f\x8bgarbage"]
 )
