@@ -2,6 +2,7 @@
 input serializer (same lengths, same choices, same messages) before the service, which enforces the rest."""
 
 from django import forms
+from django.conf import settings
 from rest_framework import serializers
 
 from console.errors import _flatten_drf
@@ -24,11 +25,16 @@ from projects.api import ProjectCreateSerializer, ProjectUpdateSerializer
 
 
 class ConsoleForm(forms.Form):
-    """Labels without Django's trailing colon: the layout puts each label above its field."""
+    """Labels without Django's trailing colon: the layout puts each label above its field. A file field carries the
+    body size the server accepts (`data-max-bytes`): console.js refuses a larger file beside the field when it is
+    chosen, where the server could only answer 413 before any view, and so without the form."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if isinstance(field.widget, forms.FileInput):
+                field.widget.attrs["data-max-bytes"] = str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 
 class ApiForm(ConsoleForm):

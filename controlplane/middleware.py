@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
+from django.shortcuts import render
 
 from controlplane import context
 from controlplane.api.problems import problem_response
@@ -65,10 +66,19 @@ class BodySizeLimitMiddleware:
             return problem_response(400, "Invalid Content-Length", "The Content-Length header is not a number.")
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if length > limit:
+            if _wants_page(request):
+                detail = f"What you sent is {length:,} bytes; the limit is {limit:,} bytes."
+                return render(request, "413.html", {"detail": detail}, status=413)
             return problem_response(
                 413, "Request body too large", f"The body is {length} bytes; the limit is {limit} bytes."
             )
         return self.get_response(request)
+
+
+def _wants_page(request: HttpRequest) -> bool:
+    """A browser's form post outside the API (the console): it gets a page, not problem+json. Its own script refuses
+    a file over the limit beside the field (console.ConsoleForm); this page is what a browser without it sees."""
+    return not request.path.startswith("/api/") and "text/html" in request.META.get("HTTP_ACCEPT", "")
 
 
 class ContentSecurityPolicyMiddleware:

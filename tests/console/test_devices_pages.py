@@ -596,3 +596,36 @@ def test_new_credentials_of_a_certificate_device_are_a_new_certificate_when_issu
     body = response.content.decode()
     assert "BEGIN CERTIFICATE" in _textarea(body, "device-certificate")
     assert _textarea(body, "device-certificate") != old.certificate.certificate_pem
+
+
+def test_an_import_over_the_body_limit_gets_a_page_saying_so_when_the_browser_sends_it_anyway(owner, plant, settings):
+    # console.js refuses such a file beside the field; a browser without it still gets the limit in words (a page,
+    # not the API's problem+json), and nothing is imported.
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    content = b"device_id\n" + b"unit-x\n" * 1000
+    response = owner.post(
+        console_path(plant, "devices/import"),
+        {"file": SimpleUploadedFile("devices.csv", content, content_type="text/csv")},
+        HTTP_ACCEPT="text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    )
+    assert response.status_code == 413
+    assert response["Content-Type"].startswith("text/html")
+    body = html.unescape(response.content.decode())
+    length = int(response.wsgi_request.META["CONTENT_LENGTH"])
+    assert f"What you sent is {length:,} bytes; the limit is 4,096 bytes." in body
+    assert "Too large to send" in body
+    assert not Device.objects.filter(deployment=plant).exists()
+    api = owner.post(
+        f"/api/v1/organizations/{plant.project.organization.public_id}/projects",
+        {"name": "x" * 5000},
+        content_type="application/json",
+        HTTP_ACCEPT="text/html",
+    )
+    assert api.status_code == 413 and api["Content-Type"] == "application/problem+json"
+
+
+def test_file_fields_carry_the_body_limit_for_the_page_to_check_when_rendered(owner, plant, settings):
+    response = owner.get(console_path(plant, "devices/import"))
+    assert f'data-max-bytes="{settings.DATA_UPLOAD_MAX_MEMORY_SIZE}"' in response.content.decode()

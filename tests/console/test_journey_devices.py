@@ -164,9 +164,30 @@ def test_customer_imports_devices_and_sees_each_bad_row_when_the_file_has_one(si
     page.goto(console_path(plant, "devices"))
     expect(page.get_by_text("No device is registered yet.")).to_be_visible()
 
-    good = b"device_id,name,tags\n" + b"".join(b"unit-%03d,Unit %d,plant-b\n" % (i, i) for i in range(60))
+    # A file over the body limit is refused beside the field as soon as it is chosen, and nothing is sent: the server
+    # would answer 413 before any form could say so.
+    from django.conf import settings
+
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    huge = b"device_id\n" + b"unit-x\n" * (limit // 7 + 1)
     page.get_by_role("link", name="Import from CSV").click()
+    field = page.get_by_label("CSV file")
+    field.set_input_files(files=[{"name": "huge.csv", "mimeType": "text/csv", "buffer": huge}])
+    expect(field).to_have_attribute("aria-invalid", "true")
+    refusal = page.locator(".field .errorlist")
+    expect(refusal).to_have_text(f"The file is {len(huge):,} bytes; the limit is {limit:,} bytes.")
+    posts = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.get_by_role("button", name="Import devices").click()
+    expect(field).to_be_focused()
+    page.wait_for_timeout(300)
+    assert posts == [] and page.url.endswith("/devices/import")
+    page.check("import-too-large")
+
+    good = b"device_id,name,tags\n" + b"".join(b"unit-%03d,Unit %d,plant-b\n" % (i, i) for i in range(60))
     page.get_by_label("CSV file").set_input_files(files=[{"name": "fleet.csv", "mimeType": "text/csv", "buffer": good}])
+    expect(refusal).to_have_count(0)
+    expect(field).not_to_have_attribute("aria-invalid", "true")
     page.get_by_role("button", name="Import devices").click()
     expect(page.get_by_role("heading", name="60 devices imported")).to_be_visible()
     expect(page.get_by_role("alert")).to_contain_text("they will not be shown again")

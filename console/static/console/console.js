@@ -73,6 +73,51 @@
     if (form) { showKind(form); }
   });
 
+  // A chosen file larger than the server takes (data-max-bytes, the body limit) is refused beside its field at once,
+  // in the server's words: sent, it would be answered 413 before any form could say so. The field stays invalid, so
+  // the form is not submitted, until a smaller file is chosen.
+  document.addEventListener("change", function (event) {
+    var input = event.target;
+    if (!input.matches || !input.matches('input[type="file"][data-max-bytes]')) { return; }
+    var limit = parseInt(input.getAttribute("data-max-bytes"), 10);
+    var size = 0;
+    for (var i = 0; i < input.files.length; i++) { size += input.files[i].size; }
+    var id = input.id + "_size_error";
+    var list = document.getElementById(id);
+    var described = (input.getAttribute("aria-describedby") || "").split(" ").filter(function (part) {
+      return part && part !== id;
+    });
+    if (size <= limit) {
+      input.setCustomValidity("");
+      if (list) { list.remove(); }
+      input.removeAttribute("aria-invalid");
+    } else {
+      var message = "The file is " + size.toLocaleString("en") + " bytes; the limit is " +
+        limit.toLocaleString("en") + " bytes.";
+      input.setCustomValidity(message);
+      if (!list) {
+        list = document.createElement("ul");
+        list.className = "errorlist";
+        list.id = id;
+        list.appendChild(document.createElement("li"));
+        input.parentNode.insertBefore(list, input);
+      }
+      list.firstChild.textContent = message;
+      input.setAttribute("aria-invalid", "true");
+      described.push(id);
+    }
+    if (described.length) { input.setAttribute("aria-describedby", described.join(" ")); }
+    else { input.removeAttribute("aria-describedby"); }
+  });
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var refused = form.querySelector && form.querySelector('input[type="file"][data-max-bytes][aria-invalid="true"]');
+    if (refused && refused.validationMessage) {
+      event.preventDefault();
+      refused.focus();
+    }
+  });
+
   // Buttons that exist only for pages without JavaScript (htmx updates the page on change instead).
   document.documentElement.classList.add("js");
 })();
