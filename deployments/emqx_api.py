@@ -49,6 +49,16 @@ def _segment(name: str) -> str:
     return quote(name, safe="")
 
 
+def _their_segment(name: str) -> str:
+    """A name EMQX chose or was given by someone else (a connected client's id) as one URL path segment. It cannot be
+    refused, so a dot segment goes percent-encoded: the HTTP client would remove `.` and `..` (DELETE /clients/..
+    would go out as DELETE /api/v5/), and EMQX's router, cowboy, percent-decodes each segment after splitting the
+    path (cowboy_router:split_path/1), so `%2E%2E` arrives as the client id `..`."""
+    if name in DOT_SEGMENTS:
+        return "%2E" * len(name)
+    return quote(name, safe="")
+
+
 class EmqxApiError(PermanentDriverError):
     """EMQX refused a request for a reason retrying will not fix (4xx other than 404 handling)."""
 
@@ -150,7 +160,7 @@ class EmqxApi:
         for client in self._paged("/clients", username=username):
             client_id = client.get("clientid")
             if isinstance(client_id, str) and client.get("username") == username:
-                self._request("DELETE", f"/clients/{quote(client_id, safe='')}", expected=(204, 404))
+                self._request("DELETE", f"/clients/{_their_segment(client_id)}", expected=(204, 404))
 
     # -- bans --------------------------------------------------------------------------------------------------
     def sync_bans(self, usernames: Iterable[str]) -> None:

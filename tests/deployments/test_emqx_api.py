@@ -76,6 +76,23 @@ def test_deleted_users_clients_are_disconnected_when_the_user_is_removed(api, fa
     assert fake.connected() == {"alice-1": "alice"}
 
 
+@pytest.mark.parametrize("client_id", [".", "..", "a/..", "%2E%2E", "b c"])
+def test_a_deleted_users_client_is_disconnected_when_its_client_id_is_a_dot_segment_or_needs_escaping(
+    api, fake, client_id
+):
+    """A client picks its own id. Sent as is, `..` is a dot segment the HTTP client removes (DELETE /clients/.. goes
+    out as DELETE /api/v5/, a 404 read as "already gone"), so a device could keep a deleted user's connection by
+    choosing it. EMQX's router (cowboy) percent-decodes each path segment after splitting the path, so `%2E%2E`
+    reaches it as the client id `..`."""
+    api.sync_users([credential("alice", "a"), credential("bob", "b")])
+    fake.connect(client_id=client_id, username="bob")
+    fake.connect(client_id="alice-1", username="alice")
+
+    api.sync_users([credential("alice", "a")])
+
+    assert fake.connected() == {"alice-1": "alice"}
+
+
 def test_deleted_users_client_loses_its_rules_only_once_disconnected_when_the_first_disconnect_failed(api, fake):
     bob_rule = AclEntry(permission="deny", action="all", topic="#", username="bob")
     api.sync_users([credential("alice", "a"), credential("bob", "b")])
