@@ -28,6 +28,11 @@ LRO_TIMEOUT_SECONDS = 90.0
 # created again once they granted it.
 AUTHORIZATION_CODES = frozenset({"LinkedAuthorizationFailed", "AuthorizationFailed", "LinkedInvalidPropertyId"})
 ROLE, PEERING_ACTIONS = AZURE_PEERING_ROLE, AZURE_PEERING_ACTIONS
+# ARM's "not now": an operation on this peering or on a VNet it links is still running (our own earlier attempt whose
+# poller outlived LRO_TIMEOUT_SECONDS, or another peering of the region's shared platform VNet). Answered at once (409,
+# 400) or as a failed operation's error; it ends by itself, so the poll retries. terraform-provider-azurerm retries
+# the 400 the same way (virtual_network_peering_resource.go: "another peering was just initiated").
+BUSY_CODES = frozenset({"AnotherOperationInProgress", "ReferencedResourceNotProvisioned", "RetryableError"})
 
 
 def vnet_id(subscription: str, resource_group: str, vnet: str) -> str:
@@ -45,6 +50,8 @@ def _message(exc: HttpResponseError) -> str:
 def _error(exc: Exception, doing: str) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, HttpResponseError) and _code(exc) in BUSY_CODES:
+        return ProviderError(f"Azure is busy and could not {doing} yet: {_code(exc)}: {_message(exc)}", permanent=False)
     if isinstance(exc, HttpResponseError) and isinstance(exc.__cause__, OperationFailed):
         # The request was accepted, then its long-running operation ended Failed: that is ARM's answer to it.
         return ProviderError(

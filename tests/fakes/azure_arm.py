@@ -15,6 +15,12 @@ Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only o
   `Azure-AsyncOperation` (and `Location`), polled at
   `GET /subscriptions/{s}/providers/Microsoft.Network/locations/{l}/operations/{id}` (InProgress, then Succeeded or
   Failed);
+- one operation at a time, as the network resource provider runs them: a PUT of a peering whose own operation is still
+  in progress is 409 AnotherOperationInProgress, one that links a VNet another peering operation is updating is 400
+  ReferencedResourceNotProvisioned (the remedy in both is to retry once it ended: terraform-provider-azurerm's
+  internal/services/network/virtual_network_peering_resource.go retries the latter, "the Vnet was just created or
+  another peering was just initiated"); `hold_operations` keeps operations InProgress, as a slow one outliving a
+  poller's timeout;
 - peering states as Azure computes them: Initiated until the remote VNet peers back, then Connected on both sides,
   Disconnected for good once the other side is deleted.
 The helpers at the bottom play the customer (registering our application, granting a role, creating their side).
@@ -90,6 +96,8 @@ class _Operation:
     error: dict | None = None
     on_done: object = None
     on_failed: object = None
+    resource: str = ""  # lowercase id of the peering the operation writes
+    vnets: frozenset[str] = frozenset()  # lowercase ids of the VNets it updates (the peering's and the remote one)
 
 
 @dataclass
@@ -105,6 +113,7 @@ class FakeAzure:
     failures: list[tuple[str, str, int, str, str]] = field(default_factory=list)
     operation_polls: int = 1  # how many times an async operation answers InProgress before it ends
     next_operation_error: dict | None = None
+    hold_operations: bool = False  # operations stay InProgress (Retry-After 1) until release_operations()
     lock: threading.RLock = field(default_factory=threading.RLock)
     base_url: str = ""
 
@@ -180,6 +189,27 @@ class FakeAzure:
         with self.lock:
             self.next_operation_error = {"code": code, "message": message}
 
+    def release_operations(self) -> None:
+        """Held operations end now (Succeeded, or Failed as set), as if their time had come."""
+        with self.lock:
+            self.hold_operations = False
+            for operation in self.operations.values():
+                if operation.status == "InProgress":
+                    operation.polls_left = 0
+                    _finish(operation)
+
+    def busy(self, resource: str, vnets: set[str]) -> tuple[_Operation, str] | None:
+        """An operation in progress on `resource` itself ("resource") or on one of `vnets` ("vnet")."""
+        with self.lock:
+            for operation in self.operations.values():
+                if operation.status != "InProgress":
+                    continue
+                if operation.resource == resource.lower():
+                    return operation, "resource"
+                if operation.vnets & {v.lower() for v in vnets}:
+                    return operation, "vnet"
+            return None
+
     def fail_next(self, method: str, path_contains: str, status: int, code: str, message: str) -> None:
         with self.lock:
             self.failures.append((method, path_contains, status, code, message))
@@ -246,6 +276,14 @@ class FakeAzure:
                 "remoteAddressSpace": {"addressPrefixes": remote["address_space"] if remote else []},
             },
         }
+
+
+def _finish(operation: _Operation) -> None:
+    operation.status = operation.final
+    if operation.status == "Succeeded" and operation.on_done:
+        operation.on_done()
+    elif operation.status == "Failed" and operation.on_failed:
+        operation.on_failed()
 
 
 def _arm_error(code: str, message: str) -> dict:
@@ -378,9 +416,15 @@ class _Handler(BaseHTTPRequestHandler):
                     return True
         return False
 
-    def _async(self, subscription: str, location: str, on_done) -> dict:
+    def _async(self, subscription: str, location: str, on_done, resource: str = "", vnets=()) -> dict:
         op_id = str(uuid.uuid4())
-        operation = _Operation(subscription, self.state.operation_polls, on_done=on_done)
+        operation = _Operation(
+            subscription,
+            self.state.operation_polls,
+            on_done=on_done,
+            resource=resource.lower(),
+            vnets=frozenset(v.lower() for v in vnets),
+        )
         if self.state.next_operation_error is not None:
             operation.final, operation.error = "Failed", self.state.next_operation_error
             self.state.next_operation_error = None
@@ -478,7 +522,8 @@ class _Handler(BaseHTTPRequestHandler):
             def finish():
                 vnet["peerings"].pop(name.lower(), None)
 
-            headers = self._async(subscription, vnet["location"], finish)
+            resource = f"{vnet['id']}/virtualNetworkPeerings/{name}"
+            headers = self._async(subscription, vnet["location"], finish, resource, (vnet["id"], stored["remote"]))
             headers["Location"] = headers["Azure-AsyncOperation"].replace("/operations/", "/operationResults/")
             self._send(202, None, headers)
             return
@@ -514,13 +559,38 @@ class _Handler(BaseHTTPRequestHandler):
                 ),
             )
             return
+        resource = f"{vnet['id']}/virtualNetworkPeerings/{name}"
+        busy = state.busy(resource, {vnet["id"], remote})
+        if busy is not None:
+            operation, what = busy
+            if what == "resource":
+                self._send(
+                    409,
+                    _arm_error(
+                        "AnotherOperationInProgress",
+                        "Another operation on this or dependent resource is in progress. To retrieve status of the "
+                        "operation use uri: <operation>.",
+                    ),
+                )
+            else:
+                referenced = sorted(operation.vnets & {vnet["id"].lower(), remote.lower()})[0]
+                self._send(
+                    400,
+                    _arm_error(
+                        "ReferencedResourceNotProvisioned",
+                        f"Cannot proceed with operation because resource {referenced} used by resource {resource} is "
+                        f"not in Succeeded state. Resource is in Updating state and the last operation that "
+                        f"updated/is updating the resource is PutVirtualNetworkPeeringOperation.",
+                    ),
+                )
+            return
         created = stored is None
         peering = state._put_peering(vnet, name, remote, provisioning="Updating")
 
         def finish():
             peering["provisioning"] = "Succeeded"
 
-        headers = self._async(subscription, vnet["location"], finish)
+        headers = self._async(subscription, vnet["location"], finish, resource, (vnet["id"], remote))
         self.state.operations[headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]].on_failed = (
             lambda: peering.update(provisioning="Failed")
         )
@@ -534,19 +604,15 @@ class _Handler(BaseHTTPRequestHandler):
         if operation is None:
             self._send(404, _arm_error("NotFound", "Operation not found."))
             return
-        if operation.status == "InProgress":
+        if operation.status == "InProgress" and not self.state.hold_operations:
             if operation.polls_left > 0:
                 operation.polls_left -= 1
             else:
-                operation.status = operation.final
-                if operation.status == "Succeeded" and operation.on_done:
-                    operation.on_done()
-                elif operation.status == "Failed" and operation.on_failed:
-                    operation.on_failed()
+                _finish(operation)
         body = {"status": operation.status}
         if operation.status == "Failed":
             body["error"] = operation.error
-        self._send(200, body, {"Retry-After": "0"})
+        self._send(200, body, {"Retry-After": "1" if self.state.hold_operations else "0"})
 
     def _handle(self, method: str) -> None:
         path = urlsplit(self.path).path

@@ -243,15 +243,15 @@ def test_poll_retries_when_platform_secret_is_wrong(deployment, azure):
 def test_peering_fails_and_our_failed_side_is_removed_when_the_async_operation_fails(deployment, azure):
     azure.customer_grants_access()
     message = (
-        f"Cannot proceed with operation because resource {azure.customer_vnet} is not in Succeeded state. "
-        "Resource is in Updating state."
+        f"Cannot create or update peering because remote virtual network {azure.customer_vnet} address space "
+        "overlaps with address space of a virtual network already peered with it."
     )
-    azure.fake.fail_next_operation("ReferencedResourceNotProvisioned", message)
+    azure.fake.fail_next_operation("VnetAddressSpaceOverlapsWithAlreadyPeeredVnet", message)
     peering = _create(deployment, azure)
     assert poll(peering) == "failed"
     peering = _reload(peering)
     assert peering.last_error == (
-        f"Azure failed to create peering {peering.public_id}: ReferencedResourceNotProvisioned: {message}"
+        f"Azure failed to create peering {peering.public_id}: VnetAddressSpaceOverlapsWithAlreadyPeeredVnet: {message}"
     )
     assert azure.fake.requests("DELETE", "/virtualNetworkPeerings/")  # the side left in Failed was taken down
     assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
@@ -286,3 +286,80 @@ def test_earlier_peering_gets_its_customer_side_only_when_the_vnet_is_tagged(dep
     tagged = _legacy(deployment, azure)
     assert poll(tagged) == "active"
     assert _sides(azure, tagged)[1]["properties"]["peeringState"] == "Connected"
+
+
+def test_poll_waits_for_our_earlier_operation_when_its_poller_outlived_the_task(deployment, azure, monkeypatch):
+    # A PUT whose operation outlives LRO_TIMEOUT_SECONDS leaves it running at ARM; the next poll's PUT of the same
+    # peering is 409 AnotherOperationInProgress until it ends. That is "not yet", not a refusal: nothing is torn down.
+    from networking.providers import azure as provider
+
+    monkeypatch.setattr(provider, "LRO_TIMEOUT_SECONDS", 0.5)
+    azure.customer_grants_access()
+    azure.fake.hold_operations = True
+    peering = _create(deployment, azure)
+    assert poll(peering) == "pending"
+    assert "did not finish" in _reload(peering).last_error
+
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "AnotherOperationInProgress" in peering.last_error and "Cleaning up" not in peering.last_error
+    assert not azure.fake.requests("DELETE", "/virtualNetworkPeerings/")
+    assert peering.next_poll_at is not None
+
+    monkeypatch.undo()  # operations take their usual second again
+    azure.fake.release_operations()
+    assert poll(peering) == "active"
+    assert [side["properties"]["peeringState"] for side in _sides(azure, peering)] == ["Connected", "Connected"]
+
+
+def test_peering_is_created_by_a_later_poll_when_another_peering_of_the_platform_vnet_is_in_progress(deployment, azure):
+    # Every deployment of the region peers the same platform VNet: while another peering's operation updates it,
+    # ARM answers 400 ReferencedResourceNotProvisioned to ours.
+    azure.customer_grants_access()
+    other = azure.fake.add_vnet(AZURE_CUSTOMER_SUBSCRIPTION, "other-rg", "other-vnet", ["10.7.0.0/16"], "westeurope")
+    azure.fake.assign_role(AZURE_APPLICATION, other, "Network Contributor")
+    azure.fake.hold_operations = True
+    client = _platform_client(deployment)
+    client.virtual_network_peerings.begin_create_or_update(
+        azure.resource_group, azure.vnet_name, "someone-else", {"properties": {"remoteVirtualNetwork": {"id": other}}}
+    )
+    peering = _create(deployment, azure)
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "ReferencedResourceNotProvisioned" in peering.last_error
+    assert azure.fake.peering(azure.platform_vnet, peering.public_id) is None
+
+    azure.fake.release_operations()
+    assert poll(peering) == "active"
+
+
+@pytest.mark.parametrize("code", ["AnotherOperationInProgress", "ReferencedResourceNotProvisioned"])
+def test_peering_is_retried_not_failed_when_the_async_operation_ends_failed_because_azure_was_busy(
+    deployment, azure, code
+):
+    # ARM also reports these inside a failed operation ({"status": "Failed", "error": {"code": ...}}): still "not now".
+    azure.customer_grants_access()
+    azure.fake.fail_next_operation(code, "Another operation on this or dependent resource is in progress.")
+    peering = _create(deployment, azure)
+    assert poll(peering) == "pending"
+    assert code in _reload(peering).last_error
+    assert poll(peering) == "active"
+
+
+def _platform_client(deployment):
+    """The adapter's own client for the platform VNet, linking the customer's tenant: another peering's writer."""
+    from networking.providers.azure import _Azure
+    from networking.providers.base import Customer
+
+    platform = services.platform_of(deployment.region)
+    customer = Customer(
+        public_id="x",
+        cidr="10.7.0.0/16",
+        fields={
+            "tenant_id": AZURE_CUSTOMER_TENANT,
+            "subscription_id": AZURE_CUSTOMER_SUBSCRIPTION,
+            "resource_group": "other-rg",
+            "vnet_name": "other-vnet",
+        },
+    )
+    return _Azure(platform, customer).linking_client
