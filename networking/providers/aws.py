@@ -8,6 +8,7 @@ after a crash finds it again, and `remove` deletes it whatever stage it reached.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 
 import boto3
@@ -42,6 +43,11 @@ BROKEN_REASONS = {
     "failed": "AWS could not establish the peering connection",
 }
 GONE_STATES = {"deleted", "deleting", "rejected", "failed", "expired"}
+# EC2 is eventually consistent: a connection created moments ago may not be listed yet, and describing it by id
+# answers InvalidVpcPeeringConnectionID.NotFound (botocore's VpcPeeringConnectionExists waiter retries on it). One we
+# requested this recently is looked for again, not taken for gone; later, AWS goes on listing a connection that ended
+# (deleted, rejected, expired) for a while, so one still missing is gone.
+LISTING_GRACE_SECONDS = 600
 
 
 def _error(exc: Exception, doing: str) -> ProviderError:
@@ -119,6 +125,19 @@ def _route_tables(ec2, platform: Platform) -> list[dict]:
     return tables
 
 
+def _not_listed_yet(ids: Mapping, pcx_id: str) -> ProviderError | None:
+    """The temporary error for a connection we requested within LISTING_GRACE_SECONDS that EC2 does not list yet."""
+    requested = ids.get("requested_at")
+    if pcx_id != ids.get("vpc_peering_connection_id") or not isinstance(requested, (int, float)):
+        return None
+    if time.time() - requested >= LISTING_GRACE_SECONDS:
+        return None
+    return ProviderError(
+        f"AWS does not list the peering connection {pcx_id} yet (it was requested moments ago); looking again.",
+        permanent=False,
+    )
+
+
 def _describe(ec2, pcx_id: str) -> dict | None:
     try:
         found = ec2.describe_vpc_peering_connections(VpcPeeringConnectionIds=[pcx_id])
@@ -135,9 +154,11 @@ class AwsAdapter:
         try:
             ec2 = _ec2(platform)
             existing = _tagged(ec2, customer)
+            ids: dict = {}
             if existing:
                 pcx = existing[0]
             else:
+                ids["requested_at"] = time.time()
                 pcx = ec2.create_vpc_peering_connection(
                     VpcId=platform.network["vpc_id"],
                     PeerVpcId=customer.vpc_id,
@@ -161,7 +182,7 @@ class AwsAdapter:
             observation.status,
             status["Code"],
             observation.detail,
-            ids={"vpc_peering_connection_id": pcx["VpcPeeringConnectionId"]},
+            ids={**ids, "vpc_peering_connection_id": pcx["VpcPeeringConnectionId"]},
         )
 
     def refresh(self, platform: Platform, customer: Customer, ids: Mapping) -> Observation:
@@ -174,6 +195,8 @@ class AwsAdapter:
         except (ClientError, BotoCoreError) as exc:
             raise _error(exc, f"describe {pcx_id}") from exc
         if pcx is None:
+            if error := _not_listed_yet(ids, pcx_id):
+                raise error
             return Observation("broken", "not-found", f"The peering connection {pcx_id} no longer exists.")
         status = pcx["Status"]
         observation = _observe(status)
@@ -254,6 +277,8 @@ class AwsAdapter:
                         raise
             for pcx_id in sorted(pcx_ids):
                 pcx = _describe(ec2, pcx_id)
+                if pcx is None and (error := _not_listed_yet(ids, pcx_id)):
+                    raise error  # deleted once EC2 lists it: a request left behind could still be accepted
                 if pcx is None or pcx["Status"]["Code"] in GONE_STATES:
                     continue
                 try:

@@ -151,6 +151,56 @@ def aws(moto_url):
 
 
 @pytest.fixture
+def aws_lagging():
+    """EC2's eventual consistency, for the adapter's boto3 client: while `hidden` holds a peering connection id,
+    DescribeVpcPeeringConnections answers for it as EC2 does for one it does not list yet: 400
+    InvalidVpcPeeringConnectionID.NotFound when asked by id, an empty set when filtered. ("If you run a command to
+    describe a resource immediately after creating it, its ID might not have propagated throughout the system": AWS's
+    EC2 API reference, "Eventual consistency"; botocore's VpcPeeringConnectionExists waiter retries on that code,
+    botocore/data/ec2/2016-11-15/waiters-2.json.)"""
+    from botocore.awsrequest import AWSResponse
+
+    from networking.providers.aws import _SESSION
+
+    hidden: set[str] = set()
+
+    def answer(request, **kwargs):
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+        pcx = next((p for p in hidden if p in body), None)
+        if pcx is None and not (hidden and "Filter." in body):
+            return None
+        if pcx is not None and "VpcPeeringConnectionId." in body:
+            xml = (
+                '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+                "<Code>InvalidVpcPeeringConnectionID.NotFound</Code>"
+                f"<Message>The vpcPeeringConnection ID '{pcx}' does not exist</Message></Error></Errors>"
+                "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
+            )
+            return AWSResponse(request.url, 400, {"Content-Type": "text/xml;charset=UTF-8"}, _Raw(xml))
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?><DescribeVpcPeeringConnectionsResponse '
+            'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>00000000-0000-0000-0000-000000000000'
+            "</requestId><vpcPeeringConnectionSet/></DescribeVpcPeeringConnectionsResponse>"
+        )
+        return AWSResponse(request.url, 200, {"Content-Type": "text/xml;charset=UTF-8"}, _Raw(xml))
+
+    event = "before-send.ec2.DescribeVpcPeeringConnections"
+    _SESSION.events.register(event, answer)
+    yield hidden
+    _SESSION.events.unregister(event, answer)
+
+
+class _Raw:
+    """The raw body botocore reads from a response."""
+
+    def __init__(self, text: str) -> None:
+        self._data = text.encode()
+
+    def stream(self, **kwargs):
+        yield self._data
+
+
+@pytest.fixture
 def aws_region(aws, deployments_catalog):
     return make_region(
         code="aws-frankfurt",

@@ -228,3 +228,34 @@ def test_deleting_a_failed_peering_keeps_the_mqtt_rule_of_a_live_peering_with_th
     assert poll(first) == "deleted"
     assert opened() == [1883, 8883]
     assert len(aws.routes()) == 1
+
+
+def test_request_is_waited_for_not_failed_when_aws_does_not_list_it_yet(deployment, aws, aws_lagging):
+    peering = _create(deployment, aws)
+    assert poll(peering) == "awaiting_customer_action"
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+
+    aws_lagging.add(pcx_id)  # created a moment ago: EC2 does not list it everywhere yet
+    assert poll(peering) == "awaiting_customer_action"
+    peering = _reload(peering)
+    assert pcx_id in peering.last_error and peering.next_poll_at is not None
+    assert aws.pcx(pcx_id)["Status"]["Code"] == "pending-acceptance"  # not taken down
+
+    aws_lagging.clear()
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+    assert poll(peering) == "active"
+
+
+def test_delete_retries_until_aws_lists_the_request_it_just_created(deployment, aws, aws_lagging):
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    services.vpc_peering_delete(peering=_reload(peering), actor=None)
+
+    aws_lagging.add(pcx_id)
+    assert poll(peering) == "deleting"  # not "deleted" with the request left behind for the customer to accept
+    assert aws.pcx(pcx_id)["Status"]["Code"] == "pending-acceptance"
+
+    aws_lagging.clear()
+    assert poll(peering) == "deleted"
+    assert aws.pcx(pcx_id)["Status"]["Code"] == "deleted"
