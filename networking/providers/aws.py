@@ -209,7 +209,7 @@ class AwsAdapter:
         """Routes to the customer's CIDR through the peering, and the MQTT ports open to it. Idempotent; a failure
         takes back what this call added."""
         added: list[dict] = []
-        authorized = False
+        authorized: list[dict] = []
         try:
             tables = list(platform.network.get("route_table_ids", []))
             current = ec2.describe_route_tables(RouteTableIds=tables)["RouteTables"] if tables else []
@@ -227,10 +227,12 @@ class AwsAdapter:
                     )
                     added.append({"route_table_id": table["RouteTableId"], "cidr": customer.cidr})
             group = platform.network.get("security_group_id")
-            if group:
+            # One call per port: EC2 refuses a whole call with InvalidPermission.Duplicate when one of its rules
+            # exists (an operator's, or one from before a port was added to the region) and adds none of the others.
+            for permission in _permissions(platform, customer) if group else []:
                 try:
-                    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=_permissions(platform, customer))
-                    authorized = True
+                    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[permission])
+                    authorized.append(permission)
                 except ClientError as exc:
                     if _code(exc) != "InvalidPermission.Duplicate":
                         raise
@@ -243,7 +245,7 @@ class AwsAdapter:
             if authorized:
                 try:
                     ec2.revoke_security_group_ingress(
-                        GroupId=platform.network["security_group_id"], IpPermissions=_permissions(platform, customer)
+                        GroupId=platform.network["security_group_id"], IpPermissions=authorized
                     )
                 except (ClientError, BotoCoreError):
                     pass
@@ -269,9 +271,10 @@ class AwsAdapter:
             group = platform.network.get("security_group_id")
             # AWS matches a rule on protocol, ports and CIDR alone: with another peering holding the CIDR, the rule
             # is that peering's (its authorize found ours a duplicate, or ours never existed).
-            if group and not customer.cidr_in_use:
+            # One call per port, as in _connect: each rule goes whether or not the others are still there.
+            for permission in _permissions(platform, customer) if group and not customer.cidr_in_use else []:
                 try:
-                    ec2.revoke_security_group_ingress(GroupId=group, IpPermissions=_permissions(platform, customer))
+                    ec2.revoke_security_group_ingress(GroupId=group, IpPermissions=[permission])
                 except ClientError as exc:
                     if _code(exc) != "InvalidPermission.NotFound":
                         raise

@@ -259,3 +259,22 @@ def test_delete_retries_until_aws_lists_the_request_it_just_created(deployment, 
     aws_lagging.clear()
     assert poll(peering) == "deleted"
     assert aws.pcx(pcx_id)["Status"]["Code"] == "deleted"
+
+
+def test_every_mqtt_port_is_opened_when_a_rule_for_one_of_them_already_exists(deployment, aws):
+    # EC2 refuses a whole AuthorizeSecurityGroupIngress with InvalidPermission.Duplicate when one of its rules exists,
+    # and adds none of the others (moto alike, for a rule listed first).
+    aws.platform.authorize_security_group_ingress(
+        GroupId=aws.security_group_id,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 1883, "ToPort": 1883, "IpRanges": [{"CidrIp": "10.1.0.0/16"}]}
+        ],
+    )
+    peering = _create(deployment, aws)
+    poll(peering)
+    aws.customer.accept_vpc_peering_connection(
+        VpcPeeringConnectionId=_reload(peering).provider_ids["vpc_peering_connection_id"]
+    )
+    assert poll(peering) == "active"
+    opened = sorted(p["FromPort"] for p in aws.ingress() for r in p["IpRanges"] if r["CidrIp"] == "10.1.0.0/16")
+    assert opened == [1883, 8883]
