@@ -138,6 +138,29 @@ def _not_listed_yet(ids: Mapping, pcx_id: str) -> ProviderError | None:
     )
 
 
+def _create_route(ec2, table_id: str, cidr: str, pcx_id: str) -> bool:
+    """Route `cidr` through `pcx_id` in `table_id`; False when the route was there already. CreateRoute takes no
+    client token: a retry of one whose answer was lost (botocore retries read timeouts), or a route a describe did not
+    show yet, answers RouteAlreadyExists. That route is ours when it goes through this peering; one to another target
+    is someone else's, and a refusal."""
+    try:
+        ec2.create_route(RouteTableId=table_id, DestinationCidrBlock=cidr, VpcPeeringConnectionId=pcx_id)
+        return True
+    except ClientError as exc:
+        if _code(exc) != "RouteAlreadyExists":
+            raise
+        tables = ec2.describe_route_tables(RouteTableIds=[table_id])["RouteTables"]
+        routes = [r for t in tables for r in t.get("Routes", []) if r.get("DestinationCidrBlock") == cidr]
+        if any(r.get("VpcPeeringConnectionId") == pcx_id for r in routes):
+            return False
+        if not routes:
+            raise ProviderError(
+                f"AWS says a route to {cidr} exists in {table_id} but does not list it yet; looking again.",
+                permanent=False,
+            ) from exc
+        raise
+
+
 def _describe(ec2, pcx_id: str) -> dict | None:
     try:
         found = ec2.describe_vpc_peering_connections(VpcPeeringConnectionIds=[pcx_id])
@@ -219,12 +242,7 @@ class AwsAdapter:
                     for r in table.get("Routes", [])
                     if r.get("DestinationCidrBlock") == customer.cidr and r.get("VpcPeeringConnectionId") == pcx_id
                 ]
-                if not mine:
-                    ec2.create_route(
-                        RouteTableId=table["RouteTableId"],
-                        DestinationCidrBlock=customer.cidr,
-                        VpcPeeringConnectionId=pcx_id,
-                    )
+                if not mine and _create_route(ec2, table["RouteTableId"], customer.cidr, pcx_id):
                     added.append({"route_table_id": table["RouteTableId"], "cidr": customer.cidr})
             group = platform.network.get("security_group_id")
             # One call per port: EC2 refuses a whole call with InvalidPermission.Duplicate when one of its rules
@@ -236,7 +254,7 @@ class AwsAdapter:
                 except ClientError as exc:
                     if _code(exc) != "InvalidPermission.Duplicate":
                         raise
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, ProviderError) as exc:
             for route in added:
                 try:
                     ec2.delete_route(RouteTableId=route["route_table_id"], DestinationCidrBlock=route["cidr"])
@@ -249,6 +267,8 @@ class AwsAdapter:
                     )
                 except (ClientError, BotoCoreError):
                     pass
+            if isinstance(exc, ProviderError):
+                raise
             raise _error(exc, f"route {customer.cidr} through {pcx_id}") from exc
         return [{"route_table_id": t["RouteTableId"], "cidr": customer.cidr} for t in current]
 

@@ -278,3 +278,40 @@ def test_every_mqtt_port_is_opened_when_a_rule_for_one_of_them_already_exists(de
     assert poll(peering) == "active"
     opened = sorted(p["FromPort"] for p in aws.ingress() for r in p["IpRanges"] if r["CidrIp"] == "10.1.0.0/16")
     assert opened == [1883, 8883]
+
+
+@pytest.fixture
+def create_route_response_lost():
+    """CreateRoute reaches EC2 and adds the route, but its answer is lost (a read timeout): botocore's standard retry
+    mode sends it again (botocore/retries/standard.py retries HTTPClientError, ReadTimeoutError among them), and EC2
+    answers the retry 400 RouteAlreadyExists, CreateRoute taking no client token."""
+    import requests
+    from botocore.exceptions import ReadTimeoutError
+
+    from networking.providers.aws import _SESSION
+
+    sent: list[str] = []
+
+    def lose(request, **kwargs):
+        if sent:
+            return None
+        sent.append(request.url)
+        requests.post(request.url, data=request.body, headers=dict(request.headers), timeout=10).raise_for_status()
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    event = "before-send.ec2.CreateRoute"
+    _SESSION.events.register(event, lose)
+    yield sent
+    _SESSION.events.unregister(event, lose)
+
+
+def test_peering_turns_active_when_the_answer_to_create_route_was_lost(deployment, aws, create_route_response_lost):
+    peering = _create(deployment, aws)
+    poll(peering)
+    pcx_id = _reload(peering).provider_ids["vpc_peering_connection_id"]
+    aws.customer.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)
+
+    assert poll(peering) == "active"
+    assert create_route_response_lost  # the route was sent, and its answer lost
+    assert [(r["DestinationCidrBlock"], r["VpcPeeringConnectionId"]) for r in aws.routes()] == [("10.1.0.0/16", pcx_id)]
+    assert aws.pcx(pcx_id)["Status"]["Code"] == "active"
