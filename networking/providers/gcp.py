@@ -28,6 +28,11 @@ TEMPORARY = (
     auth_exceptions.RefreshError,
 )
 
+# GCP runs one peering operation at a time on a network and its peer; a change meanwhile is a 400 with this message
+# (terraform-provider-google retries it: IsPeeringOperationInProgress). The region's platform network is shared by
+# every deployment's peerings, so it is "not now", not a refusal.
+IN_PROGRESS = "peering operation in progress on the local or peer network"
+
 
 def peering_name(customer: Customer) -> str:
     """GCP names are lowercase letters, digits and hyphens: our id with its underscore as a hyphen."""
@@ -71,7 +76,7 @@ def _error(exc: Exception, doing: str) -> ProviderError:
         return exc
     if not isinstance(exc, google_exceptions.GoogleAPICallError):
         return ProviderError(f"GCP could not be reached to {doing}: {exc}", permanent=False)
-    if isinstance(exc, TEMPORARY):
+    if isinstance(exc, TEMPORARY) or IN_PROGRESS in (exc.message or ""):
         return ProviderError(f"GCP answered {exc.code} to {doing}, retrying: {exc.message}", permanent=False)
     return ProviderError(f"GCP refused to {doing}: {exc.code}: {exc.message}", permanent=True)
 

@@ -72,6 +72,31 @@ class FakeGcp:
         with self.lock:
             self.networks[(project, network)]["peerings"].pop(name, None)
 
+    def start_peering_operation(self, project: str, network: str) -> str:
+        """Another peering operation on `network` (another deployment's, or the customer's) that runs until
+        finish_operation: meanwhile GCP refuses peering changes on it (see _network)."""
+        with self.lock:
+            name = f"operation-{secrets.token_hex(8)}"
+            self.operations[(project, name)] = {
+                "name": name,
+                "status": "RUNNING",
+                "_polls_left": 10**9,
+                "_error": None,
+                "_apply": None,
+                "_networks": {(project, network)},
+            }
+            return name
+
+    def finish_operation(self, project: str, name: str) -> None:
+        with self.lock:
+            self.operations[(project, name)]["status"] = "DONE"
+
+    def peering_operation_running(self, networks: set[tuple[str, str]]) -> bool:
+        with self.lock:
+            return any(
+                op["status"] != "DONE" and op.get("_networks", set()) & networks for op in self.operations.values()
+            )
+
     def rendered(self, project: str, network: str) -> dict | None:
         with self.lock:
             return copy.deepcopy(self._render(project, network)) if (project, network) in self.networks else None
@@ -189,7 +214,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return email
 
-    def _operation(self, project: str, kind: str, target: str, user: str, error: dict | None, apply) -> dict:
+    def _operation(
+        self, project: str, kind: str, target: str, user: str, error: dict | None, apply, networks=frozenset()
+    ) -> dict:
         name = f"operation-{secrets.token_hex(8)}"
         op = {
             "kind": "compute#operation",
@@ -206,6 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
             "_polls_left": self.state.operation_polls,
             "_error": error,
             "_apply": apply,
+            "_networks": set(networks),
         }
         self.state.operations[(project, name)] = op
         return self._op_view(op)
@@ -259,10 +287,18 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self._raw_body() or b"{}")
         target = network_url(project, network)
         peerings = state.networks[key]["peerings"]
+        # GCP runs one peering operation at a time on a network and its peer: a change while one runs is refused
+        # with this 400 (terraform-provider-google retries it: IsPeeringOperationInProgress, "Waiting peering
+        # operation to complete").
+        wanted = body.get("networkPeering") or {}
+        peer_match = _PEER.search(wanted.get("network", ""))
+        touched = {key} | ({(peer_match["project"], peer_match["network"])} if peer_match else set())
+        if method == "POST" and state.peering_operation_running(touched):
+            message = "There is a peering operation in progress on the local or peer network. Try again later."
+            self._send(400, _google_error(400, message, "badRequest"))
+            return
         if method == "POST" and verb == "/addPeering":
-            wanted = body.get("networkPeering") or {}
             name, peer = wanted.get("name", ""), wanted.get("network", "")
-            peer_match = _PEER.search(peer)
             error = None
             if name in peerings:
                 error = {"code": "RESOURCE_ALREADY_EXISTS", "message": f"There is already a peering '{name}'."}
@@ -275,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
             def apply():
                 peerings[name] = {"name": name, "network": network_url(peer_match["project"], peer_match["network"])}
 
-            self._send(200, self._operation(project, "addPeering", target, email, error, apply))
+            self._send(200, self._operation(project, "addPeering", target, email, error, apply, touched))
             return
         if method == "POST" and verb == "/removePeering":
             name = body.get("name", "")
@@ -285,9 +321,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "code": "RESOURCE_NOT_FOUND",
                     "message": f"There is no peering '{name}' in network '{network}'.",
                 }
-            self._send(
-                200, self._operation(project, "removePeering", target, email, error, lambda: peerings.pop(name, None))
+            remove = self._operation(
+                project, "removePeering", target, email, error, lambda: peerings.pop(name, None), touched
             )
+            self._send(200, remove)
             return
         self._send(400, _google_error(400, f"Invalid request {method} {verb}", "invalid"))
 

@@ -108,3 +108,16 @@ def test_poll_retries_without_failing_when_platform_credentials_are_refused(depl
     assert poll(peering) == "pending"
     peering = _reload(peering)
     assert peering.last_error.startswith("GCP answered 401") and peering.next_poll_at is not None
+
+
+def test_peering_is_added_by_a_later_poll_when_another_peering_operation_runs_on_the_platform_network(deployment, gcp):
+    # Every deployment of the region peers the same platform network, and GCP runs one peering operation at a time
+    # on a network: while another runs, addPeering is 400 "There is a peering operation in progress…".
+    other = gcp.fake.start_peering_operation(gcp.project, gcp.network_name)
+    peering = _create(deployment, gcp)
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "peering operation in progress" in peering.last_error and peering.next_poll_at is not None
+
+    gcp.fake.finish_operation(gcp.project, other)
+    assert poll(peering) == "awaiting_customer_action"
