@@ -299,10 +299,16 @@ def metrics_view(request: Any) -> Any:
 
 
 def make_worker_metrics_app(*, token: str) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app serving the scrape registry behind the same bearer token, for Celery worker pods."""
+    """A WSGI app serving the scrape registry behind the same bearer token, for Celery worker pods.
+
+    Like `/metrics`, it answers 404 in production when no token is configured: the port listens on every address of
+    the pod, so an open one would hand the figures to anything in the cluster."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+        from django.conf import settings
+
+        closed = not token and getattr(settings, "ENVIRONMENT", "production") == "production"
+        if closed or environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found\n"]
         if token and not token_matches(authorization=environ.get("HTTP_AUTHORIZATION", ""), token=token):

@@ -293,6 +293,32 @@ def test_worker_metrics_server_requires_the_token_when_one_is_set():
         server.server_close()
 
 
+def _worker_metrics_status(token):
+    server = metrics.start_worker_metrics_server(port=0, token=token, addr="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_metrics_server_answers_404_when_no_token_is_configured_in_production():
+    # A worker pod's metrics port is reachable from anywhere in the cluster, like the web pods' /metrics: without a
+    # token production serves neither, never the figures (deployment ids, agents, queues) to whoever asks.
+    with override_settings(METRICS_TOKEN="", ENVIRONMENT="production"):
+        assert _worker_metrics_status("") == 404
+
+
+def test_worker_metrics_server_is_open_when_no_token_is_configured_in_development():
+    with override_settings(METRICS_TOKEN="", ENVIRONMENT="development"):
+        assert _worker_metrics_status("") == 200
+
+
 _CHILD_OBSERVES = """
 import sys
 from controlplane import metrics
