@@ -32,9 +32,14 @@ PRODUCTION = ENVIRONMENT == "production"
 DEBUG = env.bool("DEBUG", default=ENVIRONMENT == "development")
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured("DEBUG must be off when CONTROLPLANE_ENV=production")
+_DEVELOPMENT_SECRET_KEY = "insecure-development-key-never-use-in-production-0123456789"
 if PRODUCTION and not env.str("SECRET_KEY", default=""):
     raise ImproperlyConfigured("SECRET_KEY is required when CONTROLPLANE_ENV=production")
-SECRET_KEY = env.str("SECRET_KEY", default="insecure-development-key-never-use-in-production-0123456789")
+SECRET_KEY = env.str("SECRET_KEY", default=_DEVELOPMENT_SECRET_KEY)
+# The default is public (it is in this file), and check --deploy does not know it: copied into a production
+# environment it would let anyone forge sessions and password-reset links.
+if PRODUCTION and SECRET_KEY == _DEVELOPMENT_SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY must not be the development default when CONTROLPLANE_ENV=production")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

@@ -50,6 +50,11 @@ def test_check_deploy_passes_with_production_settings():
     "change,message",
     [
         ({"SECRET_KEY": ""}, "SECRET_KEY is required"),
+        # The development default is in every checkout: a key anyone can read signs sessions and reset links.
+        (
+            {"SECRET_KEY": "insecure-development-key-never-use-in-production-0123456789"},
+            "SECRET_KEY must not be the development default",
+        ),
         ({"DEBUG": "true"}, "DEBUG must be off"),
         ({"NOTIFICATION_HISTORY_DAYS": "0"}, "NOTIFICATION_HISTORY_DAYS must be from 1 to 3650"),
         ({"NOTIFICATION_HISTORY_DAYS": "1000000000"}, "NOTIFICATION_HISTORY_DAYS must be from 1 to 3650"),
