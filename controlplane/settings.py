@@ -506,7 +506,7 @@ LOGGING = {
     "filters": {"request_context": {"()": "controlplane.logging.RequestContextFilter"}},
     "formatters": {
         "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": "controlplane.logging.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(operation_id)s",
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },

@@ -112,3 +112,36 @@ def test_json_log_lines_carry_the_request_id():
         logger.removeHandler(handler)
     line = json.loads(stream.getvalue())
     assert line["request_id"] == "req-123456" and line["operation_id"] == "op_abc" and line["message"] == "hello"
+
+
+@pytest.mark.django_db
+def test_json_log_carries_no_query_string_when_a_refused_request_is_logged(client, settings):
+    """Django logs every 4xx and 5xx answer with the request; the production JSON formatter writes each extra
+    attribute of a record, so the request went into the log with its query string: here a still-valid invitation
+    token, which lets whoever reads the log join the organization."""
+    import logging.config
+
+    from organizations import services
+    from organizations.roles import Role
+    from tests.factories import UserFactory, make_organization
+
+    org = make_organization()
+    invitee = UserFactory()  # has an account already: accepting while signed out is refused, the token stays valid
+    _invitation, token = services.invitation_create(
+        organization=org.organization, actor=None, email=invitee.email, roles=[Role.AUDITOR]
+    )
+    config = settings.LOGGING
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logging.config.DictConfigurator(config).configure_filter(config["filters"]["request_context"]))
+    handler.setFormatter(logging.config.DictConfigurator(config).configure_formatter(config["formatters"]["json"]))
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        response = client.post(f"/console/invitations/accept?token={token}", {"full_name": "", "password": ""})
+    finally:
+        logger.removeHandler(handler)
+    assert response.status_code >= 400
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines and lines[0]["logger"] == "django.request"
+    assert token not in stream.getvalue()
