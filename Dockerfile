@@ -62,4 +62,7 @@ EXPOSE 8000
 
 # No HEALTHCHECK: Kubernetes ignores it (the chart probes /healthz and /readyz), and Django answers 400 to any Host
 # not in ALLOWED_HOSTS, which a generic in-container check cannot know.
-CMD ["gunicorn", "controlplane.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# The access log line without the query string and the Referer (invitation and sign-up links hold their token there);
+# the chart's gunicorn.conf.py sets the same format.
+CMD ["gunicorn", "controlplane.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-", \
+     "--access-logformat", "%(h)s %(l)s %(u)s %(t)s \"%(m)s %(U)s %(H)s\" %(s)s %(b)s \"%(a)s\""]

@@ -154,6 +154,18 @@ def test_default_command_is_gunicorn_when_no_command_is_given(stages):
     assert "0.0.0.0:8000" in cmd
 
 
+def test_default_command_logs_no_query_string_or_referer_when_a_link_holds_a_token(stages):
+    import json
+
+    from tests.access_log import access_log_line
+
+    command = json.loads([args for instr, args in stages[-1].instructions if instr == "CMD"][-1])
+    assert "--access-logformat" in command, "gunicorn's default access log writes the query string and the Referer"
+    line = access_log_line(command[command.index("--access-logformat") + 1])
+    assert "GET /console/invitations/accept HTTP/1.1" in line
+    assert "token" not in line, line
+
+
 def test_dockerignore_excludes_local_state_when_building():
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")}
     for pattern in (".venv", ".git", "var/", ".env", ".env.*", ".pytest_cache", "**/*.sqlite3"):

@@ -445,6 +445,22 @@ def test_gunicorn_config_is_shipped_and_wipes_stale_metrics_when_the_server_star
     assert stale.is_dir() and list(stale.iterdir()) == []
 
 
+def test_gunicorn_access_log_carries_no_query_string_or_referer_when_a_link_holds_a_token():
+    objects = render_default()
+    source = by_kind(objects, "ConfigMap")[f"{FULLNAME}-gunicorn"]["data"]["gunicorn.conf.py"]
+    namespace: dict = {}
+    exec(compile(source, "gunicorn.conf.py", "exec"), namespace)
+    command = by_kind(objects, "Deployment")[f"{FULLNAME}-web"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert not any(arg.startswith("--access-logformat") for arg in command), "the config file's format is the one"
+    from gunicorn.config import Config
+
+    from tests.access_log import access_log_line
+
+    line = access_log_line(namespace.get("access_log_format", Config().access_log_format))
+    assert "GET /console/invitations/accept HTTP/1.1" in line and " 200 " in line
+    assert "token" not in line, line
+
+
 # --- networking, RBAC, monitoring ---------------------------------------------------------------------------------
 
 def test_ingress_terminates_tls_and_routes_to_the_web_service_when_enabled():
