@@ -11,6 +11,7 @@ from typing import Any
 
 import environ
 from celery.schedules import crontab
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -294,6 +295,18 @@ VIES_URL = env.str("VIES_URL", default="")  # empty: the European Commission's V
 
 # Encryption for secrets we must read back (kubeconfigs, monitoring credentials): Fernet keys, newest first.
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+# Sign-up links, stored API answers, secrets shown once in the console and every credential read back go through
+# them: production without a key, or a value that is not a Fernet key, is refused at start, not with a 500 at the
+# first encrypted write. (Outside production a key derived from SECRET_KEY stands in: controlplane.crypto.)
+if PRODUCTION and not FIELD_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS is required when CONTROLPLANE_ENV=production")
+for _position, _key in enumerate(FIELD_ENCRYPTION_KEYS, 1):
+    try:
+        Fernet(_key)
+    except (ValueError, TypeError):
+        raise ImproperlyConfigured(
+            f"FIELD_ENCRYPTION_KEYS: key {_position} is not a Fernet key (32 url-safe base64-encoded bytes)"
+        ) from None
 
 # Deployments: where the local driver keeps its brokers (must be traversable by the `mosquitto` user: mode 0755),
 # EMQX Cloud's once-per-12-hours rule for tier changes, and how often the reconciler's sweep runs.

@@ -15,6 +15,7 @@ PRODUCTION_ENV = {
     "REDIS_URL": "redis://redis.internal:6379/0",
     "PUBLIC_URL": "https://cloud.example.com",
     "METRICS_TOKEN": "scrape-token",
+    "FIELD_ENCRYPTION_KEYS": "mE5cCDQiC0yVn8uQ9lT2kqvZ6zYhXg1Rb3pJwN4aA7s=",
 }
 
 
@@ -56,6 +57,12 @@ def test_check_deploy_passes_with_production_settings():
             "SECRET_KEY must not be the development default",
         ),
         ({"DEBUG": "true"}, "DEBUG must be off"),
+        # Sign-up, stored API answers and every credential read back need it: refused at start, not at first use.
+        ({"FIELD_ENCRYPTION_KEYS": ""}, "FIELD_ENCRYPTION_KEYS is required"),
+        (
+            {"FIELD_ENCRYPTION_KEYS": "mE5cCDQiC0yVn8uQ9lT2kqvZ6zYhXg1Rb3pJwN4aA7s=,not-a-key"},
+            "FIELD_ENCRYPTION_KEYS: key 2 is not a Fernet key",
+        ),
         ({"NOTIFICATION_HISTORY_DAYS": "0"}, "NOTIFICATION_HISTORY_DAYS must be from 1 to 3650"),
         ({"NOTIFICATION_HISTORY_DAYS": "1000000000"}, "NOTIFICATION_HISTORY_DAYS must be from 1 to 3650"),
     ],

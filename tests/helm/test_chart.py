@@ -23,6 +23,7 @@ REQUIRED = {
     "secrets.secretKey": "test-secret-key",
     "secrets.databaseUrl": "postgres://cp:pw@db.internal:5432/controlplane",
     "secrets.redisUrl": "redis://redis.internal:6379/0",
+    "secrets.fieldEncryptionKeys": "mE5cCDQiC0yVn8uQ9lT2kqvZ6zYhXg1Rb3pJwN4aA7s=",
 }
 CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
 WORKLOAD_KINDS = {"Deployment", "Job"}
@@ -423,10 +424,11 @@ def test_pods_roll_when_config_or_secret_changes():
 def test_secret_holds_only_secrets_and_configmap_only_settings_when_rendered():
     objects = render_default(**{"secrets.metricsToken": "m-token", "secrets.emailUrl": "smtp+tls://u:p@mail:587"})
     secret = by_kind(objects, "Secret")[f"{FULLNAME}-secrets"]
-    assert set(secret["data"]) == {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "METRICS_TOKEN", "EMAIL_URL"}
+    secrets = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "FIELD_ENCRYPTION_KEYS", "METRICS_TOKEN", "EMAIL_URL"}
+    assert set(secret["data"]) == secrets
     config = by_kind(objects, "ConfigMap")[f"{FULLNAME}-config"]["data"]
     assert config["CONTROLPLANE_ENV"] == "production" and config["LOG_FORMAT"] == "json"
-    assert not {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "METRICS_TOKEN", "EMAIL_URL"} & set(config)
+    assert not secrets & set(config)
 
 
 def test_gunicorn_config_is_shipped_and_wipes_stale_metrics_when_the_server_starts(tmp_path):

@@ -78,9 +78,7 @@ STRIPE_SECRET_KEY: {{ . | b64enc | quote }}
 {{- with .Values.secrets.stripeWebhookSecret }}
 STRIPE_WEBHOOK_SECRET: {{ . | b64enc | quote }}
 {{- end }}
-{{- with .Values.secrets.fieldEncryptionKeys }}
-FIELD_ENCRYPTION_KEYS: {{ . | b64enc | quote }}
-{{- end }}
+FIELD_ENCRYPTION_KEYS: {{ required "secrets.fieldEncryptionKeys is required (or set secrets.existingSecret)" .Values.secrets.fieldEncryptionKeys | b64enc | quote }}
 {{- with .Values.secrets.emqxLicenseKey }}
 EMQX_LICENSE_KEY: {{ . | b64enc | quote }}
 {{- end }}
