@@ -62,7 +62,9 @@ EXPOSE 8000
 
 # No HEALTHCHECK: Kubernetes ignores it (the chart probes /healthz and /readyz), and Django answers 400 to any Host
 # not in ALLOWED_HOSTS, which a generic in-container check cannot know.
-# The access log line without the query string and the Referer (invitation and sign-up links hold their token there);
-# the chart's gunicorn.conf.py sets the same format.
+# The access log line without the query string and the Referer (invitation and sign-up links hold their token there),
+# and with a password-reset link's token written as [token] (controlplane.gunicorn_logging); the chart's
+# gunicorn.conf.py sets the same.
 CMD ["gunicorn", "controlplane.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-", \
-     "--access-logformat", "%(h)s %(l)s %(u)s %(t)s \"%(m)s %(U)s %(H)s\" %(s)s %(b)s \"%(a)s\""]
+     "--access-logformat", "%(h)s %(l)s %(u)s %(t)s \"%(m)s %(U)s %(H)s\" %(s)s %(b)s \"%(a)s\"", \
+     "--logger-class", "controlplane.gunicorn_logging.AccessLogger"]

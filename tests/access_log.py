@@ -8,9 +8,10 @@ from gunicorn import glogging
 from gunicorn.config import Config
 
 
-def access_log_line(access_log_format: str) -> str:
-    """What gunicorn's access log writes, in this format, for a signed-out visitor following an invitation link and
-    the stylesheet their browser then fetches with that page as its Referer."""
+def access_log_line(access_log_format: str, logger_class: type = glogging.Logger, path: str = "") -> str:
+    """What gunicorn's access log writes, in this format and through `logger_class`, for a signed-out visitor
+    following an invitation link and the stylesheet their browser then fetches with that page as its Referer; with
+    `path`, for a GET of that path (no query) instead."""
     environ = {
         "REQUEST_METHOD": "GET",
         "RAW_URI": "/console/invitations/accept?token=invitation-token-in-the-query",
@@ -21,6 +22,8 @@ def access_log_line(access_log_format: str) -> str:
         "HTTP_REFERER": "https://console.example.com/console/signup/confirm?token=signup-token-in-the-referer",
         "HTTP_USER_AGENT": "Mozilla/5.0",
     }
+    if path:
+        environ.update({"RAW_URI": path, "PATH_INFO": path, "QUERY_STRING": "", "HTTP_REFERER": ""})
     response = types.SimpleNamespace(status="200 OK", sent=512, headers=[])
-    atoms = glogging.Logger(Config()).atoms(response, [], environ, datetime.timedelta(milliseconds=12))
+    atoms = logger_class(Config()).atoms(response, [], environ, datetime.timedelta(milliseconds=12))
     return access_log_format % glogging.SafeAtoms(atoms)

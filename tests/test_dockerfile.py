@@ -166,6 +166,21 @@ def test_default_command_logs_no_query_string_or_referer_when_a_link_holds_a_tok
     assert "token" not in line, line
 
 
+def test_default_command_hides_a_password_reset_token_when_the_emailed_link_is_followed(stages):
+    import importlib
+    import json
+
+    from tests.access_log import access_log_line
+
+    command = json.loads([args for instr, args in stages[-1].instructions if instr == "CMD"][-1])
+    assert "--logger-class" in command, "the reset link's token is in the path, which the format keeps"
+    module, _, name = command[command.index("--logger-class") + 1].rpartition(".")
+    logger_class = getattr(importlib.import_module(module), name)
+    fmt = command[command.index("--access-logformat") + 1]
+    line = access_log_line(fmt, logger_class, path="/console/password-reset/MTI/cq7x2b-5f3e9a0d1c2b3a4f5e6d")
+    assert "cq7x2b" not in line and "GET /console/password-reset/MTI/[token] HTTP/1.1" in line, line
+
+
 def test_dockerignore_excludes_local_state_when_building():
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")}
     for pattern in (".venv", ".git", "var/", ".env", ".env.*", ".pytest_cache", "**/*.sqlite3"):

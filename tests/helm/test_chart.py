@@ -463,6 +463,27 @@ def test_gunicorn_access_log_carries_no_query_string_or_referer_when_a_link_hold
     assert "token" not in line, line
 
 
+def test_gunicorn_access_log_hides_a_password_reset_token_when_the_emailed_link_is_followed():
+    # The reset link holds its token in the path, which the format must keep: the logger class writes it as [token].
+    import importlib
+
+    from gunicorn.config import Config
+
+    from tests.access_log import access_log_line
+
+    objects = render_default()
+    source = by_kind(objects, "ConfigMap")[f"{FULLNAME}-gunicorn"]["data"]["gunicorn.conf.py"]
+    namespace: dict = {}
+    exec(compile(source, "gunicorn.conf.py", "exec"), namespace)
+    module, _, name = namespace.get("logger_class", "gunicorn.glogging.Logger").rpartition(".")
+    logger_class = getattr(importlib.import_module(module), name)
+    fmt = namespace.get("access_log_format", Config().access_log_format)
+    line = access_log_line(fmt, logger_class, path="/console/password-reset/MTI/cq7x2b-5f3e9a0d1c2b3a4f5e6d")
+    assert "cq7x2b" not in line and "GET /console/password-reset/MTI/[token] HTTP/1.1" in line, line
+    after = access_log_line(fmt, logger_class, path="/console/password-reset/MTI/set-password")
+    assert "GET /console/password-reset/MTI/set-password HTTP/1.1" in after, after
+
+
 # --- networking, RBAC, monitoring ---------------------------------------------------------------------------------
 
 def test_ingress_terminates_tls_and_routes_to_the_web_service_when_enabled():

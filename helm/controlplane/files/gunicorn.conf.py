@@ -10,6 +10,8 @@ _multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 # gunicorn's default line writes the raw request line and the Referer: invitation and sign-up links hold their token
 # in the query string, and every page fetched after one names it as Referer. The path without the query, and no Referer.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
+# A password-reset link holds its token in the path itself: this logger writes it as [token].
+logger_class = "controlplane.gunicorn_logging.AccessLogger"
 
 
 def on_starting(server):
