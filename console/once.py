@@ -1,8 +1,8 @@
 """A console form submitted twice changes things once: the same idempotency records as the API's Idempotency-Key.
 
 Each form carries a random `form_key` rendered with it ({% post_guard %}); a second POST with the same key and body
-replays the first answer when it was a redirect to the result or a 201 page showing it; one with the same key and
-another body is refused.
+replays the first answer when it was a redirect to the result or, for a few minutes, a 201 page showing it; one with
+the same key and another body is refused.
 """
 
 from __future__ import annotations
@@ -43,8 +43,15 @@ def _refusal(request, kwargs):
     return None
 
 
-def _made_something(status: int) -> bool:
-    return status == 201 or 300 <= status < 400
+# A 201 page shows what the first submit made, credentials among them: replayed for a double click or a reload, not
+# for as long as the record lives (IDEMPOTENCY_TTL_SECONDS), when the member may have lost the role that made them.
+SHOWN_PAGE_REPLAY_SECONDS = 300
+
+
+def _made_something(response) -> bool:
+    if response.status_code == 201:
+        return int(response.get("Age", "0")) <= SHOWN_PAGE_REPLAY_SECONDS
+    return 300 <= response.status_code < 400
 
 
 def once(view):
@@ -60,10 +67,11 @@ def once(view):
             refusal=lambda: _refusal(request, kwargs),
             problem=functools.partial(_problem_page, request),
         )
-        if response.get("Idempotent-Replayed") and not _made_something(response.status_code):
+        if response.get("Idempotent-Replayed") and not _made_something(response):
             # A stored refusal or page of field errors changed nothing: the view answers again, with today's checks
             # and data. A redirect to what the first submit did, or a 201 page showing what it made (credentials
-            # shown once, which a second run would refuse as taken and so lose), is replayed.
+            # shown once, which a second run would refuse as taken and so lose) within SHOWN_PAGE_REPLAY_SECONDS, is
+            # replayed; an older one is not (the view answers again, refusing what is taken).
             return view(request, *args, **kwargs)
         return response
 

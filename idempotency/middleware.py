@@ -96,6 +96,8 @@ def _replay(record: IdempotencyRecord) -> HttpResponse:
     for name, value in record.headers.items():
         response[name] = value
     response["Idempotent-Replayed"] = "true"
+    # How old the stored answer is, in seconds (HTTP's Age): the console replays a page of credentials only briefly.
+    response["Age"] = str(max(0, int((timezone.now() - record.created_at).total_seconds())))
     return response
 
 

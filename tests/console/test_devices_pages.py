@@ -629,3 +629,20 @@ def test_an_import_over_the_body_limit_gets_a_page_saying_so_when_the_browser_se
 def test_file_fields_carry_the_body_limit_for_the_page_to_check_when_rendered(owner, plant, settings):
     response = owner.get(console_path(plant, "devices/import"))
     assert f'data-max-bytes="{settings.DATA_UPLOAD_MAX_MEMORY_SIZE}"' in response.content.decode()
+
+
+def test_a_credentials_page_is_not_replayed_when_the_form_is_submitted_again_minutes_later(owner, plant):
+    # A double click or a reload gets the page again; the same form posted long after (by then the member may have
+    # lost the role that registered the device) runs the view again, which refuses the taken id.
+    from idempotency.models import IdempotencyRecord
+
+    data = {"device_id": "sensor-0019", "form_key": "e" * 32}
+    first = _post(owner, console_path(plant, "devices/new"), data)
+    assert first.status_code == 201, first.content[:500]
+    password = re.search(r'id="device-password">([^<]+)<', first.content.decode()).group(1)
+    IdempotencyRecord.objects.update(created_at=timezone.now() - timezone.timedelta(minutes=6))
+
+    later = _post(owner, console_path(plant, "devices/new"), data)
+
+    assert later.status_code != 201 and password not in later.content.decode()
+    assert Device.objects.filter(deployment=plant).count() == 1
