@@ -481,7 +481,7 @@ def _boolean(value: object) -> bool:
 
 @transaction.atomic
 def device_delete(*, device: Device, actor: Principal | None) -> Operation:
-    """Remove a device, its shadow and history; its broker user goes and it is disconnected."""
+    """Remove a device, its shadow, history and queued messages; its broker user goes and it is disconnected."""
     deployment = _locked_deployment(device.deployment)
     device_id, public_id = device.device_id, device.public_id
     now = timezone.now()
@@ -489,6 +489,11 @@ def device_delete(*, device: Device, actor: Principal | None) -> Operation:
     if revoked:
         _refresh_crl_of(deployment, now)
     Device.objects.filter(pk=device.pk).delete()
+    # What was queued for it and not yet published (shadow deltas and answers) goes with it: a device registered
+    # again under the same id must never receive the deleted one's desired state. The kick below stays.
+    OutboxMessage.objects.filter(
+        deployment=deployment, kind=OutboxMessage.Kind.PUBLISH, topic__startswith=f"devices/{device_id}/"
+    ).delete()
     operation = deployment_configuration_changed(
         deployment=deployment, actor=actor, change="device.delete", summary={"device": device_id}
     )

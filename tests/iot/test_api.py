@@ -191,6 +191,24 @@ def test_delete_removes_device_shadow_and_history_when_asked(client, base):
     assert client.get(f"{base}/devices/sensor-1").status_code == 404
 
 
+def test_device_registered_again_under_a_deleted_ones_id_gets_none_of_its_queued_messages_when_deleted(
+    client, base, premium
+):
+    from iot import services
+
+    client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json")
+    client.post(f"{base}/devices", {"device_id": "sensor-10"}, format="json")
+    client.patch(f"{base}/devices/sensor-1/shadow", {"state": {"desired": {"unlock": True}}}, format="json")
+    client.patch(f"{base}/devices/sensor-10/shadow", {"state": {"desired": {"unlock": False}}}, format="json")
+    assert client.delete(f"{base}/devices/sensor-1").status_code == 204
+    assert client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json").status_code == 201
+    premium.refresh_from_db()
+    due = services.outbox_due(deployment_id=premium.pk, observed_generation=premium.generation)
+    published = {m.topic.split("/")[1] for m in due if m.kind == "publish"}
+    assert published == {"sensor-10"}  # another device's messages stay
+    assert [m.client_id for m in due if m.kind == "kick"] == ["sensor-1"]  # the deleted one is still cut off
+
+
 CSV = "device_id,name,product,tags,attributes,groups,enabled\n"
 
 
