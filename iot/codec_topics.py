@@ -17,6 +17,7 @@ ERROR_TOPIC_PREFIX = "codec-errors"
 MAX_TEMPLATE_LENGTH = 512
 _PLACEHOLDER = re.compile(r"\{(topic|device_id|topic\[(\d{1,3})\])\}")
 MAX_INDEX = 127
+MAX_TOPIC_BYTES = 65535  # MQTT's limit on a topic name
 
 
 def error_topic(rule_id: str) -> str:
@@ -56,6 +57,21 @@ class Template:
             else:
                 out.append(levels[1])
         return "".join(out)
+
+
+def output_topic_problem(topic: str) -> str | None:
+    """Why a rendered output topic cannot be published, or None. The template was checked with stand-ins, but the
+    levels its placeholders take come from the input topic, which a device writes: one may be empty, start with `$`
+    or be `codec-errors`, and the agent publishes as a superuser."""
+    if not topic:
+        return "the output topic would be empty (a placeholder took an empty level of the input topic)"
+    if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
+        return "the output topic would be longer than 65,535 bytes"
+    if topic.startswith("$"):
+        return "the output topic would start with $ (a placeholder took such a level of the input topic)"
+    if topic.split("/")[0] == ERROR_TOPIC_PREFIX:
+        return f"the output topic would be under {ERROR_TOPIC_PREFIX}/, where the platform reports rule failures"
+    return None
 
 
 def _guaranteed_levels(topic_filter: str) -> int:

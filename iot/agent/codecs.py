@@ -37,7 +37,6 @@ RELOAD_EVERY = 5.0  # besides NOTIFY, which wakes the worker at once after a cha
 FLUSH_EVERY = 1.0
 MAX_ERROR_SAMPLE = 64 * 1024  # bytes of the offending payload echoed on the error topic
 MAX_ROUTES = 10_000  # topics whose matching rules are remembered; past it the memory starts afresh
-MAX_TOPIC_BYTES = 65535
 
 
 class _Rule:
@@ -54,13 +53,13 @@ class _Rule:
 
 
 def _route(rules: list[_Rule], topic: str) -> tuple[tuple[_Rule, str | None], ...]:
-    """The rules matching `topic`, in order, each with its output topic (None: it would be too long, which the
-    message's failure reports)."""
+    """The rules matching `topic`, in order, each with its output topic (None: it cannot be published, too long,
+    empty, `$…` or `codec-errors/…`, which the message's failure reports)."""
     out = []
     for rule in rules:
         if codec_topics.matches(rule.topic_filter, topic):
             rendered = rule.template.render(topic)
-            out.append((rule, rendered if len(rendered.encode("utf-8")) <= MAX_TOPIC_BYTES else None))
+            out.append((rule, rendered if codec_topics.output_topic_problem(rendered) is None else None))
     return tuple(out)
 
 
@@ -253,7 +252,9 @@ class CodecEngine:
                     raise schemas.CodecFailed(f"the payload is larger than {schemas.MAX_PAYLOAD_BYTES} bytes")
                 out = rule.codec.encode(schemas._json_payload(payload))
             if target is None:
-                raise schemas.CodecFailed("the output topic would be longer than 65,535 bytes")
+                raise schemas.CodecFailed(
+                    codec_topics.output_topic_problem(rule.template.render(topic)) or "the output topic is not usable"
+                )
         except Exception as exc:  # noqa: BLE001 - one message, whatever is wrong with it, never stops the deployment
             if not isinstance(exc, schemas.CodecFailed):
                 logger.exception("codec rule %s failed on a message", rule.public_id, extra={"rule": rule.public_id})

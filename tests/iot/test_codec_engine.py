@@ -118,3 +118,49 @@ def test_route_marks_the_target_unusable_when_the_rendered_topic_exceeds_65535_b
     long_level = "é" * 20_000  # 40,000 bytes in UTF-8: the output topic doubles it
     ((matched, target),) = agent_codecs._route([rule], f"a/{long_level}")  # type: ignore[list-item]
     assert matched is rule and target is None
+
+
+@pytest.mark.parametrize(
+    "topic, reason",
+    [
+        ("devices/d-1//raw", "empty"),
+        ("devices/d-1/$SYS/raw", "start with $"),
+        ("devices/d-1/codec-errors/raw", "codec-errors"),
+    ],
+    ids=["empty-level", "dollar-level", "error-topic-level"],
+)
+def test_message_whose_levels_would_render_a_forbidden_output_topic_is_reported_not_published_when_handled(
+    topic, reason
+):
+    # A device controls the levels under devices/{its id}/: a template made of them must not let it publish (as the
+    # agent, a superuser) to "", to $… or to codec-errors/…, and one such message must not stop the rules.
+    from paho.mqtt import client as mqtt
+
+    class Host:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    published = []
+    real_publish = Host.client.publish
+
+    def publish(topic, payload=None, qos=0, **kwargs):
+        real_publish(topic, payload, qos)  # paho's own checks (not connected: nothing is sent)
+        published.append((topic, payload))
+
+    Host.client.publish = publish  # type: ignore[method-assign]
+    engine = agent_codecs.CodecEngine(Host())  # type: ignore[arg-type]
+    rule = _Rule("devices/+/+/raw", "{topic[2]}")
+    rule.pk, rule.public_id, rule.direction = 1, "cdr_test", "decode"  # type: ignore[attr-defined]
+    rule.error_topic = codec_topics.error_topic("cdr_test")  # type: ignore[attr-defined]
+    rule.codec = schemas.Codec(schemas.compile_source("json_schema", '{"type": "object"}'))  # type: ignore[attr-defined]
+    engine.rules = [rule]  # type: ignore[list-item]
+    message = mqtt.MQTTMessage(mid=1, topic=topic.encode())
+    message.payload, message.qos = b'{"t": 1}', 1
+    engine.handle(message)
+    ((where, body),) = published
+    assert where == "codec-errors/cdr_test"
+    assert reason in json.loads(body)["reason"]
+    # A level the template may use stays usable.
+    ok = mqtt.MQTTMessage(mid=2, topic=b"devices/d-1/plant/raw")
+    ok.payload, ok.qos = b'{"t": 1}', 1
+    engine.handle(ok)
+    assert published[-1] == ("plant", b'{"t":1}')
