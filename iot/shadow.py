@@ -214,6 +214,12 @@ def _stamp(value: Any, timestamp: int) -> Any:
     return {"timestamp": timestamp}
 
 
+def _is_leaf_metadata(meta: Any) -> bool:
+    """Whether `meta` is a field's own {"timestamp": t}, not an object's metadata (whose values are all objects): an
+    object with a field named "timestamp" has {"timestamp": {"timestamp": t}}."""
+    return isinstance(meta, dict) and type(meta.get("timestamp")) is int
+
+
 def _merged(target: dict, metadata: dict, patch: dict, timestamp: int) -> tuple[dict, dict]:
     """`target` and its `metadata` with `patch` merged in: objects merge key by key, anything else replaces, null
     removes. The inputs are never changed: what the patch touches is copied, the rest is shared (documents are
@@ -225,7 +231,7 @@ def _merged(target: dict, metadata: dict, patch: dict, timestamp: int) -> tuple[
             metadata.pop(key, None)
         elif isinstance(value, dict) and isinstance(target.get(key), dict):
             sub_meta = metadata.get(key)
-            if not isinstance(sub_meta, dict) or "timestamp" in sub_meta:
+            if not isinstance(sub_meta, dict) or _is_leaf_metadata(sub_meta):
                 sub_meta = {}
             target[key], metadata[key] = _merged(target[key], sub_meta, value, timestamp)
         else:
@@ -274,7 +280,7 @@ def _metadata_for(value: dict, metadata: dict) -> dict:
     out = {}
     for key, item in value.items():
         meta = metadata.get(key, {})
-        if isinstance(item, dict) and isinstance(meta, dict) and "timestamp" not in meta:
+        if isinstance(item, dict) and isinstance(meta, dict) and not _is_leaf_metadata(meta):
             out[key] = _metadata_for(item, meta)
         else:
             out[key] = meta

@@ -43,6 +43,17 @@ def test_objects_merge_and_null_removes_a_field_when_updated_twice():
     assert second.version == 2
 
 
+def test_metadata_of_a_field_named_timestamp_is_kept_when_its_object_is_merged():
+    # "timestamp" is an ordinary field name (a GPS fix, a reading): an object holding one is still an object.
+    first = update(Document(), {"state": {"reported": {"gps": {"lat": 1, "timestamp": 100}}}}).document
+    second = update(first, {"state": {"reported": {"gps": {"lat": 2}}}}, T + 5).document
+    assert second.reported == {"gps": {"lat": 2, "timestamp": 100}}
+    assert second.reported_metadata == {"gps": {"lat": {"timestamp": T + 5}, "timestamp": {"timestamp": T}}}
+    desired = update(second, {"state": {"desired": {"gps": {"lat": 3, "timestamp": 100}}}}, T + 9)
+    assert desired.delta["state"] == {"gps": {"lat": 3}}
+    assert desired.delta["metadata"] == {"gps": {"lat": {"timestamp": T + 9}}}
+
+
 def test_null_section_clears_it_when_desired_is_null():
     document = update(Document(), {"state": {"desired": {"a": 1}, "reported": {"b": 2}}}).document
     cleared = update(document, {"state": {"desired": None}}).document
