@@ -781,9 +781,15 @@ class Codec:
             return out.getvalue()
         self._validate(value)
         try:
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            # allow_nan=False: a payload's NaN, Infinity or 1e400 reads as a float JSON cannot carry, and what is
+            # written here must be JSON.
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
         except UnicodeEncodeError:
             raise CodecFailed("text that is not valid Unicode (a lone surrogate) cannot be encoded") from None
+        except ValueError:
+            raise CodecFailed(
+                "not JSON: a number is NaN or infinite (NaN, Infinity, or too large for a double, such as 1e400)"
+            ) from None
 
     def _validate(self, value: Any) -> None:
         from referencing.exceptions import Unresolvable

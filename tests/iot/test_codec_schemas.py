@@ -200,3 +200,16 @@ def test_an_avro_array_of_empty_items_is_refused_when_a_payload_could_claim_bill
     codec = schemas.codec_for(schemas.compile_source(schemas.AVRO, json.dumps(ints)))
     with pytest.raises(schemas.CodecFailed):
         codec.decode(b"\xfe\xff\xff\xff\x0f")  # claims 2^31 ints, carries none
+
+
+@pytest.mark.parametrize("payload", [b'{"t": NaN}', b'{"t": Infinity}', b'{"t": 1e400}'], ids=["nan", "inf", "1e400"])
+def test_a_json_schema_encode_fails_instead_of_writing_what_is_not_json_when_a_number_is_not_finite(payload):
+    # A device's payload on an encode rule: NaN, Infinity and 1e400 read as Python floats, which the JSON written
+    # out cannot carry. The encoded result must be JSON, or the message fails with a reason.
+    codec = schemas.Codec(schemas.compile_source("json_schema", json.dumps({"type": "object"})))
+    try:
+        out = codec.encode(schemas._json_payload(payload))
+    except schemas.CodecFailed as exc:
+        assert "not JSON" in str(exc) or "finite" in str(exc)
+    else:
+        json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} written into the encoded JSON"))
