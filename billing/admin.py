@@ -183,21 +183,9 @@ class InvoiceAdmin(admin.ModelAdmin):
             issued += invoicing.invoices_release_held(account=BillingAccount.objects.get(pk=account_id))
         self.message_user(request, f"{len(issued)} held invoice(s) issued.", messages.SUCCESS)
 
-    @admin.action(description="Issue a refund credit of the invoice total")
+    @admin.action(description="Issue a refund credit of what was paid for the invoice, before VAT")
     def issue_credit(self, request, queryset):
-        def refund(*, invoice, actor):
-            if invoice.total <= 0 or invoice.status not in ("paid", "open"):
-                raise Conflict(f"a {invoice.status} invoice of {invoice.total} cannot be credited")
-            services.credit_grant(
-                account=invoice.billing_account,
-                actor=actor,
-                kind="refund",
-                amount=invoice.total,
-                description=f"Refund of invoice {invoice.number}",
-                source_invoice=invoice,
-            )
-
-        _run(self, request, queryset, refund, "credited")
+        _run(self, request, queryset, services.invoice_refund, "credited")
 
 
 @admin.register(CreditGrant)

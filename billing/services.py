@@ -992,6 +992,33 @@ def invoice_mark_uncollectible(*, invoice: Invoice, actor: Principal | None) -> 
 
 
 @transaction.atomic
+def invoice_refund(*, invoice: Invoice, actor: Principal | None) -> CreditGrant:
+    """Give back what was paid for an invoice as a refund credit: the money received for it before its VAT (credits
+    are taken off before tax, so against an invoice taxed as this one the credit pays back exactly the money; the
+    gross amount would take the VAT off a second time), in the currency it was paid in, less every refund credit it
+    already gave. So an unpaid invoice, or one already refunded, gives nothing: a credit never exceeds what it credits."""
+    invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
+    received = sum(
+        invoice.payments.filter(status="succeeded", currency=invoice.currency).values_list("amount", flat=True)
+    )
+    refunded = sum(
+        CreditGrant.objects.filter(source_invoice=invoice, kind=CreditKind.REFUND).values_list("amount", flat=True)
+    )
+    refundable = _before_tax(received, invoice) - refunded
+    if refundable <= 0:
+        raise Conflict(f"Nothing paid for invoice {invoice} is left to refund.")
+    return credit_grant(
+        account=invoice.billing_account,
+        actor=actor,
+        kind=CreditKind.REFUND,
+        amount=refundable,
+        currency=invoice.currency,
+        description=f"Refund of invoice {invoice.number}",
+        source_invoice=invoice,
+    )
+
+
+@transaction.atomic
 def credit_grant(
     *,
     account: BillingAccount,

@@ -211,3 +211,36 @@ def test_month_to_date_equals_the_invoice_subtotal_to_the_cent_when_lines_round_
     monkeypatch.undo()
     invoicing.close_invoices(month=APRIL, now=at(2026, 5, 1, 0, 20))
     assert Invoice.objects.get().subtotal == overview.month_to_date
+
+
+def _march_invoice_to_a_french_consumer(owner_org, make_deployment, history):
+    set_account(owner_org, country="FR", company="", postal_code="75001")
+    dep = make_deployment(owner_org.default_project)
+    history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])  # 244 h x 0.36 = 87.84
+    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    invoice = Invoice.objects.get()
+    assert (invoice.subtotal, invoice.tax, invoice.total, invoice.currency) == (8784, 1757, 10541, "USD")
+    return invoice
+
+
+def test_refund_credit_is_the_money_received_before_vat_once_when_staff_credit_a_paid_invoice_twice(
+    owner_org, make_deployment, history, usd_rates, admin_client
+):
+    invoice = _march_invoice_to_a_french_consumer(owner_org, make_deployment, history)
+    admin_client.post("/admin/billing/invoice/", {"action": "mark_paid", "_selected_action": [invoice.pk]})
+    for _ in range(2):
+        admin_client.post("/admin/billing/invoice/", {"action": "issue_credit", "_selected_action": [invoice.pk]})
+    # 105.41 received, 17.57 of it VAT: a credit (taken off before tax) of 87.84 pays back exactly 105.41 of an
+    # invoice taxed as this one; the gross 105.41 as a credit would give 126.49 back. And once: a second click
+    # credits nothing more than was paid.
+    refunds = list(CreditGrant.objects.filter(kind="refund").values_list("amount", "currency"))
+    assert refunds == [(8784, "USD")]
+
+
+def test_no_refund_credit_when_the_invoice_was_never_paid(owner_org, make_deployment, history, usd_rates, admin_client):
+    invoice = _march_invoice_to_a_french_consumer(owner_org, make_deployment, history)
+    admin_client.post("/admin/billing/invoice/", {"action": "issue_credit", "_selected_action": [invoice.pk]})
+    services.invoice_void(invoice=invoice, actor=None, reason="wrong", now=at(2026, 4, 3, 9))
+    # The credit note cancels the unpaid invoice; a refund credit besides it would pay back money never received.
+    assert not CreditGrant.objects.filter(kind="refund").exists()
