@@ -46,6 +46,12 @@ class BillingAccount(models.Model):
     vat_consulted_at = models.DateTimeField(null=True, blank=True)
     stripe_customer_id = models.CharField(max_length=64, blank=True)
     stripe_payment_method_id = models.CharField(max_length=64, blank=True)
+    stripe_payment_method_created_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When Stripe created the SetupIntent that saved the card: an older card's notice, arriving late "
+        "(Stripe delivers in no particular order), changes nothing.",
+    )
     stripe_synced_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

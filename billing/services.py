@@ -549,7 +549,9 @@ def card_checkout_complete(*, account: BillingAccount, actor: Principal | None, 
     if not re.fullmatch(r"cs_[A-Za-z0-9_]{1,200}", session_id):
         raise ValidationFailed({"session_id": "Not a Checkout session id."})
     try:
-        customer, status, payment_method = gateway.checkout_setup_result(session_id, client=stripe_client(waiting=True))
+        customer, status, payment_method, created = gateway.checkout_setup_result(
+            session_id, client=stripe_client(waiting=True)
+        )
     except gateway.StripeObjectMissing as exc:
         raise NotFound("No such Checkout session.") from exc
     except gateway.StripeUnavailable as exc:
@@ -560,22 +562,35 @@ def card_checkout_complete(*, account: BillingAccount, actor: Principal | None, 
         return False
     with transaction.atomic():
         locked = BillingAccount.objects.select_for_update().select_related("organization").get(pk=account.pk)
-        if locked.stripe_payment_method_id == payment_method:
-            return True
-        locked.stripe_payment_method_id = payment_method
-        locked.save(update_fields=["stripe_payment_method_id"])
-        audit_record(
-            actor=actor,
-            organization=locked.organization,
-            action="billing.card.added",
-            target=locked,
-            summary={"payment_method": payment_method},
-        )
-        from billing import tasks
-
-        enqueue_on_commit(tasks.set_default_card, locked.pk)
-    account.stripe_payment_method_id = payment_method
+        _card_save(locked, actor=actor, payment_method=payment_method, created=created)
+    account.stripe_payment_method_id = locked.stripe_payment_method_id
     return True
+
+
+def _card_save(account: BillingAccount, *, actor: Principal | None, payment_method: str, created: Any) -> str:
+    """Make the card a SetupIntent saved the account's card (`account` locked), unless a card of a newer SetupIntent
+    is saved already: Stripe delivers its notices in no particular order, and the card the customer replaced must not
+    come back to be charged. `created`: the SetupIntent's creation in Unix seconds, if known."""
+    seconds = whole_number(str(created)) if created is not None else None
+    at = datetime.datetime.fromtimestamp(seconds, datetime.UTC) if seconds is not None else None
+    if account.stripe_payment_method_id == payment_method:
+        return "card saved"
+    known = account.stripe_payment_method_created_at
+    if at is not None and known is not None and at < known:
+        return f"ignored: card {payment_method} was set up before the card saved since"
+    account.stripe_payment_method_id, account.stripe_payment_method_created_at = payment_method, at
+    account.save(update_fields=["stripe_payment_method_id", "stripe_payment_method_created_at"])
+    audit_record(
+        actor=actor,
+        organization=account.organization,
+        action="billing.card.added",
+        target=account,
+        summary={"payment_method": payment_method},
+    )
+    from billing import tasks
+
+    enqueue_on_commit(tasks.set_default_card, account.pk)
+    return "card saved"
 
 
 @dataclass(frozen=True)
@@ -1163,22 +1178,15 @@ def _apply_event(event: dict[str, Any]) -> str:
         _payment_failed_notice(invoice, reason=str(error.get("message") or ""), attempt=intent_id)
         return f"invoice {invoice.public_id} payment failed"
     if kind == "setup_intent.succeeded":
-        account = BillingAccount.objects.select_for_update().filter(stripe_customer_id=obj.get("customer")).first()
+        account = (
+            BillingAccount.objects.select_for_update()
+            .select_related("organization")
+            .filter(stripe_customer_id=obj.get("customer"))
+            .first()
+        )
         if account is None or not obj.get("payment_method"):
             return "ignored: unknown customer"
-        account.stripe_payment_method_id = str(obj["payment_method"])
-        account.save(update_fields=["stripe_payment_method_id"])
-        audit_record(
-            actor=None,
-            organization=account.organization,
-            action="billing.card.added",
-            target=account,
-            summary={"payment_method": account.stripe_payment_method_id},
-        )
-        from billing import tasks
-
-        enqueue_on_commit(tasks.set_default_card, account.pk)
-        return "card saved"
+        return _card_save(account, actor=None, payment_method=str(obj["payment_method"]), created=obj.get("created"))
     return "ignored"
 
 

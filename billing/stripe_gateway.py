@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar
 
 from billing.money import minor_units, normalize_currency
+from controlplane.validators import whole_number
 
 if TYPE_CHECKING:
     import stripe
@@ -295,9 +296,11 @@ def create_checkout_setup_session(
 
 
 @_calls_stripe
-def checkout_setup_result(session_id: str, *, client: stripe.StripeClient | None = None) -> tuple[str, str, str]:
+def checkout_setup_result(
+    session_id: str, *, client: stripe.StripeClient | None = None
+) -> tuple[str, str, str, int | None]:
     """What a Checkout session in setup mode left: (customer id, session status, the saved card's PaymentMethod id or
-    "" while none)."""
+    "" while none, when its SetupIntent was created in Unix seconds or None while none)."""
     import stripe
 
     try:
@@ -307,10 +310,11 @@ def checkout_setup_result(session_id: str, *, client: stripe.StripeClient | None
     except stripe.StripeError as exc:
         raise _unavailable(exc) from exc
     intent = _field(session, "setup_intent")
-    payment_method = ""
+    payment_method, created = "", None
     if intent is not None and not isinstance(intent, str) and _field(intent, "status") == "succeeded":
         payment_method = str(_field(intent, "payment_method") or "")
-    return str(_field(session, "customer") or ""), str(_field(session, "status") or ""), payment_method
+        created = whole_number(str(_field(intent, "created") or ""))
+    return str(_field(session, "customer") or ""), str(_field(session, "status") or ""), payment_method, created
 
 
 @_calls_stripe

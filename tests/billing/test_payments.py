@@ -526,3 +526,45 @@ def test_deleted_seven_days_after_billing_stop_when_still_unpaid(owner_org, make
     assert services.overdue_process(now=stopped_at + datetime.timedelta(days=7, minutes=1))["deleted"] == 1
     dep.refresh_from_db()
     assert dep.desired_state == "deleted"
+
+
+def test_older_card_notice_changes_nothing_when_it_arrives_after_a_newer_card_was_saved(fake_stripe, owner_org, client):
+    account = billing_account_for(organization=owner_org.organization)
+    services.billing_account_update(
+        account=account, actor=None, country="US", email="ap@acme.example", postal_code="94105", **ADDRESS
+    )
+    customer_id = services.billing_account_sync_stripe(account_id=account.pk)
+    first, second = fake_stripe.attach_card(customer_id), fake_stripe.attach_card(customer_id)
+    now = int(time.time())
+    older = {"id": "seti_older", "object": "setup_intent", "customer": customer_id, "payment_method": first}
+    newer = {"id": "seti_newer", "object": "setup_intent", "customer": customer_id, "payment_method": second}
+    # Stripe delivers in no particular order: the notice of the card the customer replaced arrives last.
+    assert post_event(client, "setup_intent.succeeded", {**newer, "created": now}).status_code == 200
+    assert post_event(client, "setup_intent.succeeded", {**older, "created": now - 60}).status_code == 200
+    account.refresh_from_db()
+    assert account.stripe_payment_method_id == second
+
+
+def test_older_card_notice_changes_nothing_when_it_arrives_after_checkout_saved_a_newer_card(
+    fake_stripe, owner_org, client
+):
+    account = billing_account_for(organization=owner_org.organization)
+    services.billing_account_update(
+        account=account, actor=None, country="US", email="ap@acme.example", postal_code="94105", **ADDRESS
+    )
+    customer_id = services.billing_account_sync_stripe(account_id=account.pk)
+    account.refresh_from_db()
+    old_card = fake_stripe.attach_card(customer_id)
+    url = services.card_checkout_session_create(
+        account=account, actor=None, success_url="https://console.example/ok", cancel_url="https://console.example/no"
+    )
+    session = fake_stripe.checkout_sessions[url.rsplit("/", 1)[1]]
+    fake_stripe._complete_checkout(session, "4242424242424242")
+    assert services.card_checkout_complete(account=account, actor=None, session_id=session["id"])
+    new_card = fake_stripe.setup_intents[session["setup_intent"]]["payment_method"]
+    created = fake_stripe.setup_intents[session["setup_intent"]]["created"]
+    older = {"id": "seti_older", "object": "setup_intent", "customer": customer_id, "payment_method": old_card}
+    response = post_event(client, "setup_intent.succeeded", {**older, "created": created - 3600})
+    assert response.status_code == 200
+    account.refresh_from_db()
+    assert account.stripe_payment_method_id == new_card
