@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -931,13 +931,15 @@ def _plan_upgrades_cancel(prepaid: Invoice, *, actor: Principal | None, now: dat
             invoice_void(invoice=upgrade, actor=actor, reason=reason, now=now)
             continue
         # What it was paid with, before VAT: the money less its tax, and the credits it consumed (the paid invoice
-        # keeps its record of them).
-        if upgrade.subtotal > 0:
+        # keeps its record of them), less what refund credits of it gave back already (invoice_refund, a second
+        # payment's credit).
+        left = _received_before_tax(upgrade) + upgrade.credits_applied - _refunded(upgrade)
+        if left > 0:
             credit_grant(
                 account=upgrade.billing_account,
                 actor=actor,
                 kind=CreditKind.REFUND,
-                amount=upgrade.subtotal,
+                amount=left,
                 currency=upgrade.currency,
                 description=f"Upgrade invoice {upgrade.number}, paid: {reason}",
                 source_invoice=upgrade,
@@ -1006,6 +1008,18 @@ def invoice_mark_uncollectible(*, invoice: Invoice, actor: Principal | None) -> 
 # --- Credits and coupons ------------------------------------------------------------------------------------------------
 
 
+def _received_before_tax(invoice: Invoice) -> int:
+    """The money its succeeded payments brought for `invoice`, less that invoice's VAT on it."""
+    found = invoice.payments.filter(status="succeeded", currency=invoice.currency).aggregate(total=Sum("amount"))
+    return _before_tax(int(found["total"] or 0), invoice)
+
+
+def _refunded(invoice: Invoice) -> int:
+    """What refund credits of `invoice` gave back so far, in its currency."""
+    found = CreditGrant.objects.filter(source_invoice=invoice, kind=CreditKind.REFUND).aggregate(total=Sum("amount"))
+    return int(found["total"] or 0)
+
+
 @transaction.atomic
 def invoice_refund(*, invoice: Invoice, actor: Principal | None) -> CreditGrant:
     """Give back what was paid for an invoice as a refund credit: the money received for it before its VAT (credits
@@ -1013,13 +1027,7 @@ def invoice_refund(*, invoice: Invoice, actor: Principal | None) -> CreditGrant:
     gross amount would take the VAT off a second time), in the currency it was paid in, less every refund credit it
     already gave. So an unpaid invoice, or one already refunded, gives nothing: a credit never exceeds what it credits."""
     invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
-    received = sum(
-        invoice.payments.filter(status="succeeded", currency=invoice.currency).values_list("amount", flat=True)
-    )
-    refunded = sum(
-        CreditGrant.objects.filter(source_invoice=invoice, kind=CreditKind.REFUND).values_list("amount", flat=True)
-    )
-    refundable = _before_tax(received, invoice) - refunded
+    refundable = _received_before_tax(invoice) - _refunded(invoice)
     if refundable <= 0:
         raise Conflict(f"Nothing paid for invoice {invoice} is left to refund.")
     return credit_grant(

@@ -140,12 +140,9 @@ def test_upgrade_billed_again_once_when_its_invoice_was_voided(owner_org, make_d
     assert (subscription.status, subscription.tier.code) == ("active", "2k")
 
 
-@pytest.mark.parametrize("upgrade_paid", [False, True])
-def test_upgrades_go_with_their_plan_when_its_prepaid_invoice_is_voided(
-    owner_org, make_deployment, history, tiers, upgrade_paid
-):
-    """A plan ended by voiding its prepaid invoice was never billed for its term; its upgrade invoice (the rest of
-    the term on the dearer tier) was left owed while the same hours were billed by the hour again."""
+def plan_upgraded(owner_org, make_deployment, history):
+    """An annual plan bought on 17 March at 13:20 and upgraded to 2k on 29 May at 13:20, its upgrade billed:
+    (its prepaid invoice, the upgrade's invoice, when it was upgraded)."""
     set_account(owner_org)
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), None)])
@@ -156,7 +153,16 @@ def test_upgrades_go_with_their_plan_when_its_prepaid_invoice_is_voided(
     dep.status_intervals.filter(ended_at__isnull=True).update(ended_at=upgrade_at)
     history(dep, [("running", upgrade_at, None, "2k")])
     assert annual.annual_upgrades_bill(now=upgrade_at + datetime.timedelta(minutes=40)) == 1
-    upgrade = Invoice.objects.get(kind="annual_upgrade")
+    return prepaid, Invoice.objects.get(kind="annual_upgrade"), upgrade_at
+
+
+@pytest.mark.parametrize("upgrade_paid", [False, True])
+def test_upgrades_go_with_their_plan_when_its_prepaid_invoice_is_voided(
+    owner_org, make_deployment, history, tiers, upgrade_paid
+):
+    """A plan ended by voiding its prepaid invoice was never billed for its term; its upgrade invoice (the rest of
+    the term on the dearer tier) was left owed while the same hours were billed by the hour again."""
+    prepaid, upgrade, upgrade_at = plan_upgraded(owner_org, make_deployment, history)
     if upgrade_paid:
         services.invoice_mark_paid(invoice=upgrade, actor=None)
 
@@ -244,3 +250,19 @@ def test_no_refund_credit_when_the_invoice_was_never_paid(owner_org, make_deploy
     services.invoice_void(invoice=invoice, actor=None, reason="wrong", now=at(2026, 4, 3, 9))
     # The credit note cancels the unpaid invoice; a refund credit besides it would pay back money never received.
     assert not CreditGrant.objects.filter(kind="refund").exists()
+
+
+def test_paid_upgrade_refunded_once_when_staff_refunded_it_before_its_plan_was_voided(
+    owner_org, make_deployment, history, tiers
+):
+    prepaid, upgrade, upgrade_at = plan_upgraded(owner_org, make_deployment, history)
+    services.invoice_mark_paid(invoice=upgrade, actor=None)
+    services.invoice_refund(invoice=upgrade, actor=None)  # the customer complained; staff gave the money back
+
+    services.invoice_void(
+        invoice=prepaid, actor=None, reason="wrong buyer", now=upgrade_at + datetime.timedelta(hours=1)
+    )
+
+    # 833.95 was paid for the upgrade and 833.95 given back already: voiding its plan gives nothing more.
+    refunds = list(CreditGrant.objects.filter(source_invoice=upgrade).values_list("amount", flat=True))
+    assert refunds == [83395]
