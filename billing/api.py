@@ -253,7 +253,7 @@ class InvoiceLineOutputSerializer(serializers.Serializer):
         help_text="hour, year, item or, for traffic, GiB (1024³ bytes; traffic lines issued before this spelling "
         "say GB for the same GiB)."
     )
-    unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
+    unit_price = serializers.DecimalField(max_digits=20, decimal_places=6)  # as the model: a year in VND is 9 digits
     amount = serializers.IntegerField()
     tier = serializers.CharField(source="tier.code", allow_null=True, default=None)
     usage_month = serializers.DateField(
@@ -362,7 +362,7 @@ class CreditNoteLineOutputSerializer(serializers.Serializer):
     description = serializers.CharField()
     quantity = serializers.DecimalField(max_digits=18, decimal_places=6)
     unit = serializers.CharField()
-    unit_price = serializers.DecimalField(max_digits=14, decimal_places=6)
+    unit_price = serializers.DecimalField(max_digits=20, decimal_places=6)  # as the model: a year in VND is 9 digits
     amount = serializers.IntegerField(help_text="Minor units, negative.")
 
 

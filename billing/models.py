@@ -457,7 +457,8 @@ class InvoiceLine(models.Model):
     seconds = models.PositiveIntegerField(null=True, blank=True)
     quantity = models.DecimalField(max_digits=18, decimal_places=6)
     unit = models.CharField(max_length=16)
-    unit_price = models.DecimalField(max_digits=14, decimal_places=6, help_text="Major units per unit.")
+    # 14 integer digits: a year prepaid in a currency of small units (277,363,500 VND for a 10k tier) is one unit.
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6, help_text="Major units per unit.")
     amount = models.BigIntegerField(help_text="Minor units, rounded half-up once.")
     tier = models.ForeignKey("deployments.Tier", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     usage_month = models.DateField(
@@ -538,7 +539,7 @@ class CreditNoteLine(models.Model):
     description = models.CharField(max_length=300)
     quantity = models.DecimalField(max_digits=18, decimal_places=6)
     unit = models.CharField(max_length=16)
-    unit_price = models.DecimalField(max_digits=14, decimal_places=6)
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6)  # as InvoiceLine.unit_price
     amount = models.BigIntegerField(help_text="Minor units, the invoice line's amount negated.")
 
     class Meta:
