@@ -212,14 +212,14 @@ def running_deployment_ids() -> list[int]:
 
 
 def uncollected_deployment_ids_to_evaluate() -> list[int]:
-    """Live deployments that are not running (so not collected, and not evaluated after a collection) but whose rules
-    still have something to say: down while asked to run (degraded, failed), or holding an unresolved alert."""
+    """Deployments that are not running (so not collected, and not evaluated after a collection) but whose rules
+    still have something to say: down while asked to run (degraded, failed), or holding an unresolved alert (a
+    deleted one's too: its evaluation resolves them)."""
     from alerts.models import AlertStatus
     from deployments.models import Deployment, DesiredState, Status
 
     return list(
         Deployment.objects.exclude(status=Status.RUNNING)
-        .exclude(desired_state=DesiredState.DELETED)
         .filter(
             Q(desired_state=DesiredState.RUNNING, status__in=[Status.DEGRADED, Status.FAILED])
             | Q(alerts__status__in=[AlertStatus.PENDING, AlertStatus.FIRING])

@@ -335,6 +335,78 @@ def _fact_candidates(*, ids, live, project_deployments, facts) -> list[tuple[int
     return out
 
 
+def _retired_alerts_resolve(*, deployment_ids, kinds, now: dt.datetime) -> tuple[int, int]:
+    """Resolve the unresolved alerts that nothing evaluates any more: their rule was disabled, or their deployment
+    deleted, while they were pending or firing. Left alone they stayed firing for good. Whoever was told one fired is
+    told it resolved, unless a silence matching it is active (as for any resolve). Returns (resolved, queued)."""
+    from deployments.models import DesiredState
+
+    qs = (
+        Alert.objects.exclude(status=AlertStatus.RESOLVED)
+        .filter(rule__kind__in=kinds)
+        .filter(Q(rule__enabled=False) | Q(deployment__desired_state=DesiredState.DELETED))
+    )
+    if deployment_ids is not None:
+        qs = qs.filter(deployment_id__in=deployment_ids)
+    with transaction.atomic():
+        # Locked, and read again once a concurrent evaluation's lock is released: an alert is resolved, and its
+        # resolve sent, once.
+        retired = list(
+            qs.select_for_update(of=("self",)).select_related("rule__organization", "rule__project", "deployment")
+        )
+        if not retired:
+            return 0, 0
+        silences: dict[int, list[Silence]] = defaultdict(list)
+        for silence in Silence.objects.filter(
+            project_id__in={a.project_id for a in retired}, starts_at__lte=now, ends_at__gt=now
+        ):
+            silences[silence.project_id].append(silence)
+        events: list[PendingEvent] = []
+        notifications: list[tuple[Alert, str]] = []
+        live: dict[int, LiveDeployment] = {}
+        for alert in retired:
+            rule, deployment = alert.rule, alert.deployment
+            public_id = deployment.public_id if deployment is not None else None
+            if deployment is not None:
+                live[deployment.pk] = LiveDeployment(deployment.public_id, deployment.project_id, None, None)
+            told = alert.status == AlertStatus.FIRING and alert.last_notified_at is not None
+            alert.status, alert.since, alert.resolved_at, alert.acknowledged_until = (
+                AlertStatus.RESOLVED,
+                now,
+                now,
+                None,
+            )
+            alert.last_evaluated_at, alert.last_notified_at = now, None
+            why = "its rule was disabled" if not rule.enabled else "its deployment was deleted"
+            events.append(PendingEvent(alert, AlertEvent.Kind.RESOLVED, None, f"resolved: {why}"))
+            if not told:
+                continue
+            silenced = any(
+                silence_matches(
+                    s, deployment=public_id, rule=rule.public_id, metric=rule.metric, severity=rule.severity
+                )
+                for s in silences.get(alert.project_id, ())
+            )
+            if silenced:
+                events.append(PendingEvent(alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence"))
+            else:
+                notifications.append((alert, Delivery.Kind.RESOLVE))
+                events.append(
+                    PendingEvent(alert, AlertEvent.Kind.NOTIFIED, None, f"{Delivery.Kind.RESOLVE} notification")
+                )
+        queued = _evaluation_save(
+            new_alerts=[],
+            changed_alerts=retired,
+            fields=_ALERT_STATE_FIELDS,
+            events=events,
+            notifications=notifications,
+            rule_objects={a.rule_id: a.rule for a in retired},
+            live=live,
+            now=now,
+        )
+    return len(retired), queued
+
+
 def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[int] | None = None) -> EvaluationSummary:
     """Evaluate every enabled rule against every deployment it covers (all live ones, or those listed).
 
@@ -346,6 +418,7 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
 
     now = now or timezone.now()
     ids = list(deployment_ids) if deployment_ids is not None else None
+    retired = _retired_alerts_resolve(deployment_ids=ids, kinds=DEPLOYMENT_RULE_KINDS, now=now)
     # Defaults are created with the deployment; this gives existing deployments a default added since (one query).
     default_rules_ensure(deployment_ids=ids)
 
@@ -368,6 +441,7 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     facts = {kind: source(ids) for kind, (source, _) in FACT_SOURCES.items()}
     candidates += _fact_candidates(ids=ids, live=live, project_deployments=project_deployments, facts=facts)
     summary = EvaluationSummary(rules=_rules_of(live, ids, DEPLOYMENT_RULE_KINDS).count())
+    summary.changed, summary.notifications = retired
     if not candidates:
         return summary  # the usual minute of a healthy deployment: nothing breached, nothing to resolve
 
@@ -478,7 +552,7 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
         if transition.notify is not None:
             _note_notification(alert, transition, value, now, events, notifications)
 
-    summary.notifications = _evaluation_save(
+    summary.notifications += _evaluation_save(
         new_alerts=new_alerts,
         changed_alerts=changed_alerts,
         fields=_ALERT_STATE_FIELDS,
@@ -667,10 +741,12 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
     from billing.selectors import billing_account_for, spend_month_to_date
 
     now = now or timezone.now()
+    retired = _retired_alerts_resolve(deployment_ids=None, kinds=(AlertRule.Kind.BUDGET,), now=now)
     rules = list(
         AlertRule.objects.filter(enabled=True, kind=AlertRule.Kind.BUDGET).select_related("organization", "project")
     )
     summary = EvaluationSummary(rules=len(rules))
+    summary.changed, summary.notifications = retired
     if not rules:
         return summary
 
@@ -763,7 +839,7 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
         if transition.notify is not None:
             _note_notification(alert, transition, None, now, events, notifications)
 
-    summary.notifications = _evaluation_save(
+    summary.notifications += _evaluation_save(
         new_alerts=new_alerts,
         changed_alerts=changed_alerts,
         fields=[*_ALERT_STATE_FIELDS, "spend_minor", "budget_minor", "currency"],
