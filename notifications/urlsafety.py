@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -258,6 +259,21 @@ class SafeResponse:
     headers: dict[str, str]
 
 
+def _read_until(response: urllib3.BaseHTTPResponse, deadline: float, *, limit: int, budget: float) -> bytes:
+    """At most `limit` bytes of the body, as they arrive; TimeoutError once `deadline` (monotonic) has passed."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the receiver did not finish answering within {budget:g} s")
+        chunk = response.read1(min(8192, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def safe_post(
     url: str,
     *,
@@ -298,12 +314,15 @@ def safe_post(
         )
     else:
         pool = urllib3.HTTPConnectionPool(str(ip), target.port, **pool_kwargs)
+    # The timeouts bound each socket operation; a receiver that trickles its answer a byte at a time never trips them,
+    # and held the worker (past the delivery's lease, inviting a second attempt) for as long as it liked.
+    deadline = time.monotonic() + 2 * timeout
     try:
         response = pool.urlopen(
             "POST", target.path, body=body, headers=send_headers, redirect=False, preload_content=False
         )
         try:
-            content = response.read(MAX_RESPONSE_BYTES)
+            content = _read_until(response, deadline, limit=MAX_RESPONSE_BYTES, budget=2 * timeout)
         finally:
             response.release_conn()
         return SafeResponse(status=response.status, body=content, headers=dict(response.headers))

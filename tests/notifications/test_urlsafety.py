@@ -317,3 +317,40 @@ def test_lookups_still_answer_in_a_forked_child_when_the_parent_had_looked_up_be
             os._exit(0)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_safe_post_gives_up_within_its_timeout_when_the_receiver_trickles_its_body():
+    """A receiver that answers a byte at a time, each within the read timeout, must not hold the worker (and the
+    delivery's two-minute lease) for as long as it likes: the timeout bounds the whole answer."""
+    import socket
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011 - a timeout, whichever layer of urllib3 raises it
+            safe_post(f"http://127.0.0.1:{port}/in", json_body={"a": 1}, allow_private=True, timeout=1)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert elapsed < 3, f"held for {elapsed:.1f} s with a 1 s timeout"
