@@ -613,7 +613,10 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedV
 
     @extend_schema(summary="Delete an alert rule and its alerts", tags=ALERTS_TAG)
     def destroy(self, request, *args, **kwargs):
-        rules.alert_rule_delete(rule=self.get_object(), actor=self.principal)
+        rule = self.get_object()
+        if rule.kind == AlertRule.Kind.BUDGET:
+            self._check_budget_scope()  # as creating and changing one: deleting a budget is billing's say too
+        rules.alert_rule_delete(rule=rule, actor=self.principal)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

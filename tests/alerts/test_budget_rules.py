@@ -481,6 +481,18 @@ def test_budget_rule_needs_billing_read_when_project_administrator_creates_it(ct
     assert allowed.status_code == 201, allowed.content
 
 
+def test_budget_rule_is_not_deleted_when_a_member_without_billing_read_asks(ctx, key_client):
+    # Creating and changing a budget rule needs billing:read: deleting the finance team's budget must too.
+    org = ctx["org"]
+    user, _ = org.add_member(project_grants=[(ctx["project"], "project_administrator")])
+    _, secret = org.key_for(user, role="project_administrator", projects=[ctx["project"]])
+    rule = budget_rule(ctx["project"], "250.00")
+    refused = key_client(secret).delete(f"{ctx['rules_url']}/{rule.public_id}")
+    assert refused.status_code == 403, refused.content
+    assert AlertRule.objects.filter(pk=rule.pk).exists()
+    assert ctx["client"].delete(f"{ctx['rules_url']}/{rule.public_id}").status_code == 204
+
+
 def test_other_organization_cannot_see_or_edit_budget_rules_and_alerts(ctx, org_factory):
     other = org_factory()
     running_deployment(other.default_project)
