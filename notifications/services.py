@@ -520,15 +520,20 @@ def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None) 
         claim = claim.filter(attempts=expected_attempts)
     if not claim.update(attempts=F("attempts") + 1, next_attempt_at=timezone.now() + DELIVERY_ATTEMPT_LEASE):
         return Delivery.objects.filter(pk=delivery_id).first(), None
-    delivery = Delivery.objects.select_related("channel", "channel__organization").get(pk=delivery_id)
-    channel = delivery.channel
+    found = Delivery.objects.select_related("channel", "channel__organization").filter(pk=delivery_id).first()
+    if found is None:  # its channel was deleted, and the delivery with it: nothing to send
+        return None, None
+    delivery, channel = found, found.channel
     if not channel.enabled:
         result = senders.DeliveryResult(False, None, "", "channel disabled", 0)
     else:
         result = _send(channel, delivery)  # outside any transaction: the receiver may take seconds
     now = timezone.now()
     with transaction.atomic():
-        delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
+        locked = Delivery.objects.select_for_update().filter(pk=delivery.pk).first()
+        if locked is None:  # the channel was deleted while the receiver answered: nothing left to record or retry
+            return None, None
+        delivery = locked
         DeliveryAttempt.objects.create(
             delivery=delivery,
             number=delivery.attempts,

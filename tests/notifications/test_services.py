@@ -358,3 +358,24 @@ def test_email_notice_is_retried_then_counted_and_logged_never_silent_when_smtp_
     assert [m.to for m in mailoutbox] == ([[owner_org.owner.email]] if delivered else [])
     assert NOTIFICATION_FAILURES.labels(channel_type="email")._value.get() == counted + (0 if delivered else 1)
     assert ("not sent" in caplog.text) is not delivered
+
+
+def test_delivery_attempt_returns_quietly_when_its_channel_is_deleted_during_the_send(
+    owner_org, private_webhooks, monkeypatch
+):
+    # The channel (and, with it, its deliveries) deleted while the receiver was answering: nothing is left to record,
+    # and the task ends as for a missing row, without an error or a retry.
+    channel, _ = webhook_channel(owner_org.organization, "http://127.0.0.1:9/hook")
+    delivery = Delivery.objects.create(
+        organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
+    )
+
+    def deleted_while_sending(sent_channel, sent_delivery):
+        notification_services.channel_delete(channel=sent_channel, actor=None)
+        return notification_services.senders.DeliveryResult(False, 503, "", "HTTP 503", 5, retryable=True)
+
+    monkeypatch.setattr(notification_services, "_send", deleted_while_sending)
+    assert notification_services.delivery_attempt(delivery_id=delivery.pk) == (None, None)
+    tasks.deliver_notification.run(delivery.pk)  # a message still queued for it finds nothing to do
+    assert not Delivery.objects.filter(pk=delivery.pk).exists()
+    assert not DeliveryAttempt.objects.filter(delivery_id=delivery.pk).exists()
