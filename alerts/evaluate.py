@@ -445,123 +445,131 @@ def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[i
     if not candidates:
         return summary  # the usual minute of a healthy deployment: nothing breached, nothing to resolve
 
-    rules = {r["id"]: r for r in AlertRule.objects.filter(pk__in={c[0] for c in candidates}).values(*_RULE_ROW_FIELDS)}
-    alerts = {
-        (a.rule_id, a.deployment_id): a
-        for a in Alert.objects.filter(rule_id__in=rules, deployment_id__in={c[1] for c in candidates})
-    }
-    silences_by_project: dict[int, list[Silence]] = defaultdict(list)
-    for silence in Silence.objects.filter(
-        project_id__in={r["project_id"] for r in rules.values()}, starts_at__lte=now, ends_at__gt=now
-    ):
-        silences_by_project[silence.project_id].append(silence)
-    maintenance = _maintenance_ids(ids, now=now)
-
-    spec_cache: dict = {}
-    new_alerts: list[Alert] = []
-    changed_alerts: list[Alert] = []
-    events: list[PendingEvent] = []
-    notifications: list[tuple[Alert, str]] = []
-
-    for rule_id, dep_id, value in candidates:
-        rule = rules[rule_id]
-        deployment = live[dep_id]
-        alert = alerts.get((rule_id, dep_id))
-        limit_field = TIER_LIMIT_FIELDS.get(rule["metric"] or "", "")
-        tier_limit = {
-            "max_connections": deployment.max_connections,
-            "messages_per_second": deployment.messages_per_second,
-        }.get(limit_field)
-        spec = _spec_for(rule, spec_cache)
-        breached = _breached(spec, value, tier_limit)
-        if not breached and (alert is None or alert.status == AlertStatus.RESOLVED):
-            continue  # a fact with a value that breaches nothing, and no alert to resolve
-        silenced = any(
-            silence_matches(
-                silence,
-                deployment=deployment.public_id,
-                rule=rule["public_id"],
-                metric=rule["metric"],
-                severity=rule["severity"],
-            )
-            for silence in silences_by_project.get(rule["project_id"], ())
-        )
-        state = (
-            None
-            if alert is None
-            else evaluation.AlertState(
-                status=alert.status,
-                since=alert.since,
-                last_notified_at=alert.last_notified_at,
-                acknowledged_until=alert.acknowledged_until,
-                silenced=silenced,
-            )
-        )
-        in_maintenance = dep_id in maintenance
-        # A new alert has no state to carry the silence: the evaluator's other withholding switch stands in for it.
-        transition = evaluation.evaluate(
-            spec,
-            [] if value is None else [(now, value)],
-            now,
-            state,
-            tier_limit,
-            maintenance=in_maintenance or (silenced and alert is None),
-        )
-        summary.evaluated += 1
-        if transition.status is None:
-            continue
-        if alert is None:
-            alert = Alert(
-                organization_id=rule["organization_id"],
-                project_id=rule["project_id"],
-                rule_id=rule["id"],
-                deployment_id=dep_id,
-                status=transition.status,
-                since=now,
-                severity=rule["severity"],
-                created_at=now,
-            )
-            new_alerts.append(alert)
-        elif (
-            not transition.changed
-            and transition.notify is None
-            and (value is None or alert.status == AlertStatus.RESOLVED)
+    # Alerts are read locked, in one order, and written in the same transaction: an evaluation of the same deployment
+    # running beside this one (a late collection's beside the next minute's) waits, then sees what this one decided,
+    # so a change of status is decided, and notified, once.
+    with transaction.atomic():
+        rules = {
+            r["id"]: r for r in AlertRule.objects.filter(pk__in={c[0] for c in candidates}).values(*_RULE_ROW_FIELDS)
+        }
+        alerts = {
+            (a.rule_id, a.deployment_id): a
+            for a in Alert.objects.select_for_update()
+            .filter(rule_id__in=rules, deployment_id__in={c[1] for c in candidates})
+            .order_by("pk")
+        }
+        silences_by_project: dict[int, list[Silence]] = defaultdict(list)
+        for silence in Silence.objects.filter(
+            project_id__in={r["project_id"] for r in rules.values()}, starts_at__lte=now, ends_at__gt=now
         ):
-            continue
-        else:
-            changed_alerts.append(alert)
-        alert.severity = rule["severity"]
-        alert.last_evaluated_at = now
-        if value is not None:
-            alert.value, alert.threshold = value, transition.threshold
-        detail = facts.get(rule["kind"], {}).get(dep_id, (None, ""))[1]
-        alert.summary = _alert_summary(rule, deployment.public_id, value, transition.threshold, detail)[:300]
-        if transition.changed:
-            summary.changed += 1
-            _apply_transition(alert, transition, now)
-            events.append(PendingEvent(alert, transition.status, value, transition.reason))
-            if transition.suppressed_by:
-                events.append(
-                    PendingEvent(
-                        alert,
-                        AlertEvent.Kind.SUPPRESSED,
-                        value,
-                        f"notification withheld: {'silence' if silenced else 'maintenance'}",
-                    )
-                )
-        if transition.notify is not None:
-            _note_notification(alert, transition, value, now, events, notifications)
+            silences_by_project[silence.project_id].append(silence)
+        maintenance = _maintenance_ids(ids, now=now)
 
-    summary.notifications += _evaluation_save(
-        new_alerts=new_alerts,
-        changed_alerts=changed_alerts,
-        fields=_ALERT_STATE_FIELDS,
-        events=events,
-        notifications=notifications,
-        rule_objects=None,
-        live=live,
-        now=now,
-    )
+        spec_cache: dict = {}
+        new_alerts: list[Alert] = []
+        changed_alerts: list[Alert] = []
+        events: list[PendingEvent] = []
+        notifications: list[tuple[Alert, str]] = []
+
+        for rule_id, dep_id, value in candidates:
+            rule = rules[rule_id]
+            deployment = live[dep_id]
+            alert = alerts.get((rule_id, dep_id))
+            limit_field = TIER_LIMIT_FIELDS.get(rule["metric"] or "", "")
+            tier_limit = {
+                "max_connections": deployment.max_connections,
+                "messages_per_second": deployment.messages_per_second,
+            }.get(limit_field)
+            spec = _spec_for(rule, spec_cache)
+            breached = _breached(spec, value, tier_limit)
+            if not breached and (alert is None or alert.status == AlertStatus.RESOLVED):
+                continue  # a fact with a value that breaches nothing, and no alert to resolve
+            silenced = any(
+                silence_matches(
+                    silence,
+                    deployment=deployment.public_id,
+                    rule=rule["public_id"],
+                    metric=rule["metric"],
+                    severity=rule["severity"],
+                )
+                for silence in silences_by_project.get(rule["project_id"], ())
+            )
+            state = (
+                None
+                if alert is None
+                else evaluation.AlertState(
+                    status=alert.status,
+                    since=alert.since,
+                    last_notified_at=alert.last_notified_at,
+                    acknowledged_until=alert.acknowledged_until,
+                    silenced=silenced,
+                )
+            )
+            in_maintenance = dep_id in maintenance
+            # A new alert has no state to carry the silence: the evaluator's other withholding switch stands in for it.
+            transition = evaluation.evaluate(
+                spec,
+                [] if value is None else [(now, value)],
+                now,
+                state,
+                tier_limit,
+                maintenance=in_maintenance or (silenced and alert is None),
+            )
+            summary.evaluated += 1
+            if transition.status is None:
+                continue
+            if alert is None:
+                alert = Alert(
+                    organization_id=rule["organization_id"],
+                    project_id=rule["project_id"],
+                    rule_id=rule["id"],
+                    deployment_id=dep_id,
+                    status=transition.status,
+                    since=now,
+                    severity=rule["severity"],
+                    created_at=now,
+                )
+                new_alerts.append(alert)
+            elif (
+                not transition.changed
+                and transition.notify is None
+                and (value is None or alert.status == AlertStatus.RESOLVED)
+            ):
+                continue
+            else:
+                changed_alerts.append(alert)
+            alert.severity = rule["severity"]
+            alert.last_evaluated_at = now
+            if value is not None:
+                alert.value, alert.threshold = value, transition.threshold
+            detail = facts.get(rule["kind"], {}).get(dep_id, (None, ""))[1]
+            alert.summary = _alert_summary(rule, deployment.public_id, value, transition.threshold, detail)[:300]
+            if transition.changed:
+                summary.changed += 1
+                _apply_transition(alert, transition, now)
+                events.append(PendingEvent(alert, transition.status, value, transition.reason))
+                if transition.suppressed_by:
+                    events.append(
+                        PendingEvent(
+                            alert,
+                            AlertEvent.Kind.SUPPRESSED,
+                            value,
+                            f"notification withheld: {'silence' if silenced else 'maintenance'}",
+                        )
+                    )
+            if transition.notify is not None:
+                _note_notification(alert, transition, value, now, events, notifications)
+
+        summary.notifications += _evaluation_save(
+            new_alerts=new_alerts,
+            changed_alerts=changed_alerts,
+            fields=_ALERT_STATE_FIELDS,
+            events=events,
+            notifications=notifications,
+            rule_objects=None,
+            live=live,
+            now=now,
+        )
     return summary
 
 
