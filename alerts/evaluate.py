@@ -337,8 +337,7 @@ def _fact_candidates(*, ids, live, project_deployments, facts) -> list[tuple[int
 
 def _retired_alerts_resolve(*, deployment_ids, kinds, now: dt.datetime) -> tuple[int, int]:
     """Resolve the unresolved alerts that nothing evaluates any more: their rule was disabled, or their deployment
-    deleted, while they were pending or firing. Left alone they stayed firing for good. Whoever was told one fired is
-    told it resolved, unless a silence matching it is active (as for any resolve). Returns (resolved, queued)."""
+    deleted, while they were pending or firing. Left alone they stayed firing for good. Returns (resolved, queued)."""
     from deployments.models import DesiredState
 
     qs = (
@@ -351,60 +350,59 @@ def _retired_alerts_resolve(*, deployment_ids, kinds, now: dt.datetime) -> tuple
     with transaction.atomic():
         # Locked, and read again once a concurrent evaluation's lock is released: an alert is resolved, and its
         # resolve sent, once.
-        retired = list(
-            qs.select_for_update(of=("self",)).select_related("rule__organization", "rule__project", "deployment")
+        retired = list(qs.select_for_update(of=("self",)).order_by("pk").select_related(*ALERT_RETIRE_RELATED))
+        why = {a.pk: "its rule was disabled" if not a.rule.enabled else "its deployment was deleted" for a in retired}
+        return len(retired), alerts_retire(alerts=retired, why=why, now=now)
+
+
+# What alerts_retire reads of each alert: select_related these when locking them.
+ALERT_RETIRE_RELATED = ("rule__organization", "rule__project", "deployment")
+
+
+def alerts_retire(*, alerts: list[Alert], why: dict[int, str], now: dt.datetime) -> int:
+    """Resolve these unresolved alerts (locked by the caller, with ALERT_RETIRE_RELATED) because nothing will evaluate
+    them again, each saying why (alert pk -> reason). Whoever was told one fired is told it resolved, once, unless a
+    silence matching it is active (as for any resolve). Returns the notifications queued."""
+    if not alerts:
+        return 0
+    silences: dict[int, list[Silence]] = defaultdict(list)
+    for silence in Silence.objects.filter(
+        project_id__in={a.project_id for a in alerts}, starts_at__lte=now, ends_at__gt=now
+    ):
+        silences[silence.project_id].append(silence)
+    events: list[PendingEvent] = []
+    notifications: list[tuple[Alert, str]] = []
+    live: dict[int, LiveDeployment] = {}
+    for alert in alerts:
+        rule, deployment = alert.rule, alert.deployment
+        public_id = deployment.public_id if deployment is not None else None
+        if deployment is not None:
+            live[deployment.pk] = LiveDeployment(deployment.public_id, deployment.project_id, None, None)
+        told = alert.status == AlertStatus.FIRING and alert.last_notified_at is not None
+        alert.status, alert.since, alert.resolved_at, alert.acknowledged_until = AlertStatus.RESOLVED, now, now, None
+        alert.last_evaluated_at, alert.last_notified_at = now, None
+        events.append(PendingEvent(alert, AlertEvent.Kind.RESOLVED, None, why[alert.pk]))
+        if not told:
+            continue
+        silenced = any(
+            silence_matches(s, deployment=public_id, rule=rule.public_id, metric=rule.metric, severity=rule.severity)
+            for s in silences.get(alert.project_id, ())
         )
-        if not retired:
-            return 0, 0
-        silences: dict[int, list[Silence]] = defaultdict(list)
-        for silence in Silence.objects.filter(
-            project_id__in={a.project_id for a in retired}, starts_at__lte=now, ends_at__gt=now
-        ):
-            silences[silence.project_id].append(silence)
-        events: list[PendingEvent] = []
-        notifications: list[tuple[Alert, str]] = []
-        live: dict[int, LiveDeployment] = {}
-        for alert in retired:
-            rule, deployment = alert.rule, alert.deployment
-            public_id = deployment.public_id if deployment is not None else None
-            if deployment is not None:
-                live[deployment.pk] = LiveDeployment(deployment.public_id, deployment.project_id, None, None)
-            told = alert.status == AlertStatus.FIRING and alert.last_notified_at is not None
-            alert.status, alert.since, alert.resolved_at, alert.acknowledged_until = (
-                AlertStatus.RESOLVED,
-                now,
-                now,
-                None,
-            )
-            alert.last_evaluated_at, alert.last_notified_at = now, None
-            why = "its rule was disabled" if not rule.enabled else "its deployment was deleted"
-            events.append(PendingEvent(alert, AlertEvent.Kind.RESOLVED, None, f"resolved: {why}"))
-            if not told:
-                continue
-            silenced = any(
-                silence_matches(
-                    s, deployment=public_id, rule=rule.public_id, metric=rule.metric, severity=rule.severity
-                )
-                for s in silences.get(alert.project_id, ())
-            )
-            if silenced:
-                events.append(PendingEvent(alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence"))
-            else:
-                notifications.append((alert, Delivery.Kind.RESOLVE))
-                events.append(
-                    PendingEvent(alert, AlertEvent.Kind.NOTIFIED, None, f"{Delivery.Kind.RESOLVE} notification")
-                )
-        queued = _evaluation_save(
-            new_alerts=[],
-            changed_alerts=retired,
-            fields=_ALERT_STATE_FIELDS,
-            events=events,
-            notifications=notifications,
-            rule_objects={a.rule_id: a.rule for a in retired},
-            live=live,
-            now=now,
-        )
-    return len(retired), queued
+        if silenced:
+            events.append(PendingEvent(alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence"))
+        else:
+            notifications.append((alert, Delivery.Kind.RESOLVE))
+            events.append(PendingEvent(alert, AlertEvent.Kind.NOTIFIED, None, f"{Delivery.Kind.RESOLVE} notification"))
+    return _evaluation_save(
+        new_alerts=[],
+        changed_alerts=alerts,
+        fields=_ALERT_STATE_FIELDS,
+        events=events,
+        notifications=notifications,
+        rule_objects={a.rule_id: a.rule for a in alerts},
+        live=live,
+        now=now,
+    )
 
 
 def rules_evaluate(*, now: dt.datetime | None = None, deployment_ids: Sequence[int] | None = None) -> EvaluationSummary:

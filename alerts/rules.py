@@ -253,30 +253,25 @@ def deployment_moved(*, deployment, source) -> dict[str, int]:
     A deployment's own rules, and the alerts they raised, follow it to its new project: they are read and changed
     with the project's rights, so left behind they were the monitoring of a deployment that people of the old project
     may no longer see. The old project's project-wide rules watch it no longer: their open alerts about it resolve,
-    saying why, and stay there as history. The new project's project-wide rules watch it from the next evaluation.
+    saying why (and telling whoever was told they fired), and stay there as history. The new project's project-wide rules watch it from the next evaluation.
     Returns the counts moved and resolved."""
     now = timezone.now()
     moved_rules = AlertRule.objects.filter(deployment=deployment).update(project=deployment.project, updated_at=now)
     moved_alerts = Alert.objects.filter(deployment=deployment, rule__deployment=deployment).update(
         project=deployment.project
     )
+    from alerts.evaluate import ALERT_RETIRE_RELATED, alerts_retire  # evaluate imports this module
+
     left = list(
-        Alert.objects.select_for_update()
+        Alert.objects.select_for_update(of=("self",))
+        .select_related(*ALERT_RETIRE_RELATED)
         .filter(deployment=deployment, rule__deployment__isnull=True, rule__project=source)
         .exclude(status=AlertStatus.RESOLVED)
+        .order_by("pk")
     )
-    for alert in left:
-        alert.status, alert.since, alert.resolved_at, alert.acknowledged_until = AlertStatus.RESOLVED, now, now, None
-    Alert.objects.bulk_update(left, ["status", "since", "resolved_at", "acknowledged_until"])
-    AlertEvent.objects.bulk_create(
-        AlertEvent(
-            alert=alert,
-            kind=AlertEvent.Kind.RESOLVED,
-            message=f"The deployment moved to project {deployment.project.public_id}; this project's rules no "
-            f"longer watch it.",
-        )
-        for alert in left
-    )
+    why = f"The deployment moved to project {deployment.project.public_id}; this project's rules no longer watch it."
+    # Whoever was told one fired is told it resolved: their incident (a PagerDuty one) would stay open otherwise.
+    alerts_retire(alerts=left, why={alert.pk: why for alert in left}, now=now)
     return {"rules": moved_rules, "alerts": moved_alerts, "resolved": len(left)}
 
 

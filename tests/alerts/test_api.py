@@ -246,7 +246,7 @@ def test_moved_deployments_rules_and_alerts_follow_it_when_it_moves_to_another_p
     # The old project's own rule watches it no longer: its alert resolved, saying why, and stays resolved.
     left = Alert.objects.get(rule=project_wide, deployment=deployment)
     assert left.status == "resolved" and left.project == source
-    assert "moved to project " + target.public_id in left.events.order_by("-id").first().message
+    assert "moved to project " + target.public_id in left.events.filter(kind="resolved").get().message
     evaluate.rules_evaluate(deployment_ids=[deployment.pk])
     left.refresh_from_db()
     assert left.status == "resolved"

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from alerts import collection, evaluate, rules
 from alerts.models import Alert, AlertEvent
-from deployments.models import Deployment, DesiredState
+from deployments.models import Deployment, DesiredState, Operation
 from tests.alerts.test_tasks import (  # noqa: F401 - eager, private_webhooks and receiver are fixtures
     eager,
     make_deployment,
@@ -118,3 +118,34 @@ def test_firing_budget_alert_resolves_once_when_its_rule_is_disabled(
     bodies = receiver.bodies()
     assert [b["event"] for b in bodies] == ["alert.firing", "alert.resolved"]
     assert bodies[1]["subject"] == {"type": "project", "id": project.public_id}
+
+
+def test_firing_alert_of_a_project_rule_resolves_with_its_notice_when_the_deployment_moves_away(
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
+    from deployments import services as deployment_services
+    from projects import services as project_services
+
+    deployment = make_deployment(owner_org.default_project)
+    webhook_channel(owner_org.organization, receiver.url)
+    rule = rules.alert_rule_create(
+        project=deployment.project, actor=None, name="Busy anywhere", metric="connections", aggregation="max",
+        window_seconds=7200, operator=">", threshold=2,
+    )  # fmt: skip
+    t0 = timezone.now()
+    store(deployment, "connections", 5, t0)
+    with django_capture_on_commit_callbacks(execute=True):
+        evaluate.rules_evaluate(now=t0, deployment_ids=[deployment.pk])
+    alert = Alert.objects.get(rule=rule)
+    assert [b["event"] for b in receiver.bodies()] == ["alert.firing"]
+
+    Operation.objects.filter(deployment=deployment).update(status="succeeded")  # created, nothing in flight
+    target = project_services.project_create(organization=owner_org.organization, actor=None, name="Elsewhere")
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment_services.deployment_move(deployment=deployment, actor=None, project=target)
+
+    alert.refresh_from_db()
+    assert alert.status == "resolved"
+    bodies = receiver.bodies()
+    assert [b["event"] for b in bodies] == ["alert.firing", "alert.resolved"]
+    assert bodies[1]["alert"] == alert.public_id and bodies[1]["project"] == owner_org.default_project.public_id
