@@ -764,95 +764,111 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
             if rule.organization_id not in accounts:
                 accounts[rule.organization_id] = billing_account_for(organization=rule.organization)
             spends[key] = spend_month_to_date(account=accounts[rule.organization_id], now=now, project_id=key[1])
-    alerts = {a.rule_id: a for a in Alert.objects.filter(rule_id__in=[r.pk for r in rules], deployment__isnull=True)}
-    silences_by_project: dict[int, list[Silence]] = defaultdict(list)
-    for silence in Silence.objects.filter(
-        project_id__in={r.project_id for r in rules}, starts_at__lte=now, ends_at__gt=now
-    ):
-        silences_by_project[silence.project_id].append(silence)
+    # Read locked and written in one transaction, as in rules_evaluate: two evaluations at once decide a change once.
+    with transaction.atomic():
+        alerts = {
+            a.rule_id: a
+            for a in Alert.objects.select_for_update()
+            .filter(rule_id__in=[r.pk for r in rules], deployment__isnull=True)
+            .order_by("pk")
+        }
+        silences_by_project: dict[int, list[Silence]] = defaultdict(list)
+        for silence in Silence.objects.filter(
+            project_id__in={r.project_id for r in rules}, starts_at__lte=now, ends_at__gt=now
+        ):
+            silences_by_project[silence.project_id].append(silence)
 
-    new_alerts: list[Alert] = []
-    changed_alerts: list[Alert] = []
-    events: list[PendingEvent] = []
-    notifications: list[tuple[Alert, str]] = []
-    for rule in rules:
-        spend = spends[
-            (rule.organization_id, rule.project_id if rule.budget_scope == AlertRule.BudgetScope.PROJECT else None)
-        ]
-        if spend.currency != rule.budget_currency:
-            # Comparing across currencies would invent an exchange rate: the rule waits for a budget in the new one.
-            logger.warning(
-                "budget rule %s is in %s but its billing account bills in %s: not evaluated",
-                rule.public_id,
-                rule.budget_currency,
-                spend.currency,
+        new_alerts: list[Alert] = []
+        changed_alerts: list[Alert] = []
+        events: list[PendingEvent] = []
+        notifications: list[tuple[Alert, str]] = []
+        for rule in rules:
+            spend = spends[
+                (rule.organization_id, rule.project_id if rule.budget_scope == AlertRule.BudgetScope.PROJECT else None)
+            ]
+            if spend.currency != rule.budget_currency:
+                # Comparing across currencies would invent an exchange rate: the rule waits for a budget in the new one.
+                logger.warning(
+                    "budget rule %s is in %s but its billing account bills in %s: not evaluated",
+                    rule.public_id,
+                    rule.budget_currency,
+                    spend.currency,
+                )
+                continue
+            budget = rule.budget_minor
+            if budget is None:  # the alert_rule_budget_fields constraint forbids it; a rule without one decides nothing
+                continue
+            amount = spend.month_to_date if rule.metric == SPEND_MONTH_TO_DATE else spend.forecast
+            exceeded = amount >= budget if rule.operator == ">=" else amount > budget
+            alert = alerts.get(rule.pk)
+            if not exceeded and (alert is None or alert.status == AlertStatus.RESOLVED):
+                continue
+            silenced = any(
+                silence_matches(
+                    silence, deployment=None, rule=rule.public_id, metric=rule.metric, severity=rule.severity
+                )
+                for silence in silences_by_project.get(rule.project_id, ())
             )
-            continue
-        budget = rule.budget_minor
-        if budget is None:  # the alert_rule_budget_fields constraint forbids it; a rule without one decides nothing
-            continue
-        amount = spend.month_to_date if rule.metric == SPEND_MONTH_TO_DATE else spend.forecast
-        exceeded = amount >= budget if rule.operator == ">=" else amount > budget
-        alert = alerts.get(rule.pk)
-        if not exceeded and (alert is None or alert.status == AlertStatus.RESOLVED):
-            continue
-        silenced = any(
-            silence_matches(silence, deployment=None, rule=rule.public_id, metric=rule.metric, severity=rule.severity)
-            for silence in silences_by_project.get(rule.project_id, ())
-        )
-        state = (
-            None
-            if alert is None
-            else evaluation.AlertState(
-                status=alert.status,
-                since=alert.since,
-                last_notified_at=alert.last_notified_at,
-                acknowledged_until=alert.acknowledged_until,
-                silenced=silenced,
+            state = (
+                None
+                if alert is None
+                else evaluation.AlertState(
+                    status=alert.status,
+                    since=alert.since,
+                    last_notified_at=alert.last_notified_at,
+                    acknowledged_until=alert.acknowledged_until,
+                    silenced=silenced,
+                )
             )
-        )
-        # A new alert has no state to carry the silence: the evaluator's other withholding switch stands in for it.
-        transition = evaluation.evaluate(
-            _budget_spec(rule), [(now, 1 if exceeded else 0)], now, state, None, maintenance=silenced and alert is None
-        )
-        summary.evaluated += 1
-        if transition.status is None:
-            continue
-        if alert is None:
-            alert = Alert(
-                organization_id=rule.organization_id,
-                project_id=rule.project_id,
-                rule=rule,
-                deployment=None,
-                status=transition.status,
-                since=now,
-                severity=rule.severity,
-                created_at=now,
+            # A new alert has no state to carry the silence: the evaluator's other withholding switch stands in for it.
+            transition = evaluation.evaluate(
+                _budget_spec(rule),
+                [(now, 1 if exceeded else 0)],
+                now,
+                state,
+                None,
+                maintenance=silenced and alert is None,
             )
-            new_alerts.append(alert)
-        else:
-            changed_alerts.append(alert)
-        alert.severity, alert.last_evaluated_at = rule.severity, now
-        alert.value = alert.threshold = None  # money is never a float: it lives in the *_minor fields
-        alert.spend_minor, alert.budget_minor, alert.currency = amount, rule.budget_minor, spend.currency
-        alert.summary = _budget_summary(rule, amount, budget, spend.currency, exceeded)[:300]
-        if transition.changed:
-            summary.changed += 1
-            _apply_transition(alert, transition, now)
-            events.append(PendingEvent(alert, transition.status, None, f"{transition.reason}: {alert.summary}"))
-            if transition.suppressed_by:
-                events.append(PendingEvent(alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence"))
-        if transition.notify is not None:
-            _note_notification(alert, transition, None, now, events, notifications)
+            summary.evaluated += 1
+            if transition.status is None:
+                continue
+            if alert is None:
+                alert = Alert(
+                    organization_id=rule.organization_id,
+                    project_id=rule.project_id,
+                    rule=rule,
+                    deployment=None,
+                    status=transition.status,
+                    since=now,
+                    severity=rule.severity,
+                    created_at=now,
+                )
+                new_alerts.append(alert)
+            else:
+                changed_alerts.append(alert)
+            alert.severity, alert.last_evaluated_at = rule.severity, now
+            alert.value = alert.threshold = None  # money is never a float: it lives in the *_minor fields
+            alert.spend_minor, alert.budget_minor, alert.currency = amount, rule.budget_minor, spend.currency
+            alert.summary = _budget_summary(rule, amount, budget, spend.currency, exceeded)[:300]
+            if transition.changed:
+                summary.changed += 1
+                _apply_transition(alert, transition, now)
+                events.append(PendingEvent(alert, transition.status, None, f"{transition.reason}: {alert.summary}"))
+                if transition.suppressed_by:
+                    events.append(
+                        PendingEvent(alert, AlertEvent.Kind.SUPPRESSED, None, "notification withheld: silence")
+                    )
+            if transition.notify is not None:
+                _note_notification(alert, transition, None, now, events, notifications)
 
-    summary.notifications += _evaluation_save(
-        new_alerts=new_alerts,
-        changed_alerts=changed_alerts,
-        fields=[*_ALERT_STATE_FIELDS, "spend_minor", "budget_minor", "currency"],
-        events=events,
-        notifications=notifications,
-        rule_objects={r.pk: r for r in rules},
-        live={},
-        now=now,
-    )
+        summary.notifications += _evaluation_save(
+            new_alerts=new_alerts,
+            changed_alerts=changed_alerts,
+            fields=[*_ALERT_STATE_FIELDS, "spend_minor", "budget_minor", "currency"],
+            events=events,
+            notifications=notifications,
+            rule_objects={r.pk: r for r in rules},
+            live={},
+            now=now,
+        )
     return summary
