@@ -556,7 +556,8 @@ def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None) 
                 delivery.status = Delivery.Status.RETRYING
                 delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
         delivery.save(update_fields=["status", "completed_at", "next_attempt_at"])
-        _channel_health(channel.pk, ok=result.ok, now=now)
+        if channel.enabled:  # a disabled channel's receiver was not tried: its health is not in question
+            _channel_health(channel.pk, ok=result.ok, now=now)
     return delivery, delay
 
 
@@ -698,15 +699,16 @@ def _send_failure_notice(channel: NotificationChannel, now: dt.datetime) -> None
 
 
 def failing_channels_check(*, now: dt.datetime | None = None) -> int:
-    """Notify administrators of channels failing for a day even when no new attempt happened to notice it."""
+    """Notify administrators of channels failing for a day even when no new attempt happened to notice it. A channel
+    they disabled is not: they turned it off, and nothing is routed to it."""
     now = now or timezone.now()
     count = 0
     for pk in NotificationChannel.objects.filter(
-        failing_since__lte=now - CHANNEL_FAILURE_NOTICE_AFTER, failure_notice_sent_at__isnull=True
+        failing_since__lte=now - CHANNEL_FAILURE_NOTICE_AFTER, failure_notice_sent_at__isnull=True, enabled=True
     ).values_list("pk", flat=True):
         with transaction.atomic():
             channel = NotificationChannel.objects.select_for_update().select_related("organization").get(pk=pk)
-            if channel.failure_notice_sent_at is None and channel.failing_since is not None:
+            if channel.failure_notice_sent_at is None and channel.failing_since is not None and channel.enabled:
                 _send_failure_notice(channel, now)
                 count += 1
     return count

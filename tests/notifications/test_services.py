@@ -43,16 +43,20 @@ def test_delivery_task_retries_with_backoff_countdown_when_receiver_fails(owner_
     assert list(delivery.attempt_rows.values_list("ok", "status_code")) == [(False, 503), (True, 200)]
 
 
-def test_administrators_get_notice_when_channel_failed_for_a_day(
-    owner_org, mailoutbox, django_capture_on_commit_callbacks, eager
-):
-    channel = NotificationChannel.objects.create(
-        organization=owner_org.organization,
+def failing_for_a_day(organization) -> NotificationChannel:
+    return NotificationChannel.objects.create(
+        organization=organization,
         name="dead",
         type="email",
         config={"addresses": ["x@example.com"]},
         failing_since=timezone.now() - dt.timedelta(hours=25),
     )
+
+
+def test_administrators_get_notice_when_channel_failed_for_a_day(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks, eager
+):
+    channel = failing_for_a_day(owner_org.organization)
     with django_capture_on_commit_callbacks(execute=True):
         assert notification_services.failing_channels_check() == 1
     assert [m.to for m in mailoutbox] == [[owner_org.owner.email]]
@@ -379,3 +383,22 @@ def test_delivery_attempt_returns_quietly_when_its_channel_is_deleted_during_the
     tasks.deliver_notification.run(delivery.pk)  # a message still queued for it finds nothing to do
     assert not Delivery.objects.filter(pk=delivery.pk).exists()
     assert not DeliveryAttempt.objects.filter(delivery_id=delivery.pk).exists()
+
+
+def test_no_failing_notice_when_the_channel_was_disabled_while_it_failed(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks, eager
+):
+    # Administrators who disabled a failing channel (or whose last queued delivery met it disabled) turned it off:
+    # a notice a day later that "alerts routed to it are not reaching anyone" is not news, it is noise.
+    channel = failing_for_a_day(owner_org.organization)
+    delivery = Delivery.objects.create(
+        organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
+    )
+    notification_services.channel_update(channel=channel, actor=None, enabled=False)
+    notification_services.delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notification_services.failing_channels_check() == 0
+    assert mailoutbox == []
+    assert not PlatformEvent.objects.filter(kind="channel_failing").exists()
