@@ -94,14 +94,29 @@ def _truncate(body: bytes | str) -> str:
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", "replace")
 
 
-def _scrub(text: str, url: str) -> str:
-    """`text` without the URL's credentials: transport errors quote the request line, query string included."""
-    for secret in urlsafety.url_secrets(url):
+# A custom header value shorter than this is not scrubbed from what a receiver answers: it would mask common words.
+_SCRUBBED_HEADER_VALUE_MIN = 4
+
+
+def _scrub(text: str, url: str, extra: tuple[str, ...] = ()) -> str:
+    """`text` without the URL's credentials (nor `extra` ones, longest first): transport errors quote the request
+    line, query string included, and receivers' answers (echo services, error pages) may quote the whole request."""
+    for secret in sorted({*urlsafety.url_secrets(url), *extra}, key=len, reverse=True):
         text = text.replace(secret, urlsafety.MASK)
     return text
 
 
-def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float, allow_private: bool) -> DeliveryResult:
+def _post(
+    url: str,
+    *,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    allow_private: bool,
+    secrets: tuple[str, ...] = (),
+) -> DeliveryResult:
+    """POST and judge the answer. `secrets` (custom header values) are scrubbed, with the URL's credentials, from
+    the recorded error and response body, which people who may not see the channel's credentials can read."""
     started = time.monotonic()
 
     def elapsed() -> int:
@@ -110,16 +125,18 @@ def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float, all
     try:
         response = urlsafety.safe_post(url, data=body, headers=headers, timeout=timeout, allow_private=allow_private)
     except ValueError as exc:
-        error = _scrub(f"destination refused: {exc}", url)
+        error = _scrub(f"destination refused: {exc}", url, secrets)
         return DeliveryResult(False, None, "", error, elapsed(), retryable=False)
     except Exception as exc:  # noqa: BLE001 - any transport failure is a failed delivery to record, not a crash
-        return DeliveryResult(False, None, "", _scrub(f"{type(exc).__name__}: {exc}", url), elapsed(), retryable=True)
+        error = _scrub(f"{type(exc).__name__}: {exc}", url, secrets)
+        return DeliveryResult(False, None, "", error, elapsed(), retryable=True)
     ok = 200 <= response.status < 300
     retryable = not ok and (response.status >= 500 or response.status in (408, 429))
     return DeliveryResult(
         ok=ok,
         status_code=response.status,
-        response_body=_truncate(response.body),
+        # Scrubbed whole, then cut: a credential the cut would split is still found.
+        response_body=_truncate(_scrub(response.body.decode("utf-8", "replace"), url, secrets)),
         error="" if ok else f"HTTP {response.status}",
         duration_ms=elapsed(),
         retryable=retryable,
@@ -151,7 +168,8 @@ def send_webhook(
             TIMESTAMP_HEADER: str(timestamp),
         }
     )
-    return _post(url, body=body, headers=send_headers, timeout=timeout, allow_private=allow_private)
+    secrets = tuple(v for v in (headers or {}).values() if len(v) >= _SCRUBBED_HEADER_VALUE_MIN)
+    return _post(url, body=body, headers=send_headers, timeout=timeout, allow_private=allow_private, secrets=secrets)
 
 
 def verify_webhook_signature(

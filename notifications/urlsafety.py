@@ -188,8 +188,8 @@ def mask_url(url: str, *, secret_path: bool = False, first_segment_only: bool = 
 
 def url_secrets(url: str) -> list[str]:
     """The parts of `url` that may be credentials (userinfo, query string, the path after its first segment, as
-    mask_url hides them), longest first, for scrubbing from text such as a transport error that quotes the request
-    line."""
+    mask_url hides them, and the HTTP Basic token made of its userinfo), longest first, for scrubbing from text such
+    as a transport error that quotes the request line, or a response that echoes the request."""
     try:
         parts = urlsplit(url.strip())
     except (AttributeError, ValueError):
@@ -200,6 +200,9 @@ def url_secrets(url: str) -> list[str]:
     pieces = [piece.split("=", 1)[-1] for piece in parts.query.split("&")]
     found += [piece for piece in pieces if len(piece) >= 4]
     found += [unquote(piece) for piece in found if unquote(piece) != piece]
+    if parts.username is not None:  # as safe_post sends them, HTTP Basic: a receiver may quote the header back
+        basic = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        found.append(base64.b64encode(basic.encode()).decode("ascii"))
     return sorted(set(found), key=len, reverse=True)
 
 

@@ -402,3 +402,50 @@ def test_no_failing_notice_when_the_channel_was_disabled_while_it_failed(
         assert notification_services.failing_channels_check() == 0
     assert mailoutbox == []
     assert not PlatformEvent.objects.filter(kind="channel_failing").exists()
+
+
+def test_response_recorded_without_the_channels_credentials_when_the_receiver_echoes_the_request(
+    owner_org, private_webhooks
+):
+    # Echo services and many error pages quote the request back. Whoever may read deliveries (an Auditor: the
+    # channel:read scope) sees the channel's config masked, and must not read its credentials in a response instead.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = f"{self.requestline}\n{self.headers}".encode()
+            self.send_response(400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        channel, _ = notification_services.channel_create(
+            organization=owner_org.organization,
+            actor=None,
+            name="hook",
+            type="webhook",
+            config={
+                "url": f"http://bob:pass-word-1@127.0.0.1:{port}/in/path-secret-1?token=tok-secret-1",
+                "headers": {"X-Api-Key": "hdr-secret-1"},
+            },
+        )
+        delivery = Delivery.objects.create(
+            organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
+        )
+        notification_services.delivery_attempt(delivery_id=delivery.pk)
+    finally:
+        server.shutdown()
+        server.server_close()
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.status_code == 400 and "POST /in/" in attempt.response_body
+    for secret in ("tok-secret-1", "path-secret-1", "hdr-secret-1", "Ym9iOnBhc3Mtd29yZC0x"):  # the last: bob's Basic
+        assert secret not in attempt.response_body
