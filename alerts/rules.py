@@ -237,6 +237,18 @@ def alert_rule_update(
 
 @transaction.atomic
 def alert_rule_delete(*, rule: AlertRule, actor) -> None:
+    """Delete the rule and its alerts. Whoever was told one of them fired is told it resolved first (the delivery
+    carries its own copy of the alert): their incident, a PagerDuty one, would stay open otherwise."""
+    from alerts.evaluate import ALERT_RETIRE_RELATED, alerts_retire  # evaluate imports this module
+
+    open_alerts = list(
+        Alert.objects.select_for_update(of=("self",))
+        .select_related(*ALERT_RETIRE_RELATED)
+        .filter(rule=rule)
+        .exclude(status=AlertStatus.RESOLVED)
+        .order_by("pk")
+    )
+    alerts_retire(alerts=open_alerts, why={a.pk: "its rule was deleted" for a in open_alerts}, now=timezone.now())
     audit_record(
         actor=actor,
         organization=rule.organization,

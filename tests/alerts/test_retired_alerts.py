@@ -149,3 +149,18 @@ def test_firing_alert_of_a_project_rule_resolves_with_its_notice_when_the_deploy
     bodies = receiver.bodies()
     assert [b["event"] for b in bodies] == ["alert.firing", "alert.resolved"]
     assert bodies[1]["alert"] == alert.public_id and bodies[1]["project"] == owner_org.default_project.public_id
+
+
+def test_firing_alert_sends_its_resolve_when_its_rule_is_deleted(
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
+    deployment = make_deployment(owner_org.default_project)
+    rule, alert, t0 = _fire(deployment, receiver, django_capture_on_commit_callbacks)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        rules.alert_rule_delete(rule=rule, actor=None)
+
+    assert not Alert.objects.filter(pk=alert.pk).exists()  # deleted with its rule, as the API says
+    bodies = receiver.bodies()
+    assert [b["event"] for b in bodies] == ["alert.firing", "alert.resolved"]
+    assert bodies[1]["alert"] == alert.public_id and bodies[1]["status"] == "resolved"
