@@ -49,16 +49,6 @@ def _segment(name: str) -> str:
     return quote(name, safe="")
 
 
-def _their_segment(name: str) -> str:
-    """A name EMQX chose or was given by someone else (a connected client's id) as one URL path segment. It cannot be
-    refused, so a dot segment goes percent-encoded: the HTTP client would remove `.` and `..` (DELETE /clients/..
-    would go out as DELETE /api/v5/), and EMQX's router, cowboy, percent-decodes each segment after splitting the
-    path (cowboy_router:split_path/1), so `%2E%2E` arrives as the client id `..`."""
-    if name in DOT_SEGMENTS:
-        return "%2E" * len(name)
-    return quote(name, safe="")
-
-
 class EmqxApiError(PermanentDriverError):
     """EMQX refused a request for a reason retrying will not fix (4xx other than 404 handling)."""
 
@@ -157,10 +147,16 @@ class EmqxApi:
 
     def kick_clients_of(self, username: str) -> None:
         """Disconnect every client signed in as `username` (after the user is deleted: it cannot sign in again)."""
-        for client in self._paged("/clients", username=username):
-            client_id = client.get("clientid")
-            if isinstance(client_id, str) and client.get("username") == username:
-                self._request("DELETE", f"/clients/{_their_segment(client_id)}", expected=(204, 404))
+        client_ids = [
+            client["clientid"]
+            for client in self._paged("/clients", username=username)
+            if isinstance(client.get("clientid"), str) and client.get("username") == username
+        ]
+        if client_ids:
+            # In the body, not the path: a client picks its own id, and `.` or `..` cannot be one path segment
+            # (DOT_SEGMENTS), so DELETE /clients/.. would have left that client connected. 204 whether or not each
+            # is still there (emqx_mgmt_api_clients.erl, schema("/clients/kickout/bulk")).
+            self._request("POST", "/clients/kickout/bulk", json=client_ids, expected=(204,))
 
     # -- bans --------------------------------------------------------------------------------------------------
     def sync_bans(self, usernames: Iterable[str]) -> None:

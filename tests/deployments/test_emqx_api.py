@@ -80,10 +80,9 @@ def test_deleted_users_clients_are_disconnected_when_the_user_is_removed(api, fa
 def test_a_deleted_users_client_is_disconnected_when_its_client_id_is_a_dot_segment_or_needs_escaping(
     api, fake, client_id
 ):
-    """A client picks its own id. Sent as is, `..` is a dot segment the HTTP client removes (DELETE /clients/.. goes
-    out as DELETE /api/v5/, a 404 read as "already gone"), so a device could keep a deleted user's connection by
-    choosing it. EMQX's router (cowboy) percent-decodes each path segment after splitting the path, so `%2E%2E`
-    reaches it as the client id `..`."""
+    """A client picks its own id, and `.` or `..` cannot be one path segment: the HTTP client removes them, and
+    EMQX's router (cowboy) removes them after percent-decoding each segment, so DELETE /clients/<id> could not reach
+    such a client (its 404 read as gone). The ids go in the body of POST /clients/kickout/bulk."""
     api.sync_users([credential("alice", "a"), credential("bob", "b")])
     fake.connect(client_id=client_id, username="bob")
     fake.connect(client_id="alice-1", username="alice")
@@ -98,7 +97,7 @@ def test_deleted_users_client_loses_its_rules_only_once_disconnected_when_the_fi
     api.sync_users([credential("alice", "a"), credential("bob", "b")])
     api.sync_acl([bob_rule], [credential("alice", "a"), credential("bob", "b")])
     fake.connect(client_id="bob-1", username="bob")
-    fake.state.fail_status, fake.state.fail_path_prefix, fake.state.fail_method = 503, "/api/v5/clients/", "DELETE"
+    fake.state.fail_status, fake.state.fail_path_prefix, fake.state.fail_method = 503, "/api/v5/clients/", "POST"
 
     with pytest.raises(TemporaryDriverError):
         api.sync_users([credential("alice", "a")])

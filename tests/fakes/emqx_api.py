@@ -28,6 +28,21 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
+def _route_path(raw: str) -> str:
+    """The path as EMQX's router (cowboy) sees it: split on `/`, each segment percent-decoded, then `.` and `..`
+    removed (cowboy_router.erl split_path/2 and remove_dot_segments/2), so no encoding gets a dot segment through."""
+    out: list[str] = []
+    for segment in (unquote(part) for part in raw.split("/")[1:]):
+        if segment == ".":
+            continue
+        if segment == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    return "/" + "/".join(out)
+
+
 @dataclass
 class FakeEmqx:
     api_key: str
@@ -98,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         parts = urlsplit(self.path)
-        path, query = unquote(parts.path), parse_qs(parts.query)
+        path, query = _route_path(parts.path), parse_qs(parts.query)
         raw = self._raw_body()
         state = self.state
         with state.lock:
@@ -178,6 +193,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if wanted is None or who == wanted
             ]
             self._send(200, _page(connected, query))
+        elif path == "/api/v5/clients/kickout/bulk" and method == "POST":
+            # emqx_mgmt_api_clients.erl schema("/clients/kickout/bulk"): a JSON array of client ids; 204 whether or
+            # not each is connected.
+            for cid in json.loads(raw or b"[]"):
+                if state.clients.pop(cid, None) is not None:
+                    state.authz_cache = {k: v for k, v in state.authz_cache.items() if k[0] != cid}
+            self._send(204)
         elif (m := re.fullmatch(r"/api/v5/clients/(.+)", path)) and method == "DELETE":
             if state.clients.pop(m[1], None) is None:
                 self._error(404, "CLIENTID_NOT_FOUND", "Client ID not found")
