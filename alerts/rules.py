@@ -43,6 +43,11 @@ RULE_FIELDS = (
     "repeat_interval_seconds",
     "budget_scope",
 )
+# What a rule measures. An edit of one of these makes its open alerts about something the rule no longer watches: they
+# resolve at the edit (their resolve sent), and the next evaluation fires afresh if the new measure breaches. Left to
+# the evaluation, an alert whose new metric had no samples yet stayed firing. Edits of the threshold, window or
+# duration keep the alert: the next evaluation decides it on the same measure.
+MEASURE_FIELDS = frozenset({"kind", "metric", "budget_scope"})
 # Spend only ever rises during a month: a budget is exceeded, never undershot.
 BUDGET_OPERATORS = (">", ">=")
 _BUDGET_AMOUNT = re.compile(r"(\d{1,13})(?:\.(\d+))?")
@@ -227,6 +232,8 @@ def alert_rule_update(
             ]
     _validate_rule(rule)
     rule.save()
+    if changes.keys() & MEASURE_FIELDS:
+        _alerts_of_rule_retire(rule, why="its rule now measures another metric")
     if channels is not None:
         channels = _check_channels(rule.organization, channels)
         rule.channels.set(channels)
@@ -235,10 +242,9 @@ def alert_rule_update(
     return rule
 
 
-@transaction.atomic
-def alert_rule_delete(*, rule: AlertRule, actor) -> None:
-    """Delete the rule and its alerts. Whoever was told one of them fired is told it resolved first (the delivery
-    carries its own copy of the alert): their incident, a PagerDuty one, would stay open otherwise."""
+def _alerts_of_rule_retire(rule: AlertRule, *, why: str) -> None:
+    """Resolve the rule's unresolved alerts now, telling whoever was told one fired (the delivery carries its own copy
+    of the alert): their incident, a PagerDuty one, would stay open otherwise. In the caller's transaction."""
     from alerts.evaluate import ALERT_RETIRE_RELATED, alerts_retire  # evaluate imports this module
 
     open_alerts = list(
@@ -248,7 +254,13 @@ def alert_rule_delete(*, rule: AlertRule, actor) -> None:
         .exclude(status=AlertStatus.RESOLVED)
         .order_by("pk")
     )
-    alerts_retire(alerts=open_alerts, why={a.pk: "its rule was deleted" for a in open_alerts}, now=timezone.now())
+    alerts_retire(alerts=open_alerts, why={a.pk: why for a in open_alerts}, now=timezone.now())
+
+
+@transaction.atomic
+def alert_rule_delete(*, rule: AlertRule, actor) -> None:
+    """Delete the rule and its alerts, resolving the open ones first."""
+    _alerts_of_rule_retire(rule, why="its rule was deleted")
     audit_record(
         actor=actor,
         organization=rule.organization,

@@ -164,3 +164,46 @@ def test_firing_alert_sends_its_resolve_when_its_rule_is_deleted(
     bodies = receiver.bodies()
     assert [b["event"] for b in bodies] == ["alert.firing", "alert.resolved"]
     assert bodies[1]["alert"] == alert.public_id and bodies[1]["status"] == "resolved"
+
+
+def test_firing_alert_resolves_once_and_fires_anew_when_its_rule_is_edited_to_measure_another_metric(
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
+    deployment = make_deployment(owner_org.default_project)
+    rule, alert, t0 = _fire(deployment, receiver, django_capture_on_commit_callbacks)
+
+    # The new metric has no samples yet: evaluation keeps an alert whose metric has no data as it is, so without the
+    # edit retiring it, the alert about connections stayed firing under a rule about subscriptions.
+    with django_capture_on_commit_callbacks(execute=True):
+        rules.alert_rule_update(rule=rule, actor=None, metric="subscriptions")
+    alert.refresh_from_db()
+    assert alert.status == "resolved"
+    assert [b["event"] for b in receiver.bodies()] == ["alert.firing", "alert.resolved"]
+    resolved = AlertEvent.objects.get(alert=alert, kind="resolved")
+    assert resolved.message == "its rule now measures another metric"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=1), deployment_ids=[deployment.pk])
+    assert Alert.objects.get(rule=rule).status == "resolved"
+    store(deployment, "subscriptions", 9, t0 + dt.timedelta(minutes=2))
+    with django_capture_on_commit_callbacks(execute=True):
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=2), deployment_ids=[deployment.pk])
+    assert Alert.objects.get(rule=rule).status == "firing"
+    bodies = receiver.bodies()
+    assert [b["event"] for b in bodies] == ["alert.firing", "alert.resolved", "alert.firing"]
+    assert AlertEvent.objects.filter(alert__rule=rule, kind="resolved").count() == 1
+
+
+def test_firing_alert_stays_one_alert_when_only_its_rules_threshold_is_edited(
+    owner_org, eager, private_webhooks, receiver, django_capture_on_commit_callbacks
+):
+    deployment = make_deployment(owner_org.default_project)
+    rule, alert, t0 = _fire(deployment, receiver, django_capture_on_commit_callbacks)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        rules.alert_rule_update(rule=rule, actor=None, threshold=3, name="Still too many")
+        evaluate.rules_evaluate(now=t0 + dt.timedelta(minutes=1), deployment_ids=[deployment.pk])
+
+    alert.refresh_from_db()
+    assert alert.status == "firing"
+    assert [b["event"] for b in receiver.bodies()] == ["alert.firing"]
