@@ -248,6 +248,12 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "console/account/password_reset_confirm.html"
     success_url = reverse_lazy("console:password-reset-complete")
 
+    def get_user(self, uidb64):
+        # Django's view finds the account whatever its state, and its token does not hash `is_active`: a link mailed
+        # before an administrator deactivated the account still set a password. An inactive account's link is invalid.
+        user = super().get_user(uidb64)
+        return user if user is not None and user.is_active else None
+
     def form_valid(self, form):
         response = super().form_valid(form)
         # The new password hash already ended every session of the user (Django compares it on each request).

@@ -225,6 +225,29 @@ def test_password_reset_ends_every_session_of_the_user(client, owner_org, mailou
     assert signed_in.get(f"/console/o/{owner_org.id}")["Location"].startswith("/console/login")
 
 
+def test_password_reset_link_sets_no_password_when_the_account_was_deactivated_after_it_was_sent(
+    client, owner_org, mailoutbox, tasks_inline
+):
+    from accounts import services as account_services
+
+    user = owner_org.owner
+    with tasks_inline():
+        client.post("/console/password-reset", {"email": user.email})
+    link = _link(mailoutbox[0], "/console/password-reset/")
+    account_services.user_set_active(user=user, actor=None, active=False)
+
+    form = client.get(link, follow=True)
+    assert "new_password1" not in form.content.decode()
+    refused = client.post(
+        form.redirect_chain[-1][0] if form.redirect_chain else link,
+        {"new_password1": "a takeover passphrase", "new_password2": "a takeover passphrase"},
+    )
+    assert refused.status_code == 200 and "invalid" in refused.content.decode().lower()
+    user.refresh_from_db()
+    assert not user.check_password("a takeover passphrase")
+    assert not AuditEvent.objects.filter(action="user.password_change", actor=user).exists()
+
+
 @pytest.fixture
 def worker_smtp(smtp_receiver, monkeypatch):
     """The SMTP server the worker started after this fixture sends through (it reads EMAIL_URL at start)."""
