@@ -372,6 +372,22 @@ def test_required_secrets_are_optional_when_an_existing_secret_is_named():
     assert refs == ["managed-elsewhere"]
 
 
+@pytest.mark.parametrize("environment", ["test", "development", "staging"])
+def test_render_fails_naming_the_environment_when_it_is_not_production(environment):
+    # "test" hashes passwords with MD5 and "development" turns DEBUG on: neither may reach a cluster.
+    result = template({**REQUIRED, "config.environment": environment})
+    assert result.returncode != 0
+    assert f'config.environment is "{environment}"' in result.stderr, result.stderr
+    assert by_kind(render_default(**{"config.environment": "production"}), "ConfigMap")
+
+
+def test_render_fails_when_extra_env_sets_the_environment_behind_config_environment(tmp_path):
+    values = _values_file(tmp_path, "config:\n  extraEnv:\n    CONTROLPLANE_ENV: test\n")
+    result = template(REQUIRED, (values,))
+    assert result.returncode != 0
+    assert "config.extraEnv must not set CONTROLPLANE_ENV" in result.stderr, result.stderr
+
+
 def test_render_fails_naming_metrics_token_when_a_service_monitor_needs_it():
     result = template({**REQUIRED, "metrics.serviceMonitor.enabled": True})
     assert result.returncode != 0
@@ -387,7 +403,6 @@ def _values_file(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("override, complaint", [
     ({"web.replicas": -1}, "/web/replicas"),
     ({"config.logFormat": "xml"}, "/config/logFormat"),
-    ({"config.environment": "staging"}, "/config/environment"),
     ({"image.tag": ""}, "/image/tag"),
     ({"image.tag": "latest"}, "/image/tag"),
     ({"workers.billing.queues": "{invoices}"}, "/workers/billing/queues/0"),

@@ -92,6 +92,14 @@ METRICS_TOKEN: {{ .Values.secrets.metricsToken | b64enc | quote }}
 {{/* The ConfigMap's data: every non-secret setting. */}}
 {{- define "controlplane.configData" -}}
 {{- $c := .Values.config -}}
+{{- /* settings.py knows production, development (DEBUG on) and test (MD5 password hashing, open metrics): only
+production belongs in a cluster. Checked here rather than by an enum in the schema so the message names the value. */ -}}
+{{- if ne (toString $c.environment) "production" -}}
+{{- fail (printf "config.environment is %q: the chart runs only \"production\" (\"development\" turns DEBUG on, \"test\" hashes passwords with MD5 and serves /metrics without a token)" (toString $c.environment)) -}}
+{{- end -}}
+{{- if hasKey $c.extraEnv "CONTROLPLANE_ENV" -}}
+{{- fail "config.extraEnv must not set CONTROLPLANE_ENV: the chart runs only config.environment \"production\"" -}}
+{{- end -}}
 {{- $hosts := list (urlParse $c.publicUrl).hostname -}}
 {{- if $c.pkiBaseUrl }}{{ $hosts = append $hosts (urlParse $c.pkiBaseUrl).hostname }}{{ end -}}
 {{- if .Values.ingress.enabled }}{{ range .Values.ingress.hosts }}{{ $hosts = append $hosts .host }}{{ end }}{{ end -}}
