@@ -519,6 +519,153 @@ def test_service_selects_only_web_pods_when_rendered():
     assert matched == [f"{FULLNAME}-web"]
 
 
+def _selects(selector: dict | None, labels: dict) -> bool:
+    """Kubernetes label selector semantics: every matchLabels pair and every matchExpressions term must hold."""
+    if selector is None:
+        return False
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for term in selector.get("matchExpressions", []):
+        key, operator, values = term["key"], term["operator"], term.get("values", [])
+        holds = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                 "Exists": key in labels, "DoesNotExist": key not in labels}[operator]
+        if not holds:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict, source_labels: dict, source_namespace: str) -> bool:
+    # One peer: namespaceSelector and podSelector together must both match; a podSelector alone means this namespace.
+    if "ipBlock" in peer:
+        return False
+    namespace_labels = {"kubernetes.io/metadata.name": source_namespace}
+    if "namespaceSelector" in peer and not _selects(peer["namespaceSelector"], namespace_labels):
+        return False
+    if "namespaceSelector" not in peer and source_namespace != NAMESPACE:
+        return False
+    return "podSelector" not in peer or _selects(peer["podSelector"], source_labels)
+
+
+def ingress_allowed(objects: list[dict], target: str, port: int, source_labels: dict, source_namespace: str) -> bool:
+    """Whether the NetworkPolicies let a pod (labels, namespace) reach `port` of Deployment `target`'s pods."""
+    pod = by_kind(objects, "Deployment")[target]["spec"]["template"]
+    named = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    policies = [p for p in by_kind(objects, "NetworkPolicy").values()
+                if _selects(p["spec"]["podSelector"], pod["metadata"]["labels"])
+                and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [named.get(p["port"], p["port"]) for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            if not rule.get("from") or any(_peer_matches(peer, source_labels, source_namespace) for peer in rule["from"]):
+                return True
+    return False
+
+
+NGINX = ({"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx")
+PROMETHEUS = ({"app.kubernetes.io/name": "prometheus"}, "monitoring")
+STRANGER_HERE = ({"app": "something-else"}, NAMESPACE)
+STRANGER_ELSEWHERE = ({"app.kubernetes.io/name": "ingress-nginx"}, "tenant-a")
+
+
+def test_every_release_pod_refuses_inbound_traffic_by_default_when_network_policies_are_enabled():
+    objects = render_production()
+    isolated = []
+    for obj, _spec in pod_specs(objects):
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        selecting = [p for p in by_kind(objects, "NetworkPolicy").values() if _selects(p["spec"]["podSelector"], labels)]
+        assert any("Ingress" in p["spec"]["policyTypes"] for p in selecting), obj["metadata"]["name"]
+        isolated.append(obj["metadata"]["name"])
+    assert f"{FULLNAME}-beat" in isolated and f"{FULLNAME}-agent" in isolated and f"{FULLNAME}-migrate" in isolated
+    release_pod = by_kind(objects, "Deployment")[f"{FULLNAME}-agent"]["spec"]["template"]["metadata"]["labels"]
+    for target in (f"{FULLNAME}-beat", f"{FULLNAME}-agent", f"{FULLNAME}-worker-billing"):
+        # Prometheus may scrape a worker's metrics port, and only that (test below).
+        sources = [NGINX, STRANGER_HERE, (release_pod, NAMESPACE)] + ([] if "worker" in target else [PROMETHEUS])
+        for source in sources:
+            for port in (8000, 9808):
+                assert not ingress_allowed(objects, target, port, *source), (target, port, source)
+
+
+def test_web_accepts_http_only_from_the_ingress_controller_the_release_and_monitoring_when_rendered():
+    objects = render_production()
+    web = f"{FULLNAME}-web"
+    worker = by_kind(objects, "Deployment")[f"{FULLNAME}-worker-billing"]["spec"]["template"]["metadata"]["labels"]
+    assert ingress_allowed(objects, web, 8000, *NGINX)
+    assert ingress_allowed(objects, web, 8000, worker, NAMESPACE)
+    assert ingress_allowed(objects, web, 8000, *PROMETHEUS)  # /metrics, behind its bearer token
+    assert not ingress_allowed(objects, web, 8000, *STRANGER_HERE)
+    assert not ingress_allowed(objects, web, 8000, *STRANGER_ELSEWHERE)
+    assert not ingress_allowed(objects, web, 8000, {"app.kubernetes.io/name": "prometheus"}, "tenant-a")
+
+
+def test_worker_metrics_port_accepts_only_monitoring_when_worker_metrics_are_enabled():
+    objects = render_production()
+    for name in worker_deployments(objects):
+        assert ingress_allowed(objects, name, 9808, *PROMETHEUS), name
+        assert not ingress_allowed(objects, name, 9808, *NGINX), name
+        assert not ingress_allowed(objects, name, 9808, *STRANGER_HERE), name
+
+
+def test_worker_metrics_port_stays_closed_when_no_monitoring_peer_is_given(tmp_path):
+    # An ingress rule with an empty `from` admits every source: an empty monitoring list must not become one.
+    values = _values_file(tmp_path, "networkPolicy:\n  monitoring: []\nmetrics:\n  workers:\n    enabled: true\n")
+    objects = render(REQUIRED, (values,))
+    for name in worker_deployments(objects):
+        assert not ingress_allowed(objects, name, 9808, *PROMETHEUS), name
+        assert not ingress_allowed(objects, name, 9808, *STRANGER_HERE), name
+
+
+def test_network_policies_follow_the_configured_selectors_when_overridden(tmp_path):
+    values = _values_file(tmp_path, (
+        "networkPolicy:\n"
+        "  ingressControllers:\n"
+        "    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: traefik}}\n"
+        "      podSelector: {matchLabels: {app.kubernetes.io/name: traefik}}\n"
+        "  monitoring:\n"
+        "    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: observability}}\n"
+        "      podSelector: {matchLabels: {app: vmagent}}\n"
+        "  extraWebFrom:\n"
+        "    - namespaceSelector: {matchLabels: {controlplane.io/region: in-cluster}}\n"
+        "metrics:\n  workers:\n    enabled: true\n"
+    ))
+    objects = render(REQUIRED, (values,))
+    web = f"{FULLNAME}-web"
+    assert ingress_allowed(objects, web, 8000, {"app.kubernetes.io/name": "traefik"}, "traefik")
+    assert not ingress_allowed(objects, web, 8000, *NGINX)
+    assert ingress_allowed(objects, f"{FULLNAME}-worker-billing", 9808, {"app": "vmagent"}, "observability")
+    assert not ingress_allowed(objects, f"{FULLNAME}-worker-billing", 9808, *PROMETHEUS)
+    assert not ingress_allowed(objects, web, 8000, *PROMETHEUS)
+    assert any(peer == {"namespaceSelector": {"matchLabels": {"controlplane.io/region": "in-cluster"}}}
+               for policy in by_kind(objects, "NetworkPolicy").values()
+               for rule in policy["spec"].get("ingress", []) for peer in rule.get("from", []))
+
+
+def test_egress_stays_open_unless_restricted_then_allows_dns_and_the_given_rules(tmp_path):
+    for policy in by_kind(render_production(), "NetworkPolicy").values():
+        assert "Egress" not in policy["spec"]["policyTypes"], policy["metadata"]["name"]
+    values = _values_file(tmp_path, (
+        "networkPolicy:\n  egress:\n    restricted: true\n    rules:\n"
+        "      - to: [{ipBlock: {cidr: 10.20.0.0/16}}]\n        ports: [{port: 5432, protocol: TCP}]\n"
+    ))
+    objects = render(REQUIRED, (values,))
+    egress = [p for p in by_kind(objects, "NetworkPolicy").values() if "Egress" in p["spec"]["policyTypes"]]
+    assert len(egress) == 1
+    for obj, _spec in pod_specs(objects):
+        assert _selects(egress[0]["spec"]["podSelector"], obj["spec"]["template"]["metadata"]["labels"])
+    rules = egress[0]["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 5432, "protocol": "TCP"}]} in rules
+    dns = [r for r in rules if {"port": 53, "protocol": "UDP"} in r.get("ports", [])]
+    assert dns and {"port": 53, "protocol": "TCP"} in dns[0]["ports"]
+
+
+def test_no_network_policy_is_rendered_when_disabled():
+    assert by_kind(render_default(), "NetworkPolicy")
+    assert by_kind(render_default(**{"networkPolicy.enabled": False}), "NetworkPolicy") == {}
+
+
 def test_cluster_role_grants_what_the_kubernetes_driver_needs_when_in_cluster_is_enabled():
     objects = render_production()
     role = by_kind(objects, "ClusterRole")[f"{FULLNAME}-provisioner"]
