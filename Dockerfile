@@ -3,7 +3,7 @@
 #
 #   web (default):  gunicorn controlplane.wsgi:application --bind 0.0.0.0:8000
 #   worker:         celery -A controlplane worker -Q provisioning --concurrency 4
-#   beat:           celery -A controlplane beat --scheduler django_celery_beat.schedulers:DatabaseScheduler
+#   beat:           celery -A controlplane beat --scheduler controlplane.beat:LivenessDatabaseScheduler
 #   migrations:     python manage.py migrate --noinput
 #
 # Runs as uid 10001 on a read-only root filesystem: only /tmp and /var/lib/controlplane need to be writable.

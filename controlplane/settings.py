@@ -6,6 +6,7 @@ without a SECRET_KEY or with DEBUG on. One database engine everywhere: PostgreSQ
 """
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +356,11 @@ COLLECT_TIMEOUT_SECONDS = env.float("COLLECT_TIMEOUT_SECONDS", default=5.0)
 IOT_AGENT_LEASE_SECONDS = env.float("IOT_AGENT_LEASE_SECONDS", default=10.0)
 IOT_AGENT_HEARTBEAT_SECONDS = env.float("IOT_AGENT_HEARTBEAT_SECONDS", default=2.0)
 IOT_AGENT_MAX_DEPLOYMENTS = env.int("IOT_AGENT_MAX_DEPLOYMENTS", default=200)
+# Touched on every pass of the agent's loop (every heartbeat, the database answering or not); the chart's liveness
+# probe restarts an agent whose file goes stale, i.e. whose loop hangs.
+IOT_AGENT_LIVENESS_FILE = env.str(
+    "IOT_AGENT_LIVENESS_FILE", default=str(Path(tempfile.gettempdir()) / "controlplane-agent.alive")
+)
 IOT_SHADOW_HISTORY_DAYS = env.int("IOT_SHADOW_HISTORY_DAYS", default=30)
 # Processes that apply a deployment's codec rules on a local region, each with its own broker connection in one MQTT 5
 # shared subscription: decoding scales with cores. 1 applies them in the agent process itself (ordered per topic).
@@ -468,7 +474,10 @@ CELERY_TASK_ROUTES = {
     "networking.*": {"queue": "provisioning"},
 }
 CELERY_ALL_QUEUES = ["default", "provisioning", "billing", "monitoring", "notifications"]
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler that also touches BEAT_LIVENESS_FILE on every tick (at least every 5 s), the
+# file the chart's liveness probe reads: a beat whose loop hangs goes stale and is restarted.
+CELERY_BEAT_SCHEDULER = "controlplane.beat:LivenessDatabaseScheduler"
+BEAT_LIVENESS_FILE = env.str("BEAT_LIVENESS_FILE", default=str(Path(tempfile.gettempdir()) / "controlplane-beat.alive"))
 CELERY_BEAT_SCHEDULE = {
     # Stored responses can hold secrets: none is kept (or replayed) past IDEMPOTENCY_TTL_SECONDS.
     "idempotency.prune_records": {"task": "idempotency.prune_records", "schedule": crontab(minute="*/5")},

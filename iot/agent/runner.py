@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, connections
 from django.utils import timezone
 
-from controlplane import crypto
+from controlplane import crypto, liveness
 from iot import selectors, services
 from iot.agent import leases
 from iot.agent.server import DeploymentServer, Target
@@ -91,6 +91,8 @@ class PlatformAgent:
                         "heartbeat failed (%s); retrying", exc, extra={"agent": self.agent_id, "error": str(exc)}
                     )
                     connection.close()
+                # Each pass, the database answering or not: only a loop that hangs lets the file go stale.
+                liveness.touch(settings.IOT_AGENT_LIVENESS_FILE)
                 self.stop_event.wait(self.heartbeat_seconds)
         finally:
             self.shutdown()
