@@ -7,6 +7,7 @@ and pods they scrape.
 import functools
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -302,6 +303,34 @@ def test_beat_is_a_single_replica_replaced_with_recreate_when_rendered():
         targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(objects, "HorizontalPodAutoscaler").values()}
         assert beat["metadata"]["name"] not in targets
         assert "DatabaseScheduler" in " ".join(beat["spec"]["template"]["spec"]["containers"][0]["command"])
+
+
+@pytest.mark.parametrize("component, variable", [("beat", "BEAT_LIVENESS_FILE"), ("agent", "IOT_AGENT_LIVENESS_FILE")])
+def test_beat_and_agent_are_restarted_when_their_liveness_file_goes_stale(component, variable, tmp_path):
+    objects = render_default()
+    pod = by_kind(objects, "Deployment")[f"{FULLNAME}-{component}"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    path = {e["name"]: e.get("value") for e in container["env"]}[variable]
+    # The file lives on a writable emptyDir: the root filesystem is read-only.
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/"))
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    probe = container["livenessProbe"]
+    command = probe["exec"]["command"]
+    assert command[:2] == ["sh", "-c"] and path in command[2]
+    # No interpreter start each period (a Python start costs about 1.5 s of CPU): a shell test of the file's age.
+    assert not {"python", "celery", "manage.py"} & set(command[2].replace(";", " ").split())
+    assert probe["periodSeconds"] >= 10 and probe["initialDelaySeconds"] >= 30
+
+    script = command[2].replace(path, str(tmp_path / "alive"))
+    def probe_passes() -> bool:
+        return subprocess.run(["/bin/sh", "-c", script], capture_output=True, timeout=10).returncode == 0
+
+    assert not probe_passes()  # never written: the process has not looped yet
+    (tmp_path / "alive").touch()
+    assert probe_passes()
+    stale = time.time() - 3600
+    os.utime(tmp_path / "alive", (stale, stale))
+    assert not probe_passes()
 
 
 def test_agent_runs_several_platform_agents_with_a_pdb_and_no_api_token_when_rendered():

@@ -239,3 +239,17 @@ labels:
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A liveness probe on a file the process touches on every pass of its loop; call with (dict "path" … "probe" …).
+A shell test of the file's age (date and stat from coreutils), so no interpreter starts each period. */}}
+{{- define "controlplane.livenessFileProbe" -}}
+exec:
+  command:
+    - sh
+    - -c
+    - f={{ .path }}; test -f "$f" && test $(( $(date +%s) - $(stat -c %Y "$f") )) -lt {{ .probe.maxAgeSeconds }}
+initialDelaySeconds: {{ .probe.initialDelaySeconds }}
+periodSeconds: {{ .probe.periodSeconds }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
+{{- end -}}
