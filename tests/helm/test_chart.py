@@ -618,8 +618,27 @@ def test_every_release_pod_refuses_inbound_traffic_by_default_when_network_polic
                 assert not ingress_allowed(objects, target, port, *source), (target, port, source)
 
 
-def test_web_accepts_http_only_from_the_ingress_controller_the_release_and_monitoring_when_rendered():
+def test_web_accepts_http_from_any_source_and_nothing_else_of_the_release_does_when_rendered_by_default():
+    # Cloud load balancers (AWS ALB in IP mode, GKE NEGs) send from outside any pod: a default that admitted only an
+    # ingress-nginx pod made the console unreachable behind them.
     objects = render_production()
+    web = f"{FULLNAME}-web"
+    for source in (NGINX, STRANGER_HERE, STRANGER_ELSEWHERE, PROMETHEUS):
+        assert ingress_allowed(objects, web, 8000, *source), source
+    assert any(
+        not rule.get("from")
+        for policy in by_kind(objects, "NetworkPolicy").values()
+        if _selects(policy["spec"]["podSelector"], by_kind(objects, "Deployment")[web]["spec"]["template"]["metadata"]["labels"])
+        for rule in policy["spec"].get("ingress", [])
+    ), "no rule admits sources outside the cluster's pods"
+    for target in (f"{FULLNAME}-beat", f"{FULLNAME}-agent", f"{FULLNAME}-worker-billing"):
+        assert not ingress_allowed(objects, target, 8000, *STRANGER_ELSEWHERE), target
+
+
+def test_web_accepts_http_only_from_the_ingress_controller_the_release_and_monitoring_when_external_is_refused(
+    tmp_path,
+):
+    objects = render(REQUIRED, (_values_file(tmp_path, "networkPolicy:\n  allowExternal: false\n"),))
     web = f"{FULLNAME}-web"
     worker = by_kind(objects, "Deployment")[f"{FULLNAME}-worker-billing"]["spec"]["template"]["metadata"]["labels"]
     assert ingress_allowed(objects, web, 8000, *NGINX)
@@ -650,6 +669,7 @@ def test_worker_metrics_port_stays_closed_when_no_monitoring_peer_is_given(tmp_p
 def test_network_policies_follow_the_configured_selectors_when_overridden(tmp_path):
     values = _values_file(tmp_path, (
         "networkPolicy:\n"
+        "  allowExternal: false\n"
         "  ingressControllers:\n"
         "    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: traefik}}\n"
         "      podSelector: {matchLabels: {app.kubernetes.io/name: traefik}}\n"
