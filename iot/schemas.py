@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import resource
@@ -787,9 +788,7 @@ class Codec:
         except UnicodeEncodeError:
             raise CodecFailed("text that is not valid Unicode (a lone surrogate) cannot be encoded") from None
         except ValueError:
-            raise CodecFailed(
-                "not JSON: a number is NaN or infinite (NaN, Infinity, or too large for a double, such as 1e400)"
-            ) from None
+            raise CodecFailed(NOT_FINITE) from None
 
     def _validate(self, value: Any) -> None:
         from referencing.exceptions import Unresolvable
@@ -810,8 +809,9 @@ class Codec:
 
 def json_bytes(value: Any) -> bytes:
     """Compact UTF-8 JSON of decoded data. orjson writes it (a tenth of json.dumps's time); what orjson refuses (an
-    integer beyond 64 bits, nesting deeper than 255) the standard library writes. NaN and infinities, which JSON
-    cannot express, become null; text that is not valid Unicode (a lone surrogate) is a CodecFailed."""
+    integer beyond 64 bits, nesting deeper than 255) the standard library writes. NaN and infinities (an Avro
+    double's; a JSON payload holding them fails to decode earlier, in _json_payload), which JSON cannot express,
+    become null; text that is not valid Unicode (a lone surrogate) is a CodecFailed."""
     try:
         return orjson.dumps(value)
     except TypeError:
@@ -826,12 +826,31 @@ def json_bytes(value: Any) -> bytes:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+NOT_FINITE = "not JSON: a number is NaN or infinite (NaN, Infinity, or too large for a double, such as 1e400)"
+
+
+def _not_finite(name: str) -> float:
+    raise CodecFailed(NOT_FINITE)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise CodecFailed(NOT_FINITE)
+    return value
+
+
 def _json_payload(payload: bytes) -> Any:
+    """A payload's JSON. Python's json also reads NaN, Infinity and numbers beyond a double (1e400, as inf), which
+    JSON cannot carry: they fail here, so that neither a decode (whose output would say null) nor an encode is
+    handed a value the device did not send."""
     try:
-        value = json.loads(payload.decode("utf-8"))
+        value = json.loads(payload.decode("utf-8"), parse_constant=_not_finite, parse_float=_finite)
         if _SURROGATE_ESCAPE.search(payload):
             json.dumps(value, ensure_ascii=False).encode("utf-8")  # a pair is one character; a lone half fails
         return value
+    except CodecFailed:
+        raise
     except UnicodeEncodeError:
         raise CodecFailed("not JSON: it holds text that is not valid Unicode (a lone surrogate)") from None
     except UnicodeDecodeError:

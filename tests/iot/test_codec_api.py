@@ -185,6 +185,18 @@ def test_try_it_answers_400_naming_the_payload_when_its_json_holds_a_lone_surrog
     }
 
 
+@pytest.mark.parametrize("text", [b'{"t": NaN}', b'{"t": -Infinity}', b'{"t": 1e400}'], ids=["nan", "-inf", "1e400"])
+def test_try_it_answers_400_naming_the_payload_when_its_json_holds_a_number_that_is_not_finite(client, base, text):
+    # Python's json reads NaN, Infinity and 1e400 (as inf), which JSON cannot carry: the decoded result would say null
+    # where the device sent something else. A decode failure, as for any payload that is not JSON.
+    make_schema(client, base, name="shape", type_="json_schema", source=JSON_SCHEMA)
+    decoded = client.post(
+        f"{base}/schemas/shape/decode", {"payload_base64": base64.b64encode(text).decode()}, format="json"
+    )
+    assert decoded.status_code == 400, decoded.content
+    assert "not JSON: a number is NaN or infinite" in fields(decoded)["payload_base64"]
+
+
 def test_try_it_fails_the_payload_within_the_bound_when_a_pattern_backtracks_without_end(client, base):
     """(a|a)* passes the static check (no quantifier inside the group) but doubles its time with each 'a': the
     match runs under schemas.PATTERN_TIMEOUT instead of holding the request (and the agent) for minutes."""

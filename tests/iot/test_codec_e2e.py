@@ -32,6 +32,12 @@ AVRO = {
     "fields": [{"name": "device", "type": "string"}, {"name": "temperature", "type": "double"}],
 }
 SHAPE = {"type": "object", "required": ["t"], "properties": {"t": {"type": "number"}}}
+SHAPE_RULE = {
+    "topic_filter": "devices/+/json",
+    "direction": "decode",
+    "schema": "shape",
+    "topic_template": "checked/{topic[1]}",
+}
 
 
 class App:
@@ -118,14 +124,7 @@ def test_device_payloads_reach_the_app_as_json_and_failures_the_error_topic_when
         schema="reading_avro",
         topic_template="app/{device_id}/avro",
     )
-    shape_rule = _rule(
-        client,
-        url,
-        topic_filter="devices/+/json",
-        direction="decode",
-        schema="shape",
-        topic_template="checked/{topic[1]}",
-    )
+    shape_rule = _rule(client, url, **SHAPE_RULE)
     encode_rule = _rule(
         client,
         url,
@@ -212,5 +211,37 @@ def test_device_payloads_reach_the_app_as_json_and_failures_the_error_topic_when
     assert json.loads(app.wait("checked/sensor-1")) == {"t": 4}
     time.sleep(0.3)
     assert app.inbox["app/sensor-1/reading"] == []
+    app.close()
+    device.close()
+
+
+def test_a_json_payload_with_a_number_json_cannot_carry_fails_on_the_error_topic_when_a_rule_decodes_it(
+    premium_api, agents
+):
+    client, url, port = premium_api
+    credentials = register(client, url, "sensor-1")
+    _user(client, url)
+    _schema(client, url, name="shape", type="json_schema", source=json.dumps(SHAPE))
+    rule = _rule(client, url, **SHAPE_RULE)
+    agents()
+    app = App(port, "app", "app-secret-pw")
+    device = Device(port, "sensor-1", **credentials)
+    assert not device.connect(subscribe=False).is_failure
+
+    def decoded():  # the agent subscribes once it has loaded the rules
+        device.publish("devices/sensor-1/json", {"t": 1})
+        try:
+            return app.wait("checked/sensor-1", timeout=1.0)
+        except AssertionError:
+            return None
+
+    wait_until(decoded, 30, "the first decoded payload")
+    app.inbox["checked/sensor-1"].clear()
+    device.publish("devices/sensor-1/json", b'{"t": NaN}')
+    error = json.loads(app.wait(f"codec-errors/{rule['id']}"))
+    assert "not JSON: a number is NaN or infinite" in error["reason"], error
+    assert base64.b64decode(error["payload_base64"]) == b'{"t": NaN}'
+    device.publish("devices/sensor-1/json", {"t": 2})  # a message after it: the agent got this far
+    assert json.loads(app.wait("checked/sensor-1")) == {"t": 2}  # and {"t": null} never came before it
     app.close()
     device.close()
