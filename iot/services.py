@@ -278,6 +278,14 @@ def _notify(deployment_id: int) -> None:
         cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(deployment_id)])
 
 
+def _withdraw_publishes(deployment_id: int, topic_prefix: str) -> None:
+    """Drop what is queued for the agent to publish under `topic_prefix` and not yet published: it describes state
+    that no longer exists. (A row the agent has already read may still go out once: at least once.)"""
+    OutboxMessage.objects.filter(
+        deployment_id=deployment_id, kind=OutboxMessage.Kind.PUBLISH, topic__startswith=topic_prefix
+    ).delete()
+
+
 def _kick(deployment: Deployment, device_id: str, after_generation: int) -> None:
     """Disconnect whatever holds `device_id` once the broker runs without the device's credentials: mosquitto drops
     it itself on the reload, EMQX keeps it until the agent takes the client id over."""
@@ -491,9 +499,7 @@ def device_delete(*, device: Device, actor: Principal | None) -> Operation:
     Device.objects.filter(pk=device.pk).delete()
     # What was queued for it and not yet published (shadow deltas and answers) goes with it: a device registered
     # again under the same id must never receive the deleted one's desired state. The kick below stays.
-    OutboxMessage.objects.filter(
-        deployment=deployment, kind=OutboxMessage.Kind.PUBLISH, topic__startswith=f"devices/{device_id}/"
-    ).delete()
+    _withdraw_publishes(deployment.pk, f"devices/{device_id}/")
     operation = deployment_configuration_changed(
         deployment=deployment, actor=actor, change="device.delete", summary={"device": device_id}
     )
@@ -788,7 +794,8 @@ def shadow_update_desired(*, device: Device, actor: Principal | None, body: Any)
 
 @transaction.atomic
 def shadow_delete(*, device: Device, actor: Principal | None, version: int | None = None) -> dict[str, Any]:
-    """Delete a device's shadow (its version keeps counting); answers {"version", "timestamp"}."""
+    """Delete a device's shadow (its version keeps counting), and the shadow messages still queued for it; answers
+    {"version", "timestamp"}."""
     check_premium(device.deployment)
     row = Shadow.objects.select_for_update().filter(device=device).first()
     if row is None or not row.present:
@@ -801,6 +808,9 @@ def shadow_delete(*, device: Device, actor: Principal | None, version: int | Non
     document = shadow.delete_document(_document(row))
     _store(row, document, now)
     row.save(update_fields=SHADOW_FIELDS)
+    # The accepted, documents and delta messages of earlier REST changes not yet published describe the document
+    # deleted here: a delta would have the device act on a desired state that no longer exists.
+    _withdraw_publishes(device.deployment_id, f"devices/{device.device_id}/shadow/")
     ShadowChange.objects.create(
         device=device,
         version=document.version,

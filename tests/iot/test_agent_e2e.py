@@ -241,3 +241,54 @@ def test_shadow_round_trips_over_mqtt_and_rest_when_the_agent_serves_the_deploym
     beta_device = Device(port, "beta", **beta)
     assert not beta_device.connect().is_failure
     beta_device.close()
+
+
+def outbox_pending(url):
+    """Whether the agent has work left in the deployment's outbox (a publish or a disconnect)."""
+    from iot.models import OutboxMessage
+
+    return OutboxMessage.objects.filter(deployment__public_id=url.rsplit("/", 1)[1]).exists()
+
+
+def answered_while_connected(device, timeout=30.0):
+    """Whether an agent answers the device's `get` while the broker keeps its connection (the broker closes it
+    when another client takes its id over, as the agent's disconnect does)."""
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while time.monotonic() < deadline and device.connected.is_set():
+        attempt += 1
+        token = f"still-{attempt}"
+        device.get(token)
+        try:
+            device.wait_for("get/rejected", lambda b, t=token: b.get("clientToken") == t, timeout=0.5)
+        except AssertionError:
+            continue
+        return device.connected.is_set()
+    return False
+
+
+def served_after_the_outbox(device, url):
+    """Once an agent serves the deployment and has carried out its outbox: whether the device is still served."""
+    answered_while_connected(device)
+    wait_until(lambda: not outbox_pending(url), 15, "the outbox carried out")
+    return answered_while_connected(device)
+
+
+def test_a_delta_queued_before_a_shadow_delete_never_reaches_the_device_when_deleted_over_rest(premium_api, agents):
+    client, url, port = premium_api
+    device = Device(port, "sensor-1", **register(client, url, "sensor-1"))
+    assert not device.connect().is_failure
+    # No agent serves the deployment yet: what the desired change queues waits in the outbox.
+    patched = client.patch(f"{url}/devices/sensor-1/shadow", {"state": {"desired": {"unlock": True}}}, format="json")
+    assert patched.status_code == 200, patched.content
+    deleted = client.delete(f"{url}/devices/sensor-1/shadow")
+    assert deleted.status_code == 200, deleted.content
+    agents()
+    assert served_after_the_outbox(device, url)
+    # The shadow is gone: nothing queued for the document it had reaches the device.
+    assert [device.messages(answer) for answer in ("update/delta", "update/documents", "update/accepted")] == [
+        [],
+        [],
+        [],
+    ]
+    device.close()
