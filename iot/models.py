@@ -228,11 +228,19 @@ class OutboxMessage(models.Model):
         PUBLISH = "publish", "Publish"
         KICK = "kick", "Disconnect a client id"
 
+    class Reason(models.TextChoices):
+        """Why a client id is taken over: enabling a device again withdraws the disconnect of its disable only."""
+
+        DISABLED = "disabled", "The device was disabled"
+        DELETED = "deleted", "The device was deleted"
+        CREDENTIALS = "credentials", "The device's certificate was replaced"
+
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=8, choices=Kind.choices)
     topic = models.CharField(max_length=512, blank=True)
     payload = models.TextField(blank=True)
     client_id = models.CharField(max_length=128, blank=True)
+    reason = models.CharField(max_length=16, choices=Reason.choices, blank=True)  # a kick's; "" before it was kept
     after_generation = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 

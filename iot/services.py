@@ -286,11 +286,15 @@ def _withdraw_publishes(deployment_id: int, topic_prefix: str) -> None:
     ).delete()
 
 
-def _kick(deployment: Deployment, device_id: str, after_generation: int) -> None:
+def _kick(deployment: Deployment, device_id: str, after_generation: int, reason: OutboxMessage.Reason) -> None:
     """Disconnect whatever holds `device_id` once the broker runs without the device's credentials: mosquitto drops
     it itself on the reload, EMQX keeps it until the agent takes the client id over."""
     OutboxMessage.objects.create(
-        deployment=deployment, kind=OutboxMessage.Kind.KICK, client_id=device_id, after_generation=after_generation
+        deployment=deployment,
+        kind=OutboxMessage.Kind.KICK,
+        client_id=device_id,
+        after_generation=after_generation,
+        reason=reason,
     )
     _notify(deployment.pk)
 
@@ -463,7 +467,16 @@ def device_update(
             summary={"device": device.device_id},
         )
         if not device.enabled:
-            _kick(deployment, device.device_id, operation.target_generation)
+            _kick(deployment, device.device_id, operation.target_generation, OutboxMessage.Reason.DISABLED)
+        else:
+            # Enabled again before the agent carried out the disable's disconnect: it would end the session the
+            # device is allowed to have now. (A replaced certificate's disconnect stays: that connection is not.)
+            OutboxMessage.objects.filter(
+                deployment=deployment,
+                kind=OutboxMessage.Kind.KICK,
+                client_id=device.device_id,
+                reason=OutboxMessage.Reason.DISABLED,
+            ).delete()
     audit_record(
         actor=actor,
         organization=deployment.project.organization,
@@ -503,7 +516,7 @@ def device_delete(*, device: Device, actor: Principal | None) -> Operation:
     operation = deployment_configuration_changed(
         deployment=deployment, actor=actor, change="device.delete", summary={"device": device_id}
     )
-    _kick(deployment, device_id, operation.target_generation)
+    _kick(deployment, device_id, operation.target_generation, OutboxMessage.Reason.DELETED)
     audit_record(
         actor=actor,
         organization=deployment.project.organization,
@@ -555,7 +568,7 @@ def device_credentials_rotate(
     if previous_type == Device.CredentialType.CERTIFICATE:
         # mosquitto keeps a client whose certificate was revoked connected through the reload (it checks the CRL at
         # the handshake only): it is taken over once the broker runs the new generation.
-        _kick(deployment, device.device_id, operation.target_generation)
+        _kick(deployment, device.device_id, operation.target_generation, OutboxMessage.Reason.CREDENTIALS)
     audit_record(
         actor=actor,
         organization=deployment.project.organization,

@@ -274,6 +274,23 @@ def served_after_the_outbox(device, url):
     return answered_while_connected(device)
 
 
+def test_a_device_enabled_again_keeps_its_connection_when_its_disable_was_not_carried_out_yet(premium_api, agents):
+    client, url, port = premium_api
+    credentials = register(client, url, "sensor-1")
+    # No agent serves the deployment yet (one restarting, a lease changing hands): the disconnect the disable
+    # queues waits for it.
+    disabled = client.patch(f"{url}/devices/sensor-1", {"enabled": False}, format="json")
+    assert disabled.status_code == 200, disabled.content
+    enabled = client.patch(f"{url}/devices/sensor-1", {"enabled": True}, format="json")
+    assert enabled.status_code == 200, enabled.content
+    settle(client, url, enabled.json()["operation"])
+    device = Device(port, "sensor-1", **credentials)
+    assert not device.connect().is_failure
+    agents()
+    assert served_after_the_outbox(device, url), "the device enabled again was disconnected"
+    device.close()
+
+
 def test_a_delta_queued_before_a_shadow_delete_never_reaches_the_device_when_deleted_over_rest(premium_api, agents):
     client, url, port = premium_api
     device = Device(port, "sensor-1", **register(client, url, "sensor-1"))

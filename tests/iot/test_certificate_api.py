@@ -190,6 +190,19 @@ def test_rotation_supersedes_the_old_certificate_and_issues_a_new_one_when_poste
     assert event.summary["revoked"] == [old["certificate"]["serial"]]
 
 
+def test_enabling_again_keeps_the_replaced_certificates_disconnect_when_both_are_pending(client, base, premium):
+    # mosquitto keeps a client whose certificate was replaced connected through the reload: that disconnect must
+    # stay when the device is disabled and enabled again before the agent carried it out; the disable's goes.
+    from iot.models import OutboxMessage
+
+    create(client, base, "cam", credential_type="certificate")
+    assert client.post(f"{base}/devices/cam/credentials", {}, format="json").status_code == 201
+    assert client.patch(f"{base}/devices/cam", {"enabled": False}, format="json").status_code == 200
+    assert client.patch(f"{base}/devices/cam", {"enabled": True}, format="json").status_code == 200
+    kicks = OutboxMessage.objects.filter(kind="kick", client_id="cam")
+    assert list(kicks.values_list("reason", flat=True)) == ["credentials"]
+
+
 def test_rotation_switches_between_password_and_certificate_both_ways_when_asked(client, base, premium):
     from deployments.passwords import verify_mqtt_password
     from iot import broker
