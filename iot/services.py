@@ -286,6 +286,18 @@ def _withdraw_publishes(deployment_id: int, topic_prefix: str) -> None:
     ).delete()
 
 
+def _disconnect_pending(deployment: Deployment, device_ids: list[str]) -> set[str]:
+    """Which of these ids, none of them registered, still have a deleted device's disconnect queued. Until the agent
+    carries it out, the broker holds that device's session under the id (its subscriptions and queued messages): a
+    device registered under it now could resume that session with clean_session=false, and the disconnect would then
+    end the new device's connection. So the id is not registered again until then."""
+    return set(
+        OutboxMessage.objects.filter(
+            deployment=deployment, kind=OutboxMessage.Kind.KICK, client_id__in=device_ids
+        ).values_list("client_id", flat=True)
+    )
+
+
 def _kick(deployment: Deployment, device_id: str, after_generation: int, reason: OutboxMessage.Reason) -> None:
     """Disconnect whatever holds `device_id` once the broker runs without the device's credentials: mosquitto drops
     it itself on the reload, EMQX keeps it until the agent takes the client id over."""
@@ -358,6 +370,11 @@ def device_create(
     group_rows = _groups(deployment, values.pop("groups"))
     if Device.objects.filter(deployment=deployment, device_id=values["device_id"]).exists():
         raise Conflict(f"A device {values['device_id']!r} is already registered on this deployment.")
+    if _disconnect_pending(deployment, [values["device_id"]]):
+        raise Conflict(
+            f"A device {values['device_id']!r} was deleted and the agent has not yet disconnected it, which also "
+            "ends its broker session; register it again once it has (seconds, while the deployment runs)."
+        )
     credentials, salt_b64, hash_b64 = _new_credentials()
     certificate = credential_type == Device.CredentialType.CERTIFICATE
     now = timezone.now()
@@ -604,9 +621,16 @@ def devices_import(
         )
     )
     groups = {g.name: g for g in DeviceGroup.objects.filter(deployment=deployment)}
+    disconnecting = _disconnect_pending(deployment, [r.device_id for r in rows if r.device_id not in taken])
     for row in rows:
         if row.device_id in taken:
             errors.append(csv_import.row_error(row.line, "device_id", f"{row.device_id!r} is already registered"))
+        elif row.device_id in disconnecting:
+            errors.append(
+                csv_import.row_error(
+                    row.line, "device_id", f"{row.device_id!r} was deleted and is not yet disconnected; retry shortly"
+                )
+            )
         missing = [name for name in row.groups if name not in groups]
         if missing:
             errors.append(csv_import.row_error(row.line, "groups", f"no device group named {missing[0]!r}"))

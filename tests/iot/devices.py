@@ -31,6 +31,7 @@ class Device:
         self.lock = threading.Condition()
         self.inbox: dict[str, list] = collections.defaultdict(list)
         self.connack = None
+        self.session_present = None  # the CONNACK's flag: the broker resumed a session it held for this client id
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         kwargs = {"clean_session": clean} if protocol != mqtt.MQTTv5 else {}
@@ -49,6 +50,7 @@ class Device:
         return f"devices/{self.device_id}/shadow"
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.session_present = flags.session_present
         self.connack = reason_code
         if not reason_code.is_failure:
             self.disconnected.clear()
@@ -113,6 +115,10 @@ class Device:
     def messages(self, answer):
         with self.lock:
             return [body for _, body in self.inbox[f"{self.prefix}/{answer}"]]
+
+    def messages_on(self, topic):
+        with self.lock:
+            return [body for _, body in self.inbox[topic]]
 
     def wait_for(self, answer, predicate=lambda body: True, timeout=10.0):
         """The first message on `answer` that satisfies `predicate`, and when it arrived (monotonic)."""

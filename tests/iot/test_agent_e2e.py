@@ -1,6 +1,7 @@
 """End to end on real parts: the REST API, a real Celery worker reconciling a real mosquitto, a real platform agent
 process, and paho devices connecting with the credentials the API issued."""
 
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -289,6 +290,39 @@ def test_a_device_enabled_again_keeps_its_connection_when_its_disable_was_not_ca
     agents()
     assert served_after_the_outbox(device, url), "the device enabled again was disconnected"
     device.close()
+
+
+def test_a_device_registered_again_under_a_deleted_ones_id_gets_none_of_its_session_when_its_disconnect_pends(
+    premium_api, agents
+):
+    client, url, port = premium_api
+    old = Device(port, "sensor-1", **register(client, url, "sensor-1"), clean=False)
+    assert not old.connect().is_failure
+    subscribed = threading.Event()
+    old.mqtt.on_subscribe = lambda c, u, mid, codes, props: subscribed.set()
+    old.mqtt.subscribe("devices/sensor-1/commands", 1)
+    assert subscribed.wait(10), "no SUBACK"
+    old.close()  # its session stays on the broker, subscriptions and all
+    # No agent serves the deployment yet: the disconnect the delete queues (which also ends the old session) waits,
+    # and until it is carried out the id is not registered again.
+    assert client.delete(f"{url}/devices/sensor-1").status_code == 204
+    refused = client.post(f"{url}/devices", {"device_id": "sensor-1"}, format="json")
+    assert refused.status_code == 409, refused.content
+    agents()
+
+    def registered():
+        response = client.post(f"{url}/devices", {"device_id": "sensor-1"}, format="json")
+        return response.status_code == 201 and response.json()
+
+    body = wait_until(registered, 30, "sensor-1 registered again once the agent disconnected the deleted one")
+    settle(client, url, body["operation"])
+    new = Device(port, "sensor-1", **body["credentials"], clean=False)
+    assert not new.connect().is_failure
+    served = served_after_the_outbox(new, url)
+    new.publish("devices/sensor-1/commands", b"for the old device's subscription")
+    answered_while_connected(new)  # what it published came back before the answer, if it were subscribed
+    assert (new.session_present, new.messages_on("devices/sensor-1/commands"), served) == (False, [], True)
+    new.close()
 
 
 def test_a_delta_queued_before_a_shadow_delete_never_reaches_the_device_when_deleted_over_rest(premium_api, agents):

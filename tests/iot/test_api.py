@@ -201,12 +201,34 @@ def test_device_registered_again_under_a_deleted_ones_id_gets_none_of_its_queued
     client.patch(f"{base}/devices/sensor-1/shadow", {"state": {"desired": {"unlock": True}}}, format="json")
     client.patch(f"{base}/devices/sensor-10/shadow", {"state": {"desired": {"unlock": False}}}, format="json")
     assert client.delete(f"{base}/devices/sensor-1").status_code == 204
-    assert client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json").status_code == 201
     premium.refresh_from_db()
     due = services.outbox_due(deployment_id=premium.pk, observed_generation=premium.generation)
     published = {m.topic.split("/")[1] for m in due if m.kind == "publish"}
     assert published == {"sensor-10"}  # another device's messages stay
-    assert [m.client_id for m in due if m.kind == "kick"] == ["sensor-1"]  # the deleted one is still cut off
+    kicks = [m for m in due if m.kind == "kick"]
+    assert [m.client_id for m in kicks] == ["sensor-1"]  # the deleted one is still cut off
+    services.outbox_done(deployment_id=premium.pk, ids=[m.pk for m in kicks])  # as the agent does
+    assert client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json").status_code == 201
+    due = services.outbox_due(deployment_id=premium.pk, observed_generation=premium.generation)
+    assert {m.topic.split("/")[1] for m in due if m.kind == "publish"} == {"sensor-10"}
+
+
+def test_registering_again_answers_409_until_the_deleted_devices_disconnect_is_carried_out(client, base, premium):
+    from iot import services
+    from iot.models import Device
+
+    client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json")
+    assert client.delete(f"{base}/devices/sensor-1").status_code == 204
+    again = client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json")
+    assert again.status_code == 409 and "not yet disconnected it" in again.json()["detail"]
+    imported = client.post(f"{base}/device-imports", CSV + "sensor-1,,,,,,\nsensor-2,,,,,,\n", content_type="text/csv")
+    assert imported.status_code == 400
+    assert [e["field"] for e in imported.json()["errors"]] == ["rows.2.device_id"]
+    assert not Device.objects.exists()  # nothing half-imported
+    premium.refresh_from_db()
+    due = services.outbox_due(deployment_id=premium.pk, observed_generation=premium.generation)
+    services.outbox_done(deployment_id=premium.pk, ids=[m.pk for m in due])
+    assert client.post(f"{base}/devices", {"device_id": "sensor-1"}, format="json").status_code == 201
 
 
 CSV = "device_id,name,product,tags,attributes,groups,enabled\n"
