@@ -136,7 +136,19 @@ def _peering_to(remote: str) -> VirtualNetworkPeering:
 
 
 def _wait(poller, doing: str) -> VirtualNetworkPeering:
-    result = poller.result(timeout=LRO_TIMEOUT_SECONDS)
+    try:
+        result = poller.result(timeout=LRO_TIMEOUT_SECONDS)
+    except HttpResponseError as exc:
+        # The SDK raises the same OperationFailed for an operation that ended Canceled as for a Failed one. ARM
+        # cancels an operation that another write of the same resource superseded (CanceledAndSupersededDueTo-
+        # AnotherOperation): no refusal of ours, so the next poll writes it again.
+        if isinstance(exc.__cause__, OperationFailed) and str(poller.status()).lower() == "canceled":
+            raise ProviderError(
+                f"Azure canceled the operation to {doing} (another operation superseded it): {_code(exc) or 'Canceled'}"
+                f": {_message(exc)}",
+                permanent=False,
+            ) from exc
+        raise
     if not poller.done():
         raise ProviderError(f"Azure did not finish to {doing} in time", permanent=False)
     return result

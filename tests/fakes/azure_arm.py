@@ -13,8 +13,10 @@ Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only o
   when the remote VNet is not covered by a token of its tenant (the main one or an `x-ms-authorization-auxiliary` one)
   whose principal holds `Microsoft.Network/virtualNetworks/peer/action` there, 400 VnetAddressSpacesOverlap, 404 ResourceNotFound/NotFound; PUT answers 201 and DELETE 202 with
   `Azure-AsyncOperation` (and `Location`), polled at
-  `GET /subscriptions/{s}/providers/Microsoft.Network/locations/{l}/operations/{id}` (InProgress, then Succeeded or
-  Failed);
+  `GET /subscriptions/{s}/providers/Microsoft.Network/locations/{l}/operations/{id}` (InProgress, then Succeeded,
+  Failed, or Canceled: ARM's end of an operation another one on the same resource superseded, `{"status": "Canceled",
+  "error": {"code": "Canceled", "details": [{"code": "CanceledAndSupersededDueToAnotherOperation"}]}}`, which leaves
+  the resource's provisioningState Canceled);
 - one operation at a time, as the network resource provider runs them: a PUT of a peering whose own operation is still
   in progress is 409 AnotherOperationInProgress, one that links a VNet another peering operation is updating is 400
   ReferencedResourceNotProvisioned (the remedy in both is to retry once it ended: terraform-provider-azurerm's
@@ -113,6 +115,7 @@ class FakeAzure:
     failures: list[tuple[str, str, int, str, str]] = field(default_factory=list)
     operation_polls: int = 1  # how many times an async operation answers InProgress before it ends
     next_operation_error: dict | None = None
+    next_operation_status: str = "Failed"
     hold_operations: bool = False  # operations stay InProgress (Retry-After 1) until release_operations()
     lock: threading.RLock = field(default_factory=threading.RLock)
     base_url: str = ""
@@ -184,10 +187,12 @@ class FakeAzure:
         with self.lock:
             self.vnets[vnet.lower()]["peerings"].pop(name.lower(), None)
 
-    def fail_next_operation(self, code: str, message: str) -> None:
-        """The next long-running operation started ends Failed with this error (after its InProgress polls)."""
+    def fail_next_operation(self, code: str, message: str, status: str = "Failed", details: list | None = None) -> None:
+        """The next long-running operation started ends `status` (Failed, or Canceled as ARM ends one that another
+        operation on the resource superseded) with this error, after its InProgress polls."""
         with self.lock:
-            self.next_operation_error = {"code": code, "message": message}
+            self.next_operation_error = {"code": code, "message": message, **({"details": details} if details else {})}
+            self.next_operation_status = status
 
     def release_operations(self) -> None:
         """Held operations end now (Succeeded, or Failed as set), as if their time had come."""
@@ -282,8 +287,8 @@ def _finish(operation: _Operation) -> None:
     operation.status = operation.final
     if operation.status == "Succeeded" and operation.on_done:
         operation.on_done()
-    elif operation.status == "Failed" and operation.on_failed:
-        operation.on_failed()
+    elif operation.status in ("Failed", "Canceled") and operation.on_failed:
+        operation.on_failed(operation.status)
 
 
 def _arm_error(code: str, message: str) -> dict:
@@ -426,8 +431,8 @@ class _Handler(BaseHTTPRequestHandler):
             vnets=frozenset(v.lower() for v in vnets),
         )
         if self.state.next_operation_error is not None:
-            operation.final, operation.error = "Failed", self.state.next_operation_error
-            self.state.next_operation_error = None
+            operation.final, operation.error = self.state.next_operation_status, self.state.next_operation_error
+            self.state.next_operation_error, self.state.next_operation_status = None, "Failed"
         self.state.operations[op_id] = operation
         url = (
             f"{self.state.base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}/"
@@ -592,7 +597,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         headers = self._async(subscription, vnet["location"], finish, resource, (vnet["id"], remote))
         self.state.operations[headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]].on_failed = (
-            lambda: peering.update(provisioning="Failed")
+            lambda status: peering.update(provisioning=status)
         )
         self._send(201 if created else 200, state._render(vnet, peering), headers)
 
@@ -610,7 +615,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 _finish(operation)
         body = {"status": operation.status}
-        if operation.status == "Failed":
+        if operation.status in ("Failed", "Canceled"):
             body["error"] = operation.error
         self._send(200, body, {"Retry-After": "1" if self.state.hold_operations else "0"})
 

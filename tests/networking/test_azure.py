@@ -363,3 +363,30 @@ def _platform_client(deployment):
         },
     )
     return _Azure(platform, customer).linking_client
+
+
+def test_peering_is_retried_not_failed_when_the_async_operation_is_canceled(deployment, azure):
+    # ARM ends an operation Canceled when another update of the resource (the shared platform VNet's peering being
+    # written again) superseded it: nothing was refused, so nothing is torn down and the next poll writes it again.
+    azure.customer_grants_access()
+    azure.fake.fail_next_operation(
+        "Canceled",
+        "Operation was canceled.",
+        status="Canceled",
+        details=[
+            {
+                "code": "CanceledAndSupersededDueToAnotherOperation",
+                "message": "Operation PutVirtualNetworkPeeringOperation was canceled and superseded by operation "
+                "PutVirtualNetworkPeeringOperation.",
+            }
+        ],
+    )
+    peering = _create(deployment, azure)
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "Canceled" in peering.last_error and peering.next_poll_at is not None
+    assert azure.fake.peering(azure.platform_vnet, peering.public_id)["properties"]["provisioningState"] == "Canceled"
+    assert not azure.fake.requests("DELETE", "/virtualNetworkPeerings/")
+
+    assert poll(peering) == "active"
+    assert [side["properties"]["peeringState"] for side in _sides(azure, peering)] == ["Connected", "Connected"]
