@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.core.polling.base_polling import OperationFailed
 from azure.identity import ClientSecretCredential
 from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
@@ -24,6 +25,10 @@ from networking.providers.base import Customer, CustomerStep, Observation, Platf
 
 ARM_SCOPE = "https://management.azure.com/.default"
 LRO_TIMEOUT_SECONDS = 90.0
+# The longest one Retry-After is slept inside a poll. ARM's answers carry one (a 429's, a long-running operation's status
+# answers) and the SDK sleeps it whole: in the task's thread for a retried request, in the poller's while the task
+# waits for it. Longer, and the call stops with a temporary error: the peering keeps its state and a later poll asks.
+RETRY_AFTER_MAX_SECONDS = 10.0
 # Refusals that only the customer's role assignment lifts: the peering fails with the role to grant, and is
 # created again once they granted it.
 AUTHORIZATION_CODES = frozenset({"LinkedAuthorizationFailed", "AuthorizationFailed", "LinkedInvalidPropertyId"})
@@ -47,9 +52,31 @@ def _message(exc: HttpResponseError) -> str:
     return (exc.error.message if exc.error is not None else "") or exc.reason or str(exc)
 
 
+class RetryAfterTooLong(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"Retry-After {seconds:g} s")
+        self.seconds = seconds
+
+
+class _BoundedSleepTransport(RequestsTransport):
+    """The SDK's every sleep (a retry's Retry-After or backoff, a poll of a long-running operation) asks the
+    transport; one longer than RETRY_AFTER_MAX_SECONDS raises instead of holding the task."""
+
+    def sleep(self, duration: float) -> None:
+        if duration > RETRY_AFTER_MAX_SECONDS:
+            raise RetryAfterTooLong(duration)
+        super().sleep(duration)
+
+
 def _error(exc: Exception, doing: str) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, RetryAfterTooLong):
+        return ProviderError(
+            f"Azure asked to wait {exc.seconds:g} s (Retry-After) to {doing}, longer than a poll waits "
+            f"({RETRY_AFTER_MAX_SECONDS:g} s): a later poll asks again.",
+            permanent=False,
+        )
     if isinstance(exc, HttpResponseError) and _code(exc) in BUSY_CODES:
         return ProviderError(f"Azure is busy and could not {doing} yet: {_code(exc)}: {_message(exc)}", permanent=False)
     if isinstance(exc, HttpResponseError) and isinstance(exc.__cause__, OperationFailed):
@@ -76,26 +103,34 @@ class _Azure:
         self.theirs = ClientSecretCredential(
             customer.tenant_id, secret["client_id"], secret["client_secret"], **identity
         )
-        client = dict(
-            transport, base_url=platform.endpoint, credential_scopes=[ARM_SCOPE], polling_interval=1, retry_total=2
-        )
+
+        def client(credential, subscription: str, **hook) -> NetworkManagementClient:
+            return NetworkManagementClient(
+                credential,
+                subscription,
+                transport=_BoundedSleepTransport(**transport),
+                base_url=platform.endpoint,
+                credential_scopes=[ARM_SCOPE],
+                polling_interval=1,
+                retry_total=2,
+                **hook,
+            )
+
         self.our_vnet = vnet_id(net["subscription_id"], net["resource_group"], net["vnet_name"])
         self.their_vnet = vnet_id(customer.subscription_id, customer.resource_group, customer.vnet_name)
         self.resource_group, self.vnet = net["resource_group"], net["vnet_name"]
-        self.platform_client = NetworkManagementClient(self.ours, net["subscription_id"], **client)
-        self.linking_client = NetworkManagementClient(
+        self.platform_client = client(self.ours, net["subscription_id"])
+        self.linking_client = client(
             self.ours,
             net["subscription_id"],
             custom_hook_policy=AuxiliaryAuthenticationPolicy([self.theirs], ARM_SCOPE),
-            **client,
         )
-        self.customer_client = NetworkManagementClient(self.theirs, customer.subscription_id, **client)
+        self.customer_client = client(self.theirs, customer.subscription_id)
         # Writes the customer's side: their tenant's token, plus ours for peer/action on the platform VNet.
-        self.customer_linking_client = NetworkManagementClient(
+        self.customer_linking_client = client(
             self.theirs,
             customer.subscription_id,
             custom_hook_policy=AuxiliaryAuthenticationPolicy([self.ours], ARM_SCOPE),
-            **client,
         )
 
 

@@ -23,6 +23,8 @@ Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only o
   internal/services/network/virtual_network_peering_resource.go retries the latter, "the Vnet was just created or
   another peering was just initiated"); `hold_operations` keeps operations InProgress, as a slow one outliving a
   poller's timeout;
+- `Retry-After` on a started operation and on its status answers (`operation_retry_after`), and on an error answer
+  (`fail_next(..., retry_after=)`, as ARM's 429 throttling carries it): the SDK sleeps what it says;
 - peering states as Azure computes them: Initiated until the remote VNet peers back, then Connected on both sides,
   Disconnected for good once the other side is deleted.
 The helpers at the bottom play the customer (registering our application, granting a role, creating their side).
@@ -112,8 +114,10 @@ class FakeAzure:
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (tenant, application id)
     operations: dict[str, _Operation] = field(default_factory=dict)
     seen: list[tuple[str, str, dict]] = field(default_factory=list)  # (method, path, headers)
-    failures: list[tuple[str, str, int, str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, int, str, str, str | None]] = field(default_factory=list)
     operation_polls: int = 1  # how many times an async operation answers InProgress before it ends
+    # The Retry-After (seconds) that a started operation and its status answer carry, as ARM's do.
+    operation_retry_after: str = "0"
     next_operation_error: dict | None = None
     next_operation_status: str = "Failed"
     hold_operations: bool = False  # operations stay InProgress (Retry-After 1) until release_operations()
@@ -215,9 +219,13 @@ class FakeAzure:
                     return operation, "vnet"
             return None
 
-    def fail_next(self, method: str, path_contains: str, status: int, code: str, message: str) -> None:
+    def fail_next(
+        self, method: str, path_contains: str, status: int, code: str, message: str, retry_after: str | None = None
+    ) -> None:
+        """The next matching request answers this error (with a Retry-After header when given, as ARM's
+        throttling answers carry)."""
         with self.lock:
-            self.failures.append((method, path_contains, status, code, message))
+            self.failures.append((method, path_contains, status, code, message, retry_after))
 
     def peering(self, vnet: str, name: str) -> dict | None:
         with self.lock:
@@ -438,13 +446,13 @@ class _Handler(BaseHTTPRequestHandler):
             f"{self.state.base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}/"
             f"operations/{op_id}?api-version=2024-05-01"
         )
-        return {"Azure-AsyncOperation": url, "Retry-After": "0"}
+        return {"Azure-AsyncOperation": url, "Retry-After": self.state.operation_retry_after}
 
-    def _take_failure(self, method: str, path: str) -> tuple[int, str, str] | None:
+    def _take_failure(self, method: str, path: str) -> tuple[int, str, str, str | None] | None:
         for failure in self.state.failures:
             if failure[0] == method and failure[1].lower() in path.lower():
                 self.state.failures.remove(failure)
-                return failure[2], failure[3], failure[4]
+                return failure[2], failure[3], failure[4], failure[5]
         return None
 
     def _vnet(self, match: re.Match) -> None:
@@ -617,7 +625,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = {"status": operation.status}
         if operation.status in ("Failed", "Canceled"):
             body["error"] = operation.error
-        self._send(200, body, {"Retry-After": "1" if self.state.hold_operations else "0"})
+        self._send(200, body, {"Retry-After": "1" if self.state.hold_operations else self.state.operation_retry_after})
 
     def _handle(self, method: str) -> None:
         path = urlsplit(self.path).path
@@ -626,7 +634,9 @@ class _Handler(BaseHTTPRequestHandler):
             failure = self._take_failure(method, path)
             if failure is not None:
                 self._raw_body()
-                self._send(failure[0], _arm_error(failure[1], failure[2]))
+                self._send(
+                    failure[0], _arm_error(failure[1], failure[2]), {"Retry-After": failure[3]} if failure[3] else None
+                )
                 return
             if method == "GET" and (m := _DISCOVERY.match(path)):
                 self._discovery(m["tenant"])

@@ -343,6 +343,7 @@ def azure(_azure_server, settings):
         state.operation_polls = 1
         state.next_operation_error = None
         state.next_operation_status = "Failed"
+        state.operation_retry_after = "0"
         state.hold_operations = False
     settings.CLOUD_CA_BUNDLE = _azure_server.ca_path
     state.add_tenant(AZURE_PLATFORM_TENANT, [AZURE_PLATFORM_SUBSCRIPTION])

@@ -3,6 +3,8 @@
 checked per action): both sides created by our application with the role the customer granted, the refusals when
 they granted none or too little, a refusal from Azure, the customer deleting their side, and delete."""
 
+import time
+
 import pytest
 
 from networking import services
@@ -390,3 +392,43 @@ def test_peering_is_retried_not_failed_when_the_async_operation_is_canceled(depl
 
     assert poll(peering) == "active"
     assert [side["properties"]["peeringState"] for side in _sides(azure, peering)] == ["Connected", "Connected"]
+
+
+def test_poll_does_not_sleep_out_a_long_retry_after_when_azure_throttles(deployment, azure):
+    # ARM's 429 carries a Retry-After the SDK's retry policy sleeps in the worker's own thread: a long one must not hold
+    # the task (its soft time limit is 240 s); the next poll asks again.
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    assert poll(peering) == "active"
+    for _ in range(3):  # the SDK's own two retries see it too
+        azure.fake.fail_next(
+            "GET", "/virtualNetworkPeerings/", 429, "TooManyRequests", "Too many requests.", retry_after="25"
+        )
+    started = time.monotonic()
+    assert poll(peering) == "active"
+    assert time.monotonic() - started < 15
+    peering = _reload(peering)
+    assert "25" in peering.last_error and "Retry-After" in peering.last_error
+    assert peering.next_poll_at is not None
+
+    azure.fake.failures.clear()
+    assert poll(peering) == "active"
+    assert _reload(peering).last_error == ""
+
+
+def test_poll_checks_again_later_when_the_operation_asks_for_a_long_retry_after(deployment, azure):
+    # The poller sleeps each status answer's Retry-After: one of an hour would keep the task waiting until its
+    # timeout. It stops waiting at once; the operation goes on at ARM and a later poll finds it done.
+    azure.customer_grants_access()
+    azure.fake.operation_retry_after = "3600"
+    peering = _create(deployment, azure)
+    started = time.monotonic()
+    assert poll(peering) == "pending"
+    assert time.monotonic() - started < 15
+    peering = _reload(peering)
+    assert "3600" in peering.last_error and "Retry-After" in peering.last_error
+    assert not azure.fake.requests("DELETE", "/virtualNetworkPeerings/")
+
+    azure.fake.operation_retry_after = "0"
+    azure.fake.release_operations()  # its time came
+    assert poll(peering) == "active"
