@@ -10,6 +10,7 @@ token of the customer's tenant when we write our side, one of ours when we write
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -33,6 +34,10 @@ RETRY_AFTER_MAX_SECONDS = 10.0
 # created again once they granted it.
 AUTHORIZATION_CODES = frozenset({"LinkedAuthorizationFailed", "AuthorizationFailed", "LinkedInvalidPropertyId"})
 ROLE, PEERING_ACTIONS = AZURE_PEERING_ROLE, AZURE_PEERING_ACTIONS
+# A side of ours left in provisioningState Failed (an update of it failed inside ARM) is written again: Microsoft.Network's
+# remedy for a failed provisioning state is another PUT of the resource. This many times in a row, then the peering
+# fails with the last answer: a write that keeps failing is not retried for ever.
+REPAIR_ATTEMPTS = 3
 # ARM's "not now": an operation on this peering or on a VNet it links is still running (our own earlier attempt whose
 # poller outlived LRO_TIMEOUT_SECONDS, or another peering of the region's shared platform VNet). Answered at once (409,
 # 400) or as a failed operation's error; it ends by itself, so the poll retries. terraform-provider-azurerm retries
@@ -189,6 +194,16 @@ def _wait(poller, doing: str) -> VirtualNetworkPeering:
     return result
 
 
+def _write_ours(azure: _Azure, customer: Customer, doing: str) -> None:
+    """Create or write again our side on the platform VNet, and wait for ARM to finish it."""
+    _wait(
+        azure.linking_client.virtual_network_peerings.begin_create_or_update(
+            azure.resource_group, azure.vnet, customer.public_id, _peering_to(azure.their_vnet)
+        ),
+        doing,
+    )
+
+
 class AzureAdapter:
     def request(self, platform: Platform, customer: Customer) -> Observation:
         azure = _Azure(platform, customer)
@@ -211,12 +226,7 @@ class AzureAdapter:
         self._check_owner(azure, customer)
         doing = f"create peering {customer.public_id}"
         try:
-            _wait(
-                azure.linking_client.virtual_network_peerings.begin_create_or_update(
-                    azure.resource_group, azure.vnet, customer.public_id, _peering_to(azure.their_vnet)
-                ),
-                doing,
-            )
+            _write_ours(azure, customer, doing)
         except HttpResponseError as exc:
             if _code(exc) in AUTHORIZATION_CODES:
                 raise _refused(exc, azure, customer, "the platform's side") from exc
@@ -282,12 +292,48 @@ class AzureAdapter:
             return self.request(platform, customer)
         azure = _Azure(platform, customer)
         observation = self._read(azure, customer)
+        if observation.status == "broken" and observation.provider_state == "Failed":
+            return self._repair(azure, customer, int(ids.get("repairs") or 0) + 1)
         if observation.status == "waiting" and not ids.get("customer_side_created"):
             # A poll that stopped between the two sides, or a peering from before we made both: the customer's side
             # is still missing (one they made themselves connects it, and then there is nothing to make).
             self._check_owner(azure, customer)
             return self._customer_side(azure, customer)
+        if ids.get("repairs"):
+            observation = dataclasses.replace(observation, ids={**observation.ids, "repairs": 0})
         return observation
+
+    def _repair(self, azure: _Azure, customer: Customer, attempt: int) -> Observation:
+        """Write our side, left in provisioningState Failed, again (attempt `attempt` of REPAIR_ATTEMPTS). A temporary
+        error is not an attempt: it raises, and the next poll tries again."""
+        doing = f"write peering {customer.public_id} again"
+        try:
+            _write_ours(azure, customer, doing)
+        except Exception as exc:  # noqa: BLE001 - classified by _error: only a refusal counts as an attempt
+            error = _error(exc, doing)
+            if not error.permanent:
+                raise error from exc
+            reason = error.message
+        else:
+            observation = self._read(azure, customer)
+            if observation.provider_state != "Failed":
+                return dataclasses.replace(observation, ids={**observation.ids, "repairs": 0})
+            reason = "Azure accepted the write, and the peering is still Failed."
+        if attempt >= REPAIR_ATTEMPTS:
+            return Observation(
+                "broken",
+                "Failed",
+                f"Azure could not provision the platform's side of the peering, and {attempt} attempts to write it "
+                f"again failed; the last: {reason} Azure cannot restore it: delete this peering and create a new one.",
+                ids={"repairs": attempt},
+            )
+        return Observation(
+            "waiting",
+            "Failed",
+            f"Azure could not provision the platform's side of the peering; writing it again failed (attempt "
+            f"{attempt} of {REPAIR_ATTEMPTS}): {reason} The next poll writes it again.",
+            ids={"repairs": attempt},
+        )
 
     def _read(self, azure: _Azure, customer: Customer) -> Observation:
         try:

@@ -187,6 +187,12 @@ class FakeAzure:
         with self.lock:
             self._put_peering(self.vnets[vnet.lower()], name, remote_vnet, provisioning="Succeeded")
 
+    def fail_provisioning(self, vnet: str, name: str) -> None:
+        """An update of the peering failed inside ARM: its provisioningState is Failed, its peering stays as it was
+        (Microsoft.Network's "failed provisioning state": another PUT of the resource restores it)."""
+        with self.lock:
+            self.vnets[vnet.lower()]["peerings"][name.lower()]["provisioning"] = "Failed"
+
     def delete_peering(self, vnet: str, name: str) -> None:
         with self.lock:
             self.vnets[vnet.lower()]["peerings"].pop(name.lower(), None)
@@ -253,14 +259,10 @@ class FakeAzure:
         back = None
         if remote is not None:
             back = next(
-                (
-                    p
-                    for p in remote["peerings"].values()
-                    if p["remote"].lower() == vnet["id"].lower() and p["provisioning"] == "Succeeded"
-                ),
+                (p for p in remote["peerings"].values() if p["remote"].lower() == vnet["id"].lower() and _linked(p)),
                 None,
             )
-        if back is not None and peering["provisioning"] == "Succeeded":
+        if back is not None and _linked(peering):
             peering["was_connected"] = True
             return "Connected"
         if peering["was_connected"]:
@@ -289,6 +291,12 @@ class FakeAzure:
                 "remoteAddressSpace": {"addressPrefixes": remote["address_space"] if remote else []},
             },
         }
+
+
+def _linked(peering: dict) -> bool:
+    """A side counts once it was provisioned: an update of a connected peering (in progress or failed) leaves the
+    link up; a new one links only when its creation succeeded."""
+    return peering["provisioning"] == "Succeeded" or peering["was_connected"]
 
 
 def _finish(operation: _Operation) -> None:

@@ -432,3 +432,44 @@ def test_poll_checks_again_later_when_the_operation_asks_for_a_long_retry_after(
     azure.fake.operation_retry_after = "0"
     azure.fake.release_operations()  # its time came
     assert poll(peering) == "active"
+
+
+def test_active_peering_is_repaired_when_its_provisioning_failed(deployment, azure):
+    # Microsoft.Network leaves a resource whose update failed in provisioningState Failed; another PUT of it restores
+    # it. The peering is written again instead of being failed for good.
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    assert poll(peering) == "active"
+    puts = len(azure.fake.requests("PUT", "/virtualNetworkPeerings/"))
+
+    azure.fake.fail_provisioning(azure.platform_vnet, peering.public_id)
+    assert poll(peering) == "active"
+    peering = _reload(peering)
+    assert peering.last_error == "" and peering.next_poll_at is not None
+    assert len(azure.fake.requests("PUT", azure.platform_vnet.split("/virtualNetworks/")[1])) > 0
+    assert len(azure.fake.requests("PUT", "/virtualNetworkPeerings/")) == puts + 1
+    ours, theirs = _sides(azure, peering)
+    assert ours["properties"]["provisioningState"] == "Succeeded"
+    assert [ours["properties"]["peeringState"], theirs["properties"]["peeringState"]] == ["Connected", "Connected"]
+
+
+def test_active_peering_fails_for_good_naming_the_attempts_when_its_repair_keeps_failing(deployment, azure):
+    # Written again up to three times (docs/networking.md), then failed with the reason: not retried for ever.
+    REPAIR_ATTEMPTS = 3  # noqa: N806
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    assert poll(peering) == "active"
+    azure.fake.fail_provisioning(azure.platform_vnet, peering.public_id)
+    message = "An error occurred."
+    for attempt in range(1, REPAIR_ATTEMPTS):
+        azure.fake.fail_next_operation("InternalServerError", message)
+        assert poll(peering) == "failed"
+        peering = _reload(peering)
+        assert f"attempt {attempt} of {REPAIR_ATTEMPTS}" in peering.last_error
+        assert peering.next_poll_at is not None  # it is written again on the next poll
+    azure.fake.fail_next_operation("InternalServerError", message)
+    assert poll(peering) == "failed"
+    peering = _reload(peering)
+    assert peering.next_poll_at is None and peering.is_abnormal
+    assert f"{REPAIR_ATTEMPTS} attempts" in peering.last_error and "InternalServerError" in peering.last_error
+    assert "delete this peering and create a new one" in peering.last_error
