@@ -103,11 +103,15 @@ def _permissions(platform: Platform, customer: Customer) -> list[dict]:
 
 def _tagged(ec2, customer: Customer) -> list[dict]:
     """Our peering connections for this peering id that are not gone. The filter narrows on AWS; the tag check is
-    what decides (an endpoint that ignores filters must not make us adopt someone else's connection)."""
-    found = ec2.describe_vpc_peering_connections(Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [customer.public_id]}])
+    what decides (an endpoint that ignores filters must not make us adopt someone else's connection). EC2 may page
+    the answer (NextToken) even when filtered: every page is read, through boto3's paginator."""
+    pages = ec2.get_paginator("describe_vpc_peering_connections").paginate(
+        Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [customer.public_id]}]
+    )
     return [
         pcx
-        for pcx in found.get("VpcPeeringConnections", [])
+        for page in pages
+        for pcx in page.get("VpcPeeringConnections", [])
         if {"Key": TAG_KEY, "Value": customer.public_id} in pcx.get("Tags", [])
         and pcx["Status"]["Code"] not in GONE_STATES
     ]
