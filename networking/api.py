@@ -124,6 +124,13 @@ class VpcPeeringSerializer(serializers.ModelSerializer):
             "deleted_at",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "last_error": {
+                "help_text": "Why the peering failed; while it retries, the last temporary error; on an active "
+                "peering, what is not well though traffic flows (Azure: an address space added on either side that "
+                "the peering has not synced, with provider_state e.g. 'Connected (LocalNotInSync)')."
+            }
+        }
 
     def to_representation(self, instance):
         data = super().to_representation(instance)

@@ -627,7 +627,7 @@ def _next(
     peering.provider_state = observation.provider_state[:64]
     if observation.status == "active":
         peering.activated_at = peering.activated_at or now
-        peering.last_error = ""
+        peering.last_error = observation.detail  # active, but not all is well (Azure's address spaces out of sync)
         peering.customer_action = {}
         return State.ACTIVE, watch
     if observation.status == "waiting":

@@ -11,6 +11,7 @@ token of the customer's tenant when we write our side, one of ours when we write
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -19,7 +20,7 @@ from azure.core.polling.base_polling import OperationFailed
 from azure.identity import ClientSecretCredential
 from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
-from azure.mgmt.network.models import SubResource, VirtualNetworkPeering
+from azure.mgmt.network.models import SubResource, SyncRemoteAddressSpace, VirtualNetworkPeering
 
 from networking.checks import AZURE_OWNER_TAG, AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
 from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
@@ -38,6 +39,15 @@ ROLE, PEERING_ACTIONS = AZURE_PEERING_ROLE, AZURE_PEERING_ACTIONS
 # remedy for a failed provisioning state is another PUT of the resource. This many times in a row, then the peering
 # fails with the last answer: a write that keeps failing is not retried for ever.
 REPAIR_ATTEMPTS = 3
+# peeringSyncLevel: whether each side's copy of the other VNet's address space is current. LocalNotInSync: this side's
+# copy of the remote VNet is stale (the remote's space changed; Sync-AzVirtualNetworkPeering on this side fixes it);
+# RemoteNotInSync: the other side's copy of this VNet is stale.
+IN_SYNC, LOCAL_BEHIND, REMOTE_BEHIND, BOTH_BEHIND = (
+    "FullyInSync",
+    "LocalNotInSync",
+    "RemoteNotInSync",
+    "LocalAndRemoteNotInSync",
+)
 # ARM's "not now": an operation on this peering or on a VNet it links is still running (our own earlier attempt whose
 # poller outlived LRO_TIMEOUT_SECONDS, or another peering of the region's shared platform VNet). Answered at once (409,
 # 400) or as a failed operation's error; it ends by itself, so the poll retries. terraform-provider-azurerm retries
@@ -194,14 +204,40 @@ def _wait(poller, doing: str) -> VirtualNetworkPeering:
     return result
 
 
-def _write_ours(azure: _Azure, customer: Customer, doing: str) -> None:
-    """Create or write again our side on the platform VNet, and wait for ARM to finish it."""
+def _write(azure: _Azure, customer: Customer, doing: str, *, theirs: bool = False, sync: bool = False) -> None:
+    """Create or write again our side on the platform VNet (or `theirs`, on the customer's VNet), and wait for ARM
+    to finish it. `sync`: the side learns the other VNet's address space as it is now (syncRemoteAddressSpace=true)."""
+    if theirs:
+        client, where, remote = (
+            azure.customer_linking_client,
+            (customer.resource_group, customer.vnet_name),
+            azure.our_vnet,
+        )
+    else:
+        client, where, remote = azure.linking_client, (azure.resource_group, azure.vnet), azure.their_vnet
     _wait(
-        azure.linking_client.virtual_network_peerings.begin_create_or_update(
-            azure.resource_group, azure.vnet, customer.public_id, _peering_to(azure.their_vnet)
+        client.virtual_network_peerings.begin_create_or_update(
+            *where,
+            customer.public_id,
+            _peering_to(remote),
+            sync_remote_address_space=SyncRemoteAddressSpace.TRUE if sync else None,
         ),
         doing,
     )
+
+
+def _sync_level(peering: VirtualNetworkPeering) -> str:
+    """peeringSyncLevel as Azure's word (the SDK gives an enum member, or the string of a level it does not know)."""
+    level = peering.peering_sync_level
+    return str(getattr(level, "value", level) or IN_SYNC)
+
+
+def _within(prefix: str, cidr: str) -> bool:
+    try:
+        inner, outer = ipaddress.ip_network(prefix, strict=False), ipaddress.ip_network(cidr)
+    except ValueError:
+        return False
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
 
 
 class AzureAdapter:
@@ -226,7 +262,7 @@ class AzureAdapter:
         self._check_owner(azure, customer)
         doing = f"create peering {customer.public_id}"
         try:
-            _write_ours(azure, customer, doing)
+            _write(azure, customer, doing)
         except HttpResponseError as exc:
             if _code(exc) in AUTHORIZATION_CODES:
                 raise _refused(exc, azure, customer, "the platform's side") from exc
@@ -267,12 +303,7 @@ class AzureAdapter:
         the customer's to fix; the caller removes our side before failing the peering."""
         doing = f"create your side of peering {customer.public_id}"
         try:
-            _wait(
-                azure.customer_linking_client.virtual_network_peerings.begin_create_or_update(
-                    customer.resource_group, customer.vnet_name, customer.public_id, _peering_to(azure.our_vnet)
-                ),
-                doing,
-            )
+            _write(azure, customer, doing, theirs=True)
         except HttpResponseError as exc:
             if _code(exc) in AUTHORIZATION_CODES:
                 raise _refused(exc, azure, customer, "your side") from exc
@@ -291,7 +322,10 @@ class AzureAdapter:
         if not ids.get("created"):
             return self.request(platform, customer)
         azure = _Azure(platform, customer)
-        observation = self._read(azure, customer)
+        ours = self._fetch(azure, customer)
+        observation = self._observe(azure, customer, ours)
+        if ours is not None and observation.status == "active" and _sync_level(ours) != IN_SYNC:
+            observation = self._sync(azure, customer, ours)
         if observation.status == "broken" and observation.provider_state == "Failed":
             return self._repair(azure, customer, int(ids.get("repairs") or 0) + 1)
         if observation.status == "waiting" and not ids.get("customer_side_created"):
@@ -308,7 +342,7 @@ class AzureAdapter:
         error is not an attempt: it raises, and the next poll tries again."""
         doing = f"write peering {customer.public_id} again"
         try:
-            _write_ours(azure, customer, doing)
+            _write(azure, customer, doing)
         except Exception as exc:  # noqa: BLE001 - classified by _error: only a refusal counts as an attempt
             error = _error(exc, doing)
             if not error.permanent:
@@ -335,20 +369,70 @@ class AzureAdapter:
             ids={"repairs": attempt},
         )
 
-    def _read(self, azure: _Azure, customer: Customer) -> Observation:
+    def _sync(self, azure: _Azure, customer: Customer, ours: VirtualNetworkPeering) -> Observation:
+        """Connected, with a side whose copy of the other VNet's address space is stale (peeringSyncLevel): traffic
+        to the ranges added since does not flow. Our side learns the customer's new space only while it all lies in
+        the peering's CIDR (the range the pre-flight checked for overlaps); their side always learns ours. Otherwise
+        the peering stays active and says what is not peered."""
+        level = _sync_level(ours)
+        notes = []
+        if level in (LOCAL_BEHIND, BOTH_BEHIND):
+            remote = ours.remote_virtual_network_address_space
+            space = list((remote.address_prefixes if remote else None) or [])
+            outside = [prefix for prefix in space if not _within(prefix, customer.cidr)]
+            if outside:
+                notes.append(
+                    f"Your virtual network's address space is now {', '.join(space)}: {', '.join(outside)} lies "
+                    f"outside this peering's range {customer.cidr}, so the platform does not learn it and traffic to "
+                    f"it is not peered. Remove it from your virtual network, or peer it with a new peering."
+                )
+            else:
+                self._sync_side(notes, lambda doing: _write(azure, customer, doing, sync=True), customer, "our")
+        if level in (REMOTE_BEHIND, BOTH_BEHIND):
+            self._sync_side(
+                notes, lambda doing: _write(azure, customer, doing, theirs=True, sync=True), customer, "your"
+            )
+        ours_now = self._fetch(azure, customer)
+        observation = self._observe(azure, customer, ours_now)
+        if observation.status != "active" or ours_now is None or _sync_level(ours_now) == IN_SYNC:
+            return observation
+        level = _sync_level(ours_now)
+        return Observation(
+            "active",
+            f"Connected ({level})",
+            " ".join(notes) or f"Azure reports the address spaces {level}; the next poll syncs them again.",
+        )
+
+    @staticmethod
+    def _sync_side(notes: list[str], write, customer: Customer, whose: str) -> None:
+        doing = f"sync {whose} side of peering {customer.public_id} with the other network's address space"
         try:
-            ours = azure.platform_client.virtual_network_peerings.get(
+            write(doing)
+        except Exception as exc:  # noqa: BLE001 - a temporary error retries the poll; a refusal is told
+            error = _error(exc, doing)
+            if not error.permanent:
+                raise error from exc
+            notes.append(error.message)
+
+    def _fetch(self, azure: _Azure, customer: Customer) -> VirtualNetworkPeering | None:
+        """Our side of the peering, or None when it does not exist."""
+        try:
+            return azure.platform_client.virtual_network_peerings.get(
                 azure.resource_group, azure.vnet, customer.public_id
             )
         except ResourceNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001
+            raise _error(exc, f"read peering {customer.public_id}") from exc
+
+    def _read(self, azure: _Azure, customer: Customer) -> Observation:
+        return self._observe(azure, customer, self._fetch(azure, customer))
+
+    def _observe(self, azure: _Azure, customer: Customer, ours: VirtualNetworkPeering | None) -> Observation:
+        if ours is None:
             return Observation(
                 "broken", "NotFound", f"The platform's side of the peering ({customer.public_id}) no longer exists."
             )
-        except Exception as exc:  # noqa: BLE001
-            raise _error(exc, f"read peering {customer.public_id}") from exc
-        return self._observe(azure, customer, ours)
-
-    def _observe(self, azure: _Azure, customer: Customer, ours: VirtualNetworkPeering) -> Observation:
         state = ours.peering_state or ""
         if ours.provisioning_state == "Failed":
             return Observation("broken", "Failed", "Azure could not provision the platform's side of the peering.")

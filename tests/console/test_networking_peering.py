@@ -265,6 +265,19 @@ def test_peering_page_shows_the_providers_reason_and_stops_polling_when_failed(o
     assert "hx-trigger" not in html and 'http-equiv="refresh"' not in html
 
 
+def test_peering_page_says_what_is_not_peered_when_active_with_an_unsynced_address_space(owner, plant):
+    peering = _peering(plant)
+    note = "Your virtual network's address space is now 10.1.0.0/16, 10.9.0.0/16: 10.9.0.0/16 lies outside"
+    VpcPeering.objects.filter(pk=peering.pk).update(
+        state="active", provider_state="Connected (LocalNotInSync)", last_error=note
+    )
+    html = owner.get(_tab(plant, peering.public_id)).content.decode()
+    assert '<span class="badge badge-ok">active</span>' in html
+    assert f"Not all is well:</strong> {note.replace(chr(39), '&#x27;')}" in html
+    assert "<code>Connected (LocalNotInSync)</code>" in html
+    assert "The platform retries on its own" not in html
+
+
 def test_live_answers_204_while_unchanged_and_the_new_state_when_changed(owner, plant):
     peering = _peering(plant)
     live = _tab(plant, f"{peering.public_id}/live")

@@ -26,7 +26,9 @@ Served on 127.0.0.1 over TLS (a throwaway CA: the SDK sends bearer tokens only o
 - `Retry-After` on a started operation and on its status answers (`operation_retry_after`), and on an error answer
   (`fail_next(..., retry_after=)`, as ARM's 429 throttling carries it): the SDK sleeps what it says;
 - peering states as Azure computes them: Initiated until the remote VNet peers back, then Connected on both sides,
-  Disconnected for good once the other side is deleted.
+  Disconnected for good once the other side is deleted; each side keeps the remote address space it learnt
+  (`remoteAddressSpace`, beside the remote VNet's current `remoteVirtualNetworkAddressSpace`) until a PUT with
+  `?syncRemoteAddressSpace=true` syncs it, and `peeringSyncLevel` says which side is behind (`set_address_space`).
 The helpers at the bottom play the customer (registering our application, granting a role, creating their side).
 """
 
@@ -193,6 +195,12 @@ class FakeAzure:
         with self.lock:
             self.vnets[vnet.lower()]["peerings"][name.lower()]["provisioning"] = "Failed"
 
+    def set_address_space(self, vnet: str, address_space: list[str]) -> None:
+        """`az network vnet update --address-prefixes ...` on a peered VNet: its peerings keep the space they learnt
+        until synced, and Azure reports the difference in peeringSyncLevel."""
+        with self.lock:
+            self.vnets[vnet.lower()]["address_space"] = list(address_space)
+
     def delete_peering(self, vnet: str, name: str) -> None:
         with self.lock:
             self.vnets[vnet.lower()]["peerings"].pop(name.lower(), None)
@@ -243,25 +251,35 @@ class FakeAzure:
             return [r for r in self.seen if r[0] == method and path_contains.lower() in r[1].lower()]
 
     # -- state -------------------------------------------------------------------------------------------------
-    def _put_peering(self, vnet: dict, name: str, remote: str, provisioning: str) -> dict:
+    def _put_peering(self, vnet: dict, name: str, remote: str, provisioning: str, sync: bool = False) -> dict:
         existing = vnet["peerings"].get(name.lower())
         peering = existing or {"name": name, "etag": f'W/"{uuid.uuid4()}"', "was_connected": False}
+        relinked = existing is None or existing["remote"].lower() != remote.lower()
         peering.update({"remote": remote, "provisioning": provisioning, "disconnected": False})
         if existing is None:
             peering["guid"] = str(uuid.uuid4())
+        if relinked or sync:
+            # The remote VNet's address space as this peering learnt it: at creation, and again only when a PUT
+            # asks with syncRemoteAddressSpace=true (a plain PUT of an existing peering keeps what it had).
+            remote_vnet = self.vnets.get(remote.lower())
+            peering["learned"] = list(remote_vnet["address_space"]) if remote_vnet else []
         vnet["peerings"][name.lower()] = peering
         return peering
+
+    def _back(self, vnet: dict, peering: dict) -> dict | None:
+        """The remote VNet's peering back to `vnet`, once it is linked."""
+        remote = self.vnets.get(peering["remote"].lower())
+        if remote is None:
+            return None
+        return next(
+            (p for p in remote["peerings"].values() if p["remote"].lower() == vnet["id"].lower() and _linked(p)),
+            None,
+        )
 
     def _state(self, vnet: dict, peering: dict) -> str:
         if peering["disconnected"]:
             return "Disconnected"
-        remote = self.vnets.get(peering["remote"].lower())
-        back = None
-        if remote is not None:
-            back = next(
-                (p for p in remote["peerings"].values() if p["remote"].lower() == vnet["id"].lower() and _linked(p)),
-                None,
-            )
+        back = self._back(vnet, peering)
         if back is not None and _linked(peering):
             peering["was_connected"] = True
             return "Connected"
@@ -273,6 +291,19 @@ class FakeAzure:
     def _render(self, vnet: dict, peering: dict) -> dict:
         state = self._state(vnet, peering)
         remote = self.vnets.get(peering["remote"].lower())
+        sync_level = "RemoteNotInSync"
+        back = self._back(vnet, peering)
+        if state == "Connected" and remote is not None and back is not None:
+            # Local: what this side learnt of the remote VNet is its address space now; remote: what the other
+            # side learnt of this VNet is this one's now. Sync-AzVirtualNetworkPeering fixes the LocalNotInSync side.
+            local_ok = sorted(peering.get("learned", [])) == sorted(remote["address_space"])
+            remote_ok = sorted(back.get("learned", [])) == sorted(vnet["address_space"])
+            sync_level = {
+                (True, True): "FullyInSync",
+                (False, True): "LocalNotInSync",
+                (True, False): "RemoteNotInSync",
+                (False, False): "LocalAndRemoteNotInSync",
+            }[(local_ok, remote_ok)]
         return {
             "id": f"{vnet['id']}/virtualNetworkPeerings/{peering['name']}",
             "name": peering["name"],
@@ -282,13 +313,14 @@ class FakeAzure:
                 "provisioningState": peering["provisioning"],
                 "resourceGuid": peering["guid"],
                 "peeringState": state,
-                "peeringSyncLevel": "FullyInSync" if state == "Connected" else "RemoteNotInSync",
+                "peeringSyncLevel": sync_level,
                 "remoteVirtualNetwork": {"id": peering["remote"]},
                 "allowVirtualNetworkAccess": True,
                 "allowForwardedTraffic": False,
                 "allowGatewayTransit": False,
                 "useRemoteGateways": False,
-                "remoteAddressSpace": {"addressPrefixes": remote["address_space"] if remote else []},
+                "remoteAddressSpace": {"addressPrefixes": list(peering.get("learned", []))},
+                "remoteVirtualNetworkAddressSpace": {"addressPrefixes": remote["address_space"] if remote else []},
             },
         }
 
@@ -606,7 +638,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             return
         created = stored is None
-        peering = state._put_peering(vnet, name, remote, provisioning="Updating")
+        query = parse_qs(urlsplit(self.path).query)
+        sync = (query.get("syncRemoteAddressSpace") or [""])[0].lower() == "true"
+        peering = state._put_peering(vnet, name, remote, provisioning="Updating", sync=sync)
 
         def finish():
             peering["provisioning"] = "Succeeded"

@@ -473,3 +473,58 @@ def test_active_peering_fails_for_good_naming_the_attempts_when_its_repair_keeps
     assert peering.next_poll_at is None and peering.is_abnormal
     assert f"{REPAIR_ATTEMPTS} attempts" in peering.last_error and "InternalServerError" in peering.last_error
     assert "delete this peering and create a new one" in peering.last_error
+
+
+def _active(deployment, azure):
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    assert poll(peering) == "active"
+    return peering
+
+
+def _sync_levels(azure, peering):
+    return [side["properties"]["peeringSyncLevel"] for side in _sides(azure, peering)]
+
+
+def test_active_peering_is_synced_when_the_customer_adds_a_range_within_its_cidr(deployment, azure):
+    azure.fake.vnets[azure.customer_vnet.lower()]["address_space"] = ["10.1.0.0/24"]
+    peering = _active(deployment, azure)
+    azure.fake.set_address_space(azure.customer_vnet, ["10.1.0.0/24", "10.1.1.0/24"])  # within 10.1.0.0/16
+    assert _sync_levels(azure, peering) == ["LocalNotInSync", "RemoteNotInSync"]
+    assert poll(peering) == "active"
+    peering = _reload(peering)
+    assert _sync_levels(azure, peering) == ["FullyInSync", "FullyInSync"]
+    ours = _sides(azure, peering)[0]
+    assert ours["properties"]["remoteAddressSpace"]["addressPrefixes"] == ["10.1.0.0/24", "10.1.1.0/24"]
+    assert peering.provider_state == "Connected" and peering.last_error == ""
+
+
+def test_active_peering_says_so_and_is_not_synced_when_the_customer_adds_a_range_outside_its_cidr(deployment, azure):
+    # The range outside the peering's CIDR never passed the pre-flight (overlaps, reserved ranges): the platform does
+    # not learn it, and the peering says what is not peered instead of claiming all is well.
+    peering = _active(deployment, azure)
+    azure.fake.set_address_space(azure.customer_vnet, ["10.1.0.0/16", "10.9.0.0/16"])
+    assert poll(peering) == "active"
+    peering = _reload(peering)
+    assert "LocalNotInSync" in peering.provider_state
+    assert "10.9.0.0/16" in peering.last_error and "outside" in peering.last_error
+    assert "10.1.0.0/16" in peering.last_error
+    ours = _sides(azure, peering)[0]
+    assert ours["properties"]["remoteAddressSpace"]["addressPrefixes"] == ["10.1.0.0/16"]  # not learnt
+    assert _sync_levels(azure, peering)[0] == "LocalNotInSync"
+
+    azure.fake.set_address_space(azure.customer_vnet, ["10.1.0.0/16"])  # they removed it again
+    assert poll(peering) == "active"
+    peering = _reload(peering)
+    assert peering.provider_state == "Connected" and peering.last_error == ""
+
+
+def test_customer_side_is_synced_when_the_platform_network_grows(deployment, azure):
+    peering = _active(deployment, azure)
+    azure.fake.set_address_space(azure.platform_vnet, ["10.0.0.0/16", "10.2.0.0/16"])
+    assert _sync_levels(azure, peering) == ["RemoteNotInSync", "LocalNotInSync"]
+    assert poll(peering) == "active"
+    assert _sync_levels(azure, peering) == ["FullyInSync", "FullyInSync"]
+    theirs = _sides(azure, peering)[1]
+    assert theirs["properties"]["remoteAddressSpace"]["addressPrefixes"] == ["10.0.0.0/16", "10.2.0.0/16"]
+    assert _reload(peering).last_error == ""
