@@ -4,7 +4,7 @@
 `celery -A controlplane worker` on every queue, waits until it is ready, and stops it afterwards. The crash test
 SIGKILLs it (the whole process group, pool children included) and starts it again. `brokers_dir` gives each test its
 own LOCAL_BROKERS_DIR (0755, outside pytest's 0700 tmp_path) and kills any broker left under it;
-`deployments_catalog` re-seeds the catalog a transactional test's flush removed.
+`deployments_catalog` makes sure the seeded catalog is there.
 """
 
 from __future__ import annotations
@@ -154,13 +154,17 @@ class CeleryWorker:
 
 @pytest.fixture
 def deployments_catalog(db):
-    """The seeded catalog (plans, tiers, prices, the `local` region). A transactional test's flush removes the data
-    migration's rows, so tests that need them seed again here (idempotent)."""
+    """The seeded catalog (plans, tiers, prices, the `local` region). Every test starts with it: the migrations seed
+    the template database, a flush seeds it again (tests/conftest.py, on post_migrate), and a transactional test's
+    reset flushes whenever a catalog table changed (tests/db_reset.py). So this only seeds when it finds none (two
+    short queries): seeding unconditionally ran some sixty get_or_create queries per test that asked for it."""
     import importlib
 
     from django.apps import apps
 
-    importlib.import_module("deployments.migrations.0002_seed_catalog").seed(apps, None)
+    regions, prices = apps.get_model("deployments", "Region").objects, apps.get_model("deployments", "Price").objects
+    if not (regions.filter(code="local").exists() and prices.exists()):
+        importlib.import_module("deployments.migrations.0002_seed_catalog").seed(apps, None)
 
 
 @pytest.fixture
