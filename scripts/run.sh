@@ -61,6 +61,11 @@ stop_all() {
   trap - INT TERM EXIT
   echo; echo "Stopping…" >&2
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # A child still running 20 s later is killed: one that hangs in its shutdown must not keep this script, and with it
+  # PostgreSQL and Redis, running until a second Ctrl-C leaves them all behind.
+  local tenths=0
+  while [ $tenths -lt 200 ] && [ -n "$(jobs -pr)" ]; do sleep 0.1; tenths=$((tenths + 1)); done
+  for pid in $(jobs -pr); do echo "$(ps -o args= -p "$pid" 2>/dev/null || echo "process $pid") did not stop: killed" >&2; kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ ${#pg_stop[@]} -eq 0 ] || "${pg_stop[@]}" >/dev/null 2>&1 || true
 }
