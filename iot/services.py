@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -291,11 +291,12 @@ def _disconnect_pending(deployment: Deployment, device_ids: list[str]) -> set[st
     carries it out, the broker holds that device's session under the id (its subscriptions and queued messages): a
     device registered under it now could resume that session with clean_session=false, and the disconnect would then
     end the new device's connection. So the id is not registered again until then."""
-    return set(
-        OutboxMessage.objects.filter(
-            deployment=deployment, kind=OutboxMessage.Kind.KICK, client_id__in=device_ids
-        ).values_list("client_id", flat=True)
-    )
+    return set(_kicks(deployment, device_ids).values_list("client_id", flat=True))
+
+
+def _kicks(deployment: Deployment, device_ids: list[str]) -> QuerySet[OutboxMessage]:
+    """The disconnects queued for these client ids and not yet carried out by the agent."""
+    return OutboxMessage.objects.filter(deployment=deployment, kind=OutboxMessage.Kind.KICK, client_id__in=device_ids)
 
 
 def _kick(deployment: Deployment, device_id: str, after_generation: int, reason: OutboxMessage.Reason) -> None:
@@ -488,12 +489,7 @@ def device_update(
         else:
             # Enabled again before the agent carried out the disable's disconnect: it would end the session the
             # device is allowed to have now. (A replaced certificate's disconnect stays: that connection is not.)
-            OutboxMessage.objects.filter(
-                deployment=deployment,
-                kind=OutboxMessage.Kind.KICK,
-                client_id=device.device_id,
-                reason=OutboxMessage.Reason.DISABLED,
-            ).delete()
+            _kicks(deployment, [device.device_id]).filter(reason=OutboxMessage.Reason.DISABLED).delete()
     audit_record(
         actor=actor,
         organization=deployment.project.organization,
