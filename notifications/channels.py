@@ -12,8 +12,9 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 from controlplane.validators import whole_number
 from notifications import urlsafety
@@ -71,6 +72,28 @@ def retry_delays() -> tuple[int, ...]:
     return RETRY_DELAYS
 
 
+# A receiver's Retry-After is honoured up to our longest gap: one asking for days cannot hold its alerts back for days.
+RETRY_AFTER_LIMIT = RETRY_DELAYS[-1]
+
+
+def retry_after_seconds(status: int, headers: Mapping[str, str], *, now: float | None = None) -> int | None:
+    """The wait a 429 or 503 answer asks for in its Retry-After (RFC 9110 §10.2.3: whole seconds or an HTTP date),
+    in whole seconds, at most RETRY_AFTER_LIMIT; None when the answer asks for none or says it unreadably."""
+    if status not in (429, 503):
+        return None
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), "").strip()
+    seconds = whole_number(value)
+    if seconds is None:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is not one
+            return None
+        seconds = max(0, int(when.timestamp() - (time.time() if now is None else now) + 0.999))
+    return min(seconds, RETRY_AFTER_LIMIT)
+
+
 def next_retry_delay(*, attempts_made: int) -> int | None:
     """Delay before the next attempt after `attempts_made` failed ones, or None when it is time to give up."""
     if attempts_made < 1 or attempts_made > len(RETRY_DELAYS):
@@ -87,6 +110,8 @@ class DeliveryResult:
     duration_ms: int
     # False when retrying cannot help: a refused destination, a 4xx other than 408/429, bad input.
     retryable: bool = False
+    # Seconds a 429 or 503 asked us to wait (Retry-After), at most RETRY_AFTER_LIMIT.
+    retry_after: int | None = None
 
 
 def _truncate(body: bytes | str) -> str:
@@ -140,6 +165,7 @@ def _post(
         error="" if ok else f"HTTP {response.status}",
         duration_ms=elapsed(),
         retryable=retryable,
+        retry_after=retry_after_seconds(response.status, response.headers) if retryable else None,
     )
 
 

@@ -550,6 +550,10 @@ def delivery_attempt(*, delivery_id: int, expected_attempts: int | None = None) 
         else:
             NOTIFICATION_FAILURES.labels(channel_type=channel.type).inc()
             delay = senders.next_retry_delay(attempts_made=delivery.attempts) if result.retryable else None
+            if delay is not None and result.retry_after is not None:
+                # The receiver's Retry-After, when longer than our gap: an earlier try would be refused again and
+                # spend one of the delivery's attempts.
+                delay = max(delay, result.retry_after)
             if delay is None:
                 delivery.status, delivery.completed_at, delivery.next_attempt_at = Delivery.Status.FAILED, now, None
             else:

@@ -23,10 +23,11 @@ pytestmark = pytest.mark.django_db
 
 
 class Receiver:
-    """A real HTTP server on 127.0.0.1 that records every POST and answers `status` (settable)."""
+    """A real HTTP server on 127.0.0.1 that records every POST and answers `status` with `headers` (both settable)."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, headers: dict[str, str] | None = None) -> None:
         self.status = status
+        self.headers = dict(headers or {})
         self.requests: list[dict] = []
         receiver = self
 
@@ -36,6 +37,8 @@ class Receiver:
                 receiver.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
                 self.send_response(receiver.status)
                 self.send_header("Content-Type", "text/plain")
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(b"ok" if receiver.status < 300 else b"receiver broke")
 

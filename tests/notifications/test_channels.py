@@ -28,9 +28,17 @@ ROUTING_KEY = "0123456789abcdef0123456789abcdef"
 class Receiver:
     """A webhook consumer: records each request and checks the signature as a customer's endpoint would."""
 
-    def __init__(self, *, status: int = 200, body: bytes = b'{"received":true}', secret: str = SECRET):
+    def __init__(
+        self,
+        *,
+        status: int = 200,
+        body: bytes = b'{"received":true}',
+        secret: str = SECRET,
+        headers: dict[str, str] | None = None,
+    ):
         self.status = status
         self.body = body
+        self.headers = dict(headers or {})
         self.requests: list[dict] = []
         receiver = self
 
@@ -50,6 +58,8 @@ class Receiver:
                 )
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", str(len(receiver.body)))
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(receiver.body)
 
@@ -295,3 +305,36 @@ def test_webhook_is_tried_again_when_dns_does_not_answer_but_not_when_the_name_d
         result = send_webhook("https://hooks.example.com/in", {"a": 1}, secret=SECRET)
     assert result.ok is False and result.status_code is None and result.retryable is retryable
     assert "hooks.example.com" in result.error
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [
+        (429, {"Retry-After": "120"}, 120),
+        (503, {"retry-after": " 120 "}, 120),  # header names are case-insensitive
+        (429, {"Retry-After": "Wed, 02 Dec 2026 12:10:00 GMT"}, 600),  # an HTTP date: 600 s after `now`
+        (429, {"Retry-After": "Wed, 02 Dec 2026 11:00:00 GMT"}, 0),  # a date gone by: at once
+        (429, {"Retry-After": "2026-12-02T12:10:00"}, None),  # not an HTTP date
+        (429, {"Retry-After": "-5"}, None),
+        (429, {"Retry-After": "1e3"}, None),
+        (429, {"Retry-After": "٣٠"}, None),  # digits int() reads, HTTP does not
+        (429, {"Retry-After": "9" * 40}, None),
+        (429, {"Retry-After": "99999999"}, channels.RETRY_AFTER_LIMIT),
+        (429, {}, None),
+        (500, {"Retry-After": "120"}, None),
+        (408, {"Retry-After": "120"}, None),
+    ],
+)
+def test_retry_after_is_read_as_rfc_9110_says_when_a_receiver_throttles(status, headers, expected):
+    now = 1796212800.0  # Wed, 02 Dec 2026 12:00:00 GMT
+    assert channels.retry_after_seconds(status, headers, now=now) == expected
+
+
+def test_webhook_result_carries_the_receivers_retry_after_when_it_answers_429():
+    throttling = Receiver(status=429, headers={"Retry-After": "240"})
+    try:
+        result = send_webhook(throttling.url, {"a": 1}, secret=SECRET, allow_private=True)
+    finally:
+        throttling.close()
+    assert result.ok is False and result.retryable and result.status_code == 429
+    assert result.retry_after == 240

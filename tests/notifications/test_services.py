@@ -43,6 +43,47 @@ def test_delivery_task_retries_with_backoff_countdown_when_receiver_fails(owner_
     assert list(delivery.attempt_rows.values_list("ok", "status_code")) == [(False, 503), (True, 200)]
 
 
+class Retried(Exception):
+    """What the task raises in place of Celery's Retry."""
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "countdown"),
+    [
+        (429, "900", 900),  # longer than our first gap (30 s): the receiver's wait
+        (503, "900", 900),
+        (429, "5", 30),  # shorter: our gap
+        (429, "soon", 30),  # unreadable: our gap
+        (429, "86400", 21600),  # a day: at most our longest gap
+        (500, "900", 30),  # a 500's Retry-After asks for nothing (RFC 9110: 503 and 3xx)
+    ],
+)
+def test_delivery_waits_as_long_as_the_receiver_asks_when_it_answers_with_retry_after(
+    owner_org, private_webhooks, monkeypatch, status, retry_after, countdown
+):
+    throttling = Receiver(status=status, headers={"Retry-After": retry_after})
+    try:
+        channel, _ = webhook_channel(owner_org.organization, throttling.url)
+        delivery = Delivery.objects.create(
+            organization=owner_org.organization, channel=channel, kind="test", payload={"event": "test"}
+        )
+        countdowns = []
+        monkeypatch.setattr(
+            tasks.deliver_notification, "retry", lambda countdown=None, **kw: countdowns.append(countdown) or Retried()
+        )
+        before = timezone.now()
+        with pytest.raises(Retried):
+            tasks.deliver_notification.run(delivery.pk)
+    finally:
+        throttling.stop()
+    delivery.refresh_from_db()
+    assert countdowns == [countdown]
+    assert delivery.status == "retrying"
+    waited = (delivery.next_attempt_at - before).total_seconds()
+    assert countdown <= waited < countdown + 30
+    assert list(delivery.attempt_rows.values_list("ok", "status_code")) == [(False, status)]
+
+
 def failing_for_a_day(organization) -> NotificationChannel:
     return NotificationChannel.objects.create(
         organization=organization,
