@@ -190,6 +190,36 @@ def aws_lagging():
     _SESSION.events.unregister(event, answer)
 
 
+@pytest.fixture
+def aws_paging():
+    """EC2 paging a filtered DescribeVpcPeeringConnections, as it may: for the adapter's boto3 client, the first page
+    of a filtered describe is empty and carries a NextToken; the request for that token is moto's answer in full. ("A
+    request with a filter can return an empty page with a NextToken while results remain": the EC2 API reference,
+    "Pagination".) Yields the number of first pages answered so."""
+    from botocore.awsrequest import AWSResponse
+
+    from networking.providers.aws import _SESSION
+
+    pages = [0]
+
+    def answer(request, **kwargs):
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+        if "Filter." not in body or "NextToken=" in body:
+            return None
+        pages[0] += 1
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?><DescribeVpcPeeringConnectionsResponse '
+            'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>00000000-0000-0000-0000-000000000000'
+            "</requestId><vpcPeeringConnectionSet/><nextToken>page-2</nextToken></DescribeVpcPeeringConnectionsResponse>"
+        )
+        return AWSResponse(request.url, 200, {"Content-Type": "text/xml;charset=UTF-8"}, _Raw(xml))
+
+    event = "before-send.ec2.DescribeVpcPeeringConnections"
+    _SESSION.events.register(event, answer)
+    yield pages
+    _SESSION.events.unregister(event, answer)
+
+
 class _Raw:
     """The raw body botocore reads from a response."""
 

@@ -230,6 +230,31 @@ def test_deleting_a_failed_peering_keeps_the_mqtt_rule_of_a_live_peering_with_th
     assert len(aws.routes()) == 1
 
 
+def test_request_adopts_its_earlier_connection_not_a_second_one_when_ec2_pages_the_tagged_listing(
+    deployment, aws, aws_paging
+):
+    # A poll that created the connection and died before recording it: the next one finds it by its tag. EC2 may put
+    # it on the listing's second page, behind an empty first one; reading one page made a second connection.
+    peering = _create(deployment, aws)
+    earlier = aws.platform.create_vpc_peering_connection(
+        VpcId=aws.vpc_id,
+        PeerVpcId=aws.customer_vpc_id,
+        PeerOwnerId=CUSTOMER_ACCOUNT,
+        PeerRegion=REGION_AWS,
+        TagSpecifications=[
+            {
+                "ResourceType": "vpc-peering-connection",
+                "Tags": [{"Key": "mqtt-cloud:peering", "Value": peering.public_id}],
+            }
+        ],
+    )["VpcPeeringConnection"]["VpcPeeringConnectionId"]
+
+    assert poll(peering) == "awaiting_customer_action"
+    assert aws_paging[0] >= 1  # the listing was paged
+    assert [p["VpcPeeringConnectionId"] for p in aws.live_connections()] == [earlier]
+    assert _reload(peering).provider_ids["vpc_peering_connection_id"] == earlier
+
+
 def test_request_is_waited_for_not_failed_when_aws_does_not_list_it_yet(deployment, aws, aws_lagging):
     peering = _create(deployment, aws)
     assert poll(peering) == "awaiting_customer_action"
