@@ -3,6 +3,7 @@ tests/fakes, and regions whose network and encrypted credentials point at them, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
@@ -150,6 +151,41 @@ def aws(moto_url):
     return AwsWorld(moto_url, platform, customer, vpc_id, route_table_id, group_id, customer_vpc["VpcId"])
 
 
+def _ec2_answer(request, status: int, xml: str):
+    from botocore.awsrequest import AWSResponse
+
+    return AWSResponse(request.url, status, {"Content-Type": "text/xml;charset=UTF-8"}, _Raw(xml))
+
+
+def _no_connections(request, next_token: str = ""):
+    """A DescribeVpcPeeringConnections page holding no connection (`next_token`: more may follow)."""
+    token = f"<nextToken>{next_token}</nextToken>" if next_token else ""
+    return _ec2_answer(
+        request,
+        200,
+        '<?xml version="1.0" encoding="UTF-8"?><DescribeVpcPeeringConnectionsResponse '
+        'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>00000000-0000-0000-0000-000000000000'
+        f"</requestId><vpcPeeringConnectionSet/>{token}</DescribeVpcPeeringConnectionsResponse>",
+    )
+
+
+@contextlib.contextmanager
+def _describe_answered_by(answer):
+    """`answer(request, body)` answers the adapter's DescribeVpcPeeringConnections (None: moto does)."""
+    from networking.providers.aws import _SESSION
+
+    def hook(request, **kwargs):
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+        return answer(request, body)
+
+    event = "before-send.ec2.DescribeVpcPeeringConnections"
+    _SESSION.events.register(event, hook)
+    try:
+        yield
+    finally:
+        _SESSION.events.unregister(event, hook)
+
+
 @pytest.fixture
 def aws_lagging():
     """EC2's eventual consistency, for the adapter's boto3 client: while `hidden` holds a peering connection id,
@@ -158,66 +194,43 @@ def aws_lagging():
     describe a resource immediately after creating it, its ID might not have propagated throughout the system": AWS's
     EC2 API reference, "Eventual consistency"; botocore's VpcPeeringConnectionExists waiter retries on that code,
     botocore/data/ec2/2016-11-15/waiters-2.json.)"""
-    from botocore.awsrequest import AWSResponse
-
-    from networking.providers.aws import _SESSION
-
     hidden: set[str] = set()
 
-    def answer(request, **kwargs):
-        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+    def answer(request, body):
         pcx = next((p for p in hidden if p in body), None)
         if pcx is None and not (hidden and "Filter." in body):
             return None
         if pcx is not None and "VpcPeeringConnectionId." in body:
-            xml = (
+            return _ec2_answer(
+                request,
+                400,
                 '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
                 "<Code>InvalidVpcPeeringConnectionID.NotFound</Code>"
                 f"<Message>The vpcPeeringConnection ID '{pcx}' does not exist</Message></Error></Errors>"
-                "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
+                "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>",
             )
-            return AWSResponse(request.url, 400, {"Content-Type": "text/xml;charset=UTF-8"}, _Raw(xml))
-        xml = (
-            '<?xml version="1.0" encoding="UTF-8"?><DescribeVpcPeeringConnectionsResponse '
-            'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>00000000-0000-0000-0000-000000000000'
-            "</requestId><vpcPeeringConnectionSet/></DescribeVpcPeeringConnectionsResponse>"
-        )
-        return AWSResponse(request.url, 200, {"Content-Type": "text/xml;charset=UTF-8"}, _Raw(xml))
+        return _no_connections(request)
 
-    event = "before-send.ec2.DescribeVpcPeeringConnections"
-    _SESSION.events.register(event, answer)
-    yield hidden
-    _SESSION.events.unregister(event, answer)
+    with _describe_answered_by(answer):
+        yield hidden
 
 
 @pytest.fixture
 def aws_paging():
-    """EC2 paging a filtered DescribeVpcPeeringConnections, as it may: for the adapter's boto3 client, the first page
-    of a filtered describe is empty and carries a NextToken; the request for that token is moto's answer in full. ("A
-    request with a filter can return an empty page with a NextToken while results remain": the EC2 API reference,
-    "Pagination".) Yields the number of first pages answered so."""
-    from botocore.awsrequest import AWSResponse
-
-    from networking.providers.aws import _SESSION
-
+    """EC2 paging a filtered DescribeVpcPeeringConnections, for the adapter's boto3 client: the first page holds no
+    connection and a NextToken, and the request for that token gets moto's whole answer. An EC2 page ends with a
+    NextToken while more may follow, and may hold none of the results: a client reads on until no token comes.
+    Yields a one-item list counting the first pages answered so."""
     pages = [0]
 
-    def answer(request, **kwargs):
-        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+    def answer(request, body):
         if "Filter." not in body or "NextToken=" in body:
             return None
         pages[0] += 1
-        xml = (
-            '<?xml version="1.0" encoding="UTF-8"?><DescribeVpcPeeringConnectionsResponse '
-            'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>00000000-0000-0000-0000-000000000000'
-            "</requestId><vpcPeeringConnectionSet/><nextToken>page-2</nextToken></DescribeVpcPeeringConnectionsResponse>"
-        )
-        return AWSResponse(request.url, 200, {"Content-Type": "text/xml;charset=UTF-8"}, _Raw(xml))
+        return _no_connections(request, next_token="page-2")
 
-    event = "before-send.ec2.DescribeVpcPeeringConnections"
-    _SESSION.events.register(event, answer)
-    yield pages
-    _SESSION.events.unregister(event, answer)
+    with _describe_answered_by(answer):
+        yield pages
 
 
 class _Raw:
