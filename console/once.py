@@ -8,11 +8,12 @@ the same key and another body is refused.
 from __future__ import annotations
 
 import functools
+import json
 
 from django.http import Http404
 from django.shortcuts import render
 
-from idempotency.middleware import run_once
+from idempotency.middleware import CONSOLE_REQUIRED_HEADER, run_once
 
 FORM_KEY = "form_key"
 
@@ -54,6 +55,32 @@ def _made_something(response) -> bool:
     return 300 <= response.status_code < 400
 
 
+def _noting_required(request, view, args, kwargs):
+    """The view's answer; a 201 page carries the scopes the view required (console.tenancy keeps them), stored with
+    the record for the replay's check and taken off before the answer leaves."""
+    from console import tenancy
+
+    setattr(request, tenancy.REQUIRED_ATTRIBUTE, set())
+    response = view(request, *args, **kwargs)
+    if response.status_code == 201:
+        required = sorted(getattr(request, tenancy.REQUIRED_ATTRIBUTE), key=lambda item: (item[0], item[1] or 0))
+        response[CONSOLE_REQUIRED_HEADER] = json.dumps(required)
+    return response
+
+
+def _still_allowed(request, kwargs, response) -> bool:
+    """Whether the caller still holds every scope the first answer's view required. A 201 page shows credentials:
+    a member who lost the role that made them gets what the view answers now, not the page again."""
+    from console import tenancy
+
+    try:
+        required = json.loads(response.get(CONSOLE_REQUIRED_HEADER) or "null")
+        console = tenancy.for_organization(request, kwargs["org_id"])
+    except (ValueError, KeyError, Http404):
+        return False
+    return isinstance(required, list) and console.still_allows(required)
+
+
 def once(view):
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
@@ -63,16 +90,23 @@ def once(view):
         response = run_once(
             request,
             f"console:{key}",
-            lambda: view(request, *args, **kwargs),
+            lambda: _noting_required(request, view, args, kwargs),
             refusal=lambda: _refusal(request, kwargs),
             problem=functools.partial(_problem_page, request),
         )
-        if response.get("Idempotent-Replayed") and not _made_something(response):
+        replayed = bool(response.get("Idempotent-Replayed"))
+        if replayed and (
+            not _made_something(response)
+            or (response.status_code == 201 and not _still_allowed(request, kwargs, response))
+        ):
             # A stored refusal or page of field errors changed nothing: the view answers again, with today's checks
             # and data. A redirect to what the first submit did, or a 201 page showing what it made (credentials
-            # shown once, which a second run would refuse as taken and so lose) within SHOWN_PAGE_REPLAY_SECONDS, is
-            # replayed; an older one is not (the view answers again, refusing what is taken).
+            # shown once, which a second run would refuse as taken and so lose) within SHOWN_PAGE_REPLAY_SECONDS to
+            # a caller who still holds the scopes that made it, is replayed; an older one is not, nor one to a caller
+            # who lost a scope (the view answers again: refusing the scope, or what is taken).
             return view(request, *args, **kwargs)
+        if CONSOLE_REQUIRED_HEADER in response:
+            del response[CONSOLE_REQUIRED_HEADER]
         return response
 
     return wrapper

@@ -20,6 +20,9 @@ from organizations import access
 from organizations.models import Organization
 from projects.models import Project
 
+# The request attribute where a page's scope checks are kept (a set), when console.once asks for them.
+REQUIRED_ATTRIBUTE = "console_required"
+
 
 @dataclasses.dataclass
 class NavEntry:
@@ -61,12 +64,32 @@ class Console:
         return access.has_scope(self.principal, scope, organization=self.organization, project=project)
 
     def require(self, scope: str) -> None:
+        self._note(scope, None)
         if not self.can(scope):
             raise PermissionDenied(f"This needs the {scope} scope, which your role does not grant.")
 
     def require_in_project(self, scope: str, project: Project | None = None) -> None:
+        self._note(scope, project or self.project)
         if not self.can_in_project(scope, project):
             raise PermissionDenied(f"This needs the {scope} scope on this project, which your role does not grant.")
+
+    def _note(self, scope: str, project: Project | None) -> None:
+        """Keep what the page required for console.once, which checks it again before it replays the page."""
+        required = getattr(self.request, REQUIRED_ATTRIBUTE, None)
+        if required is not None:
+            required.add((scope, project.pk if project is not None else None))
+
+    def still_allows(self, required: list) -> bool:
+        """Whether the caller still holds every (scope, project pk or None) in `required`, as Console._note kept."""
+        for scope, project_pk in required:
+            if project_pk is None:
+                if not self.can(scope):
+                    return False
+                continue
+            project = Project.objects.filter(organization=self.organization, pk=project_pk).first()
+            if project is None or not self.can_in_project(scope, project):
+                return False
+        return True
 
     # -- what the layout shows ------------------------------------------------------------------------------
 

@@ -27,7 +27,10 @@ from controlplane.api.problems import problem_response
 from idempotency.models import IdempotencyRecord
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-KEPT_HEADERS = ("Content-Type", "Location")
+# The scopes a console page required, kept with a record of its 201 answer for console.once to check them again
+# before it replays the page; never sent.
+CONSOLE_REQUIRED_HEADER = "X-Console-Required"
+KEPT_HEADERS = ("Content-Type", "Location", CONSOLE_REQUIRED_HEADER)
 WAIT_SECONDS = 15
 
 

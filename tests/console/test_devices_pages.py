@@ -631,6 +631,40 @@ def test_file_fields_carry_the_body_limit_for_the_page_to_check_when_rendered(ow
     assert f'data-max-bytes="{settings.DATA_UPLOAD_MAX_MEMORY_SIZE}"' in response.content.decode()
 
 
+@pytest.mark.parametrize("made_by", ["organization", "project"])
+def test_a_credentials_page_is_not_replayed_to_a_member_who_lost_the_role_that_made_them_when_resubmitted(
+    client, owner_org, plant, made_by
+):
+    # Within the minutes a double click or a reload is replayed, the member was demoted: the same form posted again
+    # answers as the view answers them now (the scope is missing), never the stored page with the password.
+    from projects.models import ProjectGrant
+
+    if made_by == "organization":
+        user, membership = owner_org.add_member(roles=["administrator"])
+    else:  # an auditor (reads every project) who may register devices through a project role
+        user, membership = owner_org.add_member(roles=["auditor"], project_grants=[(plant.project, "project_user")])
+    client.force_login(user)
+    data = {"device_id": "sensor-0020", "form_key": "f" * 32}
+    first = _post(client, console_path(plant, "devices/new"), data)
+    assert first.status_code == 201, first.content[:500]
+    password = re.search(r'id="device-password">([^<]+)<', first.content.decode()).group(1)
+    assert "X-Console-Required" not in first  # what the replay checks stays with the record
+
+    again = _post(client, console_path(plant, "devices/new"), data)  # a reload: still allowed, the same page
+    assert again.status_code == 201 and password in again.content.decode()
+
+    if made_by == "organization":
+        membership.roles = ["auditor"]  # reads devices, may not register them
+        membership.save(update_fields=["roles"])
+    else:
+        ProjectGrant.objects.filter(membership=membership).delete()
+    later = _post(client, console_path(plant, "devices/new"), data)
+
+    assert later.status_code == 403, later.content[:300]
+    assert password not in later.content.decode()
+    assert Device.objects.filter(deployment=plant).count() == 1
+
+
 def test_a_credentials_page_is_not_replayed_when_the_form_is_submitted_again_minutes_later(owner, plant):
     # A double click or a reload gets the page again; the same form posted long after (by then the member may have
     # lost the role that registered the device) runs the view again, which refuses the taken id.
