@@ -113,6 +113,18 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
             raise ValidationFailed(
                 {field: f"{which} has an extension that cannot be parsed (not valid DER): issue it again."}
             ) from None
+        # The public key is parsed only when asked for too: an algorithm cryptography does not know raises
+        # UnsupportedAlgorithm, a point not on its curve ValueError. Asked here, every later check reads one.
+        try:
+            certificate.public_key()
+        except (ValueError, UnsupportedAlgorithm):
+            which = "The certificate" if len(certificates) == 1 else f"Certificate {index + 1}"
+            raise ValidationFailed(
+                {
+                    field: f"{which} has a public key that cannot be read (an unknown algorithm or a malformed key): "
+                    f"use RSA (at least {MIN_RSA_BITS} bits) or EC P-256."
+                }
+            ) from None
     return certificates
 
 

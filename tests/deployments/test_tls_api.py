@@ -25,6 +25,7 @@ from tests.deployments.tls_helpers import (
     make_with_malformed_extension,
     new_key,
     pem,
+    with_unreadable_public_key,
 )
 from tests.test_admin import staff, staff_client  # noqa: F401
 
@@ -340,6 +341,31 @@ def test_client_ca_with_an_extension_that_cannot_be_parsed_is_refused_naming_cer
     assert response.status_code == 400, response.content
     assert response["Content-Type"] == "application/problem+json"
     assert "The certificate has an extension that cannot be parsed" in _field_errors(response)["certificate"]
+    assert _state(deployment) == before
+
+
+@pytest.mark.parametrize("how", ["algorithm", "point"])
+def test_a_public_key_that_cannot_be_read_is_a_400_naming_its_field_when_uploaded(how, client, url, deployment):  # noqa: F811
+    root = make_ca("Acme Root CA")
+    leaf, key = make_leaf(root, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    good = {"kind": "server", "certificate": pem(leaf), "private_key": key_pem(key), "chain": pem(root[0])}
+    bad_leaf, leaf_key = make_leaf(None, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    before = _state(deployment)
+    for body, field in [
+        (
+            {**good, "certificate": with_unreadable_public_key(bad_leaf, how), "private_key": key_pem(leaf_key)},
+            "certificate",
+        ),
+        ({**good, "chain": with_unreadable_public_key(root[0], how)}, "chain"),
+        (
+            {"kind": "client_ca", "certificate": with_unreadable_public_key(make_ca("Devices CA")[0], how)},
+            "certificate",
+        ),
+    ]:
+        response = client.post(url, body, format="json")
+        assert response.status_code == 400, (field, response.status_code, response.content[:300])
+        assert response["Content-Type"] == "application/problem+json"
+        assert "public key that cannot be read" in _field_errors(response)[field]
     assert _state(deployment) == before
 
 

@@ -130,6 +130,25 @@ def make_with_malformed_extension(
     return certificate, key
 
 
+# id-ecPublicKey (1.2.840.10045.2.1) and the named curve P-256 (1.2.840.10045.3.1.7), as DER, in a certificate's
+# subjectPublicKeyInfo.
+_EC_PUBLIC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")
+_P256_OID = bytes.fromhex("06082a8648ce3d030107")
+
+
+def with_unreadable_public_key(certificate: x509.Certificate, how: Literal["algorithm", "point"]) -> str:
+    """PEM of `certificate` (an EC P-256 one) with a public key that cannot be read: an algorithm no library knows
+    ("algorithm"), or P-256's point said to be on another curve ("point"). Everything else still parses."""
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    if how == "algorithm":
+        assert der.count(_EC_PUBLIC_KEY_OID) == 1
+        der = der.replace(_EC_PUBLIC_KEY_OID, bytes.fromhex("06072a8648ce3d0209"))
+    else:
+        assert der.count(_P256_OID) == 1
+        der = der.replace(_P256_OID, bytes.fromhex("06082a8648ce3d030101"))  # prime192v1
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
+
+
 def load_cert_chain(context: ssl.SSLContext, certificate_pem: str, key_pem_text: str) -> None:
     """`context.load_cert_chain` from PEM text. `ssl` reads a chain only from files, so it goes through two files in a
     directory removed as soon as they are read (a private key is not left in /tmp)."""
