@@ -113,6 +113,16 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
             raise ValidationFailed(
                 {field: f"{which} has an extension that cannot be parsed (not valid DER): issue it again."}
             ) from None
+        # So are its subject and issuer names: a string in one that is not valid for its type (a UTF8String that is
+        # not UTF-8) raises ValueError on first read.
+        try:
+            certificate.subject  # noqa: B018
+            certificate.issuer  # noqa: B018
+        except ValueError:
+            which = "The certificate" if len(certificates) == 1 else f"Certificate {index + 1}"
+            raise ValidationFailed(
+                {field: f"{which} has a subject or issuer name that cannot be parsed (not valid DER): issue it again."}
+            ) from None
         # The public key is parsed only when asked for too: an algorithm cryptography does not know raises
         # UnsupportedAlgorithm, a point not on its curve ValueError. Asked here, every later check reads one.
         try:

@@ -25,6 +25,7 @@ from tests.deployments.tls_helpers import (
     make_with_malformed_extension,
     new_key,
     pem,
+    with_unreadable_name,
     with_unreadable_public_key,
 )
 from tests.test_admin import staff, staff_client  # noqa: F401
@@ -366,6 +367,34 @@ def test_a_public_key_that_cannot_be_read_is_a_400_naming_its_field_when_uploade
         assert response.status_code == 400, (field, response.status_code, response.content[:300])
         assert response["Content-Type"] == "application/problem+json"
         assert "public key that cannot be read" in _field_errors(response)[field]
+    assert _state(deployment) == before
+
+
+def test_a_name_that_cannot_be_parsed_is_a_400_naming_its_field_when_uploaded(client, url, deployment):  # noqa: F811
+    root = make_ca("Acme Root CA")
+    leaf, key = make_leaf(root, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    good = {"kind": "server", "certificate": pem(leaf), "private_key": key_pem(key), "chain": pem(root[0])}
+    alone, alone_key = make_leaf(None, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    before = _state(deployment)
+    for body, field in [
+        (
+            {
+                **good,
+                "certificate": with_unreadable_name(alone, "mqtt.acme.example"),
+                "private_key": key_pem(alone_key),
+            },
+            "certificate",
+        ),
+        ({**good, "chain": with_unreadable_name(root[0], "Acme Root CA")}, "chain"),
+        (
+            {"kind": "client_ca", "certificate": with_unreadable_name(make_ca("Devices CA")[0], "Devices CA")},
+            "certificate",
+        ),
+    ]:
+        response = client.post(url, body, format="json")
+        assert response.status_code == 400, (field, response.status_code, response.content[:300])
+        assert response["Content-Type"] == "application/problem+json"
+        assert "name that cannot be parsed" in _field_errors(response)[field]
     assert _state(deployment) == before
 
 

@@ -149,6 +149,16 @@ def with_unreadable_public_key(certificate: x509.Certificate, how: Literal["algo
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
 
 
+def with_unreadable_name(certificate: x509.Certificate, common_name: str) -> str:
+    """PEM of `certificate` with its UTF8String `common_name` (in its subject, and in its issuer when it is
+    self-signed) replaced by bytes that are not UTF-8. Everything else still parses."""
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    encoded = common_name.encode()
+    assert len(encoded) < 128 and bytes([0x0C, len(encoded)]) + encoded in der
+    der = der.replace(bytes([0x0C, len(encoded)]) + encoded, bytes([0x0C, len(encoded)]) + b"\xff" * len(encoded))
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
+
+
 def load_cert_chain(context: ssl.SSLContext, certificate_pem: str, key_pem_text: str) -> None:
     """`context.load_cert_chain` from PEM text. `ssl` reads a chain only from files, so it goes through two files in a
     directory removed as soon as they are read (a private key is not left in /tmp)."""
