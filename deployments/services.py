@@ -762,6 +762,12 @@ def deployment_configuration_changed(
     return operation
 
 
+def _gone(what: str) -> NotFound:
+    """A row the request resolved before it took the deployment's lock, deleted by a request that held the lock: as
+    missing as if it had never existed."""
+    return NotFound(f"No such {what}: it was deleted.")
+
+
 def _check_username(deployment: Deployment, username: str, field: str = "username") -> None:
     _refuse_control_characters(**{field: username})
     try:
@@ -819,7 +825,11 @@ def mqtt_user_update(
 ) -> tuple[MqttUser, Operation]:
     deployment = _locked(user.deployment)
     _refuse_if_deleted(deployment)
-    user = MqttUser.objects.select_for_update().get(pk=user.pk)
+    # Looked up again under the deployment's lock: a request that deleted the user meanwhile has committed.
+    found = MqttUser.objects.select_for_update().filter(pk=user.pk).first()
+    if found is None:
+        raise _gone("MQTT user")
+    user = found
     changed = []
     if password is not None:
         user.salt_b64, user.hash_b64 = hash_mqtt_password(password)
@@ -837,7 +847,9 @@ def mqtt_user_delete(*, user: MqttUser, actor: Principal | None) -> Operation:
     deployment = _locked(user.deployment)
     _refuse_if_deleted(deployment)
     username = user.username
-    MqttUser.objects.filter(pk=user.pk).delete()
+    deleted, _ = MqttUser.objects.filter(pk=user.pk).delete()
+    if not deleted:  # another request deleted it while this one waited for the lock: that one is the deletion
+        raise _gone("MQTT user")
     return _configure(deployment, actor, "mqtt_user.delete", {"username": username})
 
 
@@ -943,7 +955,10 @@ def acl_rule_update(*, rule: AclRule, actor: Principal | None, **changes: Any) -
     _refuse_if_deleted(deployment)
     rules = list(AclRule.objects.select_for_update().filter(deployment=deployment).order_by("position", "id"))
     before = _acl_entries(rules)
-    rule = next(r for r in rules if r.pk == rule.pk)
+    found = next((r for r in rules if r.pk == rule.pk), None)
+    if found is None:  # deleted by a request that held the deployment's lock while this one waited for it
+        raise _gone("ACL rule")
+    rule = found
     position = changes.pop("position", None)
     for field in ("permission", "action", "topic", "username", "client_id"):
         if field in changes:
@@ -968,7 +983,9 @@ def acl_rule_delete(*, rule: AclRule, actor: Principal | None) -> Operation:
     deployment = _locked(rule.deployment)
     _refuse_if_deleted(deployment)
     public_id = rule.public_id
-    AclRule.objects.filter(pk=rule.pk).delete()
+    deleted, _ = AclRule.objects.filter(pk=rule.pk).delete()
+    if not deleted:  # another request deleted it while this one waited for the lock: that one is the deletion
+        raise _gone("ACL rule")
     _renumber(list(AclRule.objects.filter(deployment=deployment).order_by("position", "id")))
     return _configure(deployment, actor, "acl_rule.delete", {"rule": public_id})
 

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane import crypto, db
-from controlplane.errors import Conflict, ValidationFailed
+from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.validators import find_control_character
 from deployments import tls
 from deployments.drivers.base import TlsMaterial
@@ -489,7 +489,9 @@ def tls_certificate_delete(*, certificate: TlsCertificate, actor: Principal | No
             "of your own replaces it (upload one with kind server)."
         )
     public_id, kind, subject = certificate.public_id, certificate.kind, certificate.subject
-    TlsCertificate.objects.filter(pk=certificate.pk).delete()
+    deleted, _ = TlsCertificate.objects.filter(pk=certificate.pk).delete()
+    if not deleted:  # another request deleted it while this one waited for the deployment's lock
+        raise NotFound("No such certificate: it was deleted.")
     return _configure(
         deployment, actor, "tls_certificate.delete", {"certificate": public_id, "kind": kind, "subject": subject}
     )

@@ -473,3 +473,44 @@ def test_a_project_scoped_request_reads_the_organization_once_when_the_key_authe
         assert client.get(f"{base}/{deployment}").status_code == 200
     reads = [q["sql"] for q in ctx.captured_queries if f'FROM "{table}"' in q["sql"] or f'JOIN "{table}"' in q["sql"]]
     assert len(reads) == 1, reads
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("method", ["patch", "delete"])
+@pytest.mark.parametrize("child", ["mqtt-users", "acl-rules"])
+def test_a_user_or_rule_deleted_while_a_request_waits_for_the_deployment_is_a_404_when_it_goes_on(
+    child, method, client, base, deployment
+):
+    """The request found the row, then waited for the deployment's lock while another request deleted it: it answers
+    404 (not a 500, nor a second delete audited for a row already gone)."""
+    from django.db import transaction
+
+    from deployments import services
+    from tests.races import run_elsewhere_until_blocked
+
+    if child == "mqtt-users":
+        created = client.post(
+            f"{base}/{deployment}/mqtt-users", {"username": "sensor", "password": "long enough 1"}, format="json"
+        )
+        model, body = MqttUser, {"password": "another long one"}
+    else:
+        created = client.post(
+            f"{base}/{deployment}/acl-rules", {"permission": "allow", "action": "publish", "topic": "a"}, format="json"
+        )
+        model, body = AclRule, {"topic": "b"}
+    assert created.status_code == 201, created.content
+    url = f"{base}/{deployment}/{child}/{created.json()['id']}"
+    row = model.objects.get(public_id=created.json()["id"])
+    action = "deployment.mqtt_user.delete" if child == "mqtt-users" else "deployment.acl_rule.delete"
+
+    with transaction.atomic():  # the other request's delete: it holds the deployment's lock until it commits
+        if child == "mqtt-users":
+            services.mqtt_user_delete(user=row, actor=None)
+        else:
+            services.acl_rule_delete(rule=row, actor=None)
+        finish = run_elsewhere_until_blocked(lambda: getattr(client, method)(url, body, format="json"))
+    response = finish()
+
+    assert response.status_code == 404, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert AuditEvent.objects.filter(action=action).count() == 1

@@ -398,6 +398,32 @@ def test_a_name_that_cannot_be_parsed_is_a_400_naming_its_field_when_uploaded(cl
     assert _state(deployment) == before
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_certificate_deleted_while_a_delete_waits_for_the_deployment_is_a_404_when_it_goes_on(
+    client,  # noqa: F811
+    url,
+    deployment,  # noqa: F811
+):
+    from django.db import transaction
+
+    from tests.races import run_elsewhere_until_blocked
+
+    certificate, key, chain = _server()
+    created = client.post(
+        url, {"kind": "server", "certificate": certificate, "private_key": key, "chain": chain}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    row = TlsCertificate.objects.get(public_id=created.json()["id"])
+
+    with transaction.atomic():  # the other request's delete: it holds the deployment's lock until it commits
+        tls_services.tls_certificate_delete(certificate=row, actor=None)
+        finish = run_elsewhere_until_blocked(lambda: client.delete(f"{url}/{row.public_id}"))
+    response = finish()
+
+    assert response.status_code == 404, response.content
+    assert AuditEvent.objects.filter(action="deployment.tls_certificate.delete").count() == 1
+
+
 def test_another_organizations_certificate_is_a_404_like_a_missing_one(client, url, org_factory, key_client):
     certificate, key, chain = _server()
     created = client.post(
