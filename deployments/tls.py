@@ -276,9 +276,15 @@ def normalise_host_name(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > 253:
         raise ValueError("a host name is a DNS name or an IP address of at most 253 characters")
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
         pass
+    else:
+        # An IPv6 zone (`fe80::1%eth0`) names an interface of one machine: a certificate's IP address carries none,
+        # so a name kept with it is never covered by the certificate issued for it.
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise ValueError(f"{value!r} has an IPv6 zone (%{address.scope_id}): give the address without it")
+        return str(address)
     name = value.lower().rstrip(".")
     labels = name.split(".")
     if not all(_DNS_LABEL.match(label) for label in labels):

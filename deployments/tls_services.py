@@ -158,7 +158,9 @@ def server_certificate_ensure(*, deployment: Deployment, now: datetime.datetime 
         .first()
     )
     # The names a customer asked for (tls_certificate_issue) stay on every renewal, after the deployment's own.
-    wanted = _with_extras(deployment_host_names(deployment), current.host_names if current is not None else [])
+    # A name stored with an IPv6 zone (before zones were refused) is the address alone, which is what was issued.
+    extras = [name.split("%", 1)[0] for name in current.host_names] if current is not None else []
+    wanted = _with_extras(deployment_host_names(deployment), extras)
     if (
         current is not None
         and current.issuer == authority.subject
