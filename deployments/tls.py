@@ -152,7 +152,15 @@ def load_private_key(value: object, field: str = "private_key"):
             {field: "The key is encrypted with a passphrase; give it unencrypted (it is encrypted at rest here)."}
         )
     try:
-        return serialization.load_pem_private_key(data, password=None)
+        # Read without checking an RSA key's primes first: that check's time grows steeply with the key's size, and
+        # the upload limit admits keys of tens of thousands of bits. One above the bound is refused by its size; one
+        # within it is read again, checked.
+        key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+        if isinstance(key, rsa.RSAPrivateKey):
+            if key.key_size > MAX_RSA_BITS:
+                raise ValidationFailed({field: f"The private key: {key_weakness(key)}."})
+            key = serialization.load_pem_private_key(data, password=None)
+        return key
     except TypeError:
         raise ValidationFailed(
             {field: "The key is encrypted with a passphrase; give it unencrypted (it is encrypted at rest here)."}

@@ -163,3 +163,48 @@ def test_an_oversized_rsa_key_is_refused_when_above_the_bound(monkeypatch):
     big = new_key("rsa3072")
     leaf, _ = make_leaf(None, "big", sans=("big",), key=big)
     assert "larger than" in _refusal(certificate=pem(leaf), private_key=key_pem(big))["certificate"]
+
+
+def _oversized_rsa_private_key_pem(bits: int) -> str:
+    """An RSA private key of `bits` whose primes are not prime (cheap to make): its size is what is read first."""
+    import secrets
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def odd(size: int) -> int:
+        return secrets.randbits(size) | (1 << (size - 1)) | 1
+
+    p, q = odd(bits // 2), odd(bits // 2)
+    numbers = rsa.RSAPrivateNumbers(
+        p=p,
+        q=q,
+        d=odd(bits - 8),
+        dmp1=odd(bits // 2 - 8),
+        dmq1=odd(bits // 2 - 8),
+        iqmp=odd(bits // 2 - 8),
+        public_numbers=rsa.RSAPublicNumbers(65537, p * q),
+    )
+    key = numbers.private_key(unsafe_skip_rsa_key_validation=True)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+
+
+def test_an_rsa_private_key_above_the_bound_is_refused_by_its_size_before_its_primes_are_checked():
+    # Checking an RSA key's primes takes time that grows steeply with its size, and a PEM within the upload limit can
+    # hold a key of tens of thousands of bits: its size is refused first, so such a key never reaches that check.
+    leaf, _ = make_leaf(None, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    private_key = _oversized_rsa_private_key_pem(16384)
+    assert len(private_key) < 64 * 1024
+    assert _refusal(certificate=pem(leaf), private_key=private_key) == {
+        "private_key": f"The private key: an RSA key of 16384 bits is larger than the {tls.MAX_RSA_BITS} bits clients "
+        "handle well."
+    }
+
+
+def test_an_rsa_private_key_whose_primes_are_not_prime_is_refused_when_within_the_bound():
+    leaf, _ = make_leaf(None, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    assert _refusal(certificate=pem(leaf), private_key=_oversized_rsa_private_key_pem(2048)) == {
+        "private_key": "Not a valid PEM private key: its content cannot be parsed."
+    }
