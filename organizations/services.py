@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
+from controlplane.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 from organizations import access
@@ -468,6 +468,16 @@ def _lock_memberships(organization: Organization) -> None:
     list(Membership.objects.select_for_update().filter(organization=organization).values_list("pk", flat=True))
 
 
+def _refresh_locked_member(membership: Membership) -> None:
+    """Read `membership` again once _lock_memberships holds the organization's members. A request that waited on
+    that lock may find the member removed by the one it waited for (two removals at once, a removal during a role
+    change): that member is missing, as for a request that came a moment later, never a 500."""
+    try:
+        membership.refresh_from_db()
+    except Membership.DoesNotExist:
+        raise NotFound("No such member.") from None
+
+
 def _owner_count(organization: Organization) -> int:
     return sum(
         1
@@ -486,7 +496,7 @@ def membership_update(
 ) -> Membership:
     organization = membership.organization
     _lock_memberships(organization)
-    membership.refresh_from_db()
+    _refresh_locked_member(membership)
     before = {
         "roles": list(membership.roles),
         "project_grants": [
@@ -533,7 +543,7 @@ def membership_update(
 def membership_remove(*, membership: Membership, actor: access.Principal | None) -> None:
     organization = membership.organization
     _lock_memberships(organization)
-    membership.refresh_from_db()
+    _refresh_locked_member(membership)
     if membership.is_owner:
         if actor is not None and not access.has_scope(actor, "org:transfer", organization=organization):
             raise RoleTooHigh("Only an Owner can remove an Owner.")
@@ -590,7 +600,10 @@ def ownership_transfer(
         raise RoleTooHigh("Only an Owner can transfer ownership.")
     if current.pk == to_membership.pk:
         raise ValidationFailed({"member": "You already own this organization."})
-    to_membership.refresh_from_db()
+    try:
+        to_membership.refresh_from_db()
+    except Membership.DoesNotExist:  # removed by the request this one waited for: answered as the view answers it
+        raise ValidationFailed({"member": "No such member in this organization."}) from None
     to_membership.roles = sorted(set(to_membership.roles) | {Role.OWNER.value})
     to_membership.save(update_fields=["roles"])
     current.roles = sorted((set(current.roles) - {Role.OWNER.value}) | {Role.ADMINISTRATOR.value})

@@ -158,3 +158,73 @@ def test_key_creation_is_refused_when_its_creator_was_removed_before_it_locked_t
         with pytest.raises(PermissionDenied):
             services.api_key_create(organization=org, actor=member, name="ci", role="auditor")
     assert not ApiKey.objects.filter(organization=org, created_by=user).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_second_of_two_removals_at_once_answers_not_found_when_the_first_removed_the_member(owner_org):
+    """Two administrators remove the same member at once (or one request is sent twice without an Idempotency-Key):
+    the second waits on the member lock the first holds, then finds the member gone. That is a 404, as for any
+    member that no longer exists, not a 500 from re-reading a deleted row."""
+    from django.db import transaction
+
+    from controlplane.errors import NotFound
+    from organizations import services
+    from tests.races import run_elsewhere_until_blocked
+
+    _user, membership = owner_org.add_member(roles=["auditor"])
+    second_request_read = Membership.objects.get(pk=membership.pk)  # what the second request's view looked up
+    with transaction.atomic():
+        services.membership_remove(membership=Membership.objects.get(pk=membership.pk), actor=None)
+        finish = run_elsewhere_until_blocked(
+            lambda: services.membership_remove(membership=second_request_read, actor=None)
+        )
+    with pytest.raises(NotFound):
+        finish()
+    assert AuditEvent.objects.filter(action="member.remove", target_id=membership.public_id).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_role_change_answers_not_found_when_the_member_was_removed_while_it_waited(owner_org):
+    from django.db import transaction
+
+    from controlplane.errors import NotFound
+    from organizations import services
+    from tests.races import run_elsewhere_until_blocked
+
+    _user, membership = owner_org.add_member(roles=["auditor"])
+    update_read = Membership.objects.get(pk=membership.pk)
+    with transaction.atomic():
+        services.membership_remove(membership=Membership.objects.get(pk=membership.pk), actor=None)
+        finish = run_elsewhere_until_blocked(
+            lambda: services.membership_update(membership=update_read, actor=None, roles=["accountant"])
+        )
+    with pytest.raises(NotFound):
+        finish()
+    assert not Membership.objects.filter(pk=membership.pk).exists()
+    assert not AuditEvent.objects.filter(action="member.update", target_id=membership.public_id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ownership_transfer_names_the_member_when_the_new_owner_was_removed_while_it_waited(owner_org):
+    from django.db import transaction
+
+    from controlplane.errors import ValidationFailed
+    from organizations import services
+    from organizations.access import Principal
+    from tests.races import run_elsewhere_until_blocked
+
+    org = owner_org.organization
+    _user, membership = owner_org.add_member(roles=["administrator"])
+    transfer_read = Membership.objects.get(pk=membership.pk)
+    with transaction.atomic():
+        services.membership_remove(membership=Membership.objects.get(pk=membership.pk), actor=None)
+        finish = run_elsewhere_until_blocked(
+            lambda: services.ownership_transfer(
+                organization=org, actor=Principal(user=owner_org.owner), to_membership=transfer_read
+            )
+        )
+    with pytest.raises(ValidationFailed) as refused:
+        finish()
+    assert [error.field for error in refused.value.errors] == ["member"]
+    assert Membership.objects.get(organization=org, user=owner_org.owner).roles == ["owner"]
+    assert not AuditEvent.objects.filter(action="organization.transfer").exists()
