@@ -235,3 +235,14 @@ def test_change_tier_with_a_nul_in_the_tier_says_unknown_tier_when_confirmed(cli
     plant.refresh_from_db()
     assert plant.tier.code == "1k"
     assert not plant.operations.filter(kind="change_tier").exists()
+
+
+def test_revoke_posted_to_the_key_list_with_a_nul_in_the_key_id_answers_404_when_submitted(client, owner):
+    """The first console's revoke form posts the key's id in the body (`revoke`), where the address's NUL check never
+    looks: the lookup with it was a DataError, a 500."""
+    response = client.post(f"/console/o/{owner.id}/api-keys", {"revoke": "key_\x00"})
+    assert response.status_code == 404
+    owner.owner_key.refresh_from_db()
+    assert owner.owner_key.revoked_at is None
+    assert not AuditEvent.objects.filter(action="api_key.revoke").exists()
+
