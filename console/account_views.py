@@ -43,6 +43,7 @@ from console.account_forms import (
     SignupForm,
 )
 from controlplane.errors import DomainError, ValidationFailed
+from controlplane.ids import holds_nul
 from controlplane.middleware import client_ip
 from organizations import access
 from organizations import services as org_services
@@ -505,7 +506,12 @@ def two_factor_verify(request):
 @require_http_methods(["POST"])
 def organization_two_factor(request, org_id):
     """An Owner requires (or stops requiring) two-factor authentication of the organization's members."""
-    organization = Organization.objects.filter(public_id=org_id, memberships__user=request.user).first()
+    # No organization's id holds a NUL (PostgreSQL would refuse the lookup): such an address names none.
+    organization = (
+        None
+        if holds_nul(org_id)
+        else Organization.objects.filter(public_id=org_id, memberships__user=request.user).first()
+    )
     if organization is None:
         raise Http404("No such organization")
     required = request.POST.get("require_two_factor") == "on"

@@ -246,3 +246,9 @@ def test_revoke_posted_to_the_key_list_with_a_nul_in_the_key_id_answers_404_when
     assert owner.owner_key.revoked_at is None
     assert not AuditEvent.objects.filter(action="api_key.revoke").exists()
 
+
+def test_two_factor_requirement_with_a_nul_in_the_organization_id_answers_404_when_submitted(client, owner):
+    response = client.post("/console/account/two-factor/organizations/org_%00", {"require_two_factor": "on"})
+    assert response.status_code == 404
+    owner.organization.refresh_from_db()
+    assert owner.organization.require_two_factor is False
