@@ -416,15 +416,16 @@ def invitation_accept(
         raise ValidationFailed({"token": f"This invitation is {invitation.status}."})
     _check_inviter_still_grants(invitation)
     existing = User.objects.filter(email__iexact=invitation.email).first()
+    account_exists = ValidationFailed(
+        {"token": f"An account for {invitation.email} exists: sign in to accept the invitation."}
+    )
     if user is not None and getattr(user, "is_authenticated", False):
         if user.email.lower() != invitation.email.lower():
             raise ValidationFailed(
                 {"token": f"This invitation is for {invitation.email}; you are signed in as {user.email}."}
             )
     elif existing is not None:
-        raise ValidationFailed(
-            {"token": f"An account for {invitation.email} exists: sign in to accept the invitation."}
-        )
+        raise account_exists
     else:
         if not password:
             raise ValidationFailed({"password": "Choose a password for your new account."})
@@ -436,7 +437,13 @@ def invitation_accept(
             validate_password(password, user=candidate)
         except ValidationError as exc:
             raise ValidationFailed({"__all__": list(exc.messages)}) from None
-        user = User.objects.create_user(invitation.email, password, full_name=full_name)
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(invitation.email, password, full_name=full_name)
+        except IntegrityError:
+            # The lock above is this invitation's only: another organization's invitation to the same address (or a
+            # sign-up) created the account meanwhile. The unique email is the guarantee; the answer is the one above.
+            raise account_exists from None
     organization = invitation.organization
     membership, created = Membership.objects.get_or_create(
         organization=organization, user=user, defaults={"roles": invitation.roles}

@@ -390,3 +390,37 @@ def test_invitation_of_a_deactivated_administrator_is_refused_while_the_account_
     assert refused.json()["errors"][0]["field"] == "token"
     assert not Membership.objects.filter(user__email="second@example.net").exists()
     assert not User.objects.filter(email="second@example.net").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_second_of_two_new_accounts_for_one_address_at_once_is_told_to_sign_in_when_accepting(org_factory):
+    """Two organizations invite one address that has no account; both links are followed at once (two tabs, or one
+    link and a sign-up). Each acceptance locks only its own invitation, so both find no account and create one: the
+    second waits on the first's row in the unique email index, then failed with an IntegrityError (a 500). It is told
+    what it would be told a moment later: an account exists, sign in to accept."""
+    from django.db import transaction
+
+    from controlplane.errors import ValidationFailed
+    from organizations import services
+    from tests.races import run_elsewhere_until_blocked
+
+    first_org, second_org = org_factory(), org_factory()
+    _first, first_token = services.invitation_create(
+        organization=first_org.organization, actor=None, email="both@example.com", roles=["auditor"]
+    )
+    second, second_token = services.invitation_create(
+        organization=second_org.organization, actor=None, email="both@example.com", roles=["accountant"]
+    )
+    with transaction.atomic():
+        services.invitation_accept(token=first_token, password="correct horse battery staple 9")
+        finish = run_elsewhere_until_blocked(
+            lambda: services.invitation_accept(token=second_token, password="another long passphrase 7")
+        )
+    with pytest.raises(ValidationFailed) as refused:
+        finish()
+    assert [(e.field, e.message) for e in refused.value.errors] == [
+        ("token", "An account for both@example.com exists: sign in to accept the invitation.")
+    ]
+    assert User.objects.filter(email="both@example.com").count() == 1
+    assert Invitation.objects.get(pk=second.pk).status == "pending"
+    assert not Membership.objects.filter(organization=second_org.organization).exclude(user=second_org.owner).exists()
