@@ -51,6 +51,14 @@ def project_create(*, organization: Organization, actor: Principal | None, name:
 def project_update(
     *, project: Project, actor: Principal | None, name: str | None = None, description: str | None = None
 ) -> Project:
+    # Read again under the row's lock, which project_delete takes too: a deletion that committed since the caller
+    # loaded the project leaves nothing to rename (a row deleted, or one hidden as billing history), so the rename
+    # answers as for a missing project instead of failing to save or changing a project nobody can see.
+    found = Project.objects.select_for_update().filter(pk=project.pk).first()
+    if found is None:
+        raise NotFound("No such project.")
+    found.organization = project.organization  # the same row's organization, already read: not read again
+    project = found
     changes: dict[str, list[str]] = {}
     if name is not None and name != project.name:
         changes["name"] = [project.name, name]

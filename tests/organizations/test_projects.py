@@ -308,3 +308,34 @@ def test_key_creation_is_refused_on_projects_when_its_project_was_deleted_before
             )
     assert [error.field for error in refused.value.errors] == ["projects"]
     assert not ApiKey.objects.filter(name="lab key").exists()
+
+
+def test_rename_answers_not_found_when_the_project_was_deleted_after_the_view_loaded_it(owner_org):
+    """A rename and a deletion at once: the rename's view loaded the project, the deletion committed, then the rename
+    saved with update_fields, which matched no row (Django's DatabaseError, a 500)."""
+    from controlplane.errors import NotFound
+    from projects import services
+
+    project = services.project_create(organization=owner_org.organization, actor=None, name="lab")
+    loaded = Project.objects.get(pk=project.pk)  # the rename's get_object()
+    services.project_delete(project=Project.objects.get(pk=project.pk), actor=None)
+    with pytest.raises(NotFound):
+        services.project_update(project=loaded, actor=None, name="Renamed")
+    assert not AuditEvent.objects.filter(action="project.update", target_id=project.public_id).exists()
+
+
+@pytest.mark.usefixtures("deployments_catalog")
+def test_rename_answers_not_found_when_the_project_was_hidden_after_the_view_loaded_it(owner_org):
+    """The same race on a project kept hidden for its billing history: the rename found the hidden row, renamed it
+    and audited a change to a project nobody can see any more."""
+    from controlplane.errors import NotFound
+    from projects import services
+
+    project = _project_with_billing_history(owner_org.organization, "lab")
+    loaded = Project.objects.get(pk=project.pk)
+    services.project_delete(project=Project.objects.get(pk=project.pk), actor=None)
+    with pytest.raises(NotFound):
+        services.project_update(project=loaded, actor=None, name="Renamed", description="changed")
+    hidden = Project.all_objects.get(pk=project.pk)
+    assert (hidden.name, hidden.description) == ("lab", "")
+    assert not AuditEvent.objects.filter(action="project.update", target_id=project.public_id).exists()
