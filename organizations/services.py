@@ -225,10 +225,13 @@ def invitation_create(
     _lock_memberships(organization)
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
         raise Conflict(fields={"email": f"{email} is already a member of this organization."})
-    # An open invitation to the same address is replaced: the newest link is the one that works.
-    Invitation.objects.filter(organization=organization, email=email, accepted_at=None, revoked_at=None).update(
-        revoked_at=timezone.now()
+    # An open invitation to the same address is replaced: the newest link is the one that works. Its revocation is
+    # audited below, on it, once the new invitation has an id to name.
+    open_invitations = Invitation.objects.filter(
+        organization=organization, email=email, accepted_at=None, revoked_at=None
     )
+    replaced = list(open_invitations)
+    open_invitations.update(revoked_at=timezone.now())
     token = _invitation_token()
     invitation = Invitation(
         organization=organization,
@@ -257,6 +260,14 @@ def invitation_create(
         target=invitation,
         summary={"email": email, "roles": roles, "project_grants": invitation.project_grants},
     )
+    for old in replaced:
+        audit_record(
+            actor=actor,
+            organization=organization,
+            action="invitation.revoke",
+            target=old,
+            summary={"email": old.email, "replaced_by": invitation.public_id},
+        )
     _send_invitation(invitation, token)
     return invitation, token
 

@@ -424,3 +424,17 @@ def test_second_of_two_new_accounts_for_one_address_at_once_is_told_to_sign_in_w
     assert User.objects.filter(email="both@example.com").count() == 1
     assert Invitation.objects.get(pk=second.pk).status == "pending"
     assert not Membership.objects.filter(organization=second_org.organization).exclude(user=second_org.owner).exists()
+
+
+def test_replaced_invitation_is_audited_as_revoked_when_a_new_one_goes_to_the_same_address(owner_org, key_client):
+    """A second invitation to an address revokes the open one: that revocation is a change like any other, and the
+    audit log names it on the invitation it revoked (whoever searches that invitation finds why its link died)."""
+    from audit.models import AuditEvent
+
+    client = key_client(owner_org.owner_secret)
+    first = _invite(client, owner_org.id).json()["id"]
+    second = _invite(client, owner_org.id, roles=["auditor"]).json()["id"]
+    assert Invitation.objects.get(public_id=first).status == "revoked"
+    event = AuditEvent.objects.get(action="invitation.revoke", target_id=first)
+    assert event.summary == {"email": "new.person@example.com", "replaced_by": second}
+    assert event.actor == owner_org.owner and event.api_key_prefix == owner_org.owner_key.prefix
