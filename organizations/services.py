@@ -73,13 +73,21 @@ def _clean_roles(roles: Collection[str], *, field: str = "roles") -> list[str]:
     return sorted(set(roles))
 
 
-def _resolve_grants(organization: Organization, grants: Sequence[GrantInput]) -> list[tuple[Project, str]]:
+def _resolve_grants(
+    organization: Organization, grants: Sequence[GrantInput], *, lock: bool = False
+) -> list[tuple[Project, str]]:
+    """The grants' projects and roles, checked. With `lock`, for a caller about to write grants, the projects' rows
+    are locked (in id order) as project_delete locks them: a deletion at the same moment either waits and deletes the
+    new grants with the project, or has committed and its project is not found here."""
     resolved: list[tuple[Project, str]] = []
     seen: set[int] = set()
     # One read for every grant; through the organization's manager, so each project knows its organization.
-    by_id = organization.projects.in_bulk(
-        [g.get("project") for g in grants if isinstance(g.get("project"), str)], field_name="public_id"
+    projects = organization.projects.filter(
+        public_id__in=[g.get("project") for g in grants if isinstance(g.get("project"), str)]
     )
+    if lock:
+        projects = projects.select_for_update().order_by("pk")
+    by_id: dict[object, Project] = {project.public_id: project for project in projects}
     for grant in grants:
         role = grant.get("role")
         if role not in PROJECT_ROLES:
@@ -522,7 +530,7 @@ def membership_update(
         ],
     }
     new_roles = _clean_roles(roles) if roles is not None else list(membership.roles)
-    grants = _resolve_grants(organization, project_grants) if project_grants is not None else None
+    grants = _resolve_grants(organization, project_grants, lock=True) if project_grants is not None else None
     added = set(new_roles) - set(membership.roles)
     removed = set(membership.roles) - set(new_roles)
     _check_grantable(actor, organization, list(added | removed), grants or [])

@@ -228,3 +228,37 @@ def test_ownership_transfer_names_the_member_when_the_new_owner_was_removed_whil
     assert [error.field for error in refused.value.errors] == ["member"]
     assert Membership.objects.get(organization=org, user=owner_org.owner).roles == ["owner"]
     assert not AuditEvent.objects.filter(action="organization.transfer").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_grant_on_a_project_deleted_at_the_same_moment_is_refused_on_project_grants_when_updating(owner_org):
+    """A member's project grants are replaced while the project is being deleted: the update read the project before
+    the deletion committed and wrote a grant to it, which met the foreign key to a deleted row at commit (an
+    IntegrityError, a 500). The update locks the projects it grants, as project_delete does: it waits, then finds the
+    project gone and refuses it as an unknown project."""
+    from django.db import transaction
+
+    from controlplane.errors import ValidationFailed
+    from organizations import services
+    from projects import services as project_services
+    from projects.models import Project, ProjectGrant
+    from tests.races import run_elsewhere_until_blocked
+
+    org = owner_org.organization
+    project = project_services.project_create(organization=org, actor=None, name="lab")
+    _user, membership = owner_org.add_member(roles=["auditor"])
+    update_read = Membership.objects.get(pk=membership.pk)
+    with transaction.atomic():
+        project_services.project_delete(project=Project.objects.get(pk=project.pk), actor=None)
+        finish = run_elsewhere_until_blocked(
+            lambda: services.membership_update(
+                membership=update_read,
+                actor=None,
+                project_grants=[{"project": project.public_id, "role": "project_user"}],
+            )
+        )
+    with pytest.raises(ValidationFailed) as refused:
+        finish()
+    assert [error.field for error in refused.value.errors] == ["project_grants"]
+    assert not ProjectGrant.objects.filter(membership=membership).exists()
+    assert not AuditEvent.objects.filter(action="member.update", target_id=membership.public_id).exists()
