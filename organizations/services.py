@@ -469,8 +469,16 @@ def invitation_accept(
     )
     if not created:
         raise ValidationFailed({"token": "You are already a member of this organization."})
+    # The projects' rows are locked (in id order) as project_delete locks them: a deletion at the same moment either
+    # waits and deletes these grants with its project, or has committed and its project is not found here.
+    projects = {
+        project.public_id: project
+        for project in Project.objects.select_for_update()
+        .filter(organization=organization, public_id__in=[grant["project"] for grant in invitation.project_grants])
+        .order_by("pk")
+    }
     for grant in invitation.project_grants:
-        project = Project.objects.filter(organization=organization, public_id=grant["project"]).first()
+        project = projects.get(grant["project"])
         if project is not None:  # a project deleted since the invitation was sent is skipped
             ProjectGrant.objects.create(membership=membership, project=project, role=grant["role"])
     invitation.accepted_at = timezone.now()

@@ -438,3 +438,35 @@ def test_replaced_invitation_is_audited_as_revoked_when_a_new_one_goes_to_the_sa
     event = AuditEvent.objects.get(action="invitation.revoke", target_id=first)
     assert event.summary == {"email": "new.person@example.com", "replaced_by": second}
     assert event.actor == owner_org.owner and event.api_key_prefix == owner_org.owner_key.prefix
+
+
+@pytest.mark.django_db(transaction=True)
+def test_grant_on_a_project_deleted_while_accepting_is_skipped_when_the_invitation_is_accepted(owner_org):
+    """An invitation with a project grant is accepted while that project is being deleted: the acceptance read the
+    project before the deletion committed and wrote the grant, which met the foreign key to a deleted row at commit (an
+    IntegrityError, a 500). It waits for the deletion instead, then skips the project, as it skips one deleted
+    earlier."""
+    from django.db import transaction
+
+    from organizations import services
+    from projects import services as project_services
+    from projects.models import Project, ProjectGrant
+    from tests.races import run_elsewhere_until_blocked
+
+    org = owner_org.organization
+    project = project_services.project_create(organization=org, actor=None, name="lab")
+    _invitation, token = services.invitation_create(
+        organization=org,
+        actor=None,
+        email="grant@example.com",
+        roles=["auditor"],
+        project_grants=[{"project": project.public_id, "role": "project_user"}],
+    )
+    with transaction.atomic():
+        project_services.project_delete(project=Project.objects.get(pk=project.pk), actor=None)
+        finish = run_elsewhere_until_blocked(
+            lambda: services.invitation_accept(token=token, password="correct horse battery staple 9")
+        )
+    membership = finish()
+    assert membership.roles == ["auditor"]
+    assert not ProjectGrant.objects.filter(membership=membership).exists()
