@@ -364,8 +364,9 @@ def _two_factor_page(request, *, locked: signin.Lockout | None = None):
             "enabled": two_factor.two_factor_enabled(user),
             "codes_left": two_factor.recovery_codes_left(user),
             "owned": _owned_organizations(request),
+            # No organization's id holds a NUL, and PostgreSQL refuses one in a query (a 500): none is named.
             "required_by": Organization.objects.filter(public_id=required_by, memberships__user=user).first()
-            if isinstance(required_by, str)
+            if isinstance(required_by, str) and not holds_nul(required_by)
             else None,
             "next": _next_url(request) if request.GET.get("next") else "",
             "locked": locked,

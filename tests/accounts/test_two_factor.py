@@ -334,3 +334,14 @@ def test_staff_can_neither_read_nor_add_a_users_second_factor_in_the_admin(owner
     assert removed.status_code == 302 and not TOTPDevice.objects.filter(pk=device.pk).exists()
     event = AuditEvent.objects.get(action="admin.totpdevice.delete")
     assert event.actor == staff and event.via == "admin"
+
+
+def test_nul_in_the_organization_of_the_two_factor_pages_answers_the_page_or_404_when_sent(owner_org):
+    """PostgreSQL cannot hold a NUL in text: looking an organization up by such an id failed (DataError, a 500)."""
+    client = Client()
+    assert _password_step(client, owner_org.owner).status_code == 302
+    page = client.get("/console/account/two-factor?required_by=org_%00")
+    assert page.status_code == 200, page.status_code
+    assert b"requires two-factor" not in page.content
+    refused = client.post("/console/account/two-factor/organizations/org_%00", {"require_two_factor": "on"})
+    assert refused.status_code == 404, refused.status_code
