@@ -8,6 +8,7 @@ change here is audited; nothing here decides what a user may do in an organizati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import TYPE_CHECKING, Any, Required, TypedDict
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from organizations.models import Organization
 
 SIGNUP_LINK_TTL_SECONDS = 24 * 60 * 60
+# Emails the public sign-up and password-reset forms send to one address: a bucket of 5 per form, one more each hour.
+# Past it the request answers the same and sends nothing, so no one can flood a mailbox through these forms.
+MAIL_PER_ADDRESS = 5
+MAIL_REFILL_SECONDS = 60 * 60
 
 
 def _audit(action: str, *, actor: Principal | None, user: User, summary: dict[str, Any] | None = None) -> None:
@@ -50,6 +55,20 @@ def _enqueue_on_commit(task_name: str, **kwargs: str) -> None:
     from accounts import tasks  # the tasks call these services
 
     enqueue_on_commit(getattr(tasks, task_name), **kwargs)
+
+
+def _mail_allowed(form: str, email: str) -> bool:
+    """Whether the `form` (signup or reset) may send one more email to `email`. Keyed on the address as typed, folded
+    as sign-in folds it (so its spellings share one allowance), never on whether an account has it: the answer tells
+    nothing. The bucket lives in Redis (in this process while Redis is down, as the API's rate limits do)."""
+    from accounts.signin import _fold
+    from controlplane.api.ratelimit import Bucket, take
+
+    digest = hashlib.sha256(_fold(email).encode()).hexdigest()
+    bucket = Bucket(
+        level="mail", key=f"mail:{form}:{digest}", capacity=MAIL_PER_ADDRESS, refill_per_second=1 / MAIL_REFILL_SECONDS
+    )
+    return take([bucket]).allowed
 
 
 def _normalize_email(email: str) -> str:
@@ -89,6 +108,8 @@ def user_signup_request(*, email: str, full_name: str = "", organization_name: s
             errors[field] = control_character_message(*found)
     if errors:
         raise ValidationFailed(errors)
+    if not _mail_allowed("signup", email):
+        return
     _enqueue_on_commit("send_signup_email", email=email, full_name=full_name, organization_name=organization_name)
 
 
@@ -201,7 +222,10 @@ RESET_EMAIL_TEMPLATE = "accounts/password_reset_email.txt"
 def password_reset_request(*, email: str) -> None:
     """Ask for a password reset link for `email`. The request only enqueues the task that looks the address up and
     emails an active account: it answers in the same time whether or not one exists."""
-    _enqueue_on_commit("send_password_reset_email", email=str(email or "").strip())
+    email = str(email or "").strip()
+    if not _mail_allowed("reset", email):
+        return
+    _enqueue_on_commit("send_password_reset_email", email=email)
 
 
 def password_reset_email_send(*, email: str) -> int:

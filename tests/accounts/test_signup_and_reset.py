@@ -22,6 +22,11 @@ NEW = {"email": "Ada@Example.com", "full_name": "Ada", "organization_name": "Eng
 PASSPHRASE = "a fine long passphrase"
 
 
+@pytest.fixture(autouse=True)
+def _mail_allowance_full(redis_clean):
+    """Several tests here mail the same address: each starts with its allowance (accounts.services) full."""
+
+
 def _link(message, path) -> str:
     return re.search(rf"https?://[^/\s]+({re.escape(path)}\S*)", message.body).group(1)
 
@@ -253,6 +258,32 @@ def worker_smtp(smtp_receiver, monkeypatch):
     """The SMTP server the worker started after this fixture sends through (it reads EMAIL_URL at start)."""
     monkeypatch.setenv("EMAIL_URL", smtp_receiver.url)
     return smtp_receiver
+
+
+def test_password_reset_mails_an_address_at_most_five_times_an_hour_when_asked_again_and_again(
+    client, owner_org, mailoutbox, tasks_inline
+):
+    """The form is public: without a limit anyone could flood an account holder's mailbox with reset links."""
+    email = owner_org.owner.email
+    with tasks_inline():
+        answers = [
+            client.post("/console/password-reset", {"email": email if n % 2 else email.upper()}) for n in range(20)
+        ]
+    assert {(a.status_code, a["Location"]) for a in answers} == {(302, "/console/password-reset/sent")}
+    assert len(mailoutbox) == 5, f"{len(mailoutbox)} reset emails sent to one address by 20 requests"
+
+
+def test_signup_mails_an_address_at_most_five_times_an_hour_when_asked_again_and_again(
+    client, owner_org, mailoutbox, tasks_inline
+):
+    """Anyone's address, with an account or not, could be flooded with sign-up emails from the public form."""
+    with tasks_inline():
+        for email in ("victim@example.org", owner_org.owner.email):
+            answers = [client.post("/console/signup", {**NEW, "email": email}) for _ in range(12)]
+            assert {(a.status_code, a["Location"]) for a in answers} == {(302, "/console/signup/sent")}
+    sent = [m.to[0] for m in mailoutbox]
+    assert sent.count("victim@example.org") == 5, f"{sent.count('victim@example.org')} sign-up emails to one address"
+    assert sent.count(owner_org.owner.email) == 5, f"{sent.count(owner_org.owner.email)} notes to an account holder"
 
 
 @pytest.mark.slow
