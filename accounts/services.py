@@ -102,6 +102,12 @@ def user_signup_request(*, email: str, full_name: str = "", organization_name: s
     prepare an account for someone else's address with a password of their own."""
     email = _normalize_email(email)
     errors = {}
+    try:
+        # The address as the account would store it, lower case: that can be no address at all ('İ' becomes an i and
+        # a combining dot), which the link's page could then not create.
+        User._meta.get_field("email").run_validators(email)
+    except ValidationError:
+        errors["email"] = "Enter a valid email address."
     for field, value in (("full_name", full_name), ("organization_name", organization_name)):
         found = find_control_character(value)
         if found is not None:
@@ -193,6 +199,13 @@ def user_signup_confirm(*, token: str, password: str) -> tuple[User, Organizatio
         raise Conflict(
             f"An account for {email} already exists: sign in, or reset your password.", code="account-exists"
         )
+    try:
+        # A link mailed before sign-up checked the address in lower case, as it is stored (user_signup_request).
+        User._meta.get_field("email").run_validators(email)
+    except ValidationError:
+        raise ValidationFailed(
+            f"{email} is not a valid email address once in lower case: sign up again with another."
+        ) from None
     # Links sent before names were refused control characters may carry them: made spaces.
     full_name, organization_name = (
         " ".join(CONTROL_CHARACTERS.sub(" ", str(data.get(field) or "")).split())

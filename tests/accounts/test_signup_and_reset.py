@@ -156,6 +156,28 @@ def test_signup_refuses_an_organization_name_with_a_line_break_when_submitted(cl
     assert mailoutbox == []
 
 
+def test_signup_refuses_an_address_that_lower_case_makes_invalid_when_submitted(client, mailoutbox, tasks_inline):
+    """'İ'.lower() is an i and a combining dot: the address an account would get is no address at all."""
+    with tasks_inline():
+        response = client.post("/console/signup", {**NEW, "email": "İ@example.com"})
+    assert response.status_code == 200 and b"valid email address" in response.content, response.status_code
+    assert mailoutbox == []
+
+
+def test_signup_link_for_an_address_that_lower_case_made_invalid_answers_a_page_when_confirmed(client, mailoutbox):
+    """A link mailed before sign-up refused such addresses: confirming it ended in a 500 (the model's validation)."""
+    from accounts.services import signup_email_send
+
+    signup_email_send(email="İ@example.com", full_name="Ada")
+    token = _token(mailoutbox[0])
+    response = Client(raise_request_exception=False).post(
+        "/console/signup/confirm", {"token": token, "password": PASSPHRASE}
+    )
+    assert response.status_code == 200, response.status_code
+    assert b"valid email address" in response.content
+    assert not User.objects.filter(full_name="Ada").exists()
+
+
 def test_signup_link_is_refused_when_tampered_with(client, mailoutbox, tasks_inline):
     with tasks_inline():
         client.post("/console/signup", NEW)
