@@ -1,4 +1,5 @@
-"""Request-wide middleware: request ids and client context, the body size limit, the Content-Security-Policy header.
+"""Request-wide middleware: request ids and client context, the body size limit, the Content-Security-Policy header,
+no storing of a signed-in user's pages.
 
 Nothing here authorises anything: tenancy and scopes live in organizations.access and the API base classes.
 """
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 from django.shortcuts import render
+from django.utils.cache import add_never_cache_headers
 
 from controlplane import context
 from controlplane.api.problems import problem_response
@@ -89,4 +91,20 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         if settings.CONTENT_SECURITY_POLICY and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = settings.CONTENT_SECURITY_POLICY
+        return response
+
+
+class SignedInNoStoreMiddleware:
+    """A page answered to a signed-in session is stored by no cache, the browser's own included: Back shows a stored
+    copy even after signing out on a shared computer (an API key's secret shown once, an organization's data). A
+    response that chose its own caching keeps it."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated and not response.has_header("Cache-Control"):
+            add_never_cache_headers(response)
         return response

@@ -97,6 +97,7 @@ MIDDLEWARE = [
     "idempotency.middleware.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "controlplane.middleware.ContentSecurityPolicyMiddleware",
+    "controlplane.middleware.SignedInNoStoreMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"

@@ -143,3 +143,23 @@ def test_password_change_refuses_a_wrong_current_password(owner_org):
     assert response.status_code == 200 and b"incorrectly" in response.content
     owner_org.owner.refresh_from_db()
     assert owner_org.owner.check_password(PASSWORD)
+
+
+def test_pages_answered_to_a_signed_in_user_say_no_store_so_back_cannot_show_them_after_sign_out(owner_org):
+    """A browser's Back button shows its stored copy of a page, even after signing out on a shared computer, unless
+    the page said no-store: an API key's secret shown once, the organization's pages, the account's."""
+    client = _signed_in(owner_org.owner)
+    shown = client.post(f"/console/o/{owner_org.id}/api-keys", {"new-name": "CI", "new-role": "auditor"}, follow=True)
+    assert shown.status_code == 200 and b"cpk_" in shown.content
+    pages = {
+        "api key shown": shown,
+        "organization": client.get(f"/console/o/{owner_org.id}"),
+        "password": client.get("/console/account/password"),
+        "api": client.get(f"/api/v1/organizations/{owner_org.id}"),
+    }
+    stored = {
+        name: page.get("Cache-Control", "")
+        for name, page in pages.items()
+        if "no-store" not in page.get("Cache-Control", "")
+    }
+    assert not stored, f"pages a browser may store: {stored}"
