@@ -61,10 +61,10 @@ def _mail_allowed(form: str, email: str) -> bool:
     """Whether the `form` (signup or reset) may send one more email to `email`. Keyed on the address as typed, folded
     as sign-in folds it (so its spellings share one allowance), never on whether an account has it: the answer tells
     nothing. The bucket lives in Redis (in this process while Redis is down, as the API's rate limits do)."""
-    from accounts.signin import _fold
-    from controlplane.api.ratelimit import Bucket, take
+    from accounts.signin import email_fold
+    from controlplane.buckets import Bucket, take
 
-    digest = hashlib.sha256(_fold(email).encode()).hexdigest()
+    digest = hashlib.sha256(email_fold(email).encode()).hexdigest()
     bucket = Bucket(
         level="mail", key=f"mail:{form}:{digest}", capacity=MAIL_PER_ADDRESS, refill_per_second=1 / MAIL_REFILL_SECONDS
     )

@@ -42,7 +42,7 @@ class Lockout:
         )
 
 
-def _fold(text: str) -> str:
+def email_fold(text: str) -> str:
     """One spelling for every way of typing an email that could find the same account. upper() first, as the account
     lookup compares with PostgreSQL's UPPER(), which makes dotless ı and long ſ into I and S where casefold() alone
     keeps them apart; then casefold() and NFKC. It must merge at least what the lookup merges even when no account
@@ -55,7 +55,7 @@ def account_key(email) -> tuple[str, User | None]:
     (however its address was typed), else the folded address typed."""
     typed = str(email or "").strip()
     user = User.objects.filter(email__iexact=typed).order_by("pk").first() if typed else None
-    return _fold(user.email if user is not None else typed), user
+    return email_fold(user.email if user is not None else typed), user
 
 
 def _address(ip) -> str:
@@ -120,7 +120,7 @@ def signin_begin(*, email, ip, user: User | None = None) -> Attempt:
     its password or code is checked: under the throttle rows' locks, so that of guesses sent at once no more than
     the limit get checked. Returns the attempt, refused when the account or the address is locked."""
     if user is not None:
-        key = _fold(user.email)
+        key = email_fold(user.email)
     else:
         key, user = account_key(email)
     attempt = Attempt(email=key, address=_address(ip), target=user or Account())
@@ -204,7 +204,7 @@ def signin_succeeded(attempt: Attempt | None, *, user: User, two_factor: bool) -
     reset what was tried against others from there."""
     if attempt is not None:
         signin_passed(attempt)
-    SignInThrottle.objects.filter(scope=Scope.ACCOUNT, key=_fold(user.email)).delete()
+    SignInThrottle.objects.filter(scope=Scope.ACCOUNT, key=email_fold(user.email)).delete()
     _audit("login.succeeded", actor_user=user, target=user, summary={"email": user.email, "two_factor": two_factor})
 
 

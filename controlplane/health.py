@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from controlplane.api import ratelimit
+from controlplane import buckets as ratelimit
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -21,7 +21,7 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from controlplane.api import ratelimit
+from controlplane import buckets as ratelimit
 from tests.celery_worker import REPO, CeleryWorker, _database_url, broker_pids
 
 VENV_BIN = pathlib.Path(sys.executable).parent
