@@ -173,7 +173,8 @@ def _oversized_rsa_private_key_pem(bits: int) -> str:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     def odd(size: int) -> int:
-        return secrets.randbits(size) | (1 << (size - 1)) | 1
+        # The top two bits set: the product of two such halves has exactly `bits` bits.
+        return secrets.randbits(size) | (3 << (size - 2)) | 1
 
     p, q = odd(bits // 2), odd(bits // 2)
     numbers = rsa.RSAPrivateNumbers(
