@@ -201,10 +201,14 @@ def signin_passed(attempt: Attempt) -> None:
 def signin_succeeded(attempt: Attempt | None, *, user: User, two_factor: bool) -> None:
     """Signed in (after `attempt`, or with no check at all: a sign-up link): forget the account's failures and record
     login.succeeded. The address keeps its count, less this attempt: signing in to an account of one's own must not
-    reset what was tried against others from there."""
+    reset what was tried against others from there. The account keeps its lock-outs so far: its owner signing in
+    between lock-outs that someone guessing its second factor causes must not make the next one short again (a day
+    without a lock-out does, signin_begin)."""
     if attempt is not None:
         signin_passed(attempt)
-    SignInThrottle.objects.filter(scope=Scope.ACCOUNT, key=email_fold(user.email)).delete()
+    account = SignInThrottle.objects.filter(scope=Scope.ACCOUNT, key=email_fold(user.email))
+    account.filter(lockouts=0).delete()
+    account.update(failures=0, window_started_at=None, updated_at=timezone.now())
     _audit("login.succeeded", actor_user=user, target=user, summary={"email": user.email, "two_factor": two_factor})
 
 

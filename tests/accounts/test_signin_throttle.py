@@ -53,6 +53,22 @@ def test_lockout_doubles_when_the_account_is_locked_again(owner_org, client, set
     assert row.lockouts == 2
 
 
+def test_lockout_keeps_doubling_when_the_owner_signs_in_between_lockouts(owner_org, client, settings):
+    # Someone who knows the password and guesses the second factor locks the account; its owner signing in between
+    # must not make the guesser's next lock-out short again. Only a day without a lock-out does.
+    settings.SIGNIN_LOCKOUT_SECONDS = 1
+    email = owner_org.owner.email
+    for i in range(10):
+        response = _attempt(client, email, ip=f"198.51.100.{i}")
+    assert response.status_code == 429 and int(response["Retry-After"]) <= 1
+    time.sleep(1.1)
+    assert _attempt(Client(), email, PASSWORD, ip="192.0.2.80").status_code == 302  # the owner signs in
+    for i in range(10):
+        response = _attempt(client, email, ip=f"198.51.100.{40 + i}")
+    assert response.status_code == 429 and 1 < int(response["Retry-After"]) <= 2
+    assert SignInThrottle.objects.get(scope="account", key=email).lockouts == 2
+
+
 def test_address_is_locked_when_failures_spread_over_many_accounts(owner_org, client):
     for i in range(10):
         response = _attempt(client, f"guess{i}@example.com")
