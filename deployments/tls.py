@@ -104,12 +104,12 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
     if len(certificates) > MAX_CHAIN_CERTIFICATES:
         raise ValidationFailed({field: f"At most {MAX_CHAIN_CERTIFICATES} certificates."})
     for index, certificate in enumerate(certificates):
+        which = "The certificate" if len(certificates) == 1 else f"Certificate {index + 1}"
         # cryptography parses extensions only when first asked for them, and raises ValueError for one that is not
         # valid DER: asked here, once, every later check (CA, key usage, names) reads extensions that parse.
         try:
             certificate.extensions  # noqa: B018
         except ValueError:
-            which = "The certificate" if len(certificates) == 1 else f"Certificate {index + 1}"
             raise ValidationFailed(
                 {field: f"{which} has an extension that cannot be parsed (not valid DER): issue it again."}
             ) from None
@@ -119,7 +119,6 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
             certificate.subject  # noqa: B018
             certificate.issuer  # noqa: B018
         except ValueError:
-            which = "The certificate" if len(certificates) == 1 else f"Certificate {index + 1}"
             raise ValidationFailed(
                 {field: f"{which} has a subject or issuer name that cannot be parsed (not valid DER): issue it again."}
             ) from None
@@ -128,7 +127,6 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
         try:
             certificate.public_key()
         except (ValueError, UnsupportedAlgorithm):
-            which = "The certificate" if len(certificates) == 1 else f"Certificate {index + 1}"
             raise ValidationFailed(
                 {
                     field: f"{which} has a public key that cannot be read (an unknown algorithm or a malformed key): "
