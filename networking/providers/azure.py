@@ -12,21 +12,31 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
+from azure.core.polling import LROPoller
 from azure.core.polling.base_polling import OperationFailed
 from azure.identity import ClientSecretCredential
 from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import SubResource, SyncRemoteAddressSpace, VirtualNetworkPeering
+from celery.exceptions import SoftTimeLimitExceeded
 
 from networking.checks import AZURE_OWNER_TAG, AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
 from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
 
 ARM_SCOPE = "https://management.azure.com/.default"
 LRO_TIMEOUT_SECONDS = 90.0
+# All the waits for long-running operations of one adapter call together: a poll may write several (our side, theirs,
+# a sync of both, a repair) and, after a refusal, remove what it made in a second call. Two calls' budgets stay under
+# the task's soft time limit (CELERY_TASK_SOFT_TIME_LIMIT, 240 s), with room for the reads between them. An operation
+# still running when the budget is spent goes on at ARM, and the next poll finds it.
+CALL_BUDGET_SECONDS = 100.0
+# One HTTP request to ARM or to the identity endpoint: the SDK's default waits 300 s for each.
+CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS = 10, 30
 # The longest one Retry-After is slept inside a poll. ARM's answers carry one (a 429's, a long-running operation's status
 # answers) and the SDK sleeps it whole: in the task's thread for a retried request, in the poller's while the task
 # waits for it. Longer, and the call stops with a temporary error: the peering keeps its state and a later poll asks.
@@ -86,6 +96,8 @@ class _BoundedSleepTransport(RequestsTransport):
 def _error(exc: Exception, doing: str) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return ProviderError(f"The poll ran out of time to {doing}: a later poll goes on.", permanent=False)
     if isinstance(exc, RetryAfterTooLong):
         return ProviderError(
             f"Azure asked to wait {exc.seconds:g} s (Retry-After) to {doing}, longer than a poll waits "
@@ -108,8 +120,10 @@ def _error(exc: Exception, doing: str) -> ProviderError:
 class _Azure:
     def __init__(self, platform: Platform, customer: Customer) -> None:
         net, secret = platform.network, platform.credentials
+        self.deadline = time.monotonic() + CALL_BUDGET_SECONDS
         transport = {"connection_verify": platform.ca_bundle} if platform.ca_bundle else {}
         identity = dict(transport)
+        transport.update(connection_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS)
         if net.get("authority"):
             # A private or sovereign authority is not in MSAL's list of known hosts: trust the configured one.
             identity.update(authority=net["authority"], disable_instance_discovery=True)
@@ -185,9 +199,15 @@ def _peering_to(remote: str) -> VirtualNetworkPeering:
     )
 
 
-def _wait(poller, doing: str) -> VirtualNetworkPeering:
+def _wait(azure: _Azure, doing: str, begin: Callable[[], LROPoller]) -> VirtualNetworkPeering:
+    """Start a long-running operation and wait for it, within LRO_TIMEOUT_SECONDS and what is left of the call's
+    CALL_BUDGET_SECONDS. None is started once the budget is spent."""
+    left = azure.deadline - time.monotonic()
+    if left <= 0:
+        raise ProviderError(f"This poll had no time left to {doing}: a later poll goes on.", permanent=False)
+    poller = begin()
     try:
-        result = poller.result(timeout=LRO_TIMEOUT_SECONDS)
+        result = poller.result(timeout=min(LRO_TIMEOUT_SECONDS, left))
     except HttpResponseError as exc:
         # The SDK raises the same OperationFailed for an operation that ended Canceled as for a Failed one. ARM
         # cancels an operation that another write of the same resource superseded (CanceledAndSupersededDueTo-
@@ -200,7 +220,7 @@ def _wait(poller, doing: str) -> VirtualNetworkPeering:
             ) from exc
         raise
     if not poller.done():
-        raise ProviderError(f"Azure did not finish to {doing} in time", permanent=False)
+        raise ProviderError(f"Azure did not finish to {doing} in time: a later poll goes on.", permanent=False)
     return result
 
 
@@ -216,13 +236,14 @@ def _write(azure: _Azure, customer: Customer, doing: str, *, theirs: bool = Fals
     else:
         client, where, remote = azure.linking_client, (azure.resource_group, azure.vnet), azure.their_vnet
     _wait(
-        client.virtual_network_peerings.begin_create_or_update(
+        azure,
+        doing,
+        lambda: client.virtual_network_peerings.begin_create_or_update(
             *where,
             customer.public_id,
             _peering_to(remote),
             sync_remote_address_space=SyncRemoteAddressSpace.TRUE if sync else None,
         ),
-        doing,
     )
 
 
@@ -465,10 +486,11 @@ class AzureAdapter:
         azure = _Azure(platform, customer)
         try:
             _wait(
-                azure.platform_client.virtual_network_peerings.begin_delete(
+                azure,
+                f"delete peering {customer.public_id}",
+                lambda: azure.platform_client.virtual_network_peerings.begin_delete(
                     azure.resource_group, azure.vnet, customer.public_id
                 ),
-                f"delete peering {customer.public_id}",
             )
         except ResourceNotFoundError:
             pass
@@ -489,10 +511,11 @@ class AzureAdapter:
             if (remote or "").lower() != azure.our_vnet.lower():
                 return
             _wait(
-                azure.customer_client.virtual_network_peerings.begin_delete(
+                azure,
+                doing,
+                lambda: azure.customer_client.virtual_network_peerings.begin_delete(
                     customer.resource_group, customer.vnet_name, customer.public_id
                 ),
-                doing,
             )
         except (ResourceNotFoundError, ClientAuthenticationError):
             return

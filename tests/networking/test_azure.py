@@ -434,6 +434,52 @@ def test_poll_checks_again_later_when_the_operation_asks_for_a_long_retry_after(
     assert poll(peering) == "active"
 
 
+def test_poll_stops_waiting_when_its_writes_together_would_outlast_the_task(deployment, azure, monkeypatch):
+    # Each long-running operation may take LRO_TIMEOUT_SECONDS, and a poll may write several (our side, theirs, a
+    # sync, a repair): together they must end before the task's soft time limit interrupts the poll. Here every
+    # operation takes about three seconds (status answers with Retry-After 1) and the poll has five in all: our side
+    # is written, and it stops waiting for the customer's side instead of holding on for it.
+    from networking.providers import azure as provider
+
+    monkeypatch.setattr(provider, "CALL_BUDGET_SECONDS", 5.0)
+    azure.customer_grants_access()
+    azure.fake.operation_retry_after, azure.fake.operation_polls = "1", 3
+    peering = _create(deployment, azure)
+    assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "did not finish" in peering.last_error and "time" in peering.last_error
+    assert not azure.fake.requests("DELETE", "/virtualNetworkPeerings/")
+
+    assert azure.fake.peering(azure.platform_vnet, peering.public_id)["properties"]["provisioningState"] == "Succeeded"
+
+    monkeypatch.undo()
+    azure.fake.operation_retry_after, azure.fake.operation_polls = "0", 1
+    azure.fake.release_operations()  # the customer's side finished at ARM meanwhile
+    assert poll(peering, times=2) == "active"
+
+
+def test_poll_says_it_ran_out_of_time_when_the_soft_time_limit_interrupts_it(deployment, azure, monkeypatch):
+    # Should the task's soft time limit still strike inside a call to ARM, the peering says so: not that Azure
+    # could not be reached.
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from networking.providers import azure as provider
+
+    def interrupted(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    monkeypatch.setattr(provider, "_wait", interrupted)
+    assert poll(peering) == "pending"
+    error = _reload(peering).last_error
+    assert "ran out of time" in error and "could not be reached" not in error
+
+    monkeypatch.undo()
+    azure.fake.release_operations()  # the write it stopped waiting for finished at ARM meanwhile
+    assert poll(peering, times=2) == "active"
+
+
 def test_active_peering_is_repaired_when_its_provisioning_failed(deployment, azure):
     # Microsoft.Network leaves a resource whose update failed in provisioningState Failed; another PUT of it restores
     # it. The peering is written again instead of being failed for good.
