@@ -121,9 +121,10 @@ class _Azure:
     def __init__(self, platform: Platform, customer: Customer) -> None:
         net, secret = platform.network, platform.credentials
         self.deadline = time.monotonic() + CALL_BUDGET_SECONDS
-        transport = {"connection_verify": platform.ca_bundle} if platform.ca_bundle else {}
+        transport: dict = {"connection_timeout": CONNECT_TIMEOUT_SECONDS, "read_timeout": READ_TIMEOUT_SECONDS}
+        if platform.ca_bundle:
+            transport["connection_verify"] = platform.ca_bundle
         identity = dict(transport)
-        transport.update(connection_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS)
         if net.get("authority"):
             # A private or sovereign authority is not in MSAL's list of known hosts: trust the configured one.
             identity.update(authority=net["authority"], disable_instance_discovery=True)
