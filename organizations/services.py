@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from controlplane.errors import Conflict, NotFound, PermissionDenied, Unavailable, ValidationFailed
 from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 from organizations import access
@@ -667,6 +667,29 @@ def _new_secret() -> tuple[str, str]:
     return prefix, _secret_for(prefix)
 
 
+# A prefix is 8 random hex characters: two keys may draw the same one, and a key committed by another request between
+# any check and this write would pass the check. So the unique constraint is the guarantee, and a prefix taken is
+# drawn again. With 2**32 prefixes, this many collisions in a row mean the random source is broken, not unlucky.
+_PREFIX_DRAWS = 5
+
+
+def _save_with_new_secret(key: ApiKey) -> str:
+    """Insert the new `key` under a prefix no other key holds, and return its secret."""
+    for _draw in range(_PREFIX_DRAWS):
+        prefix, secret = _new_secret()
+        key.prefix, key.secret_hash = prefix, _hash(secret)
+        try:
+            with transaction.atomic():
+                key.save()
+        except IntegrityError:
+            # Only a taken prefix is drawn again; any other violation is a real error.
+            if not ApiKey.objects.filter(prefix=prefix).exists():
+                raise
+            continue
+        return secret
+    raise Unavailable("No unused key prefix could be drawn; nothing was created. Try again.", retry_after=1)
+
+
 def api_key_check_manageable(*, actor: access.Principal | None, key: ApiKey) -> None:
     """Rotating, revoking or editing a key is for callers who could create that very key today: the apikey:write
     scope and the key's role within their own rights (on each of its projects, for a project-limited key). A key
@@ -762,19 +785,17 @@ def api_key_create(
     )
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationFailed({"expires_at": "The expiry must be in the future."})
-    prefix, secret = _new_secret()
     key = ApiKey(
         organization=organization,
         name=name,
         role=role,
         created_by=creator,
-        prefix=prefix,
-        secret_hash=_hash(secret),
         expires_at=expires_at,
         limited_to_projects=bool(projects),
     )
-    key.full_clean()
-    key.save()
+    # The prefix and secret are drawn at the write (a prefix taken is drawn again there, never the caller's error).
+    key.full_clean(exclude=["prefix", "secret_hash"])
+    secret = _save_with_new_secret(key)
     key.projects.set(projects)
     audit_record(
         actor=actor,

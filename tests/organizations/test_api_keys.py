@@ -183,3 +183,89 @@ def test_key_of_a_removed_member_sees_nothing(owner_org, key_client):
     assert client.get(f"/api/v1/organizations/{owner_org.id}/projects").status_code == 200
     membership.delete()
     assert client.get(f"/api/v1/organizations/{owner_org.id}/projects").status_code == 404
+
+
+def _prefixes_drawn_first(*prefixes):
+    """A stand-in for the services' secret source that draws `prefixes` first, then draws at random again."""
+    from organizations import services
+
+    queue = list(prefixes)
+    real = services._new_secret
+
+    def draw():
+        if queue:
+            prefix = queue.pop(0)
+            return prefix, services._secret_for(prefix)
+        return real()
+
+    return draw
+
+
+def test_key_is_created_with_a_new_prefix_when_the_first_one_drawn_is_taken(owner_org, key_client):
+    from unittest import mock
+
+    from organizations import services
+
+    taken = owner_org.owner_key.prefix
+    with mock.patch.object(services, "_new_secret", _prefixes_drawn_first(taken)):
+        response = _create(key_client(owner_org.owner_secret), owner_org.id)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["prefix"] != taken and body["secret"].startswith(f"cpk_{body['prefix']}_")
+    assert key_client(body["secret"]).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
+    assert ApiKey.objects.get(prefix=taken) == owner_org.owner_key  # the existing key keeps its prefix
+    assert AuditEvent.objects.filter(action="api_key.create", target_id=body["id"]).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_is_created_with_a_new_prefix_when_another_key_takes_its_prefix_at_the_same_moment(org_factory, key_client):
+    """Another creation commits a key with the same prefix after this one checked the key and before it wrote it: the
+    write meets the unique constraint, and the creation draws again instead of failing."""
+    from unittest import mock
+
+    from organizations import services
+    from tests.races import run_elsewhere
+
+    owner_org, elsewhere = org_factory(), org_factory()
+    check = ApiKey.full_clean
+    state = {"done": False}
+
+    def check_then_interlope(self, *args, **kwargs):
+        check(self, *args, **kwargs)
+        if not state["done"]:
+            state["done"] = True
+            run_elsewhere(
+                lambda: services.api_key_create(
+                    organization=elsewhere.organization,
+                    actor=None,
+                    name="at the same moment",
+                    role="auditor",
+                    created_by=elsewhere.owner,
+                )
+            )
+
+    with (
+        mock.patch.object(services, "_new_secret", _prefixes_drawn_first("deadbeef", "deadbeef")),
+        mock.patch.object(ApiKey, "full_clean", check_then_interlope),
+    ):
+        response = _create(key_client(owner_org.owner_secret), owner_org.id)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["prefix"] != "deadbeef"
+    assert ApiKey.objects.get(prefix="deadbeef").organization == elsewhere.organization
+    assert key_client(body["secret"]).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
+    assert AuditEvent.objects.filter(action="api_key.create", target_id=body["id"]).count() == 1
+
+
+def test_key_creation_answers_a_problem_and_creates_nothing_when_every_prefix_drawn_is_taken(owner_org, key_client):
+    from unittest import mock
+
+    from organizations import services
+
+    taken = owner_org.owner_key.prefix
+    with mock.patch.object(services, "_new_secret", _prefixes_drawn_first(*[taken] * services._PREFIX_DRAWS)):
+        response = _create(key_client(owner_org.owner_secret), owner_org.id)
+    assert response.status_code == 503, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert ApiKey.objects.filter(organization=owner_org.organization).count() == 1
+    assert not AuditEvent.objects.filter(action="api_key.create", summary__name="ci").exists()
