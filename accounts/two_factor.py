@@ -1,9 +1,10 @@
 """Two-factor authentication of console users: a TOTP authenticator app (django-otp) and 10 single-use recovery codes.
 
-Every change is audited and ends the user's other sessions. Callers ask for the user's password first
-(accounts.signin.reauthenticate): a session alone must never be enough to enrol, renew codes or turn it off. Nothing
-here decides who must use it: organizations that require it say so (organizations.access.two_factor_satisfied), and
-the admin requires it of all staff.
+Every change is audited. Turning it on or off ends the user's other sessions; new recovery codes leave them signed in,
+but no session stays verified by an old code (see recovery_codes_regenerate). Callers ask for the user's password
+first (accounts.signin.reauthenticate): a session alone must never be enough to enrol, renew codes or turn it off.
+Nothing here decides who must use it: organizations that require it say so (organizations.access.two_factor_satisfied),
+and the admin requires it of all staff.
 """
 
 from __future__ import annotations
@@ -75,12 +76,19 @@ def two_factor_begin(*, user: User) -> TOTPDevice:
     return TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
 
 
-def _new_recovery_codes(user: User) -> list[str]:
+def verified_by_recovery_code(user) -> bool:
+    """Whether a recovery code verified this request's session (django-otp's middleware sets `otp_device`)."""
+    return isinstance(getattr(user, "otp_device", None), StaticDevice)
+
+
+def _new_recovery_codes(user: User) -> tuple[StaticDevice, list[str]]:
+    # A new device, not new codes on the old one: a session is verified by a device (its id is in the session), so
+    # the sessions the old codes verified are verified no more.
     StaticDevice.objects.filter(user=user).delete()
     device = StaticDevice.objects.create(user=user, name="Recovery codes", confirmed=True)
     codes = [StaticToken.random_token() for _ in range(RECOVERY_CODE_COUNT)]
     StaticToken.objects.bulk_create(StaticToken(device=device, token=code) for code in codes)
-    return codes
+    return device, codes
 
 
 @transaction.atomic
@@ -98,20 +106,26 @@ def two_factor_confirm(*, user: User, token: str, device_id: int | None = None) 
         raise ValidationFailed({"code": "That code is not valid: check the time on your phone and try the next one."})
     device.confirmed = True
     device.save(update_fields=["confirmed"])
-    codes = _new_recovery_codes(user)
+    _recovery, codes = _new_recovery_codes(user)
     user_sessions_end(user=user)
     _audit("two_factor.enable", user=user, summary={"device": device.name, "recovery_codes": len(codes)})
     return device, codes
 
 
 @transaction.atomic
-def recovery_codes_regenerate(*, user: User) -> list[str]:
-    """New recovery codes (the old ones stop working); the caller asked for the password again."""
+def recovery_codes_regenerate(*, user: User) -> tuple[StaticDevice, list[str]]:
+    """New recovery codes (the old ones stop working); the caller asked for the password again. Returns their device
+    and the codes, in clear only here: show them once.
+
+    New codes are what a person makes after one leaked, so no session stays verified by the old ones: one opened with
+    a leaked code must give a second factor again. The session asking for the new codes is the person's own (it gave
+    the password again): if an old code verified it, the caller verifies it with the returned device (django-otp's
+    login). Sessions verified by the authenticator app are not affected."""
     if not TOTPDevice.objects.filter(user=user, confirmed=True).exists():
         raise Conflict("Two-factor authentication is off.", code="two-factor-off")
-    codes = _new_recovery_codes(user)
+    device, codes = _new_recovery_codes(user)
     _audit("two_factor.recovery_codes_regenerate", user=user, summary={"recovery_codes": len(codes)})
-    return codes
+    return device, codes
 
 
 @transaction.atomic

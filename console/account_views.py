@@ -466,11 +466,14 @@ def two_factor_disable(request):
 @login_required
 @require_http_methods(["POST"])
 def recovery_codes_regenerate(request):
+    verified_by_old_code = two_factor.verified_by_recovery_code(request.user)
     try:
         _reauthenticate(request, PasswordForm(request.POST))
-        codes = two_factor.recovery_codes_regenerate(user=request.user)
+        device, codes = two_factor.recovery_codes_regenerate(user=request.user)
     except DomainError as exc:
         return _reauthentication_refused(request, exc)
+    if verified_by_old_code:  # this session goes on verified; others an old code verified must verify again
+        otp_login(request, device)
     return render(request, "console/account/recovery_codes.html", {"codes": codes, "next": ""})
 
 

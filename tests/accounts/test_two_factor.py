@@ -345,3 +345,46 @@ def test_nul_in_the_organization_of_the_two_factor_pages_answers_the_page_or_404
     assert b"requires two-factor" not in page.content
     refused = client.post("/console/account/two-factor/organizations/org_%00", {"require_two_factor": "on"})
     assert refused.status_code == 404, refused.status_code
+
+
+def _sign_in_with_recovery_code(user, code) -> Client:
+    client = Client()
+    assert _password_step(client, user)["Location"] == "/console/login/verify"
+    assert client.post("/console/login/verify", {"code": code}).status_code == 302
+    return client
+
+
+def test_session_verified_by_a_recovery_code_stays_verified_when_it_renews_the_codes(owner_org):
+    user = owner_org.owner
+    _device, old_codes = enrol(user)
+    type(owner_org.organization).objects.filter(pk=owner_org.organization.pk).update(require_two_factor=True)
+    client = _sign_in_with_recovery_code(user, old_codes[0])
+    assert client.get(f"/console/o/{owner_org.id}").status_code == 200
+
+    response = client.post("/console/account/two-factor/recovery-codes", {"password": PASSWORD})
+    new_codes = re.findall(r"<li><code>([a-z2-7]{8})</code></li>", response.content.decode())
+    assert len(new_codes) == 10 and not set(new_codes) & set(old_codes)
+    assert client.get(f"/console/o/{owner_org.id}").status_code == 200
+    assert client.get(f"/api/v1/organizations/{owner_org.id}/projects").status_code == 200
+    refused = Client()
+    _password_step(refused, user)
+    assert refused.post("/console/login/verify", {"code": old_codes[1]}).status_code == 200
+    time.sleep(1.1)  # the back-off after a wrong code
+    assert refused.post("/console/login/verify", {"code": new_codes[0]}).status_code == 302
+
+
+def test_other_session_verified_by_an_old_recovery_code_must_verify_again_when_the_codes_are_renewed(owner_org):
+    """New codes are what a person makes after a code leaked: a session someone opened with an old code is no longer
+    verified (it is not ended: turning two-factor on or off ends other sessions, renewing the codes does not)."""
+    user = owner_org.owner
+    device, old_codes = enrol(user)
+    type(owner_org.organization).objects.filter(pk=owner_org.organization.pk).update(require_two_factor=True)
+    leaked = _sign_in_with_recovery_code(user, old_codes[0])
+    by_app = _sign_in_with_code(user, device)
+    renewing = _sign_in_with_recovery_code(user, old_codes[1])
+    assert renewing.post("/console/account/two-factor/recovery-codes", {"password": PASSWORD}).status_code == 200
+
+    sent = leaked.get(f"/console/o/{owner_org.id}")
+    assert sent.status_code == 302 and sent["Location"].startswith("/console/account/two-factor/verify?")
+    assert by_app.get(f"/console/o/{owner_org.id}").status_code == 200
+    assert renewing.get(f"/console/o/{owner_org.id}").status_code == 200
