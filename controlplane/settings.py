@@ -84,6 +84,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "controlplane.metrics.PrometheusMiddleware",  # first, so the whole stack is timed
     "controlplane.middleware.RequestIdMiddleware",
+    # The security headers wrap everything below them, so every answer carries them: the static files WhiteNoise
+    # serves, the 413 of a body over the limit and the HTTPS redirect all answer before the views' layers.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "controlplane.middleware.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.middleware.BodySizeLimitMiddleware",
@@ -95,8 +99,6 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "organizations.middleware.TwoFactorRequirementMiddleware",
     "idempotency.middleware.IdempotencyMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "controlplane.middleware.ContentSecurityPolicyMiddleware",
     "controlplane.middleware.SignedInNoStoreMiddleware",
 ]
 
