@@ -28,6 +28,10 @@ from controlplane.validators import CONTROL_CHARACTERS
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192  # past this, handshakes get slow and some clients refuse the key
 ACCEPTED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+# SHA-1 and MD5 signatures can be forged (SHA-1 chosen-prefix collisions are practical): every signature in what a
+# customer uploads uses SHA-224 or stronger, the root's signature on itself included.
+MIN_SIGNATURE_HASH_BITS = 224
+_WEAK_HASH_NAMES = {"sha1": "SHA-1", "md5": "MD5"}
 MAX_PEM_CHARS = 64 * 1024
 MAX_CHAIN_CERTIFICATES = 10
 CA_VALIDITY = datetime.timedelta(days=3650)
@@ -87,7 +91,9 @@ def _pem_text(value: object, field: str, what: str) -> bytes:
 
 
 def load_certificates(value: object, field: str, *, allow_empty: bool = False) -> list[x509.Certificate]:
-    """The certificates in PEM text, in order. Raises ValidationFailed naming `field` when it is not PEM."""
+    """The certificates in PEM text, in order, each readable and signed with a hash strong enough. Raises
+    ValidationFailed naming `field` when it is not PEM, a certificate cannot be read, or one is signed with a weak
+    hash (SHA-1, MD5)."""
     if allow_empty and (value is None or (isinstance(value, str) and not value.strip())):
         return []
     data = _pem_text(value, field, "certificates" if allow_empty else "a certificate")
@@ -133,7 +139,32 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
                     f"use RSA (at least {MIN_RSA_BITS} bits) or EC P-256."
                 }
             ) from None
+        _check_signature_hash(certificate, field, f"{which} ({_name_text(certificate.subject)})")
     return certificates
+
+
+def _check_signature_hash(certificate: x509.Certificate, field: str, what: str) -> None:
+    """Refuse a certificate signed with a hash weaker than SHA-224. Checked here, before any signature is verified:
+    cryptography's verify_directly_issued_by raises ValueError for a SHA-1 or MD5 signature, which reads as "not
+    issued by" and would blame the chain's order or call a self-signed root no root."""
+    try:
+        algorithm = certificate.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        raise ValidationFailed(
+            {
+                field: f"{what} is signed with an algorithm that is not supported "
+                f"({certificate.signature_algorithm_oid.dotted_string}): sign it with SHA-256 or stronger."
+            }
+        ) from None
+    # None is an algorithm that hashes internally (Ed25519, Ed448): such keys are refused by their type.
+    if algorithm is not None and algorithm.digest_size * 8 < MIN_SIGNATURE_HASH_BITS:
+        name = _WEAK_HASH_NAMES.get(algorithm.name, algorithm.name.upper())
+        raise ValidationFailed(
+            {
+                field: f"{what} is signed with {name}, which is too weak: {name} signatures are refused. "
+                "Have it issued again with a SHA-256 (or stronger) signature."
+            }
+        )
 
 
 def load_private_key(value: object, field: str = "private_key"):

@@ -21,6 +21,7 @@ from tests.deployments.tls_helpers import (
     make_with_malformed_extension,
     new_key,
     pem,
+    signed_with_sha1,
 )
 
 pytestmark = pytest.mark.django_db
@@ -132,6 +133,20 @@ def test_expired_certificate_is_refused_beside_the_certificate_when_uploaded(own
     certificate, key, chain = _server(not_before=NOW - 30 * DAY, not_after=NOW - DAY)
     html = owner.post(_tab(plant), _server_post(certificate, key, chain)).content.decode()
     assert any("has expired" in m for m in _errors_beside(html, "server-certificate"))
+
+
+def test_chain_whose_root_is_signed_with_sha1_is_refused_beside_the_chain_saying_so_when_uploaded(owner, plant):
+    root_key = new_key("rsa2048")
+    root = make_ca("Acme Root CA", key=root_key)
+    intermediate = make_ca("Acme Issuing CA", issuer=root)
+    leaf, key = make_leaf(intermediate, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    chain = pem(intermediate[0], signed_with_sha1(root[0], root_key))
+    response = owner.post(_tab(plant), _server_post(pem(leaf), key_pem(key), chain))
+    assert response.status_code == 400
+    messages = _errors_beside(response.content.decode(), "server-chain")
+    assert len(messages) == 1 and "signed with SHA-1" in messages[0] and "too weak" in messages[0], messages
+    assert "self-signed" not in messages[0], messages
+    assert not TlsCertificate.objects.filter(source="customer").exists()
 
 
 def test_valid_certificate_is_listed_with_its_dates_and_replaces_the_issued_one_when_uploaded(owner, owner_org, plant):

@@ -25,6 +25,7 @@ from tests.deployments.tls_helpers import (
     make_with_malformed_extension,
     new_key,
     pem,
+    signed_with_sha1,
     with_unreadable_name,
     with_unreadable_public_key,
 )
@@ -367,6 +368,49 @@ def test_a_public_key_that_cannot_be_read_is_a_400_naming_its_field_when_uploade
         assert response.status_code == 400, (field, response.status_code, response.content[:300])
         assert response["Content-Type"] == "application/problem+json"
         assert "public key that cannot be read" in _field_errors(response)[field]
+    assert _state(deployment) == before
+
+
+def _sha1_bodies():
+    """Uploads with one SHA-1 signature each, and the field that must name it: the root's own signature, the
+    root's on the intermediate, the intermediate's on the server certificate, and a client CA's own."""
+    root_key = new_key("rsa2048")
+    root = make_ca("Acme Root CA", key=root_key)
+    intermediate_key = new_key("rsa2048")
+    intermediate = make_ca("Acme Issuing CA", issuer=root, key=intermediate_key)
+    leaf, key = make_leaf(intermediate, "mqtt.acme.example", sans=("mqtt.acme.example",))
+    good = {"kind": "server", "certificate": pem(leaf), "private_key": key_pem(key)}
+    devices_key = new_key("rsa2048")
+    devices = make_ca("Acme Devices CA", key=devices_key)[0]
+    return {
+        "the root": ({**good, "chain": pem(intermediate[0], signed_with_sha1(root[0], root_key))}, "chain"),
+        "the intermediate": ({**good, "chain": pem(signed_with_sha1(intermediate[0], root_key), root[0])}, "chain"),
+        "the server certificate": (
+            {
+                **good,
+                "certificate": pem(signed_with_sha1(leaf, intermediate_key)),
+                "chain": pem(*(c[0] for c in (intermediate, root))),
+            },
+            "certificate",
+        ),
+        "a client CA": (
+            {"kind": "client_ca", "certificate": pem(signed_with_sha1(devices, devices_key))},
+            "certificate",
+        ),
+    }
+
+
+@pytest.mark.parametrize("signed", ["the root", "the intermediate", "the server certificate", "a client CA"])
+def test_a_sha1_signature_is_a_400_saying_so_on_its_field_when_uploaded(signed, client, url, deployment):  # noqa: F811
+    body, field = _sha1_bodies()[signed]
+    before = _state(deployment)
+    response = client.post(url, body, format="json")
+    assert response.status_code == 400, (signed, response.content)
+    assert response["Content-Type"] == "application/problem+json"
+    errors = _field_errors(response)
+    assert list(errors) == [field], (signed, errors)
+    assert "signed with SHA-1" in errors[field] and "too weak" in errors[field], errors
+    assert "self-signed" not in errors[field] and "did not sign" not in errors[field], errors
     assert _state(deployment) == before
 
 

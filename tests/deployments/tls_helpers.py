@@ -15,7 +15,7 @@ from typing import Any, Literal
 import paho.mqtt.client as mqtt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -157,6 +157,35 @@ def with_unreadable_name(certificate: x509.Certificate, common_name: str) -> str
     assert len(encoded) < 128 and bytes([0x0C, len(encoded)]) + encoded in der
     der = der.replace(bytes([0x0C, len(encoded)]) + encoded, bytes([0x0C, len(encoded)]) + b"\xff" * len(encoded))
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
+
+
+# sha256WithRSAEncryption (1.2.840.113549.1.1.11) and sha1WithRSAEncryption (1.2.840.113549.1.1.5) as DER: the same
+# length, so one replaces the other without changing any length around it.
+_SHA256_WITH_RSA_OID = bytes.fromhex("06092a864886f70d01010b")
+_SHA1_WITH_RSA_OID = bytes.fromhex("06092a864886f70d010105")
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    length = len(body)
+    if length < 128:
+        return bytes([tag, length]) + body
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def signed_with_sha1(certificate: x509.Certificate, signer_key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """`certificate` (signed with SHA-256 by the RSA key `signer_key`) signed again with SHA-1 by the same key: what
+    an old PKI still holds. cryptography's CertificateBuilder no longer signs with SHA-1, so the TBSCertificate's
+    algorithm is swapped and signed with the RSA primitive, and the certificate is put together as DER."""
+    tbs = certificate.tbs_certificate_bytes
+    assert tbs.count(_SHA256_WITH_RSA_OID) == 1
+    tbs = tbs.replace(_SHA256_WITH_RSA_OID, _SHA1_WITH_RSA_OID)
+    signature = signer_key.sign(tbs, padding.PKCS1v15(), hashes.SHA1())
+    algorithm = _der(0x30, _SHA1_WITH_RSA_OID + b"\x05\x00")
+    der = _der(0x30, tbs + algorithm + _der(0x03, b"\x00" + signature))
+    resigned = x509.load_der_x509_certificate(der)
+    assert isinstance(resigned.signature_hash_algorithm, hashes.SHA1)
+    return resigned
 
 
 def load_cert_chain(context: ssl.SSLContext, certificate_pem: str, key_pem_text: str) -> None:
