@@ -862,7 +862,8 @@ class AclRuleCreateSerializer(InputSerializer):
         max_length=1024,
         trim_whitespace=False,
         allow_blank=True,
-        help_text="A topic filter; '+' and '#' only as whole levels, '#' last; no control characters.",
+        help_text="A topic filter; '+' and '#' only as whole levels, '#' last; no control characters; no '${' and "
+        "not starting with 'eq ' (EMQX would read a placeholder or an exact match; mosquitto would not).",
     )
     username = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)
     client_id = BrokerTextField(max_length=128, required=False, allow_null=True, default=None, trim_whitespace=False)

@@ -47,7 +47,7 @@ from deployments.models import (
     Tier,
 )
 from deployments.passwords import hash_mqtt_password, validate_mqtt_username
-from deployments.topics import validate_topic_filter
+from deployments.topics import validate_acl_topic
 from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
 from organizations.access import Principal, acting_user
@@ -856,7 +856,7 @@ def mqtt_user_delete(*, user: MqttUser, actor: Principal | None) -> Operation:
 def _check_acl(deployment: Deployment, *, topic: str, username: str | None, client_id: str | None) -> None:
     _refuse_control_characters(topic=topic, username=username, client_id=client_id)
     try:
-        validate_topic_filter(topic)
+        validate_acl_topic(topic)
     except ValueError as exc:
         raise ValidationFailed({"topic": [str(exc)]}) from exc
     if topic != topic.strip() and deployment.region.driver == Region.Driver.LOCAL:

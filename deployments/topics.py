@@ -8,6 +8,15 @@ from controlplane.validators import find_control_character
 
 MAX_TOPIC_BYTES = 65535
 
+# Two things in a rule's topic EMQX's authorization reads, and mosquitto's `topic` lines do not: a `${name}`
+# placeholder (`${username}`, `${clientid}`, …), filled in for each client, and an `eq ` prefix, an exact match of the
+# rest with wildcards off (emqx/emqx v5.8.6 apps/emqx_auth/src/emqx_authz/emqx_authz_rule.erl compile_topic/1; v5.1.1
+# apps/emqx_authz/src/emqx_authz_rule.erl the same for `${username}` and `${clientid}`). mosquitto fills in `%u` and
+# `%c` only in `pattern` lines, which the local driver never writes, and EMQX 5 has no such placeholders: those are
+# literal on both.
+EMQX_PLACEHOLDER = "${"
+EMQX_EXACT_PREFIX = "eq "
+
 
 def _validate_common(value: str, kind: str) -> None:
     if not isinstance(value, str):
@@ -40,6 +49,26 @@ def validate_topic_filter(value: str) -> None:
                 raise ValueError("'#' must be the last level of the topic filter")
         if "+" in level and level != "+":
             raise ValueError(f"'+' must occupy a whole level of the topic filter, not {level!r}")
+
+
+def validate_acl_topic(value: str) -> None:
+    """Raise ValueError unless `value` is a topic filter that means the same to every driver's broker."""
+    validate_topic_filter(value)
+    if EMQX_PLACEHOLDER in value:
+        raise ValueError(
+            "An ACL topic cannot contain '${': EMQX would fill in a placeholder such as ${username} for each client, "
+            "while mosquitto reads it as written. Give the topic itself, with a rule per username if it differs."
+        )
+    if value.startswith(EMQX_EXACT_PREFIX):
+        raise ValueError(
+            "An ACL topic cannot start with 'eq ': EMQX reads that as an exact match of the rest, wildcards off, "
+            "while mosquitto reads it as written."
+        )
+
+
+def emqx_reads_specially(value: str) -> bool:
+    """Whether EMQX would read `value`, as a rule's topic, otherwise than as written (see EMQX_PLACEHOLDER)."""
+    return EMQX_PLACEHOLDER in value or value.startswith(EMQX_EXACT_PREFIX)
 
 
 def validate_topic_name(value: str) -> None:

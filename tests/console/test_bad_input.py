@@ -134,6 +134,17 @@ def test_acl_topic_with_hash_inside_is_refused_with_the_apis_message(client, own
     assert not AclRule.objects.filter(deployment=plant).exists()
 
 
+def test_acl_topic_with_a_placeholder_is_refused_beside_the_topic_with_the_apis_message(client, owner):
+    plant = deployment(owner.default_project)
+    response = client.post(
+        console_path(plant, "acl"),
+        {"new-permission": "allow", "new-action": "publish", "new-topic": "devices/${username}/state"},
+    )
+    assert response.status_code == 400
+    _field_error(response, "id_new-topic", "'${'")
+    assert not AclRule.objects.filter(deployment=plant).exists()
+
+
 def test_rate_limit_above_its_parent_is_refused_beside_the_field(client, owner):
     plant = deployment(owner.default_project)
     response = client.post(

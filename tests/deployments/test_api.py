@@ -318,6 +318,26 @@ def test_acl_rule_answers_400_when_topic_filter_is_invalid(client, base, deploym
     assert Deployment.objects.get(public_id=deployment).generation == before
 
 
+@pytest.mark.parametrize("topic", ["devices/${username}/state", "a/${clientid}/#", "${x}", "eq a/b"])
+def test_acl_rule_answers_400_naming_the_topic_when_emqx_would_read_it_as_a_placeholder_or_exact_match(
+    client, base, deployment, topic
+):
+    url = f"{base}/{deployment}/acl-rules"
+    kept = client.post(url, {"permission": "allow", "action": "all", "topic": "a/b"}, format="json")
+    assert kept.status_code == 201, kept.content
+    before = Deployment.objects.get(public_id=deployment).generation
+    created = client.post(url, {"permission": "allow", "action": "publish", "topic": topic}, format="json")
+    updated = client.patch(f"{url}/{kept.json()['id']}", {"topic": topic}, format="json")
+    for response in (created, updated):
+        assert response.status_code == 400, response.content
+        assert response["Content-Type"] == "application/problem+json"
+        [error] = response.json()["errors"]
+        assert error["field"] == "topic"
+        assert ("'${'" if "${" in topic else "'eq '") in error["message"], error
+    assert [r.topic for r in AclRule.objects.all()] == ["a/b"]
+    assert Deployment.objects.get(public_id=deployment).generation == before
+
+
 def test_acl_rule_for_client_id_answers_400_when_region_runs_mosquitto(client, base, deployment):
     response = client.post(
         f"{base}/{deployment}/acl-rules",

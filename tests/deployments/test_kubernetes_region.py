@@ -300,6 +300,21 @@ def test_an_already_inexpressible_acl_list_can_still_be_reordered_toward_one_emq
     assert [r["topic"] for r in client.get(url).json()["results"]] == ["a/c", "a/b", "a/#"]
 
 
+@pytest.mark.parametrize("topic", ["devices/${username}/state", "eq a/b"])
+def test_an_acl_topic_emqx_would_expand_or_match_exactly_answers_400_when_region_runs_emqx(
+    region, owner_org, key_client, topic
+):
+    """The same refusal as in a mosquitto region: one rule means one thing wherever it runs."""
+    client = key_client(owner_org.owner_secret)
+    url = f"{_deployments_url(owner_org)}/{_create(client, owner_org).json()['deployment']['id']}"
+    rule = client.post(f"{url}/acl-rules", {"permission": "allow", "action": "all", "topic": topic}, format="json")
+    assert rule.status_code == 400, rule.content
+    assert rule["Content-Type"].startswith("application/problem+json")
+    [error] = rule.json()["errors"]
+    assert error["field"] == "topic" and ("'${'" if "${" in topic else "'eq '") in error["message"], error
+    assert client.get(f"{url}/acl-rules").json()["results"] == []
+
+
 @pytest.mark.parametrize("name", [".", ".."])
 def test_a_dot_segment_username_or_client_id_answers_400_when_region_runs_emqx(region, owner_org, key_client, name):
     """EMQX's API addresses users and rule lists by name in the URL path, where `.` and `..` are dot segments:

@@ -188,6 +188,39 @@ def test_denied_publish_never_reaches_subscriber_when_acl_denies_topic(driver):
     watcher.close()
 
 
+def test_acl_topics_with_placeholders_are_literal_when_mosquitto_applies_them(driver):
+    """mosquitto substitutes %u and %c only in `pattern` lines, which are never written: a rule's topic is its own
+    text, the same for every client (EMQX is given that reading too, see deployments.emqx_acl)."""
+    spec = _spec(
+        acl=(
+            AclEntry(permission="allow", action="publish", topic="devices/${username}/state"),
+            AclEntry(permission="allow", action="publish", topic="devices/%u/state"),
+            AclEntry(permission="allow", action="publish", topic="eq a/b"),
+            AclEntry(permission="deny", action="all", topic="#"),
+        )
+    )
+    assert not any(line.startswith("pattern") for line in render_acl(spec)[0].splitlines())
+    port = driver.apply(spec).ports["mqtt"]
+    watcher = Client(port, "ops", "ops-pw")
+    assert not watcher.connect().is_failure
+    watcher.subscribe("#")
+    alice = Client(port, "alice", "alice-pw", client_id="c1")
+    assert not alice.connect().is_failure
+    for topic in ("devices/alice/state", "devices/c1/state", "a/b", "devices/${username}/state"):
+        alice.publish(topic, b"x")
+    alice.publish("devices/%u/state", b"x")
+    alice.publish("eq a/b", b"last")
+    # One publisher's QoS 1 messages are delivered in order: once the last is here, the denied ones were dropped.
+    assert watcher.received(3) == [
+        ("devices/${username}/state", b"x"),
+        ("devices/%u/state", b"x"),
+        ("eq a/b", b"last"),
+    ]
+    assert watcher.messages.empty()
+    alice.close()
+    watcher.close()
+
+
 def test_new_user_gets_in_without_disconnecting_others_when_added_while_running(driver):
     spec = _spec()
     observed = driver.apply(spec)
