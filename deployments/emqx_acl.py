@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from deployments.drivers.base import AclEntry
 from deployments.emqx_config import MAX_ACL_RULES_PER_SUBJECT
-from deployments.topics import topic_filters_overlap
+from deployments.topics import EMQX_EXACT_PREFIX, EMQX_PLACEHOLDER, emqx_reads_specially, topic_filters_overlap
 
 
 class AclNotExpressible(ValueError):
@@ -49,6 +49,40 @@ def _topics_may_overlap(a: str, b: str) -> bool:
     if "${" in a or "${" in b or a.startswith("eq ") or b.startswith("eq "):
         return True
     return topic_filters_overlap(a, b)
+
+
+def as_written(entries: Sequence[AclEntry]) -> tuple[list[AclEntry], tuple[str, ...]]:
+    """The entries with each topic as EMQX must be given it to read it as written, as mosquitto does, and a note for
+    each rule that could only be approximated.
+
+    The API refuses such topics (deployments.topics.validate_acl_topic); rules stored before it did still deploy. EMQX
+    reads an `eq ` topic word for word with no placeholder (emqx_authz_rule compile_topic/1), which is the literal
+    topic exactly when it has no wildcard. With a wildcard no form keeps both (v5.8.6's `${$}` escape does not help:
+    a topic with no real placeholder is matched as typed, escape included), so the rule is approximated on the strict
+    side: an allow is left out; a deny gets `+` at each level EMQX would have read otherwise, which denies what the
+    literal topic denies (but a first level starting with `$`, which no wildcard matches: a topic no client means)
+    and what EMQX denied when it filled the placeholder in. A deny is widened even without a wildcard for that second
+    reason."""
+    rendered: list[AclEntry] = []
+    notes: list[str] = []
+    for position, entry in enumerate(entries):
+        topic = entry.topic
+        if not emqx_reads_specially(topic):
+            rendered.append(entry)
+            continue
+        has_wildcard = "+" in topic or "#" in topic
+        if entry.permission == "allow" and not has_wildcard:
+            rendered.append(dataclasses.replace(entry, topic=EMQX_EXACT_PREFIX + topic))
+        elif entry.permission == "allow":
+            notes.append(f"{_describe(position, entry)} left out: EMQX has no literal form of it with its wildcards")
+        else:
+            widened = "/".join(
+                "+" if EMQX_PLACEHOLDER in level or (index == 0 and topic.startswith(EMQX_EXACT_PREFIX)) else level
+                for index, level in enumerate(topic.split("/"))
+            )
+            rendered.append(dataclasses.replace(entry, topic=widened))
+            notes.append(f"{_describe(position, entry)} widened to {widened!r}")
+    return rendered, tuple(notes)
 
 
 def may_conflict(a: AclEntry, b: AclEntry) -> bool:

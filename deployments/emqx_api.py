@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Iterable
 from typing import Any, TypedDict
 from urllib.parse import quote
@@ -17,6 +18,8 @@ import requests
 
 from deployments import emqx_acl
 from deployments.drivers.base import AclEntry, MqttCredential, PermanentDriverError, TemporaryDriverError
+
+logger = logging.getLogger(__name__)
 
 AUTHENTICATOR_ID = "password_based:built_in_database"
 _RULES = "/authorization/sources/built_in_database/rules"
@@ -201,7 +204,12 @@ class EmqxApi:
         with it are disconnected (after the authorization cache is dropped).
         """
         users = list(users)
-        by_kind, for_all = _wire_acl(entries, users)
+        by_kind, for_all, notes = _wire_acl(entries, users)
+        if notes:
+            logger.warning(
+                "ACL rules stored with a topic EMQX would not read as written, approximated on the strict side: %s",
+                "; ".join(notes),
+            )
         revoked = {user.username for user in users if user.revoked_identity}
         to_kick: list[str] = []
         changed = False
@@ -230,7 +238,7 @@ class EmqxApi:
         a username's list that goes because its user went goes only after that user's clients are disconnected
         (sync_users does it as it deletes the user; this catches a deletion whose disconnect failed)."""
         users = list(users)
-        by_kind, _for_all = _wire_acl(entries, users)
+        by_kind, _for_all, _notes = _wire_acl(entries, users)
         remaining = {user.username for user in users}
         changed = False
         for kind, key, desired in by_kind:
@@ -280,11 +288,17 @@ class EmqxApi:
 
 def _wire_acl(
     entries: Iterable[AclEntry], users: Iterable[MqttCredential] = ()
-) -> tuple[list[tuple[str, str, dict[str, list[_WireRule]]]], list[_WireRule]]:
-    """([(path kind, subject key, subject -> rules)] for users and clients, the rules for all), as EMQX stores them,
-    a confined user's list replacing its rules; PermanentDriverError if EMQX cannot express the order of `entries`."""
+) -> tuple[list[tuple[str, str, dict[str, list[_WireRule]]]], list[_WireRule], tuple[str, ...]]:
+    """([(path kind, subject key, subject -> rules)] for users and clients, the rules for all, notes on rules only
+    approximated), as EMQX stores them, each topic as written (emqx_acl.as_written), a confined user's list
+    replacing its rules; PermanentDriverError if EMQX cannot express the order of `entries`."""
+    entries = list(entries)
     try:
-        compiled = emqx_acl.compile_acl(list(entries))
+        # The order is checked as stored, so a refusal names the rules by the positions the customer sees; what
+        # as_written changes only narrows or drops rules, so a list that passes as stored passes after it too.
+        emqx_acl.compile_acl(entries)
+        literal, notes = emqx_acl.as_written(entries)
+        compiled = emqx_acl.compile_acl(literal)
     except emqx_acl.AclNotExpressible as exc:
         raise PermanentDriverError(str(exc)) from exc
 
@@ -305,7 +319,7 @@ def _wire_acl(
     for _kind, _key, subjects in by_kind:
         for who in subjects:
             _segment(who)  # refused before anything is sent, not halfway through the push
-    return by_kind, wire(compiled.for_all)
+    return by_kind, wire(compiled.for_all), notes
 
 
 def _subject(row: dict[str, Any], key: str, path: str) -> str:

@@ -17,6 +17,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from deployments import emqx_acl
 from deployments import manifests as m
 from deployments.drivers.base import BrokerSpec, Observed, PermanentDriverError, TemporaryDriverError
 from deployments.emqx_api import EmqxApi
@@ -359,6 +360,9 @@ class KubernetesDriver:
         core_status = status.get("coreNodesStatus") or {}
         ready_replicas = int(core_status.get("readyReplicas") or 0)
         details = {"namespace": namespace, "management_url": self._management_url(namespace)}
+        # As the local driver says of its ACL file: whether every rule reached EMQX as written.
+        _literal, acl_notes = emqx_acl.as_written(spec.acl)
+        details["acl"] = "exact" if not acl_notes else "approximated on the strict side: " + "; ".join(acl_notes)
         # A nonce or key that changed in this very call cannot be rolled out yet, whatever the (older) status says.
         template_changed = push and (
             _nonce(previous) != spec.restart_nonce

@@ -159,6 +159,52 @@ def test_emqx_decides_as_the_ordered_list_when_rules_for_everyone_precede_subjec
     assert fake.authorize(client_id="c1", username="bob", action="publish", topic="dev/a") == "deny"
 
 
+def test_stored_topics_emqx_would_expand_or_match_exactly_are_rendered_literally_or_on_the_strict_side_when_synced(
+    api, fake, caplog
+):
+    """Rules stored before such topics were refused (the API refuses `${` and `eq ` now): mosquitto reads each
+    literally, so EMQX must not expand a placeholder nor read `eq ` as an exact match. Without a wildcard an allow
+    is EMQX's exact form of the literal topic; an allow with a wildcard has no literal form and is left out; a deny
+    becomes `+` at every level EMQX would have read otherwise, so it denies whatever either reading denied."""
+    entries = [
+        AclEntry(permission="deny", action="publish", topic="cmd/${username}/stop"),
+        AclEntry(permission="deny", action="all", topic="eq x/y"),
+        AclEntry(permission="allow", action="publish", topic="devices/${username}/state"),
+        AclEntry(permission="allow", action="publish", topic="sensors/${clientid}/#"),
+        AclEntry(permission="allow", action="publish", topic="eq a/b"),
+        AclEntry(permission="allow", action="publish", topic="cmd/#"),
+        AclEntry(permission="allow", action="all", topic="x/#"),
+        AclEntry(permission="deny", action="all", topic="#"),
+    ]
+    with caplog.at_level("WARNING", logger="deployments.emqx_api"):
+        api.sync_acl(entries)
+    assert [(r["permission"], r["topic"]) for r in fake.rules()["all"]] == [
+        ("deny", "cmd/+/stop"),
+        ("deny", "+/y"),
+        ("allow", "eq devices/${username}/state"),
+        ("allow", "eq eq a/b"),
+        ("allow", "cmd/#"),
+        ("allow", "x/#"),
+        ("deny", "#"),
+    ]
+
+    def decide(topic):
+        return fake.authorize(client_id="c1", username="alice", action="publish", topic=topic)
+
+    # As mosquitto decides: the rule's own text, never the client's name put in.
+    assert decide("devices/${username}/state") == "allow"
+    assert decide("devices/alice/state") == "deny"
+    assert decide("eq a/b") == "allow" and decide("a/b") == "deny"
+    assert decide("sensors/c1/t") == "deny"
+    assert decide("cmd/${username}/stop") == "deny" and decide("cmd/alice/stop") == "deny"
+    assert decide("eq x/y") == "deny" and decide("x/y") == "deny"
+    # On the strict side of mosquitto: no literal form exists for these.
+    assert decide("sensors/${clientid}/t") == "deny" and decide("cmd/bob/stop") == "deny"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "rule 4" in warnings[0] and "left out" in warnings[0], warnings
+    assert "rule 1" in warnings[0] and "cmd/+/stop" in warnings[0], warnings
+
+
 def test_sync_acl_raises_permanent_naming_rules_when_order_cannot_be_expressed(api, fake):
     entries = [
         AclEntry(permission="deny", action="publish", topic="a/#", username="alice"),

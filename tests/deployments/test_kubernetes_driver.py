@@ -141,6 +141,22 @@ def test_apply_reports_running_with_endpoints_and_pushes_users_and_acl_when_oper
     assert management_urls == [f"http://emqx-dashboard.{NS}.svc:18083"]
 
 
+def test_apply_deploys_a_stored_placeholder_rule_as_written_and_says_what_it_approximated(
+    driver, spec, cluster, broker_api
+):
+    stored = (
+        AclEntry(permission="allow", action="publish", topic="dev/${username}/state", username="alice"),
+        AclEntry(permission="allow", action="all", topic="dev/${clientid}/#", username="alice"),
+    )
+    driver.apply(spec)
+    _make_ready(cluster)
+    observed = driver.apply(dataclasses.replace(spec, acl=stored))
+    assert observed.phase == "running"
+    assert [r["topic"] for r in broker_api.rules()["users"]["alice"]] == ["eq dev/${username}/state"]
+    assert observed.details["acl"].startswith("approximated on the strict side: rule 2 (allow all 'dev/${clientid}/#'")
+    assert driver.apply(spec).details["acl"] == "exact"
+
+
 def test_apply_stays_starting_when_ready_but_load_balancer_has_no_address(driver, spec, cluster):
     driver.apply(spec)
     cluster.state.mark_emqx_ready(NS, replicas=2)

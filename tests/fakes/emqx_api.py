@@ -24,6 +24,42 @@ RULES = "/api/v5/authorization/sources/built_in_database/rules"
 MAX_RULES = 100
 
 
+# A placeholder in an authorization rule's topic (emqx/emqx v5.8.6 apps/emqx_utils/src/emqx_template.erl
+# RE_PLACEHOLDER), and the ones a rule's topic may use (apps/emqx_auth/src/emqx_authz/emqx_authz_rule.erl
+# ALLOWED_VARS; 5.1.1 knows only username and clientid). Others are kept as written.
+_PLACEHOLDER = re.compile(r"\$\{[.]?([a-zA-Z0-9._]*)\}")
+_TOPIC_VARS = ("username", "clientid", "cert_common_name", "zone")
+
+
+def _topic_vars_allowed(name: str) -> bool:
+    return name in _TOPIC_VARS or name.startswith("client_attrs.")
+
+
+def rule_topic_matches(topic: str, rule_topic: str, *, client_id: str, username: str) -> bool:
+    """Whether a rule's topic matches `topic` as EMQX's built-in database reads it (v5.8.6 emqx_authz_rule.erl
+    compile_topic/1, match_topics/3): `eq <filter>` is that filter word for word, wildcards included; a topic with a
+    placeholder is rendered for the client first, and a placeholder it has no value for matches nothing."""
+    from deployments.emqx_acl import topic_matches
+
+    if rule_topic.startswith("eq "):
+        return topic.split("/") == rule_topic[3:].split("/")
+    values = {"username": username, "clientid": client_id}
+    missing = False
+
+    def render(found: re.Match[str]) -> str:
+        nonlocal missing
+        name = found.group(1)
+        if not _topic_vars_allowed(name):
+            return found.group(0)
+        if name not in values:
+            missing = True
+            return ""
+        return values[name]
+
+    rendered = _PLACEHOLDER.sub(render, rule_topic)
+    return not missing and topic_matches(topic, rendered)
+
+
 def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
@@ -409,8 +445,6 @@ class FakeEmqxServer:
         """EMQX's decision from the stored rules: client id's, then username's, then all's; the first match decides
         (emqx/emqx v5.8.6 apps/emqx_auth_mnesia/src/emqx_authz_mnesia.erl authorize/4). None: no rule matched.
         A connected client's decision is cached (emqx_authz_cache) until the cache is cleaned or it disconnects."""
-        from deployments.emqx_acl import topic_matches
-
         with self.state.lock:
             cached = self.state.clients.get(client_id) == username
             key = (client_id, action, topic)
@@ -425,7 +459,8 @@ class FakeEmqxServer:
                 (
                     rule["permission"]
                     for rule in sequence
-                    if rule["action"] in ("all", action) and topic_matches(topic, rule["topic"])
+                    if rule["action"] in ("all", action)
+                    and rule_topic_matches(topic, rule["topic"], client_id=client_id, username=username)
                 ),
                 None,
             )
