@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.errors import ValidationFailed
@@ -29,7 +29,9 @@ MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192  # past this, handshakes get slow and some clients refuse the key
 ACCEPTED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 # SHA-1 and MD5 signatures can be forged (SHA-1 chosen-prefix collisions are practical): every signature in what a
-# customer uploads uses SHA-224 or stronger, the root's signature on itself included.
+# customer uploads that a client checks uses SHA-224 or stronger. A self-signed root's signature on itself is not one
+# of those: a trust anchor is trusted as it is (OpenSSL skips its signature, also in its security-level checks), and
+# roots still in use, DigiCert Global Root CA among them, sign themselves with SHA-1.
 MIN_SIGNATURE_HASH_BITS = 224
 _WEAK_HASH_NAMES = {"sha1": "SHA-1", "md5": "MD5"}
 MAX_PEM_CHARS = 64 * 1024
@@ -139,14 +141,15 @@ def load_certificates(value: object, field: str, *, allow_empty: bool = False) -
                     f"use RSA (at least {MIN_RSA_BITS} bits) or EC P-256."
                 }
             ) from None
-        _check_signature_hash(certificate, field, f"{which} ({_name_text(certificate.subject)})")
+        if not _self_signed(certificate):
+            _check_signature_hash(certificate, field, f"{which} ({_name_text(certificate.subject)})")
     return certificates
 
 
 def _check_signature_hash(certificate: x509.Certificate, field: str, what: str) -> None:
     """Refuse a certificate signed with a hash weaker than SHA-224. Checked here, before any signature is verified:
     cryptography's verify_directly_issued_by raises ValueError for a SHA-1 or MD5 signature, which reads as "not
-    issued by" and would blame the chain's order or call a self-signed root no root."""
+    issued by" and would blame the chain's order."""
     try:
         algorithm = certificate.signature_hash_algorithm
     except UnsupportedAlgorithm:
@@ -265,6 +268,30 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
+def _self_signed(certificate: x509.Certificate) -> bool:
+    """Whether the certificate names itself as its issuer and its own key signed it: a root. Its signature's hash may
+    be SHA-1 (see MIN_SIGNATURE_HASH_BITS), which verify_directly_issued_by refuses to check: such a signature is
+    verified with the key's primitive."""
+    if certificate.issuer != certificate.subject:
+        return False
+    if _issued_by(certificate, certificate):
+        return True
+    key = certificate.public_key()
+    try:
+        algorithm = certificate.signature_hash_algorithm
+        if algorithm is None or algorithm.digest_size * 8 >= MIN_SIGNATURE_HASH_BITS:
+            return False  # a strong hash that did not verify above
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(certificate.signature, certificate.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(certificate.signature, certificate.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        else:
+            return False
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def fingerprint(certificate: x509.Certificate) -> str:
     """SHA-256 over the DER encoding, as colon-separated upper-case hex (what `openssl x509 -fingerprint` prints)."""
     return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
@@ -282,7 +309,7 @@ def facts(certificate: x509.Certificate) -> CertificateFacts:
         serial_number=format(certificate.serial_number, "x"),
         key_type=key_description(certificate.public_key()),
         is_ca=_is_ca(certificate),
-        self_signed=_issued_by(certificate, certificate),
+        self_signed=_self_signed(certificate),
     )
 
 
@@ -535,7 +562,7 @@ def check_server_certificate(
         _check_key_strength(issuer.public_key(), "chain", f"Chain certificate {index + 1} ({subject})")
         _check_dates(issuer, "chain", now, f"Chain certificate {index + 1} ({subject})")
         child = issuer
-    if issuers and not _issued_by(child, child):
+    if issuers and not _self_signed(child):
         raise ValidationFailed(
             {
                 "chain": f"The chain ends with {_name_text(child.subject)}, which is not a root (self-signed) "
@@ -590,7 +617,7 @@ def check_client_ca(*, certificate: object, now: datetime.datetime) -> CheckedCl
         _check_dates(item, "certificate", now, what)
     warnings = []
     for item in certificates:
-        if _issued_by(item, item):
+        if _self_signed(item):
             continue
         if not any(_issued_by(item, other) for other in certificates if other is not item):
             warnings.append(

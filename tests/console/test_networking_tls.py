@@ -135,12 +135,12 @@ def test_expired_certificate_is_refused_beside_the_certificate_when_uploaded(own
     assert any("has expired" in m for m in _errors_beside(html, "server-certificate"))
 
 
-def test_chain_whose_root_is_signed_with_sha1_is_refused_beside_the_chain_saying_so_when_uploaded(owner, plant):
+def test_chain_whose_intermediate_is_signed_with_sha1_is_refused_beside_the_chain_saying_so_when_uploaded(owner, plant):
     root_key = new_key("rsa2048")
     root = make_ca("Acme Root CA", key=root_key)
     intermediate = make_ca("Acme Issuing CA", issuer=root)
     leaf, key = make_leaf(intermediate, "mqtt.acme.example", sans=("mqtt.acme.example",))
-    chain = pem(intermediate[0], signed_with_sha1(root[0], root_key))
+    chain = pem(signed_with_sha1(intermediate[0], root_key), root[0])
     response = owner.post(_tab(plant), _server_post(pem(leaf), key_pem(key), chain))
     assert response.status_code == 400
     messages = _errors_beside(response.content.decode(), "server-chain")

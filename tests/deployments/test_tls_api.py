@@ -371,9 +371,10 @@ def test_a_public_key_that_cannot_be_read_is_a_400_naming_its_field_when_uploade
     assert _state(deployment) == before
 
 
-def _sha1_bodies():
-    """Uploads with one SHA-1 signature each, and the field that must name it: the root's own signature, the
-    root's on the intermediate, the intermediate's on the server certificate, and a client CA's own."""
+def _sha1_uploads():
+    """Uploads with one SHA-1 signature each, and the field that names it (None: accepted). The signatures a client
+    checks: the root's on the intermediate, the intermediate's on the server certificate, a client CA's root's on it.
+    And the roots' own: a trust anchor's signature on itself, which no client checks."""
     root_key = new_key("rsa2048")
     root = make_ca("Acme Root CA", key=root_key)
     intermediate_key = new_key("rsa2048")
@@ -381,9 +382,9 @@ def _sha1_bodies():
     leaf, key = make_leaf(intermediate, "mqtt.acme.example", sans=("mqtt.acme.example",))
     good = {"kind": "server", "certificate": pem(leaf), "private_key": key_pem(key)}
     devices_key = new_key("rsa2048")
-    devices = make_ca("Acme Devices CA", key=devices_key)[0]
+    devices = make_ca("Acme Devices CA", key=devices_key)
+    devices_issuing = make_ca("Acme Devices Issuing CA", issuer=devices)[0]
     return {
-        "the root": ({**good, "chain": pem(intermediate[0], signed_with_sha1(root[0], root_key))}, "chain"),
         "the intermediate": ({**good, "chain": pem(signed_with_sha1(intermediate[0], root_key), root[0])}, "chain"),
         "the server certificate": (
             {
@@ -393,16 +394,21 @@ def _sha1_bodies():
             },
             "certificate",
         ),
-        "a client CA": (
-            {"kind": "client_ca", "certificate": pem(signed_with_sha1(devices, devices_key))},
+        "a client CA's issuing CA": (
+            {"kind": "client_ca", "certificate": pem(signed_with_sha1(devices_issuing, devices_key), devices[0])},
             "certificate",
+        ),
+        "the root, on itself": ({**good, "chain": pem(intermediate[0], signed_with_sha1(root[0], root_key))}, None),
+        "a client CA's root, on itself": (
+            {"kind": "client_ca", "certificate": pem(signed_with_sha1(devices[0], devices_key))},
+            None,
         ),
     }
 
 
-@pytest.mark.parametrize("signed", ["the root", "the intermediate", "the server certificate", "a client CA"])
+@pytest.mark.parametrize("signed", ["the intermediate", "the server certificate", "a client CA's issuing CA"])
 def test_a_sha1_signature_is_a_400_saying_so_on_its_field_when_uploaded(signed, client, url, deployment):  # noqa: F811
-    body, field = _sha1_bodies()[signed]
+    body, field = _sha1_uploads()[signed]
     before = _state(deployment)
     response = client.post(url, body, format="json")
     assert response.status_code == 400, (signed, response.content)
@@ -412,6 +418,15 @@ def test_a_sha1_signature_is_a_400_saying_so_on_its_field_when_uploaded(signed, 
     assert "signed with SHA-1" in errors[field] and "too weak" in errors[field], errors
     assert "self-signed" not in errors[field] and "did not sign" not in errors[field], errors
     assert _state(deployment) == before
+
+
+@pytest.mark.parametrize("signed", ["the root, on itself", "a client CA's root, on itself"])
+def test_a_root_signed_with_sha1_on_itself_is_accepted_as_a_root_when_uploaded(signed, client, url, deployment):  # noqa: F811
+    # Roots such as DigiCert Global Root CA sign themselves with SHA-1; a trust anchor's own signature is not checked.
+    body, _field = _sha1_uploads()[signed]
+    response = client.post(url, body, format="json")
+    assert response.status_code == 201, (signed, response.content)
+    assert not any("not a root" in warning for warning in response.json().get("warnings", [])), response.json()
 
 
 def test_a_name_that_cannot_be_parsed_is_a_400_naming_its_field_when_uploaded(client, url, deployment):  # noqa: F811
