@@ -380,13 +380,8 @@ class OrganizationViewSet(ScopedViewSet):
     def transfer_ownership(self, request, *args, **kwargs):
         data = TransferOwnershipSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        target = Membership.objects.filter(
-            organization=self.organization, public_id=data.validated_data["member"]
-        ).first()
-        if target is None:
-            raise serializers.ValidationError({"member": ["No such member in this organization."]})
         membership = services.ownership_transfer(
-            organization=self.organization, actor=self.principal, to_membership=target
+            organization=self.organization, actor=self.principal, member_id=data.validated_data["member"]
         )
         return Response(MemberSerializer(membership).data)
 

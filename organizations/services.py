@@ -26,6 +26,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.errors import Conflict, NotFound, PermissionDenied, Unavailable, ValidationFailed
+from controlplane.ids import holds_nul
 from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 from organizations import access
@@ -613,15 +614,12 @@ def membership_remove(*, membership: Membership, actor: access.Principal | None)
 
 
 @transaction.atomic
-def ownership_transfer(
-    *, organization: Organization, actor: access.Principal | None, to_membership: Membership
-) -> Membership:
-    """Make another member an Owner; the current Owner steps down to Administrator.
+def ownership_transfer(*, organization: Organization, actor: access.Principal | None, member_id: str) -> Membership:
+    """Make another member, named by its public id, an Owner; the current Owner steps down to Administrator.
 
     Needs the org:transfer scope (an API key holds it only with the Owner role) and the acting member's Owner role
-    as it stands under the lock, not as the request first read it."""
-    if to_membership.organization_id != organization.pk:
-        raise ValidationFailed({"member": "Not a member of this organization."})
+    as it stands under the lock, not as the request first read it. The new Owner is looked up under the same lock:
+    a member removed before it was taken is not found (a refusal on `member`), one removed after waits for this."""
     if actor is None or not access.has_scope(actor, "org:transfer", organization=organization):
         raise RoleTooHigh("Only an Owner can transfer ownership.")
     _lock_memberships(organization)
@@ -632,12 +630,15 @@ def ownership_transfer(
     )
     if current is None or not current.is_owner:
         raise RoleTooHigh("Only an Owner can transfer ownership.")
+    to_membership = (
+        None
+        if holds_nul(member_id)
+        else Membership.objects.select_related("user").filter(organization=organization, public_id=member_id).first()
+    )
+    if to_membership is None:
+        raise ValidationFailed({"member": "No such member in this organization."})
     if current.pk == to_membership.pk:
         raise ValidationFailed({"member": "You already own this organization."})
-    try:
-        to_membership.refresh_from_db()
-    except Membership.DoesNotExist:  # removed by the request this one waited for: answered as the view answers it
-        raise ValidationFailed({"member": "No such member in this organization."}) from None
     to_membership.roles = sorted(set(to_membership.roles) | {Role.OWNER.value})
     to_membership.save(update_fields=["roles"])
     current.roles = sorted((set(current.roles) - {Role.OWNER.value}) | {Role.ADMINISTRATOR.value})

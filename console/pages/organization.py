@@ -10,7 +10,6 @@ from console.forms import OrganizationRenameForm, TransferOwnershipForm
 from console.once import once
 from console.once import posted as _posted
 from organizations import services
-from organizations.models import Membership
 
 
 def _transfer_form(console, data=None):
@@ -62,11 +61,11 @@ def transfer(request, org_id):
     if form is None or not form.is_valid():
         messages.error(request, "Choose the member who becomes Owner.")
         return redirect("console:settings", org_id=org_id)
-    target = Membership.objects.select_related("user").get(
-        organization=console.organization, public_id=form.cleaned_data["member"]
-    )
     try:
-        services.ownership_transfer(organization=console.organization, actor=console.principal, to_membership=target)
+        # The service reads the member under its lock: one removed since the form was checked is refused there.
+        target = services.ownership_transfer(
+            organization=console.organization, actor=console.principal, member_id=form.cleaned_data["member"]
+        )
     except errors.REFUSALS as exc:
         errors.to_page(request, exc)
         return redirect("console:settings", org_id=org_id)

@@ -255,6 +255,36 @@ def test_ownership_is_transferred_when_the_owner_confirms(client, owner):
     assert "Transfer ownership" not in client.get(f"/console/o/{owner.id}/settings").content.decode()
 
 
+def test_ownership_transfer_is_refused_on_the_page_when_the_member_is_removed_after_the_form_check(client, owner):
+    """The member chosen is removed between the form's check of its choices and the transfer (another Owner, in
+    another tab). The removal is made by a hook on the database connection, right after the query that reads the
+    form's candidates: nothing of the control plane is patched."""
+    client.raise_request_exception = False
+    _user, membership = owner.add_member(roles=["administrator"])
+    removed = {"done": False}
+
+    def remove_after_candidates_are_read(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        reads_candidates = (
+            'FROM "organizations_membership"' in sql and 'ORDER BY "organizations_membership"."created_at"' in sql
+        )
+        if reads_candidates and not removed["done"]:
+            removed["done"] = True
+            Membership.objects.filter(pk=membership.pk).delete()
+        return result
+
+    with connection.execute_wrapper(remove_after_candidates_are_read):
+        response = client.post(
+            f"/console/o/{owner.id}/settings/transfer-ownership", {"transfer-member": membership.public_id}, follow=True
+        )
+
+    assert removed["done"]
+    assert response.status_code == 200
+    assert "No such member in this organization." in response.content.decode()
+    assert Membership.objects.get(user=owner.owner).roles == ["owner"]
+    assert not AuditEvent.objects.filter(action="organization.transfer").exists()
+
+
 def test_invitation_is_resent_with_a_new_link_and_revoked_when_asked(
     client, owner, mailoutbox, django_capture_on_commit_callbacks, eager
 ):

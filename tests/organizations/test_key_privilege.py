@@ -134,7 +134,7 @@ def test_ownership_transfer_service_refuses_key_without_owner_role_when_called_d
     _user, target = owner_org.add_member(roles=["administrator"])
     principal = access.Principal(user=owner_org.owner, api_key=key)
     with pytest.raises(RoleTooHigh):
-        services.ownership_transfer(organization=owner_org.organization, actor=principal, to_membership=target)
+        services.ownership_transfer(organization=owner_org.organization, actor=principal, member_id=target.public_id)
     target.refresh_from_db()
     assert target.roles == ["administrator"]
 

@@ -77,6 +77,23 @@ def test_ownership_moves_and_previous_owner_becomes_administrator_when_transferr
     assert previous.roles == ["administrator"]
 
 
+@pytest.mark.parametrize("member", ["mem_doesnotexist", "other organization's"])
+def test_ownership_transfer_is_refused_on_member_when_the_member_is_not_in_the_organization(
+    owner_org, org_factory, key_client, member
+):
+    if member == "other organization's":
+        _user, elsewhere = org_factory().add_member(roles=["administrator"])
+        member = elsewhere.public_id
+    response = key_client(owner_org.owner_secret).post(
+        f"/api/v1/organizations/{owner_org.id}/transfer-ownership", {"member": member}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "member"
+    assert response.json()["errors"][0]["message"] == "No such member in this organization."
+    assert Membership.objects.get(user=owner_org.owner, organization=owner_org.organization).roles == ["owner"]
+
+
 def test_administrator_cannot_transfer_ownership(owner_org, key_client):
     admin, membership = owner_org.add_member(roles=["administrator"])
     _key, secret = owner_org.key_for(admin, role="administrator")
@@ -215,12 +232,11 @@ def test_ownership_transfer_names_the_member_when_the_new_owner_was_removed_whil
 
     org = owner_org.organization
     _user, membership = owner_org.add_member(roles=["administrator"])
-    transfer_read = Membership.objects.get(pk=membership.pk)
     with transaction.atomic():
         services.membership_remove(membership=Membership.objects.get(pk=membership.pk), actor=None)
         finish = run_elsewhere_until_blocked(
             lambda: services.ownership_transfer(
-                organization=org, actor=Principal(user=owner_org.owner), to_membership=transfer_read
+                organization=org, actor=Principal(user=owner_org.owner), member_id=membership.public_id
             )
         )
     with pytest.raises(ValidationFailed) as refused:
