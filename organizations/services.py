@@ -333,7 +333,9 @@ def invitation_email_send(*, invitation_id: int, sealed_token: str) -> bool:
 @transaction.atomic
 def invitation_resend(*, invitation: Invitation, actor: access.Principal | None) -> tuple[Invitation, str]:
     """Send a pending (or expired) invitation again with a new link, valid for 7 more days; the old link stops
-    working. The roles it grants are checked again against the sender's own."""
+    working. Sending it again is a new decision, made by the caller: the roles it grants are checked against the
+    caller's own, and the caller becomes its sender, the one whose rights invitation_accept checks again. Whoever
+    sent it first, since demoted perhaps, no longer vouches for it."""
     from controlplane import errors as domain
 
     invitation = Invitation.objects.select_for_update().select_related("organization").get(pk=invitation.pk)
@@ -347,16 +349,21 @@ def invitation_resend(*, invitation: Invitation, actor: access.Principal | None)
     _check_grantable(actor, organization, invitation.roles, grants)
     if Membership.objects.filter(organization=organization, user__email__iexact=invitation.email).exists():
         raise domain.Conflict(f"{invitation.email} is already a member of this organization.")
+    first_sender = invitation.invited_by
     token = _invitation_token()
     invitation.token_hash = _hash(token)
     invitation.expires_at = timezone.now() + INVITATION_TTL
-    invitation.save(update_fields=["token_hash", "expires_at"])
+    invitation.invited_by = access.acting_user(actor)
+    invitation.save(update_fields=["token_hash", "expires_at", "invited_by"])
+    summary: dict[str, object] = {"email": invitation.email, "expires_at": invitation.expires_at.isoformat()}
+    if first_sender != invitation.invited_by:
+        summary["invited_by"] = [getattr(user, "email", None) for user in (first_sender, invitation.invited_by)]
     audit_record(
         actor=actor,
         organization=organization,
         action="invitation.resend",
         target=invitation,
-        summary={"email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+        summary=summary,
     )
     _send_invitation(invitation, token)
     return invitation, token

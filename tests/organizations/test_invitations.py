@@ -146,6 +146,64 @@ def test_invitation_grants_only_what_its_sender_still_may_when_the_sender_was_de
     assert api.post("/api/v1/invitations/accept", body, format="json").status_code == 201
 
 
+def test_invitation_resent_by_an_owner_is_accepted_when_its_first_sender_was_demoted_since(
+    owner_org, key_client, api, mailoutbox
+):
+    """Sending an invitation again is a new decision: it is judged by who sends it now, and its link then holds as
+    long as they may still grant its roles, whatever became of whoever sent it first."""
+    from audit.models import AuditEvent
+    from organizations import access, services
+
+    admin, membership = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(admin, role="administrator")
+    assert (
+        _invite(key_client(secret), owner_org.id, email="second@example.net", roles=["administrator"]).status_code
+        == 201
+    )
+    services.membership_update(
+        membership=membership, actor=access.Principal(user=owner_org.owner), roles=["accountant"]
+    )
+    invitation = Invitation.objects.get(email="second@example.net")
+
+    with _capture(execute=True):
+        resent = key_client(owner_org.owner_secret).post(
+            f"/api/v1/organizations/{owner_org.id}/invitations/{invitation.public_id}/resend"
+        )
+    assert resent.status_code == 200, resent.content
+
+    body = {"token": _token_from(mailoutbox[-1]), "password": "a fine long passphrase"}
+    accepted = api.post("/api/v1/invitations/accept", body, format="json")
+
+    assert accepted.status_code == 201, accepted.content
+    assert Membership.objects.get(user__email="second@example.net").roles == ["administrator"]
+    assert resent.json()["invited_by"] == owner_org.owner.email
+    event = AuditEvent.objects.get(action="invitation.resend", target_id=invitation.public_id)
+    assert event.actor == owner_org.owner and event.summary["invited_by"] == [admin.email, owner_org.owner.email]
+
+
+def test_invitation_is_not_resent_when_the_caller_may_not_grant_its_roles(owner_org, key_client, mailoutbox):
+    """An Administrator may not send again an invitation to be an Owner, whoever sent it first."""
+    from organizations import services
+
+    invitation, _token = services.invitation_create(
+        organization=owner_org.organization,
+        actor=None,
+        email="second@example.net",
+        roles=["owner"],
+    )
+    admin, _membership = owner_org.add_member(roles=["administrator"])
+    _key, secret = owner_org.key_for(admin, role="administrator")
+    mailoutbox.clear()
+    with _capture(execute=True):
+        refused = key_client(secret).post(
+            f"/api/v1/organizations/{owner_org.id}/invitations/{invitation.public_id}/resend"
+        )
+    assert refused.status_code == 403, refused.content
+    assert refused.json()["type"].endswith("/role-too-high")
+    assert Invitation.objects.get(pk=invitation.pk).token_hash == invitation.token_hash
+    assert mailoutbox == []
+
+
 def test_invalid_email_is_refused_when_inviting(owner_org, key_client):
     response = _invite(key_client(owner_org.owner_secret), owner_org.id, email="not-an-email")
     assert response.status_code == 400
