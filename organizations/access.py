@@ -278,23 +278,27 @@ def visible_projects(principal: Principal, organization: Organization, queryset:
 
 
 def grantable(principal: Principal, *, organization: Organization, roles, project=None) -> bool:
-    """A principal may hand out (to a member or an API key) only roles whose scopes it holds itself."""
+    """A principal may hand out (to a member or an API key) only roles whose scopes it holds itself. On a project
+    that is what the roles grant in a project: a key limited to projects holds only the project scopes of its role
+    (see project_scopes), so an organization role's other scopes (billing, members) are nothing it could hand out
+    there."""
     wanted = scopes_for_roles(roles)
     if project is not None:
-        return wanted <= project_scopes(principal, project)
+        return (wanted & PROJECT_SCOPES) <= project_scopes(principal, project)
     held = organization_scopes(principal, organization)
     return wanted <= held
 
 
 def can_manage_api_key(principal: Principal, key: ApiKey) -> bool:
-    """Whether the principal could create this very key today: its role within the principal's own rights, on each
-    of its projects for a project-limited key. Reading a key's details, rotating, revoking and editing it all need
-    this, so no key lends its holder more than the holder could have given itself."""
+    """Whether the principal could create this very key today: its role within the principal's own rights, and on
+    each of its projects for a project-limited key. Reading a key's details, rotating, revoking and editing it all
+    need this, so no key lends its holder more than the holder could have given itself."""
     projects = list(key.projects.all())
-    if key.limited_to_projects:
+    if key.limited_to_projects and not projects:
         # A limited key left with no project reaches nothing: whoever may manage keys at all may revoke it.
-        return all(
-            grantable(principal, organization=key.organization, roles=[key.role], project=project)
-            for project in projects
-        )
-    return grantable(principal, organization=key.organization, roles=[key.role])
+        return True
+    # Its role within the principal's own (an Administrator never handles an Owner key, limited or not), and on each
+    # project of a limited key what that role grants there.
+    return grantable(principal, organization=key.organization, roles=[key.role]) and all(
+        grantable(principal, organization=key.organization, roles=[key.role], project=project) for project in projects
+    )

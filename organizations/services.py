@@ -731,10 +731,11 @@ def api_key_check_grantable(
     lock: bool = False,
 ) -> list[Project]:
     """Whether `actor` may create a key with `role` on these projects (none: the whole organization): the role and
-    projects must exist, and the role must be within the actor's own rights on each project (or in the
-    organization). Returns the projects. Checked by api_key_create, and by a replay of a key's creation, which must
-    not hand a new key's secret to a caller demoted since. With `lock`, the projects' rows are locked (in id order),
-    as project_delete locks them, and one deleted meanwhile is not found."""
+    projects must exist, and the role must be within the actor's own rights in the organization and, for a key
+    limited to projects, what it grants in a project within the actor's rights on each of them. Returns the projects.
+    Checked by api_key_create, and by a replay of a key's creation, which must not hand a new key's secret to a
+    caller demoted since. With `lock`, the projects' rows are locked (in id order), as project_delete locks them, and
+    one deleted meanwhile is not found."""
     if role not in Role.values:
         raise ValidationFailed({"role": f"Unknown role {role}."})
     found = Project.objects.filter(organization=organization, public_id__in=list(project_ids))
@@ -746,12 +747,11 @@ def api_key_check_grantable(
         raise ValidationFailed({"projects": "A project role needs at least one project."})
     if actor is not None:
         # The same rule as access.can_manage_api_key, spelled out here to name the project at fault.
-        if projects:
-            for project in projects:
-                if not access.grantable(actor, organization=organization, roles=[role], project=project):
-                    raise RoleTooHigh(fields={"role": f"Your rights on {project.public_id} are below {role}."})
-        elif not access.grantable(actor, organization=organization, roles=[role]):
+        if not access.grantable(actor, organization=organization, roles=[role]):
             raise RoleTooHigh(fields={"role": "You cannot create a key with more rights than your own."})
+        for project in projects:
+            if not access.grantable(actor, organization=organization, roles=[role], project=project):
+                raise RoleTooHigh(fields={"role": f"Your rights on {project.public_id} are below {role}."})
     return projects
 
 

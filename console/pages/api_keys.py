@@ -18,21 +18,27 @@ from console.once import posted as _posted
 from controlplane.ids import holds_nul
 from organizations import access, services
 from organizations.models import ApiKey
-from organizations.roles import Role
+from organizations.roles import PROJECT_ROLES, Role
 
 SECRET_SESSION_KEY = "console_new_api_key_secret"
 
 
 def _key_roles(console) -> list[Role]:
-    """Roles a key may be given: at most what the caller holds (organization-wide, or on some project)."""
-    out = []
-    for role in Role:
-        if access.grantable(console.principal, organization=console.organization, roles=[role]) or any(
-            access.grantable(console.principal, organization=console.organization, roles=[role], project=p)
-            for p in console.projects
-        ):
-            out.append(role)
-    return out
+    """Roles a key may be given: within what the caller holds in the organization, as the service requires of every
+    key, and, for a project role, on some project (a key of one needs a project)."""
+    principal, organization = console.principal, console.organization
+    return [
+        role
+        for role in Role
+        if access.grantable(principal, organization=organization, roles=[role])
+        and (
+            role not in PROJECT_ROLES
+            or any(
+                access.grantable(principal, organization=organization, roles=[role], project=p)
+                for p in console.projects
+            )
+        )
+    ]
 
 
 def _show_secret_next(request, key: ApiKey, secret: str, note: str) -> None:

@@ -1,6 +1,8 @@
 """Roles in the page: what a role may not do is not offered, and a crafted request is refused (403) and changes
 nothing; another organization's pages are 404, exactly like missing ones."""
 
+import re
+
 import pytest
 
 from deployments.models import Deployment
@@ -145,3 +147,13 @@ def test_administrator_cannot_remove_the_owner_role_when_editing_members(client,
     assert response.status_code == 302
     owner_membership.refresh_from_db()
     assert owner_membership.roles == ["auditor", "owner"]  # the role the admin may not touch stays
+
+
+def test_administrator_is_offered_key_roles_up_to_administrator_when_creating_a_key(client, owner_org):
+    """A key limited to projects holds what its role grants in a project, and an Administrator holds all of that on
+    every project: an Owner key, even limited, is still above them (the service refuses it), so it is not offered."""
+    user, _ = owner_org.add_member(roles=["administrator"])
+    client.force_login(user)
+    page = client.get(f"/console/o/{owner_org.id}/api-keys").content.decode()
+    offered = re.findall(r'<option value="([a-z_]+)"', page.split('name="new-role"', 1)[1].split("</select>", 1)[0])
+    assert offered == ["administrator", "project_administrator", "project_user", "accountant", "auditor"]

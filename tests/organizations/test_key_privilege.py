@@ -159,3 +159,39 @@ def test_rotated_secret_keeps_its_whole_random_part_when_rotated_many_times(owne
         key, secret = services.api_key_rotate(key=key, actor=None, overlap_seconds=0)
         assert re.fullmatch(rf"cpk_{key.prefix}_[A-Za-z0-9_-]{{43}}", secret), secret
     assert key_client(secret).get(f"/api/v1/organizations/{owner_org.id}").status_code == 200
+
+
+@pytest.mark.parametrize("role", ["owner", "administrator", "accountant", "auditor"])
+def test_owner_limits_a_key_of_an_organization_role_to_a_project_when_creating_and_revoking_it(
+    owner_org, key_client, role
+):
+    """A key limited to projects holds, on each of them, what its role grants in a project, and nothing outside
+    (organizations.access.project_scopes). The Owner holds all of that: refusing them as having rights "below" the
+    role compared the role's organization-wide scopes (billing, members) with rights on one project."""
+    owner = key_client(owner_org.owner_secret)
+    base = f"/api/v1/organizations/{owner_org.id}"
+    project = owner_org.default_project.public_id
+    created = owner.post(f"{base}/api-keys", {"name": "ci", "role": role, "projects": [project]}, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["limited_to_projects"] is True and created.json()["projects"] == [project]
+    limited = key_client(created.json()["secret"])
+    assert limited.get(f"{base}/projects/{project}/deployments").status_code == 200
+    assert limited.get(f"{base}/members").status_code in (403, 404)
+    revoked = owner.delete(f"{base}/api-keys/{created.json()['id']}")
+    assert revoked.status_code == 200, revoked.content
+
+
+def test_administrator_is_refused_an_owner_key_limited_to_a_project_for_the_owner_role_it_lacks(
+    owner_org, administrator_client
+):
+    response = administrator_client.post(
+        f"/api/v1/organizations/{owner_org.id}/api-keys",
+        {"name": "ci", "role": "owner", "projects": [owner_org.default_project.public_id]},
+        format="json",
+    )
+    assert response.status_code == 403, response.content
+    assert response.json()["type"].endswith("/role-too-high")
+    assert response.json()["errors"] == [
+        {"field": "role", "message": "You cannot create a key with more rights than your own.", "code": "role-too-high"}
+    ]
+    assert not ApiKey.objects.filter(role="owner", limited_to_projects=True).exists()
