@@ -31,6 +31,36 @@ class NavEntry:
     url: str
 
 
+@dataclasses.dataclass(frozen=True)
+class OrganizationChoice:
+    """An organization as the caller's lists show it (the home page, the switcher). `name` is None while the
+    organization requires two-factor authentication and this session was not verified by a second factor: its name
+    is its data, which such a session may not read; the entry still leads there, and so to verifying."""
+
+    pk: int
+    public_id: str
+    name: str | None
+
+    @property
+    def needs_two_factor(self) -> bool:
+        return self.name is None
+
+
+def organization_choices(principal: access.Principal) -> list[OrganizationChoice]:
+    """The organizations the caller belongs to: those it may read by name, then the others by id (so not even their
+    place in the alphabet shows)."""
+    choices = [
+        OrganizationChoice(
+            organization.pk,
+            organization.public_id,
+            organization.name if access.two_factor_satisfied(principal, organization) else None,
+        )
+        for organization in access.visible_organizations(principal).order_by("name", "id")
+    ]
+    named = [choice for choice in choices if not choice.needs_two_factor]
+    return named + sorted((choice for choice in choices if choice.needs_two_factor), key=lambda c: c.public_id)
+
+
 @dataclasses.dataclass
 class Console:
     """The caller's view of one organization (and maybe one project of it) for one request."""
@@ -47,7 +77,7 @@ class Console:
     # A section's own tabs (key, label, url, current), e.g. Billing's.
     tabs: list[tuple[str, str, str, bool]] = dataclasses.field(default_factory=list)
     _projects: list[Project] | None = None
-    _organizations: list[Organization] | None = None
+    _organizations: list[OrganizationChoice] | None = None
 
     # -- what the caller may do -----------------------------------------------------------------------------
 
@@ -98,9 +128,9 @@ class Console:
         return self.principal.membership(self.organization)
 
     @property
-    def organizations(self) -> list[Organization]:
+    def organizations(self) -> list[OrganizationChoice]:
         if self._organizations is None:
-            self._organizations = list(access.visible_organizations(self.principal).order_by("name", "id"))
+            self._organizations = organization_choices(self.principal)
         return self._organizations
 
     @property

@@ -9,7 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from console import errors
+from console import errors, tenancy
 from console.forms import InvitationAcceptForm
 from organizations import access, services
 
@@ -20,7 +20,7 @@ def _principal(request):
 
 @login_required
 def home(request):
-    organizations = list(access.visible_organizations(_principal(request)).order_by("name"))
+    organizations = tenancy.organization_choices(_principal(request))
     if len(organizations) == 1:
         return redirect("console:organization", org_id=organizations[0].public_id)
     return render(request, "console/home.html", {"organizations": organizations})

@@ -33,6 +33,7 @@ ORG_ROLE_CHOICES = ORGANIZATION_ROLE_CHOICES
                 "created_at": "2026-11-01T09:30:00Z",
                 "require_two_factor": False,
                 "my_roles": ["owner"],
+                "two_factor_verification_required": False,
             },
             response_only=True,
         )
@@ -40,17 +41,44 @@ ORG_ROLE_CHOICES = ORGANIZATION_ROLE_CHOICES
 )
 class OrganizationSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
-    my_roles = serializers.SerializerMethodField()
+    name = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="Null while `two_factor_verification_required`: the name is the organization's data.",
+    )
+    my_roles = serializers.SerializerMethodField(
+        help_text="Your organization roles; null while `two_factor_verification_required`."
+    )
+    two_factor_verification_required = serializers.SerializerMethodField(
+        help_text="The organization requires two-factor authentication and this console session was not verified by "
+        "a second factor: its name and your roles are withheld, and its endpoints answer 403 `two-factor-required`, "
+        "until you sign in with your second factor. Always false for API keys, which the requirement does not bind."
+    )
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "created_at", "require_two_factor", "my_roles"]
+        fields = ["id", "name", "created_at", "require_two_factor", "my_roles", "two_factor_verification_required"]
         read_only_fields = ["require_two_factor"]
 
-    def get_my_roles(self, obj) -> list[str]:
+    def _locked(self, obj) -> bool:
+        principal = self.context.get("principal")
+        return principal is not None and not access.two_factor_satisfied(principal, obj)
+
+    def get_my_roles(self, obj) -> list[str] | None:
+        if self._locked(obj):
+            return None
         principal = self.context.get("principal")
         membership = principal.membership(obj) if principal else None
         return list(membership.roles) if membership else []
+
+    def get_two_factor_verification_required(self, obj) -> bool:
+        return self._locked(obj)
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if data["two_factor_verification_required"]:
+            data["name"] = None
+        return data
 
 
 class OrganizationCreateSerializer(InputSerializer):

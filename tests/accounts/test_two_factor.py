@@ -11,6 +11,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import User
 from audit.models import AuditEvent
+from organizations.models import Membership
 from tests.factories import PASSWORD
 from tests.otp import admin_sign_in, enrol, next_code, totp_code
 
@@ -388,3 +389,37 @@ def test_other_session_verified_by_an_old_recovery_code_must_verify_again_when_t
     assert sent.status_code == 302 and sent["Location"].startswith("/console/account/two-factor/verify?")
     assert by_app.get(f"/console/o/{owner_org.id}").status_code == 200
     assert renewing.get(f"/console/o/{owner_org.id}").status_code == 200
+
+
+def test_organization_lists_withhold_the_name_of_one_requiring_two_factor_when_the_session_was_not_verified(
+    owner_org, org_factory
+):
+    """Its pages and its data answer such a session only "verify first"; its name is its data too. It is still
+    listed, as requiring two-factor, so the member knows where to go and can verify from there."""
+    locked = org_factory(name="Bluefin Secret Labs")
+    locked.organization.require_two_factor = True
+    locked.organization.save()
+    member, _ = locked.add_member(roles=["administrator"])
+    Membership.objects.create(organization=owner_org.organization, user=member, roles=["auditor"])
+    device, _ = enrol(member)
+    client = Client()
+    client.force_login(member)  # a password-only session: no second factor verified it
+
+    listed = {o["id"]: o for o in client.get("/api/v1/organizations").json()["results"]}
+    assert listed[locked.id]["name"] is None and listed[locked.id]["my_roles"] is None
+    assert listed[locked.id]["two_factor_verification_required"] is True
+    assert listed[locked.id]["require_two_factor"] is True
+    assert listed[owner_org.id]["name"] == owner_org.organization.name
+    assert listed[owner_org.id]["my_roles"] == ["auditor"]
+    assert listed[owner_org.id]["two_factor_verification_required"] is False
+    for page in (client.get("/"), client.get(f"/console/o/{owner_org.id}")):
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert "Bluefin Secret Labs" not in html
+        assert "Requires two-factor authentication" in html and locked.id in html
+
+    verified = _sign_in_with_code(member, device)
+    listed = {o["id"]: o for o in verified.get("/api/v1/organizations").json()["results"]}
+    assert listed[locked.id]["name"] == "Bluefin Secret Labs" and listed[locked.id]["my_roles"] == ["administrator"]
+    assert listed[locked.id]["two_factor_verification_required"] is False
+    assert "Bluefin Secret Labs" in verified.get("/").content.decode()
