@@ -22,7 +22,12 @@ def switch(request):
     """The switchers' target: to another organization, or to a project of the current one."""
     org_id = request.GET.get("org", "")
     principal = access.Principal.from_request(request)
-    organization = access.member_organization(principal, org_id) if org_id else None
+    try:
+        organization = access.member_organization(principal, org_id) if org_id else None
+    except access.TwoFactorRequired:
+        # A member whose session has not met the organization's requirement: its page sends them to their second
+        # factor (organizations.middleware) and back.
+        return redirect("console:organization", org_id=org_id)
     if organization is None:
         raise Http404("No such organization.")
     project_id = request.GET.get("project")

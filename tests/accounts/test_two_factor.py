@@ -423,3 +423,29 @@ def test_organization_lists_withhold_the_name_of_one_requiring_two_factor_when_t
     assert listed[locked.id]["name"] == "Bluefin Secret Labs" and listed[locked.id]["my_roles"] == ["administrator"]
     assert listed[locked.id]["two_factor_verification_required"] is False
     assert "Bluefin Secret Labs" in verified.get("/").content.decode()
+
+
+def test_switching_to_an_organization_requiring_two_factor_sends_an_unverified_session_to_its_code(
+    owner_org, org_factory
+):
+    """The switcher lists such an organization; choosing it led to member_organization's TwoFactorRequired
+    uncaught, a 500. It goes where the organization's own page sends the member: to the code, then back."""
+    locked = org_factory()
+    locked.organization.require_two_factor = True
+    locked.organization.save()
+    member, _ = locked.add_member(roles=["auditor"])
+    Membership.objects.create(organization=owner_org.organization, user=member, roles=["auditor"])
+    device, _ = enrol(member)
+    client = Client()
+    client.force_login(member)
+
+    switched = client.get("/console/switch", {"org": locked.id}, follow=True)
+
+    assert switched.redirect_chain[-1][0].startswith("/console/account/two-factor/verify?")
+    assert client.post(switched.redirect_chain[-1][0], {"code": next_code(device)})["Location"] == (
+        f"/console/o/{locked.id}"
+    )
+    # A stranger's choice of the same organization is still a 404, whatever it requires.
+    stranger = Client()
+    stranger.force_login(owner_org.owner)
+    assert stranger.get("/console/switch", {"org": locked.id}).status_code == 404
