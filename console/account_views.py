@@ -357,16 +357,20 @@ def _setup_device(request):
 def _two_factor_page(request, *, locked: signin.Lockout | None = None):
     user = request.user
     required_by = request.GET.get("required_by")
+    enabled = two_factor.two_factor_enabled(user)
     response = render(
         request,
         "console/account/two_factor.html",
         {
-            "enabled": two_factor.two_factor_enabled(user),
+            "enabled": enabled,
             "codes_left": two_factor.recovery_codes_left(user),
             "owned": _owned_organizations(request),
-            # No organization's id holds a NUL, and PostgreSQL refuses one in a query (a 500): none is named.
+            # The organization that sent a member without a device here to set one up. A member with one is sent to
+            # enter its code instead: its session, perhaps holding only the password, is not told the name of an
+            # organization whose data waits for that code. No organization's id holds a NUL, and PostgreSQL refuses
+            # one in a query (a 500): none is named.
             "required_by": Organization.objects.filter(public_id=required_by, memberships__user=user).first()
-            if isinstance(required_by, str) and not holds_nul(required_by)
+            if isinstance(required_by, str) and not holds_nul(required_by) and not enabled
             else None,
             "next": _next_url(request) if request.GET.get("next") else "",
             "locked": locked,

@@ -449,3 +449,26 @@ def test_switching_to_an_organization_requiring_two_factor_sends_an_unverified_s
     stranger = Client()
     stranger.force_login(owner_org.owner)
     assert stranger.get("/console/switch", {"org": locked.id}).status_code == 404
+
+
+def test_two_factor_page_does_not_name_an_organization_to_a_member_who_has_a_device_but_no_verified_session(
+    org_factory,
+):
+    """The lists show such a session the organization's id, not its name; the setup page named the organization of
+    any `required_by` id its member gave it. It names it only to a member without a device, whom the organization
+    sends there to set one up (and who could do so with the password alone)."""
+    locked = org_factory(name="Bluefin Secret Labs")
+    locked.organization.require_two_factor = True
+    locked.organization.save()
+    member, _ = locked.add_member(roles=["auditor"])
+    client = Client()
+    client.force_login(member)
+    assert (
+        "Bluefin Secret Labs" in client.get("/console/account/two-factor", {"required_by": locked.id}).content.decode()
+    )
+    enrol(member)
+    client = Client()
+    client.force_login(member)  # a session that never saw the second factor
+    page = client.get("/console/account/two-factor", {"required_by": locked.id})
+    assert page.status_code == 200
+    assert "Bluefin Secret Labs" not in page.content.decode()
