@@ -1,5 +1,5 @@
 """Every write operation of the REST API, performed once by its organization's Owner with a valid body, records an
-audit event of that very request (its X-Request-Id) in that organization.
+audit event of that very request (its X-Request-Id) in that organization, naming the caller.
 
 The operations are derived from the URL map (tests/api_walk.py; the tenancy test checks it against the OpenAPI
 document): a new write operation fails here until it has a body below (or none is needed) and answers 2xx, or is
@@ -238,6 +238,15 @@ def _client(world: World, name: str) -> APIClient:
     return client
 
 
+def _caller_of(world: World, name: str) -> tuple[int, int | None]:
+    """(user, API key) the audit must name as the actor."""
+    if name == "POST /api/v1/invitations/accept":
+        return world.invitee.pk, None
+    if name == "POST /api/v1/organizations":
+        return world.org.owner.pk, None
+    return world.org.owner.pk, world.org.owner_key.pk
+
+
 def _organization_of(world: World, name: str, response) -> object:
     if name == "POST /api/v1/organizations":
         from organizations.models import Organization
@@ -262,6 +271,7 @@ def test_write_operation_records_an_audit_event_of_its_request_when_it_succeeds(
             response = getattr(client, operation.method)(url, json.dumps(body), content_type="application/json")
         events = list(AuditEvent.objects.filter(request_id=response["X-Request-Id"]))
         organizations = {event.organization_id for event in events}
+        actors = {(event.actor_id, event.api_key_id) for event in events}
         expected = _organization_of(world, name, response) if 200 <= response.status_code < 300 else None
         transaction.set_rollback(True)
     assert 200 <= response.status_code < 300, (response.status_code, response.content[:500])
@@ -270,3 +280,4 @@ def test_write_operation_records_an_audit_event_of_its_request_when_it_succeeds(
         return
     assert events, f"{name} answered {response.status_code} and recorded no audit event"
     assert organizations == {expected}
+    assert actors == {_caller_of(world, name)}, "the audit event names someone other than the caller"
