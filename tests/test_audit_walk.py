@@ -1,10 +1,11 @@
 """Every write operation of the REST API, performed once by its organization's Owner with a valid body, records an
 audit event of that very request (its X-Request-Id) in that organization, naming the caller.
 
-The operations are derived from the URL map (tests/api_walk.py; the tenancy test checks it against the OpenAPI
-document): a new write operation fails here until it has a body below (or none is needed) and answers 2xx, or is
-allow-listed with its reason. The organization and every operation's sample objects are made once for the module
-(tests/module_data.py); each request runs in a savepoint of that data, rolled back after it.
+The operations are derived from the URL map (tests/api_walk.py) and checked against the OpenAPI document: a new write
+operation fails here until it answers 2xx (given a body below where it needs one) and is audited, or is allow-listed
+with the reason it changes nothing. The organization and every operation's sample objects are made once for the
+module (tests/module_data.py); each request runs in a savepoint of that data, rolled back after it, so on_commit work
+never runs: an audit event written after the change's transaction would not count, as it should not.
 """
 
 import dataclasses
