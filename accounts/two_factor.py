@@ -72,8 +72,11 @@ def two_factor_begin(*, user: User) -> TOTPDevice:
     password first, and shows the key only to the session that began (any earlier pending key is dropped)."""
     if TOTPDevice.objects.filter(user=user, confirmed=True).exists():
         raise Conflict("Two-factor authentication is already on.", code="two-factor-already-on")
-    TOTPDevice.objects.filter(user=user, confirmed=False).delete()
-    return TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+    dropped = TOTPDevice.objects.filter(user=user, confirmed=False).delete()[0]
+    device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+    # A stored key that a code can turn into the account's second factor: audited, as its confirmation is.
+    _audit("two_factor.setup_begin", user=user, summary={"device": device.name, "pending_dropped": dropped})
+    return device
 
 
 def verified_by_recovery_code(user) -> bool:
