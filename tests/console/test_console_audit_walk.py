@@ -1,0 +1,391 @@
+"""Every console view that takes a POST, submitted once by its organization's Owner with a valid form, records an audit
+event of that very request (its X-Request-Id), in that organization (none for the signed-in user's own account),
+naming the user: the console's mutations are held to the rule the API's are (tests/test_audit_walk.py).
+
+The views are derived from the URL map and their method decorators, so a new POST view fails here until it is walked
+(FORMS), allow-listed as changing nothing stored (NOT_AUDITED), or named as not walked yet (NOT_WALKED). The
+organization and its sample objects are made once for the module (tests/module_data.py); each submission runs in a
+savepoint of that data, rolled back after it, so on_commit work never runs and an audit written after the change's
+transaction does not count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from audit.models import AuditEvent
+from tests.factories import PASSWORD, UserFactory, make_organization
+from tests.module_data import data_for_module
+
+pytestmark = pytest.mark.django_db
+
+
+def _methods(callback) -> set[str]:
+    """The HTTP methods a view answers: a class-based view's handlers, or the list its require_http_methods
+    (require_POST, require_GET) decorator closes over; a function view without one answers every method."""
+    view_class = getattr(callback, "view_class", None)
+    if view_class is not None:
+        return {name.upper() for name in view_class.http_method_names if hasattr(view_class, name)}
+    function = callback
+    while function is not None:
+        if function.__closure__:
+            allowed = inspect.getclosurevars(function).nonlocals.get("request_method_list")
+            if allowed is not None:
+                return set(allowed)
+        function = getattr(function, "__wrapped__", None)
+    return {"GET", "POST", "PUT", "PATCH", "DELETE"}
+
+
+def _console_patterns(patterns, namespace=""):
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            yield from _console_patterns(pattern.url_patterns, pattern.namespace or namespace)
+        elif isinstance(pattern, URLPattern) and namespace == "console":
+            yield pattern
+
+
+def console_post_views() -> list[str]:
+    """The names of the console's URL patterns whose view takes a POST."""
+    return sorted(p.name for p in _console_patterns(get_resolver().url_patterns) if "POST" in _methods(p.callback))
+
+
+POST_VIEWS = console_post_views()
+
+
+@dataclasses.dataclass
+class World:
+    org: Any  # tests.factories.OrgFixture, whose fields are untyped
+    member: str
+    project: str
+    deployment: str
+    enrolled: Any  # a user with two-factor authentication on, and its TOTP device
+    device: Any
+
+
+def _build_world() -> World:
+    from projects import services as project_services
+    from tests.console.helpers import deployment, settle
+    from tests.otp import enrol
+
+    org: Any = make_organization()
+    _user, member = org.add_member(roles=["auditor"])
+    project = project_services.project_create(organization=org.organization, actor=None, name="walk project")
+    plant = settle(deployment(org.default_project, name="walk-plant"))
+    enrolled: Any = UserFactory()
+    device, _codes = enrol(enrolled)
+    return World(
+        org=org,
+        member=member.public_id,
+        project=project.public_id,
+        deployment=plant.public_id,
+        enrolled=enrolled,
+        device=device,
+    )
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker):
+    with data_for_module(django_db_blocker, _build_world) as data:
+        yield data
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    url: str
+    data: dict
+    user: Any  # the user the audit event must name
+    account_level: bool = False  # the event belongs to no organization: the user's own account
+
+
+def _org_url(world: World, tail: str = "") -> str:
+    return f"/console/o/{world.org.organization.public_id}{tail}"
+
+
+def _project_url(world: World, tail: str = "", project: str | None = None) -> str:
+    return _org_url(world, f"/p/{project or world.org.default_project.public_id}{tail}")
+
+
+def _deployment_url(world: World, tail: str = "") -> str:
+    return _project_url(world, f"/d/{world.deployment}{tail}")
+
+
+def _as_owner(client: Client, world: World) -> Any:
+    client.force_login(world.org.owner)
+    return world.org.owner
+
+
+def _login(world: World, client: Client) -> Submission:
+    return Submission(
+        "/console/login", {"username": world.org.owner.email, "password": PASSWORD}, world.org.owner, True
+    )
+
+
+def _login_verify(world: World, client: Client) -> Submission:
+    from tests.otp import next_code
+
+    client.post("/console/login", {"username": world.enrolled.email, "password": PASSWORD})
+    return Submission("/console/login/verify", {"code": next_code(world.device)}, world.enrolled, True)
+
+
+def _two_factor_verify(world: World, client: Client) -> Submission:
+    from tests.otp import next_code
+
+    client.force_login(world.enrolled)  # signed in, not verified by the second factor
+    return Submission("/console/account/two-factor/verify", {"code": next_code(world.device)}, world.enrolled, True)
+
+
+def _two_factor_start(world: World, client: Client) -> Submission:
+    user = _as_owner(client, world)
+    return Submission("/console/account/two-factor", {"action": "start", "password": PASSWORD}, user, True)
+
+
+def _two_factor_setup(world: World, client: Client) -> Submission:
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from tests.otp import totp_code
+
+    user = _as_owner(client, world)
+    client.post("/console/account/two-factor", {"action": "start", "password": PASSWORD})
+    pending = TOTPDevice.objects.get(user=user, confirmed=False)
+    return Submission("/console/account/two-factor/setup", {"code": totp_code(pending)}, user, True)
+
+
+def _organization_two_factor(world: World, client: Client) -> Submission:
+    """Only an Owner with a second factor, in a session it verified, may require one of every member."""
+    from tests.otp import enrol, next_code
+
+    # A copy: enrolling changes the user's row (its sessions end), which the rollback restores but the module's
+    # object would keep.
+    owner = type(world.org.owner).objects.get(pk=world.org.owner.pk)
+    device, _codes = enrol(owner)
+    client.post("/console/login", {"username": owner.email, "password": PASSWORD})
+    client.post("/console/login/verify", {"code": next_code(device)})
+    url = f"/console/account/two-factor/organizations/{world.org.organization.public_id}"
+    return Submission(url, {"require_two_factor": "on"}, owner)
+
+
+def _enrolled(path: str) -> Callable[[World, Client], Submission]:
+    def submission(world: World, client: Client) -> Submission:
+        client.force_login(world.enrolled)
+        return Submission(path, {"password": PASSWORD}, world.enrolled, True)
+
+    return submission
+
+
+def _owner(url: Callable[[World], str], data: dict | Callable[[World], dict] | None = None, *, account_level=False):
+    def submission(world: World, client: Client) -> Submission:
+        user = _as_owner(client, world)
+        body = data(world) if callable(data) else dict(data or {})
+        return Submission(url(world), body, user, account_level)
+
+    return submission
+
+
+def _sample(world: World, kind: str, route: str = "", **values: str) -> str:
+    """A fresh object of `kind`, made as tests/test_audit_walk.py makes the API's (tests/api_walk.py)."""
+    from tests.api_walk import SAMPLE_MAKERS
+
+    return SAMPLE_MAKERS[kind](world.org, {"dep": world.deployment, **values}, route)
+
+
+def _on_sample(kind: str, tail: Callable[[World, str], str], data=None, *, route: str = ""):
+    """The Owner submits `data` to the page `tail` names for a fresh object of `kind`."""
+
+    def submission(world: World, client: Client) -> Submission:
+        user = _as_owner(client, world)
+        made = _sample(world, kind, route)
+        body = data(world, made) if callable(data) else dict(data or {})
+        return Submission(tail(world, made), body, user)
+
+    return submission
+
+
+def _invitation_accept(world: World, client: Client) -> Submission:
+    from organizations import services as organization_services
+
+    invitee: Any = UserFactory()
+    _invitation, token = organization_services.invitation_create(
+        organization=world.org.organization, actor=None, email=invitee.email, roles=["auditor"]
+    )
+    client.force_login(invitee)
+    return Submission("/console/invitations/accept", {"token": token}, invitee)
+
+
+# A valid form per POST view walked: a callable gets the module's world and the test's client (to sign in, or to take
+# a step the form needs first) and returns what to submit.
+FORMS: dict[str, Callable[[World, Client], Submission]] = {
+    "login": _login,
+    "login-verify": _login_verify,
+    "two-factor-verify": _two_factor_verify,
+    "two-factor": _two_factor_start,
+    "two-factor-setup": _two_factor_setup,
+    "two-factor-disable": _enrolled("/console/account/two-factor/disable"),
+    "two-factor-recovery-codes": _enrolled("/console/account/two-factor/recovery-codes"),
+    "password-change": _owner(
+        lambda w: "/console/account/password",
+        {"old_password": PASSWORD, "new_password1": "a walk of new words", "new_password2": "a walk of new words"},
+        account_level=True,
+    ),
+    "organization-two-factor": _organization_two_factor,
+    "organization": _owner(lambda w: _org_url(w), {"new-name": "walked project"}),
+    "settings": _owner(lambda w: _org_url(w, "/settings"), {"org-name": "Walk renamed"}),
+    "transfer": _owner(lambda w: _org_url(w, "/settings/transfer-ownership"), lambda w: {"transfer-member": w.member}),
+    "members": _owner(
+        lambda w: _org_url(w, "/members"), {"invite-email": "walk@example.com", "invite-role": "auditor"}
+    ),
+    "member-remove": _owner(lambda w: _org_url(w, f"/members/{w.member}/remove")),
+    "api-keys": _owner(lambda w: _org_url(w, "/api-keys"), {"new-name": "walk key", "new-role": "auditor"}),
+    "api-key-revoke": _owner(lambda w: _org_url(w, f"/api-keys/{w.org.owner_key.public_id}/revoke")),
+    "api-key-protection": _owner(
+        lambda w: _org_url(w, f"/api-keys/{w.org.owner_key.public_id}/protection"), {"deletion_protection": "on"}
+    ),
+    "project-settings": _owner(lambda w: _project_url(w, "/settings"), {"name": "walked", "description": "walked"}),
+    "project-delete": _owner(lambda w: _project_url(w, "/delete", project=w.project)),
+    "deployment-rename": _owner(lambda w: _deployment_url(w, "/rename"), {"rename-name": "walk-renamed"}),
+    "deployment-protection": _owner(lambda w: _deployment_url(w, "/protection"), {"deletion_protection": "on"}),
+    "deployment-mqtt-users": _owner(
+        lambda w: _deployment_url(w, "/mqtt-users"), {"new-username": "walker", "new-password": "a long mqtt password"}
+    ),
+    "deployment-acl": _owner(
+        lambda w: _deployment_url(w, "/acl"),
+        {"new-permission": "deny", "new-action": "subscribe", "new-topic": "walk/#"},
+    ),
+    "invitation-accept": _invitation_accept,
+    "deployment-action": _owner(lambda w: _deployment_url(w, "/actions/restart")),
+    "deployment-move": _owner(lambda w: _deployment_url(w, "/move"), lambda w: {"project": w.project}),
+    "deployment-delete": _owner(lambda w: _deployment_url(w, "/delete"), {"confirm_name": "walk-plant"}),
+    "deployment-mqtt-user-delete": _on_sample("user", lambda w, made: _deployment_url(w, f"/mqtt-users/{made}/delete")),
+    "deployment-mqtt-user-password": _on_sample(
+        "user",
+        lambda w, made: _deployment_url(w, f"/mqtt-users/{made}/password"),
+        lambda w, made: {f"{made}-password": "another long mqtt password"},
+    ),
+    "deployment-acl-delete": _on_sample(
+        "rule", lambda w, made: _deployment_url(w, f"/acl/{made}/delete"), route="/acl-rules/"
+    ),
+    "deployment-acl-move": _on_sample(
+        "rule", lambda w, made: _deployment_url(w, f"/acl/{made}/move"), {"direction": "down"}, route="/acl-rules/"
+    ),
+    "channel": _on_sample("channel", lambda w, made: _org_url(w, f"/channels/{made}"), {"enabled": "off"}),
+    "channel-delete": _on_sample("channel", lambda w, made: _org_url(w, f"/channels/{made}/delete")),
+    "alert-rule-toggle": _on_sample(
+        "rule", lambda w, made: _project_url(w, f"/alert-rules/{made}/toggle"), {"enabled": "off"}
+    ),
+    "alert-rule-delete": _on_sample("rule", lambda w, made: _project_url(w, f"/alert-rules/{made}/delete")),
+    "silence-expire": _on_sample("silence", lambda w, made: _project_url(w, f"/silences/{made}/expire")),
+    "billing-budget": _owner(
+        lambda w: _org_url(w, "/billing/budget"),
+        {"budget-metric": "spend_month_to_date", "budget-budget_amount": "250"},
+    ),
+    "billing-details": _owner(
+        lambda w: _org_url(w, "/billing/details"),
+        {
+            "details-country": "US",
+            "details-email": "ap@example.com",
+            "details-address": "1 Main St",
+            "details-city": "Springfield",
+            "details-postal_code": "94105",
+        },
+    ),
+}
+
+# POST views that rightly record no audit event: each changes nothing stored. A view that changes stored state does
+# not belong here: the service it calls forgot its audit_record.
+_ANY_METHOD = "a page whose view takes every method (no method decorator): a POST renders it, storing nothing"
+NOT_AUDITED: dict[str, str] = {
+    "logout": "ends this browser's own session (Django's LogoutView); the account and its organizations are unchanged",
+    "signup": "enqueues the confirmation email; the account is made on the link's page (signup-confirm)",
+    "password-reset": "enqueues the reset email; the password changes on the link's page (password-reset-confirm)",
+    "deployment-schema-try": "try it: decodes or encodes the posted payload with the schema, stores nothing",
+    "deployment-codec-rule-try": "try it: runs the rule on the posted payload, stores nothing",
+    "deployment-vpc-peering-check": "the pre-flight checks of a peering, run without creating anything",
+    "home": _ANY_METHOD,
+    "signup-sent": _ANY_METHOD,
+    "password-reset-done": _ANY_METHOD,
+    "password-reset-complete": _ANY_METHOD,
+    "two-factor-qr": _ANY_METHOD,
+}
+
+# POST views this walk does not submit yet: each is still to be given a form above. Not an allow-list of the
+# unaudited: the list only shrinks.
+NOT_WALKED: frozenset[str] = frozenset(
+    {
+        "alert-acknowledge",
+        "alert-rule",
+        "alert-rule-create",
+        "api-key-rotate",
+        "billing-auto-renew",
+        "billing-card",
+        "billing-credits",
+        "channel-test",
+        "channels",
+        "deployment-annual",
+        "deployment-annual-quote",
+        "deployment-codec-rule",
+        "deployment-codec-rule-delete",
+        "deployment-codec-rule-toggle",
+        "deployment-codec-rules",
+        "deployment-create",
+        "deployment-device-credentials",
+        "deployment-device-delete",
+        "deployment-device-edit",
+        "deployment-device-enabled",
+        "deployment-device-group-delete",
+        "deployment-device-groups",
+        "deployment-device-register",
+        "deployment-device-shadow",
+        "deployment-devices-import",
+        "deployment-edge-node",
+        "deployment-edge-node-delete",
+        "deployment-edge-nodes",
+        "deployment-rate-limits",
+        "deployment-schema",
+        "deployment-schema-delete",
+        "deployment-schemas",
+        "deployment-tls",
+        "deployment-tls-delete",
+        "deployment-vpc-peering",
+        "deployment-vpc-peering-delete",
+        "deployment-vpc-peering-protection",
+        "invitation-resend",
+        "invitation-revoke",
+        "member-edit",
+        "password-reset-confirm",
+        "signup-confirm",
+        "silence-create",
+    }
+)
+
+
+def test_walk_names_every_console_post_view_once():
+    """A new POST view fails here until it is walked, allow-listed or named as not walked yet."""
+    walked, allowed, pending = set(FORMS), set(NOT_AUDITED), set(NOT_WALKED)
+    assert walked & allowed == walked & pending == allowed & pending == set(), "a view named twice"
+    assert set(POST_VIEWS) - (walked | allowed | pending) == set(), "a POST view the walk does not know"
+    assert (walked | allowed | pending) - set(POST_VIEWS) == set(), "an entry for a view that is gone or takes no POST"
+    assert len(POST_VIEWS) >= 80
+
+
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_console_post_records_an_audit_event_of_its_request_when_it_succeeds(name, world, redis_clean):
+    with transaction.atomic():
+        client = Client()
+        submission = FORMS[name](world, client)
+        response = client.post(submission.url, submission.data)
+        events = list(AuditEvent.objects.filter(request_id=response["X-Request-Id"]))
+        organizations = {event.organization_id for event in events}
+        actors = {event.actor_id for event in events}
+        transaction.set_rollback(True)
+    assert response.status_code < 400, (response.status_code, response.content[:800])
+    assert events, f"{name} answered {response.status_code} and recorded no audit event"
+    expected = None if submission.account_level else world.org.organization.pk
+    assert organizations == {expected}
+    assert actors == {submission.user.pk}, "the audit event names someone other than the user"
