@@ -12,6 +12,7 @@ transaction does not count.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from tests.factories import PASSWORD, UserFactory, make_organization
@@ -103,6 +105,10 @@ class Submission:
     data: dict
     user: Any  # the user the audit event must name
     account_level: bool = False  # the event belongs to no organization: the user's own account
+
+
+def _later(**delta) -> str:
+    return (timezone.now() + datetime.timedelta(**delta)).strftime("%Y-%m-%dT%H:%M")
 
 
 def _org_url(world: World, tail: str = "") -> str:
@@ -285,6 +291,28 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
         lambda w: _org_url(w, "/billing/budget"),
         {"budget-metric": "spend_month_to_date", "budget-budget_amount": "250"},
     ),
+    "invitation-resend": _on_sample("invitation", lambda w, made: _org_url(w, f"/invitations/{made}/resend")),
+    "invitation-revoke": _on_sample("invitation", lambda w, made: _org_url(w, f"/invitations/{made}/revoke")),
+    "member-edit": _owner(lambda w: _org_url(w, f"/members/{w.member}"), {"roles": ["accountant"]}),
+    "api-key-rotate": _owner(
+        lambda w: _org_url(w, f"/api-keys/{w.org.owner_key.public_id}/rotate"), {"overlap_seconds": "600"}
+    ),
+    "silence-create": _owner(lambda w: _project_url(w, "/silences"), lambda w: {"silence-ends_at": _later(hours=1)}),
+    "alert-acknowledge": _on_sample(
+        "alert",
+        lambda w, made: _org_url(w, f"/alerts/{made}/acknowledge"),
+        lambda w, made: {f"{made}-comment": "walking it", f"{made}-duration": "3600"},
+    ),
+    "channels": _owner(
+        lambda w: _org_url(w, "/channels"),
+        {"new-name": "walk channel", "new-type": "email", "new-addresses": "walk@example.com"},
+    ),
+    "channel-test": _on_sample("channel", lambda w, made: _org_url(w, f"/channels/{made}/test")),
+    "deployment-annual": _owner(lambda w: _deployment_url(w, "/annual")),
+    "deployment-annual-quote": _on_sample(
+        "quote", lambda w, made: _deployment_url(w, f"/annual/{made}"), {"accept-auto_renew": "on"}
+    ),
+    "deployment-tls-delete": _on_sample("cert", lambda w, made: _deployment_url(w, f"/tls/{made}/delete")),
     "billing-details": _owner(
         lambda w: _org_url(w, "/billing/details"),
         {
@@ -318,17 +346,11 @@ NOT_AUDITED: dict[str, str] = {
 # unaudited: the list only shrinks.
 NOT_WALKED: frozenset[str] = frozenset(
     {
-        "alert-acknowledge",
         "alert-rule",
         "alert-rule-create",
-        "api-key-rotate",
         "billing-auto-renew",
         "billing-card",
         "billing-credits",
-        "channel-test",
-        "channels",
-        "deployment-annual",
-        "deployment-annual-quote",
         "deployment-codec-rule",
         "deployment-codec-rule-delete",
         "deployment-codec-rule-toggle",
@@ -351,16 +373,11 @@ NOT_WALKED: frozenset[str] = frozenset(
         "deployment-schema-delete",
         "deployment-schemas",
         "deployment-tls",
-        "deployment-tls-delete",
         "deployment-vpc-peering",
         "deployment-vpc-peering-delete",
         "deployment-vpc-peering-protection",
-        "invitation-resend",
-        "invitation-revoke",
-        "member-edit",
         "password-reset-confirm",
         "signup-confirm",
-        "silence-create",
     }
 )
 
