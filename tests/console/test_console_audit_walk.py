@@ -68,12 +68,14 @@ class World:
     member: str
     project: str
     deployment: str
+    premium: str  # a Premium deployment, for devices, schemas, codec rules and edge nodes
     enrolled: Any  # a user with two-factor authentication on, and its TOTP device
     device: Any
 
 
 def _build_world() -> World:
     from projects import services as project_services
+    from tests.api_walk import SAMPLE_MAKERS
     from tests.console.helpers import deployment, settle
     from tests.otp import enrol
 
@@ -81,6 +83,7 @@ def _build_world() -> World:
     _user, member = org.add_member(roles=["auditor"])
     project = project_services.project_create(organization=org.organization, actor=None, name="walk project")
     plant = settle(deployment(org.default_project, name="walk-plant"))
+    premium = SAMPLE_MAKERS["dep"](org, {}, "/devices")
     enrolled: Any = UserFactory()
     device, _codes = enrol(enrolled)
     return World(
@@ -88,6 +91,7 @@ def _build_world() -> World:
         member=member.public_id,
         project=project.public_id,
         deployment=plant.public_id,
+        premium=premium,
         enrolled=enrolled,
         device=device,
     )
@@ -121,6 +125,10 @@ def _project_url(world: World, tail: str = "", project: str | None = None) -> st
 
 def _deployment_url(world: World, tail: str = "") -> str:
     return _project_url(world, f"/d/{world.deployment}{tail}")
+
+
+def _premium_url(world: World, tail: str = "") -> str:
+    return _project_url(world, f"/d/{world.premium}{tail}")
 
 
 def _as_owner(client: Client, world: World) -> Any:
@@ -195,11 +203,15 @@ def _owner(url: Callable[[World], str], data: dict | Callable[[World], dict] | N
     return submission
 
 
+_PREMIUM = {"device", "group", "node", "schema", "codec_rule"}
+
+
 def _sample(world: World, kind: str, route: str = "", **values: str) -> str:
     """A fresh object of `kind`, made as tests/test_audit_walk.py makes the API's (tests/api_walk.py)."""
     from tests.api_walk import SAMPLE_MAKERS
 
-    return SAMPLE_MAKERS[kind](world.org, {"dep": world.deployment, **values}, route)
+    dep = world.premium if kind in _PREMIUM else world.deployment
+    return SAMPLE_MAKERS[kind](world.org, {"dep": dep, **values}, route)
 
 
 def _on_sample(kind: str, tail: Callable[[World, str], str], data=None, *, route: str = ""):
@@ -313,6 +325,44 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
         "quote", lambda w, made: _deployment_url(w, f"/annual/{made}"), {"accept-auto_renew": "on"}
     ),
     "deployment-tls-delete": _on_sample("cert", lambda w, made: _deployment_url(w, f"/tls/{made}/delete")),
+    "deployment-rate-limits": _owner(lambda w: _deployment_url(w, "/rate-limits"), {"connection-messages_rate": "100"}),
+    "deployment-vpc-peering-protection": _on_sample(
+        "peering",
+        lambda w, made: _deployment_url(w, f"/vpc-peering/{made}/protection"),
+        {"deletion_protection": "on"},
+    ),
+    "deployment-vpc-peering-delete": _on_sample(
+        "peering", lambda w, made: _deployment_url(w, f"/vpc-peering/{made}/delete")
+    ),
+    "deployment-device-register": _owner(lambda w: _premium_url(w, "/devices/new"), {"device_id": "walk-device"}),
+    "deployment-device-groups": _owner(lambda w: _premium_url(w, "/device-groups"), {"group-name": "walkers"}),
+    "deployment-device-group-delete": _on_sample(
+        "group", lambda w, made: _premium_url(w, f"/device-groups/{made}/delete")
+    ),
+    "deployment-device-enabled": _on_sample(
+        "device", lambda w, made: _premium_url(w, f"/device/{made}/enabled"), {"enabled": "false"}
+    ),
+    "deployment-device-shadow": _on_sample(
+        "device", lambda w, made: _premium_url(w, f"/device/{made}/shadow"), {"desired": '{"walk": 2}'}
+    ),
+    "deployment-device-edit": _on_sample(
+        "device", lambda w, made: _premium_url(w, f"/device/{made}/edit"), {"description": "walked"}
+    ),
+    "deployment-device-credentials": _on_sample(
+        "device", lambda w, made: _premium_url(w, f"/device/{made}/credentials")
+    ),
+    "deployment-device-delete": _on_sample("device", lambda w, made: _premium_url(w, f"/device/{made}/delete")),
+    "deployment-schema-delete": _on_sample("schema", lambda w, made: _premium_url(w, f"/schemas/{made}/delete")),
+    "deployment-codec-rule-toggle": _on_sample(
+        "codec_rule", lambda w, made: _premium_url(w, f"/codec-rules/{made}/toggle"), {"enabled": "false"}
+    ),
+    "deployment-codec-rule-delete": _on_sample(
+        "codec_rule", lambda w, made: _premium_url(w, f"/codec-rules/{made}/delete")
+    ),
+    "deployment-edge-nodes": _owner(
+        lambda w: _premium_url(w, "/edge-nodes"), {"node-name": "walk-node", "node-kind": "mosquitto"}
+    ),
+    "deployment-edge-node-delete": _on_sample("node", lambda w, made: _premium_url(w, f"/edge-nodes/{made}/delete")),
     "billing-details": _owner(
         lambda w: _org_url(w, "/billing/details"),
         {
@@ -352,30 +402,14 @@ NOT_WALKED: frozenset[str] = frozenset(
         "billing-card",
         "billing-credits",
         "deployment-codec-rule",
-        "deployment-codec-rule-delete",
-        "deployment-codec-rule-toggle",
         "deployment-codec-rules",
         "deployment-create",
-        "deployment-device-credentials",
-        "deployment-device-delete",
-        "deployment-device-edit",
-        "deployment-device-enabled",
-        "deployment-device-group-delete",
-        "deployment-device-groups",
-        "deployment-device-register",
-        "deployment-device-shadow",
         "deployment-devices-import",
         "deployment-edge-node",
-        "deployment-edge-node-delete",
-        "deployment-edge-nodes",
-        "deployment-rate-limits",
         "deployment-schema",
-        "deployment-schema-delete",
         "deployment-schemas",
         "deployment-tls",
         "deployment-vpc-peering",
-        "deployment-vpc-peering-delete",
-        "deployment-vpc-peering-protection",
         "password-reset-confirm",
         "signup-confirm",
     }
