@@ -281,7 +281,11 @@ def user_set_active(*, user: User, actor: Principal | None, active: bool) -> Use
 
 
 @transaction.atomic
-def user_password_change_record(*, user: User, actor: Principal | None, how: str) -> None:
-    """Record a password change (`how`: change or reset). The new password hash already ended the user's other
-    sessions: Django compares each session's hash of it on every request."""
+def user_password_change(*, user: User, actor: Principal | None, password: str, how: str) -> User:
+    """Set the user's password (`how`: change or reset; the caller's form validated it) and record the change in the
+    same transaction. The new hash ends the user's other sessions: Django compares each session's hash of it on every
+    request."""
+    user.set_password(password)
+    user.save(update_fields=["password"])
     _audit("user.password_change", actor=actor, user=user, summary={"email": user.email, "how": how})
+    return user

@@ -256,12 +256,16 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
         return user if user is not None and user.is_active else None
 
     def form_valid(self, form):
-        response = super().form_valid(form)
-        # The new password hash already ended every session of the user (Django compares it on each request).
-        account_services.user_password_change_record(
-            user=form.user, actor=access.Principal(user=form.user), how="reset"
+        # Django's form_valid saves the password itself, outside the transaction the audit needs: the service does
+        # both. The new password hash ends every session of the user (Django compares it on each request).
+        account_services.user_password_change(
+            user=form.user,
+            actor=access.Principal(user=form.user),
+            password=form.cleaned_data["new_password1"],
+            how="reset",
         )
-        return response
+        del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
+        return HttpResponseRedirect(self.get_success_url())
 
 
 def password_reset_done(request):
@@ -301,9 +305,10 @@ def password_change(request):
         else:
             signin.signin_passed(attempt)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
+        user = account_services.user_password_change(
+            user=request.user, actor=_principal(request), password=form.cleaned_data["new_password1"], how="change"
+        )
         update_session_auth_hash(request, user)  # this session stays; every other one ends at its next request
-        account_services.user_password_change_record(user=user, actor=_principal(request), how="change")
         messages.success(request, "Your password was changed. Your other sessions were signed out.")
         return redirect("console:password-change")
     return render(request, "console/account/password_change.html", {"form": form})

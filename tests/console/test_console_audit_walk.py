@@ -186,6 +186,19 @@ def _organization_two_factor(world: World, client: Client) -> Submission:
     return Submission(url, {"require_two_factor": "on"}, owner)
 
 
+def _password_reset_confirm(world: World, client: Client) -> Submission:
+    from django.contrib.auth.tokens import default_token_generator
+    from django.utils.encoding import force_bytes
+    from django.utils.http import urlsafe_base64_encode
+
+    # The token hashes the row's password and last sign-in, which earlier walks changed on the module's object only.
+    user = type(world.org.owner).objects.get(pk=world.org.owner.pk)
+    uid = urlsafe_base64_encode(force_bytes(user.pk))
+    link = client.get(f"/console/password-reset/{uid}/{default_token_generator.make_token(user)}")
+    new = "a walk of new words"
+    return Submission(link["Location"], {"new_password1": new, "new_password2": new}, user, True)
+
+
 def _enrolled(path: str) -> Callable[[World, Client], Submission]:
     def submission(world: World, client: Client) -> Submission:
         client.force_login(world.enrolled)
@@ -253,6 +266,7 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
         account_level=True,
     ),
     "organization-two-factor": _organization_two_factor,
+    "password-reset-confirm": _password_reset_confirm,
     "organization": _owner(lambda w: _org_url(w), {"new-name": "walked project"}),
     "settings": _owner(lambda w: _org_url(w, "/settings"), {"org-name": "Walk renamed"}),
     "transfer": _owner(lambda w: _org_url(w, "/settings/transfer-ownership"), lambda w: {"transfer-member": w.member}),
@@ -410,7 +424,6 @@ NOT_WALKED: frozenset[str] = frozenset(
         "deployment-schemas",
         "deployment-tls",
         "deployment-vpc-peering",
-        "password-reset-confirm",
         "signup-confirm",
     }
 )
