@@ -199,6 +199,26 @@ def _password_reset_confirm(world: World, client: Client) -> Submission:
     return Submission(link["Location"], {"new_password1": new, "new_password2": new}, user, True)
 
 
+def _auto_renew(world: World, client: Client) -> Submission:
+    from billing.annual import annual_quote_accept, annual_quote_create
+    from deployments.models import Deployment
+
+    user = _as_owner(client, world)
+    dep = Deployment.objects.get(public_id=_sample(world, "dep"))
+    subscription = annual_quote_accept(quote=annual_quote_create(deployment=dep, actor=None), actor=None)
+    return Submission(
+        _org_url(world, f"/billing/annual/{subscription.public_id}/auto-renew"), {"auto_renew": "on"}, user
+    )
+
+
+def _coupon(world: World, client: Client) -> Submission:
+    from billing.models import Coupon
+
+    user = _as_owner(client, world)
+    Coupon.objects.create(code="WALK10", amount=1000, currency="USD")
+    return Submission(_org_url(world, "/billing/credits"), {"coupon-code": "WALK10"}, user)
+
+
 def _enrolled(path: str) -> Callable[[World, Client], Submission]:
     def submission(world: World, client: Client) -> Submission:
         client.force_login(world.enrolled)
@@ -377,6 +397,21 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
         lambda w: _premium_url(w, "/edge-nodes"), {"node-name": "walk-node", "node-kind": "mosquitto"}
     ),
     "deployment-edge-node-delete": _on_sample("node", lambda w, made: _premium_url(w, f"/edge-nodes/{made}/delete")),
+    "billing-auto-renew": _auto_renew,
+    "billing-credits": _coupon,
+    "deployment-schemas": _owner(
+        lambda w: _premium_url(w, "/schemas"),
+        {
+            "new-name": "walk",
+            "new-type": "json_schema",
+            "new-source": '{"type": "object", "properties": {"t": {"type": "number"}}}',
+        },
+    ),
+    "deployment-schema": _on_sample(
+        "schema",
+        lambda w, made: _premium_url(w, f"/schemas/{made}"),
+        {"version-source": '{"type": "object", "properties": {"u": {"type": "number"}}}'},
+    ),
     "billing-details": _owner(
         lambda w: _org_url(w, "/billing/details"),
         {
@@ -412,16 +447,12 @@ NOT_WALKED: frozenset[str] = frozenset(
     {
         "alert-rule",
         "alert-rule-create",
-        "billing-auto-renew",
         "billing-card",
-        "billing-credits",
         "deployment-codec-rule",
         "deployment-codec-rules",
         "deployment-create",
         "deployment-devices-import",
         "deployment-edge-node",
-        "deployment-schema",
-        "deployment-schemas",
         "deployment-tls",
         "deployment-vpc-peering",
         "signup-confirm",
