@@ -219,6 +219,14 @@ def _coupon(world: World, client: Client) -> Submission:
     return Submission(_org_url(world, "/billing/credits"), {"coupon-code": "WALK10"}, user)
 
 
+def _device_import(world: World, client: Client) -> Submission:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    user = _as_owner(client, world)
+    upload = SimpleUploadedFile("devices.csv", b"device_id\nwalk-imported\n", content_type="text/csv")
+    return Submission(_premium_url(world, "/devices/import"), {"file": upload}, user)
+
+
 def _enrolled(path: str) -> Callable[[World, Client], Submission]:
     def submission(world: World, client: Client) -> Submission:
         client.force_login(world.enrolled)
@@ -398,6 +406,7 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
     ),
     "deployment-edge-node-delete": _on_sample("node", lambda w, made: _premium_url(w, f"/edge-nodes/{made}/delete")),
     "billing-auto-renew": _auto_renew,
+    "deployment-devices-import": _device_import,
     "billing-credits": _coupon,
     "deployment-schemas": _owner(
         lambda w: _premium_url(w, "/schemas"),
@@ -471,7 +480,6 @@ NOT_WALKED: frozenset[str] = frozenset(
         "deployment-codec-rule",
         "deployment-codec-rules",
         "deployment-create",
-        "deployment-devices-import",
         "deployment-edge-node",
         "deployment-tls",
         "deployment-vpc-peering",
