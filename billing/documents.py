@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from django.template.loader import render_to_string
 
-from billing.models import CreditNote, Invoice
+from billing.models import CreditNote, Invoice, InvoiceKind
 from billing.money import format_money
 from billing.pdf import InvoiceDocument, InvoiceLine, NationalVat, Party, VatLine, national_vat_text, render_invoice_pdf
 
@@ -49,6 +49,12 @@ def invoice_document(invoice: Invoice) -> InvoiceDocument:
     notes = list(invoice.notes or [])
     if invoice.kind == "annual":
         notes.append("Annual plan, prepaid. Coupons do not apply to annual plans.")
+    if invoice.kind == InvoiceKind.LATE_USAGE and invoice.period_start:
+        notes.append(
+            f"Late usage of an earlier month: usage of {invoice.period_start:%B %Y} metered after that month's "
+            "invoice was issued, taxed by the rules in force in that month (Article 64(1), Council Directive "
+            "2006/112/EC)."
+        )
     if any(
         line.usage_month and line.usage_month < invoice.period_start
         for line in invoice.lines.all()

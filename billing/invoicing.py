@@ -1,7 +1,8 @@
-"""Invoices: the monthly close (usage and traffic in arrears per billing account, with late usage of earlier months),
-single invoices (annual prepaid, upgrades), drafts held until they can be issued complete, and credit notes. Credits
-apply oldest first before tax; tax follows the billing details in force in the period; the VAT is also shown in the
-seller country's currency when the invoice is in another; numbers are gapless per series, given at finalization.
+"""Invoices: the monthly close (usage and traffic in arrears per billing account, with late usage of earlier months,
+on an invoice of its own month when that month is taxed otherwise), single invoices (annual prepaid, upgrades),
+drafts held until they can be issued complete, and credit notes. Credits apply oldest first before tax; tax follows
+the billing details in force in the period; the VAT is also shown in the seller country's currency when the invoice
+is in another; numbers are gapless per series, given at finalization.
 
 Every invoice is composed whole in Python by one builder (`compose`) with billing.money's one rounding rule, and
 written in one transaction with its number; the database check constraints make it reconcile to the cent. It never
@@ -347,14 +348,21 @@ class Settlement:
 
 
 def settle(
-    *, subtotal: int, grants: list[CreditGrant], rate: Decimal, caps: dict[int, int] | None = None
+    *,
+    subtotal: int,
+    grants: list[CreditGrant],
+    rate: Decimal,
+    caps: dict[int, int] | None = None,
+    used: dict[int, int] | None = None,
 ) -> Settlement:
-    """Consume `grants` (ordered oldest first) up to the subtotal, then tax what is left.
+    """Consume `grants` (ordered oldest first) up to the subtotal, then tax what is left. `used` is what invoices
+    composed before this one in the same run took of each grant (by id): not written to the grants yet, not free.
 
     A grant in `caps` expired inside the period: it pays at most the usage before its expiry (its cap). Those come
     first, soonest expiry first, each capped by its usage less what the grants before it paid; then the rest, oldest
     first. So a credit that could pay any usage never takes the early usage an expiring one needed."""
     caps = caps or {}
+    used = used or {}
     ordered = sorted(
         grants,
         key=lambda g: (0, g.expires_at, g.pk) if g.pk in caps else (1, g.granted_at, g.pk),
@@ -365,7 +373,7 @@ def settle(
     for grant in ordered:
         if left <= 0:
             break
-        limit = grant.remaining
+        limit = grant.remaining - used.get(grant.pk, 0)
         if grant.pk in caps:
             limit = min(limit, max(caps[grant.pk] - applied, 0))
         take = min(limit, left)
@@ -539,6 +547,7 @@ def compose(
     subscription=None,
     rates: RateBook | None = None,
     seller: dict | None = None,
+    used: dict[int, int] | None = None,
 ) -> Composed:
     """Every invoice is built here, monthly or single: the holds first (an incomplete address, usage without a
     price, a missing exchange rate), then, when nothing holds it, credits, tax and the VAT in the national
@@ -553,7 +562,7 @@ def compose(
     result = Settlement(subtotal, 0, 0, subtotal)
     exchange: VatExchange | None = None
     if not holds:
-        result = settle(subtotal=subtotal, grants=grants, rate=decision.rate, caps=caps)
+        result = settle(subtotal=subtotal, grants=grants, rate=decision.rate, caps=caps, used=used)
         found = vat_exchange(currency=account.currency, tax=result.tax, on=tax_on, rates=rates)
         if found is NoVatExchange.RATE_MISSING:
             holds.append(HoldReason.EXCHANGE_RATE_MISSING)
@@ -738,7 +747,8 @@ def lock_usage_for_invoicing(period_start: datetime.date) -> None:
 
 def close_invoices(*, month: datetime.date, now: datetime.datetime | None = None, organization_ids=None) -> CloseResult:
     """Invoice every billing account's unbilled usage and traffic up to the end of `month` (a date in it): this
-    month's, and late usage of earlier months. Safe to run again: an account gets one live monthly invoice per
+    month's, and late usage of earlier months, on the monthly invoice when taxed alike, else on a late-usage invoice
+    of its own month (`_split_months`). Safe to run again: an account gets one live monthly invoice per
     period (a unique constraint), and usage once invoiced is never billed twice. `organization_ids` limits the
     close to those organizations (a corrected invoice after a credit note)."""
     now = now or timezone.now()
@@ -801,8 +811,8 @@ def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[i
     ):
         grants_of[grant.billing_account_id].append(grant)
 
-    rates = RateBook()
-    seller = seller_snapshot()
+    context = _CloseContext(now=now, labels=labels, catalog=catalog, rates=RateBook(), seller=seller_snapshot())
+    late_details = _late_details(rows_of, traffic_of, accounts, period_month)
     composed: list[tuple[BillingAccount, Composed]] = []
     for account in sorted(accounts.values(), key=lambda a: a.pk):
         rows, usages = rows_of[account.organization_id], traffic_of[account.organization_id]
@@ -816,48 +826,64 @@ def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[i
                 "account %s has unbilled usage in %s, is billed in %s", account.public_id, foreign, account.currency
             )
             continue
-        built = build_lines(
-            usage_rows=rows,
-            traffic_usages=usages,
-            currency=account.currency,
-            period_month=period_month,
-            labels=labels,
-            catalog=catalog,
-        )
         details = details_of.get(account.pk) or details_from_account(account)
+        account_usage = usage.filter(organization_id=account.organization_id)
+        # Late usage of a month whose tax decision differs from this one's goes on its own invoice (Art. 64(1)).
+        split = _split_months(
+            account,
+            late_details,
+            months={r["month"] for r in rows} | {u.month for u in usages},
+            decision=tax_decision(details, last_day),
+        )
+        for month in split:
+            account_usage = account_usage.exclude(hour__gte=month_bounds(month)[0], hour__lt=month_bounds(month)[1])
+        monthly_rows = [r for r in rows if r["month"] not in split]
+        monthly_usages = [u for u in usages if u.month not in split]
         grants = [g for g in grants_of[account.pk] if g.currency == account.currency]
-        caps = (
-            expiry_caps(
-                grants,
-                end=end,
-                usage=usage.filter(organization_id=account.organization_id),
-                currency=account.currency,
-                period_month=period_month,
-                labels=labels,
-            )
-            if any(g.expires_at is not None and g.expires_at < end for g in grants)
-            else None
-        )
-        composed.append(
-            (
+        used: dict[int, int] = {}
+        if monthly_rows or monthly_usages:
+            monthly = _compose_month(
                 account,
-                compose(
-                    account=account,
-                    kind=InvoiceKind.MONTHLY,
-                    lines=built.lines,
-                    details=details,
-                    address=details,
-                    tax_on=last_day,
-                    now=now,
-                    grants=grants,
-                    caps=caps,
-                    unpriced=built.unpriced,
-                    period=(period_month, last_day),
-                    rates=rates,
-                    seller=seller,
-                ),
+                kind=InvoiceKind.MONTHLY,
+                month=period_month,
+                rows=monthly_rows,
+                usages=monthly_usages,
+                details=details,
+                grants=grants,
+                usage=account_usage,
+                used=used,
+                context=context,
             )
-        )
+            composed.append((account, monthly))
+            _add_used(used, monthly.applications)
+        # Then each split month, oldest first, paid by what the grants usable in that month have left.
+        shared = {g.pk: g for g in grants}
+        for month, month_details in sorted(split.items()):
+            month_start, month_end = month_bounds(month)
+            month_grants = [
+                shared.setdefault(g.pk, g)
+                for g in CreditGrant.objects.select_for_update()
+                .filter(
+                    period_grants_q(start=month_start, end=month_end),
+                    billing_account=account,
+                    currency=account.currency,
+                )
+                .order_by("granted_at", "id")
+            ]
+            late = _compose_month(
+                account,
+                kind=InvoiceKind.LATE_USAGE,
+                month=month,
+                rows=[r for r in rows if r["month"] == month],
+                usages=[u for u in usages if u.month == month],
+                details=month_details,
+                grants=month_grants,
+                usage=usage.filter(organization_id=account.organization_id, hour__gte=month_start, hour__lt=month_end),
+                used=used,
+                context=context,
+            )
+            composed.append((account, late))
+            _add_used(used, late.applications)
     if not composed:
         return [], []
     numbers = iter(reserve_numbers(count=sum(1 for _, c in composed if not c.holds), year=now.year))
@@ -873,6 +899,105 @@ def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[i
     _enqueue_collection([i.pk for i in invoices if i.status == InvoiceStatus.OPEN])
     transaction.on_commit(lambda: _report_held(held))
     return issued, [i.pk for i in held]
+
+
+@dataclass(frozen=True)
+class _CloseContext:
+    """What every invoice of one close shares."""
+
+    now: datetime.datetime
+    labels: Labels
+    catalog: traffic.TrafficCatalog
+    rates: RateBook
+    seller: dict
+
+
+def _compose_month(
+    account: BillingAccount,
+    *,
+    kind: str,
+    month: datetime.date,
+    rows: list[dict],
+    usages: list,
+    details: BillingDetails,
+    grants: list[CreditGrant],
+    usage,
+    used: dict[int, int],
+    context: _CloseContext,
+) -> Composed:
+    """One invoice of the close for the supply of `month`: its lines (usage of earlier months marked late), taxed by
+    `details` on the month's last day, paid by `grants` less what this close's earlier invoices `used`, capped by
+    their expiry against `usage` (the invoice's usage records)."""
+    start, end = month_bounds(month)
+    last_day = (end - datetime.timedelta(days=1)).date()
+    built = build_lines(
+        usage_rows=rows,
+        traffic_usages=usages,
+        currency=account.currency,
+        period_month=month,
+        labels=context.labels,
+        catalog=context.catalog,
+    )
+    caps = (
+        expiry_caps(grants, end=end, usage=usage, currency=account.currency, period_month=month, labels=context.labels)
+        if any(g.expires_at is not None and g.expires_at < end for g in grants)
+        else None
+    )
+    return compose(
+        account=account,
+        kind=kind,
+        lines=built.lines,
+        details=details,
+        address=details,
+        tax_on=last_day,
+        now=context.now,
+        grants=grants,
+        caps=caps,
+        unpriced=built.unpriced,
+        period=(start.date(), last_day),
+        rates=context.rates,
+        seller=context.seller,
+        used=used,
+    )
+
+
+def _late_details(rows_of, traffic_of, accounts, period_month) -> dict[datetime.date, dict[int, BillingDetails]]:
+    """For each month of late usage (before `period_month`): the details in force at its end of the accounts that
+    have late usage of it, by account id. One query per such month."""
+    months: dict[datetime.date, list[int]] = defaultdict(list)
+    for organization_id, account in accounts.items():
+        late = {r["month"] for r in rows_of.get(organization_id, ())} | {
+            u.month for u in traffic_of.get(organization_id, ())
+        }
+        for month in late:
+            if month < period_month:
+                months[month].append(account.pk)
+    return {month: _details_in_force_bulk(ids, month_bounds(month)[1]) for month, ids in months.items()}
+
+
+def _split_months(
+    account: BillingAccount,
+    late_details: dict[datetime.date, dict[int, BillingDetails]],
+    *,
+    months,
+    decision: TaxDecision,
+) -> dict[datetime.date, BillingDetails]:
+    """The months of late usage whose own tax decision (the details in force at their end, the rate on their last
+    day: Art. 64(1) Directive 2006/112/EC) differs from `decision`, the invoiced month's, with those details. Late
+    usage of any other month stays on the monthly invoice: taxed alike, it needs no invoice of its own."""
+    split = {}
+    for month in months:
+        if month not in late_details:
+            continue  # the invoiced month itself
+        details = late_details[month].get(account.pk) or details_from_account(account)
+        if tax_decision(details, (month_bounds(month)[1] - datetime.timedelta(days=1)).date()) != decision:
+            split[month] = details
+    return split
+
+
+def _add_used(used: dict[int, int], applications: list[tuple[CreditGrant, int]]) -> None:
+    for grant, amount in applications:
+        used[grant.pk] = used.get(grant.pk, 0) + amount
 
 
 def _insert_invoices(invoices: list[Invoice]) -> None:
@@ -910,8 +1035,9 @@ def _column(field: Field) -> str:
 
 def _mark_invoiced(*, first_id: int, last_id: int, period_start: datetime.date, end: datetime.datetime) -> None:
     """Attach every unbilled usage record and traffic row before `end` of each organization to its new invoice:
-    exactly the rows read above, as the close holds the metering locks. The new invoices are this period's monthly
-    ones with ids from `first_id` to `last_id`: the month's lock keeps any other close of it out meanwhile."""
+    exactly the rows read above, as the close holds the metering locks. The new invoices are those with ids from
+    `first_id` to `last_id`: the month's lock keeps any other close of it out meanwhile. A late-usage invoice takes
+    the rows of its month first; this period's monthly invoice takes the rest."""
     params: dict[str, int | datetime.date] = {
         "first": first_id,
         "last": last_id,
@@ -921,14 +1047,30 @@ def _mark_invoiced(*, first_id: int, last_id: int, period_start: datetime.date, 
     }
     invoice = connection.ops.quote_name(Invoice._meta.db_table)
     account = connection.ops.quote_name(BillingAccount._meta.db_table)
+    usage_table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    traffic_table = connection.ops.quote_name(TrafficRecord._meta.db_table)
     with connection.cursor() as cursor:
-        for table, column, bound in (
-            (UsageRecord._meta.db_table, "hour", "end"),
-            (TrafficRecord._meta.db_table, "day", "end_day"),
+        for table, in_period in (
+            (
+                usage_table,
+                "u.hour >= (i.period_start::timestamp AT TIME ZONE 'UTC') "
+                "AND u.hour < ((i.period_end + 1)::timestamp AT TIME ZONE 'UTC')",
+            ),
+            (traffic_table, "u.day BETWEEN i.period_start AND i.period_end"),
         ):
             cursor.execute(
                 f"""
-                UPDATE {connection.ops.quote_name(table)} u SET invoice_id = i.id
+                UPDATE {table} u SET invoice_id = i.id
+                FROM {invoice} i JOIN {account} ba ON ba.id = i.billing_account_id
+                WHERE i.id BETWEEN %(first)s AND %(last)s AND i.kind = 'late_usage' AND i.period_start < %(period)s
+                  AND u.organization_id = ba.organization_id AND u.invoice_id IS NULL AND {in_period}
+                """,
+                params,
+            )
+        for table, column, bound in ((usage_table, "hour", "end"), (traffic_table, "day", "end_day")):
+            cursor.execute(
+                f"""
+                UPDATE {table} u SET invoice_id = i.id
                 FROM {invoice} i JOIN {account} ba ON ba.id = i.billing_account_id
                 WHERE i.id BETWEEN %(first)s AND %(last)s AND i.kind = 'monthly' AND i.period_start = %(period)s
                   AND u.organization_id = ba.organization_id AND u.invoice_id IS NULL AND u.{column} < %({bound})s
@@ -969,9 +1111,10 @@ def _release(invoice_id: int, now: datetime.datetime) -> bool:
     current = current_details(account)
     caps = None
     period = _period_of(invoice)
-    if invoice.kind == InvoiceKind.MONTHLY:
+    if invoice.kind in (InvoiceKind.MONTHLY, InvoiceKind.LATE_USAGE):
+        # A late-usage invoice is rebuilt as its month's: that month's details, rate, exchange rate and credits.
         if period is None:
-            raise RuntimeError(f"monthly invoice {invoice.public_id} has no period")
+            raise RuntimeError(f"{invoice.kind} invoice {invoice.public_id} has no period")
         period_month, last_day = period
         start, end = month_bounds(period_month)
         usage = UsageRecord.objects.filter(invoice=invoice)
@@ -1074,7 +1217,9 @@ def _attached_traffic(invoice: Invoice, records) -> list[traffic.TrafficUsage]:
     out = []
     for row in rows:
         billed = 0
-        if row["month"] < invoice.period_start:
+        # What the month's other invoices billed counts against its allowance: for late traffic of a monthly
+        # invoice, and for all of a late-usage invoice's (its month's own invoice billed first).
+        if row["month"] < invoice.period_start or invoice.kind == InvoiceKind.LATE_USAGE:
             next_month = (row["month"] + datetime.timedelta(days=32)).replace(day=1)
             billed = (
                 TrafficRecord.objects.filter(

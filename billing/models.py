@@ -344,6 +344,9 @@ class InvoiceKind(models.TextChoices):
     MONTHLY = "monthly", "Monthly usage"
     ANNUAL = "annual", "Annual plan (prepaid)"
     ANNUAL_UPGRADE = "annual_upgrade", "Annual plan tier upgrade"
+    # Usage of an earlier month metered after its close, when that month's tax decision differs from the current
+    # month's (Art. 64(1) Directive 2006/112/EC): billed on its own, by its month's rules.
+    LATE_USAGE = "late_usage", "Late usage of an earlier month"
 
 
 class HoldReason(models.TextChoices):
