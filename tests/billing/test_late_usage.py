@@ -7,7 +7,7 @@ import io
 from decimal import Decimal
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 from pypdf import PdfReader
 
 from billing import documents, invoicing, metering, services
@@ -63,7 +63,7 @@ def attached_once():
 
 
 def test_late_usage_gets_its_own_invoice_with_its_months_vat_when_the_number_was_confirmed_after_its_month(
-    owner_org, make_deployment, history, usd_rates
+    owner_org, make_deployment, history, usd_rates, key_client
 ):
     french_consumer(owner_org, now=at(2026, 12, 1))
     december, late = december_with_late_hours(owner_org, make_deployment, history)
@@ -100,6 +100,18 @@ def test_late_usage_gets_its_own_invoice_with_its_months_vat_when_the_number_was
     attached_once()
     text = " ".join(PdfReader(io.BytesIO(documents.invoice_pdf(late_invoice))).pages[0].extract_text().split())
     assert "Late usage of an earlier month" in text and "Article 64(1)" in text
+    # the API and the console show its kind and December as its supply period
+    api_invoice = key_client(owner_org.owner_secret).get(
+        f"/api/v1/organizations/{owner_org.id}/invoices/{late_invoice.public_id}"
+    )
+    assert (api_invoice.status_code, api_invoice.json()["kind"]) == (200, "late_usage")
+    assert (api_invoice.json()["period_start"], api_invoice.json()["period_end"]) == ("2026-12-01", "2026-12-31")
+    console = Client()
+    console.force_login(owner_org.owner)
+    listing = console.get(f"/console/o/{owner_org.id}/billing/invoices").content.decode()
+    assert "Late usage of an earlier month" in listing and "2026-12-01 – 2026-12-31" in listing
+    page = console.get(f"/console/o/{owner_org.id}/billing/invoices/{late_invoice.public_id}").content.decode()
+    assert "Supply period 2026-12-01 to 2026-12-31" in page and "Article 64(1)" in page
 
     # a re-run of the close bills nothing twice
     assert invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 1)).invoices == []
