@@ -12,6 +12,26 @@ def deployment(project, *, name="plant", tier="1k", actor=None):
     return deployment
 
 
+def threshold_rule_form(**overrides):
+    """The alert rule form of a valid threshold rule on the project (no deployment chosen), as a person fills it."""
+    data = {
+        "rule-name": "Busy",
+        "rule-deployment": "",
+        "rule-metric": "connections",
+        "rule-aggregation": "last",
+        "rule-window_seconds": "60",
+        "rule-operator": ">",
+        "rule-threshold": "2",
+        "rule-threshold_unit": "absolute",
+        "rule-for_seconds": "60",
+        "rule-severity": "critical",
+        "rule-repeat_interval_seconds": "3600",
+        "rule-enabled": "on",
+    }
+    data.update(overrides)
+    return data
+
+
 def console_path(deployment, page=""):
     project = deployment.project
     base = f"/console/o/{project.organization.public_id}/p/{project.public_id}/d/{deployment.public_id}"

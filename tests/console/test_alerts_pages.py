@@ -9,7 +9,7 @@ from django.utils import timezone
 from alerts import rules as rule_services
 from alerts.models import Alert, AlertRule, AlertStatus, Silence
 from notifications.models import NotificationChannel
-from tests.console.helpers import deployment
+from tests.console.helpers import deployment, threshold_rule_form
 
 pytestmark = pytest.mark.django_db
 
@@ -17,25 +17,6 @@ pytestmark = pytest.mark.django_db
 def _rules_url(org, project=None):
     project = project or org.default_project
     return f"/console/o/{org.id}/p/{project.public_id}/alert-rules"
-
-
-def _threshold(**overrides):
-    data = {
-        "rule-name": "Busy",
-        "rule-deployment": "",
-        "rule-metric": "connections",
-        "rule-aggregation": "last",
-        "rule-window_seconds": "60",
-        "rule-operator": ">",
-        "rule-threshold": "2",
-        "rule-threshold_unit": "absolute",
-        "rule-for_seconds": "60",
-        "rule-severity": "critical",
-        "rule-repeat_interval_seconds": "3600",
-        "rule-enabled": "on",
-    }
-    data.update(overrides)
-    return data
 
 
 def _firing_alert(org, plant, *, name="Busy"):
@@ -69,7 +50,7 @@ def _firing_alert(org, plant, *, name="Busy"):
 
 def test_threshold_that_is_not_a_number_is_refused_beside_its_field_when_creating_a_rule(client, owner_org):
     client.force_login(owner_org.owner)
-    response = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-threshold": "two"}))
+    response = client.post(f"{_rules_url(owner_org)}/new", threshold_rule_form(**{"rule-threshold": "two"}))
     assert response.status_code == 400
     assert "Enter a number, such as 80 or 2.5." in response.content.decode()
     assert not AlertRule.objects.filter(name="Busy").exists()
@@ -78,7 +59,7 @@ def test_threshold_that_is_not_a_number_is_refused_beside_its_field_when_creatin
 def test_rule_is_created_with_its_condition_when_input_is_valid(client, owner_org):
     plant = deployment(owner_org.default_project)
     client.force_login(owner_org.owner)
-    response = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-deployment": plant.public_id}))
+    response = client.post(f"{_rules_url(owner_org)}/new", threshold_rule_form(**{"rule-deployment": plant.public_id}))
     assert response.status_code == 302, response.content.decode()[-3000:]
     rule = AlertRule.objects.get(name="Busy")
     assert (rule.deployment, rule.metric, rule.threshold, rule.for_seconds) == (plant, "connections", 2, 60)
@@ -88,7 +69,7 @@ def test_rule_is_created_with_its_condition_when_input_is_valid(client, owner_or
 
 def test_percent_of_tier_on_a_metric_without_limit_is_refused_when_creating_a_rule(client, owner_org):
     client.force_login(owner_org.owner)
-    data = _threshold(**{"rule-metric": "subscriptions", "rule-threshold_unit": "percent_of_tier_limit"})
+    data = threshold_rule_form(**{"rule-metric": "subscriptions", "rule-threshold_unit": "percent_of_tier_limit"})
     response = client.post(f"{_rules_url(owner_org)}/new", data)
     assert response.status_code == 400 and "have a tier limit" in response.content.decode()
     assert not AlertRule.objects.filter(name="Busy").exists()
@@ -175,7 +156,7 @@ def test_project_user_sees_only_their_projects_alerts_and_no_channels_when_grant
     assert client.get(f"/console/o/{owner_org.id}/channels").status_code == 403
     assert client.get(_rules_url(owner_org, other)).status_code == 404
     # Configuring alerts is theirs (deployment:configure); a budget rule is not (it needs billing:read).
-    assert client.post(f"{_rules_url(owner_org)}/new", _threshold()).status_code == 302
+    assert client.post(f"{_rules_url(owner_org)}/new", threshold_rule_form()).status_code == 302
     assert client.get(f"{_rules_url(owner_org)}/new?kind=budget").status_code == 403
     budget = client.post(
         f"{_rules_url(owner_org)}/new",
@@ -235,7 +216,7 @@ def test_auditor_reads_alerts_rules_and_channels_but_changes_nothing_when_crafti
         page = client.get(path)
         assert page.status_code == 200, path
         assert "Acknowledge…" not in page.content.decode() and "Create channel" not in page.content.decode()
-    assert client.post(f"{_rules_url(owner_org)}/new", _threshold()).status_code == 403
+    assert client.post(f"{_rules_url(owner_org)}/new", threshold_rule_form()).status_code == 403
     url = f"/console/o/{owner_org.id}/alerts/{alert.public_id}/acknowledge"
     assert (
         client.post(url, {f"{alert.public_id}-comment": "x", f"{alert.public_id}-duration": "3600"}).status_code == 403
@@ -365,14 +346,16 @@ def test_project_user_cannot_route_a_rule_to_org_channels_when_crafting_the_post
     client.force_login(user)
     form = client.get(f"{_rules_url(owner_org)}/new").content.decode()
     assert "Ops mail" not in form and "choosing channels needs a role that reads them" in form
-    response = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-channels": [channel.public_id]}))
+    response = client.post(
+        f"{_rules_url(owner_org)}/new", threshold_rule_form(**{"rule-channels": [channel.public_id]})
+    )
     assert response.status_code in (400, 403)
     assert not AlertRule.objects.filter(name="Busy").exists()
 
 
 def test_control_characters_in_a_rule_or_channel_name_are_refused_beside_the_name_when_created(client, owner_org):
     client.force_login(owner_org.owner)
-    rule = client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-name": "Bus\x1by"}))
+    rule = client.post(f"{_rules_url(owner_org)}/new", threshold_rule_form(**{"rule-name": "Bus\x1by"}))
     assert rule.status_code == 400
     errors = rule.content.decode().split('id="id_rule-name_error"', 1)[1].split("</ul>", 1)[0]
     assert "found U+001B at position 3" in errors
@@ -471,9 +454,9 @@ def test_rule_is_edited_and_its_deployment_default_too_when_saved(client, owner_
     plant = deployment(owner_org.default_project)
     create_default_rules(deployment=plant)
     client.force_login(owner_org.owner)
-    client.post(f"{_rules_url(owner_org)}/new", _threshold(**{"rule-deployment": plant.public_id}))
+    client.post(f"{_rules_url(owner_org)}/new", threshold_rule_form(**{"rule-deployment": plant.public_id}))
     rule = AlertRule.objects.get(name="Busy")
-    edited = {k: v for k, v in _threshold(**{"rule-threshold": "7.5", "rule-severity": "warning"}).items()}
+    edited = {k: v for k, v in threshold_rule_form(**{"rule-threshold": "7.5", "rule-severity": "warning"}).items()}
     edited.pop("rule-deployment")
     response = client.post(f"{_rules_url(owner_org)}/{rule.public_id}", edited)
     assert response.status_code == 302, response.content.decode()[-2000:]
@@ -487,7 +470,7 @@ def test_rule_is_edited_and_its_deployment_default_too_when_saved(client, owner_
     default = AlertRule.objects.get(deployment=plant, default_key="connections_high")
     form = client.get(f"{_rules_url(owner_org)}/{default.public_id}").content.decode()
     assert "one of its default rules" in form
-    changed = _threshold(
+    changed = threshold_rule_form(
         **{"rule-name": default.name, "rule-threshold": "90", "rule-threshold_unit": "percent_of_tier_limit"}
     )
     changed.pop("rule-deployment")
@@ -526,7 +509,7 @@ def test_project_user_neither_sees_nor_drops_a_rules_channels_when_editing_it(cl
     client.force_login(user)
     page = client.get(_rules_url(owner_org)).content.decode()
     assert "Busy" in page and "Pager of the security team" not in page
-    edited = _threshold(**{"rule-threshold": "5"})
+    edited = threshold_rule_form(**{"rule-threshold": "5"})
     edited.pop("rule-deployment")
     response = client.post(f"{_rules_url(owner_org)}/{rule.public_id}", edited)
     assert response.status_code == 302, response.content.decode()[-2000:]
