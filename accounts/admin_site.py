@@ -8,6 +8,7 @@ from django_otp import user_has_device
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 
 from accounts import signin
+from accounts.views import SignOutView
 from controlplane.middleware import client_ip
 
 # Refusals that are failed attempts; django-otp's "verification disabled after failures" carries no code. The rest
@@ -66,6 +67,14 @@ class OTPRequiredAdminSite(OTPAdminSite):
         password outside the sign-in throttle (a stolen session could guess it without limit) and records no
         user.password_change."""
         return redirect("console:password-change")
+
+    def logout(self, request, extra_context=None):
+        """Django's admin sign-out, through the audited view the console uses too (accounts.views.SignOutView):
+        Django's own builds a plain LogoutView, which would end a staff session with no `logout` event."""
+        request.current_app = self.name
+        context = {**self.each_context(request), "has_permission": False, **(extra_context or {})}
+        template = {"template_name": self.logout_template} if self.logout_template is not None else {}
+        return SignOutView.as_view(extra_context=context, **template)(request)
 
     def login(self, request, extra_context=None):
         response = super().login(request, extra_context)

@@ -1,4 +1,4 @@
-"""The sign-in throttle and the sign-in audit trail, shared by the console and the admin.
+"""The sign-in throttle and the audit trail of signing in and out, shared by the console and the admin.
 
 After SIGNIN_MAX_FAILURES failed attempts within SIGNIN_FAILURE_WINDOW_SECONDS, for one account (the email tried,
 existing or not) or from one client address, sign-in is refused for SIGNIN_LOCKOUT_SECONDS, twice as long at each
@@ -210,6 +210,14 @@ def signin_succeeded(attempt: Attempt | None, *, user: User, two_factor: bool) -
     account.filter(lockouts=0).delete()
     account.update(failures=0, window_started_at=None, updated_at=timezone.now())
     _audit("login.succeeded", actor_user=user, target=user, summary={"email": user.email, "two_factor": two_factor})
+
+
+def signout(*, user: User) -> None:
+    """Record that `user` signed out, in the transaction that deletes their session (accounts.views.SignOutView):
+    as login.succeeded, in no organization, with the user as actor."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("signout must run inside the transaction that ends the session")
+    _audit("logout", actor_user=user, target=user, summary={"email": user.email})
 
 
 class SignInLocked(RateLimited):

@@ -1,14 +1,14 @@
 """URLs of the console's account pages (console/account_views.py), in the console's namespace."""
 
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from accounts.views import SignOutView
 from console import account_views as views
 
 urlpatterns = [
     path("console/login", views.login, name="login"),
     path("console/login/verify", views.login_verify, name="login-verify"),
-    path("console/logout", auth_views.LogoutView.as_view(), name="logout"),
+    path("console/logout", SignOutView.as_view(), name="logout"),
     path("console/signup", views.signup, name="signup"),
     path("console/signup/sent", views.signup_sent, name="signup-sent"),
     path("console/signup/confirm", views.signup_confirm, name="signup-confirm"),

@@ -163,3 +163,33 @@ def test_pages_answered_to_a_signed_in_user_say_no_store_so_back_cannot_show_the
         if "no-store" not in page.get("Cache-Control", "")
     }
     assert not stored, f"pages a browser may store: {stored}"
+
+
+def test_sign_out_is_audited_in_the_account_with_its_request_id_when_a_signed_in_user_signs_out(owner_org):
+    user = owner_org.owner
+    client = _signed_in(user)
+    response = client.post("/console/logout", REMOTE_ADDR="192.0.2.9")
+    assert response.status_code == 302 and client.get("/").status_code == 302  # signed out
+    event = AuditEvent.objects.get(action="logout")
+    assert (event.organization, event.actor, event.target_id) == (None, user, user.public_id)
+    assert event.request_id == response["X-Request-Id"] and event.via == "console"
+    assert event.summary == {"email": user.email} and event.ip == "192.0.2.9"
+
+
+def test_sign_out_records_nothing_when_the_session_had_signed_in_nobody(owner_org):
+    response = Client().post("/console/logout")
+    assert response.status_code == 302
+    enrol(owner_org.owner)
+    pending = Client()  # the password given, the second factor still owed: not signed in
+    assert pending.post("/console/login", {"username": owner_org.owner.email, "password": PASSWORD}).status_code == 302
+    assert pending.post("/console/logout").status_code == 302
+    assert not AuditEvent.objects.filter(action="logout").exists()
+
+
+def test_admin_sign_out_is_audited_too(staff_client):
+    staff = User.objects.get(email="ops@example.com")
+    response = staff_client.post("/admin/logout/")
+    assert response.status_code == 302 and staff_client.get("/admin/").status_code == 302  # signed out
+    event = AuditEvent.objects.get(action="logout")
+    assert (event.organization, event.actor, event.target_id) == (None, staff, staff.public_id)
+    assert event.request_id == response["X-Request-Id"] and event.via == "admin"

@@ -418,6 +418,7 @@ def _peering_create(world: World, client: Client) -> Submission:
 FORMS: dict[str, Callable[[World, Client], Submission]] = {
     "login": _login,
     "login-verify": _login_verify,
+    "logout": _owner(lambda w: "/console/logout", account_level=True),
     "two-factor-verify": _two_factor_verify,
     "two-factor": _two_factor_start,
     "two-factor-setup": _two_factor_setup,
@@ -589,7 +590,6 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
 # not belong here: the service it calls forgot its audit_record.
 _ANY_METHOD = "a page whose view takes every method (no method decorator): a POST renders it, storing nothing"
 NOT_AUDITED: dict[str, str] = {
-    "logout": "ends this browser's own session (Django's LogoutView); the account and its organizations are unchanged",
     "signup": "enqueues the confirmation email; the account is made on the link's page (signup-confirm)",
     "password-reset": "enqueues the reset email; the password changes on the link's page (password-reset-confirm)",
     "deployment-schema-try": "try it: decodes or encodes the posted payload with the schema, stores nothing",
@@ -612,7 +612,6 @@ def _anonymous(url: str, data: dict | None = None) -> Callable[[World, Client], 
 
 # Forms for the allow-listed views, submitted to check that they answer and record nothing.
 QUIET_FORMS: dict[str, Callable[[World, Client], Submission]] = {
-    "logout": _owner(lambda w: "/console/logout", account_level=True),
     "signup": _anonymous("/console/signup", {"email": "walk-signup@example.com"}),
     "password-reset": _anonymous("/console/password-reset", {"email": "walk-reset@example.com"}),
     "home": _owner(lambda w: "/", account_level=True),
