@@ -441,9 +441,14 @@ def stripe_client(*, waiting: bool = False) -> stripe.StripeClient:
     return _client_for(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS, 2)
 
 
-def billing_account_sync_stripe(*, account_id: int, client: stripe.StripeClient | None = None) -> str | None:
-    """Create or update the account's Stripe customer (address, email, tax id). Network first, then one write.
-    `client`: the one to use instead of a task's (stripe_client)."""
+def billing_account_sync_stripe(
+    *, account_id: int, client: stripe.StripeClient | None = None, actor: Principal | None = None
+) -> str | None:
+    """Create or update the account's Stripe customer (address, email, tax id). Network first, then one write, which
+    records billing.account.stripe_customer when it stores another customer id (a new customer, or one made again
+    for a customer deleted on Stripe): the id is kept whatever the caller does next, so it is audited here, in its
+    own transaction. `client`: the one to use instead of a task's (stripe_client); `actor`: who asked (the system,
+    for the sync after a billing details change)."""
     account = BillingAccount.objects.select_related("organization").filter(pk=account_id).first()
     if account is None or not settings.STRIPE_SECRET_KEY:
         return None
@@ -469,9 +474,20 @@ def billing_account_sync_stripe(*, account_id: int, client: stripe.StripeClient 
         client=client or stripe_client(),
     )
     with transaction.atomic():
-        BillingAccount.objects.filter(pk=account_id).update(
-            stripe_customer_id=customer_id, stripe_synced_at=timezone.now()
-        )
+        stored = BillingAccount.objects.select_for_update().select_related("organization").filter(pk=account_id).first()
+        if stored is None:
+            return None  # deleted with its organization while Stripe was asked
+        previous = stored.stripe_customer_id
+        stored.stripe_customer_id, stored.stripe_synced_at = customer_id, timezone.now()
+        stored.save(update_fields=["stripe_customer_id", "stripe_synced_at"])
+        if customer_id != previous:
+            audit_record(
+                actor=actor,
+                organization=stored.organization,
+                action="billing.account.stripe_customer",
+                target=stored,
+                summary={"stripe_customer": customer_id, "previous": previous},
+            )
     return customer_id
 
 
@@ -486,9 +502,13 @@ def _waiting_client() -> stripe.StripeClient:
     return stripe_client(waiting=True)
 
 
-def _customer_id(account: BillingAccount, *, client: stripe.StripeClient) -> str:
-    """The account's Stripe customer, made first if it has none (a client exists only where cards are enabled)."""
-    customer_id = account.stripe_customer_id or billing_account_sync_stripe(account_id=account.pk, client=client)
+def _customer_id(account: BillingAccount, *, client: stripe.StripeClient, actor: Principal | None) -> str:
+    """The account's Stripe customer, made first if it has none (a client exists only where cards are enabled). A
+    customer made here is stored and audited at once, before the caller's own Stripe call: if that call fails, the
+    next try uses the same customer instead of leaving one more behind on Stripe."""
+    customer_id = account.stripe_customer_id or billing_account_sync_stripe(
+        account_id=account.pk, client=client, actor=actor
+    )
     if customer_id is None:
         # The account's row went away (its organization was deleted) since it was read: without this, Stripe would
         # be asked for a card setup or a charge with no customer at all.
@@ -510,7 +530,9 @@ def _stripe_answering() -> Iterator[None]:
 def card_setup_intent_create(*, account: BillingAccount, actor: Principal | None) -> tuple[str, str]:
     with _stripe_answering():
         client = _waiting_client()
-        intent_id, secret = gateway.create_setup_intent(_customer_id(account, client=client), client=client)
+        intent_id, secret = gateway.create_setup_intent(
+            _customer_id(account, client=client, actor=actor), client=client
+        )
     with transaction.atomic():
         audit_record(
             actor=actor,
@@ -528,7 +550,7 @@ def card_checkout_session_create(
     with _stripe_answering():
         client = _waiting_client()
         url = gateway.create_checkout_setup_session(
-            _customer_id(account, client=client), success_url, cancel_url, client=client
+            _customer_id(account, client=client, actor=actor), success_url, cancel_url, client=client
         )
     with transaction.atomic():
         audit_record(
@@ -660,7 +682,7 @@ def invoice_collect(*, invoice_id: int) -> str | None:
                 status="pending",
             )
     client = stripe_client()
-    customer_id = _customer_id(invoice.billing_account, client=client)
+    customer_id = _customer_id(invoice.billing_account, client=client, actor=None)
     result = gateway.collect_invoice(
         customer_id=customer_id,
         amount_minor=invoice.total,

@@ -408,6 +408,50 @@ def test_card_setup_answers_503_and_records_nothing_when_stripe_is_down(fake_str
     assert api.post(f"{base}/setup-intent", {}, format="json").status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("path", "stripe_path"), [("setup-intent", "/v1/setup_intents"), ("checkout-session", "/v1/checkout/sessions")]
+)
+def test_new_stripe_customer_is_audited_when_the_card_call_after_it_fails(
+    fake_stripe, owner_org, key_client, path, stripe_path
+):
+    """The account has no Stripe customer yet: the card call makes one and stores its id, then Stripe fails the card
+    call itself. The id stays stored (the next try uses the same customer), so its storing must be audited."""
+    account = billing_account_for(organization=owner_org.organization)
+    assert not account.stripe_customer_id
+    api = key_client(owner_org.owner_secret)
+    base = f"/api/v1/organizations/{owner_org.id}/billing"
+    body = {"success_url": "https://console.example/ok", "cancel_url": "https://console.example/no"}
+    fake_stripe.outage_of = {stripe_path: 500}
+    answer = api.post(f"{base}/{path}", body if path == "checkout-session" else {}, format="json")
+    assert answer.status_code == 503, answer.content
+    account.refresh_from_db()
+    assert account.stripe_customer_id in fake_stripe.customers
+    event = AuditEvent.objects.get(action="billing.account.stripe_customer")
+    assert event.request_id == answer["X-Request-Id"]
+    assert (event.organization, event.target_id) == (owner_org.organization, account.public_id)
+    assert (event.actor, event.api_key) == (owner_org.owner, owner_org.owner_key)
+    assert event.summary == {"stripe_customer": account.stripe_customer_id, "previous": ""}
+    assert not AuditEvent.objects.filter(action__startswith="billing.card").exists()
+    fake_stripe.outage_of = {}
+    assert api.post(f"{base}/{path}", body if path == "checkout-session" else {}, format="json").status_code == 201
+    assert list(fake_stripe.customers) == [account.stripe_customer_id]  # the stored customer, no second one
+    assert AuditEvent.objects.filter(action="billing.account.stripe_customer").count() == 1  # stored once
+
+
+def test_stripe_customer_made_again_is_audited_with_the_old_id_when_it_was_deleted_on_stripe(fake_stripe, owner_org):
+    account = billing_account_for(organization=owner_org.organization)
+    first = services.billing_account_sync_stripe(account_id=account.pk)
+    assert services.billing_account_sync_stripe(account_id=account.pk) == first  # updated, nothing new to record
+    del fake_stripe.customers[first]  # deleted in Stripe's dashboard
+    second = services.billing_account_sync_stripe(account_id=account.pk)
+    assert second != first and second in fake_stripe.customers
+    events = AuditEvent.objects.filter(action="billing.account.stripe_customer").order_by("id")
+    assert [(event.summary, event.actor) for event in events] == [
+        ({"stripe_customer": first, "previous": ""}, None),
+        ({"stripe_customer": second, "previous": first}, None),
+    ]
+
+
 def test_card_setup_answers_409_in_words_when_cards_are_not_enabled(owner_org, key_client, settings):
     settings.STRIPE_SECRET_KEY = ""
     api = key_client(owner_org.owner_secret)

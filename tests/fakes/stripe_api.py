@@ -267,6 +267,9 @@ class FakeStripe:
         # An HTTP status (500, 503, 429) every API request answers with while set: Stripe failing on its side or
         # limiting our rate. The hosted Checkout page is not affected.
         self.outage: int | None = None
+        # The same, for the API paths named here only (say {"/v1/setup_intents": 500}): Stripe failing one call of a
+        # sequence, after the calls before it succeeded.
+        self.outage_of: dict[str, int] = {}
         # Seconds every API request waits before it is answered: a Stripe that accepts connections but is stuck.
         self.stall = 0.0
         self._idempotency: dict[str, _SavedOutcome] = {}
@@ -392,14 +395,15 @@ class FakeStripe:
                 fake.requests.append(RecordedRequest(method, split.path, params, dict(self.headers)))
                 if fake.stall:
                     time.sleep(fake.stall)
-                if fake.outage is not None:
+                outage = fake.outage if fake.outage is not None else fake.outage_of.get(split.path)
+                if outage is not None:
                     # Stripe's own error types: a 429 is an invalid_request_error with the code rate_limit.
                     error = (
                         {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests."}
-                        if fake.outage == 429
+                        if outage == 429
                         else {"type": "api_error", "message": "Something went wrong on Stripe's end."}
                     )
-                    self._send(fake.outage, {"error": error})
+                    self._send(outage, {"error": error})
                     return
                 if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
                     self._send(
