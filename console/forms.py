@@ -171,7 +171,13 @@ class TransferOwnershipForm(ConsoleForm):
 
     def __init__(self, *args, members=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["member"].choices = [(m.public_id, m.user.email) for m in members]
+        self.offer(members)
+
+    def offer(self, members) -> None:
+        """The members the select offers."""
+        field = self.fields["member"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [(m.public_id, m.user.email) for m in members]
 
 
 # --- API keys -----------------------------------------------------------------------------------------------------

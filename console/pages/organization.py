@@ -12,10 +12,24 @@ from console.once import posted as _posted
 from organizations import services
 
 
-def _transfer_form(console, data=None):
+def _transfer_candidates(console) -> list:
     me = console.membership
-    candidates = [m for m in selectors.members(organization=console.organization) if me is None or m.pk != me.pk]
+    return [m for m in selectors.members(organization=console.organization) if me is None or m.pk != me.pk]
+
+
+def _transfer_form(console, data=None):
+    candidates = _transfer_candidates(console)
     return TransferOwnershipForm(data, members=candidates, prefix="transfer") if candidates else None
+
+
+def _settings(request, console, *, form=None, transfer_form=None, status=200):
+    """The settings page; `form` or `transfer_form`: the one submitted, bound, with its errors beside its fields."""
+    if form is None:
+        form = OrganizationRenameForm(initial={"name": console.organization.name}, prefix="org")
+    if transfer_form is None and console.can("org:transfer"):
+        transfer_form = _transfer_form(console)
+    context = {"console": console, "form": form, "can_rename": console.can("org:write"), "transfer_form": transfer_form}
+    return render(request, "console/organization/settings.html", context, status=status)
 
 
 @login_required
@@ -42,13 +56,7 @@ def settings_page(request, org_id):
                 return redirect("console:settings", org_id=org_id)
         else:
             status = 400
-    context = {
-        "console": console,
-        "form": form,
-        "can_rename": console.can("org:write"),
-        "transfer_form": _transfer_form(console) if console.can("org:transfer") else None,
-    }
-    return render(request, "console/organization/settings.html", context, status=status)
+    return _settings(request, console, form=form, status=status)
 
 
 @login_required
@@ -58,16 +66,19 @@ def transfer(request, org_id):
     console = tenancy.for_organization(request, org_id, section="settings")
     console.require("org:transfer")
     form = _transfer_form(console, request.POST)
-    if form is None or not form.is_valid():
+    if form is None:  # no other member to choose (a page older than a removal): nothing to show beside
         messages.error(request, "Choose the member who becomes Owner.")
         return redirect("console:settings", org_id=org_id)
+    if not form.is_valid():
+        return _settings(request, console, transfer_form=form, status=400)
     try:
         # The service reads the member under its lock: one removed since the form was checked is refused there.
         target = services.ownership_transfer(
             organization=console.organization, actor=console.principal, member_id=form.cleaned_data["member"]
         )
     except errors.REFUSALS as exc:
-        errors.to_page(request, exc)
-        return redirect("console:settings", org_id=org_id)
+        status = errors.to_form(form, exc)  # the API's message beside the member select ("member" in both)
+        form.offer(_transfer_candidates(console))  # as they are now: a member the service did not find is gone
+        return _settings(request, console, transfer_form=form, status=status)
     messages.success(request, f"{target.user.email} is now an Owner; you are an Administrator.")
     return redirect("console:members", org_id=org_id)

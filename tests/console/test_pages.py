@@ -2,6 +2,7 @@
 services as the API (audit rows included)."""
 
 import csv
+import html
 import io
 import re
 
@@ -260,7 +261,7 @@ def test_ownership_transfer_is_refused_on_the_page_when_the_member_is_removed_af
     another tab). The removal is made by a hook on the database connection, right after the query that reads the
     form's candidates: nothing of the control plane is patched."""
     client.raise_request_exception = False
-    _user, membership = owner.add_member(roles=["administrator"])
+    user, membership = owner.add_member(roles=["administrator"])
     removed = {"done": False}
 
     def remove_after_candidates_are_read(execute, sql, params, many, context):
@@ -275,14 +276,34 @@ def test_ownership_transfer_is_refused_on_the_page_when_the_member_is_removed_af
 
     with connection.execute_wrapper(remove_after_candidates_are_read):
         response = client.post(
-            f"/console/o/{owner.id}/settings/transfer-ownership", {"transfer-member": membership.public_id}, follow=True
+            f"/console/o/{owner.id}/settings/transfer-ownership", {"transfer-member": membership.public_id}
         )
 
     assert removed["done"]
-    assert response.status_code == 200
-    assert "No such member in this organization." in response.content.decode()
+    # The settings page again, the service's message beside the member select: no message at the page's top.
+    assert response.status_code == 400
+    assert _errors_beside(response, "id_transfer-member") == ["No such member in this organization."]
+    assert 'class="messages"' not in response.content.decode()
+    assert user.email not in response.content.decode()  # the select no longer offers the removed member
     assert Membership.objects.get(user=owner.owner).roles == ["owner"]
     assert not AuditEvent.objects.filter(action="organization.transfer").exists()
+
+
+def test_ownership_transfer_form_says_beside_the_select_when_no_member_is_chosen(client, owner):
+    _user, membership = owner.add_member(roles=["administrator"])
+    response = client.post(f"/console/o/{owner.id}/settings/transfer-ownership", {"transfer-member": ""})
+    assert response.status_code == 400
+    assert _errors_beside(response, "id_transfer-member") == ["This field is required."]
+    page = response.content.decode()
+    assert 'class="messages"' not in page and membership.user.email in page  # the select still offers the member
+
+
+def _errors_beside(response, field_id) -> list[str]:
+    """The messages of the field's own error list (Django links it to the input by id)."""
+    body = html.unescape(response.content.decode())
+    match = re.search(rf'<ul class="errorlist" id="{field_id}_error">(.*?)</ul>', body, re.S)
+    assert match, f"no error list for {field_id} in the page"
+    return re.findall(r"<li>(.*?)</li>", match.group(1), re.S)
 
 
 def test_invitation_is_resent_with_a_new_link_and_revoked_when_asked(
