@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -463,6 +464,15 @@ def _awaiting_deadline(peering: VpcPeering) -> datetime.datetime | None:
     return peering.awaiting_since + datetime.timedelta(seconds=settings.VPC_PEERING_AWAITING_TTL_SECONDS)
 
 
+def _out_of_time(peering: VpcPeering, doing: str) -> ProviderError:
+    """Celery's soft time limit struck inside the provider's call (the adapters let it through, whatever the provider):
+    a temporary error, so the state stands and the next poll, with its own time, goes on from what the provider
+    finished meanwhile. Caught here, before the catch-all below could call it a bug."""
+    logger.warning("vpc peering %s: the soft time limit interrupted the poll", peering.public_id)
+    provider = VpcPeering.Provider(peering.provider).label
+    return ProviderError(f"The poll ran out of time to {doing} at {provider}: a later poll goes on.", permanent=False)
+
+
 def _poll(peering: VpcPeering) -> str:
     started = peering.state
     result = _Result(ids=dict(peering.provider_ids))
@@ -478,6 +488,9 @@ def _poll(peering: VpcPeering) -> str:
             result.observation = adapter.request(platform, customer)
         else:
             result.observation = adapter.refresh(platform, customer, result.ids)
+    except SoftTimeLimitExceeded:
+        doing = {State.DELETING: "delete", State.PENDING: "request"}.get(State(started), "check")
+        result.error = _out_of_time(peering, f"{doing} the peering")
     except ProviderError as exc:
         result.error = exc
     except Exception as exc:  # a bug in an adapter must not strand the peering: log it, retry with backoff
@@ -502,6 +515,8 @@ def _poll(peering: VpcPeering) -> str:
         # Nothing half-made stays at the provider: a peering that fails before it ever worked is taken down first.
         try:
             adapter.remove(platform, customer, result.ids)
+        except SoftTimeLimitExceeded:
+            result.cleanup_error = _out_of_time(peering, "remove what it made")
         except ProviderError as exc:
             result.cleanup_error = exc
         except Exception as exc:  # as above: logged, and the same failing step is retried with its cleanup

@@ -45,3 +45,39 @@ def silent_port() -> Iterator[int]:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         yield silent.getsockname()[1]
+
+
+@contextlib.contextmanager
+def soft_time_limit_on_connect() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers; the moment the first one arrives, Celery's soft time
+    limit strikes this process's main thread as it strikes a worker's: billiard's own handler on its own signal
+    (SIGUSR1), which raises SoftTimeLimitExceeded in whatever code runs then: here, the client waiting for the answer.
+    Later connections are only left unanswered."""
+    import signal
+    import threading
+
+    from billiard.pool import soft_timeout_sighandler
+
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main, "signals strike the main thread only"
+    previous = signal.signal(signal.SIGUSR1, soft_timeout_sighandler)
+    accepted: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+
+        def strike() -> None:
+            try:
+                connection, _address = server.accept()
+            except OSError:  # the block ended with no connection
+                return
+            accepted.append(connection)
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        threading.Thread(target=strike, daemon=True).start()
+        try:
+            yield server.getsockname()[1]
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+            for connection in accepted:
+                connection.close()

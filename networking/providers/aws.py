@@ -13,9 +13,9 @@ from collections.abc import Mapping
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 
-from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
+from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError, raise_if_interrupted
 
 TAG_KEY = "mqtt-cloud:peering"
 DEFAULT_MQTT_PORTS = (1883, 8883, 8083, 8084)
@@ -70,10 +70,19 @@ _SESSION = boto3.session.Session()
 _SESSION_LOCK = threading.Lock()
 
 
+def _interrupted(caught_exception=None, **kwargs) -> None:
+    """First of a client's needs-retry handlers. botocore wraps any failure of its HTTP send in HTTPClientError, which
+    its standard mode retries: the task's soft time limit striking while boto3 waits for EC2 would be retried (a
+    stalled endpoint then holds the task up to the hard limit) and end as "could not be reached". It rises at once,
+    as itself."""
+    if isinstance(caught_exception, HTTPClientError):
+        raise_if_interrupted(caught_exception.kwargs.get("error"))
+
+
 def _ec2(platform: Platform):
     credentials = platform.credentials
     with _SESSION_LOCK:
-        return _SESSION.client(
+        client = _SESSION.client(
             "ec2",
             region_name=platform.region,
             aws_access_key_id=credentials.get("access_key_id"),
@@ -83,6 +92,8 @@ def _ec2(platform: Platform):
             verify=platform.ca_bundle if platform.ca_bundle else None,
             config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}),
         )
+    client.meta.events.register_first("needs-retry.ec2", _interrupted)
+    return client
 
 
 def _ports(platform: Platform) -> list[int]:

@@ -23,10 +23,9 @@ from azure.identity import ClientSecretCredential
 from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import SubResource, SyncRemoteAddressSpace, VirtualNetworkPeering
-from celery.exceptions import SoftTimeLimitExceeded
 
 from networking.checks import AZURE_OWNER_TAG, AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
-from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
+from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError, raise_if_interrupted
 
 ARM_SCOPE = "https://management.azure.com/.default"
 LRO_TIMEOUT_SECONDS = 90.0
@@ -94,10 +93,9 @@ class _BoundedSleepTransport(RequestsTransport):
 
 
 def _error(exc: Exception, doing: str) -> ProviderError:
+    raise_if_interrupted(exc)
     if isinstance(exc, ProviderError):
         return exc
-    if isinstance(exc, SoftTimeLimitExceeded):
-        return ProviderError(f"The poll ran out of time to {doing}: a later poll goes on.", permanent=False)
     if isinstance(exc, RetryAfterTooLong):
         return ProviderError(
             f"Azure asked to wait {exc.seconds:g} s (Retry-After) to {doing}, longer than a poll waits "
@@ -479,7 +477,8 @@ class AzureAdapter:
             return f"The peering {customer.public_id} does not exist on {customer.vnet_name} yet."
         except HttpResponseError as exc:
             return f"Your side cannot be read ({_code(exc) or exc.status_code}): check the role assignment."
-        except Exception:  # noqa: BLE001 - only a hint for the customer; the platform side decides the state
+        except Exception as exc:  # noqa: BLE001 - only a hint for the customer; the platform side decides the state
+            raise_if_interrupted(exc)
             return "Your side could not be read."
         return f"Your side of the peering is {theirs.peering_state or 'not ready'}."
 

@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 # What a provider's answer means for us:
 #   waiting — our side exists (or cannot exist yet); the customer still has something to do;
 #   active  — traffic can flow both ways;
@@ -84,6 +86,15 @@ class ProviderError(Exception):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+
+
+def raise_if_interrupted(exc: BaseException) -> None:
+    """Raise `exc` again when it is the poll's task being interrupted: Celery's soft time limit, raised inside whatever
+    call runs when it strikes, is no answer of the provider's. billiard makes SoftTimeLimitExceeded an Exception, so an
+    adapter's catch-all would take it for one ("could not be reached"); every catch-all calls this first, and the poll
+    (networking.services) says it ran out of time, whatever the provider."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        raise exc
 
 
 class PeeringAdapter(Protocol):

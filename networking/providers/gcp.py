@@ -15,7 +15,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import compute_v1
 from google.oauth2 import service_account
 
-from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError
+from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError, raise_if_interrupted
 
 SCOPES = ["https://www.googleapis.com/auth/compute"]
 OPERATION_DEADLINE_SECONDS = 90.0
@@ -72,6 +72,7 @@ class _Clients:
 
 
 def _error(exc: Exception, doing: str) -> ProviderError:
+    raise_if_interrupted(exc)
     if isinstance(exc, ProviderError):
         return exc
     if not isinstance(exc, google_exceptions.GoogleAPICallError):
@@ -109,7 +110,7 @@ class GcpAdapter:
                 )
                 clients.wait(operation, f"add peering {name}")
             peering = _find(clients.ours(), name)
-        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a ProviderError, the rest propagates
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a ProviderError; an interruption propagates (_error)
             raise _error(exc, f"add peering {name}") from exc
         if peering is None:
             raise ProviderError(f"GCP accepted peering {name} but does not list it", permanent=False)

@@ -1,11 +1,14 @@
 """AWS peering through boto3 against moto's EC2, run as an HTTP server: the full state walk, routes and the MQTT
 security-group rule once accepted, the customer deleting their side, failures from AWS, rollback, and delete."""
 
+import time
+
 import pytest
 
 from networking import services
 from networking.models import VpcPeering
 from tests.networking.conftest import CUSTOMER_ACCOUNT, REGION_AWS, make_deployment, poll
+from tests.outage import soft_time_limit_on_connect
 
 pytestmark = pytest.mark.django_db
 
@@ -158,6 +161,27 @@ def test_poll_keeps_state_and_retries_when_aws_is_unreachable(deployment, aws, a
     peering = _reload(peering)
     assert "could not be reached" in peering.last_error
     assert peering.next_poll_at is not None and peering.poll_attempt == 1
+
+
+def test_poll_says_it_ran_out_of_time_when_the_soft_time_limit_interrupts_it(deployment, aws, aws_region):
+    # The worker's soft time limit strikes while boto3 waits for EC2's answer. botocore takes any failure of its HTTP
+    # send for a connection error and retries it: the poll must stop at once and say it ran out of time, not retry
+    # into the hard limit or say that AWS could not be reached.
+    peering = _create(deployment, aws)
+    with soft_time_limit_on_connect() as port:
+        aws_region.network = aws.network(endpoint=f"http://127.0.0.1:{port}")
+        aws_region.save()
+        started = time.monotonic()
+        assert poll(peering) == "pending"
+    took = time.monotonic() - started
+    peering = _reload(peering)
+    assert "ran out of time" in peering.last_error and "could not be reached" not in peering.last_error
+    assert took < 10  # not one more try, each waiting up to 30 s for an answer
+    assert peering.next_poll_at is not None and peering.poll_attempt == 1
+
+    aws_region.network = aws.network()
+    aws_region.save()
+    assert poll(peering) == "awaiting_customer_action"  # the next poll goes on
 
 
 def test_abnormal_peering_fires_the_vpc_alert_and_resolves_when_deleted(

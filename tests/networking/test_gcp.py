@@ -7,6 +7,7 @@ import pytest
 from networking import services
 from networking.models import VpcPeering
 from tests.networking.conftest import make_deployment, poll
+from tests.outage import soft_time_limit_on_connect
 
 pytestmark = pytest.mark.django_db
 
@@ -108,6 +109,24 @@ def test_poll_retries_without_failing_when_platform_credentials_are_refused(depl
     assert poll(peering) == "pending"
     peering = _reload(peering)
     assert peering.last_error.startswith("GCP answered 401") and peering.next_poll_at is not None
+
+
+def test_poll_says_it_ran_out_of_time_when_the_soft_time_limit_interrupts_it(deployment, gcp, gcp_region):
+    # The worker's soft time limit strikes while google-cloud-compute waits for GCP's answer: the poll says it ran
+    # out of time, not that GCP could not be reached, and the next poll goes on.
+    peering = _create(deployment, gcp)
+    network = dict(gcp_region.network)
+    with soft_time_limit_on_connect() as port:
+        gcp_region.network = {**network, "endpoint": f"http://127.0.0.1:{port}"}
+        gcp_region.save()
+        assert poll(peering) == "pending"
+    peering = _reload(peering)
+    assert "ran out of time" in peering.last_error and "could not be reached" not in peering.last_error
+    assert peering.next_poll_at is not None and peering.poll_attempt == 1
+
+    gcp_region.network = network
+    gcp_region.save()
+    assert poll(peering) == "awaiting_customer_action"  # the next poll goes on
 
 
 def test_peering_is_added_by_a_later_poll_when_another_peering_operation_runs_on_the_platform_network(deployment, gcp):
