@@ -35,11 +35,14 @@ class BillingConfig(AppConfig):
     name = "billing"
 
     def ready(self):
-        from billing import metering
+        from billing import metering, selectors
         from controlplane.metrics import register_gauge_source
         from deployments import hooks
+        from organizations import closing
 
         hooks.on_billable_time_corrected(metering.deployment_time_corrected)
+        # Nor while it owes anything: usage not invoiced, invoices not paid, an annual plan running.
+        closing.on_deletion_check(selectors.organization_deletion_blockers)
 
         register_gauge_source(
             "controlplane_metering_lag_seconds", "Seconds since the last metered hour ended.", [], _metering_lag

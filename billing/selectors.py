@@ -15,7 +15,19 @@ from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing import invoicing, metering
-from billing.models import BillingAccount, CreditGrant, Invoice, InvoiceStatus, missing_address_fields
+from billing.models import (
+    AnnualSubscription,
+    BillingAccount,
+    CreditGrant,
+    Invoice,
+    InvoiceStatus,
+    SubscriptionStatus,
+    TrafficRecord,
+    UsageRecord,
+    missing_address_fields,
+)
+from deployments.models import StatusInterval
+from organizations.closing import DeletionBlocker, objects_blocking
 
 if TYPE_CHECKING:
     from organizations.models import Organization
@@ -190,3 +202,47 @@ def overdue_notice(*, organization_id: int, now: datetime.datetime | None = None
         return None
     grace = datetime.timedelta(days=settings.BILLING_GRACE_DAYS)
     return OverdueNotice(invoices=found["n"], oldest_due_at=found["oldest"], stop_on=found["oldest"] + grace)
+
+
+def organization_deletion_blockers(*, organization: Organization) -> list[DeletionBlocker]:
+    """What the organization still owes or has bought: usage not yet invoiced (metered or not yet), invoices not
+    paid (draft, open, uncollectible), annual plans still active. Registered with organizations.closing."""
+    blockers = []
+    unbilled_hours = UsageRecord.objects.filter(organization=organization, invoice__isnull=True).count()
+    unbilled_days = TrafficRecord.objects.filter(organization=organization, invoice__isnull=True, bytes__gt=0).count()
+    # Billable time the hourly metering has not turned into usage records yet (a deployment deleted in the last hour).
+    cursor = metering.metered_until()
+    intervals = StatusInterval.objects.filter(deployment__project__organization=organization)
+    if cursor is not None:
+        intervals = intervals.filter(Q(ended_at__isnull=True) | Q(ended_at__gt=cursor))
+    unmetered = intervals.exists()
+    if unbilled_hours or unbilled_days or unmetered:
+        blockers.append(
+            DeletionBlocker(
+                "unbilled-usage",
+                "Usage is not invoiced yet (this month's usage is billed when the month closes, on the 1st): delete "
+                "the organization once that invoice is paid.",
+            )
+        )
+    unpaid = list(
+        Invoice.objects.filter(
+            billing_account__organization=organization,
+            status__in=[InvoiceStatus.DRAFT, InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE],
+        )
+        .order_by("created_at", "pk")
+        .values_list("public_id", flat=True)
+    )
+    blockers += objects_blocking("invoices", unpaid, noun="invoice", state="not paid", remedy="pay {them} first")
+    active = list(
+        AnnualSubscription.objects.filter(billing_account__organization=organization, status=SubscriptionStatus.ACTIVE)
+        .order_by("term_start", "pk")
+        .values_list("public_id", flat=True)
+    )
+    blockers += objects_blocking(
+        "annual-subscriptions",
+        active,
+        noun="annual plan",
+        state="active",
+        remedy="the organization can be deleted once the term ends (turn auto-renew off)",
+    )
+    return blockers

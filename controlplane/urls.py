@@ -33,7 +33,7 @@ org_router.register("invitations", InvitationViewSet, basename="invitation")
 org_router.register("api-keys", ApiKeyViewSet, basename="api-key")
 org_router.register("audit-events", AuditEventViewSet, basename="audit-event")
 
-organization_detail = OrganizationViewSet.as_view({"get": "retrieve", "patch": "partial_update"})
+organization_detail = OrganizationViewSet.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"})
 organization_transfer = OrganizationViewSet.as_view({"post": "transfer_ownership"})
 
 api_v1: list[URLPattern | URLResolver] = [

@@ -14,6 +14,11 @@ class DeploymentsConfig(AppConfig):
 
     def ready(self):
         from controlplane.metrics import register_gauge_source
+        from deployments import selectors
+        from organizations import closing
+
+        # An organization is deleted only once none of its deployments is left (organizations sits below us).
+        closing.on_deletion_check(selectors.organization_deletion_blockers)
 
         register_gauge_source(
             "controlplane_deployments", "Deployments by observed status.", ["status"], _deployments_by_status

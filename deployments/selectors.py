@@ -21,8 +21,11 @@ from deployments.models import (
     Price,
     RateLimitPolicy,
     Region,
+    Status,
     Tier,
 )
+from organizations.closing import DeletionBlocker, objects_blocking
+from organizations.models import Organization
 
 
 def deployment_queryset() -> QuerySet[Deployment]:
@@ -113,3 +116,21 @@ def driver_capabilities(region: Region) -> DriverCapabilities:
         "acl_client_id_rules": True,
         "acl_note": "Rules may select a username, a client id, or everyone.",
     }
+
+
+def organization_deletion_blockers(*, organization: Organization) -> list[DeletionBlocker]:
+    """Deployments of the organization, in any project, that are not deleted (a deployment being deleted still runs
+    until its broker is gone): registered with organizations.closing."""
+    ids = list(
+        Deployment.objects.filter(project__organization=organization)
+        .exclude(status=Status.DELETED)
+        .order_by("created_at", "pk")
+        .values_list("public_id", flat=True)
+    )
+    return objects_blocking(
+        "deployments",
+        ids,
+        noun="deployment",
+        state="not deleted",
+        remedy="delete {them} and wait until the deletion completes",
+    )

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal, TypeVar, overload
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -51,6 +51,7 @@ from deployments.topics import validate_acl_topic
 from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
 from organizations.access import Principal, acting_user
+from organizations.models import Organization
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,21 @@ def _refuse_if_busy(deployment: Deployment) -> None:
     )
     if active is not None:
         raise Conflict(f"Operation {active.public_id} ({active.kind}) is still in progress; retry once it finishes.")
+
+
+def _lock_open_organization(organization: Organization) -> None:
+    """Share-lock the organization's row, which organization_delete locks for update before it looks for deployments,
+    and refuse one deleted (closed) meanwhile: a deployment created while its organization is deleted is then either
+    seen by the deletion, which refuses, or refused here. Shared, so creations in one organization do not wait on
+    each other."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT closed_at FROM {connection.ops.quote_name(Organization._meta.db_table)} WHERE id = %s FOR SHARE",
+            [organization.pk],
+        )
+        row = cursor.fetchone()
+    if row is None or row[0] is not None:
+        raise NotFound("No such organization.")
 
 
 def _lock_live_project(project: Project) -> None:
@@ -294,6 +310,7 @@ def deployment_create(
         used = selectors.premium_deployments_count(organization.pk)
         if used >= granted:
             raise Conflict(f"Your organization has used its {granted} Premium trial deployment(s).")
+    _lock_open_organization(organization)
     _lock_live_project(project)
     if _name_taken(project, name):
         raise _name_conflict(name)

@@ -31,7 +31,7 @@ from controlplane import crypto
 from controlplane.db import LockSpace, session_try_lock
 from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
 from deployments.models import Deployment, DeploymentEvent, DesiredState, Plan, Region
-from networking import checks
+from networking import checks, selectors
 from networking.models import VpcPeering
 from networking.providers import adapter_for
 from networking.providers.base import Customer, Observation, Platform, ProviderError
@@ -163,9 +163,7 @@ def peering_unavailable_reason(deployment: Deployment) -> str | None:
 
 
 def _live_peerings() -> QuerySet[VpcPeering]:
-    """Peerings that hold (or may soon hold) a range at the provider. A failed peering that never became active
-    was cleaned up at the provider before it failed, so it holds nothing."""
-    return VpcPeering.objects.exclude(state=State.DELETED).exclude(state=State.FAILED, activated_at__isnull=True)
+    return selectors.live_peerings()
 
 
 def peering_preflight_check(

@@ -3,7 +3,13 @@
 from django.db import transaction
 from django.db.models import Prefetch
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+    extend_schema_view,
+)
 from rest_framework import generics, mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ErrorDetail
@@ -138,6 +144,40 @@ class MemberSerializer(serializers.ModelSerializer):
 class MemberUpdateSerializer(InputSerializer):
     roles = serializers.ListField(child=serializers.ChoiceField(choices=ORG_ROLE_CHOICES), required=False, max_length=4)
     project_grants = ProjectGrantSerializer(many=True, required=False, max_length=1000)
+
+
+@extend_schema_serializer(
+    examples=[OpenApiExample("Delete Acme", value={"confirm_name": "Acme Industrial IoT"}, request_only=True)]
+)
+class OrganizationDeleteSerializer(InputSerializer):
+    confirm_name = StrictCharField(
+        max_length=100,
+        help_text="The organization's name, exactly as it is (as the console makes you type it): deleting it cannot "
+        "be undone.",
+    )
+
+
+ORGANIZATION_NOT_EMPTY_EXAMPLE = {
+    "type": "https://docs.mqtt-cloud.example/problems/organization-not-empty",
+    "title": "Conflict",
+    "status": 409,
+    "detail": "The organization cannot be deleted yet: 1 deployment is not deleted (dep_7f3k2m9q4x8c1v5b6n0z): delete "
+    "it and wait until the deletion completes. 1 invoice is not paid (inv_q2w3e4r5t6y7u8i9o0pa): pay it first.",
+    "request_id": "5f0c8a2e9b6d4c1f8e7a6b5c4d3e2f10",
+    "errors": [
+        {
+            "field": None,
+            "message": "1 deployment is not deleted (dep_7f3k2m9q4x8c1v5b6n0z): delete it and wait until the "
+            "deletion completes.",
+            "code": "deployments",
+        },
+        {
+            "field": None,
+            "message": "1 invoice is not paid (inv_q2w3e4r5t6y7u8i9o0pa): pay it first.",
+            "code": "invoices",
+        },
+    ],
+}
 
 
 class TransferOwnershipSerializer(InputSerializer):
@@ -370,7 +410,19 @@ class OrganizationViewSet(ScopedViewSet):
     tenant_field = "pk"
     lookup_url_kwarg = "org"
     serializer_class = OrganizationSerializer
-    required_scopes = {"retrieve": "org:read", "partial_update": "org:write", "transfer_ownership": "org:transfer"}
+    required_scopes = {
+        "retrieve": "org:read",
+        "partial_update": "org:write",
+        "transfer_ownership": "org:transfer",
+        "destroy": "org:delete",
+    }
+    # Beyond the scope: a person deletes an organization, never an API key (answered before the body is read).
+    action_checks = {"destroy": "check_deletable"}
+    body_on_delete_actions = ("destroy",)
+    problem_examples = {"destroy": {"409": ORGANIZATION_NOT_EMPTY_EXAMPLE}}
+
+    def check_deletable(self):
+        services.organization_check_deletable(organization=self.organization, actor=self.principal)
 
     def get_serializer_context(self):
         return {**super().get_serializer_context(), "principal": getattr(self, "principal", None)}
@@ -412,6 +464,26 @@ class OrganizationViewSet(ScopedViewSet):
             organization=self.organization, actor=self.principal, member_id=data.validated_data["member"]
         )
         return Response(MemberSerializer(membership).data)
+
+    @extend_schema(
+        summary="Delete (close) the organization",
+        description="Owners only, in person: an API key gets 403 `api-key-not-allowed`. Send the organization's name "
+        "as `confirm_name` (400 on that field otherwise). Refused with 409 `organization-not-empty` while anything "
+        "still runs or is owed: a deployment not deleted, usage not invoiced yet (this month's is invoiced when the "
+        "month closes), an invoice not paid (draft, open, uncollectible), an active annual plan, a VPC peering; "
+        "`errors` lists each, with its own code. Deleting removes every member, pending invitation and API key, so "
+        "nobody reaches the organization again; its invoices, billing account and audit log are kept for the legal "
+        "retention period.",
+        request=OrganizationDeleteSerializer,
+        responses={204: OpenApiResponse(description="Deleted: the organization is closed.")},
+    )
+    def destroy(self, request, *args, **kwargs):
+        data = OrganizationDeleteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.organization_delete(
+            organization=self.organization, actor=self.principal, confirm_name=data.validated_data["confirm_name"]
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 @extend_schema(tags=["members"])

@@ -29,9 +29,17 @@ class Organization(models.Model):
         default=False, help_text="Members must sign in to the console with two-factor authentication."
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # Set when its Owner deleted it (organizations.services.organization_delete). The row stays, with its projects,
+    # billing account, invoices and audit log (kept for the legal retention period), but no member, invitation or
+    # API key is left to reach it.
+    closed_at = models.DateTimeField(null=True, blank=True, help_text="When its Owner deleted the organization.")
 
     def __str__(self):
         return f"{self.name} ({self.public_id})"
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed_at is not None
 
 
 class Membership(models.Model):

@@ -25,11 +25,11 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import Conflict, NotFound, PermissionDenied, Unavailable, ValidationFailed
+from controlplane.errors import Conflict, FieldError, NotFound, PermissionDenied, Unavailable, ValidationFailed
 from controlplane.ids import holds_nul
 from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
-from organizations import access
+from organizations import access, closing
 from organizations.models import ApiKey, Invitation, Membership, Organization
 from organizations.roles import ORGANIZATION_ROLES, PROJECT_ROLES, Role
 from projects.models import DEFAULT_PROJECT_NAME, Project, ProjectGrant
@@ -53,6 +53,22 @@ class TwoFactorSessionRequired(PermissionDenied):
         "The two-factor requirement can only be changed from a console session verified by your second factor "
         "(sign in with your authenticator code), not with an API key."
     )
+
+
+class PersonRequired(PermissionDenied):
+    """An operation a person must perform from their own session: an API key, whatever its role, may not."""
+
+    code = "api-key-not-allowed"
+    default_message = (
+        "Only a person can delete an organization: an Owner, signed in to the console or the API with their own "
+        "session, not with an API key."
+    )
+
+
+class OrganizationNotEmpty(Conflict):
+    """Something still runs or is owed in the organization; `errors` lists each blocker with its own code."""
+
+    code = "organization-not-empty"
 
 
 class RoleTooHigh(PermissionDenied):
@@ -202,6 +218,76 @@ def organization_require_two_factor(
             target=organization,
             summary={"require_two_factor": [old, required]},
         )
+    return organization
+
+
+def organization_check_deletable(*, organization: Organization, actor: access.Principal | None) -> None:
+    """Whether `actor` may delete the organization at all: its Owner (the org:delete scope), acting in person. Checked
+    by organization_delete, and before it by the API and the console so that a caller who may not delete is told so
+    before anything about the request's input."""
+    if actor is None or not access.has_scope(actor, "org:delete", organization=organization):
+        raise RoleTooHigh("Only an Owner can delete the organization.")
+    if actor.api_key is not None:
+        raise PersonRequired()
+
+
+def organization_deletion_blockers(*, organization: Organization) -> list[closing.DeletionBlocker]:
+    """What must end, be billed or be paid before the organization can be deleted (empty: nothing)."""
+    return closing.deletion_blockers(organization)
+
+
+@transaction.atomic
+def organization_delete(
+    *, organization: Organization, actor: access.Principal | None, confirm_name: str
+) -> Organization:
+    """Delete (close) the organization, as its Owner, who types its name to confirm.
+
+    Soft: the row stays, marked closed, with its projects and their history, its billing account and invoices (kept
+    for the legal retention period) and its audit log. What goes is every way in: its members, its pending
+    invitations and its API keys (revoked). Refused while anything still runs or is owed (closing.deletion_blockers:
+    a deployment not deleted, usage not yet invoiced, an invoice not paid, an annual plan, a VPC peering), checked
+    under the organization's lock, which deployment_create takes too: a deployment created at the same moment either
+    committed first and blocks, or finds the organization closed."""
+    organization_check_deletable(organization=organization, actor=actor)
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    if organization.closed_at is not None:
+        raise NotFound("No such organization.")
+    _lock_memberships(organization)
+    # The acting member's Owner role as it stands under the lock, not as the request first read it.
+    current = Membership.objects.filter(organization=organization, user=access.acting_user(actor)).first()
+    if current is None or not current.is_owner:
+        raise RoleTooHigh("Only an Owner can delete the organization.")
+    if not isinstance(confirm_name, str) or confirm_name != organization.name:
+        raise ValidationFailed({"confirm_name": "Type the organization's name exactly as it is shown to delete it."})
+    blockers = closing.deletion_blockers(organization)
+    if blockers:
+        refusal = OrganizationNotEmpty(
+            "The organization cannot be deleted yet: " + " ".join(blocker.message for blocker in blockers)
+        )
+        refusal.errors = [FieldError(None, blocker.message, blocker.code) for blocker in blockers]
+        raise refusal
+    now = timezone.now()
+    memberships = Membership.objects.filter(organization=organization)
+    keys = ApiKey.objects.filter(organization=organization, revoked_at=None)
+    invitations = Invitation.objects.filter(organization=organization, accepted_at=None, revoked_at=None)
+    # Recorded in the organization, naming the actor, before the memberships (the actor's among them) go.
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="organization.delete",
+        target=organization,
+        summary={
+            "name": organization.name,
+            "members": sorted(memberships.values_list("user__email", flat=True)),
+            "revoked_api_keys": sorted(keys.values_list("prefix", flat=True)),
+            "revoked_invitations": sorted(invitations.values_list("email", flat=True)),
+        },
+    )
+    keys.update(revoked_at=now)
+    invitations.update(revoked_at=now)
+    memberships.delete()
+    organization.closed_at = now
+    organization.save(update_fields=["closed_at"])
     return organization
 
 

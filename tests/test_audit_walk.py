@@ -50,6 +50,7 @@ BODIES: dict[str, object] = {
     "POST /api/v1/organizations": {"name": "Walk Two"},
     f"PATCH {ORG}": {"name": "Walk renamed"},
     f"POST {ORG}/transfer-ownership": lambda world, values: {"member": world.admin_membership},
+    f"DELETE {ORG}": lambda world, values: {"confirm_name": world.closable.name},
     f"POST {ORG}/projects": {"name": "walk project"},
     f"PATCH {PROJECT}": {"description": "walked"},
     f"PATCH {ORG}/members/{{member}}": {"roles": ["accountant"]},
@@ -172,6 +173,7 @@ class World:
     invitation_token: str
     certificate: dict
     codec_schema: str
+    closable: Any  # an organization of the same Owner with nothing in it: the one the walk deletes
 
 
 def _build_world() -> World:
@@ -201,6 +203,11 @@ def _build_world() -> World:
     Coupon.objects.create(code="WALK10", amount=1000, currency="USD")
     for name in (f"POST {DEP}/vpc-peerings", f"POST {DEP}/vpc-peerings/validate"):
         SAMPLE_MAKERS["peering"](org, values[name], "")  # moves the deployment to an AWS region
+    # Deleting an organization is refused while anything runs or is owed in it, as everything does in the walk's
+    # organization: the Owner deletes a second one of theirs, empty (test_organization_delete_refused_records_nothing
+    # below sends the same request to the walk's organization).
+    closable = organization_services.organization_create(name="Walk closable", owner=org.owner)
+    values[f"DELETE {ORG}"]["org"] = closable.public_id
     leaf, key = make_leaf(None, "walk.example", sans=("walk.example",))
     return World(
         org=org,
@@ -211,6 +218,7 @@ def _build_world() -> World:
         invitation_token=token,
         certificate={"kind": "server", "certificate": pem(leaf), "private_key": key_pem(key)},
         codec_schema=SAMPLE_MAKERS["schema"](org, values[f"POST {DEP}/codec-rules"], ""),
+        closable=closable,
     )
 
 
@@ -228,12 +236,19 @@ def fake_stripe():
         yield fake
 
 
+# Operations the Owner performs with their console session: an API key may not.
+SESSION_ONLY = {
+    "POST /api/v1/organizations": "an API key belongs to its organization and may not create another",
+    f"DELETE {ORG}": "a person deletes an organization, never an API key",
+}
+
+
 def _client(world: World, name: str) -> APIClient:
     client = APIClient()
     if name == "POST /api/v1/invitations/accept":
         client.force_login(world.invitee)  # the invitee's own session accepts
-    elif name == "POST /api/v1/organizations":
-        client.force_login(world.org.owner)  # an API key belongs to its organization and may not create another
+    elif name in SESSION_ONLY:
+        client.force_login(world.org.owner)
     else:
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {world.org.owner_secret}")
     return client
@@ -243,7 +258,7 @@ def _caller_of(world: World, name: str) -> tuple[int, int | None]:
     """(user, API key) the audit must name as the actor."""
     if name == "POST /api/v1/invitations/accept":
         return world.invitee.pk, None
-    if name == "POST /api/v1/organizations":
+    if name in SESSION_ONLY:
         return world.org.owner.pk, None
     return world.org.owner.pk, world.org.owner_key.pk
 
@@ -253,6 +268,8 @@ def _organization_of(world: World, name: str, response) -> object:
         from organizations.models import Organization
 
         return Organization.objects.get(public_id=response.json()["id"]).pk
+    if name == f"DELETE {ORG}":
+        return world.closable.pk
     return world.org.organization.pk
 
 
@@ -282,3 +299,26 @@ def test_write_operation_records_an_audit_event_of_its_request_when_it_succeeds(
     assert events, f"{name} answered {response.status_code} and recorded no audit event"
     assert organizations == {expected}
     assert actors == {_caller_of(world, name)}, "the audit event names someone other than the caller"
+
+
+def test_organization_delete_refused_records_nothing_when_something_blocks(world, redis_clean):
+    """The walk's organization has deployments, invoices and usage: its Owner's deletion is a 409 refusal that
+    changes nothing and records no audit event."""
+    from organizations.models import Membership
+
+    with transaction.atomic():
+        client = APIClient()
+        client.force_login(world.org.owner)
+        response = client.delete(
+            ORG.format(org=world.org.id),
+            json.dumps({"confirm_name": world.org.organization.name}),
+            content_type="application/json",
+        )
+        events = AuditEvent.objects.filter(request_id=response["X-Request-Id"]).count()
+        members = Membership.objects.filter(organization=world.org.organization).count()
+        transaction.set_rollback(True)
+    assert response.status_code == 409, response.content[:500]
+    assert response.json()["type"].endswith("/organization-not-empty")
+    assert "deployments" in [error["code"] for error in response.json()["errors"]]
+    assert events == 0
+    assert members > 0

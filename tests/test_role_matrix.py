@@ -52,9 +52,10 @@ FIELD_SCOPES = {"org:security": ("PATCH /api/v1/organizations/{org}", {"require_
 # Operations a rule beyond the scope also limits to the object's creator: each persona that holds a key acts on its
 # own (rotating a key hands out its secret, which acts for whoever created it: tests/organizations/test_key_privilege.py).
 OWN_KEY_ROUTES = {"POST /api/v1/organizations/{org}/api-keys/{key}/rotate"}
-SCOPES_WITHOUT_A_REQUEST = {
-    "org:delete": "reserved for deleting an organization (Owner only), which no route offers yet",
-}
+# Operations a person must perform: a key of a persona the table allows is refused with this code, whatever its role
+# (tests/organizations/test_organization_delete.py).
+PERSON_ONLY_ROUTES = {"DELETE /api/v1/organizations/{org}": "api-key-not-allowed"}
+SCOPES_WITHOUT_A_REQUEST: dict[str, str] = {}
 
 
 def org_scopes(org_roles) -> set[str]:
@@ -211,7 +212,11 @@ def test_role_is_allowed_exactly_when_scopes_table_grants_it(index, world, key_c
                     url = operation.url({"org": world.organization.public_id, "key": world.keys[persona].public_id})
                 response = getattr(client, operation.method)(url, {}, format="json")
                 transaction.set_rollback(True)
-            if refusal is None:
+            if refusal is None and credential == "api_key" and str(operation) in PERSON_ONLY_ROUTES:
+                code = PERSON_ONLY_ROUTES[str(operation)]
+                if response.status_code != 403 or not response.json()["type"].endswith(f"/{code}"):
+                    wrong.append((persona, credential, f"refused {code}", response.status_code, response.content[:300]))
+            elif refusal is None:
                 if response.status_code in (401, 403, 404):
                     wrong.append((persona, credential, "allowed", response.status_code, response.content[:300]))
             elif (

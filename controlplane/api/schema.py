@@ -125,18 +125,36 @@ class AutoSchema(openapi.AutoSchema):
             codes.append("503")  # the operation waits on an outside service (Stripe, DNS) that may be down
         return sorted(set(codes))
 
+    def _get_request_body(self, direction: Direction = "request") -> dict[str, Any] | None:
+        # drf-spectacular documents a body for POST, PUT and PATCH only. An action a view names in
+        # `body_on_delete_actions` takes one with DELETE (deleting an organization takes its name, typed to confirm):
+        # it is documented as for a POST.
+        if self.method == "DELETE" and getattr(self.view, "action", None) in getattr(
+            self.view, "body_on_delete_actions", ()
+        ):
+            self.method = "POST"
+            try:
+                body: dict[str, Any] | None = super()._get_request_body(direction)  # type: ignore[no-untyped-call]
+            finally:
+                self.method = "DELETE"
+            return body
+        default: dict[str, Any] | None = super()._get_request_body(direction)  # type: ignore[no-untyped-call]
+        return default
+
     def _get_response_bodies(self, direction: Direction = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)
         if direction != "response":
             return responses
         component = self.resolve_serializer(Problem, "response")
+        # A view may show what one of its actions' refusals looks like (action -> status -> problem body).
+        own_examples = getattr(self.view, "problem_examples", {}).get(getattr(self.view, "action", None), {})
         for code in self._error_codes():
             response = {
                 "description": ERROR_DESCRIPTIONS[code],
                 "content": {
                     "application/problem+json": {
                         "schema": component.ref,
-                        "example": {**PROBLEM_EXAMPLE, "status": int(code)},
+                        "example": own_examples.get(code) or {**PROBLEM_EXAMPLE, "status": int(code)},
                     }
                 },
             }
