@@ -748,8 +748,11 @@ def budget_rules_evaluate(*, now: dt.datetime | None = None) -> EvaluationSummar
 
     now = now or timezone.now()
     retired = _retired_alerts_resolve(deployment_ids=None, kinds=(AlertRule.Kind.BUDGET,), now=now)
+    # A closed (deleted) organization spends nothing and has nobody left to tell: its rules are not evaluated.
     rules = list(
-        AlertRule.objects.filter(enabled=True, kind=AlertRule.Kind.BUDGET).select_related("organization", "project")
+        AlertRule.objects.filter(
+            enabled=True, kind=AlertRule.Kind.BUDGET, organization__closed_at__isnull=True
+        ).select_related("organization", "project")
     )
     summary = EvaluationSummary(rules=len(rules))
     summary.changed, summary.notifications = retired

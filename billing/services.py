@@ -387,7 +387,8 @@ def vat_checks_run_due(
 
     now = now or timezone.now()
     deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
-    candidates = BillingAccount.objects.exclude(tax_id="")
+    # A closed (deleted) organization bills nothing any more: its number is not asked about again.
+    candidates = BillingAccount.objects.exclude(tax_id="").filter(organization__closed_at__isnull=True)
     if unconfirmed_only:
         candidates = candidates.filter(vat_status=VatStatus.FORMAT_VALID)
     else:

@@ -26,10 +26,17 @@ class ProjectInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(AuditedModelAdmin, admin.ModelAdmin):
-    list_display = ("name", "public_id", "premium_trial_deployments", "created_at")
+    list_display = ("name", "public_id", "premium_trial_deployments", "created_at", "status")
+    list_filter = (("closed_at", admin.EmptyFieldListFilter),)
     search_fields = ("name", "public_id", "memberships__user__email")
-    # Premium trials are granted through their own page (iot's PremiumTrial admin), which records their end.
-    readonly_fields = ("public_id", "premium_trial_deployments", "created_at")
+    # Premium trials are granted through their own page (iot's PremiumTrial admin), which records their end. An
+    # organization is closed by its Owner (organizations.services.organization_delete), never here.
+    readonly_fields = ("public_id", "premium_trial_deployments", "created_at", "closed_at")
+
+    @admin.display(description="status", ordering="closed_at")
+    def status(self, obj):
+        return f"Closed {obj.closed_at:%Y-%m-%d %H:%M} UTC" if obj.closed_at else "Open"
+
     inlines = [MembershipInline, ProjectInline]
 
     def save_formset(self, request, form, formset, change):

@@ -171,3 +171,20 @@ def test_admin_password_change_is_no_unthrottled_password_oracle_for_a_staff_ses
     staff.refresh_from_db()
     assert staff.check_password(STAFF_PASSWORD), "the tenth-plus guess went unthrottled and changed the password"
     assert response.status_code in (302, 429)
+
+
+def test_staff_still_see_a_closed_organization_marked_closed(staff_client, staff, owner_org):
+    from organizations import access, services
+
+    services.organization_delete(
+        organization=owner_org.organization,
+        actor=access.Principal(user=owner_org.owner),
+        confirm_name=owner_org.organization.name,
+    )
+
+    listing = staff_client.get("/admin/organizations/organization/").content.decode()
+    assert owner_org.organization.public_id in listing and "Closed 20" in listing
+    closed_only = staff_client.get("/admin/organizations/organization/?closed_at__isempty=0").content.decode()
+    assert owner_org.organization.public_id in closed_only
+    page = staff_client.get(f"/admin/organizations/organization/{owner_org.organization.pk}/change/")
+    assert page.status_code == 200 and b"Closed at" in page.content

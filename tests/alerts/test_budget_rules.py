@@ -515,3 +515,24 @@ def test_other_organization_cannot_see_or_edit_budget_rules_and_alerts(ctx, org_
     assert client.get(theirs).status_code == 404
     their_rule.refresh_from_db()
     assert their_rule.budget_minor == 100
+
+
+def test_budget_rules_of_a_closed_organization_are_not_evaluated(owner_org, org_factory):
+    from organizations import access
+    from organizations import services as organization_services
+
+    budget_rule(owner_org.default_project, "1.00", name="Closed")
+    open_org = org_factory()
+    running_deployment(open_org.default_project)
+    meter()
+    budget_rule(open_org.default_project, "1.00", name="Open")
+    organization_services.organization_delete(
+        organization=owner_org.organization,
+        actor=access.Principal(user=owner_org.owner),
+        confirm_name=owner_org.organization.name,
+    )
+
+    summary = evaluate.budget_rules_evaluate(now=NOW)
+
+    assert summary.rules == 1
+    assert list(Alert.objects.values_list("rule__name", flat=True)) == ["Open"]

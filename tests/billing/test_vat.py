@@ -193,3 +193,26 @@ def test_account_shows_invalid_with_what_to_do_and_vat_is_charged_when_vies_reje
     invoicing.close_invoices(month=MARCH, now=at(2026, 4, 1, 0, 20))
     invoice = Invoice.objects.get()
     assert (invoice.tax_treatment, invoice.tax) == ("eu_consumer", 1757)  # 20 % of 87.84
+
+
+def test_vies_not_asked_about_a_closed_organizations_number_when_checks_are_due(owner_org):
+    from organizations import access
+    from organizations import services as organization_services
+
+    account = french_company(owner_org, now=at(2026, 3, 1))
+    organization_services.organization_delete(
+        organization=owner_org.organization,
+        actor=access.Principal(user=owner_org.owner),
+        confirm_name=owner_org.organization.name,
+    )
+    with FakeVies() as vies, override_settings(VIES_URL=vies.url):
+        vies.register("FR", "40303265045")
+        assert services.vat_checks_run_due(now=at(2026, 4, 2)) == {"valid": 0, "invalid": 0, "unavailable": 0}
+        assert services.vat_checks_run_due(now=at(2026, 4, 2), unconfirmed_only=True) == {
+            "valid": 0,
+            "invalid": 0,
+            "unavailable": 0,
+        }
+    assert vies.requests == []
+    account.refresh_from_db()
+    assert account.tax_id == "FR40303265045"  # the billing account is kept as it was
