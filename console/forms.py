@@ -18,6 +18,8 @@ from organizations.api import (
     ApiKeyCreateSerializer,
     ApiKeyRotateSerializer,
     InvitationCreateSerializer,
+    OrganizationCreateSerializer,
+    OrganizationDeleteSerializer,
     OrganizationUpdateSerializer,
 )
 from organizations.roles import Role
@@ -79,6 +81,18 @@ class InvitationAcceptForm(ConsoleForm):
 class OrganizationRenameForm(ApiForm):
     serializer_class = OrganizationUpdateSerializer
     name = forms.CharField(label="Organization name")
+
+
+class OrganizationCreateForm(ApiForm):
+    serializer_class = OrganizationCreateSerializer
+    name = forms.CharField(label="Organization name")
+
+
+class OrganizationDeleteForm(ApiForm):
+    serializer_class = OrganizationDeleteSerializer
+    confirm_name = forms.CharField(
+        label="Organization name", help_text="Type the organization's name to confirm: this cannot be undone."
+    )
 
 
 class ProjectForm(ApiForm):

@@ -50,6 +50,7 @@ urlpatterns = [
     path("", include("console.urls_account")),  # sign-in, sign-up, password, two-factor: console/account_views.py
     path("", views.home, name="home"),
     path("console/invitations/accept", views.invitation_accept, name="invitation-accept"),
+    path("console/organizations/new", views.organization_create, name="organization-create"),
     path("console/switch", projects.switch, name="switch"),
     # An organization and its sections.
     path("console/o/<str:org_id>", projects.organization, name="organization"),
@@ -78,6 +79,7 @@ urlpatterns = [
     path("console/o/<str:org_id>/audit.csv", audit.audit_csv, name="audit-csv"),
     path("console/o/<str:org_id>/settings", organization.settings_page, name="settings"),
     path("console/o/<str:org_id>/settings/transfer-ownership", organization.transfer, name="transfer"),
+    path("console/o/<str:org_id>/settings/delete", organization.delete, name="organization-delete"),
     path("console/o/<str:org_id>/alerts", alerts.alerts, name="alerts"),
     path(
         "console/o/<str:org_id>/alerts/<str:alert_id>/acknowledge",

@@ -4,13 +4,15 @@ Sign-in, sign-up, password and two-factor pages live in console/account_views.py
 console.pages. All of them call the same services and access checks as the REST API and never write models directly.
 """
 
+from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from console import errors, tenancy
-from console.forms import InvitationAcceptForm
+from console.forms import InvitationAcceptForm, OrganizationCreateForm
+from console.once import once, posted
 from organizations import access, services
 
 
@@ -24,6 +26,26 @@ def home(request):
     if len(organizations) == 1:
         return redirect("console:organization", org_id=organizations[0].public_id)
     return render(request, "console/home.html", {"organizations": organizations})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@once
+def organization_create(request):
+    """A new organization with the signed-in user as its Owner (after deleting their last one, for instance)."""
+    form = OrganizationCreateForm(posted(request))
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                organization = services.organization_create(name=form.validated["name"], owner=request.user)
+            except errors.REFUSALS as exc:
+                status = errors.to_form(form, exc)
+            else:
+                messages.success(request, f"Organization {organization.name} created: you are its Owner.")
+                return redirect("console:organization", org_id=organization.public_id)
+    return render(request, "console/organization_create.html", {"form": form}, status=status)
 
 
 @require_http_methods(["GET", "POST"])

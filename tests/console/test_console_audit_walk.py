@@ -115,12 +115,16 @@ class Submission:
     # A request that makes its own user and organization (signup-confirm): finds (user, organization) once it has
     # answered. Its events are then the new organization's, and the account-level one of the sign-in that follows.
     made: Callable[[], tuple[Any, Any]] | None = None
+    # The organization the event must be recorded in, read from the answer, when it is not the walk's own.
+    organization_of: Callable[[Any], Any] | None = None
 
-    def expected(self, world: World) -> tuple[set[int | None], int]:
+    def expected(self, world: World, response) -> tuple[set[int | None], int]:
         """The organizations of the request's events, and the user they must name."""
         if self.made is not None:
             user, organization = self.made()
             return {organization.pk, None}, user.pk
+        if self.organization_of is not None:
+            return {self.organization_of(response)}, self.user.pk
         return {None if self.account_level else world.org.organization.pk}, self.user.pk
 
 
@@ -280,6 +284,27 @@ def _on_sample(kind: str, tail: Callable[[World, str], str], data=None, *, route
     return submission
 
 
+def _organization_delete(world: World, client: Client) -> Submission:
+    """The walk's organization has deployments, which block its deletion: the Owner deletes another of theirs,
+    empty (the refusal itself: tests/console/test_organization_delete_page.py)."""
+    from organizations import services as organization_services
+
+    user = _as_owner(client, world)
+    closable = organization_services.organization_create(name="Walk closable", owner=user)
+    url = f"/console/o/{closable.public_id}/settings/delete"
+    return Submission(url, {"delete-confirm_name": closable.name}, user, organization_of=lambda response: closable.pk)
+
+
+def _organization_create(world: World, client: Client) -> Submission:
+    def created(response) -> Any:
+        from organizations.models import Organization
+
+        return Organization.objects.get(public_id=response["Location"].rstrip("/").split("/")[-1]).pk
+
+    user = _as_owner(client, world)
+    return Submission("/console/organizations/new", {"name": "Walk new"}, user, organization_of=created)
+
+
 def _invitation_accept(world: World, client: Client) -> Submission:
     from organizations import services as organization_services
 
@@ -434,6 +459,8 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
     "organization": _owner(lambda w: _org_url(w), {"new-name": "walked project"}),
     "settings": _owner(lambda w: _org_url(w, "/settings"), {"org-name": "Walk renamed"}),
     "transfer": _owner(lambda w: _org_url(w, "/settings/transfer-ownership"), lambda w: {"transfer-member": w.member}),
+    "organization-delete": _organization_delete,
+    "organization-create": _organization_create,
     "members": _owner(
         lambda w: _org_url(w, "/members"), {"invite-email": "walk@example.com", "invite-role": "auditor"}
     ),
@@ -653,7 +680,7 @@ def test_console_post_records_an_audit_event_of_its_request_when_it_succeeds(nam
         events = list(AuditEvent.objects.filter(request_id=response["X-Request-Id"]))
         organizations = {event.organization_id for event in events}
         actors = {event.actor_id for event in events}
-        expected, user = submission.expected(world) if response.status_code < 400 else (None, None)
+        expected, user = submission.expected(world, response) if response.status_code < 400 else (None, None)
         transaction.set_rollback(True)
     assert response.status_code < 400, (response.status_code, response.content[:800])
     assert events, f"{name} answered {response.status_code} and recorded no audit event"
