@@ -90,9 +90,7 @@ class OrganizationCreateForm(ApiForm):
 
 class OrganizationDeleteForm(ApiForm):
     serializer_class = OrganizationDeleteSerializer
-    confirm_name = forms.CharField(
-        label="Organization name", help_text="Type the organization's name to confirm: this cannot be undone."
-    )
+    confirm_name = forms.CharField(label="Type the organization's name to confirm")
 
 
 class ProjectForm(ApiForm):
