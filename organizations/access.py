@@ -171,13 +171,14 @@ def member_organization(principal: Principal, org_public_id: str) -> Organizatio
         and key.organization_id in principal._memberships
     ):
         membership = principal._memberships[key.organization_id]
-        return None if membership is None else membership.organization
+        return None if membership is None or membership.organization.closed_at else membership.organization
     user = acting_user(principal)
     if user is None:
         return None
+    # A closed (deleted) organization has no members left; should one be added back (by staff), it stays closed.
     membership = (
         Membership.objects.select_related("organization")
-        .filter(organization__public_id=org_public_id, user=user)
+        .filter(organization__public_id=org_public_id, organization__closed_at__isnull=True, user=user)
         .first()
     )
     if membership is None:
@@ -253,10 +254,12 @@ def visible_organizations(principal: Principal) -> QuerySet[Organization]:
         key = principal.api_key
         if not key.is_active:
             return Organization.objects.none()
-        return Organization.objects.filter(pk=key.organization_id, memberships__user=key.created_by)
+        return Organization.objects.filter(
+            pk=key.organization_id, memberships__user=key.created_by, closed_at__isnull=True
+        )
     if principal.user is None:
         return Organization.objects.none()
-    return Organization.objects.filter(memberships__user=principal.user)
+    return Organization.objects.filter(memberships__user=principal.user, closed_at__isnull=True)
 
 
 def visible_projects(principal: Principal, organization: Organization, queryset: QuerySet) -> QuerySet:

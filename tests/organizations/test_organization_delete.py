@@ -265,3 +265,20 @@ def test_deployment_is_refused_in_an_organization_deleted_meanwhile(owner_org, d
             project=owner_org.default_project, actor=None, name="late", plan="dedicated", tier="1k", region="local"
         )
     assert not Deployment.objects.filter(project__organization=owner_org.organization).exists()
+
+
+def test_closed_organization_stays_hidden_when_a_membership_and_a_key_are_brought_back(owner_org, key_client, client):
+    """Deleting removes every way in; should staff add a member back (or lift a key's revocation), the organization
+    is still closed: access itself refuses a closed one."""
+    assert _delete(_session(owner_org.owner), owner_org, owner_org.organization.name).status_code == 204
+    Membership.objects.create(organization=owner_org.organization, user=owner_org.owner, roles=["owner"])
+    ApiKey.objects.filter(pk=owner_org.owner_key.pk).update(revoked_at=None)
+
+    session = _session(owner_org.owner)
+    assert session.get(f"/api/v1/organizations/{owner_org.id}").status_code == 404
+    assert owner_org.id not in [o["id"] for o in session.get("/api/v1/organizations").json()["results"]]
+    keyed = key_client(owner_org.owner_secret)
+    assert keyed.get(f"/api/v1/organizations/{owner_org.id}").status_code == 404
+    assert keyed.get("/api/v1/organizations").json()["results"] == []
+    client.force_login(owner_org.owner)
+    assert client.get(f"/console/o/{owner_org.id}/settings").status_code == 404
