@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from tests.api_walk import api_operations, sample_values, tenant_operations
 from tests.factories import OrgFixture, make_organization
 from tests.module_data import data_for_module
-from tests.tenancy_models import fingerprint, organization_paths, public_ids
+from tests.tenancy_models import account_models, changed, fingerprint, organization_paths, public_ids
 
 pytestmark = pytest.mark.django_db
 
@@ -130,6 +130,30 @@ def test_fingerprint_sees_a_change_to_any_organization_row(org_factory):
     before = fingerprint(victim.organization)
     MqttUser.objects.filter(public_id=values["user"]).update(username="changed")
     assert fingerprint(victim.organization) != before
+
+
+def test_account_models_are_the_users_own_and_none_an_organization_owns():
+    """What the audit walks' allow-lists check beside the organization's rows: a sign-up or a password reset belongs
+    to no organization."""
+    labels = {model._meta.label for model in account_models()}
+    assert {"accounts.User", "otp_totp.TOTPDevice", "otp_static.StaticToken", "sessions.Session"} <= labels
+    assert labels & {model._meta.label for model in organization_paths()} == set()
+
+
+def test_fingerprint_with_accounts_sees_a_change_to_an_account_row_unless_its_column_is_ignored(org_factory):
+    from accounts.models import User
+
+    org = org_factory()
+    ignoring = frozenset({("accounts.User", "full_name")})
+    before, before_ignoring = (
+        fingerprint(org.organization, accounts=True),
+        fingerprint(org.organization, accounts=True, ignoring=ignoring),
+    )
+    User.objects.filter(pk=org.owner.pk).update(full_name="changed")
+    assert set(changed(before, fingerprint(org.organization, accounts=True))) == {"accounts.User"}
+    assert fingerprint(org.organization, accounts=True, ignoring=ignoring) == before_ignoring
+    with pytest.raises(AssertionError, match="no fingerprinted model has"):
+        fingerprint(org.organization, ignoring=frozenset({("accounts.User", "nickname")}))
 
 
 @dataclasses.dataclass(frozen=True)
