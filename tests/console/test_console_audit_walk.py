@@ -28,6 +28,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from tests.factories import PASSWORD, UserFactory, make_organization
 from tests.module_data import data_for_module
+from tests.tenancy_models import changed, fingerprint
 
 pytestmark = pytest.mark.django_db
 
@@ -614,8 +615,9 @@ FORMS: dict[str, Callable[[World, Client], Submission]] = {
     "deployment-vpc-peering": _peering_create,
 }
 
-# POST views that rightly record no audit event: each changes nothing stored. A view that changes stored state does
-# not belong here: the service it calls forgot its audit_record.
+# POST views that rightly record no audit event: each changes nothing stored, which the walk checks with the
+# organization's and the accounts' fingerprint (tests/tenancy_models.py) around the submission. A view that changes
+# stored state does not belong here: the service it calls forgot its audit_record.
 _ANY_METHOD = "a page whose view takes every method (no method decorator): a POST renders it, storing nothing"
 NOT_AUDITED: dict[str, str] = {
     "signup": "enqueues the confirmation email; the account is made on the link's page (signup-confirm)",
@@ -688,16 +690,25 @@ def test_walk_names_every_console_post_view_once():
     assert allowed - set(QUIET_FORMS) == set(), "an allow-listed view never submitted: the list could hide a gap"
 
 
+def _stored(world: World) -> dict[str, tuple[int, str]]:
+    """Every column of the walk's organization's rows and of every account's: a session-authenticated request writes
+    none of them (no last-seen time), so nothing is left out, as the API walk must leave out an API key's last use."""
+    return fingerprint(world.org.organization, accounts=True)
+
+
 @pytest.mark.parametrize("name", sorted(QUIET_FORMS))
-def test_allow_listed_console_post_records_no_audit_event(name, world, redis_clean):
+def test_allow_listed_console_post_records_no_audit_event_and_changes_nothing(name, world, redis_clean):
     with transaction.atomic():
         client = Client()
         submission = QUIET_FORMS[name](world, client)
+        before = _stored(world)
         response = client.post(submission.url, submission.data)
+        writes = changed(before, _stored(world))
         events = list(AuditEvent.objects.filter(request_id=response["X-Request-Id"]))
         transaction.set_rollback(True)
     assert response.status_code < 400, (response.status_code, response.content[:800])
     assert events == [], "allow-listed as changing nothing, yet audited: take it off NOT_AUDITED"
+    assert writes == {}, f"allow-listed as changing nothing stored, yet it changed {writes}: audit it"
 
 
 @pytest.mark.parametrize("name", sorted(FORMS))
