@@ -282,6 +282,16 @@ def _channel_update_locked(
 
 
 @transaction.atomic
+def organization_channels_disable(*, organization: Organization, now: dt.datetime) -> dict[str, list[str]]:
+    """Disable every channel of `organization` as it closes (registered with organizations.closing): nobody is left
+    to tell, so no delivery, platform event or failing-channel notice goes out for it again. Runs in
+    organization_delete's transaction; returns the channels it disabled for that deletion's audit summary."""
+    channels = NotificationChannel.objects.select_for_update().filter(organization=organization, enabled=True)
+    disabled = sorted(channels.values_list("public_id", flat=True))
+    NotificationChannel.objects.filter(public_id__in=disabled).update(enabled=False, updated_at=now)
+    return {"disabled_notification_channels": disabled}
+
+
 def channel_delete(*, channel: NotificationChannel, actor: Principal | None) -> None:
     audit_record(
         actor=actor,

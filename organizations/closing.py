@@ -1,8 +1,9 @@
-"""What still runs or is owed in an organization, as the apps above organizations (deployments, billing, networking)
-see it: each registers a check in its AppConfig.ready(), so organizations never imports them. organization_delete
-asks every check under the organization's lock and refuses while any answers.
+"""What still runs or is owed in an organization, and what must be turned off when it closes, as the apps above
+organizations (deployments, billing, networking, notifications) see it: each registers in its AppConfig.ready(), so
+organizations never imports them. organization_delete asks every check under the organization's lock and refuses
+while any answers; once none does, it runs every closing step in the same transaction.
 
-A check only reads: it never writes, calls the network or raises.
+A check only reads: it never writes, calls the network or raises. A step only writes its own app's rows.
 """
 
 from __future__ import annotations
@@ -37,6 +38,29 @@ def on_deletion_check(check: DeletionCheck) -> DeletionCheck:
 def deletion_blockers(organization) -> list[DeletionBlocker]:
     """Everything that blocks deleting `organization` now, in the order the checks were registered."""
     return [blocker for check in list(_checks) for blocker in check(organization=organization)]
+
+
+ClosingStep = Callable[..., dict[str, list[str]]]
+
+_steps: list[ClosingStep] = []
+
+
+def on_closing(step: ClosingStep) -> ClosingStep:
+    """Register `step(organization=..., now=...) -> {summary key: [public ids]}`: what the app turns off for good
+    when the organization closes (nobody is left to act on it or to be told), returned for organization.delete's
+    audit summary. It runs inside organization_delete's transaction, under the organization's lock, so it commits or
+    rolls back with the closing. Registering the same function twice keeps one."""
+    if step not in _steps:
+        _steps.append(step)
+    return step
+
+
+def closing_steps_run(organization, *, now) -> dict[str, list[str]]:
+    """Run every closing step for `organization`; what they turned off, merged."""
+    turned_off: dict[str, list[str]] = {}
+    for step in list(_steps):
+        turned_off.update(step(organization=organization, now=now))
+    return turned_off
 
 
 def named(ids: list[str], limit: int = 5) -> str:

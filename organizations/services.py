@@ -244,10 +244,11 @@ def organization_delete(
 
     Soft: the row stays, marked closed, with its projects and their history, its billing account and invoices (kept
     for the legal retention period) and its audit log. What goes is every way in: its members, its pending
-    invitations and its API keys (revoked). Refused while anything still runs or is owed (closing.deletion_blockers:
-    a deployment not deleted, usage not yet invoiced, an invoice not paid, an annual plan, a VPC peering), checked
-    under the organization's lock, which deployment_create takes too: a deployment created at the same moment either
-    committed first and blocks, or finds the organization closed."""
+    invitations and its API keys (revoked); and, in the same transaction, what the apps above registered to turn off
+    (closing.on_closing: its notification channels are disabled, nobody being left to tell). Refused while anything
+    still runs or is owed (closing.deletion_blockers: a deployment not deleted, usage not yet invoiced, an invoice not
+    paid, an annual plan, a VPC peering), checked under the organization's lock, which deployment_create takes too: a
+    deployment created at the same moment either committed first and blocks, or finds the organization closed."""
     organization_check_deletable(organization=organization, actor=actor)
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
     if organization.closed_at is not None:
@@ -270,6 +271,8 @@ def organization_delete(
     memberships = Membership.objects.filter(organization=organization)
     keys = ApiKey.objects.filter(organization=organization, revoked_at=None)
     invitations = Invitation.objects.filter(organization=organization, accepted_at=None, revoked_at=None)
+    # What the apps above turn off (notification channels: nobody is left to tell), in this transaction.
+    turned_off = closing.closing_steps_run(organization, now=now)
     # Recorded in the organization, naming the actor, before the memberships (the actor's among them) go.
     audit_record(
         actor=actor,
@@ -281,6 +284,7 @@ def organization_delete(
             "members": sorted(memberships.values_list("user__email", flat=True)),
             "revoked_api_keys": sorted(keys.values_list("prefix", flat=True)),
             "revoked_invitations": sorted(invitations.values_list("email", flat=True)),
+            **turned_off,
         },
     )
     keys.update(revoked_at=now)

@@ -282,3 +282,37 @@ def test_closed_organization_stays_hidden_when_a_membership_and_a_key_are_brough
     assert keyed.get("/api/v1/organizations").json()["results"] == []
     client.force_login(owner_org.owner)
     assert client.get(f"/console/o/{owner_org.id}/settings").status_code == 404
+
+
+def test_channels_are_disabled_and_no_failing_notice_goes_out_when_the_organization_is_deleted(
+    owner_org, mailoutbox, django_capture_on_commit_callbacks
+):
+    # Nobody is left to tell: a channel failing for a day is not reported (to whom?), nor is anything else sent.
+    from notifications import services as notification_services
+    from notifications.models import NotificationChannel, PlatformEvent
+
+    organization = owner_org.organization
+    failing = NotificationChannel.objects.create(
+        organization=organization,
+        name="dead",
+        type="email",
+        config={"addresses": ["x@example.com"]},
+        failing_since=timezone.now() - datetime.timedelta(hours=25),
+    )
+    healthy = NotificationChannel.objects.create(
+        organization=organization, name="ops", type="email", config={"addresses": ["ops@example.com"]}
+    )
+    NotificationChannel.objects.create(
+        organization=organization, name="off", type="email", config={"addresses": ["y@example.com"]}, enabled=False
+    )
+
+    response = _delete(_session(owner_org.owner), owner_org, organization.name)
+
+    assert response.status_code == 204, response.content
+    assert not NotificationChannel.objects.filter(organization=organization, enabled=True).exists()
+    event = AuditEvent.objects.get(organization=organization, action="organization.delete")
+    assert event.summary["disabled_notification_channels"] == sorted([failing.public_id, healthy.public_id])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notification_services.failing_channels_check() == 0
+    assert mailoutbox == []
+    assert not PlatformEvent.objects.filter(organization=organization).exists()
