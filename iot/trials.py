@@ -331,6 +331,8 @@ def _sweep_trial(trial_id: int, now: datetime.datetime, counts: dict) -> None:
             return  # another sweep is at this trial now; it does what is due
         # The row lock orders this against a grant moving the end: one moved first is seen here.
         trial = PremiumTrial.objects.select_for_update(of=("self",)).select_related("organization").get(pk=trial_id)
+        if trial.organization.closed_at is not None:
+            return  # closed since it was found due
         if now < trial.ends_at:
             for days in REMINDER_DAYS:  # the latest reminder due, once; an earlier one it overtook is skipped
                 if now >= trial.ends_at - datetime.timedelta(days=days):
@@ -383,12 +385,13 @@ def premium_trials_sweep(*, now: datetime.datetime | None = None) -> dict:
     now = now or timezone.now()
     counts = {"reminders": 0, "converted": 0, "stopped": 0, "deleted": 0}
     horizon = now + datetime.timedelta(days=max(REMINDER_DAYS))
-    due = set(
-        PremiumTrial.objects.filter(ended_at__isnull=True, ends_at__lte=horizon).values_list("pk", flat=True)
-    ) | set(
-        TrialDeployment.objects.filter(outcome=Outcome.STOPPED, stopped_at__lte=now - RETENTION).values_list(
-            "trial_id", flat=True
-        )
+    # A deleted (closed) organization has nobody left to remind and no deployment left to settle (its deletion
+    # waited for every one to be deleted): its trial is left as it was.
+    open_trials = PremiumTrial.objects.filter(organization__closed_at__isnull=True)
+    due = set(open_trials.filter(ended_at__isnull=True, ends_at__lte=horizon).values_list("pk", flat=True)) | set(
+        TrialDeployment.objects.filter(
+            trial__in=open_trials, outcome=Outcome.STOPPED, stopped_at__lte=now - RETENTION
+        ).values_list("trial_id", flat=True)
     )
     for trial_id in sorted(due):
         _sweep_trial(trial_id, now, counts)

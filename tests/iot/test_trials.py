@@ -309,6 +309,21 @@ def test_only_the_1_day_reminder_goes_out_when_trial_granted_for_one_day(owner_o
     assert "ends in 1 day" in event.message
 
 
+def test_nothing_is_sent_or_recorded_when_the_trials_organization_was_deleted(owner_org):
+    # A deleted (closed) organization has nobody left to remind, and its trial has nothing left to end.
+    from organizations.models import Organization
+
+    t0 = timezone.now()
+    trial = trials.premium_trial_grant(organization=owner_org.organization, actor=None, days=14, now=t0)
+    Organization.objects.filter(pk=owner_org.organization.pk).update(closed_at=t0 + DAY)
+    for at in (t0 + 11 * DAY + datetime.timedelta(minutes=1), trial.ends_at + datetime.timedelta(seconds=1)):
+        assert trials.premium_trials_sweep(now=at) == {"reminders": 0, "converted": 0, "stopped": 0, "deleted": 0}
+    trial.refresh_from_db()
+    assert (trial.reminded_3d_at, trial.ended_at) == (None, None)
+    assert not PlatformEvent.objects.filter(organization=owner_org.organization).exists()
+    assert not AuditEvent.objects.filter(action__in=["premium_trial.reminder", "premium_trial.end"]).exists()
+
+
 # -- the end --------------------------------------------------------------------------------------------------------
 
 
