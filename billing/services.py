@@ -472,6 +472,10 @@ def billing_account_sync_stripe(
         },
         tax_id=tax_id,
         metadata={"billing_account": account.public_id, "organization": account.organization.public_id},
+        # Two first calls at once (two card setups) both find no customer: with one key Stripe makes one customer
+        # and answers both with it. The customer held before is in the key, so one made again after it was deleted
+        # on Stripe is a new request, not the replay of the first creation.
+        create_key=f"customer-create:{account.public_id}:{account.stripe_customer_id or 'none'}",
         client=client or stripe_client(),
     )
     with transaction.atomic():

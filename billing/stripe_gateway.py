@@ -14,6 +14,7 @@ when installed) that every process loading billing would pay for, although only 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -206,11 +207,14 @@ def ensure_customer(
     address: Mapping[str, object] | None,
     tax_id: tuple[str, str] | None,
     metadata: dict[str, str] | None = None,
+    create_key: str,
     client: stripe.StripeClient | None = None,
 ) -> str:
     """Create or update the Stripe customer of a billing account and make its tax ids equal to `tax_id`.
 
-    Returns the customer id, a new one if `customer_id` is None or no longer exists on Stripe.
+    Returns the customer id, a new one if `customer_id` is None or no longer exists on Stripe. A customer is created
+    with an Idempotency-Key made of `create_key` (the account and the customer it held before) and what is sent: two
+    first calls at once get the one customer from Stripe, instead of a second one that would be left orphaned.
     """
     import stripe
 
@@ -229,7 +233,9 @@ def ensure_customer(
         filled = _address_params(address, blanks=False)
         if filled:
             create["address"] = filled
-        customer = api.customers.create(params=create)
+        customer = api.customers.create(
+            params=create, options={"idempotency_key": f"{create_key}:{_params_digest(create)}"}
+        )
     else:
         # Stripe merges metadata: keys we no longer have are removed by sending them empty.
         current = _field(customer, "metadata")
@@ -244,6 +250,13 @@ def ensure_customer(
         customer = api.customers.update(customer.id, params=update)
     _sync_tax_ids(api, customer.id, tax_id)
     return customer.id
+
+
+def _params_digest(params: Mapping[str, object]) -> str:
+    """A short digest of a request's parameters, for its idempotency key: Stripe answers a key reused with other
+    parameters with an error (for 24 hours), and an account's details may change between two creates of its
+    customer (one whose id was lost with a failed write, then made again); calls that send the same share the key."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None) -> None:

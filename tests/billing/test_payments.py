@@ -452,6 +452,43 @@ def test_stripe_customer_made_again_is_audited_with_the_old_id_when_it_was_delet
     ]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_one_stripe_customer_is_made_and_stored_when_two_first_card_calls_run_at_once(fake_stripe, owner_org):
+    """Two people (or tabs) add a card at the same moment on an account with no Stripe customer yet: both read no
+    customer and ask Stripe for one. Stripe's idempotency makes it one customer, not a second left orphaned."""
+    import threading
+
+    from django.db import connection
+
+    account_id = billing_account_for(organization=owner_org.organization).pk
+    # Each read before either call: both see an account without a customer, as two requests at once do.
+    accounts = [BillingAccount.objects.get(pk=account_id) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    intents, errors = [], []
+
+    def add_card(account):
+        try:
+            barrier.wait(timeout=10)
+            intents.append(services.card_setup_intent_create(account=account, actor=None)[0])
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=add_card, args=(account,)) for account in accounts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(intents) == 2
+    [customer] = fake_stripe.customers
+    assert BillingAccount.objects.get(pk=account_id).stripe_customer_id == customer
+    assert {fake_stripe.setup_intents[intent]["customer"] for intent in intents} == {customer}
+    events = AuditEvent.objects.filter(action="billing.account.stripe_customer")
+    assert [event.summary for event in events] == [{"stripe_customer": customer, "previous": ""}]
+
+
 def test_card_setup_answers_409_in_words_when_cards_are_not_enabled(owner_org, key_client, settings):
     settings.STRIPE_SECRET_KEY = ""
     api = key_client(owner_org.owner_secret)

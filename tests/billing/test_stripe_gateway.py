@@ -1,4 +1,5 @@
 import json
+import secrets
 import time
 
 import pytest
@@ -32,10 +33,25 @@ def new_customer(client, **overrides):
         address=ADDRESS,
         tax_id=("eu_vat", "FR40303265045"),
         metadata={"billing_account": "17"},
+        create_key=f"customer-create:{secrets.token_hex(4)}:none",
         client=client,
     )
     params.update(overrides)
     return gateway.ensure_customer(**params)
+
+
+def test_one_customer_made_when_a_creation_is_repeated_and_a_new_one_when_the_key_names_the_old(fake, client):
+    # What two first calls at once send: the same key and parameters. Stripe answers the second with the first's
+    # customer. After that customer was deleted, the key names it and a new customer is made.
+    first = new_customer(client, create_key="customer-create:acct_1:none")
+    assert new_customer(client, create_key="customer-create:acct_1:none") == first
+    assert list(fake.customers) == [first]
+    del fake.customers[first]
+    second = new_customer(client, create_key=f"customer-create:acct_1:{first}")
+    assert second != first and list(fake.customers) == [second]
+    # Details changed since a creation Stripe still remembers: a new request, not an idempotency error.
+    third = new_customer(client, create_key=f"customer-create:acct_1:{first}", email="other@example.fr")
+    assert third not in (first, second)
 
 
 def test_customer_created_with_address_metadata_and_tax_id_when_no_customer_id(fake, client):
@@ -279,5 +295,7 @@ def test_configured_default_client_used_when_no_client_given(fake, monkeypatch):
     with pytest.raises(gateway.GatewayNotConfigured):
         gateway.create_setup_intent("cus_x")
     gateway.configure(api_key=fake.api_key, api_base=fake.url, max_network_retries=0)
-    customer_id = gateway.ensure_customer(customer_id=None, email="a@b.c", name="A", address=None, tax_id=None)
+    customer_id = gateway.ensure_customer(
+        customer_id=None, email="a@b.c", name="A", address=None, tax_id=None, create_key="customer-create:acc:none"
+    )
     assert customer_id in fake.customers
