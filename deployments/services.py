@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal, TypeVar, overload
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -52,6 +52,7 @@ from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
 from organizations.access import Principal, acting_user
 from organizations.models import Organization
+from organizations.services import organization_lock_open
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
@@ -141,13 +142,7 @@ def _lock_open_organization(organization: Organization) -> None:
     and refuse one deleted (closed) meanwhile: a deployment created while its organization is deleted is then either
     seen by the deletion, which refuses, or refused here. Shared, so creations in one organization do not wait on
     each other."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT closed_at FROM {connection.ops.quote_name(Organization._meta.db_table)} WHERE id = %s FOR SHARE",
-            [organization.pk],
-        )
-        row = cursor.fetchone()
-    if row is None or row[0] is not None:
+    if not organization_lock_open(organization_id=organization.pk):
         raise NotFound("No such organization.")
 
 

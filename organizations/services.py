@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.db.models.expressions import Col
@@ -234,6 +234,20 @@ def organization_check_deletable(*, organization: Organization, actor: access.Pr
 def organization_deletion_blockers(*, organization: Organization) -> list[closing.DeletionBlocker]:
     """What must end, be billed or be paid before the organization can be deleted (empty: nothing)."""
     return closing.deletion_blockers(organization)
+
+
+def organization_lock_open(*, organization_id: int) -> bool:
+    """Share-lock the organization's row, which organization_delete locks for update before anything else; False when
+    it is gone or deleted (closed). Whatever adds to an organization (a deployment, a member by invitation) takes it
+    first: a deletion at the same moment then either committed before and is seen here, or waits for the addition to
+    commit and sees it. Shared, so additions in one organization do not wait on each other."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT closed_at FROM {connection.ops.quote_name(Organization._meta.db_table)} WHERE id = %s FOR SHARE",
+            [organization_id],
+        )
+        row = cursor.fetchone()
+    return row is not None and row[0] is None
 
 
 @transaction.atomic
@@ -528,6 +542,13 @@ def invitation_accept(
     found = invitation_by_token(token)
     if found is None:
         raise ValidationFailed({"token": "This invitation link is not valid."})
+    # The organization's lock before the invitation's, in organization_delete's order: an acceptance while the
+    # organization is deleted waits for the deletion and is refused here, or commits first and its member is
+    # removed (and named) by the deletion. Never a member of a closed organization.
+    if not organization_lock_open(organization_id=found.organization_id):
+        raise ValidationFailed(
+            {"token": f"{found.organization.name} has been deleted: this invitation can no longer be accepted."}
+        )
     invitation = Invitation.objects.select_for_update().get(pk=found.pk)
     if invitation.status != "pending":
         raise ValidationFailed({"token": f"This invitation is {invitation.status}."})

@@ -528,3 +528,65 @@ def test_grant_on_a_project_deleted_while_accepting_is_skipped_when_the_invitati
     membership = finish()
     assert membership.roles == ["auditor"]
     assert not ProjectGrant.objects.filter(membership=membership).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_acceptance_is_refused_in_words_when_the_organization_is_deleted_at_the_same_moment(owner_org):
+    """The invitee follows the link while the Owner deletes the organization: the acceptance waits for the deletion
+    (it takes the organization's lock first, as the deletion does) and is told the organization was deleted."""
+    from django.db import transaction
+
+    from controlplane.errors import ValidationFailed
+    from organizations import access, services
+    from tests.races import run_elsewhere_until_blocked
+
+    org = owner_org.organization
+    _invitation, token = services.invitation_create(
+        organization=org, actor=None, email="late@example.com", roles=["auditor"]
+    )
+    with transaction.atomic():
+        services.organization_delete(
+            organization=org, actor=access.Principal(user=owner_org.owner), confirm_name=org.name
+        )
+        finish = run_elsewhere_until_blocked(
+            lambda: services.invitation_accept(token=token, password="correct horse battery staple 9")
+        )
+    with pytest.raises(ValidationFailed) as refused:
+        finish()
+    assert [(e.field, e.message) for e in refused.value.errors] == [
+        ("token", f"{org.name} has been deleted: this invitation can no longer be accepted.")
+    ]
+    assert not Membership.objects.filter(organization=org).exists()
+    assert not User.objects.filter(email="late@example.com").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_member_who_accepted_first_is_removed_and_named_when_the_organization_is_deleted_at_the_same_moment(
+    owner_org,
+):
+    """The acceptance commits first: the deletion waits for it on the organization's lock, then removes the new
+    member with the others and names them in its audit record (it read the members before the acceptance had
+    committed, and removed one its record did not name)."""
+    from django.db import transaction
+
+    from audit.models import AuditEvent
+    from organizations import access, services
+    from tests.races import run_elsewhere_until_blocked
+
+    org = owner_org.organization
+    _invitation, token = services.invitation_create(
+        organization=org, actor=None, email="early@example.com", roles=["auditor"]
+    )
+    with transaction.atomic():
+        services.invitation_accept(token=token, password="correct horse battery staple 9")
+        finish = run_elsewhere_until_blocked(
+            lambda: services.organization_delete(
+                organization=Organization.objects.get(pk=org.pk),
+                actor=access.Principal(user=owner_org.owner),
+                confirm_name=org.name,
+            )
+        )
+    finish()
+    assert not Membership.objects.filter(organization=org).exists()
+    event = AuditEvent.objects.get(organization=org, action="organization.delete")
+    assert event.summary["members"] == sorted([owner_org.owner.email, "early@example.com"])
