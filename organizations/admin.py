@@ -1,15 +1,35 @@
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
 
 from audit.admin_mixins import AuditedModelAdmin
 from audit.services import audit_record
 from organizations.models import ApiKey, Invitation, Membership, Organization
+from organizations.services import organization_lock_open
 from projects.models import Project
+
+
+class MembershipFormSet(BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        # Access already refuses a closed organization whoever is a member; a member added here could never use it,
+        # and is refused in words rather than saved in silence. Checked under the organization's share lock (the
+        # admin's change view is one transaction), as invitation_accept does: a deletion at the same moment either
+        # committed first and is seen here, or waits and removes (and names) what this saves.
+        adding = any(
+            form.has_changed() and not form.cleaned_data.get("DELETE") for form in self.forms if form.is_valid()
+        )
+        if adding and not organization_lock_open(organization_id=self.instance.pk):
+            raise ValidationError(
+                "This organization is closed (deleted by its Owner): no member can be added to it or changed."
+            )
 
 
 class MembershipInline(admin.TabularInline):
     model = Membership
+    formset = MembershipFormSet
     extra = 0
     fields = ("user", "roles", "created_at")
     readonly_fields = ("created_at",)

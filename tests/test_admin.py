@@ -188,3 +188,41 @@ def test_staff_still_see_a_closed_organization_marked_closed(staff_client, staff
     assert owner_org.organization.public_id in closed_only
     page = staff_client.get(f"/admin/organizations/organization/{owner_org.organization.pk}/change/")
     assert page.status_code == 200 and b"Closed at" in page.content
+
+
+def test_staff_adding_a_member_to_a_closed_organization_is_refused_on_the_form(staff_client, staff, owner_org):
+    # Access refuses a closed organization whatever its memberships; the admin says so instead of saving one that
+    # could never be used (and that a reopening, if ever, would find unexplained).
+    from accounts.models import User
+    from organizations import access, services
+    from organizations.models import Membership
+
+    organization = owner_org.organization
+    services.organization_delete(
+        organization=organization, actor=access.Principal(user=owner_org.owner), confirm_name=organization.name
+    )
+    newcomer = User.objects.create_user("newcomer@example.com", "a long enough passphrase")
+
+    response = staff_client.post(
+        f"/admin/organizations/organization/{organization.pk}/change/",
+        {
+            "name": organization.name,
+            "rate_limits": "{}",
+            "require_two_factor": "",
+            "memberships-TOTAL_FORMS": "1",
+            "memberships-INITIAL_FORMS": "0",
+            "memberships-MIN_NUM_FORMS": "0",
+            "memberships-MAX_NUM_FORMS": "1000",
+            "memberships-0-user": newcomer.pk,
+            "memberships-0-roles": '["administrator"]',
+            "projects-TOTAL_FORMS": "0",
+            "projects-INITIAL_FORMS": "0",
+            "projects-MIN_NUM_FORMS": "0",
+            "projects-MAX_NUM_FORMS": "1000",
+        },
+    )
+
+    assert response.status_code == 200, response.content[:500]  # the form again, with the error
+    assert "is closed" in response.content.decode()
+    assert not Membership.objects.filter(organization=organization).exists()
+    assert not AuditEvent.objects.filter(action="admin.membership.create").exists()
