@@ -21,7 +21,9 @@ from billing.models import (
     CreditNoteLine,
     ExchangeRate,
     Invoice,
+    InvoiceKind,
     InvoiceLine,
+    InvoiceStatus,
     MonthClose,
     Payment,
     StripeEvent,
@@ -167,11 +169,18 @@ class InvoiceAdmin(admin.ModelAdmin):
     def void(self, request, queryset):
         _run(self, request, queryset, services.invoice_void, "voided", reason="Voided in the backoffice")
 
-    @admin.action(description="Issue the corrected invoice of a voided monthly invoice")
+    @admin.action(description="Issue the corrected invoice of a voided monthly or late-usage invoice")
     def reissue(self, request, queryset):
         def corrected(*, invoice, actor):
-            if invoice.kind != "monthly" or invoice.status != "void":
-                raise Conflict(f"only a voided monthly invoice is reissued; this is a {invoice.status} {invoice.kind}")
+            if invoice.kind == InvoiceKind.LATE_USAGE:
+                # at once, by its month's rules: not left for the next monthly close
+                services.invoice_reissue_late_usage(invoice=invoice, actor=actor)
+                return
+            if invoice.kind != InvoiceKind.MONTHLY or invoice.status != InvoiceStatus.VOID:
+                raise Conflict(
+                    "only a voided monthly or late-usage invoice is reissued; "
+                    f"this is a {invoice.status} {invoice.kind}"
+                )
             services.invoice_reissue(account=invoice.billing_account, month=invoice.period_start, actor=actor)
 
         _run(self, request, queryset, corrected, "reissued")

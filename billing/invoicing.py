@@ -861,14 +861,7 @@ def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[i
         for month, month_details in sorted(split.items()):
             month_start, month_end = month_bounds(month)
             month_grants = [
-                shared.setdefault(g.pk, g)
-                for g in CreditGrant.objects.select_for_update()
-                .filter(
-                    period_grants_q(start=month_start, end=month_end),
-                    billing_account=account,
-                    currency=account.currency,
-                )
-                .order_by("granted_at", "id")
+                shared.setdefault(g.pk, g) for g in _month_grants(account, start=month_start, end=month_end)
             ]
             late = _compose_month(
                 account,
@@ -886,19 +879,94 @@ def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[i
             _add_used(used, late.applications)
     if not composed:
         return [], []
-    numbers = iter(reserve_numbers(count=sum(1 for _, c in composed if not c.holds), year=now.year))
-    invoices = [c.invoice(number=None if c.holds else next(numbers)) for _, c in composed]
+    return _write_composed([c for _, c in composed], now=now, period_start=period_month, end=end)
+
+
+def _write_composed(
+    composed: list[Composed], *, now: datetime.datetime, period_start: datetime.date, end: datetime.datetime, **extra
+) -> tuple[list[int], list[int]]:
+    """Write what a close (of the month `period_start`, ending at `end`) composed: numbers, invoices, lines,
+    credits, and the usage and traffic attached to them (`_mark_invoiced`); collection and held notices on commit.
+    `extra` are fields every invoice gets (`replaces`). Returns the ids issued and held."""
+    numbers = iter(reserve_numbers(count=sum(1 for c in composed if not c.holds), year=now.year))
+    invoices = [c.invoice(number=None if c.holds else next(numbers), **extra) for c in composed]
     _insert_invoices(invoices)
-    _write_lines([(invoice.pk, line) for invoice, (_, c) in zip(invoices, composed) for line in c.lines])
+    _write_lines([(invoice.pk, line) for invoice, c in zip(invoices, composed) for line in c.lines])
     _apply_credits(
-        [(invoice, grant, amount) for invoice, (_, c) in zip(invoices, composed) for grant, amount in c.applications]
+        [(invoice, grant, amount) for invoice, c in zip(invoices, composed) for grant, amount in c.applications]
     )
-    _mark_invoiced(first_id=invoices[0].pk, last_id=invoices[-1].pk, period_start=period_month, end=end)
+    _mark_invoiced(first_id=invoices[0].pk, last_id=invoices[-1].pk, period_start=period_start, end=end)
     issued = [i.pk for i in invoices if i.status != InvoiceStatus.DRAFT]
     held = [i for i in invoices if i.status == InvoiceStatus.DRAFT]
     _enqueue_collection([i.pk for i in invoices if i.status == InvoiceStatus.OPEN])
     transaction.on_commit(lambda: _report_held(held))
     return issued, [i.pk for i in held]
+
+
+def late_usage_reissue(*, voided: Invoice, now: datetime.datetime | None = None) -> CloseResult:
+    """The corrected invoice of `voided`, a voided late-usage invoice of month M, issued now rather than at the next
+    close: M's usage and traffic that are unbilled (what voiding released, and any of M metered since) on a new
+    late-usage invoice for M, composed by the close's own `_compose_month` with M's rules: the details in force at
+    M's end, the rate and exchange rate of M's last day, the credits usable in M (Art. 64(1) Directive
+    2006/112/EC). Usage of any other month stays for its close. Empty when nothing of M is left to bill."""
+    if voided.kind != InvoiceKind.LATE_USAGE or voided.status != InvoiceStatus.VOID or voided.period_start is None:
+        raise ValueError(f"{voided.public_id} is not a voided late-usage invoice")
+    now = now or timezone.now()
+    month = voided.period_start
+    start, end = month_bounds(month)
+    with transaction.atomic():
+        # The month's close lock and the metering locks: no close and no metering writes M's rows meanwhile.
+        lock_usage_for_invoicing(start.date())
+        issued, held = _late_usage_reissue(voided, month=month, now=now)
+    logger.info("late usage of %s reissued: %s invoices issued, %s held", start.strftime("%Y-%m"), issued, held)
+    return CloseResult(start.date(), issued, held)
+
+
+def _late_usage_reissue(
+    voided: Invoice, *, month: datetime.date, now: datetime.datetime
+) -> tuple[list[int], list[int]]:
+    account = (
+        BillingAccount.objects.select_related("organization").select_for_update().get(pk=voided.billing_account_id)
+    )
+    start, end = month_bounds(month)
+    after = end.date()  # M's rows are late usage as seen from the month after it, as the close that split them saw
+    usage = UsageRecord.objects.filter(
+        organization_id=account.organization_id, invoice__isnull=True, hour__gte=start, hour__lt=end
+    )
+    rows = usage_rows(usage)
+    usages = [
+        u
+        for u in traffic.unbilled_traffic(organization_ids=[account.organization_id], before=after, period_month=after)
+        if u.month == month
+    ]
+    if not rows and not usages:
+        return [], []
+    foreign = {r["currency"] for r in rows} - {account.currency}
+    if foreign:  # as in _close: a bug, never billed in the wrong currency
+        logger.error(
+            "account %s has unbilled usage in %s, is billed in %s", account.public_id, foreign, account.currency
+        )
+        return [], []
+    context = _CloseContext(
+        now=now,
+        labels=Labels({r["deployment_id"] for r in rows} | {u.deployment_id for u in usages}),
+        catalog=traffic.TrafficCatalog(),
+        rates=RateBook(),
+        seller=seller_snapshot(),
+    )
+    composed = _compose_month(
+        account,
+        kind=InvoiceKind.LATE_USAGE,
+        month=month,
+        rows=rows,
+        usages=usages,
+        details=details_in_force(account, end),
+        grants=_month_grants(account, start=start, end=end),
+        usage=usage,
+        used={},
+        context=context,
+    )
+    return _write_composed([composed], now=now, period_start=after, end=end, replaces=voided)
 
 
 @dataclass(frozen=True)
@@ -993,6 +1061,16 @@ def _split_months(
         if tax_decision(details, (month_bounds(month)[1] - datetime.timedelta(days=1)).date()) != decision:
             split[month] = details
     return split
+
+
+def _month_grants(account: BillingAccount, *, start: datetime.datetime, end: datetime.datetime) -> list[CreditGrant]:
+    """The account's grants in its currency that apply to usage of [start, end) (period_grants_q), locked, oldest
+    first: what pays an invoice for that month."""
+    return list(
+        CreditGrant.objects.select_for_update()
+        .filter(period_grants_q(start=start, end=end), billing_account=account, currency=account.currency)
+        .order_by("granted_at", "id")
+    )
 
 
 def _add_used(used: dict[int, int], applications: list[tuple[CreditGrant, int]]) -> None:
@@ -1135,11 +1213,7 @@ def _release(invoice_id: int, now: datetime.datetime) -> bool:
         # The month's own details decide the tax; the address is theirs, or the one given since that completed it.
         details = month_details if month_details.country else current
         address = details if not missing_address_fields(details) else current
-        grants = list(
-            CreditGrant.objects.select_for_update()
-            .filter(period_grants_q(start=start, end=end), billing_account=account, currency=account.currency)
-            .order_by("granted_at", "id")
-        )
+        grants = _month_grants(account, start=start, end=end)
         if any(g.expires_at is not None and g.expires_at < end for g in grants):
             caps = expiry_caps(
                 grants,

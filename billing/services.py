@@ -989,6 +989,40 @@ def invoice_reissue(
     return result
 
 
+def invoice_reissue_late_usage(
+    *, invoice: Invoice, actor: Principal | None, now: datetime.datetime | None = None
+) -> invoicing.CloseResult:
+    """The corrected invoice of a voided late-usage invoice of month M, at once: M's released usage on a new
+    late-usage invoice by M's rules (invoicing.late_usage_reissue), not left for the next monthly close."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().select_related("billing_account__organization").get(pk=invoice.pk)
+        month = invoice.period_start
+        if invoice.kind != InvoiceKind.LATE_USAGE or invoice.status != InvoiceStatus.VOID or month is None:
+            raise Conflict(
+                f"only a voided late-usage invoice is reissued here; this is a {invoice.status} {invoice.kind}"
+            )
+        again = Invoice.objects.filter(replaces=invoice).first()
+        if again is not None:
+            raise Conflict(f"{invoice.public_id} was billed again already, on {again.number or again.public_id}.")
+        result = invoicing.late_usage_reissue(voided=invoice, now=now)
+        if not result.invoices and not result.held:
+            raise Conflict(f"Nothing of {month:%B %Y} is left to bill: a close billed its usage already.")
+        account = invoice.billing_account
+        audit_record(
+            actor=actor,
+            organization=account.organization,
+            action="billing.invoice.reissue",
+            target=invoice,
+            summary={
+                "month": month.strftime("%Y-%m"),
+                "kind": invoice.kind,
+                "issued": len(result.invoices),
+                "held": len(result.held),
+            },
+        )
+    return result
+
+
 def invoice_held_notify(*, invoice: Invoice) -> None:
     """Tell the customer why an invoice waits (the operator sees it in the log, the admin and /metrics)."""
     account = invoice.billing_account

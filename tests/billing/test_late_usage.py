@@ -5,6 +5,7 @@ the next monthly invoice. Every usage record is billed once, on exactly one invo
 import datetime
 import io
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from django.test import Client, override_settings
@@ -213,6 +214,49 @@ def test_voided_late_usage_invoice_billed_again_by_its_months_rules_at_the_next_
     # nothing ran in February: December's usage is all that close billed, on its own invoice again
     assert not Invoice.objects.filter(period_start=FEBRUARY).exists()
     attached_once()
+
+
+def test_admin_reissues_a_voided_late_usage_invoice_at_once_by_its_months_rules_leaving_this_months_usage(
+    owner_org, make_deployment, history, usd_rates, admin_client, monkeypatch
+):
+    account = french_consumer(owner_org, now=at(2026, 12, 1))
+    december_with_late_hours(owner_org, make_deployment, history)
+    becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
+    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    first = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
+    services.invoice_void(invoice=first, actor=None, reason="wrong lines", now=at(2027, 2, 3, 9))
+    current = make_deployment(owner_org.default_project, name="february")
+    history(current, [("running", at(2027, 2, 1), at(2027, 2, 3))])
+    metering.meter_usage(now=at(2027, 2, 3, 9), since=at(2027, 2, 1))
+    # a credit usable in December, and one granted in January that never applied to December's usage
+    december_credit = services.credit_grant(account=account, actor=None, kind="promotion", amount=50)
+    january_credit = services.credit_grant(account=account, actor=None, kind="promotion", amount=5000)
+    CreditGrant.objects.filter(pk=december_credit.pk).update(granted_at=at(2026, 12, 5))
+    CreditGrant.objects.filter(pk=january_credit.pk).update(granted_at=at(2027, 1, 5))
+
+    # the staff session lives on the real clock; the invoicing, on the scenario's
+    monkeypatch.setattr(invoicing, "timezone", SimpleNamespace(now=lambda: at(2027, 2, 3, 9, 5)))
+    response = admin_client.post("/admin/billing/invoice/", {"action": "reissue", "_selected_action": [first.pk]})
+    assert response.status_code == 302
+
+    again = Invoice.objects.exclude(pk=first.pk).get(kind=InvoiceKind.LATE_USAGE)
+    assert (again.status, again.replaces_id, again.number) == ("open", first.pk, "MQC-2027-000004")
+    # December's rules, though the customer is a confirmed business now: French VAT as to a consumer, 20 %, the
+    # euro VAT at December's last day's rate; December's credit pays 0.50 of the 0.72, 0.22 x 20 % = 0.044 -> 0.04
+    assert (again.period_start, again.period_end) == (DECEMBER, datetime.date(2026, 12, 31))
+    assert (again.tax_treatment, again.tax_rate, again.customer["vat_number"]) == ("eu_consumer", 20, None)
+    assert (again.subtotal, again.credits_applied, again.tax, again.total) == (72, 50, 4, 26)
+    assert again.vat_exchange_rate_date == datetime.date(2026, 12, 31)
+    assert dict(CreditGrant.objects.values_list("pk", "remaining")) == {december_credit.pk: 0, january_credit.pk: 5000}
+    assert UsageRecord.objects.filter(invoice=again).count() == 2
+    # February's usage waits for February's close: no invoice of it, not one record taken
+    assert UsageRecord.objects.filter(deployment=current, invoice__isnull=True).count() == 48
+    assert not Invoice.objects.filter(period_start=FEBRUARY).exists()
+    attached_once()
+
+    # a second click bills nothing twice
+    admin_client.post("/admin/billing/invoice/", {"action": "reissue", "_selected_action": [first.pk]})
+    assert Invoice.objects.filter(kind=InvoiceKind.LATE_USAGE).count() == 2
 
 
 def test_late_usage_paid_only_by_credits_usable_in_its_month_after_the_monthly_invoice(
