@@ -446,6 +446,15 @@ class Invoice(models.Model):
         return self.number or f"draft {self.public_id}"
 
     @property
+    def period_name(self) -> str:
+        """How a notice names the invoice by its period: "invoice for December 2026", or "late-usage invoice for
+        December 2026" for December's late usage (not December's monthly invoice); "invoice" without a period."""
+        if self.period_start is None:
+            return "invoice"
+        late = "late-usage " if self.kind == InvoiceKind.LATE_USAGE else ""
+        return f"{late}invoice for {self.period_start:%B %Y}"
+
+    @property
     def taxable_amount(self) -> int:
         return self.subtotal - self.credits_applied
 

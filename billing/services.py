@@ -1032,12 +1032,18 @@ def invoice_held_notify(*, invoice: Invoice) -> None:
         "exchange_rate_missing": "the exchange rate for the VAT is not available yet",
     }
     why = "; ".join(reasons.get(r, r) for r in invoice.hold_reasons)
-    period = f" for {invoice.period_start:%B %Y}" if invoice.period_start else ""
+    name = invoice.period_name
+    what = (
+        f" (usage of {invoice.period_start:%B %Y} metered after that month's invoice was issued, taxed by that "
+        "month's rules)"
+        if invoice.kind == InvoiceKind.LATE_USAGE and invoice.period_start
+        else ""
+    )
     with transaction.atomic():
         _email(
             account,
-            f"Your invoice{period} is waiting",
-            f"Your invoice{period} is prepared but cannot be issued yet: {why}. It is issued as soon as this is "
+            f"Your {name} is waiting",
+            f"Your {name}{what} is prepared but cannot be issued yet: {why}. It is issued as soon as this is "
             "resolved; nothing is lost.",
         )
         audit_record(

@@ -194,6 +194,25 @@ def test_held_late_usage_invoice_keeps_its_months_tax_when_released_after_the_ra
     assert late_invoice.vat_exchange_rate_date == datetime.date(2026, 12, 31)
 
 
+def test_held_late_usage_invoice_email_names_it_the_late_usage_invoice_of_its_month_when_it_waits(
+    owner_org, make_deployment, history, usd_rates
+):
+    from notifications.models import EmailNotice
+
+    french_consumer(owner_org, now=at(2026, 12, 1))
+    december_with_late_hours(owner_org, make_deployment, history)
+    becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
+    ExchangeRate.objects.filter(on__gte=datetime.date(2026, 12, 20), on__lte=datetime.date(2026, 12, 31)).delete()
+    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    late_invoice = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE, status="draft")
+
+    services.invoice_held_notify(invoice=late_invoice)
+    notice = EmailNotice.objects.latest("id")
+    # not December's monthly invoice, which was issued a month ago: the invoice of December's late usage
+    assert notice.subject == "Your late-usage invoice for December 2026 is waiting"
+    assert notice.body.startswith("Your late-usage invoice for December 2026 (usage of December 2026 metered after ")
+
+
 def test_voided_late_usage_invoice_billed_again_by_its_months_rules_at_the_next_close(
     owner_org, make_deployment, history, usd_rates
 ):
