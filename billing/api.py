@@ -148,6 +148,13 @@ class BillingAccountInputSerializer(InputSerializer):
     currency = StrictCharField(max_length=3, required=False, help_text="ISO 4217; USD or EUR.")
 
 
+class LateUsageInvoiceOutputSerializer(serializers.Serializer):
+    month = serializers.DateField(help_text="The month the late usage belongs to (the invoice's supply period).")
+    subtotal = serializers.IntegerField(help_text="Its part of month_to_date, before credits and tax.")
+    tax_treatment = serializers.CharField(help_text="That month's treatment, which the invoice will carry.")
+    tax_rate = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="That month's VAT rate, in %.")
+
+
 @extend_schema_serializer(
     examples=[
         OpenApiExample(
@@ -162,6 +169,9 @@ class BillingAccountInputSerializer(InputSerializer):
                 "open_amount": 268056,
                 "held_invoices": 0,
                 "missing_details": [],
+                "late_usage_invoices": [
+                    {"month": "2026-10-01", "subtotal": 72, "tax_treatment": "eu_consumer", "tax_rate": "20.00"}
+                ],
             },
             response_only=True,
         )
@@ -171,8 +181,8 @@ class BillingOverviewOutputSerializer(serializers.Serializer):
     currency = serializers.CharField()
     month_start = serializers.DateField()
     month_to_date = serializers.IntegerField(
-        help_text="The subtotal so far of this month's invoice (its lines, late usage included), before credits "
-        "and tax."
+        help_text="The subtotal so far of what this month's close will invoice (its lines, late usage included, "
+        "also the late usage in late_usage_invoices), before credits and tax."
     )
     forecast = serializers.IntegerField(help_text="The same lines with this month's quantities extended to its end.")
     credit_balance = serializers.IntegerField()
@@ -181,6 +191,12 @@ class BillingOverviewOutputSerializer(serializers.Serializer):
     held_invoices = serializers.IntegerField(help_text="Invoices waiting as drafts (see their `hold_reasons`).")
     missing_details = serializers.ListField(
         child=serializers.CharField(), help_text="Address parts missing; invoices wait until they are given."
+    )
+    late_usage_invoices = LateUsageInvoiceOutputSerializer(
+        many=True,
+        help_text="Late usage of earlier months taxed otherwise than this month: the close bills it on a late-usage "
+        "invoice of its own month, by that month's tax (part of month_to_date and forecast, not of the monthly "
+        "invoice).",
     )
 
 

@@ -1409,6 +1409,9 @@ class OpenLines:
     lines: list[LineDraft]
     forecast_lines: list[LineDraft]
     daily: dict[tuple[datetime.date, Decimal], int] = field(default_factory=dict)
+    # The months of late usage whose lines the close puts on a late-usage invoice of their own (their tax differs
+    # from this month's, as far as the details in force now tell), with that invoice's tax decision (_split_months).
+    late_invoices: dict[datetime.date, TaxDecision] = field(default_factory=dict)
 
 
 class UtcDay(Func):
@@ -1554,12 +1557,13 @@ def open_lines(
         ).lines
 
     current = lines_of(rows, usages)
+    late = _late_invoices(account, months={r["month"] for r in rows} | {u.month for u in usages}, month=period_month)
     if not forecast:
-        return OpenLines(current, current, day_seconds)
+        return OpenLines(current, current, day_seconds, late)
     elapsed = Decimal(int((now - month_start).total_seconds()))
     whole = Decimal(int((month_end - month_start).total_seconds()))
     if elapsed <= 0:
-        return OpenLines(current, current, day_seconds)
+        return OpenLines(current, current, day_seconds, late)
     from billing.money import round_minor
 
     scaled_rows = [
@@ -1574,4 +1578,23 @@ def open_lines(
         else u
         for u in usages
     ]
-    return OpenLines(current, lines_of(scaled_rows, scaled_usages), day_seconds)
+    return OpenLines(current, lines_of(scaled_rows, scaled_usages), day_seconds, late)
+
+
+def _late_invoices(account: BillingAccount, *, months, month: datetime.date) -> dict[datetime.date, TaxDecision]:
+    """Which of `months` (of the open lines) the close of `month` will bill on a late-usage invoice, decided as the
+    close decides it (_split_months) with the details in force now standing for those at the month's end."""
+    late = {m for m in months if m < month}
+    if not late:
+        return {}
+    last_day = (month_bounds(month)[1] - datetime.timedelta(days=1)).date()
+    split = _split_months(
+        account,
+        {m: {account.pk: details_in_force(account, month_bounds(m)[1])} for m in late},
+        months=late,
+        decision=tax_decision(current_details(account), last_day),
+    )
+    return {
+        m: tax_decision(details, (month_bounds(m)[1] - datetime.timedelta(days=1)).date())
+        for m, details in split.items()
+    }

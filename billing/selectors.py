@@ -7,7 +7,7 @@ The only write here is the lazy creation of an organization's empty billing acco
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,17 @@ def credit_balance(*, account: BillingAccount, at: datetime.datetime | None = No
 
 
 @dataclass(frozen=True)
+class LateUsageInvoice:
+    """Late usage of `month` in this month's spend that the close bills on a late-usage invoice of its own, taxed by
+    that month's rules (invoicing._split_months): its subtotal so far, before credits and tax, and that tax."""
+
+    month: datetime.date
+    subtotal: int
+    tax_treatment: str
+    tax_rate: Decimal
+
+
+@dataclass(frozen=True)
 class Overview:
     currency: str
     month_start: datetime.date
@@ -62,16 +73,31 @@ class Overview:
     open_amount: int
     held_invoices: int
     missing_details: list[str]
+    late_usage_invoices: list[LateUsageInvoice] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Spend:
-    """Spend of the current month in integer minor units of `currency`, before tax and credits."""
+    """Spend of the current month in integer minor units of `currency`, before tax and credits: all the close will
+    bill, `late_usage` the part of it on late-usage invoices of earlier months."""
 
     currency: str
     month_start: datetime.datetime
     month_to_date: int
     forecast: int
+    late_usage: list[LateUsageInvoice] = field(default_factory=list)
+
+
+def _late_usage(lines: invoicing.OpenLines) -> list[LateUsageInvoice]:
+    return [
+        LateUsageInvoice(
+            month=month,
+            subtotal=sum(line.amount for line in lines.lines if line.usage_month == month),
+            tax_treatment=decision.treatment.value,
+            tax_rate=decision.rate,
+        )
+        for month, decision in sorted(lines.late_invoices.items())
+    ]
 
 
 def spend_month_to_date(
@@ -87,6 +113,7 @@ def spend_month_to_date(
         month_start=metering.month_start(now),
         month_to_date=sum(line.amount for line in lines.lines),
         forecast=sum(line.amount for line in lines.forecast_lines),
+        late_usage=_late_usage(lines),
     )
 
 
@@ -111,6 +138,7 @@ def billing_overview(
         .exclude(hold_reasons=[])
         .count(),
         missing_details=missing_address_fields(account),
+        late_usage_invoices=spend.late_usage,
     )
 
 
@@ -158,6 +186,7 @@ def spend_breakdown(*, account: BillingAccount, now: datetime.datetime | None = 
             month_start=metering.month_start(now),
             month_to_date=sum(line.amount for line in lines.lines),
             forecast=sum(line.amount for line in lines.forecast_lines),
+            late_usage=_late_usage(lines),
         ),
         by_deployment=sorted((SpendRow(k, v) for k, v in per_deployment.items()), key=lambda r: (-r.amount, r.key)),
         by_project=sorted((SpendRow(k, v) for k, v in per_project.items()), key=lambda r: (-r.amount, r.key)),

@@ -146,6 +146,15 @@ def _overview_context(console, account, budget_form=None):
         "budgets": budgets,
         "month": overview.month_start,
         "missing": [name.replace("_", " ") for name in overview.missing_details],
+        "late_invoices": [
+            {
+                "month": late.month,
+                "amount": _money(late.subtotal, currency),
+                "treatment": TREATMENT_LABELS[TaxTreatment(late.tax_treatment)],
+                "rate": f"{late.tax_rate.normalize():f}",
+            }
+            for late in overview.late_usage_invoices
+        ],
     }
 
 

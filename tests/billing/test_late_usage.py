@@ -120,6 +120,40 @@ def test_late_usage_gets_its_own_invoice_with_its_months_vat_when_the_number_was
     attached_once()
 
 
+def test_overview_shows_late_usage_as_its_own_late_usage_invoice_with_its_months_tax_when_the_close_splits_it(
+    owner_org, make_deployment, history, usd_rates, key_client, monkeypatch
+):
+    from billing import selectors
+    from console.pages import billing as console_billing
+
+    french_consumer(owner_org, now=at(2026, 12, 1))
+    december_with_late_hours(owner_org, make_deployment, history)
+    becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
+    # the overview on 20 January (sessions and keys live on the real clock; the overview, on the scenario's)
+    clock = SimpleNamespace(now=lambda: at(2027, 1, 20, 12))
+    monkeypatch.setattr(selectors, "timezone", clock)
+    monkeypatch.setattr(console_billing, "timezone", clock)
+    body = key_client(owner_org.owner_secret).get(f"/api/v1/organizations/{owner_org.id}/billing/overview").json()
+    (late,) = body["late_usage_invoices"]
+    assert (late["month"], late["tax_treatment"], late["tax_rate"]) == ("2026-12-01", "eu_consumer", "20.00")
+    console = Client()
+    console.force_login(owner_org.owner)
+    page = " ".join(console.get(f"/console/o/{owner_org.id}/billing").content.decode().split())
+    assert "late usage of December 2026" in page and "late-usage invoice for December 2026" in page
+    assert "(EU consumer VAT, 20 %)" in page
+
+    # what the close issues: the same December subtotal on its own invoice with that tax; the rest on January's
+    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    late_invoice = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
+    assert (late_invoice.subtotal, late_invoice.tax_treatment, str(late_invoice.tax_rate)) == (
+        late["subtotal"],
+        late["tax_treatment"],
+        late["tax_rate"],
+    )
+    january = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=JANUARY)
+    assert not january.lines.filter(usage_month=DECEMBER).exists()
+
+
 def test_late_usage_taxed_at_its_months_rate_when_the_rate_changed_on_1_january(owner_org, make_deployment, history):
     # Slovakia's standard rate went from 20 % to 23 % on 1 January 2025.
     ExchangeRate.objects.bulk_create(
@@ -150,8 +184,12 @@ def test_late_usage_taxed_at_its_months_rate_when_the_rate_changed_on_1_january(
 def test_late_usage_stays_on_the_next_monthly_invoice_when_its_months_tax_is_the_same(
     owner_org, make_deployment, history, usd_rates
 ):
-    french_consumer(owner_org, now=at(2026, 12, 1))
+    account = french_consumer(owner_org, now=at(2026, 12, 1))
     december_with_late_hours(owner_org, make_deployment, history)
+    # taxed alike: the overview shows no late-usage invoice, as the close issues none
+    from billing import selectors
+
+    assert selectors.billing_overview(account=account, now=at(2027, 1, 20, 12)).late_usage_invoices == []
     invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     assert not Invoice.objects.filter(kind=InvoiceKind.LATE_USAGE).exists()
     january = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=JANUARY)
