@@ -292,6 +292,7 @@ def organization_channels_disable(*, organization: Organization, now: dt.datetim
     return {"disabled_notification_channels": disabled}
 
 
+@transaction.atomic
 def channel_delete(*, channel: NotificationChannel, actor: Principal | None) -> None:
     audit_record(
         actor=actor,

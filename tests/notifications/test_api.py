@@ -326,3 +326,17 @@ def test_channel_answers_503_and_saves_nothing_when_dns_does_not_answer_but_400_
         answer = ctx["client"].post(url, body, format="json")
     assert answer.status_code == 400 and problem_fields(answer) == {"config.url"}
     assert not NotificationChannel.objects.filter(organization=ctx["org"].organization).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_channel_deleted_and_audited_in_one_transaction_when_the_request_commits_as_in_production(owner_org, key_client):
+    # Transactional, as the server runs: no test transaction around the request hides a service that forgot its own
+    # (audit_record refuses to run outside the change's transaction, which answered 500).
+    client = key_client(owner_org.owner_secret)
+    url = f"/api/v1/organizations/{owner_org.id}/notification-channels"
+    body = {"name": "ops mail", "type": "email", "config": {"addresses": ["ops@example.com"]}}
+    channel = client.post(url, body, format="json").json()["id"]
+    deleted = client.delete(f"{url}/{channel}")
+    assert deleted.status_code == 204, deleted.content[:300]
+    assert not NotificationChannel.objects.filter(public_id=channel).exists()
+    assert AuditEvent.objects.filter(action="notification_channel.delete", request_id=deleted["X-Request-Id"]).exists()
