@@ -94,6 +94,9 @@ def premium_trial_grant(
     now = now or timezone.now()
     # The organization's row lock orders this grant against a concurrent Premium deployment_create (which takes it).
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    if organization.closed_at is not None:
+        # Its Owner deleted it: nobody is left to use a trial, and the sweep leaves a closed organization's trial alone.
+        raise Conflict(f"The organization was deleted on {_fmt(organization.closed_at)}: a trial cannot be granted.")
     trial = PremiumTrial.objects.select_for_update().filter(organization=organization).first()
     # ended_at too: a grant whose clock was read before the end may get the row only after the sweep ended it.
     if trial is not None and (trial.ended_at is not None or trial.ends_at <= now):

@@ -240,6 +240,17 @@ def test_premium_deployment_refused_when_trial_ended(owner_org):
         trials.premium_trial_grant(organization=owner_org.organization, actor=None, days=14)
 
 
+def test_trial_refused_with_409_and_nothing_recorded_when_the_organization_was_deleted(owner_org):
+    from organizations.models import Organization
+
+    Organization.objects.filter(pk=owner_org.organization.pk).update(closed_at=timezone.now())
+    with pytest.raises(Conflict) as raised:
+        trials.premium_trial_grant(organization=owner_org.organization, actor=None, days=14)
+    assert "deleted" in raised.value.message
+    assert not PremiumTrial.objects.filter(organization=owner_org.organization).exists()
+    assert not AuditEvent.objects.filter(action__startswith="premium_trial.").exists()
+
+
 # -- reminders ------------------------------------------------------------------------------------------------------
 
 
