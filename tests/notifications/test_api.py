@@ -329,7 +329,9 @@ def test_channel_answers_503_and_saves_nothing_when_dns_does_not_answer_but_400_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_channel_deleted_and_audited_in_one_transaction_when_the_request_commits_as_in_production(owner_org, key_client):
+def test_channel_deleted_and_audited_in_one_transaction_when_the_request_commits_as_in_production(
+    owner_org, key_client
+):
     # Transactional, as the server runs: no test transaction around the request hides a service that forgot its own
     # (audit_record refuses to run outside the change's transaction, which answered 500).
     client = key_client(owner_org.owner_secret)
