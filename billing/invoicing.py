@@ -15,6 +15,7 @@ import datetime
 import enum
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -745,12 +746,19 @@ def lock_usage_for_invoicing(period_start: datetime.date) -> None:
     xact_lock(LockSpace.METERING, metering.TRAFFIC_LOCK)
 
 
-def close_invoices(*, month: datetime.date, now: datetime.datetime | None = None, organization_ids=None) -> CloseResult:
+def close_invoices(
+    *,
+    month: datetime.date,
+    now: datetime.datetime | None = None,
+    organization_ids=None,
+    record: Callable[[CloseResult], None] | None = None,
+) -> CloseResult:
     """Invoice every billing account's unbilled usage and traffic up to the end of `month` (a date in it): this
     month's, and late usage of earlier months, on the monthly invoice when taxed alike, else on a late-usage invoice
     of its own month (`_split_months`). Safe to run again: an account gets one live monthly invoice per
     period (a unique constraint), and usage once invoiced is never billed twice. `organization_ids` limits the
-    close to those organizations (a corrected invoice after a credit note)."""
+    close to those organizations (a corrected invoice after a credit note). `record(result)` runs inside the close's
+    transaction (the caller's audit event: invoices and their event commit together or not at all)."""
     now = now or timezone.now()
     start, end = month_bounds(month)
     if now < end:
@@ -766,8 +774,11 @@ def close_invoices(*, month: datetime.date, now: datetime.datetime | None = None
             MonthClose.objects.update_or_create(
                 period_start=start.date(), defaults={"closed_at": now, "invoices": len(issued), "held": len(held)}
             )
+        result = CloseResult(start.date(), issued, held)
+        if record is not None:
+            record(result)
     logger.info("closed %s: %s invoices issued, %s held", start.strftime("%Y-%m"), len(issued), len(held))
-    return CloseResult(start.date(), issued, held)
+    return result
 
 
 def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[int]]:

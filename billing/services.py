@@ -976,9 +976,10 @@ def _plan_upgrades_cancel(prepaid: Invoice, *, actor: Principal | None, now: dat
 def invoice_reissue(
     *, account: BillingAccount, month: datetime.date, actor: Principal | None, now: datetime.datetime | None = None
 ) -> invoicing.CloseResult:
-    """Invoice a month again for one account after its invoice was voided: its released usage, corrected."""
-    result = invoicing.close_invoices(month=month, now=now, organization_ids=[account.organization_id])
-    with transaction.atomic():
+    """Invoice a month again for one account after its invoice was voided: its released usage, corrected. Its audit
+    event is written in the close's own transaction: no corrected invoice without it."""
+
+    def record(result: invoicing.CloseResult) -> None:
         audit_record(
             actor=actor,
             organization=account.organization,
@@ -986,7 +987,8 @@ def invoice_reissue(
             target=account,
             summary={"month": month.strftime("%Y-%m"), "issued": len(result.invoices), "held": len(result.held)},
         )
-    return result
+
+    return invoicing.close_invoices(month=month, now=now, organization_ids=[account.organization_id], record=record)
 
 
 def invoice_reissue_late_usage(

@@ -266,3 +266,24 @@ def test_paid_upgrade_refunded_once_when_staff_refunded_it_before_its_plan_was_v
     # 833.95 was paid for the upgrade and 833.95 given back already: voiding its plan gives nothing more.
     refunds = list(CreditGrant.objects.filter(source_invoice=upgrade).values_list("amount", flat=True))
     assert refunds == [83395]
+
+
+def test_corrected_invoice_is_not_issued_when_its_audit_event_cannot_be_written(
+    owner_org, make_deployment, history, monkeypatch
+):
+    # The reissue and its audit event are one change: an invoice issued without its event (a crash between the two)
+    # would be a mutation the audit log never saw.
+    account = set_account(owner_org)
+    dep = make_deployment(owner_org.default_project)
+    history(dep, [("running", at(2026, 3, 1), at(2026, 3, 2))])
+    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    services.invoice_void(invoice=Invoice.objects.get(), actor=None, reason="wrong", now=at(2026, 4, 3, 9))
+
+    def failing(**kwargs):
+        raise RuntimeError("the audit log could not be written")
+
+    monkeypatch.setattr(services, "audit_record", failing)
+    with pytest.raises(RuntimeError, match="audit log"):
+        services.invoice_reissue(account=account, month=datetime.date(2026, 3, 1), actor=None, now=at(2026, 4, 3, 9, 5))
+    assert list(Invoice.objects.values_list("status", flat=True)) == ["void"]
+    assert not UsageRecord.objects.filter(invoice__isnull=False, invoice__status="open").exists()
