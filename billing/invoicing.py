@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -738,6 +739,11 @@ def month_bounds(month: datetime.date) -> tuple[datetime.datetime, datetime.date
     return start, metering.next_month_start(start)
 
 
+def month_last_day(month: datetime.date) -> datetime.date:
+    """The last day of `month` (a date in it): the supply date its usage is taxed on."""
+    return (month_bounds(month)[1] - datetime.timedelta(days=1)).date()
+
+
 def lock_usage_for_invoicing(period_start: datetime.date) -> None:
     """One close of a month at a time, and no usage or traffic written while invoices read and mark it: metering
     batches and traffic samples wait for the commit, then land unbilled (late usage for the next invoice)."""
@@ -782,7 +788,7 @@ def close_invoices(
 
 
 def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[int]]:
-    period_month, last_day = start.date(), (end - datetime.timedelta(days=1)).date()
+    period_month, last_day = start.date(), month_last_day(start.date())
     usage = UsageRecord.objects.filter(invoice__isnull=True, hour__lt=end)
     traffic_rows = TrafficRecord.objects.filter(invoice__isnull=True, day__lt=end.date())
     if organization_ids is not None:
@@ -869,7 +875,7 @@ def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[i
             _add_used(used, monthly.applications)
         # Then each split month, oldest first, paid by what the grants usable in that month have left.
         shared = {g.pk: g for g in grants}
-        for month, month_details in sorted(split.items()):
+        for month, late_month in sorted(split.items()):
             month_start, month_end = month_bounds(month)
             month_grants = [
                 shared.setdefault(g.pk, g) for g in _month_grants(account, start=month_start, end=month_end)
@@ -880,7 +886,7 @@ def _close(*, start, end, now, organization_ids=None) -> tuple[list[int], list[i
                 month=month,
                 rows=[r for r in rows if r["month"] == month],
                 usages=[u for u in usages if u.month == month],
-                details=month_details,
+                details=late_month.details,
                 grants=month_grants,
                 usage=usage.filter(organization_id=account.organization_id, hour__gte=month_start, hour__lt=month_end),
                 used=used,
@@ -1008,7 +1014,7 @@ def _compose_month(
     `details` on the month's last day, paid by `grants` less what this close's earlier invoices `used`, capped by
     their expiry against `usage` (the invoice's usage records)."""
     start, end = month_bounds(month)
-    last_day = (end - datetime.timedelta(days=1)).date()
+    last_day = month_last_day(month)
     built = build_lines(
         usage_rows=rows,
         traffic_usages=usages,
@@ -1054,23 +1060,33 @@ def _late_details(rows_of, traffic_of, accounts, period_month) -> dict[datetime.
     return {month: _details_in_force_bulk(ids, month_bounds(month)[1]) for month, ids in months.items()}
 
 
+class LateMonth(NamedTuple):
+    """A month of late usage billed on a late-usage invoice of its own: the details in force at its end, and its
+    tax decision by them."""
+
+    details: BillingDetails
+    decision: TaxDecision
+
+
 def _split_months(
     account: BillingAccount,
     late_details: dict[datetime.date, dict[int, BillingDetails]],
     *,
     months,
     decision: TaxDecision,
-) -> dict[datetime.date, BillingDetails]:
+) -> dict[datetime.date, LateMonth]:
     """The months of late usage whose own tax decision (the details in force at their end, the rate on their last
-    day: Art. 64(1) Directive 2006/112/EC) differs from `decision`, the invoiced month's, with those details. Late
-    usage of any other month stays on the monthly invoice: taxed alike, it needs no invoice of its own."""
+    day: Art. 64(1) Directive 2006/112/EC) differs from `decision`, the invoiced month's, with those details and that
+    decision. Late usage of any other month stays on the monthly invoice: taxed alike, it needs no invoice of its
+    own."""
     split = {}
     for month in months:
         if month not in late_details:
             continue  # the invoiced month itself
         details = late_details[month].get(account.pk) or details_from_account(account)
-        if tax_decision(details, (month_bounds(month)[1] - datetime.timedelta(days=1)).date()) != decision:
-            split[month] = details
+        own = tax_decision(details, month_last_day(month))
+        if own != decision:
+            split[month] = LateMonth(details, own)
     return split
 
 
@@ -1594,18 +1610,14 @@ def open_lines(
 
 def _late_invoices(account: BillingAccount, *, months, month: datetime.date) -> dict[datetime.date, TaxDecision]:
     """Which of `months` (of the open lines) the close of `month` will bill on a late-usage invoice, decided as the
-    close decides it (_split_months) with the details in force now standing for those at the month's end."""
+    close decides it (_split_months); `month` is not over, so the details in force now stand for those at its end."""
     late = {m for m in months if m < month}
     if not late:
         return {}
-    last_day = (month_bounds(month)[1] - datetime.timedelta(days=1)).date()
     split = _split_months(
         account,
         {m: {account.pk: details_in_force(account, month_bounds(m)[1])} for m in late},
         months=late,
-        decision=tax_decision(current_details(account), last_day),
+        decision=tax_decision(current_details(account), month_last_day(month)),
     )
-    return {
-        m: tax_decision(details, (month_bounds(m)[1] - datetime.timedelta(days=1)).date())
-        for m, details in split.items()
-    }
+    return {m: late_month.decision for m, late_month in split.items()}

@@ -237,15 +237,17 @@ def organization_deletion_blockers(*, organization: Organization) -> list[Deleti
     """What the organization still owes or has bought: usage not yet invoiced (metered or not yet), invoices not
     paid (draft, open, uncollectible), annual plans still active. Registered with organizations.closing."""
     blockers = []
-    unbilled_hours = UsageRecord.objects.filter(organization=organization, invoice__isnull=True).count()
-    unbilled_days = TrafficRecord.objects.filter(organization=organization, invoice__isnull=True, bytes__gt=0).count()
     # Billable time the hourly metering has not turned into usage records yet (a deployment deleted in the last hour).
     cursor = metering.metered_until()
     intervals = StatusInterval.objects.filter(deployment__project__organization=organization)
     if cursor is not None:
         intervals = intervals.filter(Q(ended_at__isnull=True) | Q(ended_at__gt=cursor))
-    unmetered = intervals.exists()
-    if unbilled_hours or unbilled_days or unmetered:
+    # One row is enough to block: the first query that finds one ends the search.
+    if (
+        UsageRecord.objects.filter(organization=organization, invoice__isnull=True).exists()
+        or TrafficRecord.objects.filter(organization=organization, invoice__isnull=True, bytes__gt=0).exists()
+        or intervals.exists()
+    ):
         blockers.append(
             DeletionBlocker(
                 "unbilled-usage",
