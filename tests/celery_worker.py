@@ -1,10 +1,22 @@
 """A real Celery worker subprocess on the test database and the test Redis, for tests whose flow crosses a task.
 
-`celery_worker` (needs `transactional_db`: the worker must see committed rows) starts
-`celery -A controlplane worker` on every queue, waits until it is ready, and stops it afterwards. The crash test
-SIGKILLs it (the whole process group, pool children included) and starts it again. `brokers_dir` gives each test its
-own LOCAL_BROKERS_DIR (0755, outside pytest's 0700 tmp_path) and kills any broker left under it;
-`deployments_catalog` makes sure the seeded catalog is there.
+`celery_worker` (needs `transactional_db`: the worker must see committed rows) gives a test a running
+`celery -A controlplane worker` on every queue. The worker is started once per test module and handed from one test
+to the next only when nothing of the earlier test can reach the later one: the next test asks for a worker too (a
+test that does not runs without one, as it would alone); the worker still runs; it was started with the same
+environment (a test that sets EMAIL_URL for its worker gets one of its own); and, once the test's task queues are
+emptied, it holds no task (none running, reserved, or waiting for its countdown). Otherwise it is stopped and the next
+test starts a fresh one. A worker start costs about 2.5 CPU-seconds and a few seconds of wall time, which modules of
+up to ten such tests paid for each. The crash test SIGKILLs it (the whole process group, pool children included) and
+starts it again. `celery_worker.logs()` is what the worker logged during the current test.
+
+`brokers_dir` gives each module one LOCAL_BROKERS_DIR (0755, outside pytest's 0700 tmp_path; the worker's environment
+names it, so it must outlive a test to let the worker be shared), kills any broker left under it and empties it after
+every test. `deployments_catalog` makes sure the seeded catalog is there.
+
+A shared worker outlives the flush of the test Redis database between two tests (`redis_clean`): Celery publishes a
+task to the anonymous exchange, straight onto the queue's list, so no exchange binding is needed, and remote control
+(how `holds_no_task` asks) goes over Redis pub/sub.
 """
 
 from __future__ import annotations
@@ -19,6 +31,9 @@ import tempfile
 import time
 
 import pytest
+
+# The running worker a module's tests share (at most one per pytest process: a module runs whole on one xdist worker).
+_shared: CeleryWorker | None = None
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUEUES = "provisioning,default,billing,monitoring,notifications"
@@ -83,6 +98,13 @@ class CeleryWorker:
         self.beat = beat
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self._log_marks: dict[pathlib.Path, int] = {}  # log file -> its size when the current test began
+
+    @property
+    def node_name(self) -> str:
+        from celery.utils.nodenames import gethostname
+
+        return f"test-worker-{os.getpid()}-{self.starts}@{gethostname()}"
 
     @property
     def log_path(self) -> pathlib.Path:
@@ -90,6 +112,8 @@ class CeleryWorker:
 
     def start(self, timeout: float = 60.0) -> None:
         assert self.proc is None, "already running"
+        if _shared is not None and _shared is not self:  # one worker at a time: a test's own ends the shared one
+            stop_shared()
         self.starts += 1
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -108,7 +132,7 @@ class CeleryWorker:
                 "--without-mingle",
                 "--without-heartbeat",
                 "-n",
-                f"test-worker-{os.getpid()}-{self.starts}@%h",
+                self.node_name,
                 *(["--beat"] if self.beat else []),
             ],
             cwd=REPO,
@@ -148,8 +172,35 @@ class CeleryWorker:
             self.kill()
         self.proc = None
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def holds_no_task(self) -> bool:
+        """Asked of the worker itself (remote control): no task running, reserved or scheduled for later. False when
+        it does not answer."""
+        from controlplane.celery import app
+
+        inspect = app.control.inspect(destination=[self.node_name], timeout=5.0)
+        for question in (inspect.active, inspect.reserved, inspect.scheduled):
+            try:
+                replies = question()
+            except Exception:  # noqa: BLE001 - a worker that cannot be asked is not handed on
+                return False
+            if not replies or self.node_name not in replies or replies[self.node_name]:
+                return False
+        return True
+
+    def mark_logs(self) -> None:
+        """What logs() shows starts here (a shared worker's log holds the earlier tests' lines too)."""
+        self._log_marks = {p: p.stat().st_size for p in self.log_dir.glob("worker-*.log")}
+
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-6000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+        parts = []
+        for path in sorted(self.log_dir.glob("worker-*.log")):
+            with open(path, "rb") as f:
+                f.seek(self._log_marks.get(path, 0))
+                parts.append(f.read().decode(errors="replace")[-6000:])
+        return "\n".join(parts)
 
 
 @pytest.fixture
@@ -167,12 +218,21 @@ def deployments_catalog(db):
         importlib.import_module("deployments.migrations.0002_seed_catalog").seed(apps, None)
 
 
-@pytest.fixture
-def brokers_dir(settings):
+@pytest.fixture(scope="module")
+def _module_brokers_dir():
+    from django.conf import settings
+
     base = pathlib.Path(settings.VAR_DIR)
     base.mkdir(parents=True, exist_ok=True)
     path = pathlib.Path(tempfile.mkdtemp(prefix="brokers-", dir=base))
     path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def brokers_dir(_module_brokers_dir, settings):
+    path = _module_brokers_dir
     settings.LOCAL_BROKERS_DIR = path
     yield path
     for pid in broker_pids(path):
@@ -180,7 +240,11 @@ def brokers_dir(settings):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    shutil.rmtree(path, ignore_errors=True)
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def worker_env(brokers_dir: pathlib.Path) -> dict[str, str]:
@@ -205,10 +269,64 @@ def worker_env(brokers_dir: pathlib.Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def celery_worker(transactional_db, deployments_catalog, brokers_dir, redis_clean, tmp_path):
-    worker = CeleryWorker(worker_env(brokers_dir), tmp_path)
-    worker.start()
-    yield worker
+def _comparable(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}  # pytest changes it for every test phase
+
+
+def stop_shared() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.stop()
+        _shared = None
+
+
+def shared_worker(env: dict[str, str], log_dir: pathlib.Path) -> CeleryWorker:
+    """The running worker of `env` for a test: the shared one if it runs with that environment, else a new one."""
+    global _shared
+    if _shared is not None and not (_shared.running() and _comparable(_shared.env) == _comparable(env)):
+        stop_shared()
+    if _shared is None:
+        _shared = CeleryWorker(env, log_dir)
+    worker = _shared
+    worker.mark_logs()
+    if not worker.running():
+        worker.proc = None
+        worker.start()
+    return worker
+
+
+def hand_on(worker: CeleryWorker, client) -> bool:
+    """At the end of a test: what it left queued goes (a queue and its priority lists, which kombu names
+    queue\x06\x16<n>); the worker stays for the next test only if it runs and then holds no task, else it is stopped.
+    Returns whether it stays."""
+    for queue in QUEUES.split(","):
+        client.delete(queue, *client.scan_iter(match=f"{queue}\x06\x16*"))
+    if worker is _shared and worker.running() and worker.holds_no_task():
+        return True
     worker.stop()
+    if worker is _shared:
+        stop_shared()
+    return False
+
+
+@pytest.fixture(scope="module")
+def _module_celery_worker(tmp_path_factory):
+    """The log folder of the module's workers; ends the shared worker, if one still runs, with the module."""
+    yield tmp_path_factory.mktemp("celery-worker")
+    stop_shared()
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_unless_asked(request):
+    """A test that does not ask for a worker runs without one, as it would alone: the module's shared worker would
+    otherwise take the tasks it enqueues."""
+    if "celery_worker" not in request.fixturenames:
+        stop_shared()
+
+
+@pytest.fixture
+def celery_worker(_module_celery_worker, transactional_db, deployments_catalog, brokers_dir, redis_clean):
+    worker = shared_worker(worker_env(brokers_dir), _module_celery_worker)
+    yield worker
     print(f"--- Celery worker ---\n{worker.logs()}")  # shown by pytest when the test failed
+    hand_on(worker, redis_clean)

@@ -257,4 +257,11 @@ def smtp_receiver():
     server.close()
 
 
-from tests.celery_worker import brokers_dir, celery_worker, deployments_catalog  # noqa: F401,E402
+from tests.celery_worker import (  # noqa: F401,E402
+    _module_brokers_dir,
+    _module_celery_worker,
+    _no_worker_unless_asked,
+    brokers_dir,
+    celery_worker,
+    deployments_catalog,
+)
