@@ -267,6 +267,33 @@ def test_deployment_is_refused_in_an_organization_deleted_meanwhile(owner_org, d
     assert not Deployment.objects.filter(project__organization=owner_org.organization).exists()
 
 
+def test_channel_is_neither_enabled_again_nor_created_in_an_organization_deleted_meanwhile(owner_org):
+    """Requests that resolved the organization and its channel before its deletion committed: the deletion disabled
+    every channel, and a late update or creation must not turn one on again. Both take the organization's row lock
+    organization_delete takes, and find it closed."""
+    from controlplane.errors import NotFound
+    from notifications import services as notification_services
+    from notifications.models import NotificationChannel
+
+    organization = owner_org.organization
+    channel, _ = notification_services.channel_create(
+        organization=organization, actor=None, name="ops", type="email", config={"addresses": ["ops@example.com"]}
+    )
+    assert _delete(_session(owner_org.owner), owner_org, organization.name).status_code == 204
+
+    with pytest.raises(NotFound):
+        notification_services.channel_update(channel=channel, actor=None, enabled=True)
+    with pytest.raises(NotFound):
+        notification_services.channel_create(
+            organization=organization, actor=None, name="late", type="email", config={"addresses": ["a@example.com"]}
+        )
+    assert list(NotificationChannel.objects.filter(organization=organization).values_list("name", "enabled")) == [
+        ("ops", False)
+    ]
+    audited = AuditEvent.objects.filter(organization=organization, action__startswith="notification_channel.")
+    assert list(audited.values_list("action", flat=True)) == ["notification_channel.create"]
+
+
 def test_closed_organization_stays_hidden_when_a_membership_and_a_key_are_brought_back(owner_org, key_client, client):
     """Deleting removes every way in; should staff add a member back (or lift a key's revocation), the organization
     is still closed: access itself refuses a closed one."""
