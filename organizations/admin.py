@@ -57,6 +57,14 @@ class OrganizationAdmin(AuditedModelAdmin, admin.ModelAdmin):
     def status(self, obj):
         return f"Closed {obj.closed_at:%Y-%m-%d %H:%M} UTC" if obj.closed_at else "Open"
 
+    def has_change_permission(self, request, obj=None):
+        # A closed organization is shown read-only, its members and projects with it: nobody can reach it, so a
+        # member, a name or a project saved here could never be used (MembershipFormSet still refuses a member under
+        # the lock, for a deletion that commits while the form is being saved).
+        if obj is not None and obj.closed_at is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
     inlines = [MembershipInline, ProjectInline]
 
     def save_formset(self, request, form, formset, change):

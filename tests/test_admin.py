@@ -190,39 +190,87 @@ def test_staff_still_see_a_closed_organization_marked_closed(staff_client, staff
     assert page.status_code == 200 and b"Closed at" in page.content
 
 
-def test_staff_adding_a_member_to_a_closed_organization_is_refused_on_the_form(staff_client, staff, owner_org):
-    # Access refuses a closed organization whatever its memberships; the admin says so instead of saving one that
-    # could never be used (and that a reopening, if ever, would find unexplained).
-    from accounts.models import User
+def _close(owner_org):
     from organizations import access, services
-    from organizations.models import Membership
 
     organization = owner_org.organization
     services.organization_delete(
         organization=organization, actor=access.Principal(user=owner_org.owner), confirm_name=organization.name
     )
-    newcomer = User.objects.create_user("newcomer@example.com", "a long enough passphrase")
+    return organization
 
-    response = staff_client.post(
-        f"/admin/organizations/organization/{organization.pk}/change/",
-        {
-            "name": organization.name,
-            "rate_limits": "{}",
-            "require_two_factor": "",
+
+def _organization_form(organization, **extra) -> dict:
+    return {
+        "name": organization.name,
+        "rate_limits": "{}",
+        "require_two_factor": "",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+        "projects-TOTAL_FORMS": "0",
+        "projects-INITIAL_FORMS": "0",
+        "projects-MIN_NUM_FORMS": "0",
+        "projects-MAX_NUM_FORMS": "1000",
+        **extra,
+    }
+
+
+def test_a_closed_organization_is_shown_read_only_and_no_member_rename_or_project_is_saved_to_it(
+    staff_client, staff, owner_org
+):
+    # Access refuses a closed organization whatever its rows say; the admin neither saves a member, a name or a
+    # project nobody could use (and that a reopening, if ever, would find unexplained), nor offers to.
+    from accounts.models import User
+    from organizations.models import Membership, Organization
+
+    organization = _close(owner_org)
+    newcomer = User.objects.create_user("newcomer@example.com", "a long enough passphrase")
+    url = f"/admin/organizations/organization/{organization.pk}/change/"
+
+    page = staff_client.get(url)
+    assert page.status_code == 200 and b"Closed at" in page.content
+    assert b'name="_save"' not in page.content and b'name="name"' not in page.content
+
+    member = _organization_form(
+        organization,
+        **{
             "memberships-TOTAL_FORMS": "1",
-            "memberships-INITIAL_FORMS": "0",
-            "memberships-MIN_NUM_FORMS": "0",
-            "memberships-MAX_NUM_FORMS": "1000",
             "memberships-0-user": newcomer.pk,
             "memberships-0-roles": '["administrator"]',
-            "projects-TOTAL_FORMS": "0",
-            "projects-INITIAL_FORMS": "0",
-            "projects-MIN_NUM_FORMS": "0",
-            "projects-MAX_NUM_FORMS": "1000",
         },
     )
-
-    assert response.status_code == 200, response.content[:500]  # the form again, with the error
-    assert "is closed" in response.content.decode()
+    renamed = _organization_form(organization, name="Reopened")
+    project = _organization_form(organization, **{"projects-TOTAL_FORMS": "1", "projects-0-name": "late"})
+    for data in (member, renamed, project):
+        assert staff_client.post(url, data).status_code == 403
     assert not Membership.objects.filter(organization=organization).exists()
-    assert not AuditEvent.objects.filter(action="admin.membership.create").exists()
+    assert Organization.objects.get(pk=organization.pk).name == organization.name
+    assert list(organization.projects.values_list("name", flat=True)) == [owner_org.default_project.name]
+    assert not AuditEvent.objects.filter(action__startswith="admin.").exists()
+
+
+def test_a_project_of_a_closed_organization_is_read_only_and_none_is_added_to_one(staff_client, staff, owner_org):
+    from projects.models import Project
+
+    organization = _close(owner_org)
+    project = owner_org.default_project
+    url = f"/admin/projects/project/{project.pk}/change/"
+    grants = {
+        "grants-TOTAL_FORMS": "0",
+        "grants-INITIAL_FORMS": "0",
+        "grants-MIN_NUM_FORMS": "0",
+        "grants-MAX_NUM_FORMS": "1000",
+    }
+
+    assert b'name="_save"' not in staff_client.get(url).content
+    changed = staff_client.post(url, {"name": "renamed", "organization": organization.pk, "description": "", **grants})
+    assert changed.status_code == 403
+    added = staff_client.post(
+        "/admin/projects/project/add/", {"name": "late", "organization": organization.pk, "description": "", **grants}
+    )
+    assert added.status_code == 200, added.content[:300]  # the form again, with the error beside the organization
+    assert "is closed" in added.content.decode()
+    assert list(Project.objects.filter(organization=organization).values_list("name", flat=True)) == [project.name]
+    assert not AuditEvent.objects.filter(action__startswith="admin.").exists()
