@@ -208,13 +208,16 @@ def ensure_customer(
     tax_id: tuple[str, str] | None,
     metadata: dict[str, str] | None = None,
     create_key: str,
+    tax_id_key: str,
     client: stripe.StripeClient | None = None,
 ) -> str:
     """Create or update the Stripe customer of a billing account and make its tax ids equal to `tax_id`.
 
     Returns the customer id, a new one if `customer_id` is None or no longer exists on Stripe. A customer is created
     with an Idempotency-Key made of `create_key` (the account and the customer it held before) and what is sent: two
-    first calls at once get the one customer from Stripe, instead of a second one that would be left orphaned.
+    first calls at once get the one customer from Stripe, instead of a second one that would be left orphaned. A tax
+    id is added likewise, with `tax_id_key` (the account's billing details as they are now: two syncs of the same
+    details add it once, and one added again after a change of details is a new request, not a replay of the first).
     """
     import stripe
 
@@ -248,7 +251,7 @@ def ensure_customer(
             "metadata": {**stale, **wanted_metadata},
         }
         customer = api.customers.update(customer.id, params=update)
-    _sync_tax_ids(api, customer.id, tax_id)
+    _sync_tax_ids(api, customer.id, tax_id, key=tax_id_key)
     return customer.id
 
 
@@ -259,7 +262,7 @@ def _params_digest(params: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None) -> None:
+def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None, *, key: str) -> None:
     wanted = (tax_id[0], _compact_tax_value(tax_id[1])) if tax_id else None
     kept = False
     for existing in api.customers.tax_ids.list(customer_id, params={"limit": 100}).data:
@@ -268,7 +271,11 @@ def _sync_tax_ids(api: Any, customer_id: str, tax_id: tuple[str, str] | None) ->
             continue
         api.customers.tax_ids.delete(customer_id, existing.id)
     if wanted and not kept:
-        api.customers.tax_ids.create(customer_id, params={"type": wanted[0], "value": wanted[1]})
+        # Two syncs at once both list no tax id and add one: with one key Stripe adds it once and answers both.
+        params = {"type": wanted[0], "value": wanted[1]}
+        api.customers.tax_ids.create(
+            customer_id, params=params, options={"idempotency_key": f"{key}:{customer_id}:{_params_digest(params)}"}
+        )
 
 
 @_calls_stripe

@@ -34,6 +34,7 @@ def new_customer(client, **overrides):
         tax_id=("eu_vat", "FR40303265045"),
         metadata={"billing_account": "17"},
         create_key=f"customer-create:{secrets.token_hex(4)}:none",
+        tax_id_key=f"tax-id-create:{secrets.token_hex(4)}:1",
         client=client,
     )
     params.update(overrides)
@@ -52,6 +53,25 @@ def test_one_customer_made_when_a_creation_is_repeated_and_a_new_one_when_the_ke
     # Details changed since a creation Stripe still remembers: a new request, not an idempotency error.
     third = new_customer(client, create_key=f"customer-create:acct_1:{first}", email="other@example.fr")
     assert third not in (first, second)
+
+
+def test_one_tax_id_is_added_when_two_syncs_of_a_customer_without_one_run_at_once(fake, client, monkeypatch):
+    """Two first card calls at once (two tabs) each list the customer's tax ids, find none, and add one: the second
+    runs whole between the first's listing and its adding. Stripe's idempotency makes it one tax id, not two."""
+    from tests.races import once
+
+    customer_id = new_customer(client, tax_id=None)
+    both = dict(customer_id=customer_id, tax_id_key="tax-id-create:acct_1:details_7:format_valid")
+    original = stripe.CustomerTaxIdService.create
+    monkeypatch.setattr(stripe.CustomerTaxIdService, "create", once(original, lambda: new_customer(client, **both)))
+
+    new_customer(client, **both)
+
+    assert [(t["type"], t["value"]) for t in fake.tax_ids[customer_id]] == [("eu_vat", "FR40303265045")]
+    # Removed, then added again under newer billing details: a new request, not the replay of the first adding.
+    new_customer(client, customer_id=customer_id, tax_id=None)
+    new_customer(client, customer_id=customer_id, tax_id_key="tax-id-create:acct_1:details_8:format_valid")
+    assert [(t["type"], t["value"]) for t in fake.tax_ids[customer_id]] == [("eu_vat", "FR40303265045")]
 
 
 def test_customer_created_with_address_metadata_and_tax_id_when_no_customer_id(fake, client):
@@ -296,6 +316,8 @@ def test_configured_default_client_used_when_no_client_given(fake, monkeypatch):
         gateway.create_setup_intent("cus_x")
     gateway.configure(api_key=fake.api_key, api_base=fake.url, max_network_retries=0)
     customer_id = gateway.ensure_customer(
-        customer_id=None, email="a@b.c", name="A", address=None, tax_id=None, create_key="customer-create:acc:none"
+        **dict(customer_id=None, email="a@b.c", name="A", address=None, tax_id=None),
+        create_key="customer-create:acc:none",
+        tax_id_key="tax-id-create:acc:1:none",
     )
     assert customer_id in fake.customers
