@@ -416,7 +416,7 @@ class Invoice(models.Model):
         null=True,
         blank=True,
         related_name="replaced_by",
-        help_text="The voided invoice this one bills again (an annual upgrade's).",
+        help_text="The voided invoice this one bills again (an annual upgrade's, or a late-usage month's).",
     )
     created_at = models.DateTimeField(default=timezone.now)
 
