@@ -296,9 +296,9 @@ def shared_worker(env: dict[str, str], log_dir: pathlib.Path) -> CeleryWorker:
 
 
 def hand_on(worker: CeleryWorker, client) -> bool:
-    """At the end of a test: what it left queued goes (a queue and its priority lists, which kombu names
-    queue\x06\x16<n>); the worker stays for the next test only if it runs and then holds no task, else it is stopped.
-    Returns whether it stays."""
+    """At the end of a test: what it left queued goes (each queue's list, and its priority lists, which kombu names
+    after the queue, two separator bytes and the priority); the worker stays for the next test only if it runs and
+    then holds no task, else it is stopped. Returns whether it stays."""
     for queue in QUEUES.split(","):
         client.delete(queue, *client.scan_iter(match=f"{queue}\x06\x16*"))
     if worker is _shared and worker.running() and worker.holds_no_task():
