@@ -418,7 +418,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayOperationId": True, "tryItOutEnabled": True},
+    # persistAuthorization off: Swagger UI would keep the API key a person authorizes with in localStorage, where the
+    # next person at a shared computer, or any script on the console's origin, could read it; it lives with the page.
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": False, "displayOperationId": True, "tryItOutEnabled": True},
     "APPEND_COMPONENTS": {
         "securitySchemes": {
             "ApiKey": {"type": "http", "scheme": "bearer", "description": "An API key secret (`cpk_…`)."},

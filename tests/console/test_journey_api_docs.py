@@ -50,6 +50,10 @@ def test_person_tries_an_operation_in_swagger_ui_when_authorized_with_an_api_key
     expect(curl).to_contain_text(f"/api/v1/organizations/{org.id}/projects")
     expect(curl).to_contain_text("Authorization: Bearer")
     docs.check("swagger-tried", axe=False)
+    # The key lives as long as the page: none of it is written to the browser's storage, where the next person at a
+    # shared computer, or any script on the console's origin, could read it later.
+    stored = docs.evaluate("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
+    assert org.owner_secret not in stored and org.owner_secret.split("_")[-1][-12:] not in stored
 
     redoc = site.page(name="reader")
     redoc.goto("/api/redoc/")
