@@ -208,6 +208,7 @@ def _wait(azure: _Azure, doing: str, begin: Callable[[], LROPoller]) -> VirtualN
     try:
         result = poller.result(timeout=min(LRO_TIMEOUT_SECONDS, left))
     except HttpResponseError as exc:
+        raise_if_interrupted(exc)  # a token fetch inside the call may have been interrupted
         # The SDK raises the same OperationFailed for an operation that ended Canceled as for a Failed one. ARM
         # cancels an operation that another write of the same resource superseded (CanceledAndSupersededDueTo-
         # AnotherOperation): no refusal of ours, so the next poll writes it again.
@@ -266,11 +267,13 @@ class AzureAdapter:
         try:
             azure.ours.get_token(ARM_SCOPE)
         except ClientAuthenticationError as exc:
+            raise_if_interrupted(exc)  # azure-identity wraps whatever interrupts a token fetch in its own error
             message = f"Azure did not authenticate the platform's application: {exc.message}"
             raise ProviderError(message, permanent=False) from exc
         try:
             azure.theirs.get_token(ARM_SCOPE)
         except ClientAuthenticationError as exc:
+            raise_if_interrupted(exc)
             # The customer's tenant does not know our application: nothing can be created. Their step comes first.
             first = exc.message.splitlines()[0] if exc.message else "no token"
             raise ProviderError(
@@ -284,6 +287,7 @@ class AzureAdapter:
         try:
             _write(azure, customer, doing)
         except HttpResponseError as exc:
+            raise_if_interrupted(exc)
             if _code(exc) in AUTHORIZATION_CODES:
                 raise _refused(exc, azure, customer, "the platform's side") from exc
             raise _error(exc, doing) from exc
@@ -300,6 +304,7 @@ class AzureAdapter:
         except ResourceNotFoundError as exc:
             raise ProviderError(f"Your virtual network {azure.their_vnet} does not exist.", permanent=True) from exc
         except HttpResponseError as exc:
+            raise_if_interrupted(exc)
             if _code(exc) in AUTHORIZATION_CODES:
                 raise ProviderError(
                     f"Azure refused to {doing}: {_code(exc)}. {_grant_text(azure.application_id, azure.their_vnet)}",
@@ -325,6 +330,7 @@ class AzureAdapter:
         try:
             _write(azure, customer, doing, theirs=True)
         except HttpResponseError as exc:
+            raise_if_interrupted(exc)
             if _code(exc) in AUTHORIZATION_CODES:
                 raise _refused(exc, azure, customer, "your side") from exc
             raise _error(exc, doing) from exc
@@ -476,6 +482,7 @@ class AzureAdapter:
         except ResourceNotFoundError:
             return f"The peering {customer.public_id} does not exist on {customer.vnet_name} yet."
         except HttpResponseError as exc:
+            raise_if_interrupted(exc)
             return f"Your side cannot be read ({_code(exc) or exc.status_code}): check the role assignment."
         except Exception as exc:  # noqa: BLE001 - only a hint for the customer; the platform side decides the state
             raise_if_interrupted(exc)
@@ -517,9 +524,15 @@ class AzureAdapter:
                     customer.resource_group, customer.vnet_name, customer.public_id
                 ),
             )
-        except (ResourceNotFoundError, ClientAuthenticationError):
+        except ResourceNotFoundError:
+            return
+        except ClientAuthenticationError as exc:
+            # The customer's tenant no longer lets us in: their side is theirs to delete. Unless the token fetch was
+            # interrupted, which says nothing about their side: the deletion must not go on as if it were gone.
+            raise_if_interrupted(exc)
             return
         except HttpResponseError as exc:
+            raise_if_interrupted(exc)
             if exc.status_code in (401, 403):
                 return
             raise _error(exc, doing) from exc

@@ -221,6 +221,42 @@ def test_delete_needs_no_access_to_customer_tenant_when_they_revoked_it(deployme
     assert theirs["properties"]["peeringState"] == "Disconnected"  # theirs to delete now: we may not any more
 
 
+def test_delete_is_not_taken_for_done_when_the_customers_token_fetch_is_interrupted(deployment, azure, monkeypatch):
+    # A token the customer's tenant refuses means their side is theirs to delete (above). An interrupted fetch says
+    # nothing about it: azure-identity raises the interruption wrapped in the same ClientAuthenticationError (the
+    # token test above sees it do so for real), and the deletion must not go on as if their side were gone.
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import ClientSecretCredential
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    assert poll(peering) == "active"
+    services.vpc_peering_delete(peering=_reload(peering), actor=None)
+
+    def interrupted_for_the_customer(real):
+        def fetch(self, *scopes, **kwargs):
+            if self._tenant_id == AZURE_CUSTOMER_TENANT:  # as azure-identity's wrap_exceptions raises it
+                raise ClientAuthenticationError(message="Authentication failed: SoftTimeLimitExceeded()") from (
+                    SoftTimeLimitExceeded()
+                )
+            return real(self, *scopes, **kwargs)
+
+        return fetch
+
+    for method in ("get_token", "get_token_info"):
+        monkeypatch.setattr(
+            ClientSecretCredential, method, interrupted_for_the_customer(getattr(ClientSecretCredential, method))
+        )
+    assert poll(peering) != "deleted"
+    assert "ran out of time" in _reload(peering).last_error
+    assert _sides(azure, peering)[1] is not None  # their side is still there, and still ours to delete
+
+    monkeypatch.undo()
+    assert poll(peering) == "deleted"
+    assert _sides(azure, peering) == (None, None)
+
+
 def test_delete_leaves_a_customer_peering_alone_when_it_points_elsewhere(deployment, azure):
     azure.customer_grants_access()
     peering = _create(deployment, azure)
@@ -455,6 +491,33 @@ def test_poll_stops_waiting_when_its_writes_together_would_outlast_the_task(depl
     monkeypatch.undo()
     azure.fake.operation_retry_after, azure.fake.operation_polls = "0", 1
     azure.fake.release_operations()  # the customer's side finished at ARM meanwhile
+    assert poll(peering, times=2) == "active"
+
+
+def test_poll_says_it_ran_out_of_time_when_the_soft_time_limit_strikes_while_a_token_is_fetched(
+    deployment, azure, azure_region
+):
+    # The real signal, inside azure-identity: the authority accepts the connection and never answers, and Celery's
+    # soft time limit strikes while the token request waits. azure-identity logs and raises it again, azure-core's
+    # transport and retry policy let it through (they catch their own errors only): the poll says it ran out of time,
+    # at once, not that Azure could not be reached or did not authenticate us.
+    from tests.outage import soft_time_limit_on_connect
+
+    azure.customer_grants_access()
+    peering = _create(deployment, azure)
+    authority = azure_region.network["authority"]
+    with soft_time_limit_on_connect() as port:
+        azure_region.network = {**azure_region.network, "authority": f"https://127.0.0.1:{port}"}
+        azure_region.save()
+        started = time.monotonic()
+        assert poll(peering) == "pending"
+    took = time.monotonic() - started
+    error = _reload(peering).last_error
+    assert "ran out of time" in error and "could not be reached" not in error and "authenticate" not in error
+    assert took < 10
+
+    azure_region.network = {**azure_region.network, "authority": authority}
+    azure_region.save()
     assert poll(peering, times=2) == "active"
 
 
