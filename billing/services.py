@@ -442,14 +442,6 @@ def stripe_client(*, waiting: bool = False) -> stripe.StripeClient:
     return _client_for(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS, 2)
 
 
-def _current_details_id(account: BillingAccount) -> int | None:
-    return (
-        BillingDetails.objects.filter(billing_account=account, valid_to__isnull=True)
-        .values_list("pk", flat=True)
-        .first()
-    )
-
-
 def billing_account_sync_stripe(
     *, account_id: int, client: stripe.StripeClient | None = None, actor: Principal | None = None
 ) -> str | None:
@@ -485,7 +477,7 @@ def billing_account_sync_stripe(
         # on Stripe is a new request, not the replay of the first creation.
         create_key=f"customer-create:{account.public_id}:{account.stripe_customer_id or 'none'}",
         # The details in force (their row, and the VAT status that decides whether a number is sent at all).
-        tax_id_key=f"tax-id-create:{account.public_id}:{_current_details_id(account)}:{account.vat_status}",
+        tax_id_key=f"tax-id-create:{account.public_id}:{invoicing.current_details(account).pk}:{account.vat_status}",
         client=client or stripe_client(),
     )
     with transaction.atomic():

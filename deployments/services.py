@@ -51,8 +51,7 @@ from deployments.topics import validate_acl_topic
 from notifications.models import PlatformEvent
 from notifications.services import platform_event_notify
 from organizations.access import Principal, acting_user
-from organizations.models import Organization
-from organizations.services import organization_lock_open
+from organizations.services import organization_require_open
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
@@ -135,15 +134,6 @@ def _refuse_if_busy(deployment: Deployment) -> None:
     )
     if active is not None:
         raise Conflict(f"Operation {active.public_id} ({active.kind}) is still in progress; retry once it finishes.")
-
-
-def _lock_open_organization(organization: Organization) -> None:
-    """Share-lock the organization's row, which organization_delete locks for update before it looks for deployments,
-    and refuse one deleted (closed) meanwhile: a deployment created while its organization is deleted is then either
-    seen by the deletion, which refuses, or refused here. Shared, so creations in one organization do not wait on
-    each other."""
-    if not organization_lock_open(organization_id=organization.pk):
-        raise NotFound("No such organization.")
 
 
 def _lock_live_project(project: Project) -> None:
@@ -305,7 +295,9 @@ def deployment_create(
         used = selectors.premium_deployments_count(organization.pk)
         if used >= granted:
             raise Conflict(f"Your organization has used its {granted} Premium trial deployment(s).")
-    _lock_open_organization(organization)
+    # Shared with organization_delete's lock: a deployment created while its organization is deleted is then either
+    # seen by the deletion, which refuses, or refused here. Shared, so creations do not wait on each other.
+    organization_require_open(organization_id=organization.pk)
     _lock_live_project(project)
     if _name_taken(project, name):
         raise _name_conflict(name)

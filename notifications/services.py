@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import FieldError, NotFound, Unavailable, ValidationFailed
+from controlplane.errors import FieldError, Unavailable, ValidationFailed
 from controlplane.metrics import NOTIFICATION_FAILURES
 from controlplane.tasks import Publishable, publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
@@ -42,7 +42,7 @@ from notifications.models import (
 )
 from organizations.access import Principal
 from organizations.models import Organization
-from organizations.services import organization_lock_open
+from organizations.services import organization_require_open
 
 # A channel's configuration: its keys depend on its type (addresses for email, url and headers for a webhook...).
 ChannelConfig = dict[str, Any]
@@ -169,14 +169,6 @@ def _validate_channel(
 # -- channels -------------------------------------------------------------------------------------------------------
 
 
-def _lock_open_organization(organization_id: int) -> None:
-    """Share-lock the organization's row before a channel's, in organization_delete's order (it locks the row, then
-    disables every channel), and refuse one deleted meanwhile: a request that resolved the channel just before the
-    deletion committed would otherwise create one, or turn one on again, in a closed organization."""
-    if not organization_lock_open(organization_id=organization_id):
-        raise NotFound("No such organization.")
-
-
 def channel_create(
     *,
     organization: Organization,
@@ -211,7 +203,9 @@ def channel_create(
     channel.full_clean(exclude=["organization"])
     # Validation resolved the webhook's host (DNS) above: network I/O stays outside the transaction.
     with transaction.atomic():
-        _lock_open_organization(organization.pk)
+        # Locked before the channel, in organization_delete's order (it locks the row, then disables every channel):
+        # a channel created while its organization is deleted is seen by the deletion or refused.
+        organization_require_open(organization_id=organization.pk)
         channel.save()
         audit_record(
             actor=actor,
@@ -267,7 +261,7 @@ def _channel_update_locked(
     **values: str | bool | None,
 ) -> NotificationChannel:
     """channel_update's writes, under the channel's row lock; `validated` is (config, new PagerDuty key or None)."""
-    _lock_open_organization(channel.organization_id)
+    organization_require_open(organization_id=channel.organization_id)  # as in channel_create, before the channel
     channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
     changes: dict[str, Any] = {}
     if validated is not None:

@@ -250,6 +250,14 @@ def organization_lock_open(*, organization_id: int) -> bool:
     return row is not None and row[0] is None
 
 
+def organization_require_open(*, organization_id: int) -> None:
+    """organization_lock_open for what a request adds to or changes in the organization (a deployment, a notification
+    channel): 404 when it was deleted meanwhile, as for any organization the caller can no longer reach. What adds
+    and what the deletion turns off are then either seen by the deletion or refused here."""
+    if not organization_lock_open(organization_id=organization_id):
+        raise NotFound("No such organization.")
+
+
 @transaction.atomic
 def organization_delete(
     *, organization: Organization, actor: access.Principal | None, confirm_name: str

@@ -303,9 +303,10 @@ def hand_on(worker: CeleryWorker, client) -> bool:
         client.delete(queue, *client.scan_iter(match=f"{queue}\x06\x16*"))
     if worker is _shared and worker.running() and worker.holds_no_task():
         return True
-    worker.stop()
     if worker is _shared:
         stop_shared()
+    else:
+        worker.stop()
     return False
 
 

@@ -14,7 +14,9 @@ import dataclasses
 import ipaddress
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
+from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.polling import LROPoller
@@ -23,6 +25,7 @@ from azure.identity import ClientSecretCredential
 from azure.mgmt.core.policies import AuxiliaryAuthenticationPolicy
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import SubResource, SyncRemoteAddressSpace, VirtualNetworkPeering
+from celery.exceptions import SoftTimeLimitExceeded
 
 from networking.checks import AZURE_OWNER_TAG, AZURE_PEERING_ACTIONS, AZURE_PEERING_ROLE
 from networking.providers.base import Customer, CustomerStep, Observation, Platform, ProviderError, raise_if_interrupted
@@ -115,6 +118,32 @@ def _error(exc: Exception, doing: str) -> ProviderError:
     return ProviderError(f"Azure could not be reached to {doing}: {exc}", permanent=False)
 
 
+_T = TypeVar("_T")
+
+
+class _Credential(ClientSecretCredential):
+    """azure-identity raises whatever interrupts a token fetch as ClientAuthenticationError("Authentication failed:
+    ...") from it (its wrap_exceptions), Celery's soft time limit included: a poll would then say Azure did not
+    authenticate us, and a deletion take the customer's tenant for one that shut us out and leave their side behind.
+    The interruption is raised again as itself here, where the library wraps it, for the token fetches we make and
+    those ARM's clients make through us alike; every handler then sees what it sees anywhere else."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return _unwrapped(super().get_token, *scopes, **kwargs)
+
+    def get_token_info(self, *scopes: str, **kwargs: Any) -> AccessTokenInfo:
+        return _unwrapped(super().get_token_info, *scopes, **kwargs)
+
+
+def _unwrapped(fetch: Callable[..., _T], *scopes: str, **kwargs: Any) -> _T:
+    try:
+        return fetch(*scopes, **kwargs)
+    except ClientAuthenticationError as exc:
+        if isinstance(exc.__cause__, SoftTimeLimitExceeded):
+            raise exc.__cause__ from None  # the interruption itself, not azure-identity's wrapping of it
+        raise
+
+
 class _Azure:
     def __init__(self, platform: Platform, customer: Customer) -> None:
         net, secret = platform.network, platform.credentials
@@ -127,10 +156,8 @@ class _Azure:
             # A private or sovereign authority is not in MSAL's list of known hosts: trust the configured one.
             identity.update(authority=net["authority"], disable_instance_discovery=True)
         self.application_id = secret["client_id"]
-        self.ours = ClientSecretCredential(net["tenant_id"], secret["client_id"], secret["client_secret"], **identity)
-        self.theirs = ClientSecretCredential(
-            customer.tenant_id, secret["client_id"], secret["client_secret"], **identity
-        )
+        self.ours = _Credential(net["tenant_id"], secret["client_id"], secret["client_secret"], **identity)
+        self.theirs = _Credential(customer.tenant_id, secret["client_id"], secret["client_secret"], **identity)
 
         def client(credential, subscription: str, **hook) -> NetworkManagementClient:
             return NetworkManagementClient(
@@ -208,7 +235,6 @@ def _wait(azure: _Azure, doing: str, begin: Callable[[], LROPoller]) -> VirtualN
     try:
         result = poller.result(timeout=min(LRO_TIMEOUT_SECONDS, left))
     except HttpResponseError as exc:
-        raise_if_interrupted(exc)  # a token fetch inside the call may have been interrupted
         # The SDK raises the same OperationFailed for an operation that ended Canceled as for a Failed one. ARM
         # cancels an operation that another write of the same resource superseded (CanceledAndSupersededDueTo-
         # AnotherOperation): no refusal of ours, so the next poll writes it again.
@@ -267,13 +293,11 @@ class AzureAdapter:
         try:
             azure.ours.get_token(ARM_SCOPE)
         except ClientAuthenticationError as exc:
-            raise_if_interrupted(exc)  # azure-identity wraps whatever interrupts a token fetch in its own error
             message = f"Azure did not authenticate the platform's application: {exc.message}"
             raise ProviderError(message, permanent=False) from exc
         try:
             azure.theirs.get_token(ARM_SCOPE)
         except ClientAuthenticationError as exc:
-            raise_if_interrupted(exc)
             # The customer's tenant does not know our application: nothing can be created. Their step comes first.
             first = exc.message.splitlines()[0] if exc.message else "no token"
             raise ProviderError(
@@ -287,7 +311,6 @@ class AzureAdapter:
         try:
             _write(azure, customer, doing)
         except HttpResponseError as exc:
-            raise_if_interrupted(exc)
             if _code(exc) in AUTHORIZATION_CODES:
                 raise _refused(exc, azure, customer, "the platform's side") from exc
             raise _error(exc, doing) from exc
@@ -304,7 +327,6 @@ class AzureAdapter:
         except ResourceNotFoundError as exc:
             raise ProviderError(f"Your virtual network {azure.their_vnet} does not exist.", permanent=True) from exc
         except HttpResponseError as exc:
-            raise_if_interrupted(exc)
             if _code(exc) in AUTHORIZATION_CODES:
                 raise ProviderError(
                     f"Azure refused to {doing}: {_code(exc)}. {_grant_text(azure.application_id, azure.their_vnet)}",
@@ -330,7 +352,6 @@ class AzureAdapter:
         try:
             _write(azure, customer, doing, theirs=True)
         except HttpResponseError as exc:
-            raise_if_interrupted(exc)
             if _code(exc) in AUTHORIZATION_CODES:
                 raise _refused(exc, azure, customer, "your side") from exc
             raise _error(exc, doing) from exc
@@ -482,7 +503,6 @@ class AzureAdapter:
         except ResourceNotFoundError:
             return f"The peering {customer.public_id} does not exist on {customer.vnet_name} yet."
         except HttpResponseError as exc:
-            raise_if_interrupted(exc)
             return f"Your side cannot be read ({_code(exc) or exc.status_code}): check the role assignment."
         except Exception as exc:  # noqa: BLE001 - only a hint for the customer; the platform side decides the state
             raise_if_interrupted(exc)
@@ -524,15 +544,9 @@ class AzureAdapter:
                     customer.resource_group, customer.vnet_name, customer.public_id
                 ),
             )
-        except ResourceNotFoundError:
-            return
-        except ClientAuthenticationError as exc:
-            # The customer's tenant no longer lets us in: their side is theirs to delete. Unless the token fetch was
-            # interrupted, which says nothing about their side: the deletion must not go on as if it were gone.
-            raise_if_interrupted(exc)
+        except (ResourceNotFoundError, ClientAuthenticationError):
             return
         except HttpResponseError as exc:
-            raise_if_interrupted(exc)
             if exc.status_code in (401, 403):
                 return
             raise _error(exc, doing) from exc

@@ -89,20 +89,12 @@ class ProviderError(Exception):
 
 
 def raise_if_interrupted(exc: BaseException) -> None:
-    """Raise the interruption again when `exc` is the poll's task being interrupted, or was raised from it: Celery's
-    soft time limit, raised inside whatever call runs when it strikes, is no answer of the provider's. billiard makes
-    SoftTimeLimitExceeded an Exception, so an adapter's catch-all would take it for one ("could not be reached"), and a
-    client library may wrap it in its own error (azure-identity raises ClientAuthenticationError "Authentication
-    failed: SoftTimeLimitExceeded()" from it, during a token fetch). Every catch-all, and every handler of such a
-    library error, calls this first; the poll (networking.services) then says it ran out of time, whatever the
-    provider."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, SoftTimeLimitExceeded):
-            raise cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
+    """Raise `exc` again when it is the poll's task being interrupted: Celery's soft time limit, raised inside whatever
+    call runs when it strikes, is no answer of the provider's. billiard makes SoftTimeLimitExceeded an Exception, so an
+    adapter's catch-all would take it for one ("could not be reached"); every catch-all calls this first, and the poll
+    (networking.services) says it ran out of time, whatever the provider."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        raise exc
 
 
 class PeeringAdapter(Protocol):
