@@ -32,6 +32,9 @@ from networking.providers.base import Customer, CustomerStep, Observation, Platf
 
 ARM_SCOPE = "https://management.azure.com/.default"
 LRO_TIMEOUT_SECONDS = 90.0
+# The SDK's wait between two reads of a long-running operation's status when ARM's answer names no Retry-After (or
+# names 0, as its answers for quick operations do).
+LRO_POLL_SECONDS = 1.0
 # All the waits for long-running operations of one adapter call together: a poll may write several (our side, theirs,
 # a sync of both, a repair) and, after a refusal, remove what it made in a second call. Two calls' budgets stay under
 # the task's soft time limit (CELERY_TASK_SOFT_TIME_LIMIT, 240 s), with room for the reads between them. An operation
@@ -166,7 +169,7 @@ class _Azure:
                 transport=_BoundedSleepTransport(**transport),
                 base_url=platform.endpoint,
                 credential_scopes=[ARM_SCOPE],
-                polling_interval=1,
+                polling_interval=LRO_POLL_SECONDS,
                 retry_total=2,
                 **hook,
             )

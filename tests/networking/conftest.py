@@ -374,8 +374,13 @@ def _azure_server(tmp_path_factory):
 
 
 @pytest.fixture
-def azure(_azure_server, settings):
+def azure(_azure_server, settings, monkeypatch):
+    from networking.providers import azure as provider
     from tests.fakes.azure_arm import FakeAzure
+
+    # The fake's operations end at their first status read (Retry-After 0): the SDK's second between two reads
+    # would only be slept. A test that undoes its monkeypatch gets the second back.
+    monkeypatch.setattr(provider, "LRO_POLL_SECONDS", 0.05)
 
     state = _azure_server.state
     fresh = FakeAzure()
