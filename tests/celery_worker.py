@@ -1,22 +1,23 @@
 """A real Celery worker subprocess on the test database and the test Redis, for tests whose flow crosses a task.
 
 `celery_worker` (needs `transactional_db`: the worker must see committed rows) gives a test a running
-`celery -A controlplane worker` on every queue. The worker is started once per test module and handed from one test
-to the next only when nothing of the earlier test can reach the later one: the next test asks for a worker too (a
-test that does not runs without one, as it would alone); the worker still runs; it was started with the same
-environment (a test that sets EMAIL_URL for its worker gets one of its own); and, once the test's task queues are
-emptied, it holds no task (none running, reserved, or waiting for its countdown). Otherwise it is stopped and the next
-test starts a fresh one. A worker start costs about 2.5 CPU-seconds and a few seconds of wall time, which modules of
-up to ten such tests paid for each. The crash test SIGKILLs it (the whole process group, pool children included) and
-starts it again. `celery_worker.logs()` is what the worker logged during the current test.
+`celery -A controlplane worker` on every queue. One worker is started per pytest process and handed from one test to
+the next, across modules, only when nothing of the earlier test can reach the later one. Between two tests it is
+parked: told through Celery's remote control to consume no queue, so a test that does not ask for a worker runs as it
+would alone (its tasks stay queued), and nothing published after the earlier test ended can reach the worker. It is
+handed on only when, parked, it holds no task (none running, reserved, or waiting for its countdown), still runs, and
+was started with the environment the next test asks for (a test that sets EMAIL_URL for its worker gets one of its
+own); otherwise it is stopped and the next test starts a fresh one. A worker start costs about 2.5 CPU-seconds and a
+few seconds of wall time. The crash test SIGKILLs it (the whole process group, pool children included) and starts it
+again. `celery_worker.logs()` is what the worker logged during the current test.
 
-`brokers_dir` gives each module one LOCAL_BROKERS_DIR (0755, outside pytest's 0700 tmp_path; the worker's environment
-names it, so it must outlive a test to let the worker be shared), kills any broker left under it and empties it after
-every test. `deployments_catalog` makes sure the seeded catalog is there.
+`brokers_dir` gives each pytest process one LOCAL_BROKERS_DIR (0755, outside pytest's 0700 tmp_path; the worker's
+environment names it, so it must outlive a test to let the worker be shared), kills any broker left under it and
+empties it after every test. `deployments_catalog` makes sure the seeded catalog is there.
 
 A shared worker outlives the flush of the test Redis database between two tests (`redis_clean`): Celery publishes a
 task to the anonymous exchange, straight onto the queue's list, so no exchange binding is needed, and remote control
-(how `holds_no_task` asks) goes over Redis pub/sub.
+(how `park`, `unpark` and `holds_no_task` ask) goes over Redis pub/sub.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import time
 
 import pytest
 
-# The running worker a module's tests share (at most one per pytest process: a module runs whole on one xdist worker).
+# The worker the tests of this pytest process share (parked between two tests), if one runs.
 _shared: CeleryWorker | None = None
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -175,6 +176,30 @@ class CeleryWorker:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def _each_queue(self, command: str) -> bool:
+        """Send `command` (add_consumer, cancel_consumer) for every queue through remote control; True when the worker
+        answered each one."""
+        from controlplane.celery import app
+
+        for queue in QUEUES.split(","):
+            try:
+                replies = app.control.broadcast(
+                    command, arguments={"queue": queue}, destination=[self.node_name], reply=True, timeout=5.0
+                )
+            except Exception:  # noqa: BLE001 - a worker that cannot be told is not handed on
+                return False
+            if not any(self.node_name in reply for reply in replies or []):
+                return False
+        return True
+
+    def park(self) -> bool:
+        """Consume no queue from now on (what it holds already stays, for holds_no_task to see)."""
+        return self._each_queue("cancel_consumer")
+
+    def unpark(self) -> bool:
+        """Consume every queue again."""
+        return self._each_queue("add_consumer")
+
     def holds_no_task(self) -> bool:
         """Asked of the worker itself (remote control): no task running, reserved or scheduled for later. False when
         it does not answer."""
@@ -218,8 +243,8 @@ def deployments_catalog(db):
         importlib.import_module("deployments.migrations.0002_seed_catalog").seed(apps, None)
 
 
-@pytest.fixture(scope="module")
-def _module_brokers_dir():
+@pytest.fixture(scope="session")
+def _session_brokers_dir():
     from django.conf import settings
 
     base = pathlib.Path(settings.VAR_DIR)
@@ -231,8 +256,8 @@ def _module_brokers_dir():
 
 
 @pytest.fixture
-def brokers_dir(_module_brokers_dir, settings):
-    path = _module_brokers_dir
+def brokers_dir(_session_brokers_dir, settings):
+    path = _session_brokers_dir
     settings.LOCAL_BROKERS_DIR = path
     yield path
     for pid in broker_pids(path):
@@ -281,9 +306,12 @@ def stop_shared() -> None:
 
 
 def shared_worker(env: dict[str, str], log_dir: pathlib.Path) -> CeleryWorker:
-    """The running worker of `env` for a test: the shared one if it runs with that environment, else a new one."""
+    """The running worker of `env` for a test, consuming every queue: the shared one if it runs with that environment
+    (and takes its queues again), else a new one."""
     global _shared
     if _shared is not None and not (_shared.running() and _comparable(_shared.env) == _comparable(env)):
+        stop_shared()
+    if _shared is not None and _shared.proc is not None and not _shared.unpark():
         stop_shared()
     if _shared is None:
         _shared = CeleryWorker(env, log_dir)
@@ -296,12 +324,13 @@ def shared_worker(env: dict[str, str], log_dir: pathlib.Path) -> CeleryWorker:
 
 
 def hand_on(worker: CeleryWorker, client) -> bool:
-    """At the end of a test: what it left queued goes (each queue's list, and its priority lists, which kombu names
-    after the queue, two separator bytes and the priority); the worker stays for the next test only if it runs and
-    then holds no task, else it is stopped. Returns whether it stays."""
+    """At the end of a test: the worker is parked, then what the test left queued goes (each queue's list, and its
+    priority lists, which kombu names after the queue, two separator bytes and the priority); the worker stays for the
+    next test only if it runs and, parked, holds no task, else it is stopped. Returns whether it stays."""
+    parked = worker is _shared and worker.running() and worker.park()
     for queue in QUEUES.split(","):
         client.delete(queue, *client.scan_iter(match=f"{queue}\x06\x16*"))
-    if worker is _shared and worker.running() and worker.holds_no_task():
+    if parked and worker.running() and worker.holds_no_task():
         return True
     if worker is _shared:
         stop_shared()
@@ -310,24 +339,16 @@ def hand_on(worker: CeleryWorker, client) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def _module_celery_worker(tmp_path_factory):
-    """The log folder of the module's workers; ends the shared worker, if one still runs, with the module."""
+@pytest.fixture(scope="session")
+def _session_celery_worker(tmp_path_factory):
+    """The log folder of this process's workers; ends the shared worker, if one still runs, with the session."""
     yield tmp_path_factory.mktemp("celery-worker")
     stop_shared()
 
 
-@pytest.fixture(autouse=True)
-def _no_worker_unless_asked(request):
-    """A test that does not ask for a worker runs without one, as it would alone: the module's shared worker would
-    otherwise take the tasks it enqueues."""
-    if "celery_worker" not in request.fixturenames:
-        stop_shared()
-
-
 @pytest.fixture
-def celery_worker(_module_celery_worker, transactional_db, deployments_catalog, brokers_dir, redis_clean):
-    worker = shared_worker(worker_env(brokers_dir), _module_celery_worker)
+def celery_worker(_session_celery_worker, transactional_db, deployments_catalog, brokers_dir, redis_clean):
+    worker = shared_worker(worker_env(brokers_dir), _session_celery_worker)
     yield worker
     print(f"--- Celery worker ---\n{worker.logs()}")  # shown by pytest when the test failed
     hand_on(worker, redis_clean)

@@ -258,9 +258,8 @@ def smtp_receiver():
 
 
 from tests.celery_worker import (  # noqa: F401,E402
-    _module_brokers_dir,
-    _module_celery_worker,
-    _no_worker_unless_asked,
+    _session_brokers_dir,
+    _session_celery_worker,
     brokers_dir,
     celery_worker,
     deployments_catalog,

@@ -1,5 +1,6 @@
 """The shared Celery worker of tests/celery_worker.py: handed from one test to the next only when nothing of the
-earlier test can reach the later one, and still fed tasks after the test Redis database was emptied under it."""
+earlier test can reach the later one, parked (consuming nothing) between the two, and still fed tasks after the test
+Redis database was emptied under it."""
 
 import datetime
 import time
@@ -8,7 +9,7 @@ from django.utils import timezone
 
 from idempotency.models import IdempotencyRecord
 from idempotency.tasks import prune_records
-from tests.celery_worker import hand_on, shared_worker
+from tests.celery_worker import QUEUES, hand_on, shared_worker
 
 
 def _expired_record() -> IdempotencyRecord:
@@ -46,6 +47,7 @@ def test_the_worker_stays_for_the_next_test_only_when_it_holds_no_task_left_by_t
     assert celery_worker.holds_no_task()
     assert hand_on(celery_worker, redis_clean) is True
     assert celery_worker.running() and celery_worker.proc.pid == pid
+    assert shared_worker(dict(celery_worker.env), celery_worker.log_dir) is celery_worker  # as the next test asks
 
     # A task waiting for its countdown is held by the worker itself, not by Redis: emptying the queues cannot drop it.
     prune_records.apply_async(countdown=600)
@@ -65,3 +67,18 @@ def test_a_test_that_sets_another_environment_gets_a_worker_of_its_own(celery_wo
         assert other.running() and other.proc.pid != first and other.env["EMAIL_URL"] == "smtp://127.0.0.1:9"
     finally:
         other.stop()
+
+
+def test_a_parked_worker_takes_no_task_until_a_test_asks_for_it_again(celery_worker, redis_clean):
+    # Between two tests the worker is parked: a test that did not ask for a worker enqueues as it would alone.
+    record = _expired_record()
+    pid = celery_worker.proc.pid
+    assert hand_on(celery_worker, redis_clean) is True
+    prune_records.delay()
+    time.sleep(1.5)
+    assert sum(redis_clean.llen(queue) for queue in QUEUES.split(",")) == 1, "the parked worker took the task"
+    assert IdempotencyRecord.objects.filter(pk=record.pk).exists()
+
+    assert shared_worker(dict(celery_worker.env), celery_worker.log_dir) is celery_worker
+    assert celery_worker.proc.pid == pid
+    _wait(lambda: not IdempotencyRecord.objects.filter(pk=record.pk).exists(), "the task ran", celery_worker)
