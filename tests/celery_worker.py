@@ -30,11 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import count
 
 import pytest
 
 # The worker the tests of this pytest process share (parked between two tests), if one runs.
 _shared: CeleryWorker | None = None
+# Every start of a worker in this process, whichever CeleryWorker: names its node and its log file, so a worker started
+# after another in the same log folder neither writes over that one's log nor answers to its name.
+_start_numbers = count(1)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUEUES = "provisioning,default,billing,monitoring,notifications"
@@ -99,23 +103,25 @@ class CeleryWorker:
         self.beat = beat
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.number = 0  # of this process's worker starts (_start_numbers)
         self._log_marks: dict[pathlib.Path, int] = {}  # log file -> its size when the current test began
 
     @property
     def node_name(self) -> str:
         from celery.utils.nodenames import gethostname
 
-        return f"test-worker-{os.getpid()}-{self.starts}@{gethostname()}"
+        return f"test-worker-{os.getpid()}-{self.number}@{gethostname()}"
 
     @property
     def log_path(self) -> pathlib.Path:
-        return self.log_dir / f"worker-{self.starts}.log"
+        return self.log_dir / f"worker-{self.number}.log"
 
     def start(self, timeout: float = 60.0) -> None:
         assert self.proc is None, "already running"
         if _shared is not None and _shared is not self:  # one worker at a time: a test's own ends the shared one
             stop_shared()
         self.starts += 1
+        self.number = next(_start_numbers)
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [

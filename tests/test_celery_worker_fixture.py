@@ -56,15 +56,18 @@ def test_the_worker_stays_for_the_next_test_only_when_it_holds_no_task_left_by_t
     assert not celery_worker.running()
 
 
-def test_a_test_that_sets_another_environment_gets_a_worker_of_its_own(celery_worker, redis_clean, tmp_path):
+def test_a_test_that_sets_another_environment_gets_a_worker_of_its_own(celery_worker, redis_clean):
     first = celery_worker.proc.pid
-    assert shared_worker(dict(celery_worker.env), tmp_path) is celery_worker
+    assert shared_worker(dict(celery_worker.env), celery_worker.log_dir) is celery_worker
     assert celery_worker.proc.pid == first
 
-    other = shared_worker({**celery_worker.env, "EMAIL_URL": "smtp://127.0.0.1:9"}, tmp_path)
+    other = shared_worker({**celery_worker.env, "EMAIL_URL": "smtp://127.0.0.1:9"}, celery_worker.log_dir)
     try:
         assert other is not celery_worker and not celery_worker.running()
         assert other.running() and other.proc.pid != first and other.env["EMAIL_URL"] == "smtp://127.0.0.1:9"
+        # Its log is its own, in the same folder: what the test reads of it is what it logged.
+        assert other.log_path != celery_worker.log_path and other.node_name != celery_worker.node_name
+        assert " ready." in other.logs()
     finally:
         other.stop()
 
