@@ -102,7 +102,6 @@ class CeleryWorker:
         self.log_dir = log_dir
         self.beat = beat
         self.proc: subprocess.Popen | None = None
-        self.starts = 0
         self.number = 0  # of this process's worker starts (_start_numbers)
         self._log_marks: dict[pathlib.Path, int] = {}  # log file -> its size when the current test began
 
@@ -120,7 +119,6 @@ class CeleryWorker:
         assert self.proc is None, "already running"
         if _shared is not None and _shared is not self:  # one worker at a time: a test's own ends the shared one
             stop_shared()
-        self.starts += 1
         self.number = next(_start_numbers)
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -317,7 +315,7 @@ def shared_worker(env: dict[str, str], log_dir: pathlib.Path) -> CeleryWorker:
     global _shared
     if _shared is not None and not (_shared.running() and _comparable(_shared.env) == _comparable(env)):
         stop_shared()
-    if _shared is not None and _shared.proc is not None and not _shared.unpark():
+    if _shared is not None and not _shared.unpark():
         stop_shared()
     if _shared is None:
         _shared = CeleryWorker(env, log_dir)
