@@ -164,13 +164,16 @@ class World:
     outsider: OrgFixture
     values: dict  # operation -> the victim's path parameters
     own: dict  # operation -> the outsider's
+    # The victim's fingerprint as built. Every test starts from it (each runs in a savepoint rolled back at its end),
+    # so it is what a request finds before it runs: taken once here, not again around every request.
+    victim_rows: dict
 
 
 def _build_world() -> World:
     victim, outsider = make_organization(), make_organization()
     values = {str(op): sample_values(victim, op.kwargs, route=op.route) for op in OPERATIONS}
     own = {str(op): sample_values(outsider, op.kwargs, route=op.route) for op in OPERATIONS}
-    return World(victim, outsider, values, own)
+    return World(victim, outsider, values, own, fingerprint(victim.organization))
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +182,11 @@ def world(django_db_setup, django_db_blocker):
         yield data
 
 
-def _ask(client, operation, values, victim):
-    """The response, and whether the victim's data stayed as it was; in a savepoint rolled back afterwards."""
+def _ask(client, operation, values, world):
+    """The response, and whether the victim's data stayed as it was built; in a savepoint rolled back afterwards."""
     with transaction.atomic():
-        before = fingerprint(victim.organization)
         response = getattr(client, operation.method)(operation.url(values), {}, format="json")
-        unchanged = fingerprint(victim.organization) == before
+        unchanged = fingerprint(world.victim.organization) == world.victim_rows
         transaction.set_rollback(True)
     return response, unchanged
 
@@ -200,7 +202,7 @@ def test_other_organization_gets_404_when_touching_any_tenant_url(operation, wor
             client = APIClient()
             client.force_login(world.outsider.owner)
 
-        response, unchanged = _ask(client, operation, world.values[str(operation)], world.victim)
+        response, unchanged = _ask(client, operation, world.values[str(operation)], world)
 
         assert response.status_code == 404, (credential, str(operation), response.status_code, response.content[:300])
         assert response["Content-Type"] == "application/problem+json"
@@ -230,7 +232,7 @@ def test_foreign_object_under_own_parent_gets_404_when_path_mixes_tenants(operat
         values = {**theirs, **{name: mine[name] for name in operation.kwargs[:own]}}
         assert values != mine, "this case would send the caller's own URL"
 
-        response, unchanged = _ask(client, operation, values, world.victim)
+        response, unchanged = _ask(client, operation, values, world)
 
         answers[f"own {','.join(operation.kwargs[:own])}"] = (response.status_code, response["Content-Type"], unchanged)
     assert answers == {split: (404, "application/problem+json", True) for split in answers}, str(operation)
