@@ -346,6 +346,7 @@ def _arm_error(code: str, message: str) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state: FakeAzure
+    _body: bytes = b""  # the request's body, read by _handle before anything answers
 
     def log_message(self, format, *args):  # noqa: A002
         return
@@ -363,6 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _raw_body(self) -> bytes:
+        return self._body
+
+    def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
@@ -670,12 +674,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, body, {"Retry-After": "1" if self.state.hold_operations else self.state.operation_retry_after})
 
     def _handle(self, method: str) -> None:
+        # Read whatever the answer: on a kept-alive connection, an unread body would be taken for the next request.
+        self._body = self._read_body()
         path = urlsplit(self.path).path
         with self.state.lock:
             self.state.seen.append((method, path, dict(self.headers)))
             failure = self._take_failure(method, path)
             if failure is not None:
-                self._raw_body()
                 self._send(
                     failure[0], _arm_error(failure[1], failure[2]), {"Retry-After": failure[3]} if failure[3] else None
                 )

@@ -158,6 +158,7 @@ def _google_error(code: int, message: str, reason: str) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state: FakeGcp
+    _body: bytes = b""  # the request's body, read by _handle before anything answers
 
     def log_message(self, format, *args):  # noqa: A002
         return
@@ -171,6 +172,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _raw_body(self) -> bytes:
+        return self._body
+
+    def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
@@ -346,6 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self._op_view(op))
 
     def _handle(self, method: str) -> None:
+        # Read whatever the answer: on a kept-alive connection, an unread body would be taken for the next request.
+        self._body = self._read_body()
         path = urlsplit(self.path).path
         with self.state.lock:
             self.state.seen.append((method, path))

@@ -72,6 +72,20 @@ def peering_url(org, deployment) -> str:
     return f"/api/v1/organizations/{org.id}/projects/{deployment.project.public_id}/deployments/{deployment.public_id}/vpc-peerings"
 
 
+def body_then_unknown_route(connection, method: str, path: str, body: bytes) -> tuple[int, int, bytes]:
+    """On one kept-alive connection to a fake: `method path` with a JSON `body`, then a GET of a route no fake has.
+    Returns both statuses and the second answer's body (the test of each fake reading every body)."""
+    try:
+        connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        first = connection.getresponse()
+        first.read()
+        connection.request("GET", "/no/such/route")
+        second = connection.getresponse()
+        return first.status, second.status, second.read()
+    finally:
+        connection.close()
+
+
 # -- AWS: moto -------------------------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from tests.networking.conftest import (
     AZURE_APPLICATION,
     AZURE_CUSTOMER_SUBSCRIPTION,
     AZURE_CUSTOMER_TENANT,
+    body_then_unknown_route,
     make_deployment,
     poll,
 )
@@ -637,3 +638,22 @@ def test_customer_side_is_synced_when_the_platform_network_grows(deployment, azu
     theirs = _sides(azure, peering)[1]
     assert theirs["properties"]["remoteAddressSpace"]["addressPrefixes"] == ["10.0.0.0/16", "10.2.0.0/16"]
     assert _reload(peering).last_error == ""
+
+
+def test_fake_reads_each_request_body_so_the_next_request_on_the_connection_is_understood(azure):
+    """The fake speaks HTTP/1.1, so azure-core's session sends its next request on the same connection. An answer
+    given without reading the body (an unknown route, an injected failure, a refusal before the body is parsed) must
+    still consume it, or its bytes are read as the next request's first line and that request is refused."""
+    import http.client
+    import json
+    import ssl
+    from urllib.parse import urlsplit
+
+    where = urlsplit(azure.url)
+    context = ssl.create_default_context(cafile=azure.ca_path)
+    connection = http.client.HTTPSConnection(where.hostname, where.port, context=context, timeout=10)
+
+    first, second, answer = body_then_unknown_route(connection, "PUT", "/no/such/route", b'{"properties": {}}')
+
+    assert (first, second) == (404, 404), answer[:200]
+    assert json.loads(answer)["error"]["code"] == "NoRegisteredProviderFound"

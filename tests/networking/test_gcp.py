@@ -6,7 +6,7 @@ import pytest
 
 from networking import services
 from networking.models import VpcPeering
-from tests.networking.conftest import make_deployment, poll
+from tests.networking.conftest import body_then_unknown_route, make_deployment, poll
 from tests.outage import soft_time_limit_on_connect
 
 pytestmark = pytest.mark.django_db
@@ -140,3 +140,21 @@ def test_peering_is_added_by_a_later_poll_when_another_peering_operation_runs_on
 
     gcp.fake.finish_operation(gcp.project, other)
     assert poll(peering) == "awaiting_customer_action"
+
+
+def test_fake_reads_each_request_body_so_the_next_request_on_the_connection_is_understood(gcp):
+    """The fake speaks HTTP/1.1, so the client library sends its next request on the same connection. An answer given
+    before the body is read (here the refusal of a request without credentials) must still consume it, or its bytes
+    are read as the next request's first line and that request is refused."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    where = urlsplit(gcp.url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    path = f"/compute/v1/projects/{gcp.project}/global/networks/{gcp.network_name}/addPeering"
+
+    first, second, answer = body_then_unknown_route(connection, "POST", path, b'{"networkPeering": {}}')
+
+    assert (first, second) == (401, 404), answer[:200]
+    assert json.loads(answer)["error"]["code"] == 404
