@@ -363,9 +363,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _raw_body(self) -> bytes:
-        return self._body
-
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
@@ -392,7 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _token(self, tenant: str) -> None:
         state = self.state
-        form = {k: v[0] for k, v in parse_qs(self._raw_body().decode()).items()}
+        form = {k: v[0] for k, v in parse_qs(self._body.decode()).items()}
         client, secret = form.get("client_id", ""), form.get("client_secret", "")
         if form.get("grant_type") != "client_credentials":
             self._send(400, {"error": "unsupported_grant_type", "error_description": "AADSTS70003"})
@@ -584,7 +581,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Location"] = headers["Azure-AsyncOperation"].replace("/operations/", "/operationResults/")
             self._send(202, None, headers)
             return
-        body = json.loads(self._raw_body() or b"{}")
+        body = json.loads(self._body or b"{}")
         remote = ((body.get("properties") or {}).get("remoteVirtualNetwork") or {}).get("id", "")
         if not remote:
             self._send(400, _arm_error("InvalidRequestFormat", "remoteVirtualNetwork.id is required."))

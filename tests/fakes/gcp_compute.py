@@ -171,9 +171,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _raw_body(self) -> bytes:
-        return self._body
-
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
@@ -190,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         return claims["iss"]
 
     def _token(self) -> None:
-        form = {k: v[0] for k, v in parse_qs(self._raw_body().decode()).items()}
+        form = {k: v[0] for k, v in parse_qs(self._body.decode()).items()}
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             self._send(400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type."})
             return
@@ -288,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and verb is None:
             self._send(200, state._render(project, network))
             return
-        body = json.loads(self._raw_body() or b"{}")
+        body = json.loads(self._body or b"{}")
         target = network_url(project, network)
         peerings = state.networks[key]["peerings"]
         # GCP runs one peering operation at a time on a network and its peer: a change while one runs is refused

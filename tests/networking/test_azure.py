@@ -3,7 +3,11 @@
 checked per action): both sides created by our application with the role the customer granted, the refusals when
 they granted none or too little, a refusal from Azure, the customer deleting their side, and delete."""
 
+import http.client
+import json
+import ssl
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -644,11 +648,6 @@ def test_fake_reads_each_request_body_so_the_next_request_on_the_connection_is_u
     """The fake speaks HTTP/1.1, so azure-core's session sends its next request on the same connection. An answer
     given without reading the body (an unknown route, an injected failure, a refusal before the body is parsed) must
     still consume it, or its bytes are read as the next request's first line and that request is refused."""
-    import http.client
-    import json
-    import ssl
-    from urllib.parse import urlsplit
-
     where = urlsplit(azure.url)
     context = ssl.create_default_context(cafile=azure.ca_path)
     connection = http.client.HTTPSConnection(where.hostname, where.port, context=context, timeout=10)

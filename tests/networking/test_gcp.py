@@ -2,6 +2,10 @@
 tokens, networks, global operations): the full state walk, a refusal from GCP, the customer removing their side
 (abnormal, then healed when they add it back), and delete."""
 
+import http.client
+import json
+from urllib.parse import urlsplit
+
 import pytest
 
 from networking import services
@@ -146,10 +150,6 @@ def test_fake_reads_each_request_body_so_the_next_request_on_the_connection_is_u
     """The fake speaks HTTP/1.1, so the client library sends its next request on the same connection. An answer given
     before the body is read (here the refusal of a request without credentials) must still consume it, or its bytes
     are read as the next request's first line and that request is refused."""
-    import http.client
-    import json
-    from urllib.parse import urlsplit
-
     where = urlsplit(gcp.url)
     connection = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
     path = f"/compute/v1/projects/{gcp.project}/global/networks/{gcp.network_name}/addPeering"
