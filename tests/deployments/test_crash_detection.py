@@ -512,8 +512,8 @@ def test_killed_broker_is_recorded_within_30_s_degraded_until_restored_and_its_d
     while hour <= last_hour:
         end = hour + HOUR
         expected = sum(max(0.0, (min(r.ended_at or end, end) - max(r.started_at, hour)).total_seconds()) for r in rows)
-        # Metering rounds each interval's ends to whole seconds and writes no record for a zero-second hour, so a
-        # run that began in an hour's last half second has no record there: it reads as 0.
+        # Metering rounds each interval's ends to whole seconds and writes no record for a zero-second hour, so an
+        # interval that began in an hour's last half second has no record there: it reads as 0.
         billed = sum(
             UsageRecord.objects.filter(deployment=deployment, hour=hour, product="running").values_list(
                 "seconds", flat=True

@@ -93,8 +93,9 @@ def body_then_unknown_route(connection, method: str, path: str, body: bytes) -> 
 def moto_url():
     from moto.server import ThreadedMotoServer
 
-    # moto loads its catalogue of default machine images into each region's EC2 backend, again after every reset: about
-    # 0.7 s of CPU per test, for images that peering never reads. moto reads the switch at each backend's creation.
+    # moto loads its catalogue of default machine images into each region's EC2 backend, again after every reset, for
+    # images that peering never reads (about 0.1 s of CPU per AWS test). moto reads the switch at each backend's
+    # creation; it is set for this process until the server stops.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
