@@ -155,6 +155,24 @@ class CeleryWorker:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Celery worker did not become ready:\n{self.logs()}")
             time.sleep(0.05)
+        # The worker logs "ready." just before its event loop first polls, and only then subscribes to remote
+        # control's Redis pub/sub channel: a command sent in between is lost (unpark right after a start went
+        # unanswered, and the worker was stopped and started again). Answering a ping means it is subscribed.
+        while not self._answers_ping():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Celery worker exited:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not answer remote control:\n{self.logs()}")
+
+    def _answers_ping(self) -> bool:
+        from controlplane.celery import app
+
+        try:
+            replies = app.control.ping(destination=[self.node_name], timeout=1.0)
+        except Exception:  # noqa: BLE001 - not answering yet
+            time.sleep(0.1)
+            return False
+        return any(self.node_name in reply for reply in replies or [])
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool children at once, as a crash would."""

@@ -68,6 +68,8 @@ def test_a_test_that_sets_another_environment_gets_a_worker_of_its_own(celery_wo
         # Its log is its own, in the same folder: what the test reads of it is what it logged.
         assert other.log_path != celery_worker.log_path and other.node_name != celery_worker.node_name
         assert " ready." in other.logs()
+        # Started means answering remote control too (the worker logs "ready." before it subscribes to it).
+        assert other.holds_no_task()
     finally:
         other.stop()
 
