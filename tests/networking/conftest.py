@@ -6,8 +6,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 
 import pytest
+
+# moto loads its catalogue of default machine images into each region's EC2 backend, again after every reset, for
+# images that peering never reads (about 0.1 s of CPU per AWS test); it reads this switch at each backend's creation.
+# Set when the tests are collected, for the whole process, not only while moto's server runs: the processes a test
+# starts inherit the environment, and the shared Celery worker is handed on only to a test asking for the environment
+# it was started with (tests/celery_worker.py), so a switch that appeared mid-run made it stop and start again.
+os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
 
 REGION_AWS = "eu-central-1"
 PLATFORM_ACCOUNT = "123456789012"  # moto's default account: the platform's
@@ -93,16 +101,11 @@ def body_then_unknown_route(connection, method: str, path: str, body: bytes) -> 
 def moto_url():
     from moto.server import ThreadedMotoServer
 
-    # moto loads its catalogue of default machine images into each region's EC2 backend, again after every reset, for
-    # images that peering never reads (about 0.1 s of CPU per AWS test). moto reads the switch at each backend's
-    # creation; it is set for this process until the server stops.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-        server.stop()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @dataclasses.dataclass
