@@ -116,6 +116,8 @@ class CeleryWorker:
         return self.log_dir / f"worker-{self.number}.log"
 
     def start(self, timeout: float = 60.0) -> None:
+        from django.conf import settings
+
         assert self.proc is None, "already running"
         if _shared is not None and _shared is not self:  # one worker at a time: a test's own ends the shared one
             stop_shared()
@@ -160,23 +162,12 @@ class CeleryWorker:
         # unanswered, and the worker was stopped and started again). Answering a ping means it is subscribed.
         # Remote control (park, unpark, holds_no_task, this ping) publishes through the test Redis, so a worker that
         # a test started on a Redis of its own is never asked, and not pinged.
-        from django.conf import settings
-
-        while self.env.get("CELERY_BROKER_URL") == settings.CELERY_BROKER_URL and not self._answers_ping():
+        while self.env.get("CELERY_BROKER_URL") == settings.CELERY_BROKER_URL and not self._answered("ping", {}, 1.0):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the Celery worker exited:\n{self.logs()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Celery worker did not answer remote control:\n{self.logs()}")
-
-    def _answers_ping(self) -> bool:
-        from controlplane.celery import app
-
-        try:
-            replies = app.control.ping(destination=[self.node_name], timeout=1.0)
-        except Exception:  # noqa: BLE001 - not answering yet
-            time.sleep(0.1)
-            return False
-        return any(self.node_name in reply for reply in replies or [])
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool children at once, as a crash would."""
@@ -202,21 +193,22 @@ class CeleryWorker:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _each_queue(self, command: str) -> bool:
-        """Send `command` (add_consumer, cancel_consumer) for every queue through remote control; True when the worker
-        answered each one."""
+    def _answered(self, command: str, arguments: dict, timeout: float) -> bool:
+        """Send `command` to this worker through remote control; True when it answered within `timeout` seconds."""
         from controlplane.celery import app
 
-        for queue in QUEUES.split(","):
-            try:
-                replies = app.control.broadcast(
-                    command, arguments={"queue": queue}, destination=[self.node_name], reply=True, timeout=5.0
-                )
-            except Exception:  # noqa: BLE001 - a worker that cannot be told is not handed on
-                return False
-            if not any(self.node_name in reply for reply in replies or []):
-                return False
-        return True
+        try:
+            replies = app.control.broadcast(
+                command, arguments=arguments, destination=[self.node_name], reply=True, timeout=timeout
+            )
+        except Exception:  # noqa: BLE001 - a worker that cannot be told has not answered
+            return False
+        return any(self.node_name in reply for reply in replies or [])
+
+    def _each_queue(self, command: str) -> bool:
+        """Send `command` (add_consumer, cancel_consumer) for every queue through remote control; True when the worker
+        answered each one (a worker that does not is not handed on)."""
+        return all(self._answered(command, {"queue": queue}, 5.0) for queue in QUEUES.split(","))
 
     def park(self) -> bool:
         """Consume no queue from now on (what it holds already stays, for holds_no_task to see)."""
