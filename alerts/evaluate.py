@@ -168,6 +168,25 @@ def _targets(rule: dict, live: dict[int, LiveDeployment], project_deployments: d
     return project_deployments.get(rule["project_id"], [])
 
 
+# What each rule operator and aggregation stands for in the candidates statement.
+SQL_OPERATORS = {
+    AlertRule.Operator.GT: ">",
+    AlertRule.Operator.GE: ">=",
+    AlertRule.Operator.LT: "<",
+    AlertRule.Operator.LE: "<=",
+    AlertRule.Operator.EQ: "=",
+    AlertRule.Operator.NE: "<>",
+}
+SQL_AGGREGATES = {
+    AlertRule.Aggregation.AVG: "a.avg",
+    AlertRule.Aggregation.MAX: "a.max",
+    AlertRule.Aggregation.MIN: "a.min",
+    AlertRule.Aggregation.SUM: "a.sum",
+    AlertRule.Aggregation.COUNT: "a.count",
+    AlertRule.Aggregation.LAST: "la.value",
+}
+
+
 def _metric_candidates_sql(*, now, ids) -> list[tuple[int, int, float | None]]:
     """(rule id, deployment id, value) of the enabled metric rules that are breached now or hold an unresolved alert,
     over every live deployment (or those listed), computed by PostgreSQL in one statement.
@@ -220,9 +239,16 @@ def _metric_candidates_sql(*, now, ids) -> list[tuple[int, int, float | None]]:
     only_ids = "AND d.id = ANY(%(ids)s)" if ids is not None else ""
     only_sample_ids = "AND s.deployment_id = ANY(%(ids)s)" if ids is not None else ""
     tier_columns = ", ".join(f"t.{q(_column(Tier, f))}" for f in sorted(set(TIER_LIMIT_FIELDS.values())))
-    operators = " ".join(
-        f"WHEN '{op}' THEN v.value {op if op != '==' else '='} v.threshold" for op in AlertRule.Operator.values
-    )
+    # The rule's operator and aggregation are compared with bound values; only the SQL operator each one stands
+    # for (from the fixed tables here) is written into the statement.
+    operator_cases, aggregation_cases = [], []
+    for i, op in enumerate(AlertRule.Operator):
+        params[f"operator_{i}"] = op
+        operator_cases.append(f"WHEN %(operator_{i})s THEN v.value {SQL_OPERATORS[op]} v.threshold")
+    for i, aggregation in enumerate(AlertRule.Aggregation):
+        params[f"aggregation_{i}"] = aggregation
+        aggregation_cases.append(f"WHEN %(aggregation_{i})s THEN {SQL_AGGREGATES[aggregation]}")
+    operators, aggregations = " ".join(operator_cases), " ".join(aggregation_cases)
     rule_table, sample_table = q(AlertRule._meta.db_table), q(MetricSample._meta.db_table)
     pair_columns = (
         f"r.id AS rule_id, l.id AS deployment_id, r.metric, r.aggregation, r.window_seconds, r.operator, "
@@ -255,8 +281,7 @@ def _metric_candidates_sql(*, now, ids) -> list[tuple[int, int, float | None]]:
          ORDER BY s.deployment_id, s.name, w.window_seconds, s.ts DESC
     ), valued AS (
         SELECT p.rule_id, p.deployment_id, p.operator, p.threshold,
-               CASE p.aggregation WHEN 'avg' THEN a.avg WHEN 'max' THEN a.max WHEN 'min' THEN a.min
-                                  WHEN 'sum' THEN a.sum WHEN 'count' THEN a.count WHEN 'last' THEN la.value END AS value
+               CASE p.aggregation {aggregations} END AS value
           FROM pairs p
           LEFT JOIN agg a ON a.deployment_id = p.deployment_id AND a.name = p.metric
                          AND a.window_seconds = p.window_seconds

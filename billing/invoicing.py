@@ -1143,12 +1143,14 @@ def _mark_invoiced(*, first_id: int, last_id: int, period_start: datetime.date, 
     exactly the rows read above, as the close holds the metering locks. The new invoices are those with ids from
     `first_id` to `last_id`: the month's lock keeps any other close of it out meanwhile. A late-usage invoice takes
     the rows of its month first; this period's monthly invoice takes the rest."""
-    params: dict[str, int | datetime.date] = {
+    params: dict[str, int | str | datetime.date] = {
         "first": first_id,
         "last": last_id,
         "period": period_start,
         "end": end,
         "end_day": end.date(),
+        "late_usage": InvoiceKind.LATE_USAGE,
+        "monthly": InvoiceKind.MONTHLY,
     }
     invoice = connection.ops.quote_name(Invoice._meta.db_table)
     account = connection.ops.quote_name(BillingAccount._meta.db_table)
@@ -1167,7 +1169,7 @@ def _mark_invoiced(*, first_id: int, last_id: int, period_start: datetime.date, 
                 f"""
                 UPDATE {table} u SET invoice_id = i.id
                 FROM {invoice} i JOIN {account} ba ON ba.id = i.billing_account_id
-                WHERE i.id BETWEEN %(first)s AND %(last)s AND i.kind = 'late_usage' AND i.period_start < %(period)s
+                WHERE i.id BETWEEN %(first)s AND %(last)s AND i.kind = %(late_usage)s AND i.period_start < %(period)s
                   AND u.organization_id = ba.organization_id AND u.invoice_id IS NULL AND {in_period}
                 """,
                 params,
@@ -1177,7 +1179,7 @@ def _mark_invoiced(*, first_id: int, last_id: int, period_start: datetime.date, 
                 f"""
                 UPDATE {table} u SET invoice_id = i.id
                 FROM {invoice} i JOIN {account} ba ON ba.id = i.billing_account_id
-                WHERE i.id BETWEEN %(first)s AND %(last)s AND i.kind = 'monthly' AND i.period_start = %(period)s
+                WHERE i.id BETWEEN %(first)s AND %(last)s AND i.kind = %(monthly)s AND i.period_start = %(period)s
                   AND u.organization_id = ba.organization_id AND u.invoice_id IS NULL AND u.{column} < %({bound})s
                 """,
                 params,

@@ -22,7 +22,14 @@ from django.db import connection, transaction
 from django.db.models import Min, Q
 from django.utils import timezone
 
-from billing.models import AnnualSubscription, BillingAccount, MeteringCursor, UsageProduct, UsageRecord
+from billing.models import (
+    AnnualSubscription,
+    BillingAccount,
+    MeteringCursor,
+    SubscriptionStatus,
+    UsageProduct,
+    UsageRecord,
+)
 from billing.money import round_minor
 from controlplane.db import LockSpace, xact_lock
 from deployments.models import Deployment, Price, StatusInterval, Tier
@@ -40,6 +47,17 @@ PRODUCTS = {
     StatusInterval.Kind.STOPPED: (UsageProduct.RETENTION, Price.Kind.RETENTION_HOURLY),
 }
 PRICE_KIND = {UsageProduct.RUNNING: Price.Kind.HOURLY, UsageProduct.RETENTION: Price.Kind.RETENTION_HOURLY}
+# The enum values the metering statements compare with, bound as parameters (never spelled in the SQL), so the
+# statements and the Python reference read the same mapping.
+ENUM_PARAMS = {
+    "interval_running": StatusInterval.Kind.RUNNING,
+    "interval_stopped": StatusInterval.Kind.STOPPED,
+    "product_running": PRODUCTS[StatusInterval.Kind.RUNNING][0],
+    "product_retention": PRODUCTS[StatusInterval.Kind.STOPPED][0],
+    "price_running": PRODUCTS[StatusInterval.Kind.RUNNING][1],
+    "price_retention": PRODUCTS[StatusInterval.Kind.STOPPED][1],
+    "term_active": SubscriptionStatus.ACTIVE,
+}
 # Keys in LockSpace.METERING. Usage writes take USAGE exclusively (one batch at a time, and the month close holds it
 # while it reads and marks usage); traffic samples take TRAFFIC shared, the close takes it exclusively.
 USAGE_LOCK = 0
@@ -71,7 +89,7 @@ def coverage_end(*, term_end: datetime.datetime, status: str, auto_renew: bool) 
     """Until when a coverage term keeps hourly billing away. An active term that renews by itself covers past its
     end until the renewal run decides: renewed, the next term starts at that end; not renewed, the seconds since the
     end are metered then (`meter_usage(since=…, deployment_ids=…)`)."""
-    if status == "active" and auto_renew:
+    if status == SubscriptionStatus.ACTIVE and auto_renew:
         return FOREVER
     return term_end
 
@@ -228,14 +246,14 @@ WITH slots AS (
            date_trunc('second', si.started_at + interval '0.5 second') AS started_at,
            date_trunc('second', si.ended_at + interval '0.5 second') AS ended_at
     FROM {interval} si
-    WHERE si.status IN ('running', 'stopped')
+    WHERE si.status IN (%(interval_running)s, %(interval_stopped)s)
       AND si.started_at < %(end)s AND (si.ended_at IS NULL OR si.ended_at > %(start)s)
       AND (%(deployments)s::bigint[] IS NULL OR si.deployment_id = ANY(%(deployments)s::bigint[]))
 ), pieces AS (
     -- An interval shorter than half a second may round to nothing: it has no piece, so no two pieces of a
     -- deployment start at the same instant (the coverage below is joined back on it).
     SELECT si.deployment_id, si.tier_id, s.slot_start,
-           CASE si.status WHEN 'running' THEN 'running' ELSE 'retention' END AS product,
+           CASE si.status WHEN %(interval_running)s THEN %(product_running)s ELSE %(product_retention)s END AS product,
            GREATEST(si.started_at, s.slot_start) AS p_start,
            LEAST(COALESCE(si.ended_at, s.slot_end), s.slot_end) AS p_end
     FROM intervals si
@@ -245,9 +263,9 @@ WITH slots AS (
     -- Coverage terms touching this batch: few, so the coverage below is a hash join, not a probe per piece. Annual
     -- plans, then the registered coverage sources' terms (Premium trials) as more UNION ALLs.
     SELECT a.deployment_id, a.term_start,
-           CASE WHEN a.status = 'active' AND a.auto_renew THEN 'infinity'::timestamptz ELSE a.term_end END AS term_end
+           CASE WHEN a.status = %(term_active)s AND a.auto_renew THEN 'infinity'::timestamptz ELSE a.term_end END AS term_end
     FROM {subscription} a
-    WHERE a.term_start < %(end)s AND (a.term_end > %(start)s OR (a.status = 'active' AND a.auto_renew)){coverage}
+    WHERE a.term_start < %(end)s AND (a.term_end > %(start)s OR (a.status = %(term_active)s AND a.auto_renew)){coverage}
 ), terms AS (
     SELECT t.deployment_id, date_trunc('second', t.term_start + interval '0.5 second') AS term_start,
            date_trunc('second', t.term_end + interval '0.5 second') AS term_end
@@ -270,7 +288,8 @@ WITH slots AS (
     SELECT DISTINCT ON (t.id, k.product, c.currency, s.slot_start)
            t.id AS tier_id, k.product, c.currency, s.slot_start, c.amount
     FROM {tier} t
-    CROSS JOIN (VALUES ('running', 'hourly'), ('retention', 'retention_hourly')) AS k(product, kind)
+    CROSS JOIN (VALUES (%(product_running)s, %(price_running)s), (%(product_retention)s, %(price_retention)s))
+        AS k(product, kind)
     CROSS JOIN slots s
     JOIN {price} c ON c.plan_id = t.plan_id AND (c.tier_id = t.id OR c.tier_id IS NULL) AND c.kind = k.kind
                   AND c.valid_from <= (s.slot_start AT TIME ZONE 'UTC')::date
@@ -316,6 +335,7 @@ def _meter_sql(
         "end": end,
         "currency": default_currency(),
         "deployments": list(deployment_ids) if deployment_ids is not None else None,
+        **ENUM_PARAMS,
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -328,7 +348,7 @@ WITH found AS (
     SELECT u.id, (
         SELECT c.amount FROM {tier} t JOIN {price} c
             ON c.plan_id = t.plan_id AND (c.tier_id = t.id OR c.tier_id IS NULL) AND c.currency = u.currency
-           AND c.kind = CASE u.product WHEN 'running' THEN 'hourly' ELSE 'retention_hourly' END
+           AND c.kind = CASE u.product WHEN %(product_running)s THEN %(price_running)s ELSE %(price_retention)s END
            AND c.valid_from <= (u.hour AT TIME ZONE 'UTC')::date
         WHERE t.id = u.tier_id
         ORDER BY (c.tier_id IS NULL), c.valid_from DESC
@@ -346,7 +366,9 @@ def usage_price_pending() -> int:
     with transaction.atomic():
         xact_lock(LockSpace.METERING, USAGE_LOCK)
         with connection.cursor() as cursor:
-            cursor.execute(PRICE_PENDING_SQL.format(usage=_table(UsageRecord), tier=_table(Tier), price=_table(Price)))
+            cursor.execute(
+                PRICE_PENDING_SQL.format(usage=_table(UsageRecord), tier=_table(Tier), price=_table(Price)), ENUM_PARAMS
+            )
             return cursor.rowcount
 
 
@@ -369,7 +391,7 @@ class Term:
     deployment_id: int
     term_start: datetime.datetime
     term_end: datetime.datetime
-    status: str = "active"
+    status: str = SubscriptionStatus.ACTIVE
     auto_renew: bool = False
 
 
@@ -453,10 +475,10 @@ def intervals_and_terms(start, end, deployment_filter: Q) -> tuple[list[StatusIn
     )
     ids = {i.deployment_id for i in intervals}
     terms = [
-        Term(*row)
+        Term(**row)
         for row in AnnualSubscription.objects.filter(deployment_id__in=ids, term_start__lt=end)
-        .filter(Q(term_end__gt=start) | Q(status="active", auto_renew=True))
-        .values_list("deployment_id", "term_start", "term_end", "status", "auto_renew")
+        .filter(Q(term_end__gt=start) | Q(status=SubscriptionStatus.ACTIVE, auto_renew=True))
+        .values("deployment_id", "term_start", "term_end", "status", "auto_renew")
     ]
     for _name, source in sorted(_coverage_sources.items()):
         terms.extend(source.terms(ids, start, end))
