@@ -578,20 +578,18 @@ def card_checkout_complete(*, account: BillingAccount, actor: Principal | None, 
     if not re.fullmatch(r"cs_[A-Za-z0-9_]{1,200}", session_id):
         raise ValidationFailed({"session_id": "Not a Checkout session id."})
     try:
-        customer, status, payment_method, created = gateway.checkout_setup_result(
-            session_id, client=stripe_client(waiting=True)
-        )
+        setup = gateway.checkout_setup_result(session_id, client=stripe_client(waiting=True))
     except gateway.StripeObjectMissing as exc:
         raise NotFound("No such Checkout session.") from exc
     except gateway.StripeUnavailable as exc:
         raise Conflict("Stripe did not answer; the card will appear once Stripe confirms it.") from exc
-    if not account.stripe_customer_id or customer != account.stripe_customer_id:
+    if not account.stripe_customer_id or setup.customer != account.stripe_customer_id:
         raise NotFound("No such Checkout session.")
-    if status != "complete" or not payment_method:
+    if setup.status != "complete" or not setup.payment_method:
         return False
     with transaction.atomic():
         locked = BillingAccount.objects.select_for_update().select_related("organization").get(pk=account.pk)
-        _card_save(locked, actor=actor, payment_method=payment_method, created=created)
+        _card_save(locked, actor=actor, payment_method=setup.payment_method, created=setup.created)
     account.stripe_payment_method_id = locked.stripe_payment_method_id
     return True
 

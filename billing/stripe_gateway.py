@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypedDict, TypeVar
 
 from billing.money import minor_units, normalize_currency
 from controlplane.validators import whole_number
@@ -315,12 +315,16 @@ def create_checkout_setup_session(
     return session.url
 
 
+class CheckoutSetup(NamedTuple):
+    customer: str  # the Stripe customer id
+    status: str  # the Checkout session's status: "complete" once the customer finished
+    payment_method: str  # the saved card's PaymentMethod id, "" while none
+    created: int | None  # when its SetupIntent was created, in Unix seconds; None while none
+
+
 @_calls_stripe
-def checkout_setup_result(
-    session_id: str, *, client: stripe.StripeClient | None = None
-) -> tuple[str, str, str, int | None]:
-    """What a Checkout session in setup mode left: (customer id, session status, the saved card's PaymentMethod id or
-    "" while none, when its SetupIntent was created in Unix seconds or None while none)."""
+def checkout_setup_result(session_id: str, *, client: stripe.StripeClient | None = None) -> CheckoutSetup:
+    """What a Checkout session in setup mode left."""
     import stripe
 
     try:
@@ -334,7 +338,12 @@ def checkout_setup_result(
     if intent is not None and not isinstance(intent, str) and _field(intent, "status") == "succeeded":
         payment_method = str(_field(intent, "payment_method") or "")
         created = whole_number(str(_field(intent, "created") or ""))
-    return str(_field(session, "customer") or ""), str(_field(session, "status") or ""), payment_method, created
+    return CheckoutSetup(
+        customer=str(_field(session, "customer") or ""),
+        status=str(_field(session, "status") or ""),
+        payment_method=payment_method,
+        created=created,
+    )
 
 
 @_calls_stripe

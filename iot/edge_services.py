@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import secrets
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -21,22 +20,14 @@ from django.utils import timezone
 from audit.services import audit_record
 from controlplane.errors import Conflict, FieldError, ValidationFailed
 from deployments.models import Deployment, Operation
-from deployments.passwords import hash_mqtt_password
 from deployments.services import deployment_configuration_changed
 from iot import edge
 from iot.agent.presence import PresenceEvent
 from iot.edge_models import EdgeConfig, EdgeNode, EdgeRetainedClear
-from iot.services import IssuedCredentials, _fence, _fields, _locked_deployment, _notify
+from iot.services import IssuedCredentials, _fence, _fields, _locked_deployment, _notify, new_credentials
 from organizations.access import Principal
 
 _UNSET = object()
-
-
-def _new_credentials() -> tuple[IssuedCredentials, str, str]:
-    password = secrets.token_urlsafe(24)
-    salt_b64, hash_b64 = hash_mqtt_password(password)
-    username = edge.NODE_USERNAME_PREFIX + secrets.token_hex(8)
-    return IssuedCredentials(username=username, password=password), salt_b64, hash_b64
 
 
 def _mapping_checks(up: object, down: object) -> tuple[list[str], list[str]]:
@@ -79,7 +70,7 @@ def edge_node_create(
     )
     if EdgeNode.objects.filter(deployment=deployment, name=values["name"]).exists():
         raise Conflict(f"An edge node {values['name']!r} already exists on this deployment.")
-    credentials, salt_b64, hash_b64 = _new_credentials()
+    new = new_credentials(edge.NODE_USERNAME_PREFIX)
     try:
         with transaction.atomic():
             node = EdgeNode.objects.create(
@@ -88,15 +79,15 @@ def edge_node_create(
                 kind=values["kind"],
                 up_topics=up,
                 down_topics=down,
-                username=credentials.username,
-                salt_b64=salt_b64,
-                hash_b64=hash_b64,
+                username=new.shown.username,
+                salt_b64=new.salt_b64,
+                hash_b64=new.hash_b64,
             )
     except IntegrityError:
         raise Conflict(f"An edge node {values['name']!r} already exists on this deployment.") from None
     operation = _broker_changed(deployment, actor, "edge_node.create", node)
     _audit(node, deployment, actor, "edge_node.create", kind=node.kind, operation=operation.public_id)
-    return node, credentials, operation
+    return node, new.shown, operation
 
 
 def _broker_changed(deployment: Deployment, actor: Principal | None, change: str, node: EdgeNode) -> Operation:
@@ -131,13 +122,13 @@ def edge_node_credentials_rotate(
     """A new username and password (shown this once); the old ones stop working when the broker reloads."""
     deployment = _locked_deployment(node.deployment)
     node = EdgeNode.objects.select_for_update().get(pk=node.pk)
-    credentials, node.salt_b64, node.hash_b64 = _new_credentials()
-    node.username = credentials.username
+    new = new_credentials(edge.NODE_USERNAME_PREFIX)
+    node.username, node.salt_b64, node.hash_b64 = new.shown.username, new.salt_b64, new.hash_b64
     node.credentials_issued_at = timezone.now()
     node.save()
     operation = _broker_changed(deployment, actor, "edge_node.credentials", node)
     _audit(node, deployment, actor, "edge_node.credentials.rotate", operation=operation.public_id)
-    return node, credentials, operation
+    return node, new.shown, operation
 
 
 # -- desired configuration ----------------------------------------------------------------------------------------------

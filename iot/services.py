@@ -14,7 +14,7 @@ import datetime
 import json
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -101,11 +101,20 @@ def _fields(checks: dict[str, Callable[[], object]]) -> dict[str, Any]:
     return values
 
 
-def _new_credentials() -> tuple[IssuedCredentials, str, str]:
+class NewCredentials(NamedTuple):
+    """A new MQTT username and password: what is shown once, and the salted hash that is stored."""
+
+    shown: IssuedCredentials
+    salt_b64: str
+    hash_b64: str
+
+
+def new_credentials(username_prefix: str) -> NewCredentials:
+    """A random username under `username_prefix` (a device's, an edge node's) and a random password."""
     password = secrets.token_urlsafe(24)
     salt_b64, hash_b64 = hash_mqtt_password(password)
-    username = DEVICE_USERNAME_PREFIX + secrets.token_hex(8)
-    return IssuedCredentials(username=username, password=password), salt_b64, hash_b64
+    username = username_prefix + secrets.token_hex(8)
+    return NewCredentials(IssuedCredentials(username=username, password=password), salt_b64, hash_b64)
 
 
 def _credential_choice(deployment: Deployment, credential_type: object, csr: object) -> tuple[str, Any]:
@@ -376,7 +385,8 @@ def device_create(
             f"A device {values['device_id']!r} was deleted and the agent has not yet disconnected it, which also "
             "ends its broker session; register it again once it has (seconds, while the deployment runs)."
         )
-    credentials, salt_b64, hash_b64 = _new_credentials()
+    new = new_credentials(DEVICE_USERNAME_PREFIX)
+    credentials = new.shown
     certificate = credential_type == Device.CredentialType.CERTIFICATE
     now = timezone.now()
     try:
@@ -386,8 +396,8 @@ def device_create(
                 enabled=enabled,
                 credential_type=credential_type,
                 username=credentials.username,
-                salt_b64="" if certificate else salt_b64,
-                hash_b64="" if certificate else hash_b64,
+                salt_b64="" if certificate else new.salt_b64,
+                hash_b64="" if certificate else new.hash_b64,
                 credentials_issued_at=now,
                 **values,
             )
@@ -562,11 +572,13 @@ def device_credentials_rotate(
     )
     now = timezone.now()
     revoked = _revoke_current(device, certificates.Reason.SUPERSEDED, now)
-    credentials, salt_b64, hash_b64 = _new_credentials()
+    new = new_credentials(DEVICE_USERNAME_PREFIX)
+    credentials = new.shown
     certificate = credential_type == Device.CredentialType.CERTIFICATE
     device.credential_type = credential_type
     device.username = credentials.username
-    device.salt_b64, device.hash_b64 = ("", "") if certificate else (salt_b64, hash_b64)
+    device.salt_b64 = "" if certificate else new.salt_b64
+    device.hash_b64 = "" if certificate else new.hash_b64
     device.credentials_issued_at = now
     device.save()
     if certificate:
@@ -636,8 +648,8 @@ def devices_import(
     issued = []
     devices = []
     for row in rows:
-        credentials, salt_b64, hash_b64 = _new_credentials()
-        issued.append(credentials)
+        new = new_credentials(DEVICE_USERNAME_PREFIX)
+        issued.append(new.shown)
         devices.append(
             Device(
                 deployment=deployment,
@@ -647,9 +659,9 @@ def devices_import(
                 tags=list(row.tags),
                 attributes=row.attributes,
                 enabled=row.enabled,
-                username=credentials.username,
-                salt_b64=salt_b64,
-                hash_b64=hash_b64,
+                username=new.shown.username,
+                salt_b64=new.salt_b64,
+                hash_b64=new.hash_b64,
             )
         )
     for device in devices:
