@@ -326,7 +326,7 @@ def main() -> None:
     setup()
     segments = ACCOUNTS * PER_ACCOUNT + len(range(0, ACCOUNTS * PER_ACCOUNT, 10))
     floor_meter_s, floor_rows = timed(meter_floor)
-    meter_s, rows = timed(lambda: metering.meter_usage(now=MONTH_END + dt.timedelta(minutes=1), since=HOUR))
+    meter_s, rows = timed(lambda: metering.usage_meter(now=MONTH_END + dt.timedelta(minutes=1), since=HOUR))
     assert rows == floor_rows == segments, (rows, floor_rows, segments)
     print(
         f"meter one hour, {ACCOUNTS * PER_ACCOUNT} deployments ({rows} per-second tier segments): {meter_s:.2f} s  "
@@ -336,7 +336,7 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     floor_close_s, floor_invoices = timed(close_floor)
-    close_s, result = timed(lambda: invoicing.close_invoices(month=MONTH, now=MONTH_END + dt.timedelta(minutes=30)))
+    close_s, result = timed(lambda: invoicing.invoices_close(month=MONTH, now=MONTH_END + dt.timedelta(minutes=30)))
     lines = InvoiceLine.objects.count()
     print(
         f"close the month, {ACCOUNTS} accounts / {lines} lines (traffic included): {close_s:.2f} s  "

@@ -182,7 +182,7 @@ def _start_subscription(
         auto_renew=auto_renew,
         renewed_from=renewed_from,
     )
-    invoice = invoicing.issue_invoice(
+    invoice = invoicing.invoice_issue(
         account=account,
         kind=InvoiceKind.ANNUAL,
         now=start,
@@ -218,7 +218,7 @@ def _end(subscription: AnnualSubscription, *, at: datetime.datetime, reason: str
     )
     metered = metering.metered_until()
     if metered is not None and metered > subscription.term_end:
-        metering.meter_usage(now=metered, since=subscription.term_end, deployment_ids=[subscription.deployment_id])
+        metering.usage_meter(now=metered, since=subscription.term_end, deployment_ids=[subscription.deployment_id])
 
 
 def annual_subscription_end_now(*, subscription_id: int, now: datetime.datetime, reason: str) -> None:
@@ -413,7 +413,7 @@ def _bill_upgrade(subscription: AnnualSubscription, current: StatusInterval, now
             deployment_id=subscription.deployment_id,
         )
         if amount > 0:
-            invoice = invoicing.issue_invoice(
+            invoice = invoicing.invoice_issue(
                 account=account,
                 kind=InvoiceKind.ANNUAL_UPGRADE,
                 lines=[line],
@@ -457,7 +457,7 @@ def _bill_upgrade_again(invoice_id: int, now: datetime.datetime) -> int:
             account.currency,
         )
         return 0
-    invoice = invoicing.issue_invoice(
+    invoice = invoicing.invoice_issue(
         account=account,
         kind=InvoiceKind.ANNUAL_UPGRADE,
         lines=invoicing.line_drafts(voided),

@@ -677,7 +677,7 @@ def _report_held(invoices: list[Invoice]) -> None:
 # --- Single invoices (annual plans, upgrades) ------------------------------------------------------------------------
 
 
-def issue_invoice(
+def invoice_issue(
     *,
     account: BillingAccount,
     kind: str,
@@ -692,7 +692,7 @@ def issue_invoice(
     draft held until it can be issued complete; `replaces` is the voided invoice it bills again. The caller enqueues
     the collection of an open one."""
     if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("issue_invoice must run inside a transaction")
+        raise RuntimeError("invoice_issue must run inside a transaction")
     details = current_details(account)
     grants = list(
         CreditGrant.objects.select_for_update()
@@ -752,7 +752,7 @@ def lock_usage_for_invoicing(period_start: datetime.date) -> None:
     xact_lock(LockSpace.METERING, metering.TRAFFIC_LOCK)
 
 
-def close_invoices(
+def invoices_close(
     *,
     month: datetime.date,
     now: datetime.datetime | None = None,
@@ -771,7 +771,7 @@ def close_invoices(
         raise ValueError(f"{start:%Y-%m} is not over yet")
     # The last hours of the month may not have been metered yet (a beat that ran late): catch them up first, and
     # price what a new catalog price now covers.
-    metering.meter_usage(now=end)
+    metering.usage_meter(now=end)
     metering.usage_price_pending()
     with transaction.atomic():
         lock_usage_for_invoicing(start.date())

@@ -88,7 +88,7 @@ def default_currency() -> str:
 def coverage_end(*, term_end: datetime.datetime, status: str, auto_renew: bool) -> datetime.datetime:
     """Until when a coverage term keeps hourly billing away. An active term that renews by itself covers past its
     end until the renewal run decides: renewed, the next term starts at that end; not renewed, the seconds since the
-    end are metered then (`meter_usage(since=…, deployment_ids=…)`)."""
+    end are metered then (`usage_meter(since=…, deployment_ids=…)`)."""
     if status == SubscriptionStatus.ACTIVE and auto_renew:
         return FOREVER
     return term_end
@@ -140,7 +140,7 @@ class MeterResult:
     unpriced: int
 
 
-def meter_usage(
+def usage_meter(
     *,
     now: datetime.datetime | None = None,
     since: datetime.datetime | None = None,

@@ -988,7 +988,7 @@ def invoice_reissue(
             summary={"month": month.strftime("%Y-%m"), "issued": len(result.invoices), "held": len(result.held)},
         )
 
-    return invoicing.close_invoices(month=month, now=now, organization_ids=[account.organization_id], record=record)
+    return invoicing.invoices_close(month=month, now=now, organization_ids=[account.organization_id], record=record)
 
 
 def invoice_reissue_late_usage(

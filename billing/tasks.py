@@ -24,7 +24,7 @@ VIES_BUDGET_SECONDS = 600
     soft_time_limit=3300,
 )
 def meter_usage() -> int:
-    recorded = metering.meter_usage()
+    recorded = metering.usage_meter()
     metering.usage_price_pending()
     invoicing.invoices_release_held()
     annual.annual_upgrades_bill()
@@ -48,7 +48,7 @@ def close_invoices() -> int:
     last_month = metering.month_start(timezone.now()) - datetime.timedelta(days=1)
     # Unconfirmed VAT numbers get one more chance with VIES before their month is taxed.
     services.vat_checks_run_due(unconfirmed_only=True, budget_seconds=VIES_BUDGET_SECONDS)
-    return len(invoicing.close_invoices(month=last_month.date()).invoices)
+    return len(invoicing.invoices_close(month=last_month.date()).invoices)
 
 
 @shared_task(name="billing.process_annual_renewals", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)

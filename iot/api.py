@@ -517,7 +517,7 @@ class _DeploymentScopedViewSet(ScopedViewSet):
             if found is None or self.project is None:
                 raise exceptions.NotFound("No such deployment.")
             found.project = self.project
-            services.check_premium(found)
+            services.deployment_check_premium(found)
             self._deployment = found
         return self._deployment
 

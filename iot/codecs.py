@@ -24,7 +24,7 @@ from controlplane.validators import control_character_message, find_control_char
 from deployments.models import Deployment
 from iot import codec_topics, schemas
 from iot.codec_models import CodecCounter, CodecRule, Schema, SchemaVersion
-from iot.services import _locked_deployment, _notify, check_premium
+from iot.services import _locked_deployment, _notify, deployment_check_premium
 
 SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 SCHEMA_NAME_RULE = "1 to 64 characters among A-Z, a-z, 0-9, _ and -"
@@ -84,7 +84,7 @@ def schema_create(
     *, deployment: Deployment, actor, name: Any, type: Any, source: Any, message_type: Any = None, description: Any = ""
 ) -> Schema:
     """A schema and its version 1; the source is compiled first (protoc's message answers a bad .proto)."""
-    check_premium(deployment)
+    deployment_check_premium(deployment)
     if not isinstance(name, str) or not SCHEMA_NAME_RE.match(name):
         raise ValidationFailed({"name": f"A schema name is {SCHEMA_NAME_RULE}."})
     description = _text(description, "description", 500)
@@ -120,7 +120,7 @@ def schema_create(
 def schema_version_add(*, schema: Schema, actor, source: Any, message_type: Any = None) -> SchemaVersion:
     """The schema's next version, refused unless data of the latest version reads with it (Avro, Protobuf)."""
     deployment = schema.deployment
-    check_premium(deployment)
+    deployment_check_premium(deployment)
     if message_type is None and schema.type == schemas.PROTOBUF:
         message_type = schema.versions.order_by("-version").values_list("message_type", flat=True).first()
     compiled = _compile(schema.type, source, message_type)

@@ -67,7 +67,7 @@ class IssuedCredentials:
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
-def check_premium(deployment: Deployment) -> None:
+def deployment_check_premium(deployment: Deployment) -> None:
     if deployment.plan.code != Plan.Code.PREMIUM:
         raise Conflict(
             f"Devices and shadows are a Premium feature; deployment {deployment.public_id} is on the "
@@ -84,7 +84,7 @@ def _locked_deployment(deployment: Deployment) -> Deployment:
         .select_related("project__organization", "plan", "region")
         .get(pk=deployment.pk)
     )
-    check_premium(locked)
+    deployment_check_premium(locked)
     return locked
 
 
@@ -792,7 +792,7 @@ def shadow_update_desired(*, device: Device, actor: Principal | None, body: Any)
     """A desired-state change from the REST API: checked as a device's update is (reported refused), committed
     with its history row, and its accepted, documents and delta messages queued for the device. Answers the accepted
     body; ValidationFailed (400, 413 as 400 with code too-large) or Conflict (version) refuse it, changing nothing."""
-    check_premium(device.deployment)
+    deployment_check_premium(device.deployment)
     try:
         request = shadow.parse_update(body, sections=("desired",))
     except shadow.ShadowRejected as exc:
@@ -841,7 +841,7 @@ def shadow_update_desired(*, device: Device, actor: Principal | None, body: Any)
 def shadow_delete(*, device: Device, actor: Principal | None, version: int | None = None) -> dict[str, Any]:
     """Delete a device's shadow (its version keeps counting), and the shadow messages still queued for it; answers
     {"version", "timestamp"}."""
-    check_premium(device.deployment)
+    deployment_check_premium(device.deployment)
     row = Shadow.objects.select_for_update().filter(device=device).first()
     if row is None or not row.present:
         raise NotFound("No shadow exists for this device.")

@@ -76,7 +76,7 @@ def require_write(console) -> None:
 def check_writable(console) -> None:
     """The API's other check before a write, inside the caller's refusal handling: a Conflict once the deployment
     is being deleted."""
-    iot_services.check_premium(console.deployment)
+    iot_services.deployment_check_premium(console.deployment)
 
 
 def _url(console, name: str, *extra) -> str:

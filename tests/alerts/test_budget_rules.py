@@ -50,7 +50,7 @@ def running_deployment(project, name="plant", *, since=at(2030, 3, 1)):
 def meter(now=NOW):
     from billing import metering
 
-    metering.meter_usage(now=now, since=metering.month_start(now))
+    metering.usage_meter(now=now, since=metering.month_start(now))
 
 
 def budget_rule(project, amount, *, metric="spend_month_to_date", operator=">=", scope="project", **fields):

@@ -78,8 +78,8 @@ def test_treatment_in_api_and_on_issued_invoice_when_customer_varies(
     assert (body["vat_status"], body["tax_treatment"], body["tax_rate"]) == (vat_status, treatment, rate)
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4)), ("stopped", at(2026, 3, 11, 4), at(2026, 3, 13, 4))])
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     listed = client.get(f"/api/v1/organizations/{owner_org.id}/invoices").json()["results"]
     (invoice,) = listed
     assert (invoice["tax_treatment"], Decimal(invoice["tax_rate"]), invoice["tax"]) == (treatment, Decimal(rate), tax)
@@ -162,8 +162,8 @@ def test_other_organizations_invoice_is_404_when_fetched_by_id(
 ):
     other = org_factory()
     history(make_deployment(other.default_project), [("running", at(2026, 3, 31, 20), None)])
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 31))
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 31))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
     invoice = Invoice.objects.get()
     client = owner(owner_org, key_client)
     for suffix in ("", "/pdf", "/html"):
@@ -185,8 +185,8 @@ def test_pdf_and_html_hold_number_totals_treatment_and_mention_when_reverse_char
         vies.register("FR", "40303265045", name="EXEMPLE SAS")
         services.billing_account_check_vat(account_id=owner_org.organization.billing_account.pk)
     history(make_deployment(owner_org.default_project), [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
     invoice = Invoice.objects.get()
     base = f"/api/v1/organizations/{owner_org.id}/invoices/{invoice.public_id}"
     response = client.get(base + "/pdf", HTTP_ACCEPT="application/pdf")
@@ -287,7 +287,7 @@ def test_overview_reports_month_to_date_and_forecast_when_deployment_runs(
 
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), None)])
-    metering.meter_usage(now=at(2026, 3, 11), since=at(2026, 3, 1))
+    metering.usage_meter(now=at(2026, 3, 11), since=at(2026, 3, 1))
     monkeypatch.setattr(timezone, "now", lambda: at(2026, 3, 11, 0, 30))
     body = owner(owner_org, key_client).get(f"/api/v1/organizations/{owner_org.id}/billing/overview").json()
     # 240 metered hours + the half hour since = 240.5 h x 0.36

@@ -26,7 +26,7 @@ def test_numbers_gap_free_and_no_second_on_two_lines_when_closes_and_late_meteri
         history(make_deployment(org.default_project, name="steady"), [("running", at(2026, 3, 30), at(2026, 4, 2))])
         if i % 2 == 0:
             late.append(make_deployment(org.default_project, name="late"))
-    metering.meter_usage(now=at(2026, 4, 30, 23, 5), since=at(2026, 3, 30))
+    metering.usage_meter(now=at(2026, 4, 30, 23, 5), since=at(2026, 3, 30))
     # the reconciler reports these hours only now: 31 March 20:00 to 1 April 04:00, metered while the closes run
     for dep in late:
         history(dep, [("running", at(2026, 3, 31, 20), at(2026, 4, 1, 4))])
@@ -46,10 +46,10 @@ def test_numbers_gap_free_and_no_second_on_two_lines_when_closes_and_late_meteri
             connection.close()
 
     jobs = [
-        lambda: invoicing.close_invoices(month=MARCH, now=at(2026, 4, 1, 0, 20)),
-        lambda: invoicing.close_invoices(month=MARCH, now=at(2026, 4, 1, 0, 21)),
-        lambda: invoicing.close_invoices(month=APRIL, now=at(2026, 5, 1, 0, 20)),
-        lambda: metering.meter_usage(now=at(2026, 5, 1, 0, 5), since=at(2026, 3, 31, 20)),
+        lambda: invoicing.invoices_close(month=MARCH, now=at(2026, 4, 1, 0, 20)),
+        lambda: invoicing.invoices_close(month=MARCH, now=at(2026, 4, 1, 0, 21)),
+        lambda: invoicing.invoices_close(month=APRIL, now=at(2026, 5, 1, 0, 20)),
+        lambda: metering.usage_meter(now=at(2026, 5, 1, 0, 5), since=at(2026, 3, 31, 20)),
     ]
     threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
     for thread in threads:
@@ -58,7 +58,7 @@ def test_numbers_gap_free_and_no_second_on_two_lines_when_closes_and_late_meteri
         thread.join(120)
     assert errors == []
     # whatever the interleaving, a later close sweeps what landed after the others (late usage)
-    invoicing.close_invoices(month=MAY, now=at(2026, 6, 1, 0, 20))
+    invoicing.invoices_close(month=MAY, now=at(2026, 6, 1, 0, 20))
 
     numbers = sorted(Invoice.objects.exclude(status="draft").values_list("number", flat=True))
     assert numbers == [f"MQC-2026-{n:06d}" for n in range(1, len(numbers) + 1)]

@@ -33,7 +33,7 @@ def test_credits_apply_to_the_usage_before_their_expiry_when_they_expire_at_or_i
     through_april = grant(account, 5000, granted_at=at(2026, 3, 25), expires_at=at(2026, 5, 1))
     mid_april = grant(account, 20000, granted_at=at(2026, 4, 1), expires_at=at(2026, 4, 16))
     expired_in_march = grant(account, 700, granted_at=at(2026, 3, 1), expires_at=at(2026, 4, 1))
-    invoicing.close_invoices(month=APRIL, now=at(2026, 5, 1, 0, 20))
+    invoicing.invoices_close(month=APRIL, now=at(2026, 5, 1, 0, 20))
     invoice = Invoice.objects.get()
     # The credit expiring on 16 April pays the usage of the hours that ended by then: 15 days x 24 h x 0.36 =
     # 129.60. The credit valid through 1 May 00:00 applies to April in full: 50.00. The one that expired when April
@@ -49,8 +49,8 @@ def test_credit_note_cancels_the_invoice_and_a_corrected_one_follows_when_vat_wa
     set_account(owner_org, country="FR", company="Exemple SAS", postal_code="75001", tax_id="FR40303265045")
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])  # 244 h x 0.36 = 87.84
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     wrong = Invoice.objects.get()
     # VIES was down at the close: French VAT as to a consumer, 20 % = 17.57
     assert (wrong.number, wrong.tax, wrong.total) == ("MQC-2026-000001", 1757, 10541)
@@ -94,7 +94,7 @@ def test_voided_annual_invoice_ends_the_plan_and_hourly_billing_resumes_at_that_
     quote = annual.annual_quote_create(deployment=dep, actor=None, now=at(2026, 3, 17, 13, 20))
     subscription = annual.annual_quote_accept(quote=quote, actor=None, now=at(2026, 3, 17, 13, 20))
     prepaid = subscription.invoices.get()
-    metering.meter_usage(now=at(2026, 3, 20, 10, 5), since=at(2026, 3, 17))
+    metering.usage_meter(now=at(2026, 3, 20, 10, 5), since=at(2026, 3, 17))
     services.invoice_void(invoice=prepaid, actor=None, now=at(2026, 3, 20, 10, 15))
     subscription.refresh_from_db()
     assert (subscription.status, subscription.end_reason, subscription.term_end) == (
@@ -103,7 +103,7 @@ def test_voided_annual_invoice_ends_the_plan_and_hourly_billing_resumes_at_that_
         at(2026, 3, 20, 10, 15),
     )
     assert CreditNote.objects.get(invoice=prepaid).total == -268056
-    metering.meter_usage(now=at(2026, 3, 20, 12, 5))
+    metering.usage_meter(now=at(2026, 3, 20, 12, 5))
     # from 10:15:00: 45 minutes of the 10 o'clock hour, then the whole 11 o'clock hour; nothing during the term
     assert list(
         UsageRecord.objects.filter(deployment=dep, hour__gte=at(2026, 3, 17, 13))
@@ -185,7 +185,7 @@ def test_upgrades_go_with_their_plan_when_its_prepaid_invoice_is_voided(
 def test_paid_invoice_refused_when_voided(owner_org, make_deployment, history):
     set_account(owner_org)
     history(make_deployment(owner_org.default_project), [("running", at(2026, 3, 31, 20), None)])
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     invoice = Invoice.objects.get()
     services.invoice_mark_paid(invoice=invoice, actor=None)
     with pytest.raises(services.Conflict):
@@ -209,13 +209,13 @@ def test_month_to_date_equals_the_invoice_subtotal_to_the_cent_when_lines_round_
     # and a third running since the 1st, still running at the overview's instant: metered hours plus the hour so far
     steady = make_deployment(owner_org.default_project, name="steady")
     history(steady, [("running", at(2026, 4, 1), at(2026, 4, 30, 23, 30))])
-    metering.meter_usage(now=at(2026, 4, 30, 23, 1), since=at(2026, 4, 1))
+    metering.usage_meter(now=at(2026, 4, 30, 23, 1), since=at(2026, 4, 1))
     monkeypatch.setattr(timezone, "now", lambda: at(2026, 4, 30, 23, 45))
     overview = selectors.billing_overview(account=account)
     # steady: 719.5 h x 0.36 = 259.02; the two short ones 0.01 + 0.01
     assert overview.month_to_date == 25902 + 2
     monkeypatch.undo()
-    invoicing.close_invoices(month=APRIL, now=at(2026, 5, 1, 0, 20))
+    invoicing.invoices_close(month=APRIL, now=at(2026, 5, 1, 0, 20))
     assert Invoice.objects.get().subtotal == overview.month_to_date
 
 
@@ -223,8 +223,8 @@ def _march_invoice_to_a_french_consumer(owner_org, make_deployment, history):
     set_account(owner_org, country="FR", company="", postal_code="75001")
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])  # 244 h x 0.36 = 87.84
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     invoice = Invoice.objects.get()
     assert (invoice.subtotal, invoice.tax, invoice.total, invoice.currency) == (8784, 1757, 10541, "USD")
     return invoice
@@ -276,7 +276,7 @@ def test_corrected_invoice_is_not_issued_when_its_audit_event_cannot_be_written(
     account = set_account(owner_org)
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), at(2026, 3, 2))])
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     services.invoice_void(invoice=Invoice.objects.get(), actor=None, reason="wrong", now=at(2026, 4, 3, 9))
 
     def failing(**kwargs):

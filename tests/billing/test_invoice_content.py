@@ -27,8 +27,8 @@ def load_rates(name: str = "eurofxref-2026-03-31.xml", *args) -> str:
 def bill_244_hours(org, make_deployment, history):
     dep = make_deployment(org.default_project, name="prod-eu")
     history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])  # 244 h x 0.36 = 87.84 USD
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
-    return invoicing.close_invoices(month=MARCH, now=at(2026, 4, 1, 0, 20))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    return invoicing.invoices_close(month=MARCH, now=at(2026, 4, 1, 0, 20))
 
 
 def french_company_unconfirmed(org):

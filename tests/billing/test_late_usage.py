@@ -48,11 +48,11 @@ def december_with_late_hours(org, make_deployment, history):
     """December closed with one hour of `steady`; then two more December hours of `late` are metered after it."""
     steady = make_deployment(org.default_project, name="steady")
     history(steady, [("running", at(2026, 12, 31, 23), at(2027, 1, 31))])
-    invoicing.close_invoices(month=DECEMBER, now=at(2027, 1, 1, 0, 20))
+    invoicing.invoices_close(month=DECEMBER, now=at(2027, 1, 1, 0, 20))
     december = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=DECEMBER)
     late = make_deployment(org.default_project, name="late")
     history(late, [("running", at(2026, 12, 31, 22), at(2027, 1, 1, 2))])
-    metering.meter_usage(now=at(2027, 1, 1, 3), since=at(2026, 12, 31, 22))
+    metering.usage_meter(now=at(2027, 1, 1, 3), since=at(2026, 12, 31, 22))
     return december, late
 
 
@@ -72,7 +72,7 @@ def test_late_usage_gets_its_own_invoice_with_its_months_vat_when_the_number_was
     assert (december.tax_treatment, december.subtotal, december.tax) == ("eu_consumer", 36, 7)
     becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
 
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     january = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=JANUARY)
     # 720 h of steady and 2 h of late in January at 0.36, reverse charged
     assert (january.tax_treatment, january.subtotal, january.tax, january.total) == ("reverse_charge", 25992, 0, 25992)
@@ -115,7 +115,7 @@ def test_late_usage_gets_its_own_invoice_with_its_months_vat_when_the_number_was
     assert "Supply period 2026-12-01 to 2026-12-31" in page and "Article 64(1)" in page
 
     # a re-run of the close bills nothing twice
-    assert invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 1)).invoices == []
+    assert invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 1)).invoices == []
     assert Invoice.objects.count() == 3
     attached_once()
 
@@ -143,7 +143,7 @@ def test_overview_shows_late_usage_as_its_own_late_usage_invoice_with_its_months
     assert "(EU consumer VAT, 20 %)" in page
 
     # what the close issues: the same December subtotal on its own invoice with that tax; the rest on January's
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     late_invoice = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
     assert (late_invoice.subtotal, late_invoice.tax_treatment, str(late_invoice.tax_rate)) == (
         late["subtotal"],
@@ -165,11 +165,11 @@ def test_late_usage_taxed_at_its_months_rate_when_the_rate_changed_on_1_january(
     set_account(owner_org, country="SK", company="", email="ja@example.sk", postal_code="81101", now=at(2024, 12, 1))
     steady = make_deployment(owner_org.default_project, name="steady")
     history(steady, [("running", at(2024, 12, 31, 23), at(2025, 1, 31))])
-    invoicing.close_invoices(month=datetime.date(2024, 12, 1), now=at(2025, 1, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2024, 12, 1), now=at(2025, 1, 1, 0, 20))
     late = make_deployment(owner_org.default_project, name="late")
     history(late, [("running", at(2024, 12, 31, 14), at(2025, 1, 1, 2))])
-    metering.meter_usage(now=at(2025, 1, 1, 3), since=at(2024, 12, 31, 14))
-    invoicing.close_invoices(month=datetime.date(2025, 1, 1), now=at(2025, 2, 1, 0, 20))
+    metering.usage_meter(now=at(2025, 1, 1, 3), since=at(2024, 12, 31, 14))
+    invoicing.invoices_close(month=datetime.date(2025, 1, 1), now=at(2025, 2, 1, 0, 20))
 
     january = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=datetime.date(2025, 1, 1))
     assert (january.tax_treatment, january.tax_rate, january.subtotal) == ("eu_consumer", 23, 25992)
@@ -190,7 +190,7 @@ def test_late_usage_stays_on_the_next_monthly_invoice_when_its_months_tax_is_the
     from billing import selectors
 
     assert selectors.billing_overview(account=account, now=at(2027, 1, 20, 12)).late_usage_invoices == []
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     assert not Invoice.objects.filter(kind=InvoiceKind.LATE_USAGE).exists()
     january = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=JANUARY)
     late_line = january.lines.get(usage_month=DECEMBER)
@@ -210,7 +210,7 @@ def test_held_late_usage_invoice_keeps_its_months_tax_when_released_after_the_ra
     december_rates = ExchangeRate.objects.filter(on__gte=datetime.date(2026, 12, 20), on__lte=DECEMBER.replace(day=31))
     kept = list(december_rates.values("currency", "on", "rate", "source"))
     december_rates.delete()
-    result = invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    result = invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     late_invoice = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
     january = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=JANUARY)
     # the reverse-charged January needs no rate; December's VAT in euros does: it waits, January goes out
@@ -241,7 +241,7 @@ def test_held_late_usage_invoice_email_names_it_the_late_usage_invoice_of_its_mo
     december_with_late_hours(owner_org, make_deployment, history)
     becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
     ExchangeRate.objects.filter(on__gte=datetime.date(2026, 12, 20), on__lte=datetime.date(2026, 12, 31)).delete()
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     late_invoice = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE, status="draft")
 
     services.invoice_held_notify(invoice=late_invoice)
@@ -257,14 +257,14 @@ def test_voided_late_usage_invoice_billed_again_by_its_months_rules_at_the_next_
     french_consumer(owner_org, now=at(2026, 12, 1))
     december_with_late_hours(owner_org, make_deployment, history)
     becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     first = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
     services.invoice_void(invoice=first, actor=None, reason="billed by mistake", now=at(2027, 2, 3, 9))
     note = CreditNote.objects.get(invoice=first)
     assert (note.subtotal, note.tax, note.total, note.tax_treatment) == (-72, -14, -86, "eu_consumer")
     assert not UsageRecord.objects.filter(invoice=first).exists()
 
-    invoicing.close_invoices(month=FEBRUARY, now=at(2027, 3, 1, 0, 20))
+    invoicing.invoices_close(month=FEBRUARY, now=at(2027, 3, 1, 0, 20))
     again = Invoice.objects.exclude(pk=first.pk).get(kind=InvoiceKind.LATE_USAGE)
     assert (again.period_start, again.tax_treatment, again.tax_rate, again.total) == (DECEMBER, "eu_consumer", 20, 86)
     assert UsageRecord.objects.filter(invoice=again).count() == 2
@@ -279,12 +279,12 @@ def test_admin_reissues_a_voided_late_usage_invoice_at_once_by_its_months_rules_
     account = french_consumer(owner_org, now=at(2026, 12, 1))
     december_with_late_hours(owner_org, make_deployment, history)
     becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     first = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
     services.invoice_void(invoice=first, actor=None, reason="wrong lines", now=at(2027, 2, 3, 9))
     current = make_deployment(owner_org.default_project, name="february")
     history(current, [("running", at(2027, 2, 1), at(2027, 2, 3))])
-    metering.meter_usage(now=at(2027, 2, 3, 9), since=at(2027, 2, 1))
+    metering.usage_meter(now=at(2027, 2, 3, 9), since=at(2027, 2, 1))
     # a credit usable in December, and one granted in January that never applied to December's usage
     december_credit = services.credit_grant(account=account, actor=None, kind="promotion", amount=50)
     january_credit = services.credit_grant(account=account, actor=None, kind="promotion", amount=5000)
@@ -326,7 +326,7 @@ def test_late_usage_paid_only_by_credits_usable_in_its_month_after_the_monthly_i
     newer = services.credit_grant(account=account, actor=None, kind="promotion", amount=5000)
     CreditGrant.objects.filter(pk=older.pk).update(granted_at=at(2026, 12, 5))
     CreditGrant.objects.filter(pk=newer.pk).update(granted_at=at(2027, 1, 5))
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     january = Invoice.objects.get(kind=InvoiceKind.MONTHLY, period_start=JANUARY)
     late_invoice = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
     # January first: 259.92 paid by the older credit; its 0.08 left pays part of December's 0.72. The newer credit
@@ -366,7 +366,7 @@ def test_late_traffic_billed_against_its_months_allowance_when_its_held_invoice_
     reading(at(2026, 12, 31, 23, 59), 135, 60 + 30 * 86400)  # 5 GiB more of December, read after its close
     becomes_confirmed_business(owner_org, now=at(2027, 1, 10))
     ExchangeRate.objects.filter(on__gte=datetime.date(2026, 12, 20), on__lte=datetime.date(2026, 12, 31)).delete()
-    invoicing.close_invoices(month=JANUARY, now=at(2027, 2, 1, 0, 20))
+    invoicing.invoices_close(month=JANUARY, now=at(2027, 2, 1, 0, 20))
     late_invoice = Invoice.objects.get(kind=InvoiceKind.LATE_USAGE)
     assert late_invoice.status == "draft" and late_invoice.subtotal == 72 + 75
     assert TrafficRecord.objects.filter(invoice=late_invoice).exists()

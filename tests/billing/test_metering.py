@@ -30,7 +30,7 @@ def test_running_and_stopped_seconds_recorded_per_hour_when_status_changes_mid_h
     history(
         dep, [("running", at(2026, 3, 1, 10, 15), at(2026, 3, 1, 11, 40)), ("stopped", at(2026, 3, 1, 11, 40), None)]
     )
-    inserted = metering.meter_usage(now=at(2026, 3, 1, 13, 5), since=at(2026, 3, 1, 10))
+    inserted = metering.usage_meter(now=at(2026, 3, 1, 13, 5), since=at(2026, 3, 1, 10))
     assert inserted == 4
     assert records(dep) == [
         (at(2026, 3, 1, 10), "running", 2700, Decimal("0.36")),
@@ -43,17 +43,17 @@ def test_running_and_stopped_seconds_recorded_per_hour_when_status_changes_mid_h
 def test_current_hour_not_metered_when_it_has_not_ended(owner_org, make_deployment, history):
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1, 10), None)])
-    metering.meter_usage(now=at(2026, 3, 1, 10, 59, 59), since=at(2026, 3, 1, 10))
+    metering.usage_meter(now=at(2026, 3, 1, 10, 59, 59), since=at(2026, 3, 1, 10))
     assert records(dep) == []
 
 
 def test_missed_hours_caught_up_from_cursor_when_runs_were_skipped(owner_org, make_deployment, history):
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1, 0), None)])
-    metering.meter_usage(now=at(2026, 3, 1, 1, 0, 5))
+    metering.usage_meter(now=at(2026, 3, 1, 1, 0, 5))
     assert [r[0] for r in records(dep)] == [at(2026, 3, 1, 0)]
     # the beat missed four runs
-    metering.meter_usage(now=at(2026, 3, 1, 5, 2))
+    metering.usage_meter(now=at(2026, 3, 1, 5, 2))
     assert [r[0] for r in records(dep)] == [at(2026, 3, 1, h) for h in range(5)]
     assert MeteringCursor.objects.get().metered_until == at(2026, 3, 1, 5)
 
@@ -73,7 +73,7 @@ def test_each_hour_recorded_once_when_two_runs_race_and_one_reruns(owner_org, ma
 
         try:
             barrier.wait()
-            results.append(metering.meter_usage(now=at(2026, 3, 2, 6), since=at(2026, 3, 1)))
+            results.append(metering.usage_meter(now=at(2026, 3, 2, 6), since=at(2026, 3, 1)))
         except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)
         finally:
@@ -88,7 +88,7 @@ def test_each_hour_recorded_once_when_two_runs_race_and_one_reruns(owner_org, ma
     # 24 running hours (00:30 start) + 3 running hours and 1 split hour on the 2nd + 3 stopped hours
     per_deployment = 24 + 4 + 3
     assert sum(results) == 30 * per_deployment
-    assert metering.meter_usage(now=at(2026, 3, 2, 6), since=at(2026, 3, 1)) == 0
+    assert metering.usage_meter(now=at(2026, 3, 2, 6), since=at(2026, 3, 1)) == 0
     call_command("meter_usage", "--now", "2026-03-02T06:30:00Z", "--since", "2026-03-01T00:00:00Z")
     assert UsageRecord.objects.count() == 30 * per_deployment
     one = records(deployments[0])
@@ -110,7 +110,7 @@ def test_set_based_sql_matches_python_reference_when_history_is_mixed(owner_org,
         ],
     )
     history(b, [("stopped", at(2026, 3, 1, 1, 20), at(2026, 3, 1, 1, 25)), ("running", at(2026, 3, 1, 1, 25), None)])
-    metering.meter_usage(now=at(2026, 3, 1, 8), since=at(2026, 3, 1))
+    metering.usage_meter(now=at(2026, 3, 1, 8), since=at(2026, 3, 1))
     by_sql = {
         (r.deployment_id, r.hour, r.product, r.tier_id): (r.seconds, r.unit_price) for r in UsageRecord.objects.all()
     }
@@ -139,7 +139,7 @@ def test_hour_bills_at_most_3600_seconds_when_tier_or_status_changes_at_half_a_s
     stopped = make_deployment(owner_org.default_project)
     stop = at(2026, 3, 2, 10, 20, 0, 500_000)
     history(stopped, [("running", at(2026, 3, 2, 10), stop), ("stopped", stop, at(2026, 3, 2, 11))])
-    metering.meter_usage(now=at(2026, 3, 2, 11, 2), since=at(2026, 3, 2, 10))
+    metering.usage_meter(now=at(2026, 3, 2, 11, 2), since=at(2026, 3, 2, 10))
     # The change is at 10:30:01 once rounded, half up: 1801 + 1799 seconds (each side's duration rounded half up
     # gave 1801 + 1800). The Python reference agrees.
     billed = {(r.deployment_id, r.product, r.tier.code): r.seconds for r in UsageRecord.objects.all()}
@@ -171,12 +171,12 @@ def test_seconds_before_and_after_an_upgrade_bill_at_their_own_tier_when_tier_ch
     # 1k from 12:00, upgraded to 10k at 12:50, gone at 13:00 (no retention afterwards)
     history(dep, [("running", at(2026, 3, 5, 12), at(2026, 3, 5, 12, 50), "1k")])
     history(dep, [("running", at(2026, 3, 5, 12, 50), at(2026, 3, 5, 13), "10k")])
-    metering.meter_usage(now=at(2026, 3, 5, 14), since=at(2026, 3, 5, 12))
+    metering.usage_meter(now=at(2026, 3, 5, 14), since=at(2026, 3, 5, 12))
     assert sorted((r.tier.code, r.seconds, r.unit_price) for r in UsageRecord.objects.filter(deployment=dep)) == [
         ("10k", 600, Decimal("1.49")),
         ("1k", 3000, Decimal("0.36")),
     ]
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     invoice = Invoice.objects.get()
     # 50 min at 0.36 = 0.30; 10 min at 1.49 = 0.248333… -> 0.25; 0.55 in all (the whole hour at 10k was 1.49)
     assert sorted(invoice.lines.values_list("tier__code", "seconds", "amount")) == [("10k", 600, 25), ("1k", 3000, 30)]
@@ -189,7 +189,7 @@ def test_nine_days_without_the_beat_metered_in_full_in_daily_batches_when_it_com
     settings.BILLING_METERING_BATCH_HOURS = 24
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), None)])
-    metering.meter_usage(now=at(2026, 3, 1, 0, 5), since=at(2026, 2, 28, 23))
+    metering.usage_meter(now=at(2026, 3, 1, 0, 5), since=at(2026, 2, 28, 23))
     assert MeteringCursor.objects.get().metered_until == at(2026, 3, 1)
     batches = []
     real = metering._meter_sql
@@ -200,7 +200,7 @@ def test_nine_days_without_the_beat_metered_in_full_in_daily_batches_when_it_com
 
     monkeypatch.setattr(metering, "_meter_sql", observed)
     # the beat was down from 1 March 00:05 to 10 March 00:05: nine days, 216 hours, past any catch-up window
-    assert metering.meter_usage(now=at(2026, 3, 10, 0, 5)) == 216
+    assert metering.usage_meter(now=at(2026, 3, 10, 0, 5)) == 216
     assert len(batches) == 9 and all(end - start == datetime.timedelta(hours=24) for start, end in batches)
     assert UsageRecord.objects.filter(deployment=dep).count() == 216
     assert sum(UsageRecord.objects.filter(deployment=dep).values_list("seconds", flat=True)) == 216 * 3600
@@ -212,7 +212,7 @@ def test_first_run_meters_from_the_first_billable_hour_when_no_cursor_exists(own
     history(dep, [("running", at(2026, 3, 1, 7, 30), None)])
     assert MeteringCursor.objects.count() == 0
     # 07:30-08:00, then 08:00 to 12:00: five records, none lost to a missing cursor
-    assert metering.meter_usage(now=at(2026, 3, 1, 12, 1)) == 5
+    assert metering.usage_meter(now=at(2026, 3, 1, 12, 1)) == 5
     assert sorted(UsageRecord.objects.values_list("seconds", flat=True)) == [1800, 3600, 3600, 3600, 3600]
 
 
@@ -226,19 +226,19 @@ def test_late_usage_goes_on_the_next_invoice_once_when_metered_after_its_month_w
     set_account(owner_org)
     steady = make_deployment(owner_org.default_project, name="steady")
     history(steady, [("running", at(2026, 3, 31, 23), at(2026, 4, 30, 23))])
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     march = Invoice.objects.get(period_start=datetime.date(2026, 3, 1))
     assert march.subtotal == 36  # one hour at 0.36
     # The reconciler of another deployment reports its March hours only now: they are metered late.
     late = make_deployment(owner_org.default_project, name="late")
     history(late, [("running", at(2026, 3, 31, 22), at(2026, 4, 1, 2))])
-    metering.meter_usage(now=at(2026, 4, 1, 3), since=at(2026, 3, 31, 22))
-    assert invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 3)).invoices == []
+    metering.usage_meter(now=at(2026, 4, 1, 3), since=at(2026, 3, 31, 22))
+    assert invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 3)).invoices == []
     march.refresh_from_db()
     assert march.subtotal == 36  # an issued invoice never changes
 
-    invoicing.close_invoices(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
-    invoicing.close_invoices(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 1))  # a re-run adds nothing
+    invoicing.invoices_close(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 1))  # a re-run adds nothing
     april = Invoice.objects.get(period_start=datetime.date(2026, 4, 1))
     lines = {(line.description.split(",")[0].split(" ")[0], line.usage_month): line for line in april.lines.all()}
     late_line = lines[("late", datetime.date(2026, 3, 1))]
@@ -266,14 +266,14 @@ def test_no_hourly_second_between_term_end_and_renewal_run_when_annual_plan_rene
             deployment=dep, actor=None, auto_renew=auto_renew, now=at(2026, 3, 1, 13, 20)
         )
     # Both terms end on 1 March 2027 at 13:20. Metering runs at 16:05, before the renewal run of 16:10.
-    metering.meter_usage(now=at(2027, 3, 1, 16, 5), since=at(2027, 3, 1, 12))
+    metering.usage_meter(now=at(2027, 3, 1, 16, 5), since=at(2027, 3, 1, 12))
     assert not UsageRecord.objects.filter(deployment=subs[True].deployment).exists()
     # The term that ends without renewal is hourly again from 13:20:00 exactly: 40 min, then whole hours.
     assert list(
         UsageRecord.objects.filter(deployment=subs[False].deployment).order_by("hour").values_list("hour", "seconds")
     ) == [(at(2027, 3, 1, 13), 2400), (at(2027, 3, 1, 14), 3600), (at(2027, 3, 1, 15), 3600)]
     assert annual.annual_renewals_process(now=at(2027, 3, 1, 16, 10))["renewed"] == 1
-    metering.meter_usage(now=at(2027, 3, 1, 18, 5))
+    metering.usage_meter(now=at(2027, 3, 1, 18, 5))
     assert not UsageRecord.objects.filter(deployment=subs[True].deployment).exists()  # the new term from 13:20
 
 
@@ -286,7 +286,7 @@ def test_hourly_from_the_term_end_second_when_renewal_is_turned_off_after_meteri
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), None)])
     sub = annual.annual_subscription_start(deployment=dep, actor=None, auto_renew=True, now=at(2026, 3, 1, 13, 20))
-    metering.meter_usage(now=at(2027, 3, 1, 16, 5), since=at(2027, 3, 1, 12))
+    metering.usage_meter(now=at(2027, 3, 1, 16, 5), since=at(2027, 3, 1, 12))
     assert not UsageRecord.objects.filter(deployment=dep).exists()  # still waiting for the renewal decision
     AnnualSubscription.objects.filter(pk=sub.pk).update(auto_renew=False)  # turned off in the backoffice, late
     assert annual.annual_renewals_process(now=at(2027, 3, 1, 16, 10))["ended"] == 1
@@ -313,7 +313,7 @@ def test_hours_metered_before_a_crash_was_noticed_are_metered_again_without_the_
     other = make_deployment(owner_org.default_project)
     for each in (dep, other):
         history(each, [("running", hour - datetime.timedelta(hours=3), None)])
-    metering.meter_usage(now=now, since=hour - datetime.timedelta(hours=3))
+    metering.usage_meter(now=now, since=hour - datetime.timedelta(hours=3))
     assert [seconds for _h, _p, seconds, _u in records(dep)] == [3600, 3600, 3600]
     last_seen = hour - datetime.timedelta(hours=2) + datetime.timedelta(minutes=30)
     with django_capture_on_commit_callbacks(execute=True):
@@ -334,8 +334,8 @@ def test_an_invoiced_hour_keeps_its_record_when_the_time_before_it_is_corrected(
 
     dep = make_deployment(owner_org.default_project)
     [interval] = history(dep, [("running", at(2026, 3, 31, 20), None)])
-    metering.meter_usage(now=at(2026, 4, 1, 2), since=at(2026, 3, 31, 20))
-    invoicing.close_invoices(month=dt.date(2026, 3, 1), now=at(2026, 4, 1, 1))
+    metering.usage_meter(now=at(2026, 4, 1, 2), since=at(2026, 3, 31, 20))
+    invoicing.invoices_close(month=dt.date(2026, 3, 1), now=at(2026, 4, 1, 1))
     invoice = Invoice.objects.get(billing_account__organization=owner_org.organization)
     before = records(dep)
     interval.ended_at = at(2026, 3, 31, 22, 30)

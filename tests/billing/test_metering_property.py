@@ -169,7 +169,7 @@ def test_metering_sql_matches_the_python_reference_when_histories_are_generated(
                     auto_renew=term.auto_renew,
                 )
             deployments.append(dep)
-        metering.meter_usage(now=WINDOW_END, since=WINDOW_START)
+        metering.usage_meter(now=WINDOW_END, since=WINDOW_START)
         by_sql = {
             (r.deployment_id, r.hour, r.product, r.tier_id): (r.seconds, r.unit_price)
             for r in UsageRecord.objects.filter(deployment__in=deployments)

@@ -46,7 +46,7 @@ def _realistic_month(owner_org, make_deployment, history):
         account=account, actor=None, kind="promotion", amount=5000, expires_at=at(2026, 6, 1)
     )
     CreditGrant.objects.filter(pk=credit.pk).update(granted_at=at(2026, 3, 25))
-    metering.meter_usage(now=at(2026, 4, 30, 23, 1), since=at(2026, 4, 1))
+    metering.usage_meter(now=at(2026, 4, 30, 23, 1), since=at(2026, 4, 1))
     return account, lab
 
 
@@ -64,7 +64,7 @@ def test_overview_month_to_date_is_the_invoice_subtotal_when_projects_annual_cre
     page = client.get(f"/console/o/{owner_org.id}/billing").content.decode()
     monkeypatch.undo()
 
-    invoicing.close_invoices(month=APRIL, now=at(2026, 5, 1, 0, 20))
+    invoicing.invoices_close(month=APRIL, now=at(2026, 5, 1, 0, 20))
     invoice = Invoice.objects.get(billing_account=account, kind=InvoiceKind.MONTHLY)
     assert invoice.subtotal > overview.credit_balance == 5000
     assert overview.month_to_date == invoice.subtotal

@@ -53,8 +53,8 @@ def issue_march_invoice(org, make_deployment, history, *, country="US", postal_c
             account=account, actor=None, country=country, email="ap@acme.example", postal_code=postal_code, **ADDRESS
         )
     history(make_deployment(org.default_project), [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
-    invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 1))
     return Invoice.objects.get(billing_account__organization=org.organization)
 
 
@@ -279,7 +279,7 @@ def test_card_payment_credited_and_next_invoice_uses_it_when_it_succeeds_for_a_v
     # March's usage, released by the void, goes on the next invoice as late usage, which the credit pays to the cent.
     # (The credit is granted when the money arrives, on the real clock: the next invoice is the real month's.)
     month = metering.month_start(timezone.now())
-    invoicing.close_invoices(month=month.date(), now=metering.next_month_start(month) + datetime.timedelta(hours=1))
+    invoicing.invoices_close(month=month.date(), now=metering.next_month_start(month) + datetime.timedelta(hours=1))
     following = Invoice.objects.get(period_start=month.date())
     assert (following.subtotal, following.credits_applied, following.tax, following.total, following.status) == (
         8784,

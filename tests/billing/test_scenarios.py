@@ -32,8 +32,8 @@ def set_account(org, **fields):
 
 
 def close_march():
-    metering.meter_usage(now=at(2026, 4, 1, 0, 5), since=at(2026, 3, 1))
-    return invoicing.close_invoices(month=MARCH, now=CLOSE_TIME)
+    metering.usage_meter(now=at(2026, 4, 1, 0, 5), since=at(2026, 3, 1))
+    return invoicing.invoices_close(month=MARCH, now=CLOSE_TIME)
 
 
 def monthly_invoice(org):
@@ -64,7 +64,7 @@ def test_second_close_changes_nothing_when_month_already_closed(owner_org, make_
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 1), None)])
     first = close_march()
-    again = invoicing.close_invoices(month=MARCH, now=CLOSE_TIME)
+    again = invoicing.invoices_close(month=MARCH, now=CLOSE_TIME)
     assert len(first.invoices) == 1 and again.invoices == []
     assert Invoice.objects.count() == 1
 
@@ -131,7 +131,7 @@ def test_prorated_difference_billed_once_when_tier_upgraded_mid_term(owner_org, 
     subscription.refresh_from_db()
     assert (subscription.tier.code, subscription.annual_price) == ("2k", 372300)
     # covered hours stay free after the upgrade
-    metering.meter_usage(now=upgrade_at + datetime.timedelta(hours=5), since=upgrade_at - datetime.timedelta(hours=2))
+    metering.usage_meter(now=upgrade_at + datetime.timedelta(hours=5), since=upgrade_at - datetime.timedelta(hours=2))
     assert not UsageRecord.objects.filter(deployment=dep, hour__gte=at(2026, 3, 17, 14)).exists()
 
 
@@ -185,7 +185,7 @@ def test_renewed_for_a_year_when_auto_renew_and_back_to_hourly_otherwise(org_fac
     renewal = AnnualSubscription.objects.get(renewed_from=renewed)
     assert (renewal.term_start, renewal.term_end, renewal.status) == (at(2027, 3, 1), at(2028, 3, 1), "active")
     assert renewal.invoices.get().subtotal == 268056  # an account without an address is taxed at home (DE)
-    metering.meter_usage(now=at(2027, 3, 1, 3), since=at(2027, 3, 1))
+    metering.usage_meter(now=at(2027, 3, 1, 3), since=at(2027, 3, 1))
     assert UsageRecord.objects.filter(deployment=ended.deployment).count() == 3
     assert not UsageRecord.objects.filter(deployment=renewed.deployment).exists()
 

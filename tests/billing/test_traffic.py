@@ -123,7 +123,7 @@ def test_traffic_line_per_deployment_with_100_gib_included_and_late_traffic_on_t
             bytes_sent=gibibytes * GIB // 2,
             uptime_seconds=60 + 19 * 86400,
         )
-    invoicing.close_invoices(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
     april = Invoice.objects.get(period_start=datetime.date(2026, 4, 1))
     traffic = {line.deployment_id: line for line in april.lines.filter(product="traffic")}
     # heavy: 130 GiB, 100 included, 30 GiB x 0.15 = 4.50; light: 40 GiB, all included, 0.00
@@ -141,7 +141,7 @@ def test_traffic_line_per_deployment_with_100_gib_included_and_late_traffic_on_t
         bytes_sent=135 * GIB // 2,
         uptime_seconds=60 + 30 * 86400,
     )
-    invoicing.close_invoices(month=datetime.date(2026, 5, 1), now=at(2026, 6, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 5, 1), now=at(2026, 6, 1, 0, 20))
     may = Invoice.objects.get(period_start=datetime.date(2026, 5, 1))
     (late,) = may.lines.filter(product="traffic")
     # April's allowance was used up by the 130 GiB billed: the 5 GiB are 5 x 0.15 = 0.75, as April's late usage
@@ -167,7 +167,7 @@ def test_traffic_line_is_in_gib_at_the_price_per_gib_when_one_gib_and_one_byte_p
         bytes_sent=total - total // 2,
         uptime_seconds=60 + 19 * 86400,
     )
-    invoicing.close_invoices(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
     (line,) = Invoice.objects.get(period_start=datetime.date(2026, 4, 1)).lines.filter(product="traffic")
     assert line.bytes == total
     assert (line.unit, line.quantity, line.unit_price) == ("GiB", Decimal("1"), Decimal("0.15"))

@@ -53,7 +53,7 @@ def test_unpriced_seconds_recorded_reported_held_then_issued_when_the_price_is_a
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 3, 10), at(2026, 4, 1))])
 
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 10))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 10))
     # 10-14 March have no EUR price yet: 5 days x 24 h = 120 records, 432,000 s, recorded without a price
     unpriced = UsageRecord.objects.filter(deployment=dep, unit_price__isnull=True)
     assert unpriced.count() == 120 and sum(unpriced.values_list("seconds", flat=True)) == 432000
@@ -65,7 +65,7 @@ def test_unpriced_seconds_recorded_reported_held_then_issued_when_the_price_is_a
     listed = admin_client.get("/admin/billing/usagerecord/?priced=no")
     assert listed.status_code == 200 and "120 usage records" in listed.content.decode()
 
-    result = invoicing.close_invoices(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
+    result = invoicing.invoices_close(month=datetime.date(2026, 3, 1), now=at(2026, 4, 1, 0, 20))
     (held,) = Invoice.objects.all()
     assert result.invoices == [] and result.held == [held.pk]
     assert (held.status, held.number, held.hold_reasons) == ("draft", None, ["unpriced_usage"])

@@ -39,7 +39,7 @@ def french_company(org, *, now=None):
 def run_244_hours(org, make_deployment, history):
     dep = make_deployment(org.default_project)
     history(dep, [("running", at(2026, 3, 1), at(2026, 3, 11, 4))])  # 244 h x 0.36 = 87.84 USD
-    metering.meter_usage(now=at(2026, 4, 1), since=at(2026, 3, 1))
+    metering.usage_meter(now=at(2026, 4, 1), since=at(2026, 3, 1))
     return dep
 
 
@@ -163,12 +163,12 @@ def test_april_taxed_by_the_details_in_force_in_april_when_the_customer_moves_on
         )
     dep = make_deployment(owner_org.default_project)
     history(dep, [("running", at(2026, 4, 1), at(2026, 5, 2))])
-    invoicing.close_invoices(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 4, 1), now=at(2026, 5, 1, 0, 20))
     april = Invoice.objects.get(period_start=datetime.date(2026, 4, 1))
     # 720 h x 0.36 = 259.20 USD; French VAT 20 %: 51.84
     assert (april.tax_treatment, april.tax_rate, april.subtotal, april.tax) == ("eu_consumer", 20, 25920, 5184)
     assert april.customer["country"] == "FR" and april.customer["address"]["postal_code"] == "75001"
-    invoicing.close_invoices(month=datetime.date(2026, 5, 1), now=at(2026, 6, 1, 0, 20))
+    invoicing.invoices_close(month=datetime.date(2026, 5, 1), now=at(2026, 6, 1, 0, 20))
     may = Invoice.objects.get(period_start=datetime.date(2026, 5, 1))
     assert (may.tax_treatment, may.tax, may.customer["country"]) == ("outside_scope", 0, "US")  # 24 h, no VAT
     assert may.subtotal == 864
@@ -190,7 +190,7 @@ def test_account_shows_invalid_with_what_to_do_and_vat_is_charged_when_vies_reje
     assert "VIES does not know this VAT number" in shown["vat_status_message"]
     assert shown["vat_consultation_number"] == ""
     run_244_hours(owner_org, make_deployment, history)
-    invoicing.close_invoices(month=MARCH, now=at(2026, 4, 1, 0, 20))
+    invoicing.invoices_close(month=MARCH, now=at(2026, 4, 1, 0, 20))
     invoice = Invoice.objects.get()
     assert (invoice.tax_treatment, invoice.tax) == ("eu_consumer", 1757)  # 20 % of 87.84
 

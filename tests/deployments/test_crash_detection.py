@@ -449,7 +449,7 @@ def worker_with_beat(transactional_db, deployments_catalog, brokers_dir, redis_c
 def test_killed_broker_is_recorded_within_30_s_degraded_until_restored_and_its_downtime_unbilled(
     worker_with_beat, owner_org, key_client, brokers_dir, settings
 ):
-    from billing.metering import HOUR, floor_hour, meter_usage
+    from billing.metering import HOUR, floor_hour, usage_meter
     from billing.models import UsageRecord
 
     client = key_client(owner_org.owner_secret)
@@ -507,7 +507,7 @@ def test_killed_broker_is_recorded_within_30_s_degraded_until_restored_and_its_d
     gap = (rows[1].started_at - rows[0].ended_at).total_seconds()
     assert gap >= 2.0
     first_hour, last_hour = floor_hour(rows[0].started_at), floor_hour(rows[1].started_at)
-    meter_usage(since=first_hour, now=last_hour + HOUR)
+    usage_meter(since=first_hour, now=last_hour + HOUR)
     hour = first_hour
     while hour <= last_hour:
         end = hour + HOUR

@@ -355,7 +355,7 @@ def test_converted_deployment_keeps_running_and_no_hour_is_billed_when_annual_pl
     assert not kept.operations.filter(kind="stop").exists()
     row = TrialDeployment.objects.get(deployment=kept)
     assert (row.outcome, row.converted_at) == ("converted", subscription.term_start)
-    metering.meter_usage(now=t0 + 30 * DAY, since=t0 - datetime.timedelta(hours=1))
+    metering.usage_meter(now=t0 + 30 * DAY, since=t0 - datetime.timedelta(hours=1))
     assert not UsageRecord.objects.filter(deployment=kept).exists()
     assert metering.usage_preview(start=t0, end=t0 + 30 * DAY, currency="USD", deployment_id=kept.pk) == []
     assert AuditEvent.objects.filter(action="premium_trial.convert", target_id=kept.public_id).exists()
@@ -406,7 +406,7 @@ def test_trial_seconds_are_skipped_to_the_second_when_annual_plan_later_ends(own
     end_at = metering.floor_hour(accept_at) + datetime.timedelta(hours=2, seconds=5)
     annual.annual_subscription_end_now(subscription_id=subscription.pk, now=end_at, reason="voided")
     until = metering.floor_hour(end_at) + datetime.timedelta(hours=3)
-    metering.meter_usage(now=until, since=t0 - datetime.timedelta(hours=1))
+    metering.usage_meter(now=until, since=t0 - datetime.timedelta(hours=1))
     rows = {r.hour: r.seconds for r in UsageRecord.objects.filter(deployment=deployment)}
     first = metering.floor_hour(end_at)
     assert rows == {first: 3595, first + datetime.timedelta(hours=1): 3600, first + datetime.timedelta(hours=2): 3600}
@@ -444,7 +444,7 @@ def test_unbought_deployment_stops_at_end_is_kept_6_days_then_deleted_after_7_wh
     dropped.refresh_from_db()
     assert dropped.desired_state == "deleted"
     assert dropped.operations.filter(kind="delete").count() == 1
-    metering.meter_usage(now=end + 8 * DAY, since=t0 - datetime.timedelta(hours=1))
+    metering.usage_meter(now=end + 8 * DAY, since=t0 - datetime.timedelta(hours=1))
     assert not UsageRecord.objects.filter(deployment=dropped).exists()  # neither running nor retention seconds
     actions = set(AuditEvent.objects.filter(action__startswith="premium_trial").values_list("action", flat=True))
     assert actions == {

@@ -86,6 +86,6 @@ def test_bought_deployment_keeps_serving_and_unbought_one_stops_then_is_deleted_
     assert not (brokers_dir / dropped_id).exists()
     assert client.get(urls["kept"]).json()["status"] == "running"
 
-    metering.meter_usage(now=end + datetime.timedelta(days=8), since=trial.starts_at - datetime.timedelta(hours=1))
+    metering.usage_meter(now=end + datetime.timedelta(days=8), since=trial.starts_at - datetime.timedelta(hours=1))
     assert not UsageRecord.objects.filter(deployment__public_id__in=[kept_id, dropped_id]).exists()
     assert client.get(f"/api/v1/organizations/{owner_org.id}/premium-trial").json()["status"] == "ended"

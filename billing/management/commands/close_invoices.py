@@ -35,7 +35,7 @@ class Command(BaseCommand):
             month = (metering.month_start(timezone.now()) - datetime.timedelta(days=1)).date()
         services.vat_checks_run_due(unconfirmed_only=True, budget_seconds=600)
         try:
-            result = invoicing.close_invoices(month=month)
+            result = invoicing.invoices_close(month=month)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"{month:%Y-%m}: {len(result.invoices)} invoices to collect, {len(result.held)} held")

@@ -38,7 +38,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, now=None, since=None, **options):
-        recorded = metering.meter_usage(now=now, since=since)
+        recorded = metering.usage_meter(now=now, since=since)
         priced = metering.usage_price_pending()
         released = invoicing.invoices_release_held(now=now)
         upgrades = annual.annual_upgrades_bill(now=now)
