@@ -13,7 +13,6 @@ import uuid
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -157,19 +156,13 @@ def create(request, org_id, project_id):
     if submitted:
         if form.is_valid():
             values = dict(form.validated)
-            annual = values.pop("billing_cycle") == "annual"
-            auto_renew = values.pop("auto_renew", False)
             try:
-                if annual:
+                if values["billing_cycle"] == "annual":
                     console.require_in_project("deployment:annual")
-                with transaction.atomic():  # the deployment and its annual plan exist together or not at all
-                    deployment, operation = services.deployment_create(
-                        project=console.project, actor=console.principal, **values
-                    )
-                    if annual:
-                        from billing.annual import annual_subscription_start
-
-                        annual_subscription_start(deployment=deployment, actor=console.principal, auto_renew=auto_renew)
+                # The deployment and its annual plan are made together or not at all, by the service, as the API does.
+                deployment, operation = services.deployment_create(
+                    project=console.project, actor=console.principal, **values
+                )
             except errors.REFUSALS as exc:
                 status = errors.to_form(form, exc)
             else:

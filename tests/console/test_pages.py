@@ -131,6 +131,21 @@ def test_wizard_buys_an_annual_plan_when_annual_is_chosen(client, owner):
     assert f"annual until {subscription.term_end:%Y-%m-%d}" in rows
 
 
+def test_wizard_makes_no_deployment_when_its_annual_plan_cannot_be_bought(client, owner):
+    from deployments.models import Price
+
+    # No hourly price for the tier: the annual plan is refused, and the deployment made just before it goes too.
+    Price.objects.filter(plan__code="dedicated", kind=Price.Kind.HOURLY).delete()
+    url = f"/console/o/{owner.id}/p/{owner.default_project.public_id}/deployments/new"
+    response = client.post(
+        url, {"plan": "dedicated", "region": "local", "tier": "2k", "billing_cycle": "annual", "name": "yearly"}
+    )
+    assert response.status_code == 409
+    assert "has no hourly price" in html.unescape(response.content.decode())
+    assert not Deployment.objects.filter(name="yearly").exists()
+    assert not AuditEvent.objects.filter(action="deployment.create").exists()
+
+
 def test_premium_is_offered_only_when_the_organization_has_a_trial(client, owner):
     url = f"/console/o/{owner.id}/p/{owner.default_project.public_id}/deployments/new"
     assert 'value="premium"' not in client.get(url).content.decode()
