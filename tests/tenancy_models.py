@@ -80,13 +80,15 @@ def _fingerprint_query(
 ) -> tuple[str, tuple[Any, ...]]:
     """One statement over every organization-owned model (and, with `accounts`, every row of every account model):
     per model, its label, its row count, and the md5 of its rows as PostgreSQL prints them (every concrete column
-    but those `ignoring` names as (label, column)), sorted, so no change to any other column of any row goes unseen."""
+    but those `ignoring` names as (label, column)), sorted, so no change to any other column of any row goes unseen.
+    Rows are read through each model's base manager: a default manager that hides rows (deleted projects) would hide
+    a change to them too."""
     querysets = [
-        (model, model._default_manager.filter(**{path: organization_pk}))
+        (model, model._base_manager.filter(**{path: organization_pk}))
         for model, path in organization_paths().items()
     ]
     if accounts:
-        querysets += [(model, model._default_manager.all()) for model in account_models()]
+        querysets += [(model, model._base_manager.all()) for model in account_models()]
     known = {(model._meta.label, field.attname) for model, _ in querysets for field in model._meta.concrete_fields}
     assert ignoring <= known, f"ignoring a column no fingerprinted model has: {sorted(ignoring - known)}"
     parts, params = [], []
@@ -130,5 +132,5 @@ def public_ids(organization) -> set[str]:
     found: set[str] = set()
     for model, path in organization_paths().items():
         if any(field.attname == "public_id" for field in model._meta.concrete_fields):
-            found.update(model._default_manager.filter(**{path: organization.pk}).values_list("public_id", flat=True))
+            found.update(model._base_manager.filter(**{path: organization.pk}).values_list("public_id", flat=True))
     return {value for value in found if value}

@@ -132,6 +132,20 @@ def test_fingerprint_sees_a_change_to_any_organization_row(org_factory):
     assert fingerprint(victim.organization) != before
 
 
+def test_fingerprint_and_public_ids_see_rows_a_default_manager_hides_when_a_project_is_deleted(org_factory):
+    from django.utils import timezone
+
+    from projects.models import Project
+
+    victim = org_factory()
+    deleted = Project.objects.create(organization=victim.organization, name="gone", deleted_at=timezone.now())
+    assert not Project.objects.filter(pk=deleted.pk).exists()  # what the default manager shows
+    assert deleted.public_id in public_ids(victim.organization)
+    before = fingerprint(victim.organization)
+    Project.all_objects.filter(pk=deleted.pk).update(name="changed")
+    assert changed(before, fingerprint(victim.organization)) == {"projects.Project": "2 rows, contents changed"}
+
+
 def test_account_models_are_the_users_own_and_none_an_organization_owns():
     """What the audit walks' allow-lists check beside the organization's rows: a sign-up or a password reset belongs
     to no organization."""
