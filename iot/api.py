@@ -249,7 +249,7 @@ class DeviceCreateSerializer(InputSerializer):
     name = PlainTextField(max_length=128, required=False, default="", allow_blank=True, trim_whitespace=False)
     product = PlainTextField(max_length=64, required=False, default="", allow_blank=True, trim_whitespace=False)
     tags = _TagsField(required=False, default=list, max_length=32)
-    attributes = serializers.JSONField(required=False, default=dict, help_text="A JSON object, at most 8 KB.")
+    attributes = serializers.JSONField(required=False, default=dict, help_text="A JSON object, at most 8 KiB.")
     groups = serializers.ListField(
         child=PlainTextField(max_length=64), required=False, default=list, help_text="Names of existing groups."
     )

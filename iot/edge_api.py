@@ -210,7 +210,7 @@ class EdgeConfigSerializer(serializers.ModelSerializer):
 class EdgeConfigCreateSerializer(InputSerializer):
     up_topics = _TopicListField(required=False, max_length=edge.MAX_TOPICS, help_text="Default: the current ones.")
     down_topics = _TopicListField(required=False, max_length=edge.MAX_TOPICS, help_text="Default: the current ones.")
-    settings = serializers.JSONField(required=False, help_text="A JSON object; the whole document at most 64 KB.")
+    settings = serializers.JSONField(required=False, help_text="A JSON object; the whole document at most 64 KiB.")
 
 
 class EdgeNodeFilter(filters.FilterSet):
@@ -383,7 +383,7 @@ class EdgeConfigViewSet(mixins.ListModelMixin, _DeploymentScopedViewSet):
     @extend_schema(
         summary="Set a new desired configuration; the node receives it retained on edge/{node}/config",
         description="Topic mappings (the current ones unless given) and `settings`, a JSON object; the published "
-        'document is at most 64 KB. The node acknowledges with {"version": n} on edge/{node}/config/ack.',
+        'document is at most 64 KiB. The node acknowledges with {"version": n} on edge/{node}/config/ack.',
         tags=EDGE_TAG,
         request=EdgeConfigCreateSerializer,
         responses={201: EdgeConfigSerializer},

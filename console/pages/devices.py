@@ -81,7 +81,7 @@ class DeviceRegisterForm(ApiForm):
         required=False,
         strip=False,
         widget=forms.Textarea(attrs=JSON_ATTRS),
-        help_text='Anything you want to keep about the device, e.g. {"firmware": "1.4.2"}. At most 8 KB.',
+        help_text='Anything you want to keep about the device, e.g. {"firmware": "1.4.2"}. At most 8 KiB.',
     )
     groups = forms.MultipleChoiceField(label="Groups", required=False, widget=forms.CheckboxSelectMultiple)
     enabled = forms.BooleanField(label="Enabled (it may connect)", required=False, initial=True)
@@ -192,7 +192,7 @@ class DeviceImportForm(ConsoleForm):
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,.gz,text/csv"}),
         help_text=(
             f"UTF-8, header line first, up to {csv_import.MAX_ROWS:,} devices, at most "
-            f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE // (1024 * 1024)} MB: compress a larger file with gzip (.csv.gz)."
+            f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE // (1024 * 1024)} MiB: compress a larger file with gzip (.csv.gz)."
         ),
     )
 

@@ -81,7 +81,7 @@ class EdgeConfigForm(ApiForm):
         strip=False,
         widget=forms.Textarea(attrs={**TOPICS_ATTRS, "rows": 6}),
         help_text='Whatever your software at the edge reads, such as {"sample_rate": 5}; the published document '
-        "is at most 64 KB.",
+        "is at most 64 KiB.",
     )
 
     def clean_settings(self):

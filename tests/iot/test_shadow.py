@@ -158,7 +158,7 @@ def test_document_growing_over_8_kb_is_rejected_with_413_and_unchanged_when_merg
     for key in ("a", "b"):
         document = update(document, {"state": {"reported": {key: "x" * 3000}}}).document
     before = document.copy()
-    # The request is under 8 KB, but the merged document would pass it.
+    # The request is under 8 KiB, but the merged document would pass it.
     with pytest.raises(ShadowRejected) as raised:
         update(document, {"state": {"reported": {"c": "y" * 3000}}})
     assert raised.value.code == 413
