@@ -20,6 +20,7 @@ with `failure_action = ignore` (the message goes on unchanged either way), and a
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 from urllib.parse import quote
 
 from iot import codec_topics, schemas
@@ -211,15 +212,17 @@ def validations_supported(version: str | None) -> bool:
         return False
 
 
-def desired(rules, *, version: str | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(schemas by EMQX name, rules by EMQX id) for the deployment's codec rules (CodecRule rows with their version
-    and schema loaded). Disabled rules are kept, disabled; only the versions rules use are registered."""
-    schema_bodies, rule_bodies, _ = desired_all(rules, version=version)
-    return schema_bodies, rule_bodies
+class Desired(NamedTuple):
+    """What EMQX should hold for a deployment's codec rules, each as the body EMQX takes."""
+
+    schemas: dict[str, dict]  # by EMQX schema name
+    rules: dict[str, dict]  # by EMQX rule id
+    validations: dict[str, dict]  # by EMQX validation name; none before EMQX 5.7
 
 
-def desired_all(rules, *, version: str | None = None) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
-    """desired() and the schema validations by name, for a cluster running EMQX `version`."""
+def desired(rules, *, version: str | None = None) -> Desired:
+    """What EMQX `version` should hold for the deployment's codec rules (CodecRule rows with their version and schema
+    loaded). Disabled rules are kept, disabled; only the versions rules use are registered."""
     with_validations = validations_supported(version)
     schema_bodies: dict[str, dict] = {}
     rule_bodies: dict[str, dict] = {}
@@ -258,7 +261,7 @@ def desired_all(rules, *, version: str | None = None) -> tuple[dict[str, dict], 
                 enabled=rule.enabled,
             )
             validation_bodies[body["name"]] = body
-    return schema_bodies, rule_bodies, validation_bodies
+    return Desired(schemas=schema_bodies, rules=rule_bodies, validations=validation_bodies)
 
 
 def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
@@ -266,7 +269,8 @@ def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
     delete ours that are no longer wanted (rules and validations before schemas: EMQX refuses to create a validation
     naming a schema it does not hold, and one left naming a deleted schema would fail every message). `api` is a
     deployments.emqx_api.EmqxApi; `version` the cluster's EMQX release (validations from 5.7)."""
-    want_schemas, want_rules, want_validations = desired_all(rules, version=version)
+    want = desired(rules, version=version)
+    want_schemas, want_rules, want_validations = want.schemas, want.rules, want.validations
     have_schemas = {
         s["name"]: s
         for s in api._request("GET", "/schema_registry").json()
