@@ -27,7 +27,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from accounts.models import User
 from controlplane import crypto
-from controlplane.errors import Conflict, ValidationFailed
+from controlplane.errors import Conflict, ValidationFailed, model_clean
 from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
 
@@ -214,7 +214,7 @@ def user_signup_confirm(*, token: str, password: str) -> tuple[User, Organizatio
     _validate_password(password, email=email, full_name=full_name)
     user = User(email=email, full_name=full_name)
     user.set_password(password)
-    user.full_clean(exclude=["password"])
+    model_clean(user, exclude=["password"])
     try:
         with transaction.atomic():
             user.save()

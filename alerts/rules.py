@@ -21,7 +21,7 @@ from alerts.metrics import BUDGET_METRICS, TIER_LIMIT_FIELDS, validate_budget_me
 from alerts.models import Alert, AlertEvent, AlertRule, AlertStatus, Silence
 from audit.services import audit_record
 from billing.money import minor_units, round_half_up, to_decimal
-from controlplane.errors import Conflict, ValidationFailed
+from controlplane.errors import Conflict, ValidationFailed, model_clean
 from controlplane.validators import control_character_message, find_control_character
 from notifications.models import NotificationChannel
 from organizations.access import acting_user
@@ -148,7 +148,7 @@ def _validate_rule(rule: AlertRule) -> None:
         ]
     if errors:
         raise ValidationFailed(errors)
-    rule.full_clean(exclude=["organization", "project", "deployment", "channels"])
+    model_clean(rule, exclude=["organization", "project", "deployment", "channels"])
 
 
 def _check_channels(organization, channels) -> list[NotificationChannel]:
@@ -345,7 +345,7 @@ def silence_create(
         comment=comment,
         created_by=acting_user(actor),
     )
-    silence.full_clean(exclude=["organization", "project", "created_by"])
+    model_clean(silence, exclude=["organization", "project", "created_by"])
     silence.save()
     audit_record(
         actor=actor,

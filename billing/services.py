@@ -51,7 +51,7 @@ from billing.tax import VatStatus, tax_id_country_mismatch, validate_postal_code
 from billing.vat_rates import is_eu, normalize_country
 from billing.vies import check_vat_vies
 from controlplane.db import LockSpace, xact_lock
-from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed, model_clean
 from controlplane.tasks import enqueue_on_commit, publish
 from controlplane.validators import whole_number
 from notifications.services import email_notice_on_commit, platform_event_notify
@@ -111,11 +111,6 @@ def billing_notice_send(
     )
     if event is not None and email:
         _email(account, title, body)
-
-
-def _is_conflict(exc: Exception) -> bool:
-    """A 409 from another app's service, whether it speaks domain errors yet or still an HTTP exception."""
-    return isinstance(exc, Conflict) or getattr(exc, "status_code", None) == 409
 
 
 # --- Billing account ---------------------------------------------------------------------------------------------
@@ -250,7 +245,7 @@ def billing_account_update(
         if vies:
             account.vat_status_message = "Format and checksum are valid; waiting for VIES to confirm the number."
     account.updated_at = now
-    account.full_clean(exclude=["organization"])
+    model_clean(account, exclude=["organization"])
     account.save()
     changed = {
         name: [before[name], getattr(account, name)]
@@ -1380,9 +1375,7 @@ def overdue_process(*, now: datetime.datetime | None = None) -> dict[str, int]:
                     dedup_key=f"deployment_stopped_for_billing:{deployment.public_id}:{now:%Y-%m-%dT%H:%M}",
                     severity="critical",
                 )
-        except Exception as exc:
-            if not _is_conflict(exc):
-                raise
+        except Conflict as exc:  # an operation in flight: the next overdue run tries again
             logger.warning("could not stop %s for billing: %s", deployment.public_id, exc)
             continue
         counts["stopped"] += 1
@@ -1427,9 +1420,7 @@ def overdue_release(*, account: BillingAccount, actor: Principal | None = None) 
         try:
             with transaction.atomic():
                 deployment_services.deployment_start(deployment=deployment, actor=None)
-        except Exception as exc:  # an operation in flight: the next overdue run tries again
-            if not _is_conflict(exc):
-                raise
+        except Conflict as exc:  # an operation in flight: the next overdue run tries again
             logger.warning("could not restart %s after payment: %s", deployment.public_id, exc)
             continue
         started += 1

@@ -1,8 +1,8 @@
 """Turns what a service refuses into what a console page shows: field errors beside their field, or a page message.
 
-One place for every kind of refusal (the domain errors of controlplane.errors, Django's ValidationError, and DRF's
-exceptions from services not yet converted), each with the HTTP status the API would answer. It never decides
-whether something is refused.
+One place for every kind of refusal (the domain errors of controlplane.errors that services raise, Django's
+ValidationError from model-level code, and DRF's exceptions from the API serializers the console's forms validate
+with), each with the HTTP status the API would answer. It never decides whether something is refused.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,3 +140,14 @@ class ValidationFailed(DomainError):
         for error in self.errors:
             out.setdefault(error.field or "__all__", []).append(error.message)
         return out
+
+
+def model_clean(instance: Model, **options: Any) -> None:
+    """`instance.full_clean(**options)`, its refusal raised as ValidationFailed, message by message beside the field
+    at fault ("__all__": the instance as a whole), so a service that validates a model still raises a domain error."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        instance.full_clean(**options)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}) from None

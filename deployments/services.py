@@ -21,7 +21,15 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import Conflict, DomainError, FieldError, NotFound, PermissionDenied, ValidationFailed
+from controlplane.errors import (
+    Conflict,
+    DomainError,
+    FieldError,
+    NotFound,
+    PermissionDenied,
+    ValidationFailed,
+    model_clean,
+)
 from controlplane.ids import holds_nul
 from controlplane.tasks import publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
@@ -319,7 +327,7 @@ def deployment_create(
     deployment.monitor_password_encrypted = crypto.encrypt_str(monitor_password)
     deployment.monitor_salt_b64, deployment.monitor_hash_b64 = salt_b64, hash_b64
     deployment.api_secret_encrypted = crypto.encrypt_str(secrets.token_urlsafe(32))
-    deployment.full_clean(exclude=["project", "plan", "tier", "region"], validate_constraints=False)
+    model_clean(deployment, exclude=["project", "plan", "tier", "region"], validate_constraints=False)
     try:
         with transaction.atomic():
             deployment.save()

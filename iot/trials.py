@@ -20,7 +20,7 @@ from audit.services import audit_record
 from billing.metering import CoverageSource, Term
 from billing.models import AnnualSubscription, SubscriptionStatus
 from controlplane.db import LockSpace, xact_try_lock
-from controlplane.errors import Conflict, DomainError, PermissionDenied, ValidationFailed
+from controlplane.errors import Conflict, DomainError, PermissionDenied, ValidationFailed, model_clean
 from deployments import selectors as deployment_selectors
 from deployments import services as deployment_services
 from deployments.models import Deployment, DesiredState, Plan
@@ -115,7 +115,7 @@ def premium_trial_grant(
     trial.granted_by = access.acting_user(actor)
     # A moved end gets its own reminders (their dedup keys name the end).
     trial.reminded_3d_at = trial.reminded_1d_at = None
-    trial.full_clean(exclude=["organization", "granted_by"], validate_constraints=False)
+    model_clean(trial, exclude=["organization", "granted_by"], validate_constraints=False)
     trial.save()
     Organization.objects.filter(pk=organization.pk).update(premium_trial_deployments=deployments)
     audit_record(

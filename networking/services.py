@@ -29,7 +29,7 @@ from alerts.metrics import VPC_PEERING_ABNORMAL
 from audit.services import audit_record
 from controlplane import crypto
 from controlplane.db import LockSpace, session_try_lock
-from controlplane.errors import Conflict, PermissionDenied, ValidationFailed
+from controlplane.errors import Conflict, PermissionDenied, ValidationFailed, model_clean
 from deployments.models import Deployment, DeploymentEvent, DesiredState, Plan, Region
 from networking import checks, selectors
 from networking.models import VpcPeering
@@ -329,7 +329,7 @@ def vpc_peering_create(
         created_by=acting_user(actor),
         **checked.fields,
     )
-    peering.full_clean()
+    model_clean(peering)
     peering.save()
     _schedule(peering, 0)
     peering.save(update_fields=["poll_token", "next_poll_at"])

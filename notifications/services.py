@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import FieldError, Unavailable, ValidationFailed
+from controlplane.errors import FieldError, Unavailable, ValidationFailed, model_clean
 from controlplane.metrics import NOTIFICATION_FAILURES
 from controlplane.tasks import Publishable, publish
 from controlplane.validators import CONTROL_CHARACTER_CODE, control_character_message, find_control_character
@@ -200,7 +200,7 @@ def channel_create(
         enabled=enabled,
     )
     _store_config(channel, stored)
-    channel.full_clean(exclude=["organization"])
+    model_clean(channel, exclude=["organization"])
     # Validation resolved the webhook's host (DNS) above: network I/O stays outside the transaction.
     with transaction.atomic():
         # Locked before the channel, in organization_delete's order (it locks the row, then disables every channel):
@@ -274,7 +274,7 @@ def _channel_update_locked(
         if value is not None and getattr(channel, field) != value:
             changes[field] = [getattr(channel, field), value]
             setattr(channel, field, value)
-    channel.full_clean(exclude=["organization"])
+    model_clean(channel, exclude=["organization"])
     channel.save()
     audit_record(
         actor=actor,

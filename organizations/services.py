@@ -25,7 +25,15 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from controlplane import crypto
-from controlplane.errors import Conflict, FieldError, NotFound, PermissionDenied, Unavailable, ValidationFailed
+from controlplane.errors import (
+    Conflict,
+    FieldError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    ValidationFailed,
+    model_clean,
+)
 from controlplane.ids import holds_nul
 from controlplane.tasks import enqueue_on_commit
 from controlplane.validators import CONTROL_CHARACTERS, control_character_message, find_control_character
@@ -141,7 +149,7 @@ def _check_grantable(
 def organization_create(*, name: str, owner: User, actor: access.Principal | None = None) -> Organization:
     """An organization with `owner` as its Owner and its undeletable Default project."""
     organization = Organization(name=name)
-    organization.full_clean()
+    model_clean(organization)
     organization.save()
     membership = Membership.objects.create(organization=organization, user=owner, roles=[Role.OWNER.value])
     project = Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, is_default=True)
@@ -170,7 +178,7 @@ def organization_create(*, name: str, owner: User, actor: access.Principal | Non
 def organization_update(*, organization: Organization, actor: access.Principal | None, name: str) -> Organization:
     old = organization.name
     organization.name = name
-    organization.full_clean()
+    model_clean(organization)
     organization.save(update_fields=["name"])
     audit_record(
         actor=actor,
@@ -365,7 +373,7 @@ def invitation_create(
     )
     # `roles` was checked above and may be empty (an invitation with project grants only); the model's blank rule
     # would refuse that.
-    invitation.full_clean(exclude=["roles"])
+    model_clean(invitation, exclude=["roles"])
     try:
         with transaction.atomic():
             invitation.save()
@@ -921,7 +929,7 @@ def api_key_create(
         limited_to_projects=bool(projects),
     )
     # The prefix and secret are drawn at the write (a prefix taken is drawn again there, never the caller's error).
-    key.full_clean(exclude=["prefix", "secret_hash"])
+    model_clean(key, exclude=["prefix", "secret_hash"])
     secret = _save_with_new_secret(key)
     key.projects.set(projects)
     audit_record(
@@ -956,7 +964,7 @@ def api_key_update(
     if deletion_protection is not None and deletion_protection != key.deletion_protection:
         changes["deletion_protection"] = [key.deletion_protection, deletion_protection]
         key.deletion_protection = deletion_protection
-    key.full_clean()
+    model_clean(key)
     key.save(update_fields=["name", "deletion_protection"])
     audit_record(
         actor=actor,

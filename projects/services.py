@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from controlplane.errors import Conflict, NotFound
+from controlplane.errors import Conflict, NotFound, model_clean
 from organizations.access import Principal
 from organizations.models import Organization
 from projects.models import Project
@@ -25,7 +25,7 @@ def _save(project: Project, *, check_name: bool, **save_kwargs: Any) -> None:
         .exists()
     ):
         raise conflict
-    project.full_clean(exclude=["organization"])
+    model_clean(project, exclude=["organization"])
     try:
         with transaction.atomic():
             project.save(**save_kwargs)

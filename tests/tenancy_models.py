@@ -84,8 +84,7 @@ def _fingerprint_query(
     Rows are read through each model's base manager: a default manager that hides rows (deleted projects) would hide
     a change to them too."""
     querysets = [
-        (model, model._base_manager.filter(**{path: organization_pk}))
-        for model, path in organization_paths().items()
+        (model, model._base_manager.filter(**{path: organization_pk})) for model, path in organization_paths().items()
     ]
     if accounts:
         querysets += [(model, model._base_manager.all()) for model in account_models()]

@@ -56,3 +56,20 @@ def test_conflict_names_its_field_when_it_is_about_one_input():
     assert body["errors"] == [{"field": "code", "message": "This coupon has been used up.", "code": "conflict"}]
     _, plain, _ = _render(errors.Conflict("The project still holds deployments."))
     assert plain["errors"] == []
+
+
+@pytest.mark.django_db
+def test_model_clean_answers_like_djangos_own_error_when_a_model_refuses_its_fields():
+    from django.core.exceptions import ValidationError
+
+    from projects.models import Project
+
+    project = Project(name="x" * 300, organization_id=1)
+    with pytest.raises(ValidationError) as django_error:
+        project.full_clean(exclude=["organization"])
+    with pytest.raises(errors.ValidationFailed) as domain_error:
+        errors.model_clean(project, exclude=["organization"])
+    # The same problem+json as the handler gave Django's error when services raised it themselves.
+    assert domain_error.value.message_dict() == django_error.value.message_dict
+    assert _render(domain_error.value)[1] == _render(django_error.value)[1]
+    assert "name" in domain_error.value.message_dict()

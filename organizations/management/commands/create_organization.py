@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import User
+from controlplane.errors import DomainError
 from organizations import services
 from organizations.roles import Role
 
@@ -43,11 +44,15 @@ class Command(BaseCommand):
                         role=Role.OWNER,
                         created_by=owner,
                     )
-        except ValidationError as exc:
+        except ValidationError as exc:  # the password validators and create_user's own checks
             raise CommandError(
                 "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
                 if hasattr(exc, "error_dict")
                 else " ".join(exc.messages)
+            ) from exc
+        except DomainError as exc:  # what the services refuse
+            raise CommandError(
+                "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in exc.errors) or exc.message
             ) from exc
         self.stdout.write(organization.public_id)
         project = organization.projects.get(is_default=True)
