@@ -61,9 +61,7 @@ def explain(exc: BaseException) -> Refusal:
             fields.setdefault(error.field or "__all__", []).append(error.message)
         return Refusal(status, fields or {"__all__": [exc.message]})
     if isinstance(exc, DjangoValidationError):
-        if hasattr(exc, "error_dict"):
-            return Refusal(400, {field: list(values) for field, values in exc.message_dict.items()})
-        return Refusal(400, {"__all__": list(exc.messages)})
+        return explain(domain.ValidationFailed.from_django(exc))
     if isinstance(exc, DjangoPermissionDenied):
         return Refusal(403, {"__all__": [str(exc) or "Your role does not allow this."]})
     if isinstance(exc, drf.APIException):

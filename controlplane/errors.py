@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from django.core.exceptions import ValidationError as DjangoValidationError
     from django.db.models import Model
 
 
@@ -134,6 +135,11 @@ class ValidationFailed(DomainError):
         super().__init__(summary or self.default_message)
         self.errors = items
 
+    @classmethod
+    def from_django(cls, exc: DjangoValidationError) -> ValidationFailed:
+        """Django's ValidationError (model or field validation) as the same messages, field by field."""
+        return cls(exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages})
+
     def message_dict(self) -> dict[str, list[str]]:
         """Messages by field ("__all__" for the whole input), the shape Django forms take in `add_error`."""
         out: dict[str, list[str]] = {}
@@ -150,4 +156,4 @@ def model_clean(instance: Model, **options: Any) -> None:
     try:
         instance.full_clean(**options)
     except ValidationError as exc:
-        raise ValidationFailed(exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}) from None
+        raise ValidationFailed.from_django(exc) from None

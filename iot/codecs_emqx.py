@@ -270,7 +270,6 @@ def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
     naming a schema it does not hold, and one left naming a deleted schema would fail every message). `api` is a
     deployments.emqx_api.EmqxApi; `version` the cluster's EMQX release (validations from 5.7)."""
     want = desired(rules, version=version)
-    want_schemas, want_rules, want_validations = want.schemas, want.rules, want.validations
     have_schemas = {
         s["name"]: s
         for s in api._request("GET", "/schema_registry").json()
@@ -285,9 +284,9 @@ def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
             if str(v.get("name", "")).startswith(VALIDATION_PREFIX)
         }
     counts = {"schemas_written": 0, "rules_written": 0, "schemas_deleted": 0, "rules_deleted": 0}
-    if want_validations or have_validations:
+    if want.validations or have_validations:
         counts |= {"validations_written": 0, "validations_deleted": 0}
-    for name, body in want_schemas.items():
+    for name, body in want.schemas.items():
         current = have_schemas.get(name)
         if current is None:
             api._request("POST", "/schema_registry", json=body, expected=(200, 201))
@@ -297,7 +296,7 @@ def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
         else:
             continue
         counts["schemas_written"] += 1
-    for name, body in want_validations.items():
+    for name, body in want.validations.items():
         current = have_validations.get(name)
         if current is None:
             api._request("POST", "/schema_validations", json=body, expected=(200, 201))
@@ -307,7 +306,7 @@ def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
         else:
             continue
         counts["validations_written"] += 1
-    for ident, body in want_rules.items():
+    for ident, body in want.rules.items():
         current = have_rules.get(ident)
         if current is None:
             api._request("POST", "/rules", json=body, expected=(200, 201))
@@ -317,14 +316,14 @@ def codecs_sync(api, rules, *, version: str | None = None) -> dict[str, int]:
         else:
             continue
         counts["rules_written"] += 1
-    for ident in sorted(set(have_rules) - set(want_rules)):
+    for ident in sorted(set(have_rules) - set(want.rules)):
         api._request("DELETE", f"/rules/{quote(ident, safe='')}", expected=(204, 404))
         counts["rules_deleted"] += 1
-    for name in sorted(set(have_validations) - set(want_validations)):
+    for name in sorted(set(have_validations) - set(want.validations)):
         path = f"/schema_validations/validation/{quote(name, safe='')}"
         api._request("DELETE", path, expected=(204, 404))
         counts["validations_deleted"] += 1
-    for name in sorted(set(have_schemas) - set(want_schemas)):
+    for name in sorted(set(have_schemas) - set(want.schemas)):
         api._request("DELETE", f"/schema_registry/{quote(name, safe='')}", expected=(204, 404))
         counts["schemas_deleted"] += 1
     return counts

@@ -153,8 +153,8 @@ def exception_handler(exc: Exception, ctx: dict[str, Any]) -> Response | None:
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, DjangoValidationError):
         # Services raise ValidationFailed (controlplane.errors.model_clean wraps full_clean). Django's own error can
-        # still come from code below them (a model manager's checks, a query filter's parsing): field by field too.
-        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+        # still come from code below them (a model manager's checks, a query filter's parsing): answered alike.
+        return domain_error_response(domain.ValidationFailed.from_django(exc))
     if not isinstance(exc, exceptions.APIException):
         return None  # a real bug: let Django log it and answer 500 through handler500
 
