@@ -46,7 +46,8 @@ PRODUCTS = {
     StatusInterval.Kind.RUNNING: (UsageProduct.RUNNING, Price.Kind.HOURLY),
     StatusInterval.Kind.STOPPED: (UsageProduct.RETENTION, Price.Kind.RETENTION_HOURLY),
 }
-PRICE_KIND = {UsageProduct.RUNNING: Price.Kind.HOURLY, UsageProduct.RETENTION: Price.Kind.RETENTION_HOURLY}
+# usage product -> catalog price kind, read from the same pairs
+PRICE_KIND = dict(PRODUCTS.values())
 # The enum values the metering statements compare with, bound as parameters (never spelled in the SQL), so the
 # statements and the Python reference read the same mapping.
 ENUM_PARAMS = {

@@ -5,9 +5,17 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import User
-from controlplane.errors import DomainError
+from controlplane.errors import DomainError, ValidationFailed
 from organizations import services
 from organizations.roles import Role
+
+
+def _refusal(exc: DomainError) -> str:
+    """The refusal's messages on one line, grouped by the field they blame ("name: …; password: …")."""
+    by_field: dict[str | None, list[str]] = {}
+    for error in exc.errors:
+        by_field.setdefault(error.field, []).append(error.message)
+    return "; ".join(f"{f}: {' '.join(m)}" if f else " ".join(m) for f, m in by_field.items()) or exc.message
 
 
 class Command(BaseCommand):
@@ -45,15 +53,9 @@ class Command(BaseCommand):
                         created_by=owner,
                     )
         except ValidationError as exc:  # the password validators and create_user's own checks
-            raise CommandError(
-                "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-                if hasattr(exc, "error_dict")
-                else " ".join(exc.messages)
-            ) from exc
+            raise CommandError(_refusal(ValidationFailed.from_django(exc))) from exc
         except DomainError as exc:  # what the services refuse
-            raise CommandError(
-                "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in exc.errors) or exc.message
-            ) from exc
+            raise CommandError(_refusal(exc)) from exc
         self.stdout.write(organization.public_id)
         project = organization.projects.get(is_default=True)
         self.stderr.write(
